@@ -1,0 +1,99 @@
+//! The host driver: the time loop, layers, directions and variable lengths, written once for
+//! every backend that computes on host memory. A backend supplies its kernels through
+//! [`HostKernels`]: the GEMM and the per-step pointwise cell functions.
+//!
+//! Structure (as in haste and cuDNN): for each layer and direction,
+//!
+//! - forward: `XG[T·B, G·H] = X[T·B, In] · W_ih^T + b_ih` for all steps in one GEMM, then per
+//!   step `HG[B, G·H] = h_prev · W_hh^T`, the fused cell kernel, and for an LSTM with projection
+//!   `h = m · W_hr^T`;
+//! - backward: per step (in reverse processing order) the cell backward kernel gives the
+//!   gradients of the input-side and hidden-side pre-activations `dGi`, `dGh`, and
+//!   `dh_prev = dGh · W_hh`; after the loop, `dW_ih += dGi^T X`, `dW_hh += dGh^T H_prev`,
+//!   `db_* += Σ dG*`, `dX += dGi · W_ih` are big GEMMs over all steps.
+//!
+//! Variable lengths are handled by masking: at step `t`, sequence `b` is active iff
+//! `t < len[b]`. An inactive row keeps its state (so final states are those of the last valid
+//! step, and the reverse direction starts each sequence at its own last step) and outputs zero;
+//! in backward its gradients pass through unchanged.
+
+mod driver;
+mod mat;
+
+pub use driver::HostReserve;
+pub(crate) use driver::{backward, forward};
+pub(crate) use mat::{Mat, MatMut};
+
+use crate::config::CellKind;
+use crate::element::Float;
+
+/// One step of a cell's forward pointwise kernel, for all `B` rows.
+///
+/// Shapes use `G` gates, hidden size `H`; every slice is row-major.
+pub(crate) struct CellForward<'a, T> {
+    /// `[B]`: which rows are valid at this step.
+    pub active: &'a [bool],
+    /// `H`.
+    pub hidden: usize,
+    /// `[B, G·H]`: `W_ih x + b_ih` for this step.
+    pub xg: &'a [T],
+    /// `[B, G·H]`: `W_hh h_prev`, without bias.
+    pub hg: &'a [T],
+    /// `[G·H]`: `b_hh`, if the stack has biases.
+    pub b_hh: Option<&'a [T]>,
+    /// `[B, H]`: previous hidden state (read by GRU only, whose `Hout = H`).
+    pub h_prev: &'a [T],
+    /// `[B, H]`: previous cell state (LSTM only; empty otherwise).
+    pub c_prev: &'a [T],
+    /// `[B, G·H]` out: activated gates (RNN: the new hidden state). Zero on inactive rows.
+    pub gates: &'a mut [T],
+    /// `[B, H]` out (GRU only; empty otherwise): `W_hn h_prev + b_hn`. Zero on inactive rows.
+    pub extra: &'a mut [T],
+    /// `[B, H]` out (LSTM only; empty otherwise): new cell state; `c_prev` on inactive rows.
+    pub c: &'a mut [T],
+    /// `[B, H]` out: the cell's new hidden output before any projection (LSTM: `o·tanh(c)`).
+    /// Unspecified on inactive rows: the driver keeps their state.
+    pub m: &'a mut [T],
+}
+
+/// One step of a cell's backward pointwise kernel, for all `B` rows.
+pub(crate) struct CellBackward<'a, T> {
+    /// `[B]`: which rows are valid at this step.
+    pub active: &'a [bool],
+    /// `H`.
+    pub hidden: usize,
+    /// `[B, G·H]`: gates saved by forward.
+    pub gates: &'a [T],
+    /// `[B, H]`: GRU's saved `W_hn h_prev + b_hn` (empty otherwise).
+    pub extra: &'a [T],
+    /// `[B, H]`: LSTM's saved new cell state (empty otherwise).
+    pub c: &'a [T],
+    /// `[B, H]`: LSTM's previous cell state (empty otherwise).
+    pub c_prev: &'a [T],
+    /// `[B, H]`: GRU's previous hidden state (empty otherwise).
+    pub h_prev: &'a [T],
+    /// `[B, H]`: gradient of the loss w.r.t. `m`, the cell's hidden output.
+    pub dm: &'a [T],
+    /// `[B, H]` in/out (LSTM only; empty otherwise): gradient w.r.t. the new cell state coming
+    /// from later steps; replaced by the gradient w.r.t. `c_prev`. Unchanged on inactive rows.
+    pub dc: &'a mut [T],
+    /// `[B, G·H]` out: gradient w.r.t. the input-side pre-activations (`W_ih x + b_ih`).
+    /// Zero on inactive rows.
+    pub dgi: &'a mut [T],
+    /// `[B, G·H]` out: gradient w.r.t. the hidden-side pre-activations (`W_hh h + b_hh`).
+    /// Equal to `dgi` except for GRU's `n` gate. Zero on inactive rows.
+    pub dgh: &'a mut [T],
+    /// `[B, H]` out: the part of `dh_prev` that does not go through `W_hh` (GRU: `z·dh`; zero
+    /// for the others). Unspecified on inactive rows.
+    pub dh_direct: &'a mut [T],
+}
+
+/// The kernels a host backend provides to the driver.
+pub(crate) trait HostKernels<T: Float>: Send + Sync {
+    /// `C = alpha·A·B + beta·C`; with `beta = 0`, `C` is not read.
+    fn gemm(&self, alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, beta: T, c: MatMut<'_, T>);
+    /// The fused forward pointwise step of `cell`.
+    fn cell_forward(&self, cell: CellKind, step: CellForward<'_, T>);
+    /// The fused backward pointwise step of `cell`.
+    fn cell_backward(&self, cell: CellKind, step: CellBackward<'_, T>);
+}

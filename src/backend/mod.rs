@@ -1,0 +1,233 @@
+//! The [`Backend`] trait: one interface through which every implementation runs a layer stack.
+//!
+//! The shape of the API follows cuDNN's RNN API, which framework authors know:
+//!
+//! 1. [`Backend::plan`] takes a [`RnnConfig`] and the flat parameter buffer
+//!    ([`ParamLayout`](crate::ParamLayout) order) and returns a plan: the weights packed once into
+//!    the backend's own layout, reused by every call. [`Backend::update_plan`] repacks in place
+//!    after an optimiser step.
+//! 2. [`Backend::forward_inference`] keeps nothing; [`Backend::forward_training`] also fills a
+//!    reserve with the activations backward needs. A reserve can be reused across calls: its
+//!    buffers are resized, not reallocated, when shapes repeat.
+//! 3. [`Backend::backward`] is full backpropagation through time from `dy`, `dhn`, `dcn` (each
+//!    optional) to `dx`, `dh0`, `dc0` and the parameter gradients (each optional), with
+//!    parameter gradients either written or added ([`GradMode`]).
+//!
+//! Buffers are the backend's own ([`Backend::Buf`]): host slices `[T]` for the reference and CPU
+//! backends, device memory for CUDA, so a backend can keep a whole stack on its device. Every
+//! buffer is a dense row-major tensor whose shape is given in [the crate docs](crate#conventions).
+//!
+//! Extension points: new cells ([`CellKind`](crate::CellKind) is non-exhaustive), storage types
+//! (`Backend<T>` is generic over the element; f16/bf16 storage is a new `impl`), and options in
+//! [`RnnConfig`]'s builder, all without changing these signatures.
+
+pub mod host;
+pub mod reference;
+
+use crate::config::RnnConfig;
+use crate::element::Element;
+use crate::error::Result;
+use crate::shape::SeqShape;
+
+pub use reference::Reference;
+
+/// A buffer of elements in the memory a backend computes on.
+pub trait Buffer {
+    /// Number of elements.
+    fn len(&self) -> usize;
+    /// Whether it holds no elements.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T> Buffer for [T] {
+    fn len(&self) -> usize {
+        <[T]>::len(self)
+    }
+}
+
+/// What a plan must tell about itself.
+pub trait RnnPlan: Send + Sync {
+    /// The configuration the plan was made for.
+    fn config(&self) -> &RnnConfig;
+}
+
+/// What a reserve must tell about itself.
+pub trait RnnReserve: Send + Default {
+    /// The shape of the training call that filled it; `None` while empty.
+    fn shape(&self) -> Option<&SeqShape>;
+}
+
+/// Inputs of a forward call. `h0` and `c0` default to zeros when `None`.
+#[derive(Debug)]
+pub struct ForwardInput<'a, B: ?Sized> {
+    /// `x: [T, B, I]`.
+    pub x: &'a B,
+    /// `h0: [L·D, B, Hout]`, or zeros.
+    pub h0: Option<&'a B>,
+    /// `c0: [L·D, B, H]` (LSTM only), or zeros.
+    pub c0: Option<&'a B>,
+}
+
+/// Outputs of a forward call, all overwritten.
+#[derive(Debug)]
+pub struct ForwardOutput<'a, B: ?Sized> {
+    /// `y: [T, B, D·Hout]`, zero past each sequence's length.
+    pub y: &'a mut B,
+    /// `hn: [L·D, B, Hout]`, taken at each sequence's last valid step; skipped when `None`.
+    pub hn: Option<&'a mut B>,
+    /// `cn: [L·D, B, H]` (LSTM only); skipped when `None`.
+    pub cn: Option<&'a mut B>,
+}
+
+/// Upstream gradients of a backward call; `None` means zeros.
+#[derive(Debug)]
+pub struct BackwardInput<'a, B: ?Sized> {
+    /// `dy: [T, B, D·Hout]`. Entries past a sequence's length are ignored (the output there is
+    /// a constant zero).
+    pub dy: Option<&'a B>,
+    /// `dhn: [L·D, B, Hout]`.
+    pub dhn: Option<&'a B>,
+    /// `dcn: [L·D, B, H]` (LSTM only).
+    pub dcn: Option<&'a B>,
+}
+
+/// Outputs of a backward call; each is skipped when `None` (and its work with it where
+/// possible).
+#[derive(Debug)]
+pub struct BackwardOutput<'a, B: ?Sized> {
+    /// `dx: [T, B, I]`, overwritten.
+    pub dx: Option<&'a mut B>,
+    /// `dh0: [L·D, B, Hout]`, overwritten.
+    pub dh0: Option<&'a mut B>,
+    /// `dc0: [L·D, B, H]` (LSTM only), overwritten.
+    pub dc0: Option<&'a mut B>,
+    /// Parameter gradients in the flat [`ParamLayout`](crate::ParamLayout); written or added
+    /// according to [`GradMode`].
+    pub dparams: Option<&'a mut B>,
+}
+
+/// Whether [`Backend::backward`] writes or adds the parameter gradients.
+///
+/// `dx`, `dh0` and `dc0` are always overwritten: they belong to one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GradMode {
+    /// `dparams = grad` (cuDNN's `CUDNN_WGRAD_MODE_SET`).
+    #[default]
+    Overwrite,
+    /// `dparams += grad` (cuDNN's `CUDNN_WGRAD_MODE_ADD`): for gradient accumulation over
+    /// micro-batches and for truncated BPTT, where each chunk's gradients add up.
+    Accumulate,
+}
+
+/// An implementation of the layer stack for element type `T`.
+///
+/// Every method validates its arguments (lengths of all buffers against the configuration and
+/// [`SeqShape`]; a reserve against the plan) and returns an error naming the wrong argument,
+/// the expected and the given value; nothing a caller passes makes it panic or write outside the
+/// buffers it was given.
+pub trait Backend<T: Element>: Send + Sync {
+    /// A buffer of `T` in this backend's memory: `[T]` on the host.
+    type Buf: ?Sized + Buffer;
+    /// Packed weights and whatever else the backend prepares once per configuration.
+    type Plan: RnnPlan;
+    /// Activations saved by [`forward_training`](Self::forward_training) for
+    /// [`backward`](Self::backward). `Default` gives an empty reserve to be filled.
+    type Reserve: RnnReserve;
+
+    /// A short name for reports, e.g. `reference-f64`.
+    fn name(&self) -> String;
+
+    /// Packs `params` (flat [`ParamLayout`](crate::ParamLayout) order) for `config`.
+    fn plan(&self, config: &RnnConfig, params: &Self::Buf) -> Result<Self::Plan>;
+
+    /// Repacks new values of the same parameters into `plan`, reusing its memory. A reserve
+    /// made before this call can no longer be used for backward.
+    fn update_plan(&self, plan: &mut Self::Plan, params: &Self::Buf) -> Result<()>;
+
+    /// Forward pass that keeps nothing.
+    fn forward_inference(
+        &self,
+        plan: &Self::Plan,
+        shape: &SeqShape,
+        input: ForwardInput<'_, Self::Buf>,
+        output: ForwardOutput<'_, Self::Buf>,
+    ) -> Result<()>;
+
+    /// Forward pass that also fills `reserve` with what [`backward`](Self::backward) needs
+    /// (including a copy of `x`, `h0` and `c0`, so backward does not take them again).
+    fn forward_training(
+        &self,
+        plan: &Self::Plan,
+        shape: &SeqShape,
+        input: ForwardInput<'_, Self::Buf>,
+        output: ForwardOutput<'_, Self::Buf>,
+        reserve: &mut Self::Reserve,
+    ) -> Result<()>;
+
+    /// Backpropagation through time over the call that filled `reserve`, with the weights of
+    /// `plan` (which must be the plan, unchanged, that the forward pass used).
+    fn backward(
+        &self,
+        plan: &Self::Plan,
+        reserve: &Self::Reserve,
+        grads: BackwardInput<'_, Self::Buf>,
+        output: BackwardOutput<'_, Self::Buf>,
+        mode: GradMode,
+    ) -> Result<()>;
+}
+
+/// Checks the buffers of a forward call against `config` and `shape`.
+pub(crate) fn check_forward<B: ?Sized + Buffer>(
+    config: &RnnConfig,
+    shape: &SeqShape,
+    input: &ForwardInput<'_, B>,
+    output: &ForwardOutput<'_, B>,
+) -> Result<()> {
+    use crate::shape::Tensor;
+    shape.check_buffers(
+        config,
+        &[
+            ("x", Tensor::X, Some(input.x.len())),
+            ("h0", Tensor::H, input.h0.map(|b| b.len())),
+            ("c0", Tensor::C, input.c0.map(|b| b.len())),
+            ("y", Tensor::Y, Some(output.y.len())),
+            ("hn", Tensor::H, output.hn.as_deref().map(|b| b.len())),
+            ("cn", Tensor::C, output.cn.as_deref().map(|b| b.len())),
+        ],
+    )
+}
+
+/// Checks the buffers of a backward call against `config`, the reserve's `shape` and the
+/// parameter count.
+pub(crate) fn check_backward<B: ?Sized + Buffer>(
+    config: &RnnConfig,
+    shape: &SeqShape,
+    param_len: usize,
+    grads: &BackwardInput<'_, B>,
+    output: &BackwardOutput<'_, B>,
+) -> Result<()> {
+    use crate::shape::Tensor;
+    shape.check_buffers(
+        config,
+        &[
+            ("dy", Tensor::Y, grads.dy.map(|b| b.len())),
+            ("dhn", Tensor::H, grads.dhn.map(|b| b.len())),
+            ("dcn", Tensor::C, grads.dcn.map(|b| b.len())),
+            ("dx", Tensor::X, output.dx.as_deref().map(|b| b.len())),
+            ("dh0", Tensor::H, output.dh0.as_deref().map(|b| b.len())),
+            ("dc0", Tensor::C, output.dc0.as_deref().map(|b| b.len())),
+        ],
+    )?;
+    if let Some(dp) = output.dparams.as_deref() {
+        if dp.len() != param_len {
+            return Err(crate::Error::shape(
+                "dparams",
+                format!("the flat parameter layout: {param_len} elements"),
+                format!("{} elements", dp.len()),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! PyTorch reference case files (`shared/case-format.md`): one safetensors file holding a
+//! layer stack's parameters, inputs, upstream gradients, and PyTorch's outputs and gradients.
+//!
+//! [`Case::load`] reads one; [`run_case`] runs it on a backend and compares every output and
+//! gradient with the metric of the format, `max_i |a_i - b_i| / max(1, |b_i|)`.
+
+use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode};
+use crate::config::RnnConfig;
+use crate::element::Element;
+use crate::error::{check_len, Error, Result};
+use crate::params::{config_from_metadata, read_file, st_error, view_to_i64, view_to_vec, LoadOptions, ParamLayout, Params};
+use crate::shape::SeqShape;
+use safetensors::SafeTensors;
+use std::path::Path;
+
+/// One case file, converted to `T`.
+#[derive(Debug, Clone)]
+pub struct Case<T> {
+    /// The file it was read from.
+    pub source: String,
+    /// The layer stack.
+    pub config: RnnConfig,
+    /// Steps, batch and lengths.
+    pub shape: SeqShape,
+    /// The parameters.
+    pub params: Params<T>,
+    /// `x: [T, B, I]`.
+    pub x: Vec<T>,
+    /// `h0: [L·D, B, Hout]`, if in the file.
+    pub h0: Option<Vec<T>>,
+    /// `c0: [L·D, B, H]`, if in the file.
+    pub c0: Option<Vec<T>>,
+    /// PyTorch's `y`.
+    pub y: Option<Vec<T>>,
+    /// PyTorch's `hn`.
+    pub hn: Option<Vec<T>>,
+    /// PyTorch's `cn`.
+    pub cn: Option<Vec<T>>,
+    /// Upstream `dy`.
+    pub dy: Option<Vec<T>>,
+    /// Upstream `dhn`.
+    pub dhn: Option<Vec<T>>,
+    /// Upstream `dcn`.
+    pub dcn: Option<Vec<T>>,
+    /// PyTorch's `dx`.
+    pub dx: Option<Vec<T>>,
+    /// PyTorch's `dh0`.
+    pub dh0: Option<Vec<T>>,
+    /// PyTorch's `dc0`.
+    pub dc0: Option<Vec<T>>,
+    /// PyTorch's parameter gradients (`grad.<name>`), if all are in the file.
+    pub grads: Option<Params<T>>,
+}
+
+impl<T: Element> Case<T> {
+    /// Reads a case file, checking every tensor's shape against the metadata.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let source = path.display().to_string();
+        let bytes = read_file(path)?;
+        Self::from_bytes(&bytes, &source)
+    }
+
+    /// Reads a case from bytes in memory; `source` names them in errors.
+    pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Self> {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| st_error(source, e))?;
+        let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| st_error(source, e))?;
+        let meta = meta.metadata().clone().unwrap_or_default();
+        let config = config_from_metadata(&meta, source)?;
+        let meta_num = |k: &str| -> Result<usize> {
+            let v = meta.get(k).ok_or_else(|| Error::invalid(format!("metadata `{k}` of {source}"), "present", "missing"))?;
+            v.parse().map_err(|_| Error::invalid(format!("metadata `{k}` of {source}"), "an unsigned integer", format!("{v:?}")))
+        };
+        let (steps, batch) = (meta_num("steps")?, meta_num("batch")?);
+        let shape = match st.tensor("lengths") {
+            Ok(v) => {
+                let lengths = view_to_i64(&v, "lengths", source)?;
+                check_len(&format!("lengths in {source}"), "[B]", &[batch], lengths.len())?;
+                let lengths = lengths
+                    .iter()
+                    .enumerate()
+                    .map(|(b, &n)| {
+                        usize::try_from(n).map_err(|_| Error::invalid(format!("lengths[{b}] in {source}"), format!("in 1..={steps}"), n))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                SeqShape::with_lengths(steps, lengths)?
+            }
+            Err(_) => SeqShape::new(steps, batch)?,
+        };
+        let tensor = |name: &str, want: &[usize]| -> Result<Option<Vec<T>>> {
+            match st.tensor(name) {
+                Err(_) => Ok(None),
+                Ok(v) => {
+                    if v.shape() != want {
+                        return Err(Error::shape(format!("{name} in {source}"), format!("shape {want:?}"), format!("shape {:?}", v.shape())));
+                    }
+                    Ok(Some(view_to_vec(&v, name, source)?))
+                }
+            }
+        };
+        let (xs, ys, hs, cs) = (shape.x_shape(&config), shape.y_shape(&config), shape.h_shape(&config), shape.c_shape(&config));
+        let x = tensor("x", &xs)?.ok_or_else(|| Error::MissingTensor { name: "x".into(), shape: xs.to_vec(), source_desc: source.into() })?;
+        let params = Params::from_safetensors(&st, &config, &LoadOptions { prefix: String::new(), allow_unexpected: true }, source)?;
+        let layout = ParamLayout::new(&config);
+        let grads = if layout.specs().iter().all(|s| st.tensor(&format!("grad.{}", s.name)).is_ok()) {
+            Some(Params::from_safetensors(&st, &config, &LoadOptions { prefix: "grad.".into(), allow_unexpected: true }, source)?)
+        } else {
+            None
+        };
+        Ok(Case {
+            source: source.to_string(),
+            shape: shape.clone(),
+            params,
+            x,
+            h0: tensor("h0", &hs)?,
+            c0: tensor("c0", &cs)?,
+            y: tensor("y", &ys)?,
+            hn: tensor("hn", &hs)?,
+            cn: tensor("cn", &cs)?,
+            dy: tensor("dy", &ys)?,
+            dhn: tensor("dhn", &hs)?,
+            dcn: tensor("dcn", &cs)?,
+            dx: tensor("dx", &xs)?,
+            dh0: tensor("dh0", &hs)?,
+            dc0: tensor("dc0", &cs)?,
+            grads,
+            config,
+        })
+    }
+}
+
+/// The error of `a` against the expected `b`: `max_i |a_i - b_i| / max(1, |b_i|)`; infinite
+/// when a value is NaN or the lengths differ.
+pub fn max_error<T: Element>(a: &[T], b: &[T]) -> f64 {
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
+    a.iter().zip(b).fold(0.0, |m: f64, (&a, &b)| {
+        let (a, b) = (a.to_f64(), b.to_f64());
+        let e = (a - b).abs() / b.abs().max(1.0);
+        if e.is_nan() {
+            f64::INFINITY
+        } else {
+            m.max(e)
+        }
+    })
+}
+
+/// The errors of one run of a case: one entry per compared tensor.
+#[derive(Debug, Clone, Default)]
+pub struct CaseReport {
+    /// `(tensor name, error)` for every tensor compared.
+    pub errors: Vec<(String, f64)>,
+}
+
+impl CaseReport {
+    /// The largest error and its tensor (`("", 0)` when nothing was compared).
+    pub fn worst(&self) -> (&str, f64) {
+        self.errors.iter().fold(("", 0.0), |w, (n, e)| if *e > w.1 || (e.is_nan() && !w.1.is_nan()) { (n.as_str(), *e) } else { w })
+    }
+    /// Whether every error is at most `tol`.
+    pub fn passes(&self, tol: f64) -> bool {
+        !self.errors.is_empty() && self.errors.iter().all(|(_, e)| *e <= tol)
+    }
+}
+
+/// Runs `case` on `backend`: training forward, backward with the case's upstream gradients,
+/// and inference forward; compares everything the file has.
+pub fn run_case<T: Element, B: Backend<T, Buf = [T]>>(backend: &B, case: &Case<T>) -> Result<CaseReport> {
+    let cfg = &case.config;
+    let shape = &case.shape;
+    let zeros = |s: [usize; 3]| vec![T::default(); s.iter().product()];
+    let lstm = cfg.cell().has_cell_state();
+    let plan = backend.plan(cfg, case.params.as_slice())?;
+    let mut y = zeros(shape.y_shape(cfg));
+    let mut hn = zeros(shape.h_shape(cfg));
+    let mut cn = lstm.then(|| zeros(shape.c_shape(cfg)));
+    let input = || ForwardInput { x: &case.x[..], h0: case.h0.as_deref(), c0: if lstm { case.c0.as_deref() } else { None } };
+    let mut reserve = B::Reserve::default();
+    backend.forward_training(&plan, shape, input(), ForwardOutput { y: &mut y, hn: Some(&mut hn), cn: cn.as_deref_mut() }, &mut reserve)?;
+
+    let mut report = CaseReport::default();
+    let mut cmp = |name: &str, got: Option<&[T]>, want: Option<&[T]>| {
+        if let (Some(g), Some(w)) = (got, want) {
+            report.errors.push((name.to_string(), max_error(g, w)));
+        }
+    };
+    cmp("y", Some(&y), case.y.as_deref());
+    cmp("hn", Some(&hn), case.hn.as_deref());
+    cmp("cn", cn.as_deref(), case.cn.as_deref());
+
+    let mut dx = zeros(shape.x_shape(cfg));
+    let mut dh0 = zeros(shape.h_shape(cfg));
+    let mut dc0 = lstm.then(|| zeros(shape.c_shape(cfg)));
+    let mut dparams = vec![T::default(); case.params.layout().len()];
+    backend.backward(
+        &plan,
+        &reserve,
+        BackwardInput { dy: case.dy.as_deref(), dhn: case.dhn.as_deref(), dcn: if lstm { case.dcn.as_deref() } else { None } },
+        BackwardOutput { dx: Some(&mut dx), dh0: Some(&mut dh0), dc0: dc0.as_deref_mut(), dparams: Some(&mut dparams) },
+        GradMode::Overwrite,
+    )?;
+    cmp("dx", Some(&dx), case.dx.as_deref());
+    cmp("dh0", Some(&dh0), case.dh0.as_deref());
+    cmp("dc0", dc0.as_deref(), case.dc0.as_deref());
+    if let Some(grads) = &case.grads {
+        for spec in grads.layout().specs() {
+            cmp(&format!("grad.{}", spec.name), Some(&dparams[spec.range()]), Some(&grads.as_slice()[spec.range()]));
+        }
+    }
+
+    // Inference must give the same outputs as training.
+    let (mut yi, mut hi) = (zeros(shape.y_shape(cfg)), zeros(shape.h_shape(cfg)));
+    let mut ci = lstm.then(|| zeros(shape.c_shape(cfg)));
+    backend.forward_inference(&plan, shape, input(), ForwardOutput { y: &mut yi, hn: Some(&mut hi), cn: ci.as_deref_mut() })?;
+    cmp("y (inference)", Some(&yi), case.y.as_deref());
+    cmp("hn (inference)", Some(&hi), case.hn.as_deref());
+    cmp("cn (inference)", ci.as_deref(), case.cn.as_deref());
+    Ok(report)
+}

@@ -1,0 +1,120 @@
+//! Element types: what a buffer stores ([`Element`]) and what the reference computes in ([`Float`]).
+//!
+//! The reference backend is generic over [`Float`] (f32 and f64). Storage-only types such as f16
+//! and bf16 will implement [`Element`] alone, so adding them does not touch the compute traits.
+
+use std::fmt::{Debug, Display};
+use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
+
+/// The element types of a safetensors file this crate reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Dtype {
+    /// IEEE binary32.
+    F32,
+    /// IEEE binary64.
+    F64,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F64 => 8,
+        }
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// A type a parameter or activation buffer can hold.
+pub trait Element: Copy + Send + Sync + Debug + Display + PartialEq + Default + 'static + sealed::Sealed {
+    /// Its dtype in a safetensors file.
+    const DTYPE: Dtype;
+    /// Converts from f64, rounding to nearest.
+    fn from_f64(v: f64) -> Self;
+    /// Converts to f64 exactly.
+    fn to_f64(self) -> f64;
+    /// Appends the little-endian bytes of `self` to `out`.
+    fn write_le(self, out: &mut Vec<u8>);
+}
+
+/// A floating type the reference computes in.
+pub trait Float:
+    Element
+    + PartialOrd
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+    + SubAssign
+    + MulAssign
+{
+    /// 0.
+    const ZERO: Self;
+    /// 1.
+    const ONE: Self;
+    /// e^self.
+    fn exp(self) -> Self;
+    /// tanh(self).
+    fn tanh(self) -> Self;
+    /// 1 / (1 + e^-self), evaluated without overflow for any input.
+    fn sigmoid(self) -> Self {
+        // For x < 0, e^-x may overflow to inf; 1/(1+inf) = 0 is still the right limit, and the
+        // e^x / (1 + e^x) form keeps full relative precision there.
+        if self >= Self::ZERO {
+            Self::ONE / (Self::ONE + (-self).exp())
+        } else {
+            let e = self.exp();
+            e / (Self::ONE + e)
+        }
+    }
+    /// max(self, 0); NaN stays NaN.
+    fn relu(self) -> Self {
+        if self < Self::ZERO {
+            Self::ZERO
+        } else {
+            self
+        }
+    }
+}
+
+macro_rules! impl_float {
+    ($t:ty, $dtype:ident) => {
+        impl Element for $t {
+            const DTYPE: Dtype = Dtype::$dtype;
+            #[inline]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            #[inline]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            fn write_le(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+        }
+        impl Float for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            #[inline]
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            #[inline]
+            fn tanh(self) -> Self {
+                <$t>::tanh(self)
+            }
+        }
+    };
+}
+impl_float!(f32, F32);
+impl_float!(f64, F64);

@@ -1,0 +1,272 @@
+//! Parameters of a layer stack: PyTorch's names, shapes and order in one flat buffer.
+//!
+//! [`ParamLayout`] lists the tensors of a configuration in the order of PyTorch's
+//! `state_dict()`: for each layer `k`, the forward direction then the reverse one, each with
+//! `weight_ih_l{k}` `[G·H, In_k]`, `weight_hh_l{k}` `[G·H, Hout]`, `bias_ih_l{k}` `[G·H]`,
+//! `bias_hh_l{k}` `[G·H]` (when `bias`) and `weight_hr_l{k}` `[Hout, H]` (when `proj_size > 0`);
+//! the reverse direction's names end in `_reverse`. `In_0 = I`, `In_k = D·Hout` above.
+//! Each tensor is stored row-major ("last dim fastest") at its offset in the flat buffer.
+//!
+//! [`Params`] owns such a buffer. Gradients use the same layout, so a gradient buffer can be
+//! wrapped in a [`Params`] too and read by name.
+
+mod safetensors_io;
+
+pub use safetensors_io::config_from_metadata;
+
+pub use safetensors_io::LoadOptions;
+pub(crate) use safetensors_io::{read_file, st_error, view_to_i64, view_to_vec};
+
+use crate::config::RnnConfig;
+use crate::element::{Element, Float};
+use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
+use std::ops::Range;
+
+/// Which of a layer-direction's tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParamKind {
+    /// `weight_ih`, `[G·H, In]`.
+    WeightIh,
+    /// `weight_hh`, `[G·H, Hout]`.
+    WeightHh,
+    /// `bias_ih`, `[G·H]`.
+    BiasIh,
+    /// `bias_hh`, `[G·H]`.
+    BiasHh,
+    /// `weight_hr` (LSTM projection), `[Hout, H]`.
+    WeightHr,
+}
+
+impl ParamKind {
+    fn stem(self) -> &'static str {
+        match self {
+            ParamKind::WeightIh => "weight_ih",
+            ParamKind::WeightHh => "weight_hh",
+            ParamKind::BiasIh => "bias_ih",
+            ParamKind::BiasHh => "bias_hh",
+            ParamKind::WeightHr => "weight_hr",
+        }
+    }
+}
+
+/// One parameter tensor: its PyTorch name, shape and place in the flat buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamSpec {
+    /// PyTorch name, e.g. `weight_hh_l1_reverse`.
+    pub name: String,
+    /// PyTorch shape, e.g. `[4·H, Hout]`.
+    pub shape: Vec<usize>,
+    /// Offset of its first element in the flat buffer.
+    pub offset: usize,
+    /// Layer index `k`.
+    pub layer: usize,
+    /// 0 for the forward direction, 1 for the reverse one.
+    pub direction: usize,
+    /// Which tensor.
+    pub kind: ParamKind,
+}
+
+impl ParamSpec {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Whether it has no elements (never, for a valid configuration).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Its element range in the flat buffer.
+    pub fn range(&self) -> Range<usize> {
+        self.offset..self.offset + self.len()
+    }
+}
+
+/// The element ranges of one layer-direction's tensors in the flat buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerRanges {
+    /// `weight_ih`, `[G·H, In]`.
+    pub w_ih: Range<usize>,
+    /// `weight_hh`, `[G·H, Hout]`.
+    pub w_hh: Range<usize>,
+    /// `bias_ih`, `[G·H]`, when the stack has biases.
+    pub b_ih: Option<Range<usize>>,
+    /// `bias_hh`, `[G·H]`, when the stack has biases.
+    pub b_hh: Option<Range<usize>>,
+    /// `weight_hr`, `[Hout, H]`, when the LSTM has a projection.
+    pub w_hr: Option<Range<usize>>,
+}
+
+/// The names, shapes and offsets of every parameter tensor of a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamLayout {
+    config: RnnConfig,
+    specs: Vec<ParamSpec>,
+    layers: Vec<LayerRanges>,
+    len: usize,
+}
+
+impl ParamLayout {
+    /// The layout of `config`'s parameters.
+    pub fn new(config: &RnnConfig) -> Self {
+        let (g, h, hout) = (config.gates(), config.hidden_size(), config.hidden_out_size());
+        let mut specs = Vec::new();
+        let mut layers = Vec::new();
+        let mut offset = 0;
+        for layer in 0..config.num_layers() {
+            for direction in 0..config.num_directions() {
+                let suffix = if direction == 1 { "_reverse" } else { "" };
+                let mut push = |kind: ParamKind, shape: Vec<usize>| {
+                    let spec = ParamSpec {
+                        name: format!("{}_l{layer}{suffix}", kind.stem()),
+                        shape,
+                        offset,
+                        layer,
+                        direction,
+                        kind,
+                    };
+                    offset += spec.len();
+                    let r = spec.range();
+                    specs.push(spec);
+                    r
+                };
+                let w_ih = push(ParamKind::WeightIh, vec![g * h, config.layer_input_size(layer)]);
+                let w_hh = push(ParamKind::WeightHh, vec![g * h, hout]);
+                let (b_ih, b_hh) = if config.bias() {
+                    (Some(push(ParamKind::BiasIh, vec![g * h])), Some(push(ParamKind::BiasHh, vec![g * h])))
+                } else {
+                    (None, None)
+                };
+                let w_hr = (config.proj_size() > 0).then(|| push(ParamKind::WeightHr, vec![hout, h]));
+                layers.push(LayerRanges { w_ih, w_hh, b_ih, b_hh, w_hr });
+            }
+        }
+        ParamLayout { config: config.clone(), specs, layers, len: offset }
+    }
+
+    /// The configuration this layout is for.
+    pub fn config(&self) -> &RnnConfig {
+        &self.config
+    }
+    /// Total number of elements of all tensors.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether there are no parameters (never, for a valid configuration).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Every tensor, in `state_dict()` order.
+    pub fn specs(&self) -> &[ParamSpec] {
+        &self.specs
+    }
+    /// The tensor called `name`, if this configuration has one.
+    pub fn find(&self, name: &str) -> Option<&ParamSpec> {
+        self.specs.iter().find(|s| s.name == name)
+    }
+    /// The ranges of layer `layer`, direction `direction` (0 forward, 1 reverse).
+    pub fn layer(&self, layer: usize, direction: usize) -> &LayerRanges {
+        &self.layers[layer * self.config.num_directions() + direction]
+    }
+    /// All names, comma-separated, for error messages.
+    pub(crate) fn names(&self) -> String {
+        self.specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+    }
+    /// Checks that a flat parameter (or gradient) buffer named `arg` has [`len`](Self::len)
+    /// elements.
+    pub fn check_buffer(&self, arg: &str, len: usize) -> Result<()> {
+        if len == self.len {
+            Ok(())
+        } else {
+            Err(Error::shape(
+                arg,
+                format!("the flat parameter layout of {} layer(s) of {}: {} elements", self.config.num_layers(), self.config.cell(), self.len),
+                format!("{len} elements"),
+            ))
+        }
+    }
+}
+
+/// A configuration's parameters in one flat buffer, in [`ParamLayout`] order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Params<T> {
+    layout: ParamLayout,
+    data: Vec<T>,
+}
+
+impl<T: Element> Params<T> {
+    /// All zeros.
+    pub fn zeros(config: &RnnConfig) -> Self {
+        let layout = ParamLayout::new(config);
+        let data = vec![T::from_f64(0.0); layout.len()];
+        Params { layout, data }
+    }
+
+    /// PyTorch's initialisation: every tensor uniform in `±1/sqrt(H)`, drawn from a generator
+    /// seeded with `seed` (the same seed gives the same parameters everywhere; the values differ
+    /// from PyTorch's own generator).
+    pub fn init_uniform(config: &RnnConfig, seed: u64) -> Self {
+        let mut p = Self::zeros(config);
+        let k = 1.0 / (config.hidden_size() as f64).sqrt();
+        let mut rng = SplitMix64::new(seed);
+        for v in &mut p.data {
+            *v = T::from_f64(rng.uniform(-k, k));
+        }
+        p
+    }
+
+    /// Wraps a flat buffer, checking its length against the layout of `config`.
+    pub fn from_vec(config: &RnnConfig, data: Vec<T>) -> Result<Self> {
+        let layout = ParamLayout::new(config);
+        layout.check_buffer("params", data.len())?;
+        Ok(Params { layout, data })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RnnConfig {
+        self.layout.config()
+    }
+    /// The layout.
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+    /// The flat buffer.
+    pub fn as_slice(&self) -> &[T] {
+        &self.data
+    }
+    /// The flat buffer, mutable.
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        &mut self.data
+    }
+    /// The flat buffer, by value.
+    pub fn into_vec(self) -> Vec<T> {
+        self.data
+    }
+    /// The tensor called `name` (PyTorch name), row-major.
+    pub fn get(&self, name: &str) -> Result<&[T]> {
+        let r = self.spec(name)?.range();
+        Ok(&self.data[r])
+    }
+    /// The tensor called `name`, mutable.
+    pub fn get_mut(&mut self, name: &str) -> Result<&mut [T]> {
+        let r = self.spec(name)?.range();
+        Ok(&mut self.data[r])
+    }
+    fn spec(&self, name: &str) -> Result<&ParamSpec> {
+        self.layout.find(name).ok_or_else(|| {
+            Error::invalid("name", format!("one of the parameter names {}", self.layout.names()), format!("{name:?}"))
+        })
+    }
+
+    /// The same parameters converted to another element type (rounding to nearest).
+    pub fn cast<U: Element>(&self) -> Params<U> {
+        Params { layout: self.layout.clone(), data: self.data.iter().map(|v| U::from_f64(v.to_f64())).collect() }
+    }
+}
+
+impl<T: Float> Params<T> {
+    /// The largest absolute value, for reports; 0 for an empty buffer.
+    pub fn max_abs(&self) -> f64 {
+        self.data.iter().fold(0.0, |m, v| m.max(v.to_f64().abs()))
+    }
+}

@@ -1,0 +1,177 @@
+//! [`Rnn`]: a layer stack bound to a backend and its plan, with host conveniences that allocate
+//! the outputs.
+
+use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnPlan, RnnReserve};
+use crate::config::RnnConfig;
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::params::Params;
+use crate::shape::SeqShape;
+use std::marker::PhantomData;
+
+/// Outputs of a forward pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output<T> {
+    /// `[T, B, D·Hout]`, zero past each sequence's length.
+    pub y: Vec<T>,
+    /// `[L·D, B, Hout]`.
+    pub hn: Vec<T>,
+    /// `[L·D, B, H]`, LSTM only.
+    pub cn: Option<Vec<T>>,
+}
+
+/// Gradients from a backward pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gradients<T> {
+    /// `[T, B, I]`.
+    pub dx: Vec<T>,
+    /// `[L·D, B, Hout]`.
+    pub dh0: Vec<T>,
+    /// `[L·D, B, H]`, LSTM only.
+    pub dc0: Option<Vec<T>>,
+    /// Parameter gradients in the flat layout; `None` from
+    /// [`Rnn::backward_accumulate`], which adds them into the caller's buffer instead.
+    pub dparams: Option<Vec<T>>,
+}
+
+/// A layer stack on a backend: the backend and the plan made from the parameters.
+///
+/// ```
+/// use rnn_kernels::{CellKind, Params, Reference, Rnn, RnnConfig, SeqShape};
+/// let cfg = RnnConfig::new(CellKind::Lstm, 3, 5).num_layers(2).build()?;
+/// let params = Params::<f64>::init_uniform(&cfg, 7);
+/// let rnn = Rnn::from_params(Reference, &params)?;
+/// let shape = SeqShape::with_lengths(4, vec![4, 2])?; // T = 4, B = 2
+/// let x = vec![0.5; 4 * 2 * 3];
+/// let out = rnn.forward(&shape, &x, None, None)?;
+/// assert_eq!(out.y.len(), 4 * 2 * 5);
+/// # Ok::<(), rnn_kernels::Error>(())
+/// ```
+pub struct Rnn<T: Element, B: Backend<T>> {
+    backend: B,
+    plan: B::Plan,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Element, B: Backend<T>> Rnn<T, B> {
+    /// Plans `config` with `params` (flat layout) on `backend`.
+    pub fn new(backend: B, config: &RnnConfig, params: &B::Buf) -> Result<Self> {
+        let plan = backend.plan(config, params)?;
+        Ok(Rnn { backend, plan, _t: PhantomData })
+    }
+    /// The configuration.
+    pub fn config(&self) -> &RnnConfig {
+        self.plan.config()
+    }
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+    /// The plan, for calling the [`Backend`] methods directly on backend buffers.
+    pub fn plan(&self) -> &B::Plan {
+        &self.plan
+    }
+    /// Repacks new parameter values (after an optimiser step).
+    pub fn update_params(&mut self, params: &B::Buf) -> Result<()> {
+        self.backend.update_plan(&mut self.plan, params)
+    }
+}
+
+impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
+    /// Plans on `backend` from host [`Params`].
+    pub fn from_params(backend: B, params: &Params<T>) -> Result<Self> {
+        Self::new(backend, params.config(), params.as_slice())
+    }
+
+    fn alloc_outputs(&self, shape: &SeqShape) -> Output<T> {
+        let cfg = self.config();
+        let n = |s: [usize; 3]| vec![T::default(); s.iter().product()];
+        Output {
+            y: n(shape.y_shape(cfg)),
+            hn: n(shape.h_shape(cfg)),
+            cn: cfg.cell().has_cell_state().then(|| n(shape.c_shape(cfg))),
+        }
+    }
+
+    /// Inference: `x: [T, B, I]`, optional `h0: [L·D, B, Hout]` and `c0: [L·D, B, H]`.
+    pub fn forward(&self, shape: &SeqShape, x: &[T], h0: Option<&[T]>, c0: Option<&[T]>) -> Result<Output<T>> {
+        let mut out = self.alloc_outputs(shape);
+        self.backend.forward_inference(
+            &self.plan,
+            shape,
+            ForwardInput { x, h0, c0 },
+            ForwardOutput { y: &mut out.y, hn: Some(&mut out.hn), cn: out.cn.as_deref_mut() },
+        )?;
+        Ok(out)
+    }
+
+    /// Training forward: like [`forward`](Self::forward), and fills `reserve` for
+    /// [`backward`](Self::backward).
+    pub fn forward_training(
+        &self,
+        shape: &SeqShape,
+        x: &[T],
+        h0: Option<&[T]>,
+        c0: Option<&[T]>,
+        reserve: &mut B::Reserve,
+    ) -> Result<Output<T>> {
+        let mut out = self.alloc_outputs(shape);
+        self.backend.forward_training(
+            &self.plan,
+            shape,
+            ForwardInput { x, h0, c0 },
+            ForwardOutput { y: &mut out.y, hn: Some(&mut out.hn), cn: out.cn.as_deref_mut() },
+            reserve,
+        )?;
+        Ok(out)
+    }
+
+    fn alloc_grads(&self, reserve: &B::Reserve) -> Result<Gradients<T>> {
+        let shape = reserve.shape().ok_or_else(|| Error::Reserve("empty: run forward_training with it before backward".into()))?;
+        let cfg = self.config();
+        let n = |s: [usize; 3]| vec![T::default(); s.iter().product()];
+        Ok(Gradients {
+            dx: n(shape.x_shape(cfg)),
+            dh0: n(shape.h_shape(cfg)),
+            dc0: cfg.cell().has_cell_state().then(|| n(shape.c_shape(cfg))),
+            dparams: None,
+        })
+    }
+
+    /// Backpropagation through time; every gradient is freshly computed (parameter gradients
+    /// overwrite, see [`GradMode::Overwrite`]). `dy`, `dhn`, `dcn` default to zeros.
+    pub fn backward(&self, reserve: &B::Reserve, dy: Option<&[T]>, dhn: Option<&[T]>, dcn: Option<&[T]>) -> Result<Gradients<T>> {
+        let mut g = self.alloc_grads(reserve)?;
+        let mut dparams = vec![T::default(); crate::ParamLayout::new(self.config()).len()];
+        self.backend.backward(
+            &self.plan,
+            reserve,
+            BackwardInput { dy, dhn, dcn },
+            BackwardOutput { dx: Some(&mut g.dx), dh0: Some(&mut g.dh0), dc0: g.dc0.as_deref_mut(), dparams: Some(&mut dparams) },
+            GradMode::Overwrite,
+        )?;
+        g.dparams = Some(dparams);
+        Ok(g)
+    }
+
+    /// Backpropagation through time that adds the parameter gradients into `dparams` (flat
+    /// layout; see [`GradMode::Accumulate`]) and returns `dx`, `dh0`, `dc0`.
+    pub fn backward_accumulate(
+        &self,
+        reserve: &B::Reserve,
+        dy: Option<&[T]>,
+        dhn: Option<&[T]>,
+        dcn: Option<&[T]>,
+        dparams: &mut [T],
+    ) -> Result<Gradients<T>> {
+        let mut g = self.alloc_grads(reserve)?;
+        self.backend.backward(
+            &self.plan,
+            reserve,
+            BackwardInput { dy, dhn, dcn },
+            BackwardOutput { dx: Some(&mut g.dx), dh0: Some(&mut g.dh0), dc0: g.dc0.as_deref_mut(), dparams: Some(dparams) },
+            GradMode::Accumulate,
+        )?;
+        Ok(g)
+    }
+}
