@@ -1,0 +1,110 @@
+//! Shared helpers for the integration tests: random problems and the scalar loss whose
+//! gradients backward computes.
+#![allow(dead_code)]
+
+use rnn_kernels::{Backend, CellKind, ForwardInput, ForwardOutput, Params, Reference, RnnConfig, SeqShape, SplitMix64};
+
+/// A random problem: parameters, inputs and upstream gradients, all in f64.
+#[derive(Clone, Debug)]
+pub struct Problem {
+    pub cfg: RnnConfig,
+    pub shape: SeqShape,
+    pub params: Vec<f64>,
+    pub x: Vec<f64>,
+    pub h0: Vec<f64>,
+    pub c0: Option<Vec<f64>>,
+    pub dy: Vec<f64>,
+    pub dhn: Vec<f64>,
+    pub dcn: Option<Vec<f64>>,
+}
+
+fn normals(rng: &mut SplitMix64, n: usize, scale: f64) -> Vec<f64> {
+    (0..n).map(|_| scale * rng.normal()).collect()
+}
+
+impl Problem {
+    /// Parameters uniform in ±`param_scale`/sqrt(H), everything else standard normal.
+    pub fn random(cfg: &RnnConfig, shape: &SeqShape, seed: u64, param_scale: f64) -> Problem {
+        let mut rng = SplitMix64::new(seed);
+        let mut params = Params::<f64>::init_uniform(cfg, seed ^ 0x5eed).into_vec();
+        for p in &mut params {
+            *p *= param_scale;
+        }
+        let n = |s: [usize; 3]| s.iter().product::<usize>();
+        let lstm = cfg.cell().has_cell_state();
+        Problem {
+            x: normals(&mut rng, n(shape.x_shape(cfg)), 1.0),
+            h0: normals(&mut rng, n(shape.h_shape(cfg)), 0.5),
+            c0: lstm.then(|| normals(&mut rng, n(shape.c_shape(cfg)), 0.5)),
+            dy: normals(&mut rng, n(shape.y_shape(cfg)), 1.0),
+            dhn: normals(&mut rng, n(shape.h_shape(cfg)), 1.0),
+            dcn: lstm.then(|| normals(&mut rng, n(shape.c_shape(cfg)), 1.0)),
+            params,
+            cfg: cfg.clone(),
+            shape: shape.clone(),
+        }
+    }
+
+    /// `L = Σ y·dy + Σ hn·dhn + Σ cn·dcn`, by an f64 reference inference pass.
+    pub fn loss(&self) -> f64 {
+        let plan = Backend::<f64>::plan(&Reference, &self.cfg, &self.params).unwrap();
+        let n = |s: [usize; 3]| vec![0.0; s.iter().product()];
+        let (mut y, mut hn) = (n(self.shape.y_shape(&self.cfg)), n(self.shape.h_shape(&self.cfg)));
+        let mut cn = self.c0.as_ref().map(|_| n(self.shape.c_shape(&self.cfg)));
+        Reference
+            .forward_inference(
+                &plan,
+                &self.shape,
+                ForwardInput { x: &self.x, h0: Some(&self.h0), c0: self.c0.as_deref() },
+                ForwardOutput { y: &mut y, hn: Some(&mut hn), cn: cn.as_deref_mut() },
+            )
+            .unwrap();
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f64>();
+        dot(&y, &self.dy) + dot(&hn, &self.dhn) + cn.as_ref().map_or(0.0, |cn| dot(cn, self.dcn.as_ref().unwrap()))
+    }
+}
+
+/// Every configuration the gradient and parity tests sweep: each cell, 1 to 3 layers, both
+/// directions, with and without bias, and LSTM with projection. Sizes are deliberately not
+/// multiples of 4 or 8.
+pub fn sweep_configs(input: usize, hidden: usize, proj: usize) -> Vec<RnnConfig> {
+    let mut out = Vec::new();
+    for cell in CellKind::ALL {
+        for layers in 1..=3 {
+            for bidirectional in [false, true] {
+                for bias in [true, false] {
+                    let projs: &[usize] = if cell == CellKind::Lstm { &[0, proj] } else { &[0] };
+                    for &p in projs {
+                        out.push(
+                            RnnConfig::new(cell, input, hidden)
+                                .num_layers(layers)
+                                .bidirectional(bidirectional)
+                                .bias(bias)
+                                .proj_size(p)
+                                .build()
+                                .unwrap(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A readable name for a configuration in failure messages.
+pub fn describe(cfg: &RnnConfig, shape: &SeqShape) -> String {
+    format!(
+        "{} I={} H={} L={} bidir={} bias={} proj={} T={} B={} lengths={:?}",
+        cfg.cell(),
+        cfg.input_size(),
+        cfg.hidden_size(),
+        cfg.num_layers(),
+        cfg.bidirectional(),
+        cfg.bias(),
+        cfg.proj_size(),
+        shape.steps(),
+        shape.batch(),
+        shape.lengths()
+    )
+}
