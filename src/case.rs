@@ -92,14 +92,19 @@ impl<T: Element> Case<T> {
                 Err(_) => Ok(None),
                 Ok(v) => {
                     if v.shape() != want {
-                        return Err(Error::shape(format!("{name} in {source}"), format!("shape {want:?}"), format!("shape {:?}", v.shape())));
+                        return Err(Error::shape(
+                            format!("{name} in {source}"),
+                            format!("shape {want:?}"),
+                            format!("shape {:?}", v.shape()),
+                        ));
                     }
                     Ok(Some(view_to_vec(&v, name, source)?))
                 }
             }
         };
         let (xs, ys, hs, cs) = (shape.x_shape(&config), shape.y_shape(&config), shape.h_shape(&config), shape.c_shape(&config));
-        let x = tensor("x", &xs)?.ok_or_else(|| Error::MissingTensor { name: "x".into(), shape: xs.to_vec(), source_desc: source.into() })?;
+        let x =
+            tensor("x", &xs)?.ok_or_else(|| Error::MissingTensor { name: "x".into(), shape: xs.to_vec(), source_desc: source.into() })?;
         let params = Params::from_safetensors(&st, &config, &LoadOptions { prefix: String::new(), allow_unexpected: true }, source)?;
         let layout = ParamLayout::new(&config);
         let grads = if layout.specs().iter().all(|s| st.tensor(&format!("grad.{}", s.name)).is_ok()) {

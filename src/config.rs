@@ -113,17 +113,7 @@ impl RnnConfig {
     /// Starts a configuration with PyTorch's defaults for everything else.
     #[allow(clippy::new_ret_no_self)]
     pub fn new(cell: CellKind, input_size: usize, hidden_size: usize) -> RnnConfigBuilder {
-        RnnConfigBuilder {
-            cfg: RnnConfig {
-                cell,
-                input_size,
-                hidden_size,
-                num_layers: 1,
-                bidirectional: false,
-                bias: true,
-                proj_size: 0,
-            },
-        }
+        RnnConfigBuilder { cfg: RnnConfig { cell, input_size, hidden_size, num_layers: 1, bidirectional: false, bias: true, proj_size: 0 } }
     }
 
     /// The cell.
@@ -226,18 +216,10 @@ impl RnnConfigBuilder {
             return Err(Error::invalid("num_layers", "must be at least 1", c.num_layers));
         }
         if c.proj_size > 0 && c.cell != CellKind::Lstm {
-            return Err(Error::invalid(
-                "proj_size",
-                format!("must be 0 for cell {} (projection is LSTM only)", c.cell),
-                c.proj_size,
-            ));
+            return Err(Error::invalid("proj_size", format!("must be 0 for cell {} (projection is LSTM only)", c.cell), c.proj_size));
         }
         if c.proj_size >= c.hidden_size && c.proj_size > 0 {
-            return Err(Error::invalid(
-                "proj_size",
-                format!("must be smaller than hidden_size = {}", c.hidden_size),
-                c.proj_size,
-            ));
+            return Err(Error::invalid("proj_size", format!("must be smaller than hidden_size = {}", c.hidden_size), c.proj_size));
         }
         // Every buffer size derived from the configuration must fit in usize; check the largest
         // parameter tensor so later arithmetic cannot overflow.

@@ -86,11 +86,7 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
     fn alloc_outputs(&self, shape: &SeqShape) -> Output<T> {
         let cfg = self.config();
         let n = |s: [usize; 3]| vec![T::default(); s.iter().product()];
-        Output {
-            y: n(shape.y_shape(cfg)),
-            hn: n(shape.h_shape(cfg)),
-            cn: cfg.cell().has_cell_state().then(|| n(shape.c_shape(cfg))),
-        }
+        Output { y: n(shape.y_shape(cfg)), hn: n(shape.h_shape(cfg)), cn: cfg.cell().has_cell_state().then(|| n(shape.c_shape(cfg))) }
     }
 
     /// Inference: `x: [T, B, I]`, optional `h0: [L·D, B, Hout]` and `c0: [L·D, B, H]`.

@@ -32,7 +32,7 @@ fn fixtures_cover_what_they_claim() {
     assert!(any(&|c| c.shape.batch() == 1));
     assert!(any(&|c| c.shape.steps() == 1));
     // Lengths out of order: some sequence longer than the one before it and some shorter.
-    assert!(any(&|c| c.shape.lengths().is_some_and(|l| l.windows(2).any(|w| w[0] < w[1]) && l.windows(2).any(|w| w[0] > w[1])))); 
+    assert!(any(&|c| c.shape.lengths().is_some_and(|l| l.windows(2).any(|w| w[0] < w[1]) && l.windows(2).any(|w| w[0] > w[1]))));
     // Every file carries the full set of expected tensors, so nothing is silently skipped.
     for c in &cases {
         assert!(c.y.is_some() && c.hn.is_some() && c.dx.is_some() && c.dh0.is_some() && c.grads.is_some(), "{} lacks tensors", c.source);

@@ -117,14 +117,7 @@ impl ParamLayout {
             for direction in 0..config.num_directions() {
                 let suffix = if direction == 1 { "_reverse" } else { "" };
                 let mut push = |kind: ParamKind, shape: Vec<usize>| {
-                    let spec = ParamSpec {
-                        name: format!("{}_l{layer}{suffix}", kind.stem()),
-                        shape,
-                        offset,
-                        layer,
-                        direction,
-                        kind,
-                    };
+                    let spec = ParamSpec { name: format!("{}_l{layer}{suffix}", kind.stem()), shape, offset, layer, direction, kind };
                     offset += spec.len();
                     let r = spec.range();
                     specs.push(spec);
@@ -180,7 +173,12 @@ impl ParamLayout {
         } else {
             Err(Error::shape(
                 arg,
-                format!("the flat parameter layout of {} layer(s) of {}: {} elements", self.config.num_layers(), self.config.cell(), self.len),
+                format!(
+                    "the flat parameter layout of {} layer(s) of {}: {} elements",
+                    self.config.num_layers(),
+                    self.config.cell(),
+                    self.len
+                ),
                 format!("{len} elements"),
             ))
         }
@@ -253,9 +251,9 @@ impl<T: Element> Params<T> {
         Ok(&mut self.data[r])
     }
     fn spec(&self, name: &str) -> Result<&ParamSpec> {
-        self.layout.find(name).ok_or_else(|| {
-            Error::invalid("name", format!("one of the parameter names {}", self.layout.names()), format!("{name:?}"))
-        })
+        self.layout
+            .find(name)
+            .ok_or_else(|| Error::invalid("name", format!("one of the parameter names {}", self.layout.names()), format!("{name:?}")))
     }
 
     /// The same parameters converted to another element type (rounding to nearest).

@@ -29,10 +29,9 @@ pub(crate) fn view_to_vec<T: Element>(view: &TensorView<'_>, name: &str, source:
     let data = view.data();
     let out = match view.dtype() {
         StDtype::F32 => data.chunks_exact(4).map(|b| T::from_f64(f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)).collect(),
-        StDtype::F64 => data
-            .chunks_exact(8)
-            .map(|b| T::from_f64(f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])))
-            .collect(),
+        StDtype::F64 => {
+            data.chunks_exact(8).map(|b| T::from_f64(f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))).collect()
+        }
         other => {
             return Err(Error::invalid(format!("{name} in {source}"), "dtype F32 or F64", format!("{other:?}")));
         }
@@ -43,11 +42,9 @@ pub(crate) fn view_to_vec<T: Element>(view: &TensorView<'_>, name: &str, source:
 /// Reads an I64 tensor (e.g. `lengths`).
 pub(crate) fn view_to_i64(view: &TensorView<'_>, name: &str, source: &str) -> Result<Vec<i64>> {
     match view.dtype() {
-        StDtype::I64 => Ok(view
-            .data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-            .collect()),
+        StDtype::I64 => {
+            Ok(view.data().chunks_exact(8).map(|b| i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).collect())
+        }
         StDtype::I32 => Ok(view.data().chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64).collect()),
         other => Err(Error::invalid(format!("{name} in {source}"), "dtype I64 or I32", format!("{other:?}"))),
     }
@@ -65,9 +62,7 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
 /// and of [`Params::save_safetensors`]: `cell`, `input_size`, `hidden_size`, `num_layers`,
 /// `bidirectional`, `proj_size`, and optionally `bias`, default `true`).
 pub fn config_from_metadata(meta: &HashMap<String, String>, source: &str) -> Result<RnnConfig> {
-    let get = |key: &str| {
-        meta.get(key).ok_or_else(|| Error::invalid(format!("metadata `{key}` of {source}"), "present", "missing"))
-    };
+    let get = |key: &str| meta.get(key).ok_or_else(|| Error::invalid(format!("metadata `{key}` of {source}"), "present", "missing"));
     let num = |key: &str| -> Result<usize> {
         let v = get(key)?;
         v.trim().parse().map_err(|_| Error::invalid(format!("metadata `{key}` of {source}"), "an unsigned integer", format!("{v:?}")))
@@ -218,12 +213,8 @@ impl<T: Element> Params<T> {
     pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let views = self.owned_views();
-        safetensors::tensor::serialize_to_file(
-            views.iter().map(|(n, v)| (n.as_str(), v)),
-            Some(config_metadata(self.config())),
-            path,
-        )
-        .map_err(|e| st_error(&path.display().to_string(), e))
+        safetensors::tensor::serialize_to_file(views.iter().map(|(n, v)| (n.as_str(), v)), Some(config_metadata(self.config())), path)
+            .map_err(|e| st_error(&path.display().to_string(), e))
     }
 
     fn owned_views(&self) -> Vec<(String, OwnedView)> {

@@ -552,7 +552,13 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(
 
     if let Some(dp) = dparams {
         // dW_ih += dGi^T · X
-        k.gemm(T::ONE, Mat::new(&dgi_all, tb, gh).t(), Mat::new(input, tb, dm.input), T::ONE, MatMut::new(&mut dp[lr.w_ih.clone()], gh, dm.input));
+        k.gemm(
+            T::ONE,
+            Mat::new(&dgi_all, tb, gh).t(),
+            Mat::new(input, tb, dm.input),
+            T::ONE,
+            MatMut::new(&mut dp[lr.w_ih.clone()], gh, dm.input),
+        );
         // dW_hh += dGh^T · H_prev, where H_prev is the saved states shifted by one step, with h0
         // at the first processed step: two GEMMs, no copy.
         let dw_hh = &mut dp[lr.w_hh.clone()];
@@ -561,8 +567,20 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(
         } else {
             (0, &dgh_all[bl * gh..], &sv.h[..(tl - 1) * bl * hout])
         };
-        k.gemm(T::ONE, Mat::new(rest_g, (tl - 1) * bl, gh).t(), Mat::new(rest_h, (tl - 1) * bl, hout), T::ONE, MatMut::new(&mut *dw_hh, gh, hout));
-        k.gemm(T::ONE, Mat::new(&dgh_all[first * bl * gh..(first + 1) * bl * gh], bl, gh).t(), Mat::new(h0, bl, hout), T::ONE, MatMut::new(dw_hh, gh, hout));
+        k.gemm(
+            T::ONE,
+            Mat::new(rest_g, (tl - 1) * bl, gh).t(),
+            Mat::new(rest_h, (tl - 1) * bl, hout),
+            T::ONE,
+            MatMut::new(&mut *dw_hh, gh, hout),
+        );
+        k.gemm(
+            T::ONE,
+            Mat::new(&dgh_all[first * bl * gh..(first + 1) * bl * gh], bl, gh).t(),
+            Mat::new(h0, bl, hout),
+            T::ONE,
+            MatMut::new(dw_hh, gh, hout),
+        );
         if let Some(r) = lr.b_ih.clone() {
             add_col_sums(&mut dp[r], &dgi_all, gh);
         }

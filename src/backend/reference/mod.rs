@@ -133,19 +133,7 @@ impl<T: Float> Backend<T> for Reference {
         check_forward(plan.config(), shape, &input, &output)?;
         reserve.plan_id = plan.id;
         reserve.plan_version = plan.version;
-        host::forward(
-            self,
-            &plan.layout,
-            &plan.weights,
-            shape,
-            input.x,
-            input.h0,
-            input.c0,
-            output.y,
-            output.hn,
-            output.cn,
-            Some(reserve),
-        );
+        host::forward(self, &plan.layout, &plan.weights, shape, input.x, input.h0, input.c0, output.y, output.hn, output.cn, Some(reserve));
         Ok(())
     }
 

@@ -44,7 +44,7 @@ pub(crate) fn backward<T: Float>(act: Act, s: CellBackward<'_, T>) {
             dgh.fill(T::ZERO);
             continue;
         }
-        for j in 0..h {
+        for (j, dg) in dgi.iter_mut().enumerate() {
             let v = s.gates[b * h + j];
             let d = match act {
                 Act::Tanh => T::ONE - v * v,
@@ -56,7 +56,7 @@ pub(crate) fn backward<T: Float>(act: Act, s: CellBackward<'_, T>) {
                     }
                 }
             };
-            dgi[j] = s.dm[b * h + j] * d;
+            *dg = s.dm[b * h + j] * d;
         }
         dgh.copy_from_slice(dgi);
     }
