@@ -92,10 +92,11 @@ impl Error {
 /// Checks that a buffer named `arg` has exactly the elements of `shape` (described by `dims`, e.g.
 /// `"[T, B, I]"`).
 pub(crate) fn check_len(arg: &str, dims: &str, shape: &[usize], got: usize) -> Result<()> {
-    let want: usize = shape.iter().product();
-    if want == got {
-        Ok(())
-    } else {
-        Err(Error::shape(arg, format!("{dims} = {shape:?}, {want} elements"), format!("{got} elements")))
+    // A product that overflows cannot be the length of any buffer: report it as such rather
+    // than wrapping around to a small number that a wrong buffer might match.
+    match shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) {
+        Some(want) if want == got => Ok(()),
+        Some(want) => Err(Error::shape(arg, format!("{dims} = {shape:?}, {want} elements"), format!("{got} elements"))),
+        None => Err(Error::shape(arg, format!("{dims} = {shape:?}, more elements than fit in memory"), format!("{got} elements"))),
     }
 }

@@ -56,6 +56,8 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+#[doc(hidden)]
+pub mod bench_support;
 pub mod case;
 mod config;
 mod element;

@@ -4,7 +4,7 @@
 use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnPlan, RnnReserve};
 use crate::config::RnnConfig;
 use crate::element::Element;
-use crate::error::{Error, Result};
+use crate::error::{check_len, Error, Result};
 use crate::params::Params;
 use crate::shape::SeqShape;
 use std::marker::PhantomData;
@@ -91,6 +91,8 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
 
     /// Inference: `x: [T, B, I]`, optional `h0: [L·D, B, Hout]` and `c0: [L·D, B, H]`.
     pub fn forward(&self, shape: &SeqShape, x: &[T], h0: Option<&[T]>, c0: Option<&[T]>) -> Result<Output<T>> {
+        // Check x before allocating outputs sized from `shape`.
+        check_len("x", "[T, B, I]", &shape.x_shape(self.config()), x.len())?;
         let mut out = self.alloc_outputs(shape);
         self.backend.forward_inference(
             &self.plan,
@@ -111,6 +113,7 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
         c0: Option<&[T]>,
         reserve: &mut B::Reserve,
     ) -> Result<Output<T>> {
+        check_len("x", "[T, B, I]", &shape.x_shape(self.config()), x.len())?;
         let mut out = self.alloc_outputs(shape);
         self.backend.forward_training(
             &self.plan,

@@ -1,0 +1,111 @@
+//! Hooks for `benches/` to time the fused cell kernels alone. Not a stable API.
+
+use crate::backend::host::{CellBackward, CellForward, HostKernels};
+use crate::backend::Reference;
+use crate::config::CellKind;
+
+/// Buffers for one step of a cell's pointwise kernels, `B` rows of hidden size `H`, in f32.
+pub struct CellStep {
+    cell: CellKind,
+    hidden: usize,
+    active: Vec<bool>,
+    xg: Vec<f32>,
+    hg: Vec<f32>,
+    b_hh: Vec<f32>,
+    h_prev: Vec<f32>,
+    c_prev: Vec<f32>,
+    gates: Vec<f32>,
+    extra: Vec<f32>,
+    c: Vec<f32>,
+    m: Vec<f32>,
+    dc: Vec<f32>,
+    dgi: Vec<f32>,
+    dgh: Vec<f32>,
+    dh_direct: Vec<f32>,
+}
+
+impl CellStep {
+    /// Buffers for `cell` with `batch` rows of `hidden` units, filled with varied values.
+    pub fn new(cell: CellKind, batch: usize, hidden: usize) -> Self {
+        let gh = cell.gates() * hidden;
+        let bh = batch * hidden;
+        let v = |n: usize, s: f32| (0..n).map(|i| s * (((i * 7919) % 1000) as f32 / 500.0 - 1.0)).collect::<Vec<f32>>();
+        let lstm = cell == CellKind::Lstm;
+        let gru = cell == CellKind::Gru;
+        CellStep {
+            cell,
+            hidden,
+            active: vec![true; batch],
+            xg: v(batch * gh, 2.0),
+            hg: v(batch * gh, 1.5),
+            b_hh: v(gh, 0.1),
+            h_prev: v(bh, 0.5),
+            c_prev: if lstm { v(bh, 0.5) } else { Vec::new() },
+            gates: vec![0.0; batch * gh],
+            extra: vec![0.0; if gru { bh } else { 0 }],
+            c: vec![0.0; if lstm { bh } else { 0 }],
+            m: vec![0.0; bh],
+            dc: if lstm { v(bh, 0.3) } else { Vec::new() },
+            dgi: vec![0.0; batch * gh],
+            dgh: vec![0.0; batch * gh],
+            dh_direct: vec![0.0; bh],
+        }
+    }
+
+    /// Bytes one forward step reads and writes (each buffer once).
+    pub fn forward_bytes(&self) -> u64 {
+        let n = self.xg.len() + self.hg.len() + self.b_hh.len() + self.c_prev.len() + self.gates.len() + self.extra.len() + self.c.len() + self.m.len();
+        let gru_h = if self.cell == CellKind::Gru { self.h_prev.len() } else { 0 };
+        ((n + gru_h) * 4) as u64
+    }
+
+    /// Bytes one backward step reads and writes.
+    pub fn backward_bytes(&self) -> u64 {
+        let n = self.gates.len() + self.extra.len() + 2 * self.c.len() + self.m.len() + 2 * self.dc.len() + self.dgi.len() + self.dgh.len();
+        let gru_h = if self.cell == CellKind::Gru { 2 * self.h_prev.len() } else { 0 };
+        ((n + gru_h) * 4) as u64
+    }
+
+    /// One forward step with the reference kernels.
+    pub fn forward_reference(&mut self) {
+        <Reference as HostKernels<f32>>::cell_forward(
+            &Reference,
+            self.cell,
+            CellForward {
+                active: &self.active,
+                hidden: self.hidden,
+                xg: &self.xg,
+                hg: &self.hg,
+                b_hh: Some(&self.b_hh),
+                h_prev: &self.h_prev,
+                c_prev: &self.c_prev,
+                gates: &mut self.gates,
+                extra: &mut self.extra,
+                c: &mut self.c,
+                m: &mut self.m,
+            },
+        );
+    }
+
+    /// One backward step with the reference kernels (after a forward step filled the gates).
+    pub fn backward_reference(&mut self) {
+        <Reference as HostKernels<f32>>::cell_backward(
+            &Reference,
+            self.cell,
+            CellBackward {
+                active: &self.active,
+                hidden: self.hidden,
+                gates: &self.gates,
+                extra: &self.extra,
+                c: &self.c,
+                c_prev: &self.c_prev,
+                h_prev: if self.cell == CellKind::Gru { &self.h_prev } else { &[] },
+                dm: &self.m,
+                dc: &mut self.dc,
+                dgi: &mut self.dgi,
+                dgh: &mut self.dgh,
+                dh_direct: &mut self.dh_direct,
+            },
+        );
+    }
+}
