@@ -54,7 +54,14 @@ impl CellStep {
 
     /// Bytes one forward step reads and writes (each buffer once).
     pub fn forward_bytes(&self) -> u64 {
-        let n = self.xg.len() + self.hg.len() + self.b_hh.len() + self.c_prev.len() + self.gates.len() + self.extra.len() + self.c.len() + self.m.len();
+        let n = self.xg.len()
+            + self.hg.len()
+            + self.b_hh.len()
+            + self.c_prev.len()
+            + self.gates.len()
+            + self.extra.len()
+            + self.c.len()
+            + self.m.len();
         let gru_h = if self.cell == CellKind::Gru { self.h_prev.len() } else { 0 };
         ((n + gru_h) * 4) as u64
     }

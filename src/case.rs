@@ -83,9 +83,9 @@ impl<T: Element> Case<T> {
                         usize::try_from(n).map_err(|_| Error::invalid(format!("lengths[{b}] in {source}"), format!("in 1..={steps}"), n))
                     })
                     .collect::<Result<Vec<_>>>()?;
-                SeqShape::with_lengths(steps, lengths)?
+                SeqShape::with_lengths(steps, lengths).map_err(|e| e.in_file(source))?
             }
-            Err(_) => SeqShape::new(steps, batch)?,
+            Err(_) => SeqShape::new(steps, batch).map_err(|e| e.in_file(source))?,
         };
         let tensor = |name: &str, want: &[usize]| -> Result<Option<Vec<T>>> {
             match st.tensor(name) {

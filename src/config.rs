@@ -221,12 +221,22 @@ impl RnnConfigBuilder {
         if c.proj_size >= c.hidden_size && c.proj_size > 0 {
             return Err(Error::invalid("proj_size", format!("must be smaller than hidden_size = {}", c.hidden_size), c.proj_size));
         }
-        // Every buffer size derived from the configuration must fit in usize; check the largest
-        // parameter tensor so later arithmetic cannot overflow.
-        let rows = c.cell.gates().checked_mul(c.hidden_size);
-        let width = c.input_size.max(c.num_directions() * c.hidden_size);
-        if rows.and_then(|r| r.checked_mul(width)).and_then(|n| n.checked_mul(16 * c.num_layers)).is_none() {
-            return Err(Error::invalid("hidden_size", "sizes whose parameter count fits in memory", c.hidden_size));
+        // Every buffer size derived from the configuration must fit in usize: bound the total
+        // parameter count (each layer-direction has at most G·H·(max(I, D·H) + H + 2) + H·H
+        // elements) with checked arithmetic, so later arithmetic cannot overflow.
+        let d = c.num_directions();
+        let count = (|| {
+            let gh = c.cell.gates().checked_mul(c.hidden_size)?;
+            let width = c.input_size.max(d.checked_mul(c.hidden_size)?).checked_add(c.hidden_size)?.checked_add(2)?;
+            let per_dir = gh.checked_mul(width)?.checked_add(c.hidden_size.checked_mul(c.hidden_size)?)?;
+            per_dir.checked_mul(d)?.checked_mul(c.num_layers)?.checked_mul(16)
+        })();
+        if count.is_none() {
+            return Err(Error::invalid(
+                "input_size, hidden_size, num_layers",
+                "sizes whose parameter count fits in memory",
+                format!("input_size {}, hidden_size {}, num_layers {}, {} direction(s)", c.input_size, c.hidden_size, c.num_layers, d),
+            ));
         }
         Ok(c)
     }

@@ -27,10 +27,10 @@ pub enum Error {
         /// What was given.
         got: String,
     },
-    /// A parameter tensor is missing from a file or map.
-    #[error("parameter tensor `{name}` (shape {shape:?}) is missing from {source_desc}")]
+    /// A tensor is missing from a file.
+    #[error("tensor `{name}` (shape {shape:?}) is missing from {source_desc}")]
     MissingTensor {
-        /// PyTorch name of the missing tensor.
+        /// Name of the missing tensor.
         name: String,
         /// The shape it must have.
         shape: Vec<usize>,
@@ -58,6 +58,14 @@ pub enum Error {
         /// Why, and what to do about it.
         reason: String,
     },
+    /// An error about a value read from a file, with the file named.
+    #[error("{path}: {source}")]
+    InFile {
+        /// The file.
+        path: String,
+        /// The error about its content.
+        source: Box<Error>,
+    },
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -67,7 +75,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A safetensors file could not be parsed or written.
-    #[error("{path}: safetensors: {message}")]
+    #[error("{path}: not a readable safetensors file: {message}")]
     SafeTensors {
         /// The file (or `<bytes>` for an in-memory buffer).
         path: String,
@@ -82,6 +90,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub(crate) fn shape(arg: impl Into<String>, expected: impl Into<String>, got: impl Into<String>) -> Self {
         Error::Shape { arg: arg.into(), expected: expected.into(), got: got.into() }
+    }
+
+    /// Wraps an error about a file's content with the file's name.
+    pub(crate) fn in_file(self, path: &str) -> Self {
+        Error::InFile { path: path.to_string(), source: Box::new(self) }
     }
 
     pub(crate) fn invalid(arg: impl Into<String>, expected: impl Into<String>, got: impl ToString) -> Self {

@@ -106,7 +106,7 @@ impl SeqShape {
                         return Err(Error::invalid(
                             arg,
                             format!("not given: cell {} has no cell state", cfg.cell()),
-                            format!("a buffer of {len} elements"),
+                            format!("a buffer ({len} elements)"),
                         ));
                     }
                     ("[L·D, B, H]", self.c_shape(cfg))

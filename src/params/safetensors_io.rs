@@ -7,8 +7,7 @@ use super::{ParamLayout, Params};
 use crate::config::{CellKind, RnnConfig};
 use crate::element::{Dtype, Element};
 use crate::error::{Error, Result};
-use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView, View};
-use std::borrow::Cow;
+use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -62,19 +61,32 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
 /// and of [`Params::save_safetensors`]: `cell`, `input_size`, `hidden_size`, `num_layers`,
 /// `bidirectional`, `proj_size`, and optionally `bias`, default `true`).
 pub fn config_from_metadata(meta: &HashMap<String, String>, source: &str) -> Result<RnnConfig> {
-    let get = |key: &str| meta.get(key).ok_or_else(|| Error::invalid(format!("metadata `{key}` of {source}"), "present", "missing"));
+    config_from_metadata_inner(meta).map_err(|e| e.in_file(source))
+}
+
+fn config_from_metadata_inner(meta: &HashMap<String, String>) -> Result<RnnConfig> {
+    let get = |key: &str| {
+        meta.get(key).ok_or_else(|| {
+            Error::invalid(
+                format!("metadata[{key:?}]"),
+                "present (the file has no rnn-kernels configuration in its metadata; for a PyTorch state_dict file, \
+                 give the configuration: Params::load_safetensors(path, &config))",
+                "missing",
+            )
+        })
+    };
     let num = |key: &str| -> Result<usize> {
         let v = get(key)?;
-        v.trim().parse().map_err(|_| Error::invalid(format!("metadata `{key}` of {source}"), "an unsigned integer", format!("{v:?}")))
+        v.trim().parse().map_err(|_| Error::invalid(format!("metadata[{key:?}]"), "an unsigned integer", format!("{v:?}")))
     };
     let flag = |key: &str, default: Option<bool>| -> Result<bool> {
         match (meta.get(key).map(|s| s.trim().to_ascii_lowercase()), default) {
             (None, Some(d)) => Ok(d),
-            (None, None) => Err(Error::invalid(format!("metadata `{key}` of {source}"), "present", "missing")),
+            (None, None) => get(key).map(|_| false),
             (Some(v), _) => match v.as_str() {
                 "true" | "1" => Ok(true),
                 "false" | "0" => Ok(false),
-                _ => Err(Error::invalid(format!("metadata `{key}` of {source}"), "true or false", format!("{v:?}"))),
+                _ => Err(Error::invalid(format!("metadata[{key:?}]"), "true or false", format!("{v:?}"))),
             },
         }
     };
@@ -102,32 +114,62 @@ pub(crate) fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
     m
 }
 
-struct OwnedView {
-    dtype: StDtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
-impl View for &OwnedView {
-    fn dtype(&self) -> StDtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.bytes)
-    }
-    fn data_len(&self) -> usize {
-        self.bytes.len()
-    }
-}
-
-fn st_dtype(d: Dtype) -> StDtype {
+fn dtype_name(d: Dtype) -> &'static str {
     match d {
-        Dtype::F32 => StDtype::F32,
-        Dtype::F64 => StDtype::F64,
+        Dtype::F32 => "F32",
+        Dtype::F64 => "F64",
     }
+}
+
+/// Serialises tensors `(name, shape, little-endian bytes)` in the given order, with `metadata`
+/// in sorted key order, so the same parameters always give the same bytes (the safetensors
+/// crate writes its metadata map in hash order). Format: an 8-byte little-endian header length,
+/// the JSON header padded with spaces to a multiple of 8, then the data.
+fn serialize_sorted(tensors: &[(String, Vec<usize>, Vec<u8>)], dtype: Dtype, metadata: &HashMap<String, String>) -> Vec<u8> {
+    let mut keys: Vec<&String> = metadata.keys().collect();
+    keys.sort();
+    let meta: Vec<String> = keys.iter().map(|k| format!("{}:{}", json_str(k), json_str(&metadata[*k]))).collect();
+    let mut header = format!("{{\"__metadata__\":{{{}}}", meta.join(","));
+    let mut offset = 0usize;
+    for (name, shape, bytes) in tensors {
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        header += &format!(
+            ",{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
+            json_str(name),
+            dtype_name(dtype),
+            dims.join(","),
+            offset,
+            offset + bytes.len()
+        );
+        offset += bytes.len();
+    }
+    header.push('}');
+    while header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + header.len() + offset);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for (_, _, bytes) in tensors {
+        out.extend_from_slice(bytes);
+    }
+    out
 }
 
 impl<T: Element> Params<T> {
@@ -201,24 +243,10 @@ impl<T: Element> Params<T> {
     }
 
     /// The parameters as safetensors bytes, under PyTorch's names, in `T`'s dtype, with the
-    /// configuration in the metadata.
+    /// configuration in the metadata. The same parameters always give the same bytes.
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
-        let views = self.owned_views();
-        safetensors::tensor::serialize(views.iter().map(|(n, v)| (n.as_str(), v)), Some(config_metadata(self.config())))
-            .map_err(|e| st_error("<bytes>", e))
-    }
-
-    /// Saves the parameters as a safetensors file (see
-    /// [`to_safetensors_bytes`](Self::to_safetensors_bytes)).
-    pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let views = self.owned_views();
-        safetensors::tensor::serialize_to_file(views.iter().map(|(n, v)| (n.as_str(), v)), Some(config_metadata(self.config())), path)
-            .map_err(|e| st_error(&path.display().to_string(), e))
-    }
-
-    fn owned_views(&self) -> Vec<(String, OwnedView)> {
-        self.layout
+        let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = self
+            .layout
             .specs()
             .iter()
             .map(|spec| {
@@ -226,8 +254,20 @@ impl<T: Element> Params<T> {
                 for &v in &self.data[spec.range()] {
                     v.write_le(&mut bytes);
                 }
-                (spec.name.clone(), OwnedView { dtype: st_dtype(T::DTYPE), shape: spec.shape.clone(), bytes })
+                (spec.name.clone(), spec.shape.clone(), bytes)
             })
-            .collect()
+            .collect();
+        let bytes = serialize_sorted(&tensors, T::DTYPE, &config_metadata(self.config()));
+        // Check what we wrote with the reference parser before anyone else reads it.
+        SafeTensors::deserialize(&bytes).map_err(|e| st_error("<bytes>", e))?;
+        Ok(bytes)
+    }
+
+    /// Saves the parameters as a safetensors file (see
+    /// [`to_safetensors_bytes`](Self::to_safetensors_bytes)).
+    pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let bytes = self.to_safetensors_bytes()?;
+        std::fs::write(path, bytes).map_err(|source| Error::Io { path: path.display().to_string(), source })
     }
 }

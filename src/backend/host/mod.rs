@@ -24,8 +24,76 @@ pub use driver::HostReserve;
 pub(crate) use driver::{backward, forward};
 pub(crate) use mat::{Mat, MatMut};
 
-use crate::config::CellKind;
-use crate::element::Float;
+use crate::backend::RnnPlan;
+use crate::config::{CellKind, RnnConfig};
+use crate::element::{Element, Float};
+use crate::error::{Error, Result};
+use crate::params::ParamLayout;
+use crate::shape::SeqShape;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The plan of a host backend: the configuration, a copy of the weights in PyTorch layout, and
+/// an identity and version so that a reserve is only ever used with the weights that made it.
+/// A clone is a new plan with an identity of its own.
+#[derive(Debug)]
+pub struct HostPlan<T> {
+    pub(crate) layout: ParamLayout,
+    pub(crate) weights: Vec<T>,
+    pub(crate) id: u64,
+    pub(crate) version: u64,
+}
+
+fn next_plan_id() -> u64 {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+impl<T: Clone> Clone for HostPlan<T> {
+    fn clone(&self) -> Self {
+        // A clone's weights can diverge from the original's through update_plan, so it must not
+        // accept the original's reserves.
+        HostPlan { layout: self.layout.clone(), weights: self.weights.clone(), id: next_plan_id(), version: 0 }
+    }
+}
+
+impl<T: Element> HostPlan<T> {
+    /// Copies `params` (flat layout of `config`).
+    pub(crate) fn new(config: &RnnConfig, params: &[T]) -> Result<Self> {
+        let layout = ParamLayout::new(config);
+        layout.check_buffer("params", params.len())?;
+        Ok(HostPlan { layout, weights: params.to_vec(), id: next_plan_id(), version: 0 })
+    }
+
+    /// Replaces the weights with new values of the same parameters.
+    pub(crate) fn update(&mut self, params: &[T]) -> Result<()> {
+        self.layout.check_buffer("params", params.len())?;
+        self.weights.copy_from_slice(params);
+        self.version += 1;
+        Ok(())
+    }
+}
+
+impl<T: Send + Sync> RnnPlan for HostPlan<T> {
+    fn config(&self) -> &RnnConfig {
+        self.layout.config()
+    }
+}
+
+/// Checks that `reserve` was filled by `plan` at its current version; returns the call's shape.
+pub(crate) fn check_reserve<'r, T>(reserve: &'r HostReserve<T>, plan: &HostPlan<T>) -> Result<&'r SeqShape> {
+    let shape = reserve.shape.as_ref().ok_or_else(|| Error::Reserve("empty: run forward_training with it before backward".into()))?;
+    if reserve.plan_id != plan.id {
+        return Err(Error::Reserve("it was filled by a different plan than the one given to backward".into()));
+    }
+    if reserve.plan_version != plan.version {
+        return Err(Error::Reserve(format!(
+            "it was filled with version {} of the plan's weights, but the plan is now at version {} \
+             (update_plan was called in between); run forward_training again",
+            reserve.plan_version, plan.version
+        )));
+    }
+    Ok(shape)
+}
 
 /// One step of a cell's forward pointwise kernel, for all `B` rows.
 ///

@@ -9,60 +9,20 @@ mod gru;
 mod lstm;
 mod rnn;
 
-use crate::backend::host::{self, CellBackward, CellForward, HostKernels, Mat, MatMut};
+use crate::backend::host::{self, check_reserve, CellBackward, CellForward, HostKernels, Mat, MatMut};
 use crate::backend::{
     check_backward, check_forward, Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnPlan,
 };
 use crate::config::{CellKind, RnnConfig};
 use crate::element::Float;
-use crate::error::{Error, Result};
-use crate::params::ParamLayout;
+use crate::error::Result;
 use crate::shape::SeqShape;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use crate::backend::host::HostReserve;
+pub use crate::backend::host::{HostPlan, HostReserve};
 
 /// The reference backend. `Reference` implements [`Backend<f32>`] and [`Backend<f64>`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Reference;
-
-/// A reference plan: the configuration and a copy of the weights in PyTorch layout.
-#[derive(Debug, Clone)]
-pub struct ReferencePlan<T> {
-    layout: ParamLayout,
-    weights: Vec<T>,
-    id: u64,
-    version: u64,
-}
-
-impl<T: Send + Sync> RnnPlan for ReferencePlan<T> {
-    fn config(&self) -> &RnnConfig {
-        self.layout.config()
-    }
-}
-
-/// Gives every plan a distinct identity, so a reserve is never used with a plan it was not made
-/// by.
-pub(crate) fn next_plan_id() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-/// Checks that `reserve` was filled by the plan `(id, version)`.
-pub(crate) fn check_reserve<T>(reserve: &HostReserve<T>, id: u64, version: u64) -> Result<&SeqShape> {
-    let shape = reserve.shape.as_ref().ok_or_else(|| Error::Reserve("empty: run forward_training with it before backward".into()))?;
-    if reserve.plan_id != id {
-        return Err(Error::Reserve("it was filled by a different plan than the one given to backward".into()));
-    }
-    if reserve.plan_version != version {
-        return Err(Error::Reserve(format!(
-            "it was filled with version {} of the plan's weights, but the plan is now at version {} \
-             (update_plan was called in between); run forward_training again",
-            reserve.plan_version, version
-        )));
-    }
-    Ok(shape)
-}
 
 impl<T: Float> HostKernels<T> for Reference {
     fn gemm(&self, alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, beta: T, c: MatMut<'_, T>) {
@@ -90,29 +50,24 @@ impl<T: Float> HostKernels<T> for Reference {
 
 impl<T: Float> Backend<T> for Reference {
     type Buf = [T];
-    type Plan = ReferencePlan<T>;
+    type Plan = HostPlan<T>;
     type Reserve = HostReserve<T>;
 
     fn name(&self) -> String {
         format!("reference-{}", std::any::type_name::<T>())
     }
 
-    fn plan(&self, config: &RnnConfig, params: &[T]) -> Result<ReferencePlan<T>> {
-        let layout = ParamLayout::new(config);
-        layout.check_buffer("params", params.len())?;
-        Ok(ReferencePlan { layout, weights: params.to_vec(), id: next_plan_id(), version: 0 })
+    fn plan(&self, config: &RnnConfig, params: &[T]) -> Result<HostPlan<T>> {
+        HostPlan::new(config, params)
     }
 
-    fn update_plan(&self, plan: &mut ReferencePlan<T>, params: &[T]) -> Result<()> {
-        plan.layout.check_buffer("params", params.len())?;
-        plan.weights.copy_from_slice(params);
-        plan.version += 1;
-        Ok(())
+    fn update_plan(&self, plan: &mut HostPlan<T>, params: &[T]) -> Result<()> {
+        plan.update(params)
     }
 
     fn forward_inference(
         &self,
-        plan: &ReferencePlan<T>,
+        plan: &HostPlan<T>,
         shape: &SeqShape,
         input: ForwardInput<'_, [T]>,
         output: ForwardOutput<'_, [T]>,
@@ -124,7 +79,7 @@ impl<T: Float> Backend<T> for Reference {
 
     fn forward_training(
         &self,
-        plan: &ReferencePlan<T>,
+        plan: &HostPlan<T>,
         shape: &SeqShape,
         input: ForwardInput<'_, [T]>,
         output: ForwardOutput<'_, [T]>,
@@ -139,13 +94,13 @@ impl<T: Float> Backend<T> for Reference {
 
     fn backward(
         &self,
-        plan: &ReferencePlan<T>,
+        plan: &HostPlan<T>,
         reserve: &HostReserve<T>,
         grads: BackwardInput<'_, [T]>,
         output: BackwardOutput<'_, [T]>,
         mode: GradMode,
     ) -> Result<()> {
-        let shape = check_reserve(reserve, plan.id, plan.version)?;
+        let shape = check_reserve(reserve, plan)?;
         check_backward(plan.config(), shape, plan.layout.len(), &grads, &output)?;
         host::backward(
             self,
