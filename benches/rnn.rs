@@ -32,8 +32,9 @@ const SMALL: &[(CellKind, usize, usize, usize, usize)] = &[
 
 fn forward_flops(cfg: &RnnConfig, shape: &SeqShape) -> u64 {
     let (g, h) = (cfg.gates(), cfg.hidden_size());
-    (0..cfg.num_layers()).map(|l| 2 * g * h * (cfg.layer_input_size(l) + h) * shape.batch() * shape.steps() * cfg.num_directions()).sum::<usize>()
-        as u64
+    (0..cfg.num_layers())
+        .map(|l| 2 * g * h * (cfg.layer_input_size(l) + h) * shape.batch() * shape.steps() * cfg.num_directions())
+        .sum::<usize>() as u64
 }
 
 struct Problem {

@@ -14,8 +14,8 @@
 //! `--warmup` untimed ones.
 
 use rnn_kernels::{
-    Backend, BackwardInput, BackwardOutput, CellKind, ForwardInput, ForwardOutput, GradMode, Params, Reference, RnnConfig,
-    SeqShape, SplitMix64,
+    Backend, BackwardInput, BackwardOutput, CellKind, ForwardInput, ForwardOutput, GradMode, Params, Reference, RnnConfig, SeqShape,
+    SplitMix64,
 };
 use std::process::ExitCode;
 use std::time::Instant;
@@ -97,8 +97,8 @@ fn gemm_flops(cfg: &RnnConfig, shape: &SeqShape) -> f64 {
     let bt = (shape.batch() * shape.steps()) as f64;
     let mut f = 0.0;
     for l in 0..cfg.num_layers() {
-        let per_dir = 2.0 * g * h * (cfg.layer_input_size(l) as f64 + hout) * bt
-            + if cfg.proj_size() > 0 { 2.0 * hout * h * bt } else { 0.0 };
+        let per_dir =
+            2.0 * g * h * (cfg.layer_input_size(l) as f64 + hout) * bt + if cfg.proj_size() > 0 { 2.0 * hout * h * bt } else { 0.0 };
         f += per_dir * cfg.num_directions() as f64;
     }
     f
@@ -115,7 +115,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Runs the timed loop on a host backend in f32; returns per-rep milliseconds.
-fn time_host<B: Backend<f32, Buf = [f32]>>(backend: &B, cfg: &RnnConfig, shape: &SeqShape, a: &Args) -> Result<Vec<f64>, rnn_kernels::Error> {
+fn time_host<B: Backend<f32, Buf = [f32]>>(
+    backend: &B,
+    cfg: &RnnConfig,
+    shape: &SeqShape,
+    a: &Args,
+) -> Result<Vec<f64>, rnn_kernels::Error> {
     let params = Params::<f32>::init_uniform(cfg, 1);
     let plan = backend.plan(cfg, params.as_slice())?;
     let mut rng = SplitMix64::new(2);
@@ -163,11 +168,8 @@ fn main() -> ExitCode {
         }
     };
     let run = || -> Result<(String, Option<String>, Vec<f64>, f64), rnn_kernels::Error> {
-        let cfg = RnnConfig::new(a.cell, a.input, a.hidden)
-            .num_layers(a.layers)
-            .bidirectional(a.bidirectional)
-            .proj_size(a.proj)
-            .build()?;
+        let cfg =
+            RnnConfig::new(a.cell, a.input, a.hidden).num_layers(a.layers).bidirectional(a.bidirectional).proj_size(a.proj).build()?;
         let shape = SeqShape::new(a.steps, a.batch)?;
         let flops = gemm_flops(&cfg, &shape) * if a.train { 3.0 } else { 1.0 };
         match a.backend.as_str() {
