@@ -3,7 +3,7 @@
 //! side by side.
 //!
 //! ```text
-//! cargo run --release --example bench -- --backend reference --cell lstm --input 512 --hidden 512 \
+//! cargo run --release --example bench -- --backend cpu --cell lstm --input 512 --hidden 512 \
 //!     --batch 64 --steps 100 [--layers 1] [--bidirectional] --mode inference|train --threads 2 \
 //!     [--reps N] [--warmup N]
 //! ```
@@ -11,10 +11,11 @@
 //! GFLOP counts only the GEMMs: per layer and direction `2·G·H·(In + Hout)·B·T` for inference
 //! (plus `2·Hout·H·B·T` for an LSTM projection), three times that for `train` (forward in
 //! training mode plus the full backward). The median over `--reps` timed runs is reported, after
-//! `--warmup` untimed ones.
+//! `--warmup` untimed ones. `--threads` sets the CPU backend's thread count (the reference is
+//! single-threaded); `RNN_KERNELS_ISA` forces the CPU backend's ISA.
 
 use rnn_kernels::{
-    Backend, BackwardInput, BackwardOutput, CellKind, ForwardInput, ForwardOutput, GradMode, Params, Reference, RnnConfig, SeqShape,
+    Backend, BackwardInput, BackwardOutput, CellKind, Cpu, ForwardInput, ForwardOutput, GradMode, Params, Reference, RnnConfig, SeqShape,
     SplitMix64,
 };
 use std::process::ExitCode;
@@ -174,7 +175,12 @@ fn main() -> ExitCode {
         let flops = gemm_flops(&cfg, &shape) * if a.train { 3.0 } else { 1.0 };
         match a.backend.as_str() {
             "reference" => Ok(("rnn-kernels-reference".into(), None, time_host(&Reference, &cfg, &shape, &a)?, flops)),
-            "cpu" | "cuda" => Err(rnn_kernels::Error::BackendUnavailable {
+            "cpu" => {
+                let cpu = Cpu::with_threads(a.threads)?;
+                let isa = cpu.isa().to_string();
+                Ok(("rnn-kernels-cpu".into(), Some(isa), time_host(&cpu, &cfg, &shape, &a)?, flops))
+            }
+            "cuda" => Err(rnn_kernels::Error::BackendUnavailable {
                 backend: a.backend.clone(),
                 reason: "not implemented in this version of rnn-kernels yet; use --backend reference".into(),
             }),

@@ -8,7 +8,7 @@
 //! it was in. Exits with 1 if any file fails, 2 on a usage error.
 
 use rnn_kernels::case::{run_case, Case};
-use rnn_kernels::{Backend, Element, Error, Reference};
+use rnn_kernels::{Backend, Cpu, Element, Error, Reference};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: verify [--backend reference|cpu|cuda] [--dtype f64|f32] [--tol T] FILE...";
@@ -79,7 +79,18 @@ fn main() -> ExitCode {
             eprintln!("--dtype: expected f64 or f32, got {d:?}");
             return ExitCode::from(2);
         }
-        ("cpu" | "cuda", _) => {
+        ("cpu", None | Some("f32")) => match Cpu::new() {
+            Ok(cpu) => verify_all::<f32, _>(&cpu, &format!("cpu-{}", cpu.isa()), args.tol.unwrap_or(1e-4), &args.files),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        ("cpu", Some(d)) => {
+            eprintln!("--dtype: the cpu backend computes in f32, got {d:?}");
+            return ExitCode::from(2);
+        }
+        ("cuda", _) => {
             let e = Error::BackendUnavailable {
                 backend: args.backend.clone(),
                 reason: "not implemented in this version of rnn-kernels yet (see the open issues); use --backend reference".into(),

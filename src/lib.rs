@@ -67,7 +67,9 @@ mod rng;
 mod rnn;
 mod shape;
 
-pub use backend::{Backend, BackwardInput, BackwardOutput, Buffer, ForwardInput, ForwardOutput, GradMode, Reference, RnnPlan, RnnReserve};
+pub use backend::{
+    Backend, BackwardInput, BackwardOutput, Buffer, Cpu, ForwardInput, ForwardOutput, GradMode, Isa, Reference, RnnPlan, RnnReserve,
+};
 pub use config::{CellKind, RnnConfig, RnnConfigBuilder};
 pub use element::{Dtype, Element, Float};
 pub use error::{Error, Result};

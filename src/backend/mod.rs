@@ -21,6 +21,7 @@
 //! (`Backend<T>` is generic over the element; f16/bf16 storage is a new `impl`), and options in
 //! [`RnnConfig`]'s builder, all without changing these signatures.
 
+pub mod cpu;
 pub mod host;
 pub mod reference;
 
@@ -29,6 +30,7 @@ use crate::element::Element;
 use crate::error::Result;
 use crate::shape::SeqShape;
 
+pub use cpu::{Cpu, Isa};
 pub use reference::Reference;
 
 /// A buffer of elements in the memory a backend computes on.

@@ -1,0 +1,224 @@
+//! The CPU backend, f32: the host driver with matrixmultiply GEMMs on a rayon pool and fused
+//! per-step cell kernels hand-written per instruction set.
+//!
+//! - `isa.rs`: run-time choice of [`Isa`] (cached; `RNN_KERNELS_ISA` forces one).
+//! - `gemm.rs`: the GEMMs, split across threads deterministically.
+//! - `avx2/`: x86-64 AVX2+FMA kernels; `neon/`: AArch64 kernels. The scalar ISA uses the
+//!   reference kernels.
+//!
+//! Results are bit-identical for any thread count: threads split GEMM outputs, never a sum.
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2;
+mod gemm;
+mod isa;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
+
+pub use isa::Isa;
+
+use crate::backend::host::{self, check_reserve, CellBackward, CellForward, HostKernels, HostPlan, HostReserve, Mat, MatMut};
+use crate::backend::{
+    check_backward, check_forward, Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, Reference, RnnPlan,
+};
+use crate::config::{CellKind, RnnConfig};
+use crate::error::{Error, Result};
+use crate::shape::SeqShape;
+use std::sync::Arc;
+
+/// The CPU backend.
+///
+/// ```
+/// use rnn_kernels::backend::cpu::Cpu;
+/// let cpu = Cpu::new()?;                 // best ISA (or RNN_KERNELS_ISA), all cores
+/// println!("{} on {} threads", cpu.isa(), cpu.threads());
+/// # Ok::<(), rnn_kernels::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Cpu {
+    isa: Isa,
+    threads: usize,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+impl std::fmt::Debug for Cpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cpu").field("isa", &self.isa).field("threads", &self.threads).finish()
+    }
+}
+
+impl Cpu {
+    /// The ISA from [`Isa::from_env`] and one thread per available core.
+    pub fn new() -> Result<Cpu> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Cpu::with_isa(Isa::from_env()?, threads)
+    }
+
+    /// The ISA from [`Isa::from_env`] and `threads` threads.
+    pub fn with_threads(threads: usize) -> Result<Cpu> {
+        Cpu::with_isa(Isa::from_env()?, threads)
+    }
+
+    /// A given ISA (an error if this CPU lacks it) and `threads` threads (at least 1).
+    pub fn with_isa(isa: Isa, threads: usize) -> Result<Cpu> {
+        if threads == 0 {
+            return Err(Error::invalid("threads", "at least 1", threads));
+        }
+        if !isa.is_supported() {
+            return Err(Error::invalid(
+                "isa",
+                format!("an ISA this CPU supports: {}", Isa::available().iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")),
+                isa,
+            ));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("rnn-kernels-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::BackendUnavailable { backend: "cpu".into(), reason: format!("cannot start {threads} threads: {e}") })?;
+        Ok(Cpu { isa, threads, pool: Arc::new(pool) })
+    }
+
+    /// The ISA its kernels use.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Its number of threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn kernels(&self) -> CpuKernels {
+        CpuKernels { isa: self.isa, threads: self.threads }
+    }
+}
+
+/// The kernels of one call, run inside the backend's pool.
+struct CpuKernels {
+    isa: Isa,
+    threads: usize,
+}
+
+impl HostKernels<f32> for CpuKernels {
+    fn gemm(&self, alpha: f32, a: Mat<'_, f32>, b: Mat<'_, f32>, beta: f32, c: MatMut<'_, f32>) {
+        gemm::gemm(self.threads, alpha, a, b, beta, c);
+    }
+
+    fn cell_forward(&self, cell: CellKind, step: CellForward<'_, f32>) {
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Cpu::with_isa only accepts Avx2 when AVX2 and FMA were detected.
+            Isa::Avx2 => unsafe { avx2::cell_forward(cell, step) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: Cpu::with_isa only accepts Neon when NEON was detected.
+            Isa::Neon => unsafe { neon::cell_forward(cell, step) },
+            _ => <Reference as HostKernels<f32>>::cell_forward(&Reference, cell, step),
+        }
+    }
+
+    fn cell_backward(&self, cell: CellKind, step: CellBackward<'_, f32>) {
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as in cell_forward.
+            Isa::Avx2 => unsafe { avx2::cell_backward(cell, step) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: as in cell_forward.
+            Isa::Neon => unsafe { neon::cell_backward(cell, step) },
+            _ => <Reference as HostKernels<f32>>::cell_backward(&Reference, cell, step),
+        }
+    }
+}
+
+impl Backend<f32> for Cpu {
+    type Buf = [f32];
+    type Plan = HostPlan<f32>;
+    type Reserve = HostReserve<f32>;
+
+    fn name(&self) -> String {
+        format!("cpu-{}", self.isa)
+    }
+
+    fn plan(&self, config: &RnnConfig, params: &[f32]) -> Result<HostPlan<f32>> {
+        HostPlan::new(config, params)
+    }
+
+    fn update_plan(&self, plan: &mut HostPlan<f32>, params: &[f32]) -> Result<()> {
+        plan.update(params)
+    }
+
+    fn forward_inference(
+        &self,
+        plan: &HostPlan<f32>,
+        shape: &SeqShape,
+        input: ForwardInput<'_, [f32]>,
+        output: ForwardOutput<'_, [f32]>,
+    ) -> Result<()> {
+        check_forward(plan.config(), shape, &input, &output)?;
+        let k = self.kernels();
+        self.pool.install(|| {
+            host::forward(&k, &plan.layout, &plan.weights, shape, input.x, input.h0, input.c0, output.y, output.hn, output.cn, None)
+        });
+        Ok(())
+    }
+
+    fn forward_training(
+        &self,
+        plan: &HostPlan<f32>,
+        shape: &SeqShape,
+        input: ForwardInput<'_, [f32]>,
+        output: ForwardOutput<'_, [f32]>,
+        reserve: &mut HostReserve<f32>,
+    ) -> Result<()> {
+        check_forward(plan.config(), shape, &input, &output)?;
+        reserve.plan_id = plan.id;
+        reserve.plan_version = plan.version;
+        let k = self.kernels();
+        self.pool.install(|| {
+            host::forward(
+                &k,
+                &plan.layout,
+                &plan.weights,
+                shape,
+                input.x,
+                input.h0,
+                input.c0,
+                output.y,
+                output.hn,
+                output.cn,
+                Some(reserve),
+            )
+        });
+        Ok(())
+    }
+
+    fn backward(
+        &self,
+        plan: &HostPlan<f32>,
+        reserve: &HostReserve<f32>,
+        grads: BackwardInput<'_, [f32]>,
+        output: BackwardOutput<'_, [f32]>,
+        mode: GradMode,
+    ) -> Result<()> {
+        let shape = check_reserve(reserve, plan)?;
+        check_backward(plan.config(), shape, plan.layout.len(), &grads, &output)?;
+        let k = self.kernels();
+        self.pool.install(|| {
+            host::backward(
+                &k,
+                &plan.layout,
+                &plan.weights,
+                reserve,
+                grads.dy,
+                grads.dhn,
+                grads.dcn,
+                output.dx,
+                output.dh0,
+                output.dc0,
+                output.dparams,
+                mode,
+            )
+        });
+        Ok(())
+    }
+}
