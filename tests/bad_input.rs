@@ -936,9 +936,7 @@ fn overflowing_sizes_are_rejected() {
 fn overflowing_num_layers_is_rejected() {
     let mut c = Checks::default();
     for l in [1usize << 60, 1 << 61, 1 << 62] {
-        c.err(&format!("num_layers = {l}"), &[t(format!("num_layers {l}"))], || {
-            RnnConfig::new(CellKind::Lstm, 3, 4).num_layers(l).build()
-        });
+        c.err(&format!("num_layers = {l}"), &[t(format!("num_layers {l}"))], || RnnConfig::new(CellKind::Lstm, 3, 4).num_layers(l).build());
     }
     c.finish();
 }
