@@ -1,0 +1,468 @@
+#!/usr/bin/env python3
+"""Benchmark rnn-kernels against its peers, side by side, and print a markdown table.
+
+Ours is the Rust bench example (`target/release/examples/bench`, built once here with
+`cargo build --release --example bench`); the peers are `benches/peers.py` (PyTorch CPU,
+onnxruntime CPU, PyTorch CUDA/cuDNN when a GPU is there). Both print one JSON line per run in
+the same format. Every run is a separate subprocess; per round, for each config and mode, the
+impls run once each in an order that rotates from round to round, so machine noise falls on all
+of them alike. A cell of the table is the median over rounds of that impl's per-run median.
+
+Usage:
+    python3 benches/compare.py                     # the default config list, 3 rounds
+    python3 benches/compare.py --quick --ours reference
+    python3 benches/compare.py --configs "lstm-64-64-8-20:inference,gru-512-512-64-100:train" \
+        --rounds 5 --threads 2 --ours cpu,reference --peers pytorch-cpu,onnxruntime-cpu \
+        --json out.jsonl
+
+Config syntax: `cell-I-H-B-T[-lL][-bi][:mode]`, mode `inference` (default) or `train`.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PEERS_PY = os.path.join(HERE, "peers.py")
+
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+KNOWN_PEERS = ("pytorch-cpu", "onnxruntime-cpu", "pytorch-cuda")
+
+# The project's target table.
+DEFAULT_CONFIGS = [
+    "lstm-256-256-1-150:inference",
+    "lstm-512-512-64-100:inference",
+    "lstm-512-512-64-100:train",
+    "gru-512-512-64-100:inference",
+    "gru-512-512-64-100:train",
+    "gru-1024-1024-4-375:inference",
+    "rnn_relu-1760-1760-16-50:inference",
+    "rnn_relu-1760-1760-16-50:train",
+]
+
+# A smoke list that runs in seconds.
+QUICK_CONFIGS = [
+    "lstm-64-64-8-20:inference",
+    "lstm-64-64-8-20:train",
+    "gru-64-64-8-20:inference",
+]
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+
+
+class Config:
+    def __init__(self, cell, input_size, hidden, batch, steps, layers, bidirectional, mode):
+        self.cell, self.input, self.hidden, self.batch, self.steps = cell, input_size, hidden, batch, steps
+        self.layers, self.bidirectional, self.mode = layers, bidirectional, mode
+
+    @property
+    def label(self):
+        """As in the project's target table: cell-I-H-B-T (plus -lL, -bi)."""
+        s = f"{self.cell}-{self.input}-{self.hidden}-{self.batch}-{self.steps}"
+        if self.layers > 1:
+            s += f"-l{self.layers}"
+        if self.bidirectional:
+            s += "-bi"
+        return s
+
+    @property
+    def json_config(self):
+        """The "config" string of the JSON lines."""
+        s = f"{self.cell}-i{self.input}-h{self.hidden}-b{self.batch}-t{self.steps}"
+        if self.layers > 1:
+            s += f"-l{self.layers}"
+        if self.bidirectional:
+            s += "-bi"
+        return s
+
+    @property
+    def key(self):
+        return (self.label, self.mode)
+
+    def flags(self):
+        f = ["--cell", self.cell, "--input", str(self.input), "--hidden", str(self.hidden),
+             "--batch", str(self.batch), "--steps", str(self.steps), "--mode", self.mode]
+        if self.layers > 1:
+            f += ["--layers", str(self.layers)]
+        if self.bidirectional:
+            f += ["--bidirectional"]
+        return f
+
+    def gemm_flops(self):
+        """GEMM FLOPs only: 2*G*H*(I_l+H)*B*T per layer and direction; x3 for train."""
+        g, d = GATES[self.cell], (2 if self.bidirectional else 1)
+        total = 0
+        for layer in range(self.layers):
+            i_l = self.input if layer == 0 else d * self.hidden
+            total += d * 2 * g * self.hidden * (i_l + self.hidden) * self.batch * self.steps
+        return total * (3 if self.mode == "train" else 1)
+
+
+def parse_config(spec):
+    spec = spec.strip()
+    mode = "inference"
+    if ":" in spec:
+        spec, mode = spec.split(":", 1)
+        mode = mode.strip()
+    elif " " in spec:
+        spec, mode = spec.split(None, 1)
+    if mode not in ("inference", "train"):
+        raise ValueError(f"mode must be inference or train, got {mode!r}")
+    parts = spec.strip().split("-")
+    if len(parts) < 5 or parts[0] not in CELLS:
+        raise ValueError(f"expected cell-I-H-B-T[-lL][-bi] with cell in {CELLS}, got {spec!r}")
+    try:
+        i, h, b, t = (int(p) for p in parts[1:5])
+    except ValueError:
+        raise ValueError(f"I, H, B, T must be integers in {spec!r}") from None
+    layers, bi = 1, False
+    for extra in parts[5:]:
+        if extra == "bi":
+            bi = True
+        elif extra.startswith("l") and extra[1:].isdigit():
+            layers = int(extra[1:])
+        else:
+            raise ValueError(f"unknown config suffix {extra!r} in {spec!r} (use -lL or -bi)")
+    if min(i, h, b, t, layers) < 1:
+        raise ValueError(f"sizes must be >= 1 in {spec!r}")
+    return Config(parts[0], i, h, b, t, layers, bi, mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine / versions
+
+
+def cpu_model():
+    """Model name from /proc/cpuinfo, with family/model and the widest SIMD it reports (virtual
+    machines often show a bare "AMD EPYC"; family 25 is Zen 3/Zen 4, AVX-512 means Zen 4)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break
+                k, _, v = line.partition(":")
+                fields.setdefault(k.strip(), v.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    extra = []
+    if "cpu family" in fields and "model" in fields:
+        extra.append(f"family {fields['cpu family']} model {fields['model']}")
+    flags = set(fields.get("flags", "").split())
+    simd = [x for x in ("avx512f", "avx2", "fma") if x in flags]
+    if simd:
+        extra.append("+".join(simd))
+    return name + (f" ({', '.join(extra)})" if extra else "")
+
+
+def core_counts():
+    logical = os.cpu_count() or 0
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = logical
+    physical = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            phys = core = None
+            for line in f:
+                k, _, v = line.partition(":")
+                k = k.strip()
+                if k == "physical id":
+                    phys = v.strip()
+                elif k == "core id":
+                    core = v.strip()
+                elif not line.strip():
+                    if core is not None:
+                        physical.add((phys, core))
+                    phys = core = None
+            if core is not None:
+                physical.add((phys, core))
+    except OSError:
+        pass
+    return logical, usable, len(physical) or None
+
+
+def command_version(cmd):
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        return r.stdout.strip().splitlines()[0] if r.returncode == 0 and r.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def peers_info():
+    try:
+        r = subprocess.run([sys.executable, PEERS_PY, "--info"], capture_output=True, text=True, timeout=300)
+        for line in r.stdout.splitlines():
+            if line.startswith("{"):
+                return json.loads(line)
+    except (OSError, subprocess.SubprocessError, json.JSONDecodeError) as e:
+        log(f"compare.py: peers.py --info failed: {e}")
+    return {"impls": [], "versions": {}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+def build_ours(args):
+    """Build the bench example once; return (binary path or None, reason if None)."""
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+    binary = args.bin or os.path.join(target, "release", "examples", "bench")
+    if not args.bin and not args.no_build:
+        log("compare.py: cargo build --release --example bench")
+        try:
+            r = subprocess.run(["cargo", "build", "--release", "--example", "bench"], cwd=ROOT,
+                               stdout=sys.stderr, stderr=sys.stderr)
+            if r.returncode != 0:
+                return None, f"`cargo build --release --example bench` failed (exit {r.returncode})"
+        except OSError as e:
+            return None, f"cargo not runnable: {e}"
+    if not os.path.isfile(binary) or not os.access(binary, os.X_OK):
+        return None, f"{binary} not found"
+    return binary, None
+
+
+def run_one(cmd, timeout):
+    """Run one subprocess; return (list of JSON dicts from stdout, error text or None)."""
+    try:
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return [], f"timed out after {timeout} s"
+    except OSError as e:
+        return [], str(e)
+    lines = []
+    for line in r.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(d, dict) and "median_ms" in d:
+                lines.append(d)
+    err = None
+    if r.returncode != 0 or not lines:
+        tail = [l for l in r.stderr.strip().splitlines() if l.strip()][-3:]
+        err = (f"exit {r.returncode}" if r.returncode != 0 else "no result line") + (
+            ": " + " / ".join(tail) if tail else "")
+    return lines, err
+
+
+def fmt_ms(v):
+    if v is None:
+        return "–"
+    if v >= 100:
+        return f"{v:.1f}"
+    if v >= 10:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def main():
+    p = argparse.ArgumentParser(description="rnn-kernels vs PyTorch / onnxruntime, side by side.")
+    p.add_argument("--configs", default=None,
+                   help='comma-separated "cell-I-H-B-T[-lL][-bi]:mode" (default: the target table)')
+    p.add_argument("--quick", action="store_true", help="tiny configs, 1 round, few reps: a smoke test")
+    p.add_argument("--rounds", type=int, default=None, help="rounds (default 3; 1 with --quick)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reps", type=int, default=None,
+                   help="reps per run, passed to every impl (default: each impl's own; 5 with --quick)")
+    p.add_argument("--warmup", type=int, default=None, help="warmup reps, passed to every impl")
+    p.add_argument("--ours", default="cpu", help="our backends, comma-separated (e.g. cpu,reference)")
+    p.add_argument("--peers", default=None,
+                   help=f"peers, comma-separated from {','.join(KNOWN_PEERS)} (default: all available)")
+    p.add_argument("--json", default=None, metavar="OUT.jsonl", help="also save every raw JSON line here")
+    p.add_argument("--bin", default=None, help="our bench binary (default: build target/release/examples/bench)")
+    p.add_argument("--no-build", action="store_true", help="do not run cargo build; use the binary as it is")
+    p.add_argument("--timeout", type=int, default=900, help="seconds per subprocess (default 900)")
+    args = p.parse_args()
+
+    cmdline = "python3 " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
+    if args.rounds is not None and args.rounds < 1:
+        p.error("--rounds must be >= 1")
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    reps = args.reps if args.reps is not None else (5 if args.quick else None)
+    peer_warmup = args.warmup if args.warmup is not None else (1 if args.quick else None)
+
+    specs = args.configs.split(",") if args.configs else (QUICK_CONFIGS if args.quick else DEFAULT_CONFIGS)
+    try:
+        configs = [parse_config(s) for s in specs if s.strip()]
+    except ValueError as e:
+        p.error(str(e))
+    if not configs:
+        p.error("no configs")
+
+    backends = [b.strip() for b in args.ours.split(",") if b.strip()]
+    ours = [f"rnn-kernels-{b}" for b in backends]
+
+    info = peers_info()
+    vers = info.get("versions", {})
+    if args.peers is None:
+        peers = [x for x in KNOWN_PEERS if x in info.get("impls", [])]
+        if not peers:
+            log("compare.py: no peer is available (pip install -r benches/requirements-peers.txt)")
+    else:
+        peers = [x.strip() for x in args.peers.split(",") if x.strip()]
+        bad = [x for x in peers if x not in KNOWN_PEERS]
+        if bad:
+            p.error(f"unknown peer(s) {bad}; known: {', '.join(KNOWN_PEERS)}")
+        for x in peers:
+            if x not in info.get("impls", []):
+                log(f"compare.py: peer {x} is not available here; its column will read 'unavailable'")
+
+    binary, why_not = (None, "no backend requested") if not backends else build_ours(args)
+    if backends and binary is None:
+        log(f"compare.py: ours unavailable: {why_not}")
+
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    if load is not None and load > 0.5:
+        log(f"compare.py: load average is {load:.2f} before starting; timings may be noisy")
+
+    json_out = open(args.json, "w") if args.json else None
+    results = {}  # (config key, impl) -> [median_ms per round]
+    status = {}  # (config key, impl) -> reason why there is no number
+    isa = set()
+
+    for impl in ours:
+        if binary is None:
+            for c in configs:
+                status[(c.key, impl)] = "unavailable"
+    for impl in peers:
+        for c in configs:
+            if impl not in info.get("impls", []):
+                status[(c.key, impl)] = "unavailable"
+            elif impl == "onnxruntime-cpu" and c.mode == "train":
+                status[(c.key, impl)] = "n/a"
+
+    impls_all = ours + peers
+    for rnd in range(rounds):
+        for ci, c in enumerate(configs):
+            todo = [x for x in impls_all if (c.key, x) not in status]
+            if not todo:
+                continue
+            shift = (rnd + ci) % len(todo)
+            order = todo[shift:] + todo[:shift]
+            got = []
+            for impl in order:
+                if impl in ours:
+                    backend = backends[ours.index(impl)]
+                    cmd = [binary, "--backend", backend] + c.flags() + ["--threads", str(args.threads)]
+                    if reps is not None:
+                        cmd += ["--reps", str(reps)]
+                    if args.warmup is not None:
+                        cmd += ["--warmup", str(args.warmup)]
+                else:
+                    cmd = [sys.executable, PEERS_PY, "--impl", impl] + c.flags() + ["--threads", str(args.threads)]
+                    if reps is not None:
+                        cmd += ["--reps", str(reps)]
+                    if peer_warmup is not None:
+                        cmd += ["--warmup", str(peer_warmup)]
+                lines, err = run_one(cmd, args.timeout)
+                line = next((d for d in lines if d.get("impl") == impl), lines[-1] if lines else None)
+                if line is None:
+                    status[(c.key, impl)] = "unavailable" if impl in ours else "failed"
+                    log(f"compare.py: {impl} on {c.label} {c.mode}: {err}; recorded as {status[(c.key, impl)]}")
+                    got.append(f"{impl} {status[(c.key, impl)]}")
+                    continue
+                if err:
+                    log(f"compare.py: {impl} on {c.label} {c.mode}: {err}")
+                if line.get("config") != c.json_config or line.get("mode") != c.mode:
+                    log(f"compare.py: warning: {impl} reported config {line.get('config')!r} mode "
+                        f"{line.get('mode')!r}, expected {c.json_config!r} {c.mode!r}")
+                if "isa" in line:
+                    isa.add(f"{impl}: {line['isa']}")
+                if json_out:
+                    for d in lines:
+                        json_out.write(json.dumps(d, separators=(",", ":")) + "\n")
+                    json_out.flush()
+                results.setdefault((c.key, impl), []).append(float(line["median_ms"]))
+                got.append(f"{impl} {fmt_ms(float(line['median_ms']))} ms")
+            log(f"[round {rnd + 1}/{rounds}] {c.label} {c.mode}: " + ", ".join(got))
+    if json_out:
+        json_out.close()
+
+    # ----- report -----
+    def value(c, impl):
+        v = results.get((c.key, impl))
+        return statistics.median(v) if v else None
+
+    def cell(c, impl):
+        v = value(c, impl)
+        return fmt_ms(v) if v is not None else status.get((c.key, impl), "–")
+
+    logical, usable, physical = core_counts()
+    cores = f"{logical} logical CPUs" + (f" ({physical} physical cores)" if physical else "")
+    if usable != logical:
+        cores += f", {usable} usable"
+    v_parts = []
+    for k in ("torch", "onnxruntime", "onnx", "cudnn", "python"):
+        if k in vers:
+            v_parts.append(f"{k} {vers[k]}")
+    rustc = command_version(["rustc", "--version"])
+    if rustc:
+        v_parts.append(rustc)
+    cpu_peers = [x for x in peers if not x.endswith("-cuda")]
+
+    out = []
+    out.append("### rnn-kernels vs peers")
+    out.append("")
+    out.append(f"- command: `{cmdline}`")
+    out.append(f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}")
+    out.append(f"- machine: {cpu_model()}, {cores}; threads per impl: {args.threads}"
+               + (f"; load average at start {load:.2f}" if load is not None else ""))
+    if "gpu" in vers:
+        out.append(f"- GPU (pytorch-cuda): {vers['gpu']}, CUDA {vers.get('cuda')}, cuDNN {vers.get('cudnn')}")
+    out.append(f"- versions: {', '.join(v_parts) if v_parts else 'unknown'}")
+    if isa:
+        out.append(f"- ours: {'; '.join(sorted(isa))}")
+    out.append(f"- {rounds} round(s), impls in rotating order; each cell is the median over rounds of the "
+               f"per-run median wall time (ms) of one forward (inference) or forward+backward (train), "
+               f"f32, time-major, h0 = 0")
+    out.append("- best peer: fastest CPU peer; ratio = ours / best peer (< 1: ours is faster); "
+               "GFLOP/s counts GEMM FLOPs only (2·G·H·(I+H)·B·T per layer·direction, ×3 for train)")
+    out.append("")
+
+    head = ["config", "mode"] + [f"{x} (ms)" for x in ours] + [f"{x} (ms)" for x in peers] + ["best peer"]
+    if len(ours) == 1:
+        head += ["ours/best", "ours GFLOP/s"]
+    else:
+        head += [f"{b}/best" for b in backends] + [f"{b} GFLOP/s" for b in backends]
+    out.append("| " + " | ".join(head) + " |")
+    align = ["---", "---"] + ["---:"] * (len(ours) + len(peers)) + ["---"] + ["---:"] * (len(head) - 3 - len(ours) - len(peers))
+    out.append("|" + "|".join(align) + "|")
+    for c in configs:
+        row = [c.label, c.mode] + [cell(c, x) for x in ours] + [cell(c, x) for x in peers]
+        pv = [(value(c, x), x) for x in cpu_peers if value(c, x) is not None]
+        best = min(pv) if pv else None
+        row.append(best[1] if best else "–")
+        ratios, gfl = [], []
+        for x in ours:
+            v = value(c, x)
+            ratios.append(f"{v / best[0]:.2f}" if (v is not None and best) else "–")
+            gfl.append(f"{c.gemm_flops() / (v / 1e3) / 1e9:.1f}" if v is not None else "–")
+        row += ratios + gfl
+        out.append("| " + " | ".join(row) + " |")
+    print("\n".join(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
