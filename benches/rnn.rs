@@ -16,8 +16,8 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rnn_kernels::bench_support::CellStep;
 use rnn_kernels::{
-    Backend, BackwardInput, BackwardOutput, CellKind, ForwardInput, ForwardOutput, GradMode, Params, Reference, RnnConfig, SeqShape,
-    SplitMix64,
+    Backend, BackwardInput, BackwardOutput, CellKind, Cpu, ForwardInput, ForwardOutput, GradMode, Isa, Params, Reference, RnnConfig,
+    SeqShape, SplitMix64,
 };
 use std::hint::black_box;
 
@@ -131,6 +131,10 @@ fn bench_host<B: Backend<f32, Buf = [f32]>>(c: &mut Criterion, name: &str, backe
 
 fn layers(c: &mut Criterion) {
     bench_host(c, "reference", &Reference);
+    for isa in Isa::available() {
+        let cpu = Cpu::with_isa(isa, 2).unwrap();
+        bench_host(c, &format!("cpu-{isa}-2threads"), &cpu);
+    }
 }
 
 /// The fused pointwise kernels alone, in GB/s of the buffers each step reads and writes; the
@@ -143,10 +147,16 @@ fn cell_kernels(c: &mut Criterion) {
             let mut g = c.benchmark_group(format!("cell_forward/{cell}"));
             g.throughput(Throughput::Bytes(step.forward_bytes()));
             g.bench_function(BenchmarkId::new("scalar-reference", &id), |bch| bch.iter(|| step.forward_reference()));
+            if CellStep::avx2_available() {
+                g.bench_function(BenchmarkId::new("avx2", &id), |bch| bch.iter(|| step.forward_avx2()));
+            }
             g.finish();
             let mut g = c.benchmark_group(format!("cell_backward/{cell}"));
             g.throughput(Throughput::Bytes(step.backward_bytes()));
             g.bench_function(BenchmarkId::new("scalar-reference", &id), |bch| bch.iter(|| step.backward_reference()));
+            if CellStep::avx2_available() {
+                g.bench_function(BenchmarkId::new("avx2", &id), |bch| bch.iter(|| step.backward_avx2()));
+            }
             g.finish();
         }
     }

@@ -75,44 +75,72 @@ impl CellStep {
 
     /// One forward step with the reference kernels.
     pub fn forward_reference(&mut self) {
-        <Reference as HostKernels<f32>>::cell_forward(
-            &Reference,
-            self.cell,
-            CellForward {
-                active: &self.active,
-                hidden: self.hidden,
-                xg: &self.xg,
-                hg: &self.hg,
-                b_hh: Some(&self.b_hh),
-                h_prev: &self.h_prev,
-                c_prev: &self.c_prev,
-                gates: &mut self.gates,
-                extra: &mut self.extra,
-                c: &mut self.c,
-                m: &mut self.m,
-            },
-        );
+        <Reference as HostKernels<f32>>::cell_forward(&Reference, self.cell, self.forward_args());
     }
 
     /// One backward step with the reference kernels (after a forward step filled the gates).
     pub fn backward_reference(&mut self) {
-        <Reference as HostKernels<f32>>::cell_backward(
-            &Reference,
-            self.cell,
-            CellBackward {
-                active: &self.active,
-                hidden: self.hidden,
-                gates: &self.gates,
-                extra: &self.extra,
-                c: &self.c,
-                c_prev: &self.c_prev,
-                h_prev: if self.cell == CellKind::Gru { &self.h_prev } else { &[] },
-                dm: &self.m,
-                dc: &mut self.dc,
-                dgi: &mut self.dgi,
-                dgh: &mut self.dgh,
-                dh_direct: &mut self.dh_direct,
-            },
-        );
+        <Reference as HostKernels<f32>>::cell_backward(&Reference, self.cell, self.backward_args());
+    }
+
+    /// Whether this CPU runs the AVX2+FMA kernels.
+    pub fn avx2_available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            crate::backend::cpu::avx2::is_supported()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// One forward step with the AVX2+FMA kernels. Panics if [`avx2_available`](Self::avx2_available) is false.
+    pub fn forward_avx2(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        crate::backend::cpu::avx2::cell_forward_checked(self.cell, self.forward_args());
+        #[cfg(not(target_arch = "x86_64"))]
+        panic!("AVX2 kernels exist on x86-64 only");
+    }
+
+    /// One backward step with the AVX2+FMA kernels.
+    pub fn backward_avx2(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        crate::backend::cpu::avx2::cell_backward_checked(self.cell, self.backward_args());
+        #[cfg(not(target_arch = "x86_64"))]
+        panic!("AVX2 kernels exist on x86-64 only");
+    }
+
+    fn forward_args(&mut self) -> CellForward<'_, f32> {
+        CellForward {
+            active: &self.active,
+            hidden: self.hidden,
+            xg: &self.xg,
+            hg: &self.hg,
+            b_hh: Some(&self.b_hh),
+            h_prev: &self.h_prev,
+            c_prev: &self.c_prev,
+            gates: &mut self.gates,
+            extra: &mut self.extra,
+            c: &mut self.c,
+            m: &mut self.m,
+        }
+    }
+
+    fn backward_args(&mut self) -> CellBackward<'_, f32> {
+        CellBackward {
+            active: &self.active,
+            hidden: self.hidden,
+            gates: &self.gates,
+            extra: &self.extra,
+            c: &self.c,
+            c_prev: &self.c_prev,
+            h_prev: if self.cell == CellKind::Gru { &self.h_prev } else { &[] },
+            dm: &self.m,
+            dc: &mut self.dc,
+            dgi: &mut self.dgi,
+            dgh: &mut self.dgh,
+            dh_direct: &mut self.dh_direct,
+        }
     }
 }

@@ -83,3 +83,32 @@ pub(crate) fn gemm(threads: usize, alpha: f32, a: Mat<'_, f32>, b: Mat<'_, f32>,
         }
     });
 }
+
+/// `out = a · W^T` against a packed per-step weight, on up to `threads` threads: panels of
+/// output columns are split across threads (each element is one k-ordered dot product, so the
+/// split does not change any bit).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn packed_step_gemm(threads: usize, a: Mat<'_, f32>, w: &super::packed::PackedWeight, out: MatMut<'_, f32>) {
+    super::packed::check_shapes(&a, w, &out);
+    let panels = w.panels();
+    let macs = a.rows.saturating_mul(w.n).saturating_mul(w.k);
+    let rs = out.rs;
+    let out_ptr = SendPtr(out.data.as_mut_ptr());
+    if threads <= 1 || macs < PARALLEL_MIN_MACS || panels < 2 {
+        // SAFETY: AVX2+FMA is the plan's ISA only when detected (Cpu::with_isa); shapes checked;
+        // `out` is uniquely borrowed.
+        unsafe { super::avx2::packed_gemm::packed_gemm_panels(&a, w, 0, panels, out_ptr.0, rs) };
+        return;
+    }
+    let per = panels.div_ceil(threads);
+    rayon::scope(|s| {
+        for p0 in (0..panels).step_by(per) {
+            let a = &a;
+            s.spawn(move |_| {
+                let out_ptr = out_ptr;
+                // SAFETY: as above; tasks own disjoint panels, i.e. disjoint output columns.
+                unsafe { super::avx2::packed_gemm::packed_gemm_panels(a, w, p0, (p0 + per).min(panels), out_ptr.0, rs) };
+            });
+        }
+    });
+}

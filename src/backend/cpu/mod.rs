@@ -14,10 +14,12 @@ mod gemm;
 mod isa;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
+pub(crate) mod packed;
 
 pub use isa::Isa;
+pub use packed::CpuPlan;
 
-use crate::backend::host::{self, check_reserve, CellBackward, CellForward, HostKernels, HostPlan, HostReserve, Mat, MatMut};
+use crate::backend::host::{self, check_reserve, CellBackward, CellForward, HostKernels, HostReserve, Mat, MatMut, StepWeight};
 use crate::backend::{
     check_backward, check_forward, Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, Reference, RnnPlan,
 };
@@ -89,20 +91,29 @@ impl Cpu {
         self.threads
     }
 
-    fn kernels(&self) -> CpuKernels {
-        CpuKernels { isa: self.isa, threads: self.threads }
+    fn kernels<'p>(&self, plan: &'p CpuPlan) -> CpuKernels<'p> {
+        CpuKernels { isa: self.isa, threads: self.threads, plan }
     }
 }
 
 /// The kernels of one call, run inside the backend's pool.
-struct CpuKernels {
+struct CpuKernels<'p> {
     isa: Isa,
     threads: usize,
+    plan: &'p CpuPlan,
 }
 
-impl HostKernels<f32> for CpuKernels {
+impl HostKernels<f32> for CpuKernels<'_> {
     fn gemm(&self, alpha: f32, a: Mat<'_, f32>, b: Mat<'_, f32>, beta: f32, c: MatMut<'_, f32>) {
         gemm::gemm(self.threads, alpha, a, b, beta, c);
+    }
+
+    fn step_gemm(&self, which: StepWeight, a: Mat<'_, f32>, w: Mat<'_, f32>, out: MatMut<'_, f32>) {
+        match (self.isa, self.plan.packed(which)) {
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, Some(packed)) => gemm::packed_step_gemm(self.threads, a, packed, out),
+            _ => gemm::gemm(self.threads, 1.0, a, w.t(), 0.0, out),
+        }
     }
 
     fn cell_forward(&self, cell: CellKind, step: CellForward<'_, f32>) {
@@ -132,53 +143,65 @@ impl HostKernels<f32> for CpuKernels {
 
 impl Backend<f32> for Cpu {
     type Buf = [f32];
-    type Plan = HostPlan<f32>;
+    type Plan = CpuPlan;
     type Reserve = HostReserve<f32>;
 
     fn name(&self) -> String {
         format!("cpu-{}", self.isa)
     }
 
-    fn plan(&self, config: &RnnConfig, params: &[f32]) -> Result<HostPlan<f32>> {
-        HostPlan::new(config, params)
+    fn plan(&self, config: &RnnConfig, params: &[f32]) -> Result<CpuPlan> {
+        CpuPlan::new(config, params)
     }
 
-    fn update_plan(&self, plan: &mut HostPlan<f32>, params: &[f32]) -> Result<()> {
+    fn update_plan(&self, plan: &mut CpuPlan, params: &[f32]) -> Result<()> {
         plan.update(params)
     }
 
     fn forward_inference(
         &self,
-        plan: &HostPlan<f32>,
+        plan: &CpuPlan,
         shape: &SeqShape,
         input: ForwardInput<'_, [f32]>,
         output: ForwardOutput<'_, [f32]>,
     ) -> Result<()> {
         check_forward(plan.config(), shape, &input, &output)?;
-        let k = self.kernels();
+        let k = self.kernels(plan);
         self.pool.install(|| {
-            host::forward(&k, &plan.layout, &plan.weights, shape, input.x, input.h0, input.c0, output.y, output.hn, output.cn, None)
+            host::forward(
+                &k,
+                &plan.host.layout,
+                &plan.host.weights,
+                shape,
+                input.x,
+                input.h0,
+                input.c0,
+                output.y,
+                output.hn,
+                output.cn,
+                None,
+            )
         });
         Ok(())
     }
 
     fn forward_training(
         &self,
-        plan: &HostPlan<f32>,
+        plan: &CpuPlan,
         shape: &SeqShape,
         input: ForwardInput<'_, [f32]>,
         output: ForwardOutput<'_, [f32]>,
         reserve: &mut HostReserve<f32>,
     ) -> Result<()> {
         check_forward(plan.config(), shape, &input, &output)?;
-        reserve.plan_id = plan.id;
-        reserve.plan_version = plan.version;
-        let k = self.kernels();
+        reserve.plan_id = plan.host.id;
+        reserve.plan_version = plan.host.version;
+        let k = self.kernels(plan);
         self.pool.install(|| {
             host::forward(
                 &k,
-                &plan.layout,
-                &plan.weights,
+                &plan.host.layout,
+                &plan.host.weights,
                 shape,
                 input.x,
                 input.h0,
@@ -194,20 +217,20 @@ impl Backend<f32> for Cpu {
 
     fn backward(
         &self,
-        plan: &HostPlan<f32>,
+        plan: &CpuPlan,
         reserve: &HostReserve<f32>,
         grads: BackwardInput<'_, [f32]>,
         output: BackwardOutput<'_, [f32]>,
         mode: GradMode,
     ) -> Result<()> {
-        let shape = check_reserve(reserve, plan)?;
-        check_backward(plan.config(), shape, plan.layout.len(), &grads, &output)?;
-        let k = self.kernels();
+        let shape = check_reserve(reserve, &plan.host)?;
+        check_backward(plan.config(), shape, plan.host.layout.len(), &grads, &output)?;
+        let k = self.kernels(plan);
         self.pool.install(|| {
             host::backward(
                 &k,
-                &plan.layout,
-                &plan.weights,
+                &plan.host.layout,
+                &plan.host.weights,
                 reserve,
                 grads.dy,
                 grads.dhn,

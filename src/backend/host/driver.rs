@@ -1,6 +1,6 @@
 //! The host time loop over layers, directions and steps. See the [module docs](super).
 
-use super::{CellBackward, CellForward, HostKernels, Mat, MatMut};
+use super::{CellBackward, CellForward, HostKernels, Mat, MatMut, StepWeight};
 use crate::backend::GradMode;
 use crate::config::{CellKind, RnnConfig};
 use crate::element::Float;
@@ -187,6 +187,7 @@ pub(crate) fn forward<T: Float, K: HostKernels<T>>(
                     run_direction(
                         k,
                         Dims::new(cfg, shape, l),
+                        i,
                         layout.layer(l, d),
                         w,
                         shape,
@@ -216,6 +217,7 @@ pub(crate) fn forward<T: Float, K: HostKernels<T>>(
                     run_direction(
                         k,
                         Dims::new(cfg, shape, l),
+                        i,
                         layout.layer(l, d),
                         w,
                         shape,
@@ -242,6 +244,7 @@ pub(crate) fn forward<T: Float, K: HostKernels<T>>(
 fn run_direction<T: Float, K: HostKernels<T>>(
     k: &K,
     dm: Dims,
+    ld: usize,
     lr: &LayerRanges,
     w: &[T],
     shape: &SeqShape,
@@ -302,7 +305,7 @@ fn run_direction<T: Float, K: HostKernels<T>>(
             *a = shape.is_active(t, b);
         }
         // HG[B, G·H] = h_prev · W_hh^T
-        k.gemm(T::ONE, Mat::new(&h_prev, bl, hout), Mat::new(w_hh, gh, hout).t(), T::ZERO, MatMut::new(&mut hg, bl, gh));
+        k.step_gemm(StepWeight::Hh(ld), Mat::new(&h_prev, bl, hout), Mat::new(w_hh, gh, hout), MatMut::new(&mut hg, bl, gh));
 
         let (st, i) = match save.as_deref_mut() {
             Some(s) => (s, t),
@@ -339,7 +342,7 @@ fn run_direction<T: Float, K: HostKernels<T>>(
                     m[b * h..(b + 1) * h].fill(T::ZERO);
                 }
             }
-            k.gemm(T::ONE, Mat::new(m, bl, h), Mat::new(w_hr, hout, h).t(), T::ZERO, MatMut::new(h_t, bl, hout));
+            k.step_gemm(StepWeight::Hr(ld), Mat::new(m, bl, h), Mat::new(w_hr, hout, h), MatMut::new(h_t, bl, hout));
         }
         let row = t * bl * dm.out_w + d * hout;
         for b in 0..bl {

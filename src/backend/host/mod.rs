@@ -156,10 +156,26 @@ pub(crate) struct CellBackward<'a, T> {
     pub dh_direct: &'a mut [T],
 }
 
+/// A weight multiplied at every step, which a backend may have packed in its plan; the index
+/// is `layer·D + direction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StepWeight {
+    /// `weight_hh`, `[G·H, Hout]`.
+    Hh(usize),
+    /// `weight_hr`, `[Hout, H]`.
+    Hr(usize),
+}
+
 /// The kernels a host backend provides to the driver.
 pub(crate) trait HostKernels<T: Float>: Send + Sync {
     /// `C = alpha·A·B + beta·C`; with `beta = 0`, `C` is not read.
     fn gemm(&self, alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, beta: T, c: MatMut<'_, T>);
+    /// `out = a · w^T` for the per-step weight `which`, given in PyTorch layout `w: [N, K]`
+    /// (`a: [B, K]`, `out: [B, N]`). A backend may use its packed copy of `w` instead.
+    fn step_gemm(&self, which: StepWeight, a: Mat<'_, T>, w: Mat<'_, T>, out: MatMut<'_, T>) {
+        let _ = which;
+        self.gemm(T::ONE, a, w.t(), T::ZERO, out)
+    }
     /// The fused forward pointwise step of `cell`.
     fn cell_forward(&self, cell: CellKind, step: CellForward<'_, T>);
     /// The fused backward pointwise step of `cell`.
