@@ -42,6 +42,7 @@ impl PackedWeight {
         }
     }
 
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the packed kernel is AVX2-only so far
     pub(crate) fn panels(&self) -> usize {
         self.n.div_ceil(NR)
     }
@@ -103,6 +104,7 @@ impl CpuPlan {
 }
 
 /// Checks the shapes of `out = a · W^T` against a packed weight.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn check_shapes(a: &Mat<'_, f32>, w: &PackedWeight, out: &MatMut<'_, f32>) {
     assert_eq!(a.cols, w.k, "packed gemm: inner dimension");
     assert_eq!((out.rows, out.cols), (a.rows, w.n), "packed gemm: output shape");

@@ -109,7 +109,7 @@ pub(crate) struct CellForward<'a, T> {
     pub hg: &'a [T],
     /// `[G·H]`: `b_hh`, if the stack has biases.
     pub b_hh: Option<&'a [T]>,
-    /// `[B, H]`: previous hidden state (read by GRU only, whose `Hout = H`).
+    /// `[B, Hout]`: previous hidden state (read by GRU only, whose `Hout = H`).
     pub h_prev: &'a [T],
     /// `[B, H]`: previous cell state (LSTM only; empty otherwise).
     pub c_prev: &'a [T],
