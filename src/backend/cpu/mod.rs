@@ -19,10 +19,8 @@ pub(crate) mod packed;
 pub use isa::Isa;
 pub use packed::CpuPlan;
 
-use crate::backend::host::{self, check_reserve, CellBackward, CellForward, HostKernels, HostReserve, Mat, MatMut, StepWeight};
-use crate::backend::{
-    check_backward, check_forward, Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, Reference, RnnPlan,
-};
+use crate::backend::host::{self, CellBackward, CellForward, HostKernels, HostReserve, Mat, MatMut, StepWeight};
+use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, Reference};
 use crate::config::{CellKind, RnnConfig};
 use crate::error::{Error, Result};
 use crate::shape::SeqShape;
@@ -165,24 +163,7 @@ impl Backend<f32> for Cpu {
         input: ForwardInput<'_, [f32]>,
         output: ForwardOutput<'_, [f32]>,
     ) -> Result<()> {
-        check_forward(plan.config(), shape, &input, &output)?;
-        let k = self.kernels(plan);
-        self.pool.install(|| {
-            host::forward(
-                &k,
-                &plan.host.layout,
-                &plan.host.weights,
-                shape,
-                input.x,
-                input.h0,
-                input.c0,
-                output.y,
-                output.hn,
-                output.cn,
-                None,
-            )
-        });
-        Ok(())
+        self.pool.install(|| host::run_forward(&self.kernels(plan), &plan.host, shape, input, output, None))
     }
 
     fn forward_training(
@@ -193,26 +174,7 @@ impl Backend<f32> for Cpu {
         output: ForwardOutput<'_, [f32]>,
         reserve: &mut HostReserve<f32>,
     ) -> Result<()> {
-        check_forward(plan.config(), shape, &input, &output)?;
-        reserve.plan_id = plan.host.id;
-        reserve.plan_version = plan.host.version;
-        let k = self.kernels(plan);
-        self.pool.install(|| {
-            host::forward(
-                &k,
-                &plan.host.layout,
-                &plan.host.weights,
-                shape,
-                input.x,
-                input.h0,
-                input.c0,
-                output.y,
-                output.hn,
-                output.cn,
-                Some(reserve),
-            )
-        });
-        Ok(())
+        self.pool.install(|| host::run_forward(&self.kernels(plan), &plan.host, shape, input, output, Some(reserve)))
     }
 
     fn backward(
@@ -223,25 +185,6 @@ impl Backend<f32> for Cpu {
         output: BackwardOutput<'_, [f32]>,
         mode: GradMode,
     ) -> Result<()> {
-        let shape = check_reserve(reserve, &plan.host)?;
-        check_backward(plan.config(), shape, plan.host.layout.len(), &grads, &output)?;
-        let k = self.kernels(plan);
-        self.pool.install(|| {
-            host::backward(
-                &k,
-                &plan.host.layout,
-                &plan.host.weights,
-                reserve,
-                grads.dy,
-                grads.dhn,
-                grads.dcn,
-                output.dx,
-                output.dh0,
-                output.dc0,
-                output.dparams,
-                mode,
-            )
-        });
-        Ok(())
+        self.pool.install(|| host::run_backward(&self.kernels(plan), &plan.host, reserve, grads, output, mode))
     }
 }

@@ -24,7 +24,7 @@ pub use driver::HostReserve;
 pub(crate) use driver::{backward, forward};
 pub(crate) use mat::{Mat, MatMut};
 
-use crate::backend::RnnPlan;
+use crate::backend::{check_backward, check_forward, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnPlan};
 use crate::config::{CellKind, RnnConfig};
 use crate::element::{Element, Float};
 use crate::error::{Error, Result};
@@ -79,8 +79,57 @@ impl<T: Send + Sync> RnnPlan for HostPlan<T> {
     }
 }
 
+/// A host backend's whole forward call: validates the buffers, stamps the reserve with the
+/// plan's identity, and runs the driver with kernels `k`.
+pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
+    k: &K,
+    plan: &HostPlan<T>,
+    shape: &SeqShape,
+    input: ForwardInput<'_, [T]>,
+    output: ForwardOutput<'_, [T]>,
+    reserve: Option<&mut HostReserve<T>>,
+) -> Result<()> {
+    check_forward(plan.config(), shape, &input, &output)?;
+    let mut reserve = reserve;
+    if let Some(r) = reserve.as_deref_mut() {
+        r.plan_id = plan.id;
+        r.plan_version = plan.version;
+    }
+    forward(k, &plan.layout, &plan.weights, shape, input.x, input.h0, input.c0, output.y, output.hn, output.cn, reserve);
+    Ok(())
+}
+
+/// A host backend's whole backward call: validates the reserve and the buffers, then runs the
+/// driver with kernels `k`.
+pub(crate) fn run_backward<T: Float, K: HostKernels<T>>(
+    k: &K,
+    plan: &HostPlan<T>,
+    reserve: &HostReserve<T>,
+    grads: BackwardInput<'_, [T]>,
+    output: BackwardOutput<'_, [T]>,
+    mode: GradMode,
+) -> Result<()> {
+    let shape = check_reserve(reserve, plan)?;
+    check_backward(plan.config(), shape, plan.layout.len(), &grads, &output)?;
+    backward(
+        k,
+        &plan.layout,
+        &plan.weights,
+        reserve,
+        grads.dy,
+        grads.dhn,
+        grads.dcn,
+        output.dx,
+        output.dh0,
+        output.dc0,
+        output.dparams,
+        mode,
+    );
+    Ok(())
+}
+
 /// Checks that `reserve` was filled by `plan` at its current version; returns the call's shape.
-pub(crate) fn check_reserve<'r, T>(reserve: &'r HostReserve<T>, plan: &HostPlan<T>) -> Result<&'r SeqShape> {
+fn check_reserve<'r, T>(reserve: &'r HostReserve<T>, plan: &HostPlan<T>) -> Result<&'r SeqShape> {
     let shape = reserve.shape.as_ref().ok_or_else(|| Error::Reserve("empty: run forward_training with it before backward".into()))?;
     if reserve.plan_id != plan.id {
         return Err(Error::Reserve("it was filled by a different plan than the one given to backward".into()));

@@ -9,10 +9,8 @@ mod gru;
 mod lstm;
 mod rnn;
 
-use crate::backend::host::{self, check_reserve, CellBackward, CellForward, HostKernels, Mat, MatMut};
-use crate::backend::{
-    check_backward, check_forward, Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnPlan,
-};
+use crate::backend::host::{self, CellBackward, CellForward, HostKernels, Mat, MatMut};
+use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode};
 use crate::config::{CellKind, RnnConfig};
 use crate::element::Float;
 use crate::error::Result;
@@ -72,9 +70,7 @@ impl<T: Float> Backend<T> for Reference {
         input: ForwardInput<'_, [T]>,
         output: ForwardOutput<'_, [T]>,
     ) -> Result<()> {
-        check_forward(plan.config(), shape, &input, &output)?;
-        host::forward(self, &plan.layout, &plan.weights, shape, input.x, input.h0, input.c0, output.y, output.hn, output.cn, None);
-        Ok(())
+        host::run_forward(self, plan, shape, input, output, None)
     }
 
     fn forward_training(
@@ -85,11 +81,7 @@ impl<T: Float> Backend<T> for Reference {
         output: ForwardOutput<'_, [T]>,
         reserve: &mut HostReserve<T>,
     ) -> Result<()> {
-        check_forward(plan.config(), shape, &input, &output)?;
-        reserve.plan_id = plan.id;
-        reserve.plan_version = plan.version;
-        host::forward(self, &plan.layout, &plan.weights, shape, input.x, input.h0, input.c0, output.y, output.hn, output.cn, Some(reserve));
-        Ok(())
+        host::run_forward(self, plan, shape, input, output, Some(reserve))
     }
 
     fn backward(
@@ -100,22 +92,6 @@ impl<T: Float> Backend<T> for Reference {
         output: BackwardOutput<'_, [T]>,
         mode: GradMode,
     ) -> Result<()> {
-        let shape = check_reserve(reserve, plan)?;
-        check_backward(plan.config(), shape, plan.layout.len(), &grads, &output)?;
-        host::backward(
-            self,
-            &plan.layout,
-            &plan.weights,
-            reserve,
-            grads.dy,
-            grads.dhn,
-            grads.dcn,
-            output.dx,
-            output.dh0,
-            output.dc0,
-            output.dparams,
-            mode,
-        );
-        Ok(())
+        host::run_backward(self, plan, reserve, grads, output, mode)
     }
 }
