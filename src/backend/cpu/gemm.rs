@@ -1,114 +1,300 @@
-//! The CPU backend's GEMM: matrixmultiply's SGEMM on strided views, split across the thread
-//! pool by blocks of rows (or of columns when there are few rows, as in a small-batch recurrent
-//! step).
+//! The CPU backend's GEMMs, split across threads.
 //!
-//! Every element of `C` is computed by exactly one SGEMM call over the full `k` range, in the
-//! same order whatever the split, so results are bit-identical for any thread count.
+//! - AVX2: `avx2/sgemm.rs` (blocked, 6×16 tile) for everything with six rows or more, against
+//!   the plan's packed weights where the right-hand side is a weight; `avx2/sgemm_skinny.rs` for
+//!   the per-step products of fewer rows.
+//! - Other ISAs: matrixmultiply's SGEMM on strided views.
+//!
+//! `C` is split into blocks of rows (when it has many) or of columns, one per part; every
+//! element of `C` is computed by the same code over the full `k` range in the same order
+//! whatever the split, so results are bit-identical for any thread count.
 
+use super::packed::PackedWeight;
+use super::team::Team;
 use crate::backend::host::{Mat, MatMut};
 
 /// Below this many multiply-adds a GEMM runs on the calling thread: splitting costs more
 /// than it saves.
-const PARALLEL_MIN_MACS: usize = 1 << 17;
+const PARALLEL_MIN_MACS: usize = 1 << 15;
 
-/// A raw pointer that may cross threads; each task only touches its own disjoint block of `C`.
+/// How a call runs its parallel parts.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint blocks of C (see `gemm`), and A and B are only read.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
+pub(crate) enum Par<'t> {
+    /// On the calling thread only.
+    Serial,
+    /// On a team of threads spinning for the duration of the call (see `team.rs`).
+    Team(&'t Team),
+}
 
-/// `C = alpha·A·B + beta·C` with `C` given as a raw pointer and strides.
-///
-/// # Safety
-/// Elements `c + i·rsc + j·csc` for `i < a.rows`, `j < b.cols` must be valid for writes and
-/// not accessed by anyone else during the call.
-unsafe fn sgemm_raw(alpha: f32, a: &Mat<'_, f32>, b: &Mat<'_, f32>, beta: f32, c: *mut f32, rsc: usize, csc: usize) {
-    debug_assert_eq!(a.cols, b.rows, "gemm: inner dimensions");
-    // SAFETY: A and B lie inside their slices (checked when the views were built) and are only
-    // read; C is the caller's promise.
-    unsafe {
-        matrixmultiply::sgemm(
-            a.rows,
-            a.cols,
-            b.cols,
-            alpha,
-            a.data.as_ptr(),
-            a.rs as isize,
-            a.cs as isize,
-            b.data.as_ptr(),
-            b.rs as isize,
-            b.cs as isize,
-            beta,
-            c,
-            rsc as isize,
-            csc as isize,
-        );
+impl Par<'_> {
+    pub(crate) fn parts(&self) -> usize {
+        match self {
+            Par::Serial => 1,
+            Par::Team(t) => t.parts(),
+        }
+    }
+
+    /// Runs `f(0..parts)`, `parts ≤ self.parts()`.
+    fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
+        match self {
+            Par::Team(t) if parts > 1 => t.run(&|i| {
+                if i < parts {
+                    f(i)
+                }
+            }),
+            _ => (0..parts).for_each(f),
+        }
     }
 }
 
-/// `C = alpha·A·B + beta·C`, on up to `threads` threads of the current rayon pool.
-pub(crate) fn gemm(threads: usize, alpha: f32, a: Mat<'_, f32>, b: Mat<'_, f32>, beta: f32, c: MatMut<'_, f32>) {
+/// A raw pointer that may cross threads; each part only touches its own disjoint block of `C`.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: parts write disjoint blocks of C (see the split functions), and A and B are only read.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// How `C[m, n]` is split into parts: `Rows(block)` or `Cols(block)`, blocks of `block` rows or
+/// columns (a multiple of 16 for columns, of 6 for rows, so parts run whole tiles).
+#[derive(Clone, Copy, Debug)]
+enum Split {
+    Rows(usize),
+    Cols(usize),
+}
+
+fn split(par: &Par<'_>, m: usize, n: usize, k: usize) -> (usize, Split) {
+    let want = par.parts();
+    if want <= 1 || m.saturating_mul(n).saturating_mul(k.max(1)) < PARALLEL_MIN_MACS || m == 0 || n == 0 {
+        return (1, Split::Rows(m.max(1)));
+    }
+    // Rows when every part gets a good share of them (the packed A block is then shared by
+    // no one), columns otherwise (a small batch: every part streams its own slice of B).
+    if m >= 48 * want {
+        let block = m.div_ceil(want).next_multiple_of(6);
+        (m.div_ceil(block), Split::Rows(block))
+    } else {
+        let block = n.div_ceil(want).next_multiple_of(16).min(n.next_multiple_of(16));
+        (n.div_ceil(block), Split::Cols(block))
+    }
+}
+
+/// `C = alpha·A·B + beta·C` with matrixmultiply, split across `par`.
+pub(crate) fn gemm_portable(par: &Par<'_>, alpha: f32, a: Mat<'_, f32>, b: Mat<'_, f32>, beta: f32, c: MatMut<'_, f32>) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "gemm: inner dimensions");
     assert_eq!((m, n), (c.rows, c.cols), "gemm: output shape");
     let (c_rs, c_cs) = (c.rs, c.cs);
     let c_ptr = SendPtr(c.data.as_mut_ptr());
-    if threads <= 1 || m.saturating_mul(n).saturating_mul(k) < PARALLEL_MIN_MACS || m == 0 || n == 0 {
-        // SAFETY: C's view was bounds-checked when built and is uniquely borrowed here.
-        unsafe { sgemm_raw(alpha, &a, &b, beta, c_ptr.0, c_rs, c_cs) };
-        return;
-    }
-    // Split the longer side of C into `threads` blocks; blocks are multiples of 16 (a multiple
-    // of every microkernel tile) so each block runs full tiles where possible.
-    let by_rows = m >= 16 * threads;
-    let len = if by_rows { m } else { n };
-    let block = len.div_ceil(threads).next_multiple_of(16).min(len);
-    rayon::scope(|s| {
-        for start in (0..len).step_by(block) {
-            let end = (start + block).min(len);
-            let (a, b) = (&a, &b);
-            s.spawn(move |_| {
-                let c_ptr = c_ptr;
-                let (a_blk, b_blk, c_off) = if by_rows {
-                    (Mat { data: &a.data[start * a.rs..], rows: end - start, ..*a }, *b, start * c_rs)
-                } else {
-                    (*a, Mat { data: &b.data[start * b.cs..], cols: end - start, ..*b }, start * c_cs)
-                };
-                // SAFETY: the block's elements of C are a subset of C's bounds-checked view, and
-                // blocks partition the rows (or the columns) of C, so no two tasks touch the
-                // same element; the unique borrow of C outlives the scope.
-                unsafe { sgemm_raw(alpha, &a_blk, &b_blk, beta, c_ptr.0.add(c_off), c_rs, c_cs) };
-            });
+    let (parts, how) = split(par, m, n, k);
+    par.run(parts, &|i| {
+        let c_ptr = c_ptr;
+        let (a_blk, b_blk, c_off) = match how {
+            Split::Rows(blk) => {
+                let (s, e) = (i * blk, ((i + 1) * blk).min(m));
+                (Mat { data: &a.data[s * a.rs..], rows: e - s, ..a }, b, s * c_rs)
+            }
+            Split::Cols(blk) => {
+                let (s, e) = (i * blk, ((i + 1) * blk).min(n));
+                (a, Mat { data: &b.data[s * b.cs..], cols: e - s, ..b }, s * c_cs)
+            }
+        };
+        if a_blk.rows == 0 || b_blk.cols == 0 {
+            return;
+        }
+        // SAFETY: A and B blocks lie inside their slices (views are bounds-checked when built
+        // and blocks only shrink them); the block of C is a subset of C's bounds-checked view,
+        // owned by this part alone while the unique borrow of C lasts.
+        unsafe {
+            matrixmultiply::sgemm(
+                a_blk.rows,
+                k,
+                b_blk.cols,
+                alpha,
+                a_blk.data.as_ptr(),
+                a_blk.rs as isize,
+                a_blk.cs as isize,
+                b_blk.data.as_ptr(),
+                b_blk.rs as isize,
+                b_blk.cs as isize,
+                beta,
+                c_ptr.0.add(c_off),
+                c_rs as isize,
+                c_cs as isize,
+            );
         }
     });
 }
 
-/// `out = a · W^T` against a packed per-step weight, on up to `threads` threads: panels of
-/// output columns are split across threads (each element is one k-ordered dot product, so the
-/// split does not change any bit).
+/// `C = alpha·A·B + beta·C` with the AVX2 kernels, `B` a strided view or a packed weight (which
+/// must have `B`'s shape), split across `par`.
+///
+/// # Safety
+/// AVX2 and FMA must be available.
 #[cfg(target_arch = "x86_64")]
-pub(crate) fn packed_step_gemm(threads: usize, a: Mat<'_, f32>, w: &super::packed::PackedWeight, out: MatMut<'_, f32>) {
-    super::packed::check_shapes(&a, w, &out);
-    let panels = w.panels();
-    let macs = a.rows.saturating_mul(w.n).saturating_mul(w.k);
-    let rs = out.rs;
-    let out_ptr = SendPtr(out.data.as_mut_ptr());
-    if threads <= 1 || macs < PARALLEL_MIN_MACS || panels < 2 {
-        // SAFETY: AVX2+FMA is the plan's ISA only when detected (Cpu::with_isa); shapes checked;
-        // `out` is uniquely borrowed.
-        unsafe { super::avx2::packed_gemm::packed_gemm_panels(&a, w, 0, panels, out_ptr.0, rs) };
-        return;
+pub(crate) unsafe fn gemm_avx2(
+    par: &Par<'_>,
+    alpha: f32,
+    a: Mat<'_, f32>,
+    b: Mat<'_, f32>,
+    packed: Option<&PackedWeight>,
+    beta: f32,
+    c: MatMut<'_, f32>,
+) {
+    use super::avx2::sgemm::{gemm_block, Rhs, Workspace, MR};
+    use super::avx2::sgemm_skinny;
+    use super::packed::NR;
+    use std::cell::RefCell;
+
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(k, b.rows, "gemm: inner dimensions");
+    assert_eq!((m, n), (c.rows, c.cols), "gemm: output shape");
+    assert_eq!(c.cs, 1, "gemm: output rows must be contiguous");
+    if let Some(p) = packed {
+        assert_eq!((p.k, p.n), (k, n), "gemm: packed operand shape");
     }
-    let per = panels.div_ceil(threads);
-    rayon::scope(|s| {
-        for p0 in (0..panels).step_by(per) {
-            let a = &a;
-            s.spawn(move |_| {
-                let out_ptr = out_ptr;
-                // SAFETY: as above; tasks own disjoint panels, i.e. disjoint output columns.
-                unsafe { super::avx2::packed_gemm::packed_gemm_panels(a, w, p0, (p0 + per).min(panels), out_ptr.0, rs) };
-            });
+    let rhs = match packed {
+        Some(p) => Rhs::Packed(p),
+        None => Rhs::Strided(b),
+    };
+    let rsc = c.rs;
+    let c_ptr = SendPtr(c.data.as_mut_ptr());
+    let (parts, how) = split(par, m, n, k);
+    thread_local! {
+        static WORKSPACE: RefCell<Workspace> = RefCell::new(Workspace::default());
+    }
+    par.run(parts, &|i| {
+        let c_ptr = c_ptr;
+        let ((r0, r1), (q0, q1)) = match how {
+            Split::Rows(blk) => ((i * blk, ((i + 1) * blk).min(m)), (0, n.div_ceil(NR))),
+            Split::Cols(blk) => ((0, m), (i * blk / NR, ((i + 1) * blk).min(n).div_ceil(NR))),
+        };
+        if r0 >= r1 || q0 >= q1 {
+            return;
+        }
+        match rhs {
+            Rhs::Packed(w) if m < MR && k > 0 => {
+                // SAFETY: AVX2+FMA per this function's contract; shapes checked above; the
+                // part owns the output columns of panels q0..q1 of every row.
+                unsafe { sgemm_skinny::gemm_panels(&a, w, q0, q1, c_ptr.0, rsc, alpha, beta) }
+            }
+            _ => WORKSPACE.with_borrow_mut(|ws| {
+                // SAFETY: as above; the part owns rows r0..r1 × panels q0..q1 of C.
+                unsafe { gemm_block(ws, alpha, &a, rhs, beta, c_ptr.0, rsc, (r0, r1), (q0, q1)) }
+            }),
         }
     });
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    fn rand_vec(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
+        (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect()
+    }
+
+    /// `C = alpha·A·B + beta·C` in f64, with `A`, `B` read through their strides.
+    fn naive(alpha: f32, a: &Mat<'_, f32>, b: &Mat<'_, f32>, beta: f32, c: &[f32]) -> Vec<f64> {
+        let mut out = vec![0.0; a.rows * b.cols];
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                let s: f64 = (0..a.cols).map(|k| a.at(i, k) as f64 * b.at(k, j) as f64).sum();
+                let prev = if beta == 0.0 { 0.0 } else { beta as f64 * c[i * b.cols + j] as f64 };
+                out[i * b.cols + j] = alpha as f64 * s + prev;
+            }
+        }
+        out
+    }
+
+    /// Runs `f` with `Par::Serial` and with teams of 2 and 3 and returns each result.
+    fn each_par(f: impl Fn(&Par<'_>) -> Vec<f32> + Sync) -> Vec<Vec<f32>> {
+        let mut outs = vec![f(&Par::Serial)];
+        for parts in [2, 3] {
+            let team = Team::new(parts);
+            std::thread::scope(|s| {
+                for i in 1..parts {
+                    let team = &team;
+                    s.spawn(move || team.helper(i));
+                }
+                let _stop = super::super::team::StopOnDrop(&team);
+                outs.push(f(&Par::Team(&team)));
+            });
+        }
+        outs
+    }
+
+    #[test]
+    fn avx2_gemm_matches_f64_for_every_path_and_is_thread_count_invariant() {
+        if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
+            eprintln!("skipped: this CPU lacks AVX2+FMA");
+            return;
+        }
+        let mut rng = SplitMix64::new(7);
+        // (m, k, n): tile edges, the skinny path (m < 6), K and N blocks (KC = 256, NC = 1024),
+        // row splits (m ≥ 96) and column splits.
+        let shapes = [
+            (1, 1, 1),
+            (1, 300, 1030),
+            (3, 17, 33),
+            (5, 64, 16),
+            (6, 16, 16),
+            (7, 257, 45),
+            (13, 600, 100),
+            (150, 300, 70),
+            (97, 513, 1100),
+            (200, 0, 20),
+        ];
+        for &(m, k, n) in &shapes {
+            for (alpha, beta) in [(1.0f32, 0.0f32), (1.0, 1.0), (0.5, -2.0)] {
+                for (a_t, b_t, packed) in [(false, false, false), (true, true, false), (false, true, true), (true, false, true)] {
+                    let a_data = rand_vec(&mut rng, m * k);
+                    let b_data = rand_vec(&mut rng, k * n);
+                    let c0 = rand_vec(&mut rng, m * n);
+                    // A stored [m, k] or as the transpose of a [k, m] matrix; B likewise.
+                    let a = if a_t { Mat::new(&a_data, k, m).t() } else { Mat::new(&a_data, m, k) };
+                    let b = if b_t { Mat::new(&b_data, n, k).t() } else { Mat::new(&b_data, k, n) };
+                    let pw = packed.then(|| PackedWeight::pack(b));
+                    let want = naive(alpha, &a, &b, beta, &c0);
+                    let outs = each_par(|par| {
+                        let mut c = c0.clone();
+                        // SAFETY: AVX2+FMA detected above.
+                        unsafe { gemm_avx2(par, alpha, a, b, pw.as_ref(), beta, MatMut::new(&mut c, m, n)) };
+                        c
+                    });
+                    let ctx = format!("m={m} k={k} n={n} alpha={alpha} beta={beta} a_t={a_t} b_t={b_t} packed={packed}");
+                    for (i, (&got, &w)) in outs[0].iter().zip(&want).enumerate() {
+                        // f32 sums of k products of values in ±1: error well under 1e-6·k.
+                        let tol = 1e-6 * (k as f64 + 1.0) * (1.0 + w.abs());
+                        assert!((got as f64 - w).abs() <= tol, "{ctx}: C[{i}] = {got}, f64 gives {w}");
+                    }
+                    for o in &outs[1..] {
+                        assert!(o.iter().zip(&outs[0]).all(|(x, y)| x.to_bits() == y.to_bits()), "{ctx}: threads changed bits");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn portable_gemm_is_thread_count_invariant() {
+        let mut rng = SplitMix64::new(8);
+        for &(m, k, n) in &[(2, 300, 1030), (150, 64, 70)] {
+            let a_data = rand_vec(&mut rng, m * k);
+            let b_data = rand_vec(&mut rng, k * n);
+            let (a, b) = (Mat::new(&a_data, m, k), Mat::new(&b_data, k, n));
+            let want = naive(1.0, &a, &b, 0.0, &[]);
+            let outs = each_par(|par| {
+                let mut c = vec![0.0; m * n];
+                gemm_portable(par, 1.0, a, b, 0.0, MatMut::new(&mut c, m, n));
+                c
+            });
+            for (&got, &w) in outs[0].iter().zip(&want) {
+                assert!((got as f64 - w).abs() <= 1e-6 * (k as f64 + 1.0) * (1.0 + w.abs()));
+            }
+            for o in &outs[1..] {
+                assert!(o.iter().zip(&outs[0]).all(|(x, y)| x.to_bits() == y.to_bits()));
+            }
+        }
+    }
 }

@@ -2,7 +2,9 @@
 //! per-step cell kernels hand-written per instruction set.
 //!
 //! - `isa.rs`: run-time choice of [`Isa`] (cached; `RNN_KERNELS_ISA` forces one).
-//! - `gemm.rs`: the GEMMs, split across threads deterministically.
+//! - `gemm.rs`: the GEMMs, split across threads deterministically; `packed.rs`: the plan's
+//!   weights packed once as GEMM operands; `team.rs`: the threads of one call, kept spinning
+//!   so that even the small per-step products of a small batch are worth splitting.
 //! - `avx2/`: x86-64 AVX2+FMA kernels; `neon/`: AArch64 kernels. The scalar ISA uses the
 //!   reference kernels.
 //!
@@ -15,11 +17,12 @@ mod isa;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
 pub(crate) mod packed;
+mod team;
 
 pub use isa::Isa;
 pub use packed::CpuPlan;
 
-use crate::backend::host::{self, CellBackward, CellForward, HostKernels, HostReserve, Mat, MatMut, StepWeight};
+use crate::backend::host::{self, CellBackward, CellForward, HostKernels, HostReserve, Mat, MatMut, WeightOp};
 use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, Reference};
 use crate::config::{CellKind, RnnConfig};
 use crate::error::{Error, Result};
@@ -89,28 +92,47 @@ impl Cpu {
         self.threads
     }
 
-    fn kernels<'p>(&self, plan: &'p CpuPlan) -> CpuKernels<'p> {
-        CpuKernels { isa: self.isa, threads: self.threads, plan }
+    /// Runs one call `body` in the pool: with more than one thread, on a [`team::Team`] whose
+    /// helpers (tasks of the pool) spin until the call returns.
+    fn run<R: Send>(&self, plan: &CpuPlan, body: impl FnOnce(&CpuKernels<'_>) -> R + Send) -> R {
+        let isa = self.isa;
+        self.pool.install(|| {
+            if self.threads == 1 {
+                return body(&CpuKernels { isa, plan, par: gemm::Par::Serial });
+            }
+            let team = team::Team::new(self.threads);
+            rayon::scope(|s| {
+                for i in 1..self.threads {
+                    let team = &team;
+                    s.spawn(move |_| team.helper(i));
+                }
+                let _stop = team::StopOnDrop(&team);
+                body(&CpuKernels { isa, plan, par: gemm::Par::Team(&team) })
+            })
+        })
     }
 }
 
-/// The kernels of one call, run inside the backend's pool.
+/// The kernels of one call.
 struct CpuKernels<'p> {
     isa: Isa,
-    threads: usize,
     plan: &'p CpuPlan,
+    par: gemm::Par<'p>,
 }
 
 impl HostKernels<f32> for CpuKernels<'_> {
     fn gemm(&self, alpha: f32, a: Mat<'_, f32>, b: Mat<'_, f32>, beta: f32, c: MatMut<'_, f32>) {
-        gemm::gemm(self.threads, alpha, a, b, beta, c);
+        // The products of two activations (the weight gradients): matrixmultiply.
+        gemm::gemm_portable(&self.par, alpha, a, b, beta, c);
     }
 
-    fn step_gemm(&self, which: StepWeight, a: Mat<'_, f32>, w: Mat<'_, f32>, out: MatMut<'_, f32>) {
-        match (self.isa, self.plan.packed(which)) {
+    fn weight_gemm(&self, op: WeightOp, a: Mat<'_, f32>, b: Mat<'_, f32>, beta: f32, c: MatMut<'_, f32>) {
+        match self.isa {
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2, Some(packed)) => gemm::packed_step_gemm(self.threads, a, packed, out),
-            _ => gemm::gemm(self.threads, 1.0, a, w.t(), 0.0, out),
+            // SAFETY: Cpu::with_isa only accepts Avx2 when AVX2 and FMA were detected.
+            Isa::Avx2 => unsafe { gemm::gemm_avx2(&self.par, 1.0, a, b, self.plan.packed(op), beta, c) },
+            // NEON and scalar: no packed kernels yet.
+            _ => gemm::gemm_portable(&self.par, 1.0, a, b, beta, c),
         }
     }
 
@@ -163,7 +185,7 @@ impl Backend<f32> for Cpu {
         input: ForwardInput<'_, [f32]>,
         output: ForwardOutput<'_, [f32]>,
     ) -> Result<()> {
-        self.pool.install(|| host::run_forward(&self.kernels(plan), &plan.host, shape, input, output, None))
+        self.run(plan, |k| host::run_forward(k, &plan.host, shape, input, output, None))
     }
 
     fn forward_training(
@@ -174,7 +196,7 @@ impl Backend<f32> for Cpu {
         output: ForwardOutput<'_, [f32]>,
         reserve: &mut HostReserve<f32>,
     ) -> Result<()> {
-        self.pool.install(|| host::run_forward(&self.kernels(plan), &plan.host, shape, input, output, Some(reserve)))
+        self.run(plan, |k| host::run_forward(k, &plan.host, shape, input, output, Some(reserve)))
     }
 
     fn backward(
@@ -185,6 +207,42 @@ impl Backend<f32> for Cpu {
         output: BackwardOutput<'_, [f32]>,
         mode: GradMode,
     ) -> Result<()> {
-        self.pool.install(|| host::run_backward(&self.kernels(plan), &plan.host, reserve, grads, output, mode))
+        self.run(plan, |k| host::run_backward(k, &plan.host, reserve, grads, output, mode))
     }
+}
+
+/// See `bench_support::time_sgemm`.
+#[doc(hidden)]
+pub(crate) fn bench_gemm(kind: &str, threads: usize, m: usize, k: usize, n: usize, a_transposed: bool, reps: usize) -> f64 {
+    let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0).collect();
+    let mut c = vec![0.0f32; m * n];
+    let am = if a_transposed { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
+    let bm = Mat::new(&b, k, n);
+    let packed = (kind == "avx2-packed").then(|| packed::PackedWeight::pack(bm));
+    let run = |par: &gemm::Par<'_>, c: &mut [f32]| match kind {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: only timed on CPUs with AVX2+FMA (checked below).
+        "avx2" | "avx2-packed" => unsafe { gemm::gemm_avx2(par, 1.0, am, bm, packed.as_ref(), 0.0, MatMut::new(c, m, n)) },
+        _ => gemm::gemm_portable(par, 1.0, am, bm, 0.0, MatMut::new(c, m, n)),
+    };
+    assert!(kind == "portable" || Isa::Avx2.is_supported(), "this CPU lacks AVX2+FMA");
+    let team = team::Team::new(threads);
+    let mut times = Vec::new();
+    std::thread::scope(|s| {
+        for i in 1..threads {
+            let team = &team;
+            s.spawn(move || team.helper(i));
+        }
+        let _stop = team::StopOnDrop(&team);
+        let par = if threads > 1 { gemm::Par::Team(&team) } else { gemm::Par::Serial };
+        run(&par, &mut c);
+        for _ in 0..reps.max(1) {
+            let t = std::time::Instant::now();
+            run(&par, &mut c);
+            times.push(t.elapsed().as_secs_f64());
+        }
+    });
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
 }

@@ -1,20 +1,23 @@
-//! Per-step weights packed once per plan for the recurrent GEMM `out[B, N] = a[B, K] · W^T`.
+//! Weights packed once per plan as the right-hand operand of the CPU GEMMs.
 //!
-//! With a small batch the recurrent product is a few rows against a large weight, so its cost
-//! is streaming `W` once per step. A general GEMM (matrixmultiply) re-packs `W` on every call,
-//! which costs as much as the product itself; here `W: [N, K]` is packed once into panels of
-//! [`NR`] = 16 output columns, each stored k-major (`panel[k·16 + j] = W[p·16 + j, k]`, zero
-//! past `N`), so a step reads it front to back with aligned 8-wide loads.
+//! Every product with a weight is `C = A · B` where `B` is `W^T` (forward: the input projection
+//! `X · W_ih^T`, the recurrent `h · W_hh^T`, the projection `m · W_hr^T`) or `W` (backward:
+//! `dG · W_ih`, `dG · W_hh`, `dh · W_hr`). A general GEMM re-packs `B` on every call, which for
+//! the per-step products of a small batch costs as much as the product itself; here `B: [K, N]`
+//! is packed once into panels of [`NR`] = 16 columns, each stored k-major
+//! (`panel[k·16 + j] = B[k, p·16 + j]`, zero past `N`), the layout the AVX2 tiles read. The
+//! forward operands are packed with the plan; the backward ones on the first backward call.
 
-use crate::backend::host::{HostPlan, Mat, MatMut, StepWeight};
+use crate::backend::host::{HostPlan, Mat, Weight, WeightOp};
 use crate::backend::RnnPlan;
 use crate::config::RnnConfig;
 use crate::error::Result;
+use std::sync::OnceLock;
 
 /// Output columns per panel.
 pub(crate) const NR: usize = 16;
 
-/// `W: [N, K]` in panels of [`NR`] columns, k-major.
+/// `B: [K, N]` in panels of [`NR`] columns, k-major.
 #[derive(Debug, Clone)]
 pub(crate) struct PackedWeight {
     pub n: usize,
@@ -23,38 +26,67 @@ pub(crate) struct PackedWeight {
 }
 
 impl PackedWeight {
-    pub(crate) fn pack(w: &[f32], n: usize, k: usize) -> Self {
-        let mut p = PackedWeight { n, k, data: vec![0.0; n.div_ceil(NR) * NR * k] };
-        p.repack(w);
+    /// Packs the view `b: [K, N]`.
+    pub(crate) fn pack(b: Mat<'_, f32>) -> Self {
+        let mut p = PackedWeight { n: b.cols, k: b.rows, data: vec![0.0; b.cols.div_ceil(NR) * NR * b.rows] };
+        p.repack(b);
         p
     }
 
     /// Packs new values of the same shape.
-    pub(crate) fn repack(&mut self, w: &[f32]) {
-        assert_eq!(w.len(), self.n * self.k, "packed weight shape");
+    pub(crate) fn repack(&mut self, b: Mat<'_, f32>) {
+        assert_eq!((b.rows, b.cols), (self.k, self.n), "packed weight shape");
+        if self.k == 0 {
+            return;
+        }
         for (p, panel) in self.data.chunks_exact_mut(NR * self.k).enumerate() {
+            let cols = (self.n - p * NR).min(NR);
             for kk in 0..self.k {
-                for j in 0..NR {
-                    let row = p * NR + j;
-                    panel[kk * NR + j] = if row < self.n { w[row * self.k + kk] } else { 0.0 };
+                let out = &mut panel[kk * NR..(kk + 1) * NR];
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = if j < cols { b.at(kk, p * NR + j) } else { 0.0 };
                 }
             }
         }
     }
+}
 
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the packed kernel is AVX2-only so far
-    pub(crate) fn panels(&self) -> usize {
-        self.n.div_ceil(NR)
+/// The packed operands of one layer-direction, in the order of [`Weight`]: `W_ih`, `W_hh`,
+/// `W_hr` (absent without a projection).
+type Packs = [Option<PackedWeight>; 3];
+
+fn weight_view<'w>(host: &'w HostPlan<f32>, ld: usize, which: Weight) -> Option<Mat<'w, f32>> {
+    let cfg = host.config();
+    let (l, d) = (ld / cfg.num_directions(), ld % cfg.num_directions());
+    let r = host.layout.layer(l, d);
+    let (gh, hout, h) = (cfg.gates() * cfg.hidden_size(), cfg.hidden_out_size(), cfg.hidden_size());
+    let w = &host.weights;
+    match which {
+        Weight::Ih => Some(Mat::new(&w[r.w_ih.clone()], gh, cfg.layer_input_size(l))),
+        Weight::Hh => Some(Mat::new(&w[r.w_hh.clone()], gh, hout)),
+        Weight::Hr => r.w_hr.clone().map(|r| Mat::new(&w[r], hout, h)),
     }
 }
 
-/// The CPU backend's plan: the host plan and the per-step weights packed.
+fn pack_all(host: &HostPlan<f32>, transposed: bool) -> Vec<Packs> {
+    let cfg = host.config();
+    (0..cfg.num_layers() * cfg.num_directions())
+        .map(|ld| {
+            [Weight::Ih, Weight::Hh, Weight::Hr].map(|which| {
+                weight_view(host, ld, which).map(|w| PackedWeight::pack(if transposed { w.t() } else { w }))
+            })
+        })
+        .collect()
+}
+
+/// The CPU backend's plan: the host plan and its weights packed.
 #[derive(Debug, Clone)]
 pub struct CpuPlan {
     pub(crate) host: HostPlan<f32>,
-    /// Per layer-direction: `weight_hh`, and `weight_hr` with a projection.
-    pub(crate) hh: Vec<PackedWeight>,
-    pub(crate) hr: Vec<Option<PackedWeight>>,
+    /// Per layer-direction, `B = W^T` for the forward products.
+    fwd: Vec<Packs>,
+    /// Per layer-direction, `B = W` for the backward products; packed on first use.
+    bwd: OnceLock<Vec<Packs>>,
 }
 
 impl RnnPlan for CpuPlan {
@@ -66,47 +98,29 @@ impl RnnPlan for CpuPlan {
 impl CpuPlan {
     pub(crate) fn new(config: &RnnConfig, params: &[f32]) -> Result<Self> {
         let host = HostPlan::new(config, params)?;
-        let (gh, hout, h) = (config.gates() * config.hidden_size(), config.hidden_out_size(), config.hidden_size());
-        let mut hh = Vec::new();
-        let mut hr = Vec::new();
-        for l in 0..config.num_layers() {
-            for d in 0..config.num_directions() {
-                let r = host.layout.layer(l, d);
-                hh.push(PackedWeight::pack(&params[r.w_hh.clone()], gh, hout));
-                hr.push(r.w_hr.clone().map(|r| PackedWeight::pack(&params[r], hout, h)));
-            }
-        }
-        Ok(CpuPlan { host, hh, hr })
+        let fwd = pack_all(&host, true);
+        Ok(CpuPlan { host, fwd, bwd: OnceLock::new() })
     }
 
     pub(crate) fn update(&mut self, params: &[f32]) -> Result<()> {
         self.host.update(params)?;
-        let cfg = self.host.config().clone();
-        for l in 0..cfg.num_layers() {
-            for d in 0..cfg.num_directions() {
-                let i = l * cfg.num_directions() + d;
-                let r = self.host.layout.layer(l, d).clone();
-                self.hh[i].repack(&params[r.w_hh]);
-                if let (Some(p), Some(r)) = (self.hr[i].as_mut(), r.w_hr) {
-                    p.repack(&params[r]);
+        for (ld, packs) in self.fwd.iter_mut().enumerate() {
+            for (which, p) in [Weight::Ih, Weight::Hh, Weight::Hr].into_iter().zip(packs.iter_mut()) {
+                if let (Some(p), Some(w)) = (p.as_mut(), weight_view(&self.host, ld, which)) {
+                    p.repack(w.t());
                 }
             }
         }
+        // Repacked lazily at the next backward, and only if there is one.
+        self.bwd = OnceLock::new();
         Ok(())
     }
 
-    pub(crate) fn packed(&self, which: StepWeight) -> Option<&PackedWeight> {
-        match which {
-            StepWeight::Hh(i) => self.hh.get(i),
-            StepWeight::Hr(i) => self.hr.get(i).and_then(|p| p.as_ref()),
-        }
+    /// The packed operand of `op`, if this plan has it.
+    pub(crate) fn packed(&self, op: WeightOp) -> Option<&PackedWeight> {
+        let packs = if op.transposed { &self.fwd } else { self.bwd.get_or_init(|| pack_all(&self.host, false)) };
+        packs.get(op.ld)?[op.weight as usize].as_ref()
     }
 }
 
-/// Checks the shapes of `out = a · W^T` against a packed weight.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub(crate) fn check_shapes(a: &Mat<'_, f32>, w: &PackedWeight, out: &MatMut<'_, f32>) {
-    assert_eq!(a.cols, w.k, "packed gemm: inner dimension");
-    assert_eq!((out.rows, out.cols), (a.rows, w.n), "packed gemm: output shape");
-    assert_eq!(out.cs, 1, "packed gemm: output rows must be contiguous");
-}
+

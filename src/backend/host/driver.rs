@@ -1,6 +1,6 @@
 //! The host time loop over layers, directions and steps. See the [module docs](super).
 
-use super::{CellBackward, CellForward, HostKernels, Mat, MatMut, StepWeight};
+use super::{CellBackward, CellForward, HostKernels, Mat, MatMut, Weight, WeightOp};
 use crate::backend::GradMode;
 use crate::config::{CellKind, RnnConfig};
 use crate::element::Float;
@@ -267,7 +267,13 @@ fn run_direction<T: Float, K: HostKernels<T>>(
 
     // XG[T·B, G·H] = X · W_ih^T + b_ih, for all steps at once.
     let mut xg = vec![T::ZERO; tb * gh];
-    k.gemm(T::ONE, Mat::new(input, tb, dm.input), Mat::new(w_ih, gh, dm.input).t(), T::ZERO, MatMut::new(&mut xg, tb, gh));
+    k.weight_gemm(
+        WeightOp::fwd(Weight::Ih, ld),
+        Mat::new(input, tb, dm.input),
+        Mat::new(w_ih, gh, dm.input).t(),
+        T::ZERO,
+        MatMut::new(&mut xg, tb, gh),
+    );
     if let Some(r) = lr.b_ih.clone() {
         let b_ih = &w[r];
         for row in xg.chunks_exact_mut(gh) {
@@ -305,7 +311,13 @@ fn run_direction<T: Float, K: HostKernels<T>>(
             *a = shape.is_active(t, b);
         }
         // HG[B, G·H] = h_prev · W_hh^T
-        k.step_gemm(StepWeight::Hh(ld), Mat::new(&h_prev, bl, hout), Mat::new(w_hh, gh, hout), MatMut::new(&mut hg, bl, gh));
+        k.weight_gemm(
+            WeightOp::fwd(Weight::Hh, ld),
+            Mat::new(&h_prev, bl, hout),
+            Mat::new(w_hh, gh, hout).t(),
+            T::ZERO,
+            MatMut::new(&mut hg, bl, gh),
+        );
 
         let (st, i) = match save.as_deref_mut() {
             Some(s) => (s, t),
@@ -342,7 +354,7 @@ fn run_direction<T: Float, K: HostKernels<T>>(
                     m[b * h..(b + 1) * h].fill(T::ZERO);
                 }
             }
-            k.step_gemm(StepWeight::Hr(ld), Mat::new(m, bl, h), Mat::new(w_hr, hout, h), MatMut::new(h_t, bl, hout));
+            k.weight_gemm(WeightOp::fwd(Weight::Hr, ld), Mat::new(m, bl, h), Mat::new(w_hr, hout, h).t(), T::ZERO, MatMut::new(h_t, bl, hout));
         }
         let row = t * bl * dm.out_w + d * hout;
         for b in 0..bl {
@@ -406,6 +418,7 @@ pub(crate) fn backward<T: Float, K: HostKernels<T>>(
             bptt_direction(
                 k,
                 dims,
+                i,
                 layout.layer(l, d),
                 w,
                 shape,
@@ -446,6 +459,7 @@ fn add_col_sums<T: Float>(acc: &mut [T], g: &[T], n: usize) {
 fn bptt_direction<T: Float, K: HostKernels<T>>(
     k: &K,
     dm: Dims,
+    ld: usize,
     lr: &LayerRanges,
     w: &[T],
     shape: &SeqShape,
@@ -503,7 +517,7 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(
         let dm_slice: &[T] = match w_hr {
             Some(w_hr) => {
                 // m → h = m · W_hr^T, so dm = dh · W_hr.
-                k.gemm(T::ONE, Mat::new(&dh_t, bl, hout), Mat::new(w_hr, hout, h), T::ZERO, MatMut::new(&mut dm_t, bl, h));
+                k.weight_gemm(WeightOp::bwd(Weight::Hr, ld), Mat::new(&dh_t, bl, hout), Mat::new(w_hr, hout, h), T::ZERO, MatMut::new(&mut dm_t, bl, h));
                 let dst = &mut dh_all[t * bl * hout..(t + 1) * bl * hout];
                 for b in 0..bl {
                     if active[b] {
@@ -534,7 +548,7 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(
             },
         );
         // dh_prev = dGh · W_hh (+ GRU's direct term); inactive rows pass dh through unchanged.
-        k.gemm(T::ONE, Mat::new(dgh, bl, gh), Mat::new(w_hh, gh, hout), T::ZERO, MatMut::new(&mut dh_carry, bl, hout));
+        k.weight_gemm(WeightOp::bwd(Weight::Hh, ld), Mat::new(dgh, bl, gh), Mat::new(w_hh, gh, hout), T::ZERO, MatMut::new(&mut dh_carry, bl, hout));
         for b in 0..bl {
             let dst = &mut dh_carry[b * hout..(b + 1) * hout];
             if !active[b] {
@@ -598,6 +612,6 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(
     if let Some(d_in) = d_in {
         // dX += dGi · W_ih
         let w_ih = &w[lr.w_ih.clone()];
-        k.gemm(T::ONE, Mat::new(&dgi_all, tb, gh), Mat::new(w_ih, gh, dm.input), T::ONE, MatMut::new(d_in, tb, dm.input));
+        k.weight_gemm(WeightOp::bwd(Weight::Ih, ld), Mat::new(&dgi_all, tb, gh), Mat::new(w_ih, gh, dm.input), T::ONE, MatMut::new(d_in, tb, dm.input));
     }
 }

@@ -205,25 +205,44 @@ pub(crate) struct CellBackward<'a, T> {
     pub dh_direct: &'a mut [T],
 }
 
-/// A weight multiplied at every step, which a backend may have packed in its plan; the index
-/// is `layer·D + direction`.
+/// One of the weights of a layer-direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StepWeight {
+pub(crate) enum Weight {
+    /// `weight_ih`, `[G·H, In]`.
+    Ih = 0,
     /// `weight_hh`, `[G·H, Hout]`.
-    Hh(usize),
+    Hh = 1,
     /// `weight_hr`, `[Hout, H]`.
-    Hr(usize),
+    Hr = 2,
+}
+
+/// A product with a weight: `A · W^T` (`transposed`, the forward products) or `A · W` (the
+/// backward ones), for the layer-direction `ld = layer·D + direction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WeightOp {
+    pub weight: Weight,
+    pub ld: usize,
+    pub transposed: bool,
+}
+
+impl WeightOp {
+    pub(crate) fn fwd(weight: Weight, ld: usize) -> Self {
+        WeightOp { weight, ld, transposed: true }
+    }
+    pub(crate) fn bwd(weight: Weight, ld: usize) -> Self {
+        WeightOp { weight, ld, transposed: false }
+    }
 }
 
 /// The kernels a host backend provides to the driver.
 pub(crate) trait HostKernels<T: Float>: Send + Sync {
     /// `C = alpha·A·B + beta·C`; with `beta = 0`, `C` is not read.
     fn gemm(&self, alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, beta: T, c: MatMut<'_, T>);
-    /// `out = a · w^T` for the per-step weight `which`, given in PyTorch layout `w: [N, K]`
-    /// (`a: [B, K]`, `out: [B, N]`). A backend may use its packed copy of `w` instead.
-    fn step_gemm(&self, which: StepWeight, a: Mat<'_, T>, w: Mat<'_, T>, out: MatMut<'_, T>) {
-        let _ = which;
-        self.gemm(T::ONE, a, w.t(), T::ZERO, out)
+    /// `C = A·B + beta·C` where `B` is the weight product `op`, given as the view `b`
+    /// (`W^T` or `W` of the PyTorch-layout weight). A backend may use a packed copy instead.
+    fn weight_gemm(&self, op: WeightOp, a: Mat<'_, T>, b: Mat<'_, T>, beta: T, c: MatMut<'_, T>) {
+        let _ = op;
+        self.gemm(T::ONE, a, b, beta, c)
     }
     /// The fused forward pointwise step of `cell`.
     fn cell_forward(&self, cell: CellKind, step: CellForward<'_, T>);

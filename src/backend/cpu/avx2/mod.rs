@@ -4,7 +4,8 @@
 //! - `math.rs`: `exp`, `sigmoid`, `tanh` on 8 lanes, with their measured accuracy.
 //! - `lstm.rs`, `gru.rs`, `rnn.rs` (tanh and relu): one forward and one backward kernel each,
 //!   computing exactly the maths of the reference kernels in `backend/reference/`.
-//! - `packed_gemm.rs`: the per-step recurrent GEMM against a packed weight (see `cpu/packed.rs`).
+//! - `sgemm.rs`: the blocked SGEMM (6×16 tile) for every product of six rows or more;
+//!   `sgemm_skinny.rs`: fewer rows against a packed weight (see `cpu/packed.rs`).
 //!
 //! Each kernel makes one pass over memory per step: every input value is read from memory once
 //! and every output written once, row by row (a row of `[B, G·H]` is `G` runs of `H` values,
@@ -50,7 +51,8 @@ mod lstm;
 mod math;
 // The packed recurrent GEMM (`cpu/packed.rs` layout), owned by the GEMM work; called from
 // `cpu/gemm.rs`.
-pub(crate) mod packed_gemm;
+pub(crate) mod sgemm;
+pub(crate) mod sgemm_skinny;
 mod rnn;
 
 use crate::backend::host::{CellBackward, CellForward};
