@@ -143,8 +143,13 @@ fn results_are_bit_identical_for_any_thread_count() {
         RnnConfig::new(CellKind::Gru, 70, 130).build().unwrap(),
         RnnConfig::new(CellKind::RnnRelu, 33, 200).num_layers(2).build().unwrap(),
     ];
-    for cfg in &configs {
-        let shape = SeqShape::with_lengths(9, (0..37).map(|b| 1 + (b * 5) % 9).collect()).unwrap();
+    // 37 rows of 9 steps; and 20 steps, which the input projection takes in two chunks
+    // (`ceil(512 / 37)` = 14 steps), with enough gate values per step (37·4·128) for the cell
+    // kernels to be split across threads.
+    let long = RnnConfig::new(CellKind::Lstm, 50, 128).bidirectional(true).build().unwrap();
+    let cases = configs.iter().map(|c| (c, 9)).chain([(&long, 20)]);
+    for (cfg, steps) in cases {
+        let shape = SeqShape::with_lengths(steps, (0..37).map(|b| 1 + (b * 5) % steps).collect()).unwrap();
         let p = Problem::new(cfg, &shape, 77, 3.0);
         for isa in Isa::available() {
             let one = p.run_f32(Cpu::with_isa(isa, 1).unwrap());

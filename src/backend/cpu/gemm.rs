@@ -35,7 +35,7 @@ impl Par<'_> {
     }
 
     /// Runs `f(0..parts)`, `parts ≤ self.parts()`.
-    fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
+    pub(crate) fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
         match self {
             Par::Team(t) if parts > 1 => t.run(&|i| {
                 if i < parts {

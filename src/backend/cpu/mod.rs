@@ -27,7 +27,7 @@ use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, Forwa
 use crate::config::{CellKind, RnnConfig};
 use crate::error::{Error, Result};
 use crate::shape::SeqShape;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The CPU backend.
 ///
@@ -137,6 +137,49 @@ impl HostKernels<f32> for CpuKernels<'_> {
     }
 
     fn cell_forward(&self, cell: CellKind, step: CellForward<'_, f32>) {
+        let parts = self.cell_parts(step.active.len(), step.gates.len());
+        if parts == 1 {
+            return self.cell_forward_rows(cell, step);
+        }
+        let bounds = host::row_bounds(step.active.len(), parts);
+        let blocks: Vec<_> = step.split_rows(&bounds).into_iter().map(|b| Mutex::new(Some(b))).collect();
+        self.par.run(parts, &|i| {
+            if let Some(b) = blocks[i].lock().ok().and_then(|mut b| b.take()) {
+                self.cell_forward_rows(cell, b);
+            }
+        });
+    }
+
+    fn cell_backward(&self, cell: CellKind, step: CellBackward<'_, f32>) {
+        let parts = self.cell_parts(step.active.len(), step.gates.len());
+        if parts == 1 {
+            return self.cell_backward_rows(cell, step);
+        }
+        let bounds = host::row_bounds(step.active.len(), parts);
+        let blocks: Vec<_> = step.split_rows(&bounds).into_iter().map(|b| Mutex::new(Some(b))).collect();
+        self.par.run(parts, &|i| {
+            if let Some(b) = blocks[i].lock().ok().and_then(|mut b| b.take()) {
+                self.cell_backward_rows(cell, b);
+            }
+        });
+    }
+}
+
+/// Below this many gate values per step a cell kernel runs on one thread.
+const CELL_PARALLEL_MIN: usize = 1 << 14;
+
+impl CpuKernels<'_> {
+    /// Parts to split a cell step of `rows` rows and `gate_values` gate values into (rows are
+    /// independent, so the split never changes a result).
+    fn cell_parts(&self, rows: usize, gate_values: usize) -> usize {
+        if gate_values < CELL_PARALLEL_MIN {
+            1
+        } else {
+            self.par.parts().min(rows).max(1)
+        }
+    }
+
+    fn cell_forward_rows(&self, cell: CellKind, step: CellForward<'_, f32>) {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Cpu::with_isa only accepts Avx2 when AVX2 and FMA were detected.
@@ -148,13 +191,13 @@ impl HostKernels<f32> for CpuKernels<'_> {
         }
     }
 
-    fn cell_backward(&self, cell: CellKind, step: CellBackward<'_, f32>) {
+    fn cell_backward_rows(&self, cell: CellKind, step: CellBackward<'_, f32>) {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: as in cell_forward.
+            // SAFETY: as in cell_forward_rows.
             Isa::Avx2 => unsafe { avx2::cell_backward(cell, step) },
             #[cfg(target_arch = "aarch64")]
-            // SAFETY: as in cell_forward.
+            // SAFETY: as in cell_forward_rows.
             Isa::Neon => unsafe { neon::cell_backward(cell, step) },
             _ => <Reference as HostKernels<f32>>::cell_backward(&Reference, cell, step),
         }

@@ -238,6 +238,14 @@ pub(crate) fn forward<T: Float, K: HostKernels<T>>(
     }
 }
 
+/// Steps per chunk of the input projection: enough rows (`steps·B ≥ 512`) for the GEMM to run
+/// at full speed, at most 4 Mi floats of buffer where that allows more than one step.
+fn projection_chunk(t_len: usize, batch: usize, gh: usize) -> usize {
+    let by_rows = 512usize.div_ceil(batch.max(1));
+    let by_size = (4usize << 20) / (batch.max(1) * gh.max(1));
+    by_rows.min(by_size).max(1).min(t_len.max(1))
+}
+
 /// One layer-direction forward. `input: [T, B, In]`; writes columns `d·Hout..(d+1)·Hout` of
 /// `out: [T, B, D·Hout]`; `h0: [B, Hout]`, `c0: [B, H]` (zeros when `None`).
 #[allow(clippy::too_many_arguments)]
@@ -259,29 +267,38 @@ fn run_direction<T: Float, K: HostKernels<T>>(
     mut save: Option<&mut DirSave<T>>,
 ) {
     let Dims { t: tl, b: bl, h, hout, gh, .. } = dm;
-    let tb = tl * bl;
     let w_ih = &w[lr.w_ih.clone()];
     let w_hh = &w[lr.w_hh.clone()];
     let b_hh = lr.b_hh.clone().map(|r| &w[r]);
     let w_hr = lr.w_hr.clone().map(|r| &w[r]);
 
-    // XG[T·B, G·H] = X · W_ih^T + b_ih, for all steps at once.
-    let mut xg = vec![T::ZERO; tb * gh];
-    k.weight_gemm(
-        WeightOp::fwd(Weight::Ih, ld),
-        Mat::new(input, tb, dm.input),
-        Mat::new(w_ih, gh, dm.input).t(),
-        T::ZERO,
-        MatMut::new(&mut xg, tb, gh),
-    );
-    if let Some(r) = lr.b_ih.clone() {
-        let b_ih = &w[r];
-        for row in xg.chunks_exact_mut(gh) {
-            for (v, &b) in row.iter_mut().zip(b_ih) {
-                *v += b;
+    // XG = X · W_ih^T + b_ih for a chunk of steps at once, computed when the time loop reaches
+    // it: one large GEMM per chunk, into a buffer small enough to still be in cache when the
+    // steps read it (all T steps at once would be T·B·G·H floats, written and read from memory).
+    let chunk = projection_chunk(tl, bl, gh);
+    let mut xg = vec![T::ZERO; chunk * bl * gh];
+    let mut xg_steps = 0..0;
+    let b_ih = lr.b_ih.clone().map(|r| &w[r]);
+    let project = |t: usize, xg: &mut [T]| -> std::ops::Range<usize> {
+        let steps = if reverse { (t + 1).saturating_sub(chunk)..t + 1 } else { t..(t + chunk).min(tl) };
+        let rows = steps.len() * bl;
+        let xg = &mut xg[..rows * gh];
+        k.weight_gemm(
+            WeightOp::fwd(Weight::Ih, ld),
+            Mat::new(&input[steps.start * bl * dm.input..steps.end * bl * dm.input], rows, dm.input),
+            Mat::new(w_ih, gh, dm.input).t(),
+            T::ZERO,
+            MatMut::new(xg, rows, gh),
+        );
+        if let Some(b_ih) = b_ih {
+            for row in xg.chunks_exact_mut(gh) {
+                for (v, &b) in row.iter_mut().zip(b_ih) {
+                    *v += b;
+                }
             }
         }
-    }
+        steps
+    };
 
     let mut h_prev = h0.map_or_else(|| vec![T::ZERO; bl * hout], <[T]>::to_vec);
     let mut c_prev = if dm.lstm() { c0.map_or_else(|| vec![T::ZERO; bl * h], <[T]>::to_vec) } else { Vec::new() };
@@ -307,6 +324,10 @@ fn run_direction<T: Float, K: HostKernels<T>>(
     }
 
     for t in steps(tl, reverse) {
+        if !xg_steps.contains(&t) {
+            xg_steps = project(t, &mut xg);
+        }
+        let xg_t = &xg[(t - xg_steps.start) * bl * gh..(t - xg_steps.start + 1) * bl * gh];
         for (b, a) in active.iter_mut().enumerate() {
             *a = shape.is_active(t, b);
         }
@@ -335,7 +356,7 @@ fn run_direction<T: Float, K: HostKernels<T>>(
             CellForward {
                 active: &active,
                 hidden: h,
-                xg: &xg[t * bl * gh..(t + 1) * bl * gh],
+                xg: xg_t,
                 hg: &hg,
                 b_hh,
                 h_prev: &h_prev,

@@ -205,6 +205,94 @@ pub(crate) struct CellBackward<'a, T> {
     pub dh_direct: &'a mut [T],
 }
 
+/// Splits `s` (rows of equal length, possibly none) at row boundaries into `bounds.len() - 1`
+/// consecutive blocks of rows `bounds[i]..bounds[i+1]`.
+fn split_rows<'a, T>(s: &'a [T], rows: usize, bounds: &[usize]) -> Vec<&'a [T]> {
+    let w = if rows == 0 { 0 } else { s.len() / rows };
+    bounds.windows(2).map(|r| &s[r[0] * w..r[1] * w]).collect()
+}
+
+fn split_rows_mut<'a, T>(mut s: &'a mut [T], rows: usize, bounds: &[usize]) -> Vec<&'a mut [T]> {
+    let w = if rows == 0 { 0 } else { s.len() / rows };
+    let mut out = Vec::with_capacity(bounds.len());
+    for r in bounds.windows(2) {
+        let (head, tail) = std::mem::take(&mut s).split_at_mut((r[1] - r[0]) * w);
+        out.push(head);
+        s = tail;
+    }
+    out
+}
+
+/// Row boundaries splitting `rows` into `parts` near-equal blocks.
+pub(crate) fn row_bounds(rows: usize, parts: usize) -> Vec<usize> {
+    (0..=parts).map(|i| i * rows / parts).collect()
+}
+
+impl<'a, T> CellForward<'a, T> {
+    /// The step's rows cut at `bounds` (see [`row_bounds`]): each block is a step of its own.
+    pub(crate) fn split_rows(self, bounds: &[usize]) -> Vec<CellForward<'a, T>> {
+        let b = self.active.len();
+        let mut active = split_rows(self.active, b, bounds).into_iter();
+        let mut xg = split_rows(self.xg, b, bounds).into_iter();
+        let mut hg = split_rows(self.hg, b, bounds).into_iter();
+        let mut h_prev = split_rows(self.h_prev, b, bounds).into_iter();
+        let mut c_prev = split_rows(self.c_prev, b, bounds).into_iter();
+        let mut gates = split_rows_mut(self.gates, b, bounds).into_iter();
+        let mut extra = split_rows_mut(self.extra, b, bounds).into_iter();
+        let mut c = split_rows_mut(self.c, b, bounds).into_iter();
+        let mut m = split_rows_mut(self.m, b, bounds).into_iter();
+        (1..bounds.len())
+            .map(|_| CellForward {
+                active: active.next().unwrap_or_default(),
+                hidden: self.hidden,
+                xg: xg.next().unwrap_or_default(),
+                hg: hg.next().unwrap_or_default(),
+                b_hh: self.b_hh,
+                h_prev: h_prev.next().unwrap_or_default(),
+                c_prev: c_prev.next().unwrap_or_default(),
+                gates: gates.next().unwrap_or_default(),
+                extra: extra.next().unwrap_or_default(),
+                c: c.next().unwrap_or_default(),
+                m: m.next().unwrap_or_default(),
+            })
+            .collect()
+    }
+}
+
+impl<'a, T> CellBackward<'a, T> {
+    /// The step's rows cut at `bounds` (see [`row_bounds`]): each block is a step of its own.
+    pub(crate) fn split_rows(self, bounds: &[usize]) -> Vec<CellBackward<'a, T>> {
+        let b = self.active.len();
+        let mut active = split_rows(self.active, b, bounds).into_iter();
+        let mut gates = split_rows(self.gates, b, bounds).into_iter();
+        let mut extra = split_rows(self.extra, b, bounds).into_iter();
+        let mut c = split_rows(self.c, b, bounds).into_iter();
+        let mut c_prev = split_rows(self.c_prev, b, bounds).into_iter();
+        let mut h_prev = split_rows(self.h_prev, b, bounds).into_iter();
+        let mut dm = split_rows(self.dm, b, bounds).into_iter();
+        let mut dc = split_rows_mut(self.dc, b, bounds).into_iter();
+        let mut dgi = split_rows_mut(self.dgi, b, bounds).into_iter();
+        let mut dgh = split_rows_mut(self.dgh, b, bounds).into_iter();
+        let mut dh_direct = split_rows_mut(self.dh_direct, b, bounds).into_iter();
+        (1..bounds.len())
+            .map(|_| CellBackward {
+                active: active.next().unwrap_or_default(),
+                hidden: self.hidden,
+                gates: gates.next().unwrap_or_default(),
+                extra: extra.next().unwrap_or_default(),
+                c: c.next().unwrap_or_default(),
+                c_prev: c_prev.next().unwrap_or_default(),
+                h_prev: h_prev.next().unwrap_or_default(),
+                dm: dm.next().unwrap_or_default(),
+                dc: dc.next().unwrap_or_default(),
+                dgi: dgi.next().unwrap_or_default(),
+                dgh: dgh.next().unwrap_or_default(),
+                dh_direct: dh_direct.next().unwrap_or_default(),
+            })
+            .collect()
+    }
+}
+
 /// One of the weights of a layer-direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Weight {
