@@ -9,6 +9,7 @@
 //! element of `C` is computed by the same code over the full `k` range in the same order
 //! whatever the split, so results are bit-identical for any thread count.
 
+#[cfg(target_arch = "x86_64")]
 use super::packed::PackedWeight;
 use super::team::Team;
 use crate::backend::host::{Mat, MatMut};
@@ -54,6 +55,13 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole `SendPtr`).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// How `C[m, n]` is split into parts: `Rows(block)` or `Cols(block)`, blocks of `block` rows or
 /// columns (a multiple of 16 for columns, of 6 for rows, so parts run whole tiles).
 #[derive(Clone, Copy, Debug)]
@@ -87,7 +95,6 @@ pub(crate) fn gemm_portable(par: &Par<'_>, alpha: f32, a: Mat<'_, f32>, b: Mat<'
     let c_ptr = SendPtr(c.data.as_mut_ptr());
     let (parts, how) = split(par, m, n, k);
     par.run(parts, &|i| {
-        let c_ptr = c_ptr;
         let (a_blk, b_blk, c_off) = match how {
             Split::Rows(blk) => {
                 let (s, e) = (i * blk, ((i + 1) * blk).min(m));
@@ -117,7 +124,7 @@ pub(crate) fn gemm_portable(par: &Par<'_>, alpha: f32, a: Mat<'_, f32>, b: Mat<'
                 b_blk.rs as isize,
                 b_blk.cs as isize,
                 beta,
-                c_ptr.0.add(c_off),
+                c_ptr.get().add(c_off),
                 c_rs as isize,
                 c_cs as isize,
             );
@@ -163,7 +170,6 @@ pub(crate) unsafe fn gemm_avx2(
         static WORKSPACE: RefCell<Workspace> = RefCell::new(Workspace::default());
     }
     par.run(parts, &|i| {
-        let c_ptr = c_ptr;
         let ((r0, r1), (q0, q1)) = match how {
             Split::Rows(blk) => ((i * blk, ((i + 1) * blk).min(m)), (0, n.div_ceil(NR))),
             Split::Cols(blk) => ((0, m), (i * blk / NR, ((i + 1) * blk).min(n).div_ceil(NR))),
@@ -175,11 +181,11 @@ pub(crate) unsafe fn gemm_avx2(
             Rhs::Packed(w) if m < MR && k > 0 => {
                 // SAFETY: AVX2+FMA per this function's contract; shapes checked above; the
                 // part owns the output columns of panels q0..q1 of every row.
-                unsafe { sgemm_skinny::gemm_panels(&a, w, q0, q1, c_ptr.0, rsc, alpha, beta) }
+                unsafe { sgemm_skinny::gemm_panels(&a, w, q0, q1, c_ptr.get(), rsc, alpha, beta) }
             }
             _ => WORKSPACE.with_borrow_mut(|ws| {
                 // SAFETY: as above; the part owns rows r0..r1 × panels q0..q1 of C.
-                unsafe { gemm_block(ws, alpha, &a, rhs, beta, c_ptr.0, rsc, (r0, r1), (q0, q1)) }
+                unsafe { gemm_block(ws, alpha, &a, rhs, beta, c_ptr.get(), rsc, (r0, r1), (q0, q1)) }
             }),
         }
     });

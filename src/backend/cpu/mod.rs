@@ -132,7 +132,10 @@ impl HostKernels<f32> for CpuKernels<'_> {
             // SAFETY: Cpu::with_isa only accepts Avx2 when AVX2 and FMA were detected.
             Isa::Avx2 => unsafe { gemm::gemm_avx2(&self.par, 1.0, a, b, self.plan.packed(op), beta, c) },
             // NEON and scalar: no packed kernels yet.
-            _ => gemm::gemm_portable(&self.par, 1.0, a, b, beta, c),
+            _ => {
+                let _ = (op, self.plan);
+                gemm::gemm_portable(&self.par, 1.0, a, b, beta, c)
+            }
         }
     }
 
@@ -214,7 +217,7 @@ impl Backend<f32> for Cpu {
     }
 
     fn plan(&self, config: &RnnConfig, params: &[f32]) -> Result<CpuPlan> {
-        CpuPlan::new(config, params)
+        CpuPlan::new(config, params, self.isa == Isa::Avx2)
     }
 
     fn update_plan(&self, plan: &mut CpuPlan, params: &[f32]) -> Result<()> {
@@ -262,6 +265,7 @@ pub(crate) fn bench_gemm(kind: &str, threads: usize, m: usize, k: usize, n: usiz
     let mut c = vec![0.0f32; m * n];
     let am = if a_transposed { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
     let bm = Mat::new(&b, k, n);
+    #[cfg(target_arch = "x86_64")]
     let packed = (kind == "avx2-packed").then(|| packed::PackedWeight::pack(bm));
     let run = |par: &gemm::Par<'_>, c: &mut [f32]| match kind {
         #[cfg(target_arch = "x86_64")]

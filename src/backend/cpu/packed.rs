@@ -72,9 +72,8 @@ fn pack_all(host: &HostPlan<f32>, transposed: bool) -> Vec<Packs> {
     let cfg = host.config();
     (0..cfg.num_layers() * cfg.num_directions())
         .map(|ld| {
-            [Weight::Ih, Weight::Hh, Weight::Hr].map(|which| {
-                weight_view(host, ld, which).map(|w| PackedWeight::pack(if transposed { w.t() } else { w }))
-            })
+            [Weight::Ih, Weight::Hh, Weight::Hr]
+                .map(|which| weight_view(host, ld, which).map(|w| PackedWeight::pack(if transposed { w.t() } else { w })))
         })
         .collect()
 }
@@ -83,7 +82,9 @@ fn pack_all(host: &HostPlan<f32>, transposed: bool) -> Vec<Packs> {
 #[derive(Debug, Clone)]
 pub struct CpuPlan {
     pub(crate) host: HostPlan<f32>,
-    /// Per layer-direction, `B = W^T` for the forward products.
+    /// Whether the weights are packed (only the AVX2 kernels read packed operands so far).
+    packing: bool,
+    /// Per layer-direction, `B = W^T` for the forward products; empty without packing.
     fwd: Vec<Packs>,
     /// Per layer-direction, `B = W` for the backward products; packed on first use.
     bwd: OnceLock<Vec<Packs>>,
@@ -96,10 +97,10 @@ impl RnnPlan for CpuPlan {
 }
 
 impl CpuPlan {
-    pub(crate) fn new(config: &RnnConfig, params: &[f32]) -> Result<Self> {
+    pub(crate) fn new(config: &RnnConfig, params: &[f32], packing: bool) -> Result<Self> {
         let host = HostPlan::new(config, params)?;
-        let fwd = pack_all(&host, true);
-        Ok(CpuPlan { host, fwd, bwd: OnceLock::new() })
+        let fwd = if packing { pack_all(&host, true) } else { Vec::new() };
+        Ok(CpuPlan { host, packing, fwd, bwd: OnceLock::new() })
     }
 
     pub(crate) fn update(&mut self, params: &[f32]) -> Result<()> {
@@ -117,10 +118,12 @@ impl CpuPlan {
     }
 
     /// The packed operand of `op`, if this plan has it.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn packed(&self, op: WeightOp) -> Option<&PackedWeight> {
+        if !self.packing {
+            return None;
+        }
         let packs = if op.transposed { &self.fwd } else { self.bwd.get_or_init(|| pack_all(&self.host, false)) };
         packs.get(op.ld)?[op.weight as usize].as_ref()
     }
 }
-
-

@@ -375,7 +375,13 @@ fn run_direction<T: Float, K: HostKernels<T>>(
                     m[b * h..(b + 1) * h].fill(T::ZERO);
                 }
             }
-            k.weight_gemm(WeightOp::fwd(Weight::Hr, ld), Mat::new(m, bl, h), Mat::new(w_hr, hout, h).t(), T::ZERO, MatMut::new(h_t, bl, hout));
+            k.weight_gemm(
+                WeightOp::fwd(Weight::Hr, ld),
+                Mat::new(m, bl, h),
+                Mat::new(w_hr, hout, h).t(),
+                T::ZERO,
+                MatMut::new(h_t, bl, hout),
+            );
         }
         let row = t * bl * dm.out_w + d * hout;
         for b in 0..bl {
@@ -538,7 +544,13 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(
         let dm_slice: &[T] = match w_hr {
             Some(w_hr) => {
                 // m → h = m · W_hr^T, so dm = dh · W_hr.
-                k.weight_gemm(WeightOp::bwd(Weight::Hr, ld), Mat::new(&dh_t, bl, hout), Mat::new(w_hr, hout, h), T::ZERO, MatMut::new(&mut dm_t, bl, h));
+                k.weight_gemm(
+                    WeightOp::bwd(Weight::Hr, ld),
+                    Mat::new(&dh_t, bl, hout),
+                    Mat::new(w_hr, hout, h),
+                    T::ZERO,
+                    MatMut::new(&mut dm_t, bl, h),
+                );
                 let dst = &mut dh_all[t * bl * hout..(t + 1) * bl * hout];
                 for b in 0..bl {
                     if active[b] {
@@ -569,7 +581,13 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(
             },
         );
         // dh_prev = dGh · W_hh (+ GRU's direct term); inactive rows pass dh through unchanged.
-        k.weight_gemm(WeightOp::bwd(Weight::Hh, ld), Mat::new(dgh, bl, gh), Mat::new(w_hh, gh, hout), T::ZERO, MatMut::new(&mut dh_carry, bl, hout));
+        k.weight_gemm(
+            WeightOp::bwd(Weight::Hh, ld),
+            Mat::new(dgh, bl, gh),
+            Mat::new(w_hh, gh, hout),
+            T::ZERO,
+            MatMut::new(&mut dh_carry, bl, hout),
+        );
         for b in 0..bl {
             let dst = &mut dh_carry[b * hout..(b + 1) * hout];
             if !active[b] {
@@ -633,6 +651,12 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(
     if let Some(d_in) = d_in {
         // dX += dGi · W_ih
         let w_ih = &w[lr.w_ih.clone()];
-        k.weight_gemm(WeightOp::bwd(Weight::Ih, ld), Mat::new(&dgi_all, tb, gh), Mat::new(w_ih, gh, dm.input), T::ONE, MatMut::new(d_in, tb, dm.input));
+        k.weight_gemm(
+            WeightOp::bwd(Weight::Ih, ld),
+            Mat::new(&dgi_all, tb, gh),
+            Mat::new(w_ih, gh, dm.input),
+            T::ONE,
+            MatMut::new(d_in, tb, dm.input),
+        );
     }
 }

@@ -208,12 +208,12 @@ pub(crate) struct CellBackward<'a, T> {
 /// Splits `s` (rows of equal length, possibly none) at row boundaries into `bounds.len() - 1`
 /// consecutive blocks of rows `bounds[i]..bounds[i+1]`.
 fn split_rows<'a, T>(s: &'a [T], rows: usize, bounds: &[usize]) -> Vec<&'a [T]> {
-    let w = if rows == 0 { 0 } else { s.len() / rows };
+    let w = s.len().checked_div(rows).unwrap_or(0);
     bounds.windows(2).map(|r| &s[r[0] * w..r[1] * w]).collect()
 }
 
 fn split_rows_mut<'a, T>(mut s: &'a mut [T], rows: usize, bounds: &[usize]) -> Vec<&'a mut [T]> {
-    let w = if rows == 0 { 0 } else { s.len() / rows };
+    let w = s.len().checked_div(rows).unwrap_or(0);
     let mut out = Vec::with_capacity(bounds.len());
     for r in bounds.windows(2) {
         let (head, tail) = std::mem::take(&mut s).split_at_mut((r[1] - r[0]) * w);

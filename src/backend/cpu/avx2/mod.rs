@@ -51,9 +51,9 @@ mod lstm;
 mod math;
 // The packed recurrent GEMM (`cpu/packed.rs` layout), owned by the GEMM work; called from
 // `cpu/gemm.rs`.
+mod rnn;
 pub(crate) mod sgemm;
 pub(crate) mod sgemm_skinny;
-mod rnn;
 
 use crate::backend::host::{CellBackward, CellForward};
 use crate::config::CellKind;

@@ -65,8 +65,13 @@ impl Update {
         let v = if self.alpha == 1.0 { acc } else { self.alpha * acc };
         match self.beta {
             None => c + v,
-            Some(b) if b == 0.0 => v,
-            Some(b) => v + b * c,
+            Some(b) => {
+                if b == 0.0 {
+                    v
+                } else {
+                    v + b * c
+                }
+            }
         }
     }
 }
@@ -77,7 +82,7 @@ impl Update {
 /// AVX2 and FMA; `a` holds `kc·6` floats, `b` holds `kc·16`; `c + i·rsc + j` is writable for
 /// `i < rows ≤ 6`, `j < cols ≤ 16`.
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
+#[allow(clippy::needless_range_loop, clippy::too_many_arguments)] // index loops over const bounds unroll into registers
 unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, rows: usize, cols: usize, up: Update) {
     // SAFETY (whole body): offsets stay within the ranges the caller vouched for.
     unsafe {
@@ -109,8 +114,13 @@ unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize,
                     let v = if up.alpha == 1.0 { acc[i][h] } else { _mm256_mul_ps(alpha, acc[i][h]) };
                     let out = match up.beta {
                         None => _mm256_add_ps(_mm256_loadu_ps(dst.add(8 * h)), v),
-                        Some(beta) if beta == 0.0 => v,
-                        Some(beta) => _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(dst.add(8 * h)), v),
+                        Some(beta) => {
+                            if beta == 0.0 {
+                                v
+                            } else {
+                                _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(dst.add(8 * h)), v)
+                            }
+                        }
                     };
                     _mm256_storeu_ps(dst.add(8 * h), out);
                 }
