@@ -62,6 +62,7 @@ pub mod case;
 mod config;
 mod element;
 mod error;
+pub mod nn;
 mod params;
 mod rng;
 mod rnn;

@@ -1,0 +1,28 @@
+//! Host-side building blocks for training models around the recurrent stack, in f32.
+//!
+//! - [`Embedding`]: a lookup table `[V, E]`, forward (gather) and backward (scatter-add).
+//! - [`Linear`]: `y = x Wᵀ + b` with PyTorch's `nn.Linear` layout (`weight [out, in]`,
+//!   `bias [out]`), forward and backward as GEMMs.
+//! - [`softmax_cross_entropy`]: the mean negative log-likelihood of targets under softmaxed
+//!   logits, and its gradient.
+//! - [`Adam`] and [`clip_global_norm`]: the optimiser step and gradient clipping over several
+//!   parameter tensors at once.
+//! - [`Vocab`]: the characters of a corpus and their ids.
+//! - [`CharLm`], [`Trainer`], [`train`]: a character-level language model (embedding, a
+//!   recurrent stack on any host backend, a softmax decoder), truncated-BPTT training over
+//!   parallel streams with carried state, evaluation, sampling, and checkpoints whose names
+//!   load into PyTorch (`embedding.weight`, `rnn.weight_ih_l0`, …, `decoder.weight`,
+//!   `decoder.bias`).
+//!
+//! Shapes follow [the crate conventions](crate#conventions): row-major, time-major. `N` below
+//! is a number of rows (`T·B` when a time-major `[T, B, ·]` tensor is seen as a matrix).
+
+mod charlm;
+mod layers;
+mod optim;
+mod vocab;
+
+pub use charlm::{train, Budget, CharLm, CharLmConfig, Progress, Schedule, TrainConfig, TrainSummary, Trainer};
+pub use layers::{softmax_cross_entropy, Embedding, Linear};
+pub use optim::{clip_global_norm, Adam, AdamConfig};
+pub use vocab::Vocab;
