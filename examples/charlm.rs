@@ -149,7 +149,9 @@ fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String>
             "--steps" => a.steps = Some(num(f, &v, "a non-negative integer", |_: &u64| true)?),
             "--batch" => a.train.batch = num(f, &v, "a positive integer", pos)?,
             "--chunk" => a.train.chunk = num(f, &v, "a positive integer", pos)?,
-            "--lr" => a.train.adam = AdamConfig { lr: num(f, &v, "a positive number", |x: &f32| *x > 0.0 && x.is_finite())?, ..a.train.adam },
+            "--lr" => {
+                a.train.adam = AdamConfig { lr: num(f, &v, "a positive number", |x: &f32| *x > 0.0 && x.is_finite())?, ..a.train.adam }
+            }
             "--clip" => a.train.clip = num(f, &v, "a positive number", |x: &f32| *x > 0.0 && x.is_finite())?,
             "--eval-every" => a.eval_every = num(f, &v, "a non-negative integer (0: only at the end)", |_: &u64| true)?,
             "--seed" => a.seed = num(f, &v, "a non-negative integer", |_: &u64| true)?,

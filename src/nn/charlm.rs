@@ -74,6 +74,17 @@ pub struct CharLm<B: Backend<f32, Buf = [f32]>> {
     decoder: Linear,
 }
 
+impl<B: Backend<f32, Buf = [f32]>> std::fmt::Debug for CharLm<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CharLm")
+            .field("backend", &self.rnn.backend().name())
+            .field("vocab", &self.vocab.as_string())
+            .field("embedding_dim", &self.embedding.dim())
+            .field("rnn", self.params.config())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
     /// A freshly initialised model over `vocab` (PyTorch's initialisations, from `seed`).
     pub fn new(backend: B, vocab: Vocab, config: &CharLmConfig, seed: u64) -> Result<Self> {
@@ -271,7 +282,7 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
         let params = Params::from_safetensors(&st, &cfg, &LoadOptions { prefix: "rnn.".into(), allow_unexpected: true }, source)?;
         let own = ["embedding.weight", "decoder.weight", "decoder.bias"];
         for name in st.names() {
-            if !name.starts_with("rnn.") && !own.contains(&&name[..]) {
+            if !name.starts_with("rnn.") && !own.contains(&name) {
                 return Err(Error::UnexpectedTensor {
                     name: name.to_string(),
                     source_desc: source.to_string(),
@@ -346,6 +357,16 @@ pub struct Trainer<B: Backend<f32, Buf = [f32]>> {
     grads: [Vec<f32>; 4],
 }
 
+impl<B: Backend<f32, Buf = [f32]>> std::fmt::Debug for Trainer<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("model", &self.model)
+            .field("config", &self.config)
+            .field("steps", &self.steps)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<B: Backend<f32, Buf = [f32]>> Trainer<B> {
     /// A trainer for `model` on `data` (character ids), with fresh optimiser state.
     pub fn new(model: CharLm<B>, data: Vec<usize>, config: TrainConfig) -> Result<Self> {
@@ -353,7 +374,7 @@ impl<B: Backend<f32, Buf = [f32]>> Trainer<B> {
         if batch == 0 || chunk == 0 {
             return Err(Error::invalid("batch, chunk", "both at least 1", format!("{batch}, {chunk}")));
         }
-        if !(clip > 0.0) {
+        if clip.is_nan() || clip <= 0.0 {
             return Err(Error::invalid("clip", "a positive number", clip));
         }
         let v = model.vocab.len();

@@ -16,7 +16,8 @@ fn gemm(
     c: &mut [f32],
     rsc: usize,
 ) -> Result<()> {
-    let last = |rows: usize, cols: usize, rs: usize, cs: usize| if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 };
+    let last =
+        |rows: usize, cols: usize, rs: usize, cs: usize| if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 };
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -81,7 +82,8 @@ impl Embedding {
         if dim == 0 {
             return Err(Error::invalid("embedding_dim", "at least 1", dim));
         }
-        num.checked_mul(dim).ok_or_else(|| Error::invalid("num_embeddings × embedding_dim", "a size that fits in memory", format!("{num} × {dim}")))
+        num.checked_mul(dim)
+            .ok_or_else(|| Error::invalid("num_embeddings × embedding_dim", "a size that fits in memory", format!("{num} × {dim}")))
     }
 
     /// `V`.
@@ -295,17 +297,17 @@ mod tests {
             xm[k] -= h;
             check(format!("dx[{k}]"), dx[k], loss(&lin, &xp, &t), loss(&lin, &xm, &t));
         }
-        for k in 0..lin.weight.len() {
+        for (k, &g) in dw.iter().enumerate() {
             let (mut lp, mut lm) = (lin.clone(), lin.clone());
             lp.weight[k] += h;
             lm.weight[k] -= h;
-            check(format!("dweight[{k}]"), dw[k], loss(&lp, &x, &t), loss(&lm, &x, &t));
+            check(format!("dweight[{k}]"), g, loss(&lp, &x, &t), loss(&lm, &x, &t));
         }
-        for k in 0..o {
+        for (k, &g) in db.iter().enumerate() {
             let (mut lp, mut lm) = (lin.clone(), lin.clone());
             lp.bias[k] += h;
             lm.bias[k] -= h;
-            check(format!("dbias[{k}]"), db[k], loss(&lp, &x, &t), loss(&lm, &x, &t));
+            check(format!("dbias[{k}]"), g, loss(&lp, &x, &t), loss(&lm, &x, &t));
         }
     }
 

@@ -96,7 +96,7 @@ impl Adam {
 /// (`torch.nn.utils.clip_grad_norm_`); returns the norm before clipping. Gradients whose norm
 /// is not finite are left as they are (the returned norm tells the caller).
 pub fn clip_global_norm(grads: &mut [&mut [f32]], max_norm: f32) -> Result<f32> {
-    if !(max_norm > 0.0) {
+    if max_norm.is_nan() || max_norm <= 0.0 {
         return Err(Error::invalid("max_norm", "a positive number", max_norm));
     }
     let norm = grads.iter().flat_map(|g| g.iter()).map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();

@@ -60,7 +60,9 @@ impl Vocab {
     pub fn encode(&self, arg: &str, text: &str) -> Result<Vec<usize>> {
         text.chars()
             .map(|c| {
-                self.id(c).ok_or_else(|| Error::invalid(arg, format!("only characters of the vocabulary {:?}", self.as_string()), format!("{c:?}")))
+                self.id(c).ok_or_else(|| {
+                    Error::invalid(arg, format!("only characters of the vocabulary {:?}", self.as_string()), format!("{c:?}"))
+                })
             })
             .collect()
     }
