@@ -80,6 +80,7 @@ fn a_fixed_number_of_steps_is_deterministic_and_every_cell_learns() {
             (before, losses, after, trainer.into_model().to_safetensors_bytes().unwrap())
         };
         let (before, losses, after, bytes) = run();
+        println!("{cell}: validation loss {before:.3} -> {after:.3}, training loss {:.3} -> {:.3}", losses[0], losses[59]);
         let again = run();
         assert_eq!((&losses, &bytes), (&again.1, &again.3), "{cell}: two runs of 60 steps differ");
         assert!(after < before - 0.5, "{cell}: validation loss {before} -> {after} after 60 steps");

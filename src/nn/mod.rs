@@ -16,6 +16,27 @@
 //!
 //! Shapes follow [the crate conventions](crate#conventions): row-major, time-major. `N` below
 //! is a number of rows (`T·B` when a time-major `[T, B, ·]` tensor is seen as a matrix).
+//!
+//! ```
+//! use rnn_kernels::nn::{CharLm, CharLmConfig, TrainConfig, Trainer, Vocab};
+//! use rnn_kernels::{CellKind, Reference};
+//!
+//! let text = "to be, or not to be, that is the question. ".repeat(20);
+//! let vocab = Vocab::from_text(&text)?;
+//! let ids = vocab.encode("text", &text)?;
+//! let config = CharLmConfig { cell: CellKind::Lstm, layers: 1, hidden: 16, embedding_dim: 8 };
+//! let model = CharLm::new(Reference, vocab, &config, 1)?; // or Cpu::new()?
+//! let untrained = model.evaluate(&ids, 4, 20)?; // nats per character
+//! let mut trainer = Trainer::new(model, ids.clone(), TrainConfig { batch: 4, chunk: 20, ..TrainConfig::default() })?;
+//! for _ in 0..40 {
+//!     trainer.step()?;
+//! }
+//! let model = trainer.into_model();
+//! assert!(model.evaluate(&ids, 4, 20)? < untrained);
+//! let more = model.sample("to be", 30, 0.8, 7)?;
+//! assert_eq!(more.chars().count(), 30);
+//! # Ok::<(), rnn_kernels::Error>(())
+//! ```
 
 mod charlm;
 mod layers;
