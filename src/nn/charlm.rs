@@ -1,20 +1,5 @@
-//! [`CharLm`]: a character-level language model around the recurrent stack, with its
-//! [`Trainer`] (truncated BPTT over parallel streams) and the [`train`] loop.
-//!
-//! The model: `ids [T, B]` → [`Embedding`] → `x [T, B, E]` → the stack ([`Rnn`], on any host
-//! backend) → `y [T, B, Hout]` → [`Linear`] decoder → `logits [T, B, V]` → softmax.
-//!
-//! Training cuts the corpus into `B` contiguous streams, one per batch row, and walks them in
-//! chunks of `T` characters; each chunk starts from the final state of the previous one (the
-//! gradient stops there: truncated BPTT). After the last whole chunk of every stream the
-//! streams restart from their beginnings with zero state.
-//!
-//! A checkpoint is one safetensors file: `embedding.weight [V, E]`, the stack's PyTorch
-//! parameters under `rnn.` (`rnn.weight_ih_l0`, …), `decoder.weight [V, Hout]` and
-//! `decoder.bias [V]`, which is the `state_dict()` of a PyTorch module with attributes
-//! `embedding = nn.Embedding(V, E)`, `rnn = nn.LSTM(E, H, L)` and `decoder = nn.Linear(H, V)`.
-//! Its metadata holds the stack's configuration and the vocabulary (`vocab`: the characters in
-//! id order).
+//! [`CharLm`], [`Trainer`] and [`train`]: the language model of [the `nn` module
+//! docs](crate::nn#the-character-level-language-model).
 
 use super::{clip_global_norm, softmax_cross_entropy, Adam, AdamConfig, Embedding, Linear, Vocab};
 use crate::backend::Backend;
@@ -235,7 +220,7 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
         self.vocab.decode(&out)
     }
 
-    /// The checkpoint as safetensors bytes (see [the module docs](self)); the same model always
+    /// The checkpoint as safetensors bytes (see [the `nn` module docs](crate::nn#the-character-level-language-model)); the same model always
     /// gives the same bytes.
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
         let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
@@ -341,7 +326,7 @@ impl Default for TrainConfig {
     }
 }
 
-/// Trains a [`CharLm`] on a corpus by truncated BPTT (see [the module docs](self)).
+/// Trains a [`CharLm`] on a corpus by truncated BPTT (see [the `nn` module docs](crate::nn#the-character-level-language-model)).
 pub struct Trainer<B: Backend<f32, Buf = [f32]>> {
     model: CharLm<B>,
     config: TrainConfig,

@@ -17,6 +17,23 @@
 //! Shapes follow [the crate conventions](crate#conventions): row-major, time-major. `N` below
 //! is a number of rows (`T·B` when a time-major `[T, B, ·]` tensor is seen as a matrix).
 //!
+//! ## The character-level language model
+//!
+//! The model: `ids [T, B]` → [`Embedding`] → `x [T, B, E]` → the stack ([`Rnn`](crate::Rnn), on any host
+//! backend) → `y [T, B, Hout]` → [`Linear`] decoder → `logits [T, B, V]` → softmax.
+//!
+//! Training cuts the corpus into `B` contiguous streams, one per batch row, and walks them in
+//! chunks of `T` characters; each chunk starts from the final state of the previous one (the
+//! gradient stops there: truncated BPTT). After the last whole chunk of every stream the
+//! streams restart from their beginnings with zero state.
+//!
+//! A checkpoint is one safetensors file: `embedding.weight [V, E]`, the stack's PyTorch
+//! parameters under `rnn.` (`rnn.weight_ih_l0`, …), `decoder.weight [V, Hout]` and
+//! `decoder.bias [V]`, which is the `state_dict()` of a PyTorch module with attributes
+//! `embedding = nn.Embedding(V, E)`, `rnn = nn.LSTM(E, H, L)` and `decoder = nn.Linear(H, V)`.
+//! Its metadata holds the stack's configuration and the vocabulary (`vocab`: the characters in
+//! id order).
+//!
 //! ```
 //! use rnn_kernels::nn::{CharLm, CharLmConfig, TrainConfig, Trainer, Vocab};
 //! use rnn_kernels::{CellKind, Reference};
