@@ -52,6 +52,13 @@
 //! All computation goes through the [`Backend`] trait. [`Reference`] is the specification:
 //! plain loops, f32 or f64. Optimised CPU and CUDA backends implement the same trait and are
 //! tested against it.
+//!
+//! ## Training around the stack
+//!
+//! [`nn`] has host-side pieces for a model around the stack (embedding, linear layer with
+//! softmax cross-entropy, Adam, global-norm clipping) and a character-level language model
+//! built from them, with truncated-BPTT training, sampling and PyTorch-compatible checkpoints:
+//! the `charlm` example is a command line around it.
 
 #![warn(missing_docs)]
 
@@ -62,6 +69,7 @@ pub mod case;
 mod config;
 mod element;
 mod error;
+pub mod nn;
 mod params;
 mod rng;
 mod rnn;

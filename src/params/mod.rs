@@ -15,7 +15,7 @@ mod safetensors_io;
 pub use safetensors_io::config_from_metadata;
 
 pub use safetensors_io::LoadOptions;
-pub(crate) use safetensors_io::{read_file, st_error, view_to_i64, view_to_vec};
+pub(crate) use safetensors_io::{config_metadata, read_file, serialize_sorted, st_error, view_to_i64, view_to_vec};
 
 use crate::config::RnnConfig;
 use crate::element::{Element, Float};

@@ -141,7 +141,7 @@ fn dtype_name(d: Dtype) -> &'static str {
 /// in sorted key order, so the same parameters always give the same bytes (the safetensors
 /// crate writes its metadata map in hash order). Format: an 8-byte little-endian header length,
 /// the JSON header padded with spaces to a multiple of 8, then the data.
-fn serialize_sorted(tensors: &[(String, Vec<usize>, Vec<u8>)], dtype: Dtype, metadata: &HashMap<String, String>) -> Vec<u8> {
+pub(crate) fn serialize_sorted(tensors: &[(String, Vec<usize>, Vec<u8>)], dtype: Dtype, metadata: &HashMap<String, String>) -> Vec<u8> {
     let mut keys: Vec<&String> = metadata.keys().collect();
     keys.sort();
     let meta: Vec<String> = keys.iter().map(|k| format!("{}:{}", json_str(k), json_str(&metadata[*k]))).collect();

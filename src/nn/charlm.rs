@@ -1,0 +1,572 @@
+//! [`CharLm`], [`Trainer`] and [`train`]: the language model of [the `nn` module
+//! docs](crate::nn#the-character-level-language-model).
+
+use super::{clip_global_norm, softmax_cross_entropy, Adam, AdamConfig, Embedding, Linear, Vocab};
+use crate::backend::Backend;
+use crate::config::{CellKind, RnnConfig};
+use crate::error::{Error, Result};
+use crate::params::{config_from_metadata, config_metadata, read_file, serialize_sorted, st_error, view_to_vec, LoadOptions, Params};
+use crate::rng::SplitMix64;
+use crate::rnn::Rnn;
+use crate::shape::SeqShape;
+use safetensors::SafeTensors;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The sizes of a [`CharLm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CharLmConfig {
+    /// The recurrent cell.
+    pub cell: CellKind,
+    /// Number of recurrent layers `L`.
+    pub layers: usize,
+    /// Hidden size `H`.
+    pub hidden: usize,
+    /// Embedding size `E` (the stack's input size).
+    pub embedding_dim: usize,
+}
+
+impl Default for CharLmConfig {
+    /// A 2-layer LSTM, hidden size 256, embeddings of 64.
+    fn default() -> Self {
+        CharLmConfig { cell: CellKind::Lstm, layers: 2, hidden: 256, embedding_dim: 64 }
+    }
+}
+
+/// The carried recurrent state of `B` streams: `h [L, B, Hout]`, `c [L, B, H]` (LSTM).
+#[derive(Debug, Clone)]
+struct State {
+    h: Vec<f32>,
+    c: Option<Vec<f32>>,
+}
+
+impl State {
+    fn zeros(cfg: &RnnConfig, batch: usize) -> Self {
+        let l = cfg.num_layers() * cfg.num_directions();
+        State {
+            h: vec![0.0; l * batch * cfg.hidden_out_size()],
+            c: cfg.cell().has_cell_state().then(|| vec![0.0; l * batch * cfg.hidden_size()]),
+        }
+    }
+}
+
+/// A character-level language model: embedding, recurrent stack, softmax decoder.
+pub struct CharLm<B: Backend<f32, Buf = [f32]>> {
+    vocab: Vocab,
+    embedding: Embedding,
+    params: Params<f32>,
+    rnn: Rnn<f32, B>,
+    decoder: Linear,
+}
+
+impl<B: Backend<f32, Buf = [f32]>> std::fmt::Debug for CharLm<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CharLm")
+            .field("backend", &self.rnn.backend().name())
+            .field("vocab", &self.vocab.as_string())
+            .field("embedding_dim", &self.embedding.dim())
+            .field("rnn", self.params.config())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
+    /// A freshly initialised model over `vocab` (PyTorch's initialisations, from `seed`).
+    pub fn new(backend: B, vocab: Vocab, config: &CharLmConfig, seed: u64) -> Result<Self> {
+        let cfg = RnnConfig::new(config.cell, config.embedding_dim, config.hidden).num_layers(config.layers).build()?;
+        let mut seeds = SplitMix64::new(seed);
+        let embedding = Embedding::new(vocab.len(), config.embedding_dim, seeds.next_u64())?;
+        let params = Params::init_uniform(&cfg, seeds.next_u64());
+        let decoder = Linear::new(cfg.output_size(), vocab.len(), seeds.next_u64())?;
+        Self::from_parts(backend, vocab, embedding, params, decoder)
+    }
+
+    /// A model from its parts, checking that their sizes fit together.
+    pub fn from_parts(backend: B, vocab: Vocab, embedding: Embedding, params: Params<f32>, decoder: Linear) -> Result<Self> {
+        let cfg = params.config();
+        if cfg.bidirectional() {
+            return Err(Error::invalid("rnn config", "unidirectional (a language model cannot read ahead)", "bidirectional"));
+        }
+        let v = vocab.len();
+        let checks = [
+            ("embedding num_embeddings (V)", v, embedding.num_embeddings()),
+            ("embedding dim (the stack's input_size)", cfg.input_size(), embedding.dim()),
+            ("decoder in_features (the stack's output size)", cfg.output_size(), decoder.in_features()),
+            ("decoder out_features (V)", v, decoder.out_features()),
+        ];
+        for (arg, want, got) in checks {
+            if want != got {
+                return Err(Error::invalid(arg, format!("{want}"), got));
+            }
+        }
+        let rnn = Rnn::from_params(backend, &params)?;
+        Ok(CharLm { vocab, embedding, params, rnn, decoder })
+    }
+
+    /// The vocabulary.
+    pub fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+    /// The recurrent stack's configuration.
+    pub fn rnn_config(&self) -> &RnnConfig {
+        self.params.config()
+    }
+    /// The recurrent stack's parameters, under PyTorch's names.
+    pub fn rnn_params(&self) -> &Params<f32> {
+        &self.params
+    }
+    /// The embedding.
+    pub fn embedding(&self) -> &Embedding {
+        &self.embedding
+    }
+    /// The decoder.
+    pub fn decoder(&self) -> &Linear {
+        &self.decoder
+    }
+    /// The backend the stack runs on.
+    pub fn backend(&self) -> &B {
+        self.rnn.backend()
+    }
+    /// Number of trainable values.
+    pub fn num_params(&self) -> usize {
+        self.embedding.weight.len() + self.params.as_slice().len() + self.decoder.weight.len() + self.decoder.bias.len()
+    }
+
+    /// Inference over `ids: [T, B]` from `state`, which it advances; returns `logits [T·B, V]`.
+    fn run(&self, shape: &SeqShape, ids: &[usize], state: &mut State) -> Result<Vec<f32>> {
+        let mut x = vec![0.0; ids.len() * self.embedding.dim()];
+        self.embedding.forward(ids, &mut x)?;
+        let out = self.rnn.forward(shape, &x, Some(&state.h), state.c.as_deref())?;
+        let mut logits = vec![0.0; ids.len() * self.vocab.len()];
+        self.decoder.forward(&out.y, &mut logits)?;
+        state.h = out.hn;
+        state.c = out.cn;
+        Ok(logits)
+    }
+
+    /// Mean negative log-likelihood of `ids` (each character predicted from those before it),
+    /// in nats per character. The text is cut into `streams` contiguous pieces run side by side
+    /// in chunks of `chunk` characters, each piece's state carried from chunk to chunk; the first
+    /// character of each piece is context only.
+    pub fn evaluate(&self, ids: &[usize], streams: usize, chunk: usize) -> Result<f64> {
+        if streams == 0 || chunk == 0 {
+            return Err(Error::invalid("streams, chunk", "both at least 1", format!("{streams}, {chunk}")));
+        }
+        if ids.len() < 2 {
+            return Err(Error::invalid("ids", "at least 2 characters", ids.len()));
+        }
+        let s = streams.min(ids.len() - 1);
+        let seg = (ids.len() - 1) / s;
+        let mut state = State::zeros(self.rnn_config(), s);
+        let mut total = 0.0;
+        for start in (0..seg).step_by(chunk) {
+            let t = chunk.min(seg - start);
+            let (mut inp, mut tgt) = (Vec::with_capacity(t * s), Vec::with_capacity(t * s));
+            for k in 0..t {
+                for b in 0..s {
+                    inp.push(ids[b * seg + start + k]);
+                    tgt.push(ids[b * seg + start + k + 1]);
+                }
+            }
+            let logits = self.run(&SeqShape::new(t, s)?, &inp, &mut state)?;
+            total += softmax_cross_entropy(&logits, &tgt, None)? * (t * s) as f64;
+        }
+        Ok(total / (seg * s) as f64)
+    }
+
+    /// The logits of the next character after reading `prompt`, and the state after it.
+    fn read_prompt(&self, prompt: &str) -> Result<(Vec<f32>, State)> {
+        let ids = self.vocab.encode("prompt", prompt)?;
+        if ids.is_empty() {
+            return Err(Error::invalid("prompt", "at least one character", "an empty string"));
+        }
+        let mut state = State::zeros(self.rnn_config(), 1);
+        let logits = self.run(&SeqShape::new(ids.len(), 1)?, &ids, &mut state)?;
+        let v = self.vocab.len();
+        Ok((logits[logits.len() - v..].to_vec(), state))
+    }
+
+    /// The probability of each character (by id) to follow `prompt`.
+    pub fn next_char_distribution(&self, prompt: &str) -> Result<Vec<f32>> {
+        Ok(softmax(&self.read_prompt(prompt)?.0, 1.0))
+    }
+
+    /// `len` characters sampled after `prompt` (not included), each drawn from the softmax of
+    /// the logits divided by `temperature` (below 1: more conservative), from a generator seeded
+    /// with `seed`.
+    pub fn sample(&self, prompt: &str, len: usize, temperature: f32, seed: u64) -> Result<String> {
+        if !(temperature > 0.0 && temperature.is_finite()) {
+            return Err(Error::invalid("temperature", "a positive finite number", temperature));
+        }
+        let (mut logits, mut state) = self.read_prompt(prompt)?;
+        let mut rng = SplitMix64::new(seed);
+        let mut out = Vec::with_capacity(len);
+        let one = SeqShape::new(1, 1)?;
+        for i in 0..len {
+            let probs = softmax(&logits, temperature);
+            let u = rng.next_f64() as f32;
+            let mut acc = 0.0;
+            // Falls back to the last character if rounding leaves the sum just below u.
+            let id = probs.iter().position(|&p| {
+                acc += p;
+                acc > u
+            });
+            let id = id.unwrap_or(probs.len() - 1);
+            out.push(id);
+            if i + 1 < len {
+                logits = self.run(&one, &[id], &mut state)?;
+            }
+        }
+        self.vocab.decode(&out)
+    }
+
+    /// The checkpoint as safetensors bytes (see [the `nn` module docs](crate::nn#the-character-level-language-model)); the same model always
+    /// gives the same bytes.
+    pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
+        let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let (v, cfg) = (self.vocab.len(), self.rnn_config());
+        let mut tensors = vec![("embedding.weight".to_string(), vec![v, self.embedding.dim()], le(&self.embedding.weight))];
+        for spec in self.params.layout().specs() {
+            tensors.push((format!("rnn.{}", spec.name), spec.shape.clone(), le(&self.params.as_slice()[spec.range()])));
+        }
+        tensors.push(("decoder.weight".to_string(), vec![v, cfg.output_size()], le(&self.decoder.weight)));
+        tensors.push(("decoder.bias".to_string(), vec![v], le(&self.decoder.bias)));
+        let mut meta = config_metadata(cfg);
+        meta.insert("model".to_string(), "rnn-kernels charlm".to_string());
+        meta.insert("vocab".to_string(), self.vocab.as_string());
+        let bytes = serialize_sorted(&tensors, crate::Dtype::F32, &meta);
+        SafeTensors::deserialize(&bytes).map_err(|e| st_error("<bytes>", e))?;
+        Ok(bytes)
+    }
+
+    /// Writes the checkpoint to `path`.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let bytes = self.to_safetensors_bytes()?;
+        std::fs::write(path, bytes).map_err(|source| Error::Io { path: path.display().to_string(), source })
+    }
+
+    /// Reads a checkpoint written by [`save`](Self::save) (or by PyTorch with the same names and
+    /// metadata) and plans it on `backend`.
+    pub fn load(backend: B, path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        Self::from_safetensors_bytes(backend, &read_file(path)?, &path.display().to_string())
+    }
+
+    /// Like [`load`](Self::load), from bytes; `source` names them in errors.
+    pub fn from_safetensors_bytes(backend: B, bytes: &[u8], source: &str) -> Result<Self> {
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| st_error(source, e))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        let cfg = config_from_metadata(&meta, source)?;
+        let vocab = meta
+            .get("vocab")
+            .ok_or_else(|| Error::invalid("metadata[\"vocab\"]", "present (the characters of the vocabulary in id order)", "missing"))
+            .and_then(|s| Vocab::from_chars(s))
+            .map_err(|e| e.in_file(source))?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| st_error(source, e))?;
+        let params = Params::from_safetensors(&st, &cfg, &LoadOptions { prefix: "rnn.".into(), allow_unexpected: true }, source)?;
+        let own = ["embedding.weight", "decoder.weight", "decoder.bias"];
+        for name in st.names() {
+            if !name.starts_with("rnn.") && !own.contains(&name) {
+                return Err(Error::UnexpectedTensor {
+                    name: name.to_string(),
+                    source_desc: source.to_string(),
+                    expected: format!("{}, rnn.<the stack's PyTorch names>", own.join(", ")),
+                });
+            }
+        }
+        let v = vocab.len();
+        let tensor = |name: &str, shape: Vec<usize>| -> Result<Vec<f32>> {
+            let view = st.tensor(name).map_err(|_| Error::MissingTensor {
+                name: name.to_string(),
+                shape: shape.clone(),
+                source_desc: source.to_string(),
+            })?;
+            if view.shape() != shape.as_slice() {
+                return Err(Error::shape(format!("{name} in {source}"), format!("shape {shape:?}"), format!("shape {:?}", view.shape())));
+            }
+            view_to_vec(&view, name, source)
+        };
+        let embedding = Embedding::from_weight(v, cfg.input_size(), tensor("embedding.weight", vec![v, cfg.input_size()])?)?;
+        let decoder = Linear::from_parts(
+            cfg.output_size(),
+            v,
+            tensor("decoder.weight", vec![v, cfg.output_size()])?,
+            tensor("decoder.bias", vec![v])?,
+        )?;
+        Self::from_parts(backend, vocab, embedding, params, decoder)
+    }
+}
+
+/// `softmax(logits / temperature)`, in f64 internally.
+fn softmax(logits: &[f32], temperature: f32) -> Vec<f32> {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let e: Vec<f64> = logits.iter().map(|&x| (((x - max) / temperature) as f64).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|&x| (x / sum) as f32).collect()
+}
+
+/// How a [`Trainer`] trains.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainConfig {
+    /// Parallel streams `B`, each a contiguous part of the corpus with its own carried state.
+    pub batch: usize,
+    /// Characters per chunk `T`: the truncation length of BPTT.
+    pub chunk: usize,
+    /// The optimiser.
+    pub adam: AdamConfig,
+    /// The largest global L2 norm of the gradient; larger gradients are scaled down to it.
+    pub clip: f32,
+}
+
+impl Default for TrainConfig {
+    /// 32 streams, chunks of 100, Adam with learning rate 2e-3, clipping at 5.
+    fn default() -> Self {
+        TrainConfig { batch: 32, chunk: 100, adam: AdamConfig::default(), clip: 5.0 }
+    }
+}
+
+/// Trains a [`CharLm`] on a corpus by truncated BPTT (see [the `nn` module docs](crate::nn#the-character-level-language-model)).
+pub struct Trainer<B: Backend<f32, Buf = [f32]>> {
+    model: CharLm<B>,
+    config: TrainConfig,
+    data: Vec<usize>,
+    /// Characters per stream.
+    seg: usize,
+    next_chunk: usize,
+    state: State,
+    adam: Adam,
+    reserve: B::Reserve,
+    steps: u64,
+    /// Gradients, in the order embedding, stack, decoder weight, decoder bias.
+    grads: [Vec<f32>; 4],
+}
+
+impl<B: Backend<f32, Buf = [f32]>> std::fmt::Debug for Trainer<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("model", &self.model)
+            .field("config", &self.config)
+            .field("steps", &self.steps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend<f32, Buf = [f32]>> Trainer<B> {
+    /// A trainer for `model` on `data` (character ids), with fresh optimiser state.
+    pub fn new(model: CharLm<B>, data: Vec<usize>, config: TrainConfig) -> Result<Self> {
+        let TrainConfig { batch, chunk, clip, .. } = config;
+        if batch == 0 || chunk == 0 {
+            return Err(Error::invalid("batch, chunk", "both at least 1", format!("{batch}, {chunk}")));
+        }
+        if clip.is_nan() || clip <= 0.0 {
+            return Err(Error::invalid("clip", "a positive number", clip));
+        }
+        let v = model.vocab.len();
+        if let Some(p) = data.iter().position(|&i| i >= v) {
+            return Err(Error::invalid(format!("data[{p}]"), format!("a character id below V = {v}"), data[p]));
+        }
+        let need = batch.saturating_mul(chunk).saturating_add(1);
+        if data.len() < need {
+            return Err(Error::invalid("data", format!("at least batch·chunk + 1 = {need} characters"), data.len()));
+        }
+        let seg = (data.len() - 1) / batch;
+        let sizes = [model.embedding.weight.len(), model.params.as_slice().len(), model.decoder.weight.len(), model.decoder.bias.len()];
+        let adam = Adam::new(&sizes, config.adam)?;
+        let state = State::zeros(model.rnn_config(), batch);
+        Ok(Trainer {
+            model,
+            config,
+            data,
+            seg,
+            next_chunk: 0,
+            state,
+            adam,
+            reserve: Default::default(),
+            steps: 0,
+            grads: sizes.map(|n| vec![0.0; n]),
+        })
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &CharLm<B> {
+        &self.model
+    }
+    /// The trained model.
+    pub fn into_model(self) -> CharLm<B> {
+        self.model
+    }
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+    /// Characters predicted per step, `B·T`.
+    pub fn chars_per_step(&self) -> usize {
+        self.config.batch * self.config.chunk
+    }
+
+    /// One optimiser step on the next chunk of every stream; returns the chunk's mean loss in
+    /// nats per character (before the step).
+    pub fn step(&mut self) -> Result<f64> {
+        let (b, t) = (self.config.batch, self.config.chunk);
+        if (self.next_chunk + 1) * t > self.seg {
+            self.next_chunk = 0;
+            self.state = State::zeros(self.model.rnn_config(), b);
+        }
+        let base = self.next_chunk * t;
+        let (mut ids, mut targets) = (Vec::with_capacity(t * b), Vec::with_capacity(t * b));
+        for k in 0..t {
+            for s in 0..b {
+                ids.push(self.data[s * self.seg + base + k]);
+                targets.push(self.data[s * self.seg + base + k + 1]);
+            }
+        }
+        let m = &mut self.model;
+        let shape = SeqShape::new(t, b)?;
+        let mut x = vec![0.0; t * b * m.embedding.dim()];
+        m.embedding.forward(&ids, &mut x)?;
+        let out = m.rnn.forward_training(&shape, &x, Some(&self.state.h), self.state.c.as_deref(), &mut self.reserve)?;
+        let mut logits = vec![0.0; t * b * m.vocab.len()];
+        m.decoder.forward(&out.y, &mut logits)?;
+        let mut dlogits = vec![0.0; logits.len()];
+        let loss = softmax_cross_entropy(&logits, &targets, Some(&mut dlogits))?;
+        if !loss.is_finite() {
+            return Err(Error::invalid("loss", "finite (the training diverged: lower the learning rate or the clip norm)", loss));
+        }
+
+        let [d_emb, d_rnn, d_w, d_b] = &mut self.grads;
+        for g in [&mut *d_emb, &mut *d_rnn, &mut *d_w, &mut *d_b] {
+            g.fill(0.0);
+        }
+        let mut dy = vec![0.0; out.y.len()];
+        m.decoder.backward(&out.y, &dlogits, Some(&mut dy), d_w, d_b)?;
+        let g = m.rnn.backward_accumulate(&self.reserve, Some(&dy), None, None, d_rnn)?;
+        m.embedding.backward(&ids, &g.dx, d_emb)?;
+        clip_global_norm(&mut [d_emb, d_rnn, d_w, d_b], self.config.clip)?;
+        self.adam.step(
+            &mut [&mut m.embedding.weight, m.params.as_mut_slice(), &mut m.decoder.weight, &mut m.decoder.bias],
+            &[d_emb, d_rnn, d_w, d_b],
+        )?;
+        m.rnn.update_params(m.params.as_slice())?;
+
+        self.state = State { h: out.hn, c: out.cn };
+        self.next_chunk += 1;
+        self.steps += 1;
+        Ok(loss)
+    }
+}
+
+/// When [`train`] stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// After this many steps: the run is the same, bit for bit, on every run.
+    Steps(u64),
+    /// When this much wall-clock time has passed, counting the evaluations and leaving time for
+    /// the final one; the number of steps depends on the machine's speed.
+    Time(Duration),
+}
+
+/// What [`train`] does besides stepping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// When to stop.
+    pub budget: Budget,
+    /// Evaluate on the first [`eval_chars`](Self::eval_chars) validation characters every this
+    /// many steps (0: never; the final evaluation on all of them always runs).
+    pub eval_every: u64,
+    /// Size of the validation subset evaluated at intervals.
+    pub eval_chars: usize,
+    /// Streams of the evaluations (see [`CharLm::evaluate`]).
+    pub eval_streams: usize,
+}
+
+/// What [`train`] reports as it goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Progress {
+    /// A step was taken.
+    Step {
+        /// Steps taken in this call.
+        step: u64,
+        /// The step's training loss, nats per character.
+        loss: f64,
+        /// Training characters per second of training time so far.
+        chars_per_sec: f64,
+        /// Wall-clock time since the start of the call.
+        elapsed: Duration,
+    },
+    /// A validation loss.
+    Eval {
+        /// Steps taken in this call.
+        step: u64,
+        /// Nats per character.
+        val_loss: f64,
+        /// Characters evaluated.
+        chars: usize,
+        /// Whether it was all of the validation text (the final evaluation).
+        full: bool,
+    },
+}
+
+/// What a [`train`] call did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainSummary {
+    /// Steps taken.
+    pub steps: u64,
+    /// Wall-clock time, evaluations included.
+    pub elapsed: Duration,
+    /// Training characters per second of training time.
+    pub chars_per_sec: f64,
+    /// The final validation loss over all of `val`, nats per character.
+    pub val_loss: f64,
+}
+
+/// Trains until `schedule.budget` is spent, evaluating on `val` (character ids) at intervals and
+/// at the end, and tells `on` about every step and evaluation.
+pub fn train<B: Backend<f32, Buf = [f32]>>(
+    trainer: &mut Trainer<B>,
+    val: &[usize],
+    schedule: &Schedule,
+    mut on: impl FnMut(Progress),
+) -> Result<TrainSummary> {
+    let start = Instant::now();
+    let subset = &val[..schedule.eval_chars.min(val.len())];
+    let (streams, chunk) = (schedule.eval_streams, trainer.config.chunk);
+    let mut train_time = Duration::ZERO;
+    let mut step = 0u64;
+    // Evaluation speed in characters per second; until measured, assume the forward pass alone
+    // is three times as fast as a training step.
+    let mut eval_rate: Option<f64> = None;
+    let chars_per_step = trainer.chars_per_step();
+    let rate = |train_time: Duration, step: u64| (step as usize * chars_per_step) as f64 / train_time.as_secs_f64().max(1e-9);
+    loop {
+        match schedule.budget {
+            Budget::Steps(n) if step >= n => break,
+            Budget::Time(limit) if step > 0 => {
+                let per_step = train_time / step as u32;
+                let final_eval = val.len() as f64 / eval_rate.unwrap_or(3.0 * rate(train_time, step));
+                if start.elapsed() + per_step + Duration::from_secs_f64(final_eval) > limit {
+                    break;
+                }
+            }
+            _ => {}
+        }
+        let t0 = Instant::now();
+        let loss = trainer.step()?;
+        train_time += t0.elapsed();
+        step += 1;
+        on(Progress::Step { step, loss, chars_per_sec: rate(train_time, step), elapsed: start.elapsed() });
+        if schedule.eval_every > 0 && step % schedule.eval_every == 0 && subset.len() >= 2 {
+            let t0 = Instant::now();
+            let val_loss = trainer.model.evaluate(subset, streams, chunk)?;
+            eval_rate = Some(subset.len() as f64 / t0.elapsed().as_secs_f64().max(1e-9));
+            on(Progress::Eval { step, val_loss, chars: subset.len(), full: false });
+        }
+    }
+    let val_loss = trainer.model.evaluate(val, streams, chunk)?;
+    on(Progress::Eval { step, val_loss, chars: val.len(), full: true });
+    Ok(TrainSummary { steps: step, elapsed: start.elapsed(), chars_per_sec: rate(train_time, step), val_loss })
+}

@@ -1,0 +1,172 @@
+//! The character-level language model of the `charlm` example, driven through the same
+//! `rnn_kernels::nn` code the example uses: it learns, it is deterministic for a fixed number of
+//! steps, and its checkpoints round-trip.
+
+use rnn_kernels::nn::{self, Budget, CharLm, CharLmConfig, Progress, Schedule, TrainConfig, Trainer, Vocab};
+use rnn_kernels::{CellKind, Cpu, Reference};
+use std::collections::HashMap;
+
+const CORPUS: &str = include_str!("../data/tinyshakespeare.txt");
+
+/// The first 200,000 characters for training and the next 20,000 for validation, with the
+/// vocabulary of the whole corpus.
+fn small_corpus() -> (Vocab, Vec<usize>, Vec<usize>) {
+    let vocab = Vocab::from_text(CORPUS).unwrap();
+    let ids = vocab.encode("corpus", CORPUS).unwrap();
+    (vocab, ids[..200_000].to_vec(), ids[200_000..220_000].to_vec())
+}
+
+/// Cross-entropy of `val` under the character frequencies of `train` (add-one smoothed): what a
+/// model that ignores context achieves at best.
+fn unigram_loss(train: &[usize], val: &[usize], v: usize) -> f64 {
+    let mut counts = vec![1.0f64; v];
+    for &i in train {
+        counts[i] += 1.0;
+    }
+    let total: f64 = counts.iter().sum();
+    val.iter().map(|&i| -(counts[i] / total).ln()).sum::<f64>() / val.len() as f64
+}
+
+fn small_model(vocab: Vocab, cell: CellKind, hidden: usize, seed: u64) -> CharLm<Cpu> {
+    let config = CharLmConfig { cell, layers: 1, hidden, embedding_dim: 16 };
+    CharLm::new(Cpu::with_threads(2).unwrap(), vocab, &config, seed).unwrap()
+}
+
+fn small_training() -> TrainConfig {
+    TrainConfig { batch: 16, chunk: 50, ..TrainConfig::default() }
+}
+
+#[test]
+fn short_training_run_falls_well_below_the_unigram_loss() {
+    let (vocab, train, val) = small_corpus();
+    let unigram = unigram_loss(&train, &val, vocab.len());
+    assert!((3.2..3.5).contains(&unigram), "unigram loss {unigram}: the corpus split is not what this test expects");
+
+    let model = small_model(vocab, CellKind::Lstm, 128, 1);
+    let before = model.evaluate(&val, 32, 50).unwrap();
+    let mut trainer = Trainer::new(model, train, TrainConfig { batch: 32, ..small_training() }).unwrap();
+    let schedule = Schedule { budget: Budget::Steps(400), eval_every: 100, eval_chars: 5_000, eval_streams: 32 };
+    let mut evals = Vec::new();
+    let summary = nn::train(&mut trainer, &val, &schedule, |p| {
+        if let Progress::Eval { val_loss, full, .. } = p {
+            evals.push((val_loss, full));
+        }
+    })
+    .unwrap();
+    println!("unigram {unigram:.3}, untrained {before:.3}, interval evals {evals:?}, final {:.3}", summary.val_loss);
+
+    assert_eq!(summary.steps, 400);
+    assert_eq!(trainer.steps(), 400);
+    assert_eq!(evals.len(), 5, "four interval evaluations and the final one");
+    assert_eq!(evals.last().copied(), Some((summary.val_loss, true)));
+    // An untrained model is near ln V = 4.17; after 400 steps a context-free model could not get
+    // below the unigram loss, so being a full nat below it shows the model uses context.
+    assert!(before > unigram, "untrained {before} vs unigram {unigram}");
+    assert!(summary.val_loss < unigram - 1.0, "final validation loss {} not well below the unigram {unigram}", summary.val_loss);
+    assert!(evals[0].0 > summary.val_loss, "validation loss did not fall between step 100 and the end: {evals:?}");
+}
+
+#[test]
+fn a_fixed_number_of_steps_is_deterministic_and_every_cell_learns() {
+    let (vocab, train, val) = small_corpus();
+    let val = &val[..5_000];
+    for cell in [CellKind::Lstm, CellKind::Gru, CellKind::RnnTanh] {
+        let run = || {
+            let model = small_model(vocab.clone(), cell, 32, 7);
+            let before = model.evaluate(val, 16, 50).unwrap();
+            let mut trainer = Trainer::new(model, train.clone(), small_training()).unwrap();
+            let losses: Vec<f64> = (0..60).map(|_| trainer.step().unwrap()).collect();
+            let after = trainer.model().evaluate(val, 16, 50).unwrap();
+            (before, losses, after, trainer.into_model().to_safetensors_bytes().unwrap())
+        };
+        let (before, losses, after, bytes) = run();
+        println!("{cell}: validation loss {before:.3} -> {after:.3}, training loss {:.3} -> {:.3}", losses[0], losses[59]);
+        let again = run();
+        assert_eq!((&losses, &bytes), (&again.1, &again.3), "{cell}: two runs of 60 steps differ");
+        assert!(after < before - 0.5, "{cell}: validation loss {before} -> {after} after 60 steps");
+        assert!(losses[59] < losses[0], "{cell}: training loss {} -> {}", losses[0], losses[59]);
+    }
+}
+
+#[test]
+fn checkpoint_round_trip_gives_the_same_next_character_distribution() {
+    let (vocab, train, _) = small_corpus();
+    let mut trainer = Trainer::new(small_model(vocab, CellKind::Lstm, 48, 3), train, small_training()).unwrap();
+    for _ in 0..20 {
+        trainer.step().unwrap();
+    }
+    let model = trainer.into_model();
+    let dir = std::env::temp_dir().join(format!("rnn-kernels-charlm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.safetensors");
+    model.save(&path).unwrap();
+    let loaded = CharLm::load(Cpu::with_threads(1).unwrap(), &path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let prompt = "ROMEO:\nWhat light";
+    let p = model.next_char_distribution(prompt).unwrap();
+    assert_eq!(p.len(), 65);
+    assert!((p.iter().map(|&x| x as f64).sum::<f64>() - 1.0).abs() < 1e-5);
+    // The trained model is not uniform: its distribution is worth comparing.
+    let max = p.iter().fold(0.0f32, |m, &x| m.max(x));
+    assert!(max > 2.0 / 65.0, "largest next-character probability {max}");
+    assert_eq!(loaded.next_char_distribution(prompt).unwrap(), p, "the loaded model predicts differently");
+    assert_eq!(loaded.vocab(), model.vocab());
+    assert_eq!(loaded.sample(prompt, 200, 0.8, 5).unwrap(), model.sample(prompt, 200, 0.8, 5).unwrap());
+    assert_eq!(loaded.to_safetensors_bytes().unwrap(), model.to_safetensors_bytes().unwrap());
+
+    // The same checkpoint on the reference backend: the same model within f32 rounding.
+    let reference = CharLm::from_safetensors_bytes(Reference, &model.to_safetensors_bytes().unwrap(), "<bytes>").unwrap();
+    let q = reference.next_char_distribution(prompt).unwrap();
+    let worst = p.iter().zip(&q).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-5, "cpu vs reference: largest difference {worst}");
+}
+
+#[test]
+fn checkpoint_names_are_pytorch_names_and_bad_files_are_errors() {
+    let (vocab, _, _) = small_corpus();
+    let model = CharLm::new(Reference, vocab, &CharLmConfig { cell: CellKind::Lstm, layers: 2, hidden: 8, embedding_dim: 4 }, 1).unwrap();
+    let bytes = model.to_safetensors_bytes().unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    let want = [
+        "decoder.bias",
+        "decoder.weight",
+        "embedding.weight",
+        "rnn.bias_hh_l0",
+        "rnn.bias_hh_l1",
+        "rnn.bias_ih_l0",
+        "rnn.bias_ih_l1",
+        "rnn.weight_hh_l0",
+        "rnn.weight_hh_l1",
+        "rnn.weight_ih_l0",
+        "rnn.weight_ih_l1",
+    ];
+    assert_eq!(names, want);
+    assert_eq!(st.tensor("rnn.weight_ih_l0").unwrap().shape(), &[32, 4]);
+    assert_eq!(st.tensor("decoder.weight").unwrap().shape(), &[65, 8]);
+
+    // A file without the vocabulary, and one with an extra tensor.
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta: HashMap<String, String> = header.metadata().clone().unwrap();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors();
+    meta.remove("vocab");
+    let no_vocab = safetensors::serialize(views.clone(), Some(meta.clone())).unwrap();
+    let err = CharLm::from_safetensors_bytes(Reference, &no_vocab, "no_vocab").unwrap_err().to_string();
+    assert!(err.contains("vocab") && err.contains("no_vocab"), "{err}");
+    meta.insert("vocab".into(), model.vocab().as_string());
+    let mut extra = views.clone();
+    extra.push(("head.weight".into(), views[0].1.clone()));
+    let err =
+        CharLm::from_safetensors_bytes(Reference, &safetensors::serialize(extra, Some(meta)).unwrap(), "extra").unwrap_err().to_string();
+    assert!(err.contains("head.weight"), "{err}");
+
+    // Caller errors are values naming the argument.
+    let err = model.sample("ROMEO€", 10, 0.8, 1).unwrap_err().to_string();
+    assert!(err.contains("prompt"), "{err}");
+    let err = model.sample("ROMEO", 10, 0.0, 1).unwrap_err().to_string();
+    assert!(err.contains("temperature"), "{err}");
+    let Err(err) = Trainer::new(model, vec![0; 100], TrainConfig::default()) else { panic!("100 characters cannot fill 32 x 100") };
+    assert!(err.to_string().contains("data"), "{err}");
+}
