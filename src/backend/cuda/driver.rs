@@ -368,7 +368,6 @@ pub(crate) fn forward(
     let lens_inf;
     let lens = match save.as_deref_mut() {
         Some(r) => {
-            r.shape = Some(shape.clone());
             r.lengths = Some(call.lengths(shape)?);
             len_ptr(r.lengths.as_ref().expect("set"), &s0)
         }
@@ -480,6 +479,10 @@ pub(crate) fn forward(
             call.order(0, 1)?;
         }
         prev_out = out;
+    }
+    // Only a reserve whose every buffer was written is usable by backward.
+    if let Some(r) = save {
+        r.shape = Some(shape.clone());
     }
     Ok(())
 }
