@@ -78,9 +78,13 @@ mod with_feature {
                 let lengths: Vec<usize> = lens.iter().map(|&l| l.min(t)).collect();
                 let shape = SeqShape::with_lengths(t, lengths).unwrap();
                 let p = Problem::new(&cfg, &shape, seed, 25.0);
-                let got = p.run_f32(CudaHost(c.clone()));
-                for (name, err, tol) in p.errors(&got, &p.run_reference()) {
-                    prop_assert!(err <= tol, "{name} error {err:.3e} > {tol:e}: {}", describe(&cfg, &shape));
+                let want = p.run_reference();
+                // B ≤ 5 here: an LSTM without projection takes the persistent kernel when allowed.
+                for persistent in [false, true] {
+                    let got = p.run_f32(CudaHost(c.clone().with_persistent(persistent)));
+                    for (name, err, tol) in p.errors(&got, &want) {
+                        prop_assert!(err <= tol, "persistent={persistent}: {name} error {err:.3e} > {tol:e}: {}", describe(&cfg, &shape));
+                    }
                 }
                 Ok(())
             })
@@ -109,16 +113,39 @@ mod with_feature {
         }
     }
 
+    /// The persistent LSTM kernel at sizes where several units share a block and the batch is
+    /// at its limit (8), both directions, two layers, mixed lengths, long enough (T = 40) that a
+    /// wrong grid barrier would show; and against the per-step path.
+    #[test]
+    fn persistent_lstm_matches_reference() {
+        let Some(c) = cuda("persistent_lstm_matches_reference") else { return };
+        for (h, b) in [(300, 8), (1024, 2), (64, 1)] {
+            let cfg = RnnConfig::new(CellKind::Lstm, 48, h).num_layers(2).bidirectional(true).build().unwrap();
+            let shape = SeqShape::with_lengths(40, (0..b).map(|i| 40 - (i * 7) % 40).collect()).unwrap();
+            let p = Problem::new(&cfg, &shape, 3, 3.0);
+            let want = p.run_reference();
+            let on = p.run_f32(CudaHost(c.clone().with_persistent(true)));
+            let off = p.run_f32(CudaHost(c.clone().with_persistent(false)));
+            for (got, label) in [(&on, "persistent"), (&off, "per-step")] {
+                for (name, err, tol) in p.errors(got, &want) {
+                    assert!(err <= tol, "{label}: {name} error {err:.3e} > {tol:e}: {}", describe(&cfg, &shape));
+                }
+            }
+        }
+    }
+
     #[test]
     fn cuda_matches_pytorch_fixtures() {
         let Some(c) = cuda("cuda_matches_pytorch_fixtures") else { return };
-        let host = CudaHost(c);
         let mut failures = Vec::new();
-        for f in case_files() {
-            let case = Case::<f32>::load(&f).unwrap();
-            let report = run_case(&host, &case).unwrap();
-            if !report.passes(GRAD_TOL) {
-                failures.push(format!("{}: {:?}", f.display(), report.worst()));
+        for persistent in [false, true] {
+            let host = CudaHost(c.clone().with_persistent(persistent));
+            for f in case_files() {
+                let case = Case::<f32>::load(&f).unwrap();
+                let report = run_case(&host, &case).unwrap();
+                if !report.passes(GRAD_TOL) {
+                    failures.push(format!("persistent={persistent} {}: {:?}", f.display(), report.worst()));
+                }
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -25,6 +25,7 @@ pub(crate) struct Kernels {
     pub rnn_tanh_backward_step: CudaFunction,
     pub rnn_relu_backward_step: CudaFunction,
     pub fill_f32: CudaFunction,
+    pub persistent_lstm_forward: CudaFunction,
     /// Keeps the modules loaded as long as the functions are used.
     _modules: Vec<Arc<CudaModule>>,
 }
@@ -43,6 +44,7 @@ impl Kernels {
         let gru = load("gru_pointwise", ptx::GRU_POINTWISE)?;
         let rnn = load("rnn_pointwise", ptx::RNN_POINTWISE)?;
         let util = load("util", ptx::UTIL)?;
+        let persistent = load("persistent_lstm", ptx::PERSISTENT_LSTM)?;
         let f =
             |m: &Arc<CudaModule>, entry: &str| m.load_function(entry).map_err(|e| device_err(name, &format!("finding kernel {entry}"), e));
         Ok(Kernels {
@@ -57,9 +59,22 @@ impl Kernels {
             rnn_tanh_backward_step: f(&rnn, "rnn_tanh_backward_step")?,
             rnn_relu_backward_step: f(&rnn, "rnn_relu_backward_step")?,
             fill_f32: f(&util, "fill_f32")?,
+            persistent_lstm_forward: f(&persistent, "persistent_lstm_forward")?,
             _modules: modules,
         })
     }
+}
+
+/// Properties of the device that decide whether the persistent kernel can run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Props {
+    /// Streaming multiprocessors.
+    pub sms: usize,
+    /// Whether cuLaunchCooperativeKernel is supported.
+    pub cooperative: bool,
+    /// The most dynamic shared memory one block may opt in to, in bytes (0: the persistent
+    /// kernel could not be given more than its default).
+    pub max_smem: usize,
 }
 
 /// A device, ready to run: shared by every [`Cuda`](super::Cuda) handle of the same ordinal.
@@ -72,6 +87,8 @@ pub(crate) struct Device {
     /// One cuBLAS handle per stream.
     pub blas: [CudaBlas; 2],
     pub kernels: Kernels,
+    /// What the persistent kernel's choice depends on.
+    pub props: Props,
     /// Serialises calls: the streams and handles are shared, and one call's ordering between
     /// them must not interleave with another's.
     pub call: Mutex<()>,
@@ -146,5 +163,16 @@ fn open_with_libraries(ordinal: usize) -> Result<Device> {
     let b0 = CudaBlas::new(s0.clone()).map_err(|e| device_err(&name, "creating a cuBLAS handle", e))?;
     let b1 = CudaBlas::new(s1.clone()).map_err(|e| device_err(&name, "creating a cuBLAS handle", e))?;
     let kernels = Kernels::load(&ctx, &name)?;
-    Ok(Device { name, ctx, streams: [s0, s1], blas: [b0, b1], kernels, call: Mutex::new(()) })
+    use cudarc::driver::sys::{CUdevice_attribute_enum as A, CUfunction_attribute_enum as F};
+    let attr = |a: A| ctx.attribute(a).map_err(|e| device_err(&name, &format!("reading {a:?}"), e));
+    let sms = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(0) as usize;
+    let cooperative = attr(A::CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH)? != 0;
+    let optin = attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?.max(0);
+    // Let the persistent kernel use all of it; if that fails it keeps the default 48 KB.
+    let max_smem = match kernels.persistent_lstm_forward.set_attribute(F::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, optin) {
+        Ok(()) => optin as usize,
+        Err(_) => 48 * 1024,
+    };
+    let props = Props { sms, cooperative, max_smem };
+    Ok(Device { name, ctx, streams: [s0, s1], blas: [b0, b1], kernels, props, call: Mutex::new(()) })
 }

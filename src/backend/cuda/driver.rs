@@ -84,6 +84,8 @@ struct Dims {
     input: usize,
     out_w: usize,
     proj: bool,
+    /// `D`.
+    dirs: usize,
 }
 
 impl Dims {
@@ -98,6 +100,7 @@ impl Dims {
             input: cfg.layer_input_size(layer),
             out_w: cfg.output_size(),
             proj: cfg.proj_size() > 0,
+            dirs: cfg.num_directions(),
         }
     }
     fn lstm(&self) -> bool {
@@ -141,7 +144,20 @@ fn range_view(w: View, r: &std::ops::Range<usize>) -> View {
 /// The device work of one backend call; holds the device's call lock.
 pub(crate) struct Call<'a> {
     dev: &'a Device,
+    /// Whether the persistent kernel may be chosen.
+    persistent: bool,
     _lock: std::sync::MutexGuard<'a, ()>,
+}
+
+/// The largest batch the persistent kernel takes (`PERSISTENT_MAX_BATCH` of
+/// kernels/persistent_lstm.cu).
+const PERSISTENT_MAX_BATCH: usize = 8;
+/// Threads per block of the persistent kernel (its `__launch_bounds__`).
+const PERSISTENT_THREADS: u32 = 256;
+
+/// Dynamic shared memory of the persistent kernel with `u` units per block, in bytes.
+fn persistent_smem(dm: &Dims, u: usize) -> usize {
+    4 * (4 * u * dm.h + dm.b * dm.h + 4 * dm.b * u + dm.b * u)
 }
 
 const BLOCK: u32 = 256;
@@ -156,7 +172,35 @@ impl<'a> Call<'a> {
     pub fn new(dev: &'a Device) -> Result<Self> {
         let lock = dev.call.lock().unwrap_or_else(|p| p.into_inner());
         dev.ctx.bind_to_thread().map_err(|e| device_err(&dev.name, "binding the context", e))?;
-        Ok(Call { dev, _lock: lock })
+        Ok(Call { dev, persistent: false, _lock: lock })
+    }
+
+    /// Allows the persistent kernel where it fits.
+    pub fn with_persistent(mut self, on: bool) -> Self {
+        self.persistent = on;
+        self
+    }
+
+    /// Units per block if the persistent LSTM kernel runs this layer: an LSTM without
+    /// projection, `B ≤ 8`, cooperative launch, and every block of both directions resident at
+    /// once with its slice of `W_hh` in shared memory.
+    fn persistent_units(&self, dm: &Dims) -> Option<usize> {
+        if !self.persistent || !dm.lstm() || dm.proj || dm.b > PERSISTENT_MAX_BATCH {
+            return None;
+        }
+        let p = self.dev.props;
+        if !p.cooperative || p.sms == 0 {
+            return None;
+        }
+        let units = dm.h.div_ceil((p.sms / dm.dirs).max(1));
+        let smem = persistent_smem(dm, units);
+        if smem > p.max_smem {
+            return None;
+        }
+        let blocks = dm.h.div_ceil(units);
+        let f = &self.dev.kernels.persistent_lstm_forward;
+        let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(PERSISTENT_THREADS, smem, None).ok()? as usize;
+        (per_sm * p.sms >= blocks * dm.dirs).then_some(units)
     }
 
     fn err(&self, op: &str, e: impl std::fmt::Debug) -> Error {
@@ -265,14 +309,25 @@ impl<'a> Call<'a> {
     }
 
     fn launch(&self, si: usize, f: &CudaFunction, name: &str, n: usize, args: &[&dyn Arg]) -> Result<()> {
+        self.launch_with(si, f, name, grid(n), false, args)
+    }
+
+    fn launch_with(&self, si: usize, f: &CudaFunction, name: &str, cfg: LaunchConfig, cooperative: bool, args: &[&dyn Arg]) -> Result<()> {
         let mut l = self.stream(si).launch_builder(f);
         for a in args {
             a.push(&mut l);
         }
         // SAFETY: the argument lists below follow each kernel's signature in kernels/*.cu, and
-        // every pointer is a View checked to hold what the kernel touches for `n` = B·width
-        // elements.
-        unsafe { l.launch(grid(n)) }.map(drop).map_err(|e| self.err(name, e))
+        // every pointer is a View checked to hold what the kernel touches for the launch's
+        // B·width elements (or, for the persistent kernel, its whole sequence).
+        let r = unsafe {
+            if cooperative {
+                l.launch_cooperative(cfg)
+            } else {
+                l.launch(cfg)
+            }
+        };
+        r.map(drop).map_err(|e| self.err(name, e))
     }
 
     /// Lengths of `shape` as `[B]` i32 on the device.
@@ -318,6 +373,9 @@ struct FwdBufs {
     /// Training GRU: the saved `[T, B, H]`.
     extra: Option<View>,
     training: bool,
+    /// The persistent kernel's units per block and its grid barrier (`[2]` zeros), when it
+    /// runs this direction.
+    persistent: Option<(usize, View)>,
 }
 
 /// Inputs and outputs of one direction's forward pass.
@@ -434,7 +492,7 @@ pub(crate) fn forward(
             let i = l * nd + d;
             let xg = temp(tl * bl * gh)?;
             let hg = temp(bl * gh)?;
-            let b = match save.as_deref_mut() {
+            let mut b = match save.as_deref_mut() {
                 Some(r) => {
                     let sv = &mut r.dirs[i];
                     FwdBufs {
@@ -446,6 +504,7 @@ pub(crate) fn forward(
                         gates: Some(call.fit(&mut sv.gates, tl * bl * gh)?),
                         extra: Some(call.fit(&mut sv.extra, if dims.gru() { tl * clen } else { 0 })?),
                         training: true,
+                        persistent: None,
                     }
                 }
                 None => FwdBufs {
@@ -457,8 +516,15 @@ pub(crate) fn forward(
                     gates: None,
                     extra: None,
                     training: false,
+                    persistent: None,
                 },
             };
+            if let Some(units) = call.persistent_units(&dims) {
+                let barrier = temp(2)?;
+                // 0.0f32 is all zero bits: the barrier's count and generation.
+                call.fill(0, barrier, 0.0)?;
+                b.persistent = Some((units, barrier));
+            }
             let io = FwdIo {
                 input: prev_out,
                 out,
@@ -502,6 +568,53 @@ fn forward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: 
 
     // XG[T·B, G·H] = X · W_ih^T for all steps; the biases are added by the step kernels.
     call.gemm(d, 1.0, io.input.mat(tb, dm.input), w_ih.t(), 0.0, b.xg.mat(tb, gh))?;
+
+    if let Some((units, barrier)) = b.persistent {
+        // The whole sequence in one cooperative launch (kernels/persistent_lstm.cu).
+        let blocks = h.div_ceil(units);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (PERSISTENT_THREADS, 1, 1),
+            shared_mem_bytes: persistent_smem(dm, units) as u32,
+        };
+        let (bi, hi, ti, ri, ui, ow, tr) = (bl as i32, h as i32, tl as i32, reverse as i32, units as i32, out_w as i32, b.training as i32);
+        let y = io.out.strided(d * hout, tb, out_w, hout).ptr;
+        let c_save = if b.training { b.c.at(0, tb * h).ptr } else { 0 };
+        let gates_save = b.gates.map_or(0, |g| g.at(0, tb * gh).ptr);
+        let h_states = b.h.at(0, if b.training { tb * hout } else { 2 * bl * hout }).ptr;
+        let (hn, cn) = (io.hn.map_or(0, |v| v.ptr), io.cn.map_or(0, |v| v.ptr));
+        let w_hh_ptr = range_view(w, &lr.w_hh).at(0, gh * hout).ptr;
+        return call.launch_with(
+            d,
+            &k.persistent_lstm_forward,
+            "persistent_lstm_forward",
+            cfg,
+            true,
+            &[
+                &bi,
+                &hi,
+                &ti,
+                &ri,
+                &ui,
+                &lens,
+                &b.xg.ptr,
+                &w_hh_ptr,
+                &b_ih.ptr,
+                &b_hh.ptr,
+                &io.h0.ptr,
+                &io.c0.ptr,
+                &h_states,
+                &tr,
+                &c_save,
+                &gates_save,
+                &y,
+                &ow,
+                &hn,
+                &cn,
+                &barrier.ptr,
+            ],
+        );
+    }
 
     let (bi, hi, ow) = (bl as i32, h as i32, out_w as i32);
     let mut prev: Option<usize> = None;
