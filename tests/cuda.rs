@@ -41,7 +41,7 @@ mod with_feature {
             Ok(c) => Some(c),
             Err(e) => {
                 assert!(!required(), "RNN_KERNELS_REQUIRE_CUDA=1, but: {e}");
-                eprintln!("{test}: skipped: no CUDA device ({e})");
+                eprintln!("{test}: skipped: no CUDA backend here ({e})");
                 None
             }
         }
@@ -62,7 +62,7 @@ mod with_feature {
                 let msg = e.to_string();
                 assert!(msg.contains("nvcc") || msg.contains("driver") || msg.contains("device") || msg.contains("cuBLAS"), "{msg}");
                 assert!(!required(), "RNN_KERNELS_REQUIRE_CUDA=1, but: {msg}");
-                eprintln!("skipped: no CUDA device ({msg})");
+                eprintln!("new_answers_or_explains: skipped: no CUDA backend here ({msg})");
             }
         }
     }
