@@ -68,9 +68,12 @@ fi
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "== cuda: a GPU is present: the CUDA tests with the GPU required, and verify --backend cuda"
     nvidia-smi -L
+    cargo test --release --features cuda --lib backend::cuda
     RNN_KERNELS_REQUIRE_CUDA=1 cargo test --release --features cuda --test cuda -- --nocapture
     cargo run --release --features cuda --example verify -- --backend cuda tests/fixtures/*.safetensors
 else
+    echo "== cuda: no GPU: the backend's host-side unit tests (GEMM argument mapping, view bounds)"
+    cargo test --release --features cuda --lib backend::cuda
     echo "== cuda: no GPU: the CUDA tests (they must print that they were skipped)"
     cargo test --release --features cuda --test cuda -- --nocapture 2>&1 | tee "$TARGET/cuda-tests.log"
     grep -q "skipped" "$TARGET/cuda-tests.log"

@@ -141,6 +141,54 @@ fn range_view(w: View, r: &std::ops::Range<usize>) -> View {
     w.at(r.start, r.len())
 }
 
+/// The arguments of the column-major `cublasSgemm` call that computes the row-major
+/// `C = alpha·op(A)·op(B) + beta·C`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SgemmArgs {
+    transa: bool,
+    transb: bool,
+    m: i32,
+    n: i32,
+    k: i32,
+    a: u64,
+    lda: i32,
+    b: u64,
+    ldb: i32,
+    c: u64,
+    ldc: i32,
+}
+
+impl SgemmArgs {
+    /// `None` when there is nothing to do (an empty `C`, or `k = 0` with `beta = 1`).
+    ///
+    /// Row-major `C = op(A)·op(B)` is column-major `C^T = op(B)^T·op(A)^T`: swap the operands.
+    /// A row-major `[r, c]` matrix read column-major with leading dimension `c` is its
+    /// transpose, so each operand keeps its own transpose flag.
+    #[track_caller]
+    fn new(a: DevMat, b: DevMat, beta: f32, c: DevMat) -> Option<SgemmArgs> {
+        let (m, k, n) = (a.lrows(), a.lcols(), b.lcols());
+        assert!(b.lrows() == k && c.rows == m && c.cols == n && !c.t, "gemm shapes: {a:?} {b:?} {c:?}");
+        if m == 0 || n == 0 || (k == 0 && beta == 1.0) {
+            return None;
+        }
+        assert!(k > 0, "a gemm with k = 0 must accumulate");
+        let ld = |x: &DevMat| x.cols.max(1) as i32;
+        Some(SgemmArgs {
+            transa: b.t,
+            transb: a.t,
+            m: n as i32,
+            n: m as i32,
+            k: k as i32,
+            a: b.ptr,
+            lda: ld(&b),
+            b: a.ptr,
+            ldb: ld(&a),
+            c: c.ptr,
+            ldc: ld(&c),
+        })
+    }
+}
+
 /// The device work of one backend call; holds the device's call lock.
 pub(crate) struct Call<'a> {
     dev: &'a Device,
@@ -244,34 +292,26 @@ impl<'a> Call<'a> {
 
     /// `c = alpha·a·b + beta·c` (row-major, `a`, `b` possibly transposed) on stream `si`.
     fn gemm(&self, si: usize, alpha: f32, a: DevMat, b: DevMat, beta: f32, c: DevMat) -> Result<()> {
-        let (m, k, n) = (a.lrows(), a.lcols(), b.lcols());
-        assert!(b.lrows() == k && c.rows == m && c.cols == n && !c.t, "gemm shapes: {a:?} {b:?} {c:?}");
-        if m == 0 || n == 0 || (k == 0 && beta == 1.0) {
-            return Ok(());
-        }
-        assert!(k > 0, "a gemm with k = 0 must accumulate");
-        // Row-major C = op(A)·op(B) is column-major C^T = op(B)^T·op(A)^T: swap the operands;
-        // a row-major matrix read column-major is its transpose, so the flags stay as they are.
+        let Some(g) = SgemmArgs::new(a, b, beta, c) else { return Ok(()) };
         let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
-        let ld = |x: &DevMat| x.cols.max(1) as i32;
         // SAFETY: the three views were checked to hold their [rows, cols] (View::mat), the
         // sizes fit i32 (check_sizes), and the handle belongs to stream si of this context.
         unsafe {
             cudarc::cublas::result::sgemm(
                 *self.dev.blas[si].handle(),
-                op(b.t),
-                op(a.t),
-                n as i32,
-                m as i32,
-                k as i32,
+                op(g.transa),
+                op(g.transb),
+                g.m,
+                g.n,
+                g.k,
                 &alpha,
-                b.ptr as *const f32,
-                ld(&b),
-                a.ptr as *const f32,
-                ld(&a),
+                g.a as *const f32,
+                g.lda,
+                g.b as *const f32,
+                g.ldb,
                 &beta,
-                c.ptr as *mut f32,
-                ld(&c),
+                g.c as *mut f32,
+                g.ldc,
             )
         }
         .map_err(|e| self.err("cublasSgemm", e))
@@ -978,4 +1018,88 @@ fn backward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w:
         call.gemm(d, 1.0, b.dh_all.mat(tb, hout).t(), m_all.mat(tb, h), 1.0, range_view(dp, r).mat(hout, h))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// cuBLAS's column-major sgemm, on host memory: `C = alpha·op(A)·op(B) + beta·C`, element
+    /// `(i, j)` of a column-major matrix at `i + j·ld`.
+    fn host_sgemm(g: &SgemmArgs, alpha: f32, beta: f32) {
+        let (a, b, c) = (g.a as *const f32, g.b as *const f32, g.c as *mut f32);
+        for i in 0..g.m as usize {
+            for j in 0..g.n as usize {
+                let mut acc = 0.0f32;
+                for p in 0..g.k as usize {
+                    // SAFETY: the test's buffers hold every index these formulas reach.
+                    let av = unsafe {
+                        if g.transa {
+                            *a.add(p + i * g.lda as usize)
+                        } else {
+                            *a.add(i + p * g.lda as usize)
+                        }
+                    };
+                    let bv = unsafe {
+                        if g.transb {
+                            *b.add(j + p * g.ldb as usize)
+                        } else {
+                            *b.add(p + j * g.ldb as usize)
+                        }
+                    };
+                    acc += av * bv;
+                }
+                // SAFETY: as above.
+                unsafe {
+                    let cv = c.add(i + j * g.ldc as usize);
+                    *cv = alpha * acc + beta * *cv;
+                }
+            }
+        }
+    }
+
+    fn host_view(v: &[f32]) -> View {
+        View { ptr: v.as_ptr() as u64, len: v.len() }
+    }
+
+    /// The row-major to column-major mapping, for every transpose combination, against a plain
+    /// row-major product.
+    #[test]
+    fn sgemm_args_compute_the_row_major_product() {
+        let (m, k, n) = (5usize, 3usize, 4usize);
+        let mut rng = crate::SplitMix64::new(9);
+        let mut rand = |len: usize| (0..len).map(|_| rng.uniform(-1.0, 1.0) as f32).collect::<Vec<f32>>();
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            // op(A) is [m, k]: stored [m, k], or [k, m] when transposed; likewise op(B) [k, n].
+            let a = rand(m * k);
+            let b = rand(k * n);
+            let c0 = rand(m * n);
+            let am = if ta { host_view(&a).mat(k, m).t() } else { host_view(&a).mat(m, k) };
+            let bm = if tb { host_view(&b).mat(n, k).t() } else { host_view(&b).mat(k, n) };
+            let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] };
+            let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] };
+            let mut c = c0.clone();
+            let cv = View { ptr: c.as_mut_ptr() as u64, len: c.len() };
+            let g = SgemmArgs::new(am, bm, 0.5, cv.mat(m, n)).unwrap();
+            host_sgemm(&g, 2.0, 0.5);
+            for i in 0..m {
+                for j in 0..n {
+                    let want = 2.0 * (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f32>() + 0.5 * c0[i * n + j];
+                    assert!((c[i * n + j] - want).abs() < 1e-5, "ta={ta} tb={tb} ({i},{j}): {} vs {want}", c[i * n + j]);
+                }
+            }
+        }
+        // Nothing to do: an empty product accumulated.
+        let e: Vec<f32> = vec![0.0; 4];
+        assert!(SgemmArgs::new(host_view(&e).mat(2, 0), host_view(&e).mat(0, 2), 1.0, host_view(&e).mat(2, 2)).is_none());
+    }
+
+    #[test]
+    #[should_panic(expected = "outside")]
+    fn views_are_bounds_checked() {
+        let v = View { ptr: 4096, len: 10 };
+        assert_eq!(v.at(4, 6).ptr, 4096 + 16);
+        assert_eq!(v.strided(2, 3, 3, 2).len, 8);
+        let _ = v.at(5, 6);
+    }
 }
