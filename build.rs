@@ -12,6 +12,11 @@
 //!   `Cuda::new()` returns `Error::BackendUnavailable` saying how to install nvcc (see
 //!   DEVELOPERS.md). Set `RNN_KERNELS_REQUIRE_NVCC=1` to make a missing nvcc a build error.
 //!
+//! - For the driver's unit tests without a GPU, the pointwise kernels (every `.cu` file without a
+//!   "no host emulation" line) are also compiled as plain C++ with the host compiler (`CXX`, else
+//!   `c++`) into a static library, and `cfg(rnn_kernels_host_emulation)` is set; without a host
+//!   C++ compiler those tests are left out.
+//!
 //! Without the `cuda` feature nothing is built and nothing is needed.
 
 use std::env;
@@ -30,6 +35,8 @@ fn main() {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo::rustc-check-cfg=cfg(rnn_kernels_ptx)");
+    println!("cargo::rustc-check-cfg=cfg(rnn_kernels_host_emulation)");
+    println!("cargo:rerun-if-env-changed=CXX");
     if env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
@@ -72,6 +79,47 @@ fn main() {
     writeln!(consts, "/// The virtual architecture the PTX was built for.").unwrap();
     writeln!(consts, "pub const ARCH: &str = {arch:?};").unwrap();
     std::fs::write(out.join("ptx.rs"), consts).expect("write ptx.rs");
+    host_emulation(&out, &sources);
+}
+
+/// Compiles the emulable kernels with the host C++ compiler into `librnn_kernels_host.a`.
+fn host_emulation(out: &Path, sources: &[PathBuf]) {
+    let cxx = env::var_os("CXX").unwrap_or_else(|| "c++".into());
+    let mut objects = Vec::new();
+    for src in sources {
+        let text = std::fs::read_to_string(src).unwrap_or_default();
+        if text.contains("no host emulation") {
+            continue;
+        }
+        let obj = out.join(format!("{}.host.o", src.file_stem().unwrap().to_string_lossy()));
+        let ok = Command::new(&cxx)
+            .args(["-x", "c++", "-std=c++17", "-O2", "-fPIC", "-ffp-contract=off", "-c"])
+            .arg("-I")
+            .arg(kernels_dir())
+            .arg(src)
+            .arg("-o")
+            .arg(&obj)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            println!(
+                "cargo:warning=no host C++ compiler could build {}: the CUDA driver's host-emulation tests are left out",
+                src.display()
+            );
+            return;
+        }
+        objects.push(obj);
+    }
+    let lib = out.join("librnn_kernels_host.a");
+    let _ = std::fs::remove_file(&lib);
+    let ar = env::var_os("AR").unwrap_or_else(|| "ar".into());
+    if !Command::new(ar).arg("crs").arg(&lib).args(&objects).status().is_ok_and(|s| s.success()) {
+        println!("cargo:warning=ar failed: the CUDA driver's host-emulation tests are left out");
+        return;
+    }
+    println!("cargo:rustc-link-search=native={}", out.display());
+    println!("cargo:rustc-link-lib=static=rnn_kernels_host");
+    println!("cargo:rustc-cfg=rnn_kernels_host_emulation");
 }
 
 fn kernels_dir() -> PathBuf {

@@ -10,6 +10,21 @@
 // - Math is f32 with precise expf/tanhf (no fast-math), matching the f64 reference to ~1e-6.
 #pragma once
 
+#ifndef __CUDACC__
+// Host emulation, for the driver's unit tests on machines without a GPU: build.rs also compiles
+// the pointwise kernels (files without a "no host emulation" line) with the host C++ compiler.
+// A kernel then runs as one thread of one block, so every grid-stride loop covers all elements
+// in order: the same arithmetic, serially.
+#include <math.h>
+#define __global__
+#define __device__
+#define __forceinline__ inline
+struct rnnk_dim3 {
+    unsigned int x, y, z;
+};
+static const rnnk_dim3 blockIdx = {0, 0, 0}, threadIdx = {0, 0, 0}, blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
+#endif
+
 // One thread per element of a [B, n] matrix, whatever the grid.
 #define FOR_EACH_ELEMENT(e, total)                                                      \
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < (total); \

@@ -1,3 +1,5 @@
+// no host emulation (it needs many threads, shared memory and a grid barrier).
+//
 // Persistent LSTM forward for small batches: one cooperative launch runs every step of one
 // layer-direction, with each block's slice of W_hh held in shared memory for the whole sequence.
 //

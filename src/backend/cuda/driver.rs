@@ -17,31 +17,29 @@
 //! each with its own cuBLAS handle; stream 0 waits for stream 1 at the end of each layer.
 //! Everything is allocated on stream 0 before the fork, so nothing is freed while in use.
 
-use super::buffer::{DevMat, View};
-use super::device::{device_err, Device};
+use super::buffer::View;
+use super::exec::{args, persistent_smem, Call, Kernel, Mem, PERSISTENT_THREADS};
 use crate::backend::GradMode;
 use crate::config::{CellKind, RnnConfig};
 use crate::error::{Error, Result};
 use crate::params::{LayerRanges, ParamLayout};
 use crate::shape::SeqShape;
-use cudarc::cublas::sys::cublasOperation_t;
-use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
-use std::sync::Arc;
+use cudarc::driver::LaunchConfig;
 
 /// Activations of one layer-direction saved by a training forward pass; each `[T, B, *]` in
 /// time order whatever the direction.
 #[derive(Debug, Default)]
 pub(crate) struct DirSave {
     /// `[T, B, G·H]`: activated gates.
-    gates: Option<CudaSlice<f32>>,
+    gates: Option<Mem<f32>>,
     /// `[T, B, H]`: GRU's `W_hn h_prev + b_hn`.
-    extra: Option<CudaSlice<f32>>,
+    extra: Option<Mem<f32>>,
     /// `[T, B, H]`: LSTM cell state after each step.
-    c: Option<CudaSlice<f32>>,
+    c: Option<Mem<f32>>,
     /// `[T, B, H]`: LSTM's `o·tanh(c)` before the projection (zero on inactive rows).
-    m: Option<CudaSlice<f32>>,
+    m: Option<Mem<f32>>,
     /// `[T, B, Hout]`: hidden state after each step (kept, not zeroed, past a length).
-    h: Option<CudaSlice<f32>>,
+    h: Option<Mem<f32>>,
 }
 
 /// What the CUDA backend's training forward pass saves for backward, in device memory.
@@ -53,15 +51,15 @@ pub struct CudaReserve {
     pub(crate) plan_version: u64,
     pub(crate) shape: Option<SeqShape>,
     /// `[B]` lengths as i32.
-    lengths: Option<CudaSlice<i32>>,
+    lengths: Option<Mem<i32>>,
     /// `[T, B, I]`.
-    x: Option<CudaSlice<f32>>,
+    x: Option<Mem<f32>>,
     /// `[L·D, B, Hout]`, zeros when not given.
-    h0: Option<CudaSlice<f32>>,
+    h0: Option<Mem<f32>>,
     /// `[L·D, B, H]` (LSTM), zeros when not given.
-    c0: Option<CudaSlice<f32>>,
+    c0: Option<Mem<f32>>,
     /// Per layer but the last, `[T, B, D·Hout]`: the next layer's input.
-    outputs: Vec<Option<CudaSlice<f32>>>,
+    outputs: Vec<Option<Mem<f32>>>,
     /// Per layer and direction (`l·D + d`).
     dirs: Vec<DirSave>,
 }
@@ -141,261 +139,6 @@ fn range_view(w: View, r: &std::ops::Range<usize>) -> View {
     w.at(r.start, r.len())
 }
 
-/// The arguments of the column-major `cublasSgemm` call that computes the row-major
-/// `C = alpha·op(A)·op(B) + beta·C`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct SgemmArgs {
-    transa: bool,
-    transb: bool,
-    m: i32,
-    n: i32,
-    k: i32,
-    a: u64,
-    lda: i32,
-    b: u64,
-    ldb: i32,
-    c: u64,
-    ldc: i32,
-}
-
-impl SgemmArgs {
-    /// `None` when there is nothing to do (an empty `C`, or `k = 0` with `beta = 1`).
-    ///
-    /// Row-major `C = op(A)·op(B)` is column-major `C^T = op(B)^T·op(A)^T`: swap the operands.
-    /// A row-major `[r, c]` matrix read column-major with leading dimension `c` is its
-    /// transpose, so each operand keeps its own transpose flag.
-    #[track_caller]
-    fn new(a: DevMat, b: DevMat, beta: f32, c: DevMat) -> Option<SgemmArgs> {
-        let (m, k, n) = (a.lrows(), a.lcols(), b.lcols());
-        assert!(b.lrows() == k && c.rows == m && c.cols == n && !c.t, "gemm shapes: {a:?} {b:?} {c:?}");
-        if m == 0 || n == 0 || (k == 0 && beta == 1.0) {
-            return None;
-        }
-        assert!(k > 0, "a gemm with k = 0 must accumulate");
-        let ld = |x: &DevMat| x.cols.max(1) as i32;
-        Some(SgemmArgs {
-            transa: b.t,
-            transb: a.t,
-            m: n as i32,
-            n: m as i32,
-            k: k as i32,
-            a: b.ptr,
-            lda: ld(&b),
-            b: a.ptr,
-            ldb: ld(&a),
-            c: c.ptr,
-            ldc: ld(&c),
-        })
-    }
-}
-
-/// The device work of one backend call; holds the device's call lock.
-pub(crate) struct Call<'a> {
-    dev: &'a Device,
-    /// Whether the persistent kernel may be chosen.
-    persistent: bool,
-    _lock: std::sync::MutexGuard<'a, ()>,
-}
-
-/// The largest batch the persistent kernel takes (`PERSISTENT_MAX_BATCH` of
-/// kernels/persistent_lstm.cu).
-const PERSISTENT_MAX_BATCH: usize = 8;
-/// Threads per block of the persistent kernel (its `__launch_bounds__`).
-const PERSISTENT_THREADS: u32 = 256;
-
-/// Dynamic shared memory of the persistent kernel with `u` units per block, in bytes.
-fn persistent_smem(dm: &Dims, u: usize) -> usize {
-    4 * (4 * u * dm.h + dm.b * dm.h + 4 * dm.b * u + dm.b * u)
-}
-
-const BLOCK: u32 = 256;
-
-fn grid(n: usize) -> LaunchConfig {
-    // Grid-stride kernels: any grid is correct; 8192 blocks of 256 fill any current GPU.
-    let blocks = n.div_ceil(BLOCK as usize).clamp(1, 8192) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
-}
-
-impl<'a> Call<'a> {
-    pub fn new(dev: &'a Device) -> Result<Self> {
-        let lock = dev.call.lock().unwrap_or_else(|p| p.into_inner());
-        dev.ctx.bind_to_thread().map_err(|e| device_err(&dev.name, "binding the context", e))?;
-        Ok(Call { dev, persistent: false, _lock: lock })
-    }
-
-    /// Allows the persistent kernel where it fits.
-    pub fn with_persistent(mut self, on: bool) -> Self {
-        self.persistent = on;
-        self
-    }
-
-    /// Units per block if the persistent LSTM kernel runs this layer: an LSTM without
-    /// projection, `B ≤ 8`, cooperative launch, and every block of both directions resident at
-    /// once with its slice of `W_hh` in shared memory.
-    fn persistent_units(&self, dm: &Dims) -> Option<usize> {
-        if !self.persistent || !dm.lstm() || dm.proj || dm.b > PERSISTENT_MAX_BATCH {
-            return None;
-        }
-        let p = self.dev.props;
-        if !p.cooperative || p.sms == 0 {
-            return None;
-        }
-        let units = dm.h.div_ceil((p.sms / dm.dirs).max(1));
-        let smem = persistent_smem(dm, units);
-        if smem > p.max_smem {
-            return None;
-        }
-        let blocks = dm.h.div_ceil(units);
-        let f = &self.dev.kernels.persistent_lstm_forward;
-        let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(PERSISTENT_THREADS, smem, None).ok()? as usize;
-        (per_sm * p.sms >= blocks * dm.dirs).then_some(units)
-    }
-
-    fn err(&self, op: &str, e: impl std::fmt::Debug) -> Error {
-        device_err(&self.dev.name, op, e)
-    }
-
-    pub fn s0(&self) -> &Arc<CudaStream> {
-        &self.dev.streams[0]
-    }
-
-    /// `n` uninitialised f32 on stream 0 (every use below writes before it reads).
-    pub fn alloc(&self, n: usize) -> Result<CudaSlice<f32>> {
-        // SAFETY: f32 has no invalid bit patterns; callers write before reading.
-        unsafe { self.s0().alloc::<f32>(n.max(1)) }.map_err(|e| self.err(&format!("allocating {n} f32"), e))
-    }
-
-    /// Fits `slot` to `n` elements (reallocating only when the size changes) and returns it.
-    fn fit(&self, slot: &mut Option<CudaSlice<f32>>, n: usize) -> Result<View> {
-        if n == 0 {
-            *slot = None;
-            return Ok(View::NULL);
-        }
-        if slot.as_ref().map(|s| s.len()) != Some(n) {
-            *slot = Some(self.alloc(n)?);
-        }
-        Ok(View::of(slot.as_ref().expect("just set"), self.s0()))
-    }
-
-    pub fn view(&self, s: &CudaSlice<f32>) -> View {
-        View::of(s, self.s0())
-    }
-
-    fn stream(&self, si: usize) -> &Arc<CudaStream> {
-        &self.dev.streams[si]
-    }
-
-    /// Stream `to` waits for the work enqueued so far on stream `from`.
-    fn order(&self, to: usize, from: usize) -> Result<()> {
-        self.stream(to).join(self.stream(from)).map_err(|e| self.err("ordering the streams", e))
-    }
-
-    /// `c = alpha·a·b + beta·c` (row-major, `a`, `b` possibly transposed) on stream `si`.
-    fn gemm(&self, si: usize, alpha: f32, a: DevMat, b: DevMat, beta: f32, c: DevMat) -> Result<()> {
-        let Some(g) = SgemmArgs::new(a, b, beta, c) else { return Ok(()) };
-        let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
-        // SAFETY: the three views were checked to hold their [rows, cols] (View::mat), the
-        // sizes fit i32 (check_sizes), and the handle belongs to stream si of this context.
-        unsafe {
-            cudarc::cublas::result::sgemm(
-                *self.dev.blas[si].handle(),
-                op(g.transa),
-                op(g.transb),
-                g.m,
-                g.n,
-                g.k,
-                &alpha,
-                g.a as *const f32,
-                g.lda,
-                g.b as *const f32,
-                g.ldb,
-                &beta,
-                g.c as *mut f32,
-                g.ldc,
-            )
-        }
-        .map_err(|e| self.err("cublasSgemm", e))
-    }
-
-    /// `v = value` on stream `si`.
-    fn fill(&self, si: usize, v: View, value: f32) -> Result<()> {
-        if v.len == 0 {
-            return Ok(());
-        }
-        let n = v.len as i64;
-        let mut l = self.stream(si).launch_builder(&self.dev.kernels.fill_f32);
-        l.arg(&n).arg(&value).arg(&v.ptr);
-        // SAFETY: fill_f32 writes p[0..n), all inside v.
-        unsafe { l.launch(grid(v.len)) }.map(drop).map_err(|e| self.err("fill_f32", e))
-    }
-
-    /// `dst = src` (same length) on stream `si`.
-    fn copy(&self, si: usize, dst: View, src: View) -> Result<()> {
-        assert_eq!(dst.len, src.len);
-        if dst.len == 0 {
-            return Ok(());
-        }
-        // SAFETY: both views hold len f32.
-        unsafe { cudarc::driver::result::memcpy_dtod_async(dst.ptr, src.ptr, dst.len * 4, self.stream(si).cu_stream()) }
-            .map_err(|e| self.err("copying device memory", e))
-    }
-
-    /// `dst = src`, or zeros when `src` is `None`.
-    fn copy_or_zero(&self, si: usize, dst: View, src: Option<View>) -> Result<()> {
-        match src {
-            Some(s) => self.copy(si, dst, s),
-            None => self.fill(si, dst, 0.0),
-        }
-    }
-
-    fn launch(&self, si: usize, f: &CudaFunction, name: &str, n: usize, args: &[&dyn Arg]) -> Result<()> {
-        self.launch_with(si, f, name, grid(n), false, args)
-    }
-
-    fn launch_with(&self, si: usize, f: &CudaFunction, name: &str, cfg: LaunchConfig, cooperative: bool, args: &[&dyn Arg]) -> Result<()> {
-        let mut l = self.stream(si).launch_builder(f);
-        for a in args {
-            a.push(&mut l);
-        }
-        // SAFETY: the argument lists below follow each kernel's signature in kernels/*.cu, and
-        // every pointer is a View checked to hold what the kernel touches for the launch's
-        // B·width elements (or, for the persistent kernel, its whole sequence).
-        let r = unsafe {
-            if cooperative {
-                l.launch_cooperative(cfg)
-            } else {
-                l.launch(cfg)
-            }
-        };
-        r.map(drop).map_err(|e| self.err(name, e))
-    }
-
-    /// Lengths of `shape` as `[B]` i32 on the device.
-    pub fn lengths(&self, shape: &SeqShape) -> Result<CudaSlice<i32>> {
-        let lens: Vec<i32> = (0..shape.batch()).map(|b| shape.length(b) as i32).collect();
-        self.s0().clone_htod(&lens).map_err(|e| self.err("uploading the lengths", e))
-    }
-}
-
-/// A kernel argument: an `int`, a `long long`, a `float` or a pointer (`u64`).
-trait Arg {
-    fn push<'l>(&'l self, l: &mut cudarc::driver::LaunchArgs<'l>);
-}
-impl Arg for i32 {
-    fn push<'l>(&'l self, l: &mut cudarc::driver::LaunchArgs<'l>) {
-        l.arg(self);
-    }
-}
-impl Arg for u64 {
-    fn push<'l>(&'l self, l: &mut cudarc::driver::LaunchArgs<'l>) {
-        l.arg(self);
-    }
-}
-
-fn len_ptr(lens: &CudaSlice<i32>, s: &CudaStream) -> u64 {
-    lens.device_ptr(s).0
-}
-
 /// Buffers of one direction's forward pass.
 struct FwdBufs {
     /// `[T·B, G·H]`.
@@ -454,8 +197,7 @@ pub(crate) fn forward(
     let (hlen, clen) = (bl * hout, bl * h);
     let lstm = cfg.cell().has_cell_state();
     let proj = cfg.proj_size() > 0;
-    let s0 = call.s0().clone();
-    let mut temps: Vec<CudaSlice<f32>> = Vec::new();
+    let mut temps: Vec<Mem<f32>> = Vec::new();
     let mut temp = |n: usize| -> Result<View> {
         let s = call.alloc(n)?;
         let v = call.view(&s);
@@ -467,11 +209,11 @@ pub(crate) fn forward(
     let lens = match save.as_deref_mut() {
         Some(r) => {
             r.lengths = Some(call.lengths(shape)?);
-            len_ptr(r.lengths.as_ref().expect("set"), &s0)
+            call.ptr_i32(r.lengths.as_ref().expect("set"))
         }
         None => {
             lens_inf = call.lengths(shape)?;
-            len_ptr(&lens_inf, &s0)
+            call.ptr_i32(&lens_inf)
         }
     };
     // h0 and c0 (given or zeros): in the reserve when training, else a temporary of zeros when
@@ -559,7 +301,8 @@ pub(crate) fn forward(
                     persistent: None,
                 },
             };
-            if let Some(units) = call.persistent_units(&dims) {
+            let persistent = if dims.lstm() && !dims.proj { call.persistent_units(dims.h, dims.b, dims.dirs) } else { None };
+            if let Some(units) = persistent {
                 let barrier = temp(2)?;
                 // 0.0f32 is all zero bits: the barrier's count and generation.
                 call.fill(0, barrier, 0.0)?;
@@ -599,7 +342,6 @@ fn forward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: 
     let Dims { t: tl, b: bl, h, hout, gh, out_w, .. } = *dm;
     let tb = tl * bl;
     let reverse = d == 1;
-    let k = &call.dev.kernels;
     let w_ih = range_view(w, &lr.w_ih).mat(gh, dm.input);
     let w_hh = range_view(w, &lr.w_hh).mat(gh, hout);
     let b_ih = lr.b_ih.as_ref().map_or(View::NULL, |r| range_view(w, r));
@@ -615,7 +357,7 @@ fn forward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: 
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
             block_dim: (PERSISTENT_THREADS, 1, 1),
-            shared_mem_bytes: persistent_smem(dm, units) as u32,
+            shared_mem_bytes: persistent_smem(dm.h, dm.b, units) as u32,
         };
         let (bi, hi, ti, ri, ui, ow, tr) = (bl as i32, h as i32, tl as i32, reverse as i32, units as i32, out_w as i32, b.training as i32);
         let y = io.out.strided(d * hout, tb, out_w, hout).ptr;
@@ -626,32 +368,31 @@ fn forward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: 
         let w_hh_ptr = range_view(w, &lr.w_hh).at(0, gh * hout).ptr;
         return call.launch_with(
             d,
-            &k.persistent_lstm_forward,
-            "persistent_lstm_forward",
+            Kernel::PersistentLstmForward,
             cfg,
             true,
-            &[
-                &bi,
-                &hi,
-                &ti,
-                &ri,
-                &ui,
-                &lens,
-                &b.xg.ptr,
-                &w_hh_ptr,
-                &b_ih.ptr,
-                &b_hh.ptr,
-                &io.h0.ptr,
-                &io.c0.ptr,
-                &h_states,
-                &tr,
-                &c_save,
-                &gates_save,
-                &y,
-                &ow,
-                &hn,
-                &cn,
-                &barrier.ptr,
+            &args![
+                bi,
+                hi,
+                ti,
+                ri,
+                ui,
+                lens,
+                b.xg.ptr,
+                w_hh_ptr,
+                b_ih.ptr,
+                b_hh.ptr,
+                io.h0.ptr,
+                io.c0.ptr,
+                h_states,
+                tr,
+                c_save,
+                gates_save,
+                y,
+                ow,
+                hn,
+                cn,
+                barrier.ptr
             ],
         );
     }
@@ -677,62 +418,33 @@ fn forward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: 
                 let y_arg = if dm.proj { 0 } else { y_t };
                 call.launch(
                     d,
-                    &k.lstm_forward_step,
-                    "lstm_forward_step",
+                    Kernel::LstmForwardStep,
                     bl * h,
-                    &[
-                        &bi,
-                        &hi,
-                        &step,
-                        &lens,
-                        &xg_t,
-                        &b.hg.ptr,
-                        &b_ih.ptr,
-                        &b_hh.ptr,
-                        &c_prev.ptr,
-                        &keep,
-                        &gates_t,
-                        &c_t.ptr,
-                        &m_t.ptr,
-                        &y_arg,
-                        &ow,
-                    ],
+                    &args![bi, hi, step, lens, xg_t, b.hg.ptr, b_ih.ptr, b_hh.ptr, c_prev.ptr, keep, gates_t, c_t.ptr, m_t.ptr, y_arg, ow],
                 )?;
                 if let Some(w_hr) = w_hr {
                     // h[B, Hout] = m · W_hr^T, then masked.
                     call.gemm(d, 1.0, m_t.mat(bl, h), w_hr.t(), 0.0, h_t.mat(bl, hout))?;
                     let ho = hout as i32;
-                    call.launch(
-                        d,
-                        &k.lstm_projection_finish,
-                        "lstm_projection_finish",
-                        bl * hout,
-                        &[&bi, &ho, &step, &lens, &h_prev.ptr, &h_t.ptr, &y_t, &ow],
-                    )?;
+                    call.launch(d, Kernel::LstmProjectionFinish, bl * hout, &args![bi, ho, step, lens, h_prev.ptr, h_t.ptr, y_t, ow])?;
                 }
             }
             CellKind::Gru => {
                 let extra_t = b.extra.map_or(0, |e| e.at(t * bl * h, bl * h).ptr);
                 call.launch(
                     d,
-                    &k.gru_forward_step,
-                    "gru_forward_step",
+                    Kernel::GruForwardStep,
                     bl * h,
-                    &[&bi, &hi, &step, &lens, &xg_t, &b.hg.ptr, &b_ih.ptr, &b_hh.ptr, &h_prev.ptr, &gates_t, &extra_t, &h_t.ptr, &y_t, &ow],
+                    &args![bi, hi, step, lens, xg_t, b.hg.ptr, b_ih.ptr, b_hh.ptr, h_prev.ptr, gates_t, extra_t, h_t.ptr, y_t, ow],
                 )?;
             }
             CellKind::RnnTanh | CellKind::RnnRelu => {
-                let (f, name) = if dm.cell == CellKind::RnnTanh {
-                    (&k.rnn_tanh_forward_step, "rnn_tanh_forward_step")
-                } else {
-                    (&k.rnn_relu_forward_step, "rnn_relu_forward_step")
-                };
+                let f = if dm.cell == CellKind::RnnTanh { Kernel::RnnTanhForwardStep } else { Kernel::RnnReluForwardStep };
                 call.launch(
                     d,
                     f,
-                    name,
                     bl * h,
-                    &[&bi, &hi, &step, &lens, &xg_t, &b.hg.ptr, &b_ih.ptr, &b_hh.ptr, &h_prev.ptr, &gates_t, &h_t.ptr, &y_t, &ow],
+                    &args![bi, hi, step, lens, xg_t, b.hg.ptr, b_ih.ptr, b_hh.ptr, h_prev.ptr, gates_t, h_t.ptr, y_t, ow],
                 )?;
             }
         }
@@ -761,12 +473,12 @@ pub(crate) struct SavedViews {
 
 impl SavedViews {
     pub fn new(call: &Call<'_>, r: &CudaReserve) -> SavedViews {
-        let v = |s: &Option<CudaSlice<f32>>| s.as_ref().map_or(View::NULL, |s| call.view(s));
+        let v = |s: &Option<Mem<f32>>| s.as_ref().map_or(View::NULL, |s| call.view(s));
         SavedViews {
             x: v(&r.x),
             h0: v(&r.h0),
             c0: v(&r.c0),
-            lens: r.lengths.as_ref().map_or(0, |l| len_ptr(l, call.s0())),
+            lens: r.lengths.as_ref().map_or(0, |l| call.ptr_i32(l)),
             outputs: r.outputs.iter().map(v).collect(),
             dirs: r.dirs.iter().map(|d| [v(&d.gates), v(&d.extra), v(&d.c), v(&d.m), v(&d.h)]).collect(),
         }
@@ -815,7 +527,7 @@ pub(crate) fn backward(
     let (hlen, clen) = (bl * hout, bl * h);
     let lstm = cfg.cell().has_cell_state();
     let proj = cfg.proj_size() > 0;
-    let mut temps: Vec<CudaSlice<f32>> = Vec::new();
+    let mut temps: Vec<Mem<f32>> = Vec::new();
     let mut temp = |n: usize| -> Result<View> {
         let s = call.alloc(n)?;
         let v = call.view(&s);
@@ -913,7 +625,6 @@ fn backward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w:
     let Dims { t: tl, b: bl, h, hout, gh, out_w, .. } = *dm;
     let tb = tl * bl;
     let reverse = d == 1;
-    let k = &call.dev.kernels;
     let [gates, extra, c_all, m_all, h_all] = io.saved;
     let w_hh = range_view(w, &lr.w_hh).mat(gh, hout);
     let w_hr = lr.w_hr.as_ref().map(|r| range_view(w, r).mat(hout, h));
@@ -938,29 +649,26 @@ fn backward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w:
                     let dh_save = b.dh_all.at(t * bl * hout, bl * hout).ptr;
                     call.launch(
                         d,
-                        &k.lstm_projection_backward_prepare,
-                        "lstm_projection_backward_prepare",
+                        Kernel::LstmProjectionBackwardPrepare,
                         bl * hout,
-                        &[&bi, &ho, &step, &io.lens, &dy_t, &ow, &b.carry.ptr, &b.dh.ptr, &dh_save],
+                        &args![bi, ho, step, io.lens, dy_t, ow, b.carry.ptr, b.dh.ptr, dh_save],
                     )?;
                     // m → h = m · W_hr^T, so dm = dh · W_hr.
                     call.gemm(d, 1.0, b.dh.mat(bl, hout), w_hr, 0.0, b.dmv.mat(bl, h))?;
                     let null = 0u64;
                     call.launch(
                         d,
-                        &k.lstm_backward_step,
-                        "lstm_backward_step",
+                        Kernel::LstmBackwardStep,
                         bl * h,
-                        &[&bi, &hi, &step, &io.lens, &gates_t, &c_t, &c_prev.ptr, &b.dmv.ptr, &null, &ow, &null, &b.dc.ptr, &dgi_t.ptr],
+                        &args![bi, hi, step, io.lens, gates_t, c_t, c_prev.ptr, b.dmv.ptr, null, ow, null, b.dc.ptr, dgi_t.ptr],
                     )?;
                 } else {
                     let null = 0u64;
                     call.launch(
                         d,
-                        &k.lstm_backward_step,
-                        "lstm_backward_step",
+                        Kernel::LstmBackwardStep,
                         bl * h,
-                        &[&bi, &hi, &step, &io.lens, &gates_t, &c_t, &c_prev.ptr, &null, &dy_t, &ow, &b.carry.ptr, &b.dc.ptr, &dgi_t.ptr],
+                        &args![bi, hi, step, io.lens, gates_t, c_t, c_prev.ptr, null, dy_t, ow, b.carry.ptr, b.dc.ptr, dgi_t.ptr],
                     )?;
                 }
             }
@@ -968,19 +676,14 @@ fn backward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w:
                 let extra_t = extra.at(t * bl * h, bl * h).ptr;
                 call.launch(
                     d,
-                    &k.gru_backward_step,
-                    "gru_backward_step",
+                    Kernel::GruBackwardStep,
                     bl * h,
-                    &[&bi, &hi, &step, &io.lens, &gates_t, &extra_t, &h_prev.ptr, &dy_t, &ow, &b.carry.ptr, &dgi_t.ptr, &dgh_t.ptr],
+                    &args![bi, hi, step, io.lens, gates_t, extra_t, h_prev.ptr, dy_t, ow, b.carry.ptr, dgi_t.ptr, dgh_t.ptr],
                 )?;
             }
             CellKind::RnnTanh | CellKind::RnnRelu => {
-                let (f, name) = if dm.cell == CellKind::RnnTanh {
-                    (&k.rnn_tanh_backward_step, "rnn_tanh_backward_step")
-                } else {
-                    (&k.rnn_relu_backward_step, "rnn_relu_backward_step")
-                };
-                call.launch(d, f, name, bl * h, &[&bi, &hi, &step, &io.lens, &gates_t, &dy_t, &ow, &b.carry.ptr, &dgi_t.ptr])?;
+                let f = if dm.cell == CellKind::RnnTanh { Kernel::RnnTanhBackwardStep } else { Kernel::RnnReluBackwardStep };
+                call.launch(d, f, bl * h, &args![bi, hi, step, io.lens, gates_t, dy_t, ow, b.carry.ptr, dgi_t.ptr])?;
             }
         }
         // dh_prev += dGh · W_hh (the kernels left the direct part, or dh on inactive rows).
@@ -1020,86 +723,180 @@ fn backward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w:
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
+/// The driver on the host emulation (kernels compiled as C++, cuBLAS's sgemm emulated, fresh
+/// memory NaN): the same parity checks as the CUDA tests, against the f64 reference, runnable
+/// without a GPU. What it does not cover: cudarc, cuBLAS, the PTX build, the two streams and
+/// the persistent kernel.
+#[cfg(all(test, rnn_kernels_host_emulation))]
+mod emulation_tests {
     use super::*;
+    use crate::backend::Reference;
+    use crate::case::max_error;
+    use crate::{CellKind, Params, Rnn, SplitMix64};
+    use proptest::prelude::*;
 
-    /// cuBLAS's column-major sgemm, on host memory: `C = alpha·op(A)·op(B) + beta·C`, element
-    /// `(i, j)` of a column-major matrix at `i + j·ld`.
-    fn host_sgemm(g: &SgemmArgs, alpha: f32, beta: f32) {
-        let (a, b, c) = (g.a as *const f32, g.b as *const f32, g.c as *mut f32);
-        for i in 0..g.m as usize {
-            for j in 0..g.n as usize {
-                let mut acc = 0.0f32;
-                for p in 0..g.k as usize {
-                    // SAFETY: the test's buffers hold every index these formulas reach.
-                    let av = unsafe {
-                        if g.transa {
-                            *a.add(p + i * g.lda as usize)
-                        } else {
-                            *a.add(i + p * g.lda as usize)
-                        }
-                    };
-                    let bv = unsafe {
-                        if g.transb {
-                            *b.add(j + p * g.ldb as usize)
-                        } else {
-                            *b.add(p + j * g.ldb as usize)
-                        }
-                    };
-                    acc += av * bv;
-                }
-                // SAFETY: as above.
-                unsafe {
-                    let cv = c.add(i + j * g.ldc as usize);
-                    *cv = alpha * acc + beta * *cv;
-                }
-            }
-        }
-    }
-
-    fn host_view(v: &[f32]) -> View {
+    fn view(v: &[f32]) -> View {
         View { ptr: v.as_ptr() as u64, len: v.len() }
     }
-
-    /// The row-major to column-major mapping, for every transpose combination, against a plain
-    /// row-major product.
-    #[test]
-    fn sgemm_args_compute_the_row_major_product() {
-        let (m, k, n) = (5usize, 3usize, 4usize);
-        let mut rng = crate::SplitMix64::new(9);
-        let mut rand = |len: usize| (0..len).map(|_| rng.uniform(-1.0, 1.0) as f32).collect::<Vec<f32>>();
-        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
-            // op(A) is [m, k]: stored [m, k], or [k, m] when transposed; likewise op(B) [k, n].
-            let a = rand(m * k);
-            let b = rand(k * n);
-            let c0 = rand(m * n);
-            let am = if ta { host_view(&a).mat(k, m).t() } else { host_view(&a).mat(m, k) };
-            let bm = if tb { host_view(&b).mat(n, k).t() } else { host_view(&b).mat(k, n) };
-            let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] };
-            let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] };
-            let mut c = c0.clone();
-            let cv = View { ptr: c.as_mut_ptr() as u64, len: c.len() };
-            let g = SgemmArgs::new(am, bm, 0.5, cv.mat(m, n)).unwrap();
-            host_sgemm(&g, 2.0, 0.5);
-            for i in 0..m {
-                for j in 0..n {
-                    let want = 2.0 * (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f32>() + 0.5 * c0[i * n + j];
-                    assert!((c[i * n + j] - want).abs() < 1e-5, "ta={ta} tb={tb} ({i},{j}): {} vs {want}", c[i * n + j]);
-                }
-            }
-        }
-        // Nothing to do: an empty product accumulated.
-        let e: Vec<f32> = vec![0.0; 4];
-        assert!(SgemmArgs::new(host_view(&e).mat(2, 0), host_view(&e).mat(0, 2), 1.0, host_view(&e).mat(2, 2)).is_none());
+    fn view_mut(v: &mut [f32]) -> View {
+        View { ptr: v.as_mut_ptr() as u64, len: v.len() }
+    }
+    fn up(v: &[f32]) -> Vec<f64> {
+        v.iter().map(|&a| a as f64).collect()
     }
 
+    struct Problem {
+        cfg: RnnConfig,
+        shape: SeqShape,
+        params: Vec<f32>,
+        x: Vec<f32>,
+        h0: Vec<f32>,
+        c0: Option<Vec<f32>>,
+        dy: Vec<f32>,
+        dhn: Vec<f32>,
+        dcn: Option<Vec<f32>>,
+    }
+
+    impl Problem {
+        fn new(cfg: &RnnConfig, shape: &SeqShape, seed: u64, x_range: f64) -> Problem {
+            let mut rng = SplitMix64::new(seed);
+            let mut u = |n: usize, r: f64| (0..n).map(|_| rng.uniform(-r, r) as f32).collect::<Vec<f32>>();
+            let n = |s: [usize; 3]| s.iter().product::<usize>();
+            let lstm = cfg.cell().has_cell_state();
+            Problem {
+                x: u(n(shape.x_shape(cfg)), x_range),
+                h0: u(n(shape.h_shape(cfg)), 1.0),
+                c0: lstm.then(|| u(n(shape.c_shape(cfg)), 2.0)),
+                dy: u(n(shape.y_shape(cfg)), 1.0),
+                dhn: u(n(shape.h_shape(cfg)), 1.0),
+                dcn: lstm.then(|| u(n(shape.c_shape(cfg)), 1.0)),
+                params: Params::<f32>::init_uniform(cfg, seed ^ 0xabc).into_vec(),
+                cfg: cfg.clone(),
+                shape: shape.clone(),
+            }
+        }
+
+        /// (y, hn, cn, dx, dh0, dc0, dparams) from the emulated driver; also checks that
+        /// inference gives training's outputs bit for bit, and that Accumulate adds.
+        fn run_emulated(&self) -> Vec<Vec<f32>> {
+            let (cfg, shape) = (&self.cfg, &self.shape);
+            let call = Call::host();
+            let layout = ParamLayout::new(cfg);
+            let w = view(&self.params);
+            let n = |s: [usize; 3]| vec![f32::NAN; s.iter().product::<usize>()];
+            let lstm = cfg.cell().has_cell_state();
+            let (mut y, mut hn) = (n(shape.y_shape(cfg)), n(shape.h_shape(cfg)));
+            let mut cn = lstm.then(|| n(shape.c_shape(cfg)));
+            let mut reserve = CudaReserve::default();
+            let (x, h0, c0) = (view(&self.x), Some(view(&self.h0)), self.c0.as_deref().map(view));
+            let cn_v = cn.as_deref_mut().map(view_mut);
+            forward(&call, &layout, w, shape, x, h0, c0, view_mut(&mut y), Some(view_mut(&mut hn)), cn_v, Some(&mut reserve)).unwrap();
+
+            let (mut yi, mut hni) = (n(shape.y_shape(cfg)), n(shape.h_shape(cfg)));
+            let mut cni = lstm.then(|| n(shape.c_shape(cfg)));
+            let cni_v = cni.as_deref_mut().map(view_mut);
+            forward(&call, &layout, w, shape, x, h0, c0, view_mut(&mut yi), Some(view_mut(&mut hni)), cni_v, None).unwrap();
+            assert!(yi == y && hni == hn && cni == cn, "inference differs from training's forward");
+
+            let sv = SavedViews::new(&call, &reserve);
+            let (mut dx, mut dh0) = (n(shape.x_shape(cfg)), n(shape.h_shape(cfg)));
+            let mut dc0 = lstm.then(|| n(shape.c_shape(cfg)));
+            let mut dp = vec![f32::NAN; layout.len()];
+            let (dy, dhn, dcn) = (Some(view(&self.dy)), Some(view(&self.dhn)), self.dcn.as_deref().map(view));
+            let dc0_v = dc0.as_deref_mut().map(view_mut);
+            let (dx_v, dh0_v, dp_v) = (view_mut(&mut dx), view_mut(&mut dh0), view_mut(&mut dp));
+            backward(&call, &layout, w, shape, &sv, dy, dhn, dcn, Some(dx_v), Some(dh0_v), dc0_v, Some(dp_v), GradMode::Overwrite).unwrap();
+
+            // Accumulate onto the gradients just computed: twice them (up to rounding).
+            let mut dp2 = dp.clone();
+            backward(&call, &layout, w, shape, &sv, dy, dhn, dcn, None, None, None, Some(view_mut(&mut dp2)), GradMode::Accumulate)
+                .unwrap();
+            let twice: Vec<f32> = dp.iter().map(|g| 2.0 * g).collect();
+            assert!(max_error(&dp2, &twice) <= 1e-6, "Accumulate");
+            vec![y, hn, cn.unwrap_or_default(), dx, dh0, dc0.unwrap_or_default(), dp]
+        }
+
+        fn run_reference(&self) -> Vec<Vec<f64>> {
+            let rnn = Rnn::new(Reference, &self.cfg, &up(&self.params)[..]).unwrap();
+            let mut reserve = Default::default();
+            let c0 = self.c0.as_deref().map(up);
+            let o = rnn.forward_training(&self.shape, &up(&self.x), Some(&up(&self.h0)), c0.as_deref(), &mut reserve).unwrap();
+            let dcn = self.dcn.as_deref().map(up);
+            let g = rnn.backward(&reserve, Some(&up(&self.dy)), Some(&up(&self.dhn)), dcn.as_deref()).unwrap();
+            vec![o.y, o.hn, o.cn.unwrap_or_default(), g.dx, g.dh0, g.dc0.unwrap_or_default(), g.dparams.unwrap()]
+        }
+
+        fn check(&self) -> std::result::Result<(), String> {
+            let got = self.run_emulated();
+            let want = self.run_reference();
+            for (i, name) in ["y", "hn", "cn", "dx", "dh0", "dc0", "dparams"].iter().enumerate() {
+                let err = max_error(&up(&got[i]), &want[i]);
+                let tol = if i < 3 { 1e-5 } else { 1e-4 };
+                if err > tol {
+                    return Err(format!("{name} error {err:.3e} > {tol:e}: {:?} {:?}", self.cfg, self.shape));
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn config() -> impl Strategy<Value = RnnConfig> {
+        (0usize..4, 1usize..12, 1usize..12, 1usize..4, any::<bool>(), any::<bool>(), 0usize..6).prop_map(|(c, i, h, l, bi, bias, p)| {
+            let cell = CellKind::ALL[c];
+            let proj = if cell == CellKind::Lstm && h > 1 { p.min(h - 1) } else { 0 };
+            RnnConfig::new(cell, i, h).num_layers(l).bidirectional(bi).bias(bias).proj_size(proj).build().unwrap()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// The CUDA tests' property test, on the emulation: every cell, layers, directions,
+        /// bias, projection, variable lengths, inputs up to ±25.
+        #[test]
+        fn emulated_driver_matches_reference(cfg in config(), t in 1usize..7, lens in prop::collection::vec(1usize..7, 1..6), seed in any::<u64>()) {
+            let lengths: Vec<usize> = lens.iter().map(|&l| l.min(t)).collect();
+            let shape = SeqShape::with_lengths(t, lengths).unwrap();
+            let r = Problem::new(&cfg, &shape, seed, 25.0).check();
+            prop_assert!(r.is_ok(), "{}", r.unwrap_err());
+        }
+    }
+
+    /// Sizes where the GEMMs are not tiny and rows of many lengths share a step.
     #[test]
-    #[should_panic(expected = "outside")]
-    fn views_are_bounds_checked() {
-        let v = View { ptr: 4096, len: 10 };
-        assert_eq!(v.at(4, 6).ptr, 4096 + 16);
-        assert_eq!(v.strided(2, 3, 3, 2).len, 8);
-        let _ = v.at(5, 6);
+    fn emulated_driver_matches_reference_larger() {
+        let configs = [
+            RnnConfig::new(CellKind::Lstm, 24, 33).num_layers(2).bidirectional(true).proj_size(17).build().unwrap(),
+            RnnConfig::new(CellKind::Gru, 30, 41).num_layers(2).bidirectional(true).build().unwrap(),
+            RnnConfig::new(CellKind::RnnRelu, 13, 50).num_layers(2).build().unwrap(),
+            RnnConfig::new(CellKind::RnnTanh, 20, 27).bidirectional(true).bias(false).build().unwrap(),
+        ];
+        for cfg in &configs {
+            let shape = SeqShape::with_lengths(9, (0..13).map(|b| 1 + (b * 5) % 9).collect()).unwrap();
+            Problem::new(cfg, &shape, 77, 3.0).check().unwrap();
+        }
+    }
+
+    /// Optional inputs and outputs left out: zeros in, nothing written, the rest unchanged.
+    #[test]
+    fn emulated_driver_optional_buffers() {
+        let cfg = RnnConfig::new(CellKind::Lstm, 4, 6).num_layers(2).bidirectional(true).build().unwrap();
+        let shape = SeqShape::with_lengths(5, vec![5, 2, 4]).unwrap();
+        let p = Problem::new(&cfg, &shape, 3, 2.0);
+        let call = Call::host();
+        let layout = ParamLayout::new(&cfg);
+        let w = view(&p.params);
+        let mut y = vec![f32::NAN; p.dy.len()];
+        let mut reserve = CudaReserve::default();
+        forward(&call, &layout, w, &shape, view(&p.x), None, None, view_mut(&mut y), None, None, Some(&mut reserve)).unwrap();
+        let rnn = Rnn::new(Reference, &cfg, &up(&p.params)[..]).unwrap();
+        let mut rr = Default::default();
+        let o = rnn.forward_training(&shape, &up(&p.x), None, None, &mut rr).unwrap();
+        assert!(max_error(&up(&y), &o.y) <= 1e-5);
+        let sv = SavedViews::new(&call, &reserve);
+        let mut dx = vec![f32::NAN; p.x.len()];
+        backward(&call, &layout, w, &shape, &sv, None, None, None, Some(view_mut(&mut dx)), None, None, None, GradMode::Overwrite).unwrap();
+        let g = rnn.backward(&rr, None, None, None).unwrap();
+        assert!(max_error(&up(&dx), &g.dx) <= 1e-4);
     }
 }

@@ -6,6 +6,8 @@
 //!   kernels, once per process and device.
 //! - `buffer.rs`: [`CudaBuf`], the backend's device buffer, and the checked views the driver
 //!   computes with.
+//! - `exec.rs`: how the driver issues work ([`Call`](exec::Call)): cuBLAS and the kernels on the
+//!   device, or, in unit tests without a GPU, the same kernels compiled as host C++.
 //! - `driver.rs`: the layer, direction and time loops, forward and backward.
 //!
 //! [`Cuda`] computes on device buffers ([`CudaBuf`]); [`CudaHost`] is the same backend on host
@@ -19,6 +21,7 @@
 mod buffer;
 mod device;
 mod driver;
+mod exec;
 
 /// The PTX of `kernels/*.cu`, written by build.rs.
 #[allow(dead_code)]
@@ -37,9 +40,8 @@ use crate::error::{Error, Result};
 use crate::params::ParamLayout;
 use crate::shape::SeqShape;
 use buffer::View;
-use cudarc::driver::CudaSlice;
 use device::{device_err, Device};
-use driver::Call;
+use exec::{Call, Mem};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -274,7 +276,7 @@ fn next_plan_id() -> u64 {
 /// used with the weights that filled it.
 pub struct CudaPlan {
     layout: ParamLayout,
-    weights: CudaSlice<f32>,
+    weights: Mem<f32>,
     device: String,
     id: u64,
     version: u64,
