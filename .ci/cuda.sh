@@ -72,7 +72,7 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     RNN_KERNELS_REQUIRE_CUDA=1 cargo test --release --features cuda --test cuda -- --nocapture
     cargo run --release --features cuda --example verify -- --backend cuda tests/fixtures/*.safetensors
 else
-    echo "== cuda: no GPU: the backend's host-side unit tests (GEMM argument mapping, view bounds)"
+    echo "== cuda: no GPU: the driver on the host emulation (pointwise kernels as C++) against the reference, GEMM mapping, view bounds"
     cargo test --release --features cuda --lib backend::cuda
     echo "== cuda: no GPU: the CUDA tests (they must print that they were skipped)"
     cargo test --release --features cuda --test cuda -- --nocapture 2>&1 | tee "$TARGET/cuda-tests.log"
