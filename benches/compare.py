@@ -11,6 +11,7 @@ of them alike. A cell of the table is the median over rounds of that impl's per-
 Usage:
     python3 benches/compare.py                     # the default config list, 3 rounds
     python3 benches/compare.py --quick --ours reference
+    python3 benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda   # on a GPU machine
     python3 benches/compare.py --configs "lstm-64-64-8-20:inference,gru-512-512-64-100:train" \
         --rounds 5 --threads 2 --ours cpu,reference --peers pytorch-cpu,onnxruntime-cpu \
         --json out.jsonl
@@ -45,6 +46,17 @@ DEFAULT_CONFIGS = [
     "gru-512-512-64-100:train",
     "gru-1024-1024-4-375:inference",
     "rnn_relu-1760-1760-16-50:inference",
+    "rnn_relu-1760-1760-16-50:train",
+]
+
+# The CUDA target table (issue #5): ours `--ours cuda` against PyTorch's cuDNN (`pytorch-cuda`).
+# Select it with `--configs cuda`.
+CUDA_CONFIGS = [
+    "lstm-256-256-1-150:inference",
+    "lstm-1024-1024-64-25:inference",
+    "lstm-1024-1024-64-25:train",
+    "lstm-2048-2048-128-25:train",
+    "gru-1024-1024-4-1500:inference",
     "rnn_relu-1760-1760-16-50:train",
 ]
 
@@ -221,17 +233,20 @@ def peers_info():
 # Running
 
 
-def build_ours(args):
-    """Build the bench example once; return (binary path or None, reason if None)."""
+def build_ours(args, backends):
+    """Build the bench example once (with the cuda feature when a CUDA backend is asked for);
+    return (binary path or None, reason if None)."""
     target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
     binary = args.bin or os.path.join(target, "release", "examples", "bench")
     if not args.bin and not args.no_build:
-        log("compare.py: cargo build --release --example bench")
+        cmd = ["cargo", "build", "--release", "--example", "bench"]
+        if "cuda" in backends:
+            cmd += ["--features", "cuda"]
+        log("compare.py: " + " ".join(cmd))
         try:
-            r = subprocess.run(["cargo", "build", "--release", "--example", "bench"], cwd=ROOT,
-                               stdout=sys.stderr, stderr=sys.stderr)
+            r = subprocess.run(cmd, cwd=ROOT, stdout=sys.stderr, stderr=sys.stderr)
             if r.returncode != 0:
-                return None, f"`cargo build --release --example bench` failed (exit {r.returncode})"
+                return None, f"`{' '.join(cmd)}` failed (exit {r.returncode})"
         except OSError as e:
             return None, f"cargo not runnable: {e}"
     if not os.path.isfile(binary) or not os.access(binary, os.X_OK):
@@ -278,7 +293,8 @@ def fmt_ms(v):
 def main():
     p = argparse.ArgumentParser(description="rnn-kernels vs PyTorch / onnxruntime, side by side.")
     p.add_argument("--configs", default=None,
-                   help='comma-separated "cell-I-H-B-T[-lL][-bi]:mode" (default: the target table)')
+                   help='comma-separated "cell-I-H-B-T[-lL][-bi]:mode" (default: the target table; '
+                        '"cuda": the CUDA target table)')
     p.add_argument("--quick", action="store_true", help="tiny configs, 1 round, few reps: a smoke test")
     p.add_argument("--rounds", type=int, default=None, help="rounds (default 3; 1 with --quick)")
     p.add_argument("--threads", type=int, default=2)
@@ -301,7 +317,10 @@ def main():
     reps = args.reps if args.reps is not None else (5 if args.quick else None)
     peer_warmup = args.warmup if args.warmup is not None else (1 if args.quick else None)
 
-    specs = args.configs.split(",") if args.configs else (QUICK_CONFIGS if args.quick else DEFAULT_CONFIGS)
+    if args.configs == "cuda":
+        specs = CUDA_CONFIGS
+    else:
+        specs = args.configs.split(",") if args.configs else (QUICK_CONFIGS if args.quick else DEFAULT_CONFIGS)
     try:
         configs = [parse_config(s) for s in specs if s.strip()]
     except ValueError as e:
@@ -327,7 +346,7 @@ def main():
             if x not in info.get("impls", []):
                 log(f"compare.py: peer {x} is not available here; its column will read 'unavailable'")
 
-    binary, why_not = (None, "no backend requested") if not backends else build_ours(args)
+    binary, why_not = (None, "no backend requested") if not backends else build_ours(args, backends)
     if backends and binary is None:
         log(f"compare.py: ours unavailable: {why_not}")
 
@@ -419,7 +438,9 @@ def main():
     rustc = command_version(["rustc", "--version"])
     if rustc:
         v_parts.append(rustc)
-    cpu_peers = [x for x in peers if not x.endswith("-cuda")]
+    # GPU backends of ours are compared with the GPU peers (cuDNN), CPU ones with the CPU peers.
+    gpu_ours = bool(backends) and all(b == "cuda" for b in backends)
+    best_pool = [x for x in peers if x.endswith("-cuda") == gpu_ours]
 
     out = []
     out.append("### rnn-kernels vs peers")
@@ -436,7 +457,7 @@ def main():
     out.append(f"- {rounds} round(s), impls in rotating order; each cell is the median over rounds of the "
                f"per-run median wall time (ms) of one forward (inference) or forward+backward (train), "
                f"f32, time-major, h0 = 0")
-    out.append("- best peer: fastest CPU peer; ratio = ours / best peer (< 1: ours is faster); "
+    out.append(f"- best peer: fastest {'GPU' if gpu_ours else 'CPU'} peer; ratio = ours / best peer (< 1: ours is faster); "
                "GFLOP/s counts GEMM FLOPs only (2·G·H·(I+H)·B·T per layer·direction, ×3 for train)")
     out.append("")
 
@@ -450,7 +471,7 @@ def main():
     out.append("|" + "|".join(align) + "|")
     for c in configs:
         row = [c.label, c.mode] + [cell(c, x) for x in ours] + [cell(c, x) for x in peers]
-        pv = [(value(c, x), x) for x in cpu_peers if value(c, x) is not None]
+        pv = [(value(c, x), x) for x in best_pool if value(c, x) is not None]
         best = min(pv) if pv else None
         row.append(best[1] if best else "–")
         ratios, gfl = [], []

@@ -160,6 +160,57 @@ fn time_host<B: Backend<f32, Buf = [f32]>>(
     Ok(times)
 }
 
+/// The CUDA backend timed on device buffers: inputs uploaded once, nothing copied back inside
+/// the timed loop, and the device synchronised before each clock stop.
+#[cfg(feature = "cuda")]
+mod cuda_bench {
+    use super::Args;
+    use rnn_kernels::{
+        Backend, BackwardInput, BackwardOutput, Cuda, ForwardInput, ForwardOutput, GradMode, Params, RnnConfig, SeqShape, SplitMix64,
+    };
+    use std::time::Instant;
+
+    pub fn time(cuda: &Cuda, cfg: &RnnConfig, shape: &SeqShape, a: &Args) -> Result<Vec<f64>, rnn_kernels::Error> {
+        let params = Params::<f32>::init_uniform(cfg, 1);
+        let plan = cuda.plan(cfg, &cuda.upload(params.as_slice())?)?;
+        let mut rng = SplitMix64::new(2);
+        let mut randn = |n: usize| (0..n).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
+        let n = |s: [usize; 3]| s.iter().product::<usize>();
+        let x = cuda.upload(&randn(n(shape.x_shape(cfg))))?;
+        let dy = cuda.upload(&randn(n(shape.y_shape(cfg))))?;
+        let mut y = cuda.zeros(n(shape.y_shape(cfg)))?;
+        let mut hn = cuda.zeros(n(shape.h_shape(cfg)))?;
+        let mut cn = cfg.cell().has_cell_state().then(|| cuda.zeros(n(shape.c_shape(cfg)))).transpose()?;
+        let mut dx = cuda.zeros(n(shape.x_shape(cfg)))?;
+        let mut dparams = cuda.zeros(params.layout().len())?;
+        let mut reserve = Default::default();
+        let mut times = Vec::with_capacity(a.reps);
+        cuda.synchronize()?;
+        for rep in 0..a.warmup + a.reps {
+            let t0 = Instant::now();
+            let input = ForwardInput { x: &x, h0: None, c0: None };
+            let output = ForwardOutput { y: &mut y, hn: Some(&mut hn), cn: cn.as_mut() };
+            if a.train {
+                cuda.forward_training(&plan, shape, input, output, &mut reserve)?;
+                cuda.backward(
+                    &plan,
+                    &reserve,
+                    BackwardInput { dy: Some(&dy), dhn: None, dcn: None },
+                    BackwardOutput { dx: Some(&mut dx), dh0: None, dc0: None, dparams: Some(&mut dparams) },
+                    GradMode::Overwrite,
+                )?;
+            } else {
+                cuda.forward_inference(&plan, shape, input, output)?;
+            }
+            cuda.synchronize()?;
+            if rep >= a.warmup {
+                times.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        Ok(times)
+    }
+}
+
 fn main() -> ExitCode {
     let a = match parse() {
         Ok(a) => a,
@@ -180,9 +231,16 @@ fn main() -> ExitCode {
                 let isa = cpu.isa().to_string();
                 Ok(("rnn-kernels-cpu".into(), Some(isa), time_host(&cpu, &cfg, &shape, &a)?, flops))
             }
+            #[cfg(feature = "cuda")]
+            "cuda" => {
+                let cuda = rnn_kernels::Cuda::new()?;
+                let name = cuda.device_name().to_string();
+                Ok(("rnn-kernels-cuda".into(), Some(name), cuda_bench::time(&cuda, &cfg, &shape, &a)?, flops))
+            }
+            #[cfg(not(feature = "cuda"))]
             "cuda" => Err(rnn_kernels::Error::BackendUnavailable {
                 backend: a.backend.clone(),
-                reason: "not implemented in this version of rnn-kernels yet; use --backend reference".into(),
+                reason: "this binary was built without the `cuda` feature: cargo run --release --features cuda --example bench".into(),
             }),
             other => Err(rnn_kernels::Error::InvalidArgument {
                 arg: "--backend".into(),

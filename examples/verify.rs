@@ -8,7 +8,7 @@
 //! it was in. Exits with 1 if any file fails, 2 on a usage error.
 
 use rnn_kernels::case::{run_case, Case};
-use rnn_kernels::{Backend, Cpu, Element, Error, Reference};
+use rnn_kernels::{Backend, Cpu, Element, Reference};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: verify [--backend reference|cpu|cuda] [--dtype f64|f32] [--tol T] FILE...";
@@ -90,10 +90,24 @@ fn main() -> ExitCode {
             eprintln!("--dtype: the cpu backend computes in f32, got {d:?}");
             return ExitCode::from(2);
         }
+        #[cfg(feature = "cuda")]
+        ("cuda", None | Some("f32")) => match rnn_kernels::CudaHost::new() {
+            Ok(cuda) => verify_all::<f32, _>(&cuda, cuda.0.device_name(), args.tol.unwrap_or(1e-4), &args.files),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        #[cfg(feature = "cuda")]
+        ("cuda", Some(d)) => {
+            eprintln!("--dtype: the cuda backend computes in f32 (f16/bf16 storage is not implemented yet), got {d:?}");
+            return ExitCode::from(2);
+        }
+        #[cfg(not(feature = "cuda"))]
         ("cuda", _) => {
-            let e = Error::BackendUnavailable {
+            let e = rnn_kernels::Error::BackendUnavailable {
                 backend: args.backend.clone(),
-                reason: "not implemented in this version of rnn-kernels yet (see the open issues); use --backend reference".into(),
+                reason: "this binary was built without the `cuda` feature: cargo run --release --features cuda --example verify -- --backend cuda ...".into(),
             };
             eprintln!("error: {e}");
             return ExitCode::from(2);

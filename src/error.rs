@@ -58,6 +58,16 @@ pub enum Error {
         /// Why, and what to do about it.
         reason: String,
     },
+    /// A call into a device API (the CUDA driver, cuBLAS) failed at run time.
+    #[error("{backend}: {op} failed: {message}")]
+    Device {
+        /// The backend, e.g. `cuda:0`.
+        backend: String,
+        /// What was being done.
+        op: String,
+        /// What the device API reported.
+        message: String,
+    },
     /// An error about a value read from a file, with the file named.
     #[error("{path}: {source}")]
     InFile {

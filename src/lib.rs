@@ -78,6 +78,8 @@ mod shape;
 pub use backend::{
     Backend, BackwardInput, BackwardOutput, Buffer, Cpu, ForwardInput, ForwardOutput, GradMode, Isa, Reference, RnnPlan, RnnReserve,
 };
+#[cfg(feature = "cuda")]
+pub use backend::{Cuda, CudaBuf, CudaHost};
 pub use config::{CellKind, RnnConfig, RnnConfigBuilder};
 pub use element::{Dtype, Element, Float};
 pub use error::{Error, Result};

@@ -22,6 +22,8 @@
 //! [`RnnConfig`]'s builder, all without changing these signatures.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod host;
 pub mod reference;
 
@@ -31,6 +33,8 @@ use crate::error::Result;
 use crate::shape::SeqShape;
 
 pub use cpu::{Cpu, Isa};
+#[cfg(feature = "cuda")]
+pub use cuda::{Cuda, CudaBuf, CudaHost};
 pub use reference::Reference;
 
 /// A buffer of elements in the memory a backend computes on.

@@ -2,6 +2,8 @@
 //! gradients backward computes.
 #![allow(dead_code)]
 
+pub mod parity;
+
 use rnn_kernels::{Backend, CellKind, ForwardInput, ForwardOutput, Params, Reference, RnnConfig, SeqShape, SplitMix64};
 
 /// A random problem: parameters, inputs and upstream gradients, all in f64.

@@ -1,0 +1,50 @@
+// Conventions shared by every kernel of rnn-kernels (the crate docs state them once, too):
+//
+// - Every tensor is dense and row-major: the rightmost dimension changes fastest.
+// - B batch rows, H hidden size, G gates (LSTM 4: i, f, g, o; GRU 3: r, z, n; RNN 1), Hout the
+//   hidden output size (H unless an LSTM has a projection).
+// - A pointwise step kernel handles one time step of one layer-direction for all B rows: one
+//   thread per (row b, hidden unit j), grid-stride, so any launch size is correct.
+// - Row b is active at step t iff t < lengths[b]. An inactive row keeps its state and outputs 0.
+// - Pointers are never null unless the argument's comment says "or null".
+// - Math is f32 with precise expf/tanhf (no fast-math), matching the f64 reference to ~1e-6.
+#pragma once
+
+#ifndef __CUDACC__
+// Host emulation, for the driver's unit tests on machines without a GPU: build.rs also compiles
+// the pointwise kernels (files without a "no host emulation" line) with the host C++ compiler.
+// A kernel then runs as one thread of one block, so every grid-stride loop covers all elements
+// in order: the same arithmetic, serially.
+#include <math.h>
+#define __global__
+#define __device__
+#define __forceinline__ inline
+struct rnnk_dim3 {
+    unsigned int x, y, z;
+};
+static const rnnk_dim3 blockIdx = {0, 0, 0}, threadIdx = {0, 0, 0}, blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
+#endif
+
+// One thread per element of a [B, n] matrix, whatever the grid.
+#define FOR_EACH_ELEMENT(e, total)                                                      \
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < (total); \
+         e += (long long)gridDim.x * blockDim.x)
+
+__device__ __forceinline__ float sigmoidf_(float x) {
+    // For x < 0, expf(-x) may overflow to inf; 1/(1+inf) = 0 is the right limit, but the
+    // e^x/(1+e^x) form keeps full relative precision there.
+    if (x >= 0.0f) {
+        return 1.0f / (1.0f + expf(-x));
+    }
+    float e = expf(x);
+    return e / (1.0f + e);
+}
+
+__device__ __forceinline__ bool row_active(const int* __restrict__ lengths, int b, int step) {
+    return step < lengths[b];
+}
+
+// Optional vector: v[k], or 0 when v is null.
+__device__ __forceinline__ float opt(const float* __restrict__ v, long long k) {
+    return v ? v[k] : 0.0f;
+}

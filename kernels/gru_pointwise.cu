@@ -1,0 +1,102 @@
+// GRU pointwise step kernels (PyTorch/cuDNN variant: the reset gate applies after the recurrent
+// matmul), gates r, z, n. The maths of src/backend/reference/gru.rs:
+//
+// - forward, ah = hg + b_hh: r = σ(xg_r + b_ih_r + ah_r), z = σ(xg_z + b_ih_z + ah_z),
+//   n = tanh(xg_n + b_ih_n + r·ah_n), h = (1 - z)·n + z·h_prev; ah_n is saved (extra);
+// - backward from dh: dn = dh(1 - z), dz = dh(h_prev - n), da_n = dn(1 - n²),
+//   da_r = da_n·ah_n·r(1-r), da_z = dz·z(1-z); dgi = [da_r, da_z, da_n],
+//   dgh = [da_r, da_z, da_n·r], and z·dh passes to h_prev directly.
+//
+// Memory per row and step, in floats: forward reads xg, hg (3H each), h_prev (H) and the
+// biases (6H, cached), writes gates (3H) and extra (H) when training, and h (H). Backward reads
+// gates (3H), extra, h_prev, dh (H each), writes dgi, dgh (3H each) and the carry (H).
+#include "common.cuh"
+
+// One forward step. Inactive rows: gates = 0, extra = 0, h = h_prev, y row = 0.
+extern "C" __global__ void gru_forward_step(
+    int batch, int hidden, int step,
+    const int* __restrict__ lengths,  // [B]
+    const float* __restrict__ xg,     // [B, 3H]: W_ih x
+    const float* __restrict__ hg,     // [B, 3H]: W_hh h_prev
+    const float* __restrict__ b_ih,   // [3H], or null
+    const float* __restrict__ b_hh,   // [3H], or null
+    const float* __restrict__ h_prev, // [B, H]
+    float* __restrict__ gates,        // [B, 3H] out, or null (inference)
+    float* __restrict__ extra,        // [B, H] out: W_hn h_prev + b_hn, or null (inference)
+    float* __restrict__ h,            // [B, H] out
+    float* __restrict__ y,            // [B, y_stride] out: columns 0..H
+    int y_stride) {
+    const long long hh = hidden, gh = 3LL * hidden;
+    FOR_EACH_ELEMENT(e, (long long)batch * hh) {
+        const long long b = e / hh, j = e % hh;
+        const long long row = b * gh;
+        if (!row_active(lengths, (int)b, step)) {
+            if (gates) {
+                gates[row + j] = 0.0f;
+                gates[row + hh + j] = 0.0f;
+                gates[row + 2 * hh + j] = 0.0f;
+            }
+            if (extra) extra[e] = 0.0f;
+            h[e] = h_prev[e];
+            y[b * y_stride + j] = 0.0f;
+            continue;
+        }
+        const float r = sigmoidf_(xg[row + j] + opt(b_ih, j) + hg[row + j] + opt(b_hh, j));
+        const float z = sigmoidf_(xg[row + hh + j] + opt(b_ih, hh + j) + hg[row + hh + j] + opt(b_hh, hh + j));
+        const float ahn = hg[row + 2 * hh + j] + opt(b_hh, 2 * hh + j);
+        const float n = tanhf(fmaf(r, ahn, xg[row + 2 * hh + j] + opt(b_ih, 2 * hh + j)));
+        const float hv = fmaf(z, h_prev[e], (1.0f - z) * n);
+        if (gates) {
+            gates[row + j] = r;
+            gates[row + hh + j] = z;
+            gates[row + 2 * hh + j] = n;
+        }
+        if (extra) extra[e] = ahn;
+        h[e] = hv;
+        y[b * y_stride + j] = hv;
+    }
+}
+
+// One backward step: dh = carry + dy (dy on active rows); carry becomes z·dh on active rows
+// (the part of dh_prev that bypasses W_hh; the dgh·W_hh GEMM adds the rest) and dh on inactive
+// rows. Inactive rows: dgi = dgh = 0.
+extern "C" __global__ void gru_backward_step(
+    int batch, int hidden, int step,
+    const int* __restrict__ lengths,  // [B]
+    const float* __restrict__ gates,  // [B, 3H]: saved r, z, n
+    const float* __restrict__ extra,  // [B, H]: saved W_hn h_prev + b_hn
+    const float* __restrict__ h_prev, // [B, H]: hidden state of the previous step (h0 at the first)
+    const float* __restrict__ dy,     // [B, dy_stride]: columns 0..H, or null
+    int dy_stride,
+    float* __restrict__ carry,        // [B, H] in/out
+    float* __restrict__ dgi,          // [B, 3H] out
+    float* __restrict__ dgh) {        // [B, 3H] out
+    const long long hh = hidden, gh = 3LL * hidden;
+    FOR_EACH_ELEMENT(e, (long long)batch * hh) {
+        const long long b = e / hh, j = e % hh;
+        const long long row = b * gh;
+        const bool active = row_active(lengths, (int)b, step);
+        const float dh = carry[e] + ((active && dy) ? dy[b * dy_stride + j] : 0.0f);
+        if (!active) {
+            carry[e] = dh;
+            for (int k = 0; k < 3; ++k) {
+                dgi[row + k * hh + j] = 0.0f;
+                dgh[row + k * hh + j] = 0.0f;
+            }
+            continue;
+        }
+        const float r = gates[row + j], z = gates[row + hh + j], n = gates[row + 2 * hh + j];
+        const float dn = dh * (1.0f - z);
+        const float dz = dh * (h_prev[e] - n);
+        const float dan = dn * (1.0f - n * n);
+        const float dar = dan * extra[e] * r * (1.0f - r);
+        const float daz = dz * z * (1.0f - z);
+        dgi[row + j] = dar;
+        dgi[row + hh + j] = daz;
+        dgi[row + 2 * hh + j] = dan;
+        dgh[row + j] = dar;
+        dgh[row + hh + j] = daz;
+        dgh[row + 2 * hh + j] = dan * r;
+        carry[e] = dh * z;
+    }
+}

@@ -1,0 +1,83 @@
+// Vanilla RNN pointwise step kernels, h = act(xg + b_ih + hg + b_hh) with act = tanh or relu.
+// The maths of src/backend/reference/rnn.rs; backward takes the derivative from the saved
+// output: tanh' = 1 - h², relu' = [h > 0].
+//
+// Memory per row and step, in floats: forward reads xg, hg (H each), writes h, y (and the gates,
+// which equal h, when training); backward reads the gates, dy and the carry, writes dG and the
+// carry: all streaming, coalesced along j.
+#include "common.cuh"
+
+template <bool RELU>
+__device__ __forceinline__ void forward_step(int batch, int hidden, int step, const int* __restrict__ lengths,
+                                             const float* __restrict__ xg, const float* __restrict__ hg,
+                                             const float* __restrict__ b_ih, const float* __restrict__ b_hh,
+                                             const float* __restrict__ h_prev, float* __restrict__ gates,
+                                             float* __restrict__ h, float* __restrict__ y, int y_stride) {
+    const long long hh = hidden;
+    FOR_EACH_ELEMENT(e, (long long)batch * hh) {
+        const long long b = e / hh, j = e % hh;
+        if (!row_active(lengths, (int)b, step)) {
+            if (gates) gates[e] = 0.0f;
+            h[e] = h_prev[e];
+            y[b * y_stride + j] = 0.0f;
+            continue;
+        }
+        const float a = xg[e] + opt(b_ih, j) + hg[e] + opt(b_hh, j);
+        // fmaxf(NaN, 0) would hide a NaN; the reference's relu keeps it.
+        const float v = RELU ? (a < 0.0f ? 0.0f : a) : tanhf(a);
+        if (gates) gates[e] = v;
+        h[e] = v;
+        y[b * y_stride + j] = v;
+    }
+}
+
+template <bool RELU>
+__device__ __forceinline__ void backward_step(int batch, int hidden, int step, const int* __restrict__ lengths,
+                                              const float* __restrict__ gates, const float* __restrict__ dy,
+                                              int dy_stride, float* __restrict__ carry, float* __restrict__ dg) {
+    const long long hh = hidden;
+    FOR_EACH_ELEMENT(e, (long long)batch * hh) {
+        const long long b = e / hh, j = e % hh;
+        const bool active = row_active(lengths, (int)b, step);
+        const float dh = carry[e] + ((active && dy) ? dy[b * dy_stride + j] : 0.0f);
+        if (!active) {
+            carry[e] = dh;
+            dg[e] = 0.0f;
+            continue;
+        }
+        const float v = gates[e];
+        dg[e] = dh * (RELU ? (v > 0.0f ? 1.0f : 0.0f) : (1.0f - v * v));
+        carry[e] = 0.0f;
+    }
+}
+
+// One forward step of a tanh RNN. Arguments (shapes with G = 1):
+// lengths [B]; xg, hg [B, H]; b_ih, b_hh [H] or null; h_prev [B, H]; gates [B, H] out or null
+// (inference); h [B, H] out; y [B, y_stride] out (columns 0..H). Inactive rows: gates = 0,
+// h = h_prev, y = 0.
+extern "C" __global__ void rnn_tanh_forward_step(int batch, int hidden, int step, const int* lengths, const float* xg,
+                                                 const float* hg, const float* b_ih, const float* b_hh,
+                                                 const float* h_prev, float* gates, float* h, float* y, int y_stride) {
+    forward_step<false>(batch, hidden, step, lengths, xg, hg, b_ih, b_hh, h_prev, gates, h, y, y_stride);
+}
+
+// As rnn_tanh_forward_step, with relu.
+extern "C" __global__ void rnn_relu_forward_step(int batch, int hidden, int step, const int* lengths, const float* xg,
+                                                 const float* hg, const float* b_ih, const float* b_hh,
+                                                 const float* h_prev, float* gates, float* h, float* y, int y_stride) {
+    forward_step<true>(batch, hidden, step, lengths, xg, hg, b_ih, b_hh, h_prev, gates, h, y, y_stride);
+}
+
+// One backward step of a tanh RNN: dh = carry + dy (dy on active rows, dy [B, dy_stride] or
+// null); dG [B, H] = dh·tanh'(saved gates [B, H]); carry [B, H] becomes 0 on active rows (the
+// dG·W_hh GEMM adds into it) and dh on inactive ones, whose dG is 0.
+extern "C" __global__ void rnn_tanh_backward_step(int batch, int hidden, int step, const int* lengths, const float* gates,
+                                                  const float* dy, int dy_stride, float* carry, float* dg) {
+    backward_step<false>(batch, hidden, step, lengths, gates, dy, dy_stride, carry, dg);
+}
+
+// As rnn_tanh_backward_step, with relu.
+extern "C" __global__ void rnn_relu_backward_step(int batch, int hidden, int step, const int* lengths, const float* gates,
+                                                  const float* dy, int dy_stride, float* carry, float* dg) {
+    backward_step<true>(batch, hidden, step, lengths, gates, dy, dy_stride, carry, dg);
+}

@@ -1,0 +1,111 @@
+//! Device buffers: [`CudaBuf`], the backend's [`Buffer`], and [`View`], the unchecked pointer
+//! plus length the driver computes with after checking every offset against it.
+
+use crate::backend::Buffer;
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+
+/// A buffer of `T` in a CUDA device's memory: the CUDA backend's `Buf`.
+///
+/// Make one with [`Cuda::upload`](super::Cuda::upload) or [`Cuda::zeros`](super::Cuda::zeros),
+/// read it back with [`Cuda::download`](super::Cuda::download).
+pub struct CudaBuf<T> {
+    pub(crate) slice: CudaSlice<T>,
+}
+
+impl<T> std::fmt::Debug for CudaBuf<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaBuf({} elements)", self.slice.len())
+    }
+}
+
+impl<T> Buffer for CudaBuf<T> {
+    fn len(&self) -> usize {
+        self.slice.len()
+    }
+}
+
+impl<T> CudaBuf<T> {
+    /// The underlying cudarc slice, to pass to other CUDA code.
+    pub fn as_cuda_slice(&self) -> &CudaSlice<T> {
+        &self.slice
+    }
+    /// Wraps a cudarc slice allocated on the same device as the backend it is given to.
+    pub fn from_cuda_slice(slice: CudaSlice<T>) -> Self {
+        CudaBuf { slice }
+    }
+}
+
+/// `len` f32 at device address `ptr` (0 for none): what kernels and cuBLAS take. Every
+/// sub-view is checked against its parent, so a view never reaches outside the allocation it
+/// was taken from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct View {
+    pub ptr: u64,
+    pub len: usize,
+}
+
+impl View {
+    /// No buffer: a null pointer for an optional kernel argument.
+    pub const NULL: View = View { ptr: 0, len: 0 };
+
+    /// The whole of `s`. The slice must outlive every use of the view (the driver keeps it in
+    /// the reserve or in the call's temporaries until the call's work is enqueued and ordered).
+    pub fn of(s: &CudaSlice<f32>, stream: &CudaStream) -> View {
+        let (ptr, _sync) = s.device_ptr(stream);
+        View { ptr, len: s.len() }
+    }
+
+    /// Elements `off..off + len`.
+    #[track_caller]
+    pub fn at(self, off: usize, len: usize) -> View {
+        assert!(off.checked_add(len).is_some_and(|e| e <= self.len), "view {off}+{len} outside a buffer of {}", self.len);
+        View { ptr: if len == 0 { self.ptr } else { self.ptr + (off * 4) as u64 }, len }
+    }
+
+    /// `rows` rows of `width` elements, `stride` apart, the first at `off`: returns the view
+    /// from `off` to the end of the last row.
+    #[track_caller]
+    pub fn strided(self, off: usize, rows: usize, stride: usize, width: usize) -> View {
+        assert!(width <= stride && rows > 0);
+        self.at(off, (rows - 1) * stride + width)
+    }
+
+    /// The view as a dense row-major `[rows, cols]` matrix.
+    #[track_caller]
+    pub fn mat(self, rows: usize, cols: usize) -> DevMat {
+        assert!(rows * cols <= self.len, "[{rows}, {cols}] outside a view of {}", self.len);
+        DevMat { ptr: self.ptr, rows, cols, t: false }
+    }
+}
+
+/// A dense row-major matrix in device memory, `[rows, cols]` as stored, used transposed when
+/// `t`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DevMat {
+    pub ptr: u64,
+    pub rows: usize,
+    pub cols: usize,
+    pub t: bool,
+}
+
+impl DevMat {
+    pub fn t(self) -> DevMat {
+        DevMat { t: !self.t, ..self }
+    }
+    /// Rows as used.
+    pub fn lrows(&self) -> usize {
+        if self.t {
+            self.cols
+        } else {
+            self.rows
+        }
+    }
+    /// Columns as used.
+    pub fn lcols(&self) -> usize {
+        if self.t {
+            self.rows
+        } else {
+            self.cols
+        }
+    }
+}

@@ -1,0 +1,902 @@
+//! The device time loop: the host driver's structure (`backend/host`), with every buffer of a
+//! call on the device and no host round trip inside it.
+//!
+//! For each layer and direction,
+//!
+//! - forward: `XG[T·B, G·H] = X · W_ih^T` for all steps in one cuBLAS GEMM; per step
+//!   `HG[B, G·H] = h_prev · W_hh^T` (cuBLAS) and one fused pointwise kernel that adds both
+//!   biases, applies the cell and writes the state, the output row `y[t]` and, when training,
+//!   the saved activations; an LSTM with projection adds `h = m · W_hr^T` and a small kernel
+//!   that masks it;
+//! - backward: per step in reverse processing order one fused kernel gives `dG` from the
+//!   carried `dh` and `dy[t]`, and a GEMM adds `dG · W_hh` into the carry; after the loop,
+//!   `dW_ih += dGi^T X`, `dW_hh += dGh^T H_prev`, `db += 1^T dG`, `dW_hr += dH^T M` and
+//!   `dX (+)= dGi · W_ih` are big GEMMs.
+//!
+//! The two directions of a layer run concurrently, forward on stream 0 and reverse on stream 1,
+//! each with its own cuBLAS handle; stream 0 waits for stream 1 at the end of each layer.
+//! Everything is allocated on stream 0 before the fork, so nothing is freed while in use.
+
+use super::buffer::View;
+use super::exec::{args, persistent_smem, Call, Kernel, Mem, PERSISTENT_THREADS};
+use crate::backend::GradMode;
+use crate::config::{CellKind, RnnConfig};
+use crate::error::{Error, Result};
+use crate::params::{LayerRanges, ParamLayout};
+use crate::shape::SeqShape;
+use cudarc::driver::LaunchConfig;
+
+/// Activations of one layer-direction saved by a training forward pass; each `[T, B, *]` in
+/// time order whatever the direction.
+#[derive(Debug, Default)]
+pub(crate) struct DirSave {
+    /// `[T, B, G·H]`: activated gates.
+    gates: Option<Mem<f32>>,
+    /// `[T, B, H]`: GRU's `W_hn h_prev + b_hn`.
+    extra: Option<Mem<f32>>,
+    /// `[T, B, H]`: LSTM cell state after each step.
+    c: Option<Mem<f32>>,
+    /// `[T, B, H]`: LSTM's `o·tanh(c)` before the projection (zero on inactive rows).
+    m: Option<Mem<f32>>,
+    /// `[T, B, Hout]`: hidden state after each step (kept, not zeroed, past a length).
+    h: Option<Mem<f32>>,
+}
+
+/// What the CUDA backend's training forward pass saves for backward, in device memory.
+///
+/// Create an empty one with `Default`; its buffers are reused while shapes repeat.
+#[derive(Debug, Default)]
+pub struct CudaReserve {
+    pub(crate) plan_id: u64,
+    pub(crate) plan_version: u64,
+    pub(crate) shape: Option<SeqShape>,
+    /// `[B]` lengths as i32.
+    lengths: Option<Mem<i32>>,
+    /// `[T, B, I]`.
+    x: Option<Mem<f32>>,
+    /// `[L·D, B, Hout]`, zeros when not given.
+    h0: Option<Mem<f32>>,
+    /// `[L·D, B, H]` (LSTM), zeros when not given.
+    c0: Option<Mem<f32>>,
+    /// Per layer but the last, `[T, B, D·Hout]`: the next layer's input.
+    outputs: Vec<Option<Mem<f32>>>,
+    /// Per layer and direction (`l·D + d`).
+    dirs: Vec<DirSave>,
+}
+
+impl crate::backend::RnnReserve for CudaReserve {
+    fn shape(&self) -> Option<&SeqShape> {
+        self.shape.as_ref()
+    }
+}
+
+/// Sizes of one layer.
+#[derive(Clone, Copy)]
+struct Dims {
+    cell: CellKind,
+    t: usize,
+    b: usize,
+    h: usize,
+    hout: usize,
+    gh: usize,
+    input: usize,
+    out_w: usize,
+    proj: bool,
+    /// `D`.
+    dirs: usize,
+}
+
+impl Dims {
+    fn new(cfg: &RnnConfig, shape: &SeqShape, layer: usize) -> Self {
+        Dims {
+            cell: cfg.cell(),
+            t: shape.steps(),
+            b: shape.batch(),
+            h: cfg.hidden_size(),
+            hout: cfg.hidden_out_size(),
+            gh: cfg.gates() * cfg.hidden_size(),
+            input: cfg.layer_input_size(layer),
+            out_w: cfg.output_size(),
+            proj: cfg.proj_size() > 0,
+            dirs: cfg.num_directions(),
+        }
+    }
+    fn lstm(&self) -> bool {
+        self.cell == CellKind::Lstm
+    }
+    fn gru(&self) -> bool {
+        self.cell == CellKind::Gru
+    }
+}
+
+/// Checks that every size of a call fits the `int` arguments of cuBLAS and the kernels.
+pub(crate) fn check_sizes(cfg: &RnnConfig, shape: &SeqShape) -> Result<()> {
+    let tb = shape.steps().checked_mul(shape.batch());
+    let widest = cfg.gates() * cfg.hidden_size().max(cfg.input_size()).max(cfg.output_size());
+    match tb {
+        Some(tb) if tb <= i32::MAX as usize && widest <= i32::MAX as usize => Ok(()),
+        _ => Err(Error::invalid("shape", "T·B and every matrix width at most 2^31 - 1 (cuBLAS takes int sizes)", format!("{shape:?}"))),
+    }
+}
+
+fn steps(t_len: usize, reverse: bool) -> Box<dyn Iterator<Item = usize>> {
+    if reverse {
+        Box::new((0..t_len).rev())
+    } else {
+        Box::new(0..t_len)
+    }
+}
+
+fn prev_step(t: usize, t_len: usize, reverse: bool) -> Option<usize> {
+    if reverse {
+        (t + 1 < t_len).then_some(t + 1)
+    } else {
+        t.checked_sub(1)
+    }
+}
+
+fn range_view(w: View, r: &std::ops::Range<usize>) -> View {
+    w.at(r.start, r.len())
+}
+
+/// Buffers of one direction's forward pass.
+struct FwdBufs {
+    /// `[T·B, G·H]`.
+    xg: View,
+    /// `[B, G·H]`.
+    hg: View,
+    /// Training: the saved `[T, B, Hout]`; inference: two slots `[2, B, Hout]`.
+    h: View,
+    /// As `h`, `[*, B, H]`, LSTM only.
+    c: View,
+    /// LSTM with projection: training the saved `[T, B, H]`, inference `[B, H]`.
+    m: View,
+    /// Training: the saved `[T, B, G·H]`.
+    gates: Option<View>,
+    /// Training GRU: the saved `[T, B, H]`.
+    extra: Option<View>,
+    training: bool,
+    /// The persistent kernel's units per block and its grid barrier (`[2]` zeros), when it
+    /// runs this direction.
+    persistent: Option<(usize, View)>,
+}
+
+/// Inputs and outputs of one direction's forward pass.
+struct FwdIo {
+    /// `[T, B, In]`.
+    input: View,
+    /// `[T, B, D·Hout]`: this direction writes columns `d·Hout..(d+1)·Hout`.
+    out: View,
+    /// `[B, Hout]`, `[B, H]` (zeros when not given; c0 null for non-LSTM).
+    h0: View,
+    c0: View,
+    hn: Option<View>,
+    cn: Option<View>,
+}
+
+/// The whole forward pass. Buffers have been validated against `cfg` and `shape`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward(
+    call: &Call<'_>,
+    layout: &ParamLayout,
+    w: View,
+    shape: &SeqShape,
+    x: View,
+    h0: Option<View>,
+    c0: Option<View>,
+    y: View,
+    hn: Option<View>,
+    cn: Option<View>,
+    mut save: Option<&mut CudaReserve>,
+) -> Result<()> {
+    let cfg = layout.config();
+    check_sizes(cfg, shape)?;
+    let (nl, nd) = (cfg.num_layers(), cfg.num_directions());
+    let (bl, tl) = (shape.batch(), shape.steps());
+    let (h, hout, gh) = (cfg.hidden_size(), cfg.hidden_out_size(), cfg.gates() * cfg.hidden_size());
+    let (hlen, clen) = (bl * hout, bl * h);
+    let lstm = cfg.cell().has_cell_state();
+    let proj = cfg.proj_size() > 0;
+    let mut temps: Vec<Mem<f32>> = Vec::new();
+    let mut temp = |n: usize| -> Result<View> {
+        let s = call.alloc(n)?;
+        let v = call.view(&s);
+        temps.push(s);
+        Ok(v)
+    };
+
+    let lens_inf;
+    let lens = match save.as_deref_mut() {
+        Some(r) => {
+            r.lengths = Some(call.lengths(shape)?);
+            call.ptr_i32(r.lengths.as_ref().expect("set"))
+        }
+        None => {
+            lens_inf = call.lengths(shape)?;
+            call.ptr_i32(&lens_inf)
+        }
+    };
+    // h0 and c0 (given or zeros): in the reserve when training, else a temporary of zeros when
+    // not given.
+    let (h0v, c0v) = match save.as_deref_mut() {
+        Some(r) => {
+            let xv = call.fit(&mut r.x, x.len)?;
+            call.copy(0, xv, x)?;
+            let hv = call.fit(&mut r.h0, nl * nd * hlen)?;
+            call.copy_or_zero(0, hv, h0)?;
+            let cv = call.fit(&mut r.c0, if lstm { nl * nd * clen } else { 0 })?;
+            if lstm {
+                call.copy_or_zero(0, cv, c0)?;
+            }
+            (hv, cv)
+        }
+        None => {
+            let hv = match h0 {
+                Some(v) => v,
+                None => {
+                    let z = temp(nl * nd * hlen)?;
+                    call.fill(0, z, 0.0)?;
+                    z
+                }
+            };
+            let cv = match (lstm, c0) {
+                (false, _) => View::NULL,
+                (true, Some(v)) => v,
+                (true, None) => {
+                    let z = temp(nl * nd * clen)?;
+                    call.fill(0, z, 0.0)?;
+                    z
+                }
+            };
+            (hv, cv)
+        }
+    };
+    if let Some(r) = save.as_deref_mut() {
+        r.outputs.resize_with(nl - 1, || None);
+        r.dirs.resize_with(nl * nd, DirSave::default);
+    }
+
+    let mut prev_out = x;
+    for l in 0..nl {
+        let last = l + 1 == nl;
+        let dims = Dims::new(cfg, shape, l);
+        let out = if last {
+            y
+        } else {
+            match save.as_deref_mut() {
+                Some(r) => call.fit(&mut r.outputs[l], tl * bl * cfg.output_size())?,
+                None => temp(tl * bl * cfg.output_size())?,
+            }
+        };
+        // Every buffer of the layer is allocated before the directions fork.
+        let mut bufs = Vec::new();
+        for d in 0..nd {
+            let i = l * nd + d;
+            let xg = temp(tl * bl * gh)?;
+            let hg = temp(bl * gh)?;
+            let mut b = match save.as_deref_mut() {
+                Some(r) => {
+                    let sv = &mut r.dirs[i];
+                    FwdBufs {
+                        xg,
+                        hg,
+                        h: call.fit(&mut sv.h, tl * hlen)?,
+                        c: call.fit(&mut sv.c, if lstm { tl * clen } else { 0 })?,
+                        m: call.fit(&mut sv.m, if proj { tl * clen } else { 0 })?,
+                        gates: Some(call.fit(&mut sv.gates, tl * bl * gh)?),
+                        extra: Some(call.fit(&mut sv.extra, if dims.gru() { tl * clen } else { 0 })?),
+                        training: true,
+                        persistent: None,
+                    }
+                }
+                None => FwdBufs {
+                    xg,
+                    hg,
+                    h: temp(2 * hlen)?,
+                    c: if lstm { temp(2 * clen)? } else { View::NULL },
+                    m: if proj { temp(clen)? } else { View::NULL },
+                    gates: None,
+                    extra: None,
+                    training: false,
+                    persistent: None,
+                },
+            };
+            let persistent = if dims.lstm() && !dims.proj { call.persistent_units(dims.h, dims.b, dims.dirs) } else { None };
+            if let Some(units) = persistent {
+                let barrier = temp(2)?;
+                // 0.0f32 is all zero bits: the barrier's count and generation.
+                call.fill(0, barrier, 0.0)?;
+                b.persistent = Some((units, barrier));
+            }
+            let io = FwdIo {
+                input: prev_out,
+                out,
+                h0: h0v.at(i * hlen, hlen),
+                c0: if lstm { c0v.at(i * clen, clen) } else { View::NULL },
+                hn: hn.map(|v| v.at(i * hlen, hlen)),
+                cn: if lstm { cn.map(|v| v.at(i * clen, clen)) } else { None },
+            };
+            bufs.push((b, io));
+        }
+        if nd == 2 {
+            call.order(1, 0)?;
+        }
+        for (d, (b, io)) in bufs.iter().enumerate() {
+            forward_direction(call, d, &dims, layout.layer(l, d), w, lens, io, b)?;
+        }
+        if nd == 2 {
+            call.order(0, 1)?;
+        }
+        prev_out = out;
+    }
+    // Only a reserve whose every buffer was written is usable by backward.
+    if let Some(r) = save {
+        r.shape = Some(shape.clone());
+    }
+    Ok(())
+}
+
+/// One layer-direction forward on stream `d`.
+#[allow(clippy::too_many_arguments)]
+fn forward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: View, lens: u64, io: &FwdIo, b: &FwdBufs) -> Result<()> {
+    let Dims { t: tl, b: bl, h, hout, gh, out_w, .. } = *dm;
+    let tb = tl * bl;
+    let reverse = d == 1;
+    let w_ih = range_view(w, &lr.w_ih).mat(gh, dm.input);
+    let w_hh = range_view(w, &lr.w_hh).mat(gh, hout);
+    let b_ih = lr.b_ih.as_ref().map_or(View::NULL, |r| range_view(w, r));
+    let b_hh = lr.b_hh.as_ref().map_or(View::NULL, |r| range_view(w, r));
+    let w_hr = lr.w_hr.as_ref().map(|r| range_view(w, r).mat(hout, h));
+
+    // XG[T·B, G·H] = X · W_ih^T for all steps; the biases are added by the step kernels.
+    call.gemm(d, 1.0, io.input.mat(tb, dm.input), w_ih.t(), 0.0, b.xg.mat(tb, gh))?;
+
+    if let Some((units, barrier)) = b.persistent {
+        // The whole sequence in one cooperative launch (kernels/persistent_lstm.cu).
+        let blocks = h.div_ceil(units);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (PERSISTENT_THREADS, 1, 1),
+            shared_mem_bytes: persistent_smem(dm.h, dm.b, units) as u32,
+        };
+        let (bi, hi, ti, ri, ui, ow, tr) = (bl as i32, h as i32, tl as i32, reverse as i32, units as i32, out_w as i32, b.training as i32);
+        let y = io.out.strided(d * hout, tb, out_w, hout).ptr;
+        let c_save = if b.training { b.c.at(0, tb * h).ptr } else { 0 };
+        let gates_save = b.gates.map_or(0, |g| g.at(0, tb * gh).ptr);
+        let h_states = b.h.at(0, if b.training { tb * hout } else { 2 * bl * hout }).ptr;
+        let (hn, cn) = (io.hn.map_or(0, |v| v.ptr), io.cn.map_or(0, |v| v.ptr));
+        let w_hh_ptr = range_view(w, &lr.w_hh).at(0, gh * hout).ptr;
+        return call.launch_with(
+            d,
+            Kernel::PersistentLstmForward,
+            cfg,
+            true,
+            &args![
+                bi,
+                hi,
+                ti,
+                ri,
+                ui,
+                lens,
+                b.xg.ptr,
+                w_hh_ptr,
+                b_ih.ptr,
+                b_hh.ptr,
+                io.h0.ptr,
+                io.c0.ptr,
+                h_states,
+                tr,
+                c_save,
+                gates_save,
+                y,
+                ow,
+                hn,
+                cn,
+                barrier.ptr
+            ],
+        );
+    }
+
+    let (bi, hi, ow) = (bl as i32, h as i32, out_w as i32);
+    let mut prev: Option<usize> = None;
+    for (kk, t) in steps(tl, reverse).enumerate() {
+        let cur = if b.training { t } else { kk % 2 };
+        let h_prev = prev.map_or(io.h0, |p| b.h.at(p * bl * hout, bl * hout));
+        let c_prev = if dm.lstm() { prev.map_or(io.c0, |p| b.c.at(p * bl * h, bl * h)) } else { View::NULL };
+        let h_t = b.h.at(cur * bl * hout, bl * hout);
+        let c_t = if dm.lstm() { b.c.at(cur * bl * h, bl * h) } else { View::NULL };
+        // HG[B, G·H] = h_prev · W_hh^T
+        call.gemm(d, 1.0, h_prev.mat(bl, hout), w_hh.t(), 0.0, b.hg.mat(bl, gh))?;
+        let xg_t = b.xg.at(t * bl * gh, bl * gh).ptr;
+        let gates_t = b.gates.map_or(0, |g| g.at(t * bl * gh, bl * gh).ptr);
+        let y_t = io.out.strided(t * bl * out_w + d * hout, bl, out_w, hout).ptr;
+        let step = t as i32;
+        match dm.cell {
+            CellKind::Lstm => {
+                let m_t = if dm.proj { b.m.at(if b.training { t * bl * h } else { 0 }, bl * h) } else { h_t };
+                let keep = if dm.proj { 0 } else { h_prev.ptr };
+                let y_arg = if dm.proj { 0 } else { y_t };
+                call.launch(
+                    d,
+                    Kernel::LstmForwardStep,
+                    bl * h,
+                    &args![bi, hi, step, lens, xg_t, b.hg.ptr, b_ih.ptr, b_hh.ptr, c_prev.ptr, keep, gates_t, c_t.ptr, m_t.ptr, y_arg, ow],
+                )?;
+                if let Some(w_hr) = w_hr {
+                    // h[B, Hout] = m · W_hr^T, then masked.
+                    call.gemm(d, 1.0, m_t.mat(bl, h), w_hr.t(), 0.0, h_t.mat(bl, hout))?;
+                    let ho = hout as i32;
+                    call.launch(d, Kernel::LstmProjectionFinish, bl * hout, &args![bi, ho, step, lens, h_prev.ptr, h_t.ptr, y_t, ow])?;
+                }
+            }
+            CellKind::Gru => {
+                let extra_t = b.extra.map_or(0, |e| e.at(t * bl * h, bl * h).ptr);
+                call.launch(
+                    d,
+                    Kernel::GruForwardStep,
+                    bl * h,
+                    &args![bi, hi, step, lens, xg_t, b.hg.ptr, b_ih.ptr, b_hh.ptr, h_prev.ptr, gates_t, extra_t, h_t.ptr, y_t, ow],
+                )?;
+            }
+            CellKind::RnnTanh | CellKind::RnnRelu => {
+                let f = if dm.cell == CellKind::RnnTanh { Kernel::RnnTanhForwardStep } else { Kernel::RnnReluForwardStep };
+                call.launch(
+                    d,
+                    f,
+                    bl * h,
+                    &args![bi, hi, step, lens, xg_t, b.hg.ptr, b_ih.ptr, b_hh.ptr, h_prev.ptr, gates_t, h_t.ptr, y_t, ow],
+                )?;
+            }
+        }
+        prev = Some(cur);
+    }
+    let last = prev.expect("at least one step");
+    if let Some(hn) = io.hn {
+        call.copy(d, hn, b.h.at(last * bl * hout, bl * hout))?;
+    }
+    if let Some(cn) = io.cn {
+        call.copy(d, cn, b.c.at(last * bl * h, bl * h))?;
+    }
+    Ok(())
+}
+
+/// Views of a filled reserve.
+pub(crate) struct SavedViews {
+    x: View,
+    h0: View,
+    c0: View,
+    lens: u64,
+    outputs: Vec<View>,
+    /// Per layer-direction: gates, extra, c, m, h.
+    dirs: Vec<[View; 5]>,
+}
+
+impl SavedViews {
+    pub fn new(call: &Call<'_>, r: &CudaReserve) -> SavedViews {
+        let v = |s: &Option<Mem<f32>>| s.as_ref().map_or(View::NULL, |s| call.view(s));
+        SavedViews {
+            x: v(&r.x),
+            h0: v(&r.h0),
+            c0: v(&r.c0),
+            lens: r.lengths.as_ref().map_or(0, |l| call.ptr_i32(l)),
+            outputs: r.outputs.iter().map(v).collect(),
+            dirs: r.dirs.iter().map(|d| [v(&d.gates), v(&d.extra), v(&d.c), v(&d.m), v(&d.h)]).collect(),
+        }
+    }
+}
+
+/// Buffers of one direction's backward pass.
+struct BwdBufs {
+    /// `[T·B, G·H]`: input-side pre-activation gradients.
+    dgi: View,
+    /// `[T·B, G·H]`: hidden-side ones (GRU; the same as `dgi` for the other cells).
+    dgh: View,
+    /// `[B, Hout]`: the gradient carried to the previous step.
+    carry: View,
+    /// `[B, H]`: LSTM's carried `dc`.
+    dc: View,
+    /// Projection: `[T·B, Hout]` saved `dh`, `[B, Hout]` this step's `dh`, `[B, H]` its `dm`.
+    dh_all: View,
+    dh: View,
+    dmv: View,
+}
+
+/// The whole backward pass from a filled reserve; buffers validated against its shape.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    call: &Call<'_>,
+    layout: &ParamLayout,
+    w: View,
+    shape: &SeqShape,
+    sv: &SavedViews,
+    dy: Option<View>,
+    dhn: Option<View>,
+    dcn: Option<View>,
+    dx: Option<View>,
+    dh0: Option<View>,
+    dc0: Option<View>,
+    dparams: Option<View>,
+    mode: GradMode,
+) -> Result<()> {
+    let cfg = layout.config();
+    check_sizes(cfg, shape)?;
+    let (nl, nd) = (cfg.num_layers(), cfg.num_directions());
+    let (bl, tl) = (shape.batch(), shape.steps());
+    let tb = tl * bl;
+    let (h, hout, gh) = (cfg.hidden_size(), cfg.hidden_out_size(), cfg.gates() * cfg.hidden_size());
+    let (hlen, clen) = (bl * hout, bl * h);
+    let lstm = cfg.cell().has_cell_state();
+    let proj = cfg.proj_size() > 0;
+    let mut temps: Vec<Mem<f32>> = Vec::new();
+    let mut temp = |n: usize| -> Result<View> {
+        let s = call.alloc(n)?;
+        let v = call.view(&s);
+        temps.push(s);
+        Ok(v)
+    };
+    if let (Some(dp), GradMode::Overwrite) = (dparams, mode) {
+        call.fill(0, dp, 0.0)?;
+    }
+    let ones = if dparams.is_some() && cfg.bias() {
+        let o = temp(tb)?;
+        call.fill(0, o, 1.0)?;
+        o
+    } else {
+        View::NULL
+    };
+
+    let mut d_out = dy;
+    for l in (0..nl).rev() {
+        let dims = Dims::new(cfg, shape, l);
+        let input = if l == 0 { sv.x } else { sv.outputs[l - 1] };
+        let d_in = match (l, dx) {
+            (0, dx) => dx,
+            _ => Some(temp(tb * dims.input)?),
+        };
+        let mut bufs = Vec::new();
+        for _ in 0..nd {
+            let dgi = temp(tb * gh)?;
+            bufs.push(BwdBufs {
+                dgi,
+                dgh: if dims.gru() { temp(tb * gh)? } else { dgi },
+                carry: temp(hlen)?,
+                dc: if lstm { temp(clen)? } else { View::NULL },
+                dh_all: if proj { temp(tb * hout)? } else { View::NULL },
+                dh: if proj { temp(hlen)? } else { View::NULL },
+                dmv: if proj { temp(clen)? } else { View::NULL },
+            });
+        }
+        if nd == 2 {
+            call.order(1, 0)?;
+        }
+        for (d, b) in bufs.iter().enumerate() {
+            let i = l * nd + d;
+            let io = BwdIo {
+                input,
+                d_out,
+                saved: sv.dirs[i],
+                lens: sv.lens,
+                h0: sv.h0.at(i * hlen, hlen),
+                c0: if lstm { sv.c0.at(i * clen, clen) } else { View::NULL },
+                dhn: dhn.map(|v| v.at(i * hlen, hlen)),
+                dcn: if lstm { dcn.map(|v| v.at(i * clen, clen)) } else { None },
+                dh0: dh0.map(|v| v.at(i * hlen, hlen)),
+                dc0: if lstm { dc0.map(|v| v.at(i * clen, clen)) } else { None },
+                dparams,
+                ones,
+            };
+            backward_direction(call, d, &dims, layout.layer(l, d), w, &io, b)?;
+        }
+        if nd == 2 {
+            call.order(0, 1)?;
+        }
+        if let Some(d_in) = d_in {
+            // dX = Σ_d dGi_d · W_ih_d, on stream 0 after both directions.
+            for (d, b) in bufs.iter().enumerate() {
+                let w_ih = range_view(w, &layout.layer(l, d).w_ih).mat(gh, dims.input);
+                call.gemm(0, 1.0, b.dgi.mat(tb, gh), w_ih, if d == 0 { 0.0 } else { 1.0 }, d_in.mat(tb, dims.input))?;
+            }
+        }
+        d_out = d_in;
+    }
+    Ok(())
+}
+
+struct BwdIo {
+    /// `[T, B, In]`: the layer's input.
+    input: View,
+    /// `[T, B, D·Hout]`: gradient w.r.t. the layer's output, or none (zeros).
+    d_out: Option<View>,
+    saved: [View; 5],
+    lens: u64,
+    h0: View,
+    c0: View,
+    dhn: Option<View>,
+    dcn: Option<View>,
+    dh0: Option<View>,
+    dc0: Option<View>,
+    dparams: Option<View>,
+    /// `[T·B]` ones, for the bias gradients.
+    ones: View,
+}
+
+/// BPTT through one layer-direction on stream `d`, with its weight gradients.
+fn backward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: View, io: &BwdIo, b: &BwdBufs) -> Result<()> {
+    let Dims { t: tl, b: bl, h, hout, gh, out_w, .. } = *dm;
+    let tb = tl * bl;
+    let reverse = d == 1;
+    let [gates, extra, c_all, m_all, h_all] = io.saved;
+    let w_hh = range_view(w, &lr.w_hh).mat(gh, hout);
+    let w_hr = lr.w_hr.as_ref().map(|r| range_view(w, r).mat(hout, h));
+    call.copy_or_zero(d, b.carry, io.dhn)?;
+    if dm.lstm() {
+        call.copy_or_zero(d, b.dc, io.dcn)?;
+    }
+    let (bi, hi, ho, ow) = (bl as i32, h as i32, hout as i32, out_w as i32);
+    for t in steps(tl, !reverse) {
+        let step = t as i32;
+        let p = prev_step(t, tl, reverse);
+        let h_prev = p.map_or(io.h0, |p| h_all.at(p * bl * hout, bl * hout));
+        let c_prev = if dm.lstm() { p.map_or(io.c0, |p| c_all.at(p * bl * h, bl * h)) } else { View::NULL };
+        let dy_t = io.d_out.map_or(0, |v| v.strided(t * bl * out_w + d * hout, bl, out_w, hout).ptr);
+        let gates_t = gates.at(t * bl * gh, bl * gh).ptr;
+        let dgi_t = b.dgi.at(t * bl * gh, bl * gh);
+        let dgh_t = b.dgh.at(t * bl * gh, bl * gh);
+        match dm.cell {
+            CellKind::Lstm => {
+                let c_t = c_all.at(t * bl * h, bl * h).ptr;
+                if let Some(w_hr) = w_hr {
+                    let dh_save = b.dh_all.at(t * bl * hout, bl * hout).ptr;
+                    call.launch(
+                        d,
+                        Kernel::LstmProjectionBackwardPrepare,
+                        bl * hout,
+                        &args![bi, ho, step, io.lens, dy_t, ow, b.carry.ptr, b.dh.ptr, dh_save],
+                    )?;
+                    // m → h = m · W_hr^T, so dm = dh · W_hr.
+                    call.gemm(d, 1.0, b.dh.mat(bl, hout), w_hr, 0.0, b.dmv.mat(bl, h))?;
+                    let null = 0u64;
+                    call.launch(
+                        d,
+                        Kernel::LstmBackwardStep,
+                        bl * h,
+                        &args![bi, hi, step, io.lens, gates_t, c_t, c_prev.ptr, b.dmv.ptr, null, ow, null, b.dc.ptr, dgi_t.ptr],
+                    )?;
+                } else {
+                    let null = 0u64;
+                    call.launch(
+                        d,
+                        Kernel::LstmBackwardStep,
+                        bl * h,
+                        &args![bi, hi, step, io.lens, gates_t, c_t, c_prev.ptr, null, dy_t, ow, b.carry.ptr, b.dc.ptr, dgi_t.ptr],
+                    )?;
+                }
+            }
+            CellKind::Gru => {
+                let extra_t = extra.at(t * bl * h, bl * h).ptr;
+                call.launch(
+                    d,
+                    Kernel::GruBackwardStep,
+                    bl * h,
+                    &args![bi, hi, step, io.lens, gates_t, extra_t, h_prev.ptr, dy_t, ow, b.carry.ptr, dgi_t.ptr, dgh_t.ptr],
+                )?;
+            }
+            CellKind::RnnTanh | CellKind::RnnRelu => {
+                let f = if dm.cell == CellKind::RnnTanh { Kernel::RnnTanhBackwardStep } else { Kernel::RnnReluBackwardStep };
+                call.launch(d, f, bl * h, &args![bi, hi, step, io.lens, gates_t, dy_t, ow, b.carry.ptr, dgi_t.ptr])?;
+            }
+        }
+        // dh_prev += dGh · W_hh (the kernels left the direct part, or dh on inactive rows).
+        call.gemm(d, 1.0, dgh_t.mat(bl, gh), w_hh, 1.0, b.carry.mat(bl, hout))?;
+    }
+    if let Some(dh0) = io.dh0 {
+        call.copy(d, dh0, b.carry)?;
+    }
+    if let Some(dc0) = io.dc0 {
+        call.copy(d, dc0, b.dc)?;
+    }
+    let Some(dp) = io.dparams else { return Ok(()) };
+    // dW_ih += dGi^T · X
+    call.gemm(d, 1.0, b.dgi.mat(tb, gh).t(), io.input.mat(tb, dm.input), 1.0, range_view(dp, &lr.w_ih).mat(gh, dm.input))?;
+    // dW_hh += dGh^T · H_prev: the saved states shifted by one step, h0 at the first processed
+    // step: two GEMMs, no copy.
+    let dw_hh = range_view(dp, &lr.w_hh).mat(gh, hout);
+    let rest = (tl - 1) * bl;
+    let (first, rest_g, rest_h) = if reverse {
+        (tl - 1, b.dgh.at(0, rest * gh), h_all.at(bl * hout, rest * hout))
+    } else {
+        (0, b.dgh.at(bl * gh, rest * gh), h_all.at(0, rest * hout))
+    };
+    call.gemm(d, 1.0, rest_g.mat(rest, gh).t(), rest_h.mat(rest, hout), 1.0, dw_hh)?;
+    call.gemm(d, 1.0, b.dgh.at(first * bl * gh, bl * gh).mat(bl, gh).t(), io.h0.mat(bl, hout), 1.0, dw_hh)?;
+    // db += 1^T · dG
+    if let Some(r) = &lr.b_ih {
+        call.gemm(d, 1.0, io.ones.mat(1, tb), b.dgi.mat(tb, gh), 1.0, range_view(dp, r).mat(1, gh))?;
+    }
+    if let Some(r) = &lr.b_hh {
+        call.gemm(d, 1.0, io.ones.mat(1, tb), b.dgh.mat(tb, gh), 1.0, range_view(dp, r).mat(1, gh))?;
+    }
+    if let Some(r) = &lr.w_hr {
+        // dW_hr += dH^T · M
+        call.gemm(d, 1.0, b.dh_all.mat(tb, hout).t(), m_all.mat(tb, h), 1.0, range_view(dp, r).mat(hout, h))?;
+    }
+    Ok(())
+}
+
+/// The driver on the host emulation (kernels compiled as C++, cuBLAS's sgemm emulated, fresh
+/// memory NaN): the same parity checks as the CUDA tests, against the f64 reference, runnable
+/// without a GPU. What it does not cover: cudarc, cuBLAS, the PTX build, the two streams and
+/// the persistent kernel.
+#[cfg(all(test, rnn_kernels_host_emulation))]
+mod emulation_tests {
+    use super::*;
+    use crate::backend::Reference;
+    use crate::case::max_error;
+    use crate::{CellKind, Params, Rnn, SplitMix64};
+    use proptest::prelude::*;
+
+    fn view(v: &[f32]) -> View {
+        View { ptr: v.as_ptr() as u64, len: v.len() }
+    }
+    fn view_mut(v: &mut [f32]) -> View {
+        View { ptr: v.as_mut_ptr() as u64, len: v.len() }
+    }
+    fn up(v: &[f32]) -> Vec<f64> {
+        v.iter().map(|&a| a as f64).collect()
+    }
+
+    struct Problem {
+        cfg: RnnConfig,
+        shape: SeqShape,
+        params: Vec<f32>,
+        x: Vec<f32>,
+        h0: Vec<f32>,
+        c0: Option<Vec<f32>>,
+        dy: Vec<f32>,
+        dhn: Vec<f32>,
+        dcn: Option<Vec<f32>>,
+    }
+
+    impl Problem {
+        fn new(cfg: &RnnConfig, shape: &SeqShape, seed: u64, x_range: f64) -> Problem {
+            let mut rng = SplitMix64::new(seed);
+            let mut u = |n: usize, r: f64| (0..n).map(|_| rng.uniform(-r, r) as f32).collect::<Vec<f32>>();
+            let n = |s: [usize; 3]| s.iter().product::<usize>();
+            let lstm = cfg.cell().has_cell_state();
+            Problem {
+                x: u(n(shape.x_shape(cfg)), x_range),
+                h0: u(n(shape.h_shape(cfg)), 1.0),
+                c0: lstm.then(|| u(n(shape.c_shape(cfg)), 2.0)),
+                dy: u(n(shape.y_shape(cfg)), 1.0),
+                dhn: u(n(shape.h_shape(cfg)), 1.0),
+                dcn: lstm.then(|| u(n(shape.c_shape(cfg)), 1.0)),
+                params: Params::<f32>::init_uniform(cfg, seed ^ 0xabc).into_vec(),
+                cfg: cfg.clone(),
+                shape: shape.clone(),
+            }
+        }
+
+        /// (y, hn, cn, dx, dh0, dc0, dparams) from the emulated driver; also checks that
+        /// inference gives training's outputs bit for bit, and that Accumulate adds.
+        fn run_emulated(&self) -> Vec<Vec<f32>> {
+            let (cfg, shape) = (&self.cfg, &self.shape);
+            let call = Call::host();
+            let layout = ParamLayout::new(cfg);
+            let w = view(&self.params);
+            let n = |s: [usize; 3]| vec![f32::NAN; s.iter().product::<usize>()];
+            let lstm = cfg.cell().has_cell_state();
+            let (mut y, mut hn) = (n(shape.y_shape(cfg)), n(shape.h_shape(cfg)));
+            let mut cn = lstm.then(|| n(shape.c_shape(cfg)));
+            let mut reserve = CudaReserve::default();
+            let (x, h0, c0) = (view(&self.x), Some(view(&self.h0)), self.c0.as_deref().map(view));
+            let cn_v = cn.as_deref_mut().map(view_mut);
+            forward(&call, &layout, w, shape, x, h0, c0, view_mut(&mut y), Some(view_mut(&mut hn)), cn_v, Some(&mut reserve)).unwrap();
+
+            let (mut yi, mut hni) = (n(shape.y_shape(cfg)), n(shape.h_shape(cfg)));
+            let mut cni = lstm.then(|| n(shape.c_shape(cfg)));
+            let cni_v = cni.as_deref_mut().map(view_mut);
+            forward(&call, &layout, w, shape, x, h0, c0, view_mut(&mut yi), Some(view_mut(&mut hni)), cni_v, None).unwrap();
+            assert!(yi == y && hni == hn && cni == cn, "inference differs from training's forward");
+
+            let sv = SavedViews::new(&call, &reserve);
+            let (mut dx, mut dh0) = (n(shape.x_shape(cfg)), n(shape.h_shape(cfg)));
+            let mut dc0 = lstm.then(|| n(shape.c_shape(cfg)));
+            let mut dp = vec![f32::NAN; layout.len()];
+            let (dy, dhn, dcn) = (Some(view(&self.dy)), Some(view(&self.dhn)), self.dcn.as_deref().map(view));
+            let dc0_v = dc0.as_deref_mut().map(view_mut);
+            let (dx_v, dh0_v, dp_v) = (view_mut(&mut dx), view_mut(&mut dh0), view_mut(&mut dp));
+            backward(&call, &layout, w, shape, &sv, dy, dhn, dcn, Some(dx_v), Some(dh0_v), dc0_v, Some(dp_v), GradMode::Overwrite).unwrap();
+
+            // Accumulate onto the gradients just computed: twice them (up to rounding).
+            let mut dp2 = dp.clone();
+            backward(&call, &layout, w, shape, &sv, dy, dhn, dcn, None, None, None, Some(view_mut(&mut dp2)), GradMode::Accumulate)
+                .unwrap();
+            let twice: Vec<f32> = dp.iter().map(|g| 2.0 * g).collect();
+            assert!(max_error(&dp2, &twice) <= 1e-6, "Accumulate");
+            vec![y, hn, cn.unwrap_or_default(), dx, dh0, dc0.unwrap_or_default(), dp]
+        }
+
+        fn run_reference(&self) -> Vec<Vec<f64>> {
+            let rnn = Rnn::new(Reference, &self.cfg, &up(&self.params)[..]).unwrap();
+            let mut reserve = Default::default();
+            let c0 = self.c0.as_deref().map(up);
+            let o = rnn.forward_training(&self.shape, &up(&self.x), Some(&up(&self.h0)), c0.as_deref(), &mut reserve).unwrap();
+            let dcn = self.dcn.as_deref().map(up);
+            let g = rnn.backward(&reserve, Some(&up(&self.dy)), Some(&up(&self.dhn)), dcn.as_deref()).unwrap();
+            vec![o.y, o.hn, o.cn.unwrap_or_default(), g.dx, g.dh0, g.dc0.unwrap_or_default(), g.dparams.unwrap()]
+        }
+
+        fn check(&self) -> std::result::Result<(), String> {
+            let got = self.run_emulated();
+            let want = self.run_reference();
+            for (i, name) in ["y", "hn", "cn", "dx", "dh0", "dc0", "dparams"].iter().enumerate() {
+                let err = max_error(&up(&got[i]), &want[i]);
+                let tol = if i < 3 { 1e-5 } else { 1e-4 };
+                if err > tol {
+                    return Err(format!("{name} error {err:.3e} > {tol:e}: {:?} {:?}", self.cfg, self.shape));
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn config() -> impl Strategy<Value = RnnConfig> {
+        (0usize..4, 1usize..12, 1usize..12, 1usize..4, any::<bool>(), any::<bool>(), 0usize..6).prop_map(|(c, i, h, l, bi, bias, p)| {
+            let cell = CellKind::ALL[c];
+            let proj = if cell == CellKind::Lstm && h > 1 { p.min(h - 1) } else { 0 };
+            RnnConfig::new(cell, i, h).num_layers(l).bidirectional(bi).bias(bias).proj_size(proj).build().unwrap()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// The CUDA tests' property test, on the emulation: every cell, layers, directions,
+        /// bias, projection, variable lengths, inputs up to ±25.
+        #[test]
+        fn emulated_driver_matches_reference(cfg in config(), t in 1usize..7, lens in prop::collection::vec(1usize..7, 1..6), seed in any::<u64>()) {
+            let lengths: Vec<usize> = lens.iter().map(|&l| l.min(t)).collect();
+            let shape = SeqShape::with_lengths(t, lengths).unwrap();
+            let r = Problem::new(&cfg, &shape, seed, 25.0).check();
+            prop_assert!(r.is_ok(), "{}", r.unwrap_err());
+        }
+    }
+
+    /// Sizes where the GEMMs are not tiny and rows of many lengths share a step.
+    #[test]
+    fn emulated_driver_matches_reference_larger() {
+        let configs = [
+            RnnConfig::new(CellKind::Lstm, 24, 33).num_layers(2).bidirectional(true).proj_size(17).build().unwrap(),
+            RnnConfig::new(CellKind::Gru, 30, 41).num_layers(2).bidirectional(true).build().unwrap(),
+            RnnConfig::new(CellKind::RnnRelu, 13, 50).num_layers(2).build().unwrap(),
+            RnnConfig::new(CellKind::RnnTanh, 20, 27).bidirectional(true).bias(false).build().unwrap(),
+        ];
+        for cfg in &configs {
+            let shape = SeqShape::with_lengths(9, (0..13).map(|b| 1 + (b * 5) % 9).collect()).unwrap();
+            Problem::new(cfg, &shape, 77, 3.0).check().unwrap();
+        }
+    }
+
+    /// Optional inputs and outputs left out: zeros in, nothing written, the rest unchanged.
+    #[test]
+    fn emulated_driver_optional_buffers() {
+        let cfg = RnnConfig::new(CellKind::Lstm, 4, 6).num_layers(2).bidirectional(true).build().unwrap();
+        let shape = SeqShape::with_lengths(5, vec![5, 2, 4]).unwrap();
+        let p = Problem::new(&cfg, &shape, 3, 2.0);
+        let call = Call::host();
+        let layout = ParamLayout::new(&cfg);
+        let w = view(&p.params);
+        let mut y = vec![f32::NAN; p.dy.len()];
+        let mut reserve = CudaReserve::default();
+        forward(&call, &layout, w, &shape, view(&p.x), None, None, view_mut(&mut y), None, None, Some(&mut reserve)).unwrap();
+        let rnn = Rnn::new(Reference, &cfg, &up(&p.params)[..]).unwrap();
+        let mut rr = Default::default();
+        let o = rnn.forward_training(&shape, &up(&p.x), None, None, &mut rr).unwrap();
+        assert!(max_error(&up(&y), &o.y) <= 1e-5);
+        let sv = SavedViews::new(&call, &reserve);
+        let mut dx = vec![f32::NAN; p.x.len()];
+        backward(&call, &layout, w, &shape, &sv, None, None, None, Some(view_mut(&mut dx)), None, None, None, GradMode::Overwrite).unwrap();
+        let g = rnn.backward(&rr, None, None, None).unwrap();
+        assert!(max_error(&up(&dx), &g.dx) <= 1e-4);
+    }
+}

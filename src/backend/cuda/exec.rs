@@ -1,0 +1,714 @@
+//! How the driver issues work: [`Call`], on the device (cuBLAS and the PTX kernels on two
+//! streams), or — in the unit tests, on machines without a GPU — emulated on the host with the
+//! same kernels compiled as C++ (see build.rs and `kernels/common.cuh`), a host sgemm with
+//! cuBLAS's exact argument conventions, and memory filled with NaN when allocated, so that a
+//! read before a write shows.
+
+use super::buffer::{DevMat, View};
+use super::device::{device_err, Device};
+use crate::error::{Error, Result};
+use crate::shape::SeqShape;
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use std::sync::Arc;
+
+/// Memory the driver computes in: device memory, or host memory standing in for it in the
+/// host-emulation tests.
+pub(crate) enum Mem<T> {
+    Dev(CudaSlice<T>),
+    #[cfg(all(test, rnn_kernels_host_emulation))]
+    Host(Vec<T>),
+}
+
+impl<T> Mem<T> {
+    pub fn len(&self) -> usize {
+        match self {
+            Mem::Dev(s) => s.len(),
+            #[cfg(all(test, rnn_kernels_host_emulation))]
+            Mem::Host(v) => v.len(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Mem<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Mem({} elements)", self.len())
+    }
+}
+
+/// Every kernel entry of `kernels/*.cu`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    LstmForwardStep,
+    LstmProjectionFinish,
+    LstmProjectionBackwardPrepare,
+    LstmBackwardStep,
+    GruForwardStep,
+    GruBackwardStep,
+    RnnTanhForwardStep,
+    RnnReluForwardStep,
+    RnnTanhBackwardStep,
+    RnnReluBackwardStep,
+    FillF32,
+    PersistentLstmForward,
+}
+
+/// A kernel argument: C `int`, `long long`, `float`, or a pointer (a device address).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum A {
+    I(i32),
+    L(i64),
+    F(f32),
+    P(u64),
+}
+
+impl From<i32> for A {
+    fn from(v: i32) -> A {
+        A::I(v)
+    }
+}
+impl From<i64> for A {
+    fn from(v: i64) -> A {
+        A::L(v)
+    }
+}
+impl From<f32> for A {
+    fn from(v: f32) -> A {
+        A::F(v)
+    }
+}
+impl From<u64> for A {
+    fn from(v: u64) -> A {
+        A::P(v)
+    }
+}
+
+/// `[A; N]` from a list of values.
+macro_rules! args {
+    ($($e:expr),* $(,)?) => { [$($crate::backend::cuda::exec::A::from($e)),*] };
+}
+pub(crate) use args;
+
+/// The arguments of the column-major `cublasSgemm` call that computes the row-major
+/// `C = alpha·op(A)·op(B) + beta·C`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SgemmArgs {
+    pub transa: bool,
+    pub transb: bool,
+    pub m: i32,
+    pub n: i32,
+    pub k: i32,
+    pub a: u64,
+    pub lda: i32,
+    pub b: u64,
+    pub ldb: i32,
+    pub c: u64,
+    pub ldc: i32,
+}
+
+impl SgemmArgs {
+    /// `None` when there is nothing to do (an empty `C`, or `k = 0` with `beta = 1`).
+    ///
+    /// Row-major `C = op(A)·op(B)` is column-major `C^T = op(B)^T·op(A)^T`: swap the operands.
+    /// A row-major `[r, c]` matrix read column-major with leading dimension `c` is its
+    /// transpose, so each operand keeps its own transpose flag.
+    #[track_caller]
+    pub fn new(a: DevMat, b: DevMat, beta: f32, c: DevMat) -> Option<SgemmArgs> {
+        let (m, k, n) = (a.lrows(), a.lcols(), b.lcols());
+        assert!(b.lrows() == k && c.rows == m && c.cols == n && !c.t, "gemm shapes: {a:?} {b:?} {c:?}");
+        if m == 0 || n == 0 || (k == 0 && beta == 1.0) {
+            return None;
+        }
+        assert!(k > 0, "a gemm with k = 0 must accumulate");
+        let ld = |x: &DevMat| x.cols.max(1) as i32;
+        Some(SgemmArgs {
+            transa: b.t,
+            transb: a.t,
+            m: n as i32,
+            n: m as i32,
+            k: k as i32,
+            a: b.ptr,
+            lda: ld(&b),
+            b: a.ptr,
+            ldb: ld(&a),
+            c: c.ptr,
+            ldc: ld(&c),
+        })
+    }
+}
+
+/// Where a call's work goes.
+enum On<'a> {
+    /// The device, with its call lock held.
+    Dev { dev: &'a Device, _lock: std::sync::MutexGuard<'a, ()> },
+    /// The host emulation (unit tests).
+    #[cfg(all(test, rnn_kernels_host_emulation))]
+    Host,
+}
+
+/// The work of one backend call.
+pub(crate) struct Call<'a> {
+    on: On<'a>,
+    /// Whether the persistent kernel may be chosen.
+    persistent: bool,
+}
+
+/// The largest batch the persistent kernel takes (`PERSISTENT_MAX_BATCH` of
+/// kernels/persistent_lstm.cu).
+pub(crate) const PERSISTENT_MAX_BATCH: usize = 8;
+/// Threads per block of the persistent kernel (its `__launch_bounds__`).
+pub(crate) const PERSISTENT_THREADS: u32 = 256;
+
+const BLOCK: u32 = 256;
+
+/// The launch of a grid-stride kernel over `n` elements.
+pub(crate) fn grid(n: usize) -> LaunchConfig {
+    // Any grid is correct; 8192 blocks of 256 fill any current GPU.
+    let blocks = n.div_ceil(BLOCK as usize).clamp(1, 8192) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+impl<'a> Call<'a> {
+    /// A call on `dev`: takes the device's call lock and binds its context to this thread.
+    pub fn new(dev: &'a Device) -> Result<Self> {
+        let lock = dev.call.lock().unwrap_or_else(|p| p.into_inner());
+        dev.ctx.bind_to_thread().map_err(|e| device_err(&dev.name, "binding the context", e))?;
+        Ok(Call { on: On::Dev { dev, _lock: lock }, persistent: false })
+    }
+
+    /// A call emulated on the host.
+    #[cfg(all(test, rnn_kernels_host_emulation))]
+    pub fn host() -> Call<'static> {
+        Call { on: On::Host, persistent: false }
+    }
+
+    /// Allows the persistent kernel where it fits.
+    pub fn with_persistent(mut self, on: bool) -> Self {
+        self.persistent = on;
+        self
+    }
+
+    fn dev(&self) -> Option<&'a Device> {
+        match &self.on {
+            On::Dev { dev, .. } => Some(dev),
+            #[cfg(all(test, rnn_kernels_host_emulation))]
+            On::Host => None,
+        }
+    }
+
+    fn err(&self, op: &str, e: impl std::fmt::Debug) -> Error {
+        device_err(self.dev().map_or("host-emulation", |d| d.name.as_str()), op, e)
+    }
+
+    fn stream(&self, si: usize) -> Option<&'a Arc<CudaStream>> {
+        self.dev().map(|d| &d.streams[si])
+    }
+
+    /// Units per block if the persistent LSTM kernel runs a layer of `h` units, batch `b`, `dirs`
+    /// directions: an LSTM without projection (checked by the caller), `B ≤ 8`, cooperative
+    /// launch, and every block of all directions resident at once with its slice of `W_hh` in
+    /// shared memory.
+    pub fn persistent_units(&self, h: usize, b: usize, dirs: usize) -> Option<usize> {
+        let dev = self.dev()?;
+        if !self.persistent || b > PERSISTENT_MAX_BATCH {
+            return None;
+        }
+        let p = dev.props;
+        if !p.cooperative || p.sms == 0 {
+            return None;
+        }
+        let units = h.div_ceil((p.sms / dirs).max(1));
+        let smem = persistent_smem(h, b, units);
+        if smem > p.max_smem {
+            return None;
+        }
+        let blocks = h.div_ceil(units);
+        let f = &dev.kernels.persistent_lstm_forward;
+        let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(PERSISTENT_THREADS, smem, None).ok()? as usize;
+        (per_sm * p.sms >= blocks * dirs).then_some(units)
+    }
+
+    /// `n` f32, uninitialised on the device (every use writes before it reads), NaN on the host.
+    pub fn alloc(&self, n: usize) -> Result<Mem<f32>> {
+        match self.stream(0) {
+            // SAFETY: f32 has no invalid bit patterns; callers write before reading.
+            Some(s) => unsafe { s.alloc::<f32>(n.max(1)) }.map(Mem::Dev).map_err(|e| self.err(&format!("allocating {n} f32"), e)),
+            #[cfg(all(test, rnn_kernels_host_emulation))]
+            None => Ok(Mem::Host(vec![f32::NAN; n.max(1)])),
+            #[cfg(not(all(test, rnn_kernels_host_emulation)))]
+            None => unreachable!("a call is on a device"),
+        }
+    }
+
+    /// Fits `slot` to `n` elements (reallocating only when the size changes) and returns it.
+    pub fn fit(&self, slot: &mut Option<Mem<f32>>, n: usize) -> Result<View> {
+        if n == 0 {
+            *slot = None;
+            return Ok(View::NULL);
+        }
+        if slot.as_ref().map(|s| s.len()) != Some(n) {
+            *slot = Some(self.alloc(n)?);
+        }
+        Ok(self.view(slot.as_ref().expect("just set")))
+    }
+
+    /// The whole of `m`. The memory must outlive the view's uses (the driver keeps it in the
+    /// reserve or in the call's temporaries until the call's work is enqueued and ordered).
+    pub fn view(&self, m: &Mem<f32>) -> View {
+        match m {
+            Mem::Dev(s) => View::of(s, self.stream(0).expect("device memory on a device call")),
+            #[cfg(all(test, rnn_kernels_host_emulation))]
+            Mem::Host(v) => View { ptr: v.as_ptr() as u64, len: v.len() },
+        }
+    }
+
+    /// The address of an i32 buffer.
+    pub fn ptr_i32(&self, m: &Mem<i32>) -> u64 {
+        match m {
+            Mem::Dev(s) => s.device_ptr(self.stream(0).expect("device memory on a device call")).0,
+            #[cfg(all(test, rnn_kernels_host_emulation))]
+            Mem::Host(v) => v.as_ptr() as u64,
+        }
+    }
+
+    /// Lengths of `shape` as `[B]` i32.
+    pub fn lengths(&self, shape: &SeqShape) -> Result<Mem<i32>> {
+        let lens: Vec<i32> = (0..shape.batch()).map(|b| shape.length(b) as i32).collect();
+        match self.stream(0) {
+            Some(s) => s.clone_htod(&lens).map(Mem::Dev).map_err(|e| self.err("uploading the lengths", e)),
+            #[cfg(all(test, rnn_kernels_host_emulation))]
+            None => Ok(Mem::Host(lens)),
+            #[cfg(not(all(test, rnn_kernels_host_emulation)))]
+            None => unreachable!("a call is on a device"),
+        }
+    }
+
+    /// Stream `to` waits for the work enqueued so far on stream `from`.
+    pub fn order(&self, to: usize, from: usize) -> Result<()> {
+        match (self.stream(to), self.stream(from)) {
+            (Some(t), Some(f)) => t.join(f).map_err(|e| self.err("ordering the streams", e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// `c = alpha·a·b + beta·c` (row-major, `a`, `b` possibly transposed) on stream `si`.
+    pub fn gemm(&self, si: usize, alpha: f32, a: DevMat, b: DevMat, beta: f32, c: DevMat) -> Result<()> {
+        let Some(g) = SgemmArgs::new(a, b, beta, c) else { return Ok(()) };
+        let Some(dev) = self.dev() else {
+            #[cfg(all(test, rnn_kernels_host_emulation))]
+            // SAFETY: the three views were checked to hold their [rows, cols] (View::mat).
+            unsafe {
+                host::sgemm(&g, alpha, beta)
+            };
+            return Ok(());
+        };
+        let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+        // SAFETY: the three views were checked to hold their [rows, cols] (View::mat), the
+        // sizes fit i32 (check_sizes), and the handle belongs to stream si of this context.
+        unsafe {
+            cudarc::cublas::result::sgemm(
+                *dev.blas[si].handle(),
+                op(g.transa),
+                op(g.transb),
+                g.m,
+                g.n,
+                g.k,
+                &alpha,
+                g.a as *const f32,
+                g.lda,
+                g.b as *const f32,
+                g.ldb,
+                &beta,
+                g.c as *mut f32,
+                g.ldc,
+            )
+        }
+        .map_err(|e| self.err("cublasSgemm", e))
+    }
+
+    /// `v = value` on stream `si`.
+    pub fn fill(&self, si: usize, v: View, value: f32) -> Result<()> {
+        if v.len == 0 {
+            return Ok(());
+        }
+        self.launch(si, Kernel::FillF32, v.len, &args![v.len as i64, value, v.ptr])
+    }
+
+    /// `dst = src` (same length) on stream `si`.
+    pub fn copy(&self, si: usize, dst: View, src: View) -> Result<()> {
+        assert_eq!(dst.len, src.len);
+        if dst.len == 0 {
+            return Ok(());
+        }
+        let Some(s) = self.stream(si) else {
+            // SAFETY: both views hold len f32 (host memory in the emulation).
+            unsafe { std::ptr::copy(src.ptr as *const f32, dst.ptr as *mut f32, dst.len) };
+            return Ok(());
+        };
+        // SAFETY: both views hold len f32.
+        unsafe { cudarc::driver::result::memcpy_dtod_async(dst.ptr, src.ptr, dst.len * 4, s.cu_stream()) }
+            .map_err(|e| self.err("copying device memory", e))
+    }
+
+    /// `dst = src`, or zeros when `src` is `None`.
+    pub fn copy_or_zero(&self, si: usize, dst: View, src: Option<View>) -> Result<()> {
+        match src {
+            Some(s) => self.copy(si, dst, s),
+            None => self.fill(si, dst, 0.0),
+        }
+    }
+
+    /// A grid-stride kernel over `n` elements on stream `si`.
+    pub fn launch(&self, si: usize, k: Kernel, n: usize, args: &[A]) -> Result<()> {
+        self.launch_with(si, k, grid(n), false, args)
+    }
+
+    /// Kernel `k` with `args` (in the order of its signature in kernels/*.cu).
+    pub fn launch_with(&self, si: usize, k: Kernel, cfg: LaunchConfig, cooperative: bool, args: &[A]) -> Result<()> {
+        let Some(dev) = self.dev() else {
+            #[cfg(all(test, rnn_kernels_host_emulation))]
+            // SAFETY: as below; the emulated kernels are the same code, run serially.
+            unsafe {
+                host::launch(k, args)
+            };
+            return Ok(());
+        };
+        let kk = &dev.kernels;
+        let f = match k {
+            Kernel::LstmForwardStep => &kk.lstm_forward_step,
+            Kernel::LstmProjectionFinish => &kk.lstm_projection_finish,
+            Kernel::LstmProjectionBackwardPrepare => &kk.lstm_projection_backward_prepare,
+            Kernel::LstmBackwardStep => &kk.lstm_backward_step,
+            Kernel::GruForwardStep => &kk.gru_forward_step,
+            Kernel::GruBackwardStep => &kk.gru_backward_step,
+            Kernel::RnnTanhForwardStep => &kk.rnn_tanh_forward_step,
+            Kernel::RnnReluForwardStep => &kk.rnn_relu_forward_step,
+            Kernel::RnnTanhBackwardStep => &kk.rnn_tanh_backward_step,
+            Kernel::RnnReluBackwardStep => &kk.rnn_relu_backward_step,
+            Kernel::FillF32 => &kk.fill_f32,
+            Kernel::PersistentLstmForward => &kk.persistent_lstm_forward,
+        };
+        let mut l = dev.streams[si].launch_builder(f);
+        for a in args {
+            match a {
+                A::I(v) => l.arg(v),
+                A::L(v) => l.arg(v),
+                A::F(v) => l.arg(v),
+                A::P(v) => l.arg(v),
+            };
+        }
+        // SAFETY: the argument lists follow each kernel's signature in kernels/*.cu (the host
+        // emulation checks every list against the C declarations), and every pointer is a View
+        // checked to hold what the kernel touches.
+        let r = unsafe {
+            if cooperative {
+                l.launch_cooperative(cfg)
+            } else {
+                l.launch(cfg)
+            }
+        };
+        r.map(drop).map_err(|e| self.err(&format!("{k:?}"), e))
+    }
+}
+
+/// Dynamic shared memory of the persistent kernel with `u` units per block, in bytes.
+pub(crate) fn persistent_smem(h: usize, b: usize, u: usize) -> usize {
+    4 * (4 * u * h + b * h + 4 * b * u + b * u)
+}
+
+/// The host emulation: cuBLAS's sgemm, and the kernels compiled as C++ by build.rs (when a
+/// host C++ compiler was found).
+#[cfg(test)]
+pub(crate) mod host {
+    use super::SgemmArgs;
+    #[cfg(rnn_kernels_host_emulation)]
+    pub(crate) use emulated::launch;
+
+    #[cfg(rnn_kernels_host_emulation)]
+    mod emulated {
+        use super::super::{Kernel, A};
+
+        // Pointers are passed as u64: the same register class and size as a pointer in the C ABI.
+        extern "C" {
+            fn lstm_forward_step(
+                batch: i32,
+                hidden: i32,
+                step: i32,
+                lengths: u64,
+                xg: u64,
+                hg: u64,
+                b_ih: u64,
+                b_hh: u64,
+                c_prev: u64,
+                keep: u64,
+                gates: u64,
+                c: u64,
+                m: u64,
+                y: u64,
+                y_stride: i32,
+            );
+            fn lstm_projection_finish(batch: i32, hout: i32, step: i32, lengths: u64, h_prev: u64, h: u64, y: u64, y_stride: i32);
+            fn lstm_projection_backward_prepare(
+                batch: i32,
+                hout: i32,
+                step: i32,
+                lengths: u64,
+                dy: u64,
+                dy_stride: i32,
+                carry: u64,
+                dh: u64,
+                dh_save: u64,
+            );
+            fn lstm_backward_step(
+                batch: i32,
+                hidden: i32,
+                step: i32,
+                lengths: u64,
+                gates: u64,
+                c: u64,
+                c_prev: u64,
+                dm_in: u64,
+                dy: u64,
+                dy_stride: i32,
+                carry: u64,
+                dc: u64,
+                dg: u64,
+            );
+            fn gru_forward_step(
+                batch: i32,
+                hidden: i32,
+                step: i32,
+                lengths: u64,
+                xg: u64,
+                hg: u64,
+                b_ih: u64,
+                b_hh: u64,
+                h_prev: u64,
+                gates: u64,
+                extra: u64,
+                h: u64,
+                y: u64,
+                y_stride: i32,
+            );
+            fn gru_backward_step(
+                batch: i32,
+                hidden: i32,
+                step: i32,
+                lengths: u64,
+                gates: u64,
+                extra: u64,
+                h_prev: u64,
+                dy: u64,
+                dy_stride: i32,
+                carry: u64,
+                dgi: u64,
+                dgh: u64,
+            );
+            fn rnn_tanh_forward_step(
+                batch: i32,
+                hidden: i32,
+                step: i32,
+                lengths: u64,
+                xg: u64,
+                hg: u64,
+                b_ih: u64,
+                b_hh: u64,
+                h_prev: u64,
+                gates: u64,
+                h: u64,
+                y: u64,
+                y_stride: i32,
+            );
+            fn rnn_relu_forward_step(
+                batch: i32,
+                hidden: i32,
+                step: i32,
+                lengths: u64,
+                xg: u64,
+                hg: u64,
+                b_ih: u64,
+                b_hh: u64,
+                h_prev: u64,
+                gates: u64,
+                h: u64,
+                y: u64,
+                y_stride: i32,
+            );
+            fn rnn_tanh_backward_step(
+                batch: i32,
+                hidden: i32,
+                step: i32,
+                lengths: u64,
+                gates: u64,
+                dy: u64,
+                dy_stride: i32,
+                carry: u64,
+                dg: u64,
+            );
+            fn rnn_relu_backward_step(
+                batch: i32,
+                hidden: i32,
+                step: i32,
+                lengths: u64,
+                gates: u64,
+                dy: u64,
+                dy_stride: i32,
+                carry: u64,
+                dg: u64,
+            );
+            fn fill_f32(n: i64, value: f32, p: u64);
+        }
+
+        /// Takes the next argument, which must have the C type the signature says.
+        type Args<'a> = std::iter::Enumerate<std::slice::Iter<'a, A>>;
+        trait Take: Sized {
+            fn take(it: &mut Args<'_>, k: Kernel) -> Self;
+        }
+        macro_rules! take {
+            ($t:ty, $v:ident) => {
+                impl Take for $t {
+                    fn take(it: &mut Args<'_>, k: Kernel) -> Self {
+                        match it.next() {
+                            Some((_, A::$v(v))) => *v,
+                            Some((i, other)) => panic!("{k:?}: argument {i} must be {}, got {other:?}", stringify!($v)),
+                            None => panic!("{k:?}: too few arguments"),
+                        }
+                    }
+                }
+            };
+        }
+        take!(i32, I);
+        take!(i64, L);
+        take!(f32, F);
+        take!(u64, P);
+
+        macro_rules! call {
+        ($k:expr, $args:expr, $f:ident($($t:ty),*)) => {{
+            let mut it = $args.iter().enumerate();
+            $f($(<$t as Take>::take(&mut it, $k)),*);
+            assert!(it.next().is_none(), "{:?}: too many arguments", $k);
+        }};
+    }
+
+        /// Runs kernel `k` on the host.
+        ///
+        /// # Safety
+        /// The pointers among `args` are host addresses of buffers that hold what the kernel
+        /// touches.
+        pub unsafe fn launch(k: Kernel, args: &[A]) {
+            use Kernel as K;
+            // SAFETY: as the function's.
+            unsafe {
+                match k {
+                    K::LstmForwardStep => {
+                        call!(k, args, lstm_forward_step(i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32))
+                    }
+                    K::LstmProjectionFinish => call!(k, args, lstm_projection_finish(i32, i32, i32, u64, u64, u64, u64, i32)),
+                    K::LstmProjectionBackwardPrepare => {
+                        call!(k, args, lstm_projection_backward_prepare(i32, i32, i32, u64, u64, i32, u64, u64, u64))
+                    }
+                    K::LstmBackwardStep => {
+                        call!(k, args, lstm_backward_step(i32, i32, i32, u64, u64, u64, u64, u64, u64, i32, u64, u64, u64))
+                    }
+                    K::GruForwardStep => {
+                        call!(k, args, gru_forward_step(i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32))
+                    }
+                    K::GruBackwardStep => call!(k, args, gru_backward_step(i32, i32, i32, u64, u64, u64, u64, u64, i32, u64, u64, u64)),
+                    K::RnnTanhForwardStep => {
+                        call!(k, args, rnn_tanh_forward_step(i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32))
+                    }
+                    K::RnnReluForwardStep => {
+                        call!(k, args, rnn_relu_forward_step(i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32))
+                    }
+                    K::RnnTanhBackwardStep => call!(k, args, rnn_tanh_backward_step(i32, i32, i32, u64, u64, u64, i32, u64, u64)),
+                    K::RnnReluBackwardStep => call!(k, args, rnn_relu_backward_step(i32, i32, i32, u64, u64, u64, i32, u64, u64)),
+                    K::FillF32 => call!(k, args, fill_f32(i64, f32, u64)),
+                    K::PersistentLstmForward => panic!("the persistent kernel has no host emulation"),
+                }
+            }
+        }
+    }
+
+    /// cuBLAS's column-major sgemm on host memory: `C = alpha·op(A)·op(B) + beta·C`, element
+    /// `(i, j)` of a column-major matrix at `i + j·ld`. As cuBLAS, `C` is not read when
+    /// `beta = 0`.
+    ///
+    /// # Safety
+    /// The pointers are host addresses of matrices that hold every index the formulas reach.
+    pub unsafe fn sgemm(g: &SgemmArgs, alpha: f32, beta: f32) {
+        let (a, b, c) = (g.a as *const f32, g.b as *const f32, g.c as *mut f32);
+        let (lda, ldb, ldc) = (g.lda as usize, g.ldb as usize, g.ldc as usize);
+        for i in 0..g.m as usize {
+            for j in 0..g.n as usize {
+                let mut acc = 0.0f32;
+                for p in 0..g.k as usize {
+                    // SAFETY: as the function's.
+                    let (av, bv) = unsafe {
+                        (
+                            if g.transa { *a.add(p + i * lda) } else { *a.add(i + p * lda) },
+                            if g.transb { *b.add(j + p * ldb) } else { *b.add(p + j * ldb) },
+                        )
+                    };
+                    acc += av * bv;
+                }
+                // SAFETY: as the function's.
+                unsafe {
+                    let cv = c.add(i + j * ldc);
+                    *cv = if beta == 0.0 { alpha * acc } else { alpha * acc + beta * *cv };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_view(v: &[f32]) -> View {
+        View { ptr: v.as_ptr() as u64, len: v.len() }
+    }
+
+    /// The row-major to column-major mapping, for every transpose combination, against a plain
+    /// row-major product (through the same host sgemm the emulation uses, which follows
+    /// cuBLAS's conventions).
+    #[test]
+    fn sgemm_args_compute_the_row_major_product() {
+        let (m, k, n) = (5usize, 3usize, 4usize);
+        let mut rng = crate::SplitMix64::new(9);
+        let mut rand = |len: usize| (0..len).map(|_| rng.uniform(-1.0, 1.0) as f32).collect::<Vec<f32>>();
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            // op(A) is [m, k]: stored [m, k], or [k, m] when transposed; likewise op(B) [k, n].
+            let a = rand(m * k);
+            let b = rand(k * n);
+            let c0 = rand(m * n);
+            let am = if ta { host_view(&a).mat(k, m).t() } else { host_view(&a).mat(m, k) };
+            let bm = if tb { host_view(&b).mat(n, k).t() } else { host_view(&b).mat(k, n) };
+            let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] };
+            let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] };
+            let mut c = c0.clone();
+            let cv = View { ptr: c.as_mut_ptr() as u64, len: c.len() };
+            let g = SgemmArgs::new(am, bm, 0.5, cv.mat(m, n)).unwrap();
+            // SAFETY: the three buffers hold the matrices the arguments describe.
+            unsafe { host::sgemm(&g, 2.0, 0.5) };
+            for i in 0..m {
+                for j in 0..n {
+                    let want = 2.0 * (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f32>() + 0.5 * c0[i * n + j];
+                    assert!((c[i * n + j] - want).abs() < 1e-5, "ta={ta} tb={tb} ({i},{j}): {} vs {want}", c[i * n + j]);
+                }
+            }
+        }
+        // Nothing to do: an empty product accumulated.
+        let e: Vec<f32> = vec![0.0; 4];
+        assert!(SgemmArgs::new(host_view(&e).mat(2, 0), host_view(&e).mat(0, 2), 1.0, host_view(&e).mat(2, 2)).is_none());
+    }
+
+    #[test]
+    #[should_panic(expected = "outside")]
+    fn views_are_bounds_checked() {
+        let v = View { ptr: 4096, len: 10 };
+        assert_eq!(v.at(4, 6).ptr, 4096 + 16);
+        assert_eq!(v.strided(2, 3, 3, 2).len, 8);
+        let _ = v.at(5, 6);
+    }
+}

@@ -1,0 +1,485 @@
+//! The CUDA backend, f32: the host driver's structure on the device (`driver.rs`), with cuBLAS
+//! for the GEMMs and one fused pointwise kernel per cell and step (`kernels/*.cu`, compiled to
+//! PTX by `build.rs`).
+//!
+//! - `device.rs`: opening a device (context, two streams, two cuBLAS handles) and loading the
+//!   kernels, once per process and device.
+//! - `buffer.rs`: [`CudaBuf`], the backend's device buffer, and the checked views the driver
+//!   computes with.
+//! - `exec.rs`: how the driver issues work ([`Call`](exec::Call)): cuBLAS and the kernels on the
+//!   device, or, in unit tests without a GPU, the same kernels compiled as host C++.
+//! - `driver.rs`: the layer, direction and time loops, forward and backward.
+//!
+//! [`Cuda`] computes on device buffers ([`CudaBuf`]); [`CudaHost`] is the same backend on host
+//! slices (upload, compute, download), for [`Rnn`](crate::Rnn), the test harnesses and the
+//! case runner.
+//!
+//! The CUDA libraries are loaded at run time (cudarc's dynamic loading), so this builds and
+//! runs everywhere; [`Cuda::new`] answers [`Error::BackendUnavailable`] with what to install
+//! when there is no nvcc at build time, no driver, no device or no cuBLAS.
+
+mod buffer;
+mod device;
+mod driver;
+mod exec;
+
+/// The PTX of `kernels/*.cu`, written by build.rs.
+#[allow(dead_code)]
+mod ptx {
+    include!(concat!(env!("OUT_DIR"), "/ptx.rs"));
+}
+
+pub use buffer::CudaBuf;
+pub use driver::CudaReserve;
+
+use crate::backend::{
+    check_backward, check_forward, Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnPlan,
+};
+use crate::config::RnnConfig;
+use crate::error::{Error, Result};
+use crate::params::ParamLayout;
+use crate::shape::SeqShape;
+use buffer::View;
+use device::{device_err, Device};
+use exec::{Call, Mem};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The CUDA backend on one device, computing on device buffers ([`CudaBuf`]).
+///
+/// ```no_run
+/// use rnn_kernels::backend::cuda::Cuda;
+/// match Cuda::new() {
+///     Ok(cuda) => println!("{}", cuda.device_name()),
+///     Err(e) => println!("no CUDA here: {e}"), // says what to install
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Cuda {
+    dev: Arc<Device>,
+    /// Whether the persistent small-batch LSTM kernel may be chosen.
+    persistent: bool,
+}
+
+impl std::fmt::Debug for Cuda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cuda").field("device", &self.dev.name).field("persistent", &self.persistent).finish()
+    }
+}
+
+impl Cuda {
+    /// Device 0, or the one `RNN_KERNELS_CUDA_DEVICE` names.
+    pub fn new() -> Result<Cuda> {
+        let ordinal = match std::env::var("RNN_KERNELS_CUDA_DEVICE") {
+            Ok(v) => v.trim().parse().map_err(|_| Error::invalid("RNN_KERNELS_CUDA_DEVICE", "a device ordinal such as 0", v))?,
+            Err(_) => 0,
+        };
+        Cuda::with_device(ordinal)
+    }
+
+    /// Device `ordinal`. Opening a device (and loading its kernels) happens once per process;
+    /// later calls share it.
+    ///
+    /// The persistent small-batch LSTM kernel is used where it fits unless
+    /// `RNN_KERNELS_CUDA_PERSISTENT=0`; see [`with_persistent`](Self::with_persistent).
+    pub fn with_device(ordinal: usize) -> Result<Cuda> {
+        let persistent = std::env::var("RNN_KERNELS_CUDA_PERSISTENT").map_or(true, |v| v != "0");
+        Ok(Cuda { dev: device::open(ordinal)?, persistent })
+    }
+
+    /// Allows (`true`) or forbids the persistent LSTM kernel: for an LSTM layer without
+    /// projection and `B ≤ 8` whose `W_hh` fits in the shared memory of the device's blocks, one
+    /// cooperative launch runs the whole sequence with the weights on chip, instead of a cuBLAS
+    /// GEMM and a pointwise kernel per step. The results agree to f32 rounding.
+    pub fn with_persistent(mut self, on: bool) -> Cuda {
+        self.persistent = on;
+        self
+    }
+
+    /// Whether the persistent kernel may be chosen.
+    pub fn persistent(&self) -> bool {
+        self.persistent
+    }
+
+    /// `cuda:N`.
+    pub fn device_name(&self) -> &str {
+        &self.dev.name
+    }
+
+    /// The virtual architecture the kernels were built for (`RNN_KERNELS_CUDA_ARCH` at build
+    /// time).
+    pub fn ptx_arch() -> &'static str {
+        ptx::ARCH
+    }
+
+    fn err(&self, op: &str, e: impl std::fmt::Debug) -> Error {
+        device_err(&self.dev.name, op, e)
+    }
+
+    /// Copies `host` to a new device buffer.
+    pub fn upload(&self, host: &[f32]) -> Result<CudaBuf<f32>> {
+        let _ = Call::new(&self.dev)?;
+        if host.is_empty() {
+            return self.zeros(0);
+        }
+        let slice = self.dev.streams[0].clone_htod(host).map_err(|e| self.err("uploading", e))?;
+        Ok(CudaBuf { slice })
+    }
+
+    /// A new device buffer of `n` zeros.
+    pub fn zeros(&self, n: usize) -> Result<CudaBuf<f32>> {
+        let _ = Call::new(&self.dev)?;
+        let slice = self.dev.streams[0].alloc_zeros::<f32>(n).map_err(|e| self.err(&format!("allocating {n} f32"), e))?;
+        Ok(CudaBuf { slice })
+    }
+
+    /// Copies a device buffer to the host, after the work enqueued before it.
+    pub fn download(&self, buf: &CudaBuf<f32>) -> Result<Vec<f32>> {
+        let mut v = vec![0.0; buf.slice.len()];
+        self.download_into(buf, &mut v)?;
+        Ok(v)
+    }
+
+    /// Copies a device buffer into `host` (same length), after the work enqueued before it.
+    pub fn download_into(&self, buf: &CudaBuf<f32>, host: &mut [f32]) -> Result<()> {
+        crate::error::check_len("host", "the device buffer's length", &[buf.slice.len()], host.len())?;
+        let _ = Call::new(&self.dev)?;
+        if host.is_empty() {
+            return Ok(());
+        }
+        let s = &self.dev.streams[0];
+        s.memcpy_dtoh(&buf.slice, host).map_err(|e| self.err("downloading", e))?;
+        s.synchronize().map_err(|e| self.err("synchronising", e))
+    }
+
+    /// Waits until all work enqueued so far has finished (for timing, and to surface errors
+    /// of kernels that ran asynchronously).
+    pub fn synchronize(&self) -> Result<()> {
+        let _ = Call::new(&self.dev)?;
+        for s in &self.dev.streams {
+            s.synchronize().map_err(|e| self.err("synchronising", e))?;
+        }
+        Ok(())
+    }
+
+    fn view(&self, b: &CudaBuf<f32>) -> View {
+        View::of(&b.slice, &self.dev.streams[0])
+    }
+
+    fn run_forward(
+        &self,
+        plan: &CudaPlan,
+        shape: &SeqShape,
+        input: ForwardInput<'_, CudaBuf<f32>>,
+        output: ForwardOutput<'_, CudaBuf<f32>>,
+        reserve: Option<&mut CudaReserve>,
+    ) -> Result<()> {
+        check_forward(plan.config(), shape, &input, &output)?;
+        self.check_plan(plan)?;
+        let call = Call::new(&self.dev)?.with_persistent(self.persistent);
+        let mut reserve = reserve;
+        if let Some(r) = reserve.as_deref_mut() {
+            r.plan_id = plan.id;
+            r.plan_version = plan.version;
+            // Until this call has filled it, the reserve is not usable.
+            r.shape = None;
+        }
+        let v = |b: &CudaBuf<f32>| self.view(b);
+        driver::forward(
+            &call,
+            &plan.layout,
+            call.view(&plan.weights),
+            shape,
+            v(input.x),
+            input.h0.map(v),
+            input.c0.map(v),
+            v(output.y),
+            output.hn.as_deref().map(v),
+            output.cn.as_deref().map(v),
+            reserve,
+        )
+    }
+
+    fn run_backward(
+        &self,
+        plan: &CudaPlan,
+        reserve: &CudaReserve,
+        grads: BackwardInput<'_, CudaBuf<f32>>,
+        output: BackwardOutput<'_, CudaBuf<f32>>,
+        mode: GradMode,
+    ) -> Result<()> {
+        self.check_plan(plan)?;
+        let shape = check_reserve(reserve, plan)?;
+        check_backward(plan.config(), shape, plan.layout.len(), &grads, &output)?;
+        let call = Call::new(&self.dev)?;
+        let saved = driver::SavedViews::new(&call, reserve);
+        let v = |b: &CudaBuf<f32>| self.view(b);
+        driver::backward(
+            &call,
+            &plan.layout,
+            call.view(&plan.weights),
+            shape,
+            &saved,
+            grads.dy.map(v),
+            grads.dhn.map(v),
+            grads.dcn.map(v),
+            output.dx.as_deref().map(v),
+            output.dh0.as_deref().map(v),
+            output.dc0.as_deref().map(v),
+            output.dparams.as_deref().map(v),
+            mode,
+        )
+    }
+
+    fn check_plan(&self, plan: &CudaPlan) -> Result<()> {
+        if plan.device != self.dev.name {
+            return Err(Error::invalid("plan", format!("a plan made on {}", self.dev.name), format!("a plan made on {}", plan.device)));
+        }
+        Ok(())
+    }
+
+    fn make_plan(&self, config: &RnnConfig, params: &CudaBuf<f32>) -> Result<CudaPlan> {
+        let layout = ParamLayout::new(config);
+        layout.check_buffer("params", params.slice.len())?;
+        let weights = {
+            let call = Call::new(&self.dev)?;
+            let w = call.alloc(layout.len())?;
+            let (dst, src) = (call.view(&w), self.view(params));
+            // SAFETY: both hold layout.len() f32.
+            unsafe { cudarc::driver::result::memcpy_dtod_async(dst.ptr, src.ptr, src.len * 4, self.dev.streams[0].cu_stream()) }
+                .map_err(|e| self.err("copying the parameters", e))?;
+            w
+        };
+        Ok(CudaPlan { layout, weights, device: self.dev.name.clone(), id: next_plan_id(), version: 0 })
+    }
+
+    fn update(&self, plan: &mut CudaPlan, params: &CudaBuf<f32>) -> Result<()> {
+        self.check_plan(plan)?;
+        plan.layout.check_buffer("params", params.slice.len())?;
+        let call = Call::new(&self.dev)?;
+        let (dst, src) = (call.view(&plan.weights), self.view(params));
+        // SAFETY: both hold layout.len() f32.
+        unsafe { cudarc::driver::result::memcpy_dtod_async(dst.ptr, src.ptr, src.len * 4, self.dev.streams[0].cu_stream()) }
+            .map_err(|e| self.err("copying the parameters", e))?;
+        plan.version += 1;
+        Ok(())
+    }
+}
+
+fn next_plan_id() -> u64 {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The CUDA backend's plan: the configuration and a device copy of the weights (PyTorch
+/// layout, the GEMMs read it in place), with an identity and version so that a reserve is only
+/// used with the weights that filled it.
+pub struct CudaPlan {
+    layout: ParamLayout,
+    weights: Mem<f32>,
+    device: String,
+    id: u64,
+    version: u64,
+}
+
+impl std::fmt::Debug for CudaPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaPlan").field("config", self.layout.config()).field("device", &self.device).finish()
+    }
+}
+
+impl RnnPlan for CudaPlan {
+    fn config(&self) -> &RnnConfig {
+        self.layout.config()
+    }
+}
+
+fn check_reserve<'r>(reserve: &'r CudaReserve, plan: &CudaPlan) -> Result<&'r SeqShape> {
+    let shape = reserve.shape.as_ref().ok_or_else(|| Error::Reserve("empty: run forward_training with it before backward".into()))?;
+    if reserve.plan_id != plan.id {
+        return Err(Error::Reserve("it was filled by a different plan than the one given to backward".into()));
+    }
+    if reserve.plan_version != plan.version {
+        return Err(Error::Reserve(format!(
+            "it was filled with version {} of the plan's weights, but the plan is now at version {} \
+             (update_plan was called in between); run forward_training again",
+            reserve.plan_version, plan.version
+        )));
+    }
+    Ok(shape)
+}
+
+impl Backend<f32> for Cuda {
+    type Buf = CudaBuf<f32>;
+    type Plan = CudaPlan;
+    type Reserve = CudaReserve;
+
+    fn name(&self) -> String {
+        self.dev.name.clone()
+    }
+
+    fn plan(&self, config: &RnnConfig, params: &CudaBuf<f32>) -> Result<CudaPlan> {
+        self.make_plan(config, params)
+    }
+
+    fn update_plan(&self, plan: &mut CudaPlan, params: &CudaBuf<f32>) -> Result<()> {
+        self.update(plan, params)
+    }
+
+    fn forward_inference(
+        &self,
+        plan: &CudaPlan,
+        shape: &SeqShape,
+        input: ForwardInput<'_, CudaBuf<f32>>,
+        output: ForwardOutput<'_, CudaBuf<f32>>,
+    ) -> Result<()> {
+        self.run_forward(plan, shape, input, output, None)
+    }
+
+    fn forward_training(
+        &self,
+        plan: &CudaPlan,
+        shape: &SeqShape,
+        input: ForwardInput<'_, CudaBuf<f32>>,
+        output: ForwardOutput<'_, CudaBuf<f32>>,
+        reserve: &mut CudaReserve,
+    ) -> Result<()> {
+        self.run_forward(plan, shape, input, output, Some(reserve))
+    }
+
+    fn backward(
+        &self,
+        plan: &CudaPlan,
+        reserve: &CudaReserve,
+        grads: BackwardInput<'_, CudaBuf<f32>>,
+        output: BackwardOutput<'_, CudaBuf<f32>>,
+        mode: GradMode,
+    ) -> Result<()> {
+        self.run_backward(plan, reserve, grads, output, mode)
+    }
+}
+
+/// The CUDA backend on host slices: each call uploads its inputs, runs on the device and
+/// downloads its outputs (the plan and the reserve stay on the device). For
+/// [`Rnn`](crate::Rnn) and code written against `Backend<f32, Buf = [f32]>`; use [`Cuda`]
+/// directly to keep a whole model on the device.
+#[derive(Clone, Debug)]
+pub struct CudaHost(pub Cuda);
+
+impl CudaHost {
+    /// [`Cuda::new`] on host slices.
+    pub fn new() -> Result<CudaHost> {
+        Ok(CudaHost(Cuda::new()?))
+    }
+
+    fn up_opt(&self, v: Option<&[f32]>) -> Result<Option<CudaBuf<f32>>> {
+        v.map(|v| self.0.upload(v)).transpose()
+    }
+
+    fn zeros_like(&self, v: &Option<&mut [f32]>) -> Result<Option<CudaBuf<f32>>> {
+        v.as_ref().map(|v| self.0.zeros(v.len())).transpose()
+    }
+
+    fn down_opt(&self, d: Option<CudaBuf<f32>>, h: Option<&mut [f32]>) -> Result<()> {
+        if let (Some(d), Some(h)) = (d, h) {
+            self.0.download_into(&d, h)?;
+        }
+        Ok(())
+    }
+
+    fn forward(
+        &self,
+        plan: &CudaPlan,
+        shape: &SeqShape,
+        input: ForwardInput<'_, [f32]>,
+        output: ForwardOutput<'_, [f32]>,
+        reserve: Option<&mut CudaReserve>,
+    ) -> Result<()> {
+        // The same checks on the host slices first, so no upload happens for a wrong call.
+        check_forward(plan.config(), shape, &input, &output)?;
+        let x = self.0.upload(input.x)?;
+        let (h0, c0) = (self.up_opt(input.h0)?, self.up_opt(input.c0)?);
+        let mut y = self.0.zeros(output.y.len())?;
+        let (mut hn, mut cn) = (self.zeros_like(&output.hn)?, self.zeros_like(&output.cn)?);
+        let di = ForwardInput { x: &x, h0: h0.as_ref(), c0: c0.as_ref() };
+        let dout = ForwardOutput { y: &mut y, hn: hn.as_mut(), cn: cn.as_mut() };
+        self.0.run_forward(plan, shape, di, dout, reserve)?;
+        self.0.download_into(&y, output.y)?;
+        self.down_opt(hn, output.hn)?;
+        self.down_opt(cn, output.cn)
+    }
+}
+
+impl Backend<f32> for CudaHost {
+    type Buf = [f32];
+    type Plan = CudaPlan;
+    type Reserve = CudaReserve;
+
+    fn name(&self) -> String {
+        self.0.name()
+    }
+
+    fn plan(&self, config: &RnnConfig, params: &[f32]) -> Result<CudaPlan> {
+        ParamLayout::new(config).check_buffer("params", params.len())?;
+        self.0.make_plan(config, &self.0.upload(params)?)
+    }
+
+    fn update_plan(&self, plan: &mut CudaPlan, params: &[f32]) -> Result<()> {
+        plan.layout.check_buffer("params", params.len())?;
+        self.0.update(plan, &self.0.upload(params)?)
+    }
+
+    fn forward_inference(
+        &self,
+        plan: &CudaPlan,
+        shape: &SeqShape,
+        input: ForwardInput<'_, [f32]>,
+        output: ForwardOutput<'_, [f32]>,
+    ) -> Result<()> {
+        self.forward(plan, shape, input, output, None)
+    }
+
+    fn forward_training(
+        &self,
+        plan: &CudaPlan,
+        shape: &SeqShape,
+        input: ForwardInput<'_, [f32]>,
+        output: ForwardOutput<'_, [f32]>,
+        reserve: &mut CudaReserve,
+    ) -> Result<()> {
+        self.forward(plan, shape, input, output, Some(reserve))
+    }
+
+    fn backward(
+        &self,
+        plan: &CudaPlan,
+        reserve: &CudaReserve,
+        grads: BackwardInput<'_, [f32]>,
+        output: BackwardOutput<'_, [f32]>,
+        mode: GradMode,
+    ) -> Result<()> {
+        let shape = check_reserve(reserve, plan)?;
+        check_backward(plan.config(), shape, plan.layout.len(), &grads, &output)?;
+        let dy = self.up_opt(grads.dy)?;
+        let (dhn, dcn) = (self.up_opt(grads.dhn)?, self.up_opt(grads.dcn)?);
+        let mut dx = self.zeros_like(&output.dx)?;
+        let (mut dh0, mut dc0) = (self.zeros_like(&output.dh0)?, self.zeros_like(&output.dc0)?);
+        // Accumulate adds into the caller's values: upload them.
+        let mut dp = match (&output.dparams, mode) {
+            (Some(p), GradMode::Accumulate) => Some(self.0.upload(p)?),
+            (Some(p), GradMode::Overwrite) => Some(self.0.zeros(p.len())?),
+            (None, _) => None,
+        };
+        self.0.run_backward(
+            plan,
+            reserve,
+            BackwardInput { dy: dy.as_ref(), dhn: dhn.as_ref(), dcn: dcn.as_ref() },
+            BackwardOutput { dx: dx.as_mut(), dh0: dh0.as_mut(), dc0: dc0.as_mut(), dparams: dp.as_mut() },
+            mode,
+        )?;
+        self.down_opt(dx, output.dx)?;
+        self.down_opt(dh0, output.dh0)?;
+        self.down_opt(dc0, output.dc0)?;
+        self.down_opt(dp.take(), output.dparams)
+    }
+}

@@ -1,0 +1,222 @@
+//! The CUDA backend against the f64 reference: the CPU backend's property test and every
+//! PyTorch fixture (through [`CudaHost`]), plus the device-buffer API, gradient accumulation and
+//! the reserve checks.
+//!
+//! Without a GPU (or without `--features cuda`) every test prints that it was skipped and
+//! passes; with `RNN_KERNELS_REQUIRE_CUDA=1` a missing GPU fails them instead.
+//!
+//! Tolerances (error metric of `shared/case-format.md`): forward outputs 1e-5, gradients 1e-4,
+//! as for the CPU backend (f32 storage and f32 math; cuBLAS may sum in another order).
+
+mod common;
+
+/// Whether a missing GPU is a failure.
+fn required() -> bool {
+    std::env::var("RNN_KERNELS_REQUIRE_CUDA").is_ok_and(|v| v == "1")
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_backend() {
+    assert!(!required(), "RNN_KERNELS_REQUIRE_CUDA=1, but this build has no CUDA backend: run with --features cuda");
+    eprintln!("skipped: built without the `cuda` feature (cargo test --features cuda)");
+}
+
+#[cfg(feature = "cuda")]
+mod with_feature {
+    use super::common::describe;
+    use super::common::parity::{case_files, config, Problem, FWD_TOL, GRAD_TOL};
+    use super::required;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    use rnn_kernels::case::{max_error, run_case, Case};
+    use rnn_kernels::{
+        Backend, BackwardInput, BackwardOutput, CellKind, Cuda, CudaHost, Error, ForwardInput, ForwardOutput, GradMode, Params, Rnn,
+        RnnConfig, SeqShape,
+    };
+
+    /// The backend, or `None` after printing why the test is skipped (a failure when required).
+    fn cuda(test: &str) -> Option<Cuda> {
+        match Cuda::new() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                assert!(!required(), "RNN_KERNELS_REQUIRE_CUDA=1, but: {e}");
+                eprintln!("{test}: skipped: no CUDA backend here ({e})");
+                None
+            }
+        }
+    }
+
+    /// Without a GPU, creating the backend is an error value that says what to install, never a
+    /// panic; with one it works, and a second handle shares the opened device.
+    #[test]
+    fn new_answers_or_explains() {
+        match Cuda::new() {
+            Ok(c) => {
+                let again = Cuda::new().unwrap();
+                assert_eq!(c.device_name(), again.device_name());
+                eprintln!("CUDA backend on {} (PTX for {})", c.device_name(), Cuda::ptx_arch());
+            }
+            Err(e) => {
+                assert!(matches!(e, Error::BackendUnavailable { .. }), "{e:?}");
+                let msg = e.to_string();
+                assert!(msg.contains("nvcc") || msg.contains("driver") || msg.contains("device") || msg.contains("cuBLAS"), "{msg}");
+                assert!(!required(), "RNN_KERNELS_REQUIRE_CUDA=1, but: {msg}");
+                eprintln!("new_answers_or_explains: skipped: no CUDA backend here ({msg})");
+            }
+        }
+    }
+
+    /// The CPU backend's property test: random configurations, lengths and inputs up to ±25
+    /// (every gate saturates), against the f64 reference.
+    #[test]
+    fn cuda_matches_reference() {
+        let Some(c) = cuda("cuda_matches_reference") else { return };
+        let strategy = (config(), 1usize..7, prop::collection::vec(1usize..7, 1..6), any::<u64>());
+        TestRunner::new(Config::with_cases(64))
+            .run(&strategy, |(cfg, t, lens, seed)| {
+                let lengths: Vec<usize> = lens.iter().map(|&l| l.min(t)).collect();
+                let shape = SeqShape::with_lengths(t, lengths).unwrap();
+                let p = Problem::new(&cfg, &shape, seed, 25.0);
+                let want = p.run_reference();
+                // B ≤ 5 here: an LSTM without projection takes the persistent kernel when allowed.
+                for persistent in [false, true] {
+                    let got = p.run_f32(CudaHost(c.clone().with_persistent(persistent)));
+                    for (name, err, tol) in p.errors(&got, &want) {
+                        prop_assert!(err <= tol, "persistent={persistent}: {name} error {err:.3e} > {tol:e}: {}", describe(&cfg, &shape));
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// Sizes where the grid-stride loops wrap and cuBLAS picks its tiled kernels: B = 37 rows
+    /// with mixed lengths, H up to 300, both directions, projection.
+    #[test]
+    fn cuda_matches_reference_larger() {
+        let Some(c) = cuda("cuda_matches_reference_larger") else { return };
+        let configs = [
+            RnnConfig::new(CellKind::Lstm, 64, 96).num_layers(2).bidirectional(true).proj_size(40).build().unwrap(),
+            RnnConfig::new(CellKind::Lstm, 33, 300).build().unwrap(),
+            RnnConfig::new(CellKind::Gru, 70, 130).num_layers(2).bidirectional(true).build().unwrap(),
+            RnnConfig::new(CellKind::RnnRelu, 33, 200).num_layers(2).build().unwrap(),
+            RnnConfig::new(CellKind::RnnTanh, 20, 257).bidirectional(true).bias(false).build().unwrap(),
+        ];
+        for cfg in &configs {
+            let shape = SeqShape::with_lengths(9, (0..37).map(|b| 1 + (b * 5) % 9).collect()).unwrap();
+            let p = Problem::new(cfg, &shape, 77, 3.0);
+            let got = p.run_f32(CudaHost(c.clone()));
+            for (name, err, tol) in p.errors(&got, &p.run_reference()) {
+                assert!(err <= tol, "{name} error {err:.3e} > {tol:e}: {}", describe(cfg, &shape));
+            }
+        }
+    }
+
+    /// The persistent LSTM kernel at sizes where several units share a block and the batch is
+    /// at its limit (8), both directions, two layers, mixed lengths, long enough (T = 40) that a
+    /// wrong grid barrier would show; and against the per-step path.
+    #[test]
+    fn persistent_lstm_matches_reference() {
+        let Some(c) = cuda("persistent_lstm_matches_reference") else { return };
+        for (h, b) in [(300, 8), (1024, 2), (64, 1)] {
+            let cfg = RnnConfig::new(CellKind::Lstm, 48, h).num_layers(2).bidirectional(true).build().unwrap();
+            let shape = SeqShape::with_lengths(40, (0..b).map(|i| 40 - (i * 7) % 40).collect()).unwrap();
+            let p = Problem::new(&cfg, &shape, 3, 3.0);
+            let want = p.run_reference();
+            let on = p.run_f32(CudaHost(c.clone().with_persistent(true)));
+            let off = p.run_f32(CudaHost(c.clone().with_persistent(false)));
+            for (got, label) in [(&on, "persistent"), (&off, "per-step")] {
+                for (name, err, tol) in p.errors(got, &want) {
+                    assert!(err <= tol, "{label}: {name} error {err:.3e} > {tol:e}: {}", describe(&cfg, &shape));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cuda_matches_pytorch_fixtures() {
+        let Some(c) = cuda("cuda_matches_pytorch_fixtures") else { return };
+        let mut failures = Vec::new();
+        for persistent in [false, true] {
+            let host = CudaHost(c.clone().with_persistent(persistent));
+            for f in case_files() {
+                let case = Case::<f32>::load(&f).unwrap();
+                let report = run_case(&host, &case).unwrap();
+                if !report.passes(GRAD_TOL) {
+                    failures.push(format!("persistent={persistent} {}: {:?}", f.display(), report.worst()));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// The device-buffer API gives the same numbers as the host one; optional outputs may be
+    /// left out; GradMode::Accumulate adds onto what is there.
+    #[test]
+    fn device_buffers_and_accumulate() {
+        let Some(c) = cuda("device_buffers_and_accumulate") else { return };
+        let cfg = RnnConfig::new(CellKind::Lstm, 5, 7).num_layers(2).bidirectional(true).build().unwrap();
+        let shape = SeqShape::with_lengths(4, vec![4, 2, 3]).unwrap();
+        let p = Problem::new(&cfg, &shape, 5, 2.0);
+        let want = p.run_f32(CudaHost(c.clone()));
+
+        let up = |v: &[f32]| c.upload(v).unwrap();
+        let plan = c.plan(&cfg, &up(&p.params)).unwrap();
+        let (x, h0, c0) = (up(&p.x), up(&p.h0), up(p.c0.as_ref().unwrap()));
+        let mut y = c.zeros(p.dy.len()).unwrap();
+        let mut reserve = Default::default();
+        c.forward_training(
+            &plan,
+            &shape,
+            ForwardInput { x: &x, h0: Some(&h0), c0: Some(&c0) },
+            ForwardOutput { y: &mut y, hn: None, cn: None },
+            &mut reserve,
+        )
+        .unwrap();
+        assert_eq!(c.download(&y).unwrap(), want[0], "y");
+
+        let (dy, dhn, dcn) = (up(&p.dy), up(&p.dhn), up(p.dcn.as_ref().unwrap()));
+        let mut dparams = up(&want[6]);
+        let mut dx = c.zeros(p.x.len()).unwrap();
+        c.backward(
+            &plan,
+            &reserve,
+            BackwardInput { dy: Some(&dy), dhn: Some(&dhn), dcn: Some(&dcn) },
+            BackwardOutput { dx: Some(&mut dx), dh0: None, dc0: None, dparams: Some(&mut dparams) },
+            GradMode::Accumulate,
+        )
+        .unwrap();
+        assert!(max_error(&c.download(&dx).unwrap(), &want[3]) <= GRAD_TOL, "dx");
+        let twice: Vec<f32> = want[6].iter().map(|g| 2.0 * g).collect();
+        assert!(max_error(&c.download(&dparams).unwrap(), &twice) <= GRAD_TOL, "accumulated dparams");
+
+        // Inference without hn/cn and without h0/c0 equals training's y with zero states.
+        let mut y2 = c.zeros(p.dy.len()).unwrap();
+        c.forward_inference(&plan, &shape, ForwardInput { x: &x, h0: None, c0: None }, ForwardOutput { y: &mut y2, hn: None, cn: None })
+            .unwrap();
+        let host = Rnn::new(CudaHost(c.clone()), &cfg, &p.params[..]).unwrap();
+        let o = host.forward(&shape, &p.x, None, None).unwrap();
+        assert!(max_error(&c.download(&y2).unwrap(), &o.y) <= FWD_TOL);
+    }
+
+    /// A reserve is refused by a plan that did not fill it or whose weights changed since.
+    #[test]
+    fn reserve_checks() {
+        let Some(c) = cuda("reserve_checks") else { return };
+        let cfg = RnnConfig::new(CellKind::Gru, 3, 4).build().unwrap();
+        let shape = SeqShape::new(2, 2).unwrap();
+        let params = Params::<f32>::init_uniform(&cfg, 1);
+        let mut rnn = Rnn::from_params(CudaHost(c.clone()), &params).unwrap();
+        let x = vec![0.5f32; 2 * 2 * 3];
+        let mut reserve = Default::default();
+        assert!(matches!(rnn.backward(&reserve, None, None, None), Err(Error::Reserve(_))));
+        rnn.forward_training(&shape, &x, None, None, &mut reserve).unwrap();
+        rnn.backward(&reserve, None, None, None).unwrap();
+        rnn.update_params(params.as_slice()).unwrap();
+        let e = rnn.backward(&reserve, None, None, None).unwrap_err().to_string();
+        assert!(e.contains("update_plan"), "{e}");
+        let other = Rnn::from_params(CudaHost(c), &params).unwrap();
+        assert!(matches!(other.backward(&reserve, None, None, None), Err(Error::Reserve(_))));
+    }
+}
