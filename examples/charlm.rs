@@ -205,10 +205,17 @@ fn main() -> ExitCode {
             println!("backend: reference (plain loops, single thread)");
             run(Reference, &args)
         }
-        // The CUDA backend lands in its own branch; wiring it is this arm.
+        // The model's embedding, decoder and optimiser work on host memory, so the stack runs
+        // through `CudaHost` (host slices in and out, the layers on the device).
+        #[cfg(feature = "cuda")]
+        "cuda" => rnn_kernels::CudaHost::new().map_err(Into::into).and_then(|cuda| {
+            println!("backend: cuda (host buffers, layers on the GPU)");
+            run(cuda, &args)
+        }),
+        #[cfg(not(feature = "cuda"))]
         "cuda" => Err(rnn_kernels::Error::BackendUnavailable {
             backend: "cuda".into(),
-            reason: "CUDA backend not available in this build; use --backend cpu or --backend reference".into(),
+            reason: "this build has no CUDA backend: rebuild with `--features cuda` (see DEVELOPERS.md), or use --backend cpu".into(),
         }
         .into()),
         other => Err(format!("--backend: expected cpu, reference or cuda, got {other:?}").into()),
