@@ -200,17 +200,23 @@ mod tests {
         (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect()
     }
 
-    /// `C = alpha·A·B + beta·C` in f64, with `A`, `B` read through their strides.
-    fn naive(alpha: f32, a: &Mat<'_, f32>, b: &Mat<'_, f32>, beta: f32, c: &[f32]) -> Vec<f64> {
+    /// `C = alpha·A·B + beta·C` in f64, with `A`, `B` read through their strides, and for each
+    /// element the f32 rounding-error bound of computing it: `(k + 2)·eps` times the sum of the
+    /// magnitudes of its terms (the standard bound for a k-term dot product plus the update).
+    fn naive(alpha: f32, a: &Mat<'_, f32>, b: &Mat<'_, f32>, beta: f32, c: &[f32]) -> (Vec<f64>, Vec<f64>) {
         let mut out = vec![0.0; a.rows * b.cols];
+        let mut bound = vec![0.0; a.rows * b.cols];
+        let eps = f32::EPSILON as f64;
         for i in 0..a.rows {
             for j in 0..b.cols {
                 let s: f64 = (0..a.cols).map(|k| a.at(i, k) as f64 * b.at(k, j) as f64).sum();
+                let mag: f64 = (0..a.cols).map(|k| (a.at(i, k) as f64 * b.at(k, j) as f64).abs()).sum();
                 let prev = if beta == 0.0 { 0.0 } else { beta as f64 * c[i * b.cols + j] as f64 };
                 out[i * b.cols + j] = alpha as f64 * s + prev;
+                bound[i * b.cols + j] = (a.cols as f64 + 2.0) * eps * (alpha.abs() as f64 * mag + prev.abs());
             }
         }
-        out
+        (out, bound)
     }
 
     /// Runs `f` with `Par::Serial` and with teams of 2 and 3 and returns each result.
@@ -261,7 +267,7 @@ mod tests {
                     let a = if a_t { Mat::new(&a_data, k, m).t() } else { Mat::new(&a_data, m, k) };
                     let b = if b_t { Mat::new(&b_data, n, k).t() } else { Mat::new(&b_data, k, n) };
                     let pw = packed.then(|| PackedWeight::pack(b));
-                    let want = naive(alpha, &a, &b, beta, &c0);
+                    let (want, bound) = naive(alpha, &a, &b, beta, &c0);
                     let outs = each_par(|par| {
                         let mut c = c0.clone();
                         // SAFETY: AVX2+FMA detected above.
@@ -269,10 +275,8 @@ mod tests {
                         c
                     });
                     let ctx = format!("m={m} k={k} n={n} alpha={alpha} beta={beta} a_t={a_t} b_t={b_t} packed={packed}");
-                    for (i, (&got, &w)) in outs[0].iter().zip(&want).enumerate() {
-                        // f32 sums of k products of values in ±1: error well under 1e-6·k.
-                        let tol = 1e-6 * (k as f64 + 1.0) * (1.0 + w.abs());
-                        assert!((got as f64 - w).abs() <= tol, "{ctx}: C[{i}] = {got}, f64 gives {w}");
+                    for (i, ((&got, &w), &tol)) in outs[0].iter().zip(&want).zip(&bound).enumerate() {
+                        assert!((got as f64 - w).abs() <= tol, "{ctx}: C[{i}] = {got}, f64 gives {w}, bound {tol:.2e}");
                     }
                     for o in &outs[1..] {
                         assert!(o.iter().zip(&outs[0]).all(|(x, y)| x.to_bits() == y.to_bits()), "{ctx}: threads changed bits");
@@ -289,14 +293,14 @@ mod tests {
             let a_data = rand_vec(&mut rng, m * k);
             let b_data = rand_vec(&mut rng, k * n);
             let (a, b) = (Mat::new(&a_data, m, k), Mat::new(&b_data, k, n));
-            let want = naive(1.0, &a, &b, 0.0, &[]);
+            let (want, bound) = naive(1.0, &a, &b, 0.0, &[]);
             let outs = each_par(|par| {
                 let mut c = vec![0.0; m * n];
                 gemm_portable(par, 1.0, a, b, 0.0, MatMut::new(&mut c, m, n));
                 c
             });
-            for (&got, &w) in outs[0].iter().zip(&want) {
-                assert!((got as f64 - w).abs() <= 1e-6 * (k as f64 + 1.0) * (1.0 + w.abs()));
+            for ((&got, &w), &tol) in outs[0].iter().zip(&want).zip(&bound) {
+                assert!((got as f64 - w).abs() <= tol, "C = {got}, f64 gives {w}, bound {tol:.2e}");
             }
             for o in &outs[1..] {
                 assert!(o.iter().zip(&outs[0]).all(|(x, y)| x.to_bits() == y.to_bits()));
