@@ -59,9 +59,12 @@ fn results_are_bit_identical_for_any_thread_count() {
     // (`ceil(512 / 37)` = 14 steps), with enough gate values per step (37·4·128) for the cell
     // kernels to be split across threads.
     let long = RnnConfig::new(CellKind::Lstm, 50, 128).bidirectional(true).build().unwrap();
-    let cases = configs.iter().map(|c| (c, 9)).chain([(&long, 20)]);
-    for (cfg, steps) in cases {
-        let shape = SeqShape::with_lengths(steps, (0..37).map(|b| 1 + (b * 5) % steps).collect()).unwrap();
+    // And 200 rows: enough for the forward time loop to be cut into blocks of rows too (the
+    // backward's are cut from 32 rows with 2 threads, 48 with 3).
+    let wide = RnnConfig::new(CellKind::Gru, 20, 24).bidirectional(true).build().unwrap();
+    let cases = configs.iter().map(|c| (c, 9, 37)).chain([(&long, 20, 37), (&wide, 5, 200)]);
+    for (cfg, steps, batch) in cases {
+        let shape = SeqShape::with_lengths(steps, (0..batch).map(|b| 1 + (b * 5) % steps).collect()).unwrap();
         let p = Problem::new(cfg, &shape, 77, 3.0);
         for isa in Isa::available() {
             let one = p.run_f32(Cpu::with_isa(isa, 1).unwrap());

@@ -22,7 +22,7 @@ mod team;
 pub use isa::Isa;
 pub use packed::CpuPlan;
 
-use crate::backend::host::{self, CellBackward, CellForward, HostKernels, HostReserve, Mat, MatMut, WeightOp};
+use crate::backend::host::{self, CellBackward, CellForward, HostKernels, HostReserve, Mat, MatMut, Pass, WeightOp};
 use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, Reference};
 use crate::config::{CellKind, RnnConfig};
 use crate::error::{Error, Result};
@@ -153,6 +153,43 @@ impl HostKernels<f32> for CpuKernels<'_> {
         });
     }
 
+    /// Blocks of whole 6-row GEMM tiles, one per thread, of at least `ROW_BLOCK_MIN` rows
+    /// (backward) or `ROW_BLOCK_MIN_FORWARD` (forward): with a batch that large each thread runs
+    /// its rows through the steps on its own, with no synchronisation per step. Results do not
+    /// depend on the cut: each block's per-step products take the tiled kernels (at least 6
+    /// rows), whose arithmetic per element does not depend on the rows around it, and the cell
+    /// kernels work row by row.
+    ///
+    /// Forward, a per-step product split by columns across threads wastes fewer tile rows than
+    /// blocks of rows do (64 rows: 11 tiles shared by the threads, against 6 tiles for the
+    /// larger of two blocks) and its `A` operand is small, so forward cuts only large batches.
+    /// Backward (`dh = dG·W_hh`, `K = G·H`) every thread of a column split packs all of `dG`,
+    /// and the step has more row-wise work around its product: measured on lstm-512-512-64-100
+    /// (2 threads), blocks made the forward about 4% slower and the training call 4% faster.
+    fn row_blocks(&self, rows: usize, pass: Pass) -> Vec<usize> {
+        let min = match pass {
+            Pass::Forward => ROW_BLOCK_MIN_FORWARD,
+            Pass::Backward => ROW_BLOCK_MIN,
+        };
+        let blocks = self.par.parts().min(rows / min).max(1);
+        if blocks == 1 {
+            return vec![0, rows];
+        }
+        let per = rows.div_ceil(6).div_ceil(blocks) * 6;
+        let mut bounds: Vec<usize> = (0..blocks).map(|i| (i * per).min(rows)).collect();
+        bounds.push(rows);
+        bounds.dedup();
+        bounds
+    }
+
+    fn for_blocks(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
+        self.par.run(parts, f)
+    }
+
+    fn serial(&self) -> Self {
+        CpuKernels { isa: self.isa, plan: self.plan, par: gemm::Par::Serial }
+    }
+
     fn cell_backward(&self, cell: CellKind, step: CellBackward<'_, f32>) {
         let parts = self.cell_parts(step.active.len(), step.gates.len());
         if parts == 1 {
@@ -167,6 +204,12 @@ impl HostKernels<f32> for CpuKernels<'_> {
         });
     }
 }
+
+/// The least rows a block of the time loop gets (see `row_blocks`): fewer would leave most of
+/// the 6-row GEMM tiles of its per-step products empty.
+const ROW_BLOCK_MIN: usize = 16;
+/// The same for the forward pass (see `row_blocks`).
+const ROW_BLOCK_MIN_FORWARD: usize = 96;
 
 /// Below this many gate values per step a cell kernel runs on one thread.
 const CELL_PARALLEL_MIN: usize = 1 << 14;

@@ -322,6 +322,13 @@ impl WeightOp {
     }
 }
 
+/// A pass of the time loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    Forward,
+    Backward,
+}
+
 /// The kernels a host backend provides to the driver.
 pub(crate) trait HostKernels<T: Float>: Send + Sync {
     /// `C = alpha·A·B + beta·C`; with `beta = 0`, `C` is not read.
@@ -336,4 +343,26 @@ pub(crate) trait HostKernels<T: Float>: Send + Sync {
     fn cell_forward(&self, cell: CellKind, step: CellForward<'_, T>);
     /// The fused backward pointwise step of `cell`.
     fn cell_backward(&self, cell: CellKind, step: CellBackward<'_, T>);
+
+    /// How the time loop of `pass` over `rows` batch rows is cut into blocks of rows that run
+    /// their steps on their own, in parallel (see [`for_blocks`](Self::for_blocks)): the
+    /// bounds, `[0, …, rows]`. Rows never interact within a layer, so a backend may cut them
+    /// wherever the per-row arithmetic of its kernels does not depend on the cut. Default: one
+    /// block.
+    fn row_blocks(&self, rows: usize, pass: Pass) -> Vec<usize> {
+        let _ = pass;
+        vec![0, rows]
+    }
+
+    /// Runs `f(i)` for every `i < parts`, in parallel where the backend can. Inside `f`, use
+    /// the kernels of [`serial`](Self::serial).
+    fn for_blocks(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
+        (0..parts).for_each(f)
+    }
+
+    /// These kernels running on the calling thread alone, for use inside
+    /// [`for_blocks`](Self::for_blocks).
+    fn serial(&self) -> Self
+    where
+        Self: Sized;
 }

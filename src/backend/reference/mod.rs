@@ -44,6 +44,10 @@ impl<T: Float> HostKernels<T> for Reference {
             CellKind::RnnRelu => rnn::backward(rnn::Act::Relu, step),
         }
     }
+
+    fn serial(&self) -> Self {
+        Reference
+    }
 }
 
 impl<T: Float> Backend<T> for Reference {
