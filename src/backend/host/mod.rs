@@ -12,6 +12,10 @@
 //!   `dh_prev = dGh · W_hh`; after the loop, `dW_ih += dGi^T X`, `dW_hh += dGh^T H_prev`,
 //!   `db_* += Σ dG*`, `dX += dGi · W_ih` are big GEMMs over all steps.
 //!
+//! Batch rows never interact within a layer, so a backend may cut the time loop into blocks of
+//! rows ([`HostKernels::row_blocks`]) that run their steps in parallel, each on its own; the
+//! input projection (per chunk of steps) and the weight gradients stay GEMMs over all rows.
+//!
 //! Variable lengths are handled by masking: at step `t`, sequence `b` is active iff
 //! `t < len[b]`. An inactive row keeps its state (so final states are those of the last valid
 //! step, and the reverse direction starts each sequence at its own last step) and outputs zero;
