@@ -236,20 +236,17 @@ impl<'a> Call<'a> {
             return (cfg!(all(test, rnn_kernels_host_emulation)) && cell != CellKind::Lstm).then_some(h);
         };
         let p = dev.props;
-        if !p.cooperative || p.sms == 0 {
+        if !p.cooperative {
             return None;
         }
-        let units = h.div_ceil((p.sms / dirs).max(1));
+        let (units, smem) = persistent_shape(cell, h, b, dirs, p.sms, p.max_smem)?;
         let k = &dev.kernels;
-        let (smem, f) = match cell {
-            CellKind::Lstm => (persistent_smem(h, b, units), &k.persistent_lstm_forward),
-            CellKind::Gru => (persistent_cell_smem(3, h, b, units), &k.persistent_gru_forward),
-            CellKind::RnnTanh => (persistent_cell_smem(1, h, b, units), &k.persistent_rnn_tanh_forward),
-            CellKind::RnnRelu => (persistent_cell_smem(1, h, b, units), &k.persistent_rnn_relu_forward),
+        let f = match cell {
+            CellKind::Lstm => &k.persistent_lstm_forward,
+            CellKind::Gru => &k.persistent_gru_forward,
+            CellKind::RnnTanh => &k.persistent_rnn_tanh_forward,
+            CellKind::RnnRelu => &k.persistent_rnn_relu_forward,
         };
-        if smem > p.max_smem {
-            return None;
-        }
         let blocks = h.div_ceil(units);
         let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(PERSISTENT_THREADS, smem, None).ok()? as usize;
         (per_sm * p.sms >= blocks * dirs).then_some(units)
@@ -439,6 +436,24 @@ impl<'a> Call<'a> {
         };
         r.map(drop).map_err(|e| self.err(&format!("{k:?}"), e))
     }
+}
+
+/// Units per block and dynamic shared memory per block (bytes) of the persistent kernel of
+/// `cell` for `h` units, batch `b` and `dirs` directions on a device of `sms` SMs whose blocks
+/// may use `max_smem` bytes: one block per SM and direction, `U = ceil(h / (sms / dirs))`.
+/// `None` when the batch is too large or the `W_hh` slice does not fit (the occupancy check is
+/// the caller's).
+pub(crate) fn persistent_shape(cell: CellKind, h: usize, b: usize, dirs: usize, sms: usize, max_smem: usize) -> Option<(usize, usize)> {
+    if b > PERSISTENT_MAX_BATCH || sms == 0 || h == 0 {
+        return None;
+    }
+    let units = h.div_ceil((sms / dirs).max(1));
+    let smem = match cell {
+        CellKind::Lstm => persistent_smem(h, b, units),
+        CellKind::Gru => persistent_cell_smem(3, h, b, units),
+        CellKind::RnnTanh | CellKind::RnnRelu => persistent_cell_smem(1, h, b, units),
+    };
+    (smem <= max_smem).then_some((units, smem))
 }
 
 /// Dynamic shared memory of the persistent LSTM kernel with `u` units per block, in bytes.
@@ -775,6 +790,29 @@ mod tests {
         // Nothing to do: an empty product accumulated.
         let e: Vec<f32> = vec![0.0; 4];
         assert!(SgemmArgs::new(host_view(&e).mat(2, 0), host_view(&e).mat(0, 2), 1.0, host_view(&e).mat(2, 2)).is_none());
+    }
+
+    /// The persistent kernels' sizes on the benchmark's small-batch rows (benches/compare.py
+    /// `--configs cuda`), for an H100 (132 SMs, 227 KiB per block) and an A100 (108 SMs,
+    /// 163 KiB): the rows that must take them fit, with the shared memory the .cu headers state.
+    #[test]
+    fn persistent_shapes_of_the_benchmark_rows() {
+        use CellKind::*;
+        let (h100, a100) = ((132, 227 * 1024), (108, 163 * 1024));
+        // gru-1024-1024-4-1500: U = 8, 128 blocks, 4·(3·8·1024 + 4·1024) = 112 KiB.
+        assert_eq!(persistent_shape(Gru, 1024, 4, 1, h100.0, h100.1), Some((8, 112 * 1024)));
+        assert_eq!(persistent_shape(Gru, 1024, 4, 1, a100.0, a100.1), Some((10, 136 * 1024)));
+        // Bidirectional: U = 16, 208 KiB; at B = 8 still within 227 KiB; not on an A100.
+        assert_eq!(persistent_shape(Gru, 1024, 4, 2, h100.0, h100.1), Some((16, 208 * 1024)));
+        assert!(persistent_shape(Gru, 1024, 8, 2, h100.0, h100.1).is_some());
+        assert!(persistent_shape(Gru, 1024, 4, 2, a100.0, a100.1).is_none());
+        // lstm-256-256-1-150: U = 2.
+        assert_eq!(persistent_shape(Lstm, 256, 1, 1, h100.0, h100.1).map(|s| s.0), Some(2));
+        // The RNN up to H = 4096 on an H100 (U = 32: 4·(32·4096 + 8·4096) = 640 KiB does not fit).
+        assert!(persistent_shape(RnnRelu, 1760, 8, 1, h100.0, h100.1).is_some());
+        assert!(persistent_shape(RnnTanh, 4096, 8, 1, h100.0, h100.1).is_none());
+        // B > 8 never.
+        assert!(persistent_shape(Gru, 64, 9, 1, h100.0, h100.1).is_none());
     }
 
     #[test]
