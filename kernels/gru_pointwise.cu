@@ -10,7 +10,7 @@
 // Memory per row and step, in floats: forward reads xg, hg (3H each), h_prev (H) and the
 // biases (6H, cached), writes gates (3H) and extra (H) when training, and h (H). Backward reads
 // gates (3H), extra, h_prev, dh (H each), writes dgi, dgh (3H each) and the carry (H).
-#include "common.cuh"
+#include "cells.cuh"
 
 // One forward step. Inactive rows: gates = 0, extra = 0, h = h_prev, y row = 0.
 extern "C" __global__ void gru_forward_step(
@@ -41,19 +41,18 @@ extern "C" __global__ void gru_forward_step(
             y[b * y_stride + j] = 0.0f;
             continue;
         }
-        const float r = sigmoidf_(xg[row + j] + opt(b_ih, j) + hg[row + j] + opt(b_hh, j));
-        const float z = sigmoidf_(xg[row + hh + j] + opt(b_ih, hh + j) + hg[row + hh + j] + opt(b_hh, hh + j));
-        const float ahn = hg[row + 2 * hh + j] + opt(b_hh, 2 * hh + j);
-        const float n = tanhf(fmaf(r, ahn, xg[row + 2 * hh + j] + opt(b_ih, 2 * hh + j)));
-        const float hv = fmaf(z, h_prev[e], (1.0f - z) * n);
+        const GruUnit o = gru_cell(xg[row + j] + opt(b_ih, j), xg[row + hh + j] + opt(b_ih, hh + j),
+                                   xg[row + 2 * hh + j] + opt(b_ih, 2 * hh + j), hg[row + j] + opt(b_hh, j),
+                                   hg[row + hh + j] + opt(b_hh, hh + j), hg[row + 2 * hh + j] + opt(b_hh, 2 * hh + j),
+                                   h_prev[e]);
         if (gates) {
-            gates[row + j] = r;
-            gates[row + hh + j] = z;
-            gates[row + 2 * hh + j] = n;
+            gates[row + j] = o.r;
+            gates[row + hh + j] = o.z;
+            gates[row + 2 * hh + j] = o.n;
         }
-        if (extra) extra[e] = ahn;
-        h[e] = hv;
-        y[b * y_stride + j] = hv;
+        if (extra) extra[e] = o.ahn;
+        h[e] = o.h;
+        y[b * y_stride + j] = o.h;
     }
 }
 

@@ -21,10 +21,9 @@
 //   4. grid-wide barrier, so that step t+1 reads all of h_t.
 // The maths and the reserve layout are those of lstm_forward_step, so backward is unchanged.
 //
-// The barrier is a counter and a generation number in global memory (cooperative_groups'
-// grid.sync needs the CCCL headers, which the pinned PyPI nvcc does not ship); the kernel is
-// launched with cuLaunchCooperativeKernel, which fails instead of running if the blocks cannot
-// all be resident at once, so the spin-wait cannot deadlock.
+// The barrier is grid_barrier of common.cuh (a counter and a generation number in global
+// memory); the kernel is launched with cuLaunchCooperativeKernel, which fails instead of running
+// if the blocks cannot all be resident at once, so the spin-wait cannot deadlock.
 //
 // Requirements (checked by the host before choosing this kernel): cooperative launch, all
 // gridDim.x = ceil(H / U) blocks co-resident, batch <= PERSISTENT_MAX_BATCH, no projection, and
@@ -32,29 +31,6 @@
 #include "common.cuh"
 
 #define PERSISTENT_MAX_BATCH 8
-
-// Waits until every block of the grid has arrived. barrier[0] counts arrivals, barrier[1] is
-// the generation; both start at 0. Every thread fences its own writes first, so that after the
-// barrier all of them are visible device-wide (readers load with __ldcg, from L2).
-__device__ __forceinline__ void grid_barrier(unsigned int* barrier) {
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        volatile unsigned int* generation = barrier + 1;
-        const unsigned int gen = *generation;
-        __threadfence();
-        if (atomicAdd(barrier, 1u) == gridDim.x - 1) {
-            // Last to arrive: reset the count for the next barrier, then release the others.
-            atomicExch(barrier, 0u);
-            __threadfence();
-            atomicAdd(barrier + 1, 1u);
-        } else {
-            while (*generation == gen) __nanosleep(64);
-        }
-        __threadfence();
-    }
-    __syncthreads();
-}
 
 extern "C" __global__ void __launch_bounds__(256) persistent_lstm_forward(
     int batch, int hidden, int steps, int reverse, int units,  // units = U per block

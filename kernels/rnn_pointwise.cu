@@ -5,7 +5,7 @@
 // Memory per row and step, in floats: forward reads xg, hg (H each), writes h, y (and the gates,
 // which equal h, when training); backward reads the gates, dy and the carry, writes dG and the
 // carry: all streaming, coalesced along j.
-#include "common.cuh"
+#include "cells.cuh"
 
 template <bool RELU>
 __device__ __forceinline__ void forward_step(int batch, int hidden, int step, const int* __restrict__ lengths,
@@ -22,9 +22,7 @@ __device__ __forceinline__ void forward_step(int batch, int hidden, int step, co
             y[b * y_stride + j] = 0.0f;
             continue;
         }
-        const float a = xg[e] + opt(b_ih, j) + hg[e] + opt(b_hh, j);
-        // fmaxf(NaN, 0) would hide a NaN; the reference's relu keeps it.
-        const float v = RELU ? (a < 0.0f ? 0.0f : a) : tanhf(a);
+        const float v = rnn_cell<RELU>(xg[e] + opt(b_ih, j), hg[e] + opt(b_hh, j));
         if (gates) gates[e] = v;
         h[e] = v;
         y[b * y_stride + j] = v;

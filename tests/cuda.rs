@@ -25,7 +25,7 @@ fn cuda_backend() {
 #[cfg(feature = "cuda")]
 mod with_feature {
     use super::common::describe;
-    use super::common::parity::{case_files, config, Problem, FWD_TOL, GRAD_TOL};
+    use super::common::parity::{case_files, config, up, Problem, FWD_TOL, GRAD_TOL};
     use super::required;
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
@@ -79,7 +79,8 @@ mod with_feature {
                 let shape = SeqShape::with_lengths(t, lengths).unwrap();
                 let p = Problem::new(&cfg, &shape, seed, 25.0);
                 let want = p.run_reference();
-                // B ≤ 5 here: an LSTM without projection takes the persistent kernel when allowed.
+                // B ≤ 5 here: an LSTM without projection, a GRU and an RNN take the persistent
+                // kernels when allowed.
                 for persistent in [false, true] {
                     let got = p.run_f32(CudaHost(c.clone().with_persistent(persistent)));
                     for (name, err, tol) in p.errors(&got, &want) {
@@ -132,6 +133,56 @@ mod with_feature {
                 }
             }
         }
+    }
+
+    /// The persistent GRU and RNN kernels (kernels/persistent_cell.cu), required, so a
+    /// configuration that does not take them fails instead of silently using the per-step path:
+    /// B = 1..4, H not a multiple of 32 (one or several units per block and warp), H = 1024 (the
+    /// benchmark's GRU, 8 units per block on 132 SMs), both directions, two layers, mixed
+    /// lengths, T = 40 (a wrong grid barrier shows). Training (its saved gates feed the per-step
+    /// backward) and inference (ping-pong states, hn) against the reference and the per-step path.
+    #[test]
+    fn persistent_gru_rnn_match_reference() {
+        let Some(c) = cuda("persistent_gru_rnn_match_reference") else { return };
+        let required = CudaHost(c.clone().require_persistent(true));
+        let per_step = CudaHost(c.clone().with_persistent(false));
+        for cell in [CellKind::Gru, CellKind::RnnTanh, CellKind::RnnRelu] {
+            // (hidden, batch, bidirectional): H = 1024 one-directional, so that it fits the
+            // shared memory of an A100 too (U = 10 there).
+            for (h, b, bi) in [(37, 1, true), (130, 2, true), (300, 3, true), (1024, 4, false), (1000, 1, true)] {
+                let cfg = RnnConfig::new(cell, 48, h).num_layers(2).bidirectional(bi).build().unwrap();
+                let shape = SeqShape::with_lengths(40, (0..b).map(|i| 40 - (i * 13) % 40).collect()).unwrap();
+                let p = Problem::new(&cfg, &shape, 11, 3.0);
+                let want = p.run_reference();
+                let on = p.run_f32(required.clone());
+                let off = p.run_f32(per_step.clone());
+                for (got, label) in [(&on, "persistent"), (&off, "per-step")] {
+                    for (name, err, tol) in p.errors(got, &want) {
+                        assert!(err <= tol, "{label}: {name} error {err:.3e} > {tol:e}: {}", describe(&cfg, &shape));
+                    }
+                }
+                // Inference, with h0 and without (zeros).
+                let rnn = Rnn::new(required.clone(), &cfg, &p.params[..]).unwrap();
+                let reference = Rnn::new(rnn_kernels::Reference, &cfg, &up(&p.params)[..]).unwrap();
+                for h0 in [Some(&p.h0[..]), None] {
+                    let o = rnn.forward(&shape, &p.x, h0, None).unwrap();
+                    let r = reference.forward(&shape, &up(&p.x), h0.map(up).as_deref(), None).unwrap();
+                    let (ey, eh) = (max_error(&up(&o.y), &r.y), max_error(&up(&o.hn), &r.hn));
+                    assert!(
+                        ey <= FWD_TOL && eh <= FWD_TOL,
+                        "inference (h0 {}): y {ey:.3e}, hn {eh:.3e}: {}",
+                        h0.is_some(),
+                        describe(&cfg, &shape)
+                    );
+                }
+            }
+        }
+        // Batch 9 cannot take it: required, that is an error, not a fallback.
+        let cfg = RnnConfig::new(CellKind::Gru, 4, 8).build().unwrap();
+        let shape = SeqShape::new(3, 9).unwrap();
+        let rnn = Rnn::new(required, &cfg, &Params::<f32>::init_uniform(&cfg, 1).into_vec()[..]).unwrap();
+        let e = rnn.forward(&shape, &vec![0.1; 3 * 9 * 4], None, None).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("persistent"), "{e}");
     }
 
     #[test]

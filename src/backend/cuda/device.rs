@@ -26,6 +26,9 @@ pub(crate) struct Kernels {
     pub rnn_relu_backward_step: CudaFunction,
     pub fill_f32: CudaFunction,
     pub persistent_lstm_forward: CudaFunction,
+    pub persistent_gru_forward: CudaFunction,
+    pub persistent_rnn_tanh_forward: CudaFunction,
+    pub persistent_rnn_relu_forward: CudaFunction,
     /// Keeps the modules loaded as long as the functions are used.
     _modules: Vec<Arc<CudaModule>>,
 }
@@ -45,6 +48,7 @@ impl Kernels {
         let rnn = load("rnn_pointwise", ptx::RNN_POINTWISE)?;
         let util = load("util", ptx::UTIL)?;
         let persistent = load("persistent_lstm", ptx::PERSISTENT_LSTM)?;
+        let persistent_cell = load("persistent_cell", ptx::PERSISTENT_CELL)?;
         let f =
             |m: &Arc<CudaModule>, entry: &str| m.load_function(entry).map_err(|e| device_err(name, &format!("finding kernel {entry}"), e));
         Ok(Kernels {
@@ -60,6 +64,9 @@ impl Kernels {
             rnn_relu_backward_step: f(&rnn, "rnn_relu_backward_step")?,
             fill_f32: f(&util, "fill_f32")?,
             persistent_lstm_forward: f(&persistent, "persistent_lstm_forward")?,
+            persistent_gru_forward: f(&persistent_cell, "persistent_gru_forward")?,
+            persistent_rnn_tanh_forward: f(&persistent_cell, "persistent_rnn_tanh_forward")?,
+            persistent_rnn_relu_forward: f(&persistent_cell, "persistent_rnn_relu_forward")?,
             _modules: modules,
         })
     }
@@ -72,8 +79,8 @@ pub(crate) struct Props {
     pub sms: usize,
     /// Whether cuLaunchCooperativeKernel is supported.
     pub cooperative: bool,
-    /// The most dynamic shared memory one block may opt in to, in bytes (0: the persistent
-    /// kernel could not be given more than its default).
+    /// The most dynamic shared memory one block of every persistent kernel may use, in bytes
+    /// (48 KiB, the default, when opting in failed for one of them).
     pub max_smem: usize,
 }
 
@@ -168,11 +175,15 @@ fn open_with_libraries(ordinal: usize) -> Result<Device> {
     let sms = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(0) as usize;
     let cooperative = attr(A::CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH)? != 0;
     let optin = attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?.max(0);
-    // Let the persistent kernel use all of it; if that fails it keeps the default 48 KB.
-    let max_smem = match kernels.persistent_lstm_forward.set_attribute(F::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, optin) {
-        Ok(()) => optin as usize,
-        Err(_) => 48 * 1024,
-    };
+    // Let the persistent kernels use all of it; if that fails they keep the default 48 KB.
+    let persistent = [
+        &kernels.persistent_lstm_forward,
+        &kernels.persistent_gru_forward,
+        &kernels.persistent_rnn_tanh_forward,
+        &kernels.persistent_rnn_relu_forward,
+    ];
+    let opted_in = persistent.iter().all(|f| f.set_attribute(F::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, optin).is_ok());
+    let max_smem = if opted_in { optin as usize } else { 48 * 1024 };
     let props = Props { sms, cooperative, max_smem };
     Ok(Device { name, ctx, streams: [s0, s1], blas: [b0, b1], kernels, props, call: Mutex::new(()) })
 }

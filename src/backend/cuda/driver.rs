@@ -18,7 +18,7 @@
 //! Everything is allocated on stream 0 before the fork, so nothing is freed while in use.
 
 use super::buffer::View;
-use super::exec::{args, persistent_smem, Call, Kernel, Mem, PERSISTENT_THREADS};
+use super::exec::{args, persistent_cell_smem, persistent_smem, Call, Kernel, Mem, PERSISTENT_THREADS};
 use crate::backend::GradMode;
 use crate::config::{CellKind, RnnConfig};
 use crate::error::{Error, Result};
@@ -301,7 +301,16 @@ pub(crate) fn forward(
                     persistent: None,
                 },
             };
-            let persistent = if dims.lstm() && !dims.proj { call.persistent_units(dims.h, dims.b, dims.dirs) } else { None };
+            // A persistent kernel: persistent_lstm.cu (LSTM without projection) or
+            // persistent_cell.cu (GRU, RNN), where it fits.
+            let persistent = if dims.lstm() && dims.proj { None } else { call.persistent_units(dims.cell, dims.h, dims.b, dims.dirs) };
+            if persistent.is_none() && call.persistent_required() {
+                return Err(Error::invalid(
+                    "persistent (required)",
+                    "layers that fit a persistent kernel: batch ≤ 8, no projection, W_hh within the blocks' shared memory",
+                    format!("{:?} layer {l} with hidden size {h}, batch {bl}, {nd} direction(s)", dims.cell),
+                ));
+            }
             if let Some(units) = persistent {
                 let barrier = temp(2)?;
                 // 0.0f32 is all zero bits: the barrier's count and generation.
@@ -351,6 +360,10 @@ fn forward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: 
     // XG[T·B, G·H] = X · W_ih^T for all steps; the biases are added by the step kernels.
     call.gemm(d, 1.0, io.input.mat(tb, dm.input), w_ih.t(), 0.0, b.xg.mat(tb, gh))?;
 
+    if let Some((units, barrier)) = b.persistent.filter(|_| !dm.lstm()) {
+        let w_hh_ptr = range_view(w, &lr.w_hh).at(0, gh * hout).ptr;
+        return persistent_cell_forward(call, d, dm, lens, [w_hh_ptr, b_ih.ptr, b_hh.ptr], io, b, units, barrier);
+    }
     if let Some((units, barrier)) = b.persistent {
         // The whole sequence in one cooperative launch (kernels/persistent_lstm.cu).
         let blocks = h.div_ceil(units);
@@ -458,6 +471,50 @@ fn forward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: 
         call.copy(d, cn, b.c.at(last * bl * h, bl * h))?;
     }
     Ok(())
+}
+
+/// A GRU or RNN layer-direction's time loop in one cooperative launch (kernels/persistent_cell.cu),
+/// after the `XG` GEMM: `units` per block, `barrier` `[2]` zeros; `weights` are the addresses of
+/// `W_hh`, `b_ih` and `b_hh` (0: no bias). Writes what the per-step loop writes: `y`, `hn`, the
+/// states and, when training, the saved gates (and GRU's extra).
+#[allow(clippy::too_many_arguments)]
+fn persistent_cell_forward(
+    call: &Call<'_>,
+    d: usize,
+    dm: &Dims,
+    lens: u64,
+    weights: [u64; 3],
+    io: &FwdIo,
+    b: &FwdBufs,
+    units: usize,
+    barrier: View,
+) -> Result<()> {
+    let Dims { t: tl, b: bl, h, hout, gh, out_w, .. } = *dm;
+    let tb = tl * bl;
+    let (kernel, extra) = match dm.cell {
+        CellKind::Gru => (Kernel::PersistentGruForward, b.extra.map_or(0, |e| e.at(0, tb * h).ptr)),
+        CellKind::RnnTanh => (Kernel::PersistentRnnTanhForward, 0),
+        CellKind::RnnRelu => (Kernel::PersistentRnnReluForward, 0),
+        CellKind::Lstm => unreachable!("the LSTM has its own persistent kernel"),
+    };
+    let cfg = LaunchConfig {
+        grid_dim: (h.div_ceil(units) as u32, 1, 1),
+        block_dim: (PERSISTENT_THREADS, 1, 1),
+        shared_mem_bytes: persistent_cell_smem(gh / h, h, bl, units) as u32,
+    };
+    let [w_hh, b_ih, b_hh] = weights;
+    let (bi, hi, ti, ri, ui, ow, tr) = (bl as i32, h as i32, tl as i32, (d == 1) as i32, units as i32, out_w as i32, b.training as i32);
+    let y = io.out.strided(d * hout, tb, out_w, hout).ptr;
+    let gates = b.gates.map_or(0, |g| g.at(0, tb * gh).ptr);
+    let h_states = b.h.at(0, if b.training { tb * hout } else { 2 * bl * hout }).ptr;
+    let hn = io.hn.map_or(0, |v| v.ptr);
+    call.launch_with(
+        d,
+        kernel,
+        cfg,
+        true,
+        &args![bi, hi, ti, ri, ui, lens, b.xg.ptr, w_hh, b_ih, b_hh, io.h0.ptr, h_states, tr, gates, extra, y, ow, hn, barrier.ptr],
+    )
 }
 
 /// Views of a filled reserve.
@@ -777,10 +834,13 @@ mod emulation_tests {
         }
 
         /// (y, hn, cn, dx, dh0, dc0, dparams) from the emulated driver; also checks that
-        /// inference gives training's outputs bit for bit, and that Accumulate adds.
-        fn run_emulated(&self) -> Vec<Vec<f32>> {
+        /// inference gives training's outputs bit for bit, and that Accumulate adds. With
+        /// `persistent`, GRU and RNN layers with B ≤ 8 must run kernels/persistent_cell.cu
+        /// (forward; backward from what it saved).
+        fn run_emulated(&self, persistent: bool) -> Vec<Vec<f32>> {
             let (cfg, shape) = (&self.cfg, &self.shape);
-            let call = Call::host();
+            let required = persistent && cfg.cell() != CellKind::Lstm && shape.batch() <= super::super::exec::PERSISTENT_MAX_BATCH;
+            let call = Call::host().with_persistent(persistent).with_persistent_required(required);
             let layout = ParamLayout::new(cfg);
             let w = view(&self.params);
             let n = |s: [usize; 3]| vec![f32::NAN; s.iter().product::<usize>()];
@@ -826,14 +886,17 @@ mod emulation_tests {
             vec![o.y, o.hn, o.cn.unwrap_or_default(), g.dx, g.dh0, g.dc0.unwrap_or_default(), g.dparams.unwrap()]
         }
 
+        /// The per-step path and the persistent one against the reference.
         fn check(&self) -> std::result::Result<(), String> {
-            let got = self.run_emulated();
             let want = self.run_reference();
-            for (i, name) in ["y", "hn", "cn", "dx", "dh0", "dc0", "dparams"].iter().enumerate() {
-                let err = max_error(&up(&got[i]), &want[i]);
-                let tol = if i < 3 { 1e-5 } else { 1e-4 };
-                if err > tol {
-                    return Err(format!("{name} error {err:.3e} > {tol:e}: {:?} {:?}", self.cfg, self.shape));
+            for persistent in [false, true] {
+                let got = self.run_emulated(persistent);
+                for (i, name) in ["y", "hn", "cn", "dx", "dh0", "dc0", "dparams"].iter().enumerate() {
+                    let err = max_error(&up(&got[i]), &want[i]);
+                    let tol = if i < 3 { 1e-5 } else { 1e-4 };
+                    if err > tol {
+                        return Err(format!("persistent={persistent}: {name} error {err:.3e} > {tol:e}: {:?} {:?}", self.cfg, self.shape));
+                    }
                 }
             }
             Ok(())
@@ -875,6 +938,33 @@ mod emulation_tests {
             let shape = SeqShape::with_lengths(9, (0..13).map(|b| 1 + (b * 5) % 9).collect()).unwrap();
             Problem::new(cfg, &shape, 77, 3.0).check().unwrap();
         }
+    }
+
+    /// kernels/persistent_cell.cu on the emulation: GRU and RNN, B = 1..4, both directions, two
+    /// layers, H not a multiple of 32, mixed lengths (rows past their length in both
+    /// directions), with and without bias; `check` requires the persistent path to be taken.
+    #[test]
+    fn emulated_persistent_cell_matches_reference() {
+        for (c, cell) in [CellKind::Gru, CellKind::RnnTanh, CellKind::RnnRelu].into_iter().enumerate() {
+            for b in 1..=4 {
+                let cfg = RnnConfig::new(cell, 7, 37).num_layers(2).bidirectional(true).bias(b % 2 == 1).build().unwrap();
+                let shape = SeqShape::with_lengths(11, (0..b).map(|i| 11 - (i * 4) % 11).collect()).unwrap();
+                Problem::new(&cfg, &shape, 100 + (c * 8 + b) as u64, 3.0).check().unwrap();
+            }
+        }
+    }
+
+    /// A required persistent path that cannot be taken is an error, not a silent fallback.
+    #[test]
+    fn emulated_persistent_required_is_an_error() {
+        let cfg = RnnConfig::new(CellKind::Gru, 3, 5).build().unwrap();
+        let shape = SeqShape::new(2, 9).unwrap(); // B = 9 > 8
+        let p = Problem::new(&cfg, &shape, 1, 1.0);
+        let call = Call::host().with_persistent(true).with_persistent_required(true);
+        let mut y = vec![f32::NAN; p.dy.len()];
+        let layout = ParamLayout::new(&cfg);
+        let e = forward(&call, &layout, view(&p.params), &shape, view(&p.x), None, None, view_mut(&mut y), None, None, None).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("persistent"), "{e}");
     }
 
     /// Optional inputs and outputs left out: zeros in, nothing written, the rest unchanged.

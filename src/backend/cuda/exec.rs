@@ -6,6 +6,7 @@
 
 use super::buffer::{DevMat, View};
 use super::device::{device_err, Device};
+use crate::config::CellKind;
 use crate::error::{Error, Result};
 use crate::shape::SeqShape;
 use cudarc::cublas::sys::cublasOperation_t;
@@ -51,6 +52,9 @@ pub(crate) enum Kernel {
     RnnReluBackwardStep,
     FillF32,
     PersistentLstmForward,
+    PersistentGruForward,
+    PersistentRnnTanhForward,
+    PersistentRnnReluForward,
 }
 
 /// A kernel argument: C `int`, `long long`, `float`, or a pointer (a device address).
@@ -151,12 +155,14 @@ pub(crate) struct Call<'a> {
     on: On<'a>,
     /// Whether the persistent kernel may be chosen.
     persistent: bool,
+    /// Whether every layer-direction must take a persistent kernel (an error otherwise).
+    persistent_required: bool,
 }
 
-/// The largest batch the persistent kernel takes (`PERSISTENT_MAX_BATCH` of
-/// kernels/persistent_lstm.cu).
+/// The largest batch the persistent kernels take (`PERSISTENT_MAX_BATCH` of
+/// kernels/persistent_lstm.cu and kernels/persistent_cell.cu).
 pub(crate) const PERSISTENT_MAX_BATCH: usize = 8;
-/// Threads per block of the persistent kernel (its `__launch_bounds__`).
+/// Threads per block of the persistent kernels (their `__launch_bounds__`).
 pub(crate) const PERSISTENT_THREADS: u32 = 256;
 
 const BLOCK: u32 = 256;
@@ -173,19 +179,30 @@ impl<'a> Call<'a> {
     pub fn new(dev: &'a Device) -> Result<Self> {
         let lock = dev.call.lock().unwrap_or_else(|p| p.into_inner());
         dev.ctx.bind_to_thread().map_err(|e| device_err(&dev.name, "binding the context", e))?;
-        Ok(Call { on: On::Dev { dev, _lock: lock }, persistent: false })
+        Ok(Call { on: On::Dev { dev, _lock: lock }, persistent: false, persistent_required: false })
     }
 
     /// A call emulated on the host.
     #[cfg(all(test, rnn_kernels_host_emulation))]
     pub fn host() -> Call<'static> {
-        Call { on: On::Host, persistent: false }
+        Call { on: On::Host, persistent: false, persistent_required: false }
     }
 
     /// Allows the persistent kernel where it fits.
     pub fn with_persistent(mut self, on: bool) -> Self {
         self.persistent = on;
         self
+    }
+
+    /// Makes a layer-direction that cannot take a persistent kernel an error.
+    pub fn with_persistent_required(mut self, on: bool) -> Self {
+        self.persistent_required = on;
+        self
+    }
+
+    /// Whether a layer-direction that cannot take a persistent kernel is an error.
+    pub fn persistent_required(&self) -> bool {
+        self.persistent_required
     }
 
     fn dev(&self) -> Option<&'a Device> {
@@ -204,26 +221,33 @@ impl<'a> Call<'a> {
         self.dev().map(|d| &d.streams[si])
     }
 
-    /// Units per block if the persistent LSTM kernel runs a layer of `h` units, batch `b`, `dirs`
-    /// directions: an LSTM without projection (checked by the caller), `B ≤ 8`, cooperative
-    /// launch, and every block of all directions resident at once with its slice of `W_hh` in
-    /// shared memory.
-    pub fn persistent_units(&self, h: usize, b: usize, dirs: usize) -> Option<usize> {
-        let dev = self.dev()?;
+    /// Units per block if a persistent kernel runs a layer-direction of `cell` with `h` units,
+    /// batch `b`, `dirs` directions (an LSTM without projection: checked by the caller): `B ≤ 8`,
+    /// cooperative launch, and every block of all directions resident at once with its slice of
+    /// `W_hh` in shared memory. One block per SM and direction: `U = ceil(h / (SMs / dirs))`.
+    ///
+    /// On the host emulation, GRU and RNN layers take it with one block owning all `h` units
+    /// (kernels/persistent_cell.cu runs there; persistent_lstm.cu does not).
+    pub fn persistent_units(&self, cell: CellKind, h: usize, b: usize, dirs: usize) -> Option<usize> {
         if !self.persistent || b > PERSISTENT_MAX_BATCH {
             return None;
         }
+        let Some(dev) = self.dev() else {
+            return (cfg!(all(test, rnn_kernels_host_emulation)) && cell != CellKind::Lstm).then_some(h);
+        };
         let p = dev.props;
-        if !p.cooperative || p.sms == 0 {
+        if !p.cooperative {
             return None;
         }
-        let units = h.div_ceil((p.sms / dirs).max(1));
-        let smem = persistent_smem(h, b, units);
-        if smem > p.max_smem {
-            return None;
-        }
+        let (units, smem) = persistent_shape(cell, h, b, dirs, p.sms, p.max_smem)?;
+        let k = &dev.kernels;
+        let f = match cell {
+            CellKind::Lstm => &k.persistent_lstm_forward,
+            CellKind::Gru => &k.persistent_gru_forward,
+            CellKind::RnnTanh => &k.persistent_rnn_tanh_forward,
+            CellKind::RnnRelu => &k.persistent_rnn_relu_forward,
+        };
         let blocks = h.div_ceil(units);
-        let f = &dev.kernels.persistent_lstm_forward;
         let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(PERSISTENT_THREADS, smem, None).ok()? as usize;
         (per_sm * p.sms >= blocks * dirs).then_some(units)
     }
@@ -387,6 +411,9 @@ impl<'a> Call<'a> {
             Kernel::RnnReluBackwardStep => &kk.rnn_relu_backward_step,
             Kernel::FillF32 => &kk.fill_f32,
             Kernel::PersistentLstmForward => &kk.persistent_lstm_forward,
+            Kernel::PersistentGruForward => &kk.persistent_gru_forward,
+            Kernel::PersistentRnnTanhForward => &kk.persistent_rnn_tanh_forward,
+            Kernel::PersistentRnnReluForward => &kk.persistent_rnn_relu_forward,
         };
         let mut l = dev.streams[si].launch_builder(f);
         for a in args {
@@ -411,9 +438,34 @@ impl<'a> Call<'a> {
     }
 }
 
-/// Dynamic shared memory of the persistent kernel with `u` units per block, in bytes.
+/// Units per block and dynamic shared memory per block (bytes) of the persistent kernel of
+/// `cell` for `h` units, batch `b` and `dirs` directions on a device of `sms` SMs whose blocks
+/// may use `max_smem` bytes: one block per SM and direction, `U = ceil(h / (sms / dirs))`.
+/// `None` when the batch is too large or the `W_hh` slice does not fit (the occupancy check is
+/// the caller's).
+pub(crate) fn persistent_shape(cell: CellKind, h: usize, b: usize, dirs: usize, sms: usize, max_smem: usize) -> Option<(usize, usize)> {
+    if b > PERSISTENT_MAX_BATCH || sms == 0 || h == 0 {
+        return None;
+    }
+    let units = h.div_ceil((sms / dirs).max(1));
+    let smem = match cell {
+        CellKind::Lstm => persistent_smem(h, b, units),
+        CellKind::Gru => persistent_cell_smem(3, h, b, units),
+        CellKind::RnnTanh | CellKind::RnnRelu => persistent_cell_smem(1, h, b, units),
+    };
+    (smem <= max_smem).then_some((units, smem))
+}
+
+/// Dynamic shared memory of the persistent LSTM kernel with `u` units per block, in bytes.
 pub(crate) fn persistent_smem(h: usize, b: usize, u: usize) -> usize {
     4 * (4 * u * h + b * h + 4 * b * u + b * u)
+}
+
+/// Dynamic shared memory of the persistent GRU (`g = 3`) or RNN (`g = 1`) kernel with `u` units
+/// per block, in bytes: the `W_hh` slice `[U, G, H]` and `h_prev` `[B, H]`
+/// (`persistent_cell_smem_floats` of kernels/persistent_cell.cu).
+pub(crate) fn persistent_cell_smem(g: usize, h: usize, b: usize, u: usize) -> usize {
+    4 * (u * g * h + b * h)
 }
 
 /// The host emulation: cuBLAS's sgemm, and the kernels compiled as C++ by build.rs (when a
@@ -558,6 +610,35 @@ pub(crate) mod host {
             );
             fn fill_f32(n: i64, value: f32, p: u64);
         }
+        // kernels/persistent_cell.cu: one signature for the three cells.
+        macro_rules! persistent_cell_decl {
+            ($($f:ident),*) => {
+                extern "C" {
+                    $(fn $f(
+                        batch: i32,
+                        hidden: i32,
+                        steps: i32,
+                        reverse: i32,
+                        units: i32,
+                        lengths: u64,
+                        xg: u64,
+                        w_hh: u64,
+                        b_ih: u64,
+                        b_hh: u64,
+                        h0: u64,
+                        h_states: u64,
+                        training: i32,
+                        gates_save: u64,
+                        extra_save: u64,
+                        y: u64,
+                        y_stride: i32,
+                        hn: u64,
+                        barrier: u64,
+                    );)*
+                }
+            };
+        }
+        persistent_cell_decl!(persistent_gru_forward, persistent_rnn_tanh_forward, persistent_rnn_relu_forward);
 
         /// Takes the next argument, which must have the C type the signature says.
         type Args<'a> = std::iter::Enumerate<std::slice::Iter<'a, A>>;
@@ -623,7 +704,15 @@ pub(crate) mod host {
                     K::RnnTanhBackwardStep => call!(k, args, rnn_tanh_backward_step(i32, i32, i32, u64, u64, u64, i32, u64, u64)),
                     K::RnnReluBackwardStep => call!(k, args, rnn_relu_backward_step(i32, i32, i32, u64, u64, u64, i32, u64, u64)),
                     K::FillF32 => call!(k, args, fill_f32(i64, f32, u64)),
-                    K::PersistentLstmForward => panic!("the persistent kernel has no host emulation"),
+                    K::PersistentLstmForward => panic!("the persistent LSTM kernel has no host emulation"),
+                    K::PersistentGruForward | K::PersistentRnnTanhForward | K::PersistentRnnReluForward => {
+                        let f = match k {
+                            K::PersistentGruForward => persistent_gru_forward,
+                            K::PersistentRnnTanhForward => persistent_rnn_tanh_forward,
+                            _ => persistent_rnn_relu_forward,
+                        };
+                        call!(k, args, f(i32, i32, i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, i32, u64, u64, u64, i32, u64, u64))
+                    }
                 }
             }
         }
@@ -701,6 +790,29 @@ mod tests {
         // Nothing to do: an empty product accumulated.
         let e: Vec<f32> = vec![0.0; 4];
         assert!(SgemmArgs::new(host_view(&e).mat(2, 0), host_view(&e).mat(0, 2), 1.0, host_view(&e).mat(2, 2)).is_none());
+    }
+
+    /// The persistent kernels' sizes on the benchmark's small-batch rows (benches/compare.py
+    /// `--configs cuda`), for an H100 (132 SMs, 227 KiB per block) and an A100 (108 SMs,
+    /// 163 KiB): the rows that must take them fit, with the shared memory the .cu headers state.
+    #[test]
+    fn persistent_shapes_of_the_benchmark_rows() {
+        use CellKind::*;
+        let (h100, a100) = ((132, 227 * 1024), (108, 163 * 1024));
+        // gru-1024-1024-4-1500: U = 8, 128 blocks, 4·(3·8·1024 + 4·1024) = 112 KiB.
+        assert_eq!(persistent_shape(Gru, 1024, 4, 1, h100.0, h100.1), Some((8, 112 * 1024)));
+        assert_eq!(persistent_shape(Gru, 1024, 4, 1, a100.0, a100.1), Some((10, 136 * 1024)));
+        // Bidirectional: U = 16, 208 KiB; at B = 8 still within 227 KiB; not on an A100.
+        assert_eq!(persistent_shape(Gru, 1024, 4, 2, h100.0, h100.1), Some((16, 208 * 1024)));
+        assert!(persistent_shape(Gru, 1024, 8, 2, h100.0, h100.1).is_some());
+        assert!(persistent_shape(Gru, 1024, 4, 2, a100.0, a100.1).is_none());
+        // lstm-256-256-1-150: U = 2.
+        assert_eq!(persistent_shape(Lstm, 256, 1, 1, h100.0, h100.1).map(|s| s.0), Some(2));
+        // The RNN up to H = 4096 on an H100 (U = 32: 4·(32·4096 + 8·4096) = 640 KiB does not fit).
+        assert!(persistent_shape(RnnRelu, 1760, 8, 1, h100.0, h100.1).is_some());
+        assert!(persistent_shape(RnnTanh, 4096, 8, 1, h100.0, h100.1).is_none());
+        // B > 8 never.
+        assert!(persistent_shape(Gru, 64, 9, 1, h100.0, h100.1).is_none());
     }
 
     #[test]

@@ -57,13 +57,19 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Cuda {
     dev: Arc<Device>,
-    /// Whether the persistent small-batch LSTM kernel may be chosen.
+    /// Whether the persistent small-batch kernels may be chosen.
     persistent: bool,
+    /// Whether every layer-direction must take a persistent kernel (an error otherwise).
+    persistent_required: bool,
 }
 
 impl std::fmt::Debug for Cuda {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cuda").field("device", &self.dev.name).field("persistent", &self.persistent).finish()
+        f.debug_struct("Cuda")
+            .field("device", &self.dev.name)
+            .field("persistent", &self.persistent)
+            .field("persistent_required", &self.persistent_required)
+            .finish()
     }
 }
 
@@ -80,19 +86,38 @@ impl Cuda {
     /// Device `ordinal`. Opening a device (and loading its kernels) happens once per process;
     /// later calls share it.
     ///
-    /// The persistent small-batch LSTM kernel is used where it fits unless
-    /// `RNN_KERNELS_CUDA_PERSISTENT=0`; see [`with_persistent`](Self::with_persistent).
+    /// The persistent small-batch kernels are used where they fit unless
+    /// `RNN_KERNELS_CUDA_PERSISTENT=0`; `RNN_KERNELS_CUDA_PERSISTENT=require` makes every
+    /// forward pass that cannot use them an error. See [`with_persistent`](Self::with_persistent).
     pub fn with_device(ordinal: usize) -> Result<Cuda> {
-        let persistent = std::env::var("RNN_KERNELS_CUDA_PERSISTENT").map_or(true, |v| v != "0");
-        Ok(Cuda { dev: device::open(ordinal)?, persistent })
+        let mode = std::env::var("RNN_KERNELS_CUDA_PERSISTENT").unwrap_or_default();
+        let (persistent, persistent_required) = match mode.trim() {
+            "0" => (false, false),
+            "require" => (true, true),
+            _ => (true, false),
+        };
+        Ok(Cuda { dev: device::open(ordinal)?, persistent, persistent_required })
     }
 
-    /// Allows (`true`) or forbids the persistent LSTM kernel: for an LSTM layer without
-    /// projection and `B ≤ 8` whose `W_hh` fits in the shared memory of the device's blocks, one
-    /// cooperative launch runs the whole sequence with the weights on chip, instead of a cuBLAS
-    /// GEMM and a pointwise kernel per step. The results agree to f32 rounding.
+    /// Allows (`true`) or forbids the persistent kernels: for an LSTM layer without projection,
+    /// a GRU or a vanilla RNN layer with `B ≤ 8` whose `W_hh` fits in the shared memory of the
+    /// device's blocks, one cooperative launch runs the whole sequence of a layer-direction with
+    /// the weights on chip, instead of a cuBLAS GEMM and a pointwise kernel per step
+    /// (`kernels/persistent_lstm.cu`, `kernels/persistent_cell.cu`). The results agree to f32
+    /// rounding. Backward always uses the per-step path (from what either forward saved).
     pub fn with_persistent(mut self, on: bool) -> Cuda {
         self.persistent = on;
+        self
+    }
+
+    /// Requires (`true`) the persistent kernels: a forward pass with a layer-direction that
+    /// cannot take one (batch over 8, projection, `W_hh` too large for the blocks' shared memory,
+    /// no cooperative launch) fails with [`Error::InvalidArgument`] instead of using the per-step
+    /// path. For tests and benchmarks that must measure the persistent path. Implies
+    /// [`with_persistent(true)`](Self::with_persistent) when on.
+    pub fn require_persistent(mut self, on: bool) -> Cuda {
+        self.persistent_required = on;
+        self.persistent |= on;
         self
     }
 
@@ -176,7 +201,7 @@ impl Cuda {
     ) -> Result<()> {
         check_forward(plan.config(), shape, &input, &output)?;
         self.check_plan(plan)?;
-        let call = Call::new(&self.dev)?.with_persistent(self.persistent);
+        let call = Call::new(&self.dev)?.with_persistent(self.persistent).with_persistent_required(self.persistent_required);
         let mut reserve = reserve;
         if let Some(r) = reserve.as_deref_mut() {
             r.plan_id = plan.id;
