@@ -17,6 +17,9 @@ mod isa;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
 pub(crate) mod packed;
+// The ISA-neutral half of the AVX2 and NEON SGEMM.
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+mod sgemm;
 mod team;
 
 pub use isa::Isa;
@@ -131,7 +134,10 @@ impl HostKernels<f32> for CpuKernels<'_> {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Cpu::with_isa only accepts Avx2 when AVX2 and FMA were detected.
             Isa::Avx2 => unsafe { gemm::gemm_avx2(&self.par, 1.0, a, b, self.plan.packed(op), beta, c) },
-            // NEON and scalar: no packed kernels yet.
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: Cpu::with_isa only accepts Neon when NEON was detected.
+            Isa::Neon => unsafe { gemm::gemm_neon(&self.par, 1.0, a, b, self.plan.packed(op), beta, c) },
+            // Scalar: no packed kernels.
             _ => {
                 let _ = (op, self.plan);
                 gemm::gemm_portable(&self.par, 1.0, a, b, beta, c)
@@ -217,7 +223,7 @@ impl Backend<f32> for Cpu {
     }
 
     fn plan(&self, config: &RnnConfig, params: &[f32]) -> Result<CpuPlan> {
-        CpuPlan::new(config, params, self.isa == Isa::Avx2)
+        CpuPlan::new(config, params, matches!(self.isa, Isa::Avx2 | Isa::Neon))
     }
 
     fn update_plan(&self, plan: &mut CpuPlan, params: &[f32]) -> Result<()> {

@@ -1,8 +1,10 @@
 //! AArch64 NEON kernels of the CPU backend: the fused per-step cell functions of
-//! [`crate::backend::host`], four f32 lanes at a time.
+//! [`crate::backend::host`], four f32 lanes at a time, and the SGEMM tiles.
 //!
 //! - `math.rs`: `exp`, `sigmoid`, `tanh` on `float32x4_t` (method and measured accuracy there);
-//! - `lstm.rs`, `gru.rs`, `rnn.rs`: forward and backward step of each cell.
+//! - `lstm.rs`, `gru.rs`, `rnn.rs`: forward and backward step of each cell;
+//! - `sgemm.rs`: the 6×16 tile of the blocked SGEMM (`cpu/sgemm.rs`) for every product of six
+//!   rows or more; `sgemm_skinny.rs`: fewer rows against a packed weight (`cpu/packed.rs`).
 //!
 //! Layout (see [`CellForward`]): row-major `[B, G·H]` gate blocks, gate `k` of row `b` at
 //! `b·G·H + k·H`. Every kernel walks each row once, four hidden units `j` at a time, loading
@@ -46,6 +48,8 @@ mod gru;
 mod lstm;
 mod math;
 mod rnn;
+pub(crate) mod sgemm;
+mod sgemm_skinny;
 
 use crate::backend::host::{CellBackward, CellForward};
 use crate::config::CellKind;
