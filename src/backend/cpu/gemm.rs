@@ -12,7 +12,7 @@
 //! whatever the split, so results are bit-identical for any thread count.
 
 use super::packed::PackedWeight;
-use super::sgemm::Kernels;
+use super::sgemm::{BlockTile, SkinnyTile};
 use super::team::Team;
 use crate::backend::host::{Mat, MatMut};
 
@@ -140,7 +140,15 @@ pub(crate) fn gemm_portable(par: &Par<'_>, alpha: f32, a: Mat<'_, f32>, b: Mat<'
 /// # Safety
 /// AVX2 and FMA must be available.
 #[cfg(target_arch = "x86_64")]
-pub(crate) unsafe fn gemm_avx2(par: &Par<'_>, alpha: f32, a: Mat<'_, f32>, b: Mat<'_, f32>, packed: Option<&PackedWeight>, beta: f32, c: MatMut<'_, f32>) {
+pub(crate) unsafe fn gemm_avx2(
+    par: &Par<'_>,
+    alpha: f32,
+    a: Mat<'_, f32>,
+    b: Mat<'_, f32>,
+    packed: Option<&PackedWeight>,
+    beta: f32,
+    c: MatMut<'_, f32>,
+) {
     // SAFETY: the caller guarantees AVX2 and FMA.
     unsafe { gemm_tiled::<super::avx2::sgemm::Avx2>(par, alpha, a, b, packed, beta, c) }
 }
@@ -150,7 +158,15 @@ pub(crate) unsafe fn gemm_avx2(par: &Par<'_>, alpha: f32, a: Mat<'_, f32>, b: Ma
 /// # Safety
 /// NEON must be available.
 #[cfg(target_arch = "aarch64")]
-pub(crate) unsafe fn gemm_neon(par: &Par<'_>, alpha: f32, a: Mat<'_, f32>, b: Mat<'_, f32>, packed: Option<&PackedWeight>, beta: f32, c: MatMut<'_, f32>) {
+pub(crate) unsafe fn gemm_neon(
+    par: &Par<'_>,
+    alpha: f32,
+    a: Mat<'_, f32>,
+    b: Mat<'_, f32>,
+    packed: Option<&PackedWeight>,
+    beta: f32,
+    c: MatMut<'_, f32>,
+) {
     // SAFETY: the caller guarantees NEON.
     unsafe { gemm_tiled::<super::neon::sgemm::Neon>(par, alpha, a, b, packed, beta, c) }
 }
@@ -162,7 +178,7 @@ pub(crate) unsafe fn gemm_neon(par: &Par<'_>, alpha: f32, a: Mat<'_, f32>, b: Ma
 /// # Safety
 /// `K`'s ISA must be available.
 #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
-unsafe fn gemm_tiled<K: Kernels>(
+unsafe fn gemm_tiled<K: BlockTile + SkinnyTile>(
     par: &Par<'_>,
     alpha: f32,
     a: Mat<'_, f32>,
@@ -261,7 +277,7 @@ mod tests {
     /// # Safety
     /// `K`'s ISA must be available.
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    unsafe fn check_tiled<K: Kernels>() {
+    unsafe fn check_tiled<K: BlockTile + SkinnyTile>() {
         let mut rng = SplitMix64::new(7);
         // (m, k, n): tile edges, the skinny path (m < 6: 4-row, 2-row and 1-row tiles, with the
         // panels grouped differently by each split), K and N blocks (KC = 512, NC = 1024), row

@@ -1,5 +1,5 @@
 //! The ISA-neutral half of the CPU backend's SGEMM: the BLIS loop nest, the packing of `A` and
-//! `B`, and the skinny driver, generic over an ISA's register tiles ([`Kernels`]:
+//! `B`, and the skinny driver, generic over an ISA's register tiles ([`BlockTile`], [`SkinnyTile`]:
 //! `avx2/sgemm.rs` + `avx2/sgemm_skinny.rs`, `neon/sgemm.rs` + `neon/sgemm_skinny.rs`).
 //!
 //! Both ISAs use the same `MR × NR` = 6×16 tile and read the same packed weights
@@ -63,8 +63,8 @@ pub(crate) struct Update {
     pub beta: Option<f32>,
 }
 
-/// An ISA's register tiles and blocking.
-pub(crate) trait Kernels {
+/// An ISA's 6×16 register tile and blocking, for the blocked path ([`gemm_block`]).
+pub(crate) trait BlockTile {
     /// Inner-dimension block.
     const KC: usize;
     /// Row block (a multiple of [`MR`]).
@@ -72,16 +72,21 @@ pub(crate) trait Kernels {
     /// Column block (a multiple of [`NR`]) for `B` packed per call.
     const NC: usize;
 
-    /// The 6×16 tile: `C[rows, cols] ⊕= alpha·Σ_k a[k·6 + i]·b[k·16 + j]` as `up` says.
+    /// The 6×16 tile: `C[rows, cols] ⊕= alpha·Σ_k a[k·6 + i]·b[k·16 + j]` as `up` says. An
+    /// edge tile (`rows < 6` or `cols < 16`) must give each element the bits a full tile would.
     ///
     /// # Safety
     /// The ISA is available; `a` holds `kc·6` floats, `b` holds `kc·16`; `c + i·rsc + j` is
     /// writable for `i < rows ≤ 6`, `j < cols ≤ 16`.
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, rows: usize, cols: usize, up: Update);
+}
 
-    /// The skinny tile: `R` rows of `a` against `NP` packed panels, `cols ≤ NP·16` valid output
-    /// columns, `c = alpha·acc + beta·c` (`c` not read when `beta = 0`).
+/// An ISA's skinny tiles, for the few-row path ([`gemm_panels`]).
+pub(crate) trait SkinnyTile {
+    /// `R` rows of `a` against `NP` packed panels, `cols ≤ NP·16` valid output columns,
+    /// `c = alpha·acc + beta·c` (`c` not read when `beta = 0`), each element one dot product in
+    /// `k` order. An edge tile (`cols < NP·16`) must give each element the bits a full one would.
     ///
     /// # Safety
     /// The ISA is available; `a + r·rsa + kk·csa` readable for `r < R`, `kk < k`; `b` holds `NP`
@@ -215,7 +220,7 @@ unsafe fn pack_b(b: &Mat<'_, f32>, p0: usize, kc: usize, j0: usize, nc: usize, d
 /// writable and touched by no one else for `i` in `r0..r1` and `j` in the panels' columns
 /// (`< N`).
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_block<K: Kernels>(
+pub(crate) unsafe fn gemm_block<K: BlockTile>(
     ws: &mut Workspace,
     alpha: f32,
     a: &Mat<'_, f32>,
@@ -298,7 +303,7 @@ pub(crate) unsafe fn gemm_block<K: Kernels>(
 /// `K`'s ISA is available; `out` is a raw view whose elements `(i, j)` for `j` in the panels'
 /// columns are writable and touched by no one else; `a.cols == w.k`, `p1 ≤ ceil(w.n / 16)`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_panels<K: Kernels>(
+pub(crate) unsafe fn gemm_panels<K: SkinnyTile>(
     a: &Mat<'_, f32>,
     w: &PackedWeight,
     p0: usize,

@@ -3,13 +3,13 @@
 //! and six broadcasts of `A` per 12 FMAs.
 
 use crate::backend::cpu::packed::NR;
-use crate::backend::cpu::sgemm::{Kernels, Update, MR};
+use crate::backend::cpu::sgemm::{BlockTile, Update, MR};
 use core::arch::x86_64::*;
 
 /// The AVX2+FMA kernels, for `cpu/sgemm.rs`.
 pub(crate) struct Avx2;
 
-impl Kernels for Avx2 {
+impl BlockTile for Avx2 {
     /// A 16-column micro-panel of `B` is `KC·64` bytes (32 KiB, L1-sized; 512 measured 5-20%
     /// faster than 256 on the large products here, see `examples/gemm_bench.rs`).
     const KC: usize = 512;
@@ -17,86 +17,64 @@ impl Kernels for Avx2 {
     const MC: usize = 144;
     const NC: usize = 1024;
 
-    #[inline(always)]
+    /// The 6×16 tile: `C[rows, cols] ⊕= Σ_k a[k·6 + i]·b[k·16 + j]`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `a` holds `kc·6` floats, `b` holds `kc·16`; `c + i·rsc + j` is writable for
+    /// `i < rows ≤ 6`, `j < cols ≤ 16`.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop, clippy::too_many_arguments)] // index loops over const bounds unroll into registers
     unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, rows: usize, cols: usize, up: Update) {
-        // SAFETY: the caller's contract is tile's.
-        unsafe { tile(kc, a, b, c, rsc, rows, cols, up) }
-    }
-
-    #[inline(always)]
-    unsafe fn skinny<const R: usize, const NP: usize>(
-        a: *const f32,
-        rsa: usize,
-        csa: usize,
-        k: usize,
-        b: *const f32,
-        c: *mut f32,
-        rsc: usize,
-        cols: usize,
-        ab: (f32, f32),
-    ) {
-        // SAFETY: the caller's contract is the skinny tile's.
-        unsafe { super::sgemm_skinny::tile::<R, NP>(a, rsa, csa, k, b, c, rsc, cols, ab) }
-    }
-}
-
-/// The 6×16 tile: `C[rows, cols] ⊕= Σ_k a[k·6 + i]·b[k·16 + j]`.
-///
-/// # Safety
-/// AVX2 and FMA; `a` holds `kc·6` floats, `b` holds `kc·16`; `c + i·rsc + j` is writable for
-/// `i < rows ≤ 6`, `j < cols ≤ 16`.
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::needless_range_loop, clippy::too_many_arguments)] // index loops over const bounds unroll into registers
-unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, rows: usize, cols: usize, up: Update) {
-    // SAFETY (whole body): offsets stay within the ranges the caller vouched for.
-    unsafe {
-        // The C tile is read only after the k loop, by which time these have arrived: six rows
-        // a row stride apart defeat the hardware prefetchers, and on a large C each would be a
-        // miss to memory.
-        for i in 0..rows {
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * rsc) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * rsc + cols - 1) as *const i8);
-        }
-        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-        let (mut ap, mut bp) = (a, b);
-        for _ in 0..kc {
-            let b0 = _mm256_loadu_ps(bp);
-            let b1 = _mm256_loadu_ps(bp.add(8));
+        // SAFETY (whole body): offsets stay within the ranges the caller vouched for.
+        unsafe {
+            // The C tile is read only after the k loop, by which time these have arrived: six rows
+            // a row stride apart defeat the hardware prefetchers, and on a large C each would be a
+            // miss to memory.
+            for i in 0..rows {
+                _mm_prefetch::<_MM_HINT_T0>(c.add(i * rsc) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(c.add(i * rsc + cols - 1) as *const i8);
+            }
+            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            let (mut ap, mut bp) = (a, b);
+            for _ in 0..kc {
+                let b0 = _mm256_loadu_ps(bp);
+                let b1 = _mm256_loadu_ps(bp.add(8));
+                for i in 0..MR {
+                    let av = _mm256_broadcast_ss(&*ap.add(i));
+                    acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
+                    acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
+                }
+                ap = ap.add(MR);
+                bp = bp.add(NR);
+            }
+            // An edge tile goes through a copy of its part of C, so that every element gets the
+            // same instructions (alpha, then an add or one FMA with beta) in a full tile and at an
+            // edge.
+            let full = rows == MR && cols == NR;
+            let read_c = up.beta != Some(0.0);
+            let alpha = _mm256_set1_ps(up.alpha);
+            let mut tmp = [0.0f32; MR * NR];
             for i in 0..MR {
-                let av = _mm256_broadcast_ss(&*ap.add(i));
-                acc[i][0] = _mm256_fmadd_ps(av, b0, acc[i][0]);
-                acc[i][1] = _mm256_fmadd_ps(av, b1, acc[i][1]);
-            }
-            ap = ap.add(MR);
-            bp = bp.add(NR);
-        }
-        // An edge tile goes through a copy of its part of C, so that every element gets the
-        // same instructions (alpha, then an add or one FMA with beta) in a full tile and at an
-        // edge.
-        let full = rows == MR && cols == NR;
-        let read_c = up.beta != Some(0.0);
-        let alpha = _mm256_set1_ps(up.alpha);
-        let mut tmp = [0.0f32; MR * NR];
-        for i in 0..MR {
-            if i >= rows {
-                break;
-            }
-            let dst = c.add(i * rsc);
-            let buf = if full { dst } else { tmp.as_mut_ptr().add(i * NR) };
-            if !full && read_c {
-                std::ptr::copy_nonoverlapping(dst, buf, cols);
-            }
-            for h in 0..2 {
-                let v = if up.alpha == 1.0 { acc[i][h] } else { _mm256_mul_ps(alpha, acc[i][h]) };
-                let out = match up.beta {
-                    None => _mm256_add_ps(_mm256_loadu_ps(buf.add(8 * h)), v),
-                    Some(beta) if beta == 0.0 => v,
-                    Some(beta) => _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(buf.add(8 * h)), v),
-                };
-                _mm256_storeu_ps(buf.add(8 * h), out);
-            }
-            if !full {
-                std::ptr::copy_nonoverlapping(buf, dst, cols);
+                if i >= rows {
+                    break;
+                }
+                let dst = c.add(i * rsc);
+                let buf = if full { dst } else { tmp.as_mut_ptr().add(i * NR) };
+                if !full && read_c {
+                    std::ptr::copy_nonoverlapping(dst, buf, cols);
+                }
+                for h in 0..2 {
+                    let v = if up.alpha == 1.0 { acc[i][h] } else { _mm256_mul_ps(alpha, acc[i][h]) };
+                    let out = match up.beta {
+                        None => _mm256_add_ps(_mm256_loadu_ps(buf.add(8 * h)), v),
+                        Some(beta) if beta == 0.0 => v,
+                        Some(beta) => _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(buf.add(8 * h)), v),
+                    };
+                    _mm256_storeu_ps(buf.add(8 * h), out);
+                }
+                if !full {
+                    std::ptr::copy_nonoverlapping(buf, dst, cols);
+                }
             }
         }
     }

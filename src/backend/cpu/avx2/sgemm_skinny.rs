@@ -2,74 +2,78 @@
 //! with `B` packed (see `cpu/packed.rs`), for the per-step products of a small batch (fewer rows
 //! than the 6-row tile of `sgemm.rs`, which would waste most of its FMAs here).
 //!
-//! Register tile: `MR` rows × `NP` panels of 16 columns, with `MR·2·NP = 8` accumulators in
+//! Register tile: `R` rows × `NP` panels of 16 columns, with `R·2·NP = 8` accumulators in
 //! flight (4×1, 2×2, 1×4), enough to cover the FMA latency: one row alone would otherwise wait
 //! on two dependent chains. Each k step loads 2·NP vectors of the panel once and broadcasts
-//! `MR` values of `a`; every element of `out` is one dot product summed in k order. The driver
+//! `R` values of `a`; every element of `out` is one dot product summed in k order. The driver
 //! that walks rows and panels is ISA-neutral: `gemm_panels` in `cpu/sgemm.rs`.
 
+use super::sgemm::Avx2;
 use crate::backend::cpu::packed::NR;
+use crate::backend::cpu::sgemm::SkinnyTile;
 use core::arch::x86_64::*;
 
-/// `MR × (NP·16)` tile at rows `a`, panels starting at `b`; `cols` valid output columns;
-/// `c = alpha·acc + beta·c` (`c` not read when `beta = 0`).
-///
-/// # Safety
-/// AVX2 and FMA; `a + r·rsa + kk·csa` readable for `r < MR`, `kk < k`; `b` holds `NP` panels of
-/// `k·16` floats at stride `k·16`; `c + r·rsc + j` writable for `r < MR`, `j < cols ≤ NP·16`.
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // index loops over const bounds unroll into registers
-pub(crate) unsafe fn tile<const MR: usize, const NP: usize>(
-    a: *const f32,
-    rsa: usize,
-    csa: usize,
-    k: usize,
-    b: *const f32,
-    c: *mut f32,
-    rsc: usize,
-    cols: usize,
-    (alpha, beta): (f32, f32),
-) {
-    let stride = k * NR;
-    // SAFETY (whole body): every pointer offset below stays inside the ranges the caller
-    // vouched for.
-    unsafe {
-        let mut acc = [[_mm256_setzero_ps(); 8]; MR];
-        for kk in 0..k {
-            let mut bv = [_mm256_setzero_ps(); 8];
-            for p in 0..NP {
-                let bp = b.add(p * stride + kk * NR);
-                bv[2 * p] = _mm256_loadu_ps(bp);
-                bv[2 * p + 1] = _mm256_loadu_ps(bp.add(8));
-            }
-            for r in 0..MR {
-                let av = _mm256_broadcast_ss(&*a.add(r * rsa + kk * csa));
-                for q in 0..2 * NP {
-                    acc[r][q] = _mm256_fmadd_ps(av, bv[q], acc[r][q]);
+impl SkinnyTile for Avx2 {
+    /// `R × (NP·16)` tile at rows `a`, panels starting at `b`; `cols` valid output columns;
+    /// `c = alpha·acc + beta·c` (`c` not read when `beta = 0`).
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `a + r·rsa + kk·csa` readable for `r < R`, `kk < k`; `b` holds `NP` panels of
+    /// `k·16` floats at stride `k·16`; `c + r·rsc + j` writable for `r < R`, `j < cols ≤ NP·16`.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // index loops over const bounds unroll into registers
+    unsafe fn skinny<const R: usize, const NP: usize>(
+        a: *const f32,
+        rsa: usize,
+        csa: usize,
+        k: usize,
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        cols: usize,
+        (alpha, beta): (f32, f32),
+    ) {
+        let stride = k * NR;
+        // SAFETY (whole body): every pointer offset below stays inside the ranges the caller
+        // vouched for.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 8]; R];
+            for kk in 0..k {
+                let mut bv = [_mm256_setzero_ps(); 8];
+                for p in 0..NP {
+                    let bp = b.add(p * stride + kk * NR);
+                    bv[2 * p] = _mm256_loadu_ps(bp);
+                    bv[2 * p + 1] = _mm256_loadu_ps(bp.add(8));
+                }
+                for r in 0..R {
+                    let av = _mm256_broadcast_ss(&*a.add(r * rsa + kk * csa));
+                    for q in 0..2 * NP {
+                        acc[r][q] = _mm256_fmadd_ps(av, bv[q], acc[r][q]);
+                    }
                 }
             }
-        }
-        let (va, vb) = (_mm256_set1_ps(alpha), _mm256_set1_ps(beta));
-        for (r, row) in acc.iter().enumerate() {
-            let dst = c.add(r * rsc);
-            // An edge tile goes through a full-width copy of its columns, so that every element
-            // gets the same instructions (alpha, then one FMA with beta) in a full tile and at
-            // an edge, whichever panels a thread's share groups into tiles.
-            let full = cols == NP * NR;
-            let mut tmp = [0.0f32; 64];
-            if !full && beta != 0.0 {
-                std::ptr::copy_nonoverlapping(dst, tmp.as_mut_ptr(), cols);
-            }
-            let buf = if full { dst } else { tmp.as_mut_ptr() };
-            for (q, v) in row.iter().take(2 * NP).enumerate() {
-                let mut v = if alpha == 1.0 { *v } else { _mm256_mul_ps(va, *v) };
-                if beta != 0.0 {
-                    v = _mm256_fmadd_ps(vb, _mm256_loadu_ps(buf.add(8 * q)), v);
+            let (va, vb) = (_mm256_set1_ps(alpha), _mm256_set1_ps(beta));
+            for (r, row) in acc.iter().enumerate() {
+                let dst = c.add(r * rsc);
+                // An edge tile goes through a full-width copy of its columns, so that every element
+                // gets the same instructions (alpha, then one FMA with beta) in a full tile and at
+                // an edge, whichever panels a thread's share groups into tiles.
+                let full = cols == NP * NR;
+                let mut tmp = [0.0f32; 64];
+                if !full && beta != 0.0 {
+                    std::ptr::copy_nonoverlapping(dst, tmp.as_mut_ptr(), cols);
                 }
-                _mm256_storeu_ps(buf.add(8 * q), v);
-            }
-            if !full {
-                std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
+                let buf = if full { dst } else { tmp.as_mut_ptr() };
+                for (q, v) in row.iter().take(2 * NP).enumerate() {
+                    let mut v = if alpha == 1.0 { *v } else { _mm256_mul_ps(va, *v) };
+                    if beta != 0.0 {
+                        v = _mm256_fmadd_ps(vb, _mm256_loadu_ps(buf.add(8 * q)), v);
+                    }
+                    _mm256_storeu_ps(buf.add(8 * q), v);
+                }
+                if !full {
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
+                }
             }
         }
     }

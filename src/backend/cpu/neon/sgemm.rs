@@ -21,40 +21,12 @@
 //! panels and `C`. `NC = 1024` bounds the per-call packing of a strided `B` (2 MiB at `KC`).
 
 use crate::backend::cpu::packed::NR;
-use crate::backend::cpu::sgemm::{Kernels, Update, MR};
+use crate::backend::cpu::sgemm::{BlockTile, Update, MR};
 use core::arch::aarch64::*;
 use core::arch::asm;
 
 /// The NEON kernels, for `cpu/sgemm.rs`.
 pub(crate) struct Neon;
-
-impl Kernels for Neon {
-    const KC: usize = 512;
-    const MC: usize = 240;
-    const NC: usize = 1024;
-
-    #[inline(always)]
-    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, rows: usize, cols: usize, up: Update) {
-        // SAFETY: the caller's contract is tile's.
-        unsafe { tile(kc, a, b, c, rsc, rows, cols, up) }
-    }
-
-    #[inline(always)]
-    unsafe fn skinny<const R: usize, const NP: usize>(
-        a: *const f32,
-        rsa: usize,
-        csa: usize,
-        k: usize,
-        b: *const f32,
-        c: *mut f32,
-        rsc: usize,
-        cols: usize,
-        ab: (f32, f32),
-    ) {
-        // SAFETY: the caller's contract is the skinny tile's.
-        unsafe { super::sgemm_skinny::tile::<R, NP>(a, rsa, csa, k, b, c, rsc, cols, ab) }
-    }
-}
 
 /// Hints the line holding `p` into L1 (`prfm pldl1keep`; a hint, it never faults).
 #[inline(always)]
@@ -63,68 +35,74 @@ fn prefetch(p: *const f32) {
     unsafe { asm!("prfm pldl1keep, [{p}]", p = in(reg) p, options(nostack, preserves_flags, readonly)) }
 }
 
-/// The 6×16 tile: `C[rows, cols] ⊕= Σ_k a[k·6 + i]·b[k·16 + j]`, as `up` says.
-///
-/// # Safety
-/// NEON; `a` holds `kc·6` floats, `b` holds `kc·16`; `c + i·rsc + j` is writable for
-/// `i < rows ≤ 6`, `j < cols ≤ 16`.
-#[target_feature(enable = "neon")]
-#[allow(clippy::needless_range_loop, clippy::too_many_arguments)] // index loops over const bounds unroll into registers
-unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, rows: usize, cols: usize, up: Update) {
-    // SAFETY (whole body): offsets stay within the ranges the caller vouched for.
-    unsafe {
-        // The C tile is read only after the k loop, by which time these lines have arrived:
-        // six rows a row stride apart defeat the hardware prefetchers.
-        for i in 0..MR {
-            if i < rows {
-                prefetch(c.add(i * rsc));
-                prefetch(c.add(i * rsc + cols - 1));
+impl BlockTile for Neon {
+    const KC: usize = 512;
+    const MC: usize = 240;
+    const NC: usize = 1024;
+
+    /// The 6×16 tile: `C[rows, cols] ⊕= Σ_k a[k·6 + i]·b[k·16 + j]`, as `up` says.
+    ///
+    /// # Safety
+    /// NEON; `a` holds `kc·6` floats, `b` holds `kc·16`; `c + i·rsc + j` is writable for
+    /// `i < rows ≤ 6`, `j < cols ≤ 16`.
+    #[target_feature(enable = "neon")]
+    #[allow(clippy::needless_range_loop, clippy::too_many_arguments)] // index loops over const bounds unroll into registers
+    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, rows: usize, cols: usize, up: Update) {
+        // SAFETY (whole body): offsets stay within the ranges the caller vouched for.
+        unsafe {
+            // The C tile is read only after the k loop, by which time these lines have arrived:
+            // six rows a row stride apart defeat the hardware prefetchers.
+            for i in 0..MR {
+                if i < rows {
+                    prefetch(c.add(i * rsc));
+                    prefetch(c.add(i * rsc + cols - 1));
+                }
             }
-        }
-        let mut acc = [[vdupq_n_f32(0.0); 4]; MR];
-        let (mut ap, mut bp) = (a, b);
-        for _ in 0..kc {
-            let bv = [vld1q_f32(bp), vld1q_f32(bp.add(4)), vld1q_f32(bp.add(8)), vld1q_f32(bp.add(12))];
-            let a03 = vld1q_f32(ap);
-            let a45 = vld1_f32(ap.add(4));
-            for j in 0..4 {
-                acc[0][j] = vfmaq_laneq_f32::<0>(acc[0][j], bv[j], a03);
-                acc[1][j] = vfmaq_laneq_f32::<1>(acc[1][j], bv[j], a03);
-                acc[2][j] = vfmaq_laneq_f32::<2>(acc[2][j], bv[j], a03);
-                acc[3][j] = vfmaq_laneq_f32::<3>(acc[3][j], bv[j], a03);
-                acc[4][j] = vfmaq_lane_f32::<0>(acc[4][j], bv[j], a45);
-                acc[5][j] = vfmaq_lane_f32::<1>(acc[5][j], bv[j], a45);
+            let mut acc = [[vdupq_n_f32(0.0); 4]; MR];
+            let (mut ap, mut bp) = (a, b);
+            for _ in 0..kc {
+                let bv = [vld1q_f32(bp), vld1q_f32(bp.add(4)), vld1q_f32(bp.add(8)), vld1q_f32(bp.add(12))];
+                let a03 = vld1q_f32(ap);
+                let a45 = vld1_f32(ap.add(4));
+                for j in 0..4 {
+                    acc[0][j] = vfmaq_laneq_f32::<0>(acc[0][j], bv[j], a03);
+                    acc[1][j] = vfmaq_laneq_f32::<1>(acc[1][j], bv[j], a03);
+                    acc[2][j] = vfmaq_laneq_f32::<2>(acc[2][j], bv[j], a03);
+                    acc[3][j] = vfmaq_laneq_f32::<3>(acc[3][j], bv[j], a03);
+                    acc[4][j] = vfmaq_lane_f32::<0>(acc[4][j], bv[j], a45);
+                    acc[5][j] = vfmaq_lane_f32::<1>(acc[5][j], bv[j], a45);
+                }
+                ap = ap.add(MR);
+                bp = bp.add(NR);
             }
-            ap = ap.add(MR);
-            bp = bp.add(NR);
-        }
-        // An edge tile goes through a copy of its part of C, so that every element gets the
-        // same instructions (alpha, then an add or one FMA with beta) in a full tile and at an
-        // edge.
-        let full = rows == MR && cols == NR;
-        let read_c = up.beta != Some(0.0);
-        let va = vdupq_n_f32(up.alpha);
-        let mut tmp = [0.0f32; MR * NR];
-        for i in 0..MR {
-            if i >= rows {
-                break;
-            }
-            let dst = c.add(i * rsc);
-            let buf = if full { dst } else { tmp.as_mut_ptr().add(i * NR) };
-            if !full && read_c {
-                std::ptr::copy_nonoverlapping(dst, buf, cols);
-            }
-            for h in 0..4 {
-                let v = if up.alpha == 1.0 { acc[i][h] } else { vmulq_f32(va, acc[i][h]) };
-                let out = match up.beta {
-                    None => vaddq_f32(vld1q_f32(buf.add(4 * h)), v),
-                    Some(beta) if beta == 0.0 => v,
-                    Some(beta) => vfmaq_f32(v, vdupq_n_f32(beta), vld1q_f32(buf.add(4 * h))),
-                };
-                vst1q_f32(buf.add(4 * h), out);
-            }
-            if !full {
-                std::ptr::copy_nonoverlapping(buf, dst, cols);
+            // An edge tile goes through a copy of its part of C, so that every element gets the
+            // same instructions (alpha, then an add or one FMA with beta) in a full tile and at an
+            // edge.
+            let full = rows == MR && cols == NR;
+            let read_c = up.beta != Some(0.0);
+            let va = vdupq_n_f32(up.alpha);
+            let mut tmp = [0.0f32; MR * NR];
+            for i in 0..MR {
+                if i >= rows {
+                    break;
+                }
+                let dst = c.add(i * rsc);
+                let buf = if full { dst } else { tmp.as_mut_ptr().add(i * NR) };
+                if !full && read_c {
+                    std::ptr::copy_nonoverlapping(dst, buf, cols);
+                }
+                for h in 0..4 {
+                    let v = if up.alpha == 1.0 { acc[i][h] } else { vmulq_f32(va, acc[i][h]) };
+                    let out = match up.beta {
+                        None => vaddq_f32(vld1q_f32(buf.add(4 * h)), v),
+                        Some(beta) if beta == 0.0 => v,
+                        Some(beta) => vfmaq_f32(v, vdupq_n_f32(beta), vld1q_f32(buf.add(4 * h))),
+                    };
+                    vst1q_f32(buf.add(4 * h), out);
+                }
+                if !full {
+                    std::ptr::copy_nonoverlapping(buf, dst, cols);
+                }
             }
         }
     }
