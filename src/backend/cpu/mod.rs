@@ -12,6 +12,8 @@
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
+#[cfg(all(test, any(target_arch = "x86_64", target_arch = "aarch64")))]
+mod cell_tests;
 mod gemm;
 mod isa;
 #[cfg(target_arch = "aarch64")]
