@@ -273,15 +273,25 @@ pub(crate) fn bench_gemm(kind: &str, threads: usize, m: usize, k: usize, n: usiz
     let mut c = vec![0.0f32; m * n];
     let am = if a_transposed { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
     let bm = Mat::new(&b, k, n);
-    #[cfg(target_arch = "x86_64")]
-    let packed = (kind == "avx2-packed").then(|| packed::PackedWeight::pack(bm));
+    let packed = kind.ends_with("-packed").then(|| packed::PackedWeight::pack(bm));
     let run = |par: &gemm::Par<'_>, c: &mut [f32]| match kind {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: only timed on CPUs with AVX2+FMA (checked below).
         "avx2" | "avx2-packed" => unsafe { gemm::gemm_avx2(par, 1.0, am, bm, packed.as_ref(), 0.0, MatMut::new(c, m, n)) },
-        _ => gemm::gemm_portable(par, 1.0, am, bm, 0.0, MatMut::new(c, m, n)),
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: only timed on CPUs with NEON (checked below).
+        "neon" | "neon-packed" => unsafe { gemm::gemm_neon(par, 1.0, am, bm, packed.as_ref(), 0.0, MatMut::new(c, m, n)) },
+        "portable" => gemm::gemm_portable(par, 1.0, am, bm, 0.0, MatMut::new(c, m, n)),
+        _ => panic!("unknown or unsupported GEMM kind {kind:?}"),
     };
-    assert!(kind == "portable" || Isa::Avx2.is_supported(), "this CPU lacks AVX2+FMA");
+    let isa = if kind.starts_with("avx2") {
+        Isa::Avx2
+    } else if kind.starts_with("neon") {
+        Isa::Neon
+    } else {
+        Isa::Scalar
+    };
+    assert!(isa.is_supported(), "this CPU lacks {isa}");
     let team = team::Team::new(threads);
     let mut times = Vec::new();
     std::thread::scope(|s| {
