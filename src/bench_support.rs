@@ -147,8 +147,9 @@ impl CellStep {
 
 /// Times `C[m, n] = A[m, k]·B[k, n]` (row-major; `A` stored transposed with `a_transposed`,
 /// as the weight-gradient GEMMs read it) with the CPU backend's GEMM: `kind` is
-/// `"avx2"` (B strided), `"avx2-packed"` (B packed beforehand, as the plan's weights are) or
-/// `"portable"` (matrixmultiply), on `threads` threads. Returns the median seconds of `reps`
+/// `"avx2"` (B strided), `"avx2-packed"` (B packed beforehand, as the plan's weights are),
+/// `"neon"`, `"neon-packed"` (the same on AArch64) or `"portable"` (matrixmultiply), on
+/// `threads` threads. Returns the median seconds of `reps`
 /// runs after one warm-up.
 pub fn time_sgemm(kind: &str, threads: usize, m: usize, k: usize, n: usize, a_transposed: bool, reps: usize) -> f64 {
     crate::backend::cpu::bench_gemm(kind, threads, m, k, n, a_transposed, reps)

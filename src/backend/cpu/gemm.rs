@@ -1,16 +1,18 @@
 //! The CPU backend's GEMMs, split across threads.
 //!
-//! - AVX2: `avx2/sgemm.rs` (blocked, 6×16 tile) for everything with six rows or more, against
-//!   the plan's packed weights where the right-hand side is a weight; `avx2/sgemm_skinny.rs` for
-//!   the per-step products of fewer rows.
-//! - Other ISAs: matrixmultiply's SGEMM on strided views.
+//! - AVX2 and NEON: the blocked 6×16 SGEMM of `sgemm.rs` (tiles in `avx2/sgemm.rs`,
+//!   `neon/sgemm.rs`) for everything with six rows or more, against the plan's packed weights
+//!   where the right-hand side is a weight; the skinny kernels (`*/sgemm_skinny.rs`) for the
+//!   per-step products of fewer rows.
+//! - The scalar ISA, and the products of two activations: matrixmultiply's SGEMM on strided
+//!   views.
 //!
 //! `C` is split into blocks of rows (when it has many) or of columns, one per part; every
 //! element of `C` is computed by the same code over the full `k` range in the same order
 //! whatever the split, so results are bit-identical for any thread count.
 
-#[cfg(target_arch = "x86_64")]
 use super::packed::PackedWeight;
+use super::sgemm::{BlockTile, SkinnyTile};
 use super::team::Team;
 use crate::backend::host::{Mat, MatMut};
 
@@ -147,10 +149,46 @@ pub(crate) unsafe fn gemm_avx2(
     beta: f32,
     c: MatMut<'_, f32>,
 ) {
-    use super::avx2::sgemm::{gemm_block, Rhs, Workspace, MR};
-    use super::avx2::sgemm_skinny;
+    // SAFETY: the caller guarantees AVX2 and FMA.
+    unsafe { gemm_tiled::<super::avx2::sgemm::Avx2>(par, alpha, a, b, packed, beta, c) }
+}
+
+/// `C = alpha·A·B + beta·C` with the NEON kernels, as [`gemm_avx2`].
+///
+/// # Safety
+/// NEON must be available.
+#[cfg(target_arch = "aarch64")]
+pub(crate) unsafe fn gemm_neon(
+    par: &Par<'_>,
+    alpha: f32,
+    a: Mat<'_, f32>,
+    b: Mat<'_, f32>,
+    packed: Option<&PackedWeight>,
+    beta: f32,
+    c: MatMut<'_, f32>,
+) {
+    // SAFETY: the caller guarantees NEON.
+    unsafe { gemm_tiled::<super::neon::sgemm::Neon>(par, alpha, a, b, packed, beta, c) }
+}
+
+/// `C = alpha·A·B + beta·C` with `K`'s 6×16 kernels (`cpu/sgemm.rs`), `B` a strided view or a
+/// packed weight (which must have `B`'s shape), split across `par`. The skinny kernel is chosen
+/// from the whole product's `M`, so every part of a split takes the same path.
+///
+/// # Safety
+/// `K`'s ISA must be available.
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+unsafe fn gemm_tiled<K: BlockTile + SkinnyTile>(
+    par: &Par<'_>,
+    alpha: f32,
+    a: Mat<'_, f32>,
+    b: Mat<'_, f32>,
+    packed: Option<&PackedWeight>,
+    beta: f32,
+    c: MatMut<'_, f32>,
+) {
     use super::packed::NR;
-    use std::cell::RefCell;
+    use super::sgemm::{gemm_block, gemm_panels, with_workspace, Rhs, MR};
 
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "gemm: inner dimensions");
@@ -166,9 +204,6 @@ pub(crate) unsafe fn gemm_avx2(
     let rsc = c.rs;
     let c_ptr = SendPtr(c.data.as_mut_ptr());
     let (parts, how) = split(par, m, n, k);
-    thread_local! {
-        static WORKSPACE: RefCell<Workspace> = RefCell::new(Workspace::default());
-    }
     par.run(parts, &|i| {
         let ((r0, r1), (q0, q1)) = match how {
             Split::Rows(blk) => ((i * blk, ((i + 1) * blk).min(m)), (0, n.div_ceil(NR))),
@@ -179,19 +214,19 @@ pub(crate) unsafe fn gemm_avx2(
         }
         match rhs {
             Rhs::Packed(w) if m < MR && k > 0 => {
-                // SAFETY: AVX2+FMA per this function's contract; shapes checked above; the
-                // part owns the output columns of panels q0..q1 of every row.
-                unsafe { sgemm_skinny::gemm_panels(&a, w, q0, q1, c_ptr.get(), rsc, alpha, beta) }
+                // SAFETY: K's ISA per this function's contract; shapes checked above; the part
+                // owns the output columns of panels q0..q1 of every row.
+                unsafe { gemm_panels::<K>(&a, w, q0, q1, c_ptr.get(), rsc, alpha, beta) }
             }
-            _ => WORKSPACE.with_borrow_mut(|ws| {
+            _ => with_workspace(|ws| {
                 // SAFETY: as above; the part owns rows r0..r1 × panels q0..q1 of C.
-                unsafe { gemm_block(ws, alpha, &a, rhs, beta, c_ptr.get(), rsc, (r0, r1), (q0, q1)) }
+                unsafe { gemm_block::<K>(ws, alpha, &a, rhs, beta, c_ptr.get(), rsc, (r0, r1), (q0, q1)) }
             }),
         }
     });
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::rng::SplitMix64;
@@ -236,19 +271,23 @@ mod tests {
         outs
     }
 
-    #[test]
-    fn avx2_gemm_matches_f64_for_every_path_and_is_thread_count_invariant() {
-        if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
-            eprintln!("skipped: this CPU lacks AVX2+FMA");
-            return;
-        }
+    /// The harness every ISA's tiled GEMM runs ([`gemm_tiled`] with `K`'s kernels): every path
+    /// against f64 within the rounding bound, and bit-identical serial and on teams of 2 and 3.
+    ///
+    /// # Safety
+    /// `K`'s ISA must be available.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    unsafe fn check_tiled<K: BlockTile + SkinnyTile>() {
         let mut rng = SplitMix64::new(7);
-        // (m, k, n): tile edges, the skinny path (m < 6), K and N blocks (KC = 256, NC = 1024),
-        // row splits (m ≥ 96) and column splits.
+        // (m, k, n): tile edges, the skinny path (m < 6: 4-row, 2-row and 1-row tiles, with the
+        // panels grouped differently by each split), K and N blocks (KC = 512, NC = 1024), row
+        // splits (m ≥ 96) and column splits, k = 0.
         let shapes = [
             (1, 1, 1),
             (1, 300, 1030),
+            (2, 200, 1000),
             (3, 17, 33),
+            (5, 129, 200),
             (5, 64, 16),
             (6, 16, 16),
             (7, 257, 45),
@@ -257,8 +296,10 @@ mod tests {
             (97, 513, 1100),
             (200, 0, 20),
         ];
+        // alpha and beta that round when multiplied, so that an edge tile computing
+        // `alpha·acc + beta·c` with other instructions than a full one shows in the bits.
         for &(m, k, n) in &shapes {
-            for (alpha, beta) in [(1.0f32, 0.0f32), (1.0, 1.0), (0.5, -2.0)] {
+            for (alpha, beta) in [(1.0f32, 0.0f32), (1.0, 1.0), (0.7, -0.3)] {
                 for (a_t, b_t, packed) in [(false, false, false), (true, true, false), (false, true, true), (true, false, true)] {
                     let a_data = rand_vec(&mut rng, m * k);
                     let b_data = rand_vec(&mut rng, k * n);
@@ -270,8 +311,8 @@ mod tests {
                     let (want, bound) = naive(alpha, &a, &b, beta, &c0);
                     let outs = each_par(|par| {
                         let mut c = c0.clone();
-                        // SAFETY: AVX2+FMA detected above.
-                        unsafe { gemm_avx2(par, alpha, a, b, pw.as_ref(), beta, MatMut::new(&mut c, m, n)) };
+                        // SAFETY: K's ISA per this function's contract.
+                        unsafe { gemm_tiled::<K>(par, alpha, a, b, pw.as_ref(), beta, MatMut::new(&mut c, m, n)) };
                         c
                     });
                     let ctx = format!("m={m} k={k} n={n} alpha={alpha} beta={beta} a_t={a_t} b_t={b_t} packed={packed}");
@@ -284,6 +325,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_gemm_matches_f64_for_every_path_and_is_thread_count_invariant() {
+        if !super::super::Isa::Avx2.is_supported() {
+            eprintln!("skipped: this CPU lacks AVX2+FMA");
+            return;
+        }
+        // SAFETY: AVX2+FMA detected above.
+        unsafe { check_tiled::<super::super::avx2::sgemm::Avx2>() }
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn neon_gemm_matches_f64_for_every_path_and_is_thread_count_invariant() {
+        assert!(super::super::Isa::Neon.is_supported(), "AArch64 without NEON");
+        // SAFETY: NEON detected above.
+        unsafe { check_tiled::<super::super::neon::sgemm::Neon>() }
     }
 
     #[test]

@@ -12,11 +12,16 @@
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
+#[cfg(all(test, any(target_arch = "x86_64", target_arch = "aarch64")))]
+mod cell_tests;
 mod gemm;
 mod isa;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
 pub(crate) mod packed;
+// The ISA-neutral half of the AVX2 and NEON SGEMM.
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+mod sgemm;
 mod team;
 
 pub use isa::Isa;
@@ -131,7 +136,10 @@ impl HostKernels<f32> for CpuKernels<'_> {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Cpu::with_isa only accepts Avx2 when AVX2 and FMA were detected.
             Isa::Avx2 => unsafe { gemm::gemm_avx2(&self.par, 1.0, a, b, self.plan.packed(op), beta, c) },
-            // NEON and scalar: no packed kernels yet.
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: Cpu::with_isa only accepts Neon when NEON was detected.
+            Isa::Neon => unsafe { gemm::gemm_neon(&self.par, 1.0, a, b, self.plan.packed(op), beta, c) },
+            // Scalar: no packed kernels.
             _ => {
                 let _ = (op, self.plan);
                 gemm::gemm_portable(&self.par, 1.0, a, b, beta, c)
@@ -260,7 +268,7 @@ impl Backend<f32> for Cpu {
     }
 
     fn plan(&self, config: &RnnConfig, params: &[f32]) -> Result<CpuPlan> {
-        CpuPlan::new(config, params, self.isa == Isa::Avx2)
+        CpuPlan::new(config, params, matches!(self.isa, Isa::Avx2 | Isa::Neon))
     }
 
     fn update_plan(&self, plan: &mut CpuPlan, params: &[f32]) -> Result<()> {
@@ -308,15 +316,25 @@ pub(crate) fn bench_gemm(kind: &str, threads: usize, m: usize, k: usize, n: usiz
     let mut c = vec![0.0f32; m * n];
     let am = if a_transposed { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
     let bm = Mat::new(&b, k, n);
-    #[cfg(target_arch = "x86_64")]
-    let packed = (kind == "avx2-packed").then(|| packed::PackedWeight::pack(bm));
+    let packed = kind.ends_with("-packed").then(|| packed::PackedWeight::pack(bm));
     let run = |par: &gemm::Par<'_>, c: &mut [f32]| match kind {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: only timed on CPUs with AVX2+FMA (checked below).
         "avx2" | "avx2-packed" => unsafe { gemm::gemm_avx2(par, 1.0, am, bm, packed.as_ref(), 0.0, MatMut::new(c, m, n)) },
-        _ => gemm::gemm_portable(par, 1.0, am, bm, 0.0, MatMut::new(c, m, n)),
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: only timed on CPUs with NEON (checked below).
+        "neon" | "neon-packed" => unsafe { gemm::gemm_neon(par, 1.0, am, bm, packed.as_ref(), 0.0, MatMut::new(c, m, n)) },
+        "portable" => gemm::gemm_portable(par, 1.0, am, bm, 0.0, MatMut::new(c, m, n)),
+        _ => panic!("unknown or unsupported GEMM kind {kind:?}"),
     };
-    assert!(kind == "portable" || Isa::Avx2.is_supported(), "this CPU lacks AVX2+FMA");
+    let isa = if kind.starts_with("avx2") {
+        Isa::Avx2
+    } else if kind.starts_with("neon") {
+        Isa::Neon
+    } else {
+        Isa::Scalar
+    };
+    assert!(isa.is_supported(), "this CPU lacks {isa}");
     let team = team::Team::new(threads);
     let mut times = Vec::new();
     std::thread::scope(|s| {

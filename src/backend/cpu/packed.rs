@@ -5,7 +5,8 @@
 //! `dG · W_ih`, `dG · W_hh`, `dh · W_hr`). A general GEMM re-packs `B` on every call, which for
 //! the per-step products of a small batch costs as much as the product itself; here `B: [K, N]`
 //! is packed once into panels of [`NR`] = 16 columns, each stored k-major
-//! (`panel[k·16 + j] = B[k, p·16 + j]`, zero past `N`), the layout the AVX2 tiles read. The
+//! (`panel[k·16 + j] = B[k, p·16 + j]`, zero past `N`), the layout the 6×16 tiles of both AVX2
+//! and NEON read (`cpu/sgemm.rs`). The
 //! forward operands are packed with the plan; the backward ones on the first backward call.
 
 use crate::backend::host::{HostPlan, Mat, Weight, WeightOp};
@@ -82,7 +83,7 @@ fn pack_all(host: &HostPlan<f32>, transposed: bool) -> Vec<Packs> {
 #[derive(Debug, Clone)]
 pub struct CpuPlan {
     pub(crate) host: HostPlan<f32>,
-    /// Whether the weights are packed (only the AVX2 kernels read packed operands so far).
+    /// Whether the weights are packed (the AVX2 and NEON kernels read them; scalar does not).
     packing: bool,
     /// Per layer-direction, `B = W^T` for the forward products; empty without packing.
     fwd: Vec<Packs>,
@@ -118,7 +119,7 @@ impl CpuPlan {
     }
 
     /// The packed operand of `op`, if this plan has it.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
     pub(crate) fn packed(&self, op: WeightOp) -> Option<&PackedWeight> {
         if !self.packing {
             return None;

@@ -1,0 +1,359 @@
+//! The ISA-neutral half of the CPU backend's SGEMM: the BLIS loop nest, the packing of `A` and
+//! `B`, and the skinny driver, generic over an ISA's register tiles ([`BlockTile`], [`SkinnyTile`]:
+//! `avx2/sgemm.rs` + `avx2/sgemm_skinny.rs`, `neon/sgemm.rs` + `neon/sgemm_skinny.rs`).
+//!
+//! Both ISAs use the same `MR × NR` = 6×16 tile and read the same packed weights
+//! (`cpu/packed.rs`: panels of 16 columns, k-major), so one packing and one split of `C`
+//! serve both.
+//!
+//! Blocked path, loops outermost first: `jc` over blocks of `NC` columns, `pc` over blocks of
+//! `KC` of the inner dimension, `ic` over blocks of `MC` rows (`A` packed into 6-row
+//! micro-panels, which stay in L2), then every 16-column micro-panel of `B` (in L1 while it
+//! meets each row micro-panel) against every 6-row micro-panel of `A`. `B` is either packed
+//! here per `(jc, pc)` block or is a [`PackedWeight`], whose `KC` slice of one panel is
+//! contiguous, so the per-call packing of the weights disappears.
+//!
+//! Skinny path (fewer than 6 rows, packed `B`): tiles of `R` rows × `NP` panels streaming the
+//! packed panels over the full `K`, one dot product per element in `k` order.
+//!
+//! Every element of `C` is the same sum in the same order whatever the block of rows or
+//! columns a thread is given: on the blocked path one k-ordered FMA chain per `KC` block, the
+//! blocks added in `k` order; on the skinny path one chain over all of `k`. The path is chosen
+//! from the whole product's `M` (in `cpu/gemm.rs`), never from a thread's share, and a tile
+//! applies `alpha` and `beta` with the same instructions whether it is full or at an edge. So
+//! splitting `C` across threads by rows or by panels never changes a bit.
+
+use super::packed::{PackedWeight, NR};
+use crate::backend::host::Mat;
+use std::cell::RefCell;
+
+/// Rows of the register tile (both ISAs).
+pub(crate) const MR: usize = 6;
+
+/// The right-hand operand.
+#[derive(Clone, Copy)]
+pub(crate) enum Rhs<'a> {
+    /// `B[k, n]` as a strided view, packed per block.
+    Strided(Mat<'a, f32>),
+    /// `B = W^T` packed once (see `cpu/packed.rs`).
+    Packed(&'a PackedWeight),
+}
+
+impl Rhs<'_> {
+    pub(crate) fn k(&self) -> usize {
+        match self {
+            Rhs::Strided(b) => b.rows,
+            Rhs::Packed(w) => w.k,
+        }
+    }
+    pub(crate) fn n(&self) -> usize {
+        match self {
+            Rhs::Strided(b) => b.cols,
+            Rhs::Packed(w) => w.n,
+        }
+    }
+}
+
+/// What a blocked tile does with the `C` it finds: the first `KC` block applies `beta`, later
+/// ones add.
+#[derive(Clone, Copy)]
+pub(crate) struct Update {
+    pub alpha: f32,
+    /// `Some(beta)` on the first block, `None` (accumulate) after.
+    pub beta: Option<f32>,
+}
+
+/// An ISA's 6×16 register tile and blocking, for the blocked path ([`gemm_block`]).
+pub(crate) trait BlockTile {
+    /// Inner-dimension block.
+    const KC: usize;
+    /// Row block (a multiple of [`MR`]).
+    const MC: usize;
+    /// Column block (a multiple of [`NR`]) for `B` packed per call.
+    const NC: usize;
+
+    /// The 6×16 tile: `C[rows, cols] ⊕= alpha·Σ_k a[k·6 + i]·b[k·16 + j]` as `up` says. An
+    /// edge tile (`rows < 6` or `cols < 16`) must give each element the bits a full tile would.
+    ///
+    /// # Safety
+    /// The ISA is available; `a` holds `kc·6` floats, `b` holds `kc·16`; `c + i·rsc + j` is
+    /// writable for `i < rows ≤ 6`, `j < cols ≤ 16`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, rows: usize, cols: usize, up: Update);
+}
+
+/// An ISA's skinny tiles, for the few-row path ([`gemm_panels`]).
+pub(crate) trait SkinnyTile {
+    /// `R` rows of `a` against `NP` packed panels, `cols ≤ NP·16` valid output columns,
+    /// `c = alpha·acc + beta·c` (`c` not read when `beta = 0`), each element one dot product in
+    /// `k` order. An edge tile (`cols < NP·16`) must give each element the bits a full one would.
+    ///
+    /// # Safety
+    /// The ISA is available; `a + r·rsa + kk·csa` readable for `r < R`, `kk < k`; `b` holds `NP`
+    /// panels of `k·16` floats at stride `k·16`; `c + r·rsc + j` writable for `r < R`,
+    /// `j < cols`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn skinny<const R: usize, const NP: usize>(
+        a: *const f32,
+        rsa: usize,
+        csa: usize,
+        k: usize,
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        cols: usize,
+        ab: (f32, f32),
+    );
+}
+
+/// A cache-line-aligned block of floats, the unit of [`Aligned`].
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+/// A buffer of f32 aligned to 64 bytes, reused across blocks.
+#[derive(Default)]
+struct Aligned {
+    raw: Vec<Line>,
+}
+
+impl Aligned {
+    /// A zeroed-or-stale buffer of at least `n` floats, 64-byte aligned.
+    fn get(&mut self, n: usize) -> *mut f32 {
+        let lines = n.div_ceil(16);
+        if self.raw.len() < lines {
+            self.raw.resize(lines, Line([0.0; 16]));
+        }
+        self.raw.as_mut_ptr().cast()
+    }
+}
+
+/// Per-thread packing buffers.
+#[derive(Default)]
+pub(crate) struct Workspace {
+    a: Aligned,
+    b: Aligned,
+}
+
+thread_local! {
+    static WORKSPACE: RefCell<Workspace> = RefCell::new(Workspace::default());
+}
+
+/// Runs `f` with this thread's packing buffers.
+pub(crate) fn with_workspace<R>(f: impl FnOnce(&mut Workspace) -> R) -> R {
+    WORKSPACE.with_borrow_mut(f)
+}
+
+/// Packs rows `i0..i0+mc` and columns `p0..p0+kc` of `a` into 6-row micro-panels
+/// (`dst[r·kc·6 + k·6 + i]`), zero past the last row.
+///
+/// # Safety
+/// `dst` holds `ceil(mc/6)·6·kc` floats; the block lies inside `a`.
+unsafe fn pack_a(a: &Mat<'_, f32>, i0: usize, mc: usize, p0: usize, kc: usize, dst: *mut f32) {
+    let src = a.data.as_ptr();
+    // SAFETY: indices are within the block the caller vouched for.
+    unsafe {
+        for r in 0..mc.div_ceil(MR) {
+            let panel = dst.add(r * kc * MR);
+            let rows = (mc - r * MR).min(MR);
+            let base = src.add((i0 + r * MR) * a.rs + p0 * a.cs);
+            if a.cs == 1 {
+                for i in 0..rows {
+                    let row = base.add(i * a.rs);
+                    for k in 0..kc {
+                        *panel.add(k * MR + i) = *row.add(k);
+                    }
+                }
+            } else {
+                for k in 0..kc {
+                    let col = base.add(k * a.cs);
+                    for i in 0..rows {
+                        *panel.add(k * MR + i) = *col.add(i * a.rs);
+                    }
+                }
+            }
+            for k in 0..kc {
+                for i in rows..MR {
+                    *panel.add(k * MR + i) = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// Packs rows `p0..p0+kc` and columns `j0..j0+nc` of `b` into 16-column micro-panels
+/// (`dst[q·kc·16 + k·16 + j]`), zero past the last column.
+///
+/// # Safety
+/// `dst` holds `ceil(nc/16)·16·kc` floats; the block lies inside `b`.
+unsafe fn pack_b(b: &Mat<'_, f32>, p0: usize, kc: usize, j0: usize, nc: usize, dst: *mut f32) {
+    let src = b.data.as_ptr();
+    // SAFETY: indices are within the block the caller vouched for.
+    unsafe {
+        for q in 0..nc.div_ceil(NR) {
+            let panel = dst.add(q * kc * NR);
+            let cols = (nc - q * NR).min(NR);
+            let base = src.add(p0 * b.rs + (j0 + q * NR) * b.cs);
+            for k in 0..kc {
+                let row = base.add(k * b.rs);
+                let out = panel.add(k * NR);
+                if b.cs == 1 {
+                    std::ptr::copy_nonoverlapping(row, out, cols);
+                } else {
+                    for j in 0..cols {
+                        *out.add(j) = *row.add(j * b.cs);
+                    }
+                }
+                for j in cols..NR {
+                    *out.add(j) = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// `C[rows, cols] = alpha·A·B + beta·C` over rows `r0..r1` of `C` and its 16-column panels
+/// `q0..q1`, on the calling thread, with `K`'s 6×16 tile.
+///
+/// # Safety
+/// `K`'s ISA is available. `a: [M, K]` and `b: [K, N]` agree in `K`; `c + i·rsc + j` is
+/// writable and touched by no one else for `i` in `r0..r1` and `j` in the panels' columns
+/// (`< N`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_block<K: BlockTile>(
+    ws: &mut Workspace,
+    alpha: f32,
+    a: &Mat<'_, f32>,
+    b: Rhs<'_>,
+    beta: f32,
+    c: *mut f32,
+    rsc: usize,
+    (r0, r1): (usize, usize),
+    (q0, q1): (usize, usize),
+) {
+    let (k, n) = (b.k(), b.n());
+    if r0 >= r1 || q0 >= q1 {
+        return;
+    }
+    if k == 0 {
+        // No products: C = beta·C.
+        // SAFETY: the block of C is the caller's.
+        unsafe {
+            for i in r0..r1 {
+                for j in q0 * NR..(q1 * NR).min(n) {
+                    let p = c.add(i * rsc + j);
+                    *p = if beta == 0.0 { 0.0 } else { beta * *p };
+                }
+            }
+        }
+        return;
+    }
+    let nc_panels = K::NC / NR;
+    let mut jq = q0;
+    while jq < q1 {
+        let jq1 = (jq + nc_panels).min(q1);
+        let (j0, j1) = (jq * NR, (jq1 * NR).min(n));
+        let mut p0 = 0;
+        while p0 < k {
+            let kc = K::KC.min(k - p0);
+            let up = Update { alpha, beta: (p0 == 0).then_some(beta) };
+            // The B micro-panels of this block: base pointer and stride between panels.
+            let (bbase, bstride) = match b {
+                // SAFETY: the panel slice lies inside the packed data (p0 + kc ≤ K).
+                Rhs::Packed(w) => (unsafe { w.data.as_ptr().add(jq * NR * k + p0 * NR) }, NR * k),
+                Rhs::Strided(bm) => {
+                    let buf = ws.b.get((jq1 - jq) * NR * kc);
+                    // SAFETY: the buffer holds the block; the block lies inside B.
+                    unsafe { pack_b(&bm, p0, kc, j0, j1 - j0, buf) };
+                    (buf as *const f32, NR * kc)
+                }
+            };
+            let mut i0 = r0;
+            while i0 < r1 {
+                let mc = K::MC.min(r1 - i0);
+                let abuf = ws.a.get(mc.div_ceil(MR) * MR * kc);
+                // SAFETY: as above; rows i0..i0+mc and columns p0..p0+kc lie inside A.
+                unsafe { pack_a(a, i0, mc, p0, kc, abuf) };
+                for q in jq..jq1 {
+                    let cols = (n - q * NR).min(NR);
+                    // SAFETY: panel q of the block, inside the packed buffer or weight.
+                    let bp = unsafe { bbase.add((q - jq) * bstride) };
+                    for r in 0..mc.div_ceil(MR) {
+                        let rows = (mc - r * MR).min(MR);
+                        // SAFETY: micro-panel r of the packed A; C's tile at (i0 + 6r, 16q) is
+                        // inside the caller's block; the ISA per this function's contract.
+                        unsafe {
+                            K::tile(kc, abuf.add(r * MR * kc), bp, c.add((i0 + r * MR) * rsc + q * NR), rsc, rows, cols, up);
+                        }
+                    }
+                }
+                i0 += mc;
+            }
+            p0 += kc;
+        }
+        jq = jq1;
+    }
+}
+
+/// `out = alpha·a·B + beta·out` for the few rows of `a` (fewer than [`MR`]) and the output
+/// columns of panels `p0..p1` of the packed `B`, with `K`'s skinny tiles: 4 rows × 1 panel,
+/// 2 × 2, or 1 × 4, so that every tile has as many accumulators in flight.
+///
+/// # Safety
+/// `K`'s ISA is available; `out` is a raw view whose elements `(i, j)` for `j` in the panels'
+/// columns are writable and touched by no one else; `a.cols == w.k`, `p1 ≤ ceil(w.n / 16)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_panels<K: SkinnyTile>(
+    a: &Mat<'_, f32>,
+    w: &PackedWeight,
+    p0: usize,
+    p1: usize,
+    out: *mut f32,
+    rs_out: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    let (m, k) = (a.rows, a.cols);
+    let ab = (alpha, beta);
+    let col_end = |p: usize| (p * NR).min(w.n);
+    // SAFETY: offsets stay inside `a` (rows < m, k), `w.data` (panels < p1) and the caller's
+    // output block; the ISA per this function's contract.
+    unsafe {
+        let ap = a.data.as_ptr();
+        let bp = |p: usize| w.data.as_ptr().add(p * NR * k);
+        let mut r = 0;
+        while r < m {
+            let left = m - r;
+            let arow = ap.add(r * a.rs);
+            let crow = out.add(r * rs_out);
+            let cp = |p: usize| crow.add(p * NR);
+            let mut p = p0;
+            if left >= 4 {
+                while p < p1 {
+                    K::skinny::<4, 1>(arow, a.rs, a.cs, k, bp(p), cp(p), rs_out, col_end(p + 1) - p * NR, ab);
+                    p += 1;
+                }
+                r += 4;
+            } else if left >= 2 {
+                while p + 2 <= p1 {
+                    K::skinny::<2, 2>(arow, a.rs, a.cs, k, bp(p), cp(p), rs_out, col_end(p + 2) - p * NR, ab);
+                    p += 2;
+                }
+                if p < p1 {
+                    K::skinny::<2, 1>(arow, a.rs, a.cs, k, bp(p), cp(p), rs_out, col_end(p + 1) - p * NR, ab);
+                }
+                r += 2;
+            } else {
+                while p + 4 <= p1 {
+                    K::skinny::<1, 4>(arow, a.rs, a.cs, k, bp(p), cp(p), rs_out, col_end(p + 4) - p * NR, ab);
+                    p += 4;
+                }
+                while p < p1 {
+                    K::skinny::<1, 1>(arow, a.rs, a.cs, k, bp(p), cp(p), rs_out, col_end(p + 1) - p * NR, ab);
+                    p += 1;
+                }
+                r += 1;
+            }
+        }
+    }
+}
