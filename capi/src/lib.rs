@@ -462,7 +462,7 @@ pub unsafe extern "C" fn rnnk_backward(
         let m = unsafe { Model::get("model", model)? };
         let r = unsafe { Reserve::get("reserve", reserve)? };
         if matches!(r.data, ReserveData::Empty) {
-            return Err(CapiError::invalid("reserve", "a reserve filled by rnnk_forward_training", "an empty reserve"));
+            return Err(CapiError::invalid("reserve", "must be filled by rnnk_forward_training before rnnk_backward", "an empty reserve"));
         }
         if r.model_id != m.id {
             return Err(CapiError::handle(
