@@ -34,7 +34,11 @@ pub unsafe fn input<'a, T>(arg: &str, p: *const T, len: usize) -> Result<&'a [T]
 /// As [`input`].
 pub unsafe fn opt_input<'a, T>(arg: &str, p: *const T, len: usize) -> Result<Option<&'a [T]>, CapiError> {
     // SAFETY: forwarded.
-    if p.is_null() { Ok(None) } else { unsafe { input(arg, p, len) }.map(Some) }
+    if p.is_null() {
+        Ok(None)
+    } else {
+        unsafe { input(arg, p, len) }.map(Some)
+    }
 }
 
 /// A required output buffer of `len` elements.
@@ -54,7 +58,11 @@ pub unsafe fn output<'a, T>(arg: &str, p: *mut T, len: usize) -> Result<&'a mut 
 /// As [`output`].
 pub unsafe fn opt_output<'a, T>(arg: &str, p: *mut T, len: usize) -> Result<Option<&'a mut [T]>, CapiError> {
     // SAFETY: forwarded.
-    if p.is_null() { Ok(None) } else { unsafe { output(arg, p, len) }.map(Some) }
+    if p.is_null() {
+        Ok(None)
+    } else {
+        unsafe { output(arg, p, len) }.map(Some)
+    }
 }
 
 /// A required NUL-terminated UTF-8 string.

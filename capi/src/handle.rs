@@ -48,7 +48,11 @@ fn check_live(arg: &str, addr: usize, kind: Kind) -> Result<(), CapiError> {
     match live().as_ref().and_then(|m| m.get(&addr)) {
         Some(&k) if k == kind => Ok(()),
         Some(&k) => Err(CapiError::handle(arg, &format!("a live {}", kind.name()), format!("a {} ({addr:#x})", k.name()))),
-        None => Err(CapiError::handle(arg, &format!("a live {}", kind.name()), format!("{addr:#x}, which is not one (freed, or never created)"))),
+        None => Err(CapiError::handle(
+            arg,
+            &format!("a live {}", kind.name()),
+            format!("{addr:#x}, which is not one (freed, or never created)"),
+        )),
     }
 }
 
@@ -159,6 +163,8 @@ impl Model {
 }
 
 /// What a reserve holds: nothing yet, or the activations of one training call on one model.
+// The whole `Reserve` is boxed behind its C handle; boxing the variant too would gain nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum ReserveData {
     Empty,
     Host(<Reference as Backend<f32>>::Reserve),

@@ -35,7 +35,6 @@ use status::{guard, CapiError};
 use std::ffi::{c_char, c_int};
 use std::str::FromStr;
 
-
 /// `rnnk_model` in the header: a layer stack's configuration and parameters on one backend.
 pub type RnnkModel = Model;
 /// `rnnk_reserve` in the header: the activations a training forward keeps for backward.
@@ -161,7 +160,8 @@ pub unsafe extern "C" fn rnnk_model_tensor_sizes(
             })
         };
         let c = if cfg.cell().has_cell_state() { count(shape.c_shape(cfg))? } else { 0 };
-        for (p, v) in [(x_len, count(shape.x_shape(cfg))?), (y_len, count(shape.y_shape(cfg))?), (h_len, count(shape.h_shape(cfg))?), (c_len, c)]
+        for (p, v) in
+            [(x_len, count(shape.x_shape(cfg))?), (y_len, count(shape.y_shape(cfg))?), (h_len, count(shape.h_shape(cfg))?), (c_len, c)]
         {
             if !p.is_null() {
                 // SAFETY: non-NULL, the caller's writable size_t.
@@ -378,7 +378,26 @@ pub unsafe extern "C" fn rnnk_forward(
     guard(|| {
         // SAFETY: forwarded.
         unsafe {
-            forward_impl(model, None, steps, batch, lengths, lengths_len, x, x_len, h0, h0_len, c0, c0_len, y, y_len, hn, hn_len, cn, cn_len)
+            forward_impl(
+                model,
+                None,
+                steps,
+                batch,
+                lengths,
+                lengths_len,
+                x,
+                x_len,
+                h0,
+                h0_len,
+                c0,
+                c0_len,
+                y,
+                y_len,
+                hn,
+                hn_len,
+                cn,
+                cn_len,
+            )
         }
     })
 }
@@ -481,7 +500,11 @@ pub unsafe extern "C" fn rnnk_backward(
         bufs.add("dparams", dparams, dparams_len, true);
         bufs.check_overlaps()?;
         let grads = unsafe {
-            BackwardInput { dy: args::opt_input("dy", dy, dy_len)?, dhn: args::opt_input("dhn", dhn, dhn_len)?, dcn: args::opt_input("dcn", dcn, dcn_len)? }
+            BackwardInput {
+                dy: args::opt_input("dy", dy, dy_len)?,
+                dhn: args::opt_input("dhn", dhn, dhn_len)?,
+                dcn: args::opt_input("dcn", dcn, dcn_len)?,
+            }
         };
         let output = unsafe {
             BackwardOutput {

@@ -195,7 +195,13 @@ fn c_program_matches_the_rust_api_and_rejects_bad_arguments() {
             let got = read_f32(&dir.join(format!("{name}.out.f32")));
             assert_eq!(got.len(), w.len(), "{backend}/{threads}: {name} length");
             let diff = got.iter().zip(&w).position(|(a, b)| a.to_bits() != b.to_bits());
-            assert!(diff.is_none(), "{backend}/{threads}: {name}[{}] from C {} != Rust {}", diff.unwrap(), got[diff.unwrap()], w[diff.unwrap()]);
+            assert!(
+                diff.is_none(),
+                "{backend}/{threads}: {name}[{}] from C {} != Rust {}",
+                diff.unwrap(),
+                got[diff.unwrap()],
+                w[diff.unwrap()]
+            );
         }
         let saved = Params::<f32>::load(dir.join("saved.safetensors")).unwrap();
         assert_eq!(saved.config(), &inp.cfg);

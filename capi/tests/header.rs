@@ -165,8 +165,11 @@ fn header_protos(src: &str) -> Result<BTreeMap<String, Proto>, String> {
         let close = stmt.rfind(')').ok_or_else(|| format!("`{stmt}`: no ')'"))?;
         let (name, ret) = c_decl(&stmt[..open])?;
         let inner = stmt[open + 1..close].trim();
-        let params =
-            if inner == "void" || inner.is_empty() { Vec::new() } else { split_top(inner).iter().map(|d| c_decl(d)).collect::<Result<_, _>>()? };
+        let params = if inner == "void" || inner.is_empty() {
+            Vec::new()
+        } else {
+            split_top(inner).iter().map(|d| c_decl(d)).collect::<Result<_, _>>()?
+        };
         out.insert(name, Proto { ret, params });
     }
     Ok(out)
