@@ -1,0 +1,527 @@
+//! # rnn-kernels C ABI
+//!
+//! The functions of `include/rnn_kernels.h` (at the repository root; read it for the contract of
+//! each function). Every function:
+//!
+//! - returns an `int` status (`RNNK_OK` = 0, or one of the `RNNK_ERR_*` codes of
+//!   [`status`]) and leaves a message naming the wrong argument, the expected and the given value
+//!   in a thread-local string read with [`rnnk_last_error`];
+//! - checks every handle (live, of the right kind, intact tag), every pointer (NULL, alignment)
+//!   and every buffer length (given in elements next to its pointer) before touching memory;
+//! - runs its body under `catch_unwind`: a panic is returned as `RNNK_ERR_PANIC`, never unwound
+//!   into C.
+//!
+//! Data are `float` on the host, time-major and row-major as in the Rust API: `x [T, B, I]`,
+//! `y [T, B, D·Hout]`, `h0/hn [L·D, B, Hout]`, `c0/cn [L·D, B, H]`; parameters in the flat
+//! PyTorch `state_dict()` layout ([`rnnk_core::ParamLayout`]).
+//!
+//! tests/header.rs checks that every `extern "C"` function here has the same prototype in the
+//! header, and every status code the same value.
+
+// The C entry points take raw pointers from C; their safety contract is the header's.
+#![allow(clippy::missing_safety_doc, clippy::too_many_arguments)]
+
+mod args;
+mod handle;
+pub mod status;
+
+use args::Buffers;
+use handle::{with_rnn, Engine, Model, Reserve, ReserveData};
+use rnnk_core::{
+    Backend, BackwardInput, BackwardOutput, CellKind, Cpu, ForwardInput, ForwardOutput, GradMode, LoadOptions, ParamLayout, Params,
+    Reference, Rnn, RnnConfig,
+};
+use status::{guard, CapiError};
+use std::ffi::{c_char, c_int};
+use std::str::FromStr;
+
+/// `rnnk_model` in the header: a layer stack's configuration and parameters on one backend.
+pub type RnnkModel = Model;
+/// `rnnk_reserve` in the header: the activations a training forward keeps for backward.
+pub type RnnkReserve = Reserve;
+
+/// The message of the last call on this thread ("" after a success); valid until the next call
+/// into the library on this thread. Never NULL.
+#[no_mangle]
+pub extern "C" fn rnnk_last_error() -> *const c_char {
+    status::last_error_ptr()
+}
+
+/// The library version, e.g. "0.1.0". Never NULL.
+#[no_mangle]
+pub extern "C" fn rnnk_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+fn make_engine(backend: &str, threads: usize, cfg: &RnnConfig, params: &Params<f32>) -> Result<Engine, CapiError> {
+    Ok(match backend {
+        "reference" => Engine::Reference(Rnn::new(Reference, cfg, params.as_slice())?),
+        "cpu" => {
+            let cpu = if threads == 0 { Cpu::new()? } else { Cpu::with_threads(threads)? };
+            Engine::Cpu(Rnn::new(cpu, cfg, params.as_slice())?)
+        }
+        #[cfg(feature = "cuda")]
+        "cuda" => Engine::Cuda(Rnn::new(rnnk_core::CudaHost::new()?, cfg, params.as_slice())?),
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => {
+            return Err(rnnk_core::Error::BackendUnavailable {
+                backend: "cuda".into(),
+                reason: "this library was built without the `cuda` feature (cargo build --release -p rnn-kernels-capi --features cuda)"
+                    .into(),
+            }
+            .into())
+        }
+        other => return Err(CapiError::invalid("backend", "one of \"reference\", \"cpu\", \"cuda\"", format!("{other:?}"))),
+    })
+}
+
+/// Creates a model: `torch.nn.LSTM/GRU/RNN(input_size, hidden_size, num_layers, bias,
+/// bidirectional, proj_size)` with parameters initialised uniform in ±1/√H (seed 0), on
+/// `backend` ("reference", "cpu", "cuda"); `threads` is the CPU backend's thread count (0: one
+/// per core), ignored by the others. `*out` is NULL on failure.
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_model_create(
+    cell: *const c_char,
+    input_size: usize,
+    hidden_size: usize,
+    num_layers: usize,
+    bidirectional: c_int,
+    proj_size: usize,
+    bias: c_int,
+    backend: *const c_char,
+    threads: usize,
+    out: *mut *mut RnnkModel,
+) -> c_int {
+    guard(|| {
+        if out.is_null() {
+            return Err(CapiError::null("out"));
+        }
+        // SAFETY: `out` is non-NULL; the caller gives a writable pointer.
+        unsafe { *out = std::ptr::null_mut() };
+        // SAFETY: C strings from the caller.
+        let (cell, backend) = unsafe { (args::string("cell", cell)?, args::string("backend", backend)?) };
+        let cell = CellKind::from_str(cell)?;
+        let cfg = RnnConfig::new(cell, input_size, hidden_size)
+            .num_layers(num_layers)
+            .bidirectional(bidirectional != 0)
+            .proj_size(proj_size)
+            .bias(bias != 0)
+            .build()?;
+        let params = Params::<f32>::init_uniform(&cfg, 0);
+        let engine = make_engine(backend, threads, &cfg, &params)?;
+        // SAFETY: as above.
+        unsafe { *out = Model::create(params, engine) };
+        Ok(())
+    })
+}
+
+/// Frees a model; NULL is a no-op. Reserves it filled stay valid handles (free them too).
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_model_free(model: *mut RnnkModel) -> c_int {
+    // SAFETY: the caller frees a handle nothing else uses.
+    guard(|| unsafe { Model::free("model", model) })
+}
+
+/// The number of parameters (floats in the flat layout).
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_model_param_count(model: *const RnnkModel, out: *mut usize) -> c_int {
+    guard(|| {
+        // SAFETY: handle checked by `get`.
+        let m = unsafe { Model::get("model", model)? };
+        if out.is_null() {
+            return Err(CapiError::null("out"));
+        }
+        // SAFETY: non-NULL, the caller's writable size_t.
+        unsafe { *out = m.params.as_slice().len() };
+        Ok(())
+    })
+}
+
+/// The element counts of `x`, `y`, `h0`/`hn` and `c0`/`cn` (0 for cells without a cell state)
+/// for `steps` × `batch`; each output pointer may be NULL.
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_model_tensor_sizes(
+    model: *const RnnkModel,
+    steps: usize,
+    batch: usize,
+    x_len: *mut usize,
+    y_len: *mut usize,
+    h_len: *mut usize,
+    c_len: *mut usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: handle checked by `get`.
+        let m = unsafe { Model::get("model", model)? };
+        let shape = rnnk_core::SeqShape::new(steps, batch)?;
+        let cfg = m.config();
+        let count = |s: [usize; 3]| {
+            s.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| {
+                CapiError::invalid("steps, batch", "sizes whose tensors fit in memory", format!("steps {steps}, batch {batch}"))
+            })
+        };
+        let c = if cfg.cell().has_cell_state() { count(shape.c_shape(cfg))? } else { 0 };
+        for (p, v) in
+            [(x_len, count(shape.x_shape(cfg))?), (y_len, count(shape.y_shape(cfg))?), (h_len, count(shape.h_shape(cfg))?), (c_len, c)]
+        {
+            if !p.is_null() {
+                // SAFETY: non-NULL, the caller's writable size_t.
+                unsafe { *p = v };
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Replaces the parameters (see `set_params`), repacking them for the backend.
+fn replace_params(m: &mut Model, params: Params<f32>) -> Result<(), CapiError> {
+    with_rnn!(&mut m.engine, rnn => rnn.update_params(params.as_slice()))?;
+    m.params = params;
+    Ok(())
+}
+
+/// Re-initialises the parameters uniform in ±1/√H from `seed`.
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_model_init_uniform(model: *mut RnnkModel, seed: u64) -> c_int {
+    guard(|| {
+        // SAFETY: handle checked; exclusive use is the header's rule for changing a model.
+        let m = unsafe { Model::get_mut("model", model)? };
+        let p = Params::init_uniform(m.config(), seed);
+        replace_params(m, p)
+    })
+}
+
+/// Sets the parameters from `params_len` floats in the flat PyTorch layout.
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_model_set_params(model: *mut RnnkModel, params: *const f32, params_len: usize) -> c_int {
+    guard(|| {
+        // SAFETY: handle checked; exclusive use is the header's rule for changing a model.
+        let m = unsafe { Model::get_mut("model", model)? };
+        // SAFETY: the caller's buffer of `params_len` floats.
+        let src = unsafe { args::input("params", params, params_len)? };
+        let p = Params::from_vec(m.config(), src.to_vec())?;
+        replace_params(m, p)
+    })
+}
+
+/// Copies the parameters (flat PyTorch layout) into `params` of `params_len` floats.
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_model_get_params(model: *const RnnkModel, params: *mut f32, params_len: usize) -> c_int {
+    guard(|| {
+        // SAFETY: handle checked.
+        let m = unsafe { Model::get("model", model)? };
+        // SAFETY: the caller's buffer of `params_len` floats.
+        let dst = unsafe { args::output("params", params, params_len)? };
+        ParamLayout::new(m.config()).check_buffer("params", dst.len())?;
+        dst.copy_from_slice(m.params.as_slice());
+        Ok(())
+    })
+}
+
+/// Loads the parameters from a safetensors file under PyTorch's `state_dict()` names, each with
+/// `prefix` (NULL or "" for none, "rnn." for a submodule). Strict like `load_state_dict` unless
+/// `allow_unexpected` is non-zero (then other tensors are ignored).
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_model_load_safetensors(
+    model: *mut RnnkModel,
+    path: *const c_char,
+    prefix: *const c_char,
+    allow_unexpected: c_int,
+) -> c_int {
+    guard(|| {
+        // SAFETY: handle checked; exclusive use is the header's rule for changing a model.
+        let m = unsafe { Model::get_mut("model", model)? };
+        // SAFETY: C strings from the caller.
+        let path = unsafe { args::string("path", path)? };
+        // SAFETY: as above; NULL means no prefix.
+        let prefix = if prefix.is_null() { "" } else { unsafe { args::string("prefix", prefix)? } };
+        let opts = LoadOptions { prefix: prefix.to_string(), allow_unexpected: allow_unexpected != 0 };
+        let p = Params::<f32>::load_safetensors_with(path, m.config(), &opts)?;
+        replace_params(m, p)
+    })
+}
+
+/// Saves the parameters to a safetensors file (PyTorch names, f32, the configuration in the
+/// metadata); it loads into `torch.nn.LSTM(...).load_state_dict(safetensors.torch.load_file(path))`.
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_model_save_safetensors(model: *const RnnkModel, path: *const c_char) -> c_int {
+    guard(|| {
+        // SAFETY: handle checked; C string from the caller.
+        let (m, path) = unsafe { (Model::get("model", model)?, args::string("path", path)?) };
+        m.params.save_safetensors(path)?;
+        Ok(())
+    })
+}
+
+/// Creates an empty reserve, filled by `rnnk_forward_training` and read by `rnnk_backward`.
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_reserve_create(out: *mut *mut RnnkReserve) -> c_int {
+    guard(|| {
+        if out.is_null() {
+            return Err(CapiError::null("out"));
+        }
+        // SAFETY: non-NULL, the caller's writable pointer.
+        unsafe { *out = Reserve::create() };
+        Ok(())
+    })
+}
+
+/// Frees a reserve; NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_reserve_free(reserve: *mut RnnkReserve) -> c_int {
+    // SAFETY: the caller frees a handle nothing else uses.
+    guard(|| unsafe { Reserve::free("reserve", reserve) })
+}
+
+/// Forward inference and training share everything but the reserve.
+unsafe fn forward_impl(
+    model: *const RnnkModel,
+    reserve: Option<*mut RnnkReserve>,
+    steps: usize,
+    batch: usize,
+    lengths: *const i64,
+    lengths_len: usize,
+    x: *const f32,
+    x_len: usize,
+    h0: *const f32,
+    h0_len: usize,
+    c0: *const f32,
+    c0_len: usize,
+    y: *mut f32,
+    y_len: usize,
+    hn: *mut f32,
+    hn_len: usize,
+    cn: *mut f32,
+    cn_len: usize,
+) -> Result<(), CapiError> {
+    // SAFETY (whole function): handles are checked by `get`; every pointer with its length is
+    // the caller's promise, checked for NULL, alignment and overlaps here.
+    let m = unsafe { Model::get("model", model)? };
+    let reserve = match reserve {
+        Some(r) => Some(unsafe { Reserve::get_mut("reserve", r)? }),
+        None => None,
+    };
+    let shape = unsafe { args::shape(steps, batch, lengths, lengths_len)? };
+    let mut bufs = Buffers::default();
+    bufs.add("x", x, x_len, false);
+    bufs.add("h0", h0, h0_len, false);
+    bufs.add("c0", c0, c0_len, false);
+    bufs.add("y", y, y_len, true);
+    bufs.add("hn", hn, hn_len, true);
+    bufs.add("cn", cn, cn_len, true);
+    bufs.check_overlaps()?;
+    let input = unsafe {
+        ForwardInput { x: args::input("x", x, x_len)?, h0: args::opt_input("h0", h0, h0_len)?, c0: args::opt_input("c0", c0, c0_len)? }
+    };
+    let output = unsafe {
+        ForwardOutput { y: args::output("y", y, y_len)?, hn: args::opt_output("hn", hn, hn_len)?, cn: args::opt_output("cn", cn, cn_len)? }
+    };
+    let Some(r) = reserve else {
+        with_rnn!(&m.engine, rnn => rnn.backend().forward_inference(rnn.plan(), &shape, input, output))?;
+        return Ok(());
+    };
+    match &m.engine {
+        Engine::Reference(rnn) => {
+            let data = host_reserve(&mut r.data);
+            rnn.backend().forward_training(rnn.plan(), &shape, input, output, data)?
+        }
+        Engine::Cpu(rnn) => {
+            let data = host_reserve(&mut r.data);
+            rnn.backend().forward_training(rnn.plan(), &shape, input, output, data)?
+        }
+        #[cfg(feature = "cuda")]
+        Engine::Cuda(rnn) => {
+            if !matches!(r.data, ReserveData::Cuda(_)) {
+                r.data = ReserveData::Cuda(Default::default());
+            }
+            let ReserveData::Cuda(data) = &mut r.data else { unreachable!("set just above") };
+            rnn.backend().forward_training(rnn.plan(), &shape, input, output, data)?
+        }
+    }
+    r.model_id = m.id;
+    Ok(())
+}
+
+/// The host reserve inside `data`, made empty first if it held another backend's.
+fn host_reserve(data: &mut ReserveData) -> &mut <Reference as Backend<f32>>::Reserve {
+    if !matches!(data, ReserveData::Host(_)) {
+        *data = ReserveData::Host(Default::default());
+    }
+    match data {
+        ReserveData::Host(h) => h,
+        _ => unreachable!("set just above"),
+    }
+}
+
+/// Forward inference. `lengths`: NULL (every sequence has `steps` steps) or `batch` lengths in
+/// 1..=steps, any order. `h0`, `c0` (NULL: zeros), `hn`, `cn` (NULL: skipped) are optional;
+/// `c0`/`cn` must be NULL for GRU and RNN.
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_forward(
+    model: *const RnnkModel,
+    steps: usize,
+    batch: usize,
+    lengths: *const i64,
+    lengths_len: usize,
+    x: *const f32,
+    x_len: usize,
+    h0: *const f32,
+    h0_len: usize,
+    c0: *const f32,
+    c0_len: usize,
+    y: *mut f32,
+    y_len: usize,
+    hn: *mut f32,
+    hn_len: usize,
+    cn: *mut f32,
+    cn_len: usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: forwarded.
+        unsafe {
+            forward_impl(
+                model,
+                None,
+                steps,
+                batch,
+                lengths,
+                lengths_len,
+                x,
+                x_len,
+                h0,
+                h0_len,
+                c0,
+                c0_len,
+                y,
+                y_len,
+                hn,
+                hn_len,
+                cn,
+                cn_len,
+            )
+        }
+    })
+}
+
+/// Forward for training: as `rnnk_forward`, and fills `reserve` for `rnnk_backward`.
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_forward_training(
+    model: *const RnnkModel,
+    reserve: *mut RnnkReserve,
+    steps: usize,
+    batch: usize,
+    lengths: *const i64,
+    lengths_len: usize,
+    x: *const f32,
+    x_len: usize,
+    h0: *const f32,
+    h0_len: usize,
+    c0: *const f32,
+    c0_len: usize,
+    y: *mut f32,
+    y_len: usize,
+    hn: *mut f32,
+    hn_len: usize,
+    cn: *mut f32,
+    cn_len: usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: forwarded.
+        unsafe {
+            forward_impl(
+                model,
+                Some(reserve),
+                steps,
+                batch,
+                lengths,
+                lengths_len,
+                x,
+                x_len,
+                h0,
+                h0_len,
+                c0,
+                c0_len,
+                y,
+                y_len,
+                hn,
+                hn_len,
+                cn,
+                cn_len,
+            )
+        }
+    })
+}
+
+/// Backpropagation through time over the call that filled `reserve` (with this model, and its
+/// parameters unchanged since). Inputs `dy`, `dhn`, `dcn` are optional (NULL: zeros); outputs
+/// `dx`, `dh0`, `dc0`, `dparams` are optional (NULL: skipped). `dparams` (flat layout) is
+/// overwritten, or added to when `accumulate` is non-zero.
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_backward(
+    model: *const RnnkModel,
+    reserve: *const RnnkReserve,
+    dy: *const f32,
+    dy_len: usize,
+    dhn: *const f32,
+    dhn_len: usize,
+    dcn: *const f32,
+    dcn_len: usize,
+    dx: *mut f32,
+    dx_len: usize,
+    dh0: *mut f32,
+    dh0_len: usize,
+    dc0: *mut f32,
+    dc0_len: usize,
+    dparams: *mut f32,
+    dparams_len: usize,
+    accumulate: c_int,
+) -> c_int {
+    guard(|| {
+        // SAFETY (whole body): handles are checked by `get`; every pointer with its length is
+        // the caller's promise, checked for NULL, alignment and overlaps here.
+        let m = unsafe { Model::get("model", model)? };
+        let r = unsafe { Reserve::get("reserve", reserve)? };
+        if matches!(r.data, ReserveData::Empty) {
+            return Err(CapiError::invalid("reserve", "must be filled by rnnk_forward_training before rnnk_backward", "an empty reserve"));
+        }
+        if r.model_id != m.id {
+            return Err(CapiError::handle(
+                "reserve",
+                &format!("a reserve filled by this model (model #{}, backend {})", m.id, m.backend_name()),
+                format!("one filled by model #{}", r.model_id),
+            ));
+        }
+        let mut bufs = Buffers::default();
+        bufs.add("dy", dy, dy_len, false);
+        bufs.add("dhn", dhn, dhn_len, false);
+        bufs.add("dcn", dcn, dcn_len, false);
+        bufs.add("dx", dx, dx_len, true);
+        bufs.add("dh0", dh0, dh0_len, true);
+        bufs.add("dc0", dc0, dc0_len, true);
+        bufs.add("dparams", dparams, dparams_len, true);
+        bufs.check_overlaps()?;
+        let grads = unsafe {
+            BackwardInput {
+                dy: args::opt_input("dy", dy, dy_len)?,
+                dhn: args::opt_input("dhn", dhn, dhn_len)?,
+                dcn: args::opt_input("dcn", dcn, dcn_len)?,
+            }
+        };
+        let output = unsafe {
+            BackwardOutput {
+                dx: args::opt_output("dx", dx, dx_len)?,
+                dh0: args::opt_output("dh0", dh0, dh0_len)?,
+                dc0: args::opt_output("dc0", dc0, dc0_len)?,
+                dparams: args::opt_output("dparams", dparams, dparams_len)?,
+            }
+        };
+        let mode = if accumulate != 0 { GradMode::Accumulate } else { GradMode::Overwrite };
+        match (&m.engine, &r.data) {
+            (Engine::Reference(rnn), ReserveData::Host(data)) => rnn.backend().backward(rnn.plan(), data, grads, output, mode)?,
+            (Engine::Cpu(rnn), ReserveData::Host(data)) => rnn.backend().backward(rnn.plan(), data, grads, output, mode)?,
+            #[cfg(feature = "cuda")]
+            (Engine::Cuda(rnn), ReserveData::Cuda(data)) => rnn.backend().backward(rnn.plan(), data, grads, output, mode)?,
+            _ => return Err(CapiError::handle("reserve", &format!("a reserve of backend {}", m.backend_name()), "another backend's")),
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,264 @@
+/*
+ * The C ABI from C, driven by capi/tests/c_program.rs:
+ *
+ *     capi_test DIR BACKEND THREADS
+ *
+ * DIR holds the inputs the Rust test wrote (raw little-endian float32: params.f32, x.f32,
+ * h0.f32, c0.f32, dy.f32, dhn.f32, dcn.f32, dparams0.f32; params.safetensors). This program runs a
+ * 2-layer bidirectional LSTM (I = 3, H = 5, T = 5, B = 3, lengths {5, 2, 4}) on BACKEND through
+ * the header's functions, writes every output to DIR as <name>.out.f32 for the Rust test to
+ * compare, bit for bit, with the Rust API; then passes every kind of bad argument and checks the
+ * status code and that the message names the argument. Exit status 0 iff every check passed.
+ */
+#include "rnn_kernels.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { I = 3, H = 5, L = 2, D = 2, T = 5, B = 3 };
+enum { X_LEN = T * B * I, Y_LEN = T * B * D * H, H_LEN = L * D * B * H };
+
+static int checks = 0, failures = 0;
+static const char* dir;
+
+#define CHECK(cond, ...)                                                      \
+    do {                                                                      \
+        checks++;                                                             \
+        if (!(cond)) {                                                        \
+            failures++;                                                       \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);              \
+            fprintf(stderr, __VA_ARGS__);                                     \
+            fprintf(stderr, "\n");                                            \
+        }                                                                     \
+    } while (0)
+
+/* A call that must succeed. */
+#define OK(call)                                                                                 \
+    do {                                                                                         \
+        int st_ = (call);                                                                        \
+        CHECK(st_ == RNNK_OK, "%s -> %d: %s", #call, st_, rnnk_last_error());                    \
+        CHECK(strcmp(rnnk_last_error(), "") == 0, "%s: message after success: %s", #call, rnnk_last_error()); \
+    } while (0)
+
+/* A call that must fail with `code` and a message containing `needle`. */
+#define FAILS(call, code, needle)                                                                  \
+    do {                                                                                           \
+        int st_ = (call);                                                                          \
+        const char* msg_ = rnnk_last_error();                                                      \
+        CHECK(st_ == (code), "%s -> %d, expected %d (%s)", #call, st_, (code), msg_);              \
+        CHECK(msg_ != NULL && strstr(msg_, (needle)) != NULL, "%s: message \"%s\" lacks \"%s\"", #call, msg_, (needle)); \
+        if (getenv("CAPI_TEST_SHOW")) printf("%-24s %d  %s\n", needle, st_, msg_);                \
+    } while (0)
+
+static char* path_of(const char* name) {
+    static char buf[4096];
+    snprintf(buf, sizeof buf, "%s/%s", dir, name);
+    return buf;
+}
+
+/* Reads DIR/name into a new buffer; *len gets its float count. */
+static float* read_f32(const char* name, size_t* len) {
+    FILE* f = fopen(path_of(name), "rb");
+    if (!f) {
+        fprintf(stderr, "cannot open %s\n", path_of(name));
+        exit(2);
+    }
+    fseek(f, 0, SEEK_END);
+    long bytes = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    float* v = malloc(bytes > 0 ? (size_t)bytes : 1);
+    if (fread(v, 1, (size_t)bytes, f) != (size_t)bytes) exit(2);
+    fclose(f);
+    *len = (size_t)bytes / sizeof(float);
+    return v;
+}
+
+static void write_f32(const char* name, const float* v, size_t len) {
+    char file[256];
+    snprintf(file, sizeof file, "%s.out.f32", name);
+    FILE* f = fopen(path_of(file), "wb");
+    if (!f || fwrite(v, sizeof(float), len, f) != len) {
+        fprintf(stderr, "cannot write %s\n", path_of(file));
+        exit(2);
+    }
+    fclose(f);
+}
+
+int main(int argc, char** argv) {
+    if (argc != 4) {
+        fprintf(stderr, "usage: %s DIR BACKEND THREADS\n", argv[0]);
+        return 2;
+    }
+    dir = argv[1];
+    const char* backend = argv[2];
+    size_t threads = (size_t)strtoul(argv[3], NULL, 10);
+    printf("rnn-kernels %s, backend %s, %zu thread(s)\n", rnnk_version(), backend, threads);
+
+    size_t np, n;
+    float* params = read_f32("params.f32", &np);
+    float* x = read_f32("x.f32", &n);
+    CHECK(n == X_LEN, "x.f32 holds %zu floats", n);
+    float* h0 = read_f32("h0.f32", &n);
+    float* c0 = read_f32("c0.f32", &n);
+    float* dy = read_f32("dy.f32", &n);
+    float* dhn = read_f32("dhn.f32", &n);
+    float* dcn = read_f32("dcn.f32", &n);
+    float* dparams_acc = read_f32("dparams0.f32", &n);
+    const int64_t lengths[B] = {5, 2, 4};
+
+    /* ---- the model, from the safetensors file ---- */
+    rnnk_model* m = NULL;
+    OK(rnnk_model_create("lstm", I, H, L, 1, 0, 1, backend, threads, &m));
+    size_t count = 0, xl = 0, yl = 0, hl = 0, cl = 0;
+    OK(rnnk_model_param_count(m, &count));
+    CHECK(count == np, "param_count %zu, params.f32 holds %zu", count, np);
+    OK(rnnk_model_tensor_sizes(m, T, B, &xl, &yl, &hl, &cl));
+    CHECK(xl == X_LEN && yl == Y_LEN && hl == H_LEN && cl == H_LEN, "tensor sizes %zu %zu %zu %zu", xl, yl, hl, cl);
+    OK(rnnk_model_load_safetensors(m, path_of("params.safetensors"), NULL, 0));
+    float* got = malloc(np * sizeof(float));
+    OK(rnnk_model_get_params(m, got, np));
+    CHECK(memcmp(got, params, np * sizeof(float)) == 0, "parameters loaded from safetensors differ from params.f32");
+
+    /* ---- inference, training forward, backward (overwrite, accumulate) ---- */
+    float y[Y_LEN], hn[H_LEN], cn[H_LEN];
+    OK(rnnk_forward(m, T, B, lengths, B, x, X_LEN, h0, H_LEN, c0, H_LEN, y, Y_LEN, hn, H_LEN, cn, H_LEN));
+    write_f32("y_inf", y, Y_LEN);
+    write_f32("hn_inf", hn, H_LEN);
+    write_f32("cn_inf", cn, H_LEN);
+
+    rnnk_reserve* r = NULL;
+    OK(rnnk_reserve_create(&r));
+    OK(rnnk_forward_training(m, r, T, B, lengths, B, x, X_LEN, h0, H_LEN, c0, H_LEN, y, Y_LEN, hn, H_LEN, cn, H_LEN));
+    write_f32("y_tr", y, Y_LEN);
+    write_f32("hn_tr", hn, H_LEN);
+    write_f32("cn_tr", cn, H_LEN);
+
+    float dx[X_LEN], dh0[H_LEN], dc0[H_LEN];
+    float* dparams = malloc(np * sizeof(float));
+    OK(rnnk_backward(m, r, dy, Y_LEN, dhn, H_LEN, dcn, H_LEN, dx, X_LEN, dh0, H_LEN, dc0, H_LEN, dparams, np, 0));
+    write_f32("dx", dx, X_LEN);
+    write_f32("dh0", dh0, H_LEN);
+    write_f32("dc0", dc0, H_LEN);
+    write_f32("dparams", dparams, np);
+    OK(rnnk_backward(m, r, dy, Y_LEN, dhn, H_LEN, dcn, H_LEN, NULL, 0, NULL, 0, NULL, 0, dparams_acc, np, 1));
+    write_f32("dparams_acc", dparams_acc, np);
+
+    /* ---- a second model from the raw flat buffer; save it ---- */
+    rnnk_model* m2 = NULL;
+    OK(rnnk_model_create("lstm", I, H, L, 1, 0, 1, backend, threads, &m2));
+    OK(rnnk_model_set_params(m2, params, np));
+    OK(rnnk_forward(m2, T, B, lengths, B, x, X_LEN, h0, H_LEN, c0, H_LEN, y, Y_LEN, NULL, 0, NULL, 0));
+    write_f32("y_raw", y, Y_LEN);
+    OK(rnnk_model_save_safetensors(m2, path_of("saved.safetensors")));
+
+    /* ---- bad arguments: status code, and the message names the argument ---- */
+    /* NULL pointers */
+    FAILS(rnnk_forward(m, T, B, lengths, B, NULL, X_LEN, h0, H_LEN, c0, H_LEN, y, Y_LEN, hn, H_LEN, cn, H_LEN),
+          RNNK_ERR_NULL_POINTER, "`x`");
+    FAILS(rnnk_forward(m, T, B, lengths, B, x, X_LEN, h0, H_LEN, c0, H_LEN, NULL, Y_LEN, hn, H_LEN, cn, H_LEN),
+          RNNK_ERR_NULL_POINTER, "`y`");
+    FAILS(rnnk_forward(NULL, T, B, lengths, B, x, X_LEN, NULL, 0, NULL, 0, y, Y_LEN, NULL, 0, NULL, 0), RNNK_ERR_NULL_POINTER,
+          "`model`");
+    FAILS(rnnk_backward(m, NULL, dy, Y_LEN, NULL, 0, NULL, 0, dx, X_LEN, NULL, 0, NULL, 0, NULL, 0, 0), RNNK_ERR_NULL_POINTER,
+          "`reserve`");
+    FAILS(rnnk_model_create("lstm", I, H, L, 1, 0, 1, backend, threads, NULL), RNNK_ERR_NULL_POINTER, "`out`");
+    FAILS(rnnk_model_param_count(m, NULL), RNNK_ERR_NULL_POINTER, "`out`");
+    FAILS(rnnk_model_load_safetensors(m, NULL, NULL, 0), RNNK_ERR_NULL_POINTER, "`path`");
+    rnnk_model* bad = (rnnk_model*)&count; /* overwritten with NULL by a failing create */
+    FAILS(rnnk_model_create(NULL, I, H, L, 1, 0, 1, backend, threads, &bad), RNNK_ERR_NULL_POINTER, "`cell`");
+    CHECK(bad == NULL, "a failing create left *out non-NULL");
+
+    /* wrong sizes: the message names the argument and the given count */
+    FAILS(rnnk_forward(m, T, B, lengths, B, x, X_LEN - 1, h0, H_LEN, c0, H_LEN, y, Y_LEN, hn, H_LEN, cn, H_LEN),
+          RNNK_ERR_SIZE_MISMATCH, "`x`: expected [T, B, I] = [5, 3, 3], 45 elements, got 44 elements");
+    FAILS(rnnk_forward(m, T, B, lengths, B, x, X_LEN, h0, H_LEN, c0, H_LEN, y, Y_LEN + 1, hn, H_LEN, cn, H_LEN),
+          RNNK_ERR_SIZE_MISMATCH, "`y`");
+    FAILS(rnnk_forward(m, T, B, lengths, B, x, X_LEN, h0, H_LEN - 5, c0, H_LEN, y, Y_LEN, hn, H_LEN, cn, H_LEN),
+          RNNK_ERR_SIZE_MISMATCH, "`h0`");
+    FAILS(rnnk_forward(m, T, B, lengths, B, x, X_LEN, h0, H_LEN, c0, H_LEN, y, Y_LEN, hn, H_LEN, cn, 1), RNNK_ERR_SIZE_MISMATCH,
+          "`cn`");
+    FAILS(rnnk_forward(m, T, B, lengths, 2, x, X_LEN, NULL, 0, NULL, 0, y, Y_LEN, NULL, 0, NULL, 0), RNNK_ERR_SIZE_MISMATCH,
+          "`lengths`");
+    FAILS(rnnk_backward(m, r, dy, Y_LEN - 2, NULL, 0, NULL, 0, dx, X_LEN, NULL, 0, NULL, 0, NULL, 0, 0), RNNK_ERR_SIZE_MISMATCH,
+          "`dy`");
+    FAILS(rnnk_backward(m, r, dy, Y_LEN, NULL, 0, NULL, 0, dx, X_LEN, NULL, 0, NULL, 0, dparams, np - 1, 0),
+          RNNK_ERR_SIZE_MISMATCH, "`dparams`");
+    FAILS(rnnk_backward(m, r, dy, Y_LEN, NULL, 0, dcn, 7, dx, X_LEN, NULL, 0, NULL, 0, NULL, 0, 0), RNNK_ERR_SIZE_MISMATCH,
+          "`dcn`");
+    FAILS(rnnk_model_set_params(m2, params, np + 1), RNNK_ERR_SIZE_MISMATCH, "`params`");
+    FAILS(rnnk_model_get_params(m2, got, 3), RNNK_ERR_SIZE_MISMATCH, "`params`");
+
+    /* values out of range */
+    const int64_t zero_len[B] = {5, 0, 4}, neg_len[B] = {-1, 2, 4}, long_len[B] = {5, 2, 6};
+    FAILS(rnnk_forward(m, T, B, zero_len, B, x, X_LEN, NULL, 0, NULL, 0, y, Y_LEN, NULL, 0, NULL, 0), RNNK_ERR_INVALID_ARGUMENT,
+          "`lengths[1]`");
+    FAILS(rnnk_forward(m, T, B, neg_len, B, x, X_LEN, NULL, 0, NULL, 0, y, Y_LEN, NULL, 0, NULL, 0), RNNK_ERR_INVALID_ARGUMENT,
+          "`lengths[0]`");
+    FAILS(rnnk_forward(m, T, B, long_len, B, x, X_LEN, NULL, 0, NULL, 0, y, Y_LEN, NULL, 0, NULL, 0), RNNK_ERR_INVALID_ARGUMENT,
+          "`lengths[2]`: must be in 1..=5 (steps), got 6");
+    FAILS(rnnk_forward(m, 0, B, NULL, 0, x, 0, NULL, 0, NULL, 0, y, 0, NULL, 0, NULL, 0), RNNK_ERR_INVALID_ARGUMENT, "`steps`");
+    FAILS(rnnk_forward(m, T, B, lengths, B, x, X_LEN, NULL, 0, NULL, 0, (float*)x, Y_LEN, NULL, 0, NULL, 0),
+          RNNK_ERR_INVALID_ARGUMENT, "overlap");
+    FAILS(rnnk_model_create("lstmx", I, H, L, 1, 0, 1, backend, threads, &bad), RNNK_ERR_INVALID_ARGUMENT, "`cell`");
+    FAILS(rnnk_model_create("lstm", I, 0, L, 1, 0, 1, backend, threads, &bad), RNNK_ERR_INVALID_ARGUMENT, "`hidden_size`");
+    FAILS(rnnk_model_create("gru", I, H, L, 1, 2, 1, backend, threads, &bad), RNNK_ERR_INVALID_ARGUMENT, "`proj_size`");
+    FAILS(rnnk_model_create("lstm", I, H, L, 1, 0, 1, "tpu", threads, &bad), RNNK_ERR_INVALID_ARGUMENT, "`backend`");
+    {
+        int st = rnnk_model_create("lstm", I, H, L, 1, 0, 1, "cuda", 0, &bad);
+        if (st == RNNK_OK) {
+            printf("backend cuda is available here\n");
+            OK(rnnk_model_free(bad));
+        } else {
+            FAILS(rnnk_model_create("lstm", I, H, L, 1, 0, 1, "cuda", 0, &bad), RNNK_ERR_BACKEND_UNAVAILABLE, "cuda");
+        }
+    }
+    rnnk_model* g = NULL;
+    OK(rnnk_model_create("gru", I, H, 1, 0, 0, 1, backend, threads, &g));
+    FAILS(rnnk_forward(g, T, B, NULL, 0, x, X_LEN, NULL, 0, c0, B * H, y, T * B * H, NULL, 0, NULL, 0), RNNK_ERR_INVALID_ARGUMENT,
+          "`c0`");
+
+    /* files */
+    FAILS(rnnk_model_load_safetensors(m2, path_of("no_such_file.safetensors"), NULL, 0), RNNK_ERR_IO, "no_such_file.safetensors");
+    FAILS(rnnk_model_load_safetensors(m2, path_of("x.f32"), NULL, 0), RNNK_ERR_FILE_FORMAT, "x.f32");
+    FAILS(rnnk_model_load_safetensors(m2, path_of("params.safetensors"), "rnn.", 0), RNNK_ERR_FILE_FORMAT, "rnn.weight_ih_l0");
+    FAILS(rnnk_model_load_safetensors(g, path_of("params.safetensors"), NULL, 0), RNNK_ERR_FILE_FORMAT, "weight_ih_l0");
+
+    /* wrong handles */
+    FAILS(rnnk_model_param_count((const rnnk_model*)r, &count), RNNK_ERR_WRONG_HANDLE, "`model`: expected a live rnnk_model, got a rnnk_reserve");
+    FAILS(rnnk_backward(m, (const rnnk_reserve*)m2, dy, Y_LEN, NULL, 0, NULL, 0, NULL, 0, NULL, 0, NULL, 0, NULL, 0, 0),
+          RNNK_ERR_WRONG_HANDLE, "`reserve`");
+    FAILS(rnnk_model_param_count((const rnnk_model*)lengths, &count), RNNK_ERR_WRONG_HANDLE, "`model`");
+    rnnk_model* freed = NULL;
+    OK(rnnk_model_create("rnn_relu", I, H, 1, 0, 0, 0, backend, threads, &freed));
+    OK(rnnk_model_free(freed));
+    FAILS(rnnk_model_param_count(freed, &count), RNNK_ERR_WRONG_HANDLE, "`model`");
+    FAILS(rnnk_model_free(freed), RNNK_ERR_WRONG_HANDLE, "`model`");
+    rnnk_reserve* r2 = NULL;
+    OK(rnnk_reserve_create(&r2));
+    FAILS(rnnk_backward(m, r2, dy, Y_LEN, NULL, 0, NULL, 0, dx, X_LEN, NULL, 0, NULL, 0, NULL, 0, 0), RNNK_ERR_INVALID_ARGUMENT,
+          "`reserve`: must be filled by rnnk_forward_training");
+    /* a reserve filled by another model */
+    OK(rnnk_forward_training(m2, r2, T, B, lengths, B, x, X_LEN, NULL, 0, NULL, 0, y, Y_LEN, NULL, 0, NULL, 0));
+    FAILS(rnnk_backward(m, r2, dy, Y_LEN, NULL, 0, NULL, 0, dx, X_LEN, NULL, 0, NULL, 0, NULL, 0, 0), RNNK_ERR_WRONG_HANDLE,
+          "`reserve`: expected a reserve filled by this model");
+    /* a reserve made before the parameters changed */
+    OK(rnnk_model_set_params(m2, params, np));
+    FAILS(rnnk_backward(m2, r2, dy, Y_LEN, NULL, 0, NULL, 0, dx, X_LEN, NULL, 0, NULL, 0, NULL, 0, 0), RNNK_ERR_WRONG_HANDLE,
+          "reserve");
+    OK(rnnk_reserve_free(r2));
+    FAILS(rnnk_reserve_free(r2), RNNK_ERR_WRONG_HANDLE, "`reserve`");
+
+    /* NULL-safe frees; the good handles still work after all of the above */
+    OK(rnnk_model_free(NULL));
+    OK(rnnk_reserve_free(NULL));
+    OK(rnnk_backward(m, r, dy, Y_LEN, dhn, H_LEN, dcn, H_LEN, dx, X_LEN, dh0, H_LEN, dc0, H_LEN, dparams, np, 0));
+    OK(rnnk_reserve_free(r));
+    OK(rnnk_model_free(g));
+    OK(rnnk_model_free(m2));
+    OK(rnnk_model_free(m));
+
+    free(params), free(x), free(h0), free(c0), free(dy), free(dhn), free(dcn), free(dparams_acc), free(dparams), free(got);
+    printf("%d checks, %d failed\n", checks, failures);
+    return failures == 0 ? 0 : 1;
+}

@@ -1,0 +1,221 @@
+//! The C ABI from C: builds this crate's shared library, compiles tests/c/capi_test.c with the
+//! system C compiler against include/rnn_kernels.h and that library, runs it on each backend, and
+//! compares everything it wrote, bit for bit, with the same computation through the Rust API
+//! (same backend, same thread count). The C program itself checks every kind of bad argument.
+//!
+//! The library is built by a nested `cargo build` into the same target directory: `cargo test`
+//! does not build a `cdylib` for integration tests, so without it a stale library could be
+//! tested.
+
+use rnnk_core::{Backend, CellKind, Cpu, Params, Reference, Rnn, RnnConfig, SeqShape, SplitMix64};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const I: usize = 3;
+const H: usize = 5;
+const T: usize = 5;
+const B: usize = 3;
+const LENGTHS: [usize; B] = [5, 2, 4];
+
+/// `target/<profile>` (the directory of this test's `deps/`), and the profile's name.
+fn profile_dir() -> (PathBuf, String) {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).expect("test binary in <target>/<profile>/deps").to_path_buf();
+    let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
+    (dir, profile)
+}
+
+/// Builds the shared library with the cargo running this test, into the same target
+/// directory and profile, and returns the directory holding it.
+fn build_library() -> PathBuf {
+    let (dir, profile) = profile_dir();
+    let target_dir = dir.parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "rnn-kernels-capi", "--lib", "--target-dir"]).arg(target_dir);
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
+        }
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    #[cfg(feature = "cuda")]
+    cmd.args(["--features", "cuda"]);
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    let status = cmd.status().expect("run cargo build for the C library");
+    assert!(status.success(), "cargo build -p rnn-kernels-capi failed: {status}");
+    let lib = dir.join("librnn_kernels.so");
+    assert!(lib.exists(), "{} was not built", lib.display());
+    dir
+}
+
+fn write_f32(path: &Path, v: &[f32]) {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn read_f32(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = SplitMix64::new(seed);
+    (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect()
+}
+
+/// The inputs of the C program.
+struct Inputs {
+    cfg: RnnConfig,
+    params: Params<f32>,
+    x: Vec<f32>,
+    h0: Vec<f32>,
+    c0: Vec<f32>,
+    dy: Vec<f32>,
+    dhn: Vec<f32>,
+    dcn: Vec<f32>,
+    dparams0: Vec<f32>,
+}
+
+fn inputs(dir: &Path) -> Inputs {
+    let cfg = RnnConfig::new(CellKind::Lstm, I, H).num_layers(2).bidirectional(true).build().unwrap();
+    let params = Params::<f32>::init_uniform(&cfg, 7);
+    let shape = SeqShape::new(T, B).unwrap();
+    let n = |s: [usize; 3]| s.iter().product::<usize>();
+    let inp = Inputs {
+        x: values(n(shape.x_shape(&cfg)), 1),
+        h0: values(n(shape.h_shape(&cfg)), 2),
+        c0: values(n(shape.c_shape(&cfg)), 3),
+        dy: values(n(shape.y_shape(&cfg)), 4),
+        dhn: values(n(shape.h_shape(&cfg)), 5),
+        dcn: values(n(shape.c_shape(&cfg)), 6),
+        dparams0: values(params.as_slice().len(), 8),
+        params,
+        cfg,
+    };
+    params_files(dir, &inp);
+    inp
+}
+
+fn params_files(dir: &Path, inp: &Inputs) {
+    inp.params.save_safetensors(dir.join("params.safetensors")).unwrap();
+    for (name, v) in [
+        ("params", inp.params.as_slice()),
+        ("x", &inp.x),
+        ("h0", &inp.h0),
+        ("c0", &inp.c0),
+        ("dy", &inp.dy),
+        ("dhn", &inp.dhn),
+        ("dcn", &inp.dcn),
+        ("dparams0", &inp.dparams0),
+    ] {
+        write_f32(&dir.join(format!("{name}.f32")), v);
+    }
+}
+
+/// What the C program must have written, computed with the Rust API on `backend`.
+fn expected<Bk: Backend<f32, Buf = [f32]>>(backend: Bk, inp: &Inputs) -> Vec<(&'static str, Vec<f32>)> {
+    let rnn = Rnn::from_params(backend, &inp.params).unwrap();
+    let shape = SeqShape::with_lengths(T, LENGTHS.to_vec()).unwrap();
+    let inf = rnn.forward(&shape, &inp.x, Some(&inp.h0), Some(&inp.c0)).unwrap();
+    let mut reserve = Default::default();
+    let tr = rnn.forward_training(&shape, &inp.x, Some(&inp.h0), Some(&inp.c0), &mut reserve).unwrap();
+    let g = rnn.backward(&reserve, Some(&inp.dy), Some(&inp.dhn), Some(&inp.dcn)).unwrap();
+    let mut acc = inp.dparams0.clone();
+    rnn.backward_accumulate(&reserve, Some(&inp.dy), Some(&inp.dhn), Some(&inp.dcn), &mut acc).unwrap();
+    vec![
+        ("y_inf", inf.y.clone()),
+        ("hn_inf", inf.hn),
+        ("cn_inf", inf.cn.unwrap()),
+        ("y_tr", tr.y),
+        ("hn_tr", tr.hn),
+        ("cn_tr", tr.cn.unwrap()),
+        ("dx", g.dx),
+        ("dh0", g.dh0),
+        ("dc0", g.dc0.unwrap()),
+        ("dparams", g.dparams.unwrap()),
+        ("dparams_acc", acc),
+        ("y_raw", inf.y),
+    ]
+}
+
+/// The C compiler (`$CC` or `cc`); `None` (with a message) when it targets another architecture
+/// than this test (a cross-compiled run under qemu: then neither the nested host build of the
+/// library nor the C program would match).
+fn c_compiler() -> Option<String> {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let machine = Command::new(&cc).arg("-dumpmachine").output().expect("run the C compiler (cc, or $CC)");
+    let machine = String::from_utf8_lossy(&machine.stdout).trim().to_string();
+    let arch = std::env::consts::ARCH;
+    if !machine.starts_with(arch) {
+        println!("skipped: this test runs on {arch}, but {cc} builds for {machine}");
+        return None;
+    }
+    Some(cc)
+}
+
+/// Compiles the C program against the header and the shared library; `None` (with a message)
+/// when the C compiler targets another architecture than this test (a cross-compiled run).
+fn compile(lib_dir: &Path, out: &Path) -> Option<PathBuf> {
+    let cc = c_compiler()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = out.join("capi_test");
+    let status = Command::new(&cc)
+        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", "-o"])
+        .arg(&exe)
+        .arg(root.join("tests/c/capi_test.c"))
+        .arg(format!("-I{}", root.join("../include").display()))
+        .arg(format!("-L{}", lib_dir.display()))
+        .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
+        .arg("-lrnn_kernels")
+        .status()
+        .expect("run the C compiler");
+    assert!(status.success(), "compiling tests/c/capi_test.c failed: {status}");
+    Some(exe)
+}
+
+#[test]
+fn c_program_matches_the_rust_api_and_rejects_bad_arguments() {
+    if c_compiler().is_none() {
+        return;
+    }
+    let lib_dir = build_library();
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("capi_c_program");
+    std::fs::create_dir_all(&work).unwrap();
+    let Some(exe) = compile(&lib_dir, &work) else { return };
+    let runs: [(&str, usize); 3] = [("reference", 0), ("cpu", 1), ("cpu", 2)];
+    for (backend, threads) in runs {
+        let dir = work.join(format!("{backend}-{threads}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let inp = inputs(&dir);
+        let out = Command::new(&exe).arg(&dir).arg(backend).arg(threads.to_string()).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        println!("{backend}, {threads} thread(s):\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "the C program failed on {backend} ({threads} threads): {}", out.status);
+        assert!(stdout.contains(" checks, 0 failed"), "the C program did not report its checks");
+
+        let want = match backend {
+            "reference" => expected(Reference, &inp),
+            _ => expected(Cpu::with_threads(threads).unwrap(), &inp),
+        };
+        for (name, w) in want {
+            let got = read_f32(&dir.join(format!("{name}.out.f32")));
+            assert_eq!(got.len(), w.len(), "{backend}/{threads}: {name} length");
+            let diff = got.iter().zip(&w).position(|(a, b)| a.to_bits() != b.to_bits());
+            assert!(
+                diff.is_none(),
+                "{backend}/{threads}: {name}[{}] from C {} != Rust {}",
+                diff.unwrap(),
+                got[diff.unwrap()],
+                w[diff.unwrap()]
+            );
+        }
+        let saved = Params::<f32>::load(dir.join("saved.safetensors")).unwrap();
+        assert_eq!(saved.config(), &inp.cfg);
+        assert!(saved.as_slice().iter().zip(inp.params.as_slice()).all(|(a, b)| a.to_bits() == b.to_bits()), "saved parameters differ");
+    }
+}

@@ -1,0 +1,161 @@
+/*
+ * rnn_kernels.h: the C ABI of rnn-kernels (RNN, LSTM, GRU stacks; inference and training with
+ * full backpropagation through time; PyTorch-compatible parameters).
+ *
+ * Build:  cargo build --release -p rnn-kernels-capi    [--features cuda]
+ * Link:   cc app.c -Iinclude -Ltarget/release -lrnn_kernels          (the shared library), or
+ *         cc app.c -Iinclude target/release/librnn_kernels.a -lpthread -ldl -lm   (static)
+ *
+ * Written by hand; capi/tests/header.rs checks every prototype and status value below against
+ * the Rust source (capi/src), so the two cannot drift apart.
+ *
+ * CONVENTIONS (as in the Rust crate docs)
+ *   - Every tensor is a dense, row-major array of float (the rightmost dimension changes
+ *     fastest), time-major, in host memory:
+ *       x  [T, B, I]        y  [T, B, D*Hout]
+ *       h0, hn  [L*D, B, Hout]      c0, cn  [L*D, B, H]   (LSTM only; index layer*D + direction)
+ *     T steps, B batch, I input size, H hidden size, L layers, D = 2 if bidirectional else 1,
+ *     Hout = proj_size if set, else H. A bidirectional output is the forward direction's Hout
+ *     features, then the reverse direction's.
+ *   - Parameters: one flat float buffer, the tensors of PyTorch's state_dict() in its order
+ *     (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, [weight_hr_l0], then *_reverse, then
+ *     layer 1, ...), each row-major. Gate order: LSTM i, f, g, o; GRU r, z, n (as PyTorch).
+ *   - Every pointer comes with its length IN ELEMENTS (name_len), checked against the model's
+ *     configuration and the call's shape. A wrong length is RNNK_ERR_SIZE_MISMATCH, with a
+ *     message naming the argument, the expected shape and element count, and the given count.
+ *   - Optional buffers are marked "optional": NULL means zeros (inputs) or "not wanted"
+ *     (outputs), and its length is then ignored. Every other pointer must be non-NULL.
+ *   - Output buffers must not overlap any other buffer of the same call (checked).
+ *   - Variable lengths: `lengths` is NULL (every sequence has `steps` steps) or `batch` int64
+ *     lengths in 1..=steps, in any order: PyTorch's packed-sequence semantics (outputs past a
+ *     length are zero, final states are each sequence's last valid step, the reverse direction
+ *     starts at each sequence's own end).
+ *
+ * ERRORS
+ *   Every function but rnnk_last_error and rnnk_version returns an int status: RNNK_OK (0) or
+ *   one of the RNNK_ERR_* codes below. rnnk_last_error() then returns a message for the last
+ *   call on the calling thread ("" after a success), valid until the next call into this
+ *   library on that thread. Bad arguments, NULL pointers, wrong lengths and wrong handles (freed,
+ *   never created, of the other kind, a reserve of another model) are reported, never crash. A
+ *   panic inside the library (a bug) is caught and returned as RNNK_ERR_PANIC. A length larger
+ *   than the memory behind its pointer cannot be detected: that is the caller's contract.
+ *
+ * THREADS
+ *   Forward and backward calls may run concurrently on one model from several threads (each
+ *   with its own reserve and buffers). Calls that change a model (rnnk_model_init_uniform,
+ *   rnnk_model_set_params, rnnk_model_load_safetensors, rnnk_model_free) must not run while any
+ *   other call uses that model; likewise for a reserve. The "cpu" backend runs each call on its
+ *   own thread pool of `threads` threads; its results are bit-identical for any thread count.
+ *
+ * CUDA
+ *   With --features cuda the backend "cuda" is available; it takes the same HOST pointers (each
+ *   call uploads its inputs and downloads its outputs; the weights and the reserve stay on the
+ *   device). TODO: entry points taking device pointers (the Rust API has them: Cuda, CudaBuf),
+ *   so that data already on the GPU need not round-trip through the host.
+ */
+#ifndef RNN_KERNELS_H
+#define RNN_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Status codes returned by every function. */
+typedef enum rnnk_status {
+    RNNK_OK = 0,
+    RNNK_ERR_NULL_POINTER = 1,        /* a pointer that must not be NULL was NULL */
+    RNNK_ERR_INVALID_ARGUMENT = 2,    /* a value out of range: size, cell/backend name, length, non-UTF-8 text, overlap */
+    RNNK_ERR_SIZE_MISMATCH = 3,       /* a buffer length does not match the configuration and shape */
+    RNNK_ERR_WRONG_HANDLE = 4,        /* not a live handle of that kind; a reserve of another model or of old parameters */
+    RNNK_ERR_BACKEND_UNAVAILABLE = 5, /* backend not in this build or not on this machine */
+    RNNK_ERR_IO = 6,                  /* reading or writing a file failed (e.g. no such file) */
+    RNNK_ERR_FILE_FORMAT = 7,         /* not safetensors; missing/unexpected tensor; wrong shape or dtype */
+    RNNK_ERR_DEVICE = 8,              /* a CUDA driver or cuBLAS call failed */
+    RNNK_ERR_PANIC = 9                /* internal error (a bug), caught at the boundary */
+} rnnk_status;
+
+/* A layer stack: configuration, parameters, backend, and the weights packed for it. */
+typedef struct rnnk_model rnnk_model;
+/* The activations a training forward keeps for backward; reusable across calls. */
+typedef struct rnnk_reserve rnnk_reserve;
+
+/* The message of the last call on this thread ("" after success). Never NULL. */
+const char* rnnk_last_error(void);
+
+/* The library version, e.g. "0.1.0". Never NULL. */
+const char* rnnk_version(void);
+
+/* Creates a model, as torch.nn.LSTM/GRU/RNN(input_size, hidden_size, num_layers, bias,
+ * batch_first=False, bidirectional, proj_size) would: `cell` is "lstm", "gru", "rnn_tanh" or
+ * "rnn_relu"; `bidirectional` and `bias` are 0 or 1; `proj_size` 0 for none (LSTM only).
+ * Parameters start uniform in +-1/sqrt(H) (seed 0). `backend` is "reference", "cpu" or "cuda";
+ * `threads` is the cpu backend's thread count (0: one per core) and is ignored by the others.
+ * On success *out is the new model (free it with rnnk_model_free); on failure *out is NULL. */
+int rnnk_model_create(const char* cell, size_t input_size, size_t hidden_size, size_t num_layers, int bidirectional,
+                      size_t proj_size, int bias, const char* backend, size_t threads, rnnk_model** out);
+
+/* Frees a model. NULL is a no-op. */
+int rnnk_model_free(rnnk_model* model);
+
+/* *out = the number of parameters (floats in the flat layout). */
+int rnnk_model_param_count(const rnnk_model* model, size_t* out);
+
+/* The element counts of x, y, h0/hn and c0/cn (0 without a cell state) for steps x batch. Each
+ * output pointer is optional. */
+int rnnk_model_tensor_sizes(const rnnk_model* model, size_t steps, size_t batch, size_t* x_len, size_t* y_len, size_t* h_len,
+                            size_t* c_len);
+
+/* Re-initialises the parameters uniform in +-1/sqrt(H) from `seed`. */
+int rnnk_model_init_uniform(rnnk_model* model, uint64_t seed);
+
+/* Sets the parameters from the flat layout: params [param_count]. */
+int rnnk_model_set_params(rnnk_model* model, const float* params, size_t params_len);
+
+/* Copies the parameters in the flat layout into params [param_count]. */
+int rnnk_model_get_params(const rnnk_model* model, float* params, size_t params_len);
+
+/* Loads the parameters from a safetensors file of a state_dict() (f32 or f64), names with
+ * `prefix` (optional: NULL or "" for none, "rnn." for a submodule). Strict like
+ * load_state_dict unless `allow_unexpected` is non-zero (then other tensors are ignored). */
+int rnnk_model_load_safetensors(rnnk_model* model, const char* path, const char* prefix, int allow_unexpected);
+
+/* Saves the parameters as safetensors (PyTorch names, f32, the configuration in the metadata). */
+int rnnk_model_save_safetensors(const rnnk_model* model, const char* path);
+
+/* Creates an empty reserve. Free it with rnnk_reserve_free. */
+int rnnk_reserve_create(rnnk_reserve** out);
+
+/* Frees a reserve. NULL is a no-op. */
+int rnnk_reserve_free(rnnk_reserve* reserve);
+
+/* Forward inference; keeps nothing.
+ *   lengths [batch] optional int64;  x [T, B, I];  h0 [L*D, B, Hout] optional;  c0 [L*D, B, H] optional (LSTM only)
+ *   y [T, B, D*Hout];  hn [L*D, B, Hout] optional;  cn [L*D, B, H] optional (LSTM only) */
+int rnnk_forward(const rnnk_model* model, size_t steps, size_t batch, const int64_t* lengths, size_t lengths_len, const float* x,
+                 size_t x_len, const float* h0, size_t h0_len, const float* c0, size_t c0_len, float* y, size_t y_len, float* hn,
+                 size_t hn_len, float* cn, size_t cn_len);
+
+/* Forward for training: as rnnk_forward, and fills `reserve` (replacing what it held) with what
+ * rnnk_backward needs, including copies of x, h0 and c0. */
+int rnnk_forward_training(const rnnk_model* model, rnnk_reserve* reserve, size_t steps, size_t batch, const int64_t* lengths,
+                          size_t lengths_len, const float* x, size_t x_len, const float* h0, size_t h0_len, const float* c0,
+                          size_t c0_len, float* y, size_t y_len, float* hn, size_t hn_len, float* cn, size_t cn_len);
+
+/* Backpropagation through time over the call that filled `reserve` (the same model, parameters
+ * unchanged since: otherwise RNNK_ERR_WRONG_HANDLE).
+ *   dy [T, B, D*Hout], dhn [L*D, B, Hout], dcn [L*D, B, H]: optional (NULL: zeros)
+ *   dx [T, B, I], dh0 [L*D, B, Hout], dc0 [L*D, B, H], dparams [param_count]: optional (NULL: skipped)
+ * dx, dh0, dc0 are overwritten; dparams is overwritten, or added to if `accumulate` is non-zero
+ * (gradient accumulation, truncated BPTT). */
+int rnnk_backward(const rnnk_model* model, const rnnk_reserve* reserve, const float* dy, size_t dy_len, const float* dhn,
+                  size_t dhn_len, const float* dcn, size_t dcn_len, float* dx, size_t dx_len, float* dh0, size_t dh0_len,
+                  float* dc0, size_t dc0_len, float* dparams, size_t dparams_len, int accumulate);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* RNN_KERNELS_H */
