@@ -184,6 +184,24 @@ pub trait Backend<T: Element>: Send + Sync {
     ) -> Result<()>;
 }
 
+/// Steps in processing order: forward `0..T`, reverse `T-1..=0` (the drivers' time loops).
+pub(crate) fn steps(t_len: usize, reverse: bool) -> Box<dyn Iterator<Item = usize>> {
+    if reverse {
+        Box::new((0..t_len).rev())
+    } else {
+        Box::new(0..t_len)
+    }
+}
+
+/// The step processed just before `t` in the direction, or `None` at the first one.
+pub(crate) fn prev_step(t: usize, t_len: usize, reverse: bool) -> Option<usize> {
+    if reverse {
+        (t + 1 < t_len).then_some(t + 1)
+    } else {
+        t.checked_sub(1)
+    }
+}
+
 /// Checks the buffers of a forward call against `config` and `shape`.
 pub(crate) fn check_forward<B: ?Sized + Buffer>(
     config: &RnnConfig,

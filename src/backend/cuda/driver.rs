@@ -19,7 +19,7 @@
 
 use super::buffer::View;
 use super::exec::{args, persistent_cell_smem, persistent_smem, Call, Kernel, Mem, PERSISTENT_THREADS};
-use crate::backend::GradMode;
+use crate::backend::{prev_step, steps, GradMode};
 use crate::config::{CellKind, RnnConfig};
 use crate::error::{Error, Result};
 use crate::params::{LayerRanges, ParamLayout};
@@ -116,22 +116,6 @@ pub(crate) fn check_sizes(cfg: &RnnConfig, shape: &SeqShape) -> Result<()> {
     match tb {
         Some(tb) if tb <= i32::MAX as usize && widest <= i32::MAX as usize => Ok(()),
         _ => Err(Error::invalid("shape", "T·B and every matrix width at most 2^31 - 1 (cuBLAS takes int sizes)", format!("{shape:?}"))),
-    }
-}
-
-fn steps(t_len: usize, reverse: bool) -> Box<dyn Iterator<Item = usize>> {
-    if reverse {
-        Box::new((0..t_len).rev())
-    } else {
-        Box::new(0..t_len)
-    }
-}
-
-fn prev_step(t: usize, t_len: usize, reverse: bool) -> Option<usize> {
-    if reverse {
-        (t + 1 < t_len).then_some(t + 1)
-    } else {
-        t.checked_sub(1)
     }
 }
 

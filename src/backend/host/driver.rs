@@ -1,7 +1,7 @@
 //! The host time loop over layers, directions and steps. See the [module docs](super).
 
 use super::{CellBackward, CellForward, HostKernels, Mat, MatMut, Pass, Weight, WeightOp};
-use crate::backend::GradMode;
+use crate::backend::{prev_step, steps, GradMode};
 use crate::config::{CellKind, RnnConfig};
 use crate::element::Float;
 use crate::params::{LayerRanges, ParamLayout};
@@ -123,24 +123,6 @@ fn block<T>(buf: Option<&[T]>, i: usize, len: usize) -> Option<&[T]> {
 
 fn block_mut<'a, T>(buf: &'a mut Option<&mut [T]>, i: usize, len: usize) -> Option<&'a mut [T]> {
     buf.as_deref_mut().map(|b| &mut b[i * len..(i + 1) * len])
-}
-
-/// Steps in processing order: forward `0..T`, reverse `T-1..=0`.
-fn steps(t_len: usize, reverse: bool) -> Box<dyn Iterator<Item = usize>> {
-    if reverse {
-        Box::new((0..t_len).rev())
-    } else {
-        Box::new(0..t_len)
-    }
-}
-
-/// The step processed just before `t` in the direction, or `None` at the first one.
-fn prev_step(t: usize, t_len: usize, reverse: bool) -> Option<usize> {
-    if reverse {
-        (t + 1 < t_len).then_some(t + 1)
-    } else {
-        t.checked_sub(1)
-    }
 }
 
 /// Sizes shared by the loops of one layer-direction.
