@@ -70,8 +70,10 @@ impl<T: Float> Workspace<T> {
     /// A buffer of `n` zeros, from the pool where it has one.
     fn zeroed(&self, n: usize) -> Vec<T> {
         let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        // The largest buffer, so that the big requests find the big allocations.
-        let best = (0..pool.len()).max_by_key(|&i| pool[i].capacity());
+        // The smallest buffer that holds `n` (so that a small request does not take the
+        // allocation a large one needs), else the largest, to grow.
+        let fits = (0..pool.len()).filter(|&i| pool[i].capacity() >= n).min_by_key(|&i| pool[i].capacity());
+        let best = fits.or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
         let mut v = best.map(|i| pool.swap_remove(i)).unwrap_or_default();
         drop(pool);
         v.clear();
@@ -935,4 +937,23 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(
         );
     }
     work.give([dgi_all, dgh_all, dh_all]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Workspace;
+
+    #[test]
+    fn workspace_lends_the_smallest_buffer_that_fits() {
+        let w = Workspace::<f32>::default();
+        w.give([Vec::with_capacity(1000), Vec::with_capacity(100)]);
+        let small = w.zeroed(50);
+        assert_eq!((small.len(), small.capacity()), (50, 100));
+        let big = w.zeroed(800);
+        assert_eq!(big.capacity(), 1000);
+        assert!(big.iter().all(|&v| v == 0.0));
+        // Nothing fits: the largest grows.
+        w.give([small, big]);
+        assert!(w.zeroed(2000).capacity() >= 2000);
+    }
 }
