@@ -10,8 +10,14 @@ fn main() {
     let reps = args.get(4).copied().unwrap_or(10);
     let a_t = args.get(5).copied().unwrap_or(0) == 1;
     let flop = 2.0 * (m * k * n) as f64;
-    let kinds = if cfg!(target_arch = "aarch64") { ["portable", "neon", "neon-packed"] } else { ["portable", "avx2", "avx2-packed"] };
-    for kind in kinds {
+    let kinds: &[&str] = if cfg!(target_arch = "aarch64") {
+        &["portable", "neon", "neon-packed"]
+    } else if rnn_kernels::Isa::Avx512.is_supported() {
+        &["portable", "avx2", "avx2-packed", "avx512", "avx512-packed"]
+    } else {
+        &["portable", "avx2", "avx2-packed"]
+    };
+    for &kind in kinds {
         let s = rnn_kernels::bench_support::time_sgemm(kind, threads, m, k, n, a_t, reps);
         println!("{kind:12} m={m} k={k} n={n} threads={threads} a_t={a_t}: {:8.3} ms  {:6.1} GFLOP/s", s * 1e3, flop / s / 1e9);
     }

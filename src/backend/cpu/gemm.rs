@@ -153,6 +153,24 @@ pub(crate) unsafe fn gemm_avx2(
     unsafe { gemm_tiled::<super::avx2::sgemm::Avx2>(par, alpha, a, b, packed, beta, c) }
 }
 
+/// `C = alpha·A·B + beta·C` with the AVX-512 kernels, as [`gemm_avx2`].
+///
+/// # Safety
+/// AVX-512F, AVX2 and FMA must be available.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn gemm_avx512(
+    par: &Par<'_>,
+    alpha: f32,
+    a: Mat<'_, f32>,
+    b: Mat<'_, f32>,
+    packed: Option<&PackedWeight>,
+    beta: f32,
+    c: MatMut<'_, f32>,
+) {
+    // SAFETY: the caller guarantees AVX-512F.
+    unsafe { gemm_tiled::<super::avx512::sgemm::Avx512>(par, alpha, a, b, packed, beta, c) }
+}
+
 /// `C = alpha·A·B + beta·C` with the NEON kernels, as [`gemm_avx2`].
 ///
 /// # Safety
@@ -336,6 +354,17 @@ mod tests {
         }
         // SAFETY: AVX2+FMA detected above.
         unsafe { check_tiled::<super::super::avx2::sgemm::Avx2>() }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_gemm_matches_f64_for_every_path_and_is_thread_count_invariant() {
+        if !super::super::Isa::Avx512.is_supported() {
+            eprintln!("skipped: this CPU lacks AVX-512F");
+            return;
+        }
+        // SAFETY: AVX-512F detected above.
+        unsafe { check_tiled::<super::super::avx512::sgemm::Avx512>() }
     }
 
     #[cfg(target_arch = "aarch64")]

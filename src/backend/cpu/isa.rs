@@ -1,5 +1,5 @@
 //! Which instruction set the CPU backend's kernels use: detected once at first use and cached;
-//! `RNN_KERNELS_ISA=scalar|avx2|neon` forces one, and forcing one the CPU lacks is an error.
+//! `RNN_KERNELS_ISA=scalar|avx2|avx512|neon` forces one, and forcing one the CPU lacks is an error.
 
 use crate::error::{Error, Result};
 use std::fmt;
@@ -13,6 +13,8 @@ pub enum Isa {
     Scalar,
     /// x86-64 with AVX2 and FMA.
     Avx2,
+    /// x86-64 with AVX-512F (and AVX2 and FMA): the AVX-512 GEMM tiles, the AVX2 cell kernels.
+    Avx512,
     /// AArch64 Advanced SIMD.
     Neon,
 }
@@ -23,6 +25,7 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
             Isa::Neon => "neon",
         }
     }
@@ -33,6 +36,8 @@ impl Isa {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Isa::Avx2.is_supported() && std::arch::is_x86_feature_detected!("avx512f"),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
             #[allow(unreachable_patterns)]
@@ -42,7 +47,7 @@ impl Isa {
 
     /// Every ISA this CPU supports, best last.
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Neon].into_iter().filter(|i| i.is_supported()).collect()
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon].into_iter().filter(|i| i.is_supported()).collect()
     }
 
     /// The best ISA this CPU supports.
@@ -68,7 +73,7 @@ impl Isa {
             .clone()
             .map_err(|(given, why)| Error::InvalidArgument {
                 arg: "RNN_KERNELS_ISA".into(),
-                expected: format!("one of scalar, avx2, neon that this CPU supports ({why})"),
+                expected: format!("one of scalar, avx2, avx512, neon that this CPU supports ({why})"),
                 got: format!("{given:?}"),
             })
     }
@@ -90,8 +95,9 @@ impl std::str::FromStr for Isa {
         match s.trim().to_ascii_lowercase().as_str() {
             "scalar" => Ok(Isa::Scalar),
             "avx2" => Ok(Isa::Avx2),
+            "avx512" => Ok(Isa::Avx512),
             "neon" => Ok(Isa::Neon),
-            _ => Err(Error::invalid("isa", "one of scalar, avx2, neon", format!("{s:?}"))),
+            _ => Err(Error::invalid("isa", "one of scalar, avx2, avx512, neon", format!("{s:?}"))),
         }
     }
 }

@@ -12,6 +12,8 @@
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512;
 #[cfg(all(test, any(target_arch = "x86_64", target_arch = "aarch64")))]
 mod cell_tests;
 mod gemm;
@@ -127,8 +129,14 @@ struct CpuKernels<'p> {
 
 impl HostKernels<f32> for CpuKernels<'_> {
     fn gemm(&self, alpha: f32, a: Mat<'_, f32>, b: Mat<'_, f32>, beta: f32, c: MatMut<'_, f32>) {
-        // The products of two activations (the weight gradients): matrixmultiply.
-        gemm::gemm_portable(&self.par, alpha, a, b, beta, c);
+        // The products of two activations (the weight gradients): the AVX-512 tiles where there
+        // are (matrixmultiply has no AVX-512 kernels), matrixmultiply otherwise.
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Cpu::with_isa only accepts Avx512 when AVX-512F, AVX2 and FMA were detected.
+            Isa::Avx512 if c.cs == 1 => unsafe { gemm::gemm_avx512(&self.par, alpha, a, b, None, beta, c) },
+            _ => gemm::gemm_portable(&self.par, alpha, a, b, beta, c),
+        }
     }
 
     fn weight_gemm(&self, op: WeightOp, a: Mat<'_, f32>, b: Mat<'_, f32>, beta: f32, c: MatMut<'_, f32>) {
@@ -136,6 +144,9 @@ impl HostKernels<f32> for CpuKernels<'_> {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Cpu::with_isa only accepts Avx2 when AVX2 and FMA were detected.
             Isa::Avx2 => unsafe { gemm::gemm_avx2(&self.par, 1.0, a, b, self.plan.packed(op), beta, c) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Cpu::with_isa only accepts Avx512 when AVX-512F, AVX2 and FMA were detected.
+            Isa::Avx512 => unsafe { gemm::gemm_avx512(&self.par, 1.0, a, b, self.plan.packed(op), beta, c) },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: Cpu::with_isa only accepts Neon when NEON was detected.
             Isa::Neon => unsafe { gemm::gemm_neon(&self.par, 1.0, a, b, self.plan.packed(op), beta, c) },
@@ -237,7 +248,7 @@ impl CpuKernels<'_> {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Cpu::with_isa only accepts Avx2 when AVX2 and FMA were detected.
-            Isa::Avx2 => unsafe { avx2::cell_forward(cell, step) },
+            Isa::Avx2 | Isa::Avx512 => unsafe { avx2::cell_forward(cell, step) },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: Cpu::with_isa only accepts Neon when NEON was detected.
             Isa::Neon => unsafe { neon::cell_forward(cell, step) },
@@ -249,7 +260,7 @@ impl CpuKernels<'_> {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as in cell_forward_rows.
-            Isa::Avx2 => unsafe { avx2::cell_backward(cell, step) },
+            Isa::Avx2 | Isa::Avx512 => unsafe { avx2::cell_backward(cell, step) },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: as in cell_forward_rows.
             Isa::Neon => unsafe { neon::cell_backward(cell, step) },
@@ -268,7 +279,7 @@ impl Backend<f32> for Cpu {
     }
 
     fn plan(&self, config: &RnnConfig, params: &[f32]) -> Result<CpuPlan> {
-        CpuPlan::new(config, params, matches!(self.isa, Isa::Avx2 | Isa::Neon))
+        CpuPlan::new(config, params, matches!(self.isa, Isa::Avx2 | Isa::Avx512 | Isa::Neon))
     }
 
     fn update_plan(&self, plan: &mut CpuPlan, params: &[f32]) -> Result<()> {
@@ -321,13 +332,18 @@ pub(crate) fn bench_gemm(kind: &str, threads: usize, m: usize, k: usize, n: usiz
         #[cfg(target_arch = "x86_64")]
         // SAFETY: only timed on CPUs with AVX2+FMA (checked below).
         "avx2" | "avx2-packed" => unsafe { gemm::gemm_avx2(par, 1.0, am, bm, packed.as_ref(), 0.0, MatMut::new(c, m, n)) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: only timed on CPUs with AVX-512F (checked below).
+        "avx512" | "avx512-packed" => unsafe { gemm::gemm_avx512(par, 1.0, am, bm, packed.as_ref(), 0.0, MatMut::new(c, m, n)) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: only timed on CPUs with NEON (checked below).
         "neon" | "neon-packed" => unsafe { gemm::gemm_neon(par, 1.0, am, bm, packed.as_ref(), 0.0, MatMut::new(c, m, n)) },
         "portable" => gemm::gemm_portable(par, 1.0, am, bm, 0.0, MatMut::new(c, m, n)),
         _ => panic!("unknown or unsupported GEMM kind {kind:?}"),
     };
-    let isa = if kind.starts_with("avx2") {
+    let isa = if kind.starts_with("avx512") {
+        Isa::Avx512
+    } else if kind.starts_with("avx2") {
         Isa::Avx2
     } else if kind.starts_with("neon") {
         Isa::Neon

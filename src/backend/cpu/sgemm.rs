@@ -80,10 +80,42 @@ pub(crate) trait BlockTile {
     /// writable for `i < rows ≤ 6`, `j < cols ≤ 16`.
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, rows: usize, cols: usize, up: Update);
+
+    /// Panels of `B` one register tile spans: 1 (6×16) for AVX2 and NEON, 4 (6×64) for
+    /// AVX-512, whose 32 registers hold 24 accumulators of 16 lanes.
+    const PANELS: usize = 1;
+
+    /// The tile over up to [`Self::PANELS`] adjacent panels, `bstride` floats apart, `cols ≤
+    /// PANELS·16` valid columns (the panels past the last valid column are not read). Same
+    /// contract as [`Self::tile`] otherwise; every element gets the bits it gets in a full tile.
+    ///
+    /// # Safety
+    /// As [`Self::tile`], with `b + p·bstride` holding `kc·16` floats for `p < ceil(cols/16)`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_panels(
+        kc: usize,
+        a: *const f32,
+        b: *const f32,
+        bstride: usize,
+        c: *mut f32,
+        rsc: usize,
+        rows: usize,
+        cols: usize,
+        up: Update,
+    ) {
+        let _ = bstride;
+        // SAFETY: with one panel per tile the contracts are the same.
+        unsafe { Self::tile(kc, a, b, c, rsc, rows, cols, up) }
+    }
 }
 
 /// An ISA's skinny tiles, for the few-row path ([`gemm_panels`]).
 pub(crate) trait SkinnyTile {
+    /// Whether one panel row is one register (AVX-512): the driver then gives each tile twice
+    /// the panels (4×2, 2×4, 1×8), so that as many accumulators are in flight as with two
+    /// registers per panel row (4×1, 2×2, 1×4).
+    const WIDE: bool = false;
+
     /// `R` rows of `a` against `NP` packed panels, `cols ≤ NP·16` valid output columns,
     /// `c = alpha·acc + beta·c` (`c` not read when `beta = 0`), each element one dot product in
     /// `k` order. An edge tile (`cols < NP·16`) must give each element the bits a full one would.
@@ -274,18 +306,22 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                 let abuf = ws.a.get(mc.div_ceil(MR) * MR * kc);
                 // SAFETY: as above; rows i0..i0+mc and columns p0..p0+kc lie inside A.
                 unsafe { pack_a(a, i0, mc, p0, kc, abuf) };
-                for q in jq..jq1 {
-                    let cols = (n - q * NR).min(NR);
+                let mut q = jq;
+                while q < jq1 {
+                    let qn = (q + K::PANELS).min(jq1);
+                    let cols = (n - q * NR).min((qn - q) * NR);
                     // SAFETY: panel q of the block, inside the packed buffer or weight.
                     let bp = unsafe { bbase.add((q - jq) * bstride) };
                     for r in 0..mc.div_ceil(MR) {
                         let rows = (mc - r * MR).min(MR);
-                        // SAFETY: micro-panel r of the packed A; C's tile at (i0 + 6r, 16q) is
-                        // inside the caller's block; the ISA per this function's contract.
+                        // SAFETY: micro-panel r of the packed A; panels q..qn of B, `bstride`
+                        // apart; C's tile at (i0 + 6r, 16q) is inside the caller's block; the
+                        // ISA per this function's contract.
                         unsafe {
-                            K::tile(kc, abuf.add(r * MR * kc), bp, c.add((i0 + r * MR) * rsc + q * NR), rsc, rows, cols, up);
+                            K::tile_panels(kc, abuf.add(r * MR * kc), bp, bstride, c.add((i0 + r * MR) * rsc + q * NR), rsc, rows, cols, up);
                         }
                     }
+                    q = qn;
                 }
                 i0 += mc;
             }
@@ -328,31 +364,31 @@ pub(crate) unsafe fn gemm_panels<K: SkinnyTile>(
             let crow = out.add(r * rs_out);
             let cp = |p: usize| crow.add(p * NR);
             let mut p = p0;
-            if left >= 4 {
-                while p < p1 {
-                    K::skinny::<4, 1>(arow, a.rs, a.cs, k, bp(p), cp(p), rs_out, col_end(p + 1) - p * NR, ab);
-                    p += 1;
-                }
-                r += 4;
-            } else if left >= 2 {
-                while p + 2 <= p1 {
-                    K::skinny::<2, 2>(arow, a.rs, a.cs, k, bp(p), cp(p), rs_out, col_end(p + 2) - p * NR, ab);
-                    p += 2;
-                }
-                if p < p1 {
-                    K::skinny::<2, 1>(arow, a.rs, a.cs, k, bp(p), cp(p), rs_out, col_end(p + 1) - p * NR, ab);
-                }
-                r += 2;
-            } else {
-                while p + 4 <= p1 {
-                    K::skinny::<1, 4>(arow, a.rs, a.cs, k, bp(p), cp(p), rs_out, col_end(p + 4) - p * NR, ab);
-                    p += 4;
-                }
-                while p < p1 {
-                    K::skinny::<1, 1>(arow, a.rs, a.cs, k, bp(p), cp(p), rs_out, col_end(p + 1) - p * NR, ab);
-                    p += 1;
-                }
-                r += 1;
+            // Each call covers up to NP panels; the last, partial group goes through the same
+            // tile with fewer valid columns (an edge tile gives every element a full tile's bits).
+            macro_rules! run {
+                ($r:literal, $np:literal) => {{
+                    while p < p1 {
+                        let pe = (p + $np).min(p1);
+                        if pe - p == $np {
+                            K::skinny::<$r, $np>(arow, a.rs, a.cs, k, bp(p), cp(p), rs_out, col_end(pe) - p * NR, ab);
+                        } else {
+                            for q in p..pe {
+                                K::skinny::<$r, 1>(arow, a.rs, a.cs, k, bp(q), cp(q), rs_out, col_end(q + 1) - q * NR, ab);
+                            }
+                        }
+                        p = pe;
+                    }
+                    r += $r;
+                }};
+            }
+            match (left, K::WIDE) {
+                (4.., false) => run!(4, 1),
+                (2..=3, false) => run!(2, 2),
+                (_, false) => run!(1, 4),
+                (4.., true) => run!(4, 2),
+                (2..=3, true) => run!(2, 4),
+                (_, true) => run!(1, 8),
             }
         }
     }

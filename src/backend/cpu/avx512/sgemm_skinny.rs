@@ -1,0 +1,69 @@
+//! AVX-512 GEMM for few rows against a packed weight (see `avx2/sgemm_skinny.rs` for the
+//! design): one 16-lane register per panel row, so the driver (`gemm_panels` in
+//! `cpu/sgemm.rs`) gives each tile twice the panels of the AVX2 one (4×2, 2×4, 1×8): eight
+//! accumulators in flight. Every element of `out` is one dot product summed in k order.
+
+use super::sgemm::Avx512;
+use crate::backend::cpu::packed::NR;
+use crate::backend::cpu::sgemm::SkinnyTile;
+use core::arch::x86_64::*;
+
+impl SkinnyTile for Avx512 {
+    const WIDE: bool = true;
+
+    /// `R × (NP·16)` tile at rows `a`, panels starting at `b`; `cols` valid output columns;
+    /// `c = alpha·acc + beta·c` (`c` not read when `beta = 0`).
+    ///
+    /// # Safety
+    /// AVX-512F; `a + r·rsa + kk·csa` readable for `r < R`, `kk < k`; `b` holds `NP` panels of
+    /// `k·16` floats at stride `k·16`; `c + r·rsc + j` writable for `r < R`, `j < cols ≤ NP·16`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // index loops over const bounds unroll into registers
+    unsafe fn skinny<const R: usize, const NP: usize>(
+        a: *const f32,
+        rsa: usize,
+        csa: usize,
+        k: usize,
+        b: *const f32,
+        c: *mut f32,
+        rsc: usize,
+        cols: usize,
+        (alpha, beta): (f32, f32),
+    ) {
+        let stride = k * NR;
+        // SAFETY (whole body): every pointer offset below stays inside the ranges the caller
+        // vouched for; masked lanes are not accessed.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); NP]; R];
+            for kk in 0..k {
+                let mut bv = [_mm512_setzero_ps(); NP];
+                for p in 0..NP {
+                    bv[p] = _mm512_loadu_ps(b.add(p * stride + kk * NR));
+                }
+                for r in 0..R {
+                    let av = _mm512_set1_ps(*a.add(r * rsa + kk * csa));
+                    for p in 0..NP {
+                        acc[r][p] = _mm512_fmadd_ps(av, bv[p], acc[r][p]);
+                    }
+                }
+            }
+            let (va, vb) = (_mm512_set1_ps(alpha), _mm512_set1_ps(beta));
+            for (r, row) in acc.iter().enumerate() {
+                let dst = c.add(r * rsc);
+                for (p, v) in row.iter().enumerate() {
+                    let left = cols.saturating_sub(p * NR);
+                    if left == 0 {
+                        break;
+                    }
+                    let m: __mmask16 = if left >= 16 { 0xffff } else { ((1u32 << left) - 1) as __mmask16 };
+                    let at = dst.add(p * NR);
+                    let mut v = if alpha == 1.0 { *v } else { _mm512_mul_ps(va, *v) };
+                    if beta != 0.0 {
+                        v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, at), v);
+                    }
+                    _mm512_mask_storeu_ps(at, m, v);
+                }
+            }
+        }
+    }
+}
