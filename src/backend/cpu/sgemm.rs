@@ -27,8 +27,9 @@ use super::packed::{PackedWeight, NR};
 use crate::backend::host::Mat;
 use std::cell::RefCell;
 
-/// Rows of the register tile (both ISAs).
+/// Rows of the register tile (every ISA).
 pub(crate) const MR: usize = 6;
+
 
 /// The right-hand operand.
 #[derive(Clone, Copy)]
@@ -85,16 +86,23 @@ pub(crate) trait BlockTile {
     /// AVX-512, whose 32 registers hold 24 accumulators of 16 lanes.
     const PANELS: usize = 1;
 
+    /// Whether [`Self::tile_panels`] reads `A` in place (any row stride, unit column stride)
+    /// as well as packed; the loop nest then skips packing `A` when it meets few panels of `B`.
+    const DIRECT_A: bool = false;
+
     /// The tile over up to [`Self::PANELS`] adjacent panels, `bstride` floats apart, `cols ≤
-    /// PANELS·16` valid columns (the panels past the last valid column are not read). Same
-    /// contract as [`Self::tile`] otherwise; every element gets the bits it gets in a full tile.
+    /// PANELS·16` valid columns (the panels past the last valid column are not read), with
+    /// `A[i, kk]` at `a.0 + i·a.1 + kk·a.2`: a packed micro-panel is `(p, 1, 6)`, and only a
+    /// tile with [`Self::DIRECT_A`] is given anything else. Same contract as [`Self::tile`]
+    /// otherwise; every element gets the bits it gets in a full tile, whichever way `A` comes.
     ///
     /// # Safety
-    /// As [`Self::tile`], with `b + p·bstride` holding `kc·16` floats for `p < ceil(cols/16)`.
+    /// As [`Self::tile`], with `a.0 + i·a.1 + kk·a.2` readable for `i < rows`, `kk < kc`, and
+    /// `b + p·bstride` holding `kc·16` floats for `p < ceil(cols/16)`.
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile_panels(
         kc: usize,
-        a: *const f32,
+        a: (*const f32, usize, usize),
         b: *const f32,
         bstride: usize,
         c: *mut f32,
@@ -104,8 +112,9 @@ pub(crate) trait BlockTile {
         up: Update,
     ) {
         let _ = bstride;
-        // SAFETY: with one panel per tile the contracts are the same.
-        unsafe { Self::tile(kc, a, b, c, rsc, rows, cols, up) }
+        debug_assert_eq!((a.1, a.2), (1, MR), "A must be packed");
+        // SAFETY: with one panel per tile and a packed A the contracts are the same.
+        unsafe { Self::tile(kc, a.0, b, c, rsc, rows, cols, up) }
     }
 }
 
@@ -303,9 +312,31 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
             let mut i0 = r0;
             while i0 < r1 {
                 let mc = K::MC.min(r1 - i0);
-                let abuf = ws.a.get(mc.div_ceil(MR) * MR * kc);
-                // SAFETY: as above; rows i0..i0+mc and columns p0..p0+kc lie inside A.
-                unsafe { pack_a(a, i0, mc, p0, kc, abuf) };
+                // `A` in place where the tile can read it so: on 2 Zen 5 cores (AVX-512,
+                // `examples/gemm_bench.rs`, packed B) 64×512×2048 went from 493 to 508 GFLOP/s,
+                // 16×1760×1760 from 417 to 437, 6400×512×2048 from 500 to 513. Packing costs a
+                // copy of A per column block, which the per-step products of a batch (the
+                // threads splitting columns, each packing all of A) never amortise.
+                let direct = K::DIRECT_A && a.cs == 1;
+                let abuf = if direct {
+                    // SAFETY: row i0, column p0 lies inside A.
+                    unsafe { a.data.as_ptr().add(i0 * a.rs + p0) }
+                } else {
+                    let abuf = ws.a.get(mc.div_ceil(MR) * MR * kc);
+                    // SAFETY: as above; rows i0..i0+mc and columns p0..p0+kc lie inside A.
+                    unsafe { pack_a(a, i0, mc, p0, kc, abuf) };
+                    abuf as *const f32
+                };
+                // Micro-panel r of A: its first element and strides.
+                let a_tile = |r: usize| {
+                    if direct {
+                        // SAFETY: row i0 + 6r lies inside A (r < ceil(mc/6)).
+                        (unsafe { abuf.add(r * MR * a.rs) }, a.rs, 1)
+                    } else {
+                        // SAFETY: micro-panel r of the packed buffer.
+                        (unsafe { abuf.add(r * MR * kc) }, 1, MR)
+                    }
+                };
                 let mut q = jq;
                 while q < jq1 {
                     let qn = (q + K::PANELS).min(jq1);
@@ -318,7 +349,7 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                         // apart; C's tile at (i0 + 6r, 16q) is inside the caller's block; the
                         // ISA per this function's contract.
                         unsafe {
-                            K::tile_panels(kc, abuf.add(r * MR * kc), bp, bstride, c.add((i0 + r * MR) * rsc + q * NR), rsc, rows, cols, up);
+                            K::tile_panels(kc, a_tile(r), bp, bstride, c.add((i0 + r * MR) * rsc + q * NR), rsc, rows, cols, up);
                         }
                     }
                     q = qn;

@@ -21,16 +21,20 @@ fn lanes(n: usize) -> __mmask16 {
     }
 }
 
-/// The `6 × (NP·16)` tile, `NP ≤ 4` panels `bstride` apart.
+/// The `6 × (NP·16)` tile, `NP ≤ 4` panels `bstride` apart; `A[i, kk]` at `a + i·rsa + kk·csa`
+/// (a packed micro-panel: `rsa = 1`, `csa = 6`; rows of `A` in place: `rsa` = its row stride,
+/// `csa = 1`). Rows past `rows` are not read (their accumulators repeat the last row's and are
+/// not stored).
 ///
 /// # Safety
-/// AVX-512F; `a` holds `kc·6` floats, `b + p·bstride` holds `kc·16` for `p < NP`;
-/// `c + i·rsc + j` is writable for `i < rows ≤ 6`, `j < cols ≤ NP·16`.
+/// AVX-512F; `a + i·rsa + kk·csa` readable for `i < rows`, `kk < kc`; `b + p·bstride` holds
+/// `kc·16` floats for `p < NP`; `c + i·rsc + j` is writable for `i < rows ≤ 6`,
+/// `j < cols ≤ NP·16`.
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::needless_range_loop, clippy::too_many_arguments)] // index loops over const bounds unroll into registers
 unsafe fn tile_np<const NP: usize>(
     kc: usize,
-    a: *const f32,
+    (a, rsa, csa): (*const f32, usize, usize),
     b: *const f32,
     bstride: usize,
     c: *mut f32,
@@ -51,19 +55,21 @@ unsafe fn tile_np<const NP: usize>(
         for p in 0..NP {
             bp[p] = b.add(p * bstride);
         }
-        let mut ap = a;
+        let mut arow = [a; MR];
+        for i in 0..MR {
+            arow[i] = a.add(i.min(rows - 1) * rsa);
+        }
         for kk in 0..kc {
             let mut bv = [_mm512_setzero_ps(); NP];
             for p in 0..NP {
                 bv[p] = _mm512_loadu_ps(bp[p].add(kk * NR));
             }
             for i in 0..MR {
-                let av = _mm512_set1_ps(*ap.add(i));
+                let av = _mm512_set1_ps(*arow[i].add(kk * csa));
                 for p in 0..NP {
                     acc[i][p] = _mm512_fmadd_ps(av, bv[p], acc[i][p]);
                 }
             }
-            ap = ap.add(MR);
         }
         let alpha = _mm512_set1_ps(up.alpha);
         for i in 0..MR {
@@ -99,6 +105,7 @@ impl BlockTile for Avx512 {
     const MC: usize = 144;
     const NC: usize = 1024;
     const PANELS: usize = 4;
+    const DIRECT_A: bool = true;
 
     /// One panel: the 6×16 tile.
     ///
@@ -106,14 +113,14 @@ impl BlockTile for Avx512 {
     /// AVX-512F; as [`BlockTile::tile`].
     unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, rows: usize, cols: usize, up: Update) {
         // SAFETY: the caller's contract, with one panel.
-        unsafe { tile_np::<1>(kc, a, b, 0, c, rsc, rows, cols, up) }
+        unsafe { tile_np::<1>(kc, (a, 1, MR), b, 0, c, rsc, rows, cols, up) }
     }
 
     /// # Safety
     /// AVX-512F; as [`BlockTile::tile_panels`].
     unsafe fn tile_panels(
         kc: usize,
-        a: *const f32,
+        a: (*const f32, usize, usize),
         b: *const f32,
         bstride: usize,
         c: *mut f32,
