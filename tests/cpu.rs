@@ -94,7 +94,15 @@ fn isa_choice() {
     {
         let e = Cpu::with_isa(Isa::Avx2, 1).unwrap_err().to_string();
         assert!(e.contains("`isa`") && e.contains("avx2"), "{e}");
+        assert!(Cpu::with_isa(Isa::Avx512, 1).is_err());
     }
+    // AVX-512 is offered only with AVX2 and FMA (it uses their cell kernels), and is the best
+    // x86-64 ISA where it is there.
+    if Isa::Avx512.is_supported() {
+        assert!(Isa::Avx2.is_supported());
+        assert_eq!(Isa::best(), Isa::Avx512);
+    }
+    assert_eq!("AVX512".parse::<Isa>().unwrap(), Isa::Avx512);
     assert!(Cpu::with_isa(Isa::Scalar, 0).unwrap_err().to_string().contains("`threads`"));
     assert!("sse9".parse::<Isa>().unwrap_err().to_string().contains("\"sse9\""));
     // A forced ISA is really the one used, and an unusable one is an error, not a fallback.

@@ -9,7 +9,7 @@ use crate::backend::cpu::sgemm::SkinnyTile;
 use core::arch::x86_64::*;
 
 /// How many k steps ahead each panel stream is prefetched.
-const PREFETCH: usize = 16;
+const PREFETCH: usize = 32;
 
 impl SkinnyTile for Avx512 {
     const WIDE: bool = true;
