@@ -58,6 +58,13 @@ impl Problem {
         vec![o.y, o.hn, o.cn.unwrap_or_default(), g.dx, g.dh0, g.dc0.unwrap_or_default(), g.dparams.unwrap()]
     }
 
+    /// Forward in inference mode on `backend`: (y, hn, cn).
+    pub fn run_inference_f32<B: Backend<f32, Buf = [f32]>>(&self, backend: B) -> Vec<Vec<f32>> {
+        let rnn = Rnn::new(backend, &self.cfg, &self.params[..]).unwrap();
+        let o = rnn.forward(&self.shape, &self.x, Some(&self.h0), self.c0.as_deref()).unwrap();
+        vec![o.y, o.hn, o.cn.unwrap_or_default()]
+    }
+
     pub fn run_reference(&self) -> Vec<Vec<f64>> {
         let rnn = Rnn::new(Reference, &self.cfg, &up(&self.params)[..]).unwrap();
         let mut reserve = Default::default();
