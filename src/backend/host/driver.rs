@@ -435,6 +435,9 @@ fn forward_step<T: Float, K: HostKernels<T>>(
         T::ZERO,
         MatMut::new(hg, n, gh),
     );
+    // Without a save (inference) the step's h and c go to the scratch, which then trades places
+    // with h_prev and c_prev instead of being copied into them.
+    let in_scratch = save.is_none();
     let StepSave { gates, extra, c, m, h: h_t } = save.unwrap_or_else(|| scratch.as_step());
     // Without a projection the cell writes the new hidden state directly.
     let m_out: &mut [T] = if dm.proj { &mut *m } else { &mut *h_t };
@@ -481,8 +484,15 @@ fn forward_step<T: Float, K: HostKernels<T>>(
             ob.fill(T::ZERO);
         }
     }
-    h_prev.copy_from_slice(h_t);
-    c_prev.copy_from_slice(c);
+    if in_scratch {
+        // The scratch's h and c were rewritten for every row above (the cell writes c and the
+        // active rows' h, the loop above the inactive rows' h), so the swap loses nothing.
+        std::mem::swap(h_prev, &mut scratch.h);
+        std::mem::swap(c_prev, &mut scratch.c);
+    } else {
+        h_prev.copy_from_slice(h_t);
+        c_prev.copy_from_slice(c);
+    }
 }
 
 /// One layer-direction forward. `input: [T, B, In]`; writes columns `d·Hout..(d+1)·Hout` of
@@ -544,11 +554,19 @@ fn run_direction<T: Float, K: HostKernels<T>>(
             MatMut::new(xg, rows, gh),
         );
         if let Some(b_ih) = wts.b_ih {
-            for row in xg.chunks_exact_mut(gh) {
-                for (v, &b) in row.iter_mut().zip(b_ih) {
-                    *v += b;
+            // In the blocks of rows the backend would run in parallel (an elementwise add: the
+            // cut changes no bit).
+            let cuts = k.row_blocks(rows, Pass::Forward);
+            let parts: Vec<_> = super::split_rows_mut(xg, rows, &cuts).into_iter().map(|p| std::sync::Mutex::new(Some(p))).collect();
+            k.for_blocks(parts.len(), &|i| {
+                if let Some(part) = parts[i].lock().ok().and_then(|mut p| p.take()) {
+                    for row in part.chunks_exact_mut(gh) {
+                        for (v, &b) in row.iter_mut().zip(b_ih) {
+                            *v += b;
+                        }
+                    }
                 }
-            }
+            });
         }
         let xg = &*xg;
 
