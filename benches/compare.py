@@ -239,7 +239,7 @@ def build_ours(args, backends):
     target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
     binary = args.bin or os.path.join(target, "release", "examples", "bench")
     if not args.bin and not args.no_build:
-        cmd = ["cargo", "build", "--release", "--example", "bench"]
+        cmd = ["cargo", "build", "--release", "--example", "bench", "--example", "gemm_bench"]
         if "cuda" in backends:
             cmd += ["--features", "cuda"]
         log("compare.py: " + " ".join(cmd))
@@ -252,6 +252,36 @@ def build_ours(args, backends):
     if not os.path.isfile(binary) or not os.access(binary, os.X_OK):
         return None, f"{binary} not found"
     return binary, None
+
+
+ROOF_SHAPE = (6400, 512, 2048)
+
+
+def measure_roof(binary, threads):
+    """The machine's SGEMM roof as our best packed kernel reaches it: GFLOP/s of
+    `gemm_bench 6400 512 2048` (the input projection of lstm-512-512-64-100), or None."""
+    gemm = os.path.join(os.path.dirname(binary), "gemm_bench")
+    if not os.access(gemm, os.X_OK):
+        return None, None
+    kinds = ["avx512-packed", "avx2-packed", "neon-packed"]
+    for kind in kinds:
+        env = dict(os.environ, GEMM_BENCH_KINDS=kind)
+        m, k, n = ROOF_SHAPE
+        try:
+            r = subprocess.run([gemm, str(m), str(k), str(n), str(threads), "20"], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if r.returncode != 0:
+            continue  # this CPU lacks the kind
+        for line in r.stdout.splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[-1] == "GFLOP/s":
+                try:
+                    return float(parts[-2]), kind
+                except ValueError:
+                    pass
+    return None, None
 
 
 def run_one(cmd, timeout):
@@ -372,7 +402,15 @@ def main():
                 status[(c.key, impl)] = "n/a"
 
     impls_all = ours + peers
+    roofs, roof_kind = [], None
+    cpu_ours = binary is not None and any(b != "cuda" and b != "reference" for b in backends)
     for rnd in range(rounds):
+        if cpu_ours:
+            r, kind = measure_roof(binary, args.threads)
+            if r is not None:
+                roofs.append(r)
+                roof_kind = kind
+                log(f"[round {rnd + 1}/{rounds}] SGEMM roof: {r:.1f} GFLOP/s ({kind})")
         for ci, c in enumerate(configs):
             todo = [x for x in impls_all if (c.key, x) not in status]
             if not todo:
@@ -459,11 +497,17 @@ def main():
                f"f32, time-major, h0 = 0")
     out.append(f"- best peer: fastest {'GPU' if gpu_ours else 'CPU'} peer; ratio = ours / best peer (< 1: ours is faster); "
                "GFLOP/s counts GEMM FLOPs only (2·G·H·(I+H)·B·T per layer·direction, ×3 for train)")
+    roof = max(roofs) if roofs else None
+    if roof is not None:
+        m, k, n = ROOF_SHAPE
+        out.append(f"- SGEMM roof: {roof:.1f} GFLOP/s, the best of {len(roofs)} run(s) (one per round) of "
+                   f"`gemm_bench {m} {k} {n} {args.threads}` ({roof_kind}, our fastest kernel); "
+                   f"\"% roof\" = ours GFLOP/s / roof")
     out.append("")
 
     head = ["config", "mode"] + [f"{x} (ms)" for x in ours] + [f"{x} (ms)" for x in peers] + ["best peer"]
     if len(ours) == 1:
-        head += ["ours/best", "ours GFLOP/s"]
+        head += ["ours/best", "ours GFLOP/s"] + (["% roof"] if roof is not None else [])
     else:
         head += [f"{b}/best" for b in backends] + [f"{b} GFLOP/s" for b in backends]
     out.append("| " + " | ".join(head) + " |")
@@ -480,6 +524,9 @@ def main():
             ratios.append(f"{v / best[0]:.2f}" if (v is not None and best) else "–")
             gfl.append(f"{c.gemm_flops() / (v / 1e3) / 1e9:.1f}" if v is not None else "–")
         row += ratios + gfl
+        if roof is not None and len(ours) == 1:
+            v = value(c, ours[0])
+            row.append(f"{100 * c.gemm_flops() / (v / 1e3) / 1e9 / roof:.0f}" if v is not None else "–")
         out.append("| " + " | ".join(row) + " |")
     print("\n".join(out), flush=True)
     return 0
