@@ -65,14 +65,14 @@ impl SendPtr {
 }
 
 /// How `C[m, n]` is split into parts: `Rows(block)` or `Cols(block)`, blocks of `block` rows or
-/// columns (a multiple of 16 for columns, of 6 for rows, so parts run whole tiles).
+/// columns (a multiple of 16 for columns, of the tile's rows for rows, so parts run whole tiles).
 #[derive(Clone, Copy, Debug)]
 enum Split {
     Rows(usize),
     Cols(usize),
 }
 
-fn split(par: &Par<'_>, m: usize, n: usize, k: usize) -> (usize, Split) {
+fn split(par: &Par<'_>, m: usize, n: usize, k: usize, row_align: usize) -> (usize, Split) {
     let want = par.parts();
     if want <= 1 || m.saturating_mul(n).saturating_mul(k.max(1)) < PARALLEL_MIN_MACS || m == 0 || n == 0 {
         return (1, Split::Rows(m.max(1)));
@@ -80,7 +80,7 @@ fn split(par: &Par<'_>, m: usize, n: usize, k: usize) -> (usize, Split) {
     // Rows when every part gets a good share of them (the packed A block is then shared by
     // no one), columns otherwise (a small batch: every part streams its own slice of B).
     if m >= 48 * want {
-        let block = m.div_ceil(want).next_multiple_of(6);
+        let block = m.div_ceil(want).next_multiple_of(row_align);
         (m.div_ceil(block), Split::Rows(block))
     } else {
         let block = n.div_ceil(want).next_multiple_of(16).min(n.next_multiple_of(16));
@@ -95,7 +95,7 @@ pub(crate) fn gemm_portable(par: &Par<'_>, alpha: f32, a: Mat<'_, f32>, b: Mat<'
     assert_eq!((m, n), (c.rows, c.cols), "gemm: output shape");
     let (c_rs, c_cs) = (c.rs, c.cs);
     let c_ptr = SendPtr(c.data.as_mut_ptr());
-    let (parts, how) = split(par, m, n, k);
+    let (parts, how) = split(par, m, n, k, 6);
     par.run(parts, &|i| {
         let (a_blk, b_blk, c_off) = match how {
             Split::Rows(blk) => {
@@ -221,7 +221,7 @@ unsafe fn gemm_tiled<K: BlockTile + SkinnyTile>(
     };
     let rsc = c.rs;
     let c_ptr = SendPtr(c.data.as_mut_ptr());
-    let (parts, how) = split(par, m, n, k);
+    let (parts, how) = split(par, m, n, k, K::ROWS);
     par.run(parts, &|i| {
         let ((r0, r1), (q0, q1)) = match how {
             Split::Rows(blk) => ((i * blk, ((i + 1) * blk).min(m)), (0, n.div_ceil(NR))),

@@ -172,7 +172,7 @@ impl HostKernels<f32> for CpuKernels<'_> {
         });
     }
 
-    /// Blocks of whole 6-row GEMM tiles, one per thread, of at least `ROW_BLOCK_MIN` rows
+    /// Blocks of whole GEMM register tiles (6 rows; 8 with AVX-512), one per thread, of at least `ROW_BLOCK_MIN` rows
     /// (backward) or `ROW_BLOCK_MIN_FORWARD` (forward): with a batch that large each thread runs
     /// its rows through the steps on its own, with no synchronisation per step. Results do not
     /// depend on the cut: each block's per-step products take the tiled kernels (at least 6
@@ -194,7 +194,8 @@ impl HostKernels<f32> for CpuKernels<'_> {
         if blocks == 1 {
             return vec![0, rows];
         }
-        let per = rows.div_ceil(6).div_ceil(blocks) * 6;
+        let tile = self.tile_rows();
+        let per = rows.div_ceil(tile).div_ceil(blocks) * tile;
         let mut bounds: Vec<usize> = (0..blocks).map(|i| (i * per).min(rows)).collect();
         bounds.push(rows);
         bounds.dedup();
@@ -234,6 +235,14 @@ const ROW_BLOCK_MIN_FORWARD: usize = 96;
 const CELL_PARALLEL_MIN: usize = 1 << 14;
 
 impl CpuKernels<'_> {
+    /// Rows of the ISA's GEMM register tile (blocks of rows are cut at multiples of it).
+    fn tile_rows(&self) -> usize {
+        match self.isa {
+            Isa::Avx512 => 8,
+            _ => 6,
+        }
+    }
+
     /// Parts to split a cell step of `rows` rows and `gate_values` gate values into (rows are
     /// independent, so the split never changes a result).
     fn cell_parts(&self, rows: usize, gate_values: usize) -> usize {

@@ -27,7 +27,8 @@ use super::packed::{PackedWeight, NR};
 use crate::backend::host::Mat;
 use std::cell::RefCell;
 
-/// Rows of the register tile (every ISA).
+/// Rows of the AVX2 and NEON register tiles (AVX-512's has [`BlockTile::ROWS`] = 8); a product
+/// with fewer rows against a packed weight takes the skinny path, whatever the ISA.
 pub(crate) const MR: usize = 6;
 
 
@@ -68,8 +69,10 @@ pub(crate) struct Update {
 pub(crate) trait BlockTile {
     /// Inner-dimension block.
     const KC: usize;
-    /// Row block (a multiple of [`MR`]).
+    /// Row block (a multiple of [`Self::ROWS`]).
     const MC: usize;
+    /// Rows of the register tile, and of a packed micro-panel of `A`.
+    const ROWS: usize = MR;
     /// Column block (a multiple of [`NR`]) for `B` packed per call.
     const NC: usize;
 
@@ -112,7 +115,7 @@ pub(crate) trait BlockTile {
         up: Update,
     ) {
         let _ = bstride;
-        debug_assert_eq!((a.1, a.2), (1, MR), "A must be packed");
+        debug_assert_eq!((a.1, a.2), (1, Self::ROWS), "A must be packed");
         // SAFETY: with one panel per tile and a packed A the contracts are the same.
         unsafe { Self::tile(kc, a.0, b, c, rsc, rows, cols, up) }
     }
@@ -185,37 +188,37 @@ pub(crate) fn with_workspace<R>(f: impl FnOnce(&mut Workspace) -> R) -> R {
     WORKSPACE.with_borrow_mut(f)
 }
 
-/// Packs rows `i0..i0+mc` and columns `p0..p0+kc` of `a` into 6-row micro-panels
-/// (`dst[r·kc·6 + k·6 + i]`), zero past the last row.
+/// Packs rows `i0..i0+mc` and columns `p0..p0+kc` of `a` into `mr`-row micro-panels
+/// (`dst[r·kc·mr + k·mr + i]`), zero past the last row.
 ///
 /// # Safety
-/// `dst` holds `ceil(mc/6)·6·kc` floats; the block lies inside `a`.
-unsafe fn pack_a(a: &Mat<'_, f32>, i0: usize, mc: usize, p0: usize, kc: usize, dst: *mut f32) {
+/// `dst` holds `ceil(mc/mr)·mr·kc` floats; the block lies inside `a`.
+unsafe fn pack_a(a: &Mat<'_, f32>, i0: usize, mc: usize, p0: usize, kc: usize, dst: *mut f32, mr: usize) {
     let src = a.data.as_ptr();
     // SAFETY: indices are within the block the caller vouched for.
     unsafe {
-        for r in 0..mc.div_ceil(MR) {
-            let panel = dst.add(r * kc * MR);
-            let rows = (mc - r * MR).min(MR);
-            let base = src.add((i0 + r * MR) * a.rs + p0 * a.cs);
+        for r in 0..mc.div_ceil(mr) {
+            let panel = dst.add(r * kc * mr);
+            let rows = (mc - r * mr).min(mr);
+            let base = src.add((i0 + r * mr) * a.rs + p0 * a.cs);
             if a.cs == 1 {
                 for i in 0..rows {
                     let row = base.add(i * a.rs);
                     for k in 0..kc {
-                        *panel.add(k * MR + i) = *row.add(k);
+                        *panel.add(k * mr + i) = *row.add(k);
                     }
                 }
             } else {
                 for k in 0..kc {
                     let col = base.add(k * a.cs);
                     for i in 0..rows {
-                        *panel.add(k * MR + i) = *col.add(i * a.rs);
+                        *panel.add(k * mr + i) = *col.add(i * a.rs);
                     }
                 }
             }
             for k in 0..kc {
-                for i in rows..MR {
-                    *panel.add(k * MR + i) = 0.0;
+                for i in rows..mr {
+                    *panel.add(k * mr + i) = 0.0;
                 }
             }
         }
@@ -322,19 +325,19 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                     // SAFETY: row i0, column p0 lies inside A.
                     unsafe { a.data.as_ptr().add(i0 * a.rs + p0) }
                 } else {
-                    let abuf = ws.a.get(mc.div_ceil(MR) * MR * kc);
+                    let abuf = ws.a.get(mc.div_ceil(K::ROWS) * K::ROWS * kc);
                     // SAFETY: as above; rows i0..i0+mc and columns p0..p0+kc lie inside A.
-                    unsafe { pack_a(a, i0, mc, p0, kc, abuf) };
+                    unsafe { pack_a(a, i0, mc, p0, kc, abuf, K::ROWS) };
                     abuf as *const f32
                 };
                 // Micro-panel r of A: its first element and strides.
                 let a_tile = |r: usize| {
                     if direct {
                         // SAFETY: row i0 + 6r lies inside A (r < ceil(mc/6)).
-                        (unsafe { abuf.add(r * MR * a.rs) }, a.rs, 1)
+                        (unsafe { abuf.add(r * K::ROWS * a.rs) }, a.rs, 1)
                     } else {
                         // SAFETY: micro-panel r of the packed buffer.
-                        (unsafe { abuf.add(r * MR * kc) }, 1, MR)
+                        (unsafe { abuf.add(r * K::ROWS * kc) }, 1, K::ROWS)
                     }
                 };
                 let mut q = jq;
@@ -343,13 +346,13 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                     let cols = (n - q * NR).min((qn - q) * NR);
                     // SAFETY: panel q of the block, inside the packed buffer or weight.
                     let bp = unsafe { bbase.add((q - jq) * bstride) };
-                    for r in 0..mc.div_ceil(MR) {
-                        let rows = (mc - r * MR).min(MR);
+                    for r in 0..mc.div_ceil(K::ROWS) {
+                        let rows = (mc - r * K::ROWS).min(K::ROWS);
                         // SAFETY: micro-panel r of the packed A; panels q..qn of B, `bstride`
                         // apart; C's tile at (i0 + 6r, 16q) is inside the caller's block; the
                         // ISA per this function's contract.
                         unsafe {
-                            K::tile_panels(kc, a_tile(r), bp, bstride, c.add((i0 + r * MR) * rsc + q * NR), rsc, rows, cols, up);
+                            K::tile_panels(kc, a_tile(r), bp, bstride, c.add((i0 + r * K::ROWS) * rsc + q * NR), rsc, rows, cols, up);
                         }
                     }
                     q = qn;

@@ -1,11 +1,15 @@
 //! AVX-512 register tiles of the blocked SGEMM (the loop nest, packing and split are
-//! ISA-neutral, in `cpu/sgemm.rs`): a 6×64 tile over four 16-column panels of the same packed
-//! `B` the AVX2 and NEON tiles read, 24 accumulators of 16 lanes, four loads of `B` and six
-//! broadcasts of `A` per 24 FMAs. Edge columns are loaded and stored under a lane mask, so
-//! every element goes through the same instructions in a full tile and at an edge.
+//! ISA-neutral, in `cpu/sgemm.rs`): an 8×48 tile over three 16-column panels of the same packed
+//! `B` the AVX2 and NEON tiles read, 24 accumulators of 16 lanes, three loads of `B` and eight
+//! broadcasts of `A` per 24 FMAs. Eight rows (the AVX2 tile has 6) waste no row of the batches
+//! of 8, 16, 32, 64 rows that recurrent steps have. Edge columns are loaded and stored under a
+//! lane mask, so every element goes through the same instructions in a full tile and at an edge.
 
 use crate::backend::cpu::packed::NR;
-use crate::backend::cpu::sgemm::{BlockTile, Update, MR};
+use crate::backend::cpu::sgemm::{BlockTile, Update};
+
+/// Rows of the tile.
+const MR: usize = 8;
 use core::arch::x86_64::*;
 
 /// The AVX-512 kernels, for `cpu/sgemm.rs`.
@@ -21,14 +25,14 @@ fn lanes(n: usize) -> __mmask16 {
     }
 }
 
-/// The `6 × (NP·16)` tile, `NP ≤ 4` panels `bstride` apart; `A[i, kk]` at `a + i·rsa + kk·csa`
-/// (a packed micro-panel: `rsa = 1`, `csa = 6`; rows of `A` in place: `rsa` = its row stride,
+/// The `8 × (NP·16)` tile, `NP ≤ 3` panels `bstride` apart; `A[i, kk]` at `a + i·rsa + kk·csa`
+/// (a packed micro-panel: `rsa = 1`, `csa = 8`; rows of `A` in place: `rsa` = its row stride,
 /// `csa = 1`). Rows past `rows` are not read (their accumulators repeat the last row's and are
 /// not stored).
 ///
 /// # Safety
 /// AVX-512F; `a + i·rsa + kk·csa` readable for `i < rows`, `kk < kc`; `b + p·bstride` holds
-/// `kc·16` floats for `p < NP`; `c + i·rsc + j` is writable for `i < rows ≤ 6`,
+/// `kc·16` floats for `p < NP`; `c + i·rsc + j` is writable for `i < rows ≤ 8`,
 /// `j < cols ≤ NP·16`.
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::needless_range_loop, clippy::too_many_arguments)] // index loops over const bounds unroll into registers
@@ -96,7 +100,7 @@ unsafe fn tile_np<const NP: usize>(
 }
 
 impl BlockTile for Avx512 {
-    /// Four 16-column micro-panels of `B` are `4·KC·64` bytes (128 KiB: they stream from L2,
+    /// Three 16-column micro-panels of `B` are `3·KC·64` bytes (96 KiB: they stream from L2,
     /// the `A` micro-panel stays in L1). Measured with `examples/gemm_bench.rs` on 2 Zen 5
     /// cores, packed `B`: 512 gives 490-500 GFLOP/s on 64×512×2048 and 6400×512×2048, 384 and
     /// 192 gave 5-25 % less.
@@ -104,10 +108,11 @@ impl BlockTile for Avx512 {
     /// The packed `A` block is `MC·KC·4` bytes (288 KiB), in L2.
     const MC: usize = 144;
     const NC: usize = 1024;
-    const PANELS: usize = 4;
+    const PANELS: usize = 3;
+    const ROWS: usize = MR;
     const DIRECT_A: bool = true;
 
-    /// One panel: the 6×16 tile.
+    /// One panel: the 8×16 tile.
     ///
     /// # Safety
     /// AVX-512F; as [`BlockTile::tile`].
@@ -134,8 +139,7 @@ impl BlockTile for Avx512 {
             match cols.div_ceil(NR) {
                 1 => tile_np::<1>(kc, a, b, bstride, c, rsc, rows, cols, up),
                 2 => tile_np::<2>(kc, a, b, bstride, c, rsc, rows, cols, up),
-                3 => tile_np::<3>(kc, a, b, bstride, c, rsc, rows, cols, up),
-                _ => tile_np::<4>(kc, a, b, bstride, c, rsc, rows, cols, up),
+                _ => tile_np::<3>(kc, a, b, bstride, c, rsc, rows, cols, up),
             }
         }
     }
