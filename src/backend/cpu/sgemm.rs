@@ -31,7 +31,6 @@ use std::cell::RefCell;
 /// with fewer rows against a packed weight takes the skinny path, whatever the ISA.
 pub(crate) const MR: usize = 6;
 
-
 /// The right-hand operand.
 #[derive(Clone, Copy)]
 pub(crate) enum Rhs<'a> {
