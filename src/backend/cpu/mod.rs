@@ -264,7 +264,10 @@ impl CpuKernels<'_> {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: Cpu::with_isa only accepts Avx2 when AVX2 and FMA were detected.
-            Isa::Avx2 | Isa::Avx512 => unsafe { avx2::cell_forward(cell, step) },
+            Isa::Avx2 => unsafe { avx2::cell_forward(cell, step) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Cpu::with_isa only accepts Avx512 when AVX-512F, AVX2 and FMA were detected.
+            Isa::Avx512 => unsafe { avx512::cell_forward(cell, step) },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: Cpu::with_isa only accepts Neon when NEON was detected.
             Isa::Neon => unsafe { neon::cell_forward(cell, step) },

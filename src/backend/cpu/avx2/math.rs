@@ -117,7 +117,7 @@ pub(super) unsafe fn exp(x: __m256) -> __m256 {
 /// The CPU must support AVX2 and FMA.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn sigmoid(x: __m256) -> __m256 {
+pub(crate) unsafe fn sigmoid(x: __m256) -> __m256 {
     let one = _mm256_set1_ps(1.0);
     let t = _mm256_xor_ps(x, _mm256_set1_ps(-0.0));
     let t = _mm256_max_ps(_mm256_set1_ps(SIG_LO), _mm256_min_ps(_mm256_set1_ps(EXP_HI), t));
@@ -133,7 +133,7 @@ pub(super) unsafe fn sigmoid(x: __m256) -> __m256 {
 /// The CPU must support AVX2 and FMA.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn tanh(x: __m256) -> __m256 {
+pub(crate) unsafe fn tanh(x: __m256) -> __m256 {
     let sign = _mm256_set1_ps(-0.0);
     let one = _mm256_set1_ps(1.0);
     let ax = _mm256_andnot_ps(sign, x);

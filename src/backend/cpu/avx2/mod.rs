@@ -55,6 +55,12 @@ mod rnn;
 pub(crate) mod sgemm;
 pub(crate) mod sgemm_skinny;
 
+/// The maths functions, for the AVX-512 versions' bit-identity test.
+#[cfg(test)]
+pub(crate) mod math_for_tests {
+    pub(crate) use super::math::{sigmoid, tanh};
+}
+
 use crate::backend::host::{CellBackward, CellForward};
 use crate::config::CellKind;
 use std::arch::x86_64::*;
@@ -135,7 +141,7 @@ fn check_len(cell: CellKind, name: &str, len: usize, want: usize) {
 }
 
 /// Panics unless every slice of `s` that `cell` uses has its documented length.
-fn check_forward(cell: CellKind, s: &CellForward<'_, f32>) {
+pub(crate) fn check_forward(cell: CellKind, s: &CellForward<'_, f32>) {
     let (_, gh, bh, bgh) = sizes(cell, s.active.len(), s.hidden);
     let check = |name, len, want| check_len(cell, name, len, want);
     check("xg", s.xg.len(), bgh);
