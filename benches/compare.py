@@ -239,7 +239,7 @@ def build_ours(args, backends):
     target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
     binary = args.bin or os.path.join(target, "release", "examples", "bench")
     if not args.bin and not args.no_build:
-        cmd = ["cargo", "build", "--release", "--example", "bench", "--example", "gemm_bench"]
+        cmd = ["cargo", "build", "--release", "--example", "bench", "--example", "gemm_bench", "--example", "handoff"]
         if "cuda" in backends:
             cmd += ["--features", "cuda"]
         log("compare.py: " + " ".join(cmd))
@@ -255,6 +255,18 @@ def build_ours(args, backends):
 
 
 ROOF_SHAPE = (6400, 512, 2048)
+
+
+def measure_handoff(binary):
+    """The CPU backend's thread hand-off (examples/handoff.rs) in ns, or None."""
+    exe = os.path.join(os.path.dirname(binary), "handoff")
+    if not os.access(exe, os.X_OK):
+        return None
+    try:
+        r = subprocess.run([exe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        return float(r.stdout.split()[-2])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return None
 
 
 def measure_roof(binary, threads):
@@ -405,7 +417,13 @@ def main():
     roofs, roof_kind = {}, None  # round -> GFLOP/s
     by_round = {}  # (config key, impl) -> {round: ms}
     cpu_ours = binary is not None and any(b != "cuda" and b != "reference" for b in backends)
+    handoffs = {}  # round -> ns
     for rnd in range(rounds):
+        if cpu_ours and args.threads > 1:
+            ho = measure_handoff(binary)
+            if ho is not None:
+                handoffs[rnd] = ho
+                log(f"[round {rnd + 1}/{rounds}] thread hand-off: {ho:.0f} ns")
         if cpu_ours:
             r, kind = measure_roof(binary, args.threads)
             if r is not None:
@@ -505,6 +523,10 @@ def main():
         out.append(f"- SGEMM roof: `gemm_bench {m} {k} {n} {args.threads}` ({roof_kind}, our fastest kernel), "
                    f"run once at the start of each round: {', '.join(f'{roofs[r]:.0f}' for r in sorted(roofs))} "
                    f"GFLOP/s; \"% roof\" = the median over rounds of ours GFLOP/s / that round's roof")
+    if handoffs:
+        out.append(f"- thread hand-off (`examples/handoff.rs`, a round trip between two of our threads) at the start "
+                   f"of each round: {', '.join(f'{handoffs[r]:.0f}' for r in sorted(handoffs))} ns "
+                   "(it sets what splitting a small batch's per-step product costs)")
     out.append("")
 
     head = ["config", "mode"] + [f"{x} (ms)" for x in ours] + [f"{x} (ms)" for x in peers] + ["best peer"]

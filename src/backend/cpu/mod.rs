@@ -389,3 +389,24 @@ pub(crate) fn bench_gemm(kind: &str, threads: usize, m: usize, k: usize, n: usiz
     times.sort_by(f64::total_cmp);
     times[times.len() / 2]
 }
+
+/// See `bench_support::team_handoff_ns`.
+#[doc(hidden)]
+pub(crate) fn bench_handoff(jobs: usize) -> f64 {
+    let team = team::Team::new(2);
+    let mut rounds = Vec::new();
+    std::thread::scope(|s| {
+        let t = &team;
+        s.spawn(move || t.helper(1));
+        let _stop = team::StopOnDrop(&team);
+        for _ in 0..5 {
+            let start = std::time::Instant::now();
+            for _ in 0..jobs.max(1) {
+                team.run(&|_| {});
+            }
+            rounds.push(start.elapsed().as_nanos() as f64 / jobs.max(1) as f64);
+        }
+    });
+    rounds.sort_by(f64::total_cmp);
+    rounds[rounds.len() / 2]
+}
