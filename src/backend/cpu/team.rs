@@ -81,6 +81,11 @@ impl Team {
         }
     }
 
+    /// How many helpers are spinning for jobs now.
+    pub(crate) fn alive_helpers(&self) -> usize {
+        self.alive.iter().filter(|a| a.0.load(Ordering::Acquire)).count()
+    }
+
     /// How many parts a job is split into.
     pub(crate) fn parts(&self) -> usize {
         self.parts
