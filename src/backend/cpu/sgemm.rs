@@ -1,15 +1,16 @@
 //! The ISA-neutral half of the CPU backend's SGEMM: the BLIS loop nest, the packing of `A` and
 //! `B`, and the skinny driver, generic over an ISA's register tiles ([`BlockTile`], [`SkinnyTile`]:
-//! `avx2/sgemm.rs` + `avx2/sgemm_skinny.rs`, `neon/sgemm.rs` + `neon/sgemm_skinny.rs`).
+//! `avx2/sgemm.rs` + `avx2/sgemm_skinny.rs`, `neon/sgemm.rs` + `neon/sgemm_skinny.rs`,
+//! `avx512/sgemm.rs` + `avx512/sgemm_skinny.rs`).
 //!
-//! Both ISAs use the same `MR × NR` = 6×16 tile and read the same packed weights
-//! (`cpu/packed.rs`: panels of 16 columns, k-major), so one packing and one split of `C`
-//! serve both.
+//! AVX2 and NEON use the same `MR × NR` = 6×16 tile, AVX-512 an 8×48 one ([`BlockTile::ROWS`]
+//! rows, [`BlockTile::PANELS`] panels); all read the same packed weights (`cpu/packed.rs`:
+//! panels of 16 columns, k-major), so one packing serves every ISA.
 //!
 //! Blocked path, loops outermost first: `jc` over blocks of `NC` columns, `pc` over blocks of
-//! `KC` of the inner dimension, `ic` over blocks of `MC` rows (`A` packed into 6-row
-//! micro-panels, which stay in L2), then every 16-column micro-panel of `B` (in L1 while it
-//! meets each row micro-panel) against every 6-row micro-panel of `A`. `B` is either packed
+//! `KC` of the inner dimension, `ic` over blocks of `MC` rows (`A` packed into micro-panels of
+//! the tile's rows, which stay in L2, or read in place where the tile can), then every group of
+//! micro-panels of `B` a tile spans against every micro-panel of `A`. `B` is either packed
 //! here per `(jc, pc)` block or is a [`PackedWeight`], whose `KC` slice of one panel is
 //! contiguous, so the per-call packing of the weights disappears.
 //!
@@ -84,7 +85,7 @@ pub(crate) trait BlockTile {
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, rows: usize, cols: usize, up: Update);
 
-    /// Panels of `B` one register tile spans: 1 (6×16) for AVX2 and NEON, 4 (6×64) for
+    /// Panels of `B` one register tile spans: 1 (6×16) for AVX2 and NEON, 3 (8×48) for
     /// AVX-512, whose 32 registers hold 24 accumulators of 16 lanes.
     const PANELS: usize = 1;
 
