@@ -34,17 +34,19 @@ pub use isa::Isa;
 /// that each thread streams its own slice of the weights from its own core's cache. Left to the
 /// scheduler, two of them sometimes share a core for a whole call (measured on the 2-vCPU
 /// development VM, without `chrt`: lstm-256-256-1-150 took 0.71–0.84 ms in some runs and
-/// 1.74 ms in others). So where the process may run on at least as many CPUs as the pool has
-/// threads, thread `i` is pinned to the `i`-th of them. `RNN_KERNELS_PIN=0` turns this off.
+/// 1.74 ms in others). So when the pool has one thread per CPU the process may run on (as
+/// [`Cpu::new`] makes it), thread `i` is pinned to the `i`-th of them. A pool with fewer threads
+/// is left to the scheduler, so that several of them (one per model, say) spread over the
+/// machine. `RNN_KERNELS_PIN=0` turns pinning off.
 mod affinity {
-    /// The CPUs to pin threads `0..threads` to, or `None` (not Linux, turned off, too few CPUs,
-    /// or the affinity cannot be read).
+    /// The CPUs to pin threads `0..threads` to, or `None` (not Linux, turned off, not one thread
+    /// per allowed CPU, or the affinity cannot be read).
     pub(super) fn pin_plan(threads: usize) -> Option<Vec<usize>> {
         if threads < 2 || std::env::var("RNN_KERNELS_PIN").is_ok_and(|v| v.trim() == "0") {
             return None;
         }
         let cpus = allowed_cpus();
-        (cpus.len() >= threads).then(|| cpus[..threads].to_vec())
+        (cpus.len() == threads).then_some(cpus)
     }
 
     #[cfg(target_os = "linux")]
@@ -83,7 +85,7 @@ mod affinity {
     #[cfg(test)]
     mod tests {
         #[test]
-        fn one_distinct_allowed_cpu_per_thread_or_none() {
+        fn pinned_only_with_one_thread_per_allowed_cpu() {
             assert_eq!(super::pin_plan(1), None, "one thread is never pinned");
             let allowed = super::allowed_cpus();
             for threads in 2..=allowed.len() + 1 {
@@ -97,7 +99,7 @@ mod affinity {
                         assert_eq!(d.len(), threads, "distinct CPUs: {cpus:?}");
                     }
                     None => assert!(
-                        threads > allowed.len() || std::env::var("RNN_KERNELS_PIN").is_ok_and(|v| v.trim() == "0") || !cfg!(target_os = "linux")
+                        threads != allowed.len() || std::env::var("RNN_KERNELS_PIN").is_ok_and(|v| v.trim() == "0") || !cfg!(target_os = "linux")
                     ),
                 }
             }
