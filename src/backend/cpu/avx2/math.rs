@@ -48,19 +48,19 @@ use std::arch::x86_64::*;
 /// Below this, `e^x` rounds to `0` (`e^-104 < 2^-150`, half the least subnormal).
 const EXP_LO: f32 = -104.0;
 /// Above this, `e^x` is `+inf` (`ln(f32::MAX) ≈ 88.7228`); `89/ln2 < 128.5` keeps `n ≤ 128`.
-const EXP_HI: f32 = 89.0;
+pub(crate) const EXP_HI: f32 = 89.0;
 /// `sigmoid`'s lower clamp of `-x`: `-87.3/ln2 > -126`, so `2^n` stays normal.
-const SIG_LO: f32 = -87.3;
+pub(crate) const SIG_LO: f32 = -87.3;
 /// `tanh`'s clamp of `2|x|`: `E/(E+2)` rounds to 1 from `2|x| ≈ 18.1`.
-const TANH_HI: f32 = 20.0;
-const LOG2E: f32 = std::f32::consts::LOG2_E;
+pub(crate) const TANH_HI: f32 = 20.0;
+pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// `ln2 = C1 + C2`, Cody–Waite: `C1 = 355/512` is exact in 9 bits, so `n·C1` is exact for
 /// `|n| < 2^15`.
-const LN2_C1: f32 = 355.0 / 512.0;
-const LN2_C2: f32 = -2.121_944_4e-4;
+pub(crate) const LN2_C1: f32 = 355.0 / 512.0;
+pub(crate) const LN2_C2: f32 = -2.121_944_4e-4;
 /// Cephes `expf`: `e^r ≈ 1 + r + r²·(P0 r⁵ + … + P5)` on `|r| ≤ ln2/2` (Cephes's `P5`,
 /// 5.0000001201e-1, is 0.5 in f32).
-const EXP_P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+pub(crate) const EXP_P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
 
 /// `(n, q)` with `x = n·ln2 + r` and `q = e^r - 1`, for `x` already clamped to `|x| < 2^15·ln2`.
 ///

@@ -48,18 +48,13 @@
 
 mod gru;
 mod lstm;
-mod math;
+pub(crate) mod math;
 // The packed recurrent GEMM (`cpu/packed.rs` layout), owned by the GEMM work; called from
 // `cpu/gemm.rs`.
 mod rnn;
 pub(crate) mod sgemm;
 pub(crate) mod sgemm_skinny;
 
-/// The maths functions, for the AVX-512 versions' bit-identity test.
-#[cfg(test)]
-pub(crate) mod math_for_tests {
-    pub(crate) use super::math::{sigmoid, tanh};
-}
 
 use crate::backend::host::{CellBackward, CellForward};
 use crate::config::CellKind;

@@ -4,15 +4,8 @@
 //! gives, and its accuracy (measured there against f64 over ±100, with saturation and NaN
 //! passthrough) carries over. `tests::same_bits_as_avx2` checks the identity.
 
+use crate::backend::cpu::avx2::math::{EXP_HI, EXP_P, LN2_C1, LN2_C2, LOG2E, SIG_LO, TANH_HI};
 use std::arch::x86_64::*;
-
-const EXP_HI: f32 = 89.0;
-const SIG_LO: f32 = -87.3;
-const TANH_HI: f32 = 20.0;
-const LOG2E: f32 = std::f32::consts::LOG2_E;
-const LN2_C1: f32 = 355.0 / 512.0;
-const LN2_C2: f32 = -2.121_944_4e-4;
-const EXP_P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
 
 /// `x = n·ln2 + r`: `(n, e^r - 1)`.
 #[inline]
@@ -89,8 +82,8 @@ mod tests {
                 for half in 0..2 {
                     let v8 = _mm256_loadu_ps(chunk.as_ptr().add(8 * half));
                     let (mut s8, mut t8) = ([0.0f32; 8], [0.0f32; 8]);
-                    _mm256_storeu_ps(s8.as_mut_ptr(), crate::backend::cpu::avx2::math_for_tests::sigmoid(v8));
-                    _mm256_storeu_ps(t8.as_mut_ptr(), crate::backend::cpu::avx2::math_for_tests::tanh(v8));
+                    _mm256_storeu_ps(s8.as_mut_ptr(), crate::backend::cpu::avx2::math::sigmoid(v8));
+                    _mm256_storeu_ps(t8.as_mut_ptr(), crate::backend::cpu::avx2::math::tanh(v8));
                     for l in 0..8 {
                         let x = chunk[8 * half + l];
                         assert_eq!(s16[8 * half + l].to_bits(), s8[l].to_bits(), "sigmoid({x})");
