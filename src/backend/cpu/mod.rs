@@ -274,16 +274,7 @@ impl HostKernels<f32> for CpuKernels<'_> {
             Pass::Forward => ROW_BLOCK_MIN_FORWARD,
             Pass::Backward => ROW_BLOCK_MIN,
         };
-        let blocks = self.par.parts().min(rows / min).max(1);
-        if blocks == 1 {
-            return vec![0, rows];
-        }
-        let tile = self.tile_rows();
-        let per = rows.div_ceil(tile).div_ceil(blocks) * tile;
-        let mut bounds: Vec<usize> = (0..blocks).map(|i| (i * per).min(rows)).collect();
-        bounds.push(rows);
-        bounds.dedup();
-        bounds
+        cut_blocks(rows, self.par.parts(), min, self.tile_rows())
     }
 
     fn for_blocks(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
@@ -307,6 +298,25 @@ impl HostKernels<f32> for CpuKernels<'_> {
             }
         });
     }
+}
+
+/// Bounds of `min(parts, rows / min)` blocks of `rows` rows: whole tiles of `tile` rows, spread
+/// evenly (each block `floor` or `ceil` of its share of the tiles), the remainder in the last.
+///
+/// With `min ≥ 2·tile`, every block gets at least two tiles' worth of rows (the last at least
+/// `tile + 1`), so it always takes the blocked GEMM path, which gives every element the bits
+/// the whole batch would: a block under 6 rows would take the skinny path and change bits with
+/// the thread count. (Rounding each share up instead, as before, could leave 1 row for the
+/// last block: 161 rows on 5 threads gave 40, 40, 40, 40, 1.)
+fn cut_blocks(rows: usize, parts: usize, min: usize, tile: usize) -> Vec<usize> {
+    let blocks = parts.min(rows / min.max(1)).max(1);
+    if blocks == 1 {
+        return vec![0, rows];
+    }
+    let tiles = rows.div_ceil(tile);
+    let mut bounds: Vec<usize> = (0..blocks).map(|i| tiles * i / blocks * tile).collect();
+    bounds.push(rows);
+    bounds
 }
 
 /// The least rows a block of the time loop gets (see `row_blocks`): fewer would leave most of
@@ -505,4 +515,31 @@ pub(crate) fn bench_handoff(jobs: usize) -> f64 {
     });
     rounds.sort_by(f64::total_cmp);
     rounds[rounds.len() / 2]
+}
+
+#[cfg(test)]
+mod row_block_tests {
+    use super::*;
+
+    /// Every cut the backend makes: blocks cover the rows in order, start on whole tiles, and
+    /// none is small enough for the skinny GEMM path (which would change bits with the thread
+    /// count), for every thread count up to 64 and up to 3000 rows.
+    #[test]
+    fn blocks_are_whole_tiles_and_never_skinny() {
+        for (min, tile) in [(ROW_BLOCK_MIN, 6), (ROW_BLOCK_MIN, 8), (ROW_BLOCK_MIN_FORWARD, 6), (ROW_BLOCK_MIN_FORWARD_AVX512, 8)] {
+            for parts in 1..=64 {
+                for rows in 0..3000 {
+                    let b = cut_blocks(rows, parts, min, tile);
+                    assert_eq!((b[0], *b.last().unwrap()), (0, rows));
+                    assert!(b.len() - 1 <= parts.max(1));
+                    if b.len() > 2 {
+                        for w in b.windows(2) {
+                            assert!(w[1] - w[0] >= sgemm::MR, "rows {rows}, parts {parts}, min {min}, tile {tile}: {b:?}");
+                            assert_eq!(w[0] % tile, 0);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
