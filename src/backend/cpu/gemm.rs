@@ -1,11 +1,12 @@
 //! The CPU backend's GEMMs, split across threads.
 //!
-//! - AVX2 and NEON: the blocked 6×16 SGEMM of `sgemm.rs` (tiles in `avx2/sgemm.rs`,
-//!   `neon/sgemm.rs`) for everything with six rows or more, against the plan's packed weights
-//!   where the right-hand side is a weight; the skinny kernels (`*/sgemm_skinny.rs`) for the
-//!   per-step products of fewer rows.
-//! - The scalar ISA, and the products of two activations: matrixmultiply's SGEMM on strided
-//!   views.
+//! - AVX2, AVX-512 and NEON: the blocked SGEMM of `sgemm.rs` (tiles in `avx2/sgemm.rs`,
+//!   `avx512/sgemm.rs`, `neon/sgemm.rs`) for everything with six rows or more, against the
+//!   plan's packed weights where the right-hand side is a weight; the skinny kernels
+//!   (`*/sgemm_skinny.rs`) for the per-step products of fewer rows.
+//! - The products of two activations (the weight gradients): the AVX-512 tiles on strided
+//!   views with AVX-512, else matrixmultiply's SGEMM, which also serves every GEMM of the
+//!   scalar ISA.
 //!
 //! `C` is split into blocks of rows (when it has many) or of columns, one per part; every
 //! element of `C` is computed by the same code over the full `k` range in the same order

@@ -13,7 +13,8 @@ pub enum Isa {
     Scalar,
     /// x86-64 with AVX2 and FMA.
     Avx2,
-    /// x86-64 with AVX-512F (and AVX2 and FMA): the AVX-512 GEMM tiles, the AVX2 cell kernels.
+    /// x86-64 with AVX-512F (and AVX2 and FMA): the AVX-512 GEMM tiles and LSTM forward cell,
+    /// the AVX2 kernels of the other cells.
     Avx512,
     /// AArch64 Advanced SIMD.
     Neon,

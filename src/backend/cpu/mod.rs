@@ -336,8 +336,9 @@ impl CpuKernels<'_> {
     /// Rows of the ISA's GEMM register tile (blocks of rows are cut at multiples of it).
     fn tile_rows(&self) -> usize {
         match self.isa {
-            Isa::Avx512 => 8,
-            _ => 6,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => <avx512::sgemm::Avx512 as sgemm::BlockTile>::ROWS,
+            _ => sgemm::MR,
         }
     }
 
