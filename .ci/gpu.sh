@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Everything issue #5 owes on a machine with an NVIDIA GPU, in one run, in the order of value
+# (so a run cut short by a time limit still leaves the most important results):
+#
+# 1. the CUDA tests with the GPU required (RNN_KERNELS_REQUIRE_CUDA=1), the driver's unit tests
+#    and the C ABI's tests with --features cuda;
+# 2. `verify --backend cuda` on every PyTorch fixture;
+# 3. compute-sanitizer memcheck and racecheck on the CUDA test binary (when compute-sanitizer is
+#    on PATH or under CUDA_HOME);
+# 4. the cuDNN table: benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda
+#    (needs python3 with torch; GPU_ROUNDS rounds, default 3).
+#
+# Logs go to $GPU_OUT (default target/gpu-run), one file per step, and a summary to
+# $GPU_OUT/summary.txt. A step that fails is recorded and the script goes on; the exit status is
+# non-zero if any step failed. Needs nvcc (NVCC, CUDA_HOME or PATH) to build the PTX: the build is
+# run with RNN_KERNELS_REQUIRE_NVCC=1 so a build without kernels cannot pass unnoticed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${GPU_OUT:-target/gpu-run}
+ROUNDS=${GPU_ROUNDS:-3}
+mkdir -p "$OUT"
+: >"$OUT/summary.txt"
+failed=0
+
+step() { # step NAME CMD...: runs CMD, logs to $OUT/NAME.log, records the result
+    local name=$1
+    shift
+    local t0=$SECONDS
+    echo "== $name: $*"
+    "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    tail -5 "$OUT/$name.log"
+    echo "$name rc=$rc $((SECONDS - t0))s" | tee -a "$OUT/summary.txt"
+    [ "$rc" = 0 ] || failed=1
+}
+
+nvidia-smi -L | tee "$OUT/gpu.txt" || { echo "no GPU: nvidia-smi -L failed"; exit 1; }
+export RNN_KERNELS_REQUIRE_NVCC=1
+
+step build cargo build --release --features cuda --all-targets
+step build-capi cargo build --release -p rnn-kernels-capi --features cuda --all-targets
+export RNN_KERNELS_REQUIRE_CUDA=1
+step test-cuda cargo test --release --features cuda --test cuda -- --nocapture
+step test-lib cargo test --release --features cuda --lib backend::cuda
+step test-capi cargo test --release -p rnn-kernels-capi --features cuda
+step verify cargo run --release --features cuda --example verify -- --backend cuda tests/fixtures/*.safetensors
+
+SAN=$(command -v compute-sanitizer || true)
+[ -z "$SAN" ] && [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/compute-sanitizer" ] && SAN=$CUDA_HOME/bin/compute-sanitizer
+if [ -n "$SAN" ]; then
+    # The test binary cargo built for tests/cuda.rs (the newest one).
+    BIN=$(ls -t target/release/deps/cuda-* 2>/dev/null | grep -v '\.d$' | head -1)
+    step memcheck "$SAN" --tool memcheck --error-exitcode 1 "$BIN" --test-threads 1
+    step racecheck "$SAN" --tool racecheck --error-exitcode 1 "$BIN" --test-threads 1
+else
+    echo "compute-sanitizer not found: memcheck and racecheck not run" | tee -a "$OUT/summary.txt"
+    failed=1
+fi
+
+if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
+    step compare python3 benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda --rounds "$ROUNDS" \
+        --json "$OUT/compare.jsonl"
+else
+    echo "python3 with CUDA torch not found: the cuDNN table was not run" | tee -a "$OUT/summary.txt"
+    failed=1
+fi
+
+echo "== summary"
+cat "$OUT/summary.txt"
+exit $failed
