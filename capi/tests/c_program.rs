@@ -192,7 +192,8 @@ fn c_program_matches_the_rust_api_and_rejects_bad_arguments() {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let inp = inputs(&dir);
-        let out = Command::new(&exe).arg(&dir).arg(backend).arg(threads.to_string()).output().unwrap();
+        let feature = if cfg!(feature = "cuda") { "cuda" } else { "nocuda" };
+        let out = Command::new(&exe).arg(&dir).arg(backend).arg(threads.to_string()).arg(feature).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         println!("{backend}, {threads} thread(s):\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "the C program failed on {backend} ({threads} threads): {}", out.status);
