@@ -137,11 +137,7 @@ mod on_device {
     ///
     /// # Safety
     /// `stream` is NULL, a special handle or a live stream (the header's contract).
-    pub unsafe fn on_stream(
-        cuda: &Cuda,
-        stream: *mut c_void,
-        work: impl FnOnce() -> Result<(), CapiError>,
-    ) -> Result<(), CapiError> {
+    pub unsafe fn on_stream(cuda: &Cuda, stream: *mut c_void, work: impl FnOnce() -> Result<(), CapiError>) -> Result<(), CapiError> {
         // SAFETY: forwarded.
         unsafe { cuda.wait_for_stream("stream", stream.cast()) }?;
         let mut rejoin = Rejoin { cuda, stream, armed: true };
@@ -183,9 +179,7 @@ mod on_device {
         }
         let ReserveData::Cuda(data) = &mut r.data else { unreachable!("set just above") };
         // SAFETY: forwarded.
-        unsafe {
-            on_stream(cuda, stream, || Ok(<Cuda as Backend<f32>>::forward_training(cuda, plan, shape, input, output, data)?))
-        }?;
+        unsafe { on_stream(cuda, stream, || Ok(<Cuda as Backend<f32>>::forward_training(cuda, plan, shape, input, output, data)?)) }?;
         r.model_id = m.id;
         Ok(())
     }
@@ -209,12 +203,8 @@ mod on_device {
         let mut dc0 = unsafe { borrow_opt(cuda, "dc0", a.dc0)? };
         let mut dparams = unsafe { borrow_opt(cuda, "dparams", a.dparams)? };
         let grads = BackwardInput { dy: dy.as_deref(), dhn: dhn.as_deref(), dcn: dcn.as_deref() };
-        let output = BackwardOutput {
-            dx: dx.as_deref_mut(),
-            dh0: dh0.as_deref_mut(),
-            dc0: dc0.as_deref_mut(),
-            dparams: dparams.as_deref_mut(),
-        };
+        let output =
+            BackwardOutput { dx: dx.as_deref_mut(), dh0: dh0.as_deref_mut(), dc0: dc0.as_deref_mut(), dparams: dparams.as_deref_mut() };
         // SAFETY: forwarded.
         unsafe { on_stream(cuda, stream, || Ok(<Cuda as Backend<f32>>::backward(cuda, plan, data, grads, output, mode)?)) }
     }
