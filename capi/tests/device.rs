@@ -16,6 +16,7 @@
 //!
 //! Without a GPU it prints "skipped"; with `RNN_KERNELS_REQUIRE_CUDA=1` it fails instead.
 
+#[cfg(feature = "cuda")]
 mod common;
 
 fn require_cuda() -> bool {
@@ -216,15 +217,21 @@ mod gpu {
             let h = unsafe { dlopen(path.as_ptr(), RTLD_NOW) };
             // SAFETY: dlerror's message is a C string when dlopen failed.
             assert!(!h.is_null(), "dlopen {path:?}: {:?}", unsafe { CStr::from_ptr(dlerror()) });
+            /// The function `name` of the library, as the function pointer type `F`.
+            fn symbol<F: Copy>(h: *mut c_void, name: &str) -> F {
+                assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>(), "{name}: not a function pointer type");
+                let cname = CString::new(name).unwrap();
+                // SAFETY: a live library handle and a C string.
+                let p = unsafe { dlsym(h, cname.as_ptr()) };
+                assert!(!p.is_null(), "{name} is not exported");
+                // SAFETY: `F` is the function pointer type of the header's prototype (same size,
+                // checked above).
+                unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) }
+            }
             macro_rules! sym {
-                ($name:literal) => {{
-                    let name = CString::new($name).unwrap();
-                    // SAFETY: a symbol of the library; its type is the header's prototype.
-                    let p = unsafe { dlsym(h, name.as_ptr()) };
-                    assert!(!p.is_null(), "{} is not exported", $name);
-                    // SAFETY: as above.
-                    unsafe { std::mem::transmute::<*mut c_void, _>(p) }
-                }};
+                ($name:literal) => {
+                    symbol(h, $name)
+                };
             }
             Lib {
                 last_error: sym!("rnnk_last_error"),
