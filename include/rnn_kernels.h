@@ -84,7 +84,7 @@
  *     on every backend, so the same mistakes give the same messages); then a model that is not
  *     on "cuda" is RNNK_ERR_INVALID_ARGUMENT naming `model`, and in a library built without
  *     the cuda feature RNNK_ERR_BACKEND_UNAVAILABLE. A stream of another context is
- *     RNNK_ERR_INVALID_ARGUMENT naming `stream`. Nothing is enqueued for a rejected call.
+ *     RNNK_ERR_INVALID_ARGUMENT naming `stream`. Nothing is enqueued for a call these checks reject.
  *   - Reserves are shared with the host functions: a reserve filled by
  *     rnnk_forward_training_device can be read by rnnk_backward, and one filled by
  *     rnnk_forward_training (on a "cuda" model) by rnnk_backward_device. A call on one model
