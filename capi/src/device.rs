@@ -174,12 +174,17 @@ mod on_device {
             // SAFETY: forwarded.
             return unsafe { on_stream(cuda, stream, || Ok(<Cuda as Backend<f32>>::forward_inference(cuda, plan, shape, input, output)?)) };
         };
-        if !matches!(r.data, ReserveData::Cuda(_)) {
-            r.data = ReserveData::Cuda(Default::default());
-        }
-        let ReserveData::Cuda(data) = &mut r.data else { unreachable!("set just above") };
         // SAFETY: forwarded.
-        unsafe { on_stream(cuda, stream, || Ok(<Cuda as Backend<f32>>::forward_training(cuda, plan, shape, input, output, data)?)) }?;
+        unsafe {
+            on_stream(cuda, stream, || {
+                // Only once the stream was accepted: a rejected call leaves the reserve as it was.
+                if !matches!(r.data, ReserveData::Cuda(_)) {
+                    r.data = ReserveData::Cuda(Default::default());
+                }
+                let ReserveData::Cuda(data) = &mut r.data else { unreachable!("set just above") };
+                Ok(<Cuda as Backend<f32>>::forward_training(cuda, plan, shape, input, output, data)?)
+            })
+        }?;
         r.model_id = m.id;
         Ok(())
     }
