@@ -774,16 +774,17 @@ mod gpu {
         // The library freed none of the caller's buffers: each is still an allocation.
         cuda.synchronize().unwrap();
         for (name, d) in [("x", &x), ("y", &y), ("hn", &hn), ("dx", &dxd), ("dparams", &dpd), ("params", &pd)] {
-            let mut start: sys::CUdeviceptr = 0;
-            // SAFETY: an attribute query into a CUdeviceptr.
+            let mut ordinal: i32 = -1;
+            // SAFETY: an attribute query into an int.
             let r = unsafe {
                 sys::cuPointerGetAttribute(
-                    (&mut start as *mut sys::CUdeviceptr).cast(),
-                    sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
+                    (&mut ordinal as *mut i32).cast(),
+                    sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
                     d.ptr,
                 )
             };
             assert_eq!(r, sys::CUresult::CUDA_SUCCESS, "the caller's `{name}` is no longer an allocation");
+            assert_eq!(ordinal, cuda.ordinal() as i32, "the caller's `{name}`");
         }
         same_bits("the caller's x_s after the calls", &cuda.download(&x_s.buf).unwrap(), &k.x);
 
