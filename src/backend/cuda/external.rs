@@ -75,7 +75,9 @@ impl Cuda {
     /// `ptr` must address at least `len` f32 of memory usable by this device's primary context
     /// (cudaMalloc, cuMemAlloc, cudaMallocAsync, a PyTorch CUDA tensor's `data_ptr()`), valid
     /// until the work the call enqueues on it has finished (see [`make_stream_wait`]); the
-    /// length cannot be checked against the allocation.
+    /// length cannot be checked against the allocation. The `CudaBuf` behind the returned
+    /// value must not be moved out of it (`mem::swap`/`mem::replace` through `DerefMut`): an
+    /// owned `CudaBuf` of the caller's memory would free it when dropped.
     ///
     /// [`make_stream_wait`]: Self::make_stream_wait
     pub unsafe fn borrow_device_ptr(&self, arg: &str, ptr: u64, len: usize) -> Result<BorrowedCudaBuf> {
