@@ -7,8 +7,9 @@
 #    kernels/*.cu to PTX);
 # 3. check every PTX file with ptxas for sm_80 and sm_90, failing on any error, and print each
 #    kernel's registers, spills and stack;
-# 4. run the CUDA tests: they print "skipped" without a GPU; with one (nvidia-smi works) the GPU
-#    is required and `verify --backend cuda` runs on every fixture.
+# 4. run the CUDA tests (the crate's, and the C ABI's with --features cuda): they print "skipped"
+#    without a GPU; with one (nvidia-smi works) the GPU is required and `verify --backend cuda`
+#    runs on every fixture.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,6 +71,8 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     nvidia-smi -L
     cargo test --release --features cuda --lib backend::cuda
     RNN_KERNELS_REQUIRE_CUDA=1 cargo test --release --features cuda --test cuda -- --nocapture
+    echo "== cuda: the C ABI with --features cuda (the C program; the device-pointer entry points on the GPU)"
+    RNN_KERNELS_REQUIRE_CUDA=1 cargo test --release -p rnn-kernels-capi --features cuda -- --nocapture
     cargo run --release --features cuda --example verify -- --backend cuda tests/fixtures/*.safetensors
 else
     echo "== cuda: no GPU: the driver on the host emulation (pointwise kernels as C++) against the reference, GEMM mapping, view bounds"
@@ -83,4 +86,12 @@ else
         exit 1
     fi
     echo "ok: they fail"
+    echo "== cuda: no GPU: the C ABI with --features cuda (the C program checks the device functions' arguments; the GPU test must say skipped)"
+    cargo test --release -p rnn-kernels-capi --features cuda -- --nocapture 2>&1 | tee "$TARGET/capi-cuda-tests.log"
+    grep -q "skipped: no CUDA device" "$TARGET/capi-cuda-tests.log"
+    if RNN_KERNELS_REQUIRE_CUDA=1 cargo test --release -p rnn-kernels-capi --features cuda --test device >/dev/null 2>&1; then
+        echo "the C ABI's GPU test passed with RNN_KERNELS_REQUIRE_CUDA=1 on a machine without a GPU"
+        exit 1
+    fi
+    echo "ok: it fails"
 fi

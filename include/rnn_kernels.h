@@ -48,10 +48,48 @@
  *   own thread pool of `threads` threads; its results are bit-identical for any thread count.
  *
  * CUDA
- *   With --features cuda the backend "cuda" is available; it takes the same HOST pointers (each
- *   call uploads its inputs and downloads its outputs; the weights and the reserve stay on the
- *   device). TODO: entry points taking device pointers (the Rust API has them: Cuda, CudaBuf),
- *   so that data already on the GPU need not round-trip through the host.
+ *   With --features cuda the backend "cuda" is available. The functions above take HOST pointers
+ *   on it too (each call uploads its inputs and downloads its outputs, and returns when they are
+ *   written; the weights and the reserve stay on the device).
+ *
+ *   The *_device functions take DEVICE pointers instead, for a model on "cuda", like cuDNN:
+ *   - Every float buffer (x, h0, c0, y, hn, cn; dy, dhn, dcn, dx, dh0, dc0, dparams; params) is
+ *     device memory of the model's device (device 0, or RNN_KERNELS_CUDA_DEVICE), usable in its
+ *     primary context (the CUDA runtime's): cudaMalloc, cudaMallocAsync, cuMemAlloc, managed
+ *     memory, a PyTorch CUDA tensor's data_ptr(). A CUdeviceptr is passed as
+ *     (float*)(uintptr_t)dptr. Same shapes, lengths, NULL and overlap rules as the host
+ *     functions. A pointer the CUDA driver does not know as memory of that device (a host
+ *     pointer, freed memory) is RNNK_ERR_INVALID_ARGUMENT naming the argument; a length larger
+ *     than the allocation cannot be detected. The library never frees these buffers.
+ *   - `lengths` stays a HOST int64 array (as cuDNN's seqLengthArray): the library plans its
+ *     loops from it.
+ *   - `stream` is the caller's CUstream / cudaStream_t of that context; NULL means the legacy
+ *     default stream (pass cudaStreamPerThread / CU_STREAM_PER_THREAD explicitly for the
+ *     per-thread one). The library computes on its own two streams: the call's work starts
+ *     after all work enqueued on `stream` before the call (an event recorded on `stream` that
+ *     the library's stream waits for), and work enqueued on `stream` after the call starts
+ *     after the call's work (an event recorded on the library's stream that `stream` waits
+ *     for), also when the call returns an error after enqueuing work. No host synchronisation
+ *     otherwise: rnnk_forward_device, rnnk_forward_training_device, rnnk_backward_device and
+ *     rnnk_model_get_params_device return once the work is enqueued (results are in memory
+ *     for the caller's work on `stream`, or after cudaStreamSynchronize(stream)).
+ *     rnnk_model_set_params_device returns after the parameters were read (it synchronises).
+ *   - Reusing and freeing: every buffer may be freed or rewritten by work enqueued on `stream`
+ *     after the call (cudaFreeAsync(p, stream), a kernel on `stream`, PyTorch's caching
+ *     allocator on the tensor's stream), or by anything after cudaStreamSynchronize(stream) or
+ *     cudaDeviceSynchronize(); not by other streams or the host before that. Nothing of the
+ *     caller's is used after the call's work: rnnk_forward_training_device copies x, h0 and c0
+ *     into the reserve, which stays on the device.
+ *   - Checks: every argument is checked as for the host functions first (in every build and
+ *     on every backend, so the same mistakes give the same messages); then a model that is not
+ *     on "cuda" is RNNK_ERR_INVALID_ARGUMENT naming `model`, and in a library built without
+ *     the cuda feature RNNK_ERR_BACKEND_UNAVAILABLE. A stream of another context is
+ *     RNNK_ERR_INVALID_ARGUMENT naming `stream`. Nothing is enqueued for a call these checks reject.
+ *   - Reserves are shared with the host functions: a reserve filled by
+ *     rnnk_forward_training_device can be read by rnnk_backward, and one filled by
+ *     rnnk_forward_training (on a "cuda" model) by rnnk_backward_device. A call on one model
+ *     from several threads at once is allowed as for the host functions (they are serialised on
+ *     the device).
  */
 #ifndef RNN_KERNELS_H
 #define RNN_KERNELS_H
@@ -153,6 +191,43 @@ int rnnk_forward_training(const rnnk_model* model, rnnk_reserve* reserve, size_t
 int rnnk_backward(const rnnk_model* model, const rnnk_reserve* reserve, const float* dy, size_t dy_len, const float* dhn,
                   size_t dhn_len, const float* dcn, size_t dcn_len, float* dx, size_t dx_len, float* dh0, size_t dh0_len,
                   float* dc0, size_t dc0_len, float* dparams, size_t dparams_len, int accumulate);
+
+/* ---- device pointers (a model on "cuda"; see CUDA above) ----
+ * Every float* below is DEVICE memory; `lengths` is host memory; `stream` is a CUstream /
+ * cudaStream_t (NULL: the legacy default stream). In a library built without the cuda feature
+ * they exist, check their arguments, and return RNNK_ERR_BACKEND_UNAVAILABLE. */
+
+/* rnnk_forward on device buffers, ordered on `stream`.
+ *   lengths [batch] optional int64 (host);  x [T, B, I];  h0 [L*D, B, Hout] optional;  c0 [L*D, B, H] optional (LSTM only)
+ *   y [T, B, D*Hout];  hn [L*D, B, Hout] optional;  cn [L*D, B, H] optional (LSTM only) */
+int rnnk_forward_device(const rnnk_model* model, size_t steps, size_t batch, const int64_t* lengths, size_t lengths_len,
+                        const float* x, size_t x_len, const float* h0, size_t h0_len, const float* c0, size_t c0_len, float* y,
+                        size_t y_len, float* hn, size_t hn_len, float* cn, size_t cn_len, void* stream);
+
+/* rnnk_forward_training on device buffers, ordered on `stream`: the same buffers as
+ * rnnk_forward_device; fills `reserve` (kept on the device), for rnnk_backward_device or
+ * rnnk_backward. */
+int rnnk_forward_training_device(const rnnk_model* model, rnnk_reserve* reserve, size_t steps, size_t batch,
+                                 const int64_t* lengths, size_t lengths_len, const float* x, size_t x_len, const float* h0,
+                                 size_t h0_len, const float* c0, size_t c0_len, float* y, size_t y_len, float* hn, size_t hn_len,
+                                 float* cn, size_t cn_len, void* stream);
+
+/* rnnk_backward on device buffers, ordered on `stream`.
+ *   dy [T, B, D*Hout], dhn [L*D, B, Hout], dcn [L*D, B, H]: optional (NULL: zeros)
+ *   dx [T, B, I], dh0 [L*D, B, Hout], dc0 [L*D, B, H], dparams [param_count]: optional (NULL: skipped)
+ * dparams is overwritten, or added to if `accumulate` is non-zero. */
+int rnnk_backward_device(const rnnk_model* model, const rnnk_reserve* reserve, const float* dy, size_t dy_len, const float* dhn,
+                         size_t dhn_len, const float* dcn, size_t dcn_len, float* dx, size_t dx_len, float* dh0, size_t dh0_len,
+                         float* dc0, size_t dc0_len, float* dparams, size_t dparams_len, int accumulate, void* stream);
+
+/* Sets the parameters from device memory, params [param_count] (flat layout), read after the
+ * work enqueued on `stream`. Returns after they were read (a host synchronisation), so `params`
+ * may be reused at once. */
+int rnnk_model_set_params_device(rnnk_model* model, const float* params, size_t params_len, void* stream);
+
+/* Copies the parameters (flat layout) into device memory, params [param_count], ordered on
+ * `stream` (asynchronous, like the forward and backward calls). */
+int rnnk_model_get_params_device(const rnnk_model* model, float* params, size_t params_len, void* stream);
 
 #ifdef __cplusplus
 }

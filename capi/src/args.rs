@@ -65,6 +65,30 @@ pub unsafe fn opt_output<'a, T>(arg: &str, p: *mut T, len: usize) -> Result<Opti
     }
 }
 
+/// A device buffer argument: an address in the model's device memory (never dereferenced on
+/// the host) and its length in elements.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub struct Device {
+    pub ptr: u64,
+    pub len: usize,
+}
+
+/// A required device buffer: the same NULL, alignment and length checks as a host buffer.
+pub fn device<T>(arg: &str, p: *const T, len: usize) -> Result<Device, CapiError> {
+    check_ptr(arg, p, len)?;
+    Ok(Device { ptr: p as u64, len })
+}
+
+/// An optional device buffer: NULL means not given (its length is then ignored).
+pub fn opt_device<T>(arg: &str, p: *const T, len: usize) -> Result<Option<Device>, CapiError> {
+    if p.is_null() {
+        Ok(None)
+    } else {
+        device(arg, p, len).map(Some)
+    }
+}
+
 /// A required NUL-terminated UTF-8 string.
 ///
 /// # Safety

@@ -22,6 +22,7 @@
 #![allow(clippy::missing_safety_doc, clippy::too_many_arguments)]
 
 mod args;
+mod device;
 mod handle;
 pub mod status;
 
@@ -173,7 +174,7 @@ pub unsafe extern "C" fn rnnk_model_tensor_sizes(
 }
 
 /// Replaces the parameters (see `set_params`), repacking them for the backend.
-fn replace_params(m: &mut Model, params: Params<f32>) -> Result<(), CapiError> {
+pub(crate) fn replace_params(m: &mut Model, params: Params<f32>) -> Result<(), CapiError> {
     with_rnn!(&mut m.engine, rnn => rnn.update_params(params.as_slice()))?;
     m.params = params;
     Ok(())
@@ -483,13 +484,7 @@ pub unsafe extern "C" fn rnnk_backward(
         if matches!(r.data, ReserveData::Empty) {
             return Err(CapiError::invalid("reserve", "must be filled by rnnk_forward_training before rnnk_backward", "an empty reserve"));
         }
-        if r.model_id != m.id {
-            return Err(CapiError::handle(
-                "reserve",
-                &format!("a reserve filled by this model (model #{}, backend {})", m.id, m.backend_name()),
-                format!("one filled by model #{}", r.model_id),
-            ));
-        }
+        check_reserve_owner(m, r)?;
         let mut bufs = Buffers::default();
         bufs.add("dy", dy, dy_len, false);
         bufs.add("dhn", dhn, dhn_len, false);
@@ -524,4 +519,16 @@ pub unsafe extern "C" fn rnnk_backward(
         }
         Ok(())
     })
+}
+
+/// A reserve may only be used by backward with the model that filled it.
+pub(crate) fn check_reserve_owner(m: &Model, r: &Reserve) -> Result<(), CapiError> {
+    if r.model_id != m.id {
+        return Err(CapiError::handle(
+            "reserve",
+            &format!("a reserve filled by this model (model #{}, backend {})", m.id, m.backend_name()),
+            format!("one filled by model #{}", r.model_id),
+        ));
+    }
+    Ok(())
 }

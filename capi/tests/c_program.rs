@@ -8,6 +8,9 @@
 //! tested.
 
 use rnnk_core::{Backend, CellKind, Cpu, Params, Reference, Rnn, RnnConfig, SeqShape, SplitMix64};
+mod common;
+
+use common::build_library;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -16,41 +19,6 @@ const H: usize = 5;
 const T: usize = 5;
 const B: usize = 3;
 const LENGTHS: [usize; B] = [5, 2, 4];
-
-/// `target/<profile>` (the directory of this test's `deps/`), and the profile's name.
-fn profile_dir() -> (PathBuf, String) {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).expect("test binary in <target>/<profile>/deps").to_path_buf();
-    let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
-    (dir, profile)
-}
-
-/// Builds the shared library with the cargo running this test, into the same target
-/// directory and profile, and returns the directory holding it.
-fn build_library() -> PathBuf {
-    let (dir, profile) = profile_dir();
-    let target_dir = dir.parent().unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "rnn-kernels-capi", "--lib", "--target-dir"]).arg(target_dir);
-    match profile.as_str() {
-        "debug" => {}
-        "release" => {
-            cmd.arg("--release");
-        }
-        other => {
-            cmd.args(["--profile", other]);
-        }
-    }
-    #[cfg(feature = "cuda")]
-    cmd.args(["--features", "cuda"]);
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    let status = cmd.status().expect("run cargo build for the C library");
-    assert!(status.success(), "cargo build -p rnn-kernels-capi failed: {status}");
-    let lib = dir.join("librnn_kernels.so");
-    assert!(lib.exists(), "{} was not built", lib.display());
-    dir
-}
 
 fn write_f32(path: &Path, v: &[f32]) {
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -192,7 +160,8 @@ fn c_program_matches_the_rust_api_and_rejects_bad_arguments() {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let inp = inputs(&dir);
-        let out = Command::new(&exe).arg(&dir).arg(backend).arg(threads.to_string()).output().unwrap();
+        let feature = if cfg!(feature = "cuda") { "cuda" } else { "nocuda" };
+        let out = Command::new(&exe).arg(&dir).arg(backend).arg(threads.to_string()).arg(feature).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         println!("{backend}, {threads} thread(s):\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "the C program failed on {backend} ({threads} threads): {}", out.status);

@@ -37,6 +37,7 @@ fn c_type(rust: &str) -> Result<String, String> {
         "u64" => "uint64_t",
         "i64" => "int64_t",
         "f32" => "float",
+        "c_void" => "void",
         "RnnkModel" => "rnnk_model",
         "RnnkReserve" => "rnnk_reserve",
         other => return Err(format!("no C spelling for the Rust type `{other}`: add it to c_type in tests/header.rs")),
@@ -243,8 +244,21 @@ fn sources() -> (String, String) {
 #[test]
 fn header_matches_the_rust_source() {
     let (rust, header) = sources();
-    let n = rust_protos(&rust).unwrap().len();
-    assert!(n >= 16, "found only {n} extern \"C\" functions in capi/src");
+    let protos = rust_protos(&rust).unwrap();
+    let n = protos.len();
+    assert!(n >= 21, "found only {n} extern \"C\" functions in capi/src");
+    // The device-pointer entry points exist in every build (they answer
+    // RNNK_ERR_BACKEND_UNAVAILABLE without the cuda feature), each with a trailing stream.
+    for f in [
+        "rnnk_forward_device",
+        "rnnk_forward_training_device",
+        "rnnk_backward_device",
+        "rnnk_model_set_params_device",
+        "rnnk_model_get_params_device",
+    ] {
+        let p = protos.get(f).unwrap_or_else(|| panic!("{f} is not exported by capi/src"));
+        assert_eq!(p.params.last(), Some(&("stream".to_string(), "void*".to_string())), "{f}: the last parameter");
+    }
     let diffs = differences(&rust, &header);
     assert!(diffs.is_empty(), "include/rnn_kernels.h differs from capi/src:\n{}", diffs.join("\n"));
     println!("{n} functions and {} status codes agree", rust_codes(&rust).len());
@@ -262,6 +276,8 @@ fn the_check_finds_differences() {
         ("a return type", header.replace("const char* rnnk_version(void);", "char* rnnk_version(void);")),
         ("a status value", header.replace("RNNK_ERR_PANIC = 9", "RNNK_ERR_PANIC = 10")),
         ("a constness", header.replace("int rnnk_model_get_params(const rnnk_model* model", "int rnnk_model_get_params(rnnk_model* model")),
+        ("a device function's stream", header.replace("size_t params_len, void* stream);", "size_t params_len, void** stream);")),
+        ("a missing device function", header.replace("int rnnk_backward_device(", "int rnnk_backward_device_(")),
     ];
     for (what, changed) in cases {
         assert_ne!(changed, header, "the test's replacement for {what} matched nothing");

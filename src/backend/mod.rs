@@ -202,8 +202,9 @@ pub(crate) fn prev_step(t: usize, t_len: usize, reverse: bool) -> Option<usize> 
     }
 }
 
-/// Checks the buffers of a forward call against `config` and `shape`.
-pub(crate) fn check_forward<B: ?Sized + Buffer>(
+/// Checks the buffers of a forward call against `config` and `shape`. Public for code that
+/// checks a call before choosing a backend (the C ABI's device-pointer entry points).
+pub fn check_forward<B: ?Sized + Buffer>(
     config: &RnnConfig,
     shape: &SeqShape,
     input: &ForwardInput<'_, B>,
@@ -224,8 +225,8 @@ pub(crate) fn check_forward<B: ?Sized + Buffer>(
 }
 
 /// Checks the buffers of a backward call against `config`, the reserve's `shape` and the
-/// parameter count.
-pub(crate) fn check_backward<B: ?Sized + Buffer>(
+/// parameter count. Public like [`check_forward`].
+pub fn check_backward<B: ?Sized + Buffer>(
     config: &RnnConfig,
     shape: &SeqShape,
     param_len: usize,

@@ -1,14 +1,19 @@
 /*
  * The C ABI from C, driven by capi/tests/c_program.rs:
  *
- *     capi_test DIR BACKEND THREADS
+ *     capi_test DIR BACKEND THREADS FEATURE
  *
+ * FEATURE is "cuda" when the library was built with the cuda feature, "nocuda" otherwise (the
+ * device-pointer functions answer differently for a model that is not on "cuda").
  * DIR holds the inputs the Rust test wrote (raw little-endian float32: params.f32, x.f32,
  * h0.f32, c0.f32, dy.f32, dhn.f32, dcn.f32, dparams0.f32; params.safetensors). This program runs a
  * 2-layer bidirectional LSTM (I = 3, H = 5, T = 5, B = 3, lengths {5, 2, 4}) on BACKEND through
  * the header's functions, writes every output to DIR as <name>.out.f32 for the Rust test to
  * compare, bit for bit, with the Rust API; then passes every kind of bad argument and checks the
- * status code and that the message names the argument. Exit status 0 iff every check passed.
+ * status code and that the message names the argument, for the host functions and the
+ * *_device ones (whose arguments are checked before the backend: here, without a GPU in the
+ * loop, their pointers are host pointers that must never be dereferenced). Exit status 0 iff
+ * every check passed.
  */
 #include "rnn_kernels.h"
 
@@ -86,10 +91,11 @@ static void write_f32(const char* name, const float* v, size_t len) {
 }
 
 int main(int argc, char** argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s DIR BACKEND THREADS\n", argv[0]);
+    if (argc != 5) {
+        fprintf(stderr, "usage: %s DIR BACKEND THREADS FEATURE\n", argv[0]);
         return 2;
     }
+    const int has_cuda = strcmp(argv[4], "cuda") == 0;
     dir = argv[1];
     const char* backend = argv[2];
     size_t threads = (size_t)strtoul(argv[3], NULL, 10);
@@ -248,6 +254,118 @@ int main(int argc, char** argv) {
           "reserve");
     OK(rnnk_reserve_free(r2));
     FAILS(rnnk_reserve_free(r2), RNNK_ERR_WRONG_HANDLE, "`reserve`");
+
+    /* ---- the *_device functions: the same argument checks, then the backend ----
+     * x, y, ... are host pointers here: every call below must fail before using them. */
+    void* stream = NULL;
+    /* NULL pointers */
+    FAILS(rnnk_forward_device(NULL, T, B, lengths, B, x, X_LEN, NULL, 0, NULL, 0, y, Y_LEN, NULL, 0, NULL, 0, stream),
+          RNNK_ERR_NULL_POINTER, "`model`");
+    FAILS(rnnk_forward_device(m, T, B, lengths, B, NULL, X_LEN, h0, H_LEN, c0, H_LEN, y, Y_LEN, hn, H_LEN, cn, H_LEN, stream),
+          RNNK_ERR_NULL_POINTER, "`x`");
+    FAILS(rnnk_forward_device(m, T, B, lengths, B, x, X_LEN, h0, H_LEN, c0, H_LEN, NULL, Y_LEN, hn, H_LEN, cn, H_LEN, stream),
+          RNNK_ERR_NULL_POINTER, "`y`");
+    FAILS(rnnk_forward_training_device(m, NULL, T, B, lengths, B, x, X_LEN, NULL, 0, NULL, 0, y, Y_LEN, NULL, 0, NULL, 0, stream),
+          RNNK_ERR_NULL_POINTER, "`reserve`");
+    FAILS(rnnk_forward_training_device(m, r, T, B, lengths, B, NULL, X_LEN, NULL, 0, NULL, 0, y, Y_LEN, NULL, 0, NULL, 0, stream),
+          RNNK_ERR_NULL_POINTER, "`x`");
+    FAILS(rnnk_backward_device(m, NULL, dy, Y_LEN, NULL, 0, NULL, 0, dx, X_LEN, NULL, 0, NULL, 0, NULL, 0, 0, stream),
+          RNNK_ERR_NULL_POINTER, "`reserve`");
+    FAILS(rnnk_backward_device(NULL, r, dy, Y_LEN, NULL, 0, NULL, 0, dx, X_LEN, NULL, 0, NULL, 0, NULL, 0, 0, stream),
+          RNNK_ERR_NULL_POINTER, "`model`");
+    FAILS(rnnk_model_set_params_device(m2, NULL, np, stream), RNNK_ERR_NULL_POINTER, "`params`");
+    FAILS(rnnk_model_get_params_device(m2, NULL, np, stream), RNNK_ERR_NULL_POINTER, "`params`");
+    FAILS(rnnk_model_set_params_device(NULL, params, np, stream), RNNK_ERR_NULL_POINTER, "`model`");
+    FAILS(rnnk_model_get_params_device(NULL, got, np, stream), RNNK_ERR_NULL_POINTER, "`model`");
+
+    /* wrong sizes: the host functions' messages */
+    FAILS(rnnk_forward_device(m, T, B, lengths, B, x, X_LEN - 1, h0, H_LEN, c0, H_LEN, y, Y_LEN, hn, H_LEN, cn, H_LEN, stream),
+          RNNK_ERR_SIZE_MISMATCH, "`x`: expected [T, B, I] = [5, 3, 3], 45 elements, got 44 elements");
+    FAILS(rnnk_forward_device(m, T, B, lengths, B, x, X_LEN, h0, H_LEN, c0, H_LEN, y, Y_LEN + 1, hn, H_LEN, cn, H_LEN, stream),
+          RNNK_ERR_SIZE_MISMATCH, "`y`");
+    FAILS(rnnk_forward_device(m, T, B, lengths, B, x, X_LEN, h0, H_LEN - 5, c0, H_LEN, y, Y_LEN, hn, H_LEN, cn, H_LEN, stream),
+          RNNK_ERR_SIZE_MISMATCH, "`h0`");
+    FAILS(rnnk_forward_device(m, T, B, lengths, B, x, X_LEN, h0, H_LEN, c0, 2, y, Y_LEN, hn, H_LEN, cn, H_LEN, stream),
+          RNNK_ERR_SIZE_MISMATCH, "`c0`");
+    FAILS(rnnk_forward_device(m, T, B, lengths, B, x, X_LEN, h0, H_LEN, c0, H_LEN, y, Y_LEN, hn, 1, cn, H_LEN, stream),
+          RNNK_ERR_SIZE_MISMATCH, "`hn`");
+    FAILS(rnnk_forward_training_device(m, r, T, B, lengths, B, x, X_LEN, h0, H_LEN, c0, H_LEN, y, Y_LEN, hn, H_LEN, cn, 1, stream),
+          RNNK_ERR_SIZE_MISMATCH, "`cn`");
+    FAILS(rnnk_forward_device(m, T, B, lengths, 2, x, X_LEN, NULL, 0, NULL, 0, y, Y_LEN, NULL, 0, NULL, 0, stream),
+          RNNK_ERR_SIZE_MISMATCH, "`lengths`");
+    FAILS(rnnk_backward_device(m, r, dy, Y_LEN - 2, NULL, 0, NULL, 0, dx, X_LEN, NULL, 0, NULL, 0, NULL, 0, 0, stream),
+          RNNK_ERR_SIZE_MISMATCH, "`dy`");
+    FAILS(rnnk_backward_device(m, r, dy, Y_LEN, dhn, 4, NULL, 0, dx, X_LEN, NULL, 0, NULL, 0, NULL, 0, 0, stream),
+          RNNK_ERR_SIZE_MISMATCH, "`dhn`");
+    FAILS(rnnk_backward_device(m, r, dy, Y_LEN, NULL, 0, dcn, 7, dx, X_LEN, NULL, 0, NULL, 0, NULL, 0, 0, stream),
+          RNNK_ERR_SIZE_MISMATCH, "`dcn`");
+    FAILS(rnnk_backward_device(m, r, dy, Y_LEN, NULL, 0, NULL, 0, dx, X_LEN + 3, NULL, 0, NULL, 0, NULL, 0, 0, stream),
+          RNNK_ERR_SIZE_MISMATCH, "`dx`");
+    FAILS(rnnk_backward_device(m, r, dy, Y_LEN, NULL, 0, NULL, 0, NULL, 0, dh0, 1, NULL, 0, NULL, 0, 0, stream),
+          RNNK_ERR_SIZE_MISMATCH, "`dh0`");
+    FAILS(rnnk_backward_device(m, r, dy, Y_LEN, NULL, 0, NULL, 0, NULL, 0, NULL, 0, dc0, 1, NULL, 0, 0, stream),
+          RNNK_ERR_SIZE_MISMATCH, "`dc0`");
+    FAILS(rnnk_backward_device(m, r, dy, Y_LEN, NULL, 0, NULL, 0, dx, X_LEN, NULL, 0, NULL, 0, dparams, np - 1, 0, stream),
+          RNNK_ERR_SIZE_MISMATCH, "`dparams`");
+    FAILS(rnnk_model_set_params_device(m2, params, np + 1, stream), RNNK_ERR_SIZE_MISMATCH, "`params`");
+    FAILS(rnnk_model_get_params_device(m2, got, 3, stream), RNNK_ERR_SIZE_MISMATCH, "`params`");
+
+    /* values out of range, misaligned and overlapping pointers, wrong handles */
+    FAILS(rnnk_forward_device(m, T, B, long_len, B, x, X_LEN, NULL, 0, NULL, 0, y, Y_LEN, NULL, 0, NULL, 0, stream),
+          RNNK_ERR_INVALID_ARGUMENT, "`lengths[2]`: must be in 1..=5 (steps), got 6");
+    FAILS(rnnk_forward_device(m, 0, B, NULL, 0, x, 0, NULL, 0, NULL, 0, y, 0, NULL, 0, NULL, 0, stream), RNNK_ERR_INVALID_ARGUMENT,
+          "`steps`");
+    FAILS(rnnk_forward_device(m, T, B, lengths, B, (const float*)((const char*)x + 1), X_LEN, NULL, 0, NULL, 0, y, Y_LEN, NULL, 0,
+                              NULL, 0, stream),
+          RNNK_ERR_INVALID_ARGUMENT, "`x`: a pointer aligned to 4 bytes");
+    FAILS(rnnk_forward_device(m, T, B, lengths, B, x, X_LEN, NULL, 0, NULL, 0, (float*)x, Y_LEN, NULL, 0, NULL, 0, stream),
+          RNNK_ERR_INVALID_ARGUMENT, "overlap");
+    FAILS(rnnk_backward_device(m, r, dy, Y_LEN, NULL, 0, NULL, 0, (float*)dy, X_LEN, NULL, 0, NULL, 0, NULL, 0, 0, stream),
+          RNNK_ERR_INVALID_ARGUMENT, "overlap");
+    FAILS(rnnk_forward_device(g, T, B, NULL, 0, x, X_LEN, NULL, 0, c0, B * H, y, T * B * H, NULL, 0, NULL, 0, stream),
+          RNNK_ERR_INVALID_ARGUMENT, "`c0`");
+    FAILS(rnnk_forward_device((const rnnk_model*)r, T, B, NULL, 0, x, X_LEN, NULL, 0, NULL, 0, y, Y_LEN, NULL, 0, NULL, 0, stream),
+          RNNK_ERR_WRONG_HANDLE, "`model`: expected a live rnnk_model, got a rnnk_reserve");
+    FAILS(rnnk_backward_device(m, (const rnnk_reserve*)m2, dy, Y_LEN, NULL, 0, NULL, 0, NULL, 0, NULL, 0, NULL, 0, NULL, 0, 0, stream),
+          RNNK_ERR_WRONG_HANDLE, "`reserve`");
+    FAILS(rnnk_model_get_params_device(freed, got, np, stream), RNNK_ERR_WRONG_HANDLE, "`model`");
+    {
+        rnnk_reserve* empty = NULL;
+        OK(rnnk_reserve_create(&empty));
+        FAILS(rnnk_backward_device(m, empty, dy, Y_LEN, NULL, 0, NULL, 0, dx, X_LEN, NULL, 0, NULL, 0, NULL, 0, 0, stream),
+              RNNK_ERR_INVALID_ARGUMENT, "`reserve`: must be filled by rnnk_forward_training");
+        /* a reserve filled by another model */
+        OK(rnnk_forward_training(m2, empty, T, B, lengths, B, x, X_LEN, NULL, 0, NULL, 0, y, Y_LEN, NULL, 0, NULL, 0));
+        FAILS(rnnk_backward_device(m, empty, dy, Y_LEN, NULL, 0, NULL, 0, dx, X_LEN, NULL, 0, NULL, 0, NULL, 0, 0, stream),
+              RNNK_ERR_WRONG_HANDLE, "`reserve`: expected a reserve filled by this model");
+        OK(rnnk_reserve_free(empty));
+    }
+
+    /* every argument right, on a model that is not on "cuda": INVALID_ARGUMENT naming `model`,
+     * or BACKEND_UNAVAILABLE in a library without the cuda feature */
+    {
+        const int code = has_cuda ? RNNK_ERR_INVALID_ARGUMENT : RNNK_ERR_BACKEND_UNAVAILABLE;
+        const char* needle = has_cuda ? "`model`: expected a model on the \"cuda\" backend" : "built without the `cuda` feature";
+        char got_backend[64];
+        snprintf(got_backend, sizeof got_backend, "got a model on \"%s\"", backend);
+        FAILS(rnnk_forward_device(m, T, B, lengths, B, x, X_LEN, h0, H_LEN, c0, H_LEN, y, Y_LEN, hn, H_LEN, cn, H_LEN, stream), code,
+              needle);
+        FAILS(rnnk_forward_device(m, T, B, lengths, B, x, X_LEN, h0, H_LEN, c0, H_LEN, y, Y_LEN, hn, H_LEN, cn, H_LEN, stream), code,
+              got_backend);
+        FAILS(rnnk_forward_training_device(m, r, T, B, lengths, B, x, X_LEN, h0, H_LEN, c0, H_LEN, y, Y_LEN, hn, H_LEN, cn, H_LEN,
+                                           stream),
+              code, needle);
+        FAILS(rnnk_backward_device(m, r, dy, Y_LEN, dhn, H_LEN, dcn, H_LEN, dx, X_LEN, dh0, H_LEN, dc0, H_LEN, dparams, np, 0, stream),
+              code, needle);
+        FAILS(rnnk_backward_device(m, r, dy, Y_LEN, dhn, H_LEN, dcn, H_LEN, dx, X_LEN, dh0, H_LEN, dc0, H_LEN, dparams, np, 0, stream),
+              code, got_backend);
+        FAILS(rnnk_model_set_params_device(m2, params, np, stream), code, needle);
+        FAILS(rnnk_model_get_params_device(m2, got, np, stream), code, needle);
+        FAILS(rnnk_model_get_params_device(m2, got, np, (void*)&count), code, got_backend);
+        /* the failed calls changed nothing: the parameters and the reserve are still those above */
+        OK(rnnk_model_get_params(m2, got, np));
+        CHECK(memcmp(got, params, np * sizeof(float)) == 0, "a failed rnnk_model_set_params_device changed the parameters");
+    }
 
     /* NULL-safe frees; the good handles still work after all of the above */
     OK(rnnk_model_free(NULL));

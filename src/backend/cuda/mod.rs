@@ -9,6 +9,8 @@
 //! - `exec.rs`: how the driver issues work ([`Call`](exec::Call)): cuBLAS and the kernels on the
 //!   device, or, in unit tests without a GPU, the same kernels compiled as host C++.
 //! - `driver.rs`: the layer, direction and time loops, forward and backward.
+//! - `external.rs`: a caller's device memory ([`BorrowedCudaBuf`]) and streams (the event
+//!   handshake with the backend's), for the C ABI's device-pointer entry points.
 //!
 //! [`Cuda`] computes on device buffers ([`CudaBuf`]); [`CudaHost`] is the same backend on host
 //! slices (upload, compute, download), for [`Rnn`](crate::Rnn), the test harnesses and the
@@ -22,6 +24,7 @@ mod buffer;
 mod device;
 mod driver;
 mod exec;
+mod external;
 
 /// The PTX of `kernels/*.cu`, written by build.rs.
 #[allow(dead_code)]
@@ -31,6 +34,7 @@ mod ptx {
 
 pub use buffer::CudaBuf;
 pub use driver::CudaReserve;
+pub use external::BorrowedCudaBuf;
 
 use crate::backend::{
     check_backward, check_forward, Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnPlan,
