@@ -55,6 +55,9 @@
 #endif
 
 #define PERSISTENT_MAX_BATCH 8
+// Threads per block. The entries declare __launch_bounds__(256, 1): one block per SM is the
+// design (U is sized for it), and without the minimum of 1 ptxas caps the RNN entries at 48-64
+// registers and spills (CUDA 13.0, sm_80/sm_90); with it no entry spills (~110-120 registers).
 #define PERSISTENT_BACKWARD_THREADS 256
 
 // What the forward pass saved, for one layer-direction (each [T, B, *] in time order).
@@ -267,7 +270,7 @@ __device__ __forceinline__ void persistent_backward_entry(int batch, int hidden,
 //   dgi [T, B, 4H] out: dG; dgh: pass dgi; barrier [2], zeros.
 // Grid: ceil(H / U) blocks of PERSISTENT_BACKWARD_THREADS, all co-resident (cooperative launch),
 // dynamic shared memory 4·(4·U·H + B·H + 3·B·U) bytes.
-extern "C" __global__ void __launch_bounds__(PERSISTENT_BACKWARD_THREADS) persistent_lstm_backward(
+extern "C" __global__ void __launch_bounds__(PERSISTENT_BACKWARD_THREADS, 1) persistent_lstm_backward(
     int batch, int hidden, int steps, int reverse, int units, const int* lengths, const float* w_hh,
     const float* gates, const float* extra, const float* c_all, const float* h_all, const float* h0, const float* c0,
     const float* dy, int dy_stride, float* carry, float* dc, float* dgi, float* dgh, unsigned int* barrier) {
@@ -279,7 +282,7 @@ extern "C" __global__ void __launch_bounds__(PERSISTENT_BACKWARD_THREADS) persis
 // (W_hn h_prev + b_hn), h_all [T, B, H] (the states after each step), h0 [B, H]; c_all, c0, dc
 // unused (null); dgi [T, B, 3H] out: input-side dG; dgh [T, B, 3H] out: hidden-side dG (da_n·r
 // in the n gate). Shared memory 4·(3·U·H + B·H + 3·B·U) bytes.
-extern "C" __global__ void __launch_bounds__(PERSISTENT_BACKWARD_THREADS) persistent_gru_backward(
+extern "C" __global__ void __launch_bounds__(PERSISTENT_BACKWARD_THREADS, 1) persistent_gru_backward(
     int batch, int hidden, int steps, int reverse, int units, const int* lengths, const float* w_hh,
     const float* gates, const float* extra, const float* c_all, const float* h_all, const float* h0, const float* c0,
     const float* dy, int dy_stride, float* carry, float* dc, float* dgi, float* dgh, unsigned int* barrier) {
@@ -290,7 +293,7 @@ extern "C" __global__ void __launch_bounds__(PERSISTENT_BACKWARD_THREADS) persis
 // As persistent_lstm_backward for a tanh RNN (G = 1): gates [T, B, H] (= h); extra, c_all,
 // h_all, h0, c0, dc unused (null); dgi [T, B, H] out; dgh: pass dgi. Shared memory
 // 4·(U·H + B·H + 3·B·U) bytes.
-extern "C" __global__ void __launch_bounds__(PERSISTENT_BACKWARD_THREADS) persistent_rnn_tanh_backward(
+extern "C" __global__ void __launch_bounds__(PERSISTENT_BACKWARD_THREADS, 1) persistent_rnn_tanh_backward(
     int batch, int hidden, int steps, int reverse, int units, const int* lengths, const float* w_hh,
     const float* gates, const float* extra, const float* c_all, const float* h_all, const float* h0, const float* c0,
     const float* dy, int dy_stride, float* carry, float* dc, float* dgi, float* dgh, unsigned int* barrier) {
@@ -299,7 +302,7 @@ extern "C" __global__ void __launch_bounds__(PERSISTENT_BACKWARD_THREADS) persis
 }
 
 // As persistent_rnn_tanh_backward, with relu.
-extern "C" __global__ void __launch_bounds__(PERSISTENT_BACKWARD_THREADS) persistent_rnn_relu_backward(
+extern "C" __global__ void __launch_bounds__(PERSISTENT_BACKWARD_THREADS, 1) persistent_rnn_relu_backward(
     int batch, int hidden, int steps, int reverse, int units, const int* lengths, const float* w_hh,
     const float* gates, const float* extra, const float* c_all, const float* h_all, const float* h0, const float* c0,
     const float* dy, int dy_stride, float* carry, float* dc, float* dgi, float* dgh, unsigned int* barrier) {
