@@ -9,7 +9,9 @@
 //!   the saved activations; an LSTM with projection adds `h = m · W_hr^T` and a small kernel
 //!   that masks it;
 //! - backward: per step in reverse processing order one fused kernel gives `dG` from the
-//!   carried `dh` and `dy[t]`, and a GEMM adds `dG · W_hh` into the carry; after the loop,
+//!   carried `dh` and `dy[t]`, and a GEMM adds `dG · W_hh` into the carry (or, for `B ≤ 8` where
+//!   it fits, one cooperative launch runs that whole loop with `W_hh` in shared memory:
+//!   kernels/persistent_backward.cu, chosen with the persistent forward's switches); after the loop,
 //!   `dW_ih += dGi^T X`, `dW_hh += dGh^T H_prev`, `db += 1^T dG`, `dW_hr += dH^T M` and
 //!   `dX (+)= dGi · W_ih` are big GEMMs.
 //!
@@ -843,7 +845,9 @@ fn backward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w:
 /// The driver on the host emulation (kernels compiled as C++, cuBLAS's sgemm emulated, fresh
 /// memory NaN): the same parity checks as the CUDA tests, against the f64 reference, runnable
 /// without a GPU. What it does not cover: cudarc, cuBLAS, the PTX build, the two streams and
-/// the persistent kernel.
+/// the multi-block, multi-warp parts of the persistent kernels (persistent_cell.cu and
+/// persistent_backward.cu run with one block of one thread owning every unit;
+/// persistent_lstm.cu does not run).
 #[cfg(all(test, rnn_kernels_host_emulation))]
 mod emulation_tests {
     use super::*;

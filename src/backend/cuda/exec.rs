@@ -902,6 +902,22 @@ mod tests {
         assert!(persistent_shape(Gru, 64, 9, 1, h100.0, h100.1).is_none());
     }
 
+    /// The persistent backward's shared memory on the same rows: `U` is the forward's, and the
+    /// extra `3·B·U` floats keep the GRU rows within an H100's 227 KiB (an LSTM's backward needs
+    /// less than its forward: no pre-activation buffer).
+    #[test]
+    fn persistent_backward_smem_of_the_benchmark_rows() {
+        let limit = 227 * 1024;
+        // gru-1024-1024-4-1500: U = 8: 4·(3·8·1024 + 4·1024 + 3·4·8) = 115,072 B.
+        assert_eq!(persistent_backward_smem(3, 1024, 4, 8), 115_072);
+        // Bidirectional U = 16, at B = 4 and at B = 8 (225.5 KiB).
+        assert!(persistent_backward_smem(3, 1024, 4, 16) <= limit);
+        assert_eq!(persistent_backward_smem(3, 1024, 8, 16), 230_912);
+        assert!(persistent_backward_smem(3, 1024, 8, 16) <= limit);
+        // lstm-256-256-1-150: U = 2.
+        assert!(persistent_backward_smem(4, 256, 1, 2) < persistent_smem(256, 1, 2));
+    }
+
     #[test]
     #[should_panic(expected = "outside")]
     fn views_are_bounds_checked() {
