@@ -535,7 +535,8 @@ fn persistent_backward(
     };
     let w_hh = range_view(w, &lr.w_hh).at(0, gh * hout).ptr;
     let gates = gates.at(0, tb * gh).ptr;
-    let (extra, h_all, h0) = if dm.gru() { (extra.at(0, tb * h).ptr, h_all.at(0, tb * hout).ptr, io.h0.at(0, bl * hout).ptr) } else { (0, 0, 0) };
+    let (extra, h_all, h0) =
+        if dm.gru() { (extra.at(0, tb * h).ptr, h_all.at(0, tb * hout).ptr, io.h0.at(0, bl * hout).ptr) } else { (0, 0, 0) };
     let (c_all, c0, dc) = if dm.lstm() { (c_all.at(0, tb * h).ptr, io.c0.at(0, bl * h).ptr, b.dc.at(0, bl * h).ptr) } else { (0, 0, 0) };
     let dy = io.d_out.map_or(0, |v| v.strided(d * hout, tb, out_w, hout).ptr);
     let carry = b.carry.at(0, bl * hout).ptr;
@@ -1104,8 +1105,22 @@ mod emulation_tests {
             let call = Call::host().with_persistent(true).with_persistent_required(true);
             let sv = SavedViews::new(&call, &reserve);
             let mut dx = vec![f32::NAN; p.x.len()];
-            let e = backward(&call, &layout, w, &shape, &sv, Some(view(&p.dy)), None, None, Some(view_mut(&mut dx)), None, None, None, GradMode::Overwrite)
-                .unwrap_err();
+            let e = backward(
+                &call,
+                &layout,
+                w,
+                &shape,
+                &sv,
+                Some(view(&p.dy)),
+                None,
+                None,
+                Some(view_mut(&mut dx)),
+                None,
+                None,
+                None,
+                GradMode::Overwrite,
+            )
+            .unwrap_err();
             assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("persistent backward"), "{e}");
         }
     }

@@ -716,7 +716,12 @@ pub(crate) mod host {
                 }
             };
         }
-        persistent_backward_decl!(persistent_lstm_backward, persistent_gru_backward, persistent_rnn_tanh_backward, persistent_rnn_relu_backward);
+        persistent_backward_decl!(
+            persistent_lstm_backward,
+            persistent_gru_backward,
+            persistent_rnn_tanh_backward,
+            persistent_rnn_relu_backward
+        );
 
         /// Takes the next argument, which must have the C type the signature says.
         type Args<'a> = std::iter::Enumerate<std::slice::Iter<'a, A>>;
@@ -798,7 +803,11 @@ pub(crate) mod host {
                             K::PersistentRnnTanhBackward => persistent_rnn_tanh_backward,
                             _ => persistent_rnn_relu_backward,
                         };
-                        call!(k, args, f(i32, i32, i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32, u64, u64, u64, u64, u64))
+                        call!(
+                            k,
+                            args,
+                            f(i32, i32, i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32, u64, u64, u64, u64, u64)
+                        )
                     }
                 }
             }
