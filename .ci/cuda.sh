@@ -65,6 +65,9 @@ if [ "$fail" != 0 ]; then
     exit 1
 fi
 
+echo "== cuda: the persistent backward with many blocks and warps, simulated on the CPU"
+bash .ci/persistent_sim/run.sh
+
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "== cuda: a GPU is present: the CUDA tests with the GPU required, and verify --backend cuda"
     nvidia-smi -L
