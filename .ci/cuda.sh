@@ -7,7 +7,9 @@
 #    kernels/*.cu to PTX);
 # 3. check every PTX file with ptxas for sm_80 and sm_90, failing on any error, and print each
 #    kernel's registers, spills and stack;
-# 4. run the CUDA tests: they print "skipped" without a GPU; with one (nvidia-smi works) the GPU
+# 4. simulate kernels/persistent_backward.cu with many blocks and warps on the CPU
+#    (.ci/persistent_sim/run.sh);
+# 5. run the CUDA tests: they print "skipped" without a GPU; with one (nvidia-smi works) the GPU
 #    is required and `verify --backend cuda` runs on every fixture.
 set -euo pipefail
 cd "$(dirname "$0")/.."
