@@ -114,15 +114,18 @@ mod with_feature {
         }
     }
 
-    /// The persistent LSTM kernel at sizes where several units share a block and the batch is
-    /// at its limit (8), both directions, two layers, mixed lengths, long enough (T = 40) that a
-    /// wrong grid barrier would show; and against the per-step path.
+    /// The persistent LSTM kernels, forward (persistent_lstm.cu) and backward
+    /// (persistent_backward.cu), at sizes where several units share a block and the batch is
+    /// at its limit (8), both directions, two layers, mixed lengths, h0/c0 and dhn/dcn given,
+    /// long enough (T = 40) that a wrong grid barrier would show; against the reference and the
+    /// per-step path.
     #[test]
     fn persistent_lstm_matches_reference() {
         let Some(c) = cuda("persistent_lstm_matches_reference") else { return };
-        // Required, so that a case that does not fit fails instead of silently taking the
-        // per-step path (H = 1024 bidirectional at B = 2 needs 264 KiB of shared memory per
-        // block on an H100, more than its 227 KiB). H = 768 one-directional fits an A100 too.
+        // Required (forward and backward), so that a case that does not fit fails instead of
+        // silently taking the per-step path (H = 1024 bidirectional at B = 2 needs 264 KiB of
+        // shared memory per block on an H100, more than its 227 KiB). H = 768 one-directional
+        // fits an A100 too (backward: 4·(4·8·768 + 2·768 + 48) B = 102 KiB at U = 8).
         for (h, b, bi) in [(300, 8, true), (768, 2, false), (64, 1, true)] {
             let cfg = RnnConfig::new(CellKind::Lstm, 48, h).num_layers(2).bidirectional(bi).build().unwrap();
             let shape = SeqShape::with_lengths(40, (0..b).map(|i| 40 - (i * 7) % 40).collect()).unwrap();
@@ -135,11 +138,25 @@ mod with_feature {
                     assert!(err <= tol, "{label}: {name} error {err:.3e} > {tol:e}: {}", describe(&cfg, &shape));
                 }
             }
+            persistent_against_per_step(&on, &off, &describe(&cfg, &shape));
         }
     }
 
-    /// The persistent GRU and RNN kernels (kernels/persistent_cell.cu), required, so a
-    /// configuration that does not take them fails instead of silently using the per-step path:
+    /// The persistent path's results against the per-step path's on the device: the gradient
+    /// tolerance (the per-step backward's cuBLAS GEMM and the persistent kernel's lane-strided,
+    /// shuffle-reduced sums add dG_h·W_hh in different orders, and the forwards differ likewise;
+    /// on the host emulation, where the orders agree, the backward is bit-identical).
+    fn persistent_against_per_step(on: &[Vec<f32>], off: &[Vec<f32>], what: &str) {
+        for (i, name) in ["y", "hn", "cn", "dx", "dh0", "dc0", "dparams"].iter().enumerate() {
+            let err = max_error(&on[i], &off[i]);
+            let tol = if i < 3 { FWD_TOL } else { GRAD_TOL };
+            assert!(err <= tol, "persistent against per-step: {name} differs by {err:.3e} > {tol:e}: {what}");
+        }
+    }
+
+    /// The persistent GRU and RNN kernels (kernels/persistent_cell.cu forward,
+    /// kernels/persistent_backward.cu backward), required, so a configuration that does not
+    /// take them fails instead of silently using the per-step path:
     /// B = 1..4, H not a multiple of 32 (one or several units per block and warp), H = 1024 (the
     /// benchmark's GRU, 8 units per block on 132 SMs), both directions, two layers, mixed
     /// lengths, T = 40 (a wrong grid barrier shows). Training (its saved gates feed the per-step
@@ -164,6 +181,7 @@ mod with_feature {
                         assert!(err <= tol, "{label}: {name} error {err:.3e} > {tol:e}: {}", describe(&cfg, &shape));
                     }
                 }
+                persistent_against_per_step(&on, &off, &describe(&cfg, &shape));
                 // Inference, with h0 and without (zeros).
                 let rnn = Rnn::new(required.clone(), &cfg, &p.params[..]).unwrap();
                 let reference = Rnn::new(rnn_kernels::Reference, &cfg, &up(&p.params)[..]).unwrap();
@@ -206,10 +224,17 @@ mod with_feature {
     }
 
     /// The device-buffer API gives the same numbers as the host one; optional outputs may be
-    /// left out; GradMode::Accumulate adds onto what is there.
+    /// left out; GradMode::Accumulate adds onto what is there. Per step, and with the persistent
+    /// kernels required (forward and backward).
     #[test]
     fn device_buffers_and_accumulate() {
-        let Some(c) = cuda("device_buffers_and_accumulate") else { return };
+        let Some(cuda_backend) = cuda("device_buffers_and_accumulate") else { return };
+        for c in [cuda_backend.clone().with_persistent(false), cuda_backend.require_persistent(true)] {
+            device_buffers_and_accumulate_on(c);
+        }
+    }
+
+    fn device_buffers_and_accumulate_on(c: Cuda) {
         let cfg = RnnConfig::new(CellKind::Lstm, 5, 7).num_layers(2).bidirectional(true).build().unwrap();
         let shape = SeqShape::with_lengths(4, vec![4, 2, 3]).unwrap();
         let p = Problem::new(&cfg, &shape, 5, 2.0);

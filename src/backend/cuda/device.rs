@@ -29,6 +29,10 @@ pub(crate) struct Kernels {
     pub persistent_gru_forward: CudaFunction,
     pub persistent_rnn_tanh_forward: CudaFunction,
     pub persistent_rnn_relu_forward: CudaFunction,
+    pub persistent_lstm_backward: CudaFunction,
+    pub persistent_gru_backward: CudaFunction,
+    pub persistent_rnn_tanh_backward: CudaFunction,
+    pub persistent_rnn_relu_backward: CudaFunction,
     /// Keeps the modules loaded as long as the functions are used.
     _modules: Vec<Arc<CudaModule>>,
 }
@@ -49,6 +53,7 @@ impl Kernels {
         let util = load("util", ptx::UTIL)?;
         let persistent = load("persistent_lstm", ptx::PERSISTENT_LSTM)?;
         let persistent_cell = load("persistent_cell", ptx::PERSISTENT_CELL)?;
+        let persistent_bwd = load("persistent_backward", ptx::PERSISTENT_BACKWARD)?;
         let f =
             |m: &Arc<CudaModule>, entry: &str| m.load_function(entry).map_err(|e| device_err(name, &format!("finding kernel {entry}"), e));
         Ok(Kernels {
@@ -67,6 +72,10 @@ impl Kernels {
             persistent_gru_forward: f(&persistent_cell, "persistent_gru_forward")?,
             persistent_rnn_tanh_forward: f(&persistent_cell, "persistent_rnn_tanh_forward")?,
             persistent_rnn_relu_forward: f(&persistent_cell, "persistent_rnn_relu_forward")?,
+            persistent_lstm_backward: f(&persistent_bwd, "persistent_lstm_backward")?,
+            persistent_gru_backward: f(&persistent_bwd, "persistent_gru_backward")?,
+            persistent_rnn_tanh_backward: f(&persistent_bwd, "persistent_rnn_tanh_backward")?,
+            persistent_rnn_relu_backward: f(&persistent_bwd, "persistent_rnn_relu_backward")?,
             _modules: modules,
         })
     }
@@ -181,6 +190,10 @@ fn open_with_libraries(ordinal: usize) -> Result<Device> {
         &kernels.persistent_gru_forward,
         &kernels.persistent_rnn_tanh_forward,
         &kernels.persistent_rnn_relu_forward,
+        &kernels.persistent_lstm_backward,
+        &kernels.persistent_gru_backward,
+        &kernels.persistent_rnn_tanh_backward,
+        &kernels.persistent_rnn_relu_backward,
     ];
     let opted_in = persistent.iter().all(|f| f.set_attribute(F::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, optin).is_ok());
     let max_smem = if opted_in { optin as usize } else { 48 * 1024 };

@@ -9,7 +9,9 @@
 //!   the saved activations; an LSTM with projection adds `h = m · W_hr^T` and a small kernel
 //!   that masks it;
 //! - backward: per step in reverse processing order one fused kernel gives `dG` from the
-//!   carried `dh` and `dy[t]`, and a GEMM adds `dG · W_hh` into the carry; after the loop,
+//!   carried `dh` and `dy[t]`, and a GEMM adds `dG · W_hh` into the carry (or, for `B ≤ 8` where
+//!   it fits, one cooperative launch runs that whole loop with `W_hh` in shared memory:
+//!   kernels/persistent_backward.cu, chosen with the persistent forward's switches); after the loop,
 //!   `dW_ih += dGi^T X`, `dW_hh += dGh^T H_prev`, `db += 1^T dG`, `dW_hr += dH^T M` and
 //!   `dX (+)= dGi · W_ih` are big GEMMs.
 //!
@@ -18,7 +20,7 @@
 //! Everything is allocated on stream 0 before the fork, so nothing is freed while in use.
 
 use super::buffer::View;
-use super::exec::{args, persistent_cell_smem, persistent_smem, Call, Kernel, Mem, PERSISTENT_THREADS};
+use super::exec::{args, persistent_backward_smem, persistent_cell_smem, persistent_smem, Call, Kernel, Mem, PERSISTENT_THREADS};
 use crate::backend::{prev_step, steps, GradMode};
 use crate::config::{CellKind, RnnConfig};
 use crate::error::{Error, Result};
@@ -501,6 +503,54 @@ fn persistent_cell_forward(
     )
 }
 
+/// A layer-direction's backward time loop in one cooperative launch
+/// (kernels/persistent_backward.cu): from `b.carry` (dhn or zeros) and `b.dc` (dcn or zeros) it
+/// writes `b.dgi`, `b.dgh` for every step and leaves dh0 in `b.carry` and dc0 in `b.dc`, as the
+/// per-step loop does. `units` per block, `barrier` `[2]` zeros.
+#[allow(clippy::too_many_arguments)]
+fn persistent_backward(
+    call: &Call<'_>,
+    d: usize,
+    dm: &Dims,
+    lr: &LayerRanges,
+    w: View,
+    io: &BwdIo,
+    b: &BwdBufs,
+    units: usize,
+    barrier: View,
+) -> Result<()> {
+    let Dims { t: tl, b: bl, h, hout, gh, out_w, .. } = *dm;
+    let tb = tl * bl;
+    let [gates, extra, c_all, _, h_all] = io.saved;
+    let kernel = match dm.cell {
+        CellKind::Lstm => Kernel::PersistentLstmBackward,
+        CellKind::Gru => Kernel::PersistentGruBackward,
+        CellKind::RnnTanh => Kernel::PersistentRnnTanhBackward,
+        CellKind::RnnRelu => Kernel::PersistentRnnReluBackward,
+    };
+    let cfg = LaunchConfig {
+        grid_dim: (h.div_ceil(units) as u32, 1, 1),
+        block_dim: (PERSISTENT_THREADS, 1, 1),
+        shared_mem_bytes: persistent_backward_smem(gh / h, h, bl, units) as u32,
+    };
+    let w_hh = range_view(w, &lr.w_hh).at(0, gh * hout).ptr;
+    let gates = gates.at(0, tb * gh).ptr;
+    let (extra, h_all, h0) =
+        if dm.gru() { (extra.at(0, tb * h).ptr, h_all.at(0, tb * hout).ptr, io.h0.at(0, bl * hout).ptr) } else { (0, 0, 0) };
+    let (c_all, c0, dc) = if dm.lstm() { (c_all.at(0, tb * h).ptr, io.c0.at(0, bl * h).ptr, b.dc.at(0, bl * h).ptr) } else { (0, 0, 0) };
+    let dy = io.d_out.map_or(0, |v| v.strided(d * hout, tb, out_w, hout).ptr);
+    let carry = b.carry.at(0, bl * hout).ptr;
+    let (dgi, dgh) = (b.dgi.at(0, tb * gh).ptr, b.dgh.at(0, tb * gh).ptr);
+    let (bi, hi, ti, ri, ui, ow) = (bl as i32, h as i32, tl as i32, (d == 1) as i32, units as i32, out_w as i32);
+    call.launch_with(
+        d,
+        kernel,
+        cfg,
+        true,
+        &args![bi, hi, ti, ri, ui, io.lens, w_hh, gates, extra, c_all, h_all, h0, c0, dy, ow, carry, dc, dgi, dgh, barrier.ptr],
+    )
+}
+
 /// Views of a filled reserve.
 pub(crate) struct SavedViews {
     x: View,
@@ -540,6 +590,9 @@ struct BwdBufs {
     dh_all: View,
     dh: View,
     dmv: View,
+    /// The persistent backward's units per block and its grid barrier (`[2]` zeros), when it
+    /// runs this direction.
+    persistent: Option<(usize, View)>,
 }
 
 /// The whole backward pass from a filled reserve; buffers validated against its shape.
@@ -596,6 +649,25 @@ pub(crate) fn backward(
         };
         let mut bufs = Vec::new();
         for _ in 0..nd {
+            // The persistent backward (kernels/persistent_backward.cu) where it fits, with the
+            // forward's switches.
+            let units = if dims.lstm() && dims.proj { None } else { call.persistent_backward_units(dims.cell, h, bl, nd) };
+            if units.is_none() && call.persistent_required() {
+                return Err(Error::invalid(
+                    "persistent (required)",
+                    "layers that fit the persistent backward: batch ≤ 8, no projection, W_hh within the blocks' shared memory",
+                    format!("{:?} layer {l} with hidden size {h}, batch {bl}, {nd} direction(s)", dims.cell),
+                ));
+            }
+            let persistent = match units {
+                Some(u) => {
+                    let barrier = temp(2)?;
+                    // 0.0f32 is all zero bits: the barrier's count and generation.
+                    call.fill(0, barrier, 0.0)?;
+                    Some((u, barrier))
+                }
+                None => None,
+            };
             let dgi = temp(tb * gh)?;
             bufs.push(BwdBufs {
                 dgi,
@@ -605,6 +677,7 @@ pub(crate) fn backward(
                 dh_all: if proj { temp(tb * hout)? } else { View::NULL },
                 dh: if proj { temp(hlen)? } else { View::NULL },
                 dmv: if proj { temp(clen)? } else { View::NULL },
+                persistent,
             });
         }
         if nd == 2 {
@@ -674,7 +747,13 @@ fn backward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w:
         call.copy_or_zero(d, b.dc, io.dcn)?;
     }
     let (bi, hi, ho, ow) = (bl as i32, h as i32, hout as i32, out_w as i32);
-    for t in steps(tl, !reverse) {
+    // The persistent backward runs the whole time loop in one launch; the per-step loop then
+    // has no steps.
+    if let Some((units, barrier)) = b.persistent {
+        persistent_backward(call, d, dm, lr, w, io, b, units, barrier)?;
+    }
+    let per_step = if b.persistent.is_some() { 0 } else { tl };
+    for t in steps(per_step, !reverse) {
         let step = t as i32;
         let p = prev_step(t, tl, reverse);
         let h_prev = p.map_or(io.h0, |p| h_all.at(p * bl * hout, bl * hout));
@@ -767,7 +846,9 @@ fn backward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w:
 /// The driver on the host emulation (kernels compiled as C++, cuBLAS's sgemm emulated, fresh
 /// memory NaN): the same parity checks as the CUDA tests, against the f64 reference, runnable
 /// without a GPU. What it does not cover: cudarc, cuBLAS, the PTX build, the two streams and
-/// the persistent kernel.
+/// the multi-block, multi-warp parts of the persistent kernels (persistent_cell.cu and
+/// persistent_backward.cu run with one block of one thread owning every unit;
+/// persistent_lstm.cu does not run).
 #[cfg(all(test, rnn_kernels_host_emulation))]
 mod emulation_tests {
     use super::*;
@@ -820,11 +901,15 @@ mod emulation_tests {
         /// (y, hn, cn, dx, dh0, dc0, dparams) from the emulated driver; also checks that
         /// inference gives training's outputs bit for bit, and that Accumulate adds. With
         /// `persistent`, GRU and RNN layers with B ≤ 8 must run kernels/persistent_cell.cu
-        /// (forward; backward from what it saved).
+        /// forward, and every layer with B ≤ 8 but an LSTM with projection must run
+        /// kernels/persistent_backward.cu.
         fn run_emulated(&self, persistent: bool) -> Vec<Vec<f32>> {
             let (cfg, shape) = (&self.cfg, &self.shape);
-            let required = persistent && cfg.cell() != CellKind::Lstm && shape.batch() <= super::super::exec::PERSISTENT_MAX_BATCH;
+            let small = shape.batch() <= super::super::exec::PERSISTENT_MAX_BATCH;
+            let required = persistent && cfg.cell() != CellKind::Lstm && small;
             let call = Call::host().with_persistent(persistent).with_persistent_required(required);
+            let bwd_required = persistent && small && cfg.proj_size() == 0;
+            let bwd_call = Call::host().with_persistent(persistent).with_persistent_required(bwd_required);
             let layout = ParamLayout::new(cfg);
             let w = view(&self.params);
             let n = |s: [usize; 3]| vec![f32::NAN; s.iter().product::<usize>()];
@@ -849,15 +934,48 @@ mod emulation_tests {
             let (dy, dhn, dcn) = (Some(view(&self.dy)), Some(view(&self.dhn)), self.dcn.as_deref().map(view));
             let dc0_v = dc0.as_deref_mut().map(view_mut);
             let (dx_v, dh0_v, dp_v) = (view_mut(&mut dx), view_mut(&mut dh0), view_mut(&mut dp));
-            backward(&call, &layout, w, shape, &sv, dy, dhn, dcn, Some(dx_v), Some(dh0_v), dc0_v, Some(dp_v), GradMode::Overwrite).unwrap();
+            backward(&bwd_call, &layout, w, shape, &sv, dy, dhn, dcn, Some(dx_v), Some(dh0_v), dc0_v, Some(dp_v), GradMode::Overwrite)
+                .unwrap();
 
             // Accumulate onto the gradients just computed: twice them (up to rounding).
             let mut dp2 = dp.clone();
-            backward(&call, &layout, w, shape, &sv, dy, dhn, dcn, None, None, None, Some(view_mut(&mut dp2)), GradMode::Accumulate)
-                .unwrap();
+            let dp2_v = Some(view_mut(&mut dp2));
+            backward(&bwd_call, &layout, w, shape, &sv, dy, dhn, dcn, None, None, None, dp2_v, GradMode::Accumulate).unwrap();
             let twice: Vec<f32> = dp.iter().map(|g| 2.0 * g).collect();
             assert!(max_error(&dp2, &twice) <= 1e-6, "Accumulate");
             vec![y, hn, cn.unwrap_or_default(), dx, dh0, dc0.unwrap_or_default(), dp]
+        }
+
+        /// One training forward (per step), then its backward twice, per step and through
+        /// kernels/persistent_backward.cu (required): (dx, dh0, dc0, dparams) of each, Overwrite
+        /// into NaN-filled buffers, then dparams again with Accumulate onto the first result.
+        fn backward_per_step_and_persistent(&self) -> [Vec<Vec<f32>>; 2] {
+            let (cfg, shape) = (&self.cfg, &self.shape);
+            let layout = ParamLayout::new(cfg);
+            let w = view(&self.params);
+            let n = |s: [usize; 3]| vec![f32::NAN; s.iter().product::<usize>()];
+            let lstm = cfg.cell().has_cell_state();
+            let fwd = Call::host();
+            let mut y = n(shape.y_shape(cfg));
+            let mut reserve = CudaReserve::default();
+            let (x, h0, c0) = (view(&self.x), Some(view(&self.h0)), self.c0.as_deref().map(view));
+            forward(&fwd, &layout, w, shape, x, h0, c0, view_mut(&mut y), None, None, Some(&mut reserve)).unwrap();
+            let sv = SavedViews::new(&fwd, &reserve);
+            let (dy, dhn, dcn) = (Some(view(&self.dy)), Some(view(&self.dhn)), self.dcn.as_deref().map(view));
+            [false, true].map(|persistent| {
+                let call = Call::host().with_persistent(persistent).with_persistent_required(persistent);
+                let (mut dx, mut dh0) = (n(shape.x_shape(cfg)), n(shape.h_shape(cfg)));
+                let mut dc0 = lstm.then(|| n(shape.c_shape(cfg)));
+                let mut dp = vec![f32::NAN; layout.len()];
+                let dc0_v = dc0.as_deref_mut().map(view_mut);
+                let (dx_v, dh0_v, dp_v) = (view_mut(&mut dx), view_mut(&mut dh0), view_mut(&mut dp));
+                backward(&call, &layout, w, shape, &sv, dy, dhn, dcn, Some(dx_v), Some(dh0_v), dc0_v, Some(dp_v), GradMode::Overwrite)
+                    .unwrap();
+                let mut dp2 = dp.clone();
+                let dp2_v = Some(view_mut(&mut dp2));
+                backward(&call, &layout, w, shape, &sv, dy, dhn, dcn, None, None, None, dp2_v, GradMode::Accumulate).unwrap();
+                vec![dx, dh0, dc0.unwrap_or_default(), dp, dp2]
+            })
         }
 
         fn run_reference(&self) -> Vec<Vec<f64>> {
@@ -935,6 +1053,75 @@ mod emulation_tests {
                 let shape = SeqShape::with_lengths(11, (0..b).map(|i| 11 - (i * 4) % 11).collect()).unwrap();
                 Problem::new(&cfg, &shape, 100 + (c * 8 + b) as u64, 3.0).check().unwrap();
             }
+        }
+    }
+
+    /// kernels/persistent_backward.cu on the emulation against the per-step backward, from the
+    /// same saved forward: LSTM (no projection), GRU, RNN tanh and relu; one and two directions,
+    /// two layers, B = 1..4 and 8, mixed lengths (rows past their length in both directions),
+    /// h0/c0 and dhn/dcn given, with and without bias, Overwrite and Accumulate.
+    ///
+    /// Tolerance 0 (bit for bit): both paths compute dG with the same f32 expressions
+    /// (cells.cuh), and on the emulation the persistent kernel sums dh_prev = Σ_r dG_h·W_hh
+    /// in the host sgemm's order (r ascending from 0, unfused products, the direct part added
+    /// last), so every value, and hence every weight-gradient GEMM, is the same. On the device
+    /// the sums are reordered (lanes, shuffles; cuBLAS's tiling): tests/cuda.rs compares with
+    /// the gradient tolerance there. `check` also compares both paths with the f64 reference.
+    #[test]
+    fn emulated_persistent_backward_matches_per_step() {
+        for (c, cell) in CellKind::ALL.into_iter().enumerate() {
+            for (b, bi) in [(1, true), (2, false), (3, true), (4, true), (8, false)] {
+                let cfg = RnnConfig::new(cell, 6, 19).num_layers(2).bidirectional(bi).bias(b % 2 == 1).build().unwrap();
+                let shape = SeqShape::with_lengths(9, (0..b).map(|i| 9 - (i * 4) % 9).collect()).unwrap();
+                let p = Problem::new(&cfg, &shape, 300 + (c * 16 + b) as u64, 3.0);
+                let [per_step, persistent] = p.backward_per_step_and_persistent();
+                for (i, name) in ["dx", "dh0", "dc0", "dparams", "dparams (Accumulate)"].iter().enumerate() {
+                    let same = per_step[i].iter().zip(&persistent[i]).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same && per_step[i].len() == persistent[i].len(),
+                        "{cell:?} B={b} bidirectional={bi}: {name} differs: max error {:.3e}",
+                        max_error(&up(&persistent[i]), &up(&per_step[i]))
+                    );
+                }
+                p.check().unwrap();
+            }
+        }
+    }
+
+    /// A required persistent backward that cannot be taken (an LSTM with projection; B > 8) is
+    /// an error, not a silent fallback.
+    #[test]
+    fn emulated_persistent_backward_required_is_an_error() {
+        let lstm_proj = RnnConfig::new(CellKind::Lstm, 3, 5).proj_size(2).build().unwrap();
+        let gru = RnnConfig::new(CellKind::Gru, 3, 5).build().unwrap();
+        for (cfg, b) in [(lstm_proj, 2), (gru, 9)] {
+            let shape = SeqShape::new(2, b).unwrap();
+            let p = Problem::new(&cfg, &shape, 1, 1.0);
+            let layout = ParamLayout::new(&cfg);
+            let mut y = vec![f32::NAN; p.dy.len()];
+            let mut reserve = CudaReserve::default();
+            let (w, x) = (view(&p.params), view(&p.x));
+            forward(&Call::host(), &layout, w, &shape, x, None, None, view_mut(&mut y), None, None, Some(&mut reserve)).unwrap();
+            let call = Call::host().with_persistent(true).with_persistent_required(true);
+            let sv = SavedViews::new(&call, &reserve);
+            let mut dx = vec![f32::NAN; p.x.len()];
+            let e = backward(
+                &call,
+                &layout,
+                w,
+                &shape,
+                &sv,
+                Some(view(&p.dy)),
+                None,
+                None,
+                Some(view_mut(&mut dx)),
+                None,
+                None,
+                None,
+                GradMode::Overwrite,
+            )
+            .unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("persistent backward"), "{e}");
         }
     }
 

@@ -55,6 +55,10 @@ pub(crate) enum Kernel {
     PersistentGruForward,
     PersistentRnnTanhForward,
     PersistentRnnReluForward,
+    PersistentLstmBackward,
+    PersistentGruBackward,
+    PersistentRnnTanhBackward,
+    PersistentRnnReluBackward,
 }
 
 /// A kernel argument: C `int`, `long long`, `float`, or a pointer (a device address).
@@ -252,6 +256,39 @@ impl<'a> Call<'a> {
         (per_sm * p.sms >= blocks * dirs).then_some(units)
     }
 
+    /// Units per block if the persistent backward (kernels/persistent_backward.cu) runs a
+    /// layer-direction of `cell` (an LSTM without projection: checked by the caller) with `h`
+    /// units, batch `b`, `dirs` directions: the forward's conditions and its `U`, with the
+    /// backward's shared memory ([`persistent_backward_smem`]) and occupancy. On the host
+    /// emulation every cell takes it, one block owning all `h` units.
+    pub fn persistent_backward_units(&self, cell: CellKind, h: usize, b: usize, dirs: usize) -> Option<usize> {
+        if !self.persistent || b > PERSISTENT_MAX_BATCH || h == 0 || dirs == 0 {
+            return None;
+        }
+        let Some(dev) = self.dev() else {
+            return cfg!(all(test, rnn_kernels_host_emulation)).then_some(h);
+        };
+        let p = dev.props;
+        if !p.cooperative || p.sms == 0 {
+            return None;
+        }
+        let units = h.div_ceil((p.sms / dirs).max(1));
+        let smem = persistent_backward_smem(cell.gates(), h, b, units);
+        if smem > p.max_smem {
+            return None;
+        }
+        let k = &dev.kernels;
+        let f = match cell {
+            CellKind::Lstm => &k.persistent_lstm_backward,
+            CellKind::Gru => &k.persistent_gru_backward,
+            CellKind::RnnTanh => &k.persistent_rnn_tanh_backward,
+            CellKind::RnnRelu => &k.persistent_rnn_relu_backward,
+        };
+        let blocks = h.div_ceil(units);
+        let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(PERSISTENT_THREADS, smem, None).ok()? as usize;
+        (per_sm * p.sms >= blocks * dirs).then_some(units)
+    }
+
     /// `n` f32, uninitialised on the device (every use writes before it reads), NaN on the host.
     pub fn alloc(&self, n: usize) -> Result<Mem<f32>> {
         match self.stream(0) {
@@ -414,6 +451,10 @@ impl<'a> Call<'a> {
             Kernel::PersistentGruForward => &kk.persistent_gru_forward,
             Kernel::PersistentRnnTanhForward => &kk.persistent_rnn_tanh_forward,
             Kernel::PersistentRnnReluForward => &kk.persistent_rnn_relu_forward,
+            Kernel::PersistentLstmBackward => &kk.persistent_lstm_backward,
+            Kernel::PersistentGruBackward => &kk.persistent_gru_backward,
+            Kernel::PersistentRnnTanhBackward => &kk.persistent_rnn_tanh_backward,
+            Kernel::PersistentRnnReluBackward => &kk.persistent_rnn_relu_backward,
         };
         let mut l = dev.streams[si].launch_builder(f);
         for a in args {
@@ -466,6 +507,13 @@ pub(crate) fn persistent_smem(h: usize, b: usize, u: usize) -> usize {
 /// (`persistent_cell_smem_floats` of kernels/persistent_cell.cu).
 pub(crate) fn persistent_cell_smem(g: usize, h: usize, b: usize, u: usize) -> usize {
     4 * (u * g * h + b * h)
+}
+
+/// Dynamic shared memory of the persistent backward kernel of a cell with `g` gates and `u` units
+/// per block, in bytes: the `W_hh` columns `[U, G·H]`, a `dG_h` chunk `[B, H]` and three `[B, U]`
+/// carries (`persistent_backward_smem_floats` of kernels/persistent_backward.cu).
+pub(crate) fn persistent_backward_smem(g: usize, h: usize, b: usize, u: usize) -> usize {
+    4 * (u * g * h + b * h + 3 * b * u)
 }
 
 /// The host emulation: cuBLAS's sgemm, and the kernels compiled as C++ by build.rs (when a
@@ -639,6 +687,41 @@ pub(crate) mod host {
             };
         }
         persistent_cell_decl!(persistent_gru_forward, persistent_rnn_tanh_forward, persistent_rnn_relu_forward);
+        // kernels/persistent_backward.cu: one signature for the four cells.
+        macro_rules! persistent_backward_decl {
+            ($($f:ident),*) => {
+                extern "C" {
+                    $(fn $f(
+                        batch: i32,
+                        hidden: i32,
+                        steps: i32,
+                        reverse: i32,
+                        units: i32,
+                        lengths: u64,
+                        w_hh: u64,
+                        gates: u64,
+                        extra: u64,
+                        c_all: u64,
+                        h_all: u64,
+                        h0: u64,
+                        c0: u64,
+                        dy: u64,
+                        dy_stride: i32,
+                        carry: u64,
+                        dc: u64,
+                        dgi: u64,
+                        dgh: u64,
+                        barrier: u64,
+                    );)*
+                }
+            };
+        }
+        persistent_backward_decl!(
+            persistent_lstm_backward,
+            persistent_gru_backward,
+            persistent_rnn_tanh_backward,
+            persistent_rnn_relu_backward
+        );
 
         /// Takes the next argument, which must have the C type the signature says.
         type Args<'a> = std::iter::Enumerate<std::slice::Iter<'a, A>>;
@@ -712,6 +795,19 @@ pub(crate) mod host {
                             _ => persistent_rnn_relu_forward,
                         };
                         call!(k, args, f(i32, i32, i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, i32, u64, u64, u64, i32, u64, u64))
+                    }
+                    K::PersistentLstmBackward | K::PersistentGruBackward | K::PersistentRnnTanhBackward | K::PersistentRnnReluBackward => {
+                        let f = match k {
+                            K::PersistentLstmBackward => persistent_lstm_backward,
+                            K::PersistentGruBackward => persistent_gru_backward,
+                            K::PersistentRnnTanhBackward => persistent_rnn_tanh_backward,
+                            _ => persistent_rnn_relu_backward,
+                        };
+                        call!(
+                            k,
+                            args,
+                            f(i32, i32, i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32, u64, u64, u64, u64, u64)
+                        )
                     }
                 }
             }
@@ -813,6 +909,22 @@ mod tests {
         assert!(persistent_shape(RnnTanh, 4096, 8, 1, h100.0, h100.1).is_none());
         // B > 8 never.
         assert!(persistent_shape(Gru, 64, 9, 1, h100.0, h100.1).is_none());
+    }
+
+    /// The persistent backward's shared memory on the same rows: `U` is the forward's, and the
+    /// extra `3·B·U` floats keep the GRU rows within an H100's 227 KiB (an LSTM's backward needs
+    /// less than its forward: no pre-activation buffer).
+    #[test]
+    fn persistent_backward_smem_of_the_benchmark_rows() {
+        let limit = 227 * 1024;
+        // gru-1024-1024-4-1500: U = 8: 4·(3·8·1024 + 4·1024 + 3·4·8) = 115,072 B.
+        assert_eq!(persistent_backward_smem(3, 1024, 4, 8), 115_072);
+        // Bidirectional U = 16, at B = 4 and at B = 8 (225.5 KiB).
+        assert!(persistent_backward_smem(3, 1024, 4, 16) <= limit);
+        assert_eq!(persistent_backward_smem(3, 1024, 8, 16), 230_912);
+        assert!(persistent_backward_smem(3, 1024, 8, 16) <= limit);
+        // lstm-256-256-1-150: U = 2.
+        assert!(persistent_backward_smem(4, 256, 1, 2) < persistent_smem(256, 1, 2));
     }
 
     #[test]

@@ -92,7 +92,8 @@ impl Cuda {
     ///
     /// The persistent small-batch kernels are used where they fit unless
     /// `RNN_KERNELS_CUDA_PERSISTENT=0`; `RNN_KERNELS_CUDA_PERSISTENT=require` makes every
-    /// forward pass that cannot use them an error. See [`with_persistent`](Self::with_persistent).
+    /// forward or backward pass that cannot use them an error. See
+    /// [`with_persistent`](Self::with_persistent).
     pub fn with_device(ordinal: usize) -> Result<Cuda> {
         let mode = std::env::var("RNN_KERNELS_CUDA_PERSISTENT").unwrap_or_default();
         let (persistent, persistent_required) = match mode.trim() {
@@ -107,17 +108,22 @@ impl Cuda {
     /// a GRU or a vanilla RNN layer with `B ≤ 8` whose `W_hh` fits in the shared memory of the
     /// device's blocks, one cooperative launch runs the whole sequence of a layer-direction with
     /// the weights on chip, instead of a cuBLAS GEMM and a pointwise kernel per step
-    /// (`kernels/persistent_lstm.cu`, `kernels/persistent_cell.cu`). The results agree to f32
-    /// rounding. Backward always uses the per-step path (from what either forward saved).
+    /// (`kernels/persistent_lstm.cu`, `kernels/persistent_cell.cu`). Backward likewise: one
+    /// cooperative launch runs a layer-direction's whole reverse time loop with the `W_hh`
+    /// columns of each block's units in shared memory, instead of a pointwise kernel and a
+    /// cuBLAS GEMM per step (`kernels/persistent_backward.cu`); the weight gradients are the same
+    /// GEMMs afterwards. Forward and backward are chosen independently (each where it fits;
+    /// either backward runs from either forward's saved activations). The results agree with
+    /// the per-step path to f32 rounding.
     pub fn with_persistent(mut self, on: bool) -> Cuda {
         self.persistent = on;
         self
     }
 
-    /// Requires (`true`) the persistent kernels: a forward pass with a layer-direction that
-    /// cannot take one (batch over 8, projection, `W_hh` too large for the blocks' shared memory,
-    /// no cooperative launch) fails with [`Error::InvalidArgument`] instead of using the per-step
-    /// path. For tests and benchmarks that must measure the persistent path. Implies
+    /// Requires (`true`) the persistent kernels: a forward or backward pass with a
+    /// layer-direction that cannot take one (batch over 8, projection, `W_hh` too large for the
+    /// blocks' shared memory, no cooperative launch) fails with [`Error::InvalidArgument`] instead
+    /// of using the per-step path. For tests and benchmarks that must measure the persistent path. Implies
     /// [`with_persistent(true)`](Self::with_persistent) when on.
     pub fn require_persistent(mut self, on: bool) -> Cuda {
         self.persistent_required = on;
