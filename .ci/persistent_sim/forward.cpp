@@ -16,10 +16,11 @@
 // amplify it (every case's largest error is printed: at most 3e-7). An indexing, masking or
 // synchronisation error gives O(0.1) errors or a NaN.
 //
-// Shared memory and every output buffer start as NaN, with 16 NaN floats past each buffer and y
-// rows wider than H (y_stride = 2H + 3, the kernel's columns start at H + 1): a value read before
-// it is written shows as NaN, and a value the kernel must not write (a guard, another direction's
-// columns, an unused inference slot) must still be NaN.
+// Shared memory and every output buffer start as NaN, with 16 NaN floats past each buffer (and
+// past each input) and y rows wider than H (y_stride = 2H + 3, the kernel's columns start at
+// H + 1): a value read before it is written, or read past the end, shows as NaN, and a value the
+// kernel must not write (a guard, another direction's columns, an unused inference slot) must
+// still be NaN.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -58,6 +59,7 @@ constexpr int GUARD = 16;
 template <class F>
 struct Outs {
     std::vector<F> h_states, c_save, gates, extra, y, hn, cn;
+    bool smem_guard_ok = true;  // nothing written past the end of shared memory
 };
 
 static int ystride(const Case& c) { return 2 * c.H + 3; }
@@ -85,9 +87,9 @@ static Outs<F> alloc_outs(const Case& c) {
 static Inputs make_inputs(const Case& c, unsigned seed) {
     std::mt19937 rng(seed);
     std::uniform_real_distribution<float> um1(-1.0f, 1.0f);
-    auto vec = [&](size_t n, float scale) {
-        std::vector<float> v(n);
-        for (auto& x : v) x = scale * um1(rng);
+    auto vec = [&](size_t n, float scale) {  // n values and GUARD NaNs: a read past the end shows
+        std::vector<float> v(n + GUARD, NAN);
+        for (size_t i = 0; i < n; ++i) v[i] = scale * um1(rng);
         return v;
     };
     const size_t B = c.B, H = c.H, T = c.T, G = gates_of(c.kind);
@@ -103,15 +105,15 @@ static Inputs make_inputs(const Case& c, unsigned seed) {
 }
 
 // Runs `body` as every thread of a grid of `blocks` × `nthreads`, each block with `smem_floats`
-// NaN-filled floats of shared memory.
+// NaN-filled floats of shared memory (and GUARD more, which must stay NaN: false otherwise).
 template <class Body>
-static void launch(int blocks, int nthreads, long long smem_floats, Body body) {
+static bool launch(int blocks, int nthreads, long long smem_floats, Body body) {
     blockDim = {(unsigned)nthreads, 1, 1};
     gridDim = {(unsigned)blocks, 1, 1};
     const int lanes = nthreads < 32 ? nthreads : 32, nwarps = nthreads / lanes;
     SimBarrier grid(blocks * nthreads);
     std::vector<std::unique_ptr<SimBarrier>> block_bars, warp_bars;
-    std::vector<std::vector<float>> smem(blocks, std::vector<float>((size_t)smem_floats, NAN));
+    std::vector<std::vector<float>> smem(blocks, std::vector<float>((size_t)smem_floats + GUARD, NAN));
     std::vector<SimWarp> warps(blocks * nwarps);
     for (int k = 0; k < blocks; ++k) block_bars.emplace_back(new SimBarrier(nthreads));
     for (auto& wp : warps) {
@@ -128,6 +130,10 @@ static void launch(int blocks, int nthreads, long long smem_floats, Body body) {
                 body();
             });
     for (auto& th : ths) th.join();
+    for (auto& sm : smem)
+        for (int i = 0; i < GUARD; ++i)
+            if (!std::isnan(sm[smem_floats + i])) return false;
+    return true;
 }
 
 template <class F>
@@ -143,14 +149,14 @@ static Outs<float> run(const Case& c, Inputs& in, int units, int nthreads) {
     unsigned int barrier[2] = {0, 0};  // the simulated grid_barrier does not use it
     if (c.kind == LSTM) {
         const long long smem = 4LL * units * c.H + (long long)c.B * c.H + 5LL * c.B * units;  // persistent_smem
-        launch(blocks, nthreads, smem, [&] {
+        o.smem_guard_ok = launch(blocks, nthreads, smem, [&] {
             persistent_lstm_forward(c.B, c.H, c.T, c.reverse, units, in.lens.data(), in.xg.data(), in.w.data(), bih, bhh,
                                     in.h0.data(), in.c0.data(), o.h_states.data(), c.training, ptr(o.c_save),
                                     ptr(o.gates), y, ystride(c), ptr(o.hn), ptr(o.cn), barrier);
         });
         return o;
     }
-    launch(blocks, nthreads, persistent_cell_smem_floats(G, c.B, c.H, units), [&] {
+    o.smem_guard_ok = launch(blocks, nthreads, persistent_cell_smem_floats(G, c.B, c.H, units), [&] {
         auto body = [&]<class Cell>() {
             persistent_forward<Cell>(sim.smem, c.B, c.H, c.T, c.reverse, units, in.lens.data(), in.xg.data(), in.w.data(),
                                      bih, bhh, in.h0.data(), o.h_states.data(), c.training, ptr(o.gates), ptr(o.extra), y,
@@ -170,7 +176,7 @@ static Outs<double> reference(const Case& c, const Inputs& in) {
     Outs<double> o = alloc_outs<double>(c);
     const int B = c.B, H = c.H, T = c.T, G = gates_of(c.kind);
     const long long bh = (long long)B * H, gh = (long long)G * H;
-    std::vector<double> h(in.h0.begin(), in.h0.end()), cs(in.c0.begin(), in.c0.end());
+    std::vector<double> h(in.h0.begin(), in.h0.begin() + bh), cs(in.c0.begin(), in.c0.begin() + bh);
     for (int s = 0; s < T; ++s) {
         const int t = c.reverse ? T - 1 - s : s;
         std::vector<double> hnew = h, cnew = cs;
@@ -241,7 +247,7 @@ static double maxdiff(const std::vector<float>& got, const std::vector<F>& want)
 
 template <class F>
 static double compare(Outs<float>& got, Outs<F>& want) {
-    double e = 0;
+    double e = got.smem_guard_ok ? 0 : INFINITY;
     for (double d : {maxdiff(got.h_states, want.h_states), maxdiff(got.c_save, want.c_save), maxdiff(got.gates, want.gates),
                      maxdiff(got.extra, want.extra), maxdiff(got.y, want.y), maxdiff(got.hn, want.hn), maxdiff(got.cn, want.cn)})
         e = d > e ? d : e;
