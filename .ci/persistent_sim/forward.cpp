@@ -1,9 +1,9 @@
 // Multi-block, multi-warp simulation of the persistent forward kernels on the CPU:
-// kernels/persistent_lstm.cu (persistent_lstm_forward) and kernels/persistent_cell.cu
-// (persistent_forward<Gru>, <Rnn<false>>, <Rnn<true>>: the bodies of persistent_gru_forward and
-// persistent_rnn_{tanh,relu}_forward). Run it with .ci/persistent_sim/run.sh, which supplies the
+// persistent_lstm_forward (kernels/persistent_lstm.cu) and persistent_gru_forward,
+// persistent_rnn_tanh_forward, persistent_rnn_relu_forward (kernels/persistent_cell.cu), called
+// with the driver's arguments. Run it with .ci/persistent_sim/run.sh, which supplies the
 // simulator's common.cuh (every CUDA thread an OS thread; __syncthreads, the grid barrier and the
-// warp shuffles thread barriers) and gives persistent_lstm_forward its shared memory.
+// warp shuffles thread barriers) and gives the kernels the simulated block's shared memory.
 //
 // Each case runs the kernel with many blocks and warps (the launch shape of exec.rs: ceil(H/U)
 // blocks, here of 32 to 256 threads; the driver launches 256) and compares every output with
@@ -156,15 +156,10 @@ static Outs<float> run(const Case& c, Inputs& in, int units, int nthreads) {
         });
         return o;
     }
+    auto* entry = c.kind == GRU ? persistent_gru_forward : c.kind == TANH ? persistent_rnn_tanh_forward : persistent_rnn_relu_forward;
     o.smem_guard_ok = launch(blocks, nthreads, persistent_cell_smem_floats(G, c.B, c.H, units), [&] {
-        auto body = [&]<class Cell>() {
-            persistent_forward<Cell>(sim.smem, c.B, c.H, c.T, c.reverse, units, in.lens.data(), in.xg.data(), in.w.data(),
-                                     bih, bhh, in.h0.data(), o.h_states.data(), c.training, ptr(o.gates), ptr(o.extra), y,
-                                     ystride(c), ptr(o.hn), barrier);
-        };
-        if (c.kind == GRU) body.template operator()<Gru>();
-        else if (c.kind == TANH) body.template operator()<Rnn<false>>();
-        else body.template operator()<Rnn<true>>();
+        entry(c.B, c.H, c.T, c.reverse, units, in.lens.data(), in.xg.data(), in.w.data(), bih, bhh, in.h0.data(),
+              o.h_states.data(), c.training, ptr(o.gates), ptr(o.extra), y, ystride(c), ptr(o.hn), barrier);
     });
     return o;
 }

@@ -20,7 +20,7 @@ trap 'rm -rf "$work"' EXIT
 mkdir "$work/k"
 cp "$root"/kernels/*.cu "$root"/kernels/*.cuh "$work/k/"
 # Replace common.cuh's two host-emulation sections (one block of one thread) with the simulator's.
-python3 - "$work/k/common.cuh" "$work/k/persistent_lstm.cu" <<'PY'
+python3 - "$work/k/common.cuh" "$work/k/persistent_lstm.cu" "$work/k/persistent_cell.cu" <<'PY'
 import sys
 p = sys.argv[1]
 s = open(p).read()
@@ -92,11 +92,19 @@ inline void block_sync() { sim.block->arrive_and_wait(); }
 #endif
 '''
 open(p, 'w').write(s)
-# persistent_lstm.cu's dynamic shared memory: the simulated block's.
+# The dynamic shared memory of persistent_lstm_forward and of persistent_cell.cu's entries (the
+# host emulation's malloc): the simulated block's.
 p = sys.argv[2]
 s = open(p).read()
 assert s.count('extern __shared__ float smem[];') == 1
 open(p, 'w').write(s.replace('extern __shared__ float smem[];', 'float* smem = sim.smem;'))
+p = sys.argv[3]
+s = open(p).read()
+for old, new in [('#ifdef __CUDACC__\n    extern __shared__ float smem[];\n#else\n', '#if 1\n    float* smem = sim.smem;\n#else\n'),
+                 ('#ifndef __CUDACC__\n    free(smem);\n', '#if 0\n    free(smem);\n')]:
+    assert s.count(old) == 1, old
+    s = s.replace(old, new)
+open(p, 'w').write(s)
 PY
 cxx=${CXX:-c++}
 build() {  # build NAME [FLAGS...]
