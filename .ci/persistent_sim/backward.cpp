@@ -58,7 +58,7 @@ Out run(int B, int H, int T, int reverse, const std::vector<int>& lens, int unit
             ths.emplace_back([&, k, t] {
                 blockIdx = {(unsigned)k, 0, 0};
                 threadIdx = {(unsigned)t, 0, 0};
-                sim = {&grid, bb[k], &warps[k * (nthreads / lanes) + t / lanes]};
+                sim = {&grid, bb[k], &warps[k * (nthreads / lanes) + t / lanes], nullptr, 0};
                 const BwdSaved s = {gates.data(), G == 3 ? extra.data() : nullptr, G == 4 ? c.data() : nullptr,
                                     G == 3 ? h.data() : nullptr, G == 3 ? h0.data() : nullptr, G == 4 ? c0.data() : nullptr};
                 persistent_backward<Cell>(smem[k], B, H, T, reverse, units, lens.data(), w.data(), s, dy.data() + 3, dy_stride,

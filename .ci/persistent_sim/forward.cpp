@@ -127,7 +127,7 @@ static bool launch(int blocks, int nthreads, long long smem_floats, Body body) {
             ths.emplace_back([&, k, t] {
                 blockIdx = {(unsigned)k, 0, 0};
                 threadIdx = {(unsigned)t, 0, 0};
-                sim = {&grid, block_bars[k].get(), &warps[k * nwarps + t / lanes], smem[k].data()};
+                sim = {&grid, block_bars[k].get(), &warps[k * nwarps + t / lanes], smem[k].data(), 0};
                 body();
             });
     for (auto& th : ths) th.join();
