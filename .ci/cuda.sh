@@ -7,8 +7,8 @@
 #    kernels/*.cu to PTX);
 # 3. check every PTX file with ptxas for sm_80 and sm_90, failing on any error, and print each
 #    kernel's registers, spills and stack;
-# 4. simulate kernels/persistent_backward.cu with many blocks and warps on the CPU
-#    (.ci/persistent_sim/run.sh);
+# 4. simulate the persistent kernels (persistent_lstm.cu, persistent_cell.cu,
+#    persistent_backward.cu) with many blocks and warps on the CPU (.ci/persistent_sim/run.sh);
 # 5. run the CUDA tests (the crate's, and the C ABI's with --features cuda): they print "skipped"
 #    without a GPU; with one (nvidia-smi works) the GPU is required and `verify --backend cuda`
 #    runs on every fixture.
@@ -68,7 +68,7 @@ if [ "$fail" != 0 ]; then
     exit 1
 fi
 
-echo "== cuda: the persistent backward with many blocks and warps, simulated on the CPU"
+echo "== cuda: the persistent kernels (forward and backward) with many blocks and warps, simulated on the CPU"
 bash .ci/persistent_sim/run.sh
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then

@@ -1,4 +1,5 @@
 // no host emulation (it needs many threads, shared memory and a grid barrier).
+// Checked with many blocks and warps on the CPU by .ci/persistent_sim/forward.cpp.
 //
 // Persistent LSTM forward for small batches: one cooperative launch runs every step of one
 // layer-direction, with each block's slice of W_hh held in shared memory for the whole sequence.

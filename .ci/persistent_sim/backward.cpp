@@ -1,6 +1,6 @@
 // Multi-block, multi-warp simulation of kernels/persistent_backward.cu on the CPU (run it with
 // .ci/persistent_sim/run.sh, which supplies the simulator's common.cuh): every CUDA thread is an
-// OS thread; __syncthreads, the grid barrier and the warp shuffles are std::barrier. The weights
+// OS thread; __syncthreads, the grid barrier and the warp shuffles are thread barriers. The weights
 // are scaled by 1/sqrt(H) so that dh stays O(1) over the steps and the relative tolerance 1e-5
 // (f32 sums in another order) means something.
 #include <cstdio>
@@ -40,17 +40,17 @@ Out run(int B, int H, int T, int reverse, const std::vector<int>& lens, int unit
     blockDim = {(unsigned)nthreads, 1, 1};
     gridDim = {(unsigned)blocks, 1, 1};
     const int lanes = nthreads < 32 ? nthreads : 32;
-    std::barrier<> grid(blocks * nthreads);
-    std::vector<std::barrier<>*> bb;
+    SimBarrier grid(blocks * nthreads);
+    std::vector<SimBarrier*> bb;
     std::vector<float*> smem;
     std::vector<SimWarp> warps(blocks * (nthreads / lanes));
-    std::vector<std::barrier<>*> wb;
+    std::vector<SimBarrier*> wb;
     for (int k = 0; k < blocks; ++k) {
-        bb.push_back(new std::barrier<>(nthreads));
+        bb.push_back(new SimBarrier(nthreads));
         smem.push_back((float*)malloc(sizeof(float) * persistent_backward_smem_floats(G, B, H, units)));
         for (long long i = 0; i < persistent_backward_smem_floats(G, B, H, units); ++i) smem.back()[i] = NAN;
     }
-    for (auto& wp : warps) { wp.bar = new std::barrier<>(lanes); }
+    for (auto& wp : warps) { wp.bar = new SimBarrier(lanes); }
     unsigned int barrier[2] = {0, 0};
     std::vector<std::thread> ths;
     for (int k = 0; k < blocks; ++k)
@@ -58,7 +58,7 @@ Out run(int B, int H, int T, int reverse, const std::vector<int>& lens, int unit
             ths.emplace_back([&, k, t] {
                 blockIdx = {(unsigned)k, 0, 0};
                 threadIdx = {(unsigned)t, 0, 0};
-                sim = {&grid, bb[k], &warps[k * (nthreads / lanes) + t / lanes]};
+                sim = {&grid, bb[k], &warps[k * (nthreads / lanes) + t / lanes], nullptr, 0};
                 const BwdSaved s = {gates.data(), G == 3 ? extra.data() : nullptr, G == 4 ? c.data() : nullptr,
                                     G == 3 ? h.data() : nullptr, G == 3 ? h0.data() : nullptr, G == 4 ? c0.data() : nullptr};
                 persistent_backward<Cell>(smem[k], B, H, T, reverse, units, lens.data(), w.data(), s, dy.data() + 3, dy_stride,
