@@ -29,6 +29,8 @@ pub(crate) struct Kernels {
     pub persistent_gru_forward: CudaFunction,
     pub persistent_rnn_tanh_forward: CudaFunction,
     pub persistent_rnn_relu_forward: CudaFunction,
+    /// The f16 and bf16 entries of the kernels of `exec::HALF_KERNELS`, in its order.
+    pub half: Vec<[CudaFunction; 2]>,
     /// Keeps the modules loaded as long as the functions are used.
     _modules: Vec<Arc<CudaModule>>,
 }
@@ -51,7 +53,20 @@ impl Kernels {
         let persistent_cell = load("persistent_cell", ptx::PERSISTENT_CELL)?;
         let f =
             |m: &Arc<CudaModule>, entry: &str| m.load_function(entry).map_err(|e| device_err(name, &format!("finding kernel {entry}"), e));
+        let half = super::exec::HALF_KERNELS
+            .iter()
+            .map(|&(_, file, f16, bf16)| {
+                let m = match file {
+                    "lstm_pointwise" => &lstm,
+                    "gru_pointwise" => &gru,
+                    "rnn_pointwise" => &rnn,
+                    _ => &util,
+                };
+                Ok([f(m, f16)?, f(m, bf16)?])
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Kernels {
+            half,
             lstm_forward_step: f(&lstm, "lstm_forward_step")?,
             lstm_projection_finish: f(&lstm, "lstm_projection_finish")?,
             lstm_projection_backward_prepare: f(&lstm, "lstm_projection_backward_prepare")?,
