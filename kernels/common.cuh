@@ -98,7 +98,7 @@ inline float rnnk_bits_f32(unsigned int x) {
 }
 inline float to_f32(rnnk_f16 v) {
     const unsigned int sign = (unsigned int)(v.bits & 0x8000u) << 16, exp = (v.bits >> 10) & 0x1fu, man = v.bits & 0x3ffu;
-    if (exp == 0x1f) return rnnk_bits_f32(sign | 0x7f800000u | (man << 13));
+    if (exp == 0x1f) return rnnk_bits_f32(sign | (man ? 0x7fc00000u : 0x7f800000u) | (man << 13));  // NaN quieted
     if (exp == 0) {
         const float m = (float)man * 5.9604644775390625e-8f;  // man · 2^-24, exact
         return sign ? -m : m;
@@ -136,7 +136,8 @@ inline void round_to(rnnk_f16* p, float f) {
 }
 #endif
 __device__ __forceinline__ float to_f32(rnnk_bf16 v) {
-    return rnnk_bits_f32((unsigned int)v.bits << 16);
+    const unsigned int b = ((v.bits & 0x7fffu) > 0x7f80u) ? (v.bits | 0x0040u) : v.bits;  // NaN quieted
+    return rnnk_bits_f32(b << 16);
 }
 __device__ __forceinline__ void round_to(rnnk_bf16* p, float f) {
     const unsigned int x = rnnk_f32_bits(f);

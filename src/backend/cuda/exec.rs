@@ -949,25 +949,37 @@ pub(crate) mod host {
                     K::LstmForwardStep => call!(
                         k,
                         args,
-                        (pick!(lstm_forward_step_f16, lstm_forward_step_bf16))(i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32)
+                        (pick!(lstm_forward_step_f16, lstm_forward_step_bf16))(
+                            i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32
+                        )
                     ),
                     K::LstmProjectionFinish => {
-                        call!(k, args, (pick!(lstm_projection_finish_f16, lstm_projection_finish_bf16))(i32, i32, i32, u64, u64, u64, u64, i32))
+                        call!(
+                            k,
+                            args,
+                            (pick!(lstm_projection_finish_f16, lstm_projection_finish_bf16))(i32, i32, i32, u64, u64, u64, u64, i32)
+                        )
                     }
                     K::LstmProjectionBackwardPrepare => call!(
                         k,
                         args,
-                        (pick!(lstm_projection_backward_prepare_f16, lstm_projection_backward_prepare_bf16))(i32, i32, i32, u64, u64, i32, u64, u64, u64)
+                        (pick!(lstm_projection_backward_prepare_f16, lstm_projection_backward_prepare_bf16))(
+                            i32, i32, i32, u64, u64, i32, u64, u64, u64
+                        )
                     ),
                     K::LstmBackwardStep => call!(
                         k,
                         args,
-                        (pick!(lstm_backward_step_f16, lstm_backward_step_bf16))(i32, i32, i32, u64, u64, u64, u64, u64, u64, i32, u64, u64, u64)
+                        (pick!(lstm_backward_step_f16, lstm_backward_step_bf16))(
+                            i32, i32, i32, u64, u64, u64, u64, u64, u64, i32, u64, u64, u64
+                        )
                     ),
                     K::GruForwardStep => call!(
                         k,
                         args,
-                        (pick!(gru_forward_step_f16, gru_forward_step_bf16))(i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32)
+                        (pick!(gru_forward_step_f16, gru_forward_step_bf16))(
+                            i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32
+                        )
                     ),
                     K::GruBackwardStep => call!(
                         k,
@@ -977,18 +989,30 @@ pub(crate) mod host {
                     K::RnnTanhForwardStep => call!(
                         k,
                         args,
-                        (pick!(rnn_tanh_forward_step_f16, rnn_tanh_forward_step_bf16))(i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32)
+                        (pick!(rnn_tanh_forward_step_f16, rnn_tanh_forward_step_bf16))(
+                            i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32
+                        )
                     ),
                     K::RnnReluForwardStep => call!(
                         k,
                         args,
-                        (pick!(rnn_relu_forward_step_f16, rnn_relu_forward_step_bf16))(i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32)
+                        (pick!(rnn_relu_forward_step_f16, rnn_relu_forward_step_bf16))(
+                            i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32
+                        )
                     ),
                     K::RnnTanhBackwardStep => {
-                        call!(k, args, (pick!(rnn_tanh_backward_step_f16, rnn_tanh_backward_step_bf16))(i32, i32, i32, u64, u64, u64, i32, u64, u64))
+                        call!(
+                            k,
+                            args,
+                            (pick!(rnn_tanh_backward_step_f16, rnn_tanh_backward_step_bf16))(i32, i32, i32, u64, u64, u64, i32, u64, u64)
+                        )
                     }
                     K::RnnReluBackwardStep => {
-                        call!(k, args, (pick!(rnn_relu_backward_step_f16, rnn_relu_backward_step_bf16))(i32, i32, i32, u64, u64, u64, i32, u64, u64))
+                        call!(
+                            k,
+                            args,
+                            (pick!(rnn_relu_backward_step_f16, rnn_relu_backward_step_bf16))(i32, i32, i32, u64, u64, u64, i32, u64, u64)
+                        )
                     }
                     K::FillF32 => call!(k, args, (pick!(fill_f16, fill_bf16))(i64, f32, u64)),
                     K::ConvertToF32 => call!(k, args, (pick!(convert_f16_to_f32, convert_bf16_to_f32))(i64, u64, u64)),
@@ -1065,16 +1089,20 @@ pub(crate) mod host {
                         *cv = if beta == 0.0 { alpha * acc } else { alpha * acc + beta * *cv };
                     } else {
                         let cv = (g.c as *mut u16).add(at);
-                        let old = |b: u16| if ct == Dtype::BF16 { half::bf16::from_bits(b).to_f32() } else { half::f16::from_bits(b).to_f32() };
+                        let old =
+                            |b: u16| if ct == Dtype::BF16 { half::bf16::from_bits(b).to_f32() } else { half::f16::from_bits(b).to_f32() };
                         let v = if beta == 0.0 { alpha * acc } else { alpha * acc + beta * old(*cv) };
-                        *cv = if ct == Dtype::BF16 { half::bf16::from_f32_const(v).to_bits() } else { half::f16::from_f32_const(v).to_bits() };
+                        *cv = if ct == Dtype::BF16 {
+                            half::bf16::from_f32_const(v).to_bits()
+                        } else {
+                            half::f16::from_f32_const(v).to_bits()
+                        };
                     }
                 }
             }
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

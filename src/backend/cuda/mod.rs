@@ -22,6 +22,8 @@ mod buffer;
 mod device;
 mod driver;
 mod exec;
+#[cfg(all(test, rnn_kernels_host_emulation))]
+mod half_tests;
 
 /// The PTX of `kernels/*.cu`, written by build.rs.
 #[allow(dead_code)]
@@ -280,7 +282,11 @@ impl Cuda {
             return Err(Error::invalid("plan", format!("a plan made on {}", self.dev.name), format!("a plan made on {}", plan.device)));
         }
         if plan.ty != ty {
-            return Err(Error::invalid("plan", format!("a plan of {ty:?} weights (the buffers' type)"), format!("a plan of {:?} weights", plan.ty)));
+            return Err(Error::invalid(
+                "plan",
+                format!("a plan of {ty:?} weights (the buffers' type)"),
+                format!("a plan of {:?} weights", plan.ty),
+            ));
         }
         Ok(())
     }
