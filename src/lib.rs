@@ -74,6 +74,7 @@ mod params;
 mod rng;
 mod rnn;
 mod shape;
+pub mod tolerance;
 
 pub use backend::{
     Backend, BackwardInput, BackwardOutput, Buffer, Cpu, ForwardInput, ForwardOutput, GradMode, Isa, Reference, RnnPlan, RnnReserve,
@@ -82,6 +83,9 @@ pub use backend::{
 pub use backend::{Cuda, CudaBuf, CudaHost};
 pub use config::{CellKind, RnnConfig, RnnConfigBuilder};
 pub use element::{Dtype, Element, Float};
+/// The 16-bit storage types (the `half` crate's), re-exported: [`Element`]s for parameter
+/// files and the CUDA backend's f16/bf16 paths.
+pub use half::{bf16, f16};
 pub use error::{Error, Result};
 pub use params::{config_from_metadata, LayerRanges, LoadOptions, ParamKind, ParamLayout, ParamSpec, Params};
 pub use rng::SplitMix64;

@@ -1,12 +1,13 @@
 //! f16 and bf16 storage on the host emulation (kernels compiled as C++, cuBLAS's GemmEx
 //! emulated with f32 accumulation): every cell, against the f64 reference run on the same
-//! 16-bit-rounded inputs, weights and incoming gradients, with derived tolerances (see
-//! [`Bound`] and DEVELOPERS.md, "f16 and bf16 storage").
+//! 16-bit-rounded inputs, weights and incoming gradients, with the derived tolerances of
+//! [`crate::tolerance`] (DEVELOPERS.md, "f16 and bf16 storage").
 
 use super::buffer::View;
 use super::driver::{backward, forward, CudaReserve, SavedViews};
 use super::exec::Call;
 use crate::backend::{GradMode, Reference};
+use crate::tolerance::{half_storage_bounds, HalfInputs, OUTPUTS};
 use crate::{CellKind, Dtype, Element, ParamLayout, Params, Rnn, RnnConfig, SeqShape, SplitMix64};
 
 /// A 16-bit element type for the tests.
@@ -53,8 +54,6 @@ struct Problem<T> {
     dhn: Vec<T>,
     dcn: Option<Vec<T>>,
 }
-
-const NAMES: [&str; 7] = ["y", "hn", "cn", "dx", "dh0", "dc0", "dparams"];
 
 impl<T: Half> Problem<T> {
     fn new(cfg: &RnnConfig, shape: &SeqShape, seed: u64, x_range: f64) -> Self {
@@ -133,89 +132,25 @@ impl<T: Half> Problem<T> {
         vec![o.y, o.hn, o.cn.unwrap_or_default(), g.dx, g.dh0, g.dc0.unwrap_or_default(), g.dparams.unwrap()]
     }
 
-    /// The derived bound on |emulated - reference| for each output (see the module docs):
-    /// `[y, hn, cn, dx, dh0, dc0, dparams]`.
-    fn bounds(&self, want: &[Vec<f64>]) -> [f64; 7] {
-        let (cfg, shape) = (&self.cfg, &self.shape);
-        let u = T::U;
-        let (tl, bl, nl) = (shape.steps() as f64, shape.batch() as f64, cfg.num_layers());
-        let maxabs = |v: &[f64]| v.iter().fold(0.0f64, |m, a| m.max(a.abs()));
-        let p = up(&self.params);
-        let layout = ParamLayout::new(cfg);
-        // a: the largest row abs-sum of a weight matrix (the gain of x -> W x in the max norm);
-        // at: the largest column abs-sum (of dG -> dG W); bmax: the largest bias.
-        let (mut a, mut at, mut bmax) = (0.0f64, 0.0f64, 0.0f64);
-        for l in 0..nl {
-            for d in 0..cfg.num_directions() {
-                let lr = layout.layer(l, d);
-                let gh = cfg.gates() * cfg.hidden_size();
-                let mut mats = vec![(&lr.w_ih, gh, cfg.layer_input_size(l)), (&lr.w_hh, gh, cfg.hidden_out_size())];
-                if let Some(r) = &lr.w_hr {
-                    mats.push((r, cfg.hidden_out_size(), cfg.hidden_size()));
-                }
-                for (r, rows, cols) in mats {
-                    let m = &p[r.clone()];
-                    for i in 0..rows {
-                        a = a.max((0..cols).map(|j| m[i * cols + j].abs()).sum());
-                    }
-                    for j in 0..cols {
-                        at = at.max((0..rows).map(|i| m[i * cols + j].abs()).sum());
-                    }
-                }
-                for r in [&lr.b_ih, &lr.b_hh].into_iter().flatten() {
-                    bmax = bmax.max(maxabs(&p[r.clone()]));
-                }
-            }
-        }
-        // M_h: the largest hidden state or layer output (every layer's, from the reference run
-        // on the first l + 1 layers, whose parameters are a prefix of the flat buffer).
-        let mut m_h = [maxabs(&want[0]), maxabs(&want[1]), maxabs(&up(&self.h0)), 1.0].into_iter().fold(0.0, f64::max);
-        for l in 0..nl - 1 {
-            let sub = RnnConfig::new(cfg.cell(), cfg.input_size(), cfg.hidden_size())
-                .num_layers(l + 1)
-                .bidirectional(cfg.num_directions() == 2)
-                .bias(cfg.bias())
-                .proj_size(cfg.proj_size())
-                .build()
-                .unwrap();
-            let n = ParamLayout::new(&sub).len();
-            let rnn = Rnn::new(Reference, &sub, &p[..n]).unwrap();
-            let o = rnn.forward(shape, &up(&self.x), None, None).unwrap();
-            m_h = m_h.max(maxabs(&o.y)).max(maxabs(&o.hn));
-        }
-        let m_x = maxabs(&up(&self.x)).max(m_h);
-        let m_c = [maxabs(&want[2]), self.c0.as_deref().map_or(0.0, |c| maxabs(&up(c)))].into_iter().fold(1.0, f64::max);
-        // M_g: the largest gradient given or returned.
-        let m_g = [&want[3], &want[4], &want[5], &up(&self.dy), &up(&self.dhn), &self.dcn.as_deref().map(up).unwrap_or_default()]
-            .iter()
-            .map(|v| maxabs(v))
-            .fold(1.0, f64::max);
-        // The f32 part of a step: a K-term GEMM accumulated in f32 and the f32 pointwise maths,
-        // ≤ (K + 8)·2^-24 of the pre-activation magnitude a·M_x + 2·|b|.
-        let k = cfg.input_size().max(cfg.output_size()).max(cfg.hidden_size()) as f64;
-        let f32_step = (k + 8.0) * (-24f64).exp2() * (a * m_x + 2.0 * bmax);
-        // Forward: L·T stored states (h, or m and h with a projection, the layer outputs) each
-        // rounded (≤ u·M_h), plus the output's own rounding; first order, and under the
-        // assumption that a step does not amplify an error in its inputs (gain ≤ 1), so the
-        // roundings add: e_f = (L·T + 1)·(u·max(M_h, M_c) + f32 part).
-        let lt = nl as f64 * tl;
-        let e_f = (lt + 1.0) * (u * m_h.max(m_c) + f32_step);
-        // Backward: each step stores dG rounded (≤ u·M_g) and reads forward states off by
-        // ≤ e_f (relative ≤ e_f/1 through derivatives bounded by 1), so with the same
-        // assumption e_b = (L·T + 1)·u·M_g + L·T·M_g·e_f.
-        let e_b = (lt + 1.0) * u * m_g + lt * m_g * e_f;
-        // dW = Σ over the T·B (step, row) pairs of dG·v (v the layer input or h_prev), each
-        // term off by ≤ M_x·(u·M_g + e_b) + M_g·e_f, then rounded once (≤ u·|dW|). The T·B
-        // terms' errors are summed worst case.
-        let e_p = u * maxabs(&want[6]) + tl * bl * (m_x * (u * m_g + e_b) + m_g * e_f);
-        [e_f, e_f, e_f, e_b, e_b, e_b, e_p]
-    }
-
     /// Checks every output against its bound; returns the worst error / bound ratio.
     fn check(&self) -> std::result::Result<f64, String> {
         let want = self.run_reference();
         let got = self.run_emulated();
-        let bounds = self.bounds(&want);
+        let (params, x, h0, dy, dhn) = (up(&self.params), up(&self.x), up(&self.h0), up(&self.dy), up(&self.dhn));
+        let (c0, dcn) = (self.c0.as_deref().map(up), self.dcn.as_deref().map(up));
+        let inputs = HalfInputs {
+            cfg: &self.cfg,
+            shape: &self.shape,
+            u: T::U,
+            params: &params,
+            x: &x,
+            h0: &h0,
+            c0: c0.as_deref(),
+            dy: &dy,
+            dhn: &dhn,
+            dcn: dcn.as_deref(),
+        };
+        let bounds = half_storage_bounds(&inputs, &want);
         let mut worst = 0.0f64;
         for i in 0..7 {
             let err = got[i].iter().zip(&want[i]).fold(0.0f64, |m, (g, w)| {
@@ -230,7 +165,7 @@ impl<T: Half> Problem<T> {
                 return Err(format!(
                     "{:?}: {} error {err:.3e} > bound {:.3e}: {:?} {:?}",
                     T::DTYPE,
-                    NAMES[i],
+                    OUTPUTS[i],
                     bounds[i],
                     self.cfg,
                     self.shape
