@@ -1,6 +1,17 @@
-//! The CUDA backend, f32: the host driver's structure on the device (`driver.rs`), with cuBLAS
-//! for the GEMMs and one fused pointwise kernel per cell and step (`kernels/*.cu`, compiled to
-//! PTX by `build.rs`).
+//! The CUDA backend, f32, f16 and bf16 storage: the host driver's structure on the device
+//! (`driver.rs`), with cuBLAS for the GEMMs and one fused pointwise kernel per cell and step
+//! (`kernels/*.cu`, compiled to PTX by `build.rs`).
+//!
+//! **Storage types** ([`CudaElement`]): `Backend<f32>`, `Backend<half::f16>` and
+//! `Backend<half::bf16>` for [`Cuda`] and [`CudaHost`]. The maths is f32 for all three. With
+//! 16-bit storage the weights, inputs, outputs, hidden states and every GEMM operand are
+//! 16-bit; the GEMMs are `cublasGemmEx` with f32 compute (tensor cores allowed) and an f32
+//! result where it feeds a kernel or a carry; the gate pre-activations, the LSTM cell state, the
+//! carried gradients and the weight-gradient accumulator stay f32, and each stored value is
+//! rounded once (round to nearest even). The persistent kernels are f32 only (a 16-bit call
+//! takes the per-step path; requiring them is an error). The error against the f64 reference
+//! is bounded in [`crate::tolerance`]; DEVELOPERS.md ("f16 and bf16 storage") has the details
+//! and the measured error / bound ratios.
 //!
 //! - `device.rs`: opening a device (context, two streams, two cuBLAS handles) and loading the
 //!   kernels, once per process and device.
