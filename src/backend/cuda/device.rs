@@ -184,6 +184,16 @@ fn open_with_libraries(ordinal: usize) -> Result<Device> {
     let s1 = ctx.new_stream().map_err(|e| device_err(&name, "creating stream 1", e))?;
     let b0 = CudaBlas::new(s0.clone()).map_err(|e| device_err(&name, "creating a cuBLAS handle", e))?;
     let b1 = CudaBlas::new(s1.clone()).map_err(|e| device_err(&name, "creating a cuBLAS handle", e))?;
+    // A GemmEx with a 16-bit C (f16/bf16 storage) must sum in f32 and round once: forbid
+    // cuBLAS's reduced-precision (16-bit) split-K reductions. Default maths otherwise (no
+    // TF32), so the f32 sgemm calls are unaffected.
+    for b in [&b0, &b1] {
+        use cudarc::cublas::sys::{cublasMath_t, cublasSetMathMode};
+        // SAFETY: a valid handle, no work in flight.
+        unsafe { cublasSetMathMode(*b.handle(), cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION) }
+            .result()
+            .map_err(|e| device_err(&name, "setting the cuBLAS math mode", e))?;
+    }
     let kernels = Kernels::load(&ctx, &name)?;
     use cudarc::driver::sys::{CUdevice_attribute_enum as A, CUfunction_attribute_enum as F};
     let attr = |a: A| ctx.attribute(a).map_err(|e| device_err(&name, &format!("reading {a:?}"), e));
