@@ -8,7 +8,7 @@
 # 3. check every PTX file with ptxas for sm_80 and sm_90, failing on any error, and print each
 #    kernel's registers, spills and stack;
 # 4. run the CUDA tests: they print "skipped" without a GPU; with one (nvidia-smi works) the GPU
-#    is required and `verify --backend cuda` runs on every fixture.
+#    is required and `verify --backend cuda` runs on every fixture (f32, f16 and bf16 storage).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,6 +71,9 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     cargo test --release --features cuda --lib backend::cuda
     RNN_KERNELS_REQUIRE_CUDA=1 cargo test --release --features cuda --test cuda -- --nocapture
     cargo run --release --features cuda --example verify -- --backend cuda tests/fixtures/*.safetensors
+    for dtype in f16 bf16; do
+        cargo run --release --features cuda --example verify -- --backend cuda --dtype "$dtype" tests/fixtures/*.safetensors
+    done
 else
     echo "== cuda: no GPU: the driver on the host emulation (pointwise kernels as C++) against the reference, GEMM mapping, view bounds"
     cargo test --release --features cuda --lib backend::cuda
