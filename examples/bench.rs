@@ -253,8 +253,7 @@ fn main() -> ExitCode {
             "cuda" => {
                 let cuda = rnn_kernels::Cuda::new()?;
                 let name = cuda.device_name().to_string();
-                let imp = if a.dtype == "f32" { "rnn-kernels-cuda".to_string() } else { format!("rnn-kernels-cuda-{}", a.dtype) };
-                Ok((imp, Some(name), cuda_bench::time(&cuda, &cfg, &shape, &a)?, flops))
+                Ok(("rnn-kernels-cuda".into(), Some(name), cuda_bench::time(&cuda, &cfg, &shape, &a)?, flops))
             }
             #[cfg(not(feature = "cuda"))]
             "cuda" => Err(rnn_kernels::Error::BackendUnavailable {
@@ -283,7 +282,7 @@ fn main() -> ExitCode {
             }
             let isa = isa.map(|i| format!(",\"isa\":\"{i}\"")).unwrap_or_default();
             println!(
-                "{{\"impl\":\"{imp}\",\"config\":\"{config}\",\"cell\":\"{}\",\"input\":{},\"hidden\":{},\"batch\":{},\"steps\":{},\"layers\":{},\"bidirectional\":{},\"mode\":\"{}\",\"threads\":{}{isa},\"median_ms\":{:.4},\"gflops\":{:.3}}}",
+                "{{\"impl\":\"{imp}\",\"config\":\"{config}\",\"cell\":\"{}\",\"input\":{},\"hidden\":{},\"batch\":{},\"steps\":{},\"layers\":{},\"bidirectional\":{},\"mode\":\"{}\",\"threads\":{}{isa},\"dtype\":\"{}\",\"median_ms\":{:.4},\"gflops\":{:.3}}}",
                 a.cell,
                 a.input,
                 a.hidden,
@@ -293,6 +292,7 @@ fn main() -> ExitCode {
                 a.bidirectional,
                 if a.train { "train" } else { "inference" },
                 a.threads,
+                a.dtype,
                 med,
                 flops / (med * 1e-3) / 1e9
             );
