@@ -326,3 +326,23 @@ fn emulated_gemm_ex_rounds_once() {
     let want: Vec<u16> = c32_ref.iter().map(|&v| half::f16::from_f32_const(v).to_bits()).collect();
     assert_eq!(c16.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
 }
+
+/// Every 16-bit entry the device loads (`exec::HALF_KERNELS`) is an entry of the PTX of the
+/// file it names, so `Cuda::new` finds them all.
+#[cfg(rnn_kernels_ptx)]
+#[test]
+fn half_entries_are_in_the_ptx() {
+    use super::ptx;
+    for (k, file, f16, bf16) in super::exec::HALF_KERNELS {
+        let text = match file {
+            "lstm_pointwise" => ptx::LSTM_POINTWISE,
+            "gru_pointwise" => ptx::GRU_POINTWISE,
+            "rnn_pointwise" => ptx::RNN_POINTWISE,
+            "util" => ptx::UTIL,
+            other => panic!("{k:?}: unknown file {other}"),
+        };
+        for name in [f16, bf16] {
+            assert!(text.contains(&format!(".entry {name}(")), "{k:?}: {name} is not in kernels/{file}.cu's PTX");
+        }
+    }
+}
