@@ -110,7 +110,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             match rnn_kernels::CudaHost::new() {
-                Ok(cuda) if d == "f16" => half::verify_all::<rnn_kernels::f16>(&cuda, &format!("{}-f16", cuda.0.device_name()), &args.files),
+                Ok(cuda) if d == "f16" => {
+                    half::verify_all::<rnn_kernels::f16>(&cuda, &format!("{}-f16", cuda.0.device_name()), &args.files)
+                }
                 Ok(cuda) => half::verify_all::<rnn_kernels::bf16>(&cuda, &format!("{}-bf16", cuda.0.device_name()), &args.files),
                 Err(e) => {
                     eprintln!("{e}");

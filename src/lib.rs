@@ -83,10 +83,10 @@ pub use backend::{
 pub use backend::{Cuda, CudaBuf, CudaHost};
 pub use config::{CellKind, RnnConfig, RnnConfigBuilder};
 pub use element::{Dtype, Element, Float};
+pub use error::{Error, Result};
 /// The 16-bit storage types (the `half` crate's), re-exported: [`Element`]s for parameter
 /// files and the CUDA backend's f16/bf16 paths.
 pub use half::{bf16, f16};
-pub use error::{Error, Result};
 pub use params::{config_from_metadata, LayerRanges, LoadOptions, ParamKind, ParamLayout, ParamSpec, Params};
 pub use rng::SplitMix64;
 pub use rnn::{Gradients, Output, Rnn};

@@ -111,10 +111,7 @@ pub fn half_storage_bounds(p: &HalfInputs<'_>, want: &[Vec<f64>]) -> [f64; 7] {
     let m_x = maxabs(p.x).max(m_h);
     let m_c = [maxabs(&want[2]), p.c0.map_or(0.0, maxabs)].into_iter().fold(1.0, f64::max);
     // M_g: the largest gradient given or returned.
-    let m_g = [&want[3][..], &want[4], &want[5], p.dy, p.dhn, p.dcn.unwrap_or_default()]
-        .iter()
-        .map(|v| maxabs(v))
-        .fold(1.0, f64::max);
+    let m_g = [&want[3][..], &want[4], &want[5], p.dy, p.dhn, p.dcn.unwrap_or_default()].iter().map(|v| maxabs(v)).fold(1.0, f64::max);
     // The f32 part of a step: a K-term GEMM accumulated in f32 and the f32 pointwise maths,
     // ≤ (K + 8)·2^-24 of the pre-activation magnitude a·M_x + 2·|b|.
     let k = cfg.input_size().max(cfg.output_size()).max(cfg.hidden_size()) as f64;

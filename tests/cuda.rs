@@ -323,7 +323,12 @@ mod with_feature {
         let plan = c.plan(&cfg, &c.upload(params.as_slice()).unwrap()).unwrap();
         let x32 = c.upload(&[0.5f32; 2 * 2 * 3]).unwrap();
         let mut y = c.zeros::<f32>(2 * 2 * 8).unwrap();
-        let e = c.forward_inference(&plan, &shape, ForwardInput { x: &x32, h0: None, c0: None }, ForwardOutput { y: &mut y, hn: None, cn: None });
+        let e = c.forward_inference(
+            &plan,
+            &shape,
+            ForwardInput { x: &x32, h0: None, c0: None },
+            ForwardOutput { y: &mut y, hn: None, cn: None },
+        );
         assert!(matches!(e, Err(Error::InvalidArgument { .. })), "{e:?}");
     }
 
@@ -388,16 +393,35 @@ mod with_feature {
             let ro = r.forward_training(shape, &xf, Some(&h0f), c0f.as_deref(), &mut rr).unwrap();
             let rg = r.backward(&rr, Some(&dyf), Some(&dhnf), dcnf.as_deref()).unwrap();
             let want = vec![ro.y, ro.hn, ro.cn.unwrap_or_default(), rg.dx, rg.dh0, rg.dc0.unwrap_or_default(), rg.dparams.unwrap()];
-            let got = [up(&o.y), up(&o.hn), o.cn.as_deref().map(up).unwrap_or_default(), up(&g.dx), up(&g.dh0), g.dc0.as_deref().map(up).unwrap_or_default(), up(&dp)];
-            let inputs = HalfInputs { cfg, shape, u, params: &pf, x: &xf, h0: &h0f, c0: c0f.as_deref(), dy: &dyf, dhn: &dhnf, dcn: dcnf.as_deref() };
+            let got = [
+                up(&o.y),
+                up(&o.hn),
+                o.cn.as_deref().map(up).unwrap_or_default(),
+                up(&g.dx),
+                up(&g.dh0),
+                g.dc0.as_deref().map(up).unwrap_or_default(),
+                up(&dp),
+            ];
+            let inputs =
+                HalfInputs { cfg, shape, u, params: &pf, x: &xf, h0: &h0f, c0: c0f.as_deref(), dy: &dyf, dhn: &dhnf, dcn: dcnf.as_deref() };
             let bounds = half_storage_bounds(&inputs, &want);
             let mut ratios = [0.0; 7];
             for i in 0..7 {
                 let err = got[i].iter().zip(&want[i]).fold(0.0f64, |m, (g, w)| {
                     let e = (g - w).abs();
-                    if e.is_nan() { f64::INFINITY } else { m.max(e) }
+                    if e.is_nan() {
+                        f64::INFINITY
+                    } else {
+                        m.max(e)
+                    }
                 });
-                assert!(got[i].len() == want[i].len() && err <= bounds[i], "{:?} {}: error {err:.3e} > bound {:.3e} ({cfg:?}, {shape:?})", T::DTYPE, OUTPUTS[i], bounds[i]);
+                assert!(
+                    got[i].len() == want[i].len() && err <= bounds[i],
+                    "{:?} {}: error {err:.3e} > bound {:.3e} ({cfg:?}, {shape:?})",
+                    T::DTYPE,
+                    OUTPUTS[i],
+                    bounds[i]
+                );
                 ratios[i] = err / bounds[i];
             }
             ratios
