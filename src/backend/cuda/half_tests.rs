@@ -346,3 +346,72 @@ fn half_entries_are_in_the_ptx() {
         }
     }
 }
+
+/// Problems where every value is a small integer (a relu RNN with weights, biases, inputs and
+/// incoming gradients in {-1, 0, 1} or {-2..2}, every state, output and gradient ≤ 256 in
+/// magnitude, so exact in f16 and bf16, and every f32 sum exact): the 16-bit path must give
+/// the reference's numbers exactly, every output and gradient, with no tolerance. This checks
+/// the data flow (which buffer feeds which GEMM, the bias, the lengths, both directions, two
+/// layers, `dX` summed over directions, the weight-gradient accumulation and its rounding)
+/// where the derived bounds are loose.
+#[test]
+fn emulated_half_storage_exact_on_integer_problems() {
+    let cfg = RnnConfig::new(CellKind::RnnRelu, 3, 4).num_layers(2).bidirectional(true).build().unwrap();
+    let shape = SeqShape::with_lengths(4, vec![4, 2, 3]).unwrap();
+    let layout = ParamLayout::new(&cfg);
+    let sub = RnnConfig::new(CellKind::RnnRelu, 3, 4).bidirectional(true).build().unwrap();
+    let mut tried = 0;
+    let mut checked = 0;
+    for seed in 0..400u64 {
+        let mut rng = SplitMix64::new(seed);
+        let mut ints = |n: usize, lo: i64, hi: i64| -> Vec<f64> {
+            (0..n).map(|_| (lo + (rng.next_u64() % (hi - lo + 1) as u64) as i64) as f64).collect()
+        };
+        let n = |s: [usize; 3]| s.iter().product::<usize>();
+        // Weights: half of them 0, the rest ±1.
+        let params: Vec<f64> = ints(layout.len(), -2, 2).into_iter().map(|v| if v.abs() == 2.0 { 0.0 } else { v }).collect();
+        let (x, h0) = (ints(n(shape.x_shape(&cfg)), -2, 2), ints(n(shape.h_shape(&cfg)), -1, 1));
+        let (dy, dhn) = (ints(n(shape.y_shape(&cfg)), -1, 1), ints(n(shape.h_shape(&cfg)), -1, 1));
+        // Every value the reference computes, including the first layer's outputs, ≤ 256.
+        let rnn = Rnn::new(Reference, &cfg, &params[..]).unwrap();
+        let mut rr = Default::default();
+        let o = rnn.forward_training(&shape, &x, Some(&h0), None, &mut rr).unwrap();
+        let g = rnn.backward(&rr, Some(&dy), Some(&dhn), None).unwrap();
+        let first = Rnn::new(Reference, &sub, &params[..ParamLayout::new(&sub).len()]).unwrap();
+        let o1 = first.forward(&shape, &x, Some(&h0[..h0.len() / 2]), None).unwrap();
+        let want = [&o.y, &o.hn, &g.dx, &g.dh0, g.dparams.as_ref().unwrap(), &o1.y];
+        tried += 1;
+        // 2·dparams too (the Accumulate check doubles them).
+        if want.iter().any(|v| v.iter().any(|a| a.abs() > 128.0)) || want[0].iter().all(|&a| a == 0.0) {
+            continue;
+        }
+        for which in [Dtype::F16, Dtype::BF16] {
+            fn run<T: Half>(cfg: &RnnConfig, shape: &SeqShape, v: [&[f64]; 5]) -> Vec<Vec<f64>> {
+                let t = |v: &[f64]| v.iter().map(|&a| T::from_f64(a)).collect::<Vec<T>>();
+                let p = Problem::<T> {
+                    cfg: cfg.clone(),
+                    shape: shape.clone(),
+                    params: t(v[0]),
+                    x: t(v[1]),
+                    h0: t(v[2]),
+                    c0: None,
+                    dy: t(v[3]),
+                    dhn: t(v[4]),
+                    dcn: None,
+                };
+                p.run_emulated().iter().map(|o| up(o)).collect()
+            }
+            let inputs = [&params[..], &x, &h0, &dy, &dhn];
+            let got = if which == Dtype::F16 { run::<half::f16>(&cfg, &shape, inputs) } else { run::<half::bf16>(&cfg, &shape, inputs) };
+            // run_emulated's order: y, hn, cn, dx, dh0, dc0, dparams.
+            for (name, i, w) in [("y", 0, want[0]), ("hn", 1, want[1]), ("dx", 3, want[2]), ("dh0", 4, want[3]), ("dparams", 6, want[4])] {
+                assert_eq!(&got[i], w, "{which:?} {name}, seed {seed}");
+            }
+        }
+        checked += 1;
+        if checked == 8 {
+            break;
+        }
+    }
+    assert_eq!(checked, 8, "only {checked} of {tried} draws had every value within ±128");
+}
