@@ -11,7 +11,7 @@
 #    persistent_backward.cu) with many blocks and warps on the CPU (.ci/persistent_sim/run.sh);
 # 5. run the CUDA tests (the crate's, and the C ABI's with --features cuda): they print "skipped"
 #    without a GPU; with one (nvidia-smi works) the GPU is required and `verify --backend cuda`
-#    runs on every fixture.
+#    runs on every fixture (f32, f16 and bf16 storage).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -79,6 +79,9 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "== cuda: the C ABI with --features cuda (the C program; the device-pointer entry points on the GPU)"
     RNN_KERNELS_REQUIRE_CUDA=1 cargo test --release -p rnn-kernels-capi --features cuda -- --nocapture
     cargo run --release --features cuda --example verify -- --backend cuda tests/fixtures/*.safetensors
+    for dtype in f16 bf16; do
+        cargo run --release --features cuda --example verify -- --backend cuda --dtype "$dtype" tests/fixtures/*.safetensors
+    done
 else
     echo "== cuda: no GPU: the driver on the host emulation (pointwise kernels as C++) against the reference, GEMM mapping, view bounds"
     cargo test --release --features cuda --lib backend::cuda

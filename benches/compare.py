@@ -12,6 +12,7 @@ Usage:
     python3 benches/compare.py                     # the default config list, 3 rounds
     python3 benches/compare.py --quick --ours reference
     python3 benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda   # on a GPU machine
+    python3 benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda --dtype f16   # .half()
     python3 benches/compare.py --configs "lstm-64-64-8-20:inference,gru-512-512-64-100:train" \
         --rounds 5 --threads 2 --ours cpu,reference --peers pytorch-cpu,onnxruntime-cpu \
         --json out.jsonl
@@ -346,6 +347,8 @@ def main():
     p.add_argument("--ours", default="cpu", help="our backends, comma-separated (e.g. cpu,reference)")
     p.add_argument("--peers", default=None,
                    help=f"peers, comma-separated from {','.join(KNOWN_PEERS)} (default: all available)")
+    p.add_argument("--dtype", choices=("f32", "f16", "bf16"), default="f32",
+                   help="storage type: f16/bf16 for --ours cuda against pytorch-cuda in the same type (default f32)")
     p.add_argument("--json", default=None, metavar="OUT.jsonl", help="also save every raw JSON line here")
     p.add_argument("--bin", default=None, help="our bench binary (default: build target/release/examples/bench)")
     p.add_argument("--no-build", action="store_true", help="do not run cargo build; use the binary as it is")
@@ -371,6 +374,8 @@ def main():
         p.error("no configs")
 
     backends = [b.strip() for b in args.ours.split(",") if b.strip()]
+    if args.dtype != "f32" and any(b != "cuda" for b in backends):
+        p.error(f"--dtype {args.dtype}: only --ours cuda stores 16-bit")
     ours = [f"rnn-kernels-{b}" for b in backends]
 
     info = peers_info()
@@ -441,12 +446,16 @@ def main():
                 if impl in ours:
                     backend = backends[ours.index(impl)]
                     cmd = [binary, "--backend", backend] + c.flags() + ["--threads", str(args.threads)]
+                    if args.dtype != "f32":
+                        cmd += ["--dtype", args.dtype]
                     if reps is not None:
                         cmd += ["--reps", str(reps)]
                     if args.warmup is not None:
                         cmd += ["--warmup", str(args.warmup)]
                 else:
                     cmd = [sys.executable, PEERS_PY, "--impl", impl] + c.flags() + ["--threads", str(args.threads)]
+                    if args.dtype != "f32":
+                        cmd += ["--dtype", args.dtype]
                     if reps is not None:
                         cmd += ["--reps", str(reps)]
                     if peer_warmup is not None:
@@ -514,7 +523,7 @@ def main():
         out.append(f"- ours: {'; '.join(sorted(isa))}")
     out.append(f"- {rounds} round(s), impls in rotating order; each cell is the median over rounds of the "
                f"per-run median wall time (ms) of one forward (inference) or forward+backward (train), "
-               f"f32, time-major, h0 = 0")
+               f"{args.dtype}{' storage, f32 accumulation' if args.dtype != 'f32' else ''}, time-major, h0 = 0")
     out.append(f"- best peer: fastest {'GPU' if gpu_ours else 'CPU'} peer; ratio = ours / best peer (< 1: ours is faster); "
                "GFLOP/s counts GEMM FLOPs only (2·G·H·(I+H)·B·T per layer·direction, ×3 for train)")
     roof = statistics.median(roofs.values()) if roofs else None

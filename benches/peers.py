@@ -85,6 +85,7 @@ def emit(impl, a, median_ms):
         "bidirectional": a.bidirectional,
         "mode": a.mode,
         "threads": a.threads,
+        "dtype": a.dtype,
         "median_ms": round(median_ms, 4),
         "gflops": round(flops / (median_ms / 1e3) / 1e9, 3),
     }
@@ -159,8 +160,9 @@ def run_module(m, x, h0, c0):
 
 def bench_pytorch(torch, a, device):
     torch.manual_seed(0)
-    m = make_module(torch, a).to(device)
-    x, h0, c0 = make_inputs(torch, a, device)
+    dt = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[a.dtype]
+    m = make_module(torch, a).to(device=device, dtype=dt)
+    x, h0, c0 = (None if t is None else t.to(dt) for t in make_inputs(torch, a, device))
     if device == "cuda":
         torch.backends.cudnn.enabled = True
 
@@ -182,7 +184,7 @@ def bench_pytorch(torch, a, device):
         x = x.detach().requires_grad_(True)
         params = [p for p in m.parameters() if p.requires_grad]
         y0, _ = run_module(m, x, h0, c0)
-        dy = torch.randn(y0.shape, generator=torch.Generator().manual_seed(99)).to(device)
+        dy = torch.randn(y0.shape, generator=torch.Generator().manual_seed(99)).to(device=device, dtype=dt)
         del y0
 
         def step():
@@ -363,6 +365,9 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--impl", default=None,
                    help=f"comma-separated subset of {','.join(ALL_IMPLS)} (default: all available)")
+    p.add_argument("--dtype", choices=("f32", "f16", "bf16"), default="f32",
+                   help="storage of pytorch-cuda's module and tensors (model.half() / .bfloat16(); "
+                        "cuDNN then uses tensor cores); the CPU impls are f32 only")
     p.add_argument("--tf32", action="store_true",
                    help="let cuDNN use TF32 for f32 RNNs on CUDA (default: off, full f32)")
     p.add_argument("--info", action="store_true",
@@ -419,6 +424,9 @@ def main(argv=None):
     for impl in requested:
         if avail[impl] is not None:
             note(f"skipping {impl}: {avail[impl]}")
+            continue
+        if impl != "pytorch-cuda" and a.dtype != "f32":
+            note(f"skipping {impl} for --dtype {a.dtype}: only pytorch-cuda is timed in 16-bit storage")
             continue
         if impl == "onnxruntime-cpu" and a.mode == "train":
             note("skipping onnxruntime-cpu for train: onnxruntime is timed for inference only")

@@ -35,10 +35,13 @@ struct Args {
     threads: usize,
     reps: usize,
     warmup: usize,
+    /// Storage type of the CUDA backend: f32, f16 or bf16.
+    dtype: String,
 }
 
 const USAGE: &str = "usage: bench --backend reference|cpu|cuda --cell lstm|gru|rnn_tanh|rnn_relu --input I --hidden H \
---batch B --steps T [--layers L] [--bidirectional] [--proj P] --mode inference|train [--threads N] [--reps N] [--warmup N]";
+--batch B --steps T [--layers L] [--bidirectional] [--proj P] --mode inference|train [--threads N] [--reps N] [--warmup N] \
+[--dtype f32|f16|bf16 (cuda)]";
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
@@ -55,6 +58,7 @@ fn parse() -> Result<Args, String> {
         threads: 1,
         reps: 5,
         warmup: 1,
+        dtype: "f32".into(),
     };
     let mut it = std::env::args().skip(1);
     let num = |flag: &str, v: Option<String>| -> Result<usize, String> {
@@ -75,6 +79,7 @@ fn parse() -> Result<Args, String> {
             "--threads" => a.threads = num("--threads", it.next())?,
             "--reps" => a.reps = num("--reps", it.next())?.max(1),
             "--warmup" => a.warmup = num("--warmup", it.next())?,
+            "--dtype" => a.dtype = it.next().ok_or("--dtype needs a value")?,
             "--mode" => {
                 a.train = match it.next().as_deref() {
                     Some("inference") => false,
@@ -85,6 +90,9 @@ fn parse() -> Result<Args, String> {
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
+    }
+    if !matches!(a.dtype.as_str(), "f32" | "f16" | "bf16") || (a.dtype != "f32" && a.backend != "cuda") {
+        return Err(format!("--dtype: f32, or f16/bf16 with --backend cuda; got {:?} with {:?}", a.dtype, a.backend));
     }
     if a.input == 0 || a.hidden == 0 || a.batch == 0 || a.steps == 0 {
         return Err(format!("--input, --hidden, --batch and --steps are required\n{USAGE}"));
@@ -165,20 +173,30 @@ fn time_host<B: Backend<f32, Buf = [f32]>>(
 #[cfg(feature = "cuda")]
 mod cuda_bench {
     use super::Args;
+    use rnn_kernels::backend::cuda::CudaElement;
     use rnn_kernels::{
         Backend, BackwardInput, BackwardOutput, Cuda, ForwardInput, ForwardOutput, GradMode, Params, RnnConfig, SeqShape, SplitMix64,
     };
     use std::time::Instant;
 
+    /// Times `a.dtype` storage.
     pub fn time(cuda: &Cuda, cfg: &RnnConfig, shape: &SeqShape, a: &Args) -> Result<Vec<f64>, rnn_kernels::Error> {
-        let params = Params::<f32>::init_uniform(cfg, 1);
+        match a.dtype.as_str() {
+            "f16" => time_as::<rnn_kernels::f16>(cuda, cfg, shape, a),
+            "bf16" => time_as::<rnn_kernels::bf16>(cuda, cfg, shape, a),
+            _ => time_as::<f32>(cuda, cfg, shape, a),
+        }
+    }
+
+    fn time_as<T: CudaElement>(cuda: &Cuda, cfg: &RnnConfig, shape: &SeqShape, a: &Args) -> Result<Vec<f64>, rnn_kernels::Error> {
+        let params = Params::<T>::init_uniform(cfg, 1);
         let plan = cuda.plan(cfg, &cuda.upload(params.as_slice())?)?;
         let mut rng = SplitMix64::new(2);
-        let mut randn = |n: usize| (0..n).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
+        let mut randn = |n: usize| (0..n).map(|_| T::from_f64(rng.normal())).collect::<Vec<T>>();
         let n = |s: [usize; 3]| s.iter().product::<usize>();
         let x = cuda.upload(&randn(n(shape.x_shape(cfg))))?;
         let dy = cuda.upload(&randn(n(shape.y_shape(cfg))))?;
-        let mut y = cuda.zeros(n(shape.y_shape(cfg)))?;
+        let mut y = cuda.zeros::<T>(n(shape.y_shape(cfg)))?;
         let mut hn = cuda.zeros(n(shape.h_shape(cfg)))?;
         let mut cn = cfg.cell().has_cell_state().then(|| cuda.zeros(n(shape.c_shape(cfg)))).transpose()?;
         let mut dx = cuda.zeros(n(shape.x_shape(cfg)))?;
@@ -264,7 +282,7 @@ fn main() -> ExitCode {
             }
             let isa = isa.map(|i| format!(",\"isa\":\"{i}\"")).unwrap_or_default();
             println!(
-                "{{\"impl\":\"{imp}\",\"config\":\"{config}\",\"cell\":\"{}\",\"input\":{},\"hidden\":{},\"batch\":{},\"steps\":{},\"layers\":{},\"bidirectional\":{},\"mode\":\"{}\",\"threads\":{}{isa},\"median_ms\":{:.4},\"gflops\":{:.3}}}",
+                "{{\"impl\":\"{imp}\",\"config\":\"{config}\",\"cell\":\"{}\",\"input\":{},\"hidden\":{},\"batch\":{},\"steps\":{},\"layers\":{},\"bidirectional\":{},\"mode\":\"{}\",\"threads\":{}{isa},\"dtype\":\"{}\",\"median_ms\":{:.4},\"gflops\":{:.3}}}",
                 a.cell,
                 a.input,
                 a.hidden,
@@ -274,6 +292,7 @@ fn main() -> ExitCode {
                 a.bidirectional,
                 if a.train { "train" } else { "inference" },
                 a.threads,
+                a.dtype,
                 med,
                 flops / (med * 1e-3) / 1e9
             );

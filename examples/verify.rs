@@ -1,17 +1,22 @@
 //! Checks a backend against PyTorch case files (format: `shared/case-format.md`).
 //!
 //! ```text
-//! cargo run --release --example verify -- [--backend reference|cpu|cuda] [--dtype f64|f32] [--tol T] FILE...
+//! cargo run --release --example verify -- [--backend reference|cpu|cuda] [--dtype f64|f32|f16|bf16] [--tol T] FILE...
 //! ```
 //!
 //! Prints one line per file: name, backend, ` ok` or ` FAIL`, the largest error and the tensor
 //! it was in. Exits with 1 if any file fails, 2 on a usage error.
+//!
+//! `--backend cuda --dtype f16|bf16` runs the CUDA backend with 16-bit storage on the file's
+//! inputs rounded to that type, against the f64 reference on the same rounded values, with the
+//! derived bounds of `rnn_kernels::tolerance` (not `--tol`); it prints the largest error / bound
+//! ratio and the output it was in.
 
 use rnn_kernels::case::{run_case, Case};
 use rnn_kernels::{Backend, Cpu, Element, Reference};
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: verify [--backend reference|cpu|cuda] [--dtype f64|f32] [--tol T] FILE...";
+const USAGE: &str = "usage: verify [--backend reference|cpu|cuda] [--dtype f64|f32|f16|bf16] [--tol T] FILE...";
 
 struct Args {
     backend: String,
@@ -99,8 +104,25 @@ fn main() -> ExitCode {
             }
         },
         #[cfg(feature = "cuda")]
+        ("cuda", Some(d @ ("f16" | "bf16"))) => {
+            if args.tol.is_some() {
+                eprintln!("--tol: f16/bf16 storage is checked against derived bounds (rnn_kernels::tolerance), not a tolerance");
+                return ExitCode::from(2);
+            }
+            match rnn_kernels::CudaHost::new() {
+                Ok(cuda) if d == "f16" => {
+                    half::verify_all::<rnn_kernels::f16>(&cuda, &format!("{}-f16", cuda.0.device_name()), &args.files)
+                }
+                Ok(cuda) => half::verify_all::<rnn_kernels::bf16>(&cuda, &format!("{}-bf16", cuda.0.device_name()), &args.files),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        #[cfg(feature = "cuda")]
         ("cuda", Some(d)) => {
-            eprintln!("--dtype: the cuda backend computes in f32 (f16/bf16 storage is not implemented yet), got {d:?}");
+            eprintln!("--dtype: the cuda backend stores f32, f16 or bf16, got {d:?}");
             return ExitCode::from(2);
         }
         #[cfg(not(feature = "cuda"))]
@@ -121,5 +143,94 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// The CUDA backend with 16-bit storage against the f64 reference on the same rounded values.
+#[cfg(feature = "cuda")]
+mod half {
+    use rnn_kernels::backend::cuda::CudaElement;
+    use rnn_kernels::case::Case;
+    use rnn_kernels::tolerance::{half_storage_bounds, HalfInputs, OUTPUTS};
+    use rnn_kernels::{CudaHost, Dtype, Element, Reference, Result, Rnn};
+
+    fn up<T: Element>(v: &[T]) -> Vec<f64> {
+        v.iter().map(|a| a.to_f64()).collect()
+    }
+
+    /// (largest error / bound, the output it was in) for one file.
+    fn check<T: CudaElement>(cuda: &CudaHost, file: &str) -> Result<(f64, &'static str)> {
+        let case = Case::<T>::load(file)?;
+        let (cfg, shape) = (&case.config, &case.shape);
+        let n = |s: [usize; 3]| s.iter().product::<usize>();
+        let lstm = cfg.cell().has_cell_state();
+        let zeros = |len: usize| vec![T::default(); len];
+        let h0 = case.h0.clone().unwrap_or_else(|| zeros(n(shape.h_shape(cfg))));
+        let c0 = lstm.then(|| case.c0.clone().unwrap_or_else(|| zeros(n(shape.c_shape(cfg)))));
+        let dy = case.dy.clone().unwrap_or_else(|| zeros(n(shape.y_shape(cfg))));
+        let dhn = case.dhn.clone().unwrap_or_else(|| zeros(n(shape.h_shape(cfg))));
+        let dcn = lstm.then(|| case.dcn.clone().unwrap_or_else(|| zeros(n(shape.c_shape(cfg)))));
+
+        let rnn = Rnn::new(cuda.clone(), cfg, case.params.as_slice())?;
+        let mut reserve = Default::default();
+        let o = rnn.forward_training(shape, &case.x, Some(&h0), c0.as_deref(), &mut reserve)?;
+        let g = rnn.backward(&reserve, Some(&dy), Some(&dhn), dcn.as_deref())?;
+
+        let (pf, xf, h0f, dyf, dhnf) = (up(case.params.as_slice()), up(&case.x), up(&h0), up(&dy), up(&dhn));
+        let (c0f, dcnf) = (c0.as_deref().map(up), dcn.as_deref().map(up));
+        let r = Rnn::new(Reference, cfg, &pf[..])?;
+        let mut rr = Default::default();
+        let ro = r.forward_training(shape, &xf, Some(&h0f), c0f.as_deref(), &mut rr)?;
+        let rg = r.backward(&rr, Some(&dyf), Some(&dhnf), dcnf.as_deref())?;
+        let want = [ro.y, ro.hn, ro.cn.unwrap_or_default(), rg.dx, rg.dh0, rg.dc0.unwrap_or_default(), rg.dparams.unwrap_or_default()];
+        let got = [
+            up(&o.y),
+            up(&o.hn),
+            o.cn.as_deref().map(up).unwrap_or_default(),
+            up(&g.dx),
+            up(&g.dh0),
+            g.dc0.as_deref().map(up).unwrap_or_default(),
+            g.dparams.as_deref().map(up).unwrap_or_default(),
+        ];
+        let u = if T::DTYPE == Dtype::F16 { 1.0 / 2048.0 } else { 1.0 / 256.0 };
+        let inputs =
+            HalfInputs { cfg, shape, u, params: &pf, x: &xf, h0: &h0f, c0: c0f.as_deref(), dy: &dyf, dhn: &dhnf, dcn: dcnf.as_deref() };
+        let bounds = half_storage_bounds(&inputs, &want);
+        let mut worst = (0.0f64, OUTPUTS[0]);
+        for i in 0..7 {
+            let err = got[i].iter().zip(&want[i]).fold(0.0f64, |m, (a, b)| {
+                let e = (a - b).abs();
+                if e.is_nan() {
+                    f64::INFINITY
+                } else {
+                    m.max(e)
+                }
+            });
+            let ratio = if got[i].len() == want[i].len() { err / bounds[i] } else { f64::INFINITY };
+            if ratio > worst.0 || ratio.is_nan() {
+                worst = (ratio, OUTPUTS[i]);
+            }
+        }
+        Ok(worst)
+    }
+
+    /// Every file in storage type `T`; whether all are within their bounds.
+    pub fn verify_all<T: CudaElement>(cuda: &CudaHost, label: &str, files: &[String]) -> bool {
+        let mut all_ok = true;
+        for f in files {
+            let name = std::path::Path::new(f).file_name().map_or(f.clone(), |n| n.to_string_lossy().into_owned());
+            match check::<T>(cuda, f) {
+                Ok((ratio, out)) => {
+                    let ok = ratio <= 1.0;
+                    println!("{name} {label} {} max_err/bound={ratio:.3e} in {out}", if ok { " ok" } else { " FAIL" });
+                    all_ok &= ok;
+                }
+                Err(e) => {
+                    println!("{name} {label}  FAIL error: {e}");
+                    all_ok = false;
+                }
+            }
+        }
+        all_ok
     }
 }

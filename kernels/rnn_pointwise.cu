@@ -2,49 +2,52 @@
 // The maths of src/backend/reference/rnn.rs; backward takes the derivative from the saved
 // output: tanh' = 1 - h², relu' = [h > 0].
 //
+// Storage: float entries (NAME) and 16-bit ones (NAME_f16, NAME_bf16; "Storage types" in
+// common.cuh); the arguments typed T are the storage ones (biases, h_prev, h, y, dy, dg).
+//
 // Memory per row and step, in floats: forward reads xg, hg (H each), writes h, y (and the gates,
 // which equal h, when training); backward reads the gates, dy and the carry, writes dG and the
 // carry: all streaming, coalesced along j.
 #include "cells.cuh"
 
-template <bool RELU>
+template <bool RELU, typename T>
 __device__ __forceinline__ void forward_step(int batch, int hidden, int step, const int* __restrict__ lengths,
                                              const float* __restrict__ xg, const float* __restrict__ hg,
-                                             const float* __restrict__ b_ih, const float* __restrict__ b_hh,
-                                             const float* __restrict__ h_prev, float* __restrict__ gates,
-                                             float* __restrict__ h, float* __restrict__ y, int y_stride) {
+                                             const T* __restrict__ b_ih, const T* __restrict__ b_hh,
+                                             const T* __restrict__ h_prev, float* __restrict__ gates,
+                                             T* __restrict__ h, T* __restrict__ y, int y_stride) {
     const long long hh = hidden;
     FOR_EACH_ELEMENT(e, (long long)batch * hh) {
         const long long b = e / hh, j = e % hh;
         if (!row_active(lengths, (int)b, step)) {
             if (gates) gates[e] = 0.0f;
             h[e] = h_prev[e];
-            y[b * y_stride + j] = 0.0f;
+            st(y, b * y_stride + j, 0.0f);
             continue;
         }
         const float v = rnn_cell<RELU>(xg[e] + opt(b_ih, j), hg[e] + opt(b_hh, j));
         if (gates) gates[e] = v;
-        h[e] = v;
-        y[b * y_stride + j] = v;
+        st(h, e, v);
+        st(y, b * y_stride + j, v);
     }
 }
 
-template <bool RELU>
+template <bool RELU, typename T>
 __device__ __forceinline__ void backward_step(int batch, int hidden, int step, const int* __restrict__ lengths,
-                                              const float* __restrict__ gates, const float* __restrict__ dy,
-                                              int dy_stride, float* __restrict__ carry, float* __restrict__ dg) {
+                                              const float* __restrict__ gates, const T* __restrict__ dy,
+                                              int dy_stride, float* __restrict__ carry, T* __restrict__ dg) {
     const long long hh = hidden;
     FOR_EACH_ELEMENT(e, (long long)batch * hh) {
         const long long b = e / hh, j = e % hh;
         const bool active = row_active(lengths, (int)b, step);
-        const float dh = carry[e] + ((active && dy) ? dy[b * dy_stride + j] : 0.0f);
+        const float dh = carry[e] + ((active && dy) ? ld(dy, b * dy_stride + j) : 0.0f);
         if (!active) {
             carry[e] = dh;
-            dg[e] = 0.0f;
+            st(dg, e, 0.0f);
             continue;
         }
         const float v = gates[e];
-        dg[e] = dh * (RELU ? (v > 0.0f ? 1.0f : 0.0f) : (1.0f - v * v));
+        st(dg, e, dh * (RELU ? (v > 0.0f ? 1.0f : 0.0f) : (1.0f - v * v)));
         carry[e] = 0.0f;
     }
 }
@@ -52,30 +55,28 @@ __device__ __forceinline__ void backward_step(int batch, int hidden, int step, c
 // One forward step of a tanh RNN. Arguments (shapes with G = 1):
 // lengths [B]; xg, hg [B, H]; b_ih, b_hh [H] or null; h_prev [B, H]; gates [B, H] out or null
 // (inference); h [B, H] out; y [B, y_stride] out (columns 0..H). Inactive rows: gates = 0,
-// h = h_prev, y = 0.
-extern "C" __global__ void rnn_tanh_forward_step(int batch, int hidden, int step, const int* lengths, const float* xg,
-                                                 const float* hg, const float* b_ih, const float* b_hh,
-                                                 const float* h_prev, float* gates, float* h, float* y, int y_stride) {
-    forward_step<false>(batch, hidden, step, lengths, xg, hg, b_ih, b_hh, h_prev, gates, h, y, y_stride);
-}
-
-// As rnn_tanh_forward_step, with relu.
-extern "C" __global__ void rnn_relu_forward_step(int batch, int hidden, int step, const int* lengths, const float* xg,
-                                                 const float* hg, const float* b_ih, const float* b_hh,
-                                                 const float* h_prev, float* gates, float* h, float* y, int y_stride) {
-    forward_step<true>(batch, hidden, step, lengths, xg, hg, b_ih, b_hh, h_prev, gates, h, y, y_stride);
-}
+// h = h_prev, y = 0. rnn_relu_forward_step: the same with relu.
+#define RNN_FORWARD_STEP(NAME, T, RELU)                                                                           \
+    extern "C" __global__ void NAME(int batch, int hidden, int step, const int* lengths, const float* xg,         \
+                                    const float* hg, const T* b_ih, const T* b_hh, const T* h_prev, float* gates, \
+                                    T* h, T* y, int y_stride) {                                                   \
+        forward_step<RELU, T>(batch, hidden, step, lengths, xg, hg, b_ih, b_hh, h_prev, gates, h, y, y_stride);   \
+    }
+#define RNN_TANH_FORWARD_STEP(NAME, T) RNN_FORWARD_STEP(NAME, T, false)
+#define RNN_RELU_FORWARD_STEP(NAME, T) RNN_FORWARD_STEP(NAME, T, true)
+RNNK_INSTANTIATE(RNN_TANH_FORWARD_STEP, rnn_tanh_forward_step)
+RNNK_INSTANTIATE(RNN_RELU_FORWARD_STEP, rnn_relu_forward_step)
 
 // One backward step of a tanh RNN: dh = carry + dy (dy on active rows, dy [B, dy_stride] or
 // null); dG [B, H] = dh·tanh'(saved gates [B, H]); carry [B, H] becomes 0 on active rows (the
-// dG·W_hh GEMM adds into it) and dh on inactive ones, whose dG is 0.
-extern "C" __global__ void rnn_tanh_backward_step(int batch, int hidden, int step, const int* lengths, const float* gates,
-                                                  const float* dy, int dy_stride, float* carry, float* dg) {
-    backward_step<false>(batch, hidden, step, lengths, gates, dy, dy_stride, carry, dg);
-}
-
-// As rnn_tanh_backward_step, with relu.
-extern "C" __global__ void rnn_relu_backward_step(int batch, int hidden, int step, const int* lengths, const float* gates,
-                                                  const float* dy, int dy_stride, float* carry, float* dg) {
-    backward_step<true>(batch, hidden, step, lengths, gates, dy, dy_stride, carry, dg);
-}
+// dG·W_hh GEMM adds into it) and dh on inactive ones, whose dG is 0. rnn_relu_backward_step:
+// the same with relu.
+#define RNN_BACKWARD_STEP(NAME, T, RELU)                                                                     \
+    extern "C" __global__ void NAME(int batch, int hidden, int step, const int* lengths, const float* gates,  \
+                                    const T* dy, int dy_stride, float* carry, T* dg) {                       \
+        backward_step<RELU, T>(batch, hidden, step, lengths, gates, dy, dy_stride, carry, dg);               \
+    }
+#define RNN_TANH_BACKWARD_STEP(NAME, T) RNN_BACKWARD_STEP(NAME, T, false)
+#define RNN_RELU_BACKWARD_STEP(NAME, T) RNN_BACKWARD_STEP(NAME, T, true)
+RNNK_INSTANTIATE(RNN_TANH_BACKWARD_STEP, rnn_tanh_backward_step)
+RNNK_INSTANTIATE(RNN_RELU_BACKWARD_STEP, rnn_relu_backward_step)

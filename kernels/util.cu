@@ -1,7 +1,29 @@
-// Small helpers of the CUDA driver that have no cuBLAS or driver-API equivalent for f32.
+// Small helpers of the CUDA driver that have no cuBLAS or driver-API equivalent.
 #include "common.cuh"
 
 // p[0..n) = value (e.g. the ones vector whose GEMM with dG gives the bias gradients).
 extern "C" __global__ void fill_f32(long long n, float value, float* __restrict__ p /* [n] */) {
     FOR_EACH_ELEMENT(e, n) { p[e] = value; }
 }
+
+// The same for 16-bit storage: p[0..n) = value rounded once (fill_f16, fill_bf16).
+#define FILL16(NAME, T)                                                                  \
+    extern "C" __global__ void NAME(long long n, float value, T* __restrict__ p /* [n] */) { \
+        FOR_EACH_ELEMENT(e, n) { st(p, e, value); }                                       \
+    }
+FILL16(fill_f16, rnnk_f16)
+FILL16(fill_bf16, rnnk_bf16)
+
+// Conversions between f32 and 16-bit storage, for the buffers the driver keeps in f32 (the
+// LSTM cell state, the carried gradients dh and dc, the weight-gradient accumulator) and the
+// caller's 16-bit ones (c0, cn, dhn, dcn, dh0, dc0, dparams): dst[0..n) = src converted, exactly
+// to f32 (convert_f16_to_f32, convert_bf16_to_f32), rounded once to nearest even from f32
+// (convert_f32_to_f16, convert_f32_to_bf16).
+#define CONVERT(NAME, S, D)                                                                                  \
+    extern "C" __global__ void NAME(long long n, const S* __restrict__ src /* [n] */, D* __restrict__ dst /* [n] */) { \
+        FOR_EACH_ELEMENT(e, n) { st(dst, e, ld(src, e)); }                                                    \
+    }
+CONVERT(convert_f16_to_f32, rnnk_f16, float)
+CONVERT(convert_bf16_to_f32, rnnk_bf16, float)
+CONVERT(convert_f32_to_f16, float, rnnk_f16)
+CONVERT(convert_f32_to_bf16, float, rnnk_bf16)

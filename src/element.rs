@@ -1,7 +1,8 @@
 //! Element types: what a buffer stores ([`Element`]) and what the reference computes in ([`Float`]).
 //!
-//! The reference backend is generic over [`Float`] (f32 and f64). Storage-only types such as f16
-//! and bf16 will implement [`Element`] alone, so adding them does not touch the compute traits.
+//! The reference backend is generic over [`Float`] (f32 and f64). The storage-only types
+//! [`half::f16`] and [`half::bf16`] implement [`Element`] alone (the CUDA backend stores in them
+//! and computes in f32), so they do not touch the compute traits.
 
 use std::fmt::{Debug, Display};
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
@@ -14,6 +15,10 @@ pub enum Dtype {
     F32,
     /// IEEE binary64.
     F64,
+    /// IEEE binary16 (`half::f16`).
+    F16,
+    /// bfloat16 (`half::bf16`): f32's exponent, 8 significant bits.
+    BF16,
 }
 
 impl Dtype {
@@ -22,6 +27,7 @@ impl Dtype {
         match self {
             Dtype::F32 => 4,
             Dtype::F64 => 8,
+            Dtype::F16 | Dtype::BF16 => 2,
         }
     }
 }
@@ -30,6 +36,8 @@ mod sealed {
     pub trait Sealed {}
     impl Sealed for f32 {}
     impl Sealed for f64 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
 }
 
 /// A type a parameter or activation buffer can hold.
@@ -118,3 +126,26 @@ macro_rules! impl_float {
 }
 impl_float!(f32, F32);
 impl_float!(f64, F64);
+
+macro_rules! impl_storage {
+    ($t:ty, $dtype:ident) => {
+        impl Element for $t {
+            const DTYPE: Dtype = Dtype::$dtype;
+            /// Rounds to nearest, ties to even, once: `from_f64_const` is the direct conversion
+            /// on every CPU (`from_f64` goes through f32 where F16C exists, rounding twice).
+            #[inline]
+            fn from_f64(v: f64) -> Self {
+                <$t>::from_f64_const(v)
+            }
+            #[inline]
+            fn to_f64(self) -> f64 {
+                <$t>::to_f64(self)
+            }
+            fn write_le(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+        }
+    };
+}
+impl_storage!(half::f16, F16);
+impl_storage!(half::bf16, BF16);

@@ -74,6 +74,7 @@ mod params;
 mod rng;
 mod rnn;
 mod shape;
+pub mod tolerance;
 
 pub use backend::{
     Backend, BackwardInput, BackwardOutput, Buffer, Cpu, ForwardInput, ForwardOutput, GradMode, Isa, Reference, RnnPlan, RnnReserve,
@@ -87,6 +88,9 @@ pub use cudarc;
 pub use config::{CellKind, RnnConfig, RnnConfigBuilder};
 pub use element::{Dtype, Element, Float};
 pub use error::{Error, Result};
+/// The 16-bit storage types (the `half` crate's), re-exported: [`Element`]s for parameter
+/// files and the CUDA backend's f16/bf16 paths.
+pub use half::{bf16, f16};
 pub use params::{config_from_metadata, LayerRanges, LoadOptions, ParamKind, ParamLayout, ParamSpec, Params};
 pub use rng::SplitMix64;
 pub use rnn::{Gradients, Output, Rnn};

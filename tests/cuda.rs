@@ -6,7 +6,9 @@
 //! passes; with `RNN_KERNELS_REQUIRE_CUDA=1` a missing GPU fails them instead.
 //!
 //! Tolerances (error metric of `shared/case-format.md`): forward outputs 1e-5, gradients 1e-4,
-//! as for the CPU backend (f32 storage and f32 math; cuBLAS may sum in another order).
+//! as for the CPU backend (f32 storage and f32 math; cuBLAS may sum in another order). The f16
+//! and bf16 storage tests use the derived bounds of `rnn_kernels::tolerance` against the f64
+//! reference on the same 16-bit-rounded values, and print the worst error / bound ratio.
 
 mod common;
 
@@ -297,5 +299,157 @@ mod with_feature {
         assert!(e.contains("update_plan"), "{e}");
         let other = Rnn::from_params(CudaHost(c), &params).unwrap();
         assert!(matches!(other.backward(&reserve, None, None, None), Err(Error::Reserve(_))));
+    }
+
+    /// f16 and bf16 storage (`Rnn<half::f16, CudaHost>`, `Rnn<half::bf16, CudaHost>`): every
+    /// cell, two layers, both directions, mixed lengths, h0/c0, training and inference forward,
+    /// backward to every gradient, Accumulate, against the derived bounds; one larger LSTM so
+    /// that cuBLAS takes its tensor-core kernels.
+    #[test]
+    fn cuda_half_storage_matches_reference() {
+        let Some(c) = cuda("cuda_half_storage_matches_reference") else { return };
+        let configs = [
+            (RnnConfig::new(CellKind::Lstm, 24, 33).num_layers(2).bidirectional(true).proj_size(17).build().unwrap(), 9, 13),
+            (RnnConfig::new(CellKind::Lstm, 19, 26).num_layers(2).bidirectional(true).build().unwrap(), 9, 13),
+            (RnnConfig::new(CellKind::Gru, 30, 41).num_layers(2).bidirectional(true).build().unwrap(), 9, 13),
+            (RnnConfig::new(CellKind::RnnRelu, 13, 50).num_layers(2).build().unwrap(), 9, 13),
+            (RnnConfig::new(CellKind::RnnTanh, 20, 27).bidirectional(true).bias(false).build().unwrap(), 9, 13),
+            (RnnConfig::new(CellKind::Gru, 7, 37).num_layers(2).build().unwrap(), 6, 2),
+            (RnnConfig::new(CellKind::Lstm, 256, 256).num_layers(2).build().unwrap(), 12, 64),
+        ];
+        let mut worst = [[0.0f64; 7]; 2];
+        for (k, (cfg, t, b)) in configs.iter().enumerate() {
+            let shape = SeqShape::with_lengths(*t, (0..*b).map(|i| 1 + (i * 5) % t).collect()).unwrap();
+            let r16 = half16::check::<half::f16>(&c, cfg, &shape, 77 + k as u64);
+            let rbf = half16::check::<half::bf16>(&c, cfg, &shape, 77 + k as u64);
+            for o in 0..7 {
+                worst[0][o] = worst[0][o].max(r16[o]);
+                worst[1][o] = worst[1][o].max(rbf[o]);
+            }
+        }
+        for (name, w) in [("f16", worst[0]), ("bf16", worst[1])] {
+            eprintln!("{name}: worst error/bound per output {:?}: {:?}", rnn_kernels::tolerance::OUTPUTS, w.map(|r| format!("{r:.3}")));
+        }
+    }
+
+    /// The persistent kernels are f32 only: with 16-bit storage a forward pass that requires
+    /// them is an error (so the per-step path, not a persistent kernel, ran the test above);
+    /// a plan is refused by buffers of another type.
+    #[test]
+    fn cuda_half_storage_refusals() {
+        let Some(c) = cuda("cuda_half_storage_refusals") else { return };
+        let cfg = RnnConfig::new(CellKind::Gru, 3, 8).build().unwrap();
+        let shape = SeqShape::new(2, 2).unwrap();
+        let params = Params::<half::f16>::init_uniform(&cfg, 1);
+        let x = vec![half::f16::from_f32(0.5); 2 * 2 * 3];
+        let rnn = Rnn::from_params(CudaHost(c.clone().require_persistent(true)), &params).unwrap();
+        let e = rnn.forward(&shape, &x, None, None).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("f32 storage"), "{e}");
+        let plan = c.plan(&cfg, &c.upload(params.as_slice()).unwrap()).unwrap();
+        let x32 = c.upload(&[0.5f32; 2 * 2 * 3]).unwrap();
+        let mut y = c.zeros::<f32>(2 * 2 * 8).unwrap();
+        let e = c.forward_inference(
+            &plan,
+            &shape,
+            ForwardInput { x: &x32, h0: None, c0: None },
+            ForwardOutput { y: &mut y, hn: None, cn: None },
+        );
+        assert!(matches!(e, Err(Error::InvalidArgument { .. })), "{e:?}");
+    }
+
+    mod half16 {
+        use rnn_kernels::backend::cuda::CudaElement;
+        use rnn_kernels::tolerance::{half_storage_bounds, HalfInputs, OUTPUTS};
+        use rnn_kernels::{Backend, Cuda, CudaHost, Dtype, Element, ForwardInput, ForwardOutput};
+        use rnn_kernels::{Params, Reference, Rnn, RnnConfig, SeqShape, SplitMix64};
+
+        fn up<T: Element>(v: &[T]) -> Vec<f64> {
+            v.iter().map(|a| a.to_f64()).collect()
+        }
+        fn bits<T: Element>(v: &[T]) -> Vec<u64> {
+            v.iter().map(|a| a.to_f64().to_bits()).collect()
+        }
+
+        /// One problem in storage type `T` on the device; returns error / bound per output.
+        pub fn check<T: CudaElement>(c: &Cuda, cfg: &RnnConfig, shape: &SeqShape, seed: u64) -> [f64; 7] {
+            let u = if T::DTYPE == Dtype::F16 { 1.0 / 2048.0 } else { 1.0 / 256.0 };
+            let mut rng = SplitMix64::new(seed);
+            let mut rand = |n: usize, r: f64| (0..n).map(|_| T::from_f64(rng.uniform(-r, r))).collect::<Vec<T>>();
+            let n = |s: [usize; 3]| s.iter().product::<usize>();
+            let lstm = cfg.cell().has_cell_state();
+            let x = rand(n(shape.x_shape(cfg)), 3.0);
+            let h0 = rand(n(shape.h_shape(cfg)), 1.0);
+            let c0 = lstm.then(|| rand(n(shape.c_shape(cfg)), 2.0));
+            let dy = rand(n(shape.y_shape(cfg)), 1.0);
+            let dhn = rand(n(shape.h_shape(cfg)), 1.0);
+            let dcn = lstm.then(|| rand(n(shape.c_shape(cfg)), 1.0));
+            let params = Params::<T>::init_uniform(cfg, seed ^ 0xabc).into_vec();
+
+            // The device, through host slices.
+            let rnn = Rnn::new(CudaHost(c.clone()), cfg, &params[..]).unwrap();
+            let mut reserve = Default::default();
+            let o = rnn.forward_training(shape, &x, Some(&h0), c0.as_deref(), &mut reserve).unwrap();
+            let oi = rnn.forward(shape, &x, Some(&h0), c0.as_deref()).unwrap();
+            assert!(bits(&oi.y) == bits(&o.y) && bits(&oi.hn) == bits(&o.hn), "{:?}: inference differs from training", T::DTYPE);
+            let g = rnn.backward(&reserve, Some(&dy), Some(&dhn), dcn.as_deref()).unwrap();
+            let dp = g.dparams.clone().unwrap();
+            let mut dp2 = dp.clone();
+            rnn.backward_accumulate(&reserve, Some(&dy), Some(&dhn), dcn.as_deref(), &mut dp2).unwrap();
+            for (i, (a, g)) in dp2.iter().zip(&dp).enumerate() {
+                let (a, g) = (a.to_f64(), g.to_f64());
+                assert!((a - 2.0 * g).abs() <= 2.0 * u * (2.0 * g).abs(), "{:?} Accumulate: dparams[{i}] = {a}, 2·{g}", T::DTYPE);
+            }
+
+            // The device-buffer API gives the same bits.
+            let plan = c.plan(cfg, &c.upload(&params).unwrap()).unwrap();
+            let xd = c.upload(&x).unwrap();
+            let h0d = c.upload(&h0).unwrap();
+            let c0d = c0.as_ref().map(|v| c.upload(v).unwrap());
+            let mut yd = c.zeros::<T>(o.y.len()).unwrap();
+            let input = ForwardInput { x: &xd, h0: Some(&h0d), c0: c0d.as_ref() };
+            c.forward_inference(&plan, shape, input, ForwardOutput { y: &mut yd, hn: None, cn: None }).unwrap();
+            assert_eq!(bits(&c.download(&yd).unwrap()), bits(&o.y), "{:?}: device buffers", T::DTYPE);
+
+            // The reference on the same rounded values.
+            let (pf, xf, h0f, dyf, dhnf) = (up(&params), up(&x), up(&h0), up(&dy), up(&dhn));
+            let (c0f, dcnf) = (c0.as_deref().map(up), dcn.as_deref().map(up));
+            let r = Rnn::new(Reference, cfg, &pf[..]).unwrap();
+            let mut rr = Default::default();
+            let ro = r.forward_training(shape, &xf, Some(&h0f), c0f.as_deref(), &mut rr).unwrap();
+            let rg = r.backward(&rr, Some(&dyf), Some(&dhnf), dcnf.as_deref()).unwrap();
+            let want = vec![ro.y, ro.hn, ro.cn.unwrap_or_default(), rg.dx, rg.dh0, rg.dc0.unwrap_or_default(), rg.dparams.unwrap()];
+            let got = [
+                up(&o.y),
+                up(&o.hn),
+                o.cn.as_deref().map(up).unwrap_or_default(),
+                up(&g.dx),
+                up(&g.dh0),
+                g.dc0.as_deref().map(up).unwrap_or_default(),
+                up(&dp),
+            ];
+            let inputs =
+                HalfInputs { cfg, shape, u, params: &pf, x: &xf, h0: &h0f, c0: c0f.as_deref(), dy: &dyf, dhn: &dhnf, dcn: dcnf.as_deref() };
+            let bounds = half_storage_bounds(&inputs, &want);
+            let mut ratios = [0.0; 7];
+            for i in 0..7 {
+                let err = got[i].iter().zip(&want[i]).fold(0.0f64, |m, (g, w)| {
+                    let e = (g - w).abs();
+                    if e.is_nan() {
+                        f64::INFINITY
+                    } else {
+                        m.max(e)
+                    }
+                });
+                assert!(
+                    got[i].len() == want[i].len() && err <= bounds[i],
+                    "{:?} {}: error {err:.3e} > bound {:.3e} ({cfg:?}, {shape:?})",
+                    T::DTYPE,
+                    OUTPUTS[i],
+                    bounds[i]
+                );
+                ratios[i] = err / bounds[i];
+            }
+            ratios
+        }
     }
 }

@@ -57,6 +57,8 @@ fn read_all(bytes: &[u8]) -> (HashMap<String, Tensor>, HashMap<String, String>) 
         let data = match v.dtype() {
             StDtype::F64 => v.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect(),
             StDtype::F32 => v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+            StDtype::F16 => v.data().chunks_exact(2).map(|b| rnn_kernels::f16::from_le_bytes([b[0], b[1]]).to_f64()).collect(),
+            StDtype::BF16 => v.data().chunks_exact(2).map(|b| rnn_kernels::bf16::from_le_bytes([b[0], b[1]]).to_f64()).collect(),
             other => panic!("{name}: unexpected dtype {other:?}"),
         };
         out.insert(name, Tensor { dtype: v.dtype(), shape: v.shape().to_vec(), data });
@@ -395,6 +397,8 @@ fn serialize(tensors: &[(String, Tensor)], meta: Option<HashMap<String, String>>
             let b = match t.dtype {
                 StDtype::F64 => t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
                 StDtype::F32 => t.data.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect(),
+                StDtype::F16 => t.data.iter().flat_map(|&v| rnn_kernels::f16::from_f64_const(v).to_le_bytes()).collect(),
+                StDtype::BF16 => t.data.iter().flat_map(|&v| rnn_kernels::bf16::from_f64_const(v).to_le_bytes()).collect(),
                 d => panic!("{d:?}"),
             };
             (n.clone(), t.dtype, t.shape.clone(), b)
@@ -440,7 +444,12 @@ fn round_trip<T: rnn_kernels::Element>(dir: &TempDir, cfg: &RnnConfig, seed: u64
     // What the bytes are: PyTorch's names and shapes, T's dtype, the config as metadata.
     let (tensors, meta) = read_all(&bytes);
     assert_eq!(tensors.len(), p.layout().specs().len());
-    let dtype = if std::any::type_name::<T>() == "f32" { StDtype::F32 } else { StDtype::F64 };
+    let dtype = match T::DTYPE {
+        rnn_kernels::Dtype::F32 => StDtype::F32,
+        rnn_kernels::Dtype::F16 => StDtype::F16,
+        rnn_kernels::Dtype::BF16 => StDtype::BF16,
+        _ => StDtype::F64,
+    };
     for s in p.layout().specs() {
         let t = &tensors[&s.name];
         assert_eq!((t.dtype, &t.shape), (dtype, &s.shape), "{what}: {}", s.name);
@@ -475,6 +484,8 @@ fn save_load_round_trip_is_bit_identical() {
     for (i, cfg) in round_trip_configs().iter().enumerate() {
         round_trip::<f64>(&dir, cfg, 100 + i as u64);
         round_trip::<f32>(&dir, cfg, 200 + i as u64);
+        round_trip::<rnn_kernels::f16>(&dir, cfg, 300 + i as u64);
+        round_trip::<rnn_kernels::bf16>(&dir, cfg, 400 + i as u64);
     }
 }
 
@@ -644,5 +655,41 @@ fn export_for_torch_check() {
             io.push(("cn".to_string(), t(cn, shape.c_shape(&cfg))));
         }
         std::fs::write(dir.join(format!("{name}.io.safetensors")), serialize(&io, None)).unwrap();
+    }
+}
+
+/// A PyTorch state_dict saved in bf16 or f16 (`model.half()` / `.bfloat16()`) loads into an f32
+/// or f64 model exactly (every 16-bit value is an f32), and into the other 16-bit type or from
+/// f32 rounded once to nearest even, as PyTorch's `.to(dtype)` does.
+#[test]
+fn half_state_dicts_load_with_conversion() {
+    let cfg = RnnConfig::new(CellKind::Lstm, 3, 5).num_layers(2).bidirectional(true).proj_size(2).build().unwrap();
+    let p = Params::<f64>::init_uniform(&cfg, 9);
+    for dtype in [StDtype::F16, StDtype::BF16, StDtype::F32] {
+        let tensors: Vec<(String, Tensor)> = p
+            .layout()
+            .specs()
+            .iter()
+            .map(|s| (s.name.clone(), Tensor { dtype, shape: s.shape.clone(), data: p.get(&s.name).unwrap().to_vec() }))
+            .collect();
+        let bytes = serialize(&tensors, None);
+        let (stored, _) = read_all(&bytes);
+        let opts = LoadOptions::default();
+        // The values in the file (rounded to its dtype), in the flat layout.
+        let file: Vec<f64> = p.layout().specs().iter().flat_map(|s| stored[&s.name].data.clone()).collect();
+        let q32 = Params::<f32>::from_safetensors_bytes(&bytes, &cfg, &opts, "<mem>").unwrap();
+        assert!(q32.as_slice().iter().zip(&file).all(|(a, b)| *a as f64 == *b), "{dtype:?} into f32: exact");
+        let q64 = Params::<f64>::from_safetensors_bytes(&bytes, &cfg, &opts, "<mem>").unwrap();
+        assert_eq!(q64.as_slice(), &file[..], "{dtype:?} into f64: exact");
+        let q16 = Params::<rnn_kernels::f16>::from_safetensors_bytes(&bytes, &cfg, &opts, "<mem>").unwrap();
+        let want16: Vec<u16> = file.iter().map(|&v| rnn_kernels::f16::from_f64_const(v).to_bits()).collect();
+        assert_eq!(q16.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want16, "{dtype:?} into f16");
+        let qb = Params::<rnn_kernels::bf16>::from_safetensors_bytes(&bytes, &cfg, &opts, "<mem>").unwrap();
+        let wantb: Vec<u16> = file.iter().map(|&v| rnn_kernels::bf16::from_f64_const(v).to_bits()).collect();
+        assert_eq!(qb.as_slice().iter().map(|v| v.to_bits()).collect::<Vec<_>>(), wantb, "{dtype:?} into bf16");
+        if dtype != StDtype::F32 {
+            // The file's 16-bit values are not all f32-exact by accident: the f64 originals differ.
+            assert!(file.iter().zip(p.as_slice()).any(|(a, b)| a != b), "{dtype:?}: rounded");
+        }
     }
 }

@@ -23,7 +23,9 @@ pub struct LoadOptions {
     pub allow_unexpected: bool,
 }
 
-/// Converts a tensor view to `T`, accepting F32 and F64 data.
+/// Converts a tensor view to `T`, accepting F32, F64, F16 and BF16 data: each value is
+/// converted exactly to f64, then rounded once to `T` (so a bf16 or f16 PyTorch state_dict loads
+/// into an f32 model exactly, and an f32 file into an f16 model rounds to nearest even).
 pub(crate) fn view_to_vec<T: Element>(view: &TensorView<'_>, name: &str, source: &str) -> Result<Vec<T>> {
     let data = view.data();
     let out = match view.dtype() {
@@ -31,8 +33,10 @@ pub(crate) fn view_to_vec<T: Element>(view: &TensorView<'_>, name: &str, source:
         StDtype::F64 => {
             data.chunks_exact(8).map(|b| T::from_f64(f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))).collect()
         }
+        StDtype::F16 => data.chunks_exact(2).map(|b| T::from_f64(half::f16::from_le_bytes([b[0], b[1]]).to_f64())).collect(),
+        StDtype::BF16 => data.chunks_exact(2).map(|b| T::from_f64(half::bf16::from_le_bytes([b[0], b[1]]).to_f64())).collect(),
         other => {
-            return Err(Error::invalid(format!("{name} in {source}"), "dtype F32 or F64", format!("{other:?}")));
+            return Err(Error::invalid(format!("{name} in {source}"), "dtype F32, F64, F16 or BF16", format!("{other:?}")));
         }
     };
     Ok(out)
@@ -134,6 +138,8 @@ fn dtype_name(d: Dtype) -> &'static str {
     match d {
         Dtype::F32 => "F32",
         Dtype::F64 => "F64",
+        Dtype::F16 => "F16",
+        Dtype::BF16 => "BF16",
     }
 }
 

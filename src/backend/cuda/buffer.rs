@@ -2,6 +2,7 @@
 //! plus length the driver computes with after checking every offset against it.
 
 use crate::backend::Buffer;
+use crate::element::{Dtype, Element};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 
 /// A buffer of `T` in a CUDA device's memory: the CUDA backend's `Buf`.
@@ -35,31 +36,32 @@ impl<T> CudaBuf<T> {
     }
 }
 
-/// `len` f32 at device address `ptr` (0 for none): what kernels and cuBLAS take. Every
-/// sub-view is checked against its parent, so a view never reaches outside the allocation it
-/// was taken from.
+/// `len` elements of type `ty` (f32, f16 or bf16) at device address `ptr` (0 for none): what
+/// kernels and cuBLAS take. Every sub-view is checked against its parent, so a view never
+/// reaches outside the allocation it was taken from.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct View {
     pub ptr: u64,
     pub len: usize,
+    pub ty: Dtype,
 }
 
 impl View {
     /// No buffer: a null pointer for an optional kernel argument.
-    pub const NULL: View = View { ptr: 0, len: 0 };
+    pub const NULL: View = View { ptr: 0, len: 0, ty: Dtype::F32 };
 
     /// The whole of `s`. The slice must outlive every use of the view (the driver keeps it in
     /// the reserve or in the call's temporaries until the call's work is enqueued and ordered).
-    pub fn of(s: &CudaSlice<f32>, stream: &CudaStream) -> View {
+    pub fn of<T: Element + cudarc::driver::DeviceRepr>(s: &CudaSlice<T>, stream: &CudaStream) -> View {
         let (ptr, _sync) = s.device_ptr(stream);
-        View { ptr, len: s.len() }
+        View { ptr, len: s.len(), ty: T::DTYPE }
     }
 
     /// Elements `off..off + len`.
     #[track_caller]
     pub fn at(self, off: usize, len: usize) -> View {
         assert!(off.checked_add(len).is_some_and(|e| e <= self.len), "view {off}+{len} outside a buffer of {}", self.len);
-        View { ptr: if len == 0 { self.ptr } else { self.ptr + (off * 4) as u64 }, len }
+        View { ptr: if len == 0 { self.ptr } else { self.ptr + (off * self.ty.size()) as u64 }, len, ty: self.ty }
     }
 
     /// `rows` rows of `width` elements, `stride` apart, the first at `off`: returns the view
@@ -74,7 +76,7 @@ impl View {
     #[track_caller]
     pub fn mat(self, rows: usize, cols: usize) -> DevMat {
         assert!(rows * cols <= self.len, "[{rows}, {cols}] outside a view of {}", self.len);
-        DevMat { ptr: self.ptr, rows, cols, t: false }
+        DevMat { ptr: self.ptr, rows, cols, t: false, ty: self.ty }
     }
 }
 
@@ -86,6 +88,7 @@ pub(crate) struct DevMat {
     pub rows: usize,
     pub cols: usize,
     pub t: bool,
+    pub ty: Dtype,
 }
 
 impl DevMat {

@@ -33,6 +33,8 @@ pub(crate) struct Kernels {
     pub persistent_gru_backward: CudaFunction,
     pub persistent_rnn_tanh_backward: CudaFunction,
     pub persistent_rnn_relu_backward: CudaFunction,
+    /// The f16 and bf16 entries of the kernels of `exec::HALF_KERNELS`, in its order.
+    pub half: Vec<[CudaFunction; 2]>,
     /// Keeps the modules loaded as long as the functions are used.
     _modules: Vec<Arc<CudaModule>>,
 }
@@ -56,7 +58,20 @@ impl Kernels {
         let persistent_bwd = load("persistent_backward", ptx::PERSISTENT_BACKWARD)?;
         let f =
             |m: &Arc<CudaModule>, entry: &str| m.load_function(entry).map_err(|e| device_err(name, &format!("finding kernel {entry}"), e));
+        let half = super::exec::HALF_KERNELS
+            .iter()
+            .map(|&(_, file, f16, bf16)| {
+                let m = match file {
+                    "lstm_pointwise" => &lstm,
+                    "gru_pointwise" => &gru,
+                    "rnn_pointwise" => &rnn,
+                    _ => &util,
+                };
+                Ok([f(m, f16)?, f(m, bf16)?])
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Kernels {
+            half,
             lstm_forward_step: f(&lstm, "lstm_forward_step")?,
             lstm_projection_finish: f(&lstm, "lstm_projection_finish")?,
             lstm_projection_backward_prepare: f(&lstm, "lstm_projection_backward_prepare")?,
@@ -178,6 +193,16 @@ fn open_with_libraries(ordinal: usize) -> Result<Device> {
     let s1 = ctx.new_stream().map_err(|e| device_err(&name, "creating stream 1", e))?;
     let b0 = CudaBlas::new(s0.clone()).map_err(|e| device_err(&name, "creating a cuBLAS handle", e))?;
     let b1 = CudaBlas::new(s1.clone()).map_err(|e| device_err(&name, "creating a cuBLAS handle", e))?;
+    // A GemmEx with a 16-bit C (f16/bf16 storage) must sum in f32 and round once: forbid
+    // cuBLAS's reduced-precision (16-bit) split-K reductions. Default maths otherwise (no
+    // TF32), so the f32 sgemm calls are unaffected.
+    for b in [&b0, &b1] {
+        use cudarc::cublas::sys::{cublasMath_t, cublasSetMathMode};
+        // SAFETY: a valid handle, no work in flight.
+        unsafe { cublasSetMathMode(*b.handle(), cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION) }
+            .result()
+            .map_err(|e| device_err(&name, "setting the cuBLAS math mode", e))?;
+    }
     let kernels = Kernels::load(&ctx, &name)?;
     use cudarc::driver::sys::{CUdevice_attribute_enum as A, CUfunction_attribute_enum as F};
     let attr = |a: A| ctx.attribute(a).map_err(|e| device_err(&name, &format!("reading {a:?}"), e));

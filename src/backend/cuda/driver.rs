@@ -18,18 +18,26 @@
 //! The two directions of a layer run concurrently, forward on stream 0 and reverse on stream 1,
 //! each with its own cuBLAS handle; stream 0 waits for stream 1 at the end of each layer.
 //! Everything is allocated on stream 0 before the fork, so nothing is freed while in use.
+//!
+//! Storage type ([`Call::storage`]): f32, or f16/bf16 for the weights, `x`, `y`, the states `h`
+//! (and the LSTM's `m`), the layer outputs, `dG` and every gradient returned (all GEMM operands
+//! are 16-bit then, each GEMM accumulating in f32); the gate pre-activations `XG`, `HG`, the
+//! saved gates, the LSTM cell state and the carried `dh`, `dc` stay f32, and the weight
+//! gradients accumulate over all steps (and onto the caller's, with `Accumulate`) in an f32
+//! buffer, rounded once at the end. Copies between an f32 and a 16-bit view convert.
 
 use super::buffer::View;
 use super::exec::{args, persistent_backward_smem, persistent_cell_smem, persistent_smem, Call, Kernel, Mem, PERSISTENT_THREADS};
 use crate::backend::{prev_step, steps, GradMode};
 use crate::config::{CellKind, RnnConfig};
+use crate::element::Dtype;
 use crate::error::{Error, Result};
 use crate::params::{LayerRanges, ParamLayout};
 use crate::shape::SeqShape;
 use cudarc::driver::LaunchConfig;
 
 /// Activations of one layer-direction saved by a training forward pass; each `[T, B, *]` in
-/// time order whatever the direction.
+/// time order whatever the direction. `m` and `h` are of the storage type, the others f32.
 #[derive(Debug, Default)]
 pub(crate) struct DirSave {
     /// `[T, B, G·H]`: activated gates.
@@ -54,6 +62,7 @@ pub struct CudaReserve {
     pub(crate) shape: Option<SeqShape>,
     /// `[B]` lengths as i32.
     lengths: Option<Mem<i32>>,
+    // x, h0 and outputs are of the storage type, c0 f32.
     /// `[T, B, I]`.
     x: Option<Mem<f32>>,
     /// `[L·D, B, Hout]`, zeros when not given.
@@ -190,6 +199,15 @@ pub(crate) fn forward(
         temps.push(s);
         Ok(v)
     };
+    // Temporaries of the storage type.
+    let st = call.storage();
+    let mut temps_st: Vec<Mem<f32>> = Vec::new();
+    let mut temp_st = |n: usize| -> Result<View> {
+        let s = call.alloc_as(st, n)?;
+        let v = call.view_as(st, &s, n);
+        temps_st.push(s);
+        Ok(v)
+    };
 
     let lens_inf;
     let lens = match save.as_deref_mut() {
@@ -206,9 +224,9 @@ pub(crate) fn forward(
     // not given.
     let (h0v, c0v) = match save.as_deref_mut() {
         Some(r) => {
-            let xv = call.fit(&mut r.x, x.len)?;
+            let xv = call.fit_as(st, &mut r.x, x.len)?;
             call.copy(0, xv, x)?;
-            let hv = call.fit(&mut r.h0, nl * nd * hlen)?;
+            let hv = call.fit_as(st, &mut r.h0, nl * nd * hlen)?;
             call.copy_or_zero(0, hv, h0)?;
             let cv = call.fit(&mut r.c0, if lstm { nl * nd * clen } else { 0 })?;
             if lstm {
@@ -220,14 +238,20 @@ pub(crate) fn forward(
             let hv = match h0 {
                 Some(v) => v,
                 None => {
-                    let z = temp(nl * nd * hlen)?;
+                    let z = temp_st(nl * nd * hlen)?;
                     call.fill(0, z, 0.0)?;
                     z
                 }
             };
             let cv = match (lstm, c0) {
                 (false, _) => View::NULL,
-                (true, Some(v)) => v,
+                (true, Some(v)) if v.ty == Dtype::F32 => v,
+                (true, Some(v)) => {
+                    // The cell state is f32.
+                    let c = temp(v.len)?;
+                    call.copy(0, c, v)?;
+                    c
+                }
                 (true, None) => {
                     let z = temp(nl * nd * clen)?;
                     call.fill(0, z, 0.0)?;
@@ -250,8 +274,8 @@ pub(crate) fn forward(
             y
         } else {
             match save.as_deref_mut() {
-                Some(r) => call.fit(&mut r.outputs[l], tl * bl * cfg.output_size())?,
-                None => temp(tl * bl * cfg.output_size())?,
+                Some(r) => call.fit_as(st, &mut r.outputs[l], tl * bl * cfg.output_size())?,
+                None => temp_st(tl * bl * cfg.output_size())?,
             }
         };
         // Every buffer of the layer is allocated before the directions fork.
@@ -266,9 +290,9 @@ pub(crate) fn forward(
                     FwdBufs {
                         xg,
                         hg,
-                        h: call.fit(&mut sv.h, tl * hlen)?,
+                        h: call.fit_as(st, &mut sv.h, tl * hlen)?,
                         c: call.fit(&mut sv.c, if lstm { tl * clen } else { 0 })?,
-                        m: call.fit(&mut sv.m, if proj { tl * clen } else { 0 })?,
+                        m: call.fit_as(st, &mut sv.m, if proj { tl * clen } else { 0 })?,
                         gates: Some(call.fit(&mut sv.gates, tl * bl * gh)?),
                         extra: Some(call.fit(&mut sv.extra, if dims.gru() { tl * clen } else { 0 })?),
                         training: true,
@@ -278,9 +302,9 @@ pub(crate) fn forward(
                 None => FwdBufs {
                     xg,
                     hg,
-                    h: temp(2 * hlen)?,
+                    h: temp_st(2 * hlen)?,
                     c: if lstm { temp(2 * clen)? } else { View::NULL },
-                    m: if proj { temp(clen)? } else { View::NULL },
+                    m: if proj { temp_st(clen)? } else { View::NULL },
                     gates: None,
                     extra: None,
                     training: false,
@@ -288,13 +312,13 @@ pub(crate) fn forward(
                 },
             };
             // A persistent kernel: persistent_lstm.cu (LSTM without projection) or
-            // persistent_cell.cu (GRU, RNN), where it fits.
+            // persistent_cell.cu (GRU, RNN), where it fits; f32 storage only (persistent_units).
             let persistent = if dims.lstm() && dims.proj { None } else { call.persistent_units(dims.cell, dims.h, dims.b, dims.dirs) };
             if persistent.is_none() && call.persistent_required() {
                 return Err(Error::invalid(
                     "persistent (required)",
-                    "layers that fit a persistent kernel: batch ≤ 8, no projection, W_hh within the blocks' shared memory",
-                    format!("{:?} layer {l} with hidden size {h}, batch {bl}, {nd} direction(s)", dims.cell),
+                    "layers that fit a persistent kernel: f32 storage, batch ≤ 8, no projection, W_hh within the blocks' shared memory",
+                    format!("{:?} layer {l} with hidden size {h}, batch {bl}, {nd} direction(s), {st:?} storage", dims.cell),
                 ));
             }
             if let Some(units) = persistent {
@@ -565,13 +589,16 @@ pub(crate) struct SavedViews {
 impl SavedViews {
     pub fn new(call: &Call<'_>, r: &CudaReserve) -> SavedViews {
         let v = |s: &Option<Mem<f32>>| s.as_ref().map_or(View::NULL, |s| call.view(s));
+        // Storage-type buffers: every element their words hold (one more than written when odd).
+        let st = call.storage();
+        let vs = |s: &Option<Mem<f32>>| s.as_ref().map_or(View::NULL, |s| call.view_as(st, s, s.len() * 4 / st.size()));
         SavedViews {
-            x: v(&r.x),
-            h0: v(&r.h0),
+            x: vs(&r.x),
+            h0: vs(&r.h0),
             c0: v(&r.c0),
             lens: r.lengths.as_ref().map_or(0, |l| call.ptr_i32(l)),
-            outputs: r.outputs.iter().map(v).collect(),
-            dirs: r.dirs.iter().map(|d| [v(&d.gates), v(&d.extra), v(&d.c), v(&d.m), v(&d.h)]).collect(),
+            outputs: r.outputs.iter().map(vs).collect(),
+            dirs: r.dirs.iter().map(|d| [v(&d.gates), v(&d.extra), v(&d.c), vs(&d.m), vs(&d.h)]).collect(),
         }
     }
 }
@@ -628,11 +655,32 @@ pub(crate) fn backward(
         temps.push(s);
         Ok(v)
     };
-    if let (Some(dp), GradMode::Overwrite) = (dparams, mode) {
+    let st = call.storage();
+    let mut temps_st: Vec<Mem<f32>> = Vec::new();
+    let mut temp_st = |n: usize| -> Result<View> {
+        let s = call.alloc_as(st, n)?;
+        let v = call.view_as(st, &s, n);
+        temps_st.push(s);
+        Ok(v)
+    };
+    // 16-bit parameter gradients accumulate in f32 (from the caller's with Accumulate) and are
+    // rounded once at the end.
+    let (dparams_out, dparams) = match dparams {
+        Some(dp) if dp.ty != Dtype::F32 => {
+            let acc = temp(dp.len)?;
+            match mode {
+                GradMode::Overwrite => call.fill(0, acc, 0.0)?,
+                GradMode::Accumulate => call.copy(0, acc, dp)?,
+            }
+            (Some(dp), Some(acc))
+        }
+        _ => (None, dparams),
+    };
+    if let (Some(dp), GradMode::Overwrite, None) = (dparams, mode, dparams_out) {
         call.fill(0, dp, 0.0)?;
     }
     let ones = if dparams.is_some() && cfg.bias() {
-        let o = temp(tb)?;
+        let o = temp_st(tb)?;
         call.fill(0, o, 1.0)?;
         o
     } else {
@@ -645,7 +693,7 @@ pub(crate) fn backward(
         let input = if l == 0 { sv.x } else { sv.outputs[l - 1] };
         let d_in = match (l, dx) {
             (0, dx) => dx,
-            _ => Some(temp(tb * dims.input)?),
+            _ => Some(temp_st(tb * dims.input)?),
         };
         let mut bufs = Vec::new();
         for _ in 0..nd {
@@ -655,8 +703,8 @@ pub(crate) fn backward(
             if units.is_none() && call.persistent_required() {
                 return Err(Error::invalid(
                     "persistent (required)",
-                    "layers that fit the persistent backward: batch ≤ 8, no projection, W_hh within the blocks' shared memory",
-                    format!("{:?} layer {l} with hidden size {h}, batch {bl}, {nd} direction(s)", dims.cell),
+                    "layers that fit the persistent backward: f32 storage, batch ≤ 8, no projection, W_hh within the blocks' shared memory",
+                    format!("{:?} layer {l} with hidden size {h}, batch {bl}, {nd} direction(s), {:?} storage", dims.cell, call.storage()),
                 ));
             }
             let persistent = match units {
@@ -668,14 +716,14 @@ pub(crate) fn backward(
                 }
                 None => None,
             };
-            let dgi = temp(tb * gh)?;
+            let dgi = temp_st(tb * gh)?;
             bufs.push(BwdBufs {
                 dgi,
-                dgh: if dims.gru() { temp(tb * gh)? } else { dgi },
+                dgh: if dims.gru() { temp_st(tb * gh)? } else { dgi },
                 carry: temp(hlen)?,
                 dc: if lstm { temp(clen)? } else { View::NULL },
-                dh_all: if proj { temp(tb * hout)? } else { View::NULL },
-                dh: if proj { temp(hlen)? } else { View::NULL },
+                dh_all: if proj { temp_st(tb * hout)? } else { View::NULL },
+                dh: if proj { temp_st(hlen)? } else { View::NULL },
                 dmv: if proj { temp(clen)? } else { View::NULL },
                 persistent,
             });
@@ -712,6 +760,9 @@ pub(crate) fn backward(
             }
         }
         d_out = d_in;
+    }
+    if let (Some(out), Some(acc)) = (dparams_out, dparams) {
+        call.copy(0, out, acc)?;
     }
     Ok(())
 }
@@ -858,10 +909,10 @@ mod emulation_tests {
     use proptest::prelude::*;
 
     fn view(v: &[f32]) -> View {
-        View { ptr: v.as_ptr() as u64, len: v.len() }
+        View { ptr: v.as_ptr() as u64, len: v.len(), ty: crate::Dtype::F32 }
     }
     fn view_mut(v: &mut [f32]) -> View {
-        View { ptr: v.as_mut_ptr() as u64, len: v.len() }
+        View { ptr: v.as_mut_ptr() as u64, len: v.len(), ty: crate::Dtype::F32 }
     }
     fn up(v: &[f32]) -> Vec<f64> {
         v.iter().map(|&a| a as f64).collect()

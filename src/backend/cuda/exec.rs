@@ -7,6 +7,7 @@
 use super::buffer::{DevMat, View};
 use super::device::{device_err, Device};
 use crate::config::CellKind;
+use crate::element::Dtype;
 use crate::error::{Error, Result};
 use crate::shape::SeqShape;
 use cudarc::cublas::sys::cublasOperation_t;
@@ -37,7 +38,9 @@ impl<T> std::fmt::Debug for Mem<T> {
     }
 }
 
-/// Every kernel entry of `kernels/*.cu`.
+/// Every kernel of `kernels/*.cu`, by its f32 entry; the kernels of [`HALF_KERNELS`] also
+/// have 16-bit entries, which a launch picks by the element type (the call's storage type, or
+/// the view's for fill and the conversions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kernel {
     LstmForwardStep,
@@ -59,7 +62,39 @@ pub(crate) enum Kernel {
     PersistentGruBackward,
     PersistentRnnTanhBackward,
     PersistentRnnReluBackward,
+    /// 16-bit storage to f32 (kernels/util.cu `convert_{f16,bf16}_to_f32`; no f32 entry).
+    ConvertToF32,
+    /// f32 to 16-bit storage (kernels/util.cu `convert_f32_to_{f16,bf16}`; no f32 entry).
+    ConvertFromF32,
 }
+
+/// The kernels with 16-bit entries: the kernel, its file in `kernels/`, its f16 and bf16
+/// entries (`Kernels::half` of device.rs holds them in this order).
+pub(crate) const HALF_KERNELS: [(Kernel, &str, &str, &str); 13] = [
+    (Kernel::LstmForwardStep, "lstm_pointwise", "lstm_forward_step_f16", "lstm_forward_step_bf16"),
+    (Kernel::LstmProjectionFinish, "lstm_pointwise", "lstm_projection_finish_f16", "lstm_projection_finish_bf16"),
+    (
+        Kernel::LstmProjectionBackwardPrepare,
+        "lstm_pointwise",
+        "lstm_projection_backward_prepare_f16",
+        "lstm_projection_backward_prepare_bf16",
+    ),
+    (Kernel::LstmBackwardStep, "lstm_pointwise", "lstm_backward_step_f16", "lstm_backward_step_bf16"),
+    (Kernel::GruForwardStep, "gru_pointwise", "gru_forward_step_f16", "gru_forward_step_bf16"),
+    (Kernel::GruBackwardStep, "gru_pointwise", "gru_backward_step_f16", "gru_backward_step_bf16"),
+    (Kernel::RnnTanhForwardStep, "rnn_pointwise", "rnn_tanh_forward_step_f16", "rnn_tanh_forward_step_bf16"),
+    (Kernel::RnnReluForwardStep, "rnn_pointwise", "rnn_relu_forward_step_f16", "rnn_relu_forward_step_bf16"),
+    (Kernel::RnnTanhBackwardStep, "rnn_pointwise", "rnn_tanh_backward_step_f16", "rnn_tanh_backward_step_bf16"),
+    (Kernel::RnnReluBackwardStep, "rnn_pointwise", "rnn_relu_backward_step_f16", "rnn_relu_backward_step_bf16"),
+    (Kernel::FillF32, "util", "fill_f16", "fill_bf16"),
+    (Kernel::ConvertToF32, "util", "convert_f16_to_f32", "convert_bf16_to_f32"),
+    (Kernel::ConvertFromF32, "util", "convert_f32_to_f16", "convert_f32_to_bf16"),
+];
+
+/// The f32 value whose two 16-bit halves are each a NaN in f16 and in bf16 (and which is a NaN
+/// itself): what the host emulation fills fresh 16-bit memory with.
+#[cfg(all(test, rnn_kernels_host_emulation))]
+const NAN_16X2: u32 = 0x7fc0_7fc0;
 
 /// A kernel argument: C `int`, `long long`, `float`, or a pointer (a device address).
 #[derive(Debug, Clone, Copy)]
@@ -157,6 +192,9 @@ enum On<'a> {
 /// The work of one backend call.
 pub(crate) struct Call<'a> {
     on: On<'a>,
+    /// The storage type (f32, f16 or bf16) of the weights, inputs, outputs and states: which
+    /// entries the cell kernels run.
+    st: Dtype,
     /// Whether the persistent kernel may be chosen.
     persistent: bool,
     /// Whether every layer-direction must take a persistent kernel (an error otherwise).
@@ -183,13 +221,25 @@ impl<'a> Call<'a> {
     pub fn new(dev: &'a Device) -> Result<Self> {
         let lock = dev.call.lock().unwrap_or_else(|p| p.into_inner());
         dev.ctx.bind_to_thread().map_err(|e| device_err(&dev.name, "binding the context", e))?;
-        Ok(Call { on: On::Dev { dev, _lock: lock }, persistent: false, persistent_required: false })
+        Ok(Call { on: On::Dev { dev, _lock: lock }, st: Dtype::F32, persistent: false, persistent_required: false })
     }
 
     /// A call emulated on the host.
     #[cfg(all(test, rnn_kernels_host_emulation))]
     pub fn host() -> Call<'static> {
-        Call { on: On::Host, persistent: false, persistent_required: false }
+        Call { on: On::Host, st: Dtype::F32, persistent: false, persistent_required: false }
+    }
+
+    /// Runs the 16-bit entries of the cell kernels (`ty` F16 or BF16) or the f32 ones.
+    pub fn with_storage(mut self, ty: Dtype) -> Self {
+        debug_assert!(matches!(ty, Dtype::F32 | Dtype::F16 | Dtype::BF16));
+        self.st = ty;
+        self
+    }
+
+    /// The storage type.
+    pub fn storage(&self) -> Dtype {
+        self.st
     }
 
     /// Allows the persistent kernel where it fits.
@@ -233,7 +283,8 @@ impl<'a> Call<'a> {
     /// On the host emulation, GRU and RNN layers take it with one block owning all `h` units
     /// (kernels/persistent_cell.cu runs there; persistent_lstm.cu does not).
     pub fn persistent_units(&self, cell: CellKind, h: usize, b: usize, dirs: usize) -> Option<usize> {
-        if !self.persistent || b > PERSISTENT_MAX_BATCH {
+        // The persistent kernels are f32 only.
+        if !self.persistent || b > PERSISTENT_MAX_BATCH || self.st != Dtype::F32 {
             return None;
         }
         let Some(dev) = self.dev() else {
@@ -262,7 +313,8 @@ impl<'a> Call<'a> {
     /// backward's shared memory ([`persistent_backward_smem`]) and occupancy. On the host
     /// emulation every cell takes it, one block owning all `h` units.
     pub fn persistent_backward_units(&self, cell: CellKind, h: usize, b: usize, dirs: usize) -> Option<usize> {
-        if !self.persistent || b > PERSISTENT_MAX_BATCH || h == 0 || dirs == 0 {
+        // The persistent kernels are f32 only.
+        if !self.persistent || b > PERSISTENT_MAX_BATCH || h == 0 || dirs == 0 || self.st != Dtype::F32 {
             return None;
         }
         let Some(dev) = self.dev() else {
@@ -301,6 +353,47 @@ impl<'a> Call<'a> {
         }
     }
 
+    /// `n` elements of `ty`, uninitialised on the device, NaN on the host. A 16-bit buffer is
+    /// held in `ceil(n/2)` f32 words (so the driver keeps one memory type); view it with
+    /// [`view_as`](Self::view_as).
+    pub fn alloc_as(&self, ty: Dtype, n: usize) -> Result<Mem<f32>> {
+        if ty == Dtype::F32 {
+            return self.alloc(n);
+        }
+        let words = (n * ty.size()).div_ceil(4);
+        match self.stream(0) {
+            // SAFETY: as alloc.
+            Some(s) => unsafe { s.alloc::<f32>(words.max(1)) }.map(Mem::Dev).map_err(|e| self.err(&format!("allocating {n} {ty:?}"), e)),
+            #[cfg(all(test, rnn_kernels_host_emulation))]
+            None => Ok(Mem::Host(vec![f32::from_bits(NAN_16X2); words.max(1)])),
+            #[cfg(not(all(test, rnn_kernels_host_emulation)))]
+            None => unreachable!("a call is on a device"),
+        }
+    }
+
+    /// [`fit`](Self::fit) for `n` elements of `ty`.
+    pub fn fit_as(&self, ty: Dtype, slot: &mut Option<Mem<f32>>, n: usize) -> Result<View> {
+        if ty == Dtype::F32 {
+            return self.fit(slot, n);
+        }
+        if n == 0 {
+            *slot = None;
+            return Ok(View::NULL);
+        }
+        let words = (n * ty.size()).div_ceil(4).max(1);
+        if slot.as_ref().map(|s| s.len()) != Some(words) {
+            *slot = Some(self.alloc_as(ty, n)?);
+        }
+        Ok(self.view_as(ty, slot.as_ref().expect("just set"), n))
+    }
+
+    /// The first `n` elements of `ty` of `m` (allocated by [`alloc_as`](Self::alloc_as)).
+    pub fn view_as(&self, ty: Dtype, m: &Mem<f32>, n: usize) -> View {
+        let v = self.view(m);
+        assert!(n * ty.size() <= v.len * 4, "{n} {ty:?} outside {} words", v.len);
+        View { ptr: v.ptr, len: n, ty }
+    }
+
     /// Fits `slot` to `n` elements (reallocating only when the size changes) and returns it.
     pub fn fit(&self, slot: &mut Option<Mem<f32>>, n: usize) -> Result<View> {
         if n == 0 {
@@ -319,7 +412,7 @@ impl<'a> Call<'a> {
         match m {
             Mem::Dev(s) => View::of(s, self.stream(0).expect("device memory on a device call")),
             #[cfg(all(test, rnn_kernels_host_emulation))]
-            Mem::Host(v) => View { ptr: v.as_ptr() as u64, len: v.len() },
+            Mem::Host(v) => View { ptr: v.as_ptr() as u64, len: v.len(), ty: Dtype::F32 },
         }
     }
 
@@ -353,7 +446,13 @@ impl<'a> Call<'a> {
     }
 
     /// `c = alpha·a·b + beta·c` (row-major, `a`, `b` possibly transposed) on stream `si`.
+    /// All f32: cublasSgemm. Otherwise `a` and `b` are both 16-bit (f16 or bf16, the same) and
+    /// `c` is f32 or of their type: cublasGemmEx with f32 compute (tensor cores allowed), which
+    /// reads `c` to f32 when `beta ≠ 0` and rounds the result once when `c` is 16-bit.
     pub fn gemm(&self, si: usize, alpha: f32, a: DevMat, b: DevMat, beta: f32, c: DevMat) -> Result<()> {
+        if (a.ty, b.ty, c.ty) != (Dtype::F32, Dtype::F32, Dtype::F32) {
+            return self.gemm_ex(si, alpha, a, b, beta, c);
+        }
         let Some(g) = SgemmArgs::new(a, b, beta, c) else { return Ok(()) };
         let Some(dev) = self.dev() else {
             #[cfg(all(test, rnn_kernels_host_emulation))]
@@ -387,27 +486,84 @@ impl<'a> Call<'a> {
         .map_err(|e| self.err("cublasSgemm", e))
     }
 
-    /// `v = value` on stream `si`.
+    /// The 16-bit [`gemm`](Self::gemm).
+    fn gemm_ex(&self, si: usize, alpha: f32, a: DevMat, b: DevMat, beta: f32, c: DevMat) -> Result<()> {
+        assert!(a.ty == b.ty && a.ty != Dtype::F32 && (c.ty == Dtype::F32 || c.ty == a.ty), "gemm types {:?} {:?} {:?}", a.ty, b.ty, c.ty);
+        let Some(g) = SgemmArgs::new(a, b, beta, c) else { return Ok(()) };
+        let Some(dev) = self.dev() else {
+            #[cfg(all(test, rnn_kernels_host_emulation))]
+            // SAFETY: the three views were checked to hold their [rows, cols] (View::mat).
+            unsafe {
+                host::gemm_ex(&g, a.ty, c.ty, alpha, beta)
+            };
+            return Ok(());
+        };
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
+        let dt = |t: Dtype| match t {
+            Dtype::F16 => cudaDataType::CUDA_R_16F,
+            Dtype::BF16 => cudaDataType::CUDA_R_16BF,
+            _ => cudaDataType::CUDA_R_32F,
+        };
+        let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+        // SAFETY: as in gemm; alpha and beta are f32 as CUBLAS_COMPUTE_32F requires, and the
+        // type pairs (16F/16F/32F, 16F/16F/16F and the 16BF ones) are supported combinations.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *dev.blas[si].handle(),
+                op(g.transa),
+                op(g.transb),
+                g.m,
+                g.n,
+                g.k,
+                (&alpha as *const f32).cast(),
+                g.a as *const std::ffi::c_void,
+                dt(b.ty),
+                g.lda,
+                g.b as *const std::ffi::c_void,
+                dt(a.ty),
+                g.ldb,
+                (&beta as *const f32).cast(),
+                g.c as *mut std::ffi::c_void,
+                dt(c.ty),
+                g.ldc,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| self.err("cublasGemmEx", e))
+    }
+
+    /// `v = value` (rounded once to `v`'s type) on stream `si`.
     pub fn fill(&self, si: usize, v: View, value: f32) -> Result<()> {
         if v.len == 0 {
             return Ok(());
         }
-        self.launch(si, Kernel::FillF32, v.len, &args![v.len as i64, value, v.ptr])
+        self.launch_typed(si, Kernel::FillF32, v.ty, grid(v.len), false, &args![v.len as i64, value, v.ptr])
     }
 
-    /// `dst = src` (same length) on stream `si`.
+    /// `dst = src` (same length) on stream `si`; between f32 and 16-bit views, converted
+    /// (exactly to f32, rounded once from it).
     pub fn copy(&self, si: usize, dst: View, src: View) -> Result<()> {
         assert_eq!(dst.len, src.len);
         if dst.len == 0 {
             return Ok(());
         }
+        if dst.ty != src.ty {
+            let n = dst.len;
+            return match (src.ty, dst.ty) {
+                (s, Dtype::F32) => self.launch_typed(si, Kernel::ConvertToF32, s, grid(n), false, &args![n as i64, src.ptr, dst.ptr]),
+                (Dtype::F32, d) => self.launch_typed(si, Kernel::ConvertFromF32, d, grid(n), false, &args![n as i64, src.ptr, dst.ptr]),
+                (s, d) => panic!("copy from {s:?} to {d:?}"),
+            };
+        }
+        let bytes = dst.len * dst.ty.size();
         let Some(s) = self.stream(si) else {
-            // SAFETY: both views hold len f32 (host memory in the emulation).
-            unsafe { std::ptr::copy(src.ptr as *const f32, dst.ptr as *mut f32, dst.len) };
+            // SAFETY: both views hold len elements of their (equal) type (host memory in the emulation).
+            unsafe { std::ptr::copy(src.ptr as *const u8, dst.ptr as *mut u8, bytes) };
             return Ok(());
         };
-        // SAFETY: both views hold len f32.
-        unsafe { cudarc::driver::result::memcpy_dtod_async(dst.ptr, src.ptr, dst.len * 4, s.cu_stream()) }
+        // SAFETY: both views hold len elements of their (equal) type.
+        unsafe { cudarc::driver::result::memcpy_dtod_async(dst.ptr, src.ptr, bytes, s.cu_stream()) }
             .map_err(|e| self.err("copying device memory", e))
     }
 
@@ -424,18 +580,34 @@ impl<'a> Call<'a> {
         self.launch_with(si, k, grid(n), false, args)
     }
 
-    /// Kernel `k` with `args` (in the order of its signature in kernels/*.cu).
+    /// Kernel `k` with `args` (in the order of its signature in kernels/*.cu), the entry of
+    /// the call's storage type.
     pub fn launch_with(&self, si: usize, k: Kernel, cfg: LaunchConfig, cooperative: bool, args: &[A]) -> Result<()> {
+        self.launch_typed(si, k, self.st, cfg, cooperative, args)
+    }
+
+    /// Kernel `k`'s entry for element type `ty` with `args`.
+    fn launch_typed(&self, si: usize, k: Kernel, ty: Dtype, cfg: LaunchConfig, cooperative: bool, args: &[A]) -> Result<()> {
         let Some(dev) = self.dev() else {
             #[cfg(all(test, rnn_kernels_host_emulation))]
             // SAFETY: as below; the emulated kernels are the same code, run serially.
             unsafe {
-                host::launch(k, args)
+                if ty == Dtype::F32 {
+                    host::launch(k, args)
+                } else {
+                    host::launch16(k, ty, args)
+                }
             };
             return Ok(());
         };
         let kk = &dev.kernels;
+        let half = |k: Kernel| {
+            let i = HALF_KERNELS.iter().position(|e| e.0 == k).expect("a kernel with 16-bit entries");
+            &kk.half[i][usize::from(ty == Dtype::BF16)]
+        };
         let f = match k {
+            _ if ty != Dtype::F32 => half(k),
+            Kernel::ConvertToF32 | Kernel::ConvertFromF32 => panic!("{k:?} has no f32 entry"),
             Kernel::LstmForwardStep => &kk.lstm_forward_step,
             Kernel::LstmProjectionFinish => &kk.lstm_projection_finish,
             Kernel::LstmProjectionBackwardPrepare => &kk.lstm_projection_backward_prepare,
@@ -521,8 +693,9 @@ pub(crate) fn persistent_backward_smem(g: usize, h: usize, b: usize, u: usize) -
 #[cfg(test)]
 pub(crate) mod host {
     use super::SgemmArgs;
+    use crate::element::Dtype;
     #[cfg(rnn_kernels_host_emulation)]
-    pub(crate) use emulated::launch;
+    pub(crate) use emulated::{launch, launch16};
 
     #[cfg(rnn_kernels_host_emulation)]
     mod emulated {
@@ -723,6 +896,40 @@ pub(crate) mod host {
             persistent_rnn_relu_backward
         );
 
+        // The 16-bit entries (RNNK_INSTANTIATE of kernels/common.cuh, and util.cu's fill and
+        // conversions): the f32 entry's signature, storage pointers as u64 like the others.
+        macro_rules! decl16 {
+            ($($f:ident($($t:ty),*);)*) => { extern "C" { $(fn $f($(_: $t),*);)* } };
+        }
+        decl16! {
+            lstm_forward_step_f16(i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32);
+            lstm_forward_step_bf16(i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32);
+            lstm_projection_finish_f16(i32, i32, i32, u64, u64, u64, u64, i32);
+            lstm_projection_finish_bf16(i32, i32, i32, u64, u64, u64, u64, i32);
+            lstm_projection_backward_prepare_f16(i32, i32, i32, u64, u64, i32, u64, u64, u64);
+            lstm_projection_backward_prepare_bf16(i32, i32, i32, u64, u64, i32, u64, u64, u64);
+            lstm_backward_step_f16(i32, i32, i32, u64, u64, u64, u64, u64, u64, i32, u64, u64, u64);
+            lstm_backward_step_bf16(i32, i32, i32, u64, u64, u64, u64, u64, u64, i32, u64, u64, u64);
+            gru_forward_step_f16(i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32);
+            gru_forward_step_bf16(i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32);
+            gru_backward_step_f16(i32, i32, i32, u64, u64, u64, u64, u64, i32, u64, u64, u64);
+            gru_backward_step_bf16(i32, i32, i32, u64, u64, u64, u64, u64, i32, u64, u64, u64);
+            rnn_tanh_forward_step_f16(i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32);
+            rnn_tanh_forward_step_bf16(i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32);
+            rnn_relu_forward_step_f16(i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32);
+            rnn_relu_forward_step_bf16(i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32);
+            rnn_tanh_backward_step_f16(i32, i32, i32, u64, u64, u64, i32, u64, u64);
+            rnn_tanh_backward_step_bf16(i32, i32, i32, u64, u64, u64, i32, u64, u64);
+            rnn_relu_backward_step_f16(i32, i32, i32, u64, u64, u64, i32, u64, u64);
+            rnn_relu_backward_step_bf16(i32, i32, i32, u64, u64, u64, i32, u64, u64);
+            fill_f16(i64, f32, u64);
+            fill_bf16(i64, f32, u64);
+            convert_f16_to_f32(i64, u64, u64);
+            convert_bf16_to_f32(i64, u64, u64);
+            convert_f32_to_f16(i64, u64, u64);
+            convert_f32_to_bf16(i64, u64, u64);
+        }
+
         /// Takes the next argument, which must have the C type the signature says.
         type Args<'a> = std::iter::Enumerate<std::slice::Iter<'a, A>>;
         trait Take: Sized {
@@ -748,6 +955,9 @@ pub(crate) mod host {
 
         macro_rules! call {
         ($k:expr, $args:expr, $f:ident($($t:ty),*)) => {{
+            call!($k, $args, ($f)($($t),*))
+        }};
+        ($k:expr, $args:expr, ($f:expr)($($t:ty),*)) => {{
             let mut it = $args.iter().enumerate();
             $f($(<$t as Take>::take(&mut it, $k)),*);
             assert!(it.next().is_none(), "{:?}: too many arguments", $k);
@@ -788,13 +998,14 @@ pub(crate) mod host {
                     K::RnnReluBackwardStep => call!(k, args, rnn_relu_backward_step(i32, i32, i32, u64, u64, u64, i32, u64, u64)),
                     K::FillF32 => call!(k, args, fill_f32(i64, f32, u64)),
                     K::PersistentLstmForward => panic!("the persistent LSTM kernel has no host emulation"),
+                    K::ConvertToF32 | K::ConvertFromF32 => panic!("{k:?} has no f32 entry"),
                     K::PersistentGruForward | K::PersistentRnnTanhForward | K::PersistentRnnReluForward => {
                         let f = match k {
                             K::PersistentGruForward => persistent_gru_forward,
                             K::PersistentRnnTanhForward => persistent_rnn_tanh_forward,
                             _ => persistent_rnn_relu_forward,
                         };
-                        call!(k, args, f(i32, i32, i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, i32, u64, u64, u64, i32, u64, u64))
+                        call!(k, args, (f)(i32, i32, i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, i32, u64, u64, u64, i32, u64, u64))
                     }
                     K::PersistentLstmBackward | K::PersistentGruBackward | K::PersistentRnnTanhBackward | K::PersistentRnnReluBackward => {
                         let f = match k {
@@ -809,6 +1020,108 @@ pub(crate) mod host {
                             f(i32, i32, i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32, u64, u64, u64, u64, u64)
                         )
                     }
+                }
+            }
+        }
+
+        /// Runs the 16-bit entry (`ty` F16 or BF16) of kernel `k` on the host.
+        ///
+        /// # Safety
+        /// As [`launch`].
+        pub unsafe fn launch16(k: Kernel, ty: super::Dtype, args: &[A]) {
+            use Kernel as K;
+            let bf = ty == super::Dtype::BF16;
+            macro_rules! pick {
+                ($f16:ident, $bf16:ident) => {
+                    if bf {
+                        $bf16
+                    } else {
+                        $f16
+                    }
+                };
+            }
+            // SAFETY: as the function's.
+            unsafe {
+                match k {
+                    K::LstmForwardStep => call!(
+                        k,
+                        args,
+                        (pick!(lstm_forward_step_f16, lstm_forward_step_bf16))(
+                            i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32
+                        )
+                    ),
+                    K::LstmProjectionFinish => {
+                        call!(
+                            k,
+                            args,
+                            (pick!(lstm_projection_finish_f16, lstm_projection_finish_bf16))(i32, i32, i32, u64, u64, u64, u64, i32)
+                        )
+                    }
+                    K::LstmProjectionBackwardPrepare => call!(
+                        k,
+                        args,
+                        (pick!(lstm_projection_backward_prepare_f16, lstm_projection_backward_prepare_bf16))(
+                            i32, i32, i32, u64, u64, i32, u64, u64, u64
+                        )
+                    ),
+                    K::LstmBackwardStep => call!(
+                        k,
+                        args,
+                        (pick!(lstm_backward_step_f16, lstm_backward_step_bf16))(
+                            i32, i32, i32, u64, u64, u64, u64, u64, u64, i32, u64, u64, u64
+                        )
+                    ),
+                    K::GruForwardStep => call!(
+                        k,
+                        args,
+                        (pick!(gru_forward_step_f16, gru_forward_step_bf16))(
+                            i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32
+                        )
+                    ),
+                    K::GruBackwardStep => call!(
+                        k,
+                        args,
+                        (pick!(gru_backward_step_f16, gru_backward_step_bf16))(i32, i32, i32, u64, u64, u64, u64, u64, i32, u64, u64, u64)
+                    ),
+                    K::RnnTanhForwardStep => call!(
+                        k,
+                        args,
+                        (pick!(rnn_tanh_forward_step_f16, rnn_tanh_forward_step_bf16))(
+                            i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32
+                        )
+                    ),
+                    K::RnnReluForwardStep => call!(
+                        k,
+                        args,
+                        (pick!(rnn_relu_forward_step_f16, rnn_relu_forward_step_bf16))(
+                            i32, i32, i32, u64, u64, u64, u64, u64, u64, u64, u64, u64, i32
+                        )
+                    ),
+                    K::RnnTanhBackwardStep => {
+                        call!(
+                            k,
+                            args,
+                            (pick!(rnn_tanh_backward_step_f16, rnn_tanh_backward_step_bf16))(i32, i32, i32, u64, u64, u64, i32, u64, u64)
+                        )
+                    }
+                    K::RnnReluBackwardStep => {
+                        call!(
+                            k,
+                            args,
+                            (pick!(rnn_relu_backward_step_f16, rnn_relu_backward_step_bf16))(i32, i32, i32, u64, u64, u64, i32, u64, u64)
+                        )
+                    }
+                    K::FillF32 => call!(k, args, (pick!(fill_f16, fill_bf16))(i64, f32, u64)),
+                    K::ConvertToF32 => call!(k, args, (pick!(convert_f16_to_f32, convert_bf16_to_f32))(i64, u64, u64)),
+                    K::ConvertFromF32 => call!(k, args, (pick!(convert_f32_to_f16, convert_f32_to_bf16))(i64, u64, u64)),
+                    K::PersistentLstmForward
+                    | K::PersistentGruForward
+                    | K::PersistentRnnTanhForward
+                    | K::PersistentRnnReluForward
+                    | K::PersistentLstmBackward
+                    | K::PersistentGruBackward
+                    | K::PersistentRnnTanhBackward
+                    | K::PersistentRnnReluBackward => panic!("{k:?} is f32 only"),
                 }
             }
         }
@@ -844,6 +1157,53 @@ pub(crate) mod host {
             }
         }
     }
+    /// cuBLAS's GemmEx on host memory with f32 compute: `a` and `b` of 16-bit type `ab` (each
+    /// element converted exactly to f32), `c` f32 or of type `ab`; the sum accumulates in f32 and
+    /// a 16-bit `c` is rounded once (to nearest even, as the `half` crate). `C` is not read when
+    /// `beta = 0`.
+    ///
+    /// # Safety
+    /// As [`sgemm`].
+    pub unsafe fn gemm_ex(g: &SgemmArgs, ab: Dtype, ct: Dtype, alpha: f32, beta: f32) {
+        // SAFETY (of the closures): as the function's.
+        let ld16 = |p: u64, i: usize| -> f32 {
+            let bits = unsafe { *(p as *const u16).add(i) };
+            if ab == Dtype::BF16 {
+                half::bf16::from_bits(bits).to_f32()
+            } else {
+                half::f16::from_bits(bits).to_f32()
+            }
+        };
+        let (lda, ldb, ldc) = (g.lda as usize, g.ldb as usize, g.ldc as usize);
+        for i in 0..g.m as usize {
+            for j in 0..g.n as usize {
+                let mut acc = 0.0f32;
+                for p in 0..g.k as usize {
+                    let av = if g.transa { ld16(g.a, p + i * lda) } else { ld16(g.a, i + p * lda) };
+                    let bv = if g.transb { ld16(g.b, j + p * ldb) } else { ld16(g.b, p + j * ldb) };
+                    acc += av * bv;
+                }
+                let at = i + j * ldc;
+                // SAFETY: as the function's.
+                unsafe {
+                    if ct == Dtype::F32 {
+                        let cv = (g.c as *mut f32).add(at);
+                        *cv = if beta == 0.0 { alpha * acc } else { alpha * acc + beta * *cv };
+                    } else {
+                        let cv = (g.c as *mut u16).add(at);
+                        let old =
+                            |b: u16| if ct == Dtype::BF16 { half::bf16::from_bits(b).to_f32() } else { half::f16::from_bits(b).to_f32() };
+                        let v = if beta == 0.0 { alpha * acc } else { alpha * acc + beta * old(*cv) };
+                        *cv = if ct == Dtype::BF16 {
+                            half::bf16::from_f32_const(v).to_bits()
+                        } else {
+                            half::f16::from_f32_const(v).to_bits()
+                        };
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -851,7 +1211,7 @@ mod tests {
     use super::*;
 
     fn host_view(v: &[f32]) -> View {
-        View { ptr: v.as_ptr() as u64, len: v.len() }
+        View { ptr: v.as_ptr() as u64, len: v.len(), ty: Dtype::F32 }
     }
 
     /// The row-major to column-major mapping, for every transpose combination, against a plain
@@ -872,7 +1232,7 @@ mod tests {
             let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] };
             let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] };
             let mut c = c0.clone();
-            let cv = View { ptr: c.as_mut_ptr() as u64, len: c.len() };
+            let cv = View { ptr: c.as_mut_ptr() as u64, len: c.len(), ty: Dtype::F32 };
             let g = SgemmArgs::new(am, bm, 0.5, cv.mat(m, n)).unwrap();
             // SAFETY: the three buffers hold the matrices the arguments describe.
             unsafe { host::sgemm(&g, 2.0, 0.5) };
@@ -930,7 +1290,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "outside")]
     fn views_are_bounds_checked() {
-        let v = View { ptr: 4096, len: 10 };
+        let v = View { ptr: 4096, len: 10, ty: Dtype::F32 };
         assert_eq!(v.at(4, 6).ptr, 4096 + 16);
         assert_eq!(v.strided(2, 3, 3, 2).len, 8);
         let _ = v.at(5, 6);

@@ -1,6 +1,17 @@
-//! The CUDA backend, f32: the host driver's structure on the device (`driver.rs`), with cuBLAS
-//! for the GEMMs and one fused pointwise kernel per cell and step (`kernels/*.cu`, compiled to
-//! PTX by `build.rs`).
+//! The CUDA backend, f32, f16 and bf16 storage: the host driver's structure on the device
+//! (`driver.rs`), with cuBLAS for the GEMMs and one fused pointwise kernel per cell and step
+//! (`kernels/*.cu`, compiled to PTX by `build.rs`).
+//!
+//! **Storage types** ([`CudaElement`]): `Backend<f32>`, `Backend<half::f16>` and
+//! `Backend<half::bf16>` for [`Cuda`] and [`CudaHost`]. The maths is f32 for all three. With
+//! 16-bit storage the weights, inputs, outputs, hidden states and every GEMM operand are
+//! 16-bit; the GEMMs are `cublasGemmEx` with f32 compute (tensor cores allowed) and an f32
+//! result where it feeds a kernel or a carry; the gate pre-activations, the LSTM cell state, the
+//! carried gradients and the weight-gradient accumulator stay f32, and each stored value is
+//! rounded once (round to nearest even). The persistent kernels are f32 only (a 16-bit call
+//! takes the per-step path; requiring them is an error). The error against the f64 reference
+//! is bounded in [`crate::tolerance`]; DEVELOPERS.md ("f16 and bf16 storage") has the details
+//! and the measured error / bound ratios.
 //!
 //! - `device.rs`: opening a device (context, two streams, two cuBLAS handles) and loading the
 //!   kernels, once per process and device.
@@ -25,6 +36,8 @@ mod device;
 mod driver;
 mod exec;
 mod external;
+#[cfg(all(test, rnn_kernels_host_emulation))]
+mod half_tests;
 
 /// The PTX of `kernels/*.cu`, written by build.rs.
 #[allow(dead_code)]
@@ -40,6 +53,7 @@ use crate::backend::{
     check_backward, check_forward, Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnPlan,
 };
 use crate::config::RnnConfig;
+use crate::element::{Dtype, Element};
 use crate::error::{Error, Result};
 use crate::params::ParamLayout;
 use crate::shape::SeqShape;
@@ -48,6 +62,21 @@ use device::{device_err, Device};
 use exec::{Call, Mem};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+
+/// The element types the CUDA backend stores: `f32`, [`half::f16`] and [`half::bf16`]
+/// (`Backend<T>` for [`Cuda`] and [`CudaHost`]). The maths is f32 for all three; see the
+/// module docs for what is stored in 16 bits and the tolerances.
+pub trait CudaElement: Element + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + sealed::Sealed {}
+impl CudaElement for f32 {}
+impl CudaElement for half::f16 {}
+impl CudaElement for half::bf16 {}
 
 /// The CUDA backend on one device, computing on device buffers ([`CudaBuf`]).
 ///
@@ -152,7 +181,7 @@ impl Cuda {
     }
 
     /// Copies `host` to a new device buffer.
-    pub fn upload(&self, host: &[f32]) -> Result<CudaBuf<f32>> {
+    pub fn upload<T: CudaElement>(&self, host: &[T]) -> Result<CudaBuf<T>> {
         let _ = Call::new(&self.dev)?;
         if host.is_empty() {
             return self.zeros(0);
@@ -161,22 +190,22 @@ impl Cuda {
         Ok(CudaBuf { slice })
     }
 
-    /// A new device buffer of `n` zeros.
-    pub fn zeros(&self, n: usize) -> Result<CudaBuf<f32>> {
+    /// A new device buffer of `n` zeros (f32, f16 or bf16: `cuda.zeros::<half::f16>(n)`).
+    pub fn zeros<T: CudaElement>(&self, n: usize) -> Result<CudaBuf<T>> {
         let _ = Call::new(&self.dev)?;
-        let slice = self.dev.streams[0].alloc_zeros::<f32>(n).map_err(|e| self.err(&format!("allocating {n} f32"), e))?;
+        let slice = self.dev.streams[0].alloc_zeros::<T>(n).map_err(|e| self.err(&format!("allocating {n} {:?}", T::DTYPE), e))?;
         Ok(CudaBuf { slice })
     }
 
     /// Copies a device buffer to the host, after the work enqueued before it.
-    pub fn download(&self, buf: &CudaBuf<f32>) -> Result<Vec<f32>> {
-        let mut v = vec![0.0; buf.slice.len()];
+    pub fn download<T: CudaElement>(&self, buf: &CudaBuf<T>) -> Result<Vec<T>> {
+        let mut v = vec![T::default(); buf.slice.len()];
         self.download_into(buf, &mut v)?;
         Ok(v)
     }
 
     /// Copies a device buffer into `host` (same length), after the work enqueued before it.
-    pub fn download_into(&self, buf: &CudaBuf<f32>, host: &mut [f32]) -> Result<()> {
+    pub fn download_into<T: CudaElement>(&self, buf: &CudaBuf<T>, host: &mut [T]) -> Result<()> {
         crate::error::check_len("host", "the device buffer's length", &[buf.slice.len()], host.len())?;
         let _ = Call::new(&self.dev)?;
         if host.is_empty() {
@@ -197,21 +226,24 @@ impl Cuda {
         Ok(())
     }
 
-    fn view(&self, b: &CudaBuf<f32>) -> View {
+    fn view<T: CudaElement>(&self, b: &CudaBuf<T>) -> View {
         View::of(&b.slice, &self.dev.streams[0])
     }
 
-    fn run_forward(
+    fn run_forward<T: CudaElement>(
         &self,
         plan: &CudaPlan,
         shape: &SeqShape,
-        input: ForwardInput<'_, CudaBuf<f32>>,
-        output: ForwardOutput<'_, CudaBuf<f32>>,
+        input: ForwardInput<'_, CudaBuf<T>>,
+        output: ForwardOutput<'_, CudaBuf<T>>,
         reserve: Option<&mut CudaReserve>,
     ) -> Result<()> {
         check_forward(plan.config(), shape, &input, &output)?;
-        self.check_plan(plan)?;
-        let call = Call::new(&self.dev)?.with_persistent(self.persistent).with_persistent_required(self.persistent_required);
+        self.check_plan(plan, T::DTYPE)?;
+        let call = Call::new(&self.dev)?
+            .with_storage(T::DTYPE)
+            .with_persistent(self.persistent)
+            .with_persistent_required(self.persistent_required);
         let mut reserve = reserve;
         if let Some(r) = reserve.as_deref_mut() {
             r.plan_id = plan.id;
@@ -219,11 +251,11 @@ impl Cuda {
             // Until this call has filled it, the reserve is not usable.
             r.shape = None;
         }
-        let v = |b: &CudaBuf<f32>| self.view(b);
+        let v = |b: &CudaBuf<T>| self.view(b);
         driver::forward(
             &call,
             &plan.layout,
-            call.view(&plan.weights),
+            plan.weights(&call),
             shape,
             v(input.x),
             input.h0.map(v),
@@ -235,24 +267,24 @@ impl Cuda {
         )
     }
 
-    fn run_backward(
+    fn run_backward<T: CudaElement>(
         &self,
         plan: &CudaPlan,
         reserve: &CudaReserve,
-        grads: BackwardInput<'_, CudaBuf<f32>>,
-        output: BackwardOutput<'_, CudaBuf<f32>>,
+        grads: BackwardInput<'_, CudaBuf<T>>,
+        output: BackwardOutput<'_, CudaBuf<T>>,
         mode: GradMode,
     ) -> Result<()> {
-        self.check_plan(plan)?;
+        self.check_plan(plan, T::DTYPE)?;
         let shape = check_reserve(reserve, plan)?;
         check_backward(plan.config(), shape, plan.layout.len(), &grads, &output)?;
-        let call = Call::new(&self.dev)?;
+        let call = Call::new(&self.dev)?.with_storage(T::DTYPE);
         let saved = driver::SavedViews::new(&call, reserve);
-        let v = |b: &CudaBuf<f32>| self.view(b);
+        let v = |b: &CudaBuf<T>| self.view(b);
         driver::backward(
             &call,
             &plan.layout,
-            call.view(&plan.weights),
+            plan.weights(&call),
             shape,
             &saved,
             grads.dy.map(v),
@@ -266,35 +298,44 @@ impl Cuda {
         )
     }
 
-    fn check_plan(&self, plan: &CudaPlan) -> Result<()> {
+    fn check_plan(&self, plan: &CudaPlan, ty: Dtype) -> Result<()> {
         if plan.device != self.dev.name {
             return Err(Error::invalid("plan", format!("a plan made on {}", self.dev.name), format!("a plan made on {}", plan.device)));
+        }
+        if plan.ty != ty {
+            return Err(Error::invalid(
+                "plan",
+                format!("a plan of {ty:?} weights (the buffers' type)"),
+                format!("a plan of {:?} weights", plan.ty),
+            ));
         }
         Ok(())
     }
 
-    fn make_plan(&self, config: &RnnConfig, params: &CudaBuf<f32>) -> Result<CudaPlan> {
+    fn make_plan<T: CudaElement>(&self, config: &RnnConfig, params: &CudaBuf<T>) -> Result<CudaPlan> {
         let layout = ParamLayout::new(config);
         layout.check_buffer("params", params.slice.len())?;
         let weights = {
             let call = Call::new(&self.dev)?;
-            let w = call.alloc(layout.len())?;
-            let (dst, src) = (call.view(&w), self.view(params));
-            // SAFETY: both hold layout.len() f32.
-            unsafe { cudarc::driver::result::memcpy_dtod_async(dst.ptr, src.ptr, src.len * 4, self.dev.streams[0].cu_stream()) }
-                .map_err(|e| self.err("copying the parameters", e))?;
+            let w = call.alloc_as(T::DTYPE, layout.len())?;
+            let (dst, src) = (call.view_as(T::DTYPE, &w, layout.len()), self.view(params));
+            // SAFETY: both hold layout.len() elements of T.
+            unsafe {
+                cudarc::driver::result::memcpy_dtod_async(dst.ptr, src.ptr, src.len * T::DTYPE.size(), self.dev.streams[0].cu_stream())
+            }
+            .map_err(|e| self.err("copying the parameters", e))?;
             w
         };
-        Ok(CudaPlan { layout, weights, device: self.dev.name.clone(), id: next_plan_id(), version: 0 })
+        Ok(CudaPlan { layout, weights, ty: T::DTYPE, device: self.dev.name.clone(), id: next_plan_id(), version: 0 })
     }
 
-    fn update(&self, plan: &mut CudaPlan, params: &CudaBuf<f32>) -> Result<()> {
-        self.check_plan(plan)?;
+    fn update<T: CudaElement>(&self, plan: &mut CudaPlan, params: &CudaBuf<T>) -> Result<()> {
+        self.check_plan(plan, T::DTYPE)?;
         plan.layout.check_buffer("params", params.slice.len())?;
         let call = Call::new(&self.dev)?;
-        let (dst, src) = (call.view(&plan.weights), self.view(params));
-        // SAFETY: both hold layout.len() f32.
-        unsafe { cudarc::driver::result::memcpy_dtod_async(dst.ptr, src.ptr, src.len * 4, self.dev.streams[0].cu_stream()) }
+        let (dst, src) = (plan.weights(&call), self.view(params));
+        // SAFETY: both hold layout.len() elements of T.
+        unsafe { cudarc::driver::result::memcpy_dtod_async(dst.ptr, src.ptr, src.len * T::DTYPE.size(), self.dev.streams[0].cu_stream()) }
             .map_err(|e| self.err("copying the parameters", e))?;
         plan.version += 1;
         Ok(())
@@ -311,7 +352,9 @@ fn next_plan_id() -> u64 {
 /// used with the weights that filled it.
 pub struct CudaPlan {
     layout: ParamLayout,
+    /// The weights, of type `ty` (16-bit ones held in f32 words, see `Call::alloc_as`).
     weights: Mem<f32>,
+    ty: Dtype,
     device: String,
     id: u64,
     version: u64,
@@ -319,7 +362,14 @@ pub struct CudaPlan {
 
 impl std::fmt::Debug for CudaPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CudaPlan").field("config", self.layout.config()).field("device", &self.device).finish()
+        f.debug_struct("CudaPlan").field("config", self.layout.config()).field("dtype", &self.ty).field("device", &self.device).finish()
+    }
+}
+
+impl CudaPlan {
+    /// The weights as a view of their type.
+    fn weights(&self, call: &Call<'_>) -> View {
+        call.view_as(self.ty, &self.weights, self.layout.len())
     }
 }
 
@@ -344,8 +394,9 @@ fn check_reserve<'r>(reserve: &'r CudaReserve, plan: &CudaPlan) -> Result<&'r Se
     Ok(shape)
 }
 
-impl Backend<f32> for Cuda {
-    type Buf = CudaBuf<f32>;
+/// f32, f16 and bf16 storage; see the module docs.
+impl<T: CudaElement> Backend<T> for Cuda {
+    type Buf = CudaBuf<T>;
     type Plan = CudaPlan;
     type Reserve = CudaReserve;
 
@@ -353,11 +404,11 @@ impl Backend<f32> for Cuda {
         self.dev.name.clone()
     }
 
-    fn plan(&self, config: &RnnConfig, params: &CudaBuf<f32>) -> Result<CudaPlan> {
+    fn plan(&self, config: &RnnConfig, params: &CudaBuf<T>) -> Result<CudaPlan> {
         self.make_plan(config, params)
     }
 
-    fn update_plan(&self, plan: &mut CudaPlan, params: &CudaBuf<f32>) -> Result<()> {
+    fn update_plan(&self, plan: &mut CudaPlan, params: &CudaBuf<T>) -> Result<()> {
         self.update(plan, params)
     }
 
@@ -365,8 +416,8 @@ impl Backend<f32> for Cuda {
         &self,
         plan: &CudaPlan,
         shape: &SeqShape,
-        input: ForwardInput<'_, CudaBuf<f32>>,
-        output: ForwardOutput<'_, CudaBuf<f32>>,
+        input: ForwardInput<'_, CudaBuf<T>>,
+        output: ForwardOutput<'_, CudaBuf<T>>,
     ) -> Result<()> {
         self.run_forward(plan, shape, input, output, None)
     }
@@ -375,8 +426,8 @@ impl Backend<f32> for Cuda {
         &self,
         plan: &CudaPlan,
         shape: &SeqShape,
-        input: ForwardInput<'_, CudaBuf<f32>>,
-        output: ForwardOutput<'_, CudaBuf<f32>>,
+        input: ForwardInput<'_, CudaBuf<T>>,
+        output: ForwardOutput<'_, CudaBuf<T>>,
         reserve: &mut CudaReserve,
     ) -> Result<()> {
         self.run_forward(plan, shape, input, output, Some(reserve))
@@ -386,8 +437,8 @@ impl Backend<f32> for Cuda {
         &self,
         plan: &CudaPlan,
         reserve: &CudaReserve,
-        grads: BackwardInput<'_, CudaBuf<f32>>,
-        output: BackwardOutput<'_, CudaBuf<f32>>,
+        grads: BackwardInput<'_, CudaBuf<T>>,
+        output: BackwardOutput<'_, CudaBuf<T>>,
         mode: GradMode,
     ) -> Result<()> {
         self.run_backward(plan, reserve, grads, output, mode)
@@ -396,38 +447,39 @@ impl Backend<f32> for Cuda {
 
 /// The CUDA backend on host slices: each call uploads its inputs, runs on the device and
 /// downloads its outputs (the plan and the reserve stay on the device). For
-/// [`Rnn`](crate::Rnn) and code written against `Backend<f32, Buf = [f32]>`; use [`Cuda`]
+/// [`Rnn`](crate::Rnn) and code written against `Backend<T, Buf = [T]>` (`T` f32, f16 or bf16); use [`Cuda`]
 /// directly to keep a whole model on the device.
 #[derive(Clone, Debug)]
 pub struct CudaHost(pub Cuda);
 
 impl CudaHost {
+    // The helpers are generic over the element type as the backend is.
     /// [`Cuda::new`] on host slices.
     pub fn new() -> Result<CudaHost> {
         Ok(CudaHost(Cuda::new()?))
     }
 
-    fn up_opt(&self, v: Option<&[f32]>) -> Result<Option<CudaBuf<f32>>> {
+    fn up_opt<T: CudaElement>(&self, v: Option<&[T]>) -> Result<Option<CudaBuf<T>>> {
         v.map(|v| self.0.upload(v)).transpose()
     }
 
-    fn zeros_like(&self, v: &Option<&mut [f32]>) -> Result<Option<CudaBuf<f32>>> {
+    fn zeros_like<T: CudaElement>(&self, v: &Option<&mut [T]>) -> Result<Option<CudaBuf<T>>> {
         v.as_ref().map(|v| self.0.zeros(v.len())).transpose()
     }
 
-    fn down_opt(&self, d: Option<CudaBuf<f32>>, h: Option<&mut [f32]>) -> Result<()> {
+    fn down_opt<T: CudaElement>(&self, d: Option<CudaBuf<T>>, h: Option<&mut [T]>) -> Result<()> {
         if let (Some(d), Some(h)) = (d, h) {
             self.0.download_into(&d, h)?;
         }
         Ok(())
     }
 
-    fn forward(
+    fn forward<T: CudaElement>(
         &self,
         plan: &CudaPlan,
         shape: &SeqShape,
-        input: ForwardInput<'_, [f32]>,
-        output: ForwardOutput<'_, [f32]>,
+        input: ForwardInput<'_, [T]>,
+        output: ForwardOutput<'_, [T]>,
         reserve: Option<&mut CudaReserve>,
     ) -> Result<()> {
         // The same checks on the host slices first, so no upload happens for a wrong call.
@@ -445,21 +497,22 @@ impl CudaHost {
     }
 }
 
-impl Backend<f32> for CudaHost {
-    type Buf = [f32];
+/// f32, f16 and bf16 storage, as [`Cuda`].
+impl<T: CudaElement> Backend<T> for CudaHost {
+    type Buf = [T];
     type Plan = CudaPlan;
     type Reserve = CudaReserve;
 
     fn name(&self) -> String {
-        self.0.name()
+        Backend::<T>::name(&self.0)
     }
 
-    fn plan(&self, config: &RnnConfig, params: &[f32]) -> Result<CudaPlan> {
+    fn plan(&self, config: &RnnConfig, params: &[T]) -> Result<CudaPlan> {
         ParamLayout::new(config).check_buffer("params", params.len())?;
         self.0.make_plan(config, &self.0.upload(params)?)
     }
 
-    fn update_plan(&self, plan: &mut CudaPlan, params: &[f32]) -> Result<()> {
+    fn update_plan(&self, plan: &mut CudaPlan, params: &[T]) -> Result<()> {
         plan.layout.check_buffer("params", params.len())?;
         self.0.update(plan, &self.0.upload(params)?)
     }
@@ -468,8 +521,8 @@ impl Backend<f32> for CudaHost {
         &self,
         plan: &CudaPlan,
         shape: &SeqShape,
-        input: ForwardInput<'_, [f32]>,
-        output: ForwardOutput<'_, [f32]>,
+        input: ForwardInput<'_, [T]>,
+        output: ForwardOutput<'_, [T]>,
     ) -> Result<()> {
         self.forward(plan, shape, input, output, None)
     }
@@ -478,8 +531,8 @@ impl Backend<f32> for CudaHost {
         &self,
         plan: &CudaPlan,
         shape: &SeqShape,
-        input: ForwardInput<'_, [f32]>,
-        output: ForwardOutput<'_, [f32]>,
+        input: ForwardInput<'_, [T]>,
+        output: ForwardOutput<'_, [T]>,
         reserve: &mut CudaReserve,
     ) -> Result<()> {
         self.forward(plan, shape, input, output, Some(reserve))
@@ -489,8 +542,8 @@ impl Backend<f32> for CudaHost {
         &self,
         plan: &CudaPlan,
         reserve: &CudaReserve,
-        grads: BackwardInput<'_, [f32]>,
-        output: BackwardOutput<'_, [f32]>,
+        grads: BackwardInput<'_, [T]>,
+        output: BackwardOutput<'_, [T]>,
         mode: GradMode,
     ) -> Result<()> {
         let shape = check_reserve(reserve, plan)?;

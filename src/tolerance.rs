@@ -1,0 +1,134 @@
+//! Derived error bounds of f16 and bf16 storage: the CUDA backend's 16-bit paths (16-bit
+//! weights, inputs, outputs, hidden states and GEMM operands; f32 GEMM accumulation, f32 cell
+//! maths, f32 cell state and carried gradients) against the f64 reference run on the same
+//! 16-bit-rounded weights, inputs and incoming gradients.
+//!
+//! The model (DEVELOPERS.md, "f16 and bf16 storage", says it at length), with `u` the unit
+//! roundoff (2^-11 for f16, 2^-8 for bf16), `T` steps, `B` rows, `L` layers, and magnitudes
+//! taken from the problem and the reference run:
+//!
+//! - a stored 16-bit value is off by at most `u` relative (one rounding to nearest); the
+//!   weights, `x`, `h0`, `c0` and the incoming gradients are exact (the reference uses the same
+//!   rounded values);
+//! - a GEMM of exact 16-bit operands accumulated in f32, and the f32 pointwise maths, add at
+//!   most `(K + 8)·2^-24` of the pre-activation magnitude `a·M_x + 2·|b|` per step (`a` the
+//!   largest row abs-sum of a weight matrix: the GEMM's gain in the max norm);
+//! - first order, and assuming a step does not amplify an error of its inputs (gain ≤ 1; true
+//!   of the test problems, PyTorch's initialisation; an expanding recurrence amplifies
+//!   rounding errors in f32 too), the errors of the `L·T` stored states on a path add:
+//!   forward outputs (`y`, `hn`, `cn`) `e_f = (L·T + 1)·(u·max(M_h, M_c) + f32 part)`;
+//! - backward, each step stores `dG` rounded (`≤ u·M_g`) and reads forward states off by
+//!   `≤ e_f`: `e_b = (L·T + 1)·u·M_g + L·T·M_g·e_f` for `dx`, `dh0`, `dc0`;
+//! - a weight gradient sums `T·B` products `dG·v` (`v` the layer input or `h_prev`), each off
+//!   by `≤ M_x·(u·M_g + e_b) + M_g·e_f`, summed worst case, then rounded once:
+//!   `e_p = u·|dW| + T·B·(M_x·(u·M_g + e_b) + M_g·e_f)`.
+//!
+//! The bounds are worst case (every rounding error of the same sign, every gain 1), so the
+//! observed errors are far below them (the tests print the worst ratio); the bit-exact checks
+//! of the conversions and of the emulated GEMM pin the roundings themselves.
+
+use crate::backend::Reference;
+use crate::{ParamLayout, Rnn, RnnConfig, SeqShape};
+
+/// The outputs [`half_storage_bounds`] bounds, in its order.
+pub const OUTPUTS: [&str; 7] = ["y", "hn", "cn", "dx", "dh0", "dc0", "dparams"];
+
+/// A problem as the reference sees it: every value already rounded to the 16-bit type, as f64.
+#[derive(Debug, Clone, Copy)]
+pub struct HalfInputs<'a> {
+    /// The configuration.
+    pub cfg: &'a RnnConfig,
+    /// The shape.
+    pub shape: &'a SeqShape,
+    /// The storage type's unit roundoff: 2^-11 (f16) or 2^-8 (bf16).
+    pub u: f64,
+    /// The flat parameters.
+    pub params: &'a [f64],
+    /// `x`, `h0`, `c0` (LSTM), `dy`, `dhn`, `dcn` (LSTM).
+    pub x: &'a [f64],
+    /// See `x`.
+    pub h0: &'a [f64],
+    /// See `x`.
+    pub c0: Option<&'a [f64]>,
+    /// See `x`.
+    pub dy: &'a [f64],
+    /// See `x`.
+    pub dhn: &'a [f64],
+    /// See `x`.
+    pub dcn: Option<&'a [f64]>,
+}
+
+/// The bound on `|16-bit result - reference|` (absolute, per element) of each output, in the
+/// order of [`OUTPUTS`]; `want` is the reference's `[y, hn, cn, dx, dh0, dc0, dparams]` on the
+/// same inputs (`cn`, `dc0` empty for cells without a cell state).
+pub fn half_storage_bounds(p: &HalfInputs<'_>, want: &[Vec<f64>]) -> [f64; 7] {
+    let (cfg, shape, u) = (p.cfg, p.shape, p.u);
+    let (tl, bl, nl) = (shape.steps() as f64, shape.batch() as f64, cfg.num_layers());
+    let maxabs = |v: &[f64]| v.iter().fold(0.0f64, |m, a| m.max(a.abs()));
+    let params = p.params;
+    let layout = ParamLayout::new(cfg);
+    // a: the largest row abs-sum of a weight matrix (the gain of x -> W x in the max norm);
+    // at: the largest column abs-sum (of dG -> dG W); bmax: the largest bias.
+    let (mut a, mut at, mut bmax) = (0.0f64, 0.0f64, 0.0f64);
+    for l in 0..nl {
+        for d in 0..cfg.num_directions() {
+            let lr = layout.layer(l, d);
+            let gh = cfg.gates() * cfg.hidden_size();
+            let mut mats = vec![(&lr.w_ih, gh, cfg.layer_input_size(l)), (&lr.w_hh, gh, cfg.hidden_out_size())];
+            if let Some(r) = &lr.w_hr {
+                mats.push((r, cfg.hidden_out_size(), cfg.hidden_size()));
+            }
+            for (r, rows, cols) in mats {
+                let m = &params[r.clone()];
+                for i in 0..rows {
+                    a = a.max((0..cols).map(|j| m[i * cols + j].abs()).sum());
+                }
+                for j in 0..cols {
+                    at = at.max((0..rows).map(|i| m[i * cols + j].abs()).sum());
+                }
+            }
+            for r in [&lr.b_ih, &lr.b_hh].into_iter().flatten() {
+                bmax = bmax.max(maxabs(&params[r.clone()]));
+            }
+        }
+    }
+    // M_h: the largest hidden state or layer output (every layer's, from the reference run
+    // on the first l + 1 layers, whose parameters are a prefix of the flat buffer).
+    let mut m_h = [maxabs(&want[0]), maxabs(&want[1]), maxabs(p.h0), 1.0].into_iter().fold(0.0, f64::max);
+    for l in 0..nl - 1 {
+        let sub = RnnConfig::new(cfg.cell(), cfg.input_size(), cfg.hidden_size())
+            .num_layers(l + 1)
+            .bidirectional(cfg.num_directions() == 2)
+            .bias(cfg.bias())
+            .proj_size(cfg.proj_size())
+            .build()
+            .unwrap();
+        let n = ParamLayout::new(&sub).len();
+        let rnn = Rnn::new(Reference, &sub, &params[..n]).unwrap();
+        let o = rnn.forward(shape, p.x, None, None).unwrap();
+        m_h = m_h.max(maxabs(&o.y)).max(maxabs(&o.hn));
+    }
+    let m_x = maxabs(p.x).max(m_h);
+    let m_c = [maxabs(&want[2]), p.c0.map_or(0.0, maxabs)].into_iter().fold(1.0, f64::max);
+    // M_g: the largest gradient given or returned.
+    let m_g = [&want[3][..], &want[4], &want[5], p.dy, p.dhn, p.dcn.unwrap_or_default()].iter().map(|v| maxabs(v)).fold(1.0, f64::max);
+    // The f32 part of a step: a K-term GEMM accumulated in f32 and the f32 pointwise maths,
+    // ≤ (K + 8)·2^-24 of the pre-activation magnitude a·M_x + 2·|b|.
+    let k = cfg.input_size().max(cfg.output_size()).max(cfg.hidden_size()) as f64;
+    let f32_step = (k + 8.0) * (-24f64).exp2() * (a * m_x + 2.0 * bmax);
+    // Forward: L·T stored states (h, or m and h with a projection, the layer outputs) each
+    // rounded (≤ u·M_h), plus the output's own rounding; first order, and under the
+    // assumption that a step does not amplify an error in its inputs (gain ≤ 1), so the
+    // roundings add: e_f = (L·T + 1)·(u·max(M_h, M_c) + f32 part).
+    let lt = nl as f64 * tl;
+    let e_f = (lt + 1.0) * (u * m_h.max(m_c) + f32_step);
+    // Backward: each step stores dG rounded (≤ u·M_g) and reads forward states off by
+    // ≤ e_f (relative ≤ e_f/1 through derivatives bounded by 1), so with the same
+    // assumption e_b = (L·T + 1)·u·M_g + L·T·M_g·e_f.
+    let e_b = (lt + 1.0) * u * m_g + lt * m_g * e_f;
+    // dW = Σ over the T·B (step, row) pairs of dG·v (v the layer input or h_prev), each
+    // term off by ≤ M_x·(u·M_g + e_b) + M_g·e_f, then rounded once (≤ u·|dW|). The T·B
+    // terms' errors are summed worst case.
+    let e_p = u * maxabs(&want[6]) + tl * bl * (m_x * (u * m_g + e_b) + m_g * e_f);
+    [e_f, e_f, e_f, e_b, e_b, e_b, e_p]
+}
