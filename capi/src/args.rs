@@ -9,7 +9,7 @@ fn check_ptr<T>(arg: &str, p: *const T, len: usize) -> Result<(), CapiError> {
     if p.is_null() {
         return Err(CapiError::null(arg));
     }
-    if (p as usize) % std::mem::align_of::<T>() != 0 {
+    if !(p as usize).is_multiple_of(std::mem::align_of::<T>()) {
         return Err(CapiError::invalid(arg, format!("a pointer aligned to {} bytes", std::mem::align_of::<T>()), format!("{p:p}")));
     }
     if len > isize::MAX as usize / std::mem::size_of::<T>().max(1) {

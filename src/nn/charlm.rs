@@ -559,7 +559,7 @@ pub fn train<B: Backend<f32, Buf = [f32]>>(
         train_time += t0.elapsed();
         step += 1;
         on(Progress::Step { step, loss, chars_per_sec: rate(train_time, step), elapsed: start.elapsed() });
-        if schedule.eval_every > 0 && step % schedule.eval_every == 0 && subset.len() >= 2 {
+        if schedule.eval_every > 0 && step.is_multiple_of(schedule.eval_every) && subset.len() >= 2 {
             let t0 = Instant::now();
             let val_loss = trainer.model.evaluate(subset, streams, chunk)?;
             eval_rate = Some(subset.len() as f64 / t0.elapsed().as_secs_f64().max(1e-9));

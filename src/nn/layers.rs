@@ -176,7 +176,7 @@ impl Linear {
     }
 
     fn rows(&self, arg: &str, x_len: usize) -> Result<usize> {
-        if x_len % self.in_features != 0 {
+        if !x_len.is_multiple_of(self.in_features) {
             return Err(Error::shape(arg, format!("[N, in = {}] for some N", self.in_features), format!("{x_len} elements")));
         }
         Ok(x_len / self.in_features)
@@ -225,7 +225,7 @@ pub fn softmax_cross_entropy(logits: &[f32], targets: &[usize], dlogits: Option<
     if n == 0 {
         return Err(Error::invalid("targets", "at least one target", "an empty slice"));
     }
-    if logits.len() % n != 0 || logits.is_empty() {
+    if !logits.len().is_multiple_of(n) || logits.is_empty() {
         return Err(Error::shape("logits", format!("[N = {n}, V] for some V ≥ 1"), format!("{} elements", logits.len())));
     }
     let v = logits.len() / n;

@@ -84,7 +84,7 @@ impl Cuda {
         if ptr == 0 {
             return Err(Error::invalid(arg, "a device pointer", "NULL"));
         }
-        if ptr % 4 != 0 {
+        if !ptr.is_multiple_of(4) {
             return Err(Error::invalid(arg, "a device pointer aligned to 4 bytes (f32)", format!("{ptr:#x}")));
         }
         if len > isize::MAX as usize / 4 {

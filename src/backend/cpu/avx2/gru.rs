@@ -71,7 +71,7 @@ pub(super) unsafe fn forward(s: CellForward<'_, f32>) {
             extra,
             m: &mut s.m[row],
         };
-        debug_assert!(r.b_hh.map_or(true, |b| b.len() == gh));
+        debug_assert!(r.b_hh.is_none_or(|b| b.len() == gh));
         // Two passes per block, as in the LSTM: the gates r, z (and ah_n), then n and m from
         // the r, z and ah_n just stored (in L1), so that no chunk is a σ → tanh chain.
         let mut j0 = 0;

@@ -63,7 +63,7 @@ pub(super) unsafe fn forward(s: CellForward<'_, f32>) {
             continue;
         }
         let mut r = Fwd { h, xg: &s.xg[grow.clone()], hg: &s.hg[grow], b_hh: s.b_hh, c_prev, gates, c, m: &mut s.m[row] };
-        debug_assert!(r.b_hh.map_or(true, |b| b.len() == gh));
+        debug_assert!(r.b_hh.is_none_or(|b| b.len() == gh));
         // Two passes per block: the gates and c, then m = o·tanh(c) from the o and c just
         // stored (in L1). In one pass each chunk would be a chain σ → c → tanh(c) some 150
         // cycles deep, more than the out-of-order window hides; split, the chunks of each pass

@@ -38,7 +38,7 @@ pub(super) unsafe fn forward<const RELU: bool>(s: CellForward<'_, f32>) {
             continue;
         }
         let (xg, hg, m) = (&s.xg[row.clone()], &s.hg[row.clone()], &mut s.m[row]);
-        debug_assert!(s.b_hh.map_or(true, |b| b.len() == h));
+        debug_assert!(s.b_hh.is_none_or(|b| b.len() == h));
         // SAFETY: every slice here is `H` long (rows of slices checked by cell_forward, and
         // b_hh itself), and for_chunks keeps j + lanes.n ≤ H.
         for_chunks!(
