@@ -81,6 +81,24 @@ impl crate::backend::RnnReserve for CudaReserve {
     }
 }
 
+#[cfg(all(test, rnn_kernels_host_emulation))]
+impl CudaReserve {
+    /// The bits of every saved buffer, in a fixed order (tests: two forward passes saved the
+    /// same activations).
+    pub(crate) fn saved_bits(&self) -> Vec<Vec<u32>> {
+        let bits = |m: &Option<Mem<f32>>| match m {
+            Some(Mem::Host(v)) => v.iter().map(|a| a.to_bits()).collect(),
+            _ => Vec::new(),
+        };
+        let mut all = vec![bits(&self.x), bits(&self.h0), bits(&self.c0)];
+        all.extend(self.outputs.iter().map(bits));
+        for d in &self.dirs {
+            all.extend([&d.gates, &d.extra, &d.c, &d.m, &d.h].map(bits));
+        }
+        all
+    }
+}
+
 /// Sizes of one layer.
 #[derive(Clone, Copy)]
 struct Dims {
@@ -267,6 +285,7 @@ pub(crate) fn forward(
     }
 
     let mut prev_out = x;
+    let mut layers = Vec::with_capacity(nl);
     for l in 0..nl {
         let last = l + 1 == nl;
         let dims = Dims::new(cfg, shape, l);
@@ -278,7 +297,6 @@ pub(crate) fn forward(
                 None => temp_st(tl * bl * cfg.output_size())?,
             }
         };
-        // Every buffer of the layer is allocated before the directions fork.
         let mut bufs = Vec::new();
         for d in 0..nd {
             let i = l * nd + d;
@@ -337,22 +355,91 @@ pub(crate) fn forward(
             };
             bufs.push((b, io));
         }
-        if nd == 2 {
-            call.order(1, 0)?;
-        }
-        for (d, (b, io)) in bufs.iter().enumerate() {
-            forward_direction(call, d, &dims, layout.layer(l, d), w, lens, io, b)?;
-        }
-        if nd == 2 {
-            call.order(0, 1)?;
-        }
+        layers.push((dims, bufs));
         prev_out = out;
+    }
+    // Every buffer of every layer is allocated before any work forks to stream 1.
+    let persistent = layers.iter().any(|(_, bufs)| bufs.iter().any(|(b, _)| b.persistent.is_some()));
+    if let Some(k) = wavefront_chunk(call, cfg, shape).filter(|_| !persistent) {
+        forward_wavefront(call, layout, w, lens, &layers, k)?;
+    } else {
+        for (l, (dims, bufs)) in layers.iter().enumerate() {
+            if nd == 2 {
+                call.order(1, 0)?;
+            }
+            for (d, (b, io)) in bufs.iter().enumerate() {
+                forward_direction(call, d, dims, layout.layer(l, d), w, lens, io, b)?;
+            }
+            if nd == 2 {
+                call.order(0, 1)?;
+            }
+        }
     }
     // Only a reserve whose every buffer was written is usable by backward.
     if let Some(r) = save {
         r.shape = Some(shape.clone());
     }
     Ok(())
+}
+
+/// The layer wavefront's chunk `K` for a call, or `None` when the layers run one after the
+/// other: bidirectional stacks (a layer's output at step t needs its reverse direction's whole
+/// sequence), a single layer, or the switch off ([`Call::with_wavefront`]). The caller also
+/// keeps today's order when a layer takes a persistent kernel (one launch for the whole
+/// sequence cannot be cut into chunks).
+///
+/// `K = max(ceil(T / 16), ceil(512 / B))`, at most `T` (or the call's forced chunk): each
+/// chunk's input-projection GEMM has at least 512 rows (`K·B`), big enough for cuBLAS to
+/// fill the GPU with tiles, and a stack of `L` layers runs in at most `16 + L - 1` diagonals.
+pub(crate) fn wavefront_chunk(call: &Call<'_>, cfg: &RnnConfig, shape: &SeqShape) -> Option<usize> {
+    let (on, forced) = call.wavefront();
+    if !on || cfg.num_directions() != 1 || cfg.num_layers() < 2 {
+        return None;
+    }
+    let (t, b) = (shape.steps(), shape.batch().max(1));
+    let k = if forced > 0 { forced } else { t.div_ceil(16).max(512usize.div_ceil(b)) };
+    Some(k.clamp(1, t.max(1)))
+}
+
+/// The forward pass of a unidirectional stack as a layer wavefront: the time axis cut into
+/// chunks of `k` steps; layer `l`'s chunk `c` (its input-projection GEMM for those steps, then
+/// its per-step loop over them) runs on stream `l mod 2` after waiting for an event that layer
+/// `l-1` recorded after its chunk `c`; the work is issued in diagonals (`d = 0, 1, ...`: for
+/// each layer `l`, chunk `c = d - l`), so that layer `l+1` runs chunk `c` while layer `l` runs
+/// chunk `c+1`. Layer 0 keeps its whole-sequence projection (issued before its first chunk):
+/// only the projections of layers ≥ 1 have `K·B` rows instead of `T·B`. Every buffer was
+/// allocated (on stream 0) before; stream 1 first waits for stream 0, and stream 0 for
+/// stream 1 at the end.
+fn forward_wavefront(call: &Call<'_>, layout: &ParamLayout, w: View, lens: u64, layers: &[(Dims, Vec<(FwdBufs, FwdIo)>)], k: usize) -> Result<()> {
+    let nl = layers.len();
+    let tl = layers[0].0.t;
+    let chunks = tl.div_ceil(k);
+    call.order(1, 0)?;
+    // done[l][c]: layer l's chunk c has finished (kept until the end of the call).
+    let mut done: Vec<Vec<_>> = (0..nl).map(|_| Vec::with_capacity(chunks)).collect();
+    for diag in 0..chunks + nl - 1 {
+        for (l, (dm, bufs)) in layers.iter().enumerate() {
+            let Some(c) = diag.checked_sub(l).filter(|&c| c < chunks) else { continue };
+            let si = l % 2;
+            if l > 0 {
+                call.wait(si, &done[l - 1][c])?;
+            }
+            let (b, io) = &bufs[0];
+            let lr = layout.layer(l, 0);
+            let w_ih = range_view(w, &lr.w_ih).mat(dm.gh, dm.input);
+            let ks = c * k..((c + 1) * k).min(tl);
+            // XG rows of the chunk (layer 0: all T·B rows, once).
+            let (r0, rows) = if l == 0 { (0, if c == 0 { tl } else { 0 }) } else { (ks.start, ks.len()) };
+            if rows > 0 {
+                let (bl, inw, gh) = (dm.b, dm.input, dm.gh);
+                let input = io.input.at(r0 * bl * inw, rows * bl * inw).mat(rows * bl, inw);
+                call.gemm(si, 1.0, input, w_ih.t(), 0.0, b.xg.at(r0 * bl * gh, rows * bl * gh).mat(rows * bl, gh))?;
+            }
+            forward_steps(call, si, 0, dm, lr, w, lens, io, b, ks)?;
+            done[l].push(call.record(si)?);
+        }
+    }
+    call.order(0, 1)
 }
 
 /// One layer-direction forward on stream `d`.
@@ -362,10 +449,8 @@ fn forward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: 
     let tb = tl * bl;
     let reverse = d == 1;
     let w_ih = range_view(w, &lr.w_ih).mat(gh, dm.input);
-    let w_hh = range_view(w, &lr.w_hh).mat(gh, hout);
     let b_ih = lr.b_ih.as_ref().map_or(View::NULL, |r| range_view(w, r));
     let b_hh = lr.b_hh.as_ref().map_or(View::NULL, |r| range_view(w, r));
-    let w_hr = lr.w_hr.as_ref().map(|r| range_view(w, r).mat(hout, h));
 
     // XG[T·B, G·H] = X · W_ih^T for all steps; the biases are added by the step kernels.
     call.gemm(d, 1.0, io.input.mat(tb, dm.input), w_ih.t(), 0.0, b.xg.mat(tb, gh))?;
@@ -420,16 +505,44 @@ fn forward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: 
         );
     }
 
+    forward_steps(call, d, d, dm, lr, w, lens, io, b, 0..tl)
+}
+
+/// Steps `ks` (in processing order: `kk`-th step processed, `t = kk` forward, `T-1-kk`
+/// reverse) of direction `d`'s per-step loop on stream `si`, after the `XG` rows of those steps
+/// were written; the state before `ks.start` is the one the earlier steps left (h0, c0 at the
+/// first). The last chunk copies `hn`, `cn`.
+#[allow(clippy::too_many_arguments)]
+fn forward_steps(
+    call: &Call<'_>,
+    si: usize,
+    d: usize,
+    dm: &Dims,
+    lr: &LayerRanges,
+    w: View,
+    lens: u64,
+    io: &FwdIo,
+    b: &FwdBufs,
+    ks: std::ops::Range<usize>,
+) -> Result<()> {
+    let Dims { t: tl, b: bl, h, hout, gh, out_w, .. } = *dm;
+    let reverse = d == 1;
+    let w_hh = range_view(w, &lr.w_hh).mat(gh, hout);
+    let b_ih = lr.b_ih.as_ref().map_or(View::NULL, |r| range_view(w, r));
+    let b_hh = lr.b_hh.as_ref().map_or(View::NULL, |r| range_view(w, r));
+    let w_hr = lr.w_hr.as_ref().map(|r| range_view(w, r).mat(hout, h));
     let (bi, hi, ow) = (bl as i32, h as i32, out_w as i32);
-    let mut prev: Option<usize> = None;
-    for (kk, t) in steps(tl, reverse).enumerate() {
-        let cur = if b.training { t } else { kk % 2 };
+    let slot = |kk: usize, t: usize| if b.training { t } else { kk % 2 };
+    // Where the step before the chunk left the state (its slot), `None` at the first step.
+    let mut prev: Option<usize> = ks.start.checked_sub(1).map(|kp| slot(kp, if reverse { tl - 1 - kp } else { kp }));
+    for (kk, t) in steps(tl, reverse).enumerate().skip(ks.start).take(ks.len()) {
+        let cur = slot(kk, t);
         let h_prev = prev.map_or(io.h0, |p| b.h.at(p * bl * hout, bl * hout));
         let c_prev = if dm.lstm() { prev.map_or(io.c0, |p| b.c.at(p * bl * h, bl * h)) } else { View::NULL };
         let h_t = b.h.at(cur * bl * hout, bl * hout);
         let c_t = if dm.lstm() { b.c.at(cur * bl * h, bl * h) } else { View::NULL };
         // HG[B, G·H] = h_prev · W_hh^T
-        call.gemm(d, 1.0, h_prev.mat(bl, hout), w_hh.t(), 0.0, b.hg.mat(bl, gh))?;
+        call.gemm(si, 1.0, h_prev.mat(bl, hout), w_hh.t(), 0.0, b.hg.mat(bl, gh))?;
         let xg_t = b.xg.at(t * bl * gh, bl * gh).ptr;
         let gates_t = b.gates.map_or(0, |g| g.at(t * bl * gh, bl * gh).ptr);
         let y_t = io.out.strided(t * bl * out_w + d * hout, bl, out_w, hout).ptr;
@@ -440,22 +553,22 @@ fn forward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: 
                 let keep = if dm.proj { 0 } else { h_prev.ptr };
                 let y_arg = if dm.proj { 0 } else { y_t };
                 call.launch(
-                    d,
+                    si,
                     Kernel::LstmForwardStep,
                     bl * h,
                     &args![bi, hi, step, lens, xg_t, b.hg.ptr, b_ih.ptr, b_hh.ptr, c_prev.ptr, keep, gates_t, c_t.ptr, m_t.ptr, y_arg, ow],
                 )?;
                 if let Some(w_hr) = w_hr {
                     // h[B, Hout] = m · W_hr^T, then masked.
-                    call.gemm(d, 1.0, m_t.mat(bl, h), w_hr.t(), 0.0, h_t.mat(bl, hout))?;
+                    call.gemm(si, 1.0, m_t.mat(bl, h), w_hr.t(), 0.0, h_t.mat(bl, hout))?;
                     let ho = hout as i32;
-                    call.launch(d, Kernel::LstmProjectionFinish, bl * hout, &args![bi, ho, step, lens, h_prev.ptr, h_t.ptr, y_t, ow])?;
+                    call.launch(si, Kernel::LstmProjectionFinish, bl * hout, &args![bi, ho, step, lens, h_prev.ptr, h_t.ptr, y_t, ow])?;
                 }
             }
             CellKind::Gru => {
                 let extra_t = b.extra.map_or(0, |e| e.at(t * bl * h, bl * h).ptr);
                 call.launch(
-                    d,
+                    si,
                     Kernel::GruForwardStep,
                     bl * h,
                     &args![bi, hi, step, lens, xg_t, b.hg.ptr, b_ih.ptr, b_hh.ptr, h_prev.ptr, gates_t, extra_t, h_t.ptr, y_t, ow],
@@ -464,7 +577,7 @@ fn forward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: 
             CellKind::RnnTanh | CellKind::RnnRelu => {
                 let f = if dm.cell == CellKind::RnnTanh { Kernel::RnnTanhForwardStep } else { Kernel::RnnReluForwardStep };
                 call.launch(
-                    d,
+                    si,
                     f,
                     bl * h,
                     &args![bi, hi, step, lens, xg_t, b.hg.ptr, b_ih.ptr, b_hh.ptr, h_prev.ptr, gates_t, h_t.ptr, y_t, ow],
@@ -474,11 +587,14 @@ fn forward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: 
         prev = Some(cur);
     }
     let last = prev.expect("at least one step");
+    if ks.end < tl {
+        return Ok(());
+    }
     if let Some(hn) = io.hn {
-        call.copy(d, hn, b.h.at(last * bl * hout, bl * hout))?;
+        call.copy(si, hn, b.h.at(last * bl * hout, bl * hout))?;
     }
     if let Some(cn) = io.cn {
-        call.copy(d, cn, b.c.at(last * bl * h, bl * h))?;
+        call.copy(si, cn, b.c.at(last * bl * h, bl * h))?;
     }
     Ok(())
 }
