@@ -17,7 +17,23 @@
 //!
 //! The two directions of a layer run concurrently, forward on stream 0 and reverse on stream 1,
 //! each with its own cuBLAS handle; stream 0 waits for stream 1 at the end of each layer.
-//! Everything is allocated on stream 0 before the fork, so nothing is freed while in use.
+//! Everything is allocated on stream 0 before the fork, so nothing is freed while in use: the
+//! forward pass allocates the buffers of every layer before it enqueues any layer's work.
+//!
+//! Layers overlap in the forward pass of a unidirectional stack of two or more layers (the
+//! **layer wavefront**, [`forward_wavefront`]; on unless [`Call::with_wavefront`] turns it off):
+//! the time axis is cut into chunks of `K` steps ([`wavefront_chunk`]); layer `l`'s chunk `c`
+//! is its input-projection GEMM for those steps and its step loop over them, on stream
+//! `l mod 2`, after waiting for an event layer `l-1` recorded after its chunk `c`. The work is
+//! issued in diagonals (`d = 0, 1, ...`; for each layer `l`, chunk `c = d - l`), so that two
+//! streams pipeline a stack of any depth. Layer 0 keeps its whole-sequence projection (the
+//! same GEMM as without the wavefront); the projections of layers ≥ 1 have `K·B` rows, for
+//! which cuBLAS may pick another algorithm, so results agree with the layer-by-layer order to
+//! f32 rounding on the device (bit for bit on the host emulation, whose sgemm computes each
+//! row on its own). Not overlapped: bidirectional stacks (a layer's output at step t needs its
+//! reverse direction's whole sequence), stacks whose layers take a persistent kernel (one
+//! launch for a layer's whole sequence cannot be cut into chunks; all layers of a stack share
+//! the sizes that choice depends on), and backward.
 //!
 //! Storage type ([`Call::storage`]): f32, or f16/bf16 for the weights, `x`, `y`, the states `h`
 //! (and the LSTM's `m`), the layer outputs, `dG` and every gradient returned (all GEMM operands

@@ -19,7 +19,9 @@
 //!   computes with.
 //! - `exec.rs`: how the driver issues work ([`Call`](exec::Call)): cuBLAS and the kernels on the
 //!   device, or, in unit tests without a GPU, the same kernels compiled as host C++.
-//! - `driver.rs`: the layer, direction and time loops, forward and backward.
+//! - `driver.rs`: the layer, direction and time loops, forward and backward, and the layer
+//!   wavefront that overlaps a unidirectional stack's layers ([`Cuda::with_layer_overlap`]).
+//! - `wavefront_tests.rs`: the wavefront against the layer-by-layer order on the host emulation.
 //! - `external.rs`: a caller's device memory ([`BorrowedCudaBuf`]) and streams (the event
 //!   handshake with the backend's), for the C ABI's device-pointer entry points.
 //!
