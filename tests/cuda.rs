@@ -144,12 +144,13 @@ mod with_feature {
         }
     }
 
-    /// The layer wavefront (`Cuda::with_layer_overlap`, on by default) against the
-    /// layer-by-layer order on 3-layer unidirectional stacks taking the per-step path (B > 8):
-    /// training forward, backward and inference, T not a multiple of the chunk (T = 100, B = 16:
+    /// The layer wavefront (`Cuda::with_layer_overlap`, on by default; forward and backward)
+    /// against the layer-by-layer order on 3-layer unidirectional stacks taking the per-step
+    /// path (B > 8): training forward, backward and inference, T not a multiple of the chunk (T = 100, B = 16:
     /// K = 32, 4 chunks; T = 200, B = 32: K = 16, 13 chunks), mixed lengths. Not bit for bit:
     /// the projections of layers 1 and 2 are GEMMs of K·B rows instead of T·B, for which cuBLAS
-    /// may pick another algorithm; both against the reference on the small case.
+    /// may pick another algorithm (and backward's `dX` GEMMs likewise); both against the
+    /// reference on the small cases.
     #[test]
     fn layer_wavefront_matches_layer_by_layer() {
         let Some(c) = cuda("layer_wavefront_matches_layer_by_layer") else { return };

@@ -20,8 +20,8 @@
 //! Everything is allocated on stream 0 before the fork, so nothing is freed while in use: the
 //! forward pass allocates the buffers of every layer before it enqueues any layer's work.
 //!
-//! Layers overlap in the forward pass of a unidirectional stack of two or more layers (the
-//! **layer wavefront**, [`forward_wavefront`]; on unless [`Call::with_wavefront`] turns it off):
+//! Layers overlap in a unidirectional stack of two or more layers (the **layer wavefront**,
+//! [`forward_wavefront`], [`backward_wavefront`]; on unless [`Call::with_wavefront`] turns it off):
 //! the time axis is cut into chunks of `K` steps ([`wavefront_chunk`]); layer `l`'s chunk `c`
 //! is its input-projection GEMM for those steps and its step loop over them, on stream
 //! `l mod 2`, after waiting for an event layer `l-1` recorded after its chunk `c`. The work is
@@ -30,10 +30,13 @@
 //! same GEMM as without the wavefront); the projections of layers ≥ 1 have `K·B` rows, for
 //! which cuBLAS may pick another algorithm, so results agree with the layer-by-layer order to
 //! f32 rounding on the device (bit for bit on the host emulation, whose sgemm computes each
-//! row on its own). Not overlapped: bidirectional stacks (a layer's output at step t needs its
-//! reverse direction's whole sequence), stacks whose layers take a persistent kernel (one
-//! launch for a layer's whole sequence cannot be cut into chunks; all layers of a stack share
-//! the sizes that choice depends on), and backward.
+//! row on its own). Backward likewise, from the last layer down and in reverse time: layer
+//! `l`'s chunk is its step loop over the chunk and the chunk's rows of `dX = dGi · W_ih`
+//! (layer `l-1`'s `dy`), after layer `l+1`'s chunk; weight gradients and layer 0's `dx` stay
+//! whole-sequence GEMMs after a layer's last chunk. Not overlapped: bidirectional stacks (a
+//! layer's output at step t needs its reverse direction's whole sequence), and stacks whose
+//! layers take a persistent kernel (one launch for a layer's whole sequence cannot be cut into
+//! chunks; all layers of a stack share the sizes that choice depends on).
 //!
 //! Storage type ([`Call::storage`]): f32, or f16/bf16 for the weights, `x`, `y`, the states `h`
 //! (and the LSTM's `m`), the layer outputs, `dG` and every gradient returned (all GEMM operands
@@ -820,6 +823,7 @@ pub(crate) fn backward(
     };
 
     let mut d_out = dy;
+    let mut layers = Vec::with_capacity(nl);
     for l in (0..nl).rev() {
         let dims = Dims::new(cfg, shape, l);
         let input = if l == 0 { sv.x } else { sv.outputs[l - 1] };
@@ -860,12 +864,10 @@ pub(crate) fn backward(
                 persistent,
             });
         }
-        if nd == 2 {
-            call.order(1, 0)?;
-        }
-        for (d, b) in bufs.iter().enumerate() {
+        let mut ios = Vec::with_capacity(nd);
+        for d in 0..nd {
             let i = l * nd + d;
-            let io = BwdIo {
+            ios.push(BwdIo {
                 input,
                 d_out,
                 saved: sv.dirs[i],
@@ -878,25 +880,96 @@ pub(crate) fn backward(
                 dc0: if lstm { dc0.map(|v| v.at(i * clen, clen)) } else { None },
                 dparams,
                 ones,
-            };
-            backward_direction(call, d, &dims, layout.layer(l, d), w, &io, b)?;
+            });
         }
-        if nd == 2 {
-            call.order(0, 1)?;
-        }
-        if let Some(d_in) = d_in {
-            // dX = Σ_d dGi_d · W_ih_d, on stream 0 after both directions.
-            for (d, b) in bufs.iter().enumerate() {
-                let w_ih = range_view(w, &layout.layer(l, d).w_ih).mat(gh, dims.input);
-                call.gemm(0, 1.0, b.dgi.mat(tb, gh), w_ih, if d == 0 { 0.0 } else { 1.0 }, d_in.mat(tb, dims.input))?;
+        layers.push((l, dims, d_in, bufs, ios));
+        d_out = d_in;
+    }
+    // Every buffer of every layer is allocated before any work forks to stream 1 (`layers`
+    // from the last layer to the first).
+    let persistent = layers.iter().any(|(_, _, _, bufs, _)| bufs.iter().any(|b| b.persistent.is_some()));
+    if let Some(k) = wavefront_chunk(call, cfg, shape).filter(|_| !persistent) {
+        backward_wavefront(call, layout, w, &layers, k)?;
+    } else {
+        for (l, dims, d_in, bufs, ios) in &layers {
+            let l = *l;
+            if nd == 2 {
+                call.order(1, 0)?;
+            }
+            for (d, (b, io)) in bufs.iter().zip(ios).enumerate() {
+                backward_direction(call, d, dims, layout.layer(l, d), w, io, b)?;
+            }
+            if nd == 2 {
+                call.order(0, 1)?;
+            }
+            if let Some(d_in) = d_in {
+                // dX = Σ_d dGi_d · W_ih_d, on stream 0 after both directions.
+                for (d, b) in bufs.iter().enumerate() {
+                    let w_ih = range_view(w, &layout.layer(l, d).w_ih).mat(gh, dims.input);
+                    call.gemm(0, 1.0, b.dgi.mat(tb, gh), w_ih, if d == 0 { 0.0 } else { 1.0 }, d_in.mat(tb, dims.input))?;
+                }
             }
         }
-        d_out = d_in;
     }
     if let (Some(out), Some(acc)) = (dparams_out, dparams) {
         call.copy(0, out, acc)?;
     }
     Ok(())
+}
+
+/// One layer of a backward pass: its index, sizes, `dX` (none for layer 0 without `dx`), and
+/// per direction its buffers and inputs.
+type BwdLayer = (usize, Dims, Option<View>, Vec<BwdBufs>, Vec<BwdIo>);
+
+/// The backward pass of a unidirectional stack as a layer wavefront, `layers` from the last
+/// layer to the first: the processing order (`t = T-1` down to 0) cut into chunks of `k` steps;
+/// layer `l`'s chunk `c` (its step loop over those steps, then, for `l ≥ 1`, the rows of its
+/// `dX = dGi · W_ih` for them, which are layer `l-1`'s `dy`) runs on stream `l mod 2` after
+/// waiting for the event layer `l+1` recorded after its chunk `c`. A layer's weight
+/// gradients, `dh0`, `dc0` follow its last chunk on its stream (whole-sequence GEMMs, as
+/// without the wavefront), and layer 0's `dx` is one whole-sequence GEMM after them. Every
+/// buffer was allocated before; stream 1 first waits for stream 0, stream 0 for stream 1 at the
+/// end.
+fn backward_wavefront(call: &Call<'_>, layout: &ParamLayout, w: View, layers: &[BwdLayer], k: usize) -> Result<()> {
+    let nl = layers.len();
+    let tl = layers[0].1.t;
+    let chunks = tl.div_ceil(k);
+    call.order(1, 0)?;
+    // done[j][c]: the j-th layer from the top has finished its chunk c.
+    let mut done: Vec<Vec<_>> = (0..nl).map(|_| Vec::with_capacity(chunks)).collect();
+    for diag in 0..chunks + nl - 1 {
+        for (j, (l, dm, d_in, bufs, ios)) in layers.iter().enumerate() {
+            let Some(c) = diag.checked_sub(j).filter(|&c| c < chunks) else { continue };
+            let (l, si) = (*l, *l % 2);
+            let (b, io) = (&bufs[0], &ios[0]);
+            let lr = layout.layer(l, 0);
+            if j > 0 {
+                call.wait(si, &done[j - 1][c])?;
+            }
+            if c == 0 {
+                backward_begin(call, si, dm, io, b)?;
+            }
+            let ks = c * k..((c + 1) * k).min(tl);
+            backward_steps(call, si, 0, dm, lr, w, io, b, ks.clone())?;
+            let (bl, inw, gh) = (dm.b, dm.input, dm.gh);
+            let w_ih = range_view(w, &lr.w_ih).mat(gh, inw);
+            if let Some(d_in) = d_in.filter(|_| l > 0) {
+                // The chunk's steps are t = T - ks.end .. T - ks.start.
+                let (r0, rows) = (tl - ks.end, ks.len());
+                let dgi = b.dgi.at(r0 * bl * gh, rows * bl * gh).mat(rows * bl, gh);
+                call.gemm(si, 1.0, dgi, w_ih, 0.0, d_in.at(r0 * bl * inw, rows * bl * inw).mat(rows * bl, inw))?;
+            }
+            done[j].push(call.record(si)?);
+            if c + 1 == chunks {
+                backward_end(call, si, 0, dm, lr, io, b)?;
+                if let Some(dx) = d_in.filter(|_| l == 0) {
+                    let tb = tl * bl;
+                    call.gemm(si, 1.0, b.dgi.mat(tb, gh), w_ih, 0.0, dx.mat(tb, inw))?;
+                }
+            }
+        }
+    }
+    call.order(0, 1)
 }
 
 struct BwdIo {
@@ -919,24 +992,48 @@ struct BwdIo {
 
 /// BPTT through one layer-direction on stream `d`, with its weight gradients.
 fn backward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: View, io: &BwdIo, b: &BwdBufs) -> Result<()> {
-    let Dims { t: tl, b: bl, h, hout, gh, out_w, .. } = *dm;
-    let tb = tl * bl;
-    let reverse = d == 1;
-    let [gates, extra, c_all, m_all, h_all] = io.saved;
-    let w_hh = range_view(w, &lr.w_hh).mat(gh, hout);
-    let w_hr = lr.w_hr.as_ref().map(|r| range_view(w, r).mat(hout, h));
-    call.copy_or_zero(d, b.carry, io.dhn)?;
-    if dm.lstm() {
-        call.copy_or_zero(d, b.dc, io.dcn)?;
-    }
-    let (bi, hi, ho, ow) = (bl as i32, h as i32, hout as i32, out_w as i32);
+    backward_begin(call, d, dm, io, b)?;
     // The persistent backward runs the whole time loop in one launch; the per-step loop then
     // has no steps.
     if let Some((units, barrier)) = b.persistent {
         persistent_backward(call, d, dm, lr, w, io, b, units, barrier)?;
     }
-    let per_step = if b.persistent.is_some() { 0 } else { tl };
-    for t in steps(per_step, !reverse) {
+    let per_step = if b.persistent.is_some() { 0 } else { dm.t };
+    backward_steps(call, d, d, dm, lr, w, io, b, 0..per_step)?;
+    backward_end(call, d, d, dm, lr, io, b)
+}
+
+/// The carried gradients' start on stream `si`: `dhn`, `dcn` or zeros.
+fn backward_begin(call: &Call<'_>, si: usize, dm: &Dims, io: &BwdIo, b: &BwdBufs) -> Result<()> {
+    call.copy_or_zero(si, b.carry, io.dhn)?;
+    if dm.lstm() {
+        call.copy_or_zero(si, b.dc, io.dcn)?;
+    }
+    Ok(())
+}
+
+/// Steps `ks` of direction `d`'s backward time loop on stream `si`, in processing order (the
+/// `kk`-th step processed: `t = T-1-kk` for the forward direction, `t = kk` for the reverse),
+/// from the carry the earlier steps left; writes `dG` of those steps.
+#[allow(clippy::too_many_arguments)]
+fn backward_steps(
+    call: &Call<'_>,
+    si: usize,
+    d: usize,
+    dm: &Dims,
+    lr: &LayerRanges,
+    w: View,
+    io: &BwdIo,
+    b: &BwdBufs,
+    ks: std::ops::Range<usize>,
+) -> Result<()> {
+    let Dims { t: tl, b: bl, h, hout, gh, out_w, .. } = *dm;
+    let reverse = d == 1;
+    let [gates, extra, c_all, _, h_all] = io.saved;
+    let w_hh = range_view(w, &lr.w_hh).mat(gh, hout);
+    let w_hr = lr.w_hr.as_ref().map(|r| range_view(w, r).mat(hout, h));
+    let (bi, hi, ho, ow) = (bl as i32, h as i32, hout as i32, out_w as i32);
+    for t in steps(tl, !reverse).skip(ks.start).take(ks.len()) {
         let step = t as i32;
         let p = prev_step(t, tl, reverse);
         let h_prev = p.map_or(io.h0, |p| h_all.at(p * bl * hout, bl * hout));
@@ -951,16 +1048,16 @@ fn backward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w:
                 if let Some(w_hr) = w_hr {
                     let dh_save = b.dh_all.at(t * bl * hout, bl * hout).ptr;
                     call.launch(
-                        d,
+                        si,
                         Kernel::LstmProjectionBackwardPrepare,
                         bl * hout,
                         &args![bi, ho, step, io.lens, dy_t, ow, b.carry.ptr, b.dh.ptr, dh_save],
                     )?;
                     // m → h = m · W_hr^T, so dm = dh · W_hr.
-                    call.gemm(d, 1.0, b.dh.mat(bl, hout), w_hr, 0.0, b.dmv.mat(bl, h))?;
+                    call.gemm(si, 1.0, b.dh.mat(bl, hout), w_hr, 0.0, b.dmv.mat(bl, h))?;
                     let null = 0u64;
                     call.launch(
-                        d,
+                        si,
                         Kernel::LstmBackwardStep,
                         bl * h,
                         &args![bi, hi, step, io.lens, gates_t, c_t, c_prev.ptr, b.dmv.ptr, null, ow, null, b.dc.ptr, dgi_t.ptr],
@@ -968,7 +1065,7 @@ fn backward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w:
                 } else {
                     let null = 0u64;
                     call.launch(
-                        d,
+                        si,
                         Kernel::LstmBackwardStep,
                         bl * h,
                         &args![bi, hi, step, io.lens, gates_t, c_t, c_prev.ptr, null, dy_t, ow, b.carry.ptr, b.dc.ptr, dgi_t.ptr],
@@ -986,21 +1083,30 @@ fn backward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w:
             }
             CellKind::RnnTanh | CellKind::RnnRelu => {
                 let f = if dm.cell == CellKind::RnnTanh { Kernel::RnnTanhBackwardStep } else { Kernel::RnnReluBackwardStep };
-                call.launch(d, f, bl * h, &args![bi, hi, step, io.lens, gates_t, dy_t, ow, b.carry.ptr, dgi_t.ptr])?;
+                call.launch(si, f, bl * h, &args![bi, hi, step, io.lens, gates_t, dy_t, ow, b.carry.ptr, dgi_t.ptr])?;
             }
         }
         // dh_prev += dGh · W_hh (the kernels left the direct part, or dh on inactive rows).
-        call.gemm(d, 1.0, dgh_t.mat(bl, gh), w_hh, 1.0, b.carry.mat(bl, hout))?;
+        call.gemm(si, 1.0, dgh_t.mat(bl, gh), w_hh, 1.0, b.carry.mat(bl, hout))?;
     }
+    Ok(())
+}
+
+/// After direction `d`'s time loop, on stream `si`: `dh0`, `dc0` and the weight gradients.
+fn backward_end(call: &Call<'_>, si: usize, d: usize, dm: &Dims, lr: &LayerRanges, io: &BwdIo, b: &BwdBufs) -> Result<()> {
+    let Dims { t: tl, b: bl, h, hout, gh, .. } = *dm;
+    let tb = tl * bl;
+    let reverse = d == 1;
+    let [_, _, _, m_all, h_all] = io.saved;
     if let Some(dh0) = io.dh0 {
-        call.copy(d, dh0, b.carry)?;
+        call.copy(si, dh0, b.carry)?;
     }
     if let Some(dc0) = io.dc0 {
-        call.copy(d, dc0, b.dc)?;
+        call.copy(si, dc0, b.dc)?;
     }
     let Some(dp) = io.dparams else { return Ok(()) };
     // dW_ih += dGi^T · X
-    call.gemm(d, 1.0, b.dgi.mat(tb, gh).t(), io.input.mat(tb, dm.input), 1.0, range_view(dp, &lr.w_ih).mat(gh, dm.input))?;
+    call.gemm(si, 1.0, b.dgi.mat(tb, gh).t(), io.input.mat(tb, dm.input), 1.0, range_view(dp, &lr.w_ih).mat(gh, dm.input))?;
     // dW_hh += dGh^T · H_prev: the saved states shifted by one step, h0 at the first processed
     // step: two GEMMs, no copy.
     let dw_hh = range_view(dp, &lr.w_hh).mat(gh, hout);
@@ -1010,18 +1116,18 @@ fn backward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w:
     } else {
         (0, b.dgh.at(bl * gh, rest * gh), h_all.at(0, rest * hout))
     };
-    call.gemm(d, 1.0, rest_g.mat(rest, gh).t(), rest_h.mat(rest, hout), 1.0, dw_hh)?;
-    call.gemm(d, 1.0, b.dgh.at(first * bl * gh, bl * gh).mat(bl, gh).t(), io.h0.mat(bl, hout), 1.0, dw_hh)?;
+    call.gemm(si, 1.0, rest_g.mat(rest, gh).t(), rest_h.mat(rest, hout), 1.0, dw_hh)?;
+    call.gemm(si, 1.0, b.dgh.at(first * bl * gh, bl * gh).mat(bl, gh).t(), io.h0.mat(bl, hout), 1.0, dw_hh)?;
     // db += 1^T · dG
     if let Some(r) = &lr.b_ih {
-        call.gemm(d, 1.0, io.ones.mat(1, tb), b.dgi.mat(tb, gh), 1.0, range_view(dp, r).mat(1, gh))?;
+        call.gemm(si, 1.0, io.ones.mat(1, tb), b.dgi.mat(tb, gh), 1.0, range_view(dp, r).mat(1, gh))?;
     }
     if let Some(r) = &lr.b_hh {
-        call.gemm(d, 1.0, io.ones.mat(1, tb), b.dgh.mat(tb, gh), 1.0, range_view(dp, r).mat(1, gh))?;
+        call.gemm(si, 1.0, io.ones.mat(1, tb), b.dgh.mat(tb, gh), 1.0, range_view(dp, r).mat(1, gh))?;
     }
     if let Some(r) = &lr.w_hr {
         // dW_hr += dH^T · M
-        call.gemm(d, 1.0, b.dh_all.mat(tb, hout).t(), m_all.mat(tb, h), 1.0, range_view(dp, r).mat(hout, h))?;
+        call.gemm(si, 1.0, b.dh_all.mat(tb, hout).t(), m_all.mat(tb, h), 1.0, range_view(dp, r).mat(hout, h))?;
     }
     Ok(())
 }

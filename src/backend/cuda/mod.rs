@@ -180,16 +180,17 @@ impl Cuda {
     }
 
     /// Overlaps (`true`, the default) the layers of a unidirectional stack of two or more
-    /// layers in the forward pass (inference and training): the time axis is cut into chunks
-    /// of `K` steps and layer `l+1` runs chunk `c` on one stream while layer `l` runs chunk
-    /// `c+1` on the other (a layer wavefront; `K = max(ceil(T/16), ceil(512/B))` unless
+    /// layers, forward (inference and training) and backward: the time axis is cut into
+    /// chunks of `K` steps and layer `l+1` runs chunk `c` on one stream while layer `l` runs
+    /// chunk `c+1` on the other (a layer wavefront; backward the same from the last layer
+    /// down, in reverse time; `K = max(ceil(T/16), ceil(512/B))` unless
     /// `RNN_KERNELS_CUDA_WAVEFRONT_CHUNK` forces it). Bidirectional stacks, where a layer's
     /// output at step t needs its reverse direction's whole sequence, and stacks whose layers
     /// take the persistent kernels (one launch per layer for the whole sequence) run layer
-    /// after layer as before; backward always does. The input projections of layers ≥ 1 are
-    /// then GEMMs of `K·B` rows instead of `T·B`, for which cuBLAS may choose another
-    /// algorithm: results agree with the layer-by-layer order to f32 rounding, not always bit
-    /// for bit.
+    /// after layer as before. The input projections (forward) and the `dX` GEMMs (backward)
+    /// of layers ≥ 1 are then GEMMs of `K·B` rows instead of `T·B`, for which cuBLAS may
+    /// choose another algorithm: results agree with the layer-by-layer order to f32 rounding,
+    /// not always bit for bit.
     pub fn with_layer_overlap(mut self, on: bool) -> Cuda {
         self.layer_overlap = on;
         self
@@ -320,7 +321,10 @@ impl Cuda {
         self.check_plan(plan, T::DTYPE)?;
         let shape = check_reserve(reserve, plan)?;
         check_backward(plan.config(), shape, plan.layout.len(), &grads, &output)?;
-        let call = Call::new(&self.dev)?.with_storage(T::DTYPE);
+        let call = Call::new(&self.dev)?
+            .with_storage(T::DTYPE)
+            .with_wavefront(self.layer_overlap)
+            .with_wavefront_chunk(self.wavefront_chunk);
         let saved = driver::SavedViews::new(&call, reserve);
         let v = |b: &CudaBuf<T>| self.view(b);
         driver::backward(

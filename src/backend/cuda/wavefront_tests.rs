@@ -1,10 +1,11 @@
-//! The layer wavefront of driver.rs (`forward_wavefront`) on the host emulation, which runs the
-//! two streams' work serially in issue order: it checks the chunk bookkeeping (projection rows,
-//! step ranges, the state carried between chunks, h0/hn/c0/cn, saved activations, variable
-//! lengths, 16-bit storage), not the concurrency. A wavefront run must equal the layer-by-layer
-//! run bit for bit here: the same kernels on the same values, and the host sgemm computes each
-//! row of `C` on its own, so a chunk's projection GEMM (`K·B` rows) gives the rows the
-//! whole-sequence one gives. cuBLAS need not (another algorithm for another `M`):
+//! The layer wavefront of driver.rs (`forward_wavefront`, `backward_wavefront`) on the host
+//! emulation, which runs the
+//! two streams' work serially in issue order: it checks the chunk bookkeeping (projection and
+//! `dX` rows, step ranges, the state and gradients carried between chunks, h0/hn/c0/cn,
+//! saved activations, variable lengths, 16-bit storage), not the concurrency. A wavefront run
+//! must equal the layer-by-layer run bit for bit here: the same kernels on the same values, and
+//! the host sgemm computes each row of `C` on its own, so a chunk's GEMM (`K·B` rows) gives the
+//! rows the whole-sequence one gives. cuBLAS need not (another algorithm for another `M`):
 //! tests/cuda.rs compares on the GPU with a rounding tolerance.
 
 use super::buffer::View;
@@ -20,7 +21,8 @@ fn view_mut<T: Element>(v: &mut [T]) -> View {
     View { ptr: v.as_mut_ptr() as u64, len: v.len(), ty: T::DTYPE }
 }
 
-/// Everything one forward (training, then inference) and backward of a problem give, as bits:
+/// Everything one forward (training, then inference) and backward of a problem give on `call`
+/// (both passes with its switches), as bits:
 /// y, hn, cn of training and of inference, the saved activations, dx, dh0, dc0, dparams.
 fn run<T: Element>(cfg: &RnnConfig, shape: &SeqShape, seed: u64, call: &Call<'_>) -> Vec<Vec<u64>> {
     let mut rng = SplitMix64::new(seed);
@@ -50,16 +52,15 @@ fn run<T: Element>(cfg: &RnnConfig, shape: &SeqShape, seed: u64, call: &Call<'_>
         out.extend([bits(&y), bits(&hn), cn.as_deref().map_or(Vec::new(), bits)]);
     }
     out.extend(reserve.saved_bits().into_iter().map(|v| v.into_iter().map(u64::from).collect()));
-    // Backward (layer by layer) from the saved activations.
-    let bwd = Call::host().with_storage(T::DTYPE);
-    let sv = SavedViews::new(&bwd, &reserve);
+    // Backward from the saved activations, with the same switches.
+    let sv = SavedViews::new(call, &reserve);
     let (mut dx, mut dh0) = (nan(shape.x_shape(cfg)), nan(shape.h_shape(cfg)));
     let mut dc0 = lstm.then(|| nan(shape.c_shape(cfg)));
     let mut dp = vec![T::from_f64(f64::NAN); layout.len()];
     let (dy_v, dhn_v, dcn_v) = (Some(view(&dy)), Some(view(&dhn)), dcn.as_deref().map(view));
     let dc0_v = dc0.as_deref_mut().map(view_mut);
     let (dx_v, dh0_v, dp_v) = (view_mut(&mut dx), view_mut(&mut dh0), view_mut(&mut dp));
-    backward(&bwd, &layout, w, shape, &sv, dy_v, dhn_v, dcn_v, Some(dx_v), Some(dh0_v), dc0_v, Some(dp_v), GradMode::Overwrite).unwrap();
+    backward(call, &layout, w, shape, &sv, dy_v, dhn_v, dcn_v, Some(dx_v), Some(dh0_v), dc0_v, Some(dp_v), GradMode::Overwrite).unwrap();
     out.extend([bits(&dx), bits(&dh0), dc0.as_deref().map_or(Vec::new(), bits), bits(&dp)]);
     out
 }
@@ -86,7 +87,7 @@ fn stack(cell: CellKind, layers: usize, proj: usize, bias: bool) -> RnnConfig {
 
 /// Every cell (LSTM with and without projection), 2–4 layers, T a multiple of K and not, one
 /// step per chunk, T < K (one chunk), variable lengths (rows ending inside a chunk, at its
-/// edge, and full), f32.
+/// edge, and full), f32; forward and backward.
 #[test]
 fn emulated_wavefront_matches_layer_by_layer() {
     let cells = [(CellKind::Lstm, 0), (CellKind::Lstm, 3), (CellKind::Gru, 0), (CellKind::RnnTanh, 0), (CellKind::RnnRelu, 0)];
