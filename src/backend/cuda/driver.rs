@@ -17,8 +17,8 @@
 //!
 //! The two directions of a layer run concurrently, forward on stream 0 and reverse on stream 1,
 //! each with its own cuBLAS handle; stream 0 waits for stream 1 at the end of each layer.
-//! Everything is allocated on stream 0 before the fork, so nothing is freed while in use: the
-//! forward pass allocates the buffers of every layer before it enqueues any layer's work.
+//! Everything is allocated on stream 0 before the fork, so nothing is freed while in use: both
+//! passes allocate the buffers of every layer before they enqueue any layer's work.
 //!
 //! Layers overlap in a unidirectional stack of two or more layers (the **layer wavefront**,
 //! [`forward_wavefront`], [`backward_wavefront`]; on unless [`Call::with_wavefront`] turns it off):
