@@ -144,6 +144,51 @@ mod with_feature {
         }
     }
 
+    /// The layer wavefront (`Cuda::with_layer_overlap`, on by default; forward and backward)
+    /// against the layer-by-layer order on 3-layer unidirectional stacks taking the per-step
+    /// path (B > 8): training forward, backward and inference, T not a multiple of the chunk (T = 100, B = 16:
+    /// K = 32, 4 chunks; T = 200, B = 32: K = 16, 13 chunks), mixed lengths. Not bit for bit:
+    /// the projections of layers 1 and 2 are GEMMs of K·B rows instead of T·B, for which cuBLAS
+    /// may pick another algorithm (and backward's `dX` GEMMs likewise); both against the
+    /// reference on the small cases.
+    #[test]
+    fn layer_wavefront_matches_layer_by_layer() {
+        let Some(c) = cuda("layer_wavefront_matches_layer_by_layer") else { return };
+        let cases = [
+            (RnnConfig::new(CellKind::Lstm, 24, 40).num_layers(3).build().unwrap(), 100, 16, true),
+            (RnnConfig::new(CellKind::Lstm, 24, 40).num_layers(3).proj_size(17).build().unwrap(), 100, 16, true),
+            (RnnConfig::new(CellKind::Gru, 24, 40).num_layers(3).build().unwrap(), 100, 16, true),
+            (RnnConfig::new(CellKind::RnnTanh, 24, 40).num_layers(3).build().unwrap(), 100, 16, true),
+            (RnnConfig::new(CellKind::Lstm, 128, 256).num_layers(3).build().unwrap(), 200, 32, false),
+        ];
+        for (cfg, t, b, reference) in cases {
+            let shape = SeqShape::with_lengths(t, (0..b).map(|i| t - (i * 13) % t).collect()).unwrap();
+            let p = Problem::new(&cfg, &shape, 21, 3.0);
+            let on = p.run_f32(CudaHost(c.clone().with_persistent(false).with_layer_overlap(true)));
+            let off = p.run_f32(CudaHost(c.clone().with_persistent(false).with_layer_overlap(false)));
+            let what = describe(&cfg, &shape);
+            for (i, name) in ["y", "hn", "cn", "dx", "dh0", "dc0", "dparams"].iter().enumerate() {
+                let err = max_error(&on[i], &off[i]);
+                let tol = if i < 3 { FWD_TOL } else { GRAD_TOL };
+                assert!(err <= tol, "wavefront against layer by layer: {name} differs by {err:.3e} > {tol:e}: {what}");
+            }
+            let inf_on = p.run_inference_f32(CudaHost(c.clone().with_persistent(false).with_layer_overlap(true)));
+            let inf_off = p.run_inference_f32(CudaHost(c.clone().with_persistent(false).with_layer_overlap(false)));
+            for (i, (a, b)) in inf_on.iter().zip(&inf_off).enumerate() {
+                let err = max_error(a, b);
+                assert!(err <= FWD_TOL, "wavefront inference output {i} differs by {err:.3e}: {what}");
+            }
+            if reference {
+                let want = p.run_reference();
+                for (got, label) in [(&on, "wavefront"), (&off, "layer by layer")] {
+                    for (name, err, tol) in p.errors(got, &want) {
+                        assert!(err <= tol, "{label}: {name} error {err:.3e} > {tol:e}: {what}");
+                    }
+                }
+            }
+        }
+    }
+
     /// The persistent path's results against the per-step path's on the device: the gradient
     /// tolerance (the per-step backward's cuBLAS GEMM and the persistent kernel's lane-strided,
     /// shuffle-reduced sums add dG_h·W_hh in different orders, and the forwards differ likewise;

@@ -17,7 +17,26 @@
 //!
 //! The two directions of a layer run concurrently, forward on stream 0 and reverse on stream 1,
 //! each with its own cuBLAS handle; stream 0 waits for stream 1 at the end of each layer.
-//! Everything is allocated on stream 0 before the fork, so nothing is freed while in use.
+//! Everything is allocated on stream 0 before the fork, so nothing is freed while in use: both
+//! passes allocate the buffers of every layer before they enqueue any layer's work.
+//!
+//! Layers overlap in a unidirectional stack of two or more layers (the **layer wavefront**,
+//! [`forward_wavefront`], [`backward_wavefront`]; on unless [`Call::with_wavefront`] turns it off):
+//! the time axis is cut into chunks of `K` steps ([`wavefront_chunk`]); layer `l`'s chunk `c`
+//! is its input-projection GEMM for those steps and its step loop over them, on stream
+//! `l mod 2`, after waiting for an event layer `l-1` recorded after its chunk `c`. The work is
+//! issued in diagonals (`d = 0, 1, ...`; for each layer `l`, chunk `c = d - l`), so that two
+//! streams pipeline a stack of any depth. Layer 0 keeps its whole-sequence projection (the
+//! same GEMM as without the wavefront); the projections of layers ≥ 1 have `K·B` rows, for
+//! which cuBLAS may pick another algorithm, so results agree with the layer-by-layer order to
+//! f32 rounding on the device (bit for bit on the host emulation, whose sgemm computes each
+//! row on its own). Backward likewise, from the last layer down and in reverse time: layer
+//! `l`'s chunk is its step loop over the chunk and the chunk's rows of `dX = dGi · W_ih`
+//! (layer `l-1`'s `dy`), after layer `l+1`'s chunk; weight gradients and layer 0's `dx` stay
+//! whole-sequence GEMMs after a layer's last chunk. Not overlapped: bidirectional stacks (a
+//! layer's output at step t needs its reverse direction's whole sequence), and stacks whose
+//! layers take a persistent kernel (one launch for a layer's whole sequence cannot be cut into
+//! chunks; all layers of a stack share the sizes that choice depends on).
 //!
 //! Storage type ([`Call::storage`]): f32, or f16/bf16 for the weights, `x`, `y`, the states `h`
 //! (and the LSTM's `m`), the layer outputs, `dG` and every gradient returned (all GEMM operands
@@ -78,6 +97,24 @@ pub struct CudaReserve {
 impl crate::backend::RnnReserve for CudaReserve {
     fn shape(&self) -> Option<&SeqShape> {
         self.shape.as_ref()
+    }
+}
+
+#[cfg(all(test, rnn_kernels_host_emulation))]
+impl CudaReserve {
+    /// The bits of every saved buffer, in a fixed order (tests: two forward passes saved the
+    /// same activations).
+    pub(crate) fn saved_bits(&self) -> Vec<Vec<u32>> {
+        let bits = |m: &Option<Mem<f32>>| match m {
+            Some(Mem::Host(v)) => v.iter().map(|a| a.to_bits()).collect(),
+            _ => Vec::new(),
+        };
+        let mut all = vec![bits(&self.x), bits(&self.h0), bits(&self.c0)];
+        all.extend(self.outputs.iter().map(bits));
+        for d in &self.dirs {
+            all.extend([&d.gates, &d.extra, &d.c, &d.m, &d.h].map(bits));
+        }
+        all
     }
 }
 
@@ -267,6 +304,7 @@ pub(crate) fn forward(
     }
 
     let mut prev_out = x;
+    let mut layers = Vec::with_capacity(nl);
     for l in 0..nl {
         let last = l + 1 == nl;
         let dims = Dims::new(cfg, shape, l);
@@ -278,7 +316,6 @@ pub(crate) fn forward(
                 None => temp_st(tl * bl * cfg.output_size())?,
             }
         };
-        // Every buffer of the layer is allocated before the directions fork.
         let mut bufs = Vec::new();
         for d in 0..nd {
             let i = l * nd + d;
@@ -337,22 +374,91 @@ pub(crate) fn forward(
             };
             bufs.push((b, io));
         }
-        if nd == 2 {
-            call.order(1, 0)?;
-        }
-        for (d, (b, io)) in bufs.iter().enumerate() {
-            forward_direction(call, d, &dims, layout.layer(l, d), w, lens, io, b)?;
-        }
-        if nd == 2 {
-            call.order(0, 1)?;
-        }
+        layers.push((dims, bufs));
         prev_out = out;
+    }
+    // Every buffer of every layer is allocated before any work forks to stream 1.
+    let persistent = layers.iter().any(|(_, bufs)| bufs.iter().any(|(b, _)| b.persistent.is_some()));
+    if let Some(k) = wavefront_chunk(call, cfg, shape).filter(|_| !persistent) {
+        forward_wavefront(call, layout, w, lens, &layers, k)?;
+    } else {
+        for (l, (dims, bufs)) in layers.iter().enumerate() {
+            if nd == 2 {
+                call.order(1, 0)?;
+            }
+            for (d, (b, io)) in bufs.iter().enumerate() {
+                forward_direction(call, d, dims, layout.layer(l, d), w, lens, io, b)?;
+            }
+            if nd == 2 {
+                call.order(0, 1)?;
+            }
+        }
     }
     // Only a reserve whose every buffer was written is usable by backward.
     if let Some(r) = save {
         r.shape = Some(shape.clone());
     }
     Ok(())
+}
+
+/// The layer wavefront's chunk `K` for a call, or `None` when the layers run one after the
+/// other: bidirectional stacks (a layer's output at step t needs its reverse direction's whole
+/// sequence), a single layer, or the switch off ([`Call::with_wavefront`]). The caller also
+/// keeps today's order when a layer takes a persistent kernel (one launch for the whole
+/// sequence cannot be cut into chunks).
+///
+/// `K = max(ceil(T / 16), ceil(512 / B))`, at most `T` (or the call's forced chunk): each
+/// chunk's input-projection GEMM has at least 512 rows (`K·B`), big enough for cuBLAS to
+/// fill the GPU with tiles, and a stack of `L` layers runs in at most `16 + L - 1` diagonals.
+pub(crate) fn wavefront_chunk(call: &Call<'_>, cfg: &RnnConfig, shape: &SeqShape) -> Option<usize> {
+    let (on, forced) = call.wavefront();
+    if !on || cfg.num_directions() != 1 || cfg.num_layers() < 2 {
+        return None;
+    }
+    let (t, b) = (shape.steps(), shape.batch().max(1));
+    let k = if forced > 0 { forced } else { t.div_ceil(16).max(512usize.div_ceil(b)) };
+    Some(k.clamp(1, t.max(1)))
+}
+
+/// The forward pass of a unidirectional stack as a layer wavefront: the time axis cut into
+/// chunks of `k` steps; layer `l`'s chunk `c` (its input-projection GEMM for those steps, then
+/// its per-step loop over them) runs on stream `l mod 2` after waiting for an event that layer
+/// `l-1` recorded after its chunk `c`; the work is issued in diagonals (`d = 0, 1, ...`: for
+/// each layer `l`, chunk `c = d - l`), so that layer `l+1` runs chunk `c` while layer `l` runs
+/// chunk `c+1`. Layer 0 keeps its whole-sequence projection (issued before its first chunk):
+/// only the projections of layers ≥ 1 have `K·B` rows instead of `T·B`. Every buffer was
+/// allocated (on stream 0) before; stream 1 first waits for stream 0, and stream 0 for
+/// stream 1 at the end.
+fn forward_wavefront(call: &Call<'_>, layout: &ParamLayout, w: View, lens: u64, layers: &[(Dims, Vec<(FwdBufs, FwdIo)>)], k: usize) -> Result<()> {
+    let nl = layers.len();
+    let tl = layers[0].0.t;
+    let chunks = tl.div_ceil(k);
+    call.order(1, 0)?;
+    // done[l][c]: layer l's chunk c has finished (kept until the end of the call).
+    let mut done: Vec<Vec<_>> = (0..nl).map(|_| Vec::with_capacity(chunks)).collect();
+    for diag in 0..chunks + nl - 1 {
+        for (l, (dm, bufs)) in layers.iter().enumerate() {
+            let Some(c) = diag.checked_sub(l).filter(|&c| c < chunks) else { continue };
+            let si = l % 2;
+            if l > 0 {
+                call.wait(si, &done[l - 1][c])?;
+            }
+            let (b, io) = &bufs[0];
+            let lr = layout.layer(l, 0);
+            let w_ih = range_view(w, &lr.w_ih).mat(dm.gh, dm.input);
+            let ks = c * k..((c + 1) * k).min(tl);
+            // XG rows of the chunk (layer 0: all T·B rows, once).
+            let (r0, rows) = if l == 0 { (0, if c == 0 { tl } else { 0 }) } else { (ks.start, ks.len()) };
+            if rows > 0 {
+                let (bl, inw, gh) = (dm.b, dm.input, dm.gh);
+                let input = io.input.at(r0 * bl * inw, rows * bl * inw).mat(rows * bl, inw);
+                call.gemm(si, 1.0, input, w_ih.t(), 0.0, b.xg.at(r0 * bl * gh, rows * bl * gh).mat(rows * bl, gh))?;
+            }
+            forward_steps(call, si, 0, dm, lr, w, lens, io, b, ks)?;
+            done[l].push(call.record(si)?);
+        }
+    }
+    call.order(0, 1)
 }
 
 /// One layer-direction forward on stream `d`.
@@ -362,10 +468,8 @@ fn forward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: 
     let tb = tl * bl;
     let reverse = d == 1;
     let w_ih = range_view(w, &lr.w_ih).mat(gh, dm.input);
-    let w_hh = range_view(w, &lr.w_hh).mat(gh, hout);
     let b_ih = lr.b_ih.as_ref().map_or(View::NULL, |r| range_view(w, r));
     let b_hh = lr.b_hh.as_ref().map_or(View::NULL, |r| range_view(w, r));
-    let w_hr = lr.w_hr.as_ref().map(|r| range_view(w, r).mat(hout, h));
 
     // XG[T·B, G·H] = X · W_ih^T for all steps; the biases are added by the step kernels.
     call.gemm(d, 1.0, io.input.mat(tb, dm.input), w_ih.t(), 0.0, b.xg.mat(tb, gh))?;
@@ -420,16 +524,44 @@ fn forward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: 
         );
     }
 
+    forward_steps(call, d, d, dm, lr, w, lens, io, b, 0..tl)
+}
+
+/// Steps `ks` (in processing order: `kk`-th step processed, `t = kk` forward, `T-1-kk`
+/// reverse) of direction `d`'s per-step loop on stream `si`, after the `XG` rows of those steps
+/// were written; the state before `ks.start` is the one the earlier steps left (h0, c0 at the
+/// first). The last chunk copies `hn`, `cn`.
+#[allow(clippy::too_many_arguments)]
+fn forward_steps(
+    call: &Call<'_>,
+    si: usize,
+    d: usize,
+    dm: &Dims,
+    lr: &LayerRanges,
+    w: View,
+    lens: u64,
+    io: &FwdIo,
+    b: &FwdBufs,
+    ks: std::ops::Range<usize>,
+) -> Result<()> {
+    let Dims { t: tl, b: bl, h, hout, gh, out_w, .. } = *dm;
+    let reverse = d == 1;
+    let w_hh = range_view(w, &lr.w_hh).mat(gh, hout);
+    let b_ih = lr.b_ih.as_ref().map_or(View::NULL, |r| range_view(w, r));
+    let b_hh = lr.b_hh.as_ref().map_or(View::NULL, |r| range_view(w, r));
+    let w_hr = lr.w_hr.as_ref().map(|r| range_view(w, r).mat(hout, h));
     let (bi, hi, ow) = (bl as i32, h as i32, out_w as i32);
-    let mut prev: Option<usize> = None;
-    for (kk, t) in steps(tl, reverse).enumerate() {
-        let cur = if b.training { t } else { kk % 2 };
+    let slot = |kk: usize, t: usize| if b.training { t } else { kk % 2 };
+    // Where the step before the chunk left the state (its slot), `None` at the first step.
+    let mut prev: Option<usize> = ks.start.checked_sub(1).map(|kp| slot(kp, if reverse { tl - 1 - kp } else { kp }));
+    for (kk, t) in steps(tl, reverse).enumerate().skip(ks.start).take(ks.len()) {
+        let cur = slot(kk, t);
         let h_prev = prev.map_or(io.h0, |p| b.h.at(p * bl * hout, bl * hout));
         let c_prev = if dm.lstm() { prev.map_or(io.c0, |p| b.c.at(p * bl * h, bl * h)) } else { View::NULL };
         let h_t = b.h.at(cur * bl * hout, bl * hout);
         let c_t = if dm.lstm() { b.c.at(cur * bl * h, bl * h) } else { View::NULL };
         // HG[B, G·H] = h_prev · W_hh^T
-        call.gemm(d, 1.0, h_prev.mat(bl, hout), w_hh.t(), 0.0, b.hg.mat(bl, gh))?;
+        call.gemm(si, 1.0, h_prev.mat(bl, hout), w_hh.t(), 0.0, b.hg.mat(bl, gh))?;
         let xg_t = b.xg.at(t * bl * gh, bl * gh).ptr;
         let gates_t = b.gates.map_or(0, |g| g.at(t * bl * gh, bl * gh).ptr);
         let y_t = io.out.strided(t * bl * out_w + d * hout, bl, out_w, hout).ptr;
@@ -440,22 +572,22 @@ fn forward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: 
                 let keep = if dm.proj { 0 } else { h_prev.ptr };
                 let y_arg = if dm.proj { 0 } else { y_t };
                 call.launch(
-                    d,
+                    si,
                     Kernel::LstmForwardStep,
                     bl * h,
                     &args![bi, hi, step, lens, xg_t, b.hg.ptr, b_ih.ptr, b_hh.ptr, c_prev.ptr, keep, gates_t, c_t.ptr, m_t.ptr, y_arg, ow],
                 )?;
                 if let Some(w_hr) = w_hr {
                     // h[B, Hout] = m · W_hr^T, then masked.
-                    call.gemm(d, 1.0, m_t.mat(bl, h), w_hr.t(), 0.0, h_t.mat(bl, hout))?;
+                    call.gemm(si, 1.0, m_t.mat(bl, h), w_hr.t(), 0.0, h_t.mat(bl, hout))?;
                     let ho = hout as i32;
-                    call.launch(d, Kernel::LstmProjectionFinish, bl * hout, &args![bi, ho, step, lens, h_prev.ptr, h_t.ptr, y_t, ow])?;
+                    call.launch(si, Kernel::LstmProjectionFinish, bl * hout, &args![bi, ho, step, lens, h_prev.ptr, h_t.ptr, y_t, ow])?;
                 }
             }
             CellKind::Gru => {
                 let extra_t = b.extra.map_or(0, |e| e.at(t * bl * h, bl * h).ptr);
                 call.launch(
-                    d,
+                    si,
                     Kernel::GruForwardStep,
                     bl * h,
                     &args![bi, hi, step, lens, xg_t, b.hg.ptr, b_ih.ptr, b_hh.ptr, h_prev.ptr, gates_t, extra_t, h_t.ptr, y_t, ow],
@@ -464,7 +596,7 @@ fn forward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: 
             CellKind::RnnTanh | CellKind::RnnRelu => {
                 let f = if dm.cell == CellKind::RnnTanh { Kernel::RnnTanhForwardStep } else { Kernel::RnnReluForwardStep };
                 call.launch(
-                    d,
+                    si,
                     f,
                     bl * h,
                     &args![bi, hi, step, lens, xg_t, b.hg.ptr, b_ih.ptr, b_hh.ptr, h_prev.ptr, gates_t, h_t.ptr, y_t, ow],
@@ -474,11 +606,14 @@ fn forward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: 
         prev = Some(cur);
     }
     let last = prev.expect("at least one step");
+    if ks.end < tl {
+        return Ok(());
+    }
     if let Some(hn) = io.hn {
-        call.copy(d, hn, b.h.at(last * bl * hout, bl * hout))?;
+        call.copy(si, hn, b.h.at(last * bl * hout, bl * hout))?;
     }
     if let Some(cn) = io.cn {
-        call.copy(d, cn, b.c.at(last * bl * h, bl * h))?;
+        call.copy(si, cn, b.c.at(last * bl * h, bl * h))?;
     }
     Ok(())
 }
@@ -688,6 +823,7 @@ pub(crate) fn backward(
     };
 
     let mut d_out = dy;
+    let mut layers = Vec::with_capacity(nl);
     for l in (0..nl).rev() {
         let dims = Dims::new(cfg, shape, l);
         let input = if l == 0 { sv.x } else { sv.outputs[l - 1] };
@@ -728,12 +864,10 @@ pub(crate) fn backward(
                 persistent,
             });
         }
-        if nd == 2 {
-            call.order(1, 0)?;
-        }
-        for (d, b) in bufs.iter().enumerate() {
+        let mut ios = Vec::with_capacity(nd);
+        for d in 0..nd {
             let i = l * nd + d;
-            let io = BwdIo {
+            ios.push(BwdIo {
                 input,
                 d_out,
                 saved: sv.dirs[i],
@@ -746,25 +880,96 @@ pub(crate) fn backward(
                 dc0: if lstm { dc0.map(|v| v.at(i * clen, clen)) } else { None },
                 dparams,
                 ones,
-            };
-            backward_direction(call, d, &dims, layout.layer(l, d), w, &io, b)?;
+            });
         }
-        if nd == 2 {
-            call.order(0, 1)?;
-        }
-        if let Some(d_in) = d_in {
-            // dX = Σ_d dGi_d · W_ih_d, on stream 0 after both directions.
-            for (d, b) in bufs.iter().enumerate() {
-                let w_ih = range_view(w, &layout.layer(l, d).w_ih).mat(gh, dims.input);
-                call.gemm(0, 1.0, b.dgi.mat(tb, gh), w_ih, if d == 0 { 0.0 } else { 1.0 }, d_in.mat(tb, dims.input))?;
+        layers.push((l, dims, d_in, bufs, ios));
+        d_out = d_in;
+    }
+    // Every buffer of every layer is allocated before any work forks to stream 1 (`layers`
+    // from the last layer to the first).
+    let persistent = layers.iter().any(|(_, _, _, bufs, _)| bufs.iter().any(|b| b.persistent.is_some()));
+    if let Some(k) = wavefront_chunk(call, cfg, shape).filter(|_| !persistent) {
+        backward_wavefront(call, layout, w, &layers, k)?;
+    } else {
+        for (l, dims, d_in, bufs, ios) in &layers {
+            let l = *l;
+            if nd == 2 {
+                call.order(1, 0)?;
+            }
+            for (d, (b, io)) in bufs.iter().zip(ios).enumerate() {
+                backward_direction(call, d, dims, layout.layer(l, d), w, io, b)?;
+            }
+            if nd == 2 {
+                call.order(0, 1)?;
+            }
+            if let Some(d_in) = d_in {
+                // dX = Σ_d dGi_d · W_ih_d, on stream 0 after both directions.
+                for (d, b) in bufs.iter().enumerate() {
+                    let w_ih = range_view(w, &layout.layer(l, d).w_ih).mat(gh, dims.input);
+                    call.gemm(0, 1.0, b.dgi.mat(tb, gh), w_ih, if d == 0 { 0.0 } else { 1.0 }, d_in.mat(tb, dims.input))?;
+                }
             }
         }
-        d_out = d_in;
     }
     if let (Some(out), Some(acc)) = (dparams_out, dparams) {
         call.copy(0, out, acc)?;
     }
     Ok(())
+}
+
+/// One layer of a backward pass: its index, sizes, `dX` (none for layer 0 without `dx`), and
+/// per direction its buffers and inputs.
+type BwdLayer = (usize, Dims, Option<View>, Vec<BwdBufs>, Vec<BwdIo>);
+
+/// The backward pass of a unidirectional stack as a layer wavefront, `layers` from the last
+/// layer to the first: the processing order (`t = T-1` down to 0) cut into chunks of `k` steps;
+/// layer `l`'s chunk `c` (its step loop over those steps, then, for `l ≥ 1`, the rows of its
+/// `dX = dGi · W_ih` for them, which are layer `l-1`'s `dy`) runs on stream `l mod 2` after
+/// waiting for the event layer `l+1` recorded after its chunk `c`. A layer's weight
+/// gradients, `dh0`, `dc0` follow its last chunk on its stream (whole-sequence GEMMs, as
+/// without the wavefront), and layer 0's `dx` is one whole-sequence GEMM after them. Every
+/// buffer was allocated before; stream 1 first waits for stream 0, stream 0 for stream 1 at the
+/// end.
+fn backward_wavefront(call: &Call<'_>, layout: &ParamLayout, w: View, layers: &[BwdLayer], k: usize) -> Result<()> {
+    let nl = layers.len();
+    let tl = layers[0].1.t;
+    let chunks = tl.div_ceil(k);
+    call.order(1, 0)?;
+    // done[j][c]: the j-th layer from the top has finished its chunk c.
+    let mut done: Vec<Vec<_>> = (0..nl).map(|_| Vec::with_capacity(chunks)).collect();
+    for diag in 0..chunks + nl - 1 {
+        for (j, (l, dm, d_in, bufs, ios)) in layers.iter().enumerate() {
+            let Some(c) = diag.checked_sub(j).filter(|&c| c < chunks) else { continue };
+            let (l, si) = (*l, *l % 2);
+            let (b, io) = (&bufs[0], &ios[0]);
+            let lr = layout.layer(l, 0);
+            if j > 0 {
+                call.wait(si, &done[j - 1][c])?;
+            }
+            if c == 0 {
+                backward_begin(call, si, dm, io, b)?;
+            }
+            let ks = c * k..((c + 1) * k).min(tl);
+            backward_steps(call, si, 0, dm, lr, w, io, b, ks.clone())?;
+            let (bl, inw, gh) = (dm.b, dm.input, dm.gh);
+            let w_ih = range_view(w, &lr.w_ih).mat(gh, inw);
+            if let Some(d_in) = d_in.filter(|_| l > 0) {
+                // The chunk's steps are t = T - ks.end .. T - ks.start.
+                let (r0, rows) = (tl - ks.end, ks.len());
+                let dgi = b.dgi.at(r0 * bl * gh, rows * bl * gh).mat(rows * bl, gh);
+                call.gemm(si, 1.0, dgi, w_ih, 0.0, d_in.at(r0 * bl * inw, rows * bl * inw).mat(rows * bl, inw))?;
+            }
+            done[j].push(call.record(si)?);
+            if c + 1 == chunks {
+                backward_end(call, si, 0, dm, lr, io, b)?;
+                if let Some(dx) = d_in.filter(|_| l == 0) {
+                    let tb = tl * bl;
+                    call.gemm(si, 1.0, b.dgi.mat(tb, gh), w_ih, 0.0, dx.mat(tb, inw))?;
+                }
+            }
+        }
+    }
+    call.order(0, 1)
 }
 
 struct BwdIo {
@@ -787,24 +992,48 @@ struct BwdIo {
 
 /// BPTT through one layer-direction on stream `d`, with its weight gradients.
 fn backward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w: View, io: &BwdIo, b: &BwdBufs) -> Result<()> {
-    let Dims { t: tl, b: bl, h, hout, gh, out_w, .. } = *dm;
-    let tb = tl * bl;
-    let reverse = d == 1;
-    let [gates, extra, c_all, m_all, h_all] = io.saved;
-    let w_hh = range_view(w, &lr.w_hh).mat(gh, hout);
-    let w_hr = lr.w_hr.as_ref().map(|r| range_view(w, r).mat(hout, h));
-    call.copy_or_zero(d, b.carry, io.dhn)?;
-    if dm.lstm() {
-        call.copy_or_zero(d, b.dc, io.dcn)?;
-    }
-    let (bi, hi, ho, ow) = (bl as i32, h as i32, hout as i32, out_w as i32);
+    backward_begin(call, d, dm, io, b)?;
     // The persistent backward runs the whole time loop in one launch; the per-step loop then
     // has no steps.
     if let Some((units, barrier)) = b.persistent {
         persistent_backward(call, d, dm, lr, w, io, b, units, barrier)?;
     }
-    let per_step = if b.persistent.is_some() { 0 } else { tl };
-    for t in steps(per_step, !reverse) {
+    let per_step = if b.persistent.is_some() { 0 } else { dm.t };
+    backward_steps(call, d, d, dm, lr, w, io, b, 0..per_step)?;
+    backward_end(call, d, d, dm, lr, io, b)
+}
+
+/// The carried gradients' start on stream `si`: `dhn`, `dcn` or zeros.
+fn backward_begin(call: &Call<'_>, si: usize, dm: &Dims, io: &BwdIo, b: &BwdBufs) -> Result<()> {
+    call.copy_or_zero(si, b.carry, io.dhn)?;
+    if dm.lstm() {
+        call.copy_or_zero(si, b.dc, io.dcn)?;
+    }
+    Ok(())
+}
+
+/// Steps `ks` of direction `d`'s backward time loop on stream `si`, in processing order (the
+/// `kk`-th step processed: `t = T-1-kk` for the forward direction, `t = kk` for the reverse),
+/// from the carry the earlier steps left; writes `dG` of those steps.
+#[allow(clippy::too_many_arguments)]
+fn backward_steps(
+    call: &Call<'_>,
+    si: usize,
+    d: usize,
+    dm: &Dims,
+    lr: &LayerRanges,
+    w: View,
+    io: &BwdIo,
+    b: &BwdBufs,
+    ks: std::ops::Range<usize>,
+) -> Result<()> {
+    let Dims { t: tl, b: bl, h, hout, gh, out_w, .. } = *dm;
+    let reverse = d == 1;
+    let [gates, extra, c_all, _, h_all] = io.saved;
+    let w_hh = range_view(w, &lr.w_hh).mat(gh, hout);
+    let w_hr = lr.w_hr.as_ref().map(|r| range_view(w, r).mat(hout, h));
+    let (bi, hi, ho, ow) = (bl as i32, h as i32, hout as i32, out_w as i32);
+    for t in steps(tl, !reverse).skip(ks.start).take(ks.len()) {
         let step = t as i32;
         let p = prev_step(t, tl, reverse);
         let h_prev = p.map_or(io.h0, |p| h_all.at(p * bl * hout, bl * hout));
@@ -819,16 +1048,16 @@ fn backward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w:
                 if let Some(w_hr) = w_hr {
                     let dh_save = b.dh_all.at(t * bl * hout, bl * hout).ptr;
                     call.launch(
-                        d,
+                        si,
                         Kernel::LstmProjectionBackwardPrepare,
                         bl * hout,
                         &args![bi, ho, step, io.lens, dy_t, ow, b.carry.ptr, b.dh.ptr, dh_save],
                     )?;
                     // m → h = m · W_hr^T, so dm = dh · W_hr.
-                    call.gemm(d, 1.0, b.dh.mat(bl, hout), w_hr, 0.0, b.dmv.mat(bl, h))?;
+                    call.gemm(si, 1.0, b.dh.mat(bl, hout), w_hr, 0.0, b.dmv.mat(bl, h))?;
                     let null = 0u64;
                     call.launch(
-                        d,
+                        si,
                         Kernel::LstmBackwardStep,
                         bl * h,
                         &args![bi, hi, step, io.lens, gates_t, c_t, c_prev.ptr, b.dmv.ptr, null, ow, null, b.dc.ptr, dgi_t.ptr],
@@ -836,7 +1065,7 @@ fn backward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w:
                 } else {
                     let null = 0u64;
                     call.launch(
-                        d,
+                        si,
                         Kernel::LstmBackwardStep,
                         bl * h,
                         &args![bi, hi, step, io.lens, gates_t, c_t, c_prev.ptr, null, dy_t, ow, b.carry.ptr, b.dc.ptr, dgi_t.ptr],
@@ -854,21 +1083,30 @@ fn backward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w:
             }
             CellKind::RnnTanh | CellKind::RnnRelu => {
                 let f = if dm.cell == CellKind::RnnTanh { Kernel::RnnTanhBackwardStep } else { Kernel::RnnReluBackwardStep };
-                call.launch(d, f, bl * h, &args![bi, hi, step, io.lens, gates_t, dy_t, ow, b.carry.ptr, dgi_t.ptr])?;
+                call.launch(si, f, bl * h, &args![bi, hi, step, io.lens, gates_t, dy_t, ow, b.carry.ptr, dgi_t.ptr])?;
             }
         }
         // dh_prev += dGh · W_hh (the kernels left the direct part, or dh on inactive rows).
-        call.gemm(d, 1.0, dgh_t.mat(bl, gh), w_hh, 1.0, b.carry.mat(bl, hout))?;
+        call.gemm(si, 1.0, dgh_t.mat(bl, gh), w_hh, 1.0, b.carry.mat(bl, hout))?;
     }
+    Ok(())
+}
+
+/// After direction `d`'s time loop, on stream `si`: `dh0`, `dc0` and the weight gradients.
+fn backward_end(call: &Call<'_>, si: usize, d: usize, dm: &Dims, lr: &LayerRanges, io: &BwdIo, b: &BwdBufs) -> Result<()> {
+    let Dims { t: tl, b: bl, h, hout, gh, .. } = *dm;
+    let tb = tl * bl;
+    let reverse = d == 1;
+    let [_, _, _, m_all, h_all] = io.saved;
     if let Some(dh0) = io.dh0 {
-        call.copy(d, dh0, b.carry)?;
+        call.copy(si, dh0, b.carry)?;
     }
     if let Some(dc0) = io.dc0 {
-        call.copy(d, dc0, b.dc)?;
+        call.copy(si, dc0, b.dc)?;
     }
     let Some(dp) = io.dparams else { return Ok(()) };
     // dW_ih += dGi^T · X
-    call.gemm(d, 1.0, b.dgi.mat(tb, gh).t(), io.input.mat(tb, dm.input), 1.0, range_view(dp, &lr.w_ih).mat(gh, dm.input))?;
+    call.gemm(si, 1.0, b.dgi.mat(tb, gh).t(), io.input.mat(tb, dm.input), 1.0, range_view(dp, &lr.w_ih).mat(gh, dm.input))?;
     // dW_hh += dGh^T · H_prev: the saved states shifted by one step, h0 at the first processed
     // step: two GEMMs, no copy.
     let dw_hh = range_view(dp, &lr.w_hh).mat(gh, hout);
@@ -878,18 +1116,18 @@ fn backward_direction(call: &Call<'_>, d: usize, dm: &Dims, lr: &LayerRanges, w:
     } else {
         (0, b.dgh.at(bl * gh, rest * gh), h_all.at(0, rest * hout))
     };
-    call.gemm(d, 1.0, rest_g.mat(rest, gh).t(), rest_h.mat(rest, hout), 1.0, dw_hh)?;
-    call.gemm(d, 1.0, b.dgh.at(first * bl * gh, bl * gh).mat(bl, gh).t(), io.h0.mat(bl, hout), 1.0, dw_hh)?;
+    call.gemm(si, 1.0, rest_g.mat(rest, gh).t(), rest_h.mat(rest, hout), 1.0, dw_hh)?;
+    call.gemm(si, 1.0, b.dgh.at(first * bl * gh, bl * gh).mat(bl, gh).t(), io.h0.mat(bl, hout), 1.0, dw_hh)?;
     // db += 1^T · dG
     if let Some(r) = &lr.b_ih {
-        call.gemm(d, 1.0, io.ones.mat(1, tb), b.dgi.mat(tb, gh), 1.0, range_view(dp, r).mat(1, gh))?;
+        call.gemm(si, 1.0, io.ones.mat(1, tb), b.dgi.mat(tb, gh), 1.0, range_view(dp, r).mat(1, gh))?;
     }
     if let Some(r) = &lr.b_hh {
-        call.gemm(d, 1.0, io.ones.mat(1, tb), b.dgh.mat(tb, gh), 1.0, range_view(dp, r).mat(1, gh))?;
+        call.gemm(si, 1.0, io.ones.mat(1, tb), b.dgh.mat(tb, gh), 1.0, range_view(dp, r).mat(1, gh))?;
     }
     if let Some(r) = &lr.w_hr {
         // dW_hr += dH^T · M
-        call.gemm(d, 1.0, b.dh_all.mat(tb, hout).t(), m_all.mat(tb, h), 1.0, range_view(dp, r).mat(hout, h))?;
+        call.gemm(si, 1.0, b.dh_all.mat(tb, hout).t(), m_all.mat(tb, h), 1.0, range_view(dp, r).mat(hout, h))?;
     }
     Ok(())
 }

@@ -199,7 +199,15 @@ pub(crate) struct Call<'a> {
     persistent: bool,
     /// Whether every layer-direction must take a persistent kernel (an error otherwise).
     persistent_required: bool,
+    /// Whether a unidirectional stack's layers may overlap (the layer wavefront of driver.rs).
+    wavefront: bool,
+    /// The wavefront's chunk of steps; 0: chosen by the driver.
+    wavefront_chunk: usize,
 }
+
+/// A point in one stream's work that another stream can wait for ([`Call::record`],
+/// [`Call::wait`]). Nothing on the host emulation, which runs every stream's work in issue order.
+pub(crate) struct Event(Option<cudarc::driver::CudaEvent>);
 
 /// The largest batch the persistent kernels take (`PERSISTENT_MAX_BATCH` of
 /// kernels/persistent_lstm.cu and kernels/persistent_cell.cu).
@@ -221,13 +229,20 @@ impl<'a> Call<'a> {
     pub fn new(dev: &'a Device) -> Result<Self> {
         let lock = dev.call.lock().unwrap_or_else(|p| p.into_inner());
         dev.ctx.bind_to_thread().map_err(|e| device_err(&dev.name, "binding the context", e))?;
-        Ok(Call { on: On::Dev { dev, _lock: lock }, st: Dtype::F32, persistent: false, persistent_required: false })
+        Ok(Call {
+            on: On::Dev { dev, _lock: lock },
+            st: Dtype::F32,
+            persistent: false,
+            persistent_required: false,
+            wavefront: true,
+            wavefront_chunk: 0,
+        })
     }
 
     /// A call emulated on the host.
     #[cfg(all(test, rnn_kernels_host_emulation))]
     pub fn host() -> Call<'static> {
-        Call { on: On::Host, st: Dtype::F32, persistent: false, persistent_required: false }
+        Call { on: On::Host, st: Dtype::F32, persistent: false, persistent_required: false, wavefront: true, wavefront_chunk: 0 }
     }
 
     /// Runs the 16-bit entries of the cell kernels (`ty` F16 or BF16) or the f32 ones.
@@ -257,6 +272,23 @@ impl<'a> Call<'a> {
     /// Whether a layer-direction that cannot take a persistent kernel is an error.
     pub fn persistent_required(&self) -> bool {
         self.persistent_required
+    }
+
+    /// Allows (`true`, the default) the layer wavefront of a unidirectional stack (driver.rs).
+    pub fn with_wavefront(mut self, on: bool) -> Self {
+        self.wavefront = on;
+        self
+    }
+
+    /// The wavefront's chunk of steps (0, the default: the driver's choice).
+    pub fn with_wavefront_chunk(mut self, k: usize) -> Self {
+        self.wavefront_chunk = k;
+        self
+    }
+
+    /// `(on, chunk)`: whether the layer wavefront may run, and its chunk (0: the driver's choice).
+    pub fn wavefront(&self) -> (bool, usize) {
+        (self.wavefront, self.wavefront_chunk)
     }
 
     fn dev(&self) -> Option<&'a Device> {
@@ -441,6 +473,23 @@ impl<'a> Call<'a> {
     pub fn order(&self, to: usize, from: usize) -> Result<()> {
         match (self.stream(to), self.stream(from)) {
             (Some(t), Some(f)) => t.join(f).map_err(|e| self.err("ordering the streams", e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Marks the work enqueued so far on stream `si`, for [`wait`](Self::wait). One event per
+    /// mark, destroyed when the `Event` is dropped (CUDA defers that until it has completed).
+    pub fn record(&self, si: usize) -> Result<Event> {
+        match self.stream(si) {
+            Some(s) => s.record_event(None).map(|e| Event(Some(e))).map_err(|e| self.err("recording an event", e)),
+            None => Ok(Event(None)),
+        }
+    }
+
+    /// Stream `si` waits (on the device, not the host) for the work `e` marks.
+    pub fn wait(&self, si: usize, e: &Event) -> Result<()> {
+        match (self.stream(si), &e.0) {
+            (Some(s), Some(ev)) => s.wait(ev).map_err(|e| self.err("waiting for an event", e)),
             _ => Ok(()),
         }
     }

@@ -19,7 +19,9 @@
 //!   computes with.
 //! - `exec.rs`: how the driver issues work ([`Call`](exec::Call)): cuBLAS and the kernels on the
 //!   device, or, in unit tests without a GPU, the same kernels compiled as host C++.
-//! - `driver.rs`: the layer, direction and time loops, forward and backward.
+//! - `driver.rs`: the layer, direction and time loops, forward and backward, and the layer
+//!   wavefront that overlaps a unidirectional stack's layers ([`Cuda::with_layer_overlap`]).
+//! - `wavefront_tests.rs`: the wavefront against the layer-by-layer order on the host emulation.
 //! - `external.rs`: a caller's device memory ([`BorrowedCudaBuf`]) and streams (the event
 //!   handshake with the backend's), for the C ABI's device-pointer entry points.
 //!
@@ -38,6 +40,8 @@ mod exec;
 mod external;
 #[cfg(all(test, rnn_kernels_host_emulation))]
 mod half_tests;
+#[cfg(all(test, rnn_kernels_host_emulation))]
+mod wavefront_tests;
 
 /// The PTX of `kernels/*.cu`, written by build.rs.
 #[allow(dead_code)]
@@ -94,6 +98,10 @@ pub struct Cuda {
     persistent: bool,
     /// Whether every layer-direction must take a persistent kernel (an error otherwise).
     persistent_required: bool,
+    /// Whether a unidirectional stack's layers overlap on the two streams (the layer wavefront).
+    layer_overlap: bool,
+    /// The wavefront's chunk of steps, 0: the driver's choice.
+    wavefront_chunk: usize,
 }
 
 impl std::fmt::Debug for Cuda {
@@ -102,6 +110,8 @@ impl std::fmt::Debug for Cuda {
             .field("device", &self.dev.name)
             .field("persistent", &self.persistent)
             .field("persistent_required", &self.persistent_required)
+            .field("layer_overlap", &self.layer_overlap)
+            .field("wavefront_chunk", &self.wavefront_chunk)
             .finish()
     }
 }
@@ -123,6 +133,10 @@ impl Cuda {
     /// `RNN_KERNELS_CUDA_PERSISTENT=0`; `RNN_KERNELS_CUDA_PERSISTENT=require` makes every
     /// forward or backward pass that cannot use them an error. See
     /// [`with_persistent`](Self::with_persistent).
+    ///
+    /// The layers of a unidirectional stack overlap (see
+    /// [`with_layer_overlap`](Self::with_layer_overlap)) unless `RNN_KERNELS_CUDA_WAVEFRONT=0`;
+    /// `RNN_KERNELS_CUDA_WAVEFRONT_CHUNK=K` forces its chunk of `K` steps (for tuning).
     pub fn with_device(ordinal: usize) -> Result<Cuda> {
         let mode = std::env::var("RNN_KERNELS_CUDA_PERSISTENT").unwrap_or_default();
         let (persistent, persistent_required) = match mode.trim() {
@@ -130,7 +144,12 @@ impl Cuda {
             "require" => (true, true),
             _ => (true, false),
         };
-        Ok(Cuda { dev: device::open(ordinal)?, persistent, persistent_required })
+        let layer_overlap = std::env::var("RNN_KERNELS_CUDA_WAVEFRONT").map_or(true, |v| v.trim() != "0");
+        let wavefront_chunk = match std::env::var("RNN_KERNELS_CUDA_WAVEFRONT_CHUNK") {
+            Ok(v) => v.trim().parse().map_err(|_| Error::invalid("RNN_KERNELS_CUDA_WAVEFRONT_CHUNK", "a number of steps (0: automatic)", v))?,
+            Err(_) => 0,
+        };
+        Ok(Cuda { dev: device::open(ordinal)?, persistent, persistent_required, layer_overlap, wavefront_chunk })
     }
 
     /// Allows (`true`) or forbids the persistent kernels: for an LSTM layer without projection,
@@ -158,6 +177,28 @@ impl Cuda {
         self.persistent_required = on;
         self.persistent |= on;
         self
+    }
+
+    /// Overlaps (`true`, the default) the layers of a unidirectional stack of two or more
+    /// layers, forward (inference and training) and backward: the time axis is cut into
+    /// chunks of `K` steps and layer `l+1` runs chunk `c` on one stream while layer `l` runs
+    /// chunk `c+1` on the other (a layer wavefront; backward the same from the last layer
+    /// down, in reverse time; `K = max(ceil(T/16), ceil(512/B))` unless
+    /// `RNN_KERNELS_CUDA_WAVEFRONT_CHUNK` forces it). Bidirectional stacks, where a layer's
+    /// output at step t needs its reverse direction's whole sequence, and stacks whose layers
+    /// take the persistent kernels (one launch per layer for the whole sequence) run layer
+    /// after layer as before. The input projections (forward) and the `dX` GEMMs (backward)
+    /// of layers ≥ 1 are then GEMMs of `K·B` rows instead of `T·B`, for which cuBLAS may
+    /// choose another algorithm: results agree with the layer-by-layer order to f32 rounding,
+    /// not always bit for bit.
+    pub fn with_layer_overlap(mut self, on: bool) -> Cuda {
+        self.layer_overlap = on;
+        self
+    }
+
+    /// Whether the layers of a unidirectional stack overlap ([`with_layer_overlap`](Self::with_layer_overlap)).
+    pub fn layer_overlap(&self) -> bool {
+        self.layer_overlap
     }
 
     /// Whether the persistent kernel may be chosen.
@@ -243,7 +284,9 @@ impl Cuda {
         let call = Call::new(&self.dev)?
             .with_storage(T::DTYPE)
             .with_persistent(self.persistent)
-            .with_persistent_required(self.persistent_required);
+            .with_persistent_required(self.persistent_required)
+            .with_wavefront(self.layer_overlap)
+            .with_wavefront_chunk(self.wavefront_chunk);
         let mut reserve = reserve;
         if let Some(r) = reserve.as_deref_mut() {
             r.plan_id = plan.id;
@@ -278,7 +321,10 @@ impl Cuda {
         self.check_plan(plan, T::DTYPE)?;
         let shape = check_reserve(reserve, plan)?;
         check_backward(plan.config(), shape, plan.layout.len(), &grads, &output)?;
-        let call = Call::new(&self.dev)?.with_storage(T::DTYPE);
+        let call = Call::new(&self.dev)?
+            .with_storage(T::DTYPE)
+            .with_wavefront(self.layer_overlap)
+            .with_wavefront_chunk(self.wavefront_chunk);
         let saved = driver::SavedViews::new(&call, reserve);
         let v = |b: &CudaBuf<T>| self.view(b);
         driver::backward(
