@@ -281,12 +281,7 @@ impl Cuda {
     ) -> Result<()> {
         check_forward(plan.config(), shape, &input, &output)?;
         self.check_plan(plan, T::DTYPE)?;
-        let call = Call::new(&self.dev)?
-            .with_storage(T::DTYPE)
-            .with_persistent(self.persistent)
-            .with_persistent_required(self.persistent_required)
-            .with_wavefront(self.layer_overlap)
-            .with_wavefront_chunk(self.wavefront_chunk);
+        let call = self.compute_call(T::DTYPE)?;
         let mut reserve = reserve;
         if let Some(r) = reserve.as_deref_mut() {
             r.plan_id = plan.id;
@@ -310,6 +305,20 @@ impl Cuda {
         )
     }
 
+    /// The call a forward or backward pass computes with: storage `st` and this backend's
+    /// settings (persistent kernels allowed / required, layer wavefront and its chunk). One
+    /// place for both passes, so that a setting cannot reach one and miss the other (the
+    /// persistent backward was once never chosen on the device because backward's call lacked
+    /// the persistent switches).
+    fn compute_call(&self, st: crate::element::Dtype) -> Result<Call<'_>> {
+        Ok(Call::new(&self.dev)?
+            .with_storage(st)
+            .with_persistent(self.persistent)
+            .with_persistent_required(self.persistent_required)
+            .with_wavefront(self.layer_overlap)
+            .with_wavefront_chunk(self.wavefront_chunk))
+    }
+
     fn run_backward<T: CudaElement>(
         &self,
         plan: &CudaPlan,
@@ -321,10 +330,7 @@ impl Cuda {
         self.check_plan(plan, T::DTYPE)?;
         let shape = check_reserve(reserve, plan)?;
         check_backward(plan.config(), shape, plan.layout.len(), &grads, &output)?;
-        let call = Call::new(&self.dev)?
-            .with_storage(T::DTYPE)
-            .with_wavefront(self.layer_overlap)
-            .with_wavefront_chunk(self.wavefront_chunk);
+        let call = self.compute_call(T::DTYPE)?;
         let saved = driver::SavedViews::new(&call, reserve);
         let v = |b: &CudaBuf<T>| self.view(b);
         driver::backward(
