@@ -1075,7 +1075,7 @@ fn backward_steps(
             CellKind::Gru => {
                 let extra_t = extra.at(t * bl * h, bl * h).ptr;
                 call.launch(
-                    d,
+                    si,
                     Kernel::GruBackwardStep,
                     bl * h,
                     &args![bi, hi, step, io.lens, gates_t, extra_t, h_prev.ptr, dy_t, ow, b.carry.ptr, dgi_t.ptr, dgh_t.ptr],

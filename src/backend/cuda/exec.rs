@@ -203,6 +203,11 @@ pub(crate) struct Call<'a> {
     wavefront: bool,
     /// The wavefront's chunk of steps; 0: chosen by the driver.
     wavefront_chunk: usize,
+    /// The host emulation's record of the work issued, in order: `(stream, kernel)`, `None` for
+    /// a GEMM. The emulation runs every stream's work in issue order, so only this shows on
+    /// which stream the driver put each piece (a wrong stream races on a device).
+    #[cfg(all(test, rnn_kernels_host_emulation))]
+    pub issued: std::cell::RefCell<Vec<(usize, Option<Kernel>)>>,
 }
 
 /// A point in one stream's work that another stream can wait for ([`Call::record`],
@@ -236,13 +241,23 @@ impl<'a> Call<'a> {
             persistent_required: false,
             wavefront: true,
             wavefront_chunk: 0,
+            #[cfg(all(test, rnn_kernels_host_emulation))]
+            issued: Default::default(),
         })
     }
 
     /// A call emulated on the host.
     #[cfg(all(test, rnn_kernels_host_emulation))]
     pub fn host() -> Call<'static> {
-        Call { on: On::Host, st: Dtype::F32, persistent: false, persistent_required: false, wavefront: true, wavefront_chunk: 0 }
+        Call {
+            on: On::Host,
+            st: Dtype::F32,
+            persistent: false,
+            persistent_required: false,
+            wavefront: true,
+            wavefront_chunk: 0,
+            issued: Default::default(),
+        }
     }
 
     /// Runs the 16-bit entries of the cell kernels (`ty` F16 or BF16) or the f32 ones.
@@ -505,6 +520,8 @@ impl<'a> Call<'a> {
         let Some(g) = SgemmArgs::new(a, b, beta, c) else { return Ok(()) };
         let Some(dev) = self.dev() else {
             #[cfg(all(test, rnn_kernels_host_emulation))]
+            self.issued.borrow_mut().push((si, None));
+            #[cfg(all(test, rnn_kernels_host_emulation))]
             // SAFETY: the three views were checked to hold their [rows, cols] (View::mat).
             unsafe {
                 host::sgemm(&g, alpha, beta)
@@ -540,6 +557,8 @@ impl<'a> Call<'a> {
         assert!(a.ty == b.ty && a.ty != Dtype::F32 && (c.ty == Dtype::F32 || c.ty == a.ty), "gemm types {:?} {:?} {:?}", a.ty, b.ty, c.ty);
         let Some(g) = SgemmArgs::new(a, b, beta, c) else { return Ok(()) };
         let Some(dev) = self.dev() else {
+            #[cfg(all(test, rnn_kernels_host_emulation))]
+            self.issued.borrow_mut().push((si, None));
             #[cfg(all(test, rnn_kernels_host_emulation))]
             // SAFETY: the three views were checked to hold their [rows, cols] (View::mat).
             unsafe {
@@ -638,6 +657,8 @@ impl<'a> Call<'a> {
     /// Kernel `k`'s entry for element type `ty` with `args`.
     fn launch_typed(&self, si: usize, k: Kernel, ty: Dtype, cfg: LaunchConfig, cooperative: bool, args: &[A]) -> Result<()> {
         let Some(dev) = self.dev() else {
+            #[cfg(all(test, rnn_kernels_host_emulation))]
+            self.issued.borrow_mut().push((si, Some(k)));
             #[cfg(all(test, rnn_kernels_host_emulation))]
             // SAFETY: as below; the emulated kernels are the same code, run serially.
             unsafe {

@@ -146,3 +146,37 @@ fn emulated_wavefront_leaves_persistent_stacks_alone() {
     let off = Call::host().with_persistent(true).with_persistent_required(true).with_wavefront(false);
     assert!(run::<f32>(&cfg, &shape, 9, &on) == run::<f32>(&cfg, &shape, 9, &off));
 }
+
+/// Each layer's step kernels run on its own stream (`l mod 2`), forward and backward: the
+/// emulation runs every stream's work in issue order, so a kernel put on the other stream gives
+/// the same results here but races with its layer's GEMMs on a device (the GRU backward step
+/// was once launched on stream `d` = 0 instead of the layer's stream `si`). 3 layers: layers 0
+/// and 2 on stream 0, layer 1 on stream 1; `run` does a training forward, an inference forward
+/// (`T` steps each per layer) and a backward (`T` steps per layer).
+#[test]
+fn emulated_wavefront_step_kernels_on_their_layers_stream() {
+    use super::exec::Kernel as K;
+    let cells = [
+        (CellKind::Lstm, 0, [K::LstmForwardStep, K::LstmBackwardStep]),
+        (CellKind::Lstm, 3, [K::LstmProjectionFinish, K::LstmProjectionBackwardPrepare]),
+        (CellKind::Gru, 0, [K::GruForwardStep, K::GruBackwardStep]),
+        (CellKind::RnnTanh, 0, [K::RnnTanhForwardStep, K::RnnTanhBackwardStep]),
+        (CellKind::RnnRelu, 0, [K::RnnReluForwardStep, K::RnnReluBackwardStep]),
+    ];
+    let t = 6;
+    for (cell, proj, [fwd, bwd]) in cells {
+        let cfg = stack(cell, 3, proj, true);
+        let shape = SeqShape::with_lengths(t, vec![6, 4, 1]).unwrap();
+        let call = Call::host().with_wavefront(true).with_wavefront_chunk(2);
+        run::<f32>(&cfg, &shape, 3, &call);
+        let issued = call.issued.borrow();
+        let count = |k: K, si: usize| issued.iter().filter(|&&(s, kk)| s == si && kk == Some(k)).count();
+        for (k, per_layer) in [(fwd, 2 * t), (bwd, t)] {
+            assert_eq!(
+                [count(k, 0), count(k, 1)],
+                [2 * per_layer, per_layer],
+                "{cell:?} proj {proj}: {k:?} launches on streams [0, 1] (layers 0 and 2 on stream 0, layer 1 on stream 1)"
+            );
+        }
+    }
+}
