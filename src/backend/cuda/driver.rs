@@ -379,9 +379,10 @@ pub(crate) fn forward(
     }
     // Every buffer of every layer is allocated before any work forks to stream 1.
     let persistent = layers.iter().any(|(_, bufs)| bufs.iter().any(|(b, _)| b.persistent.is_some()));
-    if let Some(k) = wavefront_chunk(call, cfg, shape).filter(|_| !persistent) {
-        forward_wavefront(call, layout, w, lens, &layers, k)?;
-    } else {
+    joined_on_error(call, || {
+        if let Some(k) = wavefront_chunk(call, cfg, shape).filter(|_| !persistent) {
+            return forward_wavefront(call, layout, w, lens, &layers, k);
+        }
         for (l, (dims, bufs)) in layers.iter().enumerate() {
             if nd == 2 {
                 call.order(1, 0)?;
@@ -393,12 +394,26 @@ pub(crate) fn forward(
                 call.order(0, 1)?;
             }
         }
-    }
+        Ok(())
+    })?;
     // Only a reserve whose every buffer was written is usable by backward.
     if let Some(r) = save {
         r.shape = Some(shape.clone());
     }
     Ok(())
+}
+
+/// Runs `work` (which may fork to stream 1) and, when it fails, joins stream 1 into stream 0
+/// before returning its error: the pass's temporaries are freed on stream 0 once it returns,
+/// and the C ABI's caller stream waits for stream 0 only, so work left on stream 1 by a failed
+/// launch or GEMM in the middle must be ordered before them. (On success every path joins
+/// itself.) The join's own error, if any, is dropped in favour of the first one.
+fn joined_on_error(call: &Call<'_>, work: impl FnOnce() -> Result<()>) -> Result<()> {
+    let r = work();
+    if r.is_err() {
+        let _ = call.order(0, 1);
+    }
+    r
 }
 
 /// The layer wavefront's chunk `K` for a call, or `None` when the layers run one after the
@@ -888,9 +903,10 @@ pub(crate) fn backward(
     // Every buffer of every layer is allocated before any work forks to stream 1 (`layers`
     // from the last layer to the first).
     let persistent = layers.iter().any(|(_, _, _, bufs, _)| bufs.iter().any(|b| b.persistent.is_some()));
-    if let Some(k) = wavefront_chunk(call, cfg, shape).filter(|_| !persistent) {
-        backward_wavefront(call, layout, w, &layers, k)?;
-    } else {
+    joined_on_error(call, || {
+        if let Some(k) = wavefront_chunk(call, cfg, shape).filter(|_| !persistent) {
+            return backward_wavefront(call, layout, w, &layers, k);
+        }
         for (l, dims, d_in, bufs, ios) in &layers {
             let l = *l;
             if nd == 2 {
@@ -910,7 +926,8 @@ pub(crate) fn backward(
                 }
             }
         }
-    }
+        Ok(())
+    })?;
     if let (Some(out), Some(acc)) = (dparams_out, dparams) {
         call.copy(0, out, acc)?;
     }

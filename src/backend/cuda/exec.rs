@@ -208,6 +208,14 @@ pub(crate) struct Call<'a> {
     /// which stream the driver put each piece (a wrong stream races on a device).
     #[cfg(all(test, rnn_kernels_host_emulation))]
     pub issued: std::cell::RefCell<Vec<(usize, Option<Kernel>)>>,
+    /// The host emulation's fault injection: the kernel or GEMM issued when `issued` has this
+    /// many entries fails (an error path, as a failed launch on a device).
+    #[cfg(all(test, rnn_kernels_host_emulation))]
+    pub fail_at: std::cell::Cell<Option<usize>>,
+    /// The host emulation's record of the fork state: stream 1 was ordered after stream 0
+    /// ([`order`](Self::order)`(1, 0)`) and stream 0 has not been ordered after it since.
+    #[cfg(all(test, rnn_kernels_host_emulation))]
+    pub forked: std::cell::Cell<bool>,
 }
 
 /// A point in one stream's work that another stream can wait for ([`Call::record`],
@@ -243,6 +251,10 @@ impl<'a> Call<'a> {
             wavefront_chunk: 0,
             #[cfg(all(test, rnn_kernels_host_emulation))]
             issued: Default::default(),
+            #[cfg(all(test, rnn_kernels_host_emulation))]
+            fail_at: Default::default(),
+            #[cfg(all(test, rnn_kernels_host_emulation))]
+            forked: Default::default(),
         })
     }
 
@@ -257,6 +269,8 @@ impl<'a> Call<'a> {
             wavefront: true,
             wavefront_chunk: 0,
             issued: Default::default(),
+            fail_at: Default::default(),
+            forked: Default::default(),
         }
     }
 
@@ -304,6 +318,18 @@ impl<'a> Call<'a> {
     /// `(on, chunk)`: whether the layer wavefront may run, and its chunk (0: the driver's choice).
     pub fn wavefront(&self) -> (bool, usize) {
         (self.wavefront, self.wavefront_chunk)
+    }
+
+    /// Records a kernel (`None`: a GEMM) issued on stream `si` of the host emulation, or fails
+    /// it ([`fail_at`](Self::fail_at)).
+    #[cfg(all(test, rnn_kernels_host_emulation))]
+    fn host_issue(&self, si: usize, k: Option<Kernel>) -> Result<()> {
+        let mut issued = self.issued.borrow_mut();
+        if self.fail_at.get() == Some(issued.len()) {
+            return Err(self.err(&format!("{k:?} on stream {si}"), "an injected failure"));
+        }
+        issued.push((si, k));
+        Ok(())
     }
 
     fn dev(&self) -> Option<&'a Device> {
@@ -488,7 +514,15 @@ impl<'a> Call<'a> {
     pub fn order(&self, to: usize, from: usize) -> Result<()> {
         match (self.stream(to), self.stream(from)) {
             (Some(t), Some(f)) => t.join(f).map_err(|e| self.err("ordering the streams", e)),
-            _ => Ok(()),
+            _ => {
+                #[cfg(all(test, rnn_kernels_host_emulation))]
+                match (to, from) {
+                    (1, 0) => self.forked.set(true),
+                    (0, 1) => self.forked.set(false),
+                    _ => {}
+                }
+                Ok(())
+            }
         }
     }
 
@@ -520,7 +554,7 @@ impl<'a> Call<'a> {
         let Some(g) = SgemmArgs::new(a, b, beta, c) else { return Ok(()) };
         let Some(dev) = self.dev() else {
             #[cfg(all(test, rnn_kernels_host_emulation))]
-            self.issued.borrow_mut().push((si, None));
+            self.host_issue(si, None)?;
             #[cfg(all(test, rnn_kernels_host_emulation))]
             // SAFETY: the three views were checked to hold their [rows, cols] (View::mat).
             unsafe {
@@ -558,7 +592,7 @@ impl<'a> Call<'a> {
         let Some(g) = SgemmArgs::new(a, b, beta, c) else { return Ok(()) };
         let Some(dev) = self.dev() else {
             #[cfg(all(test, rnn_kernels_host_emulation))]
-            self.issued.borrow_mut().push((si, None));
+            self.host_issue(si, None)?;
             #[cfg(all(test, rnn_kernels_host_emulation))]
             // SAFETY: the three views were checked to hold their [rows, cols] (View::mat).
             unsafe {
@@ -658,7 +692,7 @@ impl<'a> Call<'a> {
     fn launch_typed(&self, si: usize, k: Kernel, ty: Dtype, cfg: LaunchConfig, cooperative: bool, args: &[A]) -> Result<()> {
         let Some(dev) = self.dev() else {
             #[cfg(all(test, rnn_kernels_host_emulation))]
-            self.issued.borrow_mut().push((si, Some(k)));
+            self.host_issue(si, Some(k))?;
             #[cfg(all(test, rnn_kernels_host_emulation))]
             // SAFETY: as below; the emulated kernels are the same code, run serially.
             unsafe {

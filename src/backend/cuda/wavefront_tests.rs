@@ -180,3 +180,47 @@ fn emulated_wavefront_step_kernels_on_their_layers_stream() {
         }
     }
 }
+
+/// A pass that fails after forking to stream 1 still joins stream 1 into stream 0 before it
+/// returns: the temporaries are freed on stream 0 when the pass returns, and a caller's stream
+/// (the C ABI's device calls) waits for stream 0 only, so an unjoined stream 1 could still be
+/// using them. Every kernel or GEMM of a forward (training) and a backward fails in turn
+/// (the emulation's fault injection), on a bidirectional stack (both directions forked per
+/// layer) and on a unidirectional one (the wavefront).
+#[test]
+fn emulated_failing_pass_joins_stream_1() {
+    let bi = RnnConfig::new(CellKind::Gru, 5, 7).num_layers(2).bidirectional(true).build().unwrap();
+    for cfg in [bi, stack(CellKind::Lstm, 3, 0, true)] {
+        let shape = SeqShape::with_lengths(5, vec![5, 3]).unwrap();
+        let layout = ParamLayout::new(&cfg);
+        let params = Params::<f32>::init_uniform(&cfg, 7).into_vec();
+        let w = view(&params);
+        let n = |s: [usize; 3]| s.iter().product::<usize>();
+        let x = vec![0.5f32; n(shape.x_shape(&cfg))];
+        let dy = vec![0.25f32; n(shape.y_shape(&cfg))];
+        let mut y = vec![0f32; n(shape.y_shape(&cfg))];
+        let mut dx = vec![0f32; n(shape.x_shape(&cfg))];
+        let mut dp = vec![0f32; layout.len()];
+        let (mut fwd_failures, mut bwd_failures) = (0, 0);
+        for fail in 0.. {
+            let call = Call::host().with_wavefront_chunk(2);
+            call.fail_at.set(Some(fail));
+            let mut reserve = CudaReserve::default();
+            let r = forward(&call, &layout, w, &shape, view(&x), None, None, view_mut(&mut y), None, None, Some(&mut reserve));
+            assert!(!call.forked.get(), "{cfg:?}: forward returned ({r:?}) with stream 1 not joined into stream 0");
+            if r.is_err() {
+                fwd_failures += 1;
+                continue;
+            }
+            let sv = SavedViews::new(&call, &reserve);
+            let (dy_v, dx_v, dp_v) = (Some(view(&dy)), Some(view_mut(&mut dx)), Some(view_mut(&mut dp)));
+            let r = backward(&call, &layout, w, &shape, &sv, dy_v, None, None, dx_v, None, None, dp_v, GradMode::Overwrite);
+            assert!(!call.forked.get(), "{cfg:?}: backward returned ({r:?}) with stream 1 not joined into stream 0");
+            if r.is_ok() {
+                break;
+            }
+            bwd_failures += 1;
+        }
+        assert!(fwd_failures > 10 && bwd_failures > 10, "{cfg:?}: {fwd_failures} forward and {bwd_failures} backward failures injected");
+    }
+}
