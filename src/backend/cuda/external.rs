@@ -153,8 +153,14 @@ impl Cuda {
     /// As [`wait_for_stream`](Self::wait_for_stream).
     pub unsafe fn make_stream_wait(&self, stream: CUstream) -> Result<()> {
         self.dev.ctx.bind_to_thread().map_err(|e| self.err("binding the context", e))?;
+        // Every call joins stream 1 into stream 0 before it returns, but a call that panicked
+        // midway (the C ABI's handshake still runs then) may not have: join it here too, so
+        // that `stream` never runs ahead of work left on stream 1.
+        // SAFETY: as above (the device's own streams).
+        let joined = unsafe { self.order(self.dev.streams[0].cu_stream(), self.dev.streams[1].cu_stream()) };
         // SAFETY: as above.
-        unsafe { self.order(stream, self.dev.streams[0].cu_stream()) }
+        let waited = unsafe { self.order(stream, self.dev.streams[0].cu_stream()) };
+        joined.and(waited)
     }
 
     /// `to` waits for the work enqueued so far on `from`.
