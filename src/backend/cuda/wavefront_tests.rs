@@ -224,3 +224,37 @@ fn emulated_failing_pass_joins_stream_1() {
         assert!(fwd_failures > 10 && bwd_failures > 10, "{cfg:?}: {fwd_failures} forward and {bwd_failures} backward failures injected");
     }
 }
+
+/// A bidirectional stack (layer by layer, no wavefront): each direction's step kernels, and
+/// its persistent kernels where they run, on its own stream (`d`), forward and backward.
+#[test]
+fn emulated_directions_on_their_streams() {
+    use super::exec::Kernel as K;
+    let cells = [
+        (CellKind::Lstm, 3, [K::LstmForwardStep, K::LstmBackwardStep], None),
+        (CellKind::Gru, 0, [K::GruForwardStep, K::GruBackwardStep], Some([K::PersistentGruForward, K::PersistentGruBackward])),
+        (
+            CellKind::RnnTanh,
+            0,
+            [K::RnnTanhForwardStep, K::RnnTanhBackwardStep],
+            Some([K::PersistentRnnTanhForward, K::PersistentRnnTanhBackward]),
+        ),
+    ];
+    let t = 5;
+    for (cell, proj, steps, persistent) in cells {
+        let cfg = RnnConfig::new(cell, 5, 7).num_layers(2).bidirectional(true).proj_size(proj).build().unwrap();
+        let shape = SeqShape::with_lengths(t, vec![5, 2, 4]).unwrap();
+        let runs =
+            [(false, steps, [2 * t, t]), (true, persistent.unwrap_or(steps), if persistent.is_some() { [2, 1] } else { [2 * t, t] })];
+        for (on, [fwd, bwd], [fwd_n, bwd_n]) in runs {
+            let call = Call::host().with_persistent(on);
+            run::<f32>(&cfg, &shape, 4, &call);
+            let issued = call.issued.borrow();
+            let count = |k: K, si: usize| issued.iter().filter(|&&(s, kk)| s == si && kk == Some(k)).count();
+            for (k, per_layer) in [(fwd, fwd_n), (bwd, bwd_n)] {
+                // Two layers, one direction per stream.
+                assert_eq!([count(k, 0), count(k, 1)], [2 * per_layer, 2 * per_layer], "{cell:?} persistent {on}: {k:?} on streams [0, 1]");
+            }
+        }
+    }
+}
