@@ -162,9 +162,12 @@ impl Cuda {
     /// cuBLAS GEMM per step (`kernels/persistent_backward.cu`); the weight gradients are the same
     /// GEMMs afterwards. Forward and backward are chosen independently (each where it fits;
     /// either backward runs from either forward's saved activations). The results agree with
-    /// the per-step path to f32 rounding.
+    /// the per-step path to f32 rounding. `with_persistent(false)` also drops a requirement
+    /// ([`require_persistent`](Self::require_persistent) or `RNN_KERNELS_CUDA_PERSISTENT=require`),
+    /// so a backend built for the per-step path is one whatever the environment says.
     pub fn with_persistent(mut self, on: bool) -> Cuda {
         self.persistent = on;
+        self.persistent_required &= on;
         self
     }
 
