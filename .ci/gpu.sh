@@ -4,11 +4,11 @@
 #
 # 1. the CUDA tests with the GPU required (RNN_KERNELS_REQUIRE_CUDA=1), the driver's unit tests
 #    and the C ABI's tests with --features cuda;
-# 2. `verify --backend cuda` on every PyTorch fixture;
+# 2. `verify --backend cuda` on every PyTorch fixture (f32, f16, bf16);
 # 3. compute-sanitizer memcheck and racecheck on the CUDA test binary (when compute-sanitizer is
 #    on PATH or under CUDA_HOME);
 # 4. the cuDNN table: benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda
-#    (needs python3 with torch; GPU_ROUNDS rounds, default 3).
+#    (needs python3 with torch; GPU_ROUNDS rounds, default 3), then the same with f16 storage.
 #
 # Logs go to $GPU_OUT (default target/gpu-run), one file per step, and a summary to
 # $GPU_OUT/summary.txt. A step that fails is recorded and the script goes on; the exit status is
@@ -45,6 +45,9 @@ step test-cuda cargo test --release --features cuda --test cuda -- --nocapture
 step test-lib cargo test --release --features cuda --lib backend::cuda
 step test-capi cargo test --release -p rnn-kernels-capi --features cuda
 step verify cargo run --release --features cuda --example verify -- --backend cuda tests/fixtures/*.safetensors
+for dtype in f16 bf16; do
+    step "verify-$dtype" cargo run --release --features cuda --example verify -- --backend cuda --dtype "$dtype" tests/fixtures/*.safetensors
+done
 
 SAN=$(command -v compute-sanitizer || true)
 [ -z "$SAN" ] && [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/compute-sanitizer" ] && SAN=$CUDA_HOME/bin/compute-sanitizer
@@ -61,6 +64,8 @@ fi
 if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
     step compare python3 benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda --rounds "$ROUNDS" \
         --json "$OUT/compare.jsonl"
+    step compare-f16 python3 benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda --rounds "$ROUNDS" \
+        --dtype f16 --json "$OUT/compare-f16.jsonl"
 else
     echo "python3 with CUDA torch not found: the cuDNN table was not run" | tee -a "$OUT/summary.txt"
     failed=1
