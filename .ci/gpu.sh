@@ -10,6 +10,10 @@
 # 4. the cuDNN table: benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda
 #    (needs python3 with torch; GPU_ROUNDS rounds, default 3), then the same with f16 storage.
 #
+# The GPU machines have no Rust toolchain: build the programs beforehand where cargo is, with
+# `bash .ci/gpu-pack.sh gpu-pack`, carry that folder, and run `GPU_PREBUILT=gpu-pack bash .ci/gpu.sh`
+# (about 35 MiB; the device tool carries up to 64 MiB). Without GPU_PREBUILT it builds with cargo.
+#
 # Logs go to $GPU_OUT (default target/gpu-run), one file per step, and a summary to
 # $GPU_OUT/summary.txt. A step that fails is recorded and the script goes on; the exit status is
 # non-zero if any step failed. Needs nvcc (NVCC, CUDA_HOME or PATH) to build the PTX: the build is
@@ -36,24 +40,57 @@ step() { # step NAME CMD...: runs CMD, logs to $OUT/NAME.log, records the result
 }
 
 nvidia-smi -L | tee "$OUT/gpu.txt" || { echo "no GPU: nvidia-smi -L failed"; exit 1; }
+export RNN_KERNELS_REQUIRE_CUDA=1
 export RNN_KERNELS_REQUIRE_NVCC=1
 
-step build cargo build --release --features cuda --all-targets
-step build-capi cargo build --release -p rnn-kernels-capi --features cuda --all-targets
-export RNN_KERNELS_REQUIRE_CUDA=1
-step test-cuda cargo test --release --features cuda --test cuda -- --nocapture
-step test-lib cargo test --release --features cuda --lib backend::cuda
-step test-capi cargo test --release -p rnn-kernels-capi --features cuda
-step verify cargo run --release --features cuda --example verify -- --backend cuda tests/fixtures/*.safetensors
+# cuBLAS: the backend loads libcublas.so(.13) at run time. On the GPU machines it comes with
+# PyTorch's pip packages (site-packages/nvidia/...), which are not on the loader's path.
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so'; then
+    CUBLAS=$( { python3 -c 'import site; print("\n".join(site.getsitepackages()))' 2>/dev/null; ls -d /usr/local/cuda*/lib64 2>/dev/null; } |
+        while read -r d; do find "$d" -name 'libcublas.so*' 2>/dev/null; done | head -1)
+    if [ -n "$CUBLAS" ]; then
+        export LD_LIBRARY_PATH="$(dirname "$CUBLAS")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        echo "cuBLAS: $CUBLAS" | tee -a "$OUT/summary.txt"
+    else
+        echo "cuBLAS not found (libcublas.so*): the CUDA backend will not start" | tee -a "$OUT/summary.txt"
+    fi
+fi
+
+# The programs each step runs: built here with cargo, or taken from GPU_PREBUILT (made by
+# .ci/gpu-pack.sh on a machine with cargo: the GPU machines have none).
+PRE=${GPU_PREBUILT:-}
+if [ -n "$PRE" ]; then
+    PRE=$(cd "$PRE" && pwd)
+    echo "== prebuilt binaries from $PRE (commit $(cat "$PRE/COMMIT" 2>/dev/null || echo '?'), this tree $(git rev-parse HEAD 2>/dev/null || echo '?'))"
+    export RNN_KERNELS_FIXTURES_DIR=$PWD/tests/fixtures RNN_KERNELS_CAPI_LIB_DIR=$PRE/lib
+    T_CUDA=("$PRE/bin/test-cuda")
+    T_LIB=("$PRE/bin/test-lib")
+    T_CAPI=("$PRE/bin/test-capi-device")
+    VERIFY=("$PRE/bin/verify")
+    BENCH=(--bin "$PRE/bin/bench")
+else
+    step build cargo build --release --features cuda --all-targets
+    step build-capi cargo build --release -p rnn-kernels-capi --features cuda --all-targets
+    T_CUDA=(cargo test --release --features cuda --test cuda --)
+    T_LIB=(cargo test --release --features cuda --lib --)
+    T_CAPI=(cargo test --release -p rnn-kernels-capi --features cuda --)
+    VERIFY=(cargo run --release --features cuda --example verify --)
+    BENCH=()
+fi
+
+step test-cuda "${T_CUDA[@]}" --nocapture
+step test-lib "${T_LIB[@]}" backend::cuda
+step test-capi "${T_CAPI[@]}" --nocapture
+step verify "${VERIFY[@]}" --backend cuda tests/fixtures/*.safetensors
 for dtype in f16 bf16; do
-    step "verify-$dtype" cargo run --release --features cuda --example verify -- --backend cuda --dtype "$dtype" tests/fixtures/*.safetensors
+    step "verify-$dtype" "${VERIFY[@]}" --backend cuda --dtype "$dtype" tests/fixtures/*.safetensors
 done
 
 SAN=$(command -v compute-sanitizer || true)
 [ -z "$SAN" ] && [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/compute-sanitizer" ] && SAN=$CUDA_HOME/bin/compute-sanitizer
 if [ -n "$SAN" ]; then
-    # The test binary cargo built for tests/cuda.rs (the newest one).
-    BIN=$(ls -t target/release/deps/cuda-* 2>/dev/null | grep -v '\.d$' | head -1)
+    # The test binary of tests/cuda.rs (the prebuilt one, or the newest one cargo built).
+    if [ -n "$PRE" ]; then BIN=$PRE/bin/test-cuda; else BIN=$(ls -t target/release/deps/cuda-* 2>/dev/null | grep -v '\.d$' | head -1); fi
     step memcheck "$SAN" --tool memcheck --error-exitcode 1 "$BIN" --test-threads 1
     step racecheck "$SAN" --tool racecheck --error-exitcode 1 "$BIN" --test-threads 1
 else
@@ -63,9 +100,9 @@ fi
 
 if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
     step compare python3 benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda --rounds "$ROUNDS" \
-        --json "$OUT/compare.jsonl"
+        "${BENCH[@]}" --json "$OUT/compare.jsonl"
     step compare-f16 python3 benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda --rounds "$ROUNDS" \
-        --dtype f16 --json "$OUT/compare-f16.jsonl"
+        --dtype f16 "${BENCH[@]}" --json "$OUT/compare-f16.jsonl"
 else
     echo "python3 with CUDA torch not found: the cuDNN table was not run" | tee -a "$OUT/summary.txt"
     failed=1

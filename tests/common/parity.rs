@@ -97,9 +97,13 @@ pub fn config() -> impl Strategy<Value = RnnConfig> {
     })
 }
 
-/// Every PyTorch case file under tests/fixtures.
+/// Every PyTorch case file under tests/fixtures (of this checkout, or of the one
+/// `RNN_KERNELS_FIXTURES_DIR` names: a test binary built here and run elsewhere, `.ci/gpu.sh`).
 pub fn case_files() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = match std::env::var_os("RNN_KERNELS_FIXTURES_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+    };
     let mut files: Vec<PathBuf> =
         std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
     files.sort();

@@ -12,8 +12,15 @@ fn profile_dir() -> (PathBuf, String) {
 }
 
 /// Builds the shared library with the cargo running this test, into the same target
-/// directory and profile, and returns the directory holding it.
+/// directory and profile, and returns the directory holding it. `RNN_KERNELS_CAPI_LIB_DIR`
+/// names a directory with a library built beforehand instead (a test binary run where there is
+/// no cargo: `.ci/gpu-pack.sh`, `.ci/gpu.sh`).
 pub fn build_library() -> PathBuf {
+    if let Some(d) = std::env::var_os("RNN_KERNELS_CAPI_LIB_DIR") {
+        let dir = PathBuf::from(d);
+        assert!(dir.join("librnn_kernels.so").exists(), "RNN_KERNELS_CAPI_LIB_DIR: no librnn_kernels.so in {}", dir.display());
+        return dir;
+    }
     let (dir, profile) = profile_dir();
     let target_dir = dir.parent().unwrap();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

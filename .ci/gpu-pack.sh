@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Builds, HERE (x86-64, with cargo), everything `.ci/gpu.sh` runs on a GPU machine, into one
+# folder that can travel to a machine without a Rust toolchain (the project's GPU machines have
+# nvcc, PyTorch and compute-sanitizer, but no cargo):
+#
+#   bash .ci/gpu-pack.sh [DIR]          # default DIR: gpu-pack (git-ignored through .git/info/exclude)
+#   ... on the GPU machine, in the repository root:
+#   GPU_PREBUILT=DIR bash .ci/gpu.sh
+#
+# DIR/bin holds the test binaries (tests/cuda.rs, the library's unit tests, capi/tests/device.rs)
+# and the examples verify, bench, gemm_bench and handoff, built with --features cuda and the
+# pinned nvcc (the PTX is inside them), with debug info stripped; DIR/lib holds librnn_kernels.so
+# (the C ABI with cuda). Prints the total size: the device tool carries at most 64 MiB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DIR=${1:-gpu-pack}
+TARGET=${CARGO_TARGET_DIR:-target}
+
+if [ -z "${NVCC:-}" ]; then
+    VENV=${RNN_KERNELS_CUDA_VENV:-$TARGET/venv-cuda}
+    PINS="nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-cuda-runtime==13.0.96"
+    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    # shellcheck disable=SC2086
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check $PINS
+    SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    export NVCC="$SITE/nvidia/cu13/bin/nvcc"
+fi
+export RNN_KERNELS_REQUIRE_NVCC=1
+
+echo "== gpu-pack: building with --features cuda (NVCC=$NVCC)"
+cargo build --release --features cuda --example bench --example verify --example gemm_bench --example handoff
+cargo build --release -p rnn-kernels-capi --features cuda --lib
+
+# The test executables, as cargo names them (the last "executable" of each build).
+exe() { # exe CARGO_TEST_ARGS...: prints the path of the test binary cargo builds
+    cargo test --release --no-run --message-format=json "$@" 2>/dev/null |
+        python3 -c 'import json, sys
+paths = [m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable")]
+print(paths[-1])'
+}
+CUDA_TEST=$(exe --features cuda --test cuda)
+LIB_TEST=$(exe --features cuda --lib)
+CAPI_TEST=$(exe -p rnn-kernels-capi --features cuda --test device)
+
+rm -rf "$DIR"
+mkdir -p "$DIR/bin" "$DIR/lib"
+cp "$CUDA_TEST" "$DIR/bin/test-cuda"
+cp "$LIB_TEST" "$DIR/bin/test-lib"
+cp "$CAPI_TEST" "$DIR/bin/test-capi-device"
+for e in bench verify gemm_bench handoff; do
+    cp "$TARGET/release/examples/$e" "$DIR/bin/$e"
+done
+cp "$TARGET/release/librnn_kernels.so" "$DIR/lib/"
+strip --strip-debug "$DIR"/bin/* "$DIR"/lib/*
+git rev-parse HEAD >"$DIR/COMMIT"
+grep -qxF "/$DIR/" .git/info/exclude 2>/dev/null || echo "/$DIR/" >>.git/info/exclude
+du -sh "$DIR"
+ls -la "$DIR/bin" "$DIR/lib"
+echo "carry \"$DIR\" and run: GPU_PREBUILT=$DIR bash .ci/gpu.sh"
