@@ -407,9 +407,21 @@ pub(crate) fn forward(
 /// before returning its error: the pass's temporaries are freed on stream 0 once it returns,
 /// and the C ABI's caller stream waits for stream 0 only, so work left on stream 1 by a failed
 /// launch or GEMM in the middle must be ordered before them. (On success every path joins
-/// itself.) The join's own error, if any, is dropped in favour of the first one.
+/// itself.) The join's own error, if any, is dropped in favour of the first one. A panic in
+/// `work` (a bug: a view outside its buffer) joins too, from a guard's `drop` while unwinding,
+/// before the temporaries are dropped.
 fn joined_on_error(call: &Call<'_>, work: impl FnOnce() -> Result<()>) -> Result<()> {
+    struct JoinOnUnwind<'c, 'a>(&'c Call<'a>);
+    impl Drop for JoinOnUnwind<'_, '_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                let _ = self.0.order(0, 1);
+            }
+        }
+    }
+    let guard = JoinOnUnwind(call);
     let r = work();
+    drop(guard);
     if r.is_err() {
         let _ = call.order(0, 1);
     }

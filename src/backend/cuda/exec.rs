@@ -212,6 +212,10 @@ pub(crate) struct Call<'a> {
     /// many entries fails (an error path, as a failed launch on a device).
     #[cfg(all(test, rnn_kernels_host_emulation))]
     pub fail_at: std::cell::Cell<Option<usize>>,
+    /// With [`fail_at`](Self::fail_at): the injected failure is a panic (a bug in the driver)
+    /// instead of an error.
+    #[cfg(all(test, rnn_kernels_host_emulation))]
+    pub fail_panics: std::cell::Cell<bool>,
     /// The host emulation's record of the fork state: stream 1 was ordered after stream 0
     /// ([`order`](Self::order)`(1, 0)`) and stream 0 has not been ordered after it since.
     #[cfg(all(test, rnn_kernels_host_emulation))]
@@ -254,6 +258,8 @@ impl<'a> Call<'a> {
             #[cfg(all(test, rnn_kernels_host_emulation))]
             fail_at: Default::default(),
             #[cfg(all(test, rnn_kernels_host_emulation))]
+            fail_panics: Default::default(),
+            #[cfg(all(test, rnn_kernels_host_emulation))]
             forked: Default::default(),
         })
     }
@@ -270,6 +276,7 @@ impl<'a> Call<'a> {
             wavefront_chunk: 0,
             issued: Default::default(),
             fail_at: Default::default(),
+            fail_panics: Default::default(),
             forked: Default::default(),
         }
     }
@@ -326,6 +333,10 @@ impl<'a> Call<'a> {
     fn host_issue(&self, si: usize, k: Option<Kernel>) -> Result<()> {
         let mut issued = self.issued.borrow_mut();
         if self.fail_at.get() == Some(issued.len()) {
+            if self.fail_panics.get() {
+                drop(issued);
+                panic!("an injected panic at {k:?} on stream {si}");
+            }
             return Err(self.err(&format!("{k:?} on stream {si}"), "an injected failure"));
         }
         issued.push((si, k));

@@ -225,6 +225,64 @@ fn emulated_failing_pass_joins_stream_1() {
     }
 }
 
+/// The same with panics (a bug in the driver, e.g. a view outside its buffer) instead of
+/// errors: while the panic unwinds, stream 1 is joined into stream 0 before the pass's
+/// temporaries are dropped (a guard in `joined_on_error`).
+#[test]
+fn emulated_panicking_pass_joins_stream_1() {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    let cfg = RnnConfig::new(CellKind::Gru, 5, 7).num_layers(2).bidirectional(true).build().unwrap();
+    let shape = SeqShape::with_lengths(5, vec![5, 3]).unwrap();
+    let layout = ParamLayout::new(&cfg);
+    let params = Params::<f32>::init_uniform(&cfg, 7).into_vec();
+    let w = view(&params);
+    let n = |s: [usize; 3]| s.iter().product::<usize>();
+    let x = vec![0.5f32; n(shape.x_shape(&cfg))];
+    let dy = vec![0.25f32; n(shape.y_shape(&cfg))];
+    let mut y = vec![0f32; n(shape.y_shape(&cfg))];
+    let mut dx = vec![0f32; n(shape.x_shape(&cfg))];
+    let mut dp = vec![0f32; layout.len()];
+    // Quiet: dozens of injected panics would each print a message and a backtrace.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let (mut fwd_panics, mut bwd_panics, mut forked_after) = (0, 0, Vec::new());
+    for fail in 0.. {
+        let call = Call::host();
+        call.fail_at.set(Some(fail));
+        call.fail_panics.set(true);
+        let mut reserve = CudaReserve::default();
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            forward(&call, &layout, w, &shape, view(&x), None, None, view_mut(&mut y), None, None, Some(&mut reserve))
+        }));
+        if call.forked.get() {
+            forked_after.push(format!("forward, failure {fail}"));
+        }
+        if r.is_err() {
+            fwd_panics += 1;
+            continue;
+        }
+        r.unwrap().unwrap();
+        let sv = SavedViews::new(&call, &reserve);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            let (dy_v, dx_v, dp_v) = (Some(view(&dy)), Some(view_mut(&mut dx)), Some(view_mut(&mut dp)));
+            backward(&call, &layout, w, &shape, &sv, dy_v, None, None, dx_v, None, None, dp_v, GradMode::Overwrite)
+        }));
+        if call.forked.get() {
+            forked_after.push(format!("backward, failure {fail}"));
+        }
+        match r {
+            Ok(r) => {
+                r.unwrap();
+                break;
+            }
+            Err(_) => bwd_panics += 1,
+        }
+    }
+    std::panic::set_hook(hook);
+    assert!(forked_after.is_empty(), "stream 1 not joined after a panic in: {forked_after:?}");
+    assert!(fwd_panics > 10 && bwd_panics > 10, "{fwd_panics} forward and {bwd_panics} backward panics injected");
+}
+
 /// A bidirectional stack (layer by layer, no wavefront): each direction's step kernels, and
 /// its persistent kernels where they run, on its own stream (`d`), forward and backward.
 #[test]
