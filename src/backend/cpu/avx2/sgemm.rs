@@ -67,7 +67,7 @@ impl BlockTile for Avx2 {
                     let v = if up.alpha == 1.0 { acc[i][h] } else { _mm256_mul_ps(alpha, acc[i][h]) };
                     let out = match up.beta {
                         None => _mm256_add_ps(_mm256_loadu_ps(buf.add(8 * h)), v),
-                        Some(beta) if beta == 0.0 => v,
+                        Some(0.0) => v, // also -0.0: a float pattern compares with ==
                         Some(beta) => _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(buf.add(8 * h)), v),
                     };
                     _mm256_storeu_ps(buf.add(8 * h), out);

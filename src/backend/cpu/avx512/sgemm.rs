@@ -90,7 +90,7 @@ unsafe fn tile_np<const NP: usize>(
                 let v = if up.alpha == 1.0 { acc[i][p] } else { _mm512_mul_ps(alpha, acc[i][p]) };
                 let out = match up.beta {
                     None => _mm512_add_ps(_mm512_maskz_loadu_ps(m, at), v),
-                    Some(beta) if beta == 0.0 => v,
+                    Some(0.0) => v, // also -0.0: a float pattern compares with ==
                     Some(beta) => _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m, at), v),
                 };
                 _mm512_mask_storeu_ps(at, m, out);
