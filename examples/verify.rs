@@ -152,7 +152,7 @@ mod half {
     use rnn_kernels::backend::cuda::CudaElement;
     use rnn_kernels::case::Case;
     use rnn_kernels::tolerance::{half_storage_bounds, HalfInputs, OUTPUTS};
-    use rnn_kernels::{CudaHost, Dtype, Element, Reference, Result, Rnn};
+    use rnn_kernels::{CudaHost, Element, Reference, Result, Rnn};
 
     fn up<T: Element>(v: &[T]) -> Vec<f64> {
         v.iter().map(|a| a.to_f64()).collect()
@@ -192,7 +192,7 @@ mod half {
             g.dc0.as_deref().map(up).unwrap_or_default(),
             g.dparams.as_deref().map(up).unwrap_or_default(),
         ];
-        let u = if T::DTYPE == Dtype::F16 { 1.0 / 2048.0 } else { 1.0 / 256.0 };
+        let u = T::DTYPE.unit_roundoff();
         let inputs =
             HalfInputs { cfg, shape, u, params: &pf, x: &xf, h0: &h0f, c0: c0f.as_deref(), dy: &dyf, dhn: &dhnf, dcn: dcnf.as_deref() };
         let bounds = half_storage_bounds(&inputs, &want);

@@ -30,6 +30,17 @@ impl Dtype {
             Dtype::F16 | Dtype::BF16 => 2,
         }
     }
+
+    /// Unit roundoff `u` of round-to-nearest: 2^-24 (f32), 2^-53 (f64), 2^-11 (f16), 2^-8
+    /// (bf16); the relative error of one rounding is at most `u`.
+    pub fn unit_roundoff(self) -> f64 {
+        match self {
+            Dtype::F32 => (-24f64).exp2(),
+            Dtype::F64 => (-53f64).exp2(),
+            Dtype::F16 => (-11f64).exp2(),
+            Dtype::BF16 => (-8f64).exp2(),
+        }
+    }
 }
 
 mod sealed {

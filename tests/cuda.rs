@@ -405,7 +405,7 @@ mod with_feature {
     mod half16 {
         use rnn_kernels::backend::cuda::CudaElement;
         use rnn_kernels::tolerance::{half_storage_bounds, HalfInputs, OUTPUTS};
-        use rnn_kernels::{Backend, Cuda, CudaHost, Dtype, Element, ForwardInput, ForwardOutput};
+        use rnn_kernels::{Backend, Cuda, CudaHost, Element, ForwardInput, ForwardOutput};
         use rnn_kernels::{Params, Reference, Rnn, RnnConfig, SeqShape, SplitMix64};
 
         fn up<T: Element>(v: &[T]) -> Vec<f64> {
@@ -417,7 +417,7 @@ mod with_feature {
 
         /// One problem in storage type `T` on the device; returns error / bound per output.
         pub fn check<T: CudaElement>(c: &Cuda, cfg: &RnnConfig, shape: &SeqShape, seed: u64) -> [f64; 7] {
-            let u = if T::DTYPE == Dtype::F16 { 1.0 / 2048.0 } else { 1.0 / 256.0 };
+            let u = T::DTYPE.unit_roundoff();
             let mut rng = SplitMix64::new(seed);
             let mut rand = |n: usize, r: f64| (0..n).map(|_| T::from_f64(rng.uniform(-r, r))).collect::<Vec<T>>();
             let n = |s: [usize; 3]| s.iter().product::<usize>();

@@ -12,18 +12,14 @@ use crate::{CellKind, Dtype, Element, ParamLayout, Params, Rnn, RnnConfig, SeqSh
 
 /// A 16-bit element type for the tests.
 trait Half: Element {
-    /// Unit roundoff: 2^-11 (f16), 2^-8 (bf16).
-    const U: f64;
     fn bits(self) -> u16;
 }
 impl Half for half::f16 {
-    const U: f64 = 1.0 / 2048.0;
     fn bits(self) -> u16 {
         self.to_bits()
     }
 }
 impl Half for half::bf16 {
-    const U: f64 = 1.0 / 256.0;
     fn bits(self) -> u16 {
         self.to_bits()
     }
@@ -117,7 +113,7 @@ impl<T: Half> Problem<T> {
         backward(&call, &layout, w, shape, &sv, dy, dhn, dcn, None, None, None, Some(view_mut(&mut dp2)), GradMode::Accumulate).unwrap();
         for (i, (&a, &g)) in dp2.iter().zip(&dp).enumerate() {
             let (a, g) = (a.to_f64(), g.to_f64());
-            assert!((a - 2.0 * g).abs() <= 2.0 * T::U * (2.0 * g).abs(), "Accumulate: dparams[{i}] = {a}, 2·{g}");
+            assert!((a - 2.0 * g).abs() <= 2.0 * T::DTYPE.unit_roundoff() * (2.0 * g).abs(), "Accumulate: dparams[{i}] = {a}, 2·{g}");
         }
         vec![y, hn, cn.unwrap_or_default(), dx, dh0, dc0.unwrap_or_default(), dp]
     }
@@ -141,7 +137,7 @@ impl<T: Half> Problem<T> {
         let inputs = HalfInputs {
             cfg: &self.cfg,
             shape: &self.shape,
-            u: T::U,
+            u: T::DTYPE.unit_roundoff(),
             params: &params,
             x: &x,
             h0: &h0,
