@@ -1345,6 +1345,69 @@ mod emulation_tests {
         }
     }
 
+    /// The emulated driver's exact output bits, pinned in `tests/fixtures/bit_pins.txt` (lines
+    /// `cuda-emulation …`; see tests/bit_pins.rs): the per-step and persistent paths, the layer
+    /// wavefront (the unidirectional multi-layer problem), projection, bidirectional stacks and
+    /// variable lengths. `RNN_KERNELS_WRITE_BIT_PINS=1` rewrites these lines.
+    #[test]
+    fn emulated_outputs_match_pinned_bits() {
+        fn fnv1a(v: &[f32]) -> u64 {
+            let mut h = 0xcbf2_9ce4_8422_2325u64;
+            for x in v {
+                for b in (x.to_bits() as u64).to_le_bytes() {
+                    h ^= b as u64;
+                    h = h.wrapping_mul(0x0100_0000_01b3);
+                }
+            }
+            h
+        }
+        let problems = [
+            ("lstm_proj_l2_bi_varlen", RnnConfig::new(CellKind::Lstm, 13, 24).num_layers(2).bidirectional(true).proj_size(10).build().unwrap(), 7, vec![7, 3, 5, 1, 6]),
+            ("lstm_l3_uni_b4", RnnConfig::new(CellKind::Lstm, 9, 21).num_layers(3).build().unwrap(), 11, vec![11, 4, 9, 1]),
+            ("gru_l2_uni_b37", RnnConfig::new(CellKind::Gru, 9, 33).num_layers(2).build().unwrap(), 20, (0..37).map(|b| 20 - b % 7).collect()),
+            ("gru_l2_bi_b3", RnnConfig::new(CellKind::Gru, 7, 37).num_layers(2).bidirectional(true).build().unwrap(), 9, vec![9, 2, 6]),
+            ("rnn_relu_l2_bi_b1", RnnConfig::new(CellKind::RnnRelu, 17, 40).num_layers(2).bidirectional(true).build().unwrap(), 5, vec![5]),
+            ("rnn_tanh_l1_nobias_b20", RnnConfig::new(CellKind::RnnTanh, 33, 50).bias(false).build().unwrap(), 6, (0..20).map(|b| 6 - b % 3).collect()),
+        ];
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bit_pins.txt");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut pins: std::collections::BTreeMap<String, String> =
+            text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once(" | ")).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut got = std::collections::BTreeMap::new();
+        for (i, (name, cfg, t, lengths)) in problems.into_iter().enumerate() {
+            let shape = SeqShape::with_lengths(t, lengths).unwrap();
+            let p = Problem::new(&cfg, &shape, 900 + i as u64, 3.0);
+            for persistent in [false, true] {
+                let outs = p.run_emulated(persistent);
+                let line = ["y", "hn", "cn", "dx", "dh0", "dc0", "dparams"]
+                    .iter()
+                    .zip(&outs)
+                    .map(|(k, v)| format!("{k}={:016x}", fnv1a(v)))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                got.insert(format!("cuda-emulation{} {name}", if persistent { "-persistent" } else { "" }), line);
+            }
+        }
+        if std::env::var_os("RNN_KERNELS_WRITE_BIT_PINS").is_some() {
+            pins.extend(got);
+            let mut out = String::from(
+                "# Exact output bits (FNV-1a of each output's bit patterns) pinned by tests/bit_pins.rs.\n\
+                 # Rewrite with RNN_KERNELS_WRITE_BIT_PINS=1 cargo test --release --test bit_pins\n",
+            );
+            for (k, v) in &pins {
+                out.push_str(&format!("{k} | {v}\n"));
+            }
+            std::fs::write(&path, out).unwrap();
+            return;
+        }
+        let bad: Vec<String> = got
+            .iter()
+            .filter(|(k, v)| pins.get(*k) != Some(*v))
+            .map(|(k, v)| format!("{k}:\n  pinned   {}\n  computed {v}", pins.get(k).map_or("(none)", |s| s.as_str())))
+            .collect();
+        assert!(bad.is_empty(), "{} of {} pinned results differ:\n{}", bad.len(), got.len(), bad.join("\n"));
+    }
+
     /// Sizes where the GEMMs are not tiny and rows of many lengths share a step.
     #[test]
     fn emulated_driver_matches_reference_larger() {
