@@ -81,11 +81,11 @@ pub use backend::{
 };
 #[cfg(feature = "cuda")]
 pub use backend::{Cuda, CudaBuf, CudaHost};
+pub use config::{CellKind, RnnConfig, RnnConfigBuilder};
 /// The cudarc the CUDA backend is built on, for code that exchanges buffers and streams with it
 /// ([`CudaBuf::as_cuda_slice`], raw device pointers and streams) at the same version.
 #[cfg(feature = "cuda")]
 pub use cudarc;
-pub use config::{CellKind, RnnConfig, RnnConfigBuilder};
 pub use element::{Dtype, Element, Float};
 pub use error::{Error, Result};
 /// The 16-bit storage types (the `half` crate's), re-exported: [`Element`]s for parameter

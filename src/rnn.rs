@@ -126,7 +126,7 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
     }
 
     fn alloc_grads(&self, reserve: &B::Reserve) -> Result<Gradients<T>> {
-        let shape = reserve.shape().ok_or_else(|| Error::Reserve("empty: run forward_training with it before backward".into()))?;
+        let shape = reserve.shape().ok_or_else(crate::backend::stack::empty_reserve)?;
         let cfg = self.config();
         let n = |s: [usize; 3]| vec![T::default(); s.iter().product()];
         Ok(Gradients {

@@ -70,7 +70,12 @@ struct Problem {
 }
 
 fn problems() -> Vec<Problem> {
-    let p = |name, cfg: RnnConfig, t: usize, lengths: Vec<usize>, seed| Problem { name, cfg, shape: SeqShape::with_lengths(t, lengths).unwrap(), seed };
+    let p = |name, cfg: RnnConfig, t: usize, lengths: Vec<usize>, seed| Problem {
+        name,
+        cfg,
+        shape: SeqShape::with_lengths(t, lengths).unwrap(),
+        seed,
+    };
     vec![
         p(
             "lstm_proj_l2_bi_varlen",

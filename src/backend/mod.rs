@@ -21,11 +21,13 @@
 //! (`Backend<T>` is generic over the element; f16/bf16 storage is a new `impl`), and options in
 //! [`RnnConfig`]'s builder, all without changing these signatures.
 
+pub(crate) mod cell;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod host;
 pub mod reference;
+pub(crate) mod stack;
 
 use crate::config::RnnConfig;
 use crate::element::Element;
@@ -184,23 +186,7 @@ pub trait Backend<T: Element>: Send + Sync {
     ) -> Result<()>;
 }
 
-/// Steps in processing order: forward `0..T`, reverse `T-1..=0` (the drivers' time loops).
-pub(crate) fn steps(t_len: usize, reverse: bool) -> Box<dyn Iterator<Item = usize>> {
-    if reverse {
-        Box::new((0..t_len).rev())
-    } else {
-        Box::new(0..t_len)
-    }
-}
-
-/// The step processed just before `t` in the direction, or `None` at the first one.
-pub(crate) fn prev_step(t: usize, t_len: usize, reverse: bool) -> Option<usize> {
-    if reverse {
-        (t + 1 < t_len).then_some(t + 1)
-    } else {
-        t.checked_sub(1)
-    }
-}
+pub(crate) use stack::{prev_step, steps};
 
 /// Checks the buffers of a forward call against `config` and `shape`. Public for code that
 /// checks a call before choosing a backend (the C ABI's device-pointer entry points).

@@ -99,7 +99,9 @@ mod affinity {
                         assert_eq!(d.len(), threads, "distinct CPUs: {cpus:?}");
                     }
                     None => assert!(
-                        threads != allowed.len() || std::env::var("RNN_KERNELS_PIN").is_ok_and(|v| v.trim() == "0") || !cfg!(target_os = "linux")
+                        threads != allowed.len()
+                            || std::env::var("RNN_KERNELS_PIN").is_ok_and(|v| v.trim() == "0")
+                            || !cfg!(target_os = "linux")
                     ),
                 }
             }

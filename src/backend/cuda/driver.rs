@@ -456,7 +456,14 @@ pub(crate) fn wavefront_chunk(call: &Call<'_>, cfg: &RnnConfig, shape: &SeqShape
 /// only the projections of layers ≥ 1 have `K·B` rows instead of `T·B`. Every buffer was
 /// allocated (on stream 0) before; stream 1 first waits for stream 0, and stream 0 for
 /// stream 1 at the end.
-fn forward_wavefront(call: &Call<'_>, layout: &ParamLayout, w: View, lens: u64, layers: &[(Dims, Vec<(FwdBufs, FwdIo)>)], k: usize) -> Result<()> {
+fn forward_wavefront(
+    call: &Call<'_>,
+    layout: &ParamLayout,
+    w: View,
+    lens: u64,
+    layers: &[(Dims, Vec<(FwdBufs, FwdIo)>)],
+    k: usize,
+) -> Result<()> {
     let nl = layers.len();
     let tl = layers[0].0.t;
     let chunks = tl.div_ceil(k);
@@ -1362,17 +1369,36 @@ mod emulation_tests {
             h
         }
         let problems = [
-            ("lstm_proj_l2_bi_varlen", RnnConfig::new(CellKind::Lstm, 13, 24).num_layers(2).bidirectional(true).proj_size(10).build().unwrap(), 7, vec![7, 3, 5, 1, 6]),
+            (
+                "lstm_proj_l2_bi_varlen",
+                RnnConfig::new(CellKind::Lstm, 13, 24).num_layers(2).bidirectional(true).proj_size(10).build().unwrap(),
+                7,
+                vec![7, 3, 5, 1, 6],
+            ),
             ("lstm_l3_uni_b4", RnnConfig::new(CellKind::Lstm, 9, 21).num_layers(3).build().unwrap(), 11, vec![11, 4, 9, 1]),
-            ("gru_l2_uni_b37", RnnConfig::new(CellKind::Gru, 9, 33).num_layers(2).build().unwrap(), 20, (0..37).map(|b| 20 - b % 7).collect()),
+            (
+                "gru_l2_uni_b37",
+                RnnConfig::new(CellKind::Gru, 9, 33).num_layers(2).build().unwrap(),
+                20,
+                (0..37).map(|b| 20 - b % 7).collect(),
+            ),
             ("gru_l2_bi_b3", RnnConfig::new(CellKind::Gru, 7, 37).num_layers(2).bidirectional(true).build().unwrap(), 9, vec![9, 2, 6]),
             ("rnn_relu_l2_bi_b1", RnnConfig::new(CellKind::RnnRelu, 17, 40).num_layers(2).bidirectional(true).build().unwrap(), 5, vec![5]),
-            ("rnn_tanh_l1_nobias_b20", RnnConfig::new(CellKind::RnnTanh, 33, 50).bias(false).build().unwrap(), 6, (0..20).map(|b| 6 - b % 3).collect()),
+            (
+                "rnn_tanh_l1_nobias_b20",
+                RnnConfig::new(CellKind::RnnTanh, 33, 50).bias(false).build().unwrap(),
+                6,
+                (0..20).map(|b| 6 - b % 3).collect(),
+            ),
         ];
         let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bit_pins.txt");
         let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let mut pins: std::collections::BTreeMap<String, String> =
-            text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once(" | ")).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut pins: std::collections::BTreeMap<String, String> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once(" | "))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut got = std::collections::BTreeMap::new();
         for (i, (name, cfg, t, lengths)) in problems.into_iter().enumerate() {
             let shape = SeqShape::with_lengths(t, lengths).unwrap();

@@ -146,7 +146,9 @@ impl Cuda {
         };
         let layer_overlap = std::env::var("RNN_KERNELS_CUDA_WAVEFRONT").map_or(true, |v| v.trim() != "0");
         let wavefront_chunk = match std::env::var("RNN_KERNELS_CUDA_WAVEFRONT_CHUNK") {
-            Ok(v) => v.trim().parse().map_err(|_| Error::invalid("RNN_KERNELS_CUDA_WAVEFRONT_CHUNK", "a number of steps (0: automatic)", v))?,
+            Ok(v) => {
+                v.trim().parse().map_err(|_| Error::invalid("RNN_KERNELS_CUDA_WAVEFRONT_CHUNK", "a number of steps (0: automatic)", v))?
+            }
             Err(_) => 0,
         };
         Ok(Cuda { dev: device::open(ordinal)?, persistent, persistent_required, layer_overlap, wavefront_chunk })

@@ -77,7 +77,13 @@ fn check<T: Element>(cfg: &RnnConfig, shape: &SeqShape, k: usize, seed: u64) {
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         let name = names.get(i).copied().unwrap_or(if i + 4 >= got.len() { "a gradient" } else { "a saved activation" });
-        assert!(g == w, "{:?} {cfg:?} T={} lengths {:?}, K={k} ({chunks} chunks): {name} (output {i}) differs", T::DTYPE, shape.steps(), shape.lengths());
+        assert!(
+            g == w,
+            "{:?} {cfg:?} T={} lengths {:?}, K={k} ({chunks} chunks): {name} (output {i}) differs",
+            T::DTYPE,
+            shape.steps(),
+            shape.lengths()
+        );
     }
 }
 

@@ -340,7 +340,13 @@ fn cut_rows<'a, T>(buf: &'a mut [T], steps: usize, bounds: &[usize]) -> Vec<Vec<
 }
 
 /// Cuts the steps `steps` of `s` into blocks of rows `bounds`: `[block][step]`.
-fn cut_save<'a, T>(s: &'a mut DirSave<T>, widths: [usize; 5], steps: std::ops::Range<usize>, bl: usize, bounds: &[usize]) -> Vec<Vec<StepSave<'a, T>>> {
+fn cut_save<'a, T>(
+    s: &'a mut DirSave<T>,
+    widths: [usize; 5],
+    steps: std::ops::Range<usize>,
+    bl: usize,
+    bounds: &[usize],
+) -> Vec<Vec<StepSave<'a, T>>> {
     let n = steps.len();
     let cut = |v: &'a mut Vec<T>, w: usize| cut_rows(&mut v[steps.start * bl * w..steps.end * bl * w], n, bounds).into_iter();
     let DirSave { gates, extra, c, m, h } = s;
@@ -349,14 +355,9 @@ fn cut_save<'a, T>(s: &'a mut DirSave<T>, widths: [usize; 5], steps: std::ops::R
     (1..bounds.len())
         .map(|_| {
             let gs = g.next().unwrap_or_default();
-            let (es, cs, ms, hs) = (e.next().unwrap_or_default(), c.next().unwrap_or_default(), m.next().unwrap_or_default(), h.next().unwrap_or_default());
-            gs.into_iter()
-                .zip(es)
-                .zip(cs)
-                .zip(ms)
-                .zip(hs)
-                .map(|((((gates, extra), c), m), h)| StepSave { gates, extra, c, m, h })
-                .collect()
+            let (es, cs, ms, hs) =
+                (e.next().unwrap_or_default(), c.next().unwrap_or_default(), m.next().unwrap_or_default(), h.next().unwrap_or_default());
+            gs.into_iter().zip(es).zip(cs).zip(ms).zip(hs).map(|((((gates, extra), c), m), h)| StepSave { gates, extra, c, m, h }).collect()
         })
         .collect()
 }
@@ -443,19 +444,7 @@ fn forward_step<T: Float, K: HostKernels<T>>(
     let m_out: &mut [T] = if dm.proj { &mut *m } else { &mut *h_t };
     k.cell_forward(
         dm.cell,
-        CellForward {
-            active,
-            hidden: h,
-            xg: xg_t,
-            hg,
-            b_hh: wts.b_hh,
-            h_prev,
-            c_prev,
-            gates,
-            extra,
-            c: &mut *c,
-            m: m_out,
-        },
+        CellForward { active, hidden: h, xg: xg_t, hg, b_hh: wts.b_hh, h_prev, c_prev, gates, extra, c: &mut *c, m: m_out },
     );
     if let Some(w_hr) = wts.w_hr {
         // h[n, Hout] = m · W_hr^T; m of inactive rows is zeroed so that the saved m is clean
@@ -465,13 +454,7 @@ fn forward_step<T: Float, K: HostKernels<T>>(
                 m[b * h..(b + 1) * h].fill(T::ZERO);
             }
         }
-        k.weight_gemm(
-            WeightOp::fwd(Weight::Hr, ld),
-            Mat::new(m, n, h),
-            Mat::new(w_hr, hout, h).t(),
-            T::ZERO,
-            MatMut::new(h_t, n, hout),
-        );
+        k.weight_gemm(WeightOp::fwd(Weight::Hr, ld), Mat::new(m, n, h), Mat::new(w_hr, hout, h).t(), T::ZERO, MatMut::new(h_t, n, hout));
     }
     for (b, &a) in active.iter().enumerate() {
         let hb = &mut h_t[b * hout..(b + 1) * hout];
@@ -785,7 +768,13 @@ fn backward_step<T: Float, K: HostKernels<T>>(
     let dm_slice: &[T] = match wts.w_hr {
         Some(w_hr) => {
             // m → h = m · W_hr^T, so dm = dh · W_hr.
-            k.weight_gemm(WeightOp::bwd(Weight::Hr, ld), Mat::new(dh_t, n, hout), Mat::new(w_hr, hout, h), T::ZERO, MatMut::new(dm_t, n, h));
+            k.weight_gemm(
+                WeightOp::bwd(Weight::Hr, ld),
+                Mat::new(dh_t, n, hout),
+                Mat::new(w_hr, hout, h),
+                T::ZERO,
+                MatMut::new(dm_t, n, h),
+            );
             for (b, &a) in active.iter().enumerate() {
                 if a {
                     dh_all[b * hout..(b + 1) * hout].copy_from_slice(&dh_t[b * hout..(b + 1) * hout]);
@@ -814,7 +803,13 @@ fn backward_step<T: Float, K: HostKernels<T>>(
         },
     );
     // dh_prev = dGh · W_hh (+ GRU's direct term); inactive rows pass dh through unchanged.
-    k.weight_gemm(WeightOp::bwd(Weight::Hh, ld), Mat::new(dgh, n, gh), Mat::new(wts.w_hh, gh, hout), T::ZERO, MatMut::new(dh_carry, n, hout));
+    k.weight_gemm(
+        WeightOp::bwd(Weight::Hh, ld),
+        Mat::new(dgh, n, gh),
+        Mat::new(wts.w_hh, gh, hout),
+        T::ZERO,
+        MatMut::new(dh_carry, n, hout),
+    );
     for (b, &a) in active.iter().enumerate() {
         let dst = &mut dh_carry[b * hout..(b + 1) * hout];
         if !a {
@@ -868,7 +863,8 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(
     let mut dgh_all = if dm.gru() { work.zeroed(tb * gh) } else { Vec::new() };
     let mut dh_all = if dm.proj { work.zeroed(tb * hout) } else { Vec::new() };
     let bounds = k.row_blocks(bl, Pass::Backward);
-    let mut blocks: Vec<BwdRows<T>> = bounds.windows(2).map(|r| BwdRows::new(r[0]..r[1], dm, dhn, if dm.lstm() { dcn } else { None })).collect();
+    let mut blocks: Vec<BwdRows<T>> =
+        bounds.windows(2).map(|r| BwdRows::new(r[0]..r[1], dm, dhn, if dm.lstm() { dcn } else { None })).collect();
     {
         let serial = k.serial();
         let kb: &K = if blocks.len() > 1 { &serial } else { k };

@@ -55,7 +55,6 @@ mod rnn;
 pub(crate) mod sgemm;
 pub(crate) mod sgemm_skinny;
 
-
 use crate::backend::host::{CellBackward, CellForward};
 use crate::config::CellKind;
 use std::arch::x86_64::*;

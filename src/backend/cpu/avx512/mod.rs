@@ -99,7 +99,11 @@ mod tests {
                     }
                 }
                 let us = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
-                println!("round {round}: {} {us:.1} µs per step ({:.2} ns per unit)", if wide { "avx512" } else { "avx2  " }, us * 1e3 / (b * h) as f64);
+                println!(
+                    "round {round}: {} {us:.1} µs per step ({:.2} ns per unit)",
+                    if wide { "avx512" } else { "avx2  " },
+                    us * 1e3 / (b * h) as f64
+                );
             }
         }
     }
