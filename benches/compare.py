@@ -16,6 +16,8 @@ Usage:
     python3 benches/compare.py --configs "lstm-64-64-8-20:inference,gru-512-512-64-100:train" \
         --rounds 5 --threads 2 --ours cpu,reference --peers pytorch-cpu,onnxruntime-cpu \
         --json out.jsonl
+    # a change against the build before it: both binaries alternate in every round
+    python3 benches/compare.py --peers "" --rounds 5 --baseline-bin /path/to/old/target/release/examples/bench
 
 Config syntax: `cell-I-H-B-T[-lL][-bi][:mode]`, mode `inference` (default) or `train`.
 """
@@ -352,6 +354,9 @@ def main():
     p.add_argument("--json", default=None, metavar="OUT.jsonl", help="also save every raw JSON line here")
     p.add_argument("--bin", default=None, help="our bench binary (default: build target/release/examples/bench)")
     p.add_argument("--no-build", action="store_true", help="do not run cargo build; use the binary as it is")
+    p.add_argument("--baseline-bin", default=None, metavar="PATH",
+                   help="another build's bench binary (e.g. before a change): each of our backends also runs "
+                        "with it, in the same rotation, and the table gains the per-round ratio ours/baseline")
     p.add_argument("--timeout", type=int, default=900, help="seconds per subprocess (default 900)")
     args = p.parse_args()
 
@@ -377,6 +382,10 @@ def main():
     if args.dtype != "f32" and any(b != "cuda" for b in backends):
         p.error(f"--dtype {args.dtype}: only --ours cuda stores 16-bit")
     ours = [f"rnn-kernels-{b}" for b in backends]
+    if args.baseline_bin and not os.access(args.baseline_bin, os.X_OK):
+        p.error(f"--baseline-bin {args.baseline_bin}: not an executable file")
+    # The baseline build's runs of each backend, as impls of their own.
+    base = [f"{x}@baseline" for x in ours] if args.baseline_bin else []
 
     info = peers_info()
     vers = info.get("versions", {})
@@ -385,7 +394,7 @@ def main():
         if not peers:
             log("compare.py: no peer is available (pip install -r benches/requirements-peers.txt)")
     else:
-        peers = [x.strip() for x in args.peers.split(",") if x.strip()]
+        peers = [x.strip() for x in args.peers.split(",") if x.strip()]  # "" for none
         bad = [x for x in peers if x not in KNOWN_PEERS]
         if bad:
             p.error(f"unknown peer(s) {bad}; known: {', '.join(KNOWN_PEERS)}")
@@ -407,7 +416,7 @@ def main():
     status = {}  # (config key, impl) -> reason why there is no number
     isa = set()
 
-    for impl in ours:
+    for impl in ours + base:
         if binary is None:
             for c in configs:
                 status[(c.key, impl)] = "unavailable"
@@ -418,7 +427,7 @@ def main():
             elif impl == "onnxruntime-cpu" and c.mode == "train":
                 status[(c.key, impl)] = "n/a"
 
-    impls_all = ours + peers
+    impls_all = ours + base + peers
     roofs, roof_kind = {}, None  # round -> GFLOP/s
     by_round = {}  # (config key, impl) -> {round: ms}
     cpu_ours = binary is not None and any(b != "cuda" and b != "reference" for b in backends)
@@ -443,9 +452,10 @@ def main():
             order = todo[shift:] + todo[:shift]
             got = []
             for impl in order:
-                if impl in ours:
-                    backend = backends[ours.index(impl)]
-                    cmd = [binary, "--backend", backend] + c.flags() + ["--threads", str(args.threads)]
+                if impl in ours or impl in base:
+                    mine = impl in ours
+                    backend = backends[ours.index(impl) if mine else base.index(impl)]
+                    cmd = [binary if mine else args.baseline_bin, "--backend", backend] + c.flags() + ["--threads", str(args.threads)]
                     if args.dtype != "f32":
                         cmd += ["--dtype", args.dtype]
                     if reps is not None:
@@ -461,9 +471,9 @@ def main():
                     if peer_warmup is not None:
                         cmd += ["--warmup", str(peer_warmup)]
                 lines, err = run_one(cmd, args.timeout)
-                line = next((d for d in lines if d.get("impl") == impl), lines[-1] if lines else None)
+                line = next((d for d in lines if d.get("impl") == impl.removesuffix("@baseline")), lines[-1] if lines else None)
                 if line is None:
-                    status[(c.key, impl)] = "unavailable" if impl in ours else "failed"
+                    status[(c.key, impl)] = "unavailable" if impl in ours + base else "failed"
                     log(f"compare.py: {impl} on {c.label} {c.mode}: {err}; recorded as {status[(c.key, impl)]}")
                     got.append(f"{impl} {status[(c.key, impl)]}")
                     continue
@@ -538,16 +548,22 @@ def main():
                    "(it sets what splitting a small batch's per-step product costs)")
     out.append("")
 
-    head = ["config", "mode"] + [f"{x} (ms)" for x in ours] + [f"{x} (ms)" for x in peers] + ["best peer"]
+    if base:
+        out.append("- ours/baseline: per round, ours divided by the baseline build's time in the same round "
+                   f"(`--baseline-bin {args.baseline_bin}`), the median over rounds, then [min, max] over rounds "
+                   "(< 1: this build is faster)")
+    head = ["config", "mode"] + [f"{x} (ms)" for x in ours + base] + [f"{x} (ms)" for x in peers] + ["best peer"]
     if len(ours) == 1:
         head += ["ours/best", "ours GFLOP/s"] + (["% roof"] if roof is not None else [])
     else:
         head += [f"{b}/best" for b in backends] + [f"{b} GFLOP/s" for b in backends]
+    head += [f"{b}/baseline" for b in backends] if base else []
     out.append("| " + " | ".join(head) + " |")
-    align = ["---", "---"] + ["---:"] * (len(ours) + len(peers)) + ["---"] + ["---:"] * (len(head) - 3 - len(ours) - len(peers))
+    align = ["---", "---"] + ["---:"] * (len(ours) + len(base) + len(peers)) + ["---"]
+    align += ["---:"] * (len(head) - len(align))
     out.append("|" + "|".join(align) + "|")
     for c in configs:
-        row = [c.label, c.mode] + [cell(c, x) for x in ours] + [cell(c, x) for x in peers]
+        row = [c.label, c.mode] + [cell(c, x) for x in ours + base] + [cell(c, x) for x in peers]
         pv = [(value(c, x), x) for x in best_pool if value(c, x) is not None]
         best = min(pv) if pv else None
         row.append(best[1] if best else "–")
@@ -561,6 +577,10 @@ def main():
             runs = by_round.get((c.key, ours[0]), {})
             pct = [100 * c.gemm_flops() / (ms / 1e3) / 1e9 / roofs[r] for r, ms in runs.items() if r in roofs]
             row.append(f"{statistics.median(pct):.0f}" if pct else "–")
+        for x, xb in zip(ours, base):
+            mine, theirs = by_round.get((c.key, x), {}), by_round.get((c.key, xb), {})
+            paired = [mine[r] / theirs[r] for r in mine if r in theirs]
+            row.append(f"{statistics.median(paired):.3f} [{min(paired):.3f}, {max(paired):.3f}]" if paired else "–")
         out.append("| " + " | ".join(row) + " |")
     print("\n".join(out), flush=True)
     return 0
