@@ -4,7 +4,7 @@
 use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnPlan, RnnReserve};
 use crate::config::RnnConfig;
 use crate::element::Element;
-use crate::error::{check_len, Error, Result};
+use crate::error::{check_len, Result};
 use crate::params::Params;
 use crate::shape::SeqShape;
 use std::marker::PhantomData;

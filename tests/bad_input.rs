@@ -6,6 +6,10 @@
 //! so one broken check does not hide the others. To read every message (to judge them by eye):
 //! `BAD_INPUT_SHOW=1 cargo test --release --test bad_input -- --nocapture --test-threads 1`.
 
+mod common;
+
+use common::tempdir::TempDir;
+
 use rnn_kernels::{
     Backend, BackwardInput, BackwardOutput, CellKind, Error, ForwardInput, ForwardOutput, GradMode, LoadOptions, ParamLayout, Params,
     Reference, Rnn, RnnConfig, RnnReserve, SeqShape,
@@ -14,7 +18,7 @@ use safetensors::tensor::{Dtype as StDtype, TensorView};
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 type Reserve = <Reference as Backend<f64>>::Reserve;
 
@@ -127,30 +131,6 @@ fn prod(s: [usize; 3]) -> usize {
 
 fn ramp(n: usize, scale: f64) -> Vec<f64> {
     (0..n).map(|i| scale * (((i * 7919) % 23) as f64 / 11.0 - 1.0)).collect()
-}
-
-/// A fresh, unique directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let dir =
-            std::env::temp_dir().join(format!("rnn_kernels_{tag}_{}_{nanos}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// One tensor to write with the plain safetensors crate.

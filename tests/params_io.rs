@@ -6,6 +6,10 @@
 //! `<name>.expect.safetensors` holds an input `x` and PyTorch's `y`, `hn` (and `cn`) for it,
 //! computed with a zero initial state.
 
+mod common;
+
+use common::tempdir::TempDir;
+
 use rnn_kernels::{Backend, CellKind, LoadOptions, ParamKind, ParamLayout, Params, Reference, Rnn, RnnConfig, SeqShape};
 use safetensors::tensor::Dtype as StDtype;
 use safetensors::SafeTensors;
@@ -14,30 +18,6 @@ use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/state_dict").join(name)
-}
-
-/// A unique directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-        let dir =
-            std::env::temp_dir().join(format!("rnn_kernels_{tag}_{}_{nanos}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A tensor read with the plain safetensors crate, widened to f64.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod parity;
+pub mod tempdir;
 
 use rnn_kernels::{Backend, CellKind, ForwardInput, ForwardOutput, Params, Reference, RnnConfig, SeqShape, SplitMix64};
 
