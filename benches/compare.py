@@ -33,11 +33,12 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import peers  # noqa: E402  (the config names and FLOP counts both scripts report)
 ROOT = os.path.dirname(HERE)
 PEERS_PY = os.path.join(HERE, "peers.py")
 
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
-GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+CELLS = peers.CELLS
 KNOWN_PEERS = ("pytorch-cpu", "onnxruntime-cpu", "pytorch-cuda")
 
 # The project's target table.
@@ -84,10 +85,8 @@ class Config:
         self.cell, self.input, self.hidden, self.batch, self.steps = cell, input_size, hidden, batch, steps
         self.layers, self.bidirectional, self.mode = layers, bidirectional, mode
 
-    @property
-    def label(self):
-        """As in the project's target table: cell-I-H-B-T (plus -lL, -bi)."""
-        s = f"{self.cell}-{self.input}-{self.hidden}-{self.batch}-{self.steps}"
+    def _name(self, sizes):
+        s = sizes
         if self.layers > 1:
             s += f"-l{self.layers}"
         if self.bidirectional:
@@ -95,14 +94,14 @@ class Config:
         return s
 
     @property
+    def label(self):
+        """As in the project's target table: cell-I-H-B-T (plus -lL, -bi)."""
+        return self._name(f"{self.cell}-{self.input}-{self.hidden}-{self.batch}-{self.steps}")
+
+    @property
     def json_config(self):
-        """The "config" string of the JSON lines."""
-        s = f"{self.cell}-i{self.input}-h{self.hidden}-b{self.batch}-t{self.steps}"
-        if self.layers > 1:
-            s += f"-l{self.layers}"
-        if self.bidirectional:
-            s += "-bi"
-        return s
+        """The "config" string of the JSON lines (peers.py's `config_name`)."""
+        return peers.config_name(self)
 
     @property
     def key(self):
@@ -118,13 +117,9 @@ class Config:
         return f
 
     def gemm_flops(self):
-        """GEMM FLOPs only: 2*G*H*(I_l+H)*B*T per layer and direction; x3 for train."""
-        g, d = GATES[self.cell], (2 if self.bidirectional else 1)
-        total = 0
-        for layer in range(self.layers):
-            i_l = self.input if layer == 0 else d * self.hidden
-            total += d * 2 * g * self.hidden * (i_l + self.hidden) * self.batch * self.steps
-        return total * (3 if self.mode == "train" else 1)
+        """GEMM FLOPs only (peers.py's `gemm_flops`, which the JSON lines report too)."""
+        return peers.gemm_flops(self.cell, self.input, self.hidden, self.batch, self.steps, self.layers,
+                                self.bidirectional, self.mode)
 
 
 def parse_config(spec):
