@@ -4,11 +4,11 @@
 //! Accumulate). A change that alters any output bit of any of them fails here, so a change that
 //! claims to preserve behaviour (a refactoring) can prove it.
 //!
-//! The expected values are in `tests/fixtures/bit_pins.txt`: one line per backend and problem,
+//! The expected values are in `tests/fixtures/bit_pins.txt`: one line per architecture, backend and problem,
 //! a 64-bit FNV-1a hash of the bit patterns of each output. An ISA missing from the file fails
 //! the test. To add the lines of a new ISA (or, after a change that is meant to alter results,
 //! all of them), run `RNN_KERNELS_WRITE_BIT_PINS=1 cargo test --release --test bit_pins`: it
-//! rewrites the lines of the backends this machine runs and keeps the others.
+//! rewrites the lines of the backends this machine runs and keeps the others (NEON's: run it under qemu as `.ci/neon.sh` does, with the same variable).
 //!
 //! Inputs come from a generator written here, so that nothing the library changes (its own
 //! random initialisation included) moves the inputs.
@@ -162,19 +162,23 @@ fn read_pins() -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Every backend this machine runs: key (`backend problem`) to the line of hashes.
+/// Every backend this machine runs: key (`arch backend problem`) to the line of hashes. The
+/// architecture is part of the key because the reference and scalar kernels call the platform's
+/// `exp` and `tanh`, whose last bit may differ between x86-64 and AArch64 (and code compiled for
+/// one architecture may fuse operations that the other does not).
 fn computed() -> BTreeMap<String, String> {
+    let arch = std::env::consts::ARCH;
     let mut got = BTreeMap::new();
     for p in problems() {
-        got.insert(format!("reference-f64 {}", p.name), run::<f64, _>(Reference, &p));
-        got.insert(format!("reference-f32 {}", p.name), run::<f32, _>(Reference, &p));
+        got.insert(format!("{arch} reference-f64 {}", p.name), run::<f64, _>(Reference, &p));
+        got.insert(format!("{arch} reference-f32 {}", p.name), run::<f32, _>(Reference, &p));
         for isa in Isa::available() {
             // The promise is the same bits for any thread count, so one and two threads must
             // both match the one pinned line.
             let one = run::<f32, _>(Cpu::with_isa(isa, 1).unwrap(), &p);
             let two = run::<f32, _>(Cpu::with_isa(isa, 2).unwrap(), &p);
             assert_eq!(one, two, "cpu-{isa} {}: 1 and 2 threads differ", p.name);
-            got.insert(format!("cpu-{isa} {}", p.name), two);
+            got.insert(format!("{arch} cpu-{isa} {}", p.name), two);
         }
     }
     got
