@@ -30,23 +30,23 @@ pub type In<T = f32> = (*const T, usize);
 /// An output pointer argument as the caller passed it, with its length in elements.
 pub type Out<T = f32> = (*mut T, usize);
 
-/// A pointer argument of either direction: its address, length and whether the call writes it.
+/// A pointer argument of either direction: the pointer, its length and whether the call writes it.
 #[derive(Debug, Clone, Copy)]
 pub struct Raw {
-    addr: *const f32,
+    ptr: *const f32,
     len: usize,
     output: bool,
 }
 
 impl From<In> for Raw {
-    fn from((addr, len): In) -> Raw {
-        Raw { addr, len, output: false }
+    fn from((ptr, len): In) -> Raw {
+        Raw { ptr, len, output: false }
     }
 }
 
 impl From<Out> for Raw {
-    fn from((addr, len): Out) -> Raw {
-        Raw { addr: addr.cast_const(), len, output: true }
+    fn from((ptr, len): Out) -> Raw {
+        Raw { ptr: ptr.cast_const(), len, output: true }
     }
 }
 
@@ -81,11 +81,11 @@ enum Tensor {
 }
 
 /// A buffer argument that passed the pointer checks (non-NULL, aligned, a length that fits in
-/// memory): its name, address and length in elements.
+/// memory): its name, pointer and length in elements.
 #[derive(Debug, Clone, Copy)]
 pub struct Span {
     pub arg: &'static str,
-    pub addr: usize,
+    pub ptr: *const f32,
     pub len: usize,
     tensor: Tensor,
     output: bool,
@@ -119,17 +119,16 @@ impl Memory for Host {
 
     unsafe fn input<'a>(s: Span) -> &'a [f32] {
         // SAFETY: non-NULL and aligned (checked); the rest is the caller's contract.
-        unsafe { std::slice::from_raw_parts(s.addr as *const f32, s.len) }
+        unsafe { std::slice::from_raw_parts(s.ptr, s.len) }
     }
 
     unsafe fn output<'a>(s: Span) -> &'a mut [f32] {
         // SAFETY: as in `input`, writable and exclusive.
-        unsafe { std::slice::from_raw_parts_mut(s.addr as *mut f32, s.len) }
+        unsafe { std::slice::from_raw_parts_mut(s.ptr.cast_mut(), s.len) }
     }
 }
 
 /// Device memory: the buffers stay addresses, never dereferenced on the host.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub enum Device {}
 
 impl Memory for Device {
@@ -380,8 +379,8 @@ impl Checker {
     /// A buffer that may be NULL (not given).
     fn optional(&mut self, arg: &'static str, tensor: Tensor, p: impl Into<Raw>) -> Result<Option<Span>, CapiError> {
         let p = p.into();
-        let Some(bytes) = check_ptr(arg, p.addr, p.len)? else { return Ok(None) };
-        let span = Span { arg, addr: p.addr as usize, len: p.len, tensor, output: p.output, bytes };
+        let Some(bytes) = check_ptr(arg, p.ptr, p.len)? else { return Ok(None) };
+        let span = Span { arg, ptr: p.ptr, len: p.len, tensor, output: p.output, bytes };
         self.spans.push(span);
         Ok(Some(span))
     }
@@ -395,7 +394,8 @@ impl Checker {
     fn finish(&self, m: &Model, shape: Option<&SeqShape>) -> Result<(), CapiError> {
         for (i, a) in self.spans.iter().enumerate() {
             for b in &self.spans[i + 1..] {
-                let overlap = a.addr < b.addr.saturating_add(b.bytes) && b.addr < a.addr.saturating_add(a.bytes);
+                let (a0, b0) = (a.ptr as usize, b.ptr as usize);
+                let overlap = a0 < b0.saturating_add(b.bytes) && b0 < a0.saturating_add(a.bytes);
                 if (a.output || b.output) && a.bytes > 0 && b.bytes > 0 && overlap {
                     return Err(CapiError::invalid(a.arg, format!("memory that does not overlap `{}`", b.arg), "overlapping buffers"));
                 }

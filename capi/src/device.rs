@@ -96,7 +96,7 @@ mod on_device {
     fn borrow(cuda: &Cuda, s: Span) -> Result<impl DerefMut<Target = CudaBuf<f32>>, CapiError> {
         // SAFETY: a `Span` of `Device` memory is the caller's device buffer of `s.len` f32 (the
         // header's contract), checked by the parser.
-        Ok(unsafe { cuda.borrow_device_ptr(s.arg, s.addr as u64, s.len) }?)
+        Ok(unsafe { cuda.borrow_device_ptr(s.arg, s.ptr as u64, s.len) }?)
     }
 
     /// Makes `stream` wait for the backend's work when dropped: the handshake's second half on a
@@ -177,7 +177,7 @@ mod on_device {
     pub fn get_params(call: ParamsOut<'_, Device>, stream: *mut c_void) -> Result<(), CapiError> {
         let cuda = &cuda_rnn(call.model)?.backend().0;
         let mut dst = borrow(cuda, call.params)?;
-        on_stream(cuda, stream, || Ok(cuda.upload_into(call.model.params.as_slice(), &mut dst)?))
+        on_stream(cuda, stream, || Ok(cuda.upload_into(call.model.params().as_slice(), &mut dst)?))
     }
 }
 

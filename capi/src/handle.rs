@@ -149,9 +149,10 @@ pub struct Model {
     magic: u64,
     /// Distinguishes models in messages about reserves.
     pub id: u64,
-    /// A host copy of the parameters (flat layout), for saving and reading back: the library
-    /// does not give them back from a plan.
-    pub params: Params<f32>,
+    /// A host copy of the parameters (flat layout), for reading back and saving: the library
+    /// gives no way to read them back from a plan (`params()` is the one place to change when
+    /// it does).
+    params: Params<f32>,
     pub engine: Engine,
 }
 
@@ -169,6 +170,11 @@ impl Model {
 
     pub fn config(&self) -> &RnnConfig {
         self.params.config()
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &Params<f32> {
+        &self.params
     }
 
     /// The flat parameter layout of the configuration.

@@ -8,6 +8,8 @@
 //!   in a thread-local string read with [`rnnk_last_error`];
 //! - checks every handle (live, of the right kind, intact tag), every pointer (NULL, alignment)
 //!   and every buffer length (given in elements next to its pointer) before touching memory;
+//!   the calls with buffers gather their raw arguments into one struct and go through the one
+//!   parser of `args.rs`, which the device-pointer functions (`device.rs`) share;
 //! - runs its body under `catch_unwind`: a panic is returned as `RNNK_ERR_PANIC`, never unwound
 //!   into C.
 //!
@@ -15,8 +17,8 @@
 //! `y [T, B, D·Hout]`, `h0/hn [L·D, B, Hout]`, `c0/cn [L·D, B, H]`; parameters in the flat
 //! PyTorch `state_dict()` layout ([`rnnk_core::ParamLayout`]).
 //!
-//! tests/header.rs checks that every `extern "C"` function here has the same prototype in the
-//! header, and every status code the same value.
+//! tests/header.rs checks that every `extern "C"` function here and in `device.rs` has the same
+//! prototype in the header, and every status code the same value.
 
 // The C entry points take raw pointers from C; their safety contract is the header's.
 #![allow(clippy::missing_safety_doc)]
@@ -122,7 +124,7 @@ pub unsafe extern "C" fn rnnk_model_param_count(model: *const RnnkModel, out: *m
             return Err(CapiError::null("out"));
         }
         // SAFETY: non-NULL, the caller's writable size_t.
-        unsafe { *out = m.params.as_slice().len() };
+        unsafe { *out = m.layout().len() };
         Ok(())
     })
 }
@@ -184,7 +186,7 @@ pub unsafe extern "C" fn rnnk_model_get_params(model: *const RnnkModel, params: 
     guard(|| {
         // SAFETY: the caller's buffer of `params_len` floats.
         let ParamsOut { model, params } = unsafe { args::params_out::<Host>(model, (params, params_len))? };
-        params.copy_from_slice(model.params.as_slice());
+        params.copy_from_slice(model.params().as_slice());
         Ok(())
     })
 }
@@ -216,7 +218,7 @@ pub unsafe extern "C" fn rnnk_model_save_safetensors(model: *const RnnkModel, pa
     guard(|| {
         // SAFETY: handle checked; C string from the caller.
         let (m, path) = unsafe { (Model::get("model", model)?, args::string("path", path)?) };
-        m.params.save_safetensors(path)?;
+        m.params().save_safetensors(path)?;
         Ok(())
     })
 }
