@@ -68,6 +68,21 @@ fn check_ptr<T>(arg: &str, p: *const T, len: usize) -> Result<Option<usize>, Cap
 /// Which tensor a buffer holds: what its length is checked against.
 #[derive(Debug, Clone, Copy)]
 enum Tensor {
+    /// A tensor of the call's shape.
+    Seq(SeqTensor),
+    /// The flat parameter layout: `params`, `dparams`.
+    Params,
+}
+
+impl From<SeqTensor> for Tensor {
+    fn from(t: SeqTensor) -> Tensor {
+        Tensor::Seq(t)
+    }
+}
+
+/// The tensors whose shape follows from the configuration and the call's shape.
+#[derive(Debug, Clone, Copy)]
+pub enum SeqTensor {
     /// `[T, B, I]`: `x`, `dx`.
     X,
     /// `[T, B, D·Hout]`: `y`, `dy`.
@@ -76,8 +91,23 @@ enum Tensor {
     H,
     /// `[L·D, B, H]`: `c0`, `cn` and their gradients (cells with a cell state only).
     C,
-    /// The flat parameter layout: `params`, `dparams`.
-    Params,
+}
+
+impl SeqTensor {
+    /// The dimensions, in words and in numbers.
+    fn dims(self, cfg: &RnnConfig, shape: &SeqShape) -> (&'static str, [usize; 3]) {
+        match self {
+            SeqTensor::X => ("[T, B, I]", shape.x_shape(cfg)),
+            SeqTensor::Y => ("[T, B, D·Hout]", shape.y_shape(cfg)),
+            SeqTensor::H => ("[L·D, B, Hout]", shape.h_shape(cfg)),
+            SeqTensor::C => ("[L·D, B, H]", shape.c_shape(cfg)),
+        }
+    }
+
+    /// The element count; `None` if it does not fit in `usize`.
+    pub fn count(self, cfg: &RnnConfig, shape: &SeqShape) -> Option<usize> {
+        self.dims(cfg, shape).1.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+    }
 }
 
 /// A buffer argument that passed the pointer checks (non-NULL, aligned, a length that fits in
@@ -253,12 +283,12 @@ impl RawForward {
         let shape = unsafe { parse_shape(self.steps, self.batch, self.lengths)? };
         let (raw, mut c) = (self.bufs, Checker::default());
         let bufs = ForwardBufs {
-            x: c.required("x", Tensor::X, raw.x)?,
-            h0: c.optional("h0", Tensor::H, raw.h0)?,
-            c0: c.optional("c0", Tensor::C, raw.c0)?,
-            y: c.required("y", Tensor::Y, raw.y)?,
-            hn: c.optional("hn", Tensor::H, raw.hn)?,
-            cn: c.optional("cn", Tensor::C, raw.cn)?,
+            x: c.required("x", SeqTensor::X, raw.x)?,
+            h0: c.optional("h0", SeqTensor::H, raw.h0)?,
+            c0: c.optional("c0", SeqTensor::C, raw.c0)?,
+            y: c.required("y", SeqTensor::Y, raw.y)?,
+            hn: c.optional("hn", SeqTensor::H, raw.hn)?,
+            cn: c.optional("cn", SeqTensor::C, raw.cn)?,
         };
         c.finish(model, Some(&shape))?;
         // SAFETY: forwarded; every span passed the checks above.
@@ -313,9 +343,9 @@ impl RawBackward {
         check_reserve_owner(model, reserve)?;
         let (g, o, mut c) = (self.grads, self.outputs, Checker::default());
         let (dy, dhn, dcn) =
-            (c.optional("dy", Tensor::Y, g.dy)?, c.optional("dhn", Tensor::H, g.dhn)?, c.optional("dcn", Tensor::C, g.dcn)?);
+            (c.optional("dy", SeqTensor::Y, g.dy)?, c.optional("dhn", SeqTensor::H, g.dhn)?, c.optional("dcn", SeqTensor::C, g.dcn)?);
         let (dx, dh0, dc0) =
-            (c.optional("dx", Tensor::X, o.dx)?, c.optional("dh0", Tensor::H, o.dh0)?, c.optional("dc0", Tensor::C, o.dc0)?);
+            (c.optional("dx", SeqTensor::X, o.dx)?, c.optional("dh0", SeqTensor::H, o.dh0)?, c.optional("dc0", SeqTensor::C, o.dc0)?);
         let bufs = BackwardBufs { dy, dhn, dcn, dx, dh0, dc0, dparams: c.optional("dparams", Tensor::Params, o.dparams)? };
         c.finish(model, Some(shape))?;
         // SAFETY: forwarded; every span passed the checks above.
@@ -377,8 +407,8 @@ struct Checker {
 
 impl Checker {
     /// A buffer that may be NULL (not given).
-    fn optional(&mut self, arg: &'static str, tensor: Tensor, p: impl Into<Raw>) -> Result<Option<Span>, CapiError> {
-        let p = p.into();
+    fn optional(&mut self, arg: &'static str, tensor: impl Into<Tensor>, p: impl Into<Raw>) -> Result<Option<Span>, CapiError> {
+        let (tensor, p) = (tensor.into(), p.into());
         let Some(bytes) = check_ptr(arg, p.ptr, p.len)? else { return Ok(None) };
         let span = Span { arg, ptr: p.ptr, len: p.len, tensor, output: p.output, bytes };
         self.spans.push(span);
@@ -386,7 +416,7 @@ impl Checker {
     }
 
     /// A buffer that must not be NULL.
-    fn required(&mut self, arg: &'static str, tensor: Tensor, p: impl Into<Raw>) -> Result<Span, CapiError> {
+    fn required(&mut self, arg: &'static str, tensor: impl Into<Tensor>, p: impl Into<Raw>) -> Result<Span, CapiError> {
         self.optional(arg, tensor, p)?.ok_or_else(|| CapiError::null(arg))
     }
 
@@ -405,34 +435,59 @@ impl Checker {
     }
 }
 
-/// A tensor's dimensions for a configuration and a shape (`SeqShape::x_shape`, ...).
-type DimsOf = fn(&SeqShape, &RnnConfig) -> [usize; 3];
-
 /// Checks a buffer's length against the model's configuration and the call's shape, with the
 /// messages of the library's own checks.
 fn check_len(m: &Model, shape: Option<&SeqShape>, s: &Span) -> Result<(), CapiError> {
     let cfg = m.config();
-    let (dims, dims_of): (&str, DimsOf) = match s.tensor {
+    let t = match s.tensor {
         Tensor::Params => return Ok(m.layout().check_buffer(s.arg, s.len)?),
-        Tensor::X => ("[T, B, I]", SeqShape::x_shape),
-        Tensor::Y => ("[T, B, D·Hout]", SeqShape::y_shape),
-        Tensor::H => ("[L·D, B, Hout]", SeqShape::h_shape),
-        Tensor::C if !cfg.cell().has_cell_state() => {
+        Tensor::Seq(SeqTensor::C) if !cfg.cell().has_cell_state() => {
             let expected = format!("not given: cell {} has no cell state", cfg.cell());
             return Err(CapiError::invalid(s.arg, expected, format!("a buffer ({} elements)", s.len)));
         }
-        Tensor::C => ("[L·D, B, H]", SeqShape::c_shape),
+        Tensor::Seq(t) => t,
     };
     let Some(shape) = shape else {
         return Err(CapiError::new(RNNK_ERR_PANIC, format!("internal error: `{}` in a call without a shape", s.arg)));
     };
-    let dims_v = dims_of(shape, cfg);
-    let expected = match dims_v.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)) {
+    let (dims, dims_v) = t.dims(cfg, shape);
+    let expected = match t.count(cfg, shape) {
         Some(want) if want == s.len => return Ok(()),
         Some(want) => format!("{dims} = {dims_v:?}, {want} elements"),
         None => format!("{dims} = {dims_v:?}, more elements than fit in memory"),
     };
     Err(CapiError::new(RNNK_ERR_SIZE_MISMATCH, format!("`{}`: expected {expected}, got {} elements", s.arg, s.len)))
+}
+
+/// The element counts of `x`, `y`, `h0`/`hn` and `c0`/`cn` (0 without a cell state) for `shape`.
+pub fn tensor_sizes(cfg: &RnnConfig, shape: &SeqShape) -> Result<[usize; 4], CapiError> {
+    let count = |t: SeqTensor| {
+        t.count(cfg, shape).ok_or_else(|| {
+            let got = format!("steps {}, batch {}", shape.steps(), shape.batch());
+            CapiError::invalid("steps, batch", "sizes whose tensors fit in memory", got)
+        })
+    };
+    let c = if cfg.cell().has_cell_state() { count(SeqTensor::C)? } else { 0 };
+    Ok([count(SeqTensor::X)?, count(SeqTensor::Y)?, count(SeqTensor::H)?, c])
+}
+
+/// A place for one value the call writes (`*out = ...`): `None` for NULL.
+///
+/// # Safety
+/// If not NULL, `p` points to a writable `T` that nothing else uses during the call.
+pub unsafe fn slot<'a, T>(arg: &str, p: *mut T) -> Result<Option<&'a mut T>, CapiError> {
+    check_ptr(arg, p.cast_const(), 1)?;
+    // SAFETY: NULL or aligned (checked); the rest is the caller's contract.
+    Ok(unsafe { p.as_mut() })
+}
+
+/// Like [`slot`], required.
+///
+/// # Safety
+/// As [`slot`].
+pub unsafe fn required_slot<'a, T>(arg: &str, p: *mut T) -> Result<&'a mut T, CapiError> {
+    // SAFETY: forwarded.
+    unsafe { slot(arg, p)? }.ok_or_else(|| CapiError::null(arg))
 }
 
 /// The call's shape from `steps`, `batch` and an optional lengths array of `batch` entries.

@@ -85,11 +85,9 @@ pub unsafe extern "C" fn rnnk_model_create(
     backend: *const c_char, threads: usize, out: *mut *mut RnnkModel,
 ) -> c_int {
     guard(|| {
-        if out.is_null() {
-            return Err(CapiError::null("out"));
-        }
-        // SAFETY: `out` is non-NULL; the caller gives a writable pointer.
-        unsafe { *out = std::ptr::null_mut() };
+        // SAFETY: the caller's writable pointer.
+        let out = unsafe { args::required_slot("out", out)? };
+        *out = std::ptr::null_mut();
         // SAFETY: C strings from the caller.
         let (cell, backend) = unsafe { (args::string("cell", cell)?, args::string("backend", backend)?) };
         let cell = CellKind::from_str(cell)?;
@@ -101,8 +99,7 @@ pub unsafe extern "C" fn rnnk_model_create(
             .build()?;
         let params = Params::<f32>::init_uniform(&cfg, 0);
         let engine = make_engine(backend, threads, &cfg, &params)?;
-        // SAFETY: as above.
-        unsafe { *out = Model::new(params, engine).into_raw() };
+        *out = Model::new(params, engine).into_raw();
         Ok(())
     })
 }
@@ -120,11 +117,8 @@ pub unsafe extern "C" fn rnnk_model_param_count(model: *const RnnkModel, out: *m
     guard(|| {
         // SAFETY: handle checked by `get`.
         let m = unsafe { Model::get("model", model)? };
-        if out.is_null() {
-            return Err(CapiError::null("out"));
-        }
-        // SAFETY: non-NULL, the caller's writable size_t.
-        unsafe { *out = m.layout().len() };
+        // SAFETY: the caller's writable size_t.
+        *unsafe { args::required_slot("out", out)? } = m.layout().len();
         Ok(())
     })
 }
@@ -138,20 +132,11 @@ pub unsafe extern "C" fn rnnk_model_tensor_sizes(
     guard(|| {
         // SAFETY: handle checked by `get`.
         let m = unsafe { Model::get("model", model)? };
-        let shape = rnnk_core::SeqShape::new(steps, batch)?;
-        let cfg = m.config();
-        let count = |s: [usize; 3]| {
-            s.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| {
-                CapiError::invalid("steps, batch", "sizes whose tensors fit in memory", format!("steps {steps}, batch {batch}"))
-            })
-        };
-        let c = if cfg.cell().has_cell_state() { count(shape.c_shape(cfg))? } else { 0 };
-        for (p, v) in
-            [(x_len, count(shape.x_shape(cfg))?), (y_len, count(shape.y_shape(cfg))?), (h_len, count(shape.h_shape(cfg))?), (c_len, c)]
-        {
-            if !p.is_null() {
-                // SAFETY: non-NULL, the caller's writable size_t.
-                unsafe { *p = v };
+        let sizes = args::tensor_sizes(m.config(), &rnnk_core::SeqShape::new(steps, batch)?)?;
+        for ((arg, p), v) in [("x_len", x_len), ("y_len", y_len), ("h_len", h_len), ("c_len", c_len)].into_iter().zip(sizes) {
+            // SAFETY: NULL or the caller's writable size_t.
+            if let Some(out) = unsafe { args::slot(arg, p)? } {
+                *out = v;
             }
         }
         Ok(())
@@ -227,11 +212,8 @@ pub unsafe extern "C" fn rnnk_model_save_safetensors(model: *const RnnkModel, pa
 #[no_mangle]
 pub unsafe extern "C" fn rnnk_reserve_create(out: *mut *mut RnnkReserve) -> c_int {
     guard(|| {
-        if out.is_null() {
-            return Err(CapiError::null("out"));
-        }
-        // SAFETY: non-NULL, the caller's writable pointer.
-        unsafe { *out = Reserve::default().into_raw() };
+        // SAFETY: the caller's writable pointer.
+        *unsafe { args::required_slot("out", out)? } = Reserve::default().into_raw();
         Ok(())
     })
 }
