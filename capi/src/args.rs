@@ -553,3 +553,98 @@ pub unsafe fn string<'a>(arg: &str, p: *const c_char) -> Result<&'a str, CapiErr
     let s = unsafe { CStr::from_ptr(p) };
     s.to_str().map_err(|_| CapiError::invalid(arg, "UTF-8 text", format!("{:?}", s.to_string_lossy())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handle::Engine;
+    use crate::status::RNNK_ERR_INVALID_ARGUMENT;
+    use rnnk_core::{CellKind, Params, Reference, Rnn};
+    use std::ptr::{null, null_mut};
+
+    /// A GRU model handle (I = 2, H = 3) on the reference backend, freed on drop.
+    struct Gru(*mut Model);
+
+    impl Gru {
+        fn new() -> Gru {
+            let cfg = RnnConfig::new(CellKind::Gru, 2, 3).build().unwrap();
+            let params = Params::<f32>::init_uniform(&cfg, 1);
+            let rnn = Rnn::new(Reference, &cfg, params.as_slice()).unwrap();
+            Gru(Model::new(params, Engine::Reference(rnn)).into_raw())
+        }
+    }
+
+    impl Drop for Gru {
+        fn drop(&mut self) {
+            // SAFETY: made by `new`, used by nothing else now.
+            unsafe { Model::free("model", self.0) }.unwrap();
+        }
+    }
+
+    /// A forward call on T = 2, B = 1 over `x [4]` and `y [6]`.
+    fn forward(m: &Gru, x: In, y: Out) -> RawForward {
+        let bufs = RawForwardBufs { x, h0: (null(), 0), c0: (null(), 0), y, hn: (null_mut(), 0), cn: (null_mut(), 0) };
+        RawForward { model: m.0, reserve: None, steps: 2, batch: 1, lengths: (null(), 0), bufs }
+    }
+
+    fn code<T>(r: Result<T, CapiError>) -> (i32, String) {
+        r.map(|_| (0, String::new())).unwrap_or_else(|e| (e.code, e.message))
+    }
+
+    #[test]
+    fn an_output_may_not_overlap_another_buffer() {
+        let m = Gru::new();
+        let mut buf = [0.0f32; 10];
+        let (x, y) = (buf.as_ptr(), buf.as_mut_ptr());
+        // SAFETY (every parse below): live handle, buffers of the lengths given.
+        let (c, msg) = code(unsafe { forward(&m, (x, 4), (y.wrapping_add(3), 6)).parse::<Host>() });
+        assert_eq!(c, RNNK_ERR_INVALID_ARGUMENT, "{msg}");
+        assert!(msg.contains("`x`: memory that does not overlap `y`"), "{msg}");
+        assert_eq!(code(unsafe { forward(&m, (x, 4), (y.wrapping_add(4), 6)).parse::<Host>() }).0, 0);
+    }
+
+    #[test]
+    fn lengths_are_checked_before_a_buffer_is_read() {
+        let m = Gru::new();
+        let one = [0.0f32];
+        // The length claims more than `one` holds: rejected from the length alone.
+        // SAFETY: nothing is read, the length is wrong.
+        let (c, msg) = code(unsafe { params_in::<Host>(m.0, (one.as_ptr(), 1 << 20)) });
+        assert_eq!(c, RNNK_ERR_SIZE_MISMATCH, "{msg}");
+        assert!(msg.starts_with("`params`: expected the flat parameter layout"), "{msg}");
+        let (c, msg) = code(unsafe { params_in::<Host>(m.0, (one.as_ptr(), usize::MAX)) });
+        assert_eq!(c, RNNK_ERR_INVALID_ARGUMENT, "{msg}");
+        assert!(msg.starts_with("`params_len`"), "{msg}");
+    }
+
+    #[test]
+    fn the_device_parse_checks_like_the_host_one_and_keeps_the_pointers() {
+        let m = Gru::new();
+        let (x, mut y) = ([0.0f32; 4], [0.0f32; 6]);
+        // SAFETY: host memory where device memory is expected: the parse never reads it.
+        let call = unsafe { forward(&m, (x.as_ptr(), 4), (y.as_mut_ptr(), 6)).parse::<Device>() }.unwrap();
+        assert_eq!((call.bufs.x.ptr, call.bufs.x.len, call.bufs.y.len), (x.as_ptr(), 4, 6));
+        let host = code(unsafe { forward(&m, (x.as_ptr(), 3), (y.as_mut_ptr(), 6)).parse::<Host>() });
+        let device = code(unsafe { forward(&m, (x.as_ptr(), 3), (y.as_mut_ptr(), 6)).parse::<Device>() });
+        assert_eq!(host, device);
+        assert_eq!(host.1, "`x`: expected [T, B, I] = [2, 1, 2], 4 elements, got 3 elements");
+    }
+
+    #[test]
+    fn sizes_that_overflow_are_an_error() {
+        let cfg = RnnConfig::new(CellKind::Lstm, 1 << 20, 4).build().unwrap();
+        let shape = SeqShape::new(usize::MAX / 2, 4).unwrap();
+        let (c, msg) = code(tensor_sizes(&cfg, &shape));
+        assert_eq!(c, RNNK_ERR_INVALID_ARGUMENT, "{msg}");
+        assert_eq!(tensor_sizes(&cfg, &SeqShape::new(3, 2).unwrap()).unwrap(), [(3 * 2) << 20, 3 * 2 * 4, 2 * 4, 2 * 4]);
+    }
+
+    #[test]
+    fn a_misaligned_out_pointer_is_an_error() {
+        let mut words = [0usize; 2];
+        let p = words.as_mut_ptr().cast::<u8>().wrapping_add(1).cast::<usize>();
+        // SAFETY: rejected before it is written.
+        assert_eq!(code(unsafe { slot("out", p) }).0, RNNK_ERR_INVALID_ARGUMENT);
+        assert_eq!(code(unsafe { required_slot::<usize>("out", null_mut()) }).0, crate::status::RNNK_ERR_NULL_POINTER);
+    }
+}
