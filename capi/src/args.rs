@@ -1,92 +1,544 @@
-//! Turning C arguments (pointers with lengths in elements, C strings, lengths arrays) into Rust
-//! values, with an error naming the argument for each way they can be wrong.
+//! The one parser of the C entry points' arguments, shared by the host functions (lib.rs) and
+//! the device-pointer functions (device.rs).
+//!
+//! An entry point gathers its raw arguments into a `Raw*` struct (pointers with their lengths in
+//! elements, as the caller passed them) and parses it here into a checked call
+//! ([`ForwardCall`], [`BackwardCall`], [`ParamsIn`], [`ParamsOut`]). Parsing checks, in this
+//! order, and before any buffer is read or written:
+//!
+//! 1. the handles (live, of the right kind, intact tag; a reserve filled by this model);
+//! 2. the shape: `steps`, `batch` and the optional `lengths` host array (its length first, then
+//!    its values);
+//! 3. every buffer pointer: NULL (where it is required), alignment, a length that fits in memory;
+//! 4. overlaps: no output may share memory with any other buffer of the call;
+//! 5. every buffer's length against the model's configuration and the call's shape (the
+//!    parameter layout for `params` and `dparams`), with the library's messages.
+//!
+//! Only then are the pointers turned into the buffers of their [`Memory`]: slices for [`Host`],
+//! unchecked device addresses for [`Device`] (the CUDA backend checks that they are memory of its
+//! device before anything is enqueued). A new check of a call's arguments goes here, once, and
+//! holds for both kinds of entry point.
 
-use crate::status::{CapiError, RNNK_ERR_SIZE_MISMATCH};
-use rnnk_core::SeqShape;
-use std::ffi::{c_char, CStr};
+use crate::handle::{Handle, Model, Reserve, ReserveData};
+use crate::status::{CapiError, RNNK_ERR_PANIC, RNNK_ERR_SIZE_MISMATCH};
+use rnnk_core::{BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnConfig, RnnReserve, SeqShape};
+use std::ffi::{c_char, c_int, CStr};
+use std::ops::{Deref, DerefMut};
 
-fn check_ptr<T>(arg: &str, p: *const T, len: usize) -> Result<(), CapiError> {
+/// An input pointer argument as the caller passed it, with its length in elements.
+pub type In<T = f32> = (*const T, usize);
+/// An output pointer argument as the caller passed it, with its length in elements.
+pub type Out<T = f32> = (*mut T, usize);
+
+/// A pointer argument of either direction: the pointer, its length and whether the call writes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Raw {
+    ptr: *const f32,
+    len: usize,
+    output: bool,
+}
+
+impl From<In> for Raw {
+    fn from((ptr, len): In) -> Raw {
+        Raw { ptr, len, output: false }
+    }
+}
+
+impl From<Out> for Raw {
+    fn from((ptr, len): Out) -> Raw {
+        Raw { ptr: ptr.cast_const(), len, output: true }
+    }
+}
+
+/// The checks of every pointer argument: NULL (`None`: not given), alignment, and a length that
+/// fits in memory; returns the size in bytes.
+fn check_ptr<T>(arg: &str, p: *const T, len: usize) -> Result<Option<usize>, CapiError> {
     if p.is_null() {
-        return Err(CapiError::null(arg));
+        return Ok(None);
     }
     if !(p as usize).is_multiple_of(std::mem::align_of::<T>()) {
         return Err(CapiError::invalid(arg, format!("a pointer aligned to {} bytes", std::mem::align_of::<T>()), format!("{p:p}")));
     }
-    if len > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
-        return Err(CapiError::invalid(&format!("{arg}_len"), "a length that fits in memory", len));
+    match len.checked_mul(std::mem::size_of::<T>()).filter(|&b| b <= isize::MAX as usize) {
+        Some(bytes) => Ok(Some(bytes)),
+        None => Err(CapiError::invalid(&format!("{arg}_len"), "a length that fits in memory", len)),
+    }
+}
+
+/// Which tensor a buffer holds: what its length is checked against.
+#[derive(Debug, Clone, Copy)]
+enum Tensor {
+    /// A tensor of the call's shape.
+    Seq(SeqTensor),
+    /// The flat parameter layout: `params`, `dparams`.
+    Params,
+}
+
+impl From<SeqTensor> for Tensor {
+    fn from(t: SeqTensor) -> Tensor {
+        Tensor::Seq(t)
+    }
+}
+
+/// The tensors whose shape follows from the configuration and the call's shape.
+#[derive(Debug, Clone, Copy)]
+pub enum SeqTensor {
+    /// `[T, B, I]`: `x`, `dx`.
+    X,
+    /// `[T, B, D·Hout]`: `y`, `dy`.
+    Y,
+    /// `[L·D, B, Hout]`: `h0`, `hn` and their gradients.
+    H,
+    /// `[L·D, B, H]`: `c0`, `cn` and their gradients (cells with a cell state only).
+    C,
+}
+
+impl SeqTensor {
+    /// The dimensions, in words and in numbers.
+    fn dims(self, cfg: &RnnConfig, shape: &SeqShape) -> (&'static str, [usize; 3]) {
+        match self {
+            SeqTensor::X => ("[T, B, I]", shape.x_shape(cfg)),
+            SeqTensor::Y => ("[T, B, D·Hout]", shape.y_shape(cfg)),
+            SeqTensor::H => ("[L·D, B, Hout]", shape.h_shape(cfg)),
+            SeqTensor::C => ("[L·D, B, H]", shape.c_shape(cfg)),
+        }
+    }
+
+    /// The element count; `None` if it does not fit in `usize`.
+    pub fn count(self, cfg: &RnnConfig, shape: &SeqShape) -> Option<usize> {
+        self.dims(cfg, shape).1.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+    }
+}
+
+/// A buffer argument that passed the pointer checks (non-NULL, aligned, a length that fits in
+/// memory): its name, pointer and length in elements.
+#[derive(Debug, Clone, Copy)]
+pub struct Span {
+    pub arg: &'static str,
+    pub ptr: *const f32,
+    pub len: usize,
+    tensor: Tensor,
+    output: bool,
+    bytes: usize,
+}
+
+/// Where a call's buffers are: what a checked [`Span`] becomes.
+pub trait Memory {
+    /// An input buffer.
+    type In<'a>;
+    /// An output buffer.
+    type Out<'a>;
+
+    /// # Safety
+    /// `s` addresses `s.len` `f32` of this memory, readable for `'a` and written by nothing
+    /// during the call (the header's contract for every buffer).
+    unsafe fn input<'a>(s: Span) -> Self::In<'a>;
+
+    /// # Safety
+    /// As [`input`](Self::input), writable, and used by nothing else during the call (overlaps
+    /// with the call's other buffers are rejected by the parser).
+    unsafe fn output<'a>(s: Span) -> Self::Out<'a>;
+}
+
+/// Host memory: the buffers become slices.
+pub enum Host {}
+
+impl Memory for Host {
+    type In<'a> = &'a [f32];
+    type Out<'a> = &'a mut [f32];
+
+    unsafe fn input<'a>(s: Span) -> &'a [f32] {
+        // SAFETY: non-NULL and aligned (checked); the rest is the caller's contract.
+        unsafe { std::slice::from_raw_parts(s.ptr, s.len) }
+    }
+
+    unsafe fn output<'a>(s: Span) -> &'a mut [f32] {
+        // SAFETY: as in `input`, writable and exclusive.
+        unsafe { std::slice::from_raw_parts_mut(s.ptr.cast_mut(), s.len) }
+    }
+}
+
+/// Device memory: the buffers stay addresses, never dereferenced on the host.
+pub enum Device {}
+
+impl Memory for Device {
+    type In<'a> = Span;
+    type Out<'a> = Span;
+
+    unsafe fn input<'a>(s: Span) -> Self::In<'a> {
+        s
+    }
+
+    unsafe fn output<'a>(s: Span) -> Self::Out<'a> {
+        s
+    }
+}
+
+/// The buffers of a forward call: inputs of type `I`, outputs of type `O`.
+pub struct ForwardBufs<I, O> {
+    pub x: I,
+    pub h0: Option<I>,
+    pub c0: Option<I>,
+    pub y: O,
+    pub hn: Option<O>,
+    pub cn: Option<O>,
+}
+
+impl<I, O> ForwardBufs<I, O> {
+    /// Each input through `f`, each output through `g`.
+    pub fn try_map<I2, O2, E>(
+        self, mut f: impl FnMut(I) -> Result<I2, E>, mut g: impl FnMut(O) -> Result<O2, E>,
+    ) -> Result<ForwardBufs<I2, O2>, E> {
+        let (h0, c0) = (self.h0.map(&mut f).transpose()?, self.c0.map(&mut f).transpose()?);
+        let (hn, cn) = (self.hn.map(&mut g).transpose()?, self.cn.map(&mut g).transpose()?);
+        Ok(ForwardBufs { x: f(self.x)?, h0, c0, y: g(self.y)?, hn, cn })
+    }
+
+    /// The buffers as the arguments of `Backend::forward_*`.
+    pub fn io<B: ?Sized>(&mut self) -> (ForwardInput<'_, B>, ForwardOutput<'_, B>)
+    where
+        I: Deref<Target = B>,
+        O: DerefMut<Target = B>,
+    {
+        let input = ForwardInput { x: &*self.x, h0: self.h0.as_deref(), c0: self.c0.as_deref() };
+        (input, ForwardOutput { y: &mut *self.y, hn: self.hn.as_deref_mut(), cn: self.cn.as_deref_mut() })
+    }
+}
+
+/// The buffers of a backward call: upstream gradients of type `I`, outputs of type `O`.
+pub struct BackwardBufs<I, O> {
+    pub dy: Option<I>,
+    pub dhn: Option<I>,
+    pub dcn: Option<I>,
+    pub dx: Option<O>,
+    pub dh0: Option<O>,
+    pub dc0: Option<O>,
+    pub dparams: Option<O>,
+}
+
+impl<I, O> BackwardBufs<I, O> {
+    /// The buffers as the arguments of `Backend::backward`.
+    pub fn io<B: ?Sized>(&mut self) -> (BackwardInput<'_, B>, BackwardOutput<'_, B>)
+    where
+        I: Deref<Target = B>,
+        O: DerefMut<Target = B>,
+    {
+        let grads = BackwardInput { dy: self.dy.as_deref(), dhn: self.dhn.as_deref(), dcn: self.dcn.as_deref() };
+        let (dx, dh0, dc0) = (self.dx.as_deref_mut(), self.dh0.as_deref_mut(), self.dc0.as_deref_mut());
+        (grads, BackwardOutput { dx, dh0, dc0, dparams: self.dparams.as_deref_mut() })
+    }
+
+    /// Each input through `f`, each output through `g`.
+    pub fn try_map<I2, O2, E>(
+        self, mut f: impl FnMut(I) -> Result<I2, E>, mut g: impl FnMut(O) -> Result<O2, E>,
+    ) -> Result<BackwardBufs<I2, O2>, E> {
+        let (dy, dhn, dcn) = (self.dy.map(&mut f).transpose()?, self.dhn.map(&mut f).transpose()?, self.dcn.map(&mut f).transpose()?);
+        let (dx, dh0, dc0) = (self.dx.map(&mut g).transpose()?, self.dh0.map(&mut g).transpose()?, self.dc0.map(&mut g).transpose()?);
+        Ok(BackwardBufs { dy, dhn, dcn, dx, dh0, dc0, dparams: self.dparams.map(&mut g).transpose()? })
+    }
+}
+
+/// A forward call's buffers as the caller passed them; NULL marks an optional one as not given.
+pub struct RawForwardBufs {
+    pub x: In,
+    pub h0: In,
+    pub c0: In,
+    pub y: Out,
+    pub hn: Out,
+    pub cn: Out,
+}
+
+/// A forward call's arguments as the caller passed them.
+pub struct RawForward {
+    pub model: *const Model,
+    /// The reserve of a training call; `None` for inference.
+    pub reserve: Option<*mut Reserve>,
+    pub steps: usize,
+    pub batch: usize,
+    /// A host array (for the device functions too).
+    pub lengths: In<i64>,
+    pub bufs: RawForwardBufs,
+}
+
+/// A forward call whose every argument is checked, with its buffers in memory `M`.
+pub struct ForwardCall<'a, M: Memory> {
+    pub model: &'a Model,
+    pub reserve: Option<&'a mut Reserve>,
+    pub shape: SeqShape,
+    pub bufs: ForwardBufs<M::In<'a>, M::Out<'a>>,
+}
+
+impl RawForward {
+    /// Checks every argument (see the module docs).
+    ///
+    /// # Safety
+    /// The header's contract for every argument: each non-NULL pointer addresses as many elements
+    /// as its length says, in memory `M` (`lengths`: host memory), and no other reference to the
+    /// reserve is alive.
+    pub unsafe fn parse<'a, M: Memory>(self) -> Result<ForwardCall<'a, M>, CapiError> {
+        // SAFETY: forwarded (the handles are checked before they are dereferenced).
+        let model = unsafe { Model::get("model", self.model)? };
+        let reserve = self.reserve.map(|r| unsafe { Reserve::get_mut("reserve", r) }).transpose()?;
+        // SAFETY: forwarded.
+        let shape = unsafe { parse_shape(self.steps, self.batch, self.lengths)? };
+        let (raw, mut c) = (self.bufs, Checker::default());
+        let bufs = ForwardBufs {
+            x: c.required("x", SeqTensor::X, raw.x)?,
+            h0: c.optional("h0", SeqTensor::H, raw.h0)?,
+            c0: c.optional("c0", SeqTensor::C, raw.c0)?,
+            y: c.required("y", SeqTensor::Y, raw.y)?,
+            hn: c.optional("hn", SeqTensor::H, raw.hn)?,
+            cn: c.optional("cn", SeqTensor::C, raw.cn)?,
+        };
+        c.finish(model, Some(&shape))?;
+        // SAFETY: forwarded; every span passed the checks above.
+        let bufs = bufs.try_map(|s| Ok::<_, CapiError>(unsafe { M::input(s) }), |s| Ok(unsafe { M::output(s) }))?;
+        Ok(ForwardCall { model, reserve, shape, bufs })
+    }
+}
+
+/// A backward call's upstream gradients as the caller passed them; NULL means zeros.
+pub struct RawGrads {
+    pub dy: In,
+    pub dhn: In,
+    pub dcn: In,
+}
+
+/// A backward call's outputs as the caller passed them; NULL means not wanted.
+pub struct RawGradOutputs {
+    pub dx: Out,
+    pub dh0: Out,
+    pub dc0: Out,
+    pub dparams: Out,
+}
+
+/// A backward call's arguments as the caller passed them.
+pub struct RawBackward {
+    pub model: *const Model,
+    pub reserve: *const Reserve,
+    pub grads: RawGrads,
+    pub outputs: RawGradOutputs,
+    /// Non-zero: add the parameter gradients into `dparams`.
+    pub accumulate: c_int,
+}
+
+/// A backward call whose every argument is checked, with its buffers in memory `M`.
+pub struct BackwardCall<'a, M: Memory> {
+    pub model: &'a Model,
+    /// Filled by a training forward of `model`.
+    pub reserve: &'a Reserve,
+    pub mode: GradMode,
+    pub bufs: BackwardBufs<M::In<'a>, M::Out<'a>>,
+}
+
+impl RawBackward {
+    /// Checks every argument (see the module docs); the shape is the reserve's.
+    ///
+    /// # Safety
+    /// As [`RawForward::parse`]; no `&mut` to the reserve is alive.
+    pub unsafe fn parse<'a, M: Memory>(self) -> Result<BackwardCall<'a, M>, CapiError> {
+        // SAFETY: forwarded (the handles are checked before they are dereferenced).
+        let (model, reserve) = unsafe { (Model::get("model", self.model)?, Reserve::get("reserve", self.reserve)?) };
+        let shape = reserve_shape(reserve)?;
+        check_reserve_owner(model, reserve)?;
+        let (g, o, mut c) = (self.grads, self.outputs, Checker::default());
+        let (dy, dhn, dcn) =
+            (c.optional("dy", SeqTensor::Y, g.dy)?, c.optional("dhn", SeqTensor::H, g.dhn)?, c.optional("dcn", SeqTensor::C, g.dcn)?);
+        let (dx, dh0, dc0) =
+            (c.optional("dx", SeqTensor::X, o.dx)?, c.optional("dh0", SeqTensor::H, o.dh0)?, c.optional("dc0", SeqTensor::C, o.dc0)?);
+        let bufs = BackwardBufs { dy, dhn, dcn, dx, dh0, dc0, dparams: c.optional("dparams", Tensor::Params, o.dparams)? };
+        c.finish(model, Some(shape))?;
+        // SAFETY: forwarded; every span passed the checks above.
+        let bufs = bufs.try_map(|s| Ok::<_, CapiError>(unsafe { M::input(s) }), |s| Ok(unsafe { M::output(s) }))?;
+        let mode = if self.accumulate != 0 { GradMode::Accumulate } else { GradMode::Overwrite };
+        Ok(BackwardCall { model, reserve, mode, bufs })
+    }
+}
+
+/// New parameters for a model, checked, in memory `M`.
+pub struct ParamsIn<'a, M: Memory> {
+    pub model: &'a mut Model,
+    pub params: M::In<'a>,
+}
+
+/// A model's parameters to copy out, checked, in memory `M`.
+pub struct ParamsOut<'a, M: Memory> {
+    pub model: &'a Model,
+    pub params: M::Out<'a>,
+}
+
+/// Checks a parameter buffer of `m`: pointer, then length, before anything is read or written.
+fn params_span(m: &Model, raw: impl Into<Raw>) -> Result<Span, CapiError> {
+    let mut c = Checker::default();
+    let span = c.required("params", Tensor::Params, raw)?;
+    c.finish(m, None)?;
+    Ok(span)
+}
+
+/// The arguments of `rnnk_model_set_params*`.
+///
+/// # Safety
+/// As [`RawForward::parse`]; no other reference to the model is alive.
+pub unsafe fn params_in<'a, M: Memory>(model: *mut Model, params: In) -> Result<ParamsIn<'a, M>, CapiError> {
+    // SAFETY: forwarded.
+    let model = unsafe { Model::get_mut("model", model)? };
+    let span = params_span(model, params)?;
+    // SAFETY: forwarded; checked above.
+    Ok(ParamsIn { params: unsafe { M::input(span) }, model })
+}
+
+/// The arguments of `rnnk_model_get_params*`.
+///
+/// # Safety
+/// As [`RawForward::parse`].
+pub unsafe fn params_out<'a, M: Memory>(model: *const Model, params: Out) -> Result<ParamsOut<'a, M>, CapiError> {
+    // SAFETY: forwarded.
+    let model = unsafe { Model::get("model", model)? };
+    let span = params_span(model, params)?;
+    // SAFETY: forwarded; checked above.
+    Ok(ParamsOut { params: unsafe { M::output(span) }, model })
+}
+
+/// The buffers of one call, collected to be checked against each other and against the model.
+#[derive(Default)]
+struct Checker {
+    spans: Vec<Span>,
+}
+
+impl Checker {
+    /// A buffer that may be NULL (not given).
+    fn optional(&mut self, arg: &'static str, tensor: impl Into<Tensor>, p: impl Into<Raw>) -> Result<Option<Span>, CapiError> {
+        let (tensor, p) = (tensor.into(), p.into());
+        let Some(bytes) = check_ptr(arg, p.ptr, p.len)? else { return Ok(None) };
+        let span = Span { arg, ptr: p.ptr, len: p.len, tensor, output: p.output, bytes };
+        self.spans.push(span);
+        Ok(Some(span))
+    }
+
+    /// A buffer that must not be NULL.
+    fn required(&mut self, arg: &'static str, tensor: impl Into<Tensor>, p: impl Into<Raw>) -> Result<Span, CapiError> {
+        self.optional(arg, tensor, p)?.ok_or_else(|| CapiError::null(arg))
+    }
+
+    /// Checks that no output overlaps another buffer, then every length against `m` and `shape`.
+    fn finish(&self, m: &Model, shape: Option<&SeqShape>) -> Result<(), CapiError> {
+        for (i, a) in self.spans.iter().enumerate() {
+            for b in &self.spans[i + 1..] {
+                let (a0, b0) = (a.ptr as usize, b.ptr as usize);
+                let overlap = a0 < b0.saturating_add(b.bytes) && b0 < a0.saturating_add(a.bytes);
+                if (a.output || b.output) && a.bytes > 0 && b.bytes > 0 && overlap {
+                    return Err(CapiError::invalid(a.arg, format!("memory that does not overlap `{}`", b.arg), "overlapping buffers"));
+                }
+            }
+        }
+        self.spans.iter().try_for_each(|s| check_len(m, shape, s))
+    }
+}
+
+/// Checks a buffer's length against the model's configuration and the call's shape, with the
+/// messages of the library's own checks.
+fn check_len(m: &Model, shape: Option<&SeqShape>, s: &Span) -> Result<(), CapiError> {
+    let cfg = m.config();
+    let t = match s.tensor {
+        Tensor::Params => return Ok(m.layout().check_buffer(s.arg, s.len)?),
+        Tensor::Seq(SeqTensor::C) if !cfg.cell().has_cell_state() => {
+            let expected = format!("not given: cell {} has no cell state", cfg.cell());
+            return Err(CapiError::invalid(s.arg, expected, format!("a buffer ({} elements)", s.len)));
+        }
+        Tensor::Seq(t) => t,
+    };
+    let Some(shape) = shape else {
+        return Err(CapiError::new(RNNK_ERR_PANIC, format!("internal error: `{}` in a call without a shape", s.arg)));
+    };
+    let (dims, dims_v) = t.dims(cfg, shape);
+    let expected = match t.count(cfg, shape) {
+        Some(want) if want == s.len => return Ok(()),
+        Some(want) => format!("{dims} = {dims_v:?}, {want} elements"),
+        None => format!("{dims} = {dims_v:?}, more elements than fit in memory"),
+    };
+    Err(CapiError::new(RNNK_ERR_SIZE_MISMATCH, format!("`{}`: expected {expected}, got {} elements", s.arg, s.len)))
+}
+
+/// The element counts of `x`, `y`, `h0`/`hn` and `c0`/`cn` (0 without a cell state) for `shape`.
+pub fn tensor_sizes(cfg: &RnnConfig, shape: &SeqShape) -> Result<[usize; 4], CapiError> {
+    let count = |t: SeqTensor| {
+        t.count(cfg, shape).ok_or_else(|| {
+            let got = format!("steps {}, batch {}", shape.steps(), shape.batch());
+            CapiError::invalid("steps, batch", "sizes whose tensors fit in memory", got)
+        })
+    };
+    let c = if cfg.cell().has_cell_state() { count(SeqTensor::C)? } else { 0 };
+    Ok([count(SeqTensor::X)?, count(SeqTensor::Y)?, count(SeqTensor::H)?, c])
+}
+
+/// A place for one value the call writes (`*out = ...`): `None` for NULL.
+///
+/// # Safety
+/// If not NULL, `p` points to a writable `T` that nothing else uses during the call.
+pub unsafe fn slot<'a, T>(arg: &str, p: *mut T) -> Result<Option<&'a mut T>, CapiError> {
+    check_ptr(arg, p.cast_const(), 1)?;
+    // SAFETY: NULL or aligned (checked); the rest is the caller's contract.
+    Ok(unsafe { p.as_mut() })
+}
+
+/// Like [`slot`], required.
+///
+/// # Safety
+/// As [`slot`].
+pub unsafe fn required_slot<'a, T>(arg: &str, p: *mut T) -> Result<&'a mut T, CapiError> {
+    // SAFETY: forwarded.
+    unsafe { slot(arg, p)? }.ok_or_else(|| CapiError::null(arg))
+}
+
+/// The call's shape from `steps`, `batch` and an optional lengths array of `batch` entries.
+///
+/// # Safety
+/// If not NULL, `lengths` addresses as many `i64` of host memory as its length says.
+unsafe fn parse_shape(steps: usize, batch: usize, lengths: In<i64>) -> Result<SeqShape, CapiError> {
+    if check_ptr("lengths", lengths.0, lengths.1)?.is_none() {
+        return Ok(SeqShape::new(steps, batch)?);
+    }
+    if lengths.1 != batch {
+        return Err(CapiError::new(
+            RNNK_ERR_SIZE_MISMATCH,
+            format!("`lengths`: expected one length per sequence, batch = {batch} elements, got {} elements", lengths.1),
+        ));
+    }
+    // SAFETY: non-NULL and aligned (checked), `batch` elements (checked against the caller's
+    // length), host memory (the header's contract).
+    let lengths = unsafe { std::slice::from_raw_parts(lengths.0, batch) };
+    let mut v = Vec::with_capacity(batch);
+    for (b, &len) in lengths.iter().enumerate() {
+        match usize::try_from(len) {
+            Ok(n) => v.push(n),
+            Err(_) => return Err(CapiError::invalid(&format!("lengths[{b}]"), format!("must be in 1..={steps} (steps)"), len)),
+        }
+    }
+    // Checks `steps` and every length against it.
+    Ok(SeqShape::with_lengths(steps, v)?)
+}
+
+/// The shape of the training call that filled `r`, or an error for an empty reserve.
+fn reserve_shape(r: &Reserve) -> Result<&SeqShape, CapiError> {
+    let shape = match &r.data {
+        ReserveData::Empty => None,
+        ReserveData::Host(h) => h.shape(),
+        #[cfg(feature = "cuda")]
+        ReserveData::Cuda(c) => c.shape(),
+    };
+    shape.ok_or_else(|| CapiError::invalid("reserve", "must be filled by rnnk_forward_training before rnnk_backward", "an empty reserve"))
+}
+
+/// A reserve may only be used by backward with the model that filled it.
+fn check_reserve_owner(m: &Model, r: &Reserve) -> Result<(), CapiError> {
+    if r.model_id != m.id {
+        return Err(CapiError::handle(
+            "reserve",
+            &format!("a reserve filled by this model (model #{}, backend {})", m.id, m.backend_name()),
+            format!("one filled by model #{}", r.model_id),
+        ));
     }
     Ok(())
-}
-
-/// A required input buffer of `len` elements.
-///
-/// # Safety
-/// If not NULL, `p` points to `len` readable elements that nothing writes during the call.
-pub unsafe fn input<'a, T>(arg: &str, p: *const T, len: usize) -> Result<&'a [T], CapiError> {
-    check_ptr(arg, p, len)?;
-    // SAFETY: non-NULL and aligned (checked); `len` readable elements is the caller's promise.
-    Ok(unsafe { std::slice::from_raw_parts(p, len) })
-}
-
-/// An optional input buffer: NULL means not given (its length is then ignored).
-///
-/// # Safety
-/// As [`input`].
-pub unsafe fn opt_input<'a, T>(arg: &str, p: *const T, len: usize) -> Result<Option<&'a [T]>, CapiError> {
-    // SAFETY: forwarded.
-    if p.is_null() {
-        Ok(None)
-    } else {
-        unsafe { input(arg, p, len) }.map(Some)
-    }
-}
-
-/// A required output buffer of `len` elements.
-///
-/// # Safety
-/// If not NULL, `p` points to `len` writable elements that nothing else reads or writes during
-/// the call (overlaps with the call's other buffers are rejected by [`Buffers::check_overlaps`]).
-pub unsafe fn output<'a, T>(arg: &str, p: *mut T, len: usize) -> Result<&'a mut [T], CapiError> {
-    check_ptr(arg, p, len)?;
-    // SAFETY: as in `input`, writable.
-    Ok(unsafe { std::slice::from_raw_parts_mut(p, len) })
-}
-
-/// An optional output buffer: NULL means skip it.
-///
-/// # Safety
-/// As [`output`].
-pub unsafe fn opt_output<'a, T>(arg: &str, p: *mut T, len: usize) -> Result<Option<&'a mut [T]>, CapiError> {
-    // SAFETY: forwarded.
-    if p.is_null() {
-        Ok(None)
-    } else {
-        unsafe { output(arg, p, len) }.map(Some)
-    }
-}
-
-/// A device buffer argument: an address in the model's device memory (never dereferenced on
-/// the host) and its length in elements.
-#[derive(Debug, Clone, Copy)]
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-pub struct Device {
-    pub ptr: u64,
-    pub len: usize,
-}
-
-/// A required device buffer: the same NULL, alignment and length checks as a host buffer.
-pub fn device<T>(arg: &str, p: *const T, len: usize) -> Result<Device, CapiError> {
-    check_ptr(arg, p, len)?;
-    Ok(Device { ptr: p as u64, len })
-}
-
-/// An optional device buffer: NULL means not given (its length is then ignored).
-pub fn opt_device<T>(arg: &str, p: *const T, len: usize) -> Result<Option<Device>, CapiError> {
-    if p.is_null() {
-        Ok(None)
-    } else {
-        device(arg, p, len).map(Some)
-    }
 }
 
 /// A required NUL-terminated UTF-8 string.
@@ -102,56 +554,97 @@ pub unsafe fn string<'a>(arg: &str, p: *const c_char) -> Result<&'a str, CapiErr
     s.to_str().map_err(|_| CapiError::invalid(arg, "UTF-8 text", format!("{:?}", s.to_string_lossy())))
 }
 
-/// The raw address ranges of a call's buffers, to reject an output that overlaps any other
-/// buffer (Rust's `&mut` must be exclusive, and an overlap would make results depend on the order
-/// of writes).
-#[derive(Default)]
-pub struct Buffers {
-    ranges: Vec<(&'static str, usize, usize, bool)>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handle::Engine;
+    use crate::status::RNNK_ERR_INVALID_ARGUMENT;
+    use rnnk_core::{CellKind, Params, Reference, Rnn};
+    use std::ptr::{null, null_mut};
 
-impl Buffers {
-    pub fn add<T>(&mut self, arg: &'static str, p: *const T, len: usize, is_output: bool) {
-        if !p.is_null() && len > 0 {
-            self.ranges.push((arg, p as usize, (p as usize).saturating_add(len.saturating_mul(std::mem::size_of::<T>())), is_output));
+    /// A GRU model handle (I = 2, H = 3) on the reference backend, freed on drop.
+    struct Gru(*mut Model);
+
+    impl Gru {
+        fn new() -> Gru {
+            let cfg = RnnConfig::new(CellKind::Gru, 2, 3).build().unwrap();
+            let params = Params::<f32>::init_uniform(&cfg, 1);
+            let rnn = Rnn::new(Reference, &cfg, params.as_slice()).unwrap();
+            Gru(Model::new(params, Engine::Reference(rnn)).into_raw())
         }
     }
 
-    pub fn check_overlaps(&self) -> Result<(), CapiError> {
-        for (i, a) in self.ranges.iter().enumerate() {
-            for b in &self.ranges[i + 1..] {
-                if (a.3 || b.3) && a.1 < b.2 && b.1 < a.2 {
-                    return Err(CapiError::invalid(a.0, format!("memory that does not overlap `{}`", b.0), "overlapping buffers"));
-                }
-            }
+    impl Drop for Gru {
+        fn drop(&mut self) {
+            // SAFETY: made by `new`, used by nothing else now.
+            unsafe { Model::free("model", self.0) }.unwrap();
         }
-        Ok(())
     }
-}
 
-/// The call's shape from `steps`, `batch` and an optional lengths array of `batch` entries.
-///
-/// # Safety
-/// As [`input`] for `lengths`.
-pub unsafe fn shape(steps: usize, batch: usize, lengths: *const i64, lengths_len: usize) -> Result<SeqShape, CapiError> {
-    // SAFETY: forwarded.
-    let Some(lengths) = (unsafe { opt_input("lengths", lengths, lengths_len)? }) else {
-        return Ok(SeqShape::new(steps, batch)?);
-    };
-    if lengths.len() != batch {
-        return Err(CapiError::new(
-            RNNK_ERR_SIZE_MISMATCH,
-            format!("`lengths`: expected one length per sequence, batch = {batch} elements, got {} elements", lengths.len()),
-        ));
+    /// A forward call on T = 2, B = 1 over `x [4]` and `y [6]`.
+    fn forward(m: &Gru, x: In, y: Out) -> RawForward {
+        let bufs = RawForwardBufs { x, h0: (null(), 0), c0: (null(), 0), y, hn: (null_mut(), 0), cn: (null_mut(), 0) };
+        RawForward { model: m.0, reserve: None, steps: 2, batch: 1, lengths: (null(), 0), bufs }
     }
-    let mut v = Vec::with_capacity(batch);
-    for (b, &len) in lengths.iter().enumerate() {
-        match usize::try_from(len) {
-            Ok(n) => v.push(n),
-            Err(_) => return Err(CapiError::invalid(&format!("lengths[{b}]"), format!("must be in 1..={steps} (steps)"), len)),
-        }
+
+    fn code<T>(r: Result<T, CapiError>) -> (i32, String) {
+        r.map(|_| (0, String::new())).unwrap_or_else(|e| (e.code, e.message))
     }
-    // Checks `steps` and every length against it.
-    let s = SeqShape::with_lengths(steps, v)?;
-    Ok(s)
+
+    #[test]
+    fn an_output_may_not_overlap_another_buffer() {
+        let m = Gru::new();
+        let mut buf = [0.0f32; 10];
+        let (x, y) = (buf.as_ptr(), buf.as_mut_ptr());
+        // SAFETY (every parse below): live handle, buffers of the lengths given.
+        let (c, msg) = code(unsafe { forward(&m, (x, 4), (y.wrapping_add(3), 6)).parse::<Host>() });
+        assert_eq!(c, RNNK_ERR_INVALID_ARGUMENT, "{msg}");
+        assert!(msg.contains("`x`: memory that does not overlap `y`"), "{msg}");
+        assert_eq!(code(unsafe { forward(&m, (x, 4), (y.wrapping_add(4), 6)).parse::<Host>() }).0, 0);
+    }
+
+    #[test]
+    fn lengths_are_checked_before_a_buffer_is_read() {
+        let m = Gru::new();
+        let one = [0.0f32];
+        // The length claims more than `one` holds: rejected from the length alone.
+        // SAFETY: nothing is read, the length is wrong.
+        let (c, msg) = code(unsafe { params_in::<Host>(m.0, (one.as_ptr(), 1 << 20)) });
+        assert_eq!(c, RNNK_ERR_SIZE_MISMATCH, "{msg}");
+        assert!(msg.starts_with("`params`: expected the flat parameter layout"), "{msg}");
+        let (c, msg) = code(unsafe { params_in::<Host>(m.0, (one.as_ptr(), usize::MAX)) });
+        assert_eq!(c, RNNK_ERR_INVALID_ARGUMENT, "{msg}");
+        assert!(msg.starts_with("`params_len`"), "{msg}");
+    }
+
+    #[test]
+    fn the_device_parse_checks_like_the_host_one_and_keeps_the_pointers() {
+        let m = Gru::new();
+        let (x, mut y) = ([0.0f32; 4], [0.0f32; 6]);
+        // SAFETY: host memory where device memory is expected: the parse never reads it.
+        let call = unsafe { forward(&m, (x.as_ptr(), 4), (y.as_mut_ptr(), 6)).parse::<Device>() }.unwrap();
+        assert_eq!((call.bufs.x.ptr, call.bufs.x.len, call.bufs.y.len), (x.as_ptr(), 4, 6));
+        let host = code(unsafe { forward(&m, (x.as_ptr(), 3), (y.as_mut_ptr(), 6)).parse::<Host>() });
+        let device = code(unsafe { forward(&m, (x.as_ptr(), 3), (y.as_mut_ptr(), 6)).parse::<Device>() });
+        assert_eq!(host, device);
+        assert_eq!(host.1, "`x`: expected [T, B, I] = [2, 1, 2], 4 elements, got 3 elements");
+    }
+
+    #[test]
+    fn sizes_that_overflow_are_an_error() {
+        let cfg = RnnConfig::new(CellKind::Lstm, 1 << 20, 4).build().unwrap();
+        let shape = SeqShape::new(usize::MAX / 2, 4).unwrap();
+        let (c, msg) = code(tensor_sizes(&cfg, &shape));
+        assert_eq!(c, RNNK_ERR_INVALID_ARGUMENT, "{msg}");
+        assert_eq!(tensor_sizes(&cfg, &SeqShape::new(3, 2).unwrap()).unwrap(), [(3 * 2) << 20, 3 * 2 * 4, 2 * 4, 2 * 4]);
+    }
+
+    #[test]
+    fn a_misaligned_out_pointer_is_an_error() {
+        let mut words = [0usize; 2];
+        let p = words.as_mut_ptr().cast::<u8>().wrapping_add(1).cast::<usize>();
+        // SAFETY: rejected before it is written.
+        assert_eq!(code(unsafe { slot("out", p) }).0, RNNK_ERR_INVALID_ARGUMENT);
+        assert_eq!(code(unsafe { required_slot::<usize>("out", null_mut()) }).0, crate::status::RNNK_ERR_NULL_POINTER);
+    }
 }

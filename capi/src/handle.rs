@@ -6,18 +6,14 @@
 //! allocation).
 
 use crate::status::CapiError;
-use rnnk_core::{Backend, Cpu, Params, Reference, Rnn, RnnConfig};
+use rnnk_core::{Backend, Cpu, ParamLayout, Params, Reference, Rnn, RnnConfig};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-/// "RNNKMODL" in ASCII.
-const MODEL_MAGIC: u64 = 0x524e_4e4b_4d4f_444c;
-/// "RNNKRESV" in ASCII.
-const RESERVE_MAGIC: u64 = 0x524e_4e4b_5245_5356;
-
+/// The kind of a handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub enum Kind {
     Model,
     Reserve,
 }
@@ -27,6 +23,14 @@ impl Kind {
         match self {
             Kind::Model => "rnnk_model",
             Kind::Reserve => "rnnk_reserve",
+        }
+    }
+
+    /// The tag of a live handle: "RNNKMODL" or "RNNKRESV" in ASCII.
+    fn magic(self) -> u64 {
+        match self {
+            Kind::Model => 0x524e_4e4b_4d4f_444c,
+            Kind::Reserve => 0x524e_4e4b_5245_5356,
         }
     }
 }
@@ -83,27 +87,106 @@ macro_rules! with_rnn {
 }
 pub(crate) use with_rnn;
 
+/// What the two handle types share: a tag checked on every use, and their kind in the registry.
+pub trait Handle: Sized {
+    const KIND: Kind;
+    /// The tag, [`Kind::magic`] while the handle is alive.
+    fn tag(&mut self) -> &mut u64;
+
+    /// Boxes a handle and registers it; the pointer is the C handle.
+    fn into_raw(self) -> *mut Self {
+        let p = Box::into_raw(Box::new(self));
+        register(p as usize, Self::KIND);
+        p
+    }
+
+    /// The handle behind a C pointer, checked (registry and tag).
+    ///
+    /// # Safety
+    /// No other reference to the same handle may be alive.
+    unsafe fn get_mut<'a>(arg: &str, p: *mut Self) -> Result<&'a mut Self, CapiError> {
+        if p.is_null() {
+            return Err(CapiError::null(arg));
+        }
+        check_live(arg, p as usize, Self::KIND)?;
+        // SAFETY: the registry says `p` is a live boxed handle of this kind (registered at
+        // creation, removed before it is freed).
+        let h = unsafe { &mut *p };
+        if *h.tag() != Self::KIND.magic() {
+            return Err(CapiError::handle(arg, &format!("a live {}", Self::KIND.name()), "a handle with a broken tag"));
+        }
+        Ok(h)
+    }
+
+    /// Like [`get_mut`](Self::get_mut), shared.
+    ///
+    /// # Safety
+    /// No `&mut` to the same handle may be alive.
+    unsafe fn get<'a>(arg: &str, p: *const Self) -> Result<&'a Self, CapiError> {
+        // SAFETY: forwarded; the result is only read.
+        unsafe { Self::get_mut(arg, p.cast_mut()) }.map(|h| &*h)
+    }
+
+    /// Frees a handle; NULL is a no-op.
+    ///
+    /// # Safety
+    /// No other reference to the same handle may be alive.
+    unsafe fn free(arg: &str, p: *mut Self) -> Result<(), CapiError> {
+        if p.is_null() {
+            return Ok(());
+        }
+        // SAFETY: forwarded.
+        *unsafe { Self::get_mut(arg, p)? }.tag() = 0;
+        unregister(p as usize);
+        // SAFETY: it was made by Box::into_raw in `into_raw` and is no longer registered.
+        drop(unsafe { Box::from_raw(p) });
+        Ok(())
+    }
+}
+
 /// `rnnk_model`.
 pub struct Model {
     magic: u64,
     /// Distinguishes models in messages about reserves.
     pub id: u64,
-    /// A host copy of the parameters (flat layout), for saving and reading back.
-    pub params: Params<f32>,
+    /// A host copy of the parameters (flat layout), for reading back and saving: the library
+    /// gives no way to read them back from a plan (`params()` is the one place to change when
+    /// it does).
+    params: Params<f32>,
     pub engine: Engine,
 }
 
+impl Handle for Model {
+    const KIND: Kind = Kind::Model;
+    fn tag(&mut self) -> &mut u64 {
+        &mut self.magic
+    }
+}
+
 impl Model {
-    /// Boxes a model and registers it; the pointer is the C handle.
-    pub fn create(params: Params<f32>, engine: Engine) -> *mut Model {
-        let id = NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed);
-        let p = Box::into_raw(Box::new(Model { magic: MODEL_MAGIC, id, params, engine }));
-        register(p as usize, Kind::Model);
-        p
+    pub fn new(params: Params<f32>, engine: Engine) -> Model {
+        Model { magic: Kind::Model.magic(), id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed), params, engine }
     }
 
     pub fn config(&self) -> &RnnConfig {
         self.params.config()
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &Params<f32> {
+        &self.params
+    }
+
+    /// The flat parameter layout of the configuration.
+    pub fn layout(&self) -> &ParamLayout {
+        self.params.layout()
+    }
+
+    /// Replaces the parameters, repacking them for the backend.
+    pub fn set_params(&mut self, params: Params<f32>) -> Result<(), CapiError> {
+        with_rnn!(&mut self.engine, rnn => rnn.update_params(params.as_slice()))?;
+        self.params = params;
+        Ok(())
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -113,52 +196,6 @@ impl Model {
             #[cfg(feature = "cuda")]
             Engine::Cuda(_) => "cuda",
         }
-    }
-
-    /// The model behind a C handle.
-    ///
-    /// # Safety
-    /// No `&mut` to the same model may be alive (the C header's rule: a model is not changed
-    /// while another thread uses it).
-    pub unsafe fn get<'a>(arg: &str, p: *const Model) -> Result<&'a Model, CapiError> {
-        if p.is_null() {
-            return Err(CapiError::null(arg));
-        }
-        check_live(arg, p as usize, Kind::Model)?;
-        // SAFETY: the registry says `p` is a live boxed Model (registered at creation, removed
-        // before it is freed).
-        let m = unsafe { &*p };
-        if m.magic != MODEL_MAGIC {
-            return Err(CapiError::handle(arg, "a live rnnk_model", "a handle with a broken tag"));
-        }
-        Ok(m)
-    }
-
-    /// Like [`get`](Self::get), mutably.
-    ///
-    /// # Safety
-    /// No other reference to the same model may be alive.
-    pub unsafe fn get_mut<'a>(arg: &str, p: *mut Model) -> Result<&'a mut Model, CapiError> {
-        // SAFETY: forwarded.
-        unsafe { Self::get(arg, p)? };
-        // SAFETY: checked live just above; exclusivity is the caller's.
-        Ok(unsafe { &mut *p })
-    }
-
-    /// Frees a handle; NULL is a no-op.
-    ///
-    /// # Safety
-    /// No other reference to the same model may be alive.
-    pub unsafe fn free(arg: &str, p: *mut Model) -> Result<(), CapiError> {
-        if p.is_null() {
-            return Ok(());
-        }
-        // SAFETY: forwarded.
-        unsafe { Self::get_mut(arg, p)? }.magic = 0;
-        unregister(p as usize);
-        // SAFETY: it was made by Box::into_raw in `create` and is no longer registered.
-        drop(unsafe { Box::from_raw(p) });
-        Ok(())
     }
 }
 
@@ -172,6 +209,27 @@ pub enum ReserveData {
     Cuda(<rnnk_core::CudaHost as Backend<f32>>::Reserve),
 }
 
+impl ReserveData {
+    /// The variant that `get` picks, replacing another backend's by `empty()` first.
+    fn filled_as<R>(&mut self, get: fn(&mut ReserveData) -> Option<&mut R>, empty: fn() -> ReserveData) -> &mut R {
+        if get(self).is_none() {
+            *self = empty();
+        }
+        get(self).expect("the variant was set just above")
+    }
+
+    /// The host backends' reserve, to be filled by a training forward.
+    pub fn host(&mut self) -> &mut <Reference as Backend<f32>>::Reserve {
+        self.filled_as(|d| if let ReserveData::Host(h) = d { Some(h) } else { None }, || ReserveData::Host(Default::default()))
+    }
+
+    /// The CUDA backend's reserve, to be filled by a training forward.
+    #[cfg(feature = "cuda")]
+    pub fn cuda(&mut self) -> &mut <rnnk_core::CudaHost as Backend<f32>>::Reserve {
+        self.filled_as(|d| if let ReserveData::Cuda(c) = d { Some(c) } else { None }, || ReserveData::Cuda(Default::default()))
+    }
+}
+
 /// `rnnk_reserve`.
 pub struct Reserve {
     magic: u64,
@@ -180,46 +238,15 @@ pub struct Reserve {
     pub data: ReserveData,
 }
 
-impl Reserve {
-    pub fn create() -> *mut Reserve {
-        let p = Box::into_raw(Box::new(Reserve { magic: RESERVE_MAGIC, model_id: 0, data: ReserveData::Empty }));
-        register(p as usize, Kind::Reserve);
-        p
+impl Handle for Reserve {
+    const KIND: Kind = Kind::Reserve;
+    fn tag(&mut self) -> &mut u64 {
+        &mut self.magic
     }
+}
 
-    /// # Safety
-    /// No other reference to the same reserve may be alive.
-    pub unsafe fn get_mut<'a>(arg: &str, p: *mut Reserve) -> Result<&'a mut Reserve, CapiError> {
-        if p.is_null() {
-            return Err(CapiError::null(arg));
-        }
-        check_live(arg, p as usize, Kind::Reserve)?;
-        // SAFETY: registered as a live boxed Reserve.
-        let r = unsafe { &mut *p };
-        if r.magic != RESERVE_MAGIC {
-            return Err(CapiError::handle(arg, "a live rnnk_reserve", "a handle with a broken tag"));
-        }
-        Ok(r)
-    }
-
-    /// # Safety
-    /// No `&mut` to the same reserve may be alive.
-    pub unsafe fn get<'a>(arg: &str, p: *const Reserve) -> Result<&'a Reserve, CapiError> {
-        // SAFETY: forwarded; the result is only read.
-        unsafe { Self::get_mut(arg, p as *mut Reserve) }.map(|r| &*r)
-    }
-
-    /// # Safety
-    /// No other reference to the same reserve may be alive.
-    pub unsafe fn free(arg: &str, p: *mut Reserve) -> Result<(), CapiError> {
-        if p.is_null() {
-            return Ok(());
-        }
-        // SAFETY: forwarded.
-        unsafe { Self::get_mut(arg, p)? }.magic = 0;
-        unregister(p as usize);
-        // SAFETY: made by Box::into_raw in `create`, no longer registered.
-        drop(unsafe { Box::from_raw(p) });
-        Ok(())
+impl Default for Reserve {
+    fn default() -> Reserve {
+        Reserve { magic: Kind::Reserve.magic(), model_id: 0, data: ReserveData::Empty }
     }
 }

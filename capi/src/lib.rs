@@ -8,6 +8,8 @@
 //!   in a thread-local string read with [`rnnk_last_error`];
 //! - checks every handle (live, of the right kind, intact tag), every pointer (NULL, alignment)
 //!   and every buffer length (given in elements next to its pointer) before touching memory;
+//!   the calls with buffers gather their raw arguments into one struct and go through the one
+//!   parser of `args.rs`, which the device-pointer functions (`device.rs`) share;
 //! - runs its body under `catch_unwind`: a panic is returned as `RNNK_ERR_PANIC`, never unwound
 //!   into C.
 //!
@@ -15,23 +17,20 @@
 //! `y [T, B, D·Hout]`, `h0/hn [L·D, B, Hout]`, `c0/cn [L·D, B, H]`; parameters in the flat
 //! PyTorch `state_dict()` layout ([`rnnk_core::ParamLayout`]).
 //!
-//! tests/header.rs checks that every `extern "C"` function here has the same prototype in the
-//! header, and every status code the same value.
+//! tests/header.rs checks that every `extern "C"` function here and in `device.rs` has the same
+//! prototype in the header, and every status code the same value.
 
 // The C entry points take raw pointers from C; their safety contract is the header's.
-#![allow(clippy::missing_safety_doc, clippy::too_many_arguments)]
+#![allow(clippy::missing_safety_doc)]
 
 mod args;
 mod device;
 mod handle;
 pub mod status;
 
-use args::Buffers;
-use handle::{with_rnn, Engine, Model, Reserve, ReserveData};
-use rnnk_core::{
-    Backend, BackwardInput, BackwardOutput, CellKind, Cpu, ForwardInput, ForwardOutput, GradMode, LoadOptions, ParamLayout, Params,
-    Reference, Rnn, RnnConfig,
-};
+use args::{BackwardCall, ForwardCall, Host, ParamsIn, ParamsOut, RawBackward, RawForward, RawForwardBufs, RawGradOutputs, RawGrads};
+use handle::{with_rnn, Engine, Handle, Model, Reserve, ReserveData};
+use rnnk_core::{Backend, CellKind, Cpu, LoadOptions, Params, Reference, Rnn, RnnConfig};
 use status::{guard, CapiError};
 use std::ffi::{c_char, c_int};
 use std::str::FromStr;
@@ -82,23 +81,13 @@ fn make_engine(backend: &str, threads: usize, cfg: &RnnConfig, params: &Params<f
 /// per core), ignored by the others. `*out` is NULL on failure.
 #[no_mangle]
 pub unsafe extern "C" fn rnnk_model_create(
-    cell: *const c_char,
-    input_size: usize,
-    hidden_size: usize,
-    num_layers: usize,
-    bidirectional: c_int,
-    proj_size: usize,
-    bias: c_int,
-    backend: *const c_char,
-    threads: usize,
-    out: *mut *mut RnnkModel,
+    cell: *const c_char, input_size: usize, hidden_size: usize, num_layers: usize, bidirectional: c_int, proj_size: usize, bias: c_int,
+    backend: *const c_char, threads: usize, out: *mut *mut RnnkModel,
 ) -> c_int {
     guard(|| {
-        if out.is_null() {
-            return Err(CapiError::null("out"));
-        }
-        // SAFETY: `out` is non-NULL; the caller gives a writable pointer.
-        unsafe { *out = std::ptr::null_mut() };
+        // SAFETY: the caller's writable pointer.
+        let out = unsafe { args::required_slot("out", out)? };
+        *out = std::ptr::null_mut();
         // SAFETY: C strings from the caller.
         let (cell, backend) = unsafe { (args::string("cell", cell)?, args::string("backend", backend)?) };
         let cell = CellKind::from_str(cell)?;
@@ -110,8 +99,7 @@ pub unsafe extern "C" fn rnnk_model_create(
             .build()?;
         let params = Params::<f32>::init_uniform(&cfg, 0);
         let engine = make_engine(backend, threads, &cfg, &params)?;
-        // SAFETY: as above.
-        unsafe { *out = Model::create(params, engine) };
+        *out = Model::new(params, engine).into_raw();
         Ok(())
     })
 }
@@ -129,11 +117,8 @@ pub unsafe extern "C" fn rnnk_model_param_count(model: *const RnnkModel, out: *m
     guard(|| {
         // SAFETY: handle checked by `get`.
         let m = unsafe { Model::get("model", model)? };
-        if out.is_null() {
-            return Err(CapiError::null("out"));
-        }
-        // SAFETY: non-NULL, the caller's writable size_t.
-        unsafe { *out = m.params.as_slice().len() };
+        // SAFETY: the caller's writable size_t.
+        *unsafe { args::required_slot("out", out)? } = m.layout().len();
         Ok(())
     })
 }
@@ -142,42 +127,20 @@ pub unsafe extern "C" fn rnnk_model_param_count(model: *const RnnkModel, out: *m
 /// for `steps` × `batch`; each output pointer may be NULL.
 #[no_mangle]
 pub unsafe extern "C" fn rnnk_model_tensor_sizes(
-    model: *const RnnkModel,
-    steps: usize,
-    batch: usize,
-    x_len: *mut usize,
-    y_len: *mut usize,
-    h_len: *mut usize,
-    c_len: *mut usize,
+    model: *const RnnkModel, steps: usize, batch: usize, x_len: *mut usize, y_len: *mut usize, h_len: *mut usize, c_len: *mut usize,
 ) -> c_int {
     guard(|| {
         // SAFETY: handle checked by `get`.
         let m = unsafe { Model::get("model", model)? };
-        let shape = rnnk_core::SeqShape::new(steps, batch)?;
-        let cfg = m.config();
-        let count = |s: [usize; 3]| {
-            s.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| {
-                CapiError::invalid("steps, batch", "sizes whose tensors fit in memory", format!("steps {steps}, batch {batch}"))
-            })
-        };
-        let c = if cfg.cell().has_cell_state() { count(shape.c_shape(cfg))? } else { 0 };
-        for (p, v) in
-            [(x_len, count(shape.x_shape(cfg))?), (y_len, count(shape.y_shape(cfg))?), (h_len, count(shape.h_shape(cfg))?), (c_len, c)]
-        {
-            if !p.is_null() {
-                // SAFETY: non-NULL, the caller's writable size_t.
-                unsafe { *p = v };
+        let sizes = args::tensor_sizes(m.config(), &rnnk_core::SeqShape::new(steps, batch)?)?;
+        for ((arg, p), v) in [("x_len", x_len), ("y_len", y_len), ("h_len", h_len), ("c_len", c_len)].into_iter().zip(sizes) {
+            // SAFETY: NULL or the caller's writable size_t.
+            if let Some(out) = unsafe { args::slot(arg, p)? } {
+                *out = v;
             }
         }
         Ok(())
     })
-}
-
-/// Replaces the parameters (see `set_params`), repacking them for the backend.
-pub(crate) fn replace_params(m: &mut Model, params: Params<f32>) -> Result<(), CapiError> {
-    with_rnn!(&mut m.engine, rnn => rnn.update_params(params.as_slice()))?;
-    m.params = params;
-    Ok(())
 }
 
 /// Re-initialises the parameters uniform in ±1/√H from `seed`.
@@ -187,7 +150,7 @@ pub unsafe extern "C" fn rnnk_model_init_uniform(model: *mut RnnkModel, seed: u6
         // SAFETY: handle checked; exclusive use is the header's rule for changing a model.
         let m = unsafe { Model::get_mut("model", model)? };
         let p = Params::init_uniform(m.config(), seed);
-        replace_params(m, p)
+        m.set_params(p)
     })
 }
 
@@ -195,12 +158,10 @@ pub unsafe extern "C" fn rnnk_model_init_uniform(model: *mut RnnkModel, seed: u6
 #[no_mangle]
 pub unsafe extern "C" fn rnnk_model_set_params(model: *mut RnnkModel, params: *const f32, params_len: usize) -> c_int {
     guard(|| {
-        // SAFETY: handle checked; exclusive use is the header's rule for changing a model.
-        let m = unsafe { Model::get_mut("model", model)? };
-        // SAFETY: the caller's buffer of `params_len` floats.
-        let src = unsafe { args::input("params", params, params_len)? };
-        let p = Params::from_vec(m.config(), src.to_vec())?;
-        replace_params(m, p)
+        // SAFETY: the caller's buffer of `params_len` floats; exclusive use of the model.
+        let ParamsIn { model, params } = unsafe { args::params_in::<Host>(model, (params, params_len))? };
+        let p = Params::from_vec(model.config(), params.to_vec())?;
+        model.set_params(p)
     })
 }
 
@@ -208,12 +169,9 @@ pub unsafe extern "C" fn rnnk_model_set_params(model: *mut RnnkModel, params: *c
 #[no_mangle]
 pub unsafe extern "C" fn rnnk_model_get_params(model: *const RnnkModel, params: *mut f32, params_len: usize) -> c_int {
     guard(|| {
-        // SAFETY: handle checked.
-        let m = unsafe { Model::get("model", model)? };
         // SAFETY: the caller's buffer of `params_len` floats.
-        let dst = unsafe { args::output("params", params, params_len)? };
-        ParamLayout::new(m.config()).check_buffer("params", dst.len())?;
-        dst.copy_from_slice(m.params.as_slice());
+        let ParamsOut { model, params } = unsafe { args::params_out::<Host>(model, (params, params_len))? };
+        params.copy_from_slice(model.params().as_slice());
         Ok(())
     })
 }
@@ -223,10 +181,7 @@ pub unsafe extern "C" fn rnnk_model_get_params(model: *const RnnkModel, params: 
 /// `allow_unexpected` is non-zero (then other tensors are ignored).
 #[no_mangle]
 pub unsafe extern "C" fn rnnk_model_load_safetensors(
-    model: *mut RnnkModel,
-    path: *const c_char,
-    prefix: *const c_char,
-    allow_unexpected: c_int,
+    model: *mut RnnkModel, path: *const c_char, prefix: *const c_char, allow_unexpected: c_int,
 ) -> c_int {
     guard(|| {
         // SAFETY: handle checked; exclusive use is the header's rule for changing a model.
@@ -237,7 +192,7 @@ pub unsafe extern "C" fn rnnk_model_load_safetensors(
         let prefix = if prefix.is_null() { "" } else { unsafe { args::string("prefix", prefix)? } };
         let opts = LoadOptions { prefix: prefix.to_string(), allow_unexpected: allow_unexpected != 0 };
         let p = Params::<f32>::load_safetensors_with(path, m.config(), &opts)?;
-        replace_params(m, p)
+        m.set_params(p)
     })
 }
 
@@ -248,7 +203,7 @@ pub unsafe extern "C" fn rnnk_model_save_safetensors(model: *const RnnkModel, pa
     guard(|| {
         // SAFETY: handle checked; C string from the caller.
         let (m, path) = unsafe { (Model::get("model", model)?, args::string("path", path)?) };
-        m.params.save_safetensors(path)?;
+        m.params().save_safetensors(path)?;
         Ok(())
     })
 }
@@ -257,11 +212,8 @@ pub unsafe extern "C" fn rnnk_model_save_safetensors(model: *const RnnkModel, pa
 #[no_mangle]
 pub unsafe extern "C" fn rnnk_reserve_create(out: *mut *mut RnnkReserve) -> c_int {
     guard(|| {
-        if out.is_null() {
-            return Err(CapiError::null("out"));
-        }
-        // SAFETY: non-NULL, the caller's writable pointer.
-        unsafe { *out = Reserve::create() };
+        // SAFETY: the caller's writable pointer.
+        *unsafe { args::required_slot("out", out)? } = Reserve::default().into_raw();
         Ok(())
     })
 }
@@ -273,84 +225,22 @@ pub unsafe extern "C" fn rnnk_reserve_free(reserve: *mut RnnkReserve) -> c_int {
     guard(|| unsafe { Reserve::free("reserve", reserve) })
 }
 
-/// Forward inference and training share everything but the reserve.
-unsafe fn forward_impl(
-    model: *const RnnkModel,
-    reserve: Option<*mut RnnkReserve>,
-    steps: usize,
-    batch: usize,
-    lengths: *const i64,
-    lengths_len: usize,
-    x: *const f32,
-    x_len: usize,
-    h0: *const f32,
-    h0_len: usize,
-    c0: *const f32,
-    c0_len: usize,
-    y: *mut f32,
-    y_len: usize,
-    hn: *mut f32,
-    hn_len: usize,
-    cn: *mut f32,
-    cn_len: usize,
-) -> Result<(), CapiError> {
-    // SAFETY (whole function): handles are checked by `get`; every pointer with its length is
-    // the caller's promise, checked for NULL, alignment and overlaps here.
-    let m = unsafe { Model::get("model", model)? };
-    let reserve = match reserve {
-        Some(r) => Some(unsafe { Reserve::get_mut("reserve", r)? }),
-        None => None,
-    };
-    let shape = unsafe { args::shape(steps, batch, lengths, lengths_len)? };
-    let mut bufs = Buffers::default();
-    bufs.add("x", x, x_len, false);
-    bufs.add("h0", h0, h0_len, false);
-    bufs.add("c0", c0, c0_len, false);
-    bufs.add("y", y, y_len, true);
-    bufs.add("hn", hn, hn_len, true);
-    bufs.add("cn", cn, cn_len, true);
-    bufs.check_overlaps()?;
-    let input = unsafe {
-        ForwardInput { x: args::input("x", x, x_len)?, h0: args::opt_input("h0", h0, h0_len)?, c0: args::opt_input("c0", c0, c0_len)? }
-    };
-    let output = unsafe {
-        ForwardOutput { y: args::output("y", y, y_len)?, hn: args::opt_output("hn", hn, hn_len)?, cn: args::opt_output("cn", cn, cn_len)? }
-    };
+/// A forward call (inference, or training into the reserve) on host buffers.
+fn forward(call: ForwardCall<'_, Host>) -> Result<(), CapiError> {
+    let ForwardCall { model: m, reserve, shape, mut bufs } = call;
+    let (input, output) = bufs.io();
     let Some(r) = reserve else {
         with_rnn!(&m.engine, rnn => rnn.backend().forward_inference(rnn.plan(), &shape, input, output))?;
         return Ok(());
     };
     match &m.engine {
-        Engine::Reference(rnn) => {
-            let data = host_reserve(&mut r.data);
-            rnn.backend().forward_training(rnn.plan(), &shape, input, output, data)?
-        }
-        Engine::Cpu(rnn) => {
-            let data = host_reserve(&mut r.data);
-            rnn.backend().forward_training(rnn.plan(), &shape, input, output, data)?
-        }
+        Engine::Reference(rnn) => rnn.backend().forward_training(rnn.plan(), &shape, input, output, r.data.host())?,
+        Engine::Cpu(rnn) => rnn.backend().forward_training(rnn.plan(), &shape, input, output, r.data.host())?,
         #[cfg(feature = "cuda")]
-        Engine::Cuda(rnn) => {
-            if !matches!(r.data, ReserveData::Cuda(_)) {
-                r.data = ReserveData::Cuda(Default::default());
-            }
-            let ReserveData::Cuda(data) = &mut r.data else { unreachable!("set just above") };
-            rnn.backend().forward_training(rnn.plan(), &shape, input, output, data)?
-        }
+        Engine::Cuda(rnn) => rnn.backend().forward_training(rnn.plan(), &shape, input, output, r.data.cuda())?,
     }
     r.model_id = m.id;
     Ok(())
-}
-
-/// The host reserve inside `data`, made empty first if it held another backend's.
-fn host_reserve(data: &mut ReserveData) -> &mut <Reference as Backend<f32>>::Reserve {
-    if !matches!(data, ReserveData::Host(_)) {
-        *data = ReserveData::Host(Default::default());
-    }
-    match data {
-        ReserveData::Host(h) => h,
-        _ => unreachable!("set just above"),
-    }
 }
 
 /// Forward inference. `lengths`: NULL (every sequence has `steps` steps) or `batch` lengths in
@@ -358,98 +248,41 @@ fn host_reserve(data: &mut ReserveData) -> &mut <Reference as Backend<f32>>::Res
 /// `c0`/`cn` must be NULL for GRU and RNN.
 #[no_mangle]
 pub unsafe extern "C" fn rnnk_forward(
-    model: *const RnnkModel,
-    steps: usize,
-    batch: usize,
-    lengths: *const i64,
-    lengths_len: usize,
-    x: *const f32,
-    x_len: usize,
-    h0: *const f32,
-    h0_len: usize,
-    c0: *const f32,
-    c0_len: usize,
-    y: *mut f32,
-    y_len: usize,
-    hn: *mut f32,
-    hn_len: usize,
-    cn: *mut f32,
+    model: *const RnnkModel, steps: usize, batch: usize, lengths: *const i64, lengths_len: usize, x: *const f32, x_len: usize,
+    h0: *const f32, h0_len: usize, c0: *const f32, c0_len: usize, y: *mut f32, y_len: usize, hn: *mut f32, hn_len: usize, cn: *mut f32,
     cn_len: usize,
 ) -> c_int {
-    guard(|| {
-        // SAFETY: forwarded.
-        unsafe {
-            forward_impl(
-                model,
-                None,
-                steps,
-                batch,
-                lengths,
-                lengths_len,
-                x,
-                x_len,
-                h0,
-                h0_len,
-                c0,
-                c0_len,
-                y,
-                y_len,
-                hn,
-                hn_len,
-                cn,
-                cn_len,
-            )
-        }
-    })
+    let bufs = RawForwardBufs { x: (x, x_len), h0: (h0, h0_len), c0: (c0, c0_len), y: (y, y_len), hn: (hn, hn_len), cn: (cn, cn_len) };
+    let raw = RawForward { model, reserve: None, steps, batch, lengths: (lengths, lengths_len), bufs };
+    // SAFETY: the caller's arguments (the header's contract), checked by `parse`.
+    guard(|| forward(unsafe { raw.parse()? }))
 }
 
 /// Forward for training: as `rnnk_forward`, and fills `reserve` for `rnnk_backward`.
 #[no_mangle]
 pub unsafe extern "C" fn rnnk_forward_training(
-    model: *const RnnkModel,
-    reserve: *mut RnnkReserve,
-    steps: usize,
-    batch: usize,
-    lengths: *const i64,
-    lengths_len: usize,
-    x: *const f32,
-    x_len: usize,
-    h0: *const f32,
-    h0_len: usize,
-    c0: *const f32,
-    c0_len: usize,
-    y: *mut f32,
-    y_len: usize,
-    hn: *mut f32,
-    hn_len: usize,
-    cn: *mut f32,
-    cn_len: usize,
+    model: *const RnnkModel, reserve: *mut RnnkReserve, steps: usize, batch: usize, lengths: *const i64, lengths_len: usize, x: *const f32,
+    x_len: usize, h0: *const f32, h0_len: usize, c0: *const f32, c0_len: usize, y: *mut f32, y_len: usize, hn: *mut f32, hn_len: usize,
+    cn: *mut f32, cn_len: usize,
 ) -> c_int {
-    guard(|| {
-        // SAFETY: forwarded.
-        unsafe {
-            forward_impl(
-                model,
-                Some(reserve),
-                steps,
-                batch,
-                lengths,
-                lengths_len,
-                x,
-                x_len,
-                h0,
-                h0_len,
-                c0,
-                c0_len,
-                y,
-                y_len,
-                hn,
-                hn_len,
-                cn,
-                cn_len,
-            )
-        }
-    })
+    let bufs = RawForwardBufs { x: (x, x_len), h0: (h0, h0_len), c0: (c0, c0_len), y: (y, y_len), hn: (hn, hn_len), cn: (cn, cn_len) };
+    let raw = RawForward { model, reserve: Some(reserve), steps, batch, lengths: (lengths, lengths_len), bufs };
+    // SAFETY: the caller's arguments (the header's contract), checked by `parse`.
+    guard(|| forward(unsafe { raw.parse()? }))
+}
+
+/// A backward call on host buffers.
+fn backward(call: BackwardCall<'_, Host>) -> Result<(), CapiError> {
+    let BackwardCall { model: m, reserve: r, mode, mut bufs } = call;
+    let (grads, output) = bufs.io();
+    match (&m.engine, &r.data) {
+        (Engine::Reference(rnn), ReserveData::Host(data)) => rnn.backend().backward(rnn.plan(), data, grads, output, mode)?,
+        (Engine::Cpu(rnn), ReserveData::Host(data)) => rnn.backend().backward(rnn.plan(), data, grads, output, mode)?,
+        #[cfg(feature = "cuda")]
+        (Engine::Cuda(rnn), ReserveData::Cuda(data)) => rnn.backend().backward(rnn.plan(), data, grads, output, mode)?,
+        _ => return Err(CapiError::handle("reserve", &format!("a reserve of backend {}", m.backend_name()), "another backend's")),
+    }
+    Ok(())
 }
 
 /// Backpropagation through time over the call that filled `reserve` (with this model, and its
@@ -458,77 +291,13 @@ pub unsafe extern "C" fn rnnk_forward_training(
 /// overwritten, or added to when `accumulate` is non-zero.
 #[no_mangle]
 pub unsafe extern "C" fn rnnk_backward(
-    model: *const RnnkModel,
-    reserve: *const RnnkReserve,
-    dy: *const f32,
-    dy_len: usize,
-    dhn: *const f32,
-    dhn_len: usize,
-    dcn: *const f32,
-    dcn_len: usize,
-    dx: *mut f32,
-    dx_len: usize,
-    dh0: *mut f32,
-    dh0_len: usize,
-    dc0: *mut f32,
-    dc0_len: usize,
-    dparams: *mut f32,
-    dparams_len: usize,
-    accumulate: c_int,
+    model: *const RnnkModel, reserve: *const RnnkReserve, dy: *const f32, dy_len: usize, dhn: *const f32, dhn_len: usize, dcn: *const f32,
+    dcn_len: usize, dx: *mut f32, dx_len: usize, dh0: *mut f32, dh0_len: usize, dc0: *mut f32, dc0_len: usize, dparams: *mut f32,
+    dparams_len: usize, accumulate: c_int,
 ) -> c_int {
-    guard(|| {
-        // SAFETY (whole body): handles are checked by `get`; every pointer with its length is
-        // the caller's promise, checked for NULL, alignment and overlaps here.
-        let m = unsafe { Model::get("model", model)? };
-        let r = unsafe { Reserve::get("reserve", reserve)? };
-        if matches!(r.data, ReserveData::Empty) {
-            return Err(CapiError::invalid("reserve", "must be filled by rnnk_forward_training before rnnk_backward", "an empty reserve"));
-        }
-        check_reserve_owner(m, r)?;
-        let mut bufs = Buffers::default();
-        bufs.add("dy", dy, dy_len, false);
-        bufs.add("dhn", dhn, dhn_len, false);
-        bufs.add("dcn", dcn, dcn_len, false);
-        bufs.add("dx", dx, dx_len, true);
-        bufs.add("dh0", dh0, dh0_len, true);
-        bufs.add("dc0", dc0, dc0_len, true);
-        bufs.add("dparams", dparams, dparams_len, true);
-        bufs.check_overlaps()?;
-        let grads = unsafe {
-            BackwardInput {
-                dy: args::opt_input("dy", dy, dy_len)?,
-                dhn: args::opt_input("dhn", dhn, dhn_len)?,
-                dcn: args::opt_input("dcn", dcn, dcn_len)?,
-            }
-        };
-        let output = unsafe {
-            BackwardOutput {
-                dx: args::opt_output("dx", dx, dx_len)?,
-                dh0: args::opt_output("dh0", dh0, dh0_len)?,
-                dc0: args::opt_output("dc0", dc0, dc0_len)?,
-                dparams: args::opt_output("dparams", dparams, dparams_len)?,
-            }
-        };
-        let mode = if accumulate != 0 { GradMode::Accumulate } else { GradMode::Overwrite };
-        match (&m.engine, &r.data) {
-            (Engine::Reference(rnn), ReserveData::Host(data)) => rnn.backend().backward(rnn.plan(), data, grads, output, mode)?,
-            (Engine::Cpu(rnn), ReserveData::Host(data)) => rnn.backend().backward(rnn.plan(), data, grads, output, mode)?,
-            #[cfg(feature = "cuda")]
-            (Engine::Cuda(rnn), ReserveData::Cuda(data)) => rnn.backend().backward(rnn.plan(), data, grads, output, mode)?,
-            _ => return Err(CapiError::handle("reserve", &format!("a reserve of backend {}", m.backend_name()), "another backend's")),
-        }
-        Ok(())
-    })
-}
-
-/// A reserve may only be used by backward with the model that filled it.
-pub(crate) fn check_reserve_owner(m: &Model, r: &Reserve) -> Result<(), CapiError> {
-    if r.model_id != m.id {
-        return Err(CapiError::handle(
-            "reserve",
-            &format!("a reserve filled by this model (model #{}, backend {})", m.id, m.backend_name()),
-            format!("one filled by model #{}", r.model_id),
-        ));
-    }
-    Ok(())
+    let grads = RawGrads { dy: (dy, dy_len), dhn: (dhn, dhn_len), dcn: (dcn, dcn_len) };
+    let outputs = RawGradOutputs { dx: (dx, dx_len), dh0: (dh0, dh0_len), dc0: (dc0, dc0_len), dparams: (dparams, dparams_len) };
+    let raw = RawBackward { model, reserve, grads, outputs, accumulate };
+    // SAFETY: the caller's arguments (the header's contract), checked by `parse`.
+    guard(|| backward(unsafe { raw.parse()? }))
 }

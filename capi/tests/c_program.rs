@@ -7,10 +7,10 @@
 //! does not build a `cdylib` for integration tests, so without it a stale library could be
 //! tested.
 
-use rnnk_core::{Backend, CellKind, Cpu, Params, Reference, Rnn, RnnConfig, SeqShape, SplitMix64};
+use rnnk_core::{Backend, Cpu, Params, Reference, Rnn, SeqShape};
 mod common;
 
-use common::build_library;
+use common::{build_library, Case};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -30,45 +30,14 @@ fn read_f32(path: &Path) -> Vec<f32> {
     bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = SplitMix64::new(seed);
-    (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect()
-}
-
-/// The inputs of the C program.
-struct Inputs {
-    cfg: RnnConfig,
-    params: Params<f32>,
-    x: Vec<f32>,
-    h0: Vec<f32>,
-    c0: Vec<f32>,
-    dy: Vec<f32>,
-    dhn: Vec<f32>,
-    dcn: Vec<f32>,
-    dparams0: Vec<f32>,
-}
-
-fn inputs(dir: &Path) -> Inputs {
-    let cfg = RnnConfig::new(CellKind::Lstm, I, H).num_layers(2).bidirectional(true).build().unwrap();
-    let params = Params::<f32>::init_uniform(&cfg, 7);
-    let shape = SeqShape::new(T, B).unwrap();
-    let n = |s: [usize; 3]| s.iter().product::<usize>();
-    let inp = Inputs {
-        x: values(n(shape.x_shape(&cfg)), 1),
-        h0: values(n(shape.h_shape(&cfg)), 2),
-        c0: values(n(shape.c_shape(&cfg)), 3),
-        dy: values(n(shape.y_shape(&cfg)), 4),
-        dhn: values(n(shape.h_shape(&cfg)), 5),
-        dcn: values(n(shape.c_shape(&cfg)), 6),
-        dparams0: values(params.as_slice().len(), 8),
-        params,
-        cfg,
-    };
+/// The inputs of the C program, written into `dir`.
+fn inputs(dir: &Path) -> Case {
+    let inp = Case::lstm(I, H, T, B);
     params_files(dir, &inp);
     inp
 }
 
-fn params_files(dir: &Path, inp: &Inputs) {
+fn params_files(dir: &Path, inp: &Case) {
     inp.params.save_safetensors(dir.join("params.safetensors")).unwrap();
     for (name, v) in [
         ("params", inp.params.as_slice()),
@@ -85,7 +54,7 @@ fn params_files(dir: &Path, inp: &Inputs) {
 }
 
 /// What the C program must have written, computed with the Rust API on `backend`.
-fn expected<Bk: Backend<f32, Buf = [f32]>>(backend: Bk, inp: &Inputs) -> Vec<(&'static str, Vec<f32>)> {
+fn expected<Bk: Backend<f32, Buf = [f32]>>(backend: Bk, inp: &Case) -> Vec<(&'static str, Vec<f32>)> {
     let rnn = Rnn::from_params(backend, &inp.params).unwrap();
     let shape = SeqShape::with_lengths(T, LENGTHS.to_vec()).unwrap();
     let inf = rnn.forward(&shape, &inp.x, Some(&inp.h0), Some(&inp.c0)).unwrap();

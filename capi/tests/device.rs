@@ -46,11 +46,12 @@ fn device_entry_points_on_a_gpu() {
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use super::common::build_library;
+    use super::common::{build_library, Case};
     use rnnk_core::cudarc::driver::{result, sys, DevicePtr};
-    use rnnk_core::{CellKind, Cuda, CudaBuf, Params, RnnConfig, SeqShape, SplitMix64};
+    use rnnk_core::{Cuda, CudaBuf, Params};
     use std::ffi::{c_char, c_int, c_void, CStr, CString};
     use std::path::Path;
+    use std::ptr::{null, null_mut};
 
     const I: usize = 8;
     const H: usize = 16;
@@ -58,6 +59,10 @@ mod gpu {
     const T: usize = 12;
     const B: usize = 4;
     const LENGTHS: [i64; B] = [12, 5, 9, 1];
+    /// The element counts of `x`, `y` and `h0`/`c0` (and their gradients), bidirectional.
+    const XL: usize = T * B * I;
+    const YL: usize = T * B * 2 * H;
+    const HL: usize = L * 2 * B * H;
     const RNNK_OK: c_int = 0;
     const RNNK_ERR_INVALID_ARGUMENT: c_int = 2;
 
@@ -69,139 +74,33 @@ mod gpu {
     }
     const RTLD_NOW: c_int = 2;
 
+    // The header's prototypes: `In`/`Out` are a buffer argument's pointer, `N` a size_t.
     type Model = *mut c_void;
-    type Forward = unsafe extern "C" fn(
-        Model,
-        usize,
-        usize,
-        *const i64,
-        usize,
-        *const f32,
-        usize,
-        *const f32,
-        usize,
-        *const f32,
-        usize,
-        *mut f32,
-        usize,
-        *mut f32,
-        usize,
-        *mut f32,
-        usize,
-    ) -> c_int;
-    type ForwardDevice = unsafe extern "C" fn(
-        Model,
-        usize,
-        usize,
-        *const i64,
-        usize,
-        *const f32,
-        usize,
-        *const f32,
-        usize,
-        *const f32,
-        usize,
-        *mut f32,
-        usize,
-        *mut f32,
-        usize,
-        *mut f32,
-        usize,
-        *mut c_void,
-    ) -> c_int;
-    type ForwardTraining = unsafe extern "C" fn(
-        Model,
-        *mut c_void,
-        usize,
-        usize,
-        *const i64,
-        usize,
-        *const f32,
-        usize,
-        *const f32,
-        usize,
-        *const f32,
-        usize,
-        *mut f32,
-        usize,
-        *mut f32,
-        usize,
-        *mut f32,
-        usize,
-    ) -> c_int;
-    type ForwardTrainingDevice = unsafe extern "C" fn(
-        Model,
-        *mut c_void,
-        usize,
-        usize,
-        *const i64,
-        usize,
-        *const f32,
-        usize,
-        *const f32,
-        usize,
-        *const f32,
-        usize,
-        *mut f32,
-        usize,
-        *mut f32,
-        usize,
-        *mut f32,
-        usize,
-        *mut c_void,
-    ) -> c_int;
-    type Backward = unsafe extern "C" fn(
-        Model,
-        *const c_void,
-        *const f32,
-        usize,
-        *const f32,
-        usize,
-        *const f32,
-        usize,
-        *mut f32,
-        usize,
-        *mut f32,
-        usize,
-        *mut f32,
-        usize,
-        *mut f32,
-        usize,
-        c_int,
-    ) -> c_int;
-    type BackwardDevice = unsafe extern "C" fn(
-        Model,
-        *const c_void,
-        *const f32,
-        usize,
-        *const f32,
-        usize,
-        *const f32,
-        usize,
-        *mut f32,
-        usize,
-        *mut f32,
-        usize,
-        *mut f32,
-        usize,
-        *mut f32,
-        usize,
-        c_int,
-        *mut c_void,
-    ) -> c_int;
+    type Reserve = *mut c_void;
+    type Stream = *mut c_void;
+    type In = *const f32;
+    type Out = *mut f32;
+    type N = usize;
+    type Lengths = *const i64;
+    type Forward = unsafe extern "C" fn(Model, N, N, Lengths, N, In, N, In, N, In, N, Out, N, Out, N, Out, N) -> c_int;
+    type ForwardDevice = unsafe extern "C" fn(Model, N, N, Lengths, N, In, N, In, N, In, N, Out, N, Out, N, Out, N, Stream) -> c_int;
+    type ForwardTraining = unsafe extern "C" fn(Model, Reserve, N, N, Lengths, N, In, N, In, N, In, N, Out, N, Out, N, Out, N) -> c_int;
+    type ForwardTrainingDevice =
+        unsafe extern "C" fn(Model, Reserve, N, N, Lengths, N, In, N, In, N, In, N, Out, N, Out, N, Out, N, Stream) -> c_int;
+    type Backward = unsafe extern "C" fn(Model, Reserve, In, N, In, N, In, N, Out, N, Out, N, Out, N, Out, N, c_int) -> c_int;
+    type BackwardDevice = unsafe extern "C" fn(Model, Reserve, In, N, In, N, In, N, Out, N, Out, N, Out, N, Out, N, c_int, Stream) -> c_int;
 
     /// The library's functions this test calls.
     struct Lib {
         last_error: unsafe extern "C" fn() -> *const c_char,
-        model_create:
-            unsafe extern "C" fn(*const c_char, usize, usize, usize, c_int, usize, c_int, *const c_char, usize, *mut Model) -> c_int,
+        model_create: unsafe extern "C" fn(*const c_char, N, N, N, c_int, N, c_int, *const c_char, N, *mut Model) -> c_int,
         model_free: unsafe extern "C" fn(Model) -> c_int,
-        set_params: unsafe extern "C" fn(Model, *const f32, usize) -> c_int,
-        get_params: unsafe extern "C" fn(Model, *mut f32, usize) -> c_int,
-        set_params_device: unsafe extern "C" fn(Model, *const f32, usize, *mut c_void) -> c_int,
-        get_params_device: unsafe extern "C" fn(Model, *mut f32, usize, *mut c_void) -> c_int,
-        reserve_create: unsafe extern "C" fn(*mut *mut c_void) -> c_int,
-        reserve_free: unsafe extern "C" fn(*mut c_void) -> c_int,
+        set_params: unsafe extern "C" fn(Model, In, N) -> c_int,
+        get_params: unsafe extern "C" fn(Model, Out, N) -> c_int,
+        set_params_device: unsafe extern "C" fn(Model, In, N, Stream) -> c_int,
+        get_params_device: unsafe extern "C" fn(Model, Out, N, Stream) -> c_int,
+        reserve_create: unsafe extern "C" fn(*mut Reserve) -> c_int,
+        reserve_free: unsafe extern "C" fn(Reserve) -> c_int,
         forward: Forward,
         forward_device: ForwardDevice,
         forward_training: ForwardTraining,
@@ -259,11 +158,77 @@ mod gpu {
             assert_eq!(got, want, "{what}: status {got}, expected {want}: {msg}");
             msg
         }
+
+        /// `rnnk_forward` on `b`: with `reserve`, `rnnk_forward_training`; with `stream` (which
+        /// may be NULL), the `*_device` function ordered on it.
+        ///
+        /// # Safety
+        /// `b` holds buffers of the lengths of this test's shape (host or device memory as the
+        /// function takes), or NULL.
+        unsafe fn forward(&self, m: Model, reserve: Option<Reserve>, stream: Option<Stream>, b: Fwd) -> c_int {
+            let l = LENGTHS.as_ptr();
+            // SAFETY: the caller's.
+            unsafe {
+                match (reserve, stream) {
+                    (None, None) => (self.forward)(m, T, B, l, B, b.x, XL, b.h0, HL, b.c0, HL, b.y, YL, b.hn, HL, b.cn, HL),
+                    (Some(r), None) => (self.forward_training)(m, r, T, B, l, B, b.x, XL, b.h0, HL, b.c0, HL, b.y, YL, b.hn, HL, b.cn, HL),
+                    (None, Some(s)) => (self.forward_device)(m, T, B, l, B, b.x, XL, b.h0, HL, b.c0, HL, b.y, YL, b.hn, HL, b.cn, HL, s),
+                    (Some(r), Some(s)) => {
+                        (self.forward_training_device)(m, r, T, B, l, B, b.x, XL, b.h0, HL, b.c0, HL, b.y, YL, b.hn, HL, b.cn, HL, s)
+                    }
+                }
+            }
+        }
+
+        /// `rnnk_backward` on `b` (adding into `dparams` if `accumulate` is 1); with `stream`,
+        /// `rnnk_backward_device` ordered on it.
+        ///
+        /// # Safety
+        /// As [`forward`](Self::forward); `b.dp` holds `np` floats.
+        unsafe fn backward(&self, m: Model, r: Reserve, stream: Option<Stream>, b: Bwd, np: usize, accumulate: c_int) -> c_int {
+            // SAFETY: the caller's.
+            unsafe {
+                match stream {
+                    None => (self.backward)(m, r, b.dy, YL, b.dhn, HL, b.dcn, HL, b.dx, XL, b.dh0, HL, b.dc0, HL, b.dp, np, accumulate),
+                    Some(s) => (self.backward_device)(
+                        m, r, b.dy, YL, b.dhn, HL, b.dcn, HL, b.dx, XL, b.dh0, HL, b.dc0, HL, b.dp, np, accumulate, s,
+                    ),
+                }
+            }
+        }
     }
 
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut rng = SplitMix64::new(seed);
-        (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect()
+    /// A forward call's buffers (host or device addresses); NULL for one not given.
+    #[derive(Clone, Copy)]
+    struct Fwd {
+        x: In,
+        h0: In,
+        c0: In,
+        y: Out,
+        hn: Out,
+        cn: Out,
+    }
+
+    /// A backward call's buffers (host or device addresses); NULL for one not given.
+    #[derive(Clone, Copy)]
+    struct Bwd {
+        dy: In,
+        dhn: In,
+        dcn: In,
+        dx: Out,
+        dh0: Out,
+        dc0: Out,
+        dp: Out,
+    }
+
+    /// A host vector as an input argument.
+    fn c(v: &[f32]) -> In {
+        v.as_ptr()
+    }
+
+    /// A host vector as an output argument.
+    fn m(v: &mut [f32]) -> Out {
+        v.as_mut_ptr()
     }
 
     fn same_bits(what: &str, got: &[f32], want: &[f32]) {
@@ -291,11 +256,11 @@ mod gpu {
         fn len(&self) -> usize {
             self.buf.as_cuda_slice().len()
         }
-        fn c(&self) -> *const f32 {
-            self.ptr as *const f32
+        fn c(&self) -> In {
+            self.ptr as In
         }
-        fn m(&self) -> *mut f32 {
-            self.ptr as *mut f32
+        fn m(&self) -> Out {
+            self.ptr as Out
         }
     }
 
@@ -305,13 +270,13 @@ mod gpu {
 
     /// The caller's stream: a stream of the primary context, with the operations this test
     /// enqueues on it.
-    struct Stream(sys::CUstream);
+    struct CallerStream(sys::CUstream);
 
-    impl Stream {
+    impl CallerStream {
         fn ok(r: sys::CUresult, what: &str) {
             assert_eq!(r, sys::CUresult::CUDA_SUCCESS, "{what}");
         }
-        fn raw(&self) -> *mut c_void {
+        fn raw(&self) -> Stream {
             self.0.cast()
         }
         /// Delays the stream's later work by 50 ms.
@@ -342,155 +307,43 @@ mod gpu {
         }
     }
 
-    impl Drop for Stream {
+    impl Drop for CallerStream {
         fn drop(&mut self) {
             // SAFETY: created by this test, no longer used.
             let _ = unsafe { result::stream::destroy(self.0) };
         }
     }
 
-    /// The inputs and the buffers of one configuration.
-    struct Case {
-        cfg: RnnConfig,
-        params: Params<f32>,
-        x: Vec<f32>,
-        h0: Vec<f32>,
-        c0: Vec<f32>,
-        dy: Vec<f32>,
-        dhn: Vec<f32>,
-        dcn: Vec<f32>,
-        dparams0: Vec<f32>,
-    }
-
-    fn case() -> Case {
-        let cfg = RnnConfig::new(CellKind::Lstm, I, H).num_layers(L).bidirectional(true).build().unwrap();
-        let shape = SeqShape::new(T, B).unwrap();
-        let n = |s: [usize; 3]| s.iter().product::<usize>();
-        let params = Params::<f32>::init_uniform(&cfg, 7);
-        Case {
-            x: values(n(shape.x_shape(&cfg)), 1),
-            h0: values(n(shape.h_shape(&cfg)), 2),
-            c0: values(n(shape.c_shape(&cfg)), 3),
-            dy: values(n(shape.y_shape(&cfg)), 4),
-            dhn: values(n(shape.h_shape(&cfg)), 5),
-            dcn: values(n(shape.c_shape(&cfg)), 6),
-            dparams0: values(params.as_slice().len(), 8),
-            params,
-            cfg,
-        }
-    }
-
     pub fn run(cuda: &Cuda) {
         let lib = Lib::open(&build_library());
-        let k = case();
+        let k = Case::lstm(I, H, T, B);
         let np = k.params.as_slice().len();
-        let (xl, yl, hl) = (k.x.len(), k.dy.len(), k.h0.len());
-        let lengths = LENGTHS;
+        assert_eq!((k.x.len(), k.dy.len(), k.h0.len()), (XL, YL, HL));
 
         // The model, on "cuda" in the library.
-        let mut m: Model = std::ptr::null_mut();
+        let mut md: Model = null_mut();
         let (lstm, backend) = (CString::new("lstm").unwrap(), CString::new("cuda").unwrap());
         // SAFETY (every call into the library below): buffers of the lengths given, live handles.
-        let st = unsafe { (lib.model_create)(lstm.as_ptr(), I, H, L, 1, 0, 1, backend.as_ptr(), 0, &mut m) };
+        let st = unsafe { (lib.model_create)(lstm.as_ptr(), I, H, L, 1, 0, 1, backend.as_ptr(), 0, &mut md) };
         lib.check("rnnk_model_create(cuda)", st, RNNK_OK);
-        lib.check("rnnk_model_set_params", unsafe { (lib.set_params)(m, k.params.as_slice().as_ptr(), np) }, RNNK_OK);
+        lib.check("rnnk_model_set_params", unsafe { (lib.set_params)(md, c(k.params.as_slice()), np) }, RNNK_OK);
 
         // The host entry points: what the device ones must reproduce.
-        let (mut y_inf, mut hn_inf, mut cn_inf) = (vec![0.0; yl], vec![0.0; hl], vec![0.0; hl]);
-        let st = unsafe {
-            (lib.forward)(
-                m,
-                T,
-                B,
-                lengths.as_ptr(),
-                B,
-                k.x.as_ptr(),
-                xl,
-                k.h0.as_ptr(),
-                hl,
-                k.c0.as_ptr(),
-                hl,
-                y_inf.as_mut_ptr(),
-                yl,
-                hn_inf.as_mut_ptr(),
-                hl,
-                cn_inf.as_mut_ptr(),
-                hl,
-            )
-        };
-        lib.check("rnnk_forward", st, RNNK_OK);
-        let mut r_host: *mut c_void = std::ptr::null_mut();
+        let (mut y_inf, mut hn_inf, mut cn_inf) = (vec![0.0; YL], vec![0.0; HL], vec![0.0; HL]);
+        let b = Fwd { x: c(&k.x), h0: c(&k.h0), c0: c(&k.c0), y: m(&mut y_inf), hn: m(&mut hn_inf), cn: m(&mut cn_inf) };
+        lib.check("rnnk_forward", unsafe { lib.forward(md, None, None, b) }, RNNK_OK);
+        let mut r_host: Reserve = null_mut();
         lib.check("rnnk_reserve_create", unsafe { (lib.reserve_create)(&mut r_host) }, RNNK_OK);
-        let (mut y_tr, mut hn_tr, mut cn_tr) = (vec![0.0; yl], vec![0.0; hl], vec![0.0; hl]);
-        let st = unsafe {
-            (lib.forward_training)(
-                m,
-                r_host,
-                T,
-                B,
-                lengths.as_ptr(),
-                B,
-                k.x.as_ptr(),
-                xl,
-                k.h0.as_ptr(),
-                hl,
-                k.c0.as_ptr(),
-                hl,
-                y_tr.as_mut_ptr(),
-                yl,
-                hn_tr.as_mut_ptr(),
-                hl,
-                cn_tr.as_mut_ptr(),
-                hl,
-            )
-        };
-        lib.check("rnnk_forward_training", st, RNNK_OK);
-        let (mut dx, mut dh0, mut dc0, mut dp) = (vec![0.0; xl], vec![0.0; hl], vec![0.0; hl], vec![0.0; np]);
-        let st = unsafe {
-            (lib.backward)(
-                m,
-                r_host,
-                k.dy.as_ptr(),
-                yl,
-                k.dhn.as_ptr(),
-                hl,
-                k.dcn.as_ptr(),
-                hl,
-                dx.as_mut_ptr(),
-                xl,
-                dh0.as_mut_ptr(),
-                hl,
-                dc0.as_mut_ptr(),
-                hl,
-                dp.as_mut_ptr(),
-                np,
-                0,
-            )
-        };
-        lib.check("rnnk_backward", st, RNNK_OK);
+        let (mut y_tr, mut hn_tr, mut cn_tr) = (vec![0.0; YL], vec![0.0; HL], vec![0.0; HL]);
+        let b = Fwd { x: c(&k.x), h0: c(&k.h0), c0: c(&k.c0), y: m(&mut y_tr), hn: m(&mut hn_tr), cn: m(&mut cn_tr) };
+        lib.check("rnnk_forward_training", unsafe { lib.forward(md, Some(r_host), None, b) }, RNNK_OK);
+        let (mut dx, mut dh0, mut dc0, mut dp) = (vec![0.0; XL], vec![0.0; HL], vec![0.0; HL], vec![0.0; np]);
+        let grads = Bwd { dy: c(&k.dy), dhn: c(&k.dhn), dcn: c(&k.dcn), dx: null_mut(), dh0: null_mut(), dc0: null_mut(), dp: null_mut() };
+        let b = Bwd { dx: m(&mut dx), dh0: m(&mut dh0), dc0: m(&mut dc0), dp: m(&mut dp), ..grads };
+        lib.check("rnnk_backward", unsafe { lib.backward(md, r_host, None, b, np, 0) }, RNNK_OK);
         let mut dp_acc = k.dparams0.clone();
-        let st = unsafe {
-            (lib.backward)(
-                m,
-                r_host,
-                k.dy.as_ptr(),
-                yl,
-                k.dhn.as_ptr(),
-                hl,
-                k.dcn.as_ptr(),
-                hl,
-                std::ptr::null_mut(),
-                0,
-                std::ptr::null_mut(),
-                0,
-                std::ptr::null_mut(),
-                0,
-                dp_acc.as_mut_ptr(),
-                np,
-                1,
-            )
-        };
-        lib.check("rnnk_backward(accumulate)", st, RNNK_OK);
+        let b = Bwd { dp: m(&mut dp_acc), ..grads };
+        lib.check("rnnk_backward(accumulate)", unsafe { lib.backward(md, r_host, None, b, np, 1) }, RNNK_OK);
         assert!(y_tr.iter().any(|v| *v != 0.0) && dp.iter().any(|v| *v != 0.0), "the host results are all zeros");
 
         // The caller's memory: the real inputs (sources), and the buffers the calls get, which
@@ -499,14 +352,15 @@ mod gpu {
         let zeros = |n: usize| Dev::new(cuda, &vec![0.0; n]);
         let (x_s, h0_s, c0_s, dy_s, dhn_s, dcn_s, dp0_s) =
             (src(&k.x), src(&k.h0), src(&k.c0), src(&k.dy), src(&k.dhn), src(&k.dcn), src(&k.dparams0));
-        let (x, h0, c0, dyd, dhn, dcn) = (zeros(xl), zeros(hl), zeros(hl), zeros(yl), zeros(hl), zeros(hl));
-        let (y, hn, cn) = (zeros(yl), zeros(hl), zeros(hl));
-        let (dxd, dh0d, dc0d, dpd, pd) = (zeros(xl), zeros(hl), zeros(hl), zeros(np), zeros(np));
+        let (x, h0, c0, dyd, dhn, dcn) = (zeros(XL), zeros(HL), zeros(HL), zeros(YL), zeros(HL), zeros(HL));
+        let (y, hn, cn) = (zeros(YL), zeros(HL), zeros(HL));
+        let (dxd, dh0d, dc0d, dpd, pd) = (zeros(XL), zeros(HL), zeros(HL), zeros(np), zeros(np));
         cuda.synchronize().unwrap();
-        let mut raw: sys::CUstream = std::ptr::null_mut();
+        let mut raw: sys::CUstream = null_mut();
         // SAFETY: the primary context is current (bound by the uploads above).
-        Stream::ok(unsafe { sys::cuStreamCreate(&mut raw, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32) }, "cuStreamCreate");
-        let s = Stream(raw);
+        CallerStream::ok(unsafe { sys::cuStreamCreate(&mut raw, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32) }, "cuStreamCreate");
+        let s = CallerStream(raw);
+        let fwd = Fwd { x: x.c(), h0: h0.c(), c0: c0.c(), y: y.m(), hn: hn.m(), cn: cn.m() };
 
         // Forward inference on the caller's stream.
         s.sleep();
@@ -516,35 +370,13 @@ mod gpu {
         for d in [&y, &hn, &cn] {
             s.poison(d);
         }
-        let st = unsafe {
-            (lib.forward_device)(
-                m,
-                T,
-                B,
-                lengths.as_ptr(),
-                B,
-                x.c(),
-                xl,
-                h0.c(),
-                hl,
-                c0.c(),
-                hl,
-                y.m(),
-                yl,
-                hn.m(),
-                hl,
-                cn.m(),
-                hl,
-                s.raw(),
-            )
-        };
-        lib.check("rnnk_forward_device", st, RNNK_OK);
+        lib.check("rnnk_forward_device", unsafe { lib.forward(md, None, Some(s.raw()), fwd) }, RNNK_OK);
         same_bits("forward_device y", &s.read(&y), &y_inf);
         same_bits("forward_device hn", &s.read(&hn), &hn_inf);
         same_bits("forward_device cn", &s.read(&cn), &cn_inf);
 
         // Forward training: the reserve stays on the device.
-        let mut r_dev: *mut c_void = std::ptr::null_mut();
+        let mut r_dev: Reserve = null_mut();
         lib.check("rnnk_reserve_create", unsafe { (lib.reserve_create)(&mut r_dev) }, RNNK_OK);
         for d in [&x, &h0, &c0] {
             s.poison(d);
@@ -556,30 +388,7 @@ mod gpu {
         for d in [&y, &hn, &cn] {
             s.poison(d);
         }
-        let st = unsafe {
-            (lib.forward_training_device)(
-                m,
-                r_dev,
-                T,
-                B,
-                lengths.as_ptr(),
-                B,
-                x.c(),
-                xl,
-                h0.c(),
-                hl,
-                c0.c(),
-                hl,
-                y.m(),
-                yl,
-                hn.m(),
-                hl,
-                cn.m(),
-                hl,
-                s.raw(),
-            )
-        };
-        lib.check("rnnk_forward_training_device", st, RNNK_OK);
+        lib.check("rnnk_forward_training_device", unsafe { lib.forward(md, Some(r_dev), Some(s.raw()), fwd) }, RNNK_OK);
         // The reserve holds copies: the caller may overwrite its inputs right after the call.
         for d in [&x, &h0, &c0] {
             s.poison(d);
@@ -596,179 +405,57 @@ mod gpu {
         for d in [&dxd, &dh0d, &dc0d, &dpd] {
             s.poison(d);
         }
-        let st = unsafe {
-            (lib.backward_device)(
-                m,
-                r_dev,
-                dyd.c(),
-                yl,
-                dhn.c(),
-                hl,
-                dcn.c(),
-                hl,
-                dxd.m(),
-                xl,
-                dh0d.m(),
-                hl,
-                dc0d.m(),
-                hl,
-                dpd.m(),
-                np,
-                0,
-                s.raw(),
-            )
-        };
-        lib.check("rnnk_backward_device", st, RNNK_OK);
+        let grads_d = Bwd { dy: dyd.c(), dhn: dhn.c(), dcn: dcn.c(), ..grads };
+        let b = Bwd { dx: dxd.m(), dh0: dh0d.m(), dc0: dc0d.m(), dp: dpd.m(), ..grads_d };
+        lib.check("rnnk_backward_device", unsafe { lib.backward(md, r_dev, Some(s.raw()), b, np, 0) }, RNNK_OK);
         same_bits("backward_device dx", &s.read(&dxd), &dx);
         same_bits("backward_device dh0", &s.read(&dh0d), &dh0);
         same_bits("backward_device dc0", &s.read(&dc0d), &dc0);
         same_bits("backward_device dparams", &s.read(&dpd), &dp);
         s.sleep();
         s.copy(&dpd, &dp0_s);
-        let st = unsafe {
-            (lib.backward_device)(
-                m,
-                r_dev,
-                dyd.c(),
-                yl,
-                dhn.c(),
-                hl,
-                dcn.c(),
-                hl,
-                std::ptr::null_mut(),
-                0,
-                std::ptr::null_mut(),
-                0,
-                std::ptr::null_mut(),
-                0,
-                dpd.m(),
-                np,
-                1,
-                s.raw(),
-            )
-        };
-        lib.check("rnnk_backward_device(accumulate)", st, RNNK_OK);
+        let b = Bwd { dp: dpd.m(), ..grads_d };
+        lib.check("rnnk_backward_device(accumulate)", unsafe { lib.backward(md, r_dev, Some(s.raw()), b, np, 1) }, RNNK_OK);
         same_bits("backward_device dparams (accumulate)", &s.read(&dpd), &dp_acc);
 
         // Reserves are shared: the host backward reads the device-filled one.
         let mut dp_x = vec![0.0; np];
-        let st = unsafe {
-            (lib.backward)(
-                m,
-                r_dev,
-                k.dy.as_ptr(),
-                yl,
-                k.dhn.as_ptr(),
-                hl,
-                k.dcn.as_ptr(),
-                hl,
-                std::ptr::null_mut(),
-                0,
-                std::ptr::null_mut(),
-                0,
-                std::ptr::null_mut(),
-                0,
-                dp_x.as_mut_ptr(),
-                np,
-                0,
-            )
-        };
+        let b = Bwd { dp: m(&mut dp_x), ..grads };
+        let st = unsafe { lib.backward(md, r_dev, None, b, np, 0) };
         lib.check("rnnk_backward on a reserve of rnnk_forward_training_device", st, RNNK_OK);
         same_bits("host backward on the device reserve", &dp_x, &dp);
 
         // The legacy default stream (NULL).
         cuda.synchronize().unwrap();
-        let st = unsafe {
-            (lib.forward_device)(
-                m,
-                T,
-                B,
-                lengths.as_ptr(),
-                B,
-                x_s.c(),
-                xl,
-                h0_s.c(),
-                hl,
-                c0_s.c(),
-                hl,
-                y.m(),
-                yl,
-                std::ptr::null_mut(),
-                0,
-                std::ptr::null_mut(),
-                0,
-                std::ptr::null_mut(),
-            )
-        };
-        lib.check("rnnk_forward_device(stream NULL)", st, RNNK_OK);
-        let mut y_null = vec![0.0f32; yl];
+        let b = Fwd { x: x_s.c(), h0: h0_s.c(), c0: c0_s.c(), y: y.m(), hn: null_mut(), cn: null_mut() };
+        lib.check("rnnk_forward_device(stream NULL)", unsafe { lib.forward(md, None, Some(null_mut()), b) }, RNNK_OK);
+        let mut y_null = vec![0.0f32; YL];
         // SAFETY: a synchronous copy on the legacy default stream, which waited for the call.
-        Stream::ok(unsafe { sys::cuMemcpyDtoH_v2(y_null.as_mut_ptr().cast(), y.ptr, yl * 4) }, "cuMemcpyDtoH");
+        CallerStream::ok(unsafe { sys::cuMemcpyDtoH_v2(y_null.as_mut_ptr().cast(), y.ptr, YL * 4) }, "cuMemcpyDtoH");
         same_bits("forward_device y (stream NULL)", &y_null, &y_inf);
 
         // Parameters out and in.
         s.sleep();
         s.poison(&pd);
-        lib.check("rnnk_model_get_params_device", unsafe { (lib.get_params_device)(m, pd.m(), np, s.raw()) }, RNNK_OK);
+        lib.check("rnnk_model_get_params_device", unsafe { (lib.get_params_device)(md, pd.m(), np, s.raw()) }, RNNK_OK);
         same_bits("get_params_device", &s.read(&pd), k.params.as_slice());
         let other = Params::<f32>::init_uniform(&k.cfg, 99);
         let other_s = src(other.as_slice());
         cuda.synchronize().unwrap();
         s.sleep();
         s.copy(&pd, &other_s);
-        lib.check("rnnk_model_set_params_device", unsafe { (lib.set_params_device)(m, pd.c(), np, s.raw()) }, RNNK_OK);
+        lib.check("rnnk_model_set_params_device", unsafe { (lib.set_params_device)(md, pd.c(), np, s.raw()) }, RNNK_OK);
         let mut back = vec![0.0; np];
-        lib.check("rnnk_model_get_params", unsafe { (lib.get_params)(m, back.as_mut_ptr(), np) }, RNNK_OK);
+        lib.check("rnnk_model_get_params", unsafe { (lib.get_params)(md, m(&mut back), np) }, RNNK_OK);
         same_bits("set_params_device", &back, other.as_slice());
         // The reserve of the old parameters is refused, as on the host.
-        let st = unsafe {
-            (lib.backward_device)(
-                m,
-                r_dev,
-                dyd.c(),
-                yl,
-                std::ptr::null(),
-                0,
-                std::ptr::null(),
-                0,
-                dxd.m(),
-                xl,
-                std::ptr::null_mut(),
-                0,
-                std::ptr::null_mut(),
-                0,
-                std::ptr::null_mut(),
-                0,
-                0,
-                s.raw(),
-            )
-        };
+        let b = Bwd { dy: dyd.c(), dhn: null(), dcn: null(), dx: dxd.m(), ..grads };
+        let st = unsafe { lib.backward(md, r_dev, Some(s.raw()), b, np, 0) };
         assert_ne!(st, RNNK_OK, "rnnk_backward_device accepted a reserve of the old parameters");
 
         // A host pointer where device memory is expected.
-        let st = unsafe {
-            (lib.forward_device)(
-                m,
-                T,
-                B,
-                lengths.as_ptr(),
-                B,
-                k.x.as_ptr(),
-                xl,
-                std::ptr::null(),
-                0,
-                std::ptr::null(),
-                0,
-                y.m(),
-                yl,
-                std::ptr::null_mut(),
-                0,
-                std::ptr::null_mut(),
-                0,
-                s.raw(),
-            )
-        };
-        let msg = lib.check("rnnk_forward_device(host x)", st, RNNK_ERR_INVALID_ARGUMENT);
+        let b = Fwd { x: c(&k.x), h0: null(), c0: null(), y: y.m(), hn: null_mut(), cn: null_mut() };
+        let msg = lib.check("rnnk_forward_device(host x)", unsafe { lib.forward(md, None, Some(s.raw()), b) }, RNNK_ERR_INVALID_ARGUMENT);
         assert!(msg.contains("`x`"), "{msg}");
 
         // The library freed none of the caller's buffers: each is still an allocation.
@@ -790,7 +477,7 @@ mod gpu {
 
         lib.check("rnnk_reserve_free", unsafe { (lib.reserve_free)(r_dev) }, RNNK_OK);
         lib.check("rnnk_reserve_free", unsafe { (lib.reserve_free)(r_host) }, RNNK_OK);
-        lib.check("rnnk_model_free", unsafe { (lib.model_free)(m) }, RNNK_OK);
+        lib.check("rnnk_model_free", unsafe { (lib.model_free)(md) }, RNNK_OK);
         println!("device entry points: forward, training, backward (overwrite, accumulate), parameters: bit-identical to the host ones");
     }
 }

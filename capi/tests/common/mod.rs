@@ -1,5 +1,7 @@
-//! What the integration tests share: building this crate's shared library.
+//! What the integration tests share: building this crate's shared library, and the model and
+//! inputs they run through it.
 
+use rnnk_core::{CellKind, Params, RnnConfig, SeqShape, SplitMix64};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -43,4 +45,45 @@ pub fn build_library() -> PathBuf {
     let lib = dir.join("librnn_kernels.so");
     assert!(lib.exists(), "{} was not built", lib.display());
     dir
+}
+
+/// Uniform values in [-1, 1) from `seed`.
+pub fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = SplitMix64::new(seed);
+    (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect()
+}
+
+/// A 2-layer bidirectional LSTM's parameters and the inputs of one forward and backward call
+/// on `steps` × `batch`: what the tests pass through the C ABI and through the Rust API.
+pub struct Case {
+    pub cfg: RnnConfig,
+    pub params: Params<f32>,
+    pub x: Vec<f32>,
+    pub h0: Vec<f32>,
+    pub c0: Vec<f32>,
+    pub dy: Vec<f32>,
+    pub dhn: Vec<f32>,
+    pub dcn: Vec<f32>,
+    /// What `dparams` holds before a backward call that accumulates.
+    pub dparams0: Vec<f32>,
+}
+
+impl Case {
+    pub fn lstm(input_size: usize, hidden_size: usize, steps: usize, batch: usize) -> Case {
+        let cfg = RnnConfig::new(CellKind::Lstm, input_size, hidden_size).num_layers(2).bidirectional(true).build().unwrap();
+        let shape = SeqShape::new(steps, batch).unwrap();
+        let n = |s: [usize; 3]| s.iter().product::<usize>();
+        let params = Params::<f32>::init_uniform(&cfg, 7);
+        Case {
+            x: values(n(shape.x_shape(&cfg)), 1),
+            h0: values(n(shape.h_shape(&cfg)), 2),
+            c0: values(n(shape.c_shape(&cfg)), 3),
+            dy: values(n(shape.y_shape(&cfg)), 4),
+            dhn: values(n(shape.h_shape(&cfg)), 5),
+            dcn: values(n(shape.c_shape(&cfg)), 6),
+            dparams0: values(params.as_slice().len(), 8),
+            params,
+            cfg,
+        }
+    }
 }
