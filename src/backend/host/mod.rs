@@ -21,43 +21,38 @@
 //! step, and the reverse direction starts each sequence at its own last step) and outputs zero;
 //! in backward its gradients pass through unchanged.
 
-mod driver;
+mod backward;
+mod direction;
+mod forward;
 mod mat;
+mod reserve;
 
-pub use driver::HostReserve;
-pub(crate) use driver::{backward, forward};
+pub(crate) use backward::backward;
+pub(crate) use forward::forward;
 pub(crate) use mat::{Mat, MatMut};
+pub use reserve::HostReserve;
 
+use crate::backend::stack::PlanStamp;
 use crate::backend::{check_backward, check_forward, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnPlan};
 use crate::config::{CellKind, RnnConfig};
 use crate::element::{Element, Float};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::params::ParamLayout;
 use crate::shape::SeqShape;
-use std::sync::atomic::{AtomicU64, Ordering};
+use direction::{split_rows, split_rows_mut};
 
-/// The plan of a host backend: the configuration, a copy of the weights in PyTorch layout, and
-/// an identity and version so that a reserve is only ever used with the weights that made it.
-/// A clone is a new plan with an identity of its own.
-#[derive(Debug)]
+/// The plan of a host backend: the parameters' layout, built once here and read by every call,
+/// a copy of the weights in that layout, and a stamp so that a reserve is only ever used with
+/// the weights that filled it. A clone is a new plan with a stamp of its own.
+///
+/// The copy of the weights is the plan's own: [`Backend::plan`](crate::Backend::plan) and
+/// [`Backend::update_plan`](crate::Backend::update_plan) borrow the caller's buffer only for
+/// the call.
+#[derive(Debug, Clone)]
 pub struct HostPlan<T> {
     pub(crate) layout: ParamLayout,
     pub(crate) weights: Vec<T>,
-    pub(crate) id: u64,
-    pub(crate) version: u64,
-}
-
-fn next_plan_id() -> u64 {
-    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-    NEXT_ID.fetch_add(1, Ordering::Relaxed)
-}
-
-impl<T: Clone> Clone for HostPlan<T> {
-    fn clone(&self) -> Self {
-        // A clone's weights can diverge from the original's through update_plan, so it must not
-        // accept the original's reserves.
-        HostPlan { layout: self.layout.clone(), weights: self.weights.clone(), id: next_plan_id(), version: 0 }
-    }
+    pub(crate) stamp: PlanStamp,
 }
 
 impl<T: Element> HostPlan<T> {
@@ -65,14 +60,14 @@ impl<T: Element> HostPlan<T> {
     pub(crate) fn new(config: &RnnConfig, params: &[T]) -> Result<Self> {
         let layout = ParamLayout::new(config);
         layout.check_buffer("params", params.len())?;
-        Ok(HostPlan { layout, weights: params.to_vec(), id: next_plan_id(), version: 0 })
+        Ok(HostPlan { layout, weights: params.to_vec(), stamp: PlanStamp::new() })
     }
 
     /// Replaces the weights with new values of the same parameters.
     pub(crate) fn update(&mut self, params: &[T]) -> Result<()> {
         self.layout.check_buffer("params", params.len())?;
         self.weights.copy_from_slice(params);
-        self.version += 1;
+        self.stamp.bump();
         Ok(())
     }
 }
@@ -81,30 +76,32 @@ impl<T: Send + Sync> RnnPlan for HostPlan<T> {
     fn config(&self) -> &RnnConfig {
         self.layout.config()
     }
+
+    fn param_len(&self) -> usize {
+        self.layout.len()
+    }
 }
 
 /// A host backend's whole forward call: validates the buffers, stamps the reserve with the
-/// plan's identity, and runs the driver with kernels `k`.
+/// plan and the shape, and runs the time loop with kernels `k`.
 pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
     k: &K,
     plan: &HostPlan<T>,
     shape: &SeqShape,
     input: ForwardInput<'_, [T]>,
     output: ForwardOutput<'_, [T]>,
-    reserve: Option<&mut HostReserve<T>>,
+    mut reserve: Option<&mut HostReserve<T>>,
 ) -> Result<()> {
     check_forward(plan.config(), shape, &input, &output)?;
-    let mut reserve = reserve;
     if let Some(r) = reserve.as_deref_mut() {
-        r.plan_id = plan.id;
-        r.plan_version = plan.version;
+        r.stamp.fill(&plan.stamp, shape);
     }
-    forward(k, &plan.layout, &plan.weights, shape, input.x, input.h0, input.c0, output.y, output.hn, output.cn, reserve);
+    forward(k, plan, shape, input, output, reserve);
     Ok(())
 }
 
-/// A host backend's whole backward call: validates the reserve and the buffers, then runs the
-/// driver with kernels `k`.
+/// A host backend's whole backward call: validates the reserve against the plan and the
+/// buffers against the reserve's shape, then runs the time loop with kernels `k`.
 pub(crate) fn run_backward<T: Float, K: HostKernels<T>>(
     k: &K,
     plan: &HostPlan<T>,
@@ -113,39 +110,10 @@ pub(crate) fn run_backward<T: Float, K: HostKernels<T>>(
     output: BackwardOutput<'_, [T]>,
     mode: GradMode,
 ) -> Result<()> {
-    let shape = check_reserve(reserve, plan)?;
+    let shape = reserve.stamp.check(&plan.stamp)?;
     check_backward(plan.config(), shape, plan.layout.len(), &grads, &output)?;
-    backward(
-        k,
-        &plan.layout,
-        &plan.weights,
-        reserve,
-        grads.dy,
-        grads.dhn,
-        grads.dcn,
-        output.dx,
-        output.dh0,
-        output.dc0,
-        output.dparams,
-        mode,
-    );
+    backward(k, plan, reserve, shape, grads, output, mode);
     Ok(())
-}
-
-/// Checks that `reserve` was filled by `plan` at its current version; returns the call's shape.
-fn check_reserve<'r, T>(reserve: &'r HostReserve<T>, plan: &HostPlan<T>) -> Result<&'r SeqShape> {
-    let shape = reserve.shape.as_ref().ok_or_else(|| Error::Reserve("empty: run forward_training with it before backward".into()))?;
-    if reserve.plan_id != plan.id {
-        return Err(Error::Reserve("it was filled by a different plan than the one given to backward".into()));
-    }
-    if reserve.plan_version != plan.version {
-        return Err(Error::Reserve(format!(
-            "it was filled with version {} of the plan's weights, but the plan is now at version {} \
-             (update_plan was called in between); run forward_training again",
-            reserve.plan_version, plan.version
-        )));
-    }
-    Ok(shape)
 }
 
 /// One step of a cell's forward pointwise kernel, for all `B` rows.
@@ -207,24 +175,6 @@ pub(crate) struct CellBackward<'a, T> {
     /// `[B, H]` out: the part of `dh_prev` that does not go through `W_hh` (GRU: `z·dh`; zero
     /// for the others). Unspecified on inactive rows.
     pub dh_direct: &'a mut [T],
-}
-
-/// Splits `s` (rows of equal length, possibly none) at row boundaries into `bounds.len() - 1`
-/// consecutive blocks of rows `bounds[i]..bounds[i+1]`.
-fn split_rows<'a, T>(s: &'a [T], rows: usize, bounds: &[usize]) -> Vec<&'a [T]> {
-    let w = s.len().checked_div(rows).unwrap_or(0);
-    bounds.windows(2).map(|r| &s[r[0] * w..r[1] * w]).collect()
-}
-
-fn split_rows_mut<'a, T>(mut s: &'a mut [T], rows: usize, bounds: &[usize]) -> Vec<&'a mut [T]> {
-    let w = s.len().checked_div(rows).unwrap_or(0);
-    let mut out = Vec::with_capacity(bounds.len());
-    for r in bounds.windows(2) {
-        let (head, tail) = std::mem::take(&mut s).split_at_mut((r[1] - r[0]) * w);
-        out.push(head);
-        s = tail;
-    }
-    out
 }
 
 /// Row boundaries splitting `rows` into `parts` near-equal blocks.
