@@ -2,12 +2,14 @@
 //!
 //! Plain loops, in any [`Float`] (f32 or f64), single-threaded and bit-reproducible. The
 //! driver ([`crate::backend::host`]) runs the time loop; the files here are the maths of each
-//! cell: [`lstm`], [`gru`], [`rnn`] (forward and backward steps) and [`gemm`].
+//! cell on one row of the batch: [`lstm`], [`gru`], [`rnn`] (forward and backward steps), the
+//! masking of rows past their length around them ([`step`]), and [`gemm`].
 
 mod gemm;
 mod gru;
 mod lstm;
 mod rnn;
+mod step;
 
 use crate::backend::host::{self, CellBackward, CellForward, HostKernels, Mat, MatMut};
 use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode};
@@ -27,22 +29,22 @@ impl<T: Float> HostKernels<T> for Reference {
         gemm::gemm(alpha, a, b, beta, c);
     }
 
-    fn cell_forward(&self, cell: CellKind, step: CellForward<'_, T>) {
-        match cell {
-            CellKind::Lstm => lstm::forward(step),
-            CellKind::Gru => gru::forward(step),
-            CellKind::RnnTanh => rnn::forward(rnn::Act::Tanh, step),
-            CellKind::RnnRelu => rnn::forward(rnn::Act::Relu, step),
-        }
+    fn cell_forward(&self, cell: CellKind, s: CellForward<'_, T>) {
+        step::forward(s, |row| match cell {
+            CellKind::Lstm => lstm::forward(row),
+            CellKind::Gru => gru::forward(row),
+            CellKind::RnnTanh => rnn::forward(rnn::Act::Tanh, row),
+            CellKind::RnnRelu => rnn::forward(rnn::Act::Relu, row),
+        })
     }
 
-    fn cell_backward(&self, cell: CellKind, step: CellBackward<'_, T>) {
-        match cell {
-            CellKind::Lstm => lstm::backward(step),
-            CellKind::Gru => gru::backward(step),
-            CellKind::RnnTanh => rnn::backward(rnn::Act::Tanh, step),
-            CellKind::RnnRelu => rnn::backward(rnn::Act::Relu, step),
-        }
+    fn cell_backward(&self, cell: CellKind, s: CellBackward<'_, T>) {
+        step::backward(s, |row| match cell {
+            CellKind::Lstm => lstm::backward(row),
+            CellKind::Gru => gru::backward(row),
+            CellKind::RnnTanh => rnn::backward(rnn::Act::Tanh, row),
+            CellKind::RnnRelu => rnn::backward(rnn::Act::Relu, row),
+        })
     }
 
     fn serial(&self) -> Self {
