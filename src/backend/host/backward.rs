@@ -4,27 +4,28 @@
 
 use super::direction::{cut_rows, rows_or_zeros, BlockWork, Direction};
 use super::reserve::Workspace;
-use super::{CellBackward, HostKernels, HostPlan, HostReserve, Mat, MatMut, Pass, Weight, WeightOp};
+use super::{CellBackward, HostKernels, HostPlan, HostReserve, Mat, MatMut, Pass, Weight};
 use crate::backend::cell::Saved;
 use crate::backend::stack::{prev_step, steps, LayerDims};
-use crate::backend::{BackwardInput, BackwardOutput, GradMode};
+use crate::backend::{check_backward, BackwardInput, BackwardOutput, GradMode};
 use crate::element::Float;
-use crate::shape::SeqShape;
+use crate::error::Result;
 use std::ops::Range;
 
-/// Backward pass over the whole stack from a reserve filled by a call of `shape`. The buffers
-/// have been validated by the caller against the reserve's shape (see [`BackwardInput`] and
-/// [`BackwardOutput`] for their shapes).
-pub(crate) fn backward<T: Float, K: HostKernels<T>>(
+/// A host backend's whole backward call with kernels `k`: validates the reserve `s` against
+/// `plan` and the buffers against the reserve's shape (see [`BackwardInput`] and
+/// [`BackwardOutput`] for their shapes), then runs the stack backward.
+pub(crate) fn run_backward<T: Float, K: HostKernels<T>>(
     k: &K,
     plan: &HostPlan<T>,
     s: &HostReserve<T>,
-    shape: &SeqShape,
     grads: BackwardInput<'_, [T]>,
     output: BackwardOutput<'_, [T]>,
     mode: GradMode,
-) {
+) -> Result<()> {
     let cfg = plan.layout.config();
+    let shape = s.stamp.check(&plan.stamp)?;
+    check_backward(cfg, shape, plan.layout.len(), &grads, &output)?;
     let (nl, nd) = (cfg.num_layers(), cfg.num_directions());
     let (bl, tb) = (shape.batch(), shape.steps() * shape.batch());
     let (hlen, clen) = (bl * cfg.hidden_out_size(), bl * cfg.hidden_size());
@@ -67,6 +68,7 @@ pub(crate) fn backward<T: Float, K: HostKernels<T>>(
         dx.copy_from_slice(&d_out);
     }
     s.work.give([d_out]);
+    Ok(())
 }
 
 /// What one layer-direction of backward reads and writes.
@@ -95,6 +97,11 @@ struct DirectionIo<'a, T> {
     dc0: Option<&'a mut [T]>,
     /// The flat parameter gradients; the direction's are added in.
     dparams: Option<&'a mut [T]>,
+}
+
+/// `c[m, n] += g[r, m]^T · x[r, n]`: a weight gradient, summed over the rows of all steps.
+fn add_weight_grad<T: Float, K: HostKernels<T>>(k: &K, g: Mat<'_, T>, x: Mat<'_, T>, c: &mut [T]) {
+    k.gemm(T::ONE, g.t(), x, T::ONE, MatMut::new(c, g.cols, x.cols));
 }
 
 /// Column sums of `g: [rows, n]` added to `acc: [n]`.
@@ -203,24 +210,17 @@ fn backward_step<T: Float, K: HostKernels<T>>(
             }
         }
     }
-    let dm_slice: &[T] = match dir.w.w_hr {
-        Some(w_hr) => {
-            // m → h = m · W_hr^T, so dm = dh · W_hr.
-            k.weight_gemm(
-                WeightOp::bwd(Weight::Hr, dir.ld),
-                Mat::new(dh_t, n, hout),
-                Mat::new(w_hr, hout, h),
-                T::ZERO,
-                MatMut::new(dm_t, n, h),
-            );
-            for (b, &a) in active.iter().enumerate() {
-                if a {
-                    dh_all[b * hout..(b + 1) * hout].copy_from_slice(&dh_t[b * hout..(b + 1) * hout]);
-                }
+    let dm_slice: &[T] = if dm.proj {
+        // m → h = m · W_hr^T, so dm = dh · W_hr.
+        dir.backward_product(k, Weight::Hr, dh_t, T::ZERO, dm_t);
+        for (b, &a) in active.iter().enumerate() {
+            if a {
+                dh_all[b * hout..(b + 1) * hout].copy_from_slice(&dh_t[b * hout..(b + 1) * hout]);
             }
-            dm_t
         }
-        None => dh_t,
+        dm_t
+    } else {
+        dh_t
     };
     let dgh: &mut [T] = if dm.gru() { dgh } else { dgh_scratch };
     k.cell_backward(
@@ -241,13 +241,7 @@ fn backward_step<T: Float, K: HostKernels<T>>(
         },
     );
     // dh_prev = dGh · W_hh (+ GRU's direct term); inactive rows pass dh through unchanged.
-    k.weight_gemm(
-        WeightOp::bwd(Weight::Hh, dir.ld),
-        Mat::new(dgh, n, gh),
-        Mat::new(dir.w.w_hh, gh, hout),
-        T::ZERO,
-        MatMut::new(dh_carry, n, hout),
-    );
+    dir.backward_product(k, Weight::Hh, dgh, T::ZERO, dh_carry);
     for (b, &a) in active.iter().enumerate() {
         let dst = &mut dh_carry[b * hout..(b + 1) * hout];
         if !a {
@@ -309,13 +303,7 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
     if let Some(dp) = dparams {
         let lr = dir.ranges;
         // dW_ih += dGi^T · X
-        k.gemm(
-            T::ONE,
-            Mat::new(&dgi_all, tb, gh).t(),
-            Mat::new(input, tb, dm.input),
-            T::ONE,
-            MatMut::new(&mut dp[lr.w_ih.clone()], gh, dm.input),
-        );
+        add_weight_grad(k, Mat::new(&dgi_all, tb, gh), Mat::new(input, tb, dm.input), &mut dp[lr.w_ih.clone()]);
         // dW_hh += dGh^T · H_prev, where H_prev is the saved states shifted by one step, with h0
         // at the first processed step: two GEMMs, no copy.
         let dw_hh = &mut dp[lr.w_hh.clone()];
@@ -324,20 +312,8 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
         } else {
             (0, &dgh_ref[bl * gh..], &sv.h[..(tl - 1) * bl * hout])
         };
-        k.gemm(
-            T::ONE,
-            Mat::new(rest_g, (tl - 1) * bl, gh).t(),
-            Mat::new(rest_h, (tl - 1) * bl, hout),
-            T::ONE,
-            MatMut::new(&mut *dw_hh, gh, hout),
-        );
-        k.gemm(
-            T::ONE,
-            Mat::new(&dgh_ref[first * bl * gh..(first + 1) * bl * gh], bl, gh).t(),
-            Mat::new(h0, bl, hout),
-            T::ONE,
-            MatMut::new(dw_hh, gh, hout),
-        );
+        add_weight_grad(k, Mat::new(rest_g, (tl - 1) * bl, gh), Mat::new(rest_h, (tl - 1) * bl, hout), &mut *dw_hh);
+        add_weight_grad(k, Mat::new(&dgh_ref[first * bl * gh..(first + 1) * bl * gh], bl, gh), Mat::new(h0, bl, hout), dw_hh);
         if let Some(r) = lr.b_ih.clone() {
             add_col_sums(&mut dp[r], &dgi_all, gh);
         }
@@ -346,18 +322,12 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
         }
         if let Some(r) = lr.w_hr.clone() {
             // dW_hr += dH^T · M
-            k.gemm(T::ONE, Mat::new(&dh_all, tb, hout).t(), Mat::new(&sv.m, tb, h), T::ONE, MatMut::new(&mut dp[r], hout, h));
+            add_weight_grad(k, Mat::new(&dh_all, tb, hout), Mat::new(&sv.m, tb, h), &mut dp[r]);
         }
     }
     if let Some(d_in) = d_in {
         // dX += dGi · W_ih
-        k.weight_gemm(
-            WeightOp::bwd(Weight::Ih, dir.ld),
-            Mat::new(&dgi_all, tb, gh),
-            Mat::new(dir.w.w_ih, gh, dm.input),
-            T::ONE,
-            MatMut::new(d_in, tb, dm.input),
-        );
+        dir.backward_product(k, Weight::Ih, &dgi_all, T::ONE, d_in);
     }
     work.give([dgi_all, dgh_all, dh_all]);
 }

@@ -2,9 +2,10 @@
 //! its sizes and weights) and the cutting of its buffers into the blocks of batch rows that run
 //! their steps on their own.
 
-use super::HostPlan;
+use super::{HostKernels, HostPlan, Mat, MatMut, Weight, WeightOp};
 use crate::backend::cell::Saved;
 use crate::backend::stack::LayerDims;
+use crate::element::Float;
 use crate::params::LayerRanges;
 use crate::shape::SeqShape;
 use std::ops::Range;
@@ -66,6 +67,33 @@ impl<'a, T> Direction<'a, T> {
     }
 }
 
+impl<T: Float> Direction<'_, T> {
+    /// `c = a · W^T`: a forward product with the direction's weight `which` (`a: [n, In]` for
+    /// `W_ih`, `[n, Hout]` for `W_hh`, `[n, H]` for `W_hr`; `c: [n, W's rows]`).
+    pub fn forward_product<K: HostKernels<T>>(&self, k: &K, which: Weight, a: &[T], c: &mut [T]) {
+        self.product(k, WeightOp::fwd(which, self.ld), a, T::ZERO, c);
+    }
+
+    /// `c = a · W + beta·c`: a backward product with the direction's weight `which`
+    /// (`a: [n, W's rows]`, `c: [n, W's columns]`).
+    pub fn backward_product<K: HostKernels<T>>(&self, k: &K, which: Weight, a: &[T], beta: T, c: &mut [T]) {
+        self.product(k, WeightOp::bwd(which, self.ld), a, beta, c);
+    }
+
+    fn product<K: HostKernels<T>>(&self, k: &K, op: WeightOp, a: &[T], beta: T, c: &mut [T]) {
+        let (dm, w) = (&self.dims, &self.w);
+        let weight = match op.weight {
+            Weight::Ih => Mat::new(w.w_ih, dm.gh, dm.input),
+            Weight::Hh => Mat::new(w.w_hh, dm.gh, dm.hout),
+            // Only a projected LSTM's loops ask for W_hr.
+            Weight::Hr => Mat::new(w.w_hr.unwrap_or_default(), dm.hout, dm.h),
+        };
+        let b = if op.transposed { weight.t() } else { weight };
+        let n = a.len() / b.rows;
+        k.weight_gemm(op, Mat::new(a, n, b.rows), b, beta, MatMut::new(c, n, b.cols));
+    }
+}
+
 /// The weights of one layer-direction, in PyTorch layout.
 pub(super) struct DirWeights<'w, T> {
     /// `[G·H, In]`.
@@ -101,7 +129,7 @@ impl<'w, T> DirWeights<'w, T> {
 
 /// Rows `rows` of `src: [B, w]`, or `n·w` zeros where it is `None` (the initial state and the
 /// final state's gradient of a block of rows).
-pub(super) fn rows_or_zeros<T: crate::element::Float>(src: Option<&[T]>, rows: Range<usize>, w: usize) -> Vec<T> {
+pub(super) fn rows_or_zeros<T: Float>(src: Option<&[T]>, rows: Range<usize>, w: usize) -> Vec<T> {
     src.map_or_else(|| vec![T::ZERO; rows.len() * w], |s| s[rows.start * w..rows.end * w].to_vec())
 }
 

@@ -3,25 +3,28 @@
 
 use super::direction::{cut_rows, cut_saved, rows_or_zeros, split_rows_mut, BlockWork, Direction};
 use super::reserve::fit_len;
-use super::{CellForward, HostKernels, HostPlan, HostReserve, Mat, MatMut, Pass, Weight, WeightOp};
+use super::{CellForward, HostKernels, HostPlan, HostReserve, Pass, Weight};
 use crate::backend::cell::Saved;
-use crate::backend::{ForwardInput, ForwardOutput};
+use crate::backend::{check_forward, ForwardInput, ForwardOutput};
 use crate::element::Float;
+use crate::error::Result;
 use crate::shape::SeqShape;
 use std::ops::Range;
 
-/// Forward pass over the whole stack. The buffers have been validated by the caller against
-/// `plan` and `shape` (see [`ForwardInput`] and [`ForwardOutput`] for their shapes). With
-/// `save`, fills it for [`backward`](super::backward::backward).
-pub(crate) fn forward<T: Float, K: HostKernels<T>>(
+/// A host backend's whole forward call with kernels `k`: validates the buffers against `plan`
+/// and `shape` (see [`ForwardInput`] and [`ForwardOutput`] for their shapes), then runs the
+/// stack. With `save` (a training pass), stamps it with the plan and the shape and fills it for
+/// [`run_backward`](super::run_backward).
+pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
     k: &K,
     plan: &HostPlan<T>,
     shape: &SeqShape,
     input: ForwardInput<'_, [T]>,
     output: ForwardOutput<'_, [T]>,
     save: Option<&mut HostReserve<T>>,
-) {
+) -> Result<()> {
     let cfg = plan.layout.config();
+    check_forward(cfg, shape, &input, &output)?;
     let (nl, nd) = (cfg.num_layers(), cfg.num_directions());
     let layer_out = shape.steps() * shape.batch() * cfg.output_size();
     let (hlen, clen) = (shape.batch() * cfg.hidden_out_size(), shape.batch() * cfg.hidden_size());
@@ -32,6 +35,7 @@ pub(crate) fn forward<T: Float, K: HostKernels<T>>(
     let mut alternating: Vec<Vec<T>> = Vec::new();
     let (outputs, mut saves): (&mut Vec<Vec<T>>, Option<&mut [Saved<Vec<T>>]>) = match save {
         Some(s) => {
+            s.stamp.fill(&plan.stamp, shape);
             s.prepare(cfg, shape, &input);
             (&mut s.outputs, Some(&mut s.dirs[..]))
         }
@@ -64,6 +68,7 @@ pub(crate) fn forward<T: Float, K: HostKernels<T>>(
             forward_direction(k, dir, io);
         }
     }
+    Ok(())
 }
 
 /// Buffer `r` of `bufs` to read and buffer `w` (another one) to write.
@@ -211,15 +216,9 @@ fn forward_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, 
 
 /// `xg[rows, G·H] = x[rows, In] · W_ih^T + b_ih` for a chunk of steps.
 fn project_input<T: Float, K: HostKernels<T>>(k: &K, dir: &Direction<'_, T>, x: &[T], xg: &mut [T]) {
-    let (gh, input) = (dir.dims.gh, dir.dims.input);
+    let gh = dir.dims.gh;
     let rows = xg.len() / gh;
-    k.weight_gemm(
-        WeightOp::fwd(Weight::Ih, dir.ld),
-        Mat::new(x, rows, input),
-        Mat::new(dir.w.w_ih, gh, input).t(),
-        T::ZERO,
-        MatMut::new(xg, rows, gh),
-    );
+    dir.forward_product(k, Weight::Ih, x, xg);
     if let Some(b_ih) = dir.w.b_ih {
         // In the blocks of rows the backend would run in parallel (an elementwise add: the cut
         // changes no bit).
@@ -250,20 +249,13 @@ fn forward_step<T: Float, K: HostKernels<T>>(
     out: &mut [T],
 ) {
     let dm = &dir.dims;
-    let (h, hout, gh, d) = (dm.h, dm.hout, dm.gh, dir.d);
+    let (h, hout, d) = (dm.h, dm.hout, dir.d);
     let FwdRows { row0, h_prev, c_prev, hg, active, scratch } = st;
-    let n = active.len();
     for (i, a) in active.iter_mut().enumerate() {
         *a = dir.shape.is_active(t, *row0 + i);
     }
     // HG[n, G·H] = h_prev · W_hh^T
-    k.weight_gemm(
-        WeightOp::fwd(Weight::Hh, dir.ld),
-        Mat::new(h_prev, n, hout),
-        Mat::new(dir.w.w_hh, gh, hout).t(),
-        T::ZERO,
-        MatMut::new(hg, n, gh),
-    );
+    dir.forward_product(k, Weight::Hh, h_prev, hg);
     // Without a save (inference) the step's h and c go to the scratch, which then trades places
     // with h_prev and c_prev instead of being copied into them.
     let in_scratch = save.is_none();
@@ -274,7 +266,7 @@ fn forward_step<T: Float, K: HostKernels<T>>(
         dm.cell.kind,
         CellForward { active, hidden: h, xg: xg_t, hg, b_hh: dir.w.b_hh, h_prev, c_prev, gates, extra, c: &mut *c, m: m_out },
     );
-    if let Some(w_hr) = dir.w.w_hr {
+    if dm.proj {
         // h[n, Hout] = m · W_hr^T; m of inactive rows is zeroed so that the saved m is clean
         // for the dW_hr GEMM of backward.
         for (b, &a) in active.iter().enumerate() {
@@ -282,13 +274,7 @@ fn forward_step<T: Float, K: HostKernels<T>>(
                 m[b * h..(b + 1) * h].fill(T::ZERO);
             }
         }
-        k.weight_gemm(
-            WeightOp::fwd(Weight::Hr, dir.ld),
-            Mat::new(m, n, h),
-            Mat::new(w_hr, hout, h).t(),
-            T::ZERO,
-            MatMut::new(h_t, n, hout),
-        );
+        dir.forward_product(k, Weight::Hr, m, h_t);
     }
     for (b, &a) in active.iter().enumerate() {
         let hb = &mut h_t[b * hout..(b + 1) * hout];

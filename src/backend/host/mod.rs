@@ -27,18 +27,17 @@ mod forward;
 mod mat;
 mod reserve;
 
-pub(crate) use backward::backward;
-pub(crate) use forward::forward;
+pub(crate) use backward::run_backward;
+pub(crate) use forward::run_forward;
 pub(crate) use mat::{Mat, MatMut};
 pub use reserve::HostReserve;
 
 use crate::backend::stack::PlanStamp;
-use crate::backend::{check_backward, check_forward, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnPlan};
+use crate::backend::RnnPlan;
 use crate::config::{CellKind, RnnConfig};
 use crate::element::{Element, Float};
 use crate::error::Result;
 use crate::params::ParamLayout;
-use crate::shape::SeqShape;
 use direction::{split_rows, split_rows_mut};
 
 /// The plan of a host backend: the parameters' layout, built once here and read by every call,
@@ -80,40 +79,6 @@ impl<T: Send + Sync> RnnPlan for HostPlan<T> {
     fn param_len(&self) -> usize {
         self.layout.len()
     }
-}
-
-/// A host backend's whole forward call: validates the buffers, stamps the reserve with the
-/// plan and the shape, and runs the time loop with kernels `k`.
-pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
-    k: &K,
-    plan: &HostPlan<T>,
-    shape: &SeqShape,
-    input: ForwardInput<'_, [T]>,
-    output: ForwardOutput<'_, [T]>,
-    mut reserve: Option<&mut HostReserve<T>>,
-) -> Result<()> {
-    check_forward(plan.config(), shape, &input, &output)?;
-    if let Some(r) = reserve.as_deref_mut() {
-        r.stamp.fill(&plan.stamp, shape);
-    }
-    forward(k, plan, shape, input, output, reserve);
-    Ok(())
-}
-
-/// A host backend's whole backward call: validates the reserve against the plan and the
-/// buffers against the reserve's shape, then runs the time loop with kernels `k`.
-pub(crate) fn run_backward<T: Float, K: HostKernels<T>>(
-    k: &K,
-    plan: &HostPlan<T>,
-    reserve: &HostReserve<T>,
-    grads: BackwardInput<'_, [T]>,
-    output: BackwardOutput<'_, [T]>,
-    mode: GradMode,
-) -> Result<()> {
-    let shape = reserve.stamp.check(&plan.stamp)?;
-    check_backward(plan.config(), shape, plan.layout.len(), &grads, &output)?;
-    backward(k, plan, reserve, shape, grads, output, mode);
-    Ok(())
 }
 
 /// One step of a cell's forward pointwise kernel, for all `B` rows.
@@ -182,70 +147,32 @@ pub(crate) fn row_bounds(rows: usize, parts: usize) -> Vec<usize> {
     (0..=parts).map(|i| i * rows / parts).collect()
 }
 
-impl<'a, T> CellForward<'a, T> {
-    /// The step's rows cut at `bounds` (see [`row_bounds`]): each block is a step of its own.
-    pub(crate) fn split_rows(self, bounds: &[usize]) -> Vec<CellForward<'a, T>> {
-        let b = self.active.len();
-        let mut active = split_rows(self.active, b, bounds).into_iter();
-        let mut xg = split_rows(self.xg, b, bounds).into_iter();
-        let mut hg = split_rows(self.hg, b, bounds).into_iter();
-        let mut h_prev = split_rows(self.h_prev, b, bounds).into_iter();
-        let mut c_prev = split_rows(self.c_prev, b, bounds).into_iter();
-        let mut gates = split_rows_mut(self.gates, b, bounds).into_iter();
-        let mut extra = split_rows_mut(self.extra, b, bounds).into_iter();
-        let mut c = split_rows_mut(self.c, b, bounds).into_iter();
-        let mut m = split_rows_mut(self.m, b, bounds).into_iter();
-        (1..bounds.len())
-            .map(|_| CellForward {
-                active: active.next().unwrap_or_default(),
-                hidden: self.hidden,
-                xg: xg.next().unwrap_or_default(),
-                hg: hg.next().unwrap_or_default(),
-                b_hh: self.b_hh,
-                h_prev: h_prev.next().unwrap_or_default(),
-                c_prev: c_prev.next().unwrap_or_default(),
-                gates: gates.next().unwrap_or_default(),
-                extra: extra.next().unwrap_or_default(),
-                c: c.next().unwrap_or_default(),
-                m: m.next().unwrap_or_default(),
-            })
-            .collect()
-    }
+/// Implements `split_rows` for a step struct: its `read` and `write` fields (`[B, *]` slices)
+/// are cut at the same row boundaries, its `copy` fields are the same in every block. A field
+/// left out of the lists is a compile error (the struct literal misses it).
+macro_rules! impl_split_rows {
+    ($step:ident { read: [$($r:ident),*], write: [$($w:ident),*], copy: [$($c:ident),*] }) => {
+        impl<'a, T> $step<'a, T> {
+            /// The step's rows cut at `bounds` (see [`row_bounds`]): each block is a step of
+            /// its own.
+            pub(crate) fn split_rows(self, bounds: &[usize]) -> Vec<$step<'a, T>> {
+                let b = self.active.len();
+                $(let mut $r = split_rows(self.$r, b, bounds).into_iter();)*
+                $(let mut $w = split_rows_mut(self.$w, b, bounds).into_iter();)*
+                (1..bounds.len())
+                    .map(|_| $step {
+                        $($r: $r.next().unwrap_or_default(),)*
+                        $($w: $w.next().unwrap_or_default(),)*
+                        $($c: self.$c,)*
+                    })
+                    .collect()
+            }
+        }
+    };
 }
 
-impl<'a, T> CellBackward<'a, T> {
-    /// The step's rows cut at `bounds` (see [`row_bounds`]): each block is a step of its own.
-    pub(crate) fn split_rows(self, bounds: &[usize]) -> Vec<CellBackward<'a, T>> {
-        let b = self.active.len();
-        let mut active = split_rows(self.active, b, bounds).into_iter();
-        let mut gates = split_rows(self.gates, b, bounds).into_iter();
-        let mut extra = split_rows(self.extra, b, bounds).into_iter();
-        let mut c = split_rows(self.c, b, bounds).into_iter();
-        let mut c_prev = split_rows(self.c_prev, b, bounds).into_iter();
-        let mut h_prev = split_rows(self.h_prev, b, bounds).into_iter();
-        let mut dm = split_rows(self.dm, b, bounds).into_iter();
-        let mut dc = split_rows_mut(self.dc, b, bounds).into_iter();
-        let mut dgi = split_rows_mut(self.dgi, b, bounds).into_iter();
-        let mut dgh = split_rows_mut(self.dgh, b, bounds).into_iter();
-        let mut dh_direct = split_rows_mut(self.dh_direct, b, bounds).into_iter();
-        (1..bounds.len())
-            .map(|_| CellBackward {
-                active: active.next().unwrap_or_default(),
-                hidden: self.hidden,
-                gates: gates.next().unwrap_or_default(),
-                extra: extra.next().unwrap_or_default(),
-                c: c.next().unwrap_or_default(),
-                c_prev: c_prev.next().unwrap_or_default(),
-                h_prev: h_prev.next().unwrap_or_default(),
-                dm: dm.next().unwrap_or_default(),
-                dc: dc.next().unwrap_or_default(),
-                dgi: dgi.next().unwrap_or_default(),
-                dgh: dgh.next().unwrap_or_default(),
-                dh_direct: dh_direct.next().unwrap_or_default(),
-            })
-            .collect()
-    }
-}
+impl_split_rows!(CellForward { read: [active, xg, hg, h_prev, c_prev], write: [gates, extra, c, m], copy: [hidden, b_hh] });
+impl_split_rows!(CellBackward { read: [active, gates, extra, c, c_prev, h_prev, dm], write: [dc, dgi, dgh, dh_direct], copy: [hidden] });
 
 /// One of the weights of a layer-direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

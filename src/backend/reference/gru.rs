@@ -1,5 +1,5 @@
 //! Reference GRU step (PyTorch/cuDNN variant: reset applied after the recurrent matmul), for
-//! one valid row of the batch.
+//! one valid row of the batch (a step with `B = 1`).
 //!
 //! Forward, gates `r, z, n`, with `ai = W_ih x + b_ih` and `ah = W_hh h + b_hh`:
 //! `r = σ(ai_r + ah_r)`, `z = σ(ai_z + ah_z)`, `n = tanh(ai_n + r ah_n)`,
@@ -9,10 +9,10 @@
 //! `dan = dn (1 - n²)`, `dr = dan ah_n`, `dar = dr r (1 - r)`, `daz = dz z (1 - z)`;
 //! input side `[dar, daz, dan]`, hidden side `[dar, daz, dan r]`.
 
-use super::step::{RowBackward, RowForward};
+use crate::backend::host::{CellBackward, CellForward};
 use crate::element::Float;
 
-pub(super) fn forward<T: Float>(s: RowForward<'_, T>) {
+pub(super) fn forward<T: Float>(s: CellForward<'_, T>) {
     let h = s.hidden;
     let ah = |k: usize| s.hg[k] + s.b_hh.map_or(T::ZERO, |bh| bh[k]);
     for j in 0..h {
@@ -28,7 +28,7 @@ pub(super) fn forward<T: Float>(s: RowForward<'_, T>) {
     }
 }
 
-pub(super) fn backward<T: Float>(s: RowBackward<'_, T>) {
+pub(super) fn backward<T: Float>(s: CellBackward<'_, T>) {
     let h = s.hidden;
     for j in 0..h {
         let (r, z, n) = (s.gates[j], s.gates[h + j], s.gates[2 * h + j]);

@@ -1,4 +1,5 @@
-//! Reference LSTM step, forward and backward, for one valid row of the batch.
+//! Reference LSTM step, forward and backward, for one valid row of the batch (a step with
+//! `B = 1`).
 //!
 //! Forward, gates in PyTorch order `i, f, g, o`, with `a = W_ih x + b_ih + W_hh h + b_hh`:
 //! `i = σ(a_i)`, `f = σ(a_f)`, `g = tanh(a_g)`, `o = σ(a_o)`, `c' = f c + i g`,
@@ -9,10 +10,10 @@
 //! `dc = dc' f`; the pre-activation gradients multiply by `σ' = s (1 - s)` and
 //! `tanh' = 1 - g²`, taken from the saved activations.
 
-use super::step::{RowBackward, RowForward};
+use crate::backend::host::{CellBackward, CellForward};
 use crate::element::Float;
 
-pub(super) fn forward<T: Float>(r: RowForward<'_, T>) {
+pub(super) fn forward<T: Float>(r: CellForward<'_, T>) {
     let h = r.hidden;
     let pre = |k: usize| r.xg[k] + r.hg[k] + r.b_hh.map_or(T::ZERO, |bh| bh[k]);
     for j in 0..h {
@@ -30,7 +31,7 @@ pub(super) fn forward<T: Float>(r: RowForward<'_, T>) {
     }
 }
 
-pub(super) fn backward<T: Float>(r: RowBackward<'_, T>) {
+pub(super) fn backward<T: Float>(r: CellBackward<'_, T>) {
     let h = r.hidden;
     for j in 0..h {
         let (i, f, g, o) = (r.gates[j], r.gates[h + j], r.gates[2 * h + j], r.gates[3 * h + j]);

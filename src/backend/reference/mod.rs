@@ -24,27 +24,30 @@ pub use crate::backend::host::{HostPlan, HostReserve};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Reference;
 
+/// The maths of `cell` on one valid row: its forward and backward steps.
+type Maths<T> = (fn(CellForward<'_, T>), fn(CellBackward<'_, T>));
+
+/// Each cell's [`Maths`].
+fn maths<T: Float>(cell: CellKind) -> Maths<T> {
+    match cell {
+        CellKind::Lstm => (lstm::forward, lstm::backward),
+        CellKind::Gru => (gru::forward, gru::backward),
+        CellKind::RnnTanh => (|s| rnn::forward(rnn::Act::Tanh, s), |s| rnn::backward(rnn::Act::Tanh, s)),
+        CellKind::RnnRelu => (|s| rnn::forward(rnn::Act::Relu, s), |s| rnn::backward(rnn::Act::Relu, s)),
+    }
+}
+
 impl<T: Float> HostKernels<T> for Reference {
     fn gemm(&self, alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, beta: T, c: MatMut<'_, T>) {
         gemm::gemm(alpha, a, b, beta, c);
     }
 
     fn cell_forward(&self, cell: CellKind, s: CellForward<'_, T>) {
-        step::forward(s, |row| match cell {
-            CellKind::Lstm => lstm::forward(row),
-            CellKind::Gru => gru::forward(row),
-            CellKind::RnnTanh => rnn::forward(rnn::Act::Tanh, row),
-            CellKind::RnnRelu => rnn::forward(rnn::Act::Relu, row),
-        })
+        step::forward(s, maths(cell).0)
     }
 
     fn cell_backward(&self, cell: CellKind, s: CellBackward<'_, T>) {
-        step::backward(s, |row| match cell {
-            CellKind::Lstm => lstm::backward(row),
-            CellKind::Gru => gru::backward(row),
-            CellKind::RnnTanh => rnn::backward(rnn::Act::Tanh, row),
-            CellKind::RnnRelu => rnn::backward(rnn::Act::Relu, row),
-        })
+        step::backward(s, maths(cell).1)
     }
 
     fn serial(&self) -> Self {
