@@ -223,8 +223,8 @@ fn backward_step<T: Float, K: HostKernels<T>>(
         dh_t
     };
     let dgh: &mut [T] = if dm.gru() { dgh } else { dgh_scratch };
-    k.cell_backward(
-        dm.cell.kind,
+    k.cell_step_backward(
+        &dm.cell,
         CellBackward {
             active,
             hidden: h,

@@ -262,8 +262,8 @@ fn forward_step<T: Float, K: HostKernels<T>>(
     let Saved { gates, extra, c, m, h: h_t } = save.unwrap_or_else(|| scratch.as_mut().map(|v| &mut v[..]));
     // Without a projection the cell writes the new hidden state directly.
     let m_out: &mut [T] = if dm.proj { &mut *m } else { &mut *h_t };
-    k.cell_forward(
-        dm.cell.kind,
+    k.cell_step_forward(
+        &dm.cell,
         CellForward { active, hidden: h, xg: xg_t, hg, b_hh: dir.w.b_hh, h_prev, c_prev, gates, extra, c: &mut *c, m: m_out },
     );
     if dm.proj {

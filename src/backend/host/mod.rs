@@ -1,6 +1,6 @@
 //! The host driver: the time loop, layers, directions and variable lengths, written once for
 //! every backend that computes on host memory. A backend supplies its kernels through
-//! [`HostKernels`]: the GEMM and the per-step pointwise cell functions.
+//! `HostKernels`: the GEMM and the per-step pointwise cell functions.
 //!
 //! Structure (as in haste and cuDNN): for each layer and direction,
 //!
@@ -13,13 +13,21 @@
 //!   `db_* += Σ dG*`, `dX += dGi · W_ih` are big GEMMs over all steps.
 //!
 //! Batch rows never interact within a layer, so a backend may cut the time loop into blocks of
-//! rows ([`HostKernels::row_blocks`]) that run their steps in parallel, each on its own; the
+//! rows (`HostKernels::row_blocks`) that run their steps in parallel, each on its own; the
 //! input projection (per chunk of steps) and the weight gradients stay GEMMs over all rows.
 //!
 //! Variable lengths are handled by masking: at step `t`, sequence `b` is active iff
 //! `t < len[b]`. An inactive row keeps its state (so final states are those of the last valid
 //! step, and the reverse direction starts each sequence at its own last step) and outputs zero;
 //! in backward its gradients pass through unchanged.
+//!
+//! The files: `forward` and `backward` are the two time loops, each readable alone;
+//! `direction` is what they share (one layer-direction of a call: its sizes, cell and weights,
+//! and the cutting of its buffers into blocks of rows); `reserve` is what a training pass keeps
+//! for backward; `mat` the strided matrix views of the GEMMs. The sizes, the step order and the
+//! stamps that tie a reserve to its plan are `backend::stack`'s, the same as
+//! the CUDA driver's; the cell (kind and options) is `backend::cell::Cell`, which the loops hand whole to
+//! the kernels (`HostKernels::cell_step_forward`).
 
 mod backward;
 mod direction;
@@ -32,6 +40,7 @@ pub(crate) use forward::run_forward;
 pub(crate) use mat::{Mat, MatMut};
 pub use reserve::HostReserve;
 
+use crate::backend::cell::Cell;
 use crate::backend::stack::PlanStamp;
 use crate::backend::RnnPlan;
 use crate::config::{CellKind, RnnConfig};
@@ -224,6 +233,17 @@ pub(crate) trait HostKernels<T: Float>: Send + Sync {
     fn cell_forward(&self, cell: CellKind, step: CellForward<'_, T>);
     /// The fused backward pointwise step of `cell`.
     fn cell_backward(&self, cell: CellKind, step: CellBackward<'_, T>);
+
+    /// The forward pointwise step of the whole cell description (kind and options), which is
+    /// what the time loop calls. The default runs [`cell_forward`](Self::cell_forward) on the
+    /// kind; a backend whose kernels read a cell option overrides it.
+    fn cell_step_forward(&self, cell: &Cell, step: CellForward<'_, T>) {
+        self.cell_forward(cell.kind, step)
+    }
+    /// The backward counterpart of [`cell_step_forward`](Self::cell_step_forward).
+    fn cell_step_backward(&self, cell: &Cell, step: CellBackward<'_, T>) {
+        self.cell_backward(cell.kind, step)
+    }
 
     /// How the time loop of `pass` over `rows` batch rows is cut into blocks of rows that run
     /// their steps on their own, in parallel (see [`for_blocks`](Self::for_blocks)): the

@@ -2,8 +2,8 @@
 //!
 //! Plain loops, in any [`Float`] (f32 or f64), single-threaded and bit-reproducible. The
 //! driver ([`crate::backend::host`]) runs the time loop; the files here are the maths of each
-//! cell on one row of the batch: [`lstm`], [`gru`], [`rnn`] (forward and backward steps), the
-//! masking of rows past their length around them ([`step`]), and [`gemm`].
+//! cell on one row of the batch: `lstm.rs`, `gru.rs`, `rnn.rs` (forward and backward steps),
+//! the masking of rows past their length around them (`step.rs`), and `gemm.rs`.
 
 mod gemm;
 mod gru;
