@@ -276,3 +276,20 @@ impl<T: Float> Params<T> {
         self.data.iter().fold(0.0, |m, v| m.max(v.to_f64().abs()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ParamLayout;
+    use crate::config::{CellKind, RnnConfig};
+
+    #[test]
+    fn param_count_is_the_layout_length() {
+        for cell in [CellKind::Lstm, CellKind::Gru, CellKind::RnnTanh] {
+            for (layers, bi, bias, proj) in [(1, false, true, 0), (2, true, false, 0), (3, true, true, 3)] {
+                let proj = if cell == CellKind::Lstm { proj } else { 0 };
+                let cfg = RnnConfig::new(cell, 5, 7).num_layers(layers).bidirectional(bi).bias(bias).proj_size(proj).build().unwrap();
+                assert_eq!(cfg.param_count(), ParamLayout::new(&cfg).len(), "{cfg:?}");
+            }
+        }
+    }
+}

@@ -33,7 +33,7 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
     // The outputs of the layers but the last (which writes `y`): kept in the reserve for
     // backward, else two buffers that take turns being read and written.
     let mut alternating: Vec<Vec<T>> = Vec::new();
-    let (outputs, mut saves): (&mut Vec<Vec<T>>, Option<&mut [Saved<Vec<T>>]>) = match save {
+    let (outputs, mut saves) = match save {
         Some(s) => {
             s.stamp.fill(&plan.stamp, shape);
             s.prepare(cfg, shape, &input);
