@@ -1,6 +1,7 @@
 //! What a stack of recurrent layers is: [`CellKind`] and [`RnnConfig`].
 
 use crate::error::{Error, Result};
+use crate::params::ParamKind;
 use std::fmt;
 use std::str::FromStr;
 
@@ -175,6 +176,13 @@ impl RnnConfig {
         } else {
             self.output_size()
         }
+    }
+    /// The number of parameters: the length of the flat buffer of
+    /// [`ParamLayout`](crate::ParamLayout), counted without building the layout.
+    pub fn param_count(&self) -> usize {
+        let per_layer =
+            |l: usize| -> usize { ParamKind::ALL.iter().filter_map(|k| k.shape(self, l)).map(|s| s.iter().product::<usize>()).sum() };
+        self.num_directions() * (0..self.num_layers).map(per_layer).sum::<usize>()
     }
     /// Returns a builder starting from this configuration.
     pub fn to_builder(&self) -> RnnConfigBuilder {

@@ -105,22 +105,31 @@ pub trait Float:
     }
 }
 
-macro_rules! impl_float {
-    ($t:ty, $dtype:ident) => {
+/// `Element` for `$t`, stored as `Dtype::$dtype`, converted from f64 by `$from` and to f64 by
+/// `$to`.
+macro_rules! impl_element {
+    ($t:ty, $dtype:ident, $from:expr, $to:expr) => {
         impl Element for $t {
             const DTYPE: Dtype = Dtype::$dtype;
             #[inline]
             fn from_f64(v: f64) -> Self {
-                v as $t
+                $from(v)
             }
             #[inline]
             fn to_f64(self) -> f64 {
-                self as f64
+                $to(self)
             }
             fn write_le(self, out: &mut Vec<u8>) {
                 out.extend_from_slice(&self.to_le_bytes());
             }
         }
+    };
+}
+
+/// `Float` for a primitive float type, with its own `exp` and `tanh`.
+macro_rules! impl_float {
+    ($t:ty, $dtype:ident) => {
+        impl_element!($t, $dtype, |v: f64| v as $t, |x: $t| x as f64);
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -138,25 +147,7 @@ macro_rules! impl_float {
 impl_float!(f32, F32);
 impl_float!(f64, F64);
 
-macro_rules! impl_storage {
-    ($t:ty, $dtype:ident) => {
-        impl Element for $t {
-            const DTYPE: Dtype = Dtype::$dtype;
-            /// Rounds to nearest, ties to even, once: `from_f64_const` is the direct conversion
-            /// on every CPU (`from_f64` goes through f32 where F16C exists, rounding twice).
-            #[inline]
-            fn from_f64(v: f64) -> Self {
-                <$t>::from_f64_const(v)
-            }
-            #[inline]
-            fn to_f64(self) -> f64 {
-                <$t>::to_f64(self)
-            }
-            fn write_le(self, out: &mut Vec<u8>) {
-                out.extend_from_slice(&self.to_le_bytes());
-            }
-        }
-    };
-}
-impl_storage!(half::f16, F16);
-impl_storage!(half::bf16, BF16);
+// The 16-bit storage types round from f64 to nearest, ties to even, once: `from_f64_const` is the
+// direct conversion on every CPU (`from_f64` goes through f32 where F16C exists, rounding twice).
+impl_element!(half::f16, F16, half::f16::from_f64_const, half::f16::to_f64);
+impl_element!(half::bf16, BF16, half::bf16::from_f64_const, half::bf16::to_f64);

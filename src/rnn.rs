@@ -83,24 +83,9 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
         Self::new(backend, params.config(), params.as_slice())
     }
 
-    fn alloc_outputs(&self, shape: &SeqShape) -> Output<T> {
-        let cfg = self.config();
-        let n = |s: [usize; 3]| vec![T::default(); s.iter().product()];
-        Output { y: n(shape.y_shape(cfg)), hn: n(shape.h_shape(cfg)), cn: cfg.cell().has_cell_state().then(|| n(shape.c_shape(cfg))) }
-    }
-
     /// Inference: `x: [T, B, I]`, optional `h0: [L·D, B, Hout]` and `c0: [L·D, B, H]`.
     pub fn forward(&self, shape: &SeqShape, x: &[T], h0: Option<&[T]>, c0: Option<&[T]>) -> Result<Output<T>> {
-        // Check x before allocating outputs sized from `shape`.
-        check_len("x", "[T, B, I]", &shape.x_shape(self.config()), x.len())?;
-        let mut out = self.alloc_outputs(shape);
-        self.backend.forward_inference(
-            &self.plan,
-            shape,
-            ForwardInput { x, h0, c0 },
-            ForwardOutput { y: &mut out.y, hn: Some(&mut out.hn), cn: out.cn.as_deref_mut() },
-        )?;
-        Ok(out)
+        self.run_forward(shape, ForwardInput { x, h0, c0 }, None)
     }
 
     /// Training forward: like [`forward`](Self::forward), and fills `reserve` for
@@ -113,42 +98,30 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
         c0: Option<&[T]>,
         reserve: &mut B::Reserve,
     ) -> Result<Output<T>> {
-        check_len("x", "[T, B, I]", &shape.x_shape(self.config()), x.len())?;
-        let mut out = self.alloc_outputs(shape);
-        self.backend.forward_training(
-            &self.plan,
-            shape,
-            ForwardInput { x, h0, c0 },
-            ForwardOutput { y: &mut out.y, hn: Some(&mut out.hn), cn: out.cn.as_deref_mut() },
-            reserve,
-        )?;
-        Ok(out)
+        self.run_forward(shape, ForwardInput { x, h0, c0 }, Some(reserve))
     }
 
-    fn alloc_grads(&self, reserve: &B::Reserve) -> Result<Gradients<T>> {
-        let shape = reserve.shape().ok_or_else(crate::backend::stack::empty_reserve)?;
+    /// Allocates the outputs and runs inference, or a training pass filling `reserve`.
+    fn run_forward(&self, shape: &SeqShape, input: ForwardInput<'_, [T]>, reserve: Option<&mut B::Reserve>) -> Result<Output<T>> {
+        // Check x before allocating outputs sized from `shape`.
+        check_len("x", "[T, B, I]", &shape.x_shape(self.config()), input.x.len())?;
         let cfg = self.config();
         let n = |s: [usize; 3]| vec![T::default(); s.iter().product()];
-        Ok(Gradients {
-            dx: n(shape.x_shape(cfg)),
-            dh0: n(shape.h_shape(cfg)),
-            dc0: cfg.cell().has_cell_state().then(|| n(shape.c_shape(cfg))),
-            dparams: None,
-        })
+        let mut out =
+            Output { y: n(shape.y_shape(cfg)), hn: n(shape.h_shape(cfg)), cn: cfg.cell().has_cell_state().then(|| n(shape.c_shape(cfg))) };
+        let output: ForwardOutput<'_, [T]> = ForwardOutput { y: &mut out.y, hn: Some(&mut out.hn), cn: out.cn.as_deref_mut() };
+        match reserve {
+            Some(r) => self.backend.forward_training(&self.plan, shape, input, output, r)?,
+            None => self.backend.forward_inference(&self.plan, shape, input, output)?,
+        }
+        Ok(out)
     }
 
     /// Backpropagation through time; every gradient is freshly computed (parameter gradients
     /// overwrite, see [`GradMode::Overwrite`]). `dy`, `dhn`, `dcn` default to zeros.
     pub fn backward(&self, reserve: &B::Reserve, dy: Option<&[T]>, dhn: Option<&[T]>, dcn: Option<&[T]>) -> Result<Gradients<T>> {
-        let mut g = self.alloc_grads(reserve)?;
-        let mut dparams = vec![T::default(); crate::ParamLayout::new(self.config()).len()];
-        self.backend.backward(
-            &self.plan,
-            reserve,
-            BackwardInput { dy, dhn, dcn },
-            BackwardOutput { dx: Some(&mut g.dx), dh0: Some(&mut g.dh0), dc0: g.dc0.as_deref_mut(), dparams: Some(&mut dparams) },
-            GradMode::Overwrite,
-        )?;
+        let mut dparams = vec![T::default(); self.plan.param_len()];
+        let mut g = self.run_backward(reserve, BackwardInput { dy, dhn, dcn }, &mut dparams, GradMode::Overwrite)?;
         g.dparams = Some(dparams);
         Ok(g)
     }
@@ -163,14 +136,23 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
         dcn: Option<&[T]>,
         dparams: &mut [T],
     ) -> Result<Gradients<T>> {
-        let mut g = self.alloc_grads(reserve)?;
-        self.backend.backward(
-            &self.plan,
-            reserve,
-            BackwardInput { dy, dhn, dcn },
-            BackwardOutput { dx: Some(&mut g.dx), dh0: Some(&mut g.dh0), dc0: g.dc0.as_deref_mut(), dparams: Some(dparams) },
-            GradMode::Accumulate,
-        )?;
+        self.run_backward(reserve, BackwardInput { dy, dhn, dcn }, dparams, GradMode::Accumulate)
+    }
+
+    /// Allocates `dx`, `dh0`, `dc0` and runs backward with the parameter gradients in `dparams`.
+    fn run_backward(&self, reserve: &B::Reserve, grads: BackwardInput<'_, [T]>, dparams: &mut [T], mode: GradMode) -> Result<Gradients<T>> {
+        let shape = reserve.shape().ok_or_else(crate::backend::stack::empty_reserve)?;
+        let cfg = self.config();
+        let n = |s: [usize; 3]| vec![T::default(); s.iter().product()];
+        let mut g = Gradients {
+            dx: n(shape.x_shape(cfg)),
+            dh0: n(shape.h_shape(cfg)),
+            dc0: cfg.cell().has_cell_state().then(|| n(shape.c_shape(cfg))),
+            dparams: None,
+        };
+        let output: BackwardOutput<'_, [T]> =
+            BackwardOutput { dx: Some(&mut g.dx), dh0: Some(&mut g.dh0), dc0: g.dc0.as_deref_mut(), dparams: Some(dparams) };
+        self.backend.backward(&self.plan, reserve, grads, output, mode)?;
         Ok(g)
     }
 }

@@ -59,6 +59,13 @@ impl<T> Buffer for [T] {
 pub trait RnnPlan: Send + Sync {
     /// The configuration the plan was made for.
     fn config(&self) -> &RnnConfig;
+
+    /// The number of elements of the flat parameter buffer (and of a parameter gradient): the
+    /// [`ParamLayout`](crate::ParamLayout) length of [`config`](Self::config). A plan that keeps
+    /// its layout answers from it; the default counts from the configuration.
+    fn param_len(&self) -> usize {
+        self.config().param_count()
+    }
 }
 
 /// What a reserve must tell about itself.
@@ -186,6 +193,8 @@ pub trait Backend<T: Element>: Send + Sync {
     ) -> Result<()>;
 }
 
+// The CUDA driver's path to the step order (the host driver reads `stack` directly).
+#[cfg(feature = "cuda")]
 pub(crate) use stack::{prev_step, steps};
 
 /// Checks the buffers of a forward call against `config` and `shape`. Public for code that

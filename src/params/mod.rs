@@ -39,6 +39,21 @@ pub enum ParamKind {
 }
 
 impl ParamKind {
+    /// Every kind, in the order of a layer-direction's tensors in `state_dict()`.
+    pub const ALL: [ParamKind; 5] = [ParamKind::WeightIh, ParamKind::WeightHh, ParamKind::BiasIh, ParamKind::BiasHh, ParamKind::WeightHr];
+
+    /// The PyTorch shape of this tensor of layer `layer` of `config`, or `None` where the
+    /// configuration has no such tensor (biases without `bias`, `weight_hr` without projection).
+    pub fn shape(self, config: &RnnConfig, layer: usize) -> Option<Vec<usize>> {
+        let (gh, hout) = (config.gates() * config.hidden_size(), config.hidden_out_size());
+        match self {
+            ParamKind::WeightIh => Some(vec![gh, config.layer_input_size(layer)]),
+            ParamKind::WeightHh => Some(vec![gh, hout]),
+            ParamKind::BiasIh | ParamKind::BiasHh => config.bias().then(|| vec![gh]),
+            ParamKind::WeightHr => (config.proj_size() > 0).then(|| vec![hout, config.hidden_size()]),
+        }
+    }
+
     fn stem(self) -> &'static str {
         match self {
             ParamKind::WeightIh => "weight_ih",
@@ -109,29 +124,22 @@ pub struct ParamLayout {
 impl ParamLayout {
     /// The layout of `config`'s parameters.
     pub fn new(config: &RnnConfig) -> Self {
-        let (g, h, hout) = (config.gates(), config.hidden_size(), config.hidden_out_size());
         let mut specs = Vec::new();
         let mut layers = Vec::new();
         let mut offset = 0;
         for layer in 0..config.num_layers() {
             for direction in 0..config.num_directions() {
                 let suffix = if direction == 1 { "_reverse" } else { "" };
-                let mut push = |kind: ParamKind, shape: Vec<usize>| {
+                let [w_ih, w_hh, b_ih, b_hh, w_hr] = ParamKind::ALL.map(|kind| {
+                    let shape = kind.shape(config, layer)?;
                     let spec = ParamSpec { name: format!("{}_l{layer}{suffix}", kind.stem()), shape, offset, layer, direction, kind };
                     offset += spec.len();
                     let r = spec.range();
                     specs.push(spec);
-                    r
-                };
-                let w_ih = push(ParamKind::WeightIh, vec![g * h, config.layer_input_size(layer)]);
-                let w_hh = push(ParamKind::WeightHh, vec![g * h, hout]);
-                let (b_ih, b_hh) = if config.bias() {
-                    (Some(push(ParamKind::BiasIh, vec![g * h])), Some(push(ParamKind::BiasHh, vec![g * h])))
-                } else {
-                    (None, None)
-                };
-                let w_hr = (config.proj_size() > 0).then(|| push(ParamKind::WeightHr, vec![hout, h]));
-                layers.push(LayerRanges { w_ih, w_hh, b_ih, b_hh, w_hr });
+                    Some(r)
+                });
+                // Every configuration has the two weights.
+                layers.push(LayerRanges { w_ih: w_ih.unwrap_or_default(), w_hh: w_hh.unwrap_or_default(), b_ih, b_hh, w_hr });
             }
         }
         ParamLayout { config: config.clone(), specs, layers, len: offset }
@@ -266,5 +274,22 @@ impl<T: Float> Params<T> {
     /// The largest absolute value, for reports; 0 for an empty buffer.
     pub fn max_abs(&self) -> f64 {
         self.data.iter().fold(0.0, |m, v| m.max(v.to_f64().abs()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ParamLayout;
+    use crate::config::{CellKind, RnnConfig};
+
+    #[test]
+    fn param_count_is_the_layout_length() {
+        for cell in [CellKind::Lstm, CellKind::Gru, CellKind::RnnTanh] {
+            for (layers, bi, bias, proj) in [(1, false, true, 0), (2, true, false, 0), (3, true, true, 3)] {
+                let proj = if cell == CellKind::Lstm { proj } else { 0 };
+                let cfg = RnnConfig::new(cell, 5, 7).num_layers(layers).bidirectional(bi).bias(bias).proj_size(proj).build().unwrap();
+                assert_eq!(cfg.param_count(), ParamLayout::new(&cfg).len(), "{cfg:?}");
+            }
+        }
     }
 }

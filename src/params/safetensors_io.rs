@@ -27,19 +27,52 @@ pub struct LoadOptions {
 /// converted exactly to f64, then rounded once to `T` (so a bf16 or f16 PyTorch state_dict loads
 /// into an f32 model exactly, and an f32 file into an f16 model rounds to nearest even).
 pub(crate) fn view_to_vec<T: Element>(view: &TensorView<'_>, name: &str, source: &str) -> Result<Vec<T>> {
-    let data = view.data();
-    let out = match view.dtype() {
-        StDtype::F32 => data.chunks_exact(4).map(|b| T::from_f64(f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)).collect(),
-        StDtype::F64 => {
-            data.chunks_exact(8).map(|b| T::from_f64(f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))).collect()
-        }
-        StDtype::F16 => data.chunks_exact(2).map(|b| T::from_f64(half::f16::from_le_bytes([b[0], b[1]]).to_f64())).collect(),
-        StDtype::BF16 => data.chunks_exact(2).map(|b| T::from_f64(half::bf16::from_le_bytes([b[0], b[1]]).to_f64())).collect(),
-        other => {
-            return Err(Error::invalid(format!("{name} in {source}"), "dtype F32, F64, F16 or BF16", format!("{other:?}")));
-        }
-    };
+    let mut out = vec![T::from_f64(0.0); view.shape().iter().product()];
+    view_into(view, &mut out, name, source)?;
     Ok(out)
+}
+
+/// [`view_to_vec`] into `out`, which holds as many elements as the view: the loader's path
+/// from the file's bytes to the flat buffer, without a copy in between.
+pub(crate) fn view_into<T: Element>(view: &TensorView<'_>, out: &mut [T], name: &str, source: &str) -> Result<()> {
+    let data = view.data();
+    match view.dtype() {
+        StDtype::F32 => decode(data, out, |b| f32::from_le_bytes(b) as f64),
+        StDtype::F64 => decode(data, out, f64::from_le_bytes),
+        StDtype::F16 => decode(data, out, |b| half::f16::from_le_bytes(b).to_f64()),
+        StDtype::BF16 => decode(data, out, |b| half::bf16::from_le_bytes(b).to_f64()),
+        other => return Err(Error::invalid(format!("{name} in {source}"), "dtype F32, F64, F16 or BF16", format!("{other:?}"))),
+    }
+    Ok(())
+}
+
+/// `out[i] = T::from_f64(f(value i of data))`, values of `N` little-endian bytes.
+fn decode<T: Element, const N: usize>(data: &[u8], out: &mut [T], f: impl Fn([u8; N]) -> f64) {
+    for (o, b) in out.iter_mut().zip(data.chunks_exact(N)) {
+        let mut bytes = [0u8; N];
+        bytes.copy_from_slice(b);
+        *o = T::from_f64(f(bytes));
+    }
+}
+
+/// The little-endian bytes of `values`, as safetensors stores them.
+pub(crate) fn le_bytes<T: Element>(values: &[T]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(values.len() * T::DTYPE.size());
+    for &v in values {
+        v.write_le(&mut bytes);
+    }
+    bytes
+}
+
+/// [`serialize_sorted`], checked with the reference parser before anyone else reads it.
+pub(crate) fn serialize_checked(
+    tensors: &[(String, Vec<usize>, Vec<u8>)],
+    dtype: Dtype,
+    metadata: &HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let bytes = serialize_sorted(tensors, dtype, metadata);
+    SafeTensors::deserialize(&bytes).map_err(|e| st_error("<bytes>", e))?;
+    Ok(bytes)
 }
 
 /// Reads an I64 tensor (e.g. `lengths`).
@@ -242,8 +275,7 @@ impl<T: Element> Params<T> {
                     format!("shape {:?}", view.shape()),
                 ));
             }
-            let values: Vec<T> = view_to_vec(&view, &full, source)?;
-            data[spec.range()].copy_from_slice(&values);
+            view_into(&view, &mut data[spec.range()], &full, source)?;
         }
         Ok(Params { layout, data })
     }
@@ -251,22 +283,9 @@ impl<T: Element> Params<T> {
     /// The parameters as safetensors bytes, under PyTorch's names, in `T`'s dtype, with the
     /// configuration in the metadata. The same parameters always give the same bytes.
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
-        let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = self
-            .layout
-            .specs()
-            .iter()
-            .map(|spec| {
-                let mut bytes = Vec::with_capacity(spec.len() * T::DTYPE.size());
-                for &v in &self.data[spec.range()] {
-                    v.write_le(&mut bytes);
-                }
-                (spec.name.clone(), spec.shape.clone(), bytes)
-            })
-            .collect();
-        let bytes = serialize_sorted(&tensors, T::DTYPE, &config_metadata(self.config()));
-        // Check what we wrote with the reference parser before anyone else reads it.
-        SafeTensors::deserialize(&bytes).map_err(|e| st_error("<bytes>", e))?;
-        Ok(bytes)
+        let tensors: Vec<_> =
+            self.layout.specs().iter().map(|spec| (spec.name.clone(), spec.shape.clone(), le_bytes(&self.data[spec.range()]))).collect();
+        serialize_checked(&tensors, T::DTYPE, &config_metadata(self.config()))
     }
 
     /// Saves the parameters as a safetensors file (see

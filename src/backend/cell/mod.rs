@@ -66,7 +66,7 @@ impl Cell {
 /// What a training forward pass saves for one layer-direction, each `[T, B, *]` in time order
 /// whatever the direction. `M` is a backend's buffer (a host `Vec`, a device allocation), or
 /// `usize` for the element counts ([`Cell::saved_sizes`]).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Saved<M> {
     /// `[T, B, G·H]`: activated gates.
     pub gates: M,
@@ -89,6 +89,18 @@ impl<M> Saved<M> {
     /// The five buffers, mutably, in the order of [`each`](Self::each).
     pub fn each_mut(&mut self) -> [&mut M; 5] {
         [&mut self.gates, &mut self.extra, &mut self.c, &mut self.m, &mut self.h]
+    }
+
+    /// Each buffer through `f`, called in the order of [`each`](Self::each): e.g. element
+    /// counts to buffers, or buffers to views of them.
+    pub fn map<N>(self, mut f: impl FnMut(M) -> N) -> Saved<N> {
+        Saved { gates: f(self.gates), extra: f(self.extra), c: f(self.c), m: f(self.m), h: f(self.h) }
+    }
+
+    /// The five buffers, borrowed mutably, as one `Saved` (then [`map`](Self::map) them to
+    /// views).
+    pub fn as_mut(&mut self) -> Saved<&mut M> {
+        Saved { gates: &mut self.gates, extra: &mut self.extra, c: &mut self.c, m: &mut self.m, h: &mut self.h }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The host driver: the time loop, layers, directions and variable lengths, written once for
 //! every backend that computes on host memory. A backend supplies its kernels through
-//! [`HostKernels`]: the GEMM and the per-step pointwise cell functions.
+//! `HostKernels`: the GEMM and the per-step pointwise cell functions.
 //!
 //! Structure (as in haste and cuDNN): for each layer and direction,
 //!
@@ -13,51 +13,54 @@
 //!   `db_* += Σ dG*`, `dX += dGi · W_ih` are big GEMMs over all steps.
 //!
 //! Batch rows never interact within a layer, so a backend may cut the time loop into blocks of
-//! rows ([`HostKernels::row_blocks`]) that run their steps in parallel, each on its own; the
+//! rows (`HostKernels::row_blocks`) that run their steps in parallel, each on its own; the
 //! input projection (per chunk of steps) and the weight gradients stay GEMMs over all rows.
 //!
 //! Variable lengths are handled by masking: at step `t`, sequence `b` is active iff
 //! `t < len[b]`. An inactive row keeps its state (so final states are those of the last valid
 //! step, and the reverse direction starts each sequence at its own last step) and outputs zero;
 //! in backward its gradients pass through unchanged.
+//!
+//! The files: `forward` and `backward` are the two time loops, each readable alone;
+//! `direction` is what they share (one layer-direction of a call: its sizes, cell and weights,
+//! and the cutting of its buffers into blocks of rows); `reserve` is what a training pass keeps
+//! for backward; `mat` the strided matrix views of the GEMMs. The sizes, the step order and the
+//! stamps that tie a reserve to its plan are `backend::stack`'s, the same as
+//! the CUDA driver's; the cell (kind and options) is `backend::cell::Cell`, which the loops hand whole to
+//! the kernels (`HostKernels::cell_step_forward`).
 
-mod driver;
+mod backward;
+mod direction;
+mod forward;
 mod mat;
+mod reserve;
 
-pub use driver::HostReserve;
-pub(crate) use driver::{backward, forward};
+pub(crate) use backward::run_backward;
+pub(crate) use forward::run_forward;
 pub(crate) use mat::{Mat, MatMut};
+pub use reserve::HostReserve;
 
-use crate::backend::{check_backward, check_forward, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnPlan};
+use crate::backend::cell::Cell;
+use crate::backend::stack::PlanStamp;
+use crate::backend::RnnPlan;
 use crate::config::{CellKind, RnnConfig};
 use crate::element::{Element, Float};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::params::ParamLayout;
-use crate::shape::SeqShape;
-use std::sync::atomic::{AtomicU64, Ordering};
+use direction::{split_rows, split_rows_mut};
 
-/// The plan of a host backend: the configuration, a copy of the weights in PyTorch layout, and
-/// an identity and version so that a reserve is only ever used with the weights that made it.
-/// A clone is a new plan with an identity of its own.
-#[derive(Debug)]
+/// The plan of a host backend: the parameters' layout, built once here and read by every call,
+/// a copy of the weights in that layout, and a stamp so that a reserve is only ever used with
+/// the weights that filled it. A clone is a new plan with a stamp of its own.
+///
+/// The copy of the weights is the plan's own: [`Backend::plan`](crate::Backend::plan) and
+/// [`Backend::update_plan`](crate::Backend::update_plan) borrow the caller's buffer only for
+/// the call.
+#[derive(Debug, Clone)]
 pub struct HostPlan<T> {
     pub(crate) layout: ParamLayout,
     pub(crate) weights: Vec<T>,
-    pub(crate) id: u64,
-    pub(crate) version: u64,
-}
-
-fn next_plan_id() -> u64 {
-    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-    NEXT_ID.fetch_add(1, Ordering::Relaxed)
-}
-
-impl<T: Clone> Clone for HostPlan<T> {
-    fn clone(&self) -> Self {
-        // A clone's weights can diverge from the original's through update_plan, so it must not
-        // accept the original's reserves.
-        HostPlan { layout: self.layout.clone(), weights: self.weights.clone(), id: next_plan_id(), version: 0 }
-    }
+    pub(crate) stamp: PlanStamp,
 }
 
 impl<T: Element> HostPlan<T> {
@@ -65,14 +68,14 @@ impl<T: Element> HostPlan<T> {
     pub(crate) fn new(config: &RnnConfig, params: &[T]) -> Result<Self> {
         let layout = ParamLayout::new(config);
         layout.check_buffer("params", params.len())?;
-        Ok(HostPlan { layout, weights: params.to_vec(), id: next_plan_id(), version: 0 })
+        Ok(HostPlan { layout, weights: params.to_vec(), stamp: PlanStamp::new() })
     }
 
     /// Replaces the weights with new values of the same parameters.
     pub(crate) fn update(&mut self, params: &[T]) -> Result<()> {
         self.layout.check_buffer("params", params.len())?;
         self.weights.copy_from_slice(params);
-        self.version += 1;
+        self.stamp.bump();
         Ok(())
     }
 }
@@ -81,71 +84,10 @@ impl<T: Send + Sync> RnnPlan for HostPlan<T> {
     fn config(&self) -> &RnnConfig {
         self.layout.config()
     }
-}
 
-/// A host backend's whole forward call: validates the buffers, stamps the reserve with the
-/// plan's identity, and runs the driver with kernels `k`.
-pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
-    k: &K,
-    plan: &HostPlan<T>,
-    shape: &SeqShape,
-    input: ForwardInput<'_, [T]>,
-    output: ForwardOutput<'_, [T]>,
-    reserve: Option<&mut HostReserve<T>>,
-) -> Result<()> {
-    check_forward(plan.config(), shape, &input, &output)?;
-    let mut reserve = reserve;
-    if let Some(r) = reserve.as_deref_mut() {
-        r.plan_id = plan.id;
-        r.plan_version = plan.version;
+    fn param_len(&self) -> usize {
+        self.layout.len()
     }
-    forward(k, &plan.layout, &plan.weights, shape, input.x, input.h0, input.c0, output.y, output.hn, output.cn, reserve);
-    Ok(())
-}
-
-/// A host backend's whole backward call: validates the reserve and the buffers, then runs the
-/// driver with kernels `k`.
-pub(crate) fn run_backward<T: Float, K: HostKernels<T>>(
-    k: &K,
-    plan: &HostPlan<T>,
-    reserve: &HostReserve<T>,
-    grads: BackwardInput<'_, [T]>,
-    output: BackwardOutput<'_, [T]>,
-    mode: GradMode,
-) -> Result<()> {
-    let shape = check_reserve(reserve, plan)?;
-    check_backward(plan.config(), shape, plan.layout.len(), &grads, &output)?;
-    backward(
-        k,
-        &plan.layout,
-        &plan.weights,
-        reserve,
-        grads.dy,
-        grads.dhn,
-        grads.dcn,
-        output.dx,
-        output.dh0,
-        output.dc0,
-        output.dparams,
-        mode,
-    );
-    Ok(())
-}
-
-/// Checks that `reserve` was filled by `plan` at its current version; returns the call's shape.
-fn check_reserve<'r, T>(reserve: &'r HostReserve<T>, plan: &HostPlan<T>) -> Result<&'r SeqShape> {
-    let shape = reserve.shape.as_ref().ok_or_else(|| Error::Reserve("empty: run forward_training with it before backward".into()))?;
-    if reserve.plan_id != plan.id {
-        return Err(Error::Reserve("it was filled by a different plan than the one given to backward".into()));
-    }
-    if reserve.plan_version != plan.version {
-        return Err(Error::Reserve(format!(
-            "it was filled with version {} of the plan's weights, but the plan is now at version {} \
-             (update_plan was called in between); run forward_training again",
-            reserve.plan_version, plan.version
-        )));
-    }
-    Ok(shape)
 }
 
 /// One step of a cell's forward pointwise kernel, for all `B` rows.
@@ -209,93 +151,37 @@ pub(crate) struct CellBackward<'a, T> {
     pub dh_direct: &'a mut [T],
 }
 
-/// Splits `s` (rows of equal length, possibly none) at row boundaries into `bounds.len() - 1`
-/// consecutive blocks of rows `bounds[i]..bounds[i+1]`.
-fn split_rows<'a, T>(s: &'a [T], rows: usize, bounds: &[usize]) -> Vec<&'a [T]> {
-    let w = s.len().checked_div(rows).unwrap_or(0);
-    bounds.windows(2).map(|r| &s[r[0] * w..r[1] * w]).collect()
-}
-
-fn split_rows_mut<'a, T>(mut s: &'a mut [T], rows: usize, bounds: &[usize]) -> Vec<&'a mut [T]> {
-    let w = s.len().checked_div(rows).unwrap_or(0);
-    let mut out = Vec::with_capacity(bounds.len());
-    for r in bounds.windows(2) {
-        let (head, tail) = std::mem::take(&mut s).split_at_mut((r[1] - r[0]) * w);
-        out.push(head);
-        s = tail;
-    }
-    out
-}
-
 /// Row boundaries splitting `rows` into `parts` near-equal blocks.
 pub(crate) fn row_bounds(rows: usize, parts: usize) -> Vec<usize> {
     (0..=parts).map(|i| i * rows / parts).collect()
 }
 
-impl<'a, T> CellForward<'a, T> {
-    /// The step's rows cut at `bounds` (see [`row_bounds`]): each block is a step of its own.
-    pub(crate) fn split_rows(self, bounds: &[usize]) -> Vec<CellForward<'a, T>> {
-        let b = self.active.len();
-        let mut active = split_rows(self.active, b, bounds).into_iter();
-        let mut xg = split_rows(self.xg, b, bounds).into_iter();
-        let mut hg = split_rows(self.hg, b, bounds).into_iter();
-        let mut h_prev = split_rows(self.h_prev, b, bounds).into_iter();
-        let mut c_prev = split_rows(self.c_prev, b, bounds).into_iter();
-        let mut gates = split_rows_mut(self.gates, b, bounds).into_iter();
-        let mut extra = split_rows_mut(self.extra, b, bounds).into_iter();
-        let mut c = split_rows_mut(self.c, b, bounds).into_iter();
-        let mut m = split_rows_mut(self.m, b, bounds).into_iter();
-        (1..bounds.len())
-            .map(|_| CellForward {
-                active: active.next().unwrap_or_default(),
-                hidden: self.hidden,
-                xg: xg.next().unwrap_or_default(),
-                hg: hg.next().unwrap_or_default(),
-                b_hh: self.b_hh,
-                h_prev: h_prev.next().unwrap_or_default(),
-                c_prev: c_prev.next().unwrap_or_default(),
-                gates: gates.next().unwrap_or_default(),
-                extra: extra.next().unwrap_or_default(),
-                c: c.next().unwrap_or_default(),
-                m: m.next().unwrap_or_default(),
-            })
-            .collect()
-    }
+/// Implements `split_rows` for a step struct: its `read` and `write` fields (`[B, *]` slices)
+/// are cut at the same row boundaries, its `copy` fields are the same in every block. A field
+/// left out of the lists is a compile error (the struct literal misses it).
+macro_rules! impl_split_rows {
+    ($step:ident { read: [$($r:ident),*], write: [$($w:ident),*], copy: [$($c:ident),*] }) => {
+        impl<'a, T> $step<'a, T> {
+            /// The step's rows cut at `bounds` (see [`row_bounds`]): each block is a step of
+            /// its own.
+            pub(crate) fn split_rows(self, bounds: &[usize]) -> Vec<$step<'a, T>> {
+                let b = self.active.len();
+                $(let mut $r = split_rows(self.$r, b, bounds).into_iter();)*
+                $(let mut $w = split_rows_mut(self.$w, b, bounds).into_iter();)*
+                (1..bounds.len())
+                    .map(|_| $step {
+                        $($r: $r.next().unwrap_or_default(),)*
+                        $($w: $w.next().unwrap_or_default(),)*
+                        $($c: self.$c,)*
+                    })
+                    .collect()
+            }
+        }
+    };
 }
 
-impl<'a, T> CellBackward<'a, T> {
-    /// The step's rows cut at `bounds` (see [`row_bounds`]): each block is a step of its own.
-    pub(crate) fn split_rows(self, bounds: &[usize]) -> Vec<CellBackward<'a, T>> {
-        let b = self.active.len();
-        let mut active = split_rows(self.active, b, bounds).into_iter();
-        let mut gates = split_rows(self.gates, b, bounds).into_iter();
-        let mut extra = split_rows(self.extra, b, bounds).into_iter();
-        let mut c = split_rows(self.c, b, bounds).into_iter();
-        let mut c_prev = split_rows(self.c_prev, b, bounds).into_iter();
-        let mut h_prev = split_rows(self.h_prev, b, bounds).into_iter();
-        let mut dm = split_rows(self.dm, b, bounds).into_iter();
-        let mut dc = split_rows_mut(self.dc, b, bounds).into_iter();
-        let mut dgi = split_rows_mut(self.dgi, b, bounds).into_iter();
-        let mut dgh = split_rows_mut(self.dgh, b, bounds).into_iter();
-        let mut dh_direct = split_rows_mut(self.dh_direct, b, bounds).into_iter();
-        (1..bounds.len())
-            .map(|_| CellBackward {
-                active: active.next().unwrap_or_default(),
-                hidden: self.hidden,
-                gates: gates.next().unwrap_or_default(),
-                extra: extra.next().unwrap_or_default(),
-                c: c.next().unwrap_or_default(),
-                c_prev: c_prev.next().unwrap_or_default(),
-                h_prev: h_prev.next().unwrap_or_default(),
-                dm: dm.next().unwrap_or_default(),
-                dc: dc.next().unwrap_or_default(),
-                dgi: dgi.next().unwrap_or_default(),
-                dgh: dgh.next().unwrap_or_default(),
-                dh_direct: dh_direct.next().unwrap_or_default(),
-            })
-            .collect()
-    }
-}
+impl_split_rows!(CellForward { read: [active, xg, hg, h_prev, c_prev], write: [gates, extra, c, m], copy: [hidden, b_hh] });
+impl_split_rows!(CellBackward { read: [active, gates, extra, c, c_prev, h_prev, dm], write: [dc, dgi, dgh, dh_direct], copy: [hidden] });
 
 /// One of the weights of a layer-direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,6 +233,17 @@ pub(crate) trait HostKernels<T: Float>: Send + Sync {
     fn cell_forward(&self, cell: CellKind, step: CellForward<'_, T>);
     /// The fused backward pointwise step of `cell`.
     fn cell_backward(&self, cell: CellKind, step: CellBackward<'_, T>);
+
+    /// The forward pointwise step of the whole cell description (kind and options), which is
+    /// what the time loop calls. The default runs [`cell_forward`](Self::cell_forward) on the
+    /// kind; a backend whose kernels read a cell option overrides it.
+    fn cell_step_forward(&self, cell: &Cell, step: CellForward<'_, T>) {
+        self.cell_forward(cell.kind, step)
+    }
+    /// The backward counterpart of [`cell_step_forward`](Self::cell_step_forward).
+    fn cell_step_backward(&self, cell: &Cell, step: CellBackward<'_, T>) {
+        self.cell_backward(cell.kind, step)
+    }
 
     /// How the time loop of `pass` over `rows` batch rows is cut into blocks of rows that run
     /// their steps on their own, in parallel (see [`for_blocks`](Self::for_blocks)): the

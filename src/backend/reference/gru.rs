@@ -1,4 +1,5 @@
-//! Reference GRU step (PyTorch/cuDNN variant: reset applied after the recurrent matmul).
+//! Reference GRU step (PyTorch/cuDNN variant: reset applied after the recurrent matmul), for
+//! one valid row of the batch (a step with `B = 1`).
 //!
 //! Forward, gates `r, z, n`, with `ai = W_ih x + b_ih` and `ah = W_hh h + b_hh`:
 //! `r = σ(ai_r + ah_r)`, `z = σ(ai_z + ah_z)`, `n = tanh(ai_n + r ah_n)`,
@@ -11,65 +12,40 @@
 use crate::backend::host::{CellBackward, CellForward};
 use crate::element::Float;
 
-pub(crate) fn forward<T: Float>(s: CellForward<'_, T>) {
+pub(super) fn forward<T: Float>(s: CellForward<'_, T>) {
     let h = s.hidden;
-    let gh = 3 * h;
-    for (b, &active) in s.active.iter().enumerate() {
-        let gates = &mut s.gates[b * gh..(b + 1) * gh];
-        let extra = &mut s.extra[b * h..(b + 1) * h];
-        if !active {
-            gates.fill(T::ZERO);
-            extra.fill(T::ZERO);
-            continue;
-        }
-        let xg = &s.xg[b * gh..(b + 1) * gh];
-        let hg = &s.hg[b * gh..(b + 1) * gh];
-        let ah = |k: usize| hg[k] + s.b_hh.map_or(T::ZERO, |bh| bh[k]);
-        for j in 0..h {
-            let r = (xg[j] + ah(j)).sigmoid();
-            let z = (xg[h + j] + ah(h + j)).sigmoid();
-            let ahn = ah(2 * h + j);
-            let n = (xg[2 * h + j] + r * ahn).tanh();
-            s.m[b * h + j] = (T::ONE - z) * n + z * s.h_prev[b * h + j];
-            gates[j] = r;
-            gates[h + j] = z;
-            gates[2 * h + j] = n;
-            extra[j] = ahn;
-        }
+    let ah = |k: usize| s.hg[k] + s.b_hh.map_or(T::ZERO, |bh| bh[k]);
+    for j in 0..h {
+        let r = (s.xg[j] + ah(j)).sigmoid();
+        let z = (s.xg[h + j] + ah(h + j)).sigmoid();
+        let ahn = ah(2 * h + j);
+        let n = (s.xg[2 * h + j] + r * ahn).tanh();
+        s.m[j] = (T::ONE - z) * n + z * s.h_prev[j];
+        s.gates[j] = r;
+        s.gates[h + j] = z;
+        s.gates[2 * h + j] = n;
+        s.extra[j] = ahn;
     }
 }
 
-pub(crate) fn backward<T: Float>(s: CellBackward<'_, T>) {
+pub(super) fn backward<T: Float>(s: CellBackward<'_, T>) {
     let h = s.hidden;
-    let gh = 3 * h;
-    for (b, &active) in s.active.iter().enumerate() {
-        let dgi = &mut s.dgi[b * gh..(b + 1) * gh];
-        let dgh = &mut s.dgh[b * gh..(b + 1) * gh];
-        let dh_direct = &mut s.dh_direct[b * h..(b + 1) * h];
-        if !active {
-            dgi.fill(T::ZERO);
-            dgh.fill(T::ZERO);
-            dh_direct.fill(T::ZERO);
-            continue;
-        }
-        let gates = &s.gates[b * gh..(b + 1) * gh];
-        for j in 0..h {
-            let (r, z, n) = (gates[j], gates[h + j], gates[2 * h + j]);
-            let ahn = s.extra[b * h + j];
-            let dh = s.dm[b * h + j];
-            let dn = dh * (T::ONE - z);
-            let dz = dh * (s.h_prev[b * h + j] - n);
-            let dan = dn * (T::ONE - n * n);
-            let dr = dan * ahn;
-            let dar = dr * r * (T::ONE - r);
-            let daz = dz * z * (T::ONE - z);
-            dgi[j] = dar;
-            dgi[h + j] = daz;
-            dgi[2 * h + j] = dan;
-            dgh[j] = dar;
-            dgh[h + j] = daz;
-            dgh[2 * h + j] = dan * r;
-            dh_direct[j] = dh * z;
-        }
+    for j in 0..h {
+        let (r, z, n) = (s.gates[j], s.gates[h + j], s.gates[2 * h + j]);
+        let ahn = s.extra[j];
+        let dh = s.dm[j];
+        let dn = dh * (T::ONE - z);
+        let dz = dh * (s.h_prev[j] - n);
+        let dan = dn * (T::ONE - n * n);
+        let dr = dan * ahn;
+        let dar = dr * r * (T::ONE - r);
+        let daz = dz * z * (T::ONE - z);
+        s.dgi[j] = dar;
+        s.dgi[h + j] = daz;
+        s.dgi[2 * h + j] = dan;
+        s.dgh[j] = dar;
+        s.dgh[h + j] = daz;
+        s.dgh[2 * h + j] = dan * r;
+        s.dh_direct[j] = dh * z;
     }
 }

@@ -2,12 +2,14 @@
 //!
 //! Plain loops, in any [`Float`] (f32 or f64), single-threaded and bit-reproducible. The
 //! driver ([`crate::backend::host`]) runs the time loop; the files here are the maths of each
-//! cell: [`lstm`], [`gru`], [`rnn`] (forward and backward steps) and [`gemm`].
+//! cell on one row of the batch: `lstm.rs`, `gru.rs`, `rnn.rs` (forward and backward steps),
+//! the masking of rows past their length around them (`step.rs`), and `gemm.rs`.
 
 mod gemm;
 mod gru;
 mod lstm;
 mod rnn;
+mod step;
 
 use crate::backend::host::{self, CellBackward, CellForward, HostKernels, Mat, MatMut};
 use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode};
@@ -22,27 +24,30 @@ pub use crate::backend::host::{HostPlan, HostReserve};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Reference;
 
+/// The maths of `cell` on one valid row: its forward and backward steps.
+type Maths<T> = (fn(CellForward<'_, T>), fn(CellBackward<'_, T>));
+
+/// Each cell's [`Maths`].
+fn maths<T: Float>(cell: CellKind) -> Maths<T> {
+    match cell {
+        CellKind::Lstm => (lstm::forward, lstm::backward),
+        CellKind::Gru => (gru::forward, gru::backward),
+        CellKind::RnnTanh => (|s| rnn::forward(rnn::Act::Tanh, s), |s| rnn::backward(rnn::Act::Tanh, s)),
+        CellKind::RnnRelu => (|s| rnn::forward(rnn::Act::Relu, s), |s| rnn::backward(rnn::Act::Relu, s)),
+    }
+}
+
 impl<T: Float> HostKernels<T> for Reference {
     fn gemm(&self, alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, beta: T, c: MatMut<'_, T>) {
         gemm::gemm(alpha, a, b, beta, c);
     }
 
-    fn cell_forward(&self, cell: CellKind, step: CellForward<'_, T>) {
-        match cell {
-            CellKind::Lstm => lstm::forward(step),
-            CellKind::Gru => gru::forward(step),
-            CellKind::RnnTanh => rnn::forward(rnn::Act::Tanh, step),
-            CellKind::RnnRelu => rnn::forward(rnn::Act::Relu, step),
-        }
+    fn cell_forward(&self, cell: CellKind, s: CellForward<'_, T>) {
+        step::forward(s, maths(cell).0)
     }
 
-    fn cell_backward(&self, cell: CellKind, step: CellBackward<'_, T>) {
-        match cell {
-            CellKind::Lstm => lstm::backward(step),
-            CellKind::Gru => gru::backward(step),
-            CellKind::RnnTanh => rnn::backward(rnn::Act::Tanh, step),
-            CellKind::RnnRelu => rnn::backward(rnn::Act::Relu, step),
-        }
+    fn cell_backward(&self, cell: CellKind, s: CellBackward<'_, T>) {
+        step::backward(s, maths(cell).1)
     }
 
     fn serial(&self) -> Self {

@@ -1,0 +1,333 @@
+//! The backward time loop: layers from the last to the first, each direction's steps in reverse
+//! processing order, then the weight gradients as GEMMs over all steps. See the
+//! [module docs](super).
+
+use super::direction::{cut_rows, rows_or_zeros, BlockWork, Direction};
+use super::reserve::Workspace;
+use super::{CellBackward, HostKernels, HostPlan, HostReserve, Mat, MatMut, Pass, Weight};
+use crate::backend::cell::Saved;
+use crate::backend::stack::{prev_step, steps, LayerDims};
+use crate::backend::{check_backward, BackwardInput, BackwardOutput, GradMode};
+use crate::element::Float;
+use crate::error::Result;
+use std::ops::Range;
+
+/// A host backend's whole backward call with kernels `k`: validates the reserve `s` against
+/// `plan` and the buffers against the reserve's shape (see [`BackwardInput`] and
+/// [`BackwardOutput`] for their shapes), then runs the stack backward.
+pub(crate) fn run_backward<T: Float, K: HostKernels<T>>(
+    k: &K,
+    plan: &HostPlan<T>,
+    s: &HostReserve<T>,
+    grads: BackwardInput<'_, [T]>,
+    output: BackwardOutput<'_, [T]>,
+    mode: GradMode,
+) -> Result<()> {
+    let cfg = plan.layout.config();
+    let shape = s.stamp.check(&plan.stamp)?;
+    check_backward(cfg, shape, plan.layout.len(), &grads, &output)?;
+    let (nl, nd) = (cfg.num_layers(), cfg.num_directions());
+    let (bl, tb) = (shape.batch(), shape.steps() * shape.batch());
+    let (hlen, clen) = (bl * cfg.hidden_out_size(), bl * cfg.hidden_size());
+    let lstm = cfg.cell().has_cell_state();
+    let BackwardOutput { dx, mut dh0, mut dc0, mut dparams } = output;
+    if let (Some(dp), GradMode::Overwrite) = (dparams.as_deref_mut(), mode) {
+        dp.fill(T::ZERO);
+    }
+
+    // Gradient w.r.t. the output of the layer being processed, [T, B, D·Hout].
+    let mut d_out = s.work.zeroed(tb * cfg.output_size());
+    if let Some(dy) = grads.dy {
+        d_out.copy_from_slice(dy);
+    }
+    let want_dx = dx.is_some();
+    for l in (0..nl).rev() {
+        let input: &[T] = if l == 0 { &s.x } else { &s.outputs[l - 1] };
+        let in_w = cfg.layer_input_size(l);
+        let mut d_in = if l > 0 || want_dx { s.work.zeroed(tb * in_w) } else { Vec::new() };
+        for d in 0..nd {
+            let dir = Direction::new(plan, shape, l, d);
+            let io = DirectionIo {
+                input,
+                d_out: &d_out,
+                saved: &s.dirs[dir.ld],
+                h0: dir.block(Some(&s.h0), hlen).expect("h0 saved"),
+                c0: if lstm { dir.block(Some(&s.c0), clen) } else { None },
+                dhn: dir.block(grads.dhn, hlen),
+                dcn: if lstm { dir.block(grads.dcn, clen) } else { None },
+                d_in: (!d_in.is_empty()).then_some(&mut d_in[..]),
+                dh0: dir.block_mut(&mut dh0, hlen),
+                dc0: dir.block_mut(&mut dc0, clen),
+                dparams: dparams.as_deref_mut(),
+            };
+            bptt_direction(k, dir, io, &s.work);
+        }
+        s.work.give([std::mem::replace(&mut d_out, d_in)]);
+    }
+    if let Some(dx) = dx {
+        dx.copy_from_slice(&d_out);
+    }
+    s.work.give([d_out]);
+    Ok(())
+}
+
+/// What one layer-direction of backward reads and writes.
+struct DirectionIo<'a, T> {
+    /// `[T, B, In]`: the layer's input saved by forward.
+    input: &'a [T],
+    /// `[T, B, D·Hout]`: the gradient w.r.t. the layer's output (the direction reads its
+    /// columns).
+    d_out: &'a [T],
+    /// The activations forward saved.
+    saved: &'a Saved<Vec<T>>,
+    /// `[B, Hout]`: the initial hidden state forward used.
+    h0: &'a [T],
+    /// `[B, H]` (LSTM): the initial cell state forward used.
+    c0: Option<&'a [T]>,
+    /// `[B, Hout]`: the gradient w.r.t. the final hidden state, or zeros.
+    dhn: Option<&'a [T]>,
+    /// `[B, H]` (LSTM): the gradient w.r.t. the final cell state, or zeros.
+    dcn: Option<&'a [T]>,
+    /// `[T, B, In]`: `dGi · W_ih` is added here (the gradient w.r.t. the layer's input), when
+    /// wanted.
+    d_in: Option<&'a mut [T]>,
+    /// `[B, Hout]`: overwritten with the gradient w.r.t. the initial hidden state.
+    dh0: Option<&'a mut [T]>,
+    /// `[B, H]` (LSTM): overwritten with the gradient w.r.t. the initial cell state.
+    dc0: Option<&'a mut [T]>,
+    /// The flat parameter gradients; the direction's are added in.
+    dparams: Option<&'a mut [T]>,
+}
+
+/// `c[m, n] += g[r, m]^T · x[r, n]`: a weight gradient, summed over the rows of all steps.
+fn add_weight_grad<T: Float, K: HostKernels<T>>(k: &K, g: Mat<'_, T>, x: Mat<'_, T>, c: &mut [T]) {
+    k.gemm(T::ONE, g.t(), x, T::ONE, MatMut::new(c, g.cols, x.cols));
+}
+
+/// Column sums of `g: [rows, n]` added to `acc: [n]`.
+fn add_col_sums<T: Float>(acc: &mut [T], g: &[T], n: usize) {
+    for row in g.chunks_exact(n) {
+        for (a, &v) in acc.iter_mut().zip(row) {
+            *a += v;
+        }
+    }
+}
+
+/// What a block of batch rows `row0..row0 + n` carries from step to step of a backward
+/// layer-direction.
+struct BwdRows<T> {
+    row0: usize,
+    /// `[n, Hout]`: the gradient w.r.t. the hidden state from the later steps.
+    dh_carry: Vec<T>,
+    /// `[n, H]` (LSTM; empty otherwise): the same for the cell state.
+    dc_carry: Vec<T>,
+    /// `[n, Hout]`: `dh` of the current step, `dh_carry` plus the output's gradient.
+    dh_t: Vec<T>,
+    /// `[n, H]` (with a projection; empty otherwise): `dh_t · W_hr`.
+    dm_t: Vec<T>,
+    /// `[n, H]`: the cell's `dh_direct`.
+    dh_direct: Vec<T>,
+    /// `[n, G·H]`: `dGh` of the step where it is not kept for the weight gradient (where it
+    /// equals `dGi`: every cell but GRU).
+    dgh: Vec<T>,
+    /// `[n]`.
+    active: Vec<bool>,
+}
+
+impl<T: Float> BwdRows<T> {
+    fn new(rows: Range<usize>, dm: &LayerDims, dhn: Option<&[T]>, dcn: Option<&[T]>) -> Self {
+        let n = rows.len();
+        BwdRows {
+            row0: rows.start,
+            dh_carry: rows_or_zeros(dhn, rows.clone(), dm.hout),
+            dc_carry: rows_or_zeros(dcn, rows, if dm.lstm() { dm.h } else { 0 }),
+            dh_t: vec![T::ZERO; n * dm.hout],
+            dm_t: vec![T::ZERO; if dm.proj { n * dm.h } else { 0 }],
+            dh_direct: vec![T::ZERO; n * dm.h],
+            dgh: vec![T::ZERO; if dm.gru() { 0 } else { n * dm.gh }],
+            active: vec![false; n],
+        }
+    }
+}
+
+/// What one backward step reads of a layer-direction: its saved activations, initial state and
+/// output gradient.
+#[derive(Clone, Copy)]
+struct StepInputs<'a, T> {
+    saved: &'a Saved<Vec<T>>,
+    /// `[B, Hout]`.
+    h0: &'a [T],
+    /// `[B, H]` (LSTM; empty otherwise).
+    c0: &'a [T],
+    /// `[T, B, D·Hout]`.
+    d_out: &'a [T],
+}
+
+/// What one backward step writes for the weight gradients: a block's rows of one step of `dGi`,
+/// `dGh` (GRU only; empty otherwise) and `dH` (with a projection; empty otherwise).
+struct StepGrads<'a, T> {
+    /// `[n, G·H]`.
+    dgi: &'a mut [T],
+    /// `[n, G·H]`.
+    dgh: &'a mut [T],
+    /// `[n, Hout]`.
+    dh: &'a mut [T],
+}
+
+/// One backward step `t` of a block of rows: writes its rows of `dGi`, `dGh` and `dH` into `out`
+/// and carries the state gradients in `st`.
+fn backward_step<T: Float, K: HostKernels<T>>(
+    k: &K,
+    dir: &Direction<'_, T>,
+    t: usize,
+    inp: StepInputs<'_, T>,
+    st: &mut BwdRows<T>,
+    out: StepGrads<'_, T>,
+) {
+    let dm = &dir.dims;
+    let (tl, bl, h, hout, gh, d) = (dm.t, dm.b, dm.h, dm.hout, dm.gh, dir.d);
+    let widths = dm.cell.saved_sizes(1, 1);
+    let (ew, cw) = (widths.extra, widths.c);
+    let BwdRows { row0, dh_carry, dc_carry, dh_t, dm_t, dh_direct, dgh: dgh_scratch, active } = st;
+    let StepGrads { dgi, dgh, dh: dh_all } = out;
+    let (r0, n) = (*row0, active.len());
+    // Rows r0..r0+n of step s of a saved [T, B, w] buffer.
+    let rows = |s: usize, w: usize| (s * bl + r0) * w..(s * bl + r0 + n) * w;
+    for (i, a) in active.iter_mut().enumerate() {
+        *a = dir.shape.is_active(t, r0 + i);
+    }
+    let sv = inp.saved;
+    let p = prev_step(t, tl, dir.reverse());
+    let h_prev = p.map_or(&inp.h0[r0 * hout..(r0 + n) * hout], |p| &sv.h[rows(p, hout)]);
+    let c_prev = p.map_or(&inp.c0[r0 * cw..(r0 + n) * cw], |p| &sv.c[rows(p, cw)]);
+    for (b, &a) in active.iter().enumerate() {
+        let dst = &mut dh_t[b * hout..(b + 1) * hout];
+        dst.copy_from_slice(&dh_carry[b * hout..(b + 1) * hout]);
+        if a {
+            let row = (t * bl + r0 + b) * dm.out_w + d * hout;
+            for (v, &g) in dst.iter_mut().zip(&inp.d_out[row..row + hout]) {
+                *v += g;
+            }
+        }
+    }
+    let dm_slice: &[T] = if dm.proj {
+        // m → h = m · W_hr^T, so dm = dh · W_hr.
+        dir.backward_product(k, Weight::Hr, dh_t, T::ZERO, dm_t);
+        for (b, &a) in active.iter().enumerate() {
+            if a {
+                dh_all[b * hout..(b + 1) * hout].copy_from_slice(&dh_t[b * hout..(b + 1) * hout]);
+            }
+        }
+        dm_t
+    } else {
+        dh_t
+    };
+    let dgh: &mut [T] = if dm.gru() { dgh } else { dgh_scratch };
+    k.cell_step_backward(
+        &dm.cell,
+        CellBackward {
+            active,
+            hidden: h,
+            gates: &sv.gates[rows(t, gh)],
+            extra: &sv.extra[rows(t, ew)],
+            c: &sv.c[rows(t, cw)],
+            c_prev,
+            h_prev: if dm.gru() { h_prev } else { &[] },
+            dm: dm_slice,
+            dc: dc_carry,
+            dgi,
+            dgh: &mut *dgh,
+            dh_direct: &mut *dh_direct,
+        },
+    );
+    // dh_prev = dGh · W_hh (+ GRU's direct term); inactive rows pass dh through unchanged.
+    dir.backward_product(k, Weight::Hh, dgh, T::ZERO, dh_carry);
+    for (b, &a) in active.iter().enumerate() {
+        let dst = &mut dh_carry[b * hout..(b + 1) * hout];
+        if !a {
+            dst.copy_from_slice(&dh_t[b * hout..(b + 1) * hout]);
+        } else if dm.gru() {
+            for (v, &g) in dst.iter_mut().zip(&dh_direct[b * h..(b + 1) * h]) {
+                *v += g;
+            }
+        }
+    }
+}
+
+/// BPTT through one layer-direction: adds `dGi · W_ih` into `io.d_in`, writes `io.dh0` and
+/// `io.dc0`, and adds the parameter gradients into `io.dparams`.
+///
+/// The time loop runs in the blocks of rows of [`HostKernels::row_blocks`], each on its own;
+/// the weight gradients are large GEMMs over all steps after it.
+fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io: DirectionIo<'_, T>, work: &Workspace<T>) {
+    let dm = dir.dims;
+    let (tl, bl, h, hout, gh) = (dm.t, dm.b, dm.h, dm.hout, dm.gh);
+    let DirectionIo { input, d_out, saved: sv, h0, c0, dhn, dcn, d_in, dh0, dc0, dparams } = io;
+    let tb = tl * bl;
+    let zeros_c = vec![T::ZERO; if dm.lstm() { bl * h } else { 0 }];
+    let inp = StepInputs { saved: sv, h0, c0: c0.unwrap_or(&zeros_c), d_out };
+
+    // dGi of every step (and dGh, which differs from it for GRU only): the left factors of the
+    // weight gradients. dH of every step (inactive rows zero): the left factor of dW_hr.
+    let mut dgi_all = work.zeroed(tb * gh);
+    let mut dgh_all = if dm.gru() { work.zeroed(tb * gh) } else { Vec::new() };
+    let mut dh_all = if dm.proj { work.zeroed(tb * hout) } else { Vec::new() };
+    let bounds = k.row_blocks(bl, Pass::Backward);
+    let mut blocks: Vec<BwdRows<T>> = bounds.windows(2).map(|r| BwdRows::new(r[0]..r[1], &dm, dhn, dcn)).collect();
+    {
+        let serial = k.serial();
+        let kb: &K = if blocks.len() > 1 { &serial } else { k };
+        let [dgi, dgh, dh] = [&mut dgi_all, &mut dgh_all, &mut dh_all].map(|v| cut_rows(v, tl, &bounds));
+        let work = BlockWork::new(blocks.iter_mut().zip(dgi).zip(dgh).zip(dh));
+        k.for_blocks(work.len(), &|i| {
+            let Some((((st, mut dgi), mut dgh), mut dh)) = work.take(i) else { return };
+            for t in steps(tl, !dir.reverse()) {
+                let out = StepGrads { dgi: &mut *dgi[t], dgh: &mut *dgh[t], dh: &mut *dh[t] };
+                backward_step(kb, &dir, t, inp, st, out);
+            }
+        });
+    }
+    if let Some(dh0) = dh0 {
+        for st in &blocks {
+            dh0[st.row0 * hout..(st.row0 + st.active.len()) * hout].copy_from_slice(&st.dh_carry);
+        }
+    }
+    if let Some(dc0) = dc0 {
+        for st in &blocks {
+            dc0[st.row0 * h..(st.row0 + st.active.len()) * h].copy_from_slice(&st.dc_carry);
+        }
+    }
+
+    // dGh equals dGi for every cell but GRU.
+    let dgh_ref: &[T] = if dm.gru() { &dgh_all } else { &dgi_all };
+    if let Some(dp) = dparams {
+        let lr = dir.ranges;
+        // dW_ih += dGi^T · X
+        add_weight_grad(k, Mat::new(&dgi_all, tb, gh), Mat::new(input, tb, dm.input), &mut dp[lr.w_ih.clone()]);
+        // dW_hh += dGh^T · H_prev, where H_prev is the saved states shifted by one step, with h0
+        // at the first processed step: two GEMMs, no copy.
+        let dw_hh = &mut dp[lr.w_hh.clone()];
+        let (first, rest_g, rest_h) = if dir.reverse() {
+            (tl - 1, &dgh_ref[..(tl - 1) * bl * gh], &sv.h[bl * hout..])
+        } else {
+            (0, &dgh_ref[bl * gh..], &sv.h[..(tl - 1) * bl * hout])
+        };
+        add_weight_grad(k, Mat::new(rest_g, (tl - 1) * bl, gh), Mat::new(rest_h, (tl - 1) * bl, hout), &mut *dw_hh);
+        add_weight_grad(k, Mat::new(&dgh_ref[first * bl * gh..(first + 1) * bl * gh], bl, gh), Mat::new(h0, bl, hout), dw_hh);
+        if let Some(r) = lr.b_ih.clone() {
+            add_col_sums(&mut dp[r], &dgi_all, gh);
+        }
+        if let Some(r) = lr.b_hh.clone() {
+            add_col_sums(&mut dp[r], dgh_ref, gh);
+        }
+        if let Some(r) = lr.w_hr.clone() {
+            // dW_hr += dH^T · M
+            add_weight_grad(k, Mat::new(&dh_all, tb, hout), Mat::new(&sv.m, tb, h), &mut dp[r]);
+        }
+    }
+    if let Some(d_in) = d_in {
+        // dX += dGi · W_ih
+        dir.backward_product(k, Weight::Ih, &dgi_all, T::ONE, d_in);
+    }
+    work.give([dgi_all, dgh_all, dh_all]);
+}

@@ -1,0 +1,147 @@
+//! What a training forward pass keeps for backward ([`HostReserve`]), and the pool of scratch
+//! buffers that backward borrows from it ([`Workspace`]).
+
+use crate::backend::cell::{Cell, Saved};
+use crate::backend::stack::ReserveStamp;
+use crate::backend::ForwardInput;
+use crate::config::RnnConfig;
+use crate::element::Float;
+use crate::shape::SeqShape;
+
+/// What a host backend's training forward pass saves for backward.
+///
+/// Create an empty one with `Default` and pass it to `forward_training`; its buffers are
+/// resized in place on every call, so reusing one reserve avoids reallocation.
+#[derive(Debug, Default, Clone)]
+pub struct HostReserve<T> {
+    /// The plan and shape of the call that filled it.
+    pub(crate) stamp: ReserveStamp,
+    /// `[T, B, I]`.
+    pub(super) x: Vec<T>,
+    /// `[L·D, B, Hout]`, zeros when not given.
+    pub(super) h0: Vec<T>,
+    /// `[L·D, B, H]` (LSTM), zeros when not given.
+    pub(super) c0: Vec<T>,
+    /// Per layer but the last, `[T, B, D·Hout]`: the layer's output, masked (the next layer's
+    /// input). The last layer's output is `y`, which backward does not read.
+    pub(super) outputs: Vec<Vec<T>>,
+    /// Per layer and direction (`l·D + d`).
+    pub(super) dirs: Vec<Saved<Vec<T>>>,
+    /// Backward's large scratch buffers, kept from one call to the next.
+    pub(super) work: Workspace<T>,
+}
+
+impl<T: Send + Default> crate::backend::RnnReserve for HostReserve<T> {
+    fn shape(&self) -> Option<&SeqShape> {
+        self.stamp.shape()
+    }
+}
+
+impl<T: Float> HostReserve<T> {
+    /// Sizes the reserve for a training call of `shape` and copies its inputs (`x`, and `h0`,
+    /// `c0` or zeros). The caller has stamped it; the time loop fills `outputs` and `dirs`.
+    pub(super) fn prepare(&mut self, cfg: &RnnConfig, shape: &SeqShape, input: &ForwardInput<'_, [T]>) {
+        let lds = cfg.num_layers() * cfg.num_directions();
+        let (b, tb) = (shape.batch(), shape.steps() * shape.batch());
+        fill_from(&mut self.x, Some(input.x), input.x.len());
+        fill_from(&mut self.h0, input.h0, lds * b * cfg.hidden_out_size());
+        if cfg.cell().has_cell_state() {
+            fill_from(&mut self.c0, input.c0, lds * b * cfg.hidden_size());
+        } else {
+            self.c0.clear();
+        }
+        self.outputs.resize_with(cfg.num_layers() - 1, Vec::new);
+        for o in &mut self.outputs {
+            fit_len(o, tb * cfg.output_size());
+        }
+        let sizes = Cell::of(cfg).saved_sizes(shape.steps(), b);
+        self.dirs.resize_with(lds, Saved::default);
+        for dir in &mut self.dirs {
+            for (v, n) in sizes.zip(dir) {
+                fit_len(v, n);
+            }
+        }
+    }
+}
+
+/// A pool of buffers that a `&HostReserve` lends to backward, so that a training loop reusing
+/// its reserve allocates (and page-faults in) its tens of megabytes of gradients of the gates
+/// once, not on every call. A clone starts empty.
+#[derive(Debug)]
+pub(super) struct Workspace<T>(std::sync::Mutex<Vec<Vec<T>>>);
+
+impl<T> Default for Workspace<T> {
+    fn default() -> Self {
+        Workspace(std::sync::Mutex::new(Vec::new()))
+    }
+}
+
+impl<T> Clone for Workspace<T> {
+    fn clone(&self) -> Self {
+        Workspace::default()
+    }
+}
+
+impl<T: Float> Workspace<T> {
+    /// A buffer of `n` zeros, from the pool where it has one.
+    pub(super) fn zeroed(&self, n: usize) -> Vec<T> {
+        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // The smallest buffer that holds `n` (so that a small request does not take the
+        // allocation a large one needs), else the largest, to grow.
+        let fits = (0..pool.len()).filter(|&i| pool[i].capacity() >= n).min_by_key(|&i| pool[i].capacity());
+        let best = fits.or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
+        let mut v = best.map(|i| pool.swap_remove(i)).unwrap_or_default();
+        drop(pool);
+        fit(&mut v, n);
+        v
+    }
+
+    /// Returns buffers to the pool.
+    pub(super) fn give(&self, bufs: impl IntoIterator<Item = Vec<T>>) {
+        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        pool.extend(bufs.into_iter().filter(|v| v.capacity() > 0));
+    }
+}
+
+/// Resizes `v` to `n` zeros, keeping its allocation.
+fn fit<T: Float>(v: &mut Vec<T>, n: usize) {
+    v.clear();
+    v.resize(n, T::ZERO);
+}
+
+/// Resizes `v` to `n` elements that the caller then overwrites entirely: keeps the allocation
+/// and, at an unchanged length, writes nothing (a reserve reused across calls is not cleared
+/// every time).
+pub(super) fn fit_len<T: Float>(v: &mut Vec<T>, n: usize) {
+    v.resize(n, T::ZERO);
+}
+
+/// Copies `src` into `v` (resized), keeping its allocation; zeros of length `n` if `src` is None.
+fn fill_from<T: Float>(v: &mut Vec<T>, src: Option<&[T]>, n: usize) {
+    match src {
+        Some(s) => {
+            v.clear();
+            v.extend_from_slice(s);
+        }
+        None => fit(v, n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Workspace;
+
+    #[test]
+    fn workspace_lends_the_smallest_buffer_that_fits() {
+        let w = Workspace::<f32>::default();
+        w.give([Vec::with_capacity(1000), Vec::with_capacity(100)]);
+        let small = w.zeroed(50);
+        assert_eq!((small.len(), small.capacity()), (50, 100));
+        let big = w.zeroed(800);
+        assert_eq!(big.capacity(), 1000);
+        assert!(big.iter().all(|&v| v == 0.0));
+        // Nothing fits: the largest grows.
+        w.give([small, big]);
+        assert!(w.zeroed(2000).capacity() >= 2000);
+    }
+}
