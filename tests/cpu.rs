@@ -9,7 +9,7 @@ mod common;
 use common::describe;
 use common::parity::{case_files, config, Problem, GRAD_TOL};
 use proptest::prelude::*;
-use rnn_kernels::case::{run_case, Case};
+use rnn_kernels::testkit::case::{run_case, Case};
 use rnn_kernels::{CellKind, Cpu, Isa, RnnConfig, SeqShape};
 
 proptest! {

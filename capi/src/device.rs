@@ -21,8 +21,8 @@ use crate::handle::{Model, Reserve, ReserveData};
 use crate::status::{guard, CapiError};
 use crate::{check_reserve_owner, RnnkModel, RnnkReserve};
 use rnnk_core::{
-    backend::{check_backward, check_forward},
-    BackwardInput, BackwardOutput, Buffer, ForwardInput, ForwardOutput, GradMode, ParamLayout, RnnReserve, SeqShape,
+    check_backward, check_forward, BackwardInput, BackwardOutput, Buffer, ForwardInput, ForwardOutput, GradMode, ParamLayout, RnnReserve,
+    SeqShape,
 };
 use std::ffi::{c_int, c_void};
 
@@ -94,7 +94,7 @@ mod on_device {
     //! The part that needs the CUDA backend: wrapping the pointers and the stream handshake.
 
     use super::*;
-    use rnnk_core::backend::cuda::BorrowedCudaBuf;
+    use rnnk_core::BorrowedCudaBuf;
     use rnnk_core::{Backend, Cuda};
 
     /// The caller's buffer at `d`, checked to be memory of `cuda`'s device.

@@ -7,7 +7,8 @@
 //! does not build a `cdylib` for integration tests, so without it a stale library could be
 //! tested.
 
-use rnnk_core::{Backend, CellKind, Cpu, Params, Reference, Rnn, RnnConfig, SeqShape, SplitMix64};
+use rnnk_core::testkit::SplitMix64;
+use rnnk_core::{Backend, CellKind, Cpu, Params, Reference, Rnn, RnnConfig, SeqShape};
 mod common;
 
 use common::build_library;

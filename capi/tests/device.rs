@@ -48,7 +48,8 @@ fn device_entry_points_on_a_gpu() {
 mod gpu {
     use super::common::build_library;
     use rnnk_core::cudarc::driver::{result, sys, DevicePtr};
-    use rnnk_core::{CellKind, Cuda, CudaBuf, Params, RnnConfig, SeqShape, SplitMix64};
+    use rnnk_core::testkit::SplitMix64;
+    use rnnk_core::{CellKind, Cuda, CudaBuf, Params, RnnConfig, SeqShape};
     use std::ffi::{c_char, c_int, c_void, CStr, CString};
     use std::path::Path;
 

@@ -21,20 +21,21 @@
 //! (`Backend<T>` is generic over the element; f16/bf16 storage is a new `impl`), and options in
 //! [`RnnConfig`]'s builder, all without changing these signatures.
 
-pub mod cpu;
+pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
-pub mod cuda;
-pub mod host;
-pub mod reference;
+pub(crate) mod cuda;
+pub(crate) mod host;
+pub(crate) mod reference;
 
 use crate::config::RnnConfig;
 use crate::element::Element;
 use crate::error::Result;
 use crate::shape::SeqShape;
 
-pub use cpu::{Cpu, Isa};
+pub use cpu::{Cpu, CpuPlan, Isa};
 #[cfg(feature = "cuda")]
-pub use cuda::{Cuda, CudaBuf, CudaHost};
+pub use cuda::{BorrowedCudaBuf, Cuda, CudaBuf, CudaElement, CudaHost, CudaPlan, CudaReserve};
+pub use host::{HostPlan, HostReserve};
 pub use reference::Reference;
 
 /// A buffer of elements in the memory a backend computes on.
