@@ -1,4 +1,4 @@
-//! Checks a backend against PyTorch case files (format: `shared/case-format.md`).
+//! Checks a backend against PyTorch case files (format: `docs/case-format.md`).
 //!
 //! ```text
 //! cargo run --release --example verify -- [--backend reference|cpu|cuda] [--dtype f64|f32|f16|bf16] [--tol T] FILE...

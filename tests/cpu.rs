@@ -2,7 +2,7 @@
 //! over random configurations, every PyTorch fixture, bit-identical results for any thread
 //! count, and the ISA choice.
 //!
-//! Tolerances (error metric of `shared/case-format.md`): forward outputs 1e-5, gradients 1e-4.
+//! Tolerances (error metric of `docs/case-format.md`): forward outputs 1e-5, gradients 1e-4.
 
 mod common;
 

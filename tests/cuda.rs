@@ -5,7 +5,7 @@
 //! Without a GPU (or without `--features cuda`) every test prints that it was skipped and
 //! passes; with `RNN_KERNELS_REQUIRE_CUDA=1` a missing GPU fails them instead.
 //!
-//! Tolerances (error metric of `shared/case-format.md`): forward outputs 1e-5, gradients 1e-4,
+//! Tolerances (error metric of `docs/case-format.md`): forward outputs 1e-5, gradients 1e-4,
 //! as for the CPU backend (f32 storage and f32 math; cuBLAS may sum in another order). The f16
 //! and bf16 storage tests use the derived bounds of `rnn_kernels::testkit::tolerance` against the f64
 //! reference on the same 16-bit-rounded values, and print the worst error / bound ratio.
