@@ -17,13 +17,15 @@
 //!   load into PyTorch (`embedding.weight`, `rnn.weight_ih_l0`, …, `decoder.weight`,
 //!   `decoder.bias`).
 //!
-//! Shapes follow [the conventions of `rnn_kernels`](rnn_kernels#conventions): row-major, time-major. `N` below
-//! is a number of rows (`T·B` when a time-major `[T, B, ·]` tensor is seen as a matrix).
+//! Shapes follow [the conventions of `rnn_kernels`](rnn_kernels#conventions): row-major,
+//! time-major. `N` below is a number of rows (`T·B` when a time-major `[T, B, ·]` tensor is seen
+//! as a matrix). Errors are [`rnn_kernels::Error`]s, naming the argument as the library's do.
 //!
 //! ## The character-level language model
 //!
-//! The model: `ids [T, B]` → [`Embedding`] → `x [T, B, E]` → the stack ([`Rnn`](rnn_kernels::Rnn), on any host
-//! backend) → `y [T, B, Hout]` → [`Linear`] decoder → `logits [T, B, V]` → softmax.
+//! The model: `ids [T, B]` → [`Embedding`] → `x [T, B, E]` → the stack
+//! ([`Rnn`](rnn_kernels::Rnn), on any host backend) → `y [T, B, Hout]` → [`Linear`] decoder →
+//! `logits [T, B, V]` → softmax.
 //!
 //! Training cuts the corpus into `B` contiguous streams, one per batch row, and walks them in
 //! chunks of `T` characters; each chunk starts from the final state of the previous one (the
