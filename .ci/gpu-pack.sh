@@ -10,7 +10,7 @@
 # DIR/bin holds the test binaries (tests/cuda.rs, the library's unit tests, capi/tests/device.rs)
 # and the examples verify, bench, gemm_bench and handoff, built with --features cuda and the
 # pinned nvcc (the PTX is inside them), with debug info stripped; DIR/lib holds librnn_kernels.so
-# (the C ABI with cuda). Prints the total size: the device tool carries at most 64 MiB.
+# (the C ABI with cuda). Prints the total size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-gpu-pack}
@@ -38,8 +38,8 @@ exe() { # exe CARGO_TEST_ARGS...: prints the path of the test binary cargo build
 paths = [m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m.get("executable")]
 print(paths[-1])'
 }
-CUDA_TEST=$(exe --features cuda --test cuda)
-LIB_TEST=$(exe --features cuda --lib)
+CUDA_TEST=$(exe -p rnn-kernels --features cuda --test cuda)
+LIB_TEST=$(exe -p rnn-kernels --features cuda --lib)
 CAPI_TEST=$(exe -p rnn-kernels-capi --features cuda --test device)
 
 rm -rf "$DIR"
@@ -56,4 +56,4 @@ git rev-parse HEAD >"$DIR/COMMIT"
 grep -qxF "/$DIR/" .git/info/exclude 2>/dev/null || echo "/$DIR/" >>.git/info/exclude
 du -sh "$DIR"
 ls -la "$DIR/bin" "$DIR/lib"
-echo "carry \"$DIR\" and run: GPU_PREBUILT=$DIR bash .ci/gpu.sh"
+echo "copy \"$DIR\" into the repository on the GPU machine and run there: GPU_PREBUILT=$DIR bash .ci/gpu.sh"

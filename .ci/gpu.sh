@@ -10,9 +10,9 @@
 # 4. the cuDNN table: benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda
 #    (needs python3 with torch; GPU_ROUNDS rounds, default 3), then the same with f16 storage.
 #
-# The GPU machines have no Rust toolchain: build the programs beforehand where cargo is, with
-# `bash .ci/gpu-pack.sh gpu-pack`, carry that folder, and run `GPU_PREBUILT=gpu-pack bash .ci/gpu.sh`
-# (about 35 MiB; the device tool carries up to 64 MiB). Without GPU_PREBUILT it builds with cargo.
+# On a GPU machine without a Rust toolchain: build the programs beforehand where cargo is, with
+# `bash .ci/gpu-pack.sh gpu-pack`, copy that folder into the repository on the GPU machine, and
+# run `GPU_PREBUILT=gpu-pack bash .ci/gpu.sh` there. Without GPU_PREBUILT it builds with cargo.
 #
 # Logs go to $GPU_OUT (default target/gpu-run), one file per step, and a summary to
 # $GPU_OUT/summary.txt. A step that fails is recorded and the script goes on; the exit status is

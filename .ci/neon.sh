@@ -43,7 +43,7 @@ trap 'rm -f "$log"' EXIT
 
 echo "== all tests under qemu-aarch64 (RNN_KERNELS_ISA=neon)"
 # The language model's 400-step training test takes 15+ minutes under emulation and checks the
-# nn module, not the kernels (natively it runs in every `cargo test`); every other test runs here.
+# training crate (crates/nn), not the kernels (natively it runs in every `cargo test`); every other test runs here.
 cargo test --release --target "$TARGET" --no-fail-fast -- --skip short_training_run_falls_well_below_the_unigram_loss 2>&1 | tee "$log"
 
 echo "== the NEON kernels were exercised"

@@ -14,10 +14,11 @@
 //! closure before it returns.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use rnn_kernels::bench_support::CellStep;
+use rnn_kernels::testkit::bench::CellStep;
+use rnn_kernels::testkit::SplitMix64;
 use rnn_kernels::{
     Backend, BackwardInput, BackwardOutput, CellKind, Cpu, ForwardInput, ForwardOutput, GradMode, Isa, Params, Reference, RnnConfig,
-    SeqShape, SplitMix64,
+    SeqShape,
 };
 use std::hint::black_box;
 

@@ -14,9 +14,9 @@
 //! `--warmup` untimed ones. `--threads` sets the CPU backend's thread count (the reference is
 //! single-threaded); `RNN_KERNELS_ISA` forces the CPU backend's ISA.
 
+use rnn_kernels::testkit::SplitMix64;
 use rnn_kernels::{
     Backend, BackwardInput, BackwardOutput, CellKind, Cpu, ForwardInput, ForwardOutput, GradMode, Params, Reference, RnnConfig, SeqShape,
-    SplitMix64,
 };
 use std::process::ExitCode;
 use std::time::Instant;
@@ -173,10 +173,9 @@ fn time_host<B: Backend<f32, Buf = [f32]>>(
 #[cfg(feature = "cuda")]
 mod cuda_bench {
     use super::Args;
-    use rnn_kernels::backend::cuda::CudaElement;
-    use rnn_kernels::{
-        Backend, BackwardInput, BackwardOutput, Cuda, ForwardInput, ForwardOutput, GradMode, Params, RnnConfig, SeqShape, SplitMix64,
-    };
+    use rnn_kernels::testkit::SplitMix64;
+    use rnn_kernels::CudaElement;
+    use rnn_kernels::{Backend, BackwardInput, BackwardOutput, Cuda, ForwardInput, ForwardOutput, GradMode, Params, RnnConfig, SeqShape};
     use std::time::Instant;
 
     /// Times `a.dtype` storage.

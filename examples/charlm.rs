@@ -8,12 +8,12 @@
 //! Trains by truncated BPTT (chunks of 100 characters, state carried, global-norm clipping,
 //! Adam) on the first 90% of the corpus, prints the validation loss on the last 10% in nats per
 //! character at intervals (on a fixed subset) and at the end (on all of it), and writes 500
-//! characters sampled from a prompt. The model, trainer and loop are `rnn_kernels::nn`; this file
+//! characters sampled from a prompt. The model, trainer and loop are the `rnn-kernels-nn` crate (`crates/nn`); this file
 //! is the command line around them.
 
 use indicatif::{ProgressBar, ProgressStyle};
-use rnn_kernels::nn::{self, AdamConfig, Budget, CharLm, CharLmConfig, Progress, Schedule, TrainConfig, Trainer, Vocab};
 use rnn_kernels::{Backend, CellKind, Cpu, Reference};
+use rnn_kernels_nn::{AdamConfig, Budget, CharLm, CharLmConfig, Progress, Schedule, TrainConfig, Trainer, Vocab};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -299,7 +299,7 @@ fn run<B: Backend<f32, Buf = [f32]>>(backend: B, args: &Args) -> AnyResult<()> {
             Budget::Time(d) => ProgressBar::new(d.as_secs()),
         };
         bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg}")?.progress_chars("=> "));
-        let summary = nn::train(&mut trainer, val, &schedule, |p| match p {
+        let summary = rnn_kernels_nn::train(&mut trainer, val, &schedule, |p| match p {
             Progress::Step { step, loss, chars_per_sec, elapsed } => {
                 bar.set_position(match budget {
                     Budget::Steps(_) => step,

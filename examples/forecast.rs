@@ -8,14 +8,15 @@
 //! standard deviation 0.1, 6,000 points: the first 5,000 train, the last 1,000 test. A 1-layer
 //! GRU (hidden 32) reads the series and a linear layer predicts the next value at every step;
 //! training minimises the mean squared error on random windows of 60 steps (the first 10 only
-//! warm the state up) with Adam and gradient clipping from `rnn_kernels::nn`.
+//! warm the state up) with Adam and gradient clipping from `rnn_kernels_nn`.
 //!
 //! It prints the test RMSE next to the naive forecast "the next value is the last one", and the
 //! noise floor (0.1: no forecast can beat the noise), and exits non-zero if the GRU does not beat
 //! the naive forecast.
 
-use rnn_kernels::nn::{clip_global_norm, Adam, AdamConfig, Linear};
-use rnn_kernels::{CellKind, Cpu, Params, Rnn, RnnConfig, SeqShape, SplitMix64};
+use rnn_kernels::testkit::SplitMix64;
+use rnn_kernels::{CellKind, Cpu, Params, Rnn, RnnConfig, SeqShape};
+use rnn_kernels_nn::{clip_global_norm, Adam, AdamConfig, Linear};
 use std::f64::consts::PI;
 use std::process::ExitCode;
 use std::time::Instant;

@@ -26,7 +26,7 @@ fn main() {
         None => kinds.to_vec(),
     };
     for &kind in &chosen {
-        let s = rnn_kernels::bench_support::time_sgemm(kind, threads, m, k, n, a_t, reps);
+        let s = rnn_kernels::testkit::bench::time_sgemm(kind, threads, m, k, n, a_t, reps);
         println!("{kind:12} m={m} k={k} n={n} threads={threads} a_t={a_t}: {:8.3} ms  {:6.1} GFLOP/s", s * 1e3, flop / s / 1e9);
     }
 }

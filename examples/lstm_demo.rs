@@ -7,7 +7,8 @@
 //!
 //! Exits non-zero if the gradient check fails.
 
-use rnn_kernels::{CellKind, Params, Reference, Rnn, RnnConfig, SeqShape, SplitMix64};
+use rnn_kernels::testkit::SplitMix64;
+use rnn_kernels::{CellKind, Params, Reference, Rnn, RnnConfig, SeqShape};
 use std::process::ExitCode;
 
 fn main() -> Result<ExitCode, rnn_kernels::Error> {

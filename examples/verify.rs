@@ -1,4 +1,4 @@
-//! Checks a backend against PyTorch case files (format: `shared/case-format.md`).
+//! Checks a backend against PyTorch case files (format: `docs/case-format.md`).
 //!
 //! ```text
 //! cargo run --release --example verify -- [--backend reference|cpu|cuda] [--dtype f64|f32|f16|bf16] [--tol T] FILE...
@@ -9,10 +9,10 @@
 //!
 //! `--backend cuda --dtype f16|bf16` runs the CUDA backend with 16-bit storage on the file's
 //! inputs rounded to that type, against the f64 reference on the same rounded values, with the
-//! derived bounds of `rnn_kernels::tolerance` (not `--tol`); it prints the largest error / bound
+//! derived bounds of `rnn_kernels::testkit::tolerance` (not `--tol`); it prints the largest error / bound
 //! ratio and the output it was in.
 
-use rnn_kernels::case::{run_case, Case};
+use rnn_kernels::testkit::case::{run_case, Case};
 use rnn_kernels::{Backend, Cpu, Element, Reference};
 use std::process::ExitCode;
 
@@ -106,7 +106,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "cuda")]
         ("cuda", Some(d @ ("f16" | "bf16"))) => {
             if args.tol.is_some() {
-                eprintln!("--tol: f16/bf16 storage is checked against derived bounds (rnn_kernels::tolerance), not a tolerance");
+                eprintln!("--tol: f16/bf16 storage is checked against derived bounds (rnn_kernels::testkit::tolerance), not a tolerance");
                 return ExitCode::from(2);
             }
             match rnn_kernels::CudaHost::new() {
@@ -149,9 +149,9 @@ fn main() -> ExitCode {
 /// The CUDA backend with 16-bit storage against the f64 reference on the same rounded values.
 #[cfg(feature = "cuda")]
 mod half {
-    use rnn_kernels::backend::cuda::CudaElement;
-    use rnn_kernels::case::Case;
-    use rnn_kernels::tolerance::{half_storage_bounds, HalfInputs, OUTPUTS};
+    use rnn_kernels::testkit::case::Case;
+    use rnn_kernels::testkit::tolerance::{half_storage_bounds, HalfInputs, OUTPUTS};
+    use rnn_kernels::CudaElement;
     use rnn_kernels::{CudaHost, Element, Reference, Result, Rnn};
 
     fn up<T: Element>(v: &[T]) -> Vec<f64> {

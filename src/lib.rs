@@ -49,38 +49,53 @@
 //!
 //! ## Backends
 //!
-//! All computation goes through the [`Backend`] trait. [`Reference`] is the specification:
-//! plain loops, f32 or f64. Optimised CPU and CUDA backends implement the same trait and are
-//! tested against it.
+//! All computation goes through the [`Backend`] trait, whose shape follows cuDNN's RNN API:
+//! [`Backend::plan`] packs the flat parameter buffer once into the backend's own layout
+//! ([`Backend::update_plan`] repacks in place after an optimiser step);
+//! [`Backend::forward_inference`] keeps nothing, [`Backend::forward_training`] also fills a
+//! reserve with what [`Backend::backward`] needs; backward takes `dy`, `dhn`, `dcn` (each
+//! optional) and writes `dx`, `dh0`, `dc0` and the parameter gradients (each optional), written
+//! or added ([`GradMode`]). Buffers are the backend's own ([`Backend::Buf`]): host slices for
+//! the host backends, device memory for CUDA.
 //!
-//! ## Training around the stack
+//! - [`Reference`] is the specification: plain loops, f32 or f64.
+//! - [`Cpu`] (f32) runs the same time loop with fused cell kernels and blocked SGEMMs for the
+//!   machine's best [`Isa`], on a team of threads.
+//! - `Cuda` and `CudaHost` (feature `cuda`) run it on an NVIDIA GPU, on device buffers
+//!   (`CudaBuf`) or host slices, in f32, f16 or bf16 storage.
 //!
-//! [`nn`] has host-side pieces for a model around the stack (embedding, linear layer with
-//! softmax cross-entropy, Adam, global-norm clipping) and a character-level language model
-//! built from them, with truncated-BPTT training, sampling and PyTorch-compatible checkpoints:
-//! the `charlm` example is a command line around it.
+//! [`Rnn`] binds a configuration and its parameters to a backend and allocates the outputs.
+//!
+//! ## Features
+//!
+//! - `cuda`: the CUDA backend (PTX built by `build.rs` with nvcc, the CUDA libraries loaded at
+//!   run time).
+//! - `testkit`: helpers for this crate's tests, examples and benchmarks (`rnn_kernels::testkit`):
+//!   PyTorch case files, the derived tolerances of 16-bit storage, benchmark hooks, a seeded
+//!   generator. Not part of the library's API.
+//!
+//! Training a model around the stack (embedding, decoder, optimiser, a character-level
+//! language model) is the separate crate `rnn-kernels-nn` (`crates/nn` in the repository).
 
 #![warn(missing_docs)]
 
-pub mod backend;
-#[doc(hidden)]
-pub mod bench_support;
-pub mod case;
+mod backend;
 mod config;
 mod element;
 mod error;
-pub mod nn;
 mod params;
 mod rng;
 mod rnn;
 mod shape;
-pub mod tolerance;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 
 pub use backend::{
-    Backend, BackwardInput, BackwardOutput, Buffer, Cpu, ForwardInput, ForwardOutput, GradMode, Isa, Reference, RnnPlan, RnnReserve,
+    check_backward, check_forward, Backend, BackwardInput, BackwardOutput, Buffer, Cpu, CpuPlan, ForwardInput, ForwardOutput, GradMode,
+    HostPlan, HostReserve, Isa, Reference, RnnPlan, RnnReserve,
 };
 #[cfg(feature = "cuda")]
-pub use backend::{Cuda, CudaBuf, CudaHost};
+pub use backend::{BorrowedCudaBuf, Cuda, CudaBuf, CudaElement, CudaHost, CudaPlan, CudaReserve};
 pub use config::{CellKind, RnnConfig, RnnConfigBuilder};
 /// The cudarc the CUDA backend is built on, for code that exchanges buffers and streams with it
 /// ([`CudaBuf::as_cuda_slice`], raw device pointers and streams) at the same version.
@@ -91,7 +106,9 @@ pub use error::{Error, Result};
 /// The 16-bit storage types (the `half` crate's), re-exported: [`Element`]s for parameter
 /// files and the CUDA backend's f16/bf16 paths.
 pub use half::{bf16, f16};
-pub use params::{config_from_metadata, LayerRanges, LoadOptions, ParamKind, ParamLayout, ParamSpec, Params};
-pub use rng::SplitMix64;
+pub use params::{config_from_metadata, config_metadata, LayerRanges, LoadOptions, ParamKind, ParamLayout, ParamSpec, Params};
+/// The seeded generator for the crate's unit tests (outside the crate: `testkit::SplitMix64`).
+#[cfg(test)]
+pub(crate) use rng::SplitMix64;
 pub use rnn::{Gradients, Output, Rnn};
 pub use shape::SeqShape;

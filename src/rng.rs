@@ -1,5 +1,5 @@
-//! A small seeded generator (SplitMix64) for parameter initialisation and tests: the same seed
-//! gives the same numbers on every platform and in every build.
+//! A small seeded generator (SplitMix64) for parameter initialisation and, through
+//! `testkit`, tests: the same seed gives the same numbers on every platform and in every build.
 
 /// SplitMix64 (Steele, Lea, Flood 2014): passes BigCrush, one add and three xor-shift-multiplies.
 #[derive(Debug, Clone)]
@@ -33,6 +33,7 @@ impl SplitMix64 {
     }
 
     /// Uniform integer in `0..n` (`n > 0`), by rejection so every value is equally likely.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn below(&mut self, n: u64) -> u64 {
         debug_assert!(n > 0);
         let zone = u64::MAX - (u64::MAX % n);
@@ -45,6 +46,7 @@ impl SplitMix64 {
     }
 
     /// Standard normal, by Box–Muller.
+    #[cfg(any(test, feature = "testkit"))]
     pub fn normal(&mut self) -> f64 {
         let u1 = 1.0 - self.next_f64(); // (0, 1]
         let u2 = self.next_f64();

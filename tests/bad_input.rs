@@ -921,12 +921,12 @@ fn overflowing_num_layers_is_rejected() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Case files (`rnn_kernels::case`)
+// Case files (`rnn_kernels::testkit::case`)
 // ---------------------------------------------------------------------------------------------
 
 #[test]
 fn bad_case_files() {
-    use rnn_kernels::case::Case;
+    use rnn_kernels::testkit::case::Case;
     let mut c = Checks::default();
     let cfg = RnnConfig::new(CellKind::Gru, 2, 3).build().unwrap();
     let params = Params::<f64>::init_uniform(&cfg, 1);

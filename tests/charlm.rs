@@ -1,9 +1,9 @@
 //! The character-level language model of the `charlm` example, driven through the same
-//! `rnn_kernels::nn` code the example uses: it learns, it is deterministic for a fixed number of
+//! `rnn_kernels_nn` code the example uses: it learns, it is deterministic for a fixed number of
 //! steps, and its checkpoints round-trip.
 
-use rnn_kernels::nn::{self, Budget, CharLm, CharLmConfig, Progress, Schedule, TrainConfig, Trainer, Vocab};
 use rnn_kernels::{CellKind, Cpu, Reference};
+use rnn_kernels_nn::{Budget, CharLm, CharLmConfig, Progress, Schedule, TrainConfig, Trainer, Vocab};
 use std::collections::HashMap;
 
 const CORPUS: &str = include_str!("../data/tinyshakespeare.txt");
@@ -47,7 +47,7 @@ fn short_training_run_falls_well_below_the_unigram_loss() {
     let mut trainer = Trainer::new(model, train, TrainConfig { batch: 32, ..small_training() }).unwrap();
     let schedule = Schedule { budget: Budget::Steps(400), eval_every: 100, eval_chars: 5_000, eval_streams: 32 };
     let mut evals = Vec::new();
-    let summary = nn::train(&mut trainer, &val, &schedule, |p| {
+    let summary = rnn_kernels_nn::train(&mut trainer, &val, &schedule, |p| {
         if let Progress::Eval { val_loss, full, .. } = p {
             evals.push((val_loss, full));
         }

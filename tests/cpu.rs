@@ -2,14 +2,14 @@
 //! over random configurations, every PyTorch fixture, bit-identical results for any thread
 //! count, and the ISA choice.
 //!
-//! Tolerances (error metric of `shared/case-format.md`): forward outputs 1e-5, gradients 1e-4.
+//! Tolerances (error metric of `docs/case-format.md`): forward outputs 1e-5, gradients 1e-4.
 
 mod common;
 
 use common::describe;
 use common::parity::{case_files, config, Problem, GRAD_TOL};
 use proptest::prelude::*;
-use rnn_kernels::case::{run_case, Case};
+use rnn_kernels::testkit::case::{run_case, Case};
 use rnn_kernels::{CellKind, Cpu, Isa, RnnConfig, SeqShape};
 
 proptest! {

@@ -5,9 +5,9 @@
 //! Without a GPU (or without `--features cuda`) every test prints that it was skipped and
 //! passes; with `RNN_KERNELS_REQUIRE_CUDA=1` a missing GPU fails them instead.
 //!
-//! Tolerances (error metric of `shared/case-format.md`): forward outputs 1e-5, gradients 1e-4,
+//! Tolerances (error metric of `docs/case-format.md`): forward outputs 1e-5, gradients 1e-4,
 //! as for the CPU backend (f32 storage and f32 math; cuBLAS may sum in another order). The f16
-//! and bf16 storage tests use the derived bounds of `rnn_kernels::tolerance` against the f64
+//! and bf16 storage tests use the derived bounds of `rnn_kernels::testkit::tolerance` against the f64
 //! reference on the same 16-bit-rounded values, and print the worst error / bound ratio.
 
 mod common;
@@ -31,7 +31,7 @@ mod with_feature {
     use super::required;
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
-    use rnn_kernels::case::{max_error, run_case, Case};
+    use rnn_kernels::testkit::case::{max_error, run_case, Case};
     use rnn_kernels::{
         Backend, BackwardInput, BackwardOutput, CellKind, Cuda, CudaHost, Error, ForwardInput, ForwardOutput, GradMode, Params, Rnn,
         RnnConfig, SeqShape,
@@ -373,7 +373,11 @@ mod with_feature {
             }
         }
         for (name, w) in [("f16", worst[0]), ("bf16", worst[1])] {
-            eprintln!("{name}: worst error/bound per output {:?}: {:?}", rnn_kernels::tolerance::OUTPUTS, w.map(|r| format!("{r:.3}")));
+            eprintln!(
+                "{name}: worst error/bound per output {:?}: {:?}",
+                rnn_kernels::testkit::tolerance::OUTPUTS,
+                w.map(|r| format!("{r:.3}"))
+            );
         }
     }
 
@@ -403,10 +407,11 @@ mod with_feature {
     }
 
     mod half16 {
-        use rnn_kernels::backend::cuda::CudaElement;
-        use rnn_kernels::tolerance::{half_storage_bounds, HalfInputs, OUTPUTS};
+        use rnn_kernels::testkit::tolerance::{half_storage_bounds, HalfInputs, OUTPUTS};
+        use rnn_kernels::testkit::SplitMix64;
+        use rnn_kernels::CudaElement;
         use rnn_kernels::{Backend, Cuda, CudaHost, Element, ForwardInput, ForwardOutput};
-        use rnn_kernels::{Params, Reference, Rnn, RnnConfig, SeqShape, SplitMix64};
+        use rnn_kernels::{Params, Reference, Rnn, RnnConfig, SeqShape};
 
         fn up<T: Element>(v: &[T]) -> Vec<f64> {
             v.iter().map(|a| a.to_f64()).collect()

@@ -2,7 +2,7 @@
 //! `tests/fixtures/make_cases.py` with PyTorch in float64) must match at 1e-9, in the error
 //! metric of the case format; the f32 reference must match at 1e-5.
 
-use rnn_kernels::case::{run_case, Case};
+use rnn_kernels::testkit::case::{run_case, Case};
 use rnn_kernels::{CellKind, Reference};
 use std::path::PathBuf;
 

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{describe, Problem};
-use rnn_kernels::case::max_error;
+use rnn_kernels::testkit::case::max_error;
 use rnn_kernels::{CellKind, GradMode, Reference, Rnn, RnnConfig, SeqShape};
 
 fn configs() -> Vec<RnnConfig> {

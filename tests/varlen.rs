@@ -6,7 +6,7 @@ mod common;
 
 use common::{describe, Problem};
 use proptest::prelude::*;
-use rnn_kernels::case::max_error;
+use rnn_kernels::testkit::case::max_error;
 use rnn_kernels::{CellKind, Reference, Rnn, RnnConfig, SeqShape};
 
 /// Sequence `b` of a `[T, B, F]` tensor, first `len` steps, as `[len, 1, F]`.

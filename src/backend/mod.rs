@@ -22,11 +22,11 @@
 //! [`RnnConfig`]'s builder, all without changing these signatures.
 
 pub(crate) mod cell;
-pub mod cpu;
+pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
-pub mod cuda;
-pub mod host;
-pub mod reference;
+pub(crate) mod cuda;
+pub(crate) mod host;
+pub(crate) mod reference;
 pub(crate) mod stack;
 
 use crate::config::RnnConfig;
@@ -34,9 +34,10 @@ use crate::element::Element;
 use crate::error::Result;
 use crate::shape::SeqShape;
 
-pub use cpu::{Cpu, Isa};
+pub use cpu::{Cpu, CpuPlan, Isa};
 #[cfg(feature = "cuda")]
-pub use cuda::{Cuda, CudaBuf, CudaHost};
+pub use cuda::{BorrowedCudaBuf, Cuda, CudaBuf, CudaElement, CudaHost, CudaPlan, CudaReserve};
+pub use host::{HostPlan, HostReserve};
 pub use reference::Reference;
 
 /// A buffer of elements in the memory a backend computes on.

@@ -12,10 +12,11 @@
 
 mod safetensors_io;
 
-pub use safetensors_io::config_from_metadata;
+pub use safetensors_io::{config_from_metadata, config_metadata};
 
 pub use safetensors_io::LoadOptions;
-pub(crate) use safetensors_io::{config_metadata, read_file, serialize_sorted, st_error, view_to_i64, view_to_vec};
+#[cfg(any(test, feature = "testkit"))]
+pub(crate) use safetensors_io::{read_file, st_error, view_to_i64, view_to_vec};
 
 use crate::config::RnnConfig;
 use crate::element::{Element, Float};

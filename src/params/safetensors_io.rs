@@ -76,6 +76,7 @@ pub(crate) fn serialize_checked(
 }
 
 /// Reads an I64 tensor (e.g. `lengths`).
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) fn view_to_i64(view: &TensorView<'_>, name: &str, source: &str) -> Result<Vec<i64>> {
     match view.dtype() {
         StDtype::I64 => {
@@ -94,7 +95,7 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })
 }
 
-/// Reads an [`RnnConfig`] from a file's string metadata (the keys of `shared/case-format.md`
+/// Reads an [`RnnConfig`] from a file's string metadata (the keys of `docs/case-format.md`
 /// and of [`Params::save_safetensors`]: `cell`, `input_size`, `hidden_size`, `num_layers`,
 /// `bidirectional`, `proj_size`, and optionally `bias`, default `true`).
 pub fn config_from_metadata(meta: &HashMap<String, String>, source: &str) -> Result<RnnConfig> {
@@ -138,7 +139,7 @@ fn config_from_metadata_inner(meta: &HashMap<String, String>) -> Result<RnnConfi
 }
 
 /// The metadata [`Params::save_safetensors`] writes for `config`.
-pub(crate) fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
+pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
     let mut m = HashMap::new();
     m.insert("format".to_string(), "pt".to_string());
     m.insert("cell".to_string(), config.cell().name().to_string());

@@ -5,7 +5,8 @@
 pub mod parity;
 pub mod tempdir;
 
-use rnn_kernels::{Backend, CellKind, ForwardInput, ForwardOutput, Params, Reference, RnnConfig, SeqShape, SplitMix64};
+use rnn_kernels::testkit::SplitMix64;
+use rnn_kernels::{Backend, CellKind, ForwardInput, ForwardOutput, Params, Reference, RnnConfig, SeqShape};
 
 /// A random problem: parameters, inputs and upstream gradients, all in f64.
 #[derive(Clone, Debug)]

@@ -3,8 +3,9 @@
 #![allow(dead_code)]
 
 use proptest::prelude::*;
-use rnn_kernels::case::max_error;
-use rnn_kernels::{Backend, CellKind, Params, Reference, Rnn, RnnConfig, SeqShape, SplitMix64};
+use rnn_kernels::testkit::case::max_error;
+use rnn_kernels::testkit::SplitMix64;
+use rnn_kernels::{Backend, CellKind, Params, Reference, Rnn, RnnConfig, SeqShape};
 use std::path::PathBuf;
 
 /// Forward outputs.

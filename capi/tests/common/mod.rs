@@ -1,7 +1,8 @@
 //! What the integration tests share: building this crate's shared library, and the model and
 //! inputs they run through it.
 
-use rnnk_core::{CellKind, Params, RnnConfig, SeqShape, SplitMix64};
+use rnnk_core::testkit::SplitMix64;
+use rnnk_core::{CellKind, Params, RnnConfig, SeqShape};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

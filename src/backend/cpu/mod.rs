@@ -32,9 +32,8 @@ pub use isa::Isa;
 ///
 /// A team's threads spin through a call, and a per-step product of a small batch is split so
 /// that each thread streams its own slice of the weights from its own core's cache. Left to the
-/// scheduler, two of them sometimes share a core for a whole call (measured on the 2-vCPU
-/// development VM, without `chrt`: lstm-256-256-1-150 took 0.71–0.84 ms in some runs and
-/// 1.74 ms in others). So when the pool has one thread per CPU the process may run on (as
+/// scheduler, two of them sometimes share a core for a whole call, and a call then takes about
+/// twice as long (README, "Performance"). So when the pool has one thread per CPU the process may run on (as
 /// [`Cpu::new`] makes it), thread `i` is pinned to the `i`-th of them. A pool with fewer threads
 /// is left to the scheduler, so that several of them (one per model, say) spread over the
 /// machine. `RNN_KERNELS_PIN=0` turns pinning off.
@@ -120,7 +119,7 @@ use std::sync::{Arc, Mutex};
 /// The CPU backend.
 ///
 /// ```
-/// use rnn_kernels::backend::cpu::Cpu;
+/// use rnn_kernels::Cpu;
 /// let cpu = Cpu::new()?;                 // best ISA (or RNN_KERNELS_ISA), all cores
 /// println!("{} on {} threads", cpu.isa(), cpu.threads());
 /// # Ok::<(), rnn_kernels::Error>(())
@@ -268,8 +267,8 @@ impl HostKernels<f32> for CpuKernels<'_> {
     /// large batches; the 8-row AVX-512 tiles waste nothing on blocks of 32 rows, and there
     /// blocks win (`ROW_BLOCK_MIN_FORWARD_AVX512`).
     /// Backward (`dh = dG·W_hh`, `K = G·H`) every thread of a column split packs all of `dG`,
-    /// and the step has more row-wise work around its product: measured on lstm-512-512-64-100
-    /// (2 threads), blocks made the forward about 4% slower and the training call 4% faster.
+    /// and the step has more row-wise work around its product, so blocks pay off there at fewer
+    /// rows than forward (README, "Performance", has the measurement).
     fn row_blocks(&self, rows: usize, pass: Pass) -> Vec<usize> {
         let min = match pass {
             Pass::Forward if self.isa == Isa::Avx512 => ROW_BLOCK_MIN_FORWARD_AVX512,
@@ -327,8 +326,7 @@ const ROW_BLOCK_MIN: usize = 16;
 /// The same for the forward pass (see `row_blocks`).
 const ROW_BLOCK_MIN_FORWARD: usize = 96;
 /// The same for the forward pass with AVX-512, whose 8-row tiles waste nothing on 32-row
-/// blocks: lstm-512-512-64-100 inference 60.6 -> 58.8 ms, gru-512-512-64-100 inference 43.9 ->
-/// 42.9 ms against the column split (ab, 4 and 2 rounds, 2 Zen 5 cores).
+/// blocks, which beat the column split there (README, "Performance").
 const ROW_BLOCK_MIN_FORWARD_AVX512: usize = 32;
 
 /// Below this many gate values per step a cell kernel runs on one thread.
@@ -432,8 +430,8 @@ impl Backend<f32> for Cpu {
     }
 }
 
-/// See `bench_support::time_sgemm`.
-#[doc(hidden)]
+/// See `testkit::bench::time_sgemm`.
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) fn bench_gemm(kind: &str, threads: usize, m: usize, k: usize, n: usize, a_transposed: bool, reps: usize) -> f64 {
     let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
     let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0).collect();
@@ -484,8 +482,8 @@ pub(crate) fn bench_gemm(kind: &str, threads: usize, m: usize, k: usize, n: usiz
     times[times.len() / 2]
 }
 
-/// See `bench_support::team_handoff_ns`.
-#[doc(hidden)]
+/// See `testkit::bench::team_handoff_ns`.
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) fn bench_handoff(jobs: usize) -> f64 {
     let team = team::Team::new(2);
     let mut rounds = Vec::new();

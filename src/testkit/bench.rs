@@ -1,4 +1,5 @@
-//! Hooks for `benches/` to time the fused cell kernels alone. Not a stable API.
+//! Hooks that time parts of the CPU backend alone: the fused cell kernels (`benches/rnn.rs`),
+//! its SGEMMs (`examples/gemm_bench.rs`) and its thread hand-off (`examples/handoff.rs`).
 
 use crate::backend::host::{CellBackward, CellForward, HostKernels};
 use crate::backend::Reference;
@@ -158,8 +159,7 @@ pub fn time_sgemm(kind: &str, threads: usize, m: usize, k: usize, n: usize, a_tr
 
 /// The median time, in nanoseconds, of one job of two empty parts on the CPU backend's thread
 /// team (`cpu/team.rs`): a hand-off to a second thread and back, the fixed cost of every split
-/// per-step product. It depends on where the two threads run: on the development VM it reads
-/// about 140 ns when its two vCPUs share an L3 and 650 ns when they do not.
+/// per-step product. It depends on where the two threads run (whether they share a cache).
 pub fn team_handoff_ns(jobs: usize) -> f64 {
     crate::backend::cpu::bench_handoff(jobs)
 }

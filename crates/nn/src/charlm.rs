@@ -1,14 +1,11 @@
-//! [`CharLm`], [`Trainer`] and [`train`]: the language model of [the `nn` module
-//! docs](crate::nn#the-character-level-language-model).
+//! [`CharLm`], [`Trainer`] and [`train`]: the language model of [the crate
+//! docs](crate#the-character-level-language-model).
 
-use super::{clip_global_norm, softmax_cross_entropy, Adam, AdamConfig, Embedding, Linear, Vocab};
-use crate::backend::Backend;
-use crate::config::{CellKind, RnnConfig};
-use crate::error::{Error, Result};
-use crate::params::{config_from_metadata, config_metadata, read_file, serialize_sorted, st_error, view_to_vec, LoadOptions, Params};
+use crate::checkpoint::{f32_tensor, safetensors_error, serialize_f32};
+use crate::error::{invalid, wrong_shape, Error, Result};
 use crate::rng::SplitMix64;
-use crate::rnn::Rnn;
-use crate::shape::SeqShape;
+use crate::{clip_global_norm, softmax_cross_entropy, Adam, AdamConfig, Embedding, Linear, Vocab};
+use rnn_kernels::{config_from_metadata, config_metadata, Backend, CellKind, LoadOptions, Params, Rnn, RnnConfig, SeqShape};
 use safetensors::SafeTensors;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -85,7 +82,7 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
     pub fn from_parts(backend: B, vocab: Vocab, embedding: Embedding, params: Params<f32>, decoder: Linear) -> Result<Self> {
         let cfg = params.config();
         if cfg.bidirectional() {
-            return Err(Error::invalid("rnn config", "unidirectional (a language model cannot read ahead)", "bidirectional"));
+            return Err(invalid("rnn config", "unidirectional (a language model cannot read ahead)", "bidirectional"));
         }
         let v = vocab.len();
         let checks = [
@@ -96,7 +93,7 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
         ];
         for (arg, want, got) in checks {
             if want != got {
-                return Err(Error::invalid(arg, format!("{want}"), got));
+                return Err(invalid(arg, format!("{want}"), got));
             }
         }
         let rnn = Rnn::from_params(backend, &params)?;
@@ -150,10 +147,10 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
     /// character of each piece is context only.
     pub fn evaluate(&self, ids: &[usize], streams: usize, chunk: usize) -> Result<f64> {
         if streams == 0 || chunk == 0 {
-            return Err(Error::invalid("streams, chunk", "both at least 1", format!("{streams}, {chunk}")));
+            return Err(invalid("streams, chunk", "both at least 1", format!("{streams}, {chunk}")));
         }
         if ids.len() < 2 {
-            return Err(Error::invalid("ids", "at least 2 characters", ids.len()));
+            return Err(invalid("ids", "at least 2 characters", ids.len()));
         }
         let s = streams.min(ids.len() - 1);
         let seg = (ids.len() - 1) / s;
@@ -178,7 +175,7 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
     fn read_prompt(&self, prompt: &str) -> Result<(Vec<f32>, State)> {
         let ids = self.vocab.encode("prompt", prompt)?;
         if ids.is_empty() {
-            return Err(Error::invalid("prompt", "at least one character", "an empty string"));
+            return Err(invalid("prompt", "at least one character", "an empty string"));
         }
         let mut state = State::zeros(self.rnn_config(), 1);
         let logits = self.run(&SeqShape::new(ids.len(), 1)?, &ids, &mut state)?;
@@ -196,7 +193,7 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
     /// with `seed`.
     pub fn sample(&self, prompt: &str, len: usize, temperature: f32, seed: u64) -> Result<String> {
         if !(temperature > 0.0 && temperature.is_finite()) {
-            return Err(Error::invalid("temperature", "a positive finite number", temperature));
+            return Err(invalid("temperature", "a positive finite number", temperature));
         }
         let (mut logits, mut state) = self.read_prompt(prompt)?;
         let mut rng = SplitMix64::new(seed);
@@ -220,22 +217,21 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
         self.vocab.decode(&out)
     }
 
-    /// The checkpoint as safetensors bytes (see [the `nn` module docs](crate::nn#the-character-level-language-model)); the same model always
+    /// The checkpoint as safetensors bytes (see [the crate docs](crate#the-character-level-language-model)); the same model always
     /// gives the same bytes.
     pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
-        let le = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let (v, cfg) = (self.vocab.len(), self.rnn_config());
-        let mut tensors = vec![("embedding.weight".to_string(), vec![v, self.embedding.dim()], le(&self.embedding.weight))];
+        let mut tensors = vec![("embedding.weight".to_string(), vec![v, self.embedding.dim()], &self.embedding.weight[..])];
         for spec in self.params.layout().specs() {
-            tensors.push((format!("rnn.{}", spec.name), spec.shape.clone(), le(&self.params.as_slice()[spec.range()])));
+            tensors.push((format!("rnn.{}", spec.name), spec.shape.clone(), &self.params.as_slice()[spec.range()]));
         }
-        tensors.push(("decoder.weight".to_string(), vec![v, cfg.output_size()], le(&self.decoder.weight)));
-        tensors.push(("decoder.bias".to_string(), vec![v], le(&self.decoder.bias)));
+        tensors.push(("decoder.weight".to_string(), vec![v, cfg.output_size()], &self.decoder.weight[..]));
+        tensors.push(("decoder.bias".to_string(), vec![v], &self.decoder.bias[..]));
         let mut meta = config_metadata(cfg);
         meta.insert("model".to_string(), "rnn-kernels charlm".to_string());
         meta.insert("vocab".to_string(), self.vocab.as_string());
-        let bytes = serialize_sorted(&tensors, crate::Dtype::F32, &meta);
-        SafeTensors::deserialize(&bytes).map_err(|e| st_error("<bytes>", e))?;
+        let bytes = serialize_f32(&tensors, &meta);
+        SafeTensors::deserialize(&bytes).map_err(|e| safetensors_error("<bytes>", e))?;
         Ok(bytes)
     }
 
@@ -250,21 +246,22 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
     /// metadata) and plans it on `backend`.
     pub fn load(backend: B, path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        Self::from_safetensors_bytes(backend, &read_file(path)?, &path.display().to_string())
+        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.display().to_string(), source })?;
+        Self::from_safetensors_bytes(backend, &bytes, &path.display().to_string())
     }
 
     /// Like [`load`](Self::load), from bytes; `source` names them in errors.
     pub fn from_safetensors_bytes(backend: B, bytes: &[u8], source: &str) -> Result<Self> {
-        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| st_error(source, e))?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| safetensors_error(source, e))?;
         let meta = header.metadata().clone().unwrap_or_default();
         let cfg = config_from_metadata(&meta, source)?;
         let vocab = meta
             .get("vocab")
-            .ok_or_else(|| Error::invalid("metadata[\"vocab\"]", "present (the characters of the vocabulary in id order)", "missing"))
+            .ok_or_else(|| invalid("metadata[\"vocab\"]", "present (the characters of the vocabulary in id order)", "missing"))
             .and_then(|s| Vocab::from_chars(s))
-            .map_err(|e| e.in_file(source))?;
-        let st = SafeTensors::deserialize(bytes).map_err(|e| st_error(source, e))?;
-        let params = Params::from_safetensors(&st, &cfg, &LoadOptions { prefix: "rnn.".into(), allow_unexpected: true }, source)?;
+            .map_err(|e| Error::InFile { path: source.to_string(), source: Box::new(e) })?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| safetensors_error(source, e))?;
+        let params = Params::from_safetensors_bytes(bytes, &cfg, &LoadOptions { prefix: "rnn.".into(), allow_unexpected: true }, source)?;
         let own = ["embedding.weight", "decoder.weight", "decoder.bias"];
         for name in st.names() {
             if !name.starts_with("rnn.") && !own.contains(&name) {
@@ -283,9 +280,9 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
                 source_desc: source.to_string(),
             })?;
             if view.shape() != shape.as_slice() {
-                return Err(Error::shape(format!("{name} in {source}"), format!("shape {shape:?}"), format!("shape {:?}", view.shape())));
+                return Err(wrong_shape(format!("{name} in {source}"), format!("shape {shape:?}"), format!("shape {:?}", view.shape())));
             }
-            view_to_vec(&view, name, source)
+            f32_tensor(&view, name, source)
         };
         let embedding = Embedding::from_weight(v, cfg.input_size(), tensor("embedding.weight", vec![v, cfg.input_size()])?)?;
         let decoder = Linear::from_parts(
@@ -326,7 +323,7 @@ impl Default for TrainConfig {
     }
 }
 
-/// Trains a [`CharLm`] on a corpus by truncated BPTT (see [the `nn` module docs](crate::nn#the-character-level-language-model)).
+/// Trains a [`CharLm`] on a corpus by truncated BPTT (see [the crate docs](crate#the-character-level-language-model)).
 pub struct Trainer<B: Backend<f32, Buf = [f32]>> {
     model: CharLm<B>,
     config: TrainConfig,
@@ -357,18 +354,18 @@ impl<B: Backend<f32, Buf = [f32]>> Trainer<B> {
     pub fn new(model: CharLm<B>, data: Vec<usize>, config: TrainConfig) -> Result<Self> {
         let TrainConfig { batch, chunk, clip, .. } = config;
         if batch == 0 || chunk == 0 {
-            return Err(Error::invalid("batch, chunk", "both at least 1", format!("{batch}, {chunk}")));
+            return Err(invalid("batch, chunk", "both at least 1", format!("{batch}, {chunk}")));
         }
         if clip.is_nan() || clip <= 0.0 {
-            return Err(Error::invalid("clip", "a positive number", clip));
+            return Err(invalid("clip", "a positive number", clip));
         }
         let v = model.vocab.len();
         if let Some(p) = data.iter().position(|&i| i >= v) {
-            return Err(Error::invalid(format!("data[{p}]"), format!("a character id below V = {v}"), data[p]));
+            return Err(invalid(format!("data[{p}]"), format!("a character id below V = {v}"), data[p]));
         }
         let need = batch.saturating_mul(chunk).saturating_add(1);
         if data.len() < need {
-            return Err(Error::invalid("data", format!("at least batch·chunk + 1 = {need} characters"), data.len()));
+            return Err(invalid("data", format!("at least batch·chunk + 1 = {need} characters"), data.len()));
         }
         let seg = (data.len() - 1) / batch;
         let sizes = [model.embedding.weight.len(), model.params.as_slice().len(), model.decoder.weight.len(), model.decoder.bias.len()];
@@ -435,7 +432,7 @@ impl<B: Backend<f32, Buf = [f32]>> Trainer<B> {
         let mut dlogits = vec![0.0; logits.len()];
         let loss = softmax_cross_entropy(&logits, &targets, Some(&mut dlogits))?;
         if !loss.is_finite() {
-            return Err(Error::invalid("loss", "finite (the training diverged: lower the learning rate or the clip norm)", loss));
+            return Err(invalid("loss", "finite (the training diverged: lower the learning rate or the clip norm)", loss));
         }
 
         let [d_emb, d_rnn, d_w, d_b] = &mut self.grads;

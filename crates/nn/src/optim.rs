@@ -1,6 +1,6 @@
 //! [`Adam`] and [`clip_global_norm`], over several parameter tensors at once.
 
-use crate::error::{check_len, Error, Result};
+use crate::error::{check_len, invalid, Result};
 
 /// Adam's hyper-parameters (Kingma & Ba 2015), PyTorch's defaults but the learning rate.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,15 +35,15 @@ impl Adam {
     /// Zero moments for tensors of `sizes` elements.
     pub fn new(sizes: &[usize], config: AdamConfig) -> Result<Self> {
         if !(config.lr > 0.0 && config.lr.is_finite()) {
-            return Err(Error::invalid("lr", "a positive finite number", config.lr));
+            return Err(invalid("lr", "a positive finite number", config.lr));
         }
         for (name, b) in [("beta1", config.beta1), ("beta2", config.beta2)] {
             if !(0.0..1.0).contains(&b) {
-                return Err(Error::invalid(name, "in [0, 1)", b));
+                return Err(invalid(name, "in [0, 1)", b));
             }
         }
         if !(config.eps >= 0.0 && config.eps.is_finite()) {
-            return Err(Error::invalid("eps", "a non-negative finite number", config.eps));
+            return Err(invalid("eps", "a non-negative finite number", config.eps));
         }
         Ok(Adam { config, step: 0, moments: sizes.iter().map(|&n| (vec![0.0; n], vec![0.0; n])).collect() })
     }
@@ -55,7 +55,7 @@ impl Adam {
     /// Sets the step size (for a schedule).
     pub fn set_lr(&mut self, lr: f32) -> Result<()> {
         if !(lr > 0.0 && lr.is_finite()) {
-            return Err(Error::invalid("lr", "a positive finite number", lr));
+            return Err(invalid("lr", "a positive finite number", lr));
         }
         self.config.lr = lr;
         Ok(())
@@ -70,7 +70,7 @@ impl Adam {
     pub fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) -> Result<()> {
         let count = self.moments.len();
         if params.len() != count || grads.len() != count {
-            return Err(Error::invalid("params, grads", format!("{count} tensors each"), format!("{} and {}", params.len(), grads.len())));
+            return Err(invalid("params, grads", format!("{count} tensors each"), format!("{} and {}", params.len(), grads.len())));
         }
         for (k, ((p, g), (m, _))) in params.iter().zip(grads).zip(&self.moments).enumerate() {
             check_len(&format!("params[{k}]"), "the size given to Adam::new", &[m.len()], p.len())?;
@@ -97,7 +97,7 @@ impl Adam {
 /// is not finite are left as they are (the returned norm tells the caller).
 pub fn clip_global_norm(grads: &mut [&mut [f32]], max_norm: f32) -> Result<f32> {
     if max_norm.is_nan() || max_norm <= 0.0 {
-        return Err(Error::invalid("max_norm", "a positive number", max_norm));
+        return Err(invalid("max_norm", "a positive number", max_norm));
     }
     let norm = grads.iter().flat_map(|g| g.iter()).map(|&x| x as f64 * x as f64).sum::<f64>().sqrt();
     if norm.is_finite() && norm > max_norm as f64 {

@@ -1,6 +1,6 @@
 //! [`Vocab`]: the characters of a corpus, each with an id.
 
-use crate::error::{Error, Result};
+use crate::error::{invalid, Result};
 use std::collections::HashMap;
 
 /// A character vocabulary: ids `0..len()` in the order of the characters' code points.
@@ -23,12 +23,12 @@ impl Vocab {
     pub fn from_chars(chars: &str) -> Result<Self> {
         let chars: Vec<char> = chars.chars().collect();
         if chars.is_empty() {
-            return Err(Error::invalid("vocabulary", "at least one character", "an empty string"));
+            return Err(invalid("vocabulary", "at least one character", "an empty string"));
         }
         let mut index = HashMap::with_capacity(chars.len());
         for (i, &c) in chars.iter().enumerate() {
             if index.insert(c, i).is_some() {
-                return Err(Error::invalid("vocabulary", "each character at most once", format!("{c:?} twice")));
+                return Err(invalid("vocabulary", "each character at most once", format!("{c:?} twice")));
             }
         }
         Ok(Vocab { chars, index })
@@ -60,16 +60,15 @@ impl Vocab {
     pub fn encode(&self, arg: &str, text: &str) -> Result<Vec<usize>> {
         text.chars()
             .map(|c| {
-                self.id(c).ok_or_else(|| {
-                    Error::invalid(arg, format!("only characters of the vocabulary {:?}", self.as_string()), format!("{c:?}"))
-                })
+                self.id(c)
+                    .ok_or_else(|| invalid(arg, format!("only characters of the vocabulary {:?}", self.as_string()), format!("{c:?}")))
             })
             .collect()
     }
 
     /// The text of `ids`; an id out of range is an error.
     pub fn decode(&self, ids: &[usize]) -> Result<String> {
-        ids.iter().map(|&i| self.char(i).ok_or_else(|| Error::invalid("ids", format!("each below {}", self.len()), i))).collect()
+        ids.iter().map(|&i| self.char(i).ok_or_else(|| invalid("ids", format!("each below {}", self.len()), i))).collect()
     }
 }
 

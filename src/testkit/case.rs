@@ -1,4 +1,4 @@
-//! PyTorch reference case files (`shared/case-format.md`): one safetensors file holding a
+//! PyTorch reference case files (`docs/case-format.md`): one safetensors file holding a
 //! layer stack's parameters, inputs, upstream gradients, and PyTorch's outputs and gradients.
 //!
 //! [`Case::load`] reads one; [`run_case`] runs it on a backend and compares every output and

@@ -1,4 +1,7 @@
-//! Host-side building blocks for training models around the recurrent stack, in f32.
+//! # rnn-kernels-nn
+//!
+//! Host-side building blocks for training models around the recurrent stack of
+//! [`rnn_kernels`], in f32, through its public API.
 //!
 //! - [`Embedding`]: a lookup table `[V, E]`, forward (gather) and backward (scatter-add).
 //! - [`Linear`]: `y = x Wᵀ + b` with PyTorch's `nn.Linear` layout (`weight [out, in]`,
@@ -14,13 +17,15 @@
 //!   load into PyTorch (`embedding.weight`, `rnn.weight_ih_l0`, …, `decoder.weight`,
 //!   `decoder.bias`).
 //!
-//! Shapes follow [the crate conventions](crate#conventions): row-major, time-major. `N` below
-//! is a number of rows (`T·B` when a time-major `[T, B, ·]` tensor is seen as a matrix).
+//! Shapes follow [the conventions of `rnn_kernels`](rnn_kernels#conventions): row-major,
+//! time-major. `N` below is a number of rows (`T·B` when a time-major `[T, B, ·]` tensor is seen
+//! as a matrix). Errors are [`rnn_kernels::Error`]s, naming the argument as the library's do.
 //!
 //! ## The character-level language model
 //!
-//! The model: `ids [T, B]` → [`Embedding`] → `x [T, B, E]` → the stack ([`Rnn`](crate::Rnn), on any host
-//! backend) → `y [T, B, Hout]` → [`Linear`] decoder → `logits [T, B, V]` → softmax.
+//! The model: `ids [T, B]` → [`Embedding`] → `x [T, B, E]` → the stack
+//! ([`Rnn`](rnn_kernels::Rnn), on any host backend) → `y [T, B, Hout]` → [`Linear`] decoder →
+//! `logits [T, B, V]` → softmax.
 //!
 //! Training cuts the corpus into `B` contiguous streams, one per batch row, and walks them in
 //! chunks of `T` characters; each chunk starts from the final state of the previous one (the
@@ -35,8 +40,8 @@
 //! id order).
 //!
 //! ```
-//! use rnn_kernels::nn::{CharLm, CharLmConfig, TrainConfig, Trainer, Vocab};
 //! use rnn_kernels::{CellKind, Reference};
+//! use rnn_kernels_nn::{CharLm, CharLmConfig, TrainConfig, Trainer, Vocab};
 //!
 //! let text = "to be, or not to be, that is the question. ".repeat(20);
 //! let vocab = Vocab::from_text(&text)?;
@@ -55,9 +60,14 @@
 //! # Ok::<(), rnn_kernels::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod charlm;
+mod checkpoint;
+mod error;
 mod layers;
 mod optim;
+mod rng;
 mod vocab;
 
 pub use charlm::{train, Budget, CharLm, CharLmConfig, Progress, Schedule, TrainConfig, TrainSummary, Trainer};

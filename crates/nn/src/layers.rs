@@ -1,6 +1,6 @@
 //! [`Embedding`], [`Linear`] and [`softmax_cross_entropy`].
 
-use crate::error::{check_len, Error, Result};
+use crate::error::{check_len, invalid, wrong_shape, Result};
 use crate::rng::SplitMix64;
 
 /// `C[m, n] = alpha · A[m, k] · B[k, n] + beta · C`, each matrix given by its row and column
@@ -24,7 +24,7 @@ fn gemm(
     // Internal callers pass lengths already checked against their shapes; this guards the
     // pointer arithmetic below independently of them.
     if last(m, k, rsa, csa) > a.len() || last(k, n, rsb, csb) > b.len() || last(m, n, rsc, 1) > c.len() {
-        return Err(Error::invalid("gemm operands", "slices covering their strided shapes", "a slice too short"));
+        return Err(invalid("gemm operands", "slices covering their strided shapes", "a slice too short"));
     }
     // SAFETY: every element the GEMM reads or writes, `(i·rs + j·cs)` for `i < rows` and
     // `j < cols`, is below the checked `last` index of its slice; `c` is borrowed mutably and so
@@ -77,13 +77,13 @@ impl Embedding {
 
     fn check_sizes(num: usize, dim: usize) -> Result<usize> {
         if num == 0 {
-            return Err(Error::invalid("num_embeddings", "at least 1", num));
+            return Err(invalid("num_embeddings", "at least 1", num));
         }
         if dim == 0 {
-            return Err(Error::invalid("embedding_dim", "at least 1", dim));
+            return Err(invalid("embedding_dim", "at least 1", dim));
         }
         num.checked_mul(dim)
-            .ok_or_else(|| Error::invalid("num_embeddings × embedding_dim", "a size that fits in memory", format!("{num} × {dim}")))
+            .ok_or_else(|| invalid("num_embeddings × embedding_dim", "a size that fits in memory", format!("{num} × {dim}")))
     }
 
     /// `V`.
@@ -97,7 +97,7 @@ impl Embedding {
 
     fn check_ids(&self, ids: &[usize]) -> Result<()> {
         match ids.iter().position(|&i| i >= self.num) {
-            Some(p) => Err(Error::invalid(format!("ids[{p}]"), format!("below num_embeddings = {}", self.num), ids[p])),
+            Some(p) => Err(invalid(format!("ids[{p}]"), format!("below num_embeddings = {}", self.num), ids[p])),
             None => Ok(()),
         }
     }
@@ -141,13 +141,13 @@ impl Linear {
     /// PyTorch's initialisation: weight and bias uniform in `±1/sqrt(in)`, seeded with `seed`.
     pub fn new(in_features: usize, out_features: usize, seed: u64) -> Result<Self> {
         if in_features == 0 {
-            return Err(Error::invalid("in_features", "at least 1", in_features));
+            return Err(invalid("in_features", "at least 1", in_features));
         }
         if out_features == 0 {
-            return Err(Error::invalid("out_features", "at least 1", out_features));
+            return Err(invalid("out_features", "at least 1", out_features));
         }
         let len = in_features.checked_mul(out_features).ok_or_else(|| {
-            Error::invalid("in_features × out_features", "a size that fits in memory", format!("{in_features} × {out_features}"))
+            invalid("in_features × out_features", "a size that fits in memory", format!("{in_features} × {out_features}"))
         })?;
         let k = 1.0 / (in_features as f64).sqrt();
         let mut rng = SplitMix64::new(seed);
@@ -159,7 +159,7 @@ impl Linear {
     /// Wraps `weight: [out, in]` and `bias: [out]`.
     pub fn from_parts(in_features: usize, out_features: usize, weight: Vec<f32>, bias: Vec<f32>) -> Result<Self> {
         if in_features == 0 || out_features == 0 {
-            return Err(Error::invalid("in_features, out_features", "both at least 1", format!("{in_features}, {out_features}")));
+            return Err(invalid("in_features, out_features", "both at least 1", format!("{in_features}, {out_features}")));
         }
         check_len("weight", "[out, in]", &[out_features, in_features], weight.len())?;
         check_len("bias", "[out]", &[out_features], bias.len())?;
@@ -177,7 +177,7 @@ impl Linear {
 
     fn rows(&self, arg: &str, x_len: usize) -> Result<usize> {
         if !x_len.is_multiple_of(self.in_features) {
-            return Err(Error::shape(arg, format!("[N, in = {}] for some N", self.in_features), format!("{x_len} elements")));
+            return Err(wrong_shape(arg, format!("[N, in = {}] for some N", self.in_features), format!("{x_len} elements")));
         }
         Ok(x_len / self.in_features)
     }
@@ -223,14 +223,14 @@ impl Linear {
 pub fn softmax_cross_entropy(logits: &[f32], targets: &[usize], dlogits: Option<&mut [f32]>) -> Result<f64> {
     let n = targets.len();
     if n == 0 {
-        return Err(Error::invalid("targets", "at least one target", "an empty slice"));
+        return Err(invalid("targets", "at least one target", "an empty slice"));
     }
     if !logits.len().is_multiple_of(n) || logits.is_empty() {
-        return Err(Error::shape("logits", format!("[N = {n}, V] for some V ≥ 1"), format!("{} elements", logits.len())));
+        return Err(wrong_shape("logits", format!("[N = {n}, V] for some V ≥ 1"), format!("{} elements", logits.len())));
     }
     let v = logits.len() / n;
     if let Some(p) = targets.iter().position(|&t| t >= v) {
-        return Err(Error::invalid(format!("targets[{p}]"), format!("below V = {v}"), targets[p]));
+        return Err(invalid(format!("targets[{p}]"), format!("below V = {v}"), targets[p]));
     }
     let mut dl = match dlogits {
         Some(d) => {
