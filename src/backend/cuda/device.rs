@@ -238,58 +238,47 @@ impl Target for DeviceTarget<'_> {
     }
 
     fn gemm(&self, si: usize, g: &GemmArgs, ab: Dtype, c: Dtype, alpha: f32, beta: f32) -> Result<()> {
+        use cudarc::cublas::result::{gemm_ex, sgemm};
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
         let handle = *self.dev.blas[si].handle();
+        let (ta, tb, m, n, k) = (op(g.transa), op(g.transb), g.m, g.n, g.k);
         if (ab, c) == (Dtype::F32, Dtype::F32) {
+            let (a, b, c) = (g.a as *const f32, g.b as *const f32, g.c as *mut f32);
             // SAFETY: the three views were checked to hold their [rows, cols] (View::mat), the
             // sizes fit i32 (check_sizes), and the handle belongs to stream si of this context.
-            return unsafe {
-                cudarc::cublas::result::sgemm(
-                    handle,
-                    op(g.transa),
-                    op(g.transb),
-                    g.m,
-                    g.n,
-                    g.k,
-                    &alpha,
-                    g.a as *const f32,
-                    g.lda,
-                    g.b as *const f32,
-                    g.ldb,
-                    &beta,
-                    g.c as *mut f32,
-                    g.ldc,
-                )
-            }
-            .map_err(|e| self.err("cublasSgemm", e));
+            return unsafe { sgemm(handle, ta, tb, m, n, k, &alpha, a, g.lda, b, g.ldb, &beta, c, g.ldc) }
+                .map_err(|e| self.err("cublasSgemm", e));
         }
-        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
         let dt = |t: Dtype| match t {
             Dtype::F16 => cudaDataType::CUDA_R_16F,
             Dtype::BF16 => cudaDataType::CUDA_R_16BF,
             _ => cudaDataType::CUDA_R_32F,
         };
+        let (a, b, cp) = (g.a as *const std::ffi::c_void, g.b as *const std::ffi::c_void, g.c as *mut std::ffi::c_void);
+        let (alpha, beta) = ((&alpha as *const f32).cast(), (&beta as *const f32).cast());
+        let (ab, c, f32_compute) = (dt(ab), dt(c), cublasComputeType_t::CUBLAS_COMPUTE_32F);
         // SAFETY: as for sgemm; alpha and beta are f32 as CUBLAS_COMPUTE_32F requires, and the
         // type pairs (16F/16F/32F, 16F/16F/16F and the 16BF ones) are supported combinations.
         unsafe {
-            cudarc::cublas::result::gemm_ex(
+            gemm_ex(
                 handle,
-                op(g.transa),
-                op(g.transb),
-                g.m,
-                g.n,
-                g.k,
-                (&alpha as *const f32).cast(),
-                g.a as *const std::ffi::c_void,
-                dt(ab),
+                ta,
+                tb,
+                m,
+                n,
+                k,
+                alpha,
+                a,
+                ab,
                 g.lda,
-                g.b as *const std::ffi::c_void,
-                dt(ab),
+                b,
+                ab,
                 g.ldb,
-                (&beta as *const f32).cast(),
-                g.c as *mut std::ffi::c_void,
-                dt(c),
+                beta,
+                cp,
+                c,
                 g.ldc,
-                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                f32_compute,
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }

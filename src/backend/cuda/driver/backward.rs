@@ -4,7 +4,7 @@
 
 use super::super::buffer::View;
 use super::super::exec::Exec;
-use super::super::kernels::{self as k, KernelId};
+use super::super::kernels::{self as k, Kernel};
 use super::wavefront::{backward_wavefront, wavefront_chunk};
 use super::{check_sizes, each_direction, joined_on_error, persistent_required, LayerViews, Persistent, SavedViews, Temps, Weights};
 use crate::backend::cell::Saved;
@@ -200,16 +200,14 @@ fn allocate(
     Ok(layers)
 }
 
-/// The persistent backward kernel of a cell (kernels/persistent_backward.cu; not an LSTM with
-/// projection).
-fn persistent_kernel(dims: &LayerDims) -> Option<KernelId> {
-    Some(match dims.cell.kind {
-        CellKind::Lstm if dims.proj => return None,
-        CellKind::Lstm => KernelId::PersistentLstmBackward,
-        CellKind::Gru => KernelId::PersistentGruBackward,
-        CellKind::RnnTanh => KernelId::PersistentRnnTanhBackward,
-        CellKind::RnnRelu => KernelId::PersistentRnnReluBackward,
-    })
+/// The persistent backward kernel of a cell (kernels/persistent_backward.cu).
+fn persistent_kernel(kind: CellKind) -> Kernel<k::PersistentBackwardArgs> {
+    match kind {
+        CellKind::Lstm => k::PersistentLstmBackward,
+        CellKind::Gru => k::PersistentGruBackward,
+        CellKind::RnnTanh => k::PersistentRnnTanhBackward,
+        CellKind::RnnRelu => k::PersistentRnnReluBackward,
+    }
 }
 
 /// The buffers of one layer-direction of layer `l`, and its path: the persistent backward where
@@ -217,7 +215,9 @@ fn persistent_kernel(dims: &LayerDims) -> Option<KernelId> {
 fn direction_bufs(temps: &mut Temps<'_, '_>, dims: &LayerDims, l: usize) -> Result<BwdBufs> {
     let exec = temps.exec;
     let (tb, h, hout, gh) = (dims.t * dims.b, dims.h, dims.hout, dims.gh);
-    let units = persistent_kernel(dims).and_then(|k| exec.persistent_units(k, h, dims.b, dims.dirs));
+    // Not for an LSTM with projection.
+    let kernel = (!dims.proj).then(|| persistent_kernel(dims.cell.kind).id);
+    let units = kernel.and_then(|k| exec.persistent_units(k, h, dims.b, dims.dirs));
     let persistent = match units {
         None if exec.paths().persistent_required => return Err(persistent_required("the persistent backward", l, dims, exec.storage())),
         None => None,
@@ -367,12 +367,7 @@ impl DirBackward {
     fn persistent(&self, exec: &Exec<'_>, p: Persistent) -> Result<()> {
         let LayerDims { t: tl, b: bl, h, hout, gh, out_w, .. } = self.dims;
         let (b, io, s, tb) = (&self.bufs, &self.io, &self.io.saved, tl * bl);
-        let kernel = match self.dims.cell.kind {
-            CellKind::Lstm => k::PersistentLstmBackward,
-            CellKind::Gru => k::PersistentGruBackward,
-            CellKind::RnnTanh => k::PersistentRnnTanhBackward,
-            CellKind::RnnRelu => k::PersistentRnnReluBackward,
-        };
+        let kernel = persistent_kernel(self.dims.cell.kind);
         let gru = self.dims.gru();
         let lstm = self.dims.lstm();
         let args = k::PersistentBackwardArgs {

@@ -4,7 +4,7 @@
 
 use super::super::buffer::View;
 use super::super::exec::Exec;
-use super::super::kernels::{self as k, KernelId};
+use super::super::kernels::{self as k, Kernel, KernelId};
 use super::wavefront::{forward_wavefront, wavefront_chunk};
 use super::{check_sizes, each_direction, joined_on_error, persistent_required, CudaReserve, LayerViews, Persistent, Temps, Weights};
 use crate::backend::cell::Saved;
@@ -232,13 +232,21 @@ fn direction_bufs(temps: &mut Temps<'_, '_>, dims: &LayerDims, save: Option<&mut
 /// The persistent forward kernel of a cell: persistent_lstm.cu (an LSTM without projection) or
 /// persistent_cell.cu (GRU, RNN).
 fn persistent_kernel(dims: &LayerDims) -> Option<KernelId> {
-    Some(match dims.cell.kind {
-        CellKind::Lstm if dims.proj => return None,
-        CellKind::Lstm => KernelId::PersistentLstmForward,
-        CellKind::Gru => KernelId::PersistentGruForward,
-        CellKind::RnnTanh => KernelId::PersistentRnnTanhForward,
-        CellKind::RnnRelu => KernelId::PersistentRnnReluForward,
-    })
+    match dims.cell.kind {
+        CellKind::Lstm if dims.proj => None,
+        CellKind::Lstm => Some(k::PersistentLstmForward.id),
+        kind => Some(cell_kernel(kind).id),
+    }
+}
+
+/// The entry of kernels/persistent_cell.cu for a GRU or RNN.
+fn cell_kernel(kind: CellKind) -> Kernel<k::PersistentCellForwardArgs> {
+    match kind {
+        CellKind::Gru => k::PersistentGruForward,
+        CellKind::RnnTanh => k::PersistentRnnTanhForward,
+        CellKind::RnnRelu => k::PersistentRnnReluForward,
+        CellKind::Lstm => unreachable!("the LSTM has its own persistent kernel"),
+    }
 }
 
 /// The persistent kernel where it fits (f32 storage only), with its grid barrier; an error when
@@ -403,23 +411,12 @@ impl DirForward {
         Ok(())
     }
 
-    /// What every persistent forward kernel is given: `(y, h_states, gates_save)` addresses.
-    fn persistent_outputs(&self) -> (u64, u64, u64) {
-        let LayerDims { t: tl, b: bl, hout, gh, out_w, .. } = self.dims;
-        let (b, tb) = (&self.bufs, tl * bl);
-        let y = self.io.out.strided(self.d * hout, tb, out_w, hout).ptr;
-        let h_states = b.h.at(0, if b.training { tb * hout } else { 2 * bl * hout }).ptr;
-        let gates = b.gates.map_or(0, |g| g.at(0, tb * gh).ptr);
-        (y, h_states, gates)
-    }
-
-    /// The LSTM layer-direction's time loop in one cooperative launch (kernels/persistent_lstm.cu),
-    /// after the `XG` GEMM.
-    fn persistent_lstm(&self, exec: &Exec<'_>, p: Persistent) -> Result<()> {
+    /// The arguments of kernels/persistent_cell.cu: what every persistent forward kernel is
+    /// given (GRU's `extra_save` aside).
+    fn persistent_args(&self, p: Persistent) -> k::PersistentCellForwardArgs {
         let LayerDims { t: tl, b: bl, h, hout, gh, out_w, .. } = self.dims;
-        let (b, io) = (&self.bufs, &self.io);
-        let (y, h_states, gates_save) = self.persistent_outputs();
-        let args = k::PersistentLstmForwardArgs {
+        let (b, io, tb) = (&self.bufs, &self.io, tl * bl);
+        k::PersistentCellForwardArgs {
             batch: bl as i32,
             hidden: h as i32,
             steps: tl as i32,
@@ -431,54 +428,76 @@ impl DirForward {
             b_ih: Self::bias(self.weights.b_ih),
             b_hh: Self::bias(self.weights.b_hh),
             h0: io.h0.ptr,
-            c0: io.c0.ptr,
-            h_states,
+            h_states: b.h.at(0, if b.training { tb * hout } else { 2 * bl * hout }).ptr,
             training: b.training as i32,
-            c_save: if b.training { b.c.at(0, tl * bl * h).ptr } else { 0 },
-            gates_save,
-            y,
+            gates_save: b.gates.map_or(0, |g| g.at(0, tb * gh).ptr),
+            extra_save: if self.dims.gru() { b.extra.map_or(0, |e| e.at(0, tb * h).ptr) } else { 0 },
+            y: io.out.strided(self.d * hout, tb, out_w, hout).ptr,
             y_stride: out_w as i32,
             hn: io.hn.map_or(0, |v| v.ptr),
-            cn: io.cn.map_or(0, |v| v.ptr),
             barrier: p.barrier.ptr,
+        }
+    }
+
+    /// The LSTM layer-direction's time loop in one cooperative launch (kernels/persistent_lstm.cu),
+    /// after the `XG` GEMM: the cell kernels' arguments, and the cell state's.
+    fn persistent_lstm(&self, exec: &Exec<'_>, p: Persistent) -> Result<()> {
+        let k::PersistentCellForwardArgs {
+            batch,
+            hidden,
+            steps,
+            reverse,
+            units,
+            lengths,
+            xg,
+            w_hh,
+            b_ih,
+            b_hh,
+            h0,
+            h_states,
+            training,
+            gates_save,
+            y,
+            y_stride,
+            hn,
+            barrier,
+            ..
+        } = self.persistent_args(p);
+        let (b, io) = (&self.bufs, &self.io);
+        let c0 = io.c0.ptr;
+        let c_save = if b.training { b.c.at(0, self.dims.t * self.dims.b * self.dims.h).ptr } else { 0 };
+        let cn = io.cn.map_or(0, |v| v.ptr);
+        let args = k::PersistentLstmForwardArgs {
+            batch,
+            hidden,
+            steps,
+            reverse,
+            units,
+            lengths,
+            xg,
+            w_hh,
+            b_ih,
+            b_hh,
+            h0,
+            c0,
+            h_states,
+            training,
+            c_save,
+            gates_save,
+            y,
+            y_stride,
+            hn,
+            cn,
+            barrier,
         };
-        exec.launch_persistent(self.d, k::PersistentLstmForward, h, bl, p.units, &args)
+        exec.launch_persistent(self.d, k::PersistentLstmForward, self.dims.h, self.dims.b, p.units, &args)
     }
 
     /// A GRU or RNN layer-direction's time loop in one cooperative launch
     /// (kernels/persistent_cell.cu), after the `XG` GEMM. Writes what the per-step loop writes:
     /// `y`, `hn`, the states and, when training, the saved gates (and GRU's extra).
     fn persistent_cell(&self, exec: &Exec<'_>, p: Persistent) -> Result<()> {
-        let LayerDims { t: tl, b: bl, h, hout, gh, out_w, .. } = self.dims;
-        let (b, io) = (&self.bufs, &self.io);
-        let kernel = match self.dims.cell.kind {
-            CellKind::Gru => k::PersistentGruForward,
-            CellKind::RnnTanh => k::PersistentRnnTanhForward,
-            CellKind::RnnRelu => k::PersistentRnnReluForward,
-            CellKind::Lstm => unreachable!("the LSTM has its own persistent kernel"),
-        };
-        let (y, h_states, gates_save) = self.persistent_outputs();
-        let args = k::PersistentCellForwardArgs {
-            batch: bl as i32,
-            hidden: h as i32,
-            steps: tl as i32,
-            reverse: self.d as i32,
-            units: p.units as i32,
-            lengths: self.lens,
-            xg: b.xg.ptr,
-            w_hh: self.weights.w_hh.at(0, gh * hout).ptr,
-            b_ih: Self::bias(self.weights.b_ih),
-            b_hh: Self::bias(self.weights.b_hh),
-            h0: io.h0.ptr,
-            h_states,
-            training: b.training as i32,
-            gates_save,
-            extra_save: if self.dims.gru() { b.extra.map_or(0, |e| e.at(0, tl * bl * h).ptr) } else { 0 },
-            y,
-            y_stride: out_w as i32,
-            hn: io.hn.map_or(0, |v| v.ptr),
-            barrier: p.barrier.ptr,
-        };
-        exec.launch_persistent(self.d, kernel, h, bl, p.units, &args)
+        let kernel = cell_kernel(self.dims.cell.kind);
+        exec.launch_persistent(self.d, kernel, self.dims.h, self.dims.b, p.units, &self.persistent_args(p))
     }
 }

@@ -225,9 +225,6 @@ fn emulated_persistent_backward_matches_per_step() {
 
 /// A required persistent backward that cannot be taken (an LSTM with projection; B > 8) is
 /// an error, not a silent fallback.
-
-/// A required persistent backward that cannot be taken (an LSTM with projection; B > 8) is
-/// an error, not a silent fallback.
 #[test]
 fn emulated_persistent_backward_required_is_an_error() {
     let lstm_proj = RnnConfig::new(CellKind::Lstm, 3, 5).proj_size(2).build().unwrap();
