@@ -10,7 +10,7 @@
 // (4·G·H² bytes) for a few FLOPs per weight. Here W_hh is read from global memory once; per step
 // only dG_h (4·B·G·H bytes) moves between blocks, through L2, around one grid-wide barrier.
 //
-// Work split (the host, Call::persistent_backward_units, picks U as for the forward kernels):
+// Work split (the host, Exec::persistent_units, picks U as for the forward kernels):
 // - Block k owns hidden units j in [k·U, k·U + U) and the W_hh columns of those units for every
 //   gate row r (W_hh[r][j], r in 0..G·H), stored unit-major: w_s[u][r]. The same G·U·H floats
 //   as the forward's rows.
@@ -56,8 +56,9 @@
 
 #define PERSISTENT_MAX_BATCH 8
 // Threads per block. The entries declare __launch_bounds__(256, 1): one block per SM is the
-// design (U is sized for it), and without the minimum of 1 ptxas caps the RNN entries at 48-64
-// registers and spills (CUDA 13.0, sm_80/sm_90); with it no entry spills (~110-120 registers).
+// design (U is sized for it), and without the minimum of 1 ptxas caps the RNN entries' registers
+// low enough that they spill; with it no entry spills (.ci/cuda.sh prints each entry's
+// registers and spills).
 #define PERSISTENT_BACKWARD_THREADS 256
 
 // What the forward pass saved, for one layer-direction (each [T, B, *] in time order).

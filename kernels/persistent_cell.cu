@@ -9,7 +9,7 @@
 // from global memory once; per step only h_prev (4·B·H bytes) moves between blocks, through L2,
 // followed by one grid-wide barrier.
 //
-// Work split (the design numbers; the host, Call::persistent_units, picks U):
+// Work split (the design numbers; the host, Exec::persistent_units, picks U):
 // - Block k owns hidden units j in [k·U, k·U + U) and the G gate rows of W_hh that produce them
 //   (rows g·H + j), stored unit-major: w_s[u][g][0..H]. So the cell update of a unit needs no
 //   other block's data. U = ceil(H / (SMs / D)) for D directions: one block per SM (GRU,

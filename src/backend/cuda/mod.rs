@@ -1,5 +1,5 @@
 //! The CUDA backend, f32, f16 and bf16 storage: the host driver's structure on the device
-//! (`driver.rs`), with cuBLAS for the GEMMs and one fused pointwise kernel per cell and step
+//! (`driver/`), with cuBLAS for the GEMMs and one fused pointwise kernel per cell and step
 //! (`kernels/*.cu`, compiled to PTX by `build.rs`).
 //!
 //! **Storage types** ([`CudaElement`]): `Backend<f32>`, `Backend<half::f16>` and

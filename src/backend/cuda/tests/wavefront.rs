@@ -1,4 +1,4 @@
-//! The layer wavefront of driver.rs (`forward_wavefront`, `backward_wavefront`) on the host
+//! The layer wavefront (`driver/wavefront.rs`) on the host
 //! emulation, which runs the
 //! two streams' work serially in issue order: it checks the chunk bookkeeping (projection and
 //! `dX` rows, step ranges, the state and gradients carried between chunks, h0/hn/c0/cn,
