@@ -109,7 +109,7 @@ cxx=${CXX:-c++}
 build() {  # build NAME [FLAGS...]
     local name=$1
     shift
-    "$cxx" -std=c++20 -pthread -ffp-contract=off -I "$work/k" "$@" "$here/${name%-tsan}.cpp" -o "$work/$name"
+    "$cxx" -std=c++20 -pthread -ffp-contract=off -I "$work/k" -I "$here" "$@" "$here/${name%-tsan}.cpp" -o "$work/$name"
 }
 build backward -O2
 build forward -O2
