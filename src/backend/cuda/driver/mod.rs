@@ -21,7 +21,7 @@
 //! passes allocate the buffers of every layer before they enqueue any layer's work.
 //!
 //! Layers overlap in a unidirectional stack of two or more layers (the **layer wavefront**,
-//! `wavefront.rs`; on unless [`Exec::with_wavefront`] turns it off):
+//! `wavefront.rs`; on unless `Paths::wavefront` turns it off):
 //! the time axis is cut into chunks of `K` steps ([`wavefront_chunk`]); layer `l`'s chunk `c`
 //! is its input-projection GEMM for those steps and its step loop over them, on stream
 //! `l mod 2`, after waiting for an event layer `l-1` recorded after its chunk `c`. The work is

@@ -12,7 +12,7 @@ use crate::shape::SeqShape;
 
 /// The layer wavefront's chunk `K` for a call, or `None` when the layers run one after the
 /// other: bidirectional stacks (a layer's output at step t needs its reverse direction's whole
-/// sequence), a single layer, or the switch off ([`Exec::with_wavefront`]). The caller also
+/// sequence), a single layer, or the switch off (`Paths::wavefront`). The caller also
 /// keeps today's order when a layer takes a persistent kernel (one launch for the whole
 /// sequence cannot be cut into chunks).
 ///
