@@ -20,7 +20,7 @@
 //!   kernels, once per process and device; the device as the target of a call's work.
 //! - `buffer.rs`: [`CudaBuf`], the backend's device buffer, the driver's storage-typed buffers,
 //!   and the checked views the driver computes with.
-//! - `exec.rs`: how the driver issues work ([`Exec`](exec::Exec), the execution context of one
+//! - `exec.rs`: how the driver issues work (`Exec`, the execution context of one
 //!   call) on a target: the device, or, in unit tests without a GPU, `emulation.rs` (the same
 //!   kernels compiled as host C++).
 //! - `driver/`: the layer, direction and time loops, forward (`forward.rs`) and backward

@@ -22,7 +22,7 @@
 //!
 //! Layers overlap in a unidirectional stack of two or more layers (the **layer wavefront**,
 //! `wavefront.rs`; on unless `Paths::wavefront` turns it off):
-//! the time axis is cut into chunks of `K` steps ([`wavefront_chunk`]); layer `l`'s chunk `c`
+//! the time axis is cut into chunks of `K` steps (`wavefront::wavefront_chunk`); layer `l`'s chunk `c`
 //! is its input-projection GEMM for those steps and its step loop over them, on stream
 //! `l mod 2`, after waiting for an event layer `l-1` recorded after its chunk `c`. The work is
 //! issued in diagonals (`d = 0, 1, ...`; for each layer `l`, chunk `c = d - l`), so that two
@@ -48,7 +48,7 @@
 //! Each pass is written in steps, one function each: allocation (every buffer of every
 //! layer, with the path each layer-direction takes: persistent kernel or per-step loop), then
 //! scheduling (layer by layer, or the wavefront), each layer-direction's work being one struct
-//! ([`forward`]'s `DirForward`, [`backward`]'s `DirBackward`) that holds its sizes, weights,
+//! (`forward::DirForward`, `backward::DirBackward`) that holds its sizes, weights,
 //! inputs, outputs and buffers.
 //!
 //! - `forward.rs`, `backward.rs`: the passes, their allocation and their per-direction work;
