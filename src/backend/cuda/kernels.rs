@@ -304,4 +304,18 @@ mod tests {
         }
         assert!(KernelId::ALL.iter().filter(|k| k.persistent()).count() == 8);
     }
+
+    /// Every entry the device loads is an entry of the PTX of the file the registry names, so
+    /// `Cuda::new` finds them all.
+    #[cfg(rnn_kernels_ptx)]
+    #[test]
+    fn registry_entries_are_in_the_ptx() {
+        for &k in KernelId::ALL {
+            let text = super::super::ptx::FILES.iter().find(|(f, _)| *f == k.file()).map(|(_, t)| *t).unwrap();
+            for ty in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+                let Some(entry) = k.entry(ty) else { continue };
+                assert!(text.contains(&format!(".entry {entry}(")), "{k:?}: {entry} is not in kernels/{}.cu's PTX", k.file());
+            }
+        }
+    }
 }
