@@ -6,7 +6,8 @@
 //!   `90` are accepted and mean `compute_90`). PTX for `compute_XY` is JIT-compiled by the driver
 //!   for any GPU of capability `X.Y` or newer.
 //! - Each `kernels/NAME.cu` becomes `$OUT_DIR/NAME.ptx`, and `$OUT_DIR/ptx.rs` holds one
-//!   `pub const NAME: &str` per file (the PTX text) for the CUDA backend to load.
+//!   `pub const NAME: &str` per file (the PTX text) and `FILES`, every file's PTX by its name,
+//!   from which the CUDA backend loads each kernel of its registry (`src/backend/cuda/kernels.rs`).
 //! - Without nvcc the build still succeeds (so that `cargo build --features cuda`, clippy and
 //!   docs work on any machine): the constants are empty, `NVCC_MISSING` holds the reason, and
 //!   `Cuda::new()` returns `Error::BackendUnavailable` saying how to install nvcc (see
@@ -74,6 +75,10 @@ fn main() {
             format!("Some({reason:?})")
         }
     };
+    writeln!(consts, "/// Every file's PTX by its name (`kernels/NAME.cu`), for the kernel registry's loader.").unwrap();
+    let files: Vec<String> = sources.iter().map(|s| s.file_stem().unwrap().to_string_lossy().into_owned()).collect();
+    let table: String = files.iter().map(|f| format!("({f:?}, {}), ", f.to_uppercase())).collect();
+    writeln!(consts, "pub const FILES: &[(&str, &str)] = &[{table}];").unwrap();
     writeln!(consts, "/// Why there are no kernels, when nvcc was missing at build time.").unwrap();
     writeln!(consts, "pub const NVCC_MISSING: Option<&str> = {missing};").unwrap();
     writeln!(consts, "/// The virtual architecture the PTX was built for.").unwrap();

@@ -10,7 +10,7 @@
 // (4·G·H² bytes) for a few FLOPs per weight. Here W_hh is read from global memory once; per step
 // only dG_h (4·B·G·H bytes) moves between blocks, through L2, around one grid-wide barrier.
 //
-// Work split (the host, Call::persistent_backward_units, picks U as for the forward kernels):
+// Work split (the host, Exec::persistent_units, picks U as for the forward kernels):
 // - Block k owns hidden units j in [k·U, k·U + U) and the W_hh columns of those units for every
 //   gate row r (W_hh[r][j], r in 0..G·H), stored unit-major: w_s[u][r]. The same G·U·H floats
 //   as the forward's rows.
@@ -56,8 +56,9 @@
 
 #define PERSISTENT_MAX_BATCH 8
 // Threads per block. The entries declare __launch_bounds__(256, 1): one block per SM is the
-// design (U is sized for it), and without the minimum of 1 ptxas caps the RNN entries at 48-64
-// registers and spills (CUDA 13.0, sm_80/sm_90); with it no entry spills (~110-120 registers).
+// design (U is sized for it), and without the minimum of 1 ptxas caps the RNN entries' registers
+// low enough that they spill; with it no entry spills (.ci/cuda.sh prints each entry's
+// registers and spills).
 #define PERSISTENT_BACKWARD_THREADS 256
 
 // What the forward pass saved, for one layer-direction (each [T, B, *] in time order).
@@ -260,6 +261,16 @@ __device__ __forceinline__ void persistent_backward_entry(int batch, int hidden,
 #endif
 }
 
+// One entry per cell, each the same signature: persistent_backward_entry<CELL> under the entry's name.
+#define PERSISTENT_BACKWARD_ENTRY(NAME, CELL)                                                                          \
+    extern "C" __global__ void __launch_bounds__(PERSISTENT_BACKWARD_THREADS, 1) NAME(                                \
+        int batch, int hidden, int steps, int reverse, int units, const int* lengths, const float* w_hh,               \
+        const float* gates, const float* extra, const float* c_all, const float* h_all, const float* h0, const float* c0, \
+        const float* dy, int dy_stride, float* carry, float* dc, float* dgi, float* dgh, unsigned int* barrier) {      \
+        persistent_backward_entry<CELL>(batch, hidden, steps, reverse, units, lengths, w_hh, gates, extra, c_all, h_all, \
+                                        h0, c0, dy, dy_stride, carry, dc, dgi, dgh, barrier);                          \
+    }
+
 // A whole LSTM (no projection) layer-direction backward. Arguments (G = 4):
 //   batch B <= 8, hidden H, steps T, reverse (0: the forward ran t = 0..T-1, so backward runs
 //   t = T-1..0; 1: the other way), units U per block; lengths [B]; w_hh [4H, H];
@@ -270,42 +281,18 @@ __device__ __forceinline__ void persistent_backward_entry(int batch, int hidden,
 //   dgi [T, B, 4H] out: dG; dgh: pass dgi; barrier [2], zeros.
 // Grid: ceil(H / U) blocks of PERSISTENT_BACKWARD_THREADS, all co-resident (cooperative launch),
 // dynamic shared memory 4·(4·U·H + B·H + 3·B·U) bytes.
-extern "C" __global__ void __launch_bounds__(PERSISTENT_BACKWARD_THREADS, 1) persistent_lstm_backward(
-    int batch, int hidden, int steps, int reverse, int units, const int* lengths, const float* w_hh,
-    const float* gates, const float* extra, const float* c_all, const float* h_all, const float* h0, const float* c0,
-    const float* dy, int dy_stride, float* carry, float* dc, float* dgi, float* dgh, unsigned int* barrier) {
-    persistent_backward_entry<LstmBwd>(batch, hidden, steps, reverse, units, lengths, w_hh, gates, extra, c_all, h_all,
-                                       h0, c0, dy, dy_stride, carry, dc, dgi, dgh, barrier);
-}
+PERSISTENT_BACKWARD_ENTRY(persistent_lstm_backward, LstmBwd)
 
 // As persistent_lstm_backward for a GRU (G = 3): gates [T, B, 3H] (r, z, n), extra [T, B, H]
 // (W_hn h_prev + b_hn), h_all [T, B, H] (the states after each step), h0 [B, H]; c_all, c0, dc
 // unused (null); dgi [T, B, 3H] out: input-side dG; dgh [T, B, 3H] out: hidden-side dG (da_n·r
 // in the n gate). Shared memory 4·(3·U·H + B·H + 3·B·U) bytes.
-extern "C" __global__ void __launch_bounds__(PERSISTENT_BACKWARD_THREADS, 1) persistent_gru_backward(
-    int batch, int hidden, int steps, int reverse, int units, const int* lengths, const float* w_hh,
-    const float* gates, const float* extra, const float* c_all, const float* h_all, const float* h0, const float* c0,
-    const float* dy, int dy_stride, float* carry, float* dc, float* dgi, float* dgh, unsigned int* barrier) {
-    persistent_backward_entry<GruBwd>(batch, hidden, steps, reverse, units, lengths, w_hh, gates, extra, c_all, h_all,
-                                      h0, c0, dy, dy_stride, carry, dc, dgi, dgh, barrier);
-}
+PERSISTENT_BACKWARD_ENTRY(persistent_gru_backward, GruBwd)
 
 // As persistent_lstm_backward for a tanh RNN (G = 1): gates [T, B, H] (= h); extra, c_all,
 // h_all, h0, c0, dc unused (null); dgi [T, B, H] out; dgh: pass dgi. Shared memory
 // 4·(U·H + B·H + 3·B·U) bytes.
-extern "C" __global__ void __launch_bounds__(PERSISTENT_BACKWARD_THREADS, 1) persistent_rnn_tanh_backward(
-    int batch, int hidden, int steps, int reverse, int units, const int* lengths, const float* w_hh,
-    const float* gates, const float* extra, const float* c_all, const float* h_all, const float* h0, const float* c0,
-    const float* dy, int dy_stride, float* carry, float* dc, float* dgi, float* dgh, unsigned int* barrier) {
-    persistent_backward_entry<RnnBwd<false>>(batch, hidden, steps, reverse, units, lengths, w_hh, gates, extra, c_all,
-                                             h_all, h0, c0, dy, dy_stride, carry, dc, dgi, dgh, barrier);
-}
+PERSISTENT_BACKWARD_ENTRY(persistent_rnn_tanh_backward, RnnBwd<false>)
 
 // As persistent_rnn_tanh_backward, with relu.
-extern "C" __global__ void __launch_bounds__(PERSISTENT_BACKWARD_THREADS, 1) persistent_rnn_relu_backward(
-    int batch, int hidden, int steps, int reverse, int units, const int* lengths, const float* w_hh,
-    const float* gates, const float* extra, const float* c_all, const float* h_all, const float* h0, const float* c0,
-    const float* dy, int dy_stride, float* carry, float* dc, float* dgi, float* dgh, unsigned int* barrier) {
-    persistent_backward_entry<RnnBwd<true>>(batch, hidden, steps, reverse, units, lengths, w_hh, gates, extra, c_all,
-                                            h_all, h0, c0, dy, dy_stride, carry, dc, dgi, dgh, barrier);
-}
+PERSISTENT_BACKWARD_ENTRY(persistent_rnn_relu_backward, RnnBwd<true>)

@@ -9,7 +9,7 @@
 // from global memory once; per step only h_prev (4·B·H bytes) moves between blocks, through L2,
 // followed by one grid-wide barrier.
 //
-// Work split (the design numbers; the host, Call::persistent_units, picks U):
+// Work split (the design numbers; the host, Exec::persistent_units, picks U):
 // - Block k owns hidden units j in [k·U, k·U + U) and the G gate rows of W_hh that produce them
 //   (rows g·H + j), stored unit-major: w_s[u][g][0..H]. So the cell update of a unit needs no
 //   other block's data. U = ceil(H / (SMs / D)) for D directions: one block per SM (GRU,
@@ -231,6 +231,16 @@ __device__ __forceinline__ void persistent_entry(int batch, int hidden, int step
 #endif
 }
 
+// One entry per cell, each the same signature: persistent_entry<CELL> under the entry's name.
+#define PERSISTENT_CELL_ENTRY(NAME, CELL)                                                                              \
+    extern "C" __global__ void __launch_bounds__(PERSISTENT_CELL_THREADS) NAME(                                       \
+        int batch, int hidden, int steps, int reverse, int units, const int* lengths, const float* xg, const float* w_hh, \
+        const float* b_ih, const float* b_hh, const float* h0, float* h_states, int training, float* gates_save,       \
+        float* extra_save, float* y, int y_stride, float* hn, unsigned int* barrier) {                                 \
+        persistent_entry<CELL>(batch, hidden, steps, reverse, units, lengths, xg, w_hh, b_ih, b_hh, h0, h_states,       \
+                               training, gates_save, extra_save, y, y_stride, hn, barrier);                            \
+    }
+
 // A whole GRU layer-direction forward. Arguments (G = 3):
 //   batch B <= 8, hidden H, steps T, reverse (0: t = 0..T-1, 1: t = T-1..0), units U per block;
 //   lengths [B]; xg [T, B, 3H]: x·W_ih^T for every step (no bias); w_hh [3H, H];
@@ -242,29 +252,11 @@ __device__ __forceinline__ void persistent_entry(int batch, int hidden, int step
 //   barrier [2], zeros.
 // Grid: ceil(H / U) blocks of PERSISTENT_CELL_THREADS, all co-resident (cooperative launch),
 // dynamic shared memory 4·(3·U·H + B·H) bytes.
-extern "C" __global__ void __launch_bounds__(PERSISTENT_CELL_THREADS) persistent_gru_forward(
-    int batch, int hidden, int steps, int reverse, int units, const int* lengths, const float* xg, const float* w_hh,
-    const float* b_ih, const float* b_hh, const float* h0, float* h_states, int training, float* gates_save,
-    float* extra_save, float* y, int y_stride, float* hn, unsigned int* barrier) {
-    persistent_entry<Gru>(batch, hidden, steps, reverse, units, lengths, xg, w_hh, b_ih, b_hh, h0, h_states, training,
-                          gates_save, extra_save, y, y_stride, hn, barrier);
-}
+PERSISTENT_CELL_ENTRY(persistent_gru_forward, Gru)
 
 // As persistent_gru_forward for a tanh RNN (G = 1: xg [T, B, H], w_hh [H, H], biases [H],
 // gates_save [T, B, H] = h; extra_save unused, pass null); shared memory 4·(U·H + B·H) bytes.
-extern "C" __global__ void __launch_bounds__(PERSISTENT_CELL_THREADS) persistent_rnn_tanh_forward(
-    int batch, int hidden, int steps, int reverse, int units, const int* lengths, const float* xg, const float* w_hh,
-    const float* b_ih, const float* b_hh, const float* h0, float* h_states, int training, float* gates_save,
-    float* extra_save, float* y, int y_stride, float* hn, unsigned int* barrier) {
-    persistent_entry<Rnn<false>>(batch, hidden, steps, reverse, units, lengths, xg, w_hh, b_ih, b_hh, h0, h_states,
-                                 training, gates_save, extra_save, y, y_stride, hn, barrier);
-}
+PERSISTENT_CELL_ENTRY(persistent_rnn_tanh_forward, Rnn<false>)
 
 // As persistent_rnn_tanh_forward, with relu.
-extern "C" __global__ void __launch_bounds__(PERSISTENT_CELL_THREADS) persistent_rnn_relu_forward(
-    int batch, int hidden, int steps, int reverse, int units, const int* lengths, const float* xg, const float* w_hh,
-    const float* b_ih, const float* b_hh, const float* h0, float* h_states, int training, float* gates_save,
-    float* extra_save, float* y, int y_stride, float* hn, unsigned int* barrier) {
-    persistent_entry<Rnn<true>>(batch, hidden, steps, reverse, units, lengths, xg, w_hh, b_ih, b_hh, h0, h_states,
-                                training, gates_save, extra_save, y, y_stride, hn, barrier);
-}
+PERSISTENT_CELL_ENTRY(persistent_rnn_relu_forward, Rnn<true>)

@@ -35,6 +35,7 @@
 thread_local rnnk_dim3 blockIdx, threadIdx;
 rnnk_dim3 blockDim, gridDim;
 thread_local SimCtx sim;
+#include "grid.h"
 
 enum Kind { LSTM, GRU, TANH, RELU };
 static const char* const kNames[] = {"lstm", "gru", "rnn_tanh", "rnn_relu"};
@@ -53,8 +54,6 @@ struct Inputs {
     std::vector<int> lens;
     std::vector<float> xg, w, bih, bhh, h0, c0;
 };
-
-constexpr int GUARD = 16;
 
 // Every output buffer, with its guard; empty when the kernel gets null.
 template <class F>
@@ -103,38 +102,6 @@ static Inputs make_inputs(const Case& c, unsigned seed) {
     in.h0 = vec(B * H, c.h0 ? 1.0f : 0.0f);
     in.c0 = vec(B * H, c.h0 ? 1.0f : 0.0f);
     return in;
-}
-
-// Runs `body` as every thread of a grid of `blocks` × `nthreads`, each block with `smem_floats`
-// NaN-filled floats of shared memory (and GUARD more, which must stay NaN: false otherwise).
-template <class Body>
-static bool launch(int blocks, int nthreads, long long smem_floats, Body body) {
-    blockDim = {(unsigned)nthreads, 1, 1};
-    gridDim = {(unsigned)blocks, 1, 1};
-    const int lanes = nthreads < 32 ? nthreads : 32, nwarps = nthreads / lanes;
-    SimBarrier grid(blocks * nthreads);
-    std::vector<std::unique_ptr<SimBarrier>> block_bars, warp_bars;
-    std::vector<std::vector<float>> smem(blocks, std::vector<float>((size_t)smem_floats + GUARD, NAN));
-    std::vector<SimWarp> warps(blocks * nwarps);
-    for (int k = 0; k < blocks; ++k) block_bars.emplace_back(new SimBarrier(nthreads));
-    for (auto& wp : warps) {
-        warp_bars.emplace_back(new SimBarrier(lanes));
-        wp.bar = warp_bars.back().get();
-    }
-    std::vector<std::thread> ths;
-    for (int k = 0; k < blocks; ++k)
-        for (int t = 0; t < nthreads; ++t)
-            ths.emplace_back([&, k, t] {
-                blockIdx = {(unsigned)k, 0, 0};
-                threadIdx = {(unsigned)t, 0, 0};
-                sim = {&grid, block_bars[k].get(), &warps[k * nwarps + t / lanes], smem[k].data(), 0};
-                body();
-            });
-    for (auto& th : ths) th.join();
-    for (auto& sm : smem)
-        for (int i = 0; i < GUARD; ++i)
-            if (!std::isnan(sm[smem_floats + i])) return false;
-    return true;
 }
 
 template <class F>

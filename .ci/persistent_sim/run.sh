@@ -8,8 +8,7 @@
 #   (which the driver's emulation tests check bit for bit against the per-step backward);
 # - forward.cpp: kernels/persistent_lstm.cu and kernels/persistent_cell.cu (GRU, RNN tanh/relu)
 #   against an f64 step loop and, for GRU and RNN, the one-thread emulation.
-# About a minute on a 2-core machine (56 s measured, both). `--tsan` also runs both under
-# ThreadSanitizer (about 80 s more), which reports any shared-memory race.
+# `--tsan` also runs both under ThreadSanitizer, which reports any shared-memory race.
 #
 #   bash .ci/persistent_sim/run.sh [--tsan]
 set -euo pipefail
@@ -110,7 +109,7 @@ cxx=${CXX:-c++}
 build() {  # build NAME [FLAGS...]
     local name=$1
     shift
-    "$cxx" -std=c++20 -pthread -ffp-contract=off -I "$work/k" "$@" "$here/${name%-tsan}.cpp" -o "$work/$name"
+    "$cxx" -std=c++20 -pthread -ffp-contract=off -I "$work/k" -I "$here" "$@" "$here/${name%-tsan}.cpp" -o "$work/$name"
 }
 build backward -O2
 build forward -O2

@@ -194,9 +194,6 @@ pub trait Backend<T: Element>: Send + Sync {
     ) -> Result<()>;
 }
 
-// The CUDA driver's path to the step order (the host driver reads `stack` directly).
-#[cfg(feature = "cuda")]
-pub(crate) use stack::{prev_step, steps};
 
 /// Checks the buffers of a forward call against `config` and `shape`. Public for code that
 /// checks a call before choosing a backend (the C ABI's device-pointer entry points).

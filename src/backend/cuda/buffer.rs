@@ -1,9 +1,11 @@
-//! Device buffers: [`CudaBuf`], the backend's [`Buffer`], and [`View`], the unchecked pointer
-//! plus length the driver computes with after checking every offset against it.
+//! Device buffers: [`CudaBuf`], the backend's [`Buffer`]; [`DevBuf`], the driver's own
+//! storage-typed memory; and [`View`], the unchecked pointer plus length the driver computes
+//! with after checking every offset against it.
 
 use crate::backend::Buffer;
 use crate::element::{Dtype, Element};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use std::any::Any;
 
 /// A buffer of `T` in a CUDA device's memory: the CUDA backend's `Buf`.
 ///
@@ -33,6 +35,68 @@ impl<T> CudaBuf<T> {
     /// Wraps a cudarc slice allocated on the same device as the backend it is given to.
     pub fn from_cuda_slice(slice: CudaSlice<T>) -> Self {
         CudaBuf { slice }
+    }
+}
+
+/// Memory the driver owns: its address, and what keeps it allocated (a device allocation, or
+/// the host memory that stands in for one on the host emulation), freed when dropped.
+pub(crate) struct RawBuf {
+    ptr: u64,
+    _owner: Box<dyn Any + Send + Sync>,
+}
+
+impl RawBuf {
+    /// `owner` keeps the memory at `ptr` allocated until it is dropped.
+    pub fn new(ptr: u64, owner: Box<dyn Any + Send + Sync>) -> RawBuf {
+        RawBuf { ptr, _owner: owner }
+    }
+
+    /// Its address.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+}
+
+impl std::fmt::Debug for RawBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RawBuf({:#x})", self.ptr)
+    }
+}
+
+/// `len` elements of storage type `ty` (f32, f16 or bf16) the driver allocated: the buffers of
+/// a reserve, a plan's weights and a call's temporaries.
+pub(crate) struct DevBuf {
+    raw: RawBuf,
+    len: usize,
+    ty: Dtype,
+}
+
+impl DevBuf {
+    /// `raw` holding `len` elements of `ty`.
+    pub fn new(raw: RawBuf, len: usize, ty: Dtype) -> DevBuf {
+        DevBuf { raw, len, ty }
+    }
+
+    /// Elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The storage type.
+    pub fn ty(&self) -> Dtype {
+        self.ty
+    }
+
+    /// The whole buffer. The buffer must outlive every use of the view (the driver keeps it in
+    /// the reserve or in the call's temporaries until the call's work is enqueued and ordered).
+    pub fn view(&self) -> View {
+        View { ptr: self.raw.ptr, len: self.len, ty: self.ty }
+    }
+}
+
+impl std::fmt::Debug for DevBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DevBuf({} {:?})", self.len, self.ty)
     }
 }
 

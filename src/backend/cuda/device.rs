@@ -1,10 +1,16 @@
 //! One CUDA device as the backend uses it: its context, two streams (one per direction) with a
-//! cuBLAS handle each, and the kernels, loaded once per process and device and cached.
+//! cuBLAS handle each, and the kernels of the registry (`kernels.rs`), loaded once per process
+//! and device and cached; and [`DeviceTarget`], the [`Target`] a call's work runs on.
 
+use super::buffer::{DevBuf, RawBuf};
+use super::exec::{device_err, persistent_shape, Event, GemmArgs, Target};
+use super::kernels::{KernelArgs, KernelId, PERSISTENT_THREADS};
 use super::ptx;
+use crate::element::Dtype;
 use crate::error::{Error, Result};
+use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DevicePtr, LaunchConfig};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -12,87 +18,57 @@ use std::sync::{Arc, Mutex, OnceLock};
 const HOW_TO_FIX: &str = "the CUDA backend needs an NVIDIA GPU, its driver (libcuda.so, CUDA 13.0 or newer) and cuBLAS \
     (libcublas.so, e.g. `pip install nvidia-cublas` with its lib folder on LD_LIBRARY_PATH); use the cpu backend otherwise";
 
-/// The kernels of `kernels/*.cu`, one function per `extern "C" __global__` entry.
+/// The entries of every kernel of the registry ([`KernelId::ALL`]), by kernel and storage type
+/// (f32, f16, bf16; `None` where the kernel has no entry of that type).
 pub(crate) struct Kernels {
-    pub lstm_forward_step: CudaFunction,
-    pub lstm_projection_finish: CudaFunction,
-    pub lstm_projection_backward_prepare: CudaFunction,
-    pub lstm_backward_step: CudaFunction,
-    pub gru_forward_step: CudaFunction,
-    pub gru_backward_step: CudaFunction,
-    pub rnn_tanh_forward_step: CudaFunction,
-    pub rnn_relu_forward_step: CudaFunction,
-    pub rnn_tanh_backward_step: CudaFunction,
-    pub rnn_relu_backward_step: CudaFunction,
-    pub fill_f32: CudaFunction,
-    pub persistent_lstm_forward: CudaFunction,
-    pub persistent_gru_forward: CudaFunction,
-    pub persistent_rnn_tanh_forward: CudaFunction,
-    pub persistent_rnn_relu_forward: CudaFunction,
-    pub persistent_lstm_backward: CudaFunction,
-    pub persistent_gru_backward: CudaFunction,
-    pub persistent_rnn_tanh_backward: CudaFunction,
-    pub persistent_rnn_relu_backward: CudaFunction,
-    /// The f16 and bf16 entries of the kernels of `exec::HALF_KERNELS`, in its order.
-    pub half: Vec<[CudaFunction; 2]>,
+    functions: Vec<[Option<CudaFunction>; 3]>,
     /// Keeps the modules loaded as long as the functions are used.
     _modules: Vec<Arc<CudaModule>>,
 }
 
+/// The index of a storage type in [`Kernels`].
+fn dtype_index(ty: Dtype) -> usize {
+    match ty {
+        Dtype::F16 => 1,
+        Dtype::BF16 => 2,
+        _ => 0,
+    }
+}
+
+const STORAGE: [Dtype; 3] = [Dtype::F32, Dtype::F16, Dtype::BF16];
+
 impl Kernels {
+    /// Loads every file the registry names once, and every entry of every kernel from it.
     fn load(ctx: &Arc<CudaContext>, name: &str) -> Result<Kernels> {
-        let mut modules = Vec::new();
-        let mut load = |file: &str, src: &str| -> Result<Arc<CudaModule>> {
-            let m = ctx
-                .load_module(cudarc::nvrtc::Ptx::from_src(src))
-                .map_err(|e| device_err(name, &format!("loading the PTX of kernels/{file}.cu (built for {})", ptx::ARCH), e))?;
-            modules.push(m.clone());
-            Ok(m)
-        };
-        let lstm = load("lstm_pointwise", ptx::LSTM_POINTWISE)?;
-        let gru = load("gru_pointwise", ptx::GRU_POINTWISE)?;
-        let rnn = load("rnn_pointwise", ptx::RNN_POINTWISE)?;
-        let util = load("util", ptx::UTIL)?;
-        let persistent = load("persistent_lstm", ptx::PERSISTENT_LSTM)?;
-        let persistent_cell = load("persistent_cell", ptx::PERSISTENT_CELL)?;
-        let persistent_bwd = load("persistent_backward", ptx::PERSISTENT_BACKWARD)?;
-        let f =
-            |m: &Arc<CudaModule>, entry: &str| m.load_function(entry).map_err(|e| device_err(name, &format!("finding kernel {entry}"), e));
-        let half = super::exec::HALF_KERNELS
-            .iter()
-            .map(|&(_, file, f16, bf16)| {
-                let m = match file {
-                    "lstm_pointwise" => &lstm,
-                    "gru_pointwise" => &gru,
-                    "rnn_pointwise" => &rnn,
-                    _ => &util,
-                };
-                Ok([f(m, f16)?, f(m, bf16)?])
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Kernels {
-            half,
-            lstm_forward_step: f(&lstm, "lstm_forward_step")?,
-            lstm_projection_finish: f(&lstm, "lstm_projection_finish")?,
-            lstm_projection_backward_prepare: f(&lstm, "lstm_projection_backward_prepare")?,
-            lstm_backward_step: f(&lstm, "lstm_backward_step")?,
-            gru_forward_step: f(&gru, "gru_forward_step")?,
-            gru_backward_step: f(&gru, "gru_backward_step")?,
-            rnn_tanh_forward_step: f(&rnn, "rnn_tanh_forward_step")?,
-            rnn_relu_forward_step: f(&rnn, "rnn_relu_forward_step")?,
-            rnn_tanh_backward_step: f(&rnn, "rnn_tanh_backward_step")?,
-            rnn_relu_backward_step: f(&rnn, "rnn_relu_backward_step")?,
-            fill_f32: f(&util, "fill_f32")?,
-            persistent_lstm_forward: f(&persistent, "persistent_lstm_forward")?,
-            persistent_gru_forward: f(&persistent_cell, "persistent_gru_forward")?,
-            persistent_rnn_tanh_forward: f(&persistent_cell, "persistent_rnn_tanh_forward")?,
-            persistent_rnn_relu_forward: f(&persistent_cell, "persistent_rnn_relu_forward")?,
-            persistent_lstm_backward: f(&persistent_bwd, "persistent_lstm_backward")?,
-            persistent_gru_backward: f(&persistent_bwd, "persistent_gru_backward")?,
-            persistent_rnn_tanh_backward: f(&persistent_bwd, "persistent_rnn_tanh_backward")?,
-            persistent_rnn_relu_backward: f(&persistent_bwd, "persistent_rnn_relu_backward")?,
-            _modules: modules,
-        })
+        let mut modules: Vec<(&str, Arc<CudaModule>)> = Vec::new();
+        let mut functions = Vec::with_capacity(KernelId::ALL.len());
+        for &k in KernelId::ALL {
+            let file = k.file();
+            let module = match modules.iter().find(|(f, _)| *f == file) {
+                Some((_, m)) => m.clone(),
+                None => {
+                    let src = ptx::FILES.iter().find(|(f, _)| *f == file).map_or("", |(_, src)| *src);
+                    let m = ctx
+                        .load_module(cudarc::nvrtc::Ptx::from_src(src))
+                        .map_err(|e| device_err(name, &format!("loading the PTX of kernels/{file}.cu (built for {})", ptx::ARCH), e))?;
+                    modules.push((file, m.clone()));
+                    m
+                }
+            };
+            let entry = |ty: Dtype| -> Result<Option<CudaFunction>> {
+                k.entry(ty)
+                    .map(|entry| module.load_function(entry).map_err(|e| device_err(name, &format!("finding kernel {entry}"), e)))
+                    .transpose()
+            };
+            functions.push([entry(STORAGE[0])?, entry(STORAGE[1])?, entry(STORAGE[2])?]);
+        }
+        Ok(Kernels { functions, _modules: modules.into_iter().map(|(_, m)| m).collect() })
+    }
+
+    /// The entry of `k` for storage type `ty`.
+    #[track_caller]
+    pub fn get(&self, k: KernelId, ty: Dtype) -> &CudaFunction {
+        self.functions[k as usize][dtype_index(ty)].as_ref().unwrap_or_else(|| panic!("{k:?} has no {ty:?} entry"))
     }
 }
 
@@ -130,10 +106,6 @@ pub(crate) struct Device {
 unsafe impl Send for Device {}
 // SAFETY: as above.
 unsafe impl Sync for Device {}
-
-pub(crate) fn device_err(backend: &str, op: &str, e: impl std::fmt::Debug) -> Error {
-    Error::Device { backend: backend.to_string(), op: op.to_string(), message: format!("{e:?}") }
-}
 
 fn unavailable(reason: String) -> Error {
     Error::BackendUnavailable { backend: "cuda".into(), reason }
@@ -204,24 +176,161 @@ fn open_with_libraries(ordinal: usize) -> Result<Device> {
             .map_err(|e| device_err(&name, "setting the cuBLAS math mode", e))?;
     }
     let kernels = Kernels::load(&ctx, &name)?;
-    use cudarc::driver::sys::{CUdevice_attribute_enum as A, CUfunction_attribute_enum as F};
-    let attr = |a: A| ctx.attribute(a).map_err(|e| device_err(&name, &format!("reading {a:?}"), e));
-    let sms = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(0) as usize;
-    let cooperative = attr(A::CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH)? != 0;
-    let optin = attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?.max(0);
+    use cudarc::driver::sys::{CUdevice_attribute_enum as Attr, CUfunction_attribute_enum as F};
+    let attr = |a: Attr| ctx.attribute(a).map_err(|e| device_err(&name, &format!("reading {a:?}"), e));
+    let sms = attr(Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(0) as usize;
+    let cooperative = attr(Attr::CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH)? != 0;
+    let optin = attr(Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?.max(0);
     // Let the persistent kernels use all of it; if that fails they keep the default 48 KB.
-    let persistent = [
-        &kernels.persistent_lstm_forward,
-        &kernels.persistent_gru_forward,
-        &kernels.persistent_rnn_tanh_forward,
-        &kernels.persistent_rnn_relu_forward,
-        &kernels.persistent_lstm_backward,
-        &kernels.persistent_gru_backward,
-        &kernels.persistent_rnn_tanh_backward,
-        &kernels.persistent_rnn_relu_backward,
-    ];
-    let opted_in = persistent.iter().all(|f| f.set_attribute(F::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, optin).is_ok());
+    let opted_in = KernelId::ALL
+        .iter()
+        .filter(|k| k.persistent())
+        .all(|&k| kernels.get(k, Dtype::F32).set_attribute(F::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, optin).is_ok());
     let max_smem = if opted_in { optin as usize } else { 48 * 1024 };
     let props = Props { sms, cooperative, max_smem };
     Ok(Device { name, ctx, streams: [s0, s1], blas: [b0, b1], kernels, props, call: Mutex::new(()) })
+}
+
+impl Device {
+    /// The device as the target of one call: takes the call lock and binds the context to this
+    /// thread.
+    pub fn lock(&self) -> Result<DeviceTarget<'_>> {
+        let lock = self.call.lock().unwrap_or_else(|p| p.into_inner());
+        self.ctx.bind_to_thread().map_err(|e| device_err(&self.name, "binding the context", e))?;
+        Ok(DeviceTarget { dev: self, _lock: lock })
+    }
+}
+
+/// A device with its call lock held: where the work of one call runs.
+pub(crate) struct DeviceTarget<'a> {
+    dev: &'a Device,
+    _lock: std::sync::MutexGuard<'a, ()>,
+}
+
+impl DeviceTarget<'_> {
+    fn err(&self, op: &str, e: impl std::fmt::Debug) -> Error {
+        device_err(&self.dev.name, op, e)
+    }
+}
+
+fn op(t: bool) -> cublasOperation_t {
+    if t {
+        cublasOperation_t::CUBLAS_OP_T
+    } else {
+        cublasOperation_t::CUBLAS_OP_N
+    }
+}
+
+impl Target for DeviceTarget<'_> {
+    fn alloc(&self, ty: Dtype, n: usize) -> Result<DevBuf> {
+        let s = &self.dev.streams[0];
+        // SAFETY: bytes have no invalid bit patterns; callers write before reading.
+        let slice = unsafe { s.alloc::<u8>((n * ty.size()).max(4)) }.map_err(|e| self.err(&format!("allocating {n} {ty:?}"), e))?;
+        let ptr = slice.device_ptr(s).0;
+        Ok(DevBuf::new(RawBuf::new(ptr, Box::new(slice)), n, ty))
+    }
+
+    fn upload_i32(&self, values: &[i32]) -> Result<RawBuf> {
+        let s = &self.dev.streams[0];
+        let slice = s.clone_htod(values).map_err(|e| self.err("uploading the lengths", e))?;
+        let ptr = slice.device_ptr(s).0;
+        Ok(RawBuf::new(ptr, Box::new(slice)))
+    }
+
+    fn gemm(&self, si: usize, g: &GemmArgs, ab: Dtype, c: Dtype, alpha: f32, beta: f32) -> Result<()> {
+        use cudarc::cublas::result::{gemm_ex, sgemm};
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
+        let handle = *self.dev.blas[si].handle();
+        let (ta, tb, m, n, k) = (op(g.transa), op(g.transb), g.m, g.n, g.k);
+        if (ab, c) == (Dtype::F32, Dtype::F32) {
+            let (a, b, c) = (g.a as *const f32, g.b as *const f32, g.c as *mut f32);
+            // SAFETY: the three views were checked to hold their [rows, cols] (View::mat), the
+            // sizes fit i32 (check_sizes), and the handle belongs to stream si of this context.
+            return unsafe { sgemm(handle, ta, tb, m, n, k, &alpha, a, g.lda, b, g.ldb, &beta, c, g.ldc) }
+                .map_err(|e| self.err("cublasSgemm", e));
+        }
+        let dt = |t: Dtype| match t {
+            Dtype::F16 => cudaDataType::CUDA_R_16F,
+            Dtype::BF16 => cudaDataType::CUDA_R_16BF,
+            _ => cudaDataType::CUDA_R_32F,
+        };
+        let (a, b, cp) = (g.a as *const std::ffi::c_void, g.b as *const std::ffi::c_void, g.c as *mut std::ffi::c_void);
+        let (alpha, beta) = ((&alpha as *const f32).cast(), (&beta as *const f32).cast());
+        let (ab, c, f32_compute) = (dt(ab), dt(c), cublasComputeType_t::CUBLAS_COMPUTE_32F);
+        // SAFETY: as for sgemm; alpha and beta are f32 as CUBLAS_COMPUTE_32F requires, and the
+        // type pairs (16F/16F/32F, 16F/16F/16F and the 16BF ones) are supported combinations.
+        unsafe {
+            gemm_ex(
+                handle,
+                ta,
+                tb,
+                m,
+                n,
+                k,
+                alpha,
+                a,
+                ab,
+                g.lda,
+                b,
+                ab,
+                g.ldb,
+                beta,
+                cp,
+                c,
+                g.ldc,
+                f32_compute,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| self.err("cublasGemmEx", e))
+    }
+
+    fn launch(&self, si: usize, kernel: KernelId, ty: Dtype, cfg: LaunchConfig, args: &dyn KernelArgs) -> Result<()> {
+        let mut l = self.dev.streams[si].launch_builder(self.dev.kernels.get(kernel, ty));
+        args.push(&mut l);
+        // SAFETY: the argument struct is the kernel's own (its type is the registry's for this
+        // kernel, its fields the C signature), and every pointer is a View checked to hold what
+        // the kernel touches.
+        let r = unsafe {
+            if kernel.persistent() {
+                l.launch_cooperative(cfg)
+            } else {
+                l.launch(cfg)
+            }
+        };
+        r.map(drop).map_err(|e| self.err(&format!("{kernel:?}"), e))
+    }
+
+    fn copy(&self, si: usize, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        // SAFETY: both views hold the bytes (checked by the caller).
+        unsafe { cudarc::driver::result::memcpy_dtod_async(dst, src, bytes, self.dev.streams[si].cu_stream()) }
+            .map_err(|e| self.err("copying device memory", e))
+    }
+
+    fn order(&self, to: usize, from: usize) -> Result<()> {
+        self.dev.streams[to].join(&self.dev.streams[from]).map_err(|e| self.err("ordering the streams", e))
+    }
+
+    fn record(&self, si: usize) -> Result<Event> {
+        self.dev.streams[si].record_event(None).map(|e| Event(Some(e))).map_err(|e| self.err("recording an event", e))
+    }
+
+    fn wait(&self, si: usize, e: &Event) -> Result<()> {
+        match &e.0 {
+            Some(ev) => self.dev.streams[si].wait(ev).map_err(|e| self.err("waiting for an event", e)),
+            None => Ok(()),
+        }
+    }
+
+    fn persistent_units(&self, kernel: KernelId, h: usize, dirs: usize, smem: &dyn Fn(usize) -> usize) -> Option<usize> {
+        let p = self.dev.props;
+        if !p.cooperative {
+            return None;
+        }
+        let (units, smem) = persistent_shape(smem, h, dirs, p.sms, p.max_smem)?;
+        let f = self.dev.kernels.get(kernel, Dtype::F32);
+        let blocks = h.div_ceil(units);
+        let per_sm = f.occupancy_max_active_blocks_per_multiprocessor(PERSISTENT_THREADS, smem, None).ok()? as usize;
+        (per_sm * p.sms >= blocks * dirs).then_some(units)
+    }
 }

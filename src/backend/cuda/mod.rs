@@ -1,5 +1,5 @@
 //! The CUDA backend, f32, f16 and bf16 storage: the host driver's structure on the device
-//! (`driver.rs`), with cuBLAS for the GEMMs and one fused pointwise kernel per cell and step
+//! (`driver/`), with cuBLAS for the GEMMs and one fused pointwise kernel per cell and step
 //! (`kernels/*.cu`, compiled to PTX by `build.rs`).
 //!
 //! **Storage types** ([`CudaElement`]): `Backend<f32>`, `Backend<half::f16>` and
@@ -13,15 +13,21 @@
 //! is bounded in `testkit::tolerance`; DEVELOPERS.md ("f16 and bf16 storage") has the details
 //! and the measured error / bound ratios.
 //!
+//! - `kernels.rs`: the one registry of the kernels of `kernels/*.cu` (id, file, f32/f16/bf16
+//!   entries, persistent or not, typed arguments), from which the loader, the launches and the
+//!   host emulation's declarations are generated.
 //! - `device.rs`: opening a device (context, two streams, two cuBLAS handles) and loading the
-//!   kernels, once per process and device.
-//! - `buffer.rs`: [`CudaBuf`], the backend's device buffer, and the checked views the driver
-//!   computes with.
-//! - `exec.rs`: how the driver issues work ([`Call`](exec::Call)): cuBLAS and the kernels on the
-//!   device, or, in unit tests without a GPU, the same kernels compiled as host C++.
-//! - `driver.rs`: the layer, direction and time loops, forward and backward, and the layer
-//!   wavefront that overlaps a unidirectional stack's layers ([`Cuda::with_layer_overlap`]).
-//! - `wavefront_tests.rs`: the wavefront against the layer-by-layer order on the host emulation.
+//!   kernels, once per process and device; the device as the target of a call's work.
+//! - `buffer.rs`: [`CudaBuf`], the backend's device buffer, the driver's storage-typed buffers,
+//!   and the checked views the driver computes with.
+//! - `exec.rs`: how the driver issues work (`Exec`, the execution context of one
+//!   call) on a target: the device, or, in unit tests without a GPU, `emulation.rs` (the same
+//!   kernels compiled as host C++).
+//! - `driver/`: the layer, direction and time loops, forward (`forward.rs`) and backward
+//!   (`backward.rs`), and the layer wavefront that overlaps a unidirectional stack's layers
+//!   (`wavefront.rs`, [`Cuda::with_layer_overlap`]).
+//! - `tests/`: the driver on the host emulation against the f64 reference (f32, f16, bf16
+//!   storage), the wavefront against the layer-by-layer order, the streams work is issued on.
 //! - `external.rs`: a caller's device memory ([`BorrowedCudaBuf`]) and streams (the event
 //!   handshake with the backend's), for the C ABI's device-pointer entry points.
 //!
@@ -36,12 +42,13 @@
 mod buffer;
 mod device;
 mod driver;
+#[cfg(all(test, rnn_kernels_host_emulation))]
+mod emulation;
 mod exec;
 mod external;
+mod kernels;
 #[cfg(all(test, rnn_kernels_host_emulation))]
-mod half_tests;
-#[cfg(all(test, rnn_kernels_host_emulation))]
-mod wavefront_tests;
+mod tests;
 
 /// The PTX of `kernels/*.cu`, written by build.rs.
 #[allow(dead_code)]
@@ -53,6 +60,7 @@ pub use buffer::CudaBuf;
 pub use driver::CudaReserve;
 pub use external::BorrowedCudaBuf;
 
+use crate::backend::stack::{PlanStamp, ReserveStamp};
 use crate::backend::{
     check_backward, check_forward, Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnPlan,
 };
@@ -61,10 +69,10 @@ use crate::element::{Dtype, Element};
 use crate::error::{Error, Result};
 use crate::params::ParamLayout;
 use crate::shape::SeqShape;
-use buffer::View;
-use device::{device_err, Device};
-use exec::{Call, Mem};
-use std::sync::atomic::{AtomicU64, Ordering};
+use buffer::{DevBuf, View};
+use device::Device;
+use driver::{BackwardViews, ForwardViews, SavedViews, Weights};
+use exec::{device_err, Exec, Paths};
 use std::sync::Arc;
 
 mod sealed {
@@ -94,24 +102,19 @@ impl CudaElement for half::bf16 {}
 #[derive(Clone)]
 pub struct Cuda {
     dev: Arc<Device>,
-    /// Whether the persistent small-batch kernels may be chosen.
-    persistent: bool,
-    /// Whether every layer-direction must take a persistent kernel (an error otherwise).
-    persistent_required: bool,
-    /// Whether a unidirectional stack's layers overlap on the two streams (the layer wavefront).
-    layer_overlap: bool,
-    /// The wavefront's chunk of steps, 0: the driver's choice.
-    wavefront_chunk: usize,
+    /// The paths its calls may take: the persistent kernels (allowed, required), the layer
+    /// wavefront (on, its chunk).
+    paths: Paths,
 }
 
 impl std::fmt::Debug for Cuda {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cuda")
             .field("device", &self.dev.name)
-            .field("persistent", &self.persistent)
-            .field("persistent_required", &self.persistent_required)
-            .field("layer_overlap", &self.layer_overlap)
-            .field("wavefront_chunk", &self.wavefront_chunk)
+            .field("persistent", &self.paths.persistent)
+            .field("persistent_required", &self.paths.persistent_required)
+            .field("layer_overlap", &self.paths.wavefront)
+            .field("wavefront_chunk", &self.paths.wavefront_chunk)
             .finish()
     }
 }
@@ -151,7 +154,8 @@ impl Cuda {
             }
             Err(_) => 0,
         };
-        Ok(Cuda { dev: device::open(ordinal)?, persistent, persistent_required, layer_overlap, wavefront_chunk })
+        let paths = Paths { persistent, persistent_required, wavefront: layer_overlap, wavefront_chunk };
+        Ok(Cuda { dev: device::open(ordinal)?, paths })
     }
 
     /// Allows (`true`) or forbids the persistent kernels: for an LSTM layer without projection,
@@ -168,8 +172,8 @@ impl Cuda {
     /// ([`require_persistent`](Self::require_persistent) or `RNN_KERNELS_CUDA_PERSISTENT=require`),
     /// so a backend built for the per-step path is one whatever the environment says.
     pub fn with_persistent(mut self, on: bool) -> Cuda {
-        self.persistent = on;
-        self.persistent_required &= on;
+        self.paths.persistent = on;
+        self.paths.persistent_required &= on;
         self
     }
 
@@ -179,8 +183,8 @@ impl Cuda {
     /// of using the per-step path. For tests and benchmarks that must measure the persistent path. Implies
     /// [`with_persistent(true)`](Self::with_persistent) when on.
     pub fn require_persistent(mut self, on: bool) -> Cuda {
-        self.persistent_required = on;
-        self.persistent |= on;
+        self.paths.persistent_required = on;
+        self.paths.persistent |= on;
         self
     }
 
@@ -197,18 +201,18 @@ impl Cuda {
     /// choose another algorithm: results agree with the layer-by-layer order to f32 rounding,
     /// not always bit for bit.
     pub fn with_layer_overlap(mut self, on: bool) -> Cuda {
-        self.layer_overlap = on;
+        self.paths.wavefront = on;
         self
     }
 
     /// Whether the layers of a unidirectional stack overlap ([`with_layer_overlap`](Self::with_layer_overlap)).
     pub fn layer_overlap(&self) -> bool {
-        self.layer_overlap
+        self.paths.wavefront
     }
 
     /// Whether the persistent kernel may be chosen.
     pub fn persistent(&self) -> bool {
-        self.persistent
+        self.paths.persistent
     }
 
     /// `cuda:N`.
@@ -228,7 +232,7 @@ impl Cuda {
 
     /// Copies `host` to a new device buffer.
     pub fn upload<T: CudaElement>(&self, host: &[T]) -> Result<CudaBuf<T>> {
-        let _ = Call::new(&self.dev)?;
+        let _target = self.dev.lock()?;
         if host.is_empty() {
             return self.zeros(0);
         }
@@ -238,7 +242,7 @@ impl Cuda {
 
     /// A new device buffer of `n` zeros (f32, f16 or bf16: `cuda.zeros::<half::f16>(n)`).
     pub fn zeros<T: CudaElement>(&self, n: usize) -> Result<CudaBuf<T>> {
-        let _ = Call::new(&self.dev)?;
+        let _target = self.dev.lock()?;
         let slice = self.dev.streams[0].alloc_zeros::<T>(n).map_err(|e| self.err(&format!("allocating {n} {:?}", T::DTYPE), e))?;
         Ok(CudaBuf { slice })
     }
@@ -253,7 +257,7 @@ impl Cuda {
     /// Copies a device buffer into `host` (same length), after the work enqueued before it.
     pub fn download_into<T: CudaElement>(&self, buf: &CudaBuf<T>, host: &mut [T]) -> Result<()> {
         crate::error::check_len("host", "the device buffer's length", &[buf.slice.len()], host.len())?;
-        let _ = Call::new(&self.dev)?;
+        let _target = self.dev.lock()?;
         if host.is_empty() {
             return Ok(());
         }
@@ -265,7 +269,7 @@ impl Cuda {
     /// Waits until all work enqueued so far has finished (for timing, and to surface errors
     /// of kernels that ran asynchronously).
     pub fn synchronize(&self) -> Result<()> {
-        let _ = Call::new(&self.dev)?;
+        let _target = self.dev.lock()?;
         for s in &self.dev.streams {
             s.synchronize().map_err(|e| self.err("synchronising", e))?;
         }
@@ -276,7 +280,15 @@ impl Cuda {
         View::of(&b.slice, &self.dev.streams[0])
     }
 
-    fn run_forward<T: CudaElement>(
+    /// The execution context of a forward or backward pass: storage `ty` and this backend's
+    /// paths. One place for both passes, so that a setting cannot reach one and miss the other
+    /// (the persistent backward was once never chosen on the device because backward's call
+    /// lacked the persistent switches).
+    fn exec<'t>(&self, target: &'t device::DeviceTarget<'_>, ty: Dtype) -> Exec<'t> {
+        Exec::new(target).with_storage(ty).with_paths(self.paths)
+    }
+
+    fn forward<T: CudaElement>(
         &self,
         plan: &CudaPlan,
         shape: &SeqShape,
@@ -286,45 +298,26 @@ impl Cuda {
     ) -> Result<()> {
         check_forward(plan.config(), shape, &input, &output)?;
         self.check_plan(plan, T::DTYPE)?;
-        let call = self.compute_call(T::DTYPE)?;
-        let mut reserve = reserve;
-        if let Some(r) = reserve.as_deref_mut() {
-            r.plan_id = plan.id;
-            r.plan_version = plan.version;
-            // Until this call has filled it, the reserve is not usable.
-            r.shape = None;
-        }
+        let target = self.dev.lock()?;
+        let exec = self.exec(&target, T::DTYPE);
         let v = |b: &CudaBuf<T>| self.view(b);
-        driver::forward(
-            &call,
-            &plan.layout,
-            plan.weights(&call),
-            shape,
-            v(input.x),
-            input.h0.map(v),
-            input.c0.map(v),
-            v(output.y),
-            output.hn.as_deref().map(v),
-            output.cn.as_deref().map(v),
-            reserve,
-        )
+        let io = ForwardViews {
+            x: v(input.x),
+            h0: input.h0.map(v),
+            c0: input.c0.map(v),
+            y: v(output.y),
+            hn: output.hn.as_deref().map(v),
+            cn: output.cn.as_deref().map(v),
+        };
+        let Some(r) = reserve else { return driver::forward(&exec, plan.weights(), shape, io, None) };
+        // Until this call has filled it, the reserve is not usable.
+        r.stamp = ReserveStamp::default();
+        driver::forward(&exec, plan.weights(), shape, io, Some(&mut *r))?;
+        r.stamp.fill(&plan.stamp, shape);
+        Ok(())
     }
 
-    /// The call a forward or backward pass computes with: storage `st` and this backend's
-    /// settings (persistent kernels allowed / required, layer wavefront and its chunk). One
-    /// place for both passes, so that a setting cannot reach one and miss the other (the
-    /// persistent backward was once never chosen on the device because backward's call lacked
-    /// the persistent switches).
-    fn compute_call(&self, st: crate::element::Dtype) -> Result<Call<'_>> {
-        Ok(Call::new(&self.dev)?
-            .with_storage(st)
-            .with_persistent(self.persistent)
-            .with_persistent_required(self.persistent_required)
-            .with_wavefront(self.layer_overlap)
-            .with_wavefront_chunk(self.wavefront_chunk))
-    }
-
-    fn run_backward<T: CudaElement>(
+    fn backward<T: CudaElement>(
         &self,
         plan: &CudaPlan,
         reserve: &CudaReserve,
@@ -333,75 +326,59 @@ impl Cuda {
         mode: GradMode,
     ) -> Result<()> {
         self.check_plan(plan, T::DTYPE)?;
-        let shape = check_reserve(reserve, plan)?;
+        let shape = reserve.stamp.check(&plan.stamp)?;
         check_backward(plan.config(), shape, plan.layout.len(), &grads, &output)?;
-        let call = self.compute_call(T::DTYPE)?;
-        let saved = driver::SavedViews::new(&call, reserve);
+        let target = self.dev.lock()?;
+        let exec = self.exec(&target, T::DTYPE);
         let v = |b: &CudaBuf<T>| self.view(b);
-        driver::backward(
-            &call,
-            &plan.layout,
-            plan.weights(&call),
-            shape,
-            &saved,
-            grads.dy.map(v),
-            grads.dhn.map(v),
-            grads.dcn.map(v),
-            output.dx.as_deref().map(v),
-            output.dh0.as_deref().map(v),
-            output.dc0.as_deref().map(v),
-            output.dparams.as_deref().map(v),
+        let g = BackwardViews {
+            dy: grads.dy.map(v),
+            dhn: grads.dhn.map(v),
+            dcn: grads.dcn.map(v),
+            dx: output.dx.as_deref().map(v),
+            dh0: output.dh0.as_deref().map(v),
+            dc0: output.dc0.as_deref().map(v),
+            dparams: output.dparams.as_deref().map(v),
             mode,
-        )
+        };
+        driver::backward(&exec, plan.weights(), shape, &SavedViews::new(reserve), g)
     }
 
     fn check_plan(&self, plan: &CudaPlan, ty: Dtype) -> Result<()> {
         if plan.device != self.dev.name {
             return Err(Error::invalid("plan", format!("a plan made on {}", self.dev.name), format!("a plan made on {}", plan.device)));
         }
-        if plan.ty != ty {
+        if plan.weights.ty() != ty {
             return Err(Error::invalid(
                 "plan",
                 format!("a plan of {ty:?} weights (the buffers' type)"),
-                format!("a plan of {:?} weights", plan.ty),
+                format!("a plan of {:?} weights", plan.weights.ty()),
             ));
         }
         Ok(())
     }
 
-    fn make_plan<T: CudaElement>(&self, config: &RnnConfig, params: &CudaBuf<T>) -> Result<CudaPlan> {
+    /// Copies `params` into the plan's weights, on stream 0.
+    fn copy_weights<T: CudaElement>(&self, target: &device::DeviceTarget<'_>, weights: &DevBuf, params: &CudaBuf<T>) -> Result<()> {
+        Exec::new(target).copy(0, weights.view(), self.view(params))
+    }
+
+    fn plan<T: CudaElement>(&self, config: &RnnConfig, params: &CudaBuf<T>) -> Result<CudaPlan> {
         let layout = ParamLayout::new(config);
         layout.check_buffer("params", params.slice.len())?;
-        let weights = {
-            let call = Call::new(&self.dev)?;
-            let w = call.alloc_as(T::DTYPE, layout.len())?;
-            let (dst, src) = (call.view_as(T::DTYPE, &w, layout.len()), self.view(params));
-            // SAFETY: both hold layout.len() elements of T.
-            unsafe {
-                cudarc::driver::result::memcpy_dtod_async(dst.ptr, src.ptr, src.len * T::DTYPE.size(), self.dev.streams[0].cu_stream())
-            }
-            .map_err(|e| self.err("copying the parameters", e))?;
-            w
-        };
-        Ok(CudaPlan { layout, weights, ty: T::DTYPE, device: self.dev.name.clone(), id: next_plan_id(), version: 0 })
+        let target = self.dev.lock()?;
+        let weights = Exec::new(&target).alloc(T::DTYPE, layout.len())?;
+        self.copy_weights(&target, &weights, params)?;
+        Ok(CudaPlan { layout, weights, device: self.dev.name.clone(), stamp: PlanStamp::new() })
     }
 
-    fn update<T: CudaElement>(&self, plan: &mut CudaPlan, params: &CudaBuf<T>) -> Result<()> {
+    fn update_plan<T: CudaElement>(&self, plan: &mut CudaPlan, params: &CudaBuf<T>) -> Result<()> {
         self.check_plan(plan, T::DTYPE)?;
         plan.layout.check_buffer("params", params.slice.len())?;
-        let call = Call::new(&self.dev)?;
-        let (dst, src) = (plan.weights(&call), self.view(params));
-        // SAFETY: both hold layout.len() elements of T.
-        unsafe { cudarc::driver::result::memcpy_dtod_async(dst.ptr, src.ptr, src.len * T::DTYPE.size(), self.dev.streams[0].cu_stream()) }
-            .map_err(|e| self.err("copying the parameters", e))?;
-        plan.version += 1;
+        self.copy_weights(&self.dev.lock()?, &plan.weights, params)?;
+        plan.stamp.bump();
         Ok(())
     }
-}
-
-fn next_plan_id() -> u64 {
-    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-    NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The CUDA backend's plan: the configuration and a device copy of the weights (PyTorch
@@ -409,24 +386,25 @@ fn next_plan_id() -> u64 {
 /// used with the weights that filled it.
 pub struct CudaPlan {
     layout: ParamLayout,
-    /// The weights, of type `ty` (16-bit ones held in f32 words, see `Call::alloc_as`).
-    weights: Mem<f32>,
-    ty: Dtype,
+    /// The weights, of the storage type of the calls that may use the plan.
+    weights: DevBuf,
     device: String,
-    id: u64,
-    version: u64,
+    stamp: PlanStamp,
 }
 
 impl std::fmt::Debug for CudaPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CudaPlan").field("config", self.layout.config()).field("dtype", &self.ty).field("device", &self.device).finish()
+        f.debug_struct("CudaPlan")
+            .field("config", self.layout.config())
+            .field("dtype", &self.weights.ty())
+            .field("device", &self.device)
+            .finish()
     }
 }
 
 impl CudaPlan {
-    /// The weights as a view of their type.
-    fn weights(&self, call: &Call<'_>) -> View {
-        call.view_as(self.ty, &self.weights, self.layout.len())
+    fn weights(&self) -> Weights<'_> {
+        Weights { layout: &self.layout, w: self.weights.view() }
     }
 }
 
@@ -436,71 +414,73 @@ impl RnnPlan for CudaPlan {
     }
 }
 
-fn check_reserve<'r>(reserve: &'r CudaReserve, plan: &CudaPlan) -> Result<&'r SeqShape> {
-    let shape = reserve.shape.as_ref().ok_or_else(|| Error::Reserve("empty: run forward_training with it before backward".into()))?;
-    if reserve.plan_id != plan.id {
-        return Err(Error::Reserve("it was filled by a different plan than the one given to backward".into()));
-    }
-    if reserve.plan_version != plan.version {
-        return Err(Error::Reserve(format!(
-            "it was filled with version {} of the plan's weights, but the plan is now at version {} \
-             (update_plan was called in between); run forward_training again",
-            reserve.plan_version, plan.version
-        )));
-    }
-    Ok(shape)
+/// The `Backend` impl of [`Cuda`] (device buffers) and [`CudaHost`] (host slices): the same
+/// methods, each the type's inherent one of the same name.
+macro_rules! cuda_backend {
+    ($(#[$doc:meta])* $ty:ty, $buf:ty) => {
+        $(#[$doc])*
+        impl<T: CudaElement> Backend<T> for $ty {
+            type Buf = $buf;
+            type Plan = CudaPlan;
+            type Reserve = CudaReserve;
+
+            fn name(&self) -> String {
+                self.device_name().to_string()
+            }
+
+            fn plan(&self, config: &RnnConfig, params: &$buf) -> Result<CudaPlan> {
+                <$ty>::plan(self, config, params)
+            }
+
+            fn update_plan(&self, plan: &mut CudaPlan, params: &$buf) -> Result<()> {
+                <$ty>::update_plan(self, plan, params)
+            }
+
+            fn forward_inference(
+                &self,
+                plan: &CudaPlan,
+                shape: &SeqShape,
+                input: ForwardInput<'_, $buf>,
+                output: ForwardOutput<'_, $buf>,
+            ) -> Result<()> {
+                <$ty>::forward(self, plan, shape, input, output, None)
+            }
+
+            fn forward_training(
+                &self,
+                plan: &CudaPlan,
+                shape: &SeqShape,
+                input: ForwardInput<'_, $buf>,
+                output: ForwardOutput<'_, $buf>,
+                reserve: &mut CudaReserve,
+            ) -> Result<()> {
+                <$ty>::forward(self, plan, shape, input, output, Some(reserve))
+            }
+
+            fn backward(
+                &self,
+                plan: &CudaPlan,
+                reserve: &CudaReserve,
+                grads: BackwardInput<'_, $buf>,
+                output: BackwardOutput<'_, $buf>,
+                mode: GradMode,
+            ) -> Result<()> {
+                <$ty>::backward(self, plan, reserve, grads, output, mode)
+            }
+        }
+    };
 }
 
-/// f32, f16 and bf16 storage; see the module docs.
-impl<T: CudaElement> Backend<T> for Cuda {
-    type Buf = CudaBuf<T>;
-    type Plan = CudaPlan;
-    type Reserve = CudaReserve;
-
-    fn name(&self) -> String {
-        self.dev.name.clone()
-    }
-
-    fn plan(&self, config: &RnnConfig, params: &CudaBuf<T>) -> Result<CudaPlan> {
-        self.make_plan(config, params)
-    }
-
-    fn update_plan(&self, plan: &mut CudaPlan, params: &CudaBuf<T>) -> Result<()> {
-        self.update(plan, params)
-    }
-
-    fn forward_inference(
-        &self,
-        plan: &CudaPlan,
-        shape: &SeqShape,
-        input: ForwardInput<'_, CudaBuf<T>>,
-        output: ForwardOutput<'_, CudaBuf<T>>,
-    ) -> Result<()> {
-        self.run_forward(plan, shape, input, output, None)
-    }
-
-    fn forward_training(
-        &self,
-        plan: &CudaPlan,
-        shape: &SeqShape,
-        input: ForwardInput<'_, CudaBuf<T>>,
-        output: ForwardOutput<'_, CudaBuf<T>>,
-        reserve: &mut CudaReserve,
-    ) -> Result<()> {
-        self.run_forward(plan, shape, input, output, Some(reserve))
-    }
-
-    fn backward(
-        &self,
-        plan: &CudaPlan,
-        reserve: &CudaReserve,
-        grads: BackwardInput<'_, CudaBuf<T>>,
-        output: BackwardOutput<'_, CudaBuf<T>>,
-        mode: GradMode,
-    ) -> Result<()> {
-        self.run_backward(plan, reserve, grads, output, mode)
-    }
-}
+cuda_backend!(
+    /// f32, f16 and bf16 storage; see the module docs.
+    Cuda,
+    CudaBuf<T>
+);
+cuda_backend!(
+    /// f32, f16 and bf16 storage, as [`Cuda`].
+    CudaHost,
+    [T]
+);
 
 /// The CUDA backend on host slices: each call uploads its inputs, runs on the device and
 /// downloads its outputs (the plan and the reserve stay on the device). For
@@ -531,6 +511,20 @@ impl CudaHost {
         Ok(())
     }
 
+    fn device_name(&self) -> &str {
+        self.0.device_name()
+    }
+
+    fn plan<T: CudaElement>(&self, config: &RnnConfig, params: &[T]) -> Result<CudaPlan> {
+        ParamLayout::new(config).check_buffer("params", params.len())?;
+        self.0.plan(config, &self.0.upload(params)?)
+    }
+
+    fn update_plan<T: CudaElement>(&self, plan: &mut CudaPlan, params: &[T]) -> Result<()> {
+        plan.layout.check_buffer("params", params.len())?;
+        self.0.update_plan(plan, &self.0.upload(params)?)
+    }
+
     fn forward<T: CudaElement>(
         &self,
         plan: &CudaPlan,
@@ -547,55 +541,13 @@ impl CudaHost {
         let (mut hn, mut cn) = (self.zeros_like(&output.hn)?, self.zeros_like(&output.cn)?);
         let di = ForwardInput { x: &x, h0: h0.as_ref(), c0: c0.as_ref() };
         let dout = ForwardOutput { y: &mut y, hn: hn.as_mut(), cn: cn.as_mut() };
-        self.0.run_forward(plan, shape, di, dout, reserve)?;
+        self.0.forward(plan, shape, di, dout, reserve)?;
         self.0.download_into(&y, output.y)?;
         self.down_opt(hn, output.hn)?;
         self.down_opt(cn, output.cn)
     }
-}
 
-/// f32, f16 and bf16 storage, as [`Cuda`].
-impl<T: CudaElement> Backend<T> for CudaHost {
-    type Buf = [T];
-    type Plan = CudaPlan;
-    type Reserve = CudaReserve;
-
-    fn name(&self) -> String {
-        Backend::<T>::name(&self.0)
-    }
-
-    fn plan(&self, config: &RnnConfig, params: &[T]) -> Result<CudaPlan> {
-        ParamLayout::new(config).check_buffer("params", params.len())?;
-        self.0.make_plan(config, &self.0.upload(params)?)
-    }
-
-    fn update_plan(&self, plan: &mut CudaPlan, params: &[T]) -> Result<()> {
-        plan.layout.check_buffer("params", params.len())?;
-        self.0.update(plan, &self.0.upload(params)?)
-    }
-
-    fn forward_inference(
-        &self,
-        plan: &CudaPlan,
-        shape: &SeqShape,
-        input: ForwardInput<'_, [T]>,
-        output: ForwardOutput<'_, [T]>,
-    ) -> Result<()> {
-        self.forward(plan, shape, input, output, None)
-    }
-
-    fn forward_training(
-        &self,
-        plan: &CudaPlan,
-        shape: &SeqShape,
-        input: ForwardInput<'_, [T]>,
-        output: ForwardOutput<'_, [T]>,
-        reserve: &mut CudaReserve,
-    ) -> Result<()> {
-        self.forward(plan, shape, input, output, Some(reserve))
-    }
-
-    fn backward(
+    fn backward<T: CudaElement>(
         &self,
         plan: &CudaPlan,
         reserve: &CudaReserve,
@@ -603,7 +555,7 @@ impl<T: CudaElement> Backend<T> for CudaHost {
         output: BackwardOutput<'_, [T]>,
         mode: GradMode,
     ) -> Result<()> {
-        let shape = check_reserve(reserve, plan)?;
+        let shape = reserve.stamp.check(&plan.stamp)?;
         check_backward(plan.config(), shape, plan.layout.len(), &grads, &output)?;
         let dy = self.up_opt(grads.dy)?;
         let (dhn, dcn) = (self.up_opt(grads.dhn)?, self.up_opt(grads.dcn)?);
@@ -615,7 +567,7 @@ impl<T: CudaElement> Backend<T> for CudaHost {
             (Some(p), GradMode::Overwrite) => Some(self.0.zeros(p.len())?),
             (None, _) => None,
         };
-        self.0.run_backward(
+        self.0.backward(
             plan,
             reserve,
             BackwardInput { dy: dy.as_ref(), dhn: dhn.as_ref(), dcn: dcn.as_ref() },

@@ -1,4 +1,4 @@
-//! The layer wavefront of driver.rs (`forward_wavefront`, `backward_wavefront`) on the host
+//! The layer wavefront (`driver/wavefront.rs`) on the host
 //! emulation, which runs the
 //! two streams' work serially in issue order: it checks the chunk bookkeeping (projection and
 //! `dX` rows, step ranges, the state and gradients carried between chunks, h0/hn/c0/cn,
@@ -8,72 +8,35 @@
 //! rows the whole-sequence one gives. cuBLAS need not (another algorithm for another `M`):
 //! tests/cuda.rs compares on the GPU with a rounding tolerance.
 
-use super::buffer::View;
-use super::driver::{backward, forward, wavefront_chunk, CudaReserve, SavedViews};
-use super::exec::Call;
-use crate::backend::GradMode;
-use crate::{CellKind, Element, ParamLayout, Params, RnnConfig, SeqShape, SplitMix64};
+use super::super::driver::wavefront_chunk;
+use super::super::emulation::Emulation;
+use super::super::kernels::KernelId;
+use super::*;
+use crate::CellKind;
 
-fn view<T: Element>(v: &[T]) -> View {
-    View { ptr: v.as_ptr() as u64, len: v.len(), ty: T::DTYPE }
-}
-fn view_mut<T: Element>(v: &mut [T]) -> View {
-    View { ptr: v.as_mut_ptr() as u64, len: v.len(), ty: T::DTYPE }
-}
-
-/// Everything one forward (training, then inference) and backward of a problem give on `call`
-/// (both passes with its switches), as bits:
-/// y, hn, cn of training and of inference, the saved activations, dx, dh0, dc0, dparams.
-fn run<T: Element>(cfg: &RnnConfig, shape: &SeqShape, seed: u64, call: &Call<'_>) -> Vec<Vec<u64>> {
-    let mut rng = SplitMix64::new(seed);
-    let mut u = |n: usize, r: f64| (0..n).map(|_| T::from_f64(rng.uniform(-r, r))).collect::<Vec<T>>();
-    let n = |s: [usize; 3]| s.iter().product::<usize>();
-    let lstm = cfg.cell().has_cell_state();
-    let x = u(n(shape.x_shape(cfg)), 2.0);
-    let h0 = u(n(shape.h_shape(cfg)), 1.0);
-    let c0 = lstm.then(|| u(n(shape.c_shape(cfg)), 1.0));
-    let dy = u(n(shape.y_shape(cfg)), 1.0);
-    let dhn = u(n(shape.h_shape(cfg)), 1.0);
-    let dcn = lstm.then(|| u(n(shape.c_shape(cfg)), 1.0));
-    let params = Params::<T>::init_uniform(cfg, seed ^ 0x5eed).into_vec();
-    let layout = ParamLayout::new(cfg);
-    let w = view(&params);
-    let nan = |s: [usize; 3]| vec![T::from_f64(f64::NAN); n(s)];
-    let bits = |v: &[T]| v.iter().map(|a| a.to_f64().to_bits()).collect::<Vec<u64>>();
-    let mut out = Vec::new();
-    let mut reserve = CudaReserve::default();
-    for training in [true, false] {
-        let (mut y, mut hn) = (nan(shape.y_shape(cfg)), nan(shape.h_shape(cfg)));
-        let mut cn = lstm.then(|| nan(shape.c_shape(cfg)));
-        let cn_v = cn.as_deref_mut().map(view_mut);
-        let save = training.then_some(&mut reserve);
-        let c0_v = c0.as_deref().map(view);
-        forward(call, &layout, w, shape, view(&x), Some(view(&h0)), c0_v, view_mut(&mut y), Some(view_mut(&mut hn)), cn_v, save).unwrap();
-        out.extend([bits(&y), bits(&hn), cn.as_deref().map_or(Vec::new(), bits)]);
-    }
+/// Everything one forward (training, then inference) and backward of a problem give on `exec`
+/// (both passes with its switches), as bits: y, hn, cn, the saved activations, dx, dh0, dc0,
+/// dparams.
+fn run<T: Element>(cfg: &RnnConfig, shape: &SeqShape, seed: u64, exec: &Exec<'_>) -> Vec<Vec<u64>> {
+    let p = Problem::<T>::new(cfg, shape, seed, 2.0);
+    let (trained, reserve) = p.train_on(exec);
+    let mut out: Vec<Vec<u64>> = trained.iter().map(|v| bits(v)).collect();
     out.extend(reserve.saved_bits().into_iter().map(|v| v.into_iter().map(u64::from).collect()));
     // Backward from the saved activations, with the same switches.
-    let sv = SavedViews::new(call, &reserve);
-    let (mut dx, mut dh0) = (nan(shape.x_shape(cfg)), nan(shape.h_shape(cfg)));
-    let mut dc0 = lstm.then(|| nan(shape.c_shape(cfg)));
-    let mut dp = vec![T::from_f64(f64::NAN); layout.len()];
-    let (dy_v, dhn_v, dcn_v) = (Some(view(&dy)), Some(view(&dhn)), dcn.as_deref().map(view));
-    let dc0_v = dc0.as_deref_mut().map(view_mut);
-    let (dx_v, dh0_v, dp_v) = (view_mut(&mut dx), view_mut(&mut dh0), view_mut(&mut dp));
-    backward(call, &layout, w, shape, &sv, dy_v, dhn_v, dcn_v, Some(dx_v), Some(dh0_v), dc0_v, Some(dp_v), GradMode::Overwrite).unwrap();
-    out.extend([bits(&dx), bits(&dh0), dc0.as_deref().map_or(Vec::new(), bits), bits(&dp)]);
+    out.extend(p.backward_on(exec, &reserve).iter().map(|v| bits(v)));
     out
 }
 
 /// The wavefront with chunk `k` against the layer-by-layer order, bit for bit.
 fn check<T: Element>(cfg: &RnnConfig, shape: &SeqShape, k: usize, seed: u64) {
-    let wave = Call::host().with_storage(T::DTYPE).with_wavefront(true).with_wavefront_chunk(k);
+    let emulation = Emulation::default();
+    let wave = emulation.exec().with_storage(T::DTYPE).with_wavefront(true).with_wavefront_chunk(k);
     let chunks = shape.steps().div_ceil(k.min(shape.steps()));
     assert_eq!(wavefront_chunk(&wave, cfg, shape), Some(k.min(shape.steps())), "the wavefront must be taken: {cfg:?}");
-    let off = Call::host().with_storage(T::DTYPE).with_wavefront(false);
+    let off = emulation.exec().with_storage(T::DTYPE).with_wavefront(false);
     assert_eq!(wavefront_chunk(&off, cfg, shape), None);
     let (got, want) = (run::<T>(cfg, shape, seed, &wave), run::<T>(cfg, shape, seed, &off));
-    let names = ["y", "hn", "cn", "y (inference)", "hn (inference)", "cn (inference)"];
+    let names = ["y", "hn", "cn"];
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         let name = names.get(i).copied().unwrap_or(if i + 4 >= got.len() { "a gradient" } else { "a saved activation" });
@@ -127,7 +90,8 @@ fn emulated_wavefront_matches_layer_by_layer_half() {
 /// the switch off; the automatic chunk is `max(ceil(T/16), ceil(512/B))`, at most `T`.
 #[test]
 fn wavefront_chunk_choice() {
-    let call = Call::host();
+    let emulation = Emulation::default();
+    let call = emulation.exec();
     let uni = stack(CellKind::Gru, 3, 0, true);
     let bi = RnnConfig::new(CellKind::Gru, 5, 7).num_layers(3).bidirectional(true).build().unwrap();
     let one = stack(CellKind::Gru, 1, 0, true);
@@ -135,7 +99,7 @@ fn wavefront_chunk_choice() {
     assert_eq!(wavefront_chunk(&call, &bi, &s(100, 4)), None);
     assert_eq!(wavefront_chunk(&call, &one, &s(100, 4)), None);
     assert_eq!(wavefront_chunk(&call.with_wavefront(false), &uni, &s(100, 4)), None);
-    let call = Call::host();
+    let call = emulation.exec();
     assert_eq!(wavefront_chunk(&call, &uni, &s(1500, 4)), Some(128));
     assert_eq!(wavefront_chunk(&call, &uni, &s(1600, 64)), Some(100));
     assert_eq!(wavefront_chunk(&call, &uni, &s(50, 2)), Some(50));
@@ -148,8 +112,9 @@ fn wavefront_chunk_choice() {
 fn emulated_wavefront_leaves_persistent_stacks_alone() {
     let cfg = stack(CellKind::Gru, 3, 0, true);
     let shape = SeqShape::with_lengths(6, vec![6, 2]).unwrap();
-    let on = Call::host().with_persistent(true).with_persistent_required(true).with_wavefront_chunk(2);
-    let off = Call::host().with_persistent(true).with_persistent_required(true).with_wavefront(false);
+    let emulation = Emulation::default();
+    let on = emulation.exec().with_persistent(true).with_persistent_required(true).with_wavefront_chunk(2);
+    let off = emulation.exec().with_persistent(true).with_persistent_required(true).with_wavefront(false);
     assert!(run::<f32>(&cfg, &shape, 9, &on) == run::<f32>(&cfg, &shape, 9, &off));
 }
 
@@ -161,7 +126,7 @@ fn emulated_wavefront_leaves_persistent_stacks_alone() {
 /// (`T` steps each per layer) and a backward (`T` steps per layer).
 #[test]
 fn emulated_wavefront_step_kernels_on_their_layers_stream() {
-    use super::exec::Kernel as K;
+    use KernelId as K;
     let cells = [
         (CellKind::Lstm, 0, [K::LstmForwardStep, K::LstmBackwardStep]),
         (CellKind::Lstm, 3, [K::LstmProjectionFinish, K::LstmProjectionBackwardPrepare]),
@@ -173,9 +138,9 @@ fn emulated_wavefront_step_kernels_on_their_layers_stream() {
     for (cell, proj, [fwd, bwd]) in cells {
         let cfg = stack(cell, 3, proj, true);
         let shape = SeqShape::with_lengths(t, vec![6, 4, 1]).unwrap();
-        let call = Call::host().with_wavefront(true).with_wavefront_chunk(2);
-        run::<f32>(&cfg, &shape, 3, &call);
-        let issued = call.issued.borrow();
+        let emulation = Emulation::default();
+        run::<f32>(&cfg, &shape, 3, &emulation.exec().with_wavefront(true).with_wavefront_chunk(2));
+        let issued = emulation.issued.borrow();
         let count = |k: K, si: usize| issued.iter().filter(|&&(s, kk)| s == si && kk == Some(k)).count();
         for (k, per_layer) in [(fwd, 2 * t), (bwd, t)] {
             assert_eq!(
@@ -187,47 +152,62 @@ fn emulated_wavefront_step_kernels_on_their_layers_stream() {
     }
 }
 
+/// Fails (with `panics`, panics at) every kernel and GEMM of a training forward and then of a
+/// backward of `cfg` in turn, each on a fresh emulation, and checks that stream 1 was joined
+/// into stream 0 when the pass returned or unwound: the pass's temporaries are freed on stream
+/// 0 then, and a caller's stream (the C ABI's device calls) waits for stream 0 only, so an
+/// unjoined stream 1 could still be using them. Returns the numbers of forward and backward
+/// failures injected.
+fn inject_failures(cfg: &RnnConfig, panics: bool) -> (usize, usize) {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    let shape = SeqShape::with_lengths(5, vec![5, 3]).unwrap();
+    let p = Problem::<f32>::new(cfg, &shape, 7, 0.5);
+    let (mut fwd_failures, mut bwd_failures) = (0, 0);
+    for fail in 0.. {
+        let emulation = Emulation::default();
+        emulation.fail_at.set(Some(fail));
+        emulation.fail_panics.set(panics);
+        let exec = emulation.exec().with_wavefront_chunk(2);
+        let mut reserve = CudaReserve::default();
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            let mut y = nans::<f32>(p.dy.len());
+            let io = ForwardViews { x: view(&p.x), h0: None, c0: None, y: view_mut(&mut y), hn: None, cn: None };
+            forward(&exec, p.weights(), &shape, io, Some(&mut reserve))
+        }));
+        assert!(!emulation.forked.get(), "{cfg:?}: forward returned ({r:?}) with stream 1 not joined into stream 0 (failure {fail})");
+        if !matches!(r, Ok(Ok(()))) {
+            fwd_failures += 1;
+            continue;
+        }
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            let (mut dx, mut dp) = (nans::<f32>(p.x.len()), nans::<f32>(p.layout.len()));
+            let g = BackwardViews {
+                dhn: None,
+                dcn: None,
+                dx: Some(view_mut(&mut dx)),
+                dparams: Some(view_mut(&mut dp)),
+                ..p.incoming(GradMode::Overwrite)
+            };
+            backward(&exec, p.weights(), &shape, &SavedViews::new(&reserve), g)
+        }));
+        assert!(!emulation.forked.get(), "{cfg:?}: backward returned ({r:?}) with stream 1 not joined into stream 0 (failure {fail})");
+        if matches!(r, Ok(Ok(()))) {
+            break;
+        }
+        bwd_failures += 1;
+    }
+    (fwd_failures, bwd_failures)
+}
+
 /// A pass that fails after forking to stream 1 still joins stream 1 into stream 0 before it
-/// returns: the temporaries are freed on stream 0 when the pass returns, and a caller's stream
-/// (the C ABI's device calls) waits for stream 0 only, so an unjoined stream 1 could still be
-/// using them. Every kernel or GEMM of a forward (training) and a backward fails in turn
-/// (the emulation's fault injection), on a bidirectional stack (both directions forked per
-/// layer) and on a unidirectional one (the wavefront).
+/// returns, on a bidirectional stack (both directions forked per layer) and on a
+/// unidirectional one (the wavefront).
 #[test]
 fn emulated_failing_pass_joins_stream_1() {
     let bi = RnnConfig::new(CellKind::Gru, 5, 7).num_layers(2).bidirectional(true).build().unwrap();
     for cfg in [bi, stack(CellKind::Lstm, 3, 0, true)] {
-        let shape = SeqShape::with_lengths(5, vec![5, 3]).unwrap();
-        let layout = ParamLayout::new(&cfg);
-        let params = Params::<f32>::init_uniform(&cfg, 7).into_vec();
-        let w = view(&params);
-        let n = |s: [usize; 3]| s.iter().product::<usize>();
-        let x = vec![0.5f32; n(shape.x_shape(&cfg))];
-        let dy = vec![0.25f32; n(shape.y_shape(&cfg))];
-        let mut y = vec![0f32; n(shape.y_shape(&cfg))];
-        let mut dx = vec![0f32; n(shape.x_shape(&cfg))];
-        let mut dp = vec![0f32; layout.len()];
-        let (mut fwd_failures, mut bwd_failures) = (0, 0);
-        for fail in 0.. {
-            let call = Call::host().with_wavefront_chunk(2);
-            call.fail_at.set(Some(fail));
-            let mut reserve = CudaReserve::default();
-            let r = forward(&call, &layout, w, &shape, view(&x), None, None, view_mut(&mut y), None, None, Some(&mut reserve));
-            assert!(!call.forked.get(), "{cfg:?}: forward returned ({r:?}) with stream 1 not joined into stream 0");
-            if r.is_err() {
-                fwd_failures += 1;
-                continue;
-            }
-            let sv = SavedViews::new(&call, &reserve);
-            let (dy_v, dx_v, dp_v) = (Some(view(&dy)), Some(view_mut(&mut dx)), Some(view_mut(&mut dp)));
-            let r = backward(&call, &layout, w, &shape, &sv, dy_v, None, None, dx_v, None, None, dp_v, GradMode::Overwrite);
-            assert!(!call.forked.get(), "{cfg:?}: backward returned ({r:?}) with stream 1 not joined into stream 0");
-            if r.is_ok() {
-                break;
-            }
-            bwd_failures += 1;
-        }
-        assert!(fwd_failures > 10 && bwd_failures > 10, "{cfg:?}: {fwd_failures} forward and {bwd_failures} backward failures injected");
+        let (fwd, bwd) = inject_failures(&cfg, false);
+        assert!(fwd > 10 && bwd > 10, "{cfg:?}: {fwd} forward and {bwd} backward failures injected");
     }
 }
 
@@ -236,64 +216,20 @@ fn emulated_failing_pass_joins_stream_1() {
 /// temporaries are dropped (a guard in `joined_on_error`).
 #[test]
 fn emulated_panicking_pass_joins_stream_1() {
-    use std::panic::{catch_unwind, AssertUnwindSafe};
     let cfg = RnnConfig::new(CellKind::Gru, 5, 7).num_layers(2).bidirectional(true).build().unwrap();
-    let shape = SeqShape::with_lengths(5, vec![5, 3]).unwrap();
-    let layout = ParamLayout::new(&cfg);
-    let params = Params::<f32>::init_uniform(&cfg, 7).into_vec();
-    let w = view(&params);
-    let n = |s: [usize; 3]| s.iter().product::<usize>();
-    let x = vec![0.5f32; n(shape.x_shape(&cfg))];
-    let dy = vec![0.25f32; n(shape.y_shape(&cfg))];
-    let mut y = vec![0f32; n(shape.y_shape(&cfg))];
-    let mut dx = vec![0f32; n(shape.x_shape(&cfg))];
-    let mut dp = vec![0f32; layout.len()];
     // Quiet: dozens of injected panics would each print a message and a backtrace.
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let (mut fwd_panics, mut bwd_panics, mut forked_after) = (0, 0, Vec::new());
-    for fail in 0.. {
-        let call = Call::host();
-        call.fail_at.set(Some(fail));
-        call.fail_panics.set(true);
-        let mut reserve = CudaReserve::default();
-        let r = catch_unwind(AssertUnwindSafe(|| {
-            forward(&call, &layout, w, &shape, view(&x), None, None, view_mut(&mut y), None, None, Some(&mut reserve))
-        }));
-        if call.forked.get() {
-            forked_after.push(format!("forward, failure {fail}"));
-        }
-        if r.is_err() {
-            fwd_panics += 1;
-            continue;
-        }
-        r.unwrap().unwrap();
-        let sv = SavedViews::new(&call, &reserve);
-        let r = catch_unwind(AssertUnwindSafe(|| {
-            let (dy_v, dx_v, dp_v) = (Some(view(&dy)), Some(view_mut(&mut dx)), Some(view_mut(&mut dp)));
-            backward(&call, &layout, w, &shape, &sv, dy_v, None, None, dx_v, None, None, dp_v, GradMode::Overwrite)
-        }));
-        if call.forked.get() {
-            forked_after.push(format!("backward, failure {fail}"));
-        }
-        match r {
-            Ok(r) => {
-                r.unwrap();
-                break;
-            }
-            Err(_) => bwd_panics += 1,
-        }
-    }
+    let (fwd, bwd) = inject_failures(&cfg, true);
     std::panic::set_hook(hook);
-    assert!(forked_after.is_empty(), "stream 1 not joined after a panic in: {forked_after:?}");
-    assert!(fwd_panics > 10 && bwd_panics > 10, "{fwd_panics} forward and {bwd_panics} backward panics injected");
+    assert!(fwd > 10 && bwd > 10, "{fwd} forward and {bwd} backward panics injected");
 }
 
 /// A bidirectional stack (layer by layer, no wavefront): each direction's step kernels, and
 /// its persistent kernels where they run, on its own stream (`d`), forward and backward.
 #[test]
 fn emulated_directions_on_their_streams() {
-    use super::exec::Kernel as K;
+    use KernelId as K;
     let cells = [
         (CellKind::Lstm, 3, [K::LstmForwardStep, K::LstmBackwardStep], None),
         (CellKind::Gru, 0, [K::GruForwardStep, K::GruBackwardStep], Some([K::PersistentGruForward, K::PersistentGruBackward])),
@@ -311,9 +247,9 @@ fn emulated_directions_on_their_streams() {
         let runs =
             [(false, steps, [2 * t, t]), (true, persistent.unwrap_or(steps), if persistent.is_some() { [2, 1] } else { [2 * t, t] })];
         for (on, [fwd, bwd], [fwd_n, bwd_n]) in runs {
-            let call = Call::host().with_persistent(on);
-            run::<f32>(&cfg, &shape, 4, &call);
-            let issued = call.issued.borrow();
+            let emulation = Emulation::default();
+            run::<f32>(&cfg, &shape, 4, &emulation.exec().with_persistent(on));
+            let issued = emulation.issued.borrow();
             let count = |k: K, si: usize| issued.iter().filter(|&&(s, kk)| s == si && kk == Some(k)).count();
             for (k, per_layer) in [(fwd, fwd_n), (bwd, bwd_n)] {
                 // Two layers, one direction per stream.

@@ -1,137 +1,38 @@
 //! f16 and bf16 storage on the host emulation (kernels compiled as C++, cuBLAS's GemmEx
 //! emulated with f32 accumulation): every cell, against the f64 reference run on the same
 //! 16-bit-rounded inputs, weights and incoming gradients, with the derived tolerances of
-//! `testkit::tolerance` (DEVELOPERS.md, "f16 and bf16 storage").
+//! [`crate::testkit::tolerance`] (DEVELOPERS.md, "f16 and bf16 storage").
 
-use super::buffer::View;
-use super::driver::{backward, forward, CudaReserve, SavedViews};
-use super::exec::Call;
-use crate::backend::{GradMode, Reference};
+use super::super::emulation::{gemm_ex, sgemm, Emulation};
+use super::super::exec::GemmArgs;
+use super::*;
 use crate::testkit::tolerance::{half_storage_bounds, HalfInputs, OUTPUTS};
-use crate::{CellKind, Dtype, Element, ParamLayout, Params, Rnn, RnnConfig, SeqShape, SplitMix64};
+use crate::{CellKind, Dtype};
 
-/// A 16-bit element type for the tests.
-trait Half: Element {
-    fn bits(self) -> u16;
-}
-impl Half for half::f16 {
-    fn bits(self) -> u16 {
-        self.to_bits()
-    }
-}
-impl Half for half::bf16 {
-    fn bits(self) -> u16 {
-        self.to_bits()
-    }
-}
-
-fn view<T: Element>(v: &[T]) -> View {
-    View { ptr: v.as_ptr() as u64, len: v.len(), ty: T::DTYPE }
-}
-fn view_mut<T: Element>(v: &mut [T]) -> View {
-    View { ptr: v.as_mut_ptr() as u64, len: v.len(), ty: T::DTYPE }
-}
-fn up<T: Element>(v: &[T]) -> Vec<f64> {
-    v.iter().map(|a| a.to_f64()).collect()
-}
-/// NaN in both 16-bit formats: outputs start as NaN so that an element never written shows.
-fn nans<T: Element>(n: usize) -> Vec<T> {
-    vec![T::from_f64(f64::NAN); n]
-}
-
-struct Problem<T> {
-    cfg: RnnConfig,
-    shape: SeqShape,
-    params: Vec<T>,
-    x: Vec<T>,
-    h0: Vec<T>,
-    c0: Option<Vec<T>>,
-    dy: Vec<T>,
-    dhn: Vec<T>,
-    dcn: Option<Vec<T>>,
-}
-
-impl<T: Half> Problem<T> {
-    fn new(cfg: &RnnConfig, shape: &SeqShape, seed: u64, x_range: f64) -> Self {
-        let mut rng = SplitMix64::new(seed);
-        let mut u = |n: usize, r: f64| (0..n).map(|_| T::from_f64(rng.uniform(-r, r))).collect::<Vec<T>>();
-        let n = |s: [usize; 3]| s.iter().product::<usize>();
-        let lstm = cfg.cell().has_cell_state();
-        Problem {
-            x: u(n(shape.x_shape(cfg)), x_range),
-            h0: u(n(shape.h_shape(cfg)), 1.0),
-            c0: lstm.then(|| u(n(shape.c_shape(cfg)), 2.0)),
-            dy: u(n(shape.y_shape(cfg)), 1.0),
-            dhn: u(n(shape.h_shape(cfg)), 1.0),
-            dcn: lstm.then(|| u(n(shape.c_shape(cfg)), 1.0)),
-            params: Params::<T>::init_uniform(cfg, seed ^ 0xabc).into_vec(),
-            cfg: cfg.clone(),
-            shape: shape.clone(),
-        }
-    }
-
+impl<T: Element> Problem<T> {
     /// (y, hn, cn, dx, dh0, dc0, dparams) from the emulated driver with 16-bit storage; also
     /// checks that inference gives training's outputs bit for bit and that Accumulate adds
     /// in f32 and rounds once.
-    fn run_emulated(&self) -> Vec<Vec<T>> {
-        let (cfg, shape) = (&self.cfg, &self.shape);
+    fn run_storage(&self) -> Vec<Vec<T>> {
         // The persistent path is allowed but must not be taken (it is f32 only).
-        let call = Call::host().with_storage(T::DTYPE).with_persistent(true);
-        let layout = ParamLayout::new(cfg);
-        let w = view(&self.params);
-        let n = |s: [usize; 3]| nans::<T>(s.iter().product::<usize>());
-        let lstm = cfg.cell().has_cell_state();
-        let (mut y, mut hn) = (n(shape.y_shape(cfg)), n(shape.h_shape(cfg)));
-        let mut cn = lstm.then(|| n(shape.c_shape(cfg)));
-        let mut reserve = CudaReserve::default();
-        let (x, h0, c0) = (view(&self.x), Some(view(&self.h0)), self.c0.as_deref().map(view));
-        let cn_v = cn.as_deref_mut().map(view_mut);
-        forward(&call, &layout, w, shape, x, h0, c0, view_mut(&mut y), Some(view_mut(&mut hn)), cn_v, Some(&mut reserve)).unwrap();
-
-        let (mut yi, mut hni) = (n(shape.y_shape(cfg)), n(shape.h_shape(cfg)));
-        let mut cni = lstm.then(|| n(shape.c_shape(cfg)));
-        let cni_v = cni.as_deref_mut().map(view_mut);
-        forward(&call, &layout, w, shape, x, h0, c0, view_mut(&mut yi), Some(view_mut(&mut hni)), cni_v, None).unwrap();
-        let bits = |v: &[T]| v.iter().map(|a| a.bits()).collect::<Vec<u16>>();
-        assert!(bits(&yi) == bits(&y) && bits(&hni) == bits(&hn), "inference differs from training's forward");
-        assert!(cni.as_deref().map(bits) == cn.as_deref().map(bits), "inference cn differs from training's");
-
-        let sv = SavedViews::new(&call, &reserve);
-        let (mut dx, mut dh0) = (n(shape.x_shape(cfg)), n(shape.h_shape(cfg)));
-        let mut dc0 = lstm.then(|| n(shape.c_shape(cfg)));
-        let mut dp = nans::<T>(layout.len());
-        let (dy, dhn, dcn) = (Some(view(&self.dy)), Some(view(&self.dhn)), self.dcn.as_deref().map(view));
-        let dc0_v = dc0.as_deref_mut().map(view_mut);
-        let (dx_v, dh0_v, dp_v) = (view_mut(&mut dx), view_mut(&mut dh0), view_mut(&mut dp));
-        backward(&call, &layout, w, shape, &sv, dy, dhn, dcn, Some(dx_v), Some(dh0_v), dc0_v, Some(dp_v), GradMode::Overwrite).unwrap();
-
+        let emulation = Emulation::default();
+        let exec = emulation.exec().with_storage(T::DTYPE).with_persistent(true);
+        let (outs, acc) = self.run_on(&exec, &exec);
         // Accumulate onto the gradients just computed: the f32 accumulator starts at g (the
         // caller's 16-bit values, exactly) and adds the same f32 sum s that rounded to g, so
         // the result round(g + s) is within u·|2g| + |s - g| ≤ 2u·|2g| of 2g. Starting from 0
         // instead (Overwrite's behaviour) gives g, far outside.
-        let mut dp2 = dp.clone();
-        backward(&call, &layout, w, shape, &sv, dy, dhn, dcn, None, None, None, Some(view_mut(&mut dp2)), GradMode::Accumulate).unwrap();
-        for (i, (&a, &g)) in dp2.iter().zip(&dp).enumerate() {
+        for (i, (&a, &g)) in acc.iter().zip(&outs[6]).enumerate() {
             let (a, g) = (a.to_f64(), g.to_f64());
             assert!((a - 2.0 * g).abs() <= 2.0 * T::DTYPE.unit_roundoff() * (2.0 * g).abs(), "Accumulate: dparams[{i}] = {a}, 2·{g}");
         }
-        vec![y, hn, cn.unwrap_or_default(), dx, dh0, dc0.unwrap_or_default(), dp]
-    }
-
-    fn run_reference(&self) -> Vec<Vec<f64>> {
-        let rnn = Rnn::new(Reference, &self.cfg, &up(&self.params)[..]).unwrap();
-        let mut reserve = Default::default();
-        let c0 = self.c0.as_deref().map(up);
-        let o = rnn.forward_training(&self.shape, &up(&self.x), Some(&up(&self.h0)), c0.as_deref(), &mut reserve).unwrap();
-        let dcn = self.dcn.as_deref().map(up);
-        let g = rnn.backward(&reserve, Some(&up(&self.dy)), Some(&up(&self.dhn)), dcn.as_deref()).unwrap();
-        vec![o.y, o.hn, o.cn.unwrap_or_default(), g.dx, g.dh0, g.dc0.unwrap_or_default(), g.dparams.unwrap()]
+        outs
     }
 
     /// Checks every output against its bound; returns the error / bound ratio of each.
-    fn check(&self) -> std::result::Result<[f64; 7], String> {
+    fn check_bounds(&self) -> std::result::Result<[f64; 7], String> {
         let want = self.run_reference();
-        let got = self.run_emulated();
+        let got = self.run_storage();
         let (params, x, h0, dy, dhn) = (up(&self.params), up(&self.x), up(&self.h0), up(&self.dy), up(&self.dhn));
         let (c0, dcn) = (self.c0.as_deref().map(up), self.dcn.as_deref().map(up));
         let inputs = HalfInputs {
@@ -175,8 +76,8 @@ impl<T: Half> Problem<T> {
 
 /// Runs `check` for f16 and bf16; returns their error / bound ratios.
 fn check_both(cfg: &RnnConfig, shape: &SeqShape, seed: u64, x_range: f64) -> [[f64; 7]; 2] {
-    let r16 = Problem::<half::f16>::new(cfg, shape, seed, x_range).check().unwrap_or_else(|e| panic!("{e}"));
-    let rbf = Problem::<half::bf16>::new(cfg, shape, seed, x_range).check().unwrap_or_else(|e| panic!("{e}"));
+    let r16 = Problem::<half::f16>::new(cfg, shape, seed, x_range).check_bounds().unwrap_or_else(|e| panic!("{e}"));
+    let rbf = Problem::<half::bf16>::new(cfg, shape, seed, x_range).check_bounds().unwrap_or_else(|e| panic!("{e}"));
     [r16, rbf]
 }
 
@@ -237,8 +138,9 @@ fn emulated_half_storage_random_problems() {
 /// around every rounding boundary, ties, subnormals, overflow, infinities and NaN back.
 #[test]
 fn emulated_conversions_are_the_half_crates() {
-    let call = Call::host();
-    fn conv<S: Element, D: Element>(call: &Call<'_>, src: &[S]) -> Vec<D> {
+    let emulation = Emulation::default();
+    let call = emulation.exec();
+    fn conv<S: Element, D: Element>(call: &Exec<'_>, src: &[S]) -> Vec<D> {
         let mut dst = nans::<D>(src.len());
         call.copy(0, view_mut(&mut dst), view(src)).unwrap();
         dst
@@ -297,7 +199,6 @@ fn emulated_conversions_are_the_half_crates() {
 /// the widened operands, bit for bit), a 16-bit C rounded once from alpha·AB + beta·C in f32.
 #[test]
 fn emulated_gemm_ex_rounds_once() {
-    use super::exec::SgemmArgs;
     let (m, k, n) = (7usize, 19usize, 5usize);
     let mut rng = SplitMix64::new(3);
     let mut rand = |len: usize| (0..len).map(|_| half::f16::from_f64(rng.uniform(-2.0, 2.0))).collect::<Vec<_>>();
@@ -307,40 +208,20 @@ fn emulated_gemm_ex_rounds_once() {
     // f32 C: bit-identical to sgemm on the widened operands.
     let mut c32 = cw.clone();
     let mut c32_ref = cw.clone();
-    let g = SgemmArgs::new(view(&a).mat(m, k), view(&b).mat(k, n), 0.5, view_mut(&mut c32).mat(m, n)).unwrap();
+    let g = GemmArgs::new(view(&a).mat(m, k), view(&b).mat(k, n), 0.5, view_mut(&mut c32).mat(m, n)).unwrap();
     // SAFETY: the buffers hold the matrices the arguments describe.
-    unsafe { super::exec::host::gemm_ex(&g, Dtype::F16, Dtype::F32, 1.5, 0.5) };
-    let g = SgemmArgs::new(view(&aw).mat(m, k), view(&bw).mat(k, n), 0.5, view_mut(&mut c32_ref).mat(m, n)).unwrap();
+    unsafe { gemm_ex(&g, Dtype::F16, Dtype::F32, 1.5, 0.5) };
+    let g = GemmArgs::new(view(&aw).mat(m, k), view(&bw).mat(k, n), 0.5, view_mut(&mut c32_ref).mat(m, n)).unwrap();
     // SAFETY: as above.
-    unsafe { super::exec::host::sgemm(&g, 1.5, 0.5) };
+    unsafe { sgemm(&g, 1.5, 0.5) };
     assert_eq!(c32, c32_ref);
     // 16-bit C: the f32 result rounded once.
     let mut c16 = c0.clone();
-    let g = SgemmArgs::new(view(&a).mat(m, k), view(&b).mat(k, n), 0.5, view_mut(&mut c16).mat(m, n)).unwrap();
+    let g = GemmArgs::new(view(&a).mat(m, k), view(&b).mat(k, n), 0.5, view_mut(&mut c16).mat(m, n)).unwrap();
     // SAFETY: as above.
-    unsafe { super::exec::host::gemm_ex(&g, Dtype::F16, Dtype::F16, 1.5, 0.5) };
+    unsafe { gemm_ex(&g, Dtype::F16, Dtype::F16, 1.5, 0.5) };
     let want: Vec<u16> = c32_ref.iter().map(|&v| half::f16::from_f32_const(v).to_bits()).collect();
     assert_eq!(c16.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want);
-}
-
-/// Every 16-bit entry the device loads (`exec::HALF_KERNELS`) is an entry of the PTX of the
-/// file it names, so `Cuda::new` finds them all.
-#[cfg(rnn_kernels_ptx)]
-#[test]
-fn half_entries_are_in_the_ptx() {
-    use super::ptx;
-    for (k, file, f16, bf16) in super::exec::HALF_KERNELS {
-        let text = match file {
-            "lstm_pointwise" => ptx::LSTM_POINTWISE,
-            "gru_pointwise" => ptx::GRU_POINTWISE,
-            "rnn_pointwise" => ptx::RNN_POINTWISE,
-            "util" => ptx::UTIL,
-            other => panic!("{k:?}: unknown file {other}"),
-        };
-        for name in [f16, bf16] {
-            assert!(text.contains(&format!(".entry {name}(")), "{k:?}: {name} is not in kernels/{file}.cu's PTX");
-        }
-    }
 }
 
 /// Problems where every value is a small integer (a relu RNN with weights, biases, inputs and
@@ -382,9 +263,10 @@ fn emulated_half_storage_exact_on_integer_problems() {
             continue;
         }
         for which in [Dtype::F16, Dtype::BF16] {
-            fn run<T: Half>(cfg: &RnnConfig, shape: &SeqShape, v: [&[f64]; 5]) -> Vec<Vec<f64>> {
+            fn run<T: Element>(cfg: &RnnConfig, shape: &SeqShape, v: [&[f64]; 5]) -> Vec<Vec<f64>> {
                 let t = |v: &[f64]| v.iter().map(|&a| T::from_f64(a)).collect::<Vec<T>>();
                 let p = Problem::<T> {
+                    layout: ParamLayout::new(cfg),
                     cfg: cfg.clone(),
                     shape: shape.clone(),
                     params: t(v[0]),
@@ -395,11 +277,11 @@ fn emulated_half_storage_exact_on_integer_problems() {
                     dhn: t(v[4]),
                     dcn: None,
                 };
-                p.run_emulated().iter().map(|o| up(o)).collect()
+                p.run_storage().iter().map(|o| up(o)).collect()
             }
             let inputs = [&params[..], &x, &h0, &dy, &dhn];
             let got = if which == Dtype::F16 { run::<half::f16>(&cfg, &shape, inputs) } else { run::<half::bf16>(&cfg, &shape, inputs) };
-            // run_emulated's order: y, hn, cn, dx, dh0, dc0, dparams.
+            // run_storage's order: y, hn, cn, dx, dh0, dc0, dparams.
             for (name, i, w) in [("y", 0, want[0]), ("hn", 1, want[1]), ("dx", 3, want[2]), ("dh0", 4, want[3]), ("dparams", 6, want[4])] {
                 assert_eq!(&got[i], w, "{which:?} {name}, seed {seed}");
             }

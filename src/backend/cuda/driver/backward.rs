@@ -1,0 +1,435 @@
+//! The backward pass from a filled reserve: allocation of every layer's buffers with the path
+//! of each layer-direction ([`allocate`]), then the schedule (layer by layer, or the
+//! wavefront), each layer-direction's work being a [`DirBackward`].
+
+use super::super::buffer::View;
+use super::super::exec::Exec;
+use super::super::kernels::{self as k, Kernel};
+use super::wavefront::{backward_wavefront, wavefront_chunk};
+use super::{check_sizes, each_direction, joined_on_error, persistent_required, LayerViews, Persistent, SavedViews, Temps, Weights};
+use crate::backend::cell::Saved;
+use crate::backend::stack::{prev_step, steps, LayerDims};
+use crate::backend::GradMode;
+use crate::config::CellKind;
+use crate::element::Dtype;
+use crate::error::Result;
+use crate::shape::SeqShape;
+use std::ops::Range;
+
+/// The incoming gradients and the gradients a backward pass writes, validated against the
+/// configuration and the reserve's shape.
+pub(crate) struct BackwardViews {
+    /// `[T, B, D·Hout]`, or zeros.
+    pub dy: Option<View>,
+    /// `[L·D, B, Hout]`, or zeros.
+    pub dhn: Option<View>,
+    /// `[L·D, B, H]` (LSTM), or zeros.
+    pub dcn: Option<View>,
+    /// `[T, B, I]`, when wanted.
+    pub dx: Option<View>,
+    /// `[L·D, B, Hout]`, when wanted.
+    pub dh0: Option<View>,
+    /// `[L·D, B, H]` (LSTM), when wanted.
+    pub dc0: Option<View>,
+    /// The parameters' layout, when wanted: overwritten or accumulated into (`mode`).
+    pub dparams: Option<View>,
+    pub mode: GradMode,
+}
+
+/// Buffers of one direction's backward pass.
+pub(super) struct BwdBufs {
+    /// `[T·B, G·H]`: input-side pre-activation gradients.
+    dgi: View,
+    /// `[T·B, G·H]`: hidden-side ones (GRU; the same as `dgi` for the other cells).
+    dgh: View,
+    /// `[B, Hout]`: the gradient carried to the previous step.
+    carry: View,
+    /// `[B, H]`: LSTM's carried `dc`.
+    dc: View,
+    /// Projection: `[T·B, Hout]` saved `dh`, `[B, Hout]` this step's `dh`, `[B, H]` its `dm`.
+    dh_all: View,
+    dh: View,
+    dm: View,
+    /// The persistent backward, when it runs this direction.
+    persistent: Option<Persistent>,
+}
+
+/// Inputs and outputs of one direction's backward pass.
+pub(super) struct BwdIo {
+    /// `[T, B, In]`: the layer's input.
+    input: View,
+    /// `[T, B, D·Hout]`: gradient w.r.t. the layer's output, or none (zeros).
+    d_out: Option<View>,
+    saved: Saved<View>,
+    lens: u64,
+    h0: View,
+    c0: View,
+    dhn: Option<View>,
+    dcn: Option<View>,
+    dh0: Option<View>,
+    dc0: Option<View>,
+    /// `[T·B]` ones, for the bias gradients.
+    ones: View,
+}
+
+/// One layer-direction of a backward pass: everything its work reads and writes.
+pub(super) struct DirBackward {
+    /// 0: forward in time; 1: reverse.
+    d: usize,
+    pub dims: LayerDims,
+    weights: LayerViews,
+    /// Where its parameters' gradients accumulate, when wanted.
+    grads: Option<LayerViews>,
+    io: BwdIo,
+    bufs: BwdBufs,
+}
+
+/// One layer of a backward pass.
+pub(super) struct BackwardLayer {
+    pub l: usize,
+    /// `dX` `[T, B, In]`: the gradient w.r.t. the layer's input (none for layer 0 without `dx`).
+    pub d_in: Option<View>,
+    pub dirs: Vec<DirBackward>,
+}
+
+/// The whole backward pass from a filled reserve; buffers validated against its shape.
+pub(crate) fn backward(exec: &Exec<'_>, weights: Weights<'_>, shape: &SeqShape, sv: &SavedViews, g: BackwardViews) -> Result<()> {
+    let cfg = weights.config();
+    check_sizes(cfg, shape)?;
+    let mut temps = Temps::new(exec);
+    // 16-bit parameter gradients accumulate in f32 (from the caller's with Accumulate) and are
+    // rounded once at the end.
+    let (dparams_out, dparams) = match g.dparams {
+        Some(dp) if dp.ty != Dtype::F32 => {
+            let acc = temps.f32(dp.len)?;
+            match g.mode {
+                GradMode::Overwrite => exec.fill(0, acc, 0.0)?,
+                GradMode::Accumulate => exec.copy(0, acc, dp)?,
+            }
+            (Some(dp), Some(acc))
+        }
+        dp => (None, dp),
+    };
+    if let (Some(dp), GradMode::Overwrite, None) = (dparams, g.mode, dparams_out) {
+        exec.fill(0, dp, 0.0)?;
+    }
+    let layers = allocate(&mut temps, weights, shape, sv, &g, dparams)?;
+    // Every buffer of every layer is allocated before any work forks to stream 1 (`layers`
+    // from the last layer to the first).
+    let persistent = layers.iter().flat_map(|l| &l.dirs).any(|dir| dir.bufs.persistent.is_some());
+    joined_on_error(exec, || match wavefront_chunk(exec, cfg, shape).filter(|_| !persistent) {
+        Some(k) => backward_wavefront(exec, &layers, k),
+        None => layers.iter().try_for_each(|layer| {
+            each_direction(exec, &layer.dirs, |dir| dir.run(exec))?;
+            match layer.d_in {
+                // dX = Σ_d dGi_d · W_ih_d, on stream 0 after both directions.
+                Some(d_in) => layer.dirs.iter().try_for_each(|dir| dir.input_grad(exec, 0, 0..shape.steps(), d_in)),
+                None => Ok(()),
+            }
+        }),
+    })?;
+    if let (Some(out), Some(acc)) = (dparams_out, dparams) {
+        exec.copy(0, out, acc)?;
+    }
+    Ok(())
+}
+
+/// Allocates every buffer of every layer (from the last layer to the first) and chooses each
+/// layer-direction's path.
+fn allocate(
+    temps: &mut Temps<'_, '_>,
+    weights: Weights<'_>,
+    shape: &SeqShape,
+    sv: &SavedViews,
+    g: &BackwardViews,
+    dparams: Option<View>,
+) -> Result<Vec<BackwardLayer>> {
+    let exec = temps.exec;
+    let cfg = weights.config();
+    let (nl, nd) = (cfg.num_layers(), cfg.num_directions());
+    let (bl, tl) = (shape.batch(), shape.steps());
+    let tb = tl * bl;
+    let (hlen, clen) = (bl * cfg.hidden_out_size(), bl * cfg.hidden_size());
+    let lstm = cfg.cell().has_cell_state();
+    let ones = if dparams.is_some() && cfg.bias() {
+        let o = temps.storage(tb)?;
+        exec.fill(0, o, 1.0)?;
+        o
+    } else {
+        View::NULL
+    };
+
+    let mut d_out = g.dy;
+    let mut layers = Vec::with_capacity(nl);
+    for l in (0..nl).rev() {
+        let dims = LayerDims::new(cfg, shape, l);
+        let input = if l == 0 { sv.x } else { sv.outputs[l - 1] };
+        let d_in = match (l, g.dx) {
+            (0, dx) => dx,
+            _ => Some(temps.storage(tb * dims.input)?),
+        };
+        let mut bufs = Vec::with_capacity(nd);
+        for _ in 0..nd {
+            bufs.push(direction_bufs(temps, &dims, l)?);
+        }
+        let dirs = bufs
+            .into_iter()
+            .enumerate()
+            .map(|(d, bufs)| {
+                let i = l * nd + d;
+                let io = BwdIo {
+                    input,
+                    d_out,
+                    saved: sv.dirs[i].clone(),
+                    lens: sv.lens,
+                    h0: sv.h0.at(i * hlen, hlen),
+                    c0: if lstm { sv.c0.at(i * clen, clen) } else { View::NULL },
+                    dhn: g.dhn.map(|v| v.at(i * hlen, hlen)),
+                    dcn: if lstm { g.dcn.map(|v| v.at(i * clen, clen)) } else { None },
+                    dh0: g.dh0.map(|v| v.at(i * hlen, hlen)),
+                    dc0: if lstm { g.dc0.map(|v| v.at(i * clen, clen)) } else { None },
+                    ones,
+                };
+                let grads = dparams.map(|dp| LayerViews::of(dp, weights.layout.layer(l, d)));
+                DirBackward { d, dims, weights: weights.layer(l, d), grads, io, bufs }
+            })
+            .collect();
+        layers.push(BackwardLayer { l, d_in, dirs });
+        d_out = d_in;
+    }
+    Ok(layers)
+}
+
+/// The persistent backward kernel of a cell (kernels/persistent_backward.cu).
+fn persistent_kernel(kind: CellKind) -> Kernel<k::PersistentBackwardArgs> {
+    match kind {
+        CellKind::Lstm => k::PersistentLstmBackward,
+        CellKind::Gru => k::PersistentGruBackward,
+        CellKind::RnnTanh => k::PersistentRnnTanhBackward,
+        CellKind::RnnRelu => k::PersistentRnnReluBackward,
+    }
+}
+
+/// The buffers of one layer-direction of layer `l`, and its path: the persistent backward where
+/// it fits, with the forward's switches (an error when required and it does not fit).
+fn direction_bufs(temps: &mut Temps<'_, '_>, dims: &LayerDims, l: usize) -> Result<BwdBufs> {
+    let exec = temps.exec;
+    let (tb, h, hout, gh) = (dims.t * dims.b, dims.h, dims.hout, dims.gh);
+    // Not for an LSTM with projection.
+    let kernel = (!dims.proj).then(|| persistent_kernel(dims.cell.kind).id);
+    let units = kernel.and_then(|k| exec.persistent_units(k, h, dims.b, dims.dirs));
+    let persistent = match units {
+        None if exec.paths().persistent_required => return Err(persistent_required("the persistent backward", l, dims, exec.storage())),
+        None => None,
+        Some(units) => Some(Persistent { units, barrier: temps.barrier()? }),
+    };
+    let dgi = temps.storage(tb * gh)?;
+    Ok(BwdBufs {
+        dgi,
+        dgh: if dims.gru() { temps.storage(tb * gh)? } else { dgi },
+        carry: temps.f32(dims.b * hout)?,
+        dc: if dims.lstm() { temps.f32(dims.b * h)? } else { View::NULL },
+        dh_all: if dims.proj { temps.storage(tb * hout)? } else { View::NULL },
+        dh: if dims.proj { temps.storage(dims.b * hout)? } else { View::NULL },
+        dm: if dims.proj { temps.f32(dims.b * h)? } else { View::NULL },
+        persistent,
+    })
+}
+
+impl DirBackward {
+    /// BPTT through the layer-direction on stream `d`, with its weight gradients.
+    fn run(&self, exec: &Exec<'_>) -> Result<()> {
+        self.begin(exec, self.d)?;
+        // The persistent backward runs the whole time loop in one launch; the per-step loop then
+        // has no steps.
+        match self.bufs.persistent {
+            Some(p) => self.persistent(exec, p)?,
+            None => self.steps(exec, self.d, 0..self.dims.t)?,
+        }
+        self.end(exec, self.d)
+    }
+
+    /// The carried gradients' start on stream `si`: `dhn`, `dcn` or zeros.
+    pub(super) fn begin(&self, exec: &Exec<'_>, si: usize) -> Result<()> {
+        exec.copy_or_zero(si, self.bufs.carry, self.io.dhn)?;
+        if self.dims.lstm() {
+            exec.copy_or_zero(si, self.bufs.dc, self.io.dcn)?;
+        }
+        Ok(())
+    }
+
+    /// `dX[t] (+)= dGi[t] · W_ih` for the steps `t` in `rows` on stream `si`: direction 0
+    /// overwrites, direction 1 adds.
+    pub(super) fn input_grad(&self, exec: &Exec<'_>, si: usize, rows: Range<usize>, d_in: View) -> Result<()> {
+        let LayerDims { b: bl, input: inw, gh, .. } = self.dims;
+        let (r0, n) = (rows.start * bl, rows.len() * bl);
+        let dgi = self.bufs.dgi.at(r0 * gh, n * gh).mat(n, gh);
+        let beta = if self.d == 0 { 0.0 } else { 1.0 };
+        exec.gemm(si, 1.0, dgi, self.weights.w_ih.mat(gh, inw), beta, d_in.at(r0 * inw, n * inw).mat(n, inw))
+    }
+
+    /// Steps `ks` of the backward time loop on stream `si`, in processing order (the `kk`-th
+    /// step processed: `t = T-1-kk` for the forward direction, `t = kk` for the reverse), from
+    /// the carry the earlier steps left; writes `dG` of those steps.
+    pub(super) fn steps(&self, exec: &Exec<'_>, si: usize, ks: Range<usize>) -> Result<()> {
+        let LayerDims { t: tl, b: bl, h, hout, gh, out_w, .. } = self.dims;
+        let (d, b, io) = (self.d, &self.bufs, &self.io);
+        let reverse = d == 1;
+        let s = &io.saved;
+        let w_hh = self.weights.w_hh.mat(gh, hout);
+        let (batch, hidden, dy_stride, lengths) = (bl as i32, h as i32, out_w as i32, io.lens);
+        for t in steps(tl, !reverse).skip(ks.start).take(ks.len()) {
+            let step = t as i32;
+            let p = prev_step(t, tl, reverse);
+            let h_prev = p.map_or(io.h0, |p| s.h.at(p * bl * hout, bl * hout));
+            let c_prev = if self.dims.lstm() { p.map_or(io.c0, |p| s.c.at(p * bl * h, bl * h)) } else { View::NULL };
+            let dy = io.d_out.map_or(0, |v| v.strided(t * bl * out_w + d * hout, bl, out_w, hout).ptr);
+            let gates = s.gates.at(t * bl * gh, bl * gh).ptr;
+            let dgi_t = b.dgi.at(t * bl * gh, bl * gh);
+            let dgh_t = b.dgh.at(t * bl * gh, bl * gh);
+            let carry = b.carry.ptr;
+            match self.dims.cell.kind {
+                CellKind::Lstm => {
+                    let c = s.c.at(t * bl * h, bl * h).ptr;
+                    let step_args = k::LstmBackwardStepArgs {
+                        batch,
+                        hidden,
+                        step,
+                        lengths,
+                        gates,
+                        c,
+                        c_prev: c_prev.ptr,
+                        dm_in: 0,
+                        dy,
+                        dy_stride,
+                        carry,
+                        dc: b.dc.ptr,
+                        dg: dgi_t.ptr,
+                    };
+                    let step_args = match self.weights.w_hr {
+                        Some(w_hr) => {
+                            let dh_save = b.dh_all.at(t * bl * hout, bl * hout).ptr;
+                            let args = k::LstmProjectionBackwardPrepareArgs {
+                                batch,
+                                hout: hout as i32,
+                                step,
+                                lengths,
+                                dy,
+                                dy_stride,
+                                carry,
+                                dh: b.dh.ptr,
+                                dh_save,
+                            };
+                            exec.launch(si, k::LstmProjectionBackwardPrepare, bl * hout, &args)?;
+                            // m → h = m · W_hr^T, so dm = dh · W_hr.
+                            exec.gemm(si, 1.0, b.dh.mat(bl, hout), w_hr.mat(hout, h), 0.0, b.dm.mat(bl, h))?;
+                            k::LstmBackwardStepArgs { dm_in: b.dm.ptr, dy: 0, carry: 0, ..step_args }
+                        }
+                        None => step_args,
+                    };
+                    exec.launch(si, k::LstmBackwardStep, bl * h, &step_args)?;
+                }
+                CellKind::Gru => {
+                    let extra = s.extra.at(t * bl * h, bl * h).ptr;
+                    let h_prev = h_prev.ptr;
+                    let args = k::GruBackwardStepArgs {
+                        batch,
+                        hidden,
+                        step,
+                        lengths,
+                        gates,
+                        extra,
+                        h_prev,
+                        dy,
+                        dy_stride,
+                        carry,
+                        dgi: dgi_t.ptr,
+                        dgh: dgh_t.ptr,
+                    };
+                    exec.launch(si, k::GruBackwardStep, bl * h, &args)?;
+                }
+                CellKind::RnnTanh | CellKind::RnnRelu => {
+                    let kernel = if self.dims.cell.kind == CellKind::RnnTanh { k::RnnTanhBackwardStep } else { k::RnnReluBackwardStep };
+                    let args = k::RnnBackwardStepArgs { batch, hidden, step, lengths, gates, dy, dy_stride, carry, dg: dgi_t.ptr };
+                    exec.launch(si, kernel, bl * h, &args)?;
+                }
+            }
+            // dh_prev += dGh · W_hh (the kernels left the direct part, or dh on inactive rows).
+            exec.gemm(si, 1.0, dgh_t.mat(bl, gh), w_hh, 1.0, b.carry.mat(bl, hout))?;
+        }
+        Ok(())
+    }
+
+    /// The layer-direction's backward time loop in one cooperative launch
+    /// (kernels/persistent_backward.cu): from the carry (dhn or zeros) and `dc` (dcn or zeros)
+    /// it writes `dgi`, `dgh` for every step and leaves dh0 in the carry and dc0 in `dc`, as the
+    /// per-step loop does.
+    fn persistent(&self, exec: &Exec<'_>, p: Persistent) -> Result<()> {
+        let LayerDims { t: tl, b: bl, h, hout, gh, out_w, .. } = self.dims;
+        let (b, io, s, tb) = (&self.bufs, &self.io, &self.io.saved, tl * bl);
+        let kernel = persistent_kernel(self.dims.cell.kind);
+        let gru = self.dims.gru();
+        let lstm = self.dims.lstm();
+        let args = k::PersistentBackwardArgs {
+            batch: bl as i32,
+            hidden: h as i32,
+            steps: tl as i32,
+            reverse: self.d as i32,
+            units: p.units as i32,
+            lengths: io.lens,
+            w_hh: self.weights.w_hh.at(0, gh * hout).ptr,
+            gates: s.gates.at(0, tb * gh).ptr,
+            extra: if gru { s.extra.at(0, tb * h).ptr } else { 0 },
+            c_all: if lstm { s.c.at(0, tb * h).ptr } else { 0 },
+            h_all: if gru { s.h.at(0, tb * hout).ptr } else { 0 },
+            h0: if gru { io.h0.at(0, bl * hout).ptr } else { 0 },
+            c0: if lstm { io.c0.at(0, bl * h).ptr } else { 0 },
+            dy: io.d_out.map_or(0, |v| v.strided(self.d * hout, tb, out_w, hout).ptr),
+            dy_stride: out_w as i32,
+            carry: b.carry.at(0, bl * hout).ptr,
+            dc: if lstm { b.dc.at(0, bl * h).ptr } else { 0 },
+            dgi: b.dgi.at(0, tb * gh).ptr,
+            dgh: b.dgh.at(0, tb * gh).ptr,
+            barrier: p.barrier.ptr,
+        };
+        exec.launch_persistent(self.d, kernel, h, bl, p.units, &args)
+    }
+
+    /// After the time loop, on stream `si`: `dh0`, `dc0` and the weight gradients.
+    pub(super) fn end(&self, exec: &Exec<'_>, si: usize) -> Result<()> {
+        let LayerDims { t: tl, b: bl, h, hout, gh, .. } = self.dims;
+        let (b, io, tb) = (&self.bufs, &self.io, tl * bl);
+        if let Some(dh0) = io.dh0 {
+            exec.copy(si, dh0, b.carry)?;
+        }
+        if let Some(dc0) = io.dc0 {
+            exec.copy(si, dc0, b.dc)?;
+        }
+        let Some(dp) = self.grads else { return Ok(()) };
+        // dW_ih += dGi^T · X
+        exec.gemm(si, 1.0, b.dgi.mat(tb, gh).t(), io.input.mat(tb, self.dims.input), 1.0, dp.w_ih.mat(gh, self.dims.input))?;
+        // dW_hh += dGh^T · H_prev: the saved states shifted by one step, h0 at the first processed
+        // step: two GEMMs, no copy.
+        let dw_hh = dp.w_hh.mat(gh, hout);
+        let rest = (tl - 1) * bl;
+        let h_all = io.saved.h;
+        let (first, rest_g, rest_h) = if self.d == 1 {
+            (tl - 1, b.dgh.at(0, rest * gh), h_all.at(bl * hout, rest * hout))
+        } else {
+            (0, b.dgh.at(bl * gh, rest * gh), h_all.at(0, rest * hout))
+        };
+        exec.gemm(si, 1.0, rest_g.mat(rest, gh).t(), rest_h.mat(rest, hout), 1.0, dw_hh)?;
+        exec.gemm(si, 1.0, b.dgh.at(first * bl * gh, bl * gh).mat(bl, gh).t(), io.h0.mat(bl, hout), 1.0, dw_hh)?;
+        // db += 1^T · dG
+        for (db, dg) in [(dp.b_ih, b.dgi), (dp.b_hh, b.dgh)] {
+            if let Some(db) = db {
+                exec.gemm(si, 1.0, io.ones.mat(1, tb), dg.mat(tb, gh), 1.0, db.mat(1, gh))?;
+            }
+        }
+        if let Some(dw_hr) = dp.w_hr {
+            // dW_hr += dH^T · M
+            exec.gemm(si, 1.0, b.dh_all.mat(tb, hout).t(), io.saved.m.mat(tb, h), 1.0, dw_hr.mat(hout, h))?;
+        }
+        Ok(())
+    }
+}

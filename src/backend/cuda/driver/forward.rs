@@ -1,0 +1,503 @@
+//! The forward pass: allocation of every layer's buffers with the path of each layer-direction
+//! ([`allocate`]), then the schedule (layer by layer, or the wavefront), each layer-direction's
+//! work being a [`DirForward`].
+
+use super::super::buffer::View;
+use super::super::exec::Exec;
+use super::super::kernels::{self as k, Kernel, KernelId};
+use super::wavefront::{forward_wavefront, wavefront_chunk};
+use super::{check_sizes, each_direction, joined_on_error, persistent_required, CudaReserve, LayerViews, Persistent, Temps, Weights};
+use crate::backend::cell::Saved;
+use crate::backend::stack::{steps, LayerDims};
+use crate::config::CellKind;
+use crate::element::Dtype;
+use crate::error::Result;
+use crate::shape::SeqShape;
+use std::ops::Range;
+
+/// The inputs and outputs of a forward pass, validated against the configuration and shape.
+pub(crate) struct ForwardViews {
+    /// `[T, B, I]`.
+    pub x: View,
+    /// `[L·D, B, Hout]`, or zeros.
+    pub h0: Option<View>,
+    /// `[L·D, B, H]` (LSTM), or zeros.
+    pub c0: Option<View>,
+    /// `[T, B, D·Hout]`.
+    pub y: View,
+    /// `[L·D, B, Hout]`, when wanted.
+    pub hn: Option<View>,
+    /// `[L·D, B, H]` (LSTM), when wanted.
+    pub cn: Option<View>,
+}
+
+/// Buffers of one direction's forward pass.
+pub(super) struct FwdBufs {
+    /// `[T·B, G·H]`.
+    pub xg: View,
+    /// `[B, G·H]`.
+    hg: View,
+    /// Training: the saved `[T, B, Hout]`; inference: two slots `[2, B, Hout]`.
+    h: View,
+    /// As `h`, `[*, B, H]`, LSTM only.
+    c: View,
+    /// LSTM with projection: training the saved `[T, B, H]`, inference `[B, H]`.
+    m: View,
+    /// Training: the saved `[T, B, G·H]`.
+    gates: Option<View>,
+    /// Training GRU: the saved `[T, B, H]`.
+    extra: Option<View>,
+    training: bool,
+    /// The persistent kernel, when it runs this direction.
+    persistent: Option<Persistent>,
+}
+
+/// Inputs and outputs of one direction's forward pass.
+pub(super) struct FwdIo {
+    /// `[T, B, In]`.
+    pub input: View,
+    /// `[T, B, D·Hout]`: this direction writes columns `d·Hout..(d+1)·Hout`.
+    out: View,
+    /// `[B, Hout]`, `[B, H]` (zeros when not given; c0 null for non-LSTM).
+    h0: View,
+    c0: View,
+    hn: Option<View>,
+    cn: Option<View>,
+}
+
+/// One layer-direction of a forward pass: everything its work reads and writes.
+pub(super) struct DirForward {
+    /// 0: forward in time; 1: reverse.
+    d: usize,
+    pub dims: LayerDims,
+    pub weights: LayerViews,
+    /// `[B]` lengths (i32).
+    lens: u64,
+    pub io: FwdIo,
+    pub bufs: FwdBufs,
+}
+
+/// The whole forward pass. Buffers have been validated against the configuration and `shape`;
+/// with `save`, the activations backward needs are kept in it.
+pub(crate) fn forward(
+    exec: &Exec<'_>,
+    weights: Weights<'_>,
+    shape: &SeqShape,
+    io: ForwardViews,
+    save: Option<&mut CudaReserve>,
+) -> Result<()> {
+    let cfg = weights.config();
+    check_sizes(cfg, shape)?;
+    let mut temps = Temps::new(exec);
+    let layers = allocate(&mut temps, weights, shape, &io, save)?;
+    // Every buffer of every layer is allocated before any work forks to stream 1.
+    let persistent = layers.iter().flatten().any(|dir| dir.bufs.persistent.is_some());
+    joined_on_error(exec, || match wavefront_chunk(exec, cfg, shape).filter(|_| !persistent) {
+        Some(k) => forward_wavefront(exec, &layers, k),
+        None => layers.iter().try_for_each(|dirs| each_direction(exec, dirs, |dir| dir.run(exec))),
+    })
+}
+
+/// Allocates (or fits, in the reserve) every buffer of every layer and chooses each
+/// layer-direction's path; copies the inputs the reserve keeps (`x`, `h0`, `c0`) and zeros what
+/// was not given.
+fn allocate(
+    temps: &mut Temps<'_, '_>,
+    weights: Weights<'_>,
+    shape: &SeqShape,
+    io: &ForwardViews,
+    mut save: Option<&mut CudaReserve>,
+) -> Result<Vec<Vec<DirForward>>> {
+    let exec = temps.exec;
+    let cfg = weights.config();
+    let (nl, nd) = (cfg.num_layers(), cfg.num_directions());
+    let (bl, tl) = (shape.batch(), shape.steps());
+    let (hlen, clen) = (bl * cfg.hidden_out_size(), bl * cfg.hidden_size());
+    let lstm = cfg.cell().has_cell_state();
+    let st = exec.storage();
+
+    let lens = match save.as_deref_mut() {
+        Some(r) => r.lengths.insert(exec.lengths(shape)?).ptr(),
+        None => temps.lengths(shape)?,
+    };
+    // h0 and c0 (given or zeros): in the reserve when training, else a temporary of zeros when
+    // not given.
+    let (h0v, c0v) = match save.as_deref_mut() {
+        Some(r) => {
+            let xv = exec.fit(&mut r.x, st, io.x.len)?;
+            exec.copy(0, xv, io.x)?;
+            let hv = exec.fit(&mut r.h0, st, nl * nd * hlen)?;
+            exec.copy_or_zero(0, hv, io.h0)?;
+            let cv = exec.fit(&mut r.c0, Dtype::F32, if lstm { nl * nd * clen } else { 0 })?;
+            if lstm {
+                exec.copy_or_zero(0, cv, io.c0)?;
+            }
+            (hv, cv)
+        }
+        None => {
+            let hv = match io.h0 {
+                Some(v) => v,
+                None => {
+                    let z = temps.storage(nl * nd * hlen)?;
+                    exec.fill(0, z, 0.0)?;
+                    z
+                }
+            };
+            let cv = match (lstm, io.c0) {
+                (false, _) => View::NULL,
+                (true, Some(v)) if v.ty == Dtype::F32 => v,
+                (true, Some(v)) => {
+                    // The cell state is f32.
+                    let c = temps.f32(v.len)?;
+                    exec.copy(0, c, v)?;
+                    c
+                }
+                (true, None) => {
+                    let z = temps.f32(nl * nd * clen)?;
+                    exec.fill(0, z, 0.0)?;
+                    z
+                }
+            };
+            (hv, cv)
+        }
+    };
+    if let Some(r) = save.as_deref_mut() {
+        r.outputs.resize_with(nl - 1, || None);
+        r.dirs.resize_with(nl * nd, Saved::default);
+    }
+
+    let mut prev_out = io.x;
+    let mut layers = Vec::with_capacity(nl);
+    for l in 0..nl {
+        let dims = LayerDims::new(cfg, shape, l);
+        let out = if l + 1 == nl {
+            io.y
+        } else {
+            match save.as_deref_mut() {
+                Some(r) => exec.fit(&mut r.outputs[l], st, tl * bl * dims.out_w)?,
+                None => temps.storage(tl * bl * dims.out_w)?,
+            }
+        };
+        let mut dirs = Vec::with_capacity(nd);
+        for d in 0..nd {
+            let i = l * nd + d;
+            let bufs = direction_bufs(temps, &dims, save.as_deref_mut().map(|r| &mut r.dirs[i]))?;
+            let bufs = FwdBufs { persistent: choose_persistent(temps, &dims, l)?, ..bufs };
+            let io = FwdIo {
+                input: prev_out,
+                out,
+                h0: h0v.at(i * hlen, hlen),
+                c0: if lstm { c0v.at(i * clen, clen) } else { View::NULL },
+                hn: io.hn.map(|v| v.at(i * hlen, hlen)),
+                cn: if lstm { io.cn.map(|v| v.at(i * clen, clen)) } else { None },
+            };
+            dirs.push(DirForward { d, dims, weights: weights.layer(l, d), lens, io, bufs });
+        }
+        layers.push(dirs);
+        prev_out = out;
+    }
+    Ok(layers)
+}
+
+/// The buffers of one layer-direction: the gate pre-activations, and the states (the saved ones
+/// in `save` when training, two slots of each otherwise).
+fn direction_bufs(temps: &mut Temps<'_, '_>, dims: &LayerDims, save: Option<&mut Saved<Option<super::DevBuf>>>) -> Result<FwdBufs> {
+    let exec = temps.exec;
+    let (tl, bl, h, hout, gh) = (dims.t, dims.b, dims.h, dims.hout, dims.gh);
+    let xg = temps.f32(tl * bl * gh)?;
+    let hg = temps.f32(bl * gh)?;
+    Ok(match save {
+        Some(sv) => {
+            let st = exec.storage();
+            let sizes = dims.cell.saved_sizes(tl, bl);
+            let [gates, extra, c, m, h] = sizes.zip(sv);
+            let [gates, extra, c] = [gates, extra, c].map(|(slot, n)| exec.fit(slot, Dtype::F32, n));
+            let [m, h] = [m, h].map(|(slot, n)| exec.fit(slot, st, n));
+            FwdBufs { xg, hg, h: h?, c: c?, m: m?, gates: Some(gates?), extra: Some(extra?), training: true, persistent: None }
+        }
+        None => FwdBufs {
+            xg,
+            hg,
+            h: temps.storage(2 * bl * hout)?,
+            c: if dims.lstm() { temps.f32(2 * bl * h)? } else { View::NULL },
+            m: if dims.proj { temps.storage(bl * h)? } else { View::NULL },
+            gates: None,
+            extra: None,
+            training: false,
+            persistent: None,
+        },
+    })
+}
+
+/// The persistent forward kernel of a cell: persistent_lstm.cu (an LSTM without projection) or
+/// persistent_cell.cu (GRU, RNN).
+fn persistent_kernel(dims: &LayerDims) -> Option<KernelId> {
+    match dims.cell.kind {
+        CellKind::Lstm if dims.proj => None,
+        CellKind::Lstm => Some(k::PersistentLstmForward.id),
+        kind => Some(cell_kernel(kind).id),
+    }
+}
+
+/// The entry of kernels/persistent_cell.cu for a GRU or RNN.
+fn cell_kernel(kind: CellKind) -> Kernel<k::PersistentCellForwardArgs> {
+    match kind {
+        CellKind::Gru => k::PersistentGruForward,
+        CellKind::RnnTanh => k::PersistentRnnTanhForward,
+        CellKind::RnnRelu => k::PersistentRnnReluForward,
+        CellKind::Lstm => unreachable!("the LSTM has its own persistent kernel"),
+    }
+}
+
+/// The persistent kernel where it fits (f32 storage only), with its grid barrier; an error when
+/// required and it does not fit.
+fn choose_persistent(temps: &mut Temps<'_, '_>, dims: &LayerDims, l: usize) -> Result<Option<Persistent>> {
+    let exec = temps.exec;
+    let units = persistent_kernel(dims).and_then(|k| exec.persistent_units(k, dims.h, dims.b, dims.dirs));
+    match units {
+        None if exec.paths().persistent_required => Err(persistent_required("a persistent kernel", l, dims, exec.storage())),
+        None => Ok(None),
+        Some(units) => Ok(Some(Persistent { units, barrier: temps.barrier()? })),
+    }
+}
+
+impl DirForward {
+    /// The whole layer-direction on stream `d`: the input projection of every step, then the
+    /// persistent kernel or the per-step loop.
+    fn run(&self, exec: &Exec<'_>) -> Result<()> {
+        let d = self.d;
+        self.project(exec, d, 0..self.dims.t)?;
+        match self.bufs.persistent {
+            Some(p) if self.dims.lstm() => self.persistent_lstm(exec, p),
+            Some(p) => self.persistent_cell(exec, p),
+            None => self.steps(exec, d, 0..self.dims.t),
+        }
+    }
+
+    /// `XG[t] = X[t] · W_ih^T` for the steps `t` in `rows`, on stream `si`; the biases are
+    /// added by the step kernels.
+    pub(super) fn project(&self, exec: &Exec<'_>, si: usize, rows: Range<usize>) -> Result<()> {
+        let LayerDims { b: bl, input: inw, gh, .. } = self.dims;
+        let (r0, n) = (rows.start * bl, rows.len() * bl);
+        let input = self.io.input.at(r0 * inw, n * inw).mat(n, inw);
+        let w_ih = self.weights.w_ih.mat(gh, inw);
+        exec.gemm(si, 1.0, input, w_ih.t(), 0.0, self.bufs.xg.at(r0 * gh, n * gh).mat(n, gh))
+    }
+
+    /// The address of a bias (0: none).
+    fn bias(b: Option<View>) -> u64 {
+        b.map_or(0, |v| v.ptr)
+    }
+
+    /// Steps `ks` (in processing order: `kk`-th step processed, `t = kk` forward, `T-1-kk`
+    /// reverse) of the per-step loop on stream `si`, after the `XG` rows of those steps were
+    /// written; the state before `ks.start` is the one the earlier steps left (h0, c0 at the
+    /// first). The last chunk copies `hn`, `cn`.
+    pub(super) fn steps(&self, exec: &Exec<'_>, si: usize, ks: Range<usize>) -> Result<()> {
+        let LayerDims { t: tl, b: bl, h, hout, gh, out_w, .. } = self.dims;
+        let (d, b, io, lens) = (self.d, &self.bufs, &self.io, self.lens);
+        let reverse = d == 1;
+        let w_hh = self.weights.w_hh.mat(gh, hout);
+        let (b_ih, b_hh) = (Self::bias(self.weights.b_ih), Self::bias(self.weights.b_hh));
+        let (batch, hidden, y_stride) = (bl as i32, h as i32, out_w as i32);
+        let slot = |kk: usize, t: usize| if b.training { t } else { kk % 2 };
+        // Where the step before the chunk left the state (its slot), `None` at the first step.
+        let mut prev: Option<usize> = ks.start.checked_sub(1).map(|kp| slot(kp, if reverse { tl - 1 - kp } else { kp }));
+        for (kk, t) in steps(tl, reverse).enumerate().skip(ks.start).take(ks.len()) {
+            let cur = slot(kk, t);
+            let h_prev = prev.map_or(io.h0, |p| b.h.at(p * bl * hout, bl * hout));
+            let c_prev = if self.dims.lstm() { prev.map_or(io.c0, |p| b.c.at(p * bl * h, bl * h)) } else { View::NULL };
+            let h_t = b.h.at(cur * bl * hout, bl * hout);
+            let c_t = if self.dims.lstm() { b.c.at(cur * bl * h, bl * h) } else { View::NULL };
+            // HG[B, G·H] = h_prev · W_hh^T
+            exec.gemm(si, 1.0, h_prev.mat(bl, hout), w_hh.t(), 0.0, b.hg.mat(bl, gh))?;
+            let xg = b.xg.at(t * bl * gh, bl * gh).ptr;
+            let gates = b.gates.map_or(0, |g| g.at(t * bl * gh, bl * gh).ptr);
+            let y_t = io.out.strided(t * bl * out_w + d * hout, bl, out_w, hout).ptr;
+            let step = t as i32;
+            let hg = b.hg.ptr;
+            match self.dims.cell.kind {
+                CellKind::Lstm => {
+                    let proj = self.dims.proj;
+                    let m_t = if proj { b.m.at(if b.training { t * bl * h } else { 0 }, bl * h) } else { h_t };
+                    let args = k::LstmForwardStepArgs {
+                        batch,
+                        hidden,
+                        step,
+                        lengths: lens,
+                        xg,
+                        hg,
+                        b_ih,
+                        b_hh,
+                        c_prev: c_prev.ptr,
+                        keep: if proj { 0 } else { h_prev.ptr },
+                        gates,
+                        c: c_t.ptr,
+                        m: m_t.ptr,
+                        y: if proj { 0 } else { y_t },
+                        y_stride,
+                    };
+                    exec.launch(si, k::LstmForwardStep, bl * h, &args)?;
+                    if let Some(w_hr) = self.weights.w_hr {
+                        // h[B, Hout] = m · W_hr^T, then masked.
+                        exec.gemm(si, 1.0, m_t.mat(bl, h), w_hr.mat(hout, h).t(), 0.0, h_t.mat(bl, hout))?;
+                        let args = k::LstmProjectionFinishArgs {
+                            batch,
+                            hout: hout as i32,
+                            step,
+                            lengths: lens,
+                            h_prev: h_prev.ptr,
+                            h: h_t.ptr,
+                            y: y_t,
+                            y_stride,
+                        };
+                        exec.launch(si, k::LstmProjectionFinish, bl * hout, &args)?;
+                    }
+                }
+                CellKind::Gru => {
+                    let extra = b.extra.map_or(0, |e| e.at(t * bl * h, bl * h).ptr);
+                    let h_prev = h_prev.ptr;
+                    let args = k::GruForwardStepArgs {
+                        batch,
+                        hidden,
+                        step,
+                        lengths: lens,
+                        xg,
+                        hg,
+                        b_ih,
+                        b_hh,
+                        h_prev,
+                        gates,
+                        extra,
+                        h: h_t.ptr,
+                        y: y_t,
+                        y_stride,
+                    };
+                    exec.launch(si, k::GruForwardStep, bl * h, &args)?;
+                }
+                CellKind::RnnTanh | CellKind::RnnRelu => {
+                    let kernel = if self.dims.cell.kind == CellKind::RnnTanh { k::RnnTanhForwardStep } else { k::RnnReluForwardStep };
+                    let h_prev = h_prev.ptr;
+                    let args = k::RnnForwardStepArgs {
+                        batch,
+                        hidden,
+                        step,
+                        lengths: lens,
+                        xg,
+                        hg,
+                        b_ih,
+                        b_hh,
+                        h_prev,
+                        gates,
+                        h: h_t.ptr,
+                        y: y_t,
+                        y_stride,
+                    };
+                    exec.launch(si, kernel, bl * h, &args)?;
+                }
+            }
+            prev = Some(cur);
+        }
+        let last = prev.expect("at least one step");
+        if ks.end < tl {
+            return Ok(());
+        }
+        if let Some(hn) = io.hn {
+            exec.copy(si, hn, b.h.at(last * bl * hout, bl * hout))?;
+        }
+        if let Some(cn) = io.cn {
+            exec.copy(si, cn, b.c.at(last * bl * h, bl * h))?;
+        }
+        Ok(())
+    }
+
+    /// The arguments of kernels/persistent_cell.cu: what every persistent forward kernel is
+    /// given (GRU's `extra_save` aside).
+    fn persistent_args(&self, p: Persistent) -> k::PersistentCellForwardArgs {
+        let LayerDims { t: tl, b: bl, h, hout, gh, out_w, .. } = self.dims;
+        let (b, io, tb) = (&self.bufs, &self.io, tl * bl);
+        k::PersistentCellForwardArgs {
+            batch: bl as i32,
+            hidden: h as i32,
+            steps: tl as i32,
+            reverse: self.d as i32,
+            units: p.units as i32,
+            lengths: self.lens,
+            xg: b.xg.ptr,
+            w_hh: self.weights.w_hh.at(0, gh * hout).ptr,
+            b_ih: Self::bias(self.weights.b_ih),
+            b_hh: Self::bias(self.weights.b_hh),
+            h0: io.h0.ptr,
+            h_states: b.h.at(0, if b.training { tb * hout } else { 2 * bl * hout }).ptr,
+            training: b.training as i32,
+            gates_save: b.gates.map_or(0, |g| g.at(0, tb * gh).ptr),
+            extra_save: if self.dims.gru() { b.extra.map_or(0, |e| e.at(0, tb * h).ptr) } else { 0 },
+            y: io.out.strided(self.d * hout, tb, out_w, hout).ptr,
+            y_stride: out_w as i32,
+            hn: io.hn.map_or(0, |v| v.ptr),
+            barrier: p.barrier.ptr,
+        }
+    }
+
+    /// The LSTM layer-direction's time loop in one cooperative launch (kernels/persistent_lstm.cu),
+    /// after the `XG` GEMM: the cell kernels' arguments, and the cell state's.
+    fn persistent_lstm(&self, exec: &Exec<'_>, p: Persistent) -> Result<()> {
+        let k::PersistentCellForwardArgs {
+            batch,
+            hidden,
+            steps,
+            reverse,
+            units,
+            lengths,
+            xg,
+            w_hh,
+            b_ih,
+            b_hh,
+            h0,
+            h_states,
+            training,
+            gates_save,
+            y,
+            y_stride,
+            hn,
+            barrier,
+            ..
+        } = self.persistent_args(p);
+        let (b, io) = (&self.bufs, &self.io);
+        let c0 = io.c0.ptr;
+        let c_save = if b.training { b.c.at(0, self.dims.t * self.dims.b * self.dims.h).ptr } else { 0 };
+        let cn = io.cn.map_or(0, |v| v.ptr);
+        let args = k::PersistentLstmForwardArgs {
+            batch,
+            hidden,
+            steps,
+            reverse,
+            units,
+            lengths,
+            xg,
+            w_hh,
+            b_ih,
+            b_hh,
+            h0,
+            c0,
+            h_states,
+            training,
+            c_save,
+            gates_save,
+            y,
+            y_stride,
+            hn,
+            cn,
+            barrier,
+        };
+        exec.launch_persistent(self.d, k::PersistentLstmForward, self.dims.h, self.dims.b, p.units, &args)
+    }
+
+    /// A GRU or RNN layer-direction's time loop in one cooperative launch
+    /// (kernels/persistent_cell.cu), after the `XG` GEMM. Writes what the per-step loop writes:
+    /// `y`, `hn`, the states and, when training, the saved gates (and GRU's extra).
+    fn persistent_cell(&self, exec: &Exec<'_>, p: Persistent) -> Result<()> {
+        let kernel = cell_kernel(self.dims.cell.kind);
+        exec.launch_persistent(self.d, kernel, self.dims.h, self.dims.b, p.units, &self.persistent_args(p))
+    }
+}

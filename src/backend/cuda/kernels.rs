@@ -1,0 +1,321 @@
+//! The one registry of the CUDA kernels: every `extern "C" __global__` entry of `kernels/*.cu`
+//! is named once here, in [`registry!`], with its id, its `.cu` file, its f32/f16/bf16 entry
+//! names, whether it is a persistent (cooperative, shared-memory opt-in) kernel, and its typed
+//! argument list. Everything else is generated from that table: the [`KernelId`] enum and its
+//! entry names (the device loader in `device.rs` loads each of them), the argument structs that
+//! a launch takes (one per signature: the struct's field types are the C signature, so a launch
+//! with a wrong argument does not compile), and, in the unit tests, the host emulation's
+//! declarations of the same entries compiled as C++ (`emulation.rs`).
+//!
+//! Adding a kernel is one entry in the table (and its `.cu` code); a new signature is one
+//! struct header above its kernels.
+
+use crate::element::Dtype;
+use std::any::Any;
+use std::marker::PhantomData;
+
+/// The table of kernels, handed to `$callback!` (a macro that generates what it needs from it).
+///
+/// Each signature is `Name(argument: type, ...) { kernel: file, kind [dtype entry, ...]; ... }`:
+/// `Name` the argument struct every kernel of the group takes (fields in the C signature's
+/// order: `i32` for `int`, `i64` for `long long`, `f32` for `float`, `u64` for a device
+/// pointer), each kernel with its file in `kernels/` (without `.cu`), its kind (`grid_stride`:
+/// any grid, [`super::exec::grid`]; `persistent`: a cooperative launch of co-resident blocks with
+/// opted-in dynamic shared memory; `persistent_device_only`: the same, with no host emulation)
+/// and its entry name for each storage type it has.
+macro_rules! registry {
+    ($callback:ident) => {
+        $callback! {
+            /// One LSTM step after the recurrent GEMM (kernels/lstm_pointwise.cu).
+            LstmForwardStepArgs(batch: i32, hidden: i32, step: i32, lengths: u64, xg: u64, hg: u64, b_ih: u64, b_hh: u64,
+                c_prev: u64, keep: u64, gates: u64, c: u64, m: u64, y: u64, y_stride: i32) {
+                LstmForwardStep: lstm_pointwise, grid_stride
+                    [f32 lstm_forward_step, f16 lstm_forward_step_f16, bf16 lstm_forward_step_bf16];
+            }
+            /// The masking after the projection GEMM `h = m·W_hr^T`.
+            LstmProjectionFinishArgs(batch: i32, hout: i32, step: i32, lengths: u64, h_prev: u64, h: u64, y: u64, y_stride: i32) {
+                LstmProjectionFinish: lstm_pointwise, grid_stride
+                    [f32 lstm_projection_finish, f16 lstm_projection_finish_f16, bf16 lstm_projection_finish_bf16];
+            }
+            /// `dh` before a backward step with projection.
+            LstmProjectionBackwardPrepareArgs(batch: i32, hout: i32, step: i32, lengths: u64, dy: u64, dy_stride: i32,
+                carry: u64, dh: u64, dh_save: u64) {
+                LstmProjectionBackwardPrepare: lstm_pointwise, grid_stride [f32 lstm_projection_backward_prepare,
+                    f16 lstm_projection_backward_prepare_f16, bf16 lstm_projection_backward_prepare_bf16];
+            }
+            /// One LSTM backward step.
+            LstmBackwardStepArgs(batch: i32, hidden: i32, step: i32, lengths: u64, gates: u64, c: u64, c_prev: u64,
+                dm_in: u64, dy: u64, dy_stride: i32, carry: u64, dc: u64, dg: u64) {
+                LstmBackwardStep: lstm_pointwise, grid_stride
+                    [f32 lstm_backward_step, f16 lstm_backward_step_f16, bf16 lstm_backward_step_bf16];
+            }
+            /// One GRU step after the recurrent GEMM (kernels/gru_pointwise.cu).
+            GruForwardStepArgs(batch: i32, hidden: i32, step: i32, lengths: u64, xg: u64, hg: u64, b_ih: u64, b_hh: u64,
+                h_prev: u64, gates: u64, extra: u64, h: u64, y: u64, y_stride: i32) {
+                GruForwardStep: gru_pointwise, grid_stride
+                    [f32 gru_forward_step, f16 gru_forward_step_f16, bf16 gru_forward_step_bf16];
+            }
+            /// One GRU backward step.
+            GruBackwardStepArgs(batch: i32, hidden: i32, step: i32, lengths: u64, gates: u64, extra: u64, h_prev: u64,
+                dy: u64, dy_stride: i32, carry: u64, dgi: u64, dgh: u64) {
+                GruBackwardStep: gru_pointwise, grid_stride
+                    [f32 gru_backward_step, f16 gru_backward_step_f16, bf16 gru_backward_step_bf16];
+            }
+            /// One vanilla RNN step after the recurrent GEMM (kernels/rnn_pointwise.cu).
+            RnnForwardStepArgs(batch: i32, hidden: i32, step: i32, lengths: u64, xg: u64, hg: u64, b_ih: u64, b_hh: u64,
+                h_prev: u64, gates: u64, h: u64, y: u64, y_stride: i32) {
+                RnnTanhForwardStep: rnn_pointwise, grid_stride
+                    [f32 rnn_tanh_forward_step, f16 rnn_tanh_forward_step_f16, bf16 rnn_tanh_forward_step_bf16];
+                RnnReluForwardStep: rnn_pointwise, grid_stride
+                    [f32 rnn_relu_forward_step, f16 rnn_relu_forward_step_f16, bf16 rnn_relu_forward_step_bf16];
+            }
+            /// One vanilla RNN backward step.
+            RnnBackwardStepArgs(batch: i32, hidden: i32, step: i32, lengths: u64, gates: u64, dy: u64, dy_stride: i32,
+                carry: u64, dg: u64) {
+                RnnTanhBackwardStep: rnn_pointwise, grid_stride
+                    [f32 rnn_tanh_backward_step, f16 rnn_tanh_backward_step_f16, bf16 rnn_tanh_backward_step_bf16];
+                RnnReluBackwardStep: rnn_pointwise, grid_stride
+                    [f32 rnn_relu_backward_step, f16 rnn_relu_backward_step_f16, bf16 rnn_relu_backward_step_bf16];
+            }
+            /// `p[0..n] = value`, rounded once to the buffer's type (kernels/util.cu).
+            FillArgs(n: i64, value: f32, p: u64) {
+                Fill: util, grid_stride [f32 fill_f32, f16 fill_f16, bf16 fill_bf16];
+            }
+            /// `dst[0..n] = src[0..n]` converted: by the type of the 16-bit side.
+            ConvertArgs(n: i64, src: u64, dst: u64) {
+                ConvertToF32: util, grid_stride [f16 convert_f16_to_f32, bf16 convert_bf16_to_f32];
+                ConvertFromF32: util, grid_stride [f16 convert_f32_to_f16, bf16 convert_f32_to_bf16];
+            }
+            /// A whole LSTM layer-direction forward in one cooperative launch (kernels/persistent_lstm.cu).
+            PersistentLstmForwardArgs(batch: i32, hidden: i32, steps: i32, reverse: i32, units: i32, lengths: u64, xg: u64,
+                w_hh: u64, b_ih: u64, b_hh: u64, h0: u64, c0: u64, h_states: u64, training: i32, c_save: u64,
+                gates_save: u64, y: u64, y_stride: i32, hn: u64, cn: u64, barrier: u64) {
+                PersistentLstmForward: persistent_lstm, persistent_device_only [f32 persistent_lstm_forward];
+            }
+            /// A whole GRU or RNN layer-direction forward in one cooperative launch (kernels/persistent_cell.cu).
+            PersistentCellForwardArgs(batch: i32, hidden: i32, steps: i32, reverse: i32, units: i32, lengths: u64, xg: u64,
+                w_hh: u64, b_ih: u64, b_hh: u64, h0: u64, h_states: u64, training: i32, gates_save: u64, extra_save: u64,
+                y: u64, y_stride: i32, hn: u64, barrier: u64) {
+                PersistentGruForward: persistent_cell, persistent [f32 persistent_gru_forward];
+                PersistentRnnTanhForward: persistent_cell, persistent [f32 persistent_rnn_tanh_forward];
+                PersistentRnnReluForward: persistent_cell, persistent [f32 persistent_rnn_relu_forward];
+            }
+            /// A whole layer-direction backward time loop in one cooperative launch (kernels/persistent_backward.cu).
+            PersistentBackwardArgs(batch: i32, hidden: i32, steps: i32, reverse: i32, units: i32, lengths: u64, w_hh: u64,
+                gates: u64, extra: u64, c_all: u64, h_all: u64, h0: u64, c0: u64, dy: u64, dy_stride: i32, carry: u64,
+                dc: u64, dgi: u64, dgh: u64, barrier: u64) {
+                PersistentLstmBackward: persistent_backward, persistent [f32 persistent_lstm_backward];
+                PersistentGruBackward: persistent_backward, persistent [f32 persistent_gru_backward];
+                PersistentRnnTanhBackward: persistent_backward, persistent [f32 persistent_rnn_tanh_backward];
+                PersistentRnnReluBackward: persistent_backward, persistent [f32 persistent_rnn_relu_backward];
+            }
+        }
+    };
+}
+// Used by the host emulation of the unit tests (emulation.rs) besides `define_kernels` here.
+#[allow(unused_imports)]
+pub(crate) use registry;
+
+/// The storage type named in the table.
+macro_rules! storage_type {
+    (f32) => {
+        Dtype::F32
+    };
+    (f16) => {
+        Dtype::F16
+    };
+    (bf16) => {
+        Dtype::BF16
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use storage_type;
+
+/// Whether a kind of the table is a persistent kernel.
+macro_rules! is_persistent {
+    (grid_stride) => {
+        false
+    };
+    (persistent) => {
+        true
+    };
+    (persistent_device_only) => {
+        true
+    };
+}
+
+/// The production items of the table: [`KernelId`], the argument structs, the typed handles.
+macro_rules! define_kernels {
+    ($(
+        $(#[$sig_doc:meta])*
+        $Sig:ident ($($arg:ident : $ty:ty),* $(,)?) {
+            $( $k:ident : $file:ident, $kind:ident [$($dt:ident $entry:ident),* $(,)?]; )*
+        }
+    )*) => {
+        /// Every kernel of `kernels/*.cu` (each with one entry per storage type it has).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub(crate) enum KernelId {
+            $($($k,)*)*
+        }
+
+        impl KernelId {
+            /// Every kernel, in the table's order.
+            pub const ALL: &'static [KernelId] = &[$($(KernelId::$k,)*)*];
+
+            /// Its file in `kernels/`, without `.cu`.
+            pub fn file(self) -> &'static str {
+                match self {
+                    $($(KernelId::$k => stringify!($file),)*)*
+                }
+            }
+
+            /// Its entry for storage type `ty`, if it has one.
+            pub fn entry(self, ty: Dtype) -> Option<&'static str> {
+                match self {
+                    $($(KernelId::$k => {
+                        $(if ty == storage_type!($dt) {
+                            return Some(stringify!($entry));
+                        })*
+                        None
+                    })*)*
+                }
+            }
+
+            /// A persistent kernel: a cooperative launch with opted-in dynamic shared memory.
+            pub fn persistent(self) -> bool {
+                match self {
+                    $($(KernelId::$k => is_persistent!($kind),)*)*
+                }
+            }
+        }
+
+        $(
+            $(#[$sig_doc])*
+            ///
+            /// The arguments in the order of the C signature (device pointers as addresses, 0 for
+            /// null).
+            #[derive(Debug, Clone, Copy)]
+            pub(crate) struct $Sig {
+                $(pub $arg: $ty,)*
+            }
+
+            impl KernelArgs for $Sig {
+                fn push<'a>(&'a self, launch: &mut cudarc::driver::LaunchArgs<'a>) {
+                    use cudarc::driver::PushKernelArg;
+                    $(launch.arg(&self.$arg);)*
+                }
+            }
+
+            $(
+                #[allow(non_upper_case_globals)]
+                #[doc = concat!("`", stringify!($k), "`: ", $(stringify!($entry), " "),*, "in `kernels/", stringify!($file), ".cu`.")]
+                pub(crate) const $k: Kernel<$Sig> = Kernel::new(KernelId::$k);
+            )*
+        )*
+    };
+}
+
+registry!(define_kernels);
+
+/// The arguments of a kernel's launch: one of the structs the registry generates (`Any`, so
+/// that the host emulation can read the fields of the kernel's own struct).
+pub(crate) trait KernelArgs: Any {
+    /// Pushes every argument, in the C signature's order, onto a device launch.
+    fn push<'a>(&'a self, launch: &mut cudarc::driver::LaunchArgs<'a>);
+}
+
+/// A kernel whose launch takes arguments `A`: the typed handle the driver launches.
+pub(crate) struct Kernel<A> {
+    pub id: KernelId,
+    args: PhantomData<fn(A)>,
+}
+
+impl<A> Kernel<A> {
+    const fn new(id: KernelId) -> Self {
+        Kernel { id, args: PhantomData }
+    }
+}
+
+impl<A> Clone for Kernel<A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<A> Copy for Kernel<A> {}
+
+/// The largest batch the persistent kernels take (`PERSISTENT_MAX_BATCH` of
+/// kernels/persistent_lstm.cu and kernels/persistent_cell.cu).
+pub(crate) const PERSISTENT_MAX_BATCH: usize = 8;
+/// Threads per block of the persistent kernels (their `__launch_bounds__`).
+pub(crate) const PERSISTENT_THREADS: u32 = 256;
+
+/// Dynamic shared memory of the persistent LSTM kernel with `u` units per block, in bytes.
+pub(crate) fn persistent_smem(h: usize, b: usize, u: usize) -> usize {
+    4 * (4 * u * h + b * h + 4 * b * u + b * u)
+}
+
+/// Dynamic shared memory of the persistent GRU (`g = 3`) or RNN (`g = 1`) kernel with `u` units
+/// per block, in bytes: the `W_hh` slice `[U, G, H]` and `h_prev` `[B, H]`
+/// (`persistent_cell_smem_floats` of kernels/persistent_cell.cu).
+pub(crate) fn persistent_cell_smem(g: usize, h: usize, b: usize, u: usize) -> usize {
+    4 * (u * g * h + b * h)
+}
+
+/// Dynamic shared memory of the persistent backward kernel of a cell with `g` gates and `u` units
+/// per block, in bytes: the `W_hh` columns `[U, G·H]`, a `dG_h` chunk `[B, H]` and three `[B, U]`
+/// carries (`persistent_backward_smem_floats` of kernels/persistent_backward.cu).
+pub(crate) fn persistent_backward_smem(g: usize, h: usize, b: usize, u: usize) -> usize {
+    4 * (u * g * h + b * h + 3 * b * u)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every entry the registry names is an `extern "C" __global__` entry of its file (the
+    /// RNNK_INSTANTIATE entries by their macro's name), and every entry of the files is in the
+    /// registry: the table and the `.cu` files cannot drift apart.
+    #[test]
+    fn registry_matches_the_cu_files() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+        let mut named = Vec::new();
+        for &k in KernelId::ALL {
+            let text = std::fs::read_to_string(dir.join(format!("{}.cu", k.file()))).unwrap();
+            for ty in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+                let Some(entry) = k.entry(ty) else { continue };
+                let base = entry.trim_end_matches("_bf16").trim_end_matches("_f16");
+                let instantiated = text.contains(&format!(", {base})"));
+                let direct = text.contains(&format!(" {entry}(")) || text.contains(&format!("({entry},"));
+                assert!(instantiated || direct, "{k:?}: {entry} is not an entry of kernels/{}.cu", k.file());
+                named.push(entry.to_string());
+            }
+        }
+        for file in
+            ["lstm_pointwise", "gru_pointwise", "rnn_pointwise", "util", "persistent_lstm", "persistent_cell", "persistent_backward"]
+        {
+            let text = std::fs::read_to_string(dir.join(format!("{file}.cu"))).unwrap();
+            for line in text.lines() {
+                let Some(rest) = line.strip_prefix("RNNK_INSTANTIATE(") else { continue };
+                let base = rest.split(", ").nth(1).unwrap().trim_end_matches(')');
+                for e in [base.to_string(), format!("{base}_f16"), format!("{base}_bf16")] {
+                    assert!(named.contains(&e), "kernels/{file}.cu: {e} is not in the registry");
+                }
+            }
+        }
+        assert!(KernelId::ALL.iter().filter(|k| k.persistent()).count() == 8);
+    }
+
+    /// Every entry the device loads is an entry of the PTX of the file the registry names, so
+    /// `Cuda::new` finds them all.
+    #[cfg(rnn_kernels_ptx)]
+    #[test]
+    fn registry_entries_are_in_the_ptx() {
+        for &k in KernelId::ALL {
+            let text = super::super::ptx::FILES.iter().find(|(f, _)| *f == k.file()).map(|(_, t)| *t).unwrap();
+            for ty in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+                let Some(entry) = k.entry(ty) else { continue };
+                assert!(text.contains(&format!(".entry {entry}(")), "{k:?}: {entry} is not in kernels/{}.cu's PTX", k.file());
+            }
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The CUDA driver on the host emulation (`emulation.rs`: the kernels compiled as C++, cuBLAS's
+//! GEMMs emulated, fresh memory NaN), without a GPU:
+//!
+//! - `driver.rs`: f32 against the f64 reference (every cell, projection, layers, directions,
+//!   variable lengths, training, Accumulate; the persistent kernels that have an emulation),
+//!   and the exact output bits pinned in `tests/fixtures/bit_pins.txt`;
+//! - `half_storage.rs`: f16 and bf16 storage within the derived bounds of [`crate::testkit::tolerance`],
+//!   exactly on integer-valued problems, and the emulation's conversions and GemmEx;
+//! - `wavefront.rs`: the layer wavefront bit for bit against the layer-by-layer order, the
+//!   stream each piece of work is issued on, and stream 1 joined after a failure.
+//!
+//! What the emulation does not cover: cudarc, cuBLAS, the PTX build, the two streams and the
+//! multi-block, multi-warp parts of the persistent kernels (persistent_cell.cu and
+//! persistent_backward.cu run with one block of one thread owning every unit;
+//! persistent_lstm.cu does not run).
+
+mod driver;
+mod half_storage;
+mod wavefront;
+
+use super::buffer::View;
+use super::driver::{backward, forward, BackwardViews, CudaReserve, ForwardViews, SavedViews, Weights};
+use super::exec::{Exec, Paths};
+use crate::backend::{GradMode, Reference};
+use crate::testkit::SplitMix64;
+use crate::{Element, ParamLayout, Params, Rnn, RnnConfig, SeqShape};
+
+fn view<T: Element>(v: &[T]) -> View {
+    View { ptr: v.as_ptr() as u64, len: v.len(), ty: T::DTYPE }
+}
+
+fn view_mut<T: Element>(v: &mut [T]) -> View {
+    View { ptr: v.as_mut_ptr() as u64, len: v.len(), ty: T::DTYPE }
+}
+
+fn up<T: Element>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|a| a.to_f64()).collect()
+}
+
+/// NaN (in every storage type): outputs start as NaN so that an element never written shows.
+fn nans<T: Element>(n: usize) -> Vec<T> {
+    vec![T::from_f64(f64::NAN); n]
+}
+
+fn bits<T: Element>(v: &[T]) -> Vec<u64> {
+    v.iter().map(|a| a.to_f64().to_bits()).collect()
+}
+
+/// The paths of a call, set one at a time.
+trait WithPaths: Sized {
+    fn paths_with(self, set: impl FnOnce(&mut Paths)) -> Self;
+
+    fn with_persistent(self, on: bool) -> Self {
+        self.paths_with(|p| p.persistent = on)
+    }
+
+    fn with_persistent_required(self, on: bool) -> Self {
+        self.paths_with(|p| p.persistent_required = on)
+    }
+
+    fn with_wavefront(self, on: bool) -> Self {
+        self.paths_with(|p| p.wavefront = on)
+    }
+
+    fn with_wavefront_chunk(self, k: usize) -> Self {
+        self.paths_with(|p| p.wavefront_chunk = k)
+    }
+}
+
+impl WithPaths for Exec<'_> {
+    fn paths_with(self, set: impl FnOnce(&mut Paths)) -> Self {
+        let mut paths = self.paths();
+        set(&mut paths);
+        self.with_paths(paths)
+    }
+}
+
+/// A random problem of storage type `T`: parameters, inputs, initial states and incoming
+/// gradients.
+struct Problem<T> {
+    cfg: RnnConfig,
+    shape: SeqShape,
+    layout: ParamLayout,
+    params: Vec<T>,
+    x: Vec<T>,
+    h0: Vec<T>,
+    c0: Option<Vec<T>>,
+    dy: Vec<T>,
+    dhn: Vec<T>,
+    dcn: Option<Vec<T>>,
+}
+
+/// The outputs of a forward pass: y, hn, cn (empty for other cells than the LSTM).
+type ForwardOut<T> = [Vec<T>; 3];
+
+impl<T: Element> Problem<T> {
+    /// Inputs uniform in `±x_range`, `h0`, `dy`, `dhn`, `dcn` in ±1, `c0` in ±2, PyTorch's
+    /// initialisation for the parameters.
+    fn new(cfg: &RnnConfig, shape: &SeqShape, seed: u64, x_range: f64) -> Self {
+        let mut rng = SplitMix64::new(seed);
+        let mut u = |n: usize, r: f64| (0..n).map(|_| T::from_f64(rng.uniform(-r, r))).collect::<Vec<T>>();
+        let n = |s: [usize; 3]| s.iter().product::<usize>();
+        let lstm = cfg.cell().has_cell_state();
+        Problem {
+            x: u(n(shape.x_shape(cfg)), x_range),
+            h0: u(n(shape.h_shape(cfg)), 1.0),
+            c0: lstm.then(|| u(n(shape.c_shape(cfg)), 2.0)),
+            dy: u(n(shape.y_shape(cfg)), 1.0),
+            dhn: u(n(shape.h_shape(cfg)), 1.0),
+            dcn: lstm.then(|| u(n(shape.c_shape(cfg)), 1.0)),
+            params: Params::<T>::init_uniform(cfg, seed ^ 0xabc).into_vec(),
+            layout: ParamLayout::new(cfg),
+            cfg: cfg.clone(),
+            shape: shape.clone(),
+        }
+    }
+
+    fn weights(&self) -> Weights<'_> {
+        Weights { layout: &self.layout, w: view(&self.params) }
+    }
+
+    fn lstm(&self) -> bool {
+        self.cfg.cell().has_cell_state()
+    }
+
+    /// NaN outputs of `shape` elements.
+    fn out(&self, shape: [usize; 3]) -> Vec<T> {
+        nans(shape.iter().product())
+    }
+
+    /// One forward pass on `exec` from the problem's inputs (h0, c0 given), into NaN-filled
+    /// outputs; into `save` when given.
+    fn forward_on(&self, exec: &Exec<'_>, save: Option<&mut CudaReserve>) -> ForwardOut<T> {
+        let (cfg, shape) = (&self.cfg, &self.shape);
+        let (mut y, mut hn) = (self.out(shape.y_shape(cfg)), self.out(shape.h_shape(cfg)));
+        let mut cn = if self.lstm() { self.out(shape.c_shape(cfg)) } else { Vec::new() };
+        let io = ForwardViews {
+            x: view(&self.x),
+            h0: Some(view(&self.h0)),
+            c0: self.c0.as_deref().map(view),
+            y: view_mut(&mut y),
+            hn: Some(view_mut(&mut hn)),
+            cn: self.lstm().then(|| view_mut(&mut cn)),
+        };
+        forward(exec, self.weights(), shape, io, save).unwrap();
+        [y, hn, cn]
+    }
+
+    /// A training forward pass, then an inference one, on `exec`: the training outputs and the
+    /// filled reserve; inference must give the same bits.
+    fn train_on(&self, exec: &Exec<'_>) -> (ForwardOut<T>, CudaReserve) {
+        let mut reserve = CudaReserve::default();
+        let trained = self.forward_on(exec, Some(&mut reserve));
+        let inferred = self.forward_on(exec, None);
+        for (i, name) in ["y", "hn", "cn"].iter().enumerate() {
+            assert!(bits(&trained[i]) == bits(&inferred[i]), "{:?}: inference {name} differs from training's forward", T::DTYPE);
+        }
+        (trained, reserve)
+    }
+
+    /// Backward on `exec` from `reserve` with every incoming gradient: `[dx, dh0, dc0, dparams]`
+    /// written into NaN-filled buffers (Overwrite).
+    fn backward_on(&self, exec: &Exec<'_>, reserve: &CudaReserve) -> [Vec<T>; 4] {
+        let (cfg, shape) = (&self.cfg, &self.shape);
+        let (mut dx, mut dh0) = (self.out(shape.x_shape(cfg)), self.out(shape.h_shape(cfg)));
+        let mut dc0 = if self.lstm() { self.out(shape.c_shape(cfg)) } else { Vec::new() };
+        let mut dp = nans::<T>(self.layout.len());
+        let g = BackwardViews {
+            dx: Some(view_mut(&mut dx)),
+            dh0: Some(view_mut(&mut dh0)),
+            dc0: self.lstm().then(|| view_mut(&mut dc0)),
+            dparams: Some(view_mut(&mut dp)),
+            ..self.incoming(GradMode::Overwrite)
+        };
+        backward(exec, self.weights(), shape, &SavedViews::new(reserve), g).unwrap();
+        [dx, dh0, dc0, dp]
+    }
+
+    /// The parameters' gradients of backward on `exec` accumulated onto `dp`.
+    fn accumulate_on(&self, exec: &Exec<'_>, reserve: &CudaReserve, dp: &[T]) -> Vec<T> {
+        let mut acc = dp.to_vec();
+        let g = BackwardViews { dparams: Some(view_mut(&mut acc)), ..self.incoming(GradMode::Accumulate) };
+        backward(exec, self.weights(), &self.shape, &SavedViews::new(reserve), g).unwrap();
+        acc
+    }
+
+    /// The incoming gradients, no outputs.
+    fn incoming(&self, mode: GradMode) -> BackwardViews {
+        BackwardViews {
+            dy: Some(view(&self.dy)),
+            dhn: Some(view(&self.dhn)),
+            dcn: self.dcn.as_deref().map(view),
+            dx: None,
+            dh0: None,
+            dc0: None,
+            dparams: None,
+            mode,
+        }
+    }
+
+    /// `[y, hn, cn, dx, dh0, dc0, dparams]` of a training forward on `fwd` (checked against
+    /// inference) and its backward on `bwd`, and `dparams` accumulated onto them.
+    fn run_on(&self, fwd: &Exec<'_>, bwd: &Exec<'_>) -> (Vec<Vec<T>>, Vec<T>) {
+        let ([y, hn, cn], reserve) = self.train_on(fwd);
+        let [dx, dh0, dc0, dp] = self.backward_on(bwd, &reserve);
+        let acc = self.accumulate_on(bwd, &reserve, &dp);
+        (vec![y, hn, cn, dx, dh0, dc0, dp], acc)
+    }
+
+    /// `[y, hn, cn, dx, dh0, dc0, dparams]` of the f64 reference on the same values.
+    fn run_reference(&self) -> Vec<Vec<f64>> {
+        let rnn = Rnn::new(Reference, &self.cfg, &up(&self.params)[..]).unwrap();
+        let mut reserve = Default::default();
+        let c0 = self.c0.as_deref().map(up);
+        let o = rnn.forward_training(&self.shape, &up(&self.x), Some(&up(&self.h0)), c0.as_deref(), &mut reserve).unwrap();
+        let dcn = self.dcn.as_deref().map(up);
+        let g = rnn.backward(&reserve, Some(&up(&self.dy)), Some(&up(&self.dhn)), dcn.as_deref()).unwrap();
+        vec![o.y, o.hn, o.cn.unwrap_or_default(), g.dx, g.dh0, g.dc0.unwrap_or_default(), g.dparams.unwrap()]
+    }
+}
