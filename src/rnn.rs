@@ -83,6 +83,14 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
         Self::new(backend, params.config(), params.as_slice())
     }
 
+    /// The parameters the plan holds now, read back from the backend
+    /// ([`Backend::read_params`]).
+    pub fn params(&self) -> Result<Params<T>> {
+        let mut v = vec![T::default(); self.plan.param_len()];
+        self.backend.read_params(&self.plan, &mut v)?;
+        Params::from_vec(self.config(), v)
+    }
+
     /// Inference: `x: [T, B, I]`, optional `h0: [L·D, B, Hout]` and `c0: [L·D, B, H]`.
     pub fn forward(&self, shape: &SeqShape, x: &[T], h0: Option<&[T]>, c0: Option<&[T]>) -> Result<Output<T>> {
         self.run_forward(shape, ForwardInput { x, h0, c0 }, None)

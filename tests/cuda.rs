@@ -189,6 +189,29 @@ mod with_feature {
         }
     }
 
+    /// `read_params` gives back exactly the planned parameters, and after `update_plan` the new
+    /// ones: on device buffers (a device-to-device copy) and through `CudaHost`, f32 and f16.
+    #[test]
+    fn plans_give_their_parameters_back() {
+        let Some(c) = cuda("plans_give_their_parameters_back") else { return };
+        let cfg = RnnConfig::new(CellKind::Lstm, 5, 7).num_layers(2).bidirectional(true).proj_size(3).build().unwrap();
+        let (first, second) = (Params::<f32>::init_uniform(&cfg, 11), Params::<f32>::init_uniform(&cfg, 12));
+        let mut plan = c.plan(&cfg, &c.upload(first.as_slice()).unwrap()).unwrap();
+        let mut back = c.zeros::<f32>(first.as_slice().len()).unwrap();
+        c.read_params(&plan, &mut back).unwrap();
+        assert_eq!(c.download(&back).unwrap(), first.as_slice());
+        c.update_plan(&mut plan, &c.upload(second.as_slice()).unwrap()).unwrap();
+        c.read_params(&plan, &mut back).unwrap();
+        assert_eq!(c.download(&back).unwrap(), second.as_slice());
+        let mut rnn = Rnn::from_params(CudaHost(c.clone()), &first).unwrap();
+        assert_eq!(rnn.params().unwrap().as_slice(), first.as_slice());
+        rnn.update_params(second.as_slice()).unwrap();
+        assert_eq!(rnn.params().unwrap().as_slice(), second.as_slice());
+        let half = Params::<rnn_kernels::f16>::init_uniform(&cfg, 13);
+        let rnn16 = Rnn::from_params(CudaHost(c.clone()), &half).unwrap();
+        assert_eq!(rnn16.params().unwrap().as_slice(), half.as_slice());
+    }
+
     /// The persistent path's results against the per-step path's on the device: the gradient
     /// tolerance (the per-step backward's cuBLAS GEMM and the persistent kernel's lane-strided,
     /// shuffle-reduced sums add dG_h·W_hh in different orders, and the forwards differ likewise;

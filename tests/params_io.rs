@@ -673,3 +673,27 @@ fn half_state_dicts_load_with_conversion() {
         }
     }
 }
+
+/// `Rnn::params` (through `Backend::read_params`) gives back exactly the parameters the plan was
+/// made with, and after `update_params` the new ones, on the reference and on every ISA of the
+/// CPU backend; a buffer of the wrong length is an error naming `params`.
+#[test]
+fn plans_give_their_parameters_back() {
+    use rnn_kernels::{Cpu, Isa};
+    let cfg = RnnConfig::new(CellKind::Lstm, 5, 7).num_layers(2).bidirectional(true).proj_size(3).build().unwrap();
+    let first = Params::<f32>::init_uniform(&cfg, 11);
+    let second = Params::<f32>::init_uniform(&cfg, 12);
+    fn check<B: Backend<f32, Buf = [f32]>>(backend: B, first: &Params<f32>, second: &Params<f32>) {
+        let mut rnn = Rnn::from_params(backend, first).unwrap();
+        assert_eq!(rnn.params().unwrap().as_slice(), first.as_slice());
+        rnn.update_params(second.as_slice()).unwrap();
+        assert_eq!(rnn.params().unwrap().as_slice(), second.as_slice());
+        let mut short = vec![0.0; second.as_slice().len() - 1];
+        let err = rnn.backend().read_params(rnn.plan(), &mut short).unwrap_err().to_string();
+        assert!(err.contains("params"), "{err}");
+    }
+    check(Reference, &first, &second);
+    for isa in Isa::available() {
+        check(Cpu::with_isa(isa, 2).unwrap(), &first, &second);
+    }
+}

@@ -570,7 +570,7 @@ mod tests {
             let cfg = RnnConfig::new(CellKind::Gru, 2, 3).build().unwrap();
             let params = Params::<f32>::init_uniform(&cfg, 1);
             let rnn = Rnn::new(Reference, &cfg, params.as_slice()).unwrap();
-            Gru(Model::new(params, Engine::Reference(rnn)).into_raw())
+            Gru(Model::new(Engine::Reference(rnn)).into_raw())
         }
     }
 

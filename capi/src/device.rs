@@ -76,7 +76,7 @@ mod on_device {
     use crate::args::{BackwardCall, Device, ForwardCall, ParamsIn, ParamsOut, Span};
     use crate::handle::{Engine, Model, ReserveData};
     use crate::status::CapiError;
-    use rnnk_core::{Backend, Cuda, CudaBuf, Params, Rnn};
+    use rnnk_core::{Backend, Cuda, CudaBuf, Rnn};
     use std::ffi::c_void;
     use std::ops::DerefMut;
 
@@ -169,15 +169,16 @@ mod on_device {
             // The download synchronises stream 0, which waited for `stream`.
             on_stream(cuda, stream, || Ok(cuda.download_into(&src, &mut host)?))?;
         }
-        let params = Params::from_vec(call.model.config(), host)?;
-        call.model.set_params(params)
+        call.model.set_params(&host)
     }
 
     /// Copies the model's parameters into device memory, ordered on `stream`.
     pub fn get_params(call: ParamsOut<'_, Device>, stream: *mut c_void) -> Result<(), CapiError> {
-        let cuda = &cuda_rnn(call.model)?.backend().0;
+        let rnn = cuda_rnn(call.model)?;
+        let cuda = &rnn.backend().0;
         let mut dst = borrow(cuda, call.params)?;
-        on_stream(cuda, stream, || Ok(cuda.upload_into(call.model.params().as_slice(), &mut dst)?))
+        // Device to device, from the plan's weights.
+        on_stream(cuda, stream, || Ok(Backend::<f32>::read_params(cuda, rnn.plan(), &mut dst)?))
     }
 }
 

@@ -149,10 +149,9 @@ pub struct Model {
     magic: u64,
     /// Distinguishes models in messages about reserves.
     pub id: u64,
-    /// A host copy of the parameters (flat layout), for reading back and saving: the library
-    /// gives no way to read them back from a plan (`params()` is the one place to change when
-    /// it does).
-    params: Params<f32>,
+    /// The flat parameter layout of the configuration (names, shapes, offsets; no values: the
+    /// weights live only in the engine's plan and are read back from it).
+    layout: ParamLayout,
     pub engine: Engine,
 }
 
@@ -164,28 +163,34 @@ impl Handle for Model {
 }
 
 impl Model {
-    pub fn new(params: Params<f32>, engine: Engine) -> Model {
-        Model { magic: Kind::Model.magic(), id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed), params, engine }
+    pub fn new(engine: Engine) -> Model {
+        let layout = with_rnn!(&engine, rnn => ParamLayout::new(rnn.config()));
+        Model { magic: Kind::Model.magic(), id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed), layout, engine }
     }
 
     pub fn config(&self) -> &RnnConfig {
-        self.params.config()
+        self.layout.config()
     }
 
-    /// The parameters.
-    pub fn params(&self) -> &Params<f32> {
-        &self.params
+    /// The parameters, read back from the engine's plan.
+    pub fn params(&self) -> Result<Params<f32>, CapiError> {
+        Ok(with_rnn!(&self.engine, rnn => rnn.params())?)
+    }
+
+    /// Copies the parameters (flat layout) into `dst`, straight from the engine's plan.
+    pub fn read_params(&self, dst: &mut [f32]) -> Result<(), CapiError> {
+        with_rnn!(&self.engine, rnn => rnn.backend().read_params(rnn.plan(), dst))?;
+        Ok(())
     }
 
     /// The flat parameter layout of the configuration.
     pub fn layout(&self) -> &ParamLayout {
-        self.params.layout()
+        &self.layout
     }
 
-    /// Replaces the parameters, repacking them for the backend.
-    pub fn set_params(&mut self, params: Params<f32>) -> Result<(), CapiError> {
-        with_rnn!(&mut self.engine, rnn => rnn.update_params(params.as_slice()))?;
-        self.params = params;
+    /// Replaces the parameters (flat layout), repacking them for the backend.
+    pub fn set_params(&mut self, params: &[f32]) -> Result<(), CapiError> {
+        with_rnn!(&mut self.engine, rnn => rnn.update_params(params))?;
         Ok(())
     }
 

@@ -99,7 +99,7 @@ pub unsafe extern "C" fn rnnk_model_create(
             .build()?;
         let params = Params::<f32>::init_uniform(&cfg, 0);
         let engine = make_engine(backend, threads, &cfg, &params)?;
-        *out = Model::new(params, engine).into_raw();
+        *out = Model::new(engine).into_raw();
         Ok(())
     })
 }
@@ -150,7 +150,7 @@ pub unsafe extern "C" fn rnnk_model_init_uniform(model: *mut RnnkModel, seed: u6
         // SAFETY: handle checked; exclusive use is the header's rule for changing a model.
         let m = unsafe { Model::get_mut("model", model)? };
         let p = Params::init_uniform(m.config(), seed);
-        m.set_params(p)
+        m.set_params(p.as_slice())
     })
 }
 
@@ -160,8 +160,7 @@ pub unsafe extern "C" fn rnnk_model_set_params(model: *mut RnnkModel, params: *c
     guard(|| {
         // SAFETY: the caller's buffer of `params_len` floats; exclusive use of the model.
         let ParamsIn { model, params } = unsafe { args::params_in::<Host>(model, (params, params_len))? };
-        let p = Params::from_vec(model.config(), params.to_vec())?;
-        model.set_params(p)
+        model.set_params(params)
     })
 }
 
@@ -171,8 +170,7 @@ pub unsafe extern "C" fn rnnk_model_get_params(model: *const RnnkModel, params: 
     guard(|| {
         // SAFETY: the caller's buffer of `params_len` floats.
         let ParamsOut { model, params } = unsafe { args::params_out::<Host>(model, (params, params_len))? };
-        params.copy_from_slice(model.params().as_slice());
-        Ok(())
+        model.read_params(params)
     })
 }
 
@@ -192,7 +190,7 @@ pub unsafe extern "C" fn rnnk_model_load_safetensors(
         let prefix = if prefix.is_null() { "" } else { unsafe { args::string("prefix", prefix)? } };
         let opts = LoadOptions { prefix: prefix.to_string(), allow_unexpected: allow_unexpected != 0 };
         let p = Params::<f32>::load_safetensors_with(path, m.config(), &opts)?;
-        m.set_params(p)
+        m.set_params(p.as_slice())
     })
 }
 
@@ -203,7 +201,7 @@ pub unsafe extern "C" fn rnnk_model_save_safetensors(model: *const RnnkModel, pa
     guard(|| {
         // SAFETY: handle checked; C string from the caller.
         let (m, path) = unsafe { (Model::get("model", model)?, args::string("path", path)?) };
-        m.params().save_safetensors(path)?;
+        m.params()?.save_safetensors(path)?;
         Ok(())
     })
 }

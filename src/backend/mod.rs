@@ -162,6 +162,10 @@ pub trait Backend<T: Element>: Send + Sync {
     /// made before this call can no longer be used for backward.
     fn update_plan(&self, plan: &mut Self::Plan, params: &Self::Buf) -> Result<()>;
 
+    /// Copies the plan's parameters into `params` (flat [`ParamLayout`](crate::ParamLayout)
+    /// order), so that a caller that hands its weights to the plan need not keep a copy of its own.
+    fn read_params(&self, plan: &Self::Plan, params: &mut Self::Buf) -> Result<()>;
+
     /// Forward pass that keeps nothing.
     fn forward_inference(
         &self,

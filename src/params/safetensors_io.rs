@@ -26,13 +26,14 @@ pub struct LoadOptions {
 /// Converts a tensor view to `T`, accepting F32, F64, F16 and BF16 data: each value is
 /// converted exactly to f64, then rounded once to `T` (so a bf16 or f16 PyTorch state_dict loads
 /// into an f32 model exactly, and an f32 file into an f16 model rounds to nearest even).
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) fn view_to_vec<T: Element>(view: &TensorView<'_>, name: &str, source: &str) -> Result<Vec<T>> {
     let mut out = vec![T::from_f64(0.0); view.shape().iter().product()];
     view_into(view, &mut out, name, source)?;
     Ok(out)
 }
 
-/// [`view_to_vec`] into `out`, which holds as many elements as the view: the loader's path
+/// A tensor view converted like `view_to_vec` into `out`, which holds as many elements as the view: the loader's path
 /// from the file's bytes to the flat buffer, without a copy in between.
 pub(crate) fn view_into<T: Element>(view: &TensorView<'_>, out: &mut [T], name: &str, source: &str) -> Result<()> {
     let data = view.data();

@@ -82,6 +82,8 @@ pub(crate) struct Saved<M> {
 
 impl<M> Saved<M> {
     /// The five buffers, in a fixed order (gates, extra, c, m, h).
+    // The CUDA driver's views of a reserve; the host driver reads the fields by name.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub fn each(&self) -> [&M; 5] {
         [&self.gates, &self.extra, &self.c, &self.m, &self.h]
     }

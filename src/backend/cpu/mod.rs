@@ -397,6 +397,10 @@ impl Backend<f32> for Cpu {
         plan.update(params)
     }
 
+    fn read_params(&self, plan: &CpuPlan, params: &mut [f32]) -> Result<()> {
+        plan.host.read(params)
+    }
+
     fn forward_inference(
         &self,
         plan: &CpuPlan,

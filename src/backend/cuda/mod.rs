@@ -379,6 +379,14 @@ impl Cuda {
         plan.stamp.bump();
         Ok(())
     }
+
+    /// Copies the plan's weights into `params`, on stream 0 (device to device).
+    fn read_params<T: CudaElement>(&self, plan: &CudaPlan, params: &mut CudaBuf<T>) -> Result<()> {
+        self.check_plan(plan, T::DTYPE)?;
+        plan.layout.check_buffer("params", params.slice.len())?;
+        let target = self.dev.lock()?;
+        Exec::new(&target).copy(0, self.view(params), plan.weights.view())
+    }
 }
 
 /// The CUDA backend's plan: the configuration and a device copy of the weights (PyTorch
@@ -434,6 +442,10 @@ macro_rules! cuda_backend {
 
             fn update_plan(&self, plan: &mut CudaPlan, params: &$buf) -> Result<()> {
                 <$ty>::update_plan(self, plan, params)
+            }
+
+            fn read_params(&self, plan: &CudaPlan, params: &mut $buf) -> Result<()> {
+                <$ty>::read_params(self, plan, params)
             }
 
             fn forward_inference(
@@ -523,6 +535,13 @@ impl CudaHost {
     fn update_plan<T: CudaElement>(&self, plan: &mut CudaPlan, params: &[T]) -> Result<()> {
         plan.layout.check_buffer("params", params.len())?;
         self.0.update_plan(plan, &self.0.upload(params)?)
+    }
+
+    fn read_params<T: CudaElement>(&self, plan: &CudaPlan, params: &mut [T]) -> Result<()> {
+        plan.layout.check_buffer("params", params.len())?;
+        let mut d = self.0.zeros(params.len())?;
+        self.0.read_params(plan, &mut d)?;
+        self.0.download_into(&d, params)
     }
 
     fn forward<T: CudaElement>(

@@ -41,9 +41,10 @@ impl<'a, T> Direction<'a, T> {
     pub fn new(plan: &'a HostPlan<T>, shape: &'a SeqShape, l: usize, d: usize) -> Self {
         let cfg = plan.layout.config();
         let ranges = plan.layout.layer(l, d);
+        let dims = LayerDims::new(cfg, shape, l);
         Direction {
-            dims: LayerDims::new(cfg, shape, l),
-            ld: l * cfg.num_directions() + d,
+            dims,
+            ld: l * dims.dirs + d,
             d,
             shape,
             ranges,

@@ -78,6 +78,16 @@ impl<T: Element> HostPlan<T> {
         self.stamp.bump();
         Ok(())
     }
+
+    /// Copies the weights into `params` (flat layout).
+    pub(crate) fn read(&self, params: &mut [T]) -> Result<()>
+    where
+        T: Copy,
+    {
+        self.layout.check_buffer("params", params.len())?;
+        params.copy_from_slice(&self.weights);
+        Ok(())
+    }
 }
 
 impl<T: Send + Sync> RnnPlan for HostPlan<T> {

@@ -72,6 +72,10 @@ impl<T: Float> Backend<T> for Reference {
         plan.update(params)
     }
 
+    fn read_params(&self, plan: &HostPlan<T>, params: &mut [T]) -> Result<()> {
+        plan.read(params)
+    }
+
     fn forward_inference(
         &self,
         plan: &HostPlan<T>,
