@@ -198,7 +198,6 @@ pub trait Backend<T: Element>: Send + Sync {
     ) -> Result<()>;
 }
 
-
 /// Checks the buffers of a forward call against `config` and `shape`. Public for code that
 /// checks a call before choosing a backend (the C ABI's device-pointer entry points).
 pub fn check_forward<B: ?Sized + Buffer>(

@@ -42,14 +42,7 @@ impl<'a, T> Direction<'a, T> {
         let cfg = plan.layout.config();
         let ranges = plan.layout.layer(l, d);
         let dims = LayerDims::new(cfg, shape, l);
-        Direction {
-            dims,
-            ld: l * dims.dirs + d,
-            d,
-            shape,
-            ranges,
-            w: DirWeights::new(ranges, &plan.weights),
-        }
+        Direction { dims, ld: l * dims.dirs + d, d, shape, ranges, w: DirWeights::new(ranges, &plan.weights) }
     }
 
     /// The reverse direction: it runs its steps from `T-1` down to 0.

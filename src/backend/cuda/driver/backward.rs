@@ -180,7 +180,7 @@ fn allocate(
                 let io = BwdIo {
                     input,
                     d_out,
-                    saved: sv.dirs[i].clone(),
+                    saved: sv.dirs[i],
                     lens: sv.lens,
                     h0: sv.h0.at(i * hlen, hlen),
                     c0: if lstm { sv.c0.at(i * clen, clen) } else { View::NULL },

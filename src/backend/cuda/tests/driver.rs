@@ -5,8 +5,8 @@ use super::super::emulation::Emulation;
 use super::super::kernels::PERSISTENT_MAX_BATCH;
 use super::*;
 use crate::backend::GradMode;
-use crate::testkit::case::max_error;
 use crate::error::Error;
+use crate::testkit::case::max_error;
 use crate::CellKind;
 use proptest::prelude::*;
 
