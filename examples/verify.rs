@@ -48,16 +48,15 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
-/// Runs every file on one backend in element type `T`; returns whether all passed.
-fn verify_all<T: Element, B: Backend<T, Buf = [T]>>(backend: &B, label: &str, tol: f64, files: &[String]) -> bool {
+/// Runs `check` on every file, printing one line each (`check` says whether the file passed and
+/// how close it came); returns whether all passed.
+fn report_all(files: &[String], label: &str, check: impl Fn(&str) -> rnn_kernels::Result<(bool, String)>) -> bool {
     let mut all_ok = true;
     for f in files {
         let name = std::path::Path::new(f).file_name().map_or(f.clone(), |n| n.to_string_lossy().into_owned());
-        match Case::<T>::load(f).and_then(|case| run_case(backend, &case)) {
-            Ok(report) => {
-                let ok = report.passes(tol);
-                let (worst, err) = report.worst();
-                println!("{name} {label} {} max_err={err:.3e} in {worst}", if ok { " ok" } else { " FAIL" });
+        match check(f) {
+            Ok((ok, how)) => {
+                println!("{name} {label} {} {how}", if ok { " ok" } else { " FAIL" });
                 all_ok &= ok;
             }
             Err(e) => {
@@ -67,6 +66,15 @@ fn verify_all<T: Element, B: Backend<T, Buf = [T]>>(backend: &B, label: &str, to
         }
     }
     all_ok
+}
+
+/// Runs every file on one backend in element type `T`; returns whether all passed.
+fn verify_all<T: Element, B: Backend<T, Buf = [T]>>(backend: &B, label: &str, tol: f64, files: &[String]) -> bool {
+    report_all(files, label, |f| {
+        let report = run_case(backend, &Case::<T>::load(f)?)?;
+        let (worst, err) = report.worst();
+        Ok((report.passes(tol), format!("max_err={err:.3e} in {worst}")))
+    })
 }
 
 fn main() -> ExitCode {
@@ -150,9 +158,9 @@ fn main() -> ExitCode {
 #[cfg(feature = "cuda")]
 mod half {
     use rnn_kernels::testkit::case::Case;
-    use rnn_kernels::testkit::tolerance::{half_storage_bounds, HalfInputs, OUTPUTS};
+    use rnn_kernels::testkit::tolerance::{error_ratios, half_storage_bounds, reference_outputs, HalfInputs, OUTPUTS};
     use rnn_kernels::CudaElement;
-    use rnn_kernels::{CudaHost, Element, Reference, Result, Rnn};
+    use rnn_kernels::{CudaHost, Element, Result, Rnn};
 
     fn up<T: Element>(v: &[T]) -> Vec<f64> {
         v.iter().map(|a| a.to_f64()).collect()
@@ -178,59 +186,31 @@ mod half {
 
         let (pf, xf, h0f, dyf, dhnf) = (up(case.params.as_slice()), up(&case.x), up(&h0), up(&dy), up(&dhn));
         let (c0f, dcnf) = (c0.as_deref().map(up), dcn.as_deref().map(up));
-        let r = Rnn::new(Reference, cfg, &pf[..])?;
-        let mut rr = Default::default();
-        let ro = r.forward_training(shape, &xf, Some(&h0f), c0f.as_deref(), &mut rr)?;
-        let rg = r.backward(&rr, Some(&dyf), Some(&dhnf), dcnf.as_deref())?;
-        let want = [ro.y, ro.hn, ro.cn.unwrap_or_default(), rg.dx, rg.dh0, rg.dc0.unwrap_or_default(), rg.dparams.unwrap_or_default()];
-        let got = [
-            up(&o.y),
-            up(&o.hn),
-            o.cn.as_deref().map(up).unwrap_or_default(),
-            up(&g.dx),
-            up(&g.dh0),
-            g.dc0.as_deref().map(up).unwrap_or_default(),
-            g.dparams.as_deref().map(up).unwrap_or_default(),
-        ];
         let u = T::DTYPE.unit_roundoff();
         let inputs =
             HalfInputs { cfg, shape, u, params: &pf, x: &xf, h0: &h0f, c0: c0f.as_deref(), dy: &dyf, dhn: &dhnf, dcn: dcnf.as_deref() };
-        let bounds = half_storage_bounds(&inputs, &want);
-        let mut worst = (0.0f64, OUTPUTS[0]);
-        for i in 0..7 {
-            let err = got[i].iter().zip(&want[i]).fold(0.0f64, |m, (a, b)| {
-                let e = (a - b).abs();
-                if e.is_nan() {
-                    f64::INFINITY
-                } else {
-                    m.max(e)
-                }
-            });
-            let ratio = if got[i].len() == want[i].len() { err / bounds[i] } else { f64::INFINITY };
-            if ratio > worst.0 || ratio.is_nan() {
-                worst = (ratio, OUTPUTS[i]);
-            }
-        }
+        let want = reference_outputs(&inputs)?;
+        let got = [
+            &o.y,
+            &o.hn,
+            o.cn.as_ref().unwrap_or(&Vec::new()),
+            &g.dx,
+            &g.dh0,
+            g.dc0.as_ref().unwrap_or(&Vec::new()),
+            g.dparams.as_ref().unwrap_or(&Vec::new()),
+        ]
+        .map(|v| up(v));
+        let ratios = error_ratios(&got, &want, &half_storage_bounds(&inputs, &want));
+        let i = (0..7).fold(0, |w, i| if ratios[i] > ratios[w] || ratios[i].is_nan() { i } else { w });
+        let worst = (ratios[i], OUTPUTS[i]);
         Ok(worst)
     }
 
     /// Every file in storage type `T`; whether all are within their bounds.
     pub fn verify_all<T: CudaElement>(cuda: &CudaHost, label: &str, files: &[String]) -> bool {
-        let mut all_ok = true;
-        for f in files {
-            let name = std::path::Path::new(f).file_name().map_or(f.clone(), |n| n.to_string_lossy().into_owned());
-            match check::<T>(cuda, f) {
-                Ok((ratio, out)) => {
-                    let ok = ratio <= 1.0;
-                    println!("{name} {label} {} max_err/bound={ratio:.3e} in {out}", if ok { " ok" } else { " FAIL" });
-                    all_ok &= ok;
-                }
-                Err(e) => {
-                    println!("{name} {label}  FAIL error: {e}");
-                    all_ok = false;
-                }
-            }
-        }
-        all_ok
+        super::report_all(files, label, |f| {
+            let (ratio, out) = check::<T>(cuda, f)?;
+            Ok((ratio <= 1.0, format!("max_err/bound={ratio:.3e} in {out}")))
+        })
     }
 }

@@ -430,11 +430,11 @@ mod with_feature {
     }
 
     mod half16 {
-        use rnn_kernels::testkit::tolerance::{half_storage_bounds, HalfInputs, OUTPUTS};
+        use rnn_kernels::testkit::tolerance::{error_ratios, half_storage_bounds, reference_outputs, HalfInputs, OUTPUTS};
         use rnn_kernels::testkit::SplitMix64;
         use rnn_kernels::CudaElement;
         use rnn_kernels::{Backend, Cuda, CudaHost, Element, ForwardInput, ForwardOutput};
-        use rnn_kernels::{Params, Reference, Rnn, RnnConfig, SeqShape};
+        use rnn_kernels::{Params, Rnn, RnnConfig, SeqShape};
 
         fn up<T: Element>(v: &[T]) -> Vec<f64> {
             v.iter().map(|a| a.to_f64()).collect()
@@ -486,11 +486,9 @@ mod with_feature {
             // The reference on the same rounded values.
             let (pf, xf, h0f, dyf, dhnf) = (up(&params), up(&x), up(&h0), up(&dy), up(&dhn));
             let (c0f, dcnf) = (c0.as_deref().map(up), dcn.as_deref().map(up));
-            let r = Rnn::new(Reference, cfg, &pf[..]).unwrap();
-            let mut rr = Default::default();
-            let ro = r.forward_training(shape, &xf, Some(&h0f), c0f.as_deref(), &mut rr).unwrap();
-            let rg = r.backward(&rr, Some(&dyf), Some(&dhnf), dcnf.as_deref()).unwrap();
-            let want = vec![ro.y, ro.hn, ro.cn.unwrap_or_default(), rg.dx, rg.dh0, rg.dc0.unwrap_or_default(), rg.dparams.unwrap()];
+            let inputs =
+                HalfInputs { cfg, shape, u, params: &pf, x: &xf, h0: &h0f, c0: c0f.as_deref(), dy: &dyf, dhn: &dhnf, dcn: dcnf.as_deref() };
+            let want = reference_outputs(&inputs).unwrap();
             let got = [
                 up(&o.y),
                 up(&o.hn),
@@ -500,27 +498,9 @@ mod with_feature {
                 g.dc0.as_deref().map(up).unwrap_or_default(),
                 up(&dp),
             ];
-            let inputs =
-                HalfInputs { cfg, shape, u, params: &pf, x: &xf, h0: &h0f, c0: c0f.as_deref(), dy: &dyf, dhn: &dhnf, dcn: dcnf.as_deref() };
-            let bounds = half_storage_bounds(&inputs, &want);
-            let mut ratios = [0.0; 7];
-            for i in 0..7 {
-                let err = got[i].iter().zip(&want[i]).fold(0.0f64, |m, (g, w)| {
-                    let e = (g - w).abs();
-                    if e.is_nan() {
-                        f64::INFINITY
-                    } else {
-                        m.max(e)
-                    }
-                });
-                assert!(
-                    got[i].len() == want[i].len() && err <= bounds[i],
-                    "{:?} {}: error {err:.3e} > bound {:.3e} ({cfg:?}, {shape:?})",
-                    T::DTYPE,
-                    OUTPUTS[i],
-                    bounds[i]
-                );
-                ratios[i] = err / bounds[i];
+            let ratios = error_ratios(&got, &want, &half_storage_bounds(&inputs, &want));
+            for (i, r) in ratios.iter().enumerate() {
+                assert!(*r <= 1.0, "{:?} {}: error / bound = {r:.3e} ({cfg:?}, {shape:?})", T::DTYPE, OUTPUTS[i]);
             }
             ratios
         }

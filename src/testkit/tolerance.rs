@@ -132,3 +132,27 @@ pub fn half_storage_bounds(p: &HalfInputs<'_>, want: &[Vec<f64>]) -> [f64; 7] {
     let e_p = u * maxabs(&want[6]) + tl * bl * (m_x * (u * m_g + e_b) + m_g * e_f);
     [e_f, e_f, e_f, e_b, e_b, e_b, e_p]
 }
+
+/// The f64 reference's outputs on `p`, in the order of [`OUTPUTS`]: a training forward from
+/// `h0`, `c0`, then backward from `dy`, `dhn`, `dcn` (`cn`, `dc0` empty for cells without a
+/// cell state).
+pub fn reference_outputs(p: &HalfInputs<'_>) -> crate::Result<Vec<Vec<f64>>> {
+    let rnn = Rnn::new(Reference, p.cfg, p.params)?;
+    let mut reserve = Default::default();
+    let o = rnn.forward_training(p.shape, p.x, Some(p.h0), p.c0, &mut reserve)?;
+    let g = rnn.backward(&reserve, Some(p.dy), Some(p.dhn), p.dcn)?;
+    Ok(vec![o.y, o.hn, o.cn.unwrap_or_default(), g.dx, g.dh0, g.dc0.unwrap_or_default(), g.dparams.unwrap_or_default()])
+}
+
+/// `max |got - want| / bound` of each output, in the order of [`OUTPUTS`]: infinite where an
+/// output has the wrong length or holds a NaN (so a ratio ≤ 1 means within the bound).
+pub fn error_ratios(got: &[Vec<f64>], want: &[Vec<f64>], bounds: &[f64; 7]) -> [f64; 7] {
+    std::array::from_fn(|i| {
+        if got[i].len() != want[i].len() {
+            return f64::INFINITY;
+        }
+        let err =
+            got[i].iter().zip(&want[i]).map(|(g, w)| (g - w).abs()).fold(0.0f64, |m, e| if e.is_nan() { f64::INFINITY } else { m.max(e) });
+        err / bounds[i]
+    })
+}

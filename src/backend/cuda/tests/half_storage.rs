@@ -6,7 +6,7 @@
 use super::super::emulation::{gemm_ex, sgemm, Emulation};
 use super::super::exec::GemmArgs;
 use super::*;
-use crate::testkit::tolerance::{half_storage_bounds, HalfInputs, OUTPUTS};
+use crate::testkit::tolerance::{error_ratios, half_storage_bounds, HalfInputs, OUTPUTS};
 use crate::{CellKind, Dtype};
 
 impl<T: Element> Problem<T> {
@@ -47,28 +47,10 @@ impl<T: Element> Problem<T> {
             dhn: &dhn,
             dcn: dcn.as_deref(),
         };
-        let bounds = half_storage_bounds(&inputs, &want);
-        let mut ratios = [0.0f64; 7];
-        for i in 0..7 {
-            let err = got[i].iter().zip(&want[i]).fold(0.0f64, |m, (g, w)| {
-                let e = (g.to_f64() - w).abs();
-                if e.is_nan() {
-                    f64::INFINITY
-                } else {
-                    m.max(e)
-                }
-            });
-            if err > bounds[i] {
-                return Err(format!(
-                    "{:?}: {} error {err:.3e} > bound {:.3e}: {:?} {:?}",
-                    T::DTYPE,
-                    OUTPUTS[i],
-                    bounds[i],
-                    self.cfg,
-                    self.shape
-                ));
-            }
-            ratios[i] = err / bounds[i];
+        let got: Vec<Vec<f64>> = got.iter().map(|v| up(v)).collect();
+        let ratios = error_ratios(&got, &want, &half_storage_bounds(&inputs, &want));
+        if let Some(i) = (0..7).find(|&i| ratios[i].is_nan() || ratios[i] > 1.0) {
+            return Err(format!("{:?}: {} error / bound = {:.3e}: {:?} {:?}", T::DTYPE, OUTPUTS[i], ratios[i], self.cfg, self.shape));
         }
         Ok(ratios)
     }
