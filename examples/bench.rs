@@ -16,8 +16,10 @@
 
 use rnn_kernels::testkit::SplitMix64;
 use rnn_kernels::{
-    Backend, BackwardInput, BackwardOutput, CellKind, Cpu, ForwardInput, ForwardOutput, GradMode, Params, Reference, RnnConfig, SeqShape,
+    Backend, BackwardInput, BackwardOutput, CellKind, Cpu, Element, ForwardInput, ForwardOutput, GradMode, Params, Reference, RnnConfig,
+    SeqShape,
 };
+use std::borrow::BorrowMut;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -123,6 +125,56 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// The buffers of the timed calls, in the backend's memory (`V`: a host `Vec`, a device buffer).
+struct Bufs<V> {
+    x: V,
+    dy: V,
+    y: V,
+    hn: V,
+    cn: Option<V>,
+    dx: V,
+    dparams: V,
+}
+
+/// The timed loop on any backend: per-rep milliseconds. `sync` waits for the work the backend
+/// has queued (nothing to wait for on the host; the device is synchronised before each clock
+/// stop).
+fn time_loop<T: Element, B: Backend<T>, V: BorrowMut<B::Buf>>(
+    backend: &B,
+    plan: &B::Plan,
+    shape: &SeqShape,
+    bufs: &mut Bufs<V>,
+    a: &Args,
+    sync: impl Fn() -> Result<(), rnn_kernels::Error>,
+) -> Result<Vec<f64>, rnn_kernels::Error> {
+    let mut reserve = B::Reserve::default();
+    let mut times = Vec::with_capacity(a.reps);
+    sync()?;
+    for rep in 0..a.warmup + a.reps {
+        let t0 = Instant::now();
+        let input = ForwardInput { x: bufs.x.borrow(), h0: None, c0: None };
+        let output = ForwardOutput { y: bufs.y.borrow_mut(), hn: Some(bufs.hn.borrow_mut()), cn: bufs.cn.as_mut().map(|c| c.borrow_mut()) };
+        if a.train {
+            backend.forward_training(plan, shape, input, output, &mut reserve)?;
+            backend.backward(
+                plan,
+                &reserve,
+                BackwardInput { dy: Some(bufs.dy.borrow()), dhn: None, dcn: None },
+                BackwardOutput { dx: Some(bufs.dx.borrow_mut()), dh0: None, dc0: None, dparams: Some(bufs.dparams.borrow_mut()) },
+                GradMode::Overwrite,
+            )?;
+        } else {
+            backend.forward_inference(plan, shape, input, output)?;
+        }
+        sync()?;
+        std::hint::black_box(&*bufs);
+        if rep >= a.warmup {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    Ok(times)
+}
+
 /// Runs the timed loop on a host backend in f32; returns per-rep milliseconds.
 fn time_host<B: Backend<f32, Buf = [f32]>>(
     backend: &B,
@@ -137,46 +189,25 @@ fn time_host<B: Backend<f32, Buf = [f32]>>(
     let n = |s: [usize; 3]| s.iter().product::<usize>();
     let x = randn(n(shape.x_shape(cfg)));
     let dy = randn(n(shape.y_shape(cfg)));
-    let mut y = vec![0.0; n(shape.y_shape(cfg))];
-    let mut hn = vec![0.0; n(shape.h_shape(cfg))];
-    let mut cn = cfg.cell().has_cell_state().then(|| vec![0.0; n(shape.c_shape(cfg))]);
-    let mut dx = vec![0.0; x.len()];
-    let mut dparams = vec![0.0; params.layout().len()];
-    let mut reserve = B::Reserve::default();
-    let mut times = Vec::with_capacity(a.reps);
-    for rep in 0..a.warmup + a.reps {
-        let t0 = Instant::now();
-        let input = ForwardInput { x: &x[..], h0: None, c0: None };
-        let output = ForwardOutput { y: &mut y[..], hn: Some(&mut hn[..]), cn: cn.as_deref_mut() };
-        if a.train {
-            backend.forward_training(&plan, shape, input, output, &mut reserve)?;
-            backend.backward(
-                &plan,
-                &reserve,
-                BackwardInput { dy: Some(&dy), dhn: None, dcn: None },
-                BackwardOutput { dx: Some(&mut dx), dh0: None, dc0: None, dparams: Some(&mut dparams) },
-                GradMode::Overwrite,
-            )?;
-        } else {
-            backend.forward_inference(&plan, shape, input, output)?;
-        }
-        std::hint::black_box((&y, &dx, &dparams));
-        if rep >= a.warmup {
-            times.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    Ok(times)
+    let mut bufs = Bufs {
+        dx: vec![0.0; x.len()],
+        x,
+        dy,
+        y: vec![0.0; n(shape.y_shape(cfg))],
+        hn: vec![0.0; n(shape.h_shape(cfg))],
+        cn: cfg.cell().has_cell_state().then(|| vec![0.0; n(shape.c_shape(cfg))]),
+        dparams: vec![0.0; params.layout().len()],
+    };
+    time_loop(backend, &plan, shape, &mut bufs, a, || Ok(()))
 }
 
 /// The CUDA backend timed on device buffers: inputs uploaded once, nothing copied back inside
 /// the timed loop, and the device synchronised before each clock stop.
 #[cfg(feature = "cuda")]
 mod cuda_bench {
-    use super::Args;
+    use super::{time_loop, Args, Bufs};
     use rnn_kernels::testkit::SplitMix64;
-    use rnn_kernels::CudaElement;
-    use rnn_kernels::{Backend, BackwardInput, BackwardOutput, Cuda, ForwardInput, ForwardOutput, GradMode, Params, RnnConfig, SeqShape};
-    use std::time::Instant;
+    use rnn_kernels::{Backend, Cuda, CudaElement, Params, RnnConfig, SeqShape};
 
     /// Times `a.dtype` storage.
     pub fn time(cuda: &Cuda, cfg: &RnnConfig, shape: &SeqShape, a: &Args) -> Result<Vec<f64>, rnn_kernels::Error> {
@@ -193,38 +224,16 @@ mod cuda_bench {
         let mut rng = SplitMix64::new(2);
         let mut randn = |n: usize| (0..n).map(|_| T::from_f64(rng.normal())).collect::<Vec<T>>();
         let n = |s: [usize; 3]| s.iter().product::<usize>();
-        let x = cuda.upload(&randn(n(shape.x_shape(cfg))))?;
-        let dy = cuda.upload(&randn(n(shape.y_shape(cfg))))?;
-        let mut y = cuda.zeros::<T>(n(shape.y_shape(cfg)))?;
-        let mut hn = cuda.zeros(n(shape.h_shape(cfg)))?;
-        let mut cn = cfg.cell().has_cell_state().then(|| cuda.zeros(n(shape.c_shape(cfg)))).transpose()?;
-        let mut dx = cuda.zeros(n(shape.x_shape(cfg)))?;
-        let mut dparams = cuda.zeros(params.layout().len())?;
-        let mut reserve = Default::default();
-        let mut times = Vec::with_capacity(a.reps);
-        cuda.synchronize()?;
-        for rep in 0..a.warmup + a.reps {
-            let t0 = Instant::now();
-            let input = ForwardInput { x: &x, h0: None, c0: None };
-            let output = ForwardOutput { y: &mut y, hn: Some(&mut hn), cn: cn.as_mut() };
-            if a.train {
-                cuda.forward_training(&plan, shape, input, output, &mut reserve)?;
-                cuda.backward(
-                    &plan,
-                    &reserve,
-                    BackwardInput { dy: Some(&dy), dhn: None, dcn: None },
-                    BackwardOutput { dx: Some(&mut dx), dh0: None, dc0: None, dparams: Some(&mut dparams) },
-                    GradMode::Overwrite,
-                )?;
-            } else {
-                cuda.forward_inference(&plan, shape, input, output)?;
-            }
-            cuda.synchronize()?;
-            if rep >= a.warmup {
-                times.push(t0.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        Ok(times)
+        let mut bufs = Bufs {
+            x: cuda.upload(&randn(n(shape.x_shape(cfg))))?,
+            dy: cuda.upload(&randn(n(shape.y_shape(cfg))))?,
+            y: cuda.zeros::<T>(n(shape.y_shape(cfg)))?,
+            hn: cuda.zeros(n(shape.h_shape(cfg)))?,
+            cn: cfg.cell().has_cell_state().then(|| cuda.zeros(n(shape.c_shape(cfg)))).transpose()?,
+            dx: cuda.zeros(n(shape.x_shape(cfg)))?,
+            dparams: cuda.zeros(params.layout().len())?,
+        };
+        time_loop(cuda, &plan, shape, &mut bufs, a, || cuda.synchronize())
     }
 }
 
