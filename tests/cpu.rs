@@ -7,7 +7,7 @@
 mod common;
 
 use common::describe;
-use common::parity::{case_files, config, Problem, GRAD_TOL};
+use common::parity::{case_files, config, errors, Problem, GRAD_TOL};
 use proptest::prelude::*;
 use rnn_kernels::testkit::case::{run_case, Case};
 use rnn_kernels::{CellKind, Cpu, Isa, RnnConfig, SeqShape};
@@ -23,8 +23,8 @@ proptest! {
         let p = Problem::new(&cfg, &shape, seed, 25.0);
         let want = p.run_reference();
         for isa in Isa::available() {
-            let got = p.run_f32(Cpu::with_isa(isa, 2).unwrap());
-            for (name, err, tol) in p.errors(&got, &want) {
+            let got = p.run(Cpu::with_isa(isa, 2).unwrap());
+            for (name, err, tol) in errors(&got, &want) {
                 prop_assert!(err <= tol, "{isa}: {name} error {err:.3e} > {tol:e}: {}", describe(&cfg, &shape));
             }
         }
@@ -69,13 +69,13 @@ fn results_are_bit_identical_for_any_thread_count() {
         let shape = SeqShape::with_lengths(steps, (0..batch).map(|b| 1 + (b * 5) % steps).collect()).unwrap();
         let p = Problem::new(cfg, &shape, 77, 3.0);
         for isa in Isa::available() {
-            let one = p.run_f32(Cpu::with_isa(isa, 1).unwrap());
+            let one = p.run(Cpu::with_isa(isa, 1).unwrap());
             for &threads in thread_counts {
-                let many = p.run_f32(Cpu::with_isa(isa, threads).unwrap());
+                let many = p.run(Cpu::with_isa(isa, threads).unwrap());
                 assert!(one == many, "{isa}, {threads} threads differ from 1 thread: {}", describe(cfg, &shape));
             }
             // And still right.
-            for (name, err, tol) in p.errors(&one, &p.run_reference()) {
+            for (name, err, tol) in errors(&one, &p.run_reference()) {
                 assert!(err <= tol, "{isa}: {name} error {err:.3e}: {}", describe(cfg, &shape));
             }
         }
@@ -98,14 +98,14 @@ fn inference_equals_the_training_forward_for_any_thread_count() {
             let p = Problem::new(&cfg, &shape, 91, 3.0);
             let want = p.run_reference();
             for isa in Isa::available() {
-                let trained = p.run_f32(Cpu::with_isa(isa, 1).unwrap());
+                let trained = p.run(Cpu::with_isa(isa, 1).unwrap());
                 for threads in [1, 2, 3] {
-                    let got = p.run_inference_f32(Cpu::with_isa(isa, threads).unwrap());
+                    let got = p.run_inference(Cpu::with_isa(isa, threads).unwrap());
                     let ctx = format!("{isa}, {threads} threads: {}", describe(&cfg, &shape));
                     for (i, name) in ["y", "hn", "cn"].iter().enumerate() {
                         assert!(got[i] == trained[i], "{ctx}: inference {name} differs from the training forward's");
                     }
-                    for ((name, err, tol), _) in p.errors(&got, &want).into_iter().zip(0..3) {
+                    for ((name, err, tol), _) in errors(&got, &want).into_iter().zip(0..3) {
                         assert!(err <= tol, "{ctx}: {name} error {err:.3e}");
                     }
                 }

@@ -27,7 +27,7 @@ fn cuda_backend() {
 #[cfg(feature = "cuda")]
 mod with_feature {
     use super::common::describe;
-    use super::common::parity::{case_files, config, up, Problem, FWD_TOL, GRAD_TOL};
+    use super::common::parity::{case_files, config, errors, up, Problem, FWD_TOL, GRAD_TOL};
     use super::required;
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
@@ -84,8 +84,8 @@ mod with_feature {
                 // B ≤ 5 here: an LSTM without projection, a GRU and an RNN take the persistent
                 // kernels when allowed.
                 for persistent in [false, true] {
-                    let got = p.run_f32(CudaHost(c.clone().with_persistent(persistent)));
-                    for (name, err, tol) in p.errors(&got, &want) {
+                    let got = p.run(CudaHost(c.clone().with_persistent(persistent)));
+                    for (name, err, tol) in errors(&got, &want) {
                         prop_assert!(err <= tol, "persistent={persistent}: {name} error {err:.3e} > {tol:e}: {}", describe(&cfg, &shape));
                     }
                 }
@@ -109,8 +109,8 @@ mod with_feature {
         for cfg in &configs {
             let shape = SeqShape::with_lengths(9, (0..37).map(|b| 1 + (b * 5) % 9).collect()).unwrap();
             let p = Problem::new(cfg, &shape, 77, 3.0);
-            let got = p.run_f32(CudaHost(c.clone()));
-            for (name, err, tol) in p.errors(&got, &p.run_reference()) {
+            let got = p.run(CudaHost(c.clone()));
+            for (name, err, tol) in errors(&got, &p.run_reference()) {
                 assert!(err <= tol, "{name} error {err:.3e} > {tol:e}: {}", describe(cfg, &shape));
             }
         }
@@ -133,10 +133,10 @@ mod with_feature {
             let shape = SeqShape::with_lengths(40, (0..b).map(|i| 40 - (i * 7) % 40).collect()).unwrap();
             let p = Problem::new(&cfg, &shape, 3, 3.0);
             let want = p.run_reference();
-            let on = p.run_f32(CudaHost(c.clone().require_persistent(true)));
-            let off = p.run_f32(CudaHost(c.clone().with_persistent(false)));
+            let on = p.run(CudaHost(c.clone().require_persistent(true)));
+            let off = p.run(CudaHost(c.clone().with_persistent(false)));
             for (got, label) in [(&on, "persistent"), (&off, "per-step")] {
-                for (name, err, tol) in p.errors(got, &want) {
+                for (name, err, tol) in errors(got, &want) {
                     assert!(err <= tol, "{label}: {name} error {err:.3e} > {tol:e}: {}", describe(&cfg, &shape));
                 }
             }
@@ -164,16 +164,16 @@ mod with_feature {
         for (cfg, t, b, reference) in cases {
             let shape = SeqShape::with_lengths(t, (0..b).map(|i| t - (i * 13) % t).collect()).unwrap();
             let p = Problem::new(&cfg, &shape, 21, 3.0);
-            let on = p.run_f32(CudaHost(c.clone().with_persistent(false).with_layer_overlap(true)));
-            let off = p.run_f32(CudaHost(c.clone().with_persistent(false).with_layer_overlap(false)));
+            let on = p.run(CudaHost(c.clone().with_persistent(false).with_layer_overlap(true)));
+            let off = p.run(CudaHost(c.clone().with_persistent(false).with_layer_overlap(false)));
             let what = describe(&cfg, &shape);
             for (i, name) in ["y", "hn", "cn", "dx", "dh0", "dc0", "dparams"].iter().enumerate() {
                 let err = max_error(&on[i], &off[i]);
                 let tol = if i < 3 { FWD_TOL } else { GRAD_TOL };
                 assert!(err <= tol, "wavefront against layer by layer: {name} differs by {err:.3e} > {tol:e}: {what}");
             }
-            let inf_on = p.run_inference_f32(CudaHost(c.clone().with_persistent(false).with_layer_overlap(true)));
-            let inf_off = p.run_inference_f32(CudaHost(c.clone().with_persistent(false).with_layer_overlap(false)));
+            let inf_on = p.run_inference(CudaHost(c.clone().with_persistent(false).with_layer_overlap(true)));
+            let inf_off = p.run_inference(CudaHost(c.clone().with_persistent(false).with_layer_overlap(false)));
             for (i, (a, b)) in inf_on.iter().zip(&inf_off).enumerate() {
                 let err = max_error(a, b);
                 assert!(err <= FWD_TOL, "wavefront inference output {i} differs by {err:.3e}: {what}");
@@ -181,7 +181,7 @@ mod with_feature {
             if reference {
                 let want = p.run_reference();
                 for (got, label) in [(&on, "wavefront"), (&off, "layer by layer")] {
-                    for (name, err, tol) in p.errors(got, &want) {
+                    for (name, err, tol) in errors(got, &want) {
                         assert!(err <= tol, "{label}: {name} error {err:.3e} > {tol:e}: {what}");
                     }
                 }
@@ -244,10 +244,10 @@ mod with_feature {
                 let shape = SeqShape::with_lengths(40, (0..b).map(|i| 40 - (i * 13) % 40).collect()).unwrap();
                 let p = Problem::new(&cfg, &shape, 11, 3.0);
                 let want = p.run_reference();
-                let on = p.run_f32(required.clone());
-                let off = p.run_f32(per_step.clone());
+                let on = p.run(required.clone());
+                let off = p.run(per_step.clone());
                 for (got, label) in [(&on, "persistent"), (&off, "per-step")] {
-                    for (name, err, tol) in p.errors(got, &want) {
+                    for (name, err, tol) in errors(got, &want) {
                         assert!(err <= tol, "{label}: {name} error {err:.3e} > {tol:e}: {}", describe(&cfg, &shape));
                     }
                 }
@@ -308,7 +308,7 @@ mod with_feature {
         let cfg = RnnConfig::new(CellKind::Lstm, 5, 7).num_layers(2).bidirectional(true).build().unwrap();
         let shape = SeqShape::with_lengths(4, vec![4, 2, 3]).unwrap();
         let p = Problem::new(&cfg, &shape, 5, 2.0);
-        let want = p.run_f32(CudaHost(c.clone()));
+        let want = p.run(CudaHost(c.clone()));
 
         let up = |v: &[f32]| c.upload(v).unwrap();
         let plan = c.plan(&cfg, &up(&p.params)).unwrap();

@@ -6,6 +6,8 @@
 //! - [`tolerance`]: the derived error bounds of f16 and bf16 storage.
 //! - [`bench`](mod@bench): hooks that time the CPU backend's fused cell kernels, its SGEMMs and its
 //!   thread hand-off alone.
+//! - [`Problem`]: a random problem in any element type, run on a backend and on the f64
+//!   reference.
 //! - [`SplitMix64`]: the seeded generator the crate initialises parameters with, for
 //!   reproducible random problems.
 //!
@@ -14,6 +16,8 @@
 
 pub mod bench;
 pub mod case;
+mod problem;
 pub mod tolerance;
 
 pub use crate::rng::SplitMix64;
+pub use problem::{up, Problem, OUTPUTS};

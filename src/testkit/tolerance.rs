@@ -31,7 +31,7 @@ use crate::backend::Reference;
 use crate::{ParamLayout, Rnn, RnnConfig, SeqShape};
 
 /// The outputs [`half_storage_bounds`] bounds, in its order.
-pub const OUTPUTS: [&str; 7] = ["y", "hn", "cn", "dx", "dh0", "dc0", "dparams"];
+pub use super::problem::OUTPUTS;
 
 /// A problem as the reference sees it: every value already rounded to the 16-bit type, as f64.
 #[derive(Debug, Clone, Copy)]

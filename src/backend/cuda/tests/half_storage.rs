@@ -249,15 +249,17 @@ fn emulated_half_storage_exact_on_integer_problems() {
                 let t = |v: &[f64]| v.iter().map(|&a| T::from_f64(a)).collect::<Vec<T>>();
                 let p = Problem::<T> {
                     layout: ParamLayout::new(cfg),
-                    cfg: cfg.clone(),
-                    shape: shape.clone(),
-                    params: t(v[0]),
-                    x: t(v[1]),
-                    h0: t(v[2]),
-                    c0: None,
-                    dy: t(v[3]),
-                    dhn: t(v[4]),
-                    dcn: None,
+                    p: crate::testkit::Problem {
+                        cfg: cfg.clone(),
+                        shape: shape.clone(),
+                        params: t(v[0]),
+                        x: t(v[1]),
+                        h0: t(v[2]),
+                        c0: None,
+                        dy: t(v[3]),
+                        dhn: t(v[4]),
+                        dcn: None,
+                    },
                 };
                 p.run_storage().iter().map(|o| up(o)).collect()
             }

@@ -23,7 +23,7 @@ use super::driver::{backward, forward, BackwardViews, CudaReserve, ForwardViews,
 use super::exec::{Exec, Paths};
 use crate::backend::{GradMode, Reference};
 use crate::testkit::SplitMix64;
-use crate::{Element, ParamLayout, Params, Rnn, RnnConfig, SeqShape};
+use crate::{Element, ParamLayout, Rnn, RnnConfig, SeqShape};
 
 fn view<T: Element>(v: &[T]) -> View {
     View { ptr: v.as_ptr() as u64, len: v.len(), ty: T::DTYPE }
@@ -75,44 +75,27 @@ impl WithPaths for Exec<'_> {
     }
 }
 
-/// A random problem of storage type `T`: parameters, inputs, initial states and incoming
-/// gradients.
+/// A random problem of storage type `T` (the testkit's: parameters, inputs, initial states and
+/// incoming gradients) with its parameter layout, run on the emulated driver.
 struct Problem<T> {
-    cfg: RnnConfig,
-    shape: SeqShape,
+    p: crate::testkit::Problem<T>,
     layout: ParamLayout,
-    params: Vec<T>,
-    x: Vec<T>,
-    h0: Vec<T>,
-    c0: Option<Vec<T>>,
-    dy: Vec<T>,
-    dhn: Vec<T>,
-    dcn: Option<Vec<T>>,
+}
+
+impl<T> std::ops::Deref for Problem<T> {
+    type Target = crate::testkit::Problem<T>;
+    fn deref(&self) -> &Self::Target {
+        &self.p
+    }
 }
 
 /// The outputs of a forward pass: y, hn, cn (empty for other cells than the LSTM).
 type ForwardOut<T> = [Vec<T>; 3];
 
 impl<T: Element> Problem<T> {
-    /// Inputs uniform in `±x_range`, `h0`, `dy`, `dhn`, `dcn` in ±1, `c0` in ±2, PyTorch's
-    /// initialisation for the parameters.
+    /// The testkit's problem (`crate::testkit::Problem::new`).
     fn new(cfg: &RnnConfig, shape: &SeqShape, seed: u64, x_range: f64) -> Self {
-        let mut rng = SplitMix64::new(seed);
-        let mut u = |n: usize, r: f64| (0..n).map(|_| T::from_f64(rng.uniform(-r, r))).collect::<Vec<T>>();
-        let n = |s: [usize; 3]| s.iter().product::<usize>();
-        let lstm = cfg.cell().has_cell_state();
-        Problem {
-            x: u(n(shape.x_shape(cfg)), x_range),
-            h0: u(n(shape.h_shape(cfg)), 1.0),
-            c0: lstm.then(|| u(n(shape.c_shape(cfg)), 2.0)),
-            dy: u(n(shape.y_shape(cfg)), 1.0),
-            dhn: u(n(shape.h_shape(cfg)), 1.0),
-            dcn: lstm.then(|| u(n(shape.c_shape(cfg)), 1.0)),
-            params: Params::<T>::init_uniform(cfg, seed ^ 0xabc).into_vec(),
-            layout: ParamLayout::new(cfg),
-            cfg: cfg.clone(),
-            shape: shape.clone(),
-        }
+        Problem { p: crate::testkit::Problem::new(cfg, shape, seed, x_range), layout: ParamLayout::new(cfg) }
     }
 
     fn weights(&self) -> Weights<'_> {
@@ -205,16 +188,5 @@ impl<T: Element> Problem<T> {
         let [dx, dh0, dc0, dp] = self.backward_on(bwd, &reserve);
         let acc = self.accumulate_on(bwd, &reserve, &dp);
         (vec![y, hn, cn, dx, dh0, dc0, dp], acc)
-    }
-
-    /// `[y, hn, cn, dx, dh0, dc0, dparams]` of the f64 reference on the same values.
-    fn run_reference(&self) -> Vec<Vec<f64>> {
-        let rnn = Rnn::new(Reference, &self.cfg, &up(&self.params)[..]).unwrap();
-        let mut reserve = Default::default();
-        let c0 = self.c0.as_deref().map(up);
-        let o = rnn.forward_training(&self.shape, &up(&self.x), Some(&up(&self.h0)), c0.as_deref(), &mut reserve).unwrap();
-        let dcn = self.dcn.as_deref().map(up);
-        let g = rnn.backward(&reserve, Some(&up(&self.dy)), Some(&up(&self.dhn)), dcn.as_deref()).unwrap();
-        vec![o.y, o.hn, o.cn.unwrap_or_default(), g.dx, g.dh0, g.dc0.unwrap_or_default(), g.dparams.unwrap()]
     }
 }
