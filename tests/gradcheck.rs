@@ -16,7 +16,7 @@
 
 mod common;
 
-use common::{describe, sweep_configs, Problem};
+use common::{describe, sweep_configs, F64Problem, Problem};
 use rnn_kernels::{Reference, Rnn, SeqShape};
 
 /// Step for smooth cells.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{describe, Problem};
+use common::{describe, F64Problem, Problem};
 use rnn_kernels::testkit::case::max_error;
 use rnn_kernels::{CellKind, GradMode, Reference, Rnn, RnnConfig, SeqShape};
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{describe, Problem};
+use common::{describe, F64Problem, Problem};
 use proptest::prelude::*;
 use rnn_kernels::testkit::case::max_error;
 use rnn_kernels::{CellKind, Reference, Rnn, RnnConfig, SeqShape};

@@ -6,29 +6,26 @@ pub mod parity;
 pub mod tempdir;
 
 use rnn_kernels::testkit::SplitMix64;
-use rnn_kernels::{Backend, CellKind, ForwardInput, ForwardOutput, Params, Reference, RnnConfig, SeqShape};
+use rnn_kernels::{CellKind, Params, Reference, RnnConfig, SeqShape};
 
-/// A random problem: parameters, inputs and upstream gradients, all in f64.
-#[derive(Clone, Debug)]
-pub struct Problem {
-    pub cfg: RnnConfig,
-    pub shape: SeqShape,
-    pub params: Vec<f64>,
-    pub x: Vec<f64>,
-    pub h0: Vec<f64>,
-    pub c0: Option<Vec<f64>>,
-    pub dy: Vec<f64>,
-    pub dhn: Vec<f64>,
-    pub dcn: Option<Vec<f64>>,
-}
+/// A random problem in f64 (the testkit's), made by [`F64Problem::random`].
+pub type Problem = rnn_kernels::testkit::Problem<f64>;
 
 fn normals(rng: &mut SplitMix64, n: usize, scale: f64) -> Vec<f64> {
     (0..n).map(|_| scale * rng.normal()).collect()
 }
 
-impl Problem {
-    /// Parameters uniform in ±`param_scale`/sqrt(H), everything else standard normal.
-    pub fn random(cfg: &RnnConfig, shape: &SeqShape, seed: u64, param_scale: f64) -> Problem {
+/// The f64 problems of the gradient, variable-length and truncated-BPTT tests.
+pub trait F64Problem {
+    /// Parameters uniform in ±`param_scale`/sqrt(H), everything else normal (`h0`, `c0` with
+    /// standard deviation 0.5).
+    fn random(cfg: &RnnConfig, shape: &SeqShape, seed: u64, param_scale: f64) -> Self;
+    /// `L = Σ y·dy + Σ hn·dhn + Σ cn·dcn`, by an f64 reference inference pass.
+    fn loss(&self) -> f64;
+}
+
+impl F64Problem for Problem {
+    fn random(cfg: &RnnConfig, shape: &SeqShape, seed: u64, param_scale: f64) -> Problem {
         let mut rng = SplitMix64::new(seed);
         let mut params = Params::<f64>::init_uniform(cfg, seed ^ 0x5eed).into_vec();
         for p in &mut params {
@@ -49,22 +46,10 @@ impl Problem {
         }
     }
 
-    /// `L = Σ y·dy + Σ hn·dhn + Σ cn·dcn`, by an f64 reference inference pass.
-    pub fn loss(&self) -> f64 {
-        let plan = Backend::<f64>::plan(&Reference, &self.cfg, &self.params).unwrap();
-        let n = |s: [usize; 3]| vec![0.0; s.iter().product()];
-        let (mut y, mut hn) = (n(self.shape.y_shape(&self.cfg)), n(self.shape.h_shape(&self.cfg)));
-        let mut cn = self.c0.as_ref().map(|_| n(self.shape.c_shape(&self.cfg)));
-        Reference
-            .forward_inference(
-                &plan,
-                &self.shape,
-                ForwardInput { x: &self.x, h0: Some(&self.h0), c0: self.c0.as_deref() },
-                ForwardOutput { y: &mut y, hn: Some(&mut hn), cn: cn.as_deref_mut() },
-            )
-            .unwrap();
+    fn loss(&self) -> f64 {
+        let y = self.run_inference(Reference);
         let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f64>();
-        dot(&y, &self.dy) + dot(&hn, &self.dhn) + cn.as_ref().map_or(0.0, |cn| dot(cn, self.dcn.as_ref().unwrap()))
+        dot(&y[0], &self.dy) + dot(&y[1], &self.dhn) + self.dcn.as_ref().map_or(0.0, |dcn| dot(&y[2], dcn))
     }
 }
 
