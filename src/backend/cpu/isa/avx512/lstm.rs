@@ -1,4 +1,4 @@
-//! LSTM forward step, fused, 16 lanes at a time: `avx2/lstm.rs`'s forward (same maths, same two
+//! LSTM forward step of one row, fused, 16 lanes at a time: `isa/avx2/lstm.rs`'s forward (same maths, same two
 //! passes per block of 256 lanes, the same instructions per lane, and `math.rs` gives the AVX2
 //! functions' bits) on registers twice as wide. The forward evaluates 5 exponentials and 5
 //! divisions per lane and is bound by arithmetic, so the width pays; the backward runs near
@@ -6,23 +6,11 @@
 //! mask (masked lanes are not accessed).
 
 use super::math::{sigmoid, tanh};
-use crate::backend::host::CellForward;
+use crate::backend::cpu::isa::rows::FwdRow;
 use std::arch::x86_64::*;
 
 /// Lanes per block of a forward row (a multiple of 16).
 const BLOCK: usize = 256;
-
-/// One row of a forward step.
-struct Fwd<'a> {
-    h: usize,
-    xg: &'a [f32],
-    hg: &'a [f32],
-    b_hh: Option<&'a [f32]>,
-    c_prev: &'a [f32],
-    gates: &'a mut [f32],
-    c: &'a mut [f32],
-    m: &'a mut [f32],
-}
 
 /// `s[at..at + 16]`, or under `TAIL` the lanes of `k` (the others 0 and not read).
 ///
@@ -66,7 +54,7 @@ unsafe fn store<const TAIL: bool>(s: &mut [f32], at: usize, k: __mmask16, v: __m
 /// As [`load`], for each slice.
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn preact<const TAIL: bool>(r: &Fwd<'_>, at: usize, k: __mmask16) -> __m512 {
+unsafe fn preact<const TAIL: bool>(r: &FwdRow<'_>, at: usize, k: __mmask16) -> __m512 {
     // SAFETY: the caller's precondition.
     unsafe {
         let a = _mm512_add_ps(load::<TAIL>(r.xg, at, k), load::<TAIL>(r.hg, at, k));
@@ -83,7 +71,7 @@ unsafe fn preact<const TAIL: bool>(r: &Fwd<'_>, at: usize, k: __mmask16) -> __m5
 /// AVX-512F; `r`'s slices have their documented lengths; the lanes lie below `r.h`.
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn gates_chunk<const TAIL: bool>(r: &mut Fwd<'_>, j: usize, k: __mmask16) {
+unsafe fn gates_chunk<const TAIL: bool>(r: &mut FwdRow<'_>, j: usize, k: __mmask16) {
     let h = r.h;
     // SAFETY: every offset below is a lane of a `[4H]` or `[H]` row (the caller's precondition).
     unsafe {
@@ -106,7 +94,7 @@ unsafe fn gates_chunk<const TAIL: bool>(r: &mut Fwd<'_>, j: usize, k: __mmask16)
 /// As [`gates_chunk`].
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn output_chunk<const TAIL: bool>(r: &mut Fwd<'_>, j: usize, k: __mmask16) {
+unsafe fn output_chunk<const TAIL: bool>(r: &mut FwdRow<'_>, j: usize, k: __mmask16) {
     // SAFETY: as in gates_chunk.
     unsafe {
         let o = load::<TAIL>(r.gates, 3 * r.h + j, k);
@@ -115,49 +103,35 @@ unsafe fn output_chunk<const TAIL: bool>(r: &mut Fwd<'_>, j: usize, k: __mmask16
     }
 }
 
-/// The forward step.
+/// The forward step of one active row.
 ///
 /// # Safety
-/// AVX-512F, AVX2 and FMA; the slices an LSTM uses have the lengths [`CellForward`] documents
-/// (as `avx2::check_forward` checks).
+/// AVX-512F, AVX2 and FMA; the row's slices have the lengths [`FwdRow`] documents for an LSTM.
 #[target_feature(enable = "avx512f,avx2,fma")]
-pub(super) unsafe fn forward(s: CellForward<'_, f32>) {
-    let h = s.hidden;
-    let gh = 4 * h;
-    for (b, &active) in s.active.iter().enumerate() {
-        let (row, grow) = (b * h..(b + 1) * h, b * gh..(b + 1) * gh);
-        let gates = &mut s.gates[grow.clone()];
-        let c = &mut s.c[row.clone()];
-        let c_prev = &s.c_prev[row.clone()];
-        if !active {
-            gates.fill(0.0);
-            c.copy_from_slice(c_prev);
-            continue;
-        }
-        let mut r = Fwd { h, xg: &s.xg[grow.clone()], hg: &s.hg[grow], b_hh: s.b_hh, c_prev, gates, c, m: &mut s.m[row] };
-        let mut j0 = 0;
-        while j0 < h {
-            let j1 = (j0 + BLOCK).min(h);
-            let full = (j1 - j0) / 16 * 16;
-            let tail = j1 - j0 - full;
-            let k: __mmask16 = ((1u32 << tail) - 1) as __mmask16;
-            // SAFETY (both passes): the lanes lie below j1 ≤ H, in rows of the lengths
-            // check_forward proved.
-            unsafe {
-                for j in (j0..j0 + full).step_by(16) {
-                    gates_chunk::<false>(&mut r, j, 0xffff);
-                }
-                if tail > 0 {
-                    gates_chunk::<true>(&mut r, j0 + full, k);
-                }
-                for j in (j0..j0 + full).step_by(16) {
-                    output_chunk::<false>(&mut r, j, 0xffff);
-                }
-                if tail > 0 {
-                    output_chunk::<true>(&mut r, j0 + full, k);
-                }
+pub(super) unsafe fn forward(mut r: FwdRow<'_>) {
+    let h = r.h;
+    let mut j0 = 0;
+    while j0 < h {
+        let j1 = (j0 + BLOCK).min(h);
+        let full = (j1 - j0) / 16 * 16;
+        let tail = j1 - j0 - full;
+        let k: __mmask16 = ((1u32 << tail) - 1) as __mmask16;
+        // SAFETY (both passes): the lanes lie below j1 ≤ H, in rows of the lengths the
+        // caller vouched for.
+        unsafe {
+            for j in (j0..j0 + full).step_by(16) {
+                gates_chunk::<false>(&mut r, j, 0xffff);
             }
-            j0 = j1;
+            if tail > 0 {
+                gates_chunk::<true>(&mut r, j0 + full, k);
+            }
+            for j in (j0..j0 + full).step_by(16) {
+                output_chunk::<false>(&mut r, j, 0xffff);
+            }
+            if tail > 0 {
+                output_chunk::<true>(&mut r, j0 + full, k);
+            }
         }
+        j0 = j1;
     }
 }

@@ -1,10 +1,10 @@
-//! `sigmoid` and `tanh` on 16 lanes: the algorithms and constants of `avx2/math.rs`, lane for
+//! `sigmoid` and `tanh` on 16 lanes: the algorithms and constants of `isa/avx2/math.rs`, lane for
 //! lane the same instructions (round to nearest, two-step Cody–Waite reduction, the same
 //! polynomial, the same clamps, IEEE division), so every lane gives the bits the AVX2 version
 //! gives, and its accuracy (measured there against f64 over ±100, with saturation and NaN
 //! passthrough) carries over. `tests::same_bits_as_avx2` checks the identity.
 
-use crate::backend::cpu::avx2::math::{EXP_HI, EXP_P, LN2_C1, LN2_C2, LOG2E, SIG_LO, TANH_HI};
+use crate::backend::cpu::isa::avx2::math::{EXP_HI, EXP_P, LN2_C1, LN2_C2, LOG2E, SIG_LO, TANH_HI};
 use std::arch::x86_64::*;
 
 /// `x = n·ln2 + r`: `(n, e^r - 1)`.
@@ -82,8 +82,8 @@ mod tests {
                 for half in 0..2 {
                     let v8 = _mm256_loadu_ps(chunk.as_ptr().add(8 * half));
                     let (mut s8, mut t8) = ([0.0f32; 8], [0.0f32; 8]);
-                    _mm256_storeu_ps(s8.as_mut_ptr(), crate::backend::cpu::avx2::math::sigmoid(v8));
-                    _mm256_storeu_ps(t8.as_mut_ptr(), crate::backend::cpu::avx2::math::tanh(v8));
+                    _mm256_storeu_ps(s8.as_mut_ptr(), crate::backend::cpu::isa::avx2::math::sigmoid(v8));
+                    _mm256_storeu_ps(t8.as_mut_ptr(), crate::backend::cpu::isa::avx2::math::tanh(v8));
                     for l in 0..8 {
                         let x = chunk[8 * half + l];
                         assert_eq!(s16[8 * half + l].to_bits(), s8[l].to_bits(), "sigmoid({x})");

@@ -1,0 +1,55 @@
+//! AVX2+FMA GEMM for few rows against a packed weight: `out[M, N] = alpha·a[M, K]·B + beta·out`
+//! with `B` packed (see `gemm/packed.rs`), for the per-step products of a small batch (fewer rows
+//! than the 6-row tile of `sgemm.rs`, which would waste most of its FMAs here).
+//!
+//! Register tile: `R` rows × `NP` panels of 16 columns, with `R·2·NP = 8` accumulators in
+//! flight (4×1, 2×2, 1×4), enough to cover the FMA latency: one row alone would otherwise wait
+//! on two dependent chains. Each k step loads 2·NP vectors of the panel once and broadcasts
+//! `R` values of `a`; every element of `out` is one dot product summed in k order. The driver
+//! that walks rows and panels is ISA-neutral: `gemm_panels` in `gemm/sgemm.rs`.
+
+use super::Avx2;
+use crate::backend::cpu::gemm::packed::NR;
+use crate::backend::cpu::gemm::sgemm::{for_tile_rows, ATile, CTile, SkinnyTile};
+use core::arch::x86_64::*;
+
+impl SkinnyTile for Avx2 {
+    /// # Safety
+    /// AVX2 and FMA; as [`SkinnyTile::skinny`].
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
+    unsafe fn skinny<const R: usize, const NP: usize>(a: ATile, k: usize, b: *const f32, c: CTile, (alpha, beta): (f32, f32)) {
+        let stride = k * NR;
+        // SAFETY (whole body): every pointer offset below stays inside the ranges the caller
+        // vouched for.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 8]; R];
+            for kk in 0..k {
+                let mut bv = [_mm256_setzero_ps(); 8];
+                for p in 0..NP {
+                    let bp = b.add(p * stride + kk * NR);
+                    bv[2 * p] = _mm256_loadu_ps(bp);
+                    bv[2 * p + 1] = _mm256_loadu_ps(bp.add(8));
+                }
+                for r in 0..R {
+                    let av = _mm256_broadcast_ss(&*a.ptr.add(r * a.rs + kk * a.cs));
+                    for q in 0..2 * NP {
+                        acc[r][q] = _mm256_fmadd_ps(av, bv[q], acc[r][q]);
+                    }
+                }
+            }
+            // Alpha, then one FMA with beta, the same in a full tile and at an edge, whichever
+            // panels a thread's share groups into tiles.
+            let (va, vb) = (_mm256_set1_ps(alpha), _mm256_set1_ps(beta));
+            for_tile_rows::<R, 64>(c, c.cols == NP * NR, beta != 0.0, |r, buf| {
+                for (q, v) in acc[r].iter().take(2 * NP).enumerate() {
+                    let mut v = if alpha == 1.0 { *v } else { _mm256_mul_ps(va, *v) };
+                    if beta != 0.0 {
+                        v = _mm256_fmadd_ps(vb, _mm256_loadu_ps(buf.add(8 * q)), v);
+                    }
+                    _mm256_storeu_ps(buf.add(8 * q), v);
+                }
+            });
+        }
+    }
+}
