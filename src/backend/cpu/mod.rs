@@ -228,8 +228,6 @@ pub(crate) struct RowBlocking {
 impl RowBlocking {
     /// The 6-row tiles of AVX2 and NEON (and the scalar ISA's GEMM).
     pub(crate) const SIX_ROW_TILES: RowBlocking = RowBlocking { tile_rows: gemm::sgemm::MR, forward_min: 96, backward_min: 16 };
-    /// The 8-row AVX-512 tiles.
-    pub(crate) const AVX512: RowBlocking = RowBlocking { tile_rows: 8, forward_min: 32, backward_min: 16 };
 }
 
 /// Bounds of `min(parts, rows / min)` blocks of `rows` rows: whole tiles of `tile` rows, spread
@@ -374,7 +372,12 @@ mod row_block_tests {
     /// count), for every thread count up to 64 and up to 3000 rows.
     #[test]
     fn blocks_are_whole_tiles_and_never_skinny() {
-        for b in [RowBlocking::SIX_ROW_TILES, RowBlocking::AVX512] {
+        let mut blockings = vec![<isa::Scalar as Kernels>::ROW_BLOCKING];
+        #[cfg(target_arch = "x86_64")]
+        blockings.extend([<isa::Avx2 as Kernels>::ROW_BLOCKING, <isa::Avx512 as Kernels>::ROW_BLOCKING]);
+        #[cfg(target_arch = "aarch64")]
+        blockings.push(<isa::Neon as Kernels>::ROW_BLOCKING);
+        for b in blockings {
             for (min, tile) in [(b.forward_min, b.tile_rows), (b.backward_min, b.tile_rows)] {
                 for parts in 1..=64 {
                     for rows in 0..3000 {

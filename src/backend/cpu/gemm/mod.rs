@@ -247,7 +247,7 @@ pub(crate) unsafe fn gemm_tiled<K: BlockTile + SkinnyTile>(par: &Par<'_>, g: Gem
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::isa::{self, Kernels};
+    use crate::backend::cpu::isa::{with_kernels, Chosen, Isa, Kernels};
     use crate::rng::SplitMix64;
 
     fn rand_vec(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
@@ -280,30 +280,16 @@ mod tests {
 
     /// The harness every ISA's tiled GEMM runs (its `weight_gemm`, [`gemm_tiled`] with its
     /// tiles): every path against f64 within the rounding bound, and bit-identical serial and
-    /// on teams of 2 and 3. Says "skipped" where this CPU lacks the ISA (`isa` is `None`).
-    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    fn check_tiled<K: Kernels>(isa: Option<K>) {
-        let Some(isa) = isa else {
-            println!("skipped: this CPU lacks the ISA");
-            return;
-        };
+    /// on teams of 2 and 3.
+    fn check_tiled<K: Kernels>(isa: K) {
         let mut rng = SplitMix64::new(7);
         // (m, k, n): tile edges, the skinny path (m < 6: 4-row, 2-row and 1-row tiles, with the
-        // panels grouped differently by each split), K and N blocks (KC = 512, NC = 1024), row
-        // splits (m ≥ 96) and column splits, k = 0.
+        // panels grouped differently by each split), then the blocked path: K and N blocks
+        // (KC = 512, NC = 1024), row splits (m ≥ 96) and column splits, k = 0.
+        #[rustfmt::skip]
         let shapes = [
-            (1, 1, 1),
-            (1, 300, 1030),
-            (2, 200, 1000),
-            (3, 17, 33),
-            (5, 129, 200),
-            (5, 64, 16),
-            (6, 16, 16),
-            (7, 257, 45),
-            (13, 600, 100),
-            (150, 300, 70),
-            (97, 513, 1100),
-            (200, 0, 20),
+            (1, 1, 1), (1, 300, 1030), (2, 200, 1000), (3, 17, 33), (5, 129, 200), (5, 64, 16),
+            (6, 16, 16), (7, 257, 45), (13, 600, 100), (150, 300, 70), (97, 513, 1100), (200, 0, 20),
         ];
         // alpha and beta that round when multiplied, so that an edge tile computing
         // `alpha·acc + beta·c` with other instructions than a full one shows in the bits.
@@ -335,23 +321,13 @@ mod tests {
         }
     }
 
-    #[cfg(target_arch = "x86_64")]
+    /// Every ISA this CPU has that has register tiles (all but scalar).
     #[test]
-    fn avx2_gemm_matches_f64_for_every_path_and_is_thread_count_invariant() {
-        check_tiled(isa::Avx2::detect());
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn avx512_gemm_matches_f64_for_every_path_and_is_thread_count_invariant() {
-        check_tiled(isa::Avx512::detect());
-    }
-
-    #[cfg(target_arch = "aarch64")]
-    #[test]
-    fn neon_gemm_matches_f64_for_every_path_and_is_thread_count_invariant() {
-        assert!(isa::Neon::detect().is_some(), "AArch64 without NEON");
-        check_tiled(isa::Neon::detect());
+    fn tiled_gemm_matches_f64_for_every_path_and_is_thread_count_invariant() {
+        for isa in Isa::available().into_iter().filter(|&i| i != Isa::Scalar) {
+            println!("{isa}");
+            with_kernels!(Chosen::detect(isa).expect("available"), |k| check_tiled(k));
+        }
     }
 
     #[test]

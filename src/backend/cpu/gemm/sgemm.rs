@@ -88,6 +88,8 @@ pub(crate) struct ATile {
 #[derive(Clone, Copy)]
 pub(crate) struct Panels {
     pub ptr: *const f32,
+    /// Read by the tiles that span several panels (AVX-512).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub stride: usize,
 }
 

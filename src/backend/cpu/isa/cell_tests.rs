@@ -35,33 +35,19 @@ use std::collections::BTreeMap;
 /// with `token` an `Option` of the ISA's token (`None`: the tests say they were skipped), and
 /// the (cell, pass) pairs whose every output must be bit-identical to the f32 reference.
 macro_rules! cell_kernel_tests {
+    (@cells $isa:expr, $exact:tt, $($test:ident: $cell:ident),*) => {
+        $(
+            #[test]
+            fn $test() {
+                harness::check_cell($isa, CellKind::$cell, &$exact);
+            }
+        )*
+    };
     ($isa:expr, exact: [$($exact:expr),* $(,)?]) => {
         use $crate::backend::cpu::isa::cell_tests as harness;
         use $crate::config::CellKind;
 
-        fn check(cell: CellKind) {
-            harness::check_cell($isa, cell, &[$($exact),*]);
-        }
-
-        #[test]
-        fn lstm_matches_reference() {
-            check(CellKind::Lstm);
-        }
-
-        #[test]
-        fn gru_matches_reference() {
-            check(CellKind::Gru);
-        }
-
-        #[test]
-        fn rnn_tanh_matches_reference() {
-            check(CellKind::RnnTanh);
-        }
-
-        #[test]
-        fn rnn_relu_matches_reference() {
-            check(CellKind::RnnRelu);
-        }
+        $crate::backend::cpu::isa::cell_tests::cell_kernel_tests!(@cells $isa, [$($exact),*], lstm_matches_reference: Lstm, gru_matches_reference: Gru, rnn_tanh_matches_reference: RnnTanh, rnn_relu_matches_reference: RnnRelu);
 
         #[test]
         #[should_panic(expected = "Lstm cell kernel: `hg` has 31 values, expected 32")]

@@ -182,39 +182,76 @@ pub(crate) trait Kernels: Copy + Send + Sync + 'static {
     }
 }
 
-/// The per-row cell methods of [`Kernels`], in the `impl` of an ISA whose module has `lstm`,
-/// `gru` and `rnn` submodules, each with a `forward` and a `backward` row kernel (`rnn`'s
-/// generic over `RELU`) whose only needs beyond the row's lengths are the ISA's features.
-macro_rules! cell_kernels_of_modules {
-    () => {
-        unsafe fn lstm_forward(self, r: FwdRow<'_>) {
-            // SAFETY: `self` proves the ISA; the row's lengths are this method's contract.
-            unsafe { lstm::forward(r) }
+/// An ISA whose module holds a hand-written row kernel of every cell (submodules `lstm`,
+/// `gru` and `rnn`, each with a `forward` and a `backward`, `rnn`'s generic over `RELU`, whose
+/// only needs beyond the row's lengths are the ISA's features) and the register tiles of the
+/// weight products, and takes the products of two activations from [`Scalar`]: its token
+/// type, made only by `detect()` where `detected` holds, and its [`Kernels`].
+macro_rules! simd_isa {
+    ($(#[$doc:meta])* $name:ident = $isa:expr, detected: $detected:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub(crate) struct $name(());
+
+        impl $name {
+            /// The token, if this CPU has the ISA.
+            pub(crate) fn detect() -> Option<$name> {
+                ($detected).then_some($name(()))
+            }
         }
-        unsafe fn lstm_backward(self, r: BwdRow<'_>) {
-            // SAFETY: as in lstm_forward.
-            unsafe { lstm::backward(r) }
-        }
-        unsafe fn gru_forward(self, r: FwdRow<'_>) {
-            // SAFETY: as in lstm_forward.
-            unsafe { gru::forward(r) }
-        }
-        unsafe fn gru_backward(self, r: BwdRow<'_>) {
-            // SAFETY: as in lstm_forward.
-            unsafe { gru::backward(r) }
-        }
-        unsafe fn rnn_forward<const RELU: bool>(self, r: FwdRow<'_>) {
-            // SAFETY: as in lstm_forward.
-            unsafe { rnn::forward::<RELU>(r) }
-        }
-        unsafe fn rnn_backward<const RELU: bool>(self, r: BwdRow<'_>) {
-            // SAFETY: as in lstm_forward.
-            unsafe { rnn::backward::<RELU>(r) }
+
+        impl $crate::backend::cpu::isa::Kernels for $name {
+            const ISA: $crate::backend::cpu::isa::Isa = $isa;
+            type Base = $crate::backend::cpu::isa::Scalar;
+
+            fn base(self) -> Self::Base {
+                $crate::backend::cpu::isa::Scalar
+            }
+
+            unsafe fn weight_gemm_unchecked(
+                self,
+                par: &$crate::backend::cpu::gemm::Par<'_>,
+                g: $crate::backend::cpu::gemm::Gemm<'_>,
+                c: $crate::backend::host::MatMut<'_, f32>,
+            ) {
+                // SAFETY: `self` proves the ISA; the shapes are this method's contract.
+                unsafe { $crate::backend::cpu::gemm::gemm_tiled::<$name>(par, g, c) }
+            }
+
+            unsafe fn lstm_forward(self, r: FwdRow<'_>) {
+                // SAFETY: `self` proves the ISA; the row's lengths are this method's contract.
+                unsafe { lstm::forward(r) }
+            }
+
+            unsafe fn lstm_backward(self, r: BwdRow<'_>) {
+                // SAFETY: as in lstm_forward.
+                unsafe { lstm::backward(r) }
+            }
+
+            unsafe fn gru_forward(self, r: FwdRow<'_>) {
+                // SAFETY: as in lstm_forward.
+                unsafe { gru::forward(r) }
+            }
+
+            unsafe fn gru_backward(self, r: BwdRow<'_>) {
+                // SAFETY: as in lstm_forward.
+                unsafe { gru::backward(r) }
+            }
+
+            unsafe fn rnn_forward<const RELU: bool>(self, r: FwdRow<'_>) {
+                // SAFETY: as in lstm_forward.
+                unsafe { rnn::forward::<RELU>(r) }
+            }
+
+            unsafe fn rnn_backward<const RELU: bool>(self, r: BwdRow<'_>) {
+                // SAFETY: as in lstm_forward.
+                unsafe { rnn::backward::<RELU>(r) }
+            }
         }
     };
 }
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-use cell_kernels_of_modules;
+use simd_isa;
 
 /// The ISA a [`Cpu`](super::Cpu) was made with, as its token.
 #[derive(Debug, Clone, Copy)]

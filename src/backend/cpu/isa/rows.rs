@@ -4,62 +4,20 @@
 //!
 //! Bounds: [`forward`] and [`backward`] assert once per step that every slice the cell uses has
 //! its documented length (`[B, G·H]`, `[B, H]`, `[G·H]`, overflow checked), then cut each row by
-//! safe slicing, so a kernel is given rows of exactly the lengths [`FwdRow`] and [`BwdRow`]
-//! document and needs no check of its own (only `debug_assert!`s on its raw loads and stores).
+//! safe slicing, so a kernel is given rows of exactly the lengths [`CellForward`] and
+//! [`CellBackward`] document for one row and needs no check of its own (only `debug_assert!`s on its raw loads and stores).
 //! Slices a cell does not use are neither checked nor read.
 
 use super::Kernels;
 use crate::backend::host::{CellBackward, CellForward};
 use crate::config::CellKind;
 
-/// One active row of a forward step: `G` gates of `H = h` units. A slice the cell does not use
-/// is empty.
-pub(crate) struct FwdRow<'a> {
-    pub h: usize,
-    /// `[G·H]`: `W_ih x + b_ih`.
-    pub xg: &'a [f32],
-    /// `[G·H]`: `W_hh h_prev`.
-    pub hg: &'a [f32],
-    /// `[G·H]`, if the stack has biases.
-    pub b_hh: Option<&'a [f32]>,
-    /// `[H]`, GRU.
-    pub h_prev: &'a [f32],
-    /// `[H]`, LSTM.
-    pub c_prev: &'a [f32],
-    /// `[G·H]` out: the activated gates (RNN: the new hidden state).
-    pub gates: &'a mut [f32],
-    /// `[H]` out, GRU: `W_hn h_prev + b_hn`.
-    pub extra: &'a mut [f32],
-    /// `[H]` out, LSTM: the new cell state.
-    pub c: &'a mut [f32],
-    /// `[H]` out: the new hidden output.
-    pub m: &'a mut [f32],
-}
+/// One active row of a forward step: a [`CellForward`] of one row (`active` is `[true]` and
+/// not read), `G` gates of `H = hidden` units. A slice the cell does not use is empty.
+pub(crate) type FwdRow<'a> = CellForward<'a, f32>;
 
-/// One active row of a backward step (see [`CellBackward`] for what each buffer holds).
-pub(crate) struct BwdRow<'a> {
-    pub h: usize,
-    /// `[G·H]`: the gates saved by forward.
-    pub gates: &'a [f32],
-    /// `[H]`, GRU.
-    pub extra: &'a [f32],
-    /// `[H]`, LSTM.
-    pub c: &'a [f32],
-    /// `[H]`, LSTM.
-    pub c_prev: &'a [f32],
-    /// `[H]`, GRU.
-    pub h_prev: &'a [f32],
-    /// `[H]`: the gradient of the hidden output.
-    pub dm: &'a [f32],
-    /// `[H]` in/out, LSTM: the gradient of `c`, replaced by that of `c_prev`.
-    pub dc: &'a mut [f32],
-    /// `[G·H]` out.
-    pub dgi: &'a mut [f32],
-    /// `[G·H]` out.
-    pub dgh: &'a mut [f32],
-    /// `[H]` out, written by GRU only (zeroed here for the others).
-    pub dh_direct: &'a mut [f32],
-}
+/// One active row of a backward step, as [`FwdRow`].
+pub(crate) type BwdRow<'a> = CellBackward<'a, f32>;
 
 /// Values per row of a step's buffers: `g = G·H`, `h = H`, `c = H` for an LSTM's cell-state
 /// buffers (else 0: not used), `x = H` for a GRU's `h_prev` and `extra` (else 0).
@@ -76,6 +34,23 @@ impl Widths {
         let g = cell.gates().checked_mul(hidden).unwrap_or_else(|| panic!("{cell:?} cell kernel: H = {hidden} overflows usize"));
         let (lstm, gru) = (cell == CellKind::Lstm, cell == CellKind::Gru);
         Widths { g, h: hidden, c: if lstm { hidden } else { 0 }, x: if gru { hidden } else { 0 } }
+    }
+}
+
+/// The row kernels of one cell on the ISA of `K`, forward and backward.
+struct RowKernels<K> {
+    forward: unsafe fn(K, FwdRow<'_>),
+    backward: unsafe fn(K, BwdRow<'_>),
+}
+
+impl<K: Kernels> RowKernels<K> {
+    fn of(cell: CellKind) -> Self {
+        match cell {
+            CellKind::Lstm => RowKernels { forward: K::lstm_forward, backward: K::lstm_backward },
+            CellKind::Gru => RowKernels { forward: K::gru_forward, backward: K::gru_backward },
+            CellKind::RnnTanh => RowKernels { forward: K::rnn_forward::<false>, backward: K::rnn_backward::<false> },
+            CellKind::RnnRelu => RowKernels { forward: K::rnn_forward::<true>, backward: K::rnn_backward::<true> },
+        }
     }
 }
 
@@ -105,19 +80,11 @@ pub(crate) fn forward<K: Kernels>(k: K, cell: CellKind, s: CellForward<'_, f32>)
     let lens = [xg.len(), hg.len(), h_prev.len(), c_prev.len(), gates.len(), extra.len(), c.len(), m.len()];
     check_lens(cell, active.len(), names, lens, [g, g, x, wc, g, x, wc, h]);
     check_lens(cell, 1, ["b_hh"], [b_hh.map_or(g, <[f32]>::len)], [g]);
+    let kernels = RowKernels::<K>::of(cell);
     for (b, &on) in active.iter().enumerate() {
-        let r = FwdRow {
-            h,
-            xg: row(xg, b, g),
-            hg: row(hg, b, g),
-            b_hh,
-            h_prev: row(h_prev, b, x),
-            c_prev: row(c_prev, b, wc),
-            gates: row_mut(gates, b, g),
-            extra: row_mut(extra, b, x),
-            c: row_mut(c, b, wc),
-            m: row_mut(m, b, h),
-        };
+        let [xg, hg, h_prev, c_prev] = [(xg, g), (hg, g), (h_prev, x), (c_prev, wc)].map(|(s, w)| row(s, b, w));
+        let [gates, extra, c, m] = [(&mut *gates, g), (&mut *extra, x), (&mut *c, wc), (&mut *m, h)].map(|(s, w)| row_mut(s, b, w));
+        let r = FwdRow { active: &[true], hidden: h, xg, hg, b_hh, h_prev, c_prev, gates, extra, c, m };
         if !on {
             // As the reference: no gates, the cell state kept; `m` is the driver's to keep.
             r.gates.fill(0.0);
@@ -125,16 +92,10 @@ pub(crate) fn forward<K: Kernels>(k: K, cell: CellKind, s: CellForward<'_, f32>)
             r.c.copy_from_slice(r.c_prev);
             continue;
         }
-        // SAFETY: every slice of `r` was cut at the width FwdRow documents for `cell`, from a
-        // buffer of B such rows (checked above), and b_hh has G·H values; `k` proves its ISA.
-        unsafe {
-            match cell {
-                CellKind::Lstm => k.lstm_forward(r),
-                CellKind::Gru => k.gru_forward(r),
-                CellKind::RnnTanh => k.rnn_forward::<false>(r),
-                CellKind::RnnRelu => k.rnn_forward::<true>(r),
-            }
-        }
+        // SAFETY: every slice of `r` was cut at the width CellForward documents for `cell`,
+        // from a buffer of B such rows (checked above), and b_hh has G·H values; `k` proves
+        // its ISA.
+        unsafe { (kernels.forward)(k, r) }
     }
 }
 
@@ -145,20 +106,13 @@ pub(crate) fn backward<K: Kernels>(k: K, cell: CellKind, s: CellBackward<'_, f32
     let names = ["gates", "extra", "c", "c_prev", "h_prev", "dm", "dc", "dgi", "dgh", "dh_direct"];
     let lens = [gates.len(), extra.len(), c.len(), c_prev.len(), h_prev.len(), dm.len(), dc.len(), dgi.len(), dgh.len(), dh_direct.len()];
     check_lens(cell, active.len(), names, lens, [g, x, wc, wc, x, h, wc, g, g, h]);
+    let kernels = RowKernels::<K>::of(cell);
     for (b, &on) in active.iter().enumerate() {
-        let r = BwdRow {
-            h,
-            gates: row(gates, b, g),
-            extra: row(extra, b, x),
-            c: row(c, b, wc),
-            c_prev: row(c_prev, b, wc),
-            h_prev: row(h_prev, b, x),
-            dm: row(dm, b, h),
-            dc: row_mut(dc, b, wc),
-            dgi: row_mut(dgi, b, g),
-            dgh: row_mut(dgh, b, g),
-            dh_direct: row_mut(dh_direct, b, h),
-        };
+        let ins = [(gates, g), (extra, x), (c, wc), (c_prev, wc), (h_prev, x), (dm, h)];
+        let [gates, extra, c, c_prev, h_prev, dm] = ins.map(|(s, w)| row(s, b, w));
+        let [dc, dgi, dgh, dh_direct] =
+            [(&mut *dc, wc), (&mut *dgi, g), (&mut *dgh, g), (&mut *dh_direct, h)].map(|(s, w)| row_mut(s, b, w));
+        let r = BwdRow { active: &[true], hidden: h, gates, extra, c, c_prev, h_prev, dm, dc, dgi, dgh, dh_direct };
         // Only a GRU has a path from h_prev to h outside W_hh.
         if !on || cell != CellKind::Gru {
             r.dh_direct.fill(0.0);
@@ -169,14 +123,7 @@ pub(crate) fn backward<K: Kernels>(k: K, cell: CellKind, s: CellBackward<'_, f32
             r.dgh.fill(0.0);
             continue;
         }
-        // SAFETY: as in forward, for BwdRow.
-        unsafe {
-            match cell {
-                CellKind::Lstm => k.lstm_backward(r),
-                CellKind::Gru => k.gru_backward(r),
-                CellKind::RnnTanh => k.rnn_backward::<false>(r),
-                CellKind::RnnRelu => k.rnn_backward::<true>(r),
-            }
-        }
+        // SAFETY: as in forward, for CellBackward.
+        unsafe { (kernels.backward)(k, r) }
     }
 }

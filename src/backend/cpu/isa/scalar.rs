@@ -5,7 +5,7 @@
 use super::rows::{BwdRow, FwdRow};
 use super::{Isa, Kernels};
 use crate::backend::cpu::gemm::{gemm_portable, Gemm, Par};
-use crate::backend::host::{CellBackward, CellForward, HostKernels, MatMut};
+use crate::backend::host::{HostKernels, MatMut};
 use crate::backend::Reference;
 use crate::config::CellKind;
 
@@ -15,16 +15,12 @@ pub(crate) struct Scalar;
 
 /// The reference forward kernel of `cell` on one active row.
 fn forward(cell: CellKind, r: FwdRow<'_>) {
-    let FwdRow { h, xg, hg, b_hh, h_prev, c_prev, gates, extra, c, m } = r;
-    let step = CellForward { active: &[true], hidden: h, xg, hg, b_hh, h_prev, c_prev, gates, extra, c, m };
-    <Reference as HostKernels<f32>>::cell_forward(&Reference, cell, step)
+    <Reference as HostKernels<f32>>::cell_forward(&Reference, cell, r)
 }
 
 /// The reference backward kernel of `cell` on one active row.
 fn backward(cell: CellKind, r: BwdRow<'_>) {
-    let BwdRow { h, gates, extra, c, c_prev, h_prev, dm, dc, dgi, dgh, dh_direct } = r;
-    let step = CellBackward { active: &[true], hidden: h, gates, extra, c, c_prev, h_prev, dm, dc, dgi, dgh, dh_direct };
-    <Reference as HostKernels<f32>>::cell_backward(&Reference, cell, step)
+    <Reference as HostKernels<f32>>::cell_backward(&Reference, cell, r)
 }
 
 const fn rnn(relu: bool) -> CellKind {

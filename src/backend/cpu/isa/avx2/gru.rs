@@ -17,45 +17,21 @@
 //! (the reference's backward loop, auto-vectorised, is close to it).
 
 use super::math::{sigmoid, tanh};
-use super::{dsigmoid, for_chunks, hidden_preact, load, store, Lanes};
+use super::{dsigmoid, for_chunks, hidden_preact, in_two_passes, load, store, two_pass_row_kernels, Lanes};
 use crate::backend::cpu::isa::rows::{BwdRow, FwdRow};
 use std::arch::x86_64::*;
 
-/// Lanes per block of a forward row (a multiple of 8).
-const BLOCK: usize = 256;
-
-/// The forward step of one active row.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA; the row's slices have the lengths [`FwdRow`] documents
-/// for a GRU.
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn forward(mut r: FwdRow<'_>) {
-    let h = r.h;
-    debug_assert!(r.b_hh.is_none_or(|b| b.len() == 3 * h));
-    // Two passes per block, as in the LSTM: the gates r, z (and ah_n), then n and m from
-    // the r, z and ah_n just stored (in L1), so that no chunk is a σ → tanh chain.
-    let mut j0 = 0;
-    while j0 < h {
-        let j1 = (j0 + BLOCK).min(h);
-        // SAFETY: the slices of `r` are `H` or `3H` long (the caller's contract), and
-        // for_chunks keeps j + lanes.n ≤ j1 ≤ H.
-        for_chunks!(j0, j1, |j, lanes| gates_chunk::<false>(&mut r, j, lanes), gates_chunk::<true>(&mut r, j, lanes));
-        // SAFETY: as above.
-        for_chunks!(j0, j1, |j, lanes| output_chunk::<false>(&mut r, j, lanes), output_chunk::<true>(&mut r, j, lanes));
-        j0 = j1;
-    }
-}
+two_pass_row_kernels!("GRU");
 
 /// `r`, `z` and `ah_n` of lanes `j..j + lanes.n` of a forward row.
 ///
 /// # Safety
-/// AVX2 and FMA; `r`'s slices have their documented lengths; `j + lanes.n ≤ r.h`, and
+/// AVX2 and FMA; `r`'s slices have their documented lengths; `j + lanes.n ≤ H`, and
 /// `lanes.n = 8` unless `TAIL`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gates_chunk<const TAIL: bool>(r: &mut FwdRow<'_>, j: usize, lanes: Lanes) {
-    let h = r.h;
+    let h = r.hidden;
     let rg = sigmoid(_mm256_add_ps(load::<TAIL>(r.xg, j, lanes), hidden_preact::<TAIL>(r.hg, r.b_hh, j, lanes)));
     let z = sigmoid(_mm256_add_ps(load::<TAIL>(r.xg, h + j, lanes), hidden_preact::<TAIL>(r.hg, r.b_hh, h + j, lanes)));
     store::<TAIL>(r.gates, j, lanes, rg);
@@ -70,26 +46,14 @@ unsafe fn gates_chunk<const TAIL: bool>(r: &mut FwdRow<'_>, j: usize, lanes: Lan
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn output_chunk<const TAIL: bool>(r: &mut FwdRow<'_>, j: usize, lanes: Lanes) {
-    let h = r.h;
-    let one = _mm256_set1_ps(1.0);
+    let ah_n = load::<TAIL>(r.extra, j, lanes);
+    let (h, one) = (r.hidden, _mm256_set1_ps(1.0));
     let rg = load::<TAIL>(r.gates, j, lanes);
     let z = load::<TAIL>(r.gates, h + j, lanes);
-    let ah_n = load::<TAIL>(r.extra, j, lanes);
     let n = tanh(_mm256_fmadd_ps(rg, ah_n, load::<TAIL>(r.xg, 2 * h + j, lanes)));
     let m = _mm256_fmadd_ps(z, load::<TAIL>(r.h_prev, j, lanes), _mm256_mul_ps(_mm256_sub_ps(one, z), n));
     store::<TAIL>(r.gates, 2 * h + j, lanes, n);
     store::<TAIL>(r.m, j, lanes, m);
-}
-
-/// The backward step of one active row.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA; the row's slices have the lengths [`BwdRow`] documents
-/// for a GRU.
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn backward(mut r: BwdRow<'_>) {
-    // SAFETY: as in forward.
-    for_chunks!(0, r.h, |j, lanes| backward_chunk::<false>(&mut r, j, lanes), backward_chunk::<true>(&mut r, j, lanes));
 }
 
 /// Lanes `j..j + lanes.n` of a backward row.
@@ -99,12 +63,11 @@ pub(super) unsafe fn backward(mut r: BwdRow<'_>) {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn backward_chunk<const TAIL: bool>(r: &mut BwdRow<'_>, j: usize, lanes: Lanes) {
-    let h = r.h;
-    let one = _mm256_set1_ps(1.0);
+    let (h, one) = (r.hidden, _mm256_set1_ps(1.0));
+    let dh = load::<TAIL>(r.dm, j, lanes);
     let rg = load::<TAIL>(r.gates, j, lanes);
     let z = load::<TAIL>(r.gates, h + j, lanes);
     let n = load::<TAIL>(r.gates, 2 * h + j, lanes);
-    let dh = load::<TAIL>(r.dm, j, lanes);
 
     let dn = _mm256_mul_ps(dh, _mm256_sub_ps(one, z));
     let dz = _mm256_mul_ps(dh, _mm256_sub_ps(load::<TAIL>(r.h_prev, j, lanes), n));

@@ -17,81 +17,48 @@
 //! [`forward`]). Backward evaluates one tanh per 8 lanes and runs near memory speed.
 
 use super::math::{sigmoid, tanh};
-use super::{dsigmoid, for_chunks, load, preact, store, Lanes};
+use super::{dsigmoid, for_chunks, in_two_passes, load, preact, store, two_pass_row_kernels, Lanes};
 use crate::backend::cpu::isa::rows::{BwdRow, FwdRow};
 use std::arch::x86_64::*;
 
-/// Lanes per block of a forward row (a multiple of 8).
-const BLOCK: usize = 256;
+two_pass_row_kernels!("LSTM");
 
-/// The forward step of one active row.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA; the row's slices have the lengths [`FwdRow`] documents
-/// for an LSTM.
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn forward(mut r: FwdRow<'_>) {
-    let h = r.h;
-    debug_assert!(r.b_hh.is_none_or(|b| b.len() == 4 * h));
-    // Two passes per block: the gates and c, then m = o·tanh(c) from the o and c just
-    // stored (in L1). In one pass each chunk would be a chain σ → c → tanh(c) some 150
-    // cycles deep, more than the out-of-order window hides; split, the chunks of each pass
-    // are independent and overlap.
-    let mut j0 = 0;
-    while j0 < h {
-        let j1 = (j0 + BLOCK).min(h);
-        // SAFETY: the slices of `r` are `H` or `4H` long (the caller's contract), and
-        // for_chunks keeps j + lanes.n ≤ j1 ≤ H.
-        for_chunks!(j0, j1, |j, lanes| gates_chunk::<false>(&mut r, j, lanes), gates_chunk::<true>(&mut r, j, lanes));
-        // SAFETY: as above.
-        for_chunks!(j0, j1, |j, lanes| output_chunk::<false>(&mut r, j, lanes), output_chunk::<true>(&mut r, j, lanes));
-        j0 = j1;
-    }
-}
+/// The two passes of the LSTM forward on a chunk of lanes (`lanes: L`), for AVX2 and
+/// AVX-512 alike: `gates_chunk` (the gates and `c`) and `output_chunk` (`m = o·tanh(c)`, after
+/// `gates_chunk`), compiled with `features`, with `fmadd` and `mul` the ISA's intrinsics and
+/// `load`, `store`, `preact`, `sigmoid`, `tanh` those of the module invoking it. Both are
+/// `unsafe`: the ISA's features, `r`'s slices of their documented lengths, `j + lanes.n ≤ H`,
+/// and a whole chunk unless `TAIL`.
+macro_rules! lstm_forward_chunks {
+    ($features:literal, $L:ty, $fmadd:ident, $mul:ident) => {
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn gates_chunk<const TAIL: bool>(r: &mut FwdRow<'_>, j: usize, lanes: $L) {
+            let h = r.hidden;
+            let i = sigmoid(preact::<TAIL>(r.xg, r.hg, r.b_hh, j, lanes));
+            let f = sigmoid(preact::<TAIL>(r.xg, r.hg, r.b_hh, h + j, lanes));
+            let g = tanh(preact::<TAIL>(r.xg, r.hg, r.b_hh, 2 * h + j, lanes));
+            let o = sigmoid(preact::<TAIL>(r.xg, r.hg, r.b_hh, 3 * h + j, lanes));
+            let c = $fmadd(f, load::<TAIL>(r.c_prev, j, lanes), $mul(i, g));
+            store::<TAIL>(r.c, j, lanes, c);
+            store::<TAIL>(r.gates, j, lanes, i);
+            store::<TAIL>(r.gates, h + j, lanes, f);
+            store::<TAIL>(r.gates, 2 * h + j, lanes, g);
+            store::<TAIL>(r.gates, 3 * h + j, lanes, o);
+        }
 
-/// The gates and `c` of lanes `j..j + lanes.n` of a forward row.
-///
-/// # Safety
-/// AVX2 and FMA; `r`'s slices have their documented lengths; `j + lanes.n ≤ r.h`, and
-/// `lanes.n = 8` unless `TAIL`.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gates_chunk<const TAIL: bool>(r: &mut FwdRow<'_>, j: usize, lanes: Lanes) {
-    let h = r.h;
-    let i = sigmoid(preact::<TAIL>(r.xg, r.hg, r.b_hh, j, lanes));
-    let f = sigmoid(preact::<TAIL>(r.xg, r.hg, r.b_hh, h + j, lanes));
-    let g = tanh(preact::<TAIL>(r.xg, r.hg, r.b_hh, 2 * h + j, lanes));
-    let o = sigmoid(preact::<TAIL>(r.xg, r.hg, r.b_hh, 3 * h + j, lanes));
-    let c = _mm256_fmadd_ps(f, load::<TAIL>(r.c_prev, j, lanes), _mm256_mul_ps(i, g));
-    store::<TAIL>(r.c, j, lanes, c);
-    store::<TAIL>(r.gates, j, lanes, i);
-    store::<TAIL>(r.gates, h + j, lanes, f);
-    store::<TAIL>(r.gates, 2 * h + j, lanes, g);
-    store::<TAIL>(r.gates, 3 * h + j, lanes, o);
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn output_chunk<const TAIL: bool>(r: &mut FwdRow<'_>, j: usize, lanes: $L) {
+            let o = load::<TAIL>(r.gates, 3 * r.hidden + j, lanes);
+            let c = load::<TAIL>(r.c, j, lanes);
+            store::<TAIL>(r.m, j, lanes, $mul(o, tanh(c)));
+        }
+    };
 }
+pub(crate) use lstm_forward_chunks;
 
-/// `m = o·tanh(c)` of lanes `j..j + lanes.n` of a forward row, after [`gates_chunk`].
-///
-/// # Safety
-/// As [`gates_chunk`].
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn output_chunk<const TAIL: bool>(r: &mut FwdRow<'_>, j: usize, lanes: Lanes) {
-    let o = load::<TAIL>(r.gates, 3 * r.h + j, lanes);
-    let c = load::<TAIL>(r.c, j, lanes);
-    store::<TAIL>(r.m, j, lanes, _mm256_mul_ps(o, tanh(c)));
-}
-
-/// The backward step of one active row.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA; the row's slices have the lengths [`BwdRow`] documents
-/// for an LSTM.
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn backward(mut r: BwdRow<'_>) {
-    // SAFETY: as in forward.
-    for_chunks!(0, r.h, |j, lanes| backward_chunk::<false>(&mut r, j, lanes), backward_chunk::<true>(&mut r, j, lanes));
-}
+lstm_forward_chunks!("avx2,fma", Lanes, _mm256_fmadd_ps, _mm256_mul_ps);
 
 /// Lanes `j..j + lanes.n` of a backward row.
 ///
@@ -100,7 +67,7 @@ pub(super) unsafe fn backward(mut r: BwdRow<'_>) {
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn backward_chunk<const TAIL: bool>(r: &mut BwdRow<'_>, j: usize, lanes: Lanes) {
-    let h = r.h;
+    let h = r.hidden;
     let one = _mm256_set1_ps(1.0);
     let i = load::<TAIL>(r.gates, j, lanes);
     let f = load::<TAIL>(r.gates, h + j, lanes);

@@ -41,38 +41,17 @@ mod rnn;
 mod sgemm;
 mod sgemm_skinny;
 
+pub(crate) use lstm::lstm_forward_chunks;
+
 use super::rows::{BwdRow, FwdRow};
-use super::{Isa, Kernels, Scalar};
-use crate::backend::cpu::gemm::{gemm_tiled, Gemm, Par};
-use crate::backend::host::{CellBackward, CellForward, MatMut};
+use super::{Isa, Kernels};
+use crate::backend::host::{CellBackward, CellForward};
 use crate::config::CellKind;
 use std::arch::x86_64::*;
 
-/// The AVX2+FMA ISA's token: made only where both were detected.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Avx2(());
-
-impl Avx2 {
-    /// The token, if this CPU has AVX2 and FMA.
-    pub(crate) fn detect() -> Option<Avx2> {
-        (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")).then_some(Avx2(()))
-    }
-}
-
-impl Kernels for Avx2 {
-    const ISA: Isa = Isa::Avx2;
-    type Base = Scalar;
-
-    fn base(self) -> Scalar {
-        Scalar
-    }
-
-    unsafe fn weight_gemm_unchecked(self, par: &Par<'_>, g: Gemm<'_>, c: MatMut<'_, f32>) {
-        // SAFETY: `self` proves AVX2 and FMA; the shapes are this method's contract.
-        unsafe { gemm_tiled::<Avx2>(par, g, c) }
-    }
-
-    super::cell_kernels_of_modules!();
+super::simd_isa! {
+    /// The AVX2+FMA ISA's token: made only where both were detected.
+    Avx2 = Isa::Avx2, detected: is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
 /// Whether this CPU can run these kernels (for `bench_support`).
@@ -90,6 +69,9 @@ pub(crate) fn cell_backward_checked(cell: CellKind, step: CellBackward<'_, f32>)
     Avx2::detect().expect("the AVX2 kernels need AVX2 and FMA, which this CPU lacks").cell_backward(cell, step)
 }
 
+/// Lanes per block of a forward row (a multiple of 8 and of 16; see [`in_two_passes!`]).
+pub(crate) const BLOCK: usize = 256;
+
 /// The lanes of one chunk of a row: `n` values from the chunk's start, under `mask` (lane `k`
 /// on iff `k < n`). Only a row's tail chunk has `n < 8`.
 #[derive(Clone, Copy)]
@@ -99,6 +81,9 @@ struct Lanes {
 }
 
 impl Lanes {
+    /// Lanes in a whole chunk.
+    const N: usize = 8;
+
     /// The first `n` lanes, `n` in `1..=8`.
     ///
     /// # Safety
@@ -112,27 +97,90 @@ impl Lanes {
     }
 }
 
-/// `for_chunks!(start, end, |j, lanes| full, tail)` runs `full` for each whole chunk of 8
-/// lanes `j = start, start + 8, …` of `start..end`, then `tail` for the rest (`end - j < 8`
-/// lanes), if any. A macro rather than a
-/// function taking a closure, so that the body is compiled with the caller's target features.
+/// `for_chunks!(L, start, end, |j, lanes| full, tail)` runs `full` for each whole chunk of
+/// `L::N` lanes `j = start, start + N, …` of `start..end`, then `tail` for the rest
+/// (`end - j < N` lanes), if any, with `lanes: L` (`L::first(n)`: AVX2's 8 lanes, or
+/// AVX-512's 16). A macro rather than a function taking a closure, so that the body is
+/// compiled with the caller's target features.
 macro_rules! for_chunks {
-    ($start:expr, $end:expr, |$j:ident, $lanes:ident| $full:expr, $tail:expr) => {{
+    ($L:ty, $start:expr, $end:expr, |$j:ident, $lanes:ident| $full:expr, $tail:expr) => {{
         let end: usize = $end;
-        let all = $crate::backend::cpu::isa::avx2::Lanes::first(8);
+        let all = <$L>::first(<$L>::N);
         let mut $j: usize = $start;
-        while $j + 8 <= end {
+        while $j + <$L>::N <= end {
             let $lanes = all;
             $full;
-            $j += 8;
+            $j += <$L>::N;
         }
         if $j < end {
-            let $lanes = $crate::backend::cpu::isa::avx2::Lanes::first(end - $j);
+            let $lanes = <$L>::first(end - $j);
             $tail;
         }
     }};
 }
-use for_chunks;
+pub(crate) use for_chunks;
+
+/// Runs a forward row `r` in blocks of [`BLOCK`] lanes, each in two passes of chunks of `L`:
+/// `gates(r, j, lanes)` (the gates, stored), then `outputs(r, j, lanes)` (the outputs, from
+/// the gates just stored, still in L1), each generic over `TAIL`. In one pass each chunk of
+/// the LSTM forward would be a chain σ → c → tanh(c) some 150 cycles deep, more than the
+/// out-of-order window hides; split, the chunks of each pass are independent and overlap.
+macro_rules! in_two_passes {
+    ($L:ty, $r:ident, $gates:ident, $outputs:ident) => {{
+        let h = $r.hidden;
+        let mut j0 = 0;
+        while j0 < h {
+            let j1 = (j0 + $crate::backend::cpu::isa::avx2::BLOCK).min(h);
+            $crate::backend::cpu::isa::avx2::for_chunks!(
+                $L,
+                j0,
+                j1,
+                |j, lanes| $gates::<false>(&mut $r, j, lanes),
+                $gates::<true>(&mut $r, j, lanes)
+            );
+            $crate::backend::cpu::isa::avx2::for_chunks!(
+                $L,
+                j0,
+                j1,
+                |j, lanes| $outputs::<false>(&mut $r, j, lanes),
+                $outputs::<true>(&mut $r, j, lanes)
+            );
+            j0 = j1;
+        }
+    }};
+}
+pub(crate) use in_two_passes;
+
+/// The row kernels `forward` and `backward` of an LSTM or GRU module from its chunk kernels:
+/// forward [`in_two_passes!`] (`gates_chunk`, then `output_chunk`), backward in one pass
+/// (`backward_chunk`). `$cell` names the cell in their docs.
+macro_rules! two_pass_row_kernels {
+    ($cell:literal) => {
+        #[doc = concat!("The ", $cell, " forward step of one active row.")]
+        ///
+        /// # Safety
+        /// The CPU must support AVX2 and FMA; the row's slices have the lengths [`FwdRow`]
+        /// documents for the cell.
+        #[target_feature(enable = "avx2,fma")]
+        pub(super) unsafe fn forward(mut r: FwdRow<'_>) {
+            debug_assert!(r.b_hh.is_none_or(|b| b.len() == r.xg.len()));
+            // SAFETY: the slices of `r` are `H` or `G·H` long (the caller's contract), and the
+            // chunks lie below H.
+            in_two_passes!(Lanes, r, gates_chunk, output_chunk);
+        }
+
+        #[doc = concat!("The ", $cell, " backward step of one active row.")]
+        ///
+        /// # Safety
+        /// As `forward`, for [`BwdRow`].
+        #[target_feature(enable = "avx2,fma")]
+        pub(super) unsafe fn backward(mut r: BwdRow<'_>) {
+            // SAFETY: as in forward.
+            for_chunks!(Lanes, 0, r.hidden, |j, lanes| backward_chunk::<false>(&mut r, j, lanes), backward_chunk::<true>(&mut r, j, lanes));
+        }
+    };
+}
+use two_pass_row_kernels;
 
 /// `s[at..at + lanes.n]` in the low lanes; under `TAIL` the other lanes are 0 and their memory
 /// is not touched.

@@ -24,10 +24,16 @@ use std::arch::x86_64::*;
 /// for an RNN.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn forward<const RELU: bool>(mut r: FwdRow<'_>) {
-    debug_assert!(r.b_hh.is_none_or(|b| b.len() == r.h));
+    debug_assert!(r.b_hh.is_none_or(|b| b.len() == r.hidden));
     // SAFETY: every slice here is `H` long (the caller's contract), and for_chunks keeps
     // j + lanes.n ≤ H.
-    for_chunks!(0, r.h, |j, lanes| forward_chunk::<false, RELU>(&mut r, j, lanes), forward_chunk::<true, RELU>(&mut r, j, lanes));
+    for_chunks!(
+        Lanes,
+        0,
+        r.hidden,
+        |j, lanes| forward_chunk::<false, RELU>(&mut r, j, lanes),
+        forward_chunk::<true, RELU>(&mut r, j, lanes)
+    );
 }
 
 /// Lanes `j..j + lanes.n` of a forward row; every slice is `[H]`.
@@ -51,7 +57,13 @@ unsafe fn forward_chunk<const TAIL: bool, const RELU: bool>(r: &mut FwdRow<'_>, 
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn backward<const RELU: bool>(mut r: BwdRow<'_>) {
     // SAFETY: as in forward.
-    for_chunks!(0, r.h, |j, lanes| backward_chunk::<false, RELU>(&mut r, j, lanes), backward_chunk::<true, RELU>(&mut r, j, lanes));
+    for_chunks!(
+        Lanes,
+        0,
+        r.hidden,
+        |j, lanes| backward_chunk::<false, RELU>(&mut r, j, lanes),
+        backward_chunk::<true, RELU>(&mut r, j, lanes)
+    );
 }
 
 /// Lanes `j..j + lanes.n` of a backward row; every slice is `[H]`.

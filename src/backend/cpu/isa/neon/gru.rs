@@ -22,7 +22,7 @@ use core::arch::aarch64::*;
 /// The CPU supports NEON; the row's slices have the lengths [`FwdRow`] documents for a GRU.
 #[target_feature(enable = "neon")]
 pub(super) unsafe fn forward(r: FwdRow<'_>) {
-    let FwdRow { h, xg, hg, b_hh, h_prev, gates, extra, m, .. } = r;
+    let FwdRow { hidden: h, xg, hg, b_hh, h_prev, gates, extra, m, .. } = r;
     for_each_vector(h, |j, n| {
         // SAFETY: j + n <= h, so lanes k·h + j .. k·h + j + n (k < 3) lie in the 3h-long
         // rows and in b_hh, and lanes j .. j + n in the h-long ones.
@@ -55,7 +55,7 @@ pub(super) unsafe fn forward(r: FwdRow<'_>) {
 /// The CPU supports NEON; the row's slices have the lengths [`BwdRow`] documents for a GRU.
 #[target_feature(enable = "neon")]
 pub(super) unsafe fn backward(r: BwdRow<'_>) {
-    let BwdRow { h, gates, extra: ahn, h_prev, dm, dgi, dgh, dh_direct, .. } = r;
+    let BwdRow { hidden: h, gates, extra: ahn, h_prev, dm, dgi, dgh, dh_direct, .. } = r;
     for_each_vector(h, |j, n| {
         // SAFETY: as in forward: j + n <= h bounds every lane used.
         unsafe {

@@ -20,7 +20,7 @@ use core::arch::aarch64::*;
 /// The CPU supports NEON; the row's slices have the lengths [`FwdRow`] documents for an LSTM.
 #[target_feature(enable = "neon")]
 pub(super) unsafe fn forward(r: FwdRow<'_>) {
-    let FwdRow { h, xg, hg, b_hh, c_prev, gates, c, m, .. } = r;
+    let FwdRow { hidden: h, xg, hg, b_hh, c_prev, gates, c, m, .. } = r;
     for_each_vector(h, |j, n| {
         // SAFETY: j + n <= h, so lanes k·h + j .. k·h + j + n (k < 4) lie in the 4h-long
         // rows and in b_hh, and lanes j .. j + n in the h-long ones.
@@ -53,7 +53,7 @@ pub(super) unsafe fn forward(r: FwdRow<'_>) {
 /// The CPU supports NEON; the row's slices have the lengths [`BwdRow`] documents for an LSTM.
 #[target_feature(enable = "neon")]
 pub(super) unsafe fn backward(r: BwdRow<'_>) {
-    let BwdRow { h, gates, c, c_prev, dm, dc, dgi, dgh, .. } = r;
+    let BwdRow { hidden: h, gates, c, c_prev, dm, dc, dgi, dgh, .. } = r;
     for_each_vector(h, |j, n| {
         // SAFETY: as in forward: j + n <= h bounds every lane used.
         unsafe {

@@ -40,36 +40,12 @@ mod sgemm;
 mod sgemm_skinny;
 
 use super::rows::{BwdRow, FwdRow};
-use super::{Isa, Kernels, Scalar};
-use crate::backend::cpu::gemm::{gemm_tiled, Gemm, Par};
-use crate::backend::host::MatMut;
+use super::Isa;
 use core::arch::aarch64::*;
 
-/// The NEON ISA's token: made only where NEON was detected.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Neon(());
-
-impl Neon {
-    /// The token, if this CPU has NEON.
-    pub(crate) fn detect() -> Option<Neon> {
-        std::arch::is_aarch64_feature_detected!("neon").then_some(Neon(()))
-    }
-}
-
-impl Kernels for Neon {
-    const ISA: Isa = Isa::Neon;
-    type Base = Scalar;
-
-    fn base(self) -> Scalar {
-        Scalar
-    }
-
-    unsafe fn weight_gemm_unchecked(self, par: &Par<'_>, g: Gemm<'_>, c: MatMut<'_, f32>) {
-        // SAFETY: `self` proves NEON; the shapes are this method's contract.
-        unsafe { gemm_tiled::<Neon>(par, g, c) }
-    }
-
-    super::cell_kernels_of_modules!();
+super::simd_isa! {
+    /// The NEON ISA's token: made only where NEON was detected.
+    Neon = Isa::Neon, detected: std::arch::is_aarch64_feature_detected!("neon")
 }
 
 /// Runs `body(j, n)` over the units `0..h` of a row: `n = 4` for each full vector, then once

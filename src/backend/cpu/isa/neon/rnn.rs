@@ -19,7 +19,7 @@ use core::arch::aarch64::*;
 /// The CPU supports NEON; the row's slices have the lengths [`FwdRow`] documents for an RNN.
 #[target_feature(enable = "neon")]
 pub(super) unsafe fn forward<const RELU: bool>(r: FwdRow<'_>) {
-    let FwdRow { h, xg, hg, b_hh, gates, m, .. } = r;
+    let FwdRow { hidden: h, xg, hg, b_hh, gates, m, .. } = r;
     for_each_vector(h, |j, n| {
         // SAFETY: j + n <= h, the length of every row and of b_hh.
         unsafe {
@@ -46,7 +46,7 @@ pub(super) unsafe fn forward<const RELU: bool>(r: FwdRow<'_>) {
 /// The CPU supports NEON; the row's slices have the lengths [`BwdRow`] documents for an RNN.
 #[target_feature(enable = "neon")]
 pub(super) unsafe fn backward<const RELU: bool>(r: BwdRow<'_>) {
-    let BwdRow { h, gates: v, dm, dgi, dgh, .. } = r;
+    let BwdRow { hidden: h, gates: v, dm, dgi, dgh, .. } = r;
     for_each_vector(h, |j, n| {
         // SAFETY: j + n <= h, the length of every row.
         unsafe {

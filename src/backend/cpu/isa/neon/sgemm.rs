@@ -79,7 +79,7 @@ impl BlockTile for Neon {
                     let v = if up.alpha == 1.0 { acc[i][h] } else { vmulq_f32(va, acc[i][h]) };
                     let out = match up.beta {
                         None => vaddq_f32(vld1q_f32(buf.add(4 * h)), v),
-                        Some(beta) if beta == 0.0 => v,
+                        Some(0.0) => v, // also -0.0: a float pattern compares with ==
                         Some(beta) => vfmaq_f32(v, vdupq_n_f32(beta), vld1q_f32(buf.add(4 * h))),
                     };
                     vst1q_f32(buf.add(4 * h), out);
