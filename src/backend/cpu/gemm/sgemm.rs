@@ -102,6 +102,25 @@ pub(crate) struct CTile {
     pub cols: usize,
 }
 
+impl CTile {
+    /// Hints the first and last valid element of each row into L1 with `hint`. A tile reads
+    /// `C` only after its k loop, by which time these lines have arrived: rows a row stride
+    /// apart defeat the hardware prefetchers, and on a large `C` each would be a miss to memory.
+    ///
+    /// # Safety
+    /// The tile's rows and valid columns lie inside `C` (`hint` is given their addresses).
+    #[inline(always)]
+    pub(crate) unsafe fn prefetch(self, hint: impl Fn(*const f32)) {
+        for i in 0..self.rows {
+            // SAFETY: row i < rows and its valid columns lie inside C (the caller's contract).
+            unsafe {
+                hint(self.ptr.add(i * self.rs));
+                hint(self.ptr.add(i * self.rs + self.cols - 1));
+            }
+        }
+    }
+}
+
 /// Runs `row(i, buf)` for each row `i < c.rows` (`R` at most) of a tile `W` columns wide, where
 /// `buf` is the row of `C` itself when `full`, else a copy of its `c.cols` valid columns (read
 /// from `C` when `read_c`), written back afterwards: every element of an edge tile goes through
@@ -138,16 +157,64 @@ pub(crate) unsafe fn for_tile_rows<const R: usize, const W: usize>(
     }
 }
 
+impl Update {
+    /// Stores the accumulators of a 6×16 tile, `N` vectors `V` of `16 / N` lanes per row, to
+    /// `c` as `self` says: `alpha·acc`, then added to `C` or through one FMA with `beta`, the
+    /// same instructions for every element of every tile, full or at an edge
+    /// ([`for_tile_rows`]). `ops` are the ISA's load, store, splat, multiply, add and fused
+    /// `a·b + c`.
+    ///
+    /// # Safety
+    /// As [`for_tile_rows`] with `full` a full 6×16 tile; the ISA of `ops` is available.
+    #[inline(always)]
+    pub(crate) unsafe fn store_tile<V, Ld, St, Sp, Mu, Ad, Fm, const N: usize>(
+        self,
+        c: CTile,
+        acc: &[[V; N]; MR],
+        ops: (Ld, St, Sp, Mu, Ad, Fm),
+    ) where
+        V: Copy,
+        Ld: Fn(*const f32) -> V,
+        St: Fn(*mut f32, V),
+        Sp: Fn(f32) -> V,
+        Mu: Fn(V, V) -> V,
+        Ad: Fn(V, V) -> V,
+        Fm: Fn(V, V, V) -> V,
+    {
+        let (load, store, splat, mul, add, fma) = ops;
+        // SAFETY: the caller's contract; vector h of a row is inside its 16 floats.
+        unsafe {
+            for_tile_rows::<MR, NR>(c, c.rows == MR && c.cols == NR, self.beta != Some(0.0), |i, buf| {
+                for (h, &a) in acc[i].iter().enumerate() {
+                    let at = buf.add(h * (NR / N));
+                    let v = if self.alpha == 1.0 { a } else { mul(splat(self.alpha), a) };
+                    let out = match self.beta {
+                        None => add(load(at), v),
+                        Some(0.0) => v, // also -0.0: a float pattern compares with ==
+                        Some(beta) => fma(splat(beta), load(at), v),
+                    };
+                    store(at, out);
+                }
+            })
+        }
+    }
+}
+
 /// An ISA's 6×16 register tile and blocking, for the blocked path ([`gemm_block`]).
 pub(crate) trait BlockTile {
-    /// Inner-dimension block.
-    const KC: usize;
-    /// Row block (a multiple of [`Self::ROWS`]).
+    /// Inner-dimension block: a 16-column micro-panel of `B` is `KC·64` bytes (32 KiB at 512,
+    /// L1-sized; AVX-512's three panels, 96 KiB, stream from L2 while the `A` micro-panel stays
+    /// in L1). 512 measured faster than 384, 256 and 192 on the large products here
+    /// (`examples/gemm_bench.rs`, packed `B`).
+    const KC: usize = 512;
+    /// Row block (a multiple of [`Self::ROWS`]): the packed `A` block is `MC·KC·4` bytes, to
+    /// stay in L2.
     const MC: usize;
     /// Rows of the register tile, and of a packed micro-panel of `A`.
     const ROWS: usize = MR;
-    /// Column block (a multiple of [`NR`]) for `B` packed per call.
-    const NC: usize;
+    /// Column block (a multiple of [`NR`]) for `B` packed per call: bounds that packing (2 MiB
+    /// at 1024 × `KC`).
+    const NC: usize = 1024;
 
     /// The 6×16 tile: `C[rows, cols] ⊕= alpha·Σ_k a[k·6 + i]·b[k·16 + j]` as `up` says. An
     /// edge tile (`rows < 6` or `cols < 16`) must give each element the bits a full tile would.

@@ -127,24 +127,13 @@ pub(crate) use for_chunks;
 /// out-of-order window hides; split, the chunks of each pass are independent and overlap.
 macro_rules! in_two_passes {
     ($L:ty, $r:ident, $gates:ident, $outputs:ident) => {{
+        use $crate::backend::cpu::isa::avx2::{for_chunks, BLOCK};
         let h = $r.hidden;
         let mut j0 = 0;
         while j0 < h {
-            let j1 = (j0 + $crate::backend::cpu::isa::avx2::BLOCK).min(h);
-            $crate::backend::cpu::isa::avx2::for_chunks!(
-                $L,
-                j0,
-                j1,
-                |j, lanes| $gates::<false>(&mut $r, j, lanes),
-                $gates::<true>(&mut $r, j, lanes)
-            );
-            $crate::backend::cpu::isa::avx2::for_chunks!(
-                $L,
-                j0,
-                j1,
-                |j, lanes| $outputs::<false>(&mut $r, j, lanes),
-                $outputs::<true>(&mut $r, j, lanes)
-            );
+            let j1 = (j0 + BLOCK).min(h);
+            for_chunks!($L, j0, j1, |j, lanes| $gates::<false>(&mut $r, j, lanes), $gates::<true>(&mut $r, j, lanes));
+            for_chunks!($L, j0, j1, |j, lanes| $outputs::<false>(&mut $r, j, lanes), $outputs::<true>(&mut $r, j, lanes));
             j0 = j1;
         }
     }};
@@ -169,10 +158,7 @@ macro_rules! two_pass_row_kernels {
             in_two_passes!(Lanes, r, gates_chunk, output_chunk);
         }
 
-        #[doc = concat!("The ", $cell, " backward step of one active row.")]
-        ///
-        /// # Safety
-        /// As `forward`, for [`BwdRow`].
+        #[doc = concat!("The ", $cell, " backward step of one active row (safety: as `forward`, for [`BwdRow`]).")]
         #[target_feature(enable = "avx2,fma")]
         pub(super) unsafe fn backward(mut r: BwdRow<'_>) {
             // SAFETY: as in forward.

@@ -25,15 +25,10 @@ use std::arch::x86_64::*;
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn forward<const RELU: bool>(mut r: FwdRow<'_>) {
     debug_assert!(r.b_hh.is_none_or(|b| b.len() == r.hidden));
+    let h = r.hidden;
     // SAFETY: every slice here is `H` long (the caller's contract), and for_chunks keeps
     // j + lanes.n ≤ H.
-    for_chunks!(
-        Lanes,
-        0,
-        r.hidden,
-        |j, lanes| forward_chunk::<false, RELU>(&mut r, j, lanes),
-        forward_chunk::<true, RELU>(&mut r, j, lanes)
-    );
+    for_chunks!(Lanes, 0, h, |j, lanes| forward_chunk::<false, RELU>(&mut r, j, lanes), forward_chunk::<true, RELU>(&mut r, j, lanes));
 }
 
 /// Lanes `j..j + lanes.n` of a forward row; every slice is `[H]`.
@@ -57,19 +52,14 @@ unsafe fn forward_chunk<const TAIL: bool, const RELU: bool>(r: &mut FwdRow<'_>, 
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn backward<const RELU: bool>(mut r: BwdRow<'_>) {
     // SAFETY: as in forward.
-    for_chunks!(
-        Lanes,
-        0,
-        r.hidden,
-        |j, lanes| backward_chunk::<false, RELU>(&mut r, j, lanes),
-        backward_chunk::<true, RELU>(&mut r, j, lanes)
-    );
+    unsafe {
+        let h = r.hidden;
+        for_chunks!(Lanes, 0, h, |j, lanes| backward_chunk::<false, RELU>(&mut r, j, lanes), backward_chunk::<true, RELU>(&mut r, j, lanes))
+    }
 }
 
-/// Lanes `j..j + lanes.n` of a backward row; every slice is `[H]`.
-///
-/// # Safety
-/// As [`forward_chunk`].
+/// Lanes `j..j + lanes.n` of a backward row; every slice is `[H]` (safety: as
+/// [`forward_chunk`]).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn backward_chunk<const TAIL: bool, const RELU: bool>(r: &mut BwdRow<'_>, j: usize, lanes: Lanes) {

@@ -4,33 +4,19 @@
 
 use super::Avx2;
 use crate::backend::cpu::gemm::packed::NR;
-use crate::backend::cpu::gemm::sgemm::{for_tile_rows, BlockTile, CTile, Update, MR};
+use crate::backend::cpu::gemm::sgemm::{BlockTile, CTile, Update, MR};
 use core::arch::x86_64::*;
 
 impl BlockTile for Avx2 {
-    /// A 16-column micro-panel of `B` is `KC·64` bytes (32 KiB, L1-sized; 512 measured faster
-    /// than 256 on the large products here, see `examples/gemm_bench.rs`).
-    const KC: usize = 512;
-    /// The packed `A` block is `MC·KC·4` bytes (288 KiB), in L2.
+    /// The packed `A` block is 288 KiB.
     const MC: usize = 144;
-    const NC: usize = 1024;
 
-    /// The 6×16 tile: `C[rows, cols] ⊕= Σ_k a[k·6 + i]·b[k·16 + j]`.
-    ///
-    /// # Safety
-    /// AVX2 and FMA; as [`BlockTile::tile`].
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
     unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: CTile, up: Update) {
-        // SAFETY (whole body): offsets stay within the ranges the caller vouched for.
+        // SAFETY (whole body): the ISA and the ranges are this method's contract.
         unsafe {
-            // The C tile is read only after the k loop, by which time these have arrived: six rows
-            // a row stride apart defeat the hardware prefetchers, and on a large C each would be a
-            // miss to memory.
-            for i in 0..c.rows {
-                _mm_prefetch::<_MM_HINT_T0>(c.ptr.add(i * c.rs) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(c.ptr.add(i * c.rs + c.cols - 1) as *const i8);
-            }
+            c.prefetch(|p| _mm_prefetch::<_MM_HINT_T0>(p as *const i8));
             let mut acc = [[_mm256_setzero_ps(); 2]; MR];
             let (mut ap, mut bp) = (a, b);
             for _ in 0..kc {
@@ -44,19 +30,9 @@ impl BlockTile for Avx2 {
                 ap = ap.add(MR);
                 bp = bp.add(NR);
             }
-            // Alpha, then an add or one FMA with beta, the same in a full tile and at an edge.
-            let alpha = _mm256_set1_ps(up.alpha);
-            for_tile_rows::<MR, NR>(c, c.rows == MR && c.cols == NR, up.beta != Some(0.0), |i, buf| {
-                for h in 0..2 {
-                    let v = if up.alpha == 1.0 { acc[i][h] } else { _mm256_mul_ps(alpha, acc[i][h]) };
-                    let out = match up.beta {
-                        None => _mm256_add_ps(_mm256_loadu_ps(buf.add(8 * h)), v),
-                        Some(0.0) => v, // also -0.0: a float pattern compares with ==
-                        Some(beta) => _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(buf.add(8 * h)), v),
-                    };
-                    _mm256_storeu_ps(buf.add(8 * h), out);
-                }
-            });
+            let (load, store, splat) = (|p| _mm256_loadu_ps(p), |p, v| _mm256_storeu_ps(p, v), |x| _mm256_set1_ps(x));
+            let (mul, add) = (|a, b| _mm256_mul_ps(a, b), |a, b| _mm256_add_ps(a, b));
+            up.store_tile(c, &acc, (load, store, splat, mul, add, |a, b, c| _mm256_fmadd_ps(a, b, c)));
         }
     }
 }

@@ -32,16 +32,14 @@ pub(super) fn lanes(n: usize) -> __mmask16 {
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
 unsafe fn tile_np<const NP: usize>(kc: usize, a: ATile, b: Panels, c: CTile, up: Update) {
+    let ct = c;
     let CTile { ptr: c, rs: rsc, rows, cols } = c;
     let ATile { ptr: a, rs: rsa, cs: csa } = a;
     let (b, bstride) = (b.ptr, b.stride);
     // SAFETY (whole body): offsets stay within the ranges the caller vouched for; masked lanes
     // are not accessed.
     unsafe {
-        for i in 0..rows {
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * rsc) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(c.add(i * rsc + cols - 1) as *const i8);
-        }
+        ct.prefetch(|p| _mm_prefetch::<_MM_HINT_T0>(p as *const i8));
         let mut acc = [[_mm512_setzero_ps(); NP]; MR];
         let mut bp = [b; NP];
         for p in 0..NP {
@@ -88,13 +86,8 @@ unsafe fn tile_np<const NP: usize>(kc: usize, a: ATile, b: Panels, c: CTile, up:
 }
 
 impl BlockTile for Avx512 {
-    /// Three 16-column micro-panels of `B` are `3·KC·64` bytes (96 KiB: they stream from L2,
-    /// the `A` micro-panel stays in L1). 512 measured faster than 384 and 192 with
-    /// `examples/gemm_bench.rs` (packed `B`, with an earlier 6×64 tile; not remeasured for 8×48).
-    const KC: usize = 512;
-    /// The packed `A` block is `MC·KC·4` bytes (288 KiB), in L2.
+    /// The packed `A` block is 288 KiB.
     const MC: usize = 144;
-    const NC: usize = 1024;
     const PANELS: usize = 3;
     const ROWS: usize = MR;
     const DIRECT_A: bool = true;

@@ -21,31 +21,28 @@ use core::arch::aarch64::*;
 /// # Safety
 /// The CPU supports NEON; the row's slices have the lengths [`FwdRow`] documents for a GRU.
 #[target_feature(enable = "neon")]
-pub(super) unsafe fn forward(r: FwdRow<'_>) {
-    let FwdRow { hidden: h, xg, hg, b_hh, h_prev, gates, extra, m, .. } = r;
-    for_each_vector(h, |j, n| {
-        // SAFETY: j + n <= h, so lanes k·h + j .. k·h + j + n (k < 3) lie in the 3h-long
-        // rows and in b_hh, and lanes j .. j + n in the h-long ones.
-        unsafe {
-            let one = vdupq_n_f32(1.0);
-            let ah = |k: usize| {
-                let a = load(hg, k * h + j, n);
-                match b_hh {
-                    Some(bh) => vaddq_f32(a, load(bh, k * h + j, n)),
-                    None => a,
-                }
-            };
-            let r = sigmoid(vaddq_f32(load(xg, j, n), ah(0)));
-            let z = sigmoid(vaddq_f32(load(xg, h + j, n), ah(1)));
-            let ahn = ah(2);
-            let nn = tanh(vaddq_f32(load(xg, 2 * h + j, n), vmulq_f32(r, ahn)));
-            let hn = vaddq_f32(vmulq_f32(vsubq_f32(one, z), nn), vmulq_f32(z, load(h_prev, j, n)));
-            store(m, j, n, hn);
-            store(gates, j, n, r);
-            store(gates, h + j, n, z);
-            store(gates, 2 * h + j, n, nn);
-            store(extra, j, n, ahn);
-        }
+pub(super) unsafe fn forward(FwdRow { hidden: h, xg, hg, b_hh, h_prev, gates, extra, m, .. }: FwdRow<'_>) {
+    // SAFETY: j + n <= h, so lanes k·h + j .. k·h + j + n (k < 3) lie in the 3h-long
+    // rows and in b_hh, and lanes j .. j + n in the h-long ones.
+    for_each_vector(h, |j, n| unsafe {
+        let one = vdupq_n_f32(1.0);
+        let ah = |k: usize| {
+            let a = load(hg, k * h + j, n);
+            match b_hh {
+                Some(bh) => vaddq_f32(a, load(bh, k * h + j, n)),
+                None => a,
+            }
+        };
+        let r = sigmoid(vaddq_f32(load(xg, j, n), ah(0)));
+        let z = sigmoid(vaddq_f32(load(xg, h + j, n), ah(1)));
+        let ahn = ah(2);
+        let nn = tanh(vaddq_f32(load(xg, 2 * h + j, n), vmulq_f32(r, ahn)));
+        let hn = vaddq_f32(vmulq_f32(vsubq_f32(one, z), nn), vmulq_f32(z, load(h_prev, j, n)));
+        store(m, j, n, hn);
+        store(gates, j, n, r);
+        store(gates, h + j, n, z);
+        store(gates, 2 * h + j, n, nn);
+        store(extra, j, n, ahn);
     });
 }
 
@@ -54,29 +51,26 @@ pub(super) unsafe fn forward(r: FwdRow<'_>) {
 /// # Safety
 /// The CPU supports NEON; the row's slices have the lengths [`BwdRow`] documents for a GRU.
 #[target_feature(enable = "neon")]
-pub(super) unsafe fn backward(r: BwdRow<'_>) {
-    let BwdRow { hidden: h, gates, extra: ahn, h_prev, dm, dgi, dgh, dh_direct, .. } = r;
-    for_each_vector(h, |j, n| {
-        // SAFETY: as in forward: j + n <= h bounds every lane used.
-        unsafe {
-            let one = vdupq_n_f32(1.0);
-            let r = load(gates, j, n);
-            let z = load(gates, h + j, n);
-            let nn = load(gates, 2 * h + j, n);
-            let dh = load(dm, j, n);
-            let dn = vmulq_f32(dh, vsubq_f32(one, z));
-            let dz = vmulq_f32(dh, vsubq_f32(load(h_prev, j, n), nn));
-            let dan = vmulq_f32(dn, vsubq_f32(one, vmulq_f32(nn, nn)));
-            let dr = vmulq_f32(dan, load(ahn, j, n));
-            let dar = vmulq_f32(vmulq_f32(dr, r), vsubq_f32(one, r));
-            let daz = vmulq_f32(vmulq_f32(dz, z), vsubq_f32(one, z));
-            store(dgi, j, n, dar);
-            store(dgi, h + j, n, daz);
-            store(dgi, 2 * h + j, n, dan);
-            store(dgh, j, n, dar);
-            store(dgh, h + j, n, daz);
-            store(dgh, 2 * h + j, n, vmulq_f32(dan, r));
-            store(dh_direct, j, n, vmulq_f32(dh, z));
-        }
+pub(super) unsafe fn backward(BwdRow { hidden: h, gates, extra: ahn, h_prev, dm, dgi, dgh, dh_direct, .. }: BwdRow<'_>) {
+    // SAFETY: as in forward: j + n <= h bounds every lane used.
+    for_each_vector(h, |j, n| unsafe {
+        let one = vdupq_n_f32(1.0);
+        let r = load(gates, j, n);
+        let z = load(gates, h + j, n);
+        let nn = load(gates, 2 * h + j, n);
+        let dh = load(dm, j, n);
+        let dn = vmulq_f32(dh, vsubq_f32(one, z));
+        let dz = vmulq_f32(dh, vsubq_f32(load(h_prev, j, n), nn));
+        let dan = vmulq_f32(dn, vsubq_f32(one, vmulq_f32(nn, nn)));
+        let dr = vmulq_f32(dan, load(ahn, j, n));
+        let dar = vmulq_f32(vmulq_f32(dr, r), vsubq_f32(one, r));
+        let daz = vmulq_f32(vmulq_f32(dz, z), vsubq_f32(one, z));
+        store(dgi, j, n, dar);
+        store(dgi, h + j, n, daz);
+        store(dgi, 2 * h + j, n, dan);
+        store(dgh, j, n, dar);
+        store(dgh, h + j, n, daz);
+        store(dgh, 2 * h + j, n, vmulq_f32(dan, r));
+        store(dh_direct, j, n, vmulq_f32(dh, z));
     });
 }

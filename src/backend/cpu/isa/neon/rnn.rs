@@ -18,25 +18,22 @@ use core::arch::aarch64::*;
 /// # Safety
 /// The CPU supports NEON; the row's slices have the lengths [`FwdRow`] documents for an RNN.
 #[target_feature(enable = "neon")]
-pub(super) unsafe fn forward<const RELU: bool>(r: FwdRow<'_>) {
-    let FwdRow { hidden: h, xg, hg, b_hh, gates, m, .. } = r;
-    for_each_vector(h, |j, n| {
-        // SAFETY: j + n <= h, the length of every row and of b_hh.
-        unsafe {
-            let mut a = vaddq_f32(load(xg, j, n), load(hg, j, n));
-            if let Some(bh) = b_hh {
-                a = vaddq_f32(a, load(bh, j, n));
-            }
-            let v = if RELU {
-                // As the reference: a < 0 ? 0 : a, which keeps -0 and NaN.
-                let zero = vdupq_n_f32(0.0);
-                vbslq_f32(vcltq_f32(a, zero), zero, a)
-            } else {
-                tanh(a)
-            };
-            store(gates, j, n, v);
-            store(m, j, n, v);
+pub(super) unsafe fn forward<const RELU: bool>(FwdRow { hidden: h, xg, hg, b_hh, gates, m, .. }: FwdRow<'_>) {
+    // SAFETY: j + n <= h, the length of every row and of b_hh.
+    for_each_vector(h, |j, n| unsafe {
+        let mut a = vaddq_f32(load(xg, j, n), load(hg, j, n));
+        if let Some(bh) = b_hh {
+            a = vaddq_f32(a, load(bh, j, n));
         }
+        let v = if RELU {
+            // As the reference: a < 0 ? 0 : a, which keeps -0 and NaN.
+            let zero = vdupq_n_f32(0.0);
+            vbslq_f32(vcltq_f32(a, zero), zero, a)
+        } else {
+            tanh(a)
+        };
+        store(gates, j, n, v);
+        store(m, j, n, v);
     });
 }
 
@@ -45,22 +42,19 @@ pub(super) unsafe fn forward<const RELU: bool>(r: FwdRow<'_>) {
 /// # Safety
 /// The CPU supports NEON; the row's slices have the lengths [`BwdRow`] documents for an RNN.
 #[target_feature(enable = "neon")]
-pub(super) unsafe fn backward<const RELU: bool>(r: BwdRow<'_>) {
-    let BwdRow { hidden: h, gates: v, dm, dgi, dgh, .. } = r;
-    for_each_vector(h, |j, n| {
-        // SAFETY: j + n <= h, the length of every row.
-        unsafe {
-            let one = vdupq_n_f32(1.0);
-            let v = load(v, j, n);
-            let d = if RELU {
-                // [v > 0] as 1.0 or 0.0, multiplied like the reference (so dm = inf gives NaN at 0).
-                vbslq_f32(vcgtq_f32(v, vdupq_n_f32(0.0)), one, vdupq_n_f32(0.0))
-            } else {
-                vsubq_f32(one, vmulq_f32(v, v))
-            };
-            let da = vmulq_f32(load(dm, j, n), d);
-            store(dgi, j, n, da);
-            store(dgh, j, n, da);
-        }
+pub(super) unsafe fn backward<const RELU: bool>(BwdRow { hidden: h, gates: v, dm, dgi, dgh, .. }: BwdRow<'_>) {
+    // SAFETY: j + n <= h, the length of every row.
+    for_each_vector(h, |j, n| unsafe {
+        let one = vdupq_n_f32(1.0);
+        let v = load(v, j, n);
+        let d = if RELU {
+            // [v > 0] as 1.0 or 0.0, multiplied like the reference (so dm = inf gives NaN at 0).
+            vbslq_f32(vcgtq_f32(v, vdupq_n_f32(0.0)), one, vdupq_n_f32(0.0))
+        } else {
+            vsubq_f32(one, vmulq_f32(v, v))
+        };
+        let da = vmulq_f32(load(dm, j, n), d);
+        store(dgi, j, n, da);
+        store(dgh, j, n, da);
     });
 }

@@ -22,7 +22,7 @@
 
 use super::Neon;
 use crate::backend::cpu::gemm::packed::NR;
-use crate::backend::cpu::gemm::sgemm::{for_tile_rows, BlockTile, CTile, Update, MR};
+use crate::backend::cpu::gemm::sgemm::{BlockTile, CTile, Update, MR};
 use core::arch::aarch64::*;
 use core::arch::asm;
 
@@ -34,27 +34,12 @@ fn prefetch(p: *const f32) {
 }
 
 impl BlockTile for Neon {
-    const KC: usize = 512;
-    const MC: usize = 240;
-    const NC: usize = 1024;
-
-    /// The 6×16 tile: `C[rows, cols] ⊕= Σ_k a[k·6 + i]·b[k·16 + j]`, as `up` says.
-    ///
-    /// # Safety
-    /// NEON; as [`BlockTile::tile`].
     #[target_feature(enable = "neon")]
     #[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
     unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: CTile, up: Update) {
-        // SAFETY (whole body): offsets stay within the ranges the caller vouched for.
+        // SAFETY (whole body): NEON and the ranges are this method's contract.
         unsafe {
-            // The C tile is read only after the k loop, by which time these lines have arrived:
-            // six rows a row stride apart defeat the hardware prefetchers.
-            for i in 0..MR {
-                if i < c.rows {
-                    prefetch(c.ptr.add(i * c.rs));
-                    prefetch(c.ptr.add(i * c.rs + c.cols - 1));
-                }
-            }
+            c.prefetch(prefetch);
             let mut acc = [[vdupq_n_f32(0.0); 4]; MR];
             let (mut ap, mut bp) = (a, b);
             for _ in 0..kc {
@@ -72,19 +57,12 @@ impl BlockTile for Neon {
                 ap = ap.add(MR);
                 bp = bp.add(NR);
             }
-            // Alpha, then an add or one FMA with beta, the same in a full tile and at an edge.
-            let va = vdupq_n_f32(up.alpha);
-            for_tile_rows::<MR, NR>(c, c.rows == MR && c.cols == NR, up.beta != Some(0.0), |i, buf| {
-                for h in 0..4 {
-                    let v = if up.alpha == 1.0 { acc[i][h] } else { vmulq_f32(va, acc[i][h]) };
-                    let out = match up.beta {
-                        None => vaddq_f32(vld1q_f32(buf.add(4 * h)), v),
-                        Some(0.0) => v, // also -0.0: a float pattern compares with ==
-                        Some(beta) => vfmaq_f32(v, vdupq_n_f32(beta), vld1q_f32(buf.add(4 * h))),
-                    };
-                    vst1q_f32(buf.add(4 * h), out);
-                }
-            });
+            let (load, store, splat) = (|p| vld1q_f32(p), |p, v| vst1q_f32(p, v), |x| vdupq_n_f32(x));
+            // NEON's FMA adds its first operand.
+            up.store_tile(c, &acc, (load, store, splat, |a, b| vmulq_f32(a, b), |a, b| vaddq_f32(a, b), |a, b, c| vfmaq_f32(c, a, b)));
         }
     }
+
+    /// The packed `A` block is 480 KiB (see the module documentation).
+    const MC: usize = 240;
 }
