@@ -62,17 +62,15 @@ unsafe fn tile_np<const NP: usize>(kc: usize, a: ATile, b: Panels, c: CTile, up:
             }
         }
         let alpha = _mm512_set1_ps(up.alpha);
+        // Rows past `rows` and panels past `cols` are skipped, not broken out of: loops of a
+        // constant trip count unroll fully, which keeps the accumulators in registers.
         for i in 0..MR {
-            if i >= rows {
-                break;
-            }
-            let dst = c.add(i * rsc);
             for p in 0..NP {
                 let m = lanes(cols.saturating_sub(p * NR));
-                if m == 0 {
-                    break;
+                if i >= rows || m == 0 {
+                    continue;
                 }
-                let at = dst.add(p * NR);
+                let at = c.add(i * rsc + p * NR);
                 let v = if up.alpha == 1.0 { acc[i][p] } else { _mm512_mul_ps(alpha, acc[i][p]) };
                 let out = match up.beta {
                     None => _mm512_add_ps(_mm512_maskz_loadu_ps(m, at), v),
