@@ -3,30 +3,56 @@
 //!
 //! # Layout
 //!
-//! - `mod.rs` (here): [`Cpu`], its [`Backend`] implementation and the [`HostKernels`] the
-//!   driver calls (`CpuKernels`): the only place that speaks the driver's interface. It cuts
-//!   the time loop into blocks of rows and splits the cell steps across threads.
-//! - `isa/`: which instruction set runs, and its kernels. `isa/mod.rs` holds [`Isa`] and the
-//!   `Kernels` trait that every ISA's zero-sized token implements (`Scalar`, `Avx2`, `Avx512`,
-//!   `Neon`), with the length checks done once for all ISAs in its provided methods;
-//!   `isa/rows.rs` cuts a cell step into rows; `isa/avx2/`, `isa/avx512/`, `isa/neon/` hold the
-//!   hand-written kernels, one file per concern: `math.rs` (exp, sigmoid, tanh), `lstm.rs`,
-//!   `gru.rs`, `rnn.rs` (the fused cells), `sgemm.rs` (the blocked SGEMM's register tile),
-//!   `sgemm_skinny.rs` (few rows against a packed weight). The scalar ISA runs the reference
-//!   kernels and matrixmultiply. `isa/cell_tests.rs` is the harness every ISA's cells are
-//!   tested with.
+//! - `mod.rs` (here): [`Cpu`], its [`Backend`] implementation and the `HostKernels` the
+//!   driver calls (`CpuKernels`), the one implementation of the driver's interface. It cuts
+//!   the time loop into blocks of rows (`RowBlocking`) and splits the cell steps across
+//!   threads.
+//! - `isa/`: which instruction set runs, and its kernels.
+//!   - `isa/mod.rs`: [`Isa`], and the `Kernels` trait that every ISA's zero-sized token
+//!     implements (`Scalar`, `Avx2`, `Avx512`, `Neon`): the GEMMs and the per-row cell
+//!     kernels as `unsafe` methods, and safe provided methods that check every length once,
+//!     for all ISAs, before calling them.
+//!   - `isa/rows.rs`: a cell step cut into rows (the length checks, the inactive rows), each
+//!     active row handed to the ISA's kernel of its cell; it names the driver's step types
+//!     once, as the row types `FwdRow` and `BwdRow`.
+//!   - `isa/scalar.rs`: the reference kernels and matrixmultiply, the base of every ISA.
+//!   - `isa/avx2/`, `isa/avx512/`, `isa/neon/`: the hand-written kernels, one file per
+//!     concern: `math.rs` (exp, sigmoid, tanh), `lstm.rs`, `gru.rs`, `rnn.rs` (the fused cells,
+//!     forward and backward), `sgemm.rs` (the blocked SGEMM's register tile), `sgemm_skinny.rs`
+//!     (few rows against a packed weight). AVX-512 has only what it improves: the tiles, the
+//!     LSTM forward (`isa/avx512/lstm.rs`) and its maths.
+//!   - `isa/cell_tests.rs`: the harness every ISA's cells are tested with
+//!     (`cell_kernel_tests!` in each ISA's `mod.rs`).
 //! - `gemm/`: the GEMM drivers, ISA-neutral and generic over an ISA's register tiles:
-//!   `mod.rs` splits a product across threads, `sgemm.rs` is the blocked and skinny SGEMM,
-//!   `packed.rs` the plan's weights packed once, `team.rs` the threads of one call.
+//!   `mod.rs` splits a product across threads, `sgemm.rs` is the blocked and skinny SGEMM
+//!   (and the traits the tiles implement), `packed.rs` the plan's weights packed once,
+//!   `team.rs` the threads of one call.
 //! - `affinity.rs`: pinning the pool's threads to CPUs.
 //!
 //! # Dispatch
 //!
 //! The ISA is chosen once, when a [`Cpu`] is made (the best one, or `RNN_KERNELS_ISA`), as a
-//! token that proves the CPU has it. Each call then matches it once and runs the driver
-//! monomorphised for that ISA's kernels: no kernel call site chooses an ISA. An ISA implements
-//! only the kernels it improves and takes the others from its base (AVX-512 from AVX2, AVX2
-//! and NEON from scalar), through the trait.
+//! token that only exists where the CPU has the ISA. Each call matches it once
+//! (`with_kernels!`) and runs the driver monomorphised for that ISA's kernels: no kernel call
+//! site chooses an ISA, and the kernels inline into their ISA's code as before. An ISA
+//! implements only the kernels it improves and takes the others from its base, through the
+//! trait's `Base` (AVX-512 → AVX2 → scalar, NEON → scalar).
+//!
+//! Safety: every `#[target_feature]` kernel is called from a method of its ISA's token (whose
+//! existence proves the features) after the provided method checked the lengths; each `unsafe`
+//! block says which of the two it relies on.
+//!
+//! # Extending it
+//!
+//! - A cell option (a peephole, a clip, layer norm): an argument of the row kernels, read in
+//!   `rows.rs` and by each ISA's kernel of that cell; an ISA that does not write it takes its
+//!   base's.
+//! - A new ISA or storage type (AVX512-BF16, AMX): a token whose `detect()` checks the
+//!   features, a `Kernels` impl whose `Base` is the ISA it extends, overriding the methods it
+//!   improves, and a `Chosen` variant.
+//! - Another cut of the time loop (a plan-time tuner): a `RowBlocking` chosen per plan
+//!   instead of per ISA; only cuts that leave the bits unchanged (whole tiles, never the skinny
+//!   path) may depend on timing.
 //!
 //! Results are bit-identical for any thread count: threads split GEMM outputs and batch rows,
 //! never a sum.

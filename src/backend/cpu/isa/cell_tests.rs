@@ -450,8 +450,8 @@ fn throughput<K: Kernels>(isa: K, cell: CellKind, b: usize, h: usize) {
     let mut fwd = [b * gh, bh_gru, bh_lstm, b * h].map(|n| vec![0.0; n]);
     let (dm, mut bwd) = (v(b * h, 1.0), [v(bh_lstm, 0.3), vec![0.0; b * gh], vec![0.0; b * gh], vec![0.0; b * h]]);
     let fwd_bytes = (fwd_ins.iter().chain(&fwd).map(Vec::len).sum::<usize>() * 4) as f64;
-    let bwd_bytes =
-        ((b * gh + bh_gru + 2 * bh_lstm + b * h + bh_gru) * 4 + bwd.iter().map(Vec::len).sum::<usize>() * 4 + bh_lstm * 4) as f64;
+    // gates, extra, c, c_prev, dm, dc (in and out), dgi, dgh, and GRU's h_prev and dh_direct.
+    let bwd_bytes = ((b * gh + bh_gru + 2 * bh_lstm + b * h + 2 * bh_lstm + 2 * b * gh + 2 * bh_gru) * 4) as f64;
     let reps = (100_000_000 / fwd_bytes as usize).clamp(5, 20_000);
     let mut best = [f64::INFINITY; 4];
     for round in 0..16 {

@@ -26,7 +26,15 @@
 //! to the reference, as is RNN relu forward (the tests assert it), and LSTM backward differs
 //! only through `tanh(c)`. The ISA-neutral harness (`isa/cell_tests.rs`: f64 as the judge,
 //! inactive rows bit-equal to the f32 reference, guard zones, extremes, position independence)
-//! prints the largest differences it measures under qemu.
+//! prints the largest differences it measures under qemu; against the f32 reference (absolute
+//! where `|want| ≤ 0.5`, relative above):
+//!
+//! | cell | forward abs / rel | backward abs / rel |
+//! |---|---|---|
+//! | LSTM | 6.0e-8 / 1.6e-7 | 1.0e-7 / 3.5e-7 |
+//! | GRU | 6.0e-8 / 1.4e-7 | 0 (bit-identical) |
+//! | RNN tanh | 3.0e-8 / 9.8e-8 | 0 (bit-identical) |
+//! | RNN relu | 0 (bit-identical) | 0 (bit-identical) |
 //!
 //! Safety: the kernels are `unsafe` because they need NEON (proven by the [`Neon`] token) and
 //! rows of the lengths `isa/rows.rs` checks; the pointer loops stay inside those lengths by
