@@ -16,7 +16,13 @@ impl BlockTile for Avx2 {
     unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: CTile, up: Update) {
         // SAFETY (whole body): the ISA and the ranges are this method's contract.
         unsafe {
-            c.prefetch(|p| _mm_prefetch::<_MM_HINT_T0>(p as *const i8));
+            // The C tile is read only after the k loop, by which time these have arrived: six rows
+            // a row stride apart defeat the hardware prefetchers, and on a large C each would be a
+            // miss to memory.
+            for i in 0..c.rows {
+                _mm_prefetch::<_MM_HINT_T0>(c.ptr.add(i * c.rs) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(c.ptr.add(i * c.rs + c.cols - 1) as *const i8);
+            }
             let mut acc = [[_mm256_setzero_ps(); 2]; MR];
             let (mut ap, mut bp) = (a, b);
             for _ in 0..kc {
@@ -30,9 +36,35 @@ impl BlockTile for Avx2 {
                 ap = ap.add(MR);
                 bp = bp.add(NR);
             }
-            let (load, store, splat) = (|p| _mm256_loadu_ps(p), |p, v| _mm256_storeu_ps(p, v), |x| _mm256_set1_ps(x));
-            let (mul, add) = (|a, b| _mm256_mul_ps(a, b), |a, b| _mm256_add_ps(a, b));
-            up.store_tile(c, &acc, (load, store, splat, mul, add, |a, b, c| _mm256_fmadd_ps(a, b, c)));
+            // An edge tile goes through a copy of its part of C, so that every element gets the
+            // same instructions (alpha, then an add or one FMA with beta) in a full tile and at an
+            // edge.
+            let full = c.rows == MR && c.cols == NR;
+            let read_c = up.beta != Some(0.0);
+            let alpha = _mm256_set1_ps(up.alpha);
+            let mut tmp = [0.0f32; MR * NR];
+            for i in 0..MR {
+                if i >= c.rows {
+                    break;
+                }
+                let dst = c.ptr.add(i * c.rs);
+                let buf = if full { dst } else { tmp.as_mut_ptr().add(i * NR) };
+                if !full && read_c {
+                    std::ptr::copy_nonoverlapping(dst, buf, c.cols);
+                }
+                for h in 0..2 {
+                    let v = if up.alpha == 1.0 { acc[i][h] } else { _mm256_mul_ps(alpha, acc[i][h]) };
+                    let out = match up.beta {
+                        None => _mm256_add_ps(_mm256_loadu_ps(buf.add(8 * h)), v),
+                        Some(0.0) => v, // also -0.0: a float pattern compares with ==
+                        Some(beta) => _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(buf.add(8 * h)), v),
+                    };
+                    _mm256_storeu_ps(buf.add(8 * h), out);
+                }
+                if !full {
+                    std::ptr::copy_nonoverlapping(buf, dst, c.cols);
+                }
+            }
         }
     }
 }

@@ -10,7 +10,7 @@
 
 use super::Avx2;
 use crate::backend::cpu::gemm::packed::NR;
-use crate::backend::cpu::gemm::sgemm::{for_tile_rows, ATile, CTile, SkinnyTile};
+use crate::backend::cpu::gemm::sgemm::{ATile, CTile, SkinnyTile};
 use core::arch::x86_64::*;
 
 impl SkinnyTile for Avx2 {
@@ -38,18 +38,29 @@ impl SkinnyTile for Avx2 {
                     }
                 }
             }
-            // Alpha, then one FMA with beta, the same in a full tile and at an edge, whichever
-            // panels a thread's share groups into tiles.
             let (va, vb) = (_mm256_set1_ps(alpha), _mm256_set1_ps(beta));
-            for_tile_rows::<R, 64>(c, c.cols == NP * NR, beta != 0.0, |r, buf| {
-                for (q, v) in acc[r].iter().take(2 * NP).enumerate() {
+            for (r, row) in acc.iter().enumerate() {
+                let dst = c.ptr.add(r * c.rs);
+                // An edge tile goes through a full-width copy of its columns, so that every element
+                // gets the same instructions (alpha, then one FMA with beta) in a full tile and at
+                // an edge, whichever panels a thread's share groups into tiles.
+                let full = c.cols == NP * NR;
+                let mut tmp = [0.0f32; 64];
+                if !full && beta != 0.0 {
+                    std::ptr::copy_nonoverlapping(dst, tmp.as_mut_ptr(), c.cols);
+                }
+                let buf = if full { dst } else { tmp.as_mut_ptr() };
+                for (q, v) in row.iter().take(2 * NP).enumerate() {
                     let mut v = if alpha == 1.0 { *v } else { _mm256_mul_ps(va, *v) };
                     if beta != 0.0 {
                         v = _mm256_fmadd_ps(vb, _mm256_loadu_ps(buf.add(8 * q)), v);
                     }
                     _mm256_storeu_ps(buf.add(8 * q), v);
                 }
-            });
+                if !full {
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, c.cols);
+                }
+            }
         }
     }
 }

@@ -32,14 +32,16 @@ pub(super) fn lanes(n: usize) -> __mmask16 {
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
 unsafe fn tile_np<const NP: usize>(kc: usize, a: ATile, b: Panels, c: CTile, up: Update) {
-    let ct = c;
     let CTile { ptr: c, rs: rsc, rows, cols } = c;
     let ATile { ptr: a, rs: rsa, cs: csa } = a;
     let (b, bstride) = (b.ptr, b.stride);
     // SAFETY (whole body): offsets stay within the ranges the caller vouched for; masked lanes
     // are not accessed.
     unsafe {
-        ct.prefetch(|p| _mm_prefetch::<_MM_HINT_T0>(p as *const i8));
+        for i in 0..rows {
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * rsc) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(c.add(i * rsc + cols - 1) as *const i8);
+        }
         let mut acc = [[_mm512_setzero_ps(); NP]; MR];
         let mut bp = [b; NP];
         for p in 0..NP {

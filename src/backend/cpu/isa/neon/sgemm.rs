@@ -39,7 +39,14 @@ impl BlockTile for Neon {
     unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: CTile, up: Update) {
         // SAFETY (whole body): NEON and the ranges are this method's contract.
         unsafe {
-            c.prefetch(prefetch);
+            // The C tile is read only after the k loop, by which time these lines have arrived:
+            // six rows a row stride apart defeat the hardware prefetchers.
+            for i in 0..MR {
+                if i < c.rows {
+                    prefetch(c.ptr.add(i * c.rs));
+                    prefetch(c.ptr.add(i * c.rs + c.cols - 1));
+                }
+            }
             let mut acc = [[vdupq_n_f32(0.0); 4]; MR];
             let (mut ap, mut bp) = (a, b);
             for _ in 0..kc {
@@ -57,9 +64,35 @@ impl BlockTile for Neon {
                 ap = ap.add(MR);
                 bp = bp.add(NR);
             }
-            let (load, store, splat) = (|p| vld1q_f32(p), |p, v| vst1q_f32(p, v), |x| vdupq_n_f32(x));
-            // NEON's FMA adds its first operand.
-            up.store_tile(c, &acc, (load, store, splat, |a, b| vmulq_f32(a, b), |a, b| vaddq_f32(a, b), |a, b, c| vfmaq_f32(c, a, b)));
+            // An edge tile goes through a copy of its part of C, so that every element gets the
+            // same instructions (alpha, then an add or one FMA with beta) in a full tile and at an
+            // edge.
+            let full = c.rows == MR && c.cols == NR;
+            let read_c = up.beta != Some(0.0);
+            let va = vdupq_n_f32(up.alpha);
+            let mut tmp = [0.0f32; MR * NR];
+            for i in 0..MR {
+                if i >= c.rows {
+                    break;
+                }
+                let dst = c.ptr.add(i * c.rs);
+                let buf = if full { dst } else { tmp.as_mut_ptr().add(i * NR) };
+                if !full && read_c {
+                    std::ptr::copy_nonoverlapping(dst, buf, c.cols);
+                }
+                for h in 0..4 {
+                    let v = if up.alpha == 1.0 { acc[i][h] } else { vmulq_f32(va, acc[i][h]) };
+                    let out = match up.beta {
+                        None => vaddq_f32(vld1q_f32(buf.add(4 * h)), v),
+                        Some(0.0) => v, // also -0.0: a float pattern compares with ==
+                        Some(beta) => vfmaq_f32(v, vdupq_n_f32(beta), vld1q_f32(buf.add(4 * h))),
+                    };
+                    vst1q_f32(buf.add(4 * h), out);
+                }
+                if !full {
+                    std::ptr::copy_nonoverlapping(buf, dst, c.cols);
+                }
+            }
         }
     }
 

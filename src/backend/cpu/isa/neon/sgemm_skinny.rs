@@ -12,7 +12,7 @@
 
 use super::Neon;
 use crate::backend::cpu::gemm::packed::NR;
-use crate::backend::cpu::gemm::sgemm::{for_tile_rows, ATile, CTile, SkinnyTile};
+use crate::backend::cpu::gemm::sgemm::{ATile, CTile, SkinnyTile};
 use core::arch::aarch64::*;
 
 /// A compiler barrier for memory accesses (an empty `asm!`, which to the compiler may read and
@@ -69,10 +69,18 @@ impl SkinnyTile for Neon {
                 bp = bp.add(NR);
                 ap = ap.add(a.cs);
             }
-            // Alpha, then one FMA with beta, the same in a full tile and at an edge, whichever
-            // panels a thread's share groups into tiles.
+            // An edge tile goes through a full-width copy of its columns, so that every element
+            // gets the same instructions (alpha, then one FMA with beta) in a full tile and at an
+            // edge, whichever panels a thread's share groups into tiles.
             let (va, vb) = (vdupq_n_f32(alpha), vdupq_n_f32(beta));
-            for_tile_rows::<R, 64>(c, c.cols == NP * NR, beta != 0.0, |r, buf| {
+            let full = c.cols == NP * NR;
+            for r in 0..R {
+                let dst = c.ptr.add(r * c.rs);
+                let mut tmp = [0.0f32; 64];
+                if !full && beta != 0.0 {
+                    std::ptr::copy_nonoverlapping(dst, tmp.as_mut_ptr(), c.cols);
+                }
+                let buf = if full { dst } else { tmp.as_mut_ptr() };
                 for q in 0..4 * NP {
                     let mut v = if alpha == 1.0 { acc[r][q] } else { vmulq_f32(va, acc[r][q]) };
                     if beta != 0.0 {
@@ -80,7 +88,10 @@ impl SkinnyTile for Neon {
                     }
                     vst1q_f32(buf.add(4 * q), v);
                 }
-            });
+                if !full {
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, c.cols);
+                }
+            }
         }
     }
 }
