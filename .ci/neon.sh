@@ -47,7 +47,7 @@ echo "== all tests under qemu-aarch64 (RNN_KERNELS_ISA=neon)"
 cargo test --release --target "$TARGET" --no-fail-fast -- --skip short_training_run_falls_well_below_the_unigram_loss 2>&1 | tee "$log"
 
 echo "== the NEON kernels were exercised"
-ran=$(grep -cE '^test backend::cpu::neon::.* \.\.\. ok$' "$log" || true)
+ran=$(grep -cE '^test backend::cpu::isa::neon::.* \.\.\. ok$' "$log" || true)
 if [ "$ran" -eq 0 ]; then
     echo "error: no backend::cpu::neon test ran" >&2
     exit 1

@@ -88,7 +88,7 @@ impl CellStep {
     pub fn avx2_available() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            crate::backend::cpu::avx2::is_supported()
+            crate::backend::cpu::avx2_hooks::is_supported()
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -99,7 +99,7 @@ impl CellStep {
     /// One forward step with the AVX2+FMA kernels. Panics if [`avx2_available`](Self::avx2_available) is false.
     pub fn forward_avx2(&mut self) {
         #[cfg(target_arch = "x86_64")]
-        crate::backend::cpu::avx2::cell_forward_checked(self.cell, self.forward_args());
+        crate::backend::cpu::avx2_hooks::cell_forward_checked(self.cell, self.forward_args());
         #[cfg(not(target_arch = "x86_64"))]
         panic!("AVX2 kernels exist on x86-64 only");
     }
@@ -107,7 +107,7 @@ impl CellStep {
     /// One backward step with the AVX2+FMA kernels.
     pub fn backward_avx2(&mut self) {
         #[cfg(target_arch = "x86_64")]
-        crate::backend::cpu::avx2::cell_backward_checked(self.cell, self.backward_args());
+        crate::backend::cpu::avx2_hooks::cell_backward_checked(self.cell, self.backward_args());
         #[cfg(not(target_arch = "x86_64"))]
         panic!("AVX2 kernels exist on x86-64 only");
     }

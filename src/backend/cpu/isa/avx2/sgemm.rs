@@ -1,38 +1,27 @@
 //! AVX2+FMA register tiles of the blocked SGEMM (the loop nest, packing and split are
-//! ISA-neutral, in `cpu/sgemm.rs`): a 6×16 tile, twelve 8-lane accumulators, two loads of `B`
+//! ISA-neutral, in `gemm/sgemm.rs`): a 6×16 tile, twelve 8-lane accumulators, two loads of `B`
 //! and six broadcasts of `A` per 12 FMAs.
 
-use crate::backend::cpu::packed::NR;
-use crate::backend::cpu::sgemm::{BlockTile, Update, MR};
+use super::Avx2;
+use crate::backend::cpu::gemm::packed::NR;
+use crate::backend::cpu::gemm::sgemm::{BlockTile, CTile, Update, MR};
 use core::arch::x86_64::*;
 
-/// The AVX2+FMA kernels, for `cpu/sgemm.rs`.
-pub(crate) struct Avx2;
-
 impl BlockTile for Avx2 {
-    /// A 16-column micro-panel of `B` is `KC·64` bytes (32 KiB, L1-sized; faster than 256 on the
-    /// large products in `examples/gemm_bench.rs`, README "Performance").
-    const KC: usize = 512;
-    /// The packed `A` block is `MC·KC·4` bytes (288 KiB), in L2.
+    /// The packed `A` block is 288 KiB.
     const MC: usize = 144;
-    const NC: usize = 1024;
 
-    /// The 6×16 tile: `C[rows, cols] ⊕= Σ_k a[k·6 + i]·b[k·16 + j]`.
-    ///
-    /// # Safety
-    /// AVX2 and FMA; `a` holds `kc·6` floats, `b` holds `kc·16`; `c + i·rsc + j` is writable for
-    /// `i < rows ≤ 6`, `j < cols ≤ 16`.
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::needless_range_loop, clippy::too_many_arguments)] // index loops over const bounds unroll into registers
-    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, rows: usize, cols: usize, up: Update) {
-        // SAFETY (whole body): offsets stay within the ranges the caller vouched for.
+    #[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
+    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: CTile, up: Update) {
+        // SAFETY (whole body): the ISA and the ranges are this method's contract.
         unsafe {
             // The C tile is read only after the k loop, by which time these have arrived: six rows
             // a row stride apart defeat the hardware prefetchers, and on a large C each would be a
             // miss to memory.
-            for i in 0..rows {
-                _mm_prefetch::<_MM_HINT_T0>(c.add(i * rsc) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(c.add(i * rsc + cols - 1) as *const i8);
+            for i in 0..c.rows {
+                _mm_prefetch::<_MM_HINT_T0>(c.ptr.add(i * c.rs) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(c.ptr.add(i * c.rs + c.cols - 1) as *const i8);
             }
             let mut acc = [[_mm256_setzero_ps(); 2]; MR];
             let (mut ap, mut bp) = (a, b);
@@ -50,18 +39,18 @@ impl BlockTile for Avx2 {
             // An edge tile goes through a copy of its part of C, so that every element gets the
             // same instructions (alpha, then an add or one FMA with beta) in a full tile and at an
             // edge.
-            let full = rows == MR && cols == NR;
+            let full = c.rows == MR && c.cols == NR;
             let read_c = up.beta != Some(0.0);
             let alpha = _mm256_set1_ps(up.alpha);
             let mut tmp = [0.0f32; MR * NR];
             for i in 0..MR {
-                if i >= rows {
+                if i >= c.rows {
                     break;
                 }
-                let dst = c.add(i * rsc);
+                let dst = c.ptr.add(i * c.rs);
                 let buf = if full { dst } else { tmp.as_mut_ptr().add(i * NR) };
                 if !full && read_c {
-                    std::ptr::copy_nonoverlapping(dst, buf, cols);
+                    std::ptr::copy_nonoverlapping(dst, buf, c.cols);
                 }
                 for h in 0..2 {
                     let v = if up.alpha == 1.0 { acc[i][h] } else { _mm256_mul_ps(alpha, acc[i][h]) };
@@ -73,7 +62,7 @@ impl BlockTile for Avx2 {
                     _mm256_storeu_ps(buf.add(8 * h), out);
                 }
                 if !full {
-                    std::ptr::copy_nonoverlapping(buf, dst, cols);
+                    std::ptr::copy_nonoverlapping(buf, dst, c.cols);
                 }
             }
         }

@@ -1,23 +1,21 @@
 //! AVX-512 register tiles of the blocked SGEMM (the loop nest, packing and split are
-//! ISA-neutral, in `cpu/sgemm.rs`): an 8×48 tile over three 16-column panels of the same packed
+//! ISA-neutral, in `gemm/sgemm.rs`): an 8×48 tile over three 16-column panels of the same packed
 //! `B` the AVX2 and NEON tiles read, 24 accumulators of 16 lanes, three loads of `B` and eight
 //! broadcasts of `A` per 24 FMAs. Eight rows (the AVX2 tile has 6) waste no row of the batches
 //! of 8, 16, 32, 64 rows that recurrent steps have. Edge columns are loaded and stored under a
 //! lane mask, so every element goes through the same instructions in a full tile and at an edge.
 
-use crate::backend::cpu::packed::NR;
-use crate::backend::cpu::sgemm::{BlockTile, Update};
+use super::Avx512;
+use crate::backend::cpu::gemm::packed::NR;
+use crate::backend::cpu::gemm::sgemm::{ATile, BlockTile, CTile, Panels, Update};
+use core::arch::x86_64::*;
 
 /// Rows of the tile.
 const MR: usize = 8;
-use core::arch::x86_64::*;
-
-/// The AVX-512 kernels, for `cpu/sgemm.rs`.
-pub(crate) struct Avx512;
 
 /// The mask of the first `n` (≤ 16) lanes.
 #[inline(always)]
-fn lanes(n: usize) -> __mmask16 {
+pub(super) fn lanes(n: usize) -> __mmask16 {
     if n >= 16 {
         0xffff
     } else {
@@ -25,28 +23,18 @@ fn lanes(n: usize) -> __mmask16 {
     }
 }
 
-/// The `8 × (NP·16)` tile, `NP ≤ 3` panels `bstride` apart; `A[i, kk]` at `a + i·rsa + kk·csa`
-/// (a packed micro-panel: `rsa = 1`, `csa = 8`; rows of `A` in place: `rsa` = its row stride,
-/// `csa = 1`). Rows past `rows` are not read (their accumulators repeat the last row's and are
-/// not stored).
+/// The `8 × (NP·16)` tile, `NP ≤ 3` panels (a packed micro-panel of `A`: `rs = 1`, `cs = 8`;
+/// rows of `A` in place: `rs` = its row stride, `cs = 1`). Rows past `c.rows` are not read
+/// (their accumulators repeat the last row's and are not stored).
 ///
 /// # Safety
-/// AVX-512F; `a + i·rsa + kk·csa` readable for `i < rows`, `kk < kc`; `b + p·bstride` holds
-/// `kc·16` floats for `p < NP`; `c + i·rsc + j` is writable for `i < rows ≤ 8`,
-/// `j < cols ≤ NP·16`.
+/// AVX-512F; as [`BlockTile::tile_panels`], with `NP` panels of `b`.
 #[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::needless_range_loop, clippy::too_many_arguments)] // index loops over const bounds unroll into registers
-unsafe fn tile_np<const NP: usize>(
-    kc: usize,
-    (a, rsa, csa): (*const f32, usize, usize),
-    b: *const f32,
-    bstride: usize,
-    c: *mut f32,
-    rsc: usize,
-    rows: usize,
-    cols: usize,
-    up: Update,
-) {
+#[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
+unsafe fn tile_np<const NP: usize>(kc: usize, a: ATile, b: Panels, c: CTile, up: Update) {
+    let CTile { ptr: c, rs: rsc, rows, cols } = c;
+    let ATile { ptr: a, rs: rsa, cs: csa } = a;
+    let (b, bstride) = (b.ptr, b.stride);
     // SAFETY (whole body): offsets stay within the ranges the caller vouched for; masked lanes
     // are not accessed.
     unsafe {
@@ -76,17 +64,15 @@ unsafe fn tile_np<const NP: usize>(
             }
         }
         let alpha = _mm512_set1_ps(up.alpha);
+        // Rows past `rows` and panels past `cols` are skipped, not broken out of: loops of a
+        // constant trip count unroll fully, which keeps the accumulators in registers.
         for i in 0..MR {
-            if i >= rows {
-                break;
-            }
-            let dst = c.add(i * rsc);
             for p in 0..NP {
                 let m = lanes(cols.saturating_sub(p * NR));
-                if m == 0 {
-                    break;
+                if i >= rows || m == 0 {
+                    continue;
                 }
-                let at = dst.add(p * NR);
+                let at = c.add(i * rsc + p * NR);
                 let v = if up.alpha == 1.0 { acc[i][p] } else { _mm512_mul_ps(alpha, acc[i][p]) };
                 let out = match up.beta {
                     None => _mm512_add_ps(_mm512_maskz_loadu_ps(m, at), v),
@@ -100,13 +86,8 @@ unsafe fn tile_np<const NP: usize>(
 }
 
 impl BlockTile for Avx512 {
-    /// Three 16-column micro-panels of `B` are `3·KC·64` bytes (96 KiB: they stream from L2,
-    /// the `A` micro-panel stays in L1); faster than 384 or 192 in `examples/gemm_bench.rs`
-    /// (README, "Performance").
-    const KC: usize = 512;
-    /// The packed `A` block is `MC·KC·4` bytes (288 KiB), in L2.
+    /// The packed `A` block is 288 KiB.
     const MC: usize = 144;
-    const NC: usize = 1024;
     const PANELS: usize = 3;
     const ROWS: usize = MR;
     const DIRECT_A: bool = true;
@@ -115,30 +96,20 @@ impl BlockTile for Avx512 {
     ///
     /// # Safety
     /// AVX-512F; as [`BlockTile::tile`].
-    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, rows: usize, cols: usize, up: Update) {
+    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: CTile, up: Update) {
         // SAFETY: the caller's contract, with one panel.
-        unsafe { tile_np::<1>(kc, (a, 1, MR), b, 0, c, rsc, rows, cols, up) }
+        unsafe { tile_np::<1>(kc, ATile { ptr: a, rs: 1, cs: MR }, Panels { ptr: b, stride: 0 }, c, up) }
     }
 
     /// # Safety
     /// AVX-512F; as [`BlockTile::tile_panels`].
-    unsafe fn tile_panels(
-        kc: usize,
-        a: (*const f32, usize, usize),
-        b: *const f32,
-        bstride: usize,
-        c: *mut f32,
-        rsc: usize,
-        rows: usize,
-        cols: usize,
-        up: Update,
-    ) {
+    unsafe fn tile_panels(kc: usize, a: ATile, b: Panels, c: CTile, up: Update) {
         // SAFETY: the caller's contract; only the panels holding valid columns are read.
         unsafe {
-            match cols.div_ceil(NR) {
-                1 => tile_np::<1>(kc, a, b, bstride, c, rsc, rows, cols, up),
-                2 => tile_np::<2>(kc, a, b, bstride, c, rsc, rows, cols, up),
-                _ => tile_np::<3>(kc, a, b, bstride, c, rsc, rows, cols, up),
+            match c.cols.div_ceil(NR) {
+                1 => tile_np::<1>(kc, a, b, c, up),
+                2 => tile_np::<2>(kc, a, b, c, up),
+                _ => tile_np::<3>(kc, a, b, c, up),
             }
         }
     }

@@ -1,38 +1,24 @@
 //! AVX2+FMA GEMM for few rows against a packed weight: `out[M, N] = alpha·a[M, K]·B + beta·out`
-//! with `B` packed (see `cpu/packed.rs`), for the per-step products of a small batch (fewer rows
+//! with `B` packed (see `gemm/packed.rs`), for the per-step products of a small batch (fewer rows
 //! than the 6-row tile of `sgemm.rs`, which would waste most of its FMAs here).
 //!
 //! Register tile: `R` rows × `NP` panels of 16 columns, with `R·2·NP = 8` accumulators in
 //! flight (4×1, 2×2, 1×4), enough to cover the FMA latency: one row alone would otherwise wait
 //! on two dependent chains. Each k step loads 2·NP vectors of the panel once and broadcasts
 //! `R` values of `a`; every element of `out` is one dot product summed in k order. The driver
-//! that walks rows and panels is ISA-neutral: `gemm_panels` in `cpu/sgemm.rs`.
+//! that walks rows and panels is ISA-neutral: `gemm_panels` in `gemm/sgemm.rs`.
 
-use super::sgemm::Avx2;
-use crate::backend::cpu::packed::NR;
-use crate::backend::cpu::sgemm::SkinnyTile;
+use super::Avx2;
+use crate::backend::cpu::gemm::packed::NR;
+use crate::backend::cpu::gemm::sgemm::{ATile, CTile, SkinnyTile};
 use core::arch::x86_64::*;
 
 impl SkinnyTile for Avx2 {
-    /// `R × (NP·16)` tile at rows `a`, panels starting at `b`; `cols` valid output columns;
-    /// `c = alpha·acc + beta·c` (`c` not read when `beta = 0`).
-    ///
     /// # Safety
-    /// AVX2 and FMA; `a + r·rsa + kk·csa` readable for `r < R`, `kk < k`; `b` holds `NP` panels of
-    /// `k·16` floats at stride `k·16`; `c + r·rsc + j` writable for `r < R`, `j < cols ≤ NP·16`.
+    /// AVX2 and FMA; as [`SkinnyTile::skinny`].
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // index loops over const bounds unroll into registers
-    unsafe fn skinny<const R: usize, const NP: usize>(
-        a: *const f32,
-        rsa: usize,
-        csa: usize,
-        k: usize,
-        b: *const f32,
-        c: *mut f32,
-        rsc: usize,
-        cols: usize,
-        (alpha, beta): (f32, f32),
-    ) {
+    #[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
+    unsafe fn skinny<const R: usize, const NP: usize>(a: ATile, k: usize, b: *const f32, c: CTile, (alpha, beta): (f32, f32)) {
         let stride = k * NR;
         // SAFETY (whole body): every pointer offset below stays inside the ranges the caller
         // vouched for.
@@ -46,7 +32,7 @@ impl SkinnyTile for Avx2 {
                     bv[2 * p + 1] = _mm256_loadu_ps(bp.add(8));
                 }
                 for r in 0..R {
-                    let av = _mm256_broadcast_ss(&*a.add(r * rsa + kk * csa));
+                    let av = _mm256_broadcast_ss(&*a.ptr.add(r * a.rs + kk * a.cs));
                     for q in 0..2 * NP {
                         acc[r][q] = _mm256_fmadd_ps(av, bv[q], acc[r][q]);
                     }
@@ -54,14 +40,14 @@ impl SkinnyTile for Avx2 {
             }
             let (va, vb) = (_mm256_set1_ps(alpha), _mm256_set1_ps(beta));
             for (r, row) in acc.iter().enumerate() {
-                let dst = c.add(r * rsc);
+                let dst = c.ptr.add(r * c.rs);
                 // An edge tile goes through a full-width copy of its columns, so that every element
                 // gets the same instructions (alpha, then one FMA with beta) in a full tile and at
                 // an edge, whichever panels a thread's share groups into tiles.
-                let full = cols == NP * NR;
+                let full = c.cols == NP * NR;
                 let mut tmp = [0.0f32; 64];
                 if !full && beta != 0.0 {
-                    std::ptr::copy_nonoverlapping(dst, tmp.as_mut_ptr(), cols);
+                    std::ptr::copy_nonoverlapping(dst, tmp.as_mut_ptr(), c.cols);
                 }
                 let buf = if full { dst } else { tmp.as_mut_ptr() };
                 for (q, v) in row.iter().take(2 * NP).enumerate() {
@@ -72,7 +58,7 @@ impl SkinnyTile for Avx2 {
                     _mm256_storeu_ps(buf.add(8 * q), v);
                 }
                 if !full {
-                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, c.cols);
                 }
             }
         }

@@ -1,19 +1,20 @@
-//! AVX-512 GEMM for few rows against a packed weight (see `avx2/sgemm_skinny.rs` for the
+//! AVX-512 GEMM for few rows against a packed weight (see `isa/avx2/sgemm_skinny.rs` for the
 //! design): one 16-lane register per panel row, so the driver (`gemm_panels` in
-//! `cpu/sgemm.rs`) gives each tile twice the panels of the AVX2 one (4×2, 2×4, 1×8): eight
+//! `gemm/sgemm.rs`) gives each tile twice the panels of the AVX2 one (4×2, 2×4, 1×8): eight
 //! accumulators in flight. Every element of `out` is one dot product summed in k order.
 
-use super::sgemm::Avx512;
-use crate::backend::cpu::packed::NR;
-use crate::backend::cpu::sgemm::SkinnyTile;
+use super::sgemm::lanes;
+use super::Avx512;
+use crate::backend::cpu::gemm::packed::NR;
+use crate::backend::cpu::gemm::sgemm::{ATile, CTile, SkinnyTile};
 use core::arch::x86_64::*;
 
 /// Accumulators of a sequential tile, `8 / R` per row (8, 4, 2: powers of two, for the tree).
 const GEMV_ACC: usize = 8;
 
 /// Tiles of at most this many rows stream their panels one after another (see `skinny`). Only
-/// one row gains: from two rows on, the interleaved, prefetched tiles are faster (README,
-/// "Performance").
+/// one row gains: with the weights in L3 (`gemm_bench 2 1024 3072 2`, `4 1024 3072 2`) the
+/// interleaved, prefetched 2×4 and 4×2 tiles were faster than sequential ones.
 const SEQUENTIAL_MAX_ROWS: usize = 1;
 
 /// How many k steps ahead each panel stream is prefetched.
@@ -22,25 +23,12 @@ const PREFETCH: usize = 32;
 impl SkinnyTile for Avx512 {
     const WIDE: bool = true;
 
-    /// `R × (NP·16)` tile at rows `a`, panels starting at `b`; `cols` valid output columns;
-    /// `c = alpha·acc + beta·c` (`c` not read when `beta = 0`).
-    ///
     /// # Safety
-    /// AVX-512F; `a + r·rsa + kk·csa` readable for `r < R`, `kk < k`; `b` holds `NP` panels of
-    /// `k·16` floats at stride `k·16`; `c + r·rsc + j` writable for `r < R`, `j < cols ≤ NP·16`.
+    /// AVX-512F; as [`SkinnyTile::skinny`].
     #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // index loops over const bounds unroll into registers
-    unsafe fn skinny<const R: usize, const NP: usize>(
-        a: *const f32,
-        rsa: usize,
-        csa: usize,
-        k: usize,
-        b: *const f32,
-        c: *mut f32,
-        rsc: usize,
-        cols: usize,
-        (alpha, beta): (f32, f32),
-    ) {
+    #[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
+    unsafe fn skinny<const R: usize, const NP: usize>(a: ATile, k: usize, b: *const f32, c: CTile, (alpha, beta): (f32, f32)) {
+        let (cols, ATile { ptr: a, rs: rsa, cs: csa }) = (c.cols, a);
         let stride = k * NR;
         // SAFETY (whole body): every pointer offset below stays inside the ranges the caller
         // vouched for; masked lanes are not accessed.
@@ -49,9 +37,9 @@ impl SkinnyTile for Avx512 {
                 // Panel after panel, so that the loads form one sequential stream, which the
                 // hardware prefetcher follows (a software prefetch made it slower), with
                 // `8 / R` accumulators per row over `k mod (8 / R)` (summed in a fixed tree at
-                // the end) to keep 8 FMAs in flight. On one Zen 5 core (`gemm_bench 1 256 512 1
-                // 50000`, `avx512-packed`) one row went from 64 to 108 GFLOP/s, 30 to 50 bytes
-                // per cycle from L2, against the 1×8 tile's eight interleaved panel streams.
+                // the end) to keep 8 FMAs in flight: measured much faster for one row
+                // (`gemm_bench 1 256 512 1 50000`, `avx512-packed`, from L2) than the 1×8
+                // tile's eight interleaved panel streams.
                 let ks = GEMV_ACC / R;
                 for p in 0..NP {
                     let left = cols.saturating_sub(p * NR);
@@ -76,7 +64,7 @@ impl SkinnyTile for Avx512 {
                             acc[r][u] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * rsa + (kk + u) * csa)), bv, acc[r][u]);
                         }
                     }
-                    let m: __mmask16 = if left >= 16 { 0xffff } else { ((1u32 << left) - 1) as __mmask16 };
+                    let m = lanes(left);
                     for r in 0..R {
                         // The partial sums in a fixed pairwise tree: ((0+1)+(2+3))+((4+5)+(6+7)).
                         let mut w = ks;
@@ -86,7 +74,7 @@ impl SkinnyTile for Avx512 {
                             }
                             w /= 2;
                         }
-                        let at = c.add(r * rsc + p * NR);
+                        let at = c.ptr.add(r * c.rs + p * NR);
                         let mut v = if alpha == 1.0 { acc[r][0] } else { _mm512_mul_ps(_mm512_set1_ps(alpha), acc[r][0]) };
                         if beta != 0.0 {
                             v = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m, at), v);
@@ -114,13 +102,13 @@ impl SkinnyTile for Avx512 {
             }
             let (va, vb) = (_mm512_set1_ps(alpha), _mm512_set1_ps(beta));
             for (r, row) in acc.iter().enumerate() {
-                let dst = c.add(r * rsc);
+                let dst = c.ptr.add(r * c.rs);
                 for (p, v) in row.iter().enumerate() {
                     let left = cols.saturating_sub(p * NR);
                     if left == 0 {
                         break;
                     }
-                    let m: __mmask16 = if left >= 16 { 0xffff } else { ((1u32 << left) - 1) as __mmask16 };
+                    let m = lanes(left);
                     let at = dst.add(p * NR);
                     let mut v = if alpha == 1.0 { *v } else { _mm512_mul_ps(va, *v) };
                     if beta != 0.0 {

@@ -1,10 +1,10 @@
 //! The ISA-neutral half of the CPU backend's SGEMM: the BLIS loop nest, the packing of `A` and
 //! `B`, and the skinny driver, generic over an ISA's register tiles ([`BlockTile`], [`SkinnyTile`]:
-//! `avx2/sgemm.rs` + `avx2/sgemm_skinny.rs`, `neon/sgemm.rs` + `neon/sgemm_skinny.rs`,
-//! `avx512/sgemm.rs` + `avx512/sgemm_skinny.rs`).
+//! `isa/avx2/sgemm.rs` + `isa/avx2/sgemm_skinny.rs`, and the same files under `isa/avx512/`
+//! and `isa/neon/`).
 //!
 //! AVX2 and NEON use the same `MR × NR` = 6×16 tile, AVX-512 an 8×48 one ([`BlockTile::ROWS`]
-//! rows, [`BlockTile::PANELS`] panels); all read the same packed weights (`cpu/packed.rs`:
+//! rows, [`BlockTile::PANELS`] panels); all read the same packed weights (`gemm/packed.rs`:
 //! panels of 16 columns, k-major), so one packing serves every ISA.
 //!
 //! Blocked path, loops outermost first: `jc` over blocks of `NC` columns, `pc` over blocks of
@@ -20,11 +20,12 @@
 //! Every element of `C` is the same sum in the same order whatever the block of rows or
 //! columns a thread is given: on the blocked path one k-ordered FMA chain per `KC` block, the
 //! blocks added in `k` order; on the skinny path one chain over all of `k`. The path is chosen
-//! from the whole product's `M` (in `cpu/gemm.rs`), never from a thread's share, and a tile
+//! from the whole product's `M` (in `gemm/mod.rs`), never from a thread's share, and a tile
 //! applies `alpha` and `beta` with the same instructions whether it is full or at an edge. So
 //! splitting `C` across threads by rows or by panels never changes a bit.
 
 use super::packed::{PackedWeight, NR};
+use super::Out;
 use crate::backend::host::Mat;
 use std::cell::RefCell;
 
@@ -37,7 +38,7 @@ pub(crate) const MR: usize = 6;
 pub(crate) enum Rhs<'a> {
     /// `B[k, n]` as a strided view, packed per block.
     Strided(Mat<'a, f32>),
-    /// `B = W^T` packed once (see `cpu/packed.rs`).
+    /// `B = W^T` packed once (see `gemm/packed.rs`).
     Packed(&'a PackedWeight),
 }
 
@@ -65,25 +66,65 @@ pub(crate) struct Update {
     pub beta: Option<f32>,
 }
 
+/// The product the blocked path computes: `C = alpha·A·B + beta·C`.
+#[derive(Clone, Copy)]
+pub(crate) struct Product<'a> {
+    pub alpha: f32,
+    pub a: Mat<'a, f32>,
+    pub b: Rhs<'a>,
+    pub beta: f32,
+}
+
+/// The rows of `A` a tile reads: `A[i, kk]` at `ptr + i·rs + kk·cs` (a packed micro-panel of
+/// `r` rows is `rs = 1`, `cs = r`).
+#[derive(Clone, Copy)]
+pub(crate) struct ATile {
+    pub ptr: *const f32,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// Adjacent 16-column panels of `B` a tile reads, `stride` floats apart.
+#[derive(Clone, Copy)]
+pub(crate) struct Panels {
+    pub ptr: *const f32,
+    /// Read by the tiles that span several panels (AVX-512).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub stride: usize,
+}
+
+/// The tile of `C` a tile writes: `rows × cols` valid elements, `(i, j)` at `ptr + i·rs + j`.
+#[derive(Clone, Copy)]
+pub(crate) struct CTile {
+    pub ptr: *mut f32,
+    pub rs: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
 /// An ISA's 6×16 register tile and blocking, for the blocked path ([`gemm_block`]).
 pub(crate) trait BlockTile {
-    /// Inner-dimension block.
-    const KC: usize;
-    /// Row block (a multiple of [`Self::ROWS`]).
+    /// Inner-dimension block: a 16-column micro-panel of `B` is `KC·64` bytes (32 KiB at 512,
+    /// L1-sized; AVX-512's three panels, 96 KiB, stream from L2 while the `A` micro-panel stays
+    /// in L1). 512 measured faster than 384, 256 and 192 on the large products here
+    /// (`examples/gemm_bench.rs`, packed `B`).
+    const KC: usize = 512;
+    /// Row block (a multiple of [`Self::ROWS`]): the packed `A` block is `MC·KC·4` bytes, to
+    /// stay in L2.
     const MC: usize;
     /// Rows of the register tile, and of a packed micro-panel of `A`.
     const ROWS: usize = MR;
-    /// Column block (a multiple of [`NR`]) for `B` packed per call.
-    const NC: usize;
+    /// Column block (a multiple of [`NR`]) for `B` packed per call: bounds that packing (2 MiB
+    /// at 1024 × `KC`).
+    const NC: usize = 1024;
 
     /// The 6×16 tile: `C[rows, cols] ⊕= alpha·Σ_k a[k·6 + i]·b[k·16 + j]` as `up` says. An
     /// edge tile (`rows < 6` or `cols < 16`) must give each element the bits a full tile would.
     ///
     /// # Safety
-    /// The ISA is available; `a` holds `kc·6` floats, `b` holds `kc·16`; `c + i·rsc + j` is
-    /// writable for `i < rows ≤ 6`, `j < cols ≤ 16`.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, rows: usize, cols: usize, up: Update);
+    /// The ISA is available; `a` holds `kc·6` floats, `b` holds `kc·16`; `c` is writable for
+    /// its `rows ≤ 6` rows and `cols ≤ 16` columns.
+    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: CTile, up: Update);
 
     /// Panels of `B` one register tile spans: 1 (6×16) for AVX2 and NEON, 3 (8×48) for
     /// AVX-512, whose 32 registers hold 24 accumulators of 16 lanes.
@@ -93,31 +134,19 @@ pub(crate) trait BlockTile {
     /// as well as packed; the loop nest then skips packing `A` when it meets few panels of `B`.
     const DIRECT_A: bool = false;
 
-    /// The tile over up to [`Self::PANELS`] adjacent panels, `bstride` floats apart, `cols ≤
-    /// PANELS·16` valid columns (the panels past the last valid column are not read), with
-    /// `A[i, kk]` at `a.0 + i·a.1 + kk·a.2`: a packed micro-panel is `(p, 1, 6)`, and only a
-    /// tile with [`Self::DIRECT_A`] is given anything else. Same contract as [`Self::tile`]
-    /// otherwise; every element gets the bits it gets in a full tile, whichever way `A` comes.
+    /// The tile over up to [`Self::PANELS`] adjacent panels, `c.cols ≤ PANELS·16` valid
+    /// columns (the panels past the last valid column are not read), with `A` as `a` says: a
+    /// packed micro-panel is `(p, 1, 6)`, and only a tile with [`Self::DIRECT_A`] is given
+    /// anything else. Same contract as [`Self::tile`] otherwise; every element gets the bits it
+    /// gets in a full tile, whichever way `A` comes.
     ///
     /// # Safety
-    /// As [`Self::tile`], with `a.0 + i·a.1 + kk·a.2` readable for `i < rows`, `kk < kc`, and
-    /// `b + p·bstride` holding `kc·16` floats for `p < ceil(cols/16)`.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn tile_panels(
-        kc: usize,
-        a: (*const f32, usize, usize),
-        b: *const f32,
-        bstride: usize,
-        c: *mut f32,
-        rsc: usize,
-        rows: usize,
-        cols: usize,
-        up: Update,
-    ) {
-        let _ = bstride;
-        debug_assert_eq!((a.1, a.2), (1, Self::ROWS), "A must be packed");
+    /// As [`Self::tile`], with `a` readable for `i < rows`, `kk < kc`, and panel `p` of `b`
+    /// holding `kc·16` floats for `p < ceil(cols/16)`.
+    unsafe fn tile_panels(kc: usize, a: ATile, b: Panels, c: CTile, up: Update) {
+        debug_assert_eq!((a.rs, a.cs), (1, Self::ROWS), "A must be packed");
         // SAFETY: with one panel per tile and a packed A the contracts are the same.
-        unsafe { Self::tile(kc, a.0, b, c, rsc, rows, cols, up) }
+        unsafe { Self::tile(kc, a.ptr, b.ptr, c, up) }
     }
 }
 
@@ -128,26 +157,15 @@ pub(crate) trait SkinnyTile {
     /// registers per panel row (4×1, 2×2, 1×4).
     const WIDE: bool = false;
 
-    /// `R` rows of `a` against `NP` packed panels, `cols ≤ NP·16` valid output columns,
-    /// `c = alpha·acc + beta·c` (`c` not read when `beta = 0`), each element one dot product in
-    /// `k` order. An edge tile (`cols < NP·16`) must give each element the bits a full one would.
+    /// `R` rows of `a` against `NP` packed panels of `k` rows, `c.cols ≤ NP·16` valid output
+    /// columns, `c = alpha·acc + beta·c` (`c` not read when `beta = 0`), each element one dot
+    /// product in `k` order. An edge tile (`cols < NP·16`) must give each element the bits a
+    /// full one would.
     ///
     /// # Safety
-    /// The ISA is available; `a + r·rsa + kk·csa` readable for `r < R`, `kk < k`; `b` holds `NP`
-    /// panels of `k·16` floats at stride `k·16`; `c + r·rsc + j` writable for `r < R`,
-    /// `j < cols`.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn skinny<const R: usize, const NP: usize>(
-        a: *const f32,
-        rsa: usize,
-        csa: usize,
-        k: usize,
-        b: *const f32,
-        c: *mut f32,
-        rsc: usize,
-        cols: usize,
-        ab: (f32, f32),
-    );
+    /// The ISA is available; `a` readable for `r < R`, `kk < k`; `b` holds `NP` panels of
+    /// `k·16` floats at stride `k·16`; `c` writable for `R` rows and its valid columns.
+    unsafe fn skinny<const R: usize, const NP: usize>(a: ATile, k: usize, b: *const f32, c: CTile, ab: (f32, f32));
 }
 
 /// A cache-line-aligned block of floats, the unit of [`Aligned`].
@@ -256,25 +274,21 @@ unsafe fn pack_b(b: &Mat<'_, f32>, p0: usize, kc: usize, j0: usize, nc: usize, d
     }
 }
 
-/// `C[rows, cols] = alpha·A·B + beta·C` over rows `r0..r1` of `C` and its 16-column panels
-/// `q0..q1`, on the calling thread, with `K`'s 6×16 tile.
+/// `C = alpha·A·B + beta·C` over rows `r0..r1` of `C` and its 16-column panels `q0..q1`, on
+/// the calling thread, with `K`'s tiles.
 ///
 /// # Safety
-/// `K`'s ISA is available. `a: [M, K]` and `b: [K, N]` agree in `K`; `c + i·rsc + j` is
-/// writable and touched by no one else for `i` in `r0..r1` and `j` in the panels' columns
-/// (`< N`).
-#[allow(clippy::too_many_arguments)]
+/// `K`'s ISA is available. `p.a: [M, K]` and `p.b: [K, N]` agree in `K`; `C`'s elements
+/// `(i, j)` are writable and touched by no one else for `i` in `r0..r1` and `j` in the panels'
+/// columns (`< N`).
 pub(crate) unsafe fn gemm_block<K: BlockTile>(
     ws: &mut Workspace,
-    alpha: f32,
-    a: &Mat<'_, f32>,
-    b: Rhs<'_>,
-    beta: f32,
-    c: *mut f32,
-    rsc: usize,
+    p: &Product<'_>,
+    c: Out,
     (r0, r1): (usize, usize),
     (q0, q1): (usize, usize),
 ) {
+    let Product { alpha, a, b, beta } = *p;
     let (k, n) = (b.k(), b.n());
     if r0 >= r1 || q0 >= q1 {
         return;
@@ -285,8 +299,8 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
         unsafe {
             for i in r0..r1 {
                 for j in q0 * NR..(q1 * NR).min(n) {
-                    let p = c.add(i * rsc + j);
-                    *p = if beta == 0.0 { 0.0 } else { beta * *p };
+                    let e = c.at(i, j);
+                    *e = if beta == 0.0 { 0.0 } else { beta * *e };
                 }
             }
         }
@@ -315,11 +329,11 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
             let mut i0 = r0;
             while i0 < r1 {
                 let mc = K::MC.min(r1 - i0);
-                // `A` in place where the tile can read it so: on 2 Zen 5 cores (AVX-512,
-                // `examples/gemm_bench.rs`, packed B) 64×512×2048 went from 493 to 508 GFLOP/s,
-                // 16×1760×1760 from 417 to 437, 6400×512×2048 from 500 to 513. Packing costs a
-                // copy of A per column block, which the per-step products of a batch (the
-                // threads splitting columns, each packing all of A) never amortise.
+                // `A` in place where the tile can read it so (measured faster with
+                // `examples/gemm_bench.rs` on packed weights, from the per-step products of a
+                // batch to the large input projections). Packing costs a copy of A per column
+                // block, which the per-step products of a batch (the threads splitting columns,
+                // each packing all of A) never amortise.
                 let direct = K::DIRECT_A && a.cs == 1;
                 let abuf = if direct {
                     // SAFETY: row i0, column p0 lies inside A.
@@ -327,17 +341,17 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                 } else {
                     let abuf = ws.a.get(mc.div_ceil(K::ROWS) * K::ROWS * kc);
                     // SAFETY: as above; rows i0..i0+mc and columns p0..p0+kc lie inside A.
-                    unsafe { pack_a(a, i0, mc, p0, kc, abuf, K::ROWS) };
+                    unsafe { pack_a(&a, i0, mc, p0, kc, abuf, K::ROWS) };
                     abuf as *const f32
                 };
                 // Micro-panel r of A: its first element and strides.
                 let a_tile = |r: usize| {
                     if direct {
-                        // SAFETY: row i0 + 6r lies inside A (r < ceil(mc/6)).
-                        (unsafe { abuf.add(r * K::ROWS * a.rs) }, a.rs, 1)
+                        // SAFETY: row i0 + ROWS·r lies inside A (r < ceil(mc/ROWS)).
+                        ATile { ptr: unsafe { abuf.add(r * K::ROWS * a.rs) }, rs: a.rs, cs: 1 }
                     } else {
                         // SAFETY: micro-panel r of the packed buffer.
-                        (unsafe { abuf.add(r * K::ROWS * kc) }, 1, K::ROWS)
+                        ATile { ptr: unsafe { abuf.add(r * K::ROWS * kc) }, rs: 1, cs: K::ROWS }
                     }
                 };
                 let mut q = jq;
@@ -345,14 +359,15 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                     let qn = (q + K::PANELS).min(jq1);
                     let cols = (n - q * NR).min((qn - q) * NR);
                     // SAFETY: panel q of the block, inside the packed buffer or weight.
-                    let bp = unsafe { bbase.add((q - jq) * bstride) };
+                    let bp = Panels { ptr: unsafe { bbase.add((q - jq) * bstride) }, stride: bstride };
                     for r in 0..mc.div_ceil(K::ROWS) {
                         let rows = (mc - r * K::ROWS).min(K::ROWS);
-                        // SAFETY: micro-panel r of the packed A; panels q..qn of B, `bstride`
-                        // apart; C's tile at (i0 + 6r, 16q) is inside the caller's block; the
-                        // ISA per this function's contract.
+                        // SAFETY: micro-panel r of A; panels q..qn of B, `bstride` apart; C's
+                        // tile at (i0 + ROWS·r, 16q) is inside the caller's block; the ISA per
+                        // this function's contract.
                         unsafe {
-                            K::tile_panels(kc, a_tile(r), bp, bstride, c.add((i0 + r * K::ROWS) * rsc + q * NR), rsc, rows, cols, up);
+                            let ct = CTile { ptr: c.at(i0 + r * K::ROWS, q * NR), rs: c.rs, rows, cols };
+                            K::tile_panels(kc, a_tile(r), bp, ct, up);
                         }
                     }
                     q = qn;
@@ -365,38 +380,25 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
     }
 }
 
-/// `out = alpha·a·B + beta·out` for the few rows of `a` (fewer than [`MR`]) and the output
+/// `C = alpha·a·B + beta·C` for the few rows of `a` (fewer than [`MR`]) and the output
 /// columns of panels `p0..p1` of the packed `B`, with `K`'s skinny tiles: 4 rows × 1 panel,
 /// 2 × 2, or 1 × 4, so that every tile has as many accumulators in flight.
 ///
 /// # Safety
-/// `K`'s ISA is available; `out` is a raw view whose elements `(i, j)` for `j` in the panels'
-/// columns are writable and touched by no one else; `a.cols == w.k`, `p1 ≤ ceil(w.n / 16)`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_panels<K: SkinnyTile>(
-    a: &Mat<'_, f32>,
-    w: &PackedWeight,
-    p0: usize,
-    p1: usize,
-    out: *mut f32,
-    rs_out: usize,
-    alpha: f32,
-    beta: f32,
-) {
+/// `K`'s ISA is available; `C`'s elements `(i, j)` for `j` in the panels' columns are writable
+/// and touched by no one else; `a.cols == w.k`, `p1 ≤ ceil(w.n / 16)`.
+pub(crate) unsafe fn gemm_panels<K: SkinnyTile>(a: &Mat<'_, f32>, w: &PackedWeight, c: Out, (p0, p1): (usize, usize), ab: (f32, f32)) {
     let (m, k) = (a.rows, a.cols);
-    let ab = (alpha, beta);
     let col_end = |p: usize| (p * NR).min(w.n);
     // SAFETY: offsets stay inside `a` (rows < m, k), `w.data` (panels < p1) and the caller's
     // output block; the ISA per this function's contract.
     unsafe {
-        let ap = a.data.as_ptr();
         let bp = |p: usize| w.data.as_ptr().add(p * NR * k);
         let mut r = 0;
         while r < m {
             let left = m - r;
-            let arow = ap.add(r * a.rs);
-            let crow = out.add(r * rs_out);
-            let cp = |p: usize| crow.add(p * NR);
+            let arow = ATile { ptr: a.data.as_ptr().add(r * a.rs), rs: a.rs, cs: a.cs };
+            let ct = |p: usize, rows: usize, cols: usize| CTile { ptr: c.at(r, p * NR), rs: c.rs, rows, cols };
             let mut p = p0;
             // Each call covers up to NP panels; the last, partial group goes through the same
             // tile with fewer valid columns (an edge tile gives every element a full tile's bits).
@@ -405,10 +407,10 @@ pub(crate) unsafe fn gemm_panels<K: SkinnyTile>(
                     while p < p1 {
                         let pe = (p + $np).min(p1);
                         if pe - p == $np {
-                            K::skinny::<$r, $np>(arow, a.rs, a.cs, k, bp(p), cp(p), rs_out, col_end(pe) - p * NR, ab);
+                            K::skinny::<$r, $np>(arow, k, bp(p), ct(p, $r, col_end(pe) - p * NR), ab);
                         } else {
                             for q in p..pe {
-                                K::skinny::<$r, 1>(arow, a.rs, a.cs, k, bp(q), cp(q), rs_out, col_end(q + 1) - q * NR, ab);
+                                K::skinny::<$r, 1>(arow, k, bp(q), ct(q, $r, col_end(q + 1) - q * NR), ab);
                             }
                         }
                         p = pe;

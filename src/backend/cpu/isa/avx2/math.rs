@@ -62,32 +62,96 @@ pub(crate) const LN2_C2: f32 = -2.121_944_4e-4;
 /// 5.0000001201e-1, is 0.5 in f32).
 pub(crate) const EXP_P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
 
-/// `(n, q)` with `x = n·ln2 + r` and `q = e^r - 1`, for `x` already clamped to `|x| < 2^15·ln2`.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn reduce(x: __m256) -> (__m256i, __m256) {
-    let nf = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)));
-    let r = _mm256_fnmadd_ps(nf, _mm256_set1_ps(LN2_C1), x);
-    let r = _mm256_fnmadd_ps(nf, _mm256_set1_ps(LN2_C2), r);
-    let mut p = _mm256_set1_ps(EXP_P[0]);
-    for &k in &EXP_P[1..] {
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(k));
-    }
-    let q = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
-    (_mm256_cvtps_epi32(nf), q)
-}
+/// The functions every x86 width shares, written once: `reduce` (`(n, q)` with `x = n·ln2 + r`
+/// and `q = e^r - 1`, for `x` already clamped to `|x| < 2^15·ln2`), `pow2` (`2^n` for `n` in
+/// `[-126, 127]`; `n = 128` gives `+inf`), `sigmoid` and `tanh` (see the module documentation),
+/// for vectors `V` (integer vectors `VI`) with the intrinsics named, compiled with `features`;
+/// `round`, `neg`, `abs` and `copysign` are given as expressions. AVX-512 (`avx512/math.rs`)
+/// instantiates it on 16 lanes: the same instructions per lane, so the same bits. All are
+/// `unsafe` only because they need the ISA's features.
+macro_rules! exp_family {
+    ($features:literal, $v:ty, $vi:ty; set1: $set1:ident, add: $add:ident, sub: $sub:ident, mul: $mul:ident, div: $div:ident, min: $min:ident, max: $max:ident;
+     fmadd: $fmadd:ident, fnmadd: $fnmadd:ident, cvt: $cvt:ident, set1_epi32: $set1i:ident, add_epi32: $addi:ident, cast: $cast:ident, slli: $slli:ident;
+     round: |$rx:ident| $round:expr, neg: |$nx:ident| $neg:expr;
+     abs: |$ax:ident| $abs:expr, copysign: |$ct:ident, $cx:ident| $copysign:expr) => {
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn round($rx: $v) -> $v {
+            $round
+        }
 
-/// `2^n` for `n` in `[-126, 127]`; `n = 128` gives `+inf`.
-///
-/// # Safety
-/// The CPU must support AVX2.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn pow2(n: __m256i) -> __m256 {
-    _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n, _mm256_set1_epi32(127))))
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn neg($nx: $v) -> $v {
+            $neg
+        }
+
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn abs($ax: $v) -> $v {
+            $abs
+        }
+
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn copysign($ct: $v, $cx: $v) -> $v {
+            $copysign
+        }
+
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn reduce(x: $v) -> ($vi, $v) {
+            let nf = round($mul(x, $set1(LOG2E)));
+            let r = $fnmadd(nf, $set1(LN2_C1), x);
+            let r = $fnmadd(nf, $set1(LN2_C2), r);
+            let mut p = $set1(EXP_P[0]);
+            for &k in &EXP_P[1..] {
+                p = $fmadd(p, r, $set1(k));
+            }
+            let q = $fmadd(p, $mul(r, r), r);
+            ($cvt(nf), q)
+        }
+
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn pow2(n: $vi) -> $v {
+            $cast($slli::<23>($addi(n, $set1i(127))))
+        }
+
+        /// `1 / (1 + e^-x)` per lane.
+        #[inline]
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn sigmoid(x: $v) -> $v {
+            let one = $set1(1.0);
+            let t = $max($set1(SIG_LO), $min($set1(EXP_HI), neg(x)));
+            let (n, q) = reduce(t);
+            // n = 128: (1 + q)·inf = inf, and 1/inf = 0.
+            let e = $mul($add(q, one), pow2(n));
+            $div(one, $add(one, e))
+        }
+
+        /// `tanh(x)` per lane.
+        #[inline]
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn tanh(x: $v) -> $v {
+            let one = $set1(1.0);
+            let ax = abs(x);
+            let (n, q) = reduce($min($set1(TANH_HI), $add(ax, ax)));
+            // expm1(2|x|) = 2^n·q + (2^n - 1); 2^n - 1 is exact for the n ≤ 29 seen here.
+            let s = pow2(n);
+            let e = $fmadd(s, q, $sub(s, one));
+            let t = $div(e, $add(e, $set1(2.0)));
+            copysign(t, x)
+        }
+    };
+}
+pub(crate) use exp_family;
+
+exp_family! {
+    "avx2,fma", __m256, __m256i; set1: _mm256_set1_ps, add: _mm256_add_ps, sub: _mm256_sub_ps, mul: _mm256_mul_ps, div: _mm256_div_ps, min: _mm256_min_ps, max: _mm256_max_ps;
+    fmadd: _mm256_fmadd_ps, fnmadd: _mm256_fnmadd_ps, cvt: _mm256_cvtps_epi32, set1_epi32: _mm256_set1_epi32, add_epi32: _mm256_add_epi32, cast: _mm256_castsi256_ps, slli: _mm256_slli_epi32;
+    round: |x| _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x), neg: |x| _mm256_xor_ps(x, _mm256_set1_ps(-0.0));
+    abs: |x| _mm256_andnot_ps(_mm256_set1_ps(-0.0), x), copysign: |t, x| _mm256_or_ps(t, _mm256_and_ps(x, _mm256_set1_ps(-0.0)))
 }
 
 /// `e^x` per lane, over the whole f32 range.
@@ -109,40 +173,6 @@ pub(super) unsafe fn exp(x: __m256) -> __m256 {
     let n2 = _mm256_sub_epi32(n, n1);
     let p = _mm256_add_ps(q, _mm256_set1_ps(1.0));
     _mm256_mul_ps(_mm256_mul_ps(p, pow2(n1)), pow2(n2))
-}
-
-/// `1 / (1 + e^-x)` per lane.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn sigmoid(x: __m256) -> __m256 {
-    let one = _mm256_set1_ps(1.0);
-    let t = _mm256_xor_ps(x, _mm256_set1_ps(-0.0));
-    let t = _mm256_max_ps(_mm256_set1_ps(SIG_LO), _mm256_min_ps(_mm256_set1_ps(EXP_HI), t));
-    let (n, q) = reduce(t);
-    // n = 128: (1 + q)·inf = inf, and 1/inf = 0.
-    let e = _mm256_mul_ps(_mm256_add_ps(q, one), pow2(n));
-    _mm256_div_ps(one, _mm256_add_ps(one, e))
-}
-
-/// `tanh(x)` per lane.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn tanh(x: __m256) -> __m256 {
-    let sign = _mm256_set1_ps(-0.0);
-    let one = _mm256_set1_ps(1.0);
-    let ax = _mm256_andnot_ps(sign, x);
-    let (n, q) = reduce(_mm256_min_ps(_mm256_set1_ps(TANH_HI), _mm256_add_ps(ax, ax)));
-    // expm1(2|x|) = 2^n·q + (2^n - 1); 2^n - 1 is exact for the n ≤ 29 seen here.
-    let s = pow2(n);
-    let e = _mm256_fmadd_ps(s, q, _mm256_sub_ps(s, one));
-    let t = _mm256_div_ps(e, _mm256_add_ps(e, _mm256_set1_ps(2.0)));
-    _mm256_or_ps(t, _mm256_and_ps(x, sign))
 }
 
 #[cfg(test)]
@@ -274,35 +304,39 @@ mod tests {
         assert!(map(&nan_inputs(), exp).iter().all(|y| y.is_nan()));
     }
 
-    #[test]
-    fn sigmoid_accuracy() {
+    /// `f` over the sweep against `exact`: at most 1.5e-7 absolute and 2.5e-7 relative where
+    /// `rel_where(exact)`; returns the inputs and results, or `None` without AVX2+FMA.
+    fn abs_rel_accuracy(
+        name: &str,
+        f: unsafe fn(__m256) -> __m256,
+        exact: fn(f64) -> f64,
+        rel_where: fn(f64) -> bool,
+    ) -> Option<(Vec<f32>, Vec<f32>)> {
         if !supported() {
-            return;
+            return None;
         }
         let xs = sweep();
-        let got = map(&xs, sigmoid);
+        let got = map(&xs, f);
+        let e = measure(&xs, &got, exact, rel_where);
+        println!("{name}: max abs error {:.3e} at {}, max rel error {:.3e} at {}", e.abs, e.at_abs, e.rel, e.at_rel);
+        assert!(e.abs <= 1.5e-7, "{name}: abs error {:.3e} at x = {}", e.abs, e.at_abs);
+        assert!(e.rel <= 2.5e-7, "{name}: rel error {:.3e} at x = {}", e.rel, e.at_rel);
+        assert!(map(&nan_inputs(), f).iter().all(|y| y.is_nan()), "{name}: NaN in, NaN out");
+        Some((xs, got))
+    }
+
+    #[test]
+    fn sigmoid_accuracy() {
         let exact = |x: f64| 1.0 / (1.0 + (-x).exp());
-        let e = measure(&xs, &got, exact, |v| v >= f32::MIN_POSITIVE as f64);
-        println!("sigmoid: max abs error {:.3e} at {}, max rel error {:.3e} at {}", e.abs, e.at_abs, e.rel, e.at_rel);
-        assert!(e.abs <= 1.5e-7, "sigmoid: abs error {:.3e} at x = {}", e.abs, e.at_abs);
-        assert!(e.rel <= 2.5e-7, "sigmoid: rel error {:.3e} at x = {}", e.rel, e.at_rel);
+        let Some((_, got)) = abs_rel_accuracy("sigmoid", sigmoid, exact, |v| v >= f32::MIN_POSITIVE as f64) else { return };
         assert!(got.iter().all(|y| (0.0..=1.0).contains(y)));
         let special = map(&[100.0, -100.0, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, f32::MAX, f32::MIN], sigmoid);
         assert_eq!(special, [1.0, 0.0, 1.0, 0.0, 0.5, 0.5, 1.0, 0.0]);
-        assert!(map(&nan_inputs(), sigmoid).iter().all(|y| y.is_nan()));
     }
 
     #[test]
     fn tanh_accuracy() {
-        if !supported() {
-            return;
-        }
-        let xs = sweep();
-        let got = map(&xs, tanh);
-        let e = measure(&xs, &got, f64::tanh, |_| true);
-        println!("tanh: max abs error {:.3e} at {}, max rel error {:.3e} at {}", e.abs, e.at_abs, e.rel, e.at_rel);
-        assert!(e.abs <= 1.5e-7, "tanh: abs error {:.3e} at x = {}", e.abs, e.at_abs);
-        assert!(e.rel <= 2.5e-7, "tanh: rel error {:.3e} at x = {}", e.rel, e.at_rel);
+        let Some((xs, got)) = abs_rel_accuracy("tanh", tanh, f64::tanh, |_| true) else { return };
         for (&x, &y) in xs.iter().zip(&got) {
             // Odd, bounded by 1, and exact where f32 cannot do better.
             assert!(y.abs() <= 1.0 && (y == 0.0 || y.is_sign_negative() == x.is_sign_negative()), "tanh({x}) = {y}");
@@ -316,6 +350,5 @@ mod tests {
         assert!(neg_zero == 0.0 && neg_zero.is_sign_negative());
         let tiny = f32::from_bits(3);
         assert_eq!(map(&[tiny, -tiny], tanh), [tiny, -tiny]);
-        assert!(map(&nan_inputs(), tanh).iter().all(|y| y.is_nan()));
     }
 }

@@ -1,18 +1,18 @@
 //! NEON tiles for few rows against a packed weight: `out[M, N] = alpha·a[M, K]·B + beta·out`
-//! with `B` packed (see `cpu/packed.rs`), for the per-step products of a small batch (fewer rows
+//! with `B` packed (see `gemm/packed.rs`), for the per-step products of a small batch (fewer rows
 //! than the 6-row tile of `sgemm.rs`, which would waste most of its FMAs here).
 //!
 //! Register tile: `R` rows × `NP` panels of 16 columns, 4 vectors per panel, with
 //! `R·4·NP = 16` accumulators in flight (4×1, 2×2, 1×4; the driver, `gemm_panels` in
-//! `cpu/sgemm.rs`, picks them), enough to cover the FMA latency of a Neoverse core (4 cycles on
+//! `gemm/sgemm.rs`, picks them), enough to cover the FMA latency of a Neoverse core (4 cycles on
 //! up to 4 pipes): one row of one panel alone would wait on four dependent chains. Each `k`
 //! step streams `4·NP` vectors of the panels once and loads `R` values of `a` with `ld1r`; the
 //! weights are read once per group of rows, which is the cost of this product. Every element of
 //! `out` is one dot product summed in `k` order.
 
-use super::sgemm::Neon;
-use crate::backend::cpu::packed::NR;
-use crate::backend::cpu::sgemm::SkinnyTile;
+use super::Neon;
+use crate::backend::cpu::gemm::packed::NR;
+use crate::backend::cpu::gemm::sgemm::{ATile, CTile, SkinnyTile};
 use core::arch::aarch64::*;
 
 /// A compiler barrier for memory accesses (an empty `asm!`, which to the compiler may read and
@@ -24,26 +24,12 @@ fn load_barrier() {
 }
 
 impl SkinnyTile for Neon {
-    /// `R × (NP·16)` tile at rows `a`, panels starting at `b`; `cols` valid output columns;
-    /// `c = alpha·acc + beta·c` (`c` not read when `beta = 0`).
-    ///
     /// # Safety
-    /// NEON; `a + r·rsa + kk·csa` readable for `r < R`, `kk < k`; `b` holds `NP` panels of `k·16`
-    /// floats at stride `k·16`; `c + r·rsc + j` writable for `r < R`, `j < cols ≤ NP·16`.
+    /// NEON; as [`SkinnyTile::skinny`].
     #[target_feature(enable = "neon")]
-    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)] // index loops over const bounds unroll into registers
-    unsafe fn skinny<const R: usize, const NP: usize>(
-        a: *const f32,
-        rsa: usize,
-        csa: usize,
-        k: usize,
-        b: *const f32,
-        c: *mut f32,
-        rsc: usize,
-        cols: usize,
-        (alpha, beta): (f32, f32),
-    ) {
-        debug_assert!(R * NP <= 4 && cols <= NP * NR);
+    #[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
+    unsafe fn skinny<const R: usize, const NP: usize>(a: ATile, k: usize, b: *const f32, c: CTile, (alpha, beta): (f32, f32)) {
+        debug_assert!(R * NP <= 4 && c.cols <= NP * NR);
         let stride = k * NR;
         // SAFETY (whole body): every pointer offset below stays inside the ranges the caller
         // vouched for.
@@ -51,7 +37,7 @@ impl SkinnyTile for Neon {
             let z = vdupq_n_f32(0.0);
             let mut acc = [[z; 16]; R];
             let mut bp = b;
-            let mut ap = a;
+            let mut ap = a.ptr;
             for _ in 0..k {
                 if R == 1 {
                     // One row: a panel's 4 vectors are used once each, so load them panel by panel.
@@ -74,25 +60,25 @@ impl SkinnyTile for Neon {
                         }
                     }
                     for r in 0..R {
-                        let av = vld1q_dup_f32(ap.add(r * rsa));
+                        let av = vld1q_dup_f32(ap.add(r * a.rs));
                         for q in 0..4 * NP {
                             acc[r][q] = vfmaq_f32(acc[r][q], bv[q], av);
                         }
                     }
                 }
                 bp = bp.add(NR);
-                ap = ap.add(csa);
+                ap = ap.add(a.cs);
             }
             // An edge tile goes through a full-width copy of its columns, so that every element
             // gets the same instructions (alpha, then one FMA with beta) in a full tile and at an
             // edge, whichever panels a thread's share groups into tiles.
             let (va, vb) = (vdupq_n_f32(alpha), vdupq_n_f32(beta));
-            let full = cols == NP * NR;
+            let full = c.cols == NP * NR;
             for r in 0..R {
-                let dst = c.add(r * rsc);
+                let dst = c.ptr.add(r * c.rs);
                 let mut tmp = [0.0f32; 64];
                 if !full && beta != 0.0 {
-                    std::ptr::copy_nonoverlapping(dst, tmp.as_mut_ptr(), cols);
+                    std::ptr::copy_nonoverlapping(dst, tmp.as_mut_ptr(), c.cols);
                 }
                 let buf = if full { dst } else { tmp.as_mut_ptr() };
                 for q in 0..4 * NP {
@@ -103,7 +89,7 @@ impl SkinnyTile for Neon {
                     vst1q_f32(buf.add(4 * q), v);
                 }
                 if !full {
-                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, c.cols);
                 }
             }
         }

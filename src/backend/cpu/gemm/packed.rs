@@ -5,8 +5,8 @@
 //! `dG · W_ih`, `dG · W_hh`, `dh · W_hr`). A general GEMM re-packs `B` on every call, which for
 //! the per-step products of a small batch costs as much as the product itself; here `B: [K, N]`
 //! is packed once into panels of [`NR`] = 16 columns, each stored k-major
-//! (`panel[k·16 + j] = B[k, p·16 + j]`, zero past `N`), the layout the 6×16 tiles of both AVX2
-//! and NEON read (`cpu/sgemm.rs`). The
+//! (`panel[k·16 + j] = B[k, p·16 + j]`, zero past `N`), the layout every ISA's tiles read
+//! (`gemm/sgemm.rs`). The
 //! forward operands are packed with the plan; the backward ones on the first backward call.
 
 use crate::backend::host::{HostPlan, Mat, Weight, WeightOp};

@@ -1,5 +1,5 @@
 //! NEON register tiles of the blocked SGEMM (the loop nest, packing and split are ISA-neutral,
-//! in `cpu/sgemm.rs`): `C[6, 16] ⊕= Σ_k A[6, k]·B[k, 16]` per call, over `KC` of `k`.
+//! in `gemm/sgemm.rs`): `C[6, 16] ⊕= Σ_k A[6, k]·B[k, 16]` per call, over `KC` of `k`.
 //!
 //! Why 6×16: AArch64 has 32 registers of 4 f32. The tile holds 24 accumulators (6 rows × 4
 //! vectors), the 4 vectors of one `k` row of the `B` panel, and `A`'s 6 values of that `k` in
@@ -10,7 +10,7 @@
 //! N1/N2, on 4 pipes on V1/V2: 8 to 16 chains needed). The usual alternative, 8×12 (OpenBLAS's
 //! and BLIS's Cortex-A/Neoverse kernels: 24 accumulators, 3 + 2 loads per 24 FMAs), moves the
 //! same data per FMA but needs panels of 12 columns; 6×16 reads the plan's weights in the layout
-//! the AVX2 tiles read (`cpu/packed.rs`, panels of 16), so both ISAs share one packing, one
+//! the AVX2 tiles read (`gemm/packed.rs`, panels of 16), so both ISAs share one packing, one
 //! `MR` and one split of `C` across threads. 8×16 would need 32 accumulators.
 //!
 //! Blocking, for a typical Neoverse core (N1/V1/N2: 64 KiB L1D, 1 MiB private L2; not measured
@@ -20,13 +20,11 @@
 //! every `B` micro-panel of the block passes it, with the other half for the streamed `B`
 //! panels and `C`. `NC = 1024` bounds the per-call packing of a strided `B` (2 MiB at `KC`).
 
-use crate::backend::cpu::packed::NR;
-use crate::backend::cpu::sgemm::{BlockTile, Update, MR};
+use super::Neon;
+use crate::backend::cpu::gemm::packed::NR;
+use crate::backend::cpu::gemm::sgemm::{BlockTile, CTile, Update, MR};
 use core::arch::aarch64::*;
 use core::arch::asm;
-
-/// The NEON kernels, for `cpu/sgemm.rs`.
-pub(crate) struct Neon;
 
 /// Hints the line holding `p` into L1 (`prfm pldl1keep`; a hint, it never faults).
 #[inline(always)]
@@ -36,26 +34,17 @@ fn prefetch(p: *const f32) {
 }
 
 impl BlockTile for Neon {
-    const KC: usize = 512;
-    const MC: usize = 240;
-    const NC: usize = 1024;
-
-    /// The 6×16 tile: `C[rows, cols] ⊕= Σ_k a[k·6 + i]·b[k·16 + j]`, as `up` says.
-    ///
-    /// # Safety
-    /// NEON; `a` holds `kc·6` floats, `b` holds `kc·16`; `c + i·rsc + j` is writable for
-    /// `i < rows ≤ 6`, `j < cols ≤ 16`.
     #[target_feature(enable = "neon")]
-    #[allow(clippy::needless_range_loop, clippy::too_many_arguments)] // index loops over const bounds unroll into registers
-    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: usize, rows: usize, cols: usize, up: Update) {
-        // SAFETY (whole body): offsets stay within the ranges the caller vouched for.
+    #[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
+    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: CTile, up: Update) {
+        // SAFETY (whole body): NEON and the ranges are this method's contract.
         unsafe {
             // The C tile is read only after the k loop, by which time these lines have arrived:
             // six rows a row stride apart defeat the hardware prefetchers.
             for i in 0..MR {
-                if i < rows {
-                    prefetch(c.add(i * rsc));
-                    prefetch(c.add(i * rsc + cols - 1));
+                if i < c.rows {
+                    prefetch(c.ptr.add(i * c.rs));
+                    prefetch(c.ptr.add(i * c.rs + c.cols - 1));
                 }
             }
             let mut acc = [[vdupq_n_f32(0.0); 4]; MR];
@@ -78,32 +67,35 @@ impl BlockTile for Neon {
             // An edge tile goes through a copy of its part of C, so that every element gets the
             // same instructions (alpha, then an add or one FMA with beta) in a full tile and at an
             // edge.
-            let full = rows == MR && cols == NR;
+            let full = c.rows == MR && c.cols == NR;
             let read_c = up.beta != Some(0.0);
             let va = vdupq_n_f32(up.alpha);
             let mut tmp = [0.0f32; MR * NR];
             for i in 0..MR {
-                if i >= rows {
+                if i >= c.rows {
                     break;
                 }
-                let dst = c.add(i * rsc);
+                let dst = c.ptr.add(i * c.rs);
                 let buf = if full { dst } else { tmp.as_mut_ptr().add(i * NR) };
                 if !full && read_c {
-                    std::ptr::copy_nonoverlapping(dst, buf, cols);
+                    std::ptr::copy_nonoverlapping(dst, buf, c.cols);
                 }
                 for h in 0..4 {
                     let v = if up.alpha == 1.0 { acc[i][h] } else { vmulq_f32(va, acc[i][h]) };
                     let out = match up.beta {
                         None => vaddq_f32(vld1q_f32(buf.add(4 * h)), v),
-                        Some(beta) if beta == 0.0 => v,
+                        Some(0.0) => v, // also -0.0: a float pattern compares with ==
                         Some(beta) => vfmaq_f32(v, vdupq_n_f32(beta), vld1q_f32(buf.add(4 * h))),
                     };
                     vst1q_f32(buf.add(4 * h), out);
                 }
                 if !full {
-                    std::ptr::copy_nonoverlapping(buf, dst, cols);
+                    std::ptr::copy_nonoverlapping(buf, dst, c.cols);
                 }
             }
         }
     }
+
+    /// The packed `A` block is 480 KiB (see the module documentation).
+    const MC: usize = 240;
 }

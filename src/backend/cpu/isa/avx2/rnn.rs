@@ -1,0 +1,72 @@
+//! Elman RNN step, tanh or relu, forward and backward, fused, 8 lanes at a time. The maths of
+//! `reference/rnn.rs`:
+//!
+//! - forward: `h' = act(xg + hg + b_hh)`, written to both `gates` and `m`;
+//! - backward: `dgi = dgh = dm·act'`, with `tanh' = 1 - h'²` and `relu' = [h' > 0]` taken from
+//!   the saved output; `dh_direct = 0`.
+//!
+//! `relu` is `max(0, a)` with the constant first, so that a NaN `a` stays NaN and `-0` stays
+//! `-0`, as in the reference; `relu'` multiplies `dm` by exactly 1 or 0, as the reference does.
+//!
+//! Memory per row and step, in floats: forward reads `xg`, `hg` and writes `gates`, `m` (`H`
+//! each): 4H; backward reads `gates`, `dm` and writes `dgi`, `dgh`, `dh_direct`: 5H. The cost
+//! is memory, plus one exponential and one division per 8 lanes for tanh forward.
+
+use super::math::tanh;
+use super::{for_chunks, load, preact, store, Lanes};
+use crate::backend::cpu::isa::rows::{BwdRow, FwdRow};
+use std::arch::x86_64::*;
+
+/// The forward step of one active row, with relu if `RELU`, else tanh.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; the row's slices have the lengths [`FwdRow`] documents
+/// for an RNN.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn forward<const RELU: bool>(mut r: FwdRow<'_>) {
+    debug_assert!(r.b_hh.is_none_or(|b| b.len() == r.hidden));
+    let h = r.hidden;
+    // SAFETY: every slice here is `H` long (the caller's contract), and for_chunks keeps
+    // j + lanes.n ≤ H.
+    for_chunks!(Lanes, 0, h, |j, lanes| forward_chunk::<false, RELU>(&mut r, j, lanes), forward_chunk::<true, RELU>(&mut r, j, lanes));
+}
+
+/// Lanes `j..j + lanes.n` of a forward row; every slice is `[H]`.
+///
+/// # Safety
+/// AVX2 and FMA; `j + lanes.n ≤ H`, and `lanes.n = 8` unless `TAIL`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn forward_chunk<const TAIL: bool, const RELU: bool>(r: &mut FwdRow<'_>, j: usize, lanes: Lanes) {
+    let a = preact::<TAIL>(r.xg, r.hg, r.b_hh, j, lanes);
+    let v = if RELU { _mm256_max_ps(_mm256_setzero_ps(), a) } else { tanh(a) };
+    store::<TAIL>(r.gates, j, lanes, v);
+    store::<TAIL>(r.m, j, lanes, v);
+}
+
+/// The backward step of one active row, with relu if `RELU`, else tanh.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; the row's slices have the lengths [`BwdRow`] documents
+/// for an RNN.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn backward<const RELU: bool>(mut r: BwdRow<'_>) {
+    // SAFETY: as in forward.
+    unsafe {
+        let h = r.hidden;
+        for_chunks!(Lanes, 0, h, |j, lanes| backward_chunk::<false, RELU>(&mut r, j, lanes), backward_chunk::<true, RELU>(&mut r, j, lanes))
+    }
+}
+
+/// Lanes `j..j + lanes.n` of a backward row; every slice is `[H]` (safety: as
+/// [`forward_chunk`]).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn backward_chunk<const TAIL: bool, const RELU: bool>(r: &mut BwdRow<'_>, j: usize, lanes: Lanes) {
+    let one = _mm256_set1_ps(1.0);
+    let v = load::<TAIL>(r.gates, j, lanes);
+    let d = if RELU { _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, _mm256_setzero_ps()), one) } else { _mm256_fnmadd_ps(v, v, one) };
+    let dg = _mm256_mul_ps(load::<TAIL>(r.dm, j, lanes), d);
+    store::<TAIL>(r.dgi, j, lanes, dg);
+    store::<TAIL>(r.dgh, j, lanes, dg);
+}

@@ -1,0 +1,92 @@
+//! LSTM forward step of one row, fused, 16 lanes at a time: `isa/avx2/lstm.rs`'s forward (the
+//! same code, `lstm_forward_chunks!` and `in_two_passes!`: the same maths, the same two passes
+//! per block of 256 lanes, the same instructions per lane, and `math.rs` gives the AVX2
+//! functions' bits) on registers twice as wide. The forward evaluates 5 exponentials and 5
+//! divisions per lane and is bound by arithmetic, so the width pays; the backward runs near
+//! memory speed and stays AVX2. The last `H mod 16` lanes are loaded and stored under a lane
+//! mask (masked lanes are not accessed).
+
+use super::math::{sigmoid, tanh};
+use super::sgemm::lanes;
+use crate::backend::cpu::isa::avx2::{in_two_passes, lstm_forward_chunks};
+use crate::backend::cpu::isa::rows::FwdRow;
+use std::arch::x86_64::*;
+
+/// The lanes of one chunk of a row: `n` values from the chunk's start, under `mask`.
+#[derive(Clone, Copy)]
+struct Lanes {
+    n: usize,
+    mask: __mmask16,
+}
+
+impl Lanes {
+    /// Lanes in a whole chunk.
+    const N: usize = 16;
+
+    /// The first `n` lanes, `n` in `1..=16`.
+    fn first(n: usize) -> Lanes {
+        Lanes { n, mask: lanes(n) }
+    }
+}
+
+/// `s[at..at + lanes.n]`, the other lanes 0 and not read (all 16 unless `TAIL`).
+///
+/// # Safety
+/// AVX-512F; `at + lanes.n ≤ s.len()`.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn load<const TAIL: bool>(s: &[f32], at: usize, lanes: Lanes) -> __m512 {
+    debug_assert!(at + lanes.n <= s.len() && (TAIL || lanes.n == 16));
+    // SAFETY: the caller's precondition; masked-off lanes are not accessed.
+    unsafe {
+        if TAIL {
+            _mm512_maskz_loadu_ps(lanes.mask, s.as_ptr().add(at))
+        } else {
+            _mm512_loadu_ps(s.as_ptr().add(at))
+        }
+    }
+}
+
+/// Stores the lanes of `v` at `s[at..at + lanes.n]` (all 16 unless `TAIL`), and nothing else.
+///
+/// # Safety
+/// As [`load`].
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn store<const TAIL: bool>(s: &mut [f32], at: usize, lanes: Lanes, v: __m512) {
+    debug_assert!(at + lanes.n <= s.len() && (TAIL || lanes.n == 16));
+    // SAFETY: as in load.
+    unsafe {
+        if TAIL {
+            _mm512_mask_storeu_ps(s.as_mut_ptr().add(at), lanes.mask, v)
+        } else {
+            _mm512_storeu_ps(s.as_mut_ptr().add(at), v)
+        }
+    }
+}
+
+/// `xg[k] + hg[k] (+ b_hh[k])`, in that order (as AVX2's `preact`).
+///
+/// # Safety
+/// As [`load`], for each slice.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn preact<const TAIL: bool>(xg: &[f32], hg: &[f32], b_hh: Option<&[f32]>, k: usize, lanes: Lanes) -> __m512 {
+    // SAFETY: the caller's precondition.
+    unsafe {
+        let a = _mm512_add_ps(load::<TAIL>(xg, k, lanes), load::<TAIL>(hg, k, lanes));
+        b_hh.map_or(a, |b| _mm512_add_ps(a, load::<TAIL>(b, k, lanes)))
+    }
+}
+
+lstm_forward_chunks!("avx512f,avx2,fma", Lanes, _mm512_fmadd_ps, _mm512_mul_ps);
+
+/// The forward step of one active row.
+///
+/// # Safety
+/// AVX-512F, AVX2 and FMA; the row's slices have the lengths [`FwdRow`] documents for an LSTM.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn forward(mut r: FwdRow<'_>) {
+    // SAFETY: the chunks lie below H, in rows of the lengths the caller vouched for.
+    unsafe { in_two_passes!(Lanes, r, gates_chunk, output_chunk) }
+}

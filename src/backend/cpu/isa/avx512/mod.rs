@@ -1,0 +1,72 @@
+//! x86-64 AVX-512 kernels of the CPU backend: the GEMM register tiles (`sgemm.rs`: 8×48
+//! blocked, `sgemm_skinny.rs`: few rows), used for the weight gradients too, and the LSTM
+//! forward cell (`lstm.rs`, with the maths of `math.rs`), which is bound by arithmetic. The
+//! other cells are memory-bound: AVX-512 takes them from its base, AVX2 (an AVX-512 token is
+//! only made where AVX2 and FMA were detected too, and holds the AVX2 token). The LSTM cell
+//! gives each element the bits the AVX2 one gives.
+
+mod lstm;
+mod math;
+mod sgemm;
+mod sgemm_skinny;
+
+use super::rows::FwdRow;
+use super::{Avx2, Isa, Kernels};
+use crate::backend::cpu::gemm::sgemm::BlockTile;
+use crate::backend::cpu::gemm::{gemm_tiled, Gemm, Par};
+use crate::backend::cpu::RowBlocking;
+use crate::backend::host::MatMut;
+
+/// The AVX-512 ISA's token: made only where AVX-512F, AVX2 and FMA were detected.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Avx512 {
+    avx2: Avx2,
+}
+
+impl Avx512 {
+    /// The token, if this CPU has AVX-512F, AVX2 and FMA.
+    pub(crate) fn detect() -> Option<Avx512> {
+        let avx2 = Avx2::detect()?;
+        is_x86_feature_detected!("avx512f").then_some(Avx512 { avx2 })
+    }
+}
+
+impl Kernels for Avx512 {
+    const ISA: Isa = Isa::Avx512;
+    /// The 8-row tiles waste nothing on forward blocks of 32 rows.
+    const ROW_BLOCKING: RowBlocking = RowBlocking { tile_rows: <Avx512 as BlockTile>::ROWS, forward_min: 32, ..RowBlocking::SIX_ROW_TILES };
+    type Base = Avx2;
+
+    fn base(self) -> Avx2 {
+        self.avx2
+    }
+
+    /// The AVX-512 tiles where `C`'s rows are contiguous (matrixmultiply has no AVX-512
+    /// kernels), else the base's.
+    unsafe fn gemm_unchecked(self, par: &Par<'_>, g: Gemm<'_>, c: MatMut<'_, f32>) {
+        if c.cs == 1 {
+            // SAFETY: `self` proves AVX-512F, AVX2 and FMA; the shapes are this method's
+            // contract, and C's rows are contiguous.
+            unsafe { gemm_tiled::<Avx512>(par, g, c) }
+        } else {
+            // SAFETY: the base's contract is this one.
+            unsafe { self.base().gemm_unchecked(par, g, c) }
+        }
+    }
+
+    unsafe fn weight_gemm_unchecked(self, par: &Par<'_>, g: Gemm<'_>, c: MatMut<'_, f32>) {
+        // SAFETY: as in gemm_unchecked; weight products have contiguous rows of C (the
+        // contract of this method).
+        unsafe { gemm_tiled::<Avx512>(par, g, c) }
+    }
+
+    unsafe fn lstm_forward(self, r: FwdRow<'_>) {
+        // SAFETY: `self` proves the ISA; the row's lengths are this method's contract.
+        unsafe { lstm::forward(r) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    crate::backend::cpu::isa::cell_tests::cell_kernel_tests!(super::Avx512::detect(), exact: []);
+}

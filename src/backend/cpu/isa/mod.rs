@@ -1,0 +1,392 @@
+//! The instruction sets of the CPU backend and the one trait their kernels implement.
+//!
+//! Each ISA is a zero-sized token type: [`Scalar`] (any CPU), `Avx2` and `Avx512` (x86-64),
+//! `Neon` (AArch64). Only its `detect()` makes one, and only when the CPU has the ISA's
+//! features, so holding a token is the proof that the ISA's `#[target_feature]` kernels may run.
+//! Every token implements [`Kernels`]:
+//!
+//! - the ISA's kernels are its `unsafe` methods (`*_unchecked`, and the per-row cell kernels),
+//!   which trust the shapes of their arguments;
+//! - the safe provided methods ([`Kernels::gemm`], [`Kernels::weight_gemm`],
+//!   [`Kernels::cell_forward`], [`Kernels::cell_backward`]) check every length once, for all
+//!   ISAs, and then call them (`rows.rs` cuts a cell step into rows);
+//! - a kernel an ISA does not write is its [`Kernels::Base`]'s: AVX-512 implements the GEMM
+//!   tiles and the LSTM forward cell and takes everything else from AVX2; AVX2 and NEON take
+//!   the products of two activations from [`Scalar`] (matrixmultiply).
+//!
+//! `RNN_KERNELS_ISA=scalar|avx2|avx512|neon` forces one ISA; forcing one the CPU lacks is an
+//! error. The choice is made once per [`Cpu`](super::Cpu) ([`Chosen`]), and each call is one
+//! `match` into code monomorphised for that ISA ([`with_kernels!`]).
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512;
+#[cfg(test)]
+mod cell_tests;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
+pub(crate) mod rows;
+mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx2::Avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::Avx512;
+#[cfg(target_arch = "aarch64")]
+pub(crate) use neon::Neon;
+pub(crate) use scalar::Scalar;
+
+use super::gemm::{Gemm, Par};
+use super::RowBlocking;
+use crate::backend::host::{CellBackward, CellForward, MatMut};
+use crate::config::CellKind;
+use crate::error::{Error, Result};
+use rows::{BwdRow, FwdRow};
+use std::fmt;
+use std::sync::OnceLock;
+
+/// An instruction set of the CPU backend's hand-written kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Isa {
+    /// Portable Rust, any CPU.
+    Scalar,
+    /// x86-64 with AVX2 and FMA.
+    Avx2,
+    /// x86-64 with AVX-512F (and AVX2 and FMA): the AVX-512 GEMM tiles and LSTM forward cell,
+    /// the AVX2 kernels of the other cells.
+    Avx512,
+    /// AArch64 Advanced SIMD.
+    Neon,
+}
+
+/// The kernels of one ISA. See the module documentation for the structure.
+///
+/// The `unsafe` methods may assume what the provided methods check: the shapes of the GEMM
+/// operands, and rows of the lengths [`FwdRow`] and [`BwdRow`] document. The CPU features they
+/// need are guaranteed by `self`, a token of the ISA.
+pub(crate) trait Kernels: Copy + Send + Sync + 'static {
+    /// The ISA of these kernels.
+    const ISA: Isa;
+    /// How the time loop's batch rows are cut into blocks (they follow the GEMM tile).
+    const ROW_BLOCKING: RowBlocking = RowBlocking::SIX_ROW_TILES;
+    /// Whether [`Kernels::weight_gemm_unchecked`] reads the plan's packed weights (the plan
+    /// packs them only then).
+    const PACKED_WEIGHTS: bool = true;
+
+    /// The kernels this ISA falls back to for those it does not write (itself for [`Scalar`],
+    /// which writes them all).
+    type Base: Kernels;
+    /// The token of [`Kernels::Base`]: an ISA implies its base's features.
+    fn base(self) -> Self::Base;
+
+    /// `C = alpha·A·B + beta·C` for two activations (the weight gradients).
+    ///
+    /// # Safety
+    /// The shapes agree (as [`Kernels::gemm`] checks).
+    unsafe fn gemm_unchecked(self, par: &Par<'_>, g: Gemm<'_>, c: MatMut<'_, f32>) {
+        // SAFETY: the base's contract is this one; its features are implied by ours.
+        unsafe { self.base().gemm_unchecked(par, g, c) }
+    }
+
+    /// `C = alpha·A·B + beta·C` where `B` is a weight, packed in `g.packed` where the plan
+    /// packs weights.
+    ///
+    /// # Safety
+    /// As [`Kernels::gemm_unchecked`], and `C`'s rows are contiguous (as
+    /// [`Kernels::weight_gemm`] checks).
+    unsafe fn weight_gemm_unchecked(self, par: &Par<'_>, g: Gemm<'_>, c: MatMut<'_, f32>) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().weight_gemm_unchecked(par, g, c) }
+    }
+
+    /// The LSTM forward step of one active row.
+    ///
+    /// # Safety
+    /// The row's slices have the lengths [`FwdRow`] documents for an LSTM.
+    unsafe fn lstm_forward(self, r: FwdRow<'_>) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().lstm_forward(r) }
+    }
+
+    /// The LSTM backward step of one active row.
+    ///
+    /// # Safety
+    /// The row's slices have the lengths [`BwdRow`] documents for an LSTM.
+    unsafe fn lstm_backward(self, r: BwdRow<'_>) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().lstm_backward(r) }
+    }
+
+    /// The GRU forward step of one active row.
+    ///
+    /// # Safety
+    /// As [`Kernels::lstm_forward`], for a GRU.
+    unsafe fn gru_forward(self, r: FwdRow<'_>) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().gru_forward(r) }
+    }
+
+    /// The GRU backward step of one active row.
+    ///
+    /// # Safety
+    /// As [`Kernels::lstm_backward`], for a GRU.
+    unsafe fn gru_backward(self, r: BwdRow<'_>) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().gru_backward(r) }
+    }
+
+    /// The Elman RNN forward step of one active row, relu if `RELU`, else tanh.
+    ///
+    /// # Safety
+    /// As [`Kernels::lstm_forward`], for an RNN.
+    unsafe fn rnn_forward<const RELU: bool>(self, r: FwdRow<'_>) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().rnn_forward::<RELU>(r) }
+    }
+
+    /// The Elman RNN backward step of one active row, relu if `RELU`, else tanh.
+    ///
+    /// # Safety
+    /// As [`Kernels::lstm_backward`], for an RNN.
+    unsafe fn rnn_backward<const RELU: bool>(self, r: BwdRow<'_>) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().rnn_backward::<RELU>(r) }
+    }
+
+    /// [`Kernels::gemm_unchecked`] after checking the shapes; panics if they disagree.
+    fn gemm(self, par: &Par<'_>, g: Gemm<'_>, c: MatMut<'_, f32>) {
+        g.check(&c);
+        // SAFETY: the shapes were checked just above; `self` proves the ISA.
+        unsafe { self.gemm_unchecked(par, g, c) }
+    }
+
+    /// [`Kernels::weight_gemm_unchecked`] after checking the shapes; panics if they disagree.
+    fn weight_gemm(self, par: &Par<'_>, g: Gemm<'_>, c: MatMut<'_, f32>) {
+        g.check(&c);
+        assert_eq!(c.cs, 1, "gemm: output rows must be contiguous");
+        // SAFETY: the shapes were checked just above; `self` proves the ISA.
+        unsafe { self.weight_gemm_unchecked(par, g, c) }
+    }
+
+    /// The fused forward step of `cell`; panics if a slice it uses does not have its
+    /// documented length.
+    fn cell_forward(self, cell: CellKind, step: CellForward<'_, f32>) {
+        rows::forward(self, cell, step)
+    }
+
+    /// The fused backward step of `cell`; panics as [`Kernels::cell_forward`].
+    fn cell_backward(self, cell: CellKind, step: CellBackward<'_, f32>) {
+        rows::backward(self, cell, step)
+    }
+}
+
+/// An ISA whose module holds a hand-written row kernel of every cell (submodules `lstm`,
+/// `gru` and `rnn`, each with a `forward` and a `backward`, `rnn`'s generic over `RELU`, whose
+/// only needs beyond the row's lengths are the ISA's features) and the register tiles of the
+/// weight products, and takes the products of two activations from [`Scalar`]: its token
+/// type, made only by `detect()` where `detected` holds, and its [`Kernels`].
+macro_rules! simd_isa {
+    ($(#[$doc:meta])* $name:ident = $isa:expr, detected: $detected:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub(crate) struct $name(());
+
+        impl $name {
+            /// The token, if this CPU has the ISA.
+            pub(crate) fn detect() -> Option<$name> {
+                ($detected).then_some($name(()))
+            }
+        }
+
+        impl $crate::backend::cpu::isa::Kernels for $name {
+            const ISA: $crate::backend::cpu::isa::Isa = $isa;
+            type Base = $crate::backend::cpu::isa::Scalar;
+
+            fn base(self) -> Self::Base {
+                $crate::backend::cpu::isa::Scalar
+            }
+
+            unsafe fn weight_gemm_unchecked(
+                self,
+                par: &$crate::backend::cpu::gemm::Par<'_>,
+                g: $crate::backend::cpu::gemm::Gemm<'_>,
+                c: $crate::backend::host::MatMut<'_, f32>,
+            ) {
+                // SAFETY: `self` proves the ISA; the shapes are this method's contract.
+                unsafe { $crate::backend::cpu::gemm::gemm_tiled::<$name>(par, g, c) }
+            }
+
+            unsafe fn lstm_forward(self, r: FwdRow<'_>) {
+                // SAFETY: `self` proves the ISA; the row's lengths are this method's contract.
+                unsafe { lstm::forward(r) }
+            }
+
+            unsafe fn lstm_backward(self, r: BwdRow<'_>) {
+                // SAFETY: as in lstm_forward.
+                unsafe { lstm::backward(r) }
+            }
+
+            unsafe fn gru_forward(self, r: FwdRow<'_>) {
+                // SAFETY: as in lstm_forward.
+                unsafe { gru::forward(r) }
+            }
+
+            unsafe fn gru_backward(self, r: BwdRow<'_>) {
+                // SAFETY: as in lstm_forward.
+                unsafe { gru::backward(r) }
+            }
+
+            unsafe fn rnn_forward<const RELU: bool>(self, r: FwdRow<'_>) {
+                // SAFETY: as in lstm_forward.
+                unsafe { rnn::forward::<RELU>(r) }
+            }
+
+            unsafe fn rnn_backward<const RELU: bool>(self, r: BwdRow<'_>) {
+                // SAFETY: as in lstm_forward.
+                unsafe { rnn::backward::<RELU>(r) }
+            }
+        }
+    };
+}
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use simd_isa;
+
+/// The ISA a [`Cpu`](super::Cpu) was made with, as its token.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Chosen {
+    Scalar(Scalar),
+    #[cfg(target_arch = "x86_64")]
+    Avx2(Avx2),
+    #[cfg(target_arch = "x86_64")]
+    Avx512(Avx512),
+    #[cfg(target_arch = "aarch64")]
+    Neon(Neon),
+}
+
+impl Chosen {
+    /// The token of `isa`, if this CPU has it.
+    pub(crate) fn detect(isa: Isa) -> Option<Chosen> {
+        match isa {
+            Isa::Scalar => Some(Chosen::Scalar(Scalar)),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Avx2::detect().map(Chosen::Avx2),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Avx512::detect().map(Chosen::Avx512),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => Neon::detect().map(Chosen::Neon),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// Its ISA.
+    pub(crate) fn isa(self) -> Isa {
+        with_kernels!(self, |k| isa_of(k))
+    }
+
+    /// Whether its plans pack the weights ([`Kernels::PACKED_WEIGHTS`]).
+    pub(crate) fn packs_weights(self) -> bool {
+        with_kernels!(self, |k| packs_weights(k))
+    }
+}
+
+fn isa_of<K: Kernels>(_: K) -> Isa {
+    K::ISA
+}
+
+fn packs_weights<K: Kernels>(_: K) -> bool {
+    K::PACKED_WEIGHTS
+}
+
+/// `with_kernels!(chosen, |k| body)`: `body` with `k` the token of the [`Chosen`] ISA, compiled
+/// once per ISA, so that everything `body` calls with `k` is monomorphised for it.
+macro_rules! with_kernels {
+    ($chosen:expr, |$k:ident| $body:expr) => {
+        match $chosen {
+            $crate::backend::cpu::isa::Chosen::Scalar($k) => $body,
+            #[cfg(target_arch = "x86_64")]
+            $crate::backend::cpu::isa::Chosen::Avx2($k) => $body,
+            #[cfg(target_arch = "x86_64")]
+            $crate::backend::cpu::isa::Chosen::Avx512($k) => $body,
+            #[cfg(target_arch = "aarch64")]
+            $crate::backend::cpu::isa::Chosen::Neon($k) => $body,
+        }
+    };
+}
+pub(crate) use with_kernels;
+
+impl Isa {
+    /// The name used by `RNN_KERNELS_ISA` and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
+        }
+    }
+
+    /// Whether this CPU can run the ISA's kernels.
+    pub fn is_supported(self) -> bool {
+        Chosen::detect(self).is_some()
+    }
+
+    /// Every ISA this CPU supports, best last.
+    pub fn available() -> Vec<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon].into_iter().filter(|i| i.is_supported()).collect()
+    }
+
+    /// The best ISA this CPU supports.
+    pub fn best() -> Isa {
+        *Isa::available().last().expect("scalar is always available")
+    }
+
+    /// The ISA to use by default: `RNN_KERNELS_ISA` if set (an error if unknown or not supported
+    /// here), else [`Isa::best`]. Read once per process and cached.
+    pub fn from_env() -> Result<Isa> {
+        static CHOICE: OnceLock<std::result::Result<Isa, (String, String)>> = OnceLock::new();
+        CHOICE
+            .get_or_init(|| match std::env::var("RNN_KERNELS_ISA") {
+                Err(_) => Ok(Isa::best()),
+                Ok(v) => v.parse::<Isa>().map_err(|e| (v.clone(), e.to_string())).and_then(|isa| {
+                    if isa.is_supported() {
+                        Ok(isa)
+                    } else {
+                        Err((v.clone(), format!("this CPU does not support {isa}; it supports {}", names(&Isa::available()))))
+                    }
+                }),
+            })
+            .clone()
+            .map_err(|(given, why)| Error::InvalidArgument {
+                arg: "RNN_KERNELS_ISA".into(),
+                expected: format!("one of scalar, avx2, avx512, neon that this CPU supports ({why})"),
+                got: format!("{given:?}"),
+            })
+    }
+}
+
+/// `"scalar, avx2, …"`.
+pub(crate) fn names(isas: &[Isa]) -> String {
+    isas.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Isa {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Isa> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Ok(Isa::Scalar),
+            "avx2" => Ok(Isa::Avx2),
+            "avx512" => Ok(Isa::Avx512),
+            "neon" => Ok(Isa::Neon),
+            _ => Err(Error::invalid("isa", "one of scalar, avx2, avx512, neon", format!("{s:?}"))),
+        }
+    }
+}
