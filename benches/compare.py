@@ -541,12 +541,12 @@ def main():
         out.append(f"- thread hand-off (`examples/handoff.rs`, a round trip between two of our threads) at the start "
                    f"of each round: {', '.join(f'{handoffs[r]:.0f}' for r in sorted(handoffs))} ns "
                    "(it sets what splitting a small batch's per-step product costs)")
-    out.append("")
-
     if base:
         out.append("- ours/baseline: per round, ours divided by the baseline build's time in the same round "
                    f"(`--baseline-bin {args.baseline_bin}`), the median over rounds, then [min, max] over rounds "
                    "(< 1: this build is faster)")
+    out.append("")
+
     head = ["config", "mode"] + [f"{x} (ms)" for x in ours + base] + [f"{x} (ms)" for x in peers] + ["best peer"]
     if len(ours) == 1:
         head += ["ours/best", "ours GFLOP/s"] + (["% roof"] if roof is not None else [])
