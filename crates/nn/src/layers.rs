@@ -3,15 +3,16 @@
 use crate::error::{check_len, invalid, wrong_shape, Result};
 use crate::rng::SplitMix64;
 
-/// `C[m, n] = alpha · A[m, k] · B[k, n] + beta · C`, each matrix given by its row and column
-/// strides, after checking that every index stays inside its slice.
-#[allow(clippy::too_many_arguments)]
+/// A matrix operand read in place: its elements and its row and column strides.
+#[derive(Clone, Copy)]
+struct Strided<'a>(&'a [f32], usize, usize);
+
+/// `C[m, n] = A[m, k] · B[k, n] + beta · C` (`C` with row stride `rsc`), after checking that
+/// every index stays inside its slice.
 fn gemm(
     (m, k, n): (usize, usize, usize),
-    a: &[f32],
-    (rsa, csa): (usize, usize),
-    b: &[f32],
-    (rsb, csb): (usize, usize),
+    Strided(a, rsa, csa): Strided<'_>,
+    Strided(b, rsb, csb): Strided<'_>,
     beta: f32,
     c: &mut [f32],
     rsc: usize,
@@ -191,7 +192,7 @@ impl Linear {
         }
         let (i, o) = (self.in_features, self.out_features);
         // B[k, n] = W[n, k]: W read transposed through its strides.
-        gemm((n, i, o), x, (i, 1), &self.weight, (1, i), 1.0, out, o)
+        gemm((n, i, o), Strided(x, i, 1), Strided(&self.weight, 1, i), 1.0, out, o)
     }
 
     /// Given `x: [N, in]` and `dout: [N, out]`, adds `doutᵀ x` into `dweight: [out, in]` and the
@@ -204,10 +205,10 @@ impl Linear {
         check_len("dbias", "[out]", &[o], dbias.len())?;
         if let Some(dx) = dx {
             check_len("dx", "[N, in]", &[n, i], dx.len())?;
-            gemm((n, o, i), dout, (o, 1), &self.weight, (i, 1), 0.0, dx, i)?;
+            gemm((n, o, i), Strided(dout, o, 1), Strided(&self.weight, i, 1), 0.0, dx, i)?;
         }
         // A[m, k] = dout[k, m]: dout read transposed.
-        gemm((o, n, i), dout, (1, o), x, (i, 1), 1.0, dweight, i)?;
+        gemm((o, n, i), Strided(dout, 1, o), Strided(x, i, 1), 1.0, dweight, i)?;
         for row in dout.chunks_exact(o) {
             for (b, &g) in dbias.iter_mut().zip(row) {
                 *b += g;
