@@ -13,9 +13,9 @@
 //! Inputs come from a generator written here, so that nothing the library changes (its own
 //! random initialisation included) moves the inputs.
 
+use rnn_kernels::testkit::pins::{self, fnv1a};
 use rnn_kernels::{Backend, CellKind, Cpu, Element, Isa, Reference, Rnn, RnnConfig, SeqShape};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 /// splitmix64, values uniform in [-r, r).
 struct Gen(u64);
@@ -31,17 +31,6 @@ impl Gen {
     fn uniform(&mut self, n: usize, r: f64) -> Vec<f64> {
         (0..n).map(|_| ((self.next() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * r).collect()
     }
-}
-
-fn fnv1a(words: impl Iterator<Item = u64>) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for w in words {
-        for b in w.to_le_bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
 }
 
 trait Bits: Element {
@@ -150,18 +139,6 @@ fn run<T: Bits, B: Backend<T, Buf = [T]>>(backend: B, p: &Problem) -> String {
     parts.iter().map(|(k, v)| format!("{k}={v:016x}")).collect::<Vec<_>>().join(" ")
 }
 
-fn pin_file() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bit_pins.txt")
-}
-
-fn read_pins() -> BTreeMap<String, String> {
-    let text = std::fs::read_to_string(pin_file()).unwrap_or_default();
-    text.lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.split_once(" | ").map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
-        .collect()
-}
-
 /// Every backend this machine runs: key (`arch backend problem`) to the line of hashes. The
 /// architecture is part of the key because the reference and scalar kernels call the platform's
 /// `exp` and `tanh`, whose last bit may differ between x86-64 and AArch64 (and code compiled for
@@ -187,29 +164,6 @@ fn computed() -> BTreeMap<String, String> {
 #[test]
 fn outputs_match_pinned_bits() {
     let got = computed();
-    if std::env::var_os("RNN_KERNELS_WRITE_BIT_PINS").is_some() {
-        let mut all = read_pins();
-        all.extend(got);
-        let mut text = String::from(
-            "# Exact output bits (FNV-1a of each output's bit patterns) pinned by tests/bit_pins.rs.\n\
-             # Rewrite with RNN_KERNELS_WRITE_BIT_PINS=1 cargo test --release --test bit_pins\n",
-        );
-        for (k, v) in &all {
-            text.push_str(&format!("{k} | {v}\n"));
-        }
-        std::fs::write(pin_file(), text).unwrap();
-        eprintln!("wrote {} lines to {}", all.len(), pin_file().display());
-        return;
-    }
-    let pins = read_pins();
-    let mut failures = Vec::new();
-    for (k, v) in &got {
-        match pins.get(k) {
-            None => failures.push(format!("{k}: no pinned line (computed {v})")),
-            Some(want) if want != v => failures.push(format!("{k}:\n  pinned   {want}\n  computed {v}")),
-            Some(_) => {}
-        }
-    }
-    assert!(failures.is_empty(), "{} of {} pinned results differ:\n{}", failures.len(), got.len(), failures.join("\n"));
-    eprintln!("{} pinned results match ({})", got.len(), Isa::available().iter().map(|i| i.name()).collect::<Vec<_>>().join(", "));
+    pins::check(&got);
+    eprintln!("{} pinned results checked ({})", got.len(), Isa::available().iter().map(|i| i.name()).collect::<Vec<_>>().join(", "));
 }

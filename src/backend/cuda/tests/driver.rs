@@ -91,16 +91,7 @@ proptest! {
 /// variable lengths. `RNN_KERNELS_WRITE_BIT_PINS=1` rewrites these lines.
 #[test]
 fn emulated_outputs_match_pinned_bits() {
-    fn fnv1a(v: &[f32]) -> u64 {
-        let mut h = 0xcbf2_9ce4_8422_2325u64;
-        for x in v {
-            for b in (x.to_bits() as u64).to_le_bytes() {
-                h ^= b as u64;
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-        h
-    }
+    let fnv1a = |v: &[f32]| crate::testkit::pins::fnv1a(v.iter().map(|x| x.to_bits() as u64));
     let problems = [
         (
             "lstm_proj_l2_bi_varlen",
@@ -119,14 +110,6 @@ fn emulated_outputs_match_pinned_bits() {
             (0..20).map(|b| 6 - b % 3).collect(),
         ),
     ];
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bit_pins.txt");
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    let mut pins: std::collections::BTreeMap<String, String> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split_once(" | "))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
     let mut got = std::collections::BTreeMap::new();
     for (i, (name, cfg, t, lengths)) in problems.into_iter().enumerate() {
         let shape = SeqShape::with_lengths(t, lengths).unwrap();
@@ -142,24 +125,7 @@ fn emulated_outputs_match_pinned_bits() {
             got.insert(format!("cuda-emulation{} {name}", if persistent { "-persistent" } else { "" }), line);
         }
     }
-    if std::env::var_os("RNN_KERNELS_WRITE_BIT_PINS").is_some() {
-        pins.extend(got);
-        let mut out = String::from(
-            "# Exact output bits (FNV-1a of each output's bit patterns) pinned by tests/bit_pins.rs.\n\
-             # Rewrite with RNN_KERNELS_WRITE_BIT_PINS=1 cargo test --release --test bit_pins\n",
-        );
-        for (k, v) in &pins {
-            out.push_str(&format!("{k} | {v}\n"));
-        }
-        std::fs::write(&path, out).unwrap();
-        return;
-    }
-    let bad: Vec<String> = got
-        .iter()
-        .filter(|(k, v)| pins.get(*k) != Some(*v))
-        .map(|(k, v)| format!("{k}:\n  pinned   {}\n  computed {v}", pins.get(k).map_or("(none)", |s| s.as_str())))
-        .collect();
-    assert!(bad.is_empty(), "{} of {} pinned results differ:\n{}", bad.len(), got.len(), bad.join("\n"));
+    crate::testkit::pins::check(&got);
 }
 
 /// Sizes where the GEMMs are not tiny and rows of many lengths share a step.
