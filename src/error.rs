@@ -84,6 +84,19 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A size computed from an argument or a file needs more memory than can be allocated (or
+    /// more than the documented limit of the call): refused with this error, never an abort.
+    #[error("`{arg}`: needs {bytes} bytes ({what}), which {reason}")]
+    TooLarge {
+        /// The argument (or the file's field) whose value asked for the memory.
+        arg: String,
+        /// What the memory was for, with the sizes it was computed from.
+        what: String,
+        /// The number of bytes asked for (saturated at `u128::MAX` when it does not fit).
+        bytes: u128,
+        /// Why it was refused: the allocator failed, or the limit it exceeds.
+        reason: String,
+    },
     /// A safetensors file could not be parsed or written.
     #[error("{path}: not a readable safetensors file: {message}")]
     SafeTensors {
@@ -112,6 +125,43 @@ impl Error {
     }
 }
 
+/// A vector of `n` copies of `fill`, allocated fallibly: an allocation the allocator refuses (or
+/// one larger than the address space) is [`Error::TooLarge`] naming `arg` and `what`, not an abort.
+pub(crate) fn try_vec<T: Clone>(arg: &str, what: impl Into<String>, n: usize, fill: T) -> Result<Vec<T>> {
+    let bytes = (n as u128) * (std::mem::size_of::<T>() as u128);
+    let mut v = Vec::new();
+    match v.try_reserve_exact(n) {
+        Ok(()) => {
+            v.resize(n, fill);
+            Ok(v)
+        }
+        Err(e) => Err(Error::TooLarge { arg: arg.into(), what: what.into(), bytes, reason: format!("could not be allocated ({e})") }),
+    }
+}
+
+/// A vector of `n` zeros, allocated fallibly like [`try_vec`] but with the allocator's zeroed
+/// pages (`calloc`), so a large output buffer costs no write pass before the kernels fill it.
+pub(crate) fn try_zeroed<T: crate::Element>(arg: &str, what: impl Into<String>, n: usize) -> Result<Vec<T>> {
+    let bytes = (n as u128) * (std::mem::size_of::<T>() as u128);
+    let what = what.into();
+    let too_large = |reason: String| Error::TooLarge { arg: arg.into(), what: what.clone(), bytes, reason };
+    let layout = std::alloc::Layout::array::<T>(n).map_err(|e| too_large(format!("is not a valid allocation ({e})")))?;
+    if layout.size() == 0 {
+        return Ok(Vec::new());
+    }
+    // SAFETY: the layout has a nonzero size; a non-null result is `n` zeroed, properly aligned
+    // `T`s, and all-zero bytes are a valid `T` (`Element` is sealed: f32, f64, f16, bf16, whose
+    // all-zero bit pattern is +0.0). The Vec takes ownership of exactly
+    // that allocation, with the same layout (capacity `n`), as `Vec`'s own allocator would make.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout) as *mut T;
+        if ptr.is_null() {
+            return Err(too_large("could not be allocated (the allocator returned no memory)".into()));
+        }
+        Ok(Vec::from_raw_parts(ptr, n, n))
+    }
+}
+
 /// Checks that a buffer named `arg` has exactly the elements of `shape` (described by `dims`, e.g.
 /// `"[T, B, I]"`).
 pub(crate) fn check_len(arg: &str, dims: &str, shape: &[usize], got: usize) -> Result<()> {
@@ -121,5 +171,28 @@ pub(crate) fn check_len(arg: &str, dims: &str, shape: &[usize], got: usize) -> R
         Some(want) if want == got => Ok(()),
         Some(want) => Err(Error::shape(arg, format!("{dims} = {shape:?}, {want} elements"), format!("{got} elements"))),
         None => Err(Error::shape(arg, format!("{dims} = {shape:?}, more elements than fit in memory"), format!("{got} elements"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_allocations_are_errors_not_aborts() {
+        let e = try_vec::<f32>("hidden_size", "weights", usize::MAX / 2, 0.0).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { ref arg, .. } if arg == "hidden_size"), "{e}");
+        let e = try_zeroed::<f32>("y", "outputs", usize::MAX / 2).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { ref arg, .. } if arg == "y"), "{e}");
+        // More than the address space allows but a valid `usize` count: refused by the allocator.
+        let e = try_zeroed::<f64>("y", "outputs", 1 << 50).unwrap_err();
+        assert!(e.to_string().contains("`y`: needs 9007199254740992 bytes"), "{e}");
+    }
+
+    #[test]
+    fn fallible_allocations_give_what_was_asked() {
+        assert_eq!(try_vec("n", "test", 3, 1.5f32).unwrap(), vec![1.5; 3]);
+        assert_eq!(try_zeroed::<f64>("n", "test", 5).unwrap(), vec![0.0; 5]);
+        assert!(try_zeroed::<f32>("n", "test", 0).unwrap().is_empty());
     }
 }
