@@ -54,7 +54,7 @@ impl Problem {
         let mut randn = |n: usize| (0..n).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
         let x = randn(t * b * i);
         let dy = randn(t * b * cfg.output_size());
-        Problem { params: Params::init_uniform(&cfg, 4), cfg, shape, x, dy }
+        Problem { params: Params::init_uniform(&cfg, 4).unwrap(), cfg, shape, x, dy }
     }
     fn id(&self) -> String {
         let c = &self.cfg;

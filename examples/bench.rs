@@ -182,7 +182,7 @@ fn time_host<B: Backend<f32, Buf = [f32]>>(
     shape: &SeqShape,
     a: &Args,
 ) -> Result<Vec<f64>, rnn_kernels::Error> {
-    let params = Params::<f32>::init_uniform(cfg, 1);
+    let params = Params::<f32>::init_uniform(cfg, 1)?;
     let plan = backend.plan(cfg, params.as_slice())?;
     let mut rng = SplitMix64::new(2);
     let mut randn = |n: usize| (0..n).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
@@ -219,7 +219,7 @@ mod cuda_bench {
     }
 
     fn time_as<T: CudaElement>(cuda: &Cuda, cfg: &RnnConfig, shape: &SeqShape, a: &Args) -> Result<Vec<f64>, rnn_kernels::Error> {
-        let params = Params::<T>::init_uniform(cfg, 1);
+        let params = Params::<T>::init_uniform(cfg, 1)?;
         let plan = cuda.plan(cfg, &cuda.upload(params.as_slice())?)?;
         let mut rng = SplitMix64::new(2);
         let mut randn = |n: usize| (0..n).map(|_| T::from_f64(rng.normal())).collect::<Vec<T>>();

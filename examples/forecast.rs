@@ -52,7 +52,7 @@ fn run() -> Result<bool, rnn_kernels::Error> {
     let (hidden, window, warmup, batch, steps) = (32, 60, 10, 32, 600);
 
     let cfg = RnnConfig::new(CellKind::Gru, 1, hidden).build()?;
-    let mut params = Params::<f32>::init_uniform(&cfg, 1);
+    let mut params = Params::<f32>::init_uniform(&cfg, 1)?;
     let mut rnn = Rnn::from_params(Cpu::new()?, &params)?;
     let mut head = Linear::new(hidden, 1, 2)?;
     let mut adam = Adam::new(&[params.as_slice().len(), hidden, 1], AdamConfig { lr: 5e-3, ..AdamConfig::default() })?;

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 fn main() -> Result<ExitCode, rnn_kernels::Error> {
     let cfg = RnnConfig::new(CellKind::Lstm, 8, 16).num_layers(2).bidirectional(true).build()?;
-    let params = Params::<f64>::init_uniform(&cfg, 2024);
+    let params = Params::<f64>::init_uniform(&cfg, 2024)?;
     let rnn = Rnn::from_params(Reference, &params)?;
 
     // T = 12 steps, B = 4 sequences of lengths 12, 5, 9, 1 (unsorted; PyTorch packed semantics).

@@ -5,7 +5,9 @@
 //! ```
 //!
 //! Prints one line per file: name, backend, ` ok` or ` FAIL`, the largest error and the tensor
-//! it was in. Exits with 1 if any file fails, 2 on a usage error.
+//! it was in. Exits with 1 if any file fails, 2 on a usage error. The whole command line is
+//! checked before any file is read: `--tol` must be a finite number at least 0, the backend and
+//! dtype a combination this binary runs, each option given once, every FILE an existing file.
 //!
 //! `--backend cuda --dtype f16|bf16` runs the CUDA backend with 16-bit storage on the file's
 //! inputs rounded to that type, against the f64 reference on the same rounded values, with the
@@ -18,6 +20,8 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: verify [--backend reference|cpu|cuda] [--dtype f64|f32|f16|bf16] [--tol T] FILE...";
 
+/// The validated command line.
+#[derive(Debug)]
 struct Args {
     backend: String,
     dtype: Option<String>,
@@ -25,27 +29,74 @@ struct Args {
     files: Vec<String>,
 }
 
-fn parse() -> Result<Args, String> {
+/// Parses and checks the whole command line (without the program name) before any work is
+/// done: every value in its range, the backend and dtype a combination this binary runs, every
+/// file present. The error is the message to print, with the usage where it helps.
+fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut a = Args { backend: "reference".into(), dtype: None, tol: None, files: vec![] };
-    let mut it = std::env::args().skip(1);
+    let mut seen: Vec<String> = vec![];
+    let mut it = args.into_iter();
     while let Some(arg) = it.next() {
-        let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value"));
+        if arg.starts_with("--") && arg != "--" && seen.contains(&arg) {
+            return Err(format!("{arg}: given more than once\n{USAGE}"));
+        }
+        seen.push(arg.clone());
+        let mut value = |flag: &str| it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"));
         match arg.as_str() {
             "--backend" => a.backend = value("--backend")?,
             "--dtype" => a.dtype = Some(value("--dtype")?),
-            "--tol" => {
-                let v = value("--tol")?;
-                a.tol = Some(v.parse().map_err(|_| format!("--tol: expected a number, got {v:?}"))?);
-            }
+            "--tol" => a.tol = Some(parse_tol(&value("--tol")?)?),
             "-h" | "--help" => return Err(USAGE.into()),
-            f if f.starts_with("--") => return Err(format!("unknown option {f}\n{USAGE}")),
+            f if f.starts_with('-') && f.len() > 1 => return Err(format!("unknown option {f}\n{USAGE}")),
             _ => a.files.push(arg),
         }
     }
+    check_backend_dtype(&a.backend, a.dtype.as_deref(), a.tol.is_some())?;
     if a.files.is_empty() {
         return Err(format!("no case files given\n{USAGE}"));
     }
+    for f in &a.files {
+        if !std::path::Path::new(f).is_file() {
+            return Err(format!(
+                "FILE {f:?}: expected a case file, got {}",
+                if std::path::Path::new(f).exists() { "something that is not a file" } else { "no such file" }
+            ));
+        }
+    }
     Ok(a)
+}
+
+/// `--tol`: a finite number, at least 0 (an error is compared with `<=`, so NaN would fail
+/// every file and a negative tolerance every file but an exact one).
+fn parse_tol(v: &str) -> Result<f64, String> {
+    match v.trim().parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        Ok(_) => Err(format!("--tol: expected a finite number at least 0, got {v:?}")),
+        Err(_) => Err(format!("--tol: expected a number, got {v:?}")),
+    }
+}
+
+/// Whether this binary runs `backend` with `dtype` (and a `--tol`, where one is used).
+fn check_backend_dtype(backend: &str, dtype: Option<&str>, tol: bool) -> Result<(), String> {
+    match (backend, dtype) {
+        ("reference", None | Some("f64" | "f32")) | ("cpu", None | Some("f32")) => Ok(()),
+        ("reference", Some(d)) => Err(format!("--dtype: expected f64 or f32 for the reference backend, got {d:?}")),
+        ("cpu", Some(d)) => Err(format!("--dtype: the cpu backend computes in f32, got {d:?}")),
+        ("cuda", _) if !cfg!(feature = "cuda") => Err(format!(
+            "error: {}",
+            rnn_kernels::Error::BackendUnavailable {
+                backend: backend.into(),
+                reason: "this binary was built without the `cuda` feature: cargo run --release --features cuda --example verify -- --backend cuda ...".into(),
+            }
+        )),
+        ("cuda", None | Some("f32")) => Ok(()),
+        ("cuda", Some("f16" | "bf16")) if tol => {
+            Err("--tol: f16/bf16 storage is checked against derived bounds (rnn_kernels::testkit::tolerance), not a tolerance".into())
+        }
+        ("cuda", Some("f16" | "bf16")) => Ok(()),
+        ("cuda", Some(d)) => Err(format!("--dtype: the cuda backend stores f32, f16 or bf16, got {d:?}")),
+        (other, _) => Err(format!("--backend: expected reference, cpu or cuda, got {other:?}")),
+    }
 }
 
 /// Runs `check` on every file, printing one line each (`check` says whether the file passed and
@@ -78,72 +129,43 @@ fn verify_all<T: Element, B: Backend<T, Buf = [T]>>(backend: &B, label: &str, to
 }
 
 fn main() -> ExitCode {
-    let args = match parse() {
+    let args = match parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(msg) => {
             eprintln!("{msg}");
             return ExitCode::from(2);
         }
     };
+    // `parse` has checked the backend and dtype: every combination left runs here.
     let ok = match (args.backend.as_str(), args.dtype.as_deref()) {
-        ("reference", None | Some("f64")) => verify_all::<f64, _>(&Reference, "reference-f64", args.tol.unwrap_or(1e-9), &args.files),
         ("reference", Some("f32")) => verify_all::<f32, _>(&Reference, "reference-f32", args.tol.unwrap_or(1e-4), &args.files),
-        ("reference", Some(d)) => {
-            eprintln!("--dtype: expected f64 or f32, got {d:?}");
-            return ExitCode::from(2);
-        }
-        ("cpu", None | Some("f32")) => match Cpu::new() {
+        ("reference", _) => verify_all::<f64, _>(&Reference, "reference-f64", args.tol.unwrap_or(1e-9), &args.files),
+        ("cpu", _) => match Cpu::new() {
             Ok(cpu) => verify_all::<f32, _>(&cpu, &format!("cpu-{}", cpu.isa()), args.tol.unwrap_or(1e-4), &args.files),
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
         },
-        ("cpu", Some(d)) => {
-            eprintln!("--dtype: the cpu backend computes in f32, got {d:?}");
-            return ExitCode::from(2);
-        }
         #[cfg(feature = "cuda")]
-        ("cuda", None | Some("f32")) => match rnn_kernels::CudaHost::new() {
+        ("cuda", Some(d @ ("f16" | "bf16"))) => match rnn_kernels::CudaHost::new() {
+            Ok(cuda) if d == "f16" => half::verify_all::<rnn_kernels::f16>(&cuda, &format!("{}-f16", cuda.0.device_name()), &args.files),
+            Ok(cuda) => half::verify_all::<rnn_kernels::bf16>(&cuda, &format!("{}-bf16", cuda.0.device_name()), &args.files),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(1);
+            }
+        },
+        #[cfg(feature = "cuda")]
+        ("cuda", _) => match rnn_kernels::CudaHost::new() {
             Ok(cuda) => verify_all::<f32, _>(&cuda, cuda.0.device_name(), args.tol.unwrap_or(1e-4), &args.files),
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
         },
-        #[cfg(feature = "cuda")]
-        ("cuda", Some(d @ ("f16" | "bf16"))) => {
-            if args.tol.is_some() {
-                eprintln!("--tol: f16/bf16 storage is checked against derived bounds (rnn_kernels::testkit::tolerance), not a tolerance");
-                return ExitCode::from(2);
-            }
-            match rnn_kernels::CudaHost::new() {
-                Ok(cuda) if d == "f16" => {
-                    half::verify_all::<rnn_kernels::f16>(&cuda, &format!("{}-f16", cuda.0.device_name()), &args.files)
-                }
-                Ok(cuda) => half::verify_all::<rnn_kernels::bf16>(&cuda, &format!("{}-bf16", cuda.0.device_name()), &args.files),
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(1);
-                }
-            }
-        }
-        #[cfg(feature = "cuda")]
-        ("cuda", Some(d)) => {
-            eprintln!("--dtype: the cuda backend stores f32, f16 or bf16, got {d:?}");
-            return ExitCode::from(2);
-        }
-        #[cfg(not(feature = "cuda"))]
-        ("cuda", _) => {
-            let e = rnn_kernels::Error::BackendUnavailable {
-                backend: args.backend.clone(),
-                reason: "this binary was built without the `cuda` feature: cargo run --release --features cuda --example verify -- --backend cuda ...".into(),
-            };
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-        (other, _) => {
-            eprintln!("--backend: expected reference, cpu or cuda, got {other:?}");
+        (other, d) => {
+            eprintln!("--backend {other:?} with --dtype {d:?} is not run by this binary");
             return ExitCode::from(2);
         }
     };

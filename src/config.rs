@@ -178,11 +178,14 @@ impl RnnConfig {
         }
     }
     /// The number of parameters: the length of the flat buffer of
-    /// [`ParamLayout`](crate::ParamLayout), counted without building the layout.
+    /// [`ParamLayout`](crate::ParamLayout), counted without building the layout. It fits in
+    /// `usize` (and in `f64` in one allocation): [`RnnConfigBuilder::build`] checks it.
     pub fn param_count(&self) -> usize {
         let per_layer =
             |l: usize| -> usize { ParamKind::ALL.iter().filter_map(|k| k.shape(self, l)).map(|s| s.iter().product::<usize>()).sum() };
-        self.num_directions() * (0..self.num_layers).map(per_layer).sum::<usize>()
+        // Every layer above the first has the same tensors.
+        let upper = if self.num_layers > 1 { (self.num_layers - 1) * per_layer(1) } else { 0 };
+        self.num_directions() * (per_layer(0) + upper)
     }
     /// Returns a builder starting from this configuration.
     pub fn to_builder(&self) -> RnnConfigBuilder {
@@ -212,6 +215,14 @@ impl RnnConfigBuilder {
         self
     }
     /// Checks every value and returns the configuration.
+    ///
+    /// Besides each value's range, the sizes together are bounded: `num_layers` is at most
+    /// [`RnnConfig::MAX_NUM_LAYERS`], and the parameters in `f64` must fit in one allocation
+    /// (`isize::MAX` bytes), so that every size derived from the configuration fits in `usize`.
+    /// A configuration beyond that is [`Error::TooLarge`] naming `hidden_size`, `input_size` or
+    /// `num_layers`. Whether the memory is there is known only when it is allocated:
+    /// [`Params::zeros`](crate::Params::zeros) and the other allocating calls return
+    /// [`Error::TooLarge`] when it is not.
     pub fn build(self) -> Result<RnnConfig> {
         let c = self.cfg;
         if c.input_size == 0 {
@@ -229,23 +240,69 @@ impl RnnConfigBuilder {
         if c.proj_size >= c.hidden_size && c.proj_size > 0 {
             return Err(Error::invalid("proj_size", format!("must be smaller than hidden_size = {}", c.hidden_size), c.proj_size));
         }
-        // Every buffer size derived from the configuration must fit in usize: bound the total
-        // parameter count (each layer-direction has at most G·H·(max(I, D·H) + H + 2) + H·H
-        // elements) with checked arithmetic, so later arithmetic cannot overflow.
-        let d = c.num_directions();
-        let count = (|| {
-            let gh = c.cell.gates().checked_mul(c.hidden_size)?;
-            let width = c.input_size.max(d.checked_mul(c.hidden_size)?).checked_add(c.hidden_size)?.checked_add(2)?;
-            let per_dir = gh.checked_mul(width)?.checked_add(c.hidden_size.checked_mul(c.hidden_size)?)?;
-            per_dir.checked_mul(d)?.checked_mul(c.num_layers)?.checked_mul(16)
-        })();
-        if count.is_none() {
+        if c.num_layers > RnnConfig::MAX_NUM_LAYERS {
             return Err(Error::invalid(
-                "input_size, hidden_size, num_layers",
-                "sizes whose parameter count fits in memory",
-                format!("input_size {}, hidden_size {}, num_layers {}, {} direction(s)", c.input_size, c.hidden_size, c.num_layers, d),
+                "num_layers",
+                format!("at most {} (the parameter layout keeps an entry per tensor of every layer)", RnnConfig::MAX_NUM_LAYERS),
+                c.num_layers,
             ));
         }
+        c.check_param_bytes()?;
         Ok(c)
+    }
+}
+
+impl RnnConfig {
+    /// The largest `num_layers` [`RnnConfigBuilder::build`] accepts.
+    pub const MAX_NUM_LAYERS: usize = 1 << 16;
+
+    /// The largest parameter buffer a configuration may describe, in bytes: the parameters
+    /// of every element type (up to 8 bytes, `f64`) must fit in one allocation, at most
+    /// `isize::MAX` bytes.
+    const MAX_PARAM_BYTES: u128 = isize::MAX as u128;
+
+    /// Checks, in exact arithmetic, that the parameters in `f64` fit in one allocation, so that
+    /// every size derived from the configuration (a tensor's elements, a layer's, the total)
+    /// fits in `usize` without overflow; the error names the argument that makes it too large.
+    fn check_param_bytes(&self) -> Result<()> {
+        let (g, h, i) = (self.cell.gates() as u128, self.hidden_size as u128, self.input_size as u128);
+        let (d, l, hout) = (self.num_directions() as u128, self.num_layers as u128, self.hidden_out_size() as u128);
+        let gh = g * h;
+        // Per layer-direction: the tensors that do not depend on the layer's input width.
+        let recurrent = gh.saturating_mul(hout).saturating_add(if self.bias { 2 * gh } else { 0 }).saturating_add(if self.proj_size > 0 {
+            hout.saturating_mul(h)
+        } else {
+            0
+        });
+        let first = gh.saturating_mul(i).saturating_add(recurrent);
+        let upper = gh.saturating_mul(d.saturating_mul(hout)).saturating_add(recurrent);
+        let total = d.saturating_mul(first.saturating_add(l.saturating_sub(1).saturating_mul(upper)));
+        let bytes = |n: u128| n.saturating_mul(8);
+        if bytes(total) <= Self::MAX_PARAM_BYTES {
+            return Ok(());
+        }
+        // The argument that makes it too large: the hidden size if the recurrent tensors alone
+        // are, else the input size if the first layer is, else the number of layers.
+        let arg = if bytes(recurrent) > Self::MAX_PARAM_BYTES || (l > 1 && bytes(d.saturating_mul(upper)) > Self::MAX_PARAM_BYTES) {
+            "hidden_size"
+        } else if bytes(d.saturating_mul(first)) > Self::MAX_PARAM_BYTES {
+            "input_size"
+        } else {
+            "num_layers"
+        };
+        Err(Error::TooLarge {
+            arg: arg.into(),
+            what: format!(
+                "{} parameters in f64 for input_size {}, hidden_size {}, num_layers {}, {} direction(s){}",
+                if total == u128::MAX { "2^128 or more".to_string() } else { total.to_string() },
+                self.input_size,
+                self.hidden_size,
+                self.num_layers,
+                d,
+                if self.proj_size > 0 { format!(", proj_size {}", self.proj_size) } else { String::new() }
+            ),
+            bytes: bytes(total),
+            reason: format!("is more than one allocation can hold ({} bytes, isize::MAX)", Self::MAX_PARAM_BYTES),
+        })
     }
 }

@@ -31,7 +31,7 @@
 //! use rnn_kernels::{CellKind, Params, Reference, Rnn, RnnConfig, SeqShape};
 //!
 //! let cfg = RnnConfig::new(CellKind::Lstm, 8, 16).num_layers(2).bidirectional(true).build()?;
-//! let params = Params::<f64>::init_uniform(&cfg, 42);
+//! let params = Params::<f64>::init_uniform(&cfg, 42)?;
 //! let rnn = Rnn::from_params(Reference, &params)?;
 //!
 //! let shape = SeqShape::with_lengths(5, vec![5, 3, 1])?; // T = 5, B = 3

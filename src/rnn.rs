@@ -4,7 +4,7 @@
 use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnPlan, RnnReserve};
 use crate::config::RnnConfig;
 use crate::element::Element;
-use crate::error::{check_len, Result};
+use crate::error::{check_len, try_zeroed, Error, Result};
 use crate::params::Params;
 use crate::shape::SeqShape;
 use std::marker::PhantomData;
@@ -39,7 +39,7 @@ pub struct Gradients<T> {
 /// ```
 /// use rnn_kernels::{CellKind, Params, Reference, Rnn, RnnConfig, SeqShape};
 /// let cfg = RnnConfig::new(CellKind::Lstm, 3, 5).num_layers(2).build()?;
-/// let params = Params::<f64>::init_uniform(&cfg, 7);
+/// let params = Params::<f64>::init_uniform(&cfg, 7)?;
 /// let rnn = Rnn::from_params(Reference, &params)?;
 /// let shape = SeqShape::with_lengths(4, vec![4, 2])?; // T = 4, B = 2
 /// let x = vec![0.5; 4 * 2 * 3];
@@ -86,7 +86,7 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
     /// The parameters the plan holds now, read back from the backend
     /// ([`Backend::read_params`]).
     pub fn params(&self) -> Result<Params<T>> {
-        let mut v = vec![T::default(); self.plan.param_len()];
+        let mut v = try_zeroed("params", "the plan's parameters", self.plan.param_len())?;
         self.backend.read_params(&self.plan, &mut v)?;
         Params::from_vec(self.config(), v)
     }
@@ -110,13 +110,22 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
     }
 
     /// Allocates the outputs and runs inference, or a training pass filling `reserve`.
+    ///
+    /// The outputs are allocated fallibly: outputs that do not fit in memory (a long `x` with a
+    /// large hidden size asks for `D·Hout / I` times its size) are [`Error::TooLarge`](crate::Error::TooLarge)
+    /// naming `x`, not an abort.
     fn run_forward(&self, shape: &SeqShape, input: ForwardInput<'_, [T]>, reserve: Option<&mut B::Reserve>) -> Result<Output<T>> {
         // Check x before allocating outputs sized from `shape`.
         check_len("x", "[T, B, I]", &shape.x_shape(self.config()), input.x.len())?;
         let cfg = self.config();
-        let n = |s: [usize; 3]| vec![T::default(); s.iter().product()];
-        let mut out =
-            Output { y: n(shape.y_shape(cfg)), hn: n(shape.h_shape(cfg)), cn: cfg.cell().has_cell_state().then(|| n(shape.c_shape(cfg))) };
+        let mut out = Output {
+            y: alloc("x", "y", "[T, B, D·Hout]", shape.y_shape(cfg))?,
+            hn: alloc("x", "hn", "[L·D, B, Hout]", shape.h_shape(cfg))?,
+            cn: match cfg.cell().has_cell_state() {
+                true => Some(alloc("x", "cn", "[L·D, B, H]", shape.c_shape(cfg))?),
+                false => None,
+            },
+        };
         let output: ForwardOutput<'_, [T]> = ForwardOutput { y: &mut out.y, hn: Some(&mut out.hn), cn: out.cn.as_deref_mut() };
         match reserve {
             Some(r) => self.backend.forward_training(&self.plan, shape, input, output, r)?,
@@ -128,7 +137,7 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
     /// Backpropagation through time; every gradient is freshly computed (parameter gradients
     /// overwrite, see [`GradMode::Overwrite`]). `dy`, `dhn`, `dcn` default to zeros.
     pub fn backward(&self, reserve: &B::Reserve, dy: Option<&[T]>, dhn: Option<&[T]>, dcn: Option<&[T]>) -> Result<Gradients<T>> {
-        let mut dparams = vec![T::default(); self.plan.param_len()];
+        let mut dparams = try_zeroed("dparams", "the parameter gradients", self.plan.param_len())?;
         let mut g = self.run_backward(reserve, BackwardInput { dy, dhn, dcn }, &mut dparams, GradMode::Overwrite)?;
         g.dparams = Some(dparams);
         Ok(g)
@@ -151,16 +160,33 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
     fn run_backward(&self, reserve: &B::Reserve, grads: BackwardInput<'_, [T]>, dparams: &mut [T], mode: GradMode) -> Result<Gradients<T>> {
         let shape = reserve.shape().ok_or_else(crate::backend::stack::empty_reserve)?;
         let cfg = self.config();
-        let n = |s: [usize; 3]| vec![T::default(); s.iter().product()];
         let mut g = Gradients {
-            dx: n(shape.x_shape(cfg)),
-            dh0: n(shape.h_shape(cfg)),
-            dc0: cfg.cell().has_cell_state().then(|| n(shape.c_shape(cfg))),
+            dx: alloc("reserve", "dx", "[T, B, I]", shape.x_shape(cfg))?,
+            dh0: alloc("reserve", "dh0", "[L·D, B, Hout]", shape.h_shape(cfg))?,
+            dc0: match cfg.cell().has_cell_state() {
+                true => Some(alloc("reserve", "dc0", "[L·D, B, H]", shape.c_shape(cfg))?),
+                false => None,
+            },
             dparams: None,
         };
         let output: BackwardOutput<'_, [T]> =
             BackwardOutput { dx: Some(&mut g.dx), dh0: Some(&mut g.dh0), dc0: g.dc0.as_deref_mut(), dparams: Some(dparams) };
         self.backend.backward(&self.plan, reserve, grads, output, mode)?;
         Ok(g)
+    }
+}
+
+/// A zeroed output buffer `name` of shape `shape` (`dims` in words), sized from the argument
+/// `arg`: the element count in checked arithmetic and the allocation fallible, so a size that
+/// overflows or does not fit in memory is [`Error::TooLarge`] naming `arg`.
+pub(crate) fn alloc<T: Element>(arg: &str, name: &str, dims: &str, shape: [usize; 3]) -> Result<Vec<T>> {
+    match shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) {
+        Some(n) => try_zeroed(arg, format!("output `{name}`, {dims} = {shape:?}"), n),
+        None => Err(Error::TooLarge {
+            arg: arg.into(),
+            what: format!("output `{name}`, {dims} = {shape:?}"),
+            bytes: shape.iter().fold(std::mem::size_of::<T>() as u128, |n, &d| n.saturating_mul(d as u128)),
+            reason: "is more elements than an address space holds".into(),
+        }),
     }
 }

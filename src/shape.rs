@@ -6,6 +6,9 @@ use crate::error::{check_len, Error, Result};
 
 /// Steps `T`, batch `B`, and optionally one length per sequence.
 ///
+/// `T·B` is at most `isize::MAX` (no buffer holds more elements); the sizes of a call's tensors
+/// (`T·B·I`, …) are checked against its buffers when it is made.
+///
 /// With lengths, sequence `b` has `lengths[b]` valid steps (`1..=T`, any order, no sorting
 /// needed). This is PyTorch's packed-sequence semantics: outputs past a sequence's length are
 /// zero, its final states are those of its last valid step, and the reverse direction starts at
@@ -25,6 +28,15 @@ impl SeqShape {
         }
         if batch == 0 {
             return Err(Error::invalid("batch", "must be at least 1", batch));
+        }
+        // `T·B` rows of at least one element each: more than `isize::MAX` cannot be a buffer,
+        // and a product that wraps around could match a short one.
+        if steps.checked_mul(batch).is_none_or(|rows| rows > isize::MAX as usize) {
+            return Err(Error::invalid(
+                "steps, batch",
+                format!("steps·batch at most {} (isize::MAX, the most elements a buffer holds)", isize::MAX),
+                format!("steps {steps}, batch {batch}"),
+            ));
         }
         Ok(SeqShape { steps, batch, lengths: None })
     }

@@ -247,7 +247,7 @@ enum Fwd {
 /// whose length is `len`; checks the error and that no output (and no reserve) was written.
 fn forward_with_bad(c: &mut Checks, cfg: &RnnConfig, shape: &SeqShape, training: bool, bad: Fwd, len: usize, want: Option<usize>) {
     let be = Reference;
-    let params = Params::<f64>::init_uniform(cfg, 3);
+    let params = Params::<f64>::init_uniform(cfg, 3).unwrap();
     let plan = Backend::<f64>::plan(&be, cfg, params.as_slice()).unwrap();
     let s = sizes(cfg, shape);
     let lstm = cfg.cell().has_cell_state();
@@ -334,7 +334,7 @@ fn forward_wrong_buffer_lengths() {
     // the expected [T, B, I] shape.
     let shape = SeqShape::new(4, 3).unwrap();
     let cfg = &lstm;
-    let params = Params::<f64>::init_uniform(cfg, 1);
+    let params = Params::<f64>::init_uniform(cfg, 1).unwrap();
     let rnn_ = Rnn::from_params(Reference, &params).unwrap();
     c.err("Rnn::forward with x of another batch", &[arg("x"), t("[4, 3, 3]"), n(36), n(24)], || {
         rnn_.forward(&shape, &[0.0; 4 * 2 * 3], None, None)
@@ -356,7 +356,7 @@ fn failing_forward_writes_nothing() {
     let shape = SeqShape::with_lengths(4, vec![4, 2]).unwrap();
     let s = sizes(&cfg, &shape);
     let be = Reference;
-    let params = Params::<f64>::init_uniform(&cfg, 5);
+    let params = Params::<f64>::init_uniform(&cfg, 5).unwrap();
     let plan = Backend::<f64>::plan(&be, &cfg, params.as_slice()).unwrap();
     let x = ramp(s.x, 1.0);
 
@@ -432,7 +432,7 @@ enum Bwd {
 
 fn backward_with_bad(c: &mut Checks, cfg: &RnnConfig, shape: &SeqShape, bad: Bwd, len: usize, want: Option<usize>) {
     let be = Reference;
-    let params = Params::<f64>::init_uniform(cfg, 9);
+    let params = Params::<f64>::init_uniform(cfg, 9).unwrap();
     let plan = Backend::<f64>::plan(&be, cfg, params.as_slice()).unwrap();
     let s = sizes(cfg, shape);
     let lstm = cfg.cell().has_cell_state();
@@ -518,7 +518,7 @@ fn backward_wrong_buffer_lengths() {
         }
     }
     // Rnn::backward_accumulate with a dparams of the wrong length.
-    let params = Params::<f64>::init_uniform(&lstm, 2);
+    let params = Params::<f64>::init_uniform(&lstm, 2).unwrap();
     let r = Rnn::from_params(Reference, &params).unwrap();
     let mut reserve = Reserve::default();
     let s = sizes(&lstm, &shape);
@@ -539,7 +539,7 @@ fn bad_reserves() {
     let shape = SeqShape::new(3, 2).unwrap();
     let s = sizes(&cfg, &shape);
     let be = Reference;
-    let params = Params::<f64>::init_uniform(&cfg, 4);
+    let params = Params::<f64>::init_uniform(&cfg, 4).unwrap();
     let p = params.as_slice().len();
     let plan_a = Backend::<f64>::plan(&be, &cfg, params.as_slice()).unwrap();
     let plan_b = Backend::<f64>::plan(&be, &cfg, params.as_slice()).unwrap();
@@ -589,7 +589,7 @@ fn bad_reserves() {
     c.expect("other plan's reserve: outputs untouched", untouched(&dx) && untouched(&dp));
     // ... and of another configuration.
     let cfg2 = RnnConfig::new(CellKind::Gru, 3, 4).num_layers(1).build().unwrap();
-    let params2 = Params::<f64>::init_uniform(&cfg2, 4);
+    let params2 = Params::<f64>::init_uniform(&cfg2, 4).unwrap();
     let r2 = Rnn::from_params(Reference, &params2).unwrap();
     let mut reserve2 = Reserve::default();
     r2.forward_training(&shape, &x, None, None, &mut reserve2).unwrap();
@@ -675,7 +675,7 @@ fn wrong_params_lengths() {
 fn unknown_parameter_names() {
     let mut c = Checks::default();
     let cfg = RnnConfig::new(CellKind::Lstm, 3, 5).num_layers(2).build().unwrap();
-    let mut p = Params::<f64>::zeros(&cfg);
+    let mut p = Params::<f64>::zeros(&cfg).unwrap();
     // The message names the argument, the name given, and the names there are.
     let needles = || vec![arg("name"), t("\"nope\""), t("weight_ih_l0"), t("bias_hh_l1")];
     c.err("get(\"nope\")", &needles(), || p.get("nope").map(|s| s.len()));
@@ -700,7 +700,7 @@ fn bad_safetensors_files() {
     let mut c = Checks::default();
     let dir = TempDir::new("bad_input");
     let cfg = RnnConfig::new(CellKind::Lstm, 3, 5).build().unwrap(); // weight_hh_l0: [20, 5]
-    let params = Params::<f64>::init_uniform(&cfg, 11);
+    let params = Params::<f64>::init_uniform(&cfg, 11).unwrap();
     let good = dir.path("good.safetensors");
     write_raw(&good, &param_tensors(&params), None);
     c.expect("the unmodified file loads", Params::<f64>::load_safetensors(&good, &cfg).ok() == Some(params.clone()));
@@ -882,7 +882,7 @@ fn bad_safetensors_files() {
 fn overflowing_sizes_are_rejected() {
     let mut c = Checks::default();
     let cfg = RnnConfig::new(CellKind::Lstm, 4, 4).build().unwrap();
-    let params = Params::<f64>::init_uniform(&cfg, 1);
+    let params = Params::<f64>::init_uniform(&cfg, 1).unwrap();
     let r = Rnn::from_params(Reference, &params).unwrap();
     let plan = r.plan();
     // T·B·I = 2^62 · 4 · 4 = 2^66, which wraps to 0 in usize; B·I = 2^62 · 4 wraps likewise.
@@ -929,7 +929,7 @@ fn bad_case_files() {
     use rnn_kernels::testkit::case::Case;
     let mut c = Checks::default();
     let cfg = RnnConfig::new(CellKind::Gru, 2, 3).build().unwrap();
-    let params = Params::<f64>::init_uniform(&cfg, 1);
+    let params = Params::<f64>::init_uniform(&cfg, 1).unwrap();
     let (steps, batch) = (4usize, 2usize);
     let meta = |extra: &[(&str, &str)]| {
         let mut m: HashMap<String, String> = [
@@ -1014,9 +1014,9 @@ fn reserve_of_a_diverged_plan_clone_is_rejected() {
     let shape = SeqShape::new(3, 2).unwrap();
     let s = sizes(&cfg, &shape);
     let be = Reference;
-    let w1 = Params::<f64>::init_uniform(&cfg, 1);
-    let w2 = Params::<f64>::init_uniform(&cfg, 2);
-    let w3 = Params::<f64>::init_uniform(&cfg, 3);
+    let w1 = Params::<f64>::init_uniform(&cfg, 1).unwrap();
+    let w2 = Params::<f64>::init_uniform(&cfg, 2).unwrap();
+    let w3 = Params::<f64>::init_uniform(&cfg, 3).unwrap();
     let mut a = Backend::<f64>::plan(&be, &cfg, w1.as_slice()).unwrap();
     let mut b = a.clone();
     be.update_plan(&mut b, w2.as_slice()).unwrap(); // b: version 1, weights w2
@@ -1050,7 +1050,7 @@ fn reserve_of_a_diverged_plan_clone_is_rejected() {
 
 fn saved_bytes_are_deterministic() {
     let cfg = RnnConfig::new(CellKind::Lstm, 3, 4).build().unwrap();
-    let p = Params::<f64>::init_uniform(&cfg, 1);
+    let p = Params::<f64>::init_uniform(&cfg, 1).unwrap();
     let a = p.to_safetensors_bytes().unwrap();
     for _ in 0..8 {
         assert!(p.to_safetensors_bytes().unwrap() == a, "two calls gave different bytes");

@@ -195,7 +195,7 @@ mod with_feature {
     fn plans_give_their_parameters_back() {
         let Some(c) = cuda("plans_give_their_parameters_back") else { return };
         let cfg = RnnConfig::new(CellKind::Lstm, 5, 7).num_layers(2).bidirectional(true).proj_size(3).build().unwrap();
-        let (first, second) = (Params::<f32>::init_uniform(&cfg, 11), Params::<f32>::init_uniform(&cfg, 12));
+        let (first, second) = (Params::<f32>::init_uniform(&cfg, 11).unwrap(), Params::<f32>::init_uniform(&cfg, 12).unwrap());
         let mut plan = c.plan(&cfg, &c.upload(first.as_slice()).unwrap()).unwrap();
         let mut back = c.zeros::<f32>(first.as_slice().len()).unwrap();
         c.read_params(&plan, &mut back).unwrap();
@@ -207,7 +207,7 @@ mod with_feature {
         assert_eq!(rnn.params().unwrap().as_slice(), first.as_slice());
         rnn.update_params(second.as_slice()).unwrap();
         assert_eq!(rnn.params().unwrap().as_slice(), second.as_slice());
-        let half = Params::<rnn_kernels::f16>::init_uniform(&cfg, 13);
+        let half = Params::<rnn_kernels::f16>::init_uniform(&cfg, 13).unwrap();
         let rnn16 = Rnn::from_params(CudaHost(c.clone()), &half).unwrap();
         assert_eq!(rnn16.params().unwrap().as_slice(), half.as_slice());
     }
@@ -271,7 +271,7 @@ mod with_feature {
         // Batch 9 cannot take it: required, that is an error, not a fallback.
         let cfg = RnnConfig::new(CellKind::Gru, 4, 8).build().unwrap();
         let shape = SeqShape::new(3, 9).unwrap();
-        let rnn = Rnn::new(required, &cfg, &Params::<f32>::init_uniform(&cfg, 1).into_vec()[..]).unwrap();
+        let rnn = Rnn::new(required, &cfg, &Params::<f32>::init_uniform(&cfg, 1).unwrap().into_vec()[..]).unwrap();
         let e = rnn.forward(&shape, &vec![0.1; 3 * 9 * 4], None, None).unwrap_err();
         assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("persistent"), "{e}");
     }
@@ -355,7 +355,7 @@ mod with_feature {
         let Some(c) = cuda("reserve_checks") else { return };
         let cfg = RnnConfig::new(CellKind::Gru, 3, 4).build().unwrap();
         let shape = SeqShape::new(2, 2).unwrap();
-        let params = Params::<f32>::init_uniform(&cfg, 1);
+        let params = Params::<f32>::init_uniform(&cfg, 1).unwrap();
         let mut rnn = Rnn::from_params(CudaHost(c.clone()), &params).unwrap();
         let x = vec![0.5f32; 2 * 2 * 3];
         let mut reserve = Default::default();
@@ -412,7 +412,7 @@ mod with_feature {
         let Some(c) = cuda("cuda_half_storage_refusals") else { return };
         let cfg = RnnConfig::new(CellKind::Gru, 3, 8).build().unwrap();
         let shape = SeqShape::new(2, 2).unwrap();
-        let params = Params::<half::f16>::init_uniform(&cfg, 1);
+        let params = Params::<half::f16>::init_uniform(&cfg, 1).unwrap();
         let x = vec![half::f16::from_f32(0.5); 2 * 2 * 3];
         let rnn = Rnn::from_params(CudaHost(c.clone().require_persistent(true)), &params).unwrap();
         let e = rnn.forward(&shape, &x, None, None).unwrap_err();
@@ -456,7 +456,7 @@ mod with_feature {
             let dy = rand(n(shape.y_shape(cfg)), 1.0);
             let dhn = rand(n(shape.h_shape(cfg)), 1.0);
             let dcn = lstm.then(|| rand(n(shape.c_shape(cfg)), 1.0));
-            let params = Params::<T>::init_uniform(cfg, seed ^ 0xabc).into_vec();
+            let params = Params::<T>::init_uniform(cfg, seed ^ 0xabc).unwrap().into_vec();
 
             // The device, through host slices.
             let rnn = Rnn::new(CudaHost(c.clone()), cfg, &params[..]).unwrap();

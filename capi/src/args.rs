@@ -568,7 +568,7 @@ mod tests {
     impl Gru {
         fn new() -> Gru {
             let cfg = RnnConfig::new(CellKind::Gru, 2, 3).build().unwrap();
-            let params = Params::<f32>::init_uniform(&cfg, 1);
+            let params = Params::<f32>::init_uniform(&cfg, 1).unwrap();
             let rnn = Rnn::new(Reference, &cfg, params.as_slice()).unwrap();
             Gru(Model::new(Engine::Reference(rnn)).into_raw())
         }

@@ -97,7 +97,7 @@ pub unsafe extern "C" fn rnnk_model_create(
             .proj_size(proj_size)
             .bias(bias != 0)
             .build()?;
-        let params = Params::<f32>::init_uniform(&cfg, 0);
+        let params = Params::<f32>::init_uniform(&cfg, 0)?;
         let engine = make_engine(backend, threads, &cfg, &params)?;
         *out = Model::new(engine).into_raw();
         Ok(())
@@ -149,7 +149,7 @@ pub unsafe extern "C" fn rnnk_model_init_uniform(model: *mut RnnkModel, seed: u6
     guard(|| {
         // SAFETY: handle checked; exclusive use is the header's rule for changing a model.
         let m = unsafe { Model::get_mut("model", model)? };
-        let p = Params::init_uniform(m.config(), seed);
+        let p = Params::init_uniform(m.config(), seed)?;
         m.set_params(p.as_slice())
     })
 }

@@ -439,7 +439,7 @@ mod gpu {
         s.poison(&pd);
         lib.check("rnnk_model_get_params_device", unsafe { (lib.get_params_device)(md, pd.m(), np, s.raw()) }, RNNK_OK);
         same_bits("get_params_device", &s.read(&pd), k.params.as_slice());
-        let other = Params::<f32>::init_uniform(&k.cfg, 99);
+        let other = Params::<f32>::init_uniform(&k.cfg, 99).unwrap();
         let other_s = src(other.as_slice());
         cuda.synchronize().unwrap();
         s.sleep();

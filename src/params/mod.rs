@@ -20,7 +20,7 @@ pub(crate) use safetensors_io::{read_file, st_error, view_to_i64, view_to_vec};
 
 use crate::config::RnnConfig;
 use crate::element::{Element, Float};
-use crate::error::{Error, Result};
+use crate::error::{try_zeroed, Error, Result};
 use crate::rng::SplitMix64;
 use std::ops::Range;
 
@@ -125,25 +125,44 @@ pub struct ParamLayout {
 impl ParamLayout {
     /// The layout of `config`'s parameters.
     pub fn new(config: &RnnConfig) -> Self {
-        let mut specs = Vec::new();
-        let mut layers = Vec::new();
+        let specs: Vec<ParamSpec> = Self::specs_of(config).collect();
+        // Every layer-direction has the same kinds of tensors, in the order of `ParamKind::ALL`.
+        let per_dir = ParamKind::ALL.iter().filter(|k| k.shape(config, 0).is_some()).count();
+        let layers = specs
+            .chunks(per_dir)
+            .map(|dir| {
+                let range = |kind: ParamKind| dir.iter().find(|s| s.kind == kind).map(ParamSpec::range);
+                LayerRanges {
+                    // Every configuration has the two weights.
+                    w_ih: range(ParamKind::WeightIh).unwrap_or_default(),
+                    w_hh: range(ParamKind::WeightHh).unwrap_or_default(),
+                    b_ih: range(ParamKind::BiasIh),
+                    b_hh: range(ParamKind::BiasHh),
+                    w_hr: range(ParamKind::WeightHr),
+                }
+            })
+            .collect();
+        let len = specs.last().map_or(0, |s| s.range().end);
+        ParamLayout { config: config.clone(), specs, layers, len }
+    }
+
+    /// The tensors of `config` in `state_dict()` order, made one at a time: a loader checks a
+    /// file against them before it allocates anything sized from the configuration.
+    pub(crate) fn specs_of(config: &RnnConfig) -> impl Iterator<Item = ParamSpec> + '_ {
         let mut offset = 0;
-        for layer in 0..config.num_layers() {
-            for direction in 0..config.num_directions() {
-                let suffix = if direction == 1 { "_reverse" } else { "" };
-                let [w_ih, w_hh, b_ih, b_hh, w_hr] = ParamKind::ALL.map(|kind| {
-                    let shape = kind.shape(config, layer)?;
-                    let spec = ParamSpec { name: format!("{}_l{layer}{suffix}", kind.stem()), shape, offset, layer, direction, kind };
-                    offset += spec.len();
-                    let r = spec.range();
-                    specs.push(spec);
-                    Some(r)
-                });
-                // Every configuration has the two weights.
-                layers.push(LayerRanges { w_ih: w_ih.unwrap_or_default(), w_hh: w_hh.unwrap_or_default(), b_ih, b_hh, w_hr });
-            }
-        }
-        ParamLayout { config: config.clone(), specs, layers, len: offset }
+        (0..config.num_layers())
+            .flat_map(move |layer| (0..config.num_directions()).map(move |direction| (layer, direction)))
+            .flat_map(move |(layer, direction)| {
+                ParamKind::ALL.into_iter().filter_map(move |kind| {
+                    let suffix = if direction == 1 { "_reverse" } else { "" };
+                    Some((format!("{}_l{layer}{suffix}", kind.stem()), kind.shape(config, layer)?, layer, direction, kind))
+                })
+            })
+            .map(move |(name, shape, layer, direction, kind)| {
+                let spec = ParamSpec { name, shape, offset, layer, direction, kind };
+                offset += spec.len();
+                spec
+            })
     }
 
     /// The configuration this layout is for.
@@ -170,9 +189,37 @@ impl ParamLayout {
     pub fn layer(&self, layer: usize, direction: usize) -> &LayerRanges {
         &self.layers[layer * self.config.num_directions() + direction]
     }
-    /// All names, comma-separated, for error messages.
+    /// All names, comma-separated, for error messages (the first ones of a deep stack).
     pub(crate) fn names(&self) -> String {
-        self.specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+        Self::names_of(&self.config)
+    }
+    /// The names of `config`'s tensors, comma-separated, for error messages: all of them, or
+    /// the first ones and their number where there are many.
+    pub(crate) fn names_of(config: &RnnConfig) -> String {
+        const SHOWN: usize = 20;
+        let mut names: Vec<String> = Self::specs_of(config).take(SHOWN + 1).map(|s| s.name).collect();
+        if names.len() > SHOWN {
+            let per_dir = ParamKind::ALL.iter().filter(|k| k.shape(config, 0).is_some()).count();
+            names.truncate(SHOWN);
+            names.push(format!("... ({} tensors in all)", per_dir * config.num_layers() * config.num_directions()));
+        }
+        names.join(", ")
+    }
+    /// Whether `name` is the PyTorch name of one of `config`'s tensors, without building the
+    /// layout.
+    pub(crate) fn is_param_name(config: &RnnConfig, name: &str) -> bool {
+        let (base, direction) = match name.strip_suffix("_reverse") {
+            Some(b) => (b, 1),
+            None => (name, 0),
+        };
+        let Some((stem, layer)) = base.rsplit_once("_l") else { return false };
+        let Ok(layer) = layer.parse::<usize>() else { return false };
+        let Some(kind) = ParamKind::ALL.into_iter().find(|k| k.stem() == stem) else { return false };
+        let suffix = if direction == 1 { "_reverse" } else { "" };
+        layer < config.num_layers()
+            && direction < config.num_directions()
+            && kind.shape(config, layer).is_some()
+            && name == format!("{stem}_l{layer}{suffix}")
     }
     /// Checks that a flat parameter (or gradient) buffer named `arg` has [`len`](Self::len)
     /// elements.
@@ -203,23 +250,34 @@ pub struct Params<T> {
 
 impl<T: Element> Params<T> {
     /// All zeros.
-    pub fn zeros(config: &RnnConfig) -> Self {
+    ///
+    /// The buffer is allocated fallibly: parameters that do not fit in memory are
+    /// [`Error::TooLarge`] naming `config`, not an abort.
+    pub fn zeros(config: &RnnConfig) -> Result<Self> {
         let layout = ParamLayout::new(config);
-        let data = vec![T::from_f64(0.0); layout.len()];
-        Params { layout, data }
+        let what = format!(
+            "{} parameters of {} layer(s) of {} with input_size {}, hidden_size {}",
+            layout.len(),
+            config.num_layers(),
+            config.cell(),
+            config.input_size(),
+            config.hidden_size()
+        );
+        let data = try_zeroed("config", what, layout.len())?;
+        Ok(Params { layout, data })
     }
 
     /// PyTorch's initialisation: every tensor uniform in `±1/sqrt(H)`, drawn from a generator
     /// seeded with `seed` (the same seed gives the same parameters everywhere; the values differ
-    /// from PyTorch's own generator).
-    pub fn init_uniform(config: &RnnConfig, seed: u64) -> Self {
-        let mut p = Self::zeros(config);
+    /// from PyTorch's own generator). Allocated like [`zeros`](Self::zeros).
+    pub fn init_uniform(config: &RnnConfig, seed: u64) -> Result<Self> {
+        let mut p = Self::zeros(config)?;
         let k = 1.0 / (config.hidden_size() as f64).sqrt();
         let mut rng = SplitMix64::new(seed);
         for v in &mut p.data {
             *v = T::from_f64(rng.uniform(-k, k));
         }
-        p
+        Ok(p)
     }
 
     /// Wraps a flat buffer, checking its length against the layout of `config`.

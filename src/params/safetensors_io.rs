@@ -3,10 +3,12 @@
 //! A file written by `safetensors.torch.save_file(lstm.state_dict(), path)` loads as it is;
 //! a file saved here loads into `torch.nn.LSTM` with `load_state_dict(load_file(path))`.
 
-use super::{ParamLayout, Params};
+use super::{ParamLayout, ParamSpec, Params};
 use crate::config::{CellKind, RnnConfig};
 use crate::element::{Dtype, Element};
-use crate::error::{Error, Result};
+#[cfg(any(test, feature = "testkit"))]
+use crate::error::try_vec;
+use crate::error::{try_zeroed, Error, Result};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,9 +30,20 @@ pub struct LoadOptions {
 /// into an f32 model exactly, and an f32 file into an f16 model rounds to nearest even).
 #[cfg(any(test, feature = "testkit"))]
 pub(crate) fn view_to_vec<T: Element>(view: &TensorView<'_>, name: &str, source: &str) -> Result<Vec<T>> {
-    let mut out = vec![T::from_f64(0.0); view.shape().iter().product()];
+    check_float_dtype(view, name, source)?;
+    // The view's elements are in the file (the safetensors parser checks every tensor's shape
+    // against its bytes): at most half as many as the file has bytes.
+    let mut out = try_vec(&format!("{name} in {source}"), "the tensor's values", view.shape().iter().product(), T::from_f64(0.0))?;
     view_into(view, &mut out, name, source)?;
     Ok(out)
+}
+
+/// Checks that a tensor holds floating-point values this crate converts: F32, F64, F16, BF16.
+pub(crate) fn check_float_dtype(view: &TensorView<'_>, name: &str, source: &str) -> Result<()> {
+    match view.dtype() {
+        StDtype::F32 | StDtype::F64 | StDtype::F16 | StDtype::BF16 => Ok(()),
+        other => Err(Error::invalid(format!("{name} in {source}"), "dtype F32, F64, F16 or BF16", format!("{other:?}"))),
+    }
 }
 
 /// A tensor view converted like `view_to_vec` into `out`, which holds as many elements as the view: the loader's path
@@ -42,7 +55,7 @@ pub(crate) fn view_into<T: Element>(view: &TensorView<'_>, out: &mut [T], name: 
         StDtype::F64 => decode(data, out, f64::from_le_bytes),
         StDtype::F16 => decode(data, out, |b| half::f16::from_le_bytes(b).to_f64()),
         StDtype::BF16 => decode(data, out, |b| half::bf16::from_le_bytes(b).to_f64()),
-        other => return Err(Error::invalid(format!("{name} in {source}"), "dtype F32, F64, F16 or BF16", format!("{other:?}"))),
+        _ => check_float_dtype(view, name, source)?,
     }
     Ok(())
 }
@@ -248,22 +261,23 @@ impl<T: Element> Params<T> {
     }
 
     pub(crate) fn from_safetensors(st: &SafeTensors<'_>, config: &RnnConfig, options: &LoadOptions, source: &str) -> Result<Self> {
-        let layout = ParamLayout::new(config);
+        // Everything is checked against the file before anything sized from the configuration
+        // is allocated: the configuration may come from the file's own metadata, and only the
+        // tensors present bound what it may ask for.
         if !options.allow_unexpected {
             for name in st.names() {
                 if let Some(rest) = name.strip_prefix(options.prefix.as_str()) {
-                    if layout.find(rest).is_none() {
+                    if !ParamLayout::is_param_name(config, rest) {
                         return Err(Error::UnexpectedTensor {
                             name: name.to_string(),
                             source_desc: source.to_string(),
-                            expected: layout.names(),
+                            expected: ParamLayout::names_of(config),
                         });
                     }
                 }
             }
         }
-        let mut data = vec![T::from_f64(0.0); layout.len()];
-        for spec in layout.specs() {
+        let view_of = |spec: &ParamSpec| -> Result<(String, TensorView<'_>)> {
             let full = format!("{}{}", options.prefix, spec.name);
             let view = st.tensor(&full).map_err(|_| Error::MissingTensor {
                 name: full.clone(),
@@ -277,6 +291,18 @@ impl<T: Element> Params<T> {
                     format!("shape {:?}", view.shape()),
                 ));
             }
+            check_float_dtype(&view, &full, source)?;
+            Ok((full, view))
+        };
+        for spec in ParamLayout::specs_of(config) {
+            view_of(&spec)?;
+        }
+        // Every parameter is in the file, in at least 2 bytes per value: the layout has at most
+        // as many entries as the file has tensors, the buffer at most 4 times the file's bytes.
+        let layout = ParamLayout::new(config);
+        let mut data = try_zeroed(&format!("parameters in {source}"), format!("{} parameters", layout.len()), layout.len())?;
+        for spec in layout.specs() {
+            let (full, view) = view_of(spec)?;
             view_into(&view, &mut data[spec.range()], &full, source)?;
         }
         Ok(Params { layout, data })

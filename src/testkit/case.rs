@@ -7,8 +7,8 @@
 use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode};
 use crate::config::RnnConfig;
 use crate::element::Element;
-use crate::error::{check_len, Error, Result};
-use crate::params::{config_from_metadata, read_file, st_error, view_to_i64, view_to_vec, LoadOptions, ParamLayout, Params};
+use crate::error::{try_zeroed, Error, Result};
+use crate::params::{config_from_metadata, read_file, st_error, view_to_i64, view_to_vec, LoadOptions, Params};
 use crate::shape::SeqShape;
 use safetensors::SafeTensors;
 use std::path::Path;
@@ -72,10 +72,19 @@ impl<T: Element> Case<T> {
             v.parse().map_err(|_| Error::invalid(format!("metadata `{k}` of {source}"), "an unsigned integer", format!("{v:?}")))
         };
         let (steps, batch) = (meta_num("steps")?, meta_num("batch")?);
+        // Every tensor's shape is checked before it is converted, and the parameters against the
+        // file before their buffer is allocated: what the metadata asks for is allocated only
+        // where the file holds it.
         let shape = match st.tensor("lengths") {
             Ok(v) => {
+                if v.shape() != [batch] {
+                    return Err(Error::shape(
+                        format!("lengths in {source}"),
+                        format!("shape [B] = [{batch}]"),
+                        format!("shape {:?}", v.shape()),
+                    ));
+                }
                 let lengths = view_to_i64(&v, "lengths", source)?;
-                check_len(&format!("lengths in {source}"), "[B]", &[batch], lengths.len())?;
                 let lengths = lengths
                     .iter()
                     .enumerate()
@@ -106,8 +115,7 @@ impl<T: Element> Case<T> {
         let x =
             tensor("x", &xs)?.ok_or_else(|| Error::MissingTensor { name: "x".into(), shape: xs.to_vec(), source_desc: source.into() })?;
         let params = Params::from_safetensors(&st, &config, &LoadOptions { prefix: String::new(), allow_unexpected: true }, source)?;
-        let layout = ParamLayout::new(&config);
-        let grads = if layout.specs().iter().all(|s| st.tensor(&format!("grad.{}", s.name)).is_ok()) {
+        let grads = if params.layout().specs().iter().all(|s| st.tensor(&format!("grad.{}", s.name)).is_ok()) {
             Some(Params::from_safetensors(&st, &config, &LoadOptions { prefix: "grad.".into(), allow_unexpected: true }, source)?)
         } else {
             None
@@ -174,12 +182,14 @@ impl CaseReport {
 pub fn run_case<T: Element, B: Backend<T, Buf = [T]>>(backend: &B, case: &Case<T>) -> Result<CaseReport> {
     let cfg = &case.config;
     let shape = &case.shape;
-    let zeros = |s: [usize; 3]| vec![T::default(); s.iter().product()];
+    // Outputs sized from the file's metadata, allocated fallibly (a few KB of `x` with a large
+    // hidden size can ask for more than there is).
+    let zeros = |name: &str, s: [usize; 3]| crate::rnn::alloc::<T>("case", name, "a call tensor", s);
     let lstm = cfg.cell().has_cell_state();
     let plan = backend.plan(cfg, case.params.as_slice())?;
-    let mut y = zeros(shape.y_shape(cfg));
-    let mut hn = zeros(shape.h_shape(cfg));
-    let mut cn = lstm.then(|| zeros(shape.c_shape(cfg)));
+    let mut y = zeros("y", shape.y_shape(cfg))?;
+    let mut hn = zeros("hn", shape.h_shape(cfg))?;
+    let mut cn = if lstm { Some(zeros("cn", shape.c_shape(cfg))?) } else { None };
     let input = || ForwardInput { x: &case.x[..], h0: case.h0.as_deref(), c0: if lstm { case.c0.as_deref() } else { None } };
     let mut reserve = B::Reserve::default();
     backend.forward_training(&plan, shape, input(), ForwardOutput { y: &mut y, hn: Some(&mut hn), cn: cn.as_deref_mut() }, &mut reserve)?;
@@ -194,10 +204,10 @@ pub fn run_case<T: Element, B: Backend<T, Buf = [T]>>(backend: &B, case: &Case<T
     cmp("hn", Some(&hn), case.hn.as_deref());
     cmp("cn", cn.as_deref(), case.cn.as_deref());
 
-    let mut dx = zeros(shape.x_shape(cfg));
-    let mut dh0 = zeros(shape.h_shape(cfg));
-    let mut dc0 = lstm.then(|| zeros(shape.c_shape(cfg)));
-    let mut dparams = vec![T::default(); case.params.layout().len()];
+    let mut dx = zeros("dx", shape.x_shape(cfg))?;
+    let mut dh0 = zeros("dh0", shape.h_shape(cfg))?;
+    let mut dc0 = if lstm { Some(zeros("dc0", shape.c_shape(cfg))?) } else { None };
+    let mut dparams = try_zeroed("case", "the parameter gradients", case.params.layout().len())?;
     backend.backward(
         &plan,
         &reserve,
@@ -215,8 +225,8 @@ pub fn run_case<T: Element, B: Backend<T, Buf = [T]>>(backend: &B, case: &Case<T
     }
 
     // Inference must give the same outputs as training.
-    let (mut yi, mut hi) = (zeros(shape.y_shape(cfg)), zeros(shape.h_shape(cfg)));
-    let mut ci = lstm.then(|| zeros(shape.c_shape(cfg)));
+    let (mut yi, mut hi) = (zeros("y", shape.y_shape(cfg))?, zeros("hn", shape.h_shape(cfg))?);
+    let mut ci = if lstm { Some(zeros("cn", shape.c_shape(cfg))?) } else { None };
     backend.forward_inference(&plan, shape, input(), ForwardOutput { y: &mut yi, hn: Some(&mut hi), cn: ci.as_deref_mut() })?;
     cmp("y (inference)", Some(&yi), case.y.as_deref());
     cmp("hn (inference)", Some(&hi), case.hn.as_deref());

@@ -51,7 +51,7 @@ impl<T: Element> Problem<T> {
             dy: u(n(shape.y_shape(cfg)), 1.0),
             dhn: u(n(shape.h_shape(cfg)), 1.0),
             dcn: lstm.then(|| u(n(shape.c_shape(cfg)), 1.0)),
-            params: Params::<T>::init_uniform(cfg, seed ^ 0xabc).into_vec(),
+            params: Params::<T>::init_uniform(cfg, seed ^ 0xabc).expect("a test problem's parameters fit in memory").into_vec(),
             cfg: cfg.clone(),
             shape: shape.clone(),
         }

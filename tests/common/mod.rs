@@ -27,7 +27,7 @@ pub trait F64Problem {
 impl F64Problem for Problem {
     fn random(cfg: &RnnConfig, shape: &SeqShape, seed: u64, param_scale: f64) -> Problem {
         let mut rng = SplitMix64::new(seed);
-        let mut params = Params::<f64>::init_uniform(cfg, seed ^ 0x5eed).into_vec();
+        let mut params = Params::<f64>::init_uniform(cfg, seed ^ 0x5eed).unwrap().into_vec();
         for p in &mut params {
             *p *= param_scale;
         }

@@ -74,7 +74,7 @@ impl Case {
         let cfg = RnnConfig::new(CellKind::Lstm, input_size, hidden_size).num_layers(2).bidirectional(true).build().unwrap();
         let shape = SeqShape::new(steps, batch).unwrap();
         let n = |s: [usize; 3]| s.iter().product::<usize>();
-        let params = Params::<f32>::init_uniform(&cfg, 7);
+        let params = Params::<f32>::init_uniform(&cfg, 7).unwrap();
         Case {
             x: values(n(shape.x_shape(&cfg)), 1),
             h0: values(n(shape.h_shape(&cfg)), 2),

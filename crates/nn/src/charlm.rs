@@ -73,7 +73,7 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
         let cfg = RnnConfig::new(config.cell, config.embedding_dim, config.hidden).num_layers(config.layers).build()?;
         let mut seeds = SplitMix64::new(seed);
         let embedding = Embedding::new(vocab.len(), config.embedding_dim, seeds.next_u64())?;
-        let params = Params::init_uniform(&cfg, seeds.next_u64());
+        let params = Params::init_uniform(&cfg, seeds.next_u64())?;
         let decoder = Linear::new(cfg.output_size(), vocab.len(), seeds.next_u64())?;
         Self::from_parts(backend, vocab, embedding, params, decoder)
     }

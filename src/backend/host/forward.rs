@@ -2,12 +2,12 @@
 //! steps at once, then its steps one by one. See the [module docs](super).
 
 use super::direction::{cut_rows, cut_saved, rows_or_zeros, split_rows_mut, BlockWork, Direction};
-use super::reserve::fit_len;
+use super::reserve::try_fit_len;
 use super::{CellForward, HostKernels, HostPlan, HostReserve, Pass, Weight};
 use crate::backend::cell::Saved;
 use crate::backend::{check_forward, ForwardInput, ForwardOutput};
 use crate::element::Float;
-use crate::error::Result;
+use crate::error::{try_zeroed, Result};
 use crate::shape::SeqShape;
 use std::ops::Range;
 
@@ -36,12 +36,14 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
     let (outputs, mut saves) = match save {
         Some(s) => {
             s.stamp.fill(&plan.stamp, shape);
-            s.prepare(cfg, shape, &input);
+            s.prepare(cfg, shape, &input)?;
             (&mut s.outputs, Some(&mut s.dirs[..]))
         }
         None => {
             alternating.resize_with((nl - 1).min(2), Vec::new);
-            alternating.iter_mut().for_each(|o| fit_len(o, layer_out));
+            for o in &mut alternating {
+                try_fit_len(o, layer_out, "the outputs of the layers but the last, [T, B, D·Hout]")?;
+            }
             (&mut alternating, None)
         }
     };
@@ -65,7 +67,7 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
                 cn: dir.block_mut(&mut cn, clen),
                 save: saves.as_deref_mut().map(|s| &mut s[dir.ld]),
             };
-            forward_direction(k, dir, io);
+            forward_direction(k, dir, io)?;
         }
     }
     Ok(())
@@ -104,7 +106,7 @@ struct DirectionIo<'a, T> {
 /// at full speed, at most 4 Mi floats of buffer where that allows more than one step.
 fn projection_chunk(t_len: usize, batch: usize, gh: usize) -> usize {
     let by_rows = 512usize.div_ceil(batch.max(1));
-    let by_size = (4usize << 20) / (batch.max(1) * gh.max(1));
+    let by_size = (4usize << 20) / batch.max(1).saturating_mul(gh.max(1));
     by_rows.min(by_size).max(1).min(t_len.max(1))
 }
 
@@ -135,16 +137,16 @@ struct FwdRows<T> {
 }
 
 impl<T: Float> FwdRows<T> {
-    fn new(rows: Range<usize>, dir: &Direction<'_, T>, h0: Option<&[T]>, c0: Option<&[T]>) -> Self {
+    fn new(rows: Range<usize>, dir: &Direction<'_, T>, h0: Option<&[T]>, c0: Option<&[T]>) -> Result<Self> {
         let (n, dm) = (rows.len(), &dir.dims);
-        FwdRows {
+        Ok(FwdRows {
             row0: rows.start,
             h_prev: rows_or_zeros(h0, rows.clone(), dm.hout),
             c_prev: rows_or_zeros(c0, rows, dm.cell.saved_sizes(1, 1).c),
-            hg: vec![T::ZERO; n * dm.gh],
+            hg: try_zeroed("x", "a block's recurrent products, [B, G·H]", n.checked_mul(dm.gh).unwrap_or(usize::MAX))?,
             active: vec![false; n],
             scratch: dm.cell.saved_sizes(1, n).map(|len| vec![T::ZERO; len]),
-        }
+        })
     }
 }
 
@@ -153,13 +155,13 @@ impl<T: Float> FwdRows<T> {
 /// The batch rows are cut into the blocks of [`HostKernels::row_blocks`], which run their steps
 /// on their own between the input projections (one large GEMM over all rows per chunk of
 /// steps): within a layer, rows never interact.
-fn forward_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io: DirectionIo<'_, T>) {
+fn forward_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io: DirectionIo<'_, T>) -> Result<()> {
     let dm = dir.dims;
     let (tl, bl, gh) = (dm.t, dm.b, dm.gh);
     let DirectionIo { input, out, h0, c0, hn, cn, mut save } = io;
     let widths = dm.cell.saved_sizes(1, 1);
     let bounds = k.row_blocks(bl, Pass::Forward);
-    let mut blocks: Vec<FwdRows<T>> = bounds.windows(2).map(|r| FwdRows::new(r[0]..r[1], &dir, h0, c0)).collect();
+    let mut blocks: Vec<FwdRows<T>> = bounds.windows(2).map(|r| FwdRows::new(r[0]..r[1], &dir, h0, c0)).collect::<Result<_>>()?;
     let serial = k.serial();
     // The kernels of a block: all of the backend's threads when there is only one.
     let kb: &K = if blocks.len() > 1 { &serial } else { k };
@@ -168,7 +170,11 @@ fn forward_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, 
     // it: one large GEMM per chunk, into a buffer small enough to still be in cache when the
     // steps read it (all T steps at once would be T·B·G·H floats, written and read from memory).
     let chunk = projection_chunk(tl, bl, gh);
-    let mut xg = vec![T::ZERO; chunk * bl * gh];
+    let mut xg = try_zeroed(
+        "x",
+        "the input projection of a chunk of steps, [steps, B, G·H]",
+        chunk.checked_mul(bl).and_then(|n| n.checked_mul(gh)).unwrap_or(usize::MAX),
+    )?;
     for steps in projection_chunks(tl, chunk, dir.reverse()) {
         let rows = steps.len() * bl;
         let xg = &mut xg[..rows * gh];
@@ -212,6 +218,7 @@ fn forward_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, 
             cn[st.row0 * dm.h..(st.row0 + st.active.len()) * dm.h].copy_from_slice(&st.c_prev);
         }
     }
+    Ok(())
 }
 
 /// `xg[rows, G·H] = x[rows, In] · W_ih^T + b_ih` for a chunk of steps.

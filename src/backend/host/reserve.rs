@@ -6,6 +6,7 @@ use crate::backend::stack::ReserveStamp;
 use crate::backend::ForwardInput;
 use crate::config::RnnConfig;
 use crate::element::Float;
+use crate::error::{Error, Result};
 use crate::shape::SeqShape;
 
 /// What a host backend's training forward pass saves for backward.
@@ -40,28 +41,65 @@ impl<T: Send + Default> crate::backend::RnnReserve for HostReserve<T> {
 impl<T: Float> HostReserve<T> {
     /// Sizes the reserve for a training call of `shape` and copies its inputs (`x`, and `h0`,
     /// `c0` or zeros). The caller has stamped it; the time loop fills `outputs` and `dirs`.
-    pub(super) fn prepare(&mut self, cfg: &RnnConfig, shape: &SeqShape, input: &ForwardInput<'_, [T]>) {
+    ///
+    /// The sizes are computed in checked arithmetic and the buffers grown fallibly: a reserve
+    /// that does not fit in memory is [`Error::TooLarge`] naming `x`, not an abort.
+    pub(super) fn prepare(&mut self, cfg: &RnnConfig, shape: &SeqShape, input: &ForwardInput<'_, [T]>) -> Result<()> {
         let lds = cfg.num_layers() * cfg.num_directions();
         let (b, tb) = (shape.batch(), shape.steps() * shape.batch());
-        fill_from(&mut self.x, Some(input.x), input.x.len());
-        fill_from(&mut self.h0, input.h0, lds * b * cfg.hidden_out_size());
+        let cell = Cell::of(cfg);
+        // Elements per row (`T·B` rows): every layer-direction's saved activations and every
+        // layer's output but the last. Each is bounded by the configuration (`RnnConfig::build`
+        // keeps them in `usize`); their product with the rows is what may not fit.
+        let per_row = {
+            let one = cell.saved_sizes(1, 1);
+            let dir = [one.gates, one.extra, one.c, one.m, one.h].iter().map(|&n| n as u128).sum::<u128>();
+            lds as u128 * dir + (cfg.num_layers() as u128 - 1) * cfg.output_size() as u128
+        };
+        let total = (tb as u128).saturating_mul(per_row);
+        if total.saturating_mul(std::mem::size_of::<T>() as u128) > isize::MAX as u128 {
+            return Err(too_large(
+                format!("the reserve of a training pass, {per_row} elements per step and sequence"),
+                total,
+                std::mem::size_of::<T>(),
+                "is more than one allocation can hold (isize::MAX bytes)".into(),
+            ));
+        }
+        fill_from(&mut self.x, Some(input.x), input.x.len(), "the reserve's copy of `x`")?;
+        fill_from(&mut self.h0, input.h0, lds * b * cfg.hidden_out_size(), "the reserve's copy of `h0`")?;
         if cfg.cell().has_cell_state() {
-            fill_from(&mut self.c0, input.c0, lds * b * cfg.hidden_size());
+            fill_from(&mut self.c0, input.c0, lds * b * cfg.hidden_size(), "the reserve's copy of `c0`")?;
         } else {
             self.c0.clear();
         }
         self.outputs.resize_with(cfg.num_layers() - 1, Vec::new);
         for o in &mut self.outputs {
-            fit_len(o, tb * cfg.output_size());
+            try_fit_len(o, tb * cfg.output_size(), "the reserve's layer outputs, [T, B, D·Hout]")?;
         }
-        let sizes = Cell::of(cfg).saved_sizes(shape.steps(), b);
+        let sizes = cell.saved_sizes(shape.steps(), b);
         self.dirs.resize_with(lds, Saved::default);
         for dir in &mut self.dirs {
             for (v, n) in sizes.zip(dir) {
-                fit_len(v, n);
+                try_fit_len(v, n, "the reserve's saved activations")?;
             }
         }
+        Ok(())
     }
+}
+
+/// The error for a reserve buffer of `n` elements of `size` bytes that cannot be had.
+fn too_large(what: String, n: u128, size: usize, reason: String) -> Error {
+    Error::TooLarge { arg: "x".into(), what, bytes: n.saturating_mul(size as u128), reason }
+}
+
+/// Resizes `v` to `n` elements like [`fit_len`], growing its allocation fallibly.
+pub(super) fn try_fit_len<T: Float>(v: &mut Vec<T>, n: usize, what: &str) -> Result<()> {
+    if n > v.len() {
+        v.try_reserve_exact(n - v.len())
+            .map_err(|e| too_large(what.to_string(), n as u128, std::mem::size_of::<T>(), format!("could not be allocated ({e})")))?;
+    }
+    fit_len(v, n);
+    Ok(())
 }
 
 /// A pool of buffers that a `&HostReserve` lends to backward, so that a training loop reusing
@@ -117,14 +155,15 @@ pub(super) fn fit_len<T: Float>(v: &mut Vec<T>, n: usize) {
 }
 
 /// Copies `src` into `v` (resized), keeping its allocation; zeros of length `n` if `src` is None.
-fn fill_from<T: Float>(v: &mut Vec<T>, src: Option<&[T]>, n: usize) {
+/// The allocation grows fallibly, like [`try_fit_len`].
+fn fill_from<T: Float>(v: &mut Vec<T>, src: Option<&[T]>, n: usize, what: &str) -> Result<()> {
+    v.clear();
+    try_fit_len(v, src.map_or(n, <[T]>::len), what)?;
     match src {
-        Some(s) => {
-            v.clear();
-            v.extend_from_slice(s);
-        }
-        None => fit(v, n),
+        Some(s) => v.copy_from_slice(s),
+        None => v.fill(T::ZERO),
     }
+    Ok(())
 }
 
 #[cfg(test)]
