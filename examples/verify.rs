@@ -22,7 +22,7 @@ const USAGE: &str = "usage: verify [--backend reference|cpu|cuda] [--dtype f64|f
 
 /// The validated command line.
 #[derive(Debug)]
-struct Args {
+pub(crate) struct Args {
     backend: String,
     dtype: Option<String>,
     tol: Option<f64>,
@@ -32,7 +32,7 @@ struct Args {
 /// Parses and checks the whole command line (without the program name) before any work is
 /// done: every value in its range, the backend and dtype a combination this binary runs, every
 /// file present. The error is the message to print, with the usage where it helps.
-fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
+pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut a = Args { backend: "reference".into(), dtype: None, tol: None, files: vec![] };
     let mut seen: Vec<String> = vec![];
     let mut it = args.into_iter();

@@ -187,11 +187,33 @@ fn bad_config_values() {
             RnnConfig::new(Lstm, 3, 5).proj_size(p).build()
         });
     }
-    // Sizes whose parameter count cannot be represented.
-    c.err("lstm: hidden_size usize::MAX / 2", &[t("hidden_size 9223372036854775807")], || RnnConfig::new(Lstm, 3, usize::MAX / 2).build());
-    c.err("gru: input_size usize::MAX", &[t("input_size 18446744073709551615")], || {
+    // Sizes whose parameter count cannot be represented, or whose parameters in f64 do not fit
+    // in one allocation (isize::MAX bytes): an error naming the argument responsible.
+    c.err("lstm: hidden_size usize::MAX / 2", &[arg("hidden_size"), t("hidden_size 9223372036854775807")], || {
+        RnnConfig::new(Lstm, 3, usize::MAX / 2).build()
+    });
+    c.err("gru: input_size usize::MAX", &[arg("input_size"), t("input_size 18446744073709551615")], || {
         RnnConfig::new(Gru, usize::MAX, 3).num_layers(2).build()
     });
+    // 4·2^31 · 2^31 = 2^64 elements in weight_hh alone.
+    c.err("lstm: hidden_size 2^31", &[arg("hidden_size"), t("hidden_size 2147483648"), t("isize::MAX")], || {
+        RnnConfig::new(Lstm, 3, 1 << 31).build()
+    });
+    // 2^61 elements of weight_ih_l0 fit usize, their 2^64 bytes in f64 do not.
+    c.err("rnn_tanh: input_size 2^61", &[arg("input_size"), t("input_size 2305843009213693952"), t("isize::MAX")], || {
+        RnnConfig::new(RnnTanh, 1 << 61, 1).build()
+    });
+    // Each layer 2^47 + 2^23 elements (2^50 bytes), 2^16 of them: only the depth is too much.
+    c.err("lstm: 65536 layers of hidden_size 2^22", &[arg("num_layers"), t("num_layers 65536"), t("isize::MAX")], || {
+        RnnConfig::new(Lstm, 1, 1 << 22).num_layers(1 << 16).build()
+    });
+    c.err("num_layers above the limit", &[arg("num_layers"), n(RnnConfig::MAX_NUM_LAYERS), n(RnnConfig::MAX_NUM_LAYERS + 1)], || {
+        RnnConfig::new(Gru, 3, 4).num_layers(RnnConfig::MAX_NUM_LAYERS + 1).build()
+    });
+    c.expect("num_layers at the limit builds", RnnConfig::new(Gru, 3, 4).num_layers(RnnConfig::MAX_NUM_LAYERS).build().is_ok());
+    // Parameters that fit the address space but not (here) in memory still build: allocating
+    // them is what fails (tests/too_large.rs).
+    c.expect("lstm: hidden_size 2^28 builds", RnnConfig::new(Lstm, 3, 1 << 28).build().is_ok());
     // Bad cell names.
     c.err("cell name", &[arg("cell"), t("lstm"), t("\"lsmt\"")], || "lsmt".parse::<CellKind>());
     // Valid edge cases still build.
@@ -213,6 +235,16 @@ fn bad_seq_shapes() {
     c.err("lengths[3] = 6 > T = 5", &[arg("lengths[3]"), n(5), n(6)], || SeqShape::with_lengths(5, vec![5, 1, 2, 6]));
     c.err("lengths[1] = usize::MAX", &[arg("lengths[1]"), n(3), n(usize::MAX)], || SeqShape::with_lengths(3, vec![1, usize::MAX]));
     c.expect("lengths all = T builds", SeqShape::with_lengths(3, vec![3, 3]).is_ok());
+    // T·B rows that no buffer can hold (the product wraps around usize, or exceeds isize::MAX).
+    for (steps, batch) in [(1usize << 62, 4usize), (3, 1 << 62), (usize::MAX, usize::MAX), (1 << 32, 1 << 31)] {
+        c.err(&format!("steps {steps}, batch {batch}"), &[arg("steps, batch"), n(steps), n(batch), n(isize::MAX as usize)], || {
+            SeqShape::new(steps, batch)
+        });
+    }
+    c.err("with_lengths: 2^62 steps, 4 sequences", &[arg("steps, batch"), n(1 << 62), n(4)], || {
+        SeqShape::with_lengths(1 << 62, vec![1, 1, 1, 1])
+    });
+    c.expect("steps·batch = isize::MAX builds", SeqShape::new(isize::MAX as usize, 1).is_ok());
     c.finish();
 }
 
@@ -885,8 +917,9 @@ fn overflowing_sizes_are_rejected() {
     let params = Params::<f64>::init_uniform(&cfg, 1).unwrap();
     let r = Rnn::from_params(Reference, &params).unwrap();
     let plan = r.plan();
-    // T·B·I = 2^62 · 4 · 4 = 2^66, which wraps to 0 in usize; B·I = 2^62 · 4 wraps likewise.
-    for (steps, batch) in [(1usize << 62, 4usize), (3, 1 << 62), (usize::MAX, usize::MAX)] {
+    // T·B·I = 2^61 · 2 · 4 = 2^64, which wraps to 0 in usize; B·I = 2^62 · 4 wraps likewise
+    // (T·B itself fits: `SeqShape::new` rejects the rest, `bad_seq_shapes`).
+    for (steps, batch) in [(1usize << 61, 2usize), (1, 1 << 62), (isize::MAX as usize, 1)] {
         let shape = SeqShape::new(steps, batch).unwrap();
         let w = format!("T = {steps}, B = {batch}");
         c.err(&format!("{w}: Rnn::forward with an empty x"), &[arg("x")], || r.forward(&shape, &[], None, None).map(|o| o.y.len()));
@@ -906,16 +939,13 @@ fn overflowing_sizes_are_rejected() {
     c.finish();
 }
 
-/// `RnnConfigBuilder::build` multiplies `16 * num_layers` unchecked (src/config.rs): 16 · 2^60
-/// wraps to 0, so the overflow guard passes and the configuration builds in a release build
-/// (its `ParamLayout` would then loop 2^60 times), or panics with "attempt to multiply with
-/// overflow" in a debug build.
+/// A number of layers whose parameter count overflows (16 · 2^60 once wrapped to 0 and passed
+/// the guard) is rejected with the value named.
 #[test]
-
 fn overflowing_num_layers_is_rejected() {
     let mut c = Checks::default();
-    for l in [1usize << 60, 1 << 61, 1 << 62] {
-        c.err(&format!("num_layers = {l}"), &[t(format!("num_layers {l}"))], || RnnConfig::new(CellKind::Lstm, 3, 4).num_layers(l).build());
+    for l in [1usize << 60, 1 << 61, 1 << 62, usize::MAX] {
+        c.err(&format!("num_layers = {l}"), &[arg("num_layers"), n(l)], || RnnConfig::new(CellKind::Lstm, 3, 4).num_layers(l).build());
     }
     c.finish();
 }
@@ -990,6 +1020,35 @@ fn bad_case_files() {
     c.err("case with a length above T", &[t("lengths[1]"), n(4), n(9)], || load(&b));
     let b = bytes(with(vec![x_ok(), lengths(&[4, 2, 1])]), meta(&[]));
     c.err("case with 3 lengths for B = 2", &[t("lengths"), n(2), n(3)], || load(&b));
+    // Every tensor's rank counts, not only its element count: `lengths` is [B].
+    for shape in [vec![1, 2], vec![2, 1], vec![1, 1, 2]] {
+        let mut l = lengths(&[4, 2]);
+        l.shape = shape.clone();
+        let b = bytes(with(vec![x_ok(), l]), meta(&[]));
+        c.err(
+            &format!("case with lengths of shape {shape:?}"),
+            &[t("lengths in <case>"), t("[B] = [2]"), t(format!("got shape {shape:?}"))],
+            || load(&b),
+        );
+    }
+    for (name, shape) in
+        [("x", vec![steps * batch, 2]), ("h0", vec![batch, 3]), ("y", vec![1, steps, batch, 3]), ("dhn", vec![1, 1, batch, 3])]
+    {
+        let len = shape.iter().product::<usize>();
+        let mut extra = vec![f64_tensor(name, &shape, &ramp(len, 1.0))];
+        if name != "x" {
+            extra.push(x_ok());
+        }
+        let b = bytes(with(extra), meta(&[]));
+        c.err(
+            &format!("case with {name} of shape {shape:?}"),
+            &[t(format!("{name} in <case>")), t(format!("got shape {shape:?}"))],
+            || load(&b),
+        );
+    }
+    // Metadata whose T·B no buffer holds.
+    let b = bytes(with(vec![x_ok()]), meta(&[("steps", "4611686018427387904"), ("batch", "4")]));
+    c.err("case with T·B = 2^64", &[t("steps, batch"), t("<case>")], || load(&b));
     let mut lf = lengths(&[4, 2]);
     lf.dtype = StDtype::F64;
     let b = bytes(with(vec![x_ok(), lf]), meta(&[]));
