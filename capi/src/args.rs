@@ -633,7 +633,8 @@ mod tests {
     #[test]
     fn sizes_that_overflow_are_an_error() {
         let cfg = RnnConfig::new(CellKind::Lstm, 1 << 20, 4).build().unwrap();
-        let shape = SeqShape::new(usize::MAX / 2, 4).unwrap();
+        // T·B = 2^44 rows (SeqShape::new rejects a T·B that overflows), T·B·I = 2^64 elements.
+        let shape = SeqShape::new(1 << 44, 1).unwrap();
         let (c, msg) = code(tensor_sizes(&cfg, &shape));
         assert_eq!(c, RNNK_ERR_INVALID_ARGUMENT, "{msg}");
         assert_eq!(tensor_sizes(&cfg, &SeqShape::new(3, 2).unwrap()).unwrap(), [(3 * 2) << 20, 3 * 2 * 4, 2 * 4, 2 * 4]);

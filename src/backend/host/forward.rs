@@ -143,7 +143,7 @@ impl<T: Float> FwdRows<T> {
             row0: rows.start,
             h_prev: rows_or_zeros(h0, rows.clone(), dm.hout),
             c_prev: rows_or_zeros(c0, rows, dm.cell.saved_sizes(1, 1).c),
-            hg: try_zeroed("x", "a block's recurrent products, [B, G·H]", n.checked_mul(dm.gh).unwrap_or(usize::MAX))?,
+            hg: try_zeroed("x", "a block's recurrent products, [B, G·H]", n.saturating_mul(dm.gh))?,
             active: vec![false; n],
             scratch: dm.cell.saved_sizes(1, n).map(|len| vec![T::ZERO; len]),
         })
@@ -170,11 +170,7 @@ fn forward_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, 
     // it: one large GEMM per chunk, into a buffer small enough to still be in cache when the
     // steps read it (all T steps at once would be T·B·G·H floats, written and read from memory).
     let chunk = projection_chunk(tl, bl, gh);
-    let mut xg = try_zeroed(
-        "x",
-        "the input projection of a chunk of steps, [steps, B, G·H]",
-        chunk.checked_mul(bl).and_then(|n| n.checked_mul(gh)).unwrap_or(usize::MAX),
-    )?;
+    let mut xg = try_zeroed("x", "the input projection of a chunk of steps, [steps, B, G·H]", chunk.saturating_mul(bl).saturating_mul(gh))?;
     for steps in projection_chunks(tl, chunk, dir.reverse()) {
         let rows = steps.len() * bl;
         let xg = &mut xg[..rows * gh];

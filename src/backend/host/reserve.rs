@@ -92,12 +92,19 @@ fn too_large(what: String, n: u128, size: usize, reason: String) -> Error {
     Error::TooLarge { arg: "x".into(), what, bytes: n.saturating_mul(size as u128), reason }
 }
 
-/// Resizes `v` to `n` elements like [`fit_len`], growing its allocation fallibly.
-pub(super) fn try_fit_len<T: Float>(v: &mut Vec<T>, n: usize, what: &str) -> Result<()> {
+/// Makes room in `v` for `n` elements, fallibly: an allocation the allocator refuses is
+/// [`Error::TooLarge`] naming `x`.
+fn try_room<T>(v: &mut Vec<T>, n: usize, what: &str) -> Result<()> {
     if n > v.len() {
         v.try_reserve_exact(n - v.len())
             .map_err(|e| too_large(what.to_string(), n as u128, std::mem::size_of::<T>(), format!("could not be allocated ({e})")))?;
     }
+    Ok(())
+}
+
+/// Resizes `v` to `n` elements like [`fit_len`], growing its allocation fallibly.
+pub(super) fn try_fit_len<T: Float>(v: &mut Vec<T>, n: usize, what: &str) -> Result<()> {
+    try_room(v, n, what)?;
     fit_len(v, n);
     Ok(())
 }
@@ -158,10 +165,15 @@ pub(super) fn fit_len<T: Float>(v: &mut Vec<T>, n: usize) {
 /// The allocation grows fallibly, like [`try_fit_len`].
 fn fill_from<T: Float>(v: &mut Vec<T>, src: Option<&[T]>, n: usize, what: &str) -> Result<()> {
     v.clear();
-    try_fit_len(v, src.map_or(n, <[T]>::len), what)?;
     match src {
-        Some(s) => v.copy_from_slice(s),
-        None => v.fill(T::ZERO),
+        Some(s) => {
+            try_room(v, s.len(), what)?;
+            v.extend_from_slice(s);
+        }
+        None => {
+            try_room(v, n, what)?;
+            fit(v, n);
+        }
     }
     Ok(())
 }
