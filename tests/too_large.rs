@@ -17,46 +17,69 @@ use std::collections::HashMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The system allocator, refusing (returning null for) any single allocation above [`CAP`].
+/// The system allocator, refusing (returning null for) any single allocation above [`CAP`] and
+/// any that would take the bytes live above [`TOTAL`].
 struct Capped;
 
 /// The largest allocation [`Capped`] grants, in bytes.
 static CAP: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// The most bytes [`Capped`] lets be allocated at once, in all.
+static TOTAL: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// The bytes allocated through [`Capped`] and not freed.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
 
+/// Whether an allocation of `size` bytes is granted; if so, counts it as live.
 fn admit(size: usize) -> bool {
-    size <= CAP.load(Ordering::Relaxed)
+    if size > CAP.load(Ordering::Relaxed) {
+        return false;
+    }
+    let total = TOTAL.load(Ordering::Relaxed);
+    LIVE.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |live| live.checked_add(size).filter(|&n| n <= total)).is_ok()
+}
+
+fn release(size: usize) {
+    LIVE.fetch_sub(size, Ordering::Relaxed);
+}
+
+/// `p` from the system allocator for an admitted `size`: uncounted again if it is null.
+fn counted(p: *mut u8, size: usize) -> *mut u8 {
+    if p.is_null() {
+        release(size);
+    }
+    p
 }
 
 // SAFETY: every call forwards to `System` with the same arguments, or returns null, which the
 // `GlobalAlloc` contract allows for a failed allocation.
 unsafe impl GlobalAlloc for Capped {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded as given.
-        if admit(layout.size()) {
-            unsafe { System.alloc(layout) }
-        } else {
-            std::ptr::null_mut()
+        if !admit(layout.size()) {
+            return std::ptr::null_mut();
         }
+        // SAFETY: forwarded as given.
+        counted(unsafe { System.alloc(layout) }, layout.size())
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded as given.
-        if admit(layout.size()) {
-            unsafe { System.alloc_zeroed(layout) }
-        } else {
-            std::ptr::null_mut()
+        if !admit(layout.size()) {
+            return std::ptr::null_mut();
         }
+        // SAFETY: forwarded as given.
+        counted(unsafe { System.alloc_zeroed(layout) }, layout.size())
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        release(layout.size());
         // SAFETY: `ptr` came from `System` with this layout.
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded as given.
-        if admit(new_size) {
-            unsafe { System.realloc(ptr, layout, new_size) }
-        } else {
-            std::ptr::null_mut()
+        if !admit(new_size) {
+            return std::ptr::null_mut();
         }
+        // SAFETY: forwarded as given.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        // On success the old block is freed; on failure the new one was never had.
+        release(if p.is_null() { new_size } else { layout.size() });
+        p
     }
 }
 
@@ -68,13 +91,21 @@ const CHILD: &str = "RNN_KERNELS_TOO_LARGE_CHILD";
 
 const MIB: usize = 1 << 20;
 
-/// Runs `body` in a child process with allocations capped at `cap` bytes; fails unless it
+/// Runs `body` in a child process with each allocation capped at `cap` bytes; fails unless it
 /// returns normally there.
 fn isolated(name: &str, cap: usize, body: impl FnOnce()) {
+    isolated_total(name, cap, usize::MAX, body)
+}
+
+/// Like [`isolated`], with at most `total` bytes more than before allocated at once during
+/// `body`, besides.
+fn isolated_total(name: &str, cap: usize, total: usize, body: impl FnOnce()) {
     if std::env::var_os(CHILD).is_some() {
         CAP.store(cap, Ordering::SeqCst);
+        TOTAL.store(LIVE.load(Ordering::SeqCst).saturating_add(total), Ordering::SeqCst);
         body();
         CAP.store(usize::MAX, Ordering::SeqCst);
+        TOTAL.store(usize::MAX, Ordering::SeqCst);
         return;
     }
     let exe = std::env::current_exe().expect("the test binary's path");
@@ -263,5 +294,26 @@ fn reserve_and_workspace_larger_than_memory_are_an_error() {
         err_with("Rnn::forward, workspace", rnn.forward(&shape, &x, None, None), &["`x`", "[B, G·H]", "bytes"]);
         let cpu = Rnn::from_params(Cpu::new().unwrap(), &params).unwrap();
         err_with("Rnn::forward, cpu workspace", cpu.forward(&shape, &x, None, None), &["`x`", "bytes"]);
+    });
+}
+
+/// A training pass whose reserve fits, then a backward pass whose workspace (the gradients of
+/// every step's gates, `[T, B, G·H]`) does not: an error naming the reserve it is sized from.
+#[test]
+fn backward_workspace_larger_than_memory_is_an_error() {
+    // LSTM I = 1, H = 64, T·B = 2^17: y 32 MiB, the reserve 192 MiB (gates 128, c and h 32
+    // each); backward's gradient of y 32 MiB more, then its gate gradients 128 MiB more:
+    // refused under 320 MiB in all.
+    isolated_total("backward_workspace_larger_than_memory_is_an_error", 1 << 30, 320 * MIB, || {
+        let cfg = RnnConfig::new(CellKind::Lstm, 1, 64).build().unwrap();
+        let params = Params::<f32>::init_uniform(&cfg, 1).unwrap();
+        let rnn = Rnn::from_params(Cpu::new().unwrap(), &params).unwrap();
+        let (steps, batch) = (1 << 15, 4);
+        let shape = SeqShape::new(steps, batch).unwrap();
+        let x = vec![0.25f32; steps * batch];
+        let mut reserve = Default::default();
+        let out = rnn.forward_training(&shape, &x, None, None, &mut reserve).expect("the training pass fits");
+        assert_eq!(out.y.len(), steps * batch * 64);
+        err_with("Rnn::backward", rnn.backward(&reserve, None, None, None), &["`reserve`", "[T, B, G·H]", "bytes"]);
     });
 }

@@ -36,7 +36,7 @@ pub(crate) fn run_backward<T: Float, K: HostKernels<T>>(
     }
 
     // Gradient w.r.t. the output of the layer being processed, [T, B, D·Hout].
-    let mut d_out = s.work.zeroed(tb * cfg.output_size());
+    let mut d_out = s.work.zeroed(tb * cfg.output_size(), "the gradient of a layer's output, [T, B, D·Hout]")?;
     if let Some(dy) = grads.dy {
         d_out.copy_from_slice(dy);
     }
@@ -44,7 +44,7 @@ pub(crate) fn run_backward<T: Float, K: HostKernels<T>>(
     for l in (0..nl).rev() {
         let input: &[T] = if l == 0 { &s.x } else { &s.outputs[l - 1] };
         let in_w = cfg.layer_input_size(l);
-        let mut d_in = if l > 0 || want_dx { s.work.zeroed(tb * in_w) } else { Vec::new() };
+        let mut d_in = if l > 0 || want_dx { s.work.zeroed(tb * in_w, "the gradient of a layer's input, [T, B, In]")? } else { Vec::new() };
         for d in 0..nd {
             let dir = Direction::new(plan, shape, l, d);
             let io = DirectionIo {
@@ -60,7 +60,7 @@ pub(crate) fn run_backward<T: Float, K: HostKernels<T>>(
                 dc0: dir.block_mut(&mut dc0, clen),
                 dparams: dparams.as_deref_mut(),
             };
-            bptt_direction(k, dir, io, &s.work);
+            bptt_direction(k, dir, io, &s.work)?;
         }
         s.work.give([std::mem::replace(&mut d_out, d_in)]);
     }
@@ -259,7 +259,7 @@ fn backward_step<T: Float, K: HostKernels<T>>(
 ///
 /// The time loop runs in the blocks of rows of [`HostKernels::row_blocks`], each on its own;
 /// the weight gradients are large GEMMs over all steps after it.
-fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io: DirectionIo<'_, T>, work: &Workspace<T>) {
+fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io: DirectionIo<'_, T>, work: &Workspace<T>) -> Result<()> {
     let dm = dir.dims;
     let (tl, bl, h, hout, gh) = (dm.t, dm.b, dm.h, dm.hout, dm.gh);
     let DirectionIo { input, d_out, saved: sv, h0, c0, dhn, dcn, d_in, dh0, dc0, dparams } = io;
@@ -269,9 +269,9 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
 
     // dGi of every step (and dGh, which differs from it for GRU only): the left factors of the
     // weight gradients. dH of every step (inactive rows zero): the left factor of dW_hr.
-    let mut dgi_all = work.zeroed(tb * gh);
-    let mut dgh_all = if dm.gru() { work.zeroed(tb * gh) } else { Vec::new() };
-    let mut dh_all = if dm.proj { work.zeroed(tb * hout) } else { Vec::new() };
+    let mut dgi_all = work.zeroed(tb * gh, "the input-side gate gradients, [T, B, G·H]")?;
+    let mut dgh_all = if dm.gru() { work.zeroed(tb * gh, "the hidden-side gate gradients, [T, B, G·H]")? } else { Vec::new() };
+    let mut dh_all = if dm.proj { work.zeroed(tb * hout, "the hidden-state gradients, [T, B, Hout]")? } else { Vec::new() };
     let bounds = k.row_blocks(bl, Pass::Backward);
     let mut blocks: Vec<BwdRows<T>> = bounds.windows(2).map(|r| BwdRows::new(r[0]..r[1], &dm, dhn, dcn)).collect();
     {
@@ -330,4 +330,5 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
         dir.backward_product(k, Weight::Ih, &dgi_all, T::ONE, d_in);
     }
     work.give([dgi_all, dgh_all, dh_all]);
+    Ok(())
 }

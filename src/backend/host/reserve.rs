@@ -128,8 +128,10 @@ impl<T> Clone for Workspace<T> {
 }
 
 impl<T: Float> Workspace<T> {
-    /// A buffer of `n` zeros, from the pool where it has one.
-    pub(super) fn zeroed(&self, n: usize) -> Vec<T> {
+    /// A buffer of `n` zeros (`what`, for the error), from the pool where it has one; grown
+    /// fallibly: a buffer that does not fit in memory is [`Error::TooLarge`] naming `reserve`,
+    /// whose shape it is sized from.
+    pub(super) fn zeroed(&self, n: usize, what: &str) -> Result<Vec<T>> {
         let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
         // The smallest buffer that holds `n` (so that a small request does not take the
         // allocation a large one needs), else the largest, to grow.
@@ -137,8 +139,17 @@ impl<T: Float> Workspace<T> {
         let best = fits.or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
         let mut v = best.map(|i| pool.swap_remove(i)).unwrap_or_default();
         drop(pool);
+        v.clear();
+        if n > v.capacity() {
+            v.try_reserve_exact(n).map_err(|e| Error::TooLarge {
+                arg: "reserve".into(),
+                what: what.into(),
+                bytes: (n as u128).saturating_mul(std::mem::size_of::<T>() as u128),
+                reason: format!("could not be allocated ({e})"),
+            })?;
+        }
         fit(&mut v, n);
-        v
+        Ok(v)
     }
 
     /// Returns buffers to the pool.
@@ -186,13 +197,13 @@ mod tests {
     fn workspace_lends_the_smallest_buffer_that_fits() {
         let w = Workspace::<f32>::default();
         w.give([Vec::with_capacity(1000), Vec::with_capacity(100)]);
-        let small = w.zeroed(50);
+        let small = w.zeroed(50, "test").unwrap();
         assert_eq!((small.len(), small.capacity()), (50, 100));
-        let big = w.zeroed(800);
+        let big = w.zeroed(800, "test").unwrap();
         assert_eq!(big.capacity(), 1000);
         assert!(big.iter().all(|&v| v == 0.0));
         // Nothing fits: the largest grows.
         w.give([small, big]);
-        assert!(w.zeroed(2000).capacity() >= 2000);
+        assert!(w.zeroed(2000, "test").unwrap().capacity() >= 2000);
     }
 }
