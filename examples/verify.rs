@@ -192,14 +192,17 @@ mod half {
     fn check<T: CudaElement>(cuda: &CudaHost, file: &str) -> Result<(f64, &'static str)> {
         let case = Case::<T>::load(file)?;
         let (cfg, shape) = (&case.config, &case.shape);
-        let n = |s: [usize; 3]| s.iter().product::<usize>();
         let lstm = cfg.cell().has_cell_state();
-        let zeros = |len: usize| vec![T::default(); len];
-        let h0 = case.h0.clone().unwrap_or_else(|| zeros(n(shape.h_shape(cfg))));
-        let c0 = lstm.then(|| case.c0.clone().unwrap_or_else(|| zeros(n(shape.c_shape(cfg)))));
-        let dy = case.dy.clone().unwrap_or_else(|| zeros(n(shape.y_shape(cfg))));
-        let dhn = case.dhn.clone().unwrap_or_else(|| zeros(n(shape.h_shape(cfg))));
-        let dcn = lstm.then(|| case.dcn.clone().unwrap_or_else(|| zeros(n(shape.c_shape(cfg)))));
+        // The file's tensor, or zeros of its shape (allocated fallibly: sized from the metadata).
+        let or_zeros = |given: &Option<Vec<T>>, name: &str, s: [usize; 3]| match given {
+            Some(v) => Ok(v.clone()),
+            None => zeros::<T>(name, s),
+        };
+        let h0 = or_zeros(&case.h0, "h0", shape.h_shape(cfg))?;
+        let c0 = if lstm { Some(or_zeros(&case.c0, "c0", shape.c_shape(cfg))?) } else { None };
+        let dy = or_zeros(&case.dy, "dy", shape.y_shape(cfg))?;
+        let dhn = or_zeros(&case.dhn, "dhn", shape.h_shape(cfg))?;
+        let dcn = if lstm { Some(or_zeros(&case.dcn, "dcn", shape.c_shape(cfg))?) } else { None };
 
         let rnn = Rnn::new(cuda.clone(), cfg, case.params.as_slice())?;
         let mut reserve = Default::default();
@@ -226,6 +229,22 @@ mod half {
         let i = (0..7).fold(0, |w, i| if ratios[i] > ratios[w] || ratios[i].is_nan() { i } else { w });
         let worst = (ratios[i], OUTPUTS[i]);
         Ok(worst)
+    }
+
+    /// `n` zeros of `shape` for the tensor `name`, or an error naming it where they do not fit
+    /// in memory.
+    fn zeros<T: Element>(name: &str, shape: [usize; 3]) -> Result<Vec<T>> {
+        let too_large = |reason: String| rnn_kernels::Error::TooLarge {
+            arg: "FILE".into(),
+            what: format!("zeros for `{name}`, shape {shape:?}"),
+            bytes: shape.iter().fold(std::mem::size_of::<T>() as u128, |n, &d| n.saturating_mul(d as u128)),
+            reason,
+        };
+        let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| too_large("is more than an address space".into()))?;
+        let mut v = Vec::new();
+        v.try_reserve_exact(n).map_err(|e| too_large(format!("could not be allocated ({e})")))?;
+        v.resize(n, T::default());
+        Ok(v)
     }
 
     /// Every file in storage type `T`; whether all are within their bounds.
