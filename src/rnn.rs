@@ -92,6 +92,9 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
     }
 
     /// Inference: `x: [T, B, I]`, optional `h0: [L·D, B, Hout]` and `c0: [L·D, B, H]`.
+    ///
+    /// The outputs (and the backend's workspace) are allocated fallibly: outputs that do not fit
+    /// in memory are [`Error::TooLarge`] naming `x`, not an abort.
     pub fn forward(&self, shape: &SeqShape, x: &[T], h0: Option<&[T]>, c0: Option<&[T]>) -> Result<Output<T>> {
         self.run_forward(shape, ForwardInput { x, h0, c0 }, None)
     }
@@ -112,8 +115,8 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
     /// Allocates the outputs and runs inference, or a training pass filling `reserve`.
     ///
     /// The outputs are allocated fallibly: outputs that do not fit in memory (a long `x` with a
-    /// large hidden size asks for `D·Hout / I` times its size) are [`Error::TooLarge`](crate::Error::TooLarge)
-    /// naming `x`, not an abort.
+    /// large hidden size asks for `D·Hout / I` times its size) are [`Error::TooLarge`] naming
+    /// `x`, not an abort.
     fn run_forward(&self, shape: &SeqShape, input: ForwardInput<'_, [T]>, reserve: Option<&mut B::Reserve>) -> Result<Output<T>> {
         // Check x before allocating outputs sized from `shape`.
         check_len("x", "[T, B, I]", &shape.x_shape(self.config()), input.x.len())?;
@@ -121,10 +124,7 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
         let mut out = Output {
             y: alloc("x", "y", "[T, B, D·Hout]", shape.y_shape(cfg))?,
             hn: alloc("x", "hn", "[L·D, B, Hout]", shape.h_shape(cfg))?,
-            cn: match cfg.cell().has_cell_state() {
-                true => Some(alloc("x", "cn", "[L·D, B, H]", shape.c_shape(cfg))?),
-                false => None,
-            },
+            cn: if cfg.cell().has_cell_state() { Some(alloc("x", "cn", "[L·D, B, H]", shape.c_shape(cfg))?) } else { None },
         };
         let output: ForwardOutput<'_, [T]> = ForwardOutput { y: &mut out.y, hn: Some(&mut out.hn), cn: out.cn.as_deref_mut() };
         match reserve {
@@ -163,10 +163,7 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
         let mut g = Gradients {
             dx: alloc("reserve", "dx", "[T, B, I]", shape.x_shape(cfg))?,
             dh0: alloc("reserve", "dh0", "[L·D, B, Hout]", shape.h_shape(cfg))?,
-            dc0: match cfg.cell().has_cell_state() {
-                true => Some(alloc("reserve", "dc0", "[L·D, B, H]", shape.c_shape(cfg))?),
-                false => None,
-            },
+            dc0: if cfg.cell().has_cell_state() { Some(alloc("reserve", "dc0", "[L·D, B, H]", shape.c_shape(cfg))?) } else { None },
             dparams: None,
         };
         let output: BackwardOutput<'_, [T]> =

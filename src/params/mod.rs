@@ -123,7 +123,8 @@ pub struct ParamLayout {
 }
 
 impl ParamLayout {
-    /// The layout of `config`'s parameters.
+    /// The layout of `config`'s parameters: one entry per tensor, at most
+    /// `5·D·`[`RnnConfig::MAX_NUM_LAYERS`] of them.
     pub fn new(config: &RnnConfig) -> Self {
         let specs: Vec<ParamSpec> = Self::specs_of(config).collect();
         // Every layer-direction has the same kinds of tensors, in the order of `ParamKind::ALL`.
