@@ -37,10 +37,10 @@ impl DeviceWork<'_> {
     #[cfg(not(feature = "cuda"))]
     fn model(&self) -> &Model {
         match self {
-            DeviceWork::Forward(c) => c.model,
-            DeviceWork::Backward(c) => c.model,
-            DeviceWork::SetParams(c) => c.model,
-            DeviceWork::GetParams(c) => c.model,
+            DeviceWork::Forward(c) => &c.model,
+            DeviceWork::Backward(c) => &c.model,
+            DeviceWork::SetParams(c) => &c.model,
+            DeviceWork::GetParams(c) => &c.model,
         }
     }
 
