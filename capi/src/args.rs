@@ -10,12 +10,13 @@
 //!    that conflicts with this one; a reserve filled by this model);
 //! 2. every pointer, `lengths` included: NULL (where it is required), alignment, a length that
 //!    fits in memory;
-//! 3. overlaps: no output may share memory with any other buffer of the call (an input, the
-//!    `lengths` array, another output);
+//! 3. no output overlaps the `lengths` array;
 //! 4. the shape: `steps`, `batch` and the optional `lengths` (its length first, then its values:
 //!    the first memory read, after the checks above);
 //! 5. every buffer's length against the model's configuration and the call's shape (the
-//!    parameter layout for `params` and `dparams`), with the library's messages.
+//!    parameter layout for `params` and `dparams`), with the library's messages;
+//! 6. overlaps: no output may share memory with any other buffer of the call (an input, the
+//!    `lengths` array, another output).
 //!
 //! Only then are the pointers turned into the buffers of their [`Memory`]: slices for [`Host`],
 //! unchecked device addresses for [`Device`] (the CUDA backend checks that they are memory of its
@@ -306,10 +307,11 @@ impl RawForward {
             hn: c.optional("hn", SeqTensor::H, raw.hn)?,
             cn: c.optional("cn", SeqTensor::C, raw.cn)?,
         };
-        c.check_overlaps()?;
+        // The lengths are read first: no output may overlap them.
+        c.check_overlaps(Some("lengths"))?;
         // SAFETY: forwarded; `lengths` passed the pointer and overlap checks.
         let shape = unsafe { parse_shape(self.steps, self.batch, lengths)? };
-        c.check_lens(&model, Some(&shape))?;
+        c.finish(&model, Some(&shape))?;
         // SAFETY: forwarded; every span passed the checks above.
         let bufs = bufs.try_map(|s| Ok::<_, CapiError>(unsafe { M::input(s) }), |s| Ok(unsafe { M::output(s) }))?;
         Ok(ForwardCall { model, reserve, shape, bufs })
@@ -449,10 +451,13 @@ impl Checker {
     }
 
     /// Checks that no output overlaps another buffer of the call (an input, `lengths`, or
-    /// another output); inputs may overlap each other.
-    fn check_overlaps(&self) -> Result<(), CapiError> {
+    /// another output); inputs may overlap each other. `only`: just the pairs with that buffer.
+    fn check_overlaps(&self, only: Option<&str>) -> Result<(), CapiError> {
         for (i, a) in self.spans.iter().enumerate() {
             for b in &self.spans[i + 1..] {
+                if only.is_some_and(|o| a.arg != o && b.arg != o) {
+                    continue;
+                }
                 let (a0, b0) = (a.ptr as usize, b.ptr as usize);
                 let overlap = a0 < b0.saturating_add(b.bytes) && b0 < a0.saturating_add(a.bytes);
                 if (a.output || b.output) && a.bytes > 0 && b.bytes > 0 && overlap {
@@ -478,10 +483,12 @@ impl Checker {
         self.spans.iter().try_for_each(|s| check_len(m, shape, s))
     }
 
-    /// Checks that no output overlaps another buffer, then every length against `m` and `shape`.
+    /// Checks every length against `m` and `shape`, then that no output overlaps another
+    /// buffer (lengths first: a length too large is reported as such, not as the overlap it
+    /// makes).
     fn finish(&self, m: &Model, shape: Option<&SeqShape>) -> Result<(), CapiError> {
-        self.check_overlaps()?;
-        self.check_lens(m, shape)
+        self.check_lens(m, shape)?;
+        self.check_overlaps(None)
     }
 }
 
