@@ -41,7 +41,8 @@
  *   one of the RNNK_ERR_* codes below. rnnk_last_error() then returns a message for the last
  *   call on the calling thread ("" after a success), valid until the next call into this
  *   library on that thread. Bad arguments, NULL pointers, wrong lengths and wrong handles (freed,
- *   never created, of the other kind, a reserve of another model) are reported, never crash. A
+ *   never created, of the other kind, a reserve of another model) are reported, never crash;
+ *   a model whose memory cannot be allocated is RNNK_ERR_OUT_OF_MEMORY, never an abort. A
  *   panic inside the library (a bug) is caught and returned as RNNK_ERR_PANIC. A length larger
  *   than the memory behind its pointer cannot be detected: that is the caller's contract.
  *

@@ -377,3 +377,59 @@ const _: fn() = || {
     shareable::<Slot<Model>>();
     shareable::<Slot<Reserve>>();
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{RNNK_ERR_BUSY, RNNK_ERR_WRONG_HANDLE};
+
+    fn code<T>(r: Result<T, CapiError>) -> (i32, String) {
+        r.map(|_| (0, String::new())).unwrap_or_else(|e| (e.code, e.message))
+    }
+
+    #[test]
+    fn readers_share_a_handle_and_a_writer_or_a_free_needs_it_alone() {
+        let p = Reserve::default().into_raw();
+        // SAFETY (every call below): `p` is a live handle or, at the end, a freed one (which the
+        // registry rejects without reading it).
+        unsafe {
+            let (a, b) = (Reserve::get("reserve", p).unwrap(), Reserve::get("reserve", p).unwrap());
+            let (c, msg) = code(Reserve::get_mut("reserve", p));
+            assert_eq!(c, RNNK_ERR_BUSY, "{msg}");
+            assert!(msg.contains("`reserve`") && msg.contains("2 call(s) on other threads"), "{msg}");
+            assert_eq!(code(Reserve::free("reserve", p)).0, RNNK_ERR_BUSY);
+            drop((a, b));
+            let mut w = Reserve::get_mut("reserve", p).unwrap();
+            w.model_id = 7;
+            let (c, msg) = code(Reserve::get("reserve", p));
+            assert_eq!(c, RNNK_ERR_BUSY, "{msg}");
+            assert!(msg.contains("rnnk_forward_training, rnnk_reserve_free"), "{msg}");
+            assert_eq!(code(Reserve::get_mut("reserve", p)).0, RNNK_ERR_BUSY);
+            assert_eq!(code(Reserve::free("reserve", p)).0, RNNK_ERR_BUSY);
+            drop(w);
+            assert_eq!(Reserve::get("reserve", p).unwrap().model_id, 7);
+            Reserve::free("reserve", p).unwrap();
+            assert_eq!(code(Reserve::get("reserve", p)).0, RNNK_ERR_WRONG_HANDLE);
+        }
+    }
+
+    #[test]
+    fn many_threads_take_and_release_a_handle_without_losing_count() {
+        let p = Reserve::default().into_raw() as usize;
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(move || {
+                    for _ in 0..2000 {
+                        // SAFETY: a live handle for the whole scope.
+                        let r = unsafe { Reserve::get("reserve", p as *const Slot<Reserve>) };
+                        // Only readers here: never refused.
+                        assert!(r.is_ok());
+                    }
+                });
+            }
+        });
+        // Every reader released it: it can be freed.
+        // SAFETY: live, unused.
+        unsafe { Reserve::free("reserve", p as *mut Slot<Reserve>) }.unwrap();
+    }
+}

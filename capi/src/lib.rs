@@ -10,6 +10,11 @@
 //!   and every buffer length (given in elements next to its pointer) before touching memory;
 //!   the calls with buffers gather their raw arguments into one struct and go through the one
 //!   parser of `args.rs`, which the device-pointer functions (`device.rs`) share;
+//! - takes each handle shared (calls that only read it) or alone (calls that change or free
+//!   it), and returns `RNNK_ERR_BUSY` instead of waiting or racing when another thread's call
+//!   conflicts (`handle.rs`);
+//! - allocates what its arguments size only after asking the allocator for it fallibly
+//!   (`RNNK_ERR_OUT_OF_MEMORY`, never an abort);
 //! - runs its body under `catch_unwind`: a panic is returned as `RNNK_ERR_PANIC`, never unwound
 //!   into C.
 //!

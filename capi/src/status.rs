@@ -11,7 +11,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 pub const RNNK_OK: c_int = 0;
 /// A pointer that must not be NULL was NULL.
 pub const RNNK_ERR_NULL_POINTER: c_int = 1;
-/// A value out of its range: a size, a cell or backend name, a length, a non-UTF-8 string.
+/// A value out of its range: a size, a cell or backend name, a length, a non-UTF-8 string, an
+/// output overlapping another buffer of the call.
 pub const RNNK_ERR_INVALID_ARGUMENT: c_int = 2;
 /// A buffer's length (in elements) does not match the configuration and the call's shape.
 pub const RNNK_ERR_SIZE_MISMATCH: c_int = 3;
