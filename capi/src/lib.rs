@@ -109,9 +109,21 @@ fn model_bytes(cfg: &RnnConfig) -> Option<u128> {
     params.checked_add(layouts)
 }
 
-/// Checks that the memory a model of `cfg` needs ([`model_bytes`]) can be allocated, by asking
-/// the allocator for it at once (and giving it back): a size the allocator refuses is
-/// `RNNK_ERR_OUT_OF_MEMORY` naming the sizes, where creating the model would abort the process.
+/// The machine's memory, RAM and swap, in bytes (Linux: `/proc/meminfo`; `None` elsewhere).
+fn machine_memory() -> Option<u128> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |key: &str| -> Option<u128> {
+        let line = info.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..].trim().trim_end_matches("kB").trim().parse::<u128>().ok()
+    };
+    Some((kib("MemTotal:")? + kib("SwapTotal:").unwrap_or(0)) * 1024)
+}
+
+/// Checks that the memory a model of `cfg` needs ([`model_bytes`]) can be had: not more than
+/// the machine's RAM and swap (the parameters are all written at creation, so a model larger
+/// than that can never be created, whatever the kernel's overcommit policy), and granted by the
+/// allocator when asked for at once (and given back). Otherwise `RNNK_ERR_OUT_OF_MEMORY` naming
+/// the sizes, where creating the model would abort the process.
 fn check_model_memory(cfg: &RnnConfig) -> Result<(), CapiError> {
     let bytes = model_bytes(cfg);
     let too_large = |reason: String| {
@@ -130,6 +142,9 @@ fn check_model_memory(cfg: &RnnConfig) -> Result<(), CapiError> {
     };
     let n = bytes.and_then(|b| usize::try_from(b).ok()).filter(|&b| b <= isize::MAX as usize);
     let n = n.ok_or_else(|| too_large("is more than this machine can address".into()))?;
+    if let Some(total) = machine_memory().filter(|&t| n as u128 > t) {
+        return Err(too_large(format!("is more than this machine's memory (RAM and swap: {total} bytes)")));
+    }
     let mut probe: Vec<u8> = Vec::new();
     probe.try_reserve_exact(n).map_err(|e| too_large(format!("could not be allocated ({e})")))?;
     Ok(())
@@ -396,5 +411,15 @@ mod tests {
         // Many tiny layers: the layout alone is what does not fit.
         let cfg = RnnConfig::new(CellKind::RnnTanh, 1, 1).num_layers(1 << 40).build().unwrap();
         assert_eq!(check_model_memory(&cfg).unwrap_err().code, status::RNNK_ERR_OUT_OF_MEMORY);
+        if let Some(total) = machine_memory() {
+            assert!(total > 1 << 20, "{total}");
+            // A model just larger than the machine: refused by the limit, before the allocator
+            // is asked (which, with overcommit, might grant it).
+            // rnn_tanh, bias: 2·H² + 2·H parameters, 12 bytes each in `model_bytes`.
+            let h = ((total / 24) as f64).sqrt() as usize + 16;
+            let cfg = RnnConfig::new(CellKind::RnnTanh, h, h).build().unwrap();
+            let e = check_model_memory(&cfg).unwrap_err();
+            assert!(e.message.contains("more than this machine's memory"), "{}", e.message);
+        }
     }
 }
