@@ -245,39 +245,38 @@ fn physical_memory() -> Option<u128> {
     Some(kib * 1024)
 }
 
-fn gib(bytes: u128) -> String {
-    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+fn gib(bytes: f64) -> String {
+    format!("{:.1} GiB", bytes / (1u64 << 30) as f64)
 }
 
 /// A lower bound on the memory training needs, in bytes: the parameters of the embedding, the
 /// stack and the decoder, each with its gradient and Adam's two moments (16 bytes), and per step
 /// the gates the forward pass keeps for the backward pass and the logits with their gradient.
-/// Computed in u128 from the sizes alone, so no size can overflow it.
-fn training_bytes(cfg: &RnnConfig, vocab: usize, train: &TrainConfig) -> (u128, u128) {
-    let (e, h, g, l, v) =
-        (cfg.input_size() as u128, cfg.hidden_size() as u128, cfg.gates() as u128, cfg.num_layers() as u128, vocab as u128);
-    let hout = cfg.hidden_out_size() as u128;
+/// Computed in f64 from the sizes alone, so no size overflows it.
+fn training_bytes(cfg: &RnnConfig, vocab: usize, train: &TrainConfig) -> (f64, f64) {
+    let [e, h, g, l, v, hout] =
+        [cfg.input_size(), cfg.hidden_size(), cfg.gates(), cfg.num_layers(), vocab, cfg.hidden_out_size()].map(|x| x as f64);
     // Layer 0 reads the embedding, the others the layer below; each has two biases.
-    let stack = g * h * (e + hout + 2) + (l - 1) * g * h * (hout + hout + 2);
+    let stack = g * h * (e + hout + 2.0) + (l - 1.0) * g * h * (hout + hout + 2.0);
     let params = stack + v * e + v * hout + v;
-    let rows = train.batch as u128 * train.chunk as u128;
-    (params, 16 * params + 4 * rows * (l * g * h + 2 * v))
+    let rows = train.batch as f64 * train.chunk as f64;
+    (params, 16.0 * params + 4.0 * rows * (l * g * h + 2.0 * v))
 }
 
 /// Checks that training a model of `cfg` over `vocab` characters fits in memory.
 fn check_memory(a: &Args, cfg: &RnnConfig, vocab: usize) -> Result<(), Failure> {
     let (params, bytes) = training_bytes(cfg, vocab, &a.train);
     match physical_memory() {
-        Some(total) if bytes > total => Err(usage(format!(
+        Some(total) if bytes > total as f64 => Err(usage(format!(
             "--layers {}, --hidden {}, --embedding {}, --batch {}, --chunk {}: expected sizes whose training fits in this machine's \
-             memory ({}, MemTotal of /proc/meminfo), got sizes that need at least {} ({params} parameters at 16 bytes each for \
+             memory ({}, MemTotal of /proc/meminfo), got sizes that need at least {} ({params:.0} parameters at 16 bytes each for \
              the weights, gradients and Adam's moments, and one step's activations){}",
             cfg.num_layers(),
             cfg.hidden_size(),
             cfg.input_size(),
             a.train.batch,
             a.train.chunk,
-            gib(total),
+            gib(total as f64),
             gib(bytes),
             if a.load.is_some() { " (the model sizes are those of --load)" } else { "" }
         ))),

@@ -1,29 +1,36 @@
-//! The `charlm` example's command line, run as a process: every argument is checked before any
-//! training starts (a bad `--prompt`, a `--save` path in a missing directory, an absurd size
-//! each come back as an error naming the argument within a second, with exit status 2 and no
-//! "training" line printed), and no size aborts the process.
+//! The command lines of the examples, run as processes. `charlm`: every argument is checked
+//! before any training starts (a bad `--prompt`, a `--save` path in a missing directory, an
+//! absurd size each come back as an error naming the argument within a second, with exit status
+//! 2 and no "training" line printed), and no size aborts the process. `bench`: no size aborts
+//! it either.
 
 use rnn_kernels::{CellKind, Reference};
 use rnn_kernels_nn::{CharLm, CharLmConfig, Vocab};
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const CORPUS: &str = include_str!("../data/tinyshakespeare.txt");
 
-/// Builds the example with the cargo running this test, into the same target directory and
-/// profile, once; returns the binary.
-fn charlm() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
+/// Builds the example `name` with the cargo running this test, into the same target directory
+/// and profile, once; returns the binary.
+fn example(name: &str) -> PathBuf {
+    static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let built = built.get_or_insert_with(HashMap::new);
+    if let Some(bin) = built.get(name) {
+        return bin.clone();
+    }
+    let bin = {
         let exe = std::env::current_exe().unwrap();
         let dir = exe.parent().and_then(Path::parent).expect("test binary in <target>/<profile>/deps").to_path_buf();
         let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "rnn-kernels", "--example", "charlm", "--target-dir"]).arg(dir.parent().unwrap());
+        cmd.args(["build", "-p", "rnn-kernels", "--example", name, "--target-dir"]).arg(dir.parent().unwrap());
         match profile.as_str() {
             "debug" => {}
             "release" => {
@@ -35,12 +42,14 @@ fn charlm() -> &'static Path {
         }
         #[cfg(feature = "cuda")]
         cmd.args(["--features", "cuda"]);
-        let status = cmd.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("run cargo build --example charlm");
-        assert!(status.success(), "cargo build --example charlm failed: {status}");
-        let bin = dir.join("examples").join(format!("charlm{}", std::env::consts::EXE_SUFFIX));
+        let status = cmd.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("run cargo build --example");
+        assert!(status.success(), "cargo build --example {name} failed: {status}");
+        let bin = dir.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
         assert!(bin.exists(), "{} was not built", bin.display());
         bin
-    })
+    };
+    built.insert(name.to_string(), bin.clone());
+    bin
 }
 
 struct Run {
@@ -50,10 +59,15 @@ struct Run {
     elapsed: Duration,
 }
 
-/// Runs the example with `args`; a run still going after 30 s is killed (it started training:
-/// the test fails without waiting the default three minutes).
+/// Runs `charlm` with `args` (see [`run_example`]).
 fn run(args: &[&str], cwd: &Path) -> Run {
-    let bin = charlm();
+    run_example("charlm", args, cwd)
+}
+
+/// Runs the example `name` with `args`; a run still going after 30 s is killed (for `charlm`:
+/// it started training, and the test fails without waiting the default three minutes).
+fn run_example(name: &str, args: &[&str], cwd: &Path) -> Run {
+    let bin = example(name);
     let t0 = Instant::now();
     let mut child =
         Command::new(bin).args(args).current_dir(cwd).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start charlm");
@@ -84,7 +98,7 @@ fn run(args: &[&str], cwd: &Path) -> Run {
 
 /// A fresh directory for one test.
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("charlm_cli_{name}"));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("examples_cli_{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -218,4 +232,53 @@ fn a_valid_run_trains_saves_and_samples() {
     let r = run(&["--load", "m.safetensors", "--sample-only", "--sample-len", "2000", "--prompt", "JULIET:"], &dir);
     assert_eq!(r.code, Some(0), "{}\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("2000 characters sampled"), "{}", r.stdout);
+}
+
+#[test]
+fn bench_refuses_absurd_sizes_with_an_error_not_an_abort() {
+    let dir = scratch("bench");
+    let base = ["--input", "8", "--hidden", "8", "--batch", "2", "--steps", "3"];
+    for (args, code, needles) in [
+        // Aborted allocating the parameters (16 TB).
+        (&["--input", "1", "--hidden", "1000000", "--batch", "1", "--steps", "1"][..], 1, &["--hidden", "bytes", "memory"][..]),
+        // x of 10^16 values; and a [T, B] whose element count overflows usize.
+        (&["--input", "1", "--hidden", "1", "--batch", "100000000", "--steps", "100000000"], 1, &["--batch", "--steps", "memory"]),
+        (
+            &["--input", "1", "--hidden", "1", "--batch", "18446744073709551615", "--steps", "18446744073709551615"],
+            1,
+            &["--steps", "memory"],
+        ),
+        // A thousand million layers: the parameter layout alone did not fit.
+        (&["--input", "1", "--hidden", "1", "--batch", "1", "--steps", "1", "--layers", "1000000000"], 2, &["--layers", "from 1 to 1000"]),
+        (&["--input", "0", "--hidden", "8", "--batch", "2", "--steps", "3"], 2, &["--input", "at least 1", "got 0"]),
+    ] {
+        let r = run_example("bench", args, &dir);
+        println!("bench {args:?}: exit {:?} after {:.2?}: {}", r.code, r.elapsed, r.stderr.trim());
+        assert_eq!(r.code, Some(code), "bench {args:?}: {}", r.stderr);
+        assert!(r.elapsed < Duration::from_secs(1), "bench {args:?} took {:.2?}", r.elapsed);
+        for n in needles {
+            assert!(r.stderr.contains(n), "{n:?} missing from: {}", r.stderr);
+        }
+    }
+    // Counts the timings vector could not hold (capacity overflow), threads the pool could not
+    // start: refused by their documented limits.
+    for (flag, v, range) in [
+        ("--reps", "18446744073709551615", "from 1 to 1000000"),
+        ("--reps", "0", "from 1 to 1000000"),
+        ("--warmup", "1000001", "from 0 to 1000000"),
+        ("--threads", "100000", "from 1 to 1024"),
+        ("--threads", "0", "from 1 to 1024"),
+        ("--layers", "0", "from 1 to 1000"),
+        ("--hidden", "-1", "unsigned integer"),
+    ] {
+        let args: Vec<&str> = base.iter().copied().chain([flag, v]).collect();
+        let r = run_example("bench", &args, &dir);
+        assert_eq!(r.code, Some(2), "bench {args:?}: {}", r.stderr);
+        assert!(r.stderr.contains(flag) && r.stderr.contains(range) && r.stderr.contains(v), "bench {args:?}: {}", r.stderr);
+    }
+    // A valid configuration runs and prints its JSON line.
+    let args: Vec<&str> = base.iter().copied().chain(["--mode", "train", "--reps", "2", "--threads", "1"]).collect();
+    let r = run_example("bench", &args, &dir);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stdout.contains("\"median_ms\""), "{}", r.stdout);
 }
