@@ -282,3 +282,39 @@ fn bench_refuses_absurd_sizes_with_an_error_not_an_abort() {
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(r.stdout.contains("\"median_ms\""), "{}", r.stdout);
 }
+
+#[test]
+fn a_save_that_fails_after_training_keeps_the_model_and_says_where() {
+    use std::io::BufRead;
+    let dir = scratch("fallback");
+    std::fs::create_dir(dir.join("out")).unwrap();
+    // A 3-second budget: the directory is removed while the model trains.
+    let args =
+        ["--layers", "1", "--hidden", "16", "--embedding", "8", "--minutes", "0.05", "--eval-every", "0", "--save", "out/m.safetensors"];
+    let mut child = Command::new(example("charlm"))
+        .args(args)
+        .args(["--sample-len", "10"])
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap() > 0 && !line.contains("training:") {
+        line.clear();
+    }
+    assert!(line.contains("training:"), "the run ended before training");
+    std::fs::remove_dir(dir.join("out")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Kept in the current directory, under a name the error gives.
+    let kept: Vec<String> = entries(&dir).into_iter().filter(|n| n.ends_with(".safetensors")).collect();
+    assert_eq!(kept.len(), 1, "{:?}", entries(&dir));
+    let path = dir.join(&kept[0]);
+    assert!(stderr.contains("out/m.safetensors") && stderr.contains(&format!("kept in {}", path.display())), "{stderr}");
+    let model = CharLm::load(Reference, &path).unwrap();
+    assert_eq!(model.rnn_config().hidden_size(), 16);
+}
