@@ -71,7 +71,7 @@ bytes per parameter, and the activations of one step) is refused with an error.
 ";
 
 #[derive(Debug, Clone)]
-pub struct Args {
+struct Args {
     cell: Option<CellKind>,
     layers: Option<usize>,
     hidden: Option<usize>,
@@ -94,7 +94,7 @@ pub struct Args {
 /// Why the command failed: an argument, found before any work was done (exit status 2), or
 /// something while working (exit status 1).
 #[derive(Debug)]
-pub enum Failure {
+enum Failure {
     Usage(String),
     Run(Box<dyn std::error::Error>),
 }
@@ -119,7 +119,7 @@ fn usage(e: impl std::fmt::Display) -> Failure {
 }
 
 /// Parses the command line and checks each value on its own; `Ok(None)` for `--help`.
-pub fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String> {
+fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String> {
     let mut a = Args {
         cell: None,
         layers: None,
@@ -302,7 +302,7 @@ fn check_prompt(a: &Args, vocab: &Vocab) -> Result<(), Failure> {
 }
 
 /// The whole command: parse, check every argument, train, save, sample.
-pub fn cli(argv: impl IntoIterator<Item = String>) -> Result<(), Failure> {
+fn cli(argv: impl IntoIterator<Item = String>) -> Result<(), Failure> {
     let args = match parse(argv).map_err(Failure::Usage)? {
         Some(a) => a,
         None => {
