@@ -42,8 +42,14 @@ struct Args {
 }
 
 const USAGE: &str = "usage: bench --backend reference|cpu|cuda --cell lstm|gru|rnn_tanh|rnn_relu --input I --hidden H \
---batch B --steps T [--layers L] [--bidirectional] [--proj P] --mode inference|train [--threads N] [--reps N] [--warmup N] \
-[--dtype f32|f16|bf16 (cuda)]";
+--batch B --steps T [--layers L (1 to 1000)] [--bidirectional] [--proj P] --mode inference|train [--threads N (1 to 1024)] \
+[--reps N (1 to 1000000)] [--warmup N (0 to 1000000)] [--dtype f32|f16|bf16 (cuda)]
+Sizes whose buffers need more than the machine's memory (MemTotal, on Linux) are refused before anything is allocated.";
+
+/// The most `--layers`, `--threads`, and `--reps` or `--warmup`.
+const MAX_LAYERS: usize = 1000;
+const MAX_THREADS: usize = 1024;
+const MAX_REPS: usize = 1_000_000;
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
@@ -67,6 +73,14 @@ fn parse() -> Result<Args, String> {
         let v = v.ok_or(format!("{flag} needs a value"))?;
         v.parse().map_err(|_| format!("{flag}: expected an unsigned integer, got {v:?}"))
     };
+    let within = |flag: &str, v: Option<String>, lo: usize, hi: usize| -> Result<usize, String> {
+        let n = num(flag, v)?;
+        if (lo..=hi).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("{flag}: expected an integer from {lo} to {hi}, got {n}"))
+        }
+    };
     while let Some(flag) = it.next() {
         match flag.as_str() {
             "--backend" => a.backend = it.next().ok_or("--backend needs a value")?,
@@ -75,12 +89,12 @@ fn parse() -> Result<Args, String> {
             "--hidden" => a.hidden = num("--hidden", it.next())?,
             "--batch" => a.batch = num("--batch", it.next())?,
             "--steps" => a.steps = num("--steps", it.next())?,
-            "--layers" => a.layers = num("--layers", it.next())?,
+            "--layers" => a.layers = within("--layers", it.next(), 1, MAX_LAYERS)?,
             "--proj" => a.proj = num("--proj", it.next())?,
             "--bidirectional" => a.bidirectional = true,
-            "--threads" => a.threads = num("--threads", it.next())?,
-            "--reps" => a.reps = num("--reps", it.next())?.max(1),
-            "--warmup" => a.warmup = num("--warmup", it.next())?,
+            "--threads" => a.threads = within("--threads", it.next(), 1, MAX_THREADS)?,
+            "--reps" => a.reps = within("--reps", it.next(), 1, MAX_REPS)?,
+            "--warmup" => a.warmup = within("--warmup", it.next(), 0, MAX_REPS)?,
             "--dtype" => a.dtype = it.next().ok_or("--dtype needs a value")?,
             "--mode" => {
                 a.train = match it.next().as_deref() {
@@ -97,9 +111,75 @@ fn parse() -> Result<Args, String> {
         return Err(format!("--dtype: f32, or f16/bf16 with --backend cuda; got {:?} with {:?}", a.dtype, a.backend));
     }
     if a.input == 0 || a.hidden == 0 || a.batch == 0 || a.steps == 0 {
-        return Err(format!("--input, --hidden, --batch and --steps are required\n{USAGE}"));
+        return Err(format!(
+            "--input, --hidden, --batch and --steps: expected each given and at least 1, got {}, {}, {}, {}\n{USAGE}",
+            a.input, a.hidden, a.batch, a.steps
+        ));
     }
     Ok(a)
+}
+
+/// The machine's physical memory in bytes (`MemTotal` of `/proc/meminfo`), where known.
+fn physical_memory() -> Option<u128> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u128 = line.trim_start_matches("MemTotal:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuses sizes whose host buffers alone need more than the machine's memory: a lower bound
+/// (the parameters and their gradient, `x`, `y`, `dy`, `dx`, `h_n`, `c_n`; on the CUDA backend
+/// the host copies of the parameters, `x` and `dy`), computed in f64 so no size overflows it.
+fn check_memory(a: &Args, cfg: &RnnConfig, shape: &SeqShape) -> Result<(), rnn_kernels::Error> {
+    let n = |s: [usize; 3]| s.iter().map(|&d| d as f64).product::<f64>();
+    let p = rnn_kernels::ParamLayout::new(cfg).len() as f64;
+    let (x, y, h, c) = (n(shape.x_shape(cfg)), n(shape.y_shape(cfg)), n(shape.h_shape(cfg)), n(shape.c_shape(cfg)));
+    let elem = if a.dtype == "f32" { 4.0 } else { 2.0 };
+    let bytes = elem * if a.backend == "cuda" { p + x + y } else { 2.0 * (p + x + y) + h + c };
+    match physical_memory() {
+        Some(total) if bytes > total as f64 => Err(rnn_kernels::Error::TooLarge {
+            arg: "--input, --hidden, --layers, --batch, --steps".into(),
+            what: format!(
+                "the host buffers of input {}, hidden {}, {} layer(s), batch {}, {} steps: {p:.0} parameters, {x:.0} inputs, {y:.0} outputs",
+                a.input, a.hidden, a.layers, a.batch, a.steps
+            ),
+            bytes: bytes as u128,
+            reason: format!("is more than this machine's memory ({total} bytes, MemTotal of /proc/meminfo)"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// `n` values of `f`, or zeros, allocated fallibly: an allocation the allocator refuses is an
+/// error naming the buffer, not an abort.
+fn try_vec_with<T>(what: &str, n: usize, f: impl FnMut() -> T) -> Result<Vec<T>, rnn_kernels::Error> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|e| rnn_kernels::Error::TooLarge {
+        arg: "--input, --hidden, --layers, --batch, --steps".into(),
+        what: format!("{what}: {n} values"),
+        bytes: n as u128 * std::mem::size_of::<T>() as u128,
+        reason: format!("could not be allocated ({e})"),
+    })?;
+    v.extend(std::iter::repeat_with(f).take(n));
+    Ok(v)
+}
+
+/// `Params::init_uniform`'s values (the same generator and bits), in a fallibly allocated buffer.
+fn init_params<T: Element>(cfg: &RnnConfig, seed: u64) -> Result<Params<T>, rnn_kernels::Error> {
+    let k = 1.0 / (cfg.hidden_size() as f64).sqrt();
+    let mut rng = SplitMix64::new(seed);
+    let data = try_vec_with("parameters", rnn_kernels::ParamLayout::new(cfg).len(), || T::from_f64(rng.uniform(-k, k)))?;
+    Params::from_vec(cfg, data)
+}
+
+/// The number of elements of a `[T, B, ·]` shape, or an error if it does not fit in `usize`.
+fn count(s: [usize; 3]) -> Result<usize, rnn_kernels::Error> {
+    s.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| rnn_kernels::Error::TooLarge {
+        arg: "--input, --hidden, --batch, --steps".into(),
+        what: format!("a buffer of shape {s:?}"),
+        bytes: s.iter().map(|&d| d as u128).product::<u128>().saturating_mul(4),
+        reason: "does not fit in the address space".into(),
+    })
 }
 
 /// GEMM FLOPs of one inference pass.
@@ -148,7 +228,8 @@ fn time_loop<T: Element, B: Backend<T>, V: BorrowMut<B::Buf>>(
     sync: impl Fn() -> Result<(), rnn_kernels::Error>,
 ) -> Result<Vec<f64>, rnn_kernels::Error> {
     let mut reserve = B::Reserve::default();
-    let mut times = Vec::with_capacity(a.reps);
+    let mut times = try_vec_with("--reps timings", a.reps, || 0.0)?;
+    times.clear();
     sync()?;
     for rep in 0..a.warmup + a.reps {
         let t0 = Instant::now();
@@ -182,21 +263,20 @@ fn time_host<B: Backend<f32, Buf = [f32]>>(
     shape: &SeqShape,
     a: &Args,
 ) -> Result<Vec<f64>, rnn_kernels::Error> {
-    let params = Params::<f32>::init_uniform(cfg, 1)?;
+    let params = init_params::<f32>(cfg, 1)?;
     let plan = backend.plan(cfg, params.as_slice())?;
     let mut rng = SplitMix64::new(2);
-    let mut randn = |n: usize| (0..n).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
-    let n = |s: [usize; 3]| s.iter().product::<usize>();
-    let x = randn(n(shape.x_shape(cfg)));
-    let dy = randn(n(shape.y_shape(cfg)));
+    let mut randn = |what: &str, n: usize| try_vec_with(what, n, || rng.normal() as f32);
+    let x = randn("x", count(shape.x_shape(cfg))?)?;
+    let dy = randn("dy", count(shape.y_shape(cfg))?)?;
     let mut bufs = Bufs {
-        dx: vec![0.0; x.len()],
+        dx: try_vec_with("dx", x.len(), || 0.0)?,
         x,
         dy,
-        y: vec![0.0; n(shape.y_shape(cfg))],
-        hn: vec![0.0; n(shape.h_shape(cfg))],
-        cn: cfg.cell().has_cell_state().then(|| vec![0.0; n(shape.c_shape(cfg))]),
-        dparams: vec![0.0; params.layout().len()],
+        y: try_vec_with("y", count(shape.y_shape(cfg))?, || 0.0)?,
+        hn: try_vec_with("h_n", count(shape.h_shape(cfg))?, || 0.0)?,
+        cn: cfg.cell().has_cell_state().then(|| try_vec_with("c_n", count(shape.c_shape(cfg))?, || 0.0)).transpose()?,
+        dparams: try_vec_with("dparams", params.layout().len(), || 0.0)?,
     };
     time_loop(backend, &plan, shape, &mut bufs, a, || Ok(()))
 }
@@ -205,9 +285,9 @@ fn time_host<B: Backend<f32, Buf = [f32]>>(
 /// the timed loop, and the device synchronised before each clock stop.
 #[cfg(feature = "cuda")]
 mod cuda_bench {
-    use super::{time_loop, Args, Bufs};
+    use super::{count, init_params, time_loop, try_vec_with, Args, Bufs};
     use rnn_kernels::testkit::SplitMix64;
-    use rnn_kernels::{Backend, Cuda, CudaElement, Params, RnnConfig, SeqShape};
+    use rnn_kernels::{Backend, Cuda, CudaElement, RnnConfig, SeqShape};
 
     /// Times `a.dtype` storage.
     pub fn time(cuda: &Cuda, cfg: &RnnConfig, shape: &SeqShape, a: &Args) -> Result<Vec<f64>, rnn_kernels::Error> {
@@ -219,18 +299,17 @@ mod cuda_bench {
     }
 
     fn time_as<T: CudaElement>(cuda: &Cuda, cfg: &RnnConfig, shape: &SeqShape, a: &Args) -> Result<Vec<f64>, rnn_kernels::Error> {
-        let params = Params::<T>::init_uniform(cfg, 1)?;
+        let params = init_params::<T>(cfg, 1)?;
         let plan = cuda.plan(cfg, &cuda.upload(params.as_slice())?)?;
         let mut rng = SplitMix64::new(2);
-        let mut randn = |n: usize| (0..n).map(|_| T::from_f64(rng.normal())).collect::<Vec<T>>();
-        let n = |s: [usize; 3]| s.iter().product::<usize>();
+        let mut randn = |what: &str, n: usize| try_vec_with(what, n, || T::from_f64(rng.normal()));
         let mut bufs = Bufs {
-            x: cuda.upload(&randn(n(shape.x_shape(cfg))))?,
-            dy: cuda.upload(&randn(n(shape.y_shape(cfg))))?,
-            y: cuda.zeros::<T>(n(shape.y_shape(cfg)))?,
-            hn: cuda.zeros(n(shape.h_shape(cfg)))?,
-            cn: cfg.cell().has_cell_state().then(|| cuda.zeros(n(shape.c_shape(cfg)))).transpose()?,
-            dx: cuda.zeros(n(shape.x_shape(cfg)))?,
+            x: cuda.upload(&randn("x", count(shape.x_shape(cfg))?)?)?,
+            dy: cuda.upload(&randn("dy", count(shape.y_shape(cfg))?)?)?,
+            y: cuda.zeros::<T>(count(shape.y_shape(cfg))?)?,
+            hn: cuda.zeros(count(shape.h_shape(cfg))?)?,
+            cn: cfg.cell().has_cell_state().then(|| cuda.zeros(count(shape.c_shape(cfg))?)).transpose()?,
+            dx: cuda.zeros(count(shape.x_shape(cfg))?)?,
             dparams: cuda.zeros(params.layout().len())?,
         };
         time_loop(cuda, &plan, shape, &mut bufs, a, || cuda.synchronize())
@@ -248,7 +327,13 @@ fn main() -> ExitCode {
     let run = || -> Result<(String, Option<String>, Vec<f64>, f64), rnn_kernels::Error> {
         let cfg =
             RnnConfig::new(a.cell, a.input, a.hidden).num_layers(a.layers).bidirectional(a.bidirectional).proj_size(a.proj).build()?;
-        let shape = SeqShape::new(a.steps, a.batch)?;
+        // `parse` checked each at least 1: what SeqShape refuses is a T·B no buffer holds.
+        let shape = SeqShape::new(a.steps, a.batch).map_err(|e| rnn_kernels::Error::InvalidArgument {
+            arg: "--steps, --batch".into(),
+            expected: format!("a number of rows steps·batch that fits in memory ({e})"),
+            got: format!("--steps {}, --batch {}", a.steps, a.batch),
+        })?;
+        check_memory(&a, &cfg, &shape)?;
         let flops = gemm_flops(&cfg, &shape) * if a.train { 3.0 } else { 1.0 };
         match a.backend.as_str() {
             "reference" => Ok(("rnn-kernels-reference".into(), None, time_host(&Reference, &cfg, &shape, &a)?, flops)),

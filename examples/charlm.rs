@@ -12,13 +12,23 @@
 //! is the command line around them.
 
 use indicatif::{ProgressBar, ProgressStyle};
-use rnn_kernels::{Backend, CellKind, Cpu, Reference};
-use rnn_kernels_nn::{AdamConfig, Budget, CharLm, CharLmConfig, Progress, Schedule, TrainConfig, Trainer, Vocab};
+use rnn_kernels::{Backend, CellKind, Cpu, Reference, RnnConfig};
+use rnn_kernels_nn::{check_save_path, AdamConfig, Budget, CharLm, CharLmConfig, Progress, Schedule, TrainConfig, Trainer, Vocab};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 /// Tiny Shakespeare (public domain), embedded so the example runs from anywhere.
 const CORPUS: &str = include_str!("../data/tinyshakespeare.txt");
+
+/// The most `--layers`.
+const MAX_LAYERS: usize = 1000;
+/// The most `--threads`.
+const MAX_THREADS: usize = 1024;
+/// The most `--minutes` (about two years).
+const MAX_MINUTES: f64 = 1e6;
+/// The most `--sample-len`.
+const MAX_SAMPLE_LEN: usize = 1_000_000;
 
 const HELP: &str = "\
 charlm: train a character-level language model on Tiny Shakespeare, then write text.
@@ -27,29 +37,37 @@ USAGE: cargo run --release --example charlm -- [OPTIONS]
 
 Model (ignored with --load, which takes them from the checkpoint):
   --cell lstm|gru|rnn_tanh   recurrent cell                        [lstm]
-  --layers N                 recurrent layers                      [2]
+  --layers N                 recurrent layers, 1 to 1000           [2]
   --hidden N                 hidden size                           [256]
   --embedding N              embedding size                        [64]
 Training:
-  --minutes M                wall-clock budget, evaluations included [3]
+  --minutes M                wall-clock budget, evaluations included, above 0 and at most 1e6 [3]
   --steps N                  exactly N steps instead (deterministic for a seed)
   --batch N                  parallel streams                      [32]
   --chunk N                  characters per chunk (BPTT length)    [100]
-  --lr X                     Adam learning rate                    [0.002]
-  --clip X                   global gradient-norm limit            [5]
-  --eval-every N             validation (on a subset) every N steps [100]
+                             (batch x chunk + 1 at most the 1,003,854 training characters)
+  --lr X                     Adam learning rate, positive          [0.002]
+  --clip X                   global gradient-norm limit, positive  [5]
+  --eval-every N             validation (on a subset) every N steps, 0: only at the end [100]
   --seed N                   initialisation and sampling seed      [1]
 Backend:
   --backend cpu|reference|cuda                                     [cpu]
-  --threads N                CPU backend threads                   [all cores]
+  --threads N                CPU backend threads, 1 to 1024        [all cores]
 Checkpoints and sampling:
-  --save PATH                write the model (safetensors, PyTorch names) at the end
+  --save PATH                write the model (safetensors, PyTorch names) at the end, atomically;
+                             its directory must exist and be writable (checked before training);
+                             if writing fails, the model is kept in the current or the temporary
+                             directory and the error says where
   --load PATH                start from a saved model (continue training, or sample)
   --sample-only              with --load: skip training and evaluation, only sample
-  --prompt TEXT              text to start the sample from         [ROMEO:]
-  --temperature X            sampling temperature                  [0.8]
-  --sample-len N             characters to sample                  [500]
+  --prompt TEXT              text to start the sample from, characters of the vocabulary [ROMEO:]
+  --temperature X            sampling temperature, positive        [0.8]
+  --sample-len N             characters to sample, at most 1,000,000 [500]
   -h, --help                 this text
+
+Every argument is checked before training starts, the sizes included: on Linux, a model whose
+training needs more than the machine's memory (its weights, gradients and Adam's moments, 16
+bytes per parameter, and the activations of one step) is refused with an error.
 ";
 
 #[derive(Debug, Clone)]
@@ -73,7 +91,34 @@ struct Args {
     sample_len: usize,
 }
 
-/// Parses the command line; `Ok(None)` for `--help`.
+/// Why the command failed: an argument, found before any work was done (exit status 2), or
+/// something while working (exit status 1).
+#[derive(Debug)]
+enum Failure {
+    Usage(String),
+    Run(Box<dyn std::error::Error>),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Usage(m) => write!(f, "{m}"),
+            Failure::Run(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl<E: Into<Box<dyn std::error::Error>>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Run(e.into())
+    }
+}
+
+fn usage(e: impl std::fmt::Display) -> Failure {
+    Failure::Usage(e.to_string())
+}
+
+/// Parses the command line and checks each value on its own; `Ok(None)` for `--help`.
 fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String> {
     let mut a = Args {
         cell: None,
@@ -98,6 +143,7 @@ fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String>
         v.parse().ok().filter(|x| ok(x)).ok_or_else(|| format!("{flag}: expected {what}, got {v:?}"))
     }
     let pos = |x: &usize| *x > 0;
+    let positive = |x: &f32| *x > 0.0 && x.is_finite();
     let mut it = argv.into_iter();
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
@@ -142,17 +188,19 @@ fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String>
                     _ => return Err(format!("--cell: expected lstm, gru or rnn_tanh, got {v:?}")),
                 })
             }
-            "--layers" => a.layers = Some(num(f, &v, "a positive integer", pos)?),
+            "--layers" => a.layers = Some(num(f, &v, &format!("an integer from 1 to {MAX_LAYERS}"), |x| (1..=MAX_LAYERS).contains(x))?),
             "--hidden" => a.hidden = Some(num(f, &v, "a positive integer", pos)?),
             "--embedding" => a.embedding = Some(num(f, &v, "a positive integer", pos)?),
-            "--minutes" => a.minutes = num(f, &v, "a positive number of minutes", |x: &f64| *x > 0.0 && x.is_finite())?,
+            "--minutes" => {
+                a.minutes = num(f, &v, &format!("a number of minutes above 0 and at most {MAX_MINUTES:e}"), |x: &f64| {
+                    *x > 0.0 && *x <= MAX_MINUTES
+                })?
+            }
             "--steps" => a.steps = Some(num(f, &v, "a non-negative integer", |_: &u64| true)?),
             "--batch" => a.train.batch = num(f, &v, "a positive integer", pos)?,
             "--chunk" => a.train.chunk = num(f, &v, "a positive integer", pos)?,
-            "--lr" => {
-                a.train.adam = AdamConfig { lr: num(f, &v, "a positive number", |x: &f32| *x > 0.0 && x.is_finite())?, ..a.train.adam }
-            }
-            "--clip" => a.train.clip = num(f, &v, "a positive number", |x: &f32| *x > 0.0 && x.is_finite())?,
+            "--lr" => a.train.adam = AdamConfig { lr: num(f, &v, "a positive finite number", positive)?, ..a.train.adam },
+            "--clip" => a.train.clip = num(f, &v, "a positive finite number", positive)?,
             "--eval-every" => a.eval_every = num(f, &v, "a non-negative integer (0: only at the end)", |_: &u64| true)?,
             "--seed" => a.seed = num(f, &v, "a non-negative integer", |_: &u64| true)?,
             "--backend" => {
@@ -161,12 +209,19 @@ fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String>
                 }
                 a.backend = v
             }
-            "--threads" => a.threads = Some(num(f, &v, "a positive integer", pos)?),
+            "--threads" => a.threads = Some(num(f, &v, &format!("an integer from 1 to {MAX_THREADS}"), |x| (1..=MAX_THREADS).contains(x))?),
             "--save" => a.save = Some(v),
             "--load" => a.load = Some(v),
-            "--prompt" => a.prompt = v,
-            "--temperature" => a.temperature = num(f, &v, "a positive number", |x: &f32| *x > 0.0 && x.is_finite())?,
-            "--sample-len" => a.sample_len = num(f, &v, "a non-negative integer", |_: &usize| true)?,
+            "--prompt" => {
+                if v.is_empty() {
+                    return Err("--prompt: expected at least one character, got an empty string".into());
+                }
+                a.prompt = v
+            }
+            "--temperature" => a.temperature = num(f, &v, "a positive finite number", positive)?,
+            "--sample-len" => {
+                a.sample_len = num(f, &v, &format!("an integer from 0 to {MAX_SAMPLE_LEN} (characters)"), |x: &usize| *x <= MAX_SAMPLE_LEN)?
+            }
             _ => unreachable!("every known flag has an arm"),
         }
     }
@@ -176,30 +231,93 @@ fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String>
     Ok(Some(a))
 }
 
-type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+/// Where a model that cannot be saved where asked is kept: the current directory, else the
+/// temporary one.
+fn fallback_dirs() -> Vec<PathBuf> {
+    std::env::current_dir().into_iter().chain([std::env::temp_dir()]).collect()
+}
 
-fn main() -> ExitCode {
-    let args = match parse(std::env::args().skip(1)) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
+/// The machine's physical memory in bytes (`MemTotal` of `/proc/meminfo`), where known.
+fn physical_memory() -> Option<u128> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u128 = line.trim_start_matches("MemTotal:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn gib(bytes: f64) -> String {
+    format!("{:.1} GiB", bytes / (1u64 << 30) as f64)
+}
+
+/// A lower bound on the memory training needs, in bytes: the parameters of the embedding, the
+/// stack and the decoder, each with its gradient and Adam's two moments (16 bytes), and per step
+/// the gates the forward pass keeps for the backward pass and the logits with their gradient.
+/// Computed in f64 from the sizes alone, so no size overflows it.
+fn training_bytes(cfg: &RnnConfig, vocab: usize, train: &TrainConfig) -> (f64, f64) {
+    let [e, h, g, l, v, hout] =
+        [cfg.input_size(), cfg.hidden_size(), cfg.gates(), cfg.num_layers(), vocab, cfg.hidden_out_size()].map(|x| x as f64);
+    // Layer 0 reads the embedding, the others the layer below; each has two biases.
+    let stack = g * h * (e + hout + 2.0) + (l - 1.0) * g * h * (hout + hout + 2.0);
+    let params = stack + v * e + v * hout + v;
+    let rows = train.batch as f64 * train.chunk as f64;
+    (params, 16.0 * params + 4.0 * rows * (l * g * h + 2.0 * v))
+}
+
+/// Checks that training a model of `cfg` over `vocab` characters fits in memory.
+fn check_memory(a: &Args, cfg: &RnnConfig, vocab: usize) -> Result<(), Failure> {
+    let (params, bytes) = training_bytes(cfg, vocab, &a.train);
+    match physical_memory() {
+        Some(total) if bytes > total as f64 => Err(usage(format!(
+            "--layers {}, --hidden {}, --embedding {}, --batch {}, --chunk {}: expected sizes whose training fits in this machine's \
+             memory ({}, MemTotal of /proc/meminfo), got sizes that need at least {} ({params:.0} parameters at 16 bytes each for \
+             the weights, gradients and Adam's moments, and one step's activations){}",
+            cfg.num_layers(),
+            cfg.hidden_size(),
+            cfg.input_size(),
+            a.train.batch,
+            a.train.chunk,
+            gib(total as f64),
+            gib(bytes),
+            if a.load.is_some() { " (the model sizes are those of --load)" } else { "" }
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Checks `--batch` and `--chunk` against the training text, `n` characters.
+fn check_batch(a: &Args, n: usize) -> Result<(), Failure> {
+    let (b, t) = (a.train.batch, a.train.chunk);
+    match b.checked_mul(t).and_then(|x| x.checked_add(1)) {
+        Some(need) if need <= n => Ok(()),
+        _ => Err(usage(format!(
+            "--batch {b}, --chunk {t}: expected batch x chunk + 1 at most the {n} training characters, got {}",
+            (b as u128) * (t as u128) + 1
+        ))),
+    }
+}
+
+/// Checks `--prompt` against the vocabulary: the character that is not in it, and where.
+fn check_prompt(a: &Args, vocab: &Vocab) -> Result<(), Failure> {
+    vocab.encode("--prompt", &a.prompt).map(drop).map_err(usage)
+}
+
+/// The whole command: parse, check every argument, train, save, sample.
+fn cli(argv: impl IntoIterator<Item = String>) -> Result<(), Failure> {
+    let args = match parse(argv).map_err(Failure::Usage)? {
+        Some(a) => a,
+        None => {
             print!("{HELP}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
+            return Ok(());
         }
     };
-    let result = match args.backend.as_str() {
+    match args.backend.as_str() {
         "cpu" => {
             let cpu = match args.threads {
                 Some(n) => Cpu::with_threads(n),
                 None => Cpu::new(),
-            };
-            cpu.map_err(Into::into).and_then(|cpu| {
-                println!("backend: cpu ({} ISA, {} threads)", cpu.isa(), cpu.threads());
-                run(cpu, &args)
-            })
+            }?;
+            println!("backend: cpu ({} ISA, {} threads)", cpu.isa(), cpu.threads());
+            run(cpu, &args)
         }
         "reference" => {
             println!("backend: reference (plain loops, single thread)");
@@ -208,20 +326,28 @@ fn main() -> ExitCode {
         // The model's embedding, decoder and optimiser work on host memory, so the stack runs
         // through `CudaHost` (host slices in and out, the layers on the device).
         #[cfg(feature = "cuda")]
-        "cuda" => rnn_kernels::CudaHost::new().map_err(Into::into).and_then(|cuda| {
+        "cuda" => {
+            let cuda = rnn_kernels::CudaHost::new()?;
             println!("backend: cuda (host buffers, layers on the GPU)");
             run(cuda, &args)
-        }),
+        }
         #[cfg(not(feature = "cuda"))]
         "cuda" => Err(rnn_kernels::Error::BackendUnavailable {
             backend: "cuda".into(),
             reason: "this build has no CUDA backend: rebuild with `--features cuda` (see DEVELOPERS.md), or use --backend cpu".into(),
         }
         .into()),
-        other => Err(format!("--backend: expected cpu, reference or cuda, got {other:?}").into()),
-    };
-    match result {
+        other => Err(usage(format!("--backend: expected cpu, reference or cuda, got {other:?}"))),
+    }
+}
+
+fn main() -> ExitCode {
+    match cli(std::env::args().skip(1)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ Failure::Usage(_)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -229,13 +355,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn run<B: Backend<f32, Buf = [f32]>>(backend: B, args: &Args) -> AnyResult<()> {
+fn run<B: Backend<f32, Buf = [f32]>>(backend: B, args: &Args) -> Result<(), Failure> {
+    // Every argument is checked before the model is built and before training: a mistake found
+    // after three minutes of training would cost them (and, for --save, the model).
+    if let Some(path) = &args.save {
+        check_save_path("--save", path).map_err(usage)?;
+    }
+    let train_chars = CORPUS.chars().count() * 9 / 10;
+    if !args.sample_only {
+        check_batch(args, train_chars)?;
+    }
     let model = match &args.load {
         Some(path) => {
             if args.cell.is_some() || args.layers.is_some() || args.hidden.is_some() || args.embedding.is_some() {
                 println!("note: --cell, --layers, --hidden and --embedding are taken from {path}; the values given are ignored");
             }
             let m = CharLm::load(backend, path)?;
+            check_prompt(args, m.vocab())?;
+            if !args.sample_only {
+                check_memory(args, m.rnn_config(), m.vocab().len())?;
+            }
             println!("loaded {path}");
             m
         }
@@ -247,7 +386,13 @@ fn run<B: Backend<f32, Buf = [f32]>>(backend: B, args: &Args) -> AnyResult<()> {
                 hidden: args.hidden.unwrap_or(d.hidden),
                 embedding_dim: args.embedding.unwrap_or(d.embedding_dim),
             };
-            CharLm::new(backend, Vocab::from_text(CORPUS)?, &config, args.seed)?
+            let vocab = Vocab::from_text(CORPUS)?;
+            check_prompt(args, &vocab)?;
+            let cfg = RnnConfig::new(config.cell, config.embedding_dim, config.hidden).num_layers(config.layers).build().map_err(|e| {
+                usage(format!("--layers {}, --hidden {}, --embedding {}: {e}", config.layers, config.hidden, config.embedding_dim))
+            })?;
+            check_memory(args, &cfg, vocab.len())?;
+            CharLm::new(backend, vocab, &config, args.seed)?
         }
     };
     let cfg = model.rnn_config().clone();
@@ -270,11 +415,17 @@ fn run<B: Backend<f32, Buf = [f32]>>(backend: B, args: &Args) -> AnyResult<()> {
         let split = ids.len() * 9 / 10;
         let (train_ids, val) = (ids[..split].to_vec(), &ids[split..]);
         let t = args.train;
+        let budget = match args.steps {
+            Some(n) => Budget::Steps(n),
+            None => Budget::Time(Duration::from_secs_f64(args.minutes * 60.0)),
+        };
+        let schedule = Schedule { budget, eval_every: args.eval_every, eval_chars: 20_000, eval_streams: 32 };
+        let mut trainer = Trainer::new(model, train_ids, t)?;
         println!(
             "corpus: {} characters, vocabulary {}; train {} (90%), validation {} (10%)",
             ids.len(),
-            model.vocab().len(),
-            train_ids.len(),
+            trainer.model().vocab().len(),
+            split,
             val.len()
         );
         println!(
@@ -288,12 +439,6 @@ fn run<B: Backend<f32, Buf = [f32]>>(backend: B, args: &Args) -> AnyResult<()> {
                 None => format!("{} min wall clock", args.minutes),
             }
         );
-        let budget = match args.steps {
-            Some(n) => Budget::Steps(n),
-            None => Budget::Time(Duration::from_secs_f64(args.minutes * 60.0)),
-        };
-        let schedule = Schedule { budget, eval_every: args.eval_every, eval_chars: 20_000, eval_streams: 32 };
-        let mut trainer = Trainer::new(model, train_ids, t)?;
         let bar = match budget {
             Budget::Steps(n) => ProgressBar::new(n),
             Budget::Time(d) => ProgressBar::new(d.as_secs()),
@@ -326,7 +471,8 @@ fn run<B: Backend<f32, Buf = [f32]>>(backend: B, args: &Args) -> AnyResult<()> {
     };
 
     if let Some(path) = &args.save {
-        model.save(path)?;
+        // Written atomically; if that fails, the error says where the model was kept instead.
+        model.save_or_keep(path, &fallback_dirs())?;
         println!("saved {path}");
     }
     let t0 = Instant::now();

@@ -25,7 +25,12 @@
  *     message naming the argument, the expected shape and element count, and the given count.
  *   - Optional buffers are marked "optional": NULL means zeros (inputs) or "not wanted"
  *     (outputs), and its length is then ignored. Every other pointer must be non-NULL.
- *   - Output buffers must not overlap any other buffer of the same call (checked).
+ *   - An output buffer must not share memory with any other buffer of the same call: an input,
+ *     the `lengths` array, or another output (the out-pointers of rnnk_model_tensor_sizes too).
+ *     Inputs may overlap each other. An overlap is RNNK_ERR_INVALID_ARGUMENT naming both buffers,
+ *     found from the pointers and lengths before any buffer is read or written.
+ *   - Every length is checked before its buffer is read or written: a wrong length is an error
+ *     and the buffer is not touched.
  *   - Variable lengths: `lengths` is NULL (every sequence has `steps` steps) or `batch` int64
  *     lengths in 1..=steps, in any order: PyTorch's packed-sequence semantics (outputs past a
  *     length are zero, final states are each sequence's last valid step, the reverse direction
@@ -36,16 +41,26 @@
  *   one of the RNNK_ERR_* codes below. rnnk_last_error() then returns a message for the last
  *   call on the calling thread ("" after a success), valid until the next call into this
  *   library on that thread. Bad arguments, NULL pointers, wrong lengths and wrong handles (freed,
- *   never created, of the other kind, a reserve of another model) are reported, never crash. A
+ *   never created, of the other kind, a reserve of another model) are reported, never crash;
+ *   a model whose memory cannot be allocated is RNNK_ERR_OUT_OF_MEMORY, never an abort. A
  *   panic inside the library (a bug) is caught and returned as RNNK_ERR_PANIC. A length larger
  *   than the memory behind its pointer cannot be detected: that is the caller's contract.
  *
  * THREADS
- *   Forward and backward calls may run concurrently on one model from several threads (each
- *   with its own reserve and buffers). Calls that change a model (rnnk_model_init_uniform,
- *   rnnk_model_set_params, rnnk_model_load_safetensors, rnnk_model_free) must not run while any
- *   other call uses that model; likewise for a reserve. The "cpu" backend runs each call on its
- *   own thread pool of `threads` threads; its results are bit-identical for any thread count.
+ *   Every function may be called from any thread, on any handle, concurrently: no combination of
+ *   calls is a data race. Calls that only read a model (rnnk_forward, rnnk_forward_training,
+ *   rnnk_backward and their *_device forms, rnnk_model_get_params[_device],
+ *   rnnk_model_save_safetensors, rnnk_model_param_count, rnnk_model_tensor_sizes) run
+ *   concurrently on one model from any number of threads; their results are bit-identical to
+ *   the same calls made one at a time. Calls that change or free a model
+ *   (rnnk_model_init_uniform, rnnk_model_set_params[_device], rnnk_model_load_safetensors,
+ *   rnnk_model_free) need it alone: while any other call uses the model they return
+ *   RNNK_ERR_BUSY at once, having done nothing, and while one of them runs every other call on
+ *   that model returns RNNK_ERR_BUSY. Likewise for a reserve: rnnk_forward_training[_device]
+ *   and rnnk_reserve_free need it alone, rnnk_backward[_device] calls share it. No call waits
+ *   for another; a caller that mixes them serialises them itself (or retries on RNNK_ERR_BUSY).
+ *   The "cpu" backend runs each call on its own thread pool of `threads` threads; its results
+ *   are bit-identical for any thread count.
  *
  * CUDA
  *   With --features cuda the backend "cuda" is available. The functions above take HOST pointers
@@ -110,9 +125,11 @@ typedef enum rnnk_status {
     RNNK_ERR_WRONG_HANDLE = 4,        /* not a live handle of that kind; a reserve of another model or of old parameters */
     RNNK_ERR_BACKEND_UNAVAILABLE = 5, /* backend not in this build or not on this machine */
     RNNK_ERR_IO = 6,                  /* reading or writing a file failed (e.g. no such file) */
-    RNNK_ERR_FILE_FORMAT = 7,         /* not safetensors; missing/unexpected tensor; wrong shape or dtype */
+    RNNK_ERR_FILE_FORMAT = 7,         /* a file's content: not safetensors; missing/unexpected tensor; wrong shape or dtype */
     RNNK_ERR_DEVICE = 8,              /* a CUDA driver or cuBLAS call failed */
-    RNNK_ERR_PANIC = 9                /* internal error (a bug), caught at the boundary */
+    RNNK_ERR_PANIC = 9,               /* internal error (a bug), caught at the boundary */
+    RNNK_ERR_OUT_OF_MEMORY = 10,      /* the memory the arguments (or a file) ask for cannot be allocated; nothing changed */
+    RNNK_ERR_BUSY = 11                /* the handle is in use by a conflicting call on another thread (see THREADS); nothing done */
 } rnnk_status;
 
 /* A layer stack: configuration, parameters, backend, and the weights packed for it. */
@@ -131,7 +148,10 @@ const char* rnnk_version(void);
  * "rnn_relu"; `bidirectional` and `bias` are 0 or 1; `proj_size` 0 for none (LSTM only).
  * Parameters start uniform in +-1/sqrt(H) (seed 0). `backend` is "reference", "cpu" or "cuda";
  * `threads` is the cpu backend's thread count (0: one per core) and is ignored by the others.
- * On success *out is the new model (free it with rnnk_model_free); on failure *out is NULL. */
+ * On success *out is the new model (free it with rnnk_model_free); on failure *out is NULL.
+ * Sizes whose model cannot be allocated (its parameters, the backend's packed copy) are
+ * RNNK_ERR_OUT_OF_MEMORY naming input_size, hidden_size and num_layers, checked before anything
+ * is allocated. */
 int rnnk_model_create(const char* cell, size_t input_size, size_t hidden_size, size_t num_layers, int bidirectional,
                       size_t proj_size, int bias, const char* backend, size_t threads, rnnk_model** out);
 
@@ -155,9 +175,12 @@ int rnnk_model_set_params(rnnk_model* model, const float* params, size_t params_
 /* Copies the parameters in the flat layout into params [param_count]. */
 int rnnk_model_get_params(const rnnk_model* model, float* params, size_t params_len);
 
-/* Loads the parameters from a safetensors file of a state_dict() (f32 or f64), names with
- * `prefix` (optional: NULL or "" for none, "rnn." for a submodule). Strict like
- * load_state_dict unless `allow_unexpected` is non-zero (then other tensors are ignored). */
+/* Loads the parameters from a safetensors file of a state_dict() (f32, f64, f16 or bf16), names
+ * with `prefix` (optional: NULL or "" for none, "rnn." for a submodule). Strict like
+ * load_state_dict unless `allow_unexpected` is non-zero (then other tensors are ignored).
+ * RNNK_ERR_IO if the file cannot be read; RNNK_ERR_FILE_FORMAT for anything wrong with its
+ * content (not safetensors, a missing or unexpected tensor, a wrong shape or dtype, another
+ * cell's or configuration's tensors); the model's parameters are unchanged after an error. */
 int rnnk_model_load_safetensors(rnnk_model* model, const char* path, const char* prefix, int allow_unexpected);
 
 /* Saves the parameters as safetensors (PyTorch names, f32, the configuration in the metadata). */

@@ -219,8 +219,9 @@ impl RnnConfigBuilder {
     /// Besides each value's range, the sizes together are bounded: `num_layers` is at most
     /// [`RnnConfig::MAX_NUM_LAYERS`], and the parameters in `f64` must fit in one allocation
     /// (`isize::MAX` bytes), so that every size derived from the configuration fits in `usize`.
-    /// A configuration beyond that is [`Error::TooLarge`] naming `hidden_size`, `input_size` or
-    /// `num_layers`. Whether the memory is there is known only when it is allocated:
+    /// More layers than the limit is [`Error::TooLarge`] naming `num_layers`; parameters beyond
+    /// one allocation are [`Error::InvalidArgument`] naming `hidden_size`, `input_size` or
+    /// `num_layers`, whichever makes them so. Whether the memory is there is known only when it is allocated:
     /// [`Params::zeros`](crate::Params::zeros) and the other allocating calls return
     /// [`Error::TooLarge`] when it is not.
     pub fn build(self) -> Result<RnnConfig> {
@@ -241,11 +242,17 @@ impl RnnConfigBuilder {
             return Err(Error::invalid("proj_size", format!("must be smaller than hidden_size = {}", c.hidden_size), c.proj_size));
         }
         if c.num_layers > RnnConfig::MAX_NUM_LAYERS {
-            return Err(Error::invalid(
-                "num_layers",
-                format!("at most {} (the parameter layout keeps an entry per tensor of every layer)", RnnConfig::MAX_NUM_LAYERS),
-                c.num_layers,
-            ));
+            let tensors = (c.num_layers as u128) * (c.num_directions() as u128) * 5;
+            return Err(Error::TooLarge {
+                arg: "num_layers".into(),
+                what: format!(
+                    "the parameter layout of num_layers {}, {} direction(s): one entry per tensor",
+                    c.num_layers,
+                    c.num_directions()
+                ),
+                bytes: tensors.saturating_mul(std::mem::size_of::<crate::params::ParamSpec>() as u128),
+                reason: format!("is more than the documented limit of {} layers (RnnConfig::MAX_NUM_LAYERS)", RnnConfig::MAX_NUM_LAYERS),
+            });
         }
         c.check_param_bytes()?;
         Ok(c)
@@ -253,7 +260,9 @@ impl RnnConfigBuilder {
 }
 
 impl RnnConfig {
-    /// The largest `num_layers` [`RnnConfigBuilder::build`] accepts.
+    /// The largest `num_layers` [`RnnConfigBuilder::build`] accepts: the parameter layout
+    /// ([`ParamLayout`](crate::ParamLayout)) keeps an entry per tensor, so its memory (and the
+    /// time to build it) is bounded by this, whatever the other sizes.
     pub const MAX_NUM_LAYERS: usize = 1 << 16;
 
     /// The largest parameter buffer a configuration may describe, in bytes: the parameters
@@ -290,19 +299,22 @@ impl RnnConfig {
         } else {
             "num_layers"
         };
-        Err(Error::TooLarge {
+        Err(Error::InvalidArgument {
             arg: arg.into(),
-            what: format!(
-                "{} parameters in f64 for input_size {}, hidden_size {}, num_layers {}, {} direction(s){}",
+            expected: format!(
+                "sizes whose parameter count fits in memory: their bytes in f64 at most {} (isize::MAX, the largest allocation)",
+                Self::MAX_PARAM_BYTES
+            ),
+            got: format!(
+                "{} parameters ({} bytes in f64) for input_size {}, hidden_size {}, num_layers {}, {} direction(s){}",
                 if total == u128::MAX { "2^128 or more".to_string() } else { total.to_string() },
+                if bytes(total) == u128::MAX { "2^128 or more".to_string() } else { bytes(total).to_string() },
                 self.input_size,
                 self.hidden_size,
                 self.num_layers,
                 d,
                 if self.proj_size > 0 { format!(", proj_size {}", self.proj_size) } else { String::new() }
             ),
-            bytes: bytes(total),
-            reason: format!("is more than one allocation can hold ({} bytes, isize::MAX)", Self::MAX_PARAM_BYTES),
         })
     }
 }

@@ -3,7 +3,7 @@
 //! steps, and its checkpoints round-trip.
 
 use rnn_kernels::{CellKind, Cpu, Reference};
-use rnn_kernels_nn::{Budget, CharLm, CharLmConfig, Progress, Schedule, TrainConfig, Trainer, Vocab};
+use rnn_kernels_nn::{Budget, CharLm, CharLmConfig, Embedding, Linear, Progress, Schedule, TrainConfig, Trainer, Vocab};
 use std::collections::HashMap;
 
 const CORPUS: &str = include_str!("../data/tinyshakespeare.txt");
@@ -169,4 +169,116 @@ fn checkpoint_names_are_pytorch_names_and_bad_files_are_errors() {
     assert!(err.contains("temperature"), "{err}");
     let Err(err) = Trainer::new(model, vec![0; 100], TrainConfig::default()) else { panic!("100 characters cannot fill 32 x 100") };
     assert!(err.to_string().contains("data"), "{err}");
+}
+
+/// A scratch directory of this test binary, emptied.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("charlm_{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn a_save_replaces_the_file_whole_so_a_reader_never_sees_part_of_a_model() {
+    let (vocab, _, _) = small_corpus();
+    // Two models of about 2.4 MB each, saved in turns while another thread reads the file.
+    let config = CharLmConfig { cell: CellKind::Lstm, layers: 2, hidden: 192, embedding_dim: 32 };
+    let models = [1, 2].map(|seed| CharLm::new(Reference, vocab.clone(), &config, seed).unwrap());
+    let bytes = models.each_ref().map(|m| m.to_safetensors_bytes().unwrap());
+    let dir = scratch("atomic");
+    let path = dir.join("model.safetensors");
+    models[0].save(&path).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (reads, torn) = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let (mut reads, mut torn) = (0, 0);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let got = std::fs::read(&path).unwrap_or_default();
+                reads += 1;
+                if got != bytes[0] && got != bytes[1] {
+                    torn += 1;
+                }
+            }
+            (reads, torn)
+        });
+        for k in 0..40 {
+            models[k % 2].save(&path).unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        reader.join().unwrap()
+    });
+    println!("{reads} reads during 40 saves, {torn} of them neither whole model");
+    assert!(reads > 0);
+    assert_eq!(torn, 0, "{torn} of {reads} reads saw a missing or partly written model");
+    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["model.safetensors"], "a save left a temporary file");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_failed_save_keeps_the_model_elsewhere_and_says_where() {
+    let (vocab, _, _) = small_corpus();
+    let model = CharLm::new(Reference, vocab, &CharLmConfig { cell: CellKind::Gru, layers: 1, hidden: 8, embedding_dim: 4 }, 3).unwrap();
+    let dir = scratch("fallback");
+    let asked = dir.join("gone").join("model.safetensors");
+    let (bad, good) = (dir.join("also gone"), dir.join("kept"));
+    std::fs::create_dir(&good).unwrap();
+    let e = model.save_or_keep(&asked, &[bad.clone(), good.clone()]).unwrap_err();
+    let kept = e.kept.clone().expect("the second fallback directory takes the model");
+    let msg = e.to_string();
+    println!("{msg}");
+    assert!(msg.contains(&asked.display().to_string()) && msg.contains(&kept.display().to_string()), "{msg}");
+    assert_eq!(kept.parent(), Some(good.as_path()));
+    assert_eq!(e.fallback_errors.len(), 1, "the first fallback directory does not exist");
+    assert!(!asked.exists());
+    let loaded = CharLm::load(Reference, &kept).unwrap();
+    assert_eq!(loaded.to_safetensors_bytes().unwrap(), model.to_safetensors_bytes().unwrap());
+    let names: Vec<_> = std::fs::read_dir(&good).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(names, [kept], "the fallback left a temporary file");
+
+    // No directory takes it: the error says so, with each reason.
+    let e = model.save_or_keep(&asked, std::slice::from_ref(&bad)).unwrap_err();
+    assert!(e.kept.is_none());
+    assert!(e.to_string().contains("could not be kept elsewhere either") && e.to_string().contains("also gone"), "{e}");
+    // A save that works is Ok and writes only the file asked for.
+    model.save_or_keep(dir.join("model.safetensors"), std::slice::from_ref(&good)).unwrap();
+    assert_eq!(
+        CharLm::load(Reference, dir.join("model.safetensors")).unwrap().to_safetensors_bytes().unwrap(),
+        model.to_safetensors_bytes().unwrap()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn absurd_sizes_are_errors_not_allocation_aborts() {
+    let (vocab, _, _) = small_corpus();
+    // 2^58 parameters (2^60 bytes): more than any address space; this aborted in the
+    // parameters' initialisation.
+    let config = CharLmConfig { cell: CellKind::Lstm, layers: 1, hidden: 1 << 28, embedding_dim: 4 };
+    let err = CharLm::new(Reference, vocab.clone(), &config, 1).unwrap_err();
+    assert!(matches!(err, rnn_kernels::Error::TooLarge { ref arg, .. } if arg.contains("hidden")), "{err}");
+    let err = Embedding::new(65, usize::MAX / 65, 1).unwrap_err();
+    assert!(matches!(err, rnn_kernels::Error::TooLarge { .. }), "{err}");
+    let err = Linear::new(1 << 31, 1 << 30, 1).unwrap_err();
+    assert!(matches!(err, rnn_kernels::Error::TooLarge { .. }), "{err}");
+
+    // The number of characters to sample: this aborted (or panicked) reserving the output.
+    let model = CharLm::new(Reference, vocab, &CharLmConfig { cell: CellKind::Gru, layers: 1, hidden: 8, embedding_dim: 4 }, 1).unwrap();
+    let err = model.sample("ROMEO:", usize::MAX / 2, 0.8, 1).unwrap_err();
+    assert!(matches!(err, rnn_kernels::Error::TooLarge { ref arg, .. } if arg == "len"), "{err}");
+}
+
+#[test]
+fn the_fallible_initialisation_draws_the_same_parameters_as_init_uniform() {
+    let (vocab, _, _) = small_corpus();
+    for cell in [CellKind::Lstm, CellKind::Gru, CellKind::RnnTanh] {
+        let config = CharLmConfig { cell, layers: 2, hidden: 24, embedding_dim: 8 };
+        let model = CharLm::new(Reference, vocab.clone(), &config, 11).unwrap();
+        // The model's seeds: the embedding's first, the stack's second.
+        let mut seeds = rnn_kernels::testkit::SplitMix64::new(11);
+        seeds.next_u64();
+        let want = rnn_kernels::Params::<f32>::init_uniform(model.rnn_config(), seeds.next_u64()).unwrap();
+        assert_eq!(model.rnn_params().as_slice(), want.as_slice(), "{cell}");
+    }
 }

@@ -6,20 +6,24 @@
 //! ([`ForwardCall`], [`BackwardCall`], [`ParamsIn`], [`ParamsOut`]). Parsing checks, in this
 //! order, and before any buffer is read or written:
 //!
-//! 1. the handles (live, of the right kind, intact tag; a reserve filled by this model);
-//! 2. the shape: `steps`, `batch` and the optional `lengths` host array (its length first, then
-//!    its values);
-//! 3. every buffer pointer: NULL (where it is required), alignment, a length that fits in memory;
-//! 4. overlaps: no output may share memory with any other buffer of the call;
+//! 1. the handles (live, of the right kind, intact tag, not in use by a call on another thread
+//!    that conflicts with this one; a reserve filled by this model);
+//! 2. every pointer, `lengths` included: NULL (where it is required), alignment, a length that
+//!    fits in memory;
+//! 3. no output overlaps the `lengths` array;
+//! 4. the shape: `steps`, `batch` and the optional `lengths` (its length first, then its values:
+//!    the first memory read, after the checks above);
 //! 5. every buffer's length against the model's configuration and the call's shape (the
-//!    parameter layout for `params` and `dparams`), with the library's messages.
+//!    parameter layout for `params` and `dparams`), with the library's messages;
+//! 6. overlaps: no output may share memory with any other buffer of the call (an input, the
+//!    `lengths` array, another output).
 //!
 //! Only then are the pointers turned into the buffers of their [`Memory`]: slices for [`Host`],
 //! unchecked device addresses for [`Device`] (the CUDA backend checks that they are memory of its
 //! device before anything is enqueued). A new check of a call's arguments goes here, once, and
 //! holds for both kinds of entry point.
 
-use crate::handle::{Handle, Model, Reserve, ReserveData};
+use crate::handle::{Exclusive, Handle, Model, Reserve, ReserveData, Shared, Slot};
 use crate::status::{CapiError, RNNK_ERR_PANIC, RNNK_ERR_SIZE_MISMATCH};
 use rnnk_core::{BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnConfig, RnnReserve, SeqShape};
 use std::ffi::{c_char, c_int, CStr};
@@ -72,6 +76,8 @@ enum Tensor {
     Seq(SeqTensor),
     /// The flat parameter layout: `params`, `dparams`.
     Params,
+    /// The `lengths` host array of `i64` (checked by `parse_shape`).
+    Lengths,
 }
 
 impl From<SeqTensor> for Tensor {
@@ -120,6 +126,17 @@ pub struct Span {
     tensor: Tensor,
     output: bool,
     bytes: usize,
+}
+
+impl Span {
+    /// "input" or "output", for messages.
+    fn kind(&self) -> &'static str {
+        if self.output {
+            "output"
+        } else {
+            "input"
+        }
+    }
 }
 
 /// Where a call's buffers are: what a checked [`Span`] becomes.
@@ -250,9 +267,9 @@ pub struct RawForwardBufs {
 
 /// A forward call's arguments as the caller passed them.
 pub struct RawForward {
-    pub model: *const Model,
+    pub model: *const Slot<Model>,
     /// The reserve of a training call; `None` for inference.
-    pub reserve: Option<*mut Reserve>,
+    pub reserve: Option<*mut Slot<Reserve>>,
     pub steps: usize,
     pub batch: usize,
     /// A host array (for the device functions too).
@@ -262,8 +279,8 @@ pub struct RawForward {
 
 /// A forward call whose every argument is checked, with its buffers in memory `M`.
 pub struct ForwardCall<'a, M: Memory> {
-    pub model: &'a Model,
-    pub reserve: Option<&'a mut Reserve>,
+    pub model: Shared<'a, Model>,
+    pub reserve: Option<Exclusive<'a, Reserve>>,
     pub shape: SeqShape,
     pub bufs: ForwardBufs<M::In<'a>, M::Out<'a>>,
 }
@@ -278,10 +295,10 @@ impl RawForward {
     pub unsafe fn parse<'a, M: Memory>(self) -> Result<ForwardCall<'a, M>, CapiError> {
         // SAFETY: forwarded (the handles are checked before they are dereferenced).
         let model = unsafe { Model::get("model", self.model)? };
+        // SAFETY: as above.
         let reserve = self.reserve.map(|r| unsafe { Reserve::get_mut("reserve", r) }).transpose()?;
-        // SAFETY: forwarded.
-        let shape = unsafe { parse_shape(self.steps, self.batch, self.lengths)? };
         let (raw, mut c) = (self.bufs, Checker::default());
+        let lengths = c.lengths(self.lengths)?;
         let bufs = ForwardBufs {
             x: c.required("x", SeqTensor::X, raw.x)?,
             h0: c.optional("h0", SeqTensor::H, raw.h0)?,
@@ -290,7 +307,11 @@ impl RawForward {
             hn: c.optional("hn", SeqTensor::H, raw.hn)?,
             cn: c.optional("cn", SeqTensor::C, raw.cn)?,
         };
-        c.finish(model, Some(&shape))?;
+        // The lengths are read first: no output may overlap them.
+        c.check_overlaps(Some("lengths"))?;
+        // SAFETY: forwarded; `lengths` passed the pointer and overlap checks.
+        let shape = unsafe { parse_shape(self.steps, self.batch, lengths)? };
+        c.finish(&model, Some(&shape))?;
         // SAFETY: forwarded; every span passed the checks above.
         let bufs = bufs.try_map(|s| Ok::<_, CapiError>(unsafe { M::input(s) }), |s| Ok(unsafe { M::output(s) }))?;
         Ok(ForwardCall { model, reserve, shape, bufs })
@@ -314,8 +335,8 @@ pub struct RawGradOutputs {
 
 /// A backward call's arguments as the caller passed them.
 pub struct RawBackward {
-    pub model: *const Model,
-    pub reserve: *const Reserve,
+    pub model: *const Slot<Model>,
+    pub reserve: *const Slot<Reserve>,
     pub grads: RawGrads,
     pub outputs: RawGradOutputs,
     /// Non-zero: add the parameter gradients into `dparams`.
@@ -324,9 +345,9 @@ pub struct RawBackward {
 
 /// A backward call whose every argument is checked, with its buffers in memory `M`.
 pub struct BackwardCall<'a, M: Memory> {
-    pub model: &'a Model,
+    pub model: Shared<'a, Model>,
     /// Filled by a training forward of `model`.
-    pub reserve: &'a Reserve,
+    pub reserve: Shared<'a, Reserve>,
     pub mode: GradMode,
     pub bufs: BackwardBufs<M::In<'a>, M::Out<'a>>,
 }
@@ -339,15 +360,15 @@ impl RawBackward {
     pub unsafe fn parse<'a, M: Memory>(self) -> Result<BackwardCall<'a, M>, CapiError> {
         // SAFETY: forwarded (the handles are checked before they are dereferenced).
         let (model, reserve) = unsafe { (Model::get("model", self.model)?, Reserve::get("reserve", self.reserve)?) };
-        let shape = reserve_shape(reserve)?;
-        check_reserve_owner(model, reserve)?;
+        let shape = reserve_shape(&reserve)?;
+        check_reserve_owner(&model, &reserve)?;
         let (g, o, mut c) = (self.grads, self.outputs, Checker::default());
         let (dy, dhn, dcn) =
             (c.optional("dy", SeqTensor::Y, g.dy)?, c.optional("dhn", SeqTensor::H, g.dhn)?, c.optional("dcn", SeqTensor::C, g.dcn)?);
         let (dx, dh0, dc0) =
             (c.optional("dx", SeqTensor::X, o.dx)?, c.optional("dh0", SeqTensor::H, o.dh0)?, c.optional("dc0", SeqTensor::C, o.dc0)?);
         let bufs = BackwardBufs { dy, dhn, dcn, dx, dh0, dc0, dparams: c.optional("dparams", Tensor::Params, o.dparams)? };
-        c.finish(model, Some(shape))?;
+        c.finish(&model, Some(shape))?;
         // SAFETY: forwarded; every span passed the checks above.
         let bufs = bufs.try_map(|s| Ok::<_, CapiError>(unsafe { M::input(s) }), |s| Ok(unsafe { M::output(s) }))?;
         let mode = if self.accumulate != 0 { GradMode::Accumulate } else { GradMode::Overwrite };
@@ -357,13 +378,13 @@ impl RawBackward {
 
 /// New parameters for a model, checked, in memory `M`.
 pub struct ParamsIn<'a, M: Memory> {
-    pub model: &'a mut Model,
+    pub model: Exclusive<'a, Model>,
     pub params: M::In<'a>,
 }
 
 /// A model's parameters to copy out, checked, in memory `M`.
 pub struct ParamsOut<'a, M: Memory> {
-    pub model: &'a Model,
+    pub model: Shared<'a, Model>,
     pub params: M::Out<'a>,
 }
 
@@ -379,10 +400,10 @@ fn params_span(m: &Model, raw: impl Into<Raw>) -> Result<Span, CapiError> {
 ///
 /// # Safety
 /// As [`RawForward::parse`]; no other reference to the model is alive.
-pub unsafe fn params_in<'a, M: Memory>(model: *mut Model, params: In) -> Result<ParamsIn<'a, M>, CapiError> {
+pub unsafe fn params_in<'a, M: Memory>(model: *mut Slot<Model>, params: In) -> Result<ParamsIn<'a, M>, CapiError> {
     // SAFETY: forwarded.
     let model = unsafe { Model::get_mut("model", model)? };
-    let span = params_span(model, params)?;
+    let span = params_span(&model, params)?;
     // SAFETY: forwarded; checked above.
     Ok(ParamsIn { params: unsafe { M::input(span) }, model })
 }
@@ -391,10 +412,10 @@ pub unsafe fn params_in<'a, M: Memory>(model: *mut Model, params: In) -> Result<
 ///
 /// # Safety
 /// As [`RawForward::parse`].
-pub unsafe fn params_out<'a, M: Memory>(model: *const Model, params: Out) -> Result<ParamsOut<'a, M>, CapiError> {
+pub unsafe fn params_out<'a, M: Memory>(model: *const Slot<Model>, params: Out) -> Result<ParamsOut<'a, M>, CapiError> {
     // SAFETY: forwarded.
     let model = unsafe { Model::get("model", model)? };
-    let span = params_span(model, params)?;
+    let span = params_span(&model, params)?;
     // SAFETY: forwarded; checked above.
     Ok(ParamsOut { params: unsafe { M::output(span) }, model })
 }
@@ -420,18 +441,54 @@ impl Checker {
         self.optional(arg, tensor, p)?.ok_or_else(|| CapiError::null(arg))
     }
 
-    /// Checks that no output overlaps another buffer, then every length against `m` and `shape`.
-    fn finish(&self, m: &Model, shape: Option<&SeqShape>) -> Result<(), CapiError> {
+    /// The optional `lengths` host array of a forward call: its pointer checked, and its span
+    /// kept for the overlap check (an output must not overwrite the lengths being read).
+    fn lengths(&mut self, (ptr, len): In<i64>) -> Result<Option<(*const i64, usize)>, CapiError> {
+        let Some(bytes) = check_ptr("lengths", ptr, len)? else { return Ok(None) };
+        let span = Span { arg: "lengths", ptr: ptr.cast(), len, tensor: Tensor::Lengths, output: false, bytes };
+        self.spans.push(span);
+        Ok(Some((ptr, len)))
+    }
+
+    /// Checks that no output overlaps another buffer of the call (an input, `lengths`, or
+    /// another output); inputs may overlap each other. `only`: just the pairs with that buffer.
+    fn check_overlaps(&self, only: Option<&str>) -> Result<(), CapiError> {
         for (i, a) in self.spans.iter().enumerate() {
             for b in &self.spans[i + 1..] {
+                if only.is_some_and(|o| a.arg != o && b.arg != o) {
+                    continue;
+                }
                 let (a0, b0) = (a.ptr as usize, b.ptr as usize);
                 let overlap = a0 < b0.saturating_add(b.bytes) && b0 < a0.saturating_add(a.bytes);
                 if (a.output || b.output) && a.bytes > 0 && b.bytes > 0 && overlap {
-                    return Err(CapiError::invalid(a.arg, format!("memory that does not overlap `{}`", b.arg), "overlapping buffers"));
+                    let (a_kind, b_kind) = (a.kind(), b.kind());
+                    return Err(CapiError::invalid(
+                        a.arg,
+                        format!("memory that does not overlap `{}` (an {b_kind} of the same call)", b.arg),
+                        format!(
+                            "an {a_kind} at {a0:#x}..{:#x} overlapping `{}` at {b0:#x}..{:#x}",
+                            a0.saturating_add(a.bytes),
+                            b.arg,
+                            b0.saturating_add(b.bytes)
+                        ),
+                    ));
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Checks every length against `m` and `shape`.
+    fn check_lens(&self, m: &Model, shape: Option<&SeqShape>) -> Result<(), CapiError> {
         self.spans.iter().try_for_each(|s| check_len(m, shape, s))
+    }
+
+    /// Checks every length against `m` and `shape`, then that no output overlaps another
+    /// buffer (lengths first: a length too large is reported as such, not as the overlap it
+    /// makes).
+    fn finish(&self, m: &Model, shape: Option<&SeqShape>) -> Result<(), CapiError> {
+        self.check_lens(m, shape)?;
+        self.check_overlaps(None)
     }
 }
 
@@ -440,6 +497,8 @@ impl Checker {
 fn check_len(m: &Model, shape: Option<&SeqShape>, s: &Span) -> Result<(), CapiError> {
     let cfg = m.config();
     let t = match s.tensor {
+        // Checked against `batch` by `parse_shape`.
+        Tensor::Lengths => return Ok(()),
         Tensor::Params => return Ok(m.layout().check_buffer(s.arg, s.len)?),
         Tensor::Seq(SeqTensor::C) if !cfg.cell().has_cell_state() => {
             let expected = format!("not given: cell {} has no cell state", cfg.cell());
@@ -490,14 +549,33 @@ pub unsafe fn required_slot<'a, T>(arg: &str, p: *mut T) -> Result<&'a mut T, Ca
     unsafe { slot(arg, p)? }.ok_or_else(|| CapiError::null(arg))
 }
 
+/// Checks that no two of a call's out-pointers (each to one `T`) are the same place: the call
+/// writes each of them.
+pub fn distinct_slots<T>(slots: &[(&str, *mut T)]) -> Result<(), CapiError> {
+    let size = std::mem::size_of::<T>().max(1);
+    for (i, &(a, p)) in slots.iter().enumerate() {
+        for &(b, q) in &slots[i + 1..] {
+            let (p0, q0) = (p as usize, q as usize);
+            if !p.is_null() && !q.is_null() && p0 < q0.saturating_add(size) && q0 < p0.saturating_add(size) {
+                return Err(CapiError::invalid(
+                    a,
+                    format!("memory that does not overlap `{b}` (an output of the same call)"),
+                    format!("{p:p}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The call's shape from `steps`, `batch` and an optional lengths array of `batch` entries.
 ///
 /// # Safety
 /// If not NULL, `lengths` addresses as many `i64` of host memory as its length says.
-unsafe fn parse_shape(steps: usize, batch: usize, lengths: In<i64>) -> Result<SeqShape, CapiError> {
-    if check_ptr("lengths", lengths.0, lengths.1)?.is_none() {
+unsafe fn parse_shape(steps: usize, batch: usize, lengths: Option<In<i64>>) -> Result<SeqShape, CapiError> {
+    let Some(lengths) = lengths else {
         return Ok(SeqShape::new(steps, batch)?);
-    }
+    };
     if lengths.1 != batch {
         return Err(CapiError::new(
             RNNK_ERR_SIZE_MISMATCH,
@@ -507,7 +585,16 @@ unsafe fn parse_shape(steps: usize, batch: usize, lengths: In<i64>) -> Result<Se
     // SAFETY: non-NULL and aligned (checked), `batch` elements (checked against the caller's
     // length), host memory (the header's contract).
     let lengths = unsafe { std::slice::from_raw_parts(lengths.0, batch) };
-    let mut v = Vec::with_capacity(batch);
+    let mut v = Vec::new();
+    v.try_reserve_exact(batch).map_err(|e| {
+        let what = format!("a copy of the {batch} lengths");
+        CapiError::from(rnnk_core::Error::TooLarge {
+            arg: "lengths".into(),
+            what,
+            bytes: batch as u128 * 8,
+            reason: format!("could not be allocated ({e})"),
+        })
+    })?;
     for (b, &len) in lengths.iter().enumerate() {
         match usize::try_from(len) {
             Ok(n) => v.push(n),
@@ -563,7 +650,7 @@ mod tests {
     use std::ptr::{null, null_mut};
 
     /// A GRU model handle (I = 2, H = 3) on the reference backend, freed on drop.
-    struct Gru(*mut Model);
+    struct Gru(*mut Slot<Model>);
 
     impl Gru {
         fn new() -> Gru {

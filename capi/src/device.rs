@@ -37,10 +37,10 @@ impl DeviceWork<'_> {
     #[cfg(not(feature = "cuda"))]
     fn model(&self) -> &Model {
         match self {
-            DeviceWork::Forward(c) => c.model,
-            DeviceWork::Backward(c) => c.model,
-            DeviceWork::SetParams(c) => c.model,
-            DeviceWork::GetParams(c) => c.model,
+            DeviceWork::Forward(c) => &c.model,
+            DeviceWork::Backward(c) => &c.model,
+            DeviceWork::SetParams(c) => &c.model,
+            DeviceWork::GetParams(c) => &c.model,
         }
     }
 
@@ -133,11 +133,11 @@ mod on_device {
 
     /// Forward inference, or training into the call's reserve.
     pub fn forward(call: ForwardCall<'_, Device>, stream: *mut c_void) -> Result<(), CapiError> {
-        let rnn = cuda_rnn(call.model)?;
+        let rnn = cuda_rnn(&call.model)?;
         let (cuda, plan) = (&rnn.backend().0, rnn.plan());
         let mut bufs = call.bufs.try_map(|s| borrow(cuda, s), |s| borrow(cuda, s))?;
         let (input, output) = bufs.io();
-        let Some(r) = call.reserve else {
+        let Some(mut r) = call.reserve else {
             return on_stream(cuda, stream, || Ok(cuda.forward_inference(plan, &call.shape, input, output)?));
         };
         // The reserve is only touched once the stream was accepted: a rejected call leaves it as
@@ -149,7 +149,7 @@ mod on_device {
 
     /// Backward from the call's reserve.
     pub fn backward(call: BackwardCall<'_, Device>, stream: *mut c_void) -> Result<(), CapiError> {
-        let rnn = cuda_rnn(call.model)?;
+        let rnn = cuda_rnn(&call.model)?;
         let (cuda, plan) = (&rnn.backend().0, rnn.plan());
         let ReserveData::Cuda(data) = &call.reserve.data else {
             return Err(CapiError::handle("reserve", "a reserve of backend cuda", "another backend's"));
@@ -161,10 +161,10 @@ mod on_device {
 
     /// Reads the parameters from device memory after the caller's work on `stream`, and returns
     /// once they are read (a host synchronisation).
-    pub fn set_params(call: ParamsIn<'_, Device>, stream: *mut c_void) -> Result<(), CapiError> {
+    pub fn set_params(mut call: ParamsIn<'_, Device>, stream: *mut c_void) -> Result<(), CapiError> {
         let mut host = vec![0.0; call.params.len];
         {
-            let cuda = &cuda_rnn(call.model)?.backend().0;
+            let cuda = &cuda_rnn(&call.model)?.backend().0;
             let src = borrow(cuda, call.params)?;
             // The download synchronises stream 0, which waited for `stream`.
             on_stream(cuda, stream, || Ok(cuda.download_into(&src, &mut host)?))?;
@@ -174,7 +174,7 @@ mod on_device {
 
     /// Copies the model's parameters into device memory, ordered on `stream`.
     pub fn get_params(call: ParamsOut<'_, Device>, stream: *mut c_void) -> Result<(), CapiError> {
-        let rnn = cuda_rnn(call.model)?;
+        let rnn = cuda_rnn(&call.model)?;
         let cuda = &rnn.backend().0;
         let mut dst = borrow(cuda, call.params)?;
         // Device to device, from the plan's weights.

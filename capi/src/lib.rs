@@ -10,6 +10,11 @@
 //!   and every buffer length (given in elements next to its pointer) before touching memory;
 //!   the calls with buffers gather their raw arguments into one struct and go through the one
 //!   parser of `args.rs`, which the device-pointer functions (`device.rs`) share;
+//! - takes each handle shared (calls that only read it) or alone (calls that change or free
+//!   it), and returns `RNNK_ERR_BUSY` instead of waiting or racing when another thread's call
+//!   conflicts (`handle.rs`);
+//! - allocates what its arguments size only after asking the allocator for it fallibly
+//!   (`RNNK_ERR_OUT_OF_MEMORY`, never an abort);
 //! - runs its body under `catch_unwind`: a panic is returned as `RNNK_ERR_PANIC`, never unwound
 //!   into C.
 //!
@@ -36,9 +41,9 @@ use std::ffi::{c_char, c_int};
 use std::str::FromStr;
 
 /// `rnnk_model` in the header: a layer stack's configuration and parameters on one backend.
-pub type RnnkModel = Model;
+pub type RnnkModel = handle::Slot<Model>;
 /// `rnnk_reserve` in the header: the activations a training forward keeps for backward.
-pub type RnnkReserve = Reserve;
+pub type RnnkReserve = handle::Slot<Reserve>;
 
 /// The message of the last call on this thread ("" after a success); valid until the next call
 /// into the library on this thread. Never NULL.
@@ -75,6 +80,76 @@ fn make_engine(backend: &str, threads: usize, cfg: &RnnConfig, params: &Params<f
     })
 }
 
+/// The number of parameters of `cfg`, computed with checked arithmetic and without building
+/// its layout (`None` when it does not fit in `u128`).
+fn param_count(cfg: &RnnConfig) -> Option<u128> {
+    let [g, h, i, l, d, hout] =
+        [cfg.gates(), cfg.hidden_size(), cfg.input_size(), cfg.num_layers(), cfg.num_directions(), cfg.hidden_out_size()]
+            .map(|v| v as u128);
+    let gh = g.checked_mul(h)?;
+    let bias = if cfg.bias() { gh.checked_mul(2)? } else { 0 };
+    let proj = if cfg.proj_size() > 0 { hout.checked_mul(h)? } else { 0 };
+    // One layer-direction of `width` inputs: weight_ih, weight_hh, the biases, weight_hr.
+    let per_dir = |width: u128| gh.checked_mul(width)?.checked_add(gh.checked_mul(hout)?)?.checked_add(bias)?.checked_add(proj);
+    let first = per_dir(i)?.checked_mul(d)?;
+    let rest = per_dir(d.checked_mul(hout)?)?.checked_mul(d)?.checked_mul(l - 1)?;
+    first.checked_add(rest)
+}
+
+/// The bytes a new model of `cfg` holds at most while it is created, counted generously: the
+/// initial parameters, the backend's copy and its packed form (three times the parameters), and
+/// two parameter layouts (names, shapes and ranges of every tensor, at up to twice their size
+/// while their vectors grow).
+fn model_bytes(cfg: &RnnConfig) -> Option<u128> {
+    let params = param_count(cfg)?.checked_mul(3 * std::mem::size_of::<f32>() as u128)?;
+    // Per tensor: its spec, its name (< 32 bytes) and its shape (2 dimensions).
+    let spec = (std::mem::size_of::<rnnk_core::ParamSpec>() + 32 + 2 * std::mem::size_of::<usize>()) as u128;
+    let per_dir = 5 * spec + std::mem::size_of::<rnnk_core::LayerRanges>() as u128;
+    let layouts = (cfg.num_layers() as u128).checked_mul(cfg.num_directions() as u128)?.checked_mul(per_dir)?.checked_mul(2 * 2)?;
+    params.checked_add(layouts)
+}
+
+/// The machine's memory, RAM and swap, in bytes (Linux: `/proc/meminfo`; `None` elsewhere).
+fn machine_memory() -> Option<u128> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = |key: &str| -> Option<u128> {
+        let line = info.lines().find(|l| l.starts_with(key))?;
+        line[key.len()..].trim().trim_end_matches("kB").trim().parse::<u128>().ok()
+    };
+    Some((kib("MemTotal:")? + kib("SwapTotal:").unwrap_or(0)) * 1024)
+}
+
+/// Checks that the memory a model of `cfg` needs ([`model_bytes`]) can be had: not more than
+/// the machine's RAM and swap (the parameters are all written at creation, so a model larger
+/// than that can never be created, whatever the kernel's overcommit policy), and granted by the
+/// allocator when asked for at once (and given back). Otherwise `RNNK_ERR_OUT_OF_MEMORY` naming
+/// the sizes, where creating the model would abort the process.
+fn check_model_memory(cfg: &RnnConfig) -> Result<(), CapiError> {
+    let bytes = model_bytes(cfg);
+    let too_large = |reason: String| {
+        let count = param_count(cfg).map_or_else(|| "more than 2^128".to_string(), |c| c.to_string());
+        let what = format!(
+            "a model of {count} parameters: input_size {}, hidden_size {}, num_layers {}, {} direction(s), proj_size {}; its \
+             parameters, the backend's packed copy and their layout",
+            cfg.input_size(),
+            cfg.hidden_size(),
+            cfg.num_layers(),
+            cfg.num_directions(),
+            cfg.proj_size()
+        );
+        let arg = "input_size, hidden_size, num_layers".to_string();
+        CapiError::from(rnnk_core::Error::TooLarge { arg, what, bytes: bytes.unwrap_or(u128::MAX), reason })
+    };
+    let n = bytes.and_then(|b| usize::try_from(b).ok()).filter(|&b| b <= isize::MAX as usize);
+    let n = n.ok_or_else(|| too_large("is more than this machine can address".into()))?;
+    if let Some(total) = machine_memory().filter(|&t| n as u128 > t) {
+        return Err(too_large(format!("is more than this machine's memory (RAM and swap: {total} bytes)")));
+    }
+    let mut probe: Vec<u8> = Vec::new();
+    probe.try_reserve_exact(n).map_err(|e| too_large(format!("could not be allocated ({e})")))?;
+    Ok(())
+}
+
 /// Creates a model: `torch.nn.LSTM/GRU/RNN(input_size, hidden_size, num_layers, bias,
 /// bidirectional, proj_size)` with parameters initialised uniform in ±1/√H (seed 0), on
 /// `backend` ("reference", "cpu", "cuda"); `threads` is the CPU backend's thread count (0: one
@@ -97,6 +172,8 @@ pub unsafe extern "C" fn rnnk_model_create(
             .proj_size(proj_size)
             .bias(bias != 0)
             .build()?;
+        // Nothing of the model is allocated before the memory it needs was found allocatable.
+        check_model_memory(&cfg)?;
         let params = Params::<f32>::init_uniform(&cfg, 0)?;
         let engine = make_engine(backend, threads, &cfg, &params)?;
         *out = Model::new(engine).into_raw();
@@ -133,7 +210,9 @@ pub unsafe extern "C" fn rnnk_model_tensor_sizes(
         // SAFETY: handle checked by `get`.
         let m = unsafe { Model::get("model", model)? };
         let sizes = args::tensor_sizes(m.config(), &rnnk_core::SeqShape::new(steps, batch)?)?;
-        for ((arg, p), v) in [("x_len", x_len), ("y_len", y_len), ("h_len", h_len), ("c_len", c_len)].into_iter().zip(sizes) {
+        let outs = [("x_len", x_len), ("y_len", y_len), ("h_len", h_len), ("c_len", c_len)];
+        args::distinct_slots(&outs)?;
+        for ((arg, p), v) in outs.into_iter().zip(sizes) {
             // SAFETY: NULL or the caller's writable size_t.
             if let Some(out) = unsafe { args::slot(arg, p)? } {
                 *out = v;
@@ -148,7 +227,7 @@ pub unsafe extern "C" fn rnnk_model_tensor_sizes(
 pub unsafe extern "C" fn rnnk_model_init_uniform(model: *mut RnnkModel, seed: u64) -> c_int {
     guard(|| {
         // SAFETY: handle checked; exclusive use is the header's rule for changing a model.
-        let m = unsafe { Model::get_mut("model", model)? };
+        let mut m = unsafe { Model::get_mut("model", model)? };
         let p = Params::init_uniform(m.config(), seed)?;
         m.set_params(p.as_slice())
     })
@@ -159,7 +238,7 @@ pub unsafe extern "C" fn rnnk_model_init_uniform(model: *mut RnnkModel, seed: u6
 pub unsafe extern "C" fn rnnk_model_set_params(model: *mut RnnkModel, params: *const f32, params_len: usize) -> c_int {
     guard(|| {
         // SAFETY: the caller's buffer of `params_len` floats; exclusive use of the model.
-        let ParamsIn { model, params } = unsafe { args::params_in::<Host>(model, (params, params_len))? };
+        let ParamsIn { mut model, params } = unsafe { args::params_in::<Host>(model, (params, params_len))? };
         model.set_params(params)
     })
 }
@@ -183,13 +262,15 @@ pub unsafe extern "C" fn rnnk_model_load_safetensors(
 ) -> c_int {
     guard(|| {
         // SAFETY: handle checked; exclusive use is the header's rule for changing a model.
-        let m = unsafe { Model::get_mut("model", model)? };
+        let mut m = unsafe { Model::get_mut("model", model)? };
         // SAFETY: C strings from the caller.
         let path = unsafe { args::string("path", path)? };
         // SAFETY: as above; NULL means no prefix.
         let prefix = if prefix.is_null() { "" } else { unsafe { args::string("prefix", prefix)? } };
         let opts = LoadOptions { prefix: prefix.to_string(), allow_unexpected: allow_unexpected != 0 };
-        let p = Params::<f32>::load_safetensors_with(path, m.config(), &opts)?;
+        // Everything wrong with the file's content is RNNK_ERR_FILE_FORMAT (the loader reports a
+        // wrong shape as a shape error and a wrong dtype as an invalid value).
+        let p = Params::<f32>::load_safetensors_with(path, m.config(), &opts).map_err(CapiError::from_file)?;
         m.set_params(p.as_slice())
     })
 }
@@ -227,7 +308,7 @@ pub unsafe extern "C" fn rnnk_reserve_free(reserve: *mut RnnkReserve) -> c_int {
 fn forward(call: ForwardCall<'_, Host>) -> Result<(), CapiError> {
     let ForwardCall { model: m, reserve, shape, mut bufs } = call;
     let (input, output) = bufs.io();
-    let Some(r) = reserve else {
+    let Some(mut r) = reserve else {
         with_rnn!(&m.engine, rnn => rnn.backend().forward_inference(rnn.plan(), &shape, input, output))?;
         return Ok(());
     };
@@ -298,4 +379,47 @@ pub unsafe extern "C" fn rnnk_backward(
     let raw = RawBackward { model, reserve, grads, outputs, accumulate };
     // SAFETY: the caller's arguments (the header's contract), checked by `parse`.
     guard(|| backward(unsafe { raw.parse()? }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rnnk_core::ParamLayout;
+
+    #[test]
+    fn the_parameter_count_is_the_layouts() {
+        for (cell, i, h, l, bi, proj, bias) in [
+            (CellKind::Lstm, 3, 5, 2, true, 0, true),
+            (CellKind::Lstm, 7, 6, 3, true, 4, true),
+            (CellKind::Lstm, 7, 6, 1, false, 2, false),
+            (CellKind::Gru, 1, 9, 4, false, 0, true),
+            (CellKind::RnnTanh, 11, 2, 2, true, 0, false),
+        ] {
+            let cfg = RnnConfig::new(cell, i, h).num_layers(l).bidirectional(bi).proj_size(proj).bias(bias).build().unwrap();
+            assert_eq!(param_count(&cfg), Some(ParamLayout::new(&cfg).len() as u128), "{cfg:?}");
+            assert!(check_model_memory(&cfg).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_model_too_large_to_allocate_is_an_error() {
+        let cfg = RnnConfig::new(CellKind::Lstm, 1 << 20, 1 << 20).build().unwrap();
+        let e = check_model_memory(&cfg).unwrap_err();
+        assert_eq!(e.code, status::RNNK_ERR_OUT_OF_MEMORY, "{}", e.message);
+        assert!(e.message.starts_with("`input_size, hidden_size, num_layers`: needs "), "{}", e.message);
+        assert!(e.message.contains("8796101410816 parameters"), "{}", e.message);
+        // Many tiny layers: more than the layout's documented limit, refused by `build` as too large.
+        let e = RnnConfig::new(CellKind::RnnTanh, 1, 1).num_layers(1 << 40).build().unwrap_err();
+        assert_eq!(CapiError::from(e).code, status::RNNK_ERR_OUT_OF_MEMORY);
+        if let Some(total) = machine_memory() {
+            assert!(total > 1 << 20, "{total}");
+            // A model just larger than the machine: refused by the limit, before the allocator
+            // is asked (which, with overcommit, might grant it).
+            // rnn_tanh, bias: 2·H² + 2·H parameters, 12 bytes each in `model_bytes`.
+            let h = ((total / 24) as f64).sqrt() as usize + 16;
+            let cfg = RnnConfig::new(CellKind::RnnTanh, h, h).build().unwrap();
+            let e = check_model_memory(&cfg).unwrap_err();
+            assert!(e.message.contains("more than this machine's memory"), "{}", e.message);
+        }
+    }
 }

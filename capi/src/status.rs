@@ -11,7 +11,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 pub const RNNK_OK: c_int = 0;
 /// A pointer that must not be NULL was NULL.
 pub const RNNK_ERR_NULL_POINTER: c_int = 1;
-/// A value out of its range: a size, a cell or backend name, a length, a non-UTF-8 string.
+/// A value out of its range: a size, a cell or backend name, a length, a non-UTF-8 string, an
+/// output overlapping another buffer of the call.
 pub const RNNK_ERR_INVALID_ARGUMENT: c_int = 2;
 /// A buffer's length (in elements) does not match the configuration and the call's shape.
 pub const RNNK_ERR_SIZE_MISMATCH: c_int = 3;
@@ -29,6 +30,12 @@ pub const RNNK_ERR_FILE_FORMAT: c_int = 7;
 pub const RNNK_ERR_DEVICE: c_int = 8;
 /// A panic inside the library (a bug): caught at the boundary, never unwound into C.
 pub const RNNK_ERR_PANIC: c_int = 9;
+/// A size computed from the arguments (or a file) needs more memory than can be allocated: the
+/// allocation was refused up front, nothing was changed.
+pub const RNNK_ERR_OUT_OF_MEMORY: c_int = 10;
+/// The handle is in use by a call on another thread that this call conflicts with (a call that
+/// changes or frees a model or reserve runs only while no other call uses it): nothing was done.
+pub const RNNK_ERR_BUSY: c_int = 11;
 
 /// An error on its way out: a status code and a message.
 #[derive(Debug)]
@@ -64,8 +71,27 @@ pub fn code_of(e: &Error) -> c_int {
         Error::Reserve(_) => RNNK_ERR_WRONG_HANDLE,
         Error::BackendUnavailable { .. } => RNNK_ERR_BACKEND_UNAVAILABLE,
         Error::Device { .. } => RNNK_ERR_DEVICE,
+        Error::TooLarge { .. } => RNNK_ERR_OUT_OF_MEMORY,
         // `Error` is non-exhaustive; a new variant is most likely about an argument.
         _ => RNNK_ERR_INVALID_ARGUMENT,
+    }
+}
+
+/// The status code of an error from reading a file: `RNNK_ERR_IO` when reading failed,
+/// `RNNK_ERR_OUT_OF_MEMORY` for a refused allocation, `RNNK_ERR_FILE_FORMAT` for everything about
+/// the file's content (the loader reports a wrong shape as [`Error::Shape`] and a wrong dtype as
+/// [`Error::InvalidArgument`]; from a file they are a malformed file, not a bad argument).
+pub fn file_code_of(e: &Error) -> c_int {
+    match code_of(e) {
+        c @ (RNNK_ERR_IO | RNNK_ERR_OUT_OF_MEMORY | RNNK_ERR_DEVICE) => c,
+        _ => RNNK_ERR_FILE_FORMAT,
+    }
+}
+
+impl CapiError {
+    /// An error from reading a file (see [`file_code_of`]).
+    pub fn from_file(e: Error) -> Self {
+        CapiError::new(file_code_of(&e), e.to_string())
     }
 }
 
@@ -141,5 +167,17 @@ mod tests {
         assert_eq!(guard(|| Err(e.into())), RNNK_ERR_IO);
         assert_eq!(guard(|| Err(CapiError::new(RNNK_ERR_SIZE_MISMATCH, "a\0b"))), RNNK_ERR_SIZE_MISMATCH);
         assert_eq!(last(), "a");
+        let big = Error::TooLarge { arg: "hidden_size".into(), what: "w".into(), bytes: 1 << 50, reason: "r".into() };
+        assert_eq!(code_of(&big), RNNK_ERR_OUT_OF_MEMORY);
+    }
+
+    #[test]
+    fn a_file_error_is_io_or_format() {
+        let shape = Error::Shape { arg: "weight_ih_l0 in f".into(), expected: "shape [4, 2]".into(), got: "shape [3, 2]".into() };
+        let dtype = Error::InvalidArgument { arg: "weight_ih_l0 in f".into(), expected: "dtype F32".into(), got: "I32".into() };
+        assert_eq!((code_of(&shape), file_code_of(&shape)), (RNNK_ERR_SIZE_MISMATCH, RNNK_ERR_FILE_FORMAT));
+        assert_eq!((code_of(&dtype), file_code_of(&dtype)), (RNNK_ERR_INVALID_ARGUMENT, RNNK_ERR_FILE_FORMAT));
+        let io = Error::Io { path: "p".into(), source: std::io::Error::from(std::io::ErrorKind::NotFound) };
+        assert_eq!(file_code_of(&io), RNNK_ERR_IO);
     }
 }

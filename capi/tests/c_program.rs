@@ -3,9 +3,19 @@
 //! compares everything it wrote, bit for bit, with the same computation through the Rust API
 //! (same backend, same thread count). The C program itself checks every kind of bad argument.
 //!
+//! A second C program, tests/c/capi_hardening.c, is self-contained: every length checked before
+//! its buffer is touched (on buffers of exactly the right size), absurd sizes, overlaps, files
+//! with a wrong dtype or shape, one call provoking each status code of the header, and many
+//! threads on one model (bit-identical to one thread; changing calls refused with RNNK_ERR_BUSY).
+//!
 //! The library is built by a nested `cargo build` into the same target directory: `cargo test`
 //! does not build a `cdylib` for integration tests, so without it a stale library could be
 //! tested.
+//!
+//! Two variables run the C programs under a checker (.ci/asan.sh sets them):
+//! `RNN_KERNELS_CAPI_CFLAGS` adds compiler flags (e.g. `-fsanitize=address -g`) and
+//! `RNN_KERNELS_CAPI_RUNNER` is a command line each program is run under (e.g.
+//! `valgrind --error-exitcode=99`); either makes a run that reports anything fail.
 
 use rnnk_core::{Backend, Cpu, Params, Reference, Rnn, SeqShape};
 mod common;
@@ -94,24 +104,70 @@ fn c_compiler() -> Option<String> {
     Some(cc)
 }
 
-/// Compiles the C program against the header and the shared library; `None` (with a message)
-/// when the C compiler targets another architecture than this test (a cross-compiled run).
-fn compile(lib_dir: &Path, out: &Path) -> Option<PathBuf> {
+/// Compiles the C program `tests/c/<name>.c` against the header and the shared library; `None`
+/// (with a message) when the C compiler targets another architecture than this test (a
+/// cross-compiled run).
+fn compile(name: &str, lib_dir: &Path, out: &Path) -> Option<PathBuf> {
     let cc = c_compiler()?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let exe = out.join("capi_test");
+    let exe = out.join(name);
+    let extra = std::env::var("RNN_KERNELS_CAPI_CFLAGS").unwrap_or_default();
     let status = Command::new(&cc)
-        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", "-o"])
+        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", "-pthread"])
+        .args(extra.split_whitespace())
+        .arg("-o")
         .arg(&exe)
-        .arg(root.join("tests/c/capi_test.c"))
+        .arg(root.join(format!("tests/c/{name}.c")))
         .arg(format!("-I{}", root.join("../include").display()))
         .arg(format!("-L{}", lib_dir.display()))
         .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
         .arg("-lrnn_kernels")
         .status()
         .expect("run the C compiler");
-    assert!(status.success(), "compiling tests/c/capi_test.c failed: {status}");
+    assert!(status.success(), "compiling tests/c/{name}.c failed: {status}");
     Some(exe)
+}
+
+/// The command that runs `exe`: under `RNN_KERNELS_CAPI_RUNNER` when it is set.
+fn runner(exe: &Path) -> Command {
+    let wrapper = std::env::var("RNN_KERNELS_CAPI_RUNNER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let Some(first) = words.next() else { return Command::new(exe) };
+    let mut cmd = Command::new(first);
+    cmd.args(words).arg(exe);
+    cmd
+}
+
+/// The backends and thread counts each C program runs on.
+const RUNS: [(&str, usize); 3] = [("reference", 0), ("cpu", 1), ("cpu", 2)];
+
+fn feature() -> &'static str {
+    if cfg!(feature = "cuda") {
+        "cuda"
+    } else {
+        "nocuda"
+    }
+}
+
+#[test]
+fn c_program_keeps_the_promises_under_hostile_input() {
+    if c_compiler().is_none() {
+        return;
+    }
+    let lib_dir = build_library();
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("capi_hardening");
+    std::fs::create_dir_all(&work).unwrap();
+    let Some(exe) = compile("capi_hardening", &lib_dir, &work) else { return };
+    for (backend, threads) in RUNS {
+        let dir = work.join(format!("{backend}-{threads}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = runner(&exe).arg(&dir).arg(backend).arg(threads.to_string()).arg(feature()).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        println!("{backend}, {threads} thread(s):\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "the C program failed on {backend} ({threads} threads): {}", out.status);
+        assert!(stdout.contains(" checks, 0 failed"), "the C program did not report its checks");
+    }
 }
 
 #[test]
@@ -122,15 +178,13 @@ fn c_program_matches_the_rust_api_and_rejects_bad_arguments() {
     let lib_dir = build_library();
     let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("capi_c_program");
     std::fs::create_dir_all(&work).unwrap();
-    let Some(exe) = compile(&lib_dir, &work) else { return };
-    let runs: [(&str, usize); 3] = [("reference", 0), ("cpu", 1), ("cpu", 2)];
-    for (backend, threads) in runs {
+    let Some(exe) = compile("capi_test", &lib_dir, &work) else { return };
+    for (backend, threads) in RUNS {
         let dir = work.join(format!("{backend}-{threads}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let inp = inputs(&dir);
-        let feature = if cfg!(feature = "cuda") { "cuda" } else { "nocuda" };
-        let out = Command::new(&exe).arg(&dir).arg(backend).arg(threads.to_string()).arg(feature).output().unwrap();
+        let out = runner(&exe).arg(&dir).arg(backend).arg(threads.to_string()).arg(feature()).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         println!("{backend}, {threads} thread(s):\n{stdout}{}", String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "the C program failed on {backend} ({threads} threads): {}", out.status);

@@ -1,13 +1,13 @@
 //! [`CharLm`], [`Trainer`] and [`train`]: the language model of [the crate
 //! docs](crate#the-character-level-language-model).
 
-use crate::checkpoint::{f32_tensor, safetensors_error, serialize_f32};
-use crate::error::{invalid, wrong_shape, Error, Result};
+use crate::checkpoint::{f32_tensor, safetensors_error, serialize_f32, write_atomic};
+use crate::error::{invalid, try_from_fn, try_vec, try_with_capacity, wrong_shape, Error, Result};
 use crate::rng::SplitMix64;
 use crate::{clip_global_norm, softmax_cross_entropy, Adam, AdamConfig, Embedding, Linear, Vocab};
-use rnn_kernels::{config_from_metadata, config_metadata, Backend, CellKind, LoadOptions, Params, Rnn, RnnConfig, SeqShape};
+use rnn_kernels::{config_from_metadata, config_metadata, Backend, CellKind, LoadOptions, ParamLayout, Params, Rnn, RnnConfig, SeqShape};
 use safetensors::SafeTensors;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The sizes of a [`CharLm`].
@@ -38,13 +38,39 @@ struct State {
 }
 
 impl State {
-    fn zeros(cfg: &RnnConfig, batch: usize) -> Self {
+    fn zeros(cfg: &RnnConfig, batch: usize) -> Result<Self> {
         let l = cfg.num_layers() * cfg.num_directions();
-        State {
-            h: vec![0.0; l * batch * cfg.hidden_out_size()],
-            c: cfg.cell().has_cell_state().then(|| vec![0.0; l * batch * cfg.hidden_size()]),
-        }
+        let size = |h: usize| {
+            l.checked_mul(batch)
+                .and_then(|n| n.checked_mul(h))
+                .ok_or_else(|| invalid("batch", format!("a number of streams whose state [{l}, B, {h}] fits in memory"), batch))
+        };
+        let what = |h: usize| format!("the recurrent state [{l}, {batch}, {h}] of f32");
+        let h = try_vec("batch", what(cfg.hidden_out_size()), size(cfg.hidden_out_size())?, 0.0)?;
+        let c = match cfg.cell().has_cell_state() {
+            true => Some(try_vec("batch", what(cfg.hidden_size()), size(cfg.hidden_size())?, 0.0)?),
+            false => None,
+        };
+        Ok(State { h, c })
     }
+}
+
+/// PyTorch's initialisation of the stack's parameters, as `Params::init_uniform` draws them
+/// (every value uniform in `±1/sqrt(H)` from SplitMix64 seeded with `seed`, the same bits), with
+/// the buffer allocated fallibly: a configuration too large for memory is an error.
+fn init_params(cfg: &RnnConfig, seed: u64) -> Result<Params<f32>> {
+    let n = ParamLayout::new(cfg).len();
+    let k = 1.0 / (cfg.hidden_size() as f64).sqrt();
+    let mut rng = SplitMix64::new(seed);
+    let what = format!(
+        "{n} f32 parameters of {} layer(s) of {}, input size {}, hidden size {}",
+        cfg.num_layers(),
+        cfg.cell(),
+        cfg.input_size(),
+        cfg.hidden_size()
+    );
+    let data = try_from_fn("hidden, layers, embedding_dim", what, n, || rng.uniform(-k, k) as f32)?;
+    Params::from_vec(cfg, data)
 }
 
 /// A character-level language model: embedding, recurrent stack, softmax decoder.
@@ -73,7 +99,7 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
         let cfg = RnnConfig::new(config.cell, config.embedding_dim, config.hidden).num_layers(config.layers).build()?;
         let mut seeds = SplitMix64::new(seed);
         let embedding = Embedding::new(vocab.len(), config.embedding_dim, seeds.next_u64())?;
-        let params = Params::init_uniform(&cfg, seeds.next_u64())?;
+        let params = init_params(&cfg, seeds.next_u64())?;
         let decoder = Linear::new(cfg.output_size(), vocab.len(), seeds.next_u64())?;
         Self::from_parts(backend, vocab, embedding, params, decoder)
     }
@@ -131,10 +157,14 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
 
     /// Inference over `ids: [T, B]` from `state`, which it advances; returns `logits [T·B, V]`.
     fn run(&self, shape: &SeqShape, ids: &[usize], state: &mut State) -> Result<Vec<f32>> {
-        let mut x = vec![0.0; ids.len() * self.embedding.dim()];
+        let n = ids.len();
+        let size =
+            |width: usize| n.checked_mul(width).ok_or_else(|| invalid("ids", format!("a length whose [N, {width}] fits in memory"), n));
+        let (e, v) = (self.embedding.dim(), self.vocab.len());
+        let mut x = try_vec("ids", format!("embeddings [{n}, {e}] of f32"), size(e)?, 0.0)?;
         self.embedding.forward(ids, &mut x)?;
         let out = self.rnn.forward(shape, &x, Some(&state.h), state.c.as_deref())?;
-        let mut logits = vec![0.0; ids.len() * self.vocab.len()];
+        let mut logits = try_vec("ids", format!("logits [{n}, {v}] of f32"), size(v)?, 0.0)?;
         self.decoder.forward(&out.y, &mut logits)?;
         state.h = out.hn;
         state.c = out.cn;
@@ -154,7 +184,7 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
         }
         let s = streams.min(ids.len() - 1);
         let seg = (ids.len() - 1) / s;
-        let mut state = State::zeros(self.rnn_config(), s);
+        let mut state = State::zeros(self.rnn_config(), s)?;
         let mut total = 0.0;
         for start in (0..seg).step_by(chunk) {
             let t = chunk.min(seg - start);
@@ -177,7 +207,7 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
         if ids.is_empty() {
             return Err(invalid("prompt", "at least one character", "an empty string"));
         }
-        let mut state = State::zeros(self.rnn_config(), 1);
+        let mut state = State::zeros(self.rnn_config(), 1)?;
         let logits = self.run(&SeqShape::new(ids.len(), 1)?, &ids, &mut state)?;
         let v = self.vocab.len();
         Ok((logits[logits.len() - v..].to_vec(), state))
@@ -197,7 +227,7 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
         }
         let (mut logits, mut state) = self.read_prompt(prompt)?;
         let mut rng = SplitMix64::new(seed);
-        let mut out = Vec::with_capacity(len);
+        let mut out = try_with_capacity("len", format!("the ids of {len} sampled characters"), len)?;
         let one = SeqShape::new(1, 1)?;
         for i in 0..len {
             let probs = softmax(&logits, temperature);
@@ -235,11 +265,37 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
         Ok(bytes)
     }
 
-    /// Writes the checkpoint to `path`.
+    /// Writes the checkpoint to `path` atomically: to a new temporary file in the same
+    /// directory, flushed to disk, then renamed to `path`, so `path` holds either its previous
+    /// content or the whole checkpoint, never part of one (a crash or a full disk mid-write
+    /// leaves at most the temporary file, `.<file name>.<pid>.<n>.tmp`).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        write_atomic(path.as_ref(), &self.to_safetensors_bytes()?)
+    }
+
+    /// [`save`](Self::save)s to `path`; if that fails, keeps the checkpoint in the first of
+    /// `fallback_dirs` that takes it, under a new name (`charlm-<pid>-<n>.safetensors`), so the
+    /// model is not lost. The error says why the save failed and where the model was kept (or
+    /// that it could not be kept anywhere).
+    pub fn save_or_keep(&self, path: impl AsRef<Path>, fallback_dirs: &[PathBuf]) -> std::result::Result<(), Box<SaveFailed>> {
         let path = path.as_ref();
-        let bytes = self.to_safetensors_bytes()?;
-        std::fs::write(path, bytes).map_err(|source| Error::Io { path: path.display().to_string(), source })
+        let bytes = match self.to_safetensors_bytes() {
+            Ok(b) => b,
+            Err(error) => return Err(Box::new(SaveFailed { path: path.to_path_buf(), error, kept: None, fallback_errors: Vec::new() })),
+        };
+        let error = match write_atomic(path, &bytes) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let mut fallback_errors = Vec::new();
+        for dir in fallback_dirs {
+            let fallback = crate::checkpoint::unique_path(dir, "charlm", "safetensors");
+            match write_atomic(&fallback, &bytes) {
+                Ok(()) => return Err(Box::new(SaveFailed { path: path.to_path_buf(), error, kept: Some(fallback), fallback_errors })),
+                Err(e) => fallback_errors.push(e),
+            }
+        }
+        Err(Box::new(SaveFailed { path: path.to_path_buf(), error, kept: None, fallback_errors }))
     }
 
     /// Reads a checkpoint written by [`save`](Self::save) (or by PyTorch with the same names and
@@ -292,6 +348,40 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
             tensor("decoder.bias", vec![v])?,
         )?;
         Self::from_parts(backend, vocab, embedding, params, decoder)
+    }
+}
+
+/// A checkpoint that could not be written where it was asked to be, from
+/// [`CharLm::save_or_keep`], and where it was kept instead.
+#[derive(Debug)]
+pub struct SaveFailed {
+    /// The path asked for.
+    pub path: PathBuf,
+    /// Why writing it failed.
+    pub error: Error,
+    /// Where the checkpoint was written instead, if a fallback directory took it.
+    pub kept: Option<PathBuf>,
+    /// Why each fallback directory tried before (all of them when `kept` is `None`) failed.
+    pub fallback_errors: Vec<Error>,
+}
+
+impl std::fmt::Display for SaveFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the model could not be saved to {}: {}; ", self.path.display(), self.error)?;
+        match &self.kept {
+            Some(kept) => write!(f, "it was kept in {} instead", kept.display()),
+            None if self.fallback_errors.is_empty() => write!(f, "it was not kept anywhere"),
+            None => {
+                let why: Vec<String> = self.fallback_errors.iter().map(ToString::to_string).collect();
+                write!(f, "it could not be kept elsewhere either ({})", why.join("; "))
+            }
+        }
+    }
+}
+
+impl std::error::Error for SaveFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
     }
 }
 
@@ -370,19 +460,13 @@ impl<B: Backend<f32, Buf = [f32]>> Trainer<B> {
         let seg = (data.len() - 1) / batch;
         let sizes = [model.embedding.weight.len(), model.params.as_slice().len(), model.decoder.weight.len(), model.decoder.bias.len()];
         let adam = Adam::new(&sizes, config.adam)?;
-        let state = State::zeros(model.rnn_config(), batch);
-        Ok(Trainer {
-            model,
-            config,
-            data,
-            seg,
-            next_chunk: 0,
-            state,
-            adam,
-            reserve: Default::default(),
-            steps: 0,
-            grads: sizes.map(|n| vec![0.0; n]),
-        })
+        let names = ["embedding", "rnn", "decoder weight", "decoder bias"];
+        let mut grads: [Vec<f32>; 4] = Default::default();
+        for ((g, n), name) in grads.iter_mut().zip(sizes).zip(names) {
+            *g = try_vec("model", format!("the {name} gradient: {n} f32"), n, 0.0)?;
+        }
+        let state = State::zeros(model.rnn_config(), batch)?;
+        Ok(Trainer { model, config, data, seg, next_chunk: 0, state, adam, reserve: Default::default(), steps: 0, grads })
     }
 
     /// The model being trained.
@@ -412,7 +496,7 @@ impl<B: Backend<f32, Buf = [f32]>> Trainer<B> {
         let (b, t) = (self.config.batch, self.config.chunk);
         if (self.next_chunk + 1) * t > self.seg {
             self.next_chunk = 0;
-            self.state = State::zeros(self.model.rnn_config(), b);
+            self.state = State::zeros(self.model.rnn_config(), b)?;
         }
         let base = self.next_chunk * t;
         let (mut ids, mut targets) = (Vec::with_capacity(t * b), Vec::with_capacity(t * b));
@@ -424,12 +508,16 @@ impl<B: Backend<f32, Buf = [f32]>> Trainer<B> {
         }
         let m = &mut self.model;
         let shape = SeqShape::new(t, b)?;
-        let mut x = vec![0.0; t * b * m.embedding.dim()];
+        let (n, e, v) = (t * b, m.embedding.dim(), m.vocab.len());
+        let size = |width: usize| {
+            n.checked_mul(width).ok_or_else(|| invalid("batch, chunk", format!("B·T = {n} rows of {width} that fit in memory"), n))
+        };
+        let mut x = try_vec("batch, chunk", format!("embeddings [{n}, {e}] of f32"), size(e)?, 0.0)?;
         m.embedding.forward(&ids, &mut x)?;
         let out = m.rnn.forward_training(&shape, &x, Some(&self.state.h), self.state.c.as_deref(), &mut self.reserve)?;
-        let mut logits = vec![0.0; t * b * m.vocab.len()];
+        let mut logits = try_vec("batch, chunk", format!("logits [{n}, {v}] of f32"), size(v)?, 0.0)?;
         m.decoder.forward(&out.y, &mut logits)?;
-        let mut dlogits = vec![0.0; logits.len()];
+        let mut dlogits = try_vec("batch, chunk", format!("logit gradients [{n}, {v}] of f32"), logits.len(), 0.0)?;
         let loss = softmax_cross_entropy(&logits, &targets, Some(&mut dlogits))?;
         if !loss.is_finite() {
             return Err(invalid("loss", "finite (the training diverged: lower the learning rate or the clip norm)", loss));
@@ -439,7 +527,7 @@ impl<B: Backend<f32, Buf = [f32]>> Trainer<B> {
         for g in [&mut *d_emb, &mut *d_rnn, &mut *d_w, &mut *d_b] {
             g.fill(0.0);
         }
-        let mut dy = vec![0.0; out.y.len()];
+        let mut dy = try_vec("batch, chunk", format!("output gradients: {} f32", out.y.len()), out.y.len(), 0.0)?;
         m.decoder.backward(&out.y, &dlogits, Some(&mut dy), d_w, d_b)?;
         let g = m.rnn.backward_accumulate(&self.reserve, Some(&dy), None, None, d_rnn)?;
         m.embedding.backward(&ids, &g.dx, d_emb)?;
@@ -538,14 +626,14 @@ pub fn train<B: Backend<f32, Buf = [f32]>>(
     // is three times as fast as a training step.
     let mut eval_rate: Option<f64> = None;
     let chars_per_step = trainer.chars_per_step();
-    let rate = |train_time: Duration, step: u64| (step as usize * chars_per_step) as f64 / train_time.as_secs_f64().max(1e-9);
+    let rate = |train_time: Duration, step: u64| step as f64 * chars_per_step as f64 / train_time.as_secs_f64().max(1e-9);
     loop {
         match schedule.budget {
             Budget::Steps(n) if step >= n => break,
             Budget::Time(limit) if step > 0 => {
-                let per_step = train_time / step as u32;
+                let per_step = train_time.as_secs_f64() / step as f64;
                 let final_eval = val.len() as f64 / eval_rate.unwrap_or(3.0 * rate(train_time, step));
-                if start.elapsed() + per_step + Duration::from_secs_f64(final_eval) > limit {
+                if start.elapsed().as_secs_f64() + per_step + final_eval > limit.as_secs_f64() {
                     break;
                 }
             }

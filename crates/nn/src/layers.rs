@@ -1,6 +1,6 @@
 //! [`Embedding`], [`Linear`] and [`softmax_cross_entropy`].
 
-use crate::error::{check_len, invalid, wrong_shape, Result};
+use crate::error::{check_len, invalid, try_from_fn, wrong_shape, Result};
 use crate::rng::SplitMix64;
 
 /// A matrix operand read in place: its elements and its row and column strides.
@@ -66,7 +66,9 @@ impl Embedding {
     pub fn new(num: usize, dim: usize, seed: u64) -> Result<Self> {
         let mut rng = SplitMix64::new(seed);
         let len = Self::check_sizes(num, dim)?;
-        Ok(Embedding { num, dim, weight: (0..len).map(|_| rng.normal() as f32).collect() })
+        let weight =
+            try_from_fn("num_embeddings × embedding_dim", format!("embedding weight [{num}, {dim}] of f32"), len, || rng.normal() as f32)?;
+        Ok(Embedding { num, dim, weight })
     }
 
     /// Wraps a `weight: [num, dim]`.
@@ -152,8 +154,9 @@ impl Linear {
         })?;
         let k = 1.0 / (in_features as f64).sqrt();
         let mut rng = SplitMix64::new(seed);
-        let weight = (0..len).map(|_| rng.uniform(-k, k) as f32).collect();
-        let bias = (0..out_features).map(|_| rng.uniform(-k, k) as f32).collect();
+        let what = format!("linear weight [{out_features}, {in_features}] of f32");
+        let weight = try_from_fn("in_features × out_features", what, len, || rng.uniform(-k, k) as f32)?;
+        let bias = try_from_fn("out_features", format!("linear bias [{out_features}] of f32"), out_features, || rng.uniform(-k, k) as f32)?;
         Ok(Linear { in_features, out_features, weight, bias })
     }
 

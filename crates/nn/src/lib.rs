@@ -70,7 +70,8 @@ mod optim;
 mod rng;
 mod vocab;
 
-pub use charlm::{train, Budget, CharLm, CharLmConfig, Progress, Schedule, TrainConfig, TrainSummary, Trainer};
+pub use charlm::{train, Budget, CharLm, CharLmConfig, Progress, SaveFailed, Schedule, TrainConfig, TrainSummary, Trainer};
+pub use checkpoint::check_save_path;
 pub use layers::{softmax_cross_entropy, Embedding, Linear};
 pub use optim::{clip_global_norm, Adam, AdamConfig};
 pub use vocab::Vocab;

@@ -1,6 +1,6 @@
 //! [`Adam`] and [`clip_global_norm`], over several parameter tensors at once.
 
-use crate::error::{check_len, invalid, Result};
+use crate::error::{check_len, invalid, try_vec, Result};
 
 /// Adam's hyper-parameters (Kingma & Ba 2015), PyTorch's defaults but the learning rate.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,7 +45,12 @@ impl Adam {
         if !(config.eps >= 0.0 && config.eps.is_finite()) {
             return Err(invalid("eps", "a non-negative finite number", config.eps));
         }
-        Ok(Adam { config, step: 0, moments: sizes.iter().map(|&n| (vec![0.0; n], vec![0.0; n])).collect() })
+        let mut moments = Vec::with_capacity(sizes.len());
+        for (k, &n) in sizes.iter().enumerate() {
+            let what = || format!("Adam's moments of tensor {k}: {n} f32");
+            moments.push((try_vec(&format!("sizes[{k}]"), what(), n, 0.0)?, try_vec(&format!("sizes[{k}]"), what(), n, 0.0)?));
+        }
+        Ok(Adam { config, step: 0, moments })
     }
 
     /// The hyper-parameters.

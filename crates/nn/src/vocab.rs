@@ -1,6 +1,6 @@
 //! [`Vocab`]: the characters of a corpus, each with an id.
 
-use crate::error::{invalid, Result};
+use crate::error::{invalid, try_with_capacity, Result};
 use std::collections::HashMap;
 
 /// A character vocabulary: ids `0..len()` in the order of the characters' code points.
@@ -56,19 +56,41 @@ impl Vocab {
     }
 
     /// The ids of the characters of `text`; `arg` names it in the error for a character that is
-    /// not in the vocabulary.
+    /// not in the vocabulary, which gives the character and its position (counting characters
+    /// from 1).
     pub fn encode(&self, arg: &str, text: &str) -> Result<Vec<usize>> {
-        text.chars()
-            .map(|c| {
-                self.id(c)
-                    .ok_or_else(|| invalid(arg, format!("only characters of the vocabulary {:?}", self.as_string()), format!("{c:?}")))
-            })
-            .collect()
+        let n = text.chars().count();
+        let mut ids = try_with_capacity(arg, format!("the ids of {n} characters"), n)?;
+        for (i, c) in text.chars().enumerate() {
+            match self.id(c) {
+                Some(id) => ids.push(id),
+                None => {
+                    return Err(invalid(
+                        arg,
+                        format!("only characters of the vocabulary {:?}", self.as_string()),
+                        format!("{c:?} (U+{:04X}) at character {} of {n}", u32::from(c), i + 1),
+                    ))
+                }
+            }
+        }
+        Ok(ids)
     }
 
     /// The text of `ids`; an id out of range is an error.
     pub fn decode(&self, ids: &[usize]) -> Result<String> {
-        ids.iter().map(|&i| self.char(i).ok_or_else(|| invalid("ids", format!("each below {}", self.len()), i))).collect()
+        let widest = self.chars.iter().map(|c| c.len_utf8()).max().unwrap_or(1);
+        let bytes = ids.len().saturating_mul(widest);
+        let mut out = String::new();
+        out.try_reserve_exact(bytes).map_err(|e| rnn_kernels::Error::TooLarge {
+            arg: "ids".into(),
+            what: format!("the text of {} characters", ids.len()),
+            bytes: bytes as u128,
+            reason: format!("could not be allocated ({e})"),
+        })?;
+        for (k, &i) in ids.iter().enumerate() {
+            out.push(self.char(i).ok_or_else(|| invalid(format!("ids[{k}]"), format!("below V = {}", self.len()), i))?);
+        }
+        Ok(out)
     }
 }
 
@@ -84,7 +106,9 @@ mod tests {
         assert_eq!(v.decode(&ids).unwrap(), "hold\n");
         assert_eq!(Vocab::from_chars(&v.as_string()).unwrap(), v);
         let e = v.encode("prompt", "hex").unwrap_err().to_string();
-        assert!(e.contains("prompt") && e.contains("'x'"), "{e}");
+        assert!(e.contains("prompt") && e.contains("'x' (U+0078) at character 3 of 3"), "{e}");
+        let e = v.encode("prompt", "wo€ld").unwrap_err().to_string();
+        assert!(e.contains("'€' (U+20AC) at character 3 of 5"), "{e}");
         assert!(Vocab::from_chars("aba").is_err());
         assert!(Vocab::from_text("").is_err());
         assert!(v.decode(&[99]).is_err());
