@@ -44,7 +44,7 @@ struct Args {
 const USAGE: &str = "usage: bench --backend reference|cpu|cuda --cell lstm|gru|rnn_tanh|rnn_relu --input I --hidden H \
 --batch B --steps T [--layers L (1 to 1000)] [--bidirectional] [--proj P] --mode inference|train [--threads N (1 to 1024)] \
 [--reps N (1 to 1000000)] [--warmup N (0 to 1000000)] [--dtype f32|f16|bf16 (cuda)]
-Sizes whose buffers need more than the machine's memory (MemTotal, on Linux) are refused before anything is allocated.";
+Sizes whose buffers need more than the machine's memory (RAM and swap, on Linux) are refused before anything is allocated.";
 
 /// The most `--layers`, `--threads`, and `--reps` or `--warmup`.
 const MAX_LAYERS: usize = 1000;
@@ -119,14 +119,6 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
-/// The machine's physical memory in bytes (`MemTotal` of `/proc/meminfo`), where known.
-fn physical_memory() -> Option<u128> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u128 = line.trim_start_matches("MemTotal:").trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// Refuses sizes whose host buffers alone need more than the machine's memory: a lower bound
 /// (the parameters and their gradient, `x`, `y`, `dy`, `dx`, `h_n`, `c_n`; on the CUDA backend
 /// the host copies of the parameters, `x` and `dy`), computed in f64 so no size overflows it.
@@ -136,7 +128,7 @@ fn check_memory(a: &Args, cfg: &RnnConfig, shape: &SeqShape) -> Result<(), rnn_k
     let (x, y, h, c) = (n(shape.x_shape(cfg)), n(shape.y_shape(cfg)), n(shape.h_shape(cfg)), n(shape.c_shape(cfg)));
     let elem = if a.dtype == "f32" { 4.0 } else { 2.0 };
     let bytes = elem * if a.backend == "cuda" { p + x + y } else { 2.0 * (p + x + y) + h + c };
-    match physical_memory() {
+    match rnn_kernels::host_memory_bytes().map(u128::from) {
         Some(total) if bytes > total as f64 => Err(rnn_kernels::Error::TooLarge {
             arg: "--input, --hidden, --layers, --batch, --steps".into(),
             what: format!(
@@ -144,7 +136,7 @@ fn check_memory(a: &Args, cfg: &RnnConfig, shape: &SeqShape) -> Result<(), rnn_k
                 a.input, a.hidden, a.layers, a.batch, a.steps
             ),
             bytes: bytes as u128,
-            reason: format!("is more than this machine's memory ({total} bytes, MemTotal of /proc/meminfo)"),
+            reason: format!("is more than this machine's memory ({total} bytes, RAM and swap, /proc/meminfo)"),
         }),
         _ => Ok(()),
     }

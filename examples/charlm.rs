@@ -237,14 +237,6 @@ fn fallback_dirs() -> Vec<PathBuf> {
     std::env::current_dir().into_iter().chain([std::env::temp_dir()]).collect()
 }
 
-/// The machine's physical memory in bytes (`MemTotal` of `/proc/meminfo`), where known.
-fn physical_memory() -> Option<u128> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u128 = line.trim_start_matches("MemTotal:").trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kib * 1024)
-}
-
 fn gib(bytes: f64) -> String {
     format!("{:.1} GiB", bytes / (1u64 << 30) as f64)
 }
@@ -266,10 +258,10 @@ fn training_bytes(cfg: &RnnConfig, vocab: usize, train: &TrainConfig) -> (f64, f
 /// Checks that training a model of `cfg` over `vocab` characters fits in memory.
 fn check_memory(a: &Args, cfg: &RnnConfig, vocab: usize) -> Result<(), Failure> {
     let (params, bytes) = training_bytes(cfg, vocab, &a.train);
-    match physical_memory() {
+    match rnn_kernels::host_memory_bytes().map(u128::from) {
         Some(total) if bytes > total as f64 => Err(usage(format!(
             "--layers {}, --hidden {}, --embedding {}, --batch {}, --chunk {}: expected sizes whose training fits in this machine's \
-             memory ({}, MemTotal of /proc/meminfo), got sizes that need at least {} ({params:.0} parameters at 16 bytes each for \
+             memory ({}, RAM and swap, /proc/meminfo), got sizes that need at least {} ({params:.0} parameters at 16 bytes each for \
              the weights, gradients and Adam's moments, and one step's activations){}",
             cfg.num_layers(),
             cfg.hidden_size(),

@@ -125,17 +125,50 @@ impl Error {
     }
 }
 
+/// The memory of this machine, RAM and swap, in bytes: `MemTotal` + `SwapTotal` of
+/// `/proc/meminfo` on Linux, read once; `None` where it cannot be read.
+///
+/// No allocation larger than this can ever be used (every byte of an output is written), so the
+/// crate refuses one with [`Error::TooLarge`] before asking the allocator, whatever the kernel's
+/// overcommit policy would grant; callers that size buffers of their own can check against it too.
+pub fn host_memory_bytes() -> Option<u64> {
+    static MEMORY: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *MEMORY.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kib = |key: &str| -> Option<u64> {
+            let line = info.lines().find(|l| l.starts_with(key))?;
+            line[key.len()..].trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+        };
+        kib("MemTotal:")?.checked_add(kib("SwapTotal:").unwrap_or(0))?.checked_mul(1024)
+    })
+}
+
+/// [`Error::TooLarge`] naming `arg` when `bytes` is more than [`host_memory_bytes`].
+pub(crate) fn check_host_memory(arg: &str, what: impl FnOnce() -> String, bytes: u128) -> Result<()> {
+    match host_memory_bytes() {
+        Some(total) if bytes > u128::from(total) => Err(Error::TooLarge {
+            arg: arg.into(),
+            what: what(),
+            bytes,
+            reason: format!("is more than this machine's memory ({total} bytes of RAM and swap, /proc/meminfo)"),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// A vector of `n` copies of `fill`, allocated fallibly: an allocation the allocator refuses (or
 /// one larger than the address space) is [`Error::TooLarge`] naming `arg` and `what`, not an abort.
 pub(crate) fn try_vec<T: Clone>(arg: &str, what: impl Into<String>, n: usize, fill: T) -> Result<Vec<T>> {
     let bytes = (n as u128) * (std::mem::size_of::<T>() as u128);
+    let what = what.into();
+    check_host_memory(arg, || what.clone(), bytes)?;
     let mut v = Vec::new();
     match v.try_reserve_exact(n) {
         Ok(()) => {
             v.resize(n, fill);
             Ok(v)
         }
-        Err(e) => Err(Error::TooLarge { arg: arg.into(), what: what.into(), bytes, reason: format!("could not be allocated ({e})") }),
+        Err(e) => Err(Error::TooLarge { arg: arg.into(), what, bytes, reason: format!("could not be allocated ({e})") }),
     }
 }
 
@@ -144,6 +177,7 @@ pub(crate) fn try_vec<T: Clone>(arg: &str, what: impl Into<String>, n: usize, fi
 pub(crate) fn try_zeroed<T: crate::Element>(arg: &str, what: impl Into<String>, n: usize) -> Result<Vec<T>> {
     let bytes = (n as u128) * (std::mem::size_of::<T>() as u128);
     let what = what.into();
+    check_host_memory(arg, || what.clone(), bytes)?;
     let too_large = |reason: String| Error::TooLarge { arg: arg.into(), what: what.clone(), bytes, reason };
     let layout = std::alloc::Layout::array::<T>(n).map_err(|e| too_large(format!("is not a valid allocation ({e})")))?;
     if layout.size() == 0 {
@@ -187,6 +221,21 @@ mod tests {
         // More than the address space allows but a valid `usize` count: refused by the allocator.
         let e = try_zeroed::<f64>("y", "outputs", 1 << 50).unwrap_err();
         assert!(e.to_string().contains("`y`: needs 9007199254740992 bytes"), "{e}");
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    #[cfg_attr(miri, ignore = "reads /proc/meminfo, which Miri's isolation forbids")]
+    fn allocations_larger_than_the_machine_are_refused_before_the_allocator_is_asked() {
+        let total = host_memory_bytes().expect("/proc/meminfo gives MemTotal on Linux");
+        assert!(total > 1 << 20, "{total}");
+        // One element more than the machine holds: refused by the limit, whatever overcommit
+        // would grant (on a machine with more than 2^63 bytes this is not a valid count).
+        let n = (total / 4 + 1) as usize;
+        let e = try_zeroed::<f32>("x", "outputs", n).unwrap_err();
+        assert!(e.to_string().contains("more than this machine's memory"), "{e}");
+        let e = try_vec::<f32>("x", "outputs", n, 1.0).unwrap_err();
+        assert!(e.to_string().contains("more than this machine's memory"), "{e}");
     }
 
     #[test]

@@ -102,7 +102,7 @@ pub use config::{CellKind, RnnConfig, RnnConfigBuilder};
 #[cfg(feature = "cuda")]
 pub use cudarc;
 pub use element::{Dtype, Element, Float};
-pub use error::{Error, Result};
+pub use error::{host_memory_bytes, Error, Result};
 /// The 16-bit storage types (the `half` crate's), re-exported: [`Element`]s for parameter
 /// files and the CUDA backend's f16/bf16 paths.
 pub use half::{bf16, f16};

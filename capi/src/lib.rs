@@ -109,16 +109,6 @@ fn model_bytes(cfg: &RnnConfig) -> Option<u128> {
     params.checked_add(layouts)
 }
 
-/// The machine's memory, RAM and swap, in bytes (Linux: `/proc/meminfo`; `None` elsewhere).
-fn machine_memory() -> Option<u128> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib = |key: &str| -> Option<u128> {
-        let line = info.lines().find(|l| l.starts_with(key))?;
-        line[key.len()..].trim().trim_end_matches("kB").trim().parse::<u128>().ok()
-    };
-    Some((kib("MemTotal:")? + kib("SwapTotal:").unwrap_or(0)) * 1024)
-}
-
 /// Checks that the memory a model of `cfg` needs ([`model_bytes`]) can be had: not more than
 /// the machine's RAM and swap (the parameters are all written at creation, so a model larger
 /// than that can never be created, whatever the kernel's overcommit policy), and granted by the
@@ -142,7 +132,7 @@ fn check_model_memory(cfg: &RnnConfig) -> Result<(), CapiError> {
     };
     let n = bytes.and_then(|b| usize::try_from(b).ok()).filter(|&b| b <= isize::MAX as usize);
     let n = n.ok_or_else(|| too_large("is more than this machine can address".into()))?;
-    if let Some(total) = machine_memory().filter(|&t| n as u128 > t) {
+    if let Some(total) = rnnk_core::host_memory_bytes().map(u128::from).filter(|&t| n as u128 > t) {
         return Err(too_large(format!("is more than this machine's memory (RAM and swap: {total} bytes)")));
     }
     let mut probe: Vec<u8> = Vec::new();
@@ -411,7 +401,7 @@ mod tests {
         // Many tiny layers: more than the layout's documented limit, refused by `build` as too large.
         let e = RnnConfig::new(CellKind::RnnTanh, 1, 1).num_layers(1 << 40).build().unwrap_err();
         assert_eq!(CapiError::from(e).code, status::RNNK_ERR_OUT_OF_MEMORY);
-        if let Some(total) = machine_memory() {
+        if let Some(total) = rnnk_core::host_memory_bytes().map(u128::from) {
             assert!(total > 1 << 20, "{total}");
             // A model just larger than the machine: refused by the limit, before the allocator
             // is asked (which, with overcommit, might grant it).
