@@ -27,18 +27,18 @@ fn bits(outputs: &[Vec<f32>]) -> Vec<Vec<u32>> {
     outputs.iter().map(|o| o.iter().map(|v| v.to_bits()).collect()).collect()
 }
 
-/// Every cell (the LSTM with two bidirectional layers), inputs uniform in ±1e4: on every ISA,
+/// Every cell (the LSTM bidirectional), two rows, inputs uniform in ±1e4: on every ISA,
 /// forward and backward outputs are finite and the same bits for 1 and 2 threads; the f32
 /// reference's are finite.
 #[test]
 fn long_sequences_are_finite_and_the_same_for_any_thread_count() {
     let configs = [
-        RnnConfig::new(CellKind::Lstm, 8, 16).num_layers(2).bidirectional(true).build().unwrap(),
+        RnnConfig::new(CellKind::Lstm, 8, 16).bidirectional(true).build().unwrap(),
         RnnConfig::new(CellKind::Gru, 8, 16).build().unwrap(),
         RnnConfig::new(CellKind::RnnTanh, 8, 16).build().unwrap(),
         RnnConfig::new(CellKind::RnnRelu, 8, 16).build().unwrap(),
     ];
-    let shape = SeqShape::new(STEPS, BATCH).unwrap();
+    let shape = SeqShape::new(STEPS, 2).unwrap();
     for cfg in &configs {
         let p = Problem::new(cfg, &shape, 15, 1e4);
         let finite = |name: &str, outputs: &[Vec<f32>]| {
