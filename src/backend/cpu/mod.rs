@@ -203,10 +203,22 @@ impl<K: Kernels> HostKernels<f32> for CpuKernels<'_, K> {
         self.par.run(parts, f)
     }
 
+    fn weight_grad_rows(&self) -> usize {
+        WEIGHT_GRAD_ROWS
+    }
+
     fn serial(&self) -> Self {
         CpuKernels { isa: self.isa, plan: self.plan, par: Par::Serial }
     }
 }
+
+/// Rows of a block of the weight gradients' sums (`HostKernels::weight_grad_rows`): 16 of the
+/// tiled GEMM's `KC = 512` blocks, each of which already starts its register accumulators
+/// from zero, so within a block a sum has at most 512 + 16 roundings in a row. A training
+/// call of up to this many rows (`T·B`: the compared configurations have at most 6,400) takes
+/// the one GEMM per weight as before, at no cost; a longer one adds an f64 pass over the
+/// weight gradient per block, against the block's `8192·m·n` multiply-adds.
+const WEIGHT_GRAD_ROWS: usize = 8192;
 
 /// Below this many gate values per step a cell kernel runs on one thread.
 const CELL_PARALLEL_MIN: usize = 1 << 14;

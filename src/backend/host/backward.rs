@@ -99,17 +99,65 @@ struct DirectionIo<'a, T> {
     dparams: Option<&'a mut [T]>,
 }
 
-/// `c[m, n] += g[r, m]^T · x[r, n]`: a weight gradient, summed over the rows of all steps.
-fn add_weight_grad<T: Float, K: HostKernels<T>>(k: &K, g: Mat<'_, T>, x: Mat<'_, T>, c: &mut [T]) {
-    k.gemm(T::ONE, g.t(), x, T::ONE, MatMut::new(c, g.cols, x.cols));
+/// `c[m, n] += Σ g[r, m]^T · x[r, n]` over the rows of every segment `(g, x)` of `segs`, in
+/// order: a weight gradient, summed over the rows of all steps.
+///
+/// Up to `k.weight_grad_rows()` rows in all, one GEMM per segment adds onto `c`. Past that, the
+/// rows are cut into blocks of that many rows at fixed offsets (never by thread count or
+/// timing); each block's product is summed on its own, from zero, and the blocks are added in
+/// order in f64, which rounds onto `c` once. The rounding error is then that of one block's
+/// sum, whatever the number of steps, where one long sum's grows with them.
+fn add_weight_grad<T: Float, K: HostKernels<T>>(k: &K, segs: &[(&[T], &[T])], (m, n): (usize, usize), c: &mut [T]) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let block = k.weight_grad_rows().max(1);
+    if segs.iter().map(|(g, _)| g.len() / m).sum::<usize>() <= block {
+        for &(g, x) in segs {
+            let rows = g.len() / m;
+            k.gemm(T::ONE, Mat::new(g, rows, m).t(), Mat::new(x, rows, n), T::ONE, MatMut::new(c, m, n));
+        }
+        return;
+    }
+    let mut wide: Vec<f64> = c.iter().map(|v| v.to_f64()).collect();
+    let mut part = vec![T::ZERO; m * n];
+    for &(g, x) in segs {
+        for (gb, xb) in g.chunks(block * m).zip(x.chunks(block * n)) {
+            let rows = gb.len() / m;
+            k.gemm(T::ONE, Mat::new(gb, rows, m).t(), Mat::new(xb, rows, n), T::ZERO, MatMut::new(&mut part, m, n));
+            for (w, &p) in wide.iter_mut().zip(&part) {
+                *w += p.to_f64();
+            }
+        }
+    }
+    for (c, w) in c.iter_mut().zip(wide) {
+        *c = T::from_f64(w);
+    }
 }
 
-/// Column sums of `g: [rows, n]` added to `acc: [n]`.
-fn add_col_sums<T: Float>(acc: &mut [T], g: &[T], n: usize) {
-    for row in g.chunks_exact(n) {
-        for (a, &v) in acc.iter_mut().zip(row) {
-            *a += v;
+/// Column sums of `g: [rows, n]` added to `acc: [n]`: a bias gradient. Up to `block` rows
+/// (as [`add_weight_grad`]'s) summed onto `acc`; past that, summed in f64 and rounded once
+/// (the rows are read from memory either way: the wider sum costs nothing measurable).
+fn add_col_sums<T: Float>(acc: &mut [T], g: &[T], n: usize, block: usize) {
+    if n == 0 {
+        return;
+    }
+    if g.len() / n <= block {
+        for row in g.chunks_exact(n) {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += v;
+            }
         }
+        return;
+    }
+    let mut wide: Vec<f64> = acc.iter().map(|v| v.to_f64()).collect();
+    for row in g.chunks_exact(n) {
+        for (w, &v) in wide.iter_mut().zip(row) {
+            *w += v.to_f64();
+        }
+    }
+    for (a, w) in acc.iter_mut().zip(wide) {
+        *a = T::from_f64(w);
     }
 }
 
@@ -303,26 +351,25 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
     if let Some(dp) = dparams {
         let lr = dir.ranges;
         // dW_ih += dGi^T · X
-        add_weight_grad(k, Mat::new(&dgi_all, tb, gh), Mat::new(input, tb, dm.input), &mut dp[lr.w_ih.clone()]);
+        add_weight_grad(k, &[(&dgi_all, input)], (gh, dm.input), &mut dp[lr.w_ih.clone()]);
         // dW_hh += dGh^T · H_prev, where H_prev is the saved states shifted by one step, with h0
-        // at the first processed step: two GEMMs, no copy.
-        let dw_hh = &mut dp[lr.w_hh.clone()];
+        // at the first processed step: two segments, no copy.
         let (first, rest_g, rest_h) = if dir.reverse() {
             (tl - 1, &dgh_ref[..(tl - 1) * bl * gh], &sv.h[bl * hout..])
         } else {
             (0, &dgh_ref[bl * gh..], &sv.h[..(tl - 1) * bl * hout])
         };
-        add_weight_grad(k, Mat::new(rest_g, (tl - 1) * bl, gh), Mat::new(rest_h, (tl - 1) * bl, hout), &mut *dw_hh);
-        add_weight_grad(k, Mat::new(&dgh_ref[first * bl * gh..(first + 1) * bl * gh], bl, gh), Mat::new(h0, bl, hout), dw_hh);
+        let first_g = &dgh_ref[first * bl * gh..(first + 1) * bl * gh];
+        add_weight_grad(k, &[(rest_g, rest_h), (first_g, h0)], (gh, hout), &mut dp[lr.w_hh.clone()]);
         if let Some(r) = lr.b_ih.clone() {
-            add_col_sums(&mut dp[r], &dgi_all, gh);
+            add_col_sums(&mut dp[r], &dgi_all, gh, k.weight_grad_rows());
         }
         if let Some(r) = lr.b_hh.clone() {
-            add_col_sums(&mut dp[r], dgh_ref, gh);
+            add_col_sums(&mut dp[r], dgh_ref, gh, k.weight_grad_rows());
         }
         if let Some(r) = lr.w_hr.clone() {
             // dW_hr += dH^T · M
-            add_weight_grad(k, Mat::new(&dh_all, tb, hout), Mat::new(&sv.m, tb, h), &mut dp[r]);
+            add_weight_grad(k, &[(&dh_all, &sv.m)], (hout, h), &mut dp[r]);
         }
     }
     if let Some(d_in) = d_in {

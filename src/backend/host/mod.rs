@@ -10,7 +10,8 @@
 //! - backward: per step (in reverse processing order) the cell backward kernel gives the
 //!   gradients of the input-side and hidden-side pre-activations `dGi`, `dGh`, and
 //!   `dh_prev = dGh · W_hh`; after the loop, `dW_ih += dGi^T X`, `dW_hh += dGh^T H_prev`,
-//!   `db_* += Σ dG*`, `dX += dGi · W_ih` are big GEMMs over all steps.
+//!   `db_* += Σ dG*`, `dX += dGi · W_ih` are big GEMMs over all steps (the weight gradients
+//!   of a long sequence in blocks of steps summed in f64, `HostKernels::weight_grad_rows`).
 //!
 //! Batch rows never interact within a layer, so a backend may cut the time loop into blocks of
 //! rows (`HostKernels::row_blocks`) that run their steps in parallel, each on its own; the
@@ -270,6 +271,14 @@ pub(crate) trait HostKernels<T: Float>: Send + Sync {
     fn for_blocks(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
         (0..parts).for_each(f)
     }
+
+    /// Rows of a block of the weight gradients' sums over steps: up to this many rows
+    /// (`T·B`), a weight gradient is one GEMM adding onto the caller's buffer; past it, blocks
+    /// of this many rows are summed each on its own and added in f64 (see
+    /// `backward::add_weight_grad`), so that the rounding error of a long sequence's weight
+    /// gradients is that of one block. A constant of the backend: the blocks never depend on
+    /// the thread count.
+    fn weight_grad_rows(&self) -> usize;
 
     /// These kernels running on the calling thread alone, for use inside
     /// [`for_blocks`](Self::for_blocks).

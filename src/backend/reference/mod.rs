@@ -24,6 +24,9 @@ pub use crate::backend::host::{HostPlan, HostReserve};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Reference;
 
+/// Rows of a block of the weight gradients' sums (see `HostKernels::weight_grad_rows`).
+const WEIGHT_GRAD_ROWS: usize = 64;
+
 /// The maths of `cell` on one valid row: its forward and backward steps.
 type Maths<T> = (fn(CellForward<'_, T>), fn(CellBackward<'_, T>));
 
@@ -48,6 +51,12 @@ impl<T: Float> HostKernels<T> for Reference {
 
     fn cell_backward(&self, cell: CellKind, s: CellBackward<'_, T>) {
         step::backward(s, maths(cell).1)
+    }
+
+    /// Short blocks: the reference's GEMM is one sum over `k` in order, so a block is its
+    /// longest chain of roundings.
+    fn weight_grad_rows(&self) -> usize {
+        WEIGHT_GRAD_ROWS
     }
 
     fn serial(&self) -> Self {
