@@ -63,6 +63,8 @@ for t in "${targets[@]}"; do
     if [ -d "fuzz/corpus/$t" ]; then
         cp -r "fuzz/corpus/$t/." "$work/$t/"
     fi
+    dict=()
+    case $t in params_load | case_load) dict=(-dict=fuzz/safetensors.dict) ;; esac
     limit=(-max_total_time="$seconds")
     [ -n "$runs" ] && limit=(-runs="$runs")
     echo "== fuzzing $t (${runs:+$runs executions}${runs:-$seconds s})"
@@ -70,7 +72,7 @@ for t in "${targets[@]}"; do
     set +e
     # -max_len 16384: the loader seeds are up to 10 KB. -timeout: seconds per input.
     cargo +nightly fuzz run "${build_flags[@]}" "$t" "$work/$t" -- \
-        "${limit[@]}" -max_len=16384 -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb="$malloc_limit" \
+        "${limit[@]}" "${dict[@]}" -max_len=16384 -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb="$malloc_limit" \
         -print_final_stats=1 2>&1 | tee "$work/$t.log" | grep -v -E '^#[0-9]+\s+(NEW|REDUCE|pulse)'
     status=${PIPESTATUS[0]}
     set -e

@@ -83,16 +83,18 @@ def param_tensors(cell, i, h, layers, bidir, bias, proj, dtype, prefix=""):
     return out
 
 
-def config_meta(cell, i, h, layers, bidir, bias, proj):
+def config_meta(cell, i, h, layers, bidir, bias, proj, width=0):
+    """`width`: sizes written with leading zeros (still valid), so that a one-byte mutation
+    reaches large values without changing the header's length."""
     return {
         "format": "pt",
         "cell": cell,
-        "input_size": str(i),
-        "hidden_size": str(h),
-        "num_layers": str(layers),
+        "input_size": str(i).zfill(width),
+        "hidden_size": str(h).zfill(width),
+        "num_layers": str(layers).zfill(width),
         "bidirectional": "true" if bidir else "false",
         "bias": "true" if bias else "false",
-        "proj_size": str(proj),
+        "proj_size": str(proj).zfill(width),
     }
 
 
@@ -119,6 +121,9 @@ def main():
     for name, cell, i, h, layers, bidir, bias, proj, dtype in configs:
         tensors = param_tensors(cell, i, h, layers, bidir, bias, proj, dtype)
         write(os.path.join(params_dir, name + ".safetensors"), safetensors(tensors, config_meta(cell, i, h, layers, bidir, bias, proj)))
+    # Sizes with leading zeros: "00000004" is 4, and one changed byte makes it 90000004.
+    tensors = param_tensors("gru", 2, 3, 1, False, True, 0, "F32")
+    write(os.path.join(params_dir, "gru_f32_zero_padded.safetensors"), safetensors(tensors, config_meta("gru", 2, 3, 1, False, True, 0, 8)))
 
     case_dir = os.path.join(HERE, "corpus", "case_load")
     fixtures = os.path.join(ROOT, "tests", "fixtures")
@@ -136,10 +141,11 @@ def main():
         os.makedirs(case_dir, exist_ok=True)
         shutil.copyfile(os.path.join(fixtures, name + ".safetensors"), os.path.join(case_dir, name + ".safetensors"))
     # Generated cases: every optional tensor, other dtypes, I32 and I64 lengths.
-    for name, cell, i, h, layers, bidir, proj, dtype, t, b, lengths, ldtype in [
-        ("gen_lstm_varlen_f32", "lstm", 2, 3, 1, True, 0, "F32", 3, 2, [3, 1], "I32"),
-        ("gen_gru_varlen_f16", "gru", 2, 2, 2, False, 0, "F16", 2, 3, [2, 1, 2], "I64"),
-        ("gen_lstm_proj_bf16", "lstm", 1, 3, 1, False, 2, "BF16", 2, 1, None, None),
+    for name, cell, i, h, layers, bidir, proj, dtype, t, b, lengths, ldtype, width in [
+        ("gen_lstm_varlen_f32", "lstm", 2, 3, 1, True, 0, "F32", 3, 2, [3, 1], "I32", 0),
+        ("gen_gru_varlen_f16", "gru", 2, 2, 2, False, 0, "F16", 2, 3, [2, 1, 2], "I64", 0),
+        ("gen_lstm_proj_bf16", "lstm", 1, 3, 1, False, 2, "BF16", 2, 1, None, None, 0),
+        ("gen_rnn_tanh_zero_padded", "rnn_tanh", 2, 2, 1, False, 0, "F32", 2, 2, [2, 1], "I64", 8),
     ]:
         d, hout = 2 if bidir else 1, proj or h
         tensors = param_tensors(cell, i, h, layers, bidir, True, proj, dtype)
@@ -155,8 +161,8 @@ def main():
         tensors += [("grad." + p[0], p[1], p[2], p[3]) for p in param_tensors(cell, i, h, layers, bidir, True, proj, dtype)]
         if lengths:
             tensors.append(("lengths", ldtype, [b], lengths))
-        meta = config_meta(cell, i, h, layers, bidir, True, proj)
-        meta.update({"steps": str(t), "batch": str(b)})
+        meta = config_meta(cell, i, h, layers, bidir, True, proj, width)
+        meta.update({"steps": str(t).zfill(width), "batch": str(b).zfill(width)})
         write(os.path.join(case_dir, name + ".safetensors"), safetensors(tensors, meta))
     structured_seeds()
 
