@@ -413,6 +413,7 @@ mod row_block_tests {
     /// none is small enough for the skinny GEMM path (which would change bits with the thread
     /// count), for every thread count up to 64 and up to 3000 rows.
     #[test]
+    #[cfg_attr(miri, ignore = "no unsafe code, and a million cases: hours under Miri")]
     fn blocks_are_whole_tiles_and_never_skinny() {
         let mut blockings = vec![<isa::Scalar as Kernels>::ROW_BLOCKING];
         #[cfg(target_arch = "x86_64")]

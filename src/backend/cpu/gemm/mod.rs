@@ -24,8 +24,8 @@ use sgemm::{BlockTile, SkinnyTile};
 use team::Team;
 
 /// Below this many multiply-adds a GEMM runs on the calling thread: splitting costs more
-/// than it saves.
-const PARALLEL_MIN_MACS: usize = 1 << 15;
+/// than it saves. (Lower under Miri, so that its small test products are split too.)
+const PARALLEL_MIN_MACS: usize = if cfg!(miri) { 1 << 8 } else { 1 << 15 };
 
 /// How a call runs its parallel parts.
 #[derive(Clone, Copy)]
@@ -246,6 +246,9 @@ pub(crate) unsafe fn gemm_tiled<K: BlockTile + SkinnyTile>(par: &Par<'_>, g: Gem
 }
 
 #[cfg(test)]
+mod portable_tile_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::cpu::isa::{with_kernels, Chosen, Isa, Kernels};
@@ -324,6 +327,10 @@ mod tests {
 
     /// Every ISA this CPU has that has register tiles (all but scalar).
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "SIMD register tiles; under Miri the tiled GEMM runs with the portable test tile (gemm/portable_tile_tests.rs)"
+    )]
     fn tiled_gemm_matches_f64_for_every_path_and_is_thread_count_invariant() {
         for isa in Isa::available().into_iter().filter(|&i| i != Isa::Scalar) {
             println!("{isa}");
@@ -334,7 +341,9 @@ mod tests {
     #[test]
     fn portable_gemm_is_thread_count_invariant() {
         let mut rng = SplitMix64::new(8);
-        for &(m, k, n) in &[(2, 300, 1030), (150, 64, 70)] {
+        // Under Miri, smaller products (still split: PARALLEL_MIN_MACS is lower there).
+        let shapes: &[(usize, usize, usize)] = if cfg!(miri) { &[(2, 20, 40), (100, 4, 20)] } else { &[(2, 300, 1030), (150, 64, 70)] };
+        for &(m, k, n) in shapes {
             let a_data = rand_vec(&mut rng, m * k);
             let b_data = rand_vec(&mut rng, k * n);
             let (a, b) = (Mat::new(&a_data, m, k), Mat::new(&b_data, k, n));

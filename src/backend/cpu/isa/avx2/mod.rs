@@ -255,5 +255,5 @@ unsafe fn dsigmoid(d: __m256, s: __m256) -> __m256 {
 
 #[cfg(test)]
 mod tests {
-    crate::backend::cpu::isa::cell_tests::cell_kernel_tests!(super::Avx2::detect(), exact: []);
+    crate::backend::cpu::isa::cell_tests::cell_kernel_tests!(super::Avx2::detect(), exact: [], #[cfg_attr(miri, ignore = "SIMD intrinsics: Miri runs no AVX2/AVX-512 code here (no ISA is detected under Miri)")]);
 }

@@ -22,6 +22,7 @@ mod tests {
     /// Every 61st bit pattern of `[0, 100]` and its negation, NaN, the infinities and the
     /// extremes: each function's bits against the AVX2 version's.
     #[test]
+    #[cfg_attr(miri, ignore = "SIMD intrinsics: Miri runs no AVX2/AVX-512 code here (no ISA is detected under Miri)")]
     fn same_bits_as_avx2() {
         if !crate::backend::cpu::Isa::Avx512.is_supported() {
             println!("skipped: this CPU lacks AVX-512F");

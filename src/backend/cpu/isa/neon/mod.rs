@@ -124,5 +124,5 @@ unsafe fn store(dst: &mut [f32], at: usize, n: usize, v: float32x4_t) {
 mod tests {
     use crate::config::CellKind::{Gru, RnnRelu, RnnTanh};
     // No approximation in these: they must be bit-identical to the reference.
-    crate::backend::cpu::isa::cell_tests::cell_kernel_tests!(super::Neon::detect(), exact: [(RnnRelu, true), (Gru, false), (RnnTanh, false), (RnnRelu, false)]);
+    crate::backend::cpu::isa::cell_tests::cell_kernel_tests!(super::Neon::detect(), exact: [(RnnRelu, true), (Gru, false), (RnnTanh, false), (RnnRelu, false)], #[cfg_attr(miri, ignore = "SIMD intrinsics: NEON code is not run under Miri")]);
 }
