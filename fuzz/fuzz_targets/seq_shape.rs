@@ -105,7 +105,7 @@ fuzz_target!(|input: Input| {
     let x = values(x_len, input.seed);
     let h0 = h0_len.map(|n| values(n, input.seed ^ 1));
     let c0 = c0_len.map(|n| values(n, input.seed ^ 2));
-    let params = Params::<f32>::init_uniform(&cfg, input.seed);
+    let params = Params::<f32>::init_uniform(&cfg, input.seed).expect("a small configuration's parameters");
     let reference = Rnn::from_params(Reference, &params).expect("planning on the reference backend");
     let cpu = Rnn::from_params(cpu().clone(), &params).expect("planning on the CPU backend");
     let r = reference.forward(&shape, &x, h0.as_deref(), c0.as_deref());
