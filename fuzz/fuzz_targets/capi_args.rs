@@ -344,7 +344,8 @@ impl Arena {
 }
 
 fn status_ok(rc: i32, what: &str) {
-    assert!((RNNK_OK..=RNNK_ERR_DEVICE).contains(&rc), "{what}: status {rc}: {}", last_error());
+    // Every documented status but a panic (a bug) and BUSY (the harness calls from one thread).
+    assert!(matches!(rc, RNNK_OK..=RNNK_ERR_DEVICE | RNNK_ERR_OUT_OF_MEMORY), "{what}: status {rc}: {}", last_error());
     if rc != RNNK_OK {
         assert!(!last_error().is_empty(), "{what}: status {rc} without a message");
     }
