@@ -67,7 +67,8 @@ for t in "${targets[@]}"; do
     case $t in params_load | case_load) dict=(-dict=fuzz/safetensors.dict) ;; esac
     limit=(-max_total_time="$seconds")
     [ -n "$runs" ] && limit=(-runs="$runs")
-    echo "== fuzzing $t (${runs:+$runs executions}${runs:-$seconds s})"
+    if [ -n "$runs" ]; then label="$runs executions"; else label="$seconds s"; fi
+    echo "== fuzzing $t ($label)"
     start=$(date +%s)
     set +e
     # -max_len 16384: the loader seeds are up to 10 KB. -timeout: seconds per input.

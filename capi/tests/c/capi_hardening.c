@@ -16,6 +16,7 @@
  * FEATURE is "cuda" or "nocuda", as for capi_test.c. Exit status 0 iff every check passed.
  */
 #include "rnn_kernels.h"
+#include "check.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -23,40 +24,9 @@
 #include <string.h>
 #include <time.h>
 
-static int checks = 0, failures = 0;
 static const char* dir;
 static const char* backend;
 static size_t threads;
-static pthread_mutex_t report = PTHREAD_MUTEX_INITIALIZER;
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        pthread_mutex_lock(&report);                                          \
-        checks++;                                                             \
-        if (!(cond)) {                                                        \
-            failures++;                                                       \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);              \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fprintf(stderr, "\n");                                            \
-        }                                                                     \
-        pthread_mutex_unlock(&report);                                        \
-    } while (0)
-
-#define OK(call)                                                                      \
-    do {                                                                              \
-        int st_ = (call);                                                             \
-        CHECK(st_ == RNNK_OK, "%s -> %d: %s", #call, st_, rnnk_last_error());         \
-    } while (0)
-
-/* A call that must fail with `code` and a message containing `needle`. */
-#define FAILS(call, code, needle)                                                                                        \
-    do {                                                                                                                 \
-        int st_ = (call);                                                                                                \
-        const char* msg_ = rnnk_last_error();                                                                            \
-        CHECK(st_ == (code), "%s -> %d, expected %d (%s)", #call, st_, (code), msg_);                                    \
-        CHECK(strstr(msg_, (needle)) != NULL, "%s: message \"%s\" lacks \"%s\"", #call, msg_, (needle));                 \
-        if (getenv("CAPI_TEST_SHOW")) printf("%-28s %2d  %s\n", needle, st_, msg_);                                      \
-    } while (0)
 
 static char* path_of(const char* name) {
     static char buf[4096];

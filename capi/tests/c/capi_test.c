@@ -16,6 +16,7 @@
  * every check passed.
  */
 #include "rnn_kernels.h"
+#include "check.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,37 +25,7 @@
 enum { I = 3, H = 5, L = 2, D = 2, T = 5, B = 3 };
 enum { X_LEN = T * B * I, Y_LEN = T * B * D * H, H_LEN = L * D * B * H };
 
-static int checks = 0, failures = 0;
 static const char* dir;
-
-#define CHECK(cond, ...)                                                      \
-    do {                                                                      \
-        checks++;                                                             \
-        if (!(cond)) {                                                        \
-            failures++;                                                       \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);              \
-            fprintf(stderr, __VA_ARGS__);                                     \
-            fprintf(stderr, "\n");                                            \
-        }                                                                     \
-    } while (0)
-
-/* A call that must succeed. */
-#define OK(call)                                                                                 \
-    do {                                                                                         \
-        int st_ = (call);                                                                        \
-        CHECK(st_ == RNNK_OK, "%s -> %d: %s", #call, st_, rnnk_last_error());                    \
-        CHECK(strcmp(rnnk_last_error(), "") == 0, "%s: message after success: %s", #call, rnnk_last_error()); \
-    } while (0)
-
-/* A call that must fail with `code` and a message containing `needle`. */
-#define FAILS(call, code, needle)                                                                  \
-    do {                                                                                           \
-        int st_ = (call);                                                                          \
-        const char* msg_ = rnnk_last_error();                                                      \
-        CHECK(st_ == (code), "%s -> %d, expected %d (%s)", #call, st_, (code), msg_);              \
-        CHECK(msg_ != NULL && strstr(msg_, (needle)) != NULL, "%s: message \"%s\" lacks \"%s\"", #call, msg_, (needle)); \
-        if (getenv("CAPI_TEST_SHOW")) printf("%-24s %d  %s\n", needle, st_, msg_);                \
-    } while (0)
 
 static char* path_of(const char* name) {
     static char buf[4096];
