@@ -162,7 +162,8 @@ int rnnk_model_free(rnnk_model* model);
 int rnnk_model_param_count(const rnnk_model* model, size_t* out);
 
 /* The element counts of x, y, h0/hn and c0/cn (0 without a cell state) for steps x batch. Each
- * output pointer is optional. */
+ * output pointer is optional. steps x batch above PTRDIFF_MAX, or a count that does not fit a
+ * size_t, is RNNK_ERR_INVALID_ARGUMENT. */
 int rnnk_model_tensor_sizes(const rnnk_model* model, size_t steps, size_t batch, size_t* x_len, size_t* y_len, size_t* h_len,
                             size_t* c_len);
 

@@ -714,7 +714,8 @@ fuzz_target!(|input: Input| {
                 let rc = unsafe { rnnk_model_tensor_sizes(m, t, b, p0, p1, p2, p3) };
                 status_ok(rc, "rnnk_model_tensor_sizes");
                 let want = cfg.tensors(t, b).map(|c| c.unwrap_or(0));
-                let fits = want.iter().all(|&n| n <= usize::MAX as u128);
+                // A sequence shape holds at most isize::MAX rows (`SeqShape::new`), each count a usize.
+                let fits = (t as u128) * (b as u128) <= isize::MAX as u128 && want.iter().all(|&n| n <= usize::MAX as u128);
                 assert_eq!(rc == RNNK_OK, model_ok && t > 0 && b > 0 && fits, "status {rc} ({})", last_error());
                 for k in 0..4 {
                     let expect = if rc == RNNK_OK && outputs & (1 << k) != 0 { want[k] as usize } else { usize::MAX };
