@@ -72,6 +72,7 @@ for t in "${targets[@]}"; do
     start=$(date +%s)
     set +e
     # -max_len 16384: the loader seeds are up to 10 KB. -timeout: seconds per input.
+    LSAN_OPTIONS="suppressions=$PWD/fuzz/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}" \
     cargo +nightly fuzz run "${build_flags[@]}" "$t" "$work/$t" -- \
         "${limit[@]}" "${dict[@]}" -max_len=16384 -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb="$malloc_limit" \
         -print_final_stats=1 2>&1 | tee "$work/$t.log" | grep -v -E '^#[0-9]+\s+(NEW|REDUCE|pulse)'

@@ -158,6 +158,7 @@ pub(crate) fn check_host_memory(arg: &str, what: impl FnOnce() -> String, bytes:
 
 /// A vector of `n` copies of `fill`, allocated fallibly: an allocation the allocator refuses (or
 /// one larger than the address space) is [`Error::TooLarge`] naming `arg` and `what`, not an abort.
+#[cfg(any(test, feature = "testkit"))]
 pub(crate) fn try_vec<T: Clone>(arg: &str, what: impl Into<String>, n: usize, fill: T) -> Result<Vec<T>> {
     let bytes = (n as u128) * (std::mem::size_of::<T>() as u128);
     let what = what.into();
