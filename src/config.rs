@@ -79,11 +79,103 @@ impl FromStr for CellKind {
     }
 }
 
+/// Which way each layer runs over the sequence.
+///
+/// PyTorch has `bidirectional=False|True`; ONNX's `direction` attribute has all three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Direction {
+    /// Steps `0..T` (PyTorch's default, ONNX `forward`).
+    #[default]
+    Forward,
+    /// Steps `T-1..=0` only (ONNX `reverse`): one direction, whose parameters keep the
+    /// unsuffixed names; each sequence starts at its own last valid step.
+    Reverse,
+    /// Both, outputs merged by [`Merge`] (PyTorch `bidirectional=True`, ONNX `bidirectional`).
+    Bidirectional,
+}
+
+impl Direction {
+    /// The name in case files and ONNX: `forward`, `reverse`, `bidirectional`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Forward => "forward",
+            Direction::Reverse => "reverse",
+            Direction::Bidirectional => "bidirectional",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Direction {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "forward" => Ok(Direction::Forward),
+            "reverse" => Ok(Direction::Reverse),
+            "bidirectional" => Ok(Direction::Bidirectional),
+            other => Err(Error::invalid("direction", "one of forward, reverse, bidirectional", format!("{other:?}"))),
+        }
+    }
+}
+
+/// How a bidirectional layer's two outputs are combined into its output (and the next layer's
+/// input).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Merge {
+    /// `[forward, reverse]` side by side: `2·Hout` features (PyTorch, cuDNN, ONNX; Keras
+    /// `merge_mode="concat"`).
+    #[default]
+    Concat,
+    /// `forward + reverse`: `Hout` features (Keras `merge_mode="sum"`).
+    Sum,
+}
+
+impl Merge {
+    /// The name in case files: `concat`, `sum`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Merge::Concat => "concat",
+            Merge::Sum => "sum",
+        }
+    }
+}
+
+impl fmt::Display for Merge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Merge {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "concat" => Ok(Merge::Concat),
+            "sum" => Ok(Merge::Sum),
+            other => Err(Error::invalid("merge", "one of concat, sum", format!("{other:?}"))),
+        }
+    }
+}
+
 /// A validated description of a stack of recurrent layers, as `torch.nn.LSTM(...)` takes it.
 ///
 /// Built with [`RnnConfig::new`] and the builder methods, then [`RnnConfigBuilder::build`], which
 /// checks every value. Sizes: `I = input_size`, `H = hidden_size`, `L = num_layers`,
 /// `D = 2` if bidirectional else `1`, `Hout = proj_size` if it is set, else `H`.
+///
+/// Besides PyTorch's arguments, the cell options of ONNX, Keras and cuDNN (each documented on
+/// its builder method): [`direction`](RnnConfigBuilder::direction) (reverse-only),
+/// [`merge`](RnnConfigBuilder::merge), [`peephole`](RnnConfigBuilder::peephole),
+/// [`gate_clip`](RnnConfigBuilder::gate_clip), [`input_forget`](RnnConfigBuilder::input_forget),
+/// [`linear_before_reset`](RnnConfigBuilder::linear_before_reset) and
+/// [`batch_first`](RnnConfigBuilder::batch_first). A backend that does not implement an option
+/// a configuration sets refuses the plan with [`Error::Unsupported`] naming it; no backend
+/// ignores one.
 ///
 /// ```
 /// use rnn_kernels::{CellKind, RnnConfig};
@@ -97,9 +189,17 @@ pub struct RnnConfig {
     input_size: usize,
     hidden_size: usize,
     num_layers: usize,
-    bidirectional: bool,
+    direction: Direction,
     bias: bool,
     proj_size: usize,
+    merge: Merge,
+    peephole: bool,
+    /// `f64::to_bits` of the clip threshold (0 for none), so that the configuration stays `Eq`
+    /// and `Hash`.
+    gate_clip_bits: u64,
+    input_forget: bool,
+    linear_before_reset: bool,
+    batch_first: bool,
 }
 
 /// Builder for [`RnnConfig`]; defaults as in PyTorch: one layer, unidirectional, with bias, no
@@ -114,7 +214,23 @@ impl RnnConfig {
     /// Starts a configuration with PyTorch's defaults for everything else.
     #[allow(clippy::new_ret_no_self)]
     pub fn new(cell: CellKind, input_size: usize, hidden_size: usize) -> RnnConfigBuilder {
-        RnnConfigBuilder { cfg: RnnConfig { cell, input_size, hidden_size, num_layers: 1, bidirectional: false, bias: true, proj_size: 0 } }
+        RnnConfigBuilder {
+            cfg: RnnConfig {
+                cell,
+                input_size,
+                hidden_size,
+                num_layers: 1,
+                direction: Direction::Forward,
+                bias: true,
+                proj_size: 0,
+                merge: Merge::Concat,
+                peephole: false,
+                gate_clip_bits: 0,
+                input_forget: false,
+                linear_before_reset: true,
+                batch_first: false,
+            },
+        }
     }
 
     /// The cell.
@@ -133,9 +249,75 @@ impl RnnConfig {
     pub fn num_layers(&self) -> usize {
         self.num_layers
     }
-    /// Whether each layer runs a forward and a reverse direction, outputs concatenated.
+    /// Whether each layer runs a forward and a reverse direction, outputs merged by
+    /// [`merge`](Self::merge).
     pub fn bidirectional(&self) -> bool {
-        self.bidirectional
+        self.direction == Direction::Bidirectional
+    }
+    /// Which way the layers run.
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+    /// Whether the single direction of a unidirectional stack is the reverse one.
+    pub fn reverse_only(&self) -> bool {
+        self.direction == Direction::Reverse
+    }
+    /// How a bidirectional layer's outputs are combined (always [`Merge::Concat`] for one
+    /// direction, where there is nothing to merge).
+    pub fn merge(&self) -> Merge {
+        self.merge
+    }
+    /// LSTM peepholes: tensors `weight_peephole_l{k}` `[3, H]`, rows `i, f, o`.
+    pub fn peephole(&self) -> bool {
+        self.peephole
+    }
+    /// The gate pre-activation clip threshold, `None` for no clipping.
+    pub fn gate_clip(&self) -> Option<f64> {
+        let c = f64::from_bits(self.gate_clip_bits);
+        (c > 0.0).then_some(c)
+    }
+    /// LSTM coupled input-forget gate (`f = 1 - i`).
+    pub fn input_forget(&self) -> bool {
+        self.input_forget
+    }
+    /// GRU: whether the reset gate multiplies the recurrent matmul's result (`true`, PyTorch and
+    /// cuDNN) or its input (`false`, Cho et al. 2014). Always `true` for other cells.
+    pub fn linear_before_reset(&self) -> bool {
+        self.linear_before_reset
+    }
+    /// Whether `x`, `y` (and `dx`, `dy`) are `[B, T, ·]` instead of `[T, B, ·]`; states stay
+    /// `[L·D, B, ·]`.
+    pub fn batch_first(&self) -> bool {
+        self.batch_first
+    }
+    /// The options of this configuration that differ from PyTorch's plain cells, by their
+    /// names in case files (`direction=reverse`, `merge=sum`, `peephole`, `gate_clip`,
+    /// `input_forget`, `linear_before_reset=false`, `batch_first`): what a backend checks
+    /// against the options it implements.
+    pub fn options(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.direction == Direction::Reverse {
+            v.push("direction=reverse");
+        }
+        if self.merge == Merge::Sum {
+            v.push("merge=sum");
+        }
+        if self.peephole {
+            v.push("peephole");
+        }
+        if self.gate_clip().is_some() {
+            v.push("gate_clip");
+        }
+        if self.input_forget {
+            v.push("input_forget");
+        }
+        if !self.linear_before_reset {
+            v.push("linear_before_reset=false");
+        }
+        if self.batch_first {
+            v.push("batch_first");
+        }
+        v
     }
     /// Whether the layers have `bias_ih` and `bias_hh`.
     pub fn bias(&self) -> bool {
@@ -147,7 +329,7 @@ impl RnnConfig {
     }
     /// `D`: 2 if bidirectional, else 1.
     pub fn num_directions(&self) -> usize {
-        if self.bidirectional {
+        if self.bidirectional() {
             2
         } else {
             1
@@ -165,11 +347,16 @@ impl RnnConfig {
             self.hidden_size
         }
     }
-    /// `D·Hout`, the features per step of the output `y`.
+    /// The features per step of the output `y` (and of every layer's output): `D·Hout`, or
+    /// `Hout` with [`Merge::Sum`].
     pub fn output_size(&self) -> usize {
-        self.num_directions() * self.hidden_out_size()
+        match self.merge {
+            Merge::Concat => self.num_directions() * self.hidden_out_size(),
+            Merge::Sum => self.hidden_out_size(),
+        }
     }
-    /// Input features of layer `layer`: `I` for layer 0, `D·Hout` above.
+    /// Input features of layer `layer`: `I` for layer 0, [`output_size`](Self::output_size)
+    /// above.
     pub fn layer_input_size(&self, layer: usize) -> usize {
         if layer == 0 {
             self.input_size
@@ -199,9 +386,54 @@ impl RnnConfigBuilder {
         self.cfg.num_layers = n;
         self
     }
-    /// Bidirectional layers, outputs concatenated forward then reverse (default false).
+    /// Bidirectional layers, outputs concatenated forward then reverse (default false): the same
+    /// as [`direction`](Self::direction) `Bidirectional` (`true`) or `Forward` (`false`).
     pub fn bidirectional(mut self, yes: bool) -> Self {
-        self.cfg.bidirectional = yes;
+        self.cfg.direction = if yes { Direction::Bidirectional } else { Direction::Forward };
+        self
+    }
+    /// Which way the layers run (default [`Direction::Forward`]); ONNX's `direction`.
+    pub fn direction(mut self, d: Direction) -> Self {
+        self.cfg.direction = d;
+        self
+    }
+    /// How bidirectional outputs are combined (default [`Merge::Concat`]); Keras `merge_mode`.
+    /// [`Merge::Sum`] needs [`Direction::Bidirectional`].
+    pub fn merge(mut self, m: Merge) -> Self {
+        self.cfg.merge = m;
+        self
+    }
+    /// LSTM peephole connections (default false; ONNX's `P` input): `i` and `f` add
+    /// `p_i ⊙ c_{t-1}`, `p_f ⊙ c_{t-1}` to their pre-activations, `o` adds `p_o ⊙ c_t`, with the
+    /// per-unit weights of the tensor `weight_peephole_l{k}` `[3, H]` (rows `i, f, o`).
+    pub fn peephole(mut self, yes: bool) -> Self {
+        self.cfg.peephole = yes;
+        self
+    }
+    /// Clips every gate pre-activation to `[-clip, clip]` before its activation, as
+    /// onnxruntime applies ONNX's `clip` attribute (default 0: none). Any cell. Must be finite
+    /// and not negative.
+    pub fn gate_clip(mut self, clip: f64) -> Self {
+        // -0.0 is 0: no clipping.
+        self.cfg.gate_clip_bits = if clip == 0.0 { 0 } else { clip.to_bits() };
+        self
+    }
+    /// LSTM coupled input and forget gates (default false; ONNX `input_forget`): `f = 1 - i`;
+    /// the forget gate's weights stay in the layout and get zero gradients.
+    pub fn input_forget(mut self, yes: bool) -> Self {
+        self.cfg.input_forget = yes;
+        self
+    }
+    /// GRU only (default true, PyTorch and cuDNN): `false` applies the reset gate before the
+    /// recurrent matmul, `n = tanh(W_in x + b_in + W_hn (r ⊙ h) + b_hn)` (Cho et al. 2014,
+    /// ONNX `linear_before_reset=0`, Keras `reset_after=False`).
+    pub fn linear_before_reset(mut self, yes: bool) -> Self {
+        self.cfg.linear_before_reset = yes;
+        self
+    }
+    /// `x` and `y` batch-major, `[B, T, ·]` (PyTorch `batch_first=True`; default false).
+    pub fn batch_first(mut self, yes: bool) -> Self {
+        self.cfg.batch_first = yes;
         self
     }
     /// Whether layers have biases (default true).
@@ -241,8 +473,24 @@ impl RnnConfigBuilder {
         if c.proj_size >= c.hidden_size && c.proj_size > 0 {
             return Err(Error::invalid("proj_size", format!("must be smaller than hidden_size = {}", c.hidden_size), c.proj_size));
         }
+        if c.merge == Merge::Sum && c.direction != Direction::Bidirectional {
+            return Err(Error::invalid("merge", format!("concat for a {} stack (sum merges two directions)", c.direction), "sum"));
+        }
+        if c.peephole && c.cell != CellKind::Lstm {
+            return Err(Error::invalid("peephole", format!("false for cell {} (peepholes are LSTM only)", c.cell), true));
+        }
+        if c.input_forget && c.cell != CellKind::Lstm {
+            return Err(Error::invalid("input_forget", format!("false for cell {} (it couples an LSTM's gates)", c.cell), true));
+        }
+        if !c.linear_before_reset && c.cell != CellKind::Gru {
+            return Err(Error::invalid("linear_before_reset", format!("true for cell {} (the option is GRU only)", c.cell), false));
+        }
+        let clip = f64::from_bits(c.gate_clip_bits);
+        if !(clip.is_finite() && clip >= 0.0) {
+            return Err(Error::invalid("gate_clip", "a finite threshold, 0 (none) or more", clip));
+        }
         if c.num_layers > RnnConfig::MAX_NUM_LAYERS {
-            let tensors = (c.num_layers as u128) * (c.num_directions() as u128) * 5;
+            let tensors = (c.num_layers as u128) * (c.num_directions() as u128) * (crate::params::ParamKind::ALL.len() as u128);
             return Err(Error::TooLarge {
                 arg: "num_layers".into(),
                 what: format!(
@@ -276,6 +524,7 @@ impl RnnConfig {
     fn check_param_bytes(&self) -> Result<()> {
         let (g, h, i) = (self.cell.gates() as u128, self.hidden_size as u128, self.input_size as u128);
         let (d, l, hout) = (self.num_directions() as u128, self.num_layers as u128, self.hidden_out_size() as u128);
+        let out_w = if self.merge == Merge::Sum { hout } else { d.saturating_mul(hout) };
         let gh = g * h;
         // Per layer-direction: the tensors that do not depend on the layer's input width.
         let recurrent = gh.saturating_mul(hout).saturating_add(if self.bias { 2 * gh } else { 0 }).saturating_add(if self.proj_size > 0 {
@@ -283,8 +532,9 @@ impl RnnConfig {
         } else {
             0
         });
+        let recurrent = recurrent.saturating_add(if self.peephole { 3 * h } else { 0 });
         let first = gh.saturating_mul(i).saturating_add(recurrent);
-        let upper = gh.saturating_mul(d.saturating_mul(hout)).saturating_add(recurrent);
+        let upper = gh.saturating_mul(out_w).saturating_add(recurrent);
         let total = d.saturating_mul(first.saturating_add(l.saturating_sub(1).saturating_mul(upper)));
         let bytes = |n: u128| n.saturating_mul(8);
         if bytes(total) <= Self::MAX_PARAM_BYTES {

@@ -58,6 +58,16 @@ pub enum Error {
         /// Why, and what to do about it.
         reason: String,
     },
+    /// A backend does not implement an option the configuration sets (it never ignores one).
+    #[error("backend `{backend}` does not support the option `{option}`: {reason}")]
+    Unsupported {
+        /// The backend, e.g. `cpu-avx2`.
+        backend: String,
+        /// The option, by its case-file name (e.g. `peephole`, `direction=reverse`).
+        option: String,
+        /// Why, and what to use instead.
+        reason: String,
+    },
     /// A call into a device API (the CUDA driver, cuBLAS) failed at run time.
     #[error("{backend}: {op} failed: {message}")]
     Device {

@@ -96,7 +96,7 @@ pub use backend::{
 };
 #[cfg(feature = "cuda")]
 pub use backend::{BorrowedCudaBuf, Cuda, CudaBuf, CudaElement, CudaHost, CudaPlan, CudaReserve};
-pub use config::{CellKind, RnnConfig, RnnConfigBuilder};
+pub use config::{CellKind, Direction, Merge, RnnConfig, RnnConfigBuilder};
 /// The cudarc the CUDA backend is built on, for code that exchanges buffers and streams with it
 /// ([`CudaBuf::as_cuda_slice`], raw device pointers and streams) at the same version.
 #[cfg(feature = "cuda")]

@@ -75,6 +75,8 @@ fn check_layout_consistency(layout: &ParamLayout) {
             ParamKind::BiasIh => lr.b_ih.clone(),
             ParamKind::BiasHh => lr.b_hh.clone(),
             ParamKind::WeightHr => lr.w_hr.clone(),
+            ParamKind::WeightPeephole => lr.peephole.clone(),
+            other => panic!("{}: a kind this test does not know: {other:?}", s.name),
         };
         assert_eq!(r, Some(s.range()), "{}: layer ranges", s.name);
         let suffix = if s.direction == 1 { "_reverse" } else { "" };

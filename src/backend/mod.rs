@@ -198,6 +198,23 @@ pub trait Backend<T: Element>: Send + Sync {
     ) -> Result<()>;
 }
 
+/// Refuses a configuration whose options (by the names of [`RnnConfig::options`]) are not
+/// all in `supported`: [`Error::Unsupported`](crate::Error::Unsupported) naming the first one
+/// `backend` lacks. Every backend calls it in `plan`, so that no option is ever ignored.
+pub(crate) fn check_options(backend: &str, config: &RnnConfig, supported: &[&str]) -> Result<()> {
+    match config.options().into_iter().find(|o| !supported.contains(o)) {
+        None => Ok(()),
+        Some(option) => Err(crate::Error::Unsupported {
+            backend: backend.to_string(),
+            option: option.to_string(),
+            reason: format!(
+                "this backend implements {} of the cell options; the reference backend is the specification of them all",
+                if supported.is_empty() { "none".to_string() } else { supported.join(", ") }
+            ),
+        }),
+    }
+}
+
 /// Checks the buffers of a forward call against `config` and `shape`. Public for code that
 /// checks a call before choosing a backend (the C ABI's device-pointer entry points).
 pub fn check_forward<B: ?Sized + Buffer>(

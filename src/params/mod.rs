@@ -3,8 +3,10 @@
 //! [`ParamLayout`] lists the tensors of a configuration in the order of PyTorch's
 //! `state_dict()`: for each layer `k`, the forward direction then the reverse one, each with
 //! `weight_ih_l{k}` `[G·H, In_k]`, `weight_hh_l{k}` `[G·H, Hout]`, `bias_ih_l{k}` `[G·H]`,
-//! `bias_hh_l{k}` `[G·H]` (when `bias`) and `weight_hr_l{k}` `[Hout, H]` (when `proj_size > 0`);
-//! the reverse direction's names end in `_reverse`. `In_0 = I`, `In_k = D·Hout` above.
+//! `bias_hh_l{k}` `[G·H]` (when `bias`), `weight_hr_l{k}` `[Hout, H]` (when `proj_size > 0`)
+//! and `weight_peephole_l{k}` `[3, H]` (LSTM with peepholes, rows `i, f, o`);
+//! the reverse direction's names end in `_reverse`. `In_0 = I`, above it the output width (`D·Hout`, or `Hout` with `merge=sum`). A
+//! reverse-only stack (`direction=reverse`) has one direction, with the unsuffixed names.
 //! Each tensor is stored row-major ("last dim fastest") at its offset in the flat buffer.
 //!
 //! [`Params`] owns such a buffer. Gradients use the same layout, so a gradient buffer can be
@@ -26,6 +28,7 @@ use std::ops::Range;
 
 /// Which of a layer-direction's tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ParamKind {
     /// `weight_ih`, `[G·H, In]`.
     WeightIh,
@@ -37,11 +40,15 @@ pub enum ParamKind {
     BiasHh,
     /// `weight_hr` (LSTM projection), `[Hout, H]`.
     WeightHr,
+    /// `weight_peephole` (LSTM peepholes), `[3, H]`, rows `i, f, o` (ONNX's `P` holds them in
+    /// that order too).
+    WeightPeephole,
 }
 
 impl ParamKind {
     /// Every kind, in the order of a layer-direction's tensors in `state_dict()`.
-    pub const ALL: [ParamKind; 5] = [ParamKind::WeightIh, ParamKind::WeightHh, ParamKind::BiasIh, ParamKind::BiasHh, ParamKind::WeightHr];
+    pub const ALL: [ParamKind; 6] =
+        [ParamKind::WeightIh, ParamKind::WeightHh, ParamKind::BiasIh, ParamKind::BiasHh, ParamKind::WeightHr, ParamKind::WeightPeephole];
 
     /// The PyTorch shape of this tensor of layer `layer` of `config`, or `None` where the
     /// configuration has no such tensor (biases without `bias`, `weight_hr` without projection).
@@ -52,6 +59,7 @@ impl ParamKind {
             ParamKind::WeightHh => Some(vec![gh, hout]),
             ParamKind::BiasIh | ParamKind::BiasHh => config.bias().then(|| vec![gh]),
             ParamKind::WeightHr => (config.proj_size() > 0).then(|| vec![hout, config.hidden_size()]),
+            ParamKind::WeightPeephole => config.peephole().then(|| vec![3, config.hidden_size()]),
         }
     }
 
@@ -62,6 +70,7 @@ impl ParamKind {
             ParamKind::BiasIh => "bias_ih",
             ParamKind::BiasHh => "bias_hh",
             ParamKind::WeightHr => "weight_hr",
+            ParamKind::WeightPeephole => "weight_peephole",
         }
     }
 }
@@ -111,6 +120,8 @@ pub struct LayerRanges {
     pub b_hh: Option<Range<usize>>,
     /// `weight_hr`, `[Hout, H]`, when the LSTM has a projection.
     pub w_hr: Option<Range<usize>>,
+    /// `weight_peephole`, `[3, H]`, when the LSTM has peepholes.
+    pub peephole: Option<Range<usize>>,
 }
 
 /// The names, shapes and offsets of every parameter tensor of a configuration.
@@ -124,7 +135,7 @@ pub struct ParamLayout {
 
 impl ParamLayout {
     /// The layout of `config`'s parameters: one entry per tensor, at most
-    /// `5·D·`[`RnnConfig::MAX_NUM_LAYERS`] of them.
+    /// `6·D·`[`RnnConfig::MAX_NUM_LAYERS`] of them.
     pub fn new(config: &RnnConfig) -> Self {
         let specs: Vec<ParamSpec> = Self::specs_of(config).collect();
         // Every layer-direction has the same kinds of tensors, in the order of `ParamKind::ALL`.
@@ -140,6 +151,7 @@ impl ParamLayout {
                     b_ih: range(ParamKind::BiasIh),
                     b_hh: range(ParamKind::BiasHh),
                     w_hr: range(ParamKind::WeightHr),
+                    peephole: range(ParamKind::WeightPeephole),
                 }
             })
             .collect();

@@ -4,7 +4,7 @@
 //! a file saved here loads into `torch.nn.LSTM` with `load_state_dict(load_file(path))`.
 
 use super::{ParamLayout, ParamSpec, Params};
-use crate::config::{CellKind, RnnConfig};
+use crate::config::{CellKind, Direction, Merge, RnnConfig};
 use crate::element::{Dtype, Element};
 #[cfg(any(test, feature = "testkit"))]
 use crate::error::try_vec;
@@ -111,7 +111,10 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
 
 /// Reads an [`RnnConfig`] from a file's string metadata (the keys of `docs/case-format.md`
 /// and of [`Params::save_safetensors`]: `cell`, `input_size`, `hidden_size`, `num_layers`,
-/// `bidirectional`, `proj_size`, and optionally `bias`, default `true`).
+/// `bidirectional`, `proj_size`, and optionally `bias`, default `true`; the cell options
+/// `direction` (which, when present, decides over `bidirectional`), `merge`, `peephole`,
+/// `gate_clip`, `input_forget`, `linear_before_reset` and `batch_first`, each with the default
+/// of [`RnnConfig::new`]).
 pub fn config_from_metadata(meta: &HashMap<String, String>, source: &str) -> Result<RnnConfig> {
     config_from_metadata_inner(meta).map_err(|e| e.in_file(source))
 }
@@ -144,11 +147,37 @@ fn config_from_metadata_inner(meta: &HashMap<String, String>) -> Result<RnnConfi
     };
     let cell: CellKind = get("cell")?.parse()?;
     let proj = if meta.contains_key("proj_size") { num("proj_size")? } else { 0 };
+    let parsed = |key: &str| -> Result<Option<&str>> { Ok(meta.get(key).map(|v| v.trim())) };
+    let in_meta = |key: &str, e: Error| match e {
+        Error::InvalidArgument { expected, got, .. } => Error::invalid(format!("metadata[{key:?}]"), expected, got),
+        e => e,
+    };
+    let direction = match parsed("direction")? {
+        Some(v) => v.parse::<Direction>().map_err(|e| in_meta("direction", e))?,
+        None if flag("bidirectional", None)? => Direction::Bidirectional,
+        None => Direction::Forward,
+    };
+    let merge = match parsed("merge")? {
+        Some(v) => v.parse::<Merge>().map_err(|e| in_meta("merge", e))?,
+        None => Merge::Concat,
+    };
+    let gate_clip = match parsed("gate_clip")? {
+        Some(v) => {
+            v.parse::<f64>().map_err(|_| Error::invalid("metadata[\"gate_clip\"]", "a number (0 for no clipping)", format!("{v:?}")))?
+        }
+        None => 0.0,
+    };
     RnnConfig::new(cell, num("input_size")?, num("hidden_size")?)
         .num_layers(num("num_layers")?)
-        .bidirectional(flag("bidirectional", None)?)
+        .direction(direction)
         .bias(flag("bias", Some(true))?)
         .proj_size(proj)
+        .merge(merge)
+        .peephole(flag("peephole", Some(false))?)
+        .gate_clip(gate_clip)
+        .input_forget(flag("input_forget", Some(false))?)
+        .linear_before_reset(flag("linear_before_reset", Some(true))?)
+        .batch_first(flag("batch_first", Some(false))?)
         .build()
 }
 
@@ -163,6 +192,29 @@ pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
     m.insert("bidirectional".to_string(), config.bidirectional().to_string());
     m.insert("bias".to_string(), config.bias().to_string());
     m.insert("proj_size".to_string(), config.proj_size().to_string());
+    // The options, only where they differ from the defaults, so that files of plain cells
+    // stay as they were.
+    if config.direction() != Direction::Forward {
+        m.insert("direction".to_string(), config.direction().name().to_string());
+    }
+    if config.merge() != Merge::Concat {
+        m.insert("merge".to_string(), config.merge().name().to_string());
+    }
+    if config.peephole() {
+        m.insert("peephole".to_string(), "true".to_string());
+    }
+    if let Some(clip) = config.gate_clip() {
+        m.insert("gate_clip".to_string(), clip.to_string());
+    }
+    if config.input_forget() {
+        m.insert("input_forget".to_string(), "true".to_string());
+    }
+    if !config.linear_before_reset() {
+        m.insert("linear_before_reset".to_string(), "false".to_string());
+    }
+    if config.batch_first() {
+        m.insert("batch_first".to_string(), "true".to_string());
+    }
     m
 }
 

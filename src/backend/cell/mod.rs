@@ -6,7 +6,7 @@
 use crate::config::{CellKind, RnnConfig};
 
 /// A cell of a stack: kind and options, the same for every layer and direction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Cell {
     /// LSTM, GRU, RNN tanh or relu.
     pub kind: CellKind,
@@ -16,12 +16,30 @@ pub(crate) struct Cell {
     pub hidden_out: usize,
     /// Whether the stack has biases (`b_ih`, `b_hh`).
     pub bias: bool,
+    /// LSTM peepholes (`weight_peephole`, `[3, H]`, rows `i, f, o`).
+    pub peephole: bool,
+    /// Gate pre-activation clip threshold; 0 for none.
+    pub clip: f64,
+    /// LSTM coupled input-forget gate, `f = 1 - i`.
+    pub input_forget: bool,
+    /// GRU: reset gate applied after the recurrent matmul (PyTorch, cuDNN) if true, before it
+    /// (Cho) if false. True for the other cells.
+    pub linear_before_reset: bool,
 }
 
 impl Cell {
     /// The cell of `config`.
     pub fn of(config: &RnnConfig) -> Cell {
-        Cell { kind: config.cell(), hidden: config.hidden_size(), hidden_out: config.hidden_out_size(), bias: config.bias() }
+        Cell {
+            kind: config.cell(),
+            hidden: config.hidden_size(),
+            hidden_out: config.hidden_out_size(),
+            bias: config.bias(),
+            peephole: config.peephole(),
+            clip: config.gate_clip().unwrap_or(0.0),
+            input_forget: config.input_forget(),
+            linear_before_reset: config.linear_before_reset(),
+        }
     }
 
     /// `G`: 4 for an LSTM, 3 for a GRU, 1 for an RNN.

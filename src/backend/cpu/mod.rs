@@ -74,6 +74,10 @@ use gemm::{Gemm, Par};
 use isa::{with_kernels, Chosen, Kernels};
 use std::sync::{Arc, Mutex};
 
+/// The cell options ([`RnnConfig::options`]) this backend implements, on every ISA; `plan`
+/// refuses the others.
+pub(crate) const OPTIONS: &[&str] = &[];
+
 #[cfg(all(target_arch = "x86_64", any(test, feature = "testkit")))]
 pub(crate) use isa::avx2::hooks as avx2_hooks;
 
@@ -297,6 +301,7 @@ impl Backend<f32> for Cpu {
     }
 
     fn plan(&self, config: &RnnConfig, params: &[f32]) -> Result<CpuPlan> {
+        crate::backend::check_options(&self.name(), config, OPTIONS)?;
         CpuPlan::new(config, params, self.kernels.packs_weights())
     }
 

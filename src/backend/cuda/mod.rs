@@ -61,6 +61,10 @@ pub use driver::CudaReserve;
 pub use external::BorrowedCudaBuf;
 
 use crate::backend::stack::{PlanStamp, ReserveStamp};
+
+/// The cell options ([`RnnConfig::options`](crate::RnnConfig::options)) this backend
+/// implements; `plan` refuses the others.
+pub(crate) const OPTIONS: &[&str] = &[];
 use crate::backend::{
     check_backward, check_forward, Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnPlan,
 };
@@ -364,6 +368,7 @@ impl Cuda {
     }
 
     fn plan<T: CudaElement>(&self, config: &RnnConfig, params: &CudaBuf<T>) -> Result<CudaPlan> {
+        crate::backend::check_options(&self.dev.name, config, OPTIONS)?;
         let layout = ParamLayout::new(config);
         layout.check_buffer("params", params.slice.len())?;
         let target = self.dev.lock()?;
@@ -528,6 +533,7 @@ impl CudaHost {
     }
 
     fn plan<T: CudaElement>(&self, config: &RnnConfig, params: &[T]) -> Result<CudaPlan> {
+        crate::backend::check_options("cuda-host", config, OPTIONS)?;
         ParamLayout::new(config).check_buffer("params", params.len())?;
         self.0.plan(config, &self.0.upload(params)?)
     }

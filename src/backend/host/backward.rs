@@ -276,6 +276,9 @@ fn backward_step<T: Float, K: HostKernels<T>>(
         CellBackward {
             active,
             hidden: h,
+            peephole: dir.w.peephole,
+            clip: dm.cell.clip,
+            input_forget: dm.cell.input_forget,
             gates: &sv.gates[rows(t, gh)],
             extra: &sv.extra[rows(t, ew)],
             c: &sv.c[rows(t, cw)],

@@ -100,6 +100,8 @@ pub(super) struct DirWeights<'w, T> {
     pub b_hh: Option<&'w [T]>,
     /// `[Hout, H]`, an LSTM with projection.
     pub w_hr: Option<&'w [T]>,
+    /// `[3, H]`, an LSTM with peepholes.
+    pub peephole: Option<&'w [T]>,
 }
 
 impl<T> Clone for DirWeights<'_, T> {
@@ -117,6 +119,7 @@ impl<'w, T> DirWeights<'w, T> {
             b_ih: lr.b_ih.clone().map(|r| &w[r]),
             b_hh: lr.b_hh.clone().map(|r| &w[r]),
             w_hr: lr.w_hr.clone().map(|r| &w[r]),
+            peephole: lr.peephole.clone().map(|r| &w[r]),
         }
     }
 }

@@ -267,7 +267,22 @@ fn forward_step<T: Float, K: HostKernels<T>>(
     let m_out: &mut [T] = if dm.proj { &mut *m } else { &mut *h_t };
     k.cell_step_forward(
         &dm.cell,
-        CellForward { active, hidden: h, xg: xg_t, hg, b_hh: dir.w.b_hh, h_prev, c_prev, gates, extra, c: &mut *c, m: m_out },
+        CellForward {
+            active,
+            hidden: h,
+            xg: xg_t,
+            hg,
+            b_hh: dir.w.b_hh,
+            peephole: dir.w.peephole,
+            clip: dm.cell.clip,
+            input_forget: dm.cell.input_forget,
+            h_prev,
+            c_prev,
+            gates,
+            extra,
+            c: &mut *c,
+            m: m_out,
+        },
     );
     if dm.proj {
         // h[n, Hout] = m · W_hr^T; m of inactive rows is zeroed so that the saved m is clean

@@ -115,6 +115,12 @@ pub(crate) struct CellForward<'a, T> {
     pub hg: &'a [T],
     /// `[G·H]`: `b_hh`, if the stack has biases.
     pub b_hh: Option<&'a [T]>,
+    /// `[3·H]`: LSTM peephole weights, rows `i, f, o`, if the cell has peepholes.
+    pub peephole: Option<&'a [T]>,
+    /// Gate pre-activation clip threshold (`[-clip, clip]` before each activation); 0 for none.
+    pub clip: f64,
+    /// LSTM coupled input-forget gate: `f = 1 - i`.
+    pub input_forget: bool,
     /// `[B, Hout]`: previous hidden state (read by GRU only, whose `Hout = H`).
     pub h_prev: &'a [T],
     /// `[B, H]`: previous cell state (LSTM only; empty otherwise).
@@ -136,6 +142,12 @@ pub(crate) struct CellBackward<'a, T> {
     pub active: &'a [bool],
     /// `H`.
     pub hidden: usize,
+    /// `[3·H]`: LSTM peephole weights, rows `i, f, o`, if the cell has peepholes.
+    pub peephole: Option<&'a [T]>,
+    /// Gate pre-activation clip threshold of the forward pass; 0 for none.
+    pub clip: f64,
+    /// LSTM coupled input-forget gate: `f = 1 - i`.
+    pub input_forget: bool,
     /// `[B, G·H]`: gates saved by forward.
     pub gates: &'a [T],
     /// `[B, H]`: GRU's saved `W_hn h_prev + b_hn` (empty otherwise).
@@ -191,8 +203,16 @@ macro_rules! impl_split_rows {
     };
 }
 
-impl_split_rows!(CellForward { read: [active, xg, hg, h_prev, c_prev], write: [gates, extra, c, m], copy: [hidden, b_hh] });
-impl_split_rows!(CellBackward { read: [active, gates, extra, c, c_prev, h_prev, dm], write: [dc, dgi, dgh, dh_direct], copy: [hidden] });
+impl_split_rows!(CellForward {
+    read: [active, xg, hg, h_prev, c_prev],
+    write: [gates, extra, c, m],
+    copy: [hidden, b_hh, peephole, clip, input_forget]
+});
+impl_split_rows!(CellBackward {
+    read: [active, gates, extra, c, c_prev, h_prev, dm],
+    write: [dc, dgi, dgh, dh_direct],
+    copy: [hidden, peephole, clip, input_forget]
+});
 
 /// One of the weights of a layer-direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

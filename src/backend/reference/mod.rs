@@ -24,6 +24,9 @@ pub use crate::backend::host::{HostPlan, HostReserve};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Reference;
 
+/// The cell options ([`RnnConfig::options`]) this backend implements; `plan` refuses the others.
+pub(crate) const OPTIONS: &[&str] = &[];
+
 /// Rows of a block of the weight gradients' sums (see `HostKernels::weight_grad_rows`).
 const WEIGHT_GRAD_ROWS: usize = 64;
 
@@ -74,6 +77,7 @@ impl<T: Float> Backend<T> for Reference {
     }
 
     fn plan(&self, config: &RnnConfig, params: &[T]) -> Result<HostPlan<T>> {
+        crate::backend::check_options(&Backend::<T>::name(self), config, OPTIONS)?;
         HostPlan::new(config, params)
     }
 

@@ -97,7 +97,22 @@ pub(crate) fn wrong_length_panics<K: Kernels>(isa: Option<K>) {
 fn fwd_step<'a, T>(active: &'a [bool], h: usize, bias: bool, ins: [&'a [T]; 5], outs: [&'a mut [T]; 4]) -> CellForward<'a, T> {
     let [xg, hg, b_hh, h_prev, c_prev] = ins;
     let [gates, extra, c, m] = outs;
-    CellForward { active, hidden: h, xg, hg, b_hh: bias.then_some(b_hh), h_prev, c_prev, gates, extra, c, m }
+    CellForward {
+        active,
+        hidden: h,
+        xg,
+        hg,
+        b_hh: bias.then_some(b_hh),
+        peephole: None,
+        clip: 0.0,
+        input_forget: false,
+        h_prev,
+        c_prev,
+        gates,
+        extra,
+        c,
+        m,
+    }
 }
 
 /// A backward step from its inputs `[gates, extra, c, c_prev, h_prev, dm]` and outputs
@@ -105,7 +120,23 @@ fn fwd_step<'a, T>(active: &'a [bool], h: usize, bias: bool, ins: [&'a [T]; 5], 
 fn bwd_step<'a, T>(active: &'a [bool], h: usize, ins: [&'a [T]; 6], outs: [&'a mut [T]; 4]) -> CellBackward<'a, T> {
     let [gates, extra, c, c_prev, h_prev, dm] = ins;
     let [dc, dgi, dgh, dh_direct] = outs;
-    CellBackward { active, hidden: h, gates, extra, c, c_prev, h_prev, dm, dc, dgi, dgh, dh_direct }
+    CellBackward {
+        active,
+        hidden: h,
+        peephole: None,
+        clip: 0.0,
+        input_forget: false,
+        gates,
+        extra,
+        c,
+        c_prev,
+        h_prev,
+        dm,
+        dc,
+        dgi,
+        dgh,
+        dh_direct,
+    }
 }
 
 /// The reference forward step in `T` from `ins` (as [`fwd_step`]), its outputs starting as

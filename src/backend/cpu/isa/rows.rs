@@ -74,7 +74,7 @@ fn row_mut(s: &mut [f32], b: usize, w: usize) -> &mut [f32] {
 /// The forward step of `cell` with `k`'s kernels; panics if a slice `cell` uses does not have
 /// its documented length.
 pub(crate) fn forward<K: Kernels>(k: K, cell: CellKind, s: CellForward<'_, f32>) {
-    let CellForward { active, hidden, xg, hg, b_hh, h_prev, c_prev, gates, extra, c, m } = s;
+    let CellForward { active, hidden, xg, hg, b_hh, peephole, clip, input_forget, h_prev, c_prev, gates, extra, c, m } = s;
     let Widths { g, h, c: wc, x } = Widths::of(cell, hidden);
     let names = ["xg", "hg", "h_prev", "c_prev", "gates", "extra", "c", "m"];
     let lens = [xg.len(), hg.len(), h_prev.len(), c_prev.len(), gates.len(), extra.len(), c.len(), m.len()];
@@ -84,7 +84,7 @@ pub(crate) fn forward<K: Kernels>(k: K, cell: CellKind, s: CellForward<'_, f32>)
     for (b, &on) in active.iter().enumerate() {
         let [xg, hg, h_prev, c_prev] = [(xg, g), (hg, g), (h_prev, x), (c_prev, wc)].map(|(s, w)| row(s, b, w));
         let [gates, extra, c, m] = [(&mut *gates, g), (&mut *extra, x), (&mut *c, wc), (&mut *m, h)].map(|(s, w)| row_mut(s, b, w));
-        let r = FwdRow { active: &[true], hidden: h, xg, hg, b_hh, h_prev, c_prev, gates, extra, c, m };
+        let r = FwdRow { active: &[true], hidden: h, xg, hg, b_hh, peephole, clip, input_forget, h_prev, c_prev, gates, extra, c, m };
         if !on {
             // As the reference: no gates, the cell state kept; `m` is the driver's to keep.
             r.gates.fill(0.0);
@@ -101,7 +101,7 @@ pub(crate) fn forward<K: Kernels>(k: K, cell: CellKind, s: CellForward<'_, f32>)
 
 /// The backward step of `cell` with `k`'s kernels; panics as [`forward`].
 pub(crate) fn backward<K: Kernels>(k: K, cell: CellKind, s: CellBackward<'_, f32>) {
-    let CellBackward { active, hidden, gates, extra, c, c_prev, h_prev, dm, dc, dgi, dgh, dh_direct } = s;
+    let CellBackward { active, hidden, peephole, clip, input_forget, gates, extra, c, c_prev, h_prev, dm, dc, dgi, dgh, dh_direct } = s;
     let Widths { g, h, c: wc, x } = Widths::of(cell, hidden);
     let names = ["gates", "extra", "c", "c_prev", "h_prev", "dm", "dc", "dgi", "dgh", "dh_direct"];
     let lens = [gates.len(), extra.len(), c.len(), c_prev.len(), h_prev.len(), dm.len(), dc.len(), dgi.len(), dgh.len(), dh_direct.len()];
@@ -112,7 +112,23 @@ pub(crate) fn backward<K: Kernels>(k: K, cell: CellKind, s: CellBackward<'_, f32
         let [gates, extra, c, c_prev, h_prev, dm] = ins.map(|(s, w)| row(s, b, w));
         let [dc, dgi, dgh, dh_direct] =
             [(&mut *dc, wc), (&mut *dgi, g), (&mut *dgh, g), (&mut *dh_direct, h)].map(|(s, w)| row_mut(s, b, w));
-        let r = BwdRow { active: &[true], hidden: h, gates, extra, c, c_prev, h_prev, dm, dc, dgi, dgh, dh_direct };
+        let r = BwdRow {
+            active: &[true],
+            hidden: h,
+            peephole,
+            clip,
+            input_forget,
+            gates,
+            extra,
+            c,
+            c_prev,
+            h_prev,
+            dm,
+            dc,
+            dgi,
+            dgh,
+            dh_direct,
+        };
         // Only a GRU has a path from h_prev to h outside W_hh.
         if !on || cell != CellKind::Gru {
             r.dh_direct.fill(0.0);
