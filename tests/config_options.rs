@@ -124,10 +124,10 @@ fn check_refused_or_ran(option: &str, r: rnn_kernels::Result<()>, supported: boo
 }
 
 /// The options each host backend implements (the lists in `src/backend/*/mod.rs`, `OPTIONS`).
-fn supported_by_reference(_option: &str) -> bool {
-    false
+fn supported_by_reference(option: &str) -> bool {
+    matches!(option, "direction=reverse" | "merge=sum" | "batch_first")
 }
 
-fn supported_by_cpu(_option: &str) -> bool {
-    false
+fn supported_by_cpu(option: &str) -> bool {
+    matches!(option, "direction=reverse" | "merge=sum" | "batch_first")
 }

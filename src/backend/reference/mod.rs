@@ -25,7 +25,12 @@ pub use crate::backend::host::{HostPlan, HostReserve};
 pub struct Reference;
 
 /// The cell options ([`RnnConfig::options`]) this backend implements; `plan` refuses the others.
-pub(crate) const OPTIONS: &[&str] = &[];
+pub(crate) const OPTIONS: &[&str] = &[
+    // The host driver's (`backend::host`).
+    "direction=reverse",
+    "merge=sum",
+    "batch_first",
+];
 
 /// Rows of a block of the weight gradients' sums (see `HostKernels::weight_grad_rows`).
 const WEIGHT_GRAD_ROWS: usize = 64;
