@@ -58,8 +58,18 @@ fn builder(cell: CellKind, input: usize, hidden: usize, layers: usize, proj: usi
     RnnConfig::new(cell, input, hidden).num_layers(layers).proj_size(if cell == CellKind::Lstm { proj } else { 0 })
 }
 
+/// A configuration with its options, for failure messages.
 fn options(cfg: &RnnConfig) -> String {
-    format!("{} [{}]", describe(cfg, &SeqShape::new(1, 1).unwrap()), cfg.options().join(", "))
+    format!(
+        "{} I={} H={} L={} bias={} proj={} [{}]",
+        cfg.cell(),
+        cfg.input_size(),
+        cfg.hidden_size(),
+        cfg.num_layers(),
+        cfg.bias(),
+        cfg.proj_size(),
+        cfg.options().join(", ")
+    )
 }
 
 /// The same problem in the batch-first layout: `x`, `dy` transposed, everything else shared.
@@ -182,7 +192,12 @@ fn reverse_and_sum_gradients_match_finite_differences_variable_lengths() {
 fn layout_configs(input: usize, hidden: usize) -> Vec<RnnConfig> {
     let mut out = Vec::new();
     for cell in CellKind::ALL {
-        for (dir, merge) in [(Direction::Forward, Merge::Concat), (Direction::Bidirectional, Merge::Concat), (Direction::Bidirectional, Merge::Sum), (Direction::Reverse, Merge::Concat)] {
+        for (dir, merge) in [
+            (Direction::Forward, Merge::Concat),
+            (Direction::Bidirectional, Merge::Concat),
+            (Direction::Bidirectional, Merge::Sum),
+            (Direction::Reverse, Merge::Concat),
+        ] {
             out.push(builder(cell, input, hidden, 2, 4).direction(dir).merge(merge).build().unwrap());
         }
     }
@@ -232,7 +247,8 @@ fn batch_first_is_the_time_major_call_on_the_reference() {
 fn batch_first_is_the_time_major_call_on_the_cpu() {
     // And an input wider than the blocked GEMM's 512-deep blocks, where a product of fewer
     // than 6 rows would sum differently: 3 rows (gathered), 9 rows (in place).
-    let wide: Vec<RnnConfig> = [CellKind::Lstm, CellKind::Gru].iter().map(|&c| builder(c, 600, 7, 1, 0).bidirectional(true).build().unwrap()).collect();
+    let wide: Vec<RnnConfig> =
+        [CellKind::Lstm, CellKind::Gru].iter().map(|&c| builder(c, 600, 7, 1, 0).bidirectional(true).build().unwrap()).collect();
     for isa in Isa::available() {
         let cpu = Cpu::with_isa(isa, 2).unwrap();
         for (k, cfg) in layout_configs(6, 11).iter().chain(&wide).enumerate() {
@@ -309,13 +325,19 @@ fn merge_sum_is_the_concat_stack_halves_added() {
             // Layer by layer: each a one-layer concatenating stack, its halves added.
             let mut input = p.x.clone();
             for l in 0..cfg.num_layers() {
-                let one = builder(cfg.cell(), cfg.layer_input_size(l), cfg.hidden_size(), 1, cfg.proj_size()).bidirectional(true).build().unwrap();
+                let one = builder(cfg.cell(), cfg.layer_input_size(l), cfg.hidden_size(), 1, cfg.proj_size())
+                    .bidirectional(true)
+                    .build()
+                    .unwrap();
                 let q = Problem {
                     cfg: one.clone(),
                     params: layer_params(&full, &one, l),
                     x: input.clone(),
                     h0: p.h0[2 * l * shape.batch() * hout..2 * (l + 1) * shape.batch() * hout].to_vec(),
-                    c0: p.c0.as_ref().map(|c| c[2 * l * shape.batch() * cfg.hidden_size()..2 * (l + 1) * shape.batch() * cfg.hidden_size()].to_vec()),
+                    c0: p
+                        .c0
+                        .as_ref()
+                        .map(|c| c[2 * l * shape.batch() * cfg.hidden_size()..2 * (l + 1) * shape.batch() * cfg.hidden_size()].to_vec()),
                     ..p.clone()
                 };
                 let y = q.run_inference(Reference);
