@@ -286,6 +286,26 @@ macro_rules! simd_isa {
                 // SAFETY: as in lstm_forward.
                 unsafe { rnn::backward::<RELU>(r) }
             }
+
+            unsafe fn lstm_forward_options(self, r: FwdRow<'_>) {
+                // SAFETY: as in lstm_forward, and the peephole's length is this method's contract.
+                unsafe { lstm::forward_options(r) }
+            }
+
+            unsafe fn lstm_backward_options(self, r: BwdRow<'_>) {
+                // SAFETY: as in lstm_forward_options.
+                unsafe { lstm::backward_options(r) }
+            }
+
+            unsafe fn rnn_forward_clipped<const RELU: bool>(self, r: FwdRow<'_>) {
+                // SAFETY: as in lstm_forward.
+                unsafe { rnn::forward_clipped::<RELU>(r) }
+            }
+
+            unsafe fn rnn_backward_clipped<const RELU: bool>(self, r: BwdRow<'_>) {
+                // SAFETY: as in lstm_forward.
+                unsafe { rnn::backward_clipped::<RELU>(r) }
+            }
         }
     };
 }
