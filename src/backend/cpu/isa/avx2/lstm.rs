@@ -129,7 +129,13 @@ pub(super) unsafe fn backward_options(mut r: BwdRow<'_>) {
     debug_assert!(r.peephole.is_none_or(|p| p.len() == 3 * r.hidden));
     let clip = Clipped::new(r.clip);
     // SAFETY: as in forward_options.
-    for_chunks!(Lanes, 0, r.hidden, |j, lanes| backward_chunk_options::<false>(&mut r, j, lanes, &clip), backward_chunk_options::<true>(&mut r, j, lanes, &clip));
+    for_chunks!(
+        Lanes,
+        0,
+        r.hidden,
+        |j, lanes| backward_chunk_options::<false>(&mut r, j, lanes, &clip),
+        backward_chunk_options::<true>(&mut r, j, lanes, &clip)
+    );
 }
 
 /// The activations a clamped pre-activation gives: `σ(±clip)`, `tanh(±clip)` (none without

@@ -87,7 +87,13 @@ pub(super) unsafe fn forward_clipped<const RELU: bool>(mut r: FwdRow<'_>) {
     let clip = r.clip as f32;
     let (hi, lo) = (_mm256_set1_ps(clip), _mm256_set1_ps(-clip));
     // SAFETY: as in forward.
-    for_chunks!(Lanes, 0, h, |j, lanes| forward_chunk_clipped::<false, RELU>(&mut r, j, lanes, hi, lo), forward_chunk_clipped::<true, RELU>(&mut r, j, lanes, hi, lo));
+    for_chunks!(
+        Lanes,
+        0,
+        h,
+        |j, lanes| forward_chunk_clipped::<false, RELU>(&mut r, j, lanes, hi, lo),
+        forward_chunk_clipped::<true, RELU>(&mut r, j, lanes, hi, lo)
+    );
 }
 
 /// [`forward_chunk`] with the clamp to `[lo, hi]`.
@@ -114,7 +120,13 @@ pub(super) unsafe fn backward_clipped<const RELU: bool>(mut r: BwdRow<'_>) {
     let values = [act(hi), act(lo)];
     let h = r.hidden;
     // SAFETY: as in forward.
-    for_chunks!(Lanes, 0, h, |j, lanes| backward_chunk_clipped::<false, RELU>(&mut r, j, lanes, values), backward_chunk_clipped::<true, RELU>(&mut r, j, lanes, values));
+    for_chunks!(
+        Lanes,
+        0,
+        h,
+        |j, lanes| backward_chunk_clipped::<false, RELU>(&mut r, j, lanes, values),
+        backward_chunk_clipped::<true, RELU>(&mut r, j, lanes, values)
+    );
 }
 
 /// [`backward_chunk`], zero where the saved output is one of `values`.

@@ -79,7 +79,16 @@ unsafe fn preact<const TAIL: bool>(xg: &[f32], hg: &[f32], b_hh: Option<&[f32]>,
     }
 }
 
-lstm_forward_chunks!("avx512f,avx2,fma", Lanes, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_min_ps, _mm512_max_ps, _mm512_sub_ps);
+lstm_forward_chunks!(
+    "avx512f,avx2,fma",
+    Lanes,
+    _mm512_fmadd_ps,
+    _mm512_mul_ps,
+    _mm512_set1_ps,
+    _mm512_min_ps,
+    _mm512_max_ps,
+    _mm512_sub_ps
+);
 
 /// The forward step of one active row.
 ///
