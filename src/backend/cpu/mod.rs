@@ -81,6 +81,10 @@ pub(crate) const OPTIONS: &[&str] = &[
     "direction=reverse",
     "merge=sum",
     "batch_first",
+    // The cell kernels'.
+    "peephole",
+    "gate_clip",
+    "input_forget",
 ];
 
 #[cfg(all(target_arch = "x86_64", any(test, feature = "testkit")))]
@@ -307,6 +311,7 @@ impl Backend<f32> for Cpu {
 
     fn plan(&self, config: &RnnConfig, params: &[f32]) -> Result<CpuPlan> {
         crate::backend::check_options(&self.name(), config, OPTIONS)?;
+        crate::backend::refuse_gru_clip(&self.name(), config)?;
         CpuPlan::new(config, params, self.kernels.packs_weights())
     }
 

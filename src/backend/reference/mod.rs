@@ -30,6 +30,10 @@ pub(crate) const OPTIONS: &[&str] = &[
     "direction=reverse",
     "merge=sum",
     "batch_first",
+    // The cell kernels'.
+    "peephole",
+    "gate_clip",
+    "input_forget",
 ];
 
 /// Rows of a block of the weight gradients' sums (see `HostKernels::weight_grad_rows`).
@@ -83,6 +87,7 @@ impl<T: Float> Backend<T> for Reference {
 
     fn plan(&self, config: &RnnConfig, params: &[T]) -> Result<HostPlan<T>> {
         crate::backend::check_options(&Backend::<T>::name(self), config, OPTIONS)?;
+        crate::backend::refuse_gru_clip(&Backend::<T>::name(self), config)?;
         HostPlan::new(config, params)
     }
 
