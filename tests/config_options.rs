@@ -124,10 +124,10 @@ fn check_refused_or_ran(option: &str, r: rnn_kernels::Result<()>, supported: boo
 }
 
 /// The options each host backend implements (the lists in `src/backend/*/mod.rs`, `OPTIONS`).
-fn supported_by_reference(_option: &str) -> bool {
-    false
+fn supported_by_reference(option: &str) -> bool {
+    ["gate_clip", "linear_before_reset=false"].contains(&option)
 }
 
-fn supported_by_cpu(_option: &str) -> bool {
-    false
+fn supported_by_cpu(option: &str) -> bool {
+    ["gate_clip", "linear_before_reset=false"].contains(&option)
 }

@@ -137,6 +137,46 @@ pub(crate) trait Kernels: Copy + Send + Sync + 'static {
         unsafe { self.base().gru_backward(r) }
     }
 
+    /// The first forward part of a step of the GRU with the reset gate before the recurrent
+    /// matmul ([`ChoPart::BeforeProduct`](crate::backend::host::ChoPart)) on one active row.
+    ///
+    /// # Safety
+    /// As [`Kernels::lstm_forward`], for a GRU (`c`, `c_prev` unused).
+    unsafe fn gru_reset_before_gates(self, r: FwdRow<'_>) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().gru_reset_before_gates(r) }
+    }
+
+    /// The second forward part ([`ChoPart::AfterProduct`](crate::backend::host::ChoPart)), as
+    /// [`Kernels::gru_reset_before_gates`].
+    ///
+    /// # Safety
+    /// As [`Kernels::gru_reset_before_gates`].
+    unsafe fn gru_reset_before_output(self, r: FwdRow<'_>) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().gru_reset_before_output(r) }
+    }
+
+    /// The first backward part of a step of the GRU with the reset gate before the recurrent
+    /// matmul on one active row (`dgh` empty).
+    ///
+    /// # Safety
+    /// As [`Kernels::lstm_backward`], for a GRU (`extra`, `c`, `c_prev`, `dc` unused).
+    unsafe fn gru_reset_before_backward_output(self, r: BwdRow<'_>) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().gru_reset_before_backward_output(r) }
+    }
+
+    /// The second backward part, as [`Kernels::gru_reset_before_backward_output`] but with
+    /// `dgh` of `H` values, the gradient of `r ⊙ h_prev`.
+    ///
+    /// # Safety
+    /// As [`Kernels::gru_reset_before_backward_output`], `dgh` of `H` values.
+    unsafe fn gru_reset_before_backward_reset(self, r: BwdRow<'_>) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().gru_reset_before_backward_reset(r) }
+    }
+
     /// The Elman RNN forward step of one active row, relu if `RELU`, else tanh.
     ///
     /// # Safety
@@ -229,13 +269,26 @@ macro_rules! simd_isa {
             }
 
             unsafe fn gru_forward(self, r: FwdRow<'_>) {
-                // SAFETY: as in lstm_forward.
-                unsafe { gru::forward(r) }
+                // SAFETY: as in lstm_forward; the scalar kernels need no feature. A clipped
+                // GRU takes the scalar kernel (one branch per row).
+                unsafe {
+                    if r.clip > 0.0 {
+                        self.base().gru_forward(r)
+                    } else {
+                        gru::forward(r)
+                    }
+                }
             }
 
             unsafe fn gru_backward(self, r: BwdRow<'_>) {
-                // SAFETY: as in lstm_forward.
-                unsafe { gru::backward(r) }
+                // SAFETY: as in gru_forward.
+                unsafe {
+                    if r.clip > 0.0 {
+                        self.base().gru_backward(r)
+                    } else {
+                        gru::backward(r)
+                    }
+                }
             }
 
             unsafe fn rnn_forward<const RELU: bool>(self, r: FwdRow<'_>) {
