@@ -223,7 +223,9 @@ pub(crate) trait Kernels: Copy + Send + Sync + 'static {
 }
 
 /// An ISA whose module holds a hand-written row kernel of every cell (submodules `lstm`,
-/// `gru` and `rnn`, each with a `forward` and a `backward`, `rnn`'s generic over `RELU`, whose
+/// `gru` and `rnn`, each with a `forward` and a `backward`, `rnn`'s generic over `RELU` and
+/// `gru`'s over `CLIP`, and `gru_reset_before` with the four parts of that GRU, each generic
+/// over `CLIP`, whose
 /// only needs beyond the row's lengths are the ISA's features) and the register tiles of the
 /// weight products, and takes the products of two activations from [`Scalar`]: its token
 /// type, made only by `detect()` where `detected` holds, and its [`Kernels`].
@@ -269,13 +271,12 @@ macro_rules! simd_isa {
             }
 
             unsafe fn gru_forward(self, r: FwdRow<'_>) {
-                // SAFETY: as in lstm_forward; the scalar kernels need no feature. A clipped
-                // GRU takes the scalar kernel (one branch per row).
+                // SAFETY: as in lstm_forward. Clipped or not: one branch per row.
                 unsafe {
                     if r.clip > 0.0 {
-                        self.base().gru_forward(r)
+                        gru::forward::<true>(r)
                     } else {
-                        gru::forward(r)
+                        gru::forward::<false>(r)
                     }
                 }
             }
@@ -284,9 +285,53 @@ macro_rules! simd_isa {
                 // SAFETY: as in gru_forward.
                 unsafe {
                     if r.clip > 0.0 {
-                        self.base().gru_backward(r)
+                        gru::backward::<true>(r)
                     } else {
-                        gru::backward(r)
+                        gru::backward::<false>(r)
+                    }
+                }
+            }
+
+            unsafe fn gru_reset_before_gates(self, r: FwdRow<'_>) {
+                // SAFETY: as in gru_forward.
+                unsafe {
+                    if r.clip > 0.0 {
+                        gru_reset_before::gates::<true>(r)
+                    } else {
+                        gru_reset_before::gates::<false>(r)
+                    }
+                }
+            }
+
+            unsafe fn gru_reset_before_output(self, r: FwdRow<'_>) {
+                // SAFETY: as in gru_forward.
+                unsafe {
+                    if r.clip > 0.0 {
+                        gru_reset_before::output::<true>(r)
+                    } else {
+                        gru_reset_before::output::<false>(r)
+                    }
+                }
+            }
+
+            unsafe fn gru_reset_before_backward_output(self, r: BwdRow<'_>) {
+                // SAFETY: as in gru_forward.
+                unsafe {
+                    if r.clip > 0.0 {
+                        gru_reset_before::backward_output::<true>(r)
+                    } else {
+                        gru_reset_before::backward_output::<false>(r)
+                    }
+                }
+            }
+
+            unsafe fn gru_reset_before_backward_reset(self, r: BwdRow<'_>) {
+                // SAFETY: as in gru_forward.
+                unsafe {
+                    if r.clip > 0.0 {
+                        gru_reset_before::backward_reset::<true>(r)
+                    } else {
+                        gru_reset_before::backward_reset::<false>(r)
                     }
                 }
             }
