@@ -269,16 +269,3 @@ fn options_are_bit_identical_for_any_thread_count() {
         }
     }
 }
-
-/// A GRU with a clip is refused until its kernels clip.
-#[test]
-fn gru_clip_is_refused() {
-    let cfg = RnnConfig::new(CellKind::Gru, 3, 4).gate_clip(1.0).build().unwrap();
-    let p = rnn_kernels::Params::<f32>::zeros(&cfg).unwrap();
-    for e in [
-        Rnn::new(Cpu::new().unwrap(), &cfg, p.as_slice()).err().unwrap().to_string(),
-        Rnn::new(Reference, &cfg, p.cast::<f64>().as_slice()).err().unwrap().to_string(),
-    ] {
-        assert!(e.contains("gate_clip") && e.contains("GRU"), "{e}");
-    }
-}
