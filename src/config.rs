@@ -405,7 +405,8 @@ impl RnnConfigBuilder {
     }
     /// LSTM peephole connections (default false; ONNX's `P` input): `i` and `f` add
     /// `p_i ⊙ c_{t-1}`, `p_f ⊙ c_{t-1}` to their pre-activations, `o` adds `p_o ⊙ c_t`, with the
-    /// per-unit weights of the tensor `weight_peephole_l{k}` `[3, H]` (rows `i, f, o`).
+    /// per-unit weights of the tensor `weight_peephole_l{k}` `[3, H]` (rows `i, f, o`). As in
+    /// onnxruntime, the peephole terms are added after the biases and before any clip.
     pub fn peephole(mut self, yes: bool) -> Self {
         self.cfg.peephole = yes;
         self
@@ -413,13 +414,23 @@ impl RnnConfigBuilder {
     /// Clips every gate pre-activation to `[-clip, clip]` before its activation, as
     /// onnxruntime applies ONNX's `clip` attribute (default 0: none). Any cell. Must be finite
     /// and not negative.
+    ///
+    /// The clipped value is the whole pre-activation (input and recurrent parts, both biases,
+    /// and an LSTM's peephole term); the clip is converted to the element type first (f32:
+    /// `clip as f32`). With [`input_forget`](Self::input_forget), `f = 1 - i` is not clipped
+    /// again. Backward: the gradient through the clamp is zero where it was active. Backward
+    /// reads the saved activations, not the pre-activations, so a gate counts as clipped when
+    /// its saved activation equals the activation of `clip` or `-clip` (computed by the same
+    /// kernel, in the same type): a pre-activation exactly at `±clip` counts as clipped, and so
+    /// does one just inside whose activation rounds to the same value.
     pub fn gate_clip(mut self, clip: f64) -> Self {
         // -0.0 is 0: no clipping.
         self.cfg.gate_clip_bits = if clip == 0.0 { 0 } else { clip.to_bits() };
         self
     }
     /// LSTM coupled input and forget gates (default false; ONNX `input_forget`): `f = 1 - i`;
-    /// the forget gate's weights stay in the layout and get zero gradients.
+    /// the forget gate's weights, biases and peephole weights stay in the layout, are not read
+    /// and get zero gradients, and the input gate's gradient gains the path through `f`.
     pub fn input_forget(mut self, yes: bool) -> Self {
         self.cfg.input_forget = yes;
         self

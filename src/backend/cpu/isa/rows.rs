@@ -6,7 +6,10 @@
 //! its documented length (`[B, G·H]`, `[B, H]`, `[G·H]`, overflow checked), then cut each row by
 //! safe slicing, so a kernel is given rows of exactly the lengths [`CellForward`] and
 //! [`CellBackward`] document for one row and needs no check of its own (only `debug_assert!`s on its raw loads and stores).
-//! Slices a cell does not use are neither checked nor read.
+//! Slices a cell does not use are neither checked nor read. A step with options (an LSTM's
+//! peepholes, clip or input_forget, an RNN's clip) takes the ISA's options kernels
+//! ([`Kernels::lstm_forward_options`], [`Kernels::rnn_forward_clipped`], …), chosen once per
+//! step, so that the plain kernels test no option.
 
 use super::Kernels;
 use crate::backend::host::{CellBackward, CellForward, ChoPart};
@@ -126,8 +129,8 @@ pub(crate) fn forward<K: Kernels>(k: K, cell: CellKind, s: CellForward<'_, f32>)
             continue;
         }
         // SAFETY: every slice of `r` was cut at the width CellForward documents for `cell`,
-        // from a buffer of B such rows (checked above), and b_hh has G·H values; `k` proves
-        // its ISA.
+        // from a buffer of B such rows (checked above), b_hh has G·H values and peephole 3·H
+        // (check_peephole; the options kernels read it); `k` proves its ISA.
         unsafe { (kernels.forward)(k, r) }
     }
 }
