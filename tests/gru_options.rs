@@ -263,3 +263,56 @@ fn results_are_bit_identical_for_any_thread_count() {
         }
     }
 }
+
+/// The cost of each option on the CPU for `gru-512-512-64-100` (I = H = 512, B = 64, T = 100,
+/// 2 threads), inference and training (forward and backward), against the plain GRU: the
+/// variants' calls alternate, one of each per round, and each reports its median over the
+/// rounds and the ratio to the plain GRU's.
+///
+/// `cargo test --release --test gru_options option_cost -- --ignored --nocapture`
+/// (`GRU_OPTIONS_ROUNDS`, default 15).
+#[test]
+#[ignore = "a benchmark: minutes, and its numbers are read, not asserted"]
+fn option_cost() {
+    use std::time::Instant;
+    let rounds: usize = std::env::var("GRU_OPTIONS_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
+    let (i, h, b, t) = (512, 512, 64, 100);
+    let shape = SeqShape::new(t, b).unwrap();
+    let variants = [("plain", true, 0.0), ("reset before", false, 0.0), ("clip 3", true, 3.0), ("reset before + clip 3", false, 3.0)];
+    let cpu = Cpu::with_threads(2).unwrap();
+    eprintln!("isa {}, {} threads, gru-{i}-{h}-{b}-{t}, {rounds} rounds", cpu.isa(), cpu.threads());
+    for train in [false, true] {
+        let mut setups = Vec::new();
+        for &(_, lbr, clip) in &variants {
+            let cfg = RnnConfig::new(CellKind::Gru, i, h).linear_before_reset(lbr).gate_clip(clip).build().unwrap();
+            let p = F32Problem::new(&cfg, &shape, 5, 1.0);
+            let rnn = Rnn::new(cpu.clone(), &cfg, &p.params[..]).unwrap();
+            setups.push((p, rnn, rnn_kernels::HostReserve::default()));
+        }
+        let mut times = vec![Vec::new(); variants.len()];
+        for round in 0..rounds + 1 {
+            for (v, (p, rnn, reserve)) in setups.iter_mut().enumerate() {
+                let start = Instant::now();
+                if train {
+                    rnn.forward_training(&p.shape, &p.x, Some(&p.h0), None, reserve).unwrap();
+                    rnn.backward(reserve, Some(&p.dy), Some(&p.dhn), None).unwrap();
+                } else {
+                    rnn.forward(&p.shape, &p.x, Some(&p.h0), None).unwrap();
+                }
+                // The first round warms up (packs the backward weights, sizes the buffers).
+                if round > 0 {
+                    times[v].push(start.elapsed().as_secs_f64());
+                }
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let base = median(&mut times[0]);
+        for ((name, ..), ts) in variants.iter().zip(&mut times) {
+            let m = median(ts);
+            eprintln!("{}: {name:>22}: {:8.2} ms  ratio {:.3}", if train { "train" } else { "inference" }, m * 1e3, m / base);
+        }
+    }
+}
