@@ -9,6 +9,8 @@
 //!   smooth (as relu), so clipped problems take relu's step, `h = 1e-5`.
 //! - A second oracle for the reset-before form, without PyTorch: the equations written out as
 //!   an f64 loop here, against the reference's forward.
+//! - PyTorch as a third oracle: case files of `tests/fixtures/gru_options/`, forward and
+//!   gradients.
 //! - Every CPU ISA of this machine against the f64 reference (the property test of
 //!   `tests/cpu.rs`, its tolerances), forward and backward, for each option; and bit-identical
 //!   results for any thread count.
@@ -18,9 +20,10 @@
 
 mod common;
 
-use common::parity::{errors, Problem as F32Problem};
+use common::parity::{errors, Problem as F32Problem, GRAD_TOL};
 use common::{describe, F64Problem, Problem};
 use proptest::prelude::*;
+use rnn_kernels::testkit::case::{run_case, Case};
 use rnn_kernels::{CellKind, Cpu, Isa, Params, Reference, Rnn, RnnConfig, SeqShape};
 
 const H: f64 = 1e-3;
@@ -199,6 +202,45 @@ fn reference_matches_the_equations_written_out() {
         let torch = RnnConfig::new(CellKind::Gru, 4, 7).gate_clip(clip).build().unwrap();
         assert_ne!(Problem { cfg: torch, ..p.clone() }.run_inference(Reference)[0], got[0]);
     }
+}
+
+/// The PyTorch-built case files of `tests/fixtures/gru_options/` (written by
+/// `tests/fixtures/make_gru_options_cases.py`: its own step loop over `torch.nn.GRU`'s
+/// parameters, autograd for the gradients), in the reference (f64, 1e-9, as
+/// `tests/pytorch_parity.rs`) and on every CPU ISA (1e-4, as `tests/cpu.rs`). Each file's
+/// option matters: without it the reference misses the file.
+#[test]
+fn pytorch_cases_of_the_gru_options() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gru_options");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert_eq!(files.len(), 4, "the GRU options' case files are missing");
+    let mut failures = Vec::new();
+    for f in &files {
+        let case = Case::<f64>::load(f).unwrap();
+        assert!(case.config.gate_clip().is_some() || !case.config.linear_before_reset(), "{}: no option", f.display());
+        let report = run_case(&Reference, &case).unwrap();
+        if !report.passes(1e-9) {
+            failures.push(format!("reference {}: {:?}", f.display(), report.worst()));
+        }
+        // Without its options the same values miss the file.
+        let plain = RnnConfig::new(CellKind::Gru, case.config.input_size(), case.config.hidden_size())
+            .num_layers(case.config.num_layers())
+            .bidirectional(case.config.bidirectional())
+            .build()
+            .unwrap();
+        let params = Params::from_vec(&plain, case.params.as_slice().to_vec()).unwrap();
+        let other = Case { config: plain, params, ..case.clone() };
+        assert!(!run_case(&Reference, &other).unwrap().passes(1e-3), "{}: its options change nothing", f.display());
+        let case32 = Case::<f32>::load(f).unwrap();
+        for isa in Isa::available() {
+            let report = run_case(&Cpu::with_isa(isa, 2).unwrap(), &case32).unwrap();
+            if !report.passes(GRAD_TOL) {
+                failures.push(format!("{isa} {}: {:?}", f.display(), report.worst()));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// The GRU configurations of the property test: sizes 1..20, 1..3 layers, both directions,
