@@ -9,6 +9,8 @@
 //!   smooth (as relu), so clipped problems take relu's step, `h = 1e-5`.
 //! - A second oracle for the reset-before form, without PyTorch: the equations written out as
 //!   an f64 loop here, against the reference's forward.
+//! - PyTorch as a third oracle: case files of `tests/fixtures/gru_options/`, forward and
+//!   gradients.
 //! - Every CPU ISA of this machine against the f64 reference (the property test of
 //!   `tests/cpu.rs`, its tolerances), forward and backward, for each option; and bit-identical
 //!   results for any thread count.
@@ -18,9 +20,10 @@
 
 mod common;
 
-use common::parity::{errors, Problem as F32Problem};
+use common::parity::{errors, Problem as F32Problem, GRAD_TOL};
 use common::{describe, F64Problem, Problem};
 use proptest::prelude::*;
+use rnn_kernels::testkit::case::{run_case, Case};
 use rnn_kernels::{CellKind, Cpu, Isa, Params, Reference, Rnn, RnnConfig, SeqShape};
 
 const H: f64 = 1e-3;
@@ -201,6 +204,45 @@ fn reference_matches_the_equations_written_out() {
     }
 }
 
+/// The PyTorch-built case files of `tests/fixtures/gru_options/` (written by
+/// `tests/fixtures/make_gru_options_cases.py`: its own step loop over `torch.nn.GRU`'s
+/// parameters, autograd for the gradients), in the reference (f64, 1e-9, as
+/// `tests/pytorch_parity.rs`) and on every CPU ISA (1e-4, as `tests/cpu.rs`). Each file's
+/// option matters: without it the reference misses the file.
+#[test]
+fn pytorch_cases_of_the_gru_options() {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gru_options");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert_eq!(files.len(), 4, "the GRU options' case files are missing");
+    let mut failures = Vec::new();
+    for f in &files {
+        let case = Case::<f64>::load(f).unwrap();
+        assert!(case.config.gate_clip().is_some() || !case.config.linear_before_reset(), "{}: no option", f.display());
+        let report = run_case(&Reference, &case).unwrap();
+        if !report.passes(1e-9) {
+            failures.push(format!("reference {}: {:?}", f.display(), report.worst()));
+        }
+        // Without its options the same values miss the file.
+        let plain = RnnConfig::new(CellKind::Gru, case.config.input_size(), case.config.hidden_size())
+            .num_layers(case.config.num_layers())
+            .bidirectional(case.config.bidirectional())
+            .build()
+            .unwrap();
+        let params = Params::from_vec(&plain, case.params.as_slice().to_vec()).unwrap();
+        let other = Case { config: plain, params, ..case.clone() };
+        assert!(!run_case(&Reference, &other).unwrap().passes(1e-3), "{}: its options change nothing", f.display());
+        let case32 = Case::<f32>::load(f).unwrap();
+        for isa in Isa::available() {
+            let report = run_case(&Cpu::with_isa(isa, 2).unwrap(), &case32).unwrap();
+            if !report.passes(GRAD_TOL) {
+                failures.push(format!("{isa} {}: {:?}", f.display(), report.worst()));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// The GRU configurations of the property test: sizes 1..20, 1..3 layers, both directions,
 /// with and without bias, each option.
 fn gru_config() -> impl Strategy<Value = RnnConfig> {
@@ -260,6 +302,59 @@ fn results_are_bit_identical_for_any_thread_count() {
                     assert!(err <= tol, "{ctx}: {name} error {err:.3e}");
                 }
             }
+        }
+    }
+}
+
+/// The cost of each option on the CPU for `gru-512-512-64-100` (I = H = 512, B = 64, T = 100,
+/// 2 threads), inference and training (forward and backward), against the plain GRU: the
+/// variants' calls alternate, one of each per round, and each reports its median over the
+/// rounds and the ratio to the plain GRU's.
+///
+/// `cargo test --release --test gru_options option_cost -- --ignored --nocapture`
+/// (`GRU_OPTIONS_ROUNDS`, default 15).
+#[test]
+#[ignore = "a benchmark: minutes, and its numbers are read, not asserted"]
+fn option_cost() {
+    use std::time::Instant;
+    let rounds: usize = std::env::var("GRU_OPTIONS_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
+    let (i, h, b, t) = (512, 512, 64, 100);
+    let shape = SeqShape::new(t, b).unwrap();
+    let variants = [("plain", true, 0.0), ("reset before", false, 0.0), ("clip 3", true, 3.0), ("reset before + clip 3", false, 3.0)];
+    let cpu = Cpu::with_threads(2).unwrap();
+    eprintln!("isa {}, {} threads, gru-{i}-{h}-{b}-{t}, {rounds} rounds", cpu.isa(), cpu.threads());
+    for train in [false, true] {
+        let mut setups = Vec::new();
+        for &(_, lbr, clip) in &variants {
+            let cfg = RnnConfig::new(CellKind::Gru, i, h).linear_before_reset(lbr).gate_clip(clip).build().unwrap();
+            let p = F32Problem::new(&cfg, &shape, 5, 1.0);
+            let rnn = Rnn::new(cpu.clone(), &cfg, &p.params[..]).unwrap();
+            setups.push((p, rnn, rnn_kernels::HostReserve::default()));
+        }
+        let mut times = vec![Vec::new(); variants.len()];
+        for round in 0..rounds + 1 {
+            for (v, (p, rnn, reserve)) in setups.iter_mut().enumerate() {
+                let start = Instant::now();
+                if train {
+                    rnn.forward_training(&p.shape, &p.x, Some(&p.h0), None, reserve).unwrap();
+                    rnn.backward(reserve, Some(&p.dy), Some(&p.dhn), None).unwrap();
+                } else {
+                    rnn.forward(&p.shape, &p.x, Some(&p.h0), None).unwrap();
+                }
+                // The first round warms up (packs the backward weights, sizes the buffers).
+                if round > 0 {
+                    times[v].push(start.elapsed().as_secs_f64());
+                }
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let base = median(&mut times[0]);
+        for ((name, ..), ts) in variants.iter().zip(&mut times) {
+            let m = median(ts);
+            eprintln!("{}: {name:>22}: {:8.2} ms  ratio {:.3}", if train { "train" } else { "inference" }, m * 1e3, m / base);
         }
     }
 }
