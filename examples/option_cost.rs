@@ -7,7 +7,10 @@
 //! ```text
 //! cargo run --release --example option_cost -- [--cells lstm,gru] [--input 512] [--hidden 512]
 //!     [--batch 64] [--steps 100] [--rounds 7] [--threads N] [--modes inference,train]
+//!     [--variants forward,direction=reverse,batch_first,bidirectional,merge=sum]
 //! ```
+//!
+//! A variant whose baseline is not among `--variants` is compared with itself.
 
 use rnn_kernels::{CellKind, Cpu, Direction, Merge, Params, Rnn, RnnConfig, SeqShape};
 use std::time::Instant;
@@ -21,6 +24,8 @@ struct Args {
     rounds: usize,
     threads: usize,
     modes: Vec<bool>,
+    /// The variants to run (all when empty).
+    only: Vec<String>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -33,6 +38,7 @@ fn parse() -> Result<Args, String> {
         rounds: 7,
         threads: 0,
         modes: vec![false, true],
+        only: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -46,6 +52,7 @@ fn parse() -> Result<Args, String> {
             "--steps" => a.steps = num()?,
             "--rounds" => a.rounds = num()?,
             "--threads" => a.threads = num()?,
+            "--variants" => a.only = value.split(',').map(String::from).collect(),
             "--modes" => {
                 a.modes = value
                     .split(',')
@@ -124,6 +131,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("bidirectional", base().bidirectional(true).build()?, 3),
             ("merge=sum", base().bidirectional(true).merge(Merge::Sum).build()?, 3),
         ];
+        let variants: Vec<(&str, RnnConfig, usize)> = {
+            let keep = |name: &str| a.only.is_empty() || a.only.iter().any(|o| o == name);
+            let kept: Vec<&str> = variants.iter().map(|v| v.0).filter(|n| keep(n)).collect();
+            let index = |name: &str| kept.iter().position(|k| *k == name);
+            variants
+                .iter()
+                .filter(|v| keep(v.0))
+                .map(|(name, cfg, b)| (*name, cfg.clone(), index(variants[*b].0).unwrap_or_else(|| index(name).unwrap_or(0))))
+                .collect()
+        };
         let rnns = variants
             .iter()
             .map(|(_, cfg, _)| Rnn::new(cpu.clone(), cfg, Params::<f32>::init_uniform(cfg, 1)?.as_slice()))

@@ -428,3 +428,23 @@ fn driver_options_are_bit_identical_for_any_thread_count() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bad input
+
+/// A batch-first call's wrong `x`, `dy` are refused with the batch-first shapes in the message.
+#[test]
+fn batch_first_errors_name_the_batch_first_shapes() {
+    let cfg = RnnConfig::new(CellKind::Gru, 3, 4).bidirectional(true).merge(Merge::Sum).batch_first(true).build().unwrap();
+    let shape = SeqShape::new(5, 2).unwrap();
+    assert_eq!(shape.x_shape(&cfg), [2, 5, 3]);
+    assert_eq!(shape.y_shape(&cfg), [2, 5, 4]);
+    let params = Params::<f64>::init_uniform(&cfg, 1).unwrap();
+    let rnn = Rnn::new(Reference, &cfg, params.as_slice()).unwrap();
+    let err = rnn.forward(&shape, &[0.0; 29], None, None).unwrap_err().to_string();
+    assert!(err.contains("x") && err.contains("[B, T, I]") && err.contains("29"), "{err}");
+    let mut reserve = Default::default();
+    rnn.forward_training(&shape, &[0.0; 30], None, None, &mut reserve).unwrap();
+    let err = rnn.backward(&reserve, Some(&[0.0; 41]), None, None).unwrap_err().to_string();
+    assert!(err.contains("dy") && err.contains("[B, T, Hout]") && err.contains("41"), "{err}");
+}
