@@ -1,13 +1,16 @@
-//! The cost of the time loop's options on the CPU backend, each against its plain stack in the
-//! same run: reverse-only and batch-first against the forward time-major stack, merge by sum
-//! against the concatenating bidirectional stack. The variants run in turn, round after round,
+//! The cost of the cell options on the CPU backend, each against its plain stack in the same
+//! run: reverse-only, batch-first and the cell's own options (peephole, gate_clip, input_forget
+//! for an LSTM; gate_clip and linear_before_reset=false for a GRU; gate_clip for an RNN) against
+//! the forward time-major stack, merge by sum against the concatenating bidirectional stack.
+//! Options a cell does not have are left out of its table. The variants run in turn, round after round,
 //! so that a change of the machine's load touches them alike; the table gives each variant's
 //! median time and the median over rounds of its ratio to its baseline.
 //!
 //! ```text
 //! cargo run --release --example option_cost -- [--cells lstm,gru] [--input 512] [--hidden 512]
 //!     [--batch 64] [--steps 100] [--rounds 7] [--threads N] [--modes inference,train]
-//!     [--variants forward,direction=reverse,batch_first,bidirectional,merge=sum]
+//!     [--variants forward,direction=reverse,batch_first,bidirectional,merge=sum,peephole,
+//!      gate_clip,input_forget,linear_before_reset=false]
 //! ```
 //!
 //! A variant whose baseline is not among `--variants` is compared with itself.
@@ -124,13 +127,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for &cell in &a.cells {
         let base = || RnnConfig::new(cell, a.input, a.hidden);
         // (name, configuration, index of its baseline)
-        let variants: Vec<(&str, RnnConfig, usize)> = vec![
+        let mut variants: Vec<(&str, RnnConfig, usize)> = vec![
             ("forward", base().build()?, 0),
             ("direction=reverse", base().direction(Direction::Reverse).build()?, 0),
             ("batch_first", base().batch_first(true).build()?, 0),
             ("bidirectional", base().bidirectional(true).build()?, 3),
             ("merge=sum", base().bidirectional(true).merge(Merge::Sum).build()?, 3),
         ];
+        // The cell's own options (a configuration that does not build is an option the cell
+        // does not have). The clip threshold is one that clamps some gates of this problem.
+        let cell_options = [
+            ("peephole", base().peephole(true)),
+            ("gate_clip", base().gate_clip(3.0)),
+            ("input_forget", base().input_forget(true)),
+            ("linear_before_reset=false", base().linear_before_reset(false)),
+        ];
+        variants.extend(cell_options.into_iter().filter_map(|(name, b)| b.build().ok().map(|cfg| (name, cfg, 0))));
         let variants: Vec<(&str, RnnConfig, usize)> = {
             let keep = |name: &str| a.only.is_empty() || a.only.iter().any(|o| o == name);
             let kept: Vec<&str> = variants.iter().map(|v| v.0).filter(|n| keep(n)).collect();
