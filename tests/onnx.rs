@@ -351,10 +351,10 @@ fn weights_must_be_initializers_of_the_right_dims() {
     let [w, r, b, _] = <[Pb; 4]>::try_from(tagged_lstm(1)).ok().unwrap();
     let lstm = |inputs: &[&str]| node("LSTM", "l", inputs, &["Y"], &[("hidden_size", Attr::Int(1))]);
     // R given at run time.
-    import_error(&model(&[lstm(&["X", "W", "R"])], &[w.clone()], &["X", "R"]), &["input R", "\"R\"", "graph input"]);
+    import_error(&model(&[lstm(&["X", "W", "R"])], std::slice::from_ref(&w), &["X", "R"]), &["input R", "\"R\"", "graph input"]);
     // R computed by another node.
     let c = node("Constant", "k", &[], &["R"], &[]);
-    import_error(&model(&[c, lstm(&["X", "W", "R"])], &[w.clone()], &["X"]), &["input R", "output of node", "Constant"]);
+    import_error(&model(&[c, lstm(&["X", "W", "R"])], std::slice::from_ref(&w), &["X"]), &["input R", "output of node", "Constant"]);
     // R nowhere.
     import_error(&model(&[lstm(&["X", "W", "Rx"])], &[w.clone(), r.clone()], &["X"]), &["input R", "\"Rx\"", "no initializer"]);
     // W missing altogether.
@@ -441,15 +441,18 @@ fn nodes_are_listed_and_chosen_by_name() {
 fn a_stack_must_be_a_chain_of_like_nodes() {
     let [w, r, b, _] = <[Pb; 4]>::try_from(tagged_lstm(1)).ok().unwrap();
     let w1 = tensor("W1", &[1, 4, 1], &[1.0, 2.0, 3.0, 4.0]);
+    let r1 = tensor("R1", &[1, 4, 1], &[1.0, 2.0, 3.0, 4.0]);
+    let b1 = tensor("B1", &[1, 8], &[0.0; 8]);
     let lstm = |name: &str, x: &str, wn: &str, y: &str, attrs: &[(&str, Attr)]| {
         let mut all = vec![("hidden_size", Attr::Int(1))];
         for (n, a) in attrs {
             all.push((n, if let Attr::Float(f) = a { Attr::Float(*f) } else { Attr::Int(0) }));
         }
-        node("LSTM", name, &[x, wn, "R", "B"], &[y], &all)
+        let (r, b) = if wn == "W" { ("R", "B") } else { ("R1", "B1") };
+        node("LSTM", name, &[x, wn, r, b], &[y], &all)
     };
     let squeeze = node("Squeeze", "sq", &["Y0"], &["X1"], &[]);
-    let inits = [w.clone(), w1.clone(), r.clone(), b.clone()];
+    let inits = [w.clone(), w1.clone(), r.clone(), b.clone(), r1, b1];
     let ok = model(&[lstm("a", "X", "W", "Y0", &[]), squeeze.clone(), lstm("b", "X1", "W1", "Y1", &[])], &inits, &["X"]);
     assert_eq!(onnx::load_stack_from_bytes::<f32>(&ok, "<stack>").unwrap().config.num_layers(), 2);
     // Not chained: the second node reads the graph input.
@@ -469,4 +472,9 @@ fn a_stack_must_be_a_chain_of_like_nodes() {
     let wrong = model(&[lstm("a", "X", "W", "Y0", &[]), t, lstm("b", "X1", "W1", "Y1", &[])], &inits, &["X"]);
     let e = onnx::load_stack_from_bytes::<f32>(&wrong, "<stack>").unwrap_err().to_string();
     assert!(e.contains("Transpose") && e.contains("perm"), "{e}");
+    // Layers sharing an initializer.
+    let shared =
+        model(&[lstm("a", "X", "W", "Y0", &[]), squeeze, node("LSTM", "b", &["X1", "W1", "R", "B1"], &["Y1"], &[])], &inits, &["X"]);
+    let e = onnx::load_stack_from_bytes::<f32>(&shared, "<stack>").unwrap_err().to_string();
+    assert!(e.contains("initializer \"R\"") && e.contains("\"a\" and \"b\""), "{e}");
 }

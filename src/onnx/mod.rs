@@ -183,6 +183,22 @@ pub fn load_stack_from_bytes<T: Element>(bytes: &[u8], source: &str) -> Result<O
         if nodes.is_empty() {
             return Err(Error::invalid("node", "a file with an LSTM, GRU or RNN node", "none in the graph"));
         }
+        // Each layer has its own weights: a shared initializer would make the stack's parameters
+        // a multiple of the file's size (and is no layer stack any framework exports).
+        let mut owner: Vec<(&str, usize)> = vec![];
+        for n in &nodes {
+            let node = &graph.node[n.index];
+            for w in [1, 2, 3, 7].iter().filter_map(|&k| node.input.get(k)).filter(|s| !s.is_empty()) {
+                if let Some(&(_, other)) = owner.iter().find(|(o, by)| o == w && *by != n.index) {
+                    return Err(Error::invalid(
+                        format!("initializer {w:?}"),
+                        "the weights of one layer of the stack",
+                        format!("an input of the nodes {:?} and {:?}", graph.node[other].name, node.name),
+                    ));
+                }
+                owner.push((w, n.index));
+            }
+        }
         let layers = nodes.iter().map(|n| convert::<T>(graph, &graph.node[n.index])).collect::<Result<Vec<_>>>()?;
         let first = &layers[0];
         let config = first.config.to_builder().num_layers(layers.len()).build()?;
@@ -479,7 +495,7 @@ fn values(t: &TensorProto, what: &str) -> Result<(Vec<usize>, Vec<f64>)> {
         Error::shape(what.to_string(), format!("{n} values for dims {:?}", t.dims), format!("{got} values in {field}"))
     };
     let raw = |size: usize| -> Result<&[u8]> {
-        if t.raw_data.len() % size != 0 || t.raw_data.len() / size != n {
+        if !t.raw_data.len().is_multiple_of(size) || t.raw_data.len() / size != n {
             return Err(count_err(t.raw_data.len() / size, &format!("raw_data ({} bytes)", t.raw_data.len())));
         }
         Ok(&t.raw_data)
