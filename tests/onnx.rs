@@ -52,6 +52,16 @@ fn check_model<T: Element, B: Backend<T, Buf = [T]>>(backend: &B, model: &Path, 
     assert!(case.forward_only(), "onnxruntime's cases have no gradients");
     case.params = stack.params;
     let report = run_case(backend, &case).map_err(|e| format!("run: {e}"))?;
+    // Forward-only: the forward outputs compared, no backward run.
+    assert!(report.forward_only);
+    let names: Vec<&str> = report.errors.iter().map(|(n, _)| n.as_str()).collect();
+    let lstm = case.config.cell() == CellKind::Lstm;
+    let want: &[&str] = if lstm {
+        &["y", "hn", "cn", "y (inference)", "hn (inference)", "cn (inference)"]
+    } else {
+        &["y", "hn", "y (inference)", "hn (inference)"]
+    };
+    assert_eq!(names, want);
     let (worst, err) = report.worst();
     let line = format!("max error {err:.2e} in {worst}");
     if report.passes(tol) {
@@ -82,6 +92,16 @@ fn reference_matches_onnxruntime_on_every_committed_model() {
 fn cpu_matches_onnxruntime_on_every_committed_model() {
     let cpu = Cpu::new().unwrap();
     check_all::<f32, _>(&cpu, &format!("cpu-{}", cpu.isa()), CPU_TOL);
+}
+
+#[test]
+fn pytorch_cases_are_not_forward_only() {
+    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lstm_l1_uni.safetensors");
+    let case = Case::<f64>::load(f).unwrap();
+    assert!(!case.forward_only());
+    assert_eq!(case.expected_dtype, Some(rnn_kernels::Dtype::F64));
+    let report = run_case(&Reference, &case).unwrap();
+    assert!(!report.forward_only && report.errors.iter().any(|(n, _)| n == "dx"));
 }
 
 #[test]
