@@ -2,11 +2,15 @@
 //! layer stack's parameters, inputs, upstream gradients, and PyTorch's outputs and gradients.
 //!
 //! [`Case::load`] reads one; [`run_case`] runs it on a backend and compares every output and
-//! gradient with the metric of the format, `max_i |a_i - b_i| / max(1, |b_i|)`.
+//! gradient with the metric of the format, `max_i |a_i - b_i| / max(1, |b_i|)`. A case
+//! without upstream and expected gradients is forward-only ([`Case::forward_only`]): only its
+//! `y`, `hn`, `cn` are compared. A case whose metadata sets a cell option the backend does not
+//! implement fails with [`Error::Unsupported`](crate::Error::Unsupported) naming it (from the
+//! backend's `plan`), never run as the plain cell.
 
 use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode};
 use crate::config::RnnConfig;
-use crate::element::Element;
+use crate::element::{Dtype, Element};
 use crate::error::{try_zeroed, Error, Result};
 use crate::params::{config_from_metadata, read_file, st_error, view_to_i64, view_to_vec, LoadOptions, Params};
 use crate::shape::SeqShape;
@@ -50,6 +54,10 @@ pub struct Case<T> {
     pub dc0: Option<Vec<T>>,
     /// PyTorch's parameter gradients (`grad.<name>`), if all are in the file.
     pub grads: Option<Params<T>>,
+    /// The element type of `y` in the file: what the oracle computed in (`F32` for
+    /// onnxruntime's cases, `F64` for PyTorch's), which sets the tolerance a reference in f64
+    /// can be held to.
+    pub expected_dtype: Option<Dtype>,
 }
 
 impl<T: Element> Case<T> {
@@ -111,7 +119,14 @@ impl<T: Element> Case<T> {
                 }
             }
         };
-        let (xs, ys, hs, cs) = (shape.x_shape(&config), shape.y_shape(&config), shape.h_shape(&config), shape.c_shape(&config));
+        let (xs, ys, hs, cs) = (x_shape(&shape, &config), y_shape(&shape, &config), shape.h_shape(&config), shape.c_shape(&config));
+        let expected_dtype = st.tensor("y").ok().and_then(|v| match v.dtype() {
+            safetensors::Dtype::F64 => Some(Dtype::F64),
+            safetensors::Dtype::F32 => Some(Dtype::F32),
+            safetensors::Dtype::F16 => Some(Dtype::F16),
+            safetensors::Dtype::BF16 => Some(Dtype::BF16),
+            _ => None,
+        });
         let x =
             tensor("x", &xs)?.ok_or_else(|| Error::MissingTensor { name: "x".into(), shape: xs.to_vec(), source_desc: source.into() })?;
         let params = Params::from_safetensors(&st, &config, &LoadOptions { prefix: String::new(), allow_unexpected: true }, source)?;
@@ -137,8 +152,34 @@ impl<T: Element> Case<T> {
             dh0: tensor("dh0", &hs)?,
             dc0: tensor("dc0", &cs)?,
             grads,
+            expected_dtype,
             config,
         })
+    }
+
+    /// Whether the case has neither upstream gradients (`dy`, `dhn`, `dcn`) nor expected
+    /// gradients (`dx`, `dh0`, `dc0`, `grad.*`): then [`run_case`] runs and compares the forward
+    /// passes only.
+    pub fn forward_only(&self) -> bool {
+        [&self.dy, &self.dhn, &self.dcn, &self.dx, &self.dh0, &self.dc0].iter().all(|t| t.is_none()) && self.grads.is_none()
+    }
+}
+
+/// The shape of `x` in a case file: `[T, B, I]`, or `[B, T, I]` with `batch_first`.
+fn x_shape(shape: &SeqShape, cfg: &RnnConfig) -> [usize; 3] {
+    order(shape, cfg, cfg.input_size())
+}
+
+/// The shape of `y` in a case file: `[T, B, out]`, or `[B, T, out]` with `batch_first`.
+fn y_shape(shape: &SeqShape, cfg: &RnnConfig) -> [usize; 3] {
+    order(shape, cfg, cfg.output_size())
+}
+
+fn order(shape: &SeqShape, cfg: &RnnConfig, features: usize) -> [usize; 3] {
+    if cfg.batch_first() {
+        [shape.batch(), shape.steps(), features]
+    } else {
+        [shape.steps(), shape.batch(), features]
     }
 }
 
@@ -164,6 +205,8 @@ pub fn max_error<T: Element>(a: &[T], b: &[T]) -> f64 {
 pub struct CaseReport {
     /// `(tensor name, error)` for every tensor compared.
     pub errors: Vec<(String, f64)>,
+    /// Whether the case was forward-only (no backward was run).
+    pub forward_only: bool,
 }
 
 impl CaseReport {
@@ -177,8 +220,9 @@ impl CaseReport {
     }
 }
 
-/// Runs `case` on `backend`: training forward, backward with the case's upstream gradients,
-/// and inference forward; compares everything the file has.
+/// Runs `case` on `backend`: training forward, backward with the case's upstream gradients
+/// (not for a [forward-only](Case::forward_only) case), and inference forward; compares
+/// everything the file has.
 pub fn run_case<T: Element, B: Backend<T, Buf = [T]>>(backend: &B, case: &Case<T>) -> Result<CaseReport> {
     let cfg = &case.config;
     let shape = &case.shape;
@@ -187,14 +231,14 @@ pub fn run_case<T: Element, B: Backend<T, Buf = [T]>>(backend: &B, case: &Case<T
     let zeros = |name: &str, s: [usize; 3]| crate::rnn::alloc::<T>("case", name, "a call tensor", s);
     let lstm = cfg.cell().has_cell_state();
     let plan = backend.plan(cfg, case.params.as_slice())?;
-    let mut y = zeros("y", shape.y_shape(cfg))?;
+    let mut y = zeros("y", y_shape(shape, cfg))?;
     let mut hn = zeros("hn", shape.h_shape(cfg))?;
     let mut cn = if lstm { Some(zeros("cn", shape.c_shape(cfg))?) } else { None };
     let input = || ForwardInput { x: &case.x[..], h0: case.h0.as_deref(), c0: if lstm { case.c0.as_deref() } else { None } };
     let mut reserve = B::Reserve::default();
     backend.forward_training(&plan, shape, input(), ForwardOutput { y: &mut y, hn: Some(&mut hn), cn: cn.as_deref_mut() }, &mut reserve)?;
 
-    let mut report = CaseReport::default();
+    let mut report = CaseReport { forward_only: case.forward_only(), ..CaseReport::default() };
     let mut cmp = |name: &str, got: Option<&[T]>, want: Option<&[T]>| {
         if let (Some(g), Some(w)) = (got, want) {
             report.errors.push((name.to_string(), max_error(g, w)));
@@ -204,13 +248,39 @@ pub fn run_case<T: Element, B: Backend<T, Buf = [T]>>(backend: &B, case: &Case<T
     cmp("hn", Some(&hn), case.hn.as_deref());
     cmp("cn", cn.as_deref(), case.cn.as_deref());
 
-    let mut dx = zeros("dx", shape.x_shape(cfg))?;
+    if !report.forward_only {
+        backward_and_compare(backend, case, &plan, &reserve, &mut cmp)?;
+    }
+
+    // Inference must give the same outputs as training.
+    let (mut yi, mut hi) = (zeros("y", y_shape(shape, cfg))?, zeros("hn", shape.h_shape(cfg))?);
+    let mut ci = if lstm { Some(zeros("cn", shape.c_shape(cfg))?) } else { None };
+    backend.forward_inference(&plan, shape, input(), ForwardOutput { y: &mut yi, hn: Some(&mut hi), cn: ci.as_deref_mut() })?;
+    cmp("y (inference)", Some(&yi), case.y.as_deref());
+    cmp("hn (inference)", Some(&hi), case.hn.as_deref());
+    cmp("cn (inference)", ci.as_deref(), case.cn.as_deref());
+    Ok(report)
+}
+
+/// The backward pass of [`run_case`] with the case's upstream gradients (zeros where absent),
+/// compared with the gradients the file has.
+fn backward_and_compare<T: Element, B: Backend<T, Buf = [T]>>(
+    backend: &B,
+    case: &Case<T>,
+    plan: &B::Plan,
+    reserve: &B::Reserve,
+    cmp: &mut impl FnMut(&str, Option<&[T]>, Option<&[T]>),
+) -> Result<()> {
+    let (cfg, shape) = (&case.config, &case.shape);
+    let zeros = |name: &str, s: [usize; 3]| crate::rnn::alloc::<T>("case", name, "a call tensor", s);
+    let lstm = cfg.cell().has_cell_state();
+    let mut dx = zeros("dx", x_shape(shape, cfg))?;
     let mut dh0 = zeros("dh0", shape.h_shape(cfg))?;
     let mut dc0 = if lstm { Some(zeros("dc0", shape.c_shape(cfg))?) } else { None };
     let mut dparams = try_zeroed("case", "the parameter gradients", case.params.layout().len())?;
     backend.backward(
-        &plan,
-        &reserve,
+        plan,
+        reserve,
         BackwardInput { dy: case.dy.as_deref(), dhn: case.dhn.as_deref(), dcn: if lstm { case.dcn.as_deref() } else { None } },
         BackwardOutput { dx: Some(&mut dx), dh0: Some(&mut dh0), dc0: dc0.as_deref_mut(), dparams: Some(&mut dparams) },
         GradMode::Overwrite,
@@ -224,12 +294,5 @@ pub fn run_case<T: Element, B: Backend<T, Buf = [T]>>(backend: &B, case: &Case<T
         }
     }
 
-    // Inference must give the same outputs as training.
-    let (mut yi, mut hi) = (zeros("y", shape.y_shape(cfg))?, zeros("hn", shape.h_shape(cfg))?);
-    let mut ci = if lstm { Some(zeros("cn", shape.c_shape(cfg))?) } else { None };
-    backend.forward_inference(&plan, shape, input(), ForwardOutput { y: &mut yi, hn: Some(&mut hi), cn: ci.as_deref_mut() })?;
-    cmp("y (inference)", Some(&yi), case.y.as_deref());
-    cmp("hn (inference)", Some(&hi), case.hn.as_deref());
-    cmp("cn (inference)", ci.as_deref(), case.cn.as_deref());
-    Ok(report)
+    Ok(())
 }
