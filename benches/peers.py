@@ -470,12 +470,10 @@ def available_impls(torch):
     """Map impl -> None if usable, else the reason it is not."""
     out = {}
     out["pytorch-cpu"] = None if torch is not None else "torch is not installed"
-    if torch is None:
-        out["onnxruntime-cpu"] = "torch is not installed (needed to export the model)"
-    elif not have_module("onnxruntime"):
+    if not have_module("onnxruntime"):
         out["onnxruntime-cpu"] = "onnxruntime is not installed"
     elif not have_module("onnx"):
-        out["onnxruntime-cpu"] = "onnx is not installed (needed by torch.onnx.export)"
+        out["onnxruntime-cpu"] = "onnx is not installed (needed by torch.onnx.export and onnx.helper)"
     else:
         out["onnxruntime-cpu"] = None
     if torch is None:
@@ -565,7 +563,7 @@ def main(argv=None):
         torch = import_torch(a.threads)
     except ImportError as e:
         torch = None
-        note(f"torch not importable ({e}); PyTorch and onnxruntime peers are skipped")
+        note(f"torch not importable ({e}); the PyTorch peers, and onnxruntime on plain cells (exported from torch), are skipped")
 
     avail = available_impls(torch)
     if a.info:
@@ -602,6 +600,8 @@ def main(argv=None):
             note("skipping onnxruntime-cpu for train: onnxruntime is timed for inference only")
             continue
         why = unsupported(impl, a)
+        if impl == "onnxruntime-cpu" and not option_names(a) and torch is None:
+            why = "torch is not installed (needed to export the plain model; the ONNX options need only onnx)"
         if why:
             note(f"skipping {impl} for {config_name(a)}: {why}")
             continue
