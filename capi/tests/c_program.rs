@@ -340,6 +340,9 @@ fn c_program_runs_each_cell_with_options_like_the_rust_api() {
                     w[diff.unwrap()]
                 );
             }
+            // The saved file's metadata holds the options: it loads without a configuration.
+            let saved = Params::<f32>::load(dir.join("saved.safetensors")).unwrap();
+            assert_eq!(saved.config(), &v.cfg, "{}: the configuration saved from C", v.name);
             ran.push(format!("{} on {backend}/{threads}", v.name));
         }
     }

@@ -12,7 +12,8 @@
  * x.f32, h0.f32, c0.f32 for LSTM, dy.f32, dhn.f32, dcn.f32 for LSTM); their lengths must be the
  * sizes the model reports. This program runs inference, a training forward and backward over
  * T = 5, B = 3, lengths {5, 2, 4} and writes every output to DIR as <name>.out.f32 for the Rust
- * test to compare, bit for bit, with the Rust API. Exit status 0 iff every check passed.
+ * test to compare, bit for bit, with the Rust API; saves the parameters as DIR/saved.safetensors
+ * and loads them into a second model. Exit status 0 iff every check passed.
  */
 #include "rnn_kernels.h"
 #include "check.h"
@@ -145,6 +146,20 @@ int main(int argc, char** argv) {
     write_f32("dh0", dh0, hl);
     if (lstm) write_f32("dc0", dc0, cl);
     write_f32("dparams", dparams, np);
+
+    /* the parameters through a safetensors file (its metadata carries the options): into a
+     * second model with the same options they load as they were */
+    {
+        rnnk_model* loaded = NULL;
+        float* back = malloc(np * sizeof(float));
+        OK(rnnk_model_save_safetensors(m, path_of("saved.safetensors")));
+        OK(rnnk_model_create_ex(cell, I, H, layers, bidirectional, 0, 1, options, backend, threads, &loaded));
+        OK(rnnk_model_load_safetensors(loaded, path_of("saved.safetensors"), NULL, 0));
+        OK(rnnk_model_get_params(loaded, back, np));
+        CHECK(memcmp(back, params, np * sizeof(float)) == 0, "parameters saved and loaded back differ");
+        OK(rnnk_model_free(loaded));
+        free(back);
+    }
 
     /* a wrong length still names the argument, with the shape the options give */
     FAILS(rnnk_forward(m, T, B, lengths, B, x, xl - 1, NULL, 0, NULL, 0, y, yl, NULL, 0, NULL, 0), RNNK_ERR_SIZE_MISMATCH, "`x`");
