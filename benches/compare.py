@@ -167,6 +167,12 @@ class Config:
                                 self.bidirectional, self.mode, merge_sum=self.merge == "sum")
 
 
+def peer_lacks_option(impl, c):
+    """peers.py's reason why `impl` cannot run config `c` (an option it lacks), or None. (In
+    `main`, `peers` is the list of peer names.)"""
+    return peers.unsupported(impl, c)
+
+
 def parse_config(spec):
     spec = spec.strip()
     mode = "inference"
@@ -573,7 +579,7 @@ def main():
                 status[(c.key, impl)] = "unavailable"
             elif impl == "onnxruntime-cpu" and c.mode == "train":
                 status[(c.key, impl)] = "n/a"
-            elif peers.unsupported(impl, c):
+            elif peer_lacks_option(impl, c):
                 status[(c.key, impl)] = "n/a"
 
     impls_all = ours + base + peers
