@@ -18,8 +18,15 @@ Usage:
         --json out.jsonl
     # a change against the build before it: both binaries alternate in every round
     python3 benches/compare.py --peers "" --rounds 5 --baseline-bin /path/to/old/target/release/examples/bench
+    # the ONNX options against onnxruntime (single-node models built with onnx.helper)
+    python3 benches/compare.py --configs onnx
+    # what each cell option costs: plain and with the option, alternately, per round
+    python3 benches/compare.py --option-cost --rounds 3
 
-Config syntax: `cell-I-H-B-T[-lL][-bi][:mode]`, mode `inference` (default) or `train`.
+Config syntax: `cell-I-H-B-T[-lL][-bi][options][:mode]`, mode `inference` (default) or `train`;
+options are suffixes in any order: `-rev` (direction reverse), `-sum` (merge sum), `-peep`
+(peepholes), `-clipX` (gate clip X), `-if` (input_forget), `-cho` (GRU linear_before_reset=0),
+`-bf` (batch-first). A peer that lacks an option reads "n/a" (peers.py's `unsupported`).
 """
 
 import argparse
@@ -64,6 +71,22 @@ CUDA_CONFIGS = [
     "rnn_relu-1760-1760-16-50:train",
 ]
 
+# The ONNX options against onnxruntime (`--configs onnx`): LSTM with peepholes, Cho's GRU.
+ONNX_CONFIGS = [
+    "lstm-256-256-1-150-peep:inference",
+    "lstm-512-512-64-100-peep:inference",
+    "lstm-512-512-64-100-peep-clip3-if:inference",
+    "gru-512-512-64-100-cho:inference",
+    "gru-1024-1024-4-375-cho:inference",
+]
+
+# `--option-cost`: each option's configuration beside the plain one it is timed against.
+OPTION_COST_BASES = ["lstm-512-512-64-100", "gru-512-512-64-100"]
+OPTION_COST_OPTIONS = {
+    "lstm": ["-peep", "-clip3", "-if", "-rev", "-bi/-bi-sum", "-bf"],
+    "gru": ["-cho", "-clip3", "-rev", "-bi/-bi-sum", "-bf"],
+}
+
 # A smoke list that runs in seconds.
 QUICK_CONFIGS = [
     "lstm-64-64-8-20:inference",
@@ -81,9 +104,17 @@ def log(msg):
 
 
 class Config:
-    def __init__(self, cell, input_size, hidden, batch, steps, layers, bidirectional, mode):
+    def __init__(self, cell, input_size, hidden, batch, steps, layers, bidirectional, mode, options=None):
         self.cell, self.input, self.hidden, self.batch, self.steps = cell, input_size, hidden, batch, steps
         self.layers, self.bidirectional, self.mode = layers, bidirectional, mode
+        o = options or {}
+        self.direction = o.get("direction")  # None, or "reverse"
+        self.merge = o.get("merge", "concat")
+        self.peephole = o.get("peephole", False)
+        self.clip = o.get("clip", 0.0)
+        self.input_forget = o.get("input_forget", False)
+        self.cho = o.get("cho", False)
+        self.batch_first = o.get("batch_first", False)
 
     def _name(self, sizes):
         s = sizes
@@ -91,7 +122,7 @@ class Config:
             s += f"-l{self.layers}"
         if self.bidirectional:
             s += "-bi"
-        return s
+        return s + peers.option_suffix(self)
 
     @property
     def label(self):
@@ -114,12 +145,32 @@ class Config:
             f += ["--layers", str(self.layers)]
         if self.bidirectional:
             f += ["--bidirectional"]
+        if self.direction:
+            f += ["--direction", self.direction]
+        if self.merge != "concat":
+            f += ["--merge", self.merge]
+        if self.peephole:
+            f += ["--peephole"]
+        if self.clip:
+            f += ["--clip", peers.fmt_clip(self.clip)]
+        if self.input_forget:
+            f += ["--input-forget"]
+        if self.cho:
+            f += ["--cho"]
+        if self.batch_first:
+            f += ["--batch-first"]
         return f
 
     def gemm_flops(self):
         """GEMM FLOPs only (peers.py's `gemm_flops`, which the JSON lines report too)."""
         return peers.gemm_flops(self.cell, self.input, self.hidden, self.batch, self.steps, self.layers,
-                                self.bidirectional, self.mode)
+                                self.bidirectional, self.mode, merge_sum=self.merge == "sum")
+
+
+def peer_lacks_option(impl, c):
+    """peers.py's reason why `impl` cannot run config `c` (an option it lacks), or None. (In
+    `main`, `peers` is the list of peer names.)"""
+    return peers.unsupported(impl, c)
 
 
 def parse_config(spec):
@@ -139,17 +190,33 @@ def parse_config(spec):
         i, h, b, t = (int(p) for p in parts[1:5])
     except ValueError:
         raise ValueError(f"I, H, B, T must be integers in {spec!r}") from None
-    layers, bi = 1, False
+    layers, bi, opts = 1, False, {}
+    flags = {"rev": ("direction", "reverse"), "sum": ("merge", "sum"), "peep": ("peephole", True),
+             "if": ("input_forget", True), "cho": ("cho", True), "bf": ("batch_first", True)}
     for extra in parts[5:]:
         if extra == "bi":
             bi = True
         elif extra.startswith("l") and extra[1:].isdigit():
             layers = int(extra[1:])
+        elif extra in flags:
+            opts[flags[extra][0]] = flags[extra][1]
+        elif extra.startswith("clip"):
+            try:
+                opts["clip"] = float(extra[4:])
+            except ValueError:
+                raise ValueError(f"-clipX needs a number X in {spec!r}") from None
+            if not (0 < opts["clip"] < float("inf")):
+                raise ValueError(f"-clipX needs a finite X > 0 in {spec!r}")
         else:
-            raise ValueError(f"unknown config suffix {extra!r} in {spec!r} (use -lL or -bi)")
+            raise ValueError(f"unknown config suffix {extra!r} in {spec!r} "
+                             "(use -lL, -bi, -rev, -sum, -peep, -clipX, -if, -cho, -bf)")
     if min(i, h, b, t, layers) < 1:
         raise ValueError(f"sizes must be >= 1 in {spec!r}")
-    return Config(parts[0], i, h, b, t, layers, bi, mode)
+    if opts.get("direction") == "reverse" and bi:
+        raise ValueError(f"-rev and -bi exclude each other in {spec!r}")
+    if opts.get("merge") == "sum" and not bi:
+        raise ValueError(f"-sum needs -bi in {spec!r}")
+    return Config(parts[0], i, h, b, t, layers, bi, mode, opts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,6 +397,89 @@ def fmt_ms(v):
     return f"{v:.3f}"
 
 
+def option_cost(args, cmdline):
+    """`--option-cost`: for each cell option, its configuration and the plain one it is timed
+    against run alternately (the order flips from pair to pair and round to round), each a
+    separate run of our bench binary; per round the ratio option/plain, then the median over
+    rounds with its [min, max]. Prints a markdown table."""
+    rounds = args.rounds if args.rounds is not None else 3
+    backend = next((b.strip() for b in args.ours.split(",") if b.strip()), "cpu")
+    binary, why_not = build_ours(args, [backend])
+    if binary is None:
+        log(f"compare.py: ours unavailable: {why_not}")
+        return 1
+    pairs = []  # (plain Config, option Config, option name)
+    for base in OPTION_COST_BASES:
+        cell = base.split("-")[0]
+        for mode in ("inference", "train"):
+            for opt in OPTION_COST_OPTIONS[cell]:
+                plain_suffix, opt_suffix = opt.split("/") if "/" in opt else ("", opt)
+                pairs.append((parse_config(f"{base}{plain_suffix}:{mode}"), parse_config(f"{base}{opt_suffix}:{mode}"),
+                              opt_suffix.removeprefix("-bi").lstrip("-")))
+    json_out = open(args.json, "w") if args.json else None
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    ms = {}  # (pair index, "plain" | "option") -> {round: ms}
+    failed = {}  # (pair index, "plain" | "option") -> why
+    isa = set()
+    for rnd in range(rounds):
+        for pi, (plain, opt, name) in enumerate(pairs):
+            order = [("plain", plain), ("option", opt)]
+            if (rnd + pi) % 2:
+                order.reverse()
+            got = []
+            for which, c in order:
+                if (pi, which) in failed:
+                    continue
+                cmd = [binary, "--backend", backend] + c.flags() + ["--threads", str(args.threads)]
+                if args.reps is not None:
+                    cmd += ["--reps", str(args.reps)]
+                if args.warmup is not None:
+                    cmd += ["--warmup", str(args.warmup)]
+                lines, err = run_one(cmd, args.timeout)
+                if not lines:
+                    failed[(pi, which)] = err or "no result"
+                    log(f"compare.py: {c.label} {c.mode}: {err}")
+                    continue
+                line = lines[-1]
+                if line.get("config") != c.json_config:
+                    log(f"compare.py: warning: reported config {line.get('config')!r}, expected {c.json_config!r}")
+                if "isa" in line:
+                    isa.add(line["isa"])
+                if json_out:
+                    json_out.write(json.dumps(line, separators=(",", ":")) + "\n")
+                ms.setdefault((pi, which), {})[rnd] = float(line["median_ms"])
+                got.append(f"{which} {fmt_ms(float(line['median_ms']))} ms")
+            log(f"[round {rnd + 1}/{rounds}] {plain.label} {plain.mode} / {name}: " + ", ".join(got))
+    if json_out:
+        json_out.close()
+
+    logical, usable, physical = core_counts()
+    out = ["### rnn-kernels: the cost of each cell option", ""]
+    out.append(f"- command: `{cmdline}`")
+    out.append(f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}")
+    out.append(f"- machine: {cpu_model()}, {logical} logical CPUs" + (f" ({physical} physical cores)" if physical else "")
+               + f"; threads: {args.threads}" + (f"; load average at start {load:.2f}" if load is not None else ""))
+    out.append(f"- ours: rnn-kernels-{backend}" + (f" ({', '.join(sorted(isa))})" if isa else ""))
+    out.append(f"- {rounds} round(s); per round and option, the plain configuration and the option's run alternately "
+               "(order flipped from pair to pair and round to round), each the per-run median wall time (ms) of one "
+               "forward (inference) or forward+backward (train); option/plain: per round, then the median over rounds "
+               "and [min, max] (< 1.10 meets the 10 % budget)")
+    out.append("")
+    out.append("| config | mode | option | plain (ms) | with option (ms) | option/plain | [min, max] |")
+    out.append("|---|---|---|---:|---:|---:|---|")
+    for pi, (plain, opt, name) in enumerate(pairs):
+        a, b = ms.get((pi, "plain"), {}), ms.get((pi, "option"), {})
+        pv = fmt_ms(statistics.median(a.values())) if a else "failed"
+        ov = fmt_ms(statistics.median(b.values())) if b else ("unsupported" if "does not support" in failed.get((pi, "option"), "") else "failed")
+        ratios = [b[r] / a[r] for r in b if r in a]
+        ratio = f"{statistics.median(ratios):.3f}" if ratios else "–"
+        spread = f"[{min(ratios):.3f}, {max(ratios):.3f}]" if ratios else "–"
+        out.append(f"| {plain.label} | {plain.mode} | {name} | {pv} | {ov} | {ratio} | {spread} |")
+    print("\n".join(out), flush=True)
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser(description="rnn-kernels vs PyTorch / onnxruntime, side by side.")
     p.add_argument("--configs", default=None,
@@ -353,6 +503,10 @@ def main():
                    help="another build's bench binary (e.g. before a change): each of our backends also runs "
                         "with it, in the same rotation, and the table gains the per-round ratio ours/baseline")
     p.add_argument("--timeout", type=int, default=900, help="seconds per subprocess (default 900)")
+    p.add_argument("--option-cost", action="store_true",
+                   help="time each cell option against the plain cell (lstm-/gru-512-512-64-100, inference and "
+                        "train; ours only, the first --ours backend): per round, plain and option alternate, "
+                        "and the table gives the median over rounds of option/plain")
     args = p.parse_args()
 
     cmdline = "python3 " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:])
@@ -362,8 +516,12 @@ def main():
     reps = args.reps if args.reps is not None else (5 if args.quick else None)
     peer_warmup = args.warmup if args.warmup is not None else (1 if args.quick else None)
 
+    if args.option_cost:
+        return option_cost(args, cmdline)
     if args.configs == "cuda":
         specs = CUDA_CONFIGS
+    elif args.configs == "onnx":
+        specs = ONNX_CONFIGS
     else:
         specs = args.configs.split(",") if args.configs else (QUICK_CONFIGS if args.quick else DEFAULT_CONFIGS)
     try:
@@ -420,6 +578,8 @@ def main():
             if impl not in info.get("impls", []):
                 status[(c.key, impl)] = "unavailable"
             elif impl == "onnxruntime-cpu" and c.mode == "train":
+                status[(c.key, impl)] = "n/a"
+            elif peer_lacks_option(impl, c):
                 status[(c.key, impl)] = "n/a"
 
     impls_all = ours + base + peers

@@ -11,6 +11,15 @@ example (`cargo run --release --example bench`), so the two can be compared line
 Everything else (skipped impls, warnings, export chatter) goes to stderr. An impl that is not
 installed is skipped with a note, never a crash; `train` is skipped for onnxruntime.
 
+Cell options, as the Rust bench example takes them: `--peephole`, `--clip X`, `--input-forget`,
+`--cho` (GRU, linear_before_reset=0), `--direction forward|reverse|bidirectional`, `--merge
+concat|sum`, `--batch-first`. The config name gains the same suffixes as ours (`-rev`, `-sum`,
+`-peep`, `-clipX`, `-if`, `-cho`, `-bf`) and the line an "options" field. PyTorch runs
+`--batch-first` (its `batch_first=True`) and no other option; onnxruntime runs the ONNX ones
+(peephole, clip, input_forget, Cho's GRU, reverse) on a single-node LSTM/GRU/RNN model built with
+`onnx.helper` (one layer), and not merge=sum (ONNX has no such merge) nor batch-first (its CPU
+kernels refuse ONNX's `layout=1`). `unsupported(impl, a)` says why an impl skips a config.
+
 Usage:
     python3 benches/peers.py --cell lstm --input 512 --hidden 512 --batch 64 --steps 100 \
         --mode inference --threads 2 [--layers 1] [--bidirectional] [--reps N] [--warmup N] \
@@ -51,28 +60,101 @@ def note(msg):
 # Configuration, FLOPs, output line
 
 
+def fmt_clip(x):
+    """A clip threshold as Rust's `{}` of an f64 writes it: `3` for 3.0, `0.5`."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def is_bidirectional(a):
+    """`--direction` decides when given, else `--bidirectional`."""
+    d = getattr(a, "direction", None)
+    return d == "bidirectional" if d else bool(a.bidirectional)
+
+
+def option_names(a):
+    """The configuration's options by their case-file names, in the order of the Rust
+    `RnnConfig::options` (what our JSON lines report as "options")."""
+    names = []
+    if getattr(a, "direction", None) == "reverse":
+        names.append("direction=reverse")
+    if getattr(a, "merge", "concat") == "sum":
+        names.append("merge=sum")
+    if getattr(a, "peephole", False):
+        names.append("peephole")
+    if getattr(a, "clip", 0.0):
+        names.append("gate_clip")
+    if getattr(a, "input_forget", False):
+        names.append("input_forget")
+    if getattr(a, "cho", False):
+        names.append("linear_before_reset=false")
+    if getattr(a, "batch_first", False):
+        names.append("batch_first")
+    return names
+
+
+def option_suffix(a):
+    """The config name's suffixes of the options (the Rust bench example's `option_suffix`)."""
+    s = ""
+    if getattr(a, "direction", None) == "reverse":
+        s += "-rev"
+    if getattr(a, "merge", "concat") == "sum":
+        s += "-sum"
+    if getattr(a, "peephole", False):
+        s += "-peep"
+    if getattr(a, "clip", 0.0):
+        s += f"-clip{fmt_clip(a.clip)}"
+    if getattr(a, "input_forget", False):
+        s += "-if"
+    if getattr(a, "cho", False):
+        s += "-cho"
+    if getattr(a, "batch_first", False):
+        s += "-bf"
+    return s
+
+
 def config_name(a):
     s = f"{a.cell}-i{a.input}-h{a.hidden}-b{a.batch}-t{a.steps}"
     if a.layers > 1:
         s += f"-l{a.layers}"
-    if a.bidirectional:
+    if is_bidirectional(a):
         s += "-bi"
-    return s
+    return s + option_suffix(a)
 
 
-def gemm_flops(cell, input_size, hidden, batch, steps, layers, bidirectional, mode):
-    """FLOPs of the GEMMs only: 2*G*H*(I_l+H)*B*T per layer and direction; x3 for train."""
+def gemm_flops(cell, input_size, hidden, batch, steps, layers, bidirectional, mode, merge_sum=False):
+    """FLOPs of the GEMMs only: 2*G*H*(I_l+H)*B*T per layer and direction; x3 for train. Above
+    layer 0, I_l is D*H, or H with merge=sum."""
     g = GATES[cell]
     d = 2 if bidirectional else 1
     total = 0
     for layer in range(layers):
-        i_l = input_size if layer == 0 else d * hidden
+        i_l = input_size if layer == 0 else (hidden if merge_sum else d * hidden)
         total += d * 2 * g * hidden * (i_l + hidden) * batch * steps
     return total * (3 if mode == "train" else 1)
 
 
+PYTORCH_OPTIONS = ("batch_first",)
+ONNX_OPTIONS = ("direction=reverse", "peephole", "gate_clip", "input_forget", "linear_before_reset=false")
+
+
+def unsupported(impl, a):
+    """Why `impl` cannot run the configuration `a` (its options), or None when it can."""
+    names = option_names(a)
+    if impl.startswith("pytorch"):
+        other = [n for n in names if n not in PYTORCH_OPTIONS]
+        return f"PyTorch's modules have no {', '.join(other)}" if other else None
+    if impl == "onnxruntime-cpu":
+        other = [n for n in names if n not in ONNX_OPTIONS]
+        if other:
+            return f"onnxruntime's CPU RNN kernels have no {', '.join(other)}"
+        if names and a.layers > 1:
+            return "the ONNX options are timed on one layer (a single-node model)"
+    return None
+
+
 def emit(impl, a, median_ms):
-    flops = gemm_flops(a.cell, a.input, a.hidden, a.batch, a.steps, a.layers, a.bidirectional, a.mode)
+    flops = gemm_flops(a.cell, a.input, a.hidden, a.batch, a.steps, a.layers, is_bidirectional(a), a.mode,
+                       merge_sum=a.merge == "sum")
     line = {
         "impl": impl,
         "config": config_name(a),
@@ -82,7 +164,11 @@ def emit(impl, a, median_ms):
         "batch": a.batch,
         "steps": a.steps,
         "layers": a.layers,
-        "bidirectional": a.bidirectional,
+        "bidirectional": is_bidirectional(a),
+    }
+    if option_names(a):
+        line["options"] = ",".join(option_names(a))
+    line |= {
         "mode": a.mode,
         "threads": a.threads,
         "dtype": a.dtype,
@@ -135,7 +221,9 @@ def import_torch(threads):
 
 
 def make_module(torch, a):
-    kw = dict(num_layers=a.layers, bidirectional=a.bidirectional)
+    kw = dict(num_layers=a.layers, bidirectional=is_bidirectional(a))
+    if a.batch_first:
+        kw["batch_first"] = True
     if a.cell == "lstm":
         m = torch.nn.LSTM(a.input, a.hidden, **kw)
     elif a.cell == "gru":
@@ -147,8 +235,10 @@ def make_module(torch, a):
 
 def make_inputs(torch, a, device):
     g = torch.Generator().manual_seed(1234)
-    d = 2 if a.bidirectional else 1
+    d = 2 if is_bidirectional(a) else 1
     x = torch.randn(a.steps, a.batch, a.input, generator=g).to(device)  # time-major [T, B, I]
+    if a.batch_first:
+        x = x.transpose(0, 1).contiguous()  # [B, T, I]
     h0 = torch.zeros(a.layers * d, a.batch, a.hidden, device=device)
     c0 = torch.zeros(a.layers * d, a.batch, a.hidden, device=device) if a.cell == "lstm" else None
     return x, h0, c0
@@ -247,6 +337,80 @@ class Wrapped:
         return W().eval()
 
 
+def session_options(ort, a):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = a.threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return so
+
+
+def bench_onnx_node(a):
+    """onnxruntime on a single ONNX LSTM/GRU/RNN node with the ONNX options of `a`, built with
+    onnx.helper (PyTorch cannot export them): weights uniform in +-1/sqrt(H), h0 (and c0) zero
+    graph inputs, as the exported models have."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    h, d = a.hidden, (2 if is_bidirectional(a) else 1)
+    g = GATES[a.cell]
+    rng = np.random.default_rng(0)
+    k = 1.0 / np.sqrt(h)
+
+    def uniform(*shape):
+        return rng.uniform(-k, k, size=shape).astype(np.float32)
+
+    op = {"lstm": "LSTM", "gru": "GRU"}.get(a.cell, "RNN")
+    direction = getattr(a, "direction", None) or ("bidirectional" if d == 2 else "forward")
+    inits = [("W", uniform(d, g * h, a.input)), ("R", uniform(d, g * h, h)), ("B", uniform(d, 2 * g * h))]
+    inputs = ["X", "W", "R", "B", "", "initial_h"]
+    attrs = dict(hidden_size=h, direction=direction)
+    if op == "LSTM":
+        inputs += ["initial_c"]
+        if a.peephole:
+            inits.append(("P", uniform(d, 3 * h)))
+            inputs.append("P")
+        if a.input_forget:
+            attrs["input_forget"] = 1
+    elif op == "GRU":
+        attrs["linear_before_reset"] = 0 if a.cho else 1
+    else:
+        attrs["activations"] = ["Tanh" if a.cell == "rnn_tanh" else "Relu"] * d
+    if a.clip:
+        attrs["clip"] = float(a.clip)
+    outputs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    node = helper.make_node(op, inputs, outputs, **attrs)
+    f32 = TensorProto.FLOAT
+    graph_in = [helper.make_tensor_value_info("X", f32, [a.steps, a.batch, a.input]),
+                helper.make_tensor_value_info("initial_h", f32, [d, a.batch, h])]
+    if op == "LSTM":
+        graph_in.append(helper.make_tensor_value_info("initial_c", f32, [d, a.batch, h]))
+    graph_out = [helper.make_tensor_value_info("Y", f32, [a.steps, d, a.batch, h])]
+    graph = helper.make_graph([node], "rnn", graph_in, graph_out,
+                              initializer=[helper.make_tensor(n, f32, v.shape, v.flatten()) for n, v in inits])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # the IR of opset 17, which every onnxruntime since 1.12 reads
+    onnx.checker.check_model(model)
+    sess = ort.InferenceSession(model.SerializeToString(), sess_options=session_options(ort, a),
+                                providers=["CPUExecutionProvider"])
+    xg = np.random.default_rng(1234).standard_normal((a.steps, a.batch, a.input)).astype(np.float32)
+    feeds = {"X": xg, "initial_h": np.zeros((d, a.batch, h), np.float32)}
+    if op == "LSTM":
+        feeds["initial_c"] = np.zeros((d, a.batch, h), np.float32)
+    y = sess.run(["Y"], feeds)[0]
+    if y.shape != (a.steps, d, a.batch, h) or not np.all(np.isfinite(y)):
+        raise RuntimeError(f"the {op} node gave Y of shape {y.shape}, finite: {bool(np.all(np.isfinite(y)))}")
+    note(f"onnxruntime {ort.__version__}: single {op} node, attributes {attrs}" + (", P" if "P" in inputs else ""))
+
+    def step():
+        sess.run(["Y"], feeds)
+
+    return time_reps(step, lambda: None, a.warmup, a.reps)
+
+
 def bench_onnxruntime(torch, a):
     import numpy as np
     import onnxruntime as ort
@@ -263,11 +427,7 @@ def bench_onnxruntime(torch, a):
     with tempfile.TemporaryDirectory(prefix="rnn-peers-") as tmp:
         path = os.path.join(tmp, "model.onnx")
         exporter = export_onnx(torch, w, args, path)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = a.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so = session_options(ort, a)
         # The session holds the model in memory once created; the temp file can go after this.
         sess = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
 
@@ -310,12 +470,10 @@ def available_impls(torch):
     """Map impl -> None if usable, else the reason it is not."""
     out = {}
     out["pytorch-cpu"] = None if torch is not None else "torch is not installed"
-    if torch is None:
-        out["onnxruntime-cpu"] = "torch is not installed (needed to export the model)"
-    elif not have_module("onnxruntime"):
+    if not have_module("onnxruntime"):
         out["onnxruntime-cpu"] = "onnxruntime is not installed"
     elif not have_module("onnx"):
-        out["onnxruntime-cpu"] = "onnx is not installed (needed by torch.onnx.export)"
+        out["onnxruntime-cpu"] = "onnx is not installed (needed by torch.onnx.export and onnx.helper)"
     else:
         out["onnxruntime-cpu"] = None
     if torch is None:
@@ -370,6 +528,14 @@ def parse_args(argv):
                         "cuDNN then uses tensor cores); the CPU impls are f32 only")
     p.add_argument("--tf32", action="store_true",
                    help="let cuDNN use TF32 for f32 RNNs on CUDA (default: off, full f32)")
+    p.add_argument("--peephole", action="store_true", help="LSTM peepholes (ONNX P)")
+    p.add_argument("--clip", type=float, default=0.0, help="gate clip threshold (ONNX clip; 0: none)")
+    p.add_argument("--input-forget", action="store_true", help="LSTM coupled input-forget gate (ONNX input_forget)")
+    p.add_argument("--cho", action="store_true", help="GRU with the reset gate before the matmul (ONNX linear_before_reset=0)")
+    p.add_argument("--direction", choices=("forward", "reverse", "bidirectional"), default=None,
+                   help="ONNX direction (overrides --bidirectional)")
+    p.add_argument("--merge", choices=("concat", "sum"), default="concat", help="bidirectional merge (Keras merge_mode)")
+    p.add_argument("--batch-first", action="store_true", help="x [B, T, I] (PyTorch batch_first=True)")
     p.add_argument("--info", action="store_true",
                    help="print one JSON line with the available impls and package versions, and exit")
     a = p.parse_args(argv)
@@ -380,6 +546,8 @@ def parse_args(argv):
         p.error("--reps must be >= 1")
     if a.warmup < 0:
         p.error("--warmup must be >= 0")
+    if not (a.clip >= 0 and a.clip != float("inf")):
+        p.error("--clip must be a finite number >= 0")
     if a.impl is not None:
         impls = [s.strip() for s in a.impl.split(",") if s.strip()]
         bad = [s for s in impls if s not in ALL_IMPLS]
@@ -395,7 +563,7 @@ def main(argv=None):
         torch = import_torch(a.threads)
     except ImportError as e:
         torch = None
-        note(f"torch not importable ({e}); PyTorch and onnxruntime peers are skipped")
+        note(f"torch not importable ({e}); the PyTorch peers, and onnxruntime on plain cells (exported from torch), are skipped")
 
     avail = available_impls(torch)
     if a.info:
@@ -431,8 +599,16 @@ def main(argv=None):
         if impl == "onnxruntime-cpu" and a.mode == "train":
             note("skipping onnxruntime-cpu for train: onnxruntime is timed for inference only")
             continue
+        why = unsupported(impl, a)
+        if impl == "onnxruntime-cpu" and not option_names(a) and torch is None:
+            why = "torch is not installed (needed to export the plain model; the ONNX options need only onnx)"
+        if why:
+            note(f"skipping {impl} for {config_name(a)}: {why}")
+            continue
         try:
-            if impl == "pytorch-cpu":
+            if impl == "onnxruntime-cpu" and option_names(a):
+                ms, n, best = bench_onnx_node(a)
+            elif impl == "pytorch-cpu":
                 ms, n, best = bench_pytorch(torch, a, "cpu")
             elif impl == "pytorch-cuda":
                 ms, n, best = bench_pytorch(torch, a, "cuda")

@@ -5,8 +5,15 @@
 //! ```text
 //! cargo run --release --example bench -- --backend cpu --cell lstm --input 512 --hidden 512 \
 //!     --batch 64 --steps 100 [--layers 1] [--bidirectional] --mode inference|train --threads 2 \
-//!     [--reps N] [--warmup N]
+//!     [--reps N] [--warmup N] [cell options]
 //! ```
+//!
+//! Cell options (each as the builder method of `RnnConfig` it sets): `--peephole`, `--clip X`
+//! (`gate_clip`), `--input-forget`, `--cho` (`linear_before_reset(false)`), `--direction
+//! forward|reverse|bidirectional`, `--merge concat|sum`, `--batch-first`. Each adds a suffix to
+//! the `config` name (`-rev`, `-sum`, `-peep`, `-clipX`, `-if`, `-cho`, `-bf`, in that order, as
+//! `benches/peers.py` names them) and the line gains `"options"` (the configuration's option
+//! names); a plain configuration's line is unchanged.
 //!
 //! GFLOP counts only the GEMMs: per layer and direction `2·G·H·(In + Hout)·B·T` for inference
 //! (plus `2·Hout·H·B·T` for an LSTM projection), three times that for `train` (forward in
@@ -16,8 +23,8 @@
 
 use rnn_kernels::testkit::SplitMix64;
 use rnn_kernels::{
-    Backend, BackwardInput, BackwardOutput, CellKind, Cpu, Element, ForwardInput, ForwardOutput, GradMode, Params, Reference, RnnConfig,
-    SeqShape,
+    Backend, BackwardInput, BackwardOutput, CellKind, Cpu, Direction, Element, ForwardInput, ForwardOutput, GradMode, Merge, Params,
+    Reference, RnnConfig, SeqShape,
 };
 use std::borrow::BorrowMut;
 use std::process::ExitCode;
@@ -39,11 +46,22 @@ struct Args {
     warmup: usize,
     /// Storage type of the CUDA backend: f32, f16 or bf16.
     dtype: String,
+    /// `--direction` (overrides `--bidirectional` when given).
+    direction: Option<Direction>,
+    merge: Merge,
+    peephole: bool,
+    /// `--clip`: the gate clip threshold, 0 for none.
+    clip: f64,
+    input_forget: bool,
+    /// `--cho`: GRU with `linear_before_reset(false)`.
+    cho: bool,
+    batch_first: bool,
 }
 
 const USAGE: &str = "usage: bench --backend reference|cpu|cuda --cell lstm|gru|rnn_tanh|rnn_relu --input I --hidden H \
 --batch B --steps T [--layers L (1 to 1000)] [--bidirectional] [--proj P] --mode inference|train [--threads N (1 to 1024)] \
 [--reps N (1 to 1000000)] [--warmup N (0 to 1000000)] [--dtype f32|f16|bf16 (cuda)]
+[--peephole] [--clip X] [--input-forget] [--cho] [--direction forward|reverse|bidirectional] [--merge concat|sum] [--batch-first]
 Sizes whose buffers need more than the machine's memory (RAM and swap, on Linux) are refused before anything is allocated.";
 
 /// The most `--layers`, `--threads`, and `--reps` or `--warmup`.
@@ -67,6 +85,13 @@ fn parse() -> Result<Args, String> {
         reps: 5,
         warmup: 1,
         dtype: "f32".into(),
+        direction: None,
+        merge: Merge::Concat,
+        peephole: false,
+        clip: 0.0,
+        input_forget: false,
+        cho: false,
+        batch_first: false,
     };
     let mut it = std::env::args().skip(1);
     let num = |flag: &str, v: Option<String>| -> Result<usize, String> {
@@ -96,6 +121,18 @@ fn parse() -> Result<Args, String> {
             "--reps" => a.reps = within("--reps", it.next(), 1, MAX_REPS)?,
             "--warmup" => a.warmup = within("--warmup", it.next(), 0, MAX_REPS)?,
             "--dtype" => a.dtype = it.next().ok_or("--dtype needs a value")?,
+            "--peephole" => a.peephole = true,
+            "--input-forget" => a.input_forget = true,
+            "--cho" => a.cho = true,
+            "--batch-first" => a.batch_first = true,
+            "--clip" => {
+                let v = it.next().ok_or("--clip needs a value")?;
+                a.clip = v.parse().map_err(|_| format!("--clip: expected a number (0 for none), got {v:?}"))?;
+            }
+            "--direction" => {
+                a.direction = Some(it.next().ok_or("--direction needs a value")?.parse().map_err(|e| format!("--direction: {e}"))?)
+            }
+            "--merge" => a.merge = it.next().ok_or("--merge needs a value")?.parse().map_err(|e| format!("--merge: {e}"))?,
             "--mode" => {
                 a.train = match it.next().as_deref() {
                     Some("inference") => false,
@@ -308,6 +345,49 @@ mod cuda_bench {
     }
 }
 
+/// The configuration of the flags; the cell options' values are checked by `build`.
+fn config(a: &Args) -> Result<RnnConfig, rnn_kernels::Error> {
+    let direction = a.direction.unwrap_or(if a.bidirectional { Direction::Bidirectional } else { Direction::Forward });
+    RnnConfig::new(a.cell, a.input, a.hidden)
+        .num_layers(a.layers)
+        .direction(direction)
+        .proj_size(a.proj)
+        .merge(a.merge)
+        .peephole(a.peephole)
+        .gate_clip(a.clip)
+        .input_forget(a.input_forget)
+        .linear_before_reset(!a.cho)
+        .batch_first(a.batch_first)
+        .build()
+}
+
+/// The `config` name's suffixes of the cell options, in `benches/peers.py`'s order.
+fn option_suffix(cfg: &RnnConfig) -> String {
+    let mut s = String::new();
+    if cfg.reverse_only() {
+        s += "-rev";
+    }
+    if cfg.merge() == Merge::Sum {
+        s += "-sum";
+    }
+    if cfg.peephole() {
+        s += "-peep";
+    }
+    if let Some(clip) = cfg.gate_clip() {
+        s += &format!("-clip{clip}");
+    }
+    if cfg.input_forget() {
+        s += "-if";
+    }
+    if !cfg.linear_before_reset() {
+        s += "-cho";
+    }
+    if cfg.batch_first() {
+        s += "-bf";
+    }
+    s
+}
+
 fn main() -> ExitCode {
     let a = match parse() {
         Ok(a) => a,
@@ -316,9 +396,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let cfg = match config(&a) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let run = || -> Result<(String, Option<String>, Vec<f64>, f64), rnn_kernels::Error> {
-        let cfg =
-            RnnConfig::new(a.cell, a.input, a.hidden).num_layers(a.layers).bidirectional(a.bidirectional).proj_size(a.proj).build()?;
         // `parse` checked each at least 1: what SeqShape refuses is a T·B no buffer holds.
         let shape = SeqShape::new(a.steps, a.batch).map_err(|e| rnn_kernels::Error::InvalidArgument {
             arg: "--steps, --batch".into(),
@@ -359,22 +444,25 @@ fn main() -> ExitCode {
             if a.layers > 1 {
                 config += &format!("-l{}", a.layers);
             }
-            if a.bidirectional {
+            if cfg.bidirectional() {
                 config += "-bi";
             }
             if a.proj > 0 {
                 config += &format!("-p{}", a.proj);
             }
+            config += &option_suffix(&cfg);
+            let names = cfg.options();
+            let options = if names.is_empty() { String::new() } else { format!(",\"options\":\"{}\"", names.join(",")) };
             let isa = isa.map(|i| format!(",\"isa\":\"{i}\"")).unwrap_or_default();
             println!(
-                "{{\"impl\":\"{imp}\",\"config\":\"{config}\",\"cell\":\"{}\",\"input\":{},\"hidden\":{},\"batch\":{},\"steps\":{},\"layers\":{},\"bidirectional\":{},\"mode\":\"{}\",\"threads\":{}{isa},\"dtype\":\"{}\",\"median_ms\":{:.4},\"gflops\":{:.3}}}",
+                "{{\"impl\":\"{imp}\",\"config\":\"{config}\",\"cell\":\"{}\",\"input\":{},\"hidden\":{},\"batch\":{},\"steps\":{},\"layers\":{},\"bidirectional\":{}{options},\"mode\":\"{}\",\"threads\":{}{isa},\"dtype\":\"{}\",\"median_ms\":{:.4},\"gflops\":{:.3}}}",
                 a.cell,
                 a.input,
                 a.hidden,
                 a.batch,
                 a.steps,
                 a.layers,
-                a.bidirectional,
+                cfg.bidirectional(),
                 if a.train { "train" } else { "inference" },
                 a.threads,
                 a.dtype,

@@ -31,10 +31,33 @@
  *     found from the pointers and lengths before any buffer is read or written.
  *   - Every length is checked before its buffer is read or written: a wrong length is an error
  *     and the buffer is not touched.
+ *   - Cell options (rnnk_model_create_ex; see CELL OPTIONS) change these shapes: with
+ *     batch_first, x is [B, T, I] and y [B, T, *] (states stay [L*D, B, *]); with merge=sum,
+ *     y is [T, B, Hout] and each upper layer's input Hout; with direction=reverse, D = 1 and the
+ *     parameter names are unsuffixed; with peephole, each layer-direction's tensors end with
+ *     weight_peephole_l{k}[_reverse] [3, H] (rows i, f, o). rnnk_model_tensor_sizes and
+ *     rnnk_model_param_count count them.
  *   - Variable lengths: `lengths` is NULL (every sequence has `steps` steps) or `batch` int64
  *     lengths in 1..=steps, in any order: PyTorch's packed-sequence semantics (outputs past a
  *     length are zero, final states are each sequence's last valid step, the reverse direction
  *     starts at each sequence's own end).
+ *
+ * CELL OPTIONS
+ *   rnnk_model_create_ex takes the options of ONNX's, Keras's and Haste's cells as a string of
+ *   comma-separated key=value items (spaces ignored; NULL or "" for none; each key at most once;
+ *   a boolean key alone means =true), with the keys of the case files (docs/case-format.md):
+ *     direction=forward|reverse|bidirectional   ONNX `direction`; bidirectional = 1 allows only
+ *                                               `bidirectional` (or no direction key)
+ *     merge=concat|sum                          Keras `merge_mode` (bidirectional only)
+ *     peephole=true|false                       LSTM, ONNX `P`
+ *     gate_clip=X                               ONNX `clip` (X >= 0, finite; 0 = none); any cell
+ *     input_forget=true|false                   LSTM, ONNX `input_forget`
+ *     linear_before_reset=true|false            GRU; false = Cho et al. 2014, ONNX 0, Keras reset_after=False
+ *     batch_first=true|false                    PyTorch `batch_first`
+ *   A malformed item, an unknown key or a value the cell does not take is
+ *   RNNK_ERR_INVALID_ARGUMENT naming the key; an option the chosen backend does not implement is
+ *   RNNK_ERR_UNSUPPORTED naming the backend and the option (the "reference" backend implements
+ *   every option). rnnk_model_options returns a model's options in the same form.
  *
  * ERRORS
  *   Every function but rnnk_last_error and rnnk_version returns an int status: RNNK_OK (0) or
@@ -129,7 +152,8 @@ typedef enum rnnk_status {
     RNNK_ERR_DEVICE = 8,              /* a CUDA driver or cuBLAS call failed */
     RNNK_ERR_PANIC = 9,               /* internal error (a bug), caught at the boundary */
     RNNK_ERR_OUT_OF_MEMORY = 10,      /* the memory the arguments (or a file) ask for cannot be allocated; nothing changed */
-    RNNK_ERR_BUSY = 11                /* the handle is in use by a conflicting call on another thread (see THREADS); nothing done */
+    RNNK_ERR_BUSY = 11,               /* the handle is in use by a conflicting call on another thread (see THREADS); nothing done */
+    RNNK_ERR_UNSUPPORTED = 12         /* the backend does not implement a cell option the model sets (named); nothing created */
 } rnnk_status;
 
 /* A layer stack: configuration, parameters, backend, and the weights packed for it. */
@@ -154,6 +178,20 @@ const char* rnnk_version(void);
  * is allocated. */
 int rnnk_model_create(const char* cell, size_t input_size, size_t hidden_size, size_t num_layers, int bidirectional,
                       size_t proj_size, int bias, const char* backend, size_t threads, rnnk_model** out);
+
+/* As rnnk_model_create, with the cell options of `options` (optional: NULL or "" for none; see
+ * CELL OPTIONS), e.g. "peephole,gate_clip=3" (LSTM), "linear_before_reset=false" (GRU),
+ * "direction=reverse". RNNK_ERR_INVALID_ARGUMENT naming the key for a bad item;
+ * RNNK_ERR_UNSUPPORTED when `backend` does not implement an option. *out is NULL on failure. */
+int rnnk_model_create_ex(const char* cell, size_t input_size, size_t hidden_size, size_t num_layers, int bidirectional,
+                         size_t proj_size, int bias, const char* options, const char* backend, size_t threads, rnnk_model** out);
+
+/* The model's cell options as rnnk_model_create_ex takes them (the non-default ones, e.g.
+ * "direction=reverse,peephole=true,gate_clip=3"; "" for none), NUL-terminated in buf [buf_len]
+ * bytes. *len (optional) gets the string's length without the NUL, also when buf is too small:
+ * then RNNK_ERR_SIZE_MISMATCH naming `buf`, and buf is untouched. buf may be NULL with buf_len 0
+ * to ask for the length only. */
+int rnnk_model_options(const rnnk_model* model, char* buf, size_t buf_len, size_t* len);
 
 /* Frees a model. NULL is a no-op. */
 int rnnk_model_free(rnnk_model* model);

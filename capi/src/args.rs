@@ -100,13 +100,18 @@ pub enum SeqTensor {
 }
 
 impl SeqTensor {
-    /// The dimensions, in words and in numbers.
+    /// The dimensions, in words and in numbers (`x` and `y` batch-major with `batch_first`,
+    /// `y` of `Hout` features with `merge=sum`).
     fn dims(self, cfg: &RnnConfig, shape: &SeqShape) -> (&'static str, [usize; 3]) {
-        match self {
-            SeqTensor::X => ("[T, B, I]", shape.x_shape(cfg)),
-            SeqTensor::Y => ("[T, B, D·Hout]", shape.y_shape(cfg)),
-            SeqTensor::H => ("[L·D, B, Hout]", shape.h_shape(cfg)),
-            SeqTensor::C => ("[L·D, B, H]", shape.c_shape(cfg)),
+        let (t, b) = (shape.steps(), shape.batch());
+        let sum = cfg.merge() == rnnk_core::Merge::Sum;
+        match (self, cfg.batch_first()) {
+            (SeqTensor::X, false) => ("[T, B, I]", [t, b, cfg.input_size()]),
+            (SeqTensor::X, true) => ("[B, T, I]", [b, t, cfg.input_size()]),
+            (SeqTensor::Y, false) => (if sum { "[T, B, Hout]" } else { "[T, B, D·Hout]" }, [t, b, cfg.output_size()]),
+            (SeqTensor::Y, true) => (if sum { "[B, T, Hout]" } else { "[B, T, D·Hout]" }, [b, t, cfg.output_size()]),
+            (SeqTensor::H, _) => ("[L·D, B, Hout]", shape.h_shape(cfg)),
+            (SeqTensor::C, _) => ("[L·D, B, H]", shape.c_shape(cfg)),
         }
     }
 
@@ -639,6 +644,102 @@ pub unsafe fn string<'a>(arg: &str, p: *const c_char) -> Result<&'a str, CapiErr
     // SAFETY: non-NULL; NUL termination is the caller's promise.
     let s = unsafe { CStr::from_ptr(p) };
     s.to_str().map_err(|_| CapiError::invalid(arg, "UTF-8 text", format!("{:?}", s.to_string_lossy())))
+}
+
+/// The keys of `rnnk_model_create_ex`'s `options` string: the case-file metadata keys of the
+/// cell options (docs/case-format.md), each with the values it takes.
+pub const OPTION_KEYS: [(&str, &str); 7] = [
+    ("direction", "forward, reverse or bidirectional"),
+    ("merge", "concat or sum"),
+    ("peephole", "true or false"),
+    ("gate_clip", "a number, 0 for no clipping"),
+    ("input_forget", "true or false"),
+    ("linear_before_reset", "true or false"),
+    ("batch_first", "true or false"),
+];
+
+/// Applies the cell options of `options` (`rnnk_model_create_ex`) to `builder`, whose
+/// `bidirectional` argument was `bidirectional`.
+///
+/// The string is comma-separated `key=value` items (spaces around items and `=` ignored; empty
+/// for none), with the keys and values of [`OPTION_KEYS`]; a boolean key alone means `true`, as
+/// `RnnConfig::options` lists them (`peephole`, `direction=reverse`). Each key at most once. A
+/// `direction` other than `bidirectional` contradicts `bidirectional = 1`. Values that fit the
+/// syntax but not the cell (`peephole` on a GRU, a negative `gate_clip`) are left to
+/// `RnnConfigBuilder::build`, whose error names the option.
+pub fn cell_options(
+    mut builder: rnnk_core::RnnConfigBuilder, bidirectional: bool, options: &str,
+) -> Result<rnnk_core::RnnConfigBuilder, CapiError> {
+    use rnnk_core::{Direction, Merge};
+    let mut seen: Vec<&str> = Vec::new();
+    for item in options.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (key, value) = match item.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (item, None),
+        };
+        let unknown = || {
+            let keys: Vec<&str> = OPTION_KEYS.iter().map(|(k, _)| *k).collect();
+            CapiError::invalid("options", format!("items key=value with a key among {}", keys.join(", ")), format!("{item:?}"))
+        };
+        let Some(&(key, values)) = OPTION_KEYS.iter().find(|(k, _)| *k == key) else { return Err(unknown()) };
+        if seen.contains(&key) {
+            return Err(CapiError::invalid("options", "each key at most once", format!("{key:?} twice")));
+        }
+        seen.push(key);
+        let arg = format!("options: {key}");
+        let bad = |v: &str| CapiError::invalid(&arg, values, format!("{v:?}"));
+        let flag = || match value.map(str::to_ascii_lowercase).as_deref() {
+            None | Some("true") | Some("1") => Ok(true),
+            Some("false") | Some("0") => Ok(false),
+            Some(_) => Err(bad(value.unwrap_or_default())),
+        };
+        let text = || value.ok_or_else(|| bad(""));
+        builder = match key {
+            "direction" => {
+                let d: Direction = text()?.parse().map_err(|_| bad(text().unwrap_or_default()))?;
+                if bidirectional && d != Direction::Bidirectional {
+                    return Err(CapiError::invalid(&arg, "bidirectional, or no direction, with `bidirectional` = 1", d.name()));
+                }
+                builder.direction(d)
+            }
+            "merge" => builder.merge(text()?.parse::<Merge>().map_err(|_| bad(text().unwrap_or_default()))?),
+            "gate_clip" => builder.gate_clip(text()?.parse::<f64>().map_err(|_| bad(text().unwrap_or_default()))?),
+            "peephole" => builder.peephole(flag()?),
+            "input_forget" => builder.input_forget(flag()?),
+            "linear_before_reset" => builder.linear_before_reset(flag()?),
+            "batch_first" => builder.batch_first(flag()?),
+            _ => return Err(unknown()),
+        };
+    }
+    Ok(builder)
+}
+
+/// The cell options of `cfg` as `rnnk_model_create_ex` takes them: the non-default ones, in
+/// the order of [`OPTION_KEYS`], as `key=value` joined by commas ("" for none).
+pub fn options_string(cfg: &RnnConfig) -> String {
+    let mut items = Vec::new();
+    if cfg.direction() != rnnk_core::Direction::Forward && !cfg.bidirectional() {
+        items.push(format!("direction={}", cfg.direction().name()));
+    }
+    if cfg.merge() != rnnk_core::Merge::Concat {
+        items.push(format!("merge={}", cfg.merge().name()));
+    }
+    if cfg.peephole() {
+        items.push("peephole=true".to_string());
+    }
+    if let Some(clip) = cfg.gate_clip() {
+        items.push(format!("gate_clip={clip}"));
+    }
+    if cfg.input_forget() {
+        items.push("input_forget=true".to_string());
+    }
+    if !cfg.linear_before_reset() {
+        items.push("linear_before_reset=false".to_string());
+    }
+    if cfg.batch_first() {
+        items.push("batch_first=true".to_string());
+    }
+    items.join(",")
 }
 
 #[cfg(test)]

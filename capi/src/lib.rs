@@ -80,20 +80,10 @@ fn make_engine(backend: &str, threads: usize, cfg: &RnnConfig, params: &Params<f
     })
 }
 
-/// The number of parameters of `cfg`, computed with checked arithmetic and without building
-/// its layout (`None` when it does not fit in `u128`).
+/// The number of parameters of `cfg` (`RnnConfig::param_count`, which `build` keeps within
+/// `usize`; it counts the options' tensors and widths: peepholes, `merge=sum`).
 fn param_count(cfg: &RnnConfig) -> Option<u128> {
-    let [g, h, i, l, d, hout] =
-        [cfg.gates(), cfg.hidden_size(), cfg.input_size(), cfg.num_layers(), cfg.num_directions(), cfg.hidden_out_size()]
-            .map(|v| v as u128);
-    let gh = g.checked_mul(h)?;
-    let bias = if cfg.bias() { gh.checked_mul(2)? } else { 0 };
-    let proj = if cfg.proj_size() > 0 { hout.checked_mul(h)? } else { 0 };
-    // One layer-direction of `width` inputs: weight_ih, weight_hh, the biases, weight_hr.
-    let per_dir = |width: u128| gh.checked_mul(width)?.checked_add(gh.checked_mul(hout)?)?.checked_add(bias)?.checked_add(proj);
-    let first = per_dir(i)?.checked_mul(d)?;
-    let rest = per_dir(d.checked_mul(hout)?)?.checked_mul(d)?.checked_mul(l - 1)?;
-    first.checked_add(rest)
+    Some(cfg.param_count() as u128)
 }
 
 /// The bytes a new model of `cfg` holds at most while it is created, counted generously: the
@@ -104,7 +94,7 @@ fn model_bytes(cfg: &RnnConfig) -> Option<u128> {
     let params = param_count(cfg)?.checked_mul(3 * std::mem::size_of::<f32>() as u128)?;
     // Per tensor: its spec, its name (< 32 bytes) and its shape (2 dimensions).
     let spec = (std::mem::size_of::<rnnk_core::ParamSpec>() + 32 + 2 * std::mem::size_of::<usize>()) as u128;
-    let per_dir = 5 * spec + std::mem::size_of::<rnnk_core::LayerRanges>() as u128;
+    let per_dir = rnnk_core::ParamKind::ALL.len() as u128 * spec + std::mem::size_of::<rnnk_core::LayerRanges>() as u128;
     let layouts = (cfg.num_layers() as u128).checked_mul(cfg.num_directions() as u128)?.checked_mul(per_dir)?.checked_mul(2 * 2)?;
     params.checked_add(layouts)
 }
@@ -167,6 +157,74 @@ pub unsafe extern "C" fn rnnk_model_create(
         let params = Params::<f32>::init_uniform(&cfg, 0)?;
         let engine = make_engine(backend, threads, &cfg, &params)?;
         *out = Model::new(engine).into_raw();
+        Ok(())
+    })
+}
+
+/// Creates a model as [`rnnk_model_create`] does, with the cell options of `options` (NULL or
+/// "" for none): comma-separated `key=value` items with the case-file keys `direction`, `merge`,
+/// `peephole`, `gate_clip`, `input_forget`, `linear_before_reset`, `batch_first` (parsed by
+/// `args::cell_options`). A backend that does not implement an option it sets is
+/// `RNNK_ERR_UNSUPPORTED` naming the option. `*out` is NULL on failure.
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_model_create_ex(
+    cell: *const c_char, input_size: usize, hidden_size: usize, num_layers: usize, bidirectional: c_int, proj_size: usize, bias: c_int,
+    options: *const c_char, backend: *const c_char, threads: usize, out: *mut *mut RnnkModel,
+) -> c_int {
+    guard(|| {
+        // SAFETY: the caller's writable pointer.
+        let out = unsafe { args::required_slot("out", out)? };
+        *out = std::ptr::null_mut();
+        // SAFETY: C strings from the caller; `options` may be NULL (no options).
+        let (cell, backend) = unsafe { (args::string("cell", cell)?, args::string("backend", backend)?) };
+        // SAFETY: as above.
+        let options = if options.is_null() { "" } else { unsafe { args::string("options", options)? } };
+        let builder = RnnConfig::new(CellKind::from_str(cell)?, input_size, hidden_size)
+            .num_layers(num_layers)
+            .bidirectional(bidirectional != 0)
+            .proj_size(proj_size)
+            .bias(bias != 0);
+        let cfg = args::cell_options(builder, bidirectional != 0, options)?.build()?;
+        // Nothing of the model is allocated before the memory it needs was found allocatable.
+        check_model_memory(&cfg)?;
+        let params = Params::<f32>::init_uniform(&cfg, 0)?;
+        let engine = make_engine(backend, threads, &cfg, &params)?;
+        *out = Model::new(engine).into_raw();
+        Ok(())
+    })
+}
+
+/// Writes the model's cell options, as `rnnk_model_create_ex` takes them, into `buf` of
+/// `buf_len` bytes, NUL-terminated ("" for none); `*len` (optional) gets the string's length
+/// without the NUL, also when `buf` is too small (then `RNNK_ERR_SIZE_MISMATCH` naming `buf`,
+/// and `buf` is untouched). `buf` may be NULL with `buf_len` 0 to ask for the length.
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_model_options(model: *const RnnkModel, buf: *mut c_char, buf_len: usize, len: *mut usize) -> c_int {
+    guard(|| {
+        // SAFETY: handle checked by `get`.
+        let m = unsafe { Model::get("model", model)? };
+        let text = args::options_string(m.config());
+        // SAFETY: NULL or the caller's writable size_t.
+        if let Some(len) = unsafe { args::slot("len", len)? } {
+            *len = text.len();
+        }
+        if buf.is_null() && buf_len == 0 {
+            return Ok(());
+        }
+        if buf.is_null() {
+            return Err(CapiError::null("buf"));
+        }
+        if buf_len <= text.len() {
+            return Err(CapiError::new(
+                status::RNNK_ERR_SIZE_MISMATCH,
+                format!("`buf`: expected at least {} bytes (the options {text:?} and a NUL), got {buf_len} bytes", text.len() + 1),
+            ));
+        }
+        // SAFETY: non-NULL, `buf_len` writable bytes (the caller's contract), of which
+        // `text.len() + 1 <= buf_len` are written.
+        let dst = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), text.len() + 1) };
+        dst[..text.len()].copy_from_slice(text.as_bytes());
+        dst[text.len()] = 0;
         Ok(())
     })
 }
@@ -388,6 +446,70 @@ mod tests {
             let cfg = RnnConfig::new(cell, i, h).num_layers(l).bidirectional(bi).proj_size(proj).bias(bias).build().unwrap();
             assert_eq!(param_count(&cfg), Some(ParamLayout::new(&cfg).len() as u128), "{cfg:?}");
             assert!(check_model_memory(&cfg).is_ok());
+        }
+        // The options that change the layout: peepholes add tensors, merge=sum narrows the
+        // upper layers' input.
+        for (cell, bi, options) in [
+            (CellKind::Lstm, true, "peephole"),
+            (CellKind::Lstm, false, "peephole, direction=reverse"),
+            (CellKind::Gru, true, "merge=sum"),
+            (CellKind::Lstm, true, "merge=sum,peephole=1"),
+        ] {
+            let b = RnnConfig::new(cell, 3, 4).num_layers(3).bidirectional(bi);
+            let cfg = args::cell_options(b, bi, options).unwrap().build().unwrap();
+            assert_eq!(param_count(&cfg), Some(ParamLayout::new(&cfg).len() as u128), "{options}");
+            assert!(check_model_memory(&cfg).is_ok());
+        }
+    }
+
+    /// Parses `options` for a one-layer model of `cell`.
+    fn parse(cell: CellKind, bidirectional: bool, options: &str) -> Result<RnnConfig, CapiError> {
+        let b = RnnConfig::new(cell, 3, 4).bidirectional(bidirectional);
+        Ok(args::cell_options(b, bidirectional, options)?.build()?)
+    }
+
+    #[test]
+    fn options_parse_into_the_configuration_and_back() {
+        let c = parse(CellKind::Lstm, false, " peephole , gate_clip = 2.5,input_forget=1,direction=reverse, batch_first=true").unwrap();
+        assert!(c.peephole() && c.input_forget() && c.reverse_only() && c.batch_first());
+        assert_eq!(c.gate_clip(), Some(2.5));
+        let text = args::options_string(&c);
+        assert_eq!(text, "direction=reverse,peephole=true,gate_clip=2.5,input_forget=true,batch_first=true");
+        assert_eq!(parse(CellKind::Lstm, false, &text).unwrap(), c);
+        let g = parse(CellKind::Gru, true, "linear_before_reset=false,merge=sum,direction=bidirectional").unwrap();
+        assert_eq!((g.linear_before_reset(), g.merge(), g.bidirectional()), (false, rnnk_core::Merge::Sum, true));
+        assert_eq!(args::options_string(&g), "merge=sum,linear_before_reset=false");
+        // No options, written any way, is the plain configuration.
+        let plain = parse(CellKind::Gru, false, "").unwrap();
+        assert_eq!(plain, RnnConfig::new(CellKind::Gru, 3, 4).build().unwrap());
+        assert_eq!(parse(CellKind::Gru, false, " , ,").unwrap(), plain);
+        assert_eq!(parse(CellKind::Gru, false, "peephole=false,gate_clip=0,direction=forward").unwrap(), plain);
+        assert_eq!(args::options_string(&plain), "");
+    }
+
+    #[test]
+    fn a_bad_option_names_itself() {
+        use status::RNNK_ERR_INVALID_ARGUMENT as INVALID;
+        for (cell, bi, options, message) in [
+            (CellKind::Lstm, false, "peepholes", "`options`: items key=value with a key among direction, merge, peephole, gate_clip, input_forget, linear_before_reset, batch_first, got \"peepholes\""),
+            (CellKind::Lstm, false, "peephole,peephole=false", "`options`: each key at most once, got \"peephole\" twice"),
+            (CellKind::Lstm, false, "peephole=yes", "`options: peephole`: true or false, got \"yes\""),
+            (CellKind::Lstm, false, "gate_clip=big", "`options: gate_clip`: a number, 0 for no clipping, got \"big\""),
+            (CellKind::Lstm, false, "gate_clip", "`options: gate_clip`: a number, 0 for no clipping, got \"\""),
+            (CellKind::Lstm, false, "direction=up", "`options: direction`: forward, reverse or bidirectional, got \"up\""),
+            (CellKind::Lstm, true, "direction=reverse", "`options: direction`: bidirectional, or no direction, with `bidirectional` = 1, got reverse"),
+            (CellKind::Gru, true, "merge=mean", "`options: merge`: concat or sum, got \"mean\""),
+            // Syntax right, value wrong for the cell or the stack: the configuration's own message.
+            (CellKind::Gru, false, "peephole", "`peephole`"),
+            (CellKind::Lstm, false, "linear_before_reset=false", "`linear_before_reset`"),
+            (CellKind::RnnTanh, false, "input_forget", "`input_forget`"),
+            (CellKind::Gru, false, "merge=sum", "`merge`"),
+            (CellKind::Gru, false, "gate_clip=-1", "`gate_clip`"),
+            (CellKind::Gru, false, "gate_clip=nan", "`gate_clip`"),
+        ] {
+            let e = parse(cell, bi, options).unwrap_err();
+            assert_eq!(e.code, INVALID, "{options}: {}", e.message);
+            assert!(e.message.contains(message), "{options}: {}", e.message);
         }
     }
 

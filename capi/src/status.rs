@@ -36,6 +36,10 @@ pub const RNNK_ERR_OUT_OF_MEMORY: c_int = 10;
 /// The handle is in use by a call on another thread that this call conflicts with (a call that
 /// changes or frees a model or reserve runs only while no other call uses it): nothing was done.
 pub const RNNK_ERR_BUSY: c_int = 11;
+/// The backend does not implement a cell option the model's configuration sets (the message
+/// names the backend and the option); another backend may (the reference backend implements
+/// them all). Nothing was created.
+pub const RNNK_ERR_UNSUPPORTED: c_int = 12;
 
 /// An error on its way out: a status code and a message.
 #[derive(Debug)]
@@ -72,6 +76,7 @@ pub fn code_of(e: &Error) -> c_int {
         Error::BackendUnavailable { .. } => RNNK_ERR_BACKEND_UNAVAILABLE,
         Error::Device { .. } => RNNK_ERR_DEVICE,
         Error::TooLarge { .. } => RNNK_ERR_OUT_OF_MEMORY,
+        Error::Unsupported { .. } => RNNK_ERR_UNSUPPORTED,
         // `Error` is non-exhaustive; a new variant is most likely about an argument.
         _ => RNNK_ERR_INVALID_ARGUMENT,
     }
@@ -169,6 +174,9 @@ mod tests {
         assert_eq!(last(), "a");
         let big = Error::TooLarge { arg: "hidden_size".into(), what: "w".into(), bytes: 1 << 50, reason: "r".into() };
         assert_eq!(code_of(&big), RNNK_ERR_OUT_OF_MEMORY);
+        let refused = Error::Unsupported { backend: "cpu".into(), option: "peephole".into(), reason: "r".into() };
+        assert_eq!(guard(|| Err(refused.into())), RNNK_ERR_UNSUPPORTED);
+        assert!(last().contains("`cpu` does not support the option `peephole`"), "{}", last());
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! with a wrong dtype or shape, one call provoking each status code of the header, and many
 //! threads on one model (bit-identical to one thread; changing calls refused with RNNK_ERR_BUSY).
 //!
+//! A third, tests/c/capi_options.c, creates one model with cell options per cell
+//! (`rnnk_model_create_ex`): its outputs are compared bit for bit with the Rust API's, or, where
+//! the Rust API refuses an option on a backend, the C ABI must refuse it with
+//! RNNK_ERR_UNSUPPORTED naming the option.
+//!
 //! The library is built by a nested `cargo build` into the same target directory: `cargo test`
 //! does not build a `cdylib` for integration tests, so without it a stale library could be
 //! tested.
@@ -17,7 +22,7 @@
 //! `RNN_KERNELS_CAPI_RUNNER` is a command line each program is run under (e.g.
 //! `valgrind --error-exitcode=99`); either makes a run that reports anything fail.
 
-use rnnk_core::{Backend, Cpu, Params, Reference, Rnn, SeqShape};
+use rnnk_core::{Backend, CellKind, Cpu, Direction, Error, Merge, Params, Reference, Rnn, RnnConfig, SeqShape};
 mod common;
 
 use common::{build_library, Case};
@@ -210,4 +215,140 @@ fn c_program_matches_the_rust_api_and_rejects_bad_arguments() {
         assert_eq!(saved.config(), &inp.cfg);
         assert!(saved.as_slice().iter().zip(inp.params.as_slice()).all(|(a, b)| a.to_bits() == b.to_bits()), "saved parameters differ");
     }
+}
+
+/// One model with cell options per cell for tests/c/capi_options.c: a name, the configuration
+/// (built with the Rust builder), the `options` string the C program passes for it, and what
+/// `rnnk_model_options` must give back.
+struct Variant {
+    name: &'static str,
+    cfg: RnnConfig,
+    options: &'static str,
+    canonical: &'static str,
+}
+
+fn variants() -> Vec<Variant> {
+    let new = |cell| RnnConfig::new(cell, I, H).num_layers(2);
+    vec![
+        // The clip is below the pre-activations' range here (weights ±1/√H, inputs ±1), so it cuts.
+        Variant {
+            name: "lstm_peephole_clip",
+            cfg: new(CellKind::Lstm).peephole(true).gate_clip(0.5).build().unwrap(),
+            options: "peephole, gate_clip=0.5",
+            canonical: "peephole=true,gate_clip=0.5",
+        },
+        Variant {
+            name: "gru_cho_batch_first",
+            cfg: new(CellKind::Gru).linear_before_reset(false).batch_first(true).build().unwrap(),
+            options: "linear_before_reset=false,batch_first",
+            canonical: "linear_before_reset=false,batch_first=true",
+        },
+        Variant {
+            name: "rnn_tanh_reverse",
+            cfg: new(CellKind::RnnTanh).direction(Direction::Reverse).build().unwrap(),
+            options: "direction=reverse",
+            canonical: "direction=reverse",
+        },
+        Variant {
+            name: "lstm_sum_input_forget",
+            cfg: new(CellKind::Lstm).bidirectional(true).merge(Merge::Sum).input_forget(true).build().unwrap(),
+            options: "merge = sum, input_forget = 1",
+            canonical: "merge=sum,input_forget=true",
+        },
+    ]
+}
+
+/// What the C program must have written for `inp` on `backend`: `Ok` with the outputs, or the
+/// option the backend refuses.
+fn expected_options<Bk: Backend<f32, Buf = [f32]>>(backend: Bk, inp: &Case) -> Result<Vec<(&'static str, Vec<f32>)>, String> {
+    let rnn = match Rnn::new(backend, &inp.cfg, inp.params.as_slice()) {
+        Ok(rnn) => rnn,
+        Err(Error::Unsupported { option, .. }) => return Err(option),
+        Err(e) => panic!("{:?}: {e}", inp.cfg),
+    };
+    let lstm = inp.cfg.cell().has_cell_state();
+    fn opt(lstm: bool, v: &[f32]) -> Option<&[f32]> {
+        lstm.then_some(v)
+    }
+    let shape = SeqShape::with_lengths(T, LENGTHS.to_vec()).unwrap();
+    let inf = rnn.forward(&shape, &inp.x, Some(&inp.h0), opt(lstm, &inp.c0)).unwrap();
+    let mut reserve = Default::default();
+    let tr = rnn.forward_training(&shape, &inp.x, Some(&inp.h0), opt(lstm, &inp.c0), &mut reserve).unwrap();
+    let g = rnn.backward(&reserve, Some(&inp.dy), Some(&inp.dhn), opt(lstm, &inp.dcn)).unwrap();
+    let mut out = vec![("y_inf", inf.y), ("hn_inf", inf.hn), ("y_tr", tr.y), ("hn_tr", tr.hn), ("dx", g.dx), ("dh0", g.dh0)];
+    out.push(("dparams", g.dparams.unwrap()));
+    if lstm {
+        out.extend([("cn_inf", inf.cn.unwrap()), ("cn_tr", tr.cn.unwrap()), ("dc0", g.dc0.unwrap())]);
+    }
+    Ok(out)
+}
+
+#[test]
+fn c_program_runs_each_cell_with_options_like_the_rust_api() {
+    if c_compiler().is_none() {
+        return;
+    }
+    let lib_dir = build_library();
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("capi_options");
+    std::fs::create_dir_all(&work).unwrap();
+    let Some(exe) = compile("capi_options", &lib_dir, &work) else { return };
+    let (mut ran, mut refused) = (Vec::new(), Vec::new());
+    for v in variants() {
+        for (backend, threads) in RUNS {
+            let dir = work.join(format!("{}-{backend}-{threads}", v.name));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let inp = Case::new(v.cfg.clone(), T, B);
+            params_files(&dir, &inp);
+            let want = match backend {
+                "reference" => expected_options(Reference, &inp),
+                _ => expected_options(Cpu::with_threads(threads).unwrap(), &inp),
+            };
+            let expect = match &want {
+                Ok(_) => "ok".to_string(),
+                Err(option) => format!("unsupported:{option}"),
+            };
+            let cfg = &v.cfg;
+            let out = runner(&exe)
+                .arg(&dir)
+                .arg(backend)
+                .arg(threads.to_string())
+                .arg(cfg.cell().name())
+                .arg(cfg.num_layers().to_string())
+                .arg(if cfg.bidirectional() { "1" } else { "0" })
+                .args([v.options, v.canonical, &expect])
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            println!("{}:\n{stdout}{}", v.name, String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "the C program failed for {} on {backend} ({threads} threads): {}", v.name, out.status);
+            assert!(stdout.contains(" checks, 0 failed"), "the C program did not report its checks");
+            let Ok(want) = want else {
+                refused.push(format!("{} on {backend}: {expect}", v.name));
+                continue;
+            };
+            for (name, w) in want {
+                let got = read_f32(&dir.join(format!("{name}.out.f32")));
+                assert_eq!(got.len(), w.len(), "{}, {backend}/{threads}: {name} length", v.name);
+                let diff = got.iter().zip(&w).position(|(a, b)| a.to_bits() != b.to_bits());
+                assert!(
+                    diff.is_none(),
+                    "{}, {backend}/{threads}: {name}[{}] from C {} != Rust {}",
+                    v.name,
+                    diff.unwrap(),
+                    got[diff.unwrap()],
+                    w[diff.unwrap()]
+                );
+            }
+            // The saved file's metadata holds the options: it loads without a configuration.
+            let saved = Params::<f32>::load(dir.join("saved.safetensors")).unwrap();
+            assert_eq!(saved.config(), &v.cfg, "{}: the configuration saved from C", v.name);
+            ran.push(format!("{} on {backend}/{threads}", v.name));
+        }
+    }
+    println!("ran (bit-identical to the Rust API): {}", ran.join("; "));
+    println!(
+        "refused with RNNK_ERR_UNSUPPORTED, as by the Rust API: {}",
+        if refused.is_empty() { "none".into() } else { refused.join("; ") }
+    );
 }

@@ -401,6 +401,8 @@ int main(int argc, char** argv) {
         rnnk_model* big = NULL;
         FAILS(rnnk_model_create("lstm", 1 << 20, 1 << 20, 1, 0, 0, 1, backend, threads, &big), RNNK_ERR_OUT_OF_MEMORY, "needs"); /* 10 */
         /* 11 (RNNK_ERR_BUSY): below, from two threads. */
+        /* 12 (RNNK_ERR_UNSUPPORTED): capi_options.c, on each backend that refuses an option of its
+         * models (the Rust API says which); the unit tests of status.rs cover its mapping. */
     }
 
     threads_share_a_model();

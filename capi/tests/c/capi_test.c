@@ -190,6 +190,42 @@ int main(int argc, char** argv) {
             FAILS(rnnk_model_create("lstm", I, H, L, 1, 0, 1, "cuda", 0, &bad), RNNK_ERR_BACKEND_UNAVAILABLE, "cuda");
         }
     }
+    /* cell options (rnnk_model_create_ex): each bad item names its key; no options is a plain model */
+    FAILS(rnnk_model_create_ex("lstm", I, H, L, 0, 0, 1, "peepholes", backend, threads, &bad), RNNK_ERR_INVALID_ARGUMENT,
+          "`options`: items key=value with a key among direction, merge, peephole");
+    CHECK(bad == NULL, "a failing create_ex left *out non-NULL");
+    FAILS(rnnk_model_create_ex("lstm", I, H, L, 0, 0, 1, "peephole=yes", backend, threads, &bad), RNNK_ERR_INVALID_ARGUMENT,
+          "`options: peephole`: true or false, got \"yes\"");
+    FAILS(rnnk_model_create_ex("lstm", I, H, L, 0, 0, 1, "gate_clip=1,gate_clip=2", backend, threads, &bad),
+          RNNK_ERR_INVALID_ARGUMENT, "`options`: each key at most once");
+    FAILS(rnnk_model_create_ex("lstm", I, H, L, 0, 0, 1, "gate_clip=-1", backend, threads, &bad), RNNK_ERR_INVALID_ARGUMENT,
+          "`gate_clip`");
+    FAILS(rnnk_model_create_ex("lstm", I, H, L, 1, 0, 1, "direction=reverse", backend, threads, &bad), RNNK_ERR_INVALID_ARGUMENT,
+          "`options: direction`: bidirectional, or no direction, with `bidirectional` = 1");
+    FAILS(rnnk_model_create_ex("gru", I, H, L, 0, 0, 1, "peephole", backend, threads, &bad), RNNK_ERR_INVALID_ARGUMENT,
+          "`peephole`: false for cell gru");
+    FAILS(rnnk_model_create_ex("lstm", I, H, L, 0, 0, 1, "linear_before_reset=false", backend, threads, &bad),
+          RNNK_ERR_INVALID_ARGUMENT, "`linear_before_reset`");
+    FAILS(rnnk_model_create_ex("gru", I, H, L, 0, 0, 1, "merge=sum", backend, threads, &bad), RNNK_ERR_INVALID_ARGUMENT, "`merge`");
+    FAILS(rnnk_model_create_ex("gru", I, H, L, 0, 0, 1, "\xff", backend, threads, &bad), RNNK_ERR_INVALID_ARGUMENT, "`options`");
+    FAILS(rnnk_model_create_ex("gru", I, H, L, 0, 0, 1, "", backend, threads, NULL), RNNK_ERR_NULL_POINTER, "`out`");
+    FAILS(rnnk_model_options(m, NULL, 4, NULL), RNNK_ERR_NULL_POINTER, "`buf`");
+    {
+        rnnk_model* plain = NULL;
+        char text[8] = "x";
+        size_t len = 99, plain_np = 0;
+        OK(rnnk_model_create_ex("lstm", I, H, L, 1, 0, 1, NULL, backend, threads, &plain));
+        OK(rnnk_model_param_count(plain, &plain_np));
+        CHECK(plain_np == np, "create_ex without options: %zu parameters, rnnk_model_create: %zu", plain_np, np);
+        OK(rnnk_model_options(plain, text, sizeof text, &len));
+        CHECK(len == 0 && text[0] == 0, "a plain model's options: \"%s\" (%zu)", text, len);
+        OK(rnnk_model_free(plain));
+        OK(rnnk_model_create_ex("lstm", I, H, L, 1, 0, 1, " , direction=bidirectional", backend, threads, &plain));
+        OK(rnnk_model_options(plain, text, sizeof text, &len));
+        CHECK(len == 0 && text[0] == 0, "direction=bidirectional with bidirectional = 1 is plain: \"%s\"", text);
+        OK(rnnk_model_free(plain));
+    }
+
     rnnk_model* g = NULL;
     OK(rnnk_model_create("gru", I, H, 1, 0, 0, 1, backend, threads, &g));
     FAILS(rnnk_forward(g, T, B, NULL, 0, x, X_LEN, NULL, 0, c0, B * H, y, T * B * H, NULL, 0, NULL, 0), RNNK_ERR_INVALID_ARGUMENT,

@@ -72,6 +72,11 @@ pub struct Case {
 impl Case {
     pub fn lstm(input_size: usize, hidden_size: usize, steps: usize, batch: usize) -> Case {
         let cfg = RnnConfig::new(CellKind::Lstm, input_size, hidden_size).num_layers(2).bidirectional(true).build().unwrap();
+        Case::new(cfg, steps, batch)
+    }
+
+    /// Any configuration's parameters and inputs (`c0`, `dcn` empty without a cell state).
+    pub fn new(cfg: RnnConfig, steps: usize, batch: usize) -> Case {
         let shape = SeqShape::new(steps, batch).unwrap();
         let n = |s: [usize; 3]| s.iter().product::<usize>();
         let params = Params::<f32>::init_uniform(&cfg, 7).unwrap();
