@@ -27,3 +27,16 @@ CONVERT(convert_f16_to_f32, rnnk_f16, float)
 CONVERT(convert_bf16_to_f32, rnnk_bf16, float)
 CONVERT(convert_f32_to_f16, float, rnnk_f16)
 CONVERT(convert_f32_to_bf16, float, rnnk_bf16)
+
+// dst[j] += Σ_i src[i·cols + j] for every column j < cols, the rows i summed in order: the LSTM
+// peephole gradients, accumulated per (row, unit) over the steps by lstm_backward_step_opt, summed
+// over the batch into the f32 gradient accumulator. One thread per column, so the result does not
+// depend on the grid (no atomics). src [rows, cols], dst [cols], both f32.
+extern "C" __global__ void add_column_sums_f32(int rows, int cols, const float* __restrict__ src,
+                                               float* __restrict__ dst) {
+    FOR_EACH_ELEMENT(j, (long long)cols) {
+        float s = dst[j];
+        for (long long i = 0; i < rows; ++i) s += src[i * cols + j];
+        dst[j] = s;
+    }
+}

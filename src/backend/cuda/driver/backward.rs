@@ -6,7 +6,10 @@ use super::super::buffer::View;
 use super::super::exec::Exec;
 use super::super::kernels::{self as k, Kernel};
 use super::wavefront::{backward_wavefront, wavefront_chunk};
-use super::{check_sizes, each_direction, joined_on_error, persistent_required, LayerViews, Persistent, SavedViews, Temps, Weights};
+use super::{
+    check_sizes, each_direction, joined_on_error, options, persistent_declined, persistent_declines, persistent_required, LayerViews,
+    Persistent, SavedViews, Temps, Weights,
+};
 use crate::backend::cell::Saved;
 use crate::backend::stack::{prev_step, steps, LayerDims};
 use crate::backend::GradMode;
@@ -50,6 +53,9 @@ pub(super) struct BwdBufs {
     dh_all: View,
     dh: View,
     dm: View,
+    /// LSTM with peepholes: `[B, 3H]`, each row's peephole gradients summed over the steps (the
+    /// backward step kernel adds into it; summed over the rows after the loop).
+    dpeep: View,
     /// The persistent backward, when it runs this direction.
     persistent: Option<Persistent>,
 }
@@ -215,8 +221,11 @@ fn persistent_kernel(kind: CellKind) -> Kernel<k::PersistentBackwardArgs> {
 fn direction_bufs(temps: &mut Temps<'_, '_>, dims: &LayerDims, l: usize) -> Result<BwdBufs> {
     let exec = temps.exec;
     let (tb, h, hout, gh) = (dims.t * dims.b, dims.h, dims.hout, dims.gh);
-    // Not for an LSTM with projection.
-    let kernel = (!dims.proj).then(|| persistent_kernel(dims.cell.kind).id);
+    if let (Some(option), true) = (persistent_declines(&dims.cell), exec.paths().persistent_required) {
+        return Err(persistent_declined("the persistent backward", option, l));
+    }
+    // Not for an LSTM with projection, nor a cell with an option.
+    let kernel = (!dims.proj && persistent_declines(&dims.cell).is_none()).then(|| persistent_kernel(dims.cell.kind).id);
     let units = kernel.and_then(|k| exec.persistent_units(k, h, dims.b, dims.dirs));
     let persistent = match units {
         None if exec.paths().persistent_required => return Err(persistent_required("the persistent backward", l, dims, exec.storage())),
@@ -232,6 +241,7 @@ fn direction_bufs(temps: &mut Temps<'_, '_>, dims: &LayerDims, l: usize) -> Resu
         dh_all: if dims.proj { temps.storage(tb * hout)? } else { View::NULL },
         dh: if dims.proj { temps.storage(dims.b * hout)? } else { View::NULL },
         dm: if dims.proj { temps.f32(dims.b * h)? } else { View::NULL },
+        dpeep: if dims.cell.peephole { temps.f32(dims.b * 3 * h)? } else { View::NULL },
         persistent,
     })
 }
@@ -255,7 +265,7 @@ impl DirBackward {
         if self.dims.lstm() {
             exec.copy_or_zero(si, self.bufs.dc, self.io.dcn)?;
         }
-        Ok(())
+        exec.fill(si, self.bufs.dpeep, 0.0)
     }
 
     /// `dX[t] (+)= dGi[t] · W_ih` for the steps `t` in `rows` on stream `si`: direction 0
@@ -327,7 +337,14 @@ impl DirBackward {
                         }
                         None => step_args,
                     };
-                    exec.launch(si, k::LstmBackwardStep, bl * h, &step_args)?;
+                    if options::lstm_has_options(&self.dims.cell) {
+                        let peephole = self.weights.peephole.map_or(0, |p| p.ptr);
+                        let dpeep = if self.dims.cell.peephole { b.dpeep.ptr } else { 0 };
+                        let args = options::lstm_backward(step_args, &self.dims.cell, peephole, dpeep);
+                        exec.launch(si, k::LstmBackwardStepOpt, bl * h, &args)?;
+                    } else {
+                        exec.launch(si, k::LstmBackwardStep, bl * h, &step_args)?;
+                    }
                 }
                 CellKind::Gru => {
                     let extra = s.extra.at(t * bl * h, bl * h).ptr;
@@ -346,12 +363,22 @@ impl DirBackward {
                         dgi: dgi_t.ptr,
                         dgh: dgh_t.ptr,
                     };
-                    exec.launch(si, k::GruBackwardStep, bl * h, &args)?;
+                    if self.dims.cell.clip > 0.0 {
+                        exec.launch(si, k::GruBackwardStepClip, bl * h, &options::gru_backward(args, &self.dims.cell))?;
+                    } else {
+                        exec.launch(si, k::GruBackwardStep, bl * h, &args)?;
+                    }
                 }
                 CellKind::RnnTanh | CellKind::RnnRelu => {
                     let kernel = if self.dims.cell.kind == CellKind::RnnTanh { k::RnnTanhBackwardStep } else { k::RnnReluBackwardStep };
                     let args = k::RnnBackwardStepArgs { batch, hidden, step, lengths, gates, dy, dy_stride, carry, dg: dgi_t.ptr };
-                    exec.launch(si, kernel, bl * h, &args)?;
+                    if self.dims.cell.clip > 0.0 {
+                        let kernel =
+                            if self.dims.cell.kind == CellKind::RnnTanh { k::RnnTanhBackwardStepClip } else { k::RnnReluBackwardStepClip };
+                        exec.launch(si, kernel, bl * h, &options::rnn_backward(args, &self.dims.cell))?;
+                    } else {
+                        exec.launch(si, kernel, bl * h, &args)?;
+                    }
                 }
             }
             // dh_prev += dGh · W_hh (the kernels left the direct part, or dh on inactive rows).
@@ -429,6 +456,10 @@ impl DirBackward {
         if let Some(dw_hr) = dp.w_hr {
             // dW_hr += dH^T · M
             exec.gemm(si, 1.0, b.dh_all.mat(tb, hout).t(), io.saved.m.mat(tb, h), 1.0, dw_hr.mat(hout, h))?;
+        }
+        if let Some(dp_peep) = dp.peephole {
+            // dP += Σ_b dpeep[b]
+            exec.add_column_sums(si, b.dpeep, bl, dp_peep)?;
         }
         Ok(())
     }

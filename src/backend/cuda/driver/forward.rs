@@ -6,7 +6,10 @@ use super::super::buffer::View;
 use super::super::exec::Exec;
 use super::super::kernels::{self as k, Kernel, KernelId};
 use super::wavefront::{forward_wavefront, wavefront_chunk};
-use super::{check_sizes, each_direction, joined_on_error, persistent_required, CudaReserve, LayerViews, Persistent, Temps, Weights};
+use super::{
+    check_sizes, each_direction, joined_on_error, options, persistent_declined, persistent_declines, persistent_required, CudaReserve,
+    LayerViews, Persistent, Temps, Weights,
+};
 use crate::backend::cell::Saved;
 use crate::backend::stack::{steps, LayerDims};
 use crate::config::CellKind;
@@ -253,6 +256,12 @@ fn cell_kernel(kind: CellKind) -> Kernel<k::PersistentCellForwardArgs> {
 /// required and it does not fit.
 fn choose_persistent(temps: &mut Temps<'_, '_>, dims: &LayerDims, l: usize) -> Result<Option<Persistent>> {
     let exec = temps.exec;
+    if let Some(option) = persistent_declines(&dims.cell) {
+        return match exec.paths().persistent_required {
+            true => Err(persistent_declined("the persistent forward", option, l)),
+            false => Ok(None),
+        };
+    }
     let units = persistent_kernel(dims).and_then(|k| exec.persistent_units(k, dims.h, dims.b, dims.dirs));
     match units {
         None if exec.paths().persistent_required => Err(persistent_required("a persistent kernel", l, dims, exec.storage())),
@@ -284,7 +293,7 @@ impl DirForward {
         exec.gemm(si, 1.0, input, w_ih.t(), 0.0, self.bufs.xg.at(r0 * gh, n * gh).mat(n, gh))
     }
 
-    /// The address of a bias (0: none).
+    /// The address of a bias or of the peepholes (0: none).
     fn bias(b: Option<View>) -> u64 {
         b.map_or(0, |v| v.ptr)
     }
@@ -337,7 +346,12 @@ impl DirForward {
                         y: if proj { 0 } else { y_t },
                         y_stride,
                     };
-                    exec.launch(si, k::LstmForwardStep, bl * h, &args)?;
+                    if options::lstm_has_options(&self.dims.cell) {
+                        let peephole = Self::bias(self.weights.peephole);
+                        exec.launch(si, k::LstmForwardStepOpt, bl * h, &options::lstm_forward(args, &self.dims.cell, peephole))?;
+                    } else {
+                        exec.launch(si, k::LstmForwardStep, bl * h, &args)?;
+                    }
                     if let Some(w_hr) = self.weights.w_hr {
                         // h[B, Hout] = m · W_hr^T, then masked.
                         exec.gemm(si, 1.0, m_t.mat(bl, h), w_hr.mat(hout, h).t(), 0.0, h_t.mat(bl, hout))?;
@@ -373,7 +387,11 @@ impl DirForward {
                         y: y_t,
                         y_stride,
                     };
-                    exec.launch(si, k::GruForwardStep, bl * h, &args)?;
+                    if self.dims.cell.clip > 0.0 {
+                        exec.launch(si, k::GruForwardStepClip, bl * h, &options::gru_forward(args, &self.dims.cell))?;
+                    } else {
+                        exec.launch(si, k::GruForwardStep, bl * h, &args)?;
+                    }
                 }
                 CellKind::RnnTanh | CellKind::RnnRelu => {
                     let kernel = if self.dims.cell.kind == CellKind::RnnTanh { k::RnnTanhForwardStep } else { k::RnnReluForwardStep };
@@ -393,7 +411,13 @@ impl DirForward {
                         y: y_t,
                         y_stride,
                     };
-                    exec.launch(si, kernel, bl * h, &args)?;
+                    if self.dims.cell.clip > 0.0 {
+                        let kernel =
+                            if self.dims.cell.kind == CellKind::RnnTanh { k::RnnTanhForwardStepClip } else { k::RnnReluForwardStepClip };
+                        exec.launch(si, kernel, bl * h, &options::rnn_forward(args, &self.dims.cell))?;
+                    } else {
+                        exec.launch(si, kernel, bl * h, &args)?;
+                    }
                 }
             }
             prev = Some(cur);

@@ -58,6 +58,7 @@
 
 mod backward;
 mod forward;
+mod options;
 mod wavefront;
 
 pub(crate) use backward::{backward, BackwardViews};
@@ -188,6 +189,8 @@ struct LayerViews {
     b_hh: Option<View>,
     /// `[Hout, H]`, when the LSTM has a projection.
     w_hr: Option<View>,
+    /// `[3, H]` (rows `i, f, o`), when the LSTM has peepholes.
+    peephole: Option<View>,
 }
 
 impl LayerViews {
@@ -199,6 +202,7 @@ impl LayerViews {
             b_ih: r.b_ih.as_ref().map(at),
             b_hh: r.b_hh.as_ref().map(at),
             w_hr: r.w_hr.as_ref().map(at),
+            peephole: r.peephole.as_ref().map(at),
         }
     }
 }
@@ -265,6 +269,32 @@ fn persistent_required(what: &str, l: usize, dims: &crate::backend::stack::Layer
             dims.cell.kind, dims.h, dims.b, dims.dirs
         ),
     )
+}
+
+/// The first cell option of `cell` that the persistent kernels do not implement, by its
+/// case-file name: they run the plain cells only, and a layer with an option takes the per-step
+/// path.
+fn persistent_declines(cell: &crate::backend::cell::Cell) -> Option<&'static str> {
+    [
+        (cell.peephole, "peephole"),
+        (cell.clip > 0.0, "gate_clip"),
+        (cell.input_forget, "input_forget"),
+        (!cell.linear_before_reset, "linear_before_reset=false"),
+    ]
+    .into_iter()
+    .find_map(|(on, name)| on.then_some(name))
+}
+
+/// The error of a layer whose cell option the persistent kernels decline when they are required.
+fn persistent_declined(what: &str, option: &str, l: usize) -> Error {
+    Error::Unsupported {
+        backend: "cuda (persistent kernels required)".to_string(),
+        option: option.to_string(),
+        reason: format!(
+            "{what} runs the plain cells only (layer {l} has this option); the per-step path implements it \
+             (RNN_KERNELS_CUDA_PERSISTENT unset or 1)"
+        ),
+    }
 }
 
 /// Checks that every size of a call fits the `int` arguments of cuBLAS and the kernels.
