@@ -76,7 +76,7 @@ use std::sync::{Arc, Mutex};
 
 /// The cell options ([`RnnConfig::options`]) this backend implements, on every ISA; `plan`
 /// refuses the others.
-pub(crate) const OPTIONS: &[&str] = &[];
+pub(crate) const OPTIONS: &[&str] = &["peephole", "gate_clip", "input_forget"];
 
 #[cfg(all(target_arch = "x86_64", any(test, feature = "testkit")))]
 pub(crate) use isa::avx2::hooks as avx2_hooks;
@@ -302,6 +302,7 @@ impl Backend<f32> for Cpu {
 
     fn plan(&self, config: &RnnConfig, params: &[f32]) -> Result<CpuPlan> {
         crate::backend::check_options(&self.name(), config, OPTIONS)?;
+        crate::backend::refuse_gru_clip(&self.name(), config)?;
         CpuPlan::new(config, params, self.kernels.packs_weights())
     }
 

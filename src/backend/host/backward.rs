@@ -3,6 +3,7 @@
 //! [module docs](super).
 
 use super::direction::{cut_rows, rows_or_zeros, BlockWork, Direction};
+use super::peephole::{add_peephole_grad, PeepholeGrad};
 use super::reserve::Workspace;
 use super::{CellBackward, HostKernels, HostPlan, HostReserve, Mat, MatMut, Pass, Weight};
 use crate::backend::cell::Saved;
@@ -373,6 +374,10 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
         if let Some(r) = lr.w_hr.clone() {
             // dW_hr += dH^T · M
             add_weight_grad(k, &[(&dh_all, &sv.m)], (hout, h), &mut dp[r]);
+        }
+        if let Some(r) = lr.peephole.clone() {
+            let g = PeepholeGrad { t: tl, b: bl, h, reverse: dir.reverse(), dgi: &dgi_all, c: &sv.c, c0: inp.c0 };
+            add_peephole_grad(&g, &mut dp[r], k.weight_grad_rows());
         }
     }
     if let Some(d_in) = d_in {

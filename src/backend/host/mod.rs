@@ -25,7 +25,7 @@
 //! The files: `forward` and `backward` are the two time loops, each readable alone;
 //! `direction` is what they share (one layer-direction of a call: its sizes, cell and weights,
 //! and the cutting of its buffers into blocks of rows); `reserve` is what a training pass keeps
-//! for backward; `mat` the strided matrix views of the GEMMs. The sizes, the step order and the
+//! for backward; `peephole` the peephole weights' gradient after the backward loop; `mat` the strided matrix views of the GEMMs. The sizes, the step order and the
 //! stamps that tie a reserve to its plan are `backend::stack`'s, the same as
 //! the CUDA driver's; the cell (kind and options) is `backend::cell::Cell`, which the loops hand whole to
 //! the kernels (`HostKernels::cell_step_forward`).
@@ -34,6 +34,7 @@ mod backward;
 mod direction;
 mod forward;
 mod mat;
+mod peephole;
 mod reserve;
 
 pub(crate) use backward::run_backward;

@@ -25,7 +25,7 @@ pub use crate::backend::host::{HostPlan, HostReserve};
 pub struct Reference;
 
 /// The cell options ([`RnnConfig::options`]) this backend implements; `plan` refuses the others.
-pub(crate) const OPTIONS: &[&str] = &[];
+pub(crate) const OPTIONS: &[&str] = &["peephole", "gate_clip", "input_forget"];
 
 /// Rows of a block of the weight gradients' sums (see `HostKernels::weight_grad_rows`).
 const WEIGHT_GRAD_ROWS: usize = 64;
@@ -78,6 +78,7 @@ impl<T: Float> Backend<T> for Reference {
 
     fn plan(&self, config: &RnnConfig, params: &[T]) -> Result<HostPlan<T>> {
         crate::backend::check_options(&Backend::<T>::name(self), config, OPTIONS)?;
+        crate::backend::refuse_gru_clip(&Backend::<T>::name(self), config)?;
         HostPlan::new(config, params)
     }
 

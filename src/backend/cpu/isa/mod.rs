@@ -155,6 +155,45 @@ pub(crate) trait Kernels: Copy + Send + Sync + 'static {
         unsafe { self.base().rnn_backward::<RELU>(r) }
     }
 
+    /// The LSTM forward step of one active row with options: peepholes (`r.peephole`, `[3·H]`),
+    /// a clip (`r.clip > 0`) and/or `r.input_forget` (the maths of `reference/lstm.rs`'s
+    /// `forward_options`). The plain cell's kernel is [`Kernels::lstm_forward`].
+    ///
+    /// # Safety
+    /// As [`Kernels::lstm_forward`], and `r.peephole`, if any, has `3·H` values.
+    unsafe fn lstm_forward_options(self, r: FwdRow<'_>) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().lstm_forward_options(r) }
+    }
+
+    /// The LSTM backward step of one active row with options (as
+    /// [`Kernels::lstm_forward_options`]).
+    ///
+    /// # Safety
+    /// As [`Kernels::lstm_backward`], and `r.peephole`, if any, has `3·H` values.
+    unsafe fn lstm_backward_options(self, r: BwdRow<'_>) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().lstm_backward_options(r) }
+    }
+
+    /// The Elman RNN forward step of one active row with a clip (`r.clip > 0`).
+    ///
+    /// # Safety
+    /// As [`Kernels::rnn_forward`].
+    unsafe fn rnn_forward_clipped<const RELU: bool>(self, r: FwdRow<'_>) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().rnn_forward_clipped::<RELU>(r) }
+    }
+
+    /// The Elman RNN backward step of one active row with a clip (`r.clip > 0`).
+    ///
+    /// # Safety
+    /// As [`Kernels::rnn_backward`].
+    unsafe fn rnn_backward_clipped<const RELU: bool>(self, r: BwdRow<'_>) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().rnn_backward_clipped::<RELU>(r) }
+    }
+
     /// [`Kernels::gemm_unchecked`] after checking the shapes; panics if they disagree.
     fn gemm(self, par: &Par<'_>, g: Gemm<'_>, c: MatMut<'_, f32>) {
         g.check(&c);
@@ -246,6 +285,26 @@ macro_rules! simd_isa {
             unsafe fn rnn_backward<const RELU: bool>(self, r: BwdRow<'_>) {
                 // SAFETY: as in lstm_forward.
                 unsafe { rnn::backward::<RELU>(r) }
+            }
+
+            unsafe fn lstm_forward_options(self, r: FwdRow<'_>) {
+                // SAFETY: as in lstm_forward, and the peephole's length is this method's contract.
+                unsafe { lstm::forward_options(r) }
+            }
+
+            unsafe fn lstm_backward_options(self, r: BwdRow<'_>) {
+                // SAFETY: as in lstm_forward_options.
+                unsafe { lstm::backward_options(r) }
+            }
+
+            unsafe fn rnn_forward_clipped<const RELU: bool>(self, r: FwdRow<'_>) {
+                // SAFETY: as in lstm_forward.
+                unsafe { rnn::forward_clipped::<RELU>(r) }
+            }
+
+            unsafe fn rnn_backward_clipped<const RELU: bool>(self, r: BwdRow<'_>) {
+                // SAFETY: as in lstm_forward.
+                unsafe { rnn::backward_clipped::<RELU>(r) }
             }
         }
     };

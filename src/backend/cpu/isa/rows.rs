@@ -44,7 +44,20 @@ struct RowKernels<K> {
 }
 
 impl<K: Kernels> RowKernels<K> {
-    fn of(cell: CellKind) -> Self {
+    /// The kernels of `cell`: with `options` (an LSTM's peepholes, clip or input_forget, an
+    /// RNN's clip: see [`has_options`]) the options kernels, else the plain ones. Chosen once
+    /// per step, so the plain cells' kernels see no option.
+    fn of(cell: CellKind, options: bool) -> Self {
+        match (cell, options) {
+            (CellKind::Lstm, true) => return RowKernels { forward: K::lstm_forward_options, backward: K::lstm_backward_options },
+            (CellKind::RnnTanh, true) => {
+                return RowKernels { forward: K::rnn_forward_clipped::<false>, backward: K::rnn_backward_clipped::<false> }
+            }
+            (CellKind::RnnRelu, true) => {
+                return RowKernels { forward: K::rnn_forward_clipped::<true>, backward: K::rnn_backward_clipped::<true> }
+            }
+            _ => {}
+        }
         match cell {
             CellKind::Lstm => RowKernels { forward: K::lstm_forward, backward: K::lstm_backward },
             CellKind::Gru => RowKernels { forward: K::gru_forward, backward: K::gru_backward },
@@ -54,11 +67,30 @@ impl<K: Kernels> RowKernels<K> {
     }
 }
 
+/// Whether a step of `cell` takes the options kernels ([`Kernels::lstm_forward_options`],
+/// [`Kernels::rnn_forward_clipped`], …).
+fn has_options(cell: CellKind, peephole: Option<&[f32]>, clip: f64, input_forget: bool) -> bool {
+    match cell {
+        CellKind::Lstm => peephole.is_some() || clip > 0.0 || input_forget,
+        CellKind::RnnTanh | CellKind::RnnRelu => clip > 0.0,
+        CellKind::Gru => false,
+    }
+}
+
 /// Panics unless each `lens[i]` is `rows·widths[i]`, for the buffers a cell uses (width > 0).
 fn check_lens<const N: usize>(cell: CellKind, rows: usize, names: [&str; N], lens: [usize; N], widths: [usize; N]) {
     for ((name, len), width) in names.into_iter().zip(lens).zip(widths) {
         let Some(want) = rows.checked_mul(width) else { panic!("{cell:?} cell kernel: B = {rows} rows of {width} overflow usize") };
         assert!(width == 0 || len == want, "{cell:?} cell kernel: `{name}` has {len} values, expected {want}");
+    }
+}
+
+/// Panics unless `peephole`, if any, belongs to an LSTM and has `3·H` values.
+fn check_peephole(cell: CellKind, hidden: usize, peephole: Option<&[f32]>) {
+    if let Some(p) = peephole {
+        assert!(cell == CellKind::Lstm, "{cell:?} cell kernel: peephole weights are an LSTM's");
+        let want = hidden.checked_mul(3).unwrap_or_else(|| panic!("{cell:?} cell kernel: H = {hidden} overflows usize"));
+        assert!(p.len() == want, "{cell:?} cell kernel: `peephole` has {} values, expected {want}", p.len());
     }
 }
 
@@ -80,7 +112,8 @@ pub(crate) fn forward<K: Kernels>(k: K, cell: CellKind, s: CellForward<'_, f32>)
     let lens = [xg.len(), hg.len(), h_prev.len(), c_prev.len(), gates.len(), extra.len(), c.len(), m.len()];
     check_lens(cell, active.len(), names, lens, [g, g, x, wc, g, x, wc, h]);
     check_lens(cell, 1, ["b_hh"], [b_hh.map_or(g, <[f32]>::len)], [g]);
-    let kernels = RowKernels::<K>::of(cell);
+    check_peephole(cell, hidden, peephole);
+    let kernels = RowKernels::<K>::of(cell, has_options(cell, peephole, clip, input_forget));
     for (b, &on) in active.iter().enumerate() {
         let [xg, hg, h_prev, c_prev] = [(xg, g), (hg, g), (h_prev, x), (c_prev, wc)].map(|(s, w)| row(s, b, w));
         let [gates, extra, c, m] = [(&mut *gates, g), (&mut *extra, x), (&mut *c, wc), (&mut *m, h)].map(|(s, w)| row_mut(s, b, w));
@@ -106,7 +139,8 @@ pub(crate) fn backward<K: Kernels>(k: K, cell: CellKind, s: CellBackward<'_, f32
     let names = ["gates", "extra", "c", "c_prev", "h_prev", "dm", "dc", "dgi", "dgh", "dh_direct"];
     let lens = [gates.len(), extra.len(), c.len(), c_prev.len(), h_prev.len(), dm.len(), dc.len(), dgi.len(), dgh.len(), dh_direct.len()];
     check_lens(cell, active.len(), names, lens, [g, x, wc, wc, x, h, wc, g, g, h]);
-    let kernels = RowKernels::<K>::of(cell);
+    check_peephole(cell, hidden, peephole);
+    let kernels = RowKernels::<K>::of(cell, has_options(cell, peephole, clip, input_forget));
     for (b, &on) in active.iter().enumerate() {
         let ins = [(gates, g), (extra, x), (c, wc), (c_prev, wc), (h_prev, x), (dm, h)];
         let [gates, extra, c, c_prev, h_prev, dm] = ins.map(|(s, w)| row(s, b, w));

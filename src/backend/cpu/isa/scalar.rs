@@ -71,6 +71,23 @@ impl Kernels for Scalar {
     unsafe fn rnn_backward<const RELU: bool>(self, r: BwdRow<'_>) {
         backward(rnn(RELU), r)
     }
+
+    // The reference kernels take their options path on such rows.
+    unsafe fn lstm_forward_options(self, r: FwdRow<'_>) {
+        forward(CellKind::Lstm, r)
+    }
+
+    unsafe fn lstm_backward_options(self, r: BwdRow<'_>) {
+        backward(CellKind::Lstm, r)
+    }
+
+    unsafe fn rnn_forward_clipped<const RELU: bool>(self, r: FwdRow<'_>) {
+        forward(rnn(RELU), r)
+    }
+
+    unsafe fn rnn_backward_clipped<const RELU: bool>(self, r: BwdRow<'_>) {
+        backward(rnn(RELU), r)
+    }
 }
 
 #[cfg(test)]

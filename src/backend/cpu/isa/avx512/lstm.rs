@@ -79,7 +79,16 @@ unsafe fn preact<const TAIL: bool>(xg: &[f32], hg: &[f32], b_hh: Option<&[f32]>,
     }
 }
 
-lstm_forward_chunks!("avx512f,avx2,fma", Lanes, _mm512_fmadd_ps, _mm512_mul_ps);
+lstm_forward_chunks!(
+    "avx512f,avx2,fma",
+    Lanes,
+    _mm512_fmadd_ps,
+    _mm512_mul_ps,
+    _mm512_set1_ps,
+    _mm512_min_ps,
+    _mm512_max_ps,
+    _mm512_sub_ps
+);
 
 /// The forward step of one active row.
 ///
@@ -89,4 +98,15 @@ lstm_forward_chunks!("avx512f,avx2,fma", Lanes, _mm512_fmadd_ps, _mm512_mul_ps);
 pub(super) unsafe fn forward(mut r: FwdRow<'_>) {
     // SAFETY: the chunks lie below H, in rows of the lengths the caller vouched for.
     unsafe { in_two_passes!(Lanes, r, gates_chunk, output_chunk) }
+}
+
+/// The forward step of one active row with options (peepholes, clip, input_forget: AVX2's
+/// `forward_options` on 16 lanes).
+///
+/// # Safety
+/// As [`forward`], and `r.peephole`, if any, has `3·H` values.
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub(super) unsafe fn forward_options(mut r: FwdRow<'_>) {
+    // SAFETY: as in forward; the peephole rows are `H` long at 0, H and 2H.
+    unsafe { in_two_passes!(Lanes, r, gates_chunk_options, output_chunk) }
 }

@@ -1,6 +1,7 @@
 //! x86-64 AVX-512 kernels of the CPU backend: the GEMM register tiles (`sgemm.rs`: 8×48
 //! blocked, `sgemm_skinny.rs`: few rows), used for the weight gradients too, and the LSTM
 //! forward cell (`lstm.rs`, with the maths of `math.rs`), which is bound by arithmetic. The
+//! LSTM forward with options too (`lstm::forward_options`). The
 //! other cells are memory-bound: AVX-512 takes them from its base, AVX2 (an AVX-512 token is
 //! only made where AVX2 and FMA were detected too, and holds the AVX2 token). The LSTM cell
 //! gives each element the bits the AVX2 one gives.
@@ -63,6 +64,11 @@ impl Kernels for Avx512 {
     unsafe fn lstm_forward(self, r: FwdRow<'_>) {
         // SAFETY: `self` proves the ISA; the row's lengths are this method's contract.
         unsafe { lstm::forward(r) }
+    }
+
+    unsafe fn lstm_forward_options(self, r: FwdRow<'_>) {
+        // SAFETY: as in lstm_forward, and the peephole's length is this method's contract.
+        unsafe { lstm::forward_options(r) }
     }
 }
 

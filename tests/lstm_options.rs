@@ -1,0 +1,284 @@
+//! The LSTM options (peepholes, gate clip, coupled input-forget gate) and the Elman RNN's gate
+//! clip: finite-difference checks of the f64 reference's backward for every option and their
+//! combinations (1 and 2 layers, both directions, projection, variable lengths), every CPU ISA
+//! of this machine against the reference (forward and backward), and bit-identical CPU results
+//! for any thread count.
+//!
+//! Finite differences as `tests/gradcheck.rs`: the fourth-order central difference, relative
+//! error `|a - n| / max(|a|, |n|, 1e-3)` below 1e-6. A clip makes the loss piecewise smooth (a
+//! kink where a pre-activation crosses `±clip`), so clipped cells take the step of the relu
+//! cell, `h = 1e-5`: a stencil then straddles a kink only if a pre-activation lies within
+//! `2e-5` of `±clip`. One still does, now and then (a bias moves every step's pre-activation
+//! of its unit): where the central difference of a kinked problem misses, the fourth-order
+//! one-sided differences `(-25 L(0) + 48 L(±k) - 36 L(±2k) + 16 L(±3k) - 3 L(±4k)) / ±12k`
+//! with `k = 1e-4` are taken too (rounding error about `11·2^-53·|L| / k`, near 1e-10 here), and
+//! the best of the three must pass: a kink lies on one side only, and the other side's
+//! difference is that of a smooth function. Every clipped problem is also checked to clip
+//! something (its outputs differ from the unclipped cell's), so that the clipped path is the
+//! one checked.
+//!
+//! CPU tolerances: those of `tests/cpu.rs` (forward 1e-5, gradients 1e-4).
+
+// `!(e <= worst)` on purpose: a NaN error must count as a failure, not be skipped.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
+mod common;
+
+use common::parity::{errors, Problem as F32Problem};
+use common::{describe, F64Problem, Problem};
+use proptest::prelude::*;
+use rnn_kernels::{CellKind, Cpu, Isa, Reference, Rnn, RnnConfig, SeqShape};
+
+/// Step for smooth cells.
+const H: f64 = 1e-3;
+/// Step for cells with a kink (relu, a clip).
+const H_KINK: f64 = 1e-5;
+const TOL: f64 = 1e-6;
+/// The clip of the finite-difference problems: most pre-activations lie within ±2.
+const CLIP: f64 = 0.8;
+
+fn central_difference(h: f64, f: &mut dyn FnMut(f64) -> f64) -> f64 {
+    (8.0 * (f(h) - f(-h)) - (f(2.0 * h) - f(-2.0 * h))) / (12.0 * h)
+}
+
+/// Step of the one-sided differences.
+const H_SIDE: f64 = 1e-4;
+
+/// The fourth-order one-sided difference of `f` at 0 with step `h` (negative: the left side).
+fn one_sided_difference(h: f64, f: &mut dyn FnMut(f64) -> f64) -> f64 {
+    (-25.0 * f(0.0) + 48.0 * f(h) - 36.0 * f(2.0 * h) + 16.0 * f(3.0 * h) - 3.0 * f(4.0 * h)) / (12.0 * h)
+}
+
+fn rel_err(a: f64, n: f64) -> f64 {
+    (a - n).abs() / a.abs().max(n.abs()).max(1e-3)
+}
+
+/// The options of a configuration, for messages.
+fn options(cfg: &RnnConfig) -> String {
+    format!("options {:?}", cfg.options())
+}
+
+/// Checks every coordinate of one problem; returns the worst relative error and where it was.
+fn check(p: &Problem) -> (f64, String) {
+    let rnn = Rnn::new(Reference, &p.cfg, &p.params[..]).unwrap();
+    let mut reserve = Default::default();
+    rnn.forward_training(&p.shape, &p.x, Some(&p.h0), p.c0.as_deref(), &mut reserve).unwrap();
+    let g = rnn.backward(&reserve, Some(&p.dy), Some(&p.dhn), p.dcn.as_deref()).unwrap();
+    let kink = p.cfg.cell() == CellKind::RnnRelu || p.cfg.gate_clip().is_some();
+    let h = if kink { H_KINK } else { H };
+    let mut worst = (0.0, String::new());
+    let mut probe = |name: &str, analytic: &[f64], get: &dyn Fn(&mut Problem) -> &mut Vec<f64>| {
+        let mut q = p.clone();
+        for (i, &a) in analytic.iter().enumerate() {
+            let orig = get(&mut q)[i];
+            let mut at = |d: f64| {
+                get(&mut q)[i] = orig + d;
+                q.loss()
+            };
+            let mut n = central_difference(h, &mut at);
+            let mut e = rel_err(a, n);
+            if kink && !(e < TOL) {
+                for side in [H_SIDE, -H_SIDE] {
+                    let ns = one_sided_difference(side, &mut at);
+                    if rel_err(a, ns) < e {
+                        (n, e) = (ns, rel_err(a, ns));
+                    }
+                }
+            }
+            get(&mut q)[i] = orig;
+            if !(e <= worst.0) {
+                worst = (e, format!("{name}[{i}]: analytic {a:.12e}, numeric {n:.12e}"));
+            }
+        }
+    };
+    probe("x", &g.dx, &|q| &mut q.x);
+    probe("h0", &g.dh0, &|q| &mut q.h0);
+    if let Some(dc0) = &g.dc0 {
+        probe("c0", dc0, &|q| q.c0.as_mut().unwrap());
+    }
+    probe("params", g.dparams.as_ref().unwrap(), &|q| &mut q.params);
+    worst
+}
+
+/// The same problem without the clip gives other outputs: the clip is active somewhere.
+fn assert_clips(p: &Problem) {
+    let Some(_) = p.cfg.gate_clip() else { return };
+    let plain = p.cfg.to_builder().gate_clip(0.0).build().unwrap();
+    let mut q = p.clone();
+    q.cfg = plain;
+    assert!(p.run_inference(Reference) != q.run_inference(Reference), "nothing clipped: {}", options(&p.cfg));
+}
+
+/// Every combination of the LSTM options (7), 1 and 2 layers, both directions, with and
+/// without projection; and the RNNs with a clip, 1 and 2 layers, both directions.
+fn option_configs() -> Vec<RnnConfig> {
+    let mut out = Vec::new();
+    for layers in 1..=2 {
+        for bidirectional in [false, true] {
+            for combo in 1..8u32 {
+                for proj in [0, 3] {
+                    let (peephole, clip, input_forget) = (combo & 1 != 0, combo & 2 != 0, combo & 4 != 0);
+                    let b = RnnConfig::new(CellKind::Lstm, 3, 5)
+                        .num_layers(layers)
+                        .bidirectional(bidirectional)
+                        .proj_size(proj)
+                        .peephole(peephole)
+                        .input_forget(input_forget)
+                        .gate_clip(if clip { CLIP } else { 0.0 });
+                    out.push(b.build().unwrap());
+                }
+            }
+            for cell in [CellKind::RnnTanh, CellKind::RnnRelu] {
+                out.push(RnnConfig::new(cell, 3, 5).num_layers(layers).bidirectional(bidirectional).gate_clip(CLIP).build().unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn sweep(shape: &SeqShape, seed: u64) {
+    let configs = option_configs();
+    let mut failures = Vec::new();
+    let mut overall = 0.0f64;
+    for (k, cfg) in configs.iter().enumerate() {
+        let p = Problem::random(cfg, shape, seed + k as u64, 1.5);
+        assert_clips(&p);
+        let (err, at) = check(&p);
+        overall = overall.max(err);
+        if !(err < TOL) {
+            failures.push(format!("{} {}: rel err {err:.2e} at {at}", describe(cfg, shape), options(cfg)));
+        }
+    }
+    eprintln!("{} configurations, worst relative error {overall:.2e}", configs.len());
+    assert!(failures.is_empty(), "{} of {} configurations fail:\n{}", failures.len(), configs.len(), failures.join("\n"));
+}
+
+#[test]
+fn option_gradients_match_finite_differences_full_length() {
+    sweep(&SeqShape::new(4, 2).unwrap(), 1600);
+}
+
+#[test]
+fn option_gradients_match_finite_differences_variable_lengths() {
+    // Unsorted, with a full-length and a length-1 sequence.
+    sweep(&SeqShape::with_lengths(5, vec![3, 5, 1]).unwrap(), 1700);
+}
+
+/// input_forget ignores the forget gate's weights, biases and peepholes: their gradients are
+/// zero, and changing them changes nothing.
+#[test]
+fn input_forget_ignores_the_forget_gate() {
+    let cfg = RnnConfig::new(CellKind::Lstm, 3, 4).peephole(true).input_forget(true).bidirectional(true).build().unwrap();
+    let shape = SeqShape::with_lengths(4, vec![4, 2]).unwrap();
+    let p = Problem::random(&cfg, &shape, 5, 1.5);
+    let rnn = Rnn::new(Reference, &p.cfg, &p.params[..]).unwrap();
+    let mut reserve = Default::default();
+    rnn.forward_training(&p.shape, &p.x, Some(&p.h0), p.c0.as_deref(), &mut reserve).unwrap();
+    let g = rnn.backward(&reserve, Some(&p.dy), Some(&p.dhn), p.dcn.as_deref()).unwrap();
+    let dp = g.dparams.unwrap();
+    let h = 4;
+    let layout = rnn_kernels::ParamLayout::new(&cfg);
+    let mut q = p.clone();
+    for s in layout.specs() {
+        let r = s.range();
+        // The forget gate's rows: rows h..2h of the [4H, *] tensors, row 1 of the [3, H] peephole.
+        let cols = r.len() / if s.name.starts_with("weight_peephole") { 3 } else { 4 * h };
+        let rows = if s.name.starts_with("weight_peephole") { 1..2 } else { h..2 * h };
+        for i in rows.start * cols..rows.end * cols {
+            assert_eq!(dp[r.start + i], 0.0, "{}[{i}]", s.name);
+            q.params[r.start + i] += 1.0;
+        }
+    }
+    assert!(q.run_inference(Reference) == p.run_inference(Reference), "the forget gate's parameters changed the result");
+}
+
+/// Random option configurations: LSTM with any combination of the options (at least one),
+/// RNN tanh and relu with a clip; sizes 1..20, 1..3 layers, both directions, with and without
+/// bias, LSTM projections.
+fn option_config() -> impl Strategy<Value = RnnConfig> {
+    (0usize..3, 1usize..20, 1usize..20, 1usize..4, any::<bool>(), any::<bool>(), 0usize..6, 1u32..8, 0usize..3).prop_map(
+        |(c, i, h, l, bi, bias, p, combo, clip)| {
+            let cell = [CellKind::Lstm, CellKind::RnnTanh, CellKind::RnnRelu][c];
+            let clip = [0.5, 1.0, 3.0][clip];
+            let b = RnnConfig::new(cell, i, h).num_layers(l).bidirectional(bi).bias(bias);
+            if cell == CellKind::Lstm {
+                let proj = if h > 1 { p.min(h - 1) } else { 0 };
+                b.proj_size(proj).peephole(combo & 1 != 0).input_forget(combo & 4 != 0).gate_clip(if combo & 2 != 0 { clip } else { 0.0 })
+            } else {
+                b.gate_clip(clip)
+            }
+            .build()
+            .unwrap()
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Every ISA of this machine, 2 threads, against the f64 reference, forward and backward.
+    #[test]
+    fn cpu_options_match_reference(cfg in option_config(), t in 1usize..7, lens in prop::collection::vec(1usize..7, 1..6), seed in any::<u64>(), x_range in prop::sample::select(vec![1.0, 3.0, 25.0])) {
+        let lengths: Vec<usize> = lens.iter().map(|&l| l.min(t)).collect();
+        let shape = SeqShape::with_lengths(t, lengths).unwrap();
+        let p = F32Problem::new(&cfg, &shape, seed, x_range);
+        let want = p.run_reference();
+        for isa in Isa::available() {
+            let got = p.run(Cpu::with_isa(isa, 2).unwrap());
+            for (name, err, tol) in errors(&got, &want) {
+                prop_assert!(err <= tol, "{isa}: {name} error {err:.3e} > {tol:e}: {} {}", describe(&cfg, &shape), options(&cfg));
+            }
+            let inferred = p.run_inference(Cpu::with_isa(isa, 2).unwrap());
+            for (i, name) in ["y", "hn", "cn"].iter().enumerate() {
+                prop_assert!(inferred[i] == got[i], "{isa}: inference {name} differs from the training forward's");
+            }
+        }
+    }
+}
+
+/// Large enough that the GEMMs, the cell steps and the time loop split across threads.
+#[test]
+fn options_are_bit_identical_for_any_thread_count() {
+    let configs = [
+        RnnConfig::new(CellKind::Lstm, 50, 128)
+            .num_layers(2)
+            .bidirectional(true)
+            .peephole(true)
+            .gate_clip(2.0)
+            .input_forget(true)
+            .build()
+            .unwrap(),
+        RnnConfig::new(CellKind::Lstm, 64, 96).bidirectional(true).proj_size(40).peephole(true).gate_clip(1.5).build().unwrap(),
+        RnnConfig::new(CellKind::RnnTanh, 33, 200).num_layers(2).gate_clip(1.0).build().unwrap(),
+    ];
+    for cfg in &configs {
+        for (steps, batch) in [(9, 37), (5, 161)] {
+            let shape = SeqShape::with_lengths(steps, (0..batch).map(|b| 1 + (b * 5) % steps).collect()).unwrap();
+            let p = F32Problem::new(cfg, &shape, 77, 3.0);
+            let want = p.run_reference();
+            for isa in Isa::available() {
+                let one = p.run(Cpu::with_isa(isa, 1).unwrap());
+                for threads in [2, 3] {
+                    let many = p.run(Cpu::with_isa(isa, threads).unwrap());
+                    assert!(one == many, "{isa}, {threads} threads differ from 1 thread: {} {}", describe(cfg, &shape), options(cfg));
+                }
+                for (name, err, tol) in errors(&one, &want) {
+                    assert!(err <= tol, "{isa}: {name} error {err:.3e}: {} {}", describe(cfg, &shape), options(cfg));
+                }
+            }
+        }
+    }
+}
+
+/// A GRU with a clip is refused until its kernels clip.
+#[test]
+fn gru_clip_is_refused() {
+    let cfg = RnnConfig::new(CellKind::Gru, 3, 4).gate_clip(1.0).build().unwrap();
+    let p = rnn_kernels::Params::<f32>::zeros(&cfg).unwrap();
+    for e in [
+        Rnn::new(Cpu::new().unwrap(), &cfg, p.as_slice()).err().unwrap().to_string(),
+        Rnn::new(Reference, &cfg, p.cast::<f64>().as_slice()).err().unwrap().to_string(),
+    ] {
+        assert!(e.contains("gate_clip") && e.contains("GRU"), "{e}");
+    }
+}
