@@ -124,12 +124,10 @@ fn check_refused_or_ran(option: &str, r: rnn_kernels::Result<()>, supported: boo
 }
 
 /// The options each host backend implements (the lists in `src/backend/*/mod.rs`, `OPTIONS`).
-/// `gate_clip` is listed there too, but refused for a GRU (`refuse_gru_clip`), the cell this
-/// test clips.
 fn supported_by_reference(option: &str) -> bool {
-    ["peephole", "input_forget"].contains(&option)
+    ["peephole", "gate_clip", "input_forget", "linear_before_reset=false"].contains(&option)
 }
 
 fn supported_by_cpu(option: &str) -> bool {
-    ["peephole", "input_forget"].contains(&option)
+    ["peephole", "gate_clip", "input_forget", "linear_before_reset=false"].contains(&option)
 }

@@ -215,20 +215,6 @@ pub(crate) fn check_options(backend: &str, config: &RnnConfig, supported: &[&str
     }
 }
 
-/// Refuses `gate_clip` on a GRU: the host backends' `OPTIONS` list `gate_clip` for the LSTM and
-/// the Elman RNN, whose kernels clip; the GRU's do not yet. Remove this (and its calls in the
-/// reference's and the CPU backend's `plan`) when the GRU kernels clip.
-pub(crate) fn refuse_gru_clip(backend: &str, config: &RnnConfig) -> Result<()> {
-    if config.cell() == crate::config::CellKind::Gru && config.gate_clip().is_some() {
-        return Err(crate::Error::Unsupported {
-            backend: backend.to_string(),
-            option: "gate_clip".to_string(),
-            reason: "this backend clips the gates of LSTM and RNN cells, not yet of a GRU".to_string(),
-        });
-    }
-    Ok(())
-}
-
 /// Checks the buffers of a forward call against `config` and `shape`. Public for code that
 /// checks a call before choosing a backend (the C ABI's device-pointer entry points).
 pub fn check_forward<B: ?Sized + Buffer>(

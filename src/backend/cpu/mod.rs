@@ -64,7 +64,8 @@ mod isa;
 pub use gemm::packed::CpuPlan;
 pub use isa::Isa;
 
-use crate::backend::host::{self, CellBackward, CellForward, HostKernels, HostReserve, Mat, MatMut, Pass, WeightOp};
+use crate::backend::cell::Cell;
+use crate::backend::host::{self, CellBackward, CellForward, ChoPart, HostKernels, HostReserve, Mat, MatMut, Pass, WeightOp};
 use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode};
 use crate::config::{CellKind, RnnConfig};
 use crate::error::{Error, Result};
@@ -76,7 +77,7 @@ use std::sync::{Arc, Mutex};
 
 /// The cell options ([`RnnConfig::options`]) this backend implements, on every ISA; `plan`
 /// refuses the others.
-pub(crate) const OPTIONS: &[&str] = &["peephole", "gate_clip", "input_forget"];
+pub(crate) const OPTIONS: &[&str] = &["peephole", "gate_clip", "input_forget", "linear_before_reset=false"];
 
 #[cfg(all(target_arch = "x86_64", any(test, feature = "testkit")))]
 pub(crate) use isa::avx2::hooks as avx2_hooks;
@@ -186,6 +187,18 @@ impl<K: Kernels> HostKernels<f32> for CpuKernels<'_, K> {
     fn cell_backward(&self, cell: CellKind, step: CellBackward<'_, f32>) {
         let (rows, gate_values) = (step.active.len(), step.gates.len());
         self.split_cell_step(rows, gate_values, step, CellBackward::split_rows, |s| self.isa.cell_backward(cell, s));
+    }
+
+    fn gru_reset_before_forward(&self, _: &Cell, part: ChoPart, step: CellForward<'_, f32>) {
+        let (rows, gate_values) = (step.active.len(), step.gates.len());
+        self.split_cell_step(rows, gate_values, step, CellForward::split_rows, |s| isa::rows::gru_reset_before_forward(self.isa, part, s));
+    }
+
+    fn gru_reset_before_backward(&self, _: &Cell, part: ChoPart, step: CellBackward<'_, f32>) {
+        let (rows, gate_values) = (step.active.len(), step.gates.len());
+        self.split_cell_step(rows, gate_values, step, CellBackward::split_rows, |s| {
+            isa::rows::gru_reset_before_backward(self.isa, part, s)
+        });
     }
 
     /// Blocks of whole GEMM register tiles, one per thread, of at least the ISA's
@@ -302,7 +315,6 @@ impl Backend<f32> for Cpu {
 
     fn plan(&self, config: &RnnConfig, params: &[f32]) -> Result<CpuPlan> {
         crate::backend::check_options(&self.name(), config, OPTIONS)?;
-        crate::backend::refuse_gru_clip(&self.name(), config)?;
         CpuPlan::new(config, params, self.kernels.packs_weights())
     }
 

@@ -5,7 +5,7 @@
 use super::direction::{cut_rows, rows_or_zeros, BlockWork, Direction};
 use super::peephole::{add_peephole_grad, PeepholeGrad};
 use super::reserve::Workspace;
-use super::{CellBackward, HostKernels, HostPlan, HostReserve, Mat, MatMut, Pass, Weight};
+use super::{gru_reset_before, CellBackward, HostKernels, HostPlan, HostReserve, Mat, MatMut, Pass, Weight};
 use crate::backend::cell::Saved;
 use crate::backend::stack::{prev_step, steps, LayerDims};
 use crate::backend::{check_backward, BackwardInput, BackwardOutput, GradMode};
@@ -109,23 +109,34 @@ struct DirectionIo<'a, T> {
 /// order in f64, which rounds onto `c` once. The rounding error is then that of one block's
 /// sum, whatever the number of steps, where one long sum's grows with them.
 fn add_weight_grad<T: Float, K: HostKernels<T>>(k: &K, segs: &[(&[T], &[T])], (m, n): (usize, usize), c: &mut [T]) {
+    add_weight_grad_cols(k, segs, m, 0..m, n, c)
+}
+
+/// [`add_weight_grad`] with the columns `cols` of each `g` (rows `g_w` wide) as `g`: `c` is
+/// `[cols.len(), n]`.
+fn add_weight_grad_cols<T: Float, K: HostKernels<T>>(k: &K, segs: &[(&[T], &[T])], g_w: usize, cols: Range<usize>, n: usize, c: &mut [T]) {
+    let m = cols.len();
     if m == 0 || n == 0 {
         return;
     }
+    // (An empty segment, a one-step call's, has no columns to offset.)
+    fn g_view<'a, T>(g: &'a [T], rows: usize, cols: &Range<usize>, g_w: usize) -> Mat<'a, T> {
+        Mat::strided(&g[cols.start.min(g.len())..], rows, cols.len(), g_w).t()
+    }
     let block = k.weight_grad_rows().max(1);
-    if segs.iter().map(|(g, _)| g.len() / m).sum::<usize>() <= block {
+    if segs.iter().map(|(g, _)| g.len() / g_w).sum::<usize>() <= block {
         for &(g, x) in segs {
-            let rows = g.len() / m;
-            k.gemm(T::ONE, Mat::new(g, rows, m).t(), Mat::new(x, rows, n), T::ONE, MatMut::new(c, m, n));
+            let rows = g.len() / g_w;
+            k.gemm(T::ONE, g_view(g, rows, &cols, g_w), Mat::new(x, rows, n), T::ONE, MatMut::new(c, m, n));
         }
         return;
     }
     let mut wide: Vec<f64> = c.iter().map(|v| v.to_f64()).collect();
     let mut part = vec![T::ZERO; m * n];
     for &(g, x) in segs {
-        for (gb, xb) in g.chunks(block * m).zip(x.chunks(block * n)) {
-            let rows = gb.len() / m;
-            k.gemm(T::ONE, Mat::new(gb, rows, m).t(), Mat::new(xb, rows, n), T::ZERO, MatMut::new(&mut part, m, n));
+        for (gb, xb) in g.chunks(block * g_w).zip(x.chunks(block * n)) {
+            let rows = gb.len() / g_w;
+            k.gemm(T::ONE, g_view(gb, rows, &cols, g_w), Mat::new(xb, rows, n), T::ZERO, MatMut::new(&mut part, m, n));
             for (w, &p) in wide.iter_mut().zip(&part) {
                 *w += p.to_f64();
             }
@@ -193,10 +204,16 @@ impl<T: Float> BwdRows<T> {
             dh_t: vec![T::ZERO; n * dm.hout],
             dm_t: vec![T::ZERO; if dm.proj { n * dm.h } else { 0 }],
             dh_direct: vec![T::ZERO; n * dm.h],
-            dgh: vec![T::ZERO; if dm.gru() { 0 } else { n * dm.gh }],
+            dgh: vec![T::ZERO; if keeps_dgh(dm) { 0 } else { n * dm.gh }],
             active: vec![false; n],
         }
     }
+}
+
+/// Whether the hidden-side pre-activation gradients `dGh` differ from the input-side ones and
+/// are kept for the weight gradients: a GRU's, but for the reset gate before the matmul.
+fn keeps_dgh(dm: &LayerDims) -> bool {
+    dm.gru() && !gru_reset_before::applies(&dm.cell)
 }
 
 /// What one backward step reads of a layer-direction: its saved activations, initial state and
@@ -271,29 +288,31 @@ fn backward_step<T: Float, K: HostKernels<T>>(
     } else {
         dh_t
     };
-    let dgh: &mut [T] = if dm.gru() { dgh } else { dgh_scratch };
-    k.cell_step_backward(
-        &dm.cell,
-        CellBackward {
-            active,
-            hidden: h,
-            peephole: dir.w.peephole,
-            clip: dm.cell.clip,
-            input_forget: dm.cell.input_forget,
-            gates: &sv.gates[rows(t, gh)],
-            extra: &sv.extra[rows(t, ew)],
-            c: &sv.c[rows(t, cw)],
-            c_prev,
-            h_prev: if dm.gru() { h_prev } else { &[] },
-            dm: dm_slice,
-            dc: dc_carry,
-            dgi,
-            dgh: &mut *dgh,
-            dh_direct: &mut *dh_direct,
-        },
-    );
+    let dgh: &mut [T] = if keeps_dgh(dm) { dgh } else { dgh_scratch };
+    let step = CellBackward {
+        active,
+        hidden: h,
+        peephole: dir.w.peephole,
+        clip: dm.cell.clip,
+        input_forget: dm.cell.input_forget,
+        gates: &sv.gates[rows(t, gh)],
+        extra: &sv.extra[rows(t, ew)],
+        c: &sv.c[rows(t, cw)],
+        c_prev,
+        h_prev: if dm.gru() { h_prev } else { &[] },
+        dm: dm_slice,
+        dc: dc_carry,
+        dgi,
+        dgh: &mut *dgh,
+        dh_direct: &mut *dh_direct,
+    };
     // dh_prev = dGh · W_hh (+ GRU's direct term); inactive rows pass dh through unchanged.
-    dir.backward_product(k, Weight::Hh, dgh, T::ZERO, dh_carry);
+    if gru_reset_before::applies(&dm.cell) {
+        gru_reset_before::backward_step(k, dir, step, dh_carry);
+    } else {
+        k.cell_step_backward(&dm.cell, step);
+        dir.backward_product(k, Weight::Hh, dgh, T::ZERO, dh_carry);
+    }
     for (b, &a) in active.iter().enumerate() {
         let dst = &mut dh_carry[b * hout..(b + 1) * hout];
         if !a {
@@ -322,7 +341,7 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
     // dGi of every step (and dGh, which differs from it for GRU only): the left factors of the
     // weight gradients. dH of every step (inactive rows zero): the left factor of dW_hr.
     let mut dgi_all = work.zeroed(tb * gh, "the input-side gate gradients, [T, B, G·H]")?;
-    let mut dgh_all = if dm.gru() { work.zeroed(tb * gh, "the hidden-side gate gradients, [T, B, G·H]")? } else { Vec::new() };
+    let mut dgh_all = if keeps_dgh(&dm) { work.zeroed(tb * gh, "the hidden-side gate gradients, [T, B, G·H]")? } else { Vec::new() };
     let mut dh_all = if dm.proj { work.zeroed(tb * hout, "the hidden-state gradients, [T, B, Hout]")? } else { Vec::new() };
     let bounds = k.row_blocks(bl, Pass::Backward);
     let mut blocks: Vec<BwdRows<T>> = bounds.windows(2).map(|r| BwdRows::new(r[0]..r[1], &dm, dhn, dcn)).collect();
@@ -350,8 +369,8 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
         }
     }
 
-    // dGh equals dGi for every cell but GRU.
-    let dgh_ref: &[T] = if dm.gru() { &dgh_all } else { &dgi_all };
+    // dGh equals dGi for every cell but GRU (PyTorch form).
+    let dgh_ref: &[T] = if keeps_dgh(&dm) { &dgh_all } else { &dgi_all };
     if let Some(dp) = dparams {
         let lr = dir.ranges;
         // dW_ih += dGi^T · X
@@ -364,7 +383,15 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
             (0, &dgh_ref[bl * gh..], &sv.h[..(tl - 1) * bl * hout])
         };
         let first_g = &dgh_ref[first * bl * gh..(first + 1) * bl * gh];
-        add_weight_grad(k, &[(rest_g, rest_h), (first_g, h0)], (gh, hout), &mut dp[lr.w_hh.clone()]);
+        let segs = [(rest_g, rest_h), (first_g, h0)];
+        if gru_reset_before::applies(&dm.cell) {
+            // The r, z rows as above; the n rows' operand is r ⊙ H_prev, saved as `extra`.
+            let (w_rz, w_n) = dp[lr.w_hh.clone()].split_at_mut(2 * h * hout);
+            add_weight_grad_cols(k, &segs, gh, 0..2 * h, hout, w_rz);
+            add_weight_grad_cols(k, &[(&dgi_all, &sv.extra)], gh, 2 * h..gh, h, w_n);
+        } else {
+            add_weight_grad(k, &segs, (gh, hout), &mut dp[lr.w_hh.clone()]);
+        }
         if let Some(r) = lr.b_ih.clone() {
             add_col_sums(&mut dp[r], &dgi_all, gh, k.weight_grad_rows());
         }

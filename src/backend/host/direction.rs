@@ -75,16 +75,36 @@ impl<T: Float> Direction<'_, T> {
     }
 
     fn product<K: HostKernels<T>>(&self, k: &K, op: WeightOp, a: &[T], beta: T, c: &mut [T]) {
+        let b = self.weight_operand(op);
+        let n = a.len() / b.rows;
+        k.weight_gemm(op, Mat::new(a, n, b.rows), b, beta, MatMut::new(c, n, b.cols));
+    }
+
+    /// `W^T` or `W` of `op`, the right-hand operand of its product.
+    fn weight_operand(&self, op: WeightOp) -> Mat<'_, T> {
         let (dm, w) = (&self.dims, &self.w);
+        let rz = 2 * dm.h * dm.hout;
         let weight = match op.weight {
             Weight::Ih => Mat::new(w.w_ih, dm.gh, dm.input),
             Weight::Hh => Mat::new(w.w_hh, dm.gh, dm.hout),
             // Only a projected LSTM's loops ask for W_hr.
             Weight::Hr => Mat::new(w.w_hr.unwrap_or_default(), dm.hout, dm.h),
+            // Only a GRU's loops ask for these (`G·H = 3·H` rows).
+            Weight::HhGates => Mat::new(&w.w_hh[..rz], 2 * dm.h, dm.hout),
+            Weight::HhNew => Mat::new(&w.w_hh[rz..], dm.h, dm.hout),
         };
-        let b = if op.transposed { weight.t() } else { weight };
-        let n = a.len() / b.rows;
-        k.weight_gemm(op, Mat::new(a, n, b.rows), b, beta, MatMut::new(c, n, b.cols));
+        if op.transposed {
+            weight.t()
+        } else {
+            weight
+        }
+    }
+
+    /// `c = a · W^T + beta·c` (`op.transposed`) or `a · W + beta·c` on views: for operands that
+    /// are column blocks of wider buffers (the two recurrent products of a GRU with the reset
+    /// gate before the matmul).
+    pub fn product_views<K: HostKernels<T>>(&self, k: &K, op: WeightOp, a: Mat<'_, T>, beta: T, c: MatMut<'_, T>) {
+        k.weight_gemm(op, a, self.weight_operand(op), beta, c);
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::direction::{cut_rows, cut_saved, rows_or_zeros, split_rows_mut, BlockWork, Direction};
 use super::reserve::try_fit_len;
-use super::{CellForward, HostKernels, HostPlan, HostReserve, Pass, Weight};
+use super::{gru_reset_before, CellForward, HostKernels, HostPlan, HostReserve, Pass, Weight};
 use crate::backend::cell::Saved;
 use crate::backend::{check_forward, ForwardInput, ForwardOutput};
 use crate::element::Float;
@@ -257,33 +257,39 @@ fn forward_step<T: Float, K: HostKernels<T>>(
     for (i, a) in active.iter_mut().enumerate() {
         *a = dir.shape.is_active(t, *row0 + i);
     }
-    // HG[n, G·H] = h_prev · W_hh^T
-    dir.forward_product(k, Weight::Hh, h_prev, hg);
+    // HG[n, G·H] = h_prev · W_hh^T (a GRU with the reset gate before the matmul computes it in
+    // two parts around its gates: `gru_reset_before.rs`).
+    let reset_before = gru_reset_before::applies(&dm.cell);
+    if !reset_before {
+        dir.forward_product(k, Weight::Hh, h_prev, hg);
+    }
     // Without a save (inference) the step's h and c go to the scratch, which then trades places
     // with h_prev and c_prev instead of being copied into them.
     let in_scratch = save.is_none();
     let Saved { gates, extra, c, m, h: h_t } = save.unwrap_or_else(|| scratch.as_mut().map(|v| &mut v[..]));
     // Without a projection the cell writes the new hidden state directly.
     let m_out: &mut [T] = if dm.proj { &mut *m } else { &mut *h_t };
-    k.cell_step_forward(
-        &dm.cell,
-        CellForward {
-            active,
-            hidden: h,
-            xg: xg_t,
-            hg,
-            b_hh: dir.w.b_hh,
-            peephole: dir.w.peephole,
-            clip: dm.cell.clip,
-            input_forget: dm.cell.input_forget,
-            h_prev,
-            c_prev,
-            gates,
-            extra,
-            c: &mut *c,
-            m: m_out,
-        },
-    );
+    let (hg, hg_reset_before) = if reset_before { (&[][..], Some(&mut **hg)) } else { (&**hg, None) };
+    let step = CellForward {
+        active,
+        hidden: h,
+        xg: xg_t,
+        hg,
+        b_hh: dir.w.b_hh,
+        peephole: dir.w.peephole,
+        clip: dm.cell.clip,
+        input_forget: dm.cell.input_forget,
+        h_prev,
+        c_prev,
+        gates,
+        extra,
+        c: &mut *c,
+        m: m_out,
+    };
+    match hg_reset_before {
+        Some(hg) => gru_reset_before::forward_step(k, dir, hg, step),
+        None => k.cell_step_forward(&dm.cell, step),
+    }
     if dm.proj {
         // h[n, Hout] = m · W_hr^T; m of inactive rows is zeroed so that the saved m is clean
         // for the dW_hr GEMM of backward.

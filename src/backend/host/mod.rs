@@ -33,6 +33,7 @@
 mod backward;
 mod direction;
 mod forward;
+mod gru_reset_before;
 mod mat;
 mod peephole;
 mod reserve;
@@ -128,7 +129,9 @@ pub(crate) struct CellForward<'a, T> {
     pub c_prev: &'a [T],
     /// `[B, G·H]` out: activated gates (RNN: the new hidden state). Zero on inactive rows.
     pub gates: &'a mut [T],
-    /// `[B, H]` out (GRU only; empty otherwise): `W_hn h_prev + b_hn`. Zero on inactive rows.
+    /// `[B, H]` out (GRU only; empty otherwise): `W_hn h_prev + b_hn`; with the reset gate
+    /// before the recurrent matmul (`linear_before_reset = false`), `r ⊙ h_prev`. Zero on
+    /// inactive rows.
     pub extra: &'a mut [T],
     /// `[B, H]` out (LSTM only; empty otherwise): new cell state; `c_prev` on inactive rows.
     pub c: &'a mut [T],
@@ -151,7 +154,8 @@ pub(crate) struct CellBackward<'a, T> {
     pub input_forget: bool,
     /// `[B, G·H]`: gates saved by forward.
     pub gates: &'a [T],
-    /// `[B, H]`: GRU's saved `W_hn h_prev + b_hn` (empty otherwise).
+    /// `[B, H]`: GRU's saved `W_hn h_prev + b_hn` (`r ⊙ h_prev` with the reset gate before the
+    /// recurrent matmul; empty otherwise).
     pub extra: &'a [T],
     /// `[B, H]`: LSTM's saved new cell state (empty otherwise).
     pub c: &'a [T],
@@ -168,11 +172,30 @@ pub(crate) struct CellBackward<'a, T> {
     /// Zero on inactive rows.
     pub dgi: &'a mut [T],
     /// `[B, G·H]` out: gradient w.r.t. the hidden-side pre-activations (`W_hh h + b_hh`).
-    /// Equal to `dgi` except for GRU's `n` gate. Zero on inactive rows.
+    /// Equal to `dgi` except for GRU's `n` gate. Zero on inactive rows. In the second part of a
+    /// step of the GRU with the reset gate before the recurrent matmul
+    /// ([`ChoPart::AfterProduct`]) instead an input, `[B, H]`: the gradient w.r.t. `r ⊙ h_prev`
+    /// (empty in its first part).
     pub dgh: &'a mut [T],
     /// `[B, H]` out: the part of `dh_prev` that does not go through `W_hh` (GRU: `z·dh`; zero
     /// for the others). Unspecified on inactive rows.
     pub dh_direct: &'a mut [T],
+}
+
+/// The part of a step of the GRU with the reset gate before the recurrent matmul
+/// (`linear_before_reset = false`) that a kernel call computes: the step has a second product
+/// in its middle, `(r ⊙ h_prev) · W_hn^T` forward, `dA_n · W_hn` backward, which the driver
+/// runs between the two parts (`host/gru_reset_before.rs`; the maths is
+/// `reference/gru_reset_before.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChoPart {
+    /// Forward: `r`, `z` and `extra = r ⊙ h_prev`, from `hg`'s `r, z` columns. Backward: the
+    /// `z` and `n` gradients (`dgi`'s `z, n` columns) and `dh_direct = z·dh`.
+    BeforeProduct,
+    /// Forward: `n` and the new state, from `hg`'s `n` columns (`(r ⊙ h_prev)·W_hn^T`).
+    /// Backward: from `dgh = d(r ⊙ h_prev)`, the `r` gradient (`dgi`'s `r` columns) and
+    /// `dh_direct += r ⊙ dgh`.
+    AfterProduct,
 }
 
 /// Row boundaries splitting `rows` into `parts` near-equal blocks.
@@ -224,6 +247,11 @@ pub(crate) enum Weight {
     Hh = 1,
     /// `weight_hr`, `[Hout, H]`.
     Hr = 2,
+    /// `weight_hh`'s rows of the `r` and `z` gates, `[2·H, Hout]` (a GRU with the reset gate
+    /// before the recurrent matmul).
+    HhGates = 3,
+    /// `weight_hh`'s rows of the `n` gate, `[H, Hout]` (as [`Weight::HhGates`]).
+    HhNew = 4,
 }
 
 /// A product with a weight: `A · W^T` (`transposed`, the forward products) or `A · W` (the
@@ -276,6 +304,13 @@ pub(crate) trait HostKernels<T: Float>: Send + Sync {
     fn cell_step_backward(&self, cell: &Cell, step: CellBackward<'_, T>) {
         self.cell_backward(cell.kind, step)
     }
+
+    /// Part `part` of a forward step of the GRU with the reset gate before the recurrent
+    /// matmul (`cell.linear_before_reset` false).
+    fn gru_reset_before_forward(&self, cell: &Cell, part: ChoPart, step: CellForward<'_, T>);
+    /// Part `part` of a backward step of the GRU with the reset gate before the recurrent
+    /// matmul.
+    fn gru_reset_before_backward(&self, cell: &Cell, part: ChoPart, step: CellBackward<'_, T>);
 
     /// How the time loop of `pass` over `rows` batch rows is cut into blocks of rows that run
     /// their steps on their own, in parallel (see [`for_blocks`](Self::for_blocks)): the

@@ -2,16 +2,19 @@
 //!
 //! Plain loops, in any [`Float`] (f32 or f64), single-threaded and bit-reproducible. The
 //! driver ([`crate::backend::host`]) runs the time loop; the files here are the maths of each
-//! cell on one row of the batch: `lstm.rs`, `gru.rs`, `rnn.rs` (forward and backward steps),
+//! cell on one row of the batch: `lstm.rs`, `gru.rs`, `rnn.rs` (forward and backward steps;
+//! `gru_reset_before.rs` the GRU with the reset gate before the recurrent matmul),
 //! the masking of rows past their length around them (`step.rs`), and `gemm.rs`.
 
 mod gemm;
-mod gru;
+pub(crate) mod gru;
+pub(crate) mod gru_reset_before;
 mod lstm;
 mod rnn;
 mod step;
 
-use crate::backend::host::{self, CellBackward, CellForward, HostKernels, Mat, MatMut};
+use crate::backend::cell::Cell;
+use crate::backend::host::{self, CellBackward, CellForward, ChoPart, HostKernels, Mat, MatMut};
 use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode};
 use crate::config::{CellKind, RnnConfig};
 use crate::element::Float;
@@ -25,7 +28,7 @@ pub use crate::backend::host::{HostPlan, HostReserve};
 pub struct Reference;
 
 /// The cell options ([`RnnConfig::options`]) this backend implements; `plan` refuses the others.
-pub(crate) const OPTIONS: &[&str] = &["peephole", "gate_clip", "input_forget"];
+pub(crate) const OPTIONS: &[&str] = &["peephole", "gate_clip", "input_forget", "linear_before_reset=false"];
 
 /// Rows of a block of the weight gradients' sums (see `HostKernels::weight_grad_rows`).
 const WEIGHT_GRAD_ROWS: usize = 64;
@@ -56,6 +59,14 @@ impl<T: Float> HostKernels<T> for Reference {
         step::backward(s, maths(cell).1)
     }
 
+    fn gru_reset_before_forward(&self, _: &Cell, part: ChoPart, s: CellForward<'_, T>) {
+        gru_reset_before::forward(part, s)
+    }
+
+    fn gru_reset_before_backward(&self, _: &Cell, part: ChoPart, s: CellBackward<'_, T>) {
+        gru_reset_before::backward(part, s)
+    }
+
     /// Short blocks: the reference's GEMM is one sum over `k` in order, so a block is its
     /// longest chain of roundings.
     fn weight_grad_rows(&self) -> usize {
@@ -78,7 +89,6 @@ impl<T: Float> Backend<T> for Reference {
 
     fn plan(&self, config: &RnnConfig, params: &[T]) -> Result<HostPlan<T>> {
         crate::backend::check_options(&Backend::<T>::name(self), config, OPTIONS)?;
-        crate::backend::refuse_gru_clip(&Backend::<T>::name(self), config)?;
         HostPlan::new(config, params)
     }
 

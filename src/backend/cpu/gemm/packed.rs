@@ -11,7 +11,7 @@
 
 use crate::backend::host::{HostPlan, Mat, Weight, WeightOp};
 use crate::backend::RnnPlan;
-use crate::config::RnnConfig;
+use crate::config::{CellKind, RnnConfig};
 use crate::error::Result;
 use std::sync::OnceLock;
 
@@ -53,8 +53,12 @@ impl PackedWeight {
 }
 
 /// The packed operands of one layer-direction, in the order of [`Weight`]: `W_ih`, `W_hh`,
-/// `W_hr` (absent without a projection).
-type Packs = [Option<PackedWeight>; 3];
+/// `W_hr` (absent without a projection), and a GRU with the reset gate before the matmul's two
+/// row blocks of `W_hh` (present for it alone, which then has no whole `W_hh`).
+type Packs = [Option<PackedWeight>; 5];
+
+/// Every [`Weight`], in the order of [`Packs`].
+const WEIGHTS: [Weight; 5] = [Weight::Ih, Weight::Hh, Weight::Hr, Weight::HhGates, Weight::HhNew];
 
 fn weight_view<'w>(host: &'w HostPlan<f32>, ld: usize, which: Weight) -> Option<Mat<'w, f32>> {
     let cfg = host.config();
@@ -62,20 +66,22 @@ fn weight_view<'w>(host: &'w HostPlan<f32>, ld: usize, which: Weight) -> Option<
     let r = host.layout.layer(l, d);
     let (gh, hout, h) = (cfg.gates() * cfg.hidden_size(), cfg.hidden_out_size(), cfg.hidden_size());
     let w = &host.weights;
+    // A GRU with the reset gate before the matmul: W_hh in two row blocks.
+    let split = cfg.cell() == CellKind::Gru && !cfg.linear_before_reset();
+    let w_hh = &w[r.w_hh.clone()];
     match which {
         Weight::Ih => Some(Mat::new(&w[r.w_ih.clone()], gh, cfg.layer_input_size(l))),
-        Weight::Hh => Some(Mat::new(&w[r.w_hh.clone()], gh, hout)),
+        Weight::Hh => (!split).then(|| Mat::new(w_hh, gh, hout)),
         Weight::Hr => r.w_hr.clone().map(|r| Mat::new(&w[r], hout, h)),
+        Weight::HhGates => split.then(|| Mat::new(&w_hh[..2 * h * hout], 2 * h, hout)),
+        Weight::HhNew => split.then(|| Mat::new(&w_hh[2 * h * hout..], h, hout)),
     }
 }
 
 fn pack_all(host: &HostPlan<f32>, transposed: bool) -> Vec<Packs> {
     let cfg = host.config();
     (0..cfg.num_layers() * cfg.num_directions())
-        .map(|ld| {
-            [Weight::Ih, Weight::Hh, Weight::Hr]
-                .map(|which| weight_view(host, ld, which).map(|w| PackedWeight::pack(if transposed { w.t() } else { w })))
-        })
+        .map(|ld| WEIGHTS.map(|which| weight_view(host, ld, which).map(|w| PackedWeight::pack(if transposed { w.t() } else { w }))))
         .collect()
 }
 
@@ -107,7 +113,7 @@ impl CpuPlan {
     pub(crate) fn update(&mut self, params: &[f32]) -> Result<()> {
         self.host.update(params)?;
         for (ld, packs) in self.fwd.iter_mut().enumerate() {
-            for (which, p) in [Weight::Ih, Weight::Hh, Weight::Hr].into_iter().zip(packs.iter_mut()) {
+            for (which, p) in WEIGHTS.into_iter().zip(packs.iter_mut()) {
                 if let (Some(p), Some(w)) = (p.as_mut(), weight_view(&self.host, ld, which)) {
                     p.repack(w.t());
                 }

@@ -137,6 +137,46 @@ pub(crate) trait Kernels: Copy + Send + Sync + 'static {
         unsafe { self.base().gru_backward(r) }
     }
 
+    /// The first forward part of a step of the GRU with the reset gate before the recurrent
+    /// matmul ([`ChoPart::BeforeProduct`](crate::backend::host::ChoPart)) on one active row.
+    ///
+    /// # Safety
+    /// As [`Kernels::lstm_forward`], for a GRU (`c`, `c_prev` unused).
+    unsafe fn gru_reset_before_gates(self, r: FwdRow<'_>) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().gru_reset_before_gates(r) }
+    }
+
+    /// The second forward part ([`ChoPart::AfterProduct`](crate::backend::host::ChoPart)), as
+    /// [`Kernels::gru_reset_before_gates`].
+    ///
+    /// # Safety
+    /// As [`Kernels::gru_reset_before_gates`].
+    unsafe fn gru_reset_before_output(self, r: FwdRow<'_>) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().gru_reset_before_output(r) }
+    }
+
+    /// The first backward part of a step of the GRU with the reset gate before the recurrent
+    /// matmul on one active row (`dgh` empty).
+    ///
+    /// # Safety
+    /// As [`Kernels::lstm_backward`], for a GRU (`extra`, `c`, `c_prev`, `dc` unused).
+    unsafe fn gru_reset_before_backward_output(self, r: BwdRow<'_>) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().gru_reset_before_backward_output(r) }
+    }
+
+    /// The second backward part, as [`Kernels::gru_reset_before_backward_output`] but with
+    /// `dgh` of `H` values, the gradient of `r ⊙ h_prev`.
+    ///
+    /// # Safety
+    /// As [`Kernels::gru_reset_before_backward_output`], `dgh` of `H` values.
+    unsafe fn gru_reset_before_backward_reset(self, r: BwdRow<'_>) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().gru_reset_before_backward_reset(r) }
+    }
+
     /// The Elman RNN forward step of one active row, relu if `RELU`, else tanh.
     ///
     /// # Safety
@@ -222,7 +262,9 @@ pub(crate) trait Kernels: Copy + Send + Sync + 'static {
 }
 
 /// An ISA whose module holds a hand-written row kernel of every cell (submodules `lstm`,
-/// `gru` and `rnn`, each with a `forward` and a `backward`, `rnn`'s generic over `RELU`, whose
+/// `gru` and `rnn`, each with a `forward` and a `backward`, `rnn`'s generic over `RELU` and
+/// `gru`'s over `CLIP`, and `gru_reset_before` with the four parts of that GRU, each generic
+/// over `CLIP`, whose
 /// only needs beyond the row's lengths are the ISA's features) and the register tiles of the
 /// weight products, and takes the products of two activations from [`Scalar`]: its token
 /// type, made only by `detect()` where `detected` holds, and its [`Kernels`].
@@ -268,13 +310,69 @@ macro_rules! simd_isa {
             }
 
             unsafe fn gru_forward(self, r: FwdRow<'_>) {
-                // SAFETY: as in lstm_forward.
-                unsafe { gru::forward(r) }
+                // SAFETY: as in lstm_forward. Clipped or not: one branch per row.
+                unsafe {
+                    if r.clip > 0.0 {
+                        gru::forward::<true>(r)
+                    } else {
+                        gru::forward::<false>(r)
+                    }
+                }
             }
 
             unsafe fn gru_backward(self, r: BwdRow<'_>) {
-                // SAFETY: as in lstm_forward.
-                unsafe { gru::backward(r) }
+                // SAFETY: as in gru_forward.
+                unsafe {
+                    if r.clip > 0.0 {
+                        gru::backward::<true>(r)
+                    } else {
+                        gru::backward::<false>(r)
+                    }
+                }
+            }
+
+            unsafe fn gru_reset_before_gates(self, r: FwdRow<'_>) {
+                // SAFETY: as in gru_forward.
+                unsafe {
+                    if r.clip > 0.0 {
+                        gru_reset_before::gates::<true>(r)
+                    } else {
+                        gru_reset_before::gates::<false>(r)
+                    }
+                }
+            }
+
+            unsafe fn gru_reset_before_output(self, r: FwdRow<'_>) {
+                // SAFETY: as in gru_forward.
+                unsafe {
+                    if r.clip > 0.0 {
+                        gru_reset_before::output::<true>(r)
+                    } else {
+                        gru_reset_before::output::<false>(r)
+                    }
+                }
+            }
+
+            unsafe fn gru_reset_before_backward_output(self, r: BwdRow<'_>) {
+                // SAFETY: as in gru_forward.
+                unsafe {
+                    if r.clip > 0.0 {
+                        gru_reset_before::backward_output::<true>(r)
+                    } else {
+                        gru_reset_before::backward_output::<false>(r)
+                    }
+                }
+            }
+
+            unsafe fn gru_reset_before_backward_reset(self, r: BwdRow<'_>) {
+                // SAFETY: as in gru_forward.
+                unsafe {
+                    if r.clip > 0.0 {
+                        gru_reset_before::backward_reset::<true>(r)
+                    } else {
+                        gru_reset_before::backward_reset::<false>(r)
+                    }
+                }
             }
 
             unsafe fn rnn_forward<const RELU: bool>(self, r: FwdRow<'_>) {

@@ -9,7 +9,7 @@
 //! Slices a cell does not use are neither checked nor read.
 
 use super::Kernels;
-use crate::backend::host::{CellBackward, CellForward};
+use crate::backend::host::{CellBackward, CellForward, ChoPart};
 use crate::config::CellKind;
 
 /// One active row of a forward step: a [`CellForward`] of one row (`active` is `[true]` and
@@ -176,4 +176,94 @@ pub(crate) fn backward<K: Kernels>(k: K, cell: CellKind, s: CellBackward<'_, f32
         // SAFETY: as in forward, for CellBackward.
         unsafe { (kernels.backward)(k, r) }
     }
+}
+
+/// Part `part` of a forward step of the GRU with the reset gate before the recurrent matmul
+/// (`host/gru_reset_before.rs`) with `k`'s kernels ([`Kernels::gru_reset_before_gates`],
+/// [`Kernels::gru_reset_before_output`]); panics as [`forward`]. Inactive rows as the
+/// reference's: zero gates and `extra` in the first part, untouched in the second.
+pub(crate) fn gru_reset_before_forward<K: Kernels>(k: K, part: ChoPart, s: CellForward<'_, f32>) {
+    let cell = CellKind::Gru;
+    let CellForward { active, hidden, xg, hg, b_hh, peephole, clip, input_forget, h_prev, c_prev, gates, extra, c, m } = s;
+    let Widths { g, h, .. } = Widths::of(cell, hidden);
+    let names = ["xg", "hg", "h_prev", "gates", "extra", "m"];
+    check_lens(cell, active.len(), names, [xg.len(), hg.len(), h_prev.len(), gates.len(), extra.len(), m.len()], [g, g, h, g, h, h]);
+    check_lens(cell, 1, ["b_hh"], [b_hh.map_or(g, <[f32]>::len)], [g]);
+    let kernel = match part {
+        ChoPart::BeforeProduct => K::gru_reset_before_gates,
+        ChoPart::AfterProduct => K::gru_reset_before_output,
+    };
+    for (b, &on) in active.iter().enumerate() {
+        let [xg, hg, h_prev] = [(xg, g), (hg, g), (h_prev, h)].map(|(s, w)| row(s, b, w));
+        let [gates, extra, m] = [(&mut *gates, g), (&mut *extra, h), (&mut *m, h)].map(|(s, w)| row_mut(s, b, w));
+        let r =
+            FwdRow { active: &[true], hidden: h, xg, hg, b_hh, peephole, clip, input_forget, h_prev, c_prev, gates, extra, c: &mut [], m };
+        match (on, part) {
+            (true, _) => {
+                // SAFETY: every slice of `r` the GRU uses was cut at its documented width from
+                // a buffer of B such rows (checked above), and b_hh has G·H values; `k` proves
+                // its ISA.
+                unsafe { kernel(k, r) }
+            }
+            (false, ChoPart::BeforeProduct) => {
+                r.gates.fill(0.0);
+                r.extra.fill(0.0);
+            }
+            (false, ChoPart::AfterProduct) => {}
+        }
+    }
+    debug_assert!(c.is_empty());
+}
+
+/// Part `part` of a backward step of the GRU with the reset gate before the recurrent matmul
+/// with `k`'s kernels ([`Kernels::gru_reset_before_backward_output`],
+/// [`Kernels::gru_reset_before_backward_reset`]; `dgh` is `[B, H]`, the gradient of
+/// `r ⊙ h_prev`, in the second part and empty in the first); panics as [`forward`]. Inactive
+/// rows as the reference's: zero `dgi` and `dh_direct` in the first part, untouched in the
+/// second.
+pub(crate) fn gru_reset_before_backward<K: Kernels>(k: K, part: ChoPart, s: CellBackward<'_, f32>) {
+    let cell = CellKind::Gru;
+    let CellBackward { active, hidden, peephole, clip, input_forget, gates, extra, c, c_prev, h_prev, dm, dc, dgi, dgh, dh_direct } = s;
+    let Widths { g, h, .. } = Widths::of(cell, hidden);
+    let (kernel, du): (unsafe fn(K, BwdRow<'_>), usize) = match part {
+        ChoPart::BeforeProduct => (K::gru_reset_before_backward_output, 0),
+        ChoPart::AfterProduct => (K::gru_reset_before_backward_reset, h),
+    };
+    let names = ["gates", "h_prev", "dm", "dgi", "dgh", "dh_direct"];
+    let lens = [gates.len(), h_prev.len(), dm.len(), dgi.len(), dgh.len(), dh_direct.len()];
+    check_lens(cell, active.len(), names, lens, [g, h, h, g, du, h]);
+    assert!(du > 0 || dgh.is_empty(), "GRU cell kernel: `dgh` must be empty before the product");
+    for (b, &on) in active.iter().enumerate() {
+        let [gates, h_prev, dm] = [(gates, g), (h_prev, h), (dm, h)].map(|(s, w)| row(s, b, w));
+        let [dgi, dgh, dh_direct] = [(&mut *dgi, g), (&mut *dgh, du), (&mut *dh_direct, h)].map(|(s, w)| row_mut(s, b, w));
+        let r = BwdRow {
+            active: &[true],
+            hidden: h,
+            peephole,
+            clip,
+            input_forget,
+            gates,
+            extra: &[],
+            c: &[],
+            c_prev: &[],
+            h_prev,
+            dm,
+            dc: &mut [],
+            dgi,
+            dgh,
+            dh_direct,
+        };
+        match (on, part) {
+            (true, _) => {
+                // SAFETY: as in gru_reset_before_forward, for CellBackward.
+                unsafe { kernel(k, r) }
+            }
+            (false, ChoPart::BeforeProduct) => {
+                r.dgi.fill(0.0);
+                r.dh_direct.fill(0.0);
+            }
+            (false, ChoPart::AfterProduct) => {}
+        }
+    }
+    debug_assert!(extra.len() == active.len() * h && c.is_empty() && c_prev.is_empty() && dc.is_empty());
 }

@@ -1,4 +1,5 @@
-//! The scalar ISA, any CPU: the reference backend's cell kernels (one row at a time) and
+//! The scalar ISA, any CPU: the reference backend's cell kernels (one row at a time; the parts
+//! of the GRU with the reset gate before the matmul from `reference/gru_reset_before.rs`) and
 //! matrixmultiply's SGEMM (`gemm_portable`) for every product. It reads no packed weights. It
 //! is the base every other ISA falls back to.
 
@@ -6,6 +7,7 @@ use super::rows::{BwdRow, FwdRow};
 use super::{Isa, Kernels};
 use crate::backend::cpu::gemm::{gemm_portable, Gemm, Par};
 use crate::backend::host::{HostKernels, MatMut};
+use crate::backend::reference::gru_reset_before;
 use crate::backend::Reference;
 use crate::config::CellKind;
 
@@ -62,6 +64,22 @@ impl Kernels for Scalar {
 
     unsafe fn gru_backward(self, r: BwdRow<'_>) {
         backward(CellKind::Gru, r)
+    }
+
+    unsafe fn gru_reset_before_gates(self, r: FwdRow<'_>) {
+        gru_reset_before::forward_gates(r)
+    }
+
+    unsafe fn gru_reset_before_output(self, r: FwdRow<'_>) {
+        gru_reset_before::forward_output(r)
+    }
+
+    unsafe fn gru_reset_before_backward_output(self, r: BwdRow<'_>) {
+        gru_reset_before::backward_output(r)
+    }
+
+    unsafe fn gru_reset_before_backward_reset(self, r: BwdRow<'_>) {
+        gru_reset_before::backward_reset(r)
     }
 
     unsafe fn rnn_forward<const RELU: bool>(self, r: FwdRow<'_>) {

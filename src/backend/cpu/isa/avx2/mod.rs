@@ -2,7 +2,8 @@
 //! backward, for every cell, in f32, and the SGEMM register tiles.
 //!
 //! - `math.rs`: `exp`, `sigmoid`, `tanh` on 8 lanes, with their measured accuracy.
-//! - `lstm.rs`, `gru.rs`, `rnn.rs` (tanh and relu): one forward and one backward kernel each,
+//! - `lstm.rs`, `gru.rs`, `rnn.rs` (tanh and relu): one forward and one backward kernel each
+//!   (`gru_reset_before.rs`: the four parts of the GRU with the reset gate before the matmul),
 //!   on one row of a step (`isa/rows.rs` cuts a step into rows and handles inactive rows),
 //!   computing exactly the maths of the reference kernels in `backend/reference/`.
 //! - `sgemm.rs`: the blocked SGEMM's 6×16 tile for every product of six rows or more;
@@ -35,6 +36,7 @@
 //! --nocapture` measures every ISA against the reference).
 
 mod gru;
+mod gru_reset_before;
 mod lstm;
 pub(crate) mod math;
 mod rnn;

@@ -3,7 +3,8 @@
 //! a time, and the SGEMM tiles.
 //!
 //! - `math.rs`: `exp`, `sigmoid`, `tanh` on `float32x4_t` (method and measured accuracy there);
-//! - `lstm.rs`, `gru.rs`, `rnn.rs`: forward and backward step of each cell;
+//! - `lstm.rs`, `gru.rs`, `rnn.rs`: forward and backward step of each cell (`gru_reset_before.rs`:
+//!   the four parts of the GRU with the reset gate before the matmul);
 //! - `sgemm.rs`: the 6×16 tile of the blocked SGEMM (`gemm/sgemm.rs`) for every product of six
 //!   rows or more; `sgemm_skinny.rs`: fewer rows against a packed weight (`gemm/packed.rs`).
 //!
@@ -41,6 +42,7 @@
 //! construction.
 
 mod gru;
+mod gru_reset_before;
 mod lstm;
 mod math;
 mod rnn;
