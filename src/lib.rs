@@ -10,13 +10,23 @@
 //! Stated once here, and used by every function and kernel of the crate.
 //!
 //! - **Layout.** Every tensor is dense and row-major: the rightmost dimension changes fastest.
-//!   Data are time-major.
+//!   Data are time-major, unless the configuration is
+//!   [`batch_first`](RnnConfigBuilder::batch_first).
 //! - **Sizes.** `T` steps, `B` batch, `I` input features, `H` hidden size, `L` layers,
-//!   `D` directions (2 if bidirectional), `G` gates (LSTM 4, GRU 3, RNN 1),
+//!   `D` directions (2 if bidirectional, 1 forward or reverse-only), `G` gates (LSTM 4, GRU 3, RNN 1),
 //!   `Hout` = `proj_size` if set, else `H`.
 //! - **Tensors of a call.** `x: [T, B, I]`; `y: [T, B, D·Hout]` (a bidirectional layer's output
-//!   is the forward direction's `Hout` features, then the reverse direction's);
+//!   is the forward direction's `Hout` features, then the reverse direction's; with
+//!   [`Merge::Sum`] their sum, `y: [T, B, Hout]`, which is then also the next layer's input);
 //!   `h0`, `hn: [L·D, B, Hout]` and `c0`, `cn: [L·D, B, H]`, indexed by `layer·D + direction`.
+//!   `dx`, `dy`, `dh0`, … are shaped like `x`, `y`, `h0`, …. **Batch-first**
+//!   ([`batch_first`](RnnConfigBuilder::batch_first), PyTorch's `batch_first=True`): `x`, `dx`
+//!   are `[B, T, I]` and `y`, `dy` `[B, T, ·]`, the same sizes; the states keep their
+//!   `[L·D, B, ·]`. The results are the time-major call's on the same data, bit for bit.
+//! - **Directions.** Forward runs steps `0..T`; reverse ([`Direction::Reverse`], ONNX's
+//!   `direction="reverse"`: one direction, unsuffixed parameter names) runs `T-1..=0`, each
+//!   sequence starting at its own last valid step, exactly as the second half of a
+//!   bidirectional layer.
 //! - **Gate order.** LSTM `i, f, g, o`; GRU `r, z, n`, with the reset gate applied after the
 //!   recurrent matmul (`n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))`), exactly as PyTorch.
 //!   See [`CellKind`] for the equations.

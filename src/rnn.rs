@@ -119,10 +119,10 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
     /// `x`, not an abort.
     fn run_forward(&self, shape: &SeqShape, input: ForwardInput<'_, [T]>, reserve: Option<&mut B::Reserve>) -> Result<Output<T>> {
         // Check x before allocating outputs sized from `shape`.
-        check_len("x", "[T, B, I]", &shape.x_shape(self.config()), input.x.len())?;
+        check_len("x", SeqShape::x_dims(self.config()), &shape.x_shape(self.config()), input.x.len())?;
         let cfg = self.config();
         let mut out = Output {
-            y: alloc("x", "y", "[T, B, D·Hout]", shape.y_shape(cfg))?,
+            y: alloc("x", "y", SeqShape::y_dims(cfg), shape.y_shape(cfg))?,
             hn: alloc("x", "hn", "[L·D, B, Hout]", shape.h_shape(cfg))?,
             cn: if cfg.cell().has_cell_state() { Some(alloc("x", "cn", "[L·D, B, H]", shape.c_shape(cfg))?) } else { None },
         };
@@ -161,7 +161,7 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
         let shape = reserve.shape().ok_or_else(crate::backend::stack::empty_reserve)?;
         let cfg = self.config();
         let mut g = Gradients {
-            dx: alloc("reserve", "dx", "[T, B, I]", shape.x_shape(cfg))?,
+            dx: alloc("reserve", "dx", SeqShape::x_dims(cfg), shape.x_shape(cfg))?,
             dh0: alloc("reserve", "dh0", "[L·D, B, Hout]", shape.h_shape(cfg))?,
             dc0: if cfg.cell().has_cell_state() { Some(alloc("reserve", "dc0", "[L·D, B, H]", shape.c_shape(cfg))?) } else { None },
             dparams: None,

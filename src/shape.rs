@@ -87,13 +87,41 @@ impl SeqShape {
         self.lengths.as_ref().is_some_and(|l| l.iter().any(|&n| n != self.steps))
     }
 
-    /// `[T, B, I]`.
+    /// `[T, B, I]`, or `[B, T, I]` with [`batch_first`](crate::RnnConfigBuilder::batch_first);
+    /// also the shape of `dx`.
     pub fn x_shape(&self, cfg: &RnnConfig) -> [usize; 3] {
-        [self.steps, self.batch, cfg.input_size()]
+        self.seq_major(cfg, cfg.input_size())
     }
-    /// `[T, B, D·Hout]`.
+    /// `[T, B, D·Hout]` (`[T, B, Hout]` with [`Merge::Sum`](crate::Merge::Sum)), or
+    /// `[B, T, ·]` with [`batch_first`](crate::RnnConfigBuilder::batch_first); also the shape of
+    /// `dy`.
     pub fn y_shape(&self, cfg: &RnnConfig) -> [usize; 3] {
-        [self.steps, self.batch, cfg.output_size()]
+        self.seq_major(cfg, cfg.output_size())
+    }
+    /// `x`'s shape in words, as errors name it: `[T, B, I]` or `[B, T, I]`.
+    pub(crate) fn x_dims(cfg: &RnnConfig) -> &'static str {
+        if cfg.batch_first() {
+            "[B, T, I]"
+        } else {
+            "[T, B, I]"
+        }
+    }
+    /// `y`'s shape in words.
+    pub(crate) fn y_dims(cfg: &RnnConfig) -> &'static str {
+        match (cfg.batch_first(), cfg.output_size() == cfg.hidden_out_size()) {
+            (false, false) => "[T, B, D·Hout]",
+            (false, true) => "[T, B, Hout]",
+            (true, false) => "[B, T, D·Hout]",
+            (true, true) => "[B, T, Hout]",
+        }
+    }
+    /// `[T, B, w]`, or `[B, T, w]` batch-first.
+    fn seq_major(&self, cfg: &RnnConfig, w: usize) -> [usize; 3] {
+        if cfg.batch_first() {
+            [self.batch, self.steps, w]
+        } else {
+            [self.steps, self.batch, w]
+        }
     }
     /// `[L·D, B, Hout]`, the shape of `h0` and `hn`.
     pub fn h_shape(&self, cfg: &RnnConfig) -> [usize; 3] {
@@ -110,8 +138,8 @@ impl SeqShape {
         for &(arg, kind, len) in bufs {
             let Some(len) = len else { continue };
             let (dims, shape) = match kind {
-                Tensor::X => ("[T, B, I]", self.x_shape(cfg)),
-                Tensor::Y => ("[T, B, D·Hout]", self.y_shape(cfg)),
+                Tensor::X => (Self::x_dims(cfg), self.x_shape(cfg)),
+                Tensor::Y => (Self::y_dims(cfg), self.y_shape(cfg)),
                 Tensor::H => ("[L·D, B, Hout]", self.h_shape(cfg)),
                 Tensor::C => {
                     if !cfg.cell().has_cell_state() {

@@ -15,7 +15,9 @@
 //!
 //! Buffers are the backend's own ([`Backend::Buf`]): host slices `[T]` for the reference and CPU
 //! backends, device memory for CUDA, so a backend can keep a whole stack on its device. Every
-//! buffer is a dense row-major tensor whose shape is given in [the crate docs](crate#conventions).
+//! buffer is a dense row-major tensor whose shape is given in [the crate docs](crate#conventions)
+//! (`x`, `y`, `dx`, `dy` time-major, or batch-first with
+//! [`batch_first`](crate::RnnConfigBuilder::batch_first)).
 //!
 //! Extension points: new cells ([`CellKind`](crate::CellKind) is non-exhaustive), storage types
 //! (`Backend<T>` is generic over the element; f16/bf16 storage is a new `impl`), and options in
@@ -78,7 +80,7 @@ pub trait RnnReserve: Send + Default {
 /// Inputs of a forward call. `h0` and `c0` default to zeros when `None`.
 #[derive(Debug)]
 pub struct ForwardInput<'a, B: ?Sized> {
-    /// `x: [T, B, I]`.
+    /// `x: [T, B, I]`, or `[B, T, I]` batch-first.
     pub x: &'a B,
     /// `h0: [L·D, B, Hout]`, or zeros.
     pub h0: Option<&'a B>,
@@ -89,7 +91,8 @@ pub struct ForwardInput<'a, B: ?Sized> {
 /// Outputs of a forward call, all overwritten.
 #[derive(Debug)]
 pub struct ForwardOutput<'a, B: ?Sized> {
-    /// `y: [T, B, D·Hout]`, zero past each sequence's length.
+    /// `y: [T, B, D·Hout]` (`Hout` wide with merge by sum), or `[B, T, ·]` batch-first; zero
+    /// past each sequence's length.
     pub y: &'a mut B,
     /// `hn: [L·D, B, Hout]`, taken at each sequence's last valid step; skipped when `None`.
     pub hn: Option<&'a mut B>,
@@ -100,7 +103,7 @@ pub struct ForwardOutput<'a, B: ?Sized> {
 /// Upstream gradients of a backward call; `None` means zeros.
 #[derive(Debug)]
 pub struct BackwardInput<'a, B: ?Sized> {
-    /// `dy: [T, B, D·Hout]`. Entries past a sequence's length are ignored (the output there is
+    /// `dy`, shaped like `y`. Entries past a sequence's length are ignored (the output there is
     /// a constant zero).
     pub dy: Option<&'a B>,
     /// `dhn: [L·D, B, Hout]`.
@@ -113,7 +116,7 @@ pub struct BackwardInput<'a, B: ?Sized> {
 /// possible).
 #[derive(Debug)]
 pub struct BackwardOutput<'a, B: ?Sized> {
-    /// `dx: [T, B, I]`, overwritten.
+    /// `dx`, shaped like `x`; overwritten.
     pub dx: Option<&'a mut B>,
     /// `dh0: [L·D, B, Hout]`, overwritten.
     pub dh0: Option<&'a mut B>,

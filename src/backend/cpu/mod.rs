@@ -77,7 +77,16 @@ use std::sync::{Arc, Mutex};
 
 /// The cell options ([`RnnConfig::options`]) this backend implements, on every ISA; `plan`
 /// refuses the others.
-pub(crate) const OPTIONS: &[&str] = &["peephole", "gate_clip", "input_forget", "linear_before_reset=false"];
+pub(crate) const OPTIONS: &[&str] = &[
+    // The host driver's (`backend::host`).
+    "direction=reverse",
+    "merge=sum",
+    "batch_first",
+    "peephole",
+    "gate_clip",
+    "input_forget",
+    "linear_before_reset=false",
+];
 
 #[cfg(all(target_arch = "x86_64", any(test, feature = "testkit")))]
 pub(crate) use isa::avx2::hooks as avx2_hooks;

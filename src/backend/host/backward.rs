@@ -4,7 +4,7 @@
 
 use super::direction::{cut_rows, rows_or_zeros, BlockWork, Direction};
 use super::peephole::{add_peephole_grad, PeepholeGrad};
-use super::reserve::Workspace;
+use super::reserve::{transpose_steps, Workspace};
 use super::{gru_reset_before, CellBackward, HostKernels, HostPlan, HostReserve, Mat, MatMut, Pass, Weight};
 use crate::backend::cell::Saved;
 use crate::backend::stack::{prev_step, steps, LayerDims};
@@ -36,10 +36,16 @@ pub(crate) fn run_backward<T: Float, K: HostKernels<T>>(
         dp.fill(T::ZERO);
     }
 
-    // Gradient w.r.t. the output of the layer being processed, [T, B, D·Hout].
+    // Gradient w.r.t. the output of the layer being processed, [T, B, D·Hout] (time-major also
+    // when `dy` and `dx` are batch-first: they are copied in and out transposed, at the cost of
+    // the plain copies). With merge by sum, both directions read the same `dy`.
     let mut d_out = s.work.zeroed(tb * cfg.output_size(), "the gradient of a layer's output, [T, B, D·Hout]")?;
     if let Some(dy) = grads.dy {
-        d_out.copy_from_slice(dy);
+        if cfg.batch_first() {
+            transpose_steps(dy, &mut d_out, bl, shape.steps());
+        } else {
+            d_out.copy_from_slice(dy);
+        }
     }
     let want_dx = dx.is_some();
     for l in (0..nl).rev() {
@@ -66,7 +72,11 @@ pub(crate) fn run_backward<T: Float, K: HostKernels<T>>(
         s.work.give([std::mem::replace(&mut d_out, d_in)]);
     }
     if let Some(dx) = dx {
-        dx.copy_from_slice(&d_out);
+        if cfg.batch_first() {
+            transpose_steps(&d_out, dx, shape.steps(), bl);
+        } else {
+            dx.copy_from_slice(&d_out);
+        }
     }
     s.work.give([d_out]);
     Ok(())
@@ -251,7 +261,7 @@ fn backward_step<T: Float, K: HostKernels<T>>(
     out: StepGrads<'_, T>,
 ) {
     let dm = &dir.dims;
-    let (tl, bl, h, hout, gh, d) = (dm.t, dm.b, dm.h, dm.hout, dm.gh, dir.d);
+    let (tl, bl, h, hout, gh, col) = (dm.t, dm.b, dm.h, dm.hout, dm.gh, dir.col);
     let widths = dm.cell.saved_sizes(1, 1);
     let (ew, cw) = (widths.extra, widths.c);
     let BwdRows { row0, dh_carry, dc_carry, dh_t, dm_t, dh_direct, dgh: dgh_scratch, active } = st;
@@ -270,7 +280,7 @@ fn backward_step<T: Float, K: HostKernels<T>>(
         let dst = &mut dh_t[b * hout..(b + 1) * hout];
         dst.copy_from_slice(&dh_carry[b * hout..(b + 1) * hout]);
         if a {
-            let row = (t * bl + r0 + b) * dm.out_w + d * hout;
+            let row = (t * bl + r0 + b) * dm.out_w + col;
             for (v, &g) in dst.iter_mut().zip(&inp.d_out[row..row + hout]) {
                 *v += g;
             }

@@ -5,6 +5,7 @@
 use super::{HostKernels, HostPlan, Mat, MatMut, Weight, WeightOp};
 use crate::backend::cell::Saved;
 use crate::backend::stack::LayerDims;
+use crate::config::Merge;
 use crate::element::Float;
 use crate::params::LayerRanges;
 use crate::shape::SeqShape;
@@ -18,8 +19,15 @@ pub(super) struct Direction<'a, T> {
     /// `l·D + d`: its index among the stack's layer-directions (in `h0`, `hn`, the reserve, and
     /// for [`WeightOp`](super::WeightOp)).
     pub ld: usize,
-    /// 0 forward, 1 reverse: which columns of the layer output are its own.
-    pub d: usize,
+    /// It runs its steps from `T-1` down to 0: the second direction of a bidirectional layer,
+    /// or the only one of a reverse-only stack.
+    pub reverse: bool,
+    /// The first of its `Hout` columns in a row of the layer output: `d·Hout` with concatenated
+    /// directions, 0 with [`Merge::Sum`](crate::Merge::Sum).
+    pub col: usize,
+    /// Its output is added onto the columns the layer's first direction wrote (the second
+    /// direction with [`Merge::Sum`](crate::Merge::Sum)), instead of written.
+    pub accumulate: bool,
     /// The call's shape: `T`, `B` and the lengths.
     pub shape: &'a SeqShape,
     /// Where its tensors are in the flat parameter layout (for the gradients).
@@ -42,12 +50,22 @@ impl<'a, T> Direction<'a, T> {
         let cfg = plan.layout.config();
         let ranges = plan.layout.layer(l, d);
         let dims = LayerDims::new(cfg, shape, l);
-        Direction { dims, ld: l * dims.dirs + d, d, shape, ranges, w: DirWeights::new(ranges, &plan.weights) }
+        let sum = cfg.merge() == Merge::Sum;
+        Direction {
+            dims,
+            ld: l * dims.dirs + d,
+            reverse: d == 1 || cfg.reverse_only(),
+            col: if sum { 0 } else { d * dims.hout },
+            accumulate: sum && d == 1,
+            shape,
+            ranges,
+            w: DirWeights::new(ranges, &plan.weights),
+        }
     }
 
     /// The reverse direction: it runs its steps from `T-1` down to 0.
     pub fn reverse(&self) -> bool {
-        self.d == 1
+        self.reverse
     }
 
     /// Its block of `len` elements in a per-layer-direction buffer (`h0`, `hn`: `[L·D, B, *]`).
@@ -61,7 +79,7 @@ impl<'a, T> Direction<'a, T> {
     }
 }
 
-impl<T: Float> Direction<'_, T> {
+impl<'a, T: Float> Direction<'a, T> {
     /// `c = a · W^T`: a forward product with the direction's weight `which` (`a: [n, In]` for
     /// `W_ih`, `[n, Hout]` for `W_hh`, `[n, H]` for `W_hr`; `c: [n, W's rows]`).
     pub fn forward_product<K: HostKernels<T>>(&self, k: &K, which: Weight, a: &[T], c: &mut [T]) {
@@ -74,14 +92,22 @@ impl<T: Float> Direction<'_, T> {
         self.product(k, WeightOp::bwd(which, self.ld), a, beta, c);
     }
 
+    /// `c = a · W_ih^T` for rows of `a` given as a strided view (`[n, In]`; the rows of one
+    /// step of a batch-first `x`, `T·I` apart), `c: [n, G·H]` dense.
+    pub fn project_view<K: HostKernels<T>>(&self, k: &K, a: Mat<'_, T>, c: &mut [T]) {
+        let op = WeightOp::fwd(Weight::Ih, self.ld);
+        let b = self.weight_view(op);
+        k.weight_gemm(op, a, b, T::ZERO, MatMut::new(c, a.rows, b.cols));
+    }
+
     fn product<K: HostKernels<T>>(&self, k: &K, op: WeightOp, a: &[T], beta: T, c: &mut [T]) {
-        let b = self.weight_operand(op);
+        let b = self.weight_view(op);
         let n = a.len() / b.rows;
         k.weight_gemm(op, Mat::new(a, n, b.rows), b, beta, MatMut::new(c, n, b.cols));
     }
 
-    /// `W^T` or `W` of `op`, the right-hand operand of its product.
-    fn weight_operand(&self, op: WeightOp) -> Mat<'_, T> {
+    /// The right-hand operand of `op`: `W^T` or `W`.
+    fn weight_view(&self, op: WeightOp) -> Mat<'a, T> {
         let (dm, w) = (&self.dims, &self.w);
         let rz = 2 * dm.h * dm.hout;
         let weight = match op.weight {
@@ -104,7 +130,7 @@ impl<T: Float> Direction<'_, T> {
     /// are column blocks of wider buffers (the two recurrent products of a GRU with the reset
     /// gate before the matmul).
     pub fn product_views<K: HostKernels<T>>(&self, k: &K, op: WeightOp, a: Mat<'_, T>, beta: T, c: MatMut<'_, T>) {
-        k.weight_gemm(op, a, self.weight_operand(op), beta, c);
+        k.weight_gemm(op, a, self.weight_view(op), beta, c);
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::direction::{cut_rows, cut_saved, rows_or_zeros, split_rows_mut, BlockWork, Direction};
 use super::reserve::try_fit_len;
-use super::{gru_reset_before, CellForward, HostKernels, HostPlan, HostReserve, Pass, Weight};
+use super::{gru_reset_before, CellForward, HostKernels, HostPlan, HostReserve, Mat, Pass, Weight};
 use crate::backend::cell::Saved;
 use crate::backend::{check_forward, ForwardInput, ForwardOutput};
 use crate::element::Float;
@@ -29,38 +29,52 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
     let layer_out = shape.steps() * shape.batch() * cfg.output_size();
     let (hlen, clen) = (shape.batch() * cfg.hidden_out_size(), shape.batch() * cfg.hidden_size());
     let ForwardOutput { y, mut hn, mut cn } = output;
+    let batch_first = cfg.batch_first();
 
     // The outputs of the layers but the last (which writes `y`): kept in the reserve for
     // backward, else two buffers that take turns being read and written.
     let mut alternating: Vec<Vec<T>> = Vec::new();
-    let (outputs, mut saves) = match save {
+    let (outputs, mut saves, x_copy) = match save {
         Some(s) => {
             s.stamp.fill(&plan.stamp, shape);
             s.prepare(cfg, shape, &input)?;
-            (&mut s.outputs, Some(&mut s.dirs[..]))
+            let HostReserve { outputs, dirs, x, .. } = s;
+            (outputs, Some(&mut dirs[..]), Some(&x[..]))
         }
         None => {
             alternating.resize_with((nl - 1).min(2), Vec::new);
             for o in &mut alternating {
                 try_fit_len(o, layer_out, "the outputs of the layers but the last, [T, B, D·Hout]")?;
             }
-            (&mut alternating, None)
+            (&mut alternating, None, None)
         }
+    };
+    // The first layer's input: `x`, or with a batch-first `x` the reserve's time-major copy of
+    // it (a training pass), else `x` itself, read by strided rows.
+    let x_in = match (batch_first, x_copy) {
+        (false, _) => LayerIn::TimeMajor(input.x),
+        (true, Some(x)) => LayerIn::TimeMajor(x),
+        (true, None) => LayerIn::BatchFirst(input.x),
     };
     let slots = outputs.len().max(1);
     let slot = |l: usize| l % slots;
     for l in 0..nl {
-        let (layer_in, out): (&[T], &mut [T]) = match (l, l + 1 == nl) {
-            (0, true) => (input.x, &mut *y),
-            (0, false) => (input.x, &mut outputs[slot(0)]),
-            (_, true) => (&outputs[slot(l - 1)], &mut *y),
-            (_, false) => read_write(outputs, slot(l - 1), slot(l)),
+        let last = l + 1 == nl;
+        let (layer_in, out): (LayerIn<'_, T>, &mut [T]) = match (l, last) {
+            (0, true) => (x_in, &mut *y),
+            (0, false) => (x_in, &mut outputs[slot(0)]),
+            (_, true) => (LayerIn::TimeMajor(&outputs[slot(l - 1)]), &mut *y),
+            (_, false) => {
+                let (r, w) = read_write(outputs, slot(l - 1), slot(l));
+                (LayerIn::TimeMajor(r), w)
+            }
         };
         for d in 0..nd {
             let dir = Direction::new(plan, shape, l, d);
             let io = DirectionIo {
                 input: layer_in,
                 out: &mut *out,
+                out_batch_first: last && batch_first,
                 h0: dir.block(input.h0, hlen),
                 c0: dir.block(input.c0, clen),
                 hn: dir.block_mut(&mut hn, hlen),
@@ -84,12 +98,31 @@ fn read_write<T>(bufs: &mut [Vec<T>], r: usize, w: usize) -> (&[T], &mut [T]) {
     }
 }
 
+/// A layer's input.
+enum LayerIn<'a, T> {
+    /// `[T, B, In]`.
+    TimeMajor(&'a [T]),
+    /// `[B, T, I]`: the caller's batch-first `x` (the first layer of an inference pass).
+    BatchFirst(&'a [T]),
+}
+
+// Copy without `T: Copy`: a reference.
+impl<T> Clone for LayerIn<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for LayerIn<'_, T> {}
+
 /// What one layer-direction of a forward pass reads and writes.
 struct DirectionIo<'a, T> {
-    /// `[T, B, In]`: the layer's input.
-    input: &'a [T],
-    /// `[T, B, D·Hout]`: the layer's output, of which the direction writes its columns.
+    /// The layer's input.
+    input: LayerIn<'a, T>,
+    /// `[T, B, W]` (`W` = `D·Hout`, or `Hout` with merge by sum), or `[B, T, W]` with
+    /// `out_batch_first`: the layer's output, of which the direction writes its columns.
     out: &'a mut [T],
+    /// `out` is batch-first (the last layer's `y` of a batch-first stack).
+    out_batch_first: bool,
     /// `[B, Hout]`: the initial hidden state, or zeros.
     h0: Option<&'a [T]>,
     /// `[B, H]` (LSTM): the initial cell state, or zeros.
@@ -118,6 +151,45 @@ fn projection_chunks(t_len: usize, chunk: usize, reverse: bool) -> Vec<Range<usi
     } else {
         (0..n).map(|i| i * chunk..((i + 1) * chunk).min(t_len)).collect()
     }
+}
+
+/// Below this batch a batch-first input's rows of a chunk of steps are gathered into one
+/// time-major block before its projection, instead of being read in place one step at a time:
+/// a product of so few rows may take another path of a backend's GEMM (the CPU's skinny path
+/// under 6 rows, one sum over all of `In` where the blocked path sums in blocks of 512), and
+/// its results would then differ from the time-major call's in the last bits. At this batch
+/// the copy is small: `chunk·B·In` elements.
+const STRIDED_PROJECTION_MIN_ROWS: usize = 8;
+
+/// A block of rows' share of a layer output, which its steps write row by row.
+enum BlockOut<'a, T> {
+    /// Time-major `[T, B, W]`: per step, the block's rows, `[n, W]`.
+    Steps(Vec<&'a mut [T]>),
+    /// Batch-first `[B, T, W]`: per row of the block, its sequence, `[T, W]`.
+    Seqs(Vec<&'a mut [T]>),
+}
+
+impl<T> BlockOut<'_, T> {
+    /// Row `b` of the block at step `t`, `w` wide.
+    #[inline]
+    fn row(&mut self, t: usize, b: usize, w: usize) -> &mut [T] {
+        match self {
+            BlockOut::Steps(s) => &mut s[t][b * w..(b + 1) * w],
+            BlockOut::Seqs(s) => &mut s[b][t * w..(t + 1) * w],
+        }
+    }
+}
+
+/// Cuts a layer output of `steps` steps (time-major, or batch-first) into the blocks of rows
+/// `bounds`.
+fn cut_out<'a, T>(out: &'a mut [T], batch_first: bool, steps: usize, bounds: &[usize]) -> Vec<BlockOut<'a, T>> {
+    if !batch_first {
+        return cut_rows(out, steps, bounds).into_iter().map(BlockOut::Steps).collect();
+    }
+    let rows = bounds[bounds.len() - 1];
+    let per_seq = (out.len() / rows.max(1)).max(1);
+    let mut seqs = out.chunks_exact_mut(per_seq);
+    bounds.windows(2).map(|r| BlockOut::Seqs(seqs.by_ref().take(r[1] - r[0]).collect())).collect()
 }
 
 /// What a block of batch rows `row0..row0 + n` carries from step to step of a forward
@@ -158,7 +230,7 @@ impl<T: Float> FwdRows<T> {
 fn forward_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io: DirectionIo<'_, T>) -> Result<()> {
     let dm = dir.dims;
     let (tl, bl, gh) = (dm.t, dm.b, dm.gh);
-    let DirectionIo { input, out, h0, c0, hn, cn, mut save } = io;
+    let DirectionIo { input, out, out_batch_first, h0, c0, hn, cn, mut save } = io;
     let widths = dm.cell.saved_sizes(1, 1);
     let bounds = k.row_blocks(bl, Pass::Forward);
     let mut blocks: Vec<FwdRows<T>> = bounds.windows(2).map(|r| FwdRows::new(r[0]..r[1], &dir, h0, c0)).collect::<Result<_>>()?;
@@ -171,25 +243,27 @@ fn forward_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, 
     // steps read it (all T steps at once would be T·B·G·H floats, written and read from memory).
     let chunk = projection_chunk(tl, bl, gh);
     let mut xg = try_zeroed("x", "the input projection of a chunk of steps, [steps, B, G·H]", chunk.saturating_mul(bl).saturating_mul(gh))?;
+    let mut gathered = Vec::new();
+    // Each block's rows of the output.
+    let mut outs = cut_out(out, out_batch_first, tl, &bounds);
     for steps in projection_chunks(tl, chunk, dir.reverse()) {
         let rows = steps.len() * bl;
         let xg = &mut xg[..rows * gh];
-        project_input(k, &dir, &input[steps.start * bl * dm.input..steps.end * bl * dm.input], xg);
+        project_input(k, &dir, input, steps.clone(), xg, &mut gathered)?;
         let xg = &*xg;
 
-        // Each block's rows of this chunk's outputs and saved activations, [block][step].
+        // Each block's rows of this chunk's saved activations, [block][step].
         let n = steps.len();
-        let outs = cut_rows(&mut out[steps.start * bl * dm.out_w..steps.end * bl * dm.out_w], n, &bounds);
         let saves: Vec<Vec<Option<Saved<&mut [T]>>>> = match save.as_deref_mut() {
             Some(s) => cut_saved(s, widths, steps.clone(), &bounds).into_iter().map(|v| v.into_iter().map(Some).collect()).collect(),
             None => (0..bounds.len() - 1).map(|_| (0..n).map(|_| None).collect()).collect(),
         };
-        let work = BlockWork::new(blocks.iter_mut().zip(saves).zip(outs));
+        let work = BlockWork::new(blocks.iter_mut().zip(saves).zip(outs.iter_mut()));
         k.for_blocks(work.len(), &|i| {
-            let Some(((st, sv), outs)) = work.take(i) else { return };
+            let Some(((st, sv), out)) = work.take(i) else { return };
             let (r0, nr) = (st.row0, st.active.len());
-            let mut per_step: Vec<_> = sv.into_iter().zip(outs).collect();
-            let mut run = |j: usize, (sv, out): (Option<Saved<&mut [T]>>, &mut [T])| {
+            let mut per_step: Vec<_> = sv.into_iter().collect();
+            let mut run = |j: usize, sv: Option<Saved<&mut [T]>>| {
                 let xg_t = &xg[(j * bl + r0) * gh..(j * bl + r0 + nr) * gh];
                 forward_step(kb, &dir, steps.start + j, xg_t, st, sv, out);
             };
@@ -217,11 +291,39 @@ fn forward_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, 
     Ok(())
 }
 
-/// `xg[rows, G·H] = x[rows, In] · W_ih^T + b_ih` for a chunk of steps.
-fn project_input<T: Float, K: HostKernels<T>>(k: &K, dir: &Direction<'_, T>, x: &[T], xg: &mut [T]) {
-    let gh = dir.dims.gh;
+/// `xg[steps·B, G·H] = x[steps·B, In] · W_ih^T + b_ih` for a chunk of steps. A batch-first
+/// input is read in place, the `B` rows of a step `T·I` apart, one product per step (from
+/// [`STRIDED_PROJECTION_MIN_ROWS`] rows; below, gathered into `gathered` first).
+fn project_input<T: Float, K: HostKernels<T>>(
+    k: &K,
+    dir: &Direction<'_, T>,
+    input: LayerIn<'_, T>,
+    steps: Range<usize>,
+    xg: &mut [T],
+    gathered: &mut Vec<T>,
+) -> Result<()> {
+    let dm = &dir.dims;
+    let (gh, bl, in_w) = (dm.gh, dm.b, dm.input);
     let rows = xg.len() / gh;
-    dir.forward_product(k, Weight::Ih, x, xg);
+    match input {
+        LayerIn::TimeMajor(x) => dir.forward_product(k, Weight::Ih, &x[steps.start * bl * in_w..steps.end * bl * in_w], xg),
+        LayerIn::BatchFirst(x) if bl >= STRIDED_PROJECTION_MIN_ROWS => {
+            for (xg_t, t) in xg.chunks_exact_mut(bl * gh).zip(steps) {
+                dir.project_view(k, Mat::strided(&x[t * in_w..], bl, in_w, dm.t * in_w), xg_t);
+            }
+        }
+        LayerIn::BatchFirst(x) => {
+            try_fit_len(gathered, rows * in_w, "a chunk of steps of the batch-first x, [steps, B, I]")?;
+            let mut dst = gathered.chunks_exact_mut(in_w.max(1));
+            for t in steps {
+                for b in 0..bl {
+                    let src = &x[(b * dm.t + t) * in_w..(b * dm.t + t + 1) * in_w];
+                    dst.next().unwrap_or_default().copy_from_slice(src);
+                }
+            }
+            dir.forward_product(k, Weight::Ih, gathered, xg);
+        }
+    }
     if let Some(b_ih) = dir.w.b_ih {
         // In the blocks of rows the backend would run in parallel (an elementwise add: the cut
         // changes no bit).
@@ -237,11 +339,12 @@ fn project_input<T: Float, K: HostKernels<T>>(k: &K, dir: &Direction<'_, T>, x: 
             }
         });
     }
+    Ok(())
 }
 
 /// One forward step `t` of a block of rows: `xg_t: [n, G·H]` its rows of the input projection,
-/// `save` where its activations go (the block's scratch when `None`), `out: [n, D·Hout]` its
-/// rows of the layer output (columns of direction `d` written).
+/// `save` where its activations go (the block's scratch when `None`), `out` its rows of the
+/// layer output (the direction's columns written, or added onto with merge by sum).
 fn forward_step<T: Float, K: HostKernels<T>>(
     k: &K,
     dir: &Direction<'_, T>,
@@ -249,10 +352,10 @@ fn forward_step<T: Float, K: HostKernels<T>>(
     xg_t: &[T],
     st: &mut FwdRows<T>,
     save: Option<Saved<&mut [T]>>,
-    out: &mut [T],
+    out: &mut BlockOut<'_, T>,
 ) {
     let dm = &dir.dims;
-    let (h, hout, d) = (dm.h, dm.hout, dir.d);
+    let (h, hout, col) = (dm.h, dm.hout, dir.col);
     let FwdRows { row0, h_prev, c_prev, hg, active, scratch } = st;
     for (i, a) in active.iter_mut().enumerate() {
         *a = dir.shape.is_active(t, *row0 + i);
@@ -302,13 +405,21 @@ fn forward_step<T: Float, K: HostKernels<T>>(
     }
     for (b, &a) in active.iter().enumerate() {
         let hb = &mut h_t[b * hout..(b + 1) * hout];
-        let ob = &mut out[b * dm.out_w + d * hout..b * dm.out_w + (d + 1) * hout];
-        if a {
-            ob.copy_from_slice(hb);
-        } else {
-            // Past its length a sequence keeps its state and outputs zero.
+        let ob = &mut out.row(t, b, dm.out_w)[col..col + hout];
+        if !a {
+            // Past its length a sequence keeps its state and outputs zero (with merge by sum,
+            // the zero the first direction wrote).
             hb.copy_from_slice(&h_prev[b * hout..(b + 1) * hout]);
-            ob.fill(T::ZERO);
+            if !dir.accumulate {
+                ob.fill(T::ZERO);
+            }
+        } else if dir.accumulate {
+            // Merge by sum: y = y_forward + y_reverse, the reverse direction running second.
+            for (o, &v) in ob.iter_mut().zip(&*hb) {
+                *o += v;
+            }
+        } else {
+            ob.copy_from_slice(hb);
         }
     }
     if in_scratch {

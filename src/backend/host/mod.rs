@@ -22,6 +22,15 @@
 //! step, and the reverse direction starts each sequence at its own last step) and outputs zero;
 //! in backward its gradients pass through unchanged.
 //!
+//! Directions and layouts come from the configuration: a direction runs in reverse when it is
+//! the second of a bidirectional layer or the only one of a reverse-only stack
+//! (`direction::Direction::reverse`); with merge by sum the second direction adds its output
+//! onto the first's (`y = y_fwd + y_rev`, in that order) and both read the same `dy`. With a
+//! batch-first `x` the input projection of an inference pass reads each step's rows in place
+//! (`T·I` apart), a training pass keeps its time-major copy of `x` in the reserve (the copy it
+//! made anyway, transposed), the last layer writes the rows of `y` in place, and backward copies
+//! `dy` in and `dx` out transposed (copies it made anyway); the layers between stay time-major.
+//!
 //! The files: `forward` and `backward` are the two time loops, each readable alone;
 //! `direction` is what they share (one layer-direction of a call: its sizes, cell and weights,
 //! and the cutting of its buffers into blocks of rows); `reserve` is what a training pass keeps

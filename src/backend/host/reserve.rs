@@ -17,7 +17,9 @@ use crate::shape::SeqShape;
 pub struct HostReserve<T> {
     /// The plan and shape of the call that filled it.
     pub(crate) stamp: ReserveStamp,
-    /// `[T, B, I]`.
+    /// `[T, B, I]`: a copy of `x`, time-major also when `x` is batch-first (the copy is then
+    /// made transposed, at the cost of the plain copy), so that the time loops and the weight
+    /// gradients read one layout.
     pub(super) x: Vec<T>,
     /// `[L·D, B, Hout]`, zeros when not given.
     pub(super) h0: Vec<T>,
@@ -65,7 +67,13 @@ impl<T: Float> HostReserve<T> {
                 "is more than one allocation can hold (isize::MAX bytes)".into(),
             ));
         }
-        fill_from(&mut self.x, Some(input.x), input.x.len(), "the reserve's copy of `x`")?;
+        if cfg.batch_first() {
+            try_room(&mut self.x, input.x.len(), "the reserve's copy of `x`")?;
+            fit_len(&mut self.x, input.x.len());
+            transpose_steps(input.x, &mut self.x, shape.batch(), shape.steps());
+        } else {
+            fill_from(&mut self.x, Some(input.x), input.x.len(), "the reserve's copy of `x`")?;
+        }
         fill_from(&mut self.h0, input.h0, lds * b * cfg.hidden_out_size(), "the reserve's copy of `h0`")?;
         if cfg.cell().has_cell_state() {
             fill_from(&mut self.c0, input.c0, lds * b * cfg.hidden_size(), "the reserve's copy of `c0`")?;
@@ -84,6 +92,20 @@ impl<T: Float> HostReserve<T> {
             }
         }
         Ok(())
+    }
+}
+
+/// Swaps the first two dimensions of `src: [a, b, w]` into `dst: [b, a, w]` (`w` from the
+/// lengths): a batch-first tensor into its time-major layout (`a = B`, `b = T`), or back.
+pub(super) fn transpose_steps<T: Copy>(src: &[T], dst: &mut [T], a: usize, b: usize) {
+    let w = src.len().checked_div(a * b).unwrap_or(0);
+    if w == 0 {
+        return;
+    }
+    for (i, block) in src.chunks_exact(b * w).enumerate() {
+        for (j, row) in block.chunks_exact(w).enumerate() {
+            dst[(j * a + i) * w..(j * a + i + 1) * w].copy_from_slice(row);
+        }
     }
 }
 

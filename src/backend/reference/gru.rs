@@ -21,9 +21,7 @@
 //! the true derivative is 0 anyway. Without clipping (`clip = 0`) none of this runs.
 
 use crate::backend::host::{CellBackward, CellForward};
-use crate::config::{CellKind, RnnConfig};
 use crate::element::Float;
-use crate::error::{Error, Result};
 
 /// The clip threshold of a step in `T`, if it clips.
 pub(super) fn threshold<T: Float>(clip: f64) -> Option<T> {

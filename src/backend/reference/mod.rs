@@ -28,7 +28,16 @@ pub use crate::backend::host::{HostPlan, HostReserve};
 pub struct Reference;
 
 /// The cell options ([`RnnConfig::options`]) this backend implements; `plan` refuses the others.
-pub(crate) const OPTIONS: &[&str] = &["peephole", "gate_clip", "input_forget", "linear_before_reset=false"];
+pub(crate) const OPTIONS: &[&str] = &[
+    // The host driver's (`backend::host`).
+    "direction=reverse",
+    "merge=sum",
+    "batch_first",
+    "peephole",
+    "gate_clip",
+    "input_forget",
+    "linear_before_reset=false",
+];
 
 /// Rows of a block of the weight gradients' sums (see `HostKernels::weight_grad_rows`).
 const WEIGHT_GRAD_ROWS: usize = 64;

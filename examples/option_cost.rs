@@ -1,0 +1,160 @@
+//! The cost of the time loop's options on the CPU backend, each against its plain stack in the
+//! same run: reverse-only and batch-first against the forward time-major stack, merge by sum
+//! against the concatenating bidirectional stack. The variants run in turn, round after round,
+//! so that a change of the machine's load touches them alike; the table gives each variant's
+//! median time and the median over rounds of its ratio to its baseline.
+//!
+//! ```text
+//! cargo run --release --example option_cost -- [--cells lstm,gru] [--input 512] [--hidden 512]
+//!     [--batch 64] [--steps 100] [--rounds 7] [--threads N] [--modes inference,train]
+//! ```
+
+use rnn_kernels::{CellKind, Cpu, Direction, Merge, Params, Rnn, RnnConfig, SeqShape};
+use std::time::Instant;
+
+struct Args {
+    cells: Vec<CellKind>,
+    input: usize,
+    hidden: usize,
+    batch: usize,
+    steps: usize,
+    rounds: usize,
+    threads: usize,
+    modes: Vec<bool>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        cells: vec![CellKind::Lstm, CellKind::Gru],
+        input: 512,
+        hidden: 512,
+        batch: 64,
+        steps: 100,
+        rounds: 7,
+        threads: 0,
+        modes: vec![false, true],
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag}: a value is missing"))?;
+        let num = || value.parse::<usize>().map_err(|e| format!("{flag} {value}: {e}"));
+        match flag.as_str() {
+            "--cells" => a.cells = value.split(',').map(|c| c.parse::<CellKind>().map_err(|e| e.to_string())).collect::<Result<_, _>>()?,
+            "--input" => a.input = num()?,
+            "--hidden" => a.hidden = num()?,
+            "--batch" => a.batch = num()?,
+            "--steps" => a.steps = num()?,
+            "--rounds" => a.rounds = num()?,
+            "--threads" => a.threads = num()?,
+            "--modes" => {
+                a.modes = value
+                    .split(',')
+                    .map(|m| match m {
+                        "inference" => Ok(false),
+                        "train" => Ok(true),
+                        _ => Err(format!("--modes: inference, train; got {m:?}")),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    Ok(a)
+}
+
+/// Nanoseconds the threads of this process have run on a CPU (the sum of Linux's
+/// `/proc/self/task/*/schedstat`), or `None` where that is not available.
+fn process_cpu_ns() -> Option<u64> {
+    let mut sum = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        sum += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(sum)
+}
+
+/// One timed call: inference, or a training forward and its backward. With `--threads 1` (no
+/// helper threads spinning) its time is the process's time on a CPU, which other programs
+/// sharing the machine do not lengthen as they lengthen wall time; else wall time.
+fn time_one(rnn: &Rnn<f32, Cpu>, shape: &SeqShape, x: &[f32], dy: &[f32], train: bool, cpu_time: bool) -> Result<f64, rnn_kernels::Error> {
+    let start = Instant::now();
+    let cpu0 = process_cpu_ns().filter(|_| cpu_time);
+    if train {
+        let mut reserve = Default::default();
+        rnn.forward_training(shape, x, None, None, &mut reserve)?;
+        rnn.backward(&reserve, Some(dy), None, None)?;
+    } else {
+        rnn.forward(shape, x, None, None)?;
+    }
+    Ok(match (cpu0, process_cpu_ns()) {
+        (Some(a), Some(b)) => (b - a) as f64 / 1e6,
+        _ => start.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let a = parse()?;
+    let cpu = if a.threads == 0 { Cpu::new()? } else { Cpu::with_threads(a.threads)? };
+    let shape = SeqShape::new(a.steps, a.batch)?;
+    let cpu_time = a.threads == 1 && process_cpu_ns().is_some();
+    println!(
+        "cpu isa {}, {} rounds, T={} B={} I={} H={}, {}",
+        cpu.isa(),
+        a.rounds,
+        a.steps,
+        a.batch,
+        a.input,
+        a.hidden,
+        if cpu_time { "CPU time" } else { "wall time" }
+    );
+    println!("| config | mode | variant | baseline | median ms | ratio to baseline (median of rounds) |");
+    println!("| --- | --- | --- | --- | ---: | ---: |");
+    for &cell in &a.cells {
+        let base = || RnnConfig::new(cell, a.input, a.hidden);
+        // (name, configuration, index of its baseline)
+        let variants: Vec<(&str, RnnConfig, usize)> = vec![
+            ("forward", base().build()?, 0),
+            ("direction=reverse", base().direction(Direction::Reverse).build()?, 0),
+            ("batch_first", base().batch_first(true).build()?, 0),
+            ("bidirectional", base().bidirectional(true).build()?, 3),
+            ("merge=sum", base().bidirectional(true).merge(Merge::Sum).build()?, 3),
+        ];
+        let rnns = variants
+            .iter()
+            .map(|(_, cfg, _)| Rnn::new(cpu.clone(), cfg, Params::<f32>::init_uniform(cfg, 1)?.as_slice()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let x: Vec<f32> = (0..a.steps * a.batch * a.input).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        for &train in &a.modes {
+            let dys: Vec<Vec<f32>> = variants.iter().map(|(_, cfg, _)| vec![0.01; a.steps * a.batch * cfg.output_size()]).collect();
+            // One warm-up call each.
+            for (rnn, dy) in rnns.iter().zip(&dys) {
+                time_one(rnn, &shape, &x, dy, train, cpu_time)?;
+            }
+            let mut times = vec![Vec::new(); variants.len()];
+            for _ in 0..a.rounds {
+                for (i, (rnn, dy)) in rnns.iter().zip(&dys).enumerate() {
+                    times[i].push(time_one(rnn, &shape, &x, dy, train, cpu_time)?);
+                }
+            }
+            let mode = if train { "train" } else { "inference" };
+            for (i, (name, _, b)) in variants.iter().enumerate() {
+                let ratio = median(times[i].iter().zip(&times[*b]).map(|(t, base)| t / base).collect());
+                println!(
+                    "| {cell}-{}-{}-{}-{} | {mode} | {name} | {} | {:.1} | {ratio:.3} |",
+                    a.input,
+                    a.hidden,
+                    a.batch,
+                    a.steps,
+                    variants[*b].0,
+                    median(times[i].clone())
+                );
+            }
+        }
+    }
+    Ok(())
+}
