@@ -8,6 +8,8 @@
 //!   exactly on integer-valued problems, and the emulation's conversions and GemmEx;
 //! - `options.rs`: the cell options' step kernels (peepholes, gate clip, coupled input-forget)
 //!   against an f64 oracle of one step, their backward against its central differences;
+//! - `options_driver.rs`: the driver with those options against the f64 reference, and the
+//!   persistent kernels declining them;
 //! - `wavefront.rs`: the layer wavefront bit for bit against the layer-by-layer order, the
 //!   stream each piece of work is issued on, and stream 1 joined after a failure.
 //!
@@ -19,6 +21,7 @@
 mod driver;
 mod half_storage;
 mod options;
+mod options_driver;
 mod wavefront;
 
 use super::buffer::View;
