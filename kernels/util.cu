@@ -14,6 +14,16 @@ extern "C" __global__ void fill_f32(long long n, float value, float* __restrict_
 FILL16(fill_f16, rnnk_f16)
 FILL16(fill_bf16, rnnk_bf16)
 
+// dst[0..n) += src[0..n) in f32, rounded once to the storage type: a bidirectional layer's
+// outputs merged by sum, y = y_fwd + y_rev (add_f32, add_f16, add_bf16).
+#define ADD(NAME, T)                                                                                      \
+    extern "C" __global__ void NAME(long long n, const T* __restrict__ src /* [n] */, T* __restrict__ dst /* [n] */) { \
+        FOR_EACH_ELEMENT(e, n) { st(dst, e, ld(dst, e) + ld(src, e)); }                                    \
+    }
+ADD(add_f32, float)
+ADD(add_f16, rnnk_f16)
+ADD(add_bf16, rnnk_bf16)
+
 // Conversions between f32 and 16-bit storage, for the buffers the driver keeps in f32 (the
 // LSTM cell state, the carried gradients dh and dc, the weight-gradient accumulator) and the
 // caller's 16-bit ones (c0, cn, dhn, dcn, dh0, dc0, dparams): dst[0..n) = src converted, exactly

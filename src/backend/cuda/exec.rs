@@ -6,8 +6,8 @@
 
 use super::buffer::{DevBuf, DevMat, RawBuf, View};
 use super::kernels::{
-    AddColumnSums, AddColumnSumsArgs, ConvertArgs, ConvertFromF32, ConvertToF32, Fill, FillArgs, Kernel, KernelArgs, KernelId,
-    PERSISTENT_MAX_BATCH, PERSISTENT_THREADS,
+    Add, AddArgs, AddColumnSums, AddColumnSumsArgs, ConvertArgs, ConvertFromF32, ConvertToF32, Fill, FillArgs, Kernel, KernelArgs,
+    KernelId, PERSISTENT_MAX_BATCH, PERSISTENT_THREADS,
 };
 use crate::element::Dtype;
 use crate::error::{Error, Result};
@@ -240,6 +240,15 @@ impl<'a> Exec<'a> {
             return Ok(());
         }
         self.launch_as(si, Fill, v.ty, grid(v.len), &FillArgs { n: v.len as i64, value, p: v.ptr })
+    }
+
+    /// `dst += src` (same length and type) on stream `si`, in f32, rounded once to the type.
+    pub fn add(&self, si: usize, dst: View, src: View) -> Result<()> {
+        assert!(dst.len == src.len && dst.ty == src.ty, "add");
+        if dst.len == 0 {
+            return Ok(());
+        }
+        self.launch_as(si, Add, dst.ty, grid(dst.len), &AddArgs { n: dst.len as i64, src: src.ptr, dst: dst.ptr })
     }
 
     /// `dst[j] += Σ_i src[i, j]` on stream `si`: the column sums of the f32 matrix `src`

@@ -69,6 +69,9 @@ pub(crate) const OPTIONS: &[&str] = &[
     "peephole",
     "gate_clip",
     "input_forget",
+    // The driver's (driver/).
+    "direction=reverse",
+    "merge=sum",
 ];
 use crate::backend::{
     check_backward, check_forward, Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnPlan,

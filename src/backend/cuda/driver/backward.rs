@@ -13,7 +13,7 @@ use super::{
 use crate::backend::cell::Saved;
 use crate::backend::stack::{prev_step, steps, LayerDims};
 use crate::backend::GradMode;
-use crate::config::CellKind;
+use crate::config::{CellKind, Merge};
 use crate::element::Dtype;
 use crate::error::Result;
 use crate::shape::SeqShape;
@@ -80,8 +80,13 @@ pub(super) struct BwdIo {
 
 /// One layer-direction of a backward pass: everything its work reads and writes.
 pub(super) struct DirBackward {
-    /// 0: forward in time; 1: reverse.
+    /// Its index in the layer (0 or 1): its stream.
     d: usize,
+    /// It ran its steps from `T-1` down to 0 (see `forward::DirForward`).
+    reverse: bool,
+    /// The first of its `Hout` columns in a row of `d_out`: `d·Hout`, or 0 with merge by sum
+    /// (both directions read the whole `dy` of `y = y_fwd + y_rev`).
+    col: usize,
     pub dims: LayerDims,
     weights: LayerViews,
     /// Where its parameters' gradients accumulate, when wanted.
@@ -197,7 +202,8 @@ fn allocate(
                     ones,
                 };
                 let grads = dparams.map(|dp| LayerViews::of(dp, weights.layout.layer(l, d)));
-                DirBackward { d, dims, weights: weights.layer(l, d), grads, io, bufs }
+                let (reverse, col) = (d == 1 || cfg.reverse_only(), if cfg.merge() == Merge::Sum { 0 } else { d * dims.hout });
+                DirBackward { d, reverse, col, dims, weights: weights.layer(l, d), grads, io, bufs }
             })
             .collect();
         layers.push(BackwardLayer { l, d_in, dirs });
@@ -283,8 +289,8 @@ impl DirBackward {
     /// the carry the earlier steps left; writes `dG` of those steps.
     pub(super) fn steps(&self, exec: &Exec<'_>, si: usize, ks: Range<usize>) -> Result<()> {
         let LayerDims { t: tl, b: bl, h, hout, gh, out_w, .. } = self.dims;
-        let (d, b, io) = (self.d, &self.bufs, &self.io);
-        let reverse = d == 1;
+        let (b, io) = (&self.bufs, &self.io);
+        let reverse = self.reverse;
         let s = &io.saved;
         let w_hh = self.weights.w_hh.mat(gh, hout);
         let (batch, hidden, dy_stride, lengths) = (bl as i32, h as i32, out_w as i32, io.lens);
@@ -293,7 +299,7 @@ impl DirBackward {
             let p = prev_step(t, tl, reverse);
             let h_prev = p.map_or(io.h0, |p| s.h.at(p * bl * hout, bl * hout));
             let c_prev = if self.dims.lstm() { p.map_or(io.c0, |p| s.c.at(p * bl * h, bl * h)) } else { View::NULL };
-            let dy = io.d_out.map_or(0, |v| v.strided(t * bl * out_w + d * hout, bl, out_w, hout).ptr);
+            let dy = io.d_out.map_or(0, |v| v.strided(t * bl * out_w + self.col, bl, out_w, hout).ptr);
             let gates = s.gates.at(t * bl * gh, bl * gh).ptr;
             let dgi_t = b.dgi.at(t * bl * gh, bl * gh);
             let dgh_t = b.dgh.at(t * bl * gh, bl * gh);
@@ -401,7 +407,7 @@ impl DirBackward {
             batch: bl as i32,
             hidden: h as i32,
             steps: tl as i32,
-            reverse: self.d as i32,
+            reverse: self.reverse as i32,
             units: p.units as i32,
             lengths: io.lens,
             w_hh: self.weights.w_hh.at(0, gh * hout).ptr,
@@ -411,7 +417,7 @@ impl DirBackward {
             h_all: if gru { s.h.at(0, tb * hout).ptr } else { 0 },
             h0: if gru { io.h0.at(0, bl * hout).ptr } else { 0 },
             c0: if lstm { io.c0.at(0, bl * h).ptr } else { 0 },
-            dy: io.d_out.map_or(0, |v| v.strided(self.d * hout, tb, out_w, hout).ptr),
+            dy: io.d_out.map_or(0, |v| v.strided(self.col, tb, out_w, hout).ptr),
             dy_stride: out_w as i32,
             carry: b.carry.at(0, bl * hout).ptr,
             dc: if lstm { b.dc.at(0, bl * h).ptr } else { 0 },
@@ -440,7 +446,7 @@ impl DirBackward {
         let dw_hh = dp.w_hh.mat(gh, hout);
         let rest = (tl - 1) * bl;
         let h_all = io.saved.h;
-        let (first, rest_g, rest_h) = if self.d == 1 {
+        let (first, rest_g, rest_h) = if self.reverse {
             (tl - 1, b.dgh.at(0, rest * gh), h_all.at(bl * hout, rest * hout))
         } else {
             (0, b.dgh.at(bl * gh, rest * gh), h_all.at(0, rest * hout))

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::backend::cell::Saved;
 use crate::backend::stack::{steps, LayerDims};
-use crate::config::CellKind;
+use crate::config::{CellKind, Merge};
 use crate::element::Dtype;
 use crate::error::Result;
 use crate::shape::SeqShape;
@@ -59,8 +59,12 @@ pub(super) struct FwdBufs {
 pub(super) struct FwdIo {
     /// `[T, B, In]`.
     pub input: View,
-    /// `[T, B, D·Hout]`: this direction writes columns `d·Hout..(d+1)·Hout`.
+    /// `[T, B, D·Hout]`: this direction writes columns `col..col + Hout`. With merge by sum,
+    /// the second direction's is a `[T, B, Hout]` temporary, added onto the layer output
+    /// (`sum_into`) after both directions ran.
     out: View,
+    /// Merge by sum, second direction: the layer output that `out` is added onto.
+    sum_into: Option<View>,
     /// `[B, Hout]`, `[B, H]` (zeros when not given; c0 null for non-LSTM).
     h0: View,
     c0: View,
@@ -70,8 +74,14 @@ pub(super) struct FwdIo {
 
 /// One layer-direction of a forward pass: everything its work reads and writes.
 pub(super) struct DirForward {
-    /// 0: forward in time; 1: reverse.
+    /// Its index in the layer (0 or 1): its stream.
     d: usize,
+    /// It runs its steps from `T-1` down to 0: the second direction of a bidirectional layer,
+    /// or the only one of a reverse-only stack.
+    reverse: bool,
+    /// The first of its `Hout` columns in a row of `io.out`: `d·Hout` with concatenated
+    /// directions, 0 with merge by sum.
+    col: usize,
     pub dims: LayerDims,
     pub weights: LayerViews,
     /// `[B]` lengths (i32).
@@ -97,7 +107,14 @@ pub(crate) fn forward(
     let persistent = layers.iter().flatten().any(|dir| dir.bufs.persistent.is_some());
     joined_on_error(exec, || match wavefront_chunk(exec, cfg, shape).filter(|_| !persistent) {
         Some(k) => forward_wavefront(exec, &layers, k),
-        None => layers.iter().try_for_each(|dirs| each_direction(exec, dirs, |dir| dir.run(exec))),
+        None => layers.iter().try_for_each(|dirs| {
+            each_direction(exec, dirs, |dir| dir.run(exec))?;
+            // Merge by sum: y = y_fwd + y_rev, on stream 0 after both directions.
+            dirs.iter().try_for_each(|dir| match dir.io.sum_into {
+                Some(y) => exec.add(0, y, dir.io.out),
+                None => Ok(()),
+            })
+        }),
     })
 }
 
@@ -186,15 +203,18 @@ fn allocate(
             let i = l * nd + d;
             let bufs = direction_bufs(temps, &dims, save.as_deref_mut().map(|r| &mut r.dirs[i]))?;
             let bufs = FwdBufs { persistent: choose_persistent(temps, &dims, l)?, ..bufs };
+            let sum = cfg.merge() == Merge::Sum && d == 1;
             let io = FwdIo {
                 input: prev_out,
-                out,
+                out: if sum { temps.storage(tl * bl * dims.out_w)? } else { out },
+                sum_into: sum.then_some(out),
                 h0: h0v.at(i * hlen, hlen),
                 c0: if lstm { c0v.at(i * clen, clen) } else { View::NULL },
                 hn: io.hn.map(|v| v.at(i * hlen, hlen)),
                 cn: if lstm { io.cn.map(|v| v.at(i * clen, clen)) } else { None },
             };
-            dirs.push(DirForward { d, dims, weights: weights.layer(l, d), lens, io, bufs });
+            let (reverse, col) = (d == 1 || cfg.reverse_only(), if cfg.merge() == Merge::Sum { 0 } else { d * dims.hout });
+            dirs.push(DirForward { d, reverse, col, dims, weights: weights.layer(l, d), lens, io, bufs });
         }
         layers.push(dirs);
         prev_out = out;
@@ -304,8 +324,8 @@ impl DirForward {
     /// first). The last chunk copies `hn`, `cn`.
     pub(super) fn steps(&self, exec: &Exec<'_>, si: usize, ks: Range<usize>) -> Result<()> {
         let LayerDims { t: tl, b: bl, h, hout, gh, out_w, .. } = self.dims;
-        let (d, b, io, lens) = (self.d, &self.bufs, &self.io, self.lens);
-        let reverse = d == 1;
+        let (b, io, lens) = (&self.bufs, &self.io, self.lens);
+        let reverse = self.reverse;
         let w_hh = self.weights.w_hh.mat(gh, hout);
         let (b_ih, b_hh) = (Self::bias(self.weights.b_ih), Self::bias(self.weights.b_hh));
         let (batch, hidden, y_stride) = (bl as i32, h as i32, out_w as i32);
@@ -322,7 +342,7 @@ impl DirForward {
             exec.gemm(si, 1.0, h_prev.mat(bl, hout), w_hh.t(), 0.0, b.hg.mat(bl, gh))?;
             let xg = b.xg.at(t * bl * gh, bl * gh).ptr;
             let gates = b.gates.map_or(0, |g| g.at(t * bl * gh, bl * gh).ptr);
-            let y_t = io.out.strided(t * bl * out_w + d * hout, bl, out_w, hout).ptr;
+            let y_t = io.out.strided(t * bl * out_w + self.col, bl, out_w, hout).ptr;
             let step = t as i32;
             let hg = b.hg.ptr;
             match self.dims.cell.kind {
@@ -444,7 +464,7 @@ impl DirForward {
             batch: bl as i32,
             hidden: h as i32,
             steps: tl as i32,
-            reverse: self.d as i32,
+            reverse: self.reverse as i32,
             units: p.units as i32,
             lengths: self.lens,
             xg: b.xg.ptr,
@@ -456,7 +476,7 @@ impl DirForward {
             training: b.training as i32,
             gates_save: b.gates.map_or(0, |g| g.at(0, tb * gh).ptr),
             extra_save: if self.dims.gru() { b.extra.map_or(0, |e| e.at(0, tb * h).ptr) } else { 0 },
-            y: io.out.strided(self.d * hout, tb, out_w, hout).ptr,
+            y: io.out.strided(self.col, tb, out_w, hout).ptr,
             y_stride: out_w as i32,
             hn: io.hn.map_or(0, |v| v.ptr),
             barrier: p.barrier.ptr,

@@ -16,7 +16,16 @@
 //!   `dX (+)= dGi · W_ih` are big GEMMs.
 //!
 //! The two directions of a layer run concurrently, forward on stream 0 and reverse on stream 1,
-//! each with its own cuBLAS handle; stream 0 waits for stream 1 at the end of each layer.
+//! each with its own cuBLAS handle; stream 0 waits for stream 1 at the end of each layer. A
+//! direction runs in reverse when it is the second of a bidirectional layer or the only one of
+//! a reverse-only stack. With merge by sum the reverse direction writes its output into a
+//! temporary and, after the join, one kernel adds it onto the forward direction's
+//! (`y = y_fwd + y_rev`, util.cu's `add_*`); backward, both directions read the whole `dy`.
+//!
+//! The cell options (peepholes, gate clip, coupled input-forget) take other entries of the
+//! same step kernels, chosen once per layer-direction (`options.rs`); the persistent kernels
+//! run the plain cells only and decline a layer with an option (it takes the per-step path;
+//! required, that is an `Error::Unsupported` naming the option).
 //! Everything is allocated on stream 0 before the fork, so nothing is freed while in use: both
 //! passes allocate the buffers of every layer before they enqueue any layer's work.
 //!
@@ -34,7 +43,8 @@
 //! `l`'s chunk is its step loop over the chunk and the chunk's rows of `dX = dGi · W_ih`
 //! (layer `l-1`'s `dy`), after layer `l+1`'s chunk; weight gradients and layer 0's `dx` stay
 //! whole-sequence GEMMs after a layer's last chunk. Not overlapped: bidirectional stacks (a
-//! layer's output at step t needs its reverse direction's whole sequence), and stacks whose
+//! layer's output at step t needs its reverse direction's whole sequence), reverse-only stacks
+//! (their chunks would run backwards in time; not implemented), and stacks whose
 //! layers take a persistent kernel (one launch for a layer's whole sequence cannot be cut into
 //! chunks; all layers of a stack share the sizes that choice depends on).
 //!

@@ -1,5 +1,6 @@
-//! The driver with the cell options (peepholes, gate clip, coupled input-forget) on the host
-//! emulation against the f64 reference, and the persistent kernels declining them.
+//! The driver with the cell options (peepholes, gate clip, coupled input-forget; reverse-only
+//! stacks, bidirectional outputs merged by sum) on the host emulation against the f64
+//! reference, and the persistent kernels declining the cell options.
 
 use super::super::driver::{backward, forward, BackwardViews, CudaReserve, ForwardViews, SavedViews};
 use super::super::emulation::Emulation;
@@ -7,7 +8,7 @@ use super::{nans, up, view, view_mut, Problem, WithPaths};
 use crate::backend::GradMode;
 use crate::error::Error;
 use crate::testkit::case::max_error;
-use crate::{CellKind, RnnConfig, SeqShape};
+use crate::{CellKind, Direction, Merge, RnnConfig, SeqShape};
 use proptest::prelude::*;
 
 impl Problem<f32> {
@@ -37,17 +38,26 @@ impl Problem<f32> {
 }
 
 /// A configuration with options: LSTM peepholes, input_forget (with or without projection),
-/// the gate clip for every cell (0.5 clips most gates, 2 some, 0 none).
+/// the gate clip for every cell (0.5 clips most gates, 2 some, 0 none); forward, reverse-only
+/// or bidirectional stacks, the last merged by concatenation or by sum.
 fn option_config() -> impl Strategy<Value = RnnConfig> {
-    (0usize..4, 1usize..9, 1usize..9, 1usize..3, any::<bool>(), any::<bool>(), 0usize..4, (any::<bool>(), 0usize..3, any::<bool>()))
-        .prop_map(|(c, i, h, l, bi, bias, p, (peephole, clip, input_forget))| {
+    (0usize..4, 1usize..9, 1usize..9, 1usize..4, 0usize..4, any::<bool>(), 0usize..4, (any::<bool>(), 0usize..3, any::<bool>())).prop_map(
+        |(c, i, h, l, dir, bias, p, (peephole, clip, input_forget))| {
             let cell = CellKind::ALL[c];
             let lstm = cell == CellKind::Lstm;
             let proj = if lstm && h > 1 { p.min(h - 1) } else { 0 };
-            let b = RnnConfig::new(cell, i, h).num_layers(l).bidirectional(bi).bias(bias).proj_size(proj).gate_clip([0.0, 0.5, 2.0][clip]);
+            let (direction, merge) = [
+                (Direction::Forward, Merge::Concat),
+                (Direction::Reverse, Merge::Concat),
+                (Direction::Bidirectional, Merge::Concat),
+                (Direction::Bidirectional, Merge::Sum),
+            ][dir];
+            let b = RnnConfig::new(cell, i, h).num_layers(l).direction(direction).merge(merge);
+            let b = b.bias(bias).proj_size(proj).gate_clip([0.0, 0.5, 2.0][clip]);
             let b = if lstm { b.peephole(peephole).input_forget(input_forget) } else { b };
             b.build().unwrap()
-        })
+        },
+    )
 }
 
 proptest! {
@@ -64,12 +74,24 @@ proptest! {
     }
 }
 
-/// Each option on its own, on sizes where the GEMMs are not tiny (a unidirectional two-layer
-/// stack, so the layer wavefront runs too).
+/// Each option on its own, on sizes where the GEMMs are not tiny (two layers: for a forward
+/// stack the layer wavefront runs too); reverse-only and merge by sum with every cell, the GRU
+/// and RNN ones on the persistent kernels too (batch 6 ≤ 8; `check_with_options` runs with them
+/// allowed, and on the emulation they take every layer they can).
 #[test]
 fn emulated_driver_each_option_matches_reference() {
     let lstm = || RnnConfig::new(CellKind::Lstm, 11, 23).num_layers(2);
+    let reverse = |cell| RnnConfig::new(cell, 11, 23).num_layers(2).direction(Direction::Reverse).build().unwrap();
+    let sum = |cell| RnnConfig::new(cell, 11, 23).num_layers(2).bidirectional(true).merge(Merge::Sum).build().unwrap();
     let configs = [
+        reverse(CellKind::Lstm),
+        reverse(CellKind::Gru),
+        reverse(CellKind::RnnTanh),
+        sum(CellKind::Lstm),
+        sum(CellKind::Gru),
+        sum(CellKind::RnnRelu),
+        lstm().direction(Direction::Reverse).proj_size(7).peephole(true).gate_clip(1.0).build().unwrap(),
+        lstm().bidirectional(true).merge(Merge::Sum).proj_size(7).input_forget(true).build().unwrap(),
         lstm().peephole(true).build().unwrap(),
         lstm().gate_clip(0.7).build().unwrap(),
         lstm().input_forget(true).build().unwrap(),
