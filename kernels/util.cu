@@ -24,6 +24,21 @@ ADD(add_f32, float)
 ADD(add_f16, rnnk_f16)
 ADD(add_bf16, rnnk_bf16)
 
+// dst [b, a, :] = src [a, b, :] for a < na, b < nb, rows of w elements: the first two axes of a
+// [na, nb, w] tensor swapped (batch-first x, y, dx, dy to and from the driver's time-major
+// layout; swap_axes_f32, swap_axes_f16, swap_axes_bf16). One thread per element, in dst's order.
+#define SWAP_AXES(NAME, T)                                                                                 \
+    extern "C" __global__ void NAME(int na, int nb, long long w, const T* __restrict__ src /* [na, nb, w] */, \
+                                    T* __restrict__ dst /* [nb, na, w] */) {                               \
+        FOR_EACH_ELEMENT(e, (long long)na * nb * w) {                                                     \
+            const long long k = e % w, r = e / w, a = r % na, b = r / na;                                  \
+            dst[e] = src[(a * nb + b) * w + k];                                                            \
+        }                                                                                                  \
+    }
+SWAP_AXES(swap_axes_f32, float)
+SWAP_AXES(swap_axes_f16, rnnk_f16)
+SWAP_AXES(swap_axes_bf16, rnnk_bf16)
+
 // Conversions between f32 and 16-bit storage, for the buffers the driver keeps in f32 (the
 // LSTM cell state, the carried gradients dh and dc, the weight-gradient accumulator) and the
 // caller's 16-bit ones (c0, cn, dhn, dcn, dh0, dc0, dparams): dst[0..n) = src converted, exactly

@@ -7,7 +7,7 @@
 use super::buffer::{DevBuf, DevMat, RawBuf, View};
 use super::kernels::{
     Add, AddArgs, AddColumnSums, AddColumnSumsArgs, ConvertArgs, ConvertFromF32, ConvertToF32, Fill, FillArgs, Kernel, KernelArgs,
-    KernelId, PERSISTENT_MAX_BATCH, PERSISTENT_THREADS,
+    KernelId, SwapAxes, SwapAxesArgs, PERSISTENT_MAX_BATCH, PERSISTENT_THREADS,
 };
 use crate::element::Dtype;
 use crate::error::{Error, Result};
@@ -240,6 +240,17 @@ impl<'a> Exec<'a> {
             return Ok(());
         }
         self.launch_as(si, Fill, v.ty, grid(v.len), &FillArgs { n: v.len as i64, value, p: v.ptr })
+    }
+
+    /// `dst[b, a, :] = src[a, b, :]` on stream `si`: `src` `[na, nb, w]`, `dst` `[nb, na, w]`, of
+    /// the same type (a batch-first tensor to time-major, or back).
+    pub fn swap_axes(&self, si: usize, dst: View, src: View, na: usize, nb: usize, w: usize) -> Result<()> {
+        assert!(dst.len == na * nb * w && src.len == dst.len && dst.ty == src.ty, "swap_axes");
+        if dst.len == 0 {
+            return Ok(());
+        }
+        let args = SwapAxesArgs { na: na as i32, nb: nb as i32, w: w as i64, src: src.ptr, dst: dst.ptr };
+        self.launch_as(si, SwapAxes, dst.ty, grid(dst.len), &args)
     }
 
     /// `dst += src` (same length and type) on stream `si`, in f32, rounded once to the type.

@@ -130,6 +130,10 @@ macro_rules! registry {
                 ConvertToF32: util, grid_stride [f16 convert_f16_to_f32, bf16 convert_bf16_to_f32];
                 ConvertFromF32: util, grid_stride [f16 convert_f32_to_f16, bf16 convert_f32_to_bf16];
             }
+            /// `dst[b, a, :] = src[a, b, :]`: the first two axes of `[na, nb, w]` swapped (batch-first layouts).
+            SwapAxesArgs(na: i32, nb: i32, w: i64, src: u64, dst: u64) {
+                SwapAxes: util, grid_stride [f32 swap_axes_f32, f16 swap_axes_f16, bf16 swap_axes_bf16];
+            }
             /// `dst[0..n] += src[0..n]`, both of the storage type (merge by sum).
             AddArgs(n: i64, src: u64, dst: u64) {
                 Add: util, grid_stride [f32 add_f32, f16 add_f16, bf16 add_bf16];

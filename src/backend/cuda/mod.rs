@@ -72,6 +72,7 @@ pub(crate) const OPTIONS: &[&str] = &[
     // The driver's (driver/).
     "direction=reverse",
     "merge=sum",
+    "batch_first",
 ];
 use crate::backend::{
     check_backward, check_forward, Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnPlan,

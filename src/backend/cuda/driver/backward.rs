@@ -22,13 +22,13 @@ use std::ops::Range;
 /// The incoming gradients and the gradients a backward pass writes, validated against the
 /// configuration and the reserve's shape.
 pub(crate) struct BackwardViews {
-    /// `[T, B, D·Hout]`, or zeros.
+    /// Shaped like `y` (`[T, B, D·Hout]`, `[B, T, ·]` batch-first), or zeros.
     pub dy: Option<View>,
     /// `[L·D, B, Hout]`, or zeros.
     pub dhn: Option<View>,
     /// `[L·D, B, H]` (LSTM), or zeros.
     pub dcn: Option<View>,
-    /// `[T, B, I]`, when wanted.
+    /// Shaped like `x`, when wanted.
     pub dx: Option<View>,
     /// `[L·D, B, Hout]`, when wanted.
     pub dh0: Option<View>,
@@ -124,6 +124,27 @@ pub(crate) fn backward(exec: &Exec<'_>, weights: Weights<'_>, shape: &SeqShape, 
     if let (Some(dp), GradMode::Overwrite, None) = (dparams, g.mode, dparams_out) {
         exec.fill(0, dp, 0.0)?;
     }
+    // Batch-first: dy [B, T, ·] in, dx [B, T, I] out, through time-major temporaries (the
+    // reserve's x is time-major).
+    let (bl, tl) = (shape.batch(), shape.steps());
+    let (g, dx_out) = match cfg.batch_first() {
+        true => {
+            let dy = match g.dy {
+                Some(v) => {
+                    let t = temps.storage(v.len)?;
+                    exec.swap_axes(0, t, v, bl, tl, cfg.output_size())?;
+                    Some(t)
+                }
+                None => None,
+            };
+            let dx = match g.dx {
+                Some(v) => Some(temps.storage(v.len)?),
+                None => None,
+            };
+            (BackwardViews { dy, dx, ..g }, g.dx)
+        }
+        false => (g, None),
+    };
     let layers = allocate(&mut temps, weights, shape, sv, &g, dparams)?;
     // Every buffer of every layer is allocated before any work forks to stream 1 (`layers`
     // from the last layer to the first).
@@ -139,6 +160,9 @@ pub(crate) fn backward(exec: &Exec<'_>, weights: Weights<'_>, shape: &SeqShape, 
             }
         }),
     })?;
+    if let (Some(dx), Some(t)) = (dx_out, g.dx) {
+        exec.swap_axes(0, dx, t, tl, bl, cfg.input_size())?;
+    }
     if let (Some(out), Some(acc)) = (dparams_out, dparams) {
         exec.copy(0, out, acc)?;
     }

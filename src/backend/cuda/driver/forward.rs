@@ -20,13 +20,13 @@ use std::ops::Range;
 
 /// The inputs and outputs of a forward pass, validated against the configuration and shape.
 pub(crate) struct ForwardViews {
-    /// `[T, B, I]`.
+    /// `[T, B, I]`, or `[B, T, I]` batch-first.
     pub x: View,
     /// `[L·D, B, Hout]`, or zeros.
     pub h0: Option<View>,
     /// `[L·D, B, H]` (LSTM), or zeros.
     pub c0: Option<View>,
-    /// `[T, B, D·Hout]`.
+    /// `[T, B, D·Hout]` (`Hout` wide with merge by sum), or `[B, T, ·]` batch-first.
     pub y: View,
     /// `[L·D, B, Hout]`, when wanted.
     pub hn: Option<View>,
@@ -102,6 +102,18 @@ pub(crate) fn forward(
     let cfg = weights.config();
     check_sizes(cfg, shape)?;
     let mut temps = Temps::new(exec);
+    // Batch-first: x [B, T, I] in, y [B, T, ·] out, through time-major temporaries (the reserve
+    // keeps the time-major x, as it keeps a copy of x anyway).
+    let (bl, tl) = (shape.batch(), shape.steps());
+    let (io, y_out) = match cfg.batch_first() {
+        true => {
+            let x = temps.storage(io.x.len)?;
+            exec.swap_axes(0, x, io.x, bl, tl, cfg.input_size())?;
+            let y = temps.storage(io.y.len)?;
+            (ForwardViews { x, y, ..io }, Some(io.y))
+        }
+        false => (io, None),
+    };
     let layers = allocate(&mut temps, weights, shape, &io, save)?;
     // Every buffer of every layer is allocated before any work forks to stream 1.
     let persistent = layers.iter().flatten().any(|dir| dir.bufs.persistent.is_some());
@@ -115,7 +127,11 @@ pub(crate) fn forward(
                 None => Ok(()),
             })
         }),
-    })
+    })?;
+    match y_out {
+        Some(y) => exec.swap_axes(0, y, io.y, tl, bl, cfg.output_size()),
+        None => Ok(()),
+    }
 }
 
 /// Allocates (or fits, in the reserve) every buffer of every layer and chooses each

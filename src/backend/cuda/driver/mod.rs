@@ -26,6 +26,12 @@
 //! same step kernels, chosen once per layer-direction (`options.rs`); the persistent kernels
 //! run the plain cells only and decline a layer with an option (it takes the per-step path;
 //! required, that is an `Error::Unsupported` naming the option).
+//!
+//! Batch-first `x`, `y` (and `dx`, `dy`): the passes run time-major, with one transposing copy
+//! on the way in and out (util.cu's `swap_axes_*`: `x` and `dy` into temporaries, `y` and `dx`
+//! out of them; a training pass's reserve keeps the time-major `x`). Not yet: reading `x` with a
+//! strided-batched input GEMM and writing `y` through the step kernels' row stride, which would
+//! save those copies.
 //! Everything is allocated on stream 0 before the fork, so nothing is freed while in use: both
 //! passes allocate the buffers of every layer before they enqueue any layer's work.
 //!

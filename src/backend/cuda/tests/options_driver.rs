@@ -1,6 +1,6 @@
 //! The driver with the cell options (peepholes, gate clip, coupled input-forget; reverse-only
-//! stacks, bidirectional outputs merged by sum) on the host emulation against the f64
-//! reference, and the persistent kernels declining the cell options.
+//! stacks, bidirectional outputs merged by sum; batch-first `x`, `y`) on the host emulation
+//! against the f64 reference, and the persistent kernels declining the cell options.
 
 use super::super::driver::{backward, forward, BackwardViews, CudaReserve, ForwardViews, SavedViews};
 use super::super::emulation::Emulation;
@@ -39,10 +39,20 @@ impl Problem<f32> {
 
 /// A configuration with options: LSTM peepholes, input_forget (with or without projection),
 /// the gate clip for every cell (0.5 clips most gates, 2 some, 0 none); forward, reverse-only
-/// or bidirectional stacks, the last merged by concatenation or by sum.
+/// or bidirectional stacks, the last merged by concatenation or by sum; time-major or
+/// batch-first.
 fn option_config() -> impl Strategy<Value = RnnConfig> {
-    (0usize..4, 1usize..9, 1usize..9, 1usize..4, 0usize..4, any::<bool>(), 0usize..4, (any::<bool>(), 0usize..3, any::<bool>())).prop_map(
-        |(c, i, h, l, dir, bias, p, (peephole, clip, input_forget))| {
+    (
+        0usize..4,
+        1usize..9,
+        1usize..9,
+        1usize..4,
+        0usize..4,
+        any::<bool>(),
+        0usize..4,
+        (any::<bool>(), 0usize..3, any::<bool>(), any::<bool>()),
+    )
+        .prop_map(|(c, i, h, l, dir, bias, p, (peephole, clip, input_forget, batch_first))| {
             let cell = CellKind::ALL[c];
             let lstm = cell == CellKind::Lstm;
             let proj = if lstm && h > 1 { p.min(h - 1) } else { 0 };
@@ -52,12 +62,11 @@ fn option_config() -> impl Strategy<Value = RnnConfig> {
                 (Direction::Bidirectional, Merge::Concat),
                 (Direction::Bidirectional, Merge::Sum),
             ][dir];
-            let b = RnnConfig::new(cell, i, h).num_layers(l).direction(direction).merge(merge);
+            let b = RnnConfig::new(cell, i, h).num_layers(l).direction(direction).merge(merge).batch_first(batch_first);
             let b = b.bias(bias).proj_size(proj).gate_clip([0.0, 0.5, 2.0][clip]);
             let b = if lstm { b.peephole(peephole).input_forget(input_forget) } else { b };
             b.build().unwrap()
-        },
-    )
+        })
 }
 
 proptest! {
@@ -92,6 +101,9 @@ fn emulated_driver_each_option_matches_reference() {
         sum(CellKind::RnnRelu),
         lstm().direction(Direction::Reverse).proj_size(7).peephole(true).gate_clip(1.0).build().unwrap(),
         lstm().bidirectional(true).merge(Merge::Sum).proj_size(7).input_forget(true).build().unwrap(),
+        lstm().batch_first(true).build().unwrap(),
+        RnnConfig::new(CellKind::Gru, 11, 23).num_layers(2).bidirectional(true).batch_first(true).build().unwrap(),
+        RnnConfig::new(CellKind::RnnTanh, 11, 23).direction(Direction::Reverse).batch_first(true).build().unwrap(),
         lstm().peephole(true).build().unwrap(),
         lstm().gate_clip(0.7).build().unwrap(),
         lstm().input_forget(true).build().unwrap(),
