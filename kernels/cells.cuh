@@ -28,6 +28,19 @@ __device__ __forceinline__ GruUnit gru_cell(float gx_r, float gx_z, float gx_n, 
     return o;
 }
 
+// The same with the gate clip (the cell option gate_clip): each pre-activation, n's whole
+// gx_n + r·gh_n, clipped to [-clip, clip] before its activation (clip_to in common.cuh).
+__device__ __forceinline__ GruUnit gru_cell_clipped(float gx_r, float gx_z, float gx_n, float gh_r, float gh_z,
+                                                    float gh_n, float h_prev, float clip) {
+    GruUnit o;
+    o.r = sigmoidf_(clip_to(gx_r + gh_r, clip));
+    o.z = sigmoidf_(clip_to(gx_z + gh_z, clip));
+    o.ahn = gh_n;
+    o.n = tanhf(clip_to(fmaf(o.r, gh_n, gx_n), clip));
+    o.h = fmaf(o.z, h_prev, (1.0f - o.z) * o.n);
+    return o;
+}
+
 // h = act(gx + gh), act = tanh or relu.
 template <bool RELU>
 __device__ __forceinline__ float rnn_cell(float gx, float gh) {

@@ -177,6 +177,27 @@ __device__ __forceinline__ float opt(const T* __restrict__ v, long long k) {
     return v ? ld(v, k) : 0.0f;
 }
 
+// ---- Gate clipping (the cell option gate_clip; onnxruntime's clip). --------------------------
+//
+// A gate pre-activation a becomes min(max(a, -clip), clip) before its activation, as
+// onnxruntime's std::min(std::max(a, -clip), clip): a NaN stays NaN. clip = 0 means none.
+__device__ __forceinline__ float clip_to(float a, float clip) {
+    if (clip <= 0.0f) return a;
+    return a < -clip ? -clip : (a > clip ? clip : a);
+}
+
+// The clip's derivative for backward, from the saved activated value s = act(clip_to(a)): 1
+// where a was strictly inside (-clip, clip), 0 where it was clipped. A clipped gate saved
+// exactly act(±clip) (the same f32 expression), so s is compared with lo = act(-clip) and
+// hi = act(clip), computed by the same function; on = false (no clipping) passes everything.
+struct ClipRange {
+    bool on;
+    float lo, hi;
+    __device__ __forceinline__ float pass(float s) const {
+        return (!on || (s > lo && s < hi)) ? 1.0f : 0.0f;
+    }
+};
+
 // ---- Persistent kernels: the grid barrier and the warp reduction. ----------------------------
 //
 // On the host emulation a grid is one block of one thread (see above): the barrier has nothing

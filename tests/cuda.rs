@@ -94,6 +94,38 @@ mod with_feature {
             .unwrap();
     }
 
+    /// The cell options on the device against the reference: LSTM peepholes, gate clip,
+    /// input_forget (with projection), the gate clip of GRU and RNN, reverse-only stacks,
+    /// bidirectional outputs merged by sum, batch-first; B = 37 rows with mixed lengths (the
+    /// per-step path) and B = 3 (the persistent kernels allowed: they decline the cell options
+    /// and take reverse-only and merged layers).
+    #[test]
+    fn cuda_options_match_reference() {
+        let Some(c) = cuda("cuda_options_match_reference") else { return };
+        let lstm = || RnnConfig::new(CellKind::Lstm, 40, 96).num_layers(2);
+        let configs = [
+            lstm().peephole(true).build().unwrap(),
+            lstm().gate_clip(0.7).input_forget(true).build().unwrap(),
+            lstm().peephole(true).gate_clip(1.0).bidirectional(true).proj_size(40).build().unwrap(),
+            RnnConfig::new(CellKind::Gru, 40, 130).num_layers(2).gate_clip(0.7).build().unwrap(),
+            RnnConfig::new(CellKind::RnnTanh, 40, 130).gate_clip(0.7).build().unwrap(),
+            RnnConfig::new(CellKind::RnnRelu, 40, 130).gate_clip(0.7).build().unwrap(),
+            RnnConfig::new(CellKind::Gru, 40, 130).num_layers(2).direction(rnn_kernels::Direction::Reverse).build().unwrap(),
+            lstm().bidirectional(true).merge(rnn_kernels::Merge::Sum).build().unwrap(),
+            RnnConfig::new(CellKind::Gru, 40, 130).num_layers(2).bidirectional(true).batch_first(true).build().unwrap(),
+        ];
+        for cfg in &configs {
+            for b in [37, 3] {
+                let shape = SeqShape::with_lengths(9, (0..b).map(|i| 1 + (i * 5) % 9).collect()).unwrap();
+                let p = Problem::new(cfg, &shape, 78, 3.0);
+                let got = p.run(CudaHost(c.clone()));
+                for (name, err, tol) in errors(&got, &p.run_reference()) {
+                    assert!(err <= tol, "{name} error {err:.3e} > {tol:e}: {}", describe(cfg, &shape));
+                }
+            }
+        }
+    }
+
     /// Sizes where the grid-stride loops wrap and cuBLAS picks its tiled kernels: B = 37 rows
     /// with mixed lengths, H up to 300, both directions, projection.
     #[test]

@@ -6,7 +6,8 @@
 
 use super::buffer::{DevBuf, DevMat, RawBuf, View};
 use super::kernels::{
-    ConvertArgs, ConvertFromF32, ConvertToF32, Fill, FillArgs, Kernel, KernelArgs, KernelId, PERSISTENT_MAX_BATCH, PERSISTENT_THREADS,
+    Add, AddArgs, AddColumnSums, AddColumnSumsArgs, ConvertArgs, ConvertFromF32, ConvertToF32, Fill, FillArgs, Kernel, KernelArgs,
+    KernelId, SwapAxes, SwapAxesArgs, PERSISTENT_MAX_BATCH, PERSISTENT_THREADS,
 };
 use crate::element::Dtype;
 use crate::error::{Error, Result};
@@ -239,6 +240,37 @@ impl<'a> Exec<'a> {
             return Ok(());
         }
         self.launch_as(si, Fill, v.ty, grid(v.len), &FillArgs { n: v.len as i64, value, p: v.ptr })
+    }
+
+    /// `dst[b, a, :] = src[a, b, :]` on stream `si`: `src` `[na, nb, w]`, `dst` `[nb, na, w]`, of
+    /// the same type (a batch-first tensor to time-major, or back).
+    pub fn swap_axes(&self, si: usize, dst: View, src: View, na: usize, nb: usize, w: usize) -> Result<()> {
+        assert!(dst.len == na * nb * w && src.len == dst.len && dst.ty == src.ty, "swap_axes");
+        if dst.len == 0 {
+            return Ok(());
+        }
+        let args = SwapAxesArgs { na: na as i32, nb: nb as i32, w: w as i64, src: src.ptr, dst: dst.ptr };
+        self.launch_as(si, SwapAxes, dst.ty, grid(dst.len), &args)
+    }
+
+    /// `dst += src` (same length and type) on stream `si`, in f32, rounded once to the type.
+    pub fn add(&self, si: usize, dst: View, src: View) -> Result<()> {
+        assert!(dst.len == src.len && dst.ty == src.ty, "add");
+        if dst.len == 0 {
+            return Ok(());
+        }
+        self.launch_as(si, Add, dst.ty, grid(dst.len), &AddArgs { n: dst.len as i64, src: src.ptr, dst: dst.ptr })
+    }
+
+    /// `dst[j] += Σ_i src[i, j]` on stream `si`: the column sums of the f32 matrix `src`
+    /// `[rows, dst.len]`, rows summed in order (kernels/util.cu, `add_column_sums_f32`).
+    pub fn add_column_sums(&self, si: usize, src: View, rows: usize, dst: View) -> Result<()> {
+        assert!(src.ty == Dtype::F32 && dst.ty == Dtype::F32 && src.len == rows * dst.len, "add_column_sums");
+        if dst.len == 0 {
+            return Ok(());
+        }
+        let args = AddColumnSumsArgs { rows: rows as i32, cols: dst.len as i32, src: src.ptr, dst: dst.ptr };
+        self.launch_as(si, AddColumnSums, Dtype::F32, grid(dst.len), &args)
     }
 
     /// `dst = src` (same length) on stream `si`; between f32 and 16-bit views, converted

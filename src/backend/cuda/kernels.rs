@@ -32,6 +32,14 @@ macro_rules! registry {
                 LstmForwardStep: lstm_pointwise, grid_stride
                     [f32 lstm_forward_step, f16 lstm_forward_step_f16, bf16 lstm_forward_step_bf16];
             }
+            /// One LSTM step with the cell options: peepholes (`[3, H]` or null), the gate clip (0: none),
+            /// the coupled input-forget gate.
+            LstmForwardStepOptArgs(batch: i32, hidden: i32, step: i32, lengths: u64, xg: u64, hg: u64, b_ih: u64, b_hh: u64,
+                c_prev: u64, keep: u64, gates: u64, c: u64, m: u64, y: u64, y_stride: i32, peephole: u64, clip: f32,
+                input_forget: i32) {
+                LstmForwardStepOpt: lstm_pointwise, grid_stride
+                    [f32 lstm_forward_step_opt, f16 lstm_forward_step_opt_f16, bf16 lstm_forward_step_opt_bf16];
+            }
             /// The masking after the projection GEMM `h = m·W_hr^T`.
             LstmProjectionFinishArgs(batch: i32, hout: i32, step: i32, lengths: u64, h_prev: u64, h: u64, y: u64, y_stride: i32) {
                 LstmProjectionFinish: lstm_pointwise, grid_stride
@@ -49,17 +57,37 @@ macro_rules! registry {
                 LstmBackwardStep: lstm_pointwise, grid_stride
                     [f32 lstm_backward_step, f16 lstm_backward_step_f16, bf16 lstm_backward_step_bf16];
             }
+            /// One LSTM backward step with the cell options, and the peephole gradients' per-row
+            /// accumulator `dpeep` `[B, 3H]` (or null).
+            LstmBackwardStepOptArgs(batch: i32, hidden: i32, step: i32, lengths: u64, gates: u64, c: u64, c_prev: u64,
+                dm_in: u64, dy: u64, dy_stride: i32, carry: u64, dc: u64, dg: u64, peephole: u64, clip: f32,
+                input_forget: i32, dpeep: u64) {
+                LstmBackwardStepOpt: lstm_pointwise, grid_stride
+                    [f32 lstm_backward_step_opt, f16 lstm_backward_step_opt_f16, bf16 lstm_backward_step_opt_bf16];
+            }
             /// One GRU step after the recurrent GEMM (kernels/gru_pointwise.cu).
             GruForwardStepArgs(batch: i32, hidden: i32, step: i32, lengths: u64, xg: u64, hg: u64, b_ih: u64, b_hh: u64,
                 h_prev: u64, gates: u64, extra: u64, h: u64, y: u64, y_stride: i32) {
                 GruForwardStep: gru_pointwise, grid_stride
                     [f32 gru_forward_step, f16 gru_forward_step_f16, bf16 gru_forward_step_bf16];
             }
+            /// One GRU step with the gate clip (`clip > 0`).
+            GruForwardStepClipArgs(batch: i32, hidden: i32, step: i32, lengths: u64, xg: u64, hg: u64, b_ih: u64, b_hh: u64,
+                h_prev: u64, gates: u64, extra: u64, h: u64, y: u64, y_stride: i32, clip: f32) {
+                GruForwardStepClip: gru_pointwise, grid_stride
+                    [f32 gru_forward_step_clip, f16 gru_forward_step_clip_f16, bf16 gru_forward_step_clip_bf16];
+            }
             /// One GRU backward step.
             GruBackwardStepArgs(batch: i32, hidden: i32, step: i32, lengths: u64, gates: u64, extra: u64, h_prev: u64,
                 dy: u64, dy_stride: i32, carry: u64, dgi: u64, dgh: u64) {
                 GruBackwardStep: gru_pointwise, grid_stride
                     [f32 gru_backward_step, f16 gru_backward_step_f16, bf16 gru_backward_step_bf16];
+            }
+            /// One GRU backward step with the forward's gate clip (`clip > 0`).
+            GruBackwardStepClipArgs(batch: i32, hidden: i32, step: i32, lengths: u64, gates: u64, extra: u64, h_prev: u64,
+                dy: u64, dy_stride: i32, carry: u64, dgi: u64, dgh: u64, clip: f32) {
+                GruBackwardStepClip: gru_pointwise, grid_stride
+                    [f32 gru_backward_step_clip, f16 gru_backward_step_clip_f16, bf16 gru_backward_step_clip_bf16];
             }
             /// One vanilla RNN step after the recurrent GEMM (kernels/rnn_pointwise.cu).
             RnnForwardStepArgs(batch: i32, hidden: i32, step: i32, lengths: u64, xg: u64, hg: u64, b_ih: u64, b_hh: u64,
@@ -69,6 +97,14 @@ macro_rules! registry {
                 RnnReluForwardStep: rnn_pointwise, grid_stride
                     [f32 rnn_relu_forward_step, f16 rnn_relu_forward_step_f16, bf16 rnn_relu_forward_step_bf16];
             }
+            /// One vanilla RNN step with the gate clip (`clip > 0`).
+            RnnForwardStepClipArgs(batch: i32, hidden: i32, step: i32, lengths: u64, xg: u64, hg: u64, b_ih: u64, b_hh: u64,
+                h_prev: u64, gates: u64, h: u64, y: u64, y_stride: i32, clip: f32) {
+                RnnTanhForwardStepClip: rnn_pointwise, grid_stride
+                    [f32 rnn_tanh_forward_step_clip, f16 rnn_tanh_forward_step_clip_f16, bf16 rnn_tanh_forward_step_clip_bf16];
+                RnnReluForwardStepClip: rnn_pointwise, grid_stride
+                    [f32 rnn_relu_forward_step_clip, f16 rnn_relu_forward_step_clip_f16, bf16 rnn_relu_forward_step_clip_bf16];
+            }
             /// One vanilla RNN backward step.
             RnnBackwardStepArgs(batch: i32, hidden: i32, step: i32, lengths: u64, gates: u64, dy: u64, dy_stride: i32,
                 carry: u64, dg: u64) {
@@ -76,6 +112,14 @@ macro_rules! registry {
                     [f32 rnn_tanh_backward_step, f16 rnn_tanh_backward_step_f16, bf16 rnn_tanh_backward_step_bf16];
                 RnnReluBackwardStep: rnn_pointwise, grid_stride
                     [f32 rnn_relu_backward_step, f16 rnn_relu_backward_step_f16, bf16 rnn_relu_backward_step_bf16];
+            }
+            /// One vanilla RNN backward step with the forward's gate clip (`clip > 0`).
+            RnnBackwardStepClipArgs(batch: i32, hidden: i32, step: i32, lengths: u64, gates: u64, dy: u64, dy_stride: i32,
+                carry: u64, dg: u64, clip: f32) {
+                RnnTanhBackwardStepClip: rnn_pointwise, grid_stride
+                    [f32 rnn_tanh_backward_step_clip, f16 rnn_tanh_backward_step_clip_f16, bf16 rnn_tanh_backward_step_clip_bf16];
+                RnnReluBackwardStepClip: rnn_pointwise, grid_stride
+                    [f32 rnn_relu_backward_step_clip, f16 rnn_relu_backward_step_clip_f16, bf16 rnn_relu_backward_step_clip_bf16];
             }
             /// `p[0..n] = value`, rounded once to the buffer's type (kernels/util.cu).
             FillArgs(n: i64, value: f32, p: u64) {
@@ -85,6 +129,18 @@ macro_rules! registry {
             ConvertArgs(n: i64, src: u64, dst: u64) {
                 ConvertToF32: util, grid_stride [f16 convert_f16_to_f32, bf16 convert_bf16_to_f32];
                 ConvertFromF32: util, grid_stride [f16 convert_f32_to_f16, bf16 convert_f32_to_bf16];
+            }
+            /// `dst[b, a, :] = src[a, b, :]`: the first two axes of `[na, nb, w]` swapped (batch-first layouts).
+            SwapAxesArgs(na: i32, nb: i32, w: i64, src: u64, dst: u64) {
+                SwapAxes: util, grid_stride [f32 swap_axes_f32, f16 swap_axes_f16, bf16 swap_axes_bf16];
+            }
+            /// `dst[0..n] += src[0..n]`, both of the storage type (merge by sum).
+            AddArgs(n: i64, src: u64, dst: u64) {
+                Add: util, grid_stride [f32 add_f32, f16 add_f16, bf16 add_bf16];
+            }
+            /// `dst[j] += Σ_i src[i, j]`, `src` `[rows, cols]` f32 (the peephole gradients' sum over the batch).
+            AddColumnSumsArgs(rows: i32, cols: i32, src: u64, dst: u64) {
+                AddColumnSums: util, grid_stride [f32 add_column_sums_f32];
             }
             /// A whole LSTM layer-direction forward in one cooperative launch (kernels/persistent_lstm.cu).
             PersistentLstmForwardArgs(batch: i32, hidden: i32, steps: i32, reverse: i32, units: i32, lengths: u64, xg: u64,

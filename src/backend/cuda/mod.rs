@@ -64,7 +64,16 @@ use crate::backend::stack::{PlanStamp, ReserveStamp};
 
 /// The cell options ([`RnnConfig::options`](crate::RnnConfig::options)) this backend
 /// implements; `plan` refuses the others.
-pub(crate) const OPTIONS: &[&str] = &[];
+pub(crate) const OPTIONS: &[&str] = &[
+    // The pointwise step kernels' (kernels/*_pointwise.cu).
+    "peephole",
+    "gate_clip",
+    "input_forget",
+    // The driver's (driver/).
+    "direction=reverse",
+    "merge=sum",
+    "batch_first",
+];
 use crate::backend::{
     check_backward, check_forward, Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnPlan,
 };

@@ -21,7 +21,6 @@
 //! the true derivative is 0 anyway. Without clipping (`clip = 0`) none of this runs.
 
 use crate::backend::host::{CellBackward, CellForward};
-
 use crate::element::Float;
 
 /// The clip threshold of a step in `T`, if it clips.

@@ -6,11 +6,14 @@ use super::super::buffer::View;
 use super::super::exec::Exec;
 use super::super::kernels::{self as k, Kernel};
 use super::wavefront::{backward_wavefront, wavefront_chunk};
-use super::{check_sizes, each_direction, joined_on_error, persistent_required, LayerViews, Persistent, SavedViews, Temps, Weights};
+use super::{
+    check_sizes, each_direction, joined_on_error, options, persistent_declined, persistent_declines, persistent_required, LayerViews,
+    Persistent, SavedViews, Temps, Weights,
+};
 use crate::backend::cell::Saved;
 use crate::backend::stack::{prev_step, steps, LayerDims};
 use crate::backend::GradMode;
-use crate::config::CellKind;
+use crate::config::{CellKind, Merge};
 use crate::element::Dtype;
 use crate::error::Result;
 use crate::shape::SeqShape;
@@ -19,13 +22,13 @@ use std::ops::Range;
 /// The incoming gradients and the gradients a backward pass writes, validated against the
 /// configuration and the reserve's shape.
 pub(crate) struct BackwardViews {
-    /// `[T, B, D·Hout]`, or zeros.
+    /// Shaped like `y` (`[T, B, D·Hout]`, `[B, T, ·]` batch-first), or zeros.
     pub dy: Option<View>,
     /// `[L·D, B, Hout]`, or zeros.
     pub dhn: Option<View>,
     /// `[L·D, B, H]` (LSTM), or zeros.
     pub dcn: Option<View>,
-    /// `[T, B, I]`, when wanted.
+    /// Shaped like `x`, when wanted.
     pub dx: Option<View>,
     /// `[L·D, B, Hout]`, when wanted.
     pub dh0: Option<View>,
@@ -50,6 +53,9 @@ pub(super) struct BwdBufs {
     dh_all: View,
     dh: View,
     dm: View,
+    /// LSTM with peepholes: `[B, 3H]`, each row's peephole gradients summed over the steps (the
+    /// backward step kernel adds into it; summed over the rows after the loop).
+    dpeep: View,
     /// The persistent backward, when it runs this direction.
     persistent: Option<Persistent>,
 }
@@ -74,8 +80,13 @@ pub(super) struct BwdIo {
 
 /// One layer-direction of a backward pass: everything its work reads and writes.
 pub(super) struct DirBackward {
-    /// 0: forward in time; 1: reverse.
+    /// Its index in the layer (0 or 1): its stream.
     d: usize,
+    /// It ran its steps from `T-1` down to 0 (see `forward::DirForward`).
+    reverse: bool,
+    /// The first of its `Hout` columns in a row of `d_out`: `d·Hout`, or 0 with merge by sum
+    /// (both directions read the whole `dy` of `y = y_fwd + y_rev`).
+    col: usize,
     pub dims: LayerDims,
     weights: LayerViews,
     /// Where its parameters' gradients accumulate, when wanted.
@@ -113,6 +124,27 @@ pub(crate) fn backward(exec: &Exec<'_>, weights: Weights<'_>, shape: &SeqShape, 
     if let (Some(dp), GradMode::Overwrite, None) = (dparams, g.mode, dparams_out) {
         exec.fill(0, dp, 0.0)?;
     }
+    // Batch-first: dy [B, T, ·] in, dx [B, T, I] out, through time-major temporaries (the
+    // reserve's x is time-major).
+    let (bl, tl) = (shape.batch(), shape.steps());
+    let (g, dx_out) = match cfg.batch_first() {
+        true => {
+            let dy = match g.dy {
+                Some(v) => {
+                    let t = temps.storage(v.len)?;
+                    exec.swap_axes(0, t, v, bl, tl, cfg.output_size())?;
+                    Some(t)
+                }
+                None => None,
+            };
+            let dx = match g.dx {
+                Some(v) => Some(temps.storage(v.len)?),
+                None => None,
+            };
+            (BackwardViews { dy, dx, ..g }, g.dx)
+        }
+        false => (g, None),
+    };
     let layers = allocate(&mut temps, weights, shape, sv, &g, dparams)?;
     // Every buffer of every layer is allocated before any work forks to stream 1 (`layers`
     // from the last layer to the first).
@@ -128,6 +160,9 @@ pub(crate) fn backward(exec: &Exec<'_>, weights: Weights<'_>, shape: &SeqShape, 
             }
         }),
     })?;
+    if let (Some(dx), Some(t)) = (dx_out, g.dx) {
+        exec.swap_axes(0, dx, t, tl, bl, cfg.input_size())?;
+    }
     if let (Some(out), Some(acc)) = (dparams_out, dparams) {
         exec.copy(0, out, acc)?;
     }
@@ -191,7 +226,8 @@ fn allocate(
                     ones,
                 };
                 let grads = dparams.map(|dp| LayerViews::of(dp, weights.layout.layer(l, d)));
-                DirBackward { d, dims, weights: weights.layer(l, d), grads, io, bufs }
+                let (reverse, col) = (d == 1 || cfg.reverse_only(), if cfg.merge() == Merge::Sum { 0 } else { d * dims.hout });
+                DirBackward { d, reverse, col, dims, weights: weights.layer(l, d), grads, io, bufs }
             })
             .collect();
         layers.push(BackwardLayer { l, d_in, dirs });
@@ -215,8 +251,11 @@ fn persistent_kernel(kind: CellKind) -> Kernel<k::PersistentBackwardArgs> {
 fn direction_bufs(temps: &mut Temps<'_, '_>, dims: &LayerDims, l: usize) -> Result<BwdBufs> {
     let exec = temps.exec;
     let (tb, h, hout, gh) = (dims.t * dims.b, dims.h, dims.hout, dims.gh);
-    // Not for an LSTM with projection.
-    let kernel = (!dims.proj).then(|| persistent_kernel(dims.cell.kind).id);
+    if let (Some(option), true) = (persistent_declines(&dims.cell), exec.paths().persistent_required) {
+        return Err(persistent_declined("the persistent backward", option, l));
+    }
+    // Not for an LSTM with projection, nor a cell with an option.
+    let kernel = (!dims.proj && persistent_declines(&dims.cell).is_none()).then(|| persistent_kernel(dims.cell.kind).id);
     let units = kernel.and_then(|k| exec.persistent_units(k, h, dims.b, dims.dirs));
     let persistent = match units {
         None if exec.paths().persistent_required => return Err(persistent_required("the persistent backward", l, dims, exec.storage())),
@@ -232,6 +271,7 @@ fn direction_bufs(temps: &mut Temps<'_, '_>, dims: &LayerDims, l: usize) -> Resu
         dh_all: if dims.proj { temps.storage(tb * hout)? } else { View::NULL },
         dh: if dims.proj { temps.storage(dims.b * hout)? } else { View::NULL },
         dm: if dims.proj { temps.f32(dims.b * h)? } else { View::NULL },
+        dpeep: if dims.cell.peephole { temps.f32(dims.b * 3 * h)? } else { View::NULL },
         persistent,
     })
 }
@@ -255,7 +295,7 @@ impl DirBackward {
         if self.dims.lstm() {
             exec.copy_or_zero(si, self.bufs.dc, self.io.dcn)?;
         }
-        Ok(())
+        exec.fill(si, self.bufs.dpeep, 0.0)
     }
 
     /// `dX[t] (+)= dGi[t] · W_ih` for the steps `t` in `rows` on stream `si`: direction 0
@@ -273,8 +313,8 @@ impl DirBackward {
     /// the carry the earlier steps left; writes `dG` of those steps.
     pub(super) fn steps(&self, exec: &Exec<'_>, si: usize, ks: Range<usize>) -> Result<()> {
         let LayerDims { t: tl, b: bl, h, hout, gh, out_w, .. } = self.dims;
-        let (d, b, io) = (self.d, &self.bufs, &self.io);
-        let reverse = d == 1;
+        let (b, io) = (&self.bufs, &self.io);
+        let reverse = self.reverse;
         let s = &io.saved;
         let w_hh = self.weights.w_hh.mat(gh, hout);
         let (batch, hidden, dy_stride, lengths) = (bl as i32, h as i32, out_w as i32, io.lens);
@@ -283,7 +323,7 @@ impl DirBackward {
             let p = prev_step(t, tl, reverse);
             let h_prev = p.map_or(io.h0, |p| s.h.at(p * bl * hout, bl * hout));
             let c_prev = if self.dims.lstm() { p.map_or(io.c0, |p| s.c.at(p * bl * h, bl * h)) } else { View::NULL };
-            let dy = io.d_out.map_or(0, |v| v.strided(t * bl * out_w + d * hout, bl, out_w, hout).ptr);
+            let dy = io.d_out.map_or(0, |v| v.strided(t * bl * out_w + self.col, bl, out_w, hout).ptr);
             let gates = s.gates.at(t * bl * gh, bl * gh).ptr;
             let dgi_t = b.dgi.at(t * bl * gh, bl * gh);
             let dgh_t = b.dgh.at(t * bl * gh, bl * gh);
@@ -327,7 +367,14 @@ impl DirBackward {
                         }
                         None => step_args,
                     };
-                    exec.launch(si, k::LstmBackwardStep, bl * h, &step_args)?;
+                    if options::lstm_has_options(&self.dims.cell) {
+                        let peephole = self.weights.peephole.map_or(0, |p| p.ptr);
+                        let dpeep = if self.dims.cell.peephole { b.dpeep.ptr } else { 0 };
+                        let args = options::lstm_backward(step_args, &self.dims.cell, peephole, dpeep);
+                        exec.launch(si, k::LstmBackwardStepOpt, bl * h, &args)?;
+                    } else {
+                        exec.launch(si, k::LstmBackwardStep, bl * h, &step_args)?;
+                    }
                 }
                 CellKind::Gru => {
                     let extra = s.extra.at(t * bl * h, bl * h).ptr;
@@ -346,12 +393,22 @@ impl DirBackward {
                         dgi: dgi_t.ptr,
                         dgh: dgh_t.ptr,
                     };
-                    exec.launch(si, k::GruBackwardStep, bl * h, &args)?;
+                    if self.dims.cell.clip > 0.0 {
+                        exec.launch(si, k::GruBackwardStepClip, bl * h, &options::gru_backward(args, &self.dims.cell))?;
+                    } else {
+                        exec.launch(si, k::GruBackwardStep, bl * h, &args)?;
+                    }
                 }
                 CellKind::RnnTanh | CellKind::RnnRelu => {
                     let kernel = if self.dims.cell.kind == CellKind::RnnTanh { k::RnnTanhBackwardStep } else { k::RnnReluBackwardStep };
                     let args = k::RnnBackwardStepArgs { batch, hidden, step, lengths, gates, dy, dy_stride, carry, dg: dgi_t.ptr };
-                    exec.launch(si, kernel, bl * h, &args)?;
+                    if self.dims.cell.clip > 0.0 {
+                        let kernel =
+                            if self.dims.cell.kind == CellKind::RnnTanh { k::RnnTanhBackwardStepClip } else { k::RnnReluBackwardStepClip };
+                        exec.launch(si, kernel, bl * h, &options::rnn_backward(args, &self.dims.cell))?;
+                    } else {
+                        exec.launch(si, kernel, bl * h, &args)?;
+                    }
                 }
             }
             // dh_prev += dGh · W_hh (the kernels left the direct part, or dh on inactive rows).
@@ -374,7 +431,7 @@ impl DirBackward {
             batch: bl as i32,
             hidden: h as i32,
             steps: tl as i32,
-            reverse: self.d as i32,
+            reverse: self.reverse as i32,
             units: p.units as i32,
             lengths: io.lens,
             w_hh: self.weights.w_hh.at(0, gh * hout).ptr,
@@ -384,7 +441,7 @@ impl DirBackward {
             h_all: if gru { s.h.at(0, tb * hout).ptr } else { 0 },
             h0: if gru { io.h0.at(0, bl * hout).ptr } else { 0 },
             c0: if lstm { io.c0.at(0, bl * h).ptr } else { 0 },
-            dy: io.d_out.map_or(0, |v| v.strided(self.d * hout, tb, out_w, hout).ptr),
+            dy: io.d_out.map_or(0, |v| v.strided(self.col, tb, out_w, hout).ptr),
             dy_stride: out_w as i32,
             carry: b.carry.at(0, bl * hout).ptr,
             dc: if lstm { b.dc.at(0, bl * h).ptr } else { 0 },
@@ -413,7 +470,7 @@ impl DirBackward {
         let dw_hh = dp.w_hh.mat(gh, hout);
         let rest = (tl - 1) * bl;
         let h_all = io.saved.h;
-        let (first, rest_g, rest_h) = if self.d == 1 {
+        let (first, rest_g, rest_h) = if self.reverse {
             (tl - 1, b.dgh.at(0, rest * gh), h_all.at(bl * hout, rest * hout))
         } else {
             (0, b.dgh.at(bl * gh, rest * gh), h_all.at(0, rest * hout))
@@ -429,6 +486,10 @@ impl DirBackward {
         if let Some(dw_hr) = dp.w_hr {
             // dW_hr += dH^T · M
             exec.gemm(si, 1.0, b.dh_all.mat(tb, hout).t(), io.saved.m.mat(tb, h), 1.0, dw_hr.mat(hout, h))?;
+        }
+        if let Some(dp_peep) = dp.peephole {
+            // dP += Σ_b dpeep[b]
+            exec.add_column_sums(si, b.dpeep, bl, dp_peep)?;
         }
         Ok(())
     }

@@ -6,10 +6,13 @@ use super::super::buffer::View;
 use super::super::exec::Exec;
 use super::super::kernels::{self as k, Kernel, KernelId};
 use super::wavefront::{forward_wavefront, wavefront_chunk};
-use super::{check_sizes, each_direction, joined_on_error, persistent_required, CudaReserve, LayerViews, Persistent, Temps, Weights};
+use super::{
+    check_sizes, each_direction, joined_on_error, options, persistent_declined, persistent_declines, persistent_required, CudaReserve,
+    LayerViews, Persistent, Temps, Weights,
+};
 use crate::backend::cell::Saved;
 use crate::backend::stack::{steps, LayerDims};
-use crate::config::CellKind;
+use crate::config::{CellKind, Merge};
 use crate::element::Dtype;
 use crate::error::Result;
 use crate::shape::SeqShape;
@@ -17,13 +20,13 @@ use std::ops::Range;
 
 /// The inputs and outputs of a forward pass, validated against the configuration and shape.
 pub(crate) struct ForwardViews {
-    /// `[T, B, I]`.
+    /// `[T, B, I]`, or `[B, T, I]` batch-first.
     pub x: View,
     /// `[L·D, B, Hout]`, or zeros.
     pub h0: Option<View>,
     /// `[L·D, B, H]` (LSTM), or zeros.
     pub c0: Option<View>,
-    /// `[T, B, D·Hout]`.
+    /// `[T, B, D·Hout]` (`Hout` wide with merge by sum), or `[B, T, ·]` batch-first.
     pub y: View,
     /// `[L·D, B, Hout]`, when wanted.
     pub hn: Option<View>,
@@ -56,8 +59,12 @@ pub(super) struct FwdBufs {
 pub(super) struct FwdIo {
     /// `[T, B, In]`.
     pub input: View,
-    /// `[T, B, D·Hout]`: this direction writes columns `d·Hout..(d+1)·Hout`.
+    /// `[T, B, D·Hout]`: this direction writes columns `col..col + Hout`. With merge by sum,
+    /// the second direction's is a `[T, B, Hout]` temporary, added onto the layer output
+    /// (`sum_into`) after both directions ran.
     out: View,
+    /// Merge by sum, second direction: the layer output that `out` is added onto.
+    sum_into: Option<View>,
     /// `[B, Hout]`, `[B, H]` (zeros when not given; c0 null for non-LSTM).
     h0: View,
     c0: View,
@@ -67,8 +74,14 @@ pub(super) struct FwdIo {
 
 /// One layer-direction of a forward pass: everything its work reads and writes.
 pub(super) struct DirForward {
-    /// 0: forward in time; 1: reverse.
+    /// Its index in the layer (0 or 1): its stream.
     d: usize,
+    /// It runs its steps from `T-1` down to 0: the second direction of a bidirectional layer,
+    /// or the only one of a reverse-only stack.
+    reverse: bool,
+    /// The first of its `Hout` columns in a row of `io.out`: `d·Hout` with concatenated
+    /// directions, 0 with merge by sum.
+    col: usize,
     pub dims: LayerDims,
     pub weights: LayerViews,
     /// `[B]` lengths (i32).
@@ -89,13 +102,36 @@ pub(crate) fn forward(
     let cfg = weights.config();
     check_sizes(cfg, shape)?;
     let mut temps = Temps::new(exec);
+    // Batch-first: x [B, T, I] in, y [B, T, ·] out, through time-major temporaries (the reserve
+    // keeps the time-major x, as it keeps a copy of x anyway).
+    let (bl, tl) = (shape.batch(), shape.steps());
+    let (io, y_out) = match cfg.batch_first() {
+        true => {
+            let x = temps.storage(io.x.len)?;
+            exec.swap_axes(0, x, io.x, bl, tl, cfg.input_size())?;
+            let y = temps.storage(io.y.len)?;
+            (ForwardViews { x, y, ..io }, Some(io.y))
+        }
+        false => (io, None),
+    };
     let layers = allocate(&mut temps, weights, shape, &io, save)?;
     // Every buffer of every layer is allocated before any work forks to stream 1.
     let persistent = layers.iter().flatten().any(|dir| dir.bufs.persistent.is_some());
     joined_on_error(exec, || match wavefront_chunk(exec, cfg, shape).filter(|_| !persistent) {
         Some(k) => forward_wavefront(exec, &layers, k),
-        None => layers.iter().try_for_each(|dirs| each_direction(exec, dirs, |dir| dir.run(exec))),
-    })
+        None => layers.iter().try_for_each(|dirs| {
+            each_direction(exec, dirs, |dir| dir.run(exec))?;
+            // Merge by sum: y = y_fwd + y_rev, on stream 0 after both directions.
+            dirs.iter().try_for_each(|dir| match dir.io.sum_into {
+                Some(y) => exec.add(0, y, dir.io.out),
+                None => Ok(()),
+            })
+        }),
+    })?;
+    match y_out {
+        Some(y) => exec.swap_axes(0, y, io.y, tl, bl, cfg.output_size()),
+        None => Ok(()),
+    }
 }
 
 /// Allocates (or fits, in the reserve) every buffer of every layer and chooses each
@@ -183,15 +219,18 @@ fn allocate(
             let i = l * nd + d;
             let bufs = direction_bufs(temps, &dims, save.as_deref_mut().map(|r| &mut r.dirs[i]))?;
             let bufs = FwdBufs { persistent: choose_persistent(temps, &dims, l)?, ..bufs };
+            let sum = cfg.merge() == Merge::Sum && d == 1;
             let io = FwdIo {
                 input: prev_out,
-                out,
+                out: if sum { temps.storage(tl * bl * dims.out_w)? } else { out },
+                sum_into: sum.then_some(out),
                 h0: h0v.at(i * hlen, hlen),
                 c0: if lstm { c0v.at(i * clen, clen) } else { View::NULL },
                 hn: io.hn.map(|v| v.at(i * hlen, hlen)),
                 cn: if lstm { io.cn.map(|v| v.at(i * clen, clen)) } else { None },
             };
-            dirs.push(DirForward { d, dims, weights: weights.layer(l, d), lens, io, bufs });
+            let (reverse, col) = (d == 1 || cfg.reverse_only(), if cfg.merge() == Merge::Sum { 0 } else { d * dims.hout });
+            dirs.push(DirForward { d, reverse, col, dims, weights: weights.layer(l, d), lens, io, bufs });
         }
         layers.push(dirs);
         prev_out = out;
@@ -253,6 +292,12 @@ fn cell_kernel(kind: CellKind) -> Kernel<k::PersistentCellForwardArgs> {
 /// required and it does not fit.
 fn choose_persistent(temps: &mut Temps<'_, '_>, dims: &LayerDims, l: usize) -> Result<Option<Persistent>> {
     let exec = temps.exec;
+    if let Some(option) = persistent_declines(&dims.cell) {
+        return match exec.paths().persistent_required {
+            true => Err(persistent_declined("the persistent forward", option, l)),
+            false => Ok(None),
+        };
+    }
     let units = persistent_kernel(dims).and_then(|k| exec.persistent_units(k, dims.h, dims.b, dims.dirs));
     match units {
         None if exec.paths().persistent_required => Err(persistent_required("a persistent kernel", l, dims, exec.storage())),
@@ -284,7 +329,7 @@ impl DirForward {
         exec.gemm(si, 1.0, input, w_ih.t(), 0.0, self.bufs.xg.at(r0 * gh, n * gh).mat(n, gh))
     }
 
-    /// The address of a bias (0: none).
+    /// The address of a bias or of the peepholes (0: none).
     fn bias(b: Option<View>) -> u64 {
         b.map_or(0, |v| v.ptr)
     }
@@ -295,8 +340,8 @@ impl DirForward {
     /// first). The last chunk copies `hn`, `cn`.
     pub(super) fn steps(&self, exec: &Exec<'_>, si: usize, ks: Range<usize>) -> Result<()> {
         let LayerDims { t: tl, b: bl, h, hout, gh, out_w, .. } = self.dims;
-        let (d, b, io, lens) = (self.d, &self.bufs, &self.io, self.lens);
-        let reverse = d == 1;
+        let (b, io, lens) = (&self.bufs, &self.io, self.lens);
+        let reverse = self.reverse;
         let w_hh = self.weights.w_hh.mat(gh, hout);
         let (b_ih, b_hh) = (Self::bias(self.weights.b_ih), Self::bias(self.weights.b_hh));
         let (batch, hidden, y_stride) = (bl as i32, h as i32, out_w as i32);
@@ -313,7 +358,7 @@ impl DirForward {
             exec.gemm(si, 1.0, h_prev.mat(bl, hout), w_hh.t(), 0.0, b.hg.mat(bl, gh))?;
             let xg = b.xg.at(t * bl * gh, bl * gh).ptr;
             let gates = b.gates.map_or(0, |g| g.at(t * bl * gh, bl * gh).ptr);
-            let y_t = io.out.strided(t * bl * out_w + d * hout, bl, out_w, hout).ptr;
+            let y_t = io.out.strided(t * bl * out_w + self.col, bl, out_w, hout).ptr;
             let step = t as i32;
             let hg = b.hg.ptr;
             match self.dims.cell.kind {
@@ -337,7 +382,12 @@ impl DirForward {
                         y: if proj { 0 } else { y_t },
                         y_stride,
                     };
-                    exec.launch(si, k::LstmForwardStep, bl * h, &args)?;
+                    if options::lstm_has_options(&self.dims.cell) {
+                        let peephole = Self::bias(self.weights.peephole);
+                        exec.launch(si, k::LstmForwardStepOpt, bl * h, &options::lstm_forward(args, &self.dims.cell, peephole))?;
+                    } else {
+                        exec.launch(si, k::LstmForwardStep, bl * h, &args)?;
+                    }
                     if let Some(w_hr) = self.weights.w_hr {
                         // h[B, Hout] = m · W_hr^T, then masked.
                         exec.gemm(si, 1.0, m_t.mat(bl, h), w_hr.mat(hout, h).t(), 0.0, h_t.mat(bl, hout))?;
@@ -373,7 +423,11 @@ impl DirForward {
                         y: y_t,
                         y_stride,
                     };
-                    exec.launch(si, k::GruForwardStep, bl * h, &args)?;
+                    if self.dims.cell.clip > 0.0 {
+                        exec.launch(si, k::GruForwardStepClip, bl * h, &options::gru_forward(args, &self.dims.cell))?;
+                    } else {
+                        exec.launch(si, k::GruForwardStep, bl * h, &args)?;
+                    }
                 }
                 CellKind::RnnTanh | CellKind::RnnRelu => {
                     let kernel = if self.dims.cell.kind == CellKind::RnnTanh { k::RnnTanhForwardStep } else { k::RnnReluForwardStep };
@@ -393,7 +447,13 @@ impl DirForward {
                         y: y_t,
                         y_stride,
                     };
-                    exec.launch(si, kernel, bl * h, &args)?;
+                    if self.dims.cell.clip > 0.0 {
+                        let kernel =
+                            if self.dims.cell.kind == CellKind::RnnTanh { k::RnnTanhForwardStepClip } else { k::RnnReluForwardStepClip };
+                        exec.launch(si, kernel, bl * h, &options::rnn_forward(args, &self.dims.cell))?;
+                    } else {
+                        exec.launch(si, kernel, bl * h, &args)?;
+                    }
                 }
             }
             prev = Some(cur);
@@ -420,7 +480,7 @@ impl DirForward {
             batch: bl as i32,
             hidden: h as i32,
             steps: tl as i32,
-            reverse: self.d as i32,
+            reverse: self.reverse as i32,
             units: p.units as i32,
             lengths: self.lens,
             xg: b.xg.ptr,
@@ -432,7 +492,7 @@ impl DirForward {
             training: b.training as i32,
             gates_save: b.gates.map_or(0, |g| g.at(0, tb * gh).ptr),
             extra_save: if self.dims.gru() { b.extra.map_or(0, |e| e.at(0, tb * h).ptr) } else { 0 },
-            y: io.out.strided(self.d * hout, tb, out_w, hout).ptr,
+            y: io.out.strided(self.col, tb, out_w, hout).ptr,
             y_stride: out_w as i32,
             hn: io.hn.map_or(0, |v| v.ptr),
             barrier: p.barrier.ptr,

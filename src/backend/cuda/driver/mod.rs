@@ -16,7 +16,22 @@
 //!   `dX (+)= dGi · W_ih` are big GEMMs.
 //!
 //! The two directions of a layer run concurrently, forward on stream 0 and reverse on stream 1,
-//! each with its own cuBLAS handle; stream 0 waits for stream 1 at the end of each layer.
+//! each with its own cuBLAS handle; stream 0 waits for stream 1 at the end of each layer. A
+//! direction runs in reverse when it is the second of a bidirectional layer or the only one of
+//! a reverse-only stack. With merge by sum the reverse direction writes its output into a
+//! temporary and, after the join, one kernel adds it onto the forward direction's
+//! (`y = y_fwd + y_rev`, util.cu's `add_*`); backward, both directions read the whole `dy`.
+//!
+//! The cell options (peepholes, gate clip, coupled input-forget) take other entries of the
+//! same step kernels, chosen once per layer-direction (`options.rs`); the persistent kernels
+//! run the plain cells only and decline a layer with an option (it takes the per-step path;
+//! required, that is an `Error::Unsupported` naming the option).
+//!
+//! Batch-first `x`, `y` (and `dx`, `dy`): the passes run time-major, with one transposing copy
+//! on the way in and out (util.cu's `swap_axes_*`: `x` and `dy` into temporaries, `y` and `dx`
+//! out of them; a training pass's reserve keeps the time-major `x`). Not yet: reading `x` with a
+//! strided-batched input GEMM and writing `y` through the step kernels' row stride, which would
+//! save those copies.
 //! Everything is allocated on stream 0 before the fork, so nothing is freed while in use: both
 //! passes allocate the buffers of every layer before they enqueue any layer's work.
 //!
@@ -34,7 +49,8 @@
 //! `l`'s chunk is its step loop over the chunk and the chunk's rows of `dX = dGi · W_ih`
 //! (layer `l-1`'s `dy`), after layer `l+1`'s chunk; weight gradients and layer 0's `dx` stay
 //! whole-sequence GEMMs after a layer's last chunk. Not overlapped: bidirectional stacks (a
-//! layer's output at step t needs its reverse direction's whole sequence), and stacks whose
+//! layer's output at step t needs its reverse direction's whole sequence), reverse-only stacks
+//! (their chunks would run backwards in time; not implemented), and stacks whose
 //! layers take a persistent kernel (one launch for a layer's whole sequence cannot be cut into
 //! chunks; all layers of a stack share the sizes that choice depends on).
 //!
@@ -58,6 +74,7 @@
 
 mod backward;
 mod forward;
+mod options;
 mod wavefront;
 
 pub(crate) use backward::{backward, BackwardViews};
@@ -188,6 +205,8 @@ struct LayerViews {
     b_hh: Option<View>,
     /// `[Hout, H]`, when the LSTM has a projection.
     w_hr: Option<View>,
+    /// `[3, H]` (rows `i, f, o`), when the LSTM has peepholes.
+    peephole: Option<View>,
 }
 
 impl LayerViews {
@@ -199,6 +218,7 @@ impl LayerViews {
             b_ih: r.b_ih.as_ref().map(at),
             b_hh: r.b_hh.as_ref().map(at),
             w_hr: r.w_hr.as_ref().map(at),
+            peephole: r.peephole.as_ref().map(at),
         }
     }
 }
@@ -265,6 +285,32 @@ fn persistent_required(what: &str, l: usize, dims: &crate::backend::stack::Layer
             dims.cell.kind, dims.h, dims.b, dims.dirs
         ),
     )
+}
+
+/// The first cell option of `cell` that the persistent kernels do not implement, by its
+/// case-file name: they run the plain cells only, and a layer with an option takes the per-step
+/// path.
+fn persistent_declines(cell: &crate::backend::cell::Cell) -> Option<&'static str> {
+    [
+        (cell.peephole, "peephole"),
+        (cell.clip > 0.0, "gate_clip"),
+        (cell.input_forget, "input_forget"),
+        (!cell.linear_before_reset, "linear_before_reset=false"),
+    ]
+    .into_iter()
+    .find_map(|(on, name)| on.then_some(name))
+}
+
+/// The error of a layer whose cell option the persistent kernels decline when they are required.
+fn persistent_declined(what: &str, option: &str, l: usize) -> Error {
+    Error::Unsupported {
+        backend: "cuda (persistent kernels required)".to_string(),
+        option: option.to_string(),
+        reason: format!(
+            "{what} runs the plain cells only (layer {l} has this option); the per-step path implements it \
+             (RNN_KERNELS_CUDA_PERSISTENT unset or 1)"
+        ),
+    }
 }
 
 /// Checks that every size of a call fits the `int` arguments of cuBLAS and the kernels.

@@ -12,7 +12,8 @@ use crate::shape::SeqShape;
 
 /// The layer wavefront's chunk `K` for a call, or `None` when the layers run one after the
 /// other: bidirectional stacks (a layer's output at step t needs its reverse direction's whole
-/// sequence), a single layer, or the switch off (`Paths::wavefront`). The caller also
+/// sequence), reverse-only stacks (whose chunks would run backwards in time: not implemented,
+/// they run layer by layer), a single layer, or the switch off (`Paths::wavefront`). The caller also
 /// keeps today's order when a layer takes a persistent kernel (one launch for the whole
 /// sequence cannot be cut into chunks).
 ///
@@ -21,7 +22,7 @@ use crate::shape::SeqShape;
 /// fill the GPU with tiles, and a stack of `L` layers runs in at most `16 + L - 1` diagonals.
 pub(crate) fn wavefront_chunk(exec: &Exec<'_>, cfg: &RnnConfig, shape: &SeqShape) -> Option<usize> {
     let paths = exec.paths();
-    if !paths.wavefront || cfg.num_directions() != 1 || cfg.num_layers() < 2 {
+    if !paths.wavefront || cfg.num_directions() != 1 || cfg.reverse_only() || cfg.num_layers() < 2 {
         return None;
     }
     let (t, b) = (shape.steps(), shape.batch().max(1));

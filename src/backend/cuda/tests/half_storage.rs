@@ -277,3 +277,23 @@ fn emulated_half_storage_exact_on_integer_problems() {
     }
     assert_eq!(checked, 8, "only {checked} of {tried} draws had every value within ±128");
 }
+
+/// The cell options with f16 and bf16 storage (the `_opt` and `_clip` entries' 16-bit
+/// instantiations, the 16-bit sum of merged outputs and the batch-first transposes), within the
+/// same bounds as the plain cells. Those bounds are derived for the plain cells
+/// (`testkit::tolerance`); they do not model the options (e.g. the one more rounding of a
+/// 16-bit sum of merged outputs), so this checks that the options stay within them.
+#[test]
+fn emulated_half_storage_with_options() {
+    let lstm = || RnnConfig::new(CellKind::Lstm, 19, 26).num_layers(2);
+    let configs = [
+        lstm().peephole(true).gate_clip(1.0).build().unwrap(),
+        lstm().input_forget(true).proj_size(11).direction(crate::Direction::Reverse).build().unwrap(),
+        RnnConfig::new(CellKind::Gru, 30, 41).gate_clip(0.7).batch_first(true).build().unwrap(),
+        RnnConfig::new(CellKind::RnnTanh, 20, 27).gate_clip(0.7).bidirectional(true).merge(crate::Merge::Sum).build().unwrap(),
+    ];
+    for (c, cfg) in configs.iter().enumerate() {
+        let shape = SeqShape::with_lengths(9, (0..13).map(|b| 1 + (b * 5) % 9).collect()).unwrap();
+        check_both(cfg, &shape, 177 + c as u64, 3.0);
+    }
+}

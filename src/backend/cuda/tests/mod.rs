@@ -6,6 +6,10 @@
 //!   and the exact output bits pinned in `tests/fixtures/bit_pins.txt`;
 //! - `half_storage.rs`: f16 and bf16 storage within the derived bounds of [`crate::testkit::tolerance`],
 //!   exactly on integer-valued problems, and the emulation's conversions and GemmEx;
+//! - `options.rs`: the cell options' step kernels (peepholes, gate clip, coupled input-forget)
+//!   against an f64 oracle of one step, their backward against its central differences;
+//! - `options_driver.rs`: the driver with those options against the f64 reference, and the
+//!   persistent kernels declining them;
 //! - `wavefront.rs`: the layer wavefront bit for bit against the layer-by-layer order, the
 //!   stream each piece of work is issued on, and stream 1 joined after a failure.
 //!
@@ -16,6 +20,8 @@
 
 mod driver;
 mod half_storage;
+mod options;
+mod options_driver;
 mod wavefront;
 
 use super::buffer::View;

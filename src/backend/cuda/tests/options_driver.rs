@@ -1,0 +1,148 @@
+//! The driver with the cell options (peepholes, gate clip, coupled input-forget; reverse-only
+//! stacks, bidirectional outputs merged by sum; batch-first `x`, `y`) on the host emulation
+//! against the f64 reference, and the persistent kernels declining the cell options.
+
+use super::super::driver::{backward, forward, BackwardViews, CudaReserve, ForwardViews, SavedViews};
+use super::super::emulation::Emulation;
+use super::{nans, up, view, view_mut, Problem, WithPaths};
+use crate::backend::GradMode;
+use crate::error::Error;
+use crate::testkit::case::max_error;
+use crate::{CellKind, Direction, Merge, RnnConfig, SeqShape};
+use proptest::prelude::*;
+
+impl Problem<f32> {
+    /// The emulated driver with the options (persistent kernels allowed, which the options
+    /// decline) against the reference: outputs at 1e-5, gradients at 1e-4, Accumulate twice
+    /// the gradients, inference the training forward's bits (`run_on`).
+    fn check_with_options(&self) -> std::result::Result<(), String> {
+        let want = self.run_reference();
+        let emulation = Emulation::default();
+        for persistent in [false, true] {
+            let exec = emulation.exec().with_persistent(persistent);
+            let (got, acc) = self.run_on(&exec, &exec);
+            for (i, name) in ["y", "hn", "cn", "dx", "dh0", "dc0", "dparams"].iter().enumerate() {
+                let err = max_error(&up(&got[i]), &want[i]);
+                let tol = if i < 3 { 1e-5 } else { 1e-4 };
+                if err > tol {
+                    return Err(format!("persistent={persistent}: {name} error {err:.3e} > {tol:e}: {:?} {:?}", self.cfg, self.shape));
+                }
+            }
+            let twice: Vec<f32> = got[6].iter().map(|g| 2.0 * g).collect();
+            if max_error(&acc, &twice) > 1e-6 {
+                return Err(format!("Accumulate: {:?}", self.cfg));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A configuration with options: LSTM peepholes, input_forget (with or without projection),
+/// the gate clip for every cell (0.5 clips most gates, 2 some, 0 none); forward, reverse-only
+/// or bidirectional stacks, the last merged by concatenation or by sum; time-major or
+/// batch-first.
+fn option_config() -> impl Strategy<Value = RnnConfig> {
+    (
+        0usize..4,
+        1usize..9,
+        1usize..9,
+        1usize..4,
+        0usize..4,
+        any::<bool>(),
+        0usize..4,
+        (any::<bool>(), 0usize..3, any::<bool>(), any::<bool>()),
+    )
+        .prop_map(|(c, i, h, l, dir, bias, p, (peephole, clip, input_forget, batch_first))| {
+            let cell = CellKind::ALL[c];
+            let lstm = cell == CellKind::Lstm;
+            let proj = if lstm && h > 1 { p.min(h - 1) } else { 0 };
+            let (direction, merge) = [
+                (Direction::Forward, Merge::Concat),
+                (Direction::Reverse, Merge::Concat),
+                (Direction::Bidirectional, Merge::Concat),
+                (Direction::Bidirectional, Merge::Sum),
+            ][dir];
+            let b = RnnConfig::new(cell, i, h).num_layers(l).direction(direction).merge(merge).batch_first(batch_first);
+            let b = b.bias(bias).proj_size(proj).gate_clip([0.0, 0.5, 2.0][clip]);
+            let b = if lstm { b.peephole(peephole).input_forget(input_forget) } else { b };
+            b.build().unwrap()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Every cell with its options on the emulated driver against the reference: layers,
+    /// directions, bias, projection, variable lengths, inputs up to ±5.
+    #[test]
+    fn emulated_driver_with_options_matches_reference(cfg in option_config(), t in 1usize..6, lens in prop::collection::vec(1usize..6, 1..5), seed in any::<u64>()) {
+        let lengths: Vec<usize> = lens.iter().map(|&l| l.min(t)).collect();
+        let shape = SeqShape::with_lengths(t, lengths).unwrap();
+        let r = Problem::<f32>::new(&cfg, &shape, seed, 5.0).check_with_options();
+        prop_assert!(r.is_ok(), "{}", r.unwrap_err());
+    }
+}
+
+/// Each option on its own, on sizes where the GEMMs are not tiny (two layers: for a forward
+/// stack the layer wavefront runs too); reverse-only and merge by sum with every cell, the GRU
+/// and RNN ones on the persistent kernels too (batch 6 ≤ 8; `check_with_options` runs with them
+/// allowed, and on the emulation they take every layer they can).
+#[test]
+fn emulated_driver_each_option_matches_reference() {
+    let lstm = || RnnConfig::new(CellKind::Lstm, 11, 23).num_layers(2);
+    let reverse = |cell| RnnConfig::new(cell, 11, 23).num_layers(2).direction(Direction::Reverse).build().unwrap();
+    let sum = |cell| RnnConfig::new(cell, 11, 23).num_layers(2).bidirectional(true).merge(Merge::Sum).build().unwrap();
+    let configs = [
+        reverse(CellKind::Lstm),
+        reverse(CellKind::Gru),
+        reverse(CellKind::RnnTanh),
+        sum(CellKind::Lstm),
+        sum(CellKind::Gru),
+        sum(CellKind::RnnRelu),
+        lstm().direction(Direction::Reverse).proj_size(7).peephole(true).gate_clip(1.0).build().unwrap(),
+        lstm().bidirectional(true).merge(Merge::Sum).proj_size(7).input_forget(true).build().unwrap(),
+        lstm().batch_first(true).build().unwrap(),
+        RnnConfig::new(CellKind::Gru, 11, 23).num_layers(2).bidirectional(true).batch_first(true).build().unwrap(),
+        RnnConfig::new(CellKind::RnnTanh, 11, 23).direction(Direction::Reverse).batch_first(true).build().unwrap(),
+        lstm().peephole(true).build().unwrap(),
+        lstm().gate_clip(0.7).build().unwrap(),
+        lstm().input_forget(true).build().unwrap(),
+        lstm().peephole(true).gate_clip(1.0).input_forget(true).bidirectional(true).proj_size(9).build().unwrap(),
+        RnnConfig::new(CellKind::Gru, 11, 23).num_layers(2).gate_clip(0.7).build().unwrap(),
+        RnnConfig::new(CellKind::RnnTanh, 11, 23).num_layers(2).gate_clip(0.7).build().unwrap(),
+        RnnConfig::new(CellKind::RnnRelu, 11, 23).num_layers(2).gate_clip(0.7).build().unwrap(),
+    ];
+    for cfg in &configs {
+        let shape = SeqShape::with_lengths(8, (0..6).map(|b| 8 - b).collect()).unwrap();
+        Problem::<f32>::new(cfg, &shape, 41, 3.0).check_with_options().unwrap();
+    }
+}
+
+/// The persistent kernels decline every option: required, forward and backward fail with
+/// `Error::Unsupported` naming it (not a silent fallback, not a wrong result).
+#[test]
+fn emulated_persistent_required_names_the_option() {
+    let cases = [
+        ("peephole", RnnConfig::new(CellKind::Lstm, 3, 5).peephole(true).build().unwrap()),
+        ("gate_clip", RnnConfig::new(CellKind::Gru, 3, 5).gate_clip(1.0).build().unwrap()),
+        ("gate_clip", RnnConfig::new(CellKind::RnnTanh, 3, 5).gate_clip(1.0).build().unwrap()),
+        ("input_forget", RnnConfig::new(CellKind::Lstm, 3, 5).input_forget(true).build().unwrap()),
+    ];
+    for (option, cfg) in cases {
+        let shape = SeqShape::new(2, 2).unwrap();
+        let p = Problem::<f32>::new(&cfg, &shape, 1, 1.0);
+        let emulation = Emulation::default();
+        let required = emulation.exec().with_persistent(true).with_persistent_required(true);
+        let named = |e: Error| matches!(&e, Error::Unsupported { option: o, .. } if o == option) && e.to_string().contains("persistent");
+        let mut y = nans::<f32>(p.dy.len());
+        let io = ForwardViews { x: view(&p.x), h0: None, c0: None, y: view_mut(&mut y), hn: None, cn: None };
+        let e = forward(&required, p.weights(), &shape, io, None).unwrap_err();
+        assert!(named(e), "{option}: forward");
+        let mut reserve = CudaReserve::default();
+        p.forward_on(&emulation.exec(), Some(&mut reserve));
+        let mut dx = nans::<f32>(p.x.len());
+        let g = BackwardViews { dx: Some(view_mut(&mut dx)), ..p.incoming(GradMode::Overwrite) };
+        let e = backward(&required, p.weights(), &shape, &SavedViews::new(&reserve), g).unwrap_err();
+        assert!(named(e), "{option}: backward");
+    }
+}
