@@ -88,7 +88,8 @@ impl Cell {
 pub(crate) struct Saved<M> {
     /// `[T, B, G·H]`: activated gates.
     pub gates: M,
-    /// `[T, B, H]`: GRU's `W_hn h_prev + b_hn`; empty for other cells.
+    /// `[T, B, H]`: GRU's `W_hn h_prev + b_hn` (with the reset gate before the recurrent
+    /// matmul, `r ⊙ h_prev`: the operand of `W_hn`'s weight gradient); empty for other cells.
     pub extra: M,
     /// `[T, B, H]`: LSTM cell state after each step; empty for other cells.
     pub c: M,
