@@ -17,6 +17,8 @@
 
 mod common;
 
+use common::fd::{gradcheck, TOL};
+
 use common::parity::{errors, Problem as F32Problem};
 use common::{describe, F64Problem, Problem};
 use proptest::prelude::*;
@@ -96,50 +98,6 @@ fn to_time_major<T: Copy>(mut outs: Vec<Vec<T>>, shape: &SeqShape) -> Vec<Vec<T>
 
 // ---------------------------------------------------------------------------------------------
 // Finite differences of the reference
-
-const H: f64 = 1e-3;
-const H_RELU: f64 = 1e-5;
-const TOL: f64 = 1e-6;
-
-fn central_difference(h: f64, f: &mut dyn FnMut(f64) -> f64) -> f64 {
-    (8.0 * (f(h) - f(-h)) - (f(2.0 * h) - f(-2.0 * h))) / (12.0 * h)
-}
-
-fn rel_err(a: f64, n: f64) -> f64 {
-    (a - n).abs() / a.abs().max(n.abs()).max(1e-3)
-}
-
-/// The worst relative error over every coordinate of `x`, `h0`, `c0` and the parameters.
-fn gradcheck(p: &Problem) -> (f64, String) {
-    let rnn = Rnn::new(Reference, &p.cfg, &p.params[..]).unwrap();
-    let mut reserve = Default::default();
-    rnn.forward_training(&p.shape, &p.x, Some(&p.h0), p.c0.as_deref(), &mut reserve).unwrap();
-    let g = rnn.backward(&reserve, Some(&p.dy), Some(&p.dhn), p.dcn.as_deref()).unwrap();
-    let h = if p.cfg.cell() == CellKind::RnnRelu { H_RELU } else { H };
-    let mut worst = (0.0, String::new());
-    let mut probe = |name: &str, analytic: &[f64], get: &dyn Fn(&mut Problem) -> &mut Vec<f64>| {
-        let mut q = p.clone();
-        for (i, &a) in analytic.iter().enumerate() {
-            let orig = get(&mut q)[i];
-            let n = central_difference(h, &mut |d| {
-                get(&mut q)[i] = orig + d;
-                q.loss()
-            });
-            get(&mut q)[i] = orig;
-            let e = rel_err(a, n);
-            if !(e <= worst.0) {
-                worst = (e, format!("{name}[{i}]: analytic {a:.12e}, numeric {n:.12e}"));
-            }
-        }
-    };
-    probe("x", &g.dx, &|q| &mut q.x);
-    probe("h0", &g.dh0, &|q| &mut q.h0);
-    if let Some(dc0) = &g.dc0 {
-        probe("c0", dc0, &|q| q.c0.as_mut().unwrap());
-    }
-    probe("params", g.dparams.as_ref().unwrap(), &|q| &mut q.params);
-    worst
-}
 
 /// Every cell (LSTM with and without projection), 1 to 3 layers, reverse-only and
 /// bidirectional with merge by sum; bias and batch-first alternate.

@@ -20,54 +20,13 @@
 
 mod common;
 
+use common::fd::{central_difference, gradcheck, rel_err, H, TOL};
+
 use common::parity::{errors, Problem as F32Problem, GRAD_TOL};
 use common::{describe, F64Problem, Problem};
 use proptest::prelude::*;
 use rnn_kernels::testkit::case::{run_case, Case};
 use rnn_kernels::{CellKind, Cpu, Isa, Params, Reference, Rnn, RnnConfig, SeqShape};
-
-const H: f64 = 1e-3;
-const H_CLIPPED: f64 = 1e-5;
-const TOL: f64 = 1e-6;
-
-fn central_difference(h: f64, f: &mut dyn FnMut(f64) -> f64) -> f64 {
-    (8.0 * (f(h) - f(-h)) - (f(2.0 * h) - f(-2.0 * h))) / (12.0 * h)
-}
-
-fn rel_err(a: f64, n: f64) -> f64 {
-    (a - n).abs() / a.abs().max(n.abs()).max(1e-3)
-}
-
-/// The worst relative error of the reference's gradients of `p` against finite differences,
-/// and where it was.
-fn gradcheck(p: &Problem) -> (f64, String) {
-    let rnn = Rnn::new(Reference, &p.cfg, &p.params[..]).unwrap();
-    let mut reserve = Default::default();
-    rnn.forward_training(&p.shape, &p.x, Some(&p.h0), None, &mut reserve).unwrap();
-    let g = rnn.backward(&reserve, Some(&p.dy), Some(&p.dhn), None).unwrap();
-    let h = if p.cfg.gate_clip().is_some() { H_CLIPPED } else { H };
-    let mut worst = (0.0, String::new());
-    let mut probe = |name: &str, analytic: &[f64], get: &dyn Fn(&mut Problem) -> &mut Vec<f64>| {
-        let mut q = p.clone();
-        for (i, &a) in analytic.iter().enumerate() {
-            let orig = get(&mut q)[i];
-            let mut at = |d: f64| {
-                get(&mut q)[i] = orig + d;
-                q.loss()
-            };
-            let n = central_difference(h, &mut at);
-            get(&mut q)[i] = orig;
-            let e = rel_err(a, n);
-            if !(e <= worst.0) {
-                worst = (e, format!("{name}[{i}]: analytic {a:.12e}, numeric {n:.12e}"));
-            }
-        }
-    };
-    probe("x", &g.dx, &|q| &mut q.x);
-    probe("h0", &g.dh0, &|q| &mut q.h0);
-    probe("params", g.dparams.as_ref().unwrap(), &|q| &mut q.params);
-    worst
-}
 
 /// The GRU configurations of the sweep with `clip` (0: none) and the reset gate before
 /// (`!lbr`) or after the matmul.

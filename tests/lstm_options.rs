@@ -24,80 +24,19 @@
 
 mod common;
 
+use common::fd::{gradcheck as check, TOL};
+
 use common::parity::{errors, Problem as F32Problem};
 use common::{describe, F64Problem, Problem};
 use proptest::prelude::*;
 use rnn_kernels::{CellKind, Cpu, Isa, Reference, Rnn, RnnConfig, SeqShape};
 
-/// Step for smooth cells.
-const H: f64 = 1e-3;
-/// Step for cells with a kink (relu, a clip).
-const H_KINK: f64 = 1e-5;
-const TOL: f64 = 1e-6;
 /// The clip of the finite-difference problems: most pre-activations lie within ±2.
 const CLIP: f64 = 0.8;
-
-fn central_difference(h: f64, f: &mut dyn FnMut(f64) -> f64) -> f64 {
-    (8.0 * (f(h) - f(-h)) - (f(2.0 * h) - f(-2.0 * h))) / (12.0 * h)
-}
-
-/// Step of the one-sided differences.
-const H_SIDE: f64 = 1e-4;
-
-/// The fourth-order one-sided difference of `f` at 0 with step `h` (negative: the left side).
-fn one_sided_difference(h: f64, f: &mut dyn FnMut(f64) -> f64) -> f64 {
-    (-25.0 * f(0.0) + 48.0 * f(h) - 36.0 * f(2.0 * h) + 16.0 * f(3.0 * h) - 3.0 * f(4.0 * h)) / (12.0 * h)
-}
-
-fn rel_err(a: f64, n: f64) -> f64 {
-    (a - n).abs() / a.abs().max(n.abs()).max(1e-3)
-}
 
 /// The options of a configuration, for messages.
 fn options(cfg: &RnnConfig) -> String {
     format!("options {:?}", cfg.options())
-}
-
-/// Checks every coordinate of one problem; returns the worst relative error and where it was.
-fn check(p: &Problem) -> (f64, String) {
-    let rnn = Rnn::new(Reference, &p.cfg, &p.params[..]).unwrap();
-    let mut reserve = Default::default();
-    rnn.forward_training(&p.shape, &p.x, Some(&p.h0), p.c0.as_deref(), &mut reserve).unwrap();
-    let g = rnn.backward(&reserve, Some(&p.dy), Some(&p.dhn), p.dcn.as_deref()).unwrap();
-    let kink = p.cfg.cell() == CellKind::RnnRelu || p.cfg.gate_clip().is_some();
-    let h = if kink { H_KINK } else { H };
-    let mut worst = (0.0, String::new());
-    let mut probe = |name: &str, analytic: &[f64], get: &dyn Fn(&mut Problem) -> &mut Vec<f64>| {
-        let mut q = p.clone();
-        for (i, &a) in analytic.iter().enumerate() {
-            let orig = get(&mut q)[i];
-            let mut at = |d: f64| {
-                get(&mut q)[i] = orig + d;
-                q.loss()
-            };
-            let mut n = central_difference(h, &mut at);
-            let mut e = rel_err(a, n);
-            if kink && !(e < TOL) {
-                for side in [H_SIDE, -H_SIDE] {
-                    let ns = one_sided_difference(side, &mut at);
-                    if rel_err(a, ns) < e {
-                        (n, e) = (ns, rel_err(a, ns));
-                    }
-                }
-            }
-            get(&mut q)[i] = orig;
-            if !(e <= worst.0) {
-                worst = (e, format!("{name}[{i}]: analytic {a:.12e}, numeric {n:.12e}"));
-            }
-        }
-    };
-    probe("x", &g.dx, &|q| &mut q.x);
-    probe("h0", &g.dh0, &|q| &mut q.h0);
-    if let Some(dc0) = &g.dc0 {
-        probe("c0", dc0, &|q| q.c0.as_mut().unwrap());
-    }
-    probe("params", g.dparams.as_ref().unwrap(), &|q| &mut q.params);
-    worst
 }
 
 /// The same problem without the clip gives other outputs: the clip is active somewhere.

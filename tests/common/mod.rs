@@ -2,6 +2,7 @@
 //! gradients backward computes.
 #![allow(dead_code)]
 
+pub mod fd;
 pub mod parity;
 pub mod tempdir;
 

@@ -1,0 +1,80 @@
+//! Finite differences of the f64 reference: the gradient checks of `tests/gradcheck.rs` and of
+//! the cell options' tests (`lstm_options.rs`, `gru_options.rs`, `driver_options.rs`).
+
+use super::{F64Problem, Problem};
+use rnn_kernels::{CellKind, Reference, Rnn};
+
+/// Step for smooth cells.
+pub const H: f64 = 1e-3;
+/// Step for cells with a kink (relu, a gate clip).
+pub const H_KINK: f64 = 1e-5;
+/// Step of the one-sided differences at a clip's kink.
+pub const H_SIDE: f64 = 1e-4;
+/// The largest relative error of an analytic gradient against its finite difference.
+pub const TOL: f64 = 1e-6;
+
+/// The fourth-order central difference of `f` at 0 with step `h`.
+pub fn central_difference(h: f64, f: &mut dyn FnMut(f64) -> f64) -> f64 {
+    (8.0 * (f(h) - f(-h)) - (f(2.0 * h) - f(-2.0 * h))) / (12.0 * h)
+}
+
+/// The fourth-order one-sided difference of `f` at 0 with step `h` (negative: the left side).
+pub fn one_sided_difference(h: f64, f: &mut dyn FnMut(f64) -> f64) -> f64 {
+    (-25.0 * f(0.0) + 48.0 * f(h) - 36.0 * f(2.0 * h) + 16.0 * f(3.0 * h) - 3.0 * f(4.0 * h)) / (12.0 * h)
+}
+
+/// `|a - n|` relative to the larger of the two (at least 1e-3).
+pub fn rel_err(a: f64, n: f64) -> f64 {
+    (a - n).abs() / a.abs().max(n.abs()).max(1e-3)
+}
+
+/// Checks every coordinate of `x`, `h0`, `c0` and the parameters of one problem against the
+/// reference's gradients; returns the worst relative error and where it was.
+///
+/// The step is [`H_KINK`] for relu and clipped cells, else [`H`]. With a gate clip, a
+/// coordinate whose central difference straddles a clamp's kink (a pre-activation within a
+/// few steps of `±clip`, where the loss has two one-sided slopes) also tries the one-sided
+/// differences on both sides and keeps the closest: the analytic gradient is the slope of one
+/// side, the central difference their mixture.
+// `!(e <= worst)` on purpose: a NaN error must count as a failure, not be skipped.
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
+pub fn gradcheck(p: &Problem) -> (f64, String) {
+    let rnn = Rnn::new(Reference, &p.cfg, &p.params[..]).unwrap();
+    let mut reserve = Default::default();
+    rnn.forward_training(&p.shape, &p.x, Some(&p.h0), p.c0.as_deref(), &mut reserve).unwrap();
+    let g = rnn.backward(&reserve, Some(&p.dy), Some(&p.dhn), p.dcn.as_deref()).unwrap();
+    let clipped = p.cfg.gate_clip().is_some();
+    let h = if clipped || p.cfg.cell() == CellKind::RnnRelu { H_KINK } else { H };
+    let mut worst = (0.0, String::new());
+    let mut probe = |name: &str, analytic: &[f64], get: &dyn Fn(&mut Problem) -> &mut Vec<f64>| {
+        let mut q = p.clone();
+        for (i, &a) in analytic.iter().enumerate() {
+            let orig = get(&mut q)[i];
+            let mut at = |d: f64| {
+                get(&mut q)[i] = orig + d;
+                q.loss()
+            };
+            let mut n = central_difference(h, &mut at);
+            let mut e = rel_err(a, n);
+            if clipped && !(e < TOL) {
+                for side in [H_SIDE, -H_SIDE] {
+                    let ns = one_sided_difference(side, &mut at);
+                    if rel_err(a, ns) < e {
+                        (n, e) = (ns, rel_err(a, ns));
+                    }
+                }
+            }
+            get(&mut q)[i] = orig;
+            if !(e <= worst.0) {
+                worst = (e, format!("{name}[{i}]: analytic {a:.12e}, numeric {n:.12e}"));
+            }
+        }
+    };
+    probe("x", &g.dx, &|q| &mut q.x);
+    probe("h0", &g.dh0, &|q| &mut q.h0);
+    if let Some(dc0) = &g.dc0 {
+        probe("c0", dc0, &|q| q.c0.as_mut().unwrap());
+    }
+    probe("params", g.dparams.as_ref().unwrap(), &|q| &mut q.params);
+    worst
+}
