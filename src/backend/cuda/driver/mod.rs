@@ -74,7 +74,7 @@
 
 mod backward;
 mod forward;
-mod options;
+pub(in crate::backend::cuda) mod options;
 mod wavefront;
 
 pub(crate) use backward::{backward, BackwardViews};

@@ -22,7 +22,7 @@ pub(super) fn clip(cell: &Cell) -> f32 {
 
 /// `lstm_forward_step_opt`'s arguments: `a`'s and the options (`peephole`: the `[3, H]`
 /// weights' address, 0 for none).
-pub(super) fn lstm_forward(a: k::LstmForwardStepArgs, cell: &Cell, peephole: u64) -> k::LstmForwardStepOptArgs {
+pub(in crate::backend::cuda) fn lstm_forward(a: k::LstmForwardStepArgs, cell: &Cell, peephole: u64) -> k::LstmForwardStepOptArgs {
     let k::LstmForwardStepArgs { batch, hidden, step, lengths, xg, hg, b_ih, b_hh, c_prev, keep, gates, c, m, y, y_stride } = a;
     k::LstmForwardStepOptArgs {
         batch,
@@ -48,7 +48,12 @@ pub(super) fn lstm_forward(a: k::LstmForwardStepArgs, cell: &Cell, peephole: u64
 
 /// `lstm_backward_step_opt`'s arguments: `a`'s, the options and the peephole gradients'
 /// per-row accumulator `dpeep` `[B, 3H]` (0 for none).
-pub(super) fn lstm_backward(a: k::LstmBackwardStepArgs, cell: &Cell, peephole: u64, dpeep: u64) -> k::LstmBackwardStepOptArgs {
+pub(in crate::backend::cuda) fn lstm_backward(
+    a: k::LstmBackwardStepArgs,
+    cell: &Cell,
+    peephole: u64,
+    dpeep: u64,
+) -> k::LstmBackwardStepOptArgs {
     let k::LstmBackwardStepArgs { batch, hidden, step, lengths, gates, c, c_prev, dm_in, dy, dy_stride, carry, dc, dg } = a;
     k::LstmBackwardStepOptArgs {
         batch,

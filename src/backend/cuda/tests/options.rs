@@ -10,8 +10,10 @@
 //! cell then. Row 2 of the batch is inactive (past its length). Tolerances are the driver
 //! tests' against the reference (1e-5 forward, 1e-4 gradients, `max_error`).
 
+use super::super::driver::options;
 use super::super::emulation::Emulation;
 use super::super::kernels as k;
+use crate::backend::cell::Cell;
 use crate::testkit::case::max_error;
 use crate::testkit::SplitMix64;
 
@@ -81,6 +83,17 @@ impl LstmOpts {
     fn plain(self) -> bool {
         !self.peephole && self.clip == 0.0 && !self.input_forget
     }
+
+    /// An LSTM cell of `H` units with these options, for the driver's argument mapping.
+    fn cell(self) -> Cell {
+        let cfg = crate::RnnConfig::new(crate::CellKind::Lstm, 1, H)
+            .peephole(self.peephole)
+            .gate_clip(self.clip)
+            .input_forget(self.input_forget)
+            .build()
+            .expect("a valid LSTM configuration");
+        Cell::of(&cfg)
+    }
 }
 
 /// One LSTM unit in f64 from `x = [a_i, a_f, a_g, a_o, c_prev, p_i, p_f, p_o]` (pre-activations
@@ -141,7 +154,7 @@ fn lstm_case(seed: u64, o: LstmOpts, force_opt: bool) {
     };
     if opt {
         let peephole = if o.peephole { addr(&peep) } else { 0 };
-        let args = k::LstmForwardStepOptArgs { peephole, clip: o.clip as f32, input_forget: o.input_forget as i32, ..opt_fwd(args) };
+        let args = options::lstm_forward(args, &o.cell(), peephole);
         exec.launch(0, k::LstmForwardStepOpt, B * H, &args).unwrap();
     } else {
         exec.launch(0, k::LstmForwardStep, B * H, &args).unwrap();
@@ -190,8 +203,7 @@ fn lstm_case(seed: u64, o: LstmOpts, force_opt: bool) {
     };
     if opt {
         let (peephole, dpeep) = if o.peephole { (addr(&peep), addr_mut(&mut dpeep)) } else { (0, 0) };
-        let args =
-            k::LstmBackwardStepOptArgs { peephole, clip: o.clip as f32, input_forget: o.input_forget as i32, dpeep, ..opt_bwd(args) };
+        let args = options::lstm_backward(args, &o.cell(), peephole, dpeep);
         exec.launch(0, k::LstmBackwardStepOpt, B * H, &args).unwrap();
     } else {
         exec.launch(0, k::LstmBackwardStep, B * H, &args).unwrap();
@@ -226,53 +238,6 @@ fn lstm_case(seed: u64, o: LstmOpts, force_opt: bool) {
     check(&format!("{what}: carry"), &carry, &want_carry, 1e-4);
     if o.peephole {
         check(&format!("{what}: dpeep"), &dpeep, &want_dpeep, 1e-4);
-    }
-}
-
-fn opt_fwd(a: k::LstmForwardStepArgs) -> k::LstmForwardStepOptArgs {
-    let k::LstmForwardStepArgs { batch, hidden, step, lengths, xg, hg, b_ih, b_hh, c_prev, keep, gates, c, m, y, y_stride } = a;
-    k::LstmForwardStepOptArgs {
-        batch,
-        hidden,
-        step,
-        lengths,
-        xg,
-        hg,
-        b_ih,
-        b_hh,
-        c_prev,
-        keep,
-        gates,
-        c,
-        m,
-        y,
-        y_stride,
-        peephole: 0,
-        clip: 0.0,
-        input_forget: 0,
-    }
-}
-
-fn opt_bwd(a: k::LstmBackwardStepArgs) -> k::LstmBackwardStepOptArgs {
-    let k::LstmBackwardStepArgs { batch, hidden, step, lengths, gates, c, c_prev, dm_in, dy, dy_stride, carry, dc, dg } = a;
-    k::LstmBackwardStepOptArgs {
-        batch,
-        hidden,
-        step,
-        lengths,
-        gates,
-        c,
-        c_prev,
-        dm_in,
-        dy,
-        dy_stride,
-        carry,
-        dc,
-        dg,
-        peephole: 0,
-        clip: 0.0,
-        input_forget: 0,
-        dpeep: 0,
     }
 }
 
