@@ -53,6 +53,8 @@
  *     gate_clip=X                               ONNX `clip` (X >= 0, finite; 0 = none); any cell
  *     input_forget=true|false                   LSTM, ONNX `input_forget`
  *     linear_before_reset=true|false            GRU; false = Cho et al. 2014, ONNX 0, Keras reset_after=False
+ *     layer_norm=true|false                     LSTM, GRU; Haste's LayerNormLSTM/LayerNormGRU (tensors
+ *                                               weight_ln_ih/_hh_l{k}, LSTM also weight_ln_c/bias_ln_c_l{k})
  *     batch_first=true|false                    PyTorch `batch_first`
  *   A malformed item, an unknown key or a value the cell does not take is
  *   RNNK_ERR_INVALID_ARGUMENT naming the key; an option the chosen backend does not implement is

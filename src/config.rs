@@ -172,7 +172,8 @@ impl FromStr for Merge {
 /// its builder method): [`direction`](RnnConfigBuilder::direction) (reverse-only),
 /// [`merge`](RnnConfigBuilder::merge), [`peephole`](RnnConfigBuilder::peephole),
 /// [`gate_clip`](RnnConfigBuilder::gate_clip), [`input_forget`](RnnConfigBuilder::input_forget),
-/// [`linear_before_reset`](RnnConfigBuilder::linear_before_reset) and
+/// [`linear_before_reset`](RnnConfigBuilder::linear_before_reset),
+/// [`layer_norm`](RnnConfigBuilder::layer_norm) and
 /// [`batch_first`](RnnConfigBuilder::batch_first). A backend that does not implement an option
 /// a configuration sets refuses the plan with [`Error::Unsupported`] naming it; no backend
 /// ignores one.
@@ -199,6 +200,7 @@ pub struct RnnConfig {
     gate_clip_bits: u64,
     input_forget: bool,
     linear_before_reset: bool,
+    layer_norm: bool,
     batch_first: bool,
 }
 
@@ -228,6 +230,7 @@ impl RnnConfig {
                 gate_clip_bits: 0,
                 input_forget: false,
                 linear_before_reset: true,
+                layer_norm: false,
                 batch_first: false,
             },
         }
@@ -285,6 +288,11 @@ impl RnnConfig {
     pub fn linear_before_reset(&self) -> bool {
         self.linear_before_reset
     }
+    /// Layer-normalised LSTM or GRU (Haste's `LayerNormLSTM`, `LayerNormGRU`): see
+    /// [`RnnConfigBuilder::layer_norm`].
+    pub fn layer_norm(&self) -> bool {
+        self.layer_norm
+    }
     /// Whether `x`, `y` (and `dx`, `dy`) are `[B, T, ·]` instead of `[T, B, ·]`; states stay
     /// `[L·D, B, ·]`.
     pub fn batch_first(&self) -> bool {
@@ -292,7 +300,7 @@ impl RnnConfig {
     }
     /// The options of this configuration that differ from PyTorch's plain cells, by their
     /// names in case files (`direction=reverse`, `merge=sum`, `peephole`, `gate_clip`,
-    /// `input_forget`, `linear_before_reset=false`, `batch_first`): what a backend checks
+    /// `input_forget`, `linear_before_reset=false`, `layer_norm`, `batch_first`): what a backend checks
     /// against the options it implements.
     pub fn options(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
@@ -313,6 +321,9 @@ impl RnnConfig {
         }
         if !self.linear_before_reset {
             v.push("linear_before_reset=false");
+        }
+        if self.layer_norm {
+            v.push("layer_norm");
         }
         if self.batch_first {
             v.push("batch_first");
@@ -442,6 +453,31 @@ impl RnnConfigBuilder {
         self.cfg.linear_before_reset = yes;
         self
     }
+    /// Layer normalisation inside an LSTM or GRU cell, with Haste's semantics (`LayerNormLSTM`,
+    /// `LayerNormGRU`; default false). Each layer-direction gains gains (and, for the LSTM's cell
+    /// state, a bias) that [`ParamLayout`](crate::ParamLayout) names `weight_ln_ih_l{k}`,
+    /// `weight_ln_hh_l{k}` (`[G·H]`) and, LSTM only, `weight_ln_c_l{k}`, `bias_ln_c_l{k}` (`[H]`).
+    ///
+    /// With `LN(v; γ, β) = γ ⊙ (v - mean(v)) / sqrt(var(v) + 1e-5) + β` over a row `v` (the
+    /// biased variance, ε = 1e-5 as in Haste and `torch.nn.LayerNorm`):
+    ///
+    /// - the input and recurrent products are normalised each over its whole row of `G·H`
+    ///   values (all gates together), gain only, before their biases: the gate pre-activations
+    ///   are `LN(W_ih x; γ_ih) + b_ih + LN(W_hh h_{t-1}; γ_hh) + b_hh` (GRU: the `n` gate's
+    ///   recurrent part `LN(W_hh h; γ_hh)_n + b_hn` is what the reset gate multiplies);
+    /// - LSTM: the cell state is normalised before the output activation,
+    ///   `h = o ⊙ tanh(LN(c_t; γ_c, β_c))`; the recurrence carries the raw `c_t`, and a peephole
+    ///   on `o` reads the raw `c_t` too.
+    ///
+    /// The other options apply on top: peepholes are added to the normalised pre-activations,
+    /// then the clip. Not for the RNN cells, nor the GRU with the reset gate before the recurrent
+    /// matmul ([`linear_before_reset`](Self::linear_before_reset) false), which Haste does not
+    /// define. [`Params::init_uniform`](crate::Params::init_uniform) sets the gains to 1 and the
+    /// bias to 0, as Haste and `torch.nn.LayerNorm` do.
+    pub fn layer_norm(mut self, yes: bool) -> Self {
+        self.cfg.layer_norm = yes;
+        self
+    }
     /// `x` and `y` batch-major, `[B, T, ·]` (PyTorch `batch_first=True`; default false).
     pub fn batch_first(mut self, yes: bool) -> Self {
         self.cfg.batch_first = yes;
@@ -496,6 +532,16 @@ impl RnnConfigBuilder {
         if !c.linear_before_reset && c.cell != CellKind::Gru {
             return Err(Error::invalid("linear_before_reset", format!("true for cell {} (the option is GRU only)", c.cell), false));
         }
+        if c.layer_norm && !matches!(c.cell, CellKind::Lstm | CellKind::Gru) {
+            return Err(Error::invalid("layer_norm", format!("false for cell {} (layer normalisation is for LSTM and GRU)", c.cell), true));
+        }
+        if c.layer_norm && !c.linear_before_reset {
+            return Err(Error::invalid(
+                "layer_norm",
+                "false with linear_before_reset=false (the layer-normalised GRU applies the reset gate after the recurrent matmul)",
+                true,
+            ));
+        }
         let clip = f64::from_bits(c.gate_clip_bits);
         if !(clip.is_finite() && clip >= 0.0) {
             return Err(Error::invalid("gate_clip", "a finite threshold, 0 (none) or more", clip));
@@ -544,6 +590,8 @@ impl RnnConfig {
             0
         });
         let recurrent = recurrent.saturating_add(if self.peephole { 3 * h } else { 0 });
+        let recurrent =
+            recurrent.saturating_add(if self.layer_norm { 2 * gh + if self.cell == CellKind::Lstm { 2 * h } else { 0 } } else { 0 });
         let first = gh.saturating_mul(i).saturating_add(recurrent);
         let upper = gh.saturating_mul(out_w).saturating_add(recurrent);
         let total = d.saturating_mul(first.saturating_add(l.saturating_sub(1).saturating_mul(upper)));

@@ -648,13 +648,14 @@ pub unsafe fn string<'a>(arg: &str, p: *const c_char) -> Result<&'a str, CapiErr
 
 /// The keys of `rnnk_model_create_ex`'s `options` string: the case-file metadata keys of the
 /// cell options (docs/case-format.md), each with the values it takes.
-pub const OPTION_KEYS: [(&str, &str); 7] = [
+pub const OPTION_KEYS: [(&str, &str); 8] = [
     ("direction", "forward, reverse or bidirectional"),
     ("merge", "concat or sum"),
     ("peephole", "true or false"),
     ("gate_clip", "a number, 0 for no clipping"),
     ("input_forget", "true or false"),
     ("linear_before_reset", "true or false"),
+    ("layer_norm", "true or false"),
     ("batch_first", "true or false"),
 ];
 
@@ -707,6 +708,7 @@ pub fn cell_options(
             "peephole" => builder.peephole(flag()?),
             "input_forget" => builder.input_forget(flag()?),
             "linear_before_reset" => builder.linear_before_reset(flag()?),
+            "layer_norm" => builder.layer_norm(flag()?),
             "batch_first" => builder.batch_first(flag()?),
             _ => return Err(unknown()),
         };
@@ -735,6 +737,9 @@ pub fn options_string(cfg: &RnnConfig) -> String {
     }
     if !cfg.linear_before_reset() {
         items.push("linear_before_reset=false".to_string());
+    }
+    if cfg.layer_norm() {
+        items.push("layer_norm=true".to_string());
     }
     if cfg.batch_first() {
         items.push("batch_first=true".to_string());

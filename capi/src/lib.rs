@@ -163,7 +163,7 @@ pub unsafe extern "C" fn rnnk_model_create(
 
 /// Creates a model as [`rnnk_model_create`] does, with the cell options of `options` (NULL or
 /// "" for none): comma-separated `key=value` items with the case-file keys `direction`, `merge`,
-/// `peephole`, `gate_clip`, `input_forget`, `linear_before_reset`, `batch_first` (parsed by
+/// `peephole`, `gate_clip`, `input_forget`, `linear_before_reset`, `layer_norm`, `batch_first` (parsed by
 /// `args::cell_options`). A backend that does not implement an option it sets is
 /// `RNNK_ERR_UNSUPPORTED` naming the option. `*out` is NULL on failure.
 #[no_mangle]
@@ -491,7 +491,7 @@ mod tests {
     fn a_bad_option_names_itself() {
         use status::RNNK_ERR_INVALID_ARGUMENT as INVALID;
         for (cell, bi, options, message) in [
-            (CellKind::Lstm, false, "peepholes", "`options`: items key=value with a key among direction, merge, peephole, gate_clip, input_forget, linear_before_reset, batch_first, got \"peepholes\""),
+            (CellKind::Lstm, false, "peepholes", "`options`: items key=value with a key among direction, merge, peephole, gate_clip, input_forget, linear_before_reset, layer_norm, batch_first, got \"peepholes\""),
             (CellKind::Lstm, false, "peephole,peephole=false", "`options`: each key at most once, got \"peephole\" twice"),
             (CellKind::Lstm, false, "peephole=yes", "`options: peephole`: true or false, got \"yes\""),
             (CellKind::Lstm, false, "gate_clip=big", "`options: gate_clip`: a number, 0 for no clipping, got \"big\""),

@@ -4,7 +4,9 @@
 //! `state_dict()`: for each layer `k`, the forward direction then the reverse one, each with
 //! `weight_ih_l{k}` `[G·H, In_k]`, `weight_hh_l{k}` `[G·H, Hout]`, `bias_ih_l{k}` `[G·H]`,
 //! `bias_hh_l{k}` `[G·H]` (when `bias`), `weight_hr_l{k}` `[Hout, H]` (when `proj_size > 0`)
-//! and `weight_peephole_l{k}` `[3, H]` (LSTM with peepholes, rows `i, f, o`);
+//! `weight_peephole_l{k}` `[3, H]` (LSTM with peepholes, rows `i, f, o`), and with
+//! [`layer_norm`](crate::RnnConfigBuilder::layer_norm) `weight_ln_ih_l{k}` `[G·H]`,
+//! `weight_ln_hh_l{k}` `[G·H]` and, LSTM only, `weight_ln_c_l{k}` `[H]`, `bias_ln_c_l{k}` `[H]`;
 //! the reverse direction's names end in `_reverse`. `In_0 = I`, above it the output width (`D·Hout`, or `Hout` with `merge=sum`). A
 //! reverse-only stack (`direction=reverse`) has one direction, with the unsuffixed names.
 //! Each tensor is stored row-major ("last dim fastest") at its offset in the flat buffer.
@@ -43,12 +45,30 @@ pub enum ParamKind {
     /// `weight_peephole` (LSTM peepholes), `[3, H]`, rows `i, f, o` (ONNX's `P` holds them in
     /// that order too).
     WeightPeephole,
+    /// `weight_ln_ih` (layer norm), `[G·H]`: the gain of the input product's normalisation.
+    WeightLnIh,
+    /// `weight_ln_hh` (layer norm), `[G·H]`: the gain of the recurrent product's normalisation.
+    WeightLnHh,
+    /// `weight_ln_c` (layer-normalised LSTM), `[H]`: the gain of the cell state's normalisation.
+    WeightLnC,
+    /// `bias_ln_c` (layer-normalised LSTM), `[H]`: the bias of the cell state's normalisation.
+    BiasLnC,
 }
 
 impl ParamKind {
     /// Every kind, in the order of a layer-direction's tensors in `state_dict()`.
-    pub const ALL: [ParamKind; 6] =
-        [ParamKind::WeightIh, ParamKind::WeightHh, ParamKind::BiasIh, ParamKind::BiasHh, ParamKind::WeightHr, ParamKind::WeightPeephole];
+    pub const ALL: [ParamKind; 10] = [
+        ParamKind::WeightIh,
+        ParamKind::WeightHh,
+        ParamKind::BiasIh,
+        ParamKind::BiasHh,
+        ParamKind::WeightHr,
+        ParamKind::WeightPeephole,
+        ParamKind::WeightLnIh,
+        ParamKind::WeightLnHh,
+        ParamKind::WeightLnC,
+        ParamKind::BiasLnC,
+    ];
 
     /// The PyTorch shape of this tensor of layer `layer` of `config`, or `None` where the
     /// configuration has no such tensor (biases without `bias`, `weight_hr` without projection).
@@ -60,6 +80,10 @@ impl ParamKind {
             ParamKind::BiasIh | ParamKind::BiasHh => config.bias().then(|| vec![gh]),
             ParamKind::WeightHr => (config.proj_size() > 0).then(|| vec![hout, config.hidden_size()]),
             ParamKind::WeightPeephole => config.peephole().then(|| vec![3, config.hidden_size()]),
+            ParamKind::WeightLnIh | ParamKind::WeightLnHh => config.layer_norm().then(|| vec![gh]),
+            ParamKind::WeightLnC | ParamKind::BiasLnC => {
+                (config.layer_norm() && config.cell() == crate::config::CellKind::Lstm).then(|| vec![config.hidden_size()])
+            }
         }
     }
 
@@ -71,6 +95,10 @@ impl ParamKind {
             ParamKind::BiasHh => "bias_hh",
             ParamKind::WeightHr => "weight_hr",
             ParamKind::WeightPeephole => "weight_peephole",
+            ParamKind::WeightLnIh => "weight_ln_ih",
+            ParamKind::WeightLnHh => "weight_ln_hh",
+            ParamKind::WeightLnC => "weight_ln_c",
+            ParamKind::BiasLnC => "bias_ln_c",
         }
     }
 }
@@ -122,6 +150,14 @@ pub struct LayerRanges {
     pub w_hr: Option<Range<usize>>,
     /// `weight_peephole`, `[3, H]`, when the LSTM has peepholes.
     pub peephole: Option<Range<usize>>,
+    /// `weight_ln_ih`, `[G·H]`, with layer norm.
+    pub ln_ih: Option<Range<usize>>,
+    /// `weight_ln_hh`, `[G·H]`, with layer norm.
+    pub ln_hh: Option<Range<usize>>,
+    /// `weight_ln_c`, `[H]`, with layer norm (LSTM).
+    pub ln_c_weight: Option<Range<usize>>,
+    /// `bias_ln_c`, `[H]`, with layer norm (LSTM).
+    pub ln_c_bias: Option<Range<usize>>,
 }
 
 /// The names, shapes and offsets of every parameter tensor of a configuration.
@@ -135,7 +171,7 @@ pub struct ParamLayout {
 
 impl ParamLayout {
     /// The layout of `config`'s parameters: one entry per tensor, at most
-    /// `6·D·`[`RnnConfig::MAX_NUM_LAYERS`] of them.
+    /// `10·D·`[`RnnConfig::MAX_NUM_LAYERS`] of them.
     pub fn new(config: &RnnConfig) -> Self {
         let specs: Vec<ParamSpec> = Self::specs_of(config).collect();
         // Every layer-direction has the same kinds of tensors, in the order of `ParamKind::ALL`.
@@ -152,6 +188,10 @@ impl ParamLayout {
                     b_hh: range(ParamKind::BiasHh),
                     w_hr: range(ParamKind::WeightHr),
                     peephole: range(ParamKind::WeightPeephole),
+                    ln_ih: range(ParamKind::WeightLnIh),
+                    ln_hh: range(ParamKind::WeightLnHh),
+                    ln_c_weight: range(ParamKind::WeightLnC),
+                    ln_c_bias: range(ParamKind::BiasLnC),
                 }
             })
             .collect();
@@ -282,13 +322,22 @@ impl<T: Element> Params<T> {
 
     /// PyTorch's initialisation: every tensor uniform in `±1/sqrt(H)`, drawn from a generator
     /// seeded with `seed` (the same seed gives the same parameters everywhere; the values differ
-    /// from PyTorch's own generator). Allocated like [`zeros`](Self::zeros).
+    /// from PyTorch's own generator). Allocated like [`zeros`](Self::zeros). The layer-norm
+    /// tensors are set as `torch.nn.LayerNorm` and Haste set them: gains 1, bias 0.
     pub fn init_uniform(config: &RnnConfig, seed: u64) -> Result<Self> {
         let mut p = Self::zeros(config)?;
         let k = 1.0 / (config.hidden_size() as f64).sqrt();
         let mut rng = SplitMix64::new(seed);
         for v in &mut p.data {
             *v = T::from_f64(rng.uniform(-k, k));
+        }
+        for spec in p.layout.specs.iter() {
+            let value = match spec.kind {
+                ParamKind::WeightLnIh | ParamKind::WeightLnHh | ParamKind::WeightLnC => 1.0,
+                ParamKind::BiasLnC => 0.0,
+                _ => continue,
+            };
+            p.data[spec.range()].fill(T::from_f64(value));
         }
         Ok(p)
     }

@@ -113,7 +113,7 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
 /// and of [`Params::save_safetensors`]: `cell`, `input_size`, `hidden_size`, `num_layers`,
 /// `bidirectional`, `proj_size`, and optionally `bias`, default `true`; the cell options
 /// `direction` (which, when present, decides over `bidirectional`), `merge`, `peephole`,
-/// `gate_clip`, `input_forget`, `linear_before_reset` and `batch_first`, each with the default
+/// `gate_clip`, `input_forget`, `linear_before_reset`, `layer_norm` and `batch_first`, each with the default
 /// of [`RnnConfig::new`]).
 pub fn config_from_metadata(meta: &HashMap<String, String>, source: &str) -> Result<RnnConfig> {
     config_from_metadata_inner(meta).map_err(|e| e.in_file(source))
@@ -177,6 +177,7 @@ fn config_from_metadata_inner(meta: &HashMap<String, String>) -> Result<RnnConfi
         .gate_clip(gate_clip)
         .input_forget(flag("input_forget", Some(false))?)
         .linear_before_reset(flag("linear_before_reset", Some(true))?)
+        .layer_norm(flag("layer_norm", Some(false))?)
         .batch_first(flag("batch_first", Some(false))?)
         .build()
 }
@@ -211,6 +212,9 @@ pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
     }
     if !config.linear_before_reset() {
         m.insert("linear_before_reset".to_string(), "false".to_string());
+    }
+    if config.layer_norm() {
+        m.insert("layer_norm".to_string(), "true".to_string());
     }
     if config.batch_first() {
         m.insert("batch_first".to_string(), "true".to_string());
