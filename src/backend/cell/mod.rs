@@ -25,6 +25,9 @@ pub(crate) struct Cell {
     /// GRU: reset gate applied after the recurrent matmul (PyTorch, cuDNN) if true, before it
     /// (Cho) if false. True for the other cells.
     pub linear_before_reset: bool,
+    /// Layer-normalised LSTM or GRU (Haste's semantics; see
+    /// [`RnnConfigBuilder::layer_norm`](crate::RnnConfigBuilder::layer_norm)).
+    pub layer_norm: bool,
 }
 
 impl Cell {
@@ -39,6 +42,7 @@ impl Cell {
             clip: config.gate_clip().unwrap_or(0.0),
             input_forget: config.input_forget(),
             linear_before_reset: config.linear_before_reset(),
+            layer_norm: config.layer_norm(),
         }
     }
 
@@ -71,12 +75,19 @@ impl Cell {
     /// rows (zero for what this cell does not save).
     pub fn saved_sizes(&self, t: usize, b: usize) -> Saved<usize> {
         let tb = t * b;
+        let (ln, ln_c) = (self.layer_norm, self.layer_norm && self.is_lstm());
         Saved {
             gates: tb * self.gate_width(),
             extra: if self.is_gru() { tb * self.hidden } else { 0 },
             c: if self.is_lstm() { tb * self.hidden } else { 0 },
             m: if self.projected() { tb * self.hidden } else { 0 },
             h: tb * self.hidden_out,
+            ln_x: if ln { tb * self.gate_width() } else { 0 },
+            ln_h: if ln { tb * self.gate_width() } else { 0 },
+            ln_c: if ln_c { tb * self.hidden } else { 0 },
+            rstd_x: if ln { tb } else { 0 },
+            rstd_h: if ln { tb } else { 0 },
+            rstd_c: if ln_c { tb } else { 0 },
         }
     }
 }
@@ -97,38 +108,79 @@ pub(crate) struct Saved<M> {
     pub m: M,
     /// `[T, B, Hout]`: hidden state after each step (kept, not zeroed, past a length).
     pub h: M,
+    /// `[T, B, G·H]` (layer norm): the input product `W_ih x` normalised, `(v - mean) · rstd`,
+    /// before its gain.
+    pub ln_x: M,
+    /// `[T, B, G·H]` (layer norm): the recurrent product `W_hh h_prev` normalised, before its
+    /// gain.
+    pub ln_h: M,
+    /// `[T, B, H]` (layer-normalised LSTM): the cell state normalised, before its gain and bias.
+    pub ln_c: M,
+    /// `[T, B]` (layer norm): `1 / sqrt(var + ε)` of each row of the input product.
+    pub rstd_x: M,
+    /// `[T, B]` (layer norm): the same of the recurrent product.
+    pub rstd_h: M,
+    /// `[T, B]` (layer-normalised LSTM): the same of the cell state.
+    pub rstd_c: M,
 }
 
+/// The number of buffers of a [`Saved`].
+pub(crate) const SAVED_BUFFERS: usize = 11;
+
 impl<M> Saved<M> {
-    /// The five buffers, in a fixed order (gates, extra, c, m, h).
+    /// The buffers, in a fixed order (gates, extra, c, m, h, ln_x, ln_h, ln_c, rstd_x, rstd_h,
+    /// rstd_c).
     // The CUDA driver's views of a reserve; the host driver reads the fields by name.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-    pub fn each(&self) -> [&M; 5] {
-        [&self.gates, &self.extra, &self.c, &self.m, &self.h]
+    pub fn each(&self) -> [&M; SAVED_BUFFERS] {
+        [&self.gates, &self.extra, &self.c, &self.m, &self.h, &self.ln_x, &self.ln_h, &self.ln_c, &self.rstd_x, &self.rstd_h, &self.rstd_c]
     }
 
-    /// The five buffers, mutably, in the order of [`each`](Self::each).
-    pub fn each_mut(&mut self) -> [&mut M; 5] {
-        [&mut self.gates, &mut self.extra, &mut self.c, &mut self.m, &mut self.h]
+    /// The buffers, mutably, in the order of [`each`](Self::each).
+    pub fn each_mut(&mut self) -> [&mut M; SAVED_BUFFERS] {
+        [
+            &mut self.gates,
+            &mut self.extra,
+            &mut self.c,
+            &mut self.m,
+            &mut self.h,
+            &mut self.ln_x,
+            &mut self.ln_h,
+            &mut self.ln_c,
+            &mut self.rstd_x,
+            &mut self.rstd_h,
+            &mut self.rstd_c,
+        ]
+    }
+
+    /// The buffers of an array in the order of [`each`](Self::each).
+    pub fn from_array(a: [M; SAVED_BUFFERS]) -> Saved<M> {
+        let [gates, extra, c, m, h, ln_x, ln_h, ln_c, rstd_x, rstd_h, rstd_c] = a;
+        Saved { gates, extra, c, m, h, ln_x, ln_h, ln_c, rstd_x, rstd_h, rstd_c }
+    }
+
+    /// The buffers as an array in the order of [`each`](Self::each).
+    pub fn into_array(self) -> [M; SAVED_BUFFERS] {
+        let Saved { gates, extra, c, m, h, ln_x, ln_h, ln_c, rstd_x, rstd_h, rstd_c } = self;
+        [gates, extra, c, m, h, ln_x, ln_h, ln_c, rstd_x, rstd_h, rstd_c]
     }
 
     /// Each buffer through `f`, called in the order of [`each`](Self::each): e.g. element
     /// counts to buffers, or buffers to views of them.
-    pub fn map<N>(self, mut f: impl FnMut(M) -> N) -> Saved<N> {
-        Saved { gates: f(self.gates), extra: f(self.extra), c: f(self.c), m: f(self.m), h: f(self.h) }
+    pub fn map<N>(self, f: impl FnMut(M) -> N) -> Saved<N> {
+        Saved::from_array(self.into_array().map(f))
     }
 
-    /// The five buffers, borrowed mutably, as one `Saved` (then [`map`](Self::map) them to
-    /// views).
+    /// The buffers, borrowed mutably, as one `Saved` (then [`map`](Self::map) them to views).
     pub fn as_mut(&mut self) -> Saved<&mut M> {
-        Saved { gates: &mut self.gates, extra: &mut self.extra, c: &mut self.c, m: &mut self.m, h: &mut self.h }
+        Saved::from_array(self.each_mut())
     }
 }
 
 impl Saved<usize> {
     /// Pairs each buffer of `bufs` with its element count.
-    pub fn zip<'a, M>(&self, bufs: &'a mut Saved<M>) -> [(&'a mut M, usize); 5] {
-        let [g, e, c, m, h] = bufs.each_mut();
-        [(g, self.gates), (e, self.extra), (c, self.c), (m, self.m), (h, self.h)]
+    pub fn zip<'a, M>(&self, bufs: &'a mut Saved<M>) -> [(&'a mut M, usize); SAVED_BUFFERS] {
+        let mut n = self.into_array().into_iter();
+        bufs.each_mut().map(|b| (b, n.next().unwrap_or(0)))
     }
 }

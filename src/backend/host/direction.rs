@@ -224,8 +224,8 @@ pub(super) fn cut_saved<'a, T>(
     let mut cuts = widths.zip(s).map(|(v, w)| cut_rows(&mut v[steps.start * bl * w..steps.end * bl * w], n, bounds).into_iter());
     (1..bounds.len())
         .map(|_| {
-            let [g, e, c, m, h] = cuts.each_mut().map(|blocks| blocks.next().unwrap_or_default().into_iter());
-            g.zip(e).zip(c).zip(m).zip(h).map(|((((gates, extra), c), m), h)| Saved { gates, extra, c, m, h }).collect()
+            let mut fields = cuts.each_mut().map(|blocks| blocks.next().unwrap_or_default().into_iter());
+            (0..n).map(|_| Saved::from_array(fields.each_mut().map(|f| f.next().unwrap_or_default()))).collect()
         })
         .collect()
 }

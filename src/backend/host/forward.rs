@@ -369,7 +369,7 @@ fn forward_step<T: Float, K: HostKernels<T>>(
     // Without a save (inference) the step's h and c go to the scratch, which then trades places
     // with h_prev and c_prev instead of being copied into them.
     let in_scratch = save.is_none();
-    let Saved { gates, extra, c, m, h: h_t } = save.unwrap_or_else(|| scratch.as_mut().map(|v| &mut v[..]));
+    let Saved { gates, extra, c, m, h: h_t, .. } = save.unwrap_or_else(|| scratch.as_mut().map(|v| &mut v[..]));
     // Without a projection the cell writes the new hidden state directly.
     let m_out: &mut [T] = if dm.proj { &mut *m } else { &mut *h_t };
     let (hg, hg_reset_before) = if reset_before { (&[][..], Some(&mut **hg)) } else { (&**hg, None) };

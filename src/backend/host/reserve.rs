@@ -55,7 +55,7 @@ impl<T: Float> HostReserve<T> {
         // keeps them in `usize`); their product with the rows is what may not fit.
         let per_row = {
             let one = cell.saved_sizes(1, 1);
-            let dir = [one.gates, one.extra, one.c, one.m, one.h].iter().map(|&n| n as u128).sum::<u128>();
+            let dir = one.into_array().iter().map(|&n| n as u128).sum::<u128>();
             lds as u128 * dir + (cfg.num_layers() as u128 - 1) * cfg.output_size() as u128
         };
         let total = (tb as u128).saturating_mul(per_row);

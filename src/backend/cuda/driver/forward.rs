@@ -249,7 +249,8 @@ fn direction_bufs(temps: &mut Temps<'_, '_>, dims: &LayerDims, save: Option<&mut
         Some(sv) => {
             let st = exec.storage();
             let sizes = dims.cell.saved_sizes(tl, bl);
-            let [gates, extra, c, m, h] = sizes.zip(sv);
+            // The layer-norm buffers stay empty: the CUDA backend refuses layer_norm at plan.
+            let [gates, extra, c, m, h, ..] = sizes.zip(sv);
             let [gates, extra, c] = [gates, extra, c].map(|(slot, n)| exec.fit(slot, Dtype::F32, n));
             let [m, h] = [m, h].map(|(slot, n)| exec.fit(slot, st, n));
             FwdBufs { xg, hg, h: h?, c: c?, m: m?, gates: Some(gates?), extra: Some(extra?), training: true, persistent: None }

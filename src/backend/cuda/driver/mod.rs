@@ -162,14 +162,7 @@ impl SavedViews {
             c0: v(&r.c0),
             lens: r.lengths.as_ref().map_or(0, RawBuf::ptr),
             outputs: r.outputs.iter().map(v).collect(),
-            dirs: r
-                .dirs
-                .iter()
-                .map(|d| {
-                    let [gates, extra, c, m, h] = d.each().map(v);
-                    Saved { gates, extra, c, m, h }
-                })
-                .collect(),
+            dirs: r.dirs.iter().map(|d| Saved::from_array(d.each().map(v))).collect(),
         }
     }
 }
