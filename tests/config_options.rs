@@ -20,12 +20,17 @@ fn options_are_validated_per_cell() {
     assert_eq!(invalid_arg(lstm().linear_before_reset(false).build()), "linear_before_reset");
     assert_eq!(invalid_arg(RnnConfig::new(CellKind::RnnTanh, 3, 4).linear_before_reset(false).build()), "linear_before_reset");
     assert_eq!(invalid_arg(lstm().merge(Merge::Sum).build()), "merge");
+    assert_eq!(invalid_arg(RnnConfig::new(CellKind::RnnTanh, 3, 4).layer_norm(true).build()), "layer_norm");
+    assert_eq!(invalid_arg(RnnConfig::new(CellKind::RnnRelu, 3, 4).layer_norm(true).build()), "layer_norm");
+    assert_eq!(invalid_arg(gru().layer_norm(true).linear_before_reset(false).build()), "layer_norm");
     assert_eq!(invalid_arg(lstm().direction(Direction::Reverse).merge(Merge::Sum).build()), "merge");
     for bad in [-1.0, f64::NAN, f64::INFINITY] {
         assert_eq!(invalid_arg(gru().gate_clip(bad).build()), "gate_clip", "clip {bad}");
     }
     // Every option on the cells that have it builds.
     lstm().peephole(true).input_forget(true).gate_clip(3.0).direction(Direction::Reverse).batch_first(true).build().unwrap();
+    lstm().layer_norm(true).peephole(true).input_forget(true).gate_clip(3.0).proj_size(2).build().unwrap();
+    gru().layer_norm(true).gate_clip(1.0).bidirectional(true).build().unwrap();
     gru().linear_before_reset(false).gate_clip(0.5).bidirectional(true).merge(Merge::Sum).build().unwrap();
     let c = RnnConfig::new(CellKind::RnnRelu, 3, 4).gate_clip(-0.0).build().unwrap();
     assert_eq!(c.gate_clip(), None, "-0 is no clipping");
@@ -63,11 +68,48 @@ fn peephole_tensors_are_in_the_layout() {
 }
 
 #[test]
+fn layer_norm_tensors_are_in_the_layout() {
+    // LSTM: two G·H gains and the cell state's gain and bias, per layer-direction, after the
+    // other tensors of the layer-direction.
+    let c = RnnConfig::new(CellKind::Lstm, 3, 5).layer_norm(true).bidirectional(true).num_layers(2).proj_size(2).build().unwrap();
+    let p = Params::<f64>::init_uniform(&c, 7).unwrap();
+    for (l, sfx) in [(0, ""), (0, "_reverse"), (1, ""), (1, "_reverse")] {
+        let d = usize::from(!sfx.is_empty());
+        let shape =
+            |stem: &str| p.layout().find(&format!("{stem}_l{l}{sfx}")).unwrap_or_else(|| panic!("{stem}_l{l}{sfx} missing")).clone();
+        let (ih, hh, gc, bc) = (shape("weight_ln_ih"), shape("weight_ln_hh"), shape("weight_ln_c"), shape("bias_ln_c"));
+        assert_eq!((ih.shape.clone(), hh.shape.clone(), gc.shape.clone(), bc.shape.clone()), (vec![20], vec![20], vec![5], vec![5]));
+        let r = p.layout().layer(l, d);
+        assert_eq!((r.ln_ih.clone(), r.ln_hh.clone()), (Some(ih.range()), Some(hh.range())));
+        assert_eq!((r.ln_c_weight.clone(), r.ln_c_bias.clone()), (Some(gc.range()), Some(bc.range())));
+        assert!(ih.offset > shape("weight_hr").offset, "the layer-norm tensors follow the others");
+        // Initialised as torch.nn.LayerNorm and Haste initialise them: gains 1, bias 0.
+        for s in [&ih, &hh, &gc] {
+            assert!(p.as_slice()[s.range()].iter().all(|&v| v == 1.0), "{}", s.name);
+        }
+        assert!(p.as_slice()[bc.range()].iter().all(|&v| v == 0.0));
+    }
+    assert_eq!(c.param_count(), p.as_slice().len());
+    // The other tensors do not change with layer norm: same names, shapes and initial values.
+    let plain = Params::<f64>::init_uniform(&c.to_builder().layer_norm(false).build().unwrap(), 7).unwrap();
+    for s in plain.layout().specs() {
+        assert_eq!(p.get(&s.name).unwrap(), plain.get(&s.name).unwrap(), "{}", s.name);
+    }
+    // GRU: the two gains only.
+    let g = RnnConfig::new(CellKind::Gru, 3, 5).layer_norm(true).build().unwrap();
+    let names: Vec<String> = Params::<f32>::zeros(&g).unwrap().layout().specs().iter().map(|s| s.name.clone()).collect();
+    assert_eq!(names, ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0", "weight_ln_ih_l0", "weight_ln_hh_l0"]);
+    assert_eq!(g.options(), vec!["layer_norm"]);
+}
+
+#[test]
 fn options_round_trip_through_metadata() {
     let configs = [
         RnnConfig::new(CellKind::Lstm, 3, 5).peephole(true).input_forget(true).gate_clip(2.5).direction(Direction::Reverse).build(),
         RnnConfig::new(CellKind::Gru, 3, 5).linear_before_reset(false).bidirectional(true).merge(Merge::Sum).batch_first(true).build(),
         RnnConfig::new(CellKind::RnnTanh, 3, 5).gate_clip(0.1).build(),
+        RnnConfig::new(CellKind::Lstm, 3, 5).layer_norm(true).peephole(true).build(),
+        RnnConfig::new(CellKind::Gru, 3, 5).layer_norm(true).bidirectional(true).build(),
     ];
     for c in configs {
         let c = c.unwrap();
@@ -77,7 +119,7 @@ fn options_round_trip_through_metadata() {
     // `direction` decides over `bidirectional`; a plain configuration writes no option key.
     let plain = RnnConfig::new(CellKind::Lstm, 3, 5).build().unwrap();
     let mut meta = config_metadata(&plain);
-    for key in ["direction", "merge", "peephole", "gate_clip", "input_forget", "linear_before_reset", "batch_first"] {
+    for key in ["direction", "merge", "peephole", "gate_clip", "input_forget", "linear_before_reset", "layer_norm", "batch_first"] {
         assert!(!meta.contains_key(key), "{key} written for a plain configuration");
     }
     meta.insert("bidirectional".into(), "true".into());
@@ -103,6 +145,7 @@ fn backends_refuse_options_they_lack() {
         ("input_forget", RnnConfig::new(CellKind::Lstm, 3, 4).input_forget(true)),
         ("linear_before_reset=false", RnnConfig::new(CellKind::Gru, 3, 4).linear_before_reset(false)),
         ("batch_first", RnnConfig::new(CellKind::Gru, 3, 4).batch_first(true)),
+        ("layer_norm", RnnConfig::new(CellKind::Lstm, 3, 4).layer_norm(true)),
     ];
     for (option, b) in all {
         let c = b.build().unwrap();

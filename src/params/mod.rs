@@ -323,21 +323,21 @@ impl<T: Element> Params<T> {
     /// PyTorch's initialisation: every tensor uniform in `±1/sqrt(H)`, drawn from a generator
     /// seeded with `seed` (the same seed gives the same parameters everywhere; the values differ
     /// from PyTorch's own generator). Allocated like [`zeros`](Self::zeros). The layer-norm
-    /// tensors are set as `torch.nn.LayerNorm` and Haste set them: gains 1, bias 0.
+    /// tensors are set as `torch.nn.LayerNorm` and Haste set them, gains 1 and bias 0, and the
+    /// generator draws for the other tensors only: they are the same with and without layer norm.
     pub fn init_uniform(config: &RnnConfig, seed: u64) -> Result<Self> {
         let mut p = Self::zeros(config)?;
         let k = 1.0 / (config.hidden_size() as f64).sqrt();
         let mut rng = SplitMix64::new(seed);
-        for v in &mut p.data {
-            *v = T::from_f64(rng.uniform(-k, k));
-        }
+        // The generator draws for the other tensors only, in layout order, so that they are the
+        // same with and without layer norm.
         for spec in p.layout.specs.iter() {
-            let value = match spec.kind {
-                ParamKind::WeightLnIh | ParamKind::WeightLnHh | ParamKind::WeightLnC => 1.0,
-                ParamKind::BiasLnC => 0.0,
-                _ => continue,
-            };
-            p.data[spec.range()].fill(T::from_f64(value));
+            let values = &mut p.data[spec.range()];
+            match spec.kind {
+                ParamKind::WeightLnIh | ParamKind::WeightLnHh | ParamKind::WeightLnC => values.fill(T::from_f64(1.0)),
+                ParamKind::BiasLnC => values.fill(T::from_f64(0.0)),
+                _ => values.iter_mut().for_each(|v| *v = T::from_f64(rng.uniform(-k, k))),
+            }
         }
         Ok(p)
     }
