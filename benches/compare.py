@@ -26,7 +26,8 @@ Usage:
 Config syntax: `cell-I-H-B-T[-lL][-bi][options][:mode]`, mode `inference` (default) or `train`;
 options are suffixes in any order: `-rev` (direction reverse), `-sum` (merge sum), `-peep`
 (peepholes), `-clipX` (gate clip X), `-if` (input_forget), `-cho` (GRU linear_before_reset=0),
-`-bf` (batch-first). A peer that lacks an option reads "n/a" (peers.py's `unsupported`).
+`-ln` (layer norm, Haste's; no peer has it), `-bf` (batch-first). A peer that lacks an option
+reads "n/a" (peers.py's `unsupported`).
 """
 
 import argparse
@@ -83,8 +84,8 @@ ONNX_CONFIGS = [
 # `--option-cost`: each option's configuration beside the plain one it is timed against.
 OPTION_COST_BASES = ["lstm-512-512-64-100", "gru-512-512-64-100"]
 OPTION_COST_OPTIONS = {
-    "lstm": ["-peep", "-clip3", "-if", "-rev", "-bi/-bi-sum", "-bf"],
-    "gru": ["-cho", "-clip3", "-rev", "-bi/-bi-sum", "-bf"],
+    "lstm": ["-peep", "-clip3", "-if", "-ln", "-rev", "-bi/-bi-sum", "-bf"],
+    "gru": ["-cho", "-clip3", "-ln", "-rev", "-bi/-bi-sum", "-bf"],
 }
 
 # A smoke list that runs in seconds.
@@ -114,6 +115,7 @@ class Config:
         self.clip = o.get("clip", 0.0)
         self.input_forget = o.get("input_forget", False)
         self.cho = o.get("cho", False)
+        self.layer_norm = o.get("layer_norm", False)
         self.batch_first = o.get("batch_first", False)
 
     def _name(self, sizes):
@@ -157,6 +159,8 @@ class Config:
             f += ["--input-forget"]
         if self.cho:
             f += ["--cho"]
+        if self.layer_norm:
+            f += ["--layer-norm"]
         if self.batch_first:
             f += ["--batch-first"]
         return f
@@ -192,7 +196,8 @@ def parse_config(spec):
         raise ValueError(f"I, H, B, T must be integers in {spec!r}") from None
     layers, bi, opts = 1, False, {}
     flags = {"rev": ("direction", "reverse"), "sum": ("merge", "sum"), "peep": ("peephole", True),
-             "if": ("input_forget", True), "cho": ("cho", True), "bf": ("batch_first", True)}
+             "if": ("input_forget", True), "cho": ("cho", True), "ln": ("layer_norm", True),
+             "bf": ("batch_first", True)}
     for extra in parts[5:]:
         if extra == "bi":
             bi = True
@@ -209,7 +214,7 @@ def parse_config(spec):
                 raise ValueError(f"-clipX needs a finite X > 0 in {spec!r}")
         else:
             raise ValueError(f"unknown config suffix {extra!r} in {spec!r} "
-                             "(use -lL, -bi, -rev, -sum, -peep, -clipX, -if, -cho, -bf)")
+                             "(use -lL, -bi, -rev, -sum, -peep, -clipX, -if, -cho, -ln, -bf)")
     if min(i, h, b, t, layers) < 1:
         raise ValueError(f"sizes must be >= 1 in {spec!r}")
     if opts.get("direction") == "reverse" and bi:

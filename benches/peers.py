@@ -12,9 +12,10 @@ Everything else (skipped impls, warnings, export chatter) goes to stderr. An imp
 installed is skipped with a note, never a crash; `train` is skipped for onnxruntime.
 
 Cell options, as the Rust bench example takes them: `--peephole`, `--clip X`, `--input-forget`,
-`--cho` (GRU, linear_before_reset=0), `--direction forward|reverse|bidirectional`, `--merge
-concat|sum`, `--batch-first`. The config name gains the same suffixes as ours (`-rev`, `-sum`,
-`-peep`, `-clipX`, `-if`, `-cho`, `-bf`) and the line an "options" field. PyTorch runs
+`--cho` (GRU, linear_before_reset=0), `--layer-norm`, `--direction forward|reverse|bidirectional`,
+`--merge concat|sum`, `--batch-first`. The config name gains the same suffixes as ours (`-rev`,
+`-sum`, `-peep`, `-clipX`, `-if`, `-cho`, `-ln`, `-bf`) and the line an "options" field (no peer
+runs layer norm: it is Haste's, in neither PyTorch nor ONNX). PyTorch runs
 `--batch-first` (its `batch_first=True`) and no other option; onnxruntime runs the ONNX ones
 (peephole, clip, input_forget, Cho's GRU, reverse) on a single-node LSTM/GRU/RNN model built with
 `onnx.helper` (one layer), and not merge=sum (ONNX has no such merge) nor batch-first (its CPU
@@ -87,6 +88,8 @@ def option_names(a):
         names.append("input_forget")
     if getattr(a, "cho", False):
         names.append("linear_before_reset=false")
+    if getattr(a, "layer_norm", False):
+        names.append("layer_norm")
     if getattr(a, "batch_first", False):
         names.append("batch_first")
     return names
@@ -107,6 +110,8 @@ def option_suffix(a):
         s += "-if"
     if getattr(a, "cho", False):
         s += "-cho"
+    if getattr(a, "layer_norm", False):
+        s += "-ln"
     if getattr(a, "batch_first", False):
         s += "-bf"
     return s
@@ -532,6 +537,7 @@ def parse_args(argv):
     p.add_argument("--clip", type=float, default=0.0, help="gate clip threshold (ONNX clip; 0: none)")
     p.add_argument("--input-forget", action="store_true", help="LSTM coupled input-forget gate (ONNX input_forget)")
     p.add_argument("--cho", action="store_true", help="GRU with the reset gate before the matmul (ONNX linear_before_reset=0)")
+    p.add_argument("--layer-norm", action="store_true", help="layer-normalised LSTM/GRU (Haste's; no peer has it: reported n/a)")
     p.add_argument("--direction", choices=("forward", "reverse", "bidirectional"), default=None,
                    help="ONNX direction (overrides --bidirectional)")
     p.add_argument("--merge", choices=("concat", "sum"), default="concat", help="bidirectional merge (Keras merge_mode)")

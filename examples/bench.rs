@@ -9,9 +9,9 @@
 //! ```
 //!
 //! Cell options (each as the builder method of `RnnConfig` it sets): `--peephole`, `--clip X`
-//! (`gate_clip`), `--input-forget`, `--cho` (`linear_before_reset(false)`), `--direction
-//! forward|reverse|bidirectional`, `--merge concat|sum`, `--batch-first`. Each adds a suffix to
-//! the `config` name (`-rev`, `-sum`, `-peep`, `-clipX`, `-if`, `-cho`, `-bf`, in that order, as
+//! (`gate_clip`), `--input-forget`, `--cho` (`linear_before_reset(false)`), `--layer-norm`,
+//! `--direction forward|reverse|bidirectional`, `--merge concat|sum`, `--batch-first`. Each adds a
+//! suffix to the `config` name (`-rev`, `-sum`, `-peep`, `-clipX`, `-if`, `-cho`, `-ln`, `-bf`, in that order, as
 //! `benches/peers.py` names them) and the line gains `"options"` (the configuration's option
 //! names); a plain configuration's line is unchanged.
 //!
@@ -55,13 +55,14 @@ struct Args {
     input_forget: bool,
     /// `--cho`: GRU with `linear_before_reset(false)`.
     cho: bool,
+    layer_norm: bool,
     batch_first: bool,
 }
 
 const USAGE: &str = "usage: bench --backend reference|cpu|cuda --cell lstm|gru|rnn_tanh|rnn_relu --input I --hidden H \
 --batch B --steps T [--layers L (1 to 1000)] [--bidirectional] [--proj P] --mode inference|train [--threads N (1 to 1024)] \
 [--reps N (1 to 1000000)] [--warmup N (0 to 1000000)] [--dtype f32|f16|bf16 (cuda)]
-[--peephole] [--clip X] [--input-forget] [--cho] [--direction forward|reverse|bidirectional] [--merge concat|sum] [--batch-first]
+[--peephole] [--clip X] [--input-forget] [--cho] [--layer-norm] [--direction forward|reverse|bidirectional] [--merge concat|sum] [--batch-first]
 Sizes whose buffers need more than the machine's memory (RAM and swap, on Linux) are refused before anything is allocated.";
 
 /// The most `--layers`, `--threads`, and `--reps` or `--warmup`.
@@ -91,6 +92,7 @@ fn parse() -> Result<Args, String> {
         clip: 0.0,
         input_forget: false,
         cho: false,
+        layer_norm: false,
         batch_first: false,
     };
     let mut it = std::env::args().skip(1);
@@ -124,6 +126,7 @@ fn parse() -> Result<Args, String> {
             "--peephole" => a.peephole = true,
             "--input-forget" => a.input_forget = true,
             "--cho" => a.cho = true,
+            "--layer-norm" => a.layer_norm = true,
             "--batch-first" => a.batch_first = true,
             "--clip" => {
                 let v = it.next().ok_or("--clip needs a value")?;
@@ -357,6 +360,7 @@ fn config(a: &Args) -> Result<RnnConfig, rnn_kernels::Error> {
         .gate_clip(a.clip)
         .input_forget(a.input_forget)
         .linear_before_reset(!a.cho)
+        .layer_norm(a.layer_norm)
         .batch_first(a.batch_first)
         .build()
 }
@@ -381,6 +385,9 @@ fn option_suffix(cfg: &RnnConfig) -> String {
     }
     if !cfg.linear_before_reset() {
         s += "-cho";
+    }
+    if cfg.layer_norm() {
+        s += "-ln";
     }
     if cfg.batch_first() {
         s += "-bf";
