@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 seconds=${FUZZ_SECONDS:-60}
 runs=${FUZZ_RUNS:-}
 malloc_limit=${FUZZ_MALLOC_LIMIT_MB:-64}
-all_targets=(params_load case_load config_build seq_shape capi_args onnx_load)
+all_targets=(params_load case_load config_build seq_shape capi_args onnx_load capi_options)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all_targets[@]}")
 

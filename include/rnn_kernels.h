@@ -189,7 +189,8 @@ int rnnk_model_create_ex(const char* cell, size_t input_size, size_t hidden_size
                          size_t proj_size, int bias, const char* options, const char* backend, size_t threads, rnnk_model** out);
 
 /* The model's cell options as rnnk_model_create_ex takes them (the non-default ones, e.g.
- * "direction=reverse,peephole=true,gate_clip=3"; "" for none), NUL-terminated in buf [buf_len]
+ * "direction=reverse,peephole=true,gate_clip=3"; "" for none; a bidirectional model's direction is its `bidirectional` argument, not in the
+ * string: the string with bidirectional = 1 makes it again), NUL-terminated in buf [buf_len]
  * bytes. *len (optional) gets the string's length without the NUL, also when buf is too small:
  * then RNNK_ERR_SIZE_MISMATCH naming `buf`, and buf is untouched. buf may be NULL with buf_len 0
  * to ask for the length only. */
