@@ -8,7 +8,8 @@
 //! - the GEMM on blocks of columns (strided rows) the driver runs it with;
 //! - the driver against the f64 reference: layers, directions (forward, reverse-only,
 //!   bidirectional concatenated and summed), variable lengths, gate clip, bias, batch-first,
-//!   the layer wavefront, f16 and bf16 storage; and the persistent kernels declining it.
+//!   f16 and bf16 storage (`half_storage.rs`), the persistent kernels declining it
+//!   (`options_driver.rs`); the layer wavefront bit for bit against the layer-by-layer order.
 //!
 //! Tolerances are the other emulation tests' (1e-5 forward, 1e-4 gradients, `max_error`; the
 //! derived bounds for 16-bit storage).
@@ -307,4 +308,30 @@ fn emulated_driver_cho_matches_reference() {
     // T = 1, B = 1: the weight gradients' shifted GEMMs with no rows.
     let one = SeqShape::new(1, 1).unwrap();
     Problem::<f32>::new(&cho().num_layers(2).build().unwrap(), &one, 8, 3.0).check_with_options().unwrap();
+}
+
+/// The layer wavefront with chunks shorter than the sequence, bit for bit against the
+/// layer-by-layer order (`wavefront.rs`'s check: outputs, saved activations, gradients), 2 and
+/// 3 layers, with and without bias and clip, f32 and bf16.
+#[test]
+fn emulated_cho_wavefront_matches_layer_by_layer() {
+    let mut seed = 300;
+    for layers in [2, 3] {
+        for (bias, clip) in [(true, 0.0), (false, 0.8)] {
+            let cfg = RnnConfig::new(CellKind::Gru, 5, 7)
+                .num_layers(layers)
+                .bias(bias)
+                .gate_clip(clip)
+                .linear_before_reset(false)
+                .build()
+                .unwrap();
+            for (t, k) in [(7, 3), (5, 1), (9, 4)] {
+                let lengths: Vec<usize> = (0..4).map(|b| t - (b * 3) % t).collect();
+                let shape = SeqShape::with_lengths(t, lengths).unwrap();
+                seed += 1;
+                super::wavefront::check::<f32>(&cfg, &shape, k, seed);
+                super::wavefront::check::<half::bf16>(&cfg, &shape, k, seed);
+            }
+        }
+    }
 }
