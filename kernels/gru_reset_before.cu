@@ -33,11 +33,13 @@
 // Inactive rows (t ≥ lengths[b]): forward, gates = 0, u = 0 (so that the GEMMs and W_hn's
 // gradient read zeros), h = h_prev, y row = 0; backward, dgi = 0 and the carry passes dh on.
 //
-// Memory per row and step, in floats: forward reads xg (3H), hg (3H), h_prev (2H, once per
-// part) and the biases (cached), writes the gates (3H, training), u (H) and h, y (H each).
-// Backward reads the gates (3H), h_prev (2H), dy (H), the carry (2H), du (H), writes dgi (3H) and
-// the carry (2H). Compared with the PyTorch form's kernel, each part rereads h_prev and the
-// carry once: 2H more per step, against the 3·H·Hout of the GEMMs.
+// Memory per row and step, in floats: forward reads xg (3H), hg (3H), h_prev (H in each part)
+// and the biases (cached), writes the gates (3H, training), u (H) and h, y (H each). Backward
+// reads the gates (3H), h_prev (H in each part), dy (H), du (H), reads and writes the carry (H,
+// in each part) and writes dgi (3H). Beside the PyTorch form's kernel: forward reads h_prev
+// again (H; and writes u in inference too); backward reads h_prev, the carry and du (3H) and
+// writes the carry (H) once more but no dgh (3H less): small against a row's 3·H·H
+// multiply-adds in the GEMMs.
 #include "common.cuh"
 
 // Forward, first part (before the product W_hn u): r and u = r ⊙ h_prev.
