@@ -335,3 +335,12 @@ fn emulated_cho_wavefront_matches_layer_by_layer() {
         }
     }
 }
+
+/// The CUDA backend's `plan` takes the cell (its `OPTIONS` list, checked there before any device
+/// work), with the options it combines with.
+#[test]
+fn cuda_plan_accepts_cho() {
+    let cfg = cho().gate_clip(1.0).direction(Direction::Reverse).batch_first(true).build().unwrap();
+    assert!(cfg.options().contains(&"linear_before_reset=false"));
+    crate::backend::check_options("cuda", &cfg, super::super::OPTIONS).unwrap();
+}
