@@ -95,7 +95,8 @@ mod with_feature {
     }
 
     /// The cell options on the device against the reference: LSTM peepholes, gate clip,
-    /// input_forget (with projection), the gate clip of GRU and RNN, reverse-only stacks,
+    /// input_forget (with projection), the gate clip of GRU and RNN, the GRU with the reset gate
+    /// before the recurrent matmul, reverse-only stacks,
     /// bidirectional outputs merged by sum, batch-first; B = 37 rows with mixed lengths (the
     /// per-step path) and B = 3 (the persistent kernels allowed: they decline the cell options
     /// and take reverse-only and merged layers).
@@ -113,6 +114,8 @@ mod with_feature {
             RnnConfig::new(CellKind::Gru, 40, 130).num_layers(2).direction(rnn_kernels::Direction::Reverse).build().unwrap(),
             lstm().bidirectional(true).merge(rnn_kernels::Merge::Sum).build().unwrap(),
             RnnConfig::new(CellKind::Gru, 40, 130).num_layers(2).bidirectional(true).batch_first(true).build().unwrap(),
+            RnnConfig::new(CellKind::Gru, 40, 130).num_layers(2).linear_before_reset(false).build().unwrap(),
+            RnnConfig::new(CellKind::Gru, 40, 130).bidirectional(true).linear_before_reset(false).gate_clip(0.7).build().unwrap(),
         ];
         for cfg in &configs {
             for b in [37, 3] {
@@ -415,6 +418,7 @@ mod with_feature {
             (RnnConfig::new(CellKind::RnnRelu, 13, 50).num_layers(2).build().unwrap(), 9, 13),
             (RnnConfig::new(CellKind::RnnTanh, 20, 27).bidirectional(true).bias(false).build().unwrap(), 9, 13),
             (RnnConfig::new(CellKind::Gru, 7, 37).num_layers(2).build().unwrap(), 6, 2),
+            (RnnConfig::new(CellKind::Gru, 30, 41).num_layers(2).bidirectional(true).linear_before_reset(false).build().unwrap(), 9, 13),
             (RnnConfig::new(CellKind::Lstm, 256, 256).num_layers(2).build().unwrap(), 12, 64),
         ];
         let mut worst = [[0.0f64; 7]; 2];

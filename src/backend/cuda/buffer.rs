@@ -140,17 +140,28 @@ impl View {
     #[track_caller]
     pub fn mat(self, rows: usize, cols: usize) -> DevMat {
         assert!(rows * cols <= self.len, "[{rows}, {cols}] outside a view of {}", self.len);
-        DevMat { ptr: self.ptr, rows, cols, t: false, ty: self.ty }
+        DevMat { ptr: self.ptr, rows, cols, ld: cols, t: false, ty: self.ty }
+    }
+
+    /// The view as a row-major `[rows, cols]` matrix whose rows start `ld ≥ cols` elements
+    /// apart: a block of columns of a wider matrix, the view starting at its first element.
+    #[track_caller]
+    pub fn mat_strided(self, rows: usize, cols: usize, ld: usize) -> DevMat {
+        let end = if rows == 0 { 0 } else { (rows - 1) * ld + cols };
+        assert!(cols <= ld && end <= self.len, "[{rows}, {cols}] with rows {ld} apart outside a view of {}", self.len);
+        DevMat { ptr: self.ptr, rows, cols, ld, t: false, ty: self.ty }
     }
 }
 
-/// A dense row-major matrix in device memory, `[rows, cols]` as stored, used transposed when
-/// `t`.
+/// A row-major matrix in device memory, `[rows, cols]` as stored with rows `ld` elements apart,
+/// used transposed when `t`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct DevMat {
     pub ptr: u64,
     pub rows: usize,
     pub cols: usize,
+    /// Elements from the start of a stored row to the next (`cols` for a dense matrix).
+    pub ld: usize,
     pub t: bool,
     pub ty: Dtype,
 }

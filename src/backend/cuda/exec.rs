@@ -108,8 +108,9 @@ impl GemmArgs {
     /// `None` when there is nothing to do (an empty `C`, or `k = 0` with `beta = 1`).
     ///
     /// Row-major `C = op(A)·op(B)` is column-major `C^T = op(B)^T·op(A)^T`: swap the operands.
-    /// A row-major `[r, c]` matrix read column-major with leading dimension `c` is its
-    /// transpose, so each operand keeps its own transpose flag.
+    /// A row-major `[r, c]` matrix read column-major with leading dimension `c` (its row
+    /// stride `ld`, for a block of columns of a wider matrix) is its transpose, so each operand
+    /// keeps its own transpose flag.
     #[track_caller]
     pub fn new(a: DevMat, b: DevMat, beta: f32, c: DevMat) -> Option<GemmArgs> {
         let (m, k, n) = (a.lrows(), a.lcols(), b.lcols());
@@ -118,7 +119,7 @@ impl GemmArgs {
             return None;
         }
         assert!(k > 0, "a gemm with k = 0 must accumulate");
-        let ld = |x: &DevMat| x.cols.max(1) as i32;
+        let ld = |x: &DevMat| x.ld.max(1) as i32;
         Some(GemmArgs {
             transa: b.t,
             transb: a.t,

@@ -89,6 +89,25 @@ macro_rules! registry {
                 GruBackwardStepClip: gru_pointwise, grid_stride
                     [f32 gru_backward_step_clip, f16 gru_backward_step_clip_f16, bf16 gru_backward_step_clip_bf16];
             }
+            /// One forward part of a GRU step with the reset gate before the recurrent matmul
+            /// (kernels/gru_reset_before.cu): `_gates` (`r`, `u = r ⊙ h_prev`; ignores `h`, `y`), then,
+            /// after the `W_hn` GEMM, `_output` (`z`, `n`, `h`, `y`; ignores `u`). The gate clip 0: none.
+            GruResetBeforeForwardArgs(batch: i32, hidden: i32, step: i32, lengths: u64, xg: u64, hg: u64, b_ih: u64,
+                b_hh: u64, h_prev: u64, gates: u64, u: u64, h: u64, y: u64, y_stride: i32, clip: f32) {
+                GruResetBeforeForwardGates: gru_reset_before, grid_stride [f32 gru_reset_before_forward_gates,
+                    f16 gru_reset_before_forward_gates_f16, bf16 gru_reset_before_forward_gates_bf16];
+                GruResetBeforeForwardOutput: gru_reset_before, grid_stride [f32 gru_reset_before_forward_output,
+                    f16 gru_reset_before_forward_output_f16, bf16 gru_reset_before_forward_output_bf16];
+            }
+            /// One backward part of that step: `_output` (`dgi`'s `z`, `n`, the carry `z·dh`; ignores `du`),
+            /// then, after `du = dgi[:, n]·W_hn`, `_reset` (`dgi`'s `r`, the carry `+= du·r`; ignores `dy`).
+            GruResetBeforeBackwardArgs(batch: i32, hidden: i32, step: i32, lengths: u64, gates: u64, h_prev: u64, dy: u64,
+                dy_stride: i32, carry: u64, du: u64, dgi: u64, clip: f32) {
+                GruResetBeforeBackwardOutput: gru_reset_before, grid_stride [f32 gru_reset_before_backward_output,
+                    f16 gru_reset_before_backward_output_f16, bf16 gru_reset_before_backward_output_bf16];
+                GruResetBeforeBackwardReset: gru_reset_before, grid_stride [f32 gru_reset_before_backward_reset,
+                    f16 gru_reset_before_backward_reset_f16, bf16 gru_reset_before_backward_reset_bf16];
+            }
             /// One vanilla RNN step after the recurrent GEMM (kernels/rnn_pointwise.cu).
             RnnForwardStepArgs(batch: i32, hidden: i32, step: i32, lengths: u64, xg: u64, hg: u64, b_ih: u64, b_hh: u64,
                 h_prev: u64, gates: u64, h: u64, y: u64, y_stride: i32) {
@@ -346,9 +365,16 @@ mod tests {
                 named.push(entry.to_string());
             }
         }
-        for file in
-            ["lstm_pointwise", "gru_pointwise", "rnn_pointwise", "util", "persistent_lstm", "persistent_cell", "persistent_backward"]
-        {
+        for file in [
+            "lstm_pointwise",
+            "gru_pointwise",
+            "gru_reset_before",
+            "rnn_pointwise",
+            "util",
+            "persistent_lstm",
+            "persistent_cell",
+            "persistent_backward",
+        ] {
             let text = std::fs::read_to_string(dir.join(format!("{file}.cu"))).unwrap();
             for line in text.lines() {
                 let Some(rest) = line.strip_prefix("RNNK_INSTANTIATE(") else { continue };

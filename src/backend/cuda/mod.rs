@@ -69,6 +69,9 @@ pub(crate) const OPTIONS: &[&str] = &[
     "peephole",
     "gate_clip",
     "input_forget",
+    // kernels/gru_reset_before.cu with the driver's two products per step
+    // (driver/gru_reset_before.rs).
+    "linear_before_reset=false",
     // The driver's (driver/).
     "direction=reverse",
     "merge=sum",

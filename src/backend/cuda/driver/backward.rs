@@ -7,8 +7,8 @@ use super::super::exec::Exec;
 use super::super::kernels::{self as k, Kernel};
 use super::wavefront::{backward_wavefront, wavefront_chunk};
 use super::{
-    check_sizes, each_direction, joined_on_error, options, persistent_declined, persistent_declines, persistent_required, LayerViews,
-    Persistent, SavedViews, Temps, Weights,
+    check_sizes, each_direction, gru_reset_before, joined_on_error, options, persistent_declined, persistent_declines, persistent_required,
+    LayerViews, Persistent, SavedViews, Temps, Weights,
 };
 use crate::backend::cell::Saved;
 use crate::backend::stack::{prev_step, steps, LayerDims};
@@ -43,8 +43,12 @@ pub(crate) struct BackwardViews {
 pub(super) struct BwdBufs {
     /// `[T·B, G·H]`: input-side pre-activation gradients.
     dgi: View,
-    /// `[T·B, G·H]`: hidden-side ones (GRU; the same as `dgi` for the other cells).
+    /// `[T·B, G·H]`: hidden-side ones (GRU; the same as `dgi` for the other cells and for a GRU
+    /// with the reset gate before the recurrent matmul).
     dgh: View,
+    /// A GRU with the reset gate before the recurrent matmul: `[B, H]` f32, the gradient of
+    /// `r ⊙ h_prev` of a step.
+    du: View,
     /// `[B, Hout]`: the gradient carried to the previous step.
     carry: View,
     /// `[B, H]`: LSTM's carried `dc`.
@@ -265,7 +269,8 @@ fn direction_bufs(temps: &mut Temps<'_, '_>, dims: &LayerDims, l: usize) -> Resu
     let dgi = temps.storage(tb * gh)?;
     Ok(BwdBufs {
         dgi,
-        dgh: if dims.gru() { temps.storage(tb * gh)? } else { dgi },
+        dgh: if dims.gru() && !gru_reset_before::applies(&dims.cell) { temps.storage(tb * gh)? } else { dgi },
+        du: gru_reset_before::backward_du(temps, &dims.cell, dims.b)?,
         carry: temps.f32(dims.b * hout)?,
         dc: if dims.lstm() { temps.f32(dims.b * h)? } else { View::NULL },
         dh_all: if dims.proj { temps.storage(tb * hout)? } else { View::NULL },
@@ -318,6 +323,7 @@ impl DirBackward {
         let s = &io.saved;
         let w_hh = self.weights.w_hh.mat(gh, hout);
         let (batch, hidden, dy_stride, lengths) = (bl as i32, h as i32, out_w as i32, io.lens);
+        let cho = gru_reset_before::applies(&self.dims.cell);
         for t in steps(tl, !reverse).skip(ks.start).take(ks.len()) {
             let step = t as i32;
             let p = prev_step(t, tl, reverse);
@@ -393,7 +399,11 @@ impl DirBackward {
                         dgi: dgi_t.ptr,
                         dgh: dgh_t.ptr,
                     };
-                    if self.dims.cell.clip > 0.0 {
+                    if cho {
+                        // Also adds dgi[:, r z] · W_h{r,z} into the carry.
+                        gru_reset_before::backward_step(exec, si, args, &self.dims.cell, dgi_t, b.du, b.carry, self.weights.w_hh)?;
+                        continue;
+                    } else if self.dims.cell.clip > 0.0 {
                         exec.launch(si, k::GruBackwardStepClip, bl * h, &options::gru_backward(args, &self.dims.cell))?;
                     } else {
                         exec.launch(si, k::GruBackwardStep, bl * h, &args)?;
@@ -467,16 +477,21 @@ impl DirBackward {
         exec.gemm(si, 1.0, b.dgi.mat(tb, gh).t(), io.input.mat(tb, self.dims.input), 1.0, dp.w_ih.mat(gh, self.dims.input))?;
         // dW_hh += dGh^T · H_prev: the saved states shifted by one step, h0 at the first processed
         // step: two GEMMs, no copy.
-        let dw_hh = dp.w_hh.mat(gh, hout);
-        let rest = (tl - 1) * bl;
         let h_all = io.saved.h;
-        let (first, rest_g, rest_h) = if self.reverse {
-            (tl - 1, b.dgh.at(0, rest * gh), h_all.at(bl * hout, rest * hout))
+        if gru_reset_before::applies(&self.dims.cell) {
+            let dims = (tl, bl, h);
+            gru_reset_before::hh_weight_grad(exec, si, dims, self.reverse, b.dgi, h_all, io.h0, io.saved.extra, dp.w_hh)?;
         } else {
-            (0, b.dgh.at(bl * gh, rest * gh), h_all.at(0, rest * hout))
-        };
-        exec.gemm(si, 1.0, rest_g.mat(rest, gh).t(), rest_h.mat(rest, hout), 1.0, dw_hh)?;
-        exec.gemm(si, 1.0, b.dgh.at(first * bl * gh, bl * gh).mat(bl, gh).t(), io.h0.mat(bl, hout), 1.0, dw_hh)?;
+            let dw_hh = dp.w_hh.mat(gh, hout);
+            let rest = (tl - 1) * bl;
+            let (first, rest_g, rest_h) = if self.reverse {
+                (tl - 1, b.dgh.at(0, rest * gh), h_all.at(bl * hout, rest * hout))
+            } else {
+                (0, b.dgh.at(bl * gh, rest * gh), h_all.at(0, rest * hout))
+            };
+            exec.gemm(si, 1.0, rest_g.mat(rest, gh).t(), rest_h.mat(rest, hout), 1.0, dw_hh)?;
+            exec.gemm(si, 1.0, b.dgh.at(first * bl * gh, bl * gh).mat(bl, gh).t(), io.h0.mat(bl, hout), 1.0, dw_hh)?;
+        }
         // db += 1^T · dG
         for (db, dg) in [(dp.b_ih, b.dgi), (dp.b_hh, b.dgh)] {
             if let Some(db) = db {

@@ -7,8 +7,8 @@ use super::super::exec::Exec;
 use super::super::kernels::{self as k, Kernel, KernelId};
 use super::wavefront::{forward_wavefront, wavefront_chunk};
 use super::{
-    check_sizes, each_direction, joined_on_error, options, persistent_declined, persistent_declines, persistent_required, CudaReserve,
-    LayerViews, Persistent, Temps, Weights,
+    check_sizes, each_direction, gru_reset_before, joined_on_error, options, persistent_declined, persistent_declines, persistent_required,
+    CudaReserve, LayerViews, Persistent, Temps, Weights,
 };
 use crate::backend::cell::Saved;
 use crate::backend::stack::{steps, LayerDims};
@@ -48,7 +48,8 @@ pub(super) struct FwdBufs {
     m: View,
     /// Training: the saved `[T, B, G·H]`.
     gates: Option<View>,
-    /// Training GRU: the saved `[T, B, H]`.
+    /// Training GRU: the saved `[T, B, H]`; inference, a GRU with the reset gate before the
+    /// recurrent matmul: its `[B, H]` `u = r ⊙ h_prev`.
     extra: Option<View>,
     training: bool,
     /// The persistent kernel, when it runs this direction.
@@ -251,7 +252,8 @@ fn direction_bufs(temps: &mut Temps<'_, '_>, dims: &LayerDims, save: Option<&mut
             let sizes = dims.cell.saved_sizes(tl, bl);
             // The layer-norm buffers stay empty: the CUDA backend refuses layer_norm at plan.
             let [gates, extra, c, m, h, ..] = sizes.zip(sv);
-            let [gates, extra, c] = [gates, extra, c].map(|(slot, n)| exec.fit(slot, Dtype::F32, n));
+            let extra_ty = gru_reset_before::extra_type(&dims.cell, st);
+            let [gates, extra, c] = [(gates, Dtype::F32), (extra, extra_ty), (c, Dtype::F32)].map(|((slot, n), ty)| exec.fit(slot, ty, n));
             let [m, h] = [m, h].map(|(slot, n)| exec.fit(slot, st, n));
             FwdBufs { xg, hg, h: h?, c: c?, m: m?, gates: Some(gates?), extra: Some(extra?), training: true, persistent: None }
         }
@@ -262,7 +264,7 @@ fn direction_bufs(temps: &mut Temps<'_, '_>, dims: &LayerDims, save: Option<&mut
             c: if dims.lstm() { temps.f32(2 * bl * h)? } else { View::NULL },
             m: if dims.proj { temps.storage(bl * h)? } else { View::NULL },
             gates: None,
-            extra: None,
+            extra: gru_reset_before::inference_extra(temps, &dims.cell, bl)?,
             training: false,
             persistent: None,
         },
@@ -347,6 +349,7 @@ impl DirForward {
         let (b_ih, b_hh) = (Self::bias(self.weights.b_ih), Self::bias(self.weights.b_hh));
         let (batch, hidden, y_stride) = (bl as i32, h as i32, out_w as i32);
         let slot = |kk: usize, t: usize| if b.training { t } else { kk % 2 };
+        let cho = gru_reset_before::applies(&self.dims.cell);
         // Where the step before the chunk left the state (its slot), `None` at the first step.
         let mut prev: Option<usize> = ks.start.checked_sub(1).map(|kp| slot(kp, if reverse { tl - 1 - kp } else { kp }));
         for (kk, t) in steps(tl, reverse).enumerate().skip(ks.start).take(ks.len()) {
@@ -355,8 +358,10 @@ impl DirForward {
             let c_prev = if self.dims.lstm() { prev.map_or(io.c0, |p| b.c.at(p * bl * h, bl * h)) } else { View::NULL };
             let h_t = b.h.at(cur * bl * hout, bl * hout);
             let c_t = if self.dims.lstm() { b.c.at(cur * bl * h, bl * h) } else { View::NULL };
-            // HG[B, G·H] = h_prev · W_hh^T
-            exec.gemm(si, 1.0, h_prev.mat(bl, hout), w_hh.t(), 0.0, b.hg.mat(bl, gh))?;
+            // HG[B, G·H] = h_prev · W_hh^T (Cho's GRU: two products, in its step)
+            if !cho {
+                exec.gemm(si, 1.0, h_prev.mat(bl, hout), w_hh.t(), 0.0, b.hg.mat(bl, gh))?;
+            }
             let xg = b.xg.at(t * bl * gh, bl * gh).ptr;
             let gates = b.gates.map_or(0, |g| g.at(t * bl * gh, bl * gh).ptr);
             let y_t = io.out.strided(t * bl * out_w + self.col, bl, out_w, hout).ptr;
@@ -406,7 +411,9 @@ impl DirForward {
                     }
                 }
                 CellKind::Gru => {
-                    let extra = b.extra.map_or(0, |e| e.at(t * bl * h, bl * h).ptr);
+                    let extra_t = b.extra.map(|e| e.at(if b.training { t * bl * h } else { 0 }, bl * h));
+                    let extra = extra_t.map_or(0, |e| e.ptr);
+                    let h_prev_v = h_prev;
                     let h_prev = h_prev.ptr;
                     let args = k::GruForwardStepArgs {
                         batch,
@@ -424,7 +431,9 @@ impl DirForward {
                         y: y_t,
                         y_stride,
                     };
-                    if self.dims.cell.clip > 0.0 {
+                    if let (true, Some(u)) = (cho, extra_t) {
+                        gru_reset_before::forward_step(exec, si, args, &self.dims.cell, h_prev_v, u, b.hg, self.weights.w_hh)?;
+                    } else if self.dims.cell.clip > 0.0 {
                         exec.launch(si, k::GruForwardStepClip, bl * h, &options::gru_forward(args, &self.dims.cell))?;
                     } else {
                         exec.launch(si, k::GruForwardStep, bl * h, &args)?;

@@ -25,7 +25,9 @@
 //! The cell options (peepholes, gate clip, coupled input-forget) take other entries of the
 //! same step kernels, chosen once per layer-direction (`options.rs`); the persistent kernels
 //! run the plain cells only and decline a layer with an option (it takes the per-step path;
-//! required, that is an `Error::Unsupported` naming the option).
+//! required, that is an `Error::Unsupported` naming the option). A GRU with the reset gate
+//! before the recurrent matmul (`linear_before_reset = false`) runs two GEMMs and two kernels
+//! per step (`gru_reset_before.rs`).
 //!
 //! Batch-first `x`, `y` (and `dx`, `dy`): the passes run time-major, with one transposing copy
 //! on the way in and out (util.cu's `swap_axes_*`: `x` and `dy` into temporaries, `y` and `dx`
@@ -74,6 +76,7 @@
 
 mod backward;
 mod forward;
+mod gru_reset_before;
 pub(in crate::backend::cuda) mod options;
 mod wavefront;
 

@@ -63,7 +63,7 @@ fn check_both(cfg: &RnnConfig, shape: &SeqShape, seed: u64, x_range: f64) -> [[f
     [r16, rbf]
 }
 
-/// Every cell (LSTM with and without projection, GRU, tanh and relu RNN), two layers, both
+/// Every cell (LSTM with and without projection, GRU in both forms, tanh and relu RNN), two layers, both
 /// directions, with and without bias, rows of many lengths sharing a step, h0 and c0 given,
 /// forward (training and inference), backward to every gradient, Accumulate.
 #[test]
@@ -75,6 +75,8 @@ fn emulated_half_storage_matches_reference() {
         RnnConfig::new(CellKind::RnnRelu, 13, 50).num_layers(2).build().unwrap(),
         RnnConfig::new(CellKind::RnnTanh, 20, 27).bidirectional(true).bias(false).build().unwrap(),
         RnnConfig::new(CellKind::Gru, 7, 37).num_layers(3).bias(false).build().unwrap(),
+        RnnConfig::new(CellKind::Gru, 30, 41).num_layers(2).bidirectional(true).linear_before_reset(false).build().unwrap(),
+        RnnConfig::new(CellKind::Gru, 7, 37).num_layers(2).linear_before_reset(false).gate_clip(1.0).build().unwrap(),
     ];
     let mut worst = [[0.0f64; 7]; 2];
     for (c, cfg) in configs.iter().enumerate() {

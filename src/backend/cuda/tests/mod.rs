@@ -10,6 +10,8 @@
 //!   against an f64 oracle of one step, their backward against its central differences;
 //! - `options_driver.rs`: the driver with those options against the f64 reference, and the
 //!   persistent kernels declining them;
+//! - `gru_reset_before.rs`: the GRU with the reset gate before the recurrent matmul, its step
+//!   kernels against an f64 oracle and the driver against the reference;
 //! - `wavefront.rs`: the layer wavefront bit for bit against the layer-by-layer order, the
 //!   stream each piece of work is issued on, and stream 1 joined after a failure.
 //!
@@ -19,6 +21,7 @@
 //! persistent_lstm.cu does not run).
 
 mod driver;
+mod gru_reset_before;
 mod half_storage;
 mod options;
 mod options_driver;

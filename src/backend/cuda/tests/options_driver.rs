@@ -15,7 +15,7 @@ impl Problem<f32> {
     /// The emulated driver with the options (persistent kernels allowed, which the options
     /// decline) against the reference: outputs at 1e-5, gradients at 1e-4, Accumulate twice
     /// the gradients, inference the training forward's bits (`run_on`).
-    fn check_with_options(&self) -> std::result::Result<(), String> {
+    pub(super) fn check_with_options(&self) -> std::result::Result<(), String> {
         let want = self.run_reference();
         let emulation = Emulation::default();
         for persistent in [false, true] {
@@ -38,7 +38,7 @@ impl Problem<f32> {
 }
 
 /// A configuration with options: LSTM peepholes, input_forget (with or without projection),
-/// the gate clip for every cell (0.5 clips most gates, 2 some, 0 none); forward, reverse-only
+/// the GRU with the reset gate before the recurrent matmul, the gate clip for every cell (0.5 clips most gates, 2 some, 0 none); forward, reverse-only
 /// or bidirectional stacks, the last merged by concatenation or by sum; time-major or
 /// batch-first.
 fn option_config() -> impl Strategy<Value = RnnConfig> {
@@ -65,6 +65,8 @@ fn option_config() -> impl Strategy<Value = RnnConfig> {
             let b = RnnConfig::new(cell, i, h).num_layers(l).direction(direction).merge(merge).batch_first(batch_first);
             let b = b.bias(bias).proj_size(proj).gate_clip([0.0, 0.5, 2.0][clip]);
             let b = if lstm { b.peephole(peephole).input_forget(input_forget) } else { b };
+            // The GRU: with the reset gate before the recurrent matmul when `peephole` is drawn.
+            let b = if cell == CellKind::Gru { b.linear_before_reset(!peephole) } else { b };
             b.build().unwrap()
         })
 }
@@ -127,6 +129,7 @@ fn emulated_persistent_required_names_the_option() {
         ("gate_clip", RnnConfig::new(CellKind::Gru, 3, 5).gate_clip(1.0).build().unwrap()),
         ("gate_clip", RnnConfig::new(CellKind::RnnTanh, 3, 5).gate_clip(1.0).build().unwrap()),
         ("input_forget", RnnConfig::new(CellKind::Lstm, 3, 5).input_forget(true).build().unwrap()),
+        ("linear_before_reset=false", RnnConfig::new(CellKind::Gru, 3, 5).linear_before_reset(false).build().unwrap()),
     ];
     for (option, cfg) in cases {
         let shape = SeqShape::new(2, 2).unwrap();

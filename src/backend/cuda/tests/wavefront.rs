@@ -28,7 +28,7 @@ fn run<T: Element>(cfg: &RnnConfig, shape: &SeqShape, seed: u64, exec: &Exec<'_>
 }
 
 /// The wavefront with chunk `k` against the layer-by-layer order, bit for bit.
-fn check<T: Element>(cfg: &RnnConfig, shape: &SeqShape, k: usize, seed: u64) {
+pub(super) fn check<T: Element>(cfg: &RnnConfig, shape: &SeqShape, k: usize, seed: u64) {
     let emulation = Emulation::default();
     let wave = emulation.exec().with_storage(T::DTYPE).with_wavefront(true).with_wavefront_chunk(k);
     let chunks = shape.steps().div_ceil(k.min(shape.steps()));
