@@ -96,13 +96,9 @@ pub fn half_storage_bounds(p: &HalfInputs<'_>, want: &[Vec<f64>]) -> [f64; 7] {
     // on the first l + 1 layers, whose parameters are a prefix of the flat buffer).
     let mut m_h = [maxabs(&want[0]), maxabs(&want[1]), maxabs(p.h0), 1.0].into_iter().fold(0.0, f64::max);
     for l in 0..nl - 1 {
-        let sub = RnnConfig::new(cfg.cell(), cfg.input_size(), cfg.hidden_size())
-            .num_layers(l + 1)
-            .bidirectional(cfg.num_directions() == 2)
-            .bias(cfg.bias())
-            .proj_size(cfg.proj_size())
-            .build()
-            .unwrap();
+        // The same configuration, options included (a batch-first x is read as such), on fewer
+        // layers.
+        let sub = cfg.to_builder().num_layers(l + 1).build().unwrap();
         let n = ParamLayout::new(&sub).len();
         let rnn = Rnn::new(Reference, &sub, &params[..n]).unwrap();
         let o = rnn.forward(shape, p.x, None, None).unwrap();
