@@ -4,7 +4,8 @@
 #
 # 1. the CUDA tests with the GPU required (RNN_KERNELS_REQUIRE_CUDA=1), the driver's unit tests
 #    and the C ABI's tests with --features cuda;
-# 2. `verify --backend cuda` on every PyTorch fixture (f32, f16, bf16);
+# 2. `verify --backend cuda` on every PyTorch fixture (f32, f16, bf16) and on the cell options'
+#    cases (f32);
 # 3. compute-sanitizer memcheck and racecheck on the CUDA test binary (when compute-sanitizer is
 #    on PATH or under CUDA_HOME);
 # 4. the cuDNN table: benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda
@@ -82,6 +83,8 @@ step test-cuda "${T_CUDA[@]}" --nocapture
 step test-lib "${T_LIB[@]}" backend::cuda
 step test-capi "${T_CAPI[@]}" --nocapture
 step verify "${VERIFY[@]}" --backend cuda tests/fixtures/*.safetensors
+# The cell options' cases: PyTorch's Cho GRU, onnxruntime's ONNX options (f32).
+step verify-options "${VERIFY[@]}" --backend cuda tests/fixtures/gru_options/*.safetensors tests/fixtures/onnx/*.safetensors
 for dtype in f16 bf16; do
     step "verify-$dtype" "${VERIFY[@]}" --backend cuda --dtype "$dtype" tests/fixtures/*.safetensors
 done
