@@ -43,7 +43,6 @@ mod backward;
 mod direction;
 mod forward;
 mod gru_reset_before;
-#[allow(dead_code)] // Until the time loops call it.
 pub(crate) mod layer_norm;
 mod mat;
 mod peephole;
@@ -334,7 +333,6 @@ pub(crate) trait HostKernels<T: Float>: Send + Sync {
     /// Backward of [`layer_norm_rows`](Self::layer_norm_rows) for each row:
     /// `dx = rstd·(g − mean(g) − x̂·mean(g⊙x̂))`, `g = γ⊙dy`. Default:
     /// `layer_norm::layer_norm_rows_backward`.
-    #[allow(dead_code)] // Until the time loops call it.
     fn layer_norm_rows_backward(&self, w: usize, dy: &[T], gamma: &[T], xhat: &[T], rstd: &[T], dx: &mut [T]) {
         layer_norm::layer_norm_rows_backward(w, dy, gamma, xhat, rstd, dx)
     }
