@@ -25,7 +25,8 @@
 //! The cell options (peepholes, gate clip, coupled input-forget) take other entries of the
 //! same step kernels, chosen once per layer-direction (`options.rs`); the persistent kernels
 //! run the plain cells only and decline a layer with an option (it takes the per-step path;
-//! required, that is an `Error::Unsupported` naming the option).
+//! required, that is an `Error::Unsupported` naming the option). Layer norm adds row kernels
+//! around the same passes (`layer_norm.rs`).
 //!
 //! Batch-first `x`, `y` (and `dx`, `dy`): the passes run time-major, with one transposing copy
 //! on the way in and out (util.cu's `swap_axes_*`: `x` and `dy` into temporaries, `y` and `dx`
@@ -69,11 +70,13 @@
 //!
 //! - `forward.rs`, `backward.rs`: the passes, their allocation and their per-direction work;
 //! - `wavefront.rs`: the layer wavefront's chunk and its schedules;
+//! - `layer_norm.rs`: the layer-normalised cells' additions to both passes;
 //! - here: what both passes share (the reserve, the weights of a layer, the temporaries, the
 //!   join of stream 1 after a failure).
 
 mod backward;
 mod forward;
+mod layer_norm;
 pub(in crate::backend::cuda) mod options;
 mod wavefront;
 
@@ -289,6 +292,7 @@ fn persistent_declines(cell: &crate::backend::cell::Cell) -> Option<&'static str
         (cell.clip > 0.0, "gate_clip"),
         (cell.input_forget, "input_forget"),
         (!cell.linear_before_reset, "linear_before_reset=false"),
+        (cell.layer_norm, "layer_norm"),
     ]
     .into_iter()
     .find_map(|(on, name)| on.then_some(name))

@@ -10,6 +10,9 @@
 //!   against an f64 oracle of one step, their backward against its central differences;
 //! - `options_driver.rs`: the driver with those options against the f64 reference, and the
 //!   persistent kernels declining them;
+//! - `layer_norm.rs`: layer norm's kernels (the row normalisation, its backward and column sums,
+//!   the layer-normalised LSTM's output forward and backward) against f64 row functions, and the
+//!   driver with layer norm against the f64 reference;
 //! - `wavefront.rs`: the layer wavefront bit for bit against the layer-by-layer order, the
 //!   stream each piece of work is issued on, and stream 1 joined after a failure.
 //!
@@ -20,6 +23,7 @@
 
 mod driver;
 mod half_storage;
+mod layer_norm;
 mod options;
 mod options_driver;
 mod wavefront;
