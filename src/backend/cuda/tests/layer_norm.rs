@@ -10,16 +10,26 @@
 //!   against the central differences of that f64 row, with every combination of the LSTM
 //!   options (peepholes, gate clip, coupled input-forget). Row 2 of the batch is inactive.
 //!
+//! - the driver with layer norm (`driver/layer_norm.rs`) against the f64 reference backend: LSTM
+//!   and GRU with every other option, layers, directions, merge modes, projection, batch-first,
+//!   variable lengths, training and inference, Accumulate, bit-identical reruns; the persistent
+//!   kernels declining layer norm.
+//!
 //! Tolerances are the option tests' (1e-5 forward, 1e-4 gradients, `max_error`).
 
-use super::super::driver::options;
+use super::super::driver::{backward, forward, options, BackwardViews, CudaReserve, ForwardViews, SavedViews};
 use super::super::emulation::Emulation;
 use super::super::exec::Exec;
 use super::super::kernels as k;
+use super::{nans, up, view, view_mut, Problem, WithPaths};
 use crate::backend::cell::Cell;
+use crate::backend::GradMode;
 use crate::element::Dtype;
+use crate::error::Error;
 use crate::testkit::case::max_error;
 use crate::testkit::SplitMix64;
+use crate::{CellKind, Direction, Merge, ParamLayout, RnnConfig, SeqShape};
+use proptest::prelude::*;
 
 const LN_EPS: f64 = 1e-5;
 
@@ -510,5 +520,148 @@ fn emulated_lstm_ln_cell_matches_f64() {
             let o = LstmOpts { peephole: mask & 1 != 0, clip: if mask & 2 != 0 { 1.5 } else { 0.0 }, input_forget: mask & 4 != 0 };
             lstm_case(seed, o);
         }
+    }
+}
+
+// ---- The driver with layer norm against the f64 reference. ----------------------------------
+
+/// A problem of `cfg` whose layer-norm gains are `1 + U(-0.5, 0.5)` and biases `U(-0.5, 0.5)`
+/// (the initialisation's 1 and 0 would hide a forgotten gain or bias).
+fn ln_problem(cfg: &RnnConfig, shape: &SeqShape, seed: u64, x_range: f64) -> Problem<f32> {
+    let mut p = Problem::<f32>::new(cfg, shape, seed, x_range);
+    let layout = ParamLayout::new(cfg);
+    let mut rng = SplitMix64::new(seed ^ 0x1a7e);
+    for l in 0..cfg.num_layers() {
+        for d in 0..cfg.num_directions() {
+            let r = layout.layer(l, d);
+            for (range, lo, hi) in [(&r.ln_ih, 0.5, 1.5), (&r.ln_hh, 0.5, 1.5), (&r.ln_c_weight, 0.5, 1.5), (&r.ln_c_bias, -0.5, 0.5)] {
+                for v in &mut p.p.params[range.clone().unwrap_or_default()] {
+                    *v = rng.uniform(lo, hi) as f32;
+                }
+            }
+        }
+    }
+    p
+}
+
+impl Problem<f32> {
+    /// The emulated driver with layer norm (persistent kernels allowed, which decline it)
+    /// against the reference: outputs at 1e-5, gradients at 1e-4, Accumulate twice the
+    /// gradients, inference the training forward's bits (`run_on`), and a second run the first
+    /// one's bits.
+    fn check_layer_norm(&self) -> std::result::Result<(), String> {
+        let want = self.run_reference();
+        let emulation = Emulation::default();
+        let mut first: Option<Vec<Vec<u32>>> = None;
+        for persistent in [false, true] {
+            let exec = emulation.exec().with_persistent(persistent);
+            let (got, acc) = self.run_on(&exec, &exec);
+            for (i, name) in crate::testkit::OUTPUTS.iter().enumerate() {
+                let err = max_error(&up(&got[i]), &want[i]);
+                let tol = if i < 3 { 1e-5 } else { 1e-4 };
+                if err > tol {
+                    return Err(format!("persistent={persistent}: {name} error {err:.3e} > {tol:e}: {:?} {:?}", self.cfg, self.shape));
+                }
+            }
+            let twice: Vec<f32> = got[6].iter().map(|g| 2.0 * g).collect();
+            if max_error(&acc, &twice) > 1e-6 {
+                return Err(format!("Accumulate: {:?}", self.cfg));
+            }
+            let bits: Vec<Vec<u32>> = got.iter().map(|v| v.iter().map(|x| x.to_bits()).collect()).collect();
+            match &first {
+                Some(f) if *f != bits => return Err(format!("a second run differs: {:?}", self.cfg)),
+                _ => first = Some(bits),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A layer-normalised configuration: LSTM or GRU, with the other options (LSTM peepholes,
+/// coupled input-forget and projection, the gate clip), forward, reverse-only or bidirectional
+/// stacks merged by concatenation or by sum, time-major or batch-first.
+fn ln_config() -> impl Strategy<Value = RnnConfig> {
+    (
+        any::<bool>(),
+        1usize..9,
+        1usize..9,
+        1usize..3,
+        0usize..4,
+        any::<bool>(),
+        0usize..4,
+        (any::<bool>(), 0usize..3, any::<bool>(), any::<bool>()),
+    )
+        .prop_map(|(lstm, i, h, l, dir, bias, p, (peephole, clip, input_forget, batch_first))| {
+            let cell = if lstm { CellKind::Lstm } else { CellKind::Gru };
+            let proj = if lstm && h > 1 { p.min(h - 1) } else { 0 };
+            let (direction, merge) = [
+                (Direction::Forward, Merge::Concat),
+                (Direction::Reverse, Merge::Concat),
+                (Direction::Bidirectional, Merge::Concat),
+                (Direction::Bidirectional, Merge::Sum),
+            ][dir];
+            let b = RnnConfig::new(cell, i, h).num_layers(l).direction(direction).merge(merge).batch_first(batch_first).layer_norm(true);
+            let b = b.bias(bias).proj_size(proj).gate_clip([0.0, 0.5, 2.0][clip]);
+            let b = if lstm { b.peephole(peephole).input_forget(input_forget) } else { b };
+            b.build().unwrap()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The layer-normalised LSTM and GRU with every other option on the emulated driver against
+    /// the reference: layers, directions, bias, projection, variable lengths, inputs up to ±3.
+    #[test]
+    fn emulated_driver_with_layer_norm_matches_reference(cfg in ln_config(), t in 1usize..6, lens in prop::collection::vec(1usize..6, 1..5), seed in any::<u64>()) {
+        let lengths: Vec<usize> = lens.iter().map(|&l| l.min(t)).collect();
+        let shape = SeqShape::with_lengths(t, lengths).unwrap();
+        let r = ln_problem(&cfg, &shape, seed, 3.0).check_layer_norm();
+        prop_assert!(r.is_ok(), "{}", r.unwrap_err());
+    }
+}
+
+/// Larger problems (two layers: the forward layer wavefront runs, normalising each chunk's
+/// input rows), each cell with and without options, and every direction.
+#[test]
+fn emulated_driver_layer_norm_sizes_match_reference() {
+    let base = |cell| RnnConfig::new(cell, 11, 23).num_layers(2).layer_norm(true);
+    let configs = [
+        base(CellKind::Lstm).build().unwrap(),
+        base(CellKind::Gru).build().unwrap(),
+        base(CellKind::Lstm).bias(false).build().unwrap(),
+        base(CellKind::Gru).direction(Direction::Reverse).build().unwrap(),
+        base(CellKind::Lstm).bidirectional(true).proj_size(7).build().unwrap(),
+        base(CellKind::Gru).bidirectional(true).merge(Merge::Sum).gate_clip(0.7).batch_first(true).build().unwrap(),
+        base(CellKind::Lstm).peephole(true).gate_clip(1.0).input_forget(true).build().unwrap(),
+    ];
+    for cfg in &configs {
+        let shape = SeqShape::with_lengths(8, (0..6).map(|b| 8 - b).collect()).unwrap();
+        ln_problem(cfg, &shape, 41, 3.0).check_layer_norm().unwrap();
+    }
+}
+
+/// The persistent kernels decline layer norm: required, forward and backward fail with
+/// `Error::Unsupported` naming it.
+#[test]
+fn emulated_persistent_required_names_layer_norm() {
+    for cell in [CellKind::Lstm, CellKind::Gru] {
+        let cfg = RnnConfig::new(cell, 3, 5).layer_norm(true).build().unwrap();
+        let shape = SeqShape::new(2, 2).unwrap();
+        let p = ln_problem(&cfg, &shape, 1, 1.0);
+        let emulation = Emulation::default();
+        let required = emulation.exec().with_persistent(true).with_persistent_required(true);
+        let named =
+            |e: Error| matches!(&e, Error::Unsupported { option, .. } if option == "layer_norm") && e.to_string().contains("persistent");
+        let mut y = nans::<f32>(p.dy.len());
+        let io = ForwardViews { x: view(&p.x), h0: None, c0: None, y: view_mut(&mut y), hn: None, cn: None };
+        let e = forward(&required, p.weights(), &shape, io, None).unwrap_err();
+        assert!(named(e), "{cell:?}: forward");
+        let mut reserve = CudaReserve::default();
+        p.forward_on(&emulation.exec(), Some(&mut reserve));
+        let mut dx = nans::<f32>(p.x.len());
+        let g = BackwardViews { dx: Some(view_mut(&mut dx)), ..p.incoming(GradMode::Overwrite) };
+        let e = backward(&required, p.weights(), &shape, &SavedViews::new(&reserve), g).unwrap_err();
+        assert!(named(e), "{cell:?}: backward");
     }
 }
