@@ -43,6 +43,7 @@ mod backward;
 mod direction;
 mod forward;
 mod gru_reset_before;
+pub(crate) mod layer_norm;
 mod mat;
 mod peephole;
 mod reserve;
@@ -320,6 +321,21 @@ pub(crate) trait HostKernels<T: Float>: Send + Sync {
     /// Part `part` of a backward step of the GRU with the reset gate before the recurrent
     /// matmul.
     fn gru_reset_before_backward(&self, cell: &Cell, part: ChoPart, step: CellBackward<'_, T>);
+
+    /// Layer-normalises each row (`w` wide; `x.len() / w` rows) of `x` in place:
+    /// `x ← γ⊙x̂ + β` (no β when `beta` is None), with `x̂ = (x − μ)·rstd`,
+    /// `rstd = 1/sqrt(var + 1e-5)` (biased variance, two passes); `xhat` (same length as `x`)
+    /// and `rstd` (one per row) saved when given. Default: `layer_norm::layer_norm_rows`, f64
+    /// sums in index order.
+    fn layer_norm_rows(&self, w: usize, x: &mut [T], gamma: &[T], beta: Option<&[T]>, xhat: Option<&mut [T]>, rstd: Option<&mut [T]>) {
+        layer_norm::layer_norm_rows(w, x, gamma, beta, xhat, rstd)
+    }
+    /// Backward of [`layer_norm_rows`](Self::layer_norm_rows) for each row:
+    /// `dx = rstd·(g − mean(g) − x̂·mean(g⊙x̂))`, `g = γ⊙dy`. Default:
+    /// `layer_norm::layer_norm_rows_backward`.
+    fn layer_norm_rows_backward(&self, w: usize, dy: &[T], gamma: &[T], xhat: &[T], rstd: &[T], dx: &mut [T]) {
+        layer_norm::layer_norm_rows_backward(w, dy, gamma, xhat, rstd, dx)
+    }
 
     /// How the time loop of `pass` over `rows` batch rows is cut into blocks of rows that run
     /// their steps on their own, in parallel (see [`for_blocks`](Self::for_blocks)): the

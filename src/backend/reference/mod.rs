@@ -38,6 +38,7 @@ pub(crate) const OPTIONS: &[&str] = &[
     "gate_clip",
     "input_forget",
     "linear_before_reset=false",
+    "layer_norm",
 ];
 
 /// Rows of a block of the weight gradients' sums (see `HostKernels::weight_grad_rows`).
