@@ -15,9 +15,11 @@
 // gradients are column sums (layer_norm_param_grads).
 //
 // Row kernels (layer_norm_forward, layer_norm_backward, lstm_ln_cell_*): a block per row,
-// grid-stride over the rows; the block's threads stride over the row and reduce with warp_sum and
-// one shared-memory pass over the warps, in a fixed order, so a result depends on the block size
-// (the driver's 256 threads, a multiple of 32) but not on the grid: bit-identical run to run.
+// grid-stride over the rows; the block's threads stride over the row and reduce with warp
+// shuffles and one shared-memory pass over the warps, in a fixed order, so a result depends on
+// the block size (the driver's 256 threads, a multiple of 32) but not on the grid: bit-identical
+// run to run. The row statistics and the backward's sums and row expression are f64 (as the
+// reference's), rounded once to f32; the gains, the LN output and the cell maths are f32.
 // The column sums (layer_norm_param_grads): one thread per column, the rows summed in order in
 // f64 and added to the f32 accumulator with one rounding; no atomics.
 //
@@ -29,20 +31,22 @@
 // x̂ twice and writes dx; the LSTM pieces read and write [B, H] rows the same way.
 #include "common.cuh"
 
-#define RNNK_LN_EPS 1e-5f
+#define RNNK_LN_EPS_F64 1e-5
 
 // The sum of v over the threads of a block, in every thread; every thread of the block must call
 // it (the driver's blocks are a multiple of 32 threads). On the host emulation a block is one
-// thread, so the row sums are serial, in order.
-__device__ __forceinline__ float block_sum(float v) {
+// thread, so the row sums are serial, in order. In f64, as the reference's row sums: a row of
+// small variance amplifies the rounding of its statistics by rstd (up to 1/sqrt(ε)).
+__device__ __forceinline__ double block_sum(double v) {
 #ifdef __CUDACC__
-    __shared__ float part[32];
-    v = warp_sum(v);
+    __shared__ double part[32];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
     __syncthreads();  // the previous call's readers are done with part
     if (lane == 0) part[warp] = v;
     __syncthreads();
-    float s = 0.0f;
+    double s = 0.0;
     for (int k = 0; k < warps; ++k) s += part[k];
     return s;
 #else
@@ -50,20 +54,20 @@ __device__ __forceinline__ float block_sum(float v) {
 #endif
 }
 
-// The mean and 1/sqrt(var + ε) of the row v [w] (two passes).
+// The mean and 1/sqrt(var + ε) of the row v [w] (two passes, f64).
 struct RowStats {
-    float mean, rstd;
+    double mean, rstd;
 };
 __device__ __forceinline__ RowStats row_stats(const float* __restrict__ v, long long w) {
-    float s = 0.0f;
+    double s = 0.0;
     for (long long j = threadIdx.x; j < w; j += blockDim.x) s += v[j];
-    const float mean = block_sum(s) / (float)w;
-    float q = 0.0f;
+    const double mean = block_sum(s) / (double)w;
+    double q = 0.0;
     for (long long j = threadIdx.x; j < w; j += blockDim.x) {
-        const float d = v[j] - mean;
-        q = fmaf(d, d, q);
+        const double d = v[j] - mean;
+        q += d * d;
     }
-    const RowStats r = {mean, 1.0f / sqrtf(block_sum(q) / (float)w + RNNK_LN_EPS)};
+    const RowStats r = {mean, 1.0 / sqrt(block_sum(q) / (double)w + (double)RNNK_LN_EPS_F64)};
     return r;
 }
 
@@ -81,11 +85,11 @@ __device__ __forceinline__ void layer_norm_forward_body(
         float* __restrict__ row = v + r * w;
         const RowStats st_ = row_stats(row, w);
         for (long long j = threadIdx.x; j < w; j += blockDim.x) {
-            const float xh = (row[j] - st_.mean) * st_.rstd;
+            const float xh = (float)((row[j] - st_.mean) * st_.rstd);
             if (xhat) xhat[r * w + j] = xh;
             row[j] = fmaf(ld(gamma, j), xh, opt(beta, j));
         }
-        if (rstd && threadIdx.x == 0) rstd[r] = st_.rstd;
+        if (rstd && threadIdx.x == 0) rstd[r] = (float)st_.rstd;
     }
 }
 #define LAYER_NORM_FORWARD(NAME, T)                                                                                  \
@@ -108,17 +112,17 @@ __device__ __forceinline__ void layer_norm_backward_body(
     const long long w = width;
     for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
         const long long row = r * w;
-        float s1 = 0.0f, s2 = 0.0f;
+        double s1 = 0.0, s2 = 0.0;
         for (long long j = threadIdx.x; j < w; j += blockDim.x) {
-            const float g = ld(gamma, j) * ld(dy, row + j);
+            const double g = (double)ld(gamma, j) * ld(dy, row + j);
             s1 += g;
-            s2 = fmaf(g, xhat[row + j], s2);
+            s2 += g * xhat[row + j];
         }
-        const float m1 = block_sum(s1) / (float)w, m2 = block_sum(s2) / (float)w;
-        const float rs = rstd[r];
+        const double m1 = block_sum(s1) / (double)w, m2 = block_sum(s2) / (double)w;
+        const double rs = rstd[r];
         for (long long j = threadIdx.x; j < w; j += blockDim.x) {
-            const float g = ld(gamma, j) * ld(dy, row + j);
-            st(dx, row + j, rs * (g - m1 - xhat[row + j] * m2));
+            const double g = (double)ld(gamma, j) * ld(dy, row + j);
+            st(dx, row + j, (float)(rs * (g - m1 - xhat[row + j] * m2)));
         }
     }
 }
@@ -181,7 +185,7 @@ __device__ __forceinline__ void lstm_ln_cell_forward_body(
         const bool active = row_active(lengths, (int)b, step);
         for (long long j = threadIdx.x; j < h; j += blockDim.x) {
             const long long e = b * h + j;
-            const float ch = (c[e] - st_.mean) * st_.rstd;
+            const float ch = (float)((c[e] - st_.mean) * st_.rstd);
             if (c_hat) c_hat[e] = ch;
             if (active) {
                 const float mv = gates[b * 4 * h + 3 * h + j] * tanhf(fmaf(ld(gamma, j), ch, opt(beta, j)));
@@ -189,7 +193,7 @@ __device__ __forceinline__ void lstm_ln_cell_forward_body(
                 if (y) st(y, b * y_stride + j, mv);
             }
         }
-        if (rstd && threadIdx.x == 0) rstd[b] = st_.rstd;
+        if (rstd && threadIdx.x == 0) rstd[b] = (float)st_.rstd;
     }
 }
 #define LSTM_LN_CELL_FORWARD(NAME, T)                                                                                 \
@@ -233,7 +237,7 @@ __device__ __forceinline__ void lstm_ln_cell_backward_body(
             }
             continue;
         }
-        float s1 = 0.0f, s2 = 0.0f;
+        double s1 = 0.0, s2 = 0.0;
         for (long long j = threadIdx.x; j < h; j += blockDim.x) {
             const long long e = b * h + j;
             const float dmv = dm_in ? dm_in[e] : carry[e] + (dy ? ld(dy, b * dy_stride + j) : 0.0f);
@@ -243,16 +247,16 @@ __device__ __forceinline__ void lstm_ln_cell_backward_body(
             const float dsv = dmv * o * (1.0f - tau * tau);
             ds[e] = dsv;
             dm_tau[e] = dmv * tau;
-            const float g = gm * dsv;
+            const double g = (double)gm * dsv;
             s1 += g;
-            s2 = fmaf(g, ch, s2);
+            s2 += g * ch;
         }
-        const float m1 = block_sum(s1) / (float)h, m2 = block_sum(s2) / (float)h;
-        const float rs = rstd[b];
+        const double m1 = block_sum(s1) / (double)h, m2 = block_sum(s2) / (double)h;
+        const double rs = rstd[b];
         for (long long j = threadIdx.x; j < h; j += blockDim.x) {
             const long long e = b * h + j;
-            const float g = ld(gamma, j) * ds[e];
-            dc[e] += rs * (g - m1 - c_hat[e] * m2);
+            const double g = (double)ld(gamma, j) * ds[e];
+            dc[e] += (float)(rs * (g - m1 - c_hat[e] * m2));
         }
     }
 }

@@ -546,11 +546,16 @@ fn ln_problem(cfg: &RnnConfig, shape: &SeqShape, seed: u64, x_range: f64) -> Pro
 
 impl Problem<f32> {
     /// The emulated driver with layer norm (persistent kernels allowed, which decline it)
-    /// against the reference: outputs at 1e-5, gradients at 1e-4, Accumulate twice the
-    /// gradients, inference the training forward's bits (`run_on`), and a second run the first
-    /// one's bits.
+    /// against the reference: outputs at 1e-5, gradients at 1e-4, or twice the error of the
+    /// reference itself computing in f32 where that is larger (as tests/layer_norm.rs holds the
+    /// CPU: a row of small variance amplifies f32 rounding by its rstd, up to 1/sqrt(ε), so the
+    /// specification's own arithmetic in f32 can miss the fixed tolerances; two f32
+    /// computations of the same maths in other orders each carry an error of that size);
+    /// Accumulate twice the gradients, inference the training forward's bits (`run_on`), and a
+    /// second run the first one's bits.
     fn check_layer_norm(&self) -> std::result::Result<(), String> {
         let want = self.run_reference();
+        let own = self.p.run(crate::backend::Reference);
         let emulation = Emulation::default();
         let mut first: Option<Vec<Vec<u32>>> = None;
         for persistent in [false, true] {
@@ -558,9 +563,9 @@ impl Problem<f32> {
             let (got, acc) = self.run_on(&exec, &exec);
             for (i, name) in crate::testkit::OUTPUTS.iter().enumerate() {
                 let err = max_error(&up(&got[i]), &want[i]);
-                let tol = if i < 3 { 1e-5 } else { 1e-4 };
+                let tol = f64::max(if i < 3 { 1e-5 } else { 1e-4 }, 2.0 * max_error(&up(&own[i]), &want[i]));
                 if err > tol {
-                    return Err(format!("persistent={persistent}: {name} error {err:.3e} > {tol:e}: {:?} {:?}", self.cfg, self.shape));
+                    return Err(format!("persistent={persistent}: {name} error {err:.3e} > {tol:.3e}: {:?} {:?}", self.cfg, self.shape));
                 }
             }
             let twice: Vec<f32> = got[6].iter().map(|g| 2.0 * g).collect();
