@@ -82,6 +82,7 @@ mod wavefront;
 
 pub(crate) use backward::{backward, BackwardViews};
 pub(crate) use forward::{forward, ForwardViews};
+pub(crate) use layer_norm::check_storage as check_layer_norm_storage;
 #[cfg(all(test, rnn_kernels_host_emulation))]
 pub(crate) use wavefront::wavefront_chunk;
 

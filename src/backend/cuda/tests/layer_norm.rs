@@ -670,3 +670,19 @@ fn emulated_persistent_required_names_layer_norm() {
         assert!(named(e), "{cell:?}: backward");
     }
 }
+
+/// With f16 or bf16 storage, a layer-normalised plan is refused with an error naming the option
+/// (not run with untested bounds); f32 and the configurations without layer norm pass.
+#[test]
+fn half_storage_refuses_layer_norm() {
+    use super::super::driver::check_layer_norm_storage;
+    let ln = RnnConfig::new(CellKind::Gru, 3, 4).layer_norm(true).build().unwrap();
+    let plain = RnnConfig::new(CellKind::Gru, 3, 4).build().unwrap();
+    for ty in [Dtype::F16, Dtype::BF16] {
+        let e = check_layer_norm_storage("cuda:0", &ln, ty).unwrap_err();
+        assert!(matches!(&e, Error::Unsupported { option, .. } if option == "layer_norm"), "{e:?}");
+        assert!(e.to_string().contains(&format!("{ty:?}")), "{e}");
+        check_layer_norm_storage("cuda:0", &plain, ty).unwrap();
+    }
+    check_layer_norm_storage("cuda:0", &ln, Dtype::F32).unwrap();
+}
