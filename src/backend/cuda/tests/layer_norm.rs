@@ -12,8 +12,9 @@
 //!
 //! - the driver with layer norm (`driver/layer_norm.rs`) against the f64 reference backend: LSTM
 //!   and GRU with every other option, layers, directions, merge modes, projection, batch-first,
-//!   variable lengths, training and inference, Accumulate, bit-identical reruns; the persistent
-//!   kernels declining layer norm.
+//!   variable lengths, training and inference, Accumulate, bit-identical reruns; the forward
+//!   layer wavefront's chunks bit for bit against the layer-by-layer order; the persistent
+//!   kernels declining layer norm, and 16-bit storage refused.
 //!
 //! Tolerances are the option tests' (1e-5 forward, 1e-4 gradients, `max_error`).
 
@@ -685,4 +686,28 @@ fn half_storage_refuses_layer_norm() {
         check_layer_norm_storage("cuda:0", &plain, ty).unwrap();
     }
     check_layer_norm_storage("cuda:0", &ln, Dtype::F32).unwrap();
+}
+
+/// The forward layer wavefront normalises each chunk's input rows in its projection: with
+/// chunks of 3 steps (not dividing T = 8) a layer-normalised stack gives the layer-by-layer
+/// order's outputs, saved activations and gradients bit for bit (the emulation's GEMMs compute
+/// each row on its own; the backward wavefront is off with layer norm).
+#[test]
+fn emulated_wavefront_chunks_normalise_their_rows() {
+    for cell in [CellKind::Lstm, CellKind::Gru] {
+        let cfg = RnnConfig::new(cell, 5, 7).num_layers(3).layer_norm(true).build().unwrap();
+        let shape = SeqShape::with_lengths(8, vec![8, 5, 3, 8]).unwrap();
+        let p = ln_problem(&cfg, &shape, 9, 3.0);
+        let emulation = Emulation::default();
+        let off = emulation.exec().with_wavefront(false);
+        let on = emulation.exec().with_wavefront(true).with_wavefront_chunk(3);
+        let bits = |v: &[Vec<f32>]| v.iter().map(|t| t.iter().map(|x| x.to_bits()).collect::<Vec<_>>()).collect::<Vec<_>>();
+        let (ref_out, ref_reserve) = p.train_on(&off);
+        let (out, reserve) = p.train_on(&on);
+        assert!(bits(&ref_out) == bits(&out), "{cell:?}: outputs");
+        assert!(ref_reserve.saved_bits() == reserve.saved_bits(), "{cell:?}: saved activations");
+        let (a, _) = p.run_on(&off, &off);
+        let (b, _) = p.run_on(&on, &on);
+        assert!(bits(&a) == bits(&b), "{cell:?}: gradients");
+    }
 }
