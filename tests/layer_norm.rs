@@ -240,7 +240,7 @@ fn reference_is_hastes_layer_norm_lstm_and_gru() {
 
 /// Random layer-norm configurations: LSTM (any combination of peephole, clip and input_forget,
 /// projection) or GRU (clip or not); sizes 1..20, 1..3 layers, every direction and merge,
-/// with and without bias.
+/// with and without bias, time-major or batch-first.
 fn ln_config() -> impl Strategy<Value = RnnConfig> {
     (
         any::<bool>(),
@@ -252,14 +252,16 @@ fn ln_config() -> impl Strategy<Value = RnnConfig> {
         0usize..6,
         0u32..8,
         prop::sample::select(vec![0.5, 1.0, 3.0]),
+        any::<bool>(),
     )
-        .prop_map(|(lstm, i, h, l, dir, bias, p, combo, clip)| {
+        .prop_map(|(lstm, i, h, l, dir, bias, p, combo, clip, batch_first)| {
             let (d, m) = DIRECTIONS[dir];
             let b = RnnConfig::new(if lstm { CellKind::Lstm } else { CellKind::Gru }, i, h)
                 .num_layers(l)
                 .direction(d)
                 .merge(m)
                 .bias(bias)
+                .batch_first(batch_first)
                 .layer_norm(true);
             let clip = if combo & 2 != 0 { clip } else { 0.0 };
             if lstm {
