@@ -29,6 +29,11 @@
 //   before its activation (onnxruntime's order); backward passes a gate's gradient only where
 //   it was not clipped (ClipRange in common.cuh);
 // - input_forget: f = 1 - i (a_f unused): backward da_i = dc'·(g - c_prev)·i(1-i), da_f = 0.
+//
+// Layer norm (the option layer_norm): the forward steps are the entries above (the driver
+// normalises XG and HG around them and computes m in lstm_ln_cell_forward, layer_norm.cu);
+// backward is lstm_backward_step_ln, the _opt template with LN = true, whose o-gate factor and
+// output-path dc come from lstm_ln_cell_backward.
 #include "common.cuh"
 
 // One forward step. The input-side bias b_ih is added here rather than into xg, so the input
@@ -188,7 +193,7 @@ RNNK_INSTANTIATE(LSTM_PROJECTION_BACKWARD_PREPARE, lstm_projection_backward_prep
 // hidden-side are equal for an LSTM).
 //
 // Inactive rows: dG = 0, dc unchanged.
-template <typename T, bool OPT>
+template <typename T, bool OPT, bool LN = false>
 __device__ __forceinline__ void lstm_backward_step_body(
     int batch, int hidden, int step,
     const int* __restrict__ lengths, // [B]
@@ -204,7 +209,8 @@ __device__ __forceinline__ void lstm_backward_step_body(
     const T* __restrict__ peephole,  // OPT: [3, H] rows i, f, o, or null
     float clip,                      // OPT: the forward's gate clip, 0 for none
     int input_forget,                // OPT: f = 1 - i
-    float* __restrict__ dpeep) {     // OPT: [B, 3H] in/out: the peephole gradients of each row, or null
+    float* __restrict__ dpeep,       // OPT: [B, 3H] in/out: the peephole gradients of each row, or null
+    const float* __restrict__ dm_tau = nullptr) {  // LN: [B, H]: dm⊙tanh(LN(c)) (layer_norm.cu)
     const long long h = hidden, gh = 4LL * hidden;
     FOR_EACH_ELEMENT(e, (long long)batch * h) {
         const long long b = e / h, j = e % h;
@@ -225,7 +231,7 @@ __device__ __forceinline__ void lstm_backward_step_body(
             continue;
         }
         const float i = gates[row + j], f = gates[row + h + j], g = gates[row + 2 * h + j], o = gates[row + 3 * h + j];
-        const float tc = tanhf(c[e]);
+        const float tc = LN ? 0.0f : tanhf(c[e]);
         if (!OPT) {
             const float dcv = fmaf(dmv * o, 1.0f - tc * tc, dc[e]);
             dc[e] = dcv * f;
@@ -239,8 +245,8 @@ __device__ __forceinline__ void lstm_backward_step_body(
         const ClipRange sig = {on, on ? sigmoidf_(-clip) : 0.0f, on ? sigmoidf_(clip) : 0.0f};
         const ClipRange th = {on, on ? tanhf(-clip) : 0.0f, on ? tanhf(clip) : 0.0f};
         const float cp = c_prev[e], cv = c[e];
-        const float dao = dmv * tc * o * (1.0f - o) * sig.pass(o);
-        float dcv = fmaf(dmv * o, 1.0f - tc * tc, dc[e]);
+        const float dao = (LN ? dm_tau[e] : dmv * tc) * o * (1.0f - o) * sig.pass(o);
+        float dcv = LN ? dc[e] : fmaf(dmv * o, 1.0f - tc * tc, dc[e]);
         if (peephole) dcv = fmaf(dao, ld(peephole, 2 * h + j), dcv);
         float dai, daf;
         if (input_forget) {
@@ -289,3 +295,18 @@ RNNK_INSTANTIATE(LSTM_BACKWARD_STEP, lstm_backward_step)
                                          dg, peephole, clip, input_forget, dpeep);                              \
     }
 RNNK_INSTANTIATE(LSTM_BACKWARD_STEP_OPT, lstm_backward_step_opt)
+
+// The backward step of the layer-normalised LSTM (the cell options as in _opt): after
+// lstm_ln_cell_backward (kernels/layer_norm.cu) added the output path's LNback(dŝ) into dc, the
+// o gate's gradient is dm_tau·o(1-o) (dm_tau = dm⊙tanh(LN(c)) [B, H]) and dc' = dc (no
+// dm⊙o⊙(1−tanh²c) term); the rest, and the carry, as lstm_backward_step_opt.
+#define LSTM_BACKWARD_STEP_LN(NAME, T)                                                                            \
+    extern "C" __global__ void NAME(int batch, int hidden, int step, const int* __restrict__ lengths, const float* __restrict__ gates,       \
+                                    const float* __restrict__ c, const float* __restrict__ c_prev, const float* __restrict__ dm_in, const T* __restrict__ dy,         \
+                                    int dy_stride, float* __restrict__ carry, float* __restrict__ dc, T* __restrict__ dg,                                \
+                                    const T* __restrict__ peephole, float clip, int input_forget, float* __restrict__ dpeep,                          \
+                                    const float* __restrict__ dm_tau) {                                                                                \
+        lstm_backward_step_body<T, true, true>(batch, hidden, step, lengths, gates, c, c_prev, dm_in, dy, dy_stride, carry, dc, \
+                                               dg, peephole, clip, input_forget, dpeep, dm_tau);                  \
+    }
+RNNK_INSTANTIATE(LSTM_BACKWARD_STEP_LN, lstm_backward_step_ln)

@@ -311,6 +311,50 @@ mod with_feature {
         assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("persistent"), "{e}");
     }
 
+    /// Layer norm on the device (kernels/layer_norm.cu: the row kernels' block reductions with
+    /// 256 threads, rows wider than a block, more rows than the 8192 blocks of a launch) against
+    /// the reference, with random gains and biases: LSTM and GRU, with the other options, both
+    /// directions, projection, mixed lengths. Tolerance: the fixed one or twice the reference's
+    /// own error in f32, where that is larger (tests/layer_norm.rs: a row of small variance
+    /// amplifies f32 rounding by its rstd). A second run gives the same bits.
+    #[test]
+    fn cuda_layer_norm_matches_reference() {
+        let Some(c) = cuda("cuda_layer_norm_matches_reference") else { return };
+        let ln = |cell, i, h| RnnConfig::new(cell, i, h).layer_norm(true);
+        let configs = [
+            (ln(CellKind::Lstm, 40, 300).num_layers(2).build().unwrap(), 37),
+            (ln(CellKind::Gru, 40, 130).num_layers(2).bidirectional(true).gate_clip(0.7).build().unwrap(), 37),
+            (ln(CellKind::Lstm, 40, 96).bidirectional(true).proj_size(40).peephole(true).input_forget(true).build().unwrap(), 3),
+            (ln(CellKind::Lstm, 8, 16).build().unwrap(), 1000),
+            (ln(CellKind::Gru, 8, 16).direction(rnn_kernels::Direction::Reverse).batch_first(true).build().unwrap(), 1000),
+        ];
+        for (cfg, b) in &configs {
+            let shape = SeqShape::with_lengths(9, (0..*b).map(|i| 1 + (i * 5) % 9).collect()).unwrap();
+            let mut p = Problem::new(cfg, &shape, 79, 3.0);
+            let mut rng = rnn_kernels::testkit::SplitMix64::new(79);
+            for s in rnn_kernels::ParamLayout::new(cfg).specs() {
+                let base = match &s.name {
+                    n if n.starts_with("weight_ln_") => 1.0,
+                    n if n.starts_with("bias_ln_") => 0.0,
+                    _ => continue,
+                };
+                for v in &mut p.params[s.range()] {
+                    *v = (base + rng.uniform(-0.5, 0.5)) as f32;
+                }
+            }
+            let want = p.run_reference();
+            let own = errors(&p.run(rnn_kernels::Reference), &want);
+            let got = p.run(CudaHost(c.clone()));
+            for ((name, err, tol), (_, e32, _)) in errors(&got, &want).into_iter().zip(own) {
+                let tol = tol.max(2.0 * e32);
+                assert!(err <= tol, "{name} error {err:.3e} > {tol:.3e}: {}", describe(cfg, &shape));
+            }
+            let again = p.run(CudaHost(c.clone()));
+            let bits = |v: &[Vec<f32>]| v.iter().map(|t| t.iter().map(|x| x.to_bits()).collect::<Vec<_>>()).collect::<Vec<_>>();
+            assert!(bits(&got) == bits(&again), "a second run differs: {}", describe(cfg, &shape));
+        }
+    }
+
     #[test]
     fn cuda_matches_pytorch_fixtures() {
         let Some(c) = cuda("cuda_matches_pytorch_fixtures") else { return };

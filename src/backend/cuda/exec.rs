@@ -77,8 +77,8 @@ pub(crate) struct Exec<'a> {
     paths: Paths,
 }
 
-/// Threads per block of the grid-stride kernels.
-const BLOCK: u32 = 256;
+/// Threads per block of the grid-stride kernels (and of the row kernels, a multiple of 32).
+pub(crate) const BLOCK: u32 = 256;
 
 /// The launch of a grid-stride kernel over `n` elements.
 pub(crate) fn grid(n: usize) -> LaunchConfig {
@@ -303,6 +303,24 @@ impl<'a> Exec<'a> {
     pub fn launch<A: KernelArgs>(&self, si: usize, k: Kernel<A>, n: usize, args: &A) -> Result<()> {
         debug_assert!(!k.id.persistent());
         self.launch_as(si, k, self.storage, grid(n), args)
+    }
+
+    /// Row kernel `k` (a block per row: kernels/layer_norm.cu) over `rows` rows on stream `si`,
+    /// the entry of storage type `ty`: a grid-stride launch of `rows` blocks (at most 8192, the
+    /// kernels stride over the rest) of [`BLOCK`] threads.
+    pub fn launch_rows<A: KernelArgs>(&self, si: usize, k: Kernel<A>, ty: Dtype, rows: usize, args: &A) -> Result<()> {
+        debug_assert!(!k.id.persistent());
+        if rows == 0 {
+            return Ok(());
+        }
+        self.launch_as(si, k, ty, grid(rows * BLOCK as usize), args)
+    }
+
+    /// Grid-stride kernel `k` over `n` elements on stream `si`, the entry of type `ty` (an f32
+    /// operand whatever the call's storage type).
+    pub fn launch_typed<A: KernelArgs>(&self, si: usize, k: Kernel<A>, ty: Dtype, n: usize, args: &A) -> Result<()> {
+        debug_assert!(!k.id.persistent());
+        self.launch_as(si, k, ty, grid(n), args)
     }
 
     /// Persistent kernel `k` (f32) on stream `si`: a cooperative launch of `ceil(h / units)`

@@ -65,6 +65,14 @@ macro_rules! registry {
                 LstmBackwardStepOpt: lstm_pointwise, grid_stride
                     [f32 lstm_backward_step_opt, f16 lstm_backward_step_opt_f16, bf16 lstm_backward_step_opt_bf16];
             }
+            /// One layer-normalised LSTM backward step (the options as `_opt`): the o gate's factor
+            /// `dm_tau` `[B, H]` and the output path's `dc` from `lstm_ln_cell_backward`.
+            LstmBackwardStepLnArgs(batch: i32, hidden: i32, step: i32, lengths: u64, gates: u64, c: u64, c_prev: u64,
+                dm_in: u64, dy: u64, dy_stride: i32, carry: u64, dc: u64, dg: u64, peephole: u64, clip: f32,
+                input_forget: i32, dpeep: u64, dm_tau: u64) {
+                LstmBackwardStepLn: lstm_pointwise, grid_stride
+                    [f32 lstm_backward_step_ln, f16 lstm_backward_step_ln_f16, bf16 lstm_backward_step_ln_bf16];
+            }
             /// One GRU step after the recurrent GEMM (kernels/gru_pointwise.cu).
             GruForwardStepArgs(batch: i32, hidden: i32, step: i32, lengths: u64, xg: u64, hg: u64, b_ih: u64, b_hh: u64,
                 h_prev: u64, gates: u64, extra: u64, h: u64, y: u64, y_stride: i32) {
@@ -160,6 +168,34 @@ macro_rules! registry {
             /// `dst[j] += Σ_i src[i, j]`, `src` `[rows, cols]` f32 (the peephole gradients' sum over the batch).
             AddColumnSumsArgs(rows: i32, cols: i32, src: u64, dst: u64) {
                 AddColumnSums: util, grid_stride [f32 add_column_sums_f32];
+            }
+            /// `v = LN(v; γ, β)` per row, in place, `x̂` and `rstd` saved when given (kernels/layer_norm.cu;
+            /// a block per row: launched over `rows · 256` elements).
+            LayerNormForwardArgs(rows: i32, width: i32, v: u64, gamma: u64, beta: u64, xhat: u64, rstd: u64) {
+                LayerNormForward: layer_norm, grid_stride
+                    [f32 layer_norm_forward, f16 layer_norm_forward_f16, bf16 layer_norm_forward_bf16];
+            }
+            /// `dx = LNback(dy; γ, x̂, rstd)` per row (`dx` may be `dy`).
+            LayerNormBackwardArgs(rows: i32, width: i32, dy: u64, gamma: u64, xhat: u64, rstd: u64, dx: u64) {
+                LayerNormBackward: layer_norm, grid_stride
+                    [f32 layer_norm_backward, f16 layer_norm_backward_f16, bf16 layer_norm_backward_bf16];
+            }
+            /// `dγ += Σ_r dy⊙x̂`, `dβ += Σ_r dy` (f32 accumulators; one thread per column, rows in order).
+            LayerNormParamGradsArgs(rows: i32, width: i32, dy: u64, xhat: u64, dgamma: u64, dbeta: u64) {
+                LayerNormParamGrads: layer_norm, grid_stride
+                    [f32 layer_norm_param_grads, f16 layer_norm_param_grads_f16, bf16 layer_norm_param_grads_bf16];
+            }
+            /// The layer-normalised LSTM's `m = o⊙tanh(LN(c; γ_c, β_c))` after a step (a block per row).
+            LstmLnCellForwardArgs(batch: i32, hidden: i32, step: i32, lengths: u64, gates: u64, c: u64, gamma: u64, beta: u64,
+                m: u64, y: u64, y_stride: i32, c_hat: u64, rstd: u64) {
+                LstmLnCellForward: layer_norm, grid_stride
+                    [f32 lstm_ln_cell_forward, f16 lstm_ln_cell_forward_f16, bf16 lstm_ln_cell_forward_bf16];
+            }
+            /// Its backward before `lstm_backward_step_ln`: `dŝ`, `dm⊙τ` and `dc += LNback(dŝ)` (a block per row).
+            LstmLnCellBackwardArgs(batch: i32, hidden: i32, step: i32, lengths: u64, gates: u64, c_hat: u64, rstd: u64,
+                gamma: u64, beta: u64, dm_in: u64, dy: u64, dy_stride: i32, carry: u64, dc: u64, ds: u64, dm_tau: u64) {
+                LstmLnCellBackward: layer_norm, grid_stride
+                    [f32 lstm_ln_cell_backward, f16 lstm_ln_cell_backward_f16, bf16 lstm_ln_cell_backward_bf16];
             }
             /// A whole LSTM layer-direction forward in one cooperative launch (kernels/persistent_lstm.cu).
             PersistentLstmForwardArgs(batch: i32, hidden: i32, steps: i32, reverse: i32, units: i32, lengths: u64, xg: u64,
@@ -371,6 +407,7 @@ mod tests {
             "gru_reset_before",
             "rnn_pointwise",
             "util",
+            "layer_norm",
             "persistent_lstm",
             "persistent_cell",
             "persistent_backward",

@@ -76,6 +76,9 @@ pub(crate) const OPTIONS: &[&str] = &[
     "direction=reverse",
     "merge=sum",
     "batch_first",
+    // The row kernels of kernels/layer_norm.cu around the step kernels (driver/layer_norm.rs;
+    // f32 storage).
+    "layer_norm",
 ];
 use crate::backend::{
     check_backward, check_forward, Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnPlan,
@@ -381,6 +384,7 @@ impl Cuda {
 
     fn plan<T: CudaElement>(&self, config: &RnnConfig, params: &CudaBuf<T>) -> Result<CudaPlan> {
         crate::backend::check_options(&self.dev.name, config, OPTIONS)?;
+        driver::check_layer_norm_storage(&self.dev.name, config, T::DTYPE)?;
         let layout = ParamLayout::new(config);
         layout.check_buffer("params", params.slice.len())?;
         let target = self.dev.lock()?;

@@ -5,6 +5,7 @@
 use super::super::buffer::View;
 use super::super::exec::Exec;
 use super::super::kernels::{self as k, Kernel};
+use super::layer_norm::{self, LnBackward};
 use super::wavefront::{backward_wavefront, wavefront_chunk};
 use super::{
     check_sizes, each_direction, gru_reset_before, joined_on_error, options, persistent_declined, persistent_declines, persistent_required,
@@ -97,6 +98,8 @@ pub(super) struct DirBackward {
     grads: Option<LayerViews>,
     io: BwdIo,
     bufs: BwdBufs,
+    /// Layer norm, when the cell has it.
+    ln: Option<LnBackward>,
 }
 
 /// One layer of a backward pass.
@@ -153,7 +156,8 @@ pub(crate) fn backward(exec: &Exec<'_>, weights: Weights<'_>, shape: &SeqShape, 
     // Every buffer of every layer is allocated before any work forks to stream 1 (`layers`
     // from the last layer to the first).
     let persistent = layers.iter().flat_map(|l| &l.dirs).any(|dir| dir.bufs.persistent.is_some());
-    joined_on_error(exec, || match wavefront_chunk(exec, cfg, shape).filter(|_| !persistent) {
+    // Not with layer norm: a chunk's dX rows need the whole sequence's dGi (layer_norm.rs).
+    joined_on_error(exec, || match wavefront_chunk(exec, cfg, shape).filter(|_| !persistent && !cfg.layer_norm()) {
         Some(k) => backward_wavefront(exec, &layers, k),
         None => layers.iter().try_for_each(|layer| {
             each_direction(exec, &layer.dirs, |dir| dir.run(exec))?;
@@ -208,13 +212,14 @@ fn allocate(
             _ => Some(temps.storage(tb * dims.input)?),
         };
         let mut bufs = Vec::with_capacity(nd);
-        for _ in 0..nd {
-            bufs.push(direction_bufs(temps, &dims, l)?);
+        for d in 0..nd {
+            let ln = layer_norm::backward_bufs(temps, &dims, weights.w, dparams, weights.layout.layer(l, d), &sv.dirs[l * nd + d])?;
+            bufs.push((direction_bufs(temps, &dims, l)?, ln));
         }
         let dirs = bufs
             .into_iter()
             .enumerate()
-            .map(|(d, bufs)| {
+            .map(|(d, (bufs, ln))| {
                 let i = l * nd + d;
                 let io = BwdIo {
                     input,
@@ -231,7 +236,7 @@ fn allocate(
                 };
                 let grads = dparams.map(|dp| LayerViews::of(dp, weights.layout.layer(l, d)));
                 let (reverse, col) = (d == 1 || cfg.reverse_only(), if cfg.merge() == Merge::Sum { 0 } else { d * dims.hout });
-                DirBackward { d, reverse, col, dims, weights: weights.layer(l, d), grads, io, bufs }
+                DirBackward { d, reverse, col, dims, weights: weights.layer(l, d), grads, io, bufs, ln }
             })
             .collect();
         layers.push(BackwardLayer { l, d_in, dirs });
@@ -373,9 +378,11 @@ impl DirBackward {
                         }
                         None => step_args,
                     };
-                    if options::lstm_has_options(&self.dims.cell) {
-                        let peephole = self.weights.peephole.map_or(0, |p| p.ptr);
-                        let dpeep = if self.dims.cell.peephole { b.dpeep.ptr } else { 0 };
+                    let peephole = self.weights.peephole.map_or(0, |p| p.ptr);
+                    let dpeep = if self.dims.cell.peephole { b.dpeep.ptr } else { 0 };
+                    if let Some(ln) = &self.ln {
+                        ln.lstm_step(exec, si, &self.dims, step_args, peephole, dpeep)?;
+                    } else if options::lstm_has_options(&self.dims.cell) {
                         let args = options::lstm_backward(step_args, &self.dims.cell, peephole, dpeep);
                         exec.launch(si, k::LstmBackwardStepOpt, bl * h, &args)?;
                     } else {
@@ -421,7 +428,12 @@ impl DirBackward {
                     }
                 }
             }
-            // dh_prev += dGh · W_hh (the kernels left the direct part, or dh on inactive rows).
+            // dh_prev += dGh · W_hh (the kernels left the direct part, or dh on inactive rows); with
+            // layer norm dGh goes through the normalisation's backward first.
+            let dgh_t = match &self.ln {
+                Some(ln) => ln.hidden(exec, si, &self.dims, t, dgh_t)?,
+                None => dgh_t,
+            };
             exec.gemm(si, 1.0, dgh_t.mat(bl, gh), w_hh, 1.0, b.carry.mat(bl, hout))?;
         }
         Ok(())
@@ -472,6 +484,18 @@ impl DirBackward {
         if let Some(dc0) = io.dc0 {
             exec.copy(si, dc0, b.dc)?;
         }
+        // db += 1^T · dG
+        if let Some(dp) = self.grads {
+            for (db, dg) in [(dp.b_ih, b.dgi), (dp.b_hh, b.dgh)] {
+                if let Some(db) = db {
+                    exec.gemm(si, 1.0, io.ones.mat(1, tb), dg.mat(tb, gh), 1.0, db.mat(1, gh))?;
+                }
+            }
+        }
+        // Layer norm: the gains' gradients, then dGi through the input normalisation's backward.
+        if let Some(ln) = &self.ln {
+            ln.end(exec, si, &self.dims, b.dgi, b.dgh)?;
+        }
         let Some(dp) = self.grads else { return Ok(()) };
         // dW_ih += dGi^T · X
         exec.gemm(si, 1.0, b.dgi.mat(tb, gh).t(), io.input.mat(tb, self.dims.input), 1.0, dp.w_ih.mat(gh, self.dims.input))?;
@@ -484,19 +508,15 @@ impl DirBackward {
         } else {
             let dw_hh = dp.w_hh.mat(gh, hout);
             let rest = (tl - 1) * bl;
+            // With layer norm, the gradient of the raw product (before its normalisation).
+            let dgh = self.ln.map_or(b.dgh, |ln| ln.dhg_raw);
             let (first, rest_g, rest_h) = if self.reverse {
-                (tl - 1, b.dgh.at(0, rest * gh), h_all.at(bl * hout, rest * hout))
+                (tl - 1, dgh.at(0, rest * gh), h_all.at(bl * hout, rest * hout))
             } else {
-                (0, b.dgh.at(bl * gh, rest * gh), h_all.at(0, rest * hout))
+                (0, dgh.at(bl * gh, rest * gh), h_all.at(0, rest * hout))
             };
             exec.gemm(si, 1.0, rest_g.mat(rest, gh).t(), rest_h.mat(rest, hout), 1.0, dw_hh)?;
-            exec.gemm(si, 1.0, b.dgh.at(first * bl * gh, bl * gh).mat(bl, gh).t(), io.h0.mat(bl, hout), 1.0, dw_hh)?;
-        }
-        // db += 1^T · dG
-        for (db, dg) in [(dp.b_ih, b.dgi), (dp.b_hh, b.dgh)] {
-            if let Some(db) = db {
-                exec.gemm(si, 1.0, io.ones.mat(1, tb), dg.mat(tb, gh), 1.0, db.mat(1, gh))?;
-            }
+            exec.gemm(si, 1.0, dgh.at(first * bl * gh, bl * gh).mat(bl, gh).t(), io.h0.mat(bl, hout), 1.0, dw_hh)?;
         }
         if let Some(dw_hr) = dp.w_hr {
             // dW_hr += dH^T · M

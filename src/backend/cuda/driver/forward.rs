@@ -5,6 +5,7 @@
 use super::super::buffer::View;
 use super::super::exec::Exec;
 use super::super::kernels::{self as k, Kernel, KernelId};
+use super::layer_norm::{self, LnForward};
 use super::wavefront::{forward_wavefront, wavefront_chunk};
 use super::{
     check_sizes, each_direction, gru_reset_before, joined_on_error, options, persistent_declined, persistent_declines, persistent_required,
@@ -89,6 +90,8 @@ pub(super) struct DirForward {
     lens: u64,
     pub io: FwdIo,
     pub bufs: FwdBufs,
+    /// Layer norm, when the cell has it.
+    ln: Option<LnForward>,
 }
 
 /// The whole forward pass. Buffers have been validated against the configuration and `shape`;
@@ -220,6 +223,8 @@ fn allocate(
             let i = l * nd + d;
             let bufs = direction_bufs(temps, &dims, save.as_deref_mut().map(|r| &mut r.dirs[i]))?;
             let bufs = FwdBufs { persistent: choose_persistent(temps, &dims, l)?, ..bufs };
+            let ln =
+                layer_norm::forward_bufs(temps, &dims, weights.w, weights.layout.layer(l, d), save.as_deref_mut().map(|r| &mut r.dirs[i]))?;
             let sum = cfg.merge() == Merge::Sum && d == 1;
             let io = FwdIo {
                 input: prev_out,
@@ -231,7 +236,7 @@ fn allocate(
                 cn: if lstm { io.cn.map(|v| v.at(i * clen, clen)) } else { None },
             };
             let (reverse, col) = (d == 1 || cfg.reverse_only(), if cfg.merge() == Merge::Sum { 0 } else { d * dims.hout });
-            dirs.push(DirForward { d, reverse, col, dims, weights: weights.layer(l, d), lens, io, bufs });
+            dirs.push(DirForward { d, reverse, col, dims, weights: weights.layer(l, d), lens, io, bufs, ln });
         }
         layers.push(dirs);
         prev_out = out;
@@ -250,7 +255,7 @@ fn direction_bufs(temps: &mut Temps<'_, '_>, dims: &LayerDims, save: Option<&mut
         Some(sv) => {
             let st = exec.storage();
             let sizes = dims.cell.saved_sizes(tl, bl);
-            // The layer-norm buffers stay empty: the CUDA backend refuses layer_norm at plan.
+            // The layer-norm buffers: layer_norm::forward_bufs.
             let [gates, extra, c, m, h, ..] = sizes.zip(sv);
             let extra_ty = gru_reset_before::extra_type(&dims.cell, st);
             let [gates, extra, c] = [(gates, Dtype::F32), (extra, extra_ty), (c, Dtype::F32)].map(|((slot, n), ty)| exec.fit(slot, ty, n));
@@ -329,7 +334,11 @@ impl DirForward {
         let (r0, n) = (rows.start * bl, rows.len() * bl);
         let input = self.io.input.at(r0 * inw, n * inw).mat(n, inw);
         let w_ih = self.weights.w_ih.mat(gh, inw);
-        exec.gemm(si, 1.0, input, w_ih.t(), 0.0, self.bufs.xg.at(r0 * gh, n * gh).mat(n, gh))
+        exec.gemm(si, 1.0, input, w_ih.t(), 0.0, self.bufs.xg.at(r0 * gh, n * gh).mat(n, gh))?;
+        match &self.ln {
+            Some(ln) => ln.input(exec, si, &self.dims, self.bufs.xg, rows),
+            None => Ok(()),
+        }
     }
 
     /// The address of a bias or of the peepholes (0: none).
@@ -346,7 +355,9 @@ impl DirForward {
         let (b, io, lens) = (&self.bufs, &self.io, self.lens);
         let reverse = self.reverse;
         let w_hh = self.weights.w_hh.mat(gh, hout);
-        let (b_ih, b_hh) = (Self::bias(self.weights.b_ih), Self::bias(self.weights.b_hh));
+        // With layer norm, b_ih is the input normalisation's β, already in XG.
+        let b_ih = if self.ln.is_some() { 0 } else { Self::bias(self.weights.b_ih) };
+        let b_hh = Self::bias(self.weights.b_hh);
         let (batch, hidden, y_stride) = (bl as i32, h as i32, out_w as i32);
         let slot = |kk: usize, t: usize| if b.training { t } else { kk % 2 };
         let cho = gru_reset_before::applies(&self.dims.cell);
@@ -358,12 +369,16 @@ impl DirForward {
             let c_prev = if self.dims.lstm() { prev.map_or(io.c0, |p| b.c.at(p * bl * h, bl * h)) } else { View::NULL };
             let h_t = b.h.at(cur * bl * hout, bl * hout);
             let c_t = if self.dims.lstm() { b.c.at(cur * bl * h, bl * h) } else { View::NULL };
-            // HG[B, G·H] = h_prev · W_hh^T (Cho's GRU: two products, in its step)
+            // HG[B, G·H] = h_prev · W_hh^T (Cho's GRU: two products, in its step), normalised with
+            // layer norm (which Cho's GRU does not take)
             if !cho {
                 exec.gemm(si, 1.0, h_prev.mat(bl, hout), w_hh.t(), 0.0, b.hg.mat(bl, gh))?;
             }
+            if let Some(ln) = &self.ln {
+                ln.hidden(exec, si, &self.dims, t, b.hg)?;
+            }
             let xg = b.xg.at(t * bl * gh, bl * gh).ptr;
-            let gates = b.gates.map_or(0, |g| g.at(t * bl * gh, bl * gh).ptr);
+            let gates = b.gates.map_or_else(|| self.ln.map_or(0, |ln| ln.inference_gates()), |g| g.at(t * bl * gh, bl * gh).ptr);
             let y_t = io.out.strided(t * bl * out_w + self.col, bl, out_w, hout).ptr;
             let step = t as i32;
             let hg = b.hg.ptr;
@@ -393,6 +408,9 @@ impl DirForward {
                         exec.launch(si, k::LstmForwardStepOpt, bl * h, &options::lstm_forward(args, &self.dims.cell, peephole))?;
                     } else {
                         exec.launch(si, k::LstmForwardStep, bl * h, &args)?;
+                    }
+                    if let Some(ln) = &self.ln {
+                        ln.cell_output(exec, si, &self.dims, t, lens, gates, c_t, m_t, args.y)?;
                     }
                     if let Some(w_hr) = self.weights.w_hr {
                         // h[B, Hout] = m · W_hr^T, then masked.

@@ -27,7 +27,8 @@
 //! run the plain cells only and decline a layer with an option (it takes the per-step path;
 //! required, that is an `Error::Unsupported` naming the option). A GRU with the reset gate
 //! before the recurrent matmul (`linear_before_reset = false`) runs two GEMMs and two kernels
-//! per step (`gru_reset_before.rs`).
+//! per step (`gru_reset_before.rs`). Layer norm adds row kernels around the same passes
+//! (`layer_norm.rs`).
 //!
 //! Batch-first `x`, `y` (and `dx`, `dy`): the passes run time-major, with one transposing copy
 //! on the way in and out (util.cu's `swap_axes_*`: `x` and `dy` into temporaries, `y` and `dx`
@@ -71,17 +72,20 @@
 //!
 //! - `forward.rs`, `backward.rs`: the passes, their allocation and their per-direction work;
 //! - `wavefront.rs`: the layer wavefront's chunk and its schedules;
+//! - `layer_norm.rs`: the layer-normalised cells' additions to both passes;
 //! - here: what both passes share (the reserve, the weights of a layer, the temporaries, the
 //!   join of stream 1 after a failure).
 
 mod backward;
 mod forward;
 mod gru_reset_before;
+mod layer_norm;
 pub(in crate::backend::cuda) mod options;
 mod wavefront;
 
 pub(crate) use backward::{backward, BackwardViews};
 pub(crate) use forward::{forward, ForwardViews};
+pub(crate) use layer_norm::check_storage as check_layer_norm_storage;
 #[cfg(all(test, rnn_kernels_host_emulation))]
 pub(crate) use wavefront::wavefront_chunk;
 
@@ -292,6 +296,7 @@ fn persistent_declines(cell: &crate::backend::cell::Cell) -> Option<&'static str
         (cell.clip > 0.0, "gate_clip"),
         (cell.input_forget, "input_forget"),
         (!cell.linear_before_reset, "linear_before_reset=false"),
+        (cell.layer_norm, "layer_norm"),
     ]
     .into_iter()
     .find_map(|(on, name)| on.then_some(name))

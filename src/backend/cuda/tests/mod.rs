@@ -12,6 +12,9 @@
 //!   persistent kernels declining them;
 //! - `gru_reset_before.rs`: the GRU with the reset gate before the recurrent matmul, its step
 //!   kernels against an f64 oracle and the driver against the reference;
+//! - `layer_norm.rs`: layer norm's kernels (the row normalisation, its backward and column sums,
+//!   the layer-normalised LSTM's output forward and backward) against f64 row functions, and the
+//!   driver with layer norm against the f64 reference;
 //! - `wavefront.rs`: the layer wavefront bit for bit against the layer-by-layer order, the
 //!   stream each piece of work is issued on, and stream 1 joined after a failure.
 //!
@@ -23,6 +26,7 @@
 mod driver;
 mod gru_reset_before;
 mod half_storage;
+mod layer_norm;
 mod options;
 mod options_driver;
 mod wavefront;
