@@ -83,8 +83,9 @@ step test-cuda "${T_CUDA[@]}" --nocapture
 step test-lib "${T_LIB[@]}" backend::cuda
 step test-capi "${T_CAPI[@]}" --nocapture
 step verify "${VERIFY[@]}" --backend cuda tests/fixtures/*.safetensors
-# The cell options' cases: PyTorch's Cho GRU, onnxruntime's ONNX options (f32).
-step verify-options "${VERIFY[@]}" --backend cuda tests/fixtures/gru_options/*.safetensors tests/fixtures/onnx/*.safetensors
+# The cell options' cases: PyTorch's Cho GRU, onnxruntime's ONNX options, Haste's layer norm (f32).
+step verify-options "${VERIFY[@]}" --backend cuda tests/fixtures/gru_options/*.safetensors tests/fixtures/onnx/*.safetensors \
+    tests/fixtures/layer_norm/*.safetensors
 for dtype in f16 bf16; do
     step "verify-$dtype" "${VERIFY[@]}" --backend cuda --dtype "$dtype" tests/fixtures/*.safetensors
 done
