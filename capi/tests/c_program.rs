@@ -250,6 +250,18 @@ fn variants() -> Vec<Variant> {
             canonical: "direction=reverse",
         },
         Variant {
+            name: "gru_layer_norm_reverse",
+            cfg: new(CellKind::Gru).layer_norm(true).direction(Direction::Reverse).build().unwrap(),
+            options: "layer_norm, direction=reverse",
+            canonical: "direction=reverse,layer_norm=true",
+        },
+        Variant {
+            name: "lstm_layer_norm",
+            cfg: new(CellKind::Lstm).layer_norm(true).build().unwrap(),
+            options: "layer_norm=1",
+            canonical: "layer_norm=true",
+        },
+        Variant {
             name: "lstm_sum_input_forget",
             cfg: new(CellKind::Lstm).bidirectional(true).merge(Merge::Sum).input_forget(true).build().unwrap(),
             options: "merge = sum, input_forget = 1",
