@@ -23,6 +23,9 @@
 //!     LSTM forward (`isa/avx512/lstm.rs`) and its maths.
 //!   - `isa/cell_tests.rs`: the harness every ISA's cells are tested with
 //!     (`cell_kernel_tests!` in each ISA's `mod.rs`).
+//!   - `isa/*/layer_norm.rs` (and `isa/scalar.rs`'s `layer_norm`): layer norm of one row,
+//!     forward and backward, each row's sums in a fixed order per ISA;
+//!     `isa/layer_norm_tests.rs` tests them (`layer_norm_kernel_tests!` in each of them).
 //! - `gemm/`: the GEMM drivers, ISA-neutral and generic over an ISA's register tiles:
 //!   `mod.rs` splits a product across threads, `sgemm.rs` is the blocked and skinny SGEMM
 //!   (and the traits the tiles implement), `packed.rs` the plan's weights packed once,

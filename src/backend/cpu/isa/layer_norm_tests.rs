@@ -353,3 +353,74 @@ pub(crate) fn wrong_rstd_panics<K: Kernels>(isa: Option<K>) {
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
+
+/// `cargo test --release --lib layer_norm_throughput -- --ignored --nocapture`: ns per row of
+/// every ISA's layer norm against the host's generic default (`host/layer_norm.rs`, f64 sums),
+/// one thread, 64 rows of 2048 (`LN_ROWS_W=rows,w` to change), the best of 15 rounds, the
+/// two alternating so that both see the same load: forward as the input side runs it (`β`,
+/// `x̂` and `rstd`), as the hidden side does (no `β`), and backward.
+#[test]
+#[ignore = "timing, run by hand"]
+fn layer_norm_throughput() {
+    use crate::backend::host::layer_norm as generic;
+    let (rows, w) = std::env::var("LN_ROWS_W").ok().map_or((64, 2048), |s| {
+        let v: Vec<usize> = s.split(',').map(|x| x.trim().parse().expect("LN_ROWS_W=rows,w")).collect();
+        (v[0], v[1])
+    });
+    let mut rng = SplitMix64::new(7);
+    let x0: Vec<f32> = (0..rows * w).map(|_| rng.uniform(-3.0, 3.0) as f32).collect();
+    let dy: Vec<f32> = (0..rows * w).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+    let gamma: Vec<f32> = (0..w).map(|_| rng.uniform(0.5, 1.5) as f32).collect();
+    let beta: Vec<f32> = (0..w).map(|_| rng.uniform(-0.5, 0.5) as f32).collect();
+    let reps = (50_000_000 / (rows * w)).clamp(3, 10_000);
+    for isa in super::Isa::available() {
+        let chosen = super::Chosen::detect(isa).expect("available");
+        // [input side, hidden side, backward] × [generic, ISA]: seconds per call.
+        let mut best = [[f64::INFINITY; 2]; 3];
+        let (mut x, mut xhat, mut rstd, mut dx) = (x0.clone(), vec![0.0; rows * w], vec![0.0; rows], vec![0.0; rows * w]);
+        for round in 0..16 {
+            for ours in [false, true] {
+                for (pass, slot) in best.iter_mut().enumerate() {
+                    let t = std::time::Instant::now();
+                    // Each call normalises the previous one's output again: values stay finite
+                    // and of the same spread, and no copy is timed.
+                    for _ in 0..reps {
+                        let beta = (pass == 0).then_some(&beta[..]);
+                        match (pass, ours) {
+                            (2, false) => generic::layer_norm_rows_backward(w, &dy, &gamma, &xhat, &rstd, &mut dx),
+                            (2, true) => {
+                                super::with_kernels!(chosen, |k| k.layer_norm_rows_backward(w, &dy, &gamma, &xhat, &rstd, &mut dx))
+                            }
+                            (_, false) => generic::layer_norm_rows(w, &mut x, &gamma, beta, Some(&mut xhat), Some(&mut rstd)),
+                            (_, true) => super::with_kernels!(chosen, |k| k.layer_norm_rows(
+                                w,
+                                &mut x,
+                                &gamma,
+                                beta,
+                                Some(&mut xhat),
+                                Some(&mut rstd)
+                            )),
+                        }
+                    }
+                    // Round 0 warms up.
+                    if round > 0 {
+                        slot[ours as usize] = slot[ours as usize].min(t.elapsed().as_secs_f64() / reps as f64);
+                    }
+                }
+            }
+        }
+        let ns = best.map(|b| b.map(|s| s * 1e9 / rows as f64));
+        println!(
+            "{isa} rows={rows} w={w} ns/row (generic default, ratio): forward β,x̂,rstd {:.0} ({:.0}, {:.1}x); forward x̂,rstd {:.0} ({:.0}, {:.1}x); backward {:.0} ({:.0}, {:.1}x)",
+            ns[0][1],
+            ns[0][0],
+            ns[0][0] / ns[0][1],
+            ns[1][1],
+            ns[1][0],
+            ns[1][0] / ns[1][1],
+            ns[2][1],
+            ns[2][0],
+            ns[2][0] / ns[2][1],
+        );
+    }
+}

@@ -133,28 +133,38 @@ pub(crate) mod layer_norm {
     /// `ε`, added to the variance.
     const EPS: f32 = 1e-5;
 
-    /// `N` sums over a row of `w` values, `Σ_i term(i)[s]` for each `s`: term `i` in lane
-    /// `i mod 8` of an accumulator; whole blocks of 32 terms put chunk `k` of 8 into
-    /// accumulator `k`, the whole chunks after the last block go into accumulators 0, 1, 2 and
-    /// a last partial chunk into 3; then [`reduce`].
+    /// `N` sums over a row of `w` values, `Σ_i term(v_i)[s]` for each `s`, where `v_i` holds
+    /// value `i` of each of the `M` slices of `w` values in `rows`: term `i` in lane `i mod 8`
+    /// of an accumulator; whole blocks of 32 terms put chunk `k` of 8 into accumulator `k`, the
+    /// whole chunks after the last block go into accumulators 0, 1, 2 and a last partial chunk
+    /// into 3; then [`reduce`]. The blocks are read as arrays (no bounds check per value), so
+    /// that the compiler can vectorise them.
     #[inline(always)]
-    fn row_sums<const N: usize>(w: usize, term: impl Fn(usize) -> [f32; N]) -> [f32; N] {
+    fn row_sums<const M: usize, const N: usize>(rows: [&[f32]; M], term: impl Fn([f32; M]) -> [f32; N]) -> [f32; N] {
+        let w = rows[0].len();
         let mut acc = [[[0.0f32; LANES]; ACC]; N];
+        let blocks = w / (ACC * LANES);
+        for b in 0..blocks {
+            let block: [&[f32; ACC * LANES]; M] =
+                rows.map(|r| r[b * ACC * LANES..(b + 1) * ACC * LANES].try_into().expect("a whole block"));
+            for a in 0..ACC {
+                for l in 0..LANES {
+                    let t = term(block.map(|v| v[a * LANES + l]));
+                    for s in 0..N {
+                        acc[s][a][l] += t[s];
+                    }
+                }
+            }
+        }
         let mut add = |a: usize, k: usize, n: usize| {
             for l in 0..n {
-                let t = term(k + l);
+                let t = term(rows.map(|r| r[k + l]));
                 for s in 0..N {
                     acc[s][a][l] += t[s];
                 }
             }
         };
-        let mut k = 0;
-        while k + ACC * LANES <= w {
-            for a in 0..ACC {
-                add(a, k + a * LANES, LANES);
-            }
-            k += ACC * LANES;
-        }
+        let mut k = blocks * ACC * LANES;
         for a in 0..ACC - 1 {
             if k + LANES <= w {
                 add(a, k, LANES);
@@ -185,22 +195,38 @@ pub(crate) mod layer_norm {
     /// See [`Kernels::layer_norm_row`](super::Kernels::layer_norm_row).
     pub(crate) fn forward(x: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, mut xhat: Option<&mut [f32]>) -> f32 {
         let w = x.len();
-        let [sum] = row_sums(w, |i| [x[i]]);
+        let [sum] = row_sums([x], |[v]| [v]);
         let mean = sum / w as f32;
-        let [sq] = row_sums(w, |i| {
-            let d = x[i] - mean;
+        let [sq] = row_sums([x], |[v]| {
+            let d = v - mean;
             [d * d]
         });
         let rstd = 1.0 / (sq / w as f32 + EPS).sqrt();
-        for i in 0..w {
-            let xh = (x[i] - mean) * rstd;
-            if let Some(xhat) = xhat.as_deref_mut() {
-                xhat[i] = xh;
+        // One loop per case, so that each vectorises.
+        let normalise = |v: f32| (v - mean) * rstd;
+        match (xhat.as_deref_mut(), beta) {
+            (Some(xhat), Some(beta)) => {
+                for (((v, xh), &g), &b) in x.iter_mut().zip(xhat).zip(gamma).zip(beta) {
+                    *xh = normalise(*v);
+                    *v = g * *xh + b;
+                }
             }
-            x[i] = match beta {
-                Some(b) => gamma[i] * xh + b[i],
-                None => gamma[i] * xh,
-            };
+            (Some(xhat), None) => {
+                for ((v, xh), &g) in x.iter_mut().zip(xhat).zip(gamma) {
+                    *xh = normalise(*v);
+                    *v = g * *xh;
+                }
+            }
+            (None, Some(beta)) => {
+                for ((v, &g), &b) in x.iter_mut().zip(gamma).zip(beta) {
+                    *v = g * normalise(*v) + b;
+                }
+            }
+            (None, None) => {
+                for (v, &g) in x.iter_mut().zip(gamma) {
+                    *v = g * normalise(*v);
+                }
+            }
         }
         rstd
     }
@@ -208,13 +234,13 @@ pub(crate) mod layer_norm {
     /// See [`Kernels::layer_norm_row_backward`](super::Kernels::layer_norm_row_backward).
     pub(crate) fn backward(dy: &[f32], gamma: &[f32], xhat: &[f32], rstd: f32, dx: &mut [f32]) {
         let w = dy.len();
-        let [sg, sgx] = row_sums(w, |i| {
-            let g = gamma[i] * dy[i];
-            [g, g * xhat[i]]
+        let [sg, sgx] = row_sums([gamma, dy, xhat], |[gamma, dy, xhat]| {
+            let g = gamma * dy;
+            [g, g * xhat]
         });
         let (mg, mgx) = (sg / w as f32, sgx / w as f32);
-        for i in 0..w {
-            dx[i] = rstd * ((gamma[i] * dy[i] - mg) - xhat[i] * mgx);
+        for (((dx, &g), &dy), &xh) in dx.iter_mut().zip(gamma).zip(dy).zip(xhat) {
+            *dx = rstd * ((g * dy - mg) - xh * mgx);
         }
     }
 
