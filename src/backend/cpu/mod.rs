@@ -90,6 +90,7 @@ pub(crate) const OPTIONS: &[&str] = &[
     "gate_clip",
     "input_forget",
     "linear_before_reset=false",
+    "layer_norm",
 ];
 
 #[cfg(all(target_arch = "x86_64", any(test, feature = "testkit")))]

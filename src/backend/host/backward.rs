@@ -3,6 +3,7 @@
 //! [module docs](super).
 
 use super::direction::{cut_rows, rows_or_zeros, BlockWork, Direction};
+use super::layer_norm::{self, LstmBackScratch, LstmLnRows};
 use super::peephole::{add_peephole_grad, PeepholeGrad};
 use super::reserve::{transpose_steps, Workspace};
 use super::{gru_reset_before, CellBackward, HostKernels, HostPlan, HostReserve, Mat, MatMut, Pass, Weight};
@@ -202,6 +203,8 @@ struct BwdRows<T> {
     dgh: Vec<T>,
     /// `[n]`.
     active: Vec<bool>,
+    /// The layer-normalised LSTM's scratch (empty otherwise).
+    ln_lstm: Option<LstmBackScratch<T>>,
 }
 
 impl<T: Float> BwdRows<T> {
@@ -216,6 +219,7 @@ impl<T: Float> BwdRows<T> {
             dh_direct: vec![T::ZERO; n * dm.h],
             dgh: vec![T::ZERO; if keeps_dgh(dm) { 0 } else { n * dm.gh }],
             active: vec![false; n],
+            ln_lstm: (dm.cell.layer_norm && dm.lstm()).then(|| LstmBackScratch::new(n, dm.h)),
         }
     }
 }
@@ -248,6 +252,12 @@ struct StepGrads<'a, T> {
     dgh: &'a mut [T],
     /// `[n, Hout]`.
     dh: &'a mut [T],
+    /// `[n, G·H]` (layer norm; empty otherwise): the gradient w.r.t. the raw recurrent product
+    /// `h_prev · W_hh^T`, `LNback(dGh)`.
+    dhg_raw: &'a mut [T],
+    /// `[n, H]` (layer-normalised LSTM; empty otherwise): the gradient w.r.t. the normalised
+    /// cell state's `s = γ_c⊙ĉ + β_c`.
+    dsh: &'a mut [T],
 }
 
 /// One backward step `t` of a block of rows: writes its rows of `dGi`, `dGh` and `dH` into `out`
@@ -264,8 +274,8 @@ fn backward_step<T: Float, K: HostKernels<T>>(
     let (tl, bl, h, hout, gh, col) = (dm.t, dm.b, dm.h, dm.hout, dm.gh, dir.col);
     let widths = dm.cell.saved_sizes(1, 1);
     let (ew, cw) = (widths.extra, widths.c);
-    let BwdRows { row0, dh_carry, dc_carry, dh_t, dm_t, dh_direct, dgh: dgh_scratch, active } = st;
-    let StepGrads { dgi, dgh, dh: dh_all } = out;
+    let BwdRows { row0, dh_carry, dc_carry, dh_t, dm_t, dh_direct, dgh: dgh_scratch, active, ln_lstm } = st;
+    let StepGrads { dgi, dgh, dh: dh_all, dhg_raw, dsh } = out;
     let (r0, n) = (*row0, active.len());
     // Rows r0..r0+n of step s of a saved [T, B, w] buffer.
     let rows = |s: usize, w: usize| (s * bl + r0) * w..(s * bl + r0 + n) * w;
@@ -319,6 +329,24 @@ fn backward_step<T: Float, K: HostKernels<T>>(
     // dh_prev = dGh · W_hh (+ GRU's direct term); inactive rows pass dh through unchanged.
     if gru_reset_before::applies(&dm.cell) {
         gru_reset_before::backward_step(k, dir, step, dh_carry);
+    } else if dm.cell.layer_norm {
+        match ln_lstm {
+            Some(sc) => {
+                let w = &dir.w;
+                let rows_c = LstmLnRows {
+                    gamma_c: w.ln_c_weight,
+                    beta_c: w.ln_c_bias,
+                    ln_c: &sv.ln_c[rows(t, h)],
+                    rstd_c: &sv.rstd_c[rows(t, 1)],
+                    dsh,
+                };
+                layer_norm::lstm_step_backward(k, &dm.cell, step, rows_c, sc);
+            }
+            None => k.cell_step_backward(&dm.cell, step),
+        }
+        // dHG_raw = LNback(dGh; γ_hh), then dh_prev = dHG_raw · W_hh.
+        k.layer_norm_rows_backward(gh, dgh, dir.w.ln_hh, &sv.ln_h[rows(t, gh)], &sv.rstd_h[rows(t, 1)], dhg_raw);
+        dir.backward_product(k, Weight::Hh, dhg_raw, T::ZERO, dh_carry);
     } else {
         k.cell_step_backward(&dm.cell, step);
         dir.backward_product(k, Weight::Hh, dgh, T::ZERO, dh_carry);
@@ -353,17 +381,23 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
     let mut dgi_all = work.zeroed(tb * gh, "the input-side gate gradients, [T, B, G·H]")?;
     let mut dgh_all = if keeps_dgh(&dm) { work.zeroed(tb * gh, "the hidden-side gate gradients, [T, B, G·H]")? } else { Vec::new() };
     let mut dh_all = if dm.proj { work.zeroed(tb * hout, "the hidden-state gradients, [T, B, Hout]")? } else { Vec::new() };
+    // Layer norm: dHG_raw of every step (the left factor of dW_hh) and, LSTM, dŝ of every step
+    // (for the cell-state normalisation's gain and bias).
+    let ln = dm.cell.layer_norm;
+    let mut dhg_raw_all = if ln { work.zeroed(tb * gh, "the raw recurrent products' gradients, [T, B, G·H]")? } else { Vec::new() };
+    let mut dsh_all = if ln && dm.lstm() { work.zeroed(tb * h, "the normalised cell states' gradients, [T, B, H]")? } else { Vec::new() };
     let bounds = k.row_blocks(bl, Pass::Backward);
     let mut blocks: Vec<BwdRows<T>> = bounds.windows(2).map(|r| BwdRows::new(r[0]..r[1], &dm, dhn, dcn)).collect();
     {
         let serial = k.serial();
         let kb: &K = if blocks.len() > 1 { &serial } else { k };
-        let [dgi, dgh, dh] = [&mut dgi_all, &mut dgh_all, &mut dh_all].map(|v| cut_rows(v, tl, &bounds));
-        let work = BlockWork::new(blocks.iter_mut().zip(dgi).zip(dgh).zip(dh));
+        let [dgi, dgh, dh, dhg_raw, dsh] =
+            [&mut dgi_all, &mut dgh_all, &mut dh_all, &mut dhg_raw_all, &mut dsh_all].map(|v| cut_rows(v, tl, &bounds));
+        let work = BlockWork::new(blocks.iter_mut().zip(dgi).zip(dgh).zip(dh).zip(dhg_raw).zip(dsh));
         k.for_blocks(work.len(), &|i| {
-            let Some((((st, mut dgi), mut dgh), mut dh)) = work.take(i) else { return };
+            let Some((((((st, mut dgi), mut dgh), mut dh), mut dhg_raw), mut dsh)) = work.take(i) else { return };
             for t in steps(tl, !dir.reverse()) {
-                let out = StepGrads { dgi: &mut *dgi[t], dgh: &mut *dgh[t], dh: &mut *dh[t] };
+                let out = StepGrads { dgi: &mut *dgi[t], dgh: &mut *dgh[t], dh: &mut *dh[t], dhg_raw: &mut *dhg_raw[t], dsh: &mut *dsh[t] };
                 backward_step(kb, &dir, t, inp, st, out);
             }
         });
@@ -381,18 +415,26 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
 
     // dGh equals dGi for every cell but GRU (PyTorch form).
     let dgh_ref: &[T] = if keeps_dgh(&dm) { &dgh_all } else { &dgi_all };
+    // With layer norm, the gradients w.r.t. the raw products X · W_ih^T and H_prev · W_hh^T,
+    // the left factors of dW_ih, dX and dW_hh; else dGi and dGh themselves.
+    let mut dgi_raw_all = Vec::new();
+    if ln {
+        dgi_raw_all = work.zeroed(tb * gh, "the raw input products' gradients, [T, B, G·H]")?;
+        layer_norm::layer_norm_backward_blocks(k, gh, &dgi_all, dir.w.ln_ih, &sv.ln_x, &sv.rstd_x, &mut dgi_raw_all);
+    }
+    let (dgi_w, dgh_w): (&[T], &[T]) = if ln { (&dgi_raw_all, &dhg_raw_all) } else { (&dgi_all, dgh_ref) };
     if let Some(dp) = dparams {
         let lr = dir.ranges;
         // dW_ih += dGi^T · X
-        add_weight_grad(k, &[(&dgi_all, input)], (gh, dm.input), &mut dp[lr.w_ih.clone()]);
+        add_weight_grad(k, &[(dgi_w, input)], (gh, dm.input), &mut dp[lr.w_ih.clone()]);
         // dW_hh += dGh^T · H_prev, where H_prev is the saved states shifted by one step, with h0
         // at the first processed step: two segments, no copy.
         let (first, rest_g, rest_h) = if dir.reverse() {
-            (tl - 1, &dgh_ref[..(tl - 1) * bl * gh], &sv.h[bl * hout..])
+            (tl - 1, &dgh_w[..(tl - 1) * bl * gh], &sv.h[bl * hout..])
         } else {
-            (0, &dgh_ref[bl * gh..], &sv.h[..(tl - 1) * bl * hout])
+            (0, &dgh_w[bl * gh..], &sv.h[..(tl - 1) * bl * hout])
         };
-        let first_g = &dgh_ref[first * bl * gh..(first + 1) * bl * gh];
+        let first_g = &dgh_w[first * bl * gh..(first + 1) * bl * gh];
         let segs = [(rest_g, rest_h), (first_g, h0)];
         if gru_reset_before::applies(&dm.cell) {
             // The r, z rows as above; the n rows' operand is r ⊙ H_prev, saved as `extra`.
@@ -416,11 +458,26 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
             let g = PeepholeGrad { t: tl, b: bl, h, reverse: dir.reverse(), dgi: &dgi_all, c: &sv.c, c0: inp.c0 };
             add_peephole_grad(&g, &mut dp[r], k.weight_grad_rows());
         }
+        // The gains and the cell state's bias: dγ = Σ dy⊙x̂, dβ = Σ dy, dy the gradient w.r.t.
+        // each normalisation's output (the input bias, b_ih, is the input side's β, above).
+        let block = k.weight_grad_rows();
+        if let Some(r) = lr.ln_ih.clone() {
+            layer_norm::add_col_dot_sums(&mut dp[r], &dgi_all, &sv.ln_x, gh, block);
+        }
+        if let Some(r) = lr.ln_hh.clone() {
+            layer_norm::add_col_dot_sums(&mut dp[r], dgh_ref, &sv.ln_h, gh, block);
+        }
+        if let Some(r) = lr.ln_c_weight.clone() {
+            layer_norm::add_col_dot_sums(&mut dp[r], &dsh_all, &sv.ln_c, h, block);
+        }
+        if let Some(r) = lr.ln_c_bias.clone() {
+            add_col_sums(&mut dp[r], &dsh_all, h, block);
+        }
     }
     if let Some(d_in) = d_in {
         // dX += dGi · W_ih
-        dir.backward_product(k, Weight::Ih, &dgi_all, T::ONE, d_in);
+        dir.backward_product(k, Weight::Ih, dgi_w, T::ONE, d_in);
     }
-    work.give([dgi_all, dgh_all, dh_all]);
+    work.give([dgi_all, dgh_all, dh_all, dhg_raw_all, dsh_all, dgi_raw_all]);
     Ok(())
 }

@@ -148,6 +148,12 @@ pub(super) struct DirWeights<'w, T> {
     pub w_hr: Option<&'w [T]>,
     /// `[3, H]`, an LSTM with peepholes.
     pub peephole: Option<&'w [T]>,
+    /// Layer norm: `[G·H]` the gains of the input and of the recurrent products, and
+    /// (LSTM) `[H]` the gain and bias of the cell state's; empty without layer norm.
+    pub ln_ih: &'w [T],
+    pub ln_hh: &'w [T],
+    pub ln_c_weight: &'w [T],
+    pub ln_c_bias: &'w [T],
 }
 
 impl<T> Clone for DirWeights<'_, T> {
@@ -166,6 +172,10 @@ impl<'w, T> DirWeights<'w, T> {
             b_hh: lr.b_hh.clone().map(|r| &w[r]),
             w_hr: lr.w_hr.clone().map(|r| &w[r]),
             peephole: lr.peephole.clone().map(|r| &w[r]),
+            ln_ih: lr.ln_ih.clone().map_or(&[], |r| &w[r]),
+            ln_hh: lr.ln_hh.clone().map_or(&[], |r| &w[r]),
+            ln_c_weight: lr.ln_c_weight.clone().map_or(&[], |r| &w[r]),
+            ln_c_bias: lr.ln_c_bias.clone().map_or(&[], |r| &w[r]),
         }
     }
 }

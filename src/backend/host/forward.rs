@@ -3,7 +3,7 @@
 
 use super::direction::{cut_rows, cut_saved, rows_or_zeros, split_rows_mut, BlockWork, Direction};
 use super::reserve::try_fit_len;
-use super::{gru_reset_before, CellForward, HostKernels, HostPlan, HostReserve, Mat, Pass, Weight};
+use super::{gru_reset_before, layer_norm, CellForward, HostKernels, HostPlan, HostReserve, Mat, Pass, Weight};
 use crate::backend::cell::Saved;
 use crate::backend::{check_forward, ForwardInput, ForwardOutput};
 use crate::element::Float;
@@ -250,6 +250,14 @@ fn forward_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, 
         let rows = steps.len() * bl;
         let xg = &mut xg[..rows * gh];
         project_input(k, &dir, input, steps.clone(), xg, &mut gathered)?;
+        if dm.cell.layer_norm {
+            // XG = LN(X · W_ih^T; γ_ih, b_ih): the input bias is the normalisation's β.
+            let (ln_x, rstd_x): (&mut [T], &mut [T]) = match save.as_deref_mut() {
+                Some(s) => (&mut s.ln_x[steps.start * bl * gh..steps.end * bl * gh], &mut s.rstd_x[steps.start * bl..steps.end * bl]),
+                None => (&mut [], &mut []),
+            };
+            layer_norm::layer_norm_blocks(k, gh, xg, dir.w.ln_ih, dir.w.b_ih, ln_x, rstd_x);
+        }
         let xg = &*xg;
 
         // Each block's rows of this chunk's saved activations, [block][step].
@@ -324,7 +332,8 @@ fn project_input<T: Float, K: HostKernels<T>>(
             dir.forward_product(k, Weight::Ih, gathered, xg);
         }
     }
-    if let Some(b_ih) = dir.w.b_ih {
+    // (With layer norm the bias is added by the normalisation, as its β.)
+    if let Some(b_ih) = dir.w.b_ih.filter(|_| !dm.cell.layer_norm) {
         // In the blocks of rows the backend would run in parallel (an elementwise add: the cut
         // changes no bit).
         let cuts = k.row_blocks(rows, Pass::Forward);
@@ -369,7 +378,12 @@ fn forward_step<T: Float, K: HostKernels<T>>(
     // Without a save (inference) the step's h and c go to the scratch, which then trades places
     // with h_prev and c_prev instead of being copied into them.
     let in_scratch = save.is_none();
-    let Saved { gates, extra, c, m, h: h_t, .. } = save.unwrap_or_else(|| scratch.as_mut().map(|v| &mut v[..]));
+    let Saved { gates, extra, c, m, h: h_t, ln_h, rstd_h, ln_c, rstd_c, .. } = save.unwrap_or_else(|| scratch.as_mut().map(|v| &mut v[..]));
+    let ln = dm.cell.layer_norm;
+    if ln {
+        // HG = γ_hh⊙x̂_h, the recurrent product normalised (no β: the cell adds b_hh).
+        k.layer_norm_rows(dm.gh, hg, dir.w.ln_hh, None, Some(ln_h), Some(rstd_h));
+    }
     // Without a projection the cell writes the new hidden state directly.
     let m_out: &mut [T] = if dm.proj { &mut *m } else { &mut *h_t };
     let (hg, hg_reset_before) = if reset_before { (&[][..], Some(&mut **hg)) } else { (&**hg, None) };
@@ -384,14 +398,18 @@ fn forward_step<T: Float, K: HostKernels<T>>(
         input_forget: dm.cell.input_forget,
         h_prev,
         c_prev,
-        gates,
+        gates: &mut *gates,
         extra,
         c: &mut *c,
-        m: m_out,
+        m: &mut *m_out,
     };
     match hg_reset_before {
         Some(hg) => gru_reset_before::forward_step(k, dir, hg, step),
         None => k.cell_step_forward(&dm.cell, step),
+    }
+    if ln && dm.lstm() {
+        // m = o⊙tanh(LN(c; γ_c, β_c)); the recurrence carries the raw c.
+        layer_norm::lstm_output(k, h, dir.w.ln_c_weight, dir.w.ln_c_bias, gates, c, ln_c, rstd_c, m_out);
     }
     if dm.proj {
         // h[n, Hout] = m · W_hr^T; m of inactive rows is zeroed so that the saved m is clean

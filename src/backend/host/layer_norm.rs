@@ -6,13 +6,18 @@
 //! `rstd = 1/sqrt(var + ε)`, `x̂ = (v − μ)·rstd`, `LN(v; γ, β) = γ⊙x̂ + β`. Backward, given `dy`:
 //! `g = γ⊙dy`, `dv = rstd·(g − mean(g) − x̂·mean(g⊙x̂))`.
 
+use super::direction::{split_rows, split_rows_mut, BlockWork};
+use super::{CellBackward, HostKernels, Pass};
+use crate::backend::cell::Cell;
 use crate::element::Float;
 
 /// The `ε` under the square root of every layer norm (Haste's).
 pub(crate) const EPS: f64 = 1e-5;
 
 /// Layer-normalises each row (`w` wide; `x.len() / w` rows) of `x` in place (see
-/// `HostKernels::layer_norm_rows`): f64 sums in index order, each result rounded once.
+/// `HostKernels::layer_norm_rows`): `μ`, the variance and `rstd` from f64 sums in index order,
+/// `x̂` rounded once to `T`, then `γ·x̂ + β` in `T` from the rounded `x̂` (so that backward,
+/// which sees the saved `x̂`, recomputes the same output: the LSTM's `γ_c·ĉ + β_c`).
 pub(crate) fn layer_norm_rows<T: Float>(
     w: usize,
     x: &mut [T],
@@ -43,12 +48,14 @@ pub(crate) fn layer_norm_rows<T: Float>(
         }
         let mut xh_row = xhat.as_deref_mut().map(|xh| &mut xh[r * w..(r + 1) * w]);
         for (j, v) in row.iter_mut().enumerate() {
-            let xh = (v.to_f64() - mean) * rs;
+            let xh = T::from_f64((v.to_f64() - mean) * rs);
             if let Some(xh_row) = xh_row.as_deref_mut() {
-                xh_row[j] = T::from_f64(xh);
+                xh_row[j] = xh;
             }
-            let b = beta.map_or(0.0, |b| b[j].to_f64());
-            *v = T::from_f64(gamma[j].to_f64() * xh + b);
+            *v = match beta {
+                Some(b) => gamma[j] * xh + b[j],
+                None => gamma[j] * xh,
+            };
         }
     }
 }
@@ -76,4 +83,237 @@ pub(crate) fn layer_norm_rows_backward<T: Float>(w: usize, dy: &[T], gamma: &[T]
             dx[j] = T::from_f64(rs * (g - mg - xh[j].to_f64() * mgx));
         }
     }
+}
+
+/// `acc[j] += Σ_r g[r, j]·x[r, j]` over the rows of `g` and `x` (`[rows, n]`), in row order:
+/// a gain's gradient (`dγ = Σ dy⊙x̂`). As `backward::add_col_sums`: up to `block` rows summed
+/// onto `acc` in `T`, past that in f64 and rounded once; never dependent on the thread count.
+pub(super) fn add_col_dot_sums<T: Float>(acc: &mut [T], g: &[T], x: &[T], n: usize, block: usize) {
+    if n == 0 {
+        return;
+    }
+    if g.len() / n <= block {
+        for (gr, xr) in g.chunks_exact(n).zip(x.chunks_exact(n)) {
+            for ((a, &gv), &xv) in acc.iter_mut().zip(gr).zip(xr) {
+                *a += gv * xv;
+            }
+        }
+        return;
+    }
+    let mut wide: Vec<f64> = acc.iter().map(|v| v.to_f64()).collect();
+    for (gr, xr) in g.chunks_exact(n).zip(x.chunks_exact(n)) {
+        for ((w, &gv), &xv) in wide.iter_mut().zip(gr).zip(xr) {
+            *w += (gv * xv).to_f64();
+        }
+    }
+    for (a, w) in acc.iter_mut().zip(wide) {
+        *a = T::from_f64(w);
+    }
+}
+
+/// Layer-normalises the rows of `x` (`w` wide) in the blocks of rows the backend runs in
+/// parallel in forward (each row's arithmetic is the same whatever the cut), saving `x̂` and `rstd` where
+/// given (each sized for all the rows, or empty: not saved).
+pub(super) fn layer_norm_blocks<T: Float, K: HostKernels<T>>(
+    k: &K,
+    w: usize,
+    x: &mut [T],
+    gamma: &[T],
+    beta: Option<&[T]>,
+    xhat: &mut [T],
+    rstd: &mut [T],
+) {
+    let rows = x.len().checked_div(w).unwrap_or(0);
+    let cuts = k.row_blocks(rows, Pass::Forward);
+    let parts = BlockWork::new(
+        split_rows_mut(x, rows, &cuts).into_iter().zip(split_rows_mut(xhat, rows, &cuts)).zip(split_rows_mut(rstd, rows, &cuts)),
+    );
+    let serial = k.serial();
+    k.for_blocks(parts.len(), &|i| {
+        if let Some(((x, xh), rs)) = parts.take(i) {
+            let xh = (!xh.is_empty()).then_some(xh);
+            let rs = (!rs.is_empty()).then_some(rs);
+            serial.layer_norm_rows(w, x, gamma, beta, xh, rs);
+        }
+    });
+}
+
+/// Backward of [`layer_norm_blocks`]: `dx = LNback(dy)` row by row, in the blocks of rows the
+/// backend runs in parallel.
+pub(super) fn layer_norm_backward_blocks<T: Float, K: HostKernels<T>>(
+    k: &K,
+    w: usize,
+    dy: &[T],
+    gamma: &[T],
+    xhat: &[T],
+    rstd: &[T],
+    dx: &mut [T],
+) {
+    let rows = dy.len().checked_div(w).unwrap_or(0);
+    let cuts = k.row_blocks(rows, Pass::Backward);
+    let parts = BlockWork::new(
+        split_rows(dy, rows, &cuts)
+            .into_iter()
+            .zip(split_rows(xhat, rows, &cuts))
+            .zip(split_rows(rstd, rows, &cuts))
+            .zip(split_rows_mut(dx, rows, &cuts)),
+    );
+    let serial = k.serial();
+    k.for_blocks(parts.len(), &|i| {
+        if let Some((((dy, xh), rs), dx)) = parts.take(i) {
+            serial.layer_norm_rows_backward(w, dy, gamma, xh, rs, dx);
+        }
+    });
+}
+
+/// The layer-normalised LSTM's output of a step, after the cell kernel wrote the gates and the
+/// raw `c` (`[n, H]`): `ĉ = normalise(c)`, `s = γ_c⊙ĉ + β_c`, `m = o⊙tanh(s)`, overwriting the
+/// `m` the kernel wrote (`o·tanh(c)`). Saves `ĉ` and `rstd` into `ln_c` and `rstd_c`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn lstm_output<T: Float, K: HostKernels<T>>(
+    k: &K,
+    h: usize,
+    gamma_c: &[T],
+    beta_c: &[T],
+    gates: &[T],
+    c: &[T],
+    ln_c: &mut [T],
+    rstd_c: &mut [T],
+    m: &mut [T],
+) {
+    m.copy_from_slice(c);
+    k.layer_norm_rows(h, m, gamma_c, Some(beta_c), Some(ln_c), Some(rstd_c));
+    for (mr, g) in m.chunks_exact_mut(h.max(1)).zip(gates.chunks_exact((4 * h).max(1))) {
+        for (mv, &o) in mr.iter_mut().zip(&g[3 * h..]) {
+            *mv = o * mv.tanh();
+        }
+    }
+}
+
+/// Scratch of a block of rows for [`lstm_step_backward`], `[n, H]` and `[n, 4·H]` buffers.
+pub(super) struct LstmBackScratch<T> {
+    /// `s = γ_c⊙ĉ + β_c`, then the gradient w.r.t. `c` through the normalisation.
+    s: Vec<T>,
+    /// Zeros, the `dm` of the second kernel call.
+    zeros: Vec<T>,
+    /// The first kernel call's `dc`, `dgi`, `dgh` and `dh_direct`.
+    dc: Vec<T>,
+    dgi: Vec<T>,
+    dgh: Vec<T>,
+    dh_direct: Vec<T>,
+}
+
+impl<T: Float> LstmBackScratch<T> {
+    pub(super) fn new(n: usize, h: usize) -> Self {
+        let z = |w: usize| vec![T::ZERO; n * w];
+        LstmBackScratch { s: z(h), zeros: z(h), dc: z(h), dgi: z(4 * h), dgh: z(4 * h), dh_direct: z(h) }
+    }
+}
+
+/// What the layer-normalised LSTM's backward step reads of its cell output, for a block of
+/// rows (`[n, H]` each but `rstd_c`, `[n]`).
+pub(super) struct LstmLnRows<'a, T> {
+    pub gamma_c: &'a [T],
+    pub beta_c: &'a [T],
+    /// `ĉ` saved by forward.
+    pub ln_c: &'a [T],
+    pub rstd_c: &'a [T],
+    /// Out: `dŝ = dm⊙o⊙(1 − τ²)`, the gradient w.r.t. `s` (zero on inactive rows).
+    pub dsh: &'a mut [T],
+}
+
+/// The backward step of the layer-normalised LSTM, with the backend's own cell kernel and its
+/// plain kernels untouched: `τ = tanh(s)`, `s = γ_c⊙ĉ + β_c` recomputed from the saved `ĉ`;
+///
+/// 1. the kernel on the step with `s` in the place of `c` and a scratch `dc`: its `o` gradient
+///    is then `dm⊙τ⊙o(1−o)` (clipped as the backend's forward clipped it), the only part of
+///    that call kept;
+/// 2. `dc += LNback(dŝ; γ_c, ĉ, rstd_c) + dA_o⊙p_o` (the peephole of `o`, if any) on the
+///    active rows, `dŝ = dm⊙o⊙(1 − τ²)`;
+/// 3. the kernel on the step with `dm = 0`: every gradient from `dc` as a plain step, exactly
+///    (the `dm` terms it adds are zeros); then its `o` gradient is replaced by step 1's and
+///    `dgh = dgi`.
+pub(super) fn lstm_step_backward<T: Float, K: HostKernels<T>>(
+    k: &K,
+    cell: &Cell,
+    step: CellBackward<'_, T>,
+    ln: LstmLnRows<'_, T>,
+    sc: &mut LstmBackScratch<T>,
+) {
+    let h = step.hidden;
+    let gh = 4 * h;
+    let n = step.active.len();
+    for b in 0..n {
+        for j in 0..h {
+            let r = b * h + j;
+            let s = ln.gamma_c[j] * ln.ln_c[r] + ln.beta_c[j];
+            sc.s[r] = s;
+            ln.dsh[r] = if step.active[b] {
+                let tau = s.tanh();
+                step.dm[r] * step.gates[b * gh + 3 * h + j] * (T::ONE - tau * tau)
+            } else {
+                T::ZERO
+            };
+        }
+    }
+    sc.dc.fill(T::ZERO);
+    k.cell_step_backward(
+        cell,
+        CellBackward {
+            active: step.active,
+            hidden: h,
+            peephole: step.peephole,
+            clip: step.clip,
+            input_forget: step.input_forget,
+            gates: step.gates,
+            extra: step.extra,
+            c: &sc.s,
+            c_prev: step.c_prev,
+            h_prev: step.h_prev,
+            dm: step.dm,
+            dc: &mut sc.dc,
+            dgi: &mut sc.dgi,
+            dgh: &mut sc.dgh,
+            dh_direct: &mut sc.dh_direct,
+        },
+    );
+    // The gradient w.r.t. c through the normalisation, into the scratch `dc`.
+    k.layer_norm_rows_backward(h, ln.dsh, ln.gamma_c, ln.ln_c, ln.rstd_c, &mut sc.dc);
+    for b in (0..n).filter(|&b| step.active[b]) {
+        for j in 0..h {
+            let r = b * h + j;
+            let dc = step.dc[r] + sc.dc[r];
+            step.dc[r] = match step.peephole {
+                Some(p) => dc + sc.dgi[b * gh + 3 * h + j] * p[2 * h + j],
+                None => dc,
+            };
+        }
+    }
+    let CellBackward { dgi, dgh, .. } = step;
+    let (dgi_ptr, dgh_ptr) = (dgi, dgh);
+    k.cell_step_backward(
+        cell,
+        CellBackward {
+            active: step.active,
+            hidden: h,
+            peephole: step.peephole,
+            clip: step.clip,
+            input_forget: step.input_forget,
+            gates: step.gates,
+            extra: step.extra,
+            c: step.c,
+            c_prev: step.c_prev,
+            h_prev: step.h_prev,
+            dm: &sc.zeros,
+            dc: step.dc,
+            dgi: &mut *dgi_ptr,
+            dgh: &mut *dgh_ptr,
+            dh_direct: step.dh_direct,
+        },
+    );
+    for b in (0..n).filter(|&b| step.active[b]) {
+        let o = b * gh + 3 * h..(b + 1) * gh;
+        dgi_ptr[o.clone()].copy_from_slice(&sc.dgi[o]);
+    }
+    dgh_ptr.copy_from_slice(dgi_ptr);
 }

@@ -22,6 +22,15 @@
 //! step, and the reverse direction starts each sequence at its own last step) and outputs zero;
 //! in backward its gradients pass through unchanged.
 //!
+//! With layer norm (Haste's `LayerNormLSTM`/`LayerNormGRU`), the input projection is
+//! `XG = LN(X · W_ih^T; γ_ih, b_ih)` (the bias as the normalisation's β), each step's recurrent
+//! product `HG = γ_hh ⊙ normalise(h_prev · W_hh^T)` before the cell kernel, which adds `b_hh`
+//! as always; an LSTM's output is `m = o ⊙ tanh(LN(c; γ_c, β_c))` (`layer_norm::lstm_output`),
+//! its recurrence carrying the raw `c`. Backward keeps, per step, the gradient w.r.t. the raw
+//! recurrent product (`LNback(dGh)`, the left factor of `dW_hh`) and, LSTM, w.r.t. the cell
+//! state's normalised output; after the loop `LNback(dGi)` is the left factor of `dW_ih` and
+//! `dX`, and the gains' and bias' gradients are column sums in row order.
+//!
 //! Directions and layouts come from the configuration: a direction runs in reverse when it is
 //! the second of a bidirectional layer or the only one of a reverse-only stack
 //! (`direction::Direction::reverse`); with merge by sum the second direction adds its output
@@ -34,7 +43,9 @@
 //! The files: `forward` and `backward` are the two time loops, each readable alone;
 //! `direction` is what they share (one layer-direction of a call: its sizes, cell and weights,
 //! and the cutting of its buffers into blocks of rows); `reserve` is what a training pass keeps
-//! for backward; `peephole` the peephole weights' gradient after the backward loop; `mat` the strided matrix views of the GEMMs. The sizes, the step order and the
+//! for backward; `peephole` the peephole weights' gradient after the backward loop;
+//! `layer_norm` the layer-normalised cells (the row normalisation and its backward, the
+//! LSTM's normalised cell output around the cell kernels); `mat` the strided matrix views of the GEMMs. The sizes, the step order and the
 //! stamps that tie a reserve to its plan are `backend::stack`'s, the same as
 //! the CUDA driver's; the cell (kind and options) is `backend::cell::Cell`, which the loops hand whole to
 //! the kernels (`HostKernels::cell_step_forward`).
@@ -43,7 +54,6 @@ mod backward;
 mod direction;
 mod forward;
 mod gru_reset_before;
-#[allow(dead_code)] // Until the time loops call it.
 pub(crate) mod layer_norm;
 mod mat;
 mod peephole;
@@ -334,7 +344,6 @@ pub(crate) trait HostKernels<T: Float>: Send + Sync {
     /// Backward of [`layer_norm_rows`](Self::layer_norm_rows) for each row:
     /// `dx = rstd·(g − mean(g) − x̂·mean(g⊙x̂))`, `g = γ⊙dy`. Default:
     /// `layer_norm::layer_norm_rows_backward`.
-    #[allow(dead_code)] // Until the time loops call it.
     fn layer_norm_rows_backward(&self, w: usize, dy: &[T], gamma: &[T], xhat: &[T], rstd: &[T], dx: &mut [T]) {
         layer_norm::layer_norm_rows_backward(w, dy, gamma, xhat, rstd, dx)
     }

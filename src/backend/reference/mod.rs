@@ -4,7 +4,9 @@
 //! driver ([`crate::backend::host`]) runs the time loop; the files here are the maths of each
 //! cell on one row of the batch: `lstm.rs`, `gru.rs`, `rnn.rs` (forward and backward steps;
 //! `gru_reset_before.rs` the GRU with the reset gate before the recurrent matmul),
-//! the masking of rows past their length around them (`step.rs`), and `gemm.rs`.
+//! the masking of rows past their length around them (`step.rs`), and `gemm.rs`. Layer norm is
+//! the driver's (`host/layer_norm.rs`, the arithmetic of the specification), around these
+//! cells.
 
 mod gemm;
 pub(crate) mod gru;
@@ -38,6 +40,7 @@ pub(crate) const OPTIONS: &[&str] = &[
     "gate_clip",
     "input_forget",
     "linear_before_reset=false",
+    "layer_norm",
 ];
 
 /// Rows of a block of the weight gradients' sums (see `HostKernels::weight_grad_rows`).
