@@ -241,6 +241,7 @@ pub(crate) trait Kernels: Copy + Send + Sync + 'static {
     /// goes through at most `ceil(w / LN_PARTIAL_SUMS)` additions in its partial sum, then
     /// `log2(LN_PARTIAL_SUMS)` in their fixed reduction (`isa/layer_norm_tests.rs` derives its
     /// tolerance from it).
+    #[cfg(test)]
     const LN_PARTIAL_SUMS: usize = <Self::Base as Kernels>::LN_PARTIAL_SUMS;
 
     /// Layer norm of one row `x` (`w = x.len()` values) in place: `x ← γ⊙x̂ + β` (`γ⊙x̂`
@@ -516,6 +517,7 @@ macro_rules! simd_isa {
                 unsafe { rnn::backward_clipped::<RELU>(r) }
             }
 
+            #[cfg(test)]
             const LN_PARTIAL_SUMS: usize = layer_norm::PARTIAL_SUMS;
 
             unsafe fn layer_norm_row(self, x: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, xhat: Option<&mut [f32]>) -> f32 {

@@ -108,6 +108,7 @@ impl Kernels for Scalar {
         backward(rnn(RELU), r)
     }
 
+    #[cfg(test)]
     const LN_PARTIAL_SUMS: usize = layer_norm::PARTIAL_SUMS;
 
     unsafe fn layer_norm_row(self, x: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, xhat: Option<&mut [f32]>) -> f32 {
@@ -129,6 +130,7 @@ pub(crate) mod layer_norm {
     const LANES: usize = 8;
     const ACC: usize = 4;
     /// See [`Kernels::LN_PARTIAL_SUMS`](super::Kernels::LN_PARTIAL_SUMS).
+    #[cfg(test)]
     pub(crate) const PARTIAL_SUMS: usize = LANES * ACC;
     /// `ε`, added to the variance.
     const EPS: f32 = 1e-5;

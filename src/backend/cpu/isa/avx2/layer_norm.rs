@@ -25,6 +25,7 @@ use std::arch::x86_64::*;
 /// (and the loads) keep the sums near one chunk per cycle.
 const ACC: usize = 4;
 /// See [`Kernels::LN_PARTIAL_SUMS`](crate::backend::cpu::isa::Kernels::LN_PARTIAL_SUMS).
+#[cfg(test)]
 pub(super) const PARTIAL_SUMS: usize = ACC * Lanes::N;
 /// `ε`, added to the variance.
 const EPS: f32 = 1e-5;

@@ -73,6 +73,7 @@ impl Kernels for Avx512 {
         unsafe { lstm::forward_options(r) }
     }
 
+    #[cfg(test)]
     const LN_PARTIAL_SUMS: usize = layer_norm::PARTIAL_SUMS;
 
     unsafe fn layer_norm_row(self, x: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, xhat: Option<&mut [f32]>) -> f32 {

@@ -19,6 +19,7 @@ const LANES: usize = 4;
 /// Accumulators per sum.
 const ACC: usize = 4;
 /// See [`Kernels::LN_PARTIAL_SUMS`](crate::backend::cpu::isa::Kernels::LN_PARTIAL_SUMS).
+#[cfg(test)]
 pub(super) const PARTIAL_SUMS: usize = ACC * LANES;
 /// `ε`, added to the variance.
 const EPS: f32 = 1e-5;
