@@ -165,7 +165,7 @@ pub(crate) fn check_forward<K: Kernels>(isa: Option<K>) {
         println!("skipped: this CPU lacks the ISA");
         return;
     };
-    let mut rng = SplitMix64::new(0x1a7e_4_0000 + K::ISA as u64);
+    let mut rng = SplitMix64::new(0x1a7e_4000 + K::ISA as u64);
     let mut worst = [0.0f64; 3];
     for w in WIDTHS {
         let d = depth::<K>(w);
@@ -273,7 +273,7 @@ pub(crate) fn check_backward<K: Kernels>(isa: Option<K>) {
         println!("skipped: this CPU lacks the ISA");
         return;
     };
-    let mut rng = SplitMix64::new(0x1a7e_b_0000 + K::ISA as u64);
+    let mut rng = SplitMix64::new(0x1a7e_b000 + K::ISA as u64);
     let mut worst = 0.0f64;
     for w in WIDTHS {
         let d = depth::<K>(w);
@@ -316,7 +316,7 @@ pub(crate) fn check_thread_split<K: Kernels>(isa: Option<K>) {
         println!("skipped: this CPU lacks the ISA");
         return;
     };
-    let mut rng = SplitMix64::new(0x1a7e_5_0000);
+    let mut rng = SplitMix64::new(0x1a7e_5000);
     let sizes: &[(usize, usize)] = if cfg!(miri) { &[] } else { &[(64, 2048), (37, 1000)] };
     for &(rows, w) in sizes {
         let x: Vec<f32> = (0..rows * w).map(|_| rng.uniform(-3.0, 3.0) as f32).collect();

@@ -359,7 +359,7 @@ pub(crate) fn check_layer_norm_backward(w: usize, dy: usize, gamma: usize, xhat:
 /// The rows of `len` values of `name` in rows of `w`; panics unless `w ≥ 1` divides `len`.
 fn check_rows(what: &str, w: usize, name: &str, len: usize) -> usize {
     assert!(w >= 1, "{what}: the row width is 0, expected at least 1");
-    assert!(len % w == 0, "{what}: `{name}` has {len} values, expected a multiple of the row width {w}");
+    assert!(len.is_multiple_of(w), "{what}: `{name}` has {len} values, expected a multiple of the row width {w}");
     len / w
 }
 

@@ -195,7 +195,7 @@ pub(crate) mod layer_norm {
     }
 
     /// See [`Kernels::layer_norm_row`](super::Kernels::layer_norm_row).
-    pub(crate) fn forward(x: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, mut xhat: Option<&mut [f32]>) -> f32 {
+    pub(crate) fn forward(x: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, xhat: Option<&mut [f32]>) -> f32 {
         let w = x.len();
         let [sum] = row_sums([x], |[v]| [v]);
         let mean = sum / w as f32;
@@ -206,7 +206,7 @@ pub(crate) mod layer_norm {
         let rstd = 1.0 / (sq / w as f32 + EPS).sqrt();
         // One loop per case, so that each vectorises.
         let normalise = |v: f32| (v - mean) * rstd;
-        match (xhat.as_deref_mut(), beta) {
+        match (xhat, beta) {
             (Some(xhat), Some(beta)) => {
                 for (((v, xh), &g), &b) in x.iter_mut().zip(xhat).zip(gamma).zip(beta) {
                     *xh = normalise(*v);
