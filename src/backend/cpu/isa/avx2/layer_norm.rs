@@ -21,8 +21,8 @@
 use super::{load, store, Lanes};
 use std::arch::x86_64::*;
 
-/// Accumulators per sum: with 4 cycles of `vaddps` latency and two adds per cycle, 4 chains
-/// (and the loads) keep the sums near one chunk per cycle.
+/// Accumulators per sum: 4 independent chains of adds, so that an add's latency does not
+/// bound a sum (`row_sum!` is written for 4).
 const ACC: usize = 4;
 /// See [`Kernels::LN_PARTIAL_SUMS`](crate::backend::cpu::isa::Kernels::LN_PARTIAL_SUMS).
 #[cfg(test)]
