@@ -225,9 +225,10 @@ pub(super) struct LstmLnRows<'a, T> {
 /// The backward step of the layer-normalised LSTM, with the backend's own cell kernel and its
 /// plain kernels untouched: `τ = tanh(s)`, `s = γ_c⊙ĉ + β_c` recomputed from the saved `ĉ`;
 ///
-/// 1. the kernel on the step with `s` in the place of `c` and a scratch `dc`: its `o` gradient
-///    is then `dm⊙τ⊙o(1−o)` (clipped as the backend's forward clipped it), the only part of
-///    that call kept;
+/// 1. with a clip, the kernel on the step with `s` in the place of `c` and a scratch `dc`: its
+///    `o` gradient is then `dm⊙τ⊙o(1−o)` (clipped as the backend's forward clipped it: a saved
+///    activation is compared with the backend's own activation of `±clip`), the only part of
+///    that call kept; without a clip, `dm⊙τ⊙o(1−o)` computed here;
 /// 2. `dc += LNback(dŝ; γ_c, ĉ, rstd_c) + dA_o⊙p_o` (the peephole of `o`, if any) on the
 ///    active rows, `dŝ = dm⊙o⊙(1 − τ²)`;
 /// 3. the kernel on the step with `dm = 0`: every gradient from `dc` as a plain step, exactly
@@ -243,6 +244,8 @@ pub(super) fn lstm_step_backward<T: Float, K: HostKernels<T>>(
     let h = step.hidden;
     let gh = 4 * h;
     let n = step.active.len();
+    // Without a clip, step 1's `o` gradient is computed here, in the reference's order.
+    let unclipped = step.clip <= 0.0;
     for b in 0..n {
         for j in 0..h {
             let r = b * h + j;
@@ -250,33 +253,39 @@ pub(super) fn lstm_step_backward<T: Float, K: HostKernels<T>>(
             sc.s[r] = s;
             ln.dsh[r] = if step.active[b] {
                 let tau = s.tanh();
-                step.dm[r] * step.gates[b * gh + 3 * h + j] * (T::ONE - tau * tau)
+                let o = step.gates[b * gh + 3 * h + j];
+                if unclipped {
+                    sc.dgi[b * gh + 3 * h + j] = step.dm[r] * tau * o * (T::ONE - o);
+                }
+                step.dm[r] * o * (T::ONE - tau * tau)
             } else {
                 T::ZERO
             };
         }
     }
-    sc.dc.fill(T::ZERO);
-    k.cell_step_backward(
-        cell,
-        CellBackward {
-            active: step.active,
-            hidden: h,
-            peephole: step.peephole,
-            clip: step.clip,
-            input_forget: step.input_forget,
-            gates: step.gates,
-            extra: step.extra,
-            c: &sc.s,
-            c_prev: step.c_prev,
-            h_prev: step.h_prev,
-            dm: step.dm,
-            dc: &mut sc.dc,
-            dgi: &mut sc.dgi,
-            dgh: &mut sc.dgh,
-            dh_direct: &mut sc.dh_direct,
-        },
-    );
+    if !unclipped {
+        sc.dc.fill(T::ZERO);
+        k.cell_step_backward(
+            cell,
+            CellBackward {
+                active: step.active,
+                hidden: h,
+                peephole: step.peephole,
+                clip: step.clip,
+                input_forget: step.input_forget,
+                gates: step.gates,
+                extra: step.extra,
+                c: &sc.s,
+                c_prev: step.c_prev,
+                h_prev: step.h_prev,
+                dm: step.dm,
+                dc: &mut sc.dc,
+                dgi: &mut sc.dgi,
+                dgh: &mut sc.dgh,
+                dh_direct: &mut sc.dh_direct,
+            },
+        );
+    }
     // The gradient w.r.t. c through the normalisation, into the scratch `dc`.
     k.layer_norm_rows_backward(h, ln.dsh, ln.gamma_c, ln.ln_c, ln.rstd_c, &mut sc.dc);
     for b in (0..n).filter(|&b| step.active[b]) {
