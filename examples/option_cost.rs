@@ -141,6 +141,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("gate_clip", base().gate_clip(3.0)),
             ("input_forget", base().input_forget(true)),
             ("linear_before_reset=false", base().linear_before_reset(false)),
+            ("layer_norm", base().layer_norm(true)),
         ];
         variants.extend(cell_options.into_iter().filter_map(|(name, b)| b.build().ok().map(|cfg| (name, cfg, 0))));
         let variants: Vec<(&str, RnnConfig, usize)> = {

@@ -23,6 +23,9 @@
 //!     LSTM forward (`isa/avx512/lstm.rs`) and its maths.
 //!   - `isa/cell_tests.rs`: the harness every ISA's cells are tested with
 //!     (`cell_kernel_tests!` in each ISA's `mod.rs`).
+//!   - `isa/*/layer_norm.rs` (and `isa/scalar.rs`'s `layer_norm`): layer norm of one row,
+//!     forward and backward, each row's sums in a fixed order per ISA;
+//!     `isa/layer_norm_tests.rs` tests them (`layer_norm_kernel_tests!` in each of them).
 //! - `gemm/`: the GEMM drivers, ISA-neutral and generic over an ISA's register tiles:
 //!   `mod.rs` splits a product across threads, `sgemm.rs` is the blocked and skinny SGEMM
 //!   (and the traits the tiles implement), `packed.rs` the plan's weights packed once,
@@ -238,6 +241,120 @@ impl<K: Kernels> HostKernels<f32> for CpuKernels<'_, K> {
     fn serial(&self) -> Self {
         CpuKernels { isa: self.isa, plan: self.plan, par: Par::Serial }
     }
+
+    /// The ISA's row kernels (`isa/*/layer_norm.rs`), rows split across the call's threads
+    /// ([`layer_norm_rows`]).
+    fn layer_norm_rows(
+        &self,
+        w: usize,
+        x: &mut [f32],
+        gamma: &[f32],
+        beta: Option<&[f32]>,
+        xhat: Option<&mut [f32]>,
+        rstd: Option<&mut [f32]>,
+    ) {
+        layer_norm_rows(self.isa, &self.par, w, x, gamma, beta, xhat, rstd)
+    }
+
+    /// As [`layer_norm_rows`](Self::layer_norm_rows), backward ([`layer_norm_rows_backward`]).
+    fn layer_norm_rows_backward(&self, w: usize, dy: &[f32], gamma: &[f32], xhat: &[f32], rstd: &[f32], dx: &mut [f32]) {
+        layer_norm_rows_backward(self.isa, &self.par, w, dy, gamma, xhat, rstd, dx)
+    }
+}
+
+/// [`Kernels::layer_norm_rows`] with the rows split across `par`'s threads as a cell step's
+/// (from [`CELL_PARALLEL_MIN`] values): each row's sums run in the ISA's fixed order whatever
+/// thread runs it, so the results do not depend on the thread count. Lengths are checked once,
+/// before the split.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn layer_norm_rows<K: Kernels>(
+    isa: K,
+    par: &Par<'_>,
+    w: usize,
+    x: &mut [f32],
+    gamma: &[f32],
+    beta: Option<&[f32]>,
+    xhat: Option<&mut [f32]>,
+    rstd: Option<&mut [f32]>,
+) {
+    let rows = isa::check_layer_norm(
+        w,
+        x.len(),
+        gamma.len(),
+        beta.map(<[f32]>::len),
+        xhat.as_deref().map(<[f32]>::len),
+        rstd.as_deref().map(<[f32]>::len),
+    );
+    let parts = row_parts(par, rows, x.len());
+    if parts == 1 {
+        return isa.layer_norm_rows(w, x, gamma, beta, xhat, rstd);
+    }
+    let bounds = host::row_bounds(rows, parts);
+    let (xhat, rstd) = (cut_optional_rows(xhat, w, &bounds), cut_optional_rows(rstd, 1, &bounds));
+    let blocks: Vec<_> =
+        cut_rows(x, w, &bounds).into_iter().zip(xhat).zip(rstd).map(|((x, xhat), rstd)| Mutex::new(Some((x, xhat, rstd)))).collect();
+    par.run(parts, &|i| {
+        if let Some((x, xhat, rstd)) = blocks[i].lock().ok().and_then(|mut b| b.take()) {
+            isa.layer_norm_rows(w, x, gamma, beta, xhat, rstd);
+        }
+    });
+}
+
+/// [`Kernels::layer_norm_rows_backward`] split as [`layer_norm_rows`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn layer_norm_rows_backward<K: Kernels>(
+    isa: K,
+    par: &Par<'_>,
+    w: usize,
+    dy: &[f32],
+    gamma: &[f32],
+    xhat: &[f32],
+    rstd: &[f32],
+    dx: &mut [f32],
+) {
+    let rows = isa::check_layer_norm_backward(w, dy.len(), gamma.len(), xhat.len(), rstd.len(), dx.len());
+    let parts = row_parts(par, rows, dy.len());
+    if parts == 1 {
+        return isa.layer_norm_rows_backward(w, dy, gamma, xhat, rstd, dx);
+    }
+    let bounds = host::row_bounds(rows, parts);
+    let blocks: Vec<_> = cut_rows(dx, w, &bounds).into_iter().map(|b| Mutex::new(Some(b))).collect();
+    par.run(parts, &|i| {
+        if let Some(dx) = blocks[i].lock().ok().and_then(|mut b| b.take()) {
+            let (r0, r1) = (bounds[i], bounds[i + 1]);
+            isa.layer_norm_rows_backward(w, &dy[r0 * w..r1 * w], gamma, &xhat[r0 * w..r1 * w], &rstd[r0..r1], dx);
+        }
+    });
+}
+
+/// Parts to split `rows` rows of `values` values in all into: one below
+/// [`CELL_PARALLEL_MIN`], else one per thread of `par` (at most one per row).
+fn row_parts(par: &Par<'_>, rows: usize, values: usize) -> usize {
+    if values < CELL_PARALLEL_MIN {
+        1
+    } else {
+        par.parts().min(rows).max(1)
+    }
+}
+
+/// [`cut_rows`] of `s` if given, else as many `None`.
+fn cut_optional_rows<'a>(s: Option<&'a mut [f32]>, w: usize, bounds: &[usize]) -> Vec<Option<&'a mut [f32]>> {
+    match s {
+        Some(s) => cut_rows(s, w, bounds).into_iter().map(Some).collect(),
+        None => bounds.windows(2).map(|_| None).collect(),
+    }
+}
+
+/// `s` (rows of `w` values) cut at the row `bounds` (see [`host::row_bounds`]).
+fn cut_rows<'a>(mut s: &'a mut [f32], w: usize, bounds: &[usize]) -> Vec<&'a mut [f32]> {
+    bounds
+        .windows(2)
+        .map(|b| {
+            let (block, rest) = std::mem::take(&mut s).split_at_mut((b[1] - b[0]) * w);
+            s = rest;
+            block
+        })
+        .collect()
 }
 
 /// Rows of a block of the weight gradients' sums (`HostKernels::weight_grad_rows`): 16 of the

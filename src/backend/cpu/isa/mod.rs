@@ -8,8 +8,9 @@
 //! - the ISA's kernels are its `unsafe` methods (`*_unchecked`, and the per-row cell kernels),
 //!   which trust the shapes of their arguments;
 //! - the safe provided methods ([`Kernels::gemm`], [`Kernels::weight_gemm`],
-//!   [`Kernels::cell_forward`], [`Kernels::cell_backward`]) check every length once, for all
-//!   ISAs, and then call them (`rows.rs` cuts a cell step into rows);
+//!   [`Kernels::cell_forward`], [`Kernels::cell_backward`], [`Kernels::layer_norm_rows`],
+//!   [`Kernels::layer_norm_rows_backward`]) check every length once, for all ISAs, and then
+//!   call them (`rows.rs` cuts a cell step into rows);
 //! - a kernel an ISA does not write is its [`Kernels::Base`]'s: AVX-512 implements the GEMM
 //!   tiles and the LSTM forward cell and takes everything else from AVX2; AVX2 and NEON take
 //!   the products of two activations from [`Scalar`] (matrixmultiply).
@@ -24,6 +25,8 @@ pub(crate) mod avx2;
 pub(crate) mod avx512;
 #[cfg(test)]
 mod cell_tests;
+#[cfg(test)]
+mod layer_norm_tests;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
 pub(crate) mod rows;
@@ -234,6 +237,77 @@ pub(crate) trait Kernels: Copy + Send + Sync + 'static {
         unsafe { self.base().rnn_backward_clipped::<RELU>(r) }
     }
 
+    /// Partial sums of each of a layer-norm row's sums (vector lanes × accumulators): a term
+    /// goes through at most `ceil(w / LN_PARTIAL_SUMS)` additions in its partial sum, then
+    /// `log2(LN_PARTIAL_SUMS)` in their fixed reduction (`isa/layer_norm_tests.rs` derives its
+    /// tolerance from it).
+    #[cfg(test)]
+    const LN_PARTIAL_SUMS: usize = <Self::Base as Kernels>::LN_PARTIAL_SUMS;
+
+    /// Layer norm of one row `x` (`w = x.len()` values) in place: `x ← γ⊙x̂ + β` (`γ⊙x̂`
+    /// without `beta`), `x̂ = (x − μ)·rstd`, `rstd = 1/sqrt(var + 1e-5)`, `μ` and the biased
+    /// `var` in two passes over the row; `x̂` stored into `xhat` if given. Returns `rstd`.
+    ///
+    /// # Safety
+    /// `x` is not empty; `gamma`, `beta` and `xhat` (if given) have `x.len()` values.
+    unsafe fn layer_norm_row(self, x: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, xhat: Option<&mut [f32]>) -> f32 {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().layer_norm_row(x, gamma, beta, xhat) }
+    }
+
+    /// Backward of [`Kernels::layer_norm_row`] on one row: `dx = rstd·(g − mean(g) −
+    /// x̂⊙mean(g⊙x̂))` with `g = γ⊙dy`.
+    ///
+    /// # Safety
+    /// `dy` is not empty; `gamma`, `xhat` and `dx` have `dy.len()` values.
+    unsafe fn layer_norm_row_backward(self, dy: &[f32], gamma: &[f32], xhat: &[f32], rstd: f32, dx: &mut [f32]) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().layer_norm_row_backward(dy, gamma, xhat, rstd, dx) }
+    }
+
+    /// [`Kernels::layer_norm_row`] on each row of `x` (rows of `w` values), `x̂` into the same
+    /// row of `xhat` and `rstd` into `rstd[row]` where given; panics if a length disagrees
+    /// (see [`check_layer_norm`]).
+    fn layer_norm_rows(
+        self,
+        w: usize,
+        x: &mut [f32],
+        gamma: &[f32],
+        beta: Option<&[f32]>,
+        mut xhat: Option<&mut [f32]>,
+        mut rstd: Option<&mut [f32]>,
+    ) {
+        let rows = check_layer_norm(
+            w,
+            x.len(),
+            gamma.len(),
+            beta.map(<[f32]>::len),
+            xhat.as_deref().map(<[f32]>::len),
+            rstd.as_deref().map(<[f32]>::len),
+        );
+        for (i, row) in x.chunks_exact_mut(w).enumerate().take(rows) {
+            let xh = xhat.as_deref_mut().map(|s| &mut s[i * w..(i + 1) * w]);
+            // SAFETY: `row` has `w ≥ 1` values, and `gamma`, `beta` and the row of `xhat` `w`
+            // (checked above); `self` proves the ISA.
+            let r = unsafe { self.layer_norm_row(row, gamma, beta, xh) };
+            if let Some(rstd) = rstd.as_deref_mut() {
+                rstd[i] = r;
+            }
+        }
+    }
+
+    /// [`Kernels::layer_norm_row_backward`] on each row of `dy` (rows of `w` values), with that
+    /// row's `xhat`, `rstd[row]` and `dx`; panics as [`Kernels::layer_norm_rows`].
+    fn layer_norm_rows_backward(self, w: usize, dy: &[f32], gamma: &[f32], xhat: &[f32], rstd: &[f32], dx: &mut [f32]) {
+        check_layer_norm_backward(w, dy.len(), gamma.len(), xhat.len(), rstd.len(), dx.len());
+        let rows = dy.chunks_exact(w).zip(xhat.chunks_exact(w)).zip(dx.chunks_exact_mut(w));
+        for (((dy, xhat), dx), &rstd) in rows.zip(rstd) {
+            // SAFETY: every row has `w ≥ 1` values, as `gamma` (checked above); `self` proves
+            // the ISA.
+            unsafe { self.layer_norm_row_backward(dy, gamma, xhat, rstd, dx) }
+        }
+    }
+
     /// [`Kernels::gemm_unchecked`] after checking the shapes; panics if they disagree.
     fn gemm(self, par: &Par<'_>, g: Gemm<'_>, c: MatMut<'_, f32>) {
         g.check(&c);
@@ -261,10 +335,48 @@ pub(crate) trait Kernels: Copy + Send + Sync + 'static {
     }
 }
 
+/// Checks the lengths of a layer-norm call ([`Kernels::layer_norm_rows`]) on rows of `w`
+/// values: `w ≥ 1`, `x` a multiple of `w`, `gamma` and `beta` `w`, `xhat` as `x`, `rstd` one
+/// per row (those given). Returns the number of rows; panics naming the slice, the expected and
+/// the given length otherwise.
+pub(crate) fn check_layer_norm(w: usize, x: usize, gamma: usize, beta: Option<usize>, xhat: Option<usize>, rstd: Option<usize>) -> usize {
+    let rows = check_rows("layer norm", w, "x", x);
+    check_lengths("layer norm", [("gamma", Some(gamma), w), ("beta", beta, w), ("xhat", xhat, x), ("rstd", rstd, rows)]);
+    rows
+}
+
+/// As [`check_layer_norm`], for [`Kernels::layer_norm_rows_backward`]: `dy` a multiple of `w`,
+/// `gamma` `w`, `xhat` and `dx` as `dy`, `rstd` one per row.
+pub(crate) fn check_layer_norm_backward(w: usize, dy: usize, gamma: usize, xhat: usize, rstd: usize, dx: usize) -> usize {
+    let rows = check_rows("layer norm backward", w, "dy", dy);
+    check_lengths(
+        "layer norm backward",
+        [("gamma", Some(gamma), w), ("xhat", Some(xhat), dy), ("rstd", Some(rstd), rows), ("dx", Some(dx), dy)],
+    );
+    rows
+}
+
+/// The rows of `len` values of `name` in rows of `w`; panics unless `w ≥ 1` divides `len`.
+fn check_rows(what: &str, w: usize, name: &str, len: usize) -> usize {
+    assert!(w >= 1, "{what}: the row width is 0, expected at least 1");
+    assert!(len.is_multiple_of(w), "{what}: `{name}` has {len} values, expected a multiple of the row width {w}");
+    len / w
+}
+
+/// Panics unless each `(name, given, expected)` given has its expected length.
+fn check_lengths(what: &str, lengths: [(&str, Option<usize>, usize); 4]) {
+    for (name, given, expected) in lengths {
+        if let Some(given) = given {
+            assert!(given == expected, "{what}: `{name}` has {given} values, expected {expected}");
+        }
+    }
+}
+
 /// An ISA whose module holds a hand-written row kernel of every cell (submodules `lstm`,
 /// `gru` and `rnn`, each with a `forward` and a `backward`, `rnn`'s generic over `RELU` and
 /// `gru`'s over `CLIP`, and `gru_reset_before` with the four parts of that GRU, each generic
-/// over `CLIP`, whose
+/// over `CLIP`; `layer_norm` with the row layer norm's `forward`, `backward` and
+/// `PARTIAL_SUMS`, whose
 /// only needs beyond the row's lengths are the ISA's features) and the register tiles of the
 /// weight products, and takes the products of two activations from [`Scalar`]: its token
 /// type, made only by `detect()` where `detected` holds, and its [`Kernels`].
@@ -403,6 +515,19 @@ macro_rules! simd_isa {
             unsafe fn rnn_backward_clipped<const RELU: bool>(self, r: BwdRow<'_>) {
                 // SAFETY: as in lstm_forward.
                 unsafe { rnn::backward_clipped::<RELU>(r) }
+            }
+
+            #[cfg(test)]
+            const LN_PARTIAL_SUMS: usize = layer_norm::PARTIAL_SUMS;
+
+            unsafe fn layer_norm_row(self, x: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, xhat: Option<&mut [f32]>) -> f32 {
+                // SAFETY: `self` proves the ISA; the lengths are this method's contract.
+                unsafe { layer_norm::forward(x, gamma, beta, xhat) }
+            }
+
+            unsafe fn layer_norm_row_backward(self, dy: &[f32], gamma: &[f32], xhat: &[f32], rstd: f32, dx: &mut [f32]) {
+                // SAFETY: as in layer_norm_row.
+                unsafe { layer_norm::backward(dy, gamma, xhat, rstd, dx) }
             }
         }
     };

@@ -6,6 +6,8 @@
 //!   (`gru_reset_before.rs`: the four parts of the GRU with the reset gate before the matmul),
 //!   on one row of a step (`isa/rows.rs` cuts a step into rows and handles inactive rows),
 //!   computing exactly the maths of the reference kernels in `backend/reference/`.
+//! - `layer_norm.rs`: layer norm of one row, forward and backward (the per-row sums in a fixed
+//!   order).
 //! - `sgemm.rs`: the blocked SGEMM's 6×16 tile for every product of six rows or more;
 //!   `sgemm_skinny.rs`: fewer rows against a packed weight (see `gemm/packed.rs`).
 //!
@@ -37,12 +39,14 @@
 
 mod gru;
 mod gru_reset_before;
+mod layer_norm;
 mod lstm;
 pub(crate) mod math;
 mod rnn;
 mod sgemm;
 mod sgemm_skinny;
 
+pub(crate) use layer_norm::row_sum;
 pub(crate) use lstm::lstm_forward_chunks;
 
 use super::rows::{BwdRow, FwdRow};

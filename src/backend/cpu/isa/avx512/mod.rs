@@ -1,11 +1,13 @@
 //! x86-64 AVX-512 kernels of the CPU backend: the GEMM register tiles (`sgemm.rs`: 8×48
 //! blocked, `sgemm_skinny.rs`: few rows), used for the weight gradients too, and the LSTM
 //! forward cell (`lstm.rs`, with the maths of `math.rs`), which is bound by arithmetic. The
-//! LSTM forward with options too (`lstm::forward_options`). The
+//! LSTM forward with options too (`lstm::forward_options`), and layer norm of one row
+//! (`layer_norm.rs`, forward and backward, AVX2's order of sums on 16 lanes). The
 //! other cells are memory-bound: AVX-512 takes them from its base, AVX2 (an AVX-512 token is
 //! only made where AVX2 and FMA were detected too, and holds the AVX2 token). The LSTM cell
 //! gives each element the bits the AVX2 one gives.
 
+mod layer_norm;
 mod lstm;
 mod math;
 mod sgemm;
@@ -69,6 +71,19 @@ impl Kernels for Avx512 {
     unsafe fn lstm_forward_options(self, r: FwdRow<'_>) {
         // SAFETY: as in lstm_forward, and the peephole's length is this method's contract.
         unsafe { lstm::forward_options(r) }
+    }
+
+    #[cfg(test)]
+    const LN_PARTIAL_SUMS: usize = layer_norm::PARTIAL_SUMS;
+
+    unsafe fn layer_norm_row(self, x: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, xhat: Option<&mut [f32]>) -> f32 {
+        // SAFETY: `self` proves the ISA; the lengths are this method's contract.
+        unsafe { layer_norm::forward(x, gamma, beta, xhat) }
+    }
+
+    unsafe fn layer_norm_row_backward(self, dy: &[f32], gamma: &[f32], xhat: &[f32], rstd: f32, dx: &mut [f32]) {
+        // SAFETY: as in layer_norm_row.
+        unsafe { layer_norm::backward(dy, gamma, xhat, rstd, dx) }
     }
 }
 

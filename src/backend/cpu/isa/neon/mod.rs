@@ -5,6 +5,8 @@
 //! - `math.rs`: `exp`, `sigmoid`, `tanh` on `float32x4_t` (method and measured accuracy there);
 //! - `lstm.rs`, `gru.rs`, `rnn.rs`: forward and backward step of each cell (`gru_reset_before.rs`:
 //!   the four parts of the GRU with the reset gate before the matmul);
+//! - `layer_norm.rs`: layer norm of one row, forward and backward (the per-row sums in a fixed
+//!   order);
 //! - `sgemm.rs`: the 6×16 tile of the blocked SGEMM (`gemm/sgemm.rs`) for every product of six
 //!   rows or more; `sgemm_skinny.rs`: fewer rows against a packed weight (`gemm/packed.rs`).
 //!
@@ -43,6 +45,7 @@
 
 mod gru;
 mod gru_reset_before;
+mod layer_norm;
 mod lstm;
 mod math;
 mod rnn;
