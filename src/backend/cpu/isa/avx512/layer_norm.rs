@@ -5,7 +5,7 @@
 //! `ceil(w/64) + 6` additions (70 at `w = 4096`). The last `w mod 16` values are loaded and
 //! stored under a lane mask (masked lanes are not accessed, and load as 0).
 
-use super::sgemm::lanes;
+use super::lanes::{load, store, Lanes};
 use crate::backend::cpu::isa::avx2::{for_chunks, row_sum};
 use std::arch::x86_64::*;
 
@@ -16,59 +16,6 @@ const ACC: usize = 4;
 pub(super) const PARTIAL_SUMS: usize = ACC * Lanes::N;
 /// `ε`, added to the variance.
 const EPS: f32 = 1e-5;
-
-/// The lanes of one chunk of a row: `n` values from the chunk's start, under `mask`.
-#[derive(Clone, Copy)]
-struct Lanes {
-    n: usize,
-    mask: __mmask16,
-}
-
-impl Lanes {
-    /// Lanes in a whole chunk.
-    const N: usize = 16;
-
-    /// The first `n` lanes, `n` in `1..=16`.
-    fn first(n: usize) -> Lanes {
-        Lanes { n, mask: lanes(n) }
-    }
-}
-
-/// `s[at..at + lanes.n]`, the other lanes 0 and not read (all 16 unless `TAIL`).
-///
-/// # Safety
-/// AVX-512F; `at + lanes.n ≤ s.len()`.
-#[inline]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn load<const TAIL: bool>(s: &[f32], at: usize, lanes: Lanes) -> __m512 {
-    debug_assert!(at + lanes.n <= s.len() && (TAIL || lanes.n == 16));
-    // SAFETY: the caller's precondition; masked-off lanes are not accessed.
-    unsafe {
-        if TAIL {
-            _mm512_maskz_loadu_ps(lanes.mask, s.as_ptr().add(at))
-        } else {
-            _mm512_loadu_ps(s.as_ptr().add(at))
-        }
-    }
-}
-
-/// Stores the lanes of `v` at `s[at..at + lanes.n]` (all 16 unless `TAIL`), and nothing else.
-///
-/// # Safety
-/// As [`load`].
-#[inline]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn store<const TAIL: bool>(s: &mut [f32], at: usize, lanes: Lanes, v: __m512) {
-    debug_assert!(at + lanes.n <= s.len() && (TAIL || lanes.n == 16));
-    // SAFETY: as in load.
-    unsafe {
-        if TAIL {
-            _mm512_mask_storeu_ps(s.as_mut_ptr().add(at), lanes.mask, v)
-        } else {
-            _mm512_storeu_ps(s.as_mut_ptr().add(at), v)
-        }
-    }
-}
 
 /// The sum of the accumulators' lanes: `(a0 + a1) + (a2 + a3)`, then the lanes by halves.
 ///

@@ -7,6 +7,7 @@
 //! only made where AVX2 and FMA were detected too, and holds the AVX2 token). The LSTM cell
 //! gives each element the bits the AVX2 one gives.
 
+mod lanes;
 mod layer_norm;
 mod lstm;
 mod math;
