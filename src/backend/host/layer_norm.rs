@@ -7,9 +7,11 @@
 //! `g = γ⊙dy`, `dv = rstd·(g − mean(g) − x̂·mean(g⊙x̂))`.
 
 use super::direction::{split_rows, split_rows_mut, BlockWork};
+use super::reserve::Workspace;
 use super::{CellBackward, HostKernels, Pass};
 use crate::backend::cell::Cell;
 use crate::element::Float;
+use crate::error::Result;
 
 /// The `ε` under the square root of every layer norm (Haste's).
 pub(crate) const EPS: f64 = 1e-5;
@@ -254,9 +256,17 @@ pub(super) struct LstmBackScratch<T> {
 }
 
 impl<T: Float> LstmBackScratch<T> {
-    pub(super) fn new(n: usize, h: usize) -> Self {
-        let z = |w: usize| vec![T::ZERO; n * w];
-        LstmBackScratch { s: z(h), zeros: z(h), dc: z(h), dgi: z(4 * h), dgh: z(4 * h), dh_direct: z(h) }
+    /// The scratch of a block of `n` rows, its buffers (zeros) lent by `work`: a training loop
+    /// that reuses its reserve allocates them once.
+    pub(super) fn new(n: usize, h: usize, work: &Workspace<T>) -> Result<Self> {
+        let what = "the layer-normalised LSTM's scratch of a block of rows";
+        let z = |w: usize| work.zeroed(n.saturating_mul(w), what);
+        Ok(LstmBackScratch { s: z(h)?, zeros: z(h)?, dc: z(h)?, dgi: z(4 * h)?, dgh: z(4 * h)?, dh_direct: z(h)? })
+    }
+
+    /// Returns the buffers to `work`.
+    pub(super) fn give_back(self, work: &Workspace<T>) {
+        work.give([self.s, self.zeros, self.dc, self.dgi, self.dgh, self.dh_direct]);
     }
 }
 
