@@ -9,7 +9,8 @@
 //!   which trust the shapes of their arguments;
 //! - the safe provided methods ([`Kernels::gemm`], [`Kernels::weight_gemm`],
 //!   [`Kernels::cell_forward`], [`Kernels::cell_backward`], [`Kernels::layer_norm_rows`],
-//!   [`Kernels::layer_norm_rows_backward`]) check every length once, for all ISAs, and then
+//!   [`Kernels::layer_norm_rows_backward`], [`Kernels::lstm_ln_output`],
+//!   [`Kernels::lstm_ln_backward`]) check every length once, for all ISAs, and then
 //!   call them (`rows.rs` cuts a cell step into rows);
 //! - a kernel an ISA does not write is its [`Kernels::Base`]'s: AVX-512 implements the GEMM
 //!   tiles and the LSTM forward cell and takes everything else from AVX2; AVX2 and NEON take

@@ -15,6 +15,9 @@
 //! through at most `ceil(w/32) + 5` additions (129 at `w = 4096`), against `w` for one running
 //! sum; `isa/layer_norm_tests.rs` derives its tolerance from that.
 //!
+//! Also the layer-normalised LSTM's pointwise kernels ([`lstm_output`]: `m = o⊙tanh(s)`;
+//! [`lstm_backward`]: its backward pre-pass), with the vector `tanh` of `math.rs`.
+//!
 //! Bounds: only [`load`] and [`store`] (`avx2/mod.rs`) touch memory, at offsets inside the row
 //! (the caller's contract: every slice has `w` values).
 

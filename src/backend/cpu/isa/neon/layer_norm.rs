@@ -8,6 +8,9 @@
 //! `(a0 + a1) + (a2 + a3)` and the 4 lanes by halves (`low + high`, then the pair). A term goes
 //! through at most `ceil(w/16) + 4` additions (260 at `w = 4096`).
 //!
+//! Also the layer-normalised LSTM's pointwise kernels ([`lstm_output`]: `m = o⊙tanh(s)`;
+//! [`lstm_backward`]: its backward pre-pass), with the vector `tanh` of `math.rs`.
+//!
 //! Bounds: only `load` and `store` (`neon/mod.rs`) touch memory, at offsets inside the row
 //! (the caller's contract: every slice has `w` values).
 
