@@ -4,7 +4,8 @@
 //! the forward time-major stack, merge by sum against the concatenating bidirectional stack.
 //! Options a cell does not have are left out of its table. The variants run in turn, round after round,
 //! so that a change of the machine's load touches them alike; the table gives each variant's
-//! median time and the median over rounds of its ratio to its baseline.
+//! median time and the median over rounds of its ratio to its baseline. Training reuses one
+//! reserve per variant across its calls, as a training loop does.
 //!
 //! ```text
 //! cargo run --release --example option_cost -- [--cells lstm,gru] [--input 512] [--hidden 512]
@@ -15,7 +16,10 @@
 //!
 //! A variant whose baseline is not among `--variants` is compared with itself.
 
-use rnn_kernels::{CellKind, Cpu, Direction, Merge, Params, Rnn, RnnConfig, SeqShape};
+use rnn_kernels::{CellKind, Cpu, Direction, HostReserve, Merge, Params, Rnn, RnnConfig, SeqShape};
+
+/// The CPU backend's reserve.
+type Reserve = HostReserve<f32>;
 use std::time::Instant;
 
 struct Args {
@@ -86,13 +90,22 @@ fn process_cpu_ns() -> Option<u64> {
 /// One timed call: inference, or a training forward and its backward. With `--threads 1` (no
 /// helper threads spinning) its time is the process's time on a CPU, which other programs
 /// sharing the machine do not lengthen as they lengthen wall time; else wall time.
-fn time_one(rnn: &Rnn<f32, Cpu>, shape: &SeqShape, x: &[f32], dy: &[f32], train: bool, cpu_time: bool) -> Result<f64, rnn_kernels::Error> {
+///
+/// Training reuses the variant's `reserve` from call to call, as a training loop does (the
+/// reserve keeps the saved activations and lends backward its buffers): a fresh one per call
+/// would time the first touch of its tens of megabytes, not the kernels.
+fn time_one(
+    rnn: &Rnn<f32, Cpu>,
+    (shape, x, dy): (&SeqShape, &[f32], &[f32]),
+    reserve: &mut Reserve,
+    train: bool,
+    cpu_time: bool,
+) -> Result<f64, rnn_kernels::Error> {
     let start = Instant::now();
     let cpu0 = process_cpu_ns().filter(|_| cpu_time);
     if train {
-        let mut reserve = Default::default();
-        rnn.forward_training(shape, x, None, None, &mut reserve)?;
-        rnn.backward(&reserve, Some(dy), None, None)?;
+        rnn.forward_training(shape, x, None, None, reserve)?;
+        rnn.backward(reserve, Some(dy), None, None)?;
     } else {
         rnn.forward(shape, x, None, None)?;
     }
@@ -161,14 +174,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let x: Vec<f32> = (0..a.steps * a.batch * a.input).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
         for &train in &a.modes {
             let dys: Vec<Vec<f32>> = variants.iter().map(|(_, cfg, _)| vec![0.01; a.steps * a.batch * cfg.output_size()]).collect();
-            // One warm-up call each.
-            for (rnn, dy) in rnns.iter().zip(&dys) {
-                time_one(rnn, &shape, &x, dy, train, cpu_time)?;
+            // One reserve per variant, kept across its calls; one warm-up call each.
+            let mut reserves: Vec<Reserve> = variants.iter().map(|_| Default::default()).collect();
+            for ((rnn, dy), reserve) in rnns.iter().zip(&dys).zip(&mut reserves) {
+                time_one(rnn, (&shape, &x, dy), reserve, train, cpu_time)?;
             }
             let mut times = vec![Vec::new(); variants.len()];
             for _ in 0..a.rounds {
-                for (i, (rnn, dy)) in rnns.iter().zip(&dys).enumerate() {
-                    times[i].push(time_one(rnn, &shape, &x, dy, train, cpu_time)?);
+                for (i, ((rnn, dy), reserve)) in rnns.iter().zip(&dys).zip(&mut reserves).enumerate() {
+                    times[i].push(time_one(rnn, (&shape, &x, dy), reserve, train, cpu_time)?);
                 }
             }
             let mode = if train { "train" } else { "inference" };

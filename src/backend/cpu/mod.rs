@@ -256,6 +256,16 @@ impl<K: Kernels> HostKernels<f32> for CpuKernels<'_, K> {
         layer_norm_rows(self.isa, &self.par, w, x, gamma, beta, xhat, rstd)
     }
 
+    /// The ISA's row kernel (`isa/*/layer_norm.rs`) with its vector `tanh`.
+    fn lstm_ln_output(&self, h: usize, gates: &[f32], m: &mut [f32]) {
+        self.isa.lstm_ln_output(h, gates, m)
+    }
+
+    /// The ISA's row kernel (`isa/*/layer_norm.rs`) with its vector `tanh`.
+    fn lstm_ln_backward(&self, h: usize, rows: host::layer_norm::LstmLnBack<'_, f32>) {
+        self.isa.lstm_ln_backward(h, rows)
+    }
+
     /// As [`layer_norm_rows`](Self::layer_norm_rows), backward ([`layer_norm_rows_backward`]).
     fn layer_norm_rows_backward(&self, w: usize, dy: &[f32], gamma: &[f32], xhat: &[f32], rstd: &[f32], dx: &mut [f32]) {
         layer_norm_rows_backward(self.isa, &self.par, w, dy, gamma, xhat, rstd, dx)

@@ -208,9 +208,10 @@ struct BwdRows<T> {
 }
 
 impl<T: Float> BwdRows<T> {
-    fn new(rows: Range<usize>, dm: &LayerDims, dhn: Option<&[T]>, dcn: Option<&[T]>) -> Self {
+    fn new(rows: Range<usize>, dm: &LayerDims, dhn: Option<&[T]>, dcn: Option<&[T]>, work: &Workspace<T>) -> Result<Self> {
         let n = rows.len();
-        BwdRows {
+        let ln_lstm = if dm.cell.layer_norm && dm.lstm() { Some(LstmBackScratch::new(n, dm.h, work)?) } else { None };
+        Ok(BwdRows {
             row0: rows.start,
             dh_carry: rows_or_zeros(dhn, rows.clone(), dm.hout),
             dc_carry: rows_or_zeros(dcn, rows, if dm.lstm() { dm.h } else { 0 }),
@@ -219,8 +220,8 @@ impl<T: Float> BwdRows<T> {
             dh_direct: vec![T::ZERO; n * dm.h],
             dgh: vec![T::ZERO; if keeps_dgh(dm) { 0 } else { n * dm.gh }],
             active: vec![false; n],
-            ln_lstm: (dm.cell.layer_norm && dm.lstm()).then(|| LstmBackScratch::new(n, dm.h)),
-        }
+            ln_lstm,
+        })
     }
 }
 
@@ -387,7 +388,7 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
     let mut dhg_raw_all = if ln { work.zeroed(tb * gh, "the raw recurrent products' gradients, [T, B, G·H]")? } else { Vec::new() };
     let mut dsh_all = if ln && dm.lstm() { work.zeroed(tb * h, "the normalised cell states' gradients, [T, B, H]")? } else { Vec::new() };
     let bounds = k.row_blocks(bl, Pass::Backward);
-    let mut blocks: Vec<BwdRows<T>> = bounds.windows(2).map(|r| BwdRows::new(r[0]..r[1], &dm, dhn, dcn)).collect();
+    let mut blocks: Vec<BwdRows<T>> = bounds.windows(2).map(|r| BwdRows::new(r[0]..r[1], &dm, dhn, dcn, work)).collect::<Result<_>>()?;
     {
         let serial = k.serial();
         let kb: &K = if blocks.len() > 1 { &serial } else { k };
@@ -479,5 +480,6 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
         dir.backward_product(k, Weight::Ih, dgi_w, T::ONE, d_in);
     }
     work.give([dgi_all, dgh_all, dh_all, dhg_raw_all, dsh_all, dgi_raw_all]);
+    blocks.into_iter().filter_map(|st| st.ln_lstm).for_each(|sc| sc.give_back(work));
     Ok(())
 }

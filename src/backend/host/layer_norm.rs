@@ -7,9 +7,11 @@
 //! `g = γ⊙dy`, `dv = rstd·(g − mean(g) − x̂·mean(g⊙x̂))`.
 
 use super::direction::{split_rows, split_rows_mut, BlockWork};
+use super::reserve::Workspace;
 use super::{CellBackward, HostKernels, Pass};
 use crate::backend::cell::Cell;
 use crate::element::Float;
+use crate::error::Result;
 
 /// The `ε` under the square root of every layer norm (Haste's).
 pub(crate) const EPS: f64 = 1e-5;
@@ -183,9 +185,59 @@ pub(super) fn lstm_output<T: Float, K: HostKernels<T>>(
 ) {
     m.copy_from_slice(c);
     k.layer_norm_rows(h, m, gamma_c, Some(beta_c), Some(ln_c), Some(rstd_c));
+    k.lstm_ln_output(h, gates, m);
+}
+
+/// `m ← o⊙tanh(m)` on each row (`[n, H]`; `m` holds `s = γ_c⊙ĉ + β_c`), `o` the last of the
+/// four gates of the row's `gates` (`[n, 4·H]`): the default of `HostKernels::lstm_ln_output`.
+pub(crate) fn lstm_ln_output<T: Float>(h: usize, gates: &[T], m: &mut [T]) {
     for (mr, g) in m.chunks_exact_mut(h.max(1)).zip(gates.chunks_exact((4 * h).max(1))) {
         for (mv, &o) in mr.iter_mut().zip(&g[3 * h..]) {
             *mv = o * mv.tanh();
+        }
+    }
+}
+
+/// The pointwise pre-pass of the layer-normalised LSTM's backward step on a block of `n` rows
+/// (`HostKernels::lstm_ln_backward`): every slice `[n, H]` but `gates` and `d_o` (`[n, 4·H]`)
+/// and `active` (`[n]`).
+pub(crate) struct LstmLnBack<'a, T> {
+    pub active: &'a [bool],
+    pub gamma_c: &'a [T],
+    pub beta_c: &'a [T],
+    /// `ĉ` saved by forward.
+    pub ln_c: &'a [T],
+    /// The step's gates, `o` the last of each row's four.
+    pub gates: &'a [T],
+    /// The gradient w.r.t. the output `m`.
+    pub dm: &'a [T],
+    /// Out: `s = γ_c⊙ĉ + β_c` (every row).
+    pub s: &'a mut [T],
+    /// Out: `dŝ = dm⊙o⊙(1 − τ²)`, `τ = tanh(s)` (zero on inactive rows).
+    pub dsh: &'a mut [T],
+    /// Out, if given: the `o` columns of the active rows, `dm⊙τ⊙o(1 − o)` (the rest untouched).
+    pub d_o: Option<&'a mut [T]>,
+}
+
+/// The default of `HostKernels::lstm_ln_backward`, the reference's arithmetic.
+pub(crate) fn lstm_ln_backward<T: Float>(h: usize, r: LstmLnBack<'_, T>) {
+    let gh = 4 * h;
+    let LstmLnBack { active, gamma_c, beta_c, ln_c, gates, dm, s: s_out, dsh, mut d_o } = r;
+    for (b, &act) in active.iter().enumerate() {
+        for j in 0..h {
+            let r = b * h + j;
+            let s = gamma_c[j] * ln_c[r] + beta_c[j];
+            s_out[r] = s;
+            dsh[r] = if act {
+                let tau = s.tanh();
+                let o = gates[b * gh + 3 * h + j];
+                if let Some(d_o) = d_o.as_deref_mut() {
+                    d_o[b * gh + 3 * h + j] = dm[r] * tau * o * (T::ONE - o);
+                }
+                dm[r] * o * (T::ONE - tau * tau)
+            } else {
+                T::ZERO
+            };
         }
     }
 }
@@ -204,9 +256,17 @@ pub(super) struct LstmBackScratch<T> {
 }
 
 impl<T: Float> LstmBackScratch<T> {
-    pub(super) fn new(n: usize, h: usize) -> Self {
-        let z = |w: usize| vec![T::ZERO; n * w];
-        LstmBackScratch { s: z(h), zeros: z(h), dc: z(h), dgi: z(4 * h), dgh: z(4 * h), dh_direct: z(h) }
+    /// The scratch of a block of `n` rows, its buffers (zeros) lent by `work`: a training loop
+    /// that reuses its reserve allocates them once.
+    pub(super) fn new(n: usize, h: usize, work: &Workspace<T>) -> Result<Self> {
+        let what = "the layer-normalised LSTM's scratch of a block of rows";
+        let z = |w: usize| work.zeroed(n.saturating_mul(w), what);
+        Ok(LstmBackScratch { s: z(h)?, zeros: z(h)?, dc: z(h)?, dgi: z(4 * h)?, dgh: z(4 * h)?, dh_direct: z(h)? })
+    }
+
+    /// Returns the buffers to `work`.
+    pub(super) fn give_back(self, work: &Workspace<T>) {
+        work.give([self.s, self.zeros, self.dc, self.dgi, self.dgh, self.dh_direct]);
     }
 }
 
@@ -246,23 +306,20 @@ pub(super) fn lstm_step_backward<T: Float, K: HostKernels<T>>(
     let n = step.active.len();
     // Without a clip, step 1's `o` gradient is computed here, in the reference's order.
     let unclipped = step.clip <= 0.0;
-    for b in 0..n {
-        for j in 0..h {
-            let r = b * h + j;
-            let s = ln.gamma_c[j] * ln.ln_c[r] + ln.beta_c[j];
-            sc.s[r] = s;
-            ln.dsh[r] = if step.active[b] {
-                let tau = s.tanh();
-                let o = step.gates[b * gh + 3 * h + j];
-                if unclipped {
-                    sc.dgi[b * gh + 3 * h + j] = step.dm[r] * tau * o * (T::ONE - o);
-                }
-                step.dm[r] * o * (T::ONE - tau * tau)
-            } else {
-                T::ZERO
-            };
-        }
-    }
+    k.lstm_ln_backward(
+        h,
+        LstmLnBack {
+            active: step.active,
+            gamma_c: ln.gamma_c,
+            beta_c: ln.beta_c,
+            ln_c: ln.ln_c,
+            gates: step.gates,
+            dm: step.dm,
+            s: &mut sc.s,
+            dsh: &mut *ln.dsh,
+            d_o: unclipped.then_some(&mut sc.dgi[..]),
+        },
+    );
     if !unclipped {
         sc.dc.fill(T::ZERO);
         k.cell_step_backward(

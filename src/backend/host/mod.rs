@@ -348,6 +348,19 @@ pub(crate) trait HostKernels<T: Float>: Send + Sync {
         layer_norm::layer_norm_rows_backward(w, dy, gamma, xhat, rstd, dx)
     }
 
+    /// The layer-normalised LSTM's output on `[n, H]` rows: `m ← o⊙tanh(m)`, `m` holding
+    /// `s = γ_c⊙ĉ + β_c`, `o` the last gate of each row of `gates` (`[n, 4·H]`). Default:
+    /// `layer_norm::lstm_ln_output`.
+    fn lstm_ln_output(&self, h: usize, gates: &[T], m: &mut [T]) {
+        layer_norm::lstm_ln_output(h, gates, m)
+    }
+    /// The pointwise pre-pass of the layer-normalised LSTM's backward step (see
+    /// `layer_norm::LstmLnBack`): `s`, `dŝ` and, if asked, the `o` gradient. Default:
+    /// `layer_norm::lstm_ln_backward`.
+    fn lstm_ln_backward(&self, h: usize, rows: layer_norm::LstmLnBack<'_, T>) {
+        layer_norm::lstm_ln_backward(h, rows)
+    }
+
     /// How the time loop of `pass` over `rows` batch rows is cut into blocks of rows that run
     /// their steps on their own, in parallel (see [`for_blocks`](Self::for_blocks)): the
     /// bounds, `[0, …, rows]`. Rows never interact within a layer, so a backend may cut them

@@ -20,6 +20,13 @@
 //! results do not depend on the rows called with it, a slice of the wrong length panics naming
 //! it, and the thread split of the CPU backend (`cpu/mod.rs`) gives every thread count the
 //! same bits.
+//!
+//! The layer-normalised LSTM's kernels ([`Kernels::lstm_ln_output`],
+//! [`Kernels::lstm_ln_backward`]): against the host's default (`host/layer_norm.rs`) run in f64
+//! on the same inputs, with the criterion of `isa/cell_tests.rs` (the worst of
+//! `|y − exact| / max(1e-6, 2e-6·|exact|)` at most 1, or at most 1.25 times the f32 default's),
+//! `H` around every lane count and 512, a row inactive (bit-identical to the f32 default there),
+//! padded slices as above.
 
 use super::Kernels;
 use crate::SplitMix64;
@@ -47,6 +54,25 @@ macro_rules! layer_norm_kernel_tests {
         $(#[$attr])?
         fn layer_norm_split_across_threads_is_bit_identical() {
             harness::check_thread_split($isa);
+        }
+
+        #[test]
+        $(#[$attr])?
+        fn lstm_ln_output_matches_f64() {
+            harness::check_lstm_output($isa);
+        }
+
+        #[test]
+        $(#[$attr])?
+        fn lstm_ln_backward_matches_f64() {
+            harness::check_lstm_backward($isa);
+        }
+
+        #[test]
+        #[should_panic(expected = "layer-normalised LSTM backward: `dm` has 5 values, expected 6")]
+        $(#[$attr])?
+        fn lstm_ln_backward_wrong_dm_panics() {
+            harness::wrong_dm_panics($isa);
         }
 
         #[test]
@@ -348,6 +374,191 @@ pub(crate) fn wrong_gamma_panics<K: Kernels>(isa: Option<K>) {
 pub(crate) fn wrong_rstd_panics<K: Kernels>(isa: Option<K>) {
     let Some(isa) = isa else { panic!("layer norm backward: `rstd` has 2 values, expected 3 (skipped: this CPU lacks the ISA)") };
     isa.layer_norm_rows_backward(4, &[0.0; 12], &[1.0; 4], &[0.0; 12], &[1.0; 2], &mut [0.0; 12]);
+}
+
+/// Hidden sizes of the LSTM's output kernels: every tail of 4, 8 and 16 lanes, and a layer's.
+const HIDDEN: [usize; 12] = [1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 33, 512];
+/// Rows of an LSTM case: the middle one inactive.
+const ACTIVE: [bool; 3] = [true, false, true];
+
+/// The worst error of an ISA's LSTM output kernel and of the f32 default, each against the f64
+/// default on the same inputs, normalised as `isa/cell_tests.rs` does:
+/// `|y − exact| / max(1e-6, 2e-6·|exact|)`.
+#[derive(Default)]
+struct Worst {
+    isa: f64,
+    r32: f64,
+}
+
+impl Worst {
+    fn fold(&mut self, what: &str, got: f32, r32: f32, exact: f64) {
+        assert!(!got.is_nan(), "{what}: NaN");
+        let norm = |y: f32| (y as f64 - exact).abs() / (2e-6 * exact.abs()).max(1e-6);
+        self.isa = self.isa.max(norm(got));
+        self.r32 = self.r32.max(norm(r32));
+    }
+    /// The criterion of `isa/cell_tests.rs`: at most 1, or at most 1.25 times the f32
+    /// default's own error (then the conditioning of the maths, not the kernel's).
+    fn check(&self, what: &str) {
+        println!("{what}: worst {:.3} (f32 default: {:.3})", self.isa, self.r32);
+        assert!(self.isa <= 1.0 || self.isa <= 1.25 * self.r32, "{what}: worst error {} (f32 default {})", self.isa, self.r32);
+    }
+}
+
+fn uniform_vec(rng: &mut SplitMix64, n: usize, lo: f64, hi: f64) -> Vec<f32> {
+    (0..n).map(|_| rng.uniform(lo, hi) as f32).collect()
+}
+
+fn widen(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// [`Kernels::lstm_ln_output`] against `host::layer_norm::lstm_ln_output` in f64 (and f32),
+/// `s` in ±6 (`tanh` saturating), gates in `[0, 1]`.
+pub(crate) fn check_lstm_output<K: Kernels>(isa: Option<K>) {
+    use crate::backend::host::layer_norm::lstm_ln_output;
+    let Some(isa) = isa else {
+        println!("skipped: this CPU lacks the ISA");
+        return;
+    };
+    let mut rng = SplitMix64::new(0x157e_0000 + K::ISA as u64);
+    let mut worst = Worst::default();
+    let n = ACTIVE.len();
+    for h in HIDDEN {
+        let gates = uniform_vec(&mut rng, n * 4 * h, 0.0, 1.0);
+        let m0 = uniform_vec(&mut rng, n * h, -6.0, 6.0);
+        let pg = Padded::new(&gates, f32::NAN);
+        let mut m = Padded::new(&m0, OUT_SENTINEL);
+        isa.lstm_ln_output(h, pg.get(), m.get_mut());
+        pg.assert_margins("gates");
+        m.assert_margins("m");
+        let mut r32 = m0.clone();
+        lstm_ln_output(h, &gates, &mut r32);
+        let mut r64 = widen(&m0);
+        lstm_ln_output(h, &widen(&gates), &mut r64);
+        for i in 0..n * h {
+            worst.fold(&format!("{} H={h} m[{i}]", K::ISA), m.get()[i], r32[i], r64[i]);
+        }
+    }
+    worst.check(&format!("{} lstm_ln_output", K::ISA));
+}
+
+/// [`Kernels::lstm_ln_backward`] against `host::layer_norm::lstm_ln_backward` in f64 (and
+/// f32), with and without the `o` gradient: `ĉ` in ±3, `γ = 1 ± 0.5`, `β` in ±0.5, gates in
+/// `[0, 1]`, `dm` in ±1; `s` on every row, `dŝ` and `d_o` on the active rows; inactive rows
+/// bit-identical to the f32 default's (`dŝ = 0`), the other columns of `d_o` untouched.
+pub(crate) fn check_lstm_backward<K: Kernels>(isa: Option<K>) {
+    use crate::backend::host::layer_norm::{lstm_ln_backward, LstmLnBack};
+    let Some(isa) = isa else {
+        println!("skipped: this CPU lacks the ISA");
+        return;
+    };
+    let mut rng = SplitMix64::new(0x157e_b000 + K::ISA as u64);
+    let mut worst: [Worst; 3] = Default::default();
+    let n = ACTIVE.len();
+    for h in HIDDEN {
+        for with_o in [true, false] {
+            let case = format!("{} H={h} d_o={with_o}", K::ISA);
+            let gamma = uniform_vec(&mut rng, h, 0.5, 1.5);
+            let beta = uniform_vec(&mut rng, h, -0.5, 0.5);
+            let ln_c = uniform_vec(&mut rng, n * h, -3.0, 3.0);
+            let gates = uniform_vec(&mut rng, n * 4 * h, 0.0, 1.0);
+            let dm = uniform_vec(&mut rng, n * h, -1.0, 1.0);
+            let d_o0 = uniform_vec(&mut rng, n * 4 * h, -1.0, 1.0);
+            let ins = [&gamma, &beta, &ln_c, &gates, &dm].map(|v| Padded::new(v, f32::NAN));
+            let mut outs = [vec![0.0; n * h], vec![0.0; n * h], d_o0.clone()].map(|v| Padded::new(&v, OUT_SENTINEL));
+            let [s, dsh, d_o] = outs.each_mut().map(Padded::get_mut);
+            isa.lstm_ln_backward(
+                h,
+                LstmLnBack {
+                    active: &ACTIVE,
+                    gamma_c: ins[0].get(),
+                    beta_c: ins[1].get(),
+                    ln_c: ins[2].get(),
+                    gates: ins[3].get(),
+                    dm: ins[4].get(),
+                    s,
+                    dsh,
+                    d_o: with_o.then_some(d_o),
+                },
+            );
+            for (p, name) in ins.iter().zip(["gamma_c", "beta_c", "ln_c", "gates", "dm"]).chain(outs.iter().zip(["s", "dsh", "d_o"])) {
+                p.assert_margins(&format!("{case}: {name}"));
+            }
+            let (mut s32, mut dsh32, mut d_o32) = (vec![0.0f32; n * h], vec![0.0f32; n * h], d_o0.clone());
+            lstm_ln_backward(
+                h,
+                LstmLnBack {
+                    active: &ACTIVE,
+                    gamma_c: &gamma,
+                    beta_c: &beta,
+                    ln_c: &ln_c,
+                    gates: &gates,
+                    dm: &dm,
+                    s: &mut s32,
+                    dsh: &mut dsh32,
+                    d_o: with_o.then_some(&mut d_o32[..]),
+                },
+            );
+            let (mut s64, mut dsh64, mut d_o64) = (vec![0.0f64; n * h], vec![0.0f64; n * h], widen(&d_o0));
+            let (g64, ga64, b64, l64, dm64) = (widen(&gates), widen(&gamma), widen(&beta), widen(&ln_c), widen(&dm));
+            lstm_ln_backward(
+                h,
+                LstmLnBack {
+                    active: &ACTIVE,
+                    gamma_c: &ga64,
+                    beta_c: &b64,
+                    ln_c: &l64,
+                    gates: &g64,
+                    dm: &dm64,
+                    s: &mut s64,
+                    dsh: &mut dsh64,
+                    d_o: with_o.then_some(&mut d_o64[..]),
+                },
+            );
+            let (s, dsh, d_o) = (outs[0].get(), outs[1].get(), outs[2].get());
+            for (b, &act) in ACTIVE.iter().enumerate() {
+                for j in 0..h {
+                    let r = b * h + j;
+                    worst[0].fold(&format!("{case} s[{r}]"), s[r], s32[r], s64[r]);
+                    if act {
+                        worst[1].fold(&format!("{case} dsh[{r}]"), dsh[r], dsh32[r], dsh64[r]);
+                    } else {
+                        assert_eq!(dsh[r].to_bits(), dsh32[r].to_bits(), "{case}: inactive row {b}: dsh[{r}]");
+                    }
+                }
+                for j in 0..4 * h {
+                    let k = b * 4 * h + j;
+                    if act && with_o && j >= 3 * h {
+                        worst[2].fold(&format!("{case} d_o[{k}]"), d_o[k], d_o32[k], d_o64[k]);
+                    } else {
+                        assert_eq!(d_o[k].to_bits(), d_o0[k].to_bits(), "{case}: d_o[{k}] written");
+                    }
+                }
+            }
+        }
+    }
+    for (w, name) in worst.iter().zip(["s", "dsh", "d_o"]) {
+        w.check(&format!("{} lstm_ln_backward {name}", K::ISA));
+    }
+}
+
+pub(crate) fn wrong_dm_panics<K: Kernels>(isa: Option<K>) {
+    use crate::backend::host::layer_norm::LstmLnBack;
+    let Some(isa) = isa else { panic!("layer-normalised LSTM backward: `dm` has 5 values, expected 6 (skipped: this CPU lacks the ISA)") };
+    let (mut s, mut dsh) = ([0.0; 6], [0.0; 6]);
+    let r = LstmLnBack {
+        active: &[true, true],
+        gamma_c: &[1.0; 3],
+        beta_c: &[0.0; 3],
+        ln_c: &[0.0; 6],
+        gates: &[0.5; 24],
+        dm: &[0.0; 5],
+        s: &mut s,
+        dsh: &mut dsh,
+        d_o: None,
+    };
+    isa.lstm_ln_backward(3, r);
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {

@@ -9,7 +9,8 @@
 //!   which trust the shapes of their arguments;
 //! - the safe provided methods ([`Kernels::gemm`], [`Kernels::weight_gemm`],
 //!   [`Kernels::cell_forward`], [`Kernels::cell_backward`], [`Kernels::layer_norm_rows`],
-//!   [`Kernels::layer_norm_rows_backward`]) check every length once, for all ISAs, and then
+//!   [`Kernels::layer_norm_rows_backward`], [`Kernels::lstm_ln_output`],
+//!   [`Kernels::lstm_ln_backward`]) check every length once, for all ISAs, and then
 //!   call them (`rows.rs` cuts a cell step into rows);
 //! - a kernel an ISA does not write is its [`Kernels::Base`]'s: AVX-512 implements the GEMM
 //!   tiles and the LSTM forward cell and takes everything else from AVX2; AVX2 and NEON take
@@ -42,6 +43,7 @@ pub(crate) use scalar::Scalar;
 
 use super::gemm::{Gemm, Par};
 use super::RowBlocking;
+use crate::backend::host::layer_norm::LstmLnBack;
 use crate::backend::host::{CellBackward, CellForward, MatMut};
 use crate::config::CellKind;
 use crate::error::{Error, Result};
@@ -265,6 +267,94 @@ pub(crate) trait Kernels: Copy + Send + Sync + 'static {
         unsafe { self.base().layer_norm_row_backward(dy, gamma, xhat, rstd, dx) }
     }
 
+    /// The layer-normalised LSTM's output on one row: `m ← o⊙tanh(m)` (`m` holding
+    /// `s = γ_c⊙ĉ + β_c`), with the ISA's `tanh`.
+    ///
+    /// # Safety
+    /// `m` is not empty and `o` has `m.len()` values.
+    unsafe fn lstm_ln_output_row(self, o: &[f32], m: &mut [f32]) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().lstm_ln_output_row(o, m) }
+    }
+
+    /// The pointwise pre-pass of the layer-normalised LSTM's backward step on one active row
+    /// (see [`LstmLnBackRow`]), with the ISA's `tanh`.
+    ///
+    /// # Safety
+    /// Every slice of `r` has `r.o.len() ≥ 1` values.
+    unsafe fn lstm_ln_backward_row(self, r: LstmLnBackRow<'_>) {
+        // SAFETY: as in gemm_unchecked.
+        unsafe { self.base().lstm_ln_backward_row(r) }
+    }
+
+    /// [`Kernels::lstm_ln_output_row`] on each row of `m` (`[n, h]`), `o` the last gate of the
+    /// row of `gates` (`[n, 4·h]`); panics if a length disagrees.
+    fn lstm_ln_output(self, h: usize, gates: &[f32], m: &mut [f32]) {
+        if h == 0 {
+            return;
+        }
+        let n = check_rows("layer-normalised LSTM output", h, "m", m.len());
+        assert!(gates.len() == 4 * h * n, "layer-normalised LSTM output: `gates` has {} values, expected {}", gates.len(), 4 * h * n);
+        for (m, g) in m.chunks_exact_mut(h).zip(gates.chunks_exact(4 * h)) {
+            // SAFETY: `m` and the `o` gate of the row have `h ≥ 1` values; `self` proves the ISA.
+            unsafe { self.lstm_ln_output_row(&g[3 * h..], m) }
+        }
+    }
+
+    /// The pointwise pre-pass of the layer-normalised LSTM's backward step on `[n, h]` rows
+    /// (see `host::layer_norm::LstmLnBack`): [`Kernels::lstm_ln_backward_row`] on each active
+    /// row; on an inactive one `s` as `scalar.rs`'s forward computes it, `dŝ = 0`, `d_o`
+    /// untouched. Panics if a length disagrees.
+    fn lstm_ln_backward(self, h: usize, r: LstmLnBack<'_, f32>) {
+        let LstmLnBack { active, gamma_c, beta_c, ln_c, gates, dm, s, dsh, mut d_o } = r;
+        let n = active.len();
+        let what = "layer-normalised LSTM backward";
+        check_lengths(
+            what,
+            [
+                ("gamma_c", Some(gamma_c.len()), h),
+                ("beta_c", Some(beta_c.len()), h),
+                ("gates", Some(gates.len()), 4 * h * n),
+                ("d_o", d_o.as_deref().map(<[f32]>::len), 4 * h * n),
+            ],
+        );
+        check_lengths(
+            what,
+            [
+                ("ln_c", Some(ln_c.len()), h * n),
+                ("dm", Some(dm.len()), h * n),
+                ("s", Some(s.len()), h * n),
+                ("dsh", Some(dsh.len()), h * n),
+            ],
+        );
+        if h == 0 {
+            return;
+        }
+        for (b, &act) in active.iter().enumerate() {
+            let (row, gate_o) = (b * h..(b + 1) * h, b * 4 * h + 3 * h..(b + 1) * 4 * h);
+            if act {
+                let r = LstmLnBackRow {
+                    gamma: gamma_c,
+                    beta: beta_c,
+                    ln_c: &ln_c[row.clone()],
+                    o: &gates[gate_o.clone()],
+                    dm: &dm[row.clone()],
+                    s: &mut s[row.clone()],
+                    dsh: &mut dsh[row],
+                    d_o: d_o.as_deref_mut().map(|d| &mut d[gate_o]),
+                };
+                // SAFETY: every slice of the row has `h ≥ 1` values (checked above); `self`
+                // proves the ISA.
+                unsafe { self.lstm_ln_backward_row(r) }
+            } else {
+                for (((s, &g), &x), &bt) in s[row.clone()].iter_mut().zip(gamma_c).zip(&ln_c[row.clone()]).zip(beta_c) {
+                    *s = g * x + bt;
+                }
+                dsh[row].fill(0.0);
+            }
+        }
+    }
+
     /// [`Kernels::layer_norm_row`] on each row of `x` (rows of `w` values), `x̂` into the same
     /// row of `xhat` and `rstd` into `rstd[row]` where given; panics if a length disagrees
     /// (see [`check_layer_norm`]).
@@ -333,6 +423,20 @@ pub(crate) trait Kernels: Copy + Send + Sync + 'static {
     fn cell_backward(self, cell: CellKind, step: CellBackward<'_, f32>) {
         rows::backward(self, cell, step)
     }
+}
+
+/// One row (`H` values each) of the layer-normalised LSTM's backward pre-pass: `s = γ⊙ĉ + β`
+/// (as the ISA's layer-norm forward computes it), `τ = tanh(s)`, `dŝ = dm⊙o⊙(1 − τ²)` and, if
+/// `d_o` is given, `d_o = dm⊙τ⊙o(1 − o)`.
+pub(crate) struct LstmLnBackRow<'a> {
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+    pub ln_c: &'a [f32],
+    pub o: &'a [f32],
+    pub dm: &'a [f32],
+    pub s: &'a mut [f32],
+    pub dsh: &'a mut [f32],
+    pub d_o: Option<&'a mut [f32]>,
 }
 
 /// Checks the lengths of a layer-norm call ([`Kernels::layer_norm_rows`]) on rows of `w`
@@ -528,6 +632,16 @@ macro_rules! simd_isa {
             unsafe fn layer_norm_row_backward(self, dy: &[f32], gamma: &[f32], xhat: &[f32], rstd: f32, dx: &mut [f32]) {
                 // SAFETY: as in layer_norm_row.
                 unsafe { layer_norm::backward(dy, gamma, xhat, rstd, dx) }
+            }
+
+            unsafe fn lstm_ln_output_row(self, o: &[f32], m: &mut [f32]) {
+                // SAFETY: as in layer_norm_row.
+                unsafe { layer_norm::lstm_output(o, m) }
+            }
+
+            unsafe fn lstm_ln_backward_row(self, r: $crate::backend::cpu::isa::LstmLnBackRow<'_>) {
+                // SAFETY: as in layer_norm_row.
+                unsafe { layer_norm::lstm_backward(r) }
             }
         }
     };

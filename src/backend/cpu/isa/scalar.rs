@@ -118,6 +118,14 @@ impl Kernels for Scalar {
     unsafe fn layer_norm_row_backward(self, dy: &[f32], gamma: &[f32], xhat: &[f32], rstd: f32, dx: &mut [f32]) {
         layer_norm::backward(dy, gamma, xhat, rstd, dx)
     }
+
+    unsafe fn lstm_ln_output_row(self, o: &[f32], m: &mut [f32]) {
+        layer_norm::lstm_output(o, m)
+    }
+
+    unsafe fn lstm_ln_backward_row(self, r: super::LstmLnBackRow<'_>) {
+        layer_norm::lstm_backward(r)
+    }
 }
 
 /// The layer-norm row kernels in portable Rust, safe (slices indexed with bounds checks).
@@ -243,6 +251,29 @@ pub(crate) mod layer_norm {
         let (mg, mgx) = (sg / w as f32, sgx / w as f32);
         for (((dx, &g), &dy), &xh) in dx.iter_mut().zip(gamma).zip(dy).zip(xhat) {
             *dx = rstd * ((g * dy - mg) - xh * mgx);
+        }
+    }
+
+    /// See [`Kernels::lstm_ln_output_row`](super::Kernels::lstm_ln_output_row): `o·tanh(s)`
+    /// with `f32::tanh`, the reference's arithmetic.
+    pub(crate) fn lstm_output(o: &[f32], m: &mut [f32]) {
+        for (m, &o) in m.iter_mut().zip(o) {
+            *m = o * m.tanh();
+        }
+    }
+
+    /// See [`Kernels::lstm_ln_backward_row`](super::Kernels::lstm_ln_backward_row): the
+    /// reference's arithmetic, `s` as [`forward`] computes it (no FMA).
+    pub(crate) fn lstm_backward(r: crate::backend::cpu::isa::LstmLnBackRow<'_>) {
+        let crate::backend::cpu::isa::LstmLnBackRow { gamma, beta, ln_c, o, dm, s, dsh, mut d_o } = r;
+        for j in 0..o.len() {
+            let sj = gamma[j] * ln_c[j] + beta[j];
+            s[j] = sj;
+            let tau = sj.tanh();
+            if let Some(d_o) = d_o.as_deref_mut() {
+                d_o[j] = dm[j] * tau * o[j] * (1.0 - o[j]);
+            }
+            dsh[j] = dm[j] * o[j] * (1.0 - tau * tau);
         }
     }
 

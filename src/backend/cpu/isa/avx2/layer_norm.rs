@@ -15,10 +15,15 @@
 //! through at most `ceil(w/32) + 5` additions (129 at `w = 4096`), against `w` for one running
 //! sum; `isa/layer_norm_tests.rs` derives its tolerance from that.
 //!
+//! Also the layer-normalised LSTM's pointwise kernels ([`lstm_output`]: `m = o⊙tanh(s)`;
+//! [`lstm_backward`]: its backward pre-pass), with the vector `tanh` of `math.rs`.
+//!
 //! Bounds: only [`load`] and [`store`] (`avx2/mod.rs`) touch memory, at offsets inside the row
 //! (the caller's contract: every slice has `w` values).
 
+use super::math::tanh;
 use super::{load, store, Lanes};
+use crate::backend::cpu::isa::LstmLnBackRow;
 use std::arch::x86_64::*;
 
 /// Accumulators per sum: 4 independent chains of adds, so that an add's latency does not
@@ -217,6 +222,69 @@ pub(super) unsafe fn backward(dy: &[f32], gamma: &[f32], xhat: &[f32], rstd: f32
     let means = (_mm256_set1_ps(sg / w as f32), _mm256_set1_ps(sgx / w as f32), _mm256_set1_ps(rstd));
     super::for_chunks!(Lanes, 0, w, |k, lanes| unsafe { dx_chunk::<false>((dy, gamma, xhat, dx), means, k, lanes) }, unsafe {
         dx_chunk::<true>((dy, gamma, xhat, dx), means, k, lanes)
+    });
+}
+
+/// `m ← o⊙tanh(m)` on the chunk at `k`.
+///
+/// # Safety
+/// As [`load`], for each slice.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn lstm_output_chunk<const TAIL: bool>(o: &[f32], m: &mut [f32], k: usize, lanes: Lanes) {
+    // SAFETY: the caller's contract.
+    unsafe { store::<TAIL>(m, k, lanes, _mm256_mul_ps(load::<TAIL>(o, k, lanes), tanh(load::<TAIL>(m, k, lanes)))) }
+}
+
+/// The layer-normalised LSTM's output on one row. See
+/// [`Kernels::lstm_ln_output_row`](crate::backend::cpu::isa::Kernels::lstm_ln_output_row).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `m` is not empty and `o` has `m.len()` values.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn lstm_output(o: &[f32], m: &mut [f32]) {
+    debug_assert!(!m.is_empty() && o.len() == m.len());
+    // SAFETY (every chunk): the chunks lie in `0..m.len()`, and both slices have that length.
+    super::for_chunks!(Lanes, 0, m.len(), |k, lanes| unsafe { lstm_output_chunk::<false>(o, m, k, lanes) }, unsafe {
+        lstm_output_chunk::<true>(o, m, k, lanes)
+    });
+}
+
+/// The backward pre-pass on the chunk at `k`: `s = γ⊙ĉ + β` (one FMA, as [`output_chunk`]),
+/// `τ = tanh(s)`, `dŝ = (dm⊙o)⊙(1 − τ²)`, and `d_o = ((dm⊙τ)⊙o)⊙(1 − o)` if asked.
+///
+/// # Safety
+/// As [`load`], for each slice.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn lstm_backward_chunk<const TAIL: bool>(r: &mut LstmLnBackRow<'_>, k: usize, lanes: Lanes) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        let one = _mm256_set1_ps(1.0);
+        let s = _mm256_fmadd_ps(load::<TAIL>(r.gamma, k, lanes), load::<TAIL>(r.ln_c, k, lanes), load::<TAIL>(r.beta, k, lanes));
+        store::<TAIL>(r.s, k, lanes, s);
+        let tau = tanh(s);
+        let (o, dm) = (load::<TAIL>(r.o, k, lanes), load::<TAIL>(r.dm, k, lanes));
+        if let Some(d_o) = r.d_o.as_deref_mut() {
+            store::<TAIL>(d_o, k, lanes, _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(dm, tau), o), _mm256_sub_ps(one, o)));
+        }
+        store::<TAIL>(r.dsh, k, lanes, _mm256_mul_ps(_mm256_mul_ps(dm, o), _mm256_fnmadd_ps(tau, tau, one)));
+    }
+}
+
+/// The layer-normalised LSTM's backward pre-pass on one active row. See
+/// [`Kernels::lstm_ln_backward_row`](crate::backend::cpu::isa::Kernels::lstm_ln_backward_row).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; every slice of `r` has `r.o.len() ≥ 1` values.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn lstm_backward(mut r: LstmLnBackRow<'_>) {
+    let h = r.o.len();
+    debug_assert!(h > 0 && [r.gamma.len(), r.beta.len(), r.ln_c.len(), r.dm.len(), r.s.len(), r.dsh.len()].iter().all(|&l| l == h));
+    debug_assert!(r.d_o.as_ref().is_none_or(|d| d.len() == h));
+    // SAFETY (every chunk): the chunks lie in `0..h`, and every slice has `h` values.
+    super::for_chunks!(Lanes, 0, h, |k, lanes| unsafe { lstm_backward_chunk::<false>(&mut r, k, lanes) }, unsafe {
+        lstm_backward_chunk::<true>(&mut r, k, lanes)
     });
 }
 

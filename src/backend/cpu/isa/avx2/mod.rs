@@ -7,7 +7,7 @@
 //!   on one row of a step (`isa/rows.rs` cuts a step into rows and handles inactive rows),
 //!   computing exactly the maths of the reference kernels in `backend/reference/`.
 //! - `layer_norm.rs`: layer norm of one row, forward and backward (the per-row sums in a fixed
-//!   order).
+//!   order), and the layer-normalised LSTM's output `o⊙tanh(s)` and its backward pre-pass.
 //! - `sgemm.rs`: the blocked SGEMM's 6×16 tile for every product of six rows or more;
 //!   `sgemm_skinny.rs`: fewer rows against a packed weight (see `gemm/packed.rs`).
 //!

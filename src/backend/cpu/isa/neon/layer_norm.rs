@@ -8,10 +8,15 @@
 //! `(a0 + a1) + (a2 + a3)` and the 4 lanes by halves (`low + high`, then the pair). A term goes
 //! through at most `ceil(w/16) + 4` additions (260 at `w = 4096`).
 //!
+//! Also the layer-normalised LSTM's pointwise kernels ([`lstm_output`]: `m = o⊙tanh(s)`;
+//! [`lstm_backward`]: its backward pre-pass), with the vector `tanh` of `math.rs`.
+//!
 //! Bounds: only `load` and `store` (`neon/mod.rs`) touch memory, at offsets inside the row
 //! (the caller's contract: every slice has `w` values).
 
+use super::math::tanh;
 use super::{for_each_vector, load, store};
+use crate::backend::cpu::isa::LstmLnBackRow;
 use core::arch::aarch64::*;
 
 /// Lanes of a vector.
@@ -145,6 +150,45 @@ pub(super) unsafe fn backward(dy: &[f32], gamma: &[f32], xhat: &[f32], rstd: f32
         let g = vmulq_f32(load(gamma, k, n), load(dy, k, n));
         let t = vfmsq_f32(vsubq_f32(g, mg), load(xhat, k, n), mgx);
         store(dx, k, n, vmulq_f32(vrstd, t));
+    });
+}
+
+/// The layer-normalised LSTM's output on one row: `m ← o⊙tanh(m)`. See
+/// [`Kernels::lstm_ln_output_row`](crate::backend::cpu::isa::Kernels::lstm_ln_output_row).
+///
+/// # Safety
+/// The CPU supports NEON; `m` is not empty and `o` has `m.len()` values.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn lstm_output(o: &[f32], m: &mut [f32]) {
+    debug_assert!(!m.is_empty() && o.len() == m.len());
+    // SAFETY (every load and store): `k + n ≤ m.len()`, and both slices have that length.
+    for_each_vector(m.len(), |k, n| unsafe { store(m, k, n, vmulq_f32(load(o, k, n), tanh(load(m, k, n)))) });
+}
+
+/// The layer-normalised LSTM's backward pre-pass on one active row: `s = γ⊙ĉ + β` (one FMA,
+/// as [`forward`]), `τ = tanh(s)`, `dŝ = (dm⊙o)⊙(1 − τ²)`, and `d_o = ((dm⊙τ)⊙o)⊙(1 − o)` if
+/// asked. See
+/// [`Kernels::lstm_ln_backward_row`](crate::backend::cpu::isa::Kernels::lstm_ln_backward_row).
+///
+/// # Safety
+/// The CPU supports NEON; every slice of `r` has `r.o.len() ≥ 1` values.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn lstm_backward(r: LstmLnBackRow<'_>) {
+    let h = r.o.len();
+    debug_assert!(h > 0 && [r.gamma.len(), r.beta.len(), r.ln_c.len(), r.dm.len(), r.s.len(), r.dsh.len()].iter().all(|&l| l == h));
+    debug_assert!(r.d_o.as_ref().is_none_or(|d| d.len() == h));
+    let LstmLnBackRow { gamma, beta, ln_c, o, dm, s, dsh, mut d_o } = r;
+    let one = vdupq_n_f32(1.0);
+    // SAFETY (every load and store): `k + n ≤ h`, and every slice has `h` values.
+    for_each_vector(h, |k, n| unsafe {
+        let sv = vfmaq_f32(load(beta, k, n), load(gamma, k, n), load(ln_c, k, n));
+        store(s, k, n, sv);
+        let tau = tanh(sv);
+        let (ov, dmv) = (load(o, k, n), load(dm, k, n));
+        if let Some(d_o) = d_o.as_deref_mut() {
+            store(d_o, k, n, vmulq_f32(vmulq_f32(vmulq_f32(dmv, tau), ov), vsubq_f32(one, ov)));
+        }
+        store(dsh, k, n, vmulq_f32(vmulq_f32(dmv, ov), vfmsq_f32(one, tau, tau)));
     });
 }
 

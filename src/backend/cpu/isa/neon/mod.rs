@@ -6,7 +6,7 @@
 //! - `lstm.rs`, `gru.rs`, `rnn.rs`: forward and backward step of each cell (`gru_reset_before.rs`:
 //!   the four parts of the GRU with the reset gate before the matmul);
 //! - `layer_norm.rs`: layer norm of one row, forward and backward (the per-row sums in a fixed
-//!   order);
+//!   order), and the layer-normalised LSTM's output `o⊙tanh(s)` and its backward pre-pass;
 //! - `sgemm.rs`: the 6×16 tile of the blocked SGEMM (`gemm/sgemm.rs`) for every product of six
 //!   rows or more; `sgemm_skinny.rs`: fewer rows against a packed weight (`gemm/packed.rs`).
 //!
