@@ -173,29 +173,30 @@ const MAX_BATCH: usize = if cfg!(miri) { 2 } else { 5 };
 /// near ±1 by `2|dm|`: at ±25 it would ask of `tanh` 2e-8 absolute, a third of an ulp of 1
 /// (the NEON `tanh`, 3e-7 at worst, then shows 1.3 against f64 where the f32 reference shows 0.65).
 const GRAD_RANGE: f64 = 1.0;
-const PAD: usize = 11;
-const OUT_SENTINEL: f32 = -7777.25;
+pub(super) const PAD: usize = 11;
+/// What an output's margins hold: a value no kernel writes.
+pub(super) const OUT_SENTINEL: f32 = -7777.25;
 
 /// `len` values with `PAD` margins of `pad` on both sides.
-struct Padded {
+pub(super) struct Padded {
     data: Vec<f32>,
     len: usize,
     pad: f32,
 }
 
 impl Padded {
-    fn new(vals: &[f32], pad: f32) -> Padded {
+    pub(super) fn new(vals: &[f32], pad: f32) -> Padded {
         let mut data = vec![pad; vals.len() + 2 * PAD];
         data[PAD..PAD + vals.len()].copy_from_slice(vals);
         Padded { data, len: vals.len(), pad }
     }
-    fn get(&self) -> &[f32] {
+    pub(super) fn get(&self) -> &[f32] {
         &self.data[PAD..PAD + self.len]
     }
-    fn get_mut(&mut self) -> &mut [f32] {
+    pub(super) fn get_mut(&mut self) -> &mut [f32] {
         &mut self.data[PAD..PAD + self.len]
     }
-    fn assert_margins(&self, what: &str) {
+    pub(super) fn assert_margins(&self, what: &str) {
         let margins = self.data[..PAD].iter().chain(&self.data[PAD + self.len..]);
         assert!(margins.into_iter().all(|v| v.to_bits() == self.pad.to_bits()), "{what}: written outside its slice");
     }

@@ -28,6 +28,7 @@
 //! `H` around every lane count and 512, a row inactive (bit-identical to the f32 default there),
 //! padded slices as above.
 
+use super::cell_tests::{Padded, OUT_SENTINEL};
 use super::Kernels;
 use crate::SplitMix64;
 
@@ -101,39 +102,12 @@ const WIDTHS: [usize; 18] = [1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 
 #[cfg(miri)]
 const WIDTHS: [usize; 4] = [1, 9, 17, 71];
 const ROWS: usize = 3;
-const PAD: usize = 11;
-const OUT_SENTINEL: f32 = -7777.25;
 /// `u`, the unit roundoff of f32.
 const U: f64 = f32::EPSILON as f64 / 2.0;
 /// The first-order bounds' allowance for the products of error terms they leave out (each
 /// under `d·u < 1e-4` relative).
 const SECOND_ORDER: f64 = 1.0 + 1e-3;
 const EPS: f64 = 1e-5;
-
-/// `len` values with `PAD` margins of `pad` on both sides.
-struct Padded {
-    data: Vec<f32>,
-    len: usize,
-    pad: f32,
-}
-
-impl Padded {
-    fn new(vals: &[f32], pad: f32) -> Padded {
-        let mut data = vec![pad; vals.len() + 2 * PAD];
-        data[PAD..PAD + vals.len()].copy_from_slice(vals);
-        Padded { data, len: vals.len(), pad }
-    }
-    fn get(&self) -> &[f32] {
-        &self.data[PAD..PAD + self.len]
-    }
-    fn get_mut(&mut self) -> &mut [f32] {
-        &mut self.data[PAD..PAD + self.len]
-    }
-    fn assert_margins(&self, what: &str) {
-        let margins = self.data[..PAD].iter().chain(&self.data[PAD + self.len..]);
-        assert!(margins.into_iter().all(|v| v.to_bits() == self.pad.to_bits()), "{what}: written outside its slice");
-    }
-}
 
 /// The kinds of rows, by name, each `n` values from `rng`.
 const KINDS: [&str; 4] = ["centred", "offset", "constant", "tiny"];
