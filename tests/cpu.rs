@@ -7,7 +7,7 @@
 mod common;
 
 use common::describe;
-use common::parity::{case_files, config, errors, Problem, GRAD_TOL};
+use common::parity::{case_files, config, errors, Problem, GRAD_TOL, KINK_MARGIN};
 use proptest::prelude::*;
 use rnn_kernels::testkit::case::{run_case, Case};
 use rnn_kernels::{CellKind, Cpu, Isa, RnnConfig, SeqShape};
@@ -21,6 +21,8 @@ proptest! {
         let lengths: Vec<usize> = lens.iter().map(|&l| l.min(t)).collect();
         let shape = SeqShape::with_lengths(t, lengths).unwrap();
         let p = Problem::new(&cfg, &shape, seed, 25.0);
+        // A pre-activation closer to a kink than f32's rounding: no parity to check (KINK_MARGIN).
+        prop_assume!(p.nearest_kink() > KINK_MARGIN);
         let want = p.run_reference();
         for isa in Isa::available() {
             let got = p.run(Cpu::with_isa(isa, 2).unwrap());

@@ -26,7 +26,7 @@ mod common;
 
 use common::fd::{gradcheck as check, TOL};
 
-use common::parity::{errors, Problem as F32Problem};
+use common::parity::{errors, Problem as F32Problem, KINK_MARGIN};
 use common::{describe, F64Problem, Problem};
 use proptest::prelude::*;
 use rnn_kernels::{CellKind, Cpu, Isa, Reference, Rnn, RnnConfig, SeqShape};
@@ -131,6 +131,70 @@ fn input_forget_ignores_the_forget_gate() {
     assert!(q.run_inference(Reference) == p.run_inference(Reference), "the forget gate's parameters changed the result");
 }
 
+/// `nearest_kink` is the distance of the closest pre-activation to a kink: one step of one
+/// unit, whose pre-activations are written out here (relu: `|a|`, and `clip - a` under a clip;
+/// LSTM: each gate's `clip - |a|`).
+#[test]
+fn nearest_kink_is_the_distance_of_the_closest_pre_activation() {
+    let set = |p: &mut F32Problem, name: &str, v: &[f32]| {
+        let layout = rnn_kernels::ParamLayout::new(&p.cfg);
+        let r = layout.specs().iter().find(|s| s.name == name).unwrap().range();
+        p.params[r].copy_from_slice(v);
+    };
+    let shape = SeqShape::new(1, 1).unwrap();
+    // relu: a = 0.5·2 + 0.25 + 0.5·(-1) + (-0.125) = 0.625.
+    for (clip, want) in [(0.0, 0.625), (0.75, 0.125), (2.0, 0.625)] {
+        let cfg = RnnConfig::new(CellKind::RnnRelu, 1, 1).gate_clip(clip).build().unwrap();
+        let mut p = F32Problem::new(&cfg, &shape, 1, 1.0);
+        (p.x[0], p.h0[0]) = (2.0, -1.0);
+        for (name, v) in [("weight_ih_l0", 0.5), ("bias_ih_l0", 0.25), ("weight_hh_l0", 0.5), ("bias_hh_l0", -0.125)] {
+            set(&mut p, name, &[v]);
+        }
+        assert_eq!(p.nearest_kink(), want, "relu, clip {clip}");
+    }
+    // LSTM, clip 1: gates i, f, g, o with a = x·w_ih (h0 and the biases zero, no peepholes).
+    let cfg = RnnConfig::new(CellKind::Lstm, 1, 1).gate_clip(1.0).build().unwrap();
+    let mut p = F32Problem::new(&cfg, &shape, 1, 1.0);
+    (p.x[0], p.h0[0]) = (1.0, 0.0);
+    set(&mut p, "weight_ih_l0", &[0.5, -1.375, 3.0, -0.0625]);
+    for name in ["bias_ih_l0", "bias_hh_l0"] {
+        set(&mut p, name, &[0.0; 4]);
+    }
+    assert_eq!(p.nearest_kink(), 0.375);
+    // Without a clip and without relu there is no kink.
+    let cfg = RnnConfig::new(CellKind::Lstm, 3, 4).build().unwrap();
+    assert_eq!(F32Problem::new(&cfg, &shape, 1, 25.0).nearest_kink(), f64::INFINITY);
+}
+
+/// A problem drawn by `cpu_options_match_reference` whose f64 pre-activation lies 3.9e-8 below
+/// a clip of 0.5: scalar, AVX2 and AVX-512 (x86-64) and scalar (AArch64) clamp it, the f64
+/// reference does not, and the gradients differ by 1e-2 to 2e-1 where the forward agrees to
+/// 1e-7. `nearest_kink` finds it, and the reference's gradients do jump there (moving the clip
+/// by 1e-7 below that pre-activation changes them by more than 1e-3), so the property tests
+/// draw such a problem again instead of comparing across the kink; the same problem with the
+/// clip moved away from that pre-activation is compared as usual.
+#[test]
+fn a_problem_at_a_clip_kink_is_found_and_one_away_from_it_agrees() {
+    let shape = SeqShape::with_lengths(6, vec![1, 1, 4]).unwrap();
+    let problem = |clip| {
+        let cfg = RnnConfig::new(CellKind::RnnRelu, 6, 13).num_layers(2).bidirectional(true).gate_clip(clip).build().unwrap();
+        F32Problem::new(&cfg, &shape, 13963146259749210966, 25.0)
+    };
+    let at = problem(0.5);
+    let d = at.nearest_kink();
+    assert!(d < 1e-7, "nearest kink {d:e}");
+    let (above, below) = (at.run_reference(), problem(0.5 - 1e-7).run_reference());
+    let jump = (3..7).map(|i| rnn_kernels::testkit::case::max_error(&above[i], &below[i])).fold(0.0, f64::max);
+    assert!(jump > 1e-3, "the reference's gradients across the kink differ by {jump:e} only");
+    let away = problem(0.5 + 1e-3);
+    assert!(away.nearest_kink() > KINK_MARGIN);
+    for isa in Isa::available() {
+        for (name, err, tol) in errors(&away.run(Cpu::with_isa(isa, 2).unwrap()), &away.run_reference()) {
+            assert!(err <= tol, "{isa}: {name} error {err:.3e} > {tol:e}");
+        }
+    }
+}
+
 /// Random option configurations: LSTM with any combination of the options (at least one),
 /// RNN tanh and relu with a clip; sizes 1..20, 1..3 layers, both directions, with and without
 /// bias, LSTM projections.
@@ -161,6 +225,8 @@ proptest! {
         let lengths: Vec<usize> = lens.iter().map(|&l| l.min(t)).collect();
         let shape = SeqShape::with_lengths(t, lengths).unwrap();
         let p = F32Problem::new(&cfg, &shape, seed, x_range);
+        // A pre-activation closer to a kink than f32's rounding: no parity to check (KINK_MARGIN).
+        prop_assume!(p.nearest_kink() > KINK_MARGIN);
         let want = p.run_reference();
         for isa in Isa::available() {
             let got = p.run(Cpu::with_isa(isa, 2).unwrap());

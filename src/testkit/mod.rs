@@ -8,6 +8,7 @@
 //!   thread hand-off alone.
 //! - [`Problem`]: a random problem in any element type, run on a backend and on the f64
 //!   reference.
+//! - [`kinks`]: how close the reference's pre-activations came to a kink (relu's 0, a clip).
 //! - [`pins`]: exact output bits pinned in `tests/fixtures/bit_pins.txt`.
 //! - [`SplitMix64`]: the seeded generator the crate initialises parameters with, for
 //!   reproducible random problems.
@@ -17,6 +18,7 @@
 
 pub mod bench;
 pub mod case;
+pub mod kinks;
 pub mod pins;
 mod problem;
 pub mod tolerance;

@@ -93,4 +93,12 @@ impl<T: Element> Problem<T> {
     pub fn run_reference(&self) -> Vec<Vec<f64>> {
         self.to_f64().run(Reference)
     }
+
+    /// The smallest distance of a pre-activation of the f64 reference's forward to a kink of
+    /// its cells (relu's 0, `±clip`), `f64::INFINITY` where there is none (see
+    /// [`kinks`](super::kinks)): an f32 result may take the other side of a kink closer than
+    /// its rounding.
+    pub fn nearest_kink(&self) -> f64 {
+        super::kinks::nearest(|| self.to_f64().run_inference(Reference)).1
+    }
 }

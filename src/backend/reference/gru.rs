@@ -20,23 +20,9 @@
 //! derivative of the clamp there is taken as 0); where the activation saturates to that value
 //! the true derivative is 0 anyway. Without clipping (`clip = 0`) none of this runs.
 
+pub(super) use super::lstm::{clamp, threshold};
 use crate::backend::host::{CellBackward, CellForward};
 use crate::element::Float;
-
-/// The clip threshold of a step in `T`, if it clips.
-pub(super) fn threshold<T: Float>(clip: f64) -> Option<T> {
-    (clip > 0.0).then(|| T::from_f64(clip))
-}
-
-/// `v` clamped to `[-c, c]`, or `v` itself without a threshold.
-#[inline]
-pub(super) fn clamp<T: Float>(v: T, c: Option<T>) -> T {
-    match c {
-        Some(c) if v > c => c,
-        Some(c) if v < -c => -c,
-        _ => v,
-    }
-}
 
 /// The activations of `±clip`: a saved gate equal to one of them was clamped in forward.
 #[derive(Clone, Copy)]

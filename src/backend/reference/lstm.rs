@@ -43,6 +43,11 @@ fn has_options<T>(peephole: Option<&[T]>, clip: f64, input_forget: bool) -> bool
 
 /// `a` clamped to `[-c, c]` when there is a clip `c`; NaN stays NaN.
 pub(super) fn clamp<T: Float>(a: T, clip: Option<T>) -> T {
+    #[cfg(any(test, feature = "testkit"))]
+    if let Some(c) = clip {
+        let (a, c) = (a.to_f64(), c.to_f64());
+        crate::testkit::kinks::note((a - c).abs().min((a + c).abs()));
+    }
     match clip {
         Some(c) if a > c => c,
         Some(c) if a < -c => -c,

@@ -22,6 +22,10 @@ pub(super) enum Act {
 
 impl Act {
     fn apply<T: Float>(self, a: T) -> T {
+        #[cfg(any(test, feature = "testkit"))]
+        if self == Act::Relu {
+            crate::testkit::kinks::note(a.to_f64().abs());
+        }
         match self {
             Act::Tanh => a.tanh(),
             Act::Relu => a.relu(),
@@ -35,10 +39,7 @@ pub(super) fn forward<T: Float>(act: Act, s: CellForward<'_, T>) {
     }
     for j in 0..s.hidden {
         let a = s.xg[j] + s.hg[j] + s.b_hh.map_or(T::ZERO, |bh| bh[j]);
-        let v = match act {
-            Act::Tanh => a.tanh(),
-            Act::Relu => a.relu(),
-        };
+        let v = act.apply(a);
         s.gates[j] = v;
         s.m[j] = v;
     }

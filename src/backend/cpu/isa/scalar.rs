@@ -273,7 +273,11 @@ pub(crate) mod layer_norm {
             if let Some(d_o) = d_o.as_deref_mut() {
                 d_o[j] = dm[j] * tau * o[j] * (1.0 - o[j]);
             }
-            dsh[j] = dm[j] * o[j] * (1.0 - tau * tau);
+            // 1 − τ² as 4e/(1 + e)², e = e^−2|s|: accurate where it is small, as the SIMD
+            // kernels' `tanh_sech2` (`1 − τ·τ` cancels there, and the layer norm's backward
+            // multiplies `dŝ` by `rstd`, up to 316).
+            let e = (-2.0 * sj.abs()).exp();
+            dsh[j] = dm[j] * o[j] * (4.0 * e / (1.0 + e) / (1.0 + e));
         }
     }
 

@@ -622,7 +622,10 @@ proptest! {
     fn emulated_driver_with_layer_norm_matches_reference(cfg in ln_config(), t in 1usize..6, lens in prop::collection::vec(1usize..6, 1..5), seed in any::<u64>()) {
         let lengths: Vec<usize> = lens.iter().map(|&l| l.min(t)).collect();
         let shape = SeqShape::with_lengths(t, lengths).unwrap();
-        let r = ln_problem(&cfg, &shape, seed, 3.0).check_layer_norm();
+        let p = ln_problem(&cfg, &shape, seed, 3.0);
+        // A pre-activation closer to a kink than f32's rounding: no parity to check (KINK_MARGIN).
+        prop_assume!(p.nearest_kink() > crate::testkit::kinks::KINK_MARGIN);
+        let r = p.check_layer_norm();
         prop_assert!(r.is_ok(), "{}", r.unwrap_err());
     }
 }

@@ -80,7 +80,10 @@ proptest! {
     fn emulated_driver_with_options_matches_reference(cfg in option_config(), t in 1usize..6, lens in prop::collection::vec(1usize..6, 1..5), seed in any::<u64>()) {
         let lengths: Vec<usize> = lens.iter().map(|&l| l.min(t)).collect();
         let shape = SeqShape::with_lengths(t, lengths).unwrap();
-        let r = Problem::<f32>::new(&cfg, &shape, seed, 5.0).check_with_options();
+        let p = Problem::<f32>::new(&cfg, &shape, seed, 5.0);
+        // A pre-activation closer to a kink than f32's rounding: no parity to check (KINK_MARGIN).
+        prop_assume!(p.nearest_kink() > crate::testkit::kinks::KINK_MARGIN);
+        let r = p.check_with_options();
         prop_assert!(r.is_ok(), "{}", r.unwrap_err());
     }
 }

@@ -21,7 +21,7 @@
 //! Bounds: only [`load`] and [`store`] (`avx2/mod.rs`) touch memory, at offsets inside the row
 //! (the caller's contract: every slice has `w` values).
 
-use super::math::tanh;
+use super::math::{tanh, tanh_sech2};
 use super::{load, store, Lanes};
 use crate::backend::cpu::isa::LstmLnBackRow;
 use std::arch::x86_64::*;
@@ -251,7 +251,9 @@ pub(super) unsafe fn lstm_output(o: &[f32], m: &mut [f32]) {
 }
 
 /// The backward pre-pass on the chunk at `k`: `s = γ⊙ĉ + β` (one FMA, as [`output_chunk`]),
-/// `τ = tanh(s)`, `dŝ = (dm⊙o)⊙(1 − τ²)`, and `d_o = ((dm⊙τ)⊙o)⊙(1 − o)` if asked.
+/// `τ = tanh(s)`, `dŝ = (dm⊙o)⊙(1 − τ²)`, and `d_o = ((dm⊙τ)⊙o)⊙(1 − o)` if asked; `1 − τ²`
+/// from `tanh_sech2`, accurate where it is small (the layer norm's backward multiplies `dŝ`
+/// by `rstd`, up to 316, so `1 − τ·τ`'s cancellation error would be amplified).
 ///
 /// # Safety
 /// As [`load`], for each slice.
@@ -263,12 +265,12 @@ unsafe fn lstm_backward_chunk<const TAIL: bool>(r: &mut LstmLnBackRow<'_>, k: us
         let one = _mm256_set1_ps(1.0);
         let s = _mm256_fmadd_ps(load::<TAIL>(r.gamma, k, lanes), load::<TAIL>(r.ln_c, k, lanes), load::<TAIL>(r.beta, k, lanes));
         store::<TAIL>(r.s, k, lanes, s);
-        let tau = tanh(s);
+        let (tau, sech2) = tanh_sech2(s);
         let (o, dm) = (load::<TAIL>(r.o, k, lanes), load::<TAIL>(r.dm, k, lanes));
         if let Some(d_o) = r.d_o.as_deref_mut() {
             store::<TAIL>(d_o, k, lanes, _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(dm, tau), o), _mm256_sub_ps(one, o)));
         }
-        store::<TAIL>(r.dsh, k, lanes, _mm256_mul_ps(_mm256_mul_ps(dm, o), _mm256_fnmadd_ps(tau, tau, one)));
+        store::<TAIL>(r.dsh, k, lanes, _mm256_mul_ps(_mm256_mul_ps(dm, o), sech2));
     }
 }
 

@@ -4,7 +4,7 @@
 //! gives, and its accuracy (measured there against f64 over ±100, with saturation and NaN
 //! passthrough) carries over. `tests::same_bits_as_avx2` checks the identity.
 
-use crate::backend::cpu::isa::avx2::math::{exp_family, EXP_HI, EXP_P, LN2_C1, LN2_C2, LOG2E, SIG_LO, TANH_HI};
+use crate::backend::cpu::isa::avx2::math::{exp_family, EXP_HI, EXP_P, LN2_C1, LN2_C2, LOG2E, SECH2_HI, SIG_LO, TANH_HI};
 use std::arch::x86_64::*;
 
 // AVX-512F has no float xor/and/or (AVX-512DQ has): the sign is worked on the integer view.

@@ -14,7 +14,7 @@
 //! Bounds: only `load` and `store` (`neon/mod.rs`) touch memory, at offsets inside the row
 //! (the caller's contract: every slice has `w` values).
 
-use super::math::tanh;
+use super::math::{tanh, tanh_sech2};
 use super::{for_each_vector, load, store};
 use crate::backend::cpu::isa::LstmLnBackRow;
 use core::arch::aarch64::*;
@@ -167,7 +167,8 @@ pub(super) unsafe fn lstm_output(o: &[f32], m: &mut [f32]) {
 
 /// The layer-normalised LSTM's backward pre-pass on one active row: `s = γ⊙ĉ + β` (one FMA,
 /// as [`forward`]), `τ = tanh(s)`, `dŝ = (dm⊙o)⊙(1 − τ²)`, and `d_o = ((dm⊙τ)⊙o)⊙(1 − o)` if
-/// asked. See
+/// asked; `1 − τ²` from `tanh_sech2`, accurate where it is small (the layer norm's backward
+/// multiplies `dŝ` by `rstd`, up to 316). See
 /// [`Kernels::lstm_ln_backward_row`](crate::backend::cpu::isa::Kernels::lstm_ln_backward_row).
 ///
 /// # Safety
@@ -183,12 +184,12 @@ pub(super) unsafe fn lstm_backward(r: LstmLnBackRow<'_>) {
     for_each_vector(h, |k, n| unsafe {
         let sv = vfmaq_f32(load(beta, k, n), load(gamma, k, n), load(ln_c, k, n));
         store(s, k, n, sv);
-        let tau = tanh(sv);
+        let (tau, sech2) = tanh_sech2(sv);
         let (ov, dmv) = (load(o, k, n), load(dm, k, n));
         if let Some(d_o) = d_o.as_deref_mut() {
             store(d_o, k, n, vmulq_f32(vmulq_f32(vmulq_f32(dmv, tau), ov), vsubq_f32(one, ov)));
         }
-        store(dsh, k, n, vmulq_f32(vmulq_f32(dmv, ov), vfmsq_f32(one, tau, tau)));
+        store(dsh, k, n, vmulq_f32(vmulq_f32(dmv, ov), sech2));
     });
 }
 
