@@ -7,7 +7,7 @@
 mod common;
 
 use common::describe;
-use common::parity::{case_files, config, errors, Problem, GRAD_TOL, KINK_MARGIN};
+use common::parity::{case_files, config, errors, Problem, GRAD_TOL};
 use proptest::prelude::*;
 use rnn_kernels::testkit::case::{run_case, Case};
 use rnn_kernels::{CellKind, Cpu, Isa, RnnConfig, SeqShape};
@@ -21,8 +21,9 @@ proptest! {
         let lengths: Vec<usize> = lens.iter().map(|&l| l.min(t)).collect();
         let shape = SeqShape::with_lengths(t, lengths).unwrap();
         let p = Problem::new(&cfg, &shape, seed, 25.0);
-        // A pre-activation closer to a kink than f32's rounding: no parity to check (KINK_MARGIN).
-        prop_assume!(p.nearest_kink() > KINK_MARGIN);
+        // Ill-conditioned at f32 (a pre-activation at a kink, a layer norm amplifying rounding): no
+        // parity to check (testkit::conditioning).
+        prop_assume!(p.conditioning().is_good_for_f32());
         let want = p.run_reference();
         for isa in Isa::available() {
             let got = p.run(Cpu::with_isa(isa, 2).unwrap());

@@ -22,7 +22,7 @@ mod common;
 
 use common::fd::{central_difference, gradcheck, rel_err, H, TOL};
 
-use common::parity::{errors, Problem as F32Problem, GRAD_TOL, KINK_MARGIN};
+use common::parity::{errors, Problem as F32Problem, GRAD_TOL};
 use common::{describe, F64Problem, Problem};
 use proptest::prelude::*;
 use rnn_kernels::testkit::case::{run_case, Case};
@@ -227,8 +227,9 @@ proptest! {
         let lengths: Vec<usize> = lens.iter().map(|&l| l.min(t)).collect();
         let shape = SeqShape::with_lengths(t, lengths).unwrap();
         let p = F32Problem::new(&cfg, &shape, seed, 25.0);
-        // A pre-activation closer to a kink than f32's rounding: no parity to check (KINK_MARGIN).
-        prop_assume!(p.nearest_kink() > KINK_MARGIN);
+        // Ill-conditioned at f32 (a pre-activation at a kink, a layer norm amplifying rounding): no
+        // parity to check (testkit::conditioning).
+        prop_assume!(p.conditioning().is_good_for_f32());
         let want = p.run_reference();
         for isa in Isa::available() {
             let got = p.run(Cpu::with_isa(isa, 2).unwrap());

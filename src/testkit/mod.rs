@@ -8,7 +8,8 @@
 //!   thread hand-off alone.
 //! - [`Problem`]: a random problem in any element type, run on a backend and on the f64
 //!   reference.
-//! - [`kinks`]: how close the reference's pre-activations came to a kink (relu's 0, a clip).
+//! - [`conditioning`]: how close the reference's pre-activations came to a kink (relu's 0, a
+//!   clip), and the largest `rstd` of its layer norms: where an f32 result can be compared.
 //! - [`pins`]: exact output bits pinned in `tests/fixtures/bit_pins.txt`.
 //! - [`SplitMix64`]: the seeded generator the crate initialises parameters with, for
 //!   reproducible random problems.
@@ -18,7 +19,7 @@
 
 pub mod bench;
 pub mod case;
-pub mod kinks;
+pub mod conditioning;
 pub mod pins;
 mod problem;
 pub mod tolerance;

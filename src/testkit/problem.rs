@@ -94,11 +94,16 @@ impl<T: Element> Problem<T> {
         self.to_f64().run(Reference)
     }
 
-    /// The smallest distance of a pre-activation of the f64 reference's forward to a kink of
-    /// its cells (relu's 0, `±clip`), `f64::INFINITY` where there is none (see
-    /// [`kinks`](super::kinks)): an f32 result may take the other side of a kink closer than
-    /// its rounding.
+    /// How well conditioned the f64 reference's forward of this problem is at f32 precision
+    /// (see [`conditioning`](super::conditioning)): the smallest distance of a pre-activation
+    /// to a kink of its cells (relu's 0, `±clip`), and the largest amplification of its layer
+    /// norms.
+    pub fn conditioning(&self) -> super::conditioning::Conditioning {
+        super::conditioning::measure(|| self.to_f64().run_inference(Reference)).1
+    }
+
+    /// [`conditioning`](Self::conditioning)'s nearest kink.
     pub fn nearest_kink(&self) -> f64 {
-        super::kinks::nearest(|| self.to_f64().run_inference(Reference)).1
+        self.conditioning().nearest_kink
     }
 }

@@ -13,9 +13,6 @@ pub const FWD_TOL: f64 = 1e-5;
 /// Gradients.
 pub const GRAD_TOL: f64 = 1e-4;
 
-/// See [`rnn_kernels::testkit::kinks::KINK_MARGIN`].
-pub const KINK_MARGIN: f64 = rnn_kernels::testkit::kinks::KINK_MARGIN;
-
 /// One problem in f32 (`Problem::new`, `run`, `run_inference`, `run_reference`).
 pub type Problem = rnn_kernels::testkit::Problem<f32>;
 

@@ -45,6 +45,12 @@ pub(crate) fn layer_norm_rows<T: Float>(
             sq += d * d;
         }
         let rs = 1.0 / (sq / w as f64 + EPS).sqrt();
+        // The amplification of the rounding of `x` in `x̂` (none for a row of one value,
+        // whose `x − μ` is exactly 0).
+        #[cfg(any(test, feature = "testkit"))]
+        if w > 1 {
+            crate::testkit::conditioning::note_ln_amplification(rs * row.iter().fold(0.0f64, |m, v| m.max(v.to_f64().abs())));
+        }
         if let Some(out) = rstd.as_deref_mut() {
             out[r] = T::from_f64(rs);
         }

@@ -46,7 +46,7 @@ pub(super) fn clamp<T: Float>(a: T, clip: Option<T>) -> T {
     #[cfg(any(test, feature = "testkit"))]
     if let Some(c) = clip {
         let (a, c) = (a.to_f64(), c.to_f64());
-        crate::testkit::kinks::note((a - c).abs().min((a + c).abs()));
+        crate::testkit::conditioning::note_kink((a - c).abs().min((a + c).abs()));
     }
     match clip {
         Some(c) if a > c => c,

@@ -24,7 +24,7 @@ impl Act {
     fn apply<T: Float>(self, a: T) -> T {
         #[cfg(any(test, feature = "testkit"))]
         if self == Act::Relu {
-            crate::testkit::kinks::note(a.to_f64().abs());
+            crate::testkit::conditioning::note_kink(a.to_f64().abs());
         }
         match self {
             Act::Tanh => a.tanh(),
