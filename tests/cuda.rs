@@ -80,6 +80,9 @@ mod with_feature {
                 let lengths: Vec<usize> = lens.iter().map(|&l| l.min(t)).collect();
                 let shape = SeqShape::with_lengths(t, lengths).unwrap();
                 let p = Problem::new(&cfg, &shape, seed, 25.0);
+                // Ill-conditioned at f32 (a pre-activation at a kink): no parity to check
+                // (testkit::conditioning).
+                prop_assume!(p.conditioning().is_good_for_f32());
                 let want = p.run_reference();
                 // B ≤ 5 here: an LSTM without projection, a GRU and an RNN take the persistent
                 // kernels when allowed.

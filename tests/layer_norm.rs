@@ -444,7 +444,6 @@ fn a_reused_reserve_gives_the_fresh_results() {
     assert!(run_all(true) == run_all(false), "a reused reserve changed the results");
 }
 
-
 /// The two problems found where the CPU's error was 50 to 60 times the f32 reference's own
 /// (LSTMs of 2 units whose layer norms amplify the rounding 61 and 92 times) are recognised as
 /// ill-conditioned at f32, and the property test's typical problem is not.

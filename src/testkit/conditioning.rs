@@ -58,7 +58,10 @@ impl Conditioning {
     }
 
     fn merge(self, o: Conditioning) -> Conditioning {
-        Conditioning { nearest_kink: self.nearest_kink.min(o.nearest_kink), ln_amplification: self.ln_amplification.max(o.ln_amplification) }
+        Conditioning {
+            nearest_kink: self.nearest_kink.min(o.nearest_kink),
+            ln_amplification: self.ln_amplification.max(o.ln_amplification),
+        }
     }
 }
 
