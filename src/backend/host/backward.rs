@@ -158,6 +158,19 @@ fn add_weight_grad_cols<T: Float, K: HostKernels<T>>(k: &K, segs: &[(&[T], &[T])
     }
 }
 
+/// The gradients of a normalisation's gain (range `gain`) and of its bias (range `bias`, if
+/// any), two disjoint ranges of `dp`.
+fn gain_and_bias<T>(dp: &mut [T], gain: Range<usize>, bias: Option<Range<usize>>) -> (&mut [T], Option<&mut [T]>) {
+    let Some(bias) = bias else { return (&mut dp[gain], None) };
+    if gain.start < bias.start {
+        let (lo, hi) = dp.split_at_mut(bias.start);
+        (&mut lo[gain], Some(&mut hi[..bias.len()]))
+    } else {
+        let (lo, hi) = dp.split_at_mut(gain.start);
+        (&mut hi[..gain.len()], Some(&mut lo[bias]))
+    }
+}
+
 /// Column sums of `g: [rows, n]` added to `acc: [n]`: a bias gradient. Up to `block` rows
 /// (as [`add_weight_grad`]'s) summed onto `acc`; past that, summed in f64 and rounded once
 /// (the rows are read from memory either way: the wider sum costs nothing measurable).
@@ -445,10 +458,11 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
         } else {
             add_weight_grad(k, &segs, (gh, hout), &mut dp[lr.w_hh.clone()]);
         }
-        if let Some(r) = lr.b_ih.clone() {
+        // With layer norm, the biases' sums are taken with the gains' below, in one pass.
+        if let Some(r) = lr.b_ih.clone().filter(|_| !ln) {
             add_col_sums(&mut dp[r], &dgi_all, gh, k.weight_grad_rows());
         }
-        if let Some(r) = lr.b_hh.clone() {
+        if let Some(r) = lr.b_hh.clone().filter(|_| !ln) {
             add_col_sums(&mut dp[r], dgh_ref, gh, k.weight_grad_rows());
         }
         if let Some(r) = lr.w_hr.clone() {
@@ -459,20 +473,21 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
             let g = PeepholeGrad { t: tl, b: bl, h, reverse: dir.reverse(), dgi: &dgi_all, c: &sv.c, c0: inp.c0 };
             add_peephole_grad(&g, &mut dp[r], k.weight_grad_rows());
         }
-        // The gains and the cell state's bias: dγ = Σ dy⊙x̂, dβ = Σ dy, dy the gradient w.r.t.
-        // each normalisation's output (the input bias, b_ih, is the input side's β, above).
+        // The normalisations' gains and biases, one pass over each `dy` for both: dγ = Σ dy⊙x̂,
+        // dβ = Σ dy, `dy` the gradient w.r.t. the normalisation's output (`b_ih` is the input
+        // side's β; `b_hh`, added after the recurrent side's normalisation, has the same sum).
         let block = k.weight_grad_rows();
-        if let Some(r) = lr.ln_ih.clone() {
-            layer_norm::add_col_dot_sums(&mut dp[r], &dgi_all, &sv.ln_x, gh, block);
-        }
-        if let Some(r) = lr.ln_hh.clone() {
-            layer_norm::add_col_dot_sums(&mut dp[r], dgh_ref, &sv.ln_h, gh, block);
-        }
-        if let Some(r) = lr.ln_c_weight.clone() {
-            layer_norm::add_col_dot_sums(&mut dp[r], &dsh_all, &sv.ln_c, h, block);
-        }
-        if let Some(r) = lr.ln_c_bias.clone() {
-            add_col_sums(&mut dp[r], &dsh_all, h, block);
+        let sides = [
+            (lr.ln_ih.clone(), lr.b_ih.clone(), &dgi_all[..], &sv.ln_x[..], gh),
+            (lr.ln_hh.clone(), lr.b_hh.clone(), dgh_ref, &sv.ln_h[..], gh),
+        ];
+        for (gain, bias, g, xhat, w) in
+            sides.into_iter().chain([(lr.ln_c_weight.clone(), lr.ln_c_bias.clone(), &dsh_all[..], &sv.ln_c[..], h)])
+        {
+            if let Some(r) = gain {
+                let (gain, bias) = gain_and_bias(dp, r, bias);
+                layer_norm::add_col_dot_sums(gain, bias, g, xhat, w, block);
+            }
         }
     }
     if let Some(d_in) = d_in {

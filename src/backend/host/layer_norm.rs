@@ -94,28 +94,49 @@ pub(crate) fn layer_norm_rows_backward<T: Float>(w: usize, dy: &[T], gamma: &[T]
 }
 
 /// `acc[j] += Σ_r g[r, j]·x[r, j]` over the rows of `g` and `x` (`[rows, n]`), in row order:
-/// a gain's gradient (`dγ = Σ dy⊙x̂`). As `backward::add_col_sums`: up to `block` rows summed
-/// onto `acc` in `T`, past that in f64 and rounded once; never dependent on the thread count.
-pub(super) fn add_col_dot_sums<T: Float>(acc: &mut [T], g: &[T], x: &[T], n: usize, block: usize) {
+/// a gain's gradient (`dγ = Σ dy⊙x̂`); and with `plain`, `plain[j] += Σ_r g[r, j]` in the same
+/// pass (the bias of the same normalisation, `dβ = Σ dy`: the rows are read once for both).
+/// As `backward::add_col_sums`: up to `block` rows summed onto the accumulators in `T`, past
+/// that in f64 and rounded once; never dependent on the thread count. `plain`'s sums are
+/// `add_col_sums`'s, bit for bit.
+pub(super) fn add_col_dot_sums<T: Float>(acc: &mut [T], mut plain: Option<&mut [T]>, g: &[T], x: &[T], n: usize, block: usize) {
     if n == 0 {
         return;
     }
+    let rows = g.chunks_exact(n).zip(x.chunks_exact(n));
     if g.len() / n <= block {
-        for (gr, xr) in g.chunks_exact(n).zip(x.chunks_exact(n)) {
+        for (gr, xr) in rows {
             for ((a, &gv), &xv) in acc.iter_mut().zip(gr).zip(xr) {
                 *a += gv * xv;
+            }
+            if let Some(p) = plain.as_deref_mut() {
+                for (a, &gv) in p.iter_mut().zip(gr) {
+                    *a += gv;
+                }
             }
         }
         return;
     }
-    let mut wide: Vec<f64> = acc.iter().map(|v| v.to_f64()).collect();
-    for (gr, xr) in g.chunks_exact(n).zip(x.chunks_exact(n)) {
-        for ((w, &gv), &xv) in wide.iter_mut().zip(gr).zip(xr) {
+    let wide = |v: &[T]| v.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
+    let mut dot = wide(acc);
+    let mut sum = plain.as_deref().map(wide);
+    for (gr, xr) in rows {
+        for ((w, &gv), &xv) in dot.iter_mut().zip(gr).zip(xr) {
             *w += (gv * xv).to_f64();
         }
+        if let Some(sum) = sum.as_mut() {
+            for (w, &gv) in sum.iter_mut().zip(gr) {
+                *w += gv.to_f64();
+            }
+        }
     }
-    for (a, w) in acc.iter_mut().zip(wide) {
+    for (a, w) in acc.iter_mut().zip(dot) {
         *a = T::from_f64(w);
+    }
+    if let (Some(p), Some(sum)) = (plain, sum) {
+        for (a, w) in p.iter_mut().zip(sum) {
+            *a = T::from_f64(w);
+        }
     }
 }
 
