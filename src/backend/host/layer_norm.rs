@@ -319,8 +319,8 @@ pub(super) struct LstmLnRows<'a, T> {
 /// 2. `dc += LNback(dŝ; γ_c, ĉ, rstd_c) + dA_o⊙p_o` (the peephole of `o`, if any) on the
 ///    active rows, `dŝ = dm⊙o⊙(1 − τ²)`;
 /// 3. the kernel on the step with `dm = 0`: every gradient from `dc` as a plain step, exactly
-///    (the `dm` terms it adds are zeros); then its `o` gradient is replaced by step 1's and
-///    `dgh = dgi`.
+///    (the `dm` terms it adds are zeros); then its `o` gradient is replaced by step 1's, in
+///    `dgi` and `dgh` (which the kernel writes equal).
 pub(super) fn lstm_step_backward<T: Float, K: HostKernels<T>>(
     k: &K,
     cell: &Cell,
@@ -404,9 +404,11 @@ pub(super) fn lstm_step_backward<T: Float, K: HostKernels<T>>(
             dh_direct: step.dh_direct,
         },
     );
+    // The kernel wrote `dgh = dgi` (zero on the inactive rows): only the
+    // `o` gradients change, in both.
     for b in (0..n).filter(|&b| step.active[b]) {
         let o = b * gh + 3 * h..(b + 1) * gh;
-        dgi_ptr[o.clone()].copy_from_slice(&sc.dgi[o]);
+        dgi_ptr[o.clone()].copy_from_slice(&sc.dgi[o.clone()]);
+        dgh_ptr[o.clone()].copy_from_slice(&sc.dgi[o]);
     }
-    dgh_ptr.copy_from_slice(dgi_ptr);
 }
