@@ -433,7 +433,8 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
     // the left factors of dW_ih, dX and dW_hh; else dGi and dGh themselves.
     let mut dgi_raw_all = Vec::new();
     if ln {
-        dgi_raw_all = work.zeroed(tb * gh, "the raw input products' gradients, [T, B, G·H]")?;
+        // Every row is written below (an inactive row's dy is zero, and so is its dx).
+        dgi_raw_all = work.overwritten(tb * gh, "the raw input products' gradients, [T, B, G·H]")?;
         layer_norm::layer_norm_backward_blocks(k, gh, &dgi_all, dir.w.ln_ih, &sv.ln_x, &sv.rstd_x, &mut dgi_raw_all);
     }
     let (dgi_w, dgh_w): (&[T], &[T]) = if ln { (&dgi_raw_all, &dhg_raw_all) } else { (&dgi_all, dgh_ref) };

@@ -154,15 +154,33 @@ impl<T: Float> Workspace<T> {
     /// fallibly: a buffer that does not fit in memory is [`Error::TooLarge`] naming `reserve`,
     /// whose shape it is sized from.
     pub(super) fn zeroed(&self, n: usize, what: &str) -> Result<Vec<T>> {
+        let mut v = self.take(n, what)?;
+        fit(&mut v, n);
+        Ok(v)
+    }
+
+    /// A buffer of `n` values that the caller overwrites entirely before it reads any: as
+    /// [`zeroed`](Self::zeroed), but a pooled buffer keeps its old values (only a part past
+    /// its old length is written, with zeros), so that a buffer rewritten whole every call is
+    /// not cleared first as well.
+    pub(super) fn overwritten(&self, n: usize, what: &str) -> Result<Vec<T>> {
+        let mut v = self.take(n, what)?;
+        fit_len(&mut v, n);
+        Ok(v)
+    }
+
+    /// A buffer from the pool with room for `n` values (its length and values as it was given
+    /// back): the smallest that holds `n` (so that a small request does not take the
+    /// allocation a large one needs), else the largest, grown fallibly; a buffer that does not
+    /// fit in memory is [`Error::TooLarge`] naming `reserve`, whose shape it is sized from.
+    fn take(&self, n: usize, what: &str) -> Result<Vec<T>> {
         let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        // The smallest buffer that holds `n` (so that a small request does not take the
-        // allocation a large one needs), else the largest, to grow.
         let fits = (0..pool.len()).filter(|&i| pool[i].capacity() >= n).min_by_key(|&i| pool[i].capacity());
         let best = fits.or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].capacity()));
         let mut v = best.map(|i| pool.swap_remove(i)).unwrap_or_default();
         drop(pool);
-        v.clear();
         if n > v.capacity() {
+            v.clear();
             v.try_reserve_exact(n).map_err(|e| Error::TooLarge {
                 arg: "reserve".into(),
                 what: what.into(),
@@ -170,7 +188,6 @@ impl<T: Float> Workspace<T> {
                 reason: format!("could not be allocated ({e})"),
             })?;
         }
-        fit(&mut v, n);
         Ok(v)
     }
 
@@ -227,5 +244,25 @@ mod tests {
         // Nothing fits: the largest grows.
         w.give([small, big]);
         assert!(w.zeroed(2000, "test").unwrap().capacity() >= 2000);
+    }
+
+    #[test]
+    fn overwritten_keeps_the_allocation_and_writes_only_past_the_old_length() {
+        let w = Workspace::<f32>::default();
+        let mut v = w.overwritten(10, "test").unwrap();
+        assert_eq!(v, [0.0; 10]);
+        v.fill(7.0);
+        let at = v.as_ptr();
+        w.give([v]);
+        // Shorter: the old values, no write; longer (within the allocation): zeros past them.
+        let v = w.overwritten(4, "test").unwrap();
+        assert_eq!((v.as_ptr(), &v[..]), (at, &[7.0; 4][..]));
+        w.give([v]);
+        let v = w.overwritten(10, "test").unwrap();
+        assert_eq!(v[..4], [7.0; 4]);
+        assert_eq!(v[4..], [0.0; 6]);
+        // zeroed clears whatever a buffer held.
+        w.give([v]);
+        assert_eq!(w.zeroed(10, "test").unwrap(), [0.0; 10]);
     }
 }
