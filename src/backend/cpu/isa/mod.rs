@@ -28,6 +28,8 @@ pub(crate) mod avx512;
 mod cell_tests;
 #[cfg(test)]
 mod layer_norm_tests;
+#[cfg(test)]
+mod math_tests;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
 pub(crate) mod rows;

@@ -362,8 +362,7 @@ mod tests {
         assert_eq!(special, [1.0, 0.0, 1.0, 0.0, 0.5, 0.5, 1.0, 0.0]);
     }
 
-    /// `tanh_sech2`: `τ` bit for bit `tanh`'s; `1 - τ²` within 3.5e-7 relative of
-    /// `1/cosh²(x)` in f64 wherever that is at least `4e^-87`, and at most that beyond.
+    /// `tanh_sech2` against `tanh` and f64 (`isa::math_tests::check_tanh_sech2`), and NaN.
     #[test]
     #[cfg_attr(miri, ignore = "SIMD intrinsics: Miri runs no AVX2/AVX-512 code here (no ISA is detected under Miri)")]
     fn tanh_sech2_accuracy() {
@@ -386,23 +385,7 @@ mod tests {
             taus.extend_from_slice(&t[..chunk.len()]);
             ds.extend_from_slice(&d[..chunk.len()]);
         }
-        let tanhs = map(&xs, tanh);
-        let floor = 4.0 * (-87.0f64).exp();
-        let mut worst: (f64, f32) = (0.0, 0.0);
-        for ((&x, (&t, &d)), &t0) in xs.iter().zip(taus.iter().zip(&ds)).zip(&tanhs) {
-            assert_eq!(t.to_bits(), t0.to_bits(), "tanh_sech2({x}).0 = {t}, tanh = {t0}");
-            let want = 1.0 / (x as f64).cosh().powi(2);
-            if want >= floor {
-                let rel = (d as f64 - want).abs() / want;
-                if rel > worst.0 {
-                    worst = (rel, x);
-                }
-            } else {
-                assert!((0.0..=floor * 1.01).contains(&(d as f64)), "tanh_sech2({x}).1 = {d:e}");
-            }
-        }
-        println!("tanh_sech2: max rel error of 1 - tanh² {:.3e} at {}", worst.0, worst.1);
-        assert!(worst.0 <= 3.5e-7, "1 - tanh²: rel error {:.3e} at x = {}", worst.0, worst.1);
+        crate::backend::cpu::isa::math_tests::check_tanh_sech2(&xs, &taus, &ds, &map(&xs, tanh));
         let nan = nan_inputs();
         // SAFETY: AVX2+FMA were checked above; 8 floats.
         let (t, d) = unsafe {
