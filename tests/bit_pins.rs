@@ -14,7 +14,7 @@
 //! random initialisation included) moves the inputs.
 
 use rnn_kernels::testkit::pins::{self, fnv1a};
-use rnn_kernels::{Backend, CellKind, Cpu, Element, Isa, Reference, Rnn, RnnConfig, SeqShape};
+use rnn_kernels::{Backend, CellKind, Cpu, Direction, Element, Isa, Merge, Reference, Rnn, RnnConfig, SeqShape};
 use std::collections::BTreeMap;
 
 /// splitmix64, values uniform in [-r, r).
@@ -91,6 +91,43 @@ fn problems() -> Vec<Problem> {
         p("gru_l1_bi_b3", RnnConfig::new(CellKind::Gru, 70, 130).bidirectional(true).build().unwrap(), 5, vec![5, 2, 4], 5),
         p("rnn_relu_l2_bi_b1", RnnConfig::new(CellKind::RnnRelu, 17, 40).num_layers(2).bidirectional(true).build().unwrap(), 5, vec![5], 6),
         p("rnn_tanh_l1_b20", RnnConfig::new(CellKind::RnnTanh, 33, 200).build().unwrap(), 6, (0..20).map(|b| 6 - b % 3).collect(), 7),
+        // The cell options (issue 16's variants) and the layer norms, with enough rows for
+        // the column sums (biases, gains) to be split across threads.
+        p(
+            "lstm_ln_peephole_clip_l2_bi_varlen",
+            RnnConfig::new(CellKind::Lstm, 13, 24).num_layers(2).bidirectional(true).peephole(true).gate_clip(2.0).layer_norm(true).build().unwrap(),
+            7,
+            vec![7, 3, 5, 1, 6],
+            8,
+        ),
+        p(
+            "lstm_ln_proj_input_forget_reverse_rows",
+            RnnConfig::new(CellKind::Lstm, 20, 64).proj_size(20).input_forget(true).direction(Direction::Reverse).layer_norm(true).build().unwrap(),
+            4,
+            (0..100).map(|b| 1 + b % 4).collect(),
+            9,
+        ),
+        p(
+            "gru_ln_l2_bi_sum_rows",
+            RnnConfig::new(CellKind::Gru, 20, 48).num_layers(2).bidirectional(true).merge(Merge::Sum).layer_norm(true).build().unwrap(),
+            4,
+            (0..100).map(|b| 4 - b % 3).collect(),
+            10,
+        ),
+        p(
+            "gru_reset_before_clip_batch_first",
+            RnnConfig::new(CellKind::Gru, 9, 33).linear_before_reset(false).gate_clip(1.5).batch_first(true).build().unwrap(),
+            6,
+            (0..37).map(|b| 6 - b % 5).collect(),
+            11,
+        ),
+        p(
+            "rnn_relu_clip_reverse",
+            RnnConfig::new(CellKind::RnnRelu, 17, 40).gate_clip(0.8).direction(Direction::Reverse).build().unwrap(),
+            5,
+            vec![5, 2, 4],
+            12,
+        ),
     ]
 }
 
