@@ -234,6 +234,10 @@ impl<K: Kernels> HostKernels<f32> for CpuKernels<'_, K> {
         self.par.run(parts, f)
     }
 
+    fn threads(&self) -> usize {
+        self.par.parts()
+    }
+
     fn weight_grad_rows(&self) -> usize {
         WEIGHT_GRAD_ROWS
     }

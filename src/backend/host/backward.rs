@@ -2,6 +2,7 @@
 //! processing order, then the weight gradients as GEMMs over all steps. See the
 //! [module docs](super).
 
+use super::col_sums::{self, ColSum};
 use super::direction::{cut_rows, rows_or_zeros, BlockWork, Direction};
 use super::layer_norm::{self, LstmBackScratch, LstmLnRows};
 use super::peephole::{add_peephole_grad, PeepholeGrad};
@@ -158,43 +159,19 @@ fn add_weight_grad_cols<T: Float, K: HostKernels<T>>(k: &K, segs: &[(&[T], &[T])
     }
 }
 
-/// The gradients of a normalisation's gain (range `gain`) and of its bias (range `bias`, if
-/// any), two disjoint ranges of `dp`.
-fn gain_and_bias<T>(dp: &mut [T], gain: Range<usize>, bias: Option<Range<usize>>) -> (&mut [T], Option<&mut [T]>) {
-    let Some(bias) = bias else { return (&mut dp[gain], None) };
-    if gain.start < bias.start {
-        let (lo, hi) = dp.split_at_mut(bias.start);
-        (&mut lo[gain], Some(&mut hi[..bias.len()]))
-    } else {
-        let (lo, hi) = dp.split_at_mut(gain.start);
-        (&mut hi[..gain.len()], Some(&mut lo[bias]))
+/// Disjoint `ranges` of `dp`, each as its own slice, in the order given.
+fn ranges_mut<'a, T>(dp: &'a mut [T], ranges: &[Range<usize>]) -> Vec<&'a mut [T]> {
+    let mut order: Vec<usize> = (0..ranges.len()).collect();
+    order.sort_by_key(|&i| ranges[i].start);
+    let mut out: Vec<Option<&'a mut [T]>> = (0..ranges.len()).map(|_| None).collect();
+    let (mut rest, mut taken) = (dp, 0);
+    for i in order {
+        let r = &ranges[i];
+        let (mine, tail) = std::mem::take(&mut rest)[r.start - taken..].split_at_mut(r.len());
+        out[i] = Some(mine);
+        (rest, taken) = (tail, r.end);
     }
-}
-
-/// Column sums of `g: [rows, n]` added to `acc: [n]`: a bias gradient. Up to `block` rows
-/// (as [`add_weight_grad`]'s) summed onto `acc`; past that, summed in f64 and rounded once
-/// (the rows are read from memory either way: the wider sum costs nothing measurable).
-fn add_col_sums<T: Float>(acc: &mut [T], g: &[T], n: usize, block: usize) {
-    if n == 0 {
-        return;
-    }
-    if g.len() / n <= block {
-        for row in g.chunks_exact(n) {
-            for (a, &v) in acc.iter_mut().zip(row) {
-                *a += v;
-            }
-        }
-        return;
-    }
-    let mut wide: Vec<f64> = acc.iter().map(|v| v.to_f64()).collect();
-    for row in g.chunks_exact(n) {
-        for (w, &v) in wide.iter_mut().zip(row) {
-            *w += v.to_f64();
-        }
-    }
-    for (a, w) in acc.iter_mut().zip(wide) {
-        *a = T::from_f64(w);
-    }
+    out.into_iter().flatten().collect()
 }
 
 /// What a block of batch rows `row0..row0 + n` carries from step to step of a backward
@@ -432,10 +409,18 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
     // With layer norm, the gradients w.r.t. the raw products X · W_ih^T and H_prev · W_hh^T,
     // the left factors of dW_ih, dX and dW_hh; else dGi and dGh themselves.
     let mut dgi_raw_all = Vec::new();
+    // With layer norm and the parameters' gradients, the column sums of dGi (`RowPartials`):
+    // the input side's gain and bias; and, where dGh is dGi, the recurrent side's.
+    let mut partials = None;
     if ln {
         // Every row is written below (an inactive row's dy is zero, and so is its dx).
         dgi_raw_all = work.overwritten(tb * gh, "the raw input products' gradients, [T, B, G·H]")?;
-        layer_norm::layer_norm_backward_blocks(k, gh, &dgi_all, dir.w.ln_ih, &sv.ln_x, &sv.rstd_x, &mut dgi_raw_all);
+        let x2 = (!keeps_dgh(&dm)).then_some(&sv.ln_h[..]);
+        let sums = match dparams {
+            Some(_) => Some((x2, work.overwritten(0, "the layer norms' partial column sums")?)),
+            None => None,
+        };
+        partials = layer_norm::layer_norm_backward_summed(k, gh, &dgi_all, dir.w.ln_ih, &sv.ln_x, &sv.rstd_x, &mut dgi_raw_all, sums);
     }
     let (dgi_w, dgh_w): (&[T], &[T]) = if ln { (&dgi_raw_all, &dhg_raw_all) } else { (&dgi_all, dgh_ref) };
     if let Some(dp) = dparams {
@@ -459,13 +444,6 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
         } else {
             add_weight_grad(k, &segs, (gh, hout), &mut dp[lr.w_hh.clone()]);
         }
-        // With layer norm, the biases' sums are taken with the gains' below, in one pass.
-        if let Some(r) = lr.b_ih.clone().filter(|_| !ln) {
-            add_col_sums(&mut dp[r], &dgi_all, gh, k.weight_grad_rows());
-        }
-        if let Some(r) = lr.b_hh.clone().filter(|_| !ln) {
-            add_col_sums(&mut dp[r], dgh_ref, gh, k.weight_grad_rows());
-        }
         if let Some(r) = lr.w_hr.clone() {
             // dW_hr += dH^T · M
             add_weight_grad(k, &[(&dh_all, &sv.m)], (hout, h), &mut dp[r]);
@@ -474,28 +452,56 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
             let g = PeepholeGrad { t: tl, b: bl, h, reverse: dir.reverse(), dgi: &dgi_all, c: &sv.c, c0: inp.c0 };
             add_peephole_grad(&g, &mut dp[r], k.weight_grad_rows());
         }
-        // The normalisations' gains and biases, one pass over each `dy` for both: dγ = Σ dy⊙x̂,
-        // dβ = Σ dy, `dy` the gradient w.r.t. the normalisation's output (`b_ih` is the input
-        // side's β; `b_hh`, added after the recurrent side's normalisation, has the same sum).
-        let block = k.weight_grad_rows();
-        let sides = [
-            (lr.ln_ih.clone(), lr.b_ih.clone(), &dgi_all[..], &sv.ln_x[..], gh),
-            (lr.ln_hh.clone(), lr.b_hh.clone(), dgh_ref, &sv.ln_h[..], gh),
-        ];
-        for (gain, bias, g, xhat, w) in
-            sides.into_iter().chain([(lr.ln_c_weight.clone(), lr.ln_c_bias.clone(), &dsh_all[..], &sv.ln_c[..], h)])
-        {
-            if let Some(r) = gain {
-                let (gain, bias) = gain_and_bias(dp, r, bias);
-                layer_norm::add_col_dot_sums(gain, bias, g, xhat, w, block);
+        // The column sums, split across the threads by columns: the biases (db = Σ dG); with
+        // layer norm, the normalisations' gains and biases in one pass over each `dy` for both,
+        // dγ = Σ dy⊙x̂ and dβ = Σ dy, `dy` the gradient w.r.t. the normalisation's output
+        // (`b_ih` is the input side's β; `b_hh`, added after the recurrent side's
+        // normalisation, has the same sum).
+        let sums = if ln {
+            // The input side's, and the recurrent side's where dGh is dGi, from the partials;
+            // the others (and the cell state's normalisation) in one pass over their `dy`.
+            let fused = partials.as_ref().map_or(0, |_| if keeps_dgh(&dm) { 1 } else { 2 });
+            let sides = [
+                (lr.ln_ih.clone(), lr.b_ih.clone(), &dgi_all[..], &sv.ln_x[..], gh),
+                (lr.ln_hh.clone(), lr.b_hh.clone(), dgh_ref, &sv.ln_h[..], gh),
+                (lr.ln_c_weight.clone(), lr.ln_c_bias.clone(), &dsh_all[..], &sv.ln_c[..], h),
+            ];
+            let sides: Vec<_> =
+                sides.into_iter().enumerate().filter_map(|(side, (gain, bias, g, x, n))| Some((side, gain?, bias, g, x, n))).collect();
+            let ranges: Vec<_> = sides.iter().flat_map(|(_, gain, bias, ..)| [Some(gain.clone()), bias.clone()]).flatten().collect();
+            let mut accs = ranges_mut(dp, &ranges).into_iter();
+            let mut sums = Vec::new();
+            for (side, _, bias, g, x, n) in sides {
+                let Some(acc) = accs.next() else { break };
+                let plain = if bias.is_some() { accs.next() } else { None };
+                match partials.as_ref().filter(|_| side < fused) {
+                    Some(p) => {
+                        // Kind 1 is Σ dy⊙x̂ of the input side, kind 2 the recurrent side's.
+                        p.add_to(1 + side, acc);
+                        if let Some(plain) = plain {
+                            p.add_to(0, plain);
+                        }
+                    }
+                    None => sums.push(ColSum { acc, plain, g, x: Some(x), n }),
+                }
             }
-        }
+            sums
+        } else {
+            let biases: Vec<_> = [(lr.b_ih.clone(), &dgi_all[..]), (lr.b_hh.clone(), dgh_ref)]
+                .into_iter()
+                .filter_map(|(r, g)| Some((r?, g)))
+                .collect();
+            let ranges: Vec<_> = biases.iter().map(|(r, _)| r.clone()).collect();
+            ranges_mut(dp, &ranges).into_iter().zip(biases).map(|(acc, (_, g))| ColSum::bias(acc, g, gh)).collect()
+        };
+        col_sums::run(k, sums, k.weight_grad_rows());
     }
     if let Some(d_in) = d_in {
         // dX += dGi · W_ih
         dir.backward_product(k, Weight::Ih, dgi_w, T::ONE, d_in);
     }
     work.give([dgi_all, dgh_all, dh_all, dhg_raw_all, dsh_all, dgi_raw_all]);
+    work.give(partials.map(layer_norm::RowPartials::into_buffer));
     blocks.into_iter().filter_map(|st| st.ln_lstm).for_each(|sc| sc.give_back(work));
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! `rstd = 1/sqrt(var + ε)`, `x̂ = (v − μ)·rstd`, `LN(v; γ, β) = γ⊙x̂ + β`. Backward, given `dy`:
 //! `g = γ⊙dy`, `dv = rstd·(g − mean(g) − x̂·mean(g⊙x̂))`.
 
-use super::direction::{split_rows, split_rows_mut, BlockWork};
+use super::direction::{split_rows_mut, BlockWork};
 use super::reserve::Workspace;
 use super::{CellBackward, HostKernels, Pass};
 use crate::backend::cell::Cell;
@@ -93,53 +93,6 @@ pub(crate) fn layer_norm_rows_backward<T: Float>(w: usize, dy: &[T], gamma: &[T]
     }
 }
 
-/// `acc[j] += Σ_r g[r, j]·x[r, j]` over the rows of `g` and `x` (`[rows, n]`), in row order:
-/// a gain's gradient (`dγ = Σ dy⊙x̂`); and with `plain`, `plain[j] += Σ_r g[r, j]` in the same
-/// pass (the bias of the same normalisation, `dβ = Σ dy`: the rows are read once for both).
-/// As `backward::add_col_sums`: up to `block` rows summed onto the accumulators in `T`, past
-/// that in f64 and rounded once; never dependent on the thread count. `plain`'s sums are
-/// `add_col_sums`'s, bit for bit.
-pub(super) fn add_col_dot_sums<T: Float>(acc: &mut [T], mut plain: Option<&mut [T]>, g: &[T], x: &[T], n: usize, block: usize) {
-    if n == 0 {
-        return;
-    }
-    let rows = g.chunks_exact(n).zip(x.chunks_exact(n));
-    if g.len() / n <= block {
-        for (gr, xr) in rows {
-            for ((a, &gv), &xv) in acc.iter_mut().zip(gr).zip(xr) {
-                *a += gv * xv;
-            }
-            if let Some(p) = plain.as_deref_mut() {
-                for (a, &gv) in p.iter_mut().zip(gr) {
-                    *a += gv;
-                }
-            }
-        }
-        return;
-    }
-    let wide = |v: &[T]| v.iter().map(|v| v.to_f64()).collect::<Vec<f64>>();
-    let mut dot = wide(acc);
-    let mut sum = plain.as_deref().map(wide);
-    for (gr, xr) in rows {
-        for ((w, &gv), &xv) in dot.iter_mut().zip(gr).zip(xr) {
-            *w += (gv * xv).to_f64();
-        }
-        if let Some(sum) = sum.as_mut() {
-            for (w, &gv) in sum.iter_mut().zip(gr) {
-                *w += gv.to_f64();
-            }
-        }
-    }
-    for (a, w) in acc.iter_mut().zip(dot) {
-        *a = T::from_f64(w);
-    }
-    if let (Some(p), Some(sum)) = (plain, sum) {
-        for (a, w) in p.iter_mut().zip(sum) {
-            *a = T::from_f64(w);
-        }
-    }
-}
-
 /// Layer-normalises the rows of `x` (`w` wide) in the blocks of rows the backend runs in
 /// parallel in forward (each row's arithmetic is the same whatever the cut), saving `x̂` and `rstd` where
 /// given (each sized for all the rows, or empty: not saved).
@@ -167,9 +120,51 @@ pub(super) fn layer_norm_blocks<T: Float, K: HostKernels<T>>(
     });
 }
 
-/// Backward of [`layer_norm_blocks`]: `dx = LNback(dy)` row by row, in the blocks of rows the
-/// backend runs in parallel.
-pub(super) fn layer_norm_backward_blocks<T: Float, K: HostKernels<T>>(
+/// Rows per partial of [`layer_norm_backward_summed`]'s column sums: a constant, so that the
+/// sums never depend on how the rows are cut across threads.
+const SUM_ROWS: usize = 32;
+
+/// Column sums of a layer norm's `dy` taken by [`layer_norm_backward_summed`] while each row is
+/// in cache: for each chunk of [`SUM_ROWS`] rows, from zero in row order in `T`, kind 0 `Σ dy`,
+/// kind 1 `Σ dy⊙x̂`, kind 2 `Σ dy⊙x₂` (another normalisation's `x̂` under the same `dy`: the
+/// recurrent side's of a cell whose `dGh` is its `dGi`). [`add_to`](Self::add_to) adds a
+/// kind's chunks onto a gradient in f64, in chunk order, rounded once.
+pub(super) struct RowPartials<T> {
+    data: Vec<T>,
+    kinds: usize,
+    w: usize,
+}
+
+impl<T: Float> RowPartials<T> {
+    /// `acc[j] += Σ_chunks partial[chunk][kind][j]` (see the [type docs](Self)).
+    pub fn add_to(&self, kind: usize, acc: &mut [T]) {
+        if self.w == 0 || kind >= self.kinds {
+            return;
+        }
+        let mut wide: Vec<f64> = acc.iter().map(|v| v.to_f64()).collect();
+        for chunk in self.data.chunks_exact(self.kinds * self.w) {
+            for (s, &p) in wide.iter_mut().zip(&chunk[kind * self.w..(kind + 1) * self.w]) {
+                *s += p.to_f64();
+            }
+        }
+        for (a, s) in acc.iter_mut().zip(wide) {
+            *a = T::from_f64(s);
+        }
+    }
+
+    /// The buffer, for the workspace.
+    pub fn into_buffer(self) -> Vec<T> {
+        self.data
+    }
+}
+
+/// Backward of [`layer_norm_blocks`]: `dx = LNback(dy)` row by row, chunks of [`SUM_ROWS`]
+/// rows split across the backend's threads; with `sums`, also the [`RowPartials`] of `dy`
+/// (kinds 0 and 1, and 2 with `x2`), taken from each row while it is in cache (the rows are
+/// not read again for the gain and bias gradients). `partials` is the buffer they are written
+/// into (any length; grown as needed).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn layer_norm_backward_summed<T: Float, K: HostKernels<T>>(
     k: &K,
     w: usize,
     dy: &[T],
@@ -177,22 +172,56 @@ pub(super) fn layer_norm_backward_blocks<T: Float, K: HostKernels<T>>(
     xhat: &[T],
     rstd: &[T],
     dx: &mut [T],
-) {
-    let rows = dy.len().checked_div(w).unwrap_or(0);
-    let cuts = k.row_blocks(rows, Pass::Backward);
-    let parts = BlockWork::new(
-        split_rows(dy, rows, &cuts)
-            .into_iter()
-            .zip(split_rows(xhat, rows, &cuts))
-            .zip(split_rows(rstd, rows, &cuts))
-            .zip(split_rows_mut(dx, rows, &cuts)),
-    );
+    sums: Option<(Option<&[T]>, Vec<T>)>,
+) -> Option<RowPartials<T>> {
+    if w == 0 {
+        return None;
+    }
+    let rows = dy.len() / w;
+    let chunks = rows.div_ceil(SUM_ROWS);
+    let (x2, mut data) = match sums {
+        Some((x2, data)) => (x2, Some(data)),
+        None => (None, None),
+    };
+    let kinds = if x2.is_some() { 3 } else { 2 };
+    if let Some(d) = data.as_mut() {
+        d.clear();
+        d.resize(chunks * kinds * w, T::ZERO);
+    }
+    let parts = k.threads().clamp(1, chunks.max(1));
+    let bounds = super::row_bounds(chunks, parts);
+    let row_cuts: Vec<usize> = bounds.iter().map(|&c| (c * SUM_ROWS).min(rows)).collect();
+    let part_sums: Vec<Option<&mut [T]>> = match data.as_mut() {
+        Some(d) => split_rows_mut(&mut d[..], chunks, &bounds).into_iter().map(Some).collect(),
+        None => bounds.windows(2).map(|_| None).collect(),
+    };
+    let work = BlockWork::new(split_rows_mut(dx, rows, &row_cuts).into_iter().zip(part_sums).enumerate());
     let serial = k.serial();
-    k.for_blocks(parts.len(), &|i| {
-        if let Some((((dy, xh), rs), dx)) = parts.take(i) {
-            serial.layer_norm_rows_backward(w, dy, gamma, xh, rs, dx);
+    k.for_blocks(work.len(), &|i| {
+        let Some((i, (dx, mut part))) = work.take(i) else { return };
+        let first = row_cuts[i];
+        for (r, dxr) in dx.chunks_exact_mut(w).enumerate() {
+            let row = first + r;
+            let span = row * w..(row + 1) * w;
+            serial.layer_norm_rows_backward(w, &dy[span.clone()], gamma, &xhat[span.clone()], &rstd[row..row + 1], dxr);
+            let Some(part) = part.as_deref_mut() else { continue };
+            let chunk = (row - first) / SUM_ROWS;
+            let acc = &mut part[chunk * kinds * w..(chunk + 1) * kinds * w];
+            let (s_dy, rest) = acc.split_at_mut(w);
+            let (s_x, s_x2) = rest.split_at_mut(w);
+            let g = &dy[span.clone()];
+            for ((s, d), (&gv, &xv)) in s_dy.iter_mut().zip(s_x.iter_mut()).zip(g.iter().zip(&xhat[span.clone()])) {
+                *s += gv;
+                *d += gv * xv;
+            }
+            if let Some(x2) = x2 {
+                for ((s, &gv), &xv) in s_x2.iter_mut().zip(g).zip(&x2[span.clone()]) {
+                    *s += gv * xv;
+                }
+            }
         }
     });
+    data.map(|data| RowPartials { data, kinds, w })
 }
 
 /// The layer-normalised LSTM's output of a step, after the cell kernel wrote the gates and the

@@ -29,7 +29,10 @@
 //! its recurrence carrying the raw `c`. Backward keeps, per step, the gradient w.r.t. the raw
 //! recurrent product (`LNback(dGh)`, the left factor of `dW_hh`) and, LSTM, w.r.t. the cell
 //! state's normalised output; after the loop `LNback(dGi)` is the left factor of `dW_ih` and
-//! `dX`, and the gains' and bias' gradients are column sums in row order.
+//! `dX`, taken in chunks of rows that also sum, while each row is in cache, the input side's
+//! gain and bias gradients and, where `dGh` is `dGi` (LSTM, Cho's GRU), the recurrent side's
+//! (`layer_norm::RowPartials`: fixed chunks, summed in f64 in order); the other gains' and
+//! biases' gradients are column sums in row order (`col_sums`).
 //!
 //! Directions and layouts come from the configuration: a direction runs in reverse when it is
 //! the second of a bidirectional layer or the only one of a reverse-only stack
@@ -51,6 +54,7 @@
 //! the kernels (`HostKernels::cell_step_forward`).
 
 mod backward;
+mod col_sums;
 mod direction;
 mod forward;
 mod gru_reset_before;
@@ -375,6 +379,12 @@ pub(crate) trait HostKernels<T: Float>: Send + Sync {
     /// the kernels of [`serial`](Self::serial).
     fn for_blocks(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
         (0..parts).for_each(f)
+    }
+
+    /// How many threads [`for_blocks`](Self::for_blocks) runs its parts on at once: at most
+    /// this many parts are handed to it. Default: one.
+    fn threads(&self) -> usize {
+        1
     }
 
     /// Rows of a block of the weight gradients' sums over steps: up to this many rows

@@ -7,7 +7,7 @@
 //!
 //! summed over every step `t` and row `b` (a row past its length has `dA = 0` and adds nothing;
 //! with input_forget `dA_f = 0`). The rows are summed in a fixed order, step `0..T` then row
-//! `0..B`, on the calling thread: as the bias gradients (`backward::add_col_sums`), up to
+//! `0..B`, on the calling thread: as the bias gradients (`col_sums`), up to
 //! `block` rows (`HostKernels::weight_grad_rows`) in `T` onto the caller's values, past that in
 //! f64, rounded once, so that the result never depends on the thread count.
 
