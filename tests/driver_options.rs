@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::fd::{gradcheck, TOL};
+use common::fd;
 
 use common::parity::{errors, Problem as F32Problem};
 use common::{describe, F64Problem, Problem};
@@ -121,15 +121,7 @@ fn option_configs() -> Vec<RnnConfig> {
 fn gradcheck_sweep(shape: &SeqShape, seed: u64) {
     let configs = option_configs();
     assert_eq!(configs.len(), 30);
-    let mut failures = Vec::new();
-    for (k, cfg) in configs.iter().enumerate() {
-        let p = Problem::random(cfg, shape, seed + k as u64, 1.5);
-        let (err, at) = gradcheck(&p);
-        if !(err < TOL) {
-            failures.push(format!("{}: rel err {err:.2e} at {at}", options(cfg)));
-        }
-    }
-    assert!(failures.is_empty(), "{} of {} configurations fail:\n{}", failures.len(), configs.len(), failures.join("\n"));
+    fd::sweep(&configs, shape, |k, cfg| Problem::random(cfg, shape, seed + k as u64, 1.5));
 }
 
 #[test]

@@ -16,28 +16,15 @@
 
 mod common;
 
-use common::fd::{central_difference, gradcheck as check, rel_err, H, TOL};
+use common::fd::{self, central_difference, rel_err, H, TOL};
 
-use common::{describe, sweep_configs, F64Problem, Problem};
+use common::{sweep_configs, F64Problem, Problem};
 use rnn_kernels::{Reference, Rnn, SeqShape};
 
 fn sweep(shape: &SeqShape, seed: u64) {
-    let mut failures = Vec::new();
     let configs = sweep_configs(3, 5, 3);
     assert!(configs.len() >= 60, "the sweep must cover every combination");
-    let mut overall = std::collections::BTreeMap::<String, f64>::new();
-    for (k, cfg) in configs.iter().enumerate() {
-        let p = Problem::random(cfg, shape, seed + k as u64, 1.5);
-        let (err, at) = check(&p);
-        let w = overall.entry(cfg.cell().to_string()).or_insert(0.0);
-        *w = w.max(err);
-        if !(err < TOL) {
-            failures.push(format!("{}: rel err {err:.2e} at {at}", describe(cfg, shape)));
-        }
-    }
-    let summary: Vec<String> = overall.iter().map(|(c, e)| format!("{c} {e:.2e}")).collect();
-    eprintln!("{} configurations, worst relative error per cell: {}", configs.len(), summary.join(", "));
-    assert!(failures.is_empty(), "{} of {} configurations fail:\n{}", failures.len(), configs.len(), failures.join("\n"));
+    fd::sweep(&configs, shape, |k, cfg| Problem::random(cfg, shape, seed + k as u64, 1.5));
 }
 
 #[test]

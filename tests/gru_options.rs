@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::fd::{central_difference, gradcheck, rel_err, H, TOL};
+use common::fd::{self, central_difference, rel_err, H};
 
 use common::parity::{errors, Problem as F32Problem, GRAD_TOL};
 use common::{describe, F64Problem, Problem};
@@ -47,17 +47,9 @@ fn gru_configs(lbr: bool, clip: f64) -> Vec<RnnConfig> {
 const VARIANTS: [(bool, f64); 3] = [(false, 0.0), (true, 0.9), (false, 0.9)];
 
 fn sweep(shape: &SeqShape, seed: u64) {
-    let mut failures = Vec::new();
     for (lbr, clip) in VARIANTS {
-        for (k, cfg) in gru_configs(lbr, clip).iter().enumerate() {
-            let p = Problem::random(cfg, shape, seed + k as u64, 1.5);
-            let (err, at) = gradcheck(&p);
-            if !(err <= TOL) {
-                failures.push(format!("{} options {:?}: {err:.3e} at {at}", describe(cfg, shape), cfg.options()));
-            }
-        }
+        fd::sweep(&gru_configs(lbr, clip), shape, |k, cfg| Problem::random(cfg, shape, seed + k as u64, 1.5));
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! Finite differences of the f64 reference: the gradient checks of `tests/gradcheck.rs` and of
 //! the cell options' tests (`lstm_options.rs`, `gru_options.rs`, `driver_options.rs`).
 
-use super::{F64Problem, Problem};
-use rnn_kernels::{CellKind, Reference, Rnn};
+use super::{describe, F64Problem, Problem};
+use rnn_kernels::{CellKind, Reference, Rnn, RnnConfig, SeqShape};
+use std::collections::BTreeMap;
 
 /// Step for smooth cells.
 pub const H: f64 = 1e-3;
@@ -83,4 +84,25 @@ pub fn gradcheck(p: &Problem) -> (f64, String) {
     }
     probe("params", g.dparams.as_ref().unwrap(), &|q| &mut q.params);
     worst
+}
+
+/// [`gradcheck`] of `problem(k, cfg)` for the `k`-th of `configs` on `shape`: every failure
+/// listed (the configuration, its options, the worst error and where), the worst error per
+/// cell printed.
+// `!(err < TOL)` on purpose: a NaN error must count as a failure.
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
+pub fn sweep(configs: &[RnnConfig], shape: &SeqShape, problem: impl Fn(usize, &RnnConfig) -> Problem) {
+    let mut failures = Vec::new();
+    let mut worst = BTreeMap::<String, f64>::new();
+    for (k, cfg) in configs.iter().enumerate() {
+        let (err, at) = gradcheck(&problem(k, cfg));
+        let w = worst.entry(cfg.cell().to_string()).or_insert(0.0);
+        *w = w.max(err);
+        if !(err < TOL) {
+            failures.push(format!("{} options {:?}: rel err {err:.2e} at {at}", describe(cfg, shape), cfg.options()));
+        }
+    }
+    let summary: Vec<String> = worst.iter().map(|(c, e)| format!("{c} {e:.2e}")).collect();
+    eprintln!("{} configurations, worst relative error per cell: {}", configs.len(), summary.join(", "));
+    assert!(failures.is_empty(), "{} of {} configurations fail:\n{}", failures.len(), configs.len(), failures.join("\n"));
 }

@@ -18,7 +18,7 @@ use super::super::emulation::Emulation;
 use super::super::exec::GemmArgs;
 use super::super::kernels as k;
 use super::{view, Problem};
-use crate::testkit::case::max_error;
+use super::oracle::{addr, addr_mut, check, clamp, gradient, random, sigmoid};
 use crate::testkit::SplitMix64;
 use crate::{CellKind, Direction, Merge, RnnConfig, SeqShape};
 
@@ -29,50 +29,6 @@ const LENGTHS: [i32; B] = [1, 1, 0];
 
 fn active(b: usize) -> bool {
     LENGTHS[b] > 0
-}
-
-fn addr<T>(v: &[T]) -> u64 {
-    v.as_ptr() as u64
-}
-
-fn addr_mut<T>(v: &mut [T]) -> u64 {
-    v.as_mut_ptr() as u64
-}
-
-fn random(rng: &mut SplitMix64, n: usize, r: f64) -> Vec<f32> {
-    (0..n).map(|_| rng.uniform(-r, r) as f32).collect()
-}
-
-fn clamp(a: f64, clip: f64) -> f64 {
-    if clip > 0.0 {
-        a.clamp(-clip, clip)
-    } else {
-        a
-    }
-}
-
-fn sigmoid(a: f64) -> f64 {
-    1.0 / (1.0 + (-a).exp())
-}
-
-/// `∂f/∂x_k` for every k, by central differences in f64.
-fn gradient(x: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
-    let eps = 1e-6;
-    (0..x.len())
-        .map(|k| {
-            let mut p = x.to_vec();
-            p[k] = x[k] + eps;
-            let up = f(&p);
-            p[k] = x[k] - eps;
-            (up - f(&p)) / (2.0 * eps)
-        })
-        .collect()
-}
-
-fn check(what: &str, got: &[f32], want: &[f64], tol: f64) {
-    let got: Vec<f64> = got.iter().map(|&v| v as f64).collect();
-    let err = max_error(&got, want);
-    assert!(err <= tol, "{what}: error {err:.3e} > {tol:e}\n got {got:?}\nwant {want:?}");
 }
 
 /// One unit in f64 from `x = [ax_r, ax_z, ax_n, ah_r, ah_z, p_n, h_prev]` (input-side

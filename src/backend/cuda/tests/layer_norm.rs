@@ -23,55 +23,20 @@ use super::super::emulation::Emulation;
 use super::super::exec::Exec;
 use super::super::kernels as k;
 use super::{nans, up, view, view_mut, Problem, WithPaths};
-use crate::backend::cell::Cell;
 use crate::backend::GradMode;
 use crate::element::Dtype;
 use crate::error::Error;
 use crate::testkit::case::max_error;
+use super::oracle::{addr, addr_mut, check, clamp, gradient, random_in as random, sigmoid, wide, LstmOpts};
 use crate::testkit::SplitMix64;
 use crate::{CellKind, Direction, Merge, ParamLayout, RnnConfig, SeqShape};
 use proptest::prelude::*;
 
 const LN_EPS: f64 = 1e-5;
 
-fn addr<T>(v: &[T]) -> u64 {
-    v.as_ptr() as u64
-}
-
-fn addr_mut<T>(v: &mut [T]) -> u64 {
-    v.as_mut_ptr() as u64
-}
-
-fn random(rng: &mut SplitMix64, n: usize, lo: f64, hi: f64) -> Vec<f32> {
-    (0..n).map(|_| rng.uniform(lo, hi) as f32).collect()
-}
-
-fn wide(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&a| a as f64).collect()
-}
-
-fn check(what: &str, got: &[f32], want: &[f64], tol: f64) {
-    let err = max_error(&wide(got), want);
-    assert!(err <= tol, "{what}: error {err:.3e} > {tol:e}\n got {got:?}\nwant {want:?}");
-}
-
 fn same_bits(what: &str, a: &[f32], b: &[f32]) {
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(a), bits(b), "{what}");
-}
-
-/// `∂f/∂x_k` for every k, by central differences in f64.
-fn gradient(x: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
-    let eps = 1e-6;
-    (0..x.len())
-        .map(|k| {
-            let mut p = x.to_vec();
-            p[k] = x[k] + eps;
-            let up = f(&p);
-            p[k] = x[k] - eps;
-            (up - f(&p)) / (2.0 * eps)
-        })
-        .collect()
 }
 
 /// The f64 row layer norm: `(x̂, rstd)` of `v` (mean first, then the squared deviations).
@@ -224,39 +189,6 @@ fn active(b: usize) -> bool {
     LENGTHS[b] > 0
 }
 
-/// The LSTM options of a case.
-#[derive(Clone, Copy, Debug)]
-struct LstmOpts {
-    peephole: bool,
-    clip: f64,
-    input_forget: bool,
-}
-
-impl LstmOpts {
-    fn cell(self) -> Cell {
-        let cfg = crate::RnnConfig::new(crate::CellKind::Lstm, 1, H)
-            .peephole(self.peephole)
-            .gate_clip(self.clip)
-            .input_forget(self.input_forget)
-            .layer_norm(true)
-            .build()
-            .expect("a valid LSTM configuration");
-        Cell::of(&cfg)
-    }
-}
-
-fn sigmoid(a: f64) -> f64 {
-    1.0 / (1.0 + (-a).exp())
-}
-
-fn clamp(a: f64, clip: f64) -> f64 {
-    if clip > 0.0 {
-        a.clamp(-clip, clip)
-    } else {
-        a
-    }
-}
-
 /// One row of a layer-normalised LSTM step in f64 from `x` = per unit `[a_i, a_f, a_g, a_o,
 /// c_prev, p_i, p_f, p_o]` (`8·H` values: the normalised pre-activations with their biases):
 /// `(gates [4, H], c [H], m [H])`, `m = o⊙tanh(γ_c⊙ĉ + β_c)`.
@@ -302,7 +234,7 @@ fn lstm_case(seed: u64, o: LstmOpts) {
         }
         x
     };
-    let cell = o.cell();
+    let cell = o.cell(H, true);
     let plain = !o.peephole && o.clip == 0.0 && !o.input_forget;
     let emulation = Emulation::default();
     let exec = emulation.exec();
@@ -517,8 +449,7 @@ fn lstm_case(seed: u64, o: LstmOpts) {
 #[test]
 fn emulated_lstm_ln_cell_matches_f64() {
     for seed in 0..8 {
-        for mask in 0..8u32 {
-            let o = LstmOpts { peephole: mask & 1 != 0, clip: if mask & 2 != 0 { 1.5 } else { 0.0 }, input_forget: mask & 4 != 0 };
+        for o in LstmOpts::all() {
             lstm_case(seed, o);
         }
     }

@@ -29,6 +29,7 @@ mod half_storage;
 mod layer_norm;
 mod options;
 mod options_driver;
+mod oracle;
 mod wavefront;
 
 use super::buffer::View;

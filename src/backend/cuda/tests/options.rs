@@ -13,8 +13,7 @@
 use super::super::driver::options;
 use super::super::emulation::Emulation;
 use super::super::kernels as k;
-use crate::backend::cell::Cell;
-use crate::testkit::case::max_error;
+use super::oracle::{addr, addr_mut, check, clamp, gradient, random, sigmoid, LstmOpts};
 use crate::testkit::SplitMix64;
 
 /// Rows (row 2 inactive) and units of every case.
@@ -25,75 +24,6 @@ const LENGTHS: [i32; B] = [1, 1, 0];
 
 fn active(b: usize) -> bool {
     LENGTHS[b] > 0
-}
-
-fn addr<T>(v: &[T]) -> u64 {
-    v.as_ptr() as u64
-}
-
-fn addr_mut<T>(v: &mut [T]) -> u64 {
-    v.as_mut_ptr() as u64
-}
-
-fn random(rng: &mut SplitMix64, n: usize, r: f64) -> Vec<f32> {
-    (0..n).map(|_| rng.uniform(-r, r) as f32).collect()
-}
-
-fn clamp(a: f64, clip: f64) -> f64 {
-    if clip > 0.0 {
-        a.clamp(-clip, clip)
-    } else {
-        a
-    }
-}
-
-fn sigmoid(a: f64) -> f64 {
-    1.0 / (1.0 + (-a).exp())
-}
-
-/// `∂f/∂x_k` for every k, by central differences in f64.
-fn gradient(x: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
-    let eps = 1e-6;
-    (0..x.len())
-        .map(|k| {
-            let mut p = x.to_vec();
-            p[k] = x[k] + eps;
-            let up = f(&p);
-            p[k] = x[k] - eps;
-            (up - f(&p)) / (2.0 * eps)
-        })
-        .collect()
-}
-
-fn check(what: &str, got: &[f32], want: &[f64], tol: f64) {
-    let got: Vec<f64> = got.iter().map(|&v| v as f64).collect();
-    let err = max_error(&got, want);
-    assert!(err <= tol, "{what}: error {err:.3e} > {tol:e}\n got {got:?}\nwant {want:?}");
-}
-
-/// The LSTM options of a case.
-#[derive(Clone, Copy, Debug)]
-struct LstmOpts {
-    peephole: bool,
-    clip: f64,
-    input_forget: bool,
-}
-
-impl LstmOpts {
-    fn plain(self) -> bool {
-        !self.peephole && self.clip == 0.0 && !self.input_forget
-    }
-
-    /// An LSTM cell of `H` units with these options, for the driver's argument mapping.
-    fn cell(self) -> Cell {
-        let cfg = crate::RnnConfig::new(crate::CellKind::Lstm, 1, H)
-            .peephole(self.peephole)
-            .gate_clip(self.clip)
-            .input_forget(self.input_forget)
-            .build()
-            .expect("a valid LSTM configuration");
-        Cell::of(&cfg)
-    }
 }
 
 /// One LSTM unit in f64 from `x = [a_i, a_f, a_g, a_o, c_prev, p_i, p_f, p_o]` (pre-activations
@@ -154,7 +84,7 @@ fn lstm_case(seed: u64, o: LstmOpts, force_opt: bool) {
     };
     if opt {
         let peephole = if o.peephole { addr(&peep) } else { 0 };
-        let args = options::lstm_forward(args, &o.cell(), peephole);
+        let args = options::lstm_forward(args, &o.cell(H, false), peephole);
         exec.launch(0, k::LstmForwardStepOpt, B * H, &args).unwrap();
     } else {
         exec.launch(0, k::LstmForwardStep, B * H, &args).unwrap();
@@ -203,7 +133,7 @@ fn lstm_case(seed: u64, o: LstmOpts, force_opt: bool) {
     };
     if opt {
         let (peephole, dpeep) = if o.peephole { (addr(&peep), addr_mut(&mut dpeep)) } else { (0, 0) };
-        let args = options::lstm_backward(args, &o.cell(), peephole, dpeep);
+        let args = options::lstm_backward(args, &o.cell(H, false), peephole, dpeep);
         exec.launch(0, k::LstmBackwardStepOpt, B * H, &args).unwrap();
     } else {
         exec.launch(0, k::LstmBackwardStep, B * H, &args).unwrap();
@@ -246,8 +176,7 @@ fn lstm_case(seed: u64, o: LstmOpts, force_opt: bool) {
 #[test]
 fn emulated_lstm_option_steps_match_oracle() {
     for seed in 0..12 {
-        for mask in 0..8u32 {
-            let o = LstmOpts { peephole: mask & 1 != 0, clip: if mask & 2 != 0 { 1.5 } else { 0.0 }, input_forget: mask & 4 != 0 };
+        for o in LstmOpts::all() {
             lstm_case(seed, o, false);
         }
         lstm_case(seed, LstmOpts { peephole: false, clip: 0.0, input_forget: false }, true);
