@@ -95,6 +95,7 @@ mod element;
 mod error;
 pub mod onnx;
 mod params;
+pub mod philox;
 mod rng;
 mod rnn;
 mod shape;

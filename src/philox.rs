@@ -1,0 +1,158 @@
+//! Philox 4x32 (Salmon, Moraes, Dror and Shaw, "Parallel random numbers: as easy as 1, 2, 3",
+//! SC 2011), the counter-based generator cuRAND, cuDNN's dropout and PyTorch's CUDA generator
+//! use: 128 random bits are a pure function of a 128-bit counter and a 64-bit key, so that any
+//! backend, ISA or thread computes the bits of any position without a state to share or to
+//! save. With 10 rounds ([`philox4x32_10`]) it passes TestU01's BigCrush; the tests check it
+//! against the known-answer vectors of the Random123 distribution.
+//!
+//! A Bernoulli draw with probability `p` compares one 32-bit word with an integer threshold
+//! ([`Threshold`]), so the decision is exact integer arithmetic, the same bits on every
+//! backend, with no floating-point conversion to round differently.
+
+use crate::error::{Error, Result};
+
+/// The round multipliers.
+const M0: u32 = 0xD251_1F53;
+const M1: u32 = 0xCD9E_8D57;
+/// The key schedule's increments (the golden ratio's and `sqrt(3) − 1`'s first 32 bits).
+const W0: u32 = 0x9E37_79B9;
+const W1: u32 = 0xBB67_AE85;
+
+/// The high and low 32 bits of `a·b`.
+#[inline(always)]
+fn mulhilo(a: u32, b: u32) -> (u32, u32) {
+    let p = u64::from(a) * u64::from(b);
+    ((p >> 32) as u32, p as u32)
+}
+
+/// Philox 4x32 with `R` rounds: the four 32-bit words of `counter` under `key`.
+#[inline]
+pub fn philox4x32<const R: usize>(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    let (mut c, mut k) = (counter, key);
+    for round in 0..R {
+        if round > 0 {
+            k = [k[0].wrapping_add(W0), k[1].wrapping_add(W1)];
+        }
+        let (hi0, lo0) = mulhilo(M0, c[0]);
+        let (hi1, lo1) = mulhilo(M1, c[2]);
+        c = [hi1 ^ c[1] ^ k[0], lo1, hi0 ^ c[3] ^ k[1], lo0];
+    }
+    c
+}
+
+/// Philox 4x32-10, the generator of the masks.
+#[inline]
+pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    philox4x32::<10>(counter, key)
+}
+
+/// The key of a 64-bit seed: its low and high words.
+pub fn key_of_seed(seed: u64) -> [u32; 2] {
+    [seed as u32, (seed >> 32) as u32]
+}
+
+/// A Bernoulli draw on a random 32-bit word: the word `u` is a hit when `u < t`, where `t` is
+/// the probability times 2³², rounded to the nearest integer; so a hit has probability
+/// `t / 2³²`, within 2⁻³³ of the one asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threshold(u64);
+
+impl Threshold {
+    /// The threshold of probability `p` in `[0, 1)`; `arg` names the argument in the error for
+    /// any other value (NaN included).
+    pub fn new(arg: &str, p: f64) -> Result<Self> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::invalid(arg, "a probability in [0, 1)", p));
+        }
+        Ok(Threshold(((p * 4_294_967_296.0).round() as u64).min(u64::from(u32::MAX))))
+    }
+
+    /// Whether the word `u` is a hit (probability [`probability`](Self::probability)).
+    #[inline(always)]
+    pub fn hit(self, u: u32) -> bool {
+        u64::from(u) < self.0
+    }
+
+    /// The exact probability of a hit, `t / 2³²`.
+    pub fn probability(self) -> f64 {
+        self.0 as f64 / 4_294_967_296.0
+    }
+
+    /// `t`, the hits being the words below it (for kernels that compare themselves).
+    pub fn bound(self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Random123's `kat_vectors` for philox4x32 (counter, key, answer), 7 and 10 rounds.
+    #[test]
+    fn matches_the_random123_known_answers() {
+        let pi_ctr = [0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344];
+        let pi_key = [0xa409_3822, 0x299f_31d0];
+        let ones = [u32::MAX; 4];
+        let ten: [([u32; 4], [u32; 2], [u32; 4]); 3] = [
+            ([0; 4], [0; 2], [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]),
+            (ones, [u32::MAX; 2], [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd]),
+            (pi_ctr, pi_key, [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1]),
+        ];
+        for (ctr, key, want) in ten {
+            assert_eq!(philox4x32_10(ctr, key), want, "philox4x32-10 of {ctr:08x?} under {key:08x?}");
+        }
+        let seven: [([u32; 4], [u32; 2], [u32; 4]); 3] = [
+            ([0; 4], [0; 2], [0x5f6f_b709, 0x0d89_3f64, 0x4f12_1f81, 0x4f73_0a48]),
+            (ones, [u32::MAX; 2], [0x5207_ddc2, 0x4516_5e59, 0x4d8e_e751, 0x8c52_f662]),
+            (pi_ctr, pi_key, [0x4dfc_caba, 0x190a_87f0, 0xc473_62ba, 0xb6b5_242a]),
+        ];
+        for (ctr, key, want) in seven {
+            assert_eq!(philox4x32::<7>(ctr, key), want, "philox4x32-7 of {ctr:08x?} under {key:08x?}");
+        }
+    }
+
+    #[test]
+    fn a_seed_is_its_two_words() {
+        assert_eq!(key_of_seed(0x0123_4567_89ab_cdef), [0x89ab_cdef, 0x0123_4567]);
+    }
+
+    #[test]
+    fn thresholds_are_exact_and_probabilities_are_checked() {
+        let t = Threshold::new("p", 0.25).unwrap();
+        assert_eq!(t.bound(), 1 << 30);
+        assert!(t.hit((1 << 30) - 1) && !t.hit(1 << 30));
+        assert_eq!(t.probability(), 0.25);
+        let zero = Threshold::new("p", 0.0).unwrap();
+        assert!(!zero.hit(0), "p = 0 never hits");
+        let near_one = Threshold::new("p", 1.0 - 1e-12).unwrap();
+        assert!(near_one.hit(u32::MAX - 1) && !near_one.hit(u32::MAX), "the largest threshold is 2³² − 1");
+        for bad in [1.0, -0.1, f64::NAN, f64::INFINITY] {
+            let e = Threshold::new("dropout", bad).unwrap_err().to_string();
+            assert!(e.contains("dropout") && e.contains("[0, 1)"), "{bad}: {e}");
+        }
+    }
+
+    /// Over 2²⁰ words of consecutive counters, a quarter hit within 4 standard deviations, and
+    /// each of the 32 bits is set half the time within 4 standard deviations.
+    #[test]
+    fn words_are_uniform_enough_for_masks() {
+        let t = Threshold::new("p", 0.25).unwrap();
+        let n = 1usize << 18;
+        let (mut hits, mut bits) = (0usize, [0usize; 32]);
+        for i in 0..n {
+            for w in philox4x32_10([i as u32, 7, 0, 0], key_of_seed(42)) {
+                hits += usize::from(t.hit(w));
+                for (b, count) in bits.iter_mut().enumerate() {
+                    *count += ((w >> b) & 1) as usize;
+                }
+            }
+        }
+        let words = (4 * n) as f64;
+        let sd = |p: f64| (words * p * (1.0 - p)).sqrt();
+        assert!((hits as f64 - 0.25 * words).abs() < 4.0 * sd(0.25), "{hits} hits of {words}");
+        for (b, &count) in bits.iter().enumerate() {
+            assert!((count as f64 - 0.5 * words).abs() < 4.0 * sd(0.5), "bit {b}: set {count} times of {words}");
+        }
+    }
+}
