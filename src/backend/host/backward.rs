@@ -492,7 +492,14 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
                 .filter_map(|(r, g)| Some((r?, g)))
                 .collect();
             let ranges: Vec<_> = biases.iter().map(|(r, _)| r.clone()).collect();
-            ranges_mut(dp, &ranges).into_iter().zip(biases).map(|(acc, (_, g))| ColSum::bias(acc, g, gh)).collect()
+            let mut accs: Vec<_> = ranges_mut(dp, &ranges).into_iter().zip(biases).map(|(acc, (_, g))| ColSum::bias(acc, g, gh)).collect();
+            // Where dGh is dGi (every cell but the PyTorch-form GRU), both biases' sums are
+            // taken in one pass over it, each onto its own accumulator.
+            if accs.len() == 2 && !keeps_dgh(&dm) {
+                let hh = accs.pop().map(|s| s.acc);
+                accs[0].plain = hh;
+            }
+            accs
         };
         col_sums::run(k, sums, k.weight_grad_rows());
     }

@@ -21,9 +21,9 @@ const LINE: usize = 16;
 const PARALLEL_MIN: usize = 1 << 16;
 
 /// One sum over the rows of `g` (`[rows, n]`, row-major): `acc[j] += Σ_r g[r, j]·x[r, j]` when
-/// `x` (shaped as `g`) is given, else `acc[j] += Σ_r g[r, j]`; and with `plain` (only beside
-/// `x`), `plain[j] += Σ_r g[r, j]` in the same pass, so the rows are read once for a gain and
-/// its bias.
+/// `x` (shaped as `g`) is given, else `acc[j] += Σ_r g[r, j]`; and with `plain`,
+/// `plain[j] += Σ_r g[r, j]` in the same pass, so the rows are read once for a gain and its
+/// bias, or for two biases with the same gradient.
 pub(super) struct ColSum<'a, T> {
     pub acc: &'a mut [T],
     pub plain: Option<&'a mut [T]>,
@@ -183,12 +183,19 @@ mod tests {
             let x: Vec<f32> = (0..rows * n).map(|i| ((i * 104729) % 611) as f32 / 301.0 - 1.0).collect();
             let acc0: Vec<f32> = (0..n).map(|j| j as f32 * 0.125).collect();
             let (mut a, mut b, mut p) = (acc0.clone(), acc0.clone(), acc0.clone());
+            // Two biases with the same gradient, one from other starting values.
+            let other0: Vec<f32> = acc0.iter().map(|v| 3.0 - v).collect();
+            let mut other = other0.clone();
             run(
                 &Reference,
-                vec![ColSum::bias(&mut a, &g, n), ColSum { acc: &mut b, plain: Some(&mut p), g: &g, x: Some(&x), n }],
+                vec![
+                    ColSum { acc: &mut a, plain: Some(&mut other), g: &g, x: None, n },
+                    ColSum { acc: &mut b, plain: Some(&mut p), g: &g, x: Some(&x), n },
+                ],
                 block,
             );
             assert_eq!(a, expected(&acc0, &g, None, n, block), "bias sums, rows {rows} n {n}");
+            assert_eq!(other, expected(&other0, &g, None, n, block), "the second bias's sums, rows {rows} n {n}");
             assert_eq!(b, expected(&acc0, &g, Some(&x), n, block), "gain sums, rows {rows} n {n}");
             assert_eq!(p, a, "a gain's bias sums are the bias sums, rows {rows} n {n}");
         }
