@@ -95,14 +95,27 @@ fn problems() -> Vec<Problem> {
         // the column sums (biases, gains) to be split across threads.
         p(
             "lstm_ln_peephole_clip_l2_bi_varlen",
-            RnnConfig::new(CellKind::Lstm, 13, 24).num_layers(2).bidirectional(true).peephole(true).gate_clip(2.0).layer_norm(true).build().unwrap(),
+            RnnConfig::new(CellKind::Lstm, 13, 24)
+                .num_layers(2)
+                .bidirectional(true)
+                .peephole(true)
+                .gate_clip(2.0)
+                .layer_norm(true)
+                .build()
+                .unwrap(),
             7,
             vec![7, 3, 5, 1, 6],
             8,
         ),
         p(
             "lstm_ln_proj_input_forget_reverse_rows",
-            RnnConfig::new(CellKind::Lstm, 20, 64).proj_size(20).input_forget(true).direction(Direction::Reverse).layer_norm(true).build().unwrap(),
+            RnnConfig::new(CellKind::Lstm, 20, 64)
+                .proj_size(20)
+                .input_forget(true)
+                .direction(Direction::Reverse)
+                .layer_norm(true)
+                .build()
+                .unwrap(),
             4,
             (0..100).map(|b| 1 + b % 4).collect(),
             9,

@@ -487,10 +487,8 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
             }
             sums
         } else {
-            let biases: Vec<_> = [(lr.b_ih.clone(), &dgi_all[..]), (lr.b_hh.clone(), dgh_ref)]
-                .into_iter()
-                .filter_map(|(r, g)| Some((r?, g)))
-                .collect();
+            let biases: Vec<_> =
+                [(lr.b_ih.clone(), &dgi_all[..]), (lr.b_hh.clone(), dgh_ref)].into_iter().filter_map(|(r, g)| Some((r?, g))).collect();
             let ranges: Vec<_> = biases.iter().map(|(r, _)| r.clone()).collect();
             let mut accs: Vec<_> = ranges_mut(dp, &ranges).into_iter().zip(biases).map(|(acc, (_, g))| ColSum::bias(acc, g, gh)).collect();
             // Where dGh is dGi (every cell but the PyTorch-form GRU), both biases' sums are

@@ -17,8 +17,8 @@
 use super::super::emulation::Emulation;
 use super::super::exec::GemmArgs;
 use super::super::kernels as k;
-use super::{view, Problem};
 use super::oracle::{addr, addr_mut, check, clamp, gradient, random, sigmoid};
+use super::{view, Problem};
 use crate::testkit::SplitMix64;
 use crate::{CellKind, Direction, Merge, RnnConfig, SeqShape};
 

@@ -22,12 +22,12 @@ use super::super::driver::{backward, forward, options, BackwardViews, CudaReserv
 use super::super::emulation::Emulation;
 use super::super::exec::Exec;
 use super::super::kernels as k;
+use super::oracle::{addr, addr_mut, check, clamp, gradient, random_in as random, sigmoid, wide, LstmOpts};
 use super::{nans, up, view, view_mut, Problem, WithPaths};
 use crate::backend::GradMode;
 use crate::element::Dtype;
 use crate::error::Error;
 use crate::testkit::case::max_error;
-use super::oracle::{addr, addr_mut, check, clamp, gradient, random_in as random, sigmoid, wide, LstmOpts};
 use crate::testkit::SplitMix64;
 use crate::{CellKind, Direction, Merge, ParamLayout, RnnConfig, SeqShape};
 use proptest::prelude::*;
