@@ -136,6 +136,7 @@ mod tests {
     /// Over 2²⁰ words of consecutive counters, a quarter hit within 4 standard deviations, and
     /// each of the 32 bits is set half the time within 4 standard deviations.
     #[test]
+    #[cfg_attr(miri, ignore = "statistics over 2^20 words: minutes under Miri, and philox.rs has no unsafe code")]
     fn words_are_uniform_enough_for_masks() {
         let t = Threshold::new("p", 0.25).unwrap();
         let n = 1usize << 18;

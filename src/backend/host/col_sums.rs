@@ -178,7 +178,14 @@ mod tests {
 
     #[test]
     fn every_column_is_summed_in_row_order_in_t_then_in_f64() {
-        for (rows, n, block) in [(3, 5, 8), (9, 37, 8), (40, 70, 8), (5000, 33, 8192), (300, 17, 100)] {
+        // Under Miri, without the large one-block case (minutes there; the small ones reach
+        // the same accesses).
+        let cases: &[(usize, usize, usize)] = if cfg!(miri) {
+            &[(3, 5, 8), (9, 37, 8), (40, 70, 8), (30, 17, 100)]
+        } else {
+            &[(3, 5, 8), (9, 37, 8), (40, 70, 8), (5000, 33, 8192), (300, 17, 100)]
+        };
+        for &(rows, n, block) in cases {
             let g: Vec<f32> = (0..rows * n).map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0).collect();
             let x: Vec<f32> = (0..rows * n).map(|i| ((i * 104729) % 611) as f32 / 301.0 - 1.0).collect();
             let acc0: Vec<f32> = (0..n).map(|j| j as f32 * 0.125).collect();
