@@ -6,10 +6,12 @@
 #    and the C ABI's tests with --features cuda;
 # 2. `verify --backend cuda` on every PyTorch fixture (f32, f16, bf16) and on the cell options'
 #    cases (f32);
-# 3. compute-sanitizer memcheck and racecheck on the CUDA test binary (when compute-sanitizer is
-#    on PATH or under CUDA_HOME);
-# 4. the cuDNN table: benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda
-#    (needs python3 with torch; GPU_ROUNDS rounds, default 3), then the same with f16 storage.
+# 3. the cuDNN table: benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda
+#    (needs python3 with torch; GPU_ROUNDS rounds, default 3);
+# 4. compute-sanitizer memcheck on the CUDA test binary and racecheck on its small persistent and
+#    layer-norm tests (when compute-sanitizer is on PATH or under CUDA_HOME): the slowest steps,
+#    so after the table;
+# 5. the cuDNN table with f16 storage.
 #
 # On a GPU machine without a Rust toolchain: build the programs beforehand where cargo is, with
 # `bash .ci/gpu-pack.sh gpu-pack`, copy that folder into the repository on the GPU machine, and
@@ -28,12 +30,18 @@ mkdir -p "$OUT"
 : >"$OUT/summary.txt"
 failed=0
 
+# GPU_STEP_TIMEOUT (seconds, default none) bounds each step, GPU_SAN_TIMEOUT each sanitizer step
+# (default GPU_STEP_TIMEOUT): a step cut short is recorded as failed with rc=124 and its log so far.
+STEP_TIMEOUT=${GPU_STEP_TIMEOUT:-0}
+SAN_TIMEOUT=${GPU_SAN_TIMEOUT:-$STEP_TIMEOUT}
 step() { # step NAME CMD...: runs CMD, logs to $OUT/NAME.log, records the result
     local name=$1
     shift
     local t0=$SECONDS
     echo "== $name: $*"
-    "$@" >"$OUT/$name.log" 2>&1
+    local limit=$STEP_TIMEOUT
+    case $name in memcheck | racecheck) limit=$SAN_TIMEOUT ;; esac
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
     local rc=$?
     tail -5 "$OUT/$name.log"
     echo "$name rc=$rc $((SECONDS - t0))s" | tee -a "$OUT/summary.txt"
@@ -90,26 +98,33 @@ for dtype in f16 bf16; do
     step "verify-$dtype" "${VERIFY[@]}" --backend cuda --dtype "$dtype" tests/fixtures/*.safetensors
 done
 
+if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
+    HAVE_TORCH_CUDA=1
+    step compare python3 benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda --rounds "$ROUNDS" \
+        "${BENCH[@]}" --json "$OUT/compare.jsonl"
+else
+    HAVE_TORCH_CUDA=0
+    echo "python3 with CUDA torch not found: the cuDNN table was not run" | tee -a "$OUT/summary.txt"
+    failed=1
+fi
+
 SAN=$(command -v compute-sanitizer || true)
 [ -z "$SAN" ] && [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/compute-sanitizer" ] && SAN=$CUDA_HOME/bin/compute-sanitizer
 if [ -n "$SAN" ]; then
     # The test binary of tests/cuda.rs (the prebuilt one, or the newest one cargo built).
     if [ -n "$PRE" ]; then BIN=$PRE/bin/test-cuda; else BIN=$(ls -t target/release/deps/cuda-* 2>/dev/null | grep -v '\.d$' | head -1); fi
     step memcheck "$SAN" --tool memcheck --error-exitcode 1 "$BIN" --test-threads 1
-    step racecheck "$SAN" --tool racecheck --error-exitcode 1 "$BIN" --test-threads 1
+    # racecheck on the tests small enough for it (the persistent kernels at small sizes, layer
+    # norm's block reductions): the whole binary takes far longer under it.
+    step racecheck "$SAN" --tool racecheck --error-exitcode 1 "$BIN" --test-threads 1 for_sanitizers cuda_layer_norm
 else
     echo "compute-sanitizer not found: memcheck and racecheck not run" | tee -a "$OUT/summary.txt"
     failed=1
 fi
 
-if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
-    step compare python3 benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda --rounds "$ROUNDS" \
-        "${BENCH[@]}" --json "$OUT/compare.jsonl"
+if [ "$HAVE_TORCH_CUDA" = 1 ]; then
     step compare-f16 python3 benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda --rounds "$ROUNDS" \
         --dtype f16 "${BENCH[@]}" --json "$OUT/compare-f16.jsonl"
-else
-    echo "python3 with CUDA torch not found: the cuDNN table was not run" | tee -a "$OUT/summary.txt"
-    failed=1
 fi
 
 echo "== summary"

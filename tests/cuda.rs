@@ -314,6 +314,27 @@ mod with_feature {
         assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("persistent"), "{e}");
     }
 
+    /// The persistent kernels (LSTM, GRU, RNN; forward and backward), required, on cases small
+    /// enough for compute-sanitizer's racecheck (`.ci/gpu.sh` runs racecheck on this test and the
+    /// layer-norm one: the larger persistent tests above do not finish under it in minutes):
+    /// shared-memory weights, a grid barrier per step, both directions, two layers, mixed
+    /// lengths, against the reference.
+    #[test]
+    fn persistent_kernels_for_sanitizers() {
+        let Some(c) = cuda("persistent_kernels_for_sanitizers") else { return };
+        let required = CudaHost(c.clone().require_persistent(true));
+        for cell in [CellKind::Lstm, CellKind::Gru, CellKind::RnnTanh] {
+            let cfg = RnnConfig::new(cell, 8, 96).num_layers(2).bidirectional(true).build().unwrap();
+            let shape = SeqShape::with_lengths(6, vec![6, 4]).unwrap();
+            let p = Problem::new(&cfg, &shape, 5, 3.0);
+            let want = p.run_reference();
+            let got = p.run(required.clone());
+            for (name, err, tol) in errors(&got, &want) {
+                assert!(err <= tol, "persistent: {name} error {err:.3e} > {tol:e}: {}", describe(&cfg, &shape));
+            }
+        }
+    }
+
     /// Layer norm on the device (kernels/layer_norm.cu: the row kernels' block reductions with
     /// 256 threads, rows wider than a block, more rows than the 8192 blocks of a launch) against
     /// the reference, with random gains and biases: LSTM and GRU, with the other options, both
