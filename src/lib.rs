@@ -93,6 +93,7 @@ mod backend;
 mod config;
 mod element;
 mod error;
+pub mod masks;
 pub mod onnx;
 mod params;
 pub mod philox;
