@@ -13,7 +13,9 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rnn_kernels::{Backend, CellKind, Cpu, Reference, RnnConfig};
-use rnn_kernels_nn::{check_save_path, AdamConfig, Budget, CharLm, CharLmConfig, Progress, Schedule, TrainConfig, Trainer, Vocab};
+use rnn_kernels_nn::{
+    check_save_path, AdamConfig, Budget, CharLm, CharLmConfig, CosineSchedule, Progress, Schedule, TrainConfig, Trainer, Vocab,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -46,7 +48,11 @@ Training:
   --batch N                  parallel streams                      [32]
   --chunk N                  characters per chunk (BPTT length)    [100]
                              (batch x chunk + 1 at most the 1,003,854 training characters)
-  --lr X                     Adam learning rate, positive          [0.002]
+  --lr X                     Adam learning rate, positive (the peak with --lr-schedule cosine) [0.002]
+  --lr-schedule constant|cosine  cosine: from --lr down to --min-lr over the budget [constant]
+  --min-lr X                 the cosine's final rate, 0 to --lr    [0]
+  --warmup N                 steps of linear warm-up of the cosine [0]
+  --weight-decay X           decoupled weight decay (AdamW) on the weight matrices, >= 0 [0]
   --clip X                   global gradient-norm limit, positive  [5]
   --eval-every N             validation (on a subset) every N steps, 0: only at the end [100]
   --seed N                   initialisation and sampling seed      [1]
@@ -89,6 +95,9 @@ struct Args {
     prompt: String,
     temperature: f32,
     sample_len: usize,
+    cosine: bool,
+    min_lr: f32,
+    warmup: u64,
 }
 
 /// Why the command failed: an argument, found before any work was done (exit status 2), or
@@ -138,6 +147,9 @@ fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String>
         prompt: "ROMEO:".into(),
         temperature: 0.8,
         sample_len: 500,
+        cosine: false,
+        min_lr: 0.0,
+        warmup: 0,
     };
     fn num<T: std::str::FromStr>(flag: &str, v: &str, what: &str, ok: impl Fn(&T) -> bool) -> Result<T, String> {
         v.parse().ok().filter(|x| ok(x)).ok_or_else(|| format!("{flag}: expected {what}, got {v:?}"))
@@ -164,6 +176,10 @@ fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String>
             "--chunk",
             "--lr",
             "--clip",
+            "--lr-schedule",
+            "--min-lr",
+            "--warmup",
+            "--weight-decay",
             "--eval-every",
             "--seed",
             "--backend",
@@ -201,6 +217,21 @@ fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String>
             "--chunk" => a.train.chunk = num(f, &v, "a positive integer", pos)?,
             "--lr" => a.train.adam = AdamConfig { lr: num(f, &v, "a positive finite number", positive)?, ..a.train.adam },
             "--clip" => a.train.clip = num(f, &v, "a positive finite number", positive)?,
+            "--lr-schedule" => {
+                a.cosine = match v.as_str() {
+                    "constant" => false,
+                    "cosine" => true,
+                    _ => return Err(format!("--lr-schedule: expected constant or cosine, got {v:?}")),
+                }
+            }
+            "--min-lr" => a.min_lr = num(f, &v, "a non-negative finite number", |x: &f32| *x >= 0.0 && x.is_finite())?,
+            "--warmup" => a.warmup = num(f, &v, "a non-negative integer", |_: &u64| true)?,
+            "--weight-decay" => {
+                a.train.adam = AdamConfig {
+                    weight_decay: num(f, &v, "a non-negative finite number", |x: &f32| *x >= 0.0 && x.is_finite())?,
+                    ..a.train.adam
+                }
+            }
             "--eval-every" => a.eval_every = num(f, &v, "a non-negative integer (0: only at the end)", |_: &u64| true)?,
             "--seed" => a.seed = num(f, &v, "a non-negative integer", |_: &u64| true)?,
             "--backend" => {
@@ -224,6 +255,9 @@ fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String>
             }
             _ => unreachable!("every known flag has an arm"),
         }
+    }
+    if a.min_lr > a.train.adam.lr {
+        return Err(format!("--min-lr: expected at most --lr = {}, got {}", a.train.adam.lr, a.min_lr));
     }
     if a.sample_only && a.load.is_none() {
         return Err("--sample-only: needs --load PATH (a model to sample from)".into());
@@ -411,7 +445,8 @@ fn run<B: Backend<f32, Buf = [f32]>>(backend: B, args: &Args) -> Result<(), Fail
             Some(n) => Budget::Steps(n),
             None => Budget::Time(Duration::from_secs_f64(args.minutes * 60.0)),
         };
-        let schedule = Schedule { budget, eval_every: args.eval_every, eval_chars: 20_000, eval_streams: 32 };
+        let lr = if args.cosine { Some(CosineSchedule::new(t.adam.lr, args.min_lr, args.warmup)?) } else { None };
+        let schedule = Schedule { budget, eval_every: args.eval_every, eval_chars: 20_000, eval_streams: 32, lr };
         let mut trainer = Trainer::new(model, train_ids, t)?;
         println!(
             "corpus: {} characters, vocabulary {}; train {} (90%), validation {} (10%)",
@@ -421,10 +456,12 @@ fn run<B: Backend<f32, Buf = [f32]>>(backend: B, args: &Args) -> Result<(), Fail
             val.len()
         );
         println!(
-            "training: {} streams x chunks of {} characters (truncated BPTT, state carried), Adam lr {}, clip {}, {}",
+            "training: {} streams x chunks of {} characters (truncated BPTT, state carried), {} lr {}{}, clip {}, {}",
             t.batch,
             t.chunk,
+            if t.adam.weight_decay > 0.0 { format!("AdamW (weight decay {})", t.adam.weight_decay) } else { "Adam".into() },
             t.adam.lr,
+            if args.cosine { format!(" (cosine to {}, {} warm-up steps)", args.min_lr, args.warmup) } else { String::new() },
             t.clip,
             match args.steps {
                 Some(n) => format!("{n} steps"),

@@ -2,8 +2,10 @@
 //! `rnn_kernels_nn` code the example uses: it learns, it is deterministic for a fixed number of
 //! steps, and its checkpoints round-trip.
 
-use rnn_kernels::{CellKind, Cpu, Reference};
-use rnn_kernels_nn::{Budget, CharLm, CharLmConfig, Embedding, Linear, Progress, Schedule, TrainConfig, Trainer, Vocab};
+use rnn_kernels::{CellKind, Cpu, ParamKind, Reference};
+use rnn_kernels_nn::{
+    AdamConfig, Budget, CharLm, CharLmConfig, CosineSchedule, Embedding, Linear, Progress, Schedule, TrainConfig, Trainer, Vocab,
+};
 use std::collections::HashMap;
 
 const CORPUS: &str = include_str!("../data/tinyshakespeare.txt");
@@ -45,7 +47,7 @@ fn short_training_run_falls_well_below_the_unigram_loss() {
     let model = small_model(vocab, CellKind::Lstm, 128, 1);
     let before = model.evaluate(&val, 32, 50).unwrap();
     let mut trainer = Trainer::new(model, train, TrainConfig { batch: 32, ..small_training() }).unwrap();
-    let schedule = Schedule { budget: Budget::Steps(400), eval_every: 100, eval_chars: 5_000, eval_streams: 32 };
+    let schedule = Schedule { budget: Budget::Steps(400), eval_every: 100, eval_chars: 5_000, eval_streams: 32, lr: None };
     let mut evals = Vec::new();
     let summary = rnn_kernels_nn::train(&mut trainer, &val, &schedule, |p| {
         if let Progress::Eval { val_loss, full, .. } = p {
@@ -281,4 +283,52 @@ fn the_fallible_initialisation_draws_the_same_parameters_as_init_uniform() {
         let want = rnn_kernels::Params::<f32>::init_uniform(model.rnn_config(), seeds.next_u64()).unwrap();
         assert_eq!(model.rnn_params().as_slice(), want.as_slice(), "{cell}");
     }
+}
+
+/// The L2 norms of a model's recurrent weight matrices and of its recurrent biases.
+fn rnn_norms(model: &CharLm<Cpu>) -> (f64, f64) {
+    let params = model.rnn_params();
+    let (mut w, mut b) = (0.0f64, 0.0f64);
+    for spec in params.layout().specs() {
+        let sq: f64 = params.as_slice()[spec.offset..spec.offset + spec.len()].iter().map(|&x| x as f64 * x as f64).sum();
+        match spec.kind {
+            ParamKind::WeightIh | ParamKind::WeightHh => w += sq,
+            _ => b += sq,
+        }
+    }
+    (w.sqrt(), b.sqrt())
+}
+
+/// AdamW in the trainer: over 40 steps at learning rate 2e-3, a weight decay of 1 multiplies the
+/// weight matrices by (1 - 2e-3)^40 = 0.923 beside the Adam steps, so their norm ends clearly
+/// below the run without decay; the biases do not decay, so theirs moves only by the Adam steps'
+/// difference. The cosine schedule sets the rate of every step: after a run of N steps the
+/// trainer's rate is the schedule's at step N - 1.
+#[test]
+fn weight_decay_shrinks_the_weights_and_the_schedule_sets_the_rate() {
+    let (vocab, train, val) = small_corpus();
+    let val = &val[..2_000];
+    let run = |weight_decay: f32| {
+        let adam = AdamConfig { weight_decay, ..AdamConfig::default() };
+        let mut trainer =
+            Trainer::new(small_model(vocab.clone(), CellKind::Lstm, 32, 5), train.clone(), TrainConfig { adam, ..small_training() })
+                .unwrap();
+        for _ in 0..40 {
+            trainer.step().unwrap();
+        }
+        rnn_norms(trainer.model())
+    };
+    let (plain, decayed) = (run(0.0), run(1.0));
+    println!("weights {:.4} -> {:.4}, biases {:.4} -> {:.4}", plain.0, decayed.0, plain.1, decayed.1);
+    assert!(decayed.0 < 0.96 * plain.0, "weight norm with decay {} vs without {}", decayed.0, plain.0);
+    assert!((decayed.1 / plain.1 - 1.0).abs() < 0.02, "bias norm with decay {} vs without {}", decayed.1, plain.1);
+
+    let schedule = CosineSchedule::new(4e-3, 1e-4, 5).unwrap();
+    let mut trainer = Trainer::new(small_model(vocab.clone(), CellKind::Gru, 16, 2), train.clone(), small_training()).unwrap();
+    let plan = Schedule { budget: Budget::Steps(12), eval_every: 0, eval_chars: 0, eval_streams: 8, lr: Some(schedule) };
+    let mut steps = 0;
+    rnn_kernels_nn::train(&mut trainer, val, &plan, |p| steps += matches!(p, Progress::Step { .. }) as usize).unwrap();
+    assert_eq!(steps, 12);
+    assert_eq!(trainer.lr(), schedule.lr(11, 11.0 / 12.0), "the last step's rate");
+    assert_ne!(trainer.lr(), AdamConfig::default().lr);
 }

@@ -178,6 +178,9 @@ fn absurd_sizes_are_errors_naming_the_argument_not_aborts() {
         ("--seed", ["-1", "nan", "1.5", "18446744073709551616"]),
         ("--lr", ["0", "-1", "nan", "inf"]),
         ("--clip", ["0", "-1", "nan", "1e39"]),
+        ("--min-lr", ["-1", "nan", "inf", "x"]),
+        ("--warmup", ["-1", "nan", "1.5", "18446744073709551616"]),
+        ("--weight-decay", ["-1", "nan", "inf", "-0.5"]),
         ("--temperature", ["0", "-0.5", "NaN", "inf"]),
         ("--sample-len", ["-1", "nan", "1000001", "18446744073709551616"]),
     ] {
@@ -185,6 +188,8 @@ fn absurd_sizes_are_errors_naming_the_argument_not_aborts() {
             assert_rejected(&[flag, v], &dir, &[flag, "expected", &format!("{v:?}")]);
         }
     }
+    assert_rejected(&["--lr-schedule", "linear"], &dir, &["--lr-schedule", "constant or cosine", "\"linear\""]);
+    assert_rejected(&["--lr", "0.001", "--min-lr", "0.01"], &dir, &["--min-lr", "at most --lr = 0.001", "0.01"]);
     // Sizes fine on their own, too large together for the 1,003,854 training characters.
     assert_rejected(&["--batch", "100000", "--chunk", "100"], &dir, &["--batch 100000, --chunk 100", "1003854 training characters"]);
     assert_rejected(
@@ -216,6 +221,12 @@ fn a_valid_run_trains_saves_and_samples() {
             "20",
             "--eval-every",
             "0",
+            "--lr-schedule",
+            "cosine",
+            "--warmup",
+            "2",
+            "--weight-decay",
+            "0.01",
             "--save",
             "m.safetensors",
             "--sample-len",

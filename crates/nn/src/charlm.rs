@@ -4,8 +4,10 @@
 use crate::checkpoint::{f32_tensor, safetensors_error, serialize_f32, write_atomic};
 use crate::error::{invalid, try_from_fn, try_vec, try_with_capacity, wrong_shape, Error, Result};
 use crate::rng::SplitMix64;
-use crate::{clip_global_norm, softmax_cross_entropy, Adam, AdamConfig, Embedding, Linear, Vocab};
-use rnn_kernels::{config_from_metadata, config_metadata, Backend, CellKind, LoadOptions, ParamLayout, Params, Rnn, RnnConfig, SeqShape};
+use crate::{clip_global_norm, softmax_cross_entropy, Adam, AdamConfig, CosineSchedule, Decay, Embedding, Linear, Vocab};
+use rnn_kernels::{
+    config_from_metadata, config_metadata, Backend, CellKind, LoadOptions, ParamKind, ParamLayout, Params, Rnn, RnnConfig, SeqShape,
+};
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -459,7 +461,17 @@ impl<B: Backend<f32, Buf = [f32]>> Trainer<B> {
         }
         let seg = (data.len() - 1) / batch;
         let sizes = [model.embedding.weight.len(), model.params.as_slice().len(), model.decoder.weight.len(), model.decoder.bias.len()];
-        let adam = Adam::new(&sizes, config.adam)?;
+        let mut adam = Adam::new(&sizes, config.adam)?;
+        // Weight decay (AdamW) on the matrices: the embedding, the recurrent weight matrices
+        // (not their biases, peepholes or layer-norm gains) and the decoder's weight.
+        let mut mask = try_vec("model", format!("the weight-decay mask: {} flags", sizes[1]), sizes[1], false)?;
+        for spec in model.params.layout().specs() {
+            if matches!(spec.kind, ParamKind::WeightIh | ParamKind::WeightHh | ParamKind::WeightHr) {
+                mask[spec.offset..spec.offset + spec.len()].fill(true);
+            }
+        }
+        adam.set_decay(1, Decay::Mask(mask))?;
+        adam.set_decay(3, Decay::None)?;
         let names = ["embedding", "rnn", "decoder weight", "decoder bias"];
         let mut grads: [Vec<f32>; 4] = Default::default();
         for ((g, n), name) in grads.iter_mut().zip(sizes).zip(names) {
@@ -488,6 +500,16 @@ impl<B: Backend<f32, Buf = [f32]>> Trainer<B> {
     /// Characters predicted per step, `B·T`.
     pub fn chars_per_step(&self) -> usize {
         self.config.batch * self.config.chunk
+    }
+
+    /// Sets the optimiser's learning rate (for a schedule).
+    pub fn set_lr(&mut self, lr: f32) -> Result<()> {
+        self.adam.set_lr(lr)
+    }
+
+    /// The optimiser's learning rate now.
+    pub fn lr(&self) -> f32 {
+        self.adam.config().lr
     }
 
     /// One optimiser step on the next chunk of every stream; returns the chunk's mean loss in
@@ -556,7 +578,7 @@ pub enum Budget {
 }
 
 /// What [`train`] does besides stepping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Schedule {
     /// When to stop.
     pub budget: Budget,
@@ -567,6 +589,9 @@ pub struct Schedule {
     pub eval_chars: usize,
     /// Streams of the evaluations (see [`CharLm::evaluate`]).
     pub eval_streams: usize,
+    /// The learning rate by step: `None` keeps the optimiser's; a cosine schedule follows the
+    /// budget (the steps done over [`Budget::Steps`], or the time spent over [`Budget::Time`]).
+    pub lr: Option<CosineSchedule>,
 }
 
 /// What [`train`] reports as it goes.
@@ -638,6 +663,13 @@ pub fn train<B: Backend<f32, Buf = [f32]>>(
                 }
             }
             _ => {}
+        }
+        if let Some(lr) = schedule.lr {
+            let progress = match schedule.budget {
+                Budget::Steps(n) => step as f64 / n.max(1) as f64,
+                Budget::Time(limit) => start.elapsed().as_secs_f64() / limit.as_secs_f64().max(1e-9),
+            };
+            trainer.set_lr(lr.lr(step, progress))?;
         }
         let t0 = Instant::now();
         let loss = trainer.step()?;

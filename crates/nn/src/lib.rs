@@ -73,5 +73,5 @@ mod vocab;
 pub use charlm::{train, Budget, CharLm, CharLmConfig, Progress, SaveFailed, Schedule, TrainConfig, TrainSummary, Trainer};
 pub use checkpoint::check_save_path;
 pub use layers::{softmax_cross_entropy, Embedding, Linear};
-pub use optim::{clip_global_norm, Adam, AdamConfig};
+pub use optim::{clip_global_norm, Adam, AdamConfig, CosineSchedule, Decay};
 pub use vocab::Vocab;
