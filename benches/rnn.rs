@@ -81,7 +81,7 @@ fn bench_host<B: Backend<f32, Buf = [f32]>>(c: &mut Criterion, name: &str, backe
                     .forward_inference(
                         &plan,
                         &p.shape,
-                        ForwardInput { x: &p.x, h0: None, c0: None },
+                        ForwardInput { x: &p.x, h0: None, c0: None, masks: None },
                         ForwardOutput { y: &mut y, hn: Some(&mut hn), cn: cn.as_deref_mut() },
                     )
                     .unwrap();
@@ -98,7 +98,7 @@ fn bench_host<B: Backend<f32, Buf = [f32]>>(c: &mut Criterion, name: &str, backe
                     .forward_training(
                         &plan,
                         &p.shape,
-                        ForwardInput { x: &p.x, h0: None, c0: None },
+                        ForwardInput { x: &p.x, h0: None, c0: None, masks: None },
                         ForwardOutput { y: &mut y, hn: Some(&mut hn), cn: cn.as_deref_mut() },
                         &mut reserve,
                     )

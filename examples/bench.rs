@@ -265,7 +265,7 @@ fn time_loop<T: Element, B: Backend<T>, V: BorrowMut<B::Buf>>(
     sync()?;
     for rep in 0..a.warmup + a.reps {
         let t0 = Instant::now();
-        let input = ForwardInput { x: bufs.x.borrow(), h0: None, c0: None };
+        let input = ForwardInput { x: bufs.x.borrow(), h0: None, c0: None, masks: None };
         let output = ForwardOutput { y: bufs.y.borrow_mut(), hn: Some(bufs.hn.borrow_mut()), cn: bufs.cn.as_mut().map(|c| c.borrow_mut()) };
         if a.train {
             backend.forward_training(plan, shape, input, output, &mut reserve)?;

@@ -202,6 +202,8 @@ pub struct RnnConfig {
     linear_before_reset: bool,
     layer_norm: bool,
     batch_first: bool,
+    /// `f64::to_bits` of the dropout probability between layers (0 for none).
+    dropout_bits: u64,
 }
 
 /// Builder for [`RnnConfig`]; defaults as in PyTorch: one layer, unidirectional, with bias, no
@@ -232,6 +234,7 @@ impl RnnConfig {
                 linear_before_reset: true,
                 layer_norm: false,
                 batch_first: false,
+                dropout_bits: 0,
             },
         }
     }
@@ -298,10 +301,16 @@ impl RnnConfig {
     pub fn batch_first(&self) -> bool {
         self.batch_first
     }
+    /// The dropout probability on the output of every layer but the last in a training pass,
+    /// `None` for none: see [`RnnConfigBuilder::dropout`].
+    pub fn dropout(&self) -> Option<f64> {
+        let p = f64::from_bits(self.dropout_bits);
+        (p > 0.0).then_some(p)
+    }
     /// The options of this configuration that differ from PyTorch's plain cells, by their
     /// names in case files (`direction=reverse`, `merge=sum`, `peephole`, `gate_clip`,
-    /// `input_forget`, `linear_before_reset=false`, `layer_norm`, `batch_first`): what a backend checks
-    /// against the options it implements.
+    /// `input_forget`, `linear_before_reset=false`, `layer_norm`, `batch_first`, `dropout`): what
+    /// a backend checks against the options it implements.
     pub fn options(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
         if self.direction == Direction::Reverse {
@@ -327,6 +336,9 @@ impl RnnConfig {
         }
         if self.batch_first {
             v.push("batch_first");
+        }
+        if self.dropout().is_some() {
+            v.push("dropout");
         }
         v
     }
@@ -439,6 +451,22 @@ impl RnnConfigBuilder {
         self.cfg.gate_clip_bits = if clip == 0.0 { 0 } else { clip.to_bits() };
         self
     }
+    /// Dropout between layers with probability `p` (default 0: none), PyTorch's `dropout`
+    /// argument of `nn.LSTM`/`GRU`/`RNN`: in a training pass
+    /// ([`forward_training`](crate::Backend::forward_training)), each element of the output of
+    /// every layer but the last is zeroed with probability `p` before the next layer reads it,
+    /// and the others are scaled by `1/(1-p)`; inference ignores it, and `y` (the last layer's
+    /// output) and `hn`, `cn` are never dropped. The masks come from the call's
+    /// [`ForwardInput::masks`](crate::ForwardInput::masks) ([`MaskStream`](crate::masks::MaskStream),
+    /// kind [`LayerOutput`](crate::masks::MaskKind::LayerOutput), direction 0, the layer whose
+    /// output is dropped, units `0..D·Hout` of each row), and backward regenerates them: the
+    /// reserve keeps the stream, not the masks. `p` must be in `[0, 1)`. With one layer it has
+    /// no effect (as in PyTorch).
+    pub fn dropout(mut self, p: f64) -> Self {
+        // -0.0 is 0: no dropout.
+        self.cfg.dropout_bits = if p == 0.0 { 0 } else { p.to_bits() };
+        self
+    }
     /// LSTM coupled input and forget gates (default false; ONNX `input_forget`): `f = 1 - i`;
     /// the forget gate's weights, biases and peephole weights stay in the layout, are not read
     /// and get zero gradients, and the input gate's gradient gains the path through `f`.
@@ -545,6 +573,10 @@ impl RnnConfigBuilder {
         let clip = f64::from_bits(c.gate_clip_bits);
         if !(clip.is_finite() && clip >= 0.0) {
             return Err(Error::invalid("gate_clip", "a finite threshold, 0 (none) or more", clip));
+        }
+        let p = f64::from_bits(c.dropout_bits);
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::invalid("dropout", "a probability in [0, 1)", p));
         }
         if c.num_layers > RnnConfig::MAX_NUM_LAYERS {
             let tensors = (c.num_layers as u128) * (c.num_directions() as u128) * (crate::params::ParamKind::ALL.len() as u128);

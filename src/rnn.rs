@@ -5,6 +5,7 @@ use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, Forwa
 use crate::config::RnnConfig;
 use crate::element::Element;
 use crate::error::{check_len, try_zeroed, Error, Result};
+use crate::masks::MaskStream;
 use crate::params::Params;
 use crate::shape::SeqShape;
 use std::marker::PhantomData;
@@ -96,7 +97,7 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
     /// The outputs (and the backend's workspace) are allocated fallibly: outputs that do not fit
     /// in memory are [`Error::TooLarge`] naming `x`, not an abort.
     pub fn forward(&self, shape: &SeqShape, x: &[T], h0: Option<&[T]>, c0: Option<&[T]>) -> Result<Output<T>> {
-        self.run_forward(shape, ForwardInput { x, h0, c0 }, None)
+        self.run_forward(shape, ForwardInput { x, h0, c0, masks: None }, None)
     }
 
     /// Training forward: like [`forward`](Self::forward), and fills `reserve` for
@@ -109,7 +110,23 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
         c0: Option<&[T]>,
         reserve: &mut B::Reserve,
     ) -> Result<Output<T>> {
-        self.run_forward(shape, ForwardInput { x, h0, c0 }, Some(reserve))
+        self.run_forward(shape, ForwardInput { x, h0, c0, masks: None }, Some(reserve))
+    }
+
+    /// Training forward with the random masks `masks` (for a configuration with
+    /// [`dropout`](crate::RnnConfigBuilder::dropout)): like
+    /// [`forward_training`](Self::forward_training), the masks drawn from `masks` (a training
+    /// loop keeps one seed and takes a new offset per call: `MaskStream::new(seed, step)`).
+    pub fn forward_training_masked(
+        &self,
+        shape: &SeqShape,
+        x: &[T],
+        h0: Option<&[T]>,
+        c0: Option<&[T]>,
+        masks: MaskStream,
+        reserve: &mut B::Reserve,
+    ) -> Result<Output<T>> {
+        self.run_forward(shape, ForwardInput { x, h0, c0, masks: Some(masks) }, Some(reserve))
     }
 
     /// Allocates the outputs and runs inference, or a training pass filling `reserve`.

@@ -315,7 +315,7 @@ fn forward_with_bad(c: &mut Checks, cfg: &RnnConfig, shape: &SeqShape, training:
     }
     let mut reserve = Reserve::default();
     c.err(&what, &needles, || {
-        let input = ForwardInput { x: &x[..], h0: Some(&h0[..]), c0: give_c0.then_some(&c0[..]) };
+        let input = ForwardInput { x: &x[..], h0: Some(&h0[..]), c0: give_c0.then_some(&c0[..]), masks: None };
         let output = ForwardOutput { y: &mut y[..], hn: Some(&mut hn[..]), cn: if give_cn { Some(&mut cn[..]) } else { None } };
         if training {
             be.forward_training(&plan, shape, input, output, &mut reserve)
@@ -397,7 +397,7 @@ fn failing_forward_writes_nothing() {
     let r = be.forward_inference(
         &plan,
         &shape,
-        ForwardInput { x: &x, h0: None, c0: None },
+        ForwardInput { x: &x, h0: None, c0: None, masks: None },
         ForwardOutput { y: &mut y, hn: Some(&mut hn), cn: Some(&mut cn) },
     );
     assert!(r.is_err());
@@ -410,7 +410,7 @@ fn failing_forward_writes_nothing() {
     be.forward_training(
         &plan,
         &shape,
-        ForwardInput { x: &x, h0: None, c0: None },
+        ForwardInput { x: &x, h0: None, c0: None, masks: None },
         ForwardOutput { y: &mut y1, hn: Some(&mut hn1), cn: Some(&mut cn1) },
         &mut reserve,
     )
@@ -436,7 +436,7 @@ fn failing_forward_writes_nothing() {
     let r = be.forward_training(
         &plan,
         &other,
-        ForwardInput { x: &xo, h0: None, c0: None },
+        ForwardInput { x: &xo, h0: None, c0: None, masks: None },
         ForwardOutput { y: &mut y2, hn: Some(&mut hn2), cn: None },
         &mut reserve,
     );
@@ -473,7 +473,7 @@ fn backward_with_bad(c: &mut Checks, cfg: &RnnConfig, shape: &SeqShape, bad: Bwd
     be.forward_training(
         &plan,
         shape,
-        ForwardInput { x: &ramp(s.x, 1.0), h0: None, c0: None },
+        ForwardInput { x: &ramp(s.x, 1.0), h0: None, c0: None, masks: None },
         ForwardOutput { y: &mut y, hn: Some(&mut hn), cn: lstm.then_some(&mut cn[..]) },
         &mut reserve,
     )
@@ -592,7 +592,7 @@ fn bad_reserves() {
         be.forward_training(
             plan,
             &shape,
-            ForwardInput { x: &x, h0: None, c0: None },
+            ForwardInput { x: &x, h0: None, c0: None, masks: None },
             ForwardOutput { y: &mut y, hn: None, cn: None },
             reserve,
         )
@@ -693,8 +693,13 @@ fn wrong_params_lengths() {
         let x = ramp(s.x, 1.0);
         let run = |plan: &_| {
             let mut y = vec![0.0; s.y];
-            be.forward_inference(plan, &shape, ForwardInput { x: &x, h0: None, c0: None }, ForwardOutput { y: &mut y, hn: None, cn: None })
-                .unwrap();
+            be.forward_inference(
+                plan,
+                &shape,
+                ForwardInput { x: &x, h0: None, c0: None, masks: None },
+                ForwardOutput { y: &mut y, hn: None, cn: None },
+            )
+            .unwrap();
             y
         };
         let fresh = Backend::<f64>::plan(&be, &cfg, &good).unwrap();
@@ -931,7 +936,7 @@ fn overflowing_sizes_are_rejected() {
             Reference.forward_inference(
                 plan,
                 &shape,
-                ForwardInput { x: &[], h0: None, c0: None },
+                ForwardInput { x: &[], h0: None, c0: None, masks: None },
                 ForwardOutput { y: &mut y, hn: Some(&mut hn), cn: None },
             )
         });
@@ -1085,7 +1090,7 @@ fn reserve_of_a_diverged_plan_clone_is_rejected() {
     be.forward_training(
         &b,
         &shape,
-        ForwardInput { x: &ramp(s.x, 1.0), h0: None, c0: None },
+        ForwardInput { x: &ramp(s.x, 1.0), h0: None, c0: None, masks: None },
         ForwardOutput { y: &mut y, hn: None, cn: None },
         &mut reserve,
     )

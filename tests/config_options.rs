@@ -110,6 +110,7 @@ fn options_round_trip_through_metadata() {
         RnnConfig::new(CellKind::RnnTanh, 3, 5).gate_clip(0.1).build(),
         RnnConfig::new(CellKind::Lstm, 3, 5).layer_norm(true).peephole(true).build(),
         RnnConfig::new(CellKind::Gru, 3, 5).layer_norm(true).bidirectional(true).build(),
+        RnnConfig::new(CellKind::Lstm, 3, 5).num_layers(3).dropout(0.3).build(),
     ];
     for c in configs {
         let c = c.unwrap();
@@ -119,7 +120,9 @@ fn options_round_trip_through_metadata() {
     // `direction` decides over `bidirectional`; a plain configuration writes no option key.
     let plain = RnnConfig::new(CellKind::Lstm, 3, 5).build().unwrap();
     let mut meta = config_metadata(&plain);
-    for key in ["direction", "merge", "peephole", "gate_clip", "input_forget", "linear_before_reset", "layer_norm", "batch_first"] {
+    for key in
+        ["direction", "merge", "peephole", "gate_clip", "input_forget", "linear_before_reset", "layer_norm", "batch_first", "dropout"]
+    {
         assert!(!meta.contains_key(key), "{key} written for a plain configuration");
     }
     meta.insert("bidirectional".into(), "true".into());
@@ -132,6 +135,12 @@ fn options_round_trip_through_metadata() {
     meta.insert("gate_clip".into(), "lots".into());
     let err = config_from_metadata(&meta, "test").unwrap_err().to_string();
     assert!(err.contains("gate_clip") && err.contains("lots"), "{err}");
+    meta.insert("gate_clip".into(), "0".into());
+    for bad in ["half", "1", "-0.5", "NaN"] {
+        meta.insert("dropout".into(), bad.into());
+        let err = config_from_metadata(&meta, "test").unwrap_err().to_string();
+        assert!(err.contains("dropout") && err.contains("[0, 1)"), "{bad}: {err}");
+    }
 }
 
 /// Every option a backend lacks is refused at `plan`, naming the option; none is ignored.
@@ -146,6 +155,7 @@ fn backends_refuse_options_they_lack() {
         ("linear_before_reset=false", RnnConfig::new(CellKind::Gru, 3, 4).linear_before_reset(false)),
         ("batch_first", RnnConfig::new(CellKind::Gru, 3, 4).batch_first(true)),
         ("layer_norm", RnnConfig::new(CellKind::Lstm, 3, 4).layer_norm(true)),
+        ("dropout", RnnConfig::new(CellKind::Lstm, 3, 4).num_layers(2).dropout(0.5)),
     ];
     for (option, b) in all {
         let c = b.build().unwrap();
@@ -168,8 +178,18 @@ fn check_refused_or_ran(option: &str, r: rnn_kernels::Result<()>, supported: boo
 
 /// The options each host backend implements (the lists in `src/backend/*/mod.rs`, `OPTIONS`).
 fn supported_by_reference(option: &str) -> bool {
-    ["direction=reverse", "merge=sum", "batch_first", "peephole", "gate_clip", "input_forget", "linear_before_reset=false", "layer_norm"]
-        .contains(&option)
+    [
+        "direction=reverse",
+        "merge=sum",
+        "batch_first",
+        "dropout",
+        "peephole",
+        "gate_clip",
+        "input_forget",
+        "linear_before_reset=false",
+        "layer_norm",
+    ]
+    .contains(&option)
 }
 
 fn supported_by_cpu(option: &str) -> bool {

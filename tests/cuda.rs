@@ -421,7 +421,7 @@ mod with_feature {
         c.forward_training(
             &plan,
             &shape,
-            ForwardInput { x: &x, h0: Some(&h0), c0: Some(&c0) },
+            ForwardInput { x: &x, h0: Some(&h0), c0: Some(&c0), masks: None },
             ForwardOutput { y: &mut y, hn: None, cn: None },
             &mut reserve,
         )
@@ -445,8 +445,13 @@ mod with_feature {
 
         // Inference without hn/cn and without h0/c0 equals training's y with zero states.
         let mut y2 = c.zeros(p.dy.len()).unwrap();
-        c.forward_inference(&plan, &shape, ForwardInput { x: &x, h0: None, c0: None }, ForwardOutput { y: &mut y2, hn: None, cn: None })
-            .unwrap();
+        c.forward_inference(
+            &plan,
+            &shape,
+            ForwardInput { x: &x, h0: None, c0: None, masks: None },
+            ForwardOutput { y: &mut y2, hn: None, cn: None },
+        )
+        .unwrap();
         let host = Rnn::new(CudaHost(c.clone()), &cfg, &p.params[..]).unwrap();
         let o = host.forward(&shape, &p.x, None, None).unwrap();
         assert!(max_error(&c.download(&y2).unwrap(), &o.y) <= FWD_TOL);
@@ -527,7 +532,7 @@ mod with_feature {
         let e = c.forward_inference(
             &plan,
             &shape,
-            ForwardInput { x: &x32, h0: None, c0: None },
+            ForwardInput { x: &x32, h0: None, c0: None, masks: None },
             ForwardOutput { y: &mut y, hn: None, cn: None },
         );
         assert!(matches!(e, Err(Error::InvalidArgument { .. })), "{e:?}");
@@ -583,7 +588,7 @@ mod with_feature {
             let h0d = c.upload(&h0).unwrap();
             let c0d = c0.as_ref().map(|v| c.upload(v).unwrap());
             let mut yd = c.zeros::<T>(o.y.len()).unwrap();
-            let input = ForwardInput { x: &xd, h0: Some(&h0d), c0: c0d.as_ref() };
+            let input = ForwardInput { x: &xd, h0: Some(&h0d), c0: c0d.as_ref(), masks: None };
             c.forward_inference(&plan, shape, input, ForwardOutput { y: &mut yd, hn: None, cn: None }).unwrap();
             assert_eq!(bits(&c.download(&yd).unwrap()), bits(&o.y), "{:?}: device buffers", T::DTYPE);
 

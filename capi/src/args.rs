@@ -222,7 +222,7 @@ impl<I, O> ForwardBufs<I, O> {
         I: Deref<Target = B>,
         O: DerefMut<Target = B>,
     {
-        let input = ForwardInput { x: &*self.x, h0: self.h0.as_deref(), c0: self.c0.as_deref() };
+        let input = ForwardInput { x: &*self.x, h0: self.h0.as_deref(), c0: self.c0.as_deref(), masks: None };
         (input, ForwardOutput { y: &mut *self.y, hn: self.hn.as_deref_mut(), cn: self.cn.as_deref_mut() })
     }
 }

@@ -34,6 +34,7 @@ pub(crate) mod stack;
 use crate::config::RnnConfig;
 use crate::element::Element;
 use crate::error::Result;
+use crate::masks::MaskStream;
 use crate::shape::SeqShape;
 
 pub use cpu::{Cpu, CpuPlan, Isa};
@@ -86,6 +87,11 @@ pub struct ForwardInput<'a, B: ?Sized> {
     pub h0: Option<&'a B>,
     /// `c0: [L·D, B, H]` (LSTM only), or zeros.
     pub c0: Option<&'a B>,
+    /// The random masks of a training pass (dropout between layers,
+    /// [`RnnConfigBuilder::dropout`](crate::RnnConfigBuilder::dropout)): a stream drawn from a
+    /// seed and a per-call offset. Required by a training pass of a configuration with dropout
+    /// (an error naming `masks` otherwise); ignored by inference and by configurations without.
+    pub masks: Option<MaskStream>,
 }
 
 /// Outputs of a forward call, all overwritten.

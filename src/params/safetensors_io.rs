@@ -113,7 +113,7 @@ pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
 /// and of [`Params::save_safetensors`]: `cell`, `input_size`, `hidden_size`, `num_layers`,
 /// `bidirectional`, `proj_size`, and optionally `bias`, default `true`; the cell options
 /// `direction` (which, when present, decides over `bidirectional`), `merge`, `peephole`,
-/// `gate_clip`, `input_forget`, `linear_before_reset`, `layer_norm` and `batch_first`, each with the default
+/// `gate_clip`, `input_forget`, `linear_before_reset`, `layer_norm`, `batch_first` and `dropout`, each with the default
 /// of [`RnnConfig::new`]).
 pub fn config_from_metadata(meta: &HashMap<String, String>, source: &str) -> Result<RnnConfig> {
     config_from_metadata_inner(meta).map_err(|e| e.in_file(source))
@@ -167,6 +167,10 @@ fn config_from_metadata_inner(meta: &HashMap<String, String>) -> Result<RnnConfi
         }
         None => 0.0,
     };
+    let dropout = match parsed("dropout")? {
+        Some(v) => v.parse::<f64>().map_err(|_| Error::invalid("metadata[\"dropout\"]", "a probability in [0, 1)", format!("{v:?}")))?,
+        None => 0.0,
+    };
     RnnConfig::new(cell, num("input_size")?, num("hidden_size")?)
         .num_layers(num("num_layers")?)
         .direction(direction)
@@ -179,6 +183,7 @@ fn config_from_metadata_inner(meta: &HashMap<String, String>) -> Result<RnnConfi
         .linear_before_reset(flag("linear_before_reset", Some(true))?)
         .layer_norm(flag("layer_norm", Some(false))?)
         .batch_first(flag("batch_first", Some(false))?)
+        .dropout(dropout)
         .build()
 }
 
@@ -209,6 +214,9 @@ pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
     }
     if config.input_forget() {
         m.insert("input_forget".to_string(), "true".to_string());
+    }
+    if let Some(p) = config.dropout() {
+        m.insert("dropout".to_string(), p.to_string());
     }
     if !config.linear_before_reset() {
         m.insert("linear_before_reset".to_string(), "false".to_string());

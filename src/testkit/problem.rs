@@ -1,6 +1,7 @@
 //! A random problem of one stack in element type `T`: parameters, inputs, initial states and
 //! incoming gradients, run on a backend and, on the same values, on the f64 reference.
 
+use crate::masks::MaskStream;
 use crate::{Backend, Element, Params, Reference, Rnn, RnnConfig, SeqShape};
 
 /// The outputs of a problem's run, in this order: `y`, `hn`, `cn`, `dx`, `dh0`, `dc0`,
@@ -57,13 +58,28 @@ impl<T: Element> Problem<T> {
         }
     }
 
-    /// A training forward and its backward on `backend`, in the order of [`OUTPUTS`].
+    /// The random masks of the problem's training passes (dropout): the same for every run.
+    pub fn masks(&self) -> MaskStream {
+        MaskStream::new(0x5eed_d0d0, 7)
+    }
+
+    /// A training forward (with the masks of [`masks`](Self::masks)) and its backward on
+    /// `backend`, in the order of [`OUTPUTS`].
     pub fn run<B: Backend<T, Buf = [T]>>(&self, backend: B) -> Vec<Vec<T>> {
         let rnn = Rnn::new(backend, &self.cfg, &self.params[..]).unwrap();
         let mut reserve = Default::default();
-        let o = rnn.forward_training(&self.shape, &self.x, Some(&self.h0), self.c0.as_deref(), &mut reserve).unwrap();
+        let o = rnn.forward_training_masked(&self.shape, &self.x, Some(&self.h0), self.c0.as_deref(), self.masks(), &mut reserve).unwrap();
         let g = rnn.backward(&reserve, Some(&self.dy), Some(&self.dhn), self.dcn.as_deref()).unwrap();
         vec![o.y, o.hn, o.cn.unwrap_or_default(), g.dx, g.dh0, g.dc0.unwrap_or_default(), g.dparams.unwrap_or_default()]
+    }
+
+    /// The outputs `y`, `hn`, `cn` of a training forward on `backend` (with the masks of
+    /// [`masks`](Self::masks)).
+    pub fn run_training_forward<B: Backend<T, Buf = [T]>>(&self, backend: B) -> Vec<Vec<T>> {
+        let rnn = Rnn::new(backend, &self.cfg, &self.params[..]).unwrap();
+        let mut reserve = Default::default();
+        let o = rnn.forward_training_masked(&self.shape, &self.x, Some(&self.h0), self.c0.as_deref(), self.masks(), &mut reserve).unwrap();
+        vec![o.y, o.hn, o.cn.unwrap_or_default()]
     }
 
     /// A forward in inference mode on `backend`: `y`, `hn`, `cn`.

@@ -45,7 +45,7 @@ pub fn rel_err(a: f64, n: f64) -> f64 {
 pub fn gradcheck(p: &Problem) -> (f64, String) {
     let rnn = Rnn::new(Reference, &p.cfg, &p.params[..]).unwrap();
     let mut reserve = Default::default();
-    rnn.forward_training(&p.shape, &p.x, Some(&p.h0), p.c0.as_deref(), &mut reserve).unwrap();
+    rnn.forward_training_masked(&p.shape, &p.x, Some(&p.h0), p.c0.as_deref(), p.masks(), &mut reserve).unwrap();
     let g = rnn.backward(&reserve, Some(&p.dy), Some(&p.dhn), p.dcn.as_deref()).unwrap();
     let clipped = p.cfg.gate_clip().is_some();
     let h = if clipped || p.cfg.cell() == CellKind::RnnRelu || p.cfg.layer_norm() { H_KINK } else { H };

@@ -85,6 +85,7 @@ pub(crate) const OPTIONS: &[&str] = &[
     "direction=reverse",
     "merge=sum",
     "batch_first",
+    "dropout",
     // The cell kernels'.
     "peephole",
     "gate_clip",

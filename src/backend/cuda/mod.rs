@@ -580,7 +580,7 @@ impl CudaHost {
         let (h0, c0) = (self.up_opt(input.h0)?, self.up_opt(input.c0)?);
         let mut y = self.0.zeros(output.y.len())?;
         let (mut hn, mut cn) = (self.zeros_like(&output.hn)?, self.zeros_like(&output.cn)?);
-        let di = ForwardInput { x: &x, h0: h0.as_ref(), c0: c0.as_ref() };
+        let di = ForwardInput { x: &x, h0: h0.as_ref(), c0: c0.as_ref(), masks: input.masks };
         let dout = ForwardOutput { y: &mut y, hn: hn.as_mut(), cn: cn.as_mut() };
         self.0.forward(plan, shape, di, dout, reserve)?;
         self.0.download_into(&y, output.y)?;

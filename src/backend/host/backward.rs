@@ -71,6 +71,11 @@ pub(crate) fn run_backward<T: Float, K: HostKernels<T>>(
             };
             bptt_direction(k, dir, io, &s.work)?;
         }
+        if let (Some(dropout), true) = (&s.dropout, l > 0) {
+            // d_in is the gradient w.r.t. the dropped output of layer l - 1: through the same
+            // factors to its output.
+            dropout.apply(k, l - 1, &mut d_in, bl, in_w)?;
+        }
         s.work.give([std::mem::replace(&mut d_out, d_in)]);
     }
     if let Some(dx) = dx {

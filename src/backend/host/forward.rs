@@ -2,6 +2,7 @@
 //! steps at once, then its steps one by one. See the [module docs](super).
 
 use super::direction::{cut_rows, cut_saved, rows_or_zeros, split_rows_mut, BlockWork, Direction};
+use super::dropout::Dropout;
 use super::reserve::try_fit_len;
 use super::{gru_reset_before, layer_norm, CellForward, HostKernels, HostPlan, HostReserve, Mat, Pass, Weight};
 use crate::backend::cell::Saved;
@@ -34,10 +35,16 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
     // The outputs of the layers but the last (which writes `y`): kept in the reserve for
     // backward, else two buffers that take turns being read and written.
     let mut alternating: Vec<Vec<T>> = Vec::new();
+    // Dropout between layers: training passes of stacks of two layers or more.
+    let dropout = match (&save, cfg.dropout()) {
+        (Some(_), Some(p)) if nl > 1 => Some(Dropout::new(p, input.masks)?),
+        _ => None,
+    };
     let (outputs, mut saves, x_copy) = match save {
         Some(s) => {
             s.stamp.fill(&plan.stamp, shape);
             s.prepare(cfg, shape, &input)?;
+            s.dropout = dropout;
             let HostReserve { outputs, dirs, x, .. } = s;
             (outputs, Some(&mut dirs[..]), Some(&x[..]))
         }
@@ -82,6 +89,10 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
                 save: saves.as_deref_mut().map(|s| &mut s[dir.ld]),
             };
             forward_direction(k, dir, io)?;
+        }
+        if let (Some(dropout), false) = (&dropout, last) {
+            // The next layer reads (and backward's weight gradients see) the dropped output.
+            dropout.apply(k, l, &mut outputs[slot(l)], shape.batch(), cfg.output_size())?;
         }
     }
     Ok(())

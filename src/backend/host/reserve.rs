@@ -32,6 +32,9 @@ pub struct HostReserve<T> {
     pub(super) dirs: Vec<Saved<Vec<T>>>,
     /// Backward's large scratch buffers, kept from one call to the next.
     pub(super) work: Workspace<T>,
+    /// The dropout between layers of the call that filled it (its masks are regenerated, not
+    /// kept); `None` without.
+    pub(super) dropout: Option<super::dropout::Dropout>,
 }
 
 impl<T: Send + Default> crate::backend::RnnReserve for HostReserve<T> {

@@ -44,14 +44,14 @@ impl Par<'_> {
         }
     }
 
-    /// Runs `f(0..parts)`, `parts ≤ self.parts()`.
+    /// Runs `f(i)` for every `i < parts`: member `m` of a team of `n` runs `m, m + n, m + 2n, …`
+    /// (one each where `parts ≤ self.parts()`).
     pub(crate) fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
         match self {
-            Par::Team(t) if parts > 1 => t.run(&|i| {
-                if i < parts {
-                    f(i)
-                }
-            }),
+            Par::Team(t) if parts > 1 => {
+                let n = t.parts().max(1);
+                t.run(&|m| (m..parts).step_by(n).for_each(f))
+            }
             _ => (0..parts).for_each(f),
         }
     }
@@ -256,6 +256,19 @@ mod tests {
 
     fn rand_vec(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
         (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect()
+    }
+
+    /// `Par::run` runs every part once, also with more parts than threads.
+    #[test]
+    fn every_part_runs_once_for_any_count() {
+        for threads in 1..=3 {
+            for parts in [0, 1, 2, 3, 7] {
+                let counts: Vec<std::sync::atomic::AtomicUsize> = (0..parts).map(|_| Default::default()).collect();
+                with_par(threads, |par| par.run(parts, &|i| _ = counts[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+                let got: Vec<usize> = counts.iter().map(|c| c.load(std::sync::atomic::Ordering::Relaxed)).collect();
+                assert_eq!(got, vec![1; parts], "{parts} parts on {threads} threads");
+            }
+        }
     }
 
     /// `C = alpha·A·B + beta·C` in f64, with `A`, `B` read through their strides, and for each

@@ -1,0 +1,74 @@
+//! Dropout between layers on the host backends (reference and CPU): the factors of a layer's
+//! output, drawn from the call's [`MaskStream`] at each position (see [`crate::masks`]), applied
+//! in place to the output forward keeps for the next layer, and to the gradient backward hands
+//! down to the layer below. The same bits for any thread count: a factor depends on its
+//! position only.
+
+use super::direction::BlockWork;
+use super::HostKernels;
+use crate::element::Float;
+use crate::error::{Error, Result};
+use crate::masks::{MaskKind, MaskSite, MaskStream};
+use crate::philox::Threshold;
+
+/// The dropout of one training call: the stream and the probability.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dropout {
+    stream: MaskStream,
+    threshold: Threshold,
+    p: f64,
+}
+
+impl Dropout {
+    /// The dropout of probability `p` with the masks of `stream` (`None`: an error naming
+    /// `masks`).
+    pub fn new(p: f64, stream: Option<MaskStream>) -> Result<Self> {
+        let stream = stream.ok_or_else(|| {
+            Error::invalid(
+                "masks",
+                format!("a MaskStream for the dropout (p = {p}) of a training pass (ForwardInput::masks, or Rnn::forward_training_masked)"),
+                "None",
+            )
+        })?;
+        Ok(Dropout { stream, threshold: Threshold::new("dropout", p)?, p })
+    }
+
+    /// Multiplies `data`, layer `layer`'s output (or its gradient) `[T, B, W]`, by its factors:
+    /// 0 where dropped, `1/(1-p)` (rounded in `T`, as PyTorch's `1 / (1 - p)` of the tensor's
+    /// type) where kept. The steps are split across `k`'s threads.
+    pub fn apply<T: Float, K: HostKernels<T>>(&self, k: &K, layer: usize, data: &mut [T], batch: usize, width: usize) -> Result<()> {
+        let site = MaskSite::new(layer, 0, MaskKind::LayerOutput)?;
+        let scale = T::ONE / T::from_f64(1.0 - self.p);
+        let per_step = batch * width;
+        if per_step == 0 {
+            return Ok(());
+        }
+        let steps = data.len() / per_step;
+        // One part per thread (`for_blocks` runs at most `threads()` parts), each a run of
+        // whole steps.
+        let parts = k.threads().clamp(1, steps.max(1));
+        let per_part = steps.div_ceil(parts).max(1);
+        let work = BlockWork::new(data.chunks_mut(per_part * per_step).enumerate());
+        let failed = std::sync::Mutex::new(None);
+        k.for_blocks(work.len(), &|i| {
+            let Some((part, chunk)) = work.take(i) else { return };
+            let mut factors = vec![T::ZERO; width];
+            for (j, step) in chunk.chunks_mut(per_step).enumerate() {
+                let t = part * per_part + j;
+                for (b, row) in step.chunks_mut(width).enumerate() {
+                    if let Err(e) = self.stream.fill_factors(site, t, b, self.threshold, scale, &mut factors) {
+                        *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                        return;
+                    }
+                    for (v, &f) in row.iter_mut().zip(&factors) {
+                        *v *= f;
+                    }
+                }
+            }
+        });
+        match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
