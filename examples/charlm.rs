@@ -53,6 +53,7 @@ Training:
   --min-lr X                 the cosine's final rate, 0 to --lr    [0]
   --warmup N                 steps of linear warm-up of the cosine [0]
   --weight-decay X           decoupled weight decay (AdamW) on the weight matrices, >= 0 [0]
+  --dropout P                dropout between the recurrent layers in training, in [0, 1) [0]
   --clip X                   global gradient-norm limit, positive  [5]
   --eval-every N             validation (on a subset) every N steps, 0: only at the end [100]
   --seed N                   initialisation and sampling seed      [1]
@@ -180,6 +181,7 @@ fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String>
             "--min-lr",
             "--warmup",
             "--weight-decay",
+            "--dropout",
             "--eval-every",
             "--seed",
             "--backend",
@@ -226,6 +228,7 @@ fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String>
             }
             "--min-lr" => a.min_lr = num(f, &v, "a non-negative finite number", |x: &f32| *x >= 0.0 && x.is_finite())?,
             "--warmup" => a.warmup = num(f, &v, "a non-negative integer", |_: &u64| true)?,
+            "--dropout" => a.train.dropout = num(f, &v, "a probability in [0, 1)", |x: &f64| (0.0..1.0).contains(x))?,
             "--weight-decay" => {
                 a.train.adam = AdamConfig {
                     weight_decay: num(f, &v, "a non-negative finite number", |x: &f32| *x >= 0.0 && x.is_finite())?,
@@ -440,7 +443,7 @@ fn run<B: Backend<f32, Buf = [f32]>>(backend: B, args: &Args) -> Result<(), Fail
         let ids = model.vocab().encode("corpus", CORPUS)?;
         let split = ids.len() * 9 / 10;
         let (train_ids, val) = (ids[..split].to_vec(), &ids[split..]);
-        let t = args.train;
+        let t = TrainConfig { mask_seed: args.seed, ..args.train };
         let budget = match args.steps {
             Some(n) => Budget::Steps(n),
             None => Budget::Time(Duration::from_secs_f64(args.minutes * 60.0)),
@@ -456,13 +459,14 @@ fn run<B: Backend<f32, Buf = [f32]>>(backend: B, args: &Args) -> Result<(), Fail
             val.len()
         );
         println!(
-            "training: {} streams x chunks of {} characters (truncated BPTT, state carried), {} lr {}{}, clip {}, {}",
+            "training: {} streams x chunks of {} characters (truncated BPTT, state carried), {} lr {}{}, clip {}, {}{}",
             t.batch,
             t.chunk,
             if t.adam.weight_decay > 0.0 { format!("AdamW (weight decay {})", t.adam.weight_decay) } else { "Adam".into() },
             t.adam.lr,
             if args.cosine { format!(" (cosine to {}, {} warm-up steps)", args.min_lr, args.warmup) } else { String::new() },
             t.clip,
+            if t.dropout > 0.0 { format!("dropout {} between layers, ", t.dropout) } else { String::new() },
             match args.steps {
                 Some(n) => format!("{n} steps"),
                 None => format!("{} min wall clock", args.minutes),

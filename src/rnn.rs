@@ -76,6 +76,12 @@ impl<T: Element, B: Backend<T>> Rnn<T, B> {
     pub fn update_params(&mut self, params: &B::Buf) -> Result<()> {
         self.backend.update_plan(&mut self.plan, params)
     }
+    /// Plans another configuration with `params` on the same backend (to change an option such
+    /// as [`dropout`](crate::RnnConfigBuilder::dropout)); on an error the old plan stays.
+    pub fn replan(&mut self, config: &RnnConfig, params: &B::Buf) -> Result<()> {
+        self.plan = self.backend.plan(config, params)?;
+        Ok(())
+    }
 }
 
 impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {

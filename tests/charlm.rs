@@ -332,3 +332,40 @@ fn weight_decay_shrinks_the_weights_and_the_schedule_sets_the_rate() {
     assert_eq!(trainer.lr(), schedule.lr(11, 11.0 / 12.0), "the last step's rate");
     assert_ne!(trainer.lr(), AdamConfig::default().lr);
 }
+
+/// Dropout between the layers of the trainer's stack: a run of a fixed number of steps is the
+/// same on every run and differs from the run without dropout (and with another mask seed);
+/// evaluation ignores it (the trained model evaluates the same with its dropout set to 0); a
+/// checkpoint keeps it; a probability outside [0, 1) is an error naming `dropout`.
+#[test]
+fn dropout_between_layers_is_reproducible_and_changes_training() {
+    let (vocab, train, val) = small_corpus();
+    let val = &val[..2_000];
+    let config = CharLmConfig { cell: CellKind::Lstm, layers: 2, hidden: 24, embedding_dim: 8 };
+    let run = |dropout: f64, mask_seed: u64| {
+        let model = CharLm::new(Cpu::with_threads(2).unwrap(), vocab.clone(), &config, 4).unwrap();
+        let mut trainer = Trainer::new(model, train.clone(), TrainConfig { dropout, mask_seed, ..small_training() }).unwrap();
+        let losses: Vec<f64> = (0..15).map(|_| trainer.step().unwrap()).collect();
+        (losses, trainer.into_model())
+    };
+    let (a, model) = run(0.3, 1);
+    let (b, _) = run(0.3, 1);
+    let (plain, _) = run(0.0, 1);
+    let (other, _) = run(0.3, 2);
+    assert_eq!(a, b, "two runs with dropout differ");
+    assert_ne!(a, plain, "dropout changed nothing");
+    assert_ne!(a, other, "another mask seed drew the same masks");
+    assert_eq!(model.rnn_config().dropout(), Some(0.3));
+    let with = model.evaluate(val, 8, 50).unwrap();
+    let bytes = model.to_safetensors_bytes().unwrap();
+    let mut model = model;
+    model.set_dropout(0.0).unwrap();
+    assert_eq!(model.evaluate(val, 8, 50).unwrap(), with, "evaluation saw the dropout");
+    assert!(model.set_dropout(1.0).unwrap_err().to_string().contains("dropout"));
+    let dir = std::env::temp_dir().join(format!("rnn-kernels-charlm-dropout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("m.safetensors"), &bytes).unwrap();
+    let loaded = CharLm::load(Reference, dir.join("m.safetensors")).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(loaded.rnn_config().dropout(), Some(0.3), "the checkpoint keeps the dropout");
+}

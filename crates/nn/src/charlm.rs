@@ -6,7 +6,8 @@ use crate::error::{invalid, try_from_fn, try_vec, try_with_capacity, wrong_shape
 use crate::rng::SplitMix64;
 use crate::{clip_global_norm, softmax_cross_entropy, Adam, AdamConfig, CosineSchedule, Decay, Embedding, Linear, Vocab};
 use rnn_kernels::{
-    config_from_metadata, config_metadata, Backend, CellKind, LoadOptions, ParamKind, ParamLayout, Params, Rnn, RnnConfig, SeqShape,
+    config_from_metadata, config_metadata, masks::MaskStream, Backend, CellKind, LoadOptions, ParamKind, ParamLayout, Params, Rnn,
+    RnnConfig, SeqShape,
 };
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
@@ -126,6 +127,19 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
         }
         let rnn = Rnn::from_params(backend, &params)?;
         Ok(CharLm { vocab, embedding, params, rnn, decoder })
+    }
+
+    /// Sets the dropout between the recurrent layers of training passes (`p` in `[0, 1)`; 0:
+    /// none), replanning the stack with it. Inference (evaluation, sampling) ignores it.
+    pub fn set_dropout(&mut self, p: f64) -> Result<()> {
+        if self.params.config().dropout().unwrap_or(0.0) == p {
+            return Ok(());
+        }
+        let cfg = self.params.config().to_builder().dropout(p).build()?;
+        let params = Params::from_vec(&cfg, self.params.as_slice().to_vec())?;
+        self.rnn.replan(&cfg, params.as_slice())?;
+        self.params = params;
+        Ok(())
     }
 
     /// The vocabulary.
@@ -406,12 +420,18 @@ pub struct TrainConfig {
     pub adam: AdamConfig,
     /// The largest global L2 norm of the gradient; larger gradients are scaled down to it.
     pub clip: f32,
+    /// Dropout between the recurrent layers in training (PyTorch's `dropout` of `nn.LSTM`;
+    /// [`RnnConfigBuilder::dropout`](rnn_kernels::RnnConfigBuilder::dropout)), in `[0, 1)`.
+    pub dropout: f64,
+    /// The seed of the dropout masks: step `s` draws `MaskStream::new(mask_seed, s)`, so a run
+    /// of a fixed number of steps is the same on every run.
+    pub mask_seed: u64,
 }
 
 impl Default for TrainConfig {
-    /// 32 streams, chunks of 100, Adam with learning rate 2e-3, clipping at 5.
+    /// 32 streams, chunks of 100, Adam with learning rate 2e-3, clipping at 5, no dropout.
     fn default() -> Self {
-        TrainConfig { batch: 32, chunk: 100, adam: AdamConfig::default(), clip: 5.0 }
+        TrainConfig { batch: 32, chunk: 100, adam: AdamConfig::default(), clip: 5.0, dropout: 0.0, mask_seed: 0 }
     }
 }
 
@@ -444,7 +464,9 @@ impl<B: Backend<f32, Buf = [f32]>> std::fmt::Debug for Trainer<B> {
 impl<B: Backend<f32, Buf = [f32]>> Trainer<B> {
     /// A trainer for `model` on `data` (character ids), with fresh optimiser state.
     pub fn new(model: CharLm<B>, data: Vec<usize>, config: TrainConfig) -> Result<Self> {
-        let TrainConfig { batch, chunk, clip, .. } = config;
+        let TrainConfig { batch, chunk, clip, dropout, .. } = config;
+        let mut model = model;
+        model.set_dropout(dropout)?;
         if batch == 0 || chunk == 0 {
             return Err(invalid("batch, chunk", "both at least 1", format!("{batch}, {chunk}")));
         }
@@ -536,7 +558,8 @@ impl<B: Backend<f32, Buf = [f32]>> Trainer<B> {
         };
         let mut x = try_vec("batch, chunk", format!("embeddings [{n}, {e}] of f32"), size(e)?, 0.0)?;
         m.embedding.forward(&ids, &mut x)?;
-        let out = m.rnn.forward_training(&shape, &x, Some(&self.state.h), self.state.c.as_deref(), &mut self.reserve)?;
+        let masks = MaskStream::new(self.config.mask_seed, self.steps);
+        let out = m.rnn.forward_training_masked(&shape, &x, Some(&self.state.h), self.state.c.as_deref(), masks, &mut self.reserve)?;
         let mut logits = try_vec("batch, chunk", format!("logits [{n}, {v}] of f32"), size(v)?, 0.0)?;
         m.decoder.forward(&out.y, &mut logits)?;
         let mut dlogits = try_vec("batch, chunk", format!("logit gradients [{n}, {v}] of f32"), logits.len(), 0.0)?;
