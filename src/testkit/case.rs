@@ -12,6 +12,7 @@ use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, Forwa
 use crate::config::RnnConfig;
 use crate::element::{Dtype, Element};
 use crate::error::{try_zeroed, Error, Result};
+use crate::masks::MaskStream;
 use crate::params::{config_from_metadata, read_file, st_error, view_to_i64, view_to_vec, LoadOptions, Params};
 use crate::shape::SeqShape;
 use safetensors::SafeTensors;
@@ -58,6 +59,12 @@ pub struct Case<T> {
     /// onnxruntime's cases, `F64` for PyTorch's), which sets the tolerance a reference in f64
     /// can be held to.
     pub expected_dtype: Option<Dtype>,
+    /// The masks of the training pass (metadata `mask_seed`, `mask_offset`: a case with
+    /// dropout), if in the file.
+    pub masks: Option<MaskStream>,
+    /// The inference outputs `y`, `hn`, `cn` (`y_inference`, …) where they differ from the
+    /// training pass's (dropout), if in the file.
+    pub inference: [Option<Vec<T>>; 3],
 }
 
 impl<T: Element> Case<T> {
@@ -135,7 +142,25 @@ impl<T: Element> Case<T> {
         } else {
             None
         };
+        let mask_key = |k: &str| -> Result<Option<u64>> {
+            meta.get(k)
+                .map(|v| {
+                    v.trim()
+                        .parse::<u64>()
+                        .map_err(|_| Error::invalid(format!("metadata `{k}` of {source}"), "an unsigned 64-bit integer", format!("{v:?}")))
+                })
+                .transpose()
+        };
+        let masks = match (mask_key("mask_seed")?, mask_key("mask_offset")?) {
+            (Some(seed), offset) => Some(MaskStream::new(seed, offset.unwrap_or(0))),
+            (None, Some(_)) => {
+                return Err(Error::invalid(format!("metadata `mask_seed` of {source}"), "present with `mask_offset`", "missing"))
+            }
+            (None, None) => None,
+        };
         Ok(Case {
+            masks,
+            inference: [tensor("y_inference", &ys)?, tensor("hn_inference", &hs)?, tensor("cn_inference", &cs)?],
             source: source.to_string(),
             shape: shape.clone(),
             params,
@@ -234,7 +259,8 @@ pub fn run_case<T: Element, B: Backend<T, Buf = [T]>>(backend: &B, case: &Case<T
     let mut y = zeros("y", y_shape(shape, cfg))?;
     let mut hn = zeros("hn", shape.h_shape(cfg))?;
     let mut cn = if lstm { Some(zeros("cn", shape.c_shape(cfg))?) } else { None };
-    let input = || ForwardInput { x: &case.x[..], h0: case.h0.as_deref(), c0: if lstm { case.c0.as_deref() } else { None }, masks: None };
+    let input =
+        || ForwardInput { x: &case.x[..], h0: case.h0.as_deref(), c0: if lstm { case.c0.as_deref() } else { None }, masks: case.masks };
     let mut reserve = B::Reserve::default();
     backend.forward_training(&plan, shape, input(), ForwardOutput { y: &mut y, hn: Some(&mut hn), cn: cn.as_deref_mut() }, &mut reserve)?;
 
@@ -252,13 +278,24 @@ pub fn run_case<T: Element, B: Backend<T, Buf = [T]>>(backend: &B, case: &Case<T
         backward_and_compare(backend, case, &plan, &reserve, &mut cmp)?;
     }
 
-    // Inference must give the same outputs as training.
+    // Inference must give the same outputs as training, or with dropout the file's inference
+    // outputs (dropout off).
     let (mut yi, mut hi) = (zeros("y", y_shape(shape, cfg))?, zeros("hn", shape.h_shape(cfg))?);
     let mut ci = if lstm { Some(zeros("cn", shape.c_shape(cfg))?) } else { None };
     backend.forward_inference(&plan, shape, input(), ForwardOutput { y: &mut yi, hn: Some(&mut hi), cn: ci.as_deref_mut() })?;
-    cmp("y (inference)", Some(&yi), case.y.as_deref());
-    cmp("hn (inference)", Some(&hi), case.hn.as_deref());
-    cmp("cn (inference)", ci.as_deref(), case.cn.as_deref());
+    let dropped = cfg.dropout().is_some() && cfg.num_layers() > 1;
+    let [y_inf, hn_inf, cn_inf] = &case.inference;
+    fn want<'a, T>(dropped: bool, inf: &'a Option<Vec<T>>, train: &'a Option<Vec<T>>) -> Option<&'a [T]> {
+        if dropped {
+            inf.as_deref()
+        } else {
+            inf.as_deref().or(train.as_deref())
+        }
+    }
+    let want = |inf, train| want(dropped, inf, train);
+    cmp("y (inference)", Some(&yi), want(y_inf, &case.y));
+    cmp("hn (inference)", Some(&hi), want(hn_inf, &case.hn));
+    cmp("cn (inference)", ci.as_deref(), want(cn_inf, &case.cn));
     Ok(report)
 }
 
