@@ -56,6 +56,10 @@
  *     layer_norm=true|false                     LSTM, GRU; Haste's LayerNormLSTM/LayerNormGRU (tensors
  *                                               weight_ln_ih/_hh_l{k}, LSTM also weight_ln_c/bias_ln_c_l{k})
  *     batch_first=true|false                    PyTorch `batch_first`
+ *     dropout=P                                 PyTorch `dropout` (P in [0, 1)): in training, the output of
+ *                                               every layer but the last dropped with probability P, kept
+ *                                               values scaled by 1/(1-P); the masks from rnnk_forward_training_masked's
+ *                                               seed and offset; inference ignores it (reference and cpu backends)
  *   A malformed item, an unknown key or a value the cell does not take is
  *   RNNK_ERR_INVALID_ARGUMENT naming the key; an option the chosen backend does not implement is
  *   RNNK_ERR_UNSUPPORTED naming the backend and the option (the "reference" backend implements
@@ -246,6 +250,16 @@ int rnnk_forward(const rnnk_model* model, size_t steps, size_t batch, const int6
 int rnnk_forward_training(const rnnk_model* model, rnnk_reserve* reserve, size_t steps, size_t batch, const int64_t* lengths,
                           size_t lengths_len, const float* x, size_t x_len, const float* h0, size_t h0_len, const float* c0,
                           size_t c0_len, float* y, size_t y_len, float* hn, size_t hn_len, float* cn, size_t cn_len);
+
+/* Forward for training with the dropout masks drawn from (mask_seed, mask_offset): as
+ * rnnk_forward_training, which refuses a model with the `dropout` option (RNNK_ERR_INVALID_ARGUMENT
+ * naming `masks`). The same seed and offset give the same masks on every backend and thread
+ * count, and rnnk_backward regenerates them; a training loop keeps the seed and passes a new
+ * offset per call. Without `dropout` the masks are not used. */
+int rnnk_forward_training_masked(const rnnk_model* model, rnnk_reserve* reserve, uint64_t mask_seed, uint64_t mask_offset, size_t steps,
+                                 size_t batch, const int64_t* lengths, size_t lengths_len, const float* x, size_t x_len, const float* h0,
+                                 size_t h0_len, const float* c0, size_t c0_len, float* y, size_t y_len, float* hn, size_t hn_len, float* cn,
+                                 size_t cn_len);
 
 /* Backpropagation through time over the call that filled `reserve` (the same model, parameters
  * unchanged since: otherwise RNNK_ERR_WRONG_HANDLE).

@@ -280,6 +280,8 @@ pub struct RawForward {
     /// A host array (for the device functions too).
     pub lengths: In<i64>,
     pub bufs: RawForwardBufs,
+    /// The masks' seed and offset of a training call (`rnnk_forward_training_masked`).
+    pub masks: Option<(u64, u64)>,
 }
 
 /// A forward call whose every argument is checked, with its buffers in memory `M`.
@@ -288,6 +290,8 @@ pub struct ForwardCall<'a, M: Memory> {
     pub reserve: Option<Exclusive<'a, Reserve>>,
     pub shape: SeqShape,
     pub bufs: ForwardBufs<M::In<'a>, M::Out<'a>>,
+    /// The masks of a training call's dropout.
+    pub masks: Option<rnnk_core::masks::MaskStream>,
 }
 
 impl RawForward {
@@ -319,7 +323,8 @@ impl RawForward {
         c.finish(&model, Some(&shape))?;
         // SAFETY: forwarded; every span passed the checks above.
         let bufs = bufs.try_map(|s| Ok::<_, CapiError>(unsafe { M::input(s) }), |s| Ok(unsafe { M::output(s) }))?;
-        Ok(ForwardCall { model, reserve, shape, bufs })
+        let masks = self.masks.map(|(seed, offset)| rnnk_core::masks::MaskStream::new(seed, offset));
+        Ok(ForwardCall { model, reserve, shape, bufs, masks })
     }
 }
 
@@ -648,7 +653,7 @@ pub unsafe fn string<'a>(arg: &str, p: *const c_char) -> Result<&'a str, CapiErr
 
 /// The keys of `rnnk_model_create_ex`'s `options` string: the case-file metadata keys of the
 /// cell options (docs/case-format.md), each with the values it takes.
-pub const OPTION_KEYS: [(&str, &str); 8] = [
+pub const OPTION_KEYS: [(&str, &str); 9] = [
     ("direction", "forward, reverse or bidirectional"),
     ("merge", "concat or sum"),
     ("peephole", "true or false"),
@@ -657,6 +662,7 @@ pub const OPTION_KEYS: [(&str, &str); 8] = [
     ("linear_before_reset", "true or false"),
     ("layer_norm", "true or false"),
     ("batch_first", "true or false"),
+    ("dropout", "a probability in [0, 1)"),
 ];
 
 /// Applies the cell options of `options` (`rnnk_model_create_ex`) to `builder`, whose
@@ -710,6 +716,7 @@ pub fn cell_options(
             "linear_before_reset" => builder.linear_before_reset(flag()?),
             "layer_norm" => builder.layer_norm(flag()?),
             "batch_first" => builder.batch_first(flag()?),
+            "dropout" => builder.dropout(text()?.parse::<f64>().map_err(|_| bad(text().unwrap_or_default()))?),
             _ => return Err(unknown()),
         };
     }
@@ -744,6 +751,9 @@ pub fn options_string(cfg: &RnnConfig) -> String {
     if cfg.batch_first() {
         items.push("batch_first=true".to_string());
     }
+    if let Some(p) = cfg.dropout() {
+        items.push(format!("dropout={p}"));
+    }
     items.join(",")
 }
 
@@ -777,7 +787,7 @@ mod tests {
     /// A forward call on T = 2, B = 1 over `x [4]` and `y [6]`.
     fn forward(m: &Gru, x: In, y: Out) -> RawForward {
         let bufs = RawForwardBufs { x, h0: (null(), 0), c0: (null(), 0), y, hn: (null_mut(), 0), cn: (null_mut(), 0) };
-        RawForward { model: m.0, reserve: None, steps: 2, batch: 1, lengths: (null(), 0), bufs }
+        RawForward { model: m.0, reserve: None, steps: 2, batch: 1, lengths: (null(), 0), bufs, masks: None }
     }
 
     fn code<T>(r: Result<T, CapiError>) -> (i32, String) {

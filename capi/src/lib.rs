@@ -354,8 +354,9 @@ pub unsafe extern "C" fn rnnk_reserve_free(reserve: *mut RnnkReserve) -> c_int {
 
 /// A forward call (inference, or training into the reserve) on host buffers.
 fn forward(call: ForwardCall<'_, Host>) -> Result<(), CapiError> {
-    let ForwardCall { model: m, reserve, shape, mut bufs } = call;
-    let (input, output) = bufs.io();
+    let ForwardCall { model: m, reserve, shape, mut bufs, masks } = call;
+    let (mut input, output) = bufs.io();
+    input.masks = masks;
     let Some(mut r) = reserve else {
         with_rnn!(&m.engine, rnn => rnn.backend().forward_inference(rnn.plan(), &shape, input, output))?;
         return Ok(());
@@ -380,7 +381,7 @@ pub unsafe extern "C" fn rnnk_forward(
     cn_len: usize,
 ) -> c_int {
     let bufs = RawForwardBufs { x: (x, x_len), h0: (h0, h0_len), c0: (c0, c0_len), y: (y, y_len), hn: (hn, hn_len), cn: (cn, cn_len) };
-    let raw = RawForward { model, reserve: None, steps, batch, lengths: (lengths, lengths_len), bufs };
+    let raw = RawForward { model, reserve: None, steps, batch, lengths: (lengths, lengths_len), bufs, masks: None };
     // SAFETY: the caller's arguments (the header's contract), checked by `parse`.
     guard(|| forward(unsafe { raw.parse()? }))
 }
@@ -393,7 +394,23 @@ pub unsafe extern "C" fn rnnk_forward_training(
     cn: *mut f32, cn_len: usize,
 ) -> c_int {
     let bufs = RawForwardBufs { x: (x, x_len), h0: (h0, h0_len), c0: (c0, c0_len), y: (y, y_len), hn: (hn, hn_len), cn: (cn, cn_len) };
-    let raw = RawForward { model, reserve: Some(reserve), steps, batch, lengths: (lengths, lengths_len), bufs };
+    let raw = RawForward { model, reserve: Some(reserve), steps, batch, lengths: (lengths, lengths_len), bufs, masks: None };
+    // SAFETY: the caller's arguments (the header's contract), checked by `parse`.
+    guard(|| forward(unsafe { raw.parse()? }))
+}
+
+/// Forward for training with the dropout masks of `(mask_seed, mask_offset)` (a model with the
+/// `dropout` option; `rnnk_forward_training` refuses such a model, naming `masks`): otherwise as
+/// `rnnk_forward_training`. A training loop keeps the seed and passes a new offset per call.
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_forward_training_masked(
+    model: *const RnnkModel, reserve: *mut RnnkReserve, mask_seed: u64, mask_offset: u64, steps: usize, batch: usize, lengths: *const i64,
+    lengths_len: usize, x: *const f32, x_len: usize, h0: *const f32, h0_len: usize, c0: *const f32, c0_len: usize, y: *mut f32,
+    y_len: usize, hn: *mut f32, hn_len: usize, cn: *mut f32, cn_len: usize,
+) -> c_int {
+    let bufs = RawForwardBufs { x: (x, x_len), h0: (h0, h0_len), c0: (c0, c0_len), y: (y, y_len), hn: (hn, hn_len), cn: (cn, cn_len) };
+    let masks = Some((mask_seed, mask_offset));
+    let raw = RawForward { model, reserve: Some(reserve), steps, batch, lengths: (lengths, lengths_len), bufs, masks };
     // SAFETY: the caller's arguments (the header's contract), checked by `parse`.
     guard(|| forward(unsafe { raw.parse()? }))
 }
@@ -491,7 +508,7 @@ mod tests {
     fn a_bad_option_names_itself() {
         use status::RNNK_ERR_INVALID_ARGUMENT as INVALID;
         for (cell, bi, options, message) in [
-            (CellKind::Lstm, false, "peepholes", "`options`: items key=value with a key among direction, merge, peephole, gate_clip, input_forget, linear_before_reset, layer_norm, batch_first, got \"peepholes\""),
+            (CellKind::Lstm, false, "peepholes", "`options`: items key=value with a key among direction, merge, peephole, gate_clip, input_forget, linear_before_reset, layer_norm, batch_first, dropout, got \"peepholes\""),
             (CellKind::Lstm, false, "peephole,peephole=false", "`options`: each key at most once, got \"peephole\" twice"),
             (CellKind::Lstm, false, "peephole=yes", "`options: peephole`: true or false, got \"yes\""),
             (CellKind::Lstm, false, "gate_clip=big", "`options: gate_clip`: a number, 0 for no clipping, got \"big\""),
@@ -506,6 +523,8 @@ mod tests {
             (CellKind::Gru, false, "merge=sum", "`merge`"),
             (CellKind::Gru, false, "gate_clip=-1", "`gate_clip`"),
             (CellKind::Gru, false, "gate_clip=nan", "`gate_clip`"),
+            (CellKind::Gru, false, "dropout=lots", "`options: dropout`: a probability in [0, 1), got \"lots\""),
+            (CellKind::Gru, false, "dropout=1", "`dropout`"),
         ] {
             let e = parse(cell, bi, options).unwrap_err();
             assert_eq!(e.code, INVALID, "{options}: {}", e.message);

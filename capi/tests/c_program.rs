@@ -262,6 +262,12 @@ fn variants() -> Vec<Variant> {
             canonical: "layer_norm=true",
         },
         Variant {
+            name: "lstm_dropout",
+            cfg: new(CellKind::Lstm).dropout(0.25).build().unwrap(),
+            options: "dropout=0.25",
+            canonical: "dropout=0.25",
+        },
+        Variant {
             name: "lstm_sum_input_forget",
             cfg: new(CellKind::Lstm).bidirectional(true).merge(Merge::Sum).input_forget(true).build().unwrap(),
             options: "merge = sum, input_forget = 1",
@@ -285,7 +291,8 @@ fn expected_options<Bk: Backend<f32, Buf = [f32]>>(backend: Bk, inp: &Case) -> R
     let shape = SeqShape::with_lengths(T, LENGTHS.to_vec()).unwrap();
     let inf = rnn.forward(&shape, &inp.x, Some(&inp.h0), opt(lstm, &inp.c0)).unwrap();
     let mut reserve = Default::default();
-    let tr = rnn.forward_training(&shape, &inp.x, Some(&inp.h0), opt(lstm, &inp.c0), &mut reserve).unwrap();
+    let masks = rnnk_core::masks::MaskStream::new(7, 3);
+    let tr = rnn.forward_training_masked(&shape, &inp.x, Some(&inp.h0), opt(lstm, &inp.c0), masks, &mut reserve).unwrap();
     let g = rnn.backward(&reserve, Some(&inp.dy), Some(&inp.dhn), opt(lstm, &inp.dcn)).unwrap();
     let mut out = vec![("y_inf", inf.y), ("hn_inf", inf.hn), ("y_tr", tr.y), ("hn_tr", tr.hn), ("dx", g.dx), ("dh0", g.dh0)];
     out.push(("dparams", g.dparams.unwrap()));

@@ -11,7 +11,7 @@
  * Otherwise DIR holds the inputs the Rust test wrote (raw little-endian float32: params.f32,
  * x.f32, h0.f32, c0.f32 for LSTM, dy.f32, dhn.f32, dcn.f32 for LSTM); their lengths must be the
  * sizes the model reports. This program runs inference, a training forward and backward over
- * T = 5, B = 3, lengths {5, 2, 4} and writes every output to DIR as <name>.out.f32 for the Rust
+ * T = 5, B = 3, lengths {5, 2, 4} (training with the masks of seed 7, offset 3) and writes every output to DIR as <name>.out.f32 for the Rust
  * test to compare, bit for bit, with the Rust API; saves the parameters as DIR/saved.safetensors
  * and loads them into a second model. Exit status 0 iff every check passed.
  */
@@ -134,7 +134,13 @@ int main(int argc, char** argv) {
 
     rnnk_reserve* r = NULL;
     OK(rnnk_reserve_create(&r));
-    OK(rnnk_forward_training(m, r, T, B, lengths, B, x, xl, h0, hl, c0, cl, y, yl, hn, hl, cn, cl));
+    if (strstr(canonical, "dropout") != NULL) {
+        /* dropout needs the masks' seed and offset: the plain training call names them */
+        FAILS(rnnk_forward_training(m, r, T, B, lengths, B, x, xl, h0, hl, c0, cl, y, yl, hn, hl, cn, cl), RNNK_ERR_INVALID_ARGUMENT,
+              "`masks`");
+    }
+    /* the training pass with the masks of seed 7, offset 3 (not used without dropout) */
+    OK(rnnk_forward_training_masked(m, r, 7, 3, T, B, lengths, B, x, xl, h0, hl, c0, cl, y, yl, hn, hl, cn, cl));
     write_f32("y_tr", y, yl);
     write_f32("hn_tr", hn, hl);
     if (lstm) write_f32("cn_tr", cn, cl);
