@@ -91,9 +91,9 @@ step test-cuda "${T_CUDA[@]}" --nocapture
 step test-lib "${T_LIB[@]}" backend::cuda
 step test-capi "${T_CAPI[@]}" --nocapture
 step verify "${VERIFY[@]}" --backend cuda tests/fixtures/*.safetensors
-# The cell options' cases: PyTorch's Cho GRU, onnxruntime's ONNX options, Haste's layer norm (f32).
+# The cell options' cases: PyTorch's Cho GRU, onnxruntime's ONNX options, Haste's layer norm, dropout (f32).
 step verify-options "${VERIFY[@]}" --backend cuda tests/fixtures/gru_options/*.safetensors tests/fixtures/onnx/*.safetensors \
-    tests/fixtures/layer_norm/*.safetensors
+    tests/fixtures/layer_norm/*.safetensors tests/fixtures/dropout/*.safetensors
 for dtype in f16 bf16; do
     step "verify-$dtype" "${VERIFY[@]}" --backend cuda --dtype "$dtype" tests/fixtures/*.safetensors
 done

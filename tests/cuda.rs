@@ -100,7 +100,7 @@ mod with_feature {
     /// The cell options on the device against the reference: LSTM peepholes, gate clip,
     /// input_forget (with projection), the gate clip of GRU and RNN, the GRU with the reset gate
     /// before the recurrent matmul, reverse-only stacks,
-    /// bidirectional outputs merged by sum, batch-first; B = 37 rows with mixed lengths (the
+    /// bidirectional outputs merged by sum, batch-first, dropout between layers; B = 37 rows with mixed lengths (the
     /// per-step path) and B = 3 (the persistent kernels allowed: they decline the cell options
     /// and take reverse-only and merged layers).
     #[test]
@@ -119,6 +119,9 @@ mod with_feature {
             RnnConfig::new(CellKind::Gru, 40, 130).num_layers(2).bidirectional(true).batch_first(true).build().unwrap(),
             RnnConfig::new(CellKind::Gru, 40, 130).num_layers(2).linear_before_reset(false).build().unwrap(),
             RnnConfig::new(CellKind::Gru, 40, 130).bidirectional(true).linear_before_reset(false).gate_clip(0.7).build().unwrap(),
+            // Dropout between layers (kernels/dropout.cu), the problem's masks.
+            RnnConfig::new(CellKind::Lstm, 40, 96).num_layers(3).dropout(0.3).build().unwrap(),
+            RnnConfig::new(CellKind::Gru, 40, 130).num_layers(2).bidirectional(true).dropout(0.5).build().unwrap(),
         ];
         for cfg in &configs {
             for b in [37, 3] {

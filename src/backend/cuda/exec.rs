@@ -6,9 +6,10 @@
 
 use super::buffer::{DevBuf, DevMat, RawBuf, View};
 use super::kernels::{
-    Add, AddArgs, AddColumnSums, AddColumnSumsArgs, ConvertArgs, ConvertFromF32, ConvertToF32, Fill, FillArgs, Kernel, KernelArgs,
-    KernelId, SwapAxes, SwapAxesArgs, PERSISTENT_MAX_BATCH, PERSISTENT_THREADS,
+    Add, AddArgs, AddColumnSums, AddColumnSumsArgs, ConvertArgs, ConvertFromF32, ConvertToF32, Dropout as DropoutKernel, DropoutArgs, Fill,
+    FillArgs, Kernel, KernelArgs, KernelId, SwapAxes, SwapAxesArgs, PERSISTENT_MAX_BATCH, PERSISTENT_THREADS,
 };
+use crate::backend::host::dropout::Dropout;
 use crate::element::Dtype;
 use crate::error::{Error, Result};
 use crate::shape::SeqShape;
@@ -261,6 +262,31 @@ impl<'a> Exec<'a> {
             return Ok(());
         }
         self.launch_as(si, Add, dst.ty, grid(dst.len), &AddArgs { n: dst.len as i64, src: src.ptr, dst: dst.ptr })
+    }
+
+    /// Dropout between layers on stream `si`: `data` (`[T, B, width]`, the output of layer
+    /// `layer` or the gradient handed down to it) multiplied in place by the factors of
+    /// `dropout`'s masks (kernels/dropout.cu; the host's `Dropout::apply`).
+    pub fn dropout(&self, si: usize, data: View, batch: usize, width: usize, dropout: &Dropout, layer: usize) -> Result<()> {
+        if data.len == 0 || batch == 0 || width == 0 {
+            return Ok(());
+        }
+        let steps = data.len / (batch * width);
+        assert_eq!(steps * batch * width, data.len, "dropout");
+        let fits = |n: usize, what: &str| i32::try_from(n).map_err(|_| crate::Error::invalid(what, "below 2^31", n));
+        let [key0, key1] = dropout.key();
+        let args = DropoutArgs {
+            steps: fits(steps, "steps")?,
+            batch: fits(batch, "batch")?,
+            width: fits(width, "width")?,
+            key0: key0 as i32,
+            key1: key1 as i32,
+            tag: dropout.tag(layer)? as i32,
+            bound: dropout.bound() as i64,
+            scale: dropout.scale_f32(),
+            data: data.ptr,
+        };
+        self.launch_as(si, DropoutKernel, data.ty, grid(steps * batch * width.div_ceil(4)), &args)
     }
 
     /// `dst[j] += Σ_i src[i, j]` on stream `si`: the column sums of the f32 matrix `src`

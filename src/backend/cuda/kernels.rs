@@ -165,6 +165,11 @@ macro_rules! registry {
             AddArgs(n: i64, src: u64, dst: u64) {
                 Add: util, grid_stride [f32 add_f32, f16 add_f16, bf16 add_bf16];
             }
+            /// `data[t, b, u] *= factor`: dropout between layers, the masks of the call's key and a
+            /// layer's tag (kernels/dropout.cu; key words and tag passed as the bits of an `int`).
+            DropoutArgs(steps: i32, batch: i32, width: i32, key0: i32, key1: i32, tag: i32, bound: i64, scale: f32, data: u64) {
+                Dropout: dropout, grid_stride [f32 dropout_f32, f16 dropout_f16, bf16 dropout_bf16];
+            }
             /// `dst[j] += Σ_i src[i, j]`, `src` `[rows, cols]` f32 (the peephole gradients' sum over the batch).
             AddColumnSumsArgs(rows: i32, cols: i32, src: u64, dst: u64) {
                 AddColumnSums: util, grid_stride [f32 add_column_sums_f32];

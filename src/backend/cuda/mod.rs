@@ -76,6 +76,8 @@ pub(crate) const OPTIONS: &[&str] = &[
     "direction=reverse",
     "merge=sum",
     "batch_first",
+    // kernels/dropout.cu between the layers of a training pass (driver/forward.rs, backward.rs).
+    "dropout",
     // The row kernels of kernels/layer_norm.cu around the step kernels (driver/layer_norm.rs;
     // f32 storage).
     "layer_norm",
@@ -329,8 +331,16 @@ impl Cuda {
             cn: output.cn.as_deref().map(v),
         };
         let Some(r) = reserve else { return driver::forward(&exec, plan.weights(), shape, io, None) };
+        // Dropout between layers: the masks are the call's (an error naming them when missing,
+        // before the reserve changes).
+        let cfg = plan.config();
+        let dropout = match cfg.dropout() {
+            Some(p) if cfg.num_layers() > 1 => Some(crate::backend::host::dropout::Dropout::new(p, input.masks)?),
+            _ => None,
+        };
         // Until this call has filled it, the reserve is not usable.
         r.stamp = ReserveStamp::default();
+        r.dropout = dropout;
         driver::forward(&exec, plan.weights(), shape, io, Some(&mut *r))?;
         r.stamp.fill(&plan.stamp, shape);
         Ok(())

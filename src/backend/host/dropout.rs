@@ -1,4 +1,5 @@
-//! Dropout between layers on the host backends (reference and CPU): the factors of a layer's
+//! Dropout between layers on the host backends (reference and CPU; the CUDA backend launches
+//! kernels/dropout.cu with the same key, bound and scale): the factors of a layer's
 //! output, drawn from the call's [`MaskStream`] at each position (see [`crate::masks`]), applied
 //! in place to the output forward keeps for the next layer, and to the gradient backward hands
 //! down to the layer below. The same bits for any thread count: a factor depends on its
@@ -31,6 +32,31 @@ impl Dropout {
             )
         })?;
         Ok(Dropout { stream, threshold: Threshold::new("dropout", p)?, p })
+    }
+
+    /// The call's Philox key (`MaskStream::key`).
+    #[cfg(feature = "cuda")]
+    pub fn key(&self) -> [u32; 2] {
+        self.stream.key()
+    }
+
+    /// The words below this drop their unit (`round(p·2³²)`).
+    #[cfg(feature = "cuda")]
+    pub fn bound(&self) -> u64 {
+        self.threshold.bound()
+    }
+
+    /// The factor of a kept unit, `1/(1-p)` in f32 (as [`apply`](Self::apply) rounds it for
+    /// `f32`).
+    #[cfg(feature = "cuda")]
+    pub fn scale_f32(&self) -> f32 {
+        1.0 / (1.0 - self.p) as f32
+    }
+
+    /// The last counter word of the masks of layer `layer`'s output.
+    #[cfg(feature = "cuda")]
+    pub fn tag(&self, layer: usize) -> Result<u32> {
+        Ok(MaskSite::new(layer, 0, MaskKind::LayerOutput)?.tag())
     }
 
     /// Multiplies `data`, layer `layer`'s output (or its gradient) `[T, B, W]`, by its factors:

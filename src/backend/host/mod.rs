@@ -56,7 +56,7 @@
 mod backward;
 mod col_sums;
 mod direction;
-mod dropout;
+pub(crate) mod dropout;
 mod forward;
 mod gru_reset_before;
 pub(crate) mod layer_norm;

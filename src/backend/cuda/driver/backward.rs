@@ -156,14 +156,25 @@ pub(crate) fn backward(exec: &Exec<'_>, weights: Weights<'_>, shape: &SeqShape, 
     // Every buffer of every layer is allocated before any work forks to stream 1 (`layers`
     // from the last layer to the first).
     let persistent = layers.iter().flat_map(|l| &l.dirs).any(|dir| dir.bufs.persistent.is_some());
-    // Not with layer norm: a chunk's dX rows need the whole sequence's dGi (layer_norm.rs).
-    joined_on_error(exec, || match wavefront_chunk(exec, cfg, shape).filter(|_| !persistent && !cfg.layer_norm()) {
+    // Not with layer norm: a chunk's dX rows need the whole sequence's dGi (layer_norm.rs); nor
+    // with dropout, whose factors apply to a layer's whole dX.
+    let dropout = sv.dropout.filter(|_| cfg.num_layers() > 1);
+    let nl = layers.len();
+    joined_on_error(exec, || match wavefront_chunk(exec, cfg, shape).filter(|_| !persistent && !cfg.layer_norm() && dropout.is_none()) {
         Some(k) => backward_wavefront(exec, &layers, k),
-        None => layers.iter().try_for_each(|layer| {
+        None => layers.iter().enumerate().try_for_each(|(i, layer)| {
             each_direction(exec, &layer.dirs, |dir| dir.run(exec))?;
+            let l = nl - 1 - i;
             match layer.d_in {
-                // dX = Σ_d dGi_d · W_ih_d, on stream 0 after both directions.
-                Some(d_in) => layer.dirs.iter().try_for_each(|dir| dir.input_grad(exec, 0, 0..shape.steps(), d_in)),
+                // dX = Σ_d dGi_d · W_ih_d, on stream 0 after both directions; above layer 0 it
+                // is the gradient of layer l - 1's dropped output: through its factors.
+                Some(d_in) => {
+                    layer.dirs.iter().try_for_each(|dir| dir.input_grad(exec, 0, 0..shape.steps(), d_in))?;
+                    match (&dropout, l > 0) {
+                        (Some(d), true) => exec.dropout(0, d_in, shape.batch(), cfg.output_size(), d, l - 1),
+                        _ => Ok(()),
+                    }
+                }
                 None => Ok(()),
             }
         }),

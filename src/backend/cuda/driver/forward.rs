@@ -118,18 +118,27 @@ pub(crate) fn forward(
         }
         false => (io, None),
     };
+    // Dropout between layers: a training pass's, set on the reserve by the caller.
+    let dropout = save.as_deref().and_then(|r| r.dropout).filter(|_| cfg.num_layers() > 1);
     let layers = allocate(&mut temps, weights, shape, &io, save)?;
     // Every buffer of every layer is allocated before any work forks to stream 1.
     let persistent = layers.iter().flatten().any(|dir| dir.bufs.persistent.is_some());
-    joined_on_error(exec, || match wavefront_chunk(exec, cfg, shape).filter(|_| !persistent) {
+    // Not the wavefront with dropout: a layer's whole output is dropped before the next reads it.
+    joined_on_error(exec, || match wavefront_chunk(exec, cfg, shape).filter(|_| !persistent && dropout.is_none()) {
         Some(k) => forward_wavefront(exec, &layers, k),
-        None => layers.iter().try_for_each(|dirs| {
+        None => layers.iter().enumerate().try_for_each(|(l, dirs)| {
             each_direction(exec, dirs, |dir| dir.run(exec))?;
             // Merge by sum: y = y_fwd + y_rev, on stream 0 after both directions.
             dirs.iter().try_for_each(|dir| match dir.io.sum_into {
                 Some(y) => exec.add(0, y, dir.io.out),
                 None => Ok(()),
-            })
+            })?;
+            // The output of every layer but the last, dropped in place before the next layer
+            // (and backward's weight gradients) read it; on stream 0 after the merge.
+            match (&dropout, l + 1 < layers.len()) {
+                (Some(d), true) => exec.dropout(0, dirs[0].io.out, shape.batch(), cfg.output_size(), d, l),
+                _ => Ok(()),
+            }
         }),
     })?;
     match y_out {

@@ -53,9 +53,16 @@
 //! (layer `l-1`'s `dy`), after layer `l+1`'s chunk; weight gradients and layer 0's `dx` stay
 //! whole-sequence GEMMs after a layer's last chunk. Not overlapped: bidirectional stacks (a
 //! layer's output at step t needs its reverse direction's whole sequence), reverse-only stacks
-//! (their chunks would run backwards in time; not implemented), and stacks whose
+//! (their chunks would run backwards in time; not implemented), stacks whose
 //! layers take a persistent kernel (one launch for a layer's whole sequence cannot be cut into
-//! chunks; all layers of a stack share the sizes that choice depends on).
+//! chunks; all layers of a stack share the sizes that choice depends on), and training passes
+//! with dropout.
+//!
+//! Dropout between layers (a training pass of a configuration with `dropout`): after each layer
+//! but the last, on stream 0 after its directions (and the merge), kernels/dropout.cu multiplies
+//! the layer's output in place by the factors of the call's masks (`CudaReserve::dropout`, set
+//! by `Cuda::forward` from `ForwardInput::masks`); backward multiplies each `dX` above layer 0
+//! by the same factors, regenerated from the reserve's stream.
 //!
 //! Storage type ([`Exec::storage`]): f32, or f16/bf16 for the weights, `x`, `y`, the states `h`
 //! (and the LSTM's `m`), the layer outputs, `dG` and every gradient returned (all GEMM operands
@@ -92,6 +99,7 @@ pub(crate) use wavefront::wavefront_chunk;
 use super::buffer::{DevBuf, RawBuf, View};
 use super::exec::Exec;
 use crate::backend::cell::Saved;
+use crate::backend::host::dropout::Dropout;
 use crate::backend::stack::ReserveStamp;
 use crate::config::RnnConfig;
 use crate::element::Dtype;
@@ -119,6 +127,9 @@ pub struct CudaReserve {
     outputs: Vec<Option<DevBuf>>,
     /// Per layer and direction (`l·D + d`): `m` and `h` of the storage type, the others f32.
     dirs: Vec<Saved<Option<DevBuf>>>,
+    /// The dropout between layers of the training pass that fills it (set before the pass:
+    /// `Cuda::forward`); backward regenerates its masks.
+    pub(crate) dropout: Option<Dropout>,
 }
 
 impl crate::backend::RnnReserve for CudaReserve {
@@ -158,6 +169,8 @@ pub(crate) struct SavedViews {
     outputs: Vec<View>,
     /// Per layer-direction.
     dirs: Vec<Saved<View>>,
+    /// The dropout between layers of the forward pass.
+    dropout: Option<Dropout>,
 }
 
 impl SavedViews {
@@ -170,6 +183,7 @@ impl SavedViews {
             lens: r.lengths.as_ref().map_or(0, RawBuf::ptr),
             outputs: r.outputs.iter().map(v).collect(),
             dirs: r.dirs.iter().map(|d| Saved::from_array(d.each().map(v))).collect(),
+            dropout: r.dropout,
         }
     }
 }

@@ -468,13 +468,3 @@ fn emulated_rnn_clip_steps_match_oracle() {
         }
     }
 }
-
-/// Dropout between layers is not implemented on CUDA yet: a configuration with it is refused
-/// at `plan` with [`Error::Unsupported`](crate::Error::Unsupported) naming `dropout`, not run
-/// without its masks.
-#[test]
-fn dropout_is_refused_until_implemented() {
-    let cfg = crate::RnnConfig::new(crate::CellKind::Lstm, 3, 4).num_layers(2).dropout(0.2).build().unwrap();
-    let e = crate::backend::check_options("cuda", &cfg, super::super::OPTIONS).unwrap_err();
-    assert!(matches!(&e, crate::Error::Unsupported { option, .. } if option == "dropout"), "{e:?}");
-}

@@ -1,5 +1,6 @@
 //! The driver with the cell options (peepholes, gate clip, coupled input-forget; reverse-only
-//! stacks, bidirectional outputs merged by sum; batch-first `x`, `y`) on the host emulation
+//! stacks, bidirectional outputs merged by sum; batch-first `x`, `y`; dropout between layers)
+//! on the host emulation
 //! against the f64 reference, and the persistent kernels declining the cell options.
 
 use super::super::driver::{backward, forward, BackwardViews, CudaReserve, ForwardViews, SavedViews};
@@ -40,7 +41,7 @@ impl Problem<f32> {
 /// A configuration with options: LSTM peepholes, input_forget (with or without projection),
 /// the GRU with the reset gate before the recurrent matmul, the gate clip for every cell (0.5 clips most gates, 2 some, 0 none); forward, reverse-only
 /// or bidirectional stacks, the last merged by concatenation or by sum; time-major or
-/// batch-first.
+/// batch-first; dropout between layers (0, 0.3, 0.7).
 fn option_config() -> impl Strategy<Value = RnnConfig> {
     (
         0usize..4,
@@ -50,9 +51,9 @@ fn option_config() -> impl Strategy<Value = RnnConfig> {
         0usize..4,
         any::<bool>(),
         0usize..4,
-        (any::<bool>(), 0usize..3, any::<bool>(), any::<bool>()),
+        (any::<bool>(), 0usize..3, any::<bool>(), any::<bool>(), 0usize..3),
     )
-        .prop_map(|(c, i, h, l, dir, bias, p, (peephole, clip, input_forget, batch_first))| {
+        .prop_map(|(c, i, h, l, dir, bias, p, (peephole, clip, input_forget, batch_first, dropout))| {
             let cell = CellKind::ALL[c];
             let lstm = cell == CellKind::Lstm;
             let proj = if lstm && h > 1 { p.min(h - 1) } else { 0 };
@@ -63,7 +64,7 @@ fn option_config() -> impl Strategy<Value = RnnConfig> {
                 (Direction::Bidirectional, Merge::Sum),
             ][dir];
             let b = RnnConfig::new(cell, i, h).num_layers(l).direction(direction).merge(merge).batch_first(batch_first);
-            let b = b.bias(bias).proj_size(proj).gate_clip([0.0, 0.5, 2.0][clip]);
+            let b = b.bias(bias).proj_size(proj).gate_clip([0.0, 0.5, 2.0][clip]).dropout([0.0, 0.3, 0.7][dropout]);
             let b = if lstm { b.peephole(peephole).input_forget(input_forget) } else { b };
             // The GRU: with the reset gate before the recurrent matmul when `peephole` is drawn.
             let b = if cell == CellKind::Gru { b.linear_before_reset(!peephole) } else { b };
