@@ -59,7 +59,9 @@
  *     dropout=P                                 PyTorch `dropout` (P in [0, 1)): in training, the output of
  *                                               every layer but the last dropped with probability P, kept
  *                                               values scaled by 1/(1-P); the masks from rnnk_forward_training_masked's
- *                                               seed and offset; inference ignores it (reference and cpu backends)
+ *                                               seed and offset; inference ignores it (every backend; no
+ *                                               *_device function takes masks yet: a cuda model with dropout
+ *                                               trains through the host functions)
  *   A malformed item, an unknown key or a value the cell does not take is
  *   RNNK_ERR_INVALID_ARGUMENT naming the key; an option the chosen backend does not implement is
  *   RNNK_ERR_UNSUPPORTED naming the backend and the option (the "reference" backend implements
