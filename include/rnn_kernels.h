@@ -59,9 +59,8 @@
  *     dropout=P                                 PyTorch `dropout` (P in [0, 1)): in training, the output of
  *                                               every layer but the last dropped with probability P, kept
  *                                               values scaled by 1/(1-P); the masks from rnnk_forward_training_masked's
- *                                               seed and offset; inference ignores it (every backend; no
- *                                               *_device function takes masks yet: a cuda model with dropout
- *                                               trains through the host functions)
+ *                                               seed and offset (on device buffers:
+ *                                               rnnk_forward_training_masked_device); inference ignores it
  *   A malformed item, an unknown key or a value the cell does not take is
  *   RNNK_ERR_INVALID_ARGUMENT naming the key; an option the chosen backend does not implement is
  *   RNNK_ERR_UNSUPPORTED naming the backend and the option (the "reference" backend implements
@@ -292,6 +291,13 @@ int rnnk_forward_training_device(const rnnk_model* model, rnnk_reserve* reserve,
                                  const int64_t* lengths, size_t lengths_len, const float* x, size_t x_len, const float* h0,
                                  size_t h0_len, const float* c0, size_t c0_len, float* y, size_t y_len, float* hn, size_t hn_len,
                                  float* cn, size_t cn_len, void* stream);
+
+/* rnnk_forward_training_device with the dropout masks of (mask_seed, mask_offset), as
+ * rnnk_forward_training_masked takes them. */
+int rnnk_forward_training_masked_device(const rnnk_model* model, rnnk_reserve* reserve, uint64_t mask_seed, uint64_t mask_offset,
+                                        size_t steps, size_t batch, const int64_t* lengths, size_t lengths_len, const float* x,
+                                        size_t x_len, const float* h0, size_t h0_len, const float* c0, size_t c0_len, float* y,
+                                        size_t y_len, float* hn, size_t hn_len, float* cn, size_t cn_len, void* stream);
 
 /* rnnk_backward on device buffers, ordered on `stream`.
  *   dy [T, B, D*Hout], dhn [L*D, B, Hout], dcn [L*D, B, H]: optional (NULL: zeros)

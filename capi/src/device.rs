@@ -136,7 +136,8 @@ mod on_device {
         let rnn = cuda_rnn(&call.model)?;
         let (cuda, plan) = (&rnn.backend().0, rnn.plan());
         let mut bufs = call.bufs.try_map(|s| borrow(cuda, s), |s| borrow(cuda, s))?;
-        let (input, output) = bufs.io();
+        let (mut input, output) = bufs.io();
+        input.masks = call.masks;
         let Some(mut r) = call.reserve else {
             return on_stream(cuda, stream, || Ok(cuda.forward_inference(plan, &call.shape, input, output)?));
         };
@@ -205,6 +206,21 @@ pub unsafe extern "C" fn rnnk_forward_training_device(
 ) -> c_int {
     let bufs = RawForwardBufs { x: (x, x_len), h0: (h0, h0_len), c0: (c0, c0_len), y: (y, y_len), hn: (hn, hn_len), cn: (cn, cn_len) };
     let raw = RawForward { model, reserve: Some(reserve), steps, batch, lengths: (lengths, lengths_len), bufs, masks: None };
+    // SAFETY: the caller's arguments (the header's contract), checked by `parse`.
+    guard(|| DeviceWork::Forward(unsafe { raw.parse()? }).run(stream))
+}
+
+/// Forward for training on device buffers with the dropout masks of `(mask_seed, mask_offset)`:
+/// as `rnnk_forward_training_device`, the masks as `rnnk_forward_training_masked` takes them.
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_forward_training_masked_device(
+    model: *const RnnkModel, reserve: *mut RnnkReserve, mask_seed: u64, mask_offset: u64, steps: usize, batch: usize, lengths: *const i64,
+    lengths_len: usize, x: *const f32, x_len: usize, h0: *const f32, h0_len: usize, c0: *const f32, c0_len: usize, y: *mut f32,
+    y_len: usize, hn: *mut f32, hn_len: usize, cn: *mut f32, cn_len: usize, stream: *mut c_void,
+) -> c_int {
+    let bufs = RawForwardBufs { x: (x, x_len), h0: (h0, h0_len), c0: (c0, c0_len), y: (y, y_len), hn: (hn, hn_len), cn: (cn, cn_len) };
+    let masks = Some((mask_seed, mask_offset));
+    let raw = RawForward { model, reserve: Some(reserve), steps, batch, lengths: (lengths, lengths_len), bufs, masks };
     // SAFETY: the caller's arguments (the header's contract), checked by `parse`.
     guard(|| DeviceWork::Forward(unsafe { raw.parse()? }).run(stream))
 }

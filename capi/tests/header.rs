@@ -252,6 +252,7 @@ fn header_matches_the_rust_source() {
     for f in [
         "rnnk_forward_device",
         "rnnk_forward_training_device",
+        "rnnk_forward_training_masked_device",
         "rnnk_backward_device",
         "rnnk_model_set_params_device",
         "rnnk_model_get_params_device",

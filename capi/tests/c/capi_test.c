@@ -362,6 +362,9 @@ int main(int argc, char** argv) {
         FAILS(rnnk_forward_training_device(m, r, T, B, lengths, B, x, X_LEN, h0, H_LEN, c0, H_LEN, y, Y_LEN, hn, H_LEN, cn, H_LEN,
                                            stream),
               code, needle);
+        FAILS(rnnk_forward_training_masked_device(m, r, 7, 3, T, B, lengths, B, x, X_LEN, h0, H_LEN, c0, H_LEN, y, Y_LEN, hn, H_LEN, cn,
+                                                  H_LEN, stream),
+              code, needle);
         FAILS(rnnk_backward_device(m, r, dy, Y_LEN, dhn, H_LEN, dcn, H_LEN, dx, X_LEN, dh0, H_LEN, dc0, H_LEN, dparams, np, 0, stream),
               code, needle);
         FAILS(rnnk_backward_device(m, r, dy, Y_LEN, dhn, H_LEN, dcn, H_LEN, dx, X_LEN, dh0, H_LEN, dc0, H_LEN, dparams, np, 0, stream),
