@@ -333,11 +333,7 @@ impl Cuda {
         let Some(r) = reserve else { return driver::forward(&exec, plan.weights(), shape, io, None) };
         // Dropout between layers: the masks are the call's (an error naming them when missing,
         // before the reserve changes).
-        let cfg = plan.config();
-        let dropout = match cfg.dropout() {
-            Some(p) if cfg.num_layers() > 1 => Some(crate::backend::host::dropout::Dropout::new(p, input.masks)?),
-            _ => None,
-        };
+        let dropout = crate::backend::host::dropout::Dropout::for_training(plan.config(), input.masks)?;
         // Until this call has filled it, the reserve is not usable.
         r.stamp = ReserveStamp::default();
         r.dropout = dropout;

@@ -7,6 +7,7 @@
 
 use super::direction::BlockWork;
 use super::HostKernels;
+use crate::config::RnnConfig;
 use crate::element::Float;
 use crate::error::{Error, Result};
 use crate::masks::{MaskKind, MaskSite, MaskStream};
@@ -32,6 +33,16 @@ impl Dropout {
             )
         })?;
         Ok(Dropout { stream, threshold: Threshold::new("dropout", p)?, p })
+    }
+
+    /// The dropout of a training pass of `cfg` with the call's `masks`: `None` without dropout
+    /// or with one layer (nothing between layers), an error naming `masks` when they are
+    /// needed and missing. Every backend's training forward pass decides with this.
+    pub fn for_training(cfg: &RnnConfig, masks: Option<MaskStream>) -> Result<Option<Self>> {
+        match cfg.dropout() {
+            Some(p) if cfg.num_layers() > 1 => Ok(Some(Self::new(p, masks)?)),
+            _ => Ok(None),
+        }
     }
 
     /// The call's Philox key (`MaskStream::key`).

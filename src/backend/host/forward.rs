@@ -35,11 +35,8 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
     // The outputs of the layers but the last (which writes `y`): kept in the reserve for
     // backward, else two buffers that take turns being read and written.
     let mut alternating: Vec<Vec<T>> = Vec::new();
-    // Dropout between layers: training passes of stacks of two layers or more.
-    let dropout = match (&save, cfg.dropout()) {
-        (Some(_), Some(p)) if nl > 1 => Some(Dropout::new(p, input.masks)?),
-        _ => None,
-    };
+    // Dropout between layers: training passes only.
+    let dropout = if save.is_some() { Dropout::for_training(cfg, input.masks)? } else { None };
     let (outputs, mut saves, x_copy) = match save {
         Some(s) => {
             s.stamp.fill(&plan.stamp, shape);

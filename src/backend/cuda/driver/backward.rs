@@ -158,7 +158,7 @@ pub(crate) fn backward(exec: &Exec<'_>, weights: Weights<'_>, shape: &SeqShape, 
     let persistent = layers.iter().flat_map(|l| &l.dirs).any(|dir| dir.bufs.persistent.is_some());
     // Not with layer norm: a chunk's dX rows need the whole sequence's dGi (layer_norm.rs); nor
     // with dropout, whose factors apply to a layer's whole dX.
-    let dropout = sv.dropout.filter(|_| cfg.num_layers() > 1);
+    let dropout = sv.dropout;
     let nl = layers.len();
     joined_on_error(exec, || match wavefront_chunk(exec, cfg, shape).filter(|_| !persistent && !cfg.layer_norm() && dropout.is_none()) {
         Some(k) => backward_wavefront(exec, &layers, k),

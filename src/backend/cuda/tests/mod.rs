@@ -152,10 +152,7 @@ impl<T: Element> Problem<T> {
 
     /// The dropout between layers of the problem's training passes (its masks), if any.
     fn dropout(&self) -> Option<crate::backend::host::dropout::Dropout> {
-        match self.cfg.dropout() {
-            Some(p) if self.cfg.num_layers() > 1 => Some(crate::backend::host::dropout::Dropout::new(p, Some(self.masks())).unwrap()),
-            _ => None,
-        }
+        crate::backend::host::dropout::Dropout::for_training(&self.cfg, Some(self.masks())).unwrap()
     }
 
     /// A training forward pass, then an inference one, on `exec`: the training outputs and the
