@@ -11,7 +11,10 @@
 # 4. compute-sanitizer memcheck on the CUDA test binary and racecheck on its small persistent and
 #    layer-norm tests (when compute-sanitizer is on PATH or under CUDA_HOME): the slowest steps,
 #    so after the table;
-# 5. the cuDNN table with f16 storage.
+# 5. the cuDNN table with f16 storage;
+# 6. dropout between layers against cuDNN's (3-layer LSTM and GRU, train, with and without);
+# 7. with GPU_PROFILE=1 and ncu found: each kernel's time (ncu --print-summary per-kernel) in ours
+#    and in cuDNN on the f16 and f32 LSTM inference row lstm-1024-1024-64-25.
 #
 # On a GPU machine without a Rust toolchain: build the programs beforehand where cargo is, with
 # `bash .ci/gpu-pack.sh gpu-pack`, copy that folder into the repository on the GPU machine, and
@@ -125,6 +128,25 @@ fi
 if [ "$HAVE_TORCH_CUDA" = 1 ]; then
     step compare-f16 python3 benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda --rounds "$ROUNDS" \
         --dtype f16 "${BENCH[@]}" --json "$OUT/compare-f16.jsonl"
+fi
+
+if [ "$HAVE_TORCH_CUDA" = 1 ]; then
+    step compare-dropout python3 benches/compare.py --ours cuda --peers pytorch-cuda --rounds "$ROUNDS" "${BENCH[@]}" \
+        --configs lstm-1024-1024-64-25-l3:train,lstm-1024-1024-64-25-l3-drop0.3:train,gru-1024-1024-64-25-l3:train,gru-1024-1024-64-25-l3-drop0.3:train \
+        --json "$OUT/compare-dropout.jsonl"
+fi
+
+NCU=$(command -v ncu || true)
+[ -z "$NCU" ] && [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/ncu" ] && NCU=$CUDA_HOME/bin/ncu
+if [ "${GPU_PROFILE:-0}" = 1 ] && [ -n "$NCU" ]; then
+    ROW=(--cell lstm --input 1024 --hidden 1024 --batch 64 --steps 25 --mode inference)
+    if [ -n "$PRE" ]; then OURS=("$PRE/bin/bench"); else OURS=(cargo run --release --features cuda --example bench --); fi
+    for dtype in f16 f32; do
+        step "profile-ours-$dtype" "$NCU" --metrics gpu__time_duration.sum --print-summary per-kernel \
+            "${OURS[@]}" --backend cuda --dtype "$dtype" "${ROW[@]}" --reps 2 --warmup 1
+        [ "$HAVE_TORCH_CUDA" = 1 ] && step "profile-cudnn-$dtype" "$NCU" --metrics gpu__time_duration.sum --print-summary per-kernel \
+            python3 benches/peers.py --impl pytorch-cuda --dtype "$dtype" "${ROW[@]}" --reps 2 --warmup 1
+    done
 fi
 
 echo "== summary"

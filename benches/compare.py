@@ -26,7 +26,8 @@ Usage:
 Config syntax: `cell-I-H-B-T[-lL][-bi][options][:mode]`, mode `inference` (default) or `train`;
 options are suffixes in any order: `-rev` (direction reverse), `-sum` (merge sum), `-peep`
 (peepholes), `-clipX` (gate clip X), `-if` (input_forget), `-cho` (GRU linear_before_reset=0),
-`-ln` (layer norm, Haste's; no peer has it), `-bf` (batch-first). A peer that lacks an option
+`-ln` (layer norm, Haste's; no peer has it), `-bf` (batch-first), `-dropP` (dropout P between
+layers; it acts in `train` only). A peer that lacks an option
 reads "n/a" (peers.py's `unsupported`).
 """
 
@@ -117,6 +118,7 @@ class Config:
         self.cho = o.get("cho", False)
         self.layer_norm = o.get("layer_norm", False)
         self.batch_first = o.get("batch_first", False)
+        self.dropout = o.get("dropout", 0.0)
 
     def _name(self, sizes):
         s = sizes
@@ -163,6 +165,8 @@ class Config:
             f += ["--layer-norm"]
         if self.batch_first:
             f += ["--batch-first"]
+        if self.dropout:
+            f += ["--dropout", peers.fmt_clip(self.dropout)]
         return f
 
     def gemm_flops(self):
@@ -212,6 +216,13 @@ def parse_config(spec):
                 raise ValueError(f"-clipX needs a number X in {spec!r}") from None
             if not (0 < opts["clip"] < float("inf")):
                 raise ValueError(f"-clipX needs a finite X > 0 in {spec!r}")
+        elif extra.startswith("drop"):
+            try:
+                opts["dropout"] = float(extra[4:])
+            except ValueError:
+                raise ValueError(f"-dropP needs a number P in {spec!r}") from None
+            if not (0 < opts["dropout"] < 1):
+                raise ValueError(f"-dropP needs a probability 0 < P < 1 in {spec!r}")
         else:
             raise ValueError(f"unknown config suffix {extra!r} in {spec!r} "
                              "(use -lL, -bi, -rev, -sum, -peep, -clipX, -if, -cho, -ln, -bf)")

@@ -13,10 +13,11 @@ installed is skipped with a note, never a crash; `train` is skipped for onnxrunt
 
 Cell options, as the Rust bench example takes them: `--peephole`, `--clip X`, `--input-forget`,
 `--cho` (GRU, linear_before_reset=0), `--layer-norm`, `--direction forward|reverse|bidirectional`,
-`--merge concat|sum`, `--batch-first`. The config name gains the same suffixes as ours (`-rev`,
-`-sum`, `-peep`, `-clipX`, `-if`, `-cho`, `-ln`, `-bf`) and the line an "options" field (no peer
+`--merge concat|sum`, `--batch-first`, `--dropout P`. The config name gains the same suffixes as
+ours (`-rev`, `-sum`, `-peep`, `-clipX`, `-if`, `-cho`, `-ln`, `-bf`, `-dropP`) and the line an
+"options" field (no peer
 runs layer norm: it is Haste's, in neither PyTorch nor ONNX). PyTorch runs
-`--batch-first` (its `batch_first=True`) and no other option; onnxruntime runs the ONNX ones
+`--batch-first` (its `batch_first=True`) and `--dropout` (its `dropout=P`) and no other option; onnxruntime runs the ONNX ones
 (peephole, clip, input_forget, Cho's GRU, reverse) on a single-node LSTM/GRU/RNN model built with
 `onnx.helper` (one layer), and not merge=sum (ONNX has no such merge) nor batch-first (its CPU
 kernels refuse ONNX's `layout=1`). `unsupported(impl, a)` says why an impl skips a config.
@@ -92,6 +93,8 @@ def option_names(a):
         names.append("layer_norm")
     if getattr(a, "batch_first", False):
         names.append("batch_first")
+    if getattr(a, "dropout", 0.0):
+        names.append("dropout")
     return names
 
 
@@ -114,6 +117,8 @@ def option_suffix(a):
         s += "-ln"
     if getattr(a, "batch_first", False):
         s += "-bf"
+    if getattr(a, "dropout", 0.0):
+        s += f"-drop{fmt_clip(a.dropout)}"
     return s
 
 
@@ -138,7 +143,7 @@ def gemm_flops(cell, input_size, hidden, batch, steps, layers, bidirectional, mo
     return total * (3 if mode == "train" else 1)
 
 
-PYTORCH_OPTIONS = ("batch_first",)
+PYTORCH_OPTIONS = ("batch_first", "dropout")
 ONNX_OPTIONS = ("direction=reverse", "peephole", "gate_clip", "input_forget", "linear_before_reset=false")
 
 
@@ -229,6 +234,8 @@ def make_module(torch, a):
     kw = dict(num_layers=a.layers, bidirectional=is_bidirectional(a))
     if a.batch_first:
         kw["batch_first"] = True
+    if getattr(a, "dropout", 0.0):
+        kw["dropout"] = a.dropout
     if a.cell == "lstm":
         m = torch.nn.LSTM(a.input, a.hidden, **kw)
     elif a.cell == "gru":
@@ -542,6 +549,8 @@ def parse_args(argv):
                    help="ONNX direction (overrides --bidirectional)")
     p.add_argument("--merge", choices=("concat", "sum"), default="concat", help="bidirectional merge (Keras merge_mode)")
     p.add_argument("--batch-first", action="store_true", help="x [B, T, I] (PyTorch batch_first=True)")
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="dropout between layers (PyTorch dropout=P; in train mode only; 0: none)")
     p.add_argument("--info", action="store_true",
                    help="print one JSON line with the available impls and package versions, and exit")
     a = p.parse_args(argv)

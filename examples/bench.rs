@@ -10,8 +10,10 @@
 //!
 //! Cell options (each as the builder method of `RnnConfig` it sets): `--peephole`, `--clip X`
 //! (`gate_clip`), `--input-forget`, `--cho` (`linear_before_reset(false)`), `--layer-norm`,
-//! `--direction forward|reverse|bidirectional`, `--merge concat|sum`, `--batch-first`. Each adds a
-//! suffix to the `config` name (`-rev`, `-sum`, `-peep`, `-clipX`, `-if`, `-cho`, `-ln`, `-bf`, in that order, as
+//! `--direction forward|reverse|bidirectional`, `--merge concat|sum`, `--batch-first`, `--dropout P`
+//! (dropout between layers; a `train` pass draws each rep's masks from `MaskStream::new(7, rep)`).
+//! Each adds a suffix to the `config` name (`-rev`, `-sum`, `-peep`, `-clipX`, `-if`, `-cho`, `-ln`,
+//! `-bf`, `-dropP`, in that order, as
 //! `benches/peers.py` names them) and the line gains `"options"` (the configuration's option
 //! names); a plain configuration's line is unchanged.
 //!
@@ -21,6 +23,7 @@
 //! `--warmup` untimed ones. `--threads` sets the CPU backend's thread count (the reference is
 //! single-threaded); `RNN_KERNELS_ISA` forces the CPU backend's ISA.
 
+use rnn_kernels::masks::MaskStream;
 use rnn_kernels::testkit::SplitMix64;
 use rnn_kernels::{
     Backend, BackwardInput, BackwardOutput, CellKind, Cpu, Direction, Element, ForwardInput, ForwardOutput, GradMode, Merge, Params,
@@ -57,12 +60,14 @@ struct Args {
     cho: bool,
     layer_norm: bool,
     batch_first: bool,
+    /// `--dropout`: the probability of the dropout between layers, 0 for none.
+    dropout: f64,
 }
 
 const USAGE: &str = "usage: bench --backend reference|cpu|cuda --cell lstm|gru|rnn_tanh|rnn_relu --input I --hidden H \
 --batch B --steps T [--layers L (1 to 1000)] [--bidirectional] [--proj P] --mode inference|train [--threads N (1 to 1024)] \
 [--reps N (1 to 1000000)] [--warmup N (0 to 1000000)] [--dtype f32|f16|bf16 (cuda)]
-[--peephole] [--clip X] [--input-forget] [--cho] [--layer-norm] [--direction forward|reverse|bidirectional] [--merge concat|sum] [--batch-first]
+[--peephole] [--clip X] [--input-forget] [--cho] [--layer-norm] [--direction forward|reverse|bidirectional] [--merge concat|sum] [--batch-first] [--dropout P]
 Sizes whose buffers need more than the machine's memory (RAM and swap, on Linux) are refused before anything is allocated.";
 
 /// The most `--layers`, `--threads`, and `--reps` or `--warmup`.
@@ -94,6 +99,7 @@ fn parse() -> Result<Args, String> {
         cho: false,
         layer_norm: false,
         batch_first: false,
+        dropout: 0.0,
     };
     let mut it = std::env::args().skip(1);
     let num = |flag: &str, v: Option<String>| -> Result<usize, String> {
@@ -128,6 +134,10 @@ fn parse() -> Result<Args, String> {
             "--cho" => a.cho = true,
             "--layer-norm" => a.layer_norm = true,
             "--batch-first" => a.batch_first = true,
+            "--dropout" => {
+                let v = it.next().ok_or("--dropout needs a value")?;
+                a.dropout = v.parse().map_err(|_| format!("--dropout: expected a probability (0 for none), got {v:?}"))?;
+            }
             "--clip" => {
                 let v = it.next().ok_or("--clip needs a value")?;
                 a.clip = v.parse().map_err(|_| format!("--clip: expected a number (0 for none), got {v:?}"))?;
@@ -265,7 +275,8 @@ fn time_loop<T: Element, B: Backend<T>, V: BorrowMut<B::Buf>>(
     sync()?;
     for rep in 0..a.warmup + a.reps {
         let t0 = Instant::now();
-        let input = ForwardInput { x: bufs.x.borrow(), h0: None, c0: None, masks: None };
+        let masks = (a.train && a.dropout > 0.0).then(|| MaskStream::new(7, rep as u64));
+        let input = ForwardInput { x: bufs.x.borrow(), h0: None, c0: None, masks };
         let output = ForwardOutput { y: bufs.y.borrow_mut(), hn: Some(bufs.hn.borrow_mut()), cn: bufs.cn.as_mut().map(|c| c.borrow_mut()) };
         if a.train {
             backend.forward_training(plan, shape, input, output, &mut reserve)?;
@@ -362,6 +373,7 @@ fn config(a: &Args) -> Result<RnnConfig, rnn_kernels::Error> {
         .linear_before_reset(!a.cho)
         .layer_norm(a.layer_norm)
         .batch_first(a.batch_first)
+        .dropout(a.dropout)
         .build()
 }
 
@@ -391,6 +403,9 @@ fn option_suffix(cfg: &RnnConfig) -> String {
     }
     if cfg.batch_first() {
         s += "-bf";
+    }
+    if let Some(p) = cfg.dropout() {
+        s += &format!("-drop{p}");
     }
     s
 }
