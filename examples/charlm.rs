@@ -54,6 +54,9 @@ Training:
   --warmup N                 steps of linear warm-up of the cosine [0]
   --weight-decay X           decoupled weight decay (AdamW) on the weight matrices, >= 0 [0]
   --dropout P                dropout between the recurrent layers in training, in [0, 1) [0]
+  --zoneout Z                zoneout of the hidden state in training, in [0, 1) [0]
+  --zoneout-cell Z           zoneout of the LSTM cell state in training, in [0, 1) [0]
+  --recurrent-dropout P      recurrent (variational) dropout in training, in [0, 1) [0]
   --clip X                   global gradient-norm limit, positive  [5]
   --eval-every N             validation (on a subset) every N steps, 0: only at the end [100]
   --seed N                   initialisation and sampling seed      [1]
@@ -182,6 +185,9 @@ fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String>
             "--warmup",
             "--weight-decay",
             "--dropout",
+            "--zoneout",
+            "--zoneout-cell",
+            "--recurrent-dropout",
             "--eval-every",
             "--seed",
             "--backend",
@@ -229,6 +235,9 @@ fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String>
             "--min-lr" => a.min_lr = num(f, &v, "a non-negative finite number", |x: &f32| *x >= 0.0 && x.is_finite())?,
             "--warmup" => a.warmup = num(f, &v, "a non-negative integer", |_: &u64| true)?,
             "--dropout" => a.train.dropout = num(f, &v, "a probability in [0, 1)", |x: &f64| (0.0..1.0).contains(x))?,
+            "--zoneout" => a.train.zoneout = num(f, &v, "a probability in [0, 1)", |x: &f64| (0.0..1.0).contains(x))?,
+            "--zoneout-cell" => a.train.zoneout_cell = num(f, &v, "a probability in [0, 1)", |x: &f64| (0.0..1.0).contains(x))?,
+            "--recurrent-dropout" => a.train.recurrent_dropout = num(f, &v, "a probability in [0, 1)", |x: &f64| (0.0..1.0).contains(x))?,
             "--weight-decay" => {
                 a.train.adam = AdamConfig {
                     weight_decay: num(f, &v, "a non-negative finite number", |x: &f32| *x >= 0.0 && x.is_finite())?,
@@ -459,7 +468,7 @@ fn run<B: Backend<f32, Buf = [f32]>>(backend: B, args: &Args) -> Result<(), Fail
             val.len()
         );
         println!(
-            "training: {} streams x chunks of {} characters (truncated BPTT, state carried), {} lr {}{}, clip {}, {}{}",
+            "training: {} streams x chunks of {} characters (truncated BPTT, state carried), {} lr {}{}, clip {}, {}{}{}",
             t.batch,
             t.chunk,
             if t.adam.weight_decay > 0.0 { format!("AdamW (weight decay {})", t.adam.weight_decay) } else { "Adam".into() },
@@ -467,6 +476,10 @@ fn run<B: Backend<f32, Buf = [f32]>>(backend: B, args: &Args) -> Result<(), Fail
             if args.cosine { format!(" (cosine to {}, {} warm-up steps)", args.min_lr, args.warmup) } else { String::new() },
             t.clip,
             if t.dropout > 0.0 { format!("dropout {} between layers, ", t.dropout) } else { String::new() },
+            match (t.zoneout, t.zoneout_cell) {
+                (h, c) if h > 0.0 || c > 0.0 => format!("zoneout h {h} c {c}, "),
+                _ => String::new(),
+            } + &if t.recurrent_dropout > 0.0 { format!("recurrent dropout {}, ", t.recurrent_dropout) } else { String::new() },
             match args.steps {
                 Some(n) => format!("{n} steps"),
                 None => format!("{} min wall clock", args.minutes),

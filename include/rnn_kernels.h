@@ -61,6 +61,15 @@
  *                                               values scaled by 1/(1-P); the masks from rnnk_forward_training_masked's
  *                                               seed and offset (on device buffers:
  *                                               rnnk_forward_training_masked_device); inference ignores it
+ *     zoneout=Z                                 Krueger et al. / Haste `zoneout` (Z in [0, 1)): in training,
+ *                                               each unit of the new hidden state keeps its previous value
+ *                                               with probability Z, per step (masks as for dropout); in
+ *                                               inference h = Z*h_prev + (1-Z)*h_new
+ *     zoneout_cell=Z                            LSTM: the same on the cell state c
+ *     recurrent_dropout=P                       Keras `recurrent_dropout` (P in [0, 1); Gal & Ghahramani): in
+ *                                               training, the h entering the recurrent product dropped with
+ *                                               one mask per sequence for all steps; not with
+ *                                               linear_before_reset=false; inference ignores it
  *   A malformed item, an unknown key or a value the cell does not take is
  *   RNNK_ERR_INVALID_ARGUMENT naming the key; an option the chosen backend does not implement is
  *   RNNK_ERR_UNSUPPORTED naming the backend and the option (the "reference" backend implements
@@ -252,11 +261,11 @@ int rnnk_forward_training(const rnnk_model* model, rnnk_reserve* reserve, size_t
                           size_t lengths_len, const float* x, size_t x_len, const float* h0, size_t h0_len, const float* c0,
                           size_t c0_len, float* y, size_t y_len, float* hn, size_t hn_len, float* cn, size_t cn_len);
 
-/* Forward for training with the dropout masks drawn from (mask_seed, mask_offset): as
- * rnnk_forward_training, which refuses a model with the `dropout` option (RNNK_ERR_INVALID_ARGUMENT
- * naming `masks`). The same seed and offset give the same masks on every backend and thread
- * count, and rnnk_backward regenerates them; a training loop keeps the seed and passes a new
- * offset per call. Without `dropout` the masks are not used. */
+/* Forward for training with the dropout and zoneout masks drawn from (mask_seed, mask_offset): as
+ * rnnk_forward_training, which refuses a model with the `dropout`, `zoneout`, `zoneout_cell` or
+ * `recurrent_dropout` option (RNNK_ERR_INVALID_ARGUMENT naming `masks`). The same seed and offset
+ * give the same masks on every backend and thread count, and rnnk_backward regenerates them; a training loop keeps the seed and passes a new
+ * offset per call. Without those options the masks are not used. */
 int rnnk_forward_training_masked(const rnnk_model* model, rnnk_reserve* reserve, uint64_t mask_seed, uint64_t mask_offset, size_t steps,
                                  size_t batch, const int64_t* lengths, size_t lengths_len, const float* x, size_t x_len, const float* h0,
                                  size_t h0_len, const float* c0, size_t c0_len, float* y, size_t y_len, float* hn, size_t hn_len, float* cn,

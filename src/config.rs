@@ -204,6 +204,12 @@ pub struct RnnConfig {
     batch_first: bool,
     /// `f64::to_bits` of the dropout probability between layers (0 for none).
     dropout_bits: u64,
+    /// `f64::to_bits` of the zoneout probability of the hidden state (0 for none).
+    zoneout_bits: u64,
+    /// `f64::to_bits` of the zoneout probability of an LSTM's cell state (0 for none).
+    zoneout_cell_bits: u64,
+    /// `f64::to_bits` of the recurrent (variational) dropout probability (0 for none).
+    recurrent_dropout_bits: u64,
 }
 
 /// Builder for [`RnnConfig`]; defaults as in PyTorch: one layer, unidirectional, with bias, no
@@ -235,6 +241,9 @@ impl RnnConfig {
                 layer_norm: false,
                 batch_first: false,
                 dropout_bits: 0,
+                zoneout_bits: 0,
+                zoneout_cell_bits: 0,
+                recurrent_dropout_bits: 0,
             },
         }
     }
@@ -307,10 +316,29 @@ impl RnnConfig {
         let p = f64::from_bits(self.dropout_bits);
         (p > 0.0).then_some(p)
     }
+    /// The zoneout probability of the hidden state, `None` for none: see
+    /// [`RnnConfigBuilder::zoneout`].
+    pub fn zoneout(&self) -> Option<f64> {
+        let z = f64::from_bits(self.zoneout_bits);
+        (z > 0.0).then_some(z)
+    }
+    /// The zoneout probability of an LSTM's cell state, `None` for none: see
+    /// [`RnnConfigBuilder::zoneout_cell`].
+    pub fn zoneout_cell(&self) -> Option<f64> {
+        let z = f64::from_bits(self.zoneout_cell_bits);
+        (z > 0.0).then_some(z)
+    }
+    /// The recurrent (variational) dropout probability, `None` for none: see
+    /// [`RnnConfigBuilder::recurrent_dropout`].
+    pub fn recurrent_dropout(&self) -> Option<f64> {
+        let p = f64::from_bits(self.recurrent_dropout_bits);
+        (p > 0.0).then_some(p)
+    }
     /// The options of this configuration that differ from PyTorch's plain cells, by their
     /// names in case files (`direction=reverse`, `merge=sum`, `peephole`, `gate_clip`,
-    /// `input_forget`, `linear_before_reset=false`, `layer_norm`, `batch_first`, `dropout`): what
-    /// a backend checks against the options it implements.
+    /// `input_forget`, `linear_before_reset=false`, `layer_norm`, `batch_first`, `dropout`,
+    /// `zoneout`, `zoneout_cell`, `recurrent_dropout`): what a backend checks against the
+    /// options it implements.
     pub fn options(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
         if self.direction == Direction::Reverse {
@@ -339,6 +367,15 @@ impl RnnConfig {
         }
         if self.dropout().is_some() {
             v.push("dropout");
+        }
+        if self.zoneout().is_some() {
+            v.push("zoneout");
+        }
+        if self.zoneout_cell().is_some() {
+            v.push("zoneout_cell");
+        }
+        if self.recurrent_dropout().is_some() {
+            v.push("recurrent_dropout");
         }
         v
     }
@@ -467,6 +504,45 @@ impl RnnConfigBuilder {
         self.cfg.dropout_bits = if p == 0.0 { 0 } else { p.to_bits() };
         self
     }
+    /// Zoneout of the hidden state with probability `z` (default 0: none; Krueger et al. 2017,
+    /// Haste's `zoneout`): in a training pass ([`forward_training`](crate::Backend::forward_training)),
+    /// each unit of each row's new hidden state keeps its previous value with probability `z`
+    /// at every step, `h_t = h_{t-1}` where zoned out, else the cell's `h_t`; in inference, the
+    /// expectation `h_t = z·h_{t-1} + (1-z)·h_t`. The zoned state is what the next step reads,
+    /// what the layer outputs, and `hn`; every layer and direction has its own masks. The masks come
+    /// from the call's [`ForwardInput::masks`](crate::ForwardInput::masks)
+    /// ([`MaskStream`](crate::masks::MaskStream), kind
+    /// [`ZoneoutH`](crate::masks::MaskKind::ZoneoutH), the layer and direction, units
+    /// `0..Hout`), and backward regenerates them. Rows past their length keep their state as
+    /// always (no mask is drawn for them). `z` must be in `[0, 1)`.
+    pub fn zoneout(mut self, z: f64) -> Self {
+        self.cfg.zoneout_bits = if z == 0.0 { 0 } else { z.to_bits() };
+        self
+    }
+    /// Zoneout of an LSTM's cell state with probability `z` (default 0: none): as
+    /// [`zoneout`](Self::zoneout), with masks of kind
+    /// [`ZoneoutC`](crate::masks::MaskKind::ZoneoutC) over units `0..H`, on `c`: `c_t = c_{t-1}`
+    /// where zoned out. The hidden state is computed from the cell's new `c` before zoneout,
+    /// `o ⊙ tanh(c_new)` (Krueger et al.), and the zoned `c_t` is what the next step reads and
+    /// `cn`. LSTM only; `z` in `[0, 1)`.
+    pub fn zoneout_cell(mut self, z: f64) -> Self {
+        self.cfg.zoneout_cell_bits = if z == 0.0 { 0 } else { z.to_bits() };
+        self
+    }
+    /// Recurrent (variational) dropout with probability `p` (default 0: none; Gal and
+    /// Ghahramani 2016, Keras's `recurrent_dropout` with its default one mask for all gates): in
+    /// a training pass, the hidden state that enters the recurrent product is
+    /// `h_{t-1} ⊙ m / (1-p)`, with one mask `m` per sequence, layer and direction, the same at
+    /// every step, so `W_hh` sees the dropped state while the state itself (the output, `hn`,
+    /// and a GRU's `z ⊙ h_{t-1}` term) is not dropped; inference ignores it. The masks come from
+    /// the call's [`ForwardInput::masks`](crate::ForwardInput::masks) (kind
+    /// [`RecurrentH`](crate::masks::MaskKind::RecurrentH), step 0, the layer and direction,
+    /// units `0..Hout`), and backward regenerates them. Not with a GRU whose reset gate comes
+    /// before the matmul (`linear_before_reset(false)`). `p` in `[0, 1)`.
+    pub fn recurrent_dropout(mut self, p: f64) -> Self {
+        self.cfg.recurrent_dropout_bits = if p == 0.0 { 0 } else { p.to_bits() };
+        self
+    }
     /// LSTM coupled input and forget gates (default false; ONNX `input_forget`): `f = 1 - i`;
     /// the forget gate's weights, biases and peephole weights stay in the layout, are not read
     /// and get zero gradients, and the input gate's gradient gains the path through `f`.
@@ -577,6 +653,28 @@ impl RnnConfigBuilder {
         let p = f64::from_bits(c.dropout_bits);
         if !(0.0..1.0).contains(&p) {
             return Err(Error::invalid("dropout", "a probability in [0, 1)", p));
+        }
+        for (name, bits) in
+            [("zoneout", c.zoneout_bits), ("zoneout_cell", c.zoneout_cell_bits), ("recurrent_dropout", c.recurrent_dropout_bits)]
+        {
+            let z = f64::from_bits(bits);
+            if !(0.0..1.0).contains(&z) {
+                return Err(Error::invalid(name, "a probability in [0, 1)", z));
+            }
+        }
+        if c.recurrent_dropout_bits != 0 && !c.linear_before_reset {
+            return Err(Error::invalid(
+                "recurrent_dropout",
+                "0 with linear_before_reset=false (its recurrent product is of r ⊙ h_prev)",
+                f64::from_bits(c.recurrent_dropout_bits),
+            ));
+        }
+        if c.zoneout_cell_bits != 0 && c.cell != CellKind::Lstm {
+            return Err(Error::invalid(
+                "zoneout_cell",
+                format!("0 for cell {} (the cell state is an LSTM's)", c.cell),
+                f64::from_bits(c.zoneout_cell_bits),
+            ));
         }
         if c.num_layers > RnnConfig::MAX_NUM_LAYERS {
             let tensors = (c.num_layers as u128) * (c.num_directions() as u128) * (crate::params::ParamKind::ALL.len() as u128);

@@ -27,7 +27,7 @@
 //! value. Integer comparisons only, so a mask is the same bits everywhere.
 
 use crate::error::{Error, Result};
-use crate::philox::{key_of_seed, philox4x32_10, Threshold};
+use crate::philox::{key_of_seed, philox4x32_10, philox4x32_10_x8, Threshold};
 
 /// What a mask applies to; its number is the low 3 bits of the counter's last word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,13 +122,27 @@ impl MaskStream {
     /// naming `step` otherwise. Units past `4·2³²` are an error naming `hit`.
     pub fn fill_hits(self, site: MaskSite, step: usize, row: usize, threshold: Threshold, hit: &mut [bool]) -> Result<()> {
         let (step, row) = self.position(site, step, row, hit.len())?;
-        for (group, chunk) in hit.chunks_mut(4).enumerate() {
-            let w = self.words(site, step, row, group as u32);
-            for (h, &u) in chunk.iter_mut().zip(&w) {
-                *h = threshold.hit(u);
+        self.fill_hits_at(site, step, row, threshold, hit);
+        Ok(())
+    }
+
+    /// [`fill_hits`](Self::fill_hits) at a position already checked: at most `4·2³²` units.
+    pub(crate) fn fill_hits_at(self, site: MaskSite, step: u32, row: u32, threshold: Threshold, hit: &mut [bool]) {
+        self.for_each_word(site, step, row, hit.len(), |u, w| hit[u] = threshold.hit(w));
+    }
+
+    /// Calls `f(u, word)` for units `0..units` of `row` at `step` and `site`, in order, 8
+    /// counters (32 units) at a time ([`philox4x32_10_x8`]).
+    #[inline]
+    fn for_each_word(self, site: MaskSite, step: u32, row: u32, units: usize, mut f: impl FnMut(usize, u32)) {
+        let mut words = [0u32; 32];
+        for base in (0..units).step_by(32) {
+            // `position` checked at most 2^32 groups of 4 units.
+            philox4x32_10_x8((base / 4) as u32, row, step, site.tag, self.key, &mut words);
+            for (u, &w) in (base..units).zip(&words) {
+                f(u, w);
             }
         }
-        Ok(())
     }
 
     /// Writes into `out[u]` the dropout factor of unit `u`: 0 where it is a hit of `threshold`
@@ -144,12 +158,7 @@ impl MaskStream {
         out: &mut [T],
     ) -> Result<()> {
         let (step, row) = self.position(site, step, row, out.len())?;
-        for (group, chunk) in out.chunks_mut(4).enumerate() {
-            let w = self.words(site, step, row, group as u32);
-            for (o, &u) in chunk.iter_mut().zip(&w) {
-                *o = if threshold.hit(u) { T::default() } else { scale };
-            }
-        }
+        self.for_each_word(site, step, row, out.len(), |u, w| out[u] = if threshold.hit(w) { T::default() } else { scale });
         Ok(())
     }
 

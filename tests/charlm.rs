@@ -369,3 +369,48 @@ fn dropout_between_layers_is_reproducible_and_changes_training() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(loaded.rnn_config().dropout(), Some(0.3), "the checkpoint keeps the dropout");
 }
+
+/// Zoneout in the trainer's stack: a run of a fixed number of steps is the same on every run and
+/// differs from the run without zoneout; evaluation uses the expectation (it differs from the
+/// same weights without zoneout); a checkpoint keeps it; a rate outside [0, 1), or the cell
+/// state's zoneout on a GRU, is an error naming the option.
+#[test]
+fn zoneout_is_reproducible_and_changes_training() {
+    let (vocab, train, val) = small_corpus();
+    let val = &val[..2_000];
+    let config = CharLmConfig { cell: CellKind::Lstm, layers: 2, hidden: 24, embedding_dim: 8 };
+    let run = |zoneout: f64, zoneout_cell: f64| {
+        let model = CharLm::new(Cpu::with_threads(2).unwrap(), vocab.clone(), &config, 4).unwrap();
+        let mut trainer =
+            Trainer::new(model, train.clone(), TrainConfig { zoneout, zoneout_cell, mask_seed: 3, ..small_training() }).unwrap();
+        let losses: Vec<f64> = (0..15).map(|_| trainer.step().unwrap()).collect();
+        (losses, trainer.into_model())
+    };
+    let (a, model) = run(0.2, 0.1);
+    let (b, _) = run(0.2, 0.1);
+    let (plain, _) = run(0.0, 0.0);
+    assert_eq!(a, b, "two runs with zoneout differ");
+    let model_rd = CharLm::new(Cpu::with_threads(2).unwrap(), vocab.clone(), &config, 4).unwrap();
+    let mut trainer =
+        Trainer::new(model_rd, train.clone(), TrainConfig { recurrent_dropout: 0.3, mask_seed: 3, ..small_training() }).unwrap();
+    let rd: Vec<f64> = (0..15).map(|_| trainer.step().unwrap()).collect();
+    assert_ne!(rd, plain, "recurrent dropout changed nothing");
+    assert_eq!(trainer.model().rnn_config().recurrent_dropout(), Some(0.3));
+    assert_ne!(a, plain, "zoneout changed nothing");
+    assert_eq!((model.rnn_config().zoneout(), model.rnn_config().zoneout_cell()), (Some(0.2), Some(0.1)));
+    let with = model.evaluate(val, 8, 50).unwrap();
+    let bytes = model.to_safetensors_bytes().unwrap();
+    let mut model = model;
+    model.set_zoneout(0.0, 0.0).unwrap();
+    assert_ne!(model.evaluate(val, 8, 50).unwrap(), with, "evaluation ignored the zoneout's expectation");
+    assert!(model.set_zoneout(1.0, 0.0).unwrap_err().to_string().contains("zoneout"));
+    let dir = std::env::temp_dir().join(format!("rnn-kernels-charlm-zoneout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("m.safetensors"), &bytes).unwrap();
+    let loaded = CharLm::load(Reference, dir.join("m.safetensors")).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(loaded.rnn_config().zoneout_cell(), Some(0.1), "the checkpoint keeps the zoneout");
+    let gru = CharLm::new(Cpu::with_threads(1).unwrap(), vocab.clone(), &CharLmConfig { cell: CellKind::Gru, ..config }, 4).unwrap();
+    let e = Trainer::new(gru, train.clone(), TrainConfig { zoneout_cell: 0.2, ..small_training() }).unwrap_err();
+    assert!(e.to_string().contains("zoneout_cell"), "{e}");
+}

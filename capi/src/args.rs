@@ -653,7 +653,7 @@ pub unsafe fn string<'a>(arg: &str, p: *const c_char) -> Result<&'a str, CapiErr
 
 /// The keys of `rnnk_model_create_ex`'s `options` string: the case-file metadata keys of the
 /// cell options (docs/case-format.md), each with the values it takes.
-pub const OPTION_KEYS: [(&str, &str); 9] = [
+pub const OPTION_KEYS: [(&str, &str); 12] = [
     ("direction", "forward, reverse or bidirectional"),
     ("merge", "concat or sum"),
     ("peephole", "true or false"),
@@ -663,6 +663,9 @@ pub const OPTION_KEYS: [(&str, &str); 9] = [
     ("layer_norm", "true or false"),
     ("batch_first", "true or false"),
     ("dropout", "a probability in [0, 1)"),
+    ("zoneout", "a probability in [0, 1)"),
+    ("zoneout_cell", "a probability in [0, 1)"),
+    ("recurrent_dropout", "a probability in [0, 1)"),
 ];
 
 /// Applies the cell options of `options` (`rnnk_model_create_ex`) to `builder`, whose
@@ -717,6 +720,9 @@ pub fn cell_options(
             "layer_norm" => builder.layer_norm(flag()?),
             "batch_first" => builder.batch_first(flag()?),
             "dropout" => builder.dropout(text()?.parse::<f64>().map_err(|_| bad(text().unwrap_or_default()))?),
+            "zoneout" => builder.zoneout(text()?.parse::<f64>().map_err(|_| bad(text().unwrap_or_default()))?),
+            "zoneout_cell" => builder.zoneout_cell(text()?.parse::<f64>().map_err(|_| bad(text().unwrap_or_default()))?),
+            "recurrent_dropout" => builder.recurrent_dropout(text()?.parse::<f64>().map_err(|_| bad(text().unwrap_or_default()))?),
             _ => return Err(unknown()),
         };
     }
@@ -753,6 +759,15 @@ pub fn options_string(cfg: &RnnConfig) -> String {
     }
     if let Some(p) = cfg.dropout() {
         items.push(format!("dropout={p}"));
+    }
+    if let Some(z) = cfg.zoneout() {
+        items.push(format!("zoneout={z}"));
+    }
+    if let Some(z) = cfg.zoneout_cell() {
+        items.push(format!("zoneout_cell={z}"));
+    }
+    if let Some(p) = cfg.recurrent_dropout() {
+        items.push(format!("recurrent_dropout={p}"));
     }
     items.join(",")
 }

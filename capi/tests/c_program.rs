@@ -268,6 +268,18 @@ fn variants() -> Vec<Variant> {
             canonical: "dropout=0.25",
         },
         Variant {
+            name: "lstm_zoneout",
+            cfg: new(CellKind::Lstm).zoneout(0.3).zoneout_cell(0.2).build().unwrap(),
+            options: "zoneout=0.3, zoneout_cell=0.2",
+            canonical: "zoneout=0.3,zoneout_cell=0.2",
+        },
+        Variant {
+            name: "gru_zoneout_dropout",
+            cfg: new(CellKind::Gru).dropout(0.4).zoneout(0.15).recurrent_dropout(0.25).build().unwrap(),
+            options: "recurrent_dropout=0.25, zoneout=0.15,dropout=0.4",
+            canonical: "dropout=0.4,zoneout=0.15,recurrent_dropout=0.25",
+        },
+        Variant {
             name: "lstm_sum_input_forget",
             cfg: new(CellKind::Lstm).bidirectional(true).merge(Merge::Sum).input_forget(true).build().unwrap(),
             options: "merge = sum, input_forget = 1",

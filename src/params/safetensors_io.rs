@@ -171,6 +171,15 @@ fn config_from_metadata_inner(meta: &HashMap<String, String>) -> Result<RnnConfi
         Some(v) => v.parse::<f64>().map_err(|_| Error::invalid("metadata[\"dropout\"]", "a probability in [0, 1)", format!("{v:?}")))?,
         None => 0.0,
     };
+    let rate = |key: &str| -> Result<f64> {
+        match parsed(key)? {
+            Some(v) => {
+                v.parse::<f64>().map_err(|_| Error::invalid(format!("metadata[\"{key}\"]"), "a probability in [0, 1)", format!("{v:?}")))
+            }
+            None => Ok(0.0),
+        }
+    };
+    let (zoneout, zoneout_cell, recurrent_dropout) = (rate("zoneout")?, rate("zoneout_cell")?, rate("recurrent_dropout")?);
     RnnConfig::new(cell, num("input_size")?, num("hidden_size")?)
         .num_layers(num("num_layers")?)
         .direction(direction)
@@ -184,6 +193,9 @@ fn config_from_metadata_inner(meta: &HashMap<String, String>) -> Result<RnnConfi
         .layer_norm(flag("layer_norm", Some(false))?)
         .batch_first(flag("batch_first", Some(false))?)
         .dropout(dropout)
+        .zoneout(zoneout)
+        .zoneout_cell(zoneout_cell)
+        .recurrent_dropout(recurrent_dropout)
         .build()
 }
 
@@ -217,6 +229,15 @@ pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
     }
     if let Some(p) = config.dropout() {
         m.insert("dropout".to_string(), p.to_string());
+    }
+    if let Some(z) = config.zoneout() {
+        m.insert("zoneout".to_string(), z.to_string());
+    }
+    if let Some(z) = config.zoneout_cell() {
+        m.insert("zoneout_cell".to_string(), z.to_string());
+    }
+    if let Some(p) = config.recurrent_dropout() {
+        m.insert("recurrent_dropout".to_string(), p.to_string());
     }
     if !config.linear_before_reset() {
         m.insert("linear_before_reset".to_string(), "false".to_string());

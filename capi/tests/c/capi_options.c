@@ -134,12 +134,12 @@ int main(int argc, char** argv) {
 
     rnnk_reserve* r = NULL;
     OK(rnnk_reserve_create(&r));
-    if (strstr(canonical, "dropout") != NULL) {
-        /* dropout needs the masks' seed and offset: the plain training call names them */
+    if (strstr(canonical, "dropout") != NULL || strstr(canonical, "zoneout") != NULL) {
+        /* dropout (also recurrent) and zoneout need the masks' seed and offset: the plain training call names them */
         FAILS(rnnk_forward_training(m, r, T, B, lengths, B, x, xl, h0, hl, c0, cl, y, yl, hn, hl, cn, cl), RNNK_ERR_INVALID_ARGUMENT,
               "`masks`");
     }
-    /* the training pass with the masks of seed 7, offset 3 (not used without dropout) */
+    /* the training pass with the masks of seed 7, offset 3 (not used without dropout or zoneout) */
     OK(rnnk_forward_training_masked(m, r, 7, 3, T, B, lengths, B, x, xl, h0, hl, c0, cl, y, yl, hn, hl, cn, cl));
     write_f32("y_tr", y, yl);
     write_f32("hn_tr", hn, hl);

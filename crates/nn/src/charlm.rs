@@ -142,6 +142,35 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
         Ok(())
     }
 
+    /// Sets the zoneout of training passes (`h` and, LSTM, `c`; each in `[0, 1)`, 0: none),
+    /// replanning the stack with it. Inference (evaluation, sampling) then uses the expectation
+    /// `z·prev + (1-z)·new` ([`RnnConfigBuilder::zoneout`](rnn_kernels::RnnConfigBuilder::zoneout)).
+    pub fn set_zoneout(&mut self, h: f64, c: f64) -> Result<()> {
+        let cfg = self.params.config();
+        if cfg.zoneout().unwrap_or(0.0) == h && cfg.zoneout_cell().unwrap_or(0.0) == c {
+            return Ok(());
+        }
+        let cfg = cfg.to_builder().zoneout(h).zoneout_cell(c).build()?;
+        let params = Params::from_vec(&cfg, self.params.as_slice().to_vec())?;
+        self.rnn.replan(&cfg, params.as_slice())?;
+        self.params = params;
+        Ok(())
+    }
+
+    /// Sets the recurrent (variational) dropout of training passes (`p` in `[0, 1)`; 0: none),
+    /// replanning the stack with it. Inference ignores it
+    /// ([`RnnConfigBuilder::recurrent_dropout`](rnn_kernels::RnnConfigBuilder::recurrent_dropout)).
+    pub fn set_recurrent_dropout(&mut self, p: f64) -> Result<()> {
+        if self.params.config().recurrent_dropout().unwrap_or(0.0) == p {
+            return Ok(());
+        }
+        let cfg = self.params.config().to_builder().recurrent_dropout(p).build()?;
+        let params = Params::from_vec(&cfg, self.params.as_slice().to_vec())?;
+        self.rnn.replan(&cfg, params.as_slice())?;
+        self.params = params;
+        Ok(())
+    }
+
     /// The vocabulary.
     pub fn vocab(&self) -> &Vocab {
         &self.vocab
@@ -423,15 +452,35 @@ pub struct TrainConfig {
     /// Dropout between the recurrent layers in training (PyTorch's `dropout` of `nn.LSTM`;
     /// [`RnnConfigBuilder::dropout`](rnn_kernels::RnnConfigBuilder::dropout)), in `[0, 1)`.
     pub dropout: f64,
-    /// The seed of the dropout masks: step `s` draws `MaskStream::new(mask_seed, s)`, so a run
-    /// of a fixed number of steps is the same on every run.
+    /// Zoneout of the hidden state in training
+    /// ([`RnnConfigBuilder::zoneout`](rnn_kernels::RnnConfigBuilder::zoneout)), in `[0, 1)`.
+    pub zoneout: f64,
+    /// Zoneout of an LSTM's cell state in training
+    /// ([`RnnConfigBuilder::zoneout_cell`](rnn_kernels::RnnConfigBuilder::zoneout_cell)), in `[0, 1)`.
+    pub zoneout_cell: f64,
+    /// Recurrent (variational) dropout in training
+    /// ([`RnnConfigBuilder::recurrent_dropout`](rnn_kernels::RnnConfigBuilder::recurrent_dropout)), in `[0, 1)`.
+    pub recurrent_dropout: f64,
+    /// The seed of the dropout and zoneout masks: step `s` draws `MaskStream::new(mask_seed,
+    /// s)`, so a run of a fixed number of steps is the same on every run.
     pub mask_seed: u64,
 }
 
 impl Default for TrainConfig {
-    /// 32 streams, chunks of 100, Adam with learning rate 2e-3, clipping at 5, no dropout.
+    /// 32 streams, chunks of 100, Adam with learning rate 2e-3, clipping at 5, no dropout or
+    /// zoneout.
     fn default() -> Self {
-        TrainConfig { batch: 32, chunk: 100, adam: AdamConfig::default(), clip: 5.0, dropout: 0.0, mask_seed: 0 }
+        TrainConfig {
+            batch: 32,
+            chunk: 100,
+            adam: AdamConfig::default(),
+            clip: 5.0,
+            dropout: 0.0,
+            zoneout: 0.0,
+            zoneout_cell: 0.0,
+            recurrent_dropout: 0.0,
+            mask_seed: 0,
+        }
     }
 }
 
@@ -464,9 +513,11 @@ impl<B: Backend<f32, Buf = [f32]>> std::fmt::Debug for Trainer<B> {
 impl<B: Backend<f32, Buf = [f32]>> Trainer<B> {
     /// A trainer for `model` on `data` (character ids), with fresh optimiser state.
     pub fn new(model: CharLm<B>, data: Vec<usize>, config: TrainConfig) -> Result<Self> {
-        let TrainConfig { batch, chunk, clip, dropout, .. } = config;
+        let TrainConfig { batch, chunk, clip, dropout, zoneout, zoneout_cell, recurrent_dropout, .. } = config;
         let mut model = model;
         model.set_dropout(dropout)?;
+        model.set_zoneout(zoneout, zoneout_cell)?;
+        model.set_recurrent_dropout(recurrent_dropout)?;
         if batch == 0 || chunk == 0 {
             return Err(invalid("batch, chunk", "both at least 1", format!("{batch}, {chunk}")));
         }

@@ -28,6 +28,9 @@ pub(crate) struct Cell {
     /// Layer-normalised LSTM or GRU (Haste's semantics; see
     /// [`RnnConfigBuilder::layer_norm`](crate::RnnConfigBuilder::layer_norm)).
     pub layer_norm: bool,
+    /// LSTM with zoneout of the cell state: a training pass saves the cell's new `c` before
+    /// zoneout (`c_new`) beside the zoned one.
+    pub zoneout_cell: bool,
 }
 
 impl Cell {
@@ -43,6 +46,7 @@ impl Cell {
             input_forget: config.input_forget(),
             linear_before_reset: config.linear_before_reset(),
             layer_norm: config.layer_norm(),
+            zoneout_cell: config.zoneout_cell().is_some(),
         }
     }
 
@@ -88,6 +92,7 @@ impl Cell {
             rstd_x: if ln { tb } else { 0 },
             rstd_h: if ln { tb } else { 0 },
             rstd_c: if ln_c { tb } else { 0 },
+            c_new: if self.zoneout_cell { tb * self.hidden } else { 0 },
         }
     }
 }
@@ -122,18 +127,34 @@ pub(crate) struct Saved<M> {
     pub rstd_h: M,
     /// `[T, B]` (layer-normalised LSTM): the same of the cell state.
     pub rstd_c: M,
+    /// `[T, B, H]` (LSTM with zoneout of the cell state): the cell's new `c` before zoneout
+    /// (`c` holds the zoned one, which the next step reads).
+    pub c_new: M,
 }
 
 /// The number of buffers of a [`Saved`].
-pub(crate) const SAVED_BUFFERS: usize = 11;
+pub(crate) const SAVED_BUFFERS: usize = 12;
 
 impl<M> Saved<M> {
     /// The buffers, in a fixed order (gates, extra, c, m, h, ln_x, ln_h, ln_c, rstd_x, rstd_h,
-    /// rstd_c).
+    /// rstd_c, c_new).
     // The CUDA driver's views of a reserve; the host driver reads the fields by name.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     pub fn each(&self) -> [&M; SAVED_BUFFERS] {
-        [&self.gates, &self.extra, &self.c, &self.m, &self.h, &self.ln_x, &self.ln_h, &self.ln_c, &self.rstd_x, &self.rstd_h, &self.rstd_c]
+        [
+            &self.gates,
+            &self.extra,
+            &self.c,
+            &self.m,
+            &self.h,
+            &self.ln_x,
+            &self.ln_h,
+            &self.ln_c,
+            &self.rstd_x,
+            &self.rstd_h,
+            &self.rstd_c,
+            &self.c_new,
+        ]
     }
 
     /// The buffers, mutably, in the order of [`each`](Self::each).
@@ -150,19 +171,20 @@ impl<M> Saved<M> {
             &mut self.rstd_x,
             &mut self.rstd_h,
             &mut self.rstd_c,
+            &mut self.c_new,
         ]
     }
 
     /// The buffers of an array in the order of [`each`](Self::each).
     pub fn from_array(a: [M; SAVED_BUFFERS]) -> Saved<M> {
-        let [gates, extra, c, m, h, ln_x, ln_h, ln_c, rstd_x, rstd_h, rstd_c] = a;
-        Saved { gates, extra, c, m, h, ln_x, ln_h, ln_c, rstd_x, rstd_h, rstd_c }
+        let [gates, extra, c, m, h, ln_x, ln_h, ln_c, rstd_x, rstd_h, rstd_c, c_new] = a;
+        Saved { gates, extra, c, m, h, ln_x, ln_h, ln_c, rstd_x, rstd_h, rstd_c, c_new }
     }
 
     /// The buffers as an array in the order of [`each`](Self::each).
     pub fn into_array(self) -> [M; SAVED_BUFFERS] {
-        let Saved { gates, extra, c, m, h, ln_x, ln_h, ln_c, rstd_x, rstd_h, rstd_c } = self;
-        [gates, extra, c, m, h, ln_x, ln_h, ln_c, rstd_x, rstd_h, rstd_c]
+        let Saved { gates, extra, c, m, h, ln_x, ln_h, ln_c, rstd_x, rstd_h, rstd_c, c_new } = self;
+        [gates, extra, c, m, h, ln_x, ln_h, ln_c, rstd_x, rstd_h, rstd_c, c_new]
     }
 
     /// Each buffer through `f`, called in the order of [`each`](Self::each): e.g. element

@@ -6,7 +6,9 @@ use super::col_sums::{self, ColSum};
 use super::direction::{cut_rows, rows_or_zeros, BlockWork, Direction};
 use super::layer_norm::{self, LstmBackScratch, LstmLnRows};
 use super::peephole::{add_peephole_grad, PeepholeGrad};
+use super::recurrent_dropout::{self, RecurrentDropout};
 use super::reserve::{transpose_steps, Workspace};
+use super::zoneout::{self, State, Zoneout};
 use super::{gru_reset_before, CellBackward, HostKernels, HostPlan, HostReserve, Mat, MatMut, Pass, Weight};
 use crate::backend::cell::Saved;
 use crate::backend::stack::{prev_step, steps, LayerDims};
@@ -68,6 +70,8 @@ pub(crate) fn run_backward<T: Float, K: HostKernels<T>>(
                 dh0: dir.block_mut(&mut dh0, hlen),
                 dc0: dir.block_mut(&mut dc0, clen),
                 dparams: dparams.as_deref_mut(),
+                zoneout: s.zoneout,
+                recurrent_dropout: s.recurrent_dropout,
             };
             bptt_direction(k, dir, io, &s.work)?;
         }
@@ -115,6 +119,10 @@ struct DirectionIo<'a, T> {
     dc0: Option<&'a mut [T]>,
     /// The flat parameter gradients; the direction's are added in.
     dparams: Option<&'a mut [T]>,
+    /// The forward pass's zoneout, if any.
+    zoneout: Option<Zoneout>,
+    /// The forward pass's recurrent dropout, if any.
+    recurrent_dropout: Option<RecurrentDropout>,
 }
 
 /// `c[m, n] += Σ g[r, m]^T · x[r, n]` over the rows of every segment `(g, x)` of `segs`, in
@@ -200,10 +208,17 @@ struct BwdRows<T> {
     active: Vec<bool>,
     /// The layer-normalised LSTM's scratch (empty otherwise).
     ln_lstm: Option<LstmBackScratch<T>>,
+    /// Zoneout: `[n, Hout]` and `[n, H]`, the gradients of the step's zoned-out units of `h`
+    /// and `c`, which go straight to the previous step's; and a row's mask (scratch).
+    zone_h: Vec<T>,
+    zone_c: Vec<T>,
+    hit: Vec<bool>,
+    /// Recurrent dropout: `[n, Hout]` the block's factors (empty without).
+    rec: Vec<T>,
 }
 
 impl<T: Float> BwdRows<T> {
-    fn new(rows: Range<usize>, dm: &LayerDims, dhn: Option<&[T]>, dcn: Option<&[T]>, work: &Workspace<T>) -> Result<Self> {
+    fn new(rows: Range<usize>, dm: &LayerDims, dhn: Option<&[T]>, dcn: Option<&[T]>, work: &Workspace<T>, rec: Vec<T>) -> Result<Self> {
         let n = rows.len();
         let ln_lstm = if dm.cell.layer_norm && dm.lstm() { Some(LstmBackScratch::new(n, dm.h, work)?) } else { None };
         Ok(BwdRows {
@@ -216,6 +231,10 @@ impl<T: Float> BwdRows<T> {
             dgh: vec![T::ZERO; if keeps_dgh(dm) { 0 } else { n * dm.gh }],
             active: vec![false; n],
             ln_lstm,
+            zone_h: Vec::new(),
+            zone_c: Vec::new(),
+            hit: Vec::new(),
+            rec,
         })
     }
 }
@@ -265,12 +284,13 @@ fn backward_step<T: Float, K: HostKernels<T>>(
     inp: StepInputs<'_, T>,
     st: &mut BwdRows<T>,
     out: StepGrads<'_, T>,
+    zone: Option<(Zoneout, zoneout::Sites)>,
 ) {
     let dm = &dir.dims;
     let (tl, bl, h, hout, gh, col) = (dm.t, dm.b, dm.h, dm.hout, dm.gh, dir.col);
     let widths = dm.cell.saved_sizes(1, 1);
     let (ew, cw) = (widths.extra, widths.c);
-    let BwdRows { row0, dh_carry, dc_carry, dh_t, dm_t, dh_direct, dgh: dgh_scratch, active, ln_lstm } = st;
+    let BwdRows { row0, dh_carry, dc_carry, dh_t, dm_t, dh_direct, dgh: dgh_scratch, active, ln_lstm, zone_h, zone_c, hit, rec } = st;
     let StepGrads { dgi, dgh, dh: dh_all, dhg_raw, dsh } = out;
     let (r0, n) = (*row0, active.len());
     // Rows r0..r0+n of step s of a saved [T, B, w] buffer.
@@ -290,6 +310,14 @@ fn backward_step<T: Float, K: HostKernels<T>>(
             for (v, &g) in dst.iter_mut().zip(&inp.d_out[row..row + hout]) {
                 *v += g;
             }
+        }
+    }
+    if let Some((z, sites)) = zone {
+        // dh_t and dc are w.r.t. the zoned states: the zoned-out units' part goes straight to
+        // the previous step's states (added below), the rest through the cell.
+        z.split_grad(State::H, sites, t, r0, active, dh_t, zone_h, hit);
+        if z.applies(State::C) {
+            z.split_grad(State::C, sites, t, r0, active, dc_carry, zone_c, hit);
         }
     }
     let dm_slice: &[T] = if dm.proj {
@@ -313,7 +341,8 @@ fn backward_step<T: Float, K: HostKernels<T>>(
         input_forget: dm.cell.input_forget,
         gates: &sv.gates[rows(t, gh)],
         extra: &sv.extra[rows(t, ew)],
-        c: &sv.c[rows(t, cw)],
+        // The cell's own new c (before zoneout of the cell state).
+        c: if dm.cell.zoneout_cell { &sv.c_new[rows(t, cw)] } else { &sv.c[rows(t, cw)] },
         c_prev,
         h_prev: if dm.gru() { h_prev } else { &[] },
         dm: dm_slice,
@@ -343,9 +372,12 @@ fn backward_step<T: Float, K: HostKernels<T>>(
         // dHG_raw = LNback(dGh; γ_hh), then dh_prev = dHG_raw · W_hh.
         k.layer_norm_rows_backward(gh, dgh, dir.w.ln_hh, &sv.ln_h[rows(t, gh)], &sv.rstd_h[rows(t, 1)], dhg_raw);
         dir.backward_product(k, Weight::Hh, dhg_raw, T::ZERO, dh_carry);
+        // Recurrent dropout: the product read the dropped state.
+        recurrent_dropout::scale_active(active, rec, dh_carry);
     } else {
         k.cell_step_backward(&dm.cell, step);
         dir.backward_product(k, Weight::Hh, dgh, T::ZERO, dh_carry);
+        recurrent_dropout::scale_active(active, rec, dh_carry);
     }
     for (b, &a) in active.iter().enumerate() {
         let dst = &mut dh_carry[b * hout..(b + 1) * hout];
@@ -357,6 +389,10 @@ fn backward_step<T: Float, K: HostKernels<T>>(
             }
         }
     }
+    if let Some((z, _)) = zone {
+        z.add_kept(State::H, active, zone_h, dh_carry);
+        z.add_kept(State::C, active, zone_c, dc_carry);
+    }
 }
 
 /// BPTT through one layer-direction: adds `dGi · W_ih` into `io.d_in`, writes `io.dh0` and
@@ -367,7 +403,12 @@ fn backward_step<T: Float, K: HostKernels<T>>(
 fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io: DirectionIo<'_, T>, work: &Workspace<T>) -> Result<()> {
     let dm = dir.dims;
     let (tl, bl, h, hout, gh) = (dm.t, dm.b, dm.h, dm.hout, dm.gh);
-    let DirectionIo { input, d_out, saved: sv, h0, c0, dhn, dcn, d_in, dh0, dc0, dparams } = io;
+    let DirectionIo { input, d_out, saved: sv, h0, c0, dhn, dcn, d_in, dh0, dc0, dparams, zoneout, recurrent_dropout } = io;
+    let (layer, direction) = (dir.ld / dm.dirs, dir.ld % dm.dirs);
+    let zone = match zoneout {
+        Some(z) => Some((z, zoneout::Sites::new(dir.ld / dm.dirs, dir.ld % dm.dirs)?)),
+        None => None,
+    };
     let tb = tl * bl;
     let zeros_c = vec![T::ZERO; if dm.lstm() { bl * h } else { 0 }];
     let inp = StepInputs { saved: sv, h0, c0: c0.unwrap_or(&zeros_c), d_out };
@@ -383,7 +424,16 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
     let mut dhg_raw_all = if ln { work.zeroed(tb * gh, "the raw recurrent products' gradients, [T, B, G·H]")? } else { Vec::new() };
     let mut dsh_all = if ln && dm.lstm() { work.zeroed(tb * h, "the normalised cell states' gradients, [T, B, H]")? } else { Vec::new() };
     let bounds = k.row_blocks(bl, Pass::Backward);
-    let mut blocks: Vec<BwdRows<T>> = bounds.windows(2).map(|r| BwdRows::new(r[0]..r[1], &dm, dhn, dcn, work)).collect::<Result<_>>()?;
+    let mut blocks: Vec<BwdRows<T>> = bounds
+        .windows(2)
+        .map(|r| {
+            let rec = match &recurrent_dropout {
+                Some(rd) => rd.factors(layer, direction, r[0], r[1] - r[0], hout)?,
+                None => Vec::new(),
+            };
+            BwdRows::new(r[0]..r[1], &dm, dhn, dcn, work, rec)
+        })
+        .collect::<Result<_>>()?;
     {
         let serial = k.serial();
         let kb: &K = if blocks.len() > 1 { &serial } else { k };
@@ -394,7 +444,7 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
             let Some((((((st, mut dgi), mut dgh), mut dh), mut dhg_raw), mut dsh)) = work.take(i) else { return };
             for t in steps(tl, !dir.reverse()) {
                 let out = StepGrads { dgi: &mut *dgi[t], dgh: &mut *dgh[t], dh: &mut *dh[t], dhg_raw: &mut *dhg_raw[t], dsh: &mut *dsh[t] };
-                backward_step(kb, &dir, t, inp, st, out);
+                backward_step(kb, &dir, t, inp, st, out, zone);
             }
         });
     }
@@ -440,21 +490,36 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
             (0, &dgh_w[bl * gh..], &sv.h[..(tl - 1) * bl * hout])
         };
         let first_g = &dgh_w[first * bl * gh..(first + 1) * bl * gh];
-        let segs = [(rest_g, rest_h), (first_g, h0)];
+        // With recurrent dropout the product read the dropped states: rebuilt here, each step's
+        // `h_prev ⊙ f`, in one segment.
+        let dropped = match &recurrent_dropout {
+            Some(rd) => Some(dropped_states(rd, layer, direction, &dm, dir.reverse(), &sv.h, h0, work)?),
+            None => None,
+        };
+        let segs_dropped;
+        let segs: &[(&[T], &[T])] = match &dropped {
+            Some(hd) => {
+                segs_dropped = [(dgh_w, &hd[..])];
+                &segs_dropped
+            }
+            None => &[(rest_g, rest_h), (first_g, h0)],
+        };
         if gru_reset_before::applies(&dm.cell) {
             // The r, z rows as above; the n rows' operand is r ⊙ H_prev, saved as `extra`.
             let (w_rz, w_n) = dp[lr.w_hh.clone()].split_at_mut(2 * h * hout);
-            add_weight_grad_cols(k, &segs, gh, 0..2 * h, hout, w_rz);
+            add_weight_grad_cols(k, segs, gh, 0..2 * h, hout, w_rz);
             add_weight_grad_cols(k, &[(&dgi_all, &sv.extra)], gh, 2 * h..gh, h, w_n);
         } else {
-            add_weight_grad(k, &segs, (gh, hout), &mut dp[lr.w_hh.clone()]);
+            add_weight_grad(k, segs, (gh, hout), &mut dp[lr.w_hh.clone()]);
         }
+        work.give(dropped);
         if let Some(r) = lr.w_hr.clone() {
             // dW_hr += dH^T · M
             add_weight_grad(k, &[(&dh_all, &sv.m)], (hout, h), &mut dp[r]);
         }
         if let Some(r) = lr.peephole.clone() {
-            let g = PeepholeGrad { t: tl, b: bl, h, reverse: dir.reverse(), dgi: &dgi_all, c: &sv.c, c0: inp.c0 };
+            let c_new = if dm.cell.zoneout_cell { &sv.c_new } else { &sv.c };
+            let g = PeepholeGrad { t: tl, b: bl, h, reverse: dir.reverse(), dgi: &dgi_all, c: &sv.c, c_new, c0: inp.c0 };
             add_peephole_grad(&g, &mut dp[r], k.weight_grad_rows());
         }
         // The column sums, split across the threads by columns: the biases (db = Σ dG); with
@@ -514,4 +579,28 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
     work.give(partials.map(layer_norm::RowPartials::into_buffer));
     blocks.into_iter().filter_map(|st| st.ln_lstm).for_each(|sc| sc.give_back(work));
     Ok(())
+}
+
+/// The states a layer-direction's recurrent products read under recurrent dropout, `[T, B,
+/// Hout]`: at step `t`, `h_prev ⊙ f` (the saved state of the step before in processing order, or
+/// `h0`), `f` the layer-direction's factors.
+#[allow(clippy::too_many_arguments)]
+fn dropped_states<T: Float>(
+    rd: &RecurrentDropout,
+    layer: usize,
+    direction: usize,
+    dm: &LayerDims,
+    reverse: bool,
+    h: &[T],
+    h0: &[T],
+    work: &Workspace<T>,
+) -> Result<Vec<T>> {
+    let (tl, bl, hout) = (dm.t, dm.b, dm.hout);
+    let f = rd.factors::<T>(layer, direction, 0, bl, hout)?;
+    let mut out = work.overwritten(tl * bl * hout, "the dropped states of the recurrent products, [T, B, Hout]")?;
+    for (t, o) in out.chunks_exact_mut(bl * hout).enumerate() {
+        let src = prev_step(t, tl, reverse).map_or(h0, |p| &h[p * bl * hout..(p + 1) * bl * hout]);
+        recurrent_dropout::drop_into(src, &f, o);
+    }
+    Ok(out)
 }

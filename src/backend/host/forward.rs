@@ -3,7 +3,9 @@
 
 use super::direction::{cut_rows, cut_saved, rows_or_zeros, split_rows_mut, BlockWork, Direction};
 use super::dropout::Dropout;
+use super::recurrent_dropout::{self, RecurrentDropout};
 use super::reserve::try_fit_len;
+use super::zoneout::{self, Zoneout};
 use super::{gru_reset_before, layer_norm, CellForward, HostKernels, HostPlan, HostReserve, Mat, Pass, Weight};
 use crate::backend::cell::Saved;
 use crate::backend::{check_forward, ForwardInput, ForwardOutput};
@@ -37,11 +39,16 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
     let mut alternating: Vec<Vec<T>> = Vec::new();
     // Dropout between layers: training passes only.
     let dropout = if save.is_some() { Dropout::for_training(cfg, input.masks)? } else { None };
+    // Zoneout: the masks of a training pass, the expectation in inference.
+    let zoneout = Zoneout::for_pass(cfg, shape, save.is_some(), input.masks)?;
+    let recurrent_dropout = if save.is_some() { RecurrentDropout::for_training(cfg, input.masks)? } else { None };
     let (outputs, mut saves, x_copy) = match save {
         Some(s) => {
             s.stamp.fill(&plan.stamp, shape);
             s.prepare(cfg, shape, &input)?;
             s.dropout = dropout;
+            s.zoneout = zoneout;
+            s.recurrent_dropout = recurrent_dropout;
             let HostReserve { outputs, dirs, x, .. } = s;
             (outputs, Some(&mut dirs[..]), Some(&x[..]))
         }
@@ -84,6 +91,8 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
                 hn: dir.block_mut(&mut hn, hlen),
                 cn: dir.block_mut(&mut cn, clen),
                 save: saves.as_deref_mut().map(|s| &mut s[dir.ld]),
+                zoneout,
+                recurrent_dropout,
             };
             forward_direction(k, dir, io)?;
         }
@@ -141,6 +150,10 @@ struct DirectionIo<'a, T> {
     cn: Option<&'a mut [T]>,
     /// Where the activations go for backward (a training pass).
     save: Option<&'a mut Saved<Vec<T>>>,
+    /// The call's zoneout, if any.
+    zoneout: Option<Zoneout>,
+    /// The call's recurrent dropout (a training pass), if any.
+    recurrent_dropout: Option<RecurrentDropout>,
 }
 
 /// Steps per chunk of the input projection: enough rows (`steps·B ≥ 512`) for the GEMM to run
@@ -214,11 +227,29 @@ struct FwdRows<T> {
     active: Vec<bool>,
     /// One step of the block's activations, when they are not saved.
     scratch: Saved<Vec<T>>,
+    /// The call's zoneout with this layer-direction's mask sites, and a row's mask (scratch).
+    zone: Option<(Zoneout, zoneout::Sites)>,
+    hit: Vec<bool>,
+    /// Recurrent dropout: `[n, Hout]` the block's factors (empty without), and the dropped
+    /// `h_prev` of the step (scratch).
+    rec: Vec<T>,
+    hd: Vec<T>,
 }
 
 impl<T: Float> FwdRows<T> {
-    fn new(rows: Range<usize>, dir: &Direction<'_, T>, h0: Option<&[T]>, c0: Option<&[T]>) -> Result<Self> {
+    fn new(
+        rows: Range<usize>,
+        dir: &Direction<'_, T>,
+        h0: Option<&[T]>,
+        c0: Option<&[T]>,
+        zone: Option<(Zoneout, zoneout::Sites)>,
+        rec: Option<&RecurrentDropout>,
+    ) -> Result<Self> {
         let (n, dm) = (rows.len(), &dir.dims);
+        let rec = match rec {
+            Some(r) => r.factors(dir.ld / dm.dirs, dir.ld % dm.dirs, rows.start, n, dm.hout)?,
+            None => Vec::new(),
+        };
         Ok(FwdRows {
             row0: rows.start,
             h_prev: rows_or_zeros(h0, rows.clone(), dm.hout),
@@ -226,6 +257,10 @@ impl<T: Float> FwdRows<T> {
             hg: try_zeroed("x", "a block's recurrent products, [B, G·H]", n.saturating_mul(dm.gh))?,
             active: vec![false; n],
             scratch: dm.cell.saved_sizes(1, n).map(|len| vec![T::ZERO; len]),
+            zone,
+            hit: Vec::new(),
+            hd: vec![T::ZERO; rec.len()],
+            rec,
         })
     }
 }
@@ -238,10 +273,15 @@ impl<T: Float> FwdRows<T> {
 fn forward_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io: DirectionIo<'_, T>) -> Result<()> {
     let dm = dir.dims;
     let (tl, bl, gh) = (dm.t, dm.b, dm.gh);
-    let DirectionIo { input, out, out_batch_first, h0, c0, hn, cn, mut save } = io;
+    let DirectionIo { input, out, out_batch_first, h0, c0, hn, cn, mut save, zoneout, recurrent_dropout } = io;
+    let zone = match zoneout {
+        Some(z) => Some((z, zoneout::Sites::new(dir.ld / dm.dirs, dir.ld % dm.dirs)?)),
+        None => None,
+    };
     let widths = dm.cell.saved_sizes(1, 1);
     let bounds = k.row_blocks(bl, Pass::Forward);
-    let mut blocks: Vec<FwdRows<T>> = bounds.windows(2).map(|r| FwdRows::new(r[0]..r[1], &dir, h0, c0)).collect::<Result<_>>()?;
+    let mut blocks: Vec<FwdRows<T>> =
+        bounds.windows(2).map(|r| FwdRows::new(r[0]..r[1], &dir, h0, c0, zone, recurrent_dropout.as_ref())).collect::<Result<_>>()?;
     let serial = k.serial();
     // The kernels of a block: all of the backend's threads when there is only one.
     let kb: &K = if blocks.len() > 1 { &serial } else { k };
@@ -373,7 +413,7 @@ fn forward_step<T: Float, K: HostKernels<T>>(
 ) {
     let dm = &dir.dims;
     let (h, hout, col) = (dm.h, dm.hout, dir.col);
-    let FwdRows { row0, h_prev, c_prev, hg, active, scratch } = st;
+    let FwdRows { row0, h_prev, c_prev, hg, active, scratch, zone, hit, rec, hd } = st;
     for (i, a) in active.iter_mut().enumerate() {
         *a = dir.shape.is_active(t, *row0 + i);
     }
@@ -381,12 +421,19 @@ fn forward_step<T: Float, K: HostKernels<T>>(
     // two parts around its gates: `gru_reset_before.rs`).
     let reset_before = gru_reset_before::applies(&dm.cell);
     if !reset_before {
-        dir.forward_product(k, Weight::Hh, h_prev, hg);
+        if rec.is_empty() {
+            dir.forward_product(k, Weight::Hh, h_prev, hg);
+        } else {
+            // Recurrent dropout: the product reads the dropped state, the cell the state.
+            recurrent_dropout::drop_into(h_prev, rec, hd);
+            dir.forward_product(k, Weight::Hh, hd, hg);
+        }
     }
     // Without a save (inference) the step's h and c go to the scratch, which then trades places
     // with h_prev and c_prev instead of being copied into them.
     let in_scratch = save.is_none();
-    let Saved { gates, extra, c, m, h: h_t, ln_h, rstd_h, ln_c, rstd_c, .. } = save.unwrap_or_else(|| scratch.as_mut().map(|v| &mut v[..]));
+    let Saved { gates, extra, c, m, h: h_t, ln_h, rstd_h, ln_c, rstd_c, c_new, .. } =
+        save.unwrap_or_else(|| scratch.as_mut().map(|v| &mut v[..]));
     let ln = dm.cell.layer_norm;
     if ln {
         // HG = γ_hh⊙x̂_h, the recurrent product normalised (no β: the cell adds b_hh).
@@ -428,6 +475,15 @@ fn forward_step<T: Float, K: HostKernels<T>>(
             }
         }
         dir.forward_product(k, Weight::Hr, m, h_t);
+    }
+    if let Some((z, sites)) = *zone {
+        // The zoned states are what the next step reads and the layer outputs; backward reads
+        // the cell's own new c (`c_new`) for its tanh.
+        z.forward(zoneout::State::H, sites, t, *row0, active, h_prev, h_t, hit);
+        if z.applies(zoneout::State::C) {
+            c_new.copy_from_slice(c);
+            z.forward(zoneout::State::C, sites, t, *row0, active, c_prev, c, hit);
+        }
     }
     for (b, &a) in active.iter().enumerate() {
         let hb = &mut h_t[b * hout..(b + 1) * hout];

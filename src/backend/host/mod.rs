@@ -62,7 +62,9 @@ mod gru_reset_before;
 pub(crate) mod layer_norm;
 mod mat;
 mod peephole;
+pub(crate) mod recurrent_dropout;
 mod reserve;
+pub(crate) mod zoneout;
 
 pub(crate) use backward::run_backward;
 pub(crate) use forward::run_forward;

@@ -3,7 +3,8 @@
 //! gradients `dA` of every step (`dGi`, `[T, B, 4H]`, gates `i, f, g, o`) and the saved cell
 //! states (`[T, B, H]`, with `c0` before the first processed step):
 //!
-//! `dp_i = Σ dA_i ⊙ c_prev`, `dp_f = Σ dA_f ⊙ c_prev`, `dp_o = Σ dA_o ⊙ c`,
+//! `dp_i = Σ dA_i ⊙ c_prev`, `dp_f = Σ dA_f ⊙ c_prev`, `dp_o = Σ dA_o ⊙ c`
+//! (`c` the cell's new state, before any zoneout of it),
 //!
 //! summed over every step `t` and row `b` (a row past its length has `dA = 0` and adds nothing;
 //! with input_forget `dA_f = 0`). The rows are summed in a fixed order, step `0..T` then row
@@ -24,8 +25,11 @@ pub(super) struct PeepholeGrad<'a, T> {
     pub reverse: bool,
     /// `[T, B, 4H]`: the pre-activation gradients of every step.
     pub dgi: &'a [T],
-    /// `[T, B, H]`: the cell state after every step.
+    /// `[T, B, H]`: the cell state after every step (what the next step reads).
     pub c: &'a [T],
+    /// `[T, B, H]`: the cell's new state of every step, which the output gate's peephole
+    /// reads: `c` itself but with zoneout of the cell state (`c` is then the zoned one).
+    pub c_new: &'a [T],
     /// `[B, H]`: the cell state before the first processed step.
     pub c0: &'a [T],
 }
@@ -46,7 +50,7 @@ pub(super) fn add_peephole_grad<T: Float>(g: &PeepholeGrad<'_, T>, dp: &mut [T],
                 Some(p) => &g.c[(p * bl + b) * h..(p * bl + b + 1) * h],
                 None => &g.c0[b * h..(b + 1) * h],
             };
-            (&g.dgi[r * 4 * h..(r + 1) * 4 * h], c_prev, &g.c[r * h..(r + 1) * h])
+            (&g.dgi[r * 4 * h..(r + 1) * 4 * h], c_prev, &g.c_new[r * h..(r + 1) * h])
         })
     });
     let (dpi, rest) = dp.split_at_mut(h);

@@ -35,6 +35,12 @@ pub struct HostReserve<T> {
     /// The dropout between layers of the call that filled it (its masks are regenerated, not
     /// kept); `None` without.
     pub(super) dropout: Option<super::dropout::Dropout>,
+    /// The zoneout of the call that filled it (its masks are regenerated, not kept); `None`
+    /// without.
+    pub(super) zoneout: Option<super::zoneout::Zoneout>,
+    /// The recurrent dropout of the call that filled it (regenerated, not kept); `None`
+    /// without.
+    pub(super) recurrent_dropout: Option<super::recurrent_dropout::RecurrentDropout>,
 }
 
 impl<T: Send + Default> crate::backend::RnnReserve for HostReserve<T> {

@@ -36,6 +36,9 @@ pub(crate) const OPTIONS: &[&str] = &[
     "merge=sum",
     "batch_first",
     "dropout",
+    "zoneout",
+    "zoneout_cell",
+    "recurrent_dropout",
     // The cell kernels'.
     "peephole",
     "gate_clip",

@@ -1,0 +1,201 @@
+//! Zoneout on the host backends (reference and CPU): after each step's cell, every unit of an
+//! active row's new hidden state (and, for an LSTM with `zoneout_cell`, new cell state) keeps
+//! its previous value where the call's mask hits (a training pass), or becomes the expectation
+//! `z·prev + (1-z)·new` (inference). Backward splits the gradient of the zoned state: the part
+//! of the zoned-out units goes straight to the previous step's state, the rest through the
+//! cell. The masks are drawn per position from the call's [`MaskStream`] (see [`crate::masks`]:
+//! kinds [`ZoneoutH`](MaskKind::ZoneoutH), [`ZoneoutC`](MaskKind::ZoneoutC), the layer and
+//! direction, the time index, the row's index in the batch), so they are the same for any
+//! thread count and backward regenerates them.
+
+use crate::config::RnnConfig;
+use crate::element::Float;
+use crate::error::{Error, Result};
+use crate::masks::{MaskKind, MaskSite, MaskStream};
+use crate::philox::Threshold;
+use crate::shape::SeqShape;
+
+/// The zoneout probability of one state, as the threshold of its masks and in `T`.
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    z: f64,
+    threshold: Threshold,
+}
+
+/// The zoneout of one call: training (with the call's masks) or inference (the expectation).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Zoneout {
+    h: Option<Rate>,
+    c: Option<Rate>,
+    /// The masks of a training pass; `None` in inference.
+    masks: Option<MaskStream>,
+}
+
+/// Which state a zoneout applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// The hidden state `h` (`Hout` units).
+    H,
+    /// An LSTM's cell state `c` (`H` units).
+    C,
+}
+
+/// The mask sites of one layer-direction.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sites {
+    h: MaskSite,
+    c: MaskSite,
+}
+
+impl Sites {
+    /// The sites of layer `layer`, direction `direction`.
+    pub fn new(layer: usize, direction: usize) -> Result<Self> {
+        Ok(Sites { h: MaskSite::new(layer, direction, MaskKind::ZoneoutH)?, c: MaskSite::new(layer, direction, MaskKind::ZoneoutC)? })
+    }
+}
+
+impl Zoneout {
+    /// The zoneout of a pass of `cfg` over `shape`: `None` without zoneout; in a training pass
+    /// with the call's `masks` (an error naming `masks` when missing), else the expectation.
+    pub fn for_pass(cfg: &RnnConfig, shape: &SeqShape, training: bool, masks: Option<MaskStream>) -> Result<Option<Self>> {
+        let rate = |name: &str, z: Option<f64>| -> Result<Option<Rate>> {
+            z.map(|z| Ok(Rate { z, threshold: Threshold::new(name, z)? })).transpose()
+        };
+        let (h, c) = (rate("zoneout", cfg.zoneout())?, rate("zoneout_cell", cfg.zoneout_cell())?);
+        if h.is_none() && c.is_none() {
+            return Ok(None);
+        }
+        let masks = match (training, masks) {
+            (false, _) => None,
+            (true, Some(m)) => Some(m),
+            (true, None) => {
+                return Err(Error::invalid(
+                    "masks",
+                    "a MaskStream for the zoneout of a training pass (ForwardInput::masks, or Rnn::forward_training_masked)",
+                    "None",
+                ))
+            }
+        };
+        // A mask's counter holds the step and the row in 32 bits each.
+        let limit = 1usize << 32;
+        if masks.is_some() && (shape.steps() > limit || shape.batch() > limit) {
+            return Err(Error::invalid("shape", "at most 2^32 steps and 2^32 rows with zoneout", format!("{:?}", shape)));
+        }
+        Ok(Some(Zoneout { h, c, masks }))
+    }
+
+    /// Whether it zones out `state`.
+    pub fn applies(&self, state: State) -> bool {
+        self.rate(state).is_some()
+    }
+
+    fn rate(&self, state: State) -> Option<Rate> {
+        match state {
+            State::H => self.h,
+            State::C => self.c,
+        }
+    }
+
+    /// Writes into `hit` (`width` units) the mask of `state` for `row` at step `t`.
+    fn hits(&self, masks: MaskStream, rate: Rate, site: MaskSite, t: usize, row: usize, hit: &mut [bool]) {
+        // `for_pass` checked that steps and rows fit in 32 bits (and a state's width is far
+        // below 4·2³² units).
+        masks.fill_hits_at(site, t as u32, row as u32, rate.threshold, hit);
+    }
+
+    /// Zoneout of `state` after step `t` of a block of rows starting at batch row `row0`: for
+    /// each active row, `new` (`[n, width]`, the cell's new state) becomes `prev` where the
+    /// mask hits (training) or `z·prev + (1-z)·new` (inference). `hit` is scratch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward<T: Float>(
+        &self,
+        state: State,
+        sites: Sites,
+        t: usize,
+        row0: usize,
+        active: &[bool],
+        prev: &[T],
+        new: &mut [T],
+        hit: &mut Vec<bool>,
+    ) {
+        let Some(rate) = self.rate(state) else { return };
+        let width = new.len() / active.len().max(1);
+        let site = if state == State::H { sites.h } else { sites.c };
+        hit.resize(width, false);
+        let (z, keep) = (T::from_f64(rate.z), T::from_f64(1.0 - rate.z));
+        for (b, &a) in active.iter().enumerate() {
+            if !a {
+                continue;
+            }
+            let (p, n) = (&prev[b * width..(b + 1) * width], &mut new[b * width..(b + 1) * width]);
+            match self.masks {
+                Some(masks) => {
+                    self.hits(masks, rate, site, t, row0 + b, hit);
+                    for ((v, &pv), &h) in n.iter_mut().zip(p).zip(hit.iter()) {
+                        if h {
+                            *v = pv;
+                        }
+                    }
+                }
+                None => {
+                    for (v, &pv) in n.iter_mut().zip(p) {
+                        *v = z * pv + keep * *v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Backward of [`forward`](Self::forward) in a training pass: for each active row, moves
+    /// the gradient `grad` (`[n, width]`, w.r.t. the zoned state) of the zoned-out units into
+    /// `kept` (the part that goes straight to the previous state) and leaves in `grad` the part
+    /// w.r.t. the cell's new state; `kept` is zero elsewhere (and for inactive rows).
+    #[allow(clippy::too_many_arguments)]
+    pub fn split_grad<T: Float>(
+        &self,
+        state: State,
+        sites: Sites,
+        t: usize,
+        row0: usize,
+        active: &[bool],
+        grad: &mut [T],
+        kept: &mut Vec<T>,
+        hit: &mut Vec<bool>,
+    ) {
+        kept.clear();
+        kept.resize(grad.len(), T::ZERO);
+        let (Some(rate), Some(masks)) = (self.rate(state), self.masks) else { return };
+        let width = grad.len() / active.len().max(1);
+        let site = if state == State::H { sites.h } else { sites.c };
+        hit.resize(width, false);
+        for (b, &a) in active.iter().enumerate() {
+            if !a {
+                continue;
+            }
+            self.hits(masks, rate, site, t, row0 + b, hit);
+            let (g, k) = (&mut grad[b * width..(b + 1) * width], &mut kept[b * width..(b + 1) * width]);
+            for ((gv, kv), &h) in g.iter_mut().zip(k.iter_mut()).zip(hit.iter()) {
+                if h {
+                    *kv = *gv;
+                    *gv = T::ZERO;
+                }
+            }
+        }
+    }
+
+    /// Adds `kept` (from [`split_grad`](Self::split_grad)) onto `grad`, the gradient w.r.t. the
+    /// previous state, for the active rows.
+    pub fn add_kept<T: Float>(&self, state: State, active: &[bool], kept: &[T], grad: &mut [T]) {
+        if !self.applies(state) || self.masks.is_none() {
+            return;
+        }
+        let width = grad.len() / active.len().max(1);
+        for (b, &a) in active.iter().enumerate() {
+            if a {
+                for (g, &k) in grad[b * width..(b + 1) * width].iter_mut().zip(&kept[b * width..(b + 1) * width]) {
+                    *g += k;
+                }
+            }
+        }
+    }
+}
