@@ -1,30 +1,35 @@
 // Dropout between layers (src/masks.rs has the layout, src/backend/host/dropout.rs the host's
-// version of the same pass): data [steps, batch, width] multiplied in place by its factors, 0
-// where the unit is dropped and `scale` (1/(1-p), rounded to f32 on the host) where it is kept.
+// version of the same pass): data [steps, batch, width], the rows of steps first_step ..
+// first_step + steps of a layer's output (or of the gradient handed down to it), multiplied in
+// place by their factors, 0 where the unit is dropped and `scale` (1/(1-p), rounded to f32 on
+// the host) where it is kept. The layer wavefront drops a chunk of steps at a time, the other
+// paths all T steps at once.
 // Unit u of row b at step t is dropped when word u % 4 of Philox 4x32-10 of the counter
-// [u / 4, b, t, tag] under the call's key (key0, key1) is below `bound` (round(p·2³²)). The
-// same pass serves forward (a layer's output) and backward (the gradient handed down to it).
+// [u / 4, b, t, tag] under the call's key (key0, key1) is below `bound` (round(p·2³²)), t being
+// the absolute step (first_step + the row's step in `data`), so a unit's factor does not depend
+// on the range it is dropped with. The same pass serves forward (a layer's output) and backward
+// (the gradient handed down to it).
 // One thread per group of 4 units of a row, so each Philox call is made once.
 #include "common.cuh"
 #include "philox.cuh"
 
-#define DROPOUT(NAME, T)                                                                                        \
-    extern "C" __global__ void NAME(int steps, int batch, int width, int key0, int key1, int tag, long long bound, \
-                                    float scale, T* __restrict__ data /* [steps, batch, width] */) {             \
-        const long long groups = (width + 3) / 4;                                                                  \
-        FOR_EACH_ELEMENT(e, (long long)steps * batch * groups) {                                                  \
-            const long long g = e % groups, r = e / groups, b = r % batch, t = r / batch;                         \
-            unsigned int w[4] = {(unsigned int)g, (unsigned int)b, (unsigned int)t, (unsigned int)tag};           \
-            rnnk_philox4x32_10(w, (unsigned int)key0, (unsigned int)key1);                                        \
-            for (int j = 0; j < 4; ++j) {                                                                          \
-                const long long u = 4 * g + j;                                                                     \
-                if (u < width) {                                                                                   \
-                    const long long k = r * width + u;                                                             \
-                    const float f = (long long)w[j] < bound ? 0.0f : scale;                                        \
-                    st(data, k, ld(data, k) * f);                                                                  \
-                }                                                                                                  \
-            }                                                                                                      \
-        }                                                                                                          \
+#define DROPOUT(NAME, T)                                                                                                           \
+    extern "C" __global__ void NAME(int first_step, int steps, int batch, int width, int key0, int key1, int tag, long long bound, \
+                                    float scale, T* __restrict__ data /* [steps, batch, width] */) {                               \
+        const long long groups = (width + 3) / 4;                                                                                  \
+        FOR_EACH_ELEMENT(e, (long long)steps * batch * groups) {                                                                   \
+            const long long g = e % groups, r = e / groups, b = r % batch, t = first_step + r / batch;                             \
+            unsigned int w[4] = {(unsigned int)g, (unsigned int)b, (unsigned int)t, (unsigned int)tag};                            \
+            rnnk_philox4x32_10(w, (unsigned int)key0, (unsigned int)key1);                                                         \
+            for (int j = 0; j < 4; ++j) {                                                                                          \
+                const long long u = 4 * g + j;                                                                                     \
+                if (u < width) {                                                                                                   \
+                    const long long k = r * width + u;                                                                             \
+                    const float f = (long long)w[j] < bound ? 0.0f : scale;                                                        \
+                    st(data, k, ld(data, k) * f);                                                                                  \
+                }                                                                                                                  \
+            }                                                                                                                      \
+        }                                                                                                                          \
     }
 DROPOUT(dropout_f32, float)
 DROPOUT(dropout_f16, rnnk_f16)

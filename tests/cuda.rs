@@ -188,7 +188,8 @@ mod with_feature {
     /// The layer wavefront (`Cuda::with_layer_overlap`, on by default; forward and backward)
     /// against the layer-by-layer order on 3-layer unidirectional stacks taking the per-step
     /// path (B > 8): training forward, backward and inference, T not a multiple of the chunk (T = 100, B = 16:
-    /// K = 32, 4 chunks; T = 200, B = 32: K = 16, 13 chunks), mixed lengths. Not bit for bit:
+    /// K = 32, 4 chunks; T = 200, B = 32: K = 16, 13 chunks), mixed lengths, with and without
+    /// dropout between layers (dropped a chunk at a time in the wavefront). Not bit for bit:
     /// the projections of layers 1 and 2 are GEMMs of K·B rows instead of T·B, for which cuBLAS
     /// may pick another algorithm (and backward's `dX` GEMMs likewise); both against the
     /// reference on the small cases.
@@ -200,6 +201,8 @@ mod with_feature {
             (RnnConfig::new(CellKind::Lstm, 24, 40).num_layers(3).proj_size(17).build().unwrap(), 100, 16, true),
             (RnnConfig::new(CellKind::Gru, 24, 40).num_layers(3).build().unwrap(), 100, 16, true),
             (RnnConfig::new(CellKind::RnnTanh, 24, 40).num_layers(3).build().unwrap(), 100, 16, true),
+            (RnnConfig::new(CellKind::Lstm, 24, 40).num_layers(3).dropout(0.3).build().unwrap(), 100, 16, true),
+            (RnnConfig::new(CellKind::Gru, 24, 40).num_layers(3).dropout(0.5).build().unwrap(), 100, 16, true),
             (RnnConfig::new(CellKind::Lstm, 128, 256).num_layers(3).build().unwrap(), 200, 32, false),
         ];
         for (cfg, t, b, reference) in cases {

@@ -14,6 +14,7 @@ use crate::element::Dtype;
 use crate::error::{Error, Result};
 use crate::shape::SeqShape;
 use cudarc::driver::LaunchConfig;
+use std::ops::Range;
 
 /// An error of a device operation (`op`) on backend `backend` (`cuda:N`).
 pub(crate) fn device_err(backend: &str, op: &str, e: impl std::fmt::Debug) -> Error {
@@ -264,19 +265,33 @@ impl<'a> Exec<'a> {
         self.launch_as(si, Add, dst.ty, grid(dst.len), &AddArgs { n: dst.len as i64, src: src.ptr, dst: dst.ptr })
     }
 
-    /// Dropout between layers on stream `si`: `data` (`[T, B, width]`, the output of layer
-    /// `layer` or the gradient handed down to it) multiplied in place by the factors of
-    /// `dropout`'s masks (kernels/dropout.cu; the host's `Dropout::apply`).
-    pub fn dropout(&self, si: usize, data: View, batch: usize, width: usize, dropout: &Dropout, layer: usize) -> Result<()> {
-        if data.len == 0 || batch == 0 || width == 0 {
+    /// Dropout between layers on stream `si`: the rows of the steps `steps` of `data` (`[T, B,
+    /// width]`, the output of layer `layer` or the gradient handed down to it) multiplied in
+    /// place by the factors of `dropout`'s masks at those steps (kernels/dropout.cu; the host's
+    /// `Dropout::apply`). The factors depend on the absolute step only, so dropping `0..T` at
+    /// once or chunk by chunk (the layer wavefront) gives the same bits.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dropout(
+        &self,
+        si: usize,
+        data: View,
+        steps: Range<usize>,
+        batch: usize,
+        width: usize,
+        dropout: &Dropout,
+        layer: usize,
+    ) -> Result<()> {
+        let row = batch * width;
+        assert!(data.len.is_multiple_of(row.max(1)) && steps.end * row <= data.len, "dropout");
+        if steps.is_empty() || row == 0 {
             return Ok(());
         }
-        let steps = data.len / (batch * width);
-        assert_eq!(steps * batch * width, data.len, "dropout");
+        let rows = data.at(steps.start * row, steps.len() * row);
         let fits = |n: usize, what: &str| i32::try_from(n).map_err(|_| crate::Error::invalid(what, "below 2^31", n));
         let [key0, key1] = dropout.key();
         let args = DropoutArgs {
-            steps: fits(steps, "steps")?,
+            first_step: fits(steps.start, "first step")?,
+            steps: fits(steps.len(), "steps")?,
             batch: fits(batch, "batch")?,
             width: fits(width, "width")?,
             key0: key0 as i32,
@@ -284,9 +299,9 @@ impl<'a> Exec<'a> {
             tag: dropout.tag(layer)? as i32,
             bound: dropout.bound() as i64,
             scale: dropout.scale_f32(),
-            data: data.ptr,
+            data: rows.ptr,
         };
-        self.launch_as(si, DropoutKernel, data.ty, grid(steps * batch * width.div_ceil(4)), &args)
+        self.launch_as(si, DropoutKernel, data.ty, grid(steps.len() * batch * width.div_ceil(4)), &args)
     }
 
     /// `dst[j] += Σ_i src[i, j]` on stream `si`: the column sums of the f32 matrix `src`

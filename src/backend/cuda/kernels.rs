@@ -165,9 +165,10 @@ macro_rules! registry {
             AddArgs(n: i64, src: u64, dst: u64) {
                 Add: util, grid_stride [f32 add_f32, f16 add_f16, bf16 add_bf16];
             }
-            /// `data[t, b, u] *= factor`: dropout between layers, the masks of the call's key and a
+            /// `data[t, b, u] *= factor` for the `steps` steps from `first_step` (`data` points at
+            /// the first one's rows): dropout between layers, the masks of the call's key and a
             /// layer's tag (kernels/dropout.cu; key words and tag passed as the bits of an `int`).
-            DropoutArgs(steps: i32, batch: i32, width: i32, key0: i32, key1: i32, tag: i32, bound: i64, scale: f32, data: u64) {
+            DropoutArgs(first_step: i32, steps: i32, batch: i32, width: i32, key0: i32, key1: i32, tag: i32, bound: i64, scale: f32, data: u64) {
                 Dropout: dropout, grid_stride [f32 dropout_f32, f16 dropout_f16, bf16 dropout_bf16];
             }
             /// `dst[j] += Σ_i src[i, j]`, `src` `[rows, cols]` f32 (the peephole gradients' sum over the batch).

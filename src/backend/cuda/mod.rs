@@ -217,7 +217,8 @@ impl Cuda {
     /// `RNN_KERNELS_CUDA_WAVEFRONT_CHUNK` forces it). Bidirectional stacks, where a layer's
     /// output at step t needs its reverse direction's whole sequence, and stacks whose layers
     /// take the persistent kernels (one launch per layer for the whole sequence) run layer
-    /// after layer as before. The input projections (forward) and the `dX` GEMMs (backward)
+    /// after layer as before. Dropout between layers (training) is applied a chunk at a time
+    /// inside the wavefront, with the same masks. The input projections (forward) and the `dX` GEMMs (backward)
     /// of layers ≥ 1 are then GEMMs of `K·B` rows instead of `T·B`, for which cuBLAS may
     /// choose another algorithm: results agree with the layer-by-layer order to f32 rounding,
     /// not always bit for bit.

@@ -156,12 +156,12 @@ pub(crate) fn backward(exec: &Exec<'_>, weights: Weights<'_>, shape: &SeqShape, 
     // Every buffer of every layer is allocated before any work forks to stream 1 (`layers`
     // from the last layer to the first).
     let persistent = layers.iter().flat_map(|l| &l.dirs).any(|dir| dir.bufs.persistent.is_some());
-    // Not with layer norm: a chunk's dX rows need the whole sequence's dGi (layer_norm.rs); nor
-    // with dropout, whose factors apply to a layer's whole dX.
+    // Not with layer norm: a chunk's dX rows need the whole sequence's dGi (layer_norm.rs). With
+    // dropout, the wavefront multiplies each chunk's dX rows by their factors.
     let dropout = sv.dropout;
     let nl = layers.len();
-    joined_on_error(exec, || match wavefront_chunk(exec, cfg, shape).filter(|_| !persistent && !cfg.layer_norm() && dropout.is_none()) {
-        Some(k) => backward_wavefront(exec, &layers, k),
+    joined_on_error(exec, || match wavefront_chunk(exec, cfg, shape).filter(|_| !persistent && !cfg.layer_norm()) {
+        Some(k) => backward_wavefront(exec, &layers, k, dropout.as_ref()),
         None => layers.iter().enumerate().try_for_each(|(i, layer)| {
             each_direction(exec, &layer.dirs, |dir| dir.run(exec))?;
             let l = nl - 1 - i;
@@ -171,7 +171,7 @@ pub(crate) fn backward(exec: &Exec<'_>, weights: Weights<'_>, shape: &SeqShape, 
                 Some(d_in) => {
                     layer.dirs.iter().try_for_each(|dir| dir.input_grad(exec, 0, 0..shape.steps(), d_in))?;
                     match (&dropout, l > 0) {
-                        (Some(d), true) => exec.dropout(0, d_in, shape.batch(), cfg.output_size(), d, l - 1),
+                        (Some(d), true) => exec.dropout(0, d_in, 0..tl, bl, cfg.output_size(), d, l - 1),
                         _ => Ok(()),
                     }
                 }

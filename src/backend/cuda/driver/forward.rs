@@ -64,7 +64,7 @@ pub(super) struct FwdIo {
     /// `[T, B, D·Hout]`: this direction writes columns `col..col + Hout`. With merge by sum,
     /// the second direction's is a `[T, B, Hout]` temporary, added onto the layer output
     /// (`sum_into`) after both directions ran.
-    out: View,
+    pub out: View,
     /// Merge by sum, second direction: the layer output that `out` is added onto.
     sum_into: Option<View>,
     /// `[B, Hout]`, `[B, H]` (zeros when not given; c0 null for non-LSTM).
@@ -123,9 +123,9 @@ pub(crate) fn forward(
     let layers = allocate(&mut temps, weights, shape, &io, save)?;
     // Every buffer of every layer is allocated before any work forks to stream 1.
     let persistent = layers.iter().flatten().any(|dir| dir.bufs.persistent.is_some());
-    // Not the wavefront with dropout: a layer's whole output is dropped before the next reads it.
-    joined_on_error(exec, || match wavefront_chunk(exec, cfg, shape).filter(|_| !persistent && dropout.is_none()) {
-        Some(k) => forward_wavefront(exec, &layers, k),
+    // The wavefront drops each chunk of a layer's output before the next layer reads it.
+    joined_on_error(exec, || match wavefront_chunk(exec, cfg, shape).filter(|_| !persistent) {
+        Some(k) => forward_wavefront(exec, &layers, k, dropout.as_ref()),
         None => layers.iter().enumerate().try_for_each(|(l, dirs)| {
             each_direction(exec, dirs, |dir| dir.run(exec))?;
             // Merge by sum: y = y_fwd + y_rev, on stream 0 after both directions.
@@ -136,7 +136,7 @@ pub(crate) fn forward(
             // The output of every layer but the last, dropped in place before the next layer
             // (and backward's weight gradients) read it; on stream 0 after the merge.
             match (&dropout, l + 1 < layers.len()) {
-                (Some(d), true) => exec.dropout(0, dirs[0].io.out, shape.batch(), cfg.output_size(), d, l),
+                (Some(d), true) => exec.dropout(0, dirs[0].io.out, 0..tl, bl, cfg.output_size(), d, l),
                 _ => Ok(()),
             }
         }),

@@ -44,7 +44,8 @@
 //! is its input-projection GEMM for those steps and its step loop over them, on stream
 //! `l mod 2`, after waiting for an event layer `l-1` recorded after its chunk `c`. The work is
 //! issued in diagonals (`d = 0, 1, ...`; for each layer `l`, chunk `c = d - l`), so that two
-//! streams pipeline a stack of any depth. Layer 0 keeps its whole-sequence projection (the
+//! streams pipeline a stack of any depth (with dropout, a chunk ends with dropping its rows of
+//! the layer's output). Layer 0 keeps its whole-sequence projection (the
 //! same GEMM as without the wavefront); the projections of layers ≥ 1 have `K·B` rows, for
 //! which cuBLAS may pick another algorithm, so results agree with the layer-by-layer order to
 //! f32 rounding on the device (bit for bit on the host emulation, whose sgemm computes each
@@ -55,14 +56,18 @@
 //! layer's output at step t needs its reverse direction's whole sequence), reverse-only stacks
 //! (their chunks would run backwards in time; not implemented), stacks whose
 //! layers take a persistent kernel (one launch for a layer's whole sequence cannot be cut into
-//! chunks; all layers of a stack share the sizes that choice depends on), and training passes
-//! with dropout.
+//! chunks; all layers of a stack share the sizes that choice depends on), and the backward of
+//! layer-normalised stacks (`layer_norm.rs`).
 //!
-//! Dropout between layers (a training pass of a configuration with `dropout`): after each layer
-//! but the last, on stream 0 after its directions (and the merge), kernels/dropout.cu multiplies
-//! the layer's output in place by the factors of the call's masks (`CudaReserve::dropout`, set
-//! by `Cuda::forward` from `ForwardInput::masks`); backward multiplies each `dX` above layer 0
-//! by the same factors, regenerated from the reserve's stream.
+//! Dropout between layers (a training pass of a configuration with `dropout`): kernels/dropout.cu
+//! multiplies the output of each layer but the last in place by the factors of the call's masks
+//! (`CudaReserve::dropout`, set by `Cuda::forward` from `ForwardInput::masks`) before the next
+//! layer reads it; backward multiplies each `dX` above layer 0 by the same factors, regenerated
+//! from the reserve's stream. Layer by layer, a layer's whole output (or `dX`) at once, on stream
+//! 0 after its directions (and the merge); in the wavefront, each chunk's rows after the layer's
+//! chunk (forward: its step loop; backward: its `dX` rows), on the layer's stream before the
+//! event the next layer waits for. A factor depends on its absolute step only (the kernel takes
+//! the chunk's first step), so both orders drop the same units.
 //!
 //! Storage type ([`Exec::storage`]): f32, or f16/bf16 for the weights, `x`, `y`, the states `h`
 //! (and the LSTM's `m`), the layer outputs, `dG` and every gradient returned (all GEMM operands

@@ -6,6 +6,7 @@
 use super::super::exec::{Event, Exec};
 use super::backward::BackwardLayer;
 use super::forward::DirForward;
+use crate::backend::host::dropout::Dropout;
 use crate::config::RnnConfig;
 use crate::error::Result;
 use crate::shape::SeqShape;
@@ -67,16 +68,18 @@ fn diagonals(exec: &Exec<'_>, layers: usize, chunks: usize, wave: &impl Wave) ->
 /// its input-projection GEMM for those steps, then its per-step loop over them, so that layer
 /// `l+1` runs chunk `c` while layer `l` runs chunk `c+1`. Layer 0 keeps its whole-sequence
 /// projection (issued before its first chunk): only the projections of layers ≥ 1 have `K·B`
-/// rows instead of `T·B`.
-pub(super) fn forward_wavefront(exec: &Exec<'_>, layers: &[Vec<DirForward>], k: usize) -> Result<()> {
+/// rows instead of `T·B`. With `dropout` (a training pass's), each layer but the last then drops
+/// the chunk's rows of its output in place, before the next layer's chunk reads them.
+pub(super) fn forward_wavefront(exec: &Exec<'_>, layers: &[Vec<DirForward>], k: usize, dropout: Option<&Dropout>) -> Result<()> {
     let t = layers[0][0].dims.t;
-    diagonals(exec, layers.len(), t.div_ceil(k), &ForwardWave { layers, k, t })
+    diagonals(exec, layers.len(), t.div_ceil(k), &ForwardWave { layers, k, t, dropout })
 }
 
 struct ForwardWave<'l> {
     layers: &'l [Vec<DirForward>],
     k: usize,
     t: usize,
+    dropout: Option<&'l Dropout>,
 }
 
 impl Wave for ForwardWave<'_> {
@@ -93,7 +96,14 @@ impl Wave for ForwardWave<'_> {
             (0, _) => {}
             _ => dir.project(exec, si, ks.clone())?,
         }
-        dir.steps(exec, si, ks)
+        dir.steps(exec, si, ks.clone())?;
+        // The chunk's rows of the output, final once its steps ran (a step reads its h_prev from
+        // the states `h`, never from the output), dropped before the event the next layer waits
+        // for; its later chunks write other rows.
+        match self.dropout {
+            Some(d) if l + 1 < self.layers.len() => exec.dropout(si, dir.io.out, ks, dir.dims.b, dir.dims.out_w, d, l),
+            _ => Ok(()),
+        }
     }
 
     fn finish(&self, _exec: &Exec<'_>, _l: usize, _si: usize) -> Result<()> {
@@ -104,18 +114,20 @@ impl Wave for ForwardWave<'_> {
 /// The backward pass of a unidirectional stack as a layer wavefront, `layers` from the last
 /// layer to the first: the processing order (`t = T-1` down to 0) cut into chunks of `k` steps;
 /// layer `l`'s chunk `c` is its step loop over those steps, then, for `l ≥ 1`, the rows of its
-/// `dX = dGi · W_ih` for them, which are layer `l-1`'s `dy`. A layer's weight gradients,
-/// `dh0`, `dc0` follow its last chunk on its stream (whole-sequence GEMMs, as without the
-/// wavefront), and layer 0's `dx` is one whole-sequence GEMM after them.
-pub(super) fn backward_wavefront(exec: &Exec<'_>, layers: &[BackwardLayer], k: usize) -> Result<()> {
+/// `dX = dGi · W_ih` for them, which are layer `l-1`'s `dy` (with `dropout`, multiplied by
+/// the factors of layer `l-1`'s masks at those steps: the gradient of its dropped output). A
+/// layer's weight gradients, `dh0`, `dc0` follow its last chunk on its stream (whole-sequence
+/// GEMMs, as without the wavefront), and layer 0's `dx` is one whole-sequence GEMM after them.
+pub(super) fn backward_wavefront(exec: &Exec<'_>, layers: &[BackwardLayer], k: usize, dropout: Option<&Dropout>) -> Result<()> {
     let t = layers[0].dirs[0].dims.t;
-    diagonals(exec, layers.len(), t.div_ceil(k), &BackwardWave { layers, k, t })
+    diagonals(exec, layers.len(), t.div_ceil(k), &BackwardWave { layers, k, t, dropout })
 }
 
 struct BackwardWave<'l> {
     layers: &'l [BackwardLayer],
     k: usize,
     t: usize,
+    dropout: Option<&'l Dropout>,
 }
 
 impl Wave for BackwardWave<'_> {
@@ -130,10 +142,16 @@ impl Wave for BackwardWave<'_> {
         }
         let ks = c * self.k..((c + 1) * self.k).min(self.t);
         dir.steps(exec, si, ks.clone())?;
-        match layer.d_in {
-            // The chunk's steps are t = T - ks.end .. T - ks.start.
-            Some(d_in) if layer.l > 0 => dir.input_grad(exec, si, self.t - ks.end..self.t - ks.start, d_in),
-            _ => Ok(()),
+        let (l, d_in) = match layer.d_in {
+            Some(d_in) if layer.l > 0 => (layer.l, d_in),
+            _ => return Ok(()),
+        };
+        // The chunk's steps are t = T - ks.end .. T - ks.start.
+        let rows = self.t - ks.end..self.t - ks.start;
+        dir.input_grad(exec, si, rows.clone(), d_in)?;
+        match self.dropout {
+            Some(d) => exec.dropout(si, d_in, rows, dir.dims.b, dir.dims.input, d, l - 1),
+            None => Ok(()),
         }
     }
 

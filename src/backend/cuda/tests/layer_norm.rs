@@ -626,11 +626,16 @@ fn half_storage_refuses_layer_norm() {
 /// The forward layer wavefront normalises each chunk's input rows in its projection: with
 /// chunks of 3 steps (not dividing T = 8) a layer-normalised stack gives the layer-by-layer
 /// order's outputs, saved activations and gradients bit for bit (the emulation's GEMMs compute
-/// each row on its own; the backward wavefront is off with layer norm).
+/// each row on its own; the backward wavefront is off with layer norm), without and with
+/// dropout between layers (dropped a chunk at a time forward, whole `dX`s backward: `check`'s
+/// launch count).
 #[test]
 fn emulated_wavefront_chunks_normalise_their_rows() {
-    for cell in [CellKind::Lstm, CellKind::Gru] {
-        let cfg = RnnConfig::new(cell, 5, 7).num_layers(3).layer_norm(true).build().unwrap();
+    for (cell, dropout) in [(CellKind::Lstm, 0.0), (CellKind::Gru, 0.0), (CellKind::Lstm, 0.3), (CellKind::Gru, 0.6)] {
+        let cfg = RnnConfig::new(cell, 5, 7).num_layers(3).layer_norm(true).dropout(dropout).build().unwrap();
+        if dropout > 0.0 {
+            super::wavefront::check::<f32>(&cfg, &SeqShape::with_lengths(8, vec![8, 5, 3, 8]).unwrap(), 3, 9);
+        }
         let shape = SeqShape::with_lengths(8, vec![8, 5, 3, 8]).unwrap();
         let p = ln_problem(&cfg, &shape, 9, 3.0);
         let emulation = Emulation::default();

@@ -15,8 +15,10 @@
 //! - `layer_norm.rs`: layer norm's kernels (the row normalisation, its backward and column sums,
 //!   the layer-normalised LSTM's output forward and backward) against f64 row functions, and the
 //!   driver with layer norm against the f64 reference;
-//! - `wavefront.rs`: the layer wavefront bit for bit against the layer-by-layer order, the
-//!   stream each piece of work is issued on, and stream 1 joined after a failure.
+//! - `wavefront.rs`: the layer wavefront bit for bit against the layer-by-layer order (also with
+//!   dropout between layers, dropped a chunk at a time), the stream each piece of work is issued
+//!   on, and stream 1 joined after a failure;
+//! - `dropout.rs`: kernels/dropout.cu against the host's masks, whole and a range of steps.
 //!
 //! What the emulation does not cover: cudarc, cuBLAS, the PTX build, the two streams and the
 //! multi-block, multi-warp parts of the persistent kernels (persistent_cell.cu and

@@ -17,10 +17,16 @@ impl Problem<f32> {
     /// decline) against the reference: outputs at 1e-5, gradients at 1e-4, Accumulate twice
     /// the gradients, inference the training forward's bits (`run_on`).
     pub(super) fn check_with_options(&self) -> std::result::Result<(), String> {
+        self.check_with_options_chunked(0)
+    }
+
+    /// [`check_with_options`](Self::check_with_options) with the layer wavefront's chunk forced
+    /// to `k` steps (0: the automatic one).
+    pub(super) fn check_with_options_chunked(&self, k: usize) -> std::result::Result<(), String> {
         let want = self.run_reference();
         let emulation = Emulation::default();
         for persistent in [false, true] {
-            let exec = emulation.exec().with_persistent(persistent);
+            let exec = emulation.exec().with_persistent(persistent).with_wavefront_chunk(k);
             let (got, acc) = self.run_on(&exec, &exec);
             for (i, name) in ["y", "hn", "cn", "dx", "dh0", "dc0", "dparams"].iter().enumerate() {
                 let err = max_error(&up(&got[i]), &want[i]);
@@ -122,6 +128,28 @@ fn emulated_driver_each_option_matches_reference() {
     for cfg in &configs {
         let shape = SeqShape::with_lengths(8, (0..6).map(|b| 8 - b).collect()).unwrap();
         Problem::<f32>::new(cfg, &shape, 41, 3.0).check_with_options().unwrap();
+    }
+}
+
+/// Dropout between layers inside the layer wavefront against the reference: chunks of 3 steps
+/// (not dividing T = 8) and of 2, a 3-layer forward stack of every cell (LSTM with projection
+/// too), variable lengths; at the tolerances of `check_with_options` (the persistent kernels,
+/// where they take the layers, keep the layer-by-layer order). `wavefront.rs` has the same runs
+/// bit for bit against the layer-by-layer order.
+#[test]
+fn emulated_wavefront_with_dropout_matches_reference() {
+    let configs = [
+        RnnConfig::new(CellKind::Lstm, 11, 23).num_layers(3).dropout(0.3).build().unwrap(),
+        RnnConfig::new(CellKind::Lstm, 11, 23).num_layers(3).proj_size(7).dropout(0.5).build().unwrap(),
+        RnnConfig::new(CellKind::Gru, 11, 23).num_layers(3).dropout(0.3).build().unwrap(),
+        RnnConfig::new(CellKind::RnnTanh, 11, 23).num_layers(3).dropout(0.7).build().unwrap(),
+        RnnConfig::new(CellKind::RnnRelu, 11, 23).num_layers(2).dropout(0.3).build().unwrap(),
+    ];
+    for cfg in &configs {
+        let shape = SeqShape::with_lengths(8, (0..6).map(|b| 8 - b).collect()).unwrap();
+        for k in [3, 2] {
+            Problem::<f32>::new(cfg, &shape, 43, 3.0).check_with_options_chunked(k).unwrap();
+        }
     }
 }
 

@@ -2,7 +2,8 @@
 //! emulation, which runs the
 //! two streams' work serially in issue order: it checks the chunk bookkeeping (projection and
 //! `dX` rows, step ranges, the state and gradients carried between chunks, h0/hn/c0/cn,
-//! saved activations, variable lengths, 16-bit storage), not the concurrency. A wavefront run
+//! saved activations, variable lengths, 16-bit storage, dropout between layers a chunk at a
+//! time), not the concurrency. A wavefront run
 //! must equal the layer-by-layer run bit for bit here: the same kernels on the same values, and
 //! the host sgemm computes each row of `C` on its own, so a chunk's GEMM (`K·B` rows) gives the
 //! rows the whole-sequence one gives. cuBLAS need not (another algorithm for another `M`):
@@ -27,15 +28,19 @@ fn run<T: Element>(cfg: &RnnConfig, shape: &SeqShape, seed: u64, exec: &Exec<'_>
     out
 }
 
-/// The wavefront with chunk `k` against the layer-by-layer order, bit for bit.
+/// The wavefront with chunk `k` against the layer-by-layer order, bit for bit. With dropout
+/// between layers, the wavefront also drops chunk by chunk, each layer's on its stream: one
+/// dropout launch per chunk and layer but the last forward (on the layer's stream), and per chunk
+/// and layer above the first backward (on that layer's stream, the factors of the layer below),
+/// where the layer-by-layer order drops each layer's whole output (and `dX`) once, on stream 0.
 pub(super) fn check<T: Element>(cfg: &RnnConfig, shape: &SeqShape, k: usize, seed: u64) {
-    let emulation = Emulation::default();
-    let wave = emulation.exec().with_storage(T::DTYPE).with_wavefront(true).with_wavefront_chunk(k);
+    let (on, off) = (Emulation::default(), Emulation::default());
+    let wave = on.exec().with_storage(T::DTYPE).with_wavefront(true).with_wavefront_chunk(k);
     let chunks = shape.steps().div_ceil(k.min(shape.steps()));
     assert_eq!(wavefront_chunk(&wave, cfg, shape), Some(k.min(shape.steps())), "the wavefront must be taken: {cfg:?}");
-    let off = emulation.exec().with_storage(T::DTYPE).with_wavefront(false);
-    assert_eq!(wavefront_chunk(&off, cfg, shape), None);
-    let (got, want) = (run::<T>(cfg, shape, seed, &wave), run::<T>(cfg, shape, seed, &off));
+    let layer_by_layer = off.exec().with_storage(T::DTYPE).with_wavefront(false);
+    assert_eq!(wavefront_chunk(&layer_by_layer, cfg, shape), None);
+    let (got, want) = (run::<T>(cfg, shape, seed, &wave), run::<T>(cfg, shape, seed, &layer_by_layer));
     let names = ["y", "hn", "cn"];
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -48,6 +53,23 @@ pub(super) fn check<T: Element>(cfg: &RnnConfig, shape: &SeqShape, k: usize, see
             shape.lengths()
         );
     }
+    let dropouts = |e: &Emulation, si: usize| e.issued.borrow().iter().filter(|&&(s, kk)| s == si && kk == Some(KernelId::Dropout)).count();
+    let nl = cfg.num_layers();
+    let (wave_launches, layer_launches) = match cfg.dropout() {
+        // Forward: layers 0..L-1 on stream l mod 2; backward: layers 1..L on stream l mod 2, or
+        // with layer norm (no backward wavefront) layer by layer on stream 0.
+        Some(_) => {
+            let forward = |si: usize| (0..nl - 1).filter(|l| l % 2 == si).count() * chunks;
+            let backward = |si: usize| match cfg.layer_norm() {
+                true => usize::from(si == 0) * (nl - 1),
+                false => (1..nl).filter(|l| l % 2 == si).count() * chunks,
+            };
+            ([forward(0) + backward(0), forward(1) + backward(1)], [2 * (nl - 1), 0])
+        }
+        None => ([0, 0], [0, 0]),
+    };
+    assert_eq!([dropouts(&on, 0), dropouts(&on, 1)], wave_launches, "{cfg:?} K={k}: the wavefront's dropout launches on streams [0, 1]");
+    assert_eq!([dropouts(&off, 0), dropouts(&off, 1)], layer_launches, "{cfg:?}: the layer-by-layer dropout launches on streams [0, 1]");
 }
 
 fn stack(cell: CellKind, layers: usize, proj: usize, bias: bool) -> RnnConfig {
@@ -75,14 +97,42 @@ fn emulated_wavefront_matches_layer_by_layer() {
     }
 }
 
-/// f16 and bf16 storage: the same bookkeeping with 16-bit outputs, states and inputs.
+/// Dropout between layers inside the wavefront: each layer's output dropped a chunk at a time
+/// forward, each `dX` above layer 0 backward, with the factors of their absolute steps. Every
+/// cell (LSTM with and without projection), 2–4 layers, `p` 0.3 and 0.7, T a multiple of K and
+/// not, one step per chunk, T < K, variable lengths, f32; the same bits as the layer-by-layer
+/// order, which drops whole sequences (`check` also counts the per-chunk launches: a wavefront
+/// that fell back to the layer-by-layer order fails it).
+#[test]
+fn emulated_wavefront_with_dropout_matches_layer_by_layer() {
+    let cells = [(CellKind::Lstm, 0), (CellKind::Lstm, 3), (CellKind::Gru, 0), (CellKind::RnnTanh, 0), (CellKind::RnnRelu, 0)];
+    let mut seed = 100;
+    for (c, &(cell, proj)) in cells.iter().enumerate() {
+        for layers in 2..=4 {
+            let p = [0.3, 0.7][(c + layers) % 2];
+            let cfg = RnnConfig::new(cell, 5, 7).num_layers(layers).proj_size(proj).bias(c % 2 == 0).dropout(p).build().unwrap();
+            for (t, k) in [(7, 3), (8, 2), (5, 1), (4, 9), (9, 4)] {
+                let lengths: Vec<usize> = (0..4).map(|b| t - (b * 3) % t).collect();
+                for shape in [SeqShape::new(t, 3).unwrap(), SeqShape::with_lengths(t, lengths).unwrap()] {
+                    seed += 1;
+                    check::<f32>(&cfg, &shape, k, seed);
+                }
+            }
+        }
+    }
+}
+
+/// f16 and bf16 storage: the same bookkeeping with 16-bit outputs, states and inputs, without
+/// and with dropout between layers.
 #[test]
 fn emulated_wavefront_matches_layer_by_layer_half() {
     for (c, (cell, proj)) in [(CellKind::Lstm, 2), (CellKind::Gru, 0), (CellKind::RnnRelu, 0)].into_iter().enumerate() {
-        let cfg = stack(cell, 3, proj, true);
-        let shape = SeqShape::with_lengths(7, vec![7, 3, 5, 6]).unwrap();
-        check::<half::f16>(&cfg, &shape, 3, 40 + c as u64);
-        check::<half::bf16>(&cfg, &shape, 2, 50 + c as u64);
+        for dropout in [0.0, 0.4] {
+            let cfg = RnnConfig::new(cell, 5, 7).num_layers(3).proj_size(proj).dropout(dropout).build().unwrap();
+            let shape = SeqShape::with_lengths(7, vec![7, 3, 5, 6]).unwrap();
+            check::<half::f16>(&cfg, &shape, 3, 40 + c as u64);
+            check::<half::bf16>(&cfg, &shape, 2, 50 + c as u64);
+        }
     }
 }
 
