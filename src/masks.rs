@@ -27,7 +27,7 @@
 //! value. Integer comparisons only, so a mask is the same bits everywhere.
 
 use crate::error::{Error, Result};
-use crate::philox::{key_of_seed, philox4x32_10, philox4x32_10_x8, Threshold};
+use crate::philox::{key_of_seed, philox4x32_10, philox4x32_10_x8_below, Threshold};
 
 /// What a mask applies to; its number is the low 3 bits of the counter's last word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,20 +128,27 @@ impl MaskStream {
 
     /// [`fill_hits`](Self::fill_hits) at a position already checked: at most `4·2³²` units.
     pub(crate) fn fill_hits_at(self, site: MaskSite, step: u32, row: u32, threshold: Threshold, hit: &mut [bool]) {
-        self.for_each_word(site, step, row, hit.len(), |u, w| hit[u] = threshold.hit(w));
+        self.for_each_hit_word(site, step, row, threshold, hit.len(), |base, bits| {
+            for (u, h) in hit[base..].iter_mut().take(32).enumerate() {
+                *h = (bits >> u) & 1 == 1;
+            }
+        });
     }
 
-    /// Calls `f(u, word)` for units `0..units` of `row` at `step` and `site`, in order, 8
-    /// counters (32 units) at a time ([`philox4x32_10_x8`]).
+    /// The hits of `threshold` of units `0..32·bits.len()` of `row` at `step` and `site` as bit
+    /// words: bit `u mod 32` of `bits[u / 32]` is unit `u`'s (the units past those the caller
+    /// uses are drawn too). The position is already checked (as by [`fill_hits`](Self::fill_hits)).
+    pub(crate) fn hit_bits_at(self, site: MaskSite, step: u32, row: u32, threshold: Threshold, bits: &mut [u32]) {
+        self.for_each_hit_word(site, step, row, threshold, bits.len() * 32, |base, b| bits[base / 32] = b);
+    }
+
+    /// Calls `f(base, bits)` for `base` = 0, 32, … below `units`, with bit `u` of `bits` the hit
+    /// of unit `base + u` ([`philox4x32_10_x8_below`]: 8 counters at once).
     #[inline]
-    fn for_each_word(self, site: MaskSite, step: u32, row: u32, units: usize, mut f: impl FnMut(usize, u32)) {
-        let mut words = [0u32; 32];
+    fn for_each_hit_word(self, site: MaskSite, step: u32, row: u32, threshold: Threshold, units: usize, mut f: impl FnMut(usize, u32)) {
         for base in (0..units).step_by(32) {
             // `position` checked at most 2^32 groups of 4 units.
-            philox4x32_10_x8((base / 4) as u32, row, step, site.tag, self.key, &mut words);
-            for (u, &w) in (base..units).zip(&words) {
-                f(u, w);
-            }
+            f(base, philox4x32_10_x8_below((base / 4) as u32, row, step, site.tag, self.key, threshold.bound()));
         }
     }
 
@@ -158,7 +165,11 @@ impl MaskStream {
         out: &mut [T],
     ) -> Result<()> {
         let (step, row) = self.position(site, step, row, out.len())?;
-        self.for_each_word(site, step, row, out.len(), |u, w| out[u] = if threshold.hit(w) { T::default() } else { scale });
+        self.for_each_hit_word(site, step, row, threshold, out.len(), |base, bits| {
+            for (u, o) in out[base..].iter_mut().take(32).enumerate() {
+                *o = if (bits >> u) & 1 == 1 { T::default() } else { scale };
+            }
+        });
         Ok(())
     }
 

@@ -46,29 +46,52 @@ pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
     philox4x32::<10>(counter, key)
 }
 
-/// The words of 8 consecutive counters `[first + i, c1, c2, c3]` (`i` in `0..8`), in unit order:
-/// `out[4·i + j]` is word `j` of counter `i`, the same as [`philox4x32_10`] of each. On x86-64
-/// with AVX2 (detected at run time) the 8 counters run together in 256-bit registers
+/// The hits below `bound` of the words of 8 consecutive counters `[first + i, c1, c2, c3]` (`i`
+/// in `0..8`): bit `4·i + j` is set when word `j` of counter `i` (of [`philox4x32_10`]) is below
+/// `bound` (at most `2³² - 1`, as [`Threshold::bound`]). On x86-64 with AVX2 (detected at run
+/// time) the 8 counters run together in 256-bit registers and are compared there
 /// (`philox8_avx2`); elsewhere one after the other.
 #[inline]
-pub fn philox4x32_10_x8(first: u32, c1: u32, c2: u32, c3: u32, key: [u32; 2], out: &mut [u32; 32]) {
-    #[cfg(target_arch = "x86_64")]
+pub fn philox4x32_10_x8_below(first: u32, c1: u32, c2: u32, c3: u32, key: [u32; 2], bound: u64) -> u32 {
+    // (Miri runs the portable loop.)
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 is available (checked above).
-        unsafe { philox8_avx2(first, c1, c2, c3, key, out) };
-        return;
+        return unsafe { philox8_avx2(first, c1, c2, c3, key, bound) };
     }
-    for (i, o) in out.chunks_exact_mut(4).enumerate() {
-        o.copy_from_slice(&philox4x32_10([first.wrapping_add(i as u32), c1, c2, c3], key));
+    let mut bits = 0;
+    for i in 0..8 {
+        let w = philox4x32_10([first.wrapping_add(i), c1, c2, c3], key);
+        for (j, &u) in w.iter().enumerate() {
+            bits |= u32::from(u64::from(u) < bound) << (4 * i as usize + j);
+        }
     }
+    bits
 }
 
-/// [`philox4x32_10_x8`] with AVX2: each of the four words of the 8 counters in one register;
-/// a round's 32×32→64-bit products by `_mm256_mul_epu32` on the even lanes and on the odd ones
-/// shifted down, their high and low halves put back in lane order with blends.
-#[cfg(target_arch = "x86_64")]
+/// `SPREAD[m]`: the 8 bits of `m` moved to bits `0, 4, …, 28`.
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+const SPREAD: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut m = 0;
+    while m < 256 {
+        let mut i = 0;
+        while i < 8 {
+            t[m] |= ((m as u32 >> i) & 1) << (4 * i);
+            i += 1;
+        }
+        m += 1;
+    }
+    t
+};
+
+/// [`philox4x32_10_x8_below`] with AVX2: each of the four words of the 8 counters in one
+/// register; a round's 32×32→64-bit products by `_mm256_mul_epu32` on the even lanes and on the
+/// odd ones shifted down, their halves put back in lane order with blends; the unsigned
+/// comparison with `bound` as a signed one of both sides with the top bit flipped.
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 #[target_feature(enable = "avx2")]
-unsafe fn philox8_avx2(first: u32, c1: u32, c2: u32, c3: u32, key: [u32; 2], out: &mut [u32; 32]) {
+unsafe fn philox8_avx2(first: u32, c1: u32, c2: u32, c3: u32, key: [u32; 2], bound: u64) -> u32 {
     use std::arch::x86_64::*;
     // (hi, lo) of each lane's 32×32-bit product with `m` (the multiplier in every 64-bit lane).
     #[inline(always)]
@@ -80,9 +103,8 @@ unsafe fn philox8_avx2(first: u32, c1: u32, c2: u32, c3: u32, key: [u32; 2], out
         (hi, lo)
     }
     let (m0, m1) = (_mm256_set1_epi64x(i64::from(M0)), _mm256_set1_epi64x(i64::from(M1)));
-    let f = first as i32;
     let mut c = [
-        _mm256_add_epi32(_mm256_set1_epi32(f), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
+        _mm256_add_epi32(_mm256_set1_epi32(first as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
         _mm256_set1_epi32(c1 as i32),
         _mm256_set1_epi32(c2 as i32),
         _mm256_set1_epi32(c3 as i32),
@@ -97,16 +119,16 @@ unsafe fn philox8_avx2(first: u32, c1: u32, c2: u32, c3: u32, key: [u32; 2], out
         let (k0, k1) = (_mm256_set1_epi32(k[0] as i32), _mm256_set1_epi32(k[1] as i32));
         c = [_mm256_xor_si256(_mm256_xor_si256(hi1, c[1]), k0), lo1, _mm256_xor_si256(_mm256_xor_si256(hi0, c[3]), k1), lo0];
     }
-    let mut words = [[0u32; 8]; 4];
-    for (w, v) in words.iter_mut().zip(c) {
-        // SAFETY: `w` is 8 u32s, 32 bytes; an unaligned store.
-        unsafe { _mm256_storeu_si256(w.as_mut_ptr().cast(), v) };
+    // u < bound (unsigned) as (u ^ 2³¹) < (bound ^ 2³¹) (signed); bound ≤ 2³² - 1.
+    let flip = _mm256_set1_epi32(i32::MIN);
+    let b = _mm256_xor_si256(_mm256_set1_epi32(bound.min(u64::from(u32::MAX)) as u32 as i32), flip);
+    let mut bits = 0;
+    for (j, w) in c.into_iter().enumerate() {
+        let below = _mm256_cmpgt_epi32(b, _mm256_xor_si256(w, flip));
+        let m = _mm256_movemask_ps(_mm256_castsi256_ps(below)) as usize;
+        bits |= SPREAD[m] << j;
     }
-    for i in 0..8 {
-        for j in 0..4 {
-            out[4 * i + j] = words[j][i];
-        }
-    }
+    bits
 }
 
 /// The key of a 64-bit seed: its low and high words.
@@ -151,8 +173,8 @@ impl Threshold {
 mod tests {
     use super::*;
 
-    /// The 8-counter version (AVX2 where the machine has it) gives each counter's words of the
-    /// one-counter function, also where the first word wraps around.
+    /// The 8-counter hits (AVX2 where the machine has it) are those of the one-counter function,
+    /// also where the first word wraps around, for bounds from 0 to 2³² - 1.
     #[test]
     fn eight_counters_are_the_one_counter_function() {
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -162,14 +184,21 @@ mod tests {
             x ^= x << 17;
             x as u32
         };
-        let mut out = [0u32; 32];
-        for n in 0..500 {
-            let first = if n % 50 == 0 { u32::MAX - 3 } else { next() };
+        for n in 0..if cfg!(miri) { 20 } else { 2000 } {
+            let first = if n % 10 == 0 { u32::MAX - 3 } else { next() };
             let (c1, c2, c3, key) = (next(), next(), next(), [next(), next()]);
-            philox4x32_10_x8(first, c1, c2, c3, key, &mut out);
+            let bound = match n % 5 {
+                0 => 0,
+                1 => u64::from(u32::MAX),
+                _ => u64::from(next()),
+            };
+            let got = philox4x32_10_x8_below(first, c1, c2, c3, key, bound);
             for i in 0..8u32 {
                 let want = philox4x32_10([first.wrapping_add(i), c1, c2, c3], key);
-                assert_eq!(out[4 * i as usize..4 * i as usize + 4], want, "counter {i} of [{first}, {c1}, {c2}, {c3}]");
+                for (j, &u) in want.iter().enumerate() {
+                    let bit = (got >> (4 * i as usize + j)) & 1 == 1;
+                    assert_eq!(bit, u64::from(u) < bound, "counter {i} word {j} of [{first}, {c1}, {c2}, {c3}], bound {bound}");
+                }
             }
         }
     }

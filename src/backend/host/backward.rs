@@ -212,7 +212,7 @@ struct BwdRows<T> {
     /// and `c`, which go straight to the previous step's; and a row's mask (scratch).
     zone_h: Vec<T>,
     zone_c: Vec<T>,
-    hit: Vec<bool>,
+    hit: Vec<u32>,
     /// Recurrent dropout: `[n, Hout]` the block's factors (empty without).
     rec: Vec<T>,
 }

@@ -229,7 +229,7 @@ struct FwdRows<T> {
     scratch: Saved<Vec<T>>,
     /// The call's zoneout with this layer-direction's mask sites, and a row's mask (scratch).
     zone: Option<(Zoneout, zoneout::Sites)>,
-    hit: Vec<bool>,
+    hit: Vec<u32>,
     /// Recurrent dropout: `[n, Hout]` the block's factors (empty without), and the dropped
     /// `h_prev` of the step (scratch).
     rec: Vec<T>,

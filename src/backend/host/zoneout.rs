@@ -96,13 +96,6 @@ impl Zoneout {
         }
     }
 
-    /// Writes into `hit` (`width` units) the mask of `state` for `row` at step `t`.
-    fn hits(&self, masks: MaskStream, rate: Rate, site: MaskSite, t: usize, row: usize, hit: &mut [bool]) {
-        // `for_pass` checked that steps and rows fit in 32 bits (and a state's width is far
-        // below 4·2³² units).
-        masks.fill_hits_at(site, t as u32, row as u32, rate.threshold, hit);
-    }
-
     /// Zoneout of `state` after step `t` of a block of rows starting at batch row `row0`: for
     /// each active row, `new` (`[n, width]`, the cell's new state) becomes `prev` where the
     /// mask hits (training) or `z·prev + (1-z)·new` (inference). `hit` is scratch.
@@ -116,12 +109,11 @@ impl Zoneout {
         active: &[bool],
         prev: &[T],
         new: &mut [T],
-        hit: &mut Vec<bool>,
+        hit: &mut Vec<u32>,
     ) {
         let Some(rate) = self.rate(state) else { return };
         let width = new.len() / active.len().max(1);
         let site = if state == State::H { sites.h } else { sites.c };
-        hit.resize(width, false);
         let (z, keep) = (T::from_f64(rate.z), T::from_f64(1.0 - rate.z));
         for (b, &a) in active.iter().enumerate() {
             if !a {
@@ -130,9 +122,9 @@ impl Zoneout {
             let (p, n) = (&prev[b * width..(b + 1) * width], &mut new[b * width..(b + 1) * width]);
             match self.masks {
                 Some(masks) => {
-                    self.hits(masks, rate, site, t, row0 + b, hit);
-                    for ((v, &pv), &h) in n.iter_mut().zip(p).zip(hit.iter()) {
-                        if h {
+                    hits(masks, rate.threshold, site, t, row0 + b, width, hit);
+                    for (u, (v, &pv)) in n.iter_mut().zip(p).enumerate() {
+                        if (hit[u / 32] >> (u % 32)) & 1 == 1 {
                             *v = pv;
                         }
                     }
@@ -160,22 +152,21 @@ impl Zoneout {
         active: &[bool],
         grad: &mut [T],
         kept: &mut Vec<T>,
-        hit: &mut Vec<bool>,
+        hit: &mut Vec<u32>,
     ) {
         kept.clear();
         kept.resize(grad.len(), T::ZERO);
         let (Some(rate), Some(masks)) = (self.rate(state), self.masks) else { return };
         let width = grad.len() / active.len().max(1);
         let site = if state == State::H { sites.h } else { sites.c };
-        hit.resize(width, false);
         for (b, &a) in active.iter().enumerate() {
             if !a {
                 continue;
             }
-            self.hits(masks, rate, site, t, row0 + b, hit);
+            hits(masks, rate.threshold, site, t, row0 + b, width, hit);
             let (g, k) = (&mut grad[b * width..(b + 1) * width], &mut kept[b * width..(b + 1) * width]);
-            for ((gv, kv), &h) in g.iter_mut().zip(k.iter_mut()).zip(hit.iter()) {
-                if h {
+            for (u, (gv, kv)) in g.iter_mut().zip(k.iter_mut()).enumerate() {
+                if (hit[u / 32] >> (u % 32)) & 1 == 1 {
                     *kv = *gv;
                     *gv = T::ZERO;
                 }
@@ -198,4 +189,12 @@ impl Zoneout {
             }
         }
     }
+}
+
+/// Writes into `hit` (bit words of `width` units) the mask of `site` for `row` at step `t`.
+fn hits(masks: MaskStream, threshold: Threshold, site: MaskSite, t: usize, row: usize, width: usize, hit: &mut Vec<u32>) {
+    hit.resize(width.div_ceil(32), 0);
+    // `Zoneout::for_pass` checked that steps and rows fit in 32 bits (and a state's width is far
+    // below 4·2³² units).
+    masks.hit_bits_at(site, t as u32, row as u32, threshold, hit);
 }

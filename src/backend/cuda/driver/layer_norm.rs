@@ -119,7 +119,8 @@ pub(super) fn forward_bufs(
     let (saved, gates) = match save {
         Some(sv) => {
             let sizes = dims.cell.saved_sizes(dims.t, dims.b);
-            let [.., ln_x, ln_h, ln_c, rstd_x, rstd_h, rstd_c] = sizes.zip(sv);
+            // (`c_new`, the last, is for zoneout, which this backend does not run.)
+            let [.., ln_x, ln_h, ln_c, rstd_x, rstd_h, rstd_c, _] = sizes.zip(sv);
             let [ln_x, ln_h, ln_c, rstd_x, rstd_h, rstd_c] =
                 [ln_x, ln_h, ln_c, rstd_x, rstd_h, rstd_c].map(|(slot, n)| exec.fit(slot, Dtype::F32, n));
             (LnSaved { ln_x: ln_x?, rstd_x: rstd_x?, ln_h: ln_h?, rstd_h: rstd_h?, ln_c: ln_c?, rstd_c: rstd_c? }, View::NULL)
