@@ -123,9 +123,11 @@ impl Zoneout {
             match self.masks {
                 Some(masks) => {
                     hits(masks, rate.threshold, site, t, row0 + b, width, hit);
-                    for (u, (v, &pv)) in n.iter_mut().zip(p).enumerate() {
-                        if (hit[u / 32] >> (u % 32)) & 1 == 1 {
-                            *v = pv;
+                    // 32 units per mask word, the selection without branches.
+                    for ((n32, p32), &w) in n.chunks_mut(32).zip(p.chunks(32)).zip(hit.iter()) {
+                        for (j, (v, &pv)) in n32.iter_mut().zip(p32).enumerate() {
+                            let (nv, zoned) = (*v, (w >> j) & 1 == 1);
+                            *v = if zoned { pv } else { nv };
                         }
                     }
                 }
@@ -141,7 +143,8 @@ impl Zoneout {
     /// Backward of [`forward`](Self::forward) in a training pass: for each active row, moves
     /// the gradient `grad` (`[n, width]`, w.r.t. the zoned state) of the zoned-out units into
     /// `kept` (the part that goes straight to the previous state) and leaves in `grad` the part
-    /// w.r.t. the cell's new state; `kept` is zero elsewhere (and for inactive rows).
+    /// w.r.t. the cell's new state; `kept` is zero at the other units of the active rows (and
+    /// not read for the inactive ones: [`add_kept`](Self::add_kept) skips them).
     #[allow(clippy::too_many_arguments)]
     pub fn split_grad<T: Float>(
         &self,
@@ -154,9 +157,9 @@ impl Zoneout {
         kept: &mut Vec<T>,
         hit: &mut Vec<u32>,
     ) {
-        kept.clear();
-        kept.resize(grad.len(), T::ZERO);
         let (Some(rate), Some(masks)) = (self.rate(state), self.masks) else { return };
+        // Every unit of an active row is written below.
+        kept.resize(grad.len(), T::ZERO);
         let width = grad.len() / active.len().max(1);
         let site = if state == State::H { sites.h } else { sites.c };
         for (b, &a) in active.iter().enumerate() {
@@ -165,10 +168,11 @@ impl Zoneout {
             }
             hits(masks, rate.threshold, site, t, row0 + b, width, hit);
             let (g, k) = (&mut grad[b * width..(b + 1) * width], &mut kept[b * width..(b + 1) * width]);
-            for (u, (gv, kv)) in g.iter_mut().zip(k.iter_mut()).enumerate() {
-                if (hit[u / 32] >> (u % 32)) & 1 == 1 {
-                    *kv = *gv;
-                    *gv = T::ZERO;
+            for ((g32, k32), &w) in g.chunks_mut(32).zip(k.chunks_mut(32)).zip(hit.iter()) {
+                for (j, (gv, kv)) in g32.iter_mut().zip(k32.iter_mut()).enumerate() {
+                    let (v, zoned) = (*gv, (w >> j) & 1 == 1);
+                    *kv = if zoned { v } else { T::ZERO };
+                    *gv = if zoned { T::ZERO } else { v };
                 }
             }
         }
