@@ -148,7 +148,8 @@ impl MaskStream {
     fn for_each_hit_word(self, site: MaskSite, step: u32, row: u32, threshold: Threshold, units: usize, mut f: impl FnMut(usize, u32)) {
         for base in (0..units).step_by(32) {
             // `position` checked at most 2^32 groups of 4 units.
-            f(base, philox4x32_10_x8_below((base / 4) as u32, row, step, site.tag, self.key, threshold.bound()));
+            let count = (units - base).div_ceil(4).min(8) as u32;
+            f(base, philox4x32_10_x8_below((base / 4) as u32, row, step, site.tag, self.key, threshold.bound(), count));
         }
     }
 

@@ -46,13 +46,14 @@ pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
     philox4x32::<10>(counter, key)
 }
 
-/// The hits below `bound` of the words of 8 consecutive counters `[first + i, c1, c2, c3]` (`i`
-/// in `0..8`): bit `4·i + j` is set when word `j` of counter `i` (of [`philox4x32_10`]) is below
-/// `bound` (at most `2³² - 1`, as [`Threshold::bound`]). On x86-64 with AVX2 (detected at run
-/// time) the 8 counters run together in 256-bit registers and are compared there
-/// (`philox8_avx2`); elsewhere one after the other.
+/// The hits below `bound` of the words of the consecutive counters `[first + i, c1, c2, c3]` (`i`
+/// in `0..count`, `count` at most 8): bit `4·i + j` is set when word `j` of counter `i` (of
+/// [`philox4x32_10`]) is below `bound` (at most `2³² - 1`, as [`Threshold::bound`]); the bits of
+/// counters `count..8` may be set or not. On x86-64 with AVX2 (detected at run time) 8 counters
+/// run together in 256-bit registers and are compared there (`philox8_avx2`); elsewhere the
+/// `count` counters one after the other.
 #[inline]
-pub fn philox4x32_10_x8_below(first: u32, c1: u32, c2: u32, c3: u32, key: [u32; 2], bound: u64) -> u32 {
+pub fn philox4x32_10_x8_below(first: u32, c1: u32, c2: u32, c3: u32, key: [u32; 2], bound: u64, count: u32) -> u32 {
     // (Miri runs the portable loop.)
     #[cfg(all(target_arch = "x86_64", not(miri)))]
     if std::arch::is_x86_feature_detected!("avx2") {
@@ -60,7 +61,7 @@ pub fn philox4x32_10_x8_below(first: u32, c1: u32, c2: u32, c3: u32, key: [u32; 
         return unsafe { philox8_avx2(first, c1, c2, c3, key, bound) };
     }
     let mut bits = 0;
-    for i in 0..8 {
+    for i in 0..count.min(8) {
         let w = philox4x32_10([first.wrapping_add(i), c1, c2, c3], key);
         for (j, &u) in w.iter().enumerate() {
             bits |= u32::from(u64::from(u) < bound) << (4 * i as usize + j);
@@ -192,8 +193,9 @@ mod tests {
                 1 => u64::from(u32::MAX),
                 _ => u64::from(next()),
             };
-            let got = philox4x32_10_x8_below(first, c1, c2, c3, key, bound);
-            for i in 0..8u32 {
+            let count = 1 + n % 8;
+            let got = philox4x32_10_x8_below(first, c1, c2, c3, key, bound, count);
+            for i in 0..count {
                 let want = philox4x32_10([first.wrapping_add(i), c1, c2, c3], key);
                 for (j, &u) in want.iter().enumerate() {
                     let bit = (got >> (4 * i as usize + j)) & 1 == 1;
