@@ -212,48 +212,11 @@ fn masks_are_required_and_offsets_differ() {
     }
 }
 
-/// The cases of `tests/fixtures/dropout/` (written by `make_dropout_cases.py`: PyTorch's layers
-/// one at a time in float64 with the library's masks between them, computed by the script's
-/// own Philox from the documented layout; inference by the stack module in eval mode).
-fn case_files() -> Vec<std::path::PathBuf> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dropout");
-    let mut files: Vec<_> =
-        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
-    files.sort();
-    files
-}
-
-/// PyTorch with the same masks: the f64 reference at 1e-9 on every output and gradient, and
-/// inference against the stack module in eval mode; the f32 reference and every CPU ISA at 1e-4.
-/// Each case is complete (masks, gradients, inference outputs), and with other masks (another
-/// offset) it fails.
+/// PyTorch with the same masks: the cases of `tests/fixtures/dropout/` (written by
+/// `make_dropout_cases.py`: PyTorch's layers one at a time in float64 with the library's masks
+/// between them, computed by the script's own Philox from the documented layout; inference by
+/// the stack module in eval mode), checked by `common::masked_cases::check`.
 #[test]
 fn pytorch_with_the_same_masks() {
-    use rnn_kernels::testkit::case::{run_case, Case};
-    let files = case_files();
-    assert_eq!(files.len(), 5, "{files:?}");
-    for f in &files {
-        let case = Case::<f64>::load(f).unwrap();
-        assert!(
-            case.config.dropout().is_some() && case.masks.is_some() && case.grads.is_some() && case.inference[0].is_some(),
-            "{}",
-            f.display()
-        );
-        let report = run_case(&Reference, &case).unwrap();
-        let names: Vec<&str> = report.errors.iter().map(|(n, _)| n.as_str()).collect();
-        assert!(names.contains(&"y (inference)") && names.contains(&"dx"), "{}: {names:?}", f.display());
-        assert!(report.passes(1e-9), "{}: {:?}", f.display(), report.worst());
-        let mut other = case.clone();
-        other.masks = Some(MaskStream::new(1, 1));
-        assert!(!run_case(&Reference, &other).unwrap().passes(1e-3), "{}: other masks pass too", f.display());
-
-        let case = Case::<f32>::load(f).unwrap();
-        let mut runs = vec![("reference f32".to_string(), run_case(&Reference, &case).unwrap())];
-        for isa in Isa::available() {
-            runs.push((format!("cpu {isa:?}"), run_case(&Cpu::with_isa(isa, 2).unwrap(), &case).unwrap()));
-        }
-        for (what, r) in runs {
-            assert!(r.passes(1e-4), "{} on {what}: {:?}", f.display(), r.worst());
-        }
-    }
+    common::masked_cases::check("dropout", 5, |c| c.dropout().is_some());
 }

@@ -137,38 +137,8 @@ fn masks_are_required_and_options_checked() {
 /// The torch-module cases of `tests/fixtures/recurrent_dropout/` (written by
 /// `make_zoneout_cases.py`: the cells' equations step by step in float64, the recurrent product
 /// reading the state times the library's factors, from the script's own Philox; one case with
-/// dropout between layers and zoneout too): the f64 reference at 1e-9 on every output, gradient
-/// and inference output, missing with other masks; the f32 reference and every CPU ISA at 1e-4.
+/// dropout between layers and zoneout too), checked by `common::masked_cases::check`.
 #[test]
 fn pytorch_with_the_same_masks() {
-    use rnn_kernels::testkit::case::{run_case, Case};
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/recurrent_dropout");
-    let mut files: Vec<_> =
-        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
-    files.sort();
-    assert_eq!(files.len(), 5, "{files:?}");
-    for f in &files {
-        let case = Case::<f64>::load(f).unwrap();
-        assert!(
-            case.config.recurrent_dropout().is_some() && case.masks.is_some() && case.grads.is_some() && case.inference[0].is_some(),
-            "{}",
-            f.display()
-        );
-        let report = run_case(&Reference, &case).unwrap();
-        let names: Vec<&str> = report.errors.iter().map(|(n, _)| n.as_str()).collect();
-        assert!(names.contains(&"y (inference)") && names.contains(&"dx"), "{}: {names:?}", f.display());
-        assert!(report.passes(1e-9), "{}: {:?}", f.display(), report.worst());
-        let mut other = case.clone();
-        other.masks = Some(MaskStream::new(1, 1));
-        assert!(!run_case(&Reference, &other).unwrap().passes(1e-3), "{}: other masks pass too", f.display());
-
-        let case = Case::<f32>::load(f).unwrap();
-        let mut runs = vec![("reference f32".to_string(), run_case(&Reference, &case).unwrap())];
-        for isa in Isa::available() {
-            runs.push((format!("cpu {isa:?}"), run_case(&Cpu::with_isa(isa, 2).unwrap(), &case).unwrap()));
-        }
-        for (what, r) in runs {
-            assert!(r.passes(1e-4), "{} on {what}: {:?}", f.display(), r.worst());
-        }
-    }
+    common::masked_cases::check("recurrent_dropout", 5, |c| c.recurrent_dropout().is_some());
 }

@@ -202,45 +202,9 @@ fn masks_are_required_and_rates_checked() {
 
 /// The cases of `tests/fixtures/zoneout/` (written by `make_zoneout_cases.py`: a torch module of
 /// the cells' equations run step by step in float64 with the library's masks, computed by the
-/// script's own Philox from the documented layout; inference with the expectation).
-fn case_files() -> Vec<std::path::PathBuf> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/zoneout");
-    let mut files: Vec<_> =
-        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
-    files.sort();
-    files
-}
-
-/// PyTorch with the same masks: the f64 reference at 1e-9 on every output and gradient and on
-/// inference; the f32 reference and every CPU ISA at 1e-4. Each case is complete (masks,
-/// gradients, inference outputs), and with other masks (another offset) it fails.
+/// script's own Philox from the documented layout; inference with the expectation), checked by
+/// `common::masked_cases::check`.
 #[test]
 fn pytorch_with_the_same_masks() {
-    use rnn_kernels::testkit::case::{run_case, Case};
-    let files = case_files();
-    assert_eq!(files.len(), 5, "{files:?}");
-    for f in &files {
-        let case = Case::<f64>::load(f).unwrap();
-        assert!(
-            case.config.zoneout().is_some() && case.masks.is_some() && case.grads.is_some() && case.inference[0].is_some(),
-            "{}",
-            f.display()
-        );
-        let report = run_case(&Reference, &case).unwrap();
-        let names: Vec<&str> = report.errors.iter().map(|(n, _)| n.as_str()).collect();
-        assert!(names.contains(&"y (inference)") && names.contains(&"dx"), "{}: {names:?}", f.display());
-        assert!(report.passes(1e-9), "{}: {:?}", f.display(), report.worst());
-        let mut other = case.clone();
-        other.masks = Some(MaskStream::new(1, 1));
-        assert!(!run_case(&Reference, &other).unwrap().passes(1e-3), "{}: other masks pass too", f.display());
-
-        let case = Case::<f32>::load(f).unwrap();
-        let mut runs = vec![("reference f32".to_string(), run_case(&Reference, &case).unwrap())];
-        for isa in Isa::available() {
-            runs.push((format!("cpu {isa:?}"), run_case(&Cpu::with_isa(isa, 2).unwrap(), &case).unwrap()));
-        }
-        for (what, r) in runs {
-            assert!(r.passes(1e-4), "{} on {what}: {:?}", f.display(), r.worst());
-        }
-    }
+    common::masked_cases::check("zoneout", 5, |c| c.zoneout().is_some());
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fd;
+pub mod masked_cases;
 pub mod parity;
 pub mod tempdir;
 
