@@ -135,7 +135,11 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
         if self.params.config().dropout().unwrap_or(0.0) == p {
             return Ok(());
         }
-        let cfg = self.params.config().to_builder().dropout(p).build()?;
+        self.replan(self.params.config().to_builder().dropout(p).build()?)
+    }
+
+    /// Replans the stack with `cfg` (the same parameter layout, other training options).
+    fn replan(&mut self, cfg: RnnConfig) -> Result<()> {
         let params = Params::from_vec(&cfg, self.params.as_slice().to_vec())?;
         self.rnn.replan(&cfg, params.as_slice())?;
         self.params = params;
@@ -150,11 +154,7 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
         if cfg.zoneout().unwrap_or(0.0) == h && cfg.zoneout_cell().unwrap_or(0.0) == c {
             return Ok(());
         }
-        let cfg = cfg.to_builder().zoneout(h).zoneout_cell(c).build()?;
-        let params = Params::from_vec(&cfg, self.params.as_slice().to_vec())?;
-        self.rnn.replan(&cfg, params.as_slice())?;
-        self.params = params;
-        Ok(())
+        self.replan(cfg.to_builder().zoneout(h).zoneout_cell(c).build()?)
     }
 
     /// Sets the recurrent (variational) dropout of training passes (`p` in `[0, 1)`; 0: none),
@@ -164,11 +164,7 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
         if self.params.config().recurrent_dropout().unwrap_or(0.0) == p {
             return Ok(());
         }
-        let cfg = self.params.config().to_builder().recurrent_dropout(p).build()?;
-        let params = Params::from_vec(&cfg, self.params.as_slice().to_vec())?;
-        self.rnn.replan(&cfg, params.as_slice())?;
-        self.params = params;
-        Ok(())
+        self.replan(self.params.config().to_builder().recurrent_dropout(p).build()?)
     }
 
     /// The vocabulary.

@@ -52,6 +52,14 @@ impl Sites {
     pub fn new(layer: usize, direction: usize) -> Result<Self> {
         Ok(Sites { h: MaskSite::new(layer, direction, MaskKind::ZoneoutH)?, c: MaskSite::new(layer, direction, MaskKind::ZoneoutC)? })
     }
+
+    /// The site of `state`'s masks.
+    fn of(self, state: State) -> MaskSite {
+        match state {
+            State::H => self.h,
+            State::C => self.c,
+        }
+    }
 }
 
 impl Zoneout {
@@ -113,7 +121,7 @@ impl Zoneout {
     ) {
         let Some(rate) = self.rate(state) else { return };
         let width = new.len() / active.len().max(1);
-        let site = if state == State::H { sites.h } else { sites.c };
+        let site = sites.of(state);
         let (z, keep) = (T::from_f64(rate.z), T::from_f64(1.0 - rate.z));
         for (b, &a) in active.iter().enumerate() {
             if !a {
@@ -161,7 +169,7 @@ impl Zoneout {
         // Every unit of an active row is written below.
         kept.resize(grad.len(), T::ZERO);
         let width = grad.len() / active.len().max(1);
-        let site = if state == State::H { sites.h } else { sites.c };
+        let site = sites.of(state);
         for (b, &a) in active.iter().enumerate() {
             if !a {
                 continue;
