@@ -11,10 +11,10 @@
 //! Cell options (each as the builder method of `RnnConfig` it sets): `--peephole`, `--clip X`
 //! (`gate_clip`), `--input-forget`, `--cho` (`linear_before_reset(false)`), `--layer-norm`,
 //! `--direction forward|reverse|bidirectional`, `--merge concat|sum`, `--batch-first`, `--dropout P`
-//! (dropout between layers), `--zoneout Z`, `--zoneout-cell Z`, `--recurrent-dropout P` (a `train`
+//! (dropout between layers), `--zoneout Z`, `--zoneout-cell Z`, `--recurrent-dropout P`, `--input-dropout P` (a `train`
 //! pass draws each rep's masks from `MaskStream::new(7, rep)`). Each adds a suffix to the `config`
 //! name (`-rev`, `-sum`, `-peep`, `-clipX`, `-if`, `-cho`, `-ln`, `-bf`, `-dropP`, `-zoZ`, `-zocZ`,
-//! `-rdropP`, in that order, as
+//! `-rdropP`, `-idropP`, in that order, as
 //! `benches/peers.py` names them) and the line gains `"options"` (the configuration's option
 //! names); a plain configuration's line is unchanged.
 //!
@@ -68,12 +68,14 @@ struct Args {
     zoneout_cell: f64,
     /// `--recurrent-dropout`: the recurrent (variational) dropout probability, 0 for none.
     recurrent_dropout: f64,
+    /// `--input-dropout`: the variational dropout probability of the layers' inputs, 0 for none.
+    input_dropout: f64,
 }
 
 const USAGE: &str = "usage: bench --backend reference|cpu|cuda --cell lstm|gru|rnn_tanh|rnn_relu --input I --hidden H \
 --batch B --steps T [--layers L (1 to 1000)] [--bidirectional] [--proj P] --mode inference|train [--threads N (1 to 1024)] \
 [--reps N (1 to 1000000)] [--warmup N (0 to 1000000)] [--dtype f32|f16|bf16 (cuda)]
-[--peephole] [--clip X] [--input-forget] [--cho] [--layer-norm] [--direction forward|reverse|bidirectional] [--merge concat|sum] [--batch-first] [--dropout P] [--zoneout Z] [--zoneout-cell Z] [--recurrent-dropout P]
+[--peephole] [--clip X] [--input-forget] [--cho] [--layer-norm] [--direction forward|reverse|bidirectional] [--merge concat|sum] [--batch-first] [--dropout P] [--zoneout Z] [--zoneout-cell Z] [--recurrent-dropout P] [--input-dropout P]
 Sizes whose buffers need more than the machine's memory (RAM and swap, on Linux) are refused before anything is allocated.";
 
 /// The most `--layers`, `--threads`, and `--reps` or `--warmup`.
@@ -109,6 +111,7 @@ fn parse() -> Result<Args, String> {
         zoneout: 0.0,
         zoneout_cell: 0.0,
         recurrent_dropout: 0.0,
+        input_dropout: 0.0,
     };
     let mut it = std::env::args().skip(1);
     let num = |flag: &str, v: Option<String>| -> Result<usize, String> {
@@ -143,14 +146,15 @@ fn parse() -> Result<Args, String> {
             "--cho" => a.cho = true,
             "--layer-norm" => a.layer_norm = true,
             "--batch-first" => a.batch_first = true,
-            "--dropout" | "--zoneout" | "--zoneout-cell" | "--recurrent-dropout" => {
+            "--dropout" | "--zoneout" | "--zoneout-cell" | "--recurrent-dropout" | "--input-dropout" => {
                 let v = it.next().ok_or(format!("{flag} needs a value"))?;
                 let p = v.parse().map_err(|_| format!("{flag}: expected a probability (0 for none), got {v:?}"))?;
                 match flag.as_str() {
                     "--dropout" => a.dropout = p,
                     "--zoneout" => a.zoneout = p,
                     "--zoneout-cell" => a.zoneout_cell = p,
-                    _ => a.recurrent_dropout = p,
+                    "--recurrent-dropout" => a.recurrent_dropout = p,
+                    _ => a.input_dropout = p,
                 }
             }
             "--clip" => {
@@ -290,7 +294,7 @@ fn time_loop<T: Element, B: Backend<T>, V: BorrowMut<B::Buf>>(
     sync()?;
     for rep in 0..a.warmup + a.reps {
         let t0 = Instant::now();
-        let masks = (a.train && [a.dropout, a.zoneout, a.zoneout_cell, a.recurrent_dropout].iter().any(|&p| p > 0.0))
+        let masks = (a.train && [a.dropout, a.zoneout, a.zoneout_cell, a.recurrent_dropout, a.input_dropout].iter().any(|&p| p > 0.0))
             .then(|| MaskStream::new(7, rep as u64));
         let input = ForwardInput { x: bufs.x.borrow(), h0: None, c0: None, masks };
         let output = ForwardOutput { y: bufs.y.borrow_mut(), hn: Some(bufs.hn.borrow_mut()), cn: bufs.cn.as_mut().map(|c| c.borrow_mut()) };
@@ -393,6 +397,7 @@ fn config(a: &Args) -> Result<RnnConfig, rnn_kernels::Error> {
         .zoneout(a.zoneout)
         .zoneout_cell(a.zoneout_cell)
         .recurrent_dropout(a.recurrent_dropout)
+        .input_dropout(a.input_dropout)
         .build()
 }
 
@@ -434,6 +439,9 @@ fn option_suffix(cfg: &RnnConfig) -> String {
     }
     if let Some(p) = cfg.recurrent_dropout() {
         s += &format!("-rdrop{p}");
+    }
+    if let Some(p) = cfg.input_dropout() {
+        s += &format!("-idrop{p}");
     }
     s
 }

@@ -57,6 +57,7 @@ Training:
   --zoneout Z                zoneout of the hidden state in training, in [0, 1) [0]
   --zoneout-cell Z           zoneout of the LSTM cell state in training, in [0, 1) [0]
   --recurrent-dropout P      recurrent (variational) dropout in training, in [0, 1) [0]
+  --input-dropout P          variational dropout of each layer's input in training, in [0, 1) [0]
   --clip X                   global gradient-norm limit, positive  [5]
   --eval-every N             validation (on a subset) every N steps, 0: only at the end [100]
   --seed N                   initialisation and sampling seed      [1]
@@ -188,6 +189,7 @@ fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String>
             "--zoneout",
             "--zoneout-cell",
             "--recurrent-dropout",
+            "--input-dropout",
             "--eval-every",
             "--seed",
             "--backend",
@@ -238,6 +240,7 @@ fn parse(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String>
             "--zoneout" => a.train.zoneout = num(f, &v, "a probability in [0, 1)", |x: &f64| (0.0..1.0).contains(x))?,
             "--zoneout-cell" => a.train.zoneout_cell = num(f, &v, "a probability in [0, 1)", |x: &f64| (0.0..1.0).contains(x))?,
             "--recurrent-dropout" => a.train.recurrent_dropout = num(f, &v, "a probability in [0, 1)", |x: &f64| (0.0..1.0).contains(x))?,
+            "--input-dropout" => a.train.input_dropout = num(f, &v, "a probability in [0, 1)", |x: &f64| (0.0..1.0).contains(x))?,
             "--weight-decay" => {
                 a.train.adam = AdamConfig {
                     weight_decay: num(f, &v, "a non-negative finite number", |x: &f32| *x >= 0.0 && x.is_finite())?,
@@ -479,7 +482,8 @@ fn run<B: Backend<f32, Buf = [f32]>>(backend: B, args: &Args) -> Result<(), Fail
             match (t.zoneout, t.zoneout_cell) {
                 (h, c) if h > 0.0 || c > 0.0 => format!("zoneout h {h} c {c}, "),
                 _ => String::new(),
-            } + &if t.recurrent_dropout > 0.0 { format!("recurrent dropout {}, ", t.recurrent_dropout) } else { String::new() },
+            } + &if t.recurrent_dropout > 0.0 { format!("recurrent dropout {}, ", t.recurrent_dropout) } else { String::new() }
+                + &if t.input_dropout > 0.0 { format!("input dropout {}, ", t.input_dropout) } else { String::new() },
             match args.steps {
                 Some(n) => format!("{n} steps"),
                 None => format!("{} min wall clock", args.minutes),

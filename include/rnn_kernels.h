@@ -70,6 +70,10 @@
  *                                               training, the h entering the recurrent product dropped with
  *                                               one mask per sequence for all steps; not with
  *                                               linear_before_reset=false; inference ignores it
+ *     input_dropout=P                           Keras `dropout` of a recurrent layer (P in [0, 1); Gal &
+ *                                               Ghahramani): in training, every layer's input dropped with
+ *                                               one mask per sequence, layer and direction for all steps;
+ *                                               inference ignores it
  *   A malformed item, an unknown key or a value the cell does not take is
  *   RNNK_ERR_INVALID_ARGUMENT naming the key; an option the chosen backend does not implement is
  *   RNNK_ERR_UNSUPPORTED naming the backend and the option (the "reference" backend implements
@@ -262,8 +266,8 @@ int rnnk_forward_training(const rnnk_model* model, rnnk_reserve* reserve, size_t
                           size_t c0_len, float* y, size_t y_len, float* hn, size_t hn_len, float* cn, size_t cn_len);
 
 /* Forward for training with the dropout and zoneout masks drawn from (mask_seed, mask_offset): as
- * rnnk_forward_training, which refuses a model with the `dropout`, `zoneout`, `zoneout_cell` or
- * `recurrent_dropout` option (RNNK_ERR_INVALID_ARGUMENT naming `masks`). The same seed and offset
+ * rnnk_forward_training, which refuses a model with the `dropout`, `zoneout`, `zoneout_cell`,
+ * `recurrent_dropout` or `input_dropout` option (RNNK_ERR_INVALID_ARGUMENT naming `masks`). The same seed and offset
  * give the same masks on every backend and thread count, and rnnk_backward regenerates them; a training loop keeps the seed and passes a new
  * offset per call. Without those options the masks are not used. */
 int rnnk_forward_training_masked(const rnnk_model* model, rnnk_reserve* reserve, uint64_t mask_seed, uint64_t mask_offset, size_t steps,

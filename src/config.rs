@@ -210,6 +210,9 @@ pub struct RnnConfig {
     zoneout_cell_bits: u64,
     /// `f64::to_bits` of the recurrent (variational) dropout probability (0 for none).
     recurrent_dropout_bits: u64,
+    /// `f64::to_bits` of the variational dropout probability of every layer's input (0 for
+    /// none).
+    input_dropout_bits: u64,
 }
 
 /// Builder for [`RnnConfig`]; defaults as in PyTorch: one layer, unidirectional, with bias, no
@@ -244,6 +247,7 @@ impl RnnConfig {
                 zoneout_bits: 0,
                 zoneout_cell_bits: 0,
                 recurrent_dropout_bits: 0,
+                input_dropout_bits: 0,
             },
         }
     }
@@ -334,10 +338,16 @@ impl RnnConfig {
         let p = f64::from_bits(self.recurrent_dropout_bits);
         (p > 0.0).then_some(p)
     }
+    /// The variational dropout probability of every layer's input, `None` for none: see
+    /// [`RnnConfigBuilder::input_dropout`].
+    pub fn input_dropout(&self) -> Option<f64> {
+        let p = f64::from_bits(self.input_dropout_bits);
+        (p > 0.0).then_some(p)
+    }
     /// The options of this configuration that differ from PyTorch's plain cells, by their
     /// names in case files (`direction=reverse`, `merge=sum`, `peephole`, `gate_clip`,
     /// `input_forget`, `linear_before_reset=false`, `layer_norm`, `batch_first`, `dropout`,
-    /// `zoneout`, `zoneout_cell`, `recurrent_dropout`): what a backend checks against the
+    /// `zoneout`, `zoneout_cell`, `recurrent_dropout`, `input_dropout`): what a backend checks against the
     /// options it implements.
     pub fn options(&self) -> Vec<&'static str> {
         let mut v = Vec::new();
@@ -376,6 +386,9 @@ impl RnnConfig {
         }
         if self.recurrent_dropout().is_some() {
             v.push("recurrent_dropout");
+        }
+        if self.input_dropout().is_some() {
+            v.push("input_dropout");
         }
         v
     }
@@ -543,6 +556,20 @@ impl RnnConfigBuilder {
         self.cfg.recurrent_dropout_bits = if p == 0.0 { 0 } else { p.to_bits() };
         self
     }
+    /// Variational dropout of every layer's input with probability `p` (default 0: none; Gal
+    /// and Ghahramani 2016, Keras's `dropout` argument of `LSTM`/`GRU`/`SimpleRNN`): in a
+    /// training pass, layer `l` (and each of its directions) reads its input as `x_t ⊙ m / (1-p)`,
+    /// with one mask `m` per sequence, layer and direction over the input's features, the same
+    /// at every step. The first layer's input is `x`; a later layer's is the layer below's
+    /// output (after [`dropout`](Self::dropout) between layers, when both are set). Only
+    /// `W_ih`'s product sees the dropped input; inference ignores it. The masks come from the
+    /// call's [`ForwardInput::masks`](crate::ForwardInput::masks) (kind
+    /// [`LayerInput`](crate::masks::MaskKind::LayerInput), step 0, the layer and direction,
+    /// units `0..` the layer's input size), and backward regenerates them. `p` in `[0, 1)`.
+    pub fn input_dropout(mut self, p: f64) -> Self {
+        self.cfg.input_dropout_bits = if p == 0.0 { 0 } else { p.to_bits() };
+        self
+    }
     /// LSTM coupled input and forget gates (default false; ONNX `input_forget`): `f = 1 - i`;
     /// the forget gate's weights, biases and peephole weights stay in the layout, are not read
     /// and get zero gradients, and the input gate's gradient gains the path through `f`.
@@ -654,9 +681,12 @@ impl RnnConfigBuilder {
         if !(0.0..1.0).contains(&p) {
             return Err(Error::invalid("dropout", "a probability in [0, 1)", p));
         }
-        for (name, bits) in
-            [("zoneout", c.zoneout_bits), ("zoneout_cell", c.zoneout_cell_bits), ("recurrent_dropout", c.recurrent_dropout_bits)]
-        {
+        for (name, bits) in [
+            ("zoneout", c.zoneout_bits),
+            ("zoneout_cell", c.zoneout_cell_bits),
+            ("recurrent_dropout", c.recurrent_dropout_bits),
+            ("input_dropout", c.input_dropout_bits),
+        ] {
             let z = f64::from_bits(bits);
             if !(0.0..1.0).contains(&z) {
                 return Err(Error::invalid(name, "a probability in [0, 1)", z));

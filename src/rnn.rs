@@ -122,8 +122,9 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
     /// Training forward with the random masks `masks` (for a configuration with
     /// [`dropout`](crate::RnnConfigBuilder::dropout),
     /// [`zoneout`](crate::RnnConfigBuilder::zoneout),
-    /// [`zoneout_cell`](crate::RnnConfigBuilder::zoneout_cell) or
-    /// [`recurrent_dropout`](crate::RnnConfigBuilder::recurrent_dropout)): like
+    /// [`zoneout_cell`](crate::RnnConfigBuilder::zoneout_cell),
+    /// [`recurrent_dropout`](crate::RnnConfigBuilder::recurrent_dropout) or
+    /// [`input_dropout`](crate::RnnConfigBuilder::input_dropout)): like
     /// [`forward_training`](Self::forward_training), the masks drawn from `masks` (a training
     /// loop keeps one seed and takes a new offset per call: `MaskStream::new(seed, step)`).
     pub fn forward_training_masked(

@@ -396,6 +396,12 @@ fn zoneout_is_reproducible_and_changes_training() {
     let rd: Vec<f64> = (0..15).map(|_| trainer.step().unwrap()).collect();
     assert_ne!(rd, plain, "recurrent dropout changed nothing");
     assert_eq!(trainer.model().rnn_config().recurrent_dropout(), Some(0.3));
+    let model_id = CharLm::new(Cpu::with_threads(2).unwrap(), vocab.clone(), &config, 4).unwrap();
+    let mut trainer = Trainer::new(model_id, train.clone(), TrainConfig { input_dropout: 0.3, mask_seed: 3, ..small_training() }).unwrap();
+    let id: Vec<f64> = (0..15).map(|_| trainer.step().unwrap()).collect();
+    assert_ne!(id, plain, "input dropout changed nothing");
+    assert_ne!(id, rd, "input dropout is recurrent dropout");
+    assert_eq!(trainer.model().rnn_config().input_dropout(), Some(0.3));
     assert_ne!(a, plain, "zoneout changed nothing");
     assert_eq!((model.rnn_config().zoneout(), model.rnn_config().zoneout_cell()), (Some(0.2), Some(0.1)));
     let with = model.evaluate(val, 8, 50).unwrap();

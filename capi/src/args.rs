@@ -653,7 +653,7 @@ pub unsafe fn string<'a>(arg: &str, p: *const c_char) -> Result<&'a str, CapiErr
 
 /// The keys of `rnnk_model_create_ex`'s `options` string: the case-file metadata keys of the
 /// cell options (docs/case-format.md), each with the values it takes.
-pub const OPTION_KEYS: [(&str, &str); 12] = [
+pub const OPTION_KEYS: [(&str, &str); 13] = [
     ("direction", "forward, reverse or bidirectional"),
     ("merge", "concat or sum"),
     ("peephole", "true or false"),
@@ -666,6 +666,7 @@ pub const OPTION_KEYS: [(&str, &str); 12] = [
     ("zoneout", "a probability in [0, 1)"),
     ("zoneout_cell", "a probability in [0, 1)"),
     ("recurrent_dropout", "a probability in [0, 1)"),
+    ("input_dropout", "a probability in [0, 1)"),
 ];
 
 /// Applies the cell options of `options` (`rnnk_model_create_ex`) to `builder`, whose
@@ -723,6 +724,7 @@ pub fn cell_options(
             "zoneout" => builder.zoneout(text()?.parse::<f64>().map_err(|_| bad(text().unwrap_or_default()))?),
             "zoneout_cell" => builder.zoneout_cell(text()?.parse::<f64>().map_err(|_| bad(text().unwrap_or_default()))?),
             "recurrent_dropout" => builder.recurrent_dropout(text()?.parse::<f64>().map_err(|_| bad(text().unwrap_or_default()))?),
+            "input_dropout" => builder.input_dropout(text()?.parse::<f64>().map_err(|_| bad(text().unwrap_or_default()))?),
             _ => return Err(unknown()),
         };
     }
@@ -768,6 +770,9 @@ pub fn options_string(cfg: &RnnConfig) -> String {
     }
     if let Some(p) = cfg.recurrent_dropout() {
         items.push(format!("recurrent_dropout={p}"));
+    }
+    if let Some(p) = cfg.input_dropout() {
+        items.push(format!("input_dropout={p}"));
     }
     items.join(",")
 }

@@ -400,7 +400,7 @@ pub unsafe extern "C" fn rnnk_forward_training(
 }
 
 /// Forward for training with the dropout and zoneout masks of `(mask_seed, mask_offset)` (a model
-/// with the `dropout`, `zoneout`, `zoneout_cell` or `recurrent_dropout` option; `rnnk_forward_training` refuses such
+/// with the `dropout`, `zoneout`, `zoneout_cell`, `recurrent_dropout` or `input_dropout` option; `rnnk_forward_training` refuses such
 /// a model, naming `masks`): otherwise as
 /// `rnnk_forward_training`. A training loop keeps the seed and passes a new offset per call.
 #[no_mangle]
@@ -509,7 +509,7 @@ mod tests {
     fn a_bad_option_names_itself() {
         use status::RNNK_ERR_INVALID_ARGUMENT as INVALID;
         for (cell, bi, options, message) in [
-            (CellKind::Lstm, false, "peepholes", "`options`: items key=value with a key among direction, merge, peephole, gate_clip, input_forget, linear_before_reset, layer_norm, batch_first, dropout, zoneout, zoneout_cell, recurrent_dropout, got \"peepholes\""),
+            (CellKind::Lstm, false, "peepholes", "`options`: items key=value with a key among direction, merge, peephole, gate_clip, input_forget, linear_before_reset, layer_norm, batch_first, dropout, zoneout, zoneout_cell, recurrent_dropout, input_dropout, got \"peepholes\""),
             (CellKind::Lstm, false, "peephole,peephole=false", "`options`: each key at most once, got \"peephole\" twice"),
             (CellKind::Lstm, false, "peephole=yes", "`options: peephole`: true or false, got \"yes\""),
             (CellKind::Lstm, false, "gate_clip=big", "`options: gate_clip`: a number, 0 for no clipping, got \"big\""),

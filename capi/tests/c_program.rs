@@ -275,9 +275,9 @@ fn variants() -> Vec<Variant> {
         },
         Variant {
             name: "gru_zoneout_dropout",
-            cfg: new(CellKind::Gru).dropout(0.4).zoneout(0.15).recurrent_dropout(0.25).build().unwrap(),
-            options: "recurrent_dropout=0.25, zoneout=0.15,dropout=0.4",
-            canonical: "dropout=0.4,zoneout=0.15,recurrent_dropout=0.25",
+            cfg: new(CellKind::Gru).dropout(0.4).zoneout(0.15).recurrent_dropout(0.25).input_dropout(0.2).build().unwrap(),
+            options: "recurrent_dropout=0.25, input_dropout = 0.2, zoneout=0.15,dropout=0.4",
+            canonical: "dropout=0.4,zoneout=0.15,recurrent_dropout=0.25,input_dropout=0.2",
         },
         Variant {
             name: "lstm_sum_input_forget",

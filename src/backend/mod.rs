@@ -87,10 +87,12 @@ pub struct ForwardInput<'a, B: ?Sized> {
     pub h0: Option<&'a B>,
     /// `c0: [L·D, B, H]` (LSTM only), or zeros.
     pub c0: Option<&'a B>,
-    /// The random masks of a training pass (dropout between layers, zoneout, recurrent dropout:
+    /// The random masks of a training pass (dropout between layers, zoneout, recurrent and input
+    /// dropout:
     /// [`RnnConfigBuilder::dropout`](crate::RnnConfigBuilder::dropout),
     /// [`zoneout`](crate::RnnConfigBuilder::zoneout),
-    /// [`recurrent_dropout`](crate::RnnConfigBuilder::recurrent_dropout)): a stream drawn from a
+    /// [`recurrent_dropout`](crate::RnnConfigBuilder::recurrent_dropout),
+    /// [`input_dropout`](crate::RnnConfigBuilder::input_dropout)): a stream drawn from a
     /// seed and a per-call offset. Required by a training pass of a configuration with any of
     /// them (an error naming `masks` otherwise); ignored by inference and by configurations
     /// without.

@@ -180,6 +180,7 @@ fn config_from_metadata_inner(meta: &HashMap<String, String>) -> Result<RnnConfi
         }
     };
     let (zoneout, zoneout_cell, recurrent_dropout) = (rate("zoneout")?, rate("zoneout_cell")?, rate("recurrent_dropout")?);
+    let input_dropout = rate("input_dropout")?;
     RnnConfig::new(cell, num("input_size")?, num("hidden_size")?)
         .num_layers(num("num_layers")?)
         .direction(direction)
@@ -196,6 +197,7 @@ fn config_from_metadata_inner(meta: &HashMap<String, String>) -> Result<RnnConfi
         .zoneout(zoneout)
         .zoneout_cell(zoneout_cell)
         .recurrent_dropout(recurrent_dropout)
+        .input_dropout(input_dropout)
         .build()
 }
 
@@ -238,6 +240,9 @@ pub fn config_metadata(config: &RnnConfig) -> HashMap<String, String> {
     }
     if let Some(p) = config.recurrent_dropout() {
         m.insert("recurrent_dropout".to_string(), p.to_string());
+    }
+    if let Some(p) = config.input_dropout() {
+        m.insert("input_dropout".to_string(), p.to_string());
     }
     if !config.linear_before_reset() {
         m.insert("linear_before_reset".to_string(), "false".to_string());

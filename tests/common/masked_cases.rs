@@ -1,4 +1,4 @@
-//! The case files of the regularisers (`tests/fixtures/{dropout,zoneout,recurrent_dropout}/`):
+//! The case files of the regularisers (`tests/fixtures/{dropout,zoneout,recurrent_dropout,input_dropout}/`):
 //! an outside oracle with the library's masks, checked the same way for each.
 
 use rnn_kernels::masks::MaskStream;

@@ -23,8 +23,8 @@ pub trait F64Problem {
     /// standard deviation 0.5).
     fn random(cfg: &RnnConfig, shape: &SeqShape, seed: u64, param_scale: f64) -> Self;
     /// `L = Σ y·dy + Σ hn·dhn + Σ cn·dcn`, by an f64 reference inference pass (a training
-    /// pass, with the problem's masks, for a configuration with dropout, zoneout or recurrent
-    /// dropout).
+    /// pass, with the problem's masks, for a configuration with dropout, zoneout, recurrent or
+    /// input dropout).
     fn loss(&self) -> f64;
 }
 
@@ -52,7 +52,11 @@ impl F64Problem for Problem {
 
     fn loss(&self) -> f64 {
         let c = &self.cfg;
-        let masked = c.dropout().is_some() || c.zoneout().is_some() || c.zoneout_cell().is_some() || c.recurrent_dropout().is_some();
+        let masked = c.dropout().is_some()
+            || c.zoneout().is_some()
+            || c.zoneout_cell().is_some()
+            || c.recurrent_dropout().is_some()
+            || c.input_dropout().is_some();
         let y = if masked { self.run_training_forward(Reference) } else { self.run_inference(Reference) };
         let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f64>();
         dot(&y[0], &self.dy) + dot(&y[1], &self.dhn) + self.dcn.as_ref().map_or(0.0, |dcn| dot(&y[2], dcn))

@@ -167,6 +167,17 @@ impl<B: Backend<f32, Buf = [f32]>> CharLm<B> {
         self.replan(self.params.config().to_builder().recurrent_dropout(p).build()?)
     }
 
+    /// Sets the variational dropout of every recurrent layer's input in training passes (`p` in
+    /// `[0, 1)`; 0: none; Keras's `dropout` of a recurrent layer), replanning the stack with it.
+    /// The first layer's input is the embedding. Inference ignores it
+    /// ([`RnnConfigBuilder::input_dropout`](rnn_kernels::RnnConfigBuilder::input_dropout)).
+    pub fn set_input_dropout(&mut self, p: f64) -> Result<()> {
+        if self.params.config().input_dropout().unwrap_or(0.0) == p {
+            return Ok(());
+        }
+        self.replan(self.params.config().to_builder().input_dropout(p).build()?)
+    }
+
     /// The vocabulary.
     pub fn vocab(&self) -> &Vocab {
         &self.vocab
@@ -457,6 +468,9 @@ pub struct TrainConfig {
     /// Recurrent (variational) dropout in training
     /// ([`RnnConfigBuilder::recurrent_dropout`](rnn_kernels::RnnConfigBuilder::recurrent_dropout)), in `[0, 1)`.
     pub recurrent_dropout: f64,
+    /// Variational dropout of every recurrent layer's input in training, one mask per sequence
+    /// ([`RnnConfigBuilder::input_dropout`](rnn_kernels::RnnConfigBuilder::input_dropout)), in `[0, 1)`.
+    pub input_dropout: f64,
     /// The seed of the dropout and zoneout masks: step `s` draws `MaskStream::new(mask_seed,
     /// s)`, so a run of a fixed number of steps is the same on every run.
     pub mask_seed: u64,
@@ -475,6 +489,7 @@ impl Default for TrainConfig {
             zoneout: 0.0,
             zoneout_cell: 0.0,
             recurrent_dropout: 0.0,
+            input_dropout: 0.0,
             mask_seed: 0,
         }
     }
@@ -509,11 +524,12 @@ impl<B: Backend<f32, Buf = [f32]>> std::fmt::Debug for Trainer<B> {
 impl<B: Backend<f32, Buf = [f32]>> Trainer<B> {
     /// A trainer for `model` on `data` (character ids), with fresh optimiser state.
     pub fn new(model: CharLm<B>, data: Vec<usize>, config: TrainConfig) -> Result<Self> {
-        let TrainConfig { batch, chunk, clip, dropout, zoneout, zoneout_cell, recurrent_dropout, .. } = config;
+        let TrainConfig { batch, chunk, clip, dropout, zoneout, zoneout_cell, recurrent_dropout, input_dropout, .. } = config;
         let mut model = model;
         model.set_dropout(dropout)?;
         model.set_zoneout(zoneout, zoneout_cell)?;
         model.set_recurrent_dropout(recurrent_dropout)?;
+        model.set_input_dropout(input_dropout)?;
         if batch == 0 || chunk == 0 {
             return Err(invalid("batch, chunk", "both at least 1", format!("{batch}, {chunk}")));
         }

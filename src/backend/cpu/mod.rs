@@ -89,6 +89,7 @@ pub(crate) const OPTIONS: &[&str] = &[
     "zoneout",
     "zoneout_cell",
     "recurrent_dropout",
+    "input_dropout",
     // The cell kernels'.
     "peephole",
     "gate_clip",

@@ -6,8 +6,8 @@ use super::col_sums::{self, ColSum};
 use super::direction::{cut_rows, rows_or_zeros, BlockWork, Direction};
 use super::layer_norm::{self, LstmBackScratch, LstmLnRows};
 use super::peephole::{add_peephole_grad, PeepholeGrad};
-use super::recurrent_dropout::{self, RecurrentDropout};
 use super::reserve::{transpose_steps, Workspace};
+use super::variational_dropout::{self, VariationalDropout};
 use super::zoneout::{self, State, Zoneout};
 use super::{gru_reset_before, CellBackward, HostKernels, HostPlan, HostReserve, Mat, MatMut, Pass, Weight};
 use crate::backend::cell::Saved;
@@ -72,6 +72,7 @@ pub(crate) fn run_backward<T: Float, K: HostKernels<T>>(
                 dparams: dparams.as_deref_mut(),
                 zoneout: s.zoneout,
                 recurrent_dropout: s.recurrent_dropout,
+                input_dropout: s.input_dropout,
             };
             bptt_direction(k, dir, io, &s.work)?;
         }
@@ -122,7 +123,9 @@ struct DirectionIo<'a, T> {
     /// The forward pass's zoneout, if any.
     zoneout: Option<Zoneout>,
     /// The forward pass's recurrent dropout, if any.
-    recurrent_dropout: Option<RecurrentDropout>,
+    recurrent_dropout: Option<VariationalDropout>,
+    /// The forward pass's input dropout, if any.
+    input_dropout: Option<VariationalDropout>,
 }
 
 /// `c[m, n] += Σ g[r, m]^T · x[r, n]` over the rows of every segment `(g, x)` of `segs`, in
@@ -373,11 +376,11 @@ fn backward_step<T: Float, K: HostKernels<T>>(
         k.layer_norm_rows_backward(gh, dgh, dir.w.ln_hh, &sv.ln_h[rows(t, gh)], &sv.rstd_h[rows(t, 1)], dhg_raw);
         dir.backward_product(k, Weight::Hh, dhg_raw, T::ZERO, dh_carry);
         // Recurrent dropout: the product read the dropped state.
-        recurrent_dropout::scale_active(active, rec, dh_carry);
+        variational_dropout::scale_active(active, rec, dh_carry);
     } else {
         k.cell_step_backward(&dm.cell, step);
         dir.backward_product(k, Weight::Hh, dgh, T::ZERO, dh_carry);
-        recurrent_dropout::scale_active(active, rec, dh_carry);
+        variational_dropout::scale_active(active, rec, dh_carry);
     }
     for (b, &a) in active.iter().enumerate() {
         let dst = &mut dh_carry[b * hout..(b + 1) * hout];
@@ -403,7 +406,7 @@ fn backward_step<T: Float, K: HostKernels<T>>(
 fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io: DirectionIo<'_, T>, work: &Workspace<T>) -> Result<()> {
     let dm = dir.dims;
     let (tl, bl, h, hout, gh) = (dm.t, dm.b, dm.h, dm.hout, dm.gh);
-    let DirectionIo { input, d_out, saved: sv, h0, c0, dhn, dcn, d_in, dh0, dc0, dparams, zoneout, recurrent_dropout } = io;
+    let DirectionIo { input, d_out, saved: sv, h0, c0, dhn, dcn, d_in, dh0, dc0, dparams, zoneout, recurrent_dropout, input_dropout } = io;
     let (layer, direction) = (dir.ld / dm.dirs, dir.ld % dm.dirs);
     let zone = match zoneout {
         Some(z) => Some((z, zoneout::Sites::new(dir.ld / dm.dirs, dir.ld % dm.dirs)?)),
@@ -478,10 +481,22 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
         partials = layer_norm::layer_norm_backward_summed(k, gh, &dgi_all, dir.w.ln_ih, &sv.ln_x, &sv.rstd_x, &mut dgi_raw_all, sums);
     }
     let (dgi_w, dgh_w): (&[T], &[T]) = if ln { (&dgi_raw_all, &dhg_raw_all) } else { (&dgi_all, dgh_ref) };
+    // Input dropout: `[B, In]` the factors the input projection read the input through.
+    let in_drop = match &input_dropout {
+        Some(d) => d.factors(layer, direction, 0, bl, dm.input)?,
+        None => Vec::new(),
+    };
     if let Some(dp) = dparams {
         let lr = dir.ranges;
-        // dW_ih += dGi^T · X
-        add_weight_grad(k, &[(dgi_w, input)], (gh, dm.input), &mut dp[lr.w_ih.clone()]);
+        // dW_ih += dGi^T · X (with input dropout, the dropped X, rebuilt)
+        if in_drop.is_empty() {
+            add_weight_grad(k, &[(dgi_w, input)], (gh, dm.input), &mut dp[lr.w_ih.clone()]);
+        } else {
+            let mut x_dropped = work.overwritten(tb * dm.input, "the dropped input of a layer, [T, B, In]")?;
+            variational_dropout::drop_rows_into(input, &in_drop, &mut x_dropped);
+            add_weight_grad(k, &[(dgi_w, &x_dropped)], (gh, dm.input), &mut dp[lr.w_ih.clone()]);
+            work.give([x_dropped]);
+        }
         // dW_hh += dGh^T · H_prev, where H_prev is the saved states shifted by one step, with h0
         // at the first processed step: two segments, no copy.
         let (first, rest_g, rest_h) = if dir.reverse() {
@@ -571,9 +586,17 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
         };
         col_sums::run(k, sums, k.weight_grad_rows());
     }
-    if let Some(d_in) = d_in {
+    match d_in {
         // dX += dGi · W_ih
-        dir.backward_product(k, Weight::Ih, dgi_w, T::ONE, d_in);
+        Some(d_in) if in_drop.is_empty() => dir.backward_product(k, Weight::Ih, dgi_w, T::ONE, d_in),
+        // dX += (dGi · W_ih) ⊙ f
+        Some(d_in) => {
+            let mut g = work.zeroed(tb * dm.input, "the gradient of a layer's dropped input, [T, B, In]")?;
+            dir.backward_product(k, Weight::Ih, dgi_w, T::ONE, &mut g);
+            variational_dropout::add_dropped_rows(&g, &in_drop, d_in);
+            work.give([g]);
+        }
+        None => {}
     }
     work.give([dgi_all, dgh_all, dh_all, dhg_raw_all, dsh_all, dgi_raw_all]);
     work.give(partials.map(layer_norm::RowPartials::into_buffer));
@@ -586,7 +609,7 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
 /// `h0`), `f` the layer-direction's factors.
 #[allow(clippy::too_many_arguments)]
 fn dropped_states<T: Float>(
-    rd: &RecurrentDropout,
+    rd: &VariationalDropout,
     layer: usize,
     direction: usize,
     dm: &LayerDims,
@@ -600,7 +623,7 @@ fn dropped_states<T: Float>(
     let mut out = work.overwritten(tl * bl * hout, "the dropped states of the recurrent products, [T, B, Hout]")?;
     for (t, o) in out.chunks_exact_mut(bl * hout).enumerate() {
         let src = prev_step(t, tl, reverse).map_or(h0, |p| &h[p * bl * hout..(p + 1) * bl * hout]);
-        recurrent_dropout::drop_into(src, &f, o);
+        variational_dropout::drop_into(src, &f, o);
     }
     Ok(out)
 }

@@ -3,8 +3,8 @@
 
 use super::direction::{cut_rows, cut_saved, rows_or_zeros, split_rows_mut, BlockWork, Direction};
 use super::dropout::Dropout;
-use super::recurrent_dropout::{self, RecurrentDropout};
 use super::reserve::try_fit_len;
+use super::variational_dropout::{self, VariationalDropout};
 use super::zoneout::{self, Zoneout};
 use super::{gru_reset_before, layer_norm, CellForward, HostKernels, HostPlan, HostReserve, Mat, Pass, Weight};
 use crate::backend::cell::Saved;
@@ -41,7 +41,10 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
     let dropout = if save.is_some() { Dropout::for_training(cfg, input.masks)? } else { None };
     // Zoneout: the masks of a training pass, the expectation in inference.
     let zoneout = Zoneout::for_pass(cfg, shape, save.is_some(), input.masks)?;
-    let recurrent_dropout = if save.is_some() { RecurrentDropout::for_training(cfg, input.masks)? } else { None };
+    let (recurrent_dropout, input_dropout) = match save {
+        Some(_) => (VariationalDropout::recurrent(cfg, input.masks)?, VariationalDropout::input(cfg, input.masks)?),
+        None => (None, None),
+    };
     let (outputs, mut saves, x_copy) = match save {
         Some(s) => {
             s.stamp.fill(&plan.stamp, shape);
@@ -49,6 +52,7 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
             s.dropout = dropout;
             s.zoneout = zoneout;
             s.recurrent_dropout = recurrent_dropout;
+            s.input_dropout = input_dropout;
             let HostReserve { outputs, dirs, x, .. } = s;
             (outputs, Some(&mut dirs[..]), Some(&x[..]))
         }
@@ -93,6 +97,7 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
                 save: saves.as_deref_mut().map(|s| &mut s[dir.ld]),
                 zoneout,
                 recurrent_dropout,
+                input_dropout,
             };
             forward_direction(k, dir, io)?;
         }
@@ -153,7 +158,9 @@ struct DirectionIo<'a, T> {
     /// The call's zoneout, if any.
     zoneout: Option<Zoneout>,
     /// The call's recurrent dropout (a training pass), if any.
-    recurrent_dropout: Option<RecurrentDropout>,
+    recurrent_dropout: Option<VariationalDropout>,
+    /// The call's input dropout (a training pass), if any.
+    input_dropout: Option<VariationalDropout>,
 }
 
 /// Steps per chunk of the input projection: enough rows (`steps·B ≥ 512`) for the GEMM to run
@@ -243,7 +250,7 @@ impl<T: Float> FwdRows<T> {
         h0: Option<&[T]>,
         c0: Option<&[T]>,
         zone: Option<(Zoneout, zoneout::Sites)>,
-        rec: Option<&RecurrentDropout>,
+        rec: Option<&VariationalDropout>,
     ) -> Result<Self> {
         let (n, dm) = (rows.len(), &dir.dims);
         let rec = match rec {
@@ -273,7 +280,7 @@ impl<T: Float> FwdRows<T> {
 fn forward_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io: DirectionIo<'_, T>) -> Result<()> {
     let dm = dir.dims;
     let (tl, bl, gh) = (dm.t, dm.b, dm.gh);
-    let DirectionIo { input, out, out_batch_first, h0, c0, hn, cn, mut save, zoneout, recurrent_dropout } = io;
+    let DirectionIo { input, out, out_batch_first, h0, c0, hn, cn, mut save, zoneout, recurrent_dropout, input_dropout } = io;
     let zone = match zoneout {
         Some(z) => Some((z, zoneout::Sites::new(dir.ld / dm.dirs, dir.ld % dm.dirs)?)),
         None => None,
@@ -292,12 +299,17 @@ fn forward_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, 
     let chunk = projection_chunk(tl, bl, gh);
     let mut xg = try_zeroed("x", "the input projection of a chunk of steps, [steps, B, G·H]", chunk.saturating_mul(bl).saturating_mul(gh))?;
     let mut gathered = Vec::new();
+    // Input dropout: `[B, In]` this layer-direction's factors (empty without).
+    let in_drop = match &input_dropout {
+        Some(d) => d.factors(dir.ld / dm.dirs, dir.ld % dm.dirs, 0, bl, dm.input)?,
+        None => Vec::new(),
+    };
     // Each block's rows of the output.
     let mut outs = cut_out(out, out_batch_first, tl, &bounds);
     for steps in projection_chunks(tl, chunk, dir.reverse()) {
         let rows = steps.len() * bl;
         let xg = &mut xg[..rows * gh];
-        project_input(k, &dir, input, steps.clone(), xg, &mut gathered)?;
+        project_input(k, &dir, input, steps.clone(), &in_drop, xg, &mut gathered)?;
         if dm.cell.layer_norm {
             // XG = LN(X · W_ih^T; γ_ih, b_ih): the input bias is the normalisation's β.
             let (ln_x, rstd_x): (&mut [T], &mut [T]) = match save.as_deref_mut() {
@@ -349,12 +361,15 @@ fn forward_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, 
 
 /// `xg[steps·B, G·H] = x[steps·B, In] · W_ih^T + b_ih` for a chunk of steps. A batch-first
 /// input is read in place, the `B` rows of a step `T·I` apart, one product per step (from
-/// [`STRIDED_PROJECTION_MIN_ROWS`] rows; below, gathered into `gathered` first).
+/// [`STRIDED_PROJECTION_MIN_ROWS`] rows; below, gathered into `gathered` first). With input
+/// dropout (`drop`, `[B, In]` factors, else empty) the product reads `x ⊙ drop`, written into
+/// `gathered` first.
 fn project_input<T: Float, K: HostKernels<T>>(
     k: &K,
     dir: &Direction<'_, T>,
     input: LayerIn<'_, T>,
     steps: Range<usize>,
+    drop: &[T],
     xg: &mut [T],
     gathered: &mut Vec<T>,
 ) -> Result<()> {
@@ -362,8 +377,15 @@ fn project_input<T: Float, K: HostKernels<T>>(
     let (gh, bl, in_w) = (dm.gh, dm.b, dm.input);
     let rows = xg.len() / gh;
     match input {
-        LayerIn::TimeMajor(x) => dir.forward_product(k, Weight::Ih, &x[steps.start * bl * in_w..steps.end * bl * in_w], xg),
-        LayerIn::BatchFirst(x) if bl >= STRIDED_PROJECTION_MIN_ROWS => {
+        LayerIn::TimeMajor(x) if drop.is_empty() => {
+            dir.forward_product(k, Weight::Ih, &x[steps.start * bl * in_w..steps.end * bl * in_w], xg)
+        }
+        LayerIn::TimeMajor(x) => {
+            try_fit_len(gathered, rows * in_w, "a chunk of steps of the dropped input, [steps, B, In]")?;
+            variational_dropout::drop_rows_into(&x[steps.start * bl * in_w..steps.end * bl * in_w], drop, gathered);
+            dir.forward_product(k, Weight::Ih, gathered, xg);
+        }
+        LayerIn::BatchFirst(x) if bl >= STRIDED_PROJECTION_MIN_ROWS && drop.is_empty() => {
             for (xg_t, t) in xg.chunks_exact_mut(bl * gh).zip(steps) {
                 dir.project_view(k, Mat::strided(&x[t * in_w..], bl, in_w, dm.t * in_w), xg_t);
             }
@@ -374,7 +396,11 @@ fn project_input<T: Float, K: HostKernels<T>>(
             for t in steps {
                 for b in 0..bl {
                     let src = &x[(b * dm.t + t) * in_w..(b * dm.t + t + 1) * in_w];
-                    dst.next().unwrap_or_default().copy_from_slice(src);
+                    let row = dst.next().unwrap_or_default();
+                    match drop.get(b * in_w..(b + 1) * in_w) {
+                        Some(f) => variational_dropout::drop_into(src, f, row),
+                        None => row.copy_from_slice(src),
+                    }
                 }
             }
             dir.forward_product(k, Weight::Ih, gathered, xg);
@@ -425,7 +451,7 @@ fn forward_step<T: Float, K: HostKernels<T>>(
             dir.forward_product(k, Weight::Hh, h_prev, hg);
         } else {
             // Recurrent dropout: the product reads the dropped state, the cell the state.
-            recurrent_dropout::drop_into(h_prev, rec, hd);
+            variational_dropout::drop_into(h_prev, rec, hd);
             dir.forward_product(k, Weight::Hh, hd, hg);
         }
     }

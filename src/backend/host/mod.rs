@@ -62,8 +62,8 @@ mod gru_reset_before;
 pub(crate) mod layer_norm;
 mod mat;
 mod peephole;
-pub(crate) mod recurrent_dropout;
 mod reserve;
+pub(crate) mod variational_dropout;
 pub(crate) mod zoneout;
 
 pub(crate) use backward::run_backward;

@@ -40,7 +40,9 @@ pub struct HostReserve<T> {
     pub(super) zoneout: Option<super::zoneout::Zoneout>,
     /// The recurrent dropout of the call that filled it (regenerated, not kept); `None`
     /// without.
-    pub(super) recurrent_dropout: Option<super::recurrent_dropout::RecurrentDropout>,
+    pub(super) recurrent_dropout: Option<super::variational_dropout::VariationalDropout>,
+    /// The input dropout of the call that filled it (regenerated, not kept); `None` without.
+    pub(super) input_dropout: Option<super::variational_dropout::VariationalDropout>,
 }
 
 impl<T: Send + Default> crate::backend::RnnReserve for HostReserve<T> {

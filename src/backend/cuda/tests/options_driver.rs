@@ -182,3 +182,22 @@ fn emulated_persistent_required_names_the_option() {
         assert!(named(e), "{option}: backward");
     }
 }
+
+/// The regularisers the CUDA kernels do not implement yet (zoneout, recurrent and input
+/// dropout) are refused by the plan's option check, before any device work, with
+/// `Error::Unsupported` naming the option; dropout between layers is taken.
+#[test]
+fn plan_refuses_the_host_only_regularisers_by_name() {
+    let base = || RnnConfig::new(CellKind::Lstm, 3, 5).num_layers(2);
+    let cases = [
+        ("zoneout", base().zoneout(0.1).build().unwrap()),
+        ("zoneout_cell", base().zoneout_cell(0.1).build().unwrap()),
+        ("recurrent_dropout", base().recurrent_dropout(0.2).build().unwrap()),
+        ("input_dropout", base().input_dropout(0.2).build().unwrap()),
+    ];
+    for (option, cfg) in cases {
+        let e = crate::backend::check_options("cuda", &cfg, super::super::OPTIONS).unwrap_err();
+        assert!(matches!(&e, Error::Unsupported { option: o, .. } if o == option), "{option}: {e:?}");
+    }
+    crate::backend::check_options("cuda", &base().dropout(0.3).build().unwrap(), super::super::OPTIONS).unwrap();
+}
