@@ -25,9 +25,25 @@
 //! A word `u` is a *hit* when `u < round(p·2³²)` ([`Threshold`]): for dropout the unit is
 //! dropped (the kept ones are scaled by `1/(1-p)`), for zoneout the unit keeps its previous
 //! value. Integer comparisons only, so a mask is the same bits everywhere.
+//!
+//! # Reading masks back, and supplying them
+//!
+//! [`required_sites`] lists the masks a training call of a configuration and shape reads, with
+//! their sizes; [`SuppliedMasks::drawn`] draws them all from a stream (the masks of that call,
+//! read back; [`SuppliedMasks::get`] gives each as booleans). A caller that has its own masks
+//! (another framework's, to reproduce its training bit for bit) puts them in a
+//! [`SuppliedMasks`] ([`insert`](SuppliedMasks::insert), `true` where the unit is hit) and passes
+//! [`MaskStream::supplied`] where a stream goes: every backend that takes them then reads those
+//! bits instead of drawing, forward and backward, with the same scale `1/(1-p)` for the kept
+//! units. A training call checks that every mask it needs is there with its size (an error
+//! naming `masks` otherwise).
 
+use crate::config::RnnConfig;
 use crate::error::{Error, Result};
 use crate::philox::{key_of_seed, philox4x32_10, philox4x32_10_x8_below, Threshold};
+use crate::shape::SeqShape;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// What a mask applies to; its number is the low 3 bits of the counter's last word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -91,43 +107,94 @@ impl MaskSite {
     pub fn tag(self) -> u32 {
         self.tag
     }
+
+    /// The layer.
+    pub fn layer(self) -> usize {
+        (self.tag >> 4) as usize
+    }
+
+    /// The direction (0 forward, 1 reverse).
+    pub fn direction(self) -> usize {
+        (self.tag >> 3 & 1) as usize
+    }
 }
 
-/// The masks of one call: the key derived from `(seed, offset)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The masks of one call: the key derived from `(seed, offset)`, or masks the caller supplied
+/// ([`MaskStream::supplied`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MaskStream {
     key: [u32; 2],
+    supplied: Option<Arc<SuppliedMasks>>,
 }
 
 impl MaskStream {
     /// The stream of call `offset` of a run seeded with `seed`.
     pub fn new(seed: u64, offset: u64) -> Self {
         let w = philox4x32_10([offset as u32, (offset >> 32) as u32, 0, 0], key_of_seed(seed));
-        MaskStream { key: [w[0], w[1]] }
+        MaskStream { key: [w[0], w[1]], supplied: None }
     }
 
-    /// The call's Philox key.
-    pub fn key(self) -> [u32; 2] {
+    /// The masks `masks` instead of drawn ones: a training call reads its hits from them (see
+    /// [the module docs](self#reading-masks-back-and-supplying-them)). The backends that draw on
+    /// the device (CUDA) refuse such a stream with [`Error::Unsupported`] naming `masks`.
+    pub fn supplied(masks: SuppliedMasks) -> Self {
+        MaskStream { key: [0, 0], supplied: Some(Arc::new(masks)) }
+    }
+
+    /// The supplied masks, if the stream is [`supplied`](Self::supplied).
+    pub fn supplied_masks(&self) -> Option<&SuppliedMasks> {
+        self.supplied.as_deref()
+    }
+
+    /// The call's Philox key (`[0, 0]` for [`supplied`](Self::supplied) masks).
+    pub fn key(&self) -> [u32; 2] {
         self.key
+    }
+
+    /// A training call's check of its masks for `cfg` and `shape`: with supplied masks, each
+    /// of [`required_sites`] must be there with at least its steps, rows and units (an error
+    /// naming `masks`); a drawn stream has them all.
+    pub(crate) fn check_for(&self, cfg: &RnnConfig, shape: &SeqShape) -> Result<()> {
+        let Some(s) = &self.supplied else { return Ok(()) };
+        for need in required_sites(cfg, shape) {
+            let have = s.sites.get(&need.site.tag);
+            if !have.is_some_and(|h| h.steps >= need.steps && h.rows >= need.rows && h.units >= need.units) {
+                let have = have.map_or("none".to_string(), |h| format!("[{}, {}, {}]", h.steps, h.rows, h.units));
+                return Err(Error::invalid(
+                    "masks",
+                    format!(
+                        "supplied masks of {:?} at layer {}, direction {} of at least [steps {}, rows {}, units {}]",
+                        need.site.kind,
+                        need.site.layer(),
+                        need.site.direction(),
+                        need.steps,
+                        need.rows,
+                        need.units
+                    ),
+                    have,
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The 4 words deciding units `4·group … 4·group + 3` of `row` at `step` and `site`.
     #[inline]
-    pub fn words(self, site: MaskSite, step: u32, row: u32, group: u32) -> [u32; 4] {
+    pub fn words(&self, site: MaskSite, step: u32, row: u32, group: u32) -> [u32; 4] {
         philox4x32_10([group, row, step, site.tag], self.key)
     }
 
     /// Writes into `hit[u]`, for the units `u` of `hit`, whether unit `u` of `row` at `step`
     /// and `site` is a hit of `threshold`. For a per-sequence kind `step` must be 0: an error
     /// naming `step` otherwise. Units past `4·2³²` are an error naming `hit`.
-    pub fn fill_hits(self, site: MaskSite, step: usize, row: usize, threshold: Threshold, hit: &mut [bool]) -> Result<()> {
+    pub fn fill_hits(&self, site: MaskSite, step: usize, row: usize, threshold: Threshold, hit: &mut [bool]) -> Result<()> {
         let (step, row) = self.position(site, step, row, hit.len())?;
         self.fill_hits_at(site, step, row, threshold, hit);
         Ok(())
     }
 
     /// [`fill_hits`](Self::fill_hits) at a position already checked: at most `4·2³²` units.
-    pub(crate) fn fill_hits_at(self, site: MaskSite, step: u32, row: u32, threshold: Threshold, hit: &mut [bool]) {
+    pub(crate) fn fill_hits_at(&self, site: MaskSite, step: u32, row: u32, threshold: Threshold, hit: &mut [bool]) {
         self.for_each_hit_word(site, step, row, threshold, hit.len(), |base, bits| {
             for (u, h) in hit[base..].iter_mut().take(32).enumerate() {
                 *h = (bits >> u) & 1 == 1;
@@ -138,14 +205,22 @@ impl MaskStream {
     /// The hits of `threshold` of units `0..32·bits.len()` of `row` at `step` and `site` as bit
     /// words: bit `u mod 32` of `bits[u / 32]` is unit `u`'s (the units past those the caller
     /// uses are drawn too). The position is already checked (as by [`fill_hits`](Self::fill_hits)).
-    pub(crate) fn hit_bits_at(self, site: MaskSite, step: u32, row: u32, threshold: Threshold, bits: &mut [u32]) {
+    pub(crate) fn hit_bits_at(&self, site: MaskSite, step: u32, row: u32, threshold: Threshold, bits: &mut [u32]) {
         self.for_each_hit_word(site, step, row, threshold, bits.len() * 32, |base, b| bits[base / 32] = b);
     }
 
     /// Calls `f(base, bits)` for `base` = 0, 32, … below `units`, with bit `u` of `bits` the hit
-    /// of unit `base + u` ([`philox4x32_10_x8_below`]: 8 counters at once).
+    /// of unit `base + u` ([`philox4x32_10_x8_below`]: 8 counters at once; or the supplied
+    /// masks' words, no hits past their units).
     #[inline]
-    fn for_each_hit_word(self, site: MaskSite, step: u32, row: u32, threshold: Threshold, units: usize, mut f: impl FnMut(usize, u32)) {
+    fn for_each_hit_word(&self, site: MaskSite, step: u32, row: u32, threshold: Threshold, units: usize, mut f: impl FnMut(usize, u32)) {
+        if let Some(s) = &self.supplied {
+            let words = s.words(site, step as usize, row as usize);
+            for base in (0..units).step_by(32) {
+                f(base, words.get(base / 32).copied().unwrap_or(0));
+            }
+            return;
+        }
         for base in (0..units).step_by(32) {
             // `position` checked at most 2^32 groups of 4 units.
             let count = (units - base).div_ceil(4).min(8) as u32;
@@ -157,7 +232,7 @@ impl MaskStream {
     /// (dropped), `scale` elsewhere (kept; `scale` is `1/(1-p)` for inverted dropout). The same
     /// positions and errors as [`fill_hits`](Self::fill_hits).
     pub fn fill_factors<T: Copy + Default>(
-        self,
+        &self,
         site: MaskSite,
         step: usize,
         row: usize,
@@ -174,7 +249,7 @@ impl MaskStream {
         Ok(())
     }
 
-    fn position(self, site: MaskSite, step: usize, row: usize, units: usize) -> Result<(u32, u32)> {
+    fn position(&self, site: MaskSite, step: usize, row: usize, units: usize) -> Result<(u32, u32)> {
         if site.kind.per_sequence() && step != 0 {
             return Err(Error::invalid("step", format!("0 for a per-sequence mask ({:?})", site.kind), step));
         }
@@ -183,7 +258,166 @@ impl MaskStream {
         if units.div_ceil(4) > 1 << 32 {
             return Err(Error::invalid("hit", "at most 2^34 units", units));
         }
+        if let Some(s) = &self.supplied {
+            let have = s.sites.get(&site.tag);
+            if !have.is_some_and(|h| (step as usize) < h.steps && (row as usize) < h.rows && units <= h.units) {
+                let have = have.map_or("none".to_string(), |h| format!("[{}, {}, {}]", h.steps, h.rows, h.units));
+                return Err(Error::invalid(
+                    "masks",
+                    format!("supplied masks of {:?} covering step {step}, row {row} and {units} units", site.kind),
+                    have,
+                ));
+            }
+        }
         Ok((step, row))
+    }
+}
+
+/// A mask a training call reads: its site and its extent, `[steps, rows, units]` (`steps` 1 for
+/// a per-sequence kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequiredMask {
+    /// The layer, direction and kind.
+    pub site: MaskSite,
+    /// Steps (the time indices `0..steps`; 1 for a per-sequence kind).
+    pub steps: usize,
+    /// Rows (the sequences of the batch).
+    pub rows: usize,
+    /// Units (features) per row.
+    pub units: usize,
+}
+
+/// The masks a training call of `cfg` on `shape` reads, by layer, direction and kind: dropout
+/// between layers ([`MaskKind::LayerOutput`], direction 0, layers `0..L-1`, units the layer's
+/// output width), zoneout of `h` and `c`, recurrent dropout (units `Hout`) and input dropout
+/// (units the layer's input size), each where the configuration has it.
+pub fn required_sites(cfg: &RnnConfig, shape: &SeqShape) -> Vec<RequiredMask> {
+    let (t, b) = (shape.steps(), shape.batch());
+    let (nl, nd) = (cfg.num_layers(), cfg.num_directions());
+    let mut out = Vec::new();
+    let mut push = |layer: usize, direction: usize, kind: MaskKind, units: usize| {
+        // Layers and directions of a built configuration are within MaskSite's range.
+        if let Ok(site) = MaskSite::new(layer, direction, kind) {
+            out.push(RequiredMask { site, steps: if kind.per_sequence() { 1 } else { t }, rows: b, units });
+        }
+    };
+    for l in 0..nl {
+        if cfg.dropout().is_some() && l + 1 < nl {
+            push(l, 0, MaskKind::LayerOutput, cfg.output_size());
+        }
+        for d in 0..nd {
+            if cfg.input_dropout().is_some() {
+                push(l, d, MaskKind::LayerInput, cfg.layer_input_size(l));
+            }
+            if cfg.recurrent_dropout().is_some() {
+                push(l, d, MaskKind::RecurrentH, cfg.hidden_out_size());
+            }
+            if cfg.zoneout().is_some() {
+                push(l, d, MaskKind::ZoneoutH, cfg.hidden_out_size());
+            }
+            if cfg.zoneout_cell().is_some() {
+                push(l, d, MaskKind::ZoneoutC, cfg.hidden_size());
+            }
+        }
+    }
+    out
+}
+
+/// Masks given as bits instead of drawn (see [the module docs](self#reading-masks-back-and-supplying-them)):
+/// per site, `[steps, rows, units]` hits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SuppliedMasks {
+    /// By the site's tag.
+    sites: BTreeMap<u32, SiteBits>,
+}
+
+/// One site's hits: `[steps, rows]` rows of `words` bit words, bit `u mod 32` of word `u / 32`
+/// the hit of unit `u` (no hits past `units`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SiteBits {
+    kind: MaskKind,
+    steps: usize,
+    rows: usize,
+    units: usize,
+    bits: Vec<u32>,
+}
+
+impl SuppliedMasks {
+    /// No masks.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the mask of `site` (replacing an earlier one): `hits` is `[steps, rows, units]`,
+    /// `true` where the unit is hit (dropped; for zoneout, kept at its previous value), `steps` 1
+    /// for a per-sequence kind (recurrent and input dropout). Errors name `hits` (not `steps ·
+    /// rows · units` long) or `steps` (not 1 for a per-sequence kind).
+    pub fn insert(&mut self, site: MaskSite, steps: usize, rows: usize, units: usize, hits: &[bool]) -> Result<()> {
+        if site.kind.per_sequence() && steps != 1 {
+            return Err(Error::invalid("steps", format!("1 for a per-sequence mask ({:?})", site.kind), steps));
+        }
+        let n = steps.checked_mul(rows).and_then(|v| v.checked_mul(units));
+        if n != Some(hits.len()) {
+            return Err(Error::invalid("hits", format!("[steps {steps}, rows {rows}, units {units}] booleans"), hits.len()));
+        }
+        let words = units.div_ceil(32);
+        let mut bits = Vec::new();
+        bits.try_reserve_exact(steps * rows * words).map_err(|_| Error::invalid("hits", "a mask that fits in memory", hits.len()))?;
+        for row in hits.chunks(units.max(1)).take(steps * rows) {
+            for w in row.chunks(32) {
+                bits.push(w.iter().enumerate().fold(0u32, |acc, (j, &h)| acc | (h as u32) << j));
+            }
+        }
+        bits.resize(steps * rows * words, 0);
+        self.sites.insert(site.tag, SiteBits { kind: site.kind, steps, rows, units, bits });
+        Ok(())
+    }
+
+    /// The mask of `site` as `(steps, rows, units, hits)`, `hits` `[steps, rows, units]`;
+    /// `None` if it was not supplied.
+    pub fn get(&self, site: MaskSite) -> Option<(usize, usize, usize, Vec<bool>)> {
+        let s = self.sites.get(&site.tag)?;
+        let words = s.units.div_ceil(32);
+        let mut hits = Vec::with_capacity(s.steps * s.rows * s.units);
+        for row in s.bits.chunks(words.max(1)).take(s.steps * s.rows) {
+            hits.extend((0..s.units).map(|u| (row[u / 32] >> (u % 32)) & 1 == 1));
+        }
+        Some((s.steps, s.rows, s.units, hits))
+    }
+
+    /// The masks a training call of `cfg` on `shape` with `stream` reads ([`required_sites`]),
+    /// drawn from it: the call's masks read back, to inspect or to supply again. Their
+    /// probabilities are `cfg`'s.
+    pub fn drawn(stream: &MaskStream, cfg: &RnnConfig, shape: &SeqShape) -> Result<Self> {
+        let mut out = SuppliedMasks::new();
+        for need in required_sites(cfg, shape) {
+            let p = match need.site.kind {
+                MaskKind::LayerOutput => cfg.dropout(),
+                MaskKind::RecurrentH => cfg.recurrent_dropout(),
+                MaskKind::LayerInput => cfg.input_dropout(),
+                MaskKind::ZoneoutH => cfg.zoneout(),
+                MaskKind::ZoneoutC => cfg.zoneout_cell(),
+            };
+            let threshold = Threshold::new("p", p.unwrap_or(0.0))?;
+            let mut hits = vec![false; need.steps * need.rows * need.units];
+            for (i, row) in hits.chunks_mut(need.units.max(1)).enumerate().take(need.steps * need.rows) {
+                stream.fill_hits(need.site, i / need.rows.max(1), i % need.rows.max(1), threshold, row)?;
+            }
+            out.insert(need.site, need.steps, need.rows, need.units, &hits)?;
+        }
+        Ok(out)
+    }
+
+    /// The bit words of `site`'s row `row` at `step` (empty outside the supplied extent).
+    fn words(&self, site: MaskSite, step: usize, row: usize) -> &[u32] {
+        match self.sites.get(&site.tag) {
+            Some(s) if step < s.steps && row < s.rows => {
+                let words = s.units.div_ceil(32);
+                let at = (step * s.rows + row) * words;
+                &s.bits[at..at + words]
+            }
+            _ => &[],
+        }
     }
 }
 

@@ -69,6 +69,26 @@ mod with_feature {
         }
     }
 
+    /// Masks supplied by the caller are refused by a training pass with dropout, naming `masks`
+    /// (the kernels draw on the device), before the reserve changes; a drawn stream runs.
+    #[test]
+    fn supplied_masks_are_refused_by_name() {
+        let Some(c) = cuda("supplied_masks_are_refused_by_name") else { return };
+        let cfg = RnnConfig::new(CellKind::Lstm, 8, 16).num_layers(2).dropout(0.3).build().unwrap();
+        let shape = SeqShape::new(4, 3).unwrap();
+        let params = Params::<f32>::init_uniform(&cfg, 1).unwrap().into_vec();
+        let x = vec![0.5f32; shape.x_shape(&cfg).iter().product()];
+        let rnn = Rnn::new(CudaHost(c), &cfg, &params[..]).unwrap();
+        let stream = rnn_kernels::masks::MaskStream::new(3, 1);
+        let supplied = rnn_kernels::masks::SuppliedMasks::drawn(&stream, &cfg, &shape).unwrap();
+        let mut reserve = Default::default();
+        let e = rnn
+            .forward_training_masked(&shape, &x, None, None, rnn_kernels::masks::MaskStream::supplied(supplied), &mut reserve)
+            .unwrap_err();
+        assert!(matches!(&e, Error::Unsupported { option, .. } if option == "masks"), "{e:?}");
+        rnn.forward_training_masked(&shape, &x, None, None, stream, &mut reserve).unwrap();
+    }
+
     /// The CPU backend's property test: random configurations, lengths and inputs up to ±25
     /// (every gate saturates), against the f64 reference.
     #[test]

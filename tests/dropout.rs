@@ -36,7 +36,7 @@ fn state_rows(v: &[f64], l: usize, dirs: usize, per_layer_dir: usize) -> &[f64] 
 }
 
 /// `v` (`[T, B, W]`) times the dropout factors of layer `layer` drawn from `masks`.
-fn drop(v: &mut [f64], masks: MaskStream, p: f64, layer: usize, batch: usize, width: usize) {
+fn drop(v: &mut [f64], masks: &MaskStream, p: f64, layer: usize, batch: usize, width: usize) {
     let site = MaskSite::new(layer, 0, MaskKind::LayerOutput).unwrap();
     let t = Threshold::new("p", p).unwrap();
     let mut f = vec![0.0; width];
@@ -83,7 +83,7 @@ fn the_stack_is_its_layers_with_the_masks_between_them() {
             inputs.push(input);
             input = o.y;
             if l < 2 {
-                drop(&mut input, masks, p_drop, l, b, w);
+                drop(&mut input, &masks, p_drop, l, b, w);
             }
         }
         let y = input;
@@ -105,7 +105,7 @@ fn the_stack_is_its_layers_with_the_masks_between_them() {
             dparams[l] = g.dparams.unwrap();
             d_out = g.dx;
             if l > 0 {
-                drop(&mut d_out, masks, p_drop, l - 1, b, w);
+                drop(&mut d_out, &masks, p_drop, l - 1, b, w);
             } else {
                 dx = d_out.clone();
             }

@@ -22,7 +22,7 @@ use rnn_kernels::testkit::Problem as TypedProblem;
 use rnn_kernels::{CellKind, Cpu, Direction, Error, Isa, Merge, Reference, Rnn, RnnConfig, SeqShape};
 
 /// The mask of `kind` for `row` at step `t` (layer 0, direction 0), `width` units.
-fn hits(masks: MaskStream, kind: MaskKind, z: f64, t: usize, row: usize, width: usize) -> Vec<bool> {
+fn hits(masks: &MaskStream, kind: MaskKind, z: f64, t: usize, row: usize, width: usize) -> Vec<bool> {
     let mut hit = vec![false; width];
     masks.fill_hits(MaskSite::new(0, 0, kind).unwrap(), t, row, Threshold::new("z", z).unwrap(), &mut hit).unwrap();
     hit
@@ -46,7 +46,7 @@ fn step_by_step(cfg: &RnnConfig, plain: &RnnConfig, p: &Problem, masks: Option<M
             if t >= p.shape.lengths().map_or(t_len, |l| l[r]) {
                 continue;
             }
-            let blend = |prev: &mut [f64], new: &[f64], kind: MaskKind, z: Option<f64>| match (z, masks) {
+            let blend = |prev: &mut [f64], new: &[f64], kind: MaskKind, z: Option<f64>| match (z, masks.as_ref()) {
                 (None, _) => prev.copy_from_slice(new),
                 (Some(z), Some(m)) => {
                     for ((v, &n), hit) in prev.iter_mut().zip(new).zip(hits(m, kind, z, t, r, new.len())) {

@@ -259,8 +259,12 @@ pub fn run_case<T: Element, B: Backend<T, Buf = [T]>>(backend: &B, case: &Case<T
     let mut y = zeros("y", y_shape(shape, cfg))?;
     let mut hn = zeros("hn", shape.h_shape(cfg))?;
     let mut cn = if lstm { Some(zeros("cn", shape.c_shape(cfg))?) } else { None };
-    let input =
-        || ForwardInput { x: &case.x[..], h0: case.h0.as_deref(), c0: if lstm { case.c0.as_deref() } else { None }, masks: case.masks };
+    let input = || ForwardInput {
+        x: &case.x[..],
+        h0: case.h0.as_deref(),
+        c0: if lstm { case.c0.as_deref() } else { None },
+        masks: case.masks.clone(),
+    };
     let mut reserve = B::Reserve::default();
     backend.forward_training(&plan, shape, input(), ForwardOutput { y: &mut y, hn: Some(&mut hn), cn: cn.as_deref_mut() }, &mut reserve)?;
 

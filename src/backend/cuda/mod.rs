@@ -334,7 +334,16 @@ impl Cuda {
         let Some(r) = reserve else { return driver::forward(&exec, plan.weights(), shape, io, None) };
         // Dropout between layers: the masks are the call's (an error naming them when missing,
         // before the reserve changes).
-        let dropout = crate::backend::host::dropout::Dropout::for_training(plan.config(), input.masks)?;
+        let dropout = crate::backend::host::dropout::Dropout::for_training(plan.config(), input.masks.as_ref())?;
+        if dropout.is_some() && input.masks.as_ref().is_some_and(|m| m.supplied_masks().is_some()) {
+            return Err(Error::Unsupported {
+                backend: self.dev.name.clone(),
+                option: "masks".into(),
+                reason: "masks supplied by the caller: the CUDA kernels draw dropout's masks on the device from a seed and offset \
+                         (MaskStream::new); run with a drawn stream, or on the reference or CPU backend"
+                    .into(),
+            });
+        }
         // Until this call has filled it, the reserve is not usable.
         r.stamp = ReserveStamp::default();
         r.dropout = dropout;
@@ -587,7 +596,7 @@ impl CudaHost {
         let (h0, c0) = (self.up_opt(input.h0)?, self.up_opt(input.c0)?);
         let mut y = self.0.zeros(output.y.len())?;
         let (mut hn, mut cn) = (self.zeros_like(&output.hn)?, self.zeros_like(&output.cn)?);
-        let di = ForwardInput { x: &x, h0: h0.as_ref(), c0: c0.as_ref(), masks: input.masks };
+        let di = ForwardInput { x: &x, h0: h0.as_ref(), c0: c0.as_ref(), masks: input.masks.clone() };
         let dout = ForwardOutput { y: &mut y, hn: hn.as_mut(), cn: cn.as_mut() };
         self.0.forward(plan, shape, di, dout, reserve)?;
         self.0.download_into(&y, output.y)?;

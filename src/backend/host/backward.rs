@@ -70,9 +70,9 @@ pub(crate) fn run_backward<T: Float, K: HostKernels<T>>(
                 dh0: dir.block_mut(&mut dh0, hlen),
                 dc0: dir.block_mut(&mut dc0, clen),
                 dparams: dparams.as_deref_mut(),
-                zoneout: s.zoneout,
-                recurrent_dropout: s.recurrent_dropout,
-                input_dropout: s.input_dropout,
+                zoneout: s.zoneout.as_ref(),
+                recurrent_dropout: s.recurrent_dropout.as_ref(),
+                input_dropout: s.input_dropout.as_ref(),
             };
             bptt_direction(k, dir, io, &s.work)?;
         }
@@ -121,11 +121,11 @@ struct DirectionIo<'a, T> {
     /// The flat parameter gradients; the direction's are added in.
     dparams: Option<&'a mut [T]>,
     /// The forward pass's zoneout, if any.
-    zoneout: Option<Zoneout>,
+    zoneout: Option<&'a Zoneout>,
     /// The forward pass's recurrent dropout, if any.
-    recurrent_dropout: Option<VariationalDropout>,
+    recurrent_dropout: Option<&'a VariationalDropout>,
     /// The forward pass's input dropout, if any.
-    input_dropout: Option<VariationalDropout>,
+    input_dropout: Option<&'a VariationalDropout>,
 }
 
 /// `c[m, n] += Σ g[r, m]^T · x[r, n]` over the rows of every segment `(g, x)` of `segs`, in
@@ -287,7 +287,7 @@ fn backward_step<T: Float, K: HostKernels<T>>(
     inp: StepInputs<'_, T>,
     st: &mut BwdRows<T>,
     out: StepGrads<'_, T>,
-    zone: Option<(Zoneout, zoneout::Sites)>,
+    zone: Option<(&Zoneout, zoneout::Sites)>,
 ) {
     let dm = &dir.dims;
     let (tl, bl, h, hout, gh, col) = (dm.t, dm.b, dm.h, dm.hout, dm.gh, dir.col);

@@ -14,7 +14,7 @@ use crate::masks::{MaskKind, MaskSite, MaskStream};
 use crate::philox::Threshold;
 
 /// The dropout of one training call: the stream and the probability.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Dropout {
     stream: MaskStream,
     threshold: Threshold,
@@ -24,8 +24,8 @@ pub(crate) struct Dropout {
 impl Dropout {
     /// The dropout of probability `p` with the masks of `stream` (`None`: an error naming
     /// `masks`).
-    pub fn new(p: f64, stream: Option<MaskStream>) -> Result<Self> {
-        let stream = stream.ok_or_else(|| {
+    pub fn new(p: f64, stream: Option<&MaskStream>) -> Result<Self> {
+        let stream = stream.cloned().ok_or_else(|| {
             Error::invalid(
                 "masks",
                 format!("a MaskStream for the dropout (p = {p}) of a training pass (ForwardInput::masks, or Rnn::forward_training_masked)"),
@@ -38,7 +38,7 @@ impl Dropout {
     /// The dropout of a training pass of `cfg` with the call's `masks`: `None` without dropout
     /// or with one layer (nothing between layers), an error naming `masks` when they are
     /// needed and missing. Every backend's training forward pass decides with this.
-    pub fn for_training(cfg: &RnnConfig, masks: Option<MaskStream>) -> Result<Option<Self>> {
+    pub fn for_training(cfg: &RnnConfig, masks: Option<&MaskStream>) -> Result<Option<Self>> {
         match cfg.dropout() {
             Some(p) if cfg.num_layers() > 1 => Ok(Some(Self::new(p, masks)?)),
             _ => Ok(None),

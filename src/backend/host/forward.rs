@@ -38,21 +38,25 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
     // backward, else two buffers that take turns being read and written.
     let mut alternating: Vec<Vec<T>> = Vec::new();
     // Dropout between layers: training passes only.
-    let dropout = if save.is_some() { Dropout::for_training(cfg, input.masks)? } else { None };
+    let masks = input.masks.as_ref();
+    if let (Some(m), true) = (masks, save.is_some()) {
+        m.check_for(cfg, shape)?;
+    }
+    let dropout = if save.is_some() { Dropout::for_training(cfg, masks)? } else { None };
     // Zoneout: the masks of a training pass, the expectation in inference.
-    let zoneout = Zoneout::for_pass(cfg, shape, save.is_some(), input.masks)?;
+    let zoneout = Zoneout::for_pass(cfg, shape, save.is_some(), masks)?;
     let (recurrent_dropout, input_dropout) = match save {
-        Some(_) => (VariationalDropout::recurrent(cfg, input.masks)?, VariationalDropout::input(cfg, input.masks)?),
+        Some(_) => (VariationalDropout::recurrent(cfg, masks)?, VariationalDropout::input(cfg, masks)?),
         None => (None, None),
     };
     let (outputs, mut saves, x_copy) = match save {
         Some(s) => {
             s.stamp.fill(&plan.stamp, shape);
             s.prepare(cfg, shape, &input)?;
-            s.dropout = dropout;
-            s.zoneout = zoneout;
-            s.recurrent_dropout = recurrent_dropout;
-            s.input_dropout = input_dropout;
+            s.dropout = dropout.clone();
+            s.zoneout = zoneout.clone();
+            s.recurrent_dropout = recurrent_dropout.clone();
+            s.input_dropout = input_dropout.clone();
             let HostReserve { outputs, dirs, x, .. } = s;
             (outputs, Some(&mut dirs[..]), Some(&x[..]))
         }
@@ -95,9 +99,9 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
                 hn: dir.block_mut(&mut hn, hlen),
                 cn: dir.block_mut(&mut cn, clen),
                 save: saves.as_deref_mut().map(|s| &mut s[dir.ld]),
-                zoneout,
-                recurrent_dropout,
-                input_dropout,
+                zoneout: zoneout.as_ref(),
+                recurrent_dropout: recurrent_dropout.as_ref(),
+                input_dropout: input_dropout.as_ref(),
             };
             forward_direction(k, dir, io)?;
         }
@@ -156,11 +160,11 @@ struct DirectionIo<'a, T> {
     /// Where the activations go for backward (a training pass).
     save: Option<&'a mut Saved<Vec<T>>>,
     /// The call's zoneout, if any.
-    zoneout: Option<Zoneout>,
+    zoneout: Option<&'a Zoneout>,
     /// The call's recurrent dropout (a training pass), if any.
-    recurrent_dropout: Option<VariationalDropout>,
+    recurrent_dropout: Option<&'a VariationalDropout>,
     /// The call's input dropout (a training pass), if any.
-    input_dropout: Option<VariationalDropout>,
+    input_dropout: Option<&'a VariationalDropout>,
 }
 
 /// Steps per chunk of the input projection: enough rows (`steps·B ≥ 512`) for the GEMM to run
@@ -287,8 +291,10 @@ fn forward_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, 
     };
     let widths = dm.cell.saved_sizes(1, 1);
     let bounds = k.row_blocks(bl, Pass::Forward);
-    let mut blocks: Vec<FwdRows<T>> =
-        bounds.windows(2).map(|r| FwdRows::new(r[0]..r[1], &dir, h0, c0, zone, recurrent_dropout.as_ref())).collect::<Result<_>>()?;
+    let mut blocks: Vec<FwdRows<T>> = bounds
+        .windows(2)
+        .map(|r| FwdRows::new(r[0]..r[1], &dir, h0, c0, zone.map(|(z, s)| (z.clone(), s)), recurrent_dropout))
+        .collect::<Result<_>>()?;
     let serial = k.serial();
     // The kernels of a block: all of the backend's threads when there is only one.
     let kb: &K = if blocks.len() > 1 { &serial } else { k };
@@ -502,13 +508,13 @@ fn forward_step<T: Float, K: HostKernels<T>>(
         }
         dir.forward_product(k, Weight::Hr, m, h_t);
     }
-    if let Some((z, sites)) = *zone {
+    if let Some((z, sites)) = zone.as_ref() {
         // The zoned states are what the next step reads and the layer outputs; backward reads
         // the cell's own new c (`c_new`) for its tanh.
-        z.forward(zoneout::State::H, sites, t, *row0, active, h_prev, h_t, hit);
+        z.forward(zoneout::State::H, *sites, t, *row0, active, h_prev, h_t, hit);
         if z.applies(zoneout::State::C) {
             c_new.copy_from_slice(c);
-            z.forward(zoneout::State::C, sites, t, *row0, active, c_prev, c, hit);
+            z.forward(zoneout::State::C, *sites, t, *row0, active, c_prev, c, hit);
         }
     }
     for (b, &a) in active.iter().enumerate() {

@@ -22,7 +22,7 @@ use crate::masks::{MaskKind, MaskSite, MaskStream};
 use crate::philox::Threshold;
 
 /// A variational dropout of one training call: its stream, probability and kind.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct VariationalDropout {
     stream: MaskStream,
     threshold: Threshold,
@@ -33,19 +33,19 @@ pub(crate) struct VariationalDropout {
 impl VariationalDropout {
     /// The recurrent dropout of a training pass of `cfg` with the call's `masks`: `None`
     /// without, an error naming `masks` when they are needed and missing.
-    pub fn recurrent(cfg: &RnnConfig, masks: Option<MaskStream>) -> Result<Option<Self>> {
+    pub fn recurrent(cfg: &RnnConfig, masks: Option<&MaskStream>) -> Result<Option<Self>> {
         Self::of("recurrent_dropout", cfg.recurrent_dropout(), MaskKind::RecurrentH, masks)
     }
 
     /// The input dropout of a training pass of `cfg` with the call's `masks`: as
     /// [`recurrent`](Self::recurrent).
-    pub fn input(cfg: &RnnConfig, masks: Option<MaskStream>) -> Result<Option<Self>> {
+    pub fn input(cfg: &RnnConfig, masks: Option<&MaskStream>) -> Result<Option<Self>> {
         Self::of("input_dropout", cfg.input_dropout(), MaskKind::LayerInput, masks)
     }
 
-    fn of(name: &str, p: Option<f64>, kind: MaskKind, masks: Option<MaskStream>) -> Result<Option<Self>> {
+    fn of(name: &str, p: Option<f64>, kind: MaskKind, masks: Option<&MaskStream>) -> Result<Option<Self>> {
         let Some(p) = p else { return Ok(None) };
-        let stream = masks.ok_or_else(|| {
+        let stream = masks.cloned().ok_or_else(|| {
             Error::invalid(
                 "masks",
                 format!("a MaskStream for the {name} (p = {p}) of a training pass (ForwardInput::masks, or Rnn::forward_training_masked)"),

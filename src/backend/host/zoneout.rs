@@ -23,7 +23,7 @@ struct Rate {
 }
 
 /// The zoneout of one call: training (with the call's masks) or inference (the expectation).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Zoneout {
     h: Option<Rate>,
     c: Option<Rate>,
@@ -65,7 +65,7 @@ impl Sites {
 impl Zoneout {
     /// The zoneout of a pass of `cfg` over `shape`: `None` without zoneout; in a training pass
     /// with the call's `masks` (an error naming `masks` when missing), else the expectation.
-    pub fn for_pass(cfg: &RnnConfig, shape: &SeqShape, training: bool, masks: Option<MaskStream>) -> Result<Option<Self>> {
+    pub fn for_pass(cfg: &RnnConfig, shape: &SeqShape, training: bool, masks: Option<&MaskStream>) -> Result<Option<Self>> {
         let rate = |name: &str, z: Option<f64>| -> Result<Option<Rate>> {
             z.map(|z| Ok(Rate { z, threshold: Threshold::new(name, z)? })).transpose()
         };
@@ -75,7 +75,7 @@ impl Zoneout {
         }
         let masks = match (training, masks) {
             (false, _) => None,
-            (true, Some(m)) => Some(m),
+            (true, Some(m)) => Some(m.clone()),
             (true, None) => {
                 return Err(Error::invalid(
                     "masks",
@@ -128,7 +128,7 @@ impl Zoneout {
                 continue;
             }
             let (p, n) = (&prev[b * width..(b + 1) * width], &mut new[b * width..(b + 1) * width]);
-            match self.masks {
+            match &self.masks {
                 Some(masks) => {
                     hits(masks, rate.threshold, site, t, row0 + b, width, hit);
                     // 32 units per mask word, the selection without branches.
@@ -165,7 +165,7 @@ impl Zoneout {
         kept: &mut Vec<T>,
         hit: &mut Vec<u32>,
     ) {
-        let (Some(rate), Some(masks)) = (self.rate(state), self.masks) else { return };
+        let (Some(rate), Some(masks)) = (self.rate(state), &self.masks) else { return };
         // Every unit of an active row is written below.
         kept.resize(grad.len(), T::ZERO);
         let width = grad.len() / active.len().max(1);
@@ -204,7 +204,7 @@ impl Zoneout {
 }
 
 /// Writes into `hit` (bit words of `width` units) the mask of `site` for `row` at step `t`.
-fn hits(masks: MaskStream, threshold: Threshold, site: MaskSite, t: usize, row: usize, width: usize, hit: &mut Vec<u32>) {
+fn hits(masks: &MaskStream, threshold: Threshold, site: MaskSite, t: usize, row: usize, width: usize, hit: &mut Vec<u32>) {
     hit.resize(width.div_ceil(32), 0);
     // `Zoneout::for_pass` checked that steps and rows fit in 32 bits (and a state's width is far
     // below 4·2³² units).

@@ -158,7 +158,7 @@ pub(crate) fn backward(exec: &Exec<'_>, weights: Weights<'_>, shape: &SeqShape, 
     let persistent = layers.iter().flat_map(|l| &l.dirs).any(|dir| dir.bufs.persistent.is_some());
     // Not with layer norm: a chunk's dX rows need the whole sequence's dGi (layer_norm.rs). With
     // dropout, the wavefront multiplies each chunk's dX rows by their factors.
-    let dropout = sv.dropout;
+    let dropout = sv.dropout.clone();
     let nl = layers.len();
     joined_on_error(exec, || match wavefront_chunk(exec, cfg, shape).filter(|_| !persistent && !cfg.layer_norm()) {
         Some(k) => backward_wavefront(exec, &layers, k, dropout.as_ref()),

@@ -119,7 +119,7 @@ pub(crate) fn forward(
         false => (io, None),
     };
     // Dropout between layers: a training pass's, set on the reserve by the caller.
-    let dropout = save.as_deref().and_then(|r| r.dropout);
+    let dropout = save.as_deref().and_then(|r| r.dropout.clone());
     let layers = allocate(&mut temps, weights, shape, &io, save)?;
     // Every buffer of every layer is allocated before any work forks to stream 1.
     let persistent = layers.iter().flatten().any(|dir| dir.bufs.persistent.is_some());

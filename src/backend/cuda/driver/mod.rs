@@ -188,7 +188,7 @@ impl SavedViews {
             lens: r.lengths.as_ref().map_or(0, RawBuf::ptr),
             outputs: r.outputs.iter().map(v).collect(),
             dirs: r.dirs.iter().map(|d| Saved::from_array(d.each().map(v))).collect(),
-            dropout: r.dropout,
+            dropout: r.dropout.clone(),
         }
     }
 }

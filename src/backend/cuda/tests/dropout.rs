@@ -20,7 +20,7 @@ fn the_kernel_draws_the_hosts_masks() {
     let exec = emulation.exec();
     for (width, batch, steps) in [(1, 1, 1), (3, 2, 4), (4, 3, 2), (5, 2, 3), (13, 4, 5), (64, 3, 2)] {
         for (p, seed, offset, layer) in [(0.3, 1, 0, 0), (0.7, 2, 5, 1), (0.05, u64::MAX, 1 << 40, 6)] {
-            let d = Dropout::new(p, Some(MaskStream::new(seed, offset))).unwrap();
+            let d = Dropout::new(p, Some(&MaskStream::new(seed, offset))).unwrap();
             let n = steps * batch * width;
             let data: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
             let mut host = data.clone();
@@ -60,7 +60,7 @@ fn the_kernel_drops_a_range_of_steps_with_their_masks() {
     let exec = emulation.exec();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     let (steps, batch, width, layer) = (7, 3, 6, 2);
-    let d = Dropout::new(0.4, Some(MaskStream::new(11, 3))).unwrap();
+    let d = Dropout::new(0.4, Some(&MaskStream::new(11, 3))).unwrap();
     let data: Vec<f32> = (0..steps * batch * width).map(|i| (i as f32 * 0.61).cos() * 2.0 + 0.5).collect();
     let mut host = data.clone();
     d.apply(&Reference, layer, &mut host, batch, width).unwrap();

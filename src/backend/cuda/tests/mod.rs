@@ -154,7 +154,7 @@ impl<T: Element> Problem<T> {
 
     /// The dropout between layers of the problem's training passes (its masks), if any.
     fn dropout(&self) -> Option<crate::backend::host::dropout::Dropout> {
-        crate::backend::host::dropout::Dropout::for_training(&self.cfg, Some(self.masks())).unwrap()
+        crate::backend::host::dropout::Dropout::for_training(&self.cfg, Some(&self.masks())).unwrap()
     }
 
     /// A training forward pass, then an inference one, on `exec`: the training outputs and the
