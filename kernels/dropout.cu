@@ -34,3 +34,34 @@
 DROPOUT(dropout_f32, float)
 DROPOUT(dropout_f16, rnnk_f16)
 DROPOUT(dropout_bf16, rnnk_bf16)
+
+// Variational dropout, one mask per sequence (src/backend/host/variational_dropout.rs has the
+// host's version): out[r, u] = in[r, u] · f(r mod batch, u), or out[r, u] += it with
+// `accumulate`, for the rows r of [rows, width] (steps of `batch` rows each). The factor of unit
+// u of sequence b is 0 when word u % 4 of Philox 4x32-10 of the counter [u / 4, b, 0, tag] is
+// below `bound`, `scale` otherwise: the same at every step. Recurrent dropout reads it on the
+// state entering the recurrent product (tag of kind RecurrentH), input dropout on a layer's
+// input (kind LayerInput); backward applies the same factors to the products' gradients and
+// rebuilds the dropped operands of the weight gradients. `in` and `out` may be the same buffer.
+#define VARIATIONAL_DROPOUT(NAME, T)                                                                                               \
+    extern "C" __global__ void NAME(int rows, int batch, int width, int key0, int key1, int tag, long long bound, float scale,    \
+                                    int accumulate, const T* in /* [rows, width] */, T* out /* [rows, width] */) {                 \
+        const long long groups = (width + 3) / 4;                                                                                  \
+        FOR_EACH_ELEMENT(e, (long long)rows * groups) {                                                                            \
+            const long long g = e % groups, r = e / groups, b = r % batch;                                                         \
+            unsigned int w[4] = {(unsigned int)g, (unsigned int)b, 0u, (unsigned int)tag};                                        \
+            rnnk_philox4x32_10(w, (unsigned int)key0, (unsigned int)key1);                                                         \
+            for (int j = 0; j < 4; ++j) {                                                                                          \
+                const long long u = 4 * g + j;                                                                                     \
+                if (u < width) {                                                                                                   \
+                    const long long k = r * width + u;                                                                             \
+                    const float f = (long long)w[j] < bound ? 0.0f : scale;                                                        \
+                    const float v = ld(in, k) * f;                                                                                 \
+                    st(out, k, accumulate ? ld(out, k) + v : v);                                                                   \
+                }                                                                                                                  \
+            }                                                                                                                      \
+        }                                                                                                                          \
+    }
+VARIATIONAL_DROPOUT(variational_dropout_f32, float)
+VARIATIONAL_DROPOUT(variational_dropout_f16, rnnk_f16)
+VARIATIONAL_DROPOUT(variational_dropout_bf16, rnnk_bf16)

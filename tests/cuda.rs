@@ -142,6 +142,9 @@ mod with_feature {
             // Dropout between layers (kernels/dropout.cu), the problem's masks.
             RnnConfig::new(CellKind::Lstm, 40, 96).num_layers(3).dropout(0.3).build().unwrap(),
             RnnConfig::new(CellKind::Gru, 40, 130).num_layers(2).bidirectional(true).dropout(0.5).build().unwrap(),
+            // Recurrent and input dropout (kernels/dropout.cu's variational_dropout around the GEMMs).
+            RnnConfig::new(CellKind::Lstm, 40, 96).num_layers(2).recurrent_dropout(0.3).input_dropout(0.3).build().unwrap(),
+            RnnConfig::new(CellKind::Gru, 40, 130).bidirectional(true).recurrent_dropout(0.4).input_dropout(0.2).build().unwrap(),
         ];
         for cfg in &configs {
             for b in [37, 3] {

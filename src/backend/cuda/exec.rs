@@ -7,9 +7,11 @@
 use super::buffer::{DevBuf, DevMat, RawBuf, View};
 use super::kernels::{
     Add, AddArgs, AddColumnSums, AddColumnSumsArgs, ConvertArgs, ConvertFromF32, ConvertToF32, Dropout as DropoutKernel, DropoutArgs, Fill,
-    FillArgs, Kernel, KernelArgs, KernelId, SwapAxes, SwapAxesArgs, PERSISTENT_MAX_BATCH, PERSISTENT_THREADS,
+    FillArgs, Kernel, KernelArgs, KernelId, SwapAxes, SwapAxesArgs, VariationalDropout as VariationalDropoutKernel, VariationalDropoutArgs,
+    PERSISTENT_MAX_BATCH, PERSISTENT_THREADS,
 };
 use crate::backend::host::dropout::Dropout;
+use crate::backend::host::variational_dropout::VariationalDropout;
 use crate::element::Dtype;
 use crate::error::{Error, Result};
 use crate::shape::SeqShape;
@@ -302,6 +304,45 @@ impl<'a> Exec<'a> {
             data: rows.ptr,
         };
         self.launch_as(si, DropoutKernel, data.ty, grid(steps.len() * batch * width.div_ceil(4)), &args)
+    }
+
+    /// Variational dropout on stream `si` (kernels/dropout.cu, `variational_dropout_*`): `out[r]
+    /// (+)= input[r] ⊙ f[r mod batch]` for the rows of `input` (`[rows, width]`, steps of `batch`
+    /// rows; `out` the same size and type, possibly the same buffer), `f` the factors of `vd`'s
+    /// mask of layer `layer`, direction `direction` (the host's
+    /// `VariationalDropout::factors`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn variational_dropout(
+        &self,
+        si: usize,
+        input: View,
+        out: View,
+        batch: usize,
+        width: usize,
+        vd: &VariationalDropout,
+        (layer, direction): (usize, usize),
+        accumulate: bool,
+    ) -> Result<()> {
+        assert!(input.len == out.len && input.ty == out.ty && input.len.is_multiple_of((batch * width).max(1)), "variational_dropout");
+        if input.len == 0 {
+            return Ok(());
+        }
+        let fits = |n: usize, what: &str| i32::try_from(n).map_err(|_| crate::Error::invalid(what, "below 2^31", n));
+        let [key0, key1] = vd.key();
+        let args = VariationalDropoutArgs {
+            rows: fits(input.len / width, "rows")?,
+            batch: fits(batch, "batch")?,
+            width: fits(width, "width")?,
+            key0: key0 as i32,
+            key1: key1 as i32,
+            tag: vd.tag(layer, direction)? as i32,
+            bound: vd.bound() as i64,
+            scale: vd.scale_f32(),
+            accumulate: accumulate as i32,
+            input: input.ptr,
+            out: out.ptr,
+        };
+        self.launch_as(si, VariationalDropoutKernel, input.ty, grid(input.len / width * width.div_ceil(4)), &args)
     }
 
     /// `dst[j] += Σ_i src[i, j]` on stream `si`: the column sums of the f32 matrix `src`

@@ -171,6 +171,11 @@ macro_rules! registry {
             DropoutArgs(first_step: i32, steps: i32, batch: i32, width: i32, key0: i32, key1: i32, tag: i32, bound: i64, scale: f32, data: u64) {
                 Dropout: dropout, grid_stride [f32 dropout_f32, f16 dropout_f16, bf16 dropout_bf16];
             }
+            /// `out[r, u] (+)= in[r, u] · factor(r mod batch, u)`: variational dropout, one mask per
+            /// sequence (recurrent and input dropout; kernels/dropout.cu), `accumulate` 0 or 1.
+            VariationalDropoutArgs(rows: i32, batch: i32, width: i32, key0: i32, key1: i32, tag: i32, bound: i64, scale: f32, accumulate: i32, input: u64, out: u64) {
+                VariationalDropout: dropout, grid_stride [f32 variational_dropout_f32, f16 variational_dropout_f16, bf16 variational_dropout_bf16];
+            }
             /// `dst[j] += Σ_i src[i, j]`, `src` `[rows, cols]` f32 (the peephole gradients' sum over the batch).
             AddColumnSumsArgs(rows: i32, cols: i32, src: u64, dst: u64) {
                 AddColumnSums: util, grid_stride [f32 add_column_sums_f32];

@@ -76,8 +76,11 @@ pub(crate) const OPTIONS: &[&str] = &[
     "direction=reverse",
     "merge=sum",
     "batch_first",
-    // kernels/dropout.cu between the layers of a training pass (driver/forward.rs, backward.rs).
+    // kernels/dropout.cu between the layers of a training pass (driver/forward.rs, backward.rs),
+    // and its variational form around the GEMMs (driver/variational_dropout.rs).
     "dropout",
+    "recurrent_dropout",
+    "input_dropout",
     // The row kernels of kernels/layer_norm.cu around the step kernels (driver/layer_norm.rs;
     // f32 storage).
     "layer_norm",
@@ -334,8 +337,12 @@ impl Cuda {
         let Some(r) = reserve else { return driver::forward(&exec, plan.weights(), shape, io, None) };
         // Dropout between layers: the masks are the call's (an error naming them when missing,
         // before the reserve changes).
-        let dropout = crate::backend::host::dropout::Dropout::for_training(plan.config(), input.masks.as_ref())?;
-        if dropout.is_some() && input.masks.as_ref().is_some_and(|m| m.supplied_masks().is_some()) {
+        let masks = input.masks.as_ref();
+        let dropout = crate::backend::host::dropout::Dropout::for_training(plan.config(), masks)?;
+        let recurrent = crate::backend::host::variational_dropout::VariationalDropout::recurrent(plan.config(), masks)?;
+        let input_dropout = crate::backend::host::variational_dropout::VariationalDropout::input(plan.config(), masks)?;
+        let any = dropout.is_some() || recurrent.is_some() || input_dropout.is_some();
+        if any && masks.is_some_and(|m| m.supplied_masks().is_some()) {
             return Err(Error::Unsupported {
                 backend: self.dev.name.clone(),
                 option: "masks".into(),
@@ -347,6 +354,8 @@ impl Cuda {
         // Until this call has filled it, the reserve is not usable.
         r.stamp = ReserveStamp::default();
         r.dropout = dropout;
+        r.recurrent_dropout = recurrent;
+        r.input_dropout = input_dropout;
         driver::forward(&exec, plan.weights(), shape, io, Some(&mut *r))?;
         r.stamp.fill(&plan.stamp, shape);
         Ok(())

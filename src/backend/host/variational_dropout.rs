@@ -55,6 +55,31 @@ impl VariationalDropout {
         Ok(Some(VariationalDropout { stream, threshold: Threshold::new(name, p)?, p, kind }))
     }
 
+    /// The call's Philox key (`MaskStream::key`).
+    #[cfg(feature = "cuda")]
+    pub fn key(&self) -> [u32; 2] {
+        self.stream.key()
+    }
+
+    /// The words below this drop their unit (`round(p·2³²)`).
+    #[cfg(feature = "cuda")]
+    pub fn bound(&self) -> u64 {
+        self.threshold.bound()
+    }
+
+    /// The factor of a kept unit, `1/(1-p)` in f32 (as [`factors`](Self::factors) rounds it
+    /// for `f32`).
+    #[cfg(feature = "cuda")]
+    pub fn scale_f32(&self) -> f32 {
+        1.0 / (1.0 - self.p) as f32
+    }
+
+    /// The last counter word of the mask of layer `layer`, direction `direction`.
+    #[cfg(feature = "cuda")]
+    pub fn tag(&self, layer: usize, direction: usize) -> Result<u32> {
+        Ok(MaskSite::new(layer, direction, self.kind)?.tag())
+    }
+
     /// The factors `[n, width]` of rows `row0..row0 + n` of layer `layer`, direction
     /// `direction`: 0 where dropped, `1/(1-p)` (rounded in `T`) where kept.
     pub fn factors<T: Float>(&self, layer: usize, direction: usize, row0: usize, n: usize, width: usize) -> Result<Vec<T>> {

@@ -6,6 +6,7 @@ use super::super::buffer::View;
 use super::super::exec::Exec;
 use super::super::kernels::{self as k, Kernel};
 use super::layer_norm::{self, LnBackward};
+use super::variational_dropout::{self, VarBackward};
 use super::wavefront::{backward_wavefront, wavefront_chunk};
 use super::{
     check_sizes, each_direction, gru_reset_before, joined_on_error, options, persistent_declined, persistent_declines, persistent_required,
@@ -100,6 +101,8 @@ pub(super) struct DirBackward {
     bufs: BwdBufs,
     /// Layer norm, when the cell has it.
     ln: Option<LnBackward>,
+    /// Recurrent and input dropout, when the forward pass had either.
+    var: Option<VarBackward>,
 }
 
 /// One layer of a backward pass.
@@ -223,14 +226,17 @@ fn allocate(
             _ => Some(temps.storage(tb * dims.input)?),
         };
         let mut bufs = Vec::with_capacity(nd);
+        let (input_dropout, recurrent_dropout) = (sv.input_dropout.as_ref(), sv.recurrent_dropout.as_ref());
         for d in 0..nd {
             let ln = layer_norm::backward_bufs(temps, &dims, weights.w, dparams, weights.layout.layer(l, d), &sv.dirs[l * nd + d])?;
-            bufs.push((direction_bufs(temps, &dims, l)?, ln));
+            let declines = variational_dropout::persistent_declines(input_dropout, recurrent_dropout);
+            let var = VarBackward::new(temps, &dims, (l, d), input_dropout, recurrent_dropout)?;
+            bufs.push((direction_bufs(temps, &dims, l, declines)?, ln, var));
         }
         let dirs = bufs
             .into_iter()
             .enumerate()
-            .map(|(d, (bufs, ln))| {
+            .map(|(d, (bufs, ln, var))| {
                 let i = l * nd + d;
                 let io = BwdIo {
                     input,
@@ -247,7 +253,7 @@ fn allocate(
                 };
                 let grads = dparams.map(|dp| LayerViews::of(dp, weights.layout.layer(l, d)));
                 let (reverse, col) = (d == 1 || cfg.reverse_only(), if cfg.merge() == Merge::Sum { 0 } else { d * dims.hout });
-                DirBackward { d, reverse, col, dims, weights: weights.layer(l, d), grads, io, bufs, ln }
+                DirBackward { d, reverse, col, dims, weights: weights.layer(l, d), grads, io, bufs, ln, var }
             })
             .collect();
         layers.push(BackwardLayer { l, d_in, dirs });
@@ -268,14 +274,15 @@ fn persistent_kernel(kind: CellKind) -> Kernel<k::PersistentBackwardArgs> {
 
 /// The buffers of one layer-direction of layer `l`, and its path: the persistent backward where
 /// it fits, with the forward's switches (an error when required and it does not fit).
-fn direction_bufs(temps: &mut Temps<'_, '_>, dims: &LayerDims, l: usize) -> Result<BwdBufs> {
+fn direction_bufs(temps: &mut Temps<'_, '_>, dims: &LayerDims, l: usize, declines: Option<&'static str>) -> Result<BwdBufs> {
     let exec = temps.exec;
     let (tb, h, hout, gh) = (dims.t * dims.b, dims.h, dims.hout, dims.gh);
-    if let (Some(option), true) = (persistent_declines(&dims.cell), exec.paths().persistent_required) {
+    let declines = persistent_declines(&dims.cell).or(declines);
+    if let (Some(option), true) = (declines, exec.paths().persistent_required) {
         return Err(persistent_declined("the persistent backward", option, l));
     }
     // Not for an LSTM with projection, nor a cell with an option.
-    let kernel = (!dims.proj && persistent_declines(&dims.cell).is_none()).then(|| persistent_kernel(dims.cell.kind).id);
+    let kernel = (!dims.proj && declines.is_none()).then(|| persistent_kernel(dims.cell.kind).id);
     let units = kernel.and_then(|k| exec.persistent_units(k, h, dims.b, dims.dirs));
     let persistent = match units {
         None if exec.paths().persistent_required => return Err(persistent_required("the persistent backward", l, dims, exec.storage())),
@@ -326,7 +333,15 @@ impl DirBackward {
         let (r0, n) = (rows.start * bl, rows.len() * bl);
         let dgi = self.bufs.dgi.at(r0 * gh, n * gh).mat(n, gh);
         let beta = if self.d == 0 { 0.0 } else { 1.0 };
-        exec.gemm(si, 1.0, dgi, self.weights.w_ih.mat(gh, inw), beta, d_in.at(r0 * inw, n * inw).mat(n, inw))
+        let d_in = d_in.at(r0 * inw, n * inw);
+        match self.var.as_ref().and_then(|v| v.input_grad_target(&self.dims, r0, n).map(|t| (v, t))) {
+            // Input dropout: (dGi · W_ih) ⊙ f.
+            Some((v, tmp)) => {
+                exec.gemm(si, 1.0, dgi, self.weights.w_ih.mat(gh, inw), 0.0, tmp.mat(n, inw))?;
+                v.input_grad_finish(exec, si, &self.dims, tmp, d_in, self.d != 0)
+            }
+            None => exec.gemm(si, 1.0, dgi, self.weights.w_ih.mat(gh, inw), beta, d_in.mat(n, inw)),
+        }
     }
 
     /// Steps `ks` of the backward time loop on stream `si`, in processing order (the `kk`-th
@@ -445,7 +460,14 @@ impl DirBackward {
                 Some(ln) => ln.hidden(exec, si, &self.dims, t, dgh_t)?,
                 None => dgh_t,
             };
-            exec.gemm(si, 1.0, dgh_t.mat(bl, gh), w_hh, 1.0, b.carry.mat(bl, hout))?;
+            match self.var.as_ref().and_then(|v| v.carry_target().map(|t| (v, t))) {
+                // Recurrent dropout: the product read the dropped state.
+                Some((v, tmp)) => {
+                    exec.gemm(si, 1.0, dgh_t.mat(bl, gh), w_hh, 0.0, tmp.mat(bl, hout))?;
+                    v.carry_finish(exec, si, &self.dims, b.carry)?;
+                }
+                None => exec.gemm(si, 1.0, dgh_t.mat(bl, gh), w_hh, 1.0, b.carry.mat(bl, hout))?,
+            }
         }
         Ok(())
     }
@@ -509,10 +531,18 @@ impl DirBackward {
         }
         let Some(dp) = self.grads else { return Ok(()) };
         // dW_ih += dGi^T · X
-        exec.gemm(si, 1.0, b.dgi.mat(tb, gh).t(), io.input.mat(tb, self.dims.input), 1.0, dp.w_ih.mat(gh, self.dims.input))?;
+        // (with input dropout, the dropped X, rebuilt)
+        let input = match &self.var {
+            Some(v) => v.weight_input(exec, si, &self.dims, io.input)?,
+            None => io.input,
+        };
+        exec.gemm(si, 1.0, b.dgi.mat(tb, gh).t(), input.mat(tb, self.dims.input), 1.0, dp.w_ih.mat(gh, self.dims.input))?;
         // dW_hh += dGh^T · H_prev: the saved states shifted by one step, h0 at the first processed
-        // step: two GEMMs, no copy.
-        let h_all = io.saved.h;
+        // step: two GEMMs, no copy (with recurrent dropout, the dropped states, rebuilt).
+        let (h_all, h0) = match &self.var {
+            Some(v) => v.weight_states(exec, si, &self.dims, io.saved.h, io.h0)?,
+            None => (io.saved.h, io.h0),
+        };
         if gru_reset_before::applies(&self.dims.cell) {
             let dims = (tl, bl, h);
             gru_reset_before::hh_weight_grad(exec, si, dims, self.reverse, b.dgi, h_all, io.h0, io.saved.extra, dp.w_hh)?;
@@ -527,7 +557,7 @@ impl DirBackward {
                 (0, dgh.at(bl * gh, rest * gh), h_all.at(0, rest * hout))
             };
             exec.gemm(si, 1.0, rest_g.mat(rest, gh).t(), rest_h.mat(rest, hout), 1.0, dw_hh)?;
-            exec.gemm(si, 1.0, dgh.at(first * bl * gh, bl * gh).mat(bl, gh).t(), io.h0.mat(bl, hout), 1.0, dw_hh)?;
+            exec.gemm(si, 1.0, dgh.at(first * bl * gh, bl * gh).mat(bl, gh).t(), h0.mat(bl, hout), 1.0, dw_hh)?;
         }
         if let Some(dw_hr) = dp.w_hr {
             // dW_hr += dH^T · M

@@ -6,6 +6,7 @@ use super::super::buffer::View;
 use super::super::exec::Exec;
 use super::super::kernels::{self as k, Kernel, KernelId};
 use super::layer_norm::{self, LnForward};
+use super::variational_dropout::{self, VarForward};
 use super::wavefront::{forward_wavefront, wavefront_chunk};
 use super::{
     check_sizes, each_direction, gru_reset_before, joined_on_error, options, persistent_declined, persistent_declines, persistent_required,
@@ -92,6 +93,8 @@ pub(super) struct DirForward {
     pub bufs: FwdBufs,
     /// Layer norm, when the cell has it.
     ln: Option<LnForward>,
+    /// Recurrent and input dropout, in a training pass that has either.
+    var: Option<VarForward>,
 }
 
 /// The whole forward pass. Buffers have been validated against the configuration and `shape`;
@@ -165,6 +168,10 @@ fn allocate(
     let lstm = cfg.cell().has_cell_state();
     let st = exec.storage();
 
+    let (input_dropout, recurrent_dropout) = match save.as_deref() {
+        Some(r) => (r.input_dropout.clone(), r.recurrent_dropout.clone()),
+        None => (None, None),
+    };
     let lens = match save.as_deref_mut() {
         Some(r) => r.lengths.insert(exec.lengths(shape)?).ptr(),
         None => temps.lengths(shape)?,
@@ -231,7 +238,9 @@ fn allocate(
         for d in 0..nd {
             let i = l * nd + d;
             let bufs = direction_bufs(temps, &dims, save.as_deref_mut().map(|r| &mut r.dirs[i]))?;
-            let bufs = FwdBufs { persistent: choose_persistent(temps, &dims, l)?, ..bufs };
+            let declines = variational_dropout::persistent_declines(input_dropout.as_ref(), recurrent_dropout.as_ref());
+            let bufs = FwdBufs { persistent: choose_persistent(temps, &dims, l, declines)?, ..bufs };
+            let var = VarForward::new(temps, &dims, (l, d), input_dropout.as_ref(), recurrent_dropout.as_ref())?;
             let ln =
                 layer_norm::forward_bufs(temps, &dims, weights.w, weights.layout.layer(l, d), save.as_deref_mut().map(|r| &mut r.dirs[i]))?;
             let sum = cfg.merge() == Merge::Sum && d == 1;
@@ -245,7 +254,7 @@ fn allocate(
                 cn: if lstm { io.cn.map(|v| v.at(i * clen, clen)) } else { None },
             };
             let (reverse, col) = (d == 1 || cfg.reverse_only(), if cfg.merge() == Merge::Sum { 0 } else { d * dims.hout });
-            dirs.push(DirForward { d, reverse, col, dims, weights: weights.layer(l, d), lens, io, bufs, ln });
+            dirs.push(DirForward { d, reverse, col, dims, weights: weights.layer(l, d), lens, io, bufs, ln, var });
         }
         layers.push(dirs);
         prev_out = out;
@@ -307,9 +316,9 @@ fn cell_kernel(kind: CellKind) -> Kernel<k::PersistentCellForwardArgs> {
 
 /// The persistent kernel where it fits (f32 storage only), with its grid barrier; an error when
 /// required and it does not fit.
-fn choose_persistent(temps: &mut Temps<'_, '_>, dims: &LayerDims, l: usize) -> Result<Option<Persistent>> {
+fn choose_persistent(temps: &mut Temps<'_, '_>, dims: &LayerDims, l: usize, declines: Option<&'static str>) -> Result<Option<Persistent>> {
     let exec = temps.exec;
-    if let Some(option) = persistent_declines(&dims.cell) {
+    if let Some(option) = persistent_declines(&dims.cell).or(declines) {
         return match exec.paths().persistent_required {
             true => Err(persistent_declined("the persistent forward", option, l)),
             false => Ok(None),
@@ -341,7 +350,13 @@ impl DirForward {
     pub(super) fn project(&self, exec: &Exec<'_>, si: usize, rows: Range<usize>) -> Result<()> {
         let LayerDims { b: bl, input: inw, gh, .. } = self.dims;
         let (r0, n) = (rows.start * bl, rows.len() * bl);
-        let input = self.io.input.at(r0 * inw, n * inw).mat(n, inw);
+        let input = self.io.input.at(r0 * inw, n * inw);
+        // Input dropout: the product reads the dropped rows.
+        let input = match &self.var {
+            Some(v) => v.input(exec, si, &self.dims, input, r0)?,
+            None => input,
+        }
+        .mat(n, inw);
         let w_ih = self.weights.w_ih.mat(gh, inw);
         exec.gemm(si, 1.0, input, w_ih.t(), 0.0, self.bufs.xg.at(r0 * gh, n * gh).mat(n, gh))?;
         match &self.ln {
@@ -381,7 +396,12 @@ impl DirForward {
             // HG[B, G·H] = h_prev · W_hh^T (Cho's GRU: two products, in its step), normalised with
             // layer norm (which Cho's GRU does not take)
             if !cho {
-                exec.gemm(si, 1.0, h_prev.mat(bl, hout), w_hh.t(), 0.0, b.hg.mat(bl, gh))?;
+                // Recurrent dropout: the product reads the dropped state, the cell the state.
+                let h_in = match &self.var {
+                    Some(v) => v.h_prev(exec, si, &self.dims, h_prev)?,
+                    None => h_prev,
+                };
+                exec.gemm(si, 1.0, h_in.mat(bl, hout), w_hh.t(), 0.0, b.hg.mat(bl, gh))?;
             }
             if let Some(ln) = &self.ln {
                 ln.hidden(exec, si, &self.dims, t, b.hg)?;

@@ -93,6 +93,7 @@ mod forward;
 mod gru_reset_before;
 mod layer_norm;
 pub(in crate::backend::cuda) mod options;
+mod variational_dropout;
 mod wavefront;
 
 pub(crate) use backward::{backward, BackwardViews};
@@ -105,6 +106,7 @@ use super::buffer::{DevBuf, RawBuf, View};
 use super::exec::Exec;
 use crate::backend::cell::Saved;
 use crate::backend::host::dropout::Dropout;
+use crate::backend::host::variational_dropout::VariationalDropout;
 use crate::backend::stack::ReserveStamp;
 use crate::config::RnnConfig;
 use crate::element::Dtype;
@@ -135,6 +137,9 @@ pub struct CudaReserve {
     /// The dropout between layers of the training pass that fills it (set before the pass:
     /// `Cuda::forward`); backward regenerates its masks.
     pub(crate) dropout: Option<Dropout>,
+    /// Its recurrent and input dropout (the same).
+    pub(crate) recurrent_dropout: Option<VariationalDropout>,
+    pub(crate) input_dropout: Option<VariationalDropout>,
 }
 
 impl crate::backend::RnnReserve for CudaReserve {
@@ -176,6 +181,9 @@ pub(crate) struct SavedViews {
     dirs: Vec<Saved<View>>,
     /// The dropout between layers of the forward pass.
     dropout: Option<Dropout>,
+    /// Its recurrent and input dropout.
+    recurrent_dropout: Option<VariationalDropout>,
+    input_dropout: Option<VariationalDropout>,
 }
 
 impl SavedViews {
@@ -189,6 +197,8 @@ impl SavedViews {
             outputs: r.outputs.iter().map(v).collect(),
             dirs: r.dirs.iter().map(|d| Saved::from_array(d.each().map(v))).collect(),
             dropout: r.dropout.clone(),
+            recurrent_dropout: r.recurrent_dropout.clone(),
+            input_dropout: r.input_dropout.clone(),
         }
     }
 }

@@ -47,7 +47,7 @@ impl Problem<f32> {
 /// A configuration with options: LSTM peepholes, input_forget (with or without projection),
 /// the GRU with the reset gate before the recurrent matmul, the gate clip for every cell (0.5 clips most gates, 2 some, 0 none); forward, reverse-only
 /// or bidirectional stacks, the last merged by concatenation or by sum; time-major or
-/// batch-first; dropout between layers (0, 0.3, 0.7).
+/// batch-first; dropout between layers (0, 0.3, 0.7); recurrent and input dropout.
 fn option_config() -> impl Strategy<Value = RnnConfig> {
     (
         0usize..4,
@@ -57,9 +57,9 @@ fn option_config() -> impl Strategy<Value = RnnConfig> {
         0usize..4,
         any::<bool>(),
         0usize..4,
-        (any::<bool>(), 0usize..3, any::<bool>(), any::<bool>(), 0usize..3),
+        (any::<bool>(), 0usize..3, any::<bool>(), any::<bool>(), 0usize..3, 0usize..4),
     )
-        .prop_map(|(c, i, h, l, dir, bias, p, (peephole, clip, input_forget, batch_first, dropout))| {
+        .prop_map(|(c, i, h, l, dir, bias, p, (peephole, clip, input_forget, batch_first, dropout, var))| {
             let cell = CellKind::ALL[c];
             let lstm = cell == CellKind::Lstm;
             let proj = if lstm && h > 1 { p.min(h - 1) } else { 0 };
@@ -74,6 +74,9 @@ fn option_config() -> impl Strategy<Value = RnnConfig> {
             let b = if lstm { b.peephole(peephole).input_forget(input_forget) } else { b };
             // The GRU: with the reset gate before the recurrent matmul when `peephole` is drawn.
             let b = if cell == CellKind::Gru { b.linear_before_reset(!peephole) } else { b };
+            // Recurrent (not with Cho's GRU) and input dropout.
+            let cho = cell == CellKind::Gru && peephole;
+            let b = b.recurrent_dropout(if var & 1 == 1 && !cho { 0.3 } else { 0.0 }).input_dropout(if var & 2 == 2 { 0.4 } else { 0.0 });
             b.build().unwrap()
         })
 }
@@ -131,6 +134,49 @@ fn emulated_driver_each_option_matches_reference() {
     }
 }
 
+/// Recurrent and input (variational) dropout on the emulated driver against the reference (the
+/// same masks): every cell, projection, reverse-only, bidirectional (concatenated and summed),
+/// batch-first, variable lengths, with dropout between layers, on the layer wavefront (chunks
+/// of 3 and 2 steps) and layer by layer, and required persistent kernels naming the option.
+#[test]
+fn emulated_variational_dropout_matches_reference() {
+    let base = |cell| RnnConfig::new(cell, 11, 23).num_layers(2);
+    let configs = [
+        base(CellKind::Lstm).recurrent_dropout(0.3).build().unwrap(),
+        base(CellKind::Lstm).input_dropout(0.4).build().unwrap(),
+        base(CellKind::Lstm).proj_size(7).recurrent_dropout(0.3).input_dropout(0.3).dropout(0.3).build().unwrap(),
+        base(CellKind::Gru).bidirectional(true).recurrent_dropout(0.5).input_dropout(0.2).build().unwrap(),
+        base(CellKind::Gru).linear_before_reset(false).input_dropout(0.3).build().unwrap(),
+        base(CellKind::RnnTanh).direction(Direction::Reverse).recurrent_dropout(0.3).input_dropout(0.3).build().unwrap(),
+        base(CellKind::RnnRelu).bidirectional(true).merge(Merge::Sum).recurrent_dropout(0.2).input_dropout(0.3).build().unwrap(),
+        base(CellKind::Lstm).batch_first(true).recurrent_dropout(0.3).input_dropout(0.3).build().unwrap(),
+        RnnConfig::new(CellKind::Lstm, 11, 23).num_layers(3).dropout(0.3).recurrent_dropout(0.3).input_dropout(0.3).build().unwrap(),
+    ];
+    for cfg in &configs {
+        let shape = SeqShape::with_lengths(8, (0..6).map(|b| 8 - b).collect()).unwrap();
+        for k in [0, 3, 2] {
+            Problem::<f32>::new(cfg, &shape, 43, 3.0).check_with_options_chunked(k).unwrap_or_else(|e| panic!("chunk {k}: {e}"));
+        }
+        // Without the masks applied the results differ (the masks are used).
+        let mut plain = Problem::<f32>::new(cfg, &shape, 43, 3.0);
+        plain.p.cfg = cfg.to_builder().recurrent_dropout(0.0).input_dropout(0.0).build().unwrap();
+        let want = Problem::<f32>::new(cfg, &shape, 43, 3.0).run_reference();
+        assert!(max_error(&plain.run_reference()[0], &want[0]) > 1e-3, "{cfg:?}: the masks changed nothing");
+    }
+    // The persistent kernels, required, name the option.
+    let cfg = RnnConfig::new(CellKind::Gru, 3, 5).recurrent_dropout(0.3).build().unwrap();
+    let shape = SeqShape::new(2, 2).unwrap();
+    let p = Problem::<f32>::new(&cfg, &shape, 1, 1.0);
+    let emulation = Emulation::default();
+    let required = emulation.exec().with_persistent(true).with_persistent_required(true);
+    let mut reserve = CudaReserve::default();
+    reserve.recurrent_dropout = crate::backend::host::variational_dropout::VariationalDropout::recurrent(&cfg, Some(&p.masks())).unwrap();
+    let mut y = nans::<f32>(p.dy.len());
+    let io = ForwardViews { x: view(&p.x), h0: None, c0: None, y: view_mut(&mut y), hn: None, cn: None };
+    let e = forward(&required, p.weights(), &shape, io, Some(&mut reserve)).unwrap_err();
+    assert!(matches!(&e, Error::Unsupported { option, .. } if option == "recurrent_dropout"), "{e:?}");
+}
+
 /// Dropout between layers inside the layer wavefront against the reference: chunks of 3 steps
 /// (not dividing T = 8) and of 2, a 3-layer forward stack of every cell (LSTM with projection
 /// too), variable lengths; at the tolerances of `check_with_options` (the persistent kernels,
@@ -183,21 +229,17 @@ fn emulated_persistent_required_names_the_option() {
     }
 }
 
-/// The regularisers the CUDA kernels do not implement yet (zoneout, recurrent and input
-/// dropout) are refused by the plan's option check, before any device work, with
-/// `Error::Unsupported` naming the option; dropout between layers is taken.
+/// The regularisers the CUDA kernels do not implement yet (zoneout) are refused by the plan's
+/// option check, before any device work, with `Error::Unsupported` naming the option; dropout
+/// between layers, recurrent and input dropout are taken.
 #[test]
 fn plan_refuses_the_host_only_regularisers_by_name() {
     let base = || RnnConfig::new(CellKind::Lstm, 3, 5).num_layers(2);
-    let cases = [
-        ("zoneout", base().zoneout(0.1).build().unwrap()),
-        ("zoneout_cell", base().zoneout_cell(0.1).build().unwrap()),
-        ("recurrent_dropout", base().recurrent_dropout(0.2).build().unwrap()),
-        ("input_dropout", base().input_dropout(0.2).build().unwrap()),
-    ];
+    let cases = [("zoneout", base().zoneout(0.1).build().unwrap()), ("zoneout_cell", base().zoneout_cell(0.1).build().unwrap())];
     for (option, cfg) in cases {
         let e = crate::backend::check_options("cuda", &cfg, super::super::OPTIONS).unwrap_err();
         assert!(matches!(&e, Error::Unsupported { option: o, .. } if o == option), "{option}: {e:?}");
     }
-    crate::backend::check_options("cuda", &base().dropout(0.3).build().unwrap(), super::super::OPTIONS).unwrap();
+    let taken = base().dropout(0.3).recurrent_dropout(0.2).input_dropout(0.2).build().unwrap();
+    crate::backend::check_options("cuda", &taken, super::super::OPTIONS).unwrap();
 }
