@@ -94,9 +94,11 @@ step test-cuda "${T_CUDA[@]}" --nocapture
 step test-lib "${T_LIB[@]}" backend::cuda
 step test-capi "${T_CAPI[@]}" --nocapture
 step verify "${VERIFY[@]}" --backend cuda tests/fixtures/*.safetensors
-# The cell options' cases: PyTorch's Cho GRU, onnxruntime's ONNX options, Haste's layer norm, dropout (f32).
+# The cell options' cases: PyTorch's Cho GRU, onnxruntime's ONNX options, Haste's layer norm, dropout,
+# recurrent and input dropout (f32; not the cases with zoneout, which the CUDA backend refuses).
 step verify-options "${VERIFY[@]}" --backend cuda tests/fixtures/gru_options/*.safetensors tests/fixtures/onnx/*.safetensors \
-    tests/fixtures/layer_norm/*.safetensors tests/fixtures/dropout/*.safetensors
+    tests/fixtures/layer_norm/*.safetensors tests/fixtures/dropout/*.safetensors \
+    $(ls tests/fixtures/recurrent_dropout/*.safetensors tests/fixtures/input_dropout/*.safetensors | grep -v lstm_l3_all)
 for dtype in f16 bf16; do
     step "verify-$dtype" "${VERIFY[@]}" --backend cuda --dtype "$dtype" tests/fixtures/*.safetensors
 done

@@ -293,6 +293,9 @@ fn emulated_half_storage_with_options() {
         lstm().input_forget(true).proj_size(11).direction(crate::Direction::Reverse).build().unwrap(),
         RnnConfig::new(CellKind::Gru, 30, 41).gate_clip(0.7).batch_first(true).build().unwrap(),
         RnnConfig::new(CellKind::RnnTanh, 20, 27).gate_clip(0.7).bidirectional(true).merge(crate::Merge::Sum).build().unwrap(),
+        // Recurrent and input dropout: the 16-bit instantiations of variational_dropout.
+        lstm().recurrent_dropout(0.3).input_dropout(0.3).build().unwrap(),
+        RnnConfig::new(CellKind::Gru, 30, 41).bidirectional(true).recurrent_dropout(0.4).input_dropout(0.2).build().unwrap(),
     ];
     for (c, cfg) in configs.iter().enumerate() {
         let shape = SeqShape::with_lengths(9, (0..13).map(|b| 1 + (b * 5) % 9).collect()).unwrap();
