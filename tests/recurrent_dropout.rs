@@ -14,11 +14,10 @@ mod common;
 
 use common::fd::sweep;
 use common::{F64Problem, Problem};
-use rnn_kernels::masks::{MaskKind, MaskSite, MaskStream};
+use rnn_kernels::masks::{MaskKind, MaskSite};
 use rnn_kernels::philox::Threshold;
-use rnn_kernels::testkit::case::max_error;
 use rnn_kernels::testkit::Problem as TypedProblem;
-use rnn_kernels::{CellKind, Cpu, Direction, Error, Isa, Merge, ParamLayout, Reference, Rnn, RnnConfig, SeqShape};
+use rnn_kernels::{CellKind, Direction, Error, Merge, ParamLayout, Reference, RnnConfig, SeqShape};
 
 /// Central differences on the f64 reference, the masks fixed by the problem's stream.
 #[test]
@@ -60,27 +59,10 @@ fn cpu_matches_the_reference_and_any_thread_count() {
     let shape = SeqShape::with_lengths(9, vec![9, 4, 7, 9, 2, 9, 9, 5, 9, 9, 1]).unwrap();
     for (cell, proj) in [(CellKind::Lstm, 0), (CellKind::Lstm, 7), (CellKind::Gru, 0), (CellKind::RnnTanh, 0)] {
         let base = || RnnConfig::new(cell, 6, 20).num_layers(2).bidirectional(true).proj_size(proj);
-        let cfg = base().recurrent_dropout(0.35).build().unwrap();
-        let p = TypedProblem::<f32>::new(&cfg, &shape, 5, 3.0);
-        let want = p.run_reference();
-        for isa in Isa::available() {
-            let mut bits = Vec::new();
-            for threads in 1..=3 {
-                let got = p.run(Cpu::with_isa(isa, threads).unwrap());
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    let e = max_error(&g.iter().map(|&v| v as f64).collect::<Vec<_>>(), w);
-                    let tol = if i < 3 { 1e-5 } else { 1e-4 };
-                    assert!(e <= tol, "{cell} proj {proj} {isa:?} {threads} threads: output {i} error {e:.2e}");
-                }
-                bits.push(got.iter().map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()).collect::<Vec<_>>());
-            }
-            assert!(bits.windows(2).all(|w| w[0] == w[1]), "{cell} {isa:?}: thread counts differ");
-        }
-        let mut plain = p.clone();
-        plain.cfg = base().build().unwrap();
-        let bits = |v: Vec<Vec<f32>>| v.into_iter().map(|t| t.into_iter().map(f32::to_bits).collect::<Vec<_>>()).collect::<Vec<_>>();
-        assert_eq!(bits(p.run_inference(Cpu::new().unwrap())), bits(plain.run_inference(Cpu::new().unwrap())), "{cell}: inference");
-        assert!(max_error(&p.to_f64().run(Reference)[0], &plain.to_f64().run(Reference)[0]) > 1e-3, "{cell}: training unchanged");
+        let p = TypedProblem::<f32>::new(&base().recurrent_dropout(0.35).build().unwrap(), &shape, 5, 3.0);
+        let label = format!("{cell} proj {proj}");
+        common::masked_cases::cpu_matches_reference(&p, &label, false);
+        common::masked_cases::inference_ignores_it(&p, &base().build().unwrap(), &label);
     }
 }
 
@@ -113,19 +95,7 @@ fn one_mask_per_sequence() {
 /// `p` outside `[0, 1)` and Cho's GRU are refused.
 #[test]
 fn masks_are_required_and_options_checked() {
-    let cfg = RnnConfig::new(CellKind::Gru, 3, 8).recurrent_dropout(0.5).build().unwrap();
-    let shape = SeqShape::new(5, 4).unwrap();
-    let p = TypedProblem::<f32>::new(&cfg, &shape, 1, 1.0);
-    let rnn = Rnn::new(Cpu::with_threads(1).unwrap(), &cfg, &p.params[..]).unwrap();
-    let mut reserve = Default::default();
-    let e = rnn.forward_training(&shape, &p.x, None, None, &mut reserve).unwrap_err();
-    assert!(matches!(&e, Error::InvalidArgument { arg, .. } if arg == "masks"), "{e}");
-    let run = |offset: u64| {
-        let mut reserve = Default::default();
-        rnn.forward_training_masked(&shape, &p.x, None, None, MaskStream::new(9, offset), &mut reserve).unwrap().y
-    };
-    assert_eq!(run(0), run(0));
-    assert_ne!(run(0), run(1));
+    common::masked_cases::masks_required_and_offsets_differ(&RnnConfig::new(CellKind::Gru, 3, 8).recurrent_dropout(0.5).build().unwrap());
     for bad in [1.0, -0.1, f64::NAN, 2.0] {
         let e = RnnConfig::new(CellKind::Gru, 3, 4).recurrent_dropout(bad).build().unwrap_err().to_string();
         assert!(e.contains("recurrent_dropout") && e.contains("[0, 1)"), "{bad}: {e}");

@@ -19,7 +19,7 @@ use rnn_kernels::masks::{MaskKind, MaskSite, MaskStream};
 use rnn_kernels::philox::Threshold;
 use rnn_kernels::testkit::case::max_error;
 use rnn_kernels::testkit::Problem as TypedProblem;
-use rnn_kernels::{CellKind, Cpu, Direction, Error, Isa, Merge, Reference, Rnn, RnnConfig, SeqShape};
+use rnn_kernels::{CellKind, Direction, Error, Merge, Reference, Rnn, RnnConfig, SeqShape};
 
 /// The mask of `kind` for `row` at step `t` (layer 0, direction 0), `width` units.
 fn hits(masks: &MaskStream, kind: MaskKind, z: f64, t: usize, row: usize, width: usize) -> Vec<bool> {
@@ -149,27 +149,7 @@ fn cpu_matches_the_reference_and_any_thread_count() {
         let cfg =
             RnnConfig::new(cell, 6, 20).num_layers(2).bidirectional(true).proj_size(proj).zoneout(0.25).zoneout_cell(zc).build().unwrap();
         let p = TypedProblem::<f32>::new(&cfg, &shape, 5, 3.0);
-        let want = p.run_reference();
-        let want_inf = p.to_f64().run_inference(Reference);
-        for isa in Isa::available() {
-            let mut bits = Vec::new();
-            for threads in 1..=3 {
-                let cpu = Cpu::with_isa(isa, threads).unwrap();
-                let got = p.run(cpu.clone());
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    let e = max_error(&g.iter().map(|&v| v as f64).collect::<Vec<_>>(), w);
-                    let tol = if i < 3 { 1e-5 } else { 1e-4 };
-                    assert!(e <= tol, "{cell} proj {proj} {isa:?} {threads} threads: output {i} error {e:.2e}");
-                }
-                let inf = p.run_inference(cpu);
-                for (i, (g, w)) in inf.iter().zip(&want_inf).enumerate() {
-                    let e = max_error(&g.iter().map(|&v| v as f64).collect::<Vec<_>>(), w);
-                    assert!(e <= 1e-5, "{cell} proj {proj} {isa:?} {threads} threads: inference output {i} error {e:.2e}");
-                }
-                bits.push([got, inf].concat().iter().map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()).collect::<Vec<_>>());
-            }
-            assert!(bits.windows(2).all(|w| w[0] == w[1]), "{cell} {isa:?}: thread counts differ");
-        }
+        common::masked_cases::cpu_matches_reference(&p, &format!("{cell} proj {proj}"), true);
     }
 }
 
@@ -177,19 +157,7 @@ fn cpu_matches_the_reference_and_any_thread_count() {
 /// `z` outside `[0, 1)` and the cell state's zoneout on a cell without one are refused.
 #[test]
 fn masks_are_required_and_rates_checked() {
-    let cfg = RnnConfig::new(CellKind::Gru, 3, 8).zoneout(0.5).build().unwrap();
-    let shape = SeqShape::new(5, 4).unwrap();
-    let p = TypedProblem::<f32>::new(&cfg, &shape, 1, 1.0);
-    let rnn = Rnn::new(Cpu::with_threads(1).unwrap(), &cfg, &p.params[..]).unwrap();
-    let mut reserve = Default::default();
-    let e = rnn.forward_training(&shape, &p.x, None, None, &mut reserve).unwrap_err();
-    assert!(matches!(&e, Error::InvalidArgument { arg, .. } if arg == "masks"), "{e}");
-    let run = |offset: u64| {
-        let mut reserve = Default::default();
-        rnn.forward_training_masked(&shape, &p.x, None, None, MaskStream::new(9, offset), &mut reserve).unwrap().y
-    };
-    assert_eq!(run(0), run(0));
-    assert_ne!(run(0), run(1));
+    common::masked_cases::masks_required_and_offsets_differ(&RnnConfig::new(CellKind::Gru, 3, 8).zoneout(0.5).build().unwrap());
     for bad in [1.0, -0.1, f64::NAN, 2.0] {
         let e = RnnConfig::new(CellKind::Gru, 3, 4).zoneout(bad).build().unwrap_err().to_string();
         assert!(e.contains("zoneout") && e.contains("[0, 1)"), "{bad}: {e}");

@@ -290,7 +290,7 @@ impl<'a> Exec<'a> {
         }
         let rows = data.at(steps.start * row, steps.len() * row);
         let fits = |n: usize, what: &str| i32::try_from(n).map_err(|_| crate::Error::invalid(what, "below 2^31", n));
-        let [key0, key1] = dropout.key();
+        let [key0, key1] = dropout.drawn().key();
         let args = DropoutArgs {
             first_step: fits(steps.start, "first step")?,
             steps: fits(steps.len(), "steps")?,
@@ -299,8 +299,8 @@ impl<'a> Exec<'a> {
             key0: key0 as i32,
             key1: key1 as i32,
             tag: dropout.tag(layer)? as i32,
-            bound: dropout.bound() as i64,
-            scale: dropout.scale_f32(),
+            bound: dropout.drawn().bound() as i64,
+            scale: dropout.drawn().scale_f32(),
             data: rows.ptr,
         };
         self.launch_as(si, DropoutKernel, data.ty, grid(steps.len() * batch * width.div_ceil(4)), &args)
@@ -328,7 +328,7 @@ impl<'a> Exec<'a> {
             return Ok(());
         }
         let fits = |n: usize, what: &str| i32::try_from(n).map_err(|_| crate::Error::invalid(what, "below 2^31", n));
-        let [key0, key1] = vd.key();
+        let [key0, key1] = vd.drawn().key();
         let args = VariationalDropoutArgs {
             rows: fits(input.len / width, "rows")?,
             batch: fits(batch, "batch")?,
@@ -336,8 +336,8 @@ impl<'a> Exec<'a> {
             key0: key0 as i32,
             key1: key1 as i32,
             tag: vd.tag(layer, direction)? as i32,
-            bound: vd.bound() as i64,
-            scale: vd.scale_f32(),
+            bound: vd.drawn().bound() as i64,
+            scale: vd.drawn().scale_f32(),
             accumulate: accumulate as i32,
             input: input.ptr,
             out: out.ptr,

@@ -13,36 +13,33 @@ use crate::error::{Error, Result};
 use crate::masks::{MaskKind, MaskSite, MaskStream};
 use crate::philox::Threshold;
 
-/// The dropout of one training call: the stream and the probability.
+/// A dropout probability with the call's masks: what dropout between layers and the
+/// variational dropouts (`variational_dropout.rs`) share, and what the CUDA kernels take.
 #[derive(Debug, Clone)]
-pub(crate) struct Dropout {
-    stream: MaskStream,
-    threshold: Threshold,
-    p: f64,
+pub(crate) struct Drawn {
+    pub(super) stream: MaskStream,
+    pub(super) threshold: Threshold,
+    pub(super) p: f64,
 }
 
-impl Dropout {
-    /// The dropout of probability `p` with the masks of `stream` (`None`: an error naming
+impl Drawn {
+    /// Probability `p` of the option `name` with the call's `masks` (`None`: an error naming
     /// `masks`).
-    pub fn new(p: f64, stream: Option<&MaskStream>) -> Result<Self> {
-        let stream = stream.cloned().ok_or_else(|| {
+    pub fn new(name: &str, p: f64, masks: Option<&MaskStream>) -> Result<Self> {
+        let stream = masks.cloned().ok_or_else(|| {
             Error::invalid(
                 "masks",
-                format!("a MaskStream for the dropout (p = {p}) of a training pass (ForwardInput::masks, or Rnn::forward_training_masked)"),
+                format!("a MaskStream for the {name} (p = {p}) of a training pass (ForwardInput::masks, or Rnn::forward_training_masked)"),
                 "None",
             )
         })?;
-        Ok(Dropout { stream, threshold: Threshold::new("dropout", p)?, p })
+        Ok(Drawn { stream, threshold: Threshold::new(name, p)?, p })
     }
 
-    /// The dropout of a training pass of `cfg` with the call's `masks`: `None` without dropout
-    /// or with one layer (nothing between layers), an error naming `masks` when they are
-    /// needed and missing. Every backend's training forward pass decides with this.
-    pub fn for_training(cfg: &RnnConfig, masks: Option<&MaskStream>) -> Result<Option<Self>> {
-        match cfg.dropout() {
-            Some(p) if cfg.num_layers() > 1 => Ok(Some(Self::new(p, masks)?)),
-            _ => Ok(None),
-        }
+    /// The factor of a kept unit, `1/(1-p)` rounded in `T` (as PyTorch's `1 / (1 - p)` of the
+    /// tensor's type).
+    pub fn scale<T: Float>(&self) -> T {
+        T::ONE / T::from_f64(1.0 - self.p)
     }
 
     /// The call's Philox key (`MaskStream::key`).
@@ -57,11 +54,40 @@ impl Dropout {
         self.threshold.bound()
     }
 
-    /// The factor of a kept unit, `1/(1-p)` in f32 (as [`apply`](Self::apply) rounds it for
-    /// `f32`).
+    /// [`scale`](Self::scale) in f32.
     #[cfg(feature = "cuda")]
     pub fn scale_f32(&self) -> f32 {
-        1.0 / (1.0 - self.p) as f32
+        self.scale::<f32>()
+    }
+}
+
+/// The dropout between layers of one training call.
+#[derive(Debug, Clone)]
+pub(crate) struct Dropout {
+    drawn: Drawn,
+}
+
+impl Dropout {
+    /// The dropout of probability `p` with the masks of `stream` (`None`: an error naming
+    /// `masks`).
+    pub fn new(p: f64, stream: Option<&MaskStream>) -> Result<Self> {
+        Ok(Dropout { drawn: Drawn::new("dropout", p, stream)? })
+    }
+
+    /// The dropout of a training pass of `cfg` with the call's `masks`: `None` without dropout
+    /// or with one layer (nothing between layers), an error naming `masks` when they are
+    /// needed and missing. Every backend's training forward pass decides with this.
+    pub fn for_training(cfg: &RnnConfig, masks: Option<&MaskStream>) -> Result<Option<Self>> {
+        match cfg.dropout() {
+            Some(p) if cfg.num_layers() > 1 => Ok(Some(Self::new(p, masks)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The probability and the masks.
+    #[cfg(feature = "cuda")]
+    pub fn drawn(&self) -> &Drawn {
+        &self.drawn
     }
 
     /// The last counter word of the masks of layer `layer`'s output.
@@ -75,7 +101,7 @@ impl Dropout {
     /// type) where kept. The steps are split across `k`'s threads.
     pub fn apply<T: Float, K: HostKernels<T>>(&self, k: &K, layer: usize, data: &mut [T], batch: usize, width: usize) -> Result<()> {
         let site = MaskSite::new(layer, 0, MaskKind::LayerOutput)?;
-        let scale = T::ONE / T::from_f64(1.0 - self.p);
+        let scale = self.drawn.scale::<T>();
         let per_step = batch * width;
         if per_step == 0 {
             return Ok(());
@@ -93,7 +119,7 @@ impl Dropout {
             for (j, step) in chunk.chunks_mut(per_step).enumerate() {
                 let t = part * per_part + j;
                 for (b, row) in step.chunks_mut(width).enumerate() {
-                    if let Err(e) = self.stream.fill_factors(site, t, b, self.threshold, scale, &mut factors) {
+                    if let Err(e) = self.drawn.stream.fill_factors(site, t, b, self.drawn.threshold, scale, &mut factors) {
                         *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
                         return;
                     }

@@ -15,18 +15,16 @@
 //! The factors `f` are 0 where dropped and `1/(1-p)` where kept; they depend on the position
 //! only, so they are the same for any thread count, and backward regenerates them.
 
+use super::dropout::Drawn;
 use crate::config::RnnConfig;
 use crate::element::Float;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::masks::{MaskKind, MaskSite, MaskStream};
-use crate::philox::Threshold;
 
-/// A variational dropout of one training call: its stream, probability and kind.
+/// A variational dropout of one training call: its probability, masks and kind.
 #[derive(Debug, Clone)]
 pub(crate) struct VariationalDropout {
-    stream: MaskStream,
-    threshold: Threshold,
-    p: f64,
+    drawn: Drawn,
     kind: MaskKind,
 }
 
@@ -44,34 +42,16 @@ impl VariationalDropout {
     }
 
     fn of(name: &str, p: Option<f64>, kind: MaskKind, masks: Option<&MaskStream>) -> Result<Option<Self>> {
-        let Some(p) = p else { return Ok(None) };
-        let stream = masks.cloned().ok_or_else(|| {
-            Error::invalid(
-                "masks",
-                format!("a MaskStream for the {name} (p = {p}) of a training pass (ForwardInput::masks, or Rnn::forward_training_masked)"),
-                "None",
-            )
-        })?;
-        Ok(Some(VariationalDropout { stream, threshold: Threshold::new(name, p)?, p, kind }))
+        match p {
+            Some(p) => Ok(Some(VariationalDropout { drawn: Drawn::new(name, p, masks)?, kind })),
+            None => Ok(None),
+        }
     }
 
-    /// The call's Philox key (`MaskStream::key`).
+    /// The probability and the masks.
     #[cfg(feature = "cuda")]
-    pub fn key(&self) -> [u32; 2] {
-        self.stream.key()
-    }
-
-    /// The words below this drop their unit (`round(p·2³²)`).
-    #[cfg(feature = "cuda")]
-    pub fn bound(&self) -> u64 {
-        self.threshold.bound()
-    }
-
-    /// The factor of a kept unit, `1/(1-p)` in f32 (as [`factors`](Self::factors) rounds it
-    /// for `f32`).
-    #[cfg(feature = "cuda")]
-    pub fn scale_f32(&self) -> f32 {
-        1.0 / (1.0 - self.p) as f32
+    pub fn drawn(&self) -> &Drawn {
+        &self.drawn
     }
 
     /// The last counter word of the mask of layer `layer`, direction `direction`.
@@ -84,10 +64,10 @@ impl VariationalDropout {
     /// `direction`: 0 where dropped, `1/(1-p)` (rounded in `T`) where kept.
     pub fn factors<T: Float>(&self, layer: usize, direction: usize, row0: usize, n: usize, width: usize) -> Result<Vec<T>> {
         let site = MaskSite::new(layer, direction, self.kind)?;
-        let scale = T::ONE / T::from_f64(1.0 - self.p);
+        let scale = self.drawn.scale::<T>();
         let mut f = vec![T::ZERO; n * width];
         for (i, row) in f.chunks_mut(width.max(1)).enumerate().take(n) {
-            self.stream.fill_factors(site, 0, row0 + i, self.threshold, scale, row)?;
+            self.drawn.stream.fill_factors(site, 0, row0 + i, self.drawn.threshold, scale, row)?;
         }
         Ok(f)
     }
