@@ -275,6 +275,32 @@ int rnnk_forward_training_masked(const rnnk_model* model, rnnk_reserve* reserve,
                                  size_t h0_len, const float* c0, size_t c0_len, float* y, size_t y_len, float* hn, size_t hn_len, float* cn,
                                  size_t cn_len);
 
+/* The masks a training call of `model` with steps x batch reads, 6 numbers each, in the order
+ * rnnk_forward_training_with_masks and rnnk_masks_read lay them out: layer, direction (0
+ * forward, 1 reverse), kind (0 dropout of a layer's output, 1 recurrent dropout, 2 input
+ * dropout, 3 zoneout of h, 4 zoneout of c), steps (1 for kinds 1 and 2), rows (= batch) and
+ * units. *count (when not NULL) gets the number of masks; out (NULL with out_len 0 to ask only
+ * the count) gets 6 * count numbers, out_len being at least that. */
+int rnnk_mask_layout(const rnnk_model* model, size_t steps, size_t batch, size_t* out, size_t out_len, size_t* count);
+
+/* Reads back the masks a training call of `model` with steps x batch draws from (mask_seed,
+ * mask_offset): writes into `hits` (hits_len bytes, exactly the sum of steps * rows * units over
+ * rnnk_mask_layout) 1 where the unit is hit, 0 elsewhere, each mask [steps, rows, units] in the
+ * layout's order. */
+int rnnk_masks_read(const rnnk_model* model, size_t steps, size_t batch, uint64_t mask_seed, uint64_t mask_offset, uint8_t* hits,
+                    size_t hits_len);
+
+/* Forward for training with the caller's masks instead of drawn ones (to reproduce another
+ * framework's, or masks read back with rnnk_masks_read): `hits` holds hits_len bytes, each mask
+ * of rnnk_mask_layout in its order, [steps, rows, units], nonzero where the unit is hit
+ * (dropped; for zoneout, kept at its previous value); kept units are scaled by 1/(1-p) of the
+ * model's options. Otherwise as rnnk_forward_training_masked. A backend that draws its masks on
+ * the device (cuda) refuses it (RNNK_ERR_UNSUPPORTED naming `masks`). */
+int rnnk_forward_training_with_masks(const rnnk_model* model, rnnk_reserve* reserve, const uint8_t* hits, size_t hits_len, size_t steps,
+                                     size_t batch, const int64_t* lengths, size_t lengths_len, const float* x, size_t x_len,
+                                     const float* h0, size_t h0_len, const float* c0, size_t c0_len, float* y, size_t y_len, float* hn,
+                                     size_t hn_len, float* cn, size_t cn_len);
+
 /* Backpropagation through time over the call that filled `reserve` (the same model, parameters
  * unchanged since: otherwise RNNK_ERR_WRONG_HANDLE).
  *   dy [T, B, D*Hout], dhn [L*D, B, Hout], dcn [L*D, B, H]: optional (NULL: zeros)

@@ -280,8 +280,57 @@ pub struct RawForward {
     /// A host array (for the device functions too).
     pub lengths: In<i64>,
     pub bufs: RawForwardBufs,
-    /// The masks' seed and offset of a training call (`rnnk_forward_training_masked`).
-    pub masks: Option<(u64, u64)>,
+    /// The masks of a training call.
+    pub masks: RawMasks,
+}
+
+/// The masks a raw forward call names.
+pub enum RawMasks {
+    /// None (inference, or a configuration without regularisers).
+    None,
+    /// Drawn from a seed and an offset (`rnnk_forward_training_masked`).
+    Seed(u64, u64),
+    /// The caller's hits, `len` bytes in the order of `rnnk_mask_layout`
+    /// (`rnnk_forward_training_with_masks`).
+    Hits(*const u8, usize),
+}
+
+/// The masks a training call of `cfg` on `shape` reads (`rnnk_mask_layout`'s order), as
+/// `(site, bytes)`: each mask's `[steps, rows, units]` hits take `bytes` of the caller's array.
+pub fn mask_layout(cfg: &rnnk_core::RnnConfig, shape: &SeqShape) -> Vec<(rnnk_core::masks::RequiredMask, usize)> {
+    rnnk_core::masks::required_sites(cfg, shape).into_iter().map(|s| (s, s.steps * s.rows * s.units)).collect()
+}
+
+/// The caller's masks: `len` bytes at `p`, each mask of [`mask_layout`] in turn, nonzero where
+/// the unit is hit.
+///
+/// # Safety
+/// `p` is NULL or addresses `len` readable bytes.
+pub unsafe fn supplied_masks(
+    cfg: &rnnk_core::RnnConfig, shape: &SeqShape, p: *const u8, len: usize,
+) -> Result<rnnk_core::masks::MaskStream, CapiError> {
+    let layout = mask_layout(cfg, shape);
+    let total: usize = layout.iter().map(|(_, n)| n).sum();
+    if len != total {
+        return Err(CapiError::new(
+            crate::status::RNNK_ERR_SIZE_MISMATCH,
+            format!("`hits`: expected {total} bytes (the {} masks of rnnk_mask_layout), got {len}", layout.len()),
+        ));
+    }
+    let bytes: &[u8] = match (total, p.is_null()) {
+        (0, _) => &[],
+        (_, true) => return Err(CapiError::null("hits")),
+        // SAFETY: non-NULL and `len` readable bytes (the caller's contract).
+        (_, false) => unsafe { std::slice::from_raw_parts(p, len) },
+    };
+    let mut masks = rnnk_core::masks::SuppliedMasks::new();
+    let mut at = 0;
+    for (s, n) in layout {
+        let hits: Vec<bool> = bytes[at..at + n].iter().map(|&b| b != 0).collect();
+        masks.insert(s.site, s.steps, s.rows, s.units, &hits)?;
+        at += n;
+    }
+    Ok(rnnk_core::masks::MaskStream::supplied(masks))
 }
 
 /// A forward call whose every argument is checked, with its buffers in memory `M`.
@@ -323,7 +372,12 @@ impl RawForward {
         c.finish(&model, Some(&shape))?;
         // SAFETY: forwarded; every span passed the checks above.
         let bufs = bufs.try_map(|s| Ok::<_, CapiError>(unsafe { M::input(s) }), |s| Ok(unsafe { M::output(s) }))?;
-        let masks = self.masks.map(|(seed, offset)| rnnk_core::masks::MaskStream::new(seed, offset));
+        let masks = match self.masks {
+            RawMasks::None => None,
+            RawMasks::Seed(seed, offset) => Some(rnnk_core::masks::MaskStream::new(seed, offset)),
+            // SAFETY: forwarded (`hits`: `len` readable bytes).
+            RawMasks::Hits(p, len) => Some(unsafe { supplied_masks(model.config(), &shape, p, len)? }),
+        };
         Ok(ForwardCall { model, reserve, shape, bufs, masks })
     }
 }
@@ -807,7 +861,7 @@ mod tests {
     /// A forward call on T = 2, B = 1 over `x [4]` and `y [6]`.
     fn forward(m: &Gru, x: In, y: Out) -> RawForward {
         let bufs = RawForwardBufs { x, h0: (null(), 0), c0: (null(), 0), y, hn: (null_mut(), 0), cn: (null_mut(), 0) };
-        RawForward { model: m.0, reserve: None, steps: 2, batch: 1, lengths: (null(), 0), bufs, masks: None }
+        RawForward { model: m.0, reserve: None, steps: 2, batch: 1, lengths: (null(), 0), bufs, masks: RawMasks::None }
     }
 
     fn code<T>(r: Result<T, CapiError>) -> (i32, String) {

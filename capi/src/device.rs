@@ -191,7 +191,7 @@ pub unsafe extern "C" fn rnnk_forward_device(
     cn_len: usize, stream: *mut c_void,
 ) -> c_int {
     let bufs = RawForwardBufs { x: (x, x_len), h0: (h0, h0_len), c0: (c0, c0_len), y: (y, y_len), hn: (hn, hn_len), cn: (cn, cn_len) };
-    let raw = RawForward { model, reserve: None, steps, batch, lengths: (lengths, lengths_len), bufs, masks: None };
+    let raw = RawForward { model, reserve: None, steps, batch, lengths: (lengths, lengths_len), bufs, masks: crate::args::RawMasks::None };
     // SAFETY: the caller's arguments (the header's contract), checked by `parse`.
     guard(|| DeviceWork::Forward(unsafe { raw.parse()? }).run(stream))
 }
@@ -205,7 +205,15 @@ pub unsafe extern "C" fn rnnk_forward_training_device(
     cn: *mut f32, cn_len: usize, stream: *mut c_void,
 ) -> c_int {
     let bufs = RawForwardBufs { x: (x, x_len), h0: (h0, h0_len), c0: (c0, c0_len), y: (y, y_len), hn: (hn, hn_len), cn: (cn, cn_len) };
-    let raw = RawForward { model, reserve: Some(reserve), steps, batch, lengths: (lengths, lengths_len), bufs, masks: None };
+    let raw = RawForward {
+        model,
+        reserve: Some(reserve),
+        steps,
+        batch,
+        lengths: (lengths, lengths_len),
+        bufs,
+        masks: crate::args::RawMasks::None,
+    };
     // SAFETY: the caller's arguments (the header's contract), checked by `parse`.
     guard(|| DeviceWork::Forward(unsafe { raw.parse()? }).run(stream))
 }
@@ -219,7 +227,7 @@ pub unsafe extern "C" fn rnnk_forward_training_masked_device(
     y_len: usize, hn: *mut f32, hn_len: usize, cn: *mut f32, cn_len: usize, stream: *mut c_void,
 ) -> c_int {
     let bufs = RawForwardBufs { x: (x, x_len), h0: (h0, h0_len), c0: (c0, c0_len), y: (y, y_len), hn: (hn, hn_len), cn: (cn, cn_len) };
-    let masks = Some((mask_seed, mask_offset));
+    let masks = crate::args::RawMasks::Seed(mask_seed, mask_offset);
     let raw = RawForward { model, reserve: Some(reserve), steps, batch, lengths: (lengths, lengths_len), bufs, masks };
     // SAFETY: the caller's arguments (the header's contract), checked by `parse`.
     guard(|| DeviceWork::Forward(unsafe { raw.parse()? }).run(stream))

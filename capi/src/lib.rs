@@ -381,7 +381,7 @@ pub unsafe extern "C" fn rnnk_forward(
     cn_len: usize,
 ) -> c_int {
     let bufs = RawForwardBufs { x: (x, x_len), h0: (h0, h0_len), c0: (c0, c0_len), y: (y, y_len), hn: (hn, hn_len), cn: (cn, cn_len) };
-    let raw = RawForward { model, reserve: None, steps, batch, lengths: (lengths, lengths_len), bufs, masks: None };
+    let raw = RawForward { model, reserve: None, steps, batch, lengths: (lengths, lengths_len), bufs, masks: args::RawMasks::None };
     // SAFETY: the caller's arguments (the header's contract), checked by `parse`.
     guard(|| forward(unsafe { raw.parse()? }))
 }
@@ -394,7 +394,8 @@ pub unsafe extern "C" fn rnnk_forward_training(
     cn: *mut f32, cn_len: usize,
 ) -> c_int {
     let bufs = RawForwardBufs { x: (x, x_len), h0: (h0, h0_len), c0: (c0, c0_len), y: (y, y_len), hn: (hn, hn_len), cn: (cn, cn_len) };
-    let raw = RawForward { model, reserve: Some(reserve), steps, batch, lengths: (lengths, lengths_len), bufs, masks: None };
+    let raw =
+        RawForward { model, reserve: Some(reserve), steps, batch, lengths: (lengths, lengths_len), bufs, masks: args::RawMasks::None };
     // SAFETY: the caller's arguments (the header's contract), checked by `parse`.
     guard(|| forward(unsafe { raw.parse()? }))
 }
@@ -410,10 +411,111 @@ pub unsafe extern "C" fn rnnk_forward_training_masked(
     y_len: usize, hn: *mut f32, hn_len: usize, cn: *mut f32, cn_len: usize,
 ) -> c_int {
     let bufs = RawForwardBufs { x: (x, x_len), h0: (h0, h0_len), c0: (c0, c0_len), y: (y, y_len), hn: (hn, hn_len), cn: (cn, cn_len) };
-    let masks = Some((mask_seed, mask_offset));
+    let masks = args::RawMasks::Seed(mask_seed, mask_offset);
     let raw = RawForward { model, reserve: Some(reserve), steps, batch, lengths: (lengths, lengths_len), bufs, masks };
     // SAFETY: the caller's arguments (the header's contract), checked by `parse`.
     guard(|| forward(unsafe { raw.parse()? }))
+}
+
+/// Forward for training with the caller's masks instead of drawn ones (to reproduce another
+/// framework's, or masks read back with `rnnk_masks_read`): `hits` holds `hits_len` bytes, each
+/// mask of `rnnk_mask_layout` for (`steps`, `batch`) in its order, `[steps, rows, units]`,
+/// nonzero where the unit is hit (dropped; for zoneout, kept at its previous value); the kept
+/// units are scaled by `1/(1-p)` of the model's options. Otherwise as
+/// `rnnk_forward_training_masked`; a backend that draws its masks on the device (CUDA) refuses
+/// it (RNNK_ERR_UNSUPPORTED naming `masks`).
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_forward_training_with_masks(
+    model: *const RnnkModel, reserve: *mut RnnkReserve, hits: *const u8, hits_len: usize, steps: usize, batch: usize, lengths: *const i64,
+    lengths_len: usize, x: *const f32, x_len: usize, h0: *const f32, h0_len: usize, c0: *const f32, c0_len: usize, y: *mut f32,
+    y_len: usize, hn: *mut f32, hn_len: usize, cn: *mut f32, cn_len: usize,
+) -> c_int {
+    let bufs = RawForwardBufs { x: (x, x_len), h0: (h0, h0_len), c0: (c0, c0_len), y: (y, y_len), hn: (hn, hn_len), cn: (cn, cn_len) };
+    let masks = args::RawMasks::Hits(hits, hits_len);
+    let raw = RawForward { model, reserve: Some(reserve), steps, batch, lengths: (lengths, lengths_len), bufs, masks };
+    // SAFETY: the caller's arguments (the header's contract), checked by `parse`.
+    guard(|| forward(unsafe { raw.parse()? }))
+}
+
+/// The masks a training call of `model` with `steps` × `batch` reads, 6 numbers each, in the
+/// order `rnnk_forward_training_with_masks` and `rnnk_masks_read` lay them out: layer,
+/// direction (0 forward, 1 reverse), kind (0 dropout of a layer's output, 1 recurrent dropout, 2
+/// input dropout, 3 zoneout of h, 4 zoneout of c), steps (1 for kinds 1 and 2), rows (= batch)
+/// and units. `*count` (when not NULL) gets the number of masks; `out` (NULL with `out_len` 0
+/// to ask only the count) gets `6 · count` numbers, `out_len` being at least that.
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_mask_layout(
+    model: *const RnnkModel, steps: usize, batch: usize, out: *mut usize, out_len: usize, count: *mut usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: handle checked by `get`.
+        let m = unsafe { Model::get("model", model)? };
+        let layout = args::mask_layout(m.config(), &rnnk_core::SeqShape::new(steps, batch)?);
+        // SAFETY: NULL or the caller's writable size_t.
+        if let Some(c) = unsafe { args::slot("count", count)? } {
+            *c = layout.len();
+        }
+        if out.is_null() && out_len == 0 {
+            return Ok(());
+        }
+        if out.is_null() {
+            return Err(CapiError::null("out"));
+        }
+        if out_len < 6 * layout.len() {
+            return Err(CapiError::new(
+                status::RNNK_ERR_SIZE_MISMATCH,
+                format!("`out`: expected at least {} numbers (6 for each of {} masks), got {out_len}", 6 * layout.len(), layout.len()),
+            ));
+        }
+        // SAFETY: non-NULL, `out_len` writable size_t (the caller's contract), of which
+        // `6 · count <= out_len` are written.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out, 6 * layout.len()) };
+        for (d, (s, _)) in dst.chunks_exact_mut(6).zip(layout) {
+            d.copy_from_slice(&[s.site.layer(), s.site.direction(), s.site.kind() as usize, s.steps, s.rows, s.units]);
+        }
+        Ok(())
+    })
+}
+
+/// Reads back the masks a training call of `model` with `steps` × `batch` draws from
+/// `(mask_seed, mask_offset)`: writes into `hits` (`hits_len` bytes, exactly the sum of
+/// steps · rows · units over `rnnk_mask_layout`) 1 where the unit is hit, 0 elsewhere, in the
+/// layout `rnnk_forward_training_with_masks` takes.
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_masks_read(
+    model: *const RnnkModel, steps: usize, batch: usize, mask_seed: u64, mask_offset: u64, hits: *mut u8, hits_len: usize,
+) -> c_int {
+    guard(|| {
+        // SAFETY: handle checked by `get`.
+        let m = unsafe { Model::get("model", model)? };
+        let shape = rnnk_core::SeqShape::new(steps, batch)?;
+        let layout = args::mask_layout(m.config(), &shape);
+        let total: usize = layout.iter().map(|(_, n)| n).sum();
+        if hits_len != total {
+            return Err(CapiError::new(
+                status::RNNK_ERR_SIZE_MISMATCH,
+                format!("`hits`: expected {total} bytes (the {} masks of rnnk_mask_layout), got {hits_len}", layout.len()),
+            ));
+        }
+        if total == 0 {
+            return Ok(());
+        }
+        if hits.is_null() {
+            return Err(CapiError::null("hits"));
+        }
+        let drawn = rnnk_core::masks::SuppliedMasks::drawn(&rnnk_core::masks::MaskStream::new(mask_seed, mask_offset), m.config(), &shape)?;
+        // SAFETY: non-NULL, `hits_len` writable bytes (the caller's contract), all written.
+        let dst = unsafe { std::slice::from_raw_parts_mut(hits, hits_len) };
+        let mut at = 0;
+        for (s, n) in layout {
+            let (.., h) = drawn.get(s.site).unwrap_or_default();
+            for (d, v) in dst[at..at + n].iter_mut().zip(h) {
+                *d = v as u8;
+            }
+            at += n;
+        }
+        Ok(())
+    })
 }
 
 /// A backward call on host buffers.

@@ -36,6 +36,7 @@ fn c_type(rust: &str) -> Result<String, String> {
         "usize" => "size_t",
         "u64" => "uint64_t",
         "i64" => "int64_t",
+        "u8" => "uint8_t",
         "f32" => "float",
         "c_void" => "void",
         "RnnkModel" => "rnnk_model",

@@ -141,6 +141,35 @@ int main(int argc, char** argv) {
     }
     /* the training pass with the masks of seed 7, offset 3 (not used without dropout or zoneout) */
     OK(rnnk_forward_training_masked(m, r, 7, 3, T, B, lengths, B, x, xl, h0, hl, c0, cl, y, yl, hn, hl, cn, cl));
+    /* the same masks read back and supplied: the same outputs, bit for bit; other masks, others */
+    {
+        size_t count = 0, total = 0;
+        OK(rnnk_mask_layout(m, T, B, NULL, 0, &count));
+        size_t* layout = malloc((6 * count + 1) * sizeof(size_t));
+        OK(rnnk_mask_layout(m, T, B, layout, 6 * count, NULL));
+        for (size_t k = 0; k < count; ++k) {
+            CHECK(layout[6 * k + 4] == B, "mask %zu: %zu rows, expected %d", k, layout[6 * k + 4], B);
+            total += layout[6 * k + 3] * layout[6 * k + 4] * layout[6 * k + 5];
+        }
+        CHECK((count > 0) == (strstr(canonical, "dropout") != NULL || strstr(canonical, "zoneout") != NULL), "%zu masks for \"%s\"",
+              count, canonical);
+        if (count > 0) FAILS(rnnk_mask_layout(m, T, B, layout, 6 * count - 1, NULL), RNNK_ERR_SIZE_MISMATCH, "`out`");
+        uint8_t* hits = malloc(total + 1);
+        OK(rnnk_masks_read(m, T, B, 7, 3, hits, total));
+        float* y2 = malloc(yl * sizeof(float));
+        OK(rnnk_forward_training_with_masks(m, r, hits, total, T, B, lengths, B, x, xl, h0, hl, c0, cl, y2, yl, hn, hl, cn, cl));
+        CHECK(memcmp(y, y2, yl * sizeof(float)) == 0, "the masks read back and supplied gave another y");
+        if (total > 0) {
+            FAILS(rnnk_forward_training_with_masks(m, r, hits, total - 1, T, B, lengths, B, x, xl, h0, hl, c0, cl, y2, yl, hn, hl, cn, cl),
+                  RNNK_ERR_SIZE_MISMATCH, "`hits`");
+            for (size_t k = 0; k < total; ++k) hits[k] = (uint8_t)(k % 2);
+            OK(rnnk_forward_training_with_masks(m, r, hits, total, T, B, lengths, B, x, xl, h0, hl, c0, cl, y2, yl, hn, hl, cn, cl));
+            CHECK(memcmp(y, y2, yl * sizeof(float)) != 0, "other supplied masks gave the same y");
+        }
+        /* the drawn masks' training pass again, for the outputs and gradients below */
+        OK(rnnk_forward_training_masked(m, r, 7, 3, T, B, lengths, B, x, xl, h0, hl, c0, cl, y, yl, hn, hl, cn, cl));
+        free(layout), free(hits), free(y2);
+    }
     write_f32("y_tr", y, yl);
     write_f32("hn_tr", hn, hl);
     if (lstm) write_f32("cn_tr", cn, cl);
