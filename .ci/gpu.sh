@@ -95,10 +95,10 @@ step test-lib "${T_LIB[@]}" backend::cuda
 step test-capi "${T_CAPI[@]}" --nocapture
 step verify "${VERIFY[@]}" --backend cuda tests/fixtures/*.safetensors
 # The cell options' cases: PyTorch's Cho GRU, onnxruntime's ONNX options, Haste's layer norm, dropout,
-# recurrent and input dropout (f32; not the cases with zoneout, which the CUDA backend refuses).
+# zoneout, recurrent and input dropout (f32).
 step verify-options "${VERIFY[@]}" --backend cuda tests/fixtures/gru_options/*.safetensors tests/fixtures/onnx/*.safetensors \
-    tests/fixtures/layer_norm/*.safetensors tests/fixtures/dropout/*.safetensors \
-    $(ls tests/fixtures/recurrent_dropout/*.safetensors tests/fixtures/input_dropout/*.safetensors | grep -v lstm_l3_all)
+    tests/fixtures/layer_norm/*.safetensors tests/fixtures/dropout/*.safetensors tests/fixtures/zoneout/*.safetensors \
+    tests/fixtures/recurrent_dropout/*.safetensors tests/fixtures/input_dropout/*.safetensors
 for dtype in f16 bf16; do
     step "verify-$dtype" "${VERIFY[@]}" --backend cuda --dtype "$dtype" tests/fixtures/*.safetensors
 done

@@ -25,6 +25,10 @@ struct rnnk_dim3 {
     unsigned int x, y, z;
 };
 static const rnnk_dim3 blockIdx = {0, 0, 0}, threadIdx = {0, 0, 0}, blockDim = {1, 1, 1}, gridDim = {1, 1, 1};
+// CUDA's rounding intrinsics: one IEEE operation each, never fused (build.rs compiles the
+// emulation with -ffp-contract=off).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
 #endif
 
 // One thread per element of a [B, n] matrix, whatever the grid.

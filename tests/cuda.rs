@@ -145,6 +145,18 @@ mod with_feature {
             // Recurrent and input dropout (kernels/dropout.cu's variational_dropout around the GEMMs).
             RnnConfig::new(CellKind::Lstm, 40, 96).num_layers(2).recurrent_dropout(0.3).input_dropout(0.3).build().unwrap(),
             RnnConfig::new(CellKind::Gru, 40, 130).bidirectional(true).recurrent_dropout(0.4).input_dropout(0.2).build().unwrap(),
+            // Zoneout of h and c (kernels/zoneout.cu after each step and before its backward).
+            RnnConfig::new(CellKind::Lstm, 40, 96).num_layers(2).zoneout(0.3).zoneout_cell(0.3).build().unwrap(),
+            RnnConfig::new(CellKind::Lstm, 40, 96)
+                .bidirectional(true)
+                .proj_size(40)
+                .peephole(true)
+                .zoneout(0.2)
+                .zoneout_cell(0.4)
+                .build()
+                .unwrap(),
+            RnnConfig::new(CellKind::Gru, 40, 130).num_layers(3).dropout(0.3).zoneout(0.3).build().unwrap(),
+            RnnConfig::new(CellKind::RnnTanh, 40, 130).bidirectional(true).zoneout(0.3).recurrent_dropout(0.2).build().unwrap(),
         ];
         for cfg in &configs {
             for b in [37, 3] {
@@ -153,6 +165,12 @@ mod with_feature {
                 let got = p.run(CudaHost(c.clone()));
                 for (name, err, tol) in errors(&got, &p.run_reference()) {
                     assert!(err <= tol, "{name} error {err:.3e} > {tol:e}: {}", describe(cfg, &shape));
+                }
+                // Inference: with zoneout the expectation z·prev + (1-z)·new, else what training
+                // computes without the masks.
+                let got = p.run_inference(CudaHost(c.clone()));
+                for (name, err, tol) in errors(&got, &p.to_f64().run_inference(rnn_kernels::Reference)) {
+                    assert!(err <= tol, "inference {name} error {err:.3e} > {tol:e}: {}", describe(cfg, &shape));
                 }
             }
         }

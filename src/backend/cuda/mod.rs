@@ -81,6 +81,9 @@ pub(crate) const OPTIONS: &[&str] = &[
     "dropout",
     "recurrent_dropout",
     "input_dropout",
+    // kernels/zoneout.cu after each step's cell and before its backward (driver/zoneout.rs).
+    "zoneout",
+    "zoneout_cell",
     // The row kernels of kernels/layer_norm.cu around the step kernels (driver/layer_norm.rs;
     // f32 storage).
     "layer_norm",
@@ -341,12 +344,13 @@ impl Cuda {
         let dropout = crate::backend::host::dropout::Dropout::for_training(plan.config(), masks)?;
         let recurrent = crate::backend::host::variational_dropout::VariationalDropout::recurrent(plan.config(), masks)?;
         let input_dropout = crate::backend::host::variational_dropout::VariationalDropout::input(plan.config(), masks)?;
-        let any = dropout.is_some() || recurrent.is_some() || input_dropout.is_some();
+        let zoneout = crate::backend::host::zoneout::Zoneout::for_pass(plan.config(), shape, true, masks)?;
+        let any = dropout.is_some() || recurrent.is_some() || input_dropout.is_some() || zoneout.is_some();
         if any && masks.is_some_and(|m| m.supplied_masks().is_some()) {
             return Err(Error::Unsupported {
                 backend: self.dev.name.clone(),
                 option: "masks".into(),
-                reason: "masks supplied by the caller: the CUDA kernels draw dropout's masks on the device from a seed and offset \
+                reason: "masks supplied by the caller: the CUDA kernels draw the regularisers' masks on the device from a seed and offset \
                          (MaskStream::new); run with a drawn stream, or on the reference or CPU backend"
                     .into(),
             });
@@ -356,6 +360,7 @@ impl Cuda {
         r.dropout = dropout;
         r.recurrent_dropout = recurrent;
         r.input_dropout = input_dropout;
+        r.zoneout = zoneout;
         driver::forward(&exec, plan.weights(), shape, io, Some(&mut *r))?;
         r.stamp.fill(&plan.stamp, shape);
         Ok(())

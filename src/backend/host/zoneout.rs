@@ -22,6 +22,17 @@ struct Rate {
     threshold: Threshold,
 }
 
+/// One state's zoneout as the device kernels take it: `z` and `1 - z` in f32 (the host's
+/// inference computes `z·prev + (1-z)·new` with the same two constants in f32), and the masks'
+/// bound (a word below it is a hit).
+#[cfg(feature = "cuda")]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DeviceRate {
+    pub z: f32,
+    pub keep: f32,
+    pub bound: u64,
+}
+
 /// The zoneout of one call: training (with the call's masks) or inference (the expectation).
 #[derive(Debug, Clone)]
 pub(crate) struct Zoneout {
@@ -51,6 +62,12 @@ impl Sites {
     /// The sites of layer `layer`, direction `direction`.
     pub fn new(layer: usize, direction: usize) -> Result<Self> {
         Ok(Sites { h: MaskSite::new(layer, direction, MaskKind::ZoneoutH)?, c: MaskSite::new(layer, direction, MaskKind::ZoneoutC)? })
+    }
+
+    /// The last word of the counters of `state`'s masks (the device kernels take it).
+    #[cfg(feature = "cuda")]
+    pub fn tag(self, state: State) -> u32 {
+        self.of(state).tag()
     }
 
     /// The site of `state`'s masks.
@@ -95,6 +112,18 @@ impl Zoneout {
     /// Whether it zones out `state`.
     pub fn applies(&self, state: State) -> bool {
         self.rate(state).is_some()
+    }
+
+    /// The rate of `state` as the device kernels take it (`None` when it is not zoned out).
+    #[cfg(feature = "cuda")]
+    pub fn device_rate(&self, state: State) -> Option<DeviceRate> {
+        self.rate(state).map(|r| DeviceRate { z: r.z as f32, keep: (1.0 - r.z) as f32, bound: r.threshold.bound() })
+    }
+
+    /// The key of a training pass's masks (`None` in inference).
+    #[cfg(feature = "cuda")]
+    pub fn key(&self) -> Option<[u32; 2]> {
+        self.masks.as_ref().map(MaskStream::key)
     }
 
     fn rate(&self, state: State) -> Option<Rate> {

@@ -8,6 +8,7 @@ use super::super::kernels::{self as k, Kernel};
 use super::layer_norm::{self, LnBackward};
 use super::variational_dropout::{self, VarBackward};
 use super::wavefront::{backward_wavefront, wavefront_chunk};
+use super::zoneout::{self, ZoneBackward};
 use super::{
     check_sizes, each_direction, gru_reset_before, joined_on_error, options, persistent_declined, persistent_declines, persistent_required,
     LayerViews, Persistent, SavedViews, Temps, Weights,
@@ -103,6 +104,8 @@ pub(super) struct DirBackward {
     ln: Option<LnBackward>,
     /// Recurrent and input dropout, when the forward pass had either.
     var: Option<VarBackward>,
+    /// Zoneout, when the forward pass had it.
+    zone: Option<ZoneBackward>,
 }
 
 /// One layer of a backward pass.
@@ -229,14 +232,16 @@ fn allocate(
         let (input_dropout, recurrent_dropout) = (sv.input_dropout.as_ref(), sv.recurrent_dropout.as_ref());
         for d in 0..nd {
             let ln = layer_norm::backward_bufs(temps, &dims, weights.w, dparams, weights.layout.layer(l, d), &sv.dirs[l * nd + d])?;
-            let declines = variational_dropout::persistent_declines(input_dropout, recurrent_dropout);
+            let declines = variational_dropout::persistent_declines(input_dropout, recurrent_dropout)
+                .or(zoneout::persistent_declines(sv.zoneout.as_ref()));
             let var = VarBackward::new(temps, &dims, (l, d), input_dropout, recurrent_dropout)?;
-            bufs.push((direction_bufs(temps, &dims, l, declines)?, ln, var));
+            let zone = ZoneBackward::new(temps, &dims, sv.zoneout.as_ref(), (l, d))?;
+            bufs.push((direction_bufs(temps, &dims, l, declines)?, ln, var, zone));
         }
         let dirs = bufs
             .into_iter()
             .enumerate()
-            .map(|(d, (bufs, ln, var))| {
+            .map(|(d, (bufs, ln, var, zone))| {
                 let i = l * nd + d;
                 let io = BwdIo {
                     input,
@@ -253,7 +258,7 @@ fn allocate(
                 };
                 let grads = dparams.map(|dp| LayerViews::of(dp, weights.layout.layer(l, d)));
                 let (reverse, col) = (d == 1 || cfg.reverse_only(), if cfg.merge() == Merge::Sum { 0 } else { d * dims.hout });
-                DirBackward { d, reverse, col, dims, weights: weights.layer(l, d), grads, io, bufs, ln, var }
+                DirBackward { d, reverse, col, dims, weights: weights.layer(l, d), grads, io, bufs, ln, var, zone }
             })
             .collect();
         layers.push(BackwardLayer { l, d_in, dirs });
@@ -361,13 +366,27 @@ impl DirBackward {
             let h_prev = p.map_or(io.h0, |p| s.h.at(p * bl * hout, bl * hout));
             let c_prev = if self.dims.lstm() { p.map_or(io.c0, |p| s.c.at(p * bl * h, bl * h)) } else { View::NULL };
             let dy = io.d_out.map_or(0, |v| v.strided(t * bl * out_w + self.col, bl, out_w, hout).ptr);
+            // Zoneout: the gradients w.r.t. the zoned states split, the hit units' part set aside
+            // (`dy` then in the carry).
+            let dy = match &self.zone {
+                Some(z) => {
+                    z.split(exec, si, &self.dims, t, lengths, (dy, out_w), b.carry, b.dc)?;
+                    if z.takes_dy() {
+                        0
+                    } else {
+                        dy
+                    }
+                }
+                None => dy,
+            };
             let gates = s.gates.at(t * bl * gh, bl * gh).ptr;
             let dgi_t = b.dgi.at(t * bl * gh, bl * gh);
             let dgh_t = b.dgh.at(t * bl * gh, bl * gh);
             let carry = b.carry.ptr;
             match self.dims.cell.kind {
                 CellKind::Lstm => {
-                    let c = s.c.at(t * bl * h, bl * h).ptr;
+                    // The cell's own new c (before zoneout of the cell state).
+                    let c = if self.dims.cell.zoneout_cell { s.c_new } else { s.c }.at(t * bl * h, bl * h).ptr;
                     let step_args = k::LstmBackwardStepArgs {
                         batch,
                         hidden,
@@ -435,6 +454,9 @@ impl DirBackward {
                     if cho {
                         // Also adds dgi[:, r z] · W_h{r,z} into the carry.
                         gru_reset_before::backward_step(exec, si, args, &self.dims.cell, dgi_t, b.du, b.carry, self.weights.w_hh)?;
+                        if let Some(z) = &self.zone {
+                            z.add_kept(exec, si, b.carry, b.dc)?;
+                        }
                         continue;
                     } else if self.dims.cell.clip > 0.0 {
                         exec.launch(si, k::GruBackwardStepClip, bl * h, &options::gru_backward(args, &self.dims.cell))?;
@@ -467,6 +489,9 @@ impl DirBackward {
                     v.carry_finish(exec, si, &self.dims, b.carry)?;
                 }
                 None => exec.gemm(si, 1.0, dgh_t.mat(bl, gh), w_hh, 1.0, b.carry.mat(bl, hout))?,
+            }
+            if let Some(z) = &self.zone {
+                z.add_kept(exec, si, b.carry, b.dc)?;
             }
         }
         Ok(())

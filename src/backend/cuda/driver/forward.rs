@@ -8,11 +8,13 @@ use super::super::kernels::{self as k, Kernel, KernelId};
 use super::layer_norm::{self, LnForward};
 use super::variational_dropout::{self, VarForward};
 use super::wavefront::{forward_wavefront, wavefront_chunk};
+use super::zoneout::{self, StepStates, ZoneForward};
 use super::{
     check_sizes, each_direction, gru_reset_before, joined_on_error, options, persistent_declined, persistent_declines, persistent_required,
     CudaReserve, LayerViews, Persistent, Temps, Weights,
 };
 use crate::backend::cell::Saved;
+use crate::backend::host::zoneout::Zoneout;
 use crate::backend::stack::{steps, LayerDims};
 use crate::config::{CellKind, Merge};
 use crate::element::Dtype;
@@ -46,6 +48,8 @@ pub(super) struct FwdBufs {
     h: View,
     /// As `h`, `[*, B, H]`, LSTM only.
     c: View,
+    /// Training with `zoneout_cell`: the saved `[T, B, H]` cell's own `c` before zoneout.
+    c_new: View,
     /// LSTM with projection: training the saved `[T, B, H]`, inference `[B, H]`.
     m: View,
     /// Training: the saved `[T, B, G·H]`.
@@ -95,6 +99,8 @@ pub(super) struct DirForward {
     ln: Option<LnForward>,
     /// Recurrent and input dropout, in a training pass that has either.
     var: Option<VarForward>,
+    /// Zoneout (the masks of a training pass, the expectation in inference).
+    zone: Option<ZoneForward>,
 }
 
 /// The whole forward pass. Buffers have been validated against the configuration and `shape`;
@@ -172,6 +178,11 @@ fn allocate(
         Some(r) => (r.input_dropout.clone(), r.recurrent_dropout.clone()),
         None => (None, None),
     };
+    // Zoneout: a training pass's, set on the reserve by the caller; inference's expectation.
+    let zoneout = match save.as_deref() {
+        Some(r) => r.zoneout.clone(),
+        None => Zoneout::for_pass(cfg, shape, false, None)?,
+    };
     let lens = match save.as_deref_mut() {
         Some(r) => r.lengths.insert(exec.lengths(shape)?).ptr(),
         None => temps.lengths(shape)?,
@@ -238,9 +249,11 @@ fn allocate(
         for d in 0..nd {
             let i = l * nd + d;
             let bufs = direction_bufs(temps, &dims, save.as_deref_mut().map(|r| &mut r.dirs[i]))?;
-            let declines = variational_dropout::persistent_declines(input_dropout.as_ref(), recurrent_dropout.as_ref());
+            let declines = variational_dropout::persistent_declines(input_dropout.as_ref(), recurrent_dropout.as_ref())
+                .or(zoneout::persistent_declines(zoneout.as_ref()));
             let bufs = FwdBufs { persistent: choose_persistent(temps, &dims, l, declines)?, ..bufs };
             let var = VarForward::new(temps, &dims, (l, d), input_dropout.as_ref(), recurrent_dropout.as_ref())?;
+            let zone = ZoneForward::new(zoneout.as_ref(), (l, d))?;
             let ln =
                 layer_norm::forward_bufs(temps, &dims, weights.w, weights.layout.layer(l, d), save.as_deref_mut().map(|r| &mut r.dirs[i]))?;
             let sum = cfg.merge() == Merge::Sum && d == 1;
@@ -254,7 +267,7 @@ fn allocate(
                 cn: if lstm { io.cn.map(|v| v.at(i * clen, clen)) } else { None },
             };
             let (reverse, col) = (d == 1 || cfg.reverse_only(), if cfg.merge() == Merge::Sum { 0 } else { d * dims.hout });
-            dirs.push(DirForward { d, reverse, col, dims, weights: weights.layer(l, d), lens, io, bufs, ln, var });
+            dirs.push(DirForward { d, reverse, col, dims, weights: weights.layer(l, d), lens, io, bufs, ln, var, zone });
         }
         layers.push(dirs);
         prev_out = out;
@@ -273,18 +286,22 @@ fn direction_bufs(temps: &mut Temps<'_, '_>, dims: &LayerDims, save: Option<&mut
         Some(sv) => {
             let st = exec.storage();
             let sizes = dims.cell.saved_sizes(tl, bl);
-            // The layer-norm buffers: layer_norm::forward_bufs.
-            let [gates, extra, c, m, h, ..] = sizes.zip(sv);
+            // The layer-norm buffers: layer_norm::forward_bufs. `c_new` (zoneout of the cell
+            // state) is empty without `zoneout_cell`.
+            let [gates, extra, c, m, h, _, _, _, _, _, _, c_new] = sizes.zip(sv);
             let extra_ty = gru_reset_before::extra_type(&dims.cell, st);
-            let [gates, extra, c] = [(gates, Dtype::F32), (extra, extra_ty), (c, Dtype::F32)].map(|((slot, n), ty)| exec.fit(slot, ty, n));
+            let [gates, extra, c, c_new] =
+                [(gates, Dtype::F32), (extra, extra_ty), (c, Dtype::F32), (c_new, Dtype::F32)].map(|((slot, n), ty)| exec.fit(slot, ty, n));
             let [m, h] = [m, h].map(|(slot, n)| exec.fit(slot, st, n));
-            FwdBufs { xg, hg, h: h?, c: c?, m: m?, gates: Some(gates?), extra: Some(extra?), training: true, persistent: None }
+            let (gates, extra) = (Some(gates?), Some(extra?));
+            FwdBufs { xg, hg, h: h?, c: c?, c_new: c_new?, m: m?, gates, extra, training: true, persistent: None }
         }
         None => FwdBufs {
             xg,
             hg,
             h: temps.storage(2 * bl * hout)?,
             c: if dims.lstm() { temps.f32(2 * bl * h)? } else { View::NULL },
+            c_new: View::NULL,
             m: if dims.proj { temps.storage(bl * h)? } else { View::NULL },
             gates: None,
             extra: gru_reset_before::inference_extra(temps, &dims.cell, bl)?,
@@ -512,6 +529,12 @@ impl DirForward {
                         exec.launch(si, kernel, bl * h, &args)?;
                     }
                 }
+            }
+            // Zoneout: the zoned states are what the next step reads and the layer outputs.
+            if let Some(z) = &self.zone {
+                let c_new = if z.saves_c_new() { b.c_new.at(t * bl * h, bl * h) } else { View::NULL };
+                let s = StepStates { t, lens, h_prev, h: h_t, y: y_t, y_stride: out_w, c_prev, c: c_t, c_new };
+                z.after_step(exec, si, &self.dims, &s)?;
             }
             prev = Some(cur);
         }

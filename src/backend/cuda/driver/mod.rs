@@ -85,6 +85,8 @@
 //! - `forward.rs`, `backward.rs`: the passes, their allocation and their per-direction work;
 //! - `wavefront.rs`: the layer wavefront's chunk and its schedules;
 //! - `layer_norm.rs`: the layer-normalised cells' additions to both passes;
+//! - `variational_dropout.rs`, `zoneout.rs`: recurrent and input dropout around the GEMMs, and
+//!   zoneout after each step's cell (and before its backward);
 //! - here: what both passes share (the reserve, the weights of a layer, the temporaries, the
 //!   join of stream 1 after a failure).
 
@@ -95,6 +97,7 @@ mod layer_norm;
 pub(in crate::backend::cuda) mod options;
 mod variational_dropout;
 mod wavefront;
+mod zoneout;
 
 pub(crate) use backward::{backward, BackwardViews};
 pub(crate) use forward::{forward, ForwardViews};
@@ -107,6 +110,7 @@ use super::exec::Exec;
 use crate::backend::cell::Saved;
 use crate::backend::host::dropout::Dropout;
 use crate::backend::host::variational_dropout::VariationalDropout;
+use crate::backend::host::zoneout::Zoneout;
 use crate::backend::stack::ReserveStamp;
 use crate::config::RnnConfig;
 use crate::element::Dtype;
@@ -140,6 +144,8 @@ pub struct CudaReserve {
     /// Its recurrent and input dropout (the same).
     pub(crate) recurrent_dropout: Option<VariationalDropout>,
     pub(crate) input_dropout: Option<VariationalDropout>,
+    /// Its zoneout (the same).
+    pub(crate) zoneout: Option<Zoneout>,
 }
 
 impl crate::backend::RnnReserve for CudaReserve {
@@ -184,6 +190,8 @@ pub(crate) struct SavedViews {
     /// Its recurrent and input dropout.
     recurrent_dropout: Option<VariationalDropout>,
     input_dropout: Option<VariationalDropout>,
+    /// Its zoneout.
+    zoneout: Option<Zoneout>,
 }
 
 impl SavedViews {
@@ -199,6 +207,7 @@ impl SavedViews {
             dropout: r.dropout.clone(),
             recurrent_dropout: r.recurrent_dropout.clone(),
             input_dropout: r.input_dropout.clone(),
+            zoneout: r.zoneout.clone(),
         }
     }
 }

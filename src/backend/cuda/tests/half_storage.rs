@@ -296,6 +296,9 @@ fn emulated_half_storage_with_options() {
         // Recurrent and input dropout: the 16-bit instantiations of variational_dropout.
         lstm().recurrent_dropout(0.3).input_dropout(0.3).build().unwrap(),
         RnnConfig::new(CellKind::Gru, 30, 41).bidirectional(true).recurrent_dropout(0.4).input_dropout(0.2).build().unwrap(),
+        // Zoneout: the 16-bit instantiations of zoneout_forward and zoneout_split.
+        lstm().zoneout(0.3).zoneout_cell(0.3).proj_size(11).build().unwrap(),
+        RnnConfig::new(CellKind::Gru, 30, 41).bidirectional(true).zoneout(0.4).build().unwrap(),
     ];
     for (c, cfg) in configs.iter().enumerate() {
         let shape = SeqShape::with_lengths(9, (0..13).map(|b| 1 + (b * 5) % 9).collect()).unwrap();

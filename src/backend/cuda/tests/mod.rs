@@ -8,7 +8,8 @@
 //!   exactly on integer-valued problems, and the emulation's conversions and GemmEx;
 //! - `options.rs`: the cell options' step kernels (peepholes, gate clip, coupled input-forget)
 //!   against an f64 oracle of one step, their backward against its central differences;
-//! - `options_driver.rs`: the driver with those options against the f64 reference, and the
+//! - `options_driver.rs`: the driver with those options and the regularisers (dropout between
+//!   layers, recurrent and input dropout, zoneout) against the f64 reference, and the
 //!   persistent kernels declining them;
 //! - `gru_reset_before.rs`: the GRU with the reset gate before the recurrent matmul, its step
 //!   kernels against an f64 oracle and the driver against the reference;
@@ -150,6 +151,7 @@ impl<T: Element> Problem<T> {
             r.dropout = self.dropout();
             r.recurrent_dropout = VariationalDropout::recurrent(&self.cfg, Some(&self.masks())).unwrap();
             r.input_dropout = VariationalDropout::input(&self.cfg, Some(&self.masks())).unwrap();
+            r.zoneout = crate::backend::host::zoneout::Zoneout::for_pass(&self.cfg, &self.shape, true, Some(&self.masks())).unwrap();
         }
         forward(exec, self.weights(), shape, io, save).unwrap();
         [y, hn, cn]
@@ -167,8 +169,10 @@ impl<T: Element> Problem<T> {
         let trained = self.forward_on(exec, Some(&mut reserve));
         let inferred = self.forward_on(exec, None);
         for (i, name) in ["y", "hn", "cn"].iter().enumerate() {
-            // (With dropout, inference differs: it drops nothing.)
+            // (With dropout, inference differs: it drops nothing; with zoneout it takes the
+            // expectation.)
             let masked = self.dropout().is_some() || self.cfg.recurrent_dropout().is_some() || self.cfg.input_dropout().is_some();
+            let masked = masked || self.cfg.zoneout().is_some() || self.cfg.zoneout_cell().is_some();
             assert!(masked || bits(&trained[i]) == bits(&inferred[i]), "{:?}: inference {name} differs from training's forward", T::DTYPE);
         }
         (trained, reserve)

@@ -24,10 +24,22 @@ impl Problem<f32> {
     /// to `k` steps (0: the automatic one).
     pub(super) fn check_with_options_chunked(&self, k: usize) -> std::result::Result<(), String> {
         let want = self.run_reference();
+        let want_inference = self.to_f64().run_inference(crate::backend::Reference);
         let emulation = Emulation::default();
         for persistent in [false, true] {
             let exec = emulation.exec().with_persistent(persistent).with_wavefront_chunk(k);
             let (got, acc) = self.run_on(&exec, &exec);
+            // Inference (which differs from training with the regularisers: zoneout's expectation).
+            let inferred = self.forward_on(&exec, None);
+            for (i, name) in ["y", "hn", "cn"].iter().enumerate() {
+                let err = max_error(&up(&inferred[i]), &want_inference[i]);
+                if err > 1e-5 {
+                    return Err(format!(
+                        "persistent={persistent}: inference {name} error {err:.3e} > 1e-5: {:?} {:?}",
+                        self.cfg, self.shape
+                    ));
+                }
+            }
             for (i, name) in ["y", "hn", "cn", "dx", "dh0", "dc0", "dparams"].iter().enumerate() {
                 let err = max_error(&up(&got[i]), &want[i]);
                 let tol = if i < 3 { 1e-5 } else { 1e-4 };
@@ -47,7 +59,8 @@ impl Problem<f32> {
 /// A configuration with options: LSTM peepholes, input_forget (with or without projection),
 /// the GRU with the reset gate before the recurrent matmul, the gate clip for every cell (0.5 clips most gates, 2 some, 0 none); forward, reverse-only
 /// or bidirectional stacks, the last merged by concatenation or by sum; time-major or
-/// batch-first; dropout between layers (0, 0.3, 0.7); recurrent and input dropout.
+/// batch-first; dropout between layers (0, 0.3, 0.7); recurrent and input dropout; zoneout of
+/// `h` (and of the LSTM's `c`).
 fn option_config() -> impl Strategy<Value = RnnConfig> {
     (
         0usize..4,
@@ -57,7 +70,7 @@ fn option_config() -> impl Strategy<Value = RnnConfig> {
         0usize..4,
         any::<bool>(),
         0usize..4,
-        (any::<bool>(), 0usize..3, any::<bool>(), any::<bool>(), 0usize..3, 0usize..4),
+        (any::<bool>(), 0usize..3, any::<bool>(), any::<bool>(), 0usize..3, 0usize..16),
     )
         .prop_map(|(c, i, h, l, dir, bias, p, (peephole, clip, input_forget, batch_first, dropout, var))| {
             let cell = CellKind::ALL[c];
@@ -77,6 +90,9 @@ fn option_config() -> impl Strategy<Value = RnnConfig> {
             // Recurrent (not with Cho's GRU) and input dropout.
             let cho = cell == CellKind::Gru && peephole;
             let b = b.recurrent_dropout(if var & 1 == 1 && !cho { 0.3 } else { 0.0 }).input_dropout(if var & 2 == 2 { 0.4 } else { 0.0 });
+            // Zoneout of h, and of the LSTM's c.
+            let b = b.zoneout(if var & 4 == 4 { 0.3 } else { 0.0 });
+            let b = if lstm { b.zoneout_cell(if var & 8 == 8 { 0.4 } else { 0.0 }) } else { b };
             b.build().unwrap()
         })
 }
@@ -177,6 +193,77 @@ fn emulated_variational_dropout_matches_reference() {
     assert!(matches!(&e, Error::Unsupported { option, .. } if option == "recurrent_dropout"), "{e:?}");
 }
 
+/// Zoneout of `h` and of the LSTM's `c` on the emulated driver against the reference (the same
+/// masks in training, the expectation in inference): every cell, projection, peepholes, layer
+/// norm, Cho's GRU, reverse-only, bidirectional (concatenated and summed), batch-first, variable
+/// lengths, with dropout between layers and recurrent and input dropout, on the layer wavefront
+/// (chunks of 3 and 2 steps) and layer by layer; the masks change the results; required
+/// persistent kernels name the option.
+#[test]
+fn emulated_zoneout_matches_reference() {
+    let base = |cell| RnnConfig::new(cell, 11, 23).num_layers(2);
+    let configs = [
+        base(CellKind::Lstm).zoneout(0.3).build().unwrap(),
+        base(CellKind::Lstm).zoneout_cell(0.4).build().unwrap(),
+        base(CellKind::Lstm).zoneout(0.2).zoneout_cell(0.5).peephole(true).build().unwrap(),
+        base(CellKind::Lstm).proj_size(7).zoneout(0.3).zoneout_cell(0.3).dropout(0.3).build().unwrap(),
+        base(CellKind::Lstm).layer_norm(true).zoneout(0.3).zoneout_cell(0.3).build().unwrap(),
+        base(CellKind::Gru).bidirectional(true).zoneout(0.5).build().unwrap(),
+        base(CellKind::Gru).linear_before_reset(false).zoneout(0.3).input_dropout(0.2).build().unwrap(),
+        base(CellKind::Gru).layer_norm(true).zoneout(0.3).build().unwrap(),
+        base(CellKind::RnnTanh).direction(Direction::Reverse).zoneout(0.3).build().unwrap(),
+        base(CellKind::RnnRelu).bidirectional(true).merge(Merge::Sum).zoneout(0.2).recurrent_dropout(0.3).build().unwrap(),
+        base(CellKind::Lstm).batch_first(true).zoneout(0.3).zoneout_cell(0.2).build().unwrap(),
+        RnnConfig::new(CellKind::Lstm, 11, 23)
+            .num_layers(3)
+            .dropout(0.3)
+            .recurrent_dropout(0.3)
+            .input_dropout(0.3)
+            .zoneout(0.2)
+            .zoneout_cell(0.2)
+            .build()
+            .unwrap(),
+    ];
+    for cfg in &configs {
+        let shape = SeqShape::with_lengths(8, (0..6).map(|b| 8 - b).collect()).unwrap();
+        for k in [0, 3, 2] {
+            Problem::<f32>::new(cfg, &shape, 47, 3.0).check_with_options_chunked(k).unwrap_or_else(|e| panic!("chunk {k}: {e}"));
+        }
+        // Without zoneout the results differ, in training and in inference.
+        let mut plain = Problem::<f32>::new(cfg, &shape, 47, 3.0);
+        plain.p.cfg = cfg.to_builder().zoneout(0.0).zoneout_cell(0.0).build().unwrap();
+        let p = Problem::<f32>::new(cfg, &shape, 47, 3.0);
+        let (want, want_inference) = (p.run_reference(), p.to_f64().run_inference(crate::backend::Reference));
+        let plain_inference = plain.to_f64().run_inference(crate::backend::Reference);
+        let idx = if cfg.zoneout().is_some() { 0 } else { 2 };
+        assert!(max_error(&plain.run_reference()[idx], &want[idx]) > 1e-3, "{cfg:?}: the masks changed nothing");
+        assert!(max_error(&plain_inference[idx], &want_inference[idx]) > 1e-3, "{cfg:?}: the expectation changed nothing");
+    }
+    // The persistent kernels, required, name the option (forward: inference and training).
+    for (option, cfg) in [
+        ("zoneout", RnnConfig::new(CellKind::Gru, 3, 5).zoneout(0.3).build().unwrap()),
+        ("zoneout_cell", RnnConfig::new(CellKind::Lstm, 3, 5).zoneout_cell(0.3).build().unwrap()),
+    ] {
+        let shape = SeqShape::new(2, 2).unwrap();
+        let p = Problem::<f32>::new(&cfg, &shape, 1, 1.0);
+        let emulation = Emulation::default();
+        let required = emulation.exec().with_persistent(true).with_persistent_required(true);
+        let named = |e: Error| matches!(&e, Error::Unsupported { option: o, .. } if o == option);
+        let mut y = nans::<f32>(p.dy.len());
+        let io = ForwardViews { x: view(&p.x), h0: None, c0: None, y: view_mut(&mut y), hn: None, cn: None };
+        assert!(named(forward(&required, p.weights(), &shape, io, None).unwrap_err()), "{option}: inference");
+        let mut reserve = CudaReserve::default();
+        reserve.zoneout = crate::backend::host::zoneout::Zoneout::for_pass(&cfg, &shape, true, Some(&p.masks())).unwrap();
+        let io = ForwardViews { x: view(&p.x), h0: None, c0: None, y: view_mut(&mut y), hn: None, cn: None };
+        assert!(named(forward(&required, p.weights(), &shape, io, Some(&mut reserve)).unwrap_err()), "{option}: training");
+        let mut reserve = CudaReserve::default();
+        p.forward_on(&emulation.exec(), Some(&mut reserve));
+        let mut dx = nans::<f32>(p.x.len());
+        let g = BackwardViews { dx: Some(view_mut(&mut dx)), ..p.incoming(GradMode::Overwrite) };
+        assert!(named(backward(&required, p.weights(), &shape, &SavedViews::new(&reserve), g).unwrap_err()), "{option}: backward");
+    }
+}
+
 /// Dropout between layers inside the layer wavefront against the reference: chunks of 3 steps
 /// (not dividing T = 8) and of 2, a 3-layer forward stack of every cell (LSTM with projection
 /// too), variable lengths; at the tolerances of `check_with_options` (the persistent kernels,
@@ -229,17 +316,11 @@ fn emulated_persistent_required_names_the_option() {
     }
 }
 
-/// The regularisers the CUDA kernels do not implement yet (zoneout) are refused by the plan's
-/// option check, before any device work, with `Error::Unsupported` naming the option; dropout
-/// between layers, recurrent and input dropout are taken.
+/// The plan's option check takes every regulariser: dropout between layers, recurrent and input
+/// dropout, zoneout of `h` and `c`.
 #[test]
-fn plan_refuses_the_host_only_regularisers_by_name() {
+fn plan_takes_every_regulariser() {
     let base = || RnnConfig::new(CellKind::Lstm, 3, 5).num_layers(2);
-    let cases = [("zoneout", base().zoneout(0.1).build().unwrap()), ("zoneout_cell", base().zoneout_cell(0.1).build().unwrap())];
-    for (option, cfg) in cases {
-        let e = crate::backend::check_options("cuda", &cfg, super::super::OPTIONS).unwrap_err();
-        assert!(matches!(&e, Error::Unsupported { option: o, .. } if o == option), "{option}: {e:?}");
-    }
-    let taken = base().dropout(0.3).recurrent_dropout(0.2).input_dropout(0.2).build().unwrap();
+    let taken = base().dropout(0.3).recurrent_dropout(0.2).input_dropout(0.2).zoneout(0.1).zoneout_cell(0.1).build().unwrap();
     crate::backend::check_options("cuda", &taken, super::super::OPTIONS).unwrap();
 }
