@@ -475,7 +475,12 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
         dgi_raw_all = work.overwritten(tb * gh, "the raw input products' gradients, [T, B, G·H]")?;
         let x2 = (!keeps_dgh(&dm)).then_some(&sv.ln_h[..]);
         let sums = match dparams {
-            Some(_) => Some((x2, work.overwritten(0, "the layer norms' partial column sums")?)),
+            // Sized up front, so that the workspace lends the buffer that fits it (a smaller one,
+            // grown, would leave another request without its buffer: an allocation every call).
+            Some(_) => {
+                let len = layer_norm::partials_len(tb, gh, if x2.is_some() { 3 } else { 2 });
+                Some((x2, work.overwritten(len, "the layer norms' partial column sums")?))
+            }
             None => None,
         };
         partials = layer_norm::layer_norm_backward_summed(k, gh, &dgi_all, dir.w.ln_ih, &sv.ln_x, &sv.rstd_x, &mut dgi_raw_all, sums);

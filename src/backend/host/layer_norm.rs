@@ -158,6 +158,13 @@ impl<T: Float> RowPartials<T> {
     }
 }
 
+/// The length of the [`RowPartials`] buffer of [`layer_norm_backward_summed`] over `rows` rows
+/// of `w` with `kinds` kinds of sums (2, or 3 with a second normalised operand): what the
+/// workspace lends for it, so that the same buffer serves it every call.
+pub(super) fn partials_len(rows: usize, w: usize, kinds: usize) -> usize {
+    rows.div_ceil(SUM_ROWS) * kinds * w
+}
+
 /// Backward of [`layer_norm_blocks`]: `dx = LNback(dy)` row by row, chunks of [`SUM_ROWS`]
 /// rows split across the backend's threads; with `sums`, also the [`RowPartials`] of `dy`
 /// (kinds 0 and 1, and 2 with `x2`), taken from each row while it is in cache (the rows are
@@ -186,7 +193,7 @@ pub(super) fn layer_norm_backward_summed<T: Float, K: HostKernels<T>>(
     let kinds = if x2.is_some() { 3 } else { 2 };
     if let Some(d) = data.as_mut() {
         d.clear();
-        d.resize(chunks * kinds * w, T::ZERO);
+        d.resize(partials_len(rows, w, kinds), T::ZERO);
     }
     let parts = k.threads().clamp(1, chunks.max(1));
     let bounds = super::row_bounds(chunks, parts);
