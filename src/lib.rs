@@ -84,11 +84,16 @@
 //!   PyTorch case files, the derived tolerances of 16-bit storage, benchmark hooks, a seeded
 //!   generator. Not part of the library's API.
 //!
+//! [`attention`] is a decoder's attention over an encoder's outputs (Luong's dot, general and
+//! concat scores, Bahdanau's additive one, a softmax masked to each sequence's length, Luong's
+//! attentional hidden state), forward and backward; today its reference only.
+//!
 //! Training a model around the stack (embedding, decoder, optimiser, a character-level
 //! language model) is the separate crate `rnn-kernels-nn` (`crates/nn` in the repository).
 
 #![warn(missing_docs)]
 
+pub mod attention;
 mod backend;
 mod config;
 mod element;

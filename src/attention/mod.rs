@@ -1,0 +1,360 @@
+//! Attention of a decoder over an encoder's outputs: the score functions of Luong et al. (2015)
+//! and Bahdanau et al. (2015), a softmax masked to each encoder sequence's own length, the
+//! context, and Luong's attentional hidden state. [`reference`](mod@reference) is the specification, in plain
+//! loops, f32 or f64, forward and backward.
+//!
+//! # Shapes
+//!
+//! The conventions of the crate (row-major, time-major), with `S` encoder steps, `Tq` queries
+//! (decoder steps), `B` batch, `Hk` the encoder's output size (keys, which are also the values),
+//! `Hq` the query size (the decoder's state), `A` the attention size of the concat and additive
+//! scores, `O` the size of the attentional hidden state (0: none):
+//!
+//! - `keys: [S, B, Hk]`: the encoder's outputs; sequence `b` has `lengths[b]` of them, in
+//!   `1..=S`, and the rest are padding (never read by a weight).
+//! - `queries: [Tq, B, Hq]`: the decoder states that attend (all steps at once under teacher
+//!   forcing, or one step, `Tq = 1`).
+//! - `weights: [Tq, B, S]`: the attention weights, a softmax over `s < lengths[b]`, exactly 0
+//!   past it.
+//! - `context: [Tq, B, Hk]`: `c = Σ_s weights[s] · keys[s]`.
+//! - `hidden: [Tq, B, O]`: `h̃ = tanh(W_c [c; q])` (Luong's attentional hidden state, the input
+//!   of the output layer and, with input feeding, of the next decoder step).
+//!
+//! # Scores
+//!
+//! For a query `q` and a key `k` ([`Score`]):
+//!
+//! | score | formula | parameters, in order |
+//! | --- | --- | --- |
+//! | [`Dot`](Score::Dot) | `qᵀ k` (`Hq = Hk`) | none |
+//! | [`General`](Score::General) | `qᵀ W_a k` | `weight_a [Hq, Hk]` |
+//! | [`Concat`](Score::Concat) | `v_aᵀ tanh(W_a [q; k])` | `weight_a [A, Hq + Hk]`, `v_a [A]` |
+//! | [`Additive`](Score::Additive) (Bahdanau) | `vᵀ tanh(W₁ k + W₂ q)` | `weight_key [A, Hk]` (`W₁`), `weight_query [A, Hq]` (`W₂`), `v [A]` |
+//!
+//! then, with an attentional hidden state, `weight_c [O, Hk + Hq]`. The parameters are one flat
+//! buffer in that order ([`AttentionConfig::params`]); each matrix is PyTorch's `nn.Linear`
+//! weight of the product (`[out, in]`, no bias), so a torch module with those attributes loads
+//! them unchanged. Concat and additive compute the same function of different parameter
+//! layouts (Luong's one matrix over the concatenation, Bahdanau's two).
+//!
+//! # Use
+//!
+//! ```
+//! use rnn_kernels::attention::{reference, AttentionConfig, AttentionShape, AttentionUpstream, Score};
+//!
+//! // Luong's general score with the attentional hidden state, decoder 6, encoder 8 features.
+//! let cfg = AttentionConfig::new(Score::General, 6, 8).output_size(6).build()?;
+//! let shape = AttentionShape::new(4, 5, vec![5, 3])?; // Tq = 4 queries, S = 5, B = 2
+//! let params = vec![0.1; cfg.param_len()];
+//! let keys = vec![0.5; 5 * 2 * 8];
+//! let queries = vec![0.2; 4 * 2 * 6];
+//! let out = reference::forward(&cfg, &shape, &params, &keys, &queries)?;
+//! assert_eq!(out.weights[(0 * 2 + 1) * 5 + 3], 0.0); // query 0, sequence 1, key 3: past its length 3
+//!
+//! let d_hidden = vec![1.0; out.hidden.len()];
+//! let up = AttentionUpstream { d_hidden: Some(&d_hidden), ..Default::default() };
+//! let grads = reference::backward(&cfg, &shape, &params, &keys, &queries, &out, up)?;
+//! assert_eq!(grads.d_params.len(), cfg.param_len());
+//! # Ok::<(), rnn_kernels::Error>(())
+//! ```
+
+pub mod reference;
+
+use crate::error::{Error, Result};
+use std::ops::Range;
+
+/// The score function of an attention ([module docs](self)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Score {
+    /// Luong's dot: `qᵀ k`.
+    Dot,
+    /// Luong's general: `qᵀ W_a k`.
+    General,
+    /// Luong's concat: `v_aᵀ tanh(W_a [q; k])`.
+    Concat,
+    /// Bahdanau's additive: `vᵀ tanh(W₁ k + W₂ q)`.
+    Additive,
+}
+
+impl Score {
+    /// Every score, in declaration order.
+    pub const ALL: [Score; 4] = [Score::Dot, Score::General, Score::Concat, Score::Additive];
+
+    /// The lowercase name (`dot`, `general`, `concat`, `additive`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Score::Dot => "dot",
+            Score::General => "general",
+            Score::Concat => "concat",
+            Score::Additive => "additive",
+        }
+    }
+}
+
+impl std::str::FromStr for Score {
+    type Err = Error;
+
+    /// The lowercase name; `bahdanau` is [`Score::Additive`].
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "dot" => Ok(Score::Dot),
+            "general" => Ok(Score::General),
+            "concat" => Ok(Score::Concat),
+            "additive" | "bahdanau" => Ok(Score::Additive),
+            _ => Err(Error::invalid("score", "one of dot, general, concat, additive (bahdanau)", s)),
+        }
+    }
+}
+
+/// One attention: its score, sizes and whether it has the attentional hidden state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttentionConfig {
+    score: Score,
+    query_size: usize,
+    key_size: usize,
+    attn_size: usize,
+    output_size: usize,
+}
+
+/// The builder of an [`AttentionConfig`] ([`AttentionConfig::new`]).
+#[derive(Debug, Clone)]
+pub struct AttentionConfigBuilder(AttentionConfig);
+
+impl AttentionConfigBuilder {
+    /// `A`, the width of the concat and additive scores' `tanh` layer.
+    pub fn attn_size(mut self, a: usize) -> Self {
+        self.0.attn_size = a;
+        self
+    }
+
+    /// `O`, the size of the attentional hidden state `tanh(W_c [c; q])` (0: none, the default).
+    pub fn output_size(mut self, o: usize) -> Self {
+        self.0.output_size = o;
+        self
+    }
+
+    /// The checked configuration: sizes at least 1, `Hq = Hk` for the dot score, `A ≥ 1` for
+    /// concat and additive (and 0 for the others); an error naming the argument otherwise.
+    pub fn build(self) -> Result<AttentionConfig> {
+        let c = self.0;
+        if c.query_size == 0 {
+            return Err(Error::invalid("query_size", "at least 1", 0));
+        }
+        if c.key_size == 0 {
+            return Err(Error::invalid("key_size", "at least 1", 0));
+        }
+        if c.score == Score::Dot && c.query_size != c.key_size {
+            return Err(Error::invalid("key_size", format!("equal to query_size ({}) for the dot score", c.query_size), c.key_size));
+        }
+        let wants_a = matches!(c.score, Score::Concat | Score::Additive);
+        if wants_a && c.attn_size == 0 {
+            return Err(Error::invalid("attn_size", format!("at least 1 for the {} score", c.score.name()), 0));
+        }
+        if !wants_a && c.attn_size != 0 {
+            return Err(Error::invalid("attn_size", format!("0 for the {} score (it has no tanh layer)", c.score.name()), c.attn_size));
+        }
+        Ok(c)
+    }
+}
+
+impl AttentionConfig {
+    /// An attention of `score` with queries of `query_size` and keys of `key_size` features;
+    /// the concat and additive scores also need
+    /// [`attn_size`](AttentionConfigBuilder::attn_size). Checked by
+    /// [`build`](AttentionConfigBuilder::build).
+    #[allow(clippy::new_ret_no_self)] // RnnConfig's pattern: `new` gives the builder
+    pub fn new(score: Score, query_size: usize, key_size: usize) -> AttentionConfigBuilder {
+        AttentionConfigBuilder(AttentionConfig { score, query_size, key_size, attn_size: 0, output_size: 0 })
+    }
+
+    /// The builder of this configuration, to change it.
+    pub fn to_builder(&self) -> AttentionConfigBuilder {
+        AttentionConfigBuilder(self.clone())
+    }
+
+    /// The score function.
+    pub fn score(&self) -> Score {
+        self.score
+    }
+
+    /// `Hq`.
+    pub fn query_size(&self) -> usize {
+        self.query_size
+    }
+
+    /// `Hk`.
+    pub fn key_size(&self) -> usize {
+        self.key_size
+    }
+
+    /// `A` (0 for the dot and general scores).
+    pub fn attn_size(&self) -> usize {
+        self.attn_size
+    }
+
+    /// `O` (0: no attentional hidden state).
+    pub fn output_size(&self) -> usize {
+        self.output_size
+    }
+
+    /// The parameters, in the order of the flat buffer: name and shape.
+    pub fn params(&self) -> Vec<(&'static str, Vec<usize>)> {
+        let (hq, hk, a) = (self.query_size, self.key_size, self.attn_size);
+        let mut p = match self.score {
+            Score::Dot => vec![],
+            Score::General => vec![("weight_a", vec![hq, hk])],
+            Score::Concat => vec![("weight_a", vec![a, hq + hk]), ("v_a", vec![a])],
+            Score::Additive => vec![("weight_key", vec![a, hk]), ("weight_query", vec![a, hq]), ("v", vec![a])],
+        };
+        if self.output_size > 0 {
+            p.push(("weight_c", vec![self.output_size, hk + hq]));
+        }
+        p
+    }
+
+    /// The number of parameters.
+    pub fn param_len(&self) -> usize {
+        self.params().iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+    }
+
+    /// Where parameter `name` lies in the flat buffer; an error naming `name` if this
+    /// configuration has no such parameter.
+    pub fn param_range(&self, name: &str) -> Result<Range<usize>> {
+        let mut at = 0;
+        for (n, s) in self.params() {
+            let len = s.iter().product::<usize>();
+            if n == name {
+                return Ok(at..at + len);
+            }
+            at += len;
+        }
+        let names: Vec<&str> = self.params().iter().map(|(n, _)| *n).collect();
+        Err(Error::invalid("name", format!("a parameter of this attention ({})", names.join(", ")), name))
+    }
+}
+
+/// The sizes of one attention call: `Tq` queries over `S` encoder steps, `B` sequences with
+/// their encoder lengths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttentionShape {
+    queries: usize,
+    steps: usize,
+    lengths: Vec<usize>,
+}
+
+impl AttentionShape {
+    /// `queries` (`Tq`) decoder steps attending over `steps` (`S`) encoder steps, one encoder
+    /// length per sequence (`B` of them), each in `1..=S`; an error naming the argument
+    /// otherwise.
+    pub fn new(queries: usize, steps: usize, lengths: Vec<usize>) -> Result<Self> {
+        if queries == 0 {
+            return Err(Error::invalid("queries", "at least 1", 0));
+        }
+        if steps == 0 {
+            return Err(Error::invalid("steps", "at least 1", 0));
+        }
+        if lengths.is_empty() {
+            return Err(Error::invalid("lengths", "one encoder length per sequence (at least one sequence)", "none"));
+        }
+        if let Some((b, &l)) = lengths.iter().enumerate().find(|(_, &l)| l == 0 || l > steps) {
+            return Err(Error::invalid(format!("lengths[{b}]"), format!("an encoder length in 1..={steps}"), l));
+        }
+        Ok(AttentionShape { queries, steps, lengths })
+    }
+
+    /// `Tq`.
+    pub fn queries(&self) -> usize {
+        self.queries
+    }
+
+    /// `S`.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// `B`.
+    pub fn batch(&self) -> usize {
+        self.lengths.len()
+    }
+
+    /// The encoder length of each sequence.
+    pub fn lengths(&self) -> &[usize] {
+        &self.lengths
+    }
+}
+
+/// What a forward pass computes ([module docs](self) for the shapes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionOutput<T> {
+    /// `[Tq, B, S]`.
+    pub weights: Vec<T>,
+    /// `[Tq, B, Hk]`.
+    pub context: Vec<T>,
+    /// `[Tq, B, O]`; empty without the attentional hidden state.
+    pub hidden: Vec<T>,
+}
+
+/// The gradients of a backward pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionGrads<T> {
+    /// `[Tq, B, Hq]`.
+    pub d_queries: Vec<T>,
+    /// `[S, B, Hk]` (0 at the padding).
+    pub d_keys: Vec<T>,
+    /// The parameters' gradients, in the flat layout.
+    pub d_params: Vec<T>,
+}
+
+/// The incoming gradients of a backward pass, each optional (absent: zero).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttentionUpstream<'a, T> {
+    /// `[Tq, B, S]`, w.r.t. the weights.
+    pub d_weights: Option<&'a [T]>,
+    /// `[Tq, B, Hk]`, w.r.t. the context.
+    pub d_context: Option<&'a [T]>,
+    /// `[Tq, B, O]`, w.r.t. the attentional hidden state.
+    pub d_hidden: Option<&'a [T]>,
+}
+
+/// Checks a buffer's length against its shape.
+fn check_len(arg: &str, got: usize, shape: &[usize]) -> Result<()> {
+    let want: usize = shape.iter().product();
+    if got != want {
+        return Err(Error::shape(arg, format!("{shape:?} = {want} elements"), format!("{got} elements")));
+    }
+    Ok(())
+}
+
+/// The checks of a call's inputs (every argument against `cfg` and `shape`).
+pub(crate) fn check_inputs<T>(cfg: &AttentionConfig, shape: &AttentionShape, params: &[T], keys: &[T], queries: &[T]) -> Result<()> {
+    let (tq, s, b) = (shape.queries, shape.steps, shape.batch());
+    check_len("params", params.len(), &[cfg.param_len()])?;
+    check_len("keys", keys.len(), &[s, b, cfg.key_size])?;
+    check_len("queries", queries.len(), &[tq, b, cfg.query_size])
+}
+
+/// The checks of a backward call's saved forward output and incoming gradients.
+pub(crate) fn check_backward<T>(
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    out: &AttentionOutput<T>,
+    up: &AttentionUpstream<'_, T>,
+) -> Result<()> {
+    let (tq, s, b) = (shape.queries, shape.steps, shape.batch());
+    check_len("out.weights", out.weights.len(), &[tq, b, s])?;
+    check_len("out.context", out.context.len(), &[tq, b, cfg.key_size])?;
+    check_len("out.hidden", out.hidden.len(), &[tq, b, cfg.output_size])?;
+    if let Some(d) = up.d_weights {
+        check_len("d_weights", d.len(), &[tq, b, s])?;
+    }
+    if let Some(d) = up.d_context {
+        check_len("d_context", d.len(), &[tq, b, cfg.key_size])?;
+    }
+    if let Some(d) = up.d_hidden {
+        if cfg.output_size == 0 {
+            return Err(Error::invalid("d_hidden", "None: this attention has no attentional hidden state (output_size 0)", "a buffer"));
+        }
+        check_len("d_hidden", d.len(), &[tq, b, cfg.output_size])?;
+    }
+    Ok(())
+}

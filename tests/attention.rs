@@ -1,0 +1,323 @@
+//! The attention reference (`rnn_kernels::attention::reference`): central differences for
+//! every score, with and without the attentional hidden state, variable encoder lengths and a
+//! single decoder step; PyTorch parity on the case files of `tests/fixtures/attention/`
+//! (`make_attention_cases.py`: a torch module with batched matmuls and `masked_fill`, float64,
+//! autograd); the masking (padding never read, weights exactly 0 past a length); bad input.
+
+use rnn_kernels::attention::{reference, AttentionConfig, AttentionOutput, AttentionShape, AttentionUpstream, Score};
+use rnn_kernels::testkit::case::max_error;
+use rnn_kernels::testkit::SplitMix64;
+use rnn_kernels::Error;
+use safetensors::SafeTensors;
+use std::collections::HashMap;
+
+fn uniform(rng: &mut SplitMix64, n: usize, r: f64) -> Vec<f64> {
+    (0..n).map(|_| rng.uniform(-r, r)).collect()
+}
+
+/// A random problem: parameters, keys, queries and incoming gradients.
+struct Problem {
+    cfg: AttentionConfig,
+    shape: AttentionShape,
+    params: Vec<f64>,
+    keys: Vec<f64>,
+    queries: Vec<f64>,
+    d_weights: Vec<f64>,
+    d_context: Vec<f64>,
+    d_hidden: Vec<f64>,
+}
+
+impl Problem {
+    fn new(cfg: &AttentionConfig, shape: &AttentionShape, seed: u64) -> Self {
+        let mut rng = SplitMix64::new(seed);
+        let (tq, s, b) = (shape.queries(), shape.steps(), shape.batch());
+        Problem {
+            cfg: cfg.clone(),
+            shape: shape.clone(),
+            params: uniform(&mut rng, cfg.param_len(), 0.8),
+            keys: uniform(&mut rng, s * b * cfg.key_size(), 1.0),
+            queries: uniform(&mut rng, tq * b * cfg.query_size(), 1.0),
+            d_weights: uniform(&mut rng, tq * b * s, 1.0),
+            d_context: uniform(&mut rng, tq * b * cfg.key_size(), 1.0),
+            d_hidden: uniform(&mut rng, tq * b * cfg.output_size(), 1.0),
+        }
+    }
+
+    fn upstream(&self) -> AttentionUpstream<'_, f64> {
+        AttentionUpstream {
+            d_weights: Some(&self.d_weights),
+            d_context: Some(&self.d_context),
+            d_hidden: (self.cfg.output_size() > 0).then_some(&self.d_hidden[..]),
+        }
+    }
+
+    /// `Σ dW·weights + Σ dC·context + Σ dH·hidden` at the given inputs.
+    fn loss(&self, params: &[f64], keys: &[f64], queries: &[f64]) -> f64 {
+        let o = reference::forward(&self.cfg, &self.shape, params, keys, queries).unwrap();
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        dot(&o.weights, &self.d_weights) + dot(&o.context, &self.d_context) + dot(&o.hidden, &self.d_hidden)
+    }
+
+    /// The worst relative error of the analytic gradients against central differences in every
+    /// coordinate of the queries, the keys and the parameters.
+    fn gradcheck(&self) -> f64 {
+        let out = reference::forward(&self.cfg, &self.shape, &self.params, &self.keys, &self.queries).unwrap();
+        let g = reference::backward(&self.cfg, &self.shape, &self.params, &self.keys, &self.queries, &out, self.upstream()).unwrap();
+        let eps = 1e-6;
+        let mut worst = 0.0f64;
+        let mut check = |which: usize, analytic: &[f64]| {
+            for i in 0..analytic.len() {
+                let mut v = [self.queries.clone(), self.keys.clone(), self.params.clone()];
+                v[which][i] += eps;
+                let up = self.loss(&v[2], &v[1], &v[0]);
+                v[which][i] -= 2.0 * eps;
+                let down = self.loss(&v[2], &v[1], &v[0]);
+                let numeric = (up - down) / (2.0 * eps);
+                worst = worst.max((numeric - analytic[i]).abs() / numeric.abs().max(1.0));
+            }
+        };
+        check(0, &g.d_queries);
+        check(1, &g.d_keys);
+        check(2, &g.d_params);
+        worst
+    }
+}
+
+/// Every score, with and without the attentional hidden state, at several shapes.
+fn configs() -> Vec<AttentionConfig> {
+    let mut v = Vec::new();
+    for o in [0, 3] {
+        v.push(AttentionConfig::new(Score::Dot, 5, 5).output_size(o).build().unwrap());
+        v.push(AttentionConfig::new(Score::General, 4, 6).output_size(o).build().unwrap());
+        v.push(AttentionConfig::new(Score::Concat, 3, 5).attn_size(4).output_size(o).build().unwrap());
+        v.push(AttentionConfig::new(Score::Additive, 6, 2).attn_size(5).output_size(o).build().unwrap());
+    }
+    v
+}
+
+#[test]
+fn reference_matches_central_differences() {
+    let shapes = [
+        AttentionShape::new(3, 5, vec![5, 2, 1, 4]).unwrap(),
+        // One decoder step (the per-step path's shape), every sequence full.
+        AttentionShape::new(1, 4, vec![4, 4]).unwrap(),
+        // More decoder steps than encoder steps.
+        AttentionShape::new(6, 2, vec![1, 2]).unwrap(),
+    ];
+    let mut worst = 0.0f64;
+    for (c, cfg) in configs().iter().enumerate() {
+        for (s, shape) in shapes.iter().enumerate() {
+            let err = Problem::new(cfg, shape, 100 + 10 * c as u64 + s as u64).gradcheck();
+            assert!(err < 1e-7, "{cfg:?} {shape:?}: gradient error {err:.3e}");
+            worst = worst.max(err);
+        }
+    }
+    eprintln!("attention reference against central differences: worst {worst:.2e}");
+}
+
+/// The weights of each query are a softmax over the sequence's own keys: they sum to 1, are
+/// exactly 0 past its length; the padding keys are never read (changing them changes no bit of
+/// any output) and get exactly zero gradients.
+#[test]
+fn masking_reads_only_each_sequences_keys() {
+    for cfg in configs() {
+        let shape = AttentionShape::new(3, 5, vec![5, 2, 1, 4]).unwrap();
+        let p = Problem::new(&cfg, &shape, 7);
+        let out = reference::forward(&p.cfg, &shape, &p.params, &p.keys, &p.queries).unwrap();
+        let (s, b, hk) = (shape.steps(), shape.batch(), cfg.key_size());
+        for t in 0..shape.queries() {
+            for (bi, &len) in shape.lengths().iter().enumerate() {
+                let row = &out.weights[(t * b + bi) * s..(t * b + bi + 1) * s];
+                assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12, "{cfg:?}: weights sum to {}", row.iter().sum::<f64>());
+                assert!(row[len..].iter().all(|&w| w == 0.0), "{cfg:?}: a weight past the length");
+                assert!(row[..len].iter().all(|&w| w > 0.0), "{cfg:?}: a zero weight within the length");
+            }
+        }
+        let mut keys = p.keys.clone();
+        for si in 0..s {
+            for (bi, &len) in shape.lengths().iter().enumerate() {
+                if si >= len {
+                    keys[(si * b + bi) * hk..(si * b + bi + 1) * hk].fill(f64::NAN);
+                }
+            }
+        }
+        let padded = reference::forward(&p.cfg, &shape, &p.params, &keys, &p.queries).unwrap();
+        assert_eq!(bits(&padded.weights), bits(&out.weights), "{cfg:?}");
+        assert_eq!(bits(&padded.context), bits(&out.context), "{cfg:?}");
+        assert_eq!(bits(&padded.hidden), bits(&out.hidden), "{cfg:?}");
+        let g = reference::backward(&p.cfg, &shape, &p.params, &keys, &p.queries, &padded, p.upstream()).unwrap();
+        assert!(g.d_queries.iter().chain(&g.d_params).all(|v| v.is_finite()), "{cfg:?}: a padding key reached a gradient");
+        for si in 0..s {
+            for (bi, &len) in shape.lengths().iter().enumerate() {
+                let dk = &g.d_keys[(si * b + bi) * hk..(si * b + bi + 1) * hk];
+                assert_eq!(dk.iter().all(|&v| v == 0.0), si >= len, "{cfg:?}: d_keys at step {si} of sequence {bi} (length {len})");
+            }
+        }
+    }
+}
+
+fn bits(v: &[f64]) -> Vec<u64> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// A case file of `tests/fixtures/attention/`.
+struct AttentionCase {
+    name: String,
+    cfg: AttentionConfig,
+    shape: AttentionShape,
+    tensors: HashMap<String, Vec<f64>>,
+}
+
+impl AttentionCase {
+    fn load(path: &std::path::Path) -> AttentionCase {
+        let bytes = std::fs::read(path).unwrap();
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = meta.metadata().clone().unwrap();
+        assert_eq!(meta["kind"], "attention");
+        let num = |k: &str| meta[k].parse::<usize>().unwrap();
+        let score: Score = meta["score"].parse().unwrap();
+        let cfg = AttentionConfig::new(score, num("query_size"), num("key_size"))
+            .attn_size(num("attn_size"))
+            .output_size(num("output_size"))
+            .build()
+            .unwrap();
+        let lengths: Vec<usize> = meta["lengths"].split(',').map(|l| l.parse().unwrap()).collect();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let mut tensors = HashMap::new();
+        for (name, view) in st.tensors() {
+            assert_eq!(view.dtype(), safetensors::Dtype::F64, "{name}");
+            let v: Vec<f64> = view.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+            tensors.insert(name, v);
+        }
+        let (b, hq) = (lengths.len(), cfg.query_size());
+        let tq = tensors["queries"].len() / (b * hq);
+        let s = tensors["keys"].len() / (b * cfg.key_size());
+        let shape = AttentionShape::new(tq, s, lengths).unwrap();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        AttentionCase { name, cfg, shape, tensors }
+    }
+
+    /// The flat parameters (from `prefix<name>`), in the configuration's order, each checked
+    /// against its shape.
+    fn params(&self, prefix: &str) -> Vec<f64> {
+        let mut flat = Vec::new();
+        for (n, shape) in self.cfg.params() {
+            let t = &self.tensors[&format!("{prefix}{n}")];
+            assert_eq!(t.len(), shape.iter().product::<usize>(), "{}: {prefix}{n}", self.name);
+            flat.extend_from_slice(t);
+        }
+        assert_eq!(self.tensors.keys().filter(|k| k.starts_with(prefix)).count(), self.cfg.params().len(), "{}: {prefix}*", self.name);
+        flat
+    }
+
+    fn get(&self, name: &str) -> Option<&[f64]> {
+        self.tensors.get(name).map(|v| &v[..])
+    }
+
+    /// The forward outputs and the gradients of the reference in `T` on the case's inputs.
+    fn run<T: rnn_kernels::Float>(&self, shape: &AttentionShape) -> (AttentionOutput<f64>, [Vec<f64>; 3]) {
+        let down = |v: &[f64]| v.iter().map(|&x| T::from_f64(x)).collect::<Vec<T>>();
+        let up = |v: &[T]| v.iter().map(|x| x.to_f64()).collect::<Vec<f64>>();
+        let (params, keys, queries) = (down(&self.params("param.")), down(&self.tensors["keys"]), down(&self.tensors["queries"]));
+        let out = reference::forward(&self.cfg, shape, &params, &keys, &queries).unwrap();
+        let d = [self.get("d_weights").map(down), self.get("d_context").map(down), self.get("d_hidden").map(down)];
+        let upstream = AttentionUpstream { d_weights: d[0].as_deref(), d_context: d[1].as_deref(), d_hidden: d[2].as_deref() };
+        let g = reference::backward(&self.cfg, shape, &params, &keys, &queries, &out, upstream).unwrap();
+        let out64 = AttentionOutput { weights: up(&out.weights), context: up(&out.context), hidden: up(&out.hidden) };
+        (out64, [up(&g.d_queries), up(&g.d_keys), up(&g.d_params)])
+    }
+
+    /// The worst error of the reference in `T` against the file, every output and gradient.
+    fn worst_error<T: rnn_kernels::Float>(&self, shape: &AttentionShape) -> f64 {
+        let (out, grads) = self.run::<T>(shape);
+        let empty = Vec::new();
+        let pairs = [
+            ("weights", &out.weights, &self.tensors["weights"]),
+            ("context", &out.context, &self.tensors["context"]),
+            ("hidden", &out.hidden, self.tensors.get("hidden").unwrap_or(&empty)),
+            ("grad.queries", &grads[0], &self.tensors["grad.queries"]),
+            ("grad.keys", &grads[1], &self.tensors["grad.keys"]),
+        ];
+        let want_params = self.params("grad.param.");
+        let mut worst = max_error(&grads[2], &want_params);
+        for (name, got, want) in pairs {
+            let e = max_error(got, want);
+            assert!(e.is_finite(), "{}: {name} has another length", self.name);
+            worst = worst.max(e);
+        }
+        worst
+    }
+}
+
+fn cases() -> Vec<AttentionCase> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/attention");
+    let mut paths: Vec<_> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
+    paths.sort();
+    let cases: Vec<AttentionCase> = paths.iter().map(|p| AttentionCase::load(p)).collect();
+    // Every score is covered, with and without the attentional hidden state.
+    for score in Score::ALL {
+        assert!(cases.iter().any(|c| c.cfg.score() == score), "no case of the {} score", score.name());
+    }
+    assert!(cases.iter().any(|c| c.cfg.output_size() > 0) && cases.iter().any(|c| c.cfg.output_size() == 0));
+    cases
+}
+
+/// The reference in f64 matches PyTorch's autograd at 1e-9 on every output and gradient, and in
+/// f32 at 1e-5; with every sequence's full length instead of its own (the mask ignored) it
+/// does not.
+#[test]
+fn reference_matches_pytorch_cases() {
+    for case in cases() {
+        let e64 = case.worst_error::<f64>(&case.shape);
+        assert!(e64 < 1e-9, "{}: f64 error {e64:.3e}", case.name);
+        let e32 = case.worst_error::<f32>(&case.shape);
+        assert!(e32 < 1e-5, "{}: f32 error {e32:.3e}", case.name);
+        eprintln!("{}: f64 {e64:.1e}, f32 {e32:.1e}", case.name);
+        if case.shape.lengths().iter().any(|&l| l < case.shape.steps()) {
+            let full = AttentionShape::new(case.shape.queries(), case.shape.steps(), vec![case.shape.steps(); case.shape.batch()]).unwrap();
+            assert!(case.worst_error::<f64>(&full) > 1e-3, "{}: the mask changed nothing", case.name);
+        }
+    }
+}
+
+#[test]
+fn bad_input_is_an_error_naming_the_argument() {
+    let named = |r: Result<AttentionConfig, Error>, arg: &str| {
+        let e = r.unwrap_err();
+        assert!(e.to_string().contains(&format!("`{arg}`")), "{e}");
+    };
+    named(AttentionConfig::new(Score::Dot, 4, 5).build(), "key_size");
+    named(AttentionConfig::new(Score::Concat, 4, 5).build(), "attn_size");
+    named(AttentionConfig::new(Score::General, 4, 5).attn_size(3).build(), "attn_size");
+    named(AttentionConfig::new(Score::Additive, 0, 5).attn_size(3).build(), "query_size");
+    named(AttentionConfig::new(Score::General, 4, 0).build(), "key_size");
+    for (lengths, arg) in [(vec![3, 0], "lengths[1]"), (vec![4, 6], "lengths[1]"), (vec![], "lengths")] {
+        let e = AttentionShape::new(2, 5, lengths).unwrap_err();
+        assert!(e.to_string().contains(&format!("`{arg}`")), "{e}");
+    }
+    assert!(AttentionShape::new(0, 5, vec![1]).unwrap_err().to_string().contains("`queries`"));
+    assert!(AttentionShape::new(2, 0, vec![1]).unwrap_err().to_string().contains("`steps`"));
+    assert!("luong".parse::<Score>().unwrap_err().to_string().contains("`score`"));
+    assert_eq!("bahdanau".parse::<Score>().unwrap(), Score::Additive);
+
+    let cfg = AttentionConfig::new(Score::General, 4, 6).build().unwrap();
+    let shape = AttentionShape::new(3, 5, vec![5, 2]).unwrap();
+    let p = Problem::new(&cfg, &shape, 1);
+    let f =
+        |params: &[f64], keys: &[f64], queries: &[f64]| reference::forward(&cfg, &shape, params, keys, queries).unwrap_err().to_string();
+    assert!(f(&p.params[1..], &p.keys, &p.queries).contains("`params`"));
+    assert!(f(&p.params, &p.keys[1..], &p.queries).contains("`keys`"));
+    assert!(f(&p.params, &p.keys, &p.queries[1..]).contains("`queries`"));
+    let out = reference::forward(&cfg, &shape, &p.params, &p.keys, &p.queries).unwrap();
+    let b = |out: &AttentionOutput<f64>, up: AttentionUpstream<'_, f64>| {
+        reference::backward(&cfg, &shape, &p.params, &p.keys, &p.queries, out, up).unwrap_err().to_string()
+    };
+    let short = &p.d_context[1..];
+    assert!(b(&out, AttentionUpstream { d_context: Some(short), ..Default::default() }).contains("`d_context`"));
+    assert!(b(&out, AttentionUpstream { d_weights: Some(short), ..Default::default() }).contains("`d_weights`"));
+    assert!(b(&out, AttentionUpstream { d_hidden: Some(&p.d_context), ..Default::default() }).contains("`d_hidden`"));
+    let cut = AttentionOutput { weights: out.weights[1..].to_vec(), ..out.clone() };
+    assert!(b(&cut, AttentionUpstream::default()).contains("`out.weights`"));
+    assert!(cfg.param_range("v").unwrap_err().to_string().contains("`name`"));
+}
