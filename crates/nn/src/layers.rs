@@ -225,7 +225,36 @@ impl Linear {
 /// `logits: [N, V]` and `targets: [N]`; writes its gradient `(softmax - onehot) / N` into
 /// `dlogits: [N, V]` if given.
 pub fn softmax_cross_entropy(logits: &[f32], targets: &[usize], dlogits: Option<&mut [f32]>) -> Result<f64> {
-    let n = targets.len();
+    cross_entropy(logits, targets.len(), |r| Some(targets[r]), dlogits).map(|(loss, _)| loss)
+}
+
+/// The masked form of [`softmax_cross_entropy`] for padded sequences (PyTorch's
+/// `cross_entropy(..., ignore_index=...)` with the mean reduction): rows whose target is `None`
+/// (padding) add nothing to the loss and get a zero gradient, and the mean is over the others.
+/// Returns the mean loss and the number of rows counted. An error if every row is ignored (the
+/// mean of nothing), naming `targets`.
+pub fn masked_softmax_cross_entropy(logits: &[f32], targets: &[Option<usize>], dlogits: Option<&mut [f32]>) -> Result<(f64, usize)> {
+    cross_entropy(logits, targets.len(), |r| targets[r], dlogits)
+}
+
+/// The targets of a batch of padded sequences for [`masked_softmax_cross_entropy`]: `targets`
+/// time-major `[T, B]`, sequence `b` of length `lengths[b]` (in `0..=T`); the steps past a length
+/// are `None`.
+pub fn sequence_targets(targets: &[usize], lengths: &[usize]) -> Result<Vec<Option<usize>>> {
+    let b = lengths.len();
+    if b == 0 || !targets.len().is_multiple_of(b) {
+        return Err(wrong_shape("targets", format!("[T, B = {b}]"), format!("{} elements", targets.len())));
+    }
+    let t = targets.len() / b;
+    if let Some(i) = lengths.iter().position(|&l| l > t) {
+        return Err(invalid(format!("lengths[{i}]"), format!("at most T = {t}"), lengths[i]));
+    }
+    Ok(targets.iter().enumerate().map(|(k, &y)| (k / b < lengths[k % b]).then_some(y)).collect())
+}
+
+/// The cross-entropy of `n` rows, row `r`'s target `target(r)` (`None`: ignored): the mean over
+/// the counted rows and their number, the gradient into `dlogits`.
+fn cross_entropy(logits: &[f32], n: usize, target: impl Fn(usize) -> Option<usize>, dlogits: Option<&mut [f32]>) -> Result<(f64, usize)> {
     if n == 0 {
         return Err(invalid("targets", "at least one target", "an empty slice"));
     }
@@ -233,8 +262,12 @@ pub fn softmax_cross_entropy(logits: &[f32], targets: &[usize], dlogits: Option<
         return Err(wrong_shape("logits", format!("[N = {n}, V] for some V ≥ 1"), format!("{} elements", logits.len())));
     }
     let v = logits.len() / n;
-    if let Some(p) = targets.iter().position(|&t| t >= v) {
-        return Err(invalid(format!("targets[{p}]"), format!("below V = {v}"), targets[p]));
+    if let Some((p, t)) = (0..n).filter_map(|r| target(r).map(|t| (r, t))).find(|&(_, t)| t >= v) {
+        return Err(invalid(format!("targets[{p}]"), format!("below V = {v}"), t));
+    }
+    let counted = (0..n).filter(|&r| target(r).is_some()).count();
+    if counted == 0 {
+        return Err(invalid("targets", "at least one target that is not ignored", "every row ignored"));
     }
     let mut dl = match dlogits {
         Some(d) => {
@@ -243,9 +276,15 @@ pub fn softmax_cross_entropy(logits: &[f32], targets: &[usize], dlogits: Option<
         }
         None => None,
     };
-    let scale = 1.0 / n as f64;
+    let scale = 1.0 / counted as f64;
     let mut total = 0.0f64;
-    for (r, (row, &t)) in logits.chunks_exact(v).zip(targets).enumerate() {
+    for (r, row) in logits.chunks_exact(v).enumerate() {
+        let Some(t) = target(r) else {
+            if let Some(d) = dl.as_deref_mut() {
+                d[r * v..(r + 1) * v].fill(0.0);
+            }
+            continue;
+        };
         let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
         let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
         let log_z = max as f64 + sum.ln();
@@ -257,7 +296,7 @@ pub fn softmax_cross_entropy(logits: &[f32], targets: &[usize], dlogits: Option<
             }
         }
     }
-    Ok(total * scale)
+    Ok((total * scale, counted))
 }
 
 #[cfg(test)]
@@ -340,5 +379,50 @@ mod tests {
         assert_eq!(dw, vec![2.0, 2.0, 0.0, 0.0, 4.0, 4.0]);
         let err = e.forward(&[3], &mut out[..2]).unwrap_err().to_string();
         assert!(err.contains("ids[0]"), "{err}");
+    }
+
+    /// The masked cross-entropy is the plain one over the kept rows only (bit for bit, loss and
+    /// their gradients), gives the ignored rows a zero gradient, and counts the kept rows;
+    /// `sequence_targets` ignores exactly the steps past each length.
+    #[test]
+    fn masked_cross_entropy_is_the_plain_one_over_the_kept_rows() {
+        let (t, b, v) = (4, 3, 5);
+        let lengths = [4, 1, 2];
+        let mut rng = SplitMix64::new(21);
+        let logits: Vec<f32> = (0..t * b * v).map(|_| rng.uniform(-3.0, 3.0) as f32).collect();
+        let ids: Vec<usize> = (0..t * b).map(|_| rng.below(v as u64) as usize).collect();
+        let targets = sequence_targets(&ids, &lengths).unwrap();
+        for (k, tg) in targets.iter().enumerate() {
+            assert_eq!(tg.is_some(), k / b < lengths[k % b], "row {k}");
+        }
+        let mut d = vec![f32::NAN; t * b * v];
+        let (loss, counted) = masked_softmax_cross_entropy(&logits, &targets, Some(&mut d)).unwrap();
+        assert_eq!(counted, 7);
+        let kept: Vec<usize> = (0..t * b).filter(|&r| targets[r].is_some()).collect();
+        let kept_logits: Vec<f32> = kept.iter().flat_map(|&r| logits[r * v..(r + 1) * v].to_vec()).collect();
+        let kept_ids: Vec<usize> = kept.iter().map(|&r| ids[r]).collect();
+        let mut dk = vec![0.0; kept.len() * v];
+        let plain = softmax_cross_entropy(&kept_logits, &kept_ids, Some(&mut dk)).unwrap();
+        assert_eq!(loss.to_bits(), plain.to_bits());
+        for (i, &r) in kept.iter().enumerate() {
+            assert_eq!(&d[r * v..(r + 1) * v], &dk[i * v..(i + 1) * v], "row {r}");
+        }
+        for r in (0..t * b).filter(|&r| targets[r].is_none()) {
+            assert!(d[r * v..(r + 1) * v].iter().all(|&g| g == 0.0), "row {r}");
+        }
+        // The ignored rows' logits do not matter.
+        let mut other = logits.clone();
+        for r in (0..t * b).filter(|&r| targets[r].is_none()) {
+            other[r * v..(r + 1) * v].fill(1e3);
+        }
+        assert_eq!(masked_softmax_cross_entropy(&other, &targets, None).unwrap().0.to_bits(), loss.to_bits());
+        // Bad input names the argument.
+        let none = vec![None; t * b];
+        assert!(masked_softmax_cross_entropy(&logits, &none, None).unwrap_err().to_string().contains("targets"));
+        assert!(sequence_targets(&ids, &[4, 5, 1]).unwrap_err().to_string().contains("lengths[1]"));
+        assert!(sequence_targets(&ids[1..], &lengths).unwrap_err().to_string().contains("targets"));
+        let mut bad = targets.clone();
+        bad[0] = Some(v);
+        assert!(masked_softmax_cross_entropy(&logits, &bad, None).unwrap_err().to_string().contains("targets[0]"));
     }
 }

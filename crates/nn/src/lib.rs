@@ -8,6 +8,8 @@
 //!   `bias [out]`), forward and backward as GEMMs.
 //! - [`softmax_cross_entropy`]: the mean negative log-likelihood of targets under softmaxed
 //!   logits, and its gradient.
+//! - [`masked_softmax_cross_entropy`] and [`sequence_targets`]: the same over padded sequences,
+//!   the steps past each length ignored (PyTorch's `ignore_index`).
 //! - [`Adam`] and [`clip_global_norm`]: the optimiser step and gradient clipping over several
 //!   parameter tensors at once.
 //! - [`Vocab`]: the characters of a corpus and their ids.
@@ -72,6 +74,6 @@ mod vocab;
 
 pub use charlm::{train, Budget, CharLm, CharLmConfig, Progress, SaveFailed, Schedule, TrainConfig, TrainSummary, Trainer};
 pub use checkpoint::check_save_path;
-pub use layers::{softmax_cross_entropy, Embedding, Linear};
+pub use layers::{masked_softmax_cross_entropy, sequence_targets, softmax_cross_entropy, Embedding, Linear};
 pub use optim::{clip_global_norm, Adam, AdamConfig, CosineSchedule, Decay};
 pub use vocab::Vocab;
