@@ -18,6 +18,9 @@
 //!   parallel streams with carried state, evaluation, sampling, and checkpoints whose names
 //!   load into PyTorch (`embedding.weight`, `rnn.weight_ih_l0`, …, `decoder.weight`,
 //!   `decoder.bias`).
+//! - [`dates`]: a deterministic dataset for sequence-to-sequence training, dates written sixteen
+//!   ways people write them (`3rd of March 1999`, `03/03/99`, `Wed, 3 Mar 1999`, …) paired with
+//!   ISO `1999-03-03`, and a train/held-out split that shares no date.
 //!
 //! Shapes follow [the conventions of `rnn_kernels`](rnn_kernels#conventions): row-major,
 //! time-major. `N` below is a number of rows (`T·B` when a time-major `[T, B, ·]` tensor is seen
@@ -66,6 +69,7 @@
 
 mod charlm;
 mod checkpoint;
+pub mod dates;
 mod error;
 mod layers;
 mod optim;
@@ -74,6 +78,7 @@ mod vocab;
 
 pub use charlm::{train, Budget, CharLm, CharLmConfig, Progress, SaveFailed, Schedule, TrainConfig, TrainSummary, Trainer};
 pub use checkpoint::check_save_path;
+pub use dates::DatePair;
 pub use layers::{masked_softmax_cross_entropy, sequence_targets, softmax_cross_entropy, Embedding, Linear};
 pub use optim::{clip_global_norm, Adam, AdamConfig, CosineSchedule, Decay};
 pub use vocab::Vocab;

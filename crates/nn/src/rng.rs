@@ -1,6 +1,6 @@
-//! The seeded generator of the layers' initialisation and of sampling: SplitMix64, the
-//! generator `rnn_kernels` initialises a stack's parameters with, so that a seed gives the
-//! same numbers on every platform and in every build.
+//! The seeded generator of the layers' initialisation, of sampling and of the date dataset
+//! ([`crate::dates`]): SplitMix64, the generator `rnn_kernels` initialises a stack's parameters
+//! with, so that a seed gives the same numbers on every platform and in every build.
 
 /// SplitMix64 (Steele, Lea, Flood 2014): passes BigCrush, one add and three xor-shift-multiplies.
 #[derive(Debug, Clone)]
@@ -33,8 +33,8 @@ impl SplitMix64 {
         lo + (hi - lo) * self.next_f64()
     }
 
-    /// Uniform integer in `0..n` (`n > 0`), by rejection so every value is equally likely.
-    #[cfg(test)]
+    /// Uniform integer in `0..n` (`n > 0`), by rejection so every value is equally likely (a
+    /// plain `% n` would favour the small values), which the date dataset's draws rely on.
     pub(crate) fn below(&mut self, n: u64) -> u64 {
         debug_assert!(n > 0);
         let zone = u64::MAX - (u64::MAX % n);
