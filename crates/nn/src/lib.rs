@@ -21,6 +21,9 @@
 //! - [`dates`]: a deterministic dataset for sequence-to-sequence training, dates written sixteen
 //!   ways people write them (`3rd of March 1999`, `03/03/99`, `Wed, 3 Mar 1999`, …) paired with
 //!   ISO `1999-03-03`, and a train/held-out split that shares no date.
+//! - [`decode`]: greedy and beam search over a batch (width, length normalisation, end token,
+//!   per-sequence stopping; width 1 is greedy), the model one closure per step whose rows carry
+//!   their parents, and [`decode::reorder_rows`] to gather a state by them.
 //!
 //! Shapes follow [the conventions of `rnn_kernels`](rnn_kernels#conventions): row-major,
 //! time-major. `N` below is a number of rows (`T·B` when a time-major `[T, B, ·]` tensor is seen
@@ -70,6 +73,7 @@
 mod charlm;
 mod checkpoint;
 pub mod dates;
+pub mod decode;
 mod error;
 mod layers;
 mod optim;
