@@ -128,5 +128,5 @@ pub use params::{config_from_metadata, config_metadata, LayerRanges, LoadOptions
 /// The seeded generator for the crate's unit tests (outside the crate: `testkit::SplitMix64`).
 #[cfg(test)]
 pub(crate) use rng::SplitMix64;
-pub use rnn::{Gradients, Output, Rnn};
+pub use rnn::{BackwardSteps, Gradients, Output, Rnn, Steps};
 pub use shape::SeqShape;

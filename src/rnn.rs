@@ -200,6 +200,241 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
     }
 }
 
+/// A decoder run one step at a time ([`Rnn::start_steps`]): the state after the last step and,
+/// when training, what each step saved for backward.
+pub struct Steps<T: Element, B: Backend<T>> {
+    /// Per step, the reserve of its one-step training forward (`None`: an inference run).
+    record: Option<Vec<B::Reserve>>,
+    /// `[L, B, Hout]`: the hidden state after the last step.
+    h: Vec<T>,
+    /// `[L, B, H]` (LSTM): the cell state after the last step.
+    c: Option<Vec<T>>,
+    /// The masks of recurrent and input dropout (training), the same at every step.
+    masks: Option<MaskStream>,
+    steps: usize,
+}
+
+impl<T: Element, B: Backend<T>> Steps<T, B> {
+    /// The number of steps run.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// The hidden state after the last step, `[L, B, Hout]`.
+    pub fn h(&self) -> &[T] {
+        &self.h
+    }
+
+    /// The cell state after the last step, `[L, B, H]` (LSTM).
+    pub fn c(&self) -> Option<&[T]> {
+        self.c.as_deref()
+    }
+
+    /// The states, to change between the steps of an inference run: a beam search reorders
+    /// the rows of each layer's `[B, ·]` block by the hypotheses' parents, and may change `B`
+    /// (the next step's `x` then has the new `B` rows). A training run refuses a step whose
+    /// state has another `B` than its first.
+    pub fn state_mut(&mut self) -> (&mut Vec<T>, Option<&mut Vec<T>>) {
+        (&mut self.h, self.c.as_mut())
+    }
+}
+
+/// The backward of a decoder's training run, one step at a time from the last
+/// ([`Rnn::backward_steps`]): each [`step`](Self::step) takes that step's output gradient, which
+/// may depend on the input gradient the later step returned (input feeding, attention over the
+/// decoder's own states), and returns the step's input gradient.
+pub struct BackwardSteps<'s, T: Element, B: Backend<T>> {
+    steps: &'s Steps<T, B>,
+    /// The next step to walk (`steps` when done: walked in reverse).
+    next: usize,
+    /// The gradients w.r.t. the state after step `next`: `dh`, `dc`.
+    dh: Vec<T>,
+    dc: Option<Vec<T>>,
+    dparams: Vec<T>,
+    /// The steps' input gradients, from the last step back.
+    dx: Vec<Vec<T>>,
+}
+
+impl<'s, T: Element, B: Backend<T>> BackwardSteps<'s, T, B> {
+    /// The step the next [`step`](Self::step) walks back through, `None` when all are done.
+    pub fn next_step(&self) -> Option<usize> {
+        self.next.checked_sub(1)
+    }
+}
+
+impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
+    /// Starts a decoder run one step at a time, for a stack whose input at step `t` is computed
+    /// from what came out of the steps before it (input feeding, attention, sampling): `batch`
+    /// sequences from `h0: [L, B, Hout]` and `c0: [L, B, H]` (zeros when not given). With
+    /// `training`, each [`step`](Self::step) keeps what backward needs and
+    /// [`backward_steps`](Self::backward_steps) walks them in reverse, taking each step's output
+    /// gradient when it gets there; inference keeps only the state. `masks`: those of recurrent
+    /// and input dropout in training (one mask per sequence, the same at every step).
+    ///
+    /// Each step's backward is the backend's backward over that step's record, its parameters'
+    /// gradients added in (products of `B` rows per step; one product over all the steps, as a
+    /// call over the whole sequence makes, is not done yet). On the reference backend the
+    /// outputs and the input and state gradients are those of one call over the whole sequence
+    /// on the same inputs, bit for bit (`tests/decoder_steps.rs`).
+    ///
+    /// For a forward (unidirectional) stack: a bidirectional or reverse-only one is an error
+    /// naming `direction`. Dropout between layers and zoneout, whose masks depend on the step,
+    /// are refused in training (an error naming the option).
+    pub fn start_steps(
+        &self,
+        batch: usize,
+        h0: Option<&[T]>,
+        c0: Option<&[T]>,
+        training: bool,
+        masks: Option<MaskStream>,
+    ) -> Result<Steps<T, B>> {
+        let cfg = self.config();
+        if cfg.num_directions() != 1 || cfg.reverse_only() {
+            return Err(Error::invalid(
+                "direction",
+                "forward: the steps of a decoder run forward in time",
+                if cfg.reverse_only() { "reverse" } else { "bidirectional" },
+            ));
+        }
+        if training {
+            let per_step = if cfg.dropout().is_some() {
+                Some("dropout")
+            } else if cfg.zoneout().is_some() {
+                Some("zoneout")
+            } else if cfg.zoneout_cell().is_some() {
+                Some("zoneout_cell")
+            } else {
+                None
+            };
+            if let Some(option) = per_step {
+                return Err(Error::Unsupported {
+                    backend: self.backend.name(),
+                    option: option.into(),
+                    reason: "a decoder's training steps cannot draw masks that depend on the step yet (recurrent and input \
+                             dropout, one mask per sequence, are taken)"
+                        .into(),
+                });
+            }
+        }
+        let shape = SeqShape::new(1, batch)?;
+        let h = match h0 {
+            Some(h) => {
+                check_len("h0", "[L, B, Hout]", &shape.h_shape(cfg), h.len())?;
+                h.to_vec()
+            }
+            None => alloc("batch", "h0", "[L, B, Hout]", shape.h_shape(cfg))?,
+        };
+        let c = match (cfg.cell().has_cell_state(), c0) {
+            (false, _) => None,
+            (true, Some(c)) => {
+                check_len("c0", "[L, B, H]", &shape.c_shape(cfg), c.len())?;
+                Some(c.to_vec())
+            }
+            (true, None) => Some(alloc("batch", "c0", "[L, B, H]", shape.c_shape(cfg))?),
+        };
+        Ok(Steps { record: training.then(Vec::new), h, c, masks: if training { masks } else { None }, steps: 0 })
+    }
+
+    /// One step of a decoder run: `x: [B, I]`, `B` the rows of the state; returns
+    /// `y: [B, Hout]` and moves the state on.
+    pub fn step(&self, steps: &mut Steps<T, B>, x: &[T]) -> Result<Vec<T>> {
+        let cfg = self.config();
+        let rows = cfg.num_layers() * cfg.hidden_out_size();
+        let batch = steps.h.len() / rows.max(1);
+        if batch == 0 || steps.h.len() != batch * rows {
+            return Err(Error::shape("steps.h", "[L, B, Hout] with B ≥ 1", format!("{} elements", steps.h.len())));
+        }
+        if let Some(first) = steps.record.as_ref().and_then(|r| r.first()).and_then(|r| r.shape()) {
+            if first.batch() != batch {
+                return Err(Error::invalid(
+                    "steps.h",
+                    format!("the B = {} of the training run's first step", first.batch()),
+                    format!("B = {batch}"),
+                ));
+            }
+        }
+        let shape = SeqShape::new(1, batch)?;
+        check_len("x", "[B, I]", &[1, batch, cfg.input_size()], x.len())?;
+        if let Some(c) = &steps.c {
+            check_len("steps.c", "[L, B, H] with the B of steps.h", &shape.c_shape(cfg), c.len())?;
+        }
+        let input = ForwardInput { x, h0: Some(&steps.h), c0: steps.c.as_deref(), masks: steps.masks.clone() };
+        let out = match steps.record.as_mut() {
+            Some(record) => {
+                let mut reserve = B::Reserve::default();
+                let out = self.run_forward(&shape, input, Some(&mut reserve))?;
+                record.push(reserve);
+                out
+            }
+            None => self.run_forward(&shape, input, None)?,
+        };
+        steps.h = out.hn;
+        if out.cn.is_some() {
+            steps.c = out.cn;
+        }
+        steps.steps += 1;
+        Ok(out.y)
+    }
+
+    /// Starts the backward of a training run's steps from `dhn`, `dcn`, the gradients w.r.t. the
+    /// state after the last step (zeros when not given); walk it with
+    /// [`BackwardSteps::step`], then [`BackwardSteps::finish`].
+    pub fn backward_steps<'s>(&self, steps: &'s Steps<T, B>, dhn: Option<&[T]>, dcn: Option<&[T]>) -> Result<BackwardSteps<'s, T, B>> {
+        match &steps.record {
+            None => return Err(Error::invalid("steps", "a training run (start_steps with training)", "an inference run")),
+            Some(r) if r.is_empty() => return Err(Error::invalid("steps", "a training run with at least one step", "no step")),
+            Some(_) => {}
+        }
+        let state = |v: Option<&[T]>, like: &[T], arg: &str| -> Result<Vec<T>> {
+            match v {
+                Some(v) => {
+                    check_len(arg, "the shape of the state", &[1, 1, like.len()], v.len())?;
+                    Ok(v.to_vec())
+                }
+                None => Ok(vec![T::from_f64(0.0); like.len()]),
+            }
+        };
+        let dh = state(dhn, &steps.h, "dhn")?;
+        let dc = match &steps.c {
+            Some(c) => Some(state(dcn, c, "dcn")?),
+            None => None,
+        };
+        let dparams = try_zeroed("dparams", "the parameter gradients", self.plan.param_len())?;
+        Ok(BackwardSteps { steps, next: steps.steps, dh, dc, dparams, dx: Vec::new() })
+    }
+}
+
+impl<T: Element, B: Backend<T, Buf = [T]>> BackwardSteps<'_, T, B> {
+    /// Walks back through the next step (the last one first) with `dy: [B, Hout]`, the gradient
+    /// w.r.t. that step's output (zeros when not given), and returns `dx: [B, I]`, w.r.t. its
+    /// input. The parameters' gradients accumulate; an error after the first step.
+    pub fn step(&mut self, rnn: &Rnn<T, B>, dy: Option<&[T]>) -> Result<Vec<T>> {
+        let Some(t) = self.next.checked_sub(1) else {
+            return Err(Error::invalid("step", "a step not yet walked back", "every step walked back already"));
+        };
+        let record = self.steps.record.as_ref().expect("backward_steps checked a training run");
+        let g = rnn.backward_accumulate(&record[t], dy, Some(&self.dh), self.dc.as_deref(), &mut self.dparams)?;
+        self.dh = g.dh0;
+        if let Some(dc) = g.dc0 {
+            self.dc = Some(dc);
+        }
+        self.next = t;
+        self.dx.push(g.dx.clone());
+        Ok(g.dx)
+    }
+
+    /// The gradients of the whole run once every step was walked back: `dx: [T, B, I]` (every
+    /// step's, in step order), `dh0`, `dc0` and the parameters'. An error naming `steps` while a
+    /// step is left.
+    pub fn finish(self) -> Result<Gradients<T>> {
+        if self.next != 0 {
+            return Err(Error::invalid("steps", "every step walked back before finish", format!("{} steps left", self.next)));
+        }
+        let dx = self.dx.into_iter().rev().flatten().collect();
+        Ok(Gradients { dx, dh0: self.dh, dc0: self.dc, dparams: Some(self.dparams) })
+    }
+}
+
 /// A zeroed output buffer `name` of shape `shape` (`dims` in words), sized from the argument
 /// `arg`: the element count in checked arithmetic and the allocation fallible, so a size that
 /// overflows or does not fit in memory is [`Error::TooLarge`] naming `arg`.

@@ -1,0 +1,331 @@
+//! A decoder run one step at a time (`Rnn::start_steps`, `step`, `backward_steps`): with the
+//! inputs known in advance (teacher forcing) it computes what one call over the whole sequence
+//! computes, on the reference (outputs and input gradients bit for bit) and on the CPU backend;
+//! with input feeding (each step's input computed from the previous step's output) its
+//! step-by-step backward gives the gradients of central differences; inference steps give the
+//! training steps' outputs, and their states can be reordered (a beam search); bad use is an
+//! error naming the argument.
+
+use rnn_kernels::masks::MaskStream;
+use rnn_kernels::testkit::case::max_error;
+use rnn_kernels::testkit::SplitMix64;
+use rnn_kernels::{Backend, CellKind, Cpu, Error, Params, Reference, Rnn, RnnConfig, SeqShape};
+
+fn uniform(rng: &mut SplitMix64, n: usize, r: f64) -> Vec<f64> {
+    (0..n).map(|_| rng.uniform(-r, r)).collect()
+}
+
+fn down(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+/// Forward stacks of every cell with options: projection, peepholes, layer norm, Cho's GRU,
+/// batch-first, recurrent and input dropout.
+fn configs() -> Vec<RnnConfig> {
+    vec![
+        RnnConfig::new(CellKind::Lstm, 5, 7).num_layers(2).build().unwrap(),
+        RnnConfig::new(CellKind::Lstm, 5, 7).proj_size(4).peephole(true).build().unwrap(),
+        RnnConfig::new(CellKind::Lstm, 5, 7).num_layers(2).layer_norm(true).build().unwrap(),
+        RnnConfig::new(CellKind::Gru, 5, 6).num_layers(3).build().unwrap(),
+        RnnConfig::new(CellKind::Gru, 5, 6).linear_before_reset(false).batch_first(true).build().unwrap(),
+        RnnConfig::new(CellKind::RnnTanh, 5, 6).num_layers(2).recurrent_dropout(0.3).input_dropout(0.2).build().unwrap(),
+        RnnConfig::new(CellKind::RnnRelu, 5, 6).build().unwrap(),
+    ]
+}
+
+/// A problem: parameters, `x [T, B, I]`, `h0`, `c0`, `dy`, `dhn`, `dcn`.
+struct Problem {
+    cfg: RnnConfig,
+    t: usize,
+    b: usize,
+    params: Vec<f64>,
+    x: Vec<f64>,
+    h0: Vec<f64>,
+    c0: Option<Vec<f64>>,
+    dy: Vec<f64>,
+    dhn: Vec<f64>,
+    dcn: Option<Vec<f64>>,
+}
+
+impl Problem {
+    fn new(cfg: &RnnConfig, t: usize, b: usize, seed: u64) -> Self {
+        let mut rng = SplitMix64::new(seed);
+        let shape = SeqShape::new(t, b).unwrap();
+        let n = |s: [usize; 3]| s.iter().product::<usize>();
+        let lstm = cfg.cell().has_cell_state();
+        Problem {
+            cfg: cfg.clone(),
+            t,
+            b,
+            params: Params::<f64>::init_uniform(cfg, seed).unwrap().into_vec(),
+            x: uniform(&mut rng, n(shape.x_shape(cfg)), 1.0),
+            h0: uniform(&mut rng, n(shape.h_shape(cfg)), 0.5),
+            c0: lstm.then(|| uniform(&mut rng, n(shape.c_shape(cfg)), 0.5)),
+            dy: uniform(&mut rng, n(shape.y_shape(cfg)), 1.0),
+            dhn: uniform(&mut rng, n(shape.h_shape(cfg)), 1.0),
+            dcn: lstm.then(|| uniform(&mut rng, n(shape.c_shape(cfg)), 1.0)),
+        }
+    }
+
+    /// `[y, hn, cn, dx, dh0, dc0, dparams]` of one call over the whole sequence.
+    fn whole<T: rnn_kernels::Float, B: Backend<T, Buf = [T]>>(&self, rnn: &Rnn<T, B>, conv: impl Fn(&[f64]) -> Vec<T>) -> Vec<Vec<T>> {
+        let shape = SeqShape::new(self.t, self.b).unwrap();
+        let mut reserve = Default::default();
+        let (x, h0, c0) = (conv(&self.x), conv(&self.h0), self.c0.as_deref().map(&conv));
+        let o = rnn.forward_training_masked(&shape, &x, Some(&h0), c0.as_deref(), MaskStream::new(5, 2), &mut reserve).unwrap();
+        let (dy, dhn, dcn) = (conv(&self.dy), conv(&self.dhn), self.dcn.as_deref().map(&conv));
+        let g = rnn.backward(&reserve, Some(&dy), Some(&dhn), dcn.as_deref()).unwrap();
+        vec![o.y, o.hn, o.cn.unwrap_or_default(), g.dx, g.dh0, g.dc0.unwrap_or_default(), g.dparams.unwrap()]
+    }
+
+    /// The same through the decoder steps: each step's `x` row block in, its `y` out; backward
+    /// walks the steps with their `dy`.
+    fn stepped<T: rnn_kernels::Float, B: Backend<T, Buf = [T]>>(&self, rnn: &Rnn<T, B>, conv: impl Fn(&[f64]) -> Vec<T>) -> Vec<Vec<T>> {
+        let (b, i, out) = (self.b, self.cfg.input_size(), self.cfg.output_size());
+        let (h0, c0) = (conv(&self.h0), self.c0.as_deref().map(&conv));
+        let mut steps = rnn.start_steps(b, Some(&h0), c0.as_deref(), true, Some(MaskStream::new(5, 2))).unwrap();
+        let x = conv(&self.x);
+        let mut y = Vec::new();
+        for t in 0..self.t {
+            // Batch-first x [B, T, I]: step t's rows are strided; a step's x is [B, I] either way.
+            let xt: Vec<T> = if self.cfg.batch_first() {
+                (0..b).flat_map(|r| x[(r * self.t + t) * i..(r * self.t + t + 1) * i].to_vec()).collect()
+            } else {
+                x[t * b * i..(t + 1) * b * i].to_vec()
+            };
+            y.push(rnn.step(&mut steps, &xt).unwrap());
+        }
+        let (hn, cn) = (steps.h().to_vec(), steps.c().map(<[T]>::to_vec).unwrap_or_default());
+        let (dy, dhn, dcn) = (conv(&self.dy), conv(&self.dhn), self.dcn.as_deref().map(&conv));
+        let mut back = rnn.backward_steps(&steps, Some(&dhn), dcn.as_deref()).unwrap();
+        while let Some(t) = back.next_step() {
+            let dyt: Vec<T> = if self.cfg.batch_first() {
+                (0..b).flat_map(|r| dy[(r * self.t + t) * out..(r * self.t + t + 1) * out].to_vec()).collect()
+            } else {
+                dy[t * b * out..(t + 1) * b * out].to_vec()
+            };
+            back.step(rnn, Some(&dyt)).unwrap();
+        }
+        let g = back.finish().unwrap();
+        // Back to the whole call's layouts.
+        let relayout = |steps: Vec<Vec<T>>, w: usize| -> Vec<T> {
+            if self.cfg.batch_first() {
+                (0..b).flat_map(|r| (0..self.t).flat_map(|t| steps[t][r * w..(r + 1) * w].to_vec()).collect::<Vec<T>>()).collect()
+            } else {
+                steps.into_iter().flatten().collect()
+            }
+        };
+        let dx_steps: Vec<Vec<T>> = g.dx.chunks(b * i).map(<[T]>::to_vec).collect();
+        vec![relayout(y, out), hn, cn, relayout(dx_steps, i), g.dh0, g.dc0.unwrap_or_default(), g.dparams.unwrap()]
+    }
+}
+
+const NAMES: [&str; 7] = ["y", "hn", "cn", "dx", "dh0", "dc0", "dparams"];
+
+/// Teacher forcing through the steps is the whole call: on the reference every output and
+/// every input and state gradient bit for bit (each is computed row by row the same way), the
+/// parameters' gradients (summed step by step instead of in one product) within 1e-12.
+#[test]
+fn steps_are_the_whole_call_on_the_reference() {
+    for (c, cfg) in configs().iter().enumerate() {
+        let p = Problem::new(cfg, 5, 3, 40 + c as u64);
+        let rnn = Rnn::new(Reference, cfg, &p.params[..]).unwrap();
+        let (want, got) = (p.whole(&rnn, <[f64]>::to_vec), p.stepped(&rnn, <[f64]>::to_vec));
+        for k in 0..6 {
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got[k]), bits(&want[k]), "{cfg:?}: {}", NAMES[k]);
+        }
+        let e = max_error(&got[6], &want[6]);
+        assert!(e < 1e-12, "{cfg:?}: dparams error {e:.2e}");
+    }
+}
+
+/// The same on the CPU backend (f32), within the f32 tolerances of the backends' parity tests.
+#[test]
+fn steps_are_the_whole_call_on_the_cpu_backend() {
+    for (c, cfg) in configs().iter().enumerate() {
+        let p = Problem::new(cfg, 6, 4, 60 + c as u64);
+        let rnn = Rnn::new(Cpu::new().unwrap(), cfg, &down(&p.params)[..]).unwrap();
+        let (want, got) = (p.whole(&rnn, down), p.stepped(&rnn, down));
+        for k in 0..7 {
+            let e = max_error(&got[k], &want[k]);
+            let tol = if k < 3 { 1e-5 } else { 1e-4 };
+            assert!(e < tol, "{cfg:?}: {} error {e:.2e}", NAMES[k]);
+        }
+    }
+}
+
+/// Input feeding: step `t`'s input is `[e_t; W_f y_{t-1}]` (`e_t` given, `y_{-1} = 0`), the
+/// loss `Σ_t r_t · y_t`. The caller's backward walks the steps from the last, each step's
+/// output gradient `r_t + W_fᵀ dx_{t+1}[feed part]` using the input gradient the later step
+/// returned; the gradients w.r.t. the parameters, `h0`, `c0`, `e` and `W_f` match central
+/// differences of the loss.
+#[test]
+fn input_feeding_backward_matches_central_differences() {
+    for cell in [CellKind::Lstm, CellKind::Gru] {
+        let (t_len, b, e_w, hout) = (4, 2, 3, 4);
+        let cfg = RnnConfig::new(cell, e_w + hout, hout).num_layers(2).build().unwrap();
+        let mut rng = SplitMix64::new(7);
+        let params = Params::<f64>::init_uniform(&cfg, 3).unwrap().into_vec();
+        let e = uniform(&mut rng, t_len * b * e_w, 1.0);
+        let wf = uniform(&mut rng, hout * hout, 0.5);
+        let r = uniform(&mut rng, t_len * b * hout, 1.0);
+        let h0 = uniform(&mut rng, 2 * b * hout, 0.5);
+        let c0 = (cell == CellKind::Lstm).then(|| uniform(&mut rng, 2 * b * hout, 0.5));
+        // x_t[row] = [e_t[row]; W_f y_{t-1}[row]].
+        let input = |et: &[f64], yprev: &[f64], wf: &[f64]| -> Vec<f64> {
+            (0..b)
+                .flat_map(|row| {
+                    let fed: Vec<f64> = (0..hout).map(|o| (0..hout).map(|k| wf[o * hout + k] * yprev[row * hout + k]).sum()).collect();
+                    et[row * e_w..(row + 1) * e_w].iter().copied().chain(fed).collect::<Vec<f64>>()
+                })
+                .collect()
+        };
+        let loss = |params: &[f64], e: &[f64], wf: &[f64], h0: &[f64], c0: Option<&[f64]>| -> f64 {
+            let rnn = Rnn::new(Reference, &cfg, params).unwrap();
+            let mut steps = rnn.start_steps(b, Some(h0), c0, false, None).unwrap();
+            let mut y = vec![0.0; b * hout];
+            let mut l = 0.0;
+            for t in 0..t_len {
+                y = rnn.step(&mut steps, &input(&e[t * b * e_w..(t + 1) * b * e_w], &y, wf)).unwrap();
+                l += y.iter().zip(&r[t * b * hout..(t + 1) * b * hout]).map(|(a, c)| a * c).sum::<f64>();
+            }
+            l
+        };
+        // The analytic gradients through the steps.
+        let rnn = Rnn::new(Reference, &cfg, &params[..]).unwrap();
+        let mut steps = rnn.start_steps(b, Some(&h0), c0.as_deref(), true, None).unwrap();
+        let mut ys = vec![vec![0.0; b * hout]];
+        for t in 0..t_len {
+            let y = rnn.step(&mut steps, &input(&e[t * b * e_w..(t + 1) * b * e_w], &ys[t], &wf)).unwrap();
+            ys.push(y);
+        }
+        let (mut de, mut dwf) = (vec![0.0; e.len()], vec![0.0; wf.len()]);
+        let mut back = rnn.backward_steps(&steps, None, None).unwrap();
+        let mut dfed_next = vec![0.0; b * hout]; // ∂L/∂(W_f y_t) from step t + 1
+        while let Some(t) = back.next_step() {
+            // dy_t = r_t + W_fᵀ · (the feed part of dx_{t+1}).
+            let mut dy = r[t * b * hout..(t + 1) * b * hout].to_vec();
+            for row in 0..b {
+                for k in 0..hout {
+                    dy[row * hout + k] += (0..hout).map(|o| wf[o * hout + k] * dfed_next[row * hout + o]).sum::<f64>();
+                }
+            }
+            let dx = back.step(&rnn, Some(&dy)).unwrap();
+            for row in 0..b {
+                de[(t * b + row) * e_w..(t * b + row + 1) * e_w].copy_from_slice(&dx[row * (e_w + hout)..row * (e_w + hout) + e_w]);
+                for o in 0..hout {
+                    let g = dx[row * (e_w + hout) + e_w + o];
+                    dfed_next[row * hout + o] = g;
+                    for k in 0..hout {
+                        dwf[o * hout + k] += g * ys[t][row * hout + k];
+                    }
+                }
+            }
+        }
+        let g = back.finish().unwrap();
+        let eps = 1e-6;
+        let mut worst = 0.0f64;
+        let mut check = |analytic: &[f64], which: usize| {
+            for i in 0..analytic.len() {
+                let mut v = [params.clone(), e.clone(), wf.clone(), h0.clone(), c0.clone().unwrap_or_default()];
+                v[which][i] += eps;
+                let c = |v: &[Vec<f64>; 5]| if c0.is_some() { Some(v[4].clone()) } else { None };
+                let up = loss(&v[0], &v[1], &v[2], &v[3], c(&v).as_deref());
+                v[which][i] -= 2.0 * eps;
+                let down = loss(&v[0], &v[1], &v[2], &v[3], c(&v).as_deref());
+                let numeric = (up - down) / (2.0 * eps);
+                worst = worst.max((numeric - analytic[i]).abs() / numeric.abs().max(1.0));
+            }
+        };
+        check(g.dparams.as_ref().unwrap(), 0);
+        check(&de, 1);
+        check(&dwf, 2);
+        check(&g.dh0, 3);
+        if let Some(dc0) = &g.dc0 {
+            check(dc0, 4);
+        }
+        assert!(worst < 1e-7, "{cell:?}: gradient error {worst:.2e}");
+        // The feedback matters: without it (dy_t = r_t) the parameters' gradient differs.
+        let mut back = rnn.backward_steps(&steps, None, None).unwrap();
+        while let Some(t) = back.next_step() {
+            back.step(&rnn, Some(&r[t * b * hout..(t + 1) * b * hout])).unwrap();
+        }
+        let plain = back.finish().unwrap();
+        assert!(max_error(plain.dparams.as_ref().unwrap(), g.dparams.as_ref().unwrap()) > 1e-3, "{cell:?}");
+    }
+}
+
+/// Inference steps give the training steps' outputs and keep no record; their state can be
+/// reordered and its rows changed between steps (a beam search), and a step then runs on the
+/// reordered rows as a fresh run from that state does.
+#[test]
+fn inference_steps_and_reordered_states() {
+    let cfg = RnnConfig::new(CellKind::Lstm, 3, 4).num_layers(2).build().unwrap();
+    let p = Problem::new(&cfg, 3, 3, 9);
+    let rnn = Rnn::new(Reference, &cfg, &p.params[..]).unwrap();
+    let (mut train, mut infer) = (
+        rnn.start_steps(3, Some(&p.h0), p.c0.as_deref(), true, None).unwrap(),
+        rnn.start_steps(3, Some(&p.h0), p.c0.as_deref(), false, None).unwrap(),
+    );
+    for t in 0..3 {
+        let xt = &p.x[t * 9..(t + 1) * 9];
+        assert_eq!(rnn.step(&mut train, xt).unwrap(), rnn.step(&mut infer, xt).unwrap());
+    }
+    assert!(rnn.backward_steps(&infer, None, None).err().unwrap().to_string().contains("`steps`"));
+    // Rows 2, 0, 0, 1 of each layer's block: four hypotheses from three.
+    let order = [2usize, 0, 0, 1];
+    let gather = |v: &[f64], w: usize| -> Vec<f64> {
+        (0..2).flat_map(|l| order.iter().flat_map(move |&r| v[(l * 3 + r) * w..(l * 3 + r + 1) * w].to_vec())).collect()
+    };
+    let (h, c) = (gather(infer.h(), 4), gather(infer.c().unwrap(), 4));
+    let (hs, cs) = infer.state_mut();
+    *hs = h.clone();
+    *cs.unwrap() = c.clone();
+    let x4 = &p.x[..4 * 3];
+    let y = rnn.step(&mut infer, x4).unwrap();
+    let mut fresh = rnn.start_steps(4, Some(&h), Some(&c), false, None).unwrap();
+    assert_eq!(y, rnn.step(&mut fresh, x4).unwrap());
+    // A training run keeps its B.
+    let (hs, _) = train.state_mut();
+    hs.truncate(2 * 2 * 4);
+    let e = rnn.step(&mut train, &p.x[..2 * 3]).unwrap_err();
+    assert!(e.to_string().contains("`steps.h`"), "{e}");
+}
+
+#[test]
+fn bad_use_is_an_error_naming_the_argument() {
+    let named = |e: Error, arg: &str| {
+        assert!(
+            e.to_string().contains(&format!("`{arg}`")) || matches!(&e, Error::Unsupported { option, .. } if option == arg),
+            "{arg}: {e}"
+        )
+    };
+    let lstm = |b: rnn_kernels::RnnConfigBuilder| b.build().unwrap();
+    let params = |cfg: &RnnConfig| Params::<f64>::init_uniform(cfg, 1).unwrap().into_vec();
+    for (cfg, arg) in [
+        (lstm(RnnConfig::new(CellKind::Lstm, 3, 4).bidirectional(true)), "direction"),
+        (lstm(RnnConfig::new(CellKind::Lstm, 3, 4).direction(rnn_kernels::Direction::Reverse)), "direction"),
+        (lstm(RnnConfig::new(CellKind::Lstm, 3, 4).num_layers(2).dropout(0.3)), "dropout"),
+        (lstm(RnnConfig::new(CellKind::Lstm, 3, 4).zoneout(0.3)), "zoneout"),
+        (lstm(RnnConfig::new(CellKind::Lstm, 3, 4).zoneout_cell(0.3)), "zoneout_cell"),
+    ] {
+        let rnn = Rnn::new(Reference, &cfg, &params(&cfg)[..]).unwrap();
+        named(rnn.start_steps(2, None, None, true, Some(MaskStream::new(1, 1))).err().unwrap(), arg);
+    }
+    let cfg = RnnConfig::new(CellKind::Lstm, 3, 4).build().unwrap();
+    let rnn = Rnn::new(Reference, &cfg, &params(&cfg)[..]).unwrap();
+    named(rnn.start_steps(2, Some(&[0.0; 3]), None, true, None).err().unwrap(), "h0");
+    named(rnn.start_steps(2, None, Some(&[0.0; 3]), true, None).err().unwrap(), "c0");
+    named(rnn.start_steps(0, None, None, true, None).err().unwrap(), "batch");
+    let mut steps = rnn.start_steps(2, None, None, true, None).unwrap();
+    named(rnn.step(&mut steps, &[0.0; 5]).unwrap_err(), "x");
+    named(rnn.backward_steps(&steps, None, None).and_then(|b| b.finish()).unwrap_err(), "steps");
+    rnn.step(&mut steps, &[0.1; 6]).unwrap();
+    named(rnn.backward_steps(&steps, Some(&[0.0; 3]), None).err().unwrap(), "dhn");
+    let mut back = rnn.backward_steps(&steps, None, None).unwrap();
+    named(back.step(&rnn, Some(&[0.0; 3])).unwrap_err(), "dy");
+    back.step(&rnn, None).unwrap();
+    named(back.step(&rnn, None).unwrap_err(), "step");
+    back.finish().unwrap();
+}
