@@ -60,6 +60,37 @@
 
 pub mod reference;
 
+/// A backend that computes attention: the host backends, [`Reference`](crate::Reference) (in
+/// `T`, its plain-loop products) and [`Cpu`](crate::Cpu) (f32, its ISA's products on its
+/// threads). Both arrange the maths of [`reference`](mod@reference) as products over all the
+/// queries at once (the batched path: every decoder state known, as under teacher forcing with
+/// Luong's attention; one query per sequence is the per-step path) and are tested against it.
+/// Results do not depend on the number of threads.
+pub trait AttentionBackend<T> {
+    /// The forward pass: [`reference::forward`]'s results.
+    fn attention_forward(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[T],
+        keys: &[T],
+        queries: &[T],
+    ) -> Result<AttentionOutput<T>>;
+
+    /// The backward pass: [`reference::backward`]'s results.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[T],
+        keys: &[T],
+        queries: &[T],
+        out: &AttentionOutput<T>,
+        up: AttentionUpstream<'_, T>,
+    ) -> Result<AttentionGrads<T>>;
+}
+
 use crate::error::{Error, Result};
 use std::ops::Range;
 

@@ -67,6 +67,34 @@ mod isa;
 pub use gemm::packed::CpuPlan;
 pub use isa::Isa;
 
+use crate::attention::{AttentionBackend, AttentionConfig, AttentionGrads, AttentionOutput, AttentionShape, AttentionUpstream};
+
+impl AttentionBackend<f32> for Cpu {
+    fn attention_forward(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[f32],
+        keys: &[f32],
+        queries: &[f32],
+    ) -> Result<AttentionOutput<f32>> {
+        with_kernels!(self.kernels, |k| self.run(k, None, |k| host::attention::forward(k, cfg, shape, params, keys, queries)))
+    }
+
+    fn attention_backward(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[f32],
+        keys: &[f32],
+        queries: &[f32],
+        out: &AttentionOutput<f32>,
+        up: AttentionUpstream<'_, f32>,
+    ) -> Result<AttentionGrads<f32>> {
+        with_kernels!(self.kernels, |k| self.run(k, None, |k| host::attention::backward(k, cfg, shape, params, keys, queries, out, up)))
+    }
+}
+
 use crate::backend::cell::Cell;
 use crate::backend::host::{self, CellBackward, CellForward, ChoPart, HostKernels, HostReserve, Mat, MatMut, Pass, WeightOp};
 use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode};
@@ -163,7 +191,7 @@ impl Cpu {
 
     /// Runs one call `body` in the pool with the kernels of `isa`: with more than one thread,
     /// on a [`Team`] whose helpers (tasks of the pool) spin until the call returns.
-    fn run<K: Kernels, R: Send>(&self, isa: K, plan: &CpuPlan, body: impl FnOnce(&CpuKernels<'_, K>) -> R + Send) -> R {
+    fn run<K: Kernels, R: Send>(&self, isa: K, plan: Option<&CpuPlan>, body: impl FnOnce(&CpuKernels<'_, K>) -> R + Send) -> R {
         self.pool.install(|| {
             if self.threads == 1 {
                 return body(&CpuKernels { isa, plan, par: Par::Serial });
@@ -181,10 +209,11 @@ impl Cpu {
     }
 }
 
-/// The kernels of one call: the ISA's, the plan's packed weights, and the call's threads.
+/// The kernels of one call: the ISA's, the plan's packed weights (none for a call that is not a
+/// stack's: attention), and the call's threads.
 struct CpuKernels<'p, K> {
     isa: K,
-    plan: &'p CpuPlan,
+    plan: Option<&'p CpuPlan>,
     par: Par<'p>,
 }
 
@@ -194,7 +223,7 @@ impl<K: Kernels> HostKernels<f32> for CpuKernels<'_, K> {
     }
 
     fn weight_gemm(&self, op: WeightOp, a: Mat<'_, f32>, b: Mat<'_, f32>, beta: f32, c: MatMut<'_, f32>) {
-        let g = Gemm { packed: self.plan.packed(op), ..Gemm::new(1.0, a, b, beta) };
+        let g = Gemm { packed: self.plan.and_then(|p| p.packed(op)), ..Gemm::new(1.0, a, b, beta) };
         self.isa.weight_gemm(&self.par, g, c)
     }
 
@@ -480,7 +509,7 @@ impl Backend<f32> for Cpu {
         input: ForwardInput<'_, [f32]>,
         output: ForwardOutput<'_, [f32]>,
     ) -> Result<()> {
-        with_kernels!(self.kernels, |k| self.run(k, plan, |k| host::run_forward(k, &plan.host, shape, input, output, None)))
+        with_kernels!(self.kernels, |k| self.run(k, Some(plan), |k| host::run_forward(k, &plan.host, shape, input, output, None)))
     }
 
     fn forward_training(
@@ -491,7 +520,7 @@ impl Backend<f32> for Cpu {
         output: ForwardOutput<'_, [f32]>,
         reserve: &mut HostReserve<f32>,
     ) -> Result<()> {
-        with_kernels!(self.kernels, |k| self.run(k, plan, |k| host::run_forward(k, &plan.host, shape, input, output, Some(reserve))))
+        with_kernels!(self.kernels, |k| self.run(k, Some(plan), |k| host::run_forward(k, &plan.host, shape, input, output, Some(reserve))))
     }
 
     fn backward(
@@ -502,7 +531,7 @@ impl Backend<f32> for Cpu {
         output: BackwardOutput<'_, [f32]>,
         mode: GradMode,
     ) -> Result<()> {
-        with_kernels!(self.kernels, |k| self.run(k, plan, |k| host::run_backward(k, &plan.host, reserve, grads, output, mode)))
+        with_kernels!(self.kernels, |k| self.run(k, Some(plan), |k| host::run_backward(k, &plan.host, reserve, grads, output, mode)))
     }
 }
 

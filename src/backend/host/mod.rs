@@ -53,6 +53,7 @@
 //! the CUDA driver's; the cell (kind and options) is `backend::cell::Cell`, which the loops hand whole to
 //! the kernels (`HostKernels::cell_step_forward`).
 
+pub(crate) mod attention;
 mod backward;
 mod col_sums;
 mod direction;

@@ -25,6 +25,34 @@ use crate::shape::SeqShape;
 
 pub use crate::backend::host::{HostPlan, HostReserve};
 
+use crate::attention::{AttentionBackend, AttentionConfig, AttentionGrads, AttentionOutput, AttentionShape, AttentionUpstream};
+
+impl<T: Float> AttentionBackend<T> for Reference {
+    fn attention_forward(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[T],
+        keys: &[T],
+        queries: &[T],
+    ) -> Result<AttentionOutput<T>> {
+        host::attention::forward(self, cfg, shape, params, keys, queries)
+    }
+
+    fn attention_backward(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[T],
+        keys: &[T],
+        queries: &[T],
+        out: &AttentionOutput<T>,
+        up: AttentionUpstream<'_, T>,
+    ) -> Result<AttentionGrads<T>> {
+        host::attention::backward(self, cfg, shape, params, keys, queries, out, up)
+    }
+}
+
 /// The reference backend. `Reference` implements [`Backend<f32>`] and [`Backend<f64>`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Reference;

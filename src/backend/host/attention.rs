@@ -1,0 +1,340 @@
+//! Attention on the host backends (reference and CPU) in products over all the queries at once
+//! (`crate::attention::reference` is the specification, in plain loops; this is the same maths
+//! arranged for the kernels' GEMMs). For each sequence `b` the queries `Q_b` are the rows
+//! `t·B + b` of `queries` and its keys `K_b` the rows `s·B + b`, `s < len_b`, of `keys`: strided
+//! views, no copies.
+//!
+//! Forward: the scores `E_b = Q_b K_bᵀ` (dot), `Q_b (K_b W_aᵀ)ᵀ` (general: `K W_aᵀ` is one
+//! product over all keys), or `Σ_a v_a tanh(P_q + P_k)` with `P_q = Q W_qᵀ` and `P_k = K W_kᵀ`
+//! each one product (concat, additive); the softmax of each row over its sequence's keys; the
+//! context `C_b = α_b K_b`; the hidden state `tanh(C W_c[:, :Hk]ᵀ + Q W_c[:, Hk:]ᵀ)`, two
+//! products over all queries. Backward runs the same products transposed.
+//!
+//! The keys are read through a copy whose padding (steps past each length) is zero, so that a
+//! product over all keys reads no padding value (a NaN there would reach the weight gradients
+//! through `0·NaN`); every per-sequence product stops at the sequence's length.
+
+use super::{HostKernels, Mat, MatMut};
+use crate::attention::{
+    check_backward, check_inputs, AttentionConfig, AttentionGrads, AttentionOutput, AttentionShape, AttentionUpstream, Score,
+};
+use crate::element::Float;
+use crate::error::Result;
+
+/// The sizes of a call.
+#[derive(Clone, Copy)]
+struct Dims {
+    tq: usize,
+    s: usize,
+    b: usize,
+    hq: usize,
+    hk: usize,
+    a: usize,
+    o: usize,
+}
+
+impl Dims {
+    fn of(cfg: &AttentionConfig, shape: &AttentionShape) -> Self {
+        Dims {
+            tq: shape.queries(),
+            s: shape.steps(),
+            b: shape.batch(),
+            hq: cfg.query_size(),
+            hk: cfg.key_size(),
+            a: cfg.attn_size(),
+            o: cfg.output_size(),
+        }
+    }
+}
+
+/// The parameter blocks: `(offset, rows, cols, row stride)` of each matrix in the flat buffer.
+struct Params<'a, T> {
+    p: &'a [T],
+    /// General `W_a [Hq, Hk]`; concat and additive `W_q [A, Hq]` and `W_k [A, Hk]` (column
+    /// blocks of `W_a [A, Hq + Hk]` for concat) and `v [A]`.
+    w_a: usize,
+    w_q: (usize, usize),
+    w_k: (usize, usize),
+    v: usize,
+    /// `W_c [O, Hk + Hq]`.
+    w_c: usize,
+}
+
+impl<'a, T> Params<'a, T> {
+    fn of(cfg: &AttentionConfig, d: &Dims, p: &'a [T]) -> Result<Self> {
+        let at = |n: &str| cfg.param_range(n).map(|r| r.start);
+        let mut w = Params { p, w_a: 0, w_q: (0, 0), w_k: (0, 0), v: 0, w_c: 0 };
+        match cfg.score() {
+            Score::Dot => {}
+            Score::General => w.w_a = at("weight_a")?,
+            Score::Concat => {
+                let o = at("weight_a")?;
+                (w.w_q, w.w_k, w.v) = ((o, d.hq + d.hk), (o + d.hq, d.hq + d.hk), at("v_a")?);
+            }
+            Score::Additive => (w.w_q, w.w_k, w.v) = ((at("weight_query")?, d.hq), (at("weight_key")?, d.hk), at("v")?),
+        }
+        if d.o > 0 {
+            w.w_c = at("weight_c")?;
+        }
+        Ok(w)
+    }
+
+    /// `rows × cols` at `off` with row stride `rs`.
+    fn mat(&self, off: usize, rows: usize, cols: usize, rs: usize) -> Mat<'a, T> {
+        Mat::strided(&self.p[off..], rows, cols, rs)
+    }
+}
+
+/// `keys` with the padding zeroed.
+fn masked_keys<T: Float>(d: &Dims, lengths: &[usize], keys: &[T]) -> Vec<T> {
+    let mut k = keys.to_vec();
+    for s in 0..d.s {
+        for (b, &len) in lengths.iter().enumerate() {
+            if s >= len {
+                k[(s * d.b + b) * d.hk..(s * d.b + b + 1) * d.hk].fill(T::ZERO);
+            }
+        }
+    }
+    k
+}
+
+/// Rows `t·B + b` (`t < rows`) of a `[·, B, w]` tensor: sequence `b`'s.
+fn seq<'a, T>(x: &'a [T], d: &Dims, b: usize, rows: usize, w: usize) -> Mat<'a, T> {
+    Mat::strided(&x[b * w..], rows, w, d.b * w)
+}
+
+fn seq_mut<'a, T>(x: &'a mut [T], d: &Dims, b: usize, rows: usize, w: usize) -> MatMut<'a, T> {
+    MatMut::strided(&mut x[b * w..], rows, w, d.b * w)
+}
+
+/// The forward pass ([`crate::attention::reference::forward`]'s results).
+pub(crate) fn forward<T: Float, K: HostKernels<T>>(
+    k: &K,
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    params: &[T],
+    keys: &[T],
+    queries: &[T],
+) -> Result<AttentionOutput<T>> {
+    check_inputs(cfg, shape, params, keys, queries)?;
+    let d = Dims::of(cfg, shape);
+    let w = Params::of(cfg, &d, params)?;
+    let keys = masked_keys(&d, shape.lengths(), keys);
+    let tb = d.tq * d.b;
+    let mut out = AttentionOutput { weights: vec![T::ZERO; tb * d.s], context: vec![T::ZERO; tb * d.hk], hidden: vec![T::ZERO; tb * d.o] };
+    // The projections over all keys (general: K W_aᵀ; concat, additive: P_k = K W_kᵀ) and
+    // queries (P_q = Q W_qᵀ).
+    let (kp, qp) = projections(k, cfg, &d, &w, &keys, queries);
+    for (b, &len) in shape.lengths().iter().enumerate() {
+        let e = seq_mut(&mut out.weights, &d, b, d.tq, d.s);
+        let e = MatMut { cols: len, ..e };
+        match cfg.score() {
+            Score::Dot => k.gemm(T::ONE, seq(queries, &d, b, d.tq, d.hq), seq(&keys, &d, b, len, d.hk).t(), T::ZERO, e),
+            Score::General => k.gemm(T::ONE, seq(queries, &d, b, d.tq, d.hq), seq(&kp, &d, b, len, d.hq).t(), T::ZERO, e),
+            Score::Concat | Score::Additive => tanh_scores(&d, &w, &qp, &kp, b, len, e),
+        }
+    }
+    // The softmax of each row over its sequence's keys.
+    for (r, row) in out.weights.chunks_exact_mut(d.s).enumerate() {
+        softmax(&mut row[..shape.lengths()[r % d.b]]);
+    }
+    for (b, &len) in shape.lengths().iter().enumerate() {
+        let alpha = Mat::strided(&out.weights[b * d.s..], d.tq, len, d.b * d.s);
+        k.gemm(T::ONE, alpha, seq(&keys, &d, b, len, d.hk), T::ZERO, seq_mut(&mut out.context, &d, b, d.tq, d.hk));
+    }
+    if d.o > 0 {
+        // Z = C W_c[:, :Hk]ᵀ + Q W_c[:, Hk:]ᵀ, then tanh.
+        let rs = d.hk + d.hq;
+        k.gemm(T::ONE, Mat::new(&out.context, tb, d.hk), w.mat(w.w_c, d.o, d.hk, rs).t(), T::ZERO, MatMut::new(&mut out.hidden, tb, d.o));
+        k.gemm(T::ONE, Mat::new(queries, tb, d.hq), w.mat(w.w_c + d.hk, d.o, d.hq, rs).t(), T::ONE, MatMut::new(&mut out.hidden, tb, d.o));
+        for h in out.hidden.iter_mut() {
+            *h = h.tanh();
+        }
+    }
+    Ok(out)
+}
+
+/// The key-side and query-side projections of the score: general `K W_aᵀ` `[S·B, Hq]` (no
+/// query side); concat and additive `P_k = K W_kᵀ` `[S·B, A]` and `P_q = Q W_qᵀ` `[Tq·B, A]`.
+fn projections<T: Float, K: HostKernels<T>>(
+    k: &K,
+    cfg: &AttentionConfig,
+    d: &Dims,
+    w: &Params<'_, T>,
+    keys: &[T],
+    queries: &[T],
+) -> (Vec<T>, Vec<T>) {
+    let (tb, sb) = (d.tq * d.b, d.s * d.b);
+    match cfg.score() {
+        Score::Dot => (Vec::new(), Vec::new()),
+        Score::General => {
+            let mut kp = vec![T::ZERO; sb * d.hq];
+            k.gemm(T::ONE, Mat::new(keys, sb, d.hk), w.mat(w.w_a, d.hq, d.hk, d.hk).t(), T::ZERO, MatMut::new(&mut kp, sb, d.hq));
+            (kp, Vec::new())
+        }
+        Score::Concat | Score::Additive => {
+            let (mut kp, mut qp) = (vec![T::ZERO; sb * d.a], vec![T::ZERO; tb * d.a]);
+            k.gemm(T::ONE, Mat::new(keys, sb, d.hk), w.mat(w.w_k.0, d.a, d.hk, w.w_k.1).t(), T::ZERO, MatMut::new(&mut kp, sb, d.a));
+            k.gemm(T::ONE, Mat::new(queries, tb, d.hq), w.mat(w.w_q.0, d.a, d.hq, w.w_q.1).t(), T::ZERO, MatMut::new(&mut qp, tb, d.a));
+            (kp, qp)
+        }
+    }
+}
+
+/// Concat and additive: `e[t, s] = Σ_a v_a tanh(P_q[t, b, a] + P_k[s, b, a])` for sequence `b`.
+fn tanh_scores<T: Float>(d: &Dims, w: &Params<'_, T>, qp: &[T], kp: &[T], b: usize, len: usize, mut e: MatMut<'_, T>) {
+    let v = &w.p[w.v..w.v + d.a];
+    for t in 0..d.tq {
+        let q = &qp[(t * d.b + b) * d.a..(t * d.b + b + 1) * d.a];
+        for s in 0..len {
+            let kr = &kp[(s * d.b + b) * d.a..(s * d.b + b + 1) * d.a];
+            let mut sum = T::ZERO;
+            for ((&va, &qa), &ka) in v.iter().zip(q).zip(kr) {
+                sum += va * (qa + ka).tanh();
+            }
+            *e.at_mut(t, s) = sum;
+        }
+    }
+}
+
+/// `x = softmax(x)`, from the largest value so that no exponential overflows.
+fn softmax<T: Float>(x: &mut [T]) {
+    let max = x.iter().fold(x[0], |m, &e| if e > m { e } else { m });
+    let mut sum = T::ZERO;
+    for e in x.iter_mut() {
+        *e = (*e - max).exp();
+        sum += *e;
+    }
+    for e in x.iter_mut() {
+        *e = *e / sum;
+    }
+}
+
+/// The backward pass ([`crate::attention::reference::backward`]'s results).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward<T: Float, K: HostKernels<T>>(
+    k: &K,
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    params: &[T],
+    keys: &[T],
+    queries: &[T],
+    out: &AttentionOutput<T>,
+    up: AttentionUpstream<'_, T>,
+) -> Result<AttentionGrads<T>> {
+    check_inputs(cfg, shape, params, keys, queries)?;
+    check_backward(cfg, shape, out, &up)?;
+    let d = Dims::of(cfg, shape);
+    let w = Params::of(cfg, &d, params)?;
+    let keys = masked_keys(&d, shape.lengths(), keys);
+    let (tb, sb) = (d.tq * d.b, d.s * d.b);
+    let mut g =
+        AttentionGrads { d_queries: vec![T::ZERO; tb * d.hq], d_keys: vec![T::ZERO; sb * d.hk], d_params: vec![T::ZERO; params.len()] };
+    let mut dc = match up.d_context {
+        Some(v) => v.to_vec(),
+        None => vec![T::ZERO; tb * d.hk],
+    };
+    if let (Some(dh), true) = (up.d_hidden, d.o > 0) {
+        // dZ = dH ⊙ (1 - H²); dW_c += dZᵀ [C, Q]; [dC, dQ] += dZ W_c.
+        let dz: Vec<T> = dh.iter().zip(&out.hidden).map(|(&g, &h)| g * (T::ONE - h * h)).collect();
+        let rs = d.hk + d.hq;
+        let (dzm, wc) = (Mat::new(&dz, tb, d.o), w.w_c);
+        {
+            let (_, dw) = g.d_params.split_at_mut(wc);
+            k.gemm(T::ONE, dzm.t(), Mat::new(&out.context, tb, d.hk), T::ONE, MatMut::strided(dw, d.o, d.hk, rs));
+            k.gemm(T::ONE, dzm.t(), Mat::new(queries, tb, d.hq), T::ONE, MatMut::strided(&mut dw[d.hk..], d.o, d.hq, rs));
+        }
+        k.gemm(T::ONE, dzm, w.mat(wc, d.o, d.hk, rs), T::ONE, MatMut::new(&mut dc, tb, d.hk));
+        k.gemm(T::ONE, dzm, w.mat(wc + d.hk, d.o, d.hq, rs), T::ONE, MatMut::new(&mut g.d_queries, tb, d.hq));
+    }
+    // dα = d_weights + dC K_bᵀ; dK_b += α_bᵀ dC_b; then the softmax's backward, in place.
+    let mut de = match up.d_weights {
+        Some(v) => v.to_vec(),
+        None => vec![T::ZERO; tb * d.s],
+    };
+    for (b, &len) in shape.lengths().iter().enumerate() {
+        let dcb = seq(&dc, &d, b, d.tq, d.hk);
+        let dalpha = MatMut { cols: len, ..seq_mut(&mut de, &d, b, d.tq, d.s) };
+        k.gemm(T::ONE, dcb, seq(&keys, &d, b, len, d.hk).t(), T::ONE, dalpha);
+        let alpha = Mat::strided(&out.weights[b * d.s..], d.tq, len, d.b * d.s);
+        k.gemm(T::ONE, alpha.t(), dcb, T::ONE, seq_mut(&mut g.d_keys, &d, b, len, d.hk));
+    }
+    for (r, (der, ar)) in de.chunks_exact_mut(d.s).zip(out.weights.chunks_exact(d.s)).enumerate() {
+        let len = shape.lengths()[r % d.b];
+        let mut dot = T::ZERO;
+        for (&a, &da) in ar[..len].iter().zip(&der[..len]) {
+            dot += a * da;
+        }
+        for (x, &a) in der[..len].iter_mut().zip(&ar[..len]) {
+            *x = a * (*x - dot);
+        }
+        der[len..].fill(T::ZERO);
+    }
+    // Each score's backward from dE.
+    let (kp, qp) = projections(k, cfg, &d, &w, &keys, queries);
+    match cfg.score() {
+        Score::Dot => {
+            for (b, &len) in shape.lengths().iter().enumerate() {
+                let deb = Mat::strided(&de[b * d.s..], d.tq, len, d.b * d.s);
+                k.gemm(T::ONE, deb, seq(&keys, &d, b, len, d.hk), T::ONE, seq_mut(&mut g.d_queries, &d, b, d.tq, d.hq));
+                k.gemm(T::ONE, deb.t(), seq(queries, &d, b, d.tq, d.hq), T::ONE, seq_mut(&mut g.d_keys, &d, b, len, d.hk));
+            }
+        }
+        Score::General => {
+            // dQ_b += dE_b (K W_aᵀ)_b; d(K W_aᵀ)_b = dE_bᵀ Q_b; then dK += d(K W_aᵀ) W_a and
+            // dW_a += d(K W_aᵀ)ᵀ K over all keys (zero rows at the padding).
+            let mut dkp = vec![T::ZERO; sb * d.hq];
+            for (b, &len) in shape.lengths().iter().enumerate() {
+                let deb = Mat::strided(&de[b * d.s..], d.tq, len, d.b * d.s);
+                k.gemm(T::ONE, deb, seq(&kp, &d, b, len, d.hq), T::ONE, seq_mut(&mut g.d_queries, &d, b, d.tq, d.hq));
+                k.gemm(T::ONE, deb.t(), seq(queries, &d, b, d.tq, d.hq), T::ZERO, seq_mut(&mut dkp, &d, b, len, d.hq));
+            }
+            let dkpm = Mat::new(&dkp, sb, d.hq);
+            k.gemm(T::ONE, dkpm, w.mat(w.w_a, d.hq, d.hk, d.hk), T::ONE, MatMut::new(&mut g.d_keys, sb, d.hk));
+            let (_, dw) = g.d_params.split_at_mut(w.w_a);
+            k.gemm(T::ONE, dkpm.t(), Mat::new(&keys, sb, d.hk), T::ONE, MatMut::new(dw, d.hq, d.hk));
+        }
+        Score::Concat | Score::Additive => {
+            // dP = dE v ⊙ (1 - u²), u = tanh(P_q + P_k): summed over the keys into dP_q, over
+            // the queries into dP_k; dv += Σ dE u.
+            let (mut dqp, mut dkp) = (vec![T::ZERO; tb * d.a], vec![T::ZERO; sb * d.a]);
+            let mut dv = vec![T::ZERO; d.a];
+            let v = &params[w.v..w.v + d.a];
+            for (b, &len) in shape.lengths().iter().enumerate() {
+                for t in 0..d.tq {
+                    let rq = (t * d.b + b) * d.a;
+                    for s in 0..len {
+                        let des = de[(t * d.b + b) * d.s + s];
+                        let rk = (s * d.b + b) * d.a;
+                        for a in 0..d.a {
+                            let u = (qp[rq + a] + kp[rk + a]).tanh();
+                            dv[a] += des * u;
+                            let dp = des * v[a] * (T::ONE - u * u);
+                            dqp[rq + a] += dp;
+                            dkp[rk + a] += dp;
+                        }
+                    }
+                }
+            }
+            for (x, dva) in g.d_params[w.v..w.v + d.a].iter_mut().zip(dv) {
+                *x += dva;
+            }
+            let (dqpm, dkpm) = (Mat::new(&dqp, tb, d.a), Mat::new(&dkp, sb, d.a));
+            k.gemm(T::ONE, dqpm, w.mat(w.w_q.0, d.a, d.hq, w.w_q.1), T::ONE, MatMut::new(&mut g.d_queries, tb, d.hq));
+            k.gemm(T::ONE, dkpm, w.mat(w.w_k.0, d.a, d.hk, w.w_k.1), T::ONE, MatMut::new(&mut g.d_keys, sb, d.hk));
+            let (_, dw) = g.d_params.split_at_mut(w.w_q.0);
+            k.gemm(T::ONE, dqpm.t(), Mat::new(queries, tb, d.hq), T::ONE, MatMut::strided(dw, d.a, d.hq, w.w_q.1));
+            let (_, dw) = g.d_params.split_at_mut(w.w_k.0);
+            k.gemm(T::ONE, dkpm.t(), Mat::new(&keys, sb, d.hk), T::ONE, MatMut::strided(dw, d.a, d.hk, w.w_k.1));
+        }
+    }
+    // The padding's keys get no gradient (their rows were never read).
+    for s in 0..d.s {
+        for (b, &len) in shape.lengths().iter().enumerate() {
+            if s >= len {
+                g.d_keys[(s * d.b + b) * d.hk..(s * d.b + b + 1) * d.hk].fill(T::ZERO);
+            }
+        }
+    }
+    Ok(g)
+}
