@@ -268,6 +268,10 @@ impl<K: Kernels> HostKernels<f32> for CpuKernels<'_, K> {
         self.par.run(parts, f)
     }
 
+    fn tanh_in_place(&self, x: &mut [f32]) {
+        self.isa.tanh_in_place(x)
+    }
+
     fn threads(&self) -> usize {
         self.par.parts()
     }

@@ -85,8 +85,11 @@ impl<'a, T> Params<'a, T> {
     }
 }
 
-/// `keys` with the padding zeroed.
-fn masked_keys<T: Float>(d: &Dims, lengths: &[usize], keys: &[T]) -> Vec<T> {
+/// `keys` with the padding zeroed: themselves when no sequence is shorter than `S`.
+fn masked_keys<'a, T: Float>(d: &Dims, lengths: &[usize], keys: &'a [T]) -> std::borrow::Cow<'a, [T]> {
+    if lengths.iter().all(|&l| l == d.s) {
+        return std::borrow::Cow::Borrowed(keys);
+    }
     let mut k = keys.to_vec();
     for s in 0..d.s {
         for (b, &len) in lengths.iter().enumerate() {
@@ -95,7 +98,7 @@ fn masked_keys<T: Float>(d: &Dims, lengths: &[usize], keys: &[T]) -> Vec<T> {
             }
         }
     }
-    k
+    std::borrow::Cow::Owned(k)
 }
 
 /// Rows `t·B + b` (`t < rows`) of a `[·, B, w]` tensor: sequence `b`'s.
@@ -147,9 +150,7 @@ pub(crate) fn forward<T: Float, K: HostKernels<T>>(
         let rs = d.hk + d.hq;
         k.gemm(T::ONE, Mat::new(&out.context, tb, d.hk), w.mat(w.w_c, d.o, d.hk, rs).t(), T::ZERO, MatMut::new(&mut out.hidden, tb, d.o));
         k.gemm(T::ONE, Mat::new(queries, tb, d.hq), w.mat(w.w_c + d.hk, d.o, d.hq, rs).t(), T::ONE, MatMut::new(&mut out.hidden, tb, d.o));
-        for h in out.hidden.iter_mut() {
-            *h = h.tanh();
-        }
+        k.tanh_in_place(&mut out.hidden);
     }
     Ok(out)
 }

@@ -379,6 +379,14 @@ pub(crate) trait HostKernels<T: Float>: Send + Sync {
         vec![0, rows]
     }
 
+    /// `x ← tanh(x)` (attention's hidden state): `T::tanh` here, the ISA's vector `tanh` on
+    /// the CPU backend.
+    fn tanh_in_place(&self, x: &mut [T]) {
+        for v in x.iter_mut() {
+            *v = v.tanh();
+        }
+    }
+
     /// Runs `f(i)` for every `i < parts`, in parallel where the backend can. Inside `f`, use
     /// the kernels of [`serial`](Self::serial).
     fn for_blocks(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {

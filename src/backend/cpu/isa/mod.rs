@@ -68,6 +68,9 @@ pub enum Isa {
     Neon,
 }
 
+/// The values [`Kernels::tanh_in_place`] hands to the ISA's row kernel at a time.
+pub(crate) const TANH_PIECE: usize = 1024;
+
 /// The kernels of one ISA. See the module documentation for the structure.
 ///
 /// The `unsafe` methods may assume what the provided methods check: the shapes of the GEMM
@@ -287,6 +290,16 @@ pub(crate) trait Kernels: Copy + Send + Sync + 'static {
     unsafe fn lstm_ln_backward_row(self, r: LstmLnBackRow<'_>) {
         // SAFETY: as in gemm_unchecked.
         unsafe { self.base().lstm_ln_backward_row(r) }
+    }
+
+    /// `x ← tanh(x)` with the ISA's `tanh`: [`Kernels::lstm_ln_output_row`] (`m ← o⊙tanh(m)`)
+    /// with `o = 1`, which multiplies by exactly 1, in pieces of [`TANH_PIECE`] values.
+    fn tanh_in_place(self, x: &mut [f32]) {
+        static ONES: [f32; TANH_PIECE] = [1.0; TANH_PIECE];
+        for piece in x.chunks_mut(TANH_PIECE) {
+            // SAFETY: `piece` is not empty and `ONES[..piece.len()]` has its length.
+            unsafe { self.lstm_ln_output_row(&ONES[..piece.len()], piece) }
+        }
     }
 
     /// [`Kernels::lstm_ln_output_row`] on each row of `m` (`[n, h]`), `o` the last gate of the
