@@ -332,3 +332,40 @@ fn a_save_that_fails_after_training_keeps_the_model_and_says_where() {
     let model = CharLm::load(Reference, &path).unwrap();
     assert_eq!(model.rnn_config().hidden_size(), 16);
 }
+
+/// `seq2seq`: a short run trains, saves, prints the held-out accuracy of greedy and beam
+/// decoding and writes the heat map as a PNG; the saved model, loaded, gives the same
+/// accuracy lines without training; bad arguments exit with status 2 before any training.
+#[test]
+fn seq2seq_trains_saves_loads_and_draws() {
+    let dir = scratch("seq2seq");
+    let (model, png) = (dir.join("m.safetensors"), dir.join("attention.png"));
+    let (model, png) = (model.to_str().unwrap(), png.to_str().unwrap());
+    let args = ["--steps", "25", "--held-out", "40", "--beam", "2", "--save", model, "--heatmap", png];
+    let r = run_example("seq2seq", &args, &dir);
+    let shown = format!("seq2seq {args:?}: exit {:?}\nstdout:\n{}\nstderr:\n{}", r.code, r.stdout, r.stderr);
+    assert_eq!(r.code, Some(0), "{shown}");
+    let accuracy =
+        |out: &str| -> Vec<String> { out.lines().filter(|l| l.contains("exact match on 40 held-out")).map(str::to_string).collect() };
+    let lines = accuracy(&r.stdout);
+    assert!(lines.len() == 2 && lines[0].starts_with("greedy") && lines[1].starts_with("beam (k=2)"), "{shown}");
+    assert!(r.stdout.contains("trained 25 steps"), "{shown}");
+    let bytes = std::fs::read(png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 1000, "{shown}");
+    let again = run_example("seq2seq", &["--load", model, "--held-out", "40", "--beam", "2", "--heatmap", png], &dir);
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    assert!(!again.stdout.contains("trained"), "{}", again.stdout);
+    assert_eq!(accuracy(&again.stdout), lines, "{}", again.stdout);
+    for (bad, needle) in [
+        (vec!["--attention", "luong"], "`score`"),
+        (vec!["--teacher-forcing", "2"], "--teacher-forcing"),
+        (vec!["--beam", "0"], "--beam"),
+        (vec!["--save", "/nonexistent-dir/m.safetensors"], "--save"),
+        (vec!["--load", "/nonexistent-dir/m.safetensors"], "--load"),
+    ] {
+        let r = run_example("seq2seq", &bad, &dir);
+        let shown = format!("seq2seq {bad:?}: exit {:?}\nstdout:\n{}\nstderr:\n{}", r.code, r.stdout, r.stderr);
+        assert_eq!(r.code, Some(2), "{shown}");
+        assert!(r.stderr.contains(needle) && !r.stdout.contains("trained"), "{shown}");
+    }
+}
