@@ -10,7 +10,7 @@
 //! default, with the attentional state `tanh(W_c [c; h])`, 128) → a linear layer to the target
 //! characters. Trained with teacher forcing (`--teacher-forcing R`: the probability of feeding
 //! the true previous character; otherwise the model's own greedy choice, scheduled sampling)
-//! and Adam on the CPU backend; then greedy and beam search (`--beam K`) on held-out dates.
+//! and Adam (its rate on a cosine from 3e-3 to 0 over the budget) on the CPU backend; then greedy and beam search (`--beam K`) on held-out dates.
 //!
 //! It prints the held-out exact-match accuracy of greedy and of beam decoding, a few
 //! translations, and writes the attention weights of some held-out dates as a PNG heat map
@@ -18,7 +18,7 @@
 //! character, darker for more weight).
 //!
 //! ```text
-//! cargo run --release --example seq2seq -- [--minutes 3] [--steps N] [--attention general]
+//! cargo run --release --example seq2seq -- [--minutes 1] [--steps N] [--attention general]
 //!     [--teacher-forcing 1] [--beam 4] [--batch 64] [--threads 2] [--seed 1] [--held-out 2000]
 //!     [--save model.safetensors] [--load model.safetensors] [--heatmap target/seq2seq_attention.png]
 //! ```
@@ -29,10 +29,14 @@
 //! `attention.*` (`rnn_kernels::attention`'s names) and `out.weight`, `out.bias`.
 
 use indicatif::{ProgressBar, ProgressStyle};
-use rnn_kernels::attention::{AttentionBackend, AttentionConfig, AttentionOutput, AttentionShape, AttentionUpstream, Score};
+use rnn_kernels::attention::{
+    AttentionBackend, AttentionConfig, AttentionMemoryGrads, AttentionOutput, AttentionShape, AttentionUpstream, Score,
+};
 use rnn_kernels::{CellKind, Cpu, Params, Rnn, RnnConfig, SeqShape};
 use rnn_kernels_nn::decode::{beam_search, greedy_search, reorder_rows, SearchConfig, Step};
-use rnn_kernels_nn::{clip_global_norm, dates, masked_softmax_cross_entropy, Adam, AdamConfig, DatePair, Embedding, Linear};
+use rnn_kernels_nn::{
+    clip_global_norm, dates, masked_softmax_cross_entropy, Adam, AdamConfig, CosineSchedule, DatePair, Embedding, Linear,
+};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -67,7 +71,7 @@ struct Args {
 
 fn parse() -> Result<Args, String> {
     let mut a = Args {
-        minutes: 3.0,
+        minutes: 1.0,
         steps: None,
         attention: Score::General,
         teacher_forcing: 1.0,
@@ -257,6 +261,8 @@ fn train_batch(
     let mut enc_reserve = Default::default();
     let enc = encode(m, vocab, batch, Some(&mut enc_reserve))?;
     let att_shape = AttentionShape::new(1, enc.shape.steps(), enc.lens.clone())?;
+    // The keys' side of the attention, once for every step.
+    let memory = m.cpu.attention_memory(&m.att_cfg, &att_shape, &m.att, &enc.keys)?;
     let mut steps = m.dec.start_steps(b, Some(&enc.h0), None, true, None)?;
     let v = vocab.tgt.len();
     let (mut prev, mut feed) = (vec![END; b], vec![0.0f32; b * ATT_O]);
@@ -269,7 +275,7 @@ fn train_batch(
             .flat_map(|r| emb[r * TGT_EMB..(r + 1) * TGT_EMB].iter().chain(&feed[r * ATT_O..(r + 1) * ATT_O]).copied().collect::<Vec<_>>())
             .collect();
         let h = m.dec.step(&mut steps, &x)?;
-        let att = m.cpu.attention_forward(&m.att_cfg, &att_shape, &m.att, &enc.keys, &h)?;
+        let att = m.cpu.attention_forward_with(&m.att_cfg, &att_shape, &m.att, &memory, &h)?;
         let mut logits = vec![0.0; b * v];
         m.out.forward(&att.hidden, &mut logits)?;
         // Teacher forcing with probability `tf`, else the model's own greedy choice.
@@ -294,7 +300,7 @@ fn train_batch(
     let mut g = vec![Vec::new(); 7];
     let (mut d_tgt_emb, mut d_att, mut d_out_w, mut d_out_b) =
         (vec![0.0; m.tgt_emb.weight.len()], vec![0.0; m.att.len()], vec![0.0; m.out.weight.len()], vec![0.0; v]);
-    let mut d_keys = vec![0.0; enc.keys.len()];
+    let mut d_memory = AttentionMemoryGrads::new(&memory);
     let mut back = m.dec.backward_steps(&steps, None, None)?;
     let mut d_feed = vec![0.0f32; b * ATT_O];
     while let Some(t) = back.next_step() {
@@ -306,11 +312,8 @@ fn train_batch(
             *d += f;
         }
         let up = AttentionUpstream { d_weights: None, d_context: None, d_hidden: Some(&dh_att) };
-        let ga = m.cpu.attention_backward(&m.att_cfg, &att_shape, &m.att, &enc.keys, h, att, up)?;
+        let ga = m.cpu.attention_backward_with(&m.att_cfg, &att_shape, &m.att, &memory, h, att, up, &mut d_memory)?;
         for (d, x) in d_att.iter_mut().zip(&ga.d_params) {
-            *d += x;
-        }
-        for (d, x) in d_keys.iter_mut().zip(&ga.d_keys) {
             *d += x;
         }
         let dx = back.step(&m.dec, Some(&ga.d_queries))?;
@@ -323,6 +326,12 @@ fn train_batch(
         m.tgt_emb.backward(prev, &d_emb, &mut d_tgt_emb)?;
     }
     let dec_g = back.finish()?;
+    // The keys' side's backward, once: the encoder outputs' gradients.
+    let gk = m.cpu.attention_memory_backward(&m.att_cfg, &att_shape, &m.att, &memory, &d_memory)?;
+    for (d, x) in d_att.iter_mut().zip(&gk.d_params) {
+        *d += x;
+    }
+    let d_keys = gk.d_keys;
     // The decoder's first state was the encoder's final states.
     let mut dhn = vec![0.0; 2 * b * ENC_H];
     for r in 0..b {
@@ -350,6 +359,7 @@ fn translate(m: &Model, vocab: &Vocab, batch: &[&DatePair], width: usize) -> Res
     let lens = enc.lens.clone();
     let v = vocab.tgt.len();
     let mut steps = m.dec.start_steps(b, Some(&enc.h0), None, false, None)?;
+    let memory = m.cpu.attention_memory(&m.att_cfg, &AttentionShape::new(1, s, lens.clone())?, &m.att, &enc.keys)?;
     let mut feed = vec![0.0f32; b * ATT_O];
     let mut scratch = Vec::new();
     let cfg = SearchConfig { width, max_len: dates::MAX_TARGET_LEN + 1, begin: END, end: END, length_penalty: 0.0 };
@@ -366,15 +376,10 @@ fn translate(m: &Model, vocab: &Vocab, batch: &[&DatePair], width: usize) -> Res
             .flat_map(|r| emb[r * TGT_EMB..(r + 1) * TGT_EMB].iter().chain(&feed[r * ATT_O..(r + 1) * ATT_O]).copied().collect::<Vec<_>>())
             .collect();
         let hq = m.dec.step(&mut steps, &x)?;
-        // Each row attends over its sequence's keys.
-        let mut keys = vec![0.0; s * rows * KEY];
-        for t in 0..s {
-            for (r, &q) in st.sequences.iter().enumerate() {
-                keys[(t * rows + r) * KEY..(t * rows + r + 1) * KEY].copy_from_slice(&enc.keys[(t * b + q) * KEY..(t * b + q + 1) * KEY]);
-            }
-        }
-        let shape = AttentionShape::new(1, s, st.sequences.iter().map(|&q| lens[q]).collect())?;
-        let att = m.cpu.attention_forward(&m.att_cfg, &shape, &m.att, &keys, &hq)?;
+        // Each row attends over its sequence's keys: the memory's rows gathered.
+        let rows_memory = memory.gather(st.sequences)?;
+        let shape = AttentionShape::new(1, s, rows_memory.lengths().to_vec())?;
+        let att = m.cpu.attention_forward_with(&m.att_cfg, &shape, &m.att, &rows_memory, &hq)?;
         let mut logits = vec![0.0; rows * v];
         m.out.forward(&att.hidden, &mut logits)?;
         feed = att.hidden;
@@ -611,6 +616,7 @@ fn run(a: &Args) -> Result<(), Error> {
     let sizes: Vec<usize> = m.tensors().iter().map(|t| t.len()).collect();
     println!("model: {} parameters", sizes.iter().sum::<usize>());
     let mut adam = Adam::new(&sizes, AdamConfig { lr: 3e-3, ..Default::default() })?;
+    let schedule = CosineSchedule::new(3e-3, 0.0, 50)?;
     if let Some(path) = &a.load {
         load(&mut m, path)?;
         println!("loaded {path}");
@@ -643,6 +649,13 @@ fn run(a: &Args) -> Result<(), Error> {
         }
         let batch: Vec<&DatePair> = order[at..at + a.batch].iter().map(|&i| &train[i]).collect();
         at += a.batch;
+        // The learning rate: a cosine from 3e-3 to 0 over the budget (steps or time), after 50
+        // warm-up steps.
+        let progress = match steps_budget {
+            Some(n) => step as f64 / n.max(1) as f64,
+            None => start.elapsed().as_secs_f64() / budget.as_secs_f64().max(1e-9),
+        };
+        adam.set_lr(schedule.lr(step, progress))?;
         let (loss, mut grads) = train_batch(&m, &vocab, &batch, a.teacher_forcing, &mut rng)?;
         let mut gs: Vec<&mut [f32]> = grads.iter_mut().map(|g| &mut g[..]).collect();
         clip_global_norm(&mut gs, 5.0)?;

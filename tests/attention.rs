@@ -413,3 +413,63 @@ fn host_backends_read_no_padding() {
         assert_eq!(bits(&nan.concat()), bits(&clean.concat()), "cpu, {cfg:?}");
     }
 }
+
+/// The per-step path (the keys' side once, then one query per call, the backward of each call
+/// adding into the memory's gradients, the keys' side's backward once) gives the batched
+/// path's outputs and gradients: on the reference backend in f64 at 1e-12, on the CPU backend
+/// in f32 at the f32 tolerances; a memory of other keys is an error naming `memory`.
+#[test]
+fn the_per_step_path_is_the_batched_one() {
+    fn per_step<T: rnn_kernels::Float, B: AttentionBackend<T>>(backend: &B, p: &Problem) -> Vec<Vec<f64>> {
+        let down = |v: &[f64]| v.iter().map(|&x| T::from_f64(x)).collect::<Vec<T>>();
+        let up = |v: &[T]| v.iter().map(|x| x.to_f64()).collect::<Vec<f64>>();
+        let (cfg, shape) = (&p.cfg, &p.shape);
+        let (b, hq, hk, s, o) = (shape.batch(), cfg.query_size(), cfg.key_size(), shape.steps(), cfg.output_size());
+        let (params, keys) = (down(&p.params), down(&p.keys));
+        let one = AttentionShape::new(1, s, shape.lengths().to_vec()).unwrap();
+        let memory = backend.attention_memory(cfg, &one, &params, &keys).unwrap();
+        let mut d_memory = rnn_kernels::attention::AttentionMemoryGrads::new(&memory);
+        let (mut outs, mut dq) = (vec![Vec::new(); 3], Vec::new());
+        let mut d_params = vec![0.0; params.len()];
+        for t in 0..shape.queries() {
+            let q = down(&p.queries[t * b * hq..(t + 1) * b * hq]);
+            let out = backend.attention_forward_with(cfg, &one, &params, &memory, &q).unwrap();
+            let (dw, dc, dh) = (
+                down(&p.d_weights[t * b * s..(t + 1) * b * s]),
+                down(&p.d_context[t * b * hk..(t + 1) * b * hk]),
+                down(&p.d_hidden[t * b * o..(t + 1) * b * o]),
+            );
+            let upstream = AttentionUpstream { d_weights: Some(&dw), d_context: Some(&dc), d_hidden: (o > 0).then_some(&dh[..]) };
+            let g = backend.attention_backward_with(cfg, &one, &params, &memory, &q, &out, upstream, &mut d_memory).unwrap();
+            outs[0].extend(up(&out.weights));
+            outs[1].extend(up(&out.context));
+            outs[2].extend(up(&out.hidden));
+            dq.extend(up(&g.d_queries));
+            for (d, x) in d_params.iter_mut().zip(up(&g.d_params)) {
+                *d += x;
+            }
+        }
+        let k = backend.attention_memory_backward(cfg, &one, &params, &memory, &d_memory).unwrap();
+        for (d, x) in d_params.iter_mut().zip(up(&k.d_params)) {
+            *d += x;
+        }
+        let other = AttentionShape::new(1, s, vec![1; b]).unwrap();
+        let e = backend.attention_forward_with(cfg, &other, &params, &memory, &down(&p.queries[..b * hq])).unwrap_err();
+        assert!(e.to_string().contains("`memory`"), "{e}");
+        let [w, c, h] = [outs[0].clone(), outs[1].clone(), outs[2].clone()];
+        vec![w, c, h, dq, up(&k.d_keys), d_params]
+    }
+    for (c, cfg) in configs().iter().enumerate() {
+        let shape = AttentionShape::new(4, 6, vec![6, 2, 5]).unwrap();
+        let p = Problem::new(cfg, &shape, 500 + c as u64);
+        let (want64, got64) = (on_backend::<f64, _>(&Reference, &p), per_step::<f64, _>(&Reference, &p));
+        let cpu = Cpu::new().unwrap();
+        let (want32, got32) = (on_backend::<f32, _>(&cpu, &p), per_step::<f32, _>(&cpu, &p));
+        for k in 0..6 {
+            let e = max_error(&got64[k], &want64[k]);
+            assert!(e < 1e-12, "reference backend, {cfg:?}: {} error {e:.2e}", PARTS[k]);
+            let e = max_error(&got32[k], &want32[k]);
+            assert!(e < if k < 3 { 1e-5 } else { 1e-4 }, "cpu, {cfg:?}: {} error {e:.2e}", PARTS[k]);
+        }
+    }
+}

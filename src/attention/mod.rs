@@ -60,13 +60,140 @@
 
 pub mod reference;
 
+/// The keys' side of an attention, computed once for every query that attends over the same
+/// keys (a decoder's steps, one call each): the keys with their padding zeroed and their
+/// projection (general: `K W_aᵀ`, `[S, B, Hq]`; concat and additive: `K W_kᵀ`, `[S, B, A]`;
+/// none for dot). From [`AttentionBackend::attention_memory`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionMemory<T> {
+    pub(crate) keys: Vec<T>,
+    pub(crate) proj: Vec<T>,
+    pub(crate) steps: usize,
+    pub(crate) lengths: Vec<usize>,
+}
+
+impl<T: Copy> AttentionMemory<T> {
+    /// The encoder lengths of its sequences.
+    pub fn lengths(&self) -> &[usize] {
+        &self.lengths
+    }
+
+    /// The memory of the sequences `rows` (`rows[r]`: the sequence row `r` reads; repeats
+    /// allowed): a beam search's hypotheses each attend over their own sequence's keys. An
+    /// error naming `rows` for a sequence out of range.
+    pub fn gather(&self, rows: &[usize]) -> Result<Self> {
+        let b = self.lengths.len();
+        if let Some(i) = rows.iter().position(|&r| r >= b) {
+            return Err(Error::invalid(format!("rows[{i}]"), format!("a sequence below B = {b}"), rows[i]));
+        }
+        let pick = |v: &[T]| -> Vec<T> {
+            let w = v.len() / (self.steps * b).max(1);
+            let mut out = Vec::with_capacity(self.steps * rows.len() * w);
+            for s in 0..self.steps {
+                for &r in rows {
+                    out.extend_from_slice(&v[(s * b + r) * w..(s * b + r + 1) * w]);
+                }
+            }
+            out
+        };
+        Ok(AttentionMemory {
+            keys: pick(&self.keys),
+            proj: pick(&self.proj),
+            steps: self.steps,
+            lengths: rows.iter().map(|&r| self.lengths[r]).collect(),
+        })
+    }
+}
+
+impl<T> AttentionMemory<T> {
+    /// Checks that the memory was made for `shape`'s keys (steps and lengths).
+    pub(crate) fn check(&self, shape: &AttentionShape) -> Result<()> {
+        if self.steps != shape.steps || self.lengths != shape.lengths {
+            return Err(Error::invalid(
+                "memory",
+                format!("the memory of keys of {} steps and lengths {:?} (the shape's)", shape.steps, shape.lengths),
+                format!("one of {} steps and lengths {:?}", self.steps, self.lengths),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The gradients w.r.t. an [`AttentionMemory`], accumulated over the backward calls that read
+/// it; [`AttentionBackend::attention_memory_backward`] turns them into the keys' and the
+/// parameters' gradients once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionMemoryGrads<T> {
+    pub(crate) d_keys: Vec<T>,
+    pub(crate) d_proj: Vec<T>,
+}
+
+impl<T: crate::Float> AttentionMemoryGrads<T> {
+    /// Zeros for `memory`.
+    pub fn new(memory: &AttentionMemory<T>) -> Self {
+        AttentionMemoryGrads { d_keys: vec![T::ZERO; memory.keys.len()], d_proj: vec![T::ZERO; memory.proj.len()] }
+    }
+}
+
 /// A backend that computes attention: the host backends, [`Reference`](crate::Reference) (in
 /// `T`, its plain-loop products) and [`Cpu`](crate::Cpu) (f32, its ISA's products on its
 /// threads). Both arrange the maths of [`reference`](mod@reference) as products over all the
-/// queries at once (the batched path: every decoder state known, as under teacher forcing with
-/// Luong's attention; one query per sequence is the per-step path) and are tested against it.
-/// Results do not depend on the number of threads.
-pub trait AttentionBackend<T> {
+/// queries of a call at once and are tested against it; results do not depend on the number of
+/// threads.
+///
+/// Two paths: the batched one ([`attention_forward`](Self::attention_forward),
+/// [`attention_backward`](Self::attention_backward)) when every query is known (teacher
+/// forcing with Luong's attention), and the per-step one when a decoder computes its queries
+/// one step at a time: the keys' side once ([`attention_memory`](Self::attention_memory)), each
+/// step's queries against it ([`attention_forward_with`](Self::attention_forward_with)), each
+/// step's backward adding into [`AttentionMemoryGrads`]
+/// ([`attention_backward_with`](Self::attention_backward_with)), and the keys' side's backward
+/// once ([`attention_memory_backward`](Self::attention_memory_backward)). The batched path is
+/// the per-step one with every query in one call.
+pub trait AttentionBackend<T: crate::Float> {
+    /// The keys' side of `shape`'s keys (`keys: [S, B, Hk]`; the shape's query count is not
+    /// read).
+    fn attention_memory(&self, cfg: &AttentionConfig, shape: &AttentionShape, params: &[T], keys: &[T]) -> Result<AttentionMemory<T>>;
+
+    /// The forward pass of `queries: [Tq, B, Hq]` over `memory`: [`reference::forward`]'s
+    /// results.
+    fn attention_forward_with(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[T],
+        memory: &AttentionMemory<T>,
+        queries: &[T],
+    ) -> Result<AttentionOutput<T>>;
+
+    /// The backward pass of a call of [`attention_forward_with`](Self::attention_forward_with):
+    /// the queries' gradients and the parameters' part that does not go through the keys'
+    /// side (`d_keys` empty); the keys' side's gradients are added into `d_memory`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward_with(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[T],
+        memory: &AttentionMemory<T>,
+        queries: &[T],
+        out: &AttentionOutput<T>,
+        up: AttentionUpstream<'_, T>,
+        d_memory: &mut AttentionMemoryGrads<T>,
+    ) -> Result<AttentionGrads<T>>;
+
+    /// The keys' side's backward from the accumulated `d_memory`: the keys' gradients
+    /// (`[S, B, Hk]`, zero at the padding) and the parameters' part through the keys' side
+    /// (`d_queries` empty).
+    fn attention_memory_backward(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[T],
+        memory: &AttentionMemory<T>,
+        d_memory: &AttentionMemoryGrads<T>,
+    ) -> Result<AttentionGrads<T>>;
+
     /// The forward pass: [`reference::forward`]'s results.
     fn attention_forward(
         &self,
@@ -75,7 +202,11 @@ pub trait AttentionBackend<T> {
         params: &[T],
         keys: &[T],
         queries: &[T],
-    ) -> Result<AttentionOutput<T>>;
+    ) -> Result<AttentionOutput<T>> {
+        check_inputs(cfg, shape, params, keys, queries)?;
+        let memory = self.attention_memory(cfg, shape, params, keys)?;
+        self.attention_forward_with(cfg, shape, params, &memory, queries)
+    }
 
     /// The backward pass: [`reference::backward`]'s results.
     #[allow(clippy::too_many_arguments)]
@@ -88,7 +219,19 @@ pub trait AttentionBackend<T> {
         queries: &[T],
         out: &AttentionOutput<T>,
         up: AttentionUpstream<'_, T>,
-    ) -> Result<AttentionGrads<T>>;
+    ) -> Result<AttentionGrads<T>> {
+        check_inputs(cfg, shape, params, keys, queries)?;
+        check_backward(cfg, shape, out, &up)?;
+        let memory = self.attention_memory(cfg, shape, params, keys)?;
+        let mut d_memory = AttentionMemoryGrads::new(&memory);
+        let mut g = self.attention_backward_with(cfg, shape, params, &memory, queries, out, up, &mut d_memory)?;
+        let k = self.attention_memory_backward(cfg, shape, params, &memory, &d_memory)?;
+        for (d, x) in g.d_params.iter_mut().zip(&k.d_params) {
+            *d += *x;
+        }
+        g.d_keys = k.d_keys;
+        Ok(g)
+    }
 }
 
 use crate::error::{Error, Result};
@@ -348,7 +491,7 @@ pub struct AttentionUpstream<'a, T> {
 }
 
 /// Checks a buffer's length against its shape.
-fn check_len(arg: &str, got: usize, shape: &[usize]) -> Result<()> {
+pub(crate) fn check_len(arg: &str, got: usize, shape: &[usize]) -> Result<()> {
     let want: usize = shape.iter().product();
     if got != want {
         return Err(Error::shape(arg, format!("{shape:?} = {want} elements"), format!("{got} elements")));

@@ -67,31 +67,57 @@ mod isa;
 pub use gemm::packed::CpuPlan;
 pub use isa::Isa;
 
-use crate::attention::{AttentionBackend, AttentionConfig, AttentionGrads, AttentionOutput, AttentionShape, AttentionUpstream};
+use crate::attention::{
+    AttentionBackend, AttentionConfig, AttentionGrads, AttentionMemory, AttentionMemoryGrads, AttentionOutput, AttentionShape,
+    AttentionUpstream,
+};
 
 impl AttentionBackend<f32> for Cpu {
-    fn attention_forward(
+    fn attention_memory(
         &self,
         cfg: &AttentionConfig,
         shape: &AttentionShape,
         params: &[f32],
         keys: &[f32],
-        queries: &[f32],
-    ) -> Result<AttentionOutput<f32>> {
-        with_kernels!(self.kernels, |k| self.run(k, None, |k| host::attention::forward(k, cfg, shape, params, keys, queries)))
+    ) -> Result<AttentionMemory<f32>> {
+        with_kernels!(self.kernels, |k| self.run(k, None, |k| host::attention::memory(k, cfg, shape, params, keys)))
     }
 
-    fn attention_backward(
+    fn attention_forward_with(
         &self,
         cfg: &AttentionConfig,
         shape: &AttentionShape,
         params: &[f32],
-        keys: &[f32],
+        memory: &AttentionMemory<f32>,
+        queries: &[f32],
+    ) -> Result<AttentionOutput<f32>> {
+        with_kernels!(self.kernels, |k| self.run(k, None, |k| host::attention::forward_with(k, cfg, shape, params, memory, queries)))
+    }
+
+    fn attention_backward_with(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[f32],
+        memory: &AttentionMemory<f32>,
         queries: &[f32],
         out: &AttentionOutput<f32>,
         up: AttentionUpstream<'_, f32>,
+        d_memory: &mut AttentionMemoryGrads<f32>,
     ) -> Result<AttentionGrads<f32>> {
-        with_kernels!(self.kernels, |k| self.run(k, None, |k| host::attention::backward(k, cfg, shape, params, keys, queries, out, up)))
+        with_kernels!(self.kernels, |k| self
+            .run(k, None, |k| host::attention::backward_with(k, cfg, shape, params, memory, queries, out, up, d_memory)))
+    }
+
+    fn attention_memory_backward(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[f32],
+        memory: &AttentionMemory<f32>,
+        d_memory: &AttentionMemoryGrads<f32>,
+    ) -> Result<AttentionGrads<f32>> {
+        with_kernels!(self.kernels, |k| self.run(k, None, |k| host::attention::memory_backward(k, cfg, shape, params, memory, d_memory)))
     }
 }
 

@@ -10,13 +10,17 @@
 //! context `C_b = α_b K_b`; the hidden state `tanh(C W_c[:, :Hk]ᵀ + Q W_c[:, Hk:]ᵀ)`, two
 //! products over all queries. Backward runs the same products transposed.
 //!
-//! The keys are read through a copy whose padding (steps past each length) is zero, so that a
-//! product over all keys reads no padding value (a NaN there would reach the weight gradients
-//! through `0·NaN`); every per-sequence product stops at the sequence's length.
+//! The keys' side (the keys and their projection) is the [`AttentionMemory`], made once for all
+//! the calls over the same keys; a call's backward adds the keys' side's gradients into
+//! [`AttentionMemoryGrads`], turned into the keys' and weights' gradients once
+//! ([`memory_backward`]). The memory's keys are a copy whose padding (steps past each length) is
+//! zero, so that a product over all keys reads no padding value (a NaN there would reach the
+//! weight gradients through `0·NaN`); every per-sequence product stops at the sequence's length.
 
 use super::{HostKernels, Mat, MatMut};
 use crate::attention::{
-    check_backward, check_inputs, AttentionConfig, AttentionGrads, AttentionOutput, AttentionShape, AttentionUpstream, Score,
+    check_backward, check_len, AttentionConfig, AttentionGrads, AttentionMemory, AttentionMemoryGrads, AttentionOutput, AttentionShape,
+    AttentionUpstream, Score,
 };
 use crate::element::Float;
 use crate::error::Result;
@@ -85,23 +89,50 @@ impl<'a, T> Params<'a, T> {
     }
 }
 
-/// `keys` with the padding zeroed: themselves when no sequence is shorter than `S`.
-fn masked_keys<'a, T: Float>(d: &Dims, lengths: &[usize], keys: &'a [T]) -> std::borrow::Cow<'a, [T]> {
-    if lengths.iter().all(|&l| l == d.s) {
-        return std::borrow::Cow::Borrowed(keys);
-    }
-    let mut k = keys.to_vec();
+/// The keys' side: the keys with the padding zeroed, and their projection.
+pub(crate) fn memory<T: Float, K: HostKernels<T>>(
+    k: &K,
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    params: &[T],
+    keys: &[T],
+) -> Result<AttentionMemory<T>> {
+    let d = Dims::of(cfg, shape);
+    check_len("params", params.len(), &[cfg.param_len()])?;
+    check_len("keys", keys.len(), &[d.s, d.b, d.hk])?;
+    let w = Params::of(cfg, &d, params)?;
+    let mut masked = keys.to_vec();
     for s in 0..d.s {
-        for (b, &len) in lengths.iter().enumerate() {
+        for (b, &len) in shape.lengths().iter().enumerate() {
             if s >= len {
-                k[(s * d.b + b) * d.hk..(s * d.b + b + 1) * d.hk].fill(T::ZERO);
+                masked[(s * d.b + b) * d.hk..(s * d.b + b + 1) * d.hk].fill(T::ZERO);
             }
         }
     }
-    std::borrow::Cow::Owned(k)
+    let sb = d.s * d.b;
+    let proj = match cfg.score() {
+        Score::Dot => Vec::new(),
+        Score::General => {
+            let mut kp = vec![T::ZERO; sb * d.hq];
+            k.gemm(T::ONE, Mat::new(&masked, sb, d.hk), w.mat(w.w_a, d.hq, d.hk, d.hk).t(), T::ZERO, MatMut::new(&mut kp, sb, d.hq));
+            kp
+        }
+        Score::Concat | Score::Additive => {
+            let mut kp = vec![T::ZERO; sb * d.a];
+            k.gemm(T::ONE, Mat::new(&masked, sb, d.hk), w.mat(w.w_k.0, d.a, d.hk, w.w_k.1).t(), T::ZERO, MatMut::new(&mut kp, sb, d.a));
+            kp
+        }
+    };
+    Ok(AttentionMemory { keys: masked, proj, steps: d.s, lengths: shape.lengths().to_vec() })
 }
 
-/// Rows `t·B + b` (`t < rows`) of a `[·, B, w]` tensor: sequence `b`'s.
+/// The checks of a call over `memory`.
+fn check_call<T>(cfg: &AttentionConfig, shape: &AttentionShape, params: &[T], memory: &AttentionMemory<T>, queries: &[T]) -> Result<()> {
+    memory.check(shape)?;
+    check_len("params", params.len(), &[cfg.param_len()])?;
+    check_len("queries", queries.len(), &[shape.queries(), shape.batch(), cfg.query_size()])
+}
+
 fn seq<'a, T>(x: &'a [T], d: &Dims, b: usize, rows: usize, w: usize) -> Mat<'a, T> {
     Mat::strided(&x[b * w..], rows, w, d.b * w)
 }
@@ -110,31 +141,40 @@ fn seq_mut<'a, T>(x: &'a mut [T], d: &Dims, b: usize, rows: usize, w: usize) -> 
     MatMut::strided(&mut x[b * w..], rows, w, d.b * w)
 }
 
-/// The forward pass ([`crate::attention::reference::forward`]'s results).
-pub(crate) fn forward<T: Float, K: HostKernels<T>>(
+/// The query side of the concat and additive scores, `P_q = Q W_qᵀ` `[Tq·B, A]` (empty for the
+/// others).
+fn query_proj<T: Float, K: HostKernels<T>>(k: &K, cfg: &AttentionConfig, d: &Dims, w: &Params<'_, T>, queries: &[T]) -> Vec<T> {
+    if !matches!(cfg.score(), Score::Concat | Score::Additive) {
+        return Vec::new();
+    }
+    let tb = d.tq * d.b;
+    let mut qp = vec![T::ZERO; tb * d.a];
+    k.gemm(T::ONE, Mat::new(queries, tb, d.hq), w.mat(w.w_q.0, d.a, d.hq, w.w_q.1).t(), T::ZERO, MatMut::new(&mut qp, tb, d.a));
+    qp
+}
+
+/// A forward call over `memory` ([`crate::attention::reference::forward`]'s results).
+pub(crate) fn forward_with<T: Float, K: HostKernels<T>>(
     k: &K,
     cfg: &AttentionConfig,
     shape: &AttentionShape,
     params: &[T],
-    keys: &[T],
+    memory: &AttentionMemory<T>,
     queries: &[T],
 ) -> Result<AttentionOutput<T>> {
-    check_inputs(cfg, shape, params, keys, queries)?;
+    check_call(cfg, shape, params, memory, queries)?;
     let d = Dims::of(cfg, shape);
     let w = Params::of(cfg, &d, params)?;
-    let keys = masked_keys(&d, shape.lengths(), keys);
+    let (keys, kp) = (&memory.keys, &memory.proj);
     let tb = d.tq * d.b;
     let mut out = AttentionOutput { weights: vec![T::ZERO; tb * d.s], context: vec![T::ZERO; tb * d.hk], hidden: vec![T::ZERO; tb * d.o] };
-    // The projections over all keys (general: K W_aᵀ; concat, additive: P_k = K W_kᵀ) and
-    // queries (P_q = Q W_qᵀ).
-    let (kp, qp) = projections(k, cfg, &d, &w, &keys, queries);
+    let qp = query_proj(k, cfg, &d, &w, queries);
     for (b, &len) in shape.lengths().iter().enumerate() {
-        let e = seq_mut(&mut out.weights, &d, b, d.tq, d.s);
-        let e = MatMut { cols: len, ..e };
+        let e = MatMut { cols: len, ..seq_mut(&mut out.weights, &d, b, d.tq, d.s) };
         match cfg.score() {
-            Score::Dot => k.gemm(T::ONE, seq(queries, &d, b, d.tq, d.hq), seq(&keys, &d, b, len, d.hk).t(), T::ZERO, e),
-            Score::General => k.gemm(T::ONE, seq(queries, &d, b, d.tq, d.hq), seq(&kp, &d, b, len, d.hq).t(), T::ZERO, e),
-            Score::Concat | Score::Additive => tanh_scores(&d, &w, &qp, &kp, b, len, e),
+            Score::Dot => k.gemm(T::ONE, seq(queries, &d, b, d.tq, d.hq), seq(keys, &d, b, len, d.hk).t(), T::ZERO, e),
+            Score::General => k.gemm(T::ONE, seq(queries, &d, b, d.tq, d.hq), seq(kp, &d, b, len, d.hq).t(), T::ZERO, e),
+            Score::Concat | Score::Additive => tanh_scores(&d, &w, &qp, kp, b, len, e),
         }
     }
     // The softmax of each row over its sequence's keys.
@@ -143,7 +183,7 @@ pub(crate) fn forward<T: Float, K: HostKernels<T>>(
     }
     for (b, &len) in shape.lengths().iter().enumerate() {
         let alpha = Mat::strided(&out.weights[b * d.s..], d.tq, len, d.b * d.s);
-        k.gemm(T::ONE, alpha, seq(&keys, &d, b, len, d.hk), T::ZERO, seq_mut(&mut out.context, &d, b, d.tq, d.hk));
+        k.gemm(T::ONE, alpha, seq(keys, &d, b, len, d.hk), T::ZERO, seq_mut(&mut out.context, &d, b, d.tq, d.hk));
     }
     if d.o > 0 {
         // Z = C W_c[:, :Hk]ᵀ + Q W_c[:, Hk:]ᵀ, then tanh.
@@ -153,33 +193,6 @@ pub(crate) fn forward<T: Float, K: HostKernels<T>>(
         k.tanh_in_place(&mut out.hidden);
     }
     Ok(out)
-}
-
-/// The key-side and query-side projections of the score: general `K W_aᵀ` `[S·B, Hq]` (no
-/// query side); concat and additive `P_k = K W_kᵀ` `[S·B, A]` and `P_q = Q W_qᵀ` `[Tq·B, A]`.
-fn projections<T: Float, K: HostKernels<T>>(
-    k: &K,
-    cfg: &AttentionConfig,
-    d: &Dims,
-    w: &Params<'_, T>,
-    keys: &[T],
-    queries: &[T],
-) -> (Vec<T>, Vec<T>) {
-    let (tb, sb) = (d.tq * d.b, d.s * d.b);
-    match cfg.score() {
-        Score::Dot => (Vec::new(), Vec::new()),
-        Score::General => {
-            let mut kp = vec![T::ZERO; sb * d.hq];
-            k.gemm(T::ONE, Mat::new(keys, sb, d.hk), w.mat(w.w_a, d.hq, d.hk, d.hk).t(), T::ZERO, MatMut::new(&mut kp, sb, d.hq));
-            (kp, Vec::new())
-        }
-        Score::Concat | Score::Additive => {
-            let (mut kp, mut qp) = (vec![T::ZERO; sb * d.a], vec![T::ZERO; tb * d.a]);
-            k.gemm(T::ONE, Mat::new(keys, sb, d.hk), w.mat(w.w_k.0, d.a, d.hk, w.w_k.1).t(), T::ZERO, MatMut::new(&mut kp, sb, d.a));
-            k.gemm(T::ONE, Mat::new(queries, tb, d.hq), w.mat(w.w_q.0, d.a, d.hq, w.w_q.1).t(), T::ZERO, MatMut::new(&mut qp, tb, d.a));
-            (kp, qp)
-        }
-    }
 }
 
 /// Concat and additive: `e[t, s] = Σ_a v_a tanh(P_q[t, b, a] + P_k[s, b, a])` for sequence `b`.
@@ -211,26 +224,34 @@ fn softmax<T: Float>(x: &mut [T]) {
     }
 }
 
-/// The backward pass ([`crate::attention::reference::backward`]'s results).
+/// The backward of a call of [`forward_with`]: the queries' gradients and the parameters' part
+/// outside the keys' side; the keys' side's gradients added into `dm`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn backward<T: Float, K: HostKernels<T>>(
+pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
     k: &K,
     cfg: &AttentionConfig,
     shape: &AttentionShape,
     params: &[T],
-    keys: &[T],
+    memory: &AttentionMemory<T>,
     queries: &[T],
     out: &AttentionOutput<T>,
     up: AttentionUpstream<'_, T>,
+    dm: &mut AttentionMemoryGrads<T>,
 ) -> Result<AttentionGrads<T>> {
-    check_inputs(cfg, shape, params, keys, queries)?;
+    check_call(cfg, shape, params, memory, queries)?;
     check_backward(cfg, shape, out, &up)?;
+    if dm.d_keys.len() != memory.keys.len() || dm.d_proj.len() != memory.proj.len() {
+        return Err(crate::Error::invalid(
+            "d_memory",
+            "the gradients of this memory (AttentionMemoryGrads::new(memory))",
+            "another memory's",
+        ));
+    }
     let d = Dims::of(cfg, shape);
     let w = Params::of(cfg, &d, params)?;
-    let keys = masked_keys(&d, shape.lengths(), keys);
-    let (tb, sb) = (d.tq * d.b, d.s * d.b);
-    let mut g =
-        AttentionGrads { d_queries: vec![T::ZERO; tb * d.hq], d_keys: vec![T::ZERO; sb * d.hk], d_params: vec![T::ZERO; params.len()] };
+    let (keys, kp) = (&memory.keys, &memory.proj);
+    let tb = d.tq * d.b;
+    let mut g = AttentionGrads { d_queries: vec![T::ZERO; tb * d.hq], d_keys: Vec::new(), d_params: vec![T::ZERO; params.len()] };
     let mut dc = match up.d_context {
         Some(v) => v.to_vec(),
         None => vec![T::ZERO; tb * d.hk],
@@ -256,9 +277,9 @@ pub(crate) fn backward<T: Float, K: HostKernels<T>>(
     for (b, &len) in shape.lengths().iter().enumerate() {
         let dcb = seq(&dc, &d, b, d.tq, d.hk);
         let dalpha = MatMut { cols: len, ..seq_mut(&mut de, &d, b, d.tq, d.s) };
-        k.gemm(T::ONE, dcb, seq(&keys, &d, b, len, d.hk).t(), T::ONE, dalpha);
+        k.gemm(T::ONE, dcb, seq(keys, &d, b, len, d.hk).t(), T::ONE, dalpha);
         let alpha = Mat::strided(&out.weights[b * d.s..], d.tq, len, d.b * d.s);
-        k.gemm(T::ONE, alpha.t(), dcb, T::ONE, seq_mut(&mut g.d_keys, &d, b, len, d.hk));
+        k.gemm(T::ONE, alpha.t(), dcb, T::ONE, seq_mut(&mut dm.d_keys, &d, b, len, d.hk));
     }
     for (r, (der, ar)) in de.chunks_exact_mut(d.s).zip(out.weights.chunks_exact(d.s)).enumerate() {
         let len = shape.lengths()[r % d.b];
@@ -272,33 +293,27 @@ pub(crate) fn backward<T: Float, K: HostKernels<T>>(
         der[len..].fill(T::ZERO);
     }
     // Each score's backward from dE.
-    let (kp, qp) = projections(k, cfg, &d, &w, &keys, queries);
     match cfg.score() {
         Score::Dot => {
             for (b, &len) in shape.lengths().iter().enumerate() {
                 let deb = Mat::strided(&de[b * d.s..], d.tq, len, d.b * d.s);
-                k.gemm(T::ONE, deb, seq(&keys, &d, b, len, d.hk), T::ONE, seq_mut(&mut g.d_queries, &d, b, d.tq, d.hq));
-                k.gemm(T::ONE, deb.t(), seq(queries, &d, b, d.tq, d.hq), T::ONE, seq_mut(&mut g.d_keys, &d, b, len, d.hk));
+                k.gemm(T::ONE, deb, seq(keys, &d, b, len, d.hk), T::ONE, seq_mut(&mut g.d_queries, &d, b, d.tq, d.hq));
+                k.gemm(T::ONE, deb.t(), seq(queries, &d, b, d.tq, d.hq), T::ONE, seq_mut(&mut dm.d_keys, &d, b, len, d.hk));
             }
         }
         Score::General => {
-            // dQ_b += dE_b (K W_aᵀ)_b; d(K W_aᵀ)_b = dE_bᵀ Q_b; then dK += d(K W_aᵀ) W_a and
-            // dW_a += d(K W_aᵀ)ᵀ K over all keys (zero rows at the padding).
-            let mut dkp = vec![T::ZERO; sb * d.hq];
+            // dQ_b += dE_b (K W_aᵀ)_b; d(K W_aᵀ)_b += dE_bᵀ Q_b.
             for (b, &len) in shape.lengths().iter().enumerate() {
                 let deb = Mat::strided(&de[b * d.s..], d.tq, len, d.b * d.s);
-                k.gemm(T::ONE, deb, seq(&kp, &d, b, len, d.hq), T::ONE, seq_mut(&mut g.d_queries, &d, b, d.tq, d.hq));
-                k.gemm(T::ONE, deb.t(), seq(queries, &d, b, d.tq, d.hq), T::ZERO, seq_mut(&mut dkp, &d, b, len, d.hq));
+                k.gemm(T::ONE, deb, seq(kp, &d, b, len, d.hq), T::ONE, seq_mut(&mut g.d_queries, &d, b, d.tq, d.hq));
+                k.gemm(T::ONE, deb.t(), seq(queries, &d, b, d.tq, d.hq), T::ONE, seq_mut(&mut dm.d_proj, &d, b, len, d.hq));
             }
-            let dkpm = Mat::new(&dkp, sb, d.hq);
-            k.gemm(T::ONE, dkpm, w.mat(w.w_a, d.hq, d.hk, d.hk), T::ONE, MatMut::new(&mut g.d_keys, sb, d.hk));
-            let (_, dw) = g.d_params.split_at_mut(w.w_a);
-            k.gemm(T::ONE, dkpm.t(), Mat::new(&keys, sb, d.hk), T::ONE, MatMut::new(dw, d.hq, d.hk));
         }
         Score::Concat | Score::Additive => {
             // dP = dE v ⊙ (1 - u²), u = tanh(P_q + P_k): summed over the keys into dP_q, over
             // the queries into dP_k; dv += Σ dE u.
-            let (mut dqp, mut dkp) = (vec![T::ZERO; tb * d.a], vec![T::ZERO; sb * d.a]);
+            let qp = query_proj(k, cfg, &d, &w, queries);
+            let mut dqp = vec![T::ZERO; tb * d.a];
             let mut dv = vec![T::ZERO; d.a];
             let v = &params[w.v..w.v + d.a];
             for (b, &len) in shape.lengths().iter().enumerate() {
@@ -312,7 +327,7 @@ pub(crate) fn backward<T: Float, K: HostKernels<T>>(
                             dv[a] += des * u;
                             let dp = des * v[a] * (T::ONE - u * u);
                             dqp[rq + a] += dp;
-                            dkp[rk + a] += dp;
+                            dm.d_proj[rk + a] += dp;
                         }
                     }
                 }
@@ -320,14 +335,49 @@ pub(crate) fn backward<T: Float, K: HostKernels<T>>(
             for (x, dva) in g.d_params[w.v..w.v + d.a].iter_mut().zip(dv) {
                 *x += dva;
             }
-            let (dqpm, dkpm) = (Mat::new(&dqp, tb, d.a), Mat::new(&dkp, sb, d.a));
+            let dqpm = Mat::new(&dqp, tb, d.a);
             k.gemm(T::ONE, dqpm, w.mat(w.w_q.0, d.a, d.hq, w.w_q.1), T::ONE, MatMut::new(&mut g.d_queries, tb, d.hq));
-            k.gemm(T::ONE, dkpm, w.mat(w.w_k.0, d.a, d.hk, w.w_k.1), T::ONE, MatMut::new(&mut g.d_keys, sb, d.hk));
             let (_, dw) = g.d_params.split_at_mut(w.w_q.0);
             k.gemm(T::ONE, dqpm.t(), Mat::new(queries, tb, d.hq), T::ONE, MatMut::strided(dw, d.a, d.hq, w.w_q.1));
-            let (_, dw) = g.d_params.split_at_mut(w.w_k.0);
-            k.gemm(T::ONE, dkpm.t(), Mat::new(&keys, sb, d.hk), T::ONE, MatMut::strided(dw, d.a, d.hk, w.w_k.1));
         }
+    }
+    Ok(g)
+}
+
+/// The keys' side's backward: `dK = dm.d_keys + d(proj) W` and the projection weight's
+/// gradient `d(proj)ᵀ K` (general: `W_a`; concat, additive: `W_k`), zero at the padding.
+pub(crate) fn memory_backward<T: Float, K: HostKernels<T>>(
+    k: &K,
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    params: &[T],
+    memory: &AttentionMemory<T>,
+    dm: &AttentionMemoryGrads<T>,
+) -> Result<AttentionGrads<T>> {
+    memory.check(shape)?;
+    check_len("params", params.len(), &[cfg.param_len()])?;
+    if dm.d_keys.len() != memory.keys.len() || dm.d_proj.len() != memory.proj.len() {
+        return Err(crate::Error::invalid(
+            "d_memory",
+            "the gradients of this memory (AttentionMemoryGrads::new(memory))",
+            "another memory's",
+        ));
+    }
+    let d = Dims::of(cfg, shape);
+    let w = Params::of(cfg, &d, params)?;
+    let sb = d.s * d.b;
+    let mut g = AttentionGrads { d_queries: Vec::new(), d_keys: dm.d_keys.clone(), d_params: vec![T::ZERO; params.len()] };
+    let (off, width, rs) = match cfg.score() {
+        Score::Dot => (0, 0, 0),
+        Score::General => (w.w_a, d.hq, d.hk),
+        Score::Concat | Score::Additive => (w.w_k.0, d.a, w.w_k.1),
+    };
+    if width > 0 {
+        // The projection's rows at the padding are zero (no call writes them).
+        let dp = Mat::new(&dm.d_proj, sb, width);
+        k.gemm(T::ONE, dp, w.mat(off, width, d.hk, rs), T::ONE, MatMut::new(&mut g.d_keys, sb, d.hk));
+        let (_, dw) = g.d_params.split_at_mut(off);
+        k.gemm(T::ONE, dp.t(), Mat::new(&memory.keys, sb, d.hk), T::ONE, MatMut::strided(dw, width, d.hk, rs));
     }
     // The padding's keys get no gradient (their rows were never read).
     for s in 0..d.s {

@@ -25,31 +25,54 @@ use crate::shape::SeqShape;
 
 pub use crate::backend::host::{HostPlan, HostReserve};
 
-use crate::attention::{AttentionBackend, AttentionConfig, AttentionGrads, AttentionOutput, AttentionShape, AttentionUpstream};
+use crate::attention::{
+    AttentionBackend, AttentionConfig, AttentionGrads, AttentionMemory, AttentionMemoryGrads, AttentionOutput, AttentionShape,
+    AttentionUpstream,
+};
 
 impl<T: Float> AttentionBackend<T> for Reference {
-    fn attention_forward(
-        &self,
-        cfg: &AttentionConfig,
-        shape: &AttentionShape,
-        params: &[T],
-        keys: &[T],
-        queries: &[T],
-    ) -> Result<AttentionOutput<T>> {
-        host::attention::forward(self, cfg, shape, params, keys, queries)
+    fn attention_memory(&self, cfg: &AttentionConfig, shape: &AttentionShape, params: &[T], keys: &[T]) -> Result<AttentionMemory<T>> {
+        let k = self;
+        host::attention::memory(k, cfg, shape, params, keys)
     }
 
-    fn attention_backward(
+    fn attention_forward_with(
         &self,
         cfg: &AttentionConfig,
         shape: &AttentionShape,
         params: &[T],
-        keys: &[T],
+        memory: &AttentionMemory<T>,
+        queries: &[T],
+    ) -> Result<AttentionOutput<T>> {
+        let k = self;
+        host::attention::forward_with(k, cfg, shape, params, memory, queries)
+    }
+
+    fn attention_backward_with(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[T],
+        memory: &AttentionMemory<T>,
         queries: &[T],
         out: &AttentionOutput<T>,
         up: AttentionUpstream<'_, T>,
+        d_memory: &mut AttentionMemoryGrads<T>,
     ) -> Result<AttentionGrads<T>> {
-        host::attention::backward(self, cfg, shape, params, keys, queries, out, up)
+        let k = self;
+        host::attention::backward_with(k, cfg, shape, params, memory, queries, out, up, d_memory)
+    }
+
+    fn attention_memory_backward(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[T],
+        memory: &AttentionMemory<T>,
+        d_memory: &AttentionMemoryGrads<T>,
+    ) -> Result<AttentionGrads<T>> {
+        let k = self;
+        host::attention::memory_backward(k, cfg, shape, params, memory, d_memory)
     }
 }
 
