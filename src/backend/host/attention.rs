@@ -174,7 +174,7 @@ pub(crate) fn forward_with<T: Float, K: HostKernels<T>>(
         match cfg.score() {
             Score::Dot => k.gemm(T::ONE, seq(queries, &d, b, d.tq, d.hq), seq(keys, &d, b, len, d.hk).t(), T::ZERO, e),
             Score::General => k.gemm(T::ONE, seq(queries, &d, b, d.tq, d.hq), seq(kp, &d, b, len, d.hq).t(), T::ZERO, e),
-            Score::Concat | Score::Additive => tanh_scores(&d, &w, &qp, kp, b, len, e),
+            Score::Concat | Score::Additive => tanh_scores(k, &d, &w, (&qp, kp), b, len, e),
         }
     }
     // The softmax of each row over its sequence's keys.
@@ -195,16 +195,36 @@ pub(crate) fn forward_with<T: Float, K: HostKernels<T>>(
     Ok(out)
 }
 
+/// `u[s, a] = tanh(P_q[t, b, a] + P_k[s, b, a])` for the keys `s < len` of sequence `b` and
+/// query `t`, into `u` (`[len, A]`), with the kernels' `tanh` (the ISA's vector one on the CPU).
+fn tanh_layer<T: Float, K: HostKernels<T>>(k: &K, d: &Dims, (qp, kp): (&[T], &[T]), (t, b, len): (usize, usize, usize), u: &mut Vec<T>) {
+    u.clear();
+    let q = &qp[(t * d.b + b) * d.a..(t * d.b + b + 1) * d.a];
+    for s in 0..len {
+        let kr = &kp[(s * d.b + b) * d.a..(s * d.b + b + 1) * d.a];
+        u.extend(q.iter().zip(kr).map(|(&qa, &ka)| qa + ka));
+    }
+    k.tanh_in_place(u);
+}
+
 /// Concat and additive: `e[t, s] = Σ_a v_a tanh(P_q[t, b, a] + P_k[s, b, a])` for sequence `b`.
-fn tanh_scores<T: Float>(d: &Dims, w: &Params<'_, T>, qp: &[T], kp: &[T], b: usize, len: usize, mut e: MatMut<'_, T>) {
+fn tanh_scores<T: Float, K: HostKernels<T>>(
+    k: &K,
+    d: &Dims,
+    w: &Params<'_, T>,
+    p: (&[T], &[T]),
+    b: usize,
+    len: usize,
+    mut e: MatMut<'_, T>,
+) {
     let v = &w.p[w.v..w.v + d.a];
+    let mut u = Vec::with_capacity(len * d.a);
     for t in 0..d.tq {
-        let q = &qp[(t * d.b + b) * d.a..(t * d.b + b + 1) * d.a];
-        for s in 0..len {
-            let kr = &kp[(s * d.b + b) * d.a..(s * d.b + b + 1) * d.a];
+        tanh_layer(k, d, p, (t, b, len), &mut u);
+        for (s, us) in u.chunks_exact(d.a).enumerate() {
             let mut sum = T::ZERO;
-            for ((&va, &qa), &ka) in v.iter().zip(q).zip(kr) {
-                sum += va * (qa + ka).tanh();
+            for (&va, &ua) in v.iter().zip(us) {
+                sum += va * ua;
             }
             *e.at_mut(t, s) = sum;
         }
@@ -316,16 +336,17 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
             let mut dqp = vec![T::ZERO; tb * d.a];
             let mut dv = vec![T::ZERO; d.a];
             let v = &params[w.v..w.v + d.a];
+            let mut u = Vec::new();
             for (b, &len) in shape.lengths().iter().enumerate() {
                 for t in 0..d.tq {
                     let rq = (t * d.b + b) * d.a;
-                    for s in 0..len {
+                    tanh_layer(k, &d, (&qp, kp), (t, b, len), &mut u);
+                    for (s, us) in u.chunks_exact(d.a).enumerate() {
                         let des = de[(t * d.b + b) * d.s + s];
                         let rk = (s * d.b + b) * d.a;
-                        for a in 0..d.a {
-                            let u = (qp[rq + a] + kp[rk + a]).tanh();
-                            dv[a] += des * u;
-                            let dp = des * v[a] * (T::ONE - u * u);
+                        for (a, &ua) in us.iter().enumerate() {
+                            dv[a] += des * ua;
+                            let dp = des * v[a] * (T::ONE - ua * ua);
                             dqp[rq + a] += dp;
                             dm.d_proj[rk + a] += dp;
                         }
