@@ -26,7 +26,8 @@
 //! score (ties: the one finished first). With `k = 1` this is greedy search: the best
 //! continuation, until it is the end token.
 
-use rnn_kernels::{Error, Result};
+use crate::error::{invalid, wrong_shape};
+use rnn_kernels::Result;
 
 /// The settings of a search.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -88,7 +89,7 @@ pub fn greedy_search(batch: usize, cfg: SearchConfig, step: impl FnMut(&Step<'_>
 /// the first step); the closure's errors are passed on.
 pub fn beam_search(batch: usize, cfg: SearchConfig, mut step: impl FnMut(&Step<'_>) -> Result<Vec<f32>>) -> Result<Vec<Hypothesis>> {
     if batch == 0 {
-        return Err(Error::InvalidArgument { arg: "batch".into(), expected: "at least 1".into(), got: "0".into() });
+        return Err(invalid("batch", "at least 1", 0));
     }
     if cfg.width == 0 {
         return Err(invalid("width", "at least 1", 0));
@@ -109,33 +110,25 @@ pub fn beam_search(batch: usize, cfg: SearchConfig, mut step: impl FnMut(&Step<'
         let logits = step(&Step { index, tokens: &tokens, parents: &parents, sequences: &sequences })?;
         let rows = live.len();
         if rows == 0 || logits.is_empty() || !logits.len().is_multiple_of(rows) {
-            return Err(Error::Shape {
-                arg: "logits".into(),
-                expected: format!("[rows = {rows}, V]"),
-                got: format!("{} values", logits.len()),
-            });
+            return Err(wrong_shape("logits", format!("[rows = {rows}, V]"), format!("{} values", logits.len())));
         }
         let v = logits.len() / rows;
         match vocab {
             None => {
                 if cfg.width > v {
-                    return Err(invalid("width", &format!("at most the vocabulary, V = {v}"), cfg.width));
+                    return Err(invalid("width", format!("at most the vocabulary, V = {v}"), cfg.width));
                 }
                 if cfg.begin >= v || cfg.end >= v {
                     return Err(invalid(
                         if cfg.begin >= v { "begin" } else { "end" },
-                        &format!("a token below V = {v}"),
+                        format!("a token below V = {v}"),
                         cfg.begin.max(cfg.end),
                     ));
                 }
                 vocab = Some(v);
             }
             Some(want) if want != v => {
-                return Err(Error::Shape {
-                    arg: "logits".into(),
-                    expected: format!("[rows = {rows}, V = {want}]"),
-                    got: format!("{} values", logits.len()),
-                })
+                return Err(wrong_shape("logits", format!("[rows = {rows}, V = {want}]"), format!("{} values", logits.len())))
             }
             Some(_) => {}
         }
@@ -204,24 +197,16 @@ pub fn beam_search(batch: usize, cfg: SearchConfig, mut step: impl FnMut(&Step<'
         .collect())
 }
 
-fn invalid(arg: &str, expected: &str, got: impl ToString) -> Error {
-    Error::InvalidArgument { arg: arg.into(), expected: expected.into(), got: got.to_string() }
-}
-
 /// Reorders the rows of `state` (`[rows, width]`, row-major) by `index` in place: row `r`
 /// becomes the old row `index[r]` (a beam search's parents), `state` resized to `index.len()`
 /// rows; `scratch` holds the old rows meanwhile. An error naming `index` for a row out of range.
 pub fn reorder_rows(state: &mut Vec<f32>, width: usize, index: &[usize], scratch: &mut Vec<f32>) -> Result<()> {
     if width == 0 || !state.len().is_multiple_of(width) {
-        return Err(Error::Shape {
-            arg: "state".into(),
-            expected: format!("[rows, width = {width}]"),
-            got: format!("{} values", state.len()),
-        });
+        return Err(wrong_shape("state", format!("[rows, width = {width}]"), format!("{} values", state.len())));
     }
     let rows = state.len() / width;
     if let Some(p) = index.iter().position(|&i| i >= rows) {
-        return Err(invalid(&format!("index[{p}]"), &format!("a row below {rows}"), index[p]));
+        return Err(invalid(format!("index[{p}]"), format!("a row below {rows}"), index[p]));
     }
     scratch.clear();
     scratch.extend_from_slice(state);
