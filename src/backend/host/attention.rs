@@ -89,6 +89,29 @@ impl<'a, T> Params<'a, T> {
     }
 }
 
+/// Zeros the padding rows (steps past each sequence's length) of a `[S, B, Hk]` tensor.
+fn zero_padding<T: Float>(x: &mut [T], d: &Dims, lengths: &[usize]) {
+    for s in 0..d.s {
+        for (b, &len) in lengths.iter().enumerate() {
+            if s >= len {
+                x[(s * d.b + b) * d.hk..(s * d.b + b + 1) * d.hk].fill(T::ZERO);
+            }
+        }
+    }
+}
+
+/// Checks that `dm` holds the gradients of `memory`.
+fn check_grads<T>(memory: &AttentionMemory<T>, dm: &AttentionMemoryGrads<T>) -> Result<()> {
+    if dm.d_keys.len() != memory.keys.len() || dm.d_proj.len() != memory.proj.len() {
+        return Err(crate::Error::invalid(
+            "d_memory",
+            "the gradients of this memory (AttentionMemoryGrads::new(memory))",
+            "another memory's",
+        ));
+    }
+    Ok(())
+}
+
 /// The keys' side: the keys with the padding zeroed, and their projection.
 pub(crate) fn memory<T: Float, K: HostKernels<T>>(
     k: &K,
@@ -102,13 +125,7 @@ pub(crate) fn memory<T: Float, K: HostKernels<T>>(
     check_len("keys", keys.len(), &[d.s, d.b, d.hk])?;
     let w = Params::of(cfg, &d, params)?;
     let mut masked = keys.to_vec();
-    for s in 0..d.s {
-        for (b, &len) in shape.lengths().iter().enumerate() {
-            if s >= len {
-                masked[(s * d.b + b) * d.hk..(s * d.b + b + 1) * d.hk].fill(T::ZERO);
-            }
-        }
-    }
+    zero_padding(&mut masked, &d, shape.lengths());
     let sb = d.s * d.b;
     let proj = match cfg.score() {
         Score::Dot => Vec::new(),
@@ -260,13 +277,7 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
 ) -> Result<AttentionGrads<T>> {
     check_call(cfg, shape, params, memory, queries)?;
     check_backward(cfg, shape, out, &up)?;
-    if dm.d_keys.len() != memory.keys.len() || dm.d_proj.len() != memory.proj.len() {
-        return Err(crate::Error::invalid(
-            "d_memory",
-            "the gradients of this memory (AttentionMemoryGrads::new(memory))",
-            "another memory's",
-        ));
-    }
+    check_grads(memory, dm)?;
     let d = Dims::of(cfg, shape);
     let w = Params::of(cfg, &d, params)?;
     let (keys, kp) = (&memory.keys, &memory.proj);
@@ -377,13 +388,7 @@ pub(crate) fn memory_backward<T: Float, K: HostKernels<T>>(
 ) -> Result<AttentionGrads<T>> {
     memory.check(shape)?;
     check_len("params", params.len(), &[cfg.param_len()])?;
-    if dm.d_keys.len() != memory.keys.len() || dm.d_proj.len() != memory.proj.len() {
-        return Err(crate::Error::invalid(
-            "d_memory",
-            "the gradients of this memory (AttentionMemoryGrads::new(memory))",
-            "another memory's",
-        ));
-    }
+    check_grads(memory, dm)?;
     let d = Dims::of(cfg, shape);
     let w = Params::of(cfg, &d, params)?;
     let sb = d.s * d.b;
@@ -401,12 +406,6 @@ pub(crate) fn memory_backward<T: Float, K: HostKernels<T>>(
         k.gemm(T::ONE, dp.t(), Mat::new(&memory.keys, sb, d.hk), T::ONE, MatMut::strided(dw, width, d.hk, rs));
     }
     // The padding's keys get no gradient (their rows were never read).
-    for s in 0..d.s {
-        for (b, &len) in shape.lengths().iter().enumerate() {
-            if s >= len {
-                g.d_keys[(s * d.b + b) * d.hk..(s * d.b + b + 1) * d.hk].fill(T::ZERO);
-            }
-        }
-    }
+    zero_padding(&mut g.d_keys, &d, shape.lengths());
     Ok(g)
 }
