@@ -20,7 +20,8 @@
 //! position (not the order in which a reverse direction visits it), and 0 for the masks drawn
 //! once per sequence ([`MaskKind::RecurrentH`], [`MaskKind::LayerInput`]). `layer` is the layer
 //! whose input, output or state the mask applies to, `direction` 0 (forward) or 1 (reverse),
-//! `kind` the [`MaskKind`]'s number.
+//! `kind` the [`MaskKind`]'s number. A call that continues a sequence (a decoder's step,
+//! [`MaskStream::from_step`]`(k)`) counts `step` from the sequence's step `k`.
 //!
 //! A word `u` is a *hit* when `u < round(p·2³²)` ([`Threshold`]): for dropout the unit is
 //! dropped (the kept ones are scaled by `1/(1-p)`), for zoneout the unit keeps its previous
@@ -125,20 +126,54 @@ impl MaskSite {
 pub struct MaskStream {
     key: [u32; 2],
     supplied: Option<Arc<SuppliedMasks>>,
+    /// The sequence's step the call's step 0 is ([`from_step`](Self::from_step)): step `t` of
+    /// the call draws the per-step masks of step `first_step + t`.
+    first_step: u32,
 }
 
 impl MaskStream {
     /// The stream of call `offset` of a run seeded with `seed`.
     pub fn new(seed: u64, offset: u64) -> Self {
         let w = philox4x32_10([offset as u32, (offset >> 32) as u32, 0, 0], key_of_seed(seed));
-        MaskStream { key: [w[0], w[1]], supplied: None }
+        MaskStream { key: [w[0], w[1]], supplied: None, first_step: 0 }
+    }
+
+    /// The same stream for a call that continues a sequence at its step `first` (a decoder
+    /// run one step at a time, [`Rnn::step`](crate::Rnn::step)): the call's step `t` draws (or
+    /// reads, for supplied masks) the per-step masks (dropout between layers, zoneout) of step
+    /// `first + t`, so that the steps of a sequence run one call at a time get the masks of one
+    /// call over the whole sequence. The per-sequence masks (recurrent and input dropout) are
+    /// the same at every step and do not move. A step past `2³² - 1` is an error naming
+    /// `first`. The CUDA backend refuses a stream that does not start at step 0 (its kernels
+    /// number the steps from the call's first).
+    pub fn from_step(&self, first: usize) -> Result<Self> {
+        let first = u32::try_from(first).map_err(|_| Error::invalid("first", "a step below 2^32", first))?;
+        Ok(MaskStream { first_step: first, ..self.clone() })
+    }
+
+    /// The sequence's step the call's step 0 is ([`from_step`](Self::from_step); 0 for a new
+    /// stream).
+    pub fn first_step(&self) -> usize {
+        self.first_step as usize
+    }
+
+    /// The sequence's step of the call's step `step` at `site` (per-sequence kinds: 0). The
+    /// positions are checked ([`position`](Self::position), [`check_for`](Self::check_for)),
+    /// so the sum fits; it saturates rather than wraps if a caller skipped the check.
+    #[inline]
+    fn seq_step(&self, site: MaskSite, step: u32) -> u32 {
+        if site.kind.per_sequence() {
+            step
+        } else {
+            step.saturating_add(self.first_step)
+        }
     }
 
     /// The masks `masks` instead of drawn ones: a training call reads its hits from them (see
     /// [the module docs](self#reading-masks-back-and-supplying-them)). The backends that draw on
     /// the device (CUDA) refuse such a stream with [`Error::Unsupported`] naming `masks`.
     pub fn supplied(masks: SuppliedMasks) -> Self {
-        MaskStream { key: [0, 0], supplied: Some(Arc::new(masks)) }
+        MaskStream { key: [0, 0], supplied: Some(Arc::new(masks)), first_step: 0 }
     }
 
     /// The supplied masks, if the stream is [`supplied`](Self::supplied).
@@ -155,10 +190,19 @@ impl MaskStream {
     /// of [`required_sites`] must be there with at least its steps, rows and units (an error
     /// naming `masks`); a drawn stream has them all.
     pub(crate) fn check_for(&self, cfg: &RnnConfig, shape: &SeqShape) -> Result<()> {
+        if self.first_step as u64 + shape.steps() as u64 > 1 << 32 {
+            return Err(Error::invalid(
+                "masks",
+                "a stream whose steps stay below 2^32",
+                format!("steps {} to {} (MaskStream::from_step)", self.first_step, self.first_step as u64 + shape.steps() as u64 - 1),
+            ));
+        }
         let Some(s) = &self.supplied else { return Ok(()) };
         for need in required_sites(cfg, shape) {
             let have = s.sites.get(&need.site.tag);
-            if !have.is_some_and(|h| h.steps >= need.steps && h.rows >= need.rows && h.units >= need.units) {
+            // A stream continuing a sequence reads the supplied steps from its first one on.
+            let steps = if need.site.kind.per_sequence() { need.steps } else { need.steps + self.first_step as usize };
+            if !have.is_some_and(|h| h.steps >= steps && h.rows >= need.rows && h.units >= need.units) {
                 let have = have.map_or("none".to_string(), |h| format!("[{}, {}, {}]", h.steps, h.rows, h.units));
                 return Err(Error::invalid(
                     "masks",
@@ -167,7 +211,7 @@ impl MaskStream {
                         need.site.kind,
                         need.site.layer(),
                         need.site.direction(),
-                        need.steps,
+                        steps,
                         need.rows,
                         need.units
                     ),
@@ -178,10 +222,11 @@ impl MaskStream {
         Ok(())
     }
 
-    /// The 4 words deciding units `4·group … 4·group + 3` of `row` at `step` and `site`.
+    /// The 4 words deciding units `4·group … 4·group + 3` of `row` at the call's `step` (the
+    /// sequence's step `first_step + step` for a per-step kind) and `site`.
     #[inline]
     pub fn words(&self, site: MaskSite, step: u32, row: u32, group: u32) -> [u32; 4] {
-        philox4x32_10([group, row, step, site.tag], self.key)
+        philox4x32_10([group, row, self.seq_step(site, step), site.tag], self.key)
     }
 
     /// Writes into `hit[u]`, for the units `u` of `hit`, whether unit `u` of `row` at `step`
@@ -214,6 +259,7 @@ impl MaskStream {
     /// masks' words, no hits past their units).
     #[inline]
     fn for_each_hit_word(&self, site: MaskSite, step: u32, row: u32, threshold: Threshold, units: usize, mut f: impl FnMut(usize, u32)) {
+        let step = self.seq_step(site, step);
         if let Some(s) = &self.supplied {
             let words = s.words(site, step as usize, row as usize);
             for base in (0..units).step_by(32) {
@@ -254,12 +300,16 @@ impl MaskStream {
             return Err(Error::invalid("step", format!("0 for a per-sequence mask ({:?})", site.kind), step));
         }
         let step = u32::try_from(step).map_err(|_| Error::invalid("step", "below 2^32", step))?;
+        if !site.kind.per_sequence() && step.checked_add(self.first_step).is_none() {
+            return Err(Error::invalid("step", format!("below 2^32 - {} (the stream's first step)", self.first_step), step));
+        }
         let row = u32::try_from(row).map_err(|_| Error::invalid("row", "below 2^32", row))?;
         if units.div_ceil(4) > 1 << 32 {
             return Err(Error::invalid("hit", "at most 2^34 units", units));
         }
         if let Some(s) = &self.supplied {
             let have = s.sites.get(&site.tag);
+            let step = self.seq_step(site, step);
             if !have.is_some_and(|h| (step as usize) < h.steps && (row as usize) < h.rows && units <= h.units) {
                 let have = have.map_or("none".to_string(), |h| format!("[{}, {}, {}]", h.steps, h.rows, h.units));
                 return Err(Error::invalid(
@@ -455,6 +505,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A stream from step `k`: its step `t` is the new stream's step `k + t` for the per-step
+    /// kinds, and the per-sequence kinds do not move; a step past `2³² - 1` is an error.
+    #[test]
+    fn a_stream_from_a_step_draws_that_steps_masks() {
+        let s = MaskStream::new(11, 4);
+        let t = Threshold::new("p", 0.5).unwrap();
+        let draw = |s: &MaskStream, kind, step| {
+            let mut hit = vec![false; 37];
+            s.fill_hits(site(1, 0, kind), step, 2, t, &mut hit).unwrap();
+            hit
+        };
+        let from = s.from_step(6).unwrap();
+        assert_eq!(from.first_step(), 6);
+        for kind in [MaskKind::LayerOutput, MaskKind::ZoneoutH, MaskKind::ZoneoutC] {
+            assert_eq!(draw(&from, kind, 0), draw(&s, kind, 6), "{kind:?}");
+            assert_eq!(draw(&from, kind, 3), draw(&s, kind, 9), "{kind:?}");
+            assert_ne!(draw(&from, kind, 0), draw(&s, kind, 0), "{kind:?}");
+        }
+        for kind in [MaskKind::RecurrentH, MaskKind::LayerInput] {
+            assert_eq!(draw(&from, kind, 0), draw(&s, kind, 0), "{kind:?}");
+        }
+        let last = s.from_step((1 << 32) - 1).unwrap();
+        let mut hit = [false; 4];
+        last.fill_hits(site(0, 0, MaskKind::ZoneoutH), 0, 0, t, &mut hit).unwrap();
+        let e = last.fill_hits(site(0, 0, MaskKind::ZoneoutH), 1, 0, t, &mut hit).unwrap_err().to_string();
+        assert!(e.contains("`step`") && e.contains("first step"), "{e}");
+        let e = s.from_step(1 << 32).unwrap_err().to_string();
+        assert!(e.contains("`first`") && e.contains("4294967296"), "{e}");
     }
 
     #[test]

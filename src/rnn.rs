@@ -209,7 +209,7 @@ pub struct Steps<T: Element, B: Backend<T>> {
     h: Vec<T>,
     /// `[L, B, H]` (LSTM): the cell state after the last step.
     c: Option<Vec<T>>,
-    /// The masks of recurrent and input dropout (training), the same at every step.
+    /// The training run's masks (its step `t` draws those of step `t` of the sequence).
     masks: Option<MaskStream>,
     steps: usize,
 }
@@ -268,8 +268,10 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
     /// sequences from `h0: [L, B, Hout]` and `c0: [L, B, H]` (zeros when not given). With
     /// `training`, each [`step`](Self::step) keeps what backward needs and
     /// [`backward_steps`](Self::backward_steps) walks them in reverse, taking each step's output
-    /// gradient when it gets there; inference keeps only the state. `masks`: those of recurrent
-    /// and input dropout in training (one mask per sequence, the same at every step).
+    /// gradient when it gets there; inference keeps only the state. `masks`: those of the
+    /// regularisers in training; step `t` draws the masks of step `t` of one call over the
+    /// whole sequence with the same stream ([`MaskStream::from_step`]), so teacher forcing
+    /// through the steps is that call, dropout between layers and zoneout included.
     ///
     /// Each step's backward is the backend's backward over that step's record, its parameters'
     /// gradients added in (products of `B` rows per step; one product over all the steps, as a
@@ -278,8 +280,9 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
     /// on the same inputs, bit for bit (`tests/decoder_steps.rs`).
     ///
     /// For a forward (unidirectional) stack: a bidirectional or reverse-only one is an error
-    /// naming `direction`. Dropout between layers and zoneout, whose masks depend on the step,
-    /// are refused in training (an error naming the option).
+    /// naming `direction`. The CUDA backend refuses the training steps after the first of a
+    /// stack with dropout between layers or zoneout (its kernels number the per-step masks
+    /// from a call's first step; an error naming `masks`).
     pub fn start_steps(
         &self,
         batch: usize,
@@ -295,26 +298,6 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
                 "forward: the steps of a decoder run forward in time",
                 if cfg.reverse_only() { "reverse" } else { "bidirectional" },
             ));
-        }
-        if training {
-            let per_step = if cfg.dropout().is_some() {
-                Some("dropout")
-            } else if cfg.zoneout().is_some() {
-                Some("zoneout")
-            } else if cfg.zoneout_cell().is_some() {
-                Some("zoneout_cell")
-            } else {
-                None
-            };
-            if let Some(option) = per_step {
-                return Err(Error::Unsupported {
-                    backend: self.backend.name(),
-                    option: option.into(),
-                    reason: "a decoder's training steps cannot draw masks that depend on the step yet (recurrent and input \
-                             dropout, one mask per sequence, are taken)"
-                        .into(),
-                });
-            }
         }
         let shape = SeqShape::new(1, batch)?;
         let h = match h0 {
@@ -358,7 +341,8 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
         if let Some(c) = &steps.c {
             check_len("steps.c", "[L, B, H] with the B of steps.h", &shape.c_shape(cfg), c.len())?;
         }
-        let input = ForwardInput { x, h0: Some(&steps.h), c0: steps.c.as_deref(), masks: steps.masks.clone() };
+        let masks = steps.masks.as_ref().map(|m| m.from_step(steps.steps)).transpose()?;
+        let input = ForwardInput { x, h0: Some(&steps.h), c0: steps.c.as_deref(), masks };
         let out = match steps.record.as_mut() {
             Some(record) => {
                 let mut reserve = B::Reserve::default();

@@ -6,7 +6,7 @@
 //! training steps' outputs, and their states can be reordered (a beam search); bad use is an
 //! error naming the argument.
 
-use rnn_kernels::masks::MaskStream;
+use rnn_kernels::masks::{MaskStream, SuppliedMasks};
 use rnn_kernels::testkit::case::max_error;
 use rnn_kernels::testkit::SplitMix64;
 use rnn_kernels::{Backend, CellKind, Cpu, Error, Params, Reference, Rnn, RnnConfig, SeqShape};
@@ -20,7 +20,7 @@ fn down(v: &[f64]) -> Vec<f32> {
 }
 
 /// Forward stacks of every cell with options: projection, peepholes, layer norm, Cho's GRU,
-/// batch-first, recurrent and input dropout.
+/// batch-first, recurrent and input dropout, dropout between layers and zoneout.
 fn configs() -> Vec<RnnConfig> {
     vec![
         RnnConfig::new(CellKind::Lstm, 5, 7).num_layers(2).build().unwrap(),
@@ -30,6 +30,9 @@ fn configs() -> Vec<RnnConfig> {
         RnnConfig::new(CellKind::Gru, 5, 6).linear_before_reset(false).batch_first(true).build().unwrap(),
         RnnConfig::new(CellKind::RnnTanh, 5, 6).num_layers(2).recurrent_dropout(0.3).input_dropout(0.2).build().unwrap(),
         RnnConfig::new(CellKind::RnnRelu, 5, 6).build().unwrap(),
+        // The per-step masks: step t of the steps draws step t of the whole call's.
+        RnnConfig::new(CellKind::Lstm, 5, 7).num_layers(3).dropout(0.4).zoneout(0.3).zoneout_cell(0.5).build().unwrap(),
+        RnnConfig::new(CellKind::Gru, 5, 6).num_layers(2).dropout(0.3).zoneout(0.4).recurrent_dropout(0.2).build().unwrap(),
     ]
 }
 
@@ -68,11 +71,16 @@ impl Problem {
     }
 
     /// `[y, hn, cn, dx, dh0, dc0, dparams]` of one call over the whole sequence.
-    fn whole<T: rnn_kernels::Float, B: Backend<T, Buf = [T]>>(&self, rnn: &Rnn<T, B>, conv: impl Fn(&[f64]) -> Vec<T>) -> Vec<Vec<T>> {
+    fn whole<T: rnn_kernels::Float, B: Backend<T, Buf = [T]>>(
+        &self,
+        rnn: &Rnn<T, B>,
+        masks: &MaskStream,
+        conv: impl Fn(&[f64]) -> Vec<T>,
+    ) -> Vec<Vec<T>> {
         let shape = SeqShape::new(self.t, self.b).unwrap();
         let mut reserve = Default::default();
         let (x, h0, c0) = (conv(&self.x), conv(&self.h0), self.c0.as_deref().map(&conv));
-        let o = rnn.forward_training_masked(&shape, &x, Some(&h0), c0.as_deref(), MaskStream::new(5, 2), &mut reserve).unwrap();
+        let o = rnn.forward_training_masked(&shape, &x, Some(&h0), c0.as_deref(), masks.clone(), &mut reserve).unwrap();
         let (dy, dhn, dcn) = (conv(&self.dy), conv(&self.dhn), self.dcn.as_deref().map(&conv));
         let g = rnn.backward(&reserve, Some(&dy), Some(&dhn), dcn.as_deref()).unwrap();
         vec![o.y, o.hn, o.cn.unwrap_or_default(), g.dx, g.dh0, g.dc0.unwrap_or_default(), g.dparams.unwrap()]
@@ -80,10 +88,15 @@ impl Problem {
 
     /// The same through the decoder steps: each step's `x` row block in, its `y` out; backward
     /// walks the steps with their `dy`.
-    fn stepped<T: rnn_kernels::Float, B: Backend<T, Buf = [T]>>(&self, rnn: &Rnn<T, B>, conv: impl Fn(&[f64]) -> Vec<T>) -> Vec<Vec<T>> {
+    fn stepped<T: rnn_kernels::Float, B: Backend<T, Buf = [T]>>(
+        &self,
+        rnn: &Rnn<T, B>,
+        masks: &MaskStream,
+        conv: impl Fn(&[f64]) -> Vec<T>,
+    ) -> Vec<Vec<T>> {
         let (b, i, out) = (self.b, self.cfg.input_size(), self.cfg.output_size());
         let (h0, c0) = (conv(&self.h0), self.c0.as_deref().map(&conv));
-        let mut steps = rnn.start_steps(b, Some(&h0), c0.as_deref(), true, Some(MaskStream::new(5, 2))).unwrap();
+        let mut steps = rnn.start_steps(b, Some(&h0), c0.as_deref(), true, Some(masks.clone())).unwrap();
         let x = conv(&self.x);
         let mut y = Vec::new();
         for t in 0..self.t {
@@ -129,8 +142,8 @@ const NAMES: [&str; 7] = ["y", "hn", "cn", "dx", "dh0", "dc0", "dparams"];
 fn steps_are_the_whole_call_on_the_reference() {
     for (c, cfg) in configs().iter().enumerate() {
         let p = Problem::new(cfg, 5, 3, 40 + c as u64);
-        let rnn = Rnn::new(Reference, cfg, &p.params[..]).unwrap();
-        let (want, got) = (p.whole(&rnn, <[f64]>::to_vec), p.stepped(&rnn, <[f64]>::to_vec));
+        let (rnn, m) = (Rnn::new(Reference, cfg, &p.params[..]).unwrap(), MaskStream::new(5, 2));
+        let (want, got) = (p.whole(&rnn, &m, <[f64]>::to_vec), p.stepped(&rnn, &m, <[f64]>::to_vec));
         for k in 0..6 {
             let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got[k]), bits(&want[k]), "{cfg:?}: {}", NAMES[k]);
@@ -140,13 +153,44 @@ fn steps_are_the_whole_call_on_the_reference() {
     }
 }
 
+/// Masks supplied by the caller (those of a drawn stream read back): the steps read step `t`'s
+/// of them, giving the drawn stream's results bit for bit; masks that stop before the last step
+/// are an error naming `masks` at the step that lacks them.
+#[test]
+fn steps_read_supplied_masks_at_their_own_step() {
+    for (c, cfg) in configs().iter().enumerate().filter(|(_, c)| c.dropout().is_some() || c.zoneout().is_some()) {
+        let p = Problem::new(cfg, 5, 3, 80 + c as u64);
+        let rnn = Rnn::new(Reference, cfg, &p.params[..]).unwrap();
+        let drawn = MaskStream::new(9, 4);
+        let supplied = MaskStream::supplied(SuppliedMasks::drawn(&drawn, cfg, &SeqShape::new(p.t, p.b).unwrap()).unwrap());
+        let (want, got) = (p.whole(&rnn, &drawn, <[f64]>::to_vec), p.stepped(&rnn, &supplied, <[f64]>::to_vec));
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for k in 0..6 {
+            assert_eq!(bits(&got[k]), bits(&want[k]), "{cfg:?}: {}", NAMES[k]);
+        }
+        // Without the per-step masks the steps differ (the test can see a wrong step).
+        let other = p.stepped(&rnn, &MaskStream::new(9, 5), <[f64]>::to_vec);
+        assert_ne!(bits(&other[0]), bits(&want[0]), "{cfg:?}");
+        // Masks for 4 steps: the fifth step is refused, naming `masks`.
+        let short = MaskStream::supplied(SuppliedMasks::drawn(&drawn, cfg, &SeqShape::new(p.t - 1, p.b).unwrap()).unwrap());
+        let mut steps = rnn.start_steps(p.b, None, p.c0.as_deref(), true, Some(short)).unwrap();
+        let xt = &p.x[..p.b * cfg.input_size()];
+        for _ in 0..p.t - 1 {
+            rnn.step(&mut steps, xt).unwrap();
+        }
+        let e = rnn.step(&mut steps, xt).unwrap_err();
+        assert!(e.to_string().contains("`masks`"), "{cfg:?}: {e}");
+        assert_eq!(steps.steps(), p.t - 1, "a refused step leaves the run as it was");
+    }
+}
+
 /// The same on the CPU backend (f32), within the f32 tolerances of the backends' parity tests.
 #[test]
 fn steps_are_the_whole_call_on_the_cpu_backend() {
     for (c, cfg) in configs().iter().enumerate() {
         let p = Problem::new(cfg, 6, 4, 60 + c as u64);
-        let rnn = Rnn::new(Cpu::new().unwrap(), cfg, &down(&p.params)[..]).unwrap();
-        let (want, got) = (p.whole(&rnn, down), p.stepped(&rnn, down));
+        let (rnn, m) = (Rnn::new(Cpu::new().unwrap(), cfg, &down(&p.params)[..]).unwrap(), MaskStream::new(5, 2));
+        let (want, got) = (p.whole(&rnn, &m, down), p.stepped(&rnn, &m, down));
         for k in 0..7 {
             let e = max_error(&got[k], &want[k]);
             let tol = if k < 3 { 1e-5 } else { 1e-4 };
@@ -306,9 +350,6 @@ fn bad_use_is_an_error_naming_the_argument() {
     for (cfg, arg) in [
         (lstm(RnnConfig::new(CellKind::Lstm, 3, 4).bidirectional(true)), "direction"),
         (lstm(RnnConfig::new(CellKind::Lstm, 3, 4).direction(rnn_kernels::Direction::Reverse)), "direction"),
-        (lstm(RnnConfig::new(CellKind::Lstm, 3, 4).num_layers(2).dropout(0.3)), "dropout"),
-        (lstm(RnnConfig::new(CellKind::Lstm, 3, 4).zoneout(0.3)), "zoneout"),
-        (lstm(RnnConfig::new(CellKind::Lstm, 3, 4).zoneout_cell(0.3)), "zoneout_cell"),
     ] {
         let rnn = Rnn::new(Reference, &cfg, &params(&cfg)[..]).unwrap();
         named(rnn.start_steps(2, None, None, true, Some(MaskStream::new(1, 1))).err().unwrap(), arg);
