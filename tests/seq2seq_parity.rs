@@ -6,7 +6,8 @@
 //! encoder through `Rnn::forward_training`/`backward`, the decoder through `start_steps`,
 //! `step` and `backward_steps`, the attention through `AttentionBackend`'s per-step path (the
 //! keys' side once, one call per decoder step, `attention_memory_backward` at the end); the
-//! output layer and the masked cross-entropy are written here, in `T`.
+//! output layer is written here, in `T`, and the loss is the nn crate's
+//! `masked_softmax_cross_entropy` (f32 and f64).
 //!
 //! On the reference backend in f64 the loss, the outputs (encoder outputs, decoder states,
 //! attentional states, attention weights, logits) and every gradient (each parameter, the
@@ -178,26 +179,6 @@ fn linear<T: Float>(w: &[T], b: &[T], x: &[T], n_in: usize) -> Vec<T> {
         .collect()
 }
 
-/// The mean cross-entropy over the rows of `logits: [N, V]` whose target is not `None`, and its
-/// gradient w.r.t. the logits (PyTorch's `cross_entropy` with `ignore_index`); computed in f64.
-fn masked_cross_entropy<T: Float>(logits: &[T], targets: &[Option<usize>], v: usize) -> (f64, Vec<T>) {
-    let counted = targets.iter().filter(|t| t.is_some()).count() as f64;
-    let mut loss = 0.0;
-    let mut d = vec![T::ZERO; logits.len()];
-    for (r, t) in targets.iter().enumerate() {
-        let Some(t) = *t else { continue };
-        let row: Vec<f64> = up(&logits[r * v..(r + 1) * v]);
-        let m = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x));
-        let sum: f64 = row.iter().map(|&x| (x - m).exp()).sum();
-        loss += m + sum.ln() - row[t];
-        for j in 0..v {
-            let p = (row[j] - m).exp() / sum;
-            d[r * v + j] = T::from_f64((p - if j == t { 1.0 } else { 0.0 }) / counted);
-        }
-    }
-    (loss / counted, d)
-}
-
 /// The model of the case on `backend` in `T`, with the encoder lengths `lengths`: forward over
 /// every decoder step, the loss, and backward through the steps in reverse.
 fn run<T: Float, B: Backend<T, Buf = [T]> + AttentionBackend<T> + Clone>(
@@ -246,7 +227,9 @@ fn run<T: Float, B: Backend<T, Buf = [T]> + AttentionBackend<T> + Clone>(
         queries.push(h);
         atts.push(att);
     }
-    let (loss, dlogits) = masked_cross_entropy(&logits, &case.targets, v);
+    // The nn crate's masked cross-entropy (PyTorch's `cross_entropy` with `ignore_index`).
+    let mut dlogits = vec![T::ZERO; logits.len()];
+    let (loss, _) = rnn_kernels_nn::masked_softmax_cross_entropy(&logits, &case.targets, Some(&mut dlogits)).unwrap();
 
     // Backward from the last step: each step's attentional state gets the output layer's
     // gradient and the next step's input gradient (input feeding).

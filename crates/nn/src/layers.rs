@@ -2,6 +2,7 @@
 
 use crate::error::{check_len, invalid, try_from_fn, wrong_shape, Result};
 use crate::rng::SplitMix64;
+use rnn_kernels::Float;
 
 /// A matrix operand read in place: its elements and its row and column strides.
 #[derive(Clone, Copy)]
@@ -223,8 +224,8 @@ impl Linear {
 
 /// Mean over the `N` rows of `-log softmax(logits[n])[targets[n]]`, in nats, for
 /// `logits: [N, V]` and `targets: [N]`; writes its gradient `(softmax - onehot) / N` into
-/// `dlogits: [N, V]` if given.
-pub fn softmax_cross_entropy(logits: &[f32], targets: &[usize], dlogits: Option<&mut [f32]>) -> Result<f64> {
+/// `dlogits: [N, V]` if given. For `f32` and `f64` logits; the sums are in f64 either way.
+pub fn softmax_cross_entropy<T: Float>(logits: &[T], targets: &[usize], dlogits: Option<&mut [T]>) -> Result<f64> {
     cross_entropy(logits, targets.len(), |r| Some(targets[r]), dlogits).map(|(loss, _)| loss)
 }
 
@@ -233,7 +234,7 @@ pub fn softmax_cross_entropy(logits: &[f32], targets: &[usize], dlogits: Option<
 /// (padding) add nothing to the loss and get a zero gradient, and the mean is over the others.
 /// Returns the mean loss and the number of rows counted. An error if every row is ignored (the
 /// mean of nothing), naming `targets`.
-pub fn masked_softmax_cross_entropy(logits: &[f32], targets: &[Option<usize>], dlogits: Option<&mut [f32]>) -> Result<(f64, usize)> {
+pub fn masked_softmax_cross_entropy<T: Float>(logits: &[T], targets: &[Option<usize>], dlogits: Option<&mut [T]>) -> Result<(f64, usize)> {
     cross_entropy(logits, targets.len(), |r| targets[r], dlogits)
 }
 
@@ -254,7 +255,12 @@ pub fn sequence_targets(targets: &[usize], lengths: &[usize]) -> Result<Vec<Opti
 
 /// The cross-entropy of `n` rows, row `r`'s target `target(r)` (`None`: ignored): the mean over
 /// the counted rows and their number, the gradient into `dlogits`.
-fn cross_entropy(logits: &[f32], n: usize, target: impl Fn(usize) -> Option<usize>, dlogits: Option<&mut [f32]>) -> Result<(f64, usize)> {
+fn cross_entropy<T: Float>(
+    logits: &[T],
+    n: usize,
+    target: impl Fn(usize) -> Option<usize>,
+    dlogits: Option<&mut [T]>,
+) -> Result<(f64, usize)> {
     if n == 0 {
         return Err(invalid("targets", "at least one target", "an empty slice"));
     }
@@ -281,18 +287,19 @@ fn cross_entropy(logits: &[f32], n: usize, target: impl Fn(usize) -> Option<usiz
     for (r, row) in logits.chunks_exact(v).enumerate() {
         let Some(t) = target(r) else {
             if let Some(d) = dl.as_deref_mut() {
-                d[r * v..(r + 1) * v].fill(0.0);
+                d[r * v..(r + 1) * v].fill(T::ZERO);
             }
             continue;
         };
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
-        let log_z = max as f64 + sum.ln();
-        total += log_z - row[t] as f64;
+        // The largest logit (a NaN anywhere makes the loss NaN through the sum).
+        let max = row.iter().fold(row[0], |m, &x| if x > m { x } else { m });
+        let sum: f64 = row.iter().map(|&x| (x - max).to_f64().exp()).sum();
+        let log_z = max.to_f64() + sum.ln();
+        total += log_z - row[t].to_f64();
         if let Some(d) = dl.as_deref_mut() {
             for (j, (dj, &x)) in d[r * v..(r + 1) * v].iter_mut().zip(row).enumerate() {
-                let p = (x as f64 - log_z).exp();
-                *dj = ((p - if j == t { 1.0 } else { 0.0 }) * scale) as f32;
+                let p = (x.to_f64() - log_z).exp();
+                *dj = T::from_f64((p - if j == t { 1.0 } else { 0.0 }) * scale);
             }
         }
     }
@@ -357,12 +364,19 @@ mod tests {
     #[test]
     fn softmax_ce_known_values() {
         // Uniform logits over 4 classes: loss ln 4, gradient 1/4 - onehot.
-        let mut d = vec![0.0; 4];
-        let l = softmax_cross_entropy(&[3.0; 4], &[2], Some(&mut d)).unwrap();
+        let mut d = vec![0.0f32; 4];
+        let l = softmax_cross_entropy(&[3.0f32; 4], &[2], Some(&mut d)).unwrap();
         assert!((l - 4f64.ln()).abs() < 1e-12);
         assert_eq!(d, vec![0.25, 0.25, -0.75, 0.25]);
+        // f64 logits: the same within f64's rounding of the exponentials.
+        let mut d = vec![0.0f64; 4];
+        let l = softmax_cross_entropy(&[3.0f64; 4], &[2], Some(&mut d)).unwrap();
+        assert!((l - 4f64.ln()).abs() < 1e-12);
+        for (g, want) in d.iter().zip([0.25, 0.25, -0.75, 0.25]) {
+            assert!((g - want).abs() < 1e-15, "{d:?}");
+        }
         // Large logits do not overflow.
-        let l = softmax_cross_entropy(&[1000.0, 0.0], &[0], None).unwrap();
+        let l = softmax_cross_entropy(&[1000.0f32, 0.0], &[0], None).unwrap();
         assert!(l.abs() < 1e-12);
         assert!(softmax_cross_entropy(&[0.0; 4], &[4], None).is_err());
         assert!(softmax_cross_entropy(&[0.0; 5], &[0, 1], None).is_err());
