@@ -8,6 +8,8 @@
 //! another model or of old parameters) must give the right status and a message naming the
 //! argument, and leave every output buffer as it was.
 
+// This test uses the library build and `values`, not the shared `Case`.
+#[allow(dead_code)]
 mod common;
 
 use common::{build_library, values};
