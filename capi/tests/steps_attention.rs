@@ -633,6 +633,47 @@ fn attention_rejects_bad_input() {
         let rc = (lib.attn_forward)(mem, at, TQ, q.as_ptr(), q.len(), w.as_mut_ptr(), wl, c.as_mut_ptr(), cl, null_mut(), 0);
         lib.expect(rc, RNNK_ERR_WRONG_HANDLE, "`attention`");
         lib.expect((lib.memory_free)(mem), RNNK_OK, "");
+
+        // With an attentional hidden state, `hidden` is required (forward and backward).
+        let (withh, _) = attention(&lib, "general", 2, "reference", 0);
+        let np = n + 2 * (HK + HQ);
+        let p2 = values(np, 4);
+        lib.expect((lib.attn_set_params)(withh, p2.as_ptr(), np), RNNK_OK, "");
+        let rc = (lib.memory_create)(withh, S, B, lengths.as_ptr(), B, keys.as_ptr(), keys.len(), &mut mem);
+        lib.expect(rc, RNNK_OK, "");
+        let mut w = sentinel(wl);
+        let rc = (lib.attn_forward)(withh, mem, TQ, q.as_ptr(), q.len(), w.as_mut_ptr(), wl, c.as_mut_ptr(), cl, null_mut(), 0);
+        lib.expect(rc, RNNK_ERR_NULL_POINTER, "`hidden`");
+        untouched(&w, "weights");
+        let mut dq = sentinel(q.len());
+        let rc = (lib.attn_backward)(
+            withh,
+            mem,
+            TQ,
+            q.as_ptr(),
+            q.len(),
+            w.as_ptr(),
+            wl,
+            c.as_ptr(),
+            cl,
+            null(),
+            0,
+            null(),
+            0,
+            null(),
+            0,
+            null(),
+            0,
+            dq.as_mut_ptr(),
+            dq.len(),
+            null_mut(),
+            0,
+            0,
+        );
+        lib.expect(rc, RNNK_ERR_NULL_POINTER, "`hidden`");
+        untouched(&dq, "d_queries");
+        lib.expect((lib.memory_free)(mem), RNNK_OK, "");
+        lib.expect((lib.attn_free)(withh), RNNK_OK, "");
         lib.expect((lib.attn_free)(other), RNNK_OK, "");
         lib.expect((lib.attn_free)(at), RNNK_OK, "");
         lib.expect((lib.attn_free)(at), RNNK_ERR_WRONG_HANDLE, "`attention`");
