@@ -102,6 +102,8 @@
  *   that model returns RNNK_ERR_BUSY. Likewise for a reserve: rnnk_forward_training[_device]
  *   and rnnk_reserve_free need it alone, rnnk_backward[_device] calls share it. No call waits
  *   for another; a caller that mixes them serialises them itself (or retries on RNNK_ERR_BUSY).
+ *   The decoder-step and attention handles follow the same rules (see DECODER STEPS and
+ *   ATTENTION for which calls need them alone).
  *   The "cpu" backend runs each call on its own thread pool of `threads` threads; its results
  *   are bit-identical for any thread count.
  *
@@ -165,7 +167,7 @@ typedef enum rnnk_status {
     RNNK_ERR_NULL_POINTER = 1,        /* a pointer that must not be NULL was NULL */
     RNNK_ERR_INVALID_ARGUMENT = 2,    /* a value out of range: size, cell/backend name, length, non-UTF-8 text, overlap */
     RNNK_ERR_SIZE_MISMATCH = 3,       /* a buffer length does not match the configuration and shape */
-    RNNK_ERR_WRONG_HANDLE = 4,        /* not a live handle of that kind; a reserve of another model or of old parameters */
+    RNNK_ERR_WRONG_HANDLE = 4,        /* not a live handle of that kind; a reserve, run or memory of another model/attention, a memory of old parameters */
     RNNK_ERR_BACKEND_UNAVAILABLE = 5, /* backend not in this build or not on this machine */
     RNNK_ERR_IO = 6,                  /* reading or writing a file failed (e.g. no such file) */
     RNNK_ERR_FILE_FORMAT = 7,         /* a file's content: not safetensors; missing/unexpected tensor; wrong shape or dtype */
