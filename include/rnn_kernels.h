@@ -102,6 +102,8 @@
  *   that model returns RNNK_ERR_BUSY. Likewise for a reserve: rnnk_forward_training[_device]
  *   and rnnk_reserve_free need it alone, rnnk_backward[_device] calls share it. No call waits
  *   for another; a caller that mixes them serialises them itself (or retries on RNNK_ERR_BUSY).
+ *   The decoder-step and attention handles follow the same rules (see DECODER STEPS and
+ *   ATTENTION for which calls need them alone).
  *   The "cpu" backend runs each call on its own thread pool of `threads` threads; its results
  *   are bit-identical for any thread count.
  *
@@ -165,7 +167,7 @@ typedef enum rnnk_status {
     RNNK_ERR_NULL_POINTER = 1,        /* a pointer that must not be NULL was NULL */
     RNNK_ERR_INVALID_ARGUMENT = 2,    /* a value out of range: size, cell/backend name, length, non-UTF-8 text, overlap */
     RNNK_ERR_SIZE_MISMATCH = 3,       /* a buffer length does not match the configuration and shape */
-    RNNK_ERR_WRONG_HANDLE = 4,        /* not a live handle of that kind; a reserve of another model or of old parameters */
+    RNNK_ERR_WRONG_HANDLE = 4,        /* not a live handle of that kind; a reserve, run or memory of another model/attention, a memory of old parameters */
     RNNK_ERR_BACKEND_UNAVAILABLE = 5, /* backend not in this build or not on this machine */
     RNNK_ERR_IO = 6,                  /* reading or writing a file failed (e.g. no such file) */
     RNNK_ERR_FILE_FORMAT = 7,         /* a file's content: not safetensors; missing/unexpected tensor; wrong shape or dtype */
@@ -180,6 +182,15 @@ typedef enum rnnk_status {
 typedef struct rnnk_model rnnk_model;
 /* The activations a training forward keeps for backward; reusable across calls. */
 typedef struct rnnk_reserve rnnk_reserve;
+/* A decoder run one step at a time on a model (see DECODER STEPS). */
+typedef struct rnnk_steps rnnk_steps;
+/* The backward of a training run of rnnk_steps, one step at a time from the last. */
+typedef struct rnnk_steps_backward rnnk_steps_backward;
+/* An attention: score, sizes, flat parameters and host backend (see ATTENTION). */
+typedef struct rnnk_attention rnnk_attention;
+/* The keys' side of an attention over one batch of encoder outputs, with the gradients the
+ * backward calls accumulate into it. */
+typedef struct rnnk_attention_memory rnnk_attention_memory;
 
 /* The message of the last call on this thread ("" after success). Never NULL. */
 const char* rnnk_last_error(void);
@@ -310,6 +321,160 @@ int rnnk_forward_training_with_masks(const rnnk_model* model, rnnk_reserve* rese
 int rnnk_backward(const rnnk_model* model, const rnnk_reserve* reserve, const float* dy, size_t dy_len, const float* dhn,
                   size_t dhn_len, const float* dcn, size_t dcn_len, float* dx, size_t dx_len, float* dh0, size_t dh0_len,
                   float* dc0, size_t dc0_len, float* dparams, size_t dparams_len, int accumulate);
+
+/* ---- DECODER STEPS ----
+ * A stack run one step at a time, for a decoder whose input at step t is computed from what
+ * came out of the steps before it (input feeding, attention, sampling): the Rust API's
+ * Rnn::start_steps, Rnn::step and Rnn::backward_steps, with the same results bit for bit.
+ * The model must be unidirectional (a bidirectional or direction=reverse model is
+ * RNNK_ERR_INVALID_ARGUMENT naming `direction`); in training, dropout between layers and
+ * zoneout are refused (RNNK_ERR_UNSUPPORTED naming the option). Shapes, with B the run's batch
+ * (rnnk_steps_info), L layers:
+ *   h0, dhn, h, dh0 [L, B, Hout]    c0, dcn, c, dc0 [L, B, H] (LSTM only: NULL for GRU and RNN)
+ *   x, dx (one step) [B, I]         y, dy (one step) [B, Hout]
+ * A run belongs to the model that started it (another model is RNNK_ERR_WRONG_HANDLE). A run
+ * that a backward walk holds takes no more steps (RNNK_ERR_INVALID_ARGUMENT naming `steps`: free
+ * the walk first); a walk keeps its run alive, so the run may be freed before the walk.
+ * THREADS: rnnk_steps_step and rnnk_steps_free need the run alone; rnnk_steps_backward_step,
+ * _finish and _free need the walk alone; the other calls share them. */
+
+/* Starts a run of `batch` sequences on `model` from h0 [L, B, Hout] and c0 [L, B, H] (both
+ * optional: zeros). With `training` non-zero each step keeps what backward needs. *out is the
+ * new run (free it with rnnk_steps_free); NULL on failure. */
+int rnnk_steps_start(const rnnk_model* model, size_t batch, const float* h0, size_t h0_len, const float* c0, size_t c0_len,
+                     int training, rnnk_steps** out);
+
+/* As rnnk_steps_start with training, and the recurrent_dropout and input_dropout masks drawn
+ * from (mask_seed, mask_offset) as rnnk_forward_training_masked draws them (one mask per
+ * sequence, the same at every step). */
+int rnnk_steps_start_masked(const rnnk_model* model, uint64_t mask_seed, uint64_t mask_offset, size_t batch, const float* h0,
+                            size_t h0_len, const float* c0, size_t c0_len, rnnk_steps** out);
+
+/* Frees a run. NULL is a no-op. */
+int rnnk_steps_free(rnnk_steps* steps);
+
+/* One step of the run on `model` (the model that started it): x [B, I] in, y [B, Hout] out;
+ * the run's state moves on. On an error the state is unchanged and y untouched. */
+int rnnk_steps_step(const rnnk_model* model, rnnk_steps* steps, const float* x, size_t x_len, float* y, size_t y_len);
+
+/* The run's sizes, each output optional: *count the steps taken, *batch its B, *h_len and
+ * *c_len the element counts of its states (c_len 0 without a cell state). */
+int rnnk_steps_info(const rnnk_steps* steps, size_t* count, size_t* batch, size_t* h_len, size_t* c_len);
+
+/* Copies the state after the last step (h0, c0 before the first): h [L, B, Hout] and
+ * c [L, B, H] (LSTM only), both optional. */
+int rnnk_steps_state(const rnnk_steps* steps, float* h, size_t h_len, float* c, size_t c_len);
+
+/* Starts the backward of a training run with at least one step (an inference run, or one
+ * without a step, is RNNK_ERR_INVALID_ARGUMENT naming `steps`): dhn [L, B, Hout] and
+ * dcn [L, B, H] (LSTM), the gradients w.r.t. the state after the last step, optional (zeros).
+ * *out is the new walk (free it with rnnk_steps_backward_free); NULL on failure. */
+int rnnk_steps_backward_start(const rnnk_model* model, const rnnk_steps* steps, const float* dhn, size_t dhn_len, const float* dcn,
+                              size_t dcn_len, rnnk_steps_backward** out);
+
+/* Walks back through the next step (the last one first): dy [B, Hout] optional (zeros), the
+ * gradient w.r.t. that step's output, which may depend on the dx of the step after it; dx [B, I]
+ * optional (skipped), w.r.t. its input. The parameters' gradients accumulate in the walk. Once
+ * every step was walked back, RNNK_ERR_INVALID_ARGUMENT naming `backward`. */
+int rnnk_steps_backward_step(const rnnk_model* model, rnnk_steps_backward* backward, const float* dy, size_t dy_len, float* dx,
+                             size_t dx_len);
+
+/* Finishes a walk that went back through every step (otherwise RNNK_ERR_INVALID_ARGUMENT naming
+ * `backward`, nothing written), each output optional (NULL: skipped):
+ *   dx [T, B, I] (every step's, in step order; T = the run's steps), dh0 [L, B, Hout],
+ *   dc0 [L, B, H] (LSTM only), dparams [param_count]
+ * dparams is in the flat layout of rnnk_backward, overwritten, or added to if `accumulate` is
+ * non-zero. A finished walk takes no more calls but rnnk_steps_backward_free. */
+int rnnk_steps_backward_finish(const rnnk_model* model, rnnk_steps_backward* backward, float* dx, size_t dx_len, float* dh0,
+                               size_t dh0_len, float* dc0, size_t dc0_len, float* dparams, size_t dparams_len, int accumulate);
+
+/* Frees a walk. NULL is a no-op. */
+int rnnk_steps_backward_free(rnnk_steps_backward* backward);
+
+/* ---- ATTENTION ----
+ * Attention of a decoder over an encoder's outputs (the Rust API's rnn_kernels::attention, on
+ * the "reference" and "cpu" backends; bit for bit the same results). S encoder steps, B
+ * sequences, Tq queries, Hq query size, Hk key size, A attn size, O output size (0: none):
+ *   keys, d_keys [S, B, Hk]   lengths [B] int64 in 1..=S (optional: all S)
+ *   queries, d_queries [Tq, B, Hq]
+ *   weights, d_weights [Tq, B, S] (softmax over s < lengths[b], 0 past it)
+ *   context, d_context [Tq, B, Hk]     hidden, d_hidden [Tq, B, O] (NULL when O = 0)
+ * Scores: "dot" q.k (Hq = Hk); "general" q' W_a k; "concat" v_a' tanh(W_a [q; k]); "additive"
+ * ("bahdanau") v' tanh(W_1 k + W_2 q); then, with O > 0, hidden = tanh(W_c [context; q]).
+ * Parameters, one flat float buffer in this order (rnnk_attention_param_range gives each one's
+ * place): general weight_a [Hq, Hk]; concat weight_a [A, Hq+Hk], v_a [A]; additive
+ * weight_key [A, Hk], weight_query [A, Hq], v [A]; then weight_c [O, Hk+Hq].
+ * A memory (the keys with their projection) is made once per batch of keys and read by each
+ * forward call (all queries at once, or one decoder step at a time); each backward call adds
+ * the keys' side's gradients into the memory, and rnnk_attention_memory_backward turns them
+ * into d_keys and the rest of d_params once. A memory belongs to the attention that made it
+ * and to its parameters at that time: after rnnk_attention_set_params it is
+ * RNNK_ERR_WRONG_HANDLE (make it again).
+ * THREADS: rnnk_attention_set_params and _free need the attention alone;
+ * rnnk_attention_backward, rnnk_attention_memory_zero_grads and _memory_free need the memory
+ * alone; the other calls share them. */
+
+/* Creates an attention of `score` ("dot", "general", "concat", "additive" or "bahdanau") with
+ * queries of query_size and keys of key_size features, attn_size A (at least 1 for concat and
+ * additive, 0 for the others), output_size O (0: no attentional hidden state), on `backend`
+ * ("reference" or "cpu"; "cuda" is RNNK_ERR_UNSUPPORTED); `threads` as for rnnk_model_create.
+ * Parameters start at 0 (set them with rnnk_attention_set_params). *out is NULL on failure. */
+int rnnk_attention_create(const char* score, size_t query_size, size_t key_size, size_t attn_size, size_t output_size,
+                          const char* backend, size_t threads, rnnk_attention** out);
+
+/* Frees an attention. NULL is a no-op. */
+int rnnk_attention_free(rnnk_attention* attention);
+
+/* *out = the number of parameters (floats in the flat layout). */
+int rnnk_attention_param_count(const rnnk_attention* attention, size_t* out);
+
+/* Where parameter `name` (e.g. "weight_a", "v", "weight_c") lies in the flat buffer: *offset
+ * and *len, each optional. A name the attention does not have is RNNK_ERR_INVALID_ARGUMENT
+ * naming `name` and listing its parameters. */
+int rnnk_attention_param_range(const rnnk_attention* attention, const char* name, size_t* offset, size_t* len);
+
+/* Sets the parameters from params [param_count] (flat layout). */
+int rnnk_attention_set_params(rnnk_attention* attention, const float* params, size_t params_len);
+
+/* Copies the parameters into params [param_count] (flat layout). */
+int rnnk_attention_get_params(const rnnk_attention* attention, float* params, size_t params_len);
+
+/* Makes the memory of keys [S, B, Hk] (steps = S, batch = B) with lengths [B] (optional int64
+ * in 1..=steps; NULL: all S), with the attention's current parameters; its gradients start at
+ * zero. *out is NULL on failure. */
+int rnnk_attention_memory_create(const rnnk_attention* attention, size_t steps, size_t batch, const int64_t* lengths,
+                                 size_t lengths_len, const float* keys, size_t keys_len, rnnk_attention_memory** out);
+
+/* Frees a memory. NULL is a no-op. */
+int rnnk_attention_memory_free(rnnk_attention_memory* memory);
+
+/* Sets the gradients accumulated in the memory back to zero. */
+int rnnk_attention_memory_zero_grads(rnnk_attention_memory* memory);
+
+/* Forward of num_queries (Tq >= 1) queries over the memory:
+ *   queries [Tq, B, Hq] in;  weights [Tq, B, S], context [Tq, B, Hk], hidden [Tq, B, O] out
+ * (hidden NULL, and only NULL, when O = 0). */
+int rnnk_attention_forward(const rnnk_attention* attention, const rnnk_attention_memory* memory, size_t num_queries,
+                           const float* queries, size_t queries_len, float* weights, size_t weights_len, float* context,
+                           size_t context_len, float* hidden, size_t hidden_len);
+
+/* Backward of a forward call: its queries and its outputs weights, context, hidden (NULL, and
+ * only NULL, when O = 0) in; d_weights, d_context, d_hidden optional (NULL: zeros); d_queries
+ * [Tq, B, Hq] and d_params [param_count] optional outputs (NULL: skipped), d_params
+ * overwritten, or added to if `accumulate` is non-zero. The keys' side's gradients are added
+ * into the memory (for rnnk_attention_memory_backward). */
+int rnnk_attention_backward(const rnnk_attention* attention, rnnk_attention_memory* memory, size_t num_queries, const float* queries,
+                            size_t queries_len, const float* weights, size_t weights_len, const float* context, size_t context_len,
+                            const float* hidden, size_t hidden_len, const float* d_weights, size_t d_weights_len,
+                            const float* d_context, size_t d_context_len, const float* d_hidden, size_t d_hidden_len,
+                            float* d_queries, size_t d_queries_len, float* d_params, size_t d_params_len, int accumulate);
+
+/* The keys' side's backward from the gradients accumulated in the memory: d_keys [S, B, Hk]
+ * (0 at the padding) and d_params [param_count] (the parameters' part through the keys' side:
+ * add it to the backward calls' d_params), both optional; d_params overwritten, or added to if
+ * `accumulate` is non-zero. The memory's gradients are kept (rnnk_attention_memory_zero_grads). */
+int rnnk_attention_memory_backward(const rnnk_attention* attention, const rnnk_attention_memory* memory, float* d_keys,
+                                   size_t d_keys_len, float* d_params, size_t d_params_len, int accumulate);
 
 /* ---- device pointers (a model on "cuda"; see CUDA above) ----
  * Every float* below is DEVICE memory; `lengths` is host memory; `stream` is a CUstream /

@@ -37,9 +37,9 @@ pub type Out<T = f32> = (*mut T, usize);
 /// A pointer argument of either direction: the pointer, its length and whether the call writes it.
 #[derive(Debug, Clone, Copy)]
 pub struct Raw {
-    ptr: *const f32,
-    len: usize,
-    output: bool,
+    pub(crate) ptr: *const f32,
+    pub(crate) len: usize,
+    pub(crate) output: bool,
 }
 
 impl From<In> for Raw {
@@ -56,7 +56,7 @@ impl From<Out> for Raw {
 
 /// The checks of every pointer argument: NULL (`None`: not given), alignment, and a length that
 /// fits in memory; returns the size in bytes.
-fn check_ptr<T>(arg: &str, p: *const T, len: usize) -> Result<Option<usize>, CapiError> {
+pub(crate) fn check_ptr<T>(arg: &str, p: *const T, len: usize) -> Result<Option<usize>, CapiError> {
     if p.is_null() {
         return Ok(None);
     }
@@ -636,7 +636,7 @@ pub fn distinct_slots<T>(slots: &[(&str, *mut T)]) -> Result<(), CapiError> {
 ///
 /// # Safety
 /// If not NULL, `lengths` addresses as many `i64` of host memory as its length says.
-unsafe fn parse_shape(steps: usize, batch: usize, lengths: Option<In<i64>>) -> Result<SeqShape, CapiError> {
+pub(crate) unsafe fn parse_shape(steps: usize, batch: usize, lengths: Option<In<i64>>) -> Result<SeqShape, CapiError> {
     let Some(lengths) = lengths else {
         return Ok(SeqShape::new(steps, batch)?);
     };

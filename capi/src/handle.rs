@@ -1,4 +1,5 @@
-//! Opaque handles: a model (configuration, parameters, backend and plan) and a reserve.
+//! Opaque handles: a model (configuration, parameters, backend and plan) and a reserve; the
+//! decoder-step and attention handles (`steps.rs`, `attention.rs`) use the same registry.
 //!
 //! A handle is checked twice before it is used: its address must be in the registry of live
 //! handles of its kind (so a freed, garbage or wrong-kind pointer is rejected without being read),
@@ -27,6 +28,10 @@ use std::sync::Mutex;
 pub enum Kind {
     Model,
     Reserve,
+    Steps,
+    StepsBackward,
+    Attention,
+    AttentionMemory,
 }
 
 impl Kind {
@@ -34,14 +39,23 @@ impl Kind {
         match self {
             Kind::Model => "rnnk_model",
             Kind::Reserve => "rnnk_reserve",
+            Kind::Steps => "rnnk_steps",
+            Kind::StepsBackward => "rnnk_steps_backward",
+            Kind::Attention => "rnnk_attention",
+            Kind::AttentionMemory => "rnnk_attention_memory",
         }
     }
 
-    /// The tag of a live handle: "RNNKMODL" or "RNNKRESV" in ASCII.
+    /// The tag of a live handle: "RNNKMODL", "RNNKRESV", "RNNKSTEP", "RNNKSTBW", "RNNKATTN" or
+    /// "RNNKAMEM" in ASCII.
     fn magic(self) -> u64 {
         match self {
             Kind::Model => 0x524e_4e4b_4d4f_444c,
             Kind::Reserve => 0x524e_4e4b_5245_5356,
+            Kind::Steps => 0x524e_4e4b_5354_4550,
+            Kind::StepsBackward => 0x524e_4e4b_5354_4257,
+            Kind::Attention => 0x524e_4e4b_4154_544e,
+            Kind::AttentionMemory => 0x524e_4e4b_414d_454d,
         }
     }
 
@@ -50,6 +64,10 @@ impl Kind {
         match self {
             Kind::Model => "rnnk_model_set_params, rnnk_model_init_uniform, rnnk_model_load_safetensors, rnnk_model_free",
             Kind::Reserve => "rnnk_forward_training, rnnk_reserve_free",
+            Kind::Steps => "rnnk_steps_step, rnnk_steps_free",
+            Kind::StepsBackward => "rnnk_steps_backward_step, rnnk_steps_backward_finish, rnnk_steps_backward_free",
+            Kind::Attention => "rnnk_attention_set_params, rnnk_attention_free",
+            Kind::AttentionMemory => "rnnk_attention_backward, rnnk_attention_memory_zero_grads, rnnk_attention_memory_free",
         }
     }
 }

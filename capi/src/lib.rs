@@ -22,16 +22,21 @@
 //! `y [T, B, D·Hout]`, `h0/hn [L·D, B, Hout]`, `c0/cn [L·D, B, H]`; parameters in the flat
 //! PyTorch `state_dict()` layout ([`rnnk_core::ParamLayout`]).
 //!
-//! tests/header.rs checks that every `extern "C"` function here and in `device.rs` has the same
+//! The decoder-step entry points are in `steps.rs`, the attention ones in `attention.rs`.
+//!
+//! tests/header.rs checks that every `extern "C"` function of `src/` has the same
 //! prototype in the header, and every status code the same value.
 
 // The C entry points take raw pointers from C; their safety contract is the header's.
 #![allow(clippy::missing_safety_doc)]
 
 mod args;
+mod attention;
+mod bufs;
 mod device;
 mod handle;
 pub mod status;
+mod steps;
 
 use args::{BackwardCall, ForwardCall, Host, ParamsIn, ParamsOut, RawBackward, RawForward, RawForwardBufs, RawGradOutputs, RawGrads};
 use handle::{with_rnn, Engine, Handle, Model, Reserve, ReserveData};
@@ -44,6 +49,14 @@ use std::str::FromStr;
 pub type RnnkModel = handle::Slot<Model>;
 /// `rnnk_reserve` in the header: the activations a training forward keeps for backward.
 pub type RnnkReserve = handle::Slot<Reserve>;
+/// `rnnk_steps` in the header: a decoder run one step at a time on a model.
+pub type RnnkSteps = handle::Slot<steps::StepsRun>;
+/// `rnnk_steps_backward` in the header: the backward of a training run, one step at a time.
+pub type RnnkStepsBackward = handle::Slot<steps::StepsBackward>;
+/// `rnnk_attention` in the header: an attention's configuration, parameters and backend.
+pub type RnnkAttention = handle::Slot<attention::Attention>;
+/// `rnnk_attention_memory` in the header: the keys' side of an attention, with its gradients.
+pub type RnnkAttentionMemory = handle::Slot<attention::Memory>;
 
 /// The message of the last call on this thread ("" after a success); valid until the next call
 /// into the library on this thread. Never NULL.

@@ -16,8 +16,9 @@ pub const RNNK_ERR_NULL_POINTER: c_int = 1;
 pub const RNNK_ERR_INVALID_ARGUMENT: c_int = 2;
 /// A buffer's length (in elements) does not match the configuration and the call's shape.
 pub const RNNK_ERR_SIZE_MISMATCH: c_int = 3;
-/// A handle that is not a live handle of the expected kind, or a reserve that does not belong to
-/// the model (or to its current parameters).
+/// A handle that is not a live handle of the expected kind, or a reserve, decoder run or
+/// attention memory that does not belong to the model or attention (or to its current
+/// parameters).
 pub const RNNK_ERR_WRONG_HANDLE: c_int = 4;
 /// The backend asked for is not in this build or not on this machine.
 pub const RNNK_ERR_BACKEND_UNAVAILABLE: c_int = 5;

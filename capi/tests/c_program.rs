@@ -22,6 +22,7 @@
 //! `RNN_KERNELS_CAPI_RUNNER` is a command line each program is run under (e.g.
 //! `valgrind --error-exitcode=99`); either makes a run that reports anything fail.
 
+use rnnk_core::attention::{AttentionBackend, AttentionConfig, AttentionShape, Score};
 use rnnk_core::{Backend, CellKind, Cpu, Direction, Error, Merge, Params, Reference, Rnn, RnnConfig, SeqShape};
 mod common;
 
@@ -91,6 +92,43 @@ fn expected<Bk: Backend<f32, Buf = [f32]>>(backend: Bk, inp: &Case) -> Vec<(&'st
         ("dparams", g.dparams.unwrap()),
         ("dparams_acc", acc),
         ("y_raw", inf.y),
+    ]
+}
+
+/// What the C program's decoder-step and attention part must have written: a unidirectional
+/// 2-layer LSTM (parameters of seed 0, as `rnnk_model_create` makes them) run one step at a time
+/// from the first `L·B·H` floats of `h0` and `c0` over `x`'s steps, walked back with `dy`'s first
+/// `T·B·H` floats, then a general attention (O = H, the first parameters of `params`) of its
+/// outputs over the keys `dy [T, B, 2H]`.
+fn expected_steps<Bk: Backend<f32, Buf = [f32]>, At: AttentionBackend<f32>>(
+    backend: Bk, attention: &At, inp: &Case,
+) -> Vec<(&'static str, Vec<f32>)> {
+    let cfg = RnnConfig::new(CellKind::Lstm, I, H).num_layers(2).build().unwrap();
+    let rnn = Rnn::from_params(backend, &Params::<f32>::init_uniform(&cfg, 0).unwrap()).unwrap();
+    let (dh, dx, dy) = (2 * B * H, B * I, B * H);
+    let mut run = rnn.start_steps(B, Some(&inp.h0[..dh]), Some(&inp.c0[..dh]), true, None).unwrap();
+    let mut y = Vec::new();
+    for t in 0..T {
+        y.extend(rnn.step(&mut run, &inp.x[t * dx..(t + 1) * dx]).unwrap());
+    }
+    let mut walk = rnn.backward_steps(&run, None, None).unwrap();
+    for t in (0..T).rev() {
+        walk.step(&rnn, Some(&inp.dy[t * dy..(t + 1) * dy])).unwrap();
+    }
+    let g = walk.finish().unwrap();
+    let acfg = AttentionConfig::new(Score::General, H, 2 * H).output_size(H).build().unwrap();
+    let ap = &inp.params.as_slice()[..acfg.param_len()];
+    let memory = attention.attention_memory(&acfg, &AttentionShape::new(1, T, LENGTHS.to_vec()).unwrap(), ap, &inp.dy).unwrap();
+    let o = attention.attention_forward_with(&acfg, &AttentionShape::new(T, T, LENGTHS.to_vec()).unwrap(), ap, &memory, &y).unwrap();
+    vec![
+        ("steps_y", y),
+        ("steps_dx", g.dx),
+        ("steps_dh0", g.dh0),
+        ("steps_dc0", g.dc0.unwrap()),
+        ("steps_dparams", g.dparams.unwrap()),
+        ("attn_weights", o.weights),
+        ("attn_context", o.context),
+        ("attn_hidden", o.hidden),
     ]
 }
 
@@ -195,10 +233,14 @@ fn c_program_matches_the_rust_api_and_rejects_bad_arguments() {
         assert!(out.status.success(), "the C program failed on {backend} ({threads} threads): {}", out.status);
         assert!(stdout.contains(" checks, 0 failed"), "the C program did not report its checks");
 
-        let want = match backend {
+        let mut want = match backend {
             "reference" => expected(Reference, &inp),
             _ => expected(Cpu::with_threads(threads).unwrap(), &inp),
         };
+        want.extend(match backend {
+            "reference" => expected_steps(Reference, &Reference, &inp),
+            _ => expected_steps(Cpu::with_threads(threads).unwrap(), &Cpu::with_threads(threads).unwrap(), &inp),
+        });
         for (name, w) in want {
             let got = read_f32(&dir.join(format!("{name}.out.f32")));
             assert_eq!(got.len(), w.len(), "{backend}/{threads}: {name} length");

@@ -41,6 +41,10 @@ fn c_type(rust: &str) -> Result<String, String> {
         "c_void" => "void",
         "RnnkModel" => "rnnk_model",
         "RnnkReserve" => "rnnk_reserve",
+        "RnnkSteps" => "rnnk_steps",
+        "RnnkStepsBackward" => "rnnk_steps_backward",
+        "RnnkAttention" => "rnnk_attention",
+        "RnnkAttentionMemory" => "rnnk_attention_memory",
         other => return Err(format!("no C spelling for the Rust type `{other}`: add it to c_type in tests/header.rs")),
     }
     .to_string())

@@ -12,8 +12,10 @@
  * compare, bit for bit, with the Rust API; then passes every kind of bad argument and checks the
  * status code and that the message names the argument, for the host functions and the
  * *_device ones (whose arguments are checked before the backend: here, without a GPU in the
- * loop, their pointers are host pointers that must never be dereferenced). Exit status 0 iff
- * every check passed.
+ * loop, their pointers are host pointers that must never be dereferenced). It also runs a
+ * unidirectional 2-layer LSTM (parameters of seed 0) one step at a time with the rnnk_steps_*
+ * functions (forward and backward) and a general attention over it (rnnk_attention_*), whose
+ * outputs are compared the same way. Exit status 0 iff every check passed.
  */
 #include "rnn_kernels.h"
 #include "check.h"
@@ -375,6 +377,70 @@ int main(int argc, char** argv) {
         /* the failed calls changed nothing: the parameters and the reserve are still those above */
         OK(rnnk_model_get_params(m2, got, np));
         CHECK(memcmp(got, params, np * sizeof(float)) == 0, "a failed rnnk_model_set_params_device changed the parameters");
+    }
+
+    /* ---- decoder steps: a unidirectional LSTM (parameters of seed 0) one step at a time, its
+     * backward, and a general attention with the hidden state over keys [T, B, D*H] (dy.f32)
+     * whose queries are the decoder's outputs ---- */
+    {
+        enum { DH = L * B * H, DX = B * I, DY = B * H, HK = D * H };
+        rnnk_model* dec = NULL;
+        OK(rnnk_model_create("lstm", I, H, L, 0, 0, 1, backend, threads, &dec));
+        size_t dnp = 0, count = 0;
+        OK(rnnk_model_param_count(dec, &dnp));
+        rnnk_steps* run = NULL;
+        rnnk_steps_backward* bw = NULL;
+        FAILS(rnnk_steps_start(m, B, NULL, 0, NULL, 0, 1, &run), RNNK_ERR_INVALID_ARGUMENT, "`direction`");
+        CHECK(run == NULL, "a failing rnnk_steps_start left *out non-NULL");
+        FAILS(rnnk_steps_start(dec, B, h0, DH + 1, NULL, 0, 1, &run), RNNK_ERR_SIZE_MISMATCH, "`h0`");
+        OK(rnnk_steps_start(dec, B, h0, DH, c0, DH, 1, &run));
+        FAILS(rnnk_steps_backward_start(dec, run, NULL, 0, NULL, 0, &bw), RNNK_ERR_INVALID_ARGUMENT, "`steps`");
+        CHECK(bw == NULL, "a failing rnnk_steps_backward_start left *out non-NULL");
+        float steps_y[T * DY], steps_dx[T * DX], dx1[DX], dh0s[DH], dc0s[DH];
+        float* steps_dparams = malloc(dnp * sizeof(float));
+        for (int t = 0; t < T; t++) OK(rnnk_steps_step(dec, run, x + t * DX, DX, steps_y + t * DY, DY));
+        FAILS(rnnk_steps_step(dec, run, x, DX + 1, steps_y, DY), RNNK_ERR_SIZE_MISMATCH, "`x`");
+        FAILS(rnnk_steps_step(dec, run, x, DX, NULL, DY), RNNK_ERR_NULL_POINTER, "`y`");
+        OK(rnnk_steps_info(run, &count, NULL, NULL, NULL));
+        CHECK(count == T, "the run took %zu steps, expected %d", count, T);
+        OK(rnnk_steps_backward_start(dec, run, NULL, 0, NULL, 0, &bw));
+        for (int t = T - 1; t >= 0; t--) OK(rnnk_steps_backward_step(dec, bw, dy + t * DY, DY, dx1, DX));
+        FAILS(rnnk_steps_backward_step(dec, bw, dy, DY, dx1, DX), RNNK_ERR_INVALID_ARGUMENT, "`backward`");
+        OK(rnnk_steps_backward_finish(dec, bw, steps_dx, T * DX, dh0s, DH, dc0s, DH, steps_dparams, dnp, 0));
+        write_f32("steps_y", steps_y, T * DY);
+        write_f32("steps_dx", steps_dx, T * DX);
+        write_f32("steps_dh0", dh0s, DH);
+        write_f32("steps_dc0", dc0s, DH);
+        write_f32("steps_dparams", steps_dparams, dnp);
+        OK(rnnk_steps_backward_free(bw));
+        OK(rnnk_steps_free(run));
+        OK(rnnk_model_free(dec));
+        free(steps_dparams);
+
+        rnnk_attention* att = NULL;
+        rnnk_attention_memory* mem = NULL;
+        size_t anp = 0, off = 0, len = 0;
+        FAILS(rnnk_attention_create("general", H, HK, 1, H, backend, threads, &att), RNNK_ERR_INVALID_ARGUMENT, "`attn_size`");
+        CHECK(att == NULL, "a failing rnnk_attention_create left *out non-NULL");
+        OK(rnnk_attention_create("general", H, HK, 0, H, backend, threads, &att));
+        OK(rnnk_attention_param_count(att, &anp));
+        CHECK(anp == H * HK + H * (HK + H), "attention parameters: %zu", anp);
+        OK(rnnk_attention_param_range(att, "weight_c", &off, &len));
+        CHECK(off == H * HK && len == H * (HK + H), "weight_c at %zu, %zu floats", off, len);
+        OK(rnnk_attention_set_params(att, params, anp));
+        const int64_t bad_lengths[B] = {5, 0, 4};
+        FAILS(rnnk_attention_memory_create(att, T, B, bad_lengths, B, dy, Y_LEN, &mem), RNNK_ERR_INVALID_ARGUMENT, "`lengths[1]`");
+        CHECK(mem == NULL, "a failing rnnk_attention_memory_create left *out non-NULL");
+        OK(rnnk_attention_memory_create(att, T, B, lengths, B, dy, Y_LEN, &mem));
+        float aw[T * B * T], actx[T * B * HK], ahid[T * B * H];
+        FAILS(rnnk_attention_forward(att, mem, T, steps_y, T * DY, aw, T * B * T, actx, T * B * HK, NULL, 0), RNNK_ERR_NULL_POINTER,
+              "`hidden`");
+        OK(rnnk_attention_forward(att, mem, T, steps_y, T * DY, aw, T * B * T, actx, T * B * HK, ahid, T * B * H));
+        write_f32("attn_weights", aw, T * B * T);
+        write_f32("attn_context", actx, T * B * HK);
+        write_f32("attn_hidden", ahid, T * B * H);
+        OK(rnnk_attention_memory_free(mem));
+        OK(rnnk_attention_free(att));
     }
 
     /* NULL-safe frees; the good handles still work after all of the above */
