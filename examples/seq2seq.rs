@@ -259,6 +259,17 @@ fn encode(m: &Model, vocab: &Vocab, batch: &[&DatePair], reserve: Option<&mut rn
     Ok(Encoded { keys: out.y, h0, shape, lens, ids })
 }
 
+/// The decoder's input rows `[B, TGT_EMB + ATT_O]`: each row's embedding `emb: [B, TGT_EMB]`,
+/// then its previous attentional state `feed: [B, ATT_O]`.
+fn decoder_input(emb: &[f32], feed: &[f32]) -> Vec<f32> {
+    let mut x = Vec::with_capacity(emb.len() + feed.len());
+    for (e, f) in emb.chunks_exact(TGT_EMB).zip(feed.chunks_exact(ATT_O)) {
+        x.extend_from_slice(e);
+        x.extend_from_slice(f);
+    }
+    x
+}
+
 /// What a training step of the decoder keeps for backward: its input character, its output,
 /// the logits and the attention's output.
 struct Saved {
@@ -268,21 +279,23 @@ struct Saved {
     att: AttentionOutput<f32>,
 }
 
-/// One training batch: the loss (nats per target character) and the gradients.
+/// One training batch: the loss (nats per target character) and the gradients. `enc_reserve`:
+/// the encoder's saved activations, one reserve kept from batch to batch so that its buffers
+/// are reused rather than allocated afresh.
 fn train_batch(
     m: &Model,
     vocab: &Vocab,
     batch: &[&DatePair],
     tf: f64,
     rng: &mut rnn_kernels::testkit::SplitMix64,
+    enc_reserve: &mut rnn_kernels::HostReserve<f32>,
 ) -> Result<(f64, Vec<Vec<f32>>), Error> {
     let b = batch.len();
     let tl = dates::MAX_TARGET_LEN + 1;
     let targets: Vec<Vec<usize>> = batch.iter().map(|p| p.target.chars().map(|c| vocab.tgt_id(c)).chain([END]).collect()).collect();
     // Time-major: the targets of step t.
     let by_step: Vec<Vec<usize>> = (0..tl).map(|t| targets.iter().map(|tg| tg[t]).collect()).collect();
-    let mut enc_reserve = Default::default();
-    let enc = encode(m, vocab, batch, Some(&mut enc_reserve))?;
+    let enc = encode(m, vocab, batch, Some(&mut *enc_reserve))?;
     let att_shape = AttentionShape::new(1, enc.shape.steps(), enc.lens.clone())?;
     // The keys' side of the attention, once for every step.
     let memory = m.cpu.attention_memory(&m.att_cfg, &att_shape, &m.att, &enc.keys)?;
@@ -294,9 +307,7 @@ fn train_batch(
         // x_t = [embedding of the previous character; the previous attentional state].
         let mut emb = vec![0.0; b * TGT_EMB];
         m.tgt_emb.forward(&prev, &mut emb)?;
-        let x: Vec<f32> = (0..b)
-            .flat_map(|r| emb[r * TGT_EMB..(r + 1) * TGT_EMB].iter().chain(&feed[r * ATT_O..(r + 1) * ATT_O]).copied().collect::<Vec<_>>())
-            .collect();
+        let x = decoder_input(&emb, &feed);
         let h = m.dec.step(&mut steps, &x)?;
         let att = m.cpu.attention_forward_with(&m.att_cfg, &att_shape, &m.att, &memory, &h)?;
         let mut logits = vec![0.0; b * v];
@@ -361,7 +372,7 @@ fn train_batch(
         dhn[r * ENC_H..(r + 1) * ENC_H].copy_from_slice(&dec_g.dh0[r * DEC_H..r * DEC_H + ENC_H]);
         dhn[(b + r) * ENC_H..(b + r + 1) * ENC_H].copy_from_slice(&dec_g.dh0[r * DEC_H + ENC_H..(r + 1) * DEC_H]);
     }
-    let enc_g = m.enc.backward(&enc_reserve, Some(&d_keys), Some(&dhn), None)?;
+    let enc_g = m.enc.backward(enc_reserve, Some(&d_keys), Some(&dhn), None)?;
     let mut d_src_emb = vec![0.0; m.src_emb.weight.len()];
     m.src_emb.backward(&enc.ids, &enc_g.dx, &mut d_src_emb)?;
     g[0] = d_src_emb;
@@ -420,10 +431,11 @@ fn bench(a: &Args, vocab: &Vocab, train: &[DatePair], m: &mut Model) -> Result<(
     let sizes: Vec<usize> = m.tensors().iter().map(|t| t.len()).collect();
     let mut adam = Adam::new(&sizes, AdamConfig { lr: 3e-3, ..Default::default() })?;
     let mut rng = rnn_kernels::testkit::SplitMix64::new(a.seed + 9);
+    let mut enc_reserve = Default::default();
     let (mut times, mut first_loss) = (Vec::new(), None);
     for rep in 0..a.bench_warmup + n {
         let t = Instant::now();
-        let (loss, mut grads) = train_batch(m, vocab, &batch, 1.0, &mut rng)?;
+        let (loss, mut grads) = train_batch(m, vocab, &batch, 1.0, &mut rng, &mut enc_reserve)?;
         update(m, &mut adam, &mut grads)?;
         if rep >= a.bench_warmup {
             times.push(t.elapsed().as_secs_f64() * 1e3);
@@ -462,9 +474,7 @@ fn translate(m: &Model, vocab: &Vocab, batch: &[&DatePair], width: usize) -> Res
         reorder_rows(&mut feed, ATT_O, st.parents, &mut scratch)?;
         let mut emb = vec![0.0; rows * TGT_EMB];
         m.tgt_emb.forward(st.tokens, &mut emb)?;
-        let x: Vec<f32> = (0..rows)
-            .flat_map(|r| emb[r * TGT_EMB..(r + 1) * TGT_EMB].iter().chain(&feed[r * ATT_O..(r + 1) * ATT_O]).copied().collect::<Vec<_>>())
-            .collect();
+        let x = decoder_input(&emb, &feed);
         let hq = m.dec.step(&mut steps, &x)?;
         // Each row attends over its sequence's keys: the memory's rows gathered.
         let rows_memory = memory.gather(st.sequences)?;
@@ -731,6 +741,7 @@ fn run(a: &Args) -> Result<(), Error> {
     };
     bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg}")?.progress_chars("=> "));
     let mut rng = rnn_kernels::testkit::SplitMix64::new(a.seed + 9);
+    let mut enc_reserve = Default::default();
     let start = Instant::now();
     let (mut step, mut avg) = (0u64, None::<f64>);
     let mut order: Vec<usize> = (0..train.len()).collect();
@@ -758,7 +769,7 @@ fn run(a: &Args) -> Result<(), Error> {
             None => start.elapsed().as_secs_f64() / budget.as_secs_f64().max(1e-9),
         };
         adam.set_lr(schedule.lr(step, progress))?;
-        let (loss, mut grads) = train_batch(&m, &vocab, &batch, a.teacher_forcing, &mut rng)?;
+        let (loss, mut grads) = train_batch(&m, &vocab, &batch, a.teacher_forcing, &mut rng, &mut enc_reserve)?;
         update(&mut m, &mut adam, &mut grads)?;
         step += 1;
         avg = Some(avg.map_or(loss, |x| 0.98 * x + 0.02 * loss));
