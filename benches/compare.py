@@ -22,6 +22,10 @@ Usage:
     python3 benches/compare.py --configs onnx
     # what each cell option costs: plain and with the option, alternately, per round
     python3 benches/compare.py --option-cost --rounds 3
+    # issue 18's rows: Luong general attention forward+backward (B 64, T_enc = T_dec = 50,
+    # H 512; benches/attention.py) and one whole training step of examples/seq2seq.rs's model
+    # (benches/seq2seq.py), each against the same computation in PyTorch CPU
+    python3 benches/compare.py --configs seq2seq --rounds 5 --threads 2
 
 Config syntax: `cell-I-H-B-T[-lL][-bi][options][:mode]`, mode `inference` (default) or `train`;
 options are suffixes in any order: `-rev` (direction reverse), `-sum` (merge sum), `-peep`
@@ -29,6 +33,14 @@ options are suffixes in any order: `-rev` (direction reverse), `-sum` (merge sum
 `-ln` (layer norm, Haste's; no peer has it), `-bf` (batch-first), `-dropP` (dropout P between
 layers; it acts in `train` only). A peer that lacks an option
 reads "n/a" (peers.py's `unsupported`).
+
+`--configs seq2seq` is a table of its own (`model_rows`): rows whose ours is another example and
+whose peer is another script, both printing the same JSON line, run alternately the same way
+(per round each row's two runs in an order that flips from row to row and round to round):
+`attention` (`examples/attention_bench.rs` against `benches/attention.py --peer`) and
+`seq2seq-step` (`examples/seq2seq.rs --bench-steps` against `benches/seq2seq.py --peer`, which
+also report the first step's loss from the same parameters, a check that both do the same
+work). `--reps`/`--warmup` pass through; the peer is PyTorch CPU of the Python running this.
 """
 
 import argparse
@@ -88,6 +100,14 @@ OPTION_COST_OPTIONS = {
     "lstm": ["-peep", "-clip3", "-if", "-ln", "-rev", "-bi/-bi-sum", "-bf"],
     "gru": ["-cho", "-clip3", "-ln", "-rev", "-bi/-bi-sum", "-bf"],
 }
+
+# `--configs seq2seq` (issue 18): (row name, our example, its flags, the peer script, its flags).
+ATTENTION_FLAGS = ["--score", "general", "--batch", "64", "--queries", "50", "--steps", "50", "--hidden", "512",
+                   "--output", "512"]
+MODEL_ROWS = [
+    ("attention", "attention_bench", ["--backend", "cpu"] + ATTENTION_FLAGS, "attention.py", ATTENTION_FLAGS),
+    ("seq2seq-step", "seq2seq", ["--batch", "64"], "seq2seq.py", ["--batch", "64"]),
+]
 
 # A smoke list that runs in seconds.
 QUICK_CONFIGS = [
@@ -496,13 +516,106 @@ def option_cost(args, cmdline):
     return 0
 
 
+def model_rows(args, cmdline):
+    """`--configs seq2seq`: the MODEL_ROWS, ours and the PyTorch peer alternately, `rounds`
+    rounds; a markdown table of medians over rounds, ours/PyTorch per round and its median."""
+    rounds = args.rounds if args.rounds is not None else 5
+    examples = [r[1] for r in MODEL_ROWS]
+    if not args.no_build:
+        cmd = ["cargo", "build", "--release"] + [x for e in examples for x in ("--example", e)]
+        log("compare.py: " + " ".join(cmd))
+        if subprocess.run(cmd, cwd=ROOT, stdout=sys.stderr, stderr=sys.stderr).returncode != 0:
+            log("compare.py: the build failed")
+            return 1
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+    json_out = open(args.json, "w") if args.json else None
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    ms, config, first_loss, failed, isa, torch_version = {}, {}, {}, {}, set(), None  # keyed (row, impl)
+    for rnd in range(rounds):
+        for ri, (name, example, flags, script, peer_flags) in enumerate(MODEL_ROWS):
+            common = ["--threads", str(args.threads)]
+            if args.reps is not None:
+                common += ["--reps", str(args.reps)]
+            if args.warmup is not None:
+                common += ["--warmup", str(args.warmup)]
+            ours_common = common
+            if example == "seq2seq":  # its own names for reps and warm-up
+                ours_common = ["--threads", str(args.threads), "--bench-steps", str(args.reps or 10)]
+                ours_common += ["--bench-warmup", str(args.warmup)] if args.warmup is not None else []
+            runs = [("ours", [os.path.join(target, "release", "examples", example)] + flags + ours_common),
+                    ("pytorch-cpu", [sys.executable, os.path.join(HERE, script), "--peer"] + peer_flags + common)]
+            if (rnd + ri) % 2:
+                runs.reverse()
+            got = []
+            for impl, cmd in runs:
+                if (name, impl) in failed:
+                    continue
+                lines, err = run_one(cmd, args.timeout)
+                if not lines:
+                    failed[(name, impl)] = err or "no result"
+                    log(f"compare.py: {name} {impl}: {err}")
+                    continue
+                line = lines[-1]
+                if json_out:
+                    json_out.write(json.dumps(line, separators=(",", ":")) + "\n")
+                config[(name, impl)] = line.get("config")
+                if "first_loss" in line:
+                    first_loss[(name, impl)] = line["first_loss"]
+                if "isa" in line:
+                    isa.add(line["isa"])
+                torch_version = line.get("torch", torch_version)
+                ms.setdefault((name, impl), {})[rnd] = float(line["median_ms"])
+                got.append(f"{impl} {fmt_ms(float(line['median_ms']))} ms")
+            log(f"[round {rnd + 1}/{rounds}] {name}: " + ", ".join(got))
+    if json_out:
+        json_out.close()
+
+    logical, usable, physical = core_counts()
+    out = ["### rnn-kernels vs PyTorch: attention and the seq2seq example's training step", ""]
+    out.append(f"- command: `{cmdline}`")
+    out.append(f"- date: {started.strftime('%Y-%m-%d %H:%M UTC')}")
+    out.append(f"- machine: {cpu_model()}, {logical} logical CPUs" + (f" ({physical} physical cores)" if physical else "")
+               + f"; threads per impl: {args.threads}" + (f"; load average at start {load:.2f}" if load is not None else ""))
+    vers = [f"torch {torch_version}"] if torch_version else []
+    rustc = command_version(["rustc", "--version"])
+    vers += [rustc] if rustc else []
+    out.append(f"- versions: {', '.join(vers) if vers else 'unknown'}" + (f"; ours: {', '.join(sorted(isa))}" if isa else ""))
+    out.append(f"- {rounds} round(s), ours and PyTorch alternately (order flipped from row to row and round to round); "
+               "a cell is the median over rounds of the per-run median wall time (ms); ours/PyTorch per round, its "
+               "median and [min, max] (< 1: ours is faster). attention: one Luong general forward + backward "
+               "(`examples/attention_bench.rs`, `benches/attention.py`); seq2seq-step: one whole training step of "
+               "`examples/seq2seq.rs`'s model, forward, loss, backward, clipping and Adam (`benches/seq2seq.py`)")
+    out.append("")
+    out.append("| row | config | ours (ms) | PyTorch CPU (ms) | ours/PyTorch | [min, max] | first loss (ours, PyTorch) |")
+    out.append("|---|---|---:|---:|---:|---|---|")
+    for name, *_ in MODEL_ROWS:
+        a, b = ms.get((name, "ours"), {}), ms.get((name, "pytorch-cpu"), {})
+        ov = fmt_ms(statistics.median(a.values())) if a else "failed"
+        pv = fmt_ms(statistics.median(b.values())) if b else "failed"
+        ratios = [a[r] / b[r] for r in a if r in b]
+        ratio = f"{statistics.median(ratios):.2f}" if ratios else "–"
+        spread = f"[{min(ratios):.2f}, {max(ratios):.2f}]" if ratios else "–"
+        cfg = config.get((name, "ours")) or config.get((name, "pytorch-cpu")) or "–"
+        if config.get((name, "pytorch-cpu"), cfg) != cfg:
+            log(f"compare.py: warning: {name}: ours ran {cfg!r}, PyTorch {config[(name, 'pytorch-cpu')]!r}")
+        fl = [first_loss.get((name, x)) for x in ("ours", "pytorch-cpu")]
+        fl_cell = ", ".join(f"{x:.4f}" if x is not None else "–" for x in fl) if any(x is not None for x in fl) else "–"
+        if None not in fl and abs(fl[0] - fl[1]) > 1e-3:
+            log(f"compare.py: warning: {name}: the first step's losses differ ({fl_cell}): not the same computation")
+        out.append(f"| {name} | {cfg} | {ov} | {pv} | {ratio} | {spread} | {fl_cell} |")
+    print("\n".join(out), flush=True)
+    return 0 if not failed else 1
+
+
 def main():
     p = argparse.ArgumentParser(description="rnn-kernels vs PyTorch / onnxruntime, side by side.")
     p.add_argument("--configs", default=None,
                    help='comma-separated "cell-I-H-B-T[-lL][-bi]:mode" (default: the target table; '
-                        '"cuda": the CUDA target table)')
+                        '"cuda": the CUDA target table; "onnx": the ONNX options; "seq2seq": attention and the '
+                        'seq2seq example\'s training step against PyTorch)')
     p.add_argument("--quick", action="store_true", help="tiny configs, 1 round, few reps: a smoke test")
-    p.add_argument("--rounds", type=int, default=None, help="rounds (default 3; 1 with --quick)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds (default 3; 1 with --quick; 5 with --configs seq2seq)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=None,
                    help="reps per run, passed to every impl (default: each impl's own; 5 with --quick)")
@@ -534,6 +647,8 @@ def main():
 
     if args.option_cost:
         return option_cost(args, cmdline)
+    if args.configs == "seq2seq":
+        return model_rows(args, cmdline)
     if args.configs == "cuda":
         specs = CUDA_CONFIGS
     elif args.configs == "onnx":

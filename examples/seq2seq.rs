@@ -21,7 +21,19 @@
 //! cargo run --release --example seq2seq -- [--minutes 1] [--steps N] [--attention general]
 //!     [--teacher-forcing 1] [--beam 4] [--batch 64] [--threads 2] [--seed 1] [--held-out 2000]
 //!     [--save model.safetensors] [--load model.safetensors] [--heatmap target/seq2seq_attention.png]
+//!     [--bench-steps N] [--bench-warmup 2] [--dump-batch batch.json]
 //! ```
+//!
+//! Timing (`benches/seq2seq.py`, `benches/compare.py --configs seq2seq`): `--bench-steps N`
+//! trains on one fixed batch (the first `--batch` training dates, teacher forcing 1 whatever
+//! `--teacher-forcing` says), `--bench-warmup W` (2) steps untimed and then `N` timed, each the
+//! whole training step (forward, loss, backward, clipping, Adam and the parameters' update), and
+//! prints one JSON line: `{"impl":"rnn-kernels-cpu","config":"seq2seq-general-b64-s<S>-t11",
+//! "threads":2,"median_ms":…,"first_loss":…}` (`S` the batch's longest source, `first_loss`
+//! the loss of the first step). `--dump-batch FILE` writes that batch as JSON (`src`, `tgt`: per
+//! row the token ids, the source unpadded, the target with its end token; `n_src`, `n_tgt`:
+//! the vocabulary sizes) and, with `--save`, the untrained model, then exits: what the PyTorch
+//! peer reads to run the same step from the same start.
 //!
 //! `--load` reads a model `--save` wrote (its attention score included) and, unless `--steps`
 //! or `--minutes` is given, only evaluates it. The checkpoint holds `src_emb.weight`,
@@ -67,6 +79,11 @@ struct Args {
     heatmap: String,
     /// `--minutes` or `--steps` given.
     budget_given: bool,
+    /// Time this many training steps on a fixed batch instead of training.
+    bench_steps: Option<usize>,
+    bench_warmup: usize,
+    /// Write the fixed batch (and with `--save` the untrained model) here and exit.
+    dump_batch: Option<String>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -84,6 +101,9 @@ fn parse() -> Result<Args, String> {
         load: None,
         heatmap: "target/seq2seq_attention.png".into(),
         budget_given: false,
+        bench_steps: None,
+        bench_warmup: 2,
+        dump_batch: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -108,14 +128,17 @@ fn parse() -> Result<Args, String> {
             "--threads" => a.threads = value.parse().map_err(|_| bad("a whole number"))?,
             "--seed" => a.seed = value.parse().map_err(|_| bad("a whole number"))?,
             "--held-out" => a.held_out = value.parse().map_err(|_| bad("a whole number"))?,
+            "--bench-steps" => a.bench_steps = Some(value.parse().map_err(|_| bad("a whole number"))?),
+            "--bench-warmup" => a.bench_warmup = value.parse().map_err(|_| bad("a whole number"))?,
+            "--dump-batch" => a.dump_batch = Some(value),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
     if !(0.0..=1.0).contains(&a.teacher_forcing) {
         return Err(format!("--teacher-forcing: a probability in [0, 1], got {}", a.teacher_forcing));
     }
-    if a.beam == 0 || a.batch == 0 || a.threads == 0 {
-        return Err("--beam, --batch and --threads: at least 1".into());
+    if a.beam == 0 || a.batch == 0 || a.threads == 0 || a.bench_steps == Some(0) {
+        return Err("--beam, --batch, --threads and --bench-steps: at least 1".into());
     }
     Ok(a)
 }
@@ -236,6 +259,17 @@ fn encode(m: &Model, vocab: &Vocab, batch: &[&DatePair], reserve: Option<&mut rn
     Ok(Encoded { keys: out.y, h0, shape, lens, ids })
 }
 
+/// The decoder's input rows `[B, TGT_EMB + ATT_O]`: each row's embedding `emb: [B, TGT_EMB]`,
+/// then its previous attentional state `feed: [B, ATT_O]`.
+fn decoder_input(emb: &[f32], feed: &[f32]) -> Vec<f32> {
+    let mut x = Vec::with_capacity(emb.len() + feed.len());
+    for (e, f) in emb.chunks_exact(TGT_EMB).zip(feed.chunks_exact(ATT_O)) {
+        x.extend_from_slice(e);
+        x.extend_from_slice(f);
+    }
+    x
+}
+
 /// What a training step of the decoder keeps for backward: its input character, its output,
 /// the logits and the attention's output.
 struct Saved {
@@ -245,21 +279,23 @@ struct Saved {
     att: AttentionOutput<f32>,
 }
 
-/// One training batch: the loss (nats per target character) and the gradients.
+/// One training batch: the loss (nats per target character) and the gradients. `enc_reserve`:
+/// the encoder's saved activations, one reserve kept from batch to batch so that its buffers
+/// are reused rather than allocated afresh.
 fn train_batch(
     m: &Model,
     vocab: &Vocab,
     batch: &[&DatePair],
     tf: f64,
     rng: &mut rnn_kernels::testkit::SplitMix64,
+    enc_reserve: &mut rnn_kernels::HostReserve<f32>,
 ) -> Result<(f64, Vec<Vec<f32>>), Error> {
     let b = batch.len();
     let tl = dates::MAX_TARGET_LEN + 1;
     let targets: Vec<Vec<usize>> = batch.iter().map(|p| p.target.chars().map(|c| vocab.tgt_id(c)).chain([END]).collect()).collect();
     // Time-major: the targets of step t.
     let by_step: Vec<Vec<usize>> = (0..tl).map(|t| targets.iter().map(|tg| tg[t]).collect()).collect();
-    let mut enc_reserve = Default::default();
-    let enc = encode(m, vocab, batch, Some(&mut enc_reserve))?;
+    let enc = encode(m, vocab, batch, Some(&mut *enc_reserve))?;
     let att_shape = AttentionShape::new(1, enc.shape.steps(), enc.lens.clone())?;
     // The keys' side of the attention, once for every step.
     let memory = m.cpu.attention_memory(&m.att_cfg, &att_shape, &m.att, &enc.keys)?;
@@ -271,9 +307,7 @@ fn train_batch(
         // x_t = [embedding of the previous character; the previous attentional state].
         let mut emb = vec![0.0; b * TGT_EMB];
         m.tgt_emb.forward(&prev, &mut emb)?;
-        let x: Vec<f32> = (0..b)
-            .flat_map(|r| emb[r * TGT_EMB..(r + 1) * TGT_EMB].iter().chain(&feed[r * ATT_O..(r + 1) * ATT_O]).copied().collect::<Vec<_>>())
-            .collect();
+        let x = decoder_input(&emb, &feed);
         let h = m.dec.step(&mut steps, &x)?;
         let att = m.cpu.attention_forward_with(&m.att_cfg, &att_shape, &m.att, &memory, &h)?;
         let mut logits = vec![0.0; b * v];
@@ -338,7 +372,7 @@ fn train_batch(
         dhn[r * ENC_H..(r + 1) * ENC_H].copy_from_slice(&dec_g.dh0[r * DEC_H..r * DEC_H + ENC_H]);
         dhn[(b + r) * ENC_H..(b + r + 1) * ENC_H].copy_from_slice(&dec_g.dh0[r * DEC_H + ENC_H..(r + 1) * DEC_H]);
     }
-    let enc_g = m.enc.backward(&enc_reserve, Some(&d_keys), Some(&dhn), None)?;
+    let enc_g = m.enc.backward(enc_reserve, Some(&d_keys), Some(&dhn), None)?;
     let mut d_src_emb = vec![0.0; m.src_emb.weight.len()];
     m.src_emb.backward(&enc.ids, &enc_g.dx, &mut d_src_emb)?;
     g[0] = d_src_emb;
@@ -349,6 +383,74 @@ fn train_batch(
     g[5] = d_out_w;
     g[6] = d_out_b;
     Ok((loss, g))
+}
+
+/// The gradients clipped to a global norm of 5, Adam's step, and the recurrent layers given
+/// their new parameters.
+fn update(m: &mut Model, adam: &mut Adam, grads: &mut [Vec<f32>]) -> Result<(), Error> {
+    let mut gs: Vec<&mut [f32]> = grads.iter_mut().map(|g| &mut g[..]).collect();
+    clip_global_norm(&mut gs, 5.0)?;
+    let gr: Vec<&[f32]> = grads.iter().map(|g| &g[..]).collect();
+    adam.step(&mut m.tensors(), &gr)?;
+    m.enc.update_params(&m.enc_params[..])?;
+    m.dec.update_params(&m.dec_params[..])?;
+    Ok(())
+}
+
+/// `--dump-batch` and `--bench-steps`: the fixed batch written out, or whole training steps on
+/// it timed (teacher forcing 1), one JSON line.
+fn bench(a: &Args, vocab: &Vocab, train: &[DatePair], m: &mut Model) -> Result<(), Error> {
+    let batch: Vec<&DatePair> = train.iter().take(a.batch).collect();
+    if batch.len() < a.batch {
+        return Err(format!("--batch {}: more than the {} training dates", a.batch, train.len()).into());
+    }
+    let s = batch.iter().map(|p| p.source.chars().count()).max().unwrap_or(0);
+    let config = format!("seq2seq-{}-b{}-s{s}-t{}", a.attention.name(), a.batch, dates::MAX_TARGET_LEN + 1);
+    if let Some(path) = &a.dump_batch {
+        let ids = |v: Vec<usize>| v.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+        let src: Vec<String> = batch.iter().map(|p| format!("[{}]", ids(p.source.chars().map(|c| vocab.src[&c]).collect()))).collect();
+        let tgt: Vec<String> =
+            batch.iter().map(|p| format!("[{}]", ids(p.target.chars().map(|c| vocab.tgt_id(c)).chain([END]).collect()))).collect();
+        let json = format!(
+            "{{\"config\":\"{config}\",\"attention\":\"{}\",\"n_src\":{},\"n_tgt\":{},\"src\":[{}],\"tgt\":[{}]}}\n",
+            a.attention.name(),
+            vocab.src.len() + 1,
+            vocab.tgt.len(),
+            src.join(","),
+            tgt.join(",")
+        );
+        std::fs::write(path, json).map_err(|e| format!("--dump-batch {path}: {e}"))?;
+        if let Some(path) = &a.save {
+            save(m, path)?;
+        }
+        if a.bench_steps.is_none() {
+            return Ok(());
+        }
+    }
+    let n = a.bench_steps.unwrap_or(1);
+    let sizes: Vec<usize> = m.tensors().iter().map(|t| t.len()).collect();
+    let mut adam = Adam::new(&sizes, AdamConfig { lr: 3e-3, ..Default::default() })?;
+    let mut rng = rnn_kernels::testkit::SplitMix64::new(a.seed + 9);
+    let mut enc_reserve = Default::default();
+    let (mut times, mut first_loss) = (Vec::new(), None);
+    for rep in 0..a.bench_warmup + n {
+        let t = Instant::now();
+        let (loss, mut grads) = train_batch(m, vocab, &batch, 1.0, &mut rng, &mut enc_reserve)?;
+        update(m, &mut adam, &mut grads)?;
+        if rep >= a.bench_warmup {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        first_loss.get_or_insert(loss);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "{{\"impl\":\"rnn-kernels-cpu\",\"config\":\"{config}\",\"threads\":{},\"median_ms\":{:.4},\"first_loss\":{:.6},\"isa\":\"{:?}\"}}",
+        a.threads,
+        times[times.len() / 2],
+        first_loss.unwrap_or(f64::NAN),
+        m.cpu.isa()
+    );
+    Ok(())
 }
 
 /// Greedy (`width` 1) or beam decoding of a batch: the target strings.
@@ -372,9 +474,7 @@ fn translate(m: &Model, vocab: &Vocab, batch: &[&DatePair], width: usize) -> Res
         reorder_rows(&mut feed, ATT_O, st.parents, &mut scratch)?;
         let mut emb = vec![0.0; rows * TGT_EMB];
         m.tgt_emb.forward(st.tokens, &mut emb)?;
-        let x: Vec<f32> = (0..rows)
-            .flat_map(|r| emb[r * TGT_EMB..(r + 1) * TGT_EMB].iter().chain(&feed[r * ATT_O..(r + 1) * ATT_O]).copied().collect::<Vec<_>>())
-            .collect();
+        let x = decoder_input(&emb, &feed);
         let hq = m.dec.step(&mut steps, &x)?;
         // Each row attends over its sequence's keys: the memory's rows gathered.
         let rows_memory = memory.gather(st.sequences)?;
@@ -586,6 +686,15 @@ fn main() -> std::process::ExitCode {
 /// The files the run will write can be written, and the one it reads exists: checked before
 /// training (the heat map's directory is created).
 fn check_paths(a: &Args) -> Result<(), Error> {
+    if let Some(path) = &a.dump_batch {
+        rnn_kernels_nn::check_save_path("--dump-batch", path)?;
+    }
+    if a.bench_steps.is_some() || a.dump_batch.is_some() {
+        if let Some(path) = &a.save {
+            rnn_kernels_nn::check_save_path("--save", path)?;
+        }
+        return Ok(());
+    }
     if let Some(dir) = std::path::Path::new(&a.heatmap).parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("--heatmap {}: {e}", a.heatmap))?;
     }
@@ -603,6 +712,9 @@ fn run(a: &Args) -> Result<(), Error> {
     let vocab = Vocab::new();
     let (train, held_out) = dates::train_and_held_out(a.seed, 50_000, a.held_out);
     let mut m = Model::new(a, &vocab)?;
+    if a.bench_steps.is_some() || a.dump_batch.is_some() {
+        return bench(a, &vocab, &train, &mut m);
+    }
     println!(
         "task: {} training dates, {} held out (no held-out date in training); attention {}, teacher forcing {}, batch {}, {} threads ({:?})",
         train.len(),
@@ -629,6 +741,7 @@ fn run(a: &Args) -> Result<(), Error> {
     };
     bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {msg}")?.progress_chars("=> "));
     let mut rng = rnn_kernels::testkit::SplitMix64::new(a.seed + 9);
+    let mut enc_reserve = Default::default();
     let start = Instant::now();
     let (mut step, mut avg) = (0u64, None::<f64>);
     let mut order: Vec<usize> = (0..train.len()).collect();
@@ -656,13 +769,8 @@ fn run(a: &Args) -> Result<(), Error> {
             None => start.elapsed().as_secs_f64() / budget.as_secs_f64().max(1e-9),
         };
         adam.set_lr(schedule.lr(step, progress))?;
-        let (loss, mut grads) = train_batch(&m, &vocab, &batch, a.teacher_forcing, &mut rng)?;
-        let mut gs: Vec<&mut [f32]> = grads.iter_mut().map(|g| &mut g[..]).collect();
-        clip_global_norm(&mut gs, 5.0)?;
-        let gr: Vec<&[f32]> = grads.iter().map(|g| &g[..]).collect();
-        adam.step(&mut m.tensors(), &gr)?;
-        m.enc.update_params(&m.enc_params[..])?;
-        m.dec.update_params(&m.dec_params[..])?;
+        let (loss, mut grads) = train_batch(&m, &vocab, &batch, a.teacher_forcing, &mut rng, &mut enc_reserve)?;
+        update(&mut m, &mut adam, &mut grads)?;
         step += 1;
         avg = Some(avg.map_or(loss, |x| 0.98 * x + 0.02 * loss));
         bar.set_position(match steps_budget {

@@ -369,3 +369,36 @@ fn seq2seq_trains_saves_loads_and_draws() {
         assert!(r.stderr.contains(needle) && !r.stdout.contains("trained"), "{shown}");
     }
 }
+
+/// `seq2seq --bench-steps`: one JSON line of flat `"key":value` fields (the format
+/// `benches/seq2seq.py` and `benches/compare.py` read) with a positive `median_ms` and a finite
+/// `first_loss`, nothing else on stdout and no heat map; `--dump-batch` writes the batch's rows.
+#[test]
+fn seq2seq_bench_mode_prints_one_json_line() {
+    let dir = scratch("seq2seq_bench");
+    let args = ["--bench-steps", "2", "--bench-warmup", "1", "--batch", "8", "--threads", "1"];
+    let r = run_example("seq2seq", &args, &dir);
+    let shown = format!("seq2seq {args:?}: exit {:?}\nstdout:\n{}\nstderr:\n{}", r.code, r.stdout, r.stderr);
+    assert_eq!(r.code, Some(0), "{shown}");
+    let line = r.stdout.trim();
+    assert!(!line.contains('\n') && line.starts_with('{') && line.ends_with('}'), "{shown}");
+    let fields: HashMap<&str, &str> = line[1..line.len() - 1]
+        .split(',')
+        .map(|kv| {
+            let (k, v) = kv.split_once(':').unwrap_or_else(|| panic!("a key:value field, got {kv:?}: {shown}"));
+            (k.trim_matches('"'), v)
+        })
+        .collect();
+    assert_eq!(fields.get("impl"), Some(&"\"rnn-kernels-cpu\""), "{shown}");
+    assert!(fields.get("config").is_some_and(|c| c.starts_with("\"seq2seq-general-b8-s") && c.ends_with("-t11\"")), "{shown}");
+    assert_eq!(fields.get("threads"), Some(&"1"), "{shown}");
+    let num = |k: &str| -> f64 { fields.get(k).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{k}: {shown}")) };
+    assert!(num("median_ms") > 0.0 && num("first_loss").is_finite(), "{shown}");
+    assert!(!dir.join("target").exists(), "no heat map in bench mode: {shown}");
+    let batch = dir.join("batch.json");
+    let r = run_example("seq2seq", &["--dump-batch", batch.to_str().unwrap(), "--batch", "8"], &dir);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let text = std::fs::read_to_string(&batch).unwrap();
+    let src = text.split("\"src\":[").nth(1).and_then(|s| s.split("]]").next()).expect("a src field");
+    assert_eq!(src.matches('[').count(), 8, "{text}");
+}
