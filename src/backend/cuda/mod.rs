@@ -39,6 +39,7 @@
 //! runs everywhere; [`Cuda::new`] answers [`Error::BackendUnavailable`] with what to install
 //! when there is no nvcc at build time, no driver, no device or no cuBLAS.
 
+mod attention;
 mod buffer;
 mod device;
 mod driver;
