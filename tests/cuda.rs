@@ -1,6 +1,7 @@
 //! The CUDA backend against the f64 reference: the CPU backend's property test and every
 //! PyTorch fixture (through [`CudaHost`]), plus the device-buffer API, gradient accumulation and
-//! the reserve checks.
+//! the reserve checks; attention (`AttentionBackend` of `CudaHost`) against the attention
+//! reference.
 //!
 //! Without a GPU (or without `--features cuda`) every test prints that it was skipped and
 //! passes; with `RNN_KERNELS_REQUIRE_CUDA=1` a missing GPU fails them instead.
