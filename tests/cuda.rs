@@ -1,6 +1,7 @@
 //! The CUDA backend against the f64 reference: the CPU backend's property test and every
 //! PyTorch fixture (through [`CudaHost`]), plus the device-buffer API, gradient accumulation and
-//! the reserve checks.
+//! the reserve checks; attention (`AttentionBackend` of `CudaHost`) against the attention
+//! reference.
 //!
 //! Without a GPU (or without `--features cuda`) every test prints that it was skipped and
 //! passes; with `RNN_KERNELS_REQUIRE_CUDA=1` a missing GPU fails them instead.
@@ -660,5 +661,106 @@ mod with_feature {
             }
             ratios
         }
+    }
+
+    /// The incoming gradients of an attention backward (`d_hidden` only with `O > 0`).
+    fn upstream<'a, T>(dw: &'a [T], dc: &'a [T], dh: &'a [T], o: usize) -> rnn_kernels::attention::AttentionUpstream<'a, T> {
+        rnn_kernels::attention::AttentionUpstream { d_weights: Some(dw), d_context: Some(dc), d_hidden: (o > 0).then_some(dh) }
+    }
+
+    /// Attention on [`CudaHost`] (f32; kernels/attention.cu and cuBLAS) against the f64 reference
+    /// on the same f32 values: every score, with and without the attentional hidden state,
+    /// variable encoder lengths (1, full, between), `Tq = 1` and `Tq > 1`; forward at `FWD_TOL`,
+    /// every gradient at `GRAD_TOL`; the per-step path (the memory once, a call per decoder step)
+    /// likewise; NaN in the keys' padding changes no bit of any result.
+    #[test]
+    fn cuda_attention_matches_reference() {
+        use rnn_kernels::attention::{reference, AttentionBackend, AttentionConfig, AttentionMemoryGrads, AttentionShape, Score};
+        use rnn_kernels::testkit::SplitMix64;
+        let Some(c) = cuda("cuda_attention_matches_reference") else { return };
+        let host = CudaHost(c);
+        let mut configs = Vec::new();
+        for o in [0, 3] {
+            configs.push(AttentionConfig::new(Score::Dot, 5, 5).output_size(o).build().unwrap());
+            configs.push(AttentionConfig::new(Score::General, 4, 6).output_size(o).build().unwrap());
+            configs.push(AttentionConfig::new(Score::Concat, 3, 5).attn_size(4).output_size(o).build().unwrap());
+            configs.push(AttentionConfig::new(Score::Additive, 6, 2).attn_size(5).output_size(o).build().unwrap());
+        }
+        configs.push(AttentionConfig::new(Score::Additive, 64, 96).attn_size(48).output_size(32).build().unwrap());
+        let shapes = [
+            AttentionShape::new(3, 5, vec![5, 2, 1, 4]).unwrap(),
+            AttentionShape::new(1, 4, vec![4, 1, 3]).unwrap(),
+            AttentionShape::new(6, 2, vec![1, 2]).unwrap(),
+            AttentionShape::new(4, 300, vec![300, 1, 129, 257]).unwrap(),
+        ];
+        let parts = ["weights", "context", "hidden", "d_queries", "d_keys", "d_params"];
+        for (ci, cfg) in configs.iter().enumerate() {
+            for (si, shape) in shapes.iter().enumerate() {
+                let mut rng = SplitMix64::new(1000 + 10 * ci as u64 + si as u64);
+                let (tq, s, b) = (shape.queries(), shape.steps(), shape.batch());
+                let (hq, hk, o) = (cfg.query_size(), cfg.key_size(), cfg.output_size());
+                let mut rand = |n: usize, r: f64| (0..n).map(|_| rng.uniform(-r, r) as f32).collect::<Vec<f32>>();
+                let (params, keys, queries) = (rand(cfg.param_len(), 0.8), rand(s * b * hk, 1.0), rand(tq * b * hq, 1.0));
+                let (dw, dc, dh) = (rand(tq * b * s, 1.0), rand(tq * b * hk, 1.0), rand(tq * b * o, 1.0));
+                let wide = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+                let w = reference::forward(cfg, shape, &wide(&params), &wide(&keys), &wide(&queries)).unwrap();
+                let (dw64, dc64, dh64) = (wide(&dw), wide(&dc), wide(&dh));
+                let wg =
+                    reference::backward(cfg, shape, &wide(&params), &wide(&keys), &wide(&queries), &w, upstream(&dw64, &dc64, &dh64, o))
+                        .unwrap();
+                let want = [w.weights, w.context, w.hidden, wg.d_queries, wg.d_keys, wg.d_params];
+                let what = format!("{} O={o} {shape:?}", cfg.score().name());
+                let check = |path: &str, got: &[Vec<f32>]| {
+                    for k in 0..6 {
+                        let e = max_error(&wide(&got[k]), &want[k]);
+                        let tol = if k < 3 { FWD_TOL } else { GRAD_TOL };
+                        assert!(e < tol, "{path} {what}: {} error {e:.2e}", parts[k]);
+                    }
+                };
+                // Batched, then with NaN in the keys' padding (the same bits).
+                let run = |keys: &[f32]| {
+                    let out = host.attention_forward(cfg, shape, &params, keys, &queries).unwrap();
+                    let g = host.attention_backward(cfg, shape, &params, keys, &queries, &out, upstream(&dw, &dc, &dh, o)).unwrap();
+                    vec![out.weights, out.context, out.hidden, g.d_queries, g.d_keys, g.d_params]
+                };
+                let got = run(&keys);
+                check("batched", &got);
+                let mut padded = keys.clone();
+                for st in 0..s {
+                    for (bi, &len) in shape.lengths().iter().enumerate() {
+                        if st >= len {
+                            padded[(st * b + bi) * hk..(st * b + bi + 1) * hk].fill(f32::NAN);
+                        }
+                    }
+                }
+                let bits = |v: &[Vec<f32>]| v.iter().map(|p| p.iter().map(|x| x.to_bits()).collect::<Vec<_>>()).collect::<Vec<_>>();
+                assert_eq!(bits(&run(&padded)), bits(&got), "{what}: NaN in the keys' padding changed a result");
+                // Per step: the memory once, a call per decoder step, the memory's backward once.
+                let step = AttentionShape::new(1, s, shape.lengths().to_vec()).unwrap();
+                let memory = host.attention_memory(cfg, &step, &params, &keys).unwrap();
+                let mut dm = AttentionMemoryGrads::new(&memory);
+                let mut per: Vec<Vec<f32>> = vec![Vec::new(); 6];
+                per[5] = vec![0.0; cfg.param_len()];
+                let rows = |v: &[f32], t: usize, w: usize| v[t * b * w..(t + 1) * b * w].to_vec();
+                for t in 0..tq {
+                    let q = rows(&queries, t, hq);
+                    let out = host.attention_forward_with(cfg, &step, &params, &memory, &q).unwrap();
+                    let (dwt, dct, dht) = (rows(&dw, t, s), rows(&dc, t, hk), rows(&dh, t, o));
+                    let g = host
+                        .attention_backward_with(cfg, &step, &params, &memory, &q, &out, upstream(&dwt, &dct, &dht, o), &mut dm)
+                        .unwrap();
+                    per[0].extend(out.weights);
+                    per[1].extend(out.context);
+                    per[2].extend(out.hidden);
+                    per[3].extend(g.d_queries);
+                    per[5].iter_mut().zip(&g.d_params).for_each(|(a, x)| *a += x);
+                }
+                let k = host.attention_memory_backward(cfg, &step, &params, &memory, &dm).unwrap();
+                per[4] = k.d_keys;
+                per[5].iter_mut().zip(&k.d_params).for_each(|(a, x)| *a += x);
+                check("per step", &per);
+            }
+        }
+        eprintln!("cuda attention: every score within FWD_TOL / GRAD_TOL of the f64 reference on {}", host.0.device_name());
     }
 }

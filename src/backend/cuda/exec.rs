@@ -206,6 +206,11 @@ impl<'a> Exec<'a> {
         self.target.upload_i32(&lens)
     }
 
+    /// `values` as an i32 buffer on the target (the attention's encoder lengths).
+    pub fn upload_i32(&self, values: &[i32]) -> Result<RawBuf> {
+        self.target.upload_i32(values)
+    }
+
     /// Stream `to` waits for the work enqueued so far on stream `from`.
     pub fn order(&self, to: usize, from: usize) -> Result<()> {
         self.target.order(to, from)

@@ -221,6 +221,36 @@ macro_rules! registry {
                 LstmLnCellBackward: layer_norm, grid_stride
                     [f32 lstm_ln_cell_backward, f16 lstm_ln_cell_backward_f16, bf16 lstm_ln_cell_backward_bf16];
             }
+            /// The masked softmax of each row of `[rows, S]` over its sequence's keys (`s < lengths[r mod B]`), in
+            /// place, 0 past them (kernels/attention.cu; a block per row: launched over `rows · 256` elements;
+            /// `alpha` unused, null); its backward `dE = α ⊙ (dα − Σ α dα)` in place on `e` (`dα`).
+            AttentionSoftmaxArgs(rows: i32, batch: i32, steps: i32, lengths: u64, alpha: u64, e: u64) {
+                AttentionSoftmax: attention, grid_stride [f32 attention_softmax_f32];
+                AttentionSoftmaxBackward: attention, grid_stride [f32 attention_softmax_backward_f32];
+            }
+            /// The concat and additive scores `e[t, b, s] = Σ_a v_a tanh(qp[t, b, a] + kp[s, b, a])`, `s < lengths[b]`.
+            AttentionTanhScoreArgs(queries: i32, batch: i32, steps: i32, attn: i32, lengths: u64, qp: u64, kp: u64, v: u64, e: u64) {
+                AttentionTanhScore: attention, grid_stride [f32 attention_tanh_score_f32];
+            }
+            /// Its backward from `de`: `_query` writes `dqp` and the per-row parts of `dv` (`dv_rows`), `_key` adds
+            /// into `dkp` (each ignores the other's outputs).
+            AttentionTanhScoreBackwardArgs(queries: i32, batch: i32, steps: i32, attn: i32, lengths: u64, qp: u64, kp: u64,
+                v: u64, de: u64, dqp: u64, dv_rows: u64, dkp: u64) {
+                AttentionTanhScoreBackwardQuery: attention, grid_stride [f32 attention_tanh_score_backward_query_f32];
+                AttentionTanhScoreBackwardKey: attention, grid_stride [f32 attention_tanh_score_backward_key_f32];
+            }
+            /// `y = tanh(x)` (the attentional hidden state; `y` may be `x`).
+            AttentionTanhArgs(n: i64, x: u64, y: u64) {
+                AttentionTanh: attention, grid_stride [f32 attention_tanh_f32];
+            }
+            /// `dx = dy ⊙ (1 − y²)` (`dx` may be `dy`).
+            AttentionTanhBackwardArgs(n: i64, dy: u64, y: u64, dx: u64) {
+                AttentionTanhBackward: attention, grid_stride [f32 attention_tanh_backward_f32];
+            }
+            /// `dst[s, b, :] = src[s, b, :]` for `s < lengths[b]`, 0 past it (`dst` may be `src`).
+            AttentionMaskRowsArgs(steps: i32, batch: i32, width: i32, lengths: u64, src: u64, dst: u64) {
+                AttentionMaskRows: attention, grid_stride [f32 attention_mask_rows_f32];
+            }
             /// A whole LSTM layer-direction forward in one cooperative launch (kernels/persistent_lstm.cu).
             PersistentLstmForwardArgs(batch: i32, hidden: i32, steps: i32, reverse: i32, units: i32, lengths: u64, xg: u64,
                 w_hh: u64, b_ih: u64, b_hh: u64, h0: u64, c0: u64, h_states: u64, training: i32, c_save: u64,

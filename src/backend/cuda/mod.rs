@@ -26,6 +26,8 @@
 //! - `driver/`: the layer, direction and time loops, forward (`forward.rs`) and backward
 //!   (`backward.rs`), and the layer wavefront that overlaps a unidirectional stack's layers
 //!   (`wavefront.rs`, [`Cuda::with_layer_overlap`]).
+//! - `attention.rs`: attention ([`AttentionBackend`](crate::attention::AttentionBackend)`<f32>`
+//!   for [`CudaHost`]) on `driver/attention.rs` and kernels/attention.cu.
 //! - `tests/`: the driver on the host emulation against the f64 reference (f32, f16, bf16
 //!   storage), the wavefront against the layer-by-layer order, the streams work is issued on.
 //! - `external.rs`: a caller's device memory ([`BorrowedCudaBuf`]) and streams (the event
@@ -39,6 +41,7 @@
 //! runs everywhere; [`Cuda::new`] answers [`Error::BackendUnavailable`] with what to install
 //! when there is no nvcc at build time, no driver, no device or no cuBLAS.
 
+mod attention;
 mod buffer;
 mod device;
 mod driver;

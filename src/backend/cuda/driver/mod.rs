@@ -90,6 +90,7 @@
 //! - here: what both passes share (the reserve, the weights of a layer, the temporaries, the
 //!   join of stream 1 after a failure).
 
+pub(crate) mod attention;
 mod backward;
 mod forward;
 mod gru_reset_before;

@@ -19,13 +19,17 @@
 //! - `wavefront.rs`: the layer wavefront bit for bit against the layer-by-layer order (also with
 //!   dropout between layers, dropped a chunk at a time), the stream each piece of work is issued
 //!   on, and stream 1 joined after a failure;
-//! - `dropout.rs`: kernels/dropout.cu against the host's masks, whole and a range of steps.
+//! - `dropout.rs`: kernels/dropout.cu against the host's masks, whole and a range of steps;
+//! - `attention.rs`: attention (`driver/attention.rs`, kernels/attention.cu) through the same
+//!   host-slice code as `CudaHost`, every score against the f64 reference, batched and per step,
+//!   NaN in the keys' padding changing nothing.
 //!
 //! What the emulation does not cover: cudarc, cuBLAS, the PTX build, the two streams and the
 //! multi-block, multi-warp parts of the persistent kernels (persistent_cell.cu and
 //! persistent_backward.cu run with one block of one thread owning every unit;
 //! persistent_lstm.cu does not run).
 
+mod attention;
 mod driver;
 mod dropout;
 mod gru_reset_before;

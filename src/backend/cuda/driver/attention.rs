@@ -1,0 +1,584 @@
+//! Attention on the CUDA driver (f32): the host's arrangement (`backend/host/attention.rs`) on
+//! the device, every product a cuBLAS GEMM and the rest the kernels of kernels/attention.cu.
+//!
+//! For each sequence `b` the queries `Q_b` are the rows `t·B + b` of `queries` and its keys
+//! `K_b` the rows `s·B + b`, `s < len_b`, of the memory's keys: strided views (leading dimension
+//! `B·H`), one GEMM per sequence, no copies.
+//!
+//! - Memory (once per keys): the keys with their padding zeroed (`attention_mask_rows`), and
+//!   their projection, one GEMM over all keys (general: `K W_aᵀ`; concat, additive: `K W_kᵀ`).
+//! - Forward: the scores `E_b = Q_b K_bᵀ` (dot) or `Q_b (K W_aᵀ)_bᵀ` (general), a GEMM per
+//!   sequence into the columns `s < len_b` of the weights, or `Σ_a v_a tanh(P_q + P_k)`
+//!   (`attention_tanh_score`, `P_q = Q W_qᵀ` one GEMM); the masked softmax of each row
+//!   (`attention_softmax`, which writes the padding columns 0); the context `C_b = α_b K_b`; the
+//!   attentional hidden state `tanh(C W_c[:, :Hk]ᵀ + Q W_c[:, Hk:]ᵀ)`, two GEMMs over all queries
+//!   and `attention_tanh`.
+//! - Backward: the same products transposed, `dZ = dH ⊙ (1 − H²)` (`attention_tanh_backward`),
+//!   the softmax's backward (`attention_softmax_backward`), the tanh score's
+//!   (`attention_tanh_score_backward_{query,key}`, `dv` as column sums of per-row parts); the
+//!   keys' side's gradients are added into the memory's gradients, turned into the keys' and the
+//!   projection weight's gradients once by [`memory_backward`] (the keys' padding zeroed).
+//!
+//! Everything runs on stream 0, in issue order; results do not depend on the grid (no atomics).
+//! The host-slice calls ([`Stage`]) upload the inputs, run, and download the results: the
+//! [`AttentionBackend`](crate::attention::AttentionBackend) of `CudaHost`, and the same code on
+//! the host emulation in the unit tests.
+
+use super::super::buffer::{DevMat, RawBuf, View};
+use super::super::exec::Exec;
+use super::super::kernels as k;
+use crate::attention::{
+    check_backward, check_len, AttentionConfig, AttentionGrads, AttentionMemory, AttentionMemoryGrads, AttentionOutput, AttentionShape,
+    AttentionUpstream, Score,
+};
+use crate::element::Dtype;
+use crate::error::{Error, Result};
+
+/// Where the host slices of an attention call are computed on: the device (`CudaHost`) or, in
+/// the unit tests, the host emulation.
+pub(crate) trait Stage {
+    /// An f32 buffer of the target.
+    type Buf;
+    /// A copy of `host` on the target.
+    fn up(&self, host: &[f32]) -> Result<Self::Buf>;
+    /// `n` elements on the target, every one of which the call writes before it reads.
+    fn out(&self, n: usize) -> Result<Self::Buf>;
+    /// The buffer's view.
+    fn view(&self, b: &Self::Buf) -> View;
+    /// Runs `f` on an execution context of the target (f32 storage).
+    fn run(&self, f: &mut dyn FnMut(&Exec<'_>) -> Result<()>) -> Result<()>;
+    /// Copies the buffer into `host` (same length), after the work enqueued before.
+    fn down(&self, b: &Self::Buf, host: &mut [f32]) -> Result<()>;
+}
+
+/// The sizes of a call.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    tq: usize,
+    s: usize,
+    b: usize,
+    hq: usize,
+    hk: usize,
+    a: usize,
+    o: usize,
+}
+
+impl Dims {
+    /// The sizes, each product of them the kernels and cuBLAS index below 2^31 (an error naming
+    /// the shape otherwise).
+    fn of(cfg: &AttentionConfig, shape: &AttentionShape) -> Result<Self> {
+        let d = Dims {
+            tq: shape.queries(),
+            s: shape.steps(),
+            b: shape.batch(),
+            hq: cfg.query_size(),
+            hk: cfg.key_size(),
+            a: cfg.attn_size(),
+            o: cfg.output_size(),
+        };
+        let widest = [d.s, d.hq, d.hk, d.a, d.o, d.hk + d.hq].into_iter().max().unwrap_or(0);
+        let rows = d.tq.max(d.s).checked_mul(d.b);
+        if rows.and_then(|r| r.checked_mul(widest)).is_none_or(|n| n >= 1 << 31) || cfg.param_len() >= 1 << 31 {
+            return Err(Error::invalid(
+                "shape",
+                "sizes whose products (Tq·B·S, S·B·Hk, ...) are below 2^31 on the CUDA backend",
+                format!("{shape:?}"),
+            ));
+        }
+        Ok(d)
+    }
+}
+
+/// Where each parameter matrix lies in the flat buffer (the host's `Params`, as offsets).
+#[derive(Clone, Copy, Debug, Default)]
+struct Offsets {
+    /// General `W_a [Hq, Hk]`.
+    w_a: usize,
+    /// Concat and additive `W_q [A, Hq]` and `W_k [A, Hk]` (offset, row stride: column blocks of
+    /// `W_a [A, Hq + Hk]` for concat), and `v [A]`.
+    w_q: (usize, usize),
+    w_k: (usize, usize),
+    v: usize,
+    /// `W_c [O, Hk + Hq]`.
+    w_c: usize,
+}
+
+impl Offsets {
+    fn of(cfg: &AttentionConfig, d: &Dims) -> Result<Self> {
+        let at = |n: &str| cfg.param_range(n).map(|r| r.start);
+        let mut w = Offsets::default();
+        match cfg.score() {
+            Score::Dot => {}
+            Score::General => w.w_a = at("weight_a")?,
+            Score::Concat => {
+                let o = at("weight_a")?;
+                (w.w_q, w.w_k, w.v) = ((o, d.hq + d.hk), (o + d.hq, d.hq + d.hk), at("v_a")?);
+            }
+            Score::Additive => (w.w_q, w.w_k, w.v) = ((at("weight_query")?, d.hq), (at("weight_key")?, d.hk), at("v")?),
+        }
+        if d.o > 0 {
+            w.w_c = at("weight_c")?;
+        }
+        Ok(w)
+    }
+}
+
+fn tanh_score(cfg: &AttentionConfig) -> bool {
+    matches!(cfg.score(), Score::Concat | Score::Additive)
+}
+
+/// The width of the memory's projection (`Hq` general, `A` concat and additive, 0 dot).
+fn proj_width(cfg: &AttentionConfig) -> usize {
+    match cfg.score() {
+        Score::Dot => 0,
+        Score::General => cfg.query_size(),
+        Score::Concat | Score::Additive => cfg.attn_size(),
+    }
+}
+
+/// One call on the target: its execution context, sizes, parameter offsets and the lengths on
+/// the target.
+struct Call<'e, 'a> {
+    exec: &'e Exec<'a>,
+    d: Dims,
+    w: Offsets,
+    lengths: RawBuf,
+}
+
+impl<'e, 'a> Call<'e, 'a> {
+    fn new(exec: &'e Exec<'a>, cfg: &AttentionConfig, shape: &AttentionShape) -> Result<Self> {
+        let d = Dims::of(cfg, shape)?;
+        let lens: Vec<i32> = shape.lengths().iter().map(|&l| l as i32).collect();
+        Ok(Call { exec, d, w: Offsets::of(cfg, &d)?, lengths: exec.upload_i32(&lens)? })
+    }
+
+    fn lens(&self) -> u64 {
+        self.lengths.ptr()
+    }
+
+    /// Sequence `b`'s `rows` rows of `x` (`[rows·B, width]`, rows `r·B + b`), their first `cols`
+    /// columns.
+    fn seq(&self, x: View, b: usize, rows: usize, width: usize, cols: usize) -> DevMat {
+        let ld = self.d.b * width;
+        x.strided(b * width, rows, ld, cols).mat_strided(rows, cols, ld)
+    }
+
+    /// The parameter block `rows × cols` at `off` with row stride `rs` of `p`.
+    fn param(&self, p: View, off: usize, rows: usize, cols: usize, rs: usize) -> DevMat {
+        p.strided(off, rows, rs, cols).mat_strided(rows, cols, rs)
+    }
+
+    fn gemm(&self, a: DevMat, b: DevMat, beta: f32, c: DevMat) -> Result<()> {
+        self.exec.gemm(0, 1.0, a, b, beta, c)
+    }
+
+    fn alloc(&self, n: usize) -> Result<super::super::buffer::DevBuf> {
+        self.exec.alloc(Dtype::F32, n)
+    }
+
+    fn i32(&self, n: usize) -> i32 {
+        n as i32 // Dims::of checked every size below 2^31
+    }
+
+    /// `attention_mask_rows`: `dst` = `src` (`[S, B, w]`) with the padding rows 0.
+    fn mask_rows(&self, src: View, dst: View, width: usize) -> Result<()> {
+        let d = self.d;
+        let args = k::AttentionMaskRowsArgs {
+            steps: self.i32(d.s),
+            batch: self.i32(d.b),
+            width: self.i32(width),
+            lengths: self.lens(),
+            src: src.ptr,
+            dst: dst.ptr,
+        };
+        assert!(src.len == d.s * d.b * width && dst.len == src.len, "mask_rows");
+        self.exec.launch_typed(0, k::AttentionMaskRows, Dtype::F32, dst.len, &args)
+    }
+
+    /// `attention_softmax` (`alpha` None) or `attention_softmax_backward` on the `[Tq·B, S]` rows of `e`.
+    fn softmax(&self, alpha: Option<View>, e: View) -> Result<()> {
+        let d = self.d;
+        let rows = d.tq * d.b;
+        assert!(e.len == rows * d.s && alpha.is_none_or(|a| a.len == e.len), "softmax");
+        let args = k::AttentionSoftmaxArgs {
+            rows: self.i32(rows),
+            batch: self.i32(d.b),
+            steps: self.i32(d.s),
+            lengths: self.lens(),
+            alpha: alpha.map_or(0, |a| a.ptr),
+            e: e.ptr,
+        };
+        let kernel = if alpha.is_some() { k::AttentionSoftmaxBackward } else { k::AttentionSoftmax };
+        self.exec.launch_rows(0, kernel, Dtype::F32, rows, &args)
+    }
+
+    /// `P_q = Q W_qᵀ` `[Tq·B, A]` (concat, additive).
+    fn query_proj(&self, p: View, q: View) -> Result<super::super::buffer::DevBuf> {
+        let (d, w) = (self.d, self.w);
+        let tb = d.tq * d.b;
+        let qp = self.alloc(tb * d.a)?;
+        self.gemm(q.mat(tb, d.hq), self.param(p, w.w_q.0, d.a, d.hq, w.w_q.1).t(), 0.0, qp.view().mat(tb, d.a))?;
+        Ok(qp)
+    }
+}
+
+/// The keys' side on the target: `masked` the keys with their padding zeroed, `proj` their
+/// projection (empty for dot).
+fn memory_views(c: &Call<'_, '_>, cfg: &AttentionConfig, p: View, keys: View, masked: View, proj: View) -> Result<()> {
+    let (d, w) = (c.d, c.w);
+    let sb = d.s * d.b;
+    c.mask_rows(keys, masked, d.hk)?;
+    match cfg.score() {
+        Score::Dot => Ok(()),
+        Score::General => c.gemm(masked.mat(sb, d.hk), c.param(p, w.w_a, d.hq, d.hk, d.hk).t(), 0.0, proj.mat(sb, d.hq)),
+        Score::Concat | Score::Additive => {
+            c.gemm(masked.mat(sb, d.hk), c.param(p, w.w_k.0, d.a, d.hk, w.w_k.1).t(), 0.0, proj.mat(sb, d.a))
+        }
+    }
+}
+
+/// The forward's buffers on the target.
+struct ForwardIo {
+    p: View,
+    keys: View,
+    proj: View,
+    q: View,
+    weights: View,
+    context: View,
+    hidden: View,
+}
+
+fn forward_views(c: &Call<'_, '_>, cfg: &AttentionConfig, lengths: &[usize], io: &ForwardIo) -> Result<()> {
+    let (d, w) = (c.d, c.w);
+    let tb = d.tq * d.b;
+    if tanh_score(cfg) {
+        let qp = c.query_proj(io.p, io.q)?;
+        let args = k::AttentionTanhScoreArgs {
+            queries: c.i32(d.tq),
+            batch: c.i32(d.b),
+            steps: c.i32(d.s),
+            attn: c.i32(d.a),
+            lengths: c.lens(),
+            qp: qp.view().ptr,
+            kp: io.proj.ptr,
+            v: io.p.at(w.v, d.a).ptr,
+            e: io.weights.ptr,
+        };
+        c.exec.launch_typed(0, k::AttentionTanhScore, Dtype::F32, tb * d.s, &args)?;
+    } else {
+        for (b, &len) in lengths.iter().enumerate() {
+            let e = c.seq(io.weights, b, d.tq, d.s, len);
+            let qb = c.seq(io.q, b, d.tq, d.hq, d.hq);
+            match cfg.score() {
+                Score::Dot => c.gemm(qb, c.seq(io.keys, b, len, d.hk, d.hk).t(), 0.0, e)?,
+                _ => c.gemm(qb, c.seq(io.proj, b, len, d.hq, d.hq).t(), 0.0, e)?,
+            }
+        }
+    }
+    c.softmax(None, io.weights)?;
+    for (b, &len) in lengths.iter().enumerate() {
+        let alpha = c.seq(io.weights, b, d.tq, d.s, len);
+        c.gemm(alpha, c.seq(io.keys, b, len, d.hk, d.hk), 0.0, c.seq(io.context, b, d.tq, d.hk, d.hk))?;
+    }
+    if d.o > 0 {
+        // Z = C W_c[:, :Hk]ᵀ + Q W_c[:, Hk:]ᵀ, then tanh in place.
+        let rs = d.hk + d.hq;
+        let h = io.hidden.mat(tb, d.o);
+        c.gemm(io.context.mat(tb, d.hk), c.param(io.p, w.w_c, d.o, d.hk, rs).t(), 0.0, h)?;
+        c.gemm(io.q.mat(tb, d.hq), c.param(io.p, w.w_c + d.hk, d.o, d.hq, rs).t(), 1.0, h)?;
+        let args = k::AttentionTanhArgs { n: (tb * d.o) as i64, x: io.hidden.ptr, y: io.hidden.ptr };
+        c.exec.launch_typed(0, k::AttentionTanh, Dtype::F32, tb * d.o, &args)?;
+    }
+    Ok(())
+}
+
+/// The backward's buffers on the target: the inputs, the saved forward output, the incoming
+/// gradients (absent: zero), the outputs (overwritten) and the memory's gradients (added into).
+struct BackwardIo {
+    p: View,
+    keys: View,
+    proj: View,
+    q: View,
+    weights: View,
+    context: View,
+    hidden: View,
+    d_weights: Option<View>,
+    d_context: Option<View>,
+    d_hidden: Option<View>,
+    d_queries: View,
+    d_params: View,
+    dm_keys: View,
+    dm_proj: View,
+}
+
+fn backward_views(c: &Call<'_, '_>, cfg: &AttentionConfig, lengths: &[usize], io: &BackwardIo) -> Result<()> {
+    let (d, w, e) = (c.d, c.w, c.exec);
+    let tb = d.tq * d.b;
+    e.fill(0, io.d_queries, 0.0)?;
+    e.fill(0, io.d_params, 0.0)?;
+    let dc_buf = c.alloc(tb * d.hk)?;
+    let dc = dc_buf.view();
+    e.copy_or_zero(0, dc, io.d_context)?;
+    if let (Some(dh), true) = (io.d_hidden, d.o > 0) {
+        // dZ = dH ⊙ (1 - H²); dW_c += dZᵀ [C, Q]; [dC, dQ] += dZ W_c.
+        let dz_buf = c.alloc(tb * d.o)?;
+        let dz = dz_buf.view();
+        let args = k::AttentionTanhBackwardArgs { n: (tb * d.o) as i64, dy: dh.ptr, y: io.hidden.ptr, dx: dz.ptr };
+        e.launch_typed(0, k::AttentionTanhBackward, Dtype::F32, tb * d.o, &args)?;
+        let (dzm, rs) = (dz.mat(tb, d.o), d.hk + d.hq);
+        c.gemm(dzm.t(), io.context.mat(tb, d.hk), 1.0, c.param(io.d_params, w.w_c, d.o, d.hk, rs))?;
+        c.gemm(dzm.t(), io.q.mat(tb, d.hq), 1.0, c.param(io.d_params, w.w_c + d.hk, d.o, d.hq, rs))?;
+        c.gemm(dzm, c.param(io.p, w.w_c, d.o, d.hk, rs), 1.0, dc.mat(tb, d.hk))?;
+        c.gemm(dzm, c.param(io.p, w.w_c + d.hk, d.o, d.hq, rs), 1.0, io.d_queries.mat(tb, d.hq))?;
+    }
+    // dα = d_weights + dC K_bᵀ; d(memory keys)_b += α_bᵀ dC_b; then the softmax's backward, in place.
+    let de_buf = c.alloc(tb * d.s)?;
+    let de = de_buf.view();
+    e.copy_or_zero(0, de, io.d_weights)?;
+    for (b, &len) in lengths.iter().enumerate() {
+        let dcb = c.seq(dc, b, d.tq, d.hk, d.hk);
+        c.gemm(dcb, c.seq(io.keys, b, len, d.hk, d.hk).t(), 1.0, c.seq(de, b, d.tq, d.s, len))?;
+        c.gemm(c.seq(io.weights, b, d.tq, d.s, len).t(), dcb, 1.0, c.seq(io.dm_keys, b, len, d.hk, d.hk))?;
+    }
+    c.softmax(Some(io.weights), de)?;
+    match cfg.score() {
+        Score::Dot => {
+            for (b, &len) in lengths.iter().enumerate() {
+                let deb = c.seq(de, b, d.tq, d.s, len);
+                c.gemm(deb, c.seq(io.keys, b, len, d.hk, d.hk), 1.0, c.seq(io.d_queries, b, d.tq, d.hq, d.hq))?;
+                c.gemm(deb.t(), c.seq(io.q, b, d.tq, d.hq, d.hq), 1.0, c.seq(io.dm_keys, b, len, d.hk, d.hk))?;
+            }
+        }
+        Score::General => {
+            // dQ_b += dE_b (K W_aᵀ)_b; d(K W_aᵀ)_b += dE_bᵀ Q_b.
+            for (b, &len) in lengths.iter().enumerate() {
+                let deb = c.seq(de, b, d.tq, d.s, len);
+                c.gemm(deb, c.seq(io.proj, b, len, d.hq, d.hq), 1.0, c.seq(io.d_queries, b, d.tq, d.hq, d.hq))?;
+                c.gemm(deb.t(), c.seq(io.q, b, d.tq, d.hq, d.hq), 1.0, c.seq(io.dm_proj, b, len, d.hq, d.hq))?;
+            }
+        }
+        Score::Concat | Score::Additive => {
+            // dP_q, the rows' parts of dv, and dP_k += (the memory's projection), from dE;
+            // dv = the column sums of the parts (rows in order); dQ += dP_q W_q, dW_q += dP_qᵀ Q.
+            let qp = c.query_proj(io.p, io.q)?;
+            let (dqp, dv_rows) = (c.alloc(tb * d.a)?, c.alloc(tb * d.a)?);
+            let args = k::AttentionTanhScoreBackwardArgs {
+                queries: c.i32(d.tq),
+                batch: c.i32(d.b),
+                steps: c.i32(d.s),
+                attn: c.i32(d.a),
+                lengths: c.lens(),
+                qp: qp.view().ptr,
+                kp: io.proj.ptr,
+                v: io.p.at(w.v, d.a).ptr,
+                de: de.ptr,
+                dqp: dqp.view().ptr,
+                dv_rows: dv_rows.view().ptr,
+                dkp: io.dm_proj.ptr,
+            };
+            e.launch_typed(0, k::AttentionTanhScoreBackwardQuery, Dtype::F32, tb * d.a, &args)?;
+            e.launch_typed(0, k::AttentionTanhScoreBackwardKey, Dtype::F32, d.s * d.b * d.a, &args)?;
+            e.add_column_sums(0, dv_rows.view(), tb, io.d_params.at(w.v, d.a))?;
+            let dqpm = dqp.view().mat(tb, d.a);
+            c.gemm(dqpm, c.param(io.p, w.w_q.0, d.a, d.hq, w.w_q.1), 1.0, io.d_queries.mat(tb, d.hq))?;
+            c.gemm(dqpm.t(), io.q.mat(tb, d.hq), 1.0, c.param(io.d_params, w.w_q.0, d.a, d.hq, w.w_q.1))?;
+        }
+    }
+    Ok(())
+}
+
+/// The keys' side's backward on the target: `d_keys = dm_keys + dm_proj W` (zero at the
+/// padding) and the projection weight's gradient `dm_projᵀ K` into `d_params` (overwritten).
+fn memory_backward_views(c: &Call<'_, '_>, cfg: &AttentionConfig, p: View, keys: View, dm: (View, View), out: (View, View)) -> Result<()> {
+    let (d, w, e) = (c.d, c.w, c.exec);
+    let ((dm_keys, dm_proj), (d_keys, d_params)) = (dm, out);
+    let sb = d.s * d.b;
+    e.copy(0, d_keys, dm_keys)?;
+    e.fill(0, d_params, 0.0)?;
+    let (off, width, rs) = match cfg.score() {
+        Score::Dot => (0, 0, 0),
+        Score::General => (w.w_a, d.hq, d.hk),
+        Score::Concat | Score::Additive => (w.w_k.0, d.a, w.w_k.1),
+    };
+    if width > 0 {
+        // The projection's gradient is zero at the padding (no call writes those rows).
+        let dp = dm_proj.mat(sb, width);
+        c.gemm(dp, c.param(p, off, width, d.hk, rs), 1.0, d_keys.mat(sb, d.hk))?;
+        c.gemm(dp.t(), keys.mat(sb, d.hk), 1.0, c.param(d_params, off, width, d.hk, rs))?;
+    }
+    c.mask_rows(d_keys, d_keys, d.hk)
+}
+
+/// Checks that `dm` holds the gradients of `memory`.
+fn check_grads(memory: &AttentionMemory<f32>, dm: &AttentionMemoryGrads<f32>) -> Result<()> {
+    if dm.d_keys.len() != memory.keys.len() || dm.d_proj.len() != memory.proj.len() {
+        return Err(Error::invalid("d_memory", "the gradients of this memory (AttentionMemoryGrads::new(memory))", "another memory's"));
+    }
+    Ok(())
+}
+
+/// The checks of a call over `memory`.
+fn check_call(cfg: &AttentionConfig, shape: &AttentionShape, params: &[f32], memory: &AttentionMemory<f32>, queries: &[f32]) -> Result<()> {
+    memory.check(shape)?;
+    check_len("params", params.len(), &[cfg.param_len()])?;
+    check_len("queries", queries.len(), &[shape.queries(), shape.batch(), cfg.query_size()])?;
+    check_memory(cfg, shape, memory)
+}
+
+/// The memory's buffers have this configuration's sizes (a memory of another configuration is
+/// an error naming `memory`, before anything is read).
+fn check_memory(cfg: &AttentionConfig, shape: &AttentionShape, memory: &AttentionMemory<f32>) -> Result<()> {
+    let sb = shape.steps() * shape.batch();
+    if memory.keys.len() != sb * cfg.key_size() || memory.proj.len() != sb * proj_width(cfg) {
+        return Err(Error::invalid(
+            "memory",
+            "the memory of this configuration's keys (attention_memory with the same config)",
+            "another configuration's",
+        ));
+    }
+    Ok(())
+}
+
+/// [`AttentionBackend::attention_memory`](crate::attention::AttentionBackend::attention_memory) on `st`.
+pub(crate) fn memory<S: Stage>(
+    st: &S,
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    params: &[f32],
+    keys: &[f32],
+) -> Result<AttentionMemory<f32>> {
+    check_len("params", params.len(), &[cfg.param_len()])?;
+    check_len("keys", keys.len(), &[shape.steps(), shape.batch(), cfg.key_size()])?;
+    Dims::of(cfg, shape)?;
+    let sb = shape.steps() * shape.batch();
+    let (p, k) = (st.up(params)?, st.up(keys)?);
+    let (masked, proj) = (st.out(keys.len())?, st.out(sb * proj_width(cfg))?);
+    st.run(&mut |exec| {
+        let c = Call::new(exec, cfg, shape)?;
+        memory_views(&c, cfg, st.view(&p), st.view(&k), st.view(&masked), st.view(&proj))
+    })?;
+    let mut m = AttentionMemory {
+        keys: vec![0.0; keys.len()],
+        proj: vec![0.0; sb * proj_width(cfg)],
+        steps: shape.steps(),
+        lengths: shape.lengths().to_vec(),
+    };
+    st.down(&masked, &mut m.keys)?;
+    st.down(&proj, &mut m.proj)?;
+    Ok(m)
+}
+
+/// [`AttentionBackend::attention_forward_with`](crate::attention::AttentionBackend::attention_forward_with) on `st`.
+pub(crate) fn forward_with<S: Stage>(
+    st: &S,
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    params: &[f32],
+    memory: &AttentionMemory<f32>,
+    queries: &[f32],
+) -> Result<AttentionOutput<f32>> {
+    check_call(cfg, shape, params, memory, queries)?;
+    let d = Dims::of(cfg, shape)?;
+    let tb = d.tq * d.b;
+    let (p, keys, proj, q) = (st.up(params)?, st.up(&memory.keys)?, st.up(&memory.proj)?, st.up(queries)?);
+    let (weights, context, hidden) = (st.out(tb * d.s)?, st.out(tb * d.hk)?, st.out(tb * d.o)?);
+    st.run(&mut |exec| {
+        let c = Call::new(exec, cfg, shape)?;
+        let v = |b: &S::Buf| st.view(b);
+        let io = ForwardIo {
+            p: v(&p),
+            keys: v(&keys),
+            proj: v(&proj),
+            q: v(&q),
+            weights: v(&weights),
+            context: v(&context),
+            hidden: v(&hidden),
+        };
+        forward_views(&c, cfg, shape.lengths(), &io)
+    })?;
+    let mut out = AttentionOutput { weights: vec![0.0; tb * d.s], context: vec![0.0; tb * d.hk], hidden: vec![0.0; tb * d.o] };
+    st.down(&weights, &mut out.weights)?;
+    st.down(&context, &mut out.context)?;
+    st.down(&hidden, &mut out.hidden)?;
+    Ok(out)
+}
+
+/// [`AttentionBackend::attention_backward_with`](crate::attention::AttentionBackend::attention_backward_with) on `st`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_with<S: Stage>(
+    st: &S,
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    params: &[f32],
+    memory: &AttentionMemory<f32>,
+    queries: &[f32],
+    out: &AttentionOutput<f32>,
+    up: AttentionUpstream<'_, f32>,
+    dm: &mut AttentionMemoryGrads<f32>,
+) -> Result<AttentionGrads<f32>> {
+    check_call(cfg, shape, params, memory, queries)?;
+    check_backward(cfg, shape, out, &up)?;
+    check_grads(memory, dm)?;
+    let d = Dims::of(cfg, shape)?;
+    let tb = d.tq * d.b;
+    let (p, keys, proj, q) = (st.up(params)?, st.up(&memory.keys)?, st.up(&memory.proj)?, st.up(queries)?);
+    let (weights, context, hidden) = (st.up(&out.weights)?, st.up(&out.context)?, st.up(&out.hidden)?);
+    let opt = |v: Option<&[f32]>| v.map(|v| st.up(v)).transpose();
+    let (dw, dc, dh) = (opt(up.d_weights)?, opt(up.d_context)?, opt(up.d_hidden)?);
+    let (dq, dp) = (st.out(tb * d.hq)?, st.out(params.len())?);
+    let (dmk, dmp) = (st.up(&dm.d_keys)?, st.up(&dm.d_proj)?);
+    st.run(&mut |exec| {
+        let c = Call::new(exec, cfg, shape)?;
+        let v = |b: &S::Buf| st.view(b);
+        let io = BackwardIo {
+            p: v(&p),
+            keys: v(&keys),
+            proj: v(&proj),
+            q: v(&q),
+            weights: v(&weights),
+            context: v(&context),
+            hidden: v(&hidden),
+            d_weights: dw.as_ref().map(v),
+            d_context: dc.as_ref().map(v),
+            d_hidden: dh.as_ref().map(v),
+            d_queries: v(&dq),
+            d_params: v(&dp),
+            dm_keys: v(&dmk),
+            dm_proj: v(&dmp),
+        };
+        backward_views(&c, cfg, shape.lengths(), &io)
+    })?;
+    let mut g = AttentionGrads { d_queries: vec![0.0; tb * d.hq], d_keys: Vec::new(), d_params: vec![0.0; params.len()] };
+    st.down(&dq, &mut g.d_queries)?;
+    st.down(&dp, &mut g.d_params)?;
+    st.down(&dmk, &mut dm.d_keys)?;
+    st.down(&dmp, &mut dm.d_proj)?;
+    Ok(g)
+}
+
+/// [`AttentionBackend::attention_memory_backward`](crate::attention::AttentionBackend::attention_memory_backward) on `st`.
+pub(crate) fn memory_backward<S: Stage>(
+    st: &S,
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    params: &[f32],
+    memory: &AttentionMemory<f32>,
+    dm: &AttentionMemoryGrads<f32>,
+) -> Result<AttentionGrads<f32>> {
+    memory.check(shape)?;
+    check_len("params", params.len(), &[cfg.param_len()])?;
+    check_memory(cfg, shape, memory)?;
+    check_grads(memory, dm)?;
+    Dims::of(cfg, shape)?;
+    let (p, keys, dmk, dmp) = (st.up(params)?, st.up(&memory.keys)?, st.up(&dm.d_keys)?, st.up(&dm.d_proj)?);
+    let (dk, dp) = (st.out(memory.keys.len())?, st.out(params.len())?);
+    st.run(&mut |exec| {
+        let c = Call::new(exec, cfg, shape)?;
+        let v = |b: &S::Buf| st.view(b);
+        memory_backward_views(&c, cfg, v(&p), v(&keys), (v(&dmk), v(&dmp)), (v(&dk), v(&dp)))
+    })?;
+    let mut g = AttentionGrads { d_queries: Vec::new(), d_keys: vec![0.0; memory.keys.len()], d_params: vec![0.0; params.len()] };
+    st.down(&dk, &mut g.d_keys)?;
+    st.down(&dp, &mut g.d_params)?;
+    Ok(g)
+}
