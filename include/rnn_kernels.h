@@ -335,7 +335,10 @@ int rnnk_backward(const rnnk_model* model, const rnnk_reserve* reserve, const fl
  * A run belongs to the model that started it (another model is RNNK_ERR_WRONG_HANDLE). A run
  * that a backward walk holds takes no more steps (RNNK_ERR_INVALID_ARGUMENT naming `steps`: free
  * the walk first); a walk keeps its run alive, so the run may be freed before the walk.
- * THREADS: rnnk_steps_step and rnnk_steps_free need the run alone; rnnk_steps_backward_step,
+ * A beam search reorders an inference run's state between steps by the hypotheses' parents
+ * (rnnk_steps_reorder: B may grow from the sequences to their hypotheses, or shrink as they
+ * finish) and attends over a memory of the hypotheses' sequences (rnnk_attention_memory_gather).
+ * THREADS: rnnk_steps_step, rnnk_steps_reorder and rnnk_steps_free need the run alone; rnnk_steps_backward_step,
  * _finish and _free need the walk alone; the other calls share them. */
 
 /* Starts a run of `batch` sequences on `model` from h0 [L, B, Hout] and c0 [L, B, H] (both
@@ -364,6 +367,16 @@ int rnnk_steps_info(const rnnk_steps* steps, size_t* count, size_t* batch, size_
 /* Copies the state after the last step (h0, c0 before the first): h [L, B, Hout] and
  * c [L, B, H] (LSTM only), both optional. */
 int rnnk_steps_state(const rnnk_steps* steps, float* h, size_t h_len, float* c, size_t c_len);
+
+/* Reorders an inference run's state for a beam search: for every layer, row i of the new
+ * h [L, B', Hout] (and c [L, B', H], LSTM) is row rows[i] of the current one, with
+ * rows [B'] int64 (rows_len = B' >= 1, the run's new B: the next step's x and y have B' rows;
+ * repeats allowed), each in 0..B. The Rust API's Steps::state_mut with each layer's rows
+ * gathered (rnn_kernels_nn::decode::reorder_rows). NULL rows is RNNK_ERR_NULL_POINTER,
+ * rows_len 0 or an index out of range RNNK_ERR_INVALID_ARGUMENT naming `rows_len` or
+ * `rows[i]` with the bound; a training run (its backward does not go through a reorder) is
+ * RNNK_ERR_INVALID_ARGUMENT naming `steps`. On an error the state is unchanged. */
+int rnnk_steps_reorder(rnnk_steps* steps, const int64_t* rows, size_t rows_len);
 
 /* Starts the backward of a training run with at least one step (an inference run, or one
  * without a step, is RNNK_ERR_INVALID_ARGUMENT naming `steps`): dhn [L, B, Hout] and
@@ -444,6 +457,16 @@ int rnnk_attention_get_params(const rnnk_attention* attention, float* params, si
  * zero. *out is NULL on failure. */
 int rnnk_attention_memory_create(const rnnk_attention* attention, size_t steps, size_t batch, const int64_t* lengths,
                                  size_t lengths_len, const float* keys, size_t keys_len, rnnk_attention_memory** out);
+
+/* Makes the memory of the sequences rows [B'] (int64, rows_len = B' >= 1, each in 0..B of
+ * `memory`, repeats allowed) of `memory`, made by `attention` with its current parameters:
+ * sequence i of *out is sequence rows[i] of `memory` (its keys, their projection and its
+ * length), for a beam search's hypotheses (the Rust API's AttentionMemory::gather); its
+ * gradients start at zero. NULL rows is RNNK_ERR_NULL_POINTER, rows_len 0 or an index out of
+ * range RNNK_ERR_INVALID_ARGUMENT naming `rows_len` or `rows[i]` with the bound. *out is the
+ * new memory (free it with rnnk_attention_memory_free), NULL on failure. */
+int rnnk_attention_memory_gather(const rnnk_attention* attention, const rnnk_attention_memory* memory, const int64_t* rows,
+                                 size_t rows_len, rnnk_attention_memory** out);
 
 /* Frees a memory. NULL is a no-op. */
 int rnnk_attention_memory_free(rnnk_attention_memory* memory);

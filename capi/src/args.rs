@@ -831,6 +831,87 @@ pub fn options_string(cfg: &RnnConfig) -> String {
     items.join(",")
 }
 
+/// The row indices `rows [rows_len]` (int64) of a beam search's reorder or gather, each a row of
+/// the handle's `bound` rows (`what` says which): NULL, a length of 0 and an index outside
+/// `0..bound` are errors naming `rows` (with the index) or `rows_len`; read only after the
+/// pointer checks.
+///
+/// # Safety
+/// If not NULL, `rows` addresses `rows_len` `i64` of host memory.
+pub(crate) unsafe fn parse_rows(rows: *const i64, rows_len: usize, bound: usize, what: &str) -> Result<Vec<usize>, CapiError> {
+    if check_ptr("rows", rows, rows_len)?.is_none() {
+        return Err(CapiError::null("rows"));
+    }
+    if rows_len == 0 {
+        return Err(CapiError::invalid("rows_len", "at least 1 row", 0));
+    }
+    // SAFETY: non-NULL and aligned (checked), `rows_len` elements (the caller's length, which
+    // fits in memory: checked), host memory (the header's contract).
+    let src = unsafe { std::slice::from_raw_parts(rows, rows_len) };
+    let mut v = Vec::new();
+    v.try_reserve_exact(rows_len).map_err(|e| {
+        CapiError::from(rnnk_core::Error::TooLarge {
+            arg: "rows_len".into(),
+            what: format!("a copy of the {rows_len} row indices"),
+            bytes: rows_len as u128 * 8,
+            reason: format!("could not be allocated ({e})"),
+        })
+    })?;
+    for (i, &r) in src.iter().enumerate() {
+        match usize::try_from(r) {
+            Ok(n) if n < bound => v.push(n),
+            _ => return Err(CapiError::invalid(&format!("rows[{i}]"), format!("a row in 0..{bound} ({what})"), r)),
+        }
+    }
+    Ok(v)
+}
+
+/// Checks that `bytes` (for `what`, asked for by `rows_len`) can be had: not more than the
+/// address space nor the machine's memory (RAM and swap). Otherwise `RNNK_ERR_OUT_OF_MEMORY`
+/// naming `rows_len`, where the allocation could abort the process.
+pub(crate) fn check_rows_bytes(bytes: Option<u128>, what: &str) -> Result<usize, CapiError> {
+    let too_large = |reason: String| {
+        CapiError::from(rnnk_core::Error::TooLarge {
+            arg: "rows_len".into(),
+            what: what.to_string(),
+            bytes: bytes.unwrap_or(u128::MAX),
+            reason,
+        })
+    };
+    let n = bytes.and_then(|b| usize::try_from(b).ok()).filter(|&b| b <= isize::MAX as usize);
+    let n = n.ok_or_else(|| too_large("is more than this machine can address".into()))?;
+    if let Some(total) = rnnk_core::host_memory_bytes().map(u128::from).filter(|&t| n as u128 > t) {
+        return Err(too_large(format!("is more than this machine's memory (RAM and swap: {total} bytes)")));
+    }
+    Ok(n)
+}
+
+/// The rows `rows` of each of the `blocks` consecutive `[B, width]` blocks of `v` (`B` from its
+/// length), in a new buffer: `out[k][i] = v[k][rows[i]]`. An out-of-memory error naming
+/// `rows_len` if the result cannot be allocated.
+pub(crate) fn gather_rows(v: &[f32], blocks: usize, width: usize, rows: &[usize], what: &str) -> Result<Vec<f32>, CapiError> {
+    let b = v.len() / blocks.saturating_mul(width).max(1);
+    let what = format!("{what} of {} rows", rows.len());
+    let n = (blocks as u128).checked_mul(rows.len() as u128).and_then(|n| n.checked_mul(width as u128));
+    let n = check_rows_bytes(n.and_then(|n| n.checked_mul(4)), &what)? / 4;
+    let mut out = Vec::new();
+    out.try_reserve_exact(n).map_err(|e| {
+        CapiError::from(rnnk_core::Error::TooLarge {
+            arg: "rows_len".into(),
+            what: what.clone(),
+            bytes: n as u128 * 4,
+            reason: format!("could not be allocated ({e})"),
+        })
+    })?;
+    for k in 0..blocks {
+        for &r in rows {
+            let at = (k * b + r) * width;
+            out.extend_from_slice(&v[at..at + width]);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -926,5 +1007,25 @@ mod tests {
         // SAFETY: rejected before it is written.
         assert_eq!(code(unsafe { slot("out", p) }).0, RNNK_ERR_INVALID_ARGUMENT);
         assert_eq!(code(unsafe { required_slot::<usize>("out", null_mut()) }).0, crate::status::RNNK_ERR_NULL_POINTER);
+    }
+
+    #[test]
+    fn rows_gather_each_block_and_refuse_what_cannot_be_allocated() {
+        // Two blocks of B = 3 rows of width 2; rows [2, 0, 2, 1].
+        let v: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let g = gather_rows(&v, 2, 2, &[2, 0, 2, 1], "a state").unwrap();
+        assert_eq!(g, [4., 5., 0., 1., 4., 5., 2., 3., 10., 11., 6., 7., 10., 11., 8., 9.]);
+        let rows = [0i64, 2, 1];
+        // SAFETY: a live array of 3 int64.
+        assert_eq!(unsafe { parse_rows(rows.as_ptr(), 3, 3, "B = 3") }.unwrap(), [0, 2, 1]);
+        let (c, msg) = code(unsafe { parse_rows(rows.as_ptr(), 3, 2, "B = 2") });
+        assert_eq!((c, msg.as_str()), (crate::status::RNNK_ERR_INVALID_ARGUMENT, "`rows[1]`: a row in 0..2 (B = 2), got 2"));
+        // A result past the address space or the machine's memory: refused before allocating.
+        for bytes in [None, Some(u128::MAX / 2), Some(isize::MAX as u128 - 7)] {
+            let (c, msg) = code(check_rows_bytes(bytes, "a state of many rows"));
+            assert_eq!(c, crate::status::RNNK_ERR_OUT_OF_MEMORY, "{msg}");
+            assert!(msg.contains("rows_len") && msg.contains("a state of many rows"), "{msg}");
+        }
+        assert_eq!(check_rows_bytes(Some(64), "a state").unwrap(), 64);
     }
 }

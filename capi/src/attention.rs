@@ -269,6 +269,44 @@ pub unsafe extern "C" fn rnnk_attention_memory_create(
     })
 }
 
+/// Makes the memory of the sequences `rows [rows_len]` of `memory` (int64, each in 0..B,
+/// repeats allowed): sequence `i` of the new memory is sequence `rows[i]` of `memory` (its keys,
+/// their projection and its length), for a beam search's hypotheses; its gradients start at
+/// zero. `*out` is NULL on failure.
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_attention_memory_gather(
+    attention: *const RnnkAttention, memory: *const RnnkAttentionMemory, rows: *const i64, rows_len: usize,
+    out: *mut *mut RnnkAttentionMemory,
+) -> c_int {
+    guard(|| {
+        // SAFETY: the caller's writable pointer.
+        let out = unsafe { args::required_slot("out", out)? };
+        // `*out` is set to NULL first, unless that would write into `rows` (checked fully below).
+        let (o, r) = (out as *mut _ as usize, rows as usize);
+        if !rows.is_null() && o < r.saturating_add(rows_len.saturating_mul(8)) && r < o.saturating_add(std::mem::size_of::<usize>()) {
+            return Err(CapiError::invalid("out", "memory that does not overlap `rows` (an input of the same call)", format!("{o:#x}")));
+        }
+        *out = std::ptr::null_mut();
+        // SAFETY: handles checked by `get`.
+        let (a, m) = unsafe { (Attention::get("attention", attention)?, Memory::get("memory", memory)?) };
+        check_memory(&a, &m)?;
+        let b = m.shape.batch();
+        // SAFETY: the caller's array of `rows_len` int64 (the header's contract), checked first.
+        let rows = unsafe { args::parse_rows(rows, rows_len, b, &format!("the memory's B = {b}"))? };
+        // The new memory's keys and projection (at most Hq or A floats a key), checked first.
+        let (c, n) = (&a.cfg, rows.len() as u128);
+        let floats = (c.key_size() as u128).checked_add(c.query_size().max(c.attn_size()) as u128);
+        let bytes = floats.and_then(|f| f.checked_mul(m.shape.steps() as u128)?.checked_mul(n)?.checked_mul(4 * 2));
+        let what = format!("the memory of {n} sequences of {} steps and its gradients", m.shape.steps());
+        args::check_rows_bytes(bytes, &what)?;
+        let memory = m.memory.gather(&rows)?;
+        let shape = AttentionShape::new(1, m.shape.steps(), memory.lengths().to_vec())?;
+        let grads = AttentionMemoryGrads::new(&memory);
+        *out = Memory { attention_id: a.id, generation: a.generation, shape, memory, grads }.into_raw();
+        Ok(())
+    })
+}
+
 /// Frees a memory; NULL is a no-op.
 #[no_mangle]
 pub unsafe extern "C" fn rnnk_attention_memory_free(memory: *mut RnnkAttentionMemory) -> c_int {

@@ -45,6 +45,16 @@ impl StepsData {
             StepsData::Cuda(s) => (s.h(), s.c()),
         }
     }
+
+    /// The hidden and cell states, to change between the steps of an inference run.
+    fn state_mut(&mut self) -> (&mut Vec<f32>, Option<&mut Vec<f32>>) {
+        match self {
+            StepsData::Reference(s) => s.state_mut(),
+            StepsData::Cpu(s) => s.state_mut(),
+            #[cfg(feature = "cuda")]
+            StepsData::Cuda(s) => s.state_mut(),
+        }
+    }
 }
 
 /// The sizes of a run, from its model's configuration.
@@ -71,6 +81,8 @@ impl Sizes {
 pub struct StepsRun {
     model_id: u64,
     sizes: Sizes,
+    /// Whether each step keeps what backward needs (a training run takes no reorder).
+    training: bool,
     data: Arc<StepsData>,
 }
 
@@ -174,7 +186,7 @@ unsafe fn start(
         #[cfg(feature = "cuda")]
         Engine::Cuda(rnn) => StepsData::Cuda(rnn.start_steps(batch, h, c, training, masks)?),
     };
-    *out = StepsRun { model_id: m.id, sizes, data: Arc::new(data) }.into_raw();
+    *out = StepsRun { model_id: m.id, sizes, training, data: Arc::new(data) }.into_raw();
     Ok(())
 }
 
@@ -242,6 +254,44 @@ pub unsafe extern "C" fn rnnk_steps_step(
         };
         // SAFETY: checked above.
         copy(unsafe { bufs.output(yi) }, &out, "y")
+    })
+}
+
+/// Reorders an inference run's state for a beam search: for every layer, row `i` of the new
+/// `h` (and `c`) is row `rows[i]` of the current one (`rows [rows_len]`, int64, each in 0..B);
+/// `rows_len` is the run's new B. Nothing changes on an error.
+#[no_mangle]
+pub unsafe extern "C" fn rnnk_steps_reorder(steps: *mut RnnkSteps, rows: *const i64, rows_len: usize) -> c_int {
+    guard(|| {
+        // SAFETY: handle checked by `get_mut`.
+        let mut run = unsafe { StepsRun::get_mut("steps", steps)? };
+        if run.training {
+            return Err(CapiError::invalid(
+                "steps",
+                "an inference run (rnnk_steps_start with training 0: the backward of a training run does not go through a reorder)",
+                "a training run",
+            ));
+        }
+        let sizes = run.sizes;
+        let Some(data) = Arc::get_mut(&mut run.data) else {
+            return Err(CapiError::invalid(
+                "steps",
+                "a run no backward walk holds (free its rnnk_steps_backward before a reorder)",
+                "a run a backward walk holds",
+            ));
+        };
+        let (hv, cv) = data.state();
+        let b = sizes.batch(hv.len());
+        // SAFETY: the caller's array of `rows_len` int64 (the header's contract), checked first.
+        let rows = unsafe { args::parse_rows(rows, rows_len, b, &format!("the run's B = {b}"))? };
+        let h = args::gather_rows(hv, sizes.layers, sizes.hidden_out, &rows, "the hidden state [L, B, Hout]")?;
+        let c = cv.map(|cv| args::gather_rows(cv, sizes.layers, sizes.hidden, &rows, "the cell state [L, B, H]")).transpose()?;
+        let (hs, cs) = data.state_mut();
+        *hs = h;
+        if let (Some(cs), Some(c)) = (cs, c) {
+            *cs = c;
+        }
+        Ok(())
     })
 }
 

@@ -35,6 +35,8 @@ const H: usize = 5;
 const T: usize = 5;
 const B: usize = 3;
 const LENGTHS: [usize; B] = [5, 2, 4];
+/// The parents of the C program's beam of 2B hypotheses (its `beam_rows`).
+const BEAM_ROWS: [usize; 2 * B] = [2, 0, 0, 1, 2, 1];
 
 fn write_f32(path: &Path, v: &[f32]) {
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -99,7 +101,11 @@ fn expected<Bk: Backend<f32, Buf = [f32]>>(backend: Bk, inp: &Case) -> Vec<(&'st
 /// 2-layer LSTM (parameters of seed 0, as `rnnk_model_create` makes them) run one step at a time
 /// from the first `L·B·H` floats of `h0` and `c0` over `x`'s steps, walked back with `dy`'s first
 /// `T·B·H` floats, then a general attention (O = H, the first parameters of `params`) of its
-/// outputs over the keys `dy [T, B, 2H]`.
+/// outputs over the keys `dy [T, B, 2H]`; and a beam search's step: an inference run from the
+/// same `h0`, `c0`, one step of `x`'s first, its state reordered by [`BEAM_ROWS`] (each layer's
+/// rows gathered by hand through `Steps::state_mut`), a step of the next `K·I` floats of `x`,
+/// and the attention of its output over the memory gathered by the same rows
+/// (`AttentionMemory::gather`).
 fn expected_steps<Bk: Backend<f32, Buf = [f32]>, At: AttentionBackend<f32>>(
     backend: Bk, attention: &At, inp: &Case,
 ) -> Vec<(&'static str, Vec<f32>)> {
@@ -120,7 +126,32 @@ fn expected_steps<Bk: Backend<f32, Buf = [f32]>, At: AttentionBackend<f32>>(
     let ap = &inp.params.as_slice()[..acfg.param_len()];
     let memory = attention.attention_memory(&acfg, &AttentionShape::new(1, T, LENGTHS.to_vec()).unwrap(), ap, &inp.dy).unwrap();
     let o = attention.attention_forward_with(&acfg, &AttentionShape::new(T, T, LENGTHS.to_vec()).unwrap(), ap, &memory, &y).unwrap();
+    let mut beam = rnn.start_steps(B, Some(&inp.h0[..dh]), Some(&inp.c0[..dh]), false, None).unwrap();
+    let beam_y1 = rnn.step(&mut beam, &inp.x[..dx]).unwrap();
+    let (h, c) = beam.state_mut();
+    for v in [h, c.unwrap()] {
+        let old = std::mem::take(v);
+        for l in 0..2 {
+            for &r in &BEAM_ROWS {
+                v.extend_from_slice(&old[(l * B + r) * H..(l * B + r + 1) * H]);
+            }
+        }
+    }
+    let (beam_h, beam_c) = (beam.h().to_vec(), beam.c().unwrap().to_vec());
+    let k = BEAM_ROWS.len();
+    let beam_y = rnn.step(&mut beam, &inp.x[dx..dx + k * I]).unwrap();
+    let gathered = memory.gather(&BEAM_ROWS).unwrap();
+    let bo = attention
+        .attention_forward_with(&acfg, &AttentionShape::new(1, T, gathered.lengths().to_vec()).unwrap(), ap, &gathered, &beam_y)
+        .unwrap();
     vec![
+        ("beam_y1", beam_y1),
+        ("beam_h", beam_h),
+        ("beam_c", beam_c),
+        ("beam_y", beam_y),
+        ("beam_weights", bo.weights),
+        ("beam_context", bo.context),
+        ("beam_hidden", bo.hidden),
         ("steps_y", y),
         ("steps_dx", g.dx),
         ("steps_dh0", g.dh0),

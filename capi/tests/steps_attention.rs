@@ -50,6 +50,7 @@ struct Lib {
     steps_step: unsafe extern "C" fn(H, H, In, N, Out, N) -> c_int,
     steps_info: unsafe extern "C" fn(H, *mut N, *mut N, *mut N, *mut N) -> c_int,
     steps_state: unsafe extern "C" fn(H, Out, N, Out, N) -> c_int,
+    steps_reorder: unsafe extern "C" fn(H, *const i64, N) -> c_int,
     backward_start: unsafe extern "C" fn(H, H, In, N, In, N, *mut H) -> c_int,
     backward_step: unsafe extern "C" fn(H, H, In, N, Out, N) -> c_int,
     backward_finish: unsafe extern "C" fn(H, H, Out, N, Out, N, Out, N, Out, N, c_int) -> c_int,
@@ -61,6 +62,7 @@ struct Lib {
     attn_set_params: unsafe extern "C" fn(H, In, N) -> c_int,
     attn_get_params: unsafe extern "C" fn(H, Out, N) -> c_int,
     memory_create: unsafe extern "C" fn(H, N, N, *const i64, N, In, N, *mut H) -> c_int,
+    memory_gather: unsafe extern "C" fn(H, H, *const i64, N, *mut H) -> c_int,
     memory_free: unsafe extern "C" fn(H) -> c_int,
     memory_zero_grads: unsafe extern "C" fn(H) -> c_int,
     attn_forward: unsafe extern "C" fn(H, H, N, In, N, Out, N, Out, N, Out, N) -> c_int,
@@ -101,6 +103,7 @@ impl Lib {
             steps_step: sym!("rnnk_steps_step"),
             steps_info: sym!("rnnk_steps_info"),
             steps_state: sym!("rnnk_steps_state"),
+            steps_reorder: sym!("rnnk_steps_reorder"),
             backward_start: sym!("rnnk_steps_backward_start"),
             backward_step: sym!("rnnk_steps_backward_step"),
             backward_finish: sym!("rnnk_steps_backward_finish"),
@@ -112,6 +115,7 @@ impl Lib {
             attn_set_params: sym!("rnnk_attention_set_params"),
             attn_get_params: sym!("rnnk_attention_get_params"),
             memory_create: sym!("rnnk_attention_memory_create"),
+            memory_gather: sym!("rnnk_attention_memory_gather"),
             memory_free: sym!("rnnk_attention_memory_free"),
             memory_zero_grads: sym!("rnnk_attention_memory_zero_grads"),
             attn_forward: sym!("rnnk_attention_forward"),
@@ -677,5 +681,260 @@ fn attention_rejects_bad_input() {
         lib.expect((lib.attn_free)(other), RNNK_OK, "");
         lib.expect((lib.attn_free)(at), RNNK_OK, "");
         lib.expect((lib.attn_free)(at), RNNK_ERR_WRONG_HANDLE, "`attention`");
+    }
+}
+
+/// The rows `rows` of each layer's `[B, width]` block of `v`, gathered by hand.
+fn reorder_by_hand(v: &mut Vec<f32>, width: usize, rows: &[usize]) {
+    let b = v.len() / (L * width);
+    let old = std::mem::take(v);
+    for l in 0..L {
+        for &r in rows {
+            v.extend_from_slice(&old[(l * b + r) * width..(l * b + r + 1) * width]);
+        }
+    }
+}
+
+/// Beam-search-like decoding through the C ABI: an inference run of an LSTM for B = 2
+/// sequences, a step, a reorder to 6 hypotheses (k = 3 of each sequence), a step, a reorder
+/// among the hypotheses (a parent of another sequence's, a repeated one), a step; and a general
+/// attention with its hidden state over a memory gathered to the 6 hypotheses, queried with the
+/// last step's output. Everything equals the Rust API (`Steps::state_mut` reordered by hand,
+/// `AttentionMemory::gather`) bit for bit.
+fn beam_match<Bk: rnnk_core::Backend<f32, Buf = [f32]> + AttentionBackend<f32>>(lib: &Lib, backend: &str, threads: usize, rust: Bk) {
+    let what = format!("{backend} ({threads})");
+    let cfg = RnnConfig::new(CellKind::Lstm, I, HID).num_layers(L).build().unwrap();
+    let params = Params::<f32>::init_uniform(&cfg, 12).unwrap();
+    let p = params.as_slice();
+    let (at, acfg) = attention(lib, "general", 5, backend, threads);
+    let aparams = values(acfg.param_len(), 50);
+    lib.expect(unsafe { (lib.attn_set_params)(at, aparams.as_ptr(), aparams.len()) }, RNNK_OK, "");
+    let keys = values(S * B * HK, 51);
+    let shape1 = AttentionShape::new(1, S, LENGTHS.to_vec()).unwrap();
+    let rmem = rust.attention_memory(&acfg, &shape1, &aparams, &keys).unwrap();
+    let rnn = Rnn::new(rust, &cfg, p).unwrap();
+    let m = model(lib, "lstm", backend, threads, p);
+    let (h0, c0) = (values(L * B * HID, 52), values(L * B * HID, 53));
+
+    let mut rs = rnn.start_steps(B, Some(&h0), Some(&c0), false, None).unwrap();
+    let mut run = null_mut();
+    let rc = unsafe { (lib.steps_start)(m, B, h0.as_ptr(), h0.len(), c0.as_ptr(), c0.len(), 0, &mut run) };
+    lib.expect(rc, RNNK_OK, "");
+    // Per step: the rows the state is reordered by before it (None: the first step).
+    let plan: [Option<&[usize]>; 3] = [None, Some(&[0, 0, 0, 1, 1, 1]), Some(&[2, 0, 2, 5, 3, 3])];
+    let mut y = Vec::new();
+    for (t, rows) in plan.iter().enumerate() {
+        if let Some(rows) = rows {
+            let b = rs.h().len() / (L * HID);
+            let (mut h_before, mut c_before) = (sentinel(L * b * HID), sentinel(L * b * HID));
+            lib.expect(
+                unsafe { (lib.steps_state)(run, h_before.as_mut_ptr(), h_before.len(), c_before.as_mut_ptr(), c_before.len()) },
+                RNNK_OK,
+                "",
+            );
+            let (h, c) = rs.state_mut();
+            reorder_by_hand(h, HID, rows);
+            reorder_by_hand(c.unwrap(), HID, rows);
+            let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+            lib.expect(unsafe { (lib.steps_reorder)(run, idx.as_ptr(), idx.len()) }, RNNK_OK, "");
+            let n = rows.len();
+            let (mut info_b, mut h_len) = (0, 0);
+            lib.expect(unsafe { (lib.steps_info)(run, null_mut(), &mut info_b, &mut h_len, null_mut()) }, RNNK_OK, "");
+            assert_eq!((info_b, h_len), (n, L * n * HID), "{what}: the run's B after a reorder to {n} rows");
+            let (mut h, mut c) = (sentinel(L * n * HID), sentinel(L * n * HID));
+            lib.expect(unsafe { (lib.steps_state)(run, h.as_mut_ptr(), h.len(), c.as_mut_ptr(), c.len()) }, RNNK_OK, "");
+            same(&h, rs.h(), &format!("{what}: h reordered before step {t}"));
+            same(&c, rs.c().unwrap(), &format!("{what}: c reordered before step {t}"));
+            // Row i of each layer is row rows[i] of the state before.
+            for l in 0..L {
+                for (i, &r) in rows.iter().enumerate() {
+                    let new = &h[(l * n + i) * HID..(l * n + i + 1) * HID];
+                    assert_eq!(bits(new), bits(&h_before[(l * b + r) * HID..(l * b + r + 1) * HID]), "{what}: h layer {l} row {i}");
+                    let new = &c[(l * n + i) * HID..(l * n + i + 1) * HID];
+                    assert_eq!(bits(new), bits(&c_before[(l * b + r) * HID..(l * b + r + 1) * HID]), "{what}: c layer {l} row {i}");
+                }
+            }
+        }
+        let b = rs.h().len() / (L * HID);
+        let x = values(b * I, 60 + t as u64);
+        let want = rnn.step(&mut rs, &x).unwrap();
+        let mut yc = sentinel(b * HID);
+        lib.expect(unsafe { (lib.steps_step)(m, run, x.as_ptr(), x.len(), yc.as_mut_ptr(), yc.len()) }, RNNK_OK, "");
+        same(&yc, &want, &format!("{what}: y of step {t} ({b} rows)"));
+        y = yc;
+    }
+
+    // The memory of the 6 hypotheses' sequences, queried with the last step's output.
+    let seqs = [0usize, 0, 0, 1, 1, 1];
+    let idx: Vec<i64> = seqs.iter().map(|&r| r as i64).collect();
+    let mut gathered = null_mut();
+    let rc = unsafe { (lib.memory_create)(at, S, B, [5i64, 2].as_ptr(), B, keys.as_ptr(), keys.len(), &mut gathered) };
+    lib.expect(rc, RNNK_OK, "");
+    let mem = gathered;
+    let mut gathered = null_mut();
+    lib.expect(unsafe { (lib.memory_gather)(at, mem, idx.as_ptr(), idx.len(), &mut gathered) }, RNNK_OK, "");
+    assert!(!gathered.is_null());
+    let rg = rmem.gather(&seqs).unwrap();
+    let n = seqs.len();
+    let shape = AttentionShape::new(1, S, rg.lengths().to_vec()).unwrap();
+    assert_eq!(rg.lengths(), &[5, 5, 5, 2, 2, 2]);
+    let want = rnn_backend_forward(&rnn, &acfg, &shape, &aparams, &rg, &y);
+    let (mut w, mut c, mut h) = (sentinel(n * S), sentinel(n * HK), sentinel(n * 5));
+    let rc = unsafe {
+        (lib.attn_forward)(at, gathered, 1, y.as_ptr(), y.len(), w.as_mut_ptr(), w.len(), c.as_mut_ptr(), c.len(), h.as_mut_ptr(), h.len())
+    };
+    lib.expect(rc, RNNK_OK, "");
+    same(&w, &want.weights, &format!("{what}: weights over the gathered memory"));
+    same(&c, &want.context, &format!("{what}: context over the gathered memory"));
+    same(&h, &want.hidden, &format!("{what}: hidden over the gathered memory"));
+    // Hypothesis 3 reads sequence 1: no weight past its length 2.
+    assert!(w[3 * S + 2..4 * S].iter().all(|&v| v == 0.0), "{what}: weights past the gathered length");
+    // The gathered memory's keys: its keys' side's backward has the gathered shape [S, 6, Hk].
+    let mut dk = sentinel(S * n * HK);
+    lib.expect(unsafe { (lib.memory_backward)(at, gathered, dk.as_mut_ptr(), dk.len(), null_mut(), 0, 0) }, RNNK_OK, "");
+    assert!(dk.iter().all(|&v| v == 0.0), "{what}: a gathered memory's gradients start at zero");
+    unsafe {
+        lib.expect((lib.memory_free)(gathered), RNNK_OK, "");
+        lib.expect((lib.memory_free)(mem), RNNK_OK, "");
+        lib.expect((lib.attn_free)(at), RNNK_OK, "");
+        lib.expect((lib.steps_free)(run), RNNK_OK, "");
+        lib.expect((lib.model_free)(m), RNNK_OK, "");
+    }
+}
+
+/// The attention forward of the backend `rnn` runs on.
+fn rnn_backend_forward<Bk: rnnk_core::Backend<f32, Buf = [f32]> + AttentionBackend<f32>>(
+    rnn: &Rnn<f32, Bk>, cfg: &AttentionConfig, shape: &AttentionShape, params: &[f32], mem: &rnnk_core::attention::AttentionMemory<f32>,
+    q: &[f32],
+) -> rnnk_core::attention::AttentionOutput<f32> {
+    rnn.backend().attention_forward_with(cfg, shape, params, mem, q).unwrap()
+}
+
+#[test]
+fn beam_search_reorder_and_gather_match_the_rust_api() {
+    let lib = lib();
+    for (backend, threads) in RUNS {
+        match backend {
+            "reference" => beam_match(&lib, backend, threads, Reference),
+            _ => beam_match(&lib, backend, threads, Cpu::with_threads(threads).unwrap()),
+        }
+    }
+}
+
+#[test]
+fn reorder_and_gather_reject_bad_input() {
+    let lib = lib();
+    let cfg = RnnConfig::new(CellKind::Lstm, I, HID).num_layers(L).build().unwrap();
+    let params = Params::<f32>::init_uniform(&cfg, 5).unwrap();
+    let m = model(&lib, "lstm", "reference", 0, params.as_slice());
+    let hl = L * B * HID;
+    let (h0, c0) = (values(hl, 1), values(hl, 2));
+    let (at, acfg) = attention(&lib, "general", 0, "reference", 0);
+    let aparams = values(acfg.param_len(), 3);
+    let keys = values(S * B * HK, 4);
+    let lengths = [5i64, 2];
+    unsafe {
+        let (mut run, mut train, mut mem) = (null_mut(), null_mut(), null_mut());
+        lib.expect((lib.steps_start)(m, B, h0.as_ptr(), hl, c0.as_ptr(), hl, 0, &mut run), RNNK_OK, "");
+        lib.expect((lib.steps_start)(m, B, h0.as_ptr(), hl, c0.as_ptr(), hl, 1, &mut train), RNNK_OK, "");
+        lib.expect((lib.attn_set_params)(at, aparams.as_ptr(), aparams.len()), RNNK_OK, "");
+        lib.expect((lib.memory_create)(at, S, B, lengths.as_ptr(), B, keys.as_ptr(), keys.len(), &mut mem), RNNK_OK, "");
+
+        // The run's state must stay as it was after each refused reorder.
+        let unchanged = |run: H| {
+            let (mut b, mut h, mut c) = (0, sentinel(hl), sentinel(hl));
+            lib.expect((lib.steps_info)(run, null_mut(), &mut b, null_mut(), null_mut()), RNNK_OK, "");
+            assert_eq!(b, B, "a refused reorder changed the run's B");
+            lib.expect((lib.steps_state)(run, h.as_mut_ptr(), hl, c.as_mut_ptr(), hl), RNNK_OK, "");
+            same(&h, &h0, "h after a refused reorder");
+            same(&c, &c0, "c after a refused reorder");
+        };
+        let rows = [1i64, 0, 1];
+        // NULL rows, rows_len 0, an index past B, a negative one.
+        lib.expect((lib.steps_reorder)(run, null(), 3), RNNK_ERR_NULL_POINTER, "`rows`: expected a non-NULL pointer");
+        lib.expect((lib.steps_reorder)(run, rows.as_ptr(), 0), RNNK_ERR_INVALID_ARGUMENT, "`rows_len`: at least 1 row, got 0");
+        let bad = [1i64, 0, 2];
+        lib.expect(
+            (lib.steps_reorder)(run, bad.as_ptr(), 3),
+            RNNK_ERR_INVALID_ARGUMENT,
+            "`rows[2]`: a row in 0..2 (the run's B = 2), got 2",
+        );
+        let neg = [-1i64, 0];
+        lib.expect(
+            (lib.steps_reorder)(run, neg.as_ptr(), 2),
+            RNNK_ERR_INVALID_ARGUMENT,
+            "`rows[0]`: a row in 0..2 (the run's B = 2), got -1",
+        );
+        unchanged(run);
+        // A training run, NULL and wrong-kind handles.
+        lib.expect((lib.steps_reorder)(train, rows.as_ptr(), 3), RNNK_ERR_INVALID_ARGUMENT, "`steps`: an inference run");
+        unchanged(train);
+        lib.expect((lib.steps_reorder)(null_mut(), rows.as_ptr(), 3), RNNK_ERR_NULL_POINTER, "`steps`");
+        lib.expect((lib.steps_reorder)(mem, rows.as_ptr(), 3), RNNK_ERR_WRONG_HANDLE, "`steps`");
+        lib.expect((lib.steps_reorder)(m, rows.as_ptr(), 3), RNNK_ERR_WRONG_HANDLE, "`steps`");
+        // A reorder to 1 row then back to 2 works; the next step takes [1, I].
+        lib.expect((lib.steps_reorder)(run, [1i64].as_ptr(), 1), RNNK_OK, "");
+        let (x, mut y) = (values(B * I, 6), sentinel(B * HID));
+        lib.expect(
+            (lib.steps_step)(m, run, x.as_ptr(), B * I, y.as_mut_ptr(), B * HID),
+            RNNK_ERR_SIZE_MISMATCH,
+            "`x`: expected [B, I] = [1, 3]",
+        );
+        untouched(&y, "y");
+        lib.expect((lib.steps_step)(m, run, x.as_ptr(), I, y.as_mut_ptr(), HID), RNNK_OK, "");
+
+        // The memory gather: NULL out, rows, rows_len 0, out-of-range indices; nothing made.
+        let mut out: H = null_mut();
+        lib.expect((lib.memory_gather)(at, mem, rows.as_ptr(), 3, null_mut()), RNNK_ERR_NULL_POINTER, "`out`");
+        lib.expect((lib.memory_gather)(at, mem, null(), 3, &mut out), RNNK_ERR_NULL_POINTER, "`rows`");
+        lib.expect(
+            (lib.memory_gather)(at, mem, rows.as_ptr(), 0, &mut out),
+            RNNK_ERR_INVALID_ARGUMENT,
+            "`rows_len`: at least 1 row, got 0",
+        );
+        lib.expect(
+            (lib.memory_gather)(at, mem, bad.as_ptr(), 3, &mut out),
+            RNNK_ERR_INVALID_ARGUMENT,
+            "`rows[2]`: a row in 0..2 (the memory's B = 2), got 2",
+        );
+        lib.expect(
+            (lib.memory_gather)(at, mem, neg.as_ptr(), 2, &mut out),
+            RNNK_ERR_INVALID_ARGUMENT,
+            "`rows[0]`: a row in 0..2 (the memory's B = 2), got -1",
+        );
+        assert!(out.is_null(), "a failing rnnk_attention_memory_gather left *out non-NULL");
+        // A failing call sets a non-NULL *out to NULL (and makes nothing).
+        let mut stale: H = 8 as H;
+        lib.expect((lib.memory_gather)(at, mem, bad.as_ptr(), 3, &mut stale), RNNK_ERR_INVALID_ARGUMENT, "`rows[2]`");
+        assert!(stale.is_null(), "a failing rnnk_attention_memory_gather left *out as it was");
+        // NULL and wrong-kind handles.
+        lib.expect((lib.memory_gather)(null_mut(), mem, rows.as_ptr(), 3, &mut out), RNNK_ERR_NULL_POINTER, "`attention`");
+        lib.expect((lib.memory_gather)(at, null_mut(), rows.as_ptr(), 3, &mut out), RNNK_ERR_NULL_POINTER, "`memory`");
+        lib.expect((lib.memory_gather)(mem, mem, rows.as_ptr(), 3, &mut out), RNNK_ERR_WRONG_HANDLE, "`attention`");
+        lib.expect((lib.memory_gather)(at, run, rows.as_ptr(), 3, &mut out), RNNK_ERR_WRONG_HANDLE, "`memory`");
+        assert!(out.is_null());
+        // A memory of another attention, or of old parameters.
+        let (other, _) = attention(&lib, "general", 0, "reference", 0);
+        lib.expect((lib.memory_gather)(other, mem, rows.as_ptr(), 3, &mut out), RNNK_ERR_WRONG_HANDLE, "`memory`");
+        // `out` inside `rows`.
+        let mut words = [0i64, 1, 0];
+        let rc = (lib.memory_gather)(at, mem, words.as_ptr(), 3, words.as_mut_ptr().add(1).cast());
+        lib.expect(rc, RNNK_ERR_INVALID_ARGUMENT, "`out`: memory that does not overlap `rows`");
+        assert_eq!(words, [0, 1, 0], "a refused gather wrote into `rows`");
+        // A good gather, then one after the parameters changed.
+        lib.expect((lib.memory_gather)(at, mem, rows.as_ptr(), 3, &mut out), RNNK_OK, "");
+        assert!(!out.is_null());
+        lib.expect((lib.attn_set_params)(at, aparams.as_ptr(), aparams.len()), RNNK_OK, "");
+        let mut again: H = null_mut();
+        lib.expect((lib.memory_gather)(at, mem, rows.as_ptr(), 3, &mut again), RNNK_ERR_WRONG_HANDLE, "`memory`");
+        assert!(again.is_null());
+
+        lib.expect((lib.memory_free)(out), RNNK_OK, "");
+        lib.expect((lib.memory_free)(mem), RNNK_OK, "");
+        lib.expect((lib.attn_free)(other), RNNK_OK, "");
+        lib.expect((lib.attn_free)(at), RNNK_OK, "");
+        lib.expect((lib.steps_free)(train), RNNK_OK, "");
+        lib.expect((lib.steps_free)(run), RNNK_OK, "");
+        lib.expect((lib.model_free)(m), RNNK_OK, "");
     }
 }

@@ -14,8 +14,9 @@
  * *_device ones (whose arguments are checked before the backend: here, without a GPU in the
  * loop, their pointers are host pointers that must never be dereferenced). It also runs a
  * unidirectional 2-layer LSTM (parameters of seed 0) one step at a time with the rnnk_steps_*
- * functions (forward and backward) and a general attention over it (rnnk_attention_*), whose
- * outputs are compared the same way. Exit status 0 iff every check passed.
+ * functions (forward and backward) and a general attention over it (rnnk_attention_*), and
+ * a beam search's reorder of an inference run and gather of the attention's memory
+ * (rnnk_steps_reorder, rnnk_attention_memory_gather), whose outputs are compared the same way. Exit status 0 iff every check passed.
  */
 #include "rnn_kernels.h"
 #include "check.h"
@@ -413,9 +414,41 @@ int main(int argc, char** argv) {
         write_f32("steps_dc0", dc0s, DH);
         write_f32("steps_dparams", steps_dparams, dnp);
         OK(rnnk_steps_backward_free(bw));
+        FAILS(rnnk_steps_reorder(run, lengths, B), RNNK_ERR_INVALID_ARGUMENT, "`steps`: an inference run");
+        OK(rnnk_steps_free(run));
+        free(steps_dparams);
+
+        /* a beam search's reorder: an inference run of B sequences, a step, its state reordered
+         * to K = 2B hypotheses (row i continues row beam_rows[i]), a step of those */
+        enum { K = 2 * B };
+        const int64_t beam_rows[K] = {2, 0, 0, 1, 2, 1};
+        const int64_t bad_rows[2] = {0, B};
+        float beam_y1[DY], beam_y[K * H], h1[DH], c1[DH], beam_h[L * K * H], beam_c[L * K * H];
+        OK(rnnk_steps_start(dec, B, h0, DH, c0, DH, 0, &run));
+        OK(rnnk_steps_step(dec, run, x, DX, beam_y1, DY));
+        OK(rnnk_steps_state(run, h1, DH, c1, DH));
+        FAILS(rnnk_steps_reorder(run, bad_rows, 2), RNNK_ERR_INVALID_ARGUMENT, "`rows[1]`: a row in 0..3 (the run's B = 3), got 3");
+        FAILS(rnnk_steps_reorder(run, NULL, K), RNNK_ERR_NULL_POINTER, "`rows`");
+        OK(rnnk_steps_reorder(run, beam_rows, K));
+        OK(rnnk_steps_info(run, NULL, &count, NULL, NULL));
+        CHECK(count == K, "the reordered run has B = %zu, expected %d", count, K);
+        OK(rnnk_steps_state(run, beam_h, L * K * H, beam_c, L * K * H));
+        for (int l = 0; l < L; l++)
+            for (int i = 0; i < K; i++) {
+                const size_t at = ((size_t)l * K + i) * H, from = ((size_t)l * B + beam_rows[i]) * H;
+                CHECK(memcmp(beam_h + at, h1 + from, H * sizeof(float)) == 0, "h of layer %d, row %d is not row %d", l, i,
+                      (int)beam_rows[i]);
+                CHECK(memcmp(beam_c + at, c1 + from, H * sizeof(float)) == 0, "c of layer %d, row %d is not row %d", l, i,
+                      (int)beam_rows[i]);
+            }
+        FAILS(rnnk_steps_step(dec, run, x + DX, DX, beam_y, K * H), RNNK_ERR_SIZE_MISMATCH, "`x`");
+        OK(rnnk_steps_step(dec, run, x + DX, K * I, beam_y, K * H));
+        write_f32("beam_y1", beam_y1, DY);
+        write_f32("beam_h", beam_h, L * K * H);
+        write_f32("beam_c", beam_c, L * K * H);
+        write_f32("beam_y", beam_y, K * H);
         OK(rnnk_steps_free(run));
         OK(rnnk_model_free(dec));
-        free(steps_dparams);
 
         rnnk_attention* att = NULL;
         rnnk_attention_memory* mem = NULL;
@@ -439,6 +472,19 @@ int main(int argc, char** argv) {
         write_f32("attn_weights", aw, T * B * T);
         write_f32("attn_context", actx, T * B * HK);
         write_f32("attn_hidden", ahid, T * B * H);
+        /* the memory of the K hypotheses' sequences, queried with their step's outputs */
+        rnnk_attention_memory* beam_mem = NULL;
+        FAILS(rnnk_attention_memory_gather(att, mem, bad_rows, 2, &beam_mem), RNNK_ERR_INVALID_ARGUMENT,
+              "`rows[1]`: a row in 0..3 (the memory's B = 3), got 3");
+        FAILS(rnnk_attention_memory_gather(att, mem, beam_rows, 0, &beam_mem), RNNK_ERR_INVALID_ARGUMENT, "`rows_len`");
+        CHECK(beam_mem == NULL, "a failing rnnk_attention_memory_gather left *out non-NULL");
+        OK(rnnk_attention_memory_gather(att, mem, beam_rows, K, &beam_mem));
+        float beam_w[K * T], beam_ctx[K * HK], beam_hid[K * H];
+        OK(rnnk_attention_forward(att, beam_mem, 1, beam_y, K * H, beam_w, K * T, beam_ctx, K * HK, beam_hid, K * H));
+        write_f32("beam_weights", beam_w, K * T);
+        write_f32("beam_context", beam_ctx, K * HK);
+        write_f32("beam_hidden", beam_hid, K * H);
+        OK(rnnk_attention_memory_free(beam_mem));
         OK(rnnk_attention_memory_free(mem));
         OK(rnnk_attention_free(att));
     }
