@@ -86,7 +86,8 @@
 //!
 //! [`attention`] is a decoder's attention over an encoder's outputs (Luong's dot, general and
 //! concat scores, Bahdanau's additive one, a softmax masked to each sequence's length, Luong's
-//! attentional hidden state), forward and backward; today its reference only.
+//! attentional hidden state), forward and backward, on the reference, the CPU backend and
+//! (f32) the CUDA backend's `CudaHost`.
 //!
 //! Training a model around the stack (embedding, decoder, optimiser, a character-level
 //! language model) is the separate crate `rnn-kernels-nn` (`crates/nn` in the repository).

@@ -230,12 +230,27 @@ impl<T: Element, B: Backend<T>> Steps<T, B> {
         self.c.as_deref()
     }
 
+    /// Whether this is a training run (its steps keep a record for
+    /// [`Rnn::backward_steps`]).
+    pub fn training(&self) -> bool {
+        self.record.is_some()
+    }
+
     /// The states, to change between the steps of an inference run: a beam search reorders
     /// the rows of each layer's `[B, ·]` block by the hypotheses' parents, and may change `B`
-    /// (the next step's `x` then has the new `B` rows). A training run refuses a step whose
-    /// state has another `B` than its first.
-    pub fn state_mut(&mut self) -> (&mut Vec<T>, Option<&mut Vec<T>>) {
-        (&mut self.h, self.c.as_mut())
+    /// (the next step's `x` then has the new `B` rows). A training run is an error naming
+    /// `steps`: its backward carries each step's state gradient into the step before as the
+    /// gradient of the state that step left, so a state changed in between would give the
+    /// gradients of another computation.
+    pub fn state_mut(&mut self) -> Result<(&mut Vec<T>, Option<&mut Vec<T>>)> {
+        if self.training() {
+            return Err(Error::invalid(
+                "steps",
+                "an inference run (start_steps without training) to change the state of",
+                "a training run",
+            ));
+        }
+        Ok((&mut self.h, self.c.as_mut()))
     }
 }
 

@@ -302,7 +302,8 @@ fn input_feeding_backward_matches_central_differences() {
 
 /// Inference steps give the training steps' outputs and keep no record; their state can be
 /// reordered and its rows changed between steps (a beam search), and a step then runs on the
-/// reordered rows as a fresh run from that state does.
+/// reordered rows as a fresh run from that state does; a training run's state cannot be
+/// changed.
 #[test]
 fn inference_steps_and_reordered_states() {
     let cfg = RnnConfig::new(CellKind::Lstm, 3, 4).num_layers(2).build().unwrap();
@@ -323,18 +324,17 @@ fn inference_steps_and_reordered_states() {
         (0..2).flat_map(|l| order.iter().flat_map(move |&r| v[(l * 3 + r) * w..(l * 3 + r + 1) * w].to_vec())).collect()
     };
     let (h, c) = (gather(infer.h(), 4), gather(infer.c().unwrap(), 4));
-    let (hs, cs) = infer.state_mut();
+    let (hs, cs) = infer.state_mut().unwrap();
     *hs = h.clone();
     *cs.unwrap() = c.clone();
     let x4 = &p.x[..4 * 3];
     let y = rnn.step(&mut infer, x4).unwrap();
     let mut fresh = rnn.start_steps(4, Some(&h), Some(&c), false, None).unwrap();
     assert_eq!(y, rnn.step(&mut fresh, x4).unwrap());
-    // A training run keeps its B.
-    let (hs, _) = train.state_mut();
-    hs.truncate(2 * 2 * 4);
-    let e = rnn.step(&mut train, &p.x[..2 * 3]).unwrap_err();
-    assert!(e.to_string().contains("`steps.h`"), "{e}");
+    // A training run's state is not changed between its steps.
+    assert!(train.training() && !infer.training());
+    let e = train.state_mut().unwrap_err();
+    assert!(e.to_string().contains("`steps`"), "{e}");
 }
 
 #[test]

@@ -46,8 +46,9 @@ impl StepsData {
         }
     }
 
-    /// The hidden and cell states, to change between the steps of an inference run.
-    fn state_mut(&mut self) -> (&mut Vec<f32>, Option<&mut Vec<f32>>) {
+    /// The hidden and cell states, to change between the steps of an inference run (a
+    /// training run's is an error naming `steps`).
+    fn state_mut(&mut self) -> rnnk_core::Result<(&mut Vec<f32>, Option<&mut Vec<f32>>)> {
         match self {
             StepsData::Reference(s) => s.state_mut(),
             StepsData::Cpu(s) => s.state_mut(),
@@ -286,7 +287,7 @@ pub unsafe extern "C" fn rnnk_steps_reorder(steps: *mut RnnkSteps, rows: *const 
         let rows = unsafe { args::parse_rows(rows, rows_len, b, &format!("the run's B = {b}"))? };
         let h = args::gather_rows(hv, sizes.layers, sizes.hidden_out, &rows, "the hidden state [L, B, Hout]")?;
         let c = cv.map(|cv| args::gather_rows(cv, sizes.layers, sizes.hidden, &rows, "the cell state [L, B, H]")).transpose()?;
-        let (hs, cs) = data.state_mut();
+        let (hs, cs) = data.state_mut()?;
         *hs = h;
         if let (Some(cs), Some(c)) = (cs, c) {
             *cs = c;

@@ -128,7 +128,7 @@ fn expected_steps<Bk: Backend<f32, Buf = [f32]>, At: AttentionBackend<f32>>(
     let o = attention.attention_forward_with(&acfg, &AttentionShape::new(T, T, LENGTHS.to_vec()).unwrap(), ap, &memory, &y).unwrap();
     let mut beam = rnn.start_steps(B, Some(&inp.h0[..dh]), Some(&inp.c0[..dh]), false, None).unwrap();
     let beam_y1 = rnn.step(&mut beam, &inp.x[..dx]).unwrap();
-    let (h, c) = beam.state_mut();
+    let (h, c) = beam.state_mut().unwrap();
     for v in [h, c.unwrap()] {
         let old = std::mem::take(v);
         for l in 0..2 {

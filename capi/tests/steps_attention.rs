@@ -732,7 +732,7 @@ fn beam_match<Bk: rnnk_core::Backend<f32, Buf = [f32]> + AttentionBackend<f32>>(
                 RNNK_OK,
                 "",
             );
-            let (h, c) = rs.state_mut();
+            let (h, c) = rs.state_mut().unwrap();
             reorder_by_hand(h, HID, rows);
             reorder_by_hand(c.unwrap(), HID, rows);
             let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();

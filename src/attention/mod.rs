@@ -137,9 +137,10 @@ impl<T: crate::Float> AttentionMemoryGrads<T> {
 
 /// A backend that computes attention: the host backends, [`Reference`](crate::Reference) (in
 /// `T`, its plain-loop products) and [`Cpu`](crate::Cpu) (f32, its ISA's products on its
-/// threads). Both arrange the maths of [`reference`](mod@reference) as products over all the
-/// queries of a call at once and are tested against it; results do not depend on the number of
-/// threads.
+/// threads); and, with the `cuda` feature, `CudaHost` (f32: cuBLAS products per sequence and
+/// fused kernels for the masked softmax and the tanh scores, `kernels/attention.cu`). Each
+/// arranges the maths of [`reference`](mod@reference) as products over all the queries of a call
+/// at once and is tested against it; results do not depend on the number of threads.
 ///
 /// Two paths: the batched one ([`attention_forward`](Self::attention_forward),
 /// [`attention_backward`](Self::attention_backward)) when every query is known (teacher
