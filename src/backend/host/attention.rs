@@ -24,6 +24,8 @@ use crate::attention::{
 };
 use crate::element::Float;
 use crate::error::Result;
+use std::ops::Range;
+use std::sync::Mutex;
 
 /// The sizes of a call.
 #[derive(Clone, Copy)]
@@ -154,6 +156,47 @@ fn seq<'a, T>(x: &'a [T], d: &Dims, b: usize, rows: usize, w: usize) -> Mat<'a, 
     Mat::strided(&x[b * w..], rows, w, d.b * w)
 }
 
+/// Sequence `b`'s rows `steps` of a `[N, B, w]` tensor (as [`seq`] from step `steps.start`).
+fn seq_rows<'a, T>(x: &'a [T], d: &Dims, b: usize, steps: &Range<usize>, w: usize) -> Mat<'a, T> {
+    Mat::strided(&x[(steps.start * d.b + b) * w..], steps.len(), w, d.b * w)
+}
+
+/// Sequence `b`'s columns `keys` of a `[Tq, B, S]` tensor (the weights or their gradient),
+/// transposed: `[keys, Tq]`.
+fn by_keys<'a, T>(x: &'a [T], d: &Dims, b: usize, keys: &Range<usize>) -> Mat<'a, T> {
+    Mat::strided(&x[b * d.s + keys.start..], d.tq, keys.len(), d.b * d.s).t()
+}
+
+/// Runs `f(kernels, steps, block)` over blocks of consecutive steps of `x` (`[n, B, w]`, `n`
+/// steps), the blocks in parallel, one per thread: `block` is `x`'s rows of the steps `steps`,
+/// which only that block writes, and `kernels` run on the calling thread. Every per-sequence
+/// product of a call writes the rows of one step index (a query's or a key's), so it is cut
+/// this way: each block runs every sequence's product over its own steps. The GEMMs' arithmetic
+/// per element does not depend on the rows around it, so the cut changes no bit.
+fn for_step_blocks<T: Float, K: HostKernels<T>>(k: &K, x: &mut [T], n: usize, f: impl Fn(&K, Range<usize>, &mut [T]) + Sync) {
+    let parts = k.threads().min(n).max(1);
+    if parts == 1 {
+        return f(k, 0..n, x);
+    }
+    let step_len = x.len() / n;
+    let bounds = super::row_bounds(n, parts);
+    let mut rest = x;
+    let blocks: Vec<_> = bounds
+        .windows(2)
+        .map(|w| {
+            let (block, tail) = std::mem::take(&mut rest).split_at_mut((w[1] - w[0]) * step_len);
+            rest = tail;
+            Mutex::new(Some(block))
+        })
+        .collect();
+    let serial = k.serial();
+    k.for_blocks(parts, &|i| {
+        if let Some(block) = blocks[i].lock().ok().and_then(|mut b| b.take()) {
+            f(&serial, bounds[i]..bounds[i + 1], block);
+        }
+    });
+}
+
 fn seq_mut<'a, T>(x: &'a mut [T], d: &Dims, b: usize, rows: usize, w: usize) -> MatMut<'a, T> {
     MatMut::strided(&mut x[b * w..], rows, w, d.b * w)
 }
@@ -186,28 +229,34 @@ pub(crate) fn forward_with<T: Float, K: HostKernels<T>>(
     let tb = d.tq * d.b;
     let mut out = AttentionOutput { weights: vec![T::ZERO; tb * d.s], context: vec![T::ZERO; tb * d.hk], hidden: vec![T::ZERO; tb * d.o] };
     let qp = query_proj(k, cfg, &d, &w, queries);
-    for (b, &len) in shape.lengths().iter().enumerate() {
-        let e = MatMut { cols: len, ..seq_mut(&mut out.weights, &d, b, d.tq, d.s) };
-        match cfg.score() {
-            Score::Dot => k.gemm(T::ONE, seq(queries, &d, b, d.tq, d.hq), seq(keys, &d, b, len, d.hk).t(), T::ZERO, e),
-            Score::General => k.gemm(T::ONE, seq(queries, &d, b, d.tq, d.hq), seq(kp, &d, b, len, d.hq).t(), T::ZERO, e),
-            Score::Concat | Score::Additive => tanh_scores(k, &d, &w, (&qp, kp), b, len, e),
+    let lengths = shape.lengths();
+    // The scores and the softmax of each row over its sequence's keys, per block of queries.
+    for_step_blocks(k, &mut out.weights, d.tq, |k, ts, e| {
+        for (b, &len) in lengths.iter().enumerate() {
+            let eb = MatMut { cols: len, ..seq_mut(e, &d, b, ts.len(), d.s) };
+            match cfg.score() {
+                Score::Dot => k.gemm(T::ONE, seq_rows(queries, &d, b, &ts, d.hq), seq(keys, &d, b, len, d.hk).t(), T::ZERO, eb),
+                Score::General => k.gemm(T::ONE, seq_rows(queries, &d, b, &ts, d.hq), seq(kp, &d, b, len, d.hq).t(), T::ZERO, eb),
+                Score::Concat | Score::Additive => tanh_scores(k, &d, &w, (&qp, kp), (b, len), ts.clone(), eb),
+            }
         }
-    }
-    // The softmax of each row over its sequence's keys.
-    for (r, row) in out.weights.chunks_exact_mut(d.s).enumerate() {
-        softmax(&mut row[..shape.lengths()[r % d.b]]);
-    }
-    for (b, &len) in shape.lengths().iter().enumerate() {
-        let alpha = Mat::strided(&out.weights[b * d.s..], d.tq, len, d.b * d.s);
-        k.gemm(T::ONE, alpha, seq(keys, &d, b, len, d.hk), T::ZERO, seq_mut(&mut out.context, &d, b, d.tq, d.hk));
-    }
+        for (r, row) in e.chunks_exact_mut(d.s).enumerate() {
+            softmax(&mut row[..lengths[r % d.b]]);
+        }
+    });
+    let weights = &out.weights;
+    for_step_blocks(k, &mut out.context, d.tq, |k, ts, c| {
+        for (b, &len) in lengths.iter().enumerate() {
+            let alpha = Mat { cols: len, ..seq_rows(weights, &d, b, &ts, d.s) };
+            k.gemm(T::ONE, alpha, seq(keys, &d, b, len, d.hk), T::ZERO, seq_mut(c, &d, b, ts.len(), d.hk));
+        }
+    });
     if d.o > 0 {
         // Z = C W_c[:, :Hk]ᵀ + Q W_c[:, Hk:]ᵀ, then tanh.
         let rs = d.hk + d.hq;
         k.gemm(T::ONE, Mat::new(&out.context, tb, d.hk), w.mat(w.w_c, d.o, d.hk, rs).t(), T::ZERO, MatMut::new(&mut out.hidden, tb, d.o));
         k.gemm(T::ONE, Mat::new(queries, tb, d.hq), w.mat(w.w_c + d.hk, d.o, d.hq, rs).t(), T::ONE, MatMut::new(&mut out.hidden, tb, d.o));
-        k.tanh_in_place(&mut out.hidden);
+        for_step_blocks(k, &mut out.hidden, d.tq, |k, _, h| k.tanh_in_place(h));
     }
     Ok(out)
 }
@@ -224,26 +273,27 @@ fn tanh_layer<T: Float, K: HostKernels<T>>(k: &K, d: &Dims, (qp, kp): (&[T], &[T
     k.tanh_in_place(u);
 }
 
-/// Concat and additive: `e[t, s] = Σ_a v_a tanh(P_q[t, b, a] + P_k[s, b, a])` for sequence `b`.
+/// Concat and additive: `e[t, s] = Σ_a v_a tanh(P_q[t, b, a] + P_k[s, b, a])` for sequence `b`
+/// of length `len` and the queries `ts` (`e`'s rows).
 fn tanh_scores<T: Float, K: HostKernels<T>>(
     k: &K,
     d: &Dims,
     w: &Params<'_, T>,
     p: (&[T], &[T]),
-    b: usize,
-    len: usize,
+    (b, len): (usize, usize),
+    ts: Range<usize>,
     mut e: MatMut<'_, T>,
 ) {
     let v = &w.p[w.v..w.v + d.a];
     let mut u = Vec::with_capacity(len * d.a);
-    for t in 0..d.tq {
+    for (i, t) in ts.enumerate() {
         tanh_layer(k, d, p, (t, b, len), &mut u);
         for (s, us) in u.chunks_exact(d.a).enumerate() {
             let mut sum = T::ZERO;
             for (&va, &ua) in v.iter().zip(us) {
                 sum += va * ua;
             }
-            *e.at_mut(t, s) = sum;
+            *e.at_mut(i, s) = sum;
         }
     }
 }
@@ -300,44 +350,72 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
         k.gemm(T::ONE, dzm, w.mat(wc, d.o, d.hk, rs), T::ONE, MatMut::new(&mut dc, tb, d.hk));
         k.gemm(T::ONE, dzm, w.mat(wc + d.hk, d.o, d.hq, rs), T::ONE, MatMut::new(&mut g.d_queries, tb, d.hq));
     }
-    // dα = d_weights + dC K_bᵀ; dK_b += α_bᵀ dC_b; then the softmax's backward, in place.
+    // dα = d_weights + dC K_bᵀ, then the softmax's backward in place (dE), per block of queries.
     let mut de = match up.d_weights {
         Some(v) => v.to_vec(),
         None => vec![T::ZERO; tb * d.s],
     };
-    for (b, &len) in shape.lengths().iter().enumerate() {
-        let dcb = seq(&dc, &d, b, d.tq, d.hk);
-        let dalpha = MatMut { cols: len, ..seq_mut(&mut de, &d, b, d.tq, d.s) };
-        k.gemm(T::ONE, dcb, seq(keys, &d, b, len, d.hk).t(), T::ONE, dalpha);
-        let alpha = Mat::strided(&out.weights[b * d.s..], d.tq, len, d.b * d.s);
-        k.gemm(T::ONE, alpha.t(), dcb, T::ONE, seq_mut(&mut dm.d_keys, &d, b, len, d.hk));
-    }
-    for (r, (der, ar)) in de.chunks_exact_mut(d.s).zip(out.weights.chunks_exact(d.s)).enumerate() {
-        let len = shape.lengths()[r % d.b];
-        let mut dot = T::ZERO;
-        for (&a, &da) in ar[..len].iter().zip(&der[..len]) {
-            dot += a * da;
+    let (weights, lengths) = (&out.weights, shape.lengths());
+    for_step_blocks(k, &mut de, d.tq, |k, ts, de| {
+        for (b, &len) in lengths.iter().enumerate() {
+            let dalpha = MatMut { cols: len, ..seq_mut(de, &d, b, ts.len(), d.s) };
+            k.gemm(T::ONE, seq_rows(&dc, &d, b, &ts, d.hk), seq(keys, &d, b, len, d.hk).t(), T::ONE, dalpha);
         }
-        for (x, &a) in der[..len].iter_mut().zip(&ar[..len]) {
-            *x = a * (*x - dot);
+        let alpha = &weights[ts.start * d.b * d.s..ts.end * d.b * d.s];
+        for (r, (der, ar)) in de.chunks_exact_mut(d.s).zip(alpha.chunks_exact(d.s)).enumerate() {
+            let len = lengths[r % d.b];
+            let mut dot = T::ZERO;
+            for (&a, &da) in ar[..len].iter().zip(&der[..len]) {
+                dot += a * da;
+            }
+            for (x, &a) in der[..len].iter_mut().zip(&ar[..len]) {
+                *x = a * (*x - dot);
+            }
+            der[len..].fill(T::ZERO);
         }
-        der[len..].fill(T::ZERO);
-    }
-    // Each score's backward from dE.
-    match cfg.score() {
-        Score::Dot => {
-            for (b, &len) in shape.lengths().iter().enumerate() {
-                let deb = Mat::strided(&de[b * d.s..], d.tq, len, d.b * d.s);
-                k.gemm(T::ONE, deb, seq(keys, &d, b, len, d.hk), T::ONE, seq_mut(&mut g.d_queries, &d, b, d.tq, d.hq));
-                k.gemm(T::ONE, deb.t(), seq(queries, &d, b, d.tq, d.hq), T::ONE, seq_mut(&mut dm.d_keys, &d, b, len, d.hk));
+    });
+    let below = |ss: &Range<usize>, len: usize| ss.start..ss.end.min(len);
+    // Per block of keys: dK_b += α_bᵀ dC_b, and for the dot score dK_b += dE_bᵀ Q_b.
+    let dot = cfg.score() == Score::Dot;
+    for_step_blocks(k, &mut dm.d_keys, d.s, |k, ss, dk| {
+        for (b, &len) in lengths.iter().enumerate() {
+            let ks = below(&ss, len);
+            if ks.is_empty() {
+                continue;
+            }
+            k.gemm(T::ONE, by_keys(weights, &d, b, &ks), seq(&dc, &d, b, d.tq, d.hk), T::ONE, seq_mut(dk, &d, b, ks.len(), d.hk));
+            if dot {
+                k.gemm(T::ONE, by_keys(&de, &d, b, &ks), seq(queries, &d, b, d.tq, d.hq), T::ONE, seq_mut(dk, &d, b, ks.len(), d.hk));
             }
         }
-        Score::General => {
-            // dQ_b += dE_b (K W_aᵀ)_b; d(K W_aᵀ)_b += dE_bᵀ Q_b.
-            for (b, &len) in shape.lengths().iter().enumerate() {
-                let deb = Mat::strided(&de[b * d.s..], d.tq, len, d.b * d.s);
-                k.gemm(T::ONE, deb, seq(kp, &d, b, len, d.hq), T::ONE, seq_mut(&mut g.d_queries, &d, b, d.tq, d.hq));
-                k.gemm(T::ONE, deb.t(), seq(queries, &d, b, d.tq, d.hq), T::ONE, seq_mut(&mut dm.d_proj, &d, b, len, d.hq));
+    });
+    // Each score's backward from dE.
+    match cfg.score() {
+        Score::Dot | Score::General => {
+            // dQ_b += dE_b K_b (dot) or dE_b (K W_aᵀ)_b (general), per block of queries.
+            let (kk, kw) = if dot { (keys, d.hk) } else { (kp, d.hq) };
+            for_step_blocks(k, &mut g.d_queries, d.tq, |k, ts, dq| {
+                for (b, &len) in lengths.iter().enumerate() {
+                    let deb = Mat { cols: len, ..seq_rows(&de, &d, b, &ts, d.s) };
+                    k.gemm(T::ONE, deb, seq(kk, &d, b, len, kw), T::ONE, seq_mut(dq, &d, b, ts.len(), d.hq));
+                }
+            });
+            if !dot {
+                // d(K W_aᵀ)_b += dE_bᵀ Q_b, per block of keys.
+                for_step_blocks(k, &mut dm.d_proj, d.s, |k, ss, dp| {
+                    for (b, &len) in lengths.iter().enumerate() {
+                        let ks = below(&ss, len);
+                        if !ks.is_empty() {
+                            k.gemm(
+                                T::ONE,
+                                by_keys(&de, &d, b, &ks),
+                                seq(queries, &d, b, d.tq, d.hq),
+                                T::ONE,
+                                seq_mut(dp, &d, b, ks.len(), d.hq),
+                            );
+                        }
+                    }
+                });
             }
         }
         Score::Concat | Score::Additive => {
