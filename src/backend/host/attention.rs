@@ -16,16 +16,88 @@
 //! ([`memory_backward`]). The memory's keys are a copy whose padding (steps past each length) is
 //! zero, so that a product over all keys reads no padding value (a NaN there would reach the
 //! weight gradients through `0·NaN`); every per-sequence product stops at the sequence's length.
+//!
+//! Speed: the per-sequence products run in parallel, each thread on its own block of steps of
+//! every sequence ([`for_step_blocks`]); a call's large intermediates (the memory inside a
+//! whole [`forward`] or [`backward`], the upstream copies, `dZ`, `dE`) are [`Spare`] buffers
+//! kept on the thread between calls, since fresh buffers of several MB are mapped and faulted
+//! in page by page at every call.
 
 use super::{HostKernels, Mat, MatMut};
 use crate::attention::{
-    check_backward, check_len, AttentionConfig, AttentionGrads, AttentionMemory, AttentionMemoryGrads, AttentionOutput, AttentionShape,
-    AttentionUpstream, Score,
+    check_backward, check_inputs, check_len, AttentionConfig, AttentionGrads, AttentionMemory, AttentionMemoryGrads, AttentionOutput,
+    AttentionShape, AttentionUpstream, Score,
 };
 use crate::element::Float;
 use crate::error::Result;
+use std::any::Any;
+use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::Mutex;
+
+/// The buffers kept on a thread between calls for the intermediates: a call takes one
+/// ([`Spare::zeroed`], [`Spare::copy`]) and gives it back when done ([`Spare::give`]), so that
+/// the next call writes into memory already mapped instead of faulting in fresh pages (and,
+/// with several threads, paying for the other threads' TLB flushes when they are unmapped).
+/// At most [`SPARE_MAX`] buffers are kept, the largest ones; a buffer's contents never carry
+/// over (each is zeroed or overwritten when taken).
+struct Spare;
+
+/// How many buffers [`Spare`] keeps per thread (a backward call has at most six
+/// intermediates at once).
+const SPARE_MAX: usize = 8;
+
+thread_local! {
+    static SPARE: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Spare {
+    /// An empty buffer of capacity at least `n`: the smallest kept one that fits, else a new one.
+    fn take<T: Float>(n: usize) -> Vec<T> {
+        let kept = SPARE.with_borrow_mut(|spare| {
+            let fits = |b: &Box<dyn Any>| b.downcast_ref::<Vec<T>>().map(Vec::capacity).filter(|&c| c >= n);
+            let best = (0..spare.len()).filter_map(|i| fits(&spare[i]).map(|c| (c, i))).min()?;
+            spare.swap_remove(best.1).downcast::<Vec<T>>().ok()
+        });
+        match kept {
+            Some(mut v) => {
+                v.clear();
+                *v
+            }
+            None => Vec::with_capacity(n),
+        }
+    }
+
+    /// `n` zeros.
+    fn zeroed<T: Float>(n: usize) -> Vec<T> {
+        let mut v = Spare::take(n);
+        v.resize(n, T::ZERO);
+        v
+    }
+
+    /// A copy of `x`.
+    fn copy<T: Float>(x: &[T]) -> Vec<T> {
+        let mut v = Spare::take(x.len());
+        v.extend_from_slice(x);
+        v
+    }
+
+    /// Keeps `v` for a later call (dropping the smallest buffer past [`SPARE_MAX`]).
+    fn give<T: Float>(v: Vec<T>) {
+        if v.capacity() == 0 {
+            return;
+        }
+        SPARE.with_borrow_mut(|spare| {
+            spare.push(Box::new(v));
+            if spare.len() > SPARE_MAX {
+                let size = |b: &Box<dyn Any>| b.downcast_ref::<Vec<T>>().map_or(0, |v| v.capacity());
+                if let Some(i) = (0..spare.len()).min_by_key(|&i| size(&spare[i])) {
+                    spare.swap_remove(i);
+                }
+            }
+        });
+    }
+}
 
 /// The sizes of a call.
 #[derive(Clone, Copy)]
@@ -126,18 +198,18 @@ pub(crate) fn memory<T: Float, K: HostKernels<T>>(
     check_len("params", params.len(), &[cfg.param_len()])?;
     check_len("keys", keys.len(), &[d.s, d.b, d.hk])?;
     let w = Params::of(cfg, &d, params)?;
-    let mut masked = keys.to_vec();
+    let mut masked = Spare::copy(keys);
     zero_padding(&mut masked, &d, shape.lengths());
     let sb = d.s * d.b;
     let proj = match cfg.score() {
         Score::Dot => Vec::new(),
         Score::General => {
-            let mut kp = vec![T::ZERO; sb * d.hq];
+            let mut kp = Spare::zeroed(sb * d.hq);
             k.gemm(T::ONE, Mat::new(&masked, sb, d.hk), w.mat(w.w_a, d.hq, d.hk, d.hk).t(), T::ZERO, MatMut::new(&mut kp, sb, d.hq));
             kp
         }
         Score::Concat | Score::Additive => {
-            let mut kp = vec![T::ZERO; sb * d.a];
+            let mut kp = Spare::zeroed(sb * d.a);
             k.gemm(T::ONE, Mat::new(&masked, sb, d.hk), w.mat(w.w_k.0, d.a, d.hk, w.w_k.1).t(), T::ZERO, MatMut::new(&mut kp, sb, d.a));
             kp
         }
@@ -202,13 +274,13 @@ fn seq_mut<'a, T>(x: &'a mut [T], d: &Dims, b: usize, rows: usize, w: usize) -> 
 }
 
 /// The query side of the concat and additive scores, `P_q = Q W_qᵀ` `[Tq·B, A]` (empty for the
-/// others).
+/// others), a [`Spare`] buffer.
 fn query_proj<T: Float, K: HostKernels<T>>(k: &K, cfg: &AttentionConfig, d: &Dims, w: &Params<'_, T>, queries: &[T]) -> Vec<T> {
     if !matches!(cfg.score(), Score::Concat | Score::Additive) {
         return Vec::new();
     }
     let tb = d.tq * d.b;
-    let mut qp = vec![T::ZERO; tb * d.a];
+    let mut qp = Spare::zeroed(tb * d.a);
     k.gemm(T::ONE, Mat::new(queries, tb, d.hq), w.mat(w.w_q.0, d.a, d.hq, w.w_q.1).t(), T::ZERO, MatMut::new(&mut qp, tb, d.a));
     qp
 }
@@ -258,6 +330,7 @@ pub(crate) fn forward_with<T: Float, K: HostKernels<T>>(
         k.gemm(T::ONE, Mat::new(queries, tb, d.hq), w.mat(w.w_c + d.hk, d.o, d.hq, rs).t(), T::ONE, MatMut::new(&mut out.hidden, tb, d.o));
         for_step_blocks(k, &mut out.hidden, d.tq, |k, _, h| k.tanh_in_place(h));
     }
+    Spare::give(qp);
     Ok(out)
 }
 
@@ -334,12 +407,13 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
     let tb = d.tq * d.b;
     let mut g = AttentionGrads { d_queries: vec![T::ZERO; tb * d.hq], d_keys: Vec::new(), d_params: vec![T::ZERO; params.len()] };
     let mut dc = match up.d_context {
-        Some(v) => v.to_vec(),
-        None => vec![T::ZERO; tb * d.hk],
+        Some(v) => Spare::copy(v),
+        None => Spare::zeroed(tb * d.hk),
     };
     if let (Some(dh), true) = (up.d_hidden, d.o > 0) {
         // dZ = dH ⊙ (1 - H²); dW_c += dZᵀ [C, Q]; [dC, dQ] += dZ W_c.
-        let dz: Vec<T> = dh.iter().zip(&out.hidden).map(|(&g, &h)| g * (T::ONE - h * h)).collect();
+        let mut dz = Spare::take(tb * d.o);
+        dz.extend(dh.iter().zip(&out.hidden).map(|(&g, &h)| g * (T::ONE - h * h)));
         let rs = d.hk + d.hq;
         let (dzm, wc) = (Mat::new(&dz, tb, d.o), w.w_c);
         {
@@ -349,11 +423,12 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
         }
         k.gemm(T::ONE, dzm, w.mat(wc, d.o, d.hk, rs), T::ONE, MatMut::new(&mut dc, tb, d.hk));
         k.gemm(T::ONE, dzm, w.mat(wc + d.hk, d.o, d.hq, rs), T::ONE, MatMut::new(&mut g.d_queries, tb, d.hq));
+        Spare::give(dz);
     }
     // dα = d_weights + dC K_bᵀ, then the softmax's backward in place (dE), per block of queries.
     let mut de = match up.d_weights {
-        Some(v) => v.to_vec(),
-        None => vec![T::ZERO; tb * d.s],
+        Some(v) => Spare::copy(v),
+        None => Spare::zeroed(tb * d.s),
     };
     let (weights, lengths) = (&out.weights, shape.lengths());
     for_step_blocks(k, &mut de, d.tq, |k, ts, de| {
@@ -422,7 +497,7 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
             // dP = dE v ⊙ (1 - u²), u = tanh(P_q + P_k): summed over the keys into dP_q, over
             // the queries into dP_k; dv += Σ dE u.
             let qp = query_proj(k, cfg, &d, &w, queries);
-            let mut dqp = vec![T::ZERO; tb * d.a];
+            let mut dqp = Spare::zeroed(tb * d.a);
             let mut dv = vec![T::ZERO; d.a];
             let v = &params[w.v..w.v + d.a];
             let mut u = Vec::new();
@@ -449,8 +524,12 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
             k.gemm(T::ONE, dqpm, w.mat(w.w_q.0, d.a, d.hq, w.w_q.1), T::ONE, MatMut::new(&mut g.d_queries, tb, d.hq));
             let (_, dw) = g.d_params.split_at_mut(w.w_q.0);
             k.gemm(T::ONE, dqpm.t(), Mat::new(queries, tb, d.hq), T::ONE, MatMut::strided(dw, d.a, d.hq, w.w_q.1));
+            Spare::give(qp);
+            Spare::give(dqp);
         }
     }
+    Spare::give(dc);
+    Spare::give(de);
     Ok(g)
 }
 
@@ -467,10 +546,23 @@ pub(crate) fn memory_backward<T: Float, K: HostKernels<T>>(
     memory.check(shape)?;
     check_len("params", params.len(), &[cfg.param_len()])?;
     check_grads(memory, dm)?;
+    keys_backward(k, cfg, shape, params, memory, dm.d_keys.clone(), &dm.d_proj)
+}
+
+/// [`memory_backward`] (its checks done) into `d_keys`, which holds `dm.d_keys`.
+fn keys_backward<T: Float, K: HostKernels<T>>(
+    k: &K,
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    params: &[T],
+    memory: &AttentionMemory<T>,
+    d_keys: Vec<T>,
+    d_proj: &[T],
+) -> Result<AttentionGrads<T>> {
     let d = Dims::of(cfg, shape);
     let w = Params::of(cfg, &d, params)?;
     let sb = d.s * d.b;
-    let mut g = AttentionGrads { d_queries: Vec::new(), d_keys: dm.d_keys.clone(), d_params: vec![T::ZERO; params.len()] };
+    let mut g = AttentionGrads { d_queries: Vec::new(), d_keys, d_params: vec![T::ZERO; params.len()] };
     let (off, width, rs) = match cfg.score() {
         Score::Dot => (0, 0, 0),
         Score::General => (w.w_a, d.hq, d.hk),
@@ -478,12 +570,60 @@ pub(crate) fn memory_backward<T: Float, K: HostKernels<T>>(
     };
     if width > 0 {
         // The projection's rows at the padding are zero (no call writes them).
-        let dp = Mat::new(&dm.d_proj, sb, width);
+        let dp = Mat::new(d_proj, sb, width);
         k.gemm(T::ONE, dp, w.mat(off, width, d.hk, rs), T::ONE, MatMut::new(&mut g.d_keys, sb, d.hk));
         let (_, dw) = g.d_params.split_at_mut(off);
         k.gemm(T::ONE, dp.t(), Mat::new(&memory.keys, sb, d.hk), T::ONE, MatMut::strided(dw, width, d.hk, rs));
     }
     // The padding's keys get no gradient (their rows were never read).
     zero_padding(&mut g.d_keys, &d, shape.lengths());
+    Ok(g)
+}
+
+/// A whole forward call ([`crate::attention::AttentionBackend::attention_forward`]): the
+/// memory, then [`forward_with`]; the memory's buffers are kept for the next call ([`Spare`]).
+pub(crate) fn forward<T: Float, K: HostKernels<T>>(
+    k: &K,
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    params: &[T],
+    keys: &[T],
+    queries: &[T],
+) -> Result<AttentionOutput<T>> {
+    check_inputs(cfg, shape, params, keys, queries)?;
+    let m = memory(k, cfg, shape, params, keys)?;
+    let out = forward_with(k, cfg, shape, params, &m, queries);
+    Spare::give(m.keys);
+    Spare::give(m.proj);
+    out
+}
+
+/// A whole backward call ([`crate::attention::AttentionBackend::attention_backward`]): the
+/// memory, [`backward_with`] and [`memory_backward`], the keys' gradients written in place and
+/// the intermediates' buffers kept for the next call ([`Spare`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward<T: Float, K: HostKernels<T>>(
+    k: &K,
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    params: &[T],
+    keys: &[T],
+    queries: &[T],
+    out: &AttentionOutput<T>,
+    up: AttentionUpstream<'_, T>,
+) -> Result<AttentionGrads<T>> {
+    check_inputs(cfg, shape, params, keys, queries)?;
+    check_backward(cfg, shape, out, &up)?;
+    let m = memory(k, cfg, shape, params, keys)?;
+    let mut dm = AttentionMemoryGrads { d_keys: vec![T::ZERO; m.keys.len()], d_proj: Spare::zeroed(m.proj.len()) };
+    let mut g = backward_with(k, cfg, shape, params, &m, queries, out, up, &mut dm)?;
+    let kg = keys_backward(k, cfg, shape, params, &m, dm.d_keys, &dm.d_proj)?;
+    for (d, x) in g.d_params.iter_mut().zip(&kg.d_params) {
+        *d += *x;
+    }
+    g.d_keys = kg.d_keys;
+    Spare::give(m.keys);
+    Spare::give(m.proj);
+    Spare::give(dm.d_proj);
     Ok(g)
 }
