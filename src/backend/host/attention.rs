@@ -18,7 +18,7 @@
 //! weight gradients through `0·NaN`); every per-sequence product stops at the sequence's length.
 //!
 //! Speed: the per-sequence products run in parallel, each thread on its own block of steps of
-//! every sequence ([`for_step_blocks`]); a call's large intermediates (the memory inside a
+//! every sequence ([`for_blocks_of`]); a call's large intermediates (the memory inside a
 //! whole [`forward`] or [`backward`], the upstream copies, `dZ`, `dE`) are [`Spare`] buffers
 //! kept on the thread between calls, since fresh buffers of several MB are mapped and faulted
 //! in page by page at every call.
@@ -239,13 +239,14 @@ fn by_keys<'a, T>(x: &'a [T], d: &Dims, b: usize, keys: &Range<usize>) -> Mat<'a
     Mat::strided(&x[b * d.s + keys.start..], d.tq, keys.len(), d.b * d.s).t()
 }
 
-/// Runs `f(kernels, steps, block)` over blocks of consecutive steps of `x` (`[n, B, w]`, `n`
-/// steps), the blocks in parallel, one per thread: `block` is `x`'s rows of the steps `steps`,
-/// which only that block writes, and `kernels` run on the calling thread. Every per-sequence
-/// product of a call writes the rows of one step index (a query's or a key's), so it is cut
-/// this way: each block runs every sequence's product over its own steps. The GEMMs' arithmetic
+/// Runs `f(kernels, items, block)` over blocks of consecutive items of `x` (`n` items of equal
+/// size: the steps of a `[n, B, w]` tensor, or one buffer per sequence), the blocks in
+/// parallel, one per thread: `block` is `x`'s part of the items `items`, which only that block
+/// writes, and `kernels` run on the calling thread. Every per-sequence product of a call writes
+/// the rows of one step index (a query's or a key's), so it is cut by steps: each block runs
+/// every sequence's product over its own steps. The GEMMs' arithmetic
 /// per element does not depend on the rows around it, so the cut changes no bit.
-fn for_step_blocks<T: Float, K: HostKernels<T>>(k: &K, x: &mut [T], n: usize, f: impl Fn(&K, Range<usize>, &mut [T]) + Sync) {
+fn for_blocks_of<T: Float, K: HostKernels<T>>(k: &K, x: &mut [T], n: usize, f: impl Fn(&K, Range<usize>, &mut [T]) + Sync) {
     let parts = k.threads().min(n).max(1);
     if parts == 1 {
         return f(k, 0..n, x);
@@ -303,7 +304,7 @@ pub(crate) fn forward_with<T: Float, K: HostKernels<T>>(
     let qp = query_proj(k, cfg, &d, &w, queries);
     let lengths = shape.lengths();
     // The scores and the softmax of each row over its sequence's keys, per block of queries.
-    for_step_blocks(k, &mut out.weights, d.tq, |k, ts, e| {
+    for_blocks_of(k, &mut out.weights, d.tq, |k, ts, e| {
         for (b, &len) in lengths.iter().enumerate() {
             let eb = MatMut { cols: len, ..seq_mut(e, &d, b, ts.len(), d.s) };
             match cfg.score() {
@@ -317,7 +318,7 @@ pub(crate) fn forward_with<T: Float, K: HostKernels<T>>(
         }
     });
     let weights = &out.weights;
-    for_step_blocks(k, &mut out.context, d.tq, |k, ts, c| {
+    for_blocks_of(k, &mut out.context, d.tq, |k, ts, c| {
         for (b, &len) in lengths.iter().enumerate() {
             let alpha = Mat { cols: len, ..seq_rows(weights, &d, b, &ts, d.s) };
             k.gemm(T::ONE, alpha, seq(keys, &d, b, len, d.hk), T::ZERO, seq_mut(c, &d, b, ts.len(), d.hk));
@@ -328,7 +329,7 @@ pub(crate) fn forward_with<T: Float, K: HostKernels<T>>(
         let rs = d.hk + d.hq;
         k.gemm(T::ONE, Mat::new(&out.context, tb, d.hk), w.mat(w.w_c, d.o, d.hk, rs).t(), T::ZERO, MatMut::new(&mut out.hidden, tb, d.o));
         k.gemm(T::ONE, Mat::new(queries, tb, d.hq), w.mat(w.w_c + d.hk, d.o, d.hq, rs).t(), T::ONE, MatMut::new(&mut out.hidden, tb, d.o));
-        for_step_blocks(k, &mut out.hidden, d.tq, |k, _, h| k.tanh_in_place(h));
+        for_blocks_of(k, &mut out.hidden, d.tq, |k, _, h| k.tanh_in_place(h));
     }
     Spare::give(qp);
     Ok(out)
@@ -431,7 +432,7 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
         None => Spare::zeroed(tb * d.s),
     };
     let (weights, lengths) = (&out.weights, shape.lengths());
-    for_step_blocks(k, &mut de, d.tq, |k, ts, de| {
+    for_blocks_of(k, &mut de, d.tq, |k, ts, de| {
         for (b, &len) in lengths.iter().enumerate() {
             let dalpha = MatMut { cols: len, ..seq_mut(de, &d, b, ts.len(), d.s) };
             k.gemm(T::ONE, seq_rows(&dc, &d, b, &ts, d.hk), seq(keys, &d, b, len, d.hk).t(), T::ONE, dalpha);
@@ -452,7 +453,7 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
     let below = |ss: &Range<usize>, len: usize| ss.start..ss.end.min(len);
     // Per block of keys: dK_b += α_bᵀ dC_b, and for the dot score dK_b += dE_bᵀ Q_b.
     let dot = cfg.score() == Score::Dot;
-    for_step_blocks(k, &mut dm.d_keys, d.s, |k, ss, dk| {
+    for_blocks_of(k, &mut dm.d_keys, d.s, |k, ss, dk| {
         for (b, &len) in lengths.iter().enumerate() {
             let ks = below(&ss, len);
             if ks.is_empty() {
@@ -469,7 +470,7 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
         Score::Dot | Score::General => {
             // dQ_b += dE_b K_b (dot) or dE_b (K W_aᵀ)_b (general), per block of queries.
             let (kk, kw) = if dot { (keys, d.hk) } else { (kp, d.hq) };
-            for_step_blocks(k, &mut g.d_queries, d.tq, |k, ts, dq| {
+            for_blocks_of(k, &mut g.d_queries, d.tq, |k, ts, dq| {
                 for (b, &len) in lengths.iter().enumerate() {
                     let deb = Mat { cols: len, ..seq_rows(&de, &d, b, &ts, d.s) };
                     k.gemm(T::ONE, deb, seq(kk, &d, b, len, kw), T::ONE, seq_mut(dq, &d, b, ts.len(), d.hq));
@@ -477,7 +478,7 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
             });
             if !dot {
                 // d(K W_aᵀ)_b += dE_bᵀ Q_b, per block of keys.
-                for_step_blocks(k, &mut dm.d_proj, d.s, |k, ss, dp| {
+                for_blocks_of(k, &mut dm.d_proj, d.s, |k, ss, dp| {
                     for (b, &len) in lengths.iter().enumerate() {
                         let ks = below(&ss, len);
                         if !ks.is_empty() {
@@ -495,28 +496,51 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
         }
         Score::Concat | Score::Additive => {
             // dP = dE v ⊙ (1 - u²), u = tanh(P_q + P_k): summed over the keys into dP_q, over
-            // the queries into dP_k; dv += Σ dE u.
+            // the queries into dP_k; dv += Σ dE u. Each sequence in parallel into buffers of its
+            // own (its rows of dP_q and dP_k, its share of dv), then added in sequence order.
             let qp = query_proj(k, cfg, &d, &w, queries);
-            let mut dqp = Spare::zeroed(tb * d.a);
-            let mut dv = vec![T::ZERO; d.a];
             let v = &params[w.v..w.v + d.a];
-            let mut u = Vec::new();
-            for (b, &len) in shape.lengths().iter().enumerate() {
-                for t in 0..d.tq {
-                    let rq = (t * d.b + b) * d.a;
-                    tanh_layer(k, &d, (&qp, kp), (t, b, len), &mut u);
-                    for (s, us) in u.chunks_exact(d.a).enumerate() {
-                        let des = de[(t * d.b + b) * d.s + s];
-                        let rk = (s * d.b + b) * d.a;
-                        for (a, &ua) in us.iter().enumerate() {
-                            dv[a] += des * ua;
-                            let dp = des * v[a] * (T::ONE - ua * ua);
-                            dqp[rq + a] += dp;
-                            dm.d_proj[rk + a] += dp;
+            let seq_len = (d.tq + d.s + 1) * d.a;
+            let mut per_seq = Spare::zeroed(d.b * seq_len);
+            for_blocks_of(k, &mut per_seq, d.b, |k, bs, block| {
+                let mut u = Vec::new();
+                for (b, buf) in bs.zip(block.chunks_exact_mut(seq_len)) {
+                    let len = lengths[b];
+                    let (dq_b, rest) = buf.split_at_mut(d.tq * d.a);
+                    let (dk_b, dv_b) = rest.split_at_mut(d.s * d.a);
+                    for (t, dq_t) in dq_b.chunks_exact_mut(d.a).enumerate() {
+                        tanh_layer(k, &d, (&qp, kp), (t, b, len), &mut u);
+                        for ((us, dk_s), &des) in u.chunks_exact(d.a).zip(dk_b.chunks_exact_mut(d.a)).zip(&de[(t * d.b + b) * d.s..]) {
+                            for ((((&ua, &va), dva), dqa), dka) in
+                                us.iter().zip(v).zip(dv_b.iter_mut()).zip(dq_t.iter_mut()).zip(dk_s.iter_mut())
+                            {
+                                *dva += des * ua;
+                                let dp = des * va * (T::ONE - ua * ua);
+                                *dqa += dp;
+                                *dka += dp;
+                            }
                         }
                     }
                 }
+            });
+            let mut dqp = Spare::zeroed(tb * d.a);
+            let mut dv = vec![T::ZERO; d.a];
+            for (b, buf) in per_seq.chunks_exact(seq_len).enumerate() {
+                let (dq_b, rest) = buf.split_at(d.tq * d.a);
+                let (dk_b, dv_b) = rest.split_at(d.s * d.a);
+                for (t, dq_t) in dq_b.chunks_exact(d.a).enumerate() {
+                    dqp[(t * d.b + b) * d.a..][..d.a].copy_from_slice(dq_t);
+                }
+                for (s, dk_s) in dk_b.chunks_exact(d.a).enumerate().take(lengths[b]) {
+                    for (x, &y) in dm.d_proj[(s * d.b + b) * d.a..][..d.a].iter_mut().zip(dk_s) {
+                        *x += y;
+                    }
+                }
+                for (x, &y) in dv.iter_mut().zip(dv_b) {
+                    *x += y;
+                }
             }
+            Spare::give(per_seq);
             for (x, dva) in g.d_params[w.v..w.v + d.a].iter_mut().zip(dv) {
                 *x += dva;
             }
