@@ -18,10 +18,11 @@
 //! weight gradients through `0·NaN`); every per-sequence product stops at the sequence's length.
 //!
 //! Speed: the per-sequence products run in parallel, each thread on its own block of steps of
-//! every sequence ([`for_blocks_of`]); a call's large intermediates (the memory inside a
-//! whole [`forward`] or [`backward`], the upstream copies, `dZ`, `dE`) are [`Spare`] buffers
-//! kept on the thread between calls, since fresh buffers of several MB are mapped and faulted
-//! in page by page at every call.
+//! every sequence ([`for_blocks_of`]), the concat and additive scores' backward on its own
+//! sequences, into buffers added in sequence order afterwards: no sum depends on the thread
+//! count. A call's large intermediates (the memory inside a whole [`forward`] or [`backward`],
+//! the upstream copies, `dZ`, `dE`) are [`Spare`] buffers kept on the thread between calls,
+//! since fresh buffers of several MB are mapped and faulted in page by page at every call.
 
 use super::{HostKernels, Mat, MatMut};
 use crate::attention::{
@@ -43,7 +44,7 @@ use std::sync::Mutex;
 /// over (each is zeroed or overwritten when taken).
 struct Spare;
 
-/// How many buffers [`Spare`] keeps per thread (a backward call has at most six
+/// How many buffers [`Spare`] keeps per thread (a whole backward call has at most eight
 /// intermediates at once).
 const SPARE_MAX: usize = 8;
 
