@@ -119,6 +119,34 @@ impl AttentionBackend<f32> for Cpu {
     ) -> Result<AttentionGrads<f32>> {
         with_kernels!(self.kernels, |k| self.run(k, None, |k| host::attention::memory_backward(k, cfg, shape, params, memory, d_memory)))
     }
+
+    /// The memory and the forward pass in one call on the pool, the memory's buffers kept for
+    /// the next call (`host::attention::forward`).
+    fn attention_forward(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[f32],
+        keys: &[f32],
+        queries: &[f32],
+    ) -> Result<AttentionOutput<f32>> {
+        with_kernels!(self.kernels, |k| self.run(k, None, |k| host::attention::forward(k, cfg, shape, params, keys, queries)))
+    }
+
+    /// The memory, the backward pass and the keys' side's backward in one call on the pool,
+    /// the intermediates' buffers kept for the next call (`host::attention::backward`).
+    fn attention_backward(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[f32],
+        keys: &[f32],
+        queries: &[f32],
+        out: &AttentionOutput<f32>,
+        up: AttentionUpstream<'_, f32>,
+    ) -> Result<AttentionGrads<f32>> {
+        with_kernels!(self.kernels, |k| self.run(k, None, |k| host::attention::backward(k, cfg, shape, params, keys, queries, out, up)))
+    }
 }
 
 use crate::backend::cell::Cell;

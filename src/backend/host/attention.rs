@@ -16,14 +16,89 @@
 //! ([`memory_backward`]). The memory's keys are a copy whose padding (steps past each length) is
 //! zero, so that a product over all keys reads no padding value (a NaN there would reach the
 //! weight gradients through `0·NaN`); every per-sequence product stops at the sequence's length.
+//!
+//! Speed: the per-sequence products run in parallel, each thread on its own block of steps of
+//! every sequence ([`for_blocks_of`]), the concat and additive scores' backward on its own
+//! sequences, into buffers added in sequence order afterwards: no sum depends on the thread
+//! count. A call's large intermediates (the memory inside a whole [`forward`] or [`backward`],
+//! the upstream copies, `dZ`, `dE`) are [`Spare`] buffers kept on the thread between calls,
+//! since fresh buffers of several MB are mapped and faulted in page by page at every call.
 
 use super::{HostKernels, Mat, MatMut};
 use crate::attention::{
-    check_backward, check_len, AttentionConfig, AttentionGrads, AttentionMemory, AttentionMemoryGrads, AttentionOutput, AttentionShape,
-    AttentionUpstream, Score,
+    check_backward, check_inputs, check_len, AttentionConfig, AttentionGrads, AttentionMemory, AttentionMemoryGrads, AttentionOutput,
+    AttentionShape, AttentionUpstream, Score,
 };
 use crate::element::Float;
 use crate::error::Result;
+use std::any::Any;
+use std::cell::RefCell;
+use std::ops::Range;
+use std::sync::Mutex;
+
+/// The buffers kept on a thread between calls for the intermediates: a call takes one
+/// ([`Spare::zeroed`], [`Spare::copy`]) and gives it back when done ([`Spare::give`]), so that
+/// the next call writes into memory already mapped instead of faulting in fresh pages (and,
+/// with several threads, paying for the other threads' TLB flushes when they are unmapped).
+/// At most [`SPARE_MAX`] buffers are kept, the largest ones; a buffer's contents never carry
+/// over (each is zeroed or overwritten when taken).
+struct Spare;
+
+/// How many buffers [`Spare`] keeps per thread (a whole backward call has at most eight
+/// intermediates at once).
+const SPARE_MAX: usize = 8;
+
+thread_local! {
+    static SPARE: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Spare {
+    /// An empty buffer of capacity at least `n`: the smallest kept one that fits, else a new one.
+    fn take<T: Float>(n: usize) -> Vec<T> {
+        let kept = SPARE.with_borrow_mut(|spare| {
+            let fits = |b: &Box<dyn Any>| b.downcast_ref::<Vec<T>>().map(Vec::capacity).filter(|&c| c >= n);
+            let best = (0..spare.len()).filter_map(|i| fits(&spare[i]).map(|c| (c, i))).min()?;
+            spare.swap_remove(best.1).downcast::<Vec<T>>().ok()
+        });
+        match kept {
+            Some(mut v) => {
+                v.clear();
+                *v
+            }
+            None => Vec::with_capacity(n),
+        }
+    }
+
+    /// `n` zeros.
+    fn zeroed<T: Float>(n: usize) -> Vec<T> {
+        let mut v = Spare::take(n);
+        v.resize(n, T::ZERO);
+        v
+    }
+
+    /// A copy of `x`.
+    fn copy<T: Float>(x: &[T]) -> Vec<T> {
+        let mut v = Spare::take(x.len());
+        v.extend_from_slice(x);
+        v
+    }
+
+    /// Keeps `v` for a later call (dropping the smallest buffer past [`SPARE_MAX`]).
+    fn give<T: Float>(v: Vec<T>) {
+        if v.capacity() == 0 {
+            return;
+        }
+        SPARE.with_borrow_mut(|spare| {
+            spare.push(Box::new(v));
+            if spare.len() > SPARE_MAX {
+                let size = |b: &Box<dyn Any>| b.downcast_ref::<Vec<T>>().map_or(0, |v| v.capacity());
+                if let Some(i) = (0..spare.len()).min_by_key(|&i| size(&spare[i])) {
+                    spare.swap_remove(i);
+                }
+            }
+        });
+    }
+}
 
 /// The sizes of a call.
 #[derive(Clone, Copy)]
@@ -124,18 +199,18 @@ pub(crate) fn memory<T: Float, K: HostKernels<T>>(
     check_len("params", params.len(), &[cfg.param_len()])?;
     check_len("keys", keys.len(), &[d.s, d.b, d.hk])?;
     let w = Params::of(cfg, &d, params)?;
-    let mut masked = keys.to_vec();
+    let mut masked = Spare::copy(keys);
     zero_padding(&mut masked, &d, shape.lengths());
     let sb = d.s * d.b;
     let proj = match cfg.score() {
         Score::Dot => Vec::new(),
         Score::General => {
-            let mut kp = vec![T::ZERO; sb * d.hq];
+            let mut kp = Spare::zeroed(sb * d.hq);
             k.gemm(T::ONE, Mat::new(&masked, sb, d.hk), w.mat(w.w_a, d.hq, d.hk, d.hk).t(), T::ZERO, MatMut::new(&mut kp, sb, d.hq));
             kp
         }
         Score::Concat | Score::Additive => {
-            let mut kp = vec![T::ZERO; sb * d.a];
+            let mut kp = Spare::zeroed(sb * d.a);
             k.gemm(T::ONE, Mat::new(&masked, sb, d.hk), w.mat(w.w_k.0, d.a, d.hk, w.w_k.1).t(), T::ZERO, MatMut::new(&mut kp, sb, d.a));
             kp
         }
@@ -154,18 +229,60 @@ fn seq<'a, T>(x: &'a [T], d: &Dims, b: usize, rows: usize, w: usize) -> Mat<'a, 
     Mat::strided(&x[b * w..], rows, w, d.b * w)
 }
 
+/// Sequence `b`'s rows `steps` of a `[N, B, w]` tensor (as [`seq`] from step `steps.start`).
+fn seq_rows<'a, T>(x: &'a [T], d: &Dims, b: usize, steps: &Range<usize>, w: usize) -> Mat<'a, T> {
+    Mat::strided(&x[(steps.start * d.b + b) * w..], steps.len(), w, d.b * w)
+}
+
+/// Sequence `b`'s columns `keys` of a `[Tq, B, S]` tensor (the weights or their gradient),
+/// transposed: `[keys, Tq]`.
+fn by_keys<'a, T>(x: &'a [T], d: &Dims, b: usize, keys: &Range<usize>) -> Mat<'a, T> {
+    Mat::strided(&x[b * d.s + keys.start..], d.tq, keys.len(), d.b * d.s).t()
+}
+
+/// Runs `f(kernels, items, block)` over blocks of consecutive items of `x` (`n` items of equal
+/// size: the steps of a `[n, B, w]` tensor, or one buffer per sequence), the blocks in
+/// parallel, one per thread: `block` is `x`'s part of the items `items`, which only that block
+/// writes, and `kernels` run on the calling thread. Every per-sequence product of a call writes
+/// the rows of one step index (a query's or a key's), so it is cut by steps: each block runs
+/// every sequence's product over its own steps. The GEMMs' arithmetic
+/// per element does not depend on the rows around it, so the cut changes no bit.
+fn for_blocks_of<T: Float, K: HostKernels<T>>(k: &K, x: &mut [T], n: usize, f: impl Fn(&K, Range<usize>, &mut [T]) + Sync) {
+    let parts = k.threads().min(n).max(1);
+    if parts == 1 {
+        return f(k, 0..n, x);
+    }
+    let step_len = x.len() / n;
+    let bounds = super::row_bounds(n, parts);
+    let mut rest = x;
+    let blocks: Vec<_> = bounds
+        .windows(2)
+        .map(|w| {
+            let (block, tail) = std::mem::take(&mut rest).split_at_mut((w[1] - w[0]) * step_len);
+            rest = tail;
+            Mutex::new(Some(block))
+        })
+        .collect();
+    let serial = k.serial();
+    k.for_blocks(parts, &|i| {
+        if let Some(block) = blocks[i].lock().ok().and_then(|mut b| b.take()) {
+            f(&serial, bounds[i]..bounds[i + 1], block);
+        }
+    });
+}
+
 fn seq_mut<'a, T>(x: &'a mut [T], d: &Dims, b: usize, rows: usize, w: usize) -> MatMut<'a, T> {
     MatMut::strided(&mut x[b * w..], rows, w, d.b * w)
 }
 
 /// The query side of the concat and additive scores, `P_q = Q W_qᵀ` `[Tq·B, A]` (empty for the
-/// others).
+/// others), a [`Spare`] buffer.
 fn query_proj<T: Float, K: HostKernels<T>>(k: &K, cfg: &AttentionConfig, d: &Dims, w: &Params<'_, T>, queries: &[T]) -> Vec<T> {
     if !matches!(cfg.score(), Score::Concat | Score::Additive) {
         return Vec::new();
     }
     let tb = d.tq * d.b;
-    let mut qp = vec![T::ZERO; tb * d.a];
+    let mut qp = Spare::zeroed(tb * d.a);
     k.gemm(T::ONE, Mat::new(queries, tb, d.hq), w.mat(w.w_q.0, d.a, d.hq, w.w_q.1).t(), T::ZERO, MatMut::new(&mut qp, tb, d.a));
     qp
 }
@@ -186,29 +303,36 @@ pub(crate) fn forward_with<T: Float, K: HostKernels<T>>(
     let tb = d.tq * d.b;
     let mut out = AttentionOutput { weights: vec![T::ZERO; tb * d.s], context: vec![T::ZERO; tb * d.hk], hidden: vec![T::ZERO; tb * d.o] };
     let qp = query_proj(k, cfg, &d, &w, queries);
-    for (b, &len) in shape.lengths().iter().enumerate() {
-        let e = MatMut { cols: len, ..seq_mut(&mut out.weights, &d, b, d.tq, d.s) };
-        match cfg.score() {
-            Score::Dot => k.gemm(T::ONE, seq(queries, &d, b, d.tq, d.hq), seq(keys, &d, b, len, d.hk).t(), T::ZERO, e),
-            Score::General => k.gemm(T::ONE, seq(queries, &d, b, d.tq, d.hq), seq(kp, &d, b, len, d.hq).t(), T::ZERO, e),
-            Score::Concat | Score::Additive => tanh_scores(k, &d, &w, (&qp, kp), b, len, e),
+    let lengths = shape.lengths();
+    // The scores and the softmax of each row over its sequence's keys, per block of queries.
+    for_blocks_of(k, &mut out.weights, d.tq, |k, ts, e| {
+        for (b, &len) in lengths.iter().enumerate() {
+            let eb = MatMut { cols: len, ..seq_mut(e, &d, b, ts.len(), d.s) };
+            match cfg.score() {
+                Score::Dot => k.gemm(T::ONE, seq_rows(queries, &d, b, &ts, d.hq), seq(keys, &d, b, len, d.hk).t(), T::ZERO, eb),
+                Score::General => k.gemm(T::ONE, seq_rows(queries, &d, b, &ts, d.hq), seq(kp, &d, b, len, d.hq).t(), T::ZERO, eb),
+                Score::Concat | Score::Additive => tanh_scores(k, &d, &w, (&qp, kp), (b, len), ts.clone(), eb),
+            }
         }
-    }
-    // The softmax of each row over its sequence's keys.
-    for (r, row) in out.weights.chunks_exact_mut(d.s).enumerate() {
-        softmax(&mut row[..shape.lengths()[r % d.b]]);
-    }
-    for (b, &len) in shape.lengths().iter().enumerate() {
-        let alpha = Mat::strided(&out.weights[b * d.s..], d.tq, len, d.b * d.s);
-        k.gemm(T::ONE, alpha, seq(keys, &d, b, len, d.hk), T::ZERO, seq_mut(&mut out.context, &d, b, d.tq, d.hk));
-    }
+        for (r, row) in e.chunks_exact_mut(d.s).enumerate() {
+            softmax(&mut row[..lengths[r % d.b]]);
+        }
+    });
+    let weights = &out.weights;
+    for_blocks_of(k, &mut out.context, d.tq, |k, ts, c| {
+        for (b, &len) in lengths.iter().enumerate() {
+            let alpha = Mat { cols: len, ..seq_rows(weights, &d, b, &ts, d.s) };
+            k.gemm(T::ONE, alpha, seq(keys, &d, b, len, d.hk), T::ZERO, seq_mut(c, &d, b, ts.len(), d.hk));
+        }
+    });
     if d.o > 0 {
         // Z = C W_c[:, :Hk]ᵀ + Q W_c[:, Hk:]ᵀ, then tanh.
         let rs = d.hk + d.hq;
         k.gemm(T::ONE, Mat::new(&out.context, tb, d.hk), w.mat(w.w_c, d.o, d.hk, rs).t(), T::ZERO, MatMut::new(&mut out.hidden, tb, d.o));
         k.gemm(T::ONE, Mat::new(queries, tb, d.hq), w.mat(w.w_c + d.hk, d.o, d.hq, rs).t(), T::ONE, MatMut::new(&mut out.hidden, tb, d.o));
-        k.tanh_in_place(&mut out.hidden);
+        for_blocks_of(k, &mut out.hidden, d.tq, |k, _, h| k.tanh_in_place(h));
     }
+    Spare::give(qp);
     Ok(out)
 }
 
@@ -224,26 +348,27 @@ fn tanh_layer<T: Float, K: HostKernels<T>>(k: &K, d: &Dims, (qp, kp): (&[T], &[T
     k.tanh_in_place(u);
 }
 
-/// Concat and additive: `e[t, s] = Σ_a v_a tanh(P_q[t, b, a] + P_k[s, b, a])` for sequence `b`.
+/// Concat and additive: `e[t, s] = Σ_a v_a tanh(P_q[t, b, a] + P_k[s, b, a])` for sequence `b`
+/// of length `len` and the queries `ts` (`e`'s rows).
 fn tanh_scores<T: Float, K: HostKernels<T>>(
     k: &K,
     d: &Dims,
     w: &Params<'_, T>,
     p: (&[T], &[T]),
-    b: usize,
-    len: usize,
+    (b, len): (usize, usize),
+    ts: Range<usize>,
     mut e: MatMut<'_, T>,
 ) {
     let v = &w.p[w.v..w.v + d.a];
     let mut u = Vec::with_capacity(len * d.a);
-    for t in 0..d.tq {
+    for (i, t) in ts.enumerate() {
         tanh_layer(k, d, p, (t, b, len), &mut u);
         for (s, us) in u.chunks_exact(d.a).enumerate() {
             let mut sum = T::ZERO;
             for (&va, &ua) in v.iter().zip(us) {
                 sum += va * ua;
             }
-            *e.at_mut(t, s) = sum;
+            *e.at_mut(i, s) = sum;
         }
     }
 }
@@ -284,12 +409,13 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
     let tb = d.tq * d.b;
     let mut g = AttentionGrads { d_queries: vec![T::ZERO; tb * d.hq], d_keys: Vec::new(), d_params: vec![T::ZERO; params.len()] };
     let mut dc = match up.d_context {
-        Some(v) => v.to_vec(),
-        None => vec![T::ZERO; tb * d.hk],
+        Some(v) => Spare::copy(v),
+        None => Spare::zeroed(tb * d.hk),
     };
     if let (Some(dh), true) = (up.d_hidden, d.o > 0) {
         // dZ = dH ⊙ (1 - H²); dW_c += dZᵀ [C, Q]; [dC, dQ] += dZ W_c.
-        let dz: Vec<T> = dh.iter().zip(&out.hidden).map(|(&g, &h)| g * (T::ONE - h * h)).collect();
+        let mut dz = Spare::take(tb * d.o);
+        dz.extend(dh.iter().zip(&out.hidden).map(|(&g, &h)| g * (T::ONE - h * h)));
         let rs = d.hk + d.hq;
         let (dzm, wc) = (Mat::new(&dz, tb, d.o), w.w_c);
         {
@@ -299,71 +425,123 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
         }
         k.gemm(T::ONE, dzm, w.mat(wc, d.o, d.hk, rs), T::ONE, MatMut::new(&mut dc, tb, d.hk));
         k.gemm(T::ONE, dzm, w.mat(wc + d.hk, d.o, d.hq, rs), T::ONE, MatMut::new(&mut g.d_queries, tb, d.hq));
+        Spare::give(dz);
     }
-    // dα = d_weights + dC K_bᵀ; dK_b += α_bᵀ dC_b; then the softmax's backward, in place.
+    // dα = d_weights + dC K_bᵀ, then the softmax's backward in place (dE), per block of queries.
     let mut de = match up.d_weights {
-        Some(v) => v.to_vec(),
-        None => vec![T::ZERO; tb * d.s],
+        Some(v) => Spare::copy(v),
+        None => Spare::zeroed(tb * d.s),
     };
-    for (b, &len) in shape.lengths().iter().enumerate() {
-        let dcb = seq(&dc, &d, b, d.tq, d.hk);
-        let dalpha = MatMut { cols: len, ..seq_mut(&mut de, &d, b, d.tq, d.s) };
-        k.gemm(T::ONE, dcb, seq(keys, &d, b, len, d.hk).t(), T::ONE, dalpha);
-        let alpha = Mat::strided(&out.weights[b * d.s..], d.tq, len, d.b * d.s);
-        k.gemm(T::ONE, alpha.t(), dcb, T::ONE, seq_mut(&mut dm.d_keys, &d, b, len, d.hk));
-    }
-    for (r, (der, ar)) in de.chunks_exact_mut(d.s).zip(out.weights.chunks_exact(d.s)).enumerate() {
-        let len = shape.lengths()[r % d.b];
-        let mut dot = T::ZERO;
-        for (&a, &da) in ar[..len].iter().zip(&der[..len]) {
-            dot += a * da;
+    let (weights, lengths) = (&out.weights, shape.lengths());
+    for_blocks_of(k, &mut de, d.tq, |k, ts, de| {
+        for (b, &len) in lengths.iter().enumerate() {
+            let dalpha = MatMut { cols: len, ..seq_mut(de, &d, b, ts.len(), d.s) };
+            k.gemm(T::ONE, seq_rows(&dc, &d, b, &ts, d.hk), seq(keys, &d, b, len, d.hk).t(), T::ONE, dalpha);
         }
-        for (x, &a) in der[..len].iter_mut().zip(&ar[..len]) {
-            *x = a * (*x - dot);
+        let alpha = &weights[ts.start * d.b * d.s..ts.end * d.b * d.s];
+        for (r, (der, ar)) in de.chunks_exact_mut(d.s).zip(alpha.chunks_exact(d.s)).enumerate() {
+            let len = lengths[r % d.b];
+            let mut dot = T::ZERO;
+            for (&a, &da) in ar[..len].iter().zip(&der[..len]) {
+                dot += a * da;
+            }
+            for (x, &a) in der[..len].iter_mut().zip(&ar[..len]) {
+                *x = a * (*x - dot);
+            }
+            der[len..].fill(T::ZERO);
         }
-        der[len..].fill(T::ZERO);
-    }
-    // Each score's backward from dE.
-    match cfg.score() {
-        Score::Dot => {
-            for (b, &len) in shape.lengths().iter().enumerate() {
-                let deb = Mat::strided(&de[b * d.s..], d.tq, len, d.b * d.s);
-                k.gemm(T::ONE, deb, seq(keys, &d, b, len, d.hk), T::ONE, seq_mut(&mut g.d_queries, &d, b, d.tq, d.hq));
-                k.gemm(T::ONE, deb.t(), seq(queries, &d, b, d.tq, d.hq), T::ONE, seq_mut(&mut dm.d_keys, &d, b, len, d.hk));
+    });
+    let below = |ss: &Range<usize>, len: usize| ss.start..ss.end.min(len);
+    // Per block of keys: dK_b += α_bᵀ dC_b, and for the dot score dK_b += dE_bᵀ Q_b.
+    let dot = cfg.score() == Score::Dot;
+    for_blocks_of(k, &mut dm.d_keys, d.s, |k, ss, dk| {
+        for (b, &len) in lengths.iter().enumerate() {
+            let ks = below(&ss, len);
+            if ks.is_empty() {
+                continue;
+            }
+            k.gemm(T::ONE, by_keys(weights, &d, b, &ks), seq(&dc, &d, b, d.tq, d.hk), T::ONE, seq_mut(dk, &d, b, ks.len(), d.hk));
+            if dot {
+                k.gemm(T::ONE, by_keys(&de, &d, b, &ks), seq(queries, &d, b, d.tq, d.hq), T::ONE, seq_mut(dk, &d, b, ks.len(), d.hk));
             }
         }
-        Score::General => {
-            // dQ_b += dE_b (K W_aᵀ)_b; d(K W_aᵀ)_b += dE_bᵀ Q_b.
-            for (b, &len) in shape.lengths().iter().enumerate() {
-                let deb = Mat::strided(&de[b * d.s..], d.tq, len, d.b * d.s);
-                k.gemm(T::ONE, deb, seq(kp, &d, b, len, d.hq), T::ONE, seq_mut(&mut g.d_queries, &d, b, d.tq, d.hq));
-                k.gemm(T::ONE, deb.t(), seq(queries, &d, b, d.tq, d.hq), T::ONE, seq_mut(&mut dm.d_proj, &d, b, len, d.hq));
+    });
+    // Each score's backward from dE.
+    match cfg.score() {
+        Score::Dot | Score::General => {
+            // dQ_b += dE_b K_b (dot) or dE_b (K W_aᵀ)_b (general), per block of queries.
+            let (kk, kw) = if dot { (keys, d.hk) } else { (kp, d.hq) };
+            for_blocks_of(k, &mut g.d_queries, d.tq, |k, ts, dq| {
+                for (b, &len) in lengths.iter().enumerate() {
+                    let deb = Mat { cols: len, ..seq_rows(&de, &d, b, &ts, d.s) };
+                    k.gemm(T::ONE, deb, seq(kk, &d, b, len, kw), T::ONE, seq_mut(dq, &d, b, ts.len(), d.hq));
+                }
+            });
+            if !dot {
+                // d(K W_aᵀ)_b += dE_bᵀ Q_b, per block of keys.
+                for_blocks_of(k, &mut dm.d_proj, d.s, |k, ss, dp| {
+                    for (b, &len) in lengths.iter().enumerate() {
+                        let ks = below(&ss, len);
+                        if !ks.is_empty() {
+                            k.gemm(
+                                T::ONE,
+                                by_keys(&de, &d, b, &ks),
+                                seq(queries, &d, b, d.tq, d.hq),
+                                T::ONE,
+                                seq_mut(dp, &d, b, ks.len(), d.hq),
+                            );
+                        }
+                    }
+                });
             }
         }
         Score::Concat | Score::Additive => {
             // dP = dE v ⊙ (1 - u²), u = tanh(P_q + P_k): summed over the keys into dP_q, over
-            // the queries into dP_k; dv += Σ dE u.
+            // the queries into dP_k; dv += Σ dE u. Each sequence in parallel into buffers of its
+            // own (its rows of dP_q and dP_k, its share of dv), then added in sequence order.
             let qp = query_proj(k, cfg, &d, &w, queries);
-            let mut dqp = vec![T::ZERO; tb * d.a];
-            let mut dv = vec![T::ZERO; d.a];
             let v = &params[w.v..w.v + d.a];
-            let mut u = Vec::new();
-            for (b, &len) in shape.lengths().iter().enumerate() {
-                for t in 0..d.tq {
-                    let rq = (t * d.b + b) * d.a;
-                    tanh_layer(k, &d, (&qp, kp), (t, b, len), &mut u);
-                    for (s, us) in u.chunks_exact(d.a).enumerate() {
-                        let des = de[(t * d.b + b) * d.s + s];
-                        let rk = (s * d.b + b) * d.a;
-                        for (a, &ua) in us.iter().enumerate() {
-                            dv[a] += des * ua;
-                            let dp = des * v[a] * (T::ONE - ua * ua);
-                            dqp[rq + a] += dp;
-                            dm.d_proj[rk + a] += dp;
+            let seq_len = (d.tq + d.s + 1) * d.a;
+            let mut per_seq = Spare::zeroed(d.b * seq_len);
+            for_blocks_of(k, &mut per_seq, d.b, |k, bs, block| {
+                let mut u = Vec::new();
+                for (b, buf) in bs.zip(block.chunks_exact_mut(seq_len)) {
+                    let len = lengths[b];
+                    let (dq_b, rest) = buf.split_at_mut(d.tq * d.a);
+                    let (dk_b, dv_b) = rest.split_at_mut(d.s * d.a);
+                    for (t, dq_t) in dq_b.chunks_exact_mut(d.a).enumerate() {
+                        tanh_layer(k, &d, (&qp, kp), (t, b, len), &mut u);
+                        for ((us, dk_s), &des) in u.chunks_exact(d.a).zip(dk_b.chunks_exact_mut(d.a)).zip(&de[(t * d.b + b) * d.s..]) {
+                            for ((((&ua, &va), dva), dqa), dka) in
+                                us.iter().zip(v).zip(dv_b.iter_mut()).zip(dq_t.iter_mut()).zip(dk_s.iter_mut())
+                            {
+                                *dva += des * ua;
+                                let dp = des * va * (T::ONE - ua * ua);
+                                *dqa += dp;
+                                *dka += dp;
+                            }
                         }
                     }
                 }
+            });
+            let mut dqp = Spare::zeroed(tb * d.a);
+            let mut dv = vec![T::ZERO; d.a];
+            for (b, buf) in per_seq.chunks_exact(seq_len).enumerate() {
+                let (dq_b, rest) = buf.split_at(d.tq * d.a);
+                let (dk_b, dv_b) = rest.split_at(d.s * d.a);
+                for (t, dq_t) in dq_b.chunks_exact(d.a).enumerate() {
+                    dqp[(t * d.b + b) * d.a..][..d.a].copy_from_slice(dq_t);
+                }
+                for (s, dk_s) in dk_b.chunks_exact(d.a).enumerate().take(lengths[b]) {
+                    for (x, &y) in dm.d_proj[(s * d.b + b) * d.a..][..d.a].iter_mut().zip(dk_s) {
+                        *x += y;
+                    }
+                }
+                for (x, &y) in dv.iter_mut().zip(dv_b) {
+                    *x += y;
+                }
             }
+            Spare::give(per_seq);
             for (x, dva) in g.d_params[w.v..w.v + d.a].iter_mut().zip(dv) {
                 *x += dva;
             }
@@ -371,8 +549,12 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
             k.gemm(T::ONE, dqpm, w.mat(w.w_q.0, d.a, d.hq, w.w_q.1), T::ONE, MatMut::new(&mut g.d_queries, tb, d.hq));
             let (_, dw) = g.d_params.split_at_mut(w.w_q.0);
             k.gemm(T::ONE, dqpm.t(), Mat::new(queries, tb, d.hq), T::ONE, MatMut::strided(dw, d.a, d.hq, w.w_q.1));
+            Spare::give(qp);
+            Spare::give(dqp);
         }
     }
+    Spare::give(dc);
+    Spare::give(de);
     Ok(g)
 }
 
@@ -389,10 +571,23 @@ pub(crate) fn memory_backward<T: Float, K: HostKernels<T>>(
     memory.check(shape)?;
     check_len("params", params.len(), &[cfg.param_len()])?;
     check_grads(memory, dm)?;
+    keys_backward(k, cfg, shape, params, memory, dm.d_keys.clone(), &dm.d_proj)
+}
+
+/// [`memory_backward`] (its checks done) into `d_keys`, which holds `dm.d_keys`.
+fn keys_backward<T: Float, K: HostKernels<T>>(
+    k: &K,
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    params: &[T],
+    memory: &AttentionMemory<T>,
+    d_keys: Vec<T>,
+    d_proj: &[T],
+) -> Result<AttentionGrads<T>> {
     let d = Dims::of(cfg, shape);
     let w = Params::of(cfg, &d, params)?;
     let sb = d.s * d.b;
-    let mut g = AttentionGrads { d_queries: Vec::new(), d_keys: dm.d_keys.clone(), d_params: vec![T::ZERO; params.len()] };
+    let mut g = AttentionGrads { d_queries: Vec::new(), d_keys, d_params: vec![T::ZERO; params.len()] };
     let (off, width, rs) = match cfg.score() {
         Score::Dot => (0, 0, 0),
         Score::General => (w.w_a, d.hq, d.hk),
@@ -400,12 +595,60 @@ pub(crate) fn memory_backward<T: Float, K: HostKernels<T>>(
     };
     if width > 0 {
         // The projection's rows at the padding are zero (no call writes them).
-        let dp = Mat::new(&dm.d_proj, sb, width);
+        let dp = Mat::new(d_proj, sb, width);
         k.gemm(T::ONE, dp, w.mat(off, width, d.hk, rs), T::ONE, MatMut::new(&mut g.d_keys, sb, d.hk));
         let (_, dw) = g.d_params.split_at_mut(off);
         k.gemm(T::ONE, dp.t(), Mat::new(&memory.keys, sb, d.hk), T::ONE, MatMut::strided(dw, width, d.hk, rs));
     }
     // The padding's keys get no gradient (their rows were never read).
     zero_padding(&mut g.d_keys, &d, shape.lengths());
+    Ok(g)
+}
+
+/// A whole forward call ([`crate::attention::AttentionBackend::attention_forward`]): the
+/// memory, then [`forward_with`]; the memory's buffers are kept for the next call ([`Spare`]).
+pub(crate) fn forward<T: Float, K: HostKernels<T>>(
+    k: &K,
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    params: &[T],
+    keys: &[T],
+    queries: &[T],
+) -> Result<AttentionOutput<T>> {
+    check_inputs(cfg, shape, params, keys, queries)?;
+    let m = memory(k, cfg, shape, params, keys)?;
+    let out = forward_with(k, cfg, shape, params, &m, queries);
+    Spare::give(m.keys);
+    Spare::give(m.proj);
+    out
+}
+
+/// A whole backward call ([`crate::attention::AttentionBackend::attention_backward`]): the
+/// memory, [`backward_with`] and [`memory_backward`], the keys' gradients written in place and
+/// the intermediates' buffers kept for the next call ([`Spare`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward<T: Float, K: HostKernels<T>>(
+    k: &K,
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    params: &[T],
+    keys: &[T],
+    queries: &[T],
+    out: &AttentionOutput<T>,
+    up: AttentionUpstream<'_, T>,
+) -> Result<AttentionGrads<T>> {
+    check_inputs(cfg, shape, params, keys, queries)?;
+    check_backward(cfg, shape, out, &up)?;
+    let m = memory(k, cfg, shape, params, keys)?;
+    let mut dm = AttentionMemoryGrads { d_keys: vec![T::ZERO; m.keys.len()], d_proj: Spare::zeroed(m.proj.len()) };
+    let mut g = backward_with(k, cfg, shape, params, &m, queries, out, up, &mut dm)?;
+    let kg = keys_backward(k, cfg, shape, params, &m, dm.d_keys, &dm.d_proj)?;
+    for (d, x) in g.d_params.iter_mut().zip(&kg.d_params) {
+        *d += *x;
+    }
+    g.d_keys = kg.d_keys;
+    Spare::give(m.keys);
+    Spare::give(m.proj);
+    Spare::give(dm.d_proj);
     Ok(g)
 }
