@@ -359,6 +359,8 @@ fn host_backends_match_the_reference() {
         AttentionShape::new(1, 4, vec![4, 4]).unwrap(),
         AttentionShape::new(6, 2, vec![1, 2]).unwrap(),
         AttentionShape::new(9, 13, (0..21).map(|b| 1 + (b * 7) % 13).collect()).unwrap(),
+        // One query step (a decoder's): cut by sequences across the threads.
+        AttentionShape::new(1, 13, (0..21).map(|b| 1 + (b * 5) % 13).collect()).unwrap(),
     ];
     let mut worst = [0.0f64; 2];
     for (c, cfg) in configs().iter().enumerate() {

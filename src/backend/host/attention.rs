@@ -271,6 +271,35 @@ fn for_blocks_of<T: Float, K: HostKernels<T>>(k: &K, x: &mut [T], n: usize, f: i
     });
 }
 
+/// Runs `f(kernels, steps, seqs, block)` over blocks of a `[Tq, B, w]` tensor `x` (a per-query
+/// output), in parallel ([`for_blocks_of`]): cut by query steps, each block every sequence's rows
+/// of its steps; or, for one query step (a decoder's step, where a cut by steps leaves one block
+/// and the products of `1 × S` rows would each be split across the threads), by sequences,
+/// each block its sequences' rows. `block` holds the rows `(t, b)`, `t` in `steps`, `b` in
+/// `seqs`, step-major: see [`block_mut`] and [`block_seq`].
+fn for_query_blocks<T: Float, K: HostKernels<T>>(
+    k: &K,
+    x: &mut [T],
+    d: &Dims,
+    f: impl Fn(&K, Range<usize>, Range<usize>, &mut [T]) + Sync,
+) {
+    if d.tq == 1 && k.threads() > 1 {
+        for_blocks_of(k, x, d.b, |k, bs, block| f(k, 0..1, bs, block));
+    } else {
+        for_blocks_of(k, x, d.tq, |k, ts, block| f(k, ts, 0..d.b, block));
+    }
+}
+
+/// Sequence `b`'s `rows` rows of a [`for_query_blocks`] block of sequences `seqs`.
+fn block_mut<'a, T>(block: &'a mut [T], seqs: &Range<usize>, b: usize, rows: usize, w: usize) -> MatMut<'a, T> {
+    MatMut::strided(&mut block[(b - seqs.start) * w..], rows, w, seqs.len() * w)
+}
+
+/// The sequence of row `r` of a [`for_query_blocks`] block of sequences `seqs`.
+fn block_seq(seqs: &Range<usize>, r: usize) -> usize {
+    seqs.start + r % seqs.len()
+}
+
 fn seq_mut<'a, T>(x: &'a mut [T], d: &Dims, b: usize, rows: usize, w: usize) -> MatMut<'a, T> {
     MatMut::strided(&mut x[b * w..], rows, w, d.b * w)
 }
@@ -305,9 +334,10 @@ pub(crate) fn forward_with<T: Float, K: HostKernels<T>>(
     let qp = query_proj(k, cfg, &d, &w, queries);
     let lengths = shape.lengths();
     // The scores and the softmax of each row over its sequence's keys, per block of queries.
-    for_blocks_of(k, &mut out.weights, d.tq, |k, ts, e| {
-        for (b, &len) in lengths.iter().enumerate() {
-            let eb = MatMut { cols: len, ..seq_mut(e, &d, b, ts.len(), d.s) };
+    for_query_blocks(k, &mut out.weights, &d, |k, ts, bs, e| {
+        for b in bs.clone() {
+            let len = lengths[b];
+            let eb = MatMut { cols: len, ..block_mut(e, &bs, b, ts.len(), d.s) };
             match cfg.score() {
                 Score::Dot => k.gemm(T::ONE, seq_rows(queries, &d, b, &ts, d.hq), seq(keys, &d, b, len, d.hk).t(), T::ZERO, eb),
                 Score::General => k.gemm(T::ONE, seq_rows(queries, &d, b, &ts, d.hq), seq(kp, &d, b, len, d.hq).t(), T::ZERO, eb),
@@ -315,14 +345,15 @@ pub(crate) fn forward_with<T: Float, K: HostKernels<T>>(
             }
         }
         for (r, row) in e.chunks_exact_mut(d.s).enumerate() {
-            softmax(&mut row[..lengths[r % d.b]]);
+            softmax(&mut row[..lengths[block_seq(&bs, r)]]);
         }
     });
     let weights = &out.weights;
-    for_blocks_of(k, &mut out.context, d.tq, |k, ts, c| {
-        for (b, &len) in lengths.iter().enumerate() {
+    for_query_blocks(k, &mut out.context, &d, |k, ts, bs, c| {
+        for b in bs.clone() {
+            let len = lengths[b];
             let alpha = Mat { cols: len, ..seq_rows(weights, &d, b, &ts, d.s) };
-            k.gemm(T::ONE, alpha, seq(keys, &d, b, len, d.hk), T::ZERO, seq_mut(c, &d, b, ts.len(), d.hk));
+            k.gemm(T::ONE, alpha, seq(keys, &d, b, len, d.hk), T::ZERO, block_mut(c, &bs, b, ts.len(), d.hk));
         }
     });
     if d.o > 0 {
@@ -330,7 +361,7 @@ pub(crate) fn forward_with<T: Float, K: HostKernels<T>>(
         let rs = d.hk + d.hq;
         k.gemm(T::ONE, Mat::new(&out.context, tb, d.hk), w.mat(w.w_c, d.o, d.hk, rs).t(), T::ZERO, MatMut::new(&mut out.hidden, tb, d.o));
         k.gemm(T::ONE, Mat::new(queries, tb, d.hq), w.mat(w.w_c + d.hk, d.o, d.hq, rs).t(), T::ONE, MatMut::new(&mut out.hidden, tb, d.o));
-        for_blocks_of(k, &mut out.hidden, d.tq, |k, _, h| k.tanh_in_place(h));
+        for_query_blocks(k, &mut out.hidden, &d, |k, _, _, h| k.tanh_in_place(h));
     }
     Spare::give(qp);
     Ok(out)
@@ -433,14 +464,16 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
         None => Spare::zeroed(tb * d.s),
     };
     let (weights, lengths) = (&out.weights, shape.lengths());
-    for_blocks_of(k, &mut de, d.tq, |k, ts, de| {
-        for (b, &len) in lengths.iter().enumerate() {
-            let dalpha = MatMut { cols: len, ..seq_mut(de, &d, b, ts.len(), d.s) };
+    for_query_blocks(k, &mut de, &d, |k, ts, bs, de| {
+        for b in bs.clone() {
+            let len = lengths[b];
+            let dalpha = MatMut { cols: len, ..block_mut(de, &bs, b, ts.len(), d.s) };
             k.gemm(T::ONE, seq_rows(&dc, &d, b, &ts, d.hk), seq(keys, &d, b, len, d.hk).t(), T::ONE, dalpha);
         }
-        let alpha = &weights[ts.start * d.b * d.s..ts.end * d.b * d.s];
+        // The block's rows of the weights: from row (ts.start, bs.start), as many as the block's.
+        let alpha = &weights[(ts.start * d.b + bs.start) * d.s..][..de.len()];
         for (r, (der, ar)) in de.chunks_exact_mut(d.s).zip(alpha.chunks_exact(d.s)).enumerate() {
-            let len = lengths[r % d.b];
+            let len = lengths[block_seq(&bs, r)];
             let mut dot = T::ZERO;
             for (&a, &da) in ar[..len].iter().zip(&der[..len]) {
                 dot += a * da;
@@ -471,10 +504,11 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
         Score::Dot | Score::General => {
             // dQ_b += dE_b K_b (dot) or dE_b (K W_aᵀ)_b (general), per block of queries.
             let (kk, kw) = if dot { (keys, d.hk) } else { (kp, d.hq) };
-            for_blocks_of(k, &mut g.d_queries, d.tq, |k, ts, dq| {
-                for (b, &len) in lengths.iter().enumerate() {
+            for_query_blocks(k, &mut g.d_queries, &d, |k, ts, bs, dq| {
+                for b in bs.clone() {
+                    let len = lengths[b];
                     let deb = Mat { cols: len, ..seq_rows(&de, &d, b, &ts, d.s) };
-                    k.gemm(T::ONE, deb, seq(kk, &d, b, len, kw), T::ONE, seq_mut(dq, &d, b, ts.len(), d.hq));
+                    k.gemm(T::ONE, deb, seq(kk, &d, b, len, kw), T::ONE, block_mut(dq, &bs, b, ts.len(), d.hq));
                 }
             });
             if !dot {
