@@ -25,10 +25,22 @@ pub fn build_library() -> PathBuf {
         return dir;
     }
     let (dir, profile) = profile_dir();
-    let target_dir = dir.parent().unwrap();
+    let mut target_dir = dir.parent().unwrap();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "rnn-kernels-capi", "--lib", "--target-dir"]).arg(target_dir);
+    cmd.args(["build", "-p", "rnn-kernels-capi", "--lib"]);
+    // A test built with `--target <triple>` lives in `<target>/<triple>/<profile>` (a cross build
+    // run under an emulator, `.ci/neon.sh`): the library for that triple, so that this test's
+    // process can load it; the nested cargo runs on the build machine.
+    let triple = target_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| n.starts_with(&format!("{}-", std::env::consts::ARCH)) && n.contains("-linux-"));
+    if let Some(triple) = triple {
+        cmd.args(["--target", triple]);
+        target_dir = target_dir.parent().unwrap();
+    }
+    cmd.arg("--target-dir").arg(target_dir);
     match profile.as_str() {
         "debug" => {}
         "release" => {
