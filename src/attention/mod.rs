@@ -491,6 +491,66 @@ pub struct AttentionUpstream<'a, T> {
     pub d_hidden: Option<&'a [T]>,
 }
 
+/// The sizes of a call, as the backends' products index them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dims {
+    pub(crate) tq: usize,
+    pub(crate) s: usize,
+    pub(crate) b: usize,
+    pub(crate) hq: usize,
+    pub(crate) hk: usize,
+    pub(crate) a: usize,
+    pub(crate) o: usize,
+}
+
+impl Dims {
+    pub(crate) fn of(cfg: &AttentionConfig, shape: &AttentionShape) -> Self {
+        Dims {
+            tq: shape.queries(),
+            s: shape.steps(),
+            b: shape.batch(),
+            hq: cfg.query_size(),
+            hk: cfg.key_size(),
+            a: cfg.attn_size(),
+            o: cfg.output_size(),
+        }
+    }
+}
+
+/// Where each parameter matrix lies in the flat buffer, for the backends' products.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Offsets {
+    /// General `W_a [Hq, Hk]`.
+    pub(crate) w_a: usize,
+    /// Concat and additive `W_q [A, Hq]` and `W_k [A, Hk]` (offset, row stride: column blocks
+    /// of `W_a [A, Hq + Hk]` for concat), and `v [A]`.
+    pub(crate) w_q: (usize, usize),
+    pub(crate) w_k: (usize, usize),
+    pub(crate) v: usize,
+    /// `W_c [O, Hk + Hq]`.
+    pub(crate) w_c: usize,
+}
+
+impl Offsets {
+    pub(crate) fn of(cfg: &AttentionConfig, d: &Dims) -> Result<Self> {
+        let at = |n: &str| cfg.param_range(n).map(|r| r.start);
+        let mut w = Offsets::default();
+        match cfg.score() {
+            Score::Dot => {}
+            Score::General => w.w_a = at("weight_a")?,
+            Score::Concat => {
+                let o = at("weight_a")?;
+                (w.w_q, w.w_k, w.v) = ((o, d.hq + d.hk), (o + d.hq, d.hq + d.hk), at("v_a")?);
+            }
+            Score::Additive => (w.w_q, w.w_k, w.v) = ((at("weight_query")?, d.hq), (at("weight_key")?, d.hk), at("v")?),
+        }
+        if d.o > 0 {
+            w.w_c = at("weight_c")?;
+        }
+        Ok(w)
+    }
+}
+
 /// Checks a buffer's length against its shape.
 pub(crate) fn check_len(arg: &str, got: usize, shape: &[usize]) -> Result<()> {
     let want: usize = shape.iter().product();

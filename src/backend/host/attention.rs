@@ -27,7 +27,7 @@
 use super::{HostKernels, Mat, MatMut};
 use crate::attention::{
     check_backward, check_inputs, check_len, AttentionConfig, AttentionGrads, AttentionMemory, AttentionMemoryGrads, AttentionOutput,
-    AttentionShape, AttentionUpstream, Score,
+    AttentionShape, AttentionUpstream, Dims, Offsets, Score,
 };
 use crate::element::Float;
 use crate::error::Result;
@@ -100,62 +100,23 @@ impl Spare {
     }
 }
 
-/// The sizes of a call.
-#[derive(Clone, Copy)]
-struct Dims {
-    tq: usize,
-    s: usize,
-    b: usize,
-    hq: usize,
-    hk: usize,
-    a: usize,
-    o: usize,
-}
-
-impl Dims {
-    fn of(cfg: &AttentionConfig, shape: &AttentionShape) -> Self {
-        Dims {
-            tq: shape.queries(),
-            s: shape.steps(),
-            b: shape.batch(),
-            hq: cfg.query_size(),
-            hk: cfg.key_size(),
-            a: cfg.attn_size(),
-            o: cfg.output_size(),
-        }
-    }
-}
-
-/// The parameter blocks: `(offset, rows, cols, row stride)` of each matrix in the flat buffer.
+/// The parameters and where each matrix lies in them.
 struct Params<'a, T> {
     p: &'a [T],
-    /// General `W_a [Hq, Hk]`; concat and additive `W_q [A, Hq]` and `W_k [A, Hk]` (column
-    /// blocks of `W_a [A, Hq + Hk]` for concat) and `v [A]`.
-    w_a: usize,
-    w_q: (usize, usize),
-    w_k: (usize, usize),
-    v: usize,
-    /// `W_c [O, Hk + Hq]`.
-    w_c: usize,
+    off: Offsets,
+}
+
+impl<T> std::ops::Deref for Params<'_, T> {
+    type Target = Offsets;
+
+    fn deref(&self) -> &Offsets {
+        &self.off
+    }
 }
 
 impl<'a, T> Params<'a, T> {
     fn of(cfg: &AttentionConfig, d: &Dims, p: &'a [T]) -> Result<Self> {
-        let at = |n: &str| cfg.param_range(n).map(|r| r.start);
-        let mut w = Params { p, w_a: 0, w_q: (0, 0), w_k: (0, 0), v: 0, w_c: 0 };
-        match cfg.score() {
-            Score::Dot => {}
-            Score::General => w.w_a = at("weight_a")?,
-            Score::Concat => {
-                let o = at("weight_a")?;
-                (w.w_q, w.w_k, w.v) = ((o, d.hq + d.hk), (o + d.hq, d.hq + d.hk), at("v_a")?);
-            }
-            Score::Additive => (w.w_q, w.w_k, w.v) = ((at("weight_query")?, d.hq), (at("weight_key")?, d.hk), at("v")?),
-        }
-        if d.o > 0 {
-            w.w_c = at("weight_c")?;
-        }
-        Ok(w)
+        Ok(Params { p, off: Offsets::of(cfg, d)? })
     }
 
     /// `rows × cols` at `off` with row stride `rs`.

@@ -29,7 +29,7 @@ use super::super::exec::Exec;
 use super::super::kernels as k;
 use crate::attention::{
     check_backward, check_len, AttentionConfig, AttentionGrads, AttentionMemory, AttentionMemoryGrads, AttentionOutput, AttentionShape,
-    AttentionUpstream, Score,
+    AttentionUpstream, Dims, Offsets, Score,
 };
 use crate::element::Dtype;
 use crate::error::{Error, Result};
@@ -51,76 +51,20 @@ pub(crate) trait Stage {
     fn down(&self, b: &Self::Buf, host: &mut [f32]) -> Result<()>;
 }
 
-/// The sizes of a call.
-#[derive(Clone, Copy, Debug)]
-struct Dims {
-    tq: usize,
-    s: usize,
-    b: usize,
-    hq: usize,
-    hk: usize,
-    a: usize,
-    o: usize,
-}
-
-impl Dims {
-    /// The sizes, each product of them the kernels and cuBLAS index below 2^31 (an error naming
-    /// the shape otherwise).
-    fn of(cfg: &AttentionConfig, shape: &AttentionShape) -> Result<Self> {
-        let d = Dims {
-            tq: shape.queries(),
-            s: shape.steps(),
-            b: shape.batch(),
-            hq: cfg.query_size(),
-            hk: cfg.key_size(),
-            a: cfg.attn_size(),
-            o: cfg.output_size(),
-        };
-        let widest = [d.s, d.hq, d.hk, d.a, d.o, d.hk + d.hq].into_iter().max().unwrap_or(0);
-        let rows = d.tq.max(d.s).checked_mul(d.b);
-        if rows.and_then(|r| r.checked_mul(widest)).is_none_or(|n| n >= 1 << 31) || cfg.param_len() >= 1 << 31 {
-            return Err(Error::invalid(
-                "shape",
-                "sizes whose products (Tq·B·S, S·B·Hk, ...) are below 2^31 on the CUDA backend",
-                format!("{shape:?}"),
-            ));
-        }
-        Ok(d)
+/// The sizes of a call (`Dims::of`), each product of them the kernels and cuBLAS index
+/// below 2^31 (an error naming the shape otherwise).
+fn device_dims(cfg: &AttentionConfig, shape: &AttentionShape) -> Result<Dims> {
+    let d = Dims::of(cfg, shape);
+    let widest = [d.s, d.hq, d.hk, d.a, d.o, d.hk + d.hq].into_iter().max().unwrap_or(0);
+    let rows = d.tq.max(d.s).checked_mul(d.b);
+    if rows.and_then(|r| r.checked_mul(widest)).is_none_or(|n| n >= 1 << 31) || cfg.param_len() >= 1 << 31 {
+        return Err(Error::invalid(
+            "shape",
+            "sizes whose products (Tq·B·S, S·B·Hk, ...) are below 2^31 on the CUDA backend",
+            format!("{shape:?}"),
+        ));
     }
-}
-
-/// Where each parameter matrix lies in the flat buffer (the host's `Params`, as offsets).
-#[derive(Clone, Copy, Debug, Default)]
-struct Offsets {
-    /// General `W_a [Hq, Hk]`.
-    w_a: usize,
-    /// Concat and additive `W_q [A, Hq]` and `W_k [A, Hk]` (offset, row stride: column blocks of
-    /// `W_a [A, Hq + Hk]` for concat), and `v [A]`.
-    w_q: (usize, usize),
-    w_k: (usize, usize),
-    v: usize,
-    /// `W_c [O, Hk + Hq]`.
-    w_c: usize,
-}
-
-impl Offsets {
-    fn of(cfg: &AttentionConfig, d: &Dims) -> Result<Self> {
-        let at = |n: &str| cfg.param_range(n).map(|r| r.start);
-        let mut w = Offsets::default();
-        match cfg.score() {
-            Score::Dot => {}
-            Score::General => w.w_a = at("weight_a")?,
-            Score::Concat => {
-                let o = at("weight_a")?;
-                (w.w_q, w.w_k, w.v) = ((o, d.hq + d.hk), (o + d.hq, d.hq + d.hk), at("v_a")?);
-            }
-            Score::Additive => (w.w_q, w.w_k, w.v) = ((at("weight_query")?, d.hq), (at("weight_key")?, d.hk), at("v")?),
-        }
-        if d.o > 0 {
-            w.w_c = at("weight_c")?;
-        }
-        Ok(w)
-    }
+    Ok(d)
 }
 
 fn tanh_score(cfg: &AttentionConfig) -> bool {
@@ -147,7 +91,7 @@ struct Call<'e, 'a> {
 
 impl<'e, 'a> Call<'e, 'a> {
     fn new(exec: &'e Exec<'a>, cfg: &AttentionConfig, shape: &AttentionShape) -> Result<Self> {
-        let d = Dims::of(cfg, shape)?;
+        let d = device_dims(cfg, shape)?;
         let lens: Vec<i32> = shape.lengths().iter().map(|&l| l as i32).collect();
         Ok(Call { exec, d, w: Offsets::of(cfg, &d)?, lengths: exec.upload_i32(&lens)? })
     }
@@ -177,7 +121,7 @@ impl<'e, 'a> Call<'e, 'a> {
     }
 
     fn i32(&self, n: usize) -> i32 {
-        n as i32 // Dims::of checked every size below 2^31
+        n as i32 // device_dims checked every size below 2^31
     }
 
     /// `attention_mask_rows`: `dst` = `src` (`[S, B, w]`) with the padding rows 0.
@@ -449,7 +393,7 @@ pub(crate) fn memory<S: Stage>(
 ) -> Result<AttentionMemory<f32>> {
     check_len("params", params.len(), &[cfg.param_len()])?;
     check_len("keys", keys.len(), &[shape.steps(), shape.batch(), cfg.key_size()])?;
-    Dims::of(cfg, shape)?;
+    device_dims(cfg, shape)?;
     let sb = shape.steps() * shape.batch();
     let (p, k) = (st.up(params)?, st.up(keys)?);
     let (masked, proj) = (st.out(keys.len())?, st.out(sb * proj_width(cfg))?);
@@ -478,7 +422,7 @@ pub(crate) fn forward_with<S: Stage>(
     queries: &[f32],
 ) -> Result<AttentionOutput<f32>> {
     check_call(cfg, shape, params, memory, queries)?;
-    let d = Dims::of(cfg, shape)?;
+    let d = device_dims(cfg, shape)?;
     let tb = d.tq * d.b;
     let (p, keys, proj, q) = (st.up(params)?, st.up(&memory.keys)?, st.up(&memory.proj)?, st.up(queries)?);
     let (weights, context, hidden) = (st.out(tb * d.s)?, st.out(tb * d.hk)?, st.out(tb * d.o)?);
@@ -519,7 +463,7 @@ pub(crate) fn backward_with<S: Stage>(
     check_call(cfg, shape, params, memory, queries)?;
     check_backward(cfg, shape, out, &up)?;
     check_grads(memory, dm)?;
-    let d = Dims::of(cfg, shape)?;
+    let d = device_dims(cfg, shape)?;
     let tb = d.tq * d.b;
     let (p, keys, proj, q) = (st.up(params)?, st.up(&memory.keys)?, st.up(&memory.proj)?, st.up(queries)?);
     let (weights, context, hidden) = (st.up(&out.weights)?, st.up(&out.context)?, st.up(&out.hidden)?);
@@ -569,7 +513,7 @@ pub(crate) fn memory_backward<S: Stage>(
     check_len("params", params.len(), &[cfg.param_len()])?;
     check_memory(cfg, shape, memory)?;
     check_grads(memory, dm)?;
-    Dims::of(cfg, shape)?;
+    device_dims(cfg, shape)?;
     let (p, keys, dmk, dmp) = (st.up(params)?, st.up(&memory.keys)?, st.up(&dm.d_keys)?, st.up(&dm.d_proj)?);
     let (dk, dp) = (st.out(memory.keys.len())?, st.out(params.len())?);
     st.run(&mut |exec| {
