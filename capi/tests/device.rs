@@ -46,7 +46,7 @@ fn device_entry_points_on_a_gpu() {
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use super::common::{build_library, Case};
+    use super::common::{build_library, Case, Library};
     use rnnk_core::cudarc::driver::{result, sys, DevicePtr};
     use rnnk_core::{Cuda, CudaBuf, Params};
     use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -65,14 +65,6 @@ mod gpu {
     const HL: usize = L * 2 * B * H;
     const RNNK_OK: c_int = 0;
     const RNNK_ERR_INVALID_ARGUMENT: c_int = 2;
-
-    #[link(name = "dl")]
-    extern "C" {
-        fn dlopen(filename: *const c_char, flag: c_int) -> *mut c_void;
-        fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
-        fn dlerror() -> *const c_char;
-    }
-    const RTLD_NOW: c_int = 2;
 
     // The header's prototypes: `In`/`Out` are a buffer argument's pointer, `N` a size_t.
     type Model = *mut c_void;
@@ -111,25 +103,10 @@ mod gpu {
 
     impl Lib {
         fn open(dir: &Path) -> Lib {
-            let path = CString::new(dir.join("librnn_kernels.so").to_str().unwrap()).unwrap();
-            // SAFETY: loads the library this test just built.
-            let h = unsafe { dlopen(path.as_ptr(), RTLD_NOW) };
-            // SAFETY: dlerror's message is a C string when dlopen failed.
-            assert!(!h.is_null(), "dlopen {path:?}: {:?}", unsafe { CStr::from_ptr(dlerror()) });
-            /// The function `name` of the library, as the function pointer type `F`.
-            fn symbol<F: Copy>(h: *mut c_void, name: &str) -> F {
-                assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>(), "{name}: not a function pointer type");
-                let cname = CString::new(name).unwrap();
-                // SAFETY: a live library handle and a C string.
-                let p = unsafe { dlsym(h, cname.as_ptr()) };
-                assert!(!p.is_null(), "{name} is not exported");
-                // SAFETY: `F` is the function pointer type of the header's prototype (same size,
-                // checked above).
-                unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) }
-            }
+            let lib = Library::open(dir);
             macro_rules! sym {
                 ($name:literal) => {
-                    symbol(h, $name)
+                    lib.symbol($name)
                 };
             }
             Lib {

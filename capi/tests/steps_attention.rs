@@ -12,7 +12,7 @@
 #[allow(dead_code)]
 mod common;
 
-use common::{build_library, values};
+use common::{build_library, values, Library};
 use rnnk_core::attention::{AttentionBackend, AttentionConfig, AttentionMemoryGrads, AttentionShape, AttentionUpstream, Score};
 use rnnk_core::{CellKind, Cpu, Params, Reference, Rnn, RnnConfig};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -25,14 +25,6 @@ const RNNK_ERR_INVALID_ARGUMENT: c_int = 2;
 const RNNK_ERR_SIZE_MISMATCH: c_int = 3;
 const RNNK_ERR_WRONG_HANDLE: c_int = 4;
 const RNNK_ERR_UNSUPPORTED: c_int = 12;
-
-#[link(name = "dl")]
-extern "C" {
-    fn dlopen(filename: *const c_char, flag: c_int) -> *mut c_void;
-    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
-    fn dlerror() -> *const c_char;
-}
-const RTLD_NOW: c_int = 2;
 
 type H = *mut c_void;
 type In = *const f32;
@@ -73,24 +65,10 @@ struct Lib {
 
 impl Lib {
     fn open(dir: &Path) -> Lib {
-        let path = CString::new(dir.join("librnn_kernels.so").to_str().unwrap()).unwrap();
-        // SAFETY: loads the library this test just built.
-        let h = unsafe { dlopen(path.as_ptr(), RTLD_NOW) };
-        // SAFETY: dlerror's message is a C string when dlopen failed.
-        assert!(!h.is_null(), "dlopen {path:?}: {:?}", unsafe { CStr::from_ptr(dlerror()) });
-        /// The function `name` of the library, as the function pointer type `F`.
-        fn symbol<F: Copy>(h: *mut c_void, name: &str) -> F {
-            assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>(), "{name}: not a function pointer type");
-            let cname = CString::new(name).unwrap();
-            // SAFETY: a live library handle and a C string.
-            let p = unsafe { dlsym(h, cname.as_ptr()) };
-            assert!(!p.is_null(), "{name} is not exported");
-            // SAFETY: `F` is the function pointer type of the header's prototype.
-            unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) }
-        }
+        let lib = Library::open(dir);
         macro_rules! sym {
             ($name:literal) => {
-                symbol(h, $name)
+                lib.symbol($name)
             };
         }
         Lib {

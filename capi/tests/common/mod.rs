@@ -3,8 +3,47 @@
 
 use rnnk_core::testkit::SplitMix64;
 use rnnk_core::{CellKind, Params, RnnConfig, SeqShape};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[link(name = "dl")]
+extern "C" {
+    fn dlopen(filename: *const c_char, flag: c_int) -> *mut c_void;
+    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+    fn dlerror() -> *const c_char;
+}
+const RTLD_NOW: c_int = 2;
+
+/// The shared library in `dir` ([`build_library`]), loaded with dlopen (and never unloaded),
+/// for the tests that call its functions as a C program would.
+#[allow(dead_code)] // not every test binary loads it
+pub struct Library(*mut c_void);
+
+#[allow(dead_code)]
+impl Library {
+    pub fn open(dir: &Path) -> Library {
+        let path = CString::new(dir.join("librnn_kernels.so").to_str().unwrap()).unwrap();
+        // SAFETY: loads the library this test built.
+        let h = unsafe { dlopen(path.as_ptr(), RTLD_NOW) };
+        // SAFETY: dlerror's message is a C string when dlopen failed.
+        assert!(!h.is_null(), "dlopen {path:?}: {:?}", unsafe { CStr::from_ptr(dlerror()) });
+        Library(h)
+    }
+
+    /// The function `name` of the library, as the function pointer type `F` (the header's
+    /// prototype: the caller's promise; its size is checked).
+    pub fn symbol<F: Copy>(&self, name: &str) -> F {
+        assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>(), "{name}: not a function pointer type");
+        let cname = CString::new(name).unwrap();
+        // SAFETY: a live library handle and a C string.
+        let p = unsafe { dlsym(self.0, cname.as_ptr()) };
+        assert!(!p.is_null(), "{name} is not exported");
+        // SAFETY: `F` is the function pointer type of the header's prototype (same size, checked
+        // above).
+        unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) }
+    }
+}
 
 /// `target/<profile>` (the directory of this test's `deps/`), and the profile's name.
 fn profile_dir() -> (PathBuf, String) {
