@@ -7,7 +7,8 @@
 //! in f32) against the reference, the same bits for 1, 2 and 3 threads; bad input.
 
 use rnn_kernels::attention::{
-    reference, AttentionBackend, AttentionConfig, AttentionGrads, AttentionOutput, AttentionShape, AttentionUpstream, Score,
+    reference, AttentionBackend, AttentionConfig, AttentionGrads, AttentionMemoryGrads, AttentionOutput, AttentionShape, AttentionUpstream,
+    Score,
 };
 use rnn_kernels::testkit::case::max_error;
 use rnn_kernels::testkit::SplitMix64;
@@ -324,6 +325,22 @@ fn bad_input_is_an_error_naming_the_argument() {
     let cut = AttentionOutput { weights: out.weights[1..].to_vec(), ..out.clone() };
     assert!(b(&cut, AttentionUpstream::default()).contains("`out.weights`"));
     assert!(cfg.param_range("v").unwrap_err().to_string().contains("`name`"));
+
+    // A memory of another configuration (keys 3 wide, not 6) on the host backends: an error
+    // naming `memory` from each call over it, nothing read past its buffers.
+    let other = AttentionConfig::new(Score::General, 4, 3).build().unwrap();
+    let po = Problem::new(&other, &shape, 2);
+    let mem = Reference.attention_memory(&other, &shape, &po.params, &po.keys).unwrap();
+    let dm = AttentionMemoryGrads::new(&mem);
+    let e = Reference.attention_forward_with(&cfg, &shape, &p.params, &mem, &p.queries).unwrap_err();
+    assert!(e.to_string().contains("`memory`"), "{e}");
+    let e = Reference.attention_memory_backward(&cfg, &shape, &p.params, &mem, &dm).unwrap_err();
+    assert!(e.to_string().contains("`memory`"), "{e}");
+    let down = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let cpu = Cpu::new().unwrap();
+    let mem = cpu.attention_memory(&other, &shape, &down(&po.params), &down(&po.keys)).unwrap();
+    let e = cpu.attention_forward_with(&cfg, &shape, &down(&p.params), &mem, &down(&p.queries)).unwrap_err();
+    assert!(e.to_string().contains("`memory`"), "{e}");
 }
 
 /// The reference's outputs and gradients in f64 on a problem.

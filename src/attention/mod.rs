@@ -551,6 +551,52 @@ impl Offsets {
     }
 }
 
+/// The width of a memory's projection (`Hq` general, `A` concat and additive, 0 dot).
+pub(crate) fn proj_width(cfg: &AttentionConfig) -> usize {
+    match cfg.score() {
+        Score::Dot => 0,
+        Score::General => cfg.query_size(),
+        Score::Concat | Score::Additive => cfg.attn_size(),
+    }
+}
+
+/// The checks of a call over `memory`: its shape, the parameters', the queries' and the
+/// memory's buffers.
+pub(crate) fn check_call<T>(
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    params: &[T],
+    memory: &AttentionMemory<T>,
+    queries: &[T],
+) -> Result<()> {
+    memory.check(shape)?;
+    check_len("params", params.len(), &[cfg.param_len()])?;
+    check_len("queries", queries.len(), &[shape.queries(), shape.batch(), cfg.query_size()])?;
+    check_memory(cfg, shape, memory)
+}
+
+/// The memory's buffers have this configuration's sizes (a memory of another configuration is
+/// an error naming `memory`, before anything is read).
+pub(crate) fn check_memory<T>(cfg: &AttentionConfig, shape: &AttentionShape, memory: &AttentionMemory<T>) -> Result<()> {
+    let sb = shape.steps() * shape.batch();
+    if memory.keys.len() != sb * cfg.key_size() || memory.proj.len() != sb * proj_width(cfg) {
+        return Err(Error::invalid(
+            "memory",
+            "the memory of this configuration's keys (attention_memory with the same config)",
+            "another configuration's",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `dm` holds the gradients of `memory`.
+pub(crate) fn check_grads<T>(memory: &AttentionMemory<T>, dm: &AttentionMemoryGrads<T>) -> Result<()> {
+    if dm.d_keys.len() != memory.keys.len() || dm.d_proj.len() != memory.proj.len() {
+        return Err(Error::invalid("d_memory", "the gradients of this memory (AttentionMemoryGrads::new(memory))", "another memory's"));
+    }
+    Ok(())
+}
+
 /// Checks a buffer's length against its shape.
 pub(crate) fn check_len(arg: &str, got: usize, shape: &[usize]) -> Result<()> {
     let want: usize = shape.iter().product();

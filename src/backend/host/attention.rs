@@ -29,6 +29,7 @@ use crate::attention::{
     check_backward, check_inputs, check_len, AttentionConfig, AttentionGrads, AttentionMemory, AttentionMemoryGrads, AttentionOutput,
     AttentionShape, AttentionUpstream, Dims, Offsets, Score,
 };
+use crate::attention::{check_call, check_grads, check_memory};
 use crate::element::Float;
 use crate::error::Result;
 use std::any::Any;
@@ -136,18 +137,6 @@ fn zero_padding<T: Float>(x: &mut [T], d: &Dims, lengths: &[usize]) {
     }
 }
 
-/// Checks that `dm` holds the gradients of `memory`.
-fn check_grads<T>(memory: &AttentionMemory<T>, dm: &AttentionMemoryGrads<T>) -> Result<()> {
-    if dm.d_keys.len() != memory.keys.len() || dm.d_proj.len() != memory.proj.len() {
-        return Err(crate::Error::invalid(
-            "d_memory",
-            "the gradients of this memory (AttentionMemoryGrads::new(memory))",
-            "another memory's",
-        ));
-    }
-    Ok(())
-}
-
 /// The keys' side: the keys with the padding zeroed, and their projection.
 pub(crate) fn memory<T: Float, K: HostKernels<T>>(
     k: &K,
@@ -177,13 +166,6 @@ pub(crate) fn memory<T: Float, K: HostKernels<T>>(
         }
     };
     Ok(AttentionMemory { keys: masked, proj, steps: d.s, lengths: shape.lengths().to_vec() })
-}
-
-/// The checks of a call over `memory`.
-fn check_call<T>(cfg: &AttentionConfig, shape: &AttentionShape, params: &[T], memory: &AttentionMemory<T>, queries: &[T]) -> Result<()> {
-    memory.check(shape)?;
-    check_len("params", params.len(), &[cfg.param_len()])?;
-    check_len("queries", queries.len(), &[shape.queries(), shape.batch(), cfg.query_size()])
 }
 
 fn seq<'a, T>(x: &'a [T], d: &Dims, b: usize, rows: usize, w: usize) -> Mat<'a, T> {
@@ -565,6 +547,7 @@ pub(crate) fn memory_backward<T: Float, K: HostKernels<T>>(
 ) -> Result<AttentionGrads<T>> {
     memory.check(shape)?;
     check_len("params", params.len(), &[cfg.param_len()])?;
+    check_memory(cfg, shape, memory)?;
     check_grads(memory, dm)?;
     keys_backward(k, cfg, shape, params, memory, dm.d_keys.clone(), &dm.d_proj)
 }

@@ -31,6 +31,7 @@ use crate::attention::{
     check_backward, check_len, AttentionConfig, AttentionGrads, AttentionMemory, AttentionMemoryGrads, AttentionOutput, AttentionShape,
     AttentionUpstream, Dims, Offsets, Score,
 };
+use crate::attention::{check_call, check_grads, check_memory, proj_width};
 use crate::element::Dtype;
 use crate::error::{Error, Result};
 
@@ -69,15 +70,6 @@ fn device_dims(cfg: &AttentionConfig, shape: &AttentionShape) -> Result<Dims> {
 
 fn tanh_score(cfg: &AttentionConfig) -> bool {
     matches!(cfg.score(), Score::Concat | Score::Additive)
-}
-
-/// The width of the memory's projection (`Hq` general, `A` concat and additive, 0 dot).
-fn proj_width(cfg: &AttentionConfig) -> usize {
-    match cfg.score() {
-        Score::Dot => 0,
-        Score::General => cfg.query_size(),
-        Score::Concat | Score::Additive => cfg.attn_size(),
-    }
 }
 
 /// One call on the target: its execution context, sizes, parameter offsets and the lengths on
@@ -351,36 +343,6 @@ fn memory_backward_views(c: &Call<'_, '_>, cfg: &AttentionConfig, p: View, keys:
         c.gemm(dp.t(), keys.mat(sb, d.hk), 1.0, c.param(d_params, off, width, d.hk, rs))?;
     }
     c.mask_rows(d_keys, d_keys, d.hk)
-}
-
-/// Checks that `dm` holds the gradients of `memory`.
-fn check_grads(memory: &AttentionMemory<f32>, dm: &AttentionMemoryGrads<f32>) -> Result<()> {
-    if dm.d_keys.len() != memory.keys.len() || dm.d_proj.len() != memory.proj.len() {
-        return Err(Error::invalid("d_memory", "the gradients of this memory (AttentionMemoryGrads::new(memory))", "another memory's"));
-    }
-    Ok(())
-}
-
-/// The checks of a call over `memory`.
-fn check_call(cfg: &AttentionConfig, shape: &AttentionShape, params: &[f32], memory: &AttentionMemory<f32>, queries: &[f32]) -> Result<()> {
-    memory.check(shape)?;
-    check_len("params", params.len(), &[cfg.param_len()])?;
-    check_len("queries", queries.len(), &[shape.queries(), shape.batch(), cfg.query_size()])?;
-    check_memory(cfg, shape, memory)
-}
-
-/// The memory's buffers have this configuration's sizes (a memory of another configuration is
-/// an error naming `memory`, before anything is read).
-fn check_memory(cfg: &AttentionConfig, shape: &AttentionShape, memory: &AttentionMemory<f32>) -> Result<()> {
-    let sb = shape.steps() * shape.batch();
-    if memory.keys.len() != sb * cfg.key_size() || memory.proj.len() != sb * proj_width(cfg) {
-        return Err(Error::invalid(
-            "memory",
-            "the memory of this configuration's keys (attention_memory with the same config)",
-            "another configuration's",
-        ));
-    }
-    Ok(())
 }
 
 /// [`AttentionBackend::attention_memory`](crate::attention::AttentionBackend::attention_memory) on `st`.
