@@ -138,8 +138,8 @@ pub(crate) const SAVED_BUFFERS: usize = 12;
 impl<M> Saved<M> {
     /// The buffers, in a fixed order (gates, extra, c, m, h, ln_x, ln_h, ln_c, rstd_x, rstd_h,
     /// rstd_c, c_new).
-    // The CUDA driver's views of a reserve; the host driver reads the fields by name.
-    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    // The CUDA driver's views of a reserve and the host reserve's size; the host driver reads
+    // the fields by name.
     pub fn each(&self) -> [&M; SAVED_BUFFERS] {
         [
             &self.gates,

@@ -51,6 +51,18 @@ impl<T: Send + Default> crate::backend::RnnReserve for HostReserve<T> {
     }
 }
 
+impl<T> HostReserve<T> {
+    /// The bytes of memory the reserve holds: the capacity of its buffers, backward's pooled
+    /// scratch buffers included. A reserve kept for reuse keeps them all.
+    pub fn nbytes(&self) -> usize {
+        let saved: usize = self.dirs.iter().flat_map(|d| d.each()).map(Vec::capacity).sum();
+        let outputs: usize = self.outputs.iter().map(Vec::capacity).sum();
+        let work: usize = self.work.0.lock().unwrap_or_else(|e| e.into_inner()).iter().map(Vec::capacity).sum();
+        let elements = self.x.capacity() + self.h0.capacity() + self.c0.capacity() + outputs + saved + work;
+        elements * std::mem::size_of::<T>()
+    }
+}
+
 impl<T: Float> HostReserve<T> {
     /// Sizes the reserve for a training call of `shape` and copies its inputs (`x`, and `h0`,
     /// `c0` or zeros). The caller has stamped it; the time loop fills `outputs` and `dirs`.
