@@ -1,0 +1,43 @@
+"""RNN, LSTM and GRU kernels with PyTorch-compatible parameters and full backpropagation through time.
+
+The NumPy API (everything here) is the extension module ``rnn_kernels._native``:
+
+- ``Config(mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+  bidirectional=False, proj_size=0, dropout=0.0)``: a validated configuration, with
+  ``param_specs()`` (PyTorch's names, shapes and offsets in the flat parameter buffer).
+- ``Model(config, params, backend="cpu", threads=None, isa=None)``: the parameters planned on
+  a backend (``"reference"``: float32 or float64; ``"cpu"``: float32), with ``forward``,
+  ``forward_training``, ``backward``, ``update_params`` and ``params``.
+- ``Reserve``: what a training forward pass keeps for backward.
+- ``load_safetensors`` / ``save_safetensors``, ``available_isas``, ``default_isa``, ``backends``.
+
+Tensors follow the library's conventions: ``x: [T, B, I]`` (``[B, T, I]`` batch-first),
+``y: [T, B, D*Hout]``, ``h0``/``hn: [L*D, B, Hout]``, ``c0``/``cn: [L*D, B, H]`` (LSTM only),
+``lengths``: one length in ``1..=T`` per sequence, any order (PyTorch's packed sequences).
+
+``rnn_kernels.torch`` (with PyTorch installed) is the ``torch.nn`` layer on top.
+"""
+
+from ._native import (
+    Config,
+    Model,
+    Reserve,
+    __version__,
+    available_isas,
+    backends,
+    default_isa,
+    load_safetensors,
+    save_safetensors,
+)
+
+__all__ = [
+    "Config",
+    "Model",
+    "Reserve",
+    "__version__",
+    "available_isas",
+    "backends",
+    "default_isa",
+    "load_safetensors",
+    "save_safetensors",
+]

@@ -1,0 +1,258 @@
+//! The backends behind a `Model`: its plan (shared with the reserves filled with it), the
+//! process-wide CPU backends, and the calls of the [`Backend`] trait for each element type.
+//!
+//! The plan is kept apart from the backend: a CPU plan does not depend on the number of threads,
+//! so a call with another thread count takes another [`Cpu`] (one rayon pool per ISA and thread
+//! count in the process, [`cpu`]) and the same plan.
+
+use rnn_kernels::{
+    Backend, BackwardInput, BackwardOutput, Cpu, CpuPlan, Error, Float, ForwardInput, ForwardOutput, GradMode, HostPlan, HostReserve, Isa,
+    Reference, Result, RnnConfig, SeqShape,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Which backend computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Reference,
+    Cpu,
+}
+
+impl Kind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Reference => "reference",
+            Kind::Cpu => "cpu",
+        }
+    }
+}
+
+/// A plan of one of the backends and element types.
+pub(crate) enum Plan {
+    Ref32(HostPlan<f32>),
+    Ref64(HostPlan<f64>),
+    Cpu(CpuPlan),
+}
+
+/// A reserve's buffers, of the element type of the last call that filled it.
+#[derive(Default)]
+pub(crate) enum Buffers {
+    #[default]
+    Empty,
+    F32(HostReserve<f32>),
+    F64(HostReserve<f64>),
+}
+
+impl Buffers {
+    pub(crate) fn nbytes(&self) -> usize {
+        match self {
+            Buffers::Empty => 0,
+            Buffers::F32(r) => r.nbytes(),
+            Buffers::F64(r) => r.nbytes(),
+        }
+    }
+}
+
+/// The CPU backend for `isa` on `threads` threads: one per pair in the process, made at first
+/// use, so that every model with the same thread count shares one pool of threads.
+pub(crate) fn cpu(isa: Isa, threads: usize) -> Result<Cpu> {
+    static CPUS: Mutex<Option<HashMap<(Isa, usize), Cpu>>> = Mutex::new(None);
+    let mut cpus = CPUS.lock().unwrap_or_else(|e| e.into_inner());
+    let cpus = cpus.get_or_insert_with(HashMap::new);
+    if let Some(c) = cpus.get(&(isa, threads)) {
+        return Ok(c.clone());
+    }
+    let c = Cpu::with_isa(isa, threads)?;
+    cpus.insert((isa, threads), c.clone());
+    Ok(c)
+}
+
+fn mismatch(what: &str) -> Error {
+    Error::InvalidArgument {
+        arg: what.into(),
+        expected: "the element type of the model's plan".into(),
+        got: "another element type (an internal inconsistency of the bindings)".into(),
+    }
+}
+
+/// The [`Backend`] calls for one element type: `f32` (reference and CPU) or `f64` (reference).
+pub(crate) trait Elem: Float + numpy::Element {
+    /// NumPy's name of the dtype.
+    const NAME: &'static str;
+
+    fn plan(kind: Kind, cpu: Option<&Cpu>, config: &RnnConfig, params: &[Self]) -> Result<Plan>;
+    fn update(plan: &mut Plan, cpu: Option<&Cpu>, params: &[Self]) -> Result<()>;
+    fn read(plan: &Plan, cpu: Option<&Cpu>, params: &mut [Self]) -> Result<()>;
+    fn forward(
+        plan: &Plan,
+        cpu: Option<&Cpu>,
+        shape: &SeqShape,
+        input: ForwardInput<'_, [Self]>,
+        output: ForwardOutput<'_, [Self]>,
+        reserve: Option<&mut HostReserve<Self>>,
+    ) -> Result<()>;
+    fn backward(
+        plan: &Plan,
+        cpu: Option<&Cpu>,
+        reserve: &HostReserve<Self>,
+        grads: BackwardInput<'_, [Self]>,
+        output: BackwardOutput<'_, [Self]>,
+    ) -> Result<()>;
+    /// The buffers as this type's reserve; buffers of another type are dropped for an empty one.
+    fn reserve_mut(b: &mut Buffers) -> &mut HostReserve<Self>;
+    fn reserve_ref(b: &Buffers) -> Option<&HostReserve<Self>>;
+}
+
+fn need_cpu(cpu: Option<&Cpu>) -> Result<&Cpu> {
+    cpu.ok_or_else(|| mismatch("threads"))
+}
+
+impl Elem for f32 {
+    const NAME: &'static str = "float32";
+
+    fn plan(kind: Kind, cpu: Option<&Cpu>, config: &RnnConfig, params: &[f32]) -> Result<Plan> {
+        Ok(match kind {
+            Kind::Reference => Plan::Ref32(Backend::<f32>::plan(&Reference, config, params)?),
+            Kind::Cpu => Plan::Cpu(need_cpu(cpu)?.plan(config, params)?),
+        })
+    }
+
+    fn update(plan: &mut Plan, cpu: Option<&Cpu>, params: &[f32]) -> Result<()> {
+        match plan {
+            Plan::Ref32(p) => Backend::<f32>::update_plan(&Reference, p, params),
+            Plan::Cpu(p) => need_cpu(cpu)?.update_plan(p, params),
+            Plan::Ref64(_) => Err(mismatch("params")),
+        }
+    }
+
+    fn read(plan: &Plan, cpu: Option<&Cpu>, params: &mut [f32]) -> Result<()> {
+        match plan {
+            Plan::Ref32(p) => Backend::<f32>::read_params(&Reference, p, params),
+            Plan::Cpu(p) => need_cpu(cpu)?.read_params(p, params),
+            Plan::Ref64(_) => Err(mismatch("params")),
+        }
+    }
+
+    fn forward(
+        plan: &Plan,
+        cpu: Option<&Cpu>,
+        shape: &SeqShape,
+        input: ForwardInput<'_, [f32]>,
+        output: ForwardOutput<'_, [f32]>,
+        reserve: Option<&mut HostReserve<f32>>,
+    ) -> Result<()> {
+        match (plan, reserve) {
+            (Plan::Ref32(p), None) => Backend::<f32>::forward_inference(&Reference, p, shape, input, output),
+            (Plan::Ref32(p), Some(r)) => Backend::<f32>::forward_training(&Reference, p, shape, input, output, r),
+            (Plan::Cpu(p), None) => need_cpu(cpu)?.forward_inference(p, shape, input, output),
+            (Plan::Cpu(p), Some(r)) => need_cpu(cpu)?.forward_training(p, shape, input, output, r),
+            (Plan::Ref64(_), _) => Err(mismatch("x")),
+        }
+    }
+
+    fn backward(
+        plan: &Plan,
+        cpu: Option<&Cpu>,
+        reserve: &HostReserve<f32>,
+        grads: BackwardInput<'_, [f32]>,
+        output: BackwardOutput<'_, [f32]>,
+    ) -> Result<()> {
+        match plan {
+            Plan::Ref32(p) => Backend::<f32>::backward(&Reference, p, reserve, grads, output, GradMode::Overwrite),
+            Plan::Cpu(p) => need_cpu(cpu)?.backward(p, reserve, grads, output, GradMode::Overwrite),
+            Plan::Ref64(_) => Err(mismatch("reserve")),
+        }
+    }
+
+    fn reserve_mut(b: &mut Buffers) -> &mut HostReserve<f32> {
+        if !matches!(b, Buffers::F32(_)) {
+            *b = Buffers::F32(HostReserve::default());
+        }
+        match b {
+            Buffers::F32(r) => r,
+            _ => unreachable!("set just above"),
+        }
+    }
+
+    fn reserve_ref(b: &Buffers) -> Option<&HostReserve<f32>> {
+        match b {
+            Buffers::F32(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+impl Elem for f64 {
+    const NAME: &'static str = "float64";
+
+    fn plan(kind: Kind, _: Option<&Cpu>, config: &RnnConfig, params: &[f64]) -> Result<Plan> {
+        match kind {
+            Kind::Reference => Ok(Plan::Ref64(Backend::<f64>::plan(&Reference, config, params)?)),
+            Kind::Cpu => Err(mismatch("params")),
+        }
+    }
+
+    fn update(plan: &mut Plan, _: Option<&Cpu>, params: &[f64]) -> Result<()> {
+        match plan {
+            Plan::Ref64(p) => Backend::<f64>::update_plan(&Reference, p, params),
+            _ => Err(mismatch("params")),
+        }
+    }
+
+    fn read(plan: &Plan, _: Option<&Cpu>, params: &mut [f64]) -> Result<()> {
+        match plan {
+            Plan::Ref64(p) => Backend::<f64>::read_params(&Reference, p, params),
+            _ => Err(mismatch("params")),
+        }
+    }
+
+    fn forward(
+        plan: &Plan,
+        _: Option<&Cpu>,
+        shape: &SeqShape,
+        input: ForwardInput<'_, [f64]>,
+        output: ForwardOutput<'_, [f64]>,
+        reserve: Option<&mut HostReserve<f64>>,
+    ) -> Result<()> {
+        match (plan, reserve) {
+            (Plan::Ref64(p), None) => Backend::<f64>::forward_inference(&Reference, p, shape, input, output),
+            (Plan::Ref64(p), Some(r)) => Backend::<f64>::forward_training(&Reference, p, shape, input, output, r),
+            _ => Err(mismatch("x")),
+        }
+    }
+
+    fn backward(
+        plan: &Plan,
+        _: Option<&Cpu>,
+        reserve: &HostReserve<f64>,
+        grads: BackwardInput<'_, [f64]>,
+        output: BackwardOutput<'_, [f64]>,
+    ) -> Result<()> {
+        match plan {
+            Plan::Ref64(p) => Backend::<f64>::backward(&Reference, p, reserve, grads, output, GradMode::Overwrite),
+            _ => Err(mismatch("reserve")),
+        }
+    }
+
+    fn reserve_mut(b: &mut Buffers) -> &mut HostReserve<f64> {
+        if !matches!(b, Buffers::F64(_)) {
+            *b = Buffers::F64(HostReserve::default());
+        }
+        match b {
+            Buffers::F64(r) => r,
+            _ => unreachable!("set just above"),
+        }
+    }
+
+    fn reserve_ref(b: &Buffers) -> Option<&HostReserve<f64>> {
+        match b {
+            Buffers::F64(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// A plan shared by a model and the reserves filled with it: a reserve keeps the weights it was
+/// computed with until it is released.
+pub(crate) type SharedPlan = Arc<Plan>;
