@@ -54,6 +54,8 @@ struct ReserveState {
     model: u64,
     /// The plan of the forward pass that filled it; `None` while empty or released.
     plan: Option<SharedPlan>,
+    /// Whether a forward pass ever filled it (to tell an empty reserve from a released one).
+    filled: bool,
     buffers: Buffers,
 }
 
@@ -163,6 +165,22 @@ fn needs_masks(cfg: &RnnConfig) -> bool {
         || cfg.zoneout_cell().is_some()
         || cfg.recurrent_dropout().is_some()
         || cfg.input_dropout().is_some()
+}
+
+/// A seed argument: an int in `[-2^63, 2^64)`, a negative one taken as its 64-bit two's
+/// complement (so that NumPy's and PyTorch's signed 64-bit seeds are all valid).
+fn parse_seed(obj: &Bound<'_, PyAny>) -> PyResult<u64> {
+    if !obj.is_instance_of::<pyo3::types::PyInt>() && !obj.hasattr("__index__")? {
+        let t = obj.get_type().name().map_or_else(|_| "an object".to_string(), |n| n.to_string());
+        return Err(type_error("seed", "an int", format!("a {t}")));
+    }
+    if let Ok(s) = obj.extract::<u64>() {
+        return Ok(s);
+    }
+    match obj.extract::<i64>() {
+        Ok(s) => Ok(s as u64),
+        Err(_) => Err(value("seed", "an int in [-2**63, 2**64)", obj.str().map_or_else(|_| "another int".to_string(), |s| s.to_string()))),
+    }
 }
 
 /// A thread count argument.
@@ -293,9 +311,9 @@ impl Model {
                 (masks, Some(reserve.map_or(TrainingReserve::New, |r| TrainingReserve::Existing(r.get()))))
             }
         };
-        let plan = self.plan();
         let (y_shape, h_shape, c_shape) = (shape.y_shape(cfg), shape.h_shape(cfg), shape.c_shape(cfg));
         let out = py.detach(|| -> PyResult<Outputs<T>> {
+            let plan = self.plan();
             let mut o = Outputs {
                 y: zeros("y", &y_shape)?,
                 hn: zeros("hn", &h_shape)?,
@@ -317,12 +335,14 @@ impl Model {
                     T::forward(&plan, cpu.as_ref(), &shape, input, output, Some(T::reserve_mut(&mut st.buffers))).or_py()?;
                     st.model = self.id;
                     st.plan = Some(plan.clone());
+                    st.filled = true;
                 }
                 Some(TrainingReserve::New) => {
                     let mut st = ReserveState::default();
                     T::forward(&plan, cpu.as_ref(), &shape, input, output, Some(T::reserve_mut(&mut st.buffers))).or_py()?;
                     st.model = self.id;
                     st.plan = Some(plan.clone());
+                    st.filled = true;
                     o.reserve = Some(st);
                 }
             }
@@ -365,7 +385,7 @@ impl Model {
         let (shape, plan) = {
             let st = r.state.try_read().map_err(|_| runtime("reserve", "in use by a call running in another thread"))?;
             match &st.plan {
-                None if st.buffers.nbytes() == 0 => return Err(runtime("reserve", "empty: fill it with forward_training first")),
+                None if !st.filled => return Err(runtime("reserve", "empty: fill it with forward_training first")),
                 None => return Err(runtime("reserve", "released: its forward pass is gone; run forward_training again")),
                 Some(_) if st.model != self.id => {
                     return Err(runtime("reserve", "filled by another Model: call backward on the model whose forward_training filled it"))
@@ -438,10 +458,10 @@ impl Model {
     }
 
     fn params_typed<'py, T: Elem>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let plan = self.plan();
         let cpu = self.cpu_for(None)?;
         let n = self.config.param_count();
         let v = py.detach(|| -> PyResult<Vec<T>> {
+            let plan = self.plan();
             let mut v = zeros::<T>("params", &[n])?;
             T::read(&plan, cpu.as_ref(), &mut v).or_py()?;
             Ok(v)
@@ -632,10 +652,11 @@ impl Model {
         lengths: Option<&Bound<'py, PyAny>>,
         h0: Option<&Bound<'py, PyAny>>,
         c0: Option<&Bound<'py, PyAny>>,
-        seed: Option<u64>,
+        seed: Option<&Bound<'py, PyAny>>,
         reserve: Option<&Bound<'py, Reserve>>,
         threads: Option<i64>,
     ) -> PyResult<Bound<'py, PyTuple>> {
+        let seed = seed.filter(|s| !s.is_none()).map(parse_seed).transpose()?;
         match self.dtype {
             Dtype::F32 => self.forward_typed::<f32>(py, x, lengths, h0, c0, threads, Some((seed, reserve))),
             Dtype::F64 => self.forward_typed::<f64>(py, x, lengths, h0, c0, threads, Some((seed, reserve))),

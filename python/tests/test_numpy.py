@@ -326,6 +326,13 @@ def test_dropout_masks_follow_the_seed():
     # Inference has no dropout: deterministic, and unlike a training pass.
     np.testing.assert_array_equal(model.forward(x)[0], model.forward(x)[0])
     assert not np.array_equal(model.forward(x)[0], a)
+    # Seeds: any 64-bit int, signed (two's complement) or not, NumPy's ints too.
+    np.testing.assert_array_equal(model.forward_training(x, seed=-1)[0], model.forward_training(x, seed=2**64 - 1)[0])
+    np.testing.assert_array_equal(model.forward_training(x, seed=np.int64(7))[0], a)
+    with pytest.raises(ValueError, match="seed"):
+        model.forward_training(x, seed=2**64)
+    with pytest.raises(TypeError, match="seed"):
+        model.forward_training(x, seed=7.0)
     # The same seed gives the same masks on the reference and the CPU backend.
     ref = rk.Model(config, params_for(config, 41), backend="reference")
     np.testing.assert_allclose(ref.forward_training(x, seed=7)[0], a, rtol=1e-5, atol=1e-6)
@@ -389,7 +396,7 @@ def test_reserve_reuse_and_misuse():
     x, h0, c0 = inputs(config, 5, 3, 72)
     empty = rk.Reserve()
     assert not empty.in_use and empty.nbytes == 0
-    with pytest.raises(RuntimeError, match="reserve"):
+    with pytest.raises(RuntimeError, match="empty"):
         model.backward(empty)
     y, hn, cn, r = model.forward_training(x, h0=h0, c0=c0, reserve=empty)
     assert r is empty and r.in_use and r.nbytes > 0
