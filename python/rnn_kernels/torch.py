@@ -17,16 +17,18 @@ library's layout (torch's ``state_dict()`` order), handed to the native model wi
 Before each call the module compares the version counters of that tensor and of every parameter
 with those of its last call (an optimiser step, ``load_state_dict`` or any in-place change bumps
 them) and only then repacks the library's weights (``module._refreshes`` counts the repacks). A
-parameter replaced by another tensor (``p.data = ...``, ``load_state_dict(assign=True)``,
-``.double()``) is copied into the flat tensor and made a view of it again; a tensor that is not
-an ``nn.Parameter`` (``torch.func.functional_call``) is copied in at every call. Changes that
-bypass the version counter (writing into ``p.data`` or through NumPy) are not seen: call
-``flatten_parameters(force=True)`` after them.
+parameter of the module's own whose data was replaced (``p.data = ...``, ``.double()``,
+``load_state_dict(assign=True)``) is copied into the flat tensor and made a view of it again;
+another tensor in a parameter's place (``torch.func.functional_call``) serves that call alone, from
+a scratch copy, and leaves the module's weights as they were. In-place changes that torch does not
+count (through ``p.data`` or a NumPy view) are not seen: call ``flatten_parameters(force=True)``
+after them.
 
 Weights changed between a forward and its backward. The backward computes the gradients of the
 weights that forward used, however the parameters changed in between (an optimiser step between
-micro-batches, a later forward with new weights): each training forward keeps the packed
-weights it ran with until its graph is freed. (torch.nn raises instead, as a parameter it saved
+micro-batches, a later forward with new weights): the reserve of each training forward keeps
+the packed weights it ran with (a repack while it does writes a new plan instead of the shared
+one) until autograd frees the graph's saved tensors. (torch.nn raises instead: a tensor saved
 for backward was modified in place.)
 
 Reserves. A training forward takes a reserve (the activations its backward needs) from the
@@ -36,7 +38,9 @@ freed, so a retained graph can run its backward again.
 
 Dropout between layers (training mode, ``num_layers > 1``) draws the library's masks from a seed
 taken from torch's default generator (``torch.randint``): ``torch.manual_seed`` makes a run
-reproducible, but the masks are not torch.nn's (the same seed drops other units).
+reproducible, but the masks are not torch.nn's (the same seed drops other units). Without
+autograd, training mode applies dropout too (as torch.nn does); a training forward in eval mode
+runs a second native model without dropout, made at its first use.
 
 Threads: ``threads=None`` follows ``torch.get_num_threads()`` at every call (so
 ``torch.set_num_threads`` applies); the results are the same bits for any thread count.

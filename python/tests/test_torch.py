@@ -20,6 +20,16 @@ BACKEND = {torch.float64: "reference", torch.float32: "cpu"}
 MODES = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread (torch's and so the modules'): small shapes on a busy machine are faster so; the
+    threads test checks that 1 and 2 threads give the same bits."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def classes(mode):
     return {
         "lstm": (nn.LSTM, rkt.LSTM, {}),
@@ -427,7 +437,9 @@ def test_dropout_reproducible_and_gradients():
     m.eval()
     theirs = nn.GRU(I, H, num_layers=3, dropout=0.4, dtype=torch.float64).eval()
     theirs.load_state_dict(m.state_dict())
-    torch.testing.assert_close(m(x)[0], theirs(x)[0], atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(m(x)[0], theirs(x)[0], atol=1e-9, rtol=1e-9)  # autograd: the model without dropout
+    with torch.no_grad():
+        torch.testing.assert_close(m(x)[0], theirs(x)[0], atol=1e-9, rtol=1e-9)  # inference: no masks
     assert not torch.equal(m(x)[0], y1)
     # The backward differentiates the forward with its masks (same seed in every evaluation).
     m.train()
