@@ -150,19 +150,22 @@ def main():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+        fig, (ax, dax) = plt.subplots(2, 1, figsize=(8, 6), dpi=120, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
         steps = range(1, args.steps + 1)
         for n, style in zip(names, ("-", "--")):
             ax.plot(steps, losses[n], style, label=f"{n}: median step {med[n] * 1e3:.0f} ms")
-        ax.set_xlabel("step")
         ax.set_ylabel("cross-entropy (nats per character)")
         ax.set_title(
-            f"{args.layers}-layer LSTM {args.hidden}, batch {args.batch}x{args.seq}, {source.split(' ')[0]}\n"
-            f"{cpu_model()}, {threads} thread(s); max |loss difference| {max(diffs):.1e}",
+            f"{args.layers}-layer LSTM {args.hidden}, batch {args.batch}x{args.seq}, {source.split(' ')[0]}, Adam\n"
+            f"{cpu_model()}, {threads} thread(s), torch {torch.__version__.split('+')[0]}",
             fontsize=9,
         )
         ax.grid(alpha=0.3)
         ax.legend()
+        dax.semilogy(steps, [max(d, 1e-9) for d in diffs], color="gray")
+        dax.set_xlabel("step")
+        dax.set_ylabel("|loss difference|\n(0 drawn at 1e-9)", fontsize=8)
+        dax.grid(alpha=0.3)
         fig.tight_layout()
         os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
         fig.savefig(args.plot)
