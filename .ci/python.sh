@@ -15,7 +15,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" --version
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet maturin numpy pytest torch==2.15.0 matplotlib
+# Pinned: the versions the package and its tests were last checked with (the wheel itself asks
+# only numpy>=1.26).
+"$VENV/bin/python" -m pip install --quiet maturin==1.16.0 numpy==2.4.6 pytest==9.2.0 torch==2.15.0 matplotlib==3.11.2
 
 echo "== python: formatting and lints of the extension crate (warnings are errors)"
 cargo fmt --all --check
