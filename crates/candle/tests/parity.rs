@@ -189,3 +189,10 @@ fn the_comparison_sees_one_ulp() {
     want.dparams[last] = f32::from_bits(want.dparams[last].to_bits() ^ 1);
     same_results(&through_candle(&Recurrent::new(cpu(), &p.params).unwrap(), &p), &want);
 }
+
+#[test]
+fn shared_cpu_is_one_backend() {
+    let (a, b) = (rnn_kernels_candle::shared_cpu().unwrap(), rnn_kernels_candle::shared_cpu().unwrap());
+    assert_eq!(a.threads(), b.threads());
+    assert_eq!(a.threads(), std::thread::available_parallelism().map_or(1, |n| n.get()));
+}
