@@ -641,8 +641,9 @@ impl Model {
 
     /// A training forward pass: ``(y, hn, cn, reserve)``. ``reserve``: one not in use, refilled
     /// reusing its memory, or ``None`` for a new one. ``seed``: the seed of the random masks of a
-    /// configuration with dropout (the same seed gives the same masks); ``None`` draws a fresh
-    /// one per call; ignored without dropout.
+    /// configuration with ``dropout``, ``zoneout``, ``zoneout_cell``, ``recurrent_dropout`` or
+    /// ``input_dropout`` (one stream for all of them; the same seed gives the same masks);
+    /// ``None`` draws a fresh one per call; ignored without these options.
     #[pyo3(signature = (x, lengths=None, h0=None, c0=None, seed=None, reserve=None, threads=None))]
     #[allow(clippy::too_many_arguments)]
     fn forward_training<'py>(
