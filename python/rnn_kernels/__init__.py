@@ -9,6 +9,8 @@ The NumPy API (everything here) is the extension module ``rnn_kernels._native``:
   a backend (``"reference"``: float32 or float64; ``"cpu"``: float32), with ``forward``,
   ``forward_training``, ``backward``, ``update_params`` and ``params``.
 - ``Reserve``: what a training forward pass keeps for backward.
+- ``Steps`` / ``BackwardSteps``: a decoder run one step at a time (``Model.start_steps``,
+  ``steps.step(x)``, ``steps.reorder(rows)``) and its backward (``Model.backward_steps``).
 - ``load_safetensors`` / ``save_safetensors``, ``available_isas``, ``default_isa``, ``backends``.
 
 Tensors follow the library's conventions: ``x: [T, B, I]`` (``[B, T, I]`` batch-first),
@@ -19,9 +21,11 @@ Tensors follow the library's conventions: ``x: [T, B, I]`` (``[B, T, I]`` batch-
 """
 
 from ._native import (
+    BackwardSteps,
     Config,
     Model,
     Reserve,
+    Steps,
     __version__,
     available_isas,
     backends,
@@ -31,9 +35,11 @@ from ._native import (
 )
 
 __all__ = [
+    "BackwardSteps",
     "Config",
     "Model",
     "Reserve",
+    "Steps",
     "__version__",
     "available_isas",
     "backends",

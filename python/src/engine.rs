@@ -98,6 +98,7 @@ pub(crate) trait Elem: Float + numpy::Element {
         reserve: &HostReserve<Self>,
         grads: BackwardInput<'_, [Self]>,
         output: BackwardOutput<'_, [Self]>,
+        mode: GradMode,
     ) -> Result<()>;
     /// The buffers as this type's reserve; buffers of another type are dropped for an empty one.
     fn reserve_mut(b: &mut Buffers) -> &mut HostReserve<Self>;
@@ -157,10 +158,11 @@ impl Elem for f32 {
         reserve: &HostReserve<f32>,
         grads: BackwardInput<'_, [f32]>,
         output: BackwardOutput<'_, [f32]>,
+        mode: GradMode,
     ) -> Result<()> {
         match plan {
-            Plan::Ref32(p) => Backend::<f32>::backward(&Reference, p, reserve, grads, output, GradMode::Overwrite),
-            Plan::Cpu(p) => need_cpu(cpu)?.backward(p, reserve, grads, output, GradMode::Overwrite),
+            Plan::Ref32(p) => Backend::<f32>::backward(&Reference, p, reserve, grads, output, mode),
+            Plan::Cpu(p) => need_cpu(cpu)?.backward(p, reserve, grads, output, mode),
             Plan::Ref64(_) => Err(mismatch("reserve")),
         }
     }
@@ -228,9 +230,10 @@ impl Elem for f64 {
         reserve: &HostReserve<f64>,
         grads: BackwardInput<'_, [f64]>,
         output: BackwardOutput<'_, [f64]>,
+        mode: GradMode,
     ) -> Result<()> {
         match plan {
-            Plan::Ref64(p) => Backend::<f64>::backward(&Reference, p, reserve, grads, output, GradMode::Overwrite),
+            Plan::Ref64(p) => Backend::<f64>::backward(&Reference, p, reserve, grads, output, mode),
             _ => Err(mismatch("reserve")),
         }
     }

@@ -17,6 +17,7 @@ mod config;
 mod engine;
 mod errors;
 mod model;
+mod steps;
 
 use crate::arrays::{array, check_shape, readonly, slice};
 use crate::config::Config;
@@ -102,6 +103,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Config>()?;
     m.add_class::<Model>()?;
     m.add_class::<Reserve>()?;
+    m.add_class::<steps::Steps>()?;
+    m.add_class::<steps::BackwardSteps>()?;
     m.add_function(wrap_pyfunction!(available_isas, m)?)?;
     m.add_function(wrap_pyfunction!(default_isa, m)?)?;
     m.add_function(wrap_pyfunction!(py_backends, m)?)?;

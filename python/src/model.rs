@@ -11,11 +11,12 @@ use crate::arrays::{array, check_shape, out1, out3, readonly, slice, tuple, zero
 use crate::config::Config;
 use crate::engine::{self, Buffers, Elem, Kind, Plan, SharedPlan};
 use crate::errors::{runtime, type_error, value, OrPy};
+use crate::steps::{BackwardSteps, Engine, StepElem, Steps};
 use numpy::{PyArrayDescrMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use rnn_kernels::masks::MaskStream;
-use rnn_kernels::{BackwardInput, BackwardOutput, Cpu, ForwardInput, ForwardOutput, Isa, RnnConfig, RnnReserve, SeqShape};
+use rnn_kernels::{BackwardInput, BackwardOutput, Cpu, ForwardInput, ForwardOutput, GradMode, Isa, RnnConfig, RnnReserve, SeqShape};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -271,6 +272,74 @@ impl Model {
         }
     }
 
+    fn steps_engine(&self, threads: Option<i64>) -> PyResult<Engine> {
+        let threads = threads.map(|t| thread_count("threads", t)).transpose()?;
+        Ok(Engine {
+            model: self.id,
+            config: self.config.clone(),
+            plan: self.plan(),
+            cpu: match (self.kind, self.isa) {
+                (Kind::Cpu, Some(isa)) => Some((isa, threads.unwrap_or(self.threads))),
+                _ => None,
+            },
+            dtype: self.dtype.name(),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_steps_typed<T: StepElem>(
+        &self,
+        py: Python<'_>,
+        batch: usize,
+        h0: Option<&Bound<'_, PyAny>>,
+        c0: Option<&Bound<'_, PyAny>>,
+        training: bool,
+        seed: Option<u64>,
+        threads: Option<i64>,
+    ) -> PyResult<Steps> {
+        let cfg = &self.config;
+        if cfg.num_directions() != 1 || cfg.reverse_only() {
+            return Err(value(
+                "config",
+                "a forward (unidirectional) stack: the steps of a decoder run forward in time",
+                if cfg.reverse_only() { "a reverse-only stack" } else { "a bidirectional stack" },
+            ));
+        }
+        if batch == 0 {
+            return Err(value("batch", "at least 1 row", 0));
+        }
+        let shape = SeqShape::new(1, batch).or_py()?;
+        let h0 = state_arg::<T>(h0, "h0", "[L, B, Hout]", shape.h_shape(cfg))?;
+        if !cfg.cell().has_cell_state() && c0.is_some_and(|c| !c.is_none()) {
+            return Err(no_cell_state("c0", cfg));
+        }
+        let c0 = state_arg::<T>(c0, "c0", "[L, B, H]", shape.c_shape(cfg))?;
+        let (h0s, c0s) = (opt_slice(&h0, "h0")?, opt_slice(&c0, "c0")?);
+        let engine = self.steps_engine(threads)?;
+        let masks = needs_masks(cfg);
+        py.detach(|| Steps::start::<T>(engine, batch, h0s, c0s, training, seed.unwrap_or_else(fresh_seed), masks))
+    }
+
+    fn backward_steps_typed<T: StepElem>(
+        &self,
+        py: Python<'_>,
+        steps: &Steps,
+        dhn: Option<&Bound<'_, PyAny>>,
+        dcn: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<BackwardSteps> {
+        let cfg = &self.config;
+        if steps.model() != self.id {
+            return Err(value("steps", "a run started by this model (Model.start_steps)", "a run of another Model"));
+        }
+        let shape = SeqShape::new(1, steps.batch()).or_py()?;
+        let dhn = state_arg::<T>(dhn, "dhn", "[L, B, Hout]", shape.h_shape(cfg))?;
+        if !cfg.cell().has_cell_state() && dcn.is_some_and(|c| !c.is_none()) {
+            return Err(no_cell_state("dcn", cfg));
+        }
+        let dcn = state_arg::<T>(dcn, "dcn", "[L, B, H]", shape.c_shape(cfg))?;
+        steps.walk::<T>(py, opt_slice(&dhn, "dhn")?, opt_slice(&dcn, "dcn")?)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn forward_typed<'py, T: Elem>(
         &self,
@@ -423,7 +492,7 @@ impl Model {
             let mut dp = if need_dparams { Some(zeros::<T>("dparams", &[n_params])?) } else { None };
             let output =
                 BackwardOutput { dx: dx.as_deref_mut(), dh0: dh0.as_deref_mut(), dc0: dc0.as_deref_mut(), dparams: dp.as_deref_mut() };
-            T::backward(&plan, cpu.as_ref(), res, BackwardInput { dy: dys, dhn: dhns, dcn: dcns }, output).or_py()?;
+            T::backward(&plan, cpu.as_ref(), res, BackwardInput { dy: dys, dhn: dhns, dcn: dcns }, output, GradMode::Overwrite).or_py()?;
             Ok((dx, dh0, dc0, dp))
         })?;
         let none = || py.None().into_bound(py);
@@ -686,6 +755,50 @@ impl Model {
         match self.dtype {
             Dtype::F32 => self.backward_typed::<f32>(py, reserve, dy, dhn, dcn, need, threads),
             Dtype::F64 => self.backward_typed::<f64>(py, reserve, dy, dhn, dcn, need, threads),
+        }
+    }
+
+    /// Starts a decoder run one step at a time (a forward, unidirectional stack): ``batch`` rows
+    /// from ``h0: [L, B, Hout]`` and ``c0: [L, B, H]`` (zeros when ``None``). ``training``: each
+    /// step keeps what ``backward_steps`` needs; ``seed``: the masks' seed of a configuration
+    /// with dropout or zoneout (step ``t`` draws those of step ``t`` of one ``forward_training``
+    /// over the sequence with that seed). ``threads``: the run's thread count (CPU). The run holds
+    /// the current weights: a later ``update_params`` does not change its steps.
+    #[pyo3(signature = (batch, h0=None, c0=None, training=false, seed=None, threads=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn start_steps(
+        &self,
+        py: Python<'_>,
+        batch: i64,
+        h0: Option<&Bound<'_, PyAny>>,
+        c0: Option<&Bound<'_, PyAny>>,
+        training: bool,
+        seed: Option<&Bound<'_, PyAny>>,
+        threads: Option<i64>,
+    ) -> PyResult<Steps> {
+        let batch = usize::try_from(batch).map_err(|_| value("batch", "at least 1 row", batch))?;
+        let seed = seed.filter(|s| !s.is_none()).map(parse_seed).transpose()?;
+        match self.dtype {
+            Dtype::F32 => self.start_steps_typed::<f32>(py, batch, h0, c0, training, seed, threads),
+            Dtype::F64 => self.start_steps_typed::<f64>(py, batch, h0, c0, training, seed, threads),
+        }
+    }
+
+    /// Starts the backward of a training run of steps from ``dhn``, ``dcn``, the gradients
+    /// w.r.t. the state after its last step (zeros when ``None``): walk it with
+    /// ``bsteps.step(dy)`` from the last step back, then ``bsteps.finish()``. The run takes no
+    /// step after.
+    #[pyo3(signature = (steps, dhn=None, dcn=None))]
+    fn backward_steps(
+        &self,
+        py: Python<'_>,
+        steps: &Bound<'_, Steps>,
+        dhn: Option<&Bound<'_, PyAny>>,
+        dcn: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<BackwardSteps> {
+        match self.dtype {
+            Dtype::F32 => self.backward_steps_typed::<f32>(py, steps.get(), dhn, dcn),
+            Dtype::F64 => self.backward_steps_typed::<f64>(py, steps.get(), dhn, dcn),
         }
     }
 
