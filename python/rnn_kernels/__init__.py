@@ -11,6 +11,10 @@ The NumPy API (everything here) is the extension module ``rnn_kernels._native``:
 - ``Reserve``: what a training forward pass keeps for backward.
 - ``Steps`` / ``BackwardSteps``: a decoder run one step at a time (``Model.start_steps``,
   ``steps.step(x)``, ``steps.reorder(rows)``) and its backward (``Model.backward_steps``).
+- ``AttentionConfig(score, query_size, key_size, attn_size=None, output_size=None)`` and
+  ``Attention(config, params, backend="cpu", threads=None)``: Luong's (dot, general, concat)
+  and Bahdanau's (additive) attention with a length-masked softmax and the attentional hidden
+  state ``tanh(W_c [c; q])``: ``memory(keys, lengths)``, ``forward``, ``backward``.
 - ``load_safetensors`` / ``save_safetensors``, ``available_isas``, ``default_isa``, ``backends``.
 
 Tensors follow the library's conventions: ``x: [T, B, I]`` (``[B, T, I]`` batch-first),
@@ -21,6 +25,9 @@ Tensors follow the library's conventions: ``x: [T, B, I]`` (``[B, T, I]`` batch-
 """
 
 from ._native import (
+    Attention,
+    AttentionConfig,
+    AttentionMemory,
     BackwardSteps,
     Config,
     Model,
@@ -35,6 +42,9 @@ from ._native import (
 )
 
 __all__ = [
+    "Attention",
+    "AttentionConfig",
+    "AttentionMemory",
     "BackwardSteps",
     "Config",
     "Model",

@@ -13,6 +13,7 @@
 //! (see `errors`).
 
 mod arrays;
+mod attention;
 mod config;
 mod engine;
 mod errors;
@@ -105,6 +106,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Reserve>()?;
     m.add_class::<steps::Steps>()?;
     m.add_class::<steps::BackwardSteps>()?;
+    m.add_class::<attention::AttentionConfig>()?;
+    m.add_class::<attention::Attention>()?;
+    m.add_class::<attention::AttentionMemory>()?;
     m.add_function(wrap_pyfunction!(available_isas, m)?)?;
     m.add_function(wrap_pyfunction!(default_isa, m)?)?;
     m.add_function(wrap_pyfunction!(py_backends, m)?)?;
