@@ -331,7 +331,7 @@ impl Model {
         if steps.model() != self.id {
             return Err(value("steps", "a run started by this model (Model.start_steps)", "a run of another Model"));
         }
-        let shape = SeqShape::new(1, steps.batch()).or_py()?;
+        let shape = SeqShape::new(1, steps.batch(py)).or_py()?;
         let dhn = state_arg::<T>(dhn, "dhn", "[L, B, Hout]", shape.h_shape(cfg))?;
         if !cfg.cell().has_cell_state() && dcn.is_some_and(|c| !c.is_none()) {
             return Err(no_cell_state("dcn", cfg));

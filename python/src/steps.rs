@@ -238,12 +238,12 @@ impl Steps {
 
     fn state_typed<'py, T: StepElem>(&self, py: Python<'py>, cell: bool) -> PyResult<Bound<'py, PyAny>> {
         let cfg = &self.engine.config;
-        let (v, batch) = {
+        let (v, batch) = py.detach(|| -> PyResult<_> {
             let mut st = self.lock();
             let run = T::run(&mut st.run).ok_or_else(|| mismatch("steps"))?;
             let v = if cell { run.c.clone() } else { Some(run.h.clone()) };
-            (v, run.batch)
-        };
+            Ok((v, run.batch))
+        })?;
         let shape = SeqShape::new(1, batch).or_py()?;
         match v {
             None => Ok(py.None().into_bound(py)),
@@ -256,48 +256,54 @@ impl Steps {
         if rows.is_empty() {
             return Err(value("rows", "at least 1 row", "an empty sequence"));
         }
-        let mut st = self.lock();
-        let run = T::run(&mut st.run).ok_or_else(|| mismatch("steps"))?;
-        if run.record.is_some() {
-            return Err(value(
-                "steps",
-                "an inference run (start_steps without training) to reorder: the backward of a training run needs the state its steps left",
-                "a training run",
-            ));
-        }
-        let bound = run.batch;
-        let mut idx = Vec::with_capacity(rows.len());
-        for (i, &r) in rows.iter().enumerate() {
-            match usize::try_from(r) {
-                Ok(n) if n < bound => idx.push(n),
-                _ => return Err(value(&format!("rows[{i}]"), format!("a row in 0..{bound} (the run's B)"), r)),
+        py.detach(|| -> PyResult<()> {
+            let mut st = self.lock();
+            let run = T::run(&mut st.run).ok_or_else(|| mismatch("steps"))?;
+            if run.record.is_some() {
+                return Err(value(
+                    "steps",
+                    "an inference run (start_steps without training) to reorder: the backward of a training run needs the state its steps left",
+                    "a training run",
+                ));
             }
-        }
-        let gather = |v: &[T], width: usize| -> Vec<T> {
-            let layers = v.len() / (bound * width).max(1);
-            let mut out = Vec::with_capacity(layers * idx.len() * width);
-            for l in 0..layers {
-                let block = &v[l * bound * width..(l + 1) * bound * width];
-                for &r in &idx {
-                    out.extend_from_slice(&block[r * width..(r + 1) * width]);
+            let bound = run.batch;
+            let mut idx = Vec::with_capacity(rows.len());
+            for (i, &r) in rows.iter().enumerate() {
+                match usize::try_from(r) {
+                    Ok(n) if n < bound => idx.push(n),
+                    _ => return Err(value(&format!("rows[{i}]"), format!("a row in 0..{bound} (the run's B)"), r)),
                 }
             }
-            out
-        };
-        py.detach(|| {
+            // Row `i` of every layer's `[B, width]` block becomes row `idx[i]` of the old one.
+            let gather = |v: &[T], width: usize| -> Vec<T> {
+                let layers = v.len() / (bound * width).max(1);
+                let mut out = Vec::with_capacity(layers * idx.len() * width);
+                for l in 0..layers {
+                    let block = &v[l * bound * width..(l + 1) * bound * width];
+                    for &r in &idx {
+                        out.extend_from_slice(&block[r * width..(r + 1) * width]);
+                    }
+                }
+                out
+            };
             run.h = gather(&run.h, cfg.hidden_out_size());
             if let Some(c) = &run.c {
                 run.c = Some(gather(c, cfg.hidden_size()));
             }
             run.batch = idx.len();
-        });
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Takes a training run's record for its backward.
     pub(crate) fn walk<T: StepElem>(&self, py: Python<'_>, dhn: Option<&[T]>, dcn: Option<&[T]>) -> PyResult<BackwardSteps> {
         let cfg = &self.engine.config;
         let n_params = cfg.param_count();
+        py.detach(|| self.walk_locked(n_params, dhn, dcn))
+    }
+
+    fn walk_locked<T: StepElem>(&self, n_params: usize, dhn: Option<&[T]>, dcn: Option<&[T]>) -> PyResult<BackwardSteps> {
+        let cfg = &self.engine.config;
         let mut st = self.lock();
         if st.walked {
             return Err(runtime("steps", "its backward was started already (Model.backward_steps takes a training run once)"));
@@ -318,7 +324,7 @@ impl Steps {
             (Some(_), Some(d)) => Some(d.to_vec()),
             (Some(_), None) => Some(zeros("dcn", &shape.c_shape(cfg))?),
         };
-        let dparams = py.detach(|| zeros::<T>("dparams", &[n_params]))?;
+        let dparams = zeros::<T>("dparams", &[n_params])?;
         let next = record.len();
         let walk = Walk { record, next, dh, dc, dparams, batch: run.batch, finished: false };
         st.walked = true;
@@ -326,7 +332,11 @@ impl Steps {
     }
 
     /// The run's B and, for the checks of `backward_steps`, whether it is a training run.
-    pub(crate) fn batch(&self) -> usize {
+    pub(crate) fn batch(&self, py: Python<'_>) -> usize {
+        py.detach(|| self.batch_locked())
+    }
+
+    fn batch_locked(&self) -> usize {
         let st = self.lock();
         match &st.run {
             AnyRun::F32(r) => r.batch,
@@ -335,6 +345,10 @@ impl Steps {
     }
 
     fn info(&self) -> (usize, usize, bool) {
+        Python::attach(|py| py.detach(|| self.info_locked()))
+    }
+
+    fn info_locked(&self) -> (usize, usize, bool) {
         let st = self.lock();
         match &st.run {
             AnyRun::F32(r) => (r.steps, r.batch, r.record.is_some()),
