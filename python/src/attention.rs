@@ -209,6 +209,36 @@ impl AttentionMemory {
     fn lengths(&self) -> Vec<usize> {
         self.lengths.clone()
     }
+    /// The memory of the sequences ``rows`` (row ``i`` reads sequence ``rows[i]``, each in
+    /// ``0..B``, repeats allowed): a beam search's hypotheses each attend over their own
+    /// sequence's keys (with ``Steps.reorder`` of the decoder's state).
+    fn gather(&self, py: Python<'_>, rows: &Bound<'_, PyAny>) -> PyResult<AttentionMemory> {
+        let rows: Vec<i64> = match rows.cast::<PyUntypedArray>() {
+            Ok(a) => {
+                a.call_method0("tolist")?.extract().map_err(|_| value("rows", "a 1-D sequence of ints", "an array that is not of ints"))?
+            }
+            Err(_) => rows.extract().map_err(|_| value("rows", "a 1-D sequence of ints", "another object"))?,
+        };
+        if rows.is_empty() {
+            return Err(value("rows", "at least 1 row", "an empty sequence"));
+        }
+        let mut idx = Vec::with_capacity(rows.len());
+        for (i, &r) in rows.iter().enumerate() {
+            match usize::try_from(r) {
+                Ok(n) if n < self.batch => idx.push(n),
+                _ => return Err(value(&format!("rows[{i}]"), format!("a sequence in 0..{} (the memory's B)", self.batch), r)),
+            }
+        }
+        let mem = py.detach(|| -> PyResult<AnyMem> {
+            Ok(match &self.mem {
+                AnyMem::F32(m) => AnyMem::F32(m.gather(&idx).or_py()?),
+                AnyMem::F64(m) => AnyMem::F64(m.gather(&idx).or_py()?),
+            })
+        })?;
+        let lengths = idx.iter().map(|&r| self.lengths[r]).collect();
+        Ok(AttentionMemory { attention: self.attention, steps: self.steps, batch: idx.len(), lengths, mem })
+    }
+
     fn __repr__(&self) -> String {
         format!("AttentionMemory(steps={}, batch_size={}, lengths={:?})", self.steps, self.batch, self.lengths)
     }

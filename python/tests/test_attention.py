@@ -129,6 +129,22 @@ def test_masked_softmax(score, backend, dtype):
     assert np.all(w_all > 0)
 
 
+@pytest.mark.parametrize("backend,dtype", [("reference", np.float64), ("cpu", np.float32)])
+def test_gather_is_the_memory_of_the_gathered_keys(backend, dtype):
+    cfg = config("additive")
+    params, keys, queries, *_ = data(cfg, seed=4, dtype=dtype)
+    att = rk.Attention(cfg, params, backend=backend)
+    rows = [2, 0, 2, 1]
+    g = att.memory(keys, LENGTHS).gather(np.array(rows))
+    assert g.batch_size == 4 and g.lengths == [LENGTHS[r] for r in rows]
+    direct = att.memory(np.ascontiguousarray(keys[:, rows]), [LENGTHS[r] for r in rows])
+    q = np.ascontiguousarray(queries[:, [0, 1, 2, 0]])
+    for a, b in zip(att.forward(g, q), att.forward(direct, q)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"`rows\[0\]`"):
+        att.memory(keys, LENGTHS).gather([3])
+
+
 def test_without_hidden_state():
     cfg = config("general", output_size=None)
     assert cfg.output_size == 0 and [n for n, *_ in cfg.param_specs()] == ["weight_a"]
