@@ -22,10 +22,13 @@
 //! (plus `2·Hout·H·B·T` for an LSTM projection), three times that for `train` (forward in
 //! training mode plus the full backward). The median over `--reps` timed runs is reported, after
 //! `--warmup` untimed ones. `--threads` sets the CPU backend's thread count (the reference is
-//! single-threaded); `RNN_KERNELS_ISA` forces the CPU backend's ISA.
+//! single-threaded); `RNN_KERNELS_ISA` forces the CPU backend's ISA. `--tune auto|off` sets the
+//! CPU backend's tuner (default: `RNN_KERNELS_TUNE`, else `auto`): with `auto` the first
+//! (warm-up) call of each pass tunes, and the choices are printed to stderr.
 
 use rnn_kernels::masks::MaskStream;
 use rnn_kernels::testkit::SplitMix64;
+use rnn_kernels::{tuning_records, Tuning};
 use rnn_kernels::{
     Backend, BackwardInput, BackwardOutput, CellKind, Cpu, Direction, Element, ForwardInput, ForwardOutput, GradMode, Merge, Params,
     Reference, RnnConfig, SeqShape,
@@ -50,6 +53,8 @@ struct Args {
     warmup: usize,
     /// Storage type of the CUDA backend: f32, f16 or bf16.
     dtype: String,
+    /// `--tune`: the CPU backend's tuning (`None`: `RNN_KERNELS_TUNE`'s).
+    tune: Option<Tuning>,
     /// `--direction` (overrides `--bidirectional` when given).
     direction: Option<Direction>,
     merge: Merge,
@@ -74,7 +79,7 @@ struct Args {
 
 const USAGE: &str = "usage: bench --backend reference|cpu|cuda --cell lstm|gru|rnn_tanh|rnn_relu --input I --hidden H \
 --batch B --steps T [--layers L (1 to 1000)] [--bidirectional] [--proj P] --mode inference|train [--threads N (1 to 1024)] \
-[--reps N (1 to 1000000)] [--warmup N (0 to 1000000)] [--dtype f32|f16|bf16 (cuda)]
+[--reps N (1 to 1000000)] [--warmup N (0 to 1000000)] [--dtype f32|f16|bf16 (cuda)] [--tune auto|off (cpu)]
 [--peephole] [--clip X] [--input-forget] [--cho] [--layer-norm] [--direction forward|reverse|bidirectional] [--merge concat|sum] [--batch-first] [--dropout P] [--zoneout Z] [--zoneout-cell Z] [--recurrent-dropout P] [--input-dropout P]
 Sizes whose buffers need more than the machine's memory (RAM and swap, on Linux) are refused before anything is allocated.";
 
@@ -99,6 +104,7 @@ fn parse() -> Result<Args, String> {
         reps: 5,
         warmup: 1,
         dtype: "f32".into(),
+        tune: None,
         direction: None,
         merge: Merge::Concat,
         peephole: false,
@@ -141,6 +147,13 @@ fn parse() -> Result<Args, String> {
             "--reps" => a.reps = within("--reps", it.next(), 1, MAX_REPS)?,
             "--warmup" => a.warmup = within("--warmup", it.next(), 0, MAX_REPS)?,
             "--dtype" => a.dtype = it.next().ok_or("--dtype needs a value")?,
+            "--tune" => {
+                a.tune = Some(match it.next().as_deref() {
+                    Some("auto") => Tuning::Auto,
+                    Some("off") => Tuning::Off,
+                    v => return Err(format!("--tune: expected auto or off, got {v:?}")),
+                })
+            }
             "--peephole" => a.peephole = true,
             "--input-forget" => a.input_forget = true,
             "--cho" => a.cho = true,
@@ -473,9 +486,25 @@ fn main() -> ExitCode {
         match a.backend.as_str() {
             "reference" => Ok(("rnn-kernels-reference".into(), None, time_host(&Reference, &cfg, &shape, &a)?, flops)),
             "cpu" => {
-                let cpu = Cpu::with_threads(a.threads)?;
+                let mut cpu = Cpu::with_threads(a.threads)?;
+                if let Some(t) = a.tune {
+                    cpu.set_tuning(t)?;
+                }
                 let isa = cpu.isa().to_string();
-                Ok(("rnn-kernels-cpu".into(), Some(isa), time_host(&cpu, &cfg, &shape, &a)?, flops))
+                let times = time_host(&cpu, &cfg, &shape, &a)?;
+                for r in tuning_records() {
+                    let trials: Vec<String> = r.trials.iter().map(|(s, t)| format!("{s}: {:.3} ms", t * 1e3)).collect();
+                    eprintln!(
+                        "tuned {:?} batch {} in {:.1} ms ({} steps a trial): {} [{}]",
+                        r.pass,
+                        r.batch,
+                        r.seconds * 1e3,
+                        r.trial_steps,
+                        r.chosen,
+                        trials.join("; ")
+                    );
+                }
+                Ok(("rnn-kernels-cpu".into(), Some(isa), times, flops))
             }
             #[cfg(feature = "cuda")]
             "cuda" => {

@@ -113,6 +113,8 @@ pub use backend::{
     check_backward, check_forward, Backend, BackwardInput, BackwardOutput, Buffer, Cpu, CpuPlan, ForwardInput, ForwardOutput, GradMode,
     HostPlan, HostReserve, Isa, Reference, RnnPlan, RnnReserve,
 };
+/// The CPU backend's plan-time tuner ([`Cpu::set_tuning`]).
+pub use backend::{tuning_records, Strategy, TuneRecord, TunedPass, Tuning};
 #[cfg(feature = "cuda")]
 pub use backend::{BorrowedCudaBuf, Cuda, CudaBuf, CudaElement, CudaHost, CudaPlan, CudaReserve};
 pub use config::{CellKind, Direction, Merge, RnnConfig, RnnConfigBuilder};

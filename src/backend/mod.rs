@@ -37,7 +37,7 @@ use crate::error::Result;
 use crate::masks::MaskStream;
 use crate::shape::SeqShape;
 
-pub use cpu::{Cpu, CpuPlan, Isa};
+pub use cpu::{tuning_records, Cpu, CpuPlan, Isa, Strategy, TuneRecord, TunedPass, Tuning};
 #[cfg(feature = "cuda")]
 pub use cuda::{BorrowedCudaBuf, Cuda, CudaBuf, CudaElement, CudaHost, CudaPlan, CudaReserve};
 pub use host::{HostPlan, HostReserve};

@@ -31,6 +31,9 @@
 //!   (and the traits the tiles implement), `packed.rs` the plan's weights packed once,
 //!   `team.rs` the threads of one call.
 //! - `affinity.rs`: pinning the pool's threads to CPUs.
+//! - `tuner.rs`: the plan-time tuner: per pass and batch size, the threads of a call and the
+//!   cut of the time loop's rows, chosen by timing the candidates (all of which give the same
+//!   bits) on the plan's own shapes.
 //!
 //! # Dispatch
 //!
@@ -53,9 +56,9 @@
 //! - A new ISA or storage type (AVX512-BF16, AMX): a token whose `detect()` checks the
 //!   features, a `Kernels` impl whose `Base` is the ISA it extends, overriding the methods it
 //!   improves, and a `Chosen` variant.
-//! - Another cut of the time loop (a plan-time tuner): a `RowBlocking` chosen per plan
-//!   instead of per ISA; only cuts that leave the bits unchanged (whole tiles, never the skinny
-//!   path) may depend on timing.
+//! - Another choice for the tuner (`tuner.rs`): a field of its `Strategy` and a candidate; only
+//!   choices that leave the bits unchanged (whole tiles, never the skinny path) may depend on
+//!   timing.
 //!
 //! Results are bit-identical for any thread count: threads split GEMM outputs and batch rows,
 //! never a sum.
@@ -63,9 +66,11 @@
 mod affinity;
 mod gemm;
 mod isa;
+mod tuner;
 
 pub use gemm::packed::CpuPlan;
 pub use isa::Isa;
+pub use tuner::{tuning_records, Strategy, TuneRecord, TunedPass, Tuning};
 
 use crate::attention::{
     AttentionBackend, AttentionConfig, AttentionGrads, AttentionMemory, AttentionMemoryGrads, AttentionOutput, AttentionShape,
@@ -80,7 +85,8 @@ impl AttentionBackend<f32> for Cpu {
         params: &[f32],
         keys: &[f32],
     ) -> Result<AttentionMemory<f32>> {
-        with_kernels!(self.kernels, |k| self.run(k, None, |k| host::attention::memory(k, cfg, shape, params, keys)))
+        with_kernels!(self.kernels, |k| self
+            .run(k, None, self.default_strategy_of(k), |k| host::attention::memory(k, cfg, shape, params, keys)))
     }
 
     fn attention_forward_with(
@@ -91,7 +97,8 @@ impl AttentionBackend<f32> for Cpu {
         memory: &AttentionMemory<f32>,
         queries: &[f32],
     ) -> Result<AttentionOutput<f32>> {
-        with_kernels!(self.kernels, |k| self.run(k, None, |k| host::attention::forward_with(k, cfg, shape, params, memory, queries)))
+        with_kernels!(self.kernels, |k| self
+            .run(k, None, self.default_strategy_of(k), |k| host::attention::forward_with(k, cfg, shape, params, memory, queries)))
     }
 
     fn attention_backward_with(
@@ -105,8 +112,9 @@ impl AttentionBackend<f32> for Cpu {
         up: AttentionUpstream<'_, f32>,
         d_memory: &mut AttentionMemoryGrads<f32>,
     ) -> Result<AttentionGrads<f32>> {
-        with_kernels!(self.kernels, |k| self
-            .run(k, None, |k| host::attention::backward_with(k, cfg, shape, params, memory, queries, out, up, d_memory)))
+        with_kernels!(self.kernels, |k| self.run(k, None, self.default_strategy_of(k), |k| host::attention::backward_with(
+            k, cfg, shape, params, memory, queries, out, up, d_memory
+        )))
     }
 
     fn attention_memory_backward(
@@ -117,7 +125,8 @@ impl AttentionBackend<f32> for Cpu {
         memory: &AttentionMemory<f32>,
         d_memory: &AttentionMemoryGrads<f32>,
     ) -> Result<AttentionGrads<f32>> {
-        with_kernels!(self.kernels, |k| self.run(k, None, |k| host::attention::memory_backward(k, cfg, shape, params, memory, d_memory)))
+        with_kernels!(self.kernels, |k| self
+            .run(k, None, self.default_strategy_of(k), |k| host::attention::memory_backward(k, cfg, shape, params, memory, d_memory)))
     }
 
     /// The memory and the forward pass in one call on the pool, the memory's buffers kept for
@@ -130,7 +139,8 @@ impl AttentionBackend<f32> for Cpu {
         keys: &[f32],
         queries: &[f32],
     ) -> Result<AttentionOutput<f32>> {
-        with_kernels!(self.kernels, |k| self.run(k, None, |k| host::attention::forward(k, cfg, shape, params, keys, queries)))
+        with_kernels!(self.kernels, |k| self
+            .run(k, None, self.default_strategy_of(k), |k| host::attention::forward(k, cfg, shape, params, keys, queries)))
     }
 
     /// The memory, the backward pass and the keys' side's backward in one call on the pool,
@@ -145,7 +155,8 @@ impl AttentionBackend<f32> for Cpu {
         out: &AttentionOutput<f32>,
         up: AttentionUpstream<'_, f32>,
     ) -> Result<AttentionGrads<f32>> {
-        with_kernels!(self.kernels, |k| self.run(k, None, |k| host::attention::backward(k, cfg, shape, params, keys, queries, out, up)))
+        with_kernels!(self.kernels, |k| self
+            .run(k, None, self.default_strategy_of(k), |k| host::attention::backward(k, cfg, shape, params, keys, queries, out, up)))
     }
 }
 
@@ -154,6 +165,7 @@ use crate::backend::host::{self, CellBackward, CellForward, ChoPart, HostKernels
 use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode};
 use crate::config::{CellKind, RnnConfig};
 use crate::error::{Error, Result};
+use crate::masks::MaskStream;
 use crate::shape::SeqShape;
 use gemm::team::{StopOnDrop, Team};
 use gemm::{Gemm, Par};
@@ -195,17 +207,19 @@ pub(crate) use isa::avx2::hooks as avx2_hooks;
 pub struct Cpu {
     kernels: Chosen,
     threads: usize,
+    tuning: Tuning,
     pool: Arc<rayon::ThreadPool>,
 }
 
 impl std::fmt::Debug for Cpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cpu").field("isa", &self.isa()).field("threads", &self.threads).finish()
+        f.debug_struct("Cpu").field("isa", &self.isa()).field("threads", &self.threads).field("tuning", &self.tuning).finish()
     }
 }
 
 impl Cpu {
-    /// The ISA from [`Isa::from_env`] and one thread per available core.
+    /// The ISA from [`Isa::from_env`], one thread per available core, and the tuning of
+    /// [`Tuning::from_env`].
     pub fn new() -> Result<Cpu> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         Cpu::with_isa(Isa::from_env()?, threads)
@@ -216,11 +230,13 @@ impl Cpu {
         Cpu::with_isa(Isa::from_env()?, threads)
     }
 
-    /// A given ISA (an error if this CPU lacks it) and `threads` threads (at least 1).
+    /// A given ISA (an error if this CPU lacks it), `threads` threads (at least 1), and the
+    /// tuning of [`Tuning::from_env`].
     pub fn with_isa(isa: Isa, threads: usize) -> Result<Cpu> {
         if threads == 0 {
             return Err(Error::invalid("threads", "at least 1", threads));
         }
+        let tuning = Tuning::from_env()?;
         let kernels = Chosen::detect(isa)
             .ok_or_else(|| Error::invalid("isa", format!("an ISA this CPU supports: {}", isa::names(&Isa::available())), isa))?;
         let mut builder = rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("rnn-kernels-cpu-{i}"));
@@ -230,7 +246,40 @@ impl Cpu {
         let pool = builder
             .build()
             .map_err(|e| Error::BackendUnavailable { backend: "cpu".into(), reason: format!("cannot start {threads} threads: {e}") })?;
-        Ok(Cpu { kernels, threads, pool: Arc::new(pool) })
+        Ok(Cpu { kernels, threads, tuning, pool: Arc::new(pool) })
+    }
+
+    /// How its calls choose their [`Strategy`] (see `backend/cpu/tuner.rs`): timed on the first
+    /// call of each pass and batch size ([`Tuning::Auto`], the default), the ISA's fixed one
+    /// ([`Tuning::Off`]), or a given one ([`Tuning::Fixed`], checked here: an error names the
+    /// field out of range). Every strategy gives the same bits.
+    pub fn set_tuning(&mut self, tuning: Tuning) -> Result<()> {
+        if let Tuning::Fixed(s) = tuning {
+            s.check(self.threads, self.blocking().tile_rows)?;
+        }
+        self.tuning = tuning;
+        Ok(())
+    }
+
+    /// Its tuning.
+    pub fn tuning(&self) -> Tuning {
+        self.tuning
+    }
+
+    /// The strategy [`Tuning::Off`] runs: all its threads, the ISA's fixed cut of the rows.
+    pub fn default_strategy(&self) -> Strategy {
+        Strategy::default_for(self.blocking(), self.threads)
+    }
+
+    fn blocking(&self) -> RowBlocking {
+        fn of<K: Kernels>(_: K) -> RowBlocking {
+            K::ROW_BLOCKING
+        }
+        with_kernels!(self.kernels, |k| of(k))
+    }
+
+    fn default_strategy_of<K: Kernels>(&self, _: K) -> Strategy {
+        Strategy::default_for(K::ROW_BLOCKING, self.threads)
     }
 
     /// The ISA its kernels use.
@@ -243,23 +292,172 @@ impl Cpu {
         self.threads
     }
 
-    /// Runs one call `body` in the pool with the kernels of `isa`: with more than one thread,
-    /// on a [`Team`] whose helpers (tasks of the pool) spin until the call returns.
-    fn run<K: Kernels, R: Send>(&self, isa: K, plan: Option<&CpuPlan>, body: impl FnOnce(&CpuKernels<'_, K>) -> R + Send) -> R {
+    /// Runs one call `body` in the pool with the kernels of `isa` and the strategy `s` (its
+    /// threads, at most the pool's, and its cut of the rows): with more than one thread, on a
+    /// [`Team`] whose helpers (tasks of the pool) spin until the call returns.
+    fn run<K: Kernels, R: Send>(
+        &self,
+        isa: K,
+        plan: Option<&CpuPlan>,
+        s: Strategy,
+        body: impl FnOnce(&CpuKernels<'_, K>) -> R + Send,
+    ) -> R {
+        let threads = s.threads.clamp(1, self.threads);
+        let blocking = s.blocking(K::ROW_BLOCKING.tile_rows);
         self.pool.install(|| {
-            if self.threads == 1 {
-                return body(&CpuKernels { isa, plan, par: Par::Serial });
+            if threads == 1 {
+                return body(&CpuKernels { isa, plan, par: Par::Serial, blocking });
             }
-            let team = Team::new(self.threads);
-            rayon::scope(|s| {
-                for i in 1..self.threads {
+            let team = Team::new(threads);
+            rayon::scope(|scope| {
+                for i in 1..threads {
                     let team = &team;
-                    s.spawn(move |_| team.helper(i));
+                    scope.spawn(move |_| team.helper(i));
                 }
                 let _stop = StopOnDrop(&team);
-                body(&CpuKernels { isa, plan, par: Par::Team(&team) })
+                body(&CpuKernels { isa, plan, par: Par::Team(&team), blocking })
             })
         })
+    }
+
+    /// The strategy of a forward call (`training` or inference): see `tuner.rs`.
+    fn forward_strategy<K: Kernels>(
+        &self,
+        k: K,
+        plan: &CpuPlan,
+        shape: &SeqShape,
+        call: (&ForwardInput<'_, [f32]>, &ForwardOutput<'_, [f32]>),
+        training: bool,
+    ) -> Strategy {
+        let pass = if training { TunedPass::Training } else { TunedPass::Inference };
+        let cfg = plan.host.layout.config();
+        let (key, candidates) = match self.to_tune(k, plan, pass, shape.batch()) {
+            Decision::Known(s) => return s,
+            Decision::Tune(key, candidates) => (key, candidates),
+        };
+        // A call with wrong arguments gets its error untuned.
+        if crate::backend::check_forward(cfg, shape, call.0, call.1).is_err() {
+            return self.default_strategy_of(k);
+        }
+        let start = std::time::Instant::now();
+        let Ok(trial) = SeqShape::new(shape.steps().min(tuner::TRIAL_STEPS), shape.batch()) else {
+            return self.default_strategy_of(k);
+        };
+        let x = trial_values(trial.steps() * trial.batch() * cfg.input_size());
+        let mut y = vec![0.0f32; trial.steps() * trial.batch() * cfg.output_size()];
+        let mut reserve = HostReserve::default();
+        let (chosen, trials, _) = tuner::pick(&candidates, |s| {
+            let t = std::time::Instant::now();
+            let input = ForwardInput { x: &x[..], h0: None, c0: None, masks: Some(MaskStream::new(0, 0)) };
+            let output = ForwardOutput { y: &mut y[..], hn: None, cn: None };
+            self.run(k, Some(plan), s, |k| host::run_forward(k, &plan.host, &trial, input, output, training.then_some(&mut reserve)))?;
+            Ok(t.elapsed())
+        });
+        self.keep(k, plan, key, pass, shape.batch(), chosen, trials, trial.steps(), start)
+    }
+
+    /// The strategy of a backward call: see `tuner.rs`.
+    fn backward_strategy<K: Kernels>(
+        &self,
+        k: K,
+        plan: &CpuPlan,
+        reserve: &HostReserve<f32>,
+        call: (&BackwardInput<'_, [f32]>, &BackwardOutput<'_, [f32]>),
+    ) -> Strategy {
+        let cfg = plan.host.layout.config();
+        // A call with wrong arguments gets its error untuned.
+        let Ok(shape) = reserve.stamp.check(&plan.host.stamp) else {
+            return self.default_strategy_of(k);
+        };
+        let (key, candidates) = match self.to_tune(k, plan, TunedPass::Backward, shape.batch()) {
+            Decision::Known(s) => return s,
+            Decision::Tune(key, candidates) => (key, candidates),
+        };
+        if crate::backend::check_backward(cfg, shape, plan.host.layout.len(), call.0, call.1).is_err() {
+            return self.default_strategy_of(k);
+        }
+        let start = std::time::Instant::now();
+        let Ok(trial) = SeqShape::new(shape.steps().min(tuner::TRIAL_STEPS), shape.batch()) else {
+            return self.default_strategy_of(k);
+        };
+        let (rows, tb) = (trial.batch(), trial.steps() * trial.batch());
+        let x = trial_values(tb * cfg.input_size());
+        let mut y = vec![0.0f32; tb * cfg.output_size()];
+        let mut saved = HostReserve::default();
+        let input = ForwardInput { x: &x[..], h0: None, c0: None, masks: Some(MaskStream::new(0, 0)) };
+        let output = ForwardOutput { y: &mut y[..], hn: None, cn: None };
+        let default = self.default_strategy_of(k);
+        if self.run(k, Some(plan), default, |k| host::run_forward(k, &plan.host, &trial, input, output, Some(&mut saved))).is_err() {
+            return default;
+        }
+        let dy = call.0.dy.map(|_| trial_values(tb * cfg.output_size()));
+        let states = cfg.num_layers() * cfg.num_directions() * rows;
+        let dhn = call.0.dhn.map(|_| trial_values(states * cfg.hidden_out_size()));
+        let dcn = call.0.dcn.map(|_| trial_values(states * cfg.hidden_size()));
+        let mut dx = call.1.dx.as_ref().map(|_| vec![0.0f32; tb * cfg.input_size()]);
+        let mut dparams = call.1.dparams.as_ref().map(|_| vec![0.0f32; plan.host.layout.len()]);
+        let (chosen, trials, _) = tuner::pick(&candidates, |s| {
+            let t = std::time::Instant::now();
+            let grads = BackwardInput { dy: dy.as_deref(), dhn: dhn.as_deref(), dcn: dcn.as_deref() };
+            let output = BackwardOutput { dx: dx.as_deref_mut(), dh0: None, dc0: None, dparams: dparams.as_deref_mut() };
+            self.run(k, Some(plan), s, |k| host::run_backward(k, &plan.host, &saved, grads, output, GradMode::Overwrite))?;
+            Ok(t.elapsed())
+        });
+        self.keep(k, plan, key, TunedPass::Backward, shape.batch(), chosen, trials, trial.steps(), start)
+    }
+
+    /// The strategy of a call of `pass` with `batch` rows when it is known without trials
+    /// (fixed, off, a single candidate, or kept from an earlier tuning), else the key and the
+    /// candidates of the tuning to run.
+    fn to_tune<K: Kernels>(&self, k: K, plan: &CpuPlan, pass: TunedPass, batch: usize) -> Decision {
+        let default = self.default_strategy_of(k);
+        match self.tuning {
+            Tuning::Off => return Decision::Known(default),
+            Tuning::Fixed(s) => return Decision::Known(s),
+            Tuning::Auto => {}
+        }
+        // The calls after the first: no key, no allocation.
+        if let Some(s) = plan.choices.get(K::ISA, self.threads, pass, batch) {
+            return Decision::Known(s);
+        }
+        let cfg = plan.host.layout.config();
+        let candidates = tuner::candidates(default, K::ROW_BLOCKING.tile_rows, pass, batch);
+        if candidates.len() < 2 {
+            return Decision::Known(default);
+        }
+        let key = tuner::key(K::ISA.name(), self.threads, cfg, pass, batch);
+        match tuner::lookup(&key) {
+            // A choice read from the tuning file is checked like a fixed one.
+            Some(s) if s.check(self.threads, K::ROW_BLOCKING.tile_rows).is_ok() => {
+                plan.choices.put(K::ISA, self.threads, pass, batch, s);
+                Decision::Known(s)
+            }
+            _ => Decision::Tune(key, candidates),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn keep<K: Kernels>(
+        &self,
+        k: K,
+        plan: &CpuPlan,
+        key: String,
+        pass: TunedPass,
+        batch: usize,
+        chosen: Strategy,
+        trials: Vec<(Strategy, f64)>,
+        trial_steps: usize,
+        start: std::time::Instant,
+    ) -> Strategy {
+        let default = self.default_strategy_of(k);
+        if trials.is_empty() {
+            // The default's trial failed: the call will report why; nothing is kept.
+            return default;
+        }
+        let kept =
+            tuner::keep(TuneRecord { key, pass, batch, chosen, default, trials, trial_steps, seconds: start.elapsed().as_secs_f64() });
+        plan.choices.put(K::ISA, self.threads, pass, batch, kept);
+        kept
     }
 }
 
@@ -269,6 +467,8 @@ struct CpuKernels<'p, K> {
     isa: K,
     plan: Option<&'p CpuPlan>,
     par: Par<'p>,
+    /// The call's cut of the time loop's rows (its [`Strategy`]'s).
+    blocking: RowBlocking,
 }
 
 impl<K: Kernels> HostKernels<f32> for CpuKernels<'_, K> {
@@ -310,7 +510,7 @@ impl<K: Kernels> HostKernels<f32> for CpuKernels<'_, K> {
     /// whose arithmetic per element does not depend on the rows around it, and the cell
     /// kernels work row by row.
     fn row_blocks(&self, rows: usize, pass: Pass) -> Vec<usize> {
-        let b = K::ROW_BLOCKING;
+        let b = self.blocking;
         let min = match pass {
             Pass::Forward => b.forward_min,
             Pass::Backward => b.backward_min,
@@ -335,7 +535,7 @@ impl<K: Kernels> HostKernels<f32> for CpuKernels<'_, K> {
     }
 
     fn serial(&self) -> Self {
-        CpuKernels { isa: self.isa, plan: self.plan, par: Par::Serial }
+        CpuKernels { isa: self.isa, plan: self.plan, par: Par::Serial, blocking: self.blocking }
     }
 
     /// The ISA's row kernels (`isa/*/layer_norm.rs`), rows split across the call's threads
@@ -463,6 +663,20 @@ fn cut_rows<'a>(mut s: &'a mut [f32], w: usize, bounds: &[usize]) -> Vec<&'a mut
         .collect()
 }
 
+/// What [`Cpu::to_tune`] found.
+enum Decision {
+    /// The strategy, without trials.
+    Known(Strategy),
+    /// The key to keep the choice under, and the candidates (the default first).
+    Tune(String, Vec<Strategy>),
+}
+
+/// Deterministic values in `[-0.5, 0.5)` for the tuner's trials (their results are discarded;
+/// they only need to be ordinary numbers).
+fn trial_values(n: usize) -> Vec<f32> {
+    (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect()
+}
+
 /// Rows of a block of the weight gradients' sums (`HostKernels::weight_grad_rows`): 16 of the
 /// tiled GEMM's `KC = 512` blocks, each of which already starts its register accumulators
 /// from zero, so within a block a sum has at most 512 + 16 roundings in a row. A training
@@ -567,7 +781,10 @@ impl Backend<f32> for Cpu {
         input: ForwardInput<'_, [f32]>,
         output: ForwardOutput<'_, [f32]>,
     ) -> Result<()> {
-        with_kernels!(self.kernels, |k| self.run(k, Some(plan), |k| host::run_forward(k, &plan.host, shape, input, output, None)))
+        with_kernels!(self.kernels, |k| {
+            let s = self.forward_strategy(k, plan, shape, (&input, &output), false);
+            self.run(k, Some(plan), s, |k| host::run_forward(k, &plan.host, shape, input, output, None))
+        })
     }
 
     fn forward_training(
@@ -578,7 +795,10 @@ impl Backend<f32> for Cpu {
         output: ForwardOutput<'_, [f32]>,
         reserve: &mut HostReserve<f32>,
     ) -> Result<()> {
-        with_kernels!(self.kernels, |k| self.run(k, Some(plan), |k| host::run_forward(k, &plan.host, shape, input, output, Some(reserve))))
+        with_kernels!(self.kernels, |k| {
+            let s = self.forward_strategy(k, plan, shape, (&input, &output), true);
+            self.run(k, Some(plan), s, |k| host::run_forward(k, &plan.host, shape, input, output, Some(reserve)))
+        })
     }
 
     fn backward(
@@ -589,7 +809,10 @@ impl Backend<f32> for Cpu {
         output: BackwardOutput<'_, [f32]>,
         mode: GradMode,
     ) -> Result<()> {
-        with_kernels!(self.kernels, |k| self.run(k, Some(plan), |k| host::run_backward(k, &plan.host, reserve, grads, output, mode)))
+        with_kernels!(self.kernels, |k| {
+            let s = self.backward_strategy(k, plan, reserve, (&grads, &output));
+            self.run(k, Some(plan), s, |k| host::run_backward(k, &plan.host, reserve, grads, output, mode))
+        })
     }
 }
 

@@ -95,6 +95,8 @@ pub struct CpuPlan {
     fwd: Vec<Packs>,
     /// Per layer-direction, `B = W` for the backward products; packed on first use.
     bwd: OnceLock<Vec<Packs>>,
+    /// The tuner's choices for this plan's calls.
+    pub(crate) choices: crate::backend::cpu::tuner::PlanChoices,
 }
 
 impl RnnPlan for CpuPlan {
@@ -107,7 +109,7 @@ impl CpuPlan {
     pub(crate) fn new(config: &RnnConfig, params: &[f32], packing: bool) -> Result<Self> {
         let host = HostPlan::new(config, params)?;
         let fwd = if packing { pack_all(&host, true) } else { Vec::new() };
-        Ok(CpuPlan { host, packing, fwd, bwd: OnceLock::new() })
+        Ok(CpuPlan { host, packing, fwd, bwd: OnceLock::new(), choices: Default::default() })
     }
 
     pub(crate) fn update(&mut self, params: &[f32]) -> Result<()> {

@@ -1,0 +1,491 @@
+//! The plan-time tuner: how a plan's calls run on the pool, chosen by timing the choices on the
+//! plan's own shapes (as FFTW's planner and cuDNN's algorithm search do).
+//!
+//! # What it chooses
+//!
+//! A [`Strategy`]: the threads a call runs on (all of the backend's, or fewer: a small batch
+//! whose weights fit one core's cache can run faster on one thread than on two that meet every
+//! step), and the least rows of a block of the time loop's rows, forward and backward (each
+//! block runs its steps on its own; below it, every step's products are split by columns across
+//! the threads). Each choice leaves every bit of every result unchanged: threads split GEMM
+//! outputs and batch rows, never a sum, and the blocks are whole GEMM tiles of at least two
+//! tiles' worth of rows, which never take the skinny GEMM path (`cut_blocks`). So only these
+//! choices may depend on timing; choices that change the summation order (the tile family, the
+//! skinny path, the weight-gradient blocks) are fixed per ISA and shape.
+//!
+//! # When it runs
+//!
+//! On the first call of a pass (inference, training forward, backward) with a batch size the
+//! process has not tuned for this CPU model, ISA, thread count and configuration: before the
+//! call, each candidate runs the plan on `min(T, 4)` steps of scratch data with the call's own
+//! batch, options and outputs, in rounds (a warm-up with the default first), up to three while
+//! the next round fits in [`BUDGET`] (at least one round), and the fastest wins; the default stays unless another is
+//! [`MARGIN`] faster. The result is kept for the process (and in the file named by
+//! `RNN_KERNELS_TUNE_FILE`, read at the first tuning and appended to, so later processes skip
+//! the trials). [`tuning_records`] reports each tuning: the candidates' times and the time
+//! spent. `RNN_KERNELS_TUNE=off` (or [`Tuning::Off`]) runs the default strategy, for benchmarks
+//! that must not vary with timing; [`Tuning::Fixed`] runs a given one.
+
+use super::{cut_blocks, Isa, RowBlocking};
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// A block minimum that never cuts the time loop's rows ([`Strategy::NEVER`]).
+pub(crate) const NEVER: usize = usize::MAX;
+
+/// The longest one tuning runs, unless its warm-up and first round of trials take longer (then
+/// it stops after them).
+pub const BUDGET: Duration = Duration::from_millis(50);
+
+/// How much faster (as a fraction of its time) a candidate must be to replace the default.
+pub const MARGIN: f64 = 0.02;
+
+/// Rounds of trials at most.
+const ROUNDS: usize = 3;
+
+/// Steps of a trial at most.
+pub(crate) const TRIAL_STEPS: usize = 4;
+
+/// How a call runs on the CPU backend's pool. Every strategy gives the same bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Strategy {
+    /// Threads the call runs on: 1 to the backend's [`threads`](super::Cpu::threads).
+    pub threads: usize,
+    /// The least rows of a block of the forward time loop, at least two of the ISA's GEMM tile
+    /// rows; [`NEVER`](Self::NEVER) keeps all rows in one block (each step's products split by columns).
+    pub forward_block_min: usize,
+    /// As `forward_block_min`, for the backward time loop.
+    pub backward_block_min: usize,
+}
+
+impl Strategy {
+    /// A block minimum that never cuts the time loop's rows.
+    pub const NEVER: usize = NEVER;
+
+    /// The fixed strategy of an ISA's `blocking` on `threads` threads (what [`Tuning::Off`]
+    /// runs).
+    pub(crate) fn default_for(blocking: RowBlocking, threads: usize) -> Strategy {
+        Strategy { threads, forward_block_min: blocking.forward_min, backward_block_min: blocking.backward_min }
+    }
+
+    /// The row blocking of this strategy for an ISA whose tiles have `tile_rows` rows.
+    pub(crate) fn blocking(&self, tile_rows: usize) -> RowBlocking {
+        RowBlocking { tile_rows, forward_min: self.forward_block_min, backward_min: self.backward_block_min }
+    }
+
+    /// Checks it for a backend of `threads` threads whose ISA's tiles have `tile_rows` rows.
+    pub(crate) fn check(&self, threads: usize, tile_rows: usize) -> Result<()> {
+        if !(1..=threads).contains(&self.threads) {
+            return Err(Error::invalid("strategy.threads", format!("1 to the backend's {threads} threads"), self.threads));
+        }
+        for (arg, min) in [("strategy.forward_block_min", self.forward_block_min), ("strategy.backward_block_min", self.backward_block_min)]
+        {
+            if min < 2 * tile_rows {
+                return Err(Error::invalid(
+                    arg,
+                    format!("at least {} (two of the ISA's {tile_rows}-row GEMM tiles), or NEVER", 2 * tile_rows),
+                    min,
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let min = |m: usize| if m == NEVER { "never".to_string() } else { m.to_string() };
+        write!(
+            f,
+            "threads={} forward_blocks={} backward_blocks={}",
+            self.threads,
+            min(self.forward_block_min),
+            min(self.backward_block_min)
+        )
+    }
+}
+
+/// Whether and how the CPU backend tunes ([`Cpu::set_tuning`](super::Cpu::set_tuning)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tuning {
+    /// Time the candidates on the first call of each pass and batch size (the default).
+    #[default]
+    Auto,
+    /// The ISA's fixed strategy on all the backend's threads: no timing at all.
+    Off,
+    /// This strategy for every call (checked by `set_tuning`).
+    Fixed(Strategy),
+}
+
+impl Tuning {
+    /// `RNN_KERNELS_TUNE`: `auto` (or unset) or `off`.
+    pub fn from_env() -> Result<Tuning> {
+        match std::env::var("RNN_KERNELS_TUNE") {
+            Err(_) => Ok(Tuning::Auto),
+            Ok(v) => match v.as_str() {
+                "auto" | "on" | "1" => Ok(Tuning::Auto),
+                "off" | "0" => Ok(Tuning::Off),
+                _ => Err(Error::invalid("RNN_KERNELS_TUNE", "auto or off", format!("{v:?}"))),
+            },
+        }
+    }
+}
+
+/// The pass a strategy is tuned for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TunedPass {
+    /// `forward_inference`.
+    Inference,
+    /// `forward_training`.
+    Training,
+    /// `backward`.
+    Backward,
+}
+
+impl TunedPass {
+    fn name(self) -> &'static str {
+        match self {
+            TunedPass::Inference => "inference",
+            TunedPass::Training => "training",
+            TunedPass::Backward => "backward",
+        }
+    }
+}
+
+/// One tuning: what was tried and what was chosen.
+#[derive(Debug, Clone)]
+pub struct TuneRecord {
+    /// What the choice is kept under: the CPU model, the ISA, the backend's threads, the
+    /// configuration, the pass and the batch size.
+    pub key: String,
+    /// The pass.
+    pub pass: TunedPass,
+    /// The batch size.
+    pub batch: usize,
+    /// The strategy chosen.
+    pub chosen: Strategy,
+    /// The fixed strategy ([`Tuning::Off`]'s), always the first candidate.
+    pub default: Strategy,
+    /// Each candidate with the least of its trials' times, in seconds.
+    pub trials: Vec<(Strategy, f64)>,
+    /// Steps of each trial.
+    pub trial_steps: usize,
+    /// Wall time of the whole tuning (trials and the warm-up), in seconds.
+    pub seconds: f64,
+}
+
+#[derive(Default)]
+struct Cache {
+    chosen: HashMap<String, Strategy>,
+    records: Vec<TuneRecord>,
+    file_read: bool,
+}
+
+fn cache() -> &'static Mutex<Cache> {
+    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Cache> {
+    cache().lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Every tuning this process ran, in order.
+pub fn tuning_records() -> Vec<TuneRecord> {
+    lock().records.clone()
+}
+
+/// The strategies a plan's calls ran with, per (ISA, backend threads, pass, batch): the calls
+/// after the first find theirs here, without formatting the process-wide key or allocating.
+#[derive(Debug, Default)]
+pub(crate) struct PlanChoices(Mutex<Vec<(ChoiceKey, Strategy)>>);
+
+/// What a plan's choice depends on: the ISA, the backend's threads, the pass, the batch.
+type ChoiceKey = (Isa, usize, TunedPass, usize);
+
+/// Entries a plan keeps at most (a loop over many batch sizes starts again from the
+/// process-wide choices, which stay).
+const PLAN_CHOICES: usize = 64;
+
+impl Clone for PlanChoices {
+    fn clone(&self) -> Self {
+        PlanChoices(Mutex::new(self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()))
+    }
+}
+
+impl PlanChoices {
+    pub(crate) fn get(&self, isa: Isa, threads: usize, pass: TunedPass, batch: usize) -> Option<Strategy> {
+        let v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        v.iter().find(|e| e.0 == (isa, threads, pass, batch)).map(|e| e.1)
+    }
+
+    pub(crate) fn put(&self, isa: Isa, threads: usize, pass: TunedPass, batch: usize, s: Strategy) {
+        let mut v = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if v.len() >= PLAN_CHOICES {
+            v.clear();
+        }
+        v.push(((isa, threads, pass, batch), s));
+    }
+}
+
+/// The CPU's model name (`/proc/cpuinfo`), or the architecture where it cannot be read.
+pub(crate) fn cpu_model() -> &'static str {
+    static MODEL: OnceLock<String> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name") || l.starts_with("Model") || l.starts_with("CPU part"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+    })
+}
+
+/// The key of a choice.
+pub(crate) fn key(isa: &str, threads: usize, config: &crate::RnnConfig, pass: TunedPass, batch: usize) -> String {
+    // One line: the file keeps one choice per line, tab-separated.
+    format!("{} | {isa} | threads {threads} | {config:?} | {} | batch {batch}", cpu_model(), pass.name()).replace(['\t', '\n'], " ")
+}
+
+/// The choice kept under `key`, if any (reading the tuning file first, once).
+pub(crate) fn lookup(key: &str) -> Option<Strategy> {
+    let mut c = lock();
+    if !c.file_read {
+        c.file_read = true;
+        if let Some(text) = tune_file().and_then(|p| std::fs::read_to_string(p).ok()) {
+            for line in text.lines() {
+                if let Some((k, s)) = parse_line(line) {
+                    c.chosen.entry(k).or_insert(s);
+                }
+            }
+        }
+    }
+    c.chosen.get(key).copied()
+}
+
+/// Keeps `record`'s choice (the first kept for a key wins, so that concurrent tunings of one
+/// key agree) and returns the choice kept.
+pub(crate) fn keep(record: TuneRecord) -> Strategy {
+    let mut c = lock();
+    let kept = *c.chosen.entry(record.key.clone()).or_insert(record.chosen);
+    if kept == record.chosen {
+        if let Some(path) = tune_file() {
+            // A file that cannot be written costs only the trials of the next process.
+            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                let _ = writeln!(f, "{}", format_line(&record.key, &record.chosen));
+            }
+        }
+    }
+    c.records.push(record);
+    kept
+}
+
+fn tune_file() -> Option<std::path::PathBuf> {
+    std::env::var_os("RNN_KERNELS_TUNE_FILE").filter(|p| !p.is_empty()).map(Into::into)
+}
+
+const FILE_TAG: &str = "rnn-kernels-tune-v1";
+
+fn format_line(key: &str, s: &Strategy) -> String {
+    let min = |m: usize| if m == NEVER { "never".to_string() } else { m.to_string() };
+    format!("{FILE_TAG}\t{key}\t{}\t{}\t{}", s.threads, min(s.forward_block_min), min(s.backward_block_min))
+}
+
+fn parse_line(line: &str) -> Option<(String, Strategy)> {
+    let mut f = line.split('\t');
+    if f.next()? != FILE_TAG {
+        return None;
+    }
+    let key = f.next()?.to_string();
+    let min = |v: &str| if v == "never" { Some(NEVER) } else { v.parse().ok() };
+    let threads = f.next()?.parse().ok()?;
+    let (forward_block_min, backward_block_min) = (min(f.next()?)?, min(f.next()?)?);
+    f.next().is_none().then_some((key, Strategy { threads, forward_block_min, backward_block_min }))
+}
+
+/// The candidates for `pass` with a batch of `batch` rows: the default first, then one thread,
+/// then on the default's threads each block minimum (the default's, blocks whenever they fit,
+/// never) whose cut of the batch differs from those before it.
+pub(crate) fn candidates(default: Strategy, tile_rows: usize, pass: TunedPass, batch: usize) -> Vec<Strategy> {
+    let mut out = vec![default];
+    if default.threads > 1 {
+        out.push(Strategy { threads: 1, ..default });
+    }
+    let mut cuts = vec![(default.threads, pass_cut(&default, tile_rows, pass, batch))];
+    if default.threads > 1 {
+        for min in [2 * tile_rows, NEVER] {
+            let s = match pass {
+                TunedPass::Backward => Strategy { backward_block_min: min, ..default },
+                _ => Strategy { forward_block_min: min, ..default },
+            };
+            let cut = (s.threads, pass_cut(&s, tile_rows, pass, batch));
+            if !cuts.contains(&cut) {
+                cuts.push(cut);
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+fn pass_cut(s: &Strategy, tile_rows: usize, pass: TunedPass, batch: usize) -> Vec<usize> {
+    let min = if pass == TunedPass::Backward { s.backward_block_min } else { s.forward_block_min };
+    cut_blocks(batch, s.threads, min, tile_rows)
+}
+
+/// Times `candidates` (the default first) with `trial`, which runs one on the plan's shapes:
+/// a warm-up of the default, then rounds of one trial each, up to [`ROUNDS`] rounds, a round
+/// after the first only if it would end within [`BUDGET`] (at the last round's duration). Returns the fastest (the default unless another is
+/// [`MARGIN`] faster), each candidate's least time, and the time spent. A candidate whose trial
+/// fails is dropped; if the default's fails, the default is returned untimed.
+pub(crate) fn pick(candidates: &[Strategy], mut trial: impl FnMut(Strategy) -> Result<Duration>) -> (Strategy, Vec<(Strategy, f64)>, f64) {
+    let start = Instant::now();
+    let default = candidates[0];
+    let mut best: Vec<Option<f64>> = vec![None; candidates.len()];
+    let mut failed = vec![false; candidates.len()];
+    if trial(default).is_err() {
+        return (default, Vec::new(), start.elapsed().as_secs_f64());
+    }
+    let mut last_round = Duration::ZERO;
+    for round in 0..ROUNDS {
+        if round > 0 && start.elapsed() + last_round > BUDGET {
+            break;
+        }
+        let round_start = Instant::now();
+        for (i, &s) in candidates.iter().enumerate() {
+            if failed[i] {
+                continue;
+            }
+            match trial(s) {
+                Ok(t) => {
+                    let t = t.as_secs_f64();
+                    best[i] = Some(best[i].map_or(t, |b: f64| b.min(t)));
+                }
+                Err(_) => failed[i] = true,
+            }
+        }
+        last_round = round_start.elapsed();
+    }
+    let times: Vec<(Strategy, f64)> = candidates.iter().zip(&best).filter_map(|(&s, t)| t.map(|t| (s, t))).collect();
+    (choose(&times), times, start.elapsed().as_secs_f64())
+}
+
+/// The fastest of `times` (the default first), or the default if within [`MARGIN`] of it.
+fn choose(times: &[(Strategy, f64)]) -> Strategy {
+    let Some(&(default, t0)) = times.first() else {
+        unreachable!("the default's trial succeeded");
+    };
+    let (fastest, t) = times.iter().copied().fold((default, t0), |a, b| if b.1 < a.1 { b } else { a });
+    if t < t0 * (1.0 - MARGIN) {
+        fastest
+    } else {
+        default
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BLOCKING: RowBlocking = RowBlocking { tile_rows: 6, forward_min: 96, backward_min: 16 };
+
+    fn s(threads: usize, f: usize, b: usize) -> Strategy {
+        Strategy { threads, forward_block_min: f, backward_block_min: b }
+    }
+
+    #[test]
+    fn candidates_are_distinct_cuts_default_first() {
+        let d = Strategy::default_for(BLOCKING, 2);
+        // 64 rows forward: the default (96) does not cut, 12 does, never = the default's cut.
+        assert_eq!(candidates(d, 6, TunedPass::Inference, 64), vec![d, s(1, 96, 16), s(2, 12, 16)]);
+        // 200 rows: the default cuts as 12 does; never differs.
+        assert_eq!(candidates(d, 6, TunedPass::Training, 200), vec![d, s(1, 96, 16), s(2, NEVER, 16)]);
+        // Backward, 64 rows: the default (16) cuts like 12; never differs.
+        assert_eq!(candidates(d, 6, TunedPass::Backward, 64), vec![d, s(1, 96, 16), s(2, 96, NEVER)]);
+        // One row: only the thread count differs.
+        assert_eq!(candidates(d, 6, TunedPass::Backward, 1), vec![d, s(1, 96, 16)]);
+        // One thread: nothing to choose.
+        assert_eq!(candidates(Strategy::default_for(BLOCKING, 1), 6, TunedPass::Inference, 64).len(), 1);
+        // Every candidate passes the check.
+        for c in candidates(d, 6, TunedPass::Inference, 64) {
+            c.check(2, 6).unwrap();
+        }
+    }
+
+    #[test]
+    fn pick_takes_the_fastest_but_keeps_the_default_within_the_margin() {
+        let (d, a, b) = (s(2, 96, 16), s(1, 96, 16), s(2, 12, 16));
+        let timed = |times: [f64; 3]| {
+            move |x: Strategy| -> Result<Duration> {
+                let i = [d, a, b].iter().position(|&c| c == x).unwrap();
+                Ok(Duration::from_secs_f64(times[i]))
+            }
+        };
+        assert_eq!(pick(&[d, a, b], timed([1e-3, 0.5e-3, 0.9e-3])).0, a);
+        assert_eq!(pick(&[d, a, b], timed([1e-3, 2e-3, 0.9e-3])).0, b);
+        // 1 % faster: within the margin, the default stays.
+        assert_eq!(pick(&[d, a, b], timed([1e-3, 0.99e-3, 1.5e-3])).0, d);
+        let (_, times, _) = pick(&[d, a, b], timed([1e-3, 2e-3, 3e-3]));
+        assert_eq!(times.len(), 3);
+    }
+
+    #[test]
+    fn pick_drops_failing_candidates_and_stops_at_the_budget() {
+        let (d, a) = (s(2, 96, 16), s(1, 96, 16));
+        let (chosen, times, _) = pick(&[d, a], |x| if x == a { Err(Error::invalid("x", "y", "z")) } else { Ok(Duration::from_millis(1)) });
+        assert_eq!((chosen, times.len()), (d, 1));
+        // The default failing: the default, untimed.
+        let (chosen, times, _) = pick(&[d, a], |x| if x == d { Err(Error::invalid("x", "y", "z")) } else { Ok(Duration::ZERO) });
+        assert_eq!((chosen, times.len()), (d, 0));
+        // Trials slower than the budget: one round after the warm-up, no more.
+        let mut calls = 0;
+        pick(&[d, a], |_| {
+            calls += 1;
+            std::thread::sleep(BUDGET / 2);
+            Ok(BUDGET / 2)
+        });
+        assert_eq!(calls, 3);
+        // Rounds of half the budget after a warm-up of a quarter: a second round would end past
+        // it (though it would start within it), so one round.
+        let mut calls = 0;
+        pick(&[d, a], |_| {
+            calls += 1;
+            std::thread::sleep(BUDGET / 4);
+            Ok(BUDGET / 4)
+        });
+        assert_eq!(calls, 3);
+        // Fast trials: three rounds.
+        let mut calls = 0;
+        pick(&[d, a], |_| {
+            calls += 1;
+            Ok(Duration::from_micros(1))
+        });
+        assert_eq!(calls, 7);
+    }
+
+    #[test]
+    fn strategies_are_checked() {
+        assert!(s(0, 96, 16).check(2, 6).unwrap_err().to_string().contains("strategy.threads"));
+        assert!(s(3, 96, 16).check(2, 6).unwrap_err().to_string().contains("strategy.threads"));
+        assert!(s(2, 11, 16).check(2, 6).unwrap_err().to_string().contains("strategy.forward_block_min"));
+        assert!(s(2, 96, 8).check(2, 6).unwrap_err().to_string().contains("strategy.backward_block_min"));
+        s(2, NEVER, NEVER).check(2, 6).unwrap();
+    }
+
+    #[test]
+    fn file_lines_round_trip() {
+        for st in [s(2, 96, 16), s(1, NEVER, 12)] {
+            let line = format_line("a key | with spaces", &st);
+            assert_eq!(parse_line(&line), Some(("a key | with spaces".to_string(), st)));
+        }
+        assert_eq!(parse_line("other\tk\t1\t2\t3"), None);
+        assert_eq!(parse_line(&format!("{FILE_TAG}\tk\t1\t2")), None);
+        assert_eq!(parse_line(&format!("{FILE_TAG}\tk\tx\t2\t3")), None);
+    }
+}
