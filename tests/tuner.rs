@@ -70,15 +70,15 @@ fn tunings_are_recorded_once_and_bounded() {
     assert_eq!(passes, [TunedPass::Training, TunedPass::Backward], "{records:#?}");
     for r in &records {
         assert_eq!(r.batch, 64);
-        assert_eq!(r.trial_steps, 4);
+        assert!((4..=30).contains(&r.trial_steps), "{r:#?}");
         assert_eq!(r.default, cpu.default_strategy());
         assert_eq!(r.trials[0].0, r.default, "the default is the first candidate");
         assert!(r.trials.len() >= 2, "two threads give at least two candidates: {r:#?}");
         assert!(r.trials.iter().all(|&(_, t)| t > 0.0), "{r:#?}");
         assert!(r.trials.iter().any(|&(s, _)| s == r.chosen), "{r:#?}");
         assert!(r.key.contains(cpu.isa().name()) && r.key.contains("batch 64"), "{}", r.key);
-        // The budget (50 ms past the first round) plus one round of trials of 4 of 30 steps
-        // and the warm-up: far below a second for this size.
+        // The budget (50 ms, unless the warm-ups and one round take longer) for trials of at
+        // most 30 steps of this size: far below a second.
         assert!(r.seconds < 1.0, "{r:#?}");
     }
     // Again, and on a second backend: kept, not tuned again, and the same bits.

@@ -340,20 +340,22 @@ impl Cpu {
             return self.default_strategy_of(k);
         }
         let start = std::time::Instant::now();
-        let Ok(trial) = SeqShape::new(shape.steps().min(tuner::TRIAL_STEPS), shape.batch()) else {
-            return self.default_strategy_of(k);
-        };
-        let x = trial_values(trial.steps() * trial.batch() * cfg.input_size());
-        let mut y = vec![0.0f32; trial.steps() * trial.batch() * cfg.output_size()];
+        let batch = shape.batch();
+        let (mut x, mut y) = (Vec::new(), Vec::new());
         let mut reserve = HostReserve::default();
-        let (chosen, trials, _) = tuner::pick(&candidates, |s| {
+        let (chosen, trials, steps) = tuner::pick(&candidates, shape.steps(), |s, steps| {
+            let trial = SeqShape::new(steps, batch)?;
+            if x.len() != steps * batch * cfg.input_size() {
+                x = trial_values(steps * batch * cfg.input_size());
+                y = vec![0.0f32; steps * batch * cfg.output_size()];
+            }
             let t = std::time::Instant::now();
             let input = ForwardInput { x: &x[..], h0: None, c0: None, masks: Some(MaskStream::new(0, 0)) };
             let output = ForwardOutput { y: &mut y[..], hn: None, cn: None };
             self.run(k, Some(plan), s, |k| host::run_forward(k, &plan.host, &trial, input, output, training.then_some(&mut reserve)))?;
             Ok(t.elapsed())
         });
-        self.keep(k, plan, key, pass, shape.batch(), chosen, trials, trial.steps(), start)
+        self.keep(k, plan, key, pass, batch, chosen, trials, steps, start)
     }
 
     /// The strategy of a backward call: see `tuner.rs`.
@@ -377,33 +379,35 @@ impl Cpu {
             return self.default_strategy_of(k);
         }
         let start = std::time::Instant::now();
-        let Ok(trial) = SeqShape::new(shape.steps().min(tuner::TRIAL_STEPS), shape.batch()) else {
-            return self.default_strategy_of(k);
-        };
-        let (rows, tb) = (trial.batch(), trial.steps() * trial.batch());
-        let x = trial_values(tb * cfg.input_size());
-        let mut y = vec![0.0f32; tb * cfg.output_size()];
-        let mut saved = HostReserve::default();
-        let input = ForwardInput { x: &x[..], h0: None, c0: None, masks: Some(MaskStream::new(0, 0)) };
-        let output = ForwardOutput { y: &mut y[..], hn: None, cn: None };
-        let default = self.default_strategy_of(k);
-        if self.run(k, Some(plan), default, |k| host::run_forward(k, &plan.host, &trial, input, output, Some(&mut saved))).is_err() {
-            return default;
-        }
-        let dy = call.0.dy.map(|_| trial_values(tb * cfg.output_size()));
+        let rows = shape.batch();
         let states = cfg.num_layers() * cfg.num_directions() * rows;
         let dhn = call.0.dhn.map(|_| trial_values(states * cfg.hidden_out_size()));
         let dcn = call.0.dcn.map(|_| trial_values(states * cfg.hidden_size()));
-        let mut dx = call.1.dx.as_ref().map(|_| vec![0.0f32; tb * cfg.input_size()]);
         let mut dparams = call.1.dparams.as_ref().map(|_| vec![0.0f32; plan.host.layout.len()]);
-        let (chosen, trials, _) = tuner::pick(&candidates, |s| {
+        // Per number of steps: the reserve of a training forward (the default strategy's,
+        // untimed), `dy` and `dx`.
+        let (mut filled, mut saved, mut dy, mut dx) = (0, HostReserve::default(), None, None);
+        let (chosen, trials, steps) = tuner::pick(&candidates, shape.steps(), |s, steps| {
+            let trial = SeqShape::new(steps, rows)?;
+            let tb = steps * rows;
+            if filled != steps {
+                let x = trial_values(tb * cfg.input_size());
+                let mut y = vec![0.0f32; tb * cfg.output_size()];
+                let input = ForwardInput { x: &x[..], h0: None, c0: None, masks: Some(MaskStream::new(0, 0)) };
+                let output = ForwardOutput { y: &mut y[..], hn: None, cn: None };
+                let default = self.default_strategy_of(k);
+                self.run(k, Some(plan), default, |k| host::run_forward(k, &plan.host, &trial, input, output, Some(&mut saved)))?;
+                dy = call.0.dy.map(|_| trial_values(tb * cfg.output_size()));
+                dx = call.1.dx.as_ref().map(|_| vec![0.0f32; tb * cfg.input_size()]);
+                filled = steps;
+            }
             let t = std::time::Instant::now();
             let grads = BackwardInput { dy: dy.as_deref(), dhn: dhn.as_deref(), dcn: dcn.as_deref() };
             let output = BackwardOutput { dx: dx.as_deref_mut(), dh0: None, dc0: None, dparams: dparams.as_deref_mut() };
             self.run(k, Some(plan), s, |k| host::run_backward(k, &plan.host, &saved, grads, output, GradMode::Overwrite))?;
             Ok(t.elapsed())
         });
-        self.keep(k, plan, key, TunedPass::Backward, shape.batch(), chosen, trials, trial.steps(), start)
+        self.keep(k, plan, key, TunedPass::Backward, rows, chosen, trials, steps, start)
     }
 
     /// The strategy of a call of `pass` with `batch` rows when it is known without trials

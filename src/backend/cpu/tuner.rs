@@ -17,8 +17,9 @@
 //!
 //! On the first call of a pass (inference, training forward, backward) with a batch size the
 //! process has not tuned for this CPU model, ISA, thread count and configuration: before the
-//! call, each candidate runs the plan on `min(T, 4)` steps of scratch data with the call's own
-//! batch, options and outputs, in rounds (a warm-up with the default first), up to three while
+//! call, each candidate runs the plan on scratch data with the call's own batch, options and
+//! outputs, on as many of the call's steps as take about [`TRIAL_TARGET`] (at least
+//! `min(T, 4)`; measured by a warm-up on `min(T, 4)` steps), in rounds (a warm-up with the default first), up to three while
 //! the next round fits in [`BUDGET`] (at least one round), and the fastest wins; the default stays unless another is
 //! [`MARGIN`] faster. The result is kept for the process (and in the file named by
 //! `RNN_KERNELS_TUNE_FILE`, read at the first tuning and appended to, so later processes skip
@@ -46,8 +47,12 @@ pub const MARGIN: f64 = 0.02;
 /// Rounds of trials at most.
 const ROUNDS: usize = 3;
 
-/// Steps of a trial at most.
+/// Steps of the first warm-up (or the call's steps, if fewer).
 pub(crate) const TRIAL_STEPS: usize = 4;
+
+/// How long a trial should take: enough steps for the per-step costs to outweigh the call's
+/// fixed ones (starting its threads), as in the call itself.
+pub(crate) const TRIAL_TARGET: Duration = Duration::from_millis(2);
 
 /// How a call runs on the CPU backend's pool. Every strategy gives the same bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -339,18 +344,31 @@ fn pass_cut(s: &Strategy, tile_rows: usize, pass: TunedPass, batch: usize) -> Ve
     cut_blocks(batch, s.threads, min, tile_rows)
 }
 
-/// Times `candidates` (the default first) with `trial`, which runs one on the plan's shapes:
-/// a warm-up of the default, then rounds of one trial each, up to [`ROUNDS`] rounds, a round
+/// Times `candidates` (the default first) with `trial`, which runs one on the plan's shapes for
+/// the steps it is given (at most `max_steps`): a warm-up of the default on
+/// `min(max_steps, TRIAL_STEPS)` steps, which sets the trials' steps (as many as take about
+/// [`TRIAL_TARGET`], within those bounds; warmed up again if more), then rounds of one trial each, up to [`ROUNDS`] rounds, a round
 /// after the first only if it would end within [`BUDGET`] (at the last round's duration). Returns the fastest (the default unless another is
-/// [`MARGIN`] faster), each candidate's least time, and the time spent. A candidate whose trial
-/// fails is dropped; if the default's fails, the default is returned untimed.
-pub(crate) fn pick(candidates: &[Strategy], mut trial: impl FnMut(Strategy) -> Result<Duration>) -> (Strategy, Vec<(Strategy, f64)>, f64) {
+/// [`MARGIN`] faster), each candidate's least time, and the trials' steps. A candidate whose
+/// trial fails is dropped; if the default's fails, the default is returned untimed.
+pub(crate) fn pick(
+    candidates: &[Strategy],
+    max_steps: usize,
+    mut trial: impl FnMut(Strategy, usize) -> Result<Duration>,
+) -> (Strategy, Vec<(Strategy, f64)>, usize) {
     let start = Instant::now();
     let default = candidates[0];
     let mut best: Vec<Option<f64>> = vec![None; candidates.len()];
     let mut failed = vec![false; candidates.len()];
-    if trial(default).is_err() {
-        return (default, Vec::new(), start.elapsed().as_secs_f64());
+    let first = max_steps.clamp(1, TRIAL_STEPS);
+    let Ok(warm) = trial(default, first) else {
+        return (default, Vec::new(), first);
+    };
+    let per_step = warm.as_secs_f64() / first as f64;
+    let steps =
+        if per_step > 0.0 { ((TRIAL_TARGET.as_secs_f64() / per_step).ceil() as usize).clamp(first, max_steps.max(first)) } else { first };
+    if steps > first && trial(default, steps).is_err() {
+        return (default, Vec::new(), steps);
     }
     let mut last_round = Duration::ZERO;
     for round in 0..ROUNDS {
@@ -362,7 +380,7 @@ pub(crate) fn pick(candidates: &[Strategy], mut trial: impl FnMut(Strategy) -> R
             if failed[i] {
                 continue;
             }
-            match trial(s) {
+            match trial(s, steps) {
                 Ok(t) => {
                     let t = t.as_secs_f64();
                     best[i] = Some(best[i].map_or(t, |b: f64| b.min(t)));
@@ -373,7 +391,7 @@ pub(crate) fn pick(candidates: &[Strategy], mut trial: impl FnMut(Strategy) -> R
         last_round = round_start.elapsed();
     }
     let times: Vec<(Strategy, f64)> = candidates.iter().zip(&best).filter_map(|(&s, t)| t.map(|t| (s, t))).collect();
-    (choose(&times), times, start.elapsed().as_secs_f64())
+    (choose(&times), times, steps)
 }
 
 /// The fastest of `times` (the default first), or the default if within [`MARGIN`] of it.
@@ -422,30 +440,32 @@ mod tests {
     fn pick_takes_the_fastest_but_keeps_the_default_within_the_margin() {
         let (d, a, b) = (s(2, 96, 16), s(1, 96, 16), s(2, 12, 16));
         let timed = |times: [f64; 3]| {
-            move |x: Strategy| -> Result<Duration> {
+            move |x: Strategy, _: usize| -> Result<Duration> {
                 let i = [d, a, b].iter().position(|&c| c == x).unwrap();
                 Ok(Duration::from_secs_f64(times[i]))
             }
         };
-        assert_eq!(pick(&[d, a, b], timed([1e-3, 0.5e-3, 0.9e-3])).0, a);
-        assert_eq!(pick(&[d, a, b], timed([1e-3, 2e-3, 0.9e-3])).0, b);
+        assert_eq!(pick(&[d, a, b], 100, timed([1e-3, 0.5e-3, 0.9e-3])).0, a);
+        assert_eq!(pick(&[d, a, b], 100, timed([1e-3, 2e-3, 0.9e-3])).0, b);
         // 1 % faster: within the margin, the default stays.
-        assert_eq!(pick(&[d, a, b], timed([1e-3, 0.99e-3, 1.5e-3])).0, d);
-        let (_, times, _) = pick(&[d, a, b], timed([1e-3, 2e-3, 3e-3]));
+        assert_eq!(pick(&[d, a, b], 100, timed([1e-3, 0.99e-3, 1.5e-3])).0, d);
+        let (_, times, _) = pick(&[d, a, b], 100, timed([1e-3, 2e-3, 3e-3]));
         assert_eq!(times.len(), 3);
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "timing: the interpreter's slowness would end rounds early")]
     fn pick_drops_failing_candidates_and_stops_at_the_budget() {
         let (d, a) = (s(2, 96, 16), s(1, 96, 16));
-        let (chosen, times, _) = pick(&[d, a], |x| if x == a { Err(Error::invalid("x", "y", "z")) } else { Ok(Duration::from_millis(1)) });
+        let (chosen, times, _) =
+            pick(&[d, a], 100, |x, _| if x == a { Err(Error::invalid("x", "y", "z")) } else { Ok(Duration::from_millis(1)) });
         assert_eq!((chosen, times.len()), (d, 1));
         // The default failing: the default, untimed.
-        let (chosen, times, _) = pick(&[d, a], |x| if x == d { Err(Error::invalid("x", "y", "z")) } else { Ok(Duration::ZERO) });
+        let (chosen, times, _) = pick(&[d, a], 100, |x, _| if x == d { Err(Error::invalid("x", "y", "z")) } else { Ok(Duration::ZERO) });
         assert_eq!((chosen, times.len()), (d, 0));
         // Trials slower than the budget: one round after the warm-up, no more.
         let mut calls = 0;
-        pick(&[d, a], |_| {
+        pick(&[d, a], 4, |_, _| {
             calls += 1;
             std::thread::sleep(BUDGET / 2);
             Ok(BUDGET / 2)
@@ -454,7 +474,7 @@ mod tests {
         // Rounds of half the budget after a warm-up of a quarter: a second round would end past
         // it (though it would start within it), so one round.
         let mut calls = 0;
-        pick(&[d, a], |_| {
+        pick(&[d, a], 4, |_, _| {
             calls += 1;
             std::thread::sleep(BUDGET / 4);
             Ok(BUDGET / 4)
@@ -462,11 +482,29 @@ mod tests {
         assert_eq!(calls, 3);
         // Fast trials: three rounds.
         let mut calls = 0;
-        pick(&[d, a], |_| {
+        pick(&[d, a], 4, |_, _| {
             calls += 1;
             Ok(Duration::from_micros(1))
         });
         assert_eq!(calls, 7);
+    }
+
+    #[test]
+    fn trials_run_the_steps_that_take_the_target_time() {
+        let (d, a) = (s(2, 96, 16), s(1, 96, 16));
+        // 10 µs a step: 200 steps take the 2 ms target.
+        for (max, want) in [(1000, 200), (100, 100), (3, 3)] {
+            let mut seen = Vec::new();
+            let (_, _, steps) = pick(&[d, a], max, |_, n| {
+                seen.push(n);
+                Ok(Duration::from_micros(10 * n as u64))
+            });
+            assert_eq!(steps, want);
+            // The warm-up on min(max, 4) steps, again on the trials' steps if more, then the
+            // rounds.
+            assert_eq!(seen[0], max.min(4));
+            assert!(seen[1..].iter().all(|&n| n == want), "{seen:?}");
+        }
     }
 
     #[test]
