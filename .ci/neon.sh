@@ -44,12 +44,13 @@ trap 'rm -f "$log"' EXIT
 echo "== all tests under qemu-aarch64 (RNN_KERNELS_ISA=neon)"
 # The language model's 400-step training test takes 15+ minutes under emulation and checks the
 # training crate (crates/nn), not the kernels (natively it runs in every `cargo test`); every other test runs here.
-# tests/examples_cli.rs and tests/too_large.rs run programs of their own (the examples, and
-# the test binary again in a child process with a capped allocator): under qemu-user the child
-# would be an AArch64 program started without the emulator. What they check (argument and size
-# handling) is the same Rust on every architecture, and natively they run in every `cargo test`.
+# tests/examples_cli.rs, tests/too_large.rs and tests/tuner_file.rs run programs of their own
+# (the examples, and the test binary again in a child process: with a capped allocator, or with
+# a tuning file to read): under qemu-user the child would be an AArch64 program started without
+# the emulator. What they check (argument and size handling, the tuning file's lines) is the
+# same Rust on every architecture, and natively they run in every `cargo test`.
 skips=(--skip short_training_run_falls_well_below_the_unigram_loss)
-for name in $(sed -n 's/^fn \([a-z0-9_]*\)() {$/\1/p' tests/examples_cli.rs tests/too_large.rs); do
+for name in $(sed -n 's/^fn \([a-z0-9_]*\)() {$/\1/p' tests/examples_cli.rs tests/too_large.rs tests/tuner_file.rs); do
     skips+=(--skip "$name")
 done
 cargo test --release --target "$TARGET" --no-fail-fast -- "${skips[@]}" 2>&1 | tee "$log"
