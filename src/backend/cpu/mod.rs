@@ -418,6 +418,7 @@ impl Cpu {
         match self.tuning {
             Tuning::Off => return Decision::Known(default),
             Tuning::Fixed(s) => return Decision::Known(s),
+            Tuning::Auto if self.threads == 1 => return Decision::Known(default),
             Tuning::Auto => {}
         }
         // The calls after the first: no key, no allocation.
@@ -427,6 +428,7 @@ impl Cpu {
         let cfg = plan.host.layout.config();
         let candidates = tuner::candidates(default, K::ROW_BLOCKING.tile_rows, pass, batch);
         if candidates.len() < 2 {
+            plan.choices.put(K::ISA, self.threads, pass, batch, default);
             return Decision::Known(default);
         }
         let key = tuner::key(K::ISA.name(), self.threads, cfg, pass, batch);
@@ -455,7 +457,9 @@ impl Cpu {
     ) -> Strategy {
         let default = self.default_strategy_of(k);
         if trials.is_empty() {
-            // The default's trial failed: the call will report why; nothing is kept.
+            // The default's trial failed: the call will report why. The plan keeps the default
+            // (its later calls do not try again); the process keeps nothing.
+            plan.choices.put(K::ISA, self.threads, pass, batch, default);
             return default;
         }
         let kept =
