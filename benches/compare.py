@@ -13,6 +13,7 @@ Usage:
     python3 benches/compare.py --quick --ours reference
     python3 benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda   # on a GPU machine
     python3 benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda --dtype f16   # .half()
+    python3 benches/compare.py --dtype bf16 --peers pytorch-cpu   # 16-bit storage on the CPU, PyTorch in bf16
     python3 benches/compare.py --configs "lstm-64-64-8-20:inference,gru-512-512-64-100:train" \
         --rounds 5 --threads 2 --ours cpu,reference --peers pytorch-cpu,onnxruntime-cpu \
         --json out.jsonl
@@ -624,7 +625,8 @@ def main():
     p.add_argument("--peers", default=None,
                    help=f"peers, comma-separated from {','.join(KNOWN_PEERS)} (default: all available)")
     p.add_argument("--dtype", choices=("f32", "f16", "bf16"), default="f32",
-                   help="storage type: f16/bf16 for --ours cuda against pytorch-cuda in the same type (default f32)")
+                   help="storage type: f16/bf16 for --ours cpu or cuda against PyTorch in the same type "
+                        "(onnxruntime is f32 only; default f32)")
     p.add_argument("--json", default=None, metavar="OUT.jsonl", help="also save every raw JSON line here")
     p.add_argument("--bin", default=None, help="our bench binary (default: build target/release/examples/bench)")
     p.add_argument("--no-build", action="store_true", help="do not run cargo build; use the binary as it is")
@@ -663,8 +665,8 @@ def main():
         p.error("no configs")
 
     backends = [b.strip() for b in args.ours.split(",") if b.strip()]
-    if args.dtype != "f32" and any(b != "cuda" for b in backends):
-        p.error(f"--dtype {args.dtype}: only --ours cuda stores 16-bit")
+    if args.dtype != "f32" and any(b not in ("cpu", "cuda") for b in backends):
+        p.error(f"--dtype {args.dtype}: only --ours cpu and cuda store 16-bit")
     ours = [f"rnn-kernels-{b}" for b in backends]
     if args.baseline_bin and not os.access(args.baseline_bin, os.X_OK):
         p.error(f"--baseline-bin {args.baseline_bin}: not an executable file")

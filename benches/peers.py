@@ -536,8 +536,9 @@ def parse_args(argv):
     p.add_argument("--impl", default=None,
                    help=f"comma-separated subset of {','.join(ALL_IMPLS)} (default: all available)")
     p.add_argument("--dtype", choices=("f32", "f16", "bf16"), default="f32",
-                   help="storage of pytorch-cuda's module and tensors (model.half() / .bfloat16(); "
-                        "cuDNN then uses tensor cores); the CPU impls are f32 only")
+                   help="storage of PyTorch's module and tensors (model.half() / .bfloat16(); on CUDA cuDNN "
+                        "then uses tensor cores, on the CPU oneDNN's bf16 kernels where it has them); "
+                        "onnxruntime is f32 only")
     p.add_argument("--tf32", action="store_true",
                    help="let cuDNN use TF32 for f32 RNNs on CUDA (default: off, full f32)")
     p.add_argument("--peephole", action="store_true", help="LSTM peepholes (ONNX P)")
@@ -608,8 +609,8 @@ def main(argv=None):
         if avail[impl] is not None:
             note(f"skipping {impl}: {avail[impl]}")
             continue
-        if impl != "pytorch-cuda" and a.dtype != "f32":
-            note(f"skipping {impl} for --dtype {a.dtype}: only pytorch-cuda is timed in 16-bit storage")
+        if impl == "onnxruntime-cpu" and a.dtype != "f32":
+            note(f"skipping {impl} for --dtype {a.dtype}: onnxruntime's recurrent operators compute in f32 only")
             continue
         if impl == "onnxruntime-cpu" and a.mode == "train":
             note("skipping onnxruntime-cpu for train: onnxruntime is timed for inference only")

@@ -79,7 +79,7 @@ struct Args {
 
 const USAGE: &str = "usage: bench --backend reference|cpu|cuda --cell lstm|gru|rnn_tanh|rnn_relu --input I --hidden H \
 --batch B --steps T [--layers L (1 to 1000)] [--bidirectional] [--proj P] --mode inference|train [--threads N (1 to 1024)] \
-[--reps N (1 to 1000000)] [--warmup N (0 to 1000000)] [--dtype f32|f16|bf16 (cuda)] [--tune auto|off (cpu)]
+[--reps N (1 to 1000000)] [--warmup N (0 to 1000000)] [--dtype f32|f16|bf16 (cpu, cuda)] [--tune auto|off (cpu)]
 [--peephole] [--clip X] [--input-forget] [--cho] [--layer-norm] [--direction forward|reverse|bidirectional] [--merge concat|sum] [--batch-first] [--dropout P] [--zoneout Z] [--zoneout-cell Z] [--recurrent-dropout P] [--input-dropout P]
 Sizes whose buffers need more than the machine's memory (RAM and swap, on Linux) are refused before anything is allocated.";
 
@@ -189,8 +189,8 @@ fn parse() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
-    if !matches!(a.dtype.as_str(), "f32" | "f16" | "bf16") || (a.dtype != "f32" && a.backend != "cuda") {
-        return Err(format!("--dtype: f32, or f16/bf16 with --backend cuda; got {:?} with {:?}", a.dtype, a.backend));
+    if !matches!(a.dtype.as_str(), "f32" | "f16" | "bf16") || (a.dtype != "f32" && a.backend == "reference") {
+        return Err(format!("--dtype: f32, or f16/bf16 with --backend cpu or cuda; got {:?} with {:?}", a.dtype, a.backend));
     }
     if a.input == 0 || a.hidden == 0 || a.batch == 0 || a.steps == 0 {
         return Err(format!(
@@ -332,27 +332,28 @@ fn time_loop<T: Element, B: Backend<T>, V: BorrowMut<B::Buf>>(
     Ok(times)
 }
 
-/// Runs the timed loop on a host backend in f32; returns per-rep milliseconds.
-fn time_host<B: Backend<f32, Buf = [f32]>>(
+/// Runs the timed loop on a host backend in storage type `T`; returns per-rep milliseconds.
+fn time_host<T: Element, B: Backend<T, Buf = [T]>>(
     backend: &B,
     cfg: &RnnConfig,
     shape: &SeqShape,
     a: &Args,
 ) -> Result<Vec<f64>, rnn_kernels::Error> {
-    let params = init_params::<f32>(cfg, 1)?;
+    let params = init_params::<T>(cfg, 1)?;
     let plan = backend.plan(cfg, params.as_slice())?;
     let mut rng = SplitMix64::new(2);
-    let mut randn = |what: &str, n: usize| try_vec_with(what, n, || rng.normal() as f32);
+    let mut randn = |what: &str, n: usize| try_vec_with(what, n, || T::from_f64(rng.normal()));
     let x = randn("x", count(shape.x_shape(cfg))?)?;
     let dy = randn("dy", count(shape.y_shape(cfg))?)?;
+    let zeros = |what: &str, n: usize| try_vec_with(what, n, T::default);
     let mut bufs = Bufs {
-        dx: try_vec_with("dx", x.len(), || 0.0)?,
+        dx: zeros("dx", x.len())?,
         x,
         dy,
-        y: try_vec_with("y", count(shape.y_shape(cfg))?, || 0.0)?,
-        hn: try_vec_with("h_n", count(shape.h_shape(cfg))?, || 0.0)?,
-        cn: cfg.cell().has_cell_state().then(|| try_vec_with("c_n", count(shape.c_shape(cfg))?, || 0.0)).transpose()?,
-        dparams: try_vec_with("dparams", params.layout().len(), || 0.0)?,
+        y: zeros("y", count(shape.y_shape(cfg))?)?,
+        hn: zeros("h_n", count(shape.h_shape(cfg))?)?,
+        cn: cfg.cell().has_cell_state().then(|| zeros("c_n", count(shape.c_shape(cfg))?)).transpose()?,
+        dparams: zeros("dparams", params.layout().len())?,
     };
     time_loop(backend, &plan, shape, &mut bufs, a, || Ok(()))
 }
@@ -484,14 +485,18 @@ fn main() -> ExitCode {
         check_memory(&a, &cfg, &shape)?;
         let flops = gemm_flops(&cfg, &shape) * if a.train { 3.0 } else { 1.0 };
         match a.backend.as_str() {
-            "reference" => Ok(("rnn-kernels-reference".into(), None, time_host(&Reference, &cfg, &shape, &a)?, flops)),
+            "reference" => Ok(("rnn-kernels-reference".into(), None, time_host::<f32, _>(&Reference, &cfg, &shape, &a)?, flops)),
             "cpu" => {
                 let mut cpu = Cpu::with_threads(a.threads)?;
                 if let Some(t) = a.tune {
                     cpu.set_tuning(t)?;
                 }
                 let isa = cpu.isa().to_string();
-                let times = time_host(&cpu, &cfg, &shape, &a)?;
+                let times = match a.dtype.as_str() {
+                    "f16" => time_host::<rnn_kernels::f16, _>(&cpu, &cfg, &shape, &a)?,
+                    "bf16" => time_host::<rnn_kernels::bf16, _>(&cpu, &cfg, &shape, &a)?,
+                    _ => time_host::<f32, _>(&cpu, &cfg, &shape, &a)?,
+                };
                 for r in tuning_records() {
                     let trials: Vec<String> = r.trials.iter().map(|(s, t)| format!("{s}: {:.3} ms", t * 1e3)).collect();
                     eprintln!(

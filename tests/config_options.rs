@@ -164,7 +164,7 @@ fn backends_refuse_options_they_lack() {
         check_refused_or_ran(option, Backend::<f64>::plan(&Reference, &c, p.as_slice()).map(|_| ()), supported_by_reference(option));
         let p32 = p.cast::<f32>();
         let cpu = Cpu::new().unwrap();
-        check_refused_or_ran(option, cpu.plan(&c, p32.as_slice()).map(|_| ()), supported_by_cpu(option));
+        check_refused_or_ran(option, Backend::<f32>::plan(&cpu, &c, p32.as_slice()).map(|_| ()), supported_by_cpu(option));
     }
 }
 

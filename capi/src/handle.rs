@@ -315,7 +315,7 @@ impl Model {
 
     /// Copies the parameters (flat layout) into `dst`, straight from the engine's plan.
     pub fn read_params(&self, dst: &mut [f32]) -> Result<(), CapiError> {
-        with_rnn!(&self.engine, rnn => rnn.backend().read_params(rnn.plan(), dst))?;
+        with_rnn!(&self.engine, rnn => Backend::<f32>::read_params(rnn.backend(), rnn.plan(), dst))?;
         Ok(())
     }
 

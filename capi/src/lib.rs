@@ -371,12 +371,12 @@ fn forward(call: ForwardCall<'_, Host>) -> Result<(), CapiError> {
     let (mut input, output) = bufs.io();
     input.masks = masks;
     let Some(mut r) = reserve else {
-        with_rnn!(&m.engine, rnn => rnn.backend().forward_inference(rnn.plan(), &shape, input, output))?;
+        with_rnn!(&m.engine, rnn => Backend::<f32>::forward_inference(rnn.backend(), rnn.plan(), &shape, input, output))?;
         return Ok(());
     };
     match &m.engine {
         Engine::Reference(rnn) => rnn.backend().forward_training(rnn.plan(), &shape, input, output, r.data.host())?,
-        Engine::Cpu(rnn) => rnn.backend().forward_training(rnn.plan(), &shape, input, output, r.data.host())?,
+        Engine::Cpu(rnn) => Backend::<f32>::forward_training(rnn.backend(), rnn.plan(), &shape, input, output, r.data.host())?,
         #[cfg(feature = "cuda")]
         Engine::Cuda(rnn) => rnn.backend().forward_training(rnn.plan(), &shape, input, output, r.data.cuda())?,
     }
@@ -537,7 +537,7 @@ fn backward(call: BackwardCall<'_, Host>) -> Result<(), CapiError> {
     let (grads, output) = bufs.io();
     match (&m.engine, &r.data) {
         (Engine::Reference(rnn), ReserveData::Host(data)) => rnn.backend().backward(rnn.plan(), data, grads, output, mode)?,
-        (Engine::Cpu(rnn), ReserveData::Host(data)) => rnn.backend().backward(rnn.plan(), data, grads, output, mode)?,
+        (Engine::Cpu(rnn), ReserveData::Host(data)) => Backend::<f32>::backward(rnn.backend(), rnn.plan(), data, grads, output, mode)?,
         #[cfg(feature = "cuda")]
         (Engine::Cuda(rnn), ReserveData::Cuda(data)) => rnn.backend().backward(rnn.plan(), data, grads, output, mode)?,
         _ => return Err(CapiError::handle("reserve", &format!("a reserve of backend {}", m.backend_name()), "another backend's")),

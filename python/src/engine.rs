@@ -115,14 +115,14 @@ impl Elem for f32 {
     fn plan(kind: Kind, cpu: Option<&Cpu>, config: &RnnConfig, params: &[f32]) -> Result<Plan> {
         Ok(match kind {
             Kind::Reference => Plan::Ref32(Backend::<f32>::plan(&Reference, config, params)?),
-            Kind::Cpu => Plan::Cpu(need_cpu(cpu)?.plan(config, params)?),
+            Kind::Cpu => Plan::Cpu(Backend::<f32>::plan(need_cpu(cpu)?, config, params)?),
         })
     }
 
     fn update(plan: &mut Plan, cpu: Option<&Cpu>, params: &[f32]) -> Result<()> {
         match plan {
             Plan::Ref32(p) => Backend::<f32>::update_plan(&Reference, p, params),
-            Plan::Cpu(p) => need_cpu(cpu)?.update_plan(p, params),
+            Plan::Cpu(p) => Backend::<f32>::update_plan(need_cpu(cpu)?, p, params),
             Plan::Ref64(_) => Err(mismatch("params")),
         }
     }
@@ -130,7 +130,7 @@ impl Elem for f32 {
     fn read(plan: &Plan, cpu: Option<&Cpu>, params: &mut [f32]) -> Result<()> {
         match plan {
             Plan::Ref32(p) => Backend::<f32>::read_params(&Reference, p, params),
-            Plan::Cpu(p) => need_cpu(cpu)?.read_params(p, params),
+            Plan::Cpu(p) => Backend::<f32>::read_params(need_cpu(cpu)?, p, params),
             Plan::Ref64(_) => Err(mismatch("params")),
         }
     }
@@ -146,8 +146,8 @@ impl Elem for f32 {
         match (plan, reserve) {
             (Plan::Ref32(p), None) => Backend::<f32>::forward_inference(&Reference, p, shape, input, output),
             (Plan::Ref32(p), Some(r)) => Backend::<f32>::forward_training(&Reference, p, shape, input, output, r),
-            (Plan::Cpu(p), None) => need_cpu(cpu)?.forward_inference(p, shape, input, output),
-            (Plan::Cpu(p), Some(r)) => need_cpu(cpu)?.forward_training(p, shape, input, output, r),
+            (Plan::Cpu(p), None) => Backend::<f32>::forward_inference(need_cpu(cpu)?, p, shape, input, output),
+            (Plan::Cpu(p), Some(r)) => Backend::<f32>::forward_training(need_cpu(cpu)?, p, shape, input, output, r),
             (Plan::Ref64(_), _) => Err(mismatch("x")),
         }
     }
@@ -162,7 +162,7 @@ impl Elem for f32 {
     ) -> Result<()> {
         match plan {
             Plan::Ref32(p) => Backend::<f32>::backward(&Reference, p, reserve, grads, output, mode),
-            Plan::Cpu(p) => need_cpu(cpu)?.backward(p, reserve, grads, output, mode),
+            Plan::Cpu(p) => Backend::<f32>::backward(need_cpu(cpu)?, p, reserve, grads, output, mode),
             Plan::Ref64(_) => Err(mismatch("reserve")),
         }
     }

@@ -4,7 +4,7 @@
 //! ```no_run
 //! use rnn_kernels::{onnx, Cpu, Rnn};
 //! let node = onnx::load_node::<f32>("model.onnx", None)?; // the file's one recurrent node
-//! let rnn = Rnn::new(Cpu::new()?, &node.config, node.params.as_slice())?;
+//! let rnn = Rnn::<f32, _>::new(Cpu::new()?, &node.config, node.params.as_slice())?;
 //! # Ok::<(), rnn_kernels::Error>(())
 //! ```
 //!

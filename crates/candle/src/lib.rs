@@ -30,7 +30,7 @@
 //! use rnn_kernels_candle::{Input, LSTM};
 //!
 //! let cfg = RnnConfig::new(CellKind::Lstm, 8, 16).num_layers(2).bidirectional(true).build()?;
-//! let lstm = LSTM::init(rnn_kernels_candle::shared_cpu()?, &cfg, 42)?;
+//! let lstm = LSTM::<f32>::init(rnn_kernels_candle::shared_cpu()?, &cfg, 42)?;
 //! let x = Tensor::randn(0f32, 1.0, (5, 3, 8), &Device::Cpu)?; // [T, B, I]
 //! let out = lstm.run(Input::new(&x).lengths(&[5, 3, 4]))?;
 //! assert_eq!(out.y.dims(), &[5, 3, 32]);

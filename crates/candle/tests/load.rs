@@ -83,16 +83,16 @@ fn pytorch_files_through_both_loaders() {
 fn cell_modules_load_and_strictness() {
     let path = fixture("lstm_l2_bi.safetensors");
     let case = Case::<f32>::load(&path).unwrap();
-    assert!(LSTM::load_safetensors(cpu(), &case.config, &path, &lenient()).is_ok());
-    assert!(GRU::load_safetensors(cpu(), &case.config, &path, &lenient()).is_err());
+    assert!(LSTM::<f32>::load_safetensors(cpu(), &case.config, &path, &lenient()).is_ok());
+    assert!(GRU::<f32>::load_safetensors(cpu(), &case.config, &path, &lenient()).is_err());
     // The file holds x, y, … beside the parameters: refused unless allowed.
     let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-    let err = LSTM::from_tensors(cpu(), &case.config, &tensors, &LoadOptions::default()).err().unwrap().to_string();
+    let err = LSTM::<f32>::from_tensors(cpu(), &case.config, &tensors, &LoadOptions::default()).err().unwrap().to_string();
     assert!(err.contains("not a parameter"), "{err}");
     // Under a prefix, as in a larger model's state_dict.
     let prefixed: HashMap<String, Tensor> = tensors.iter().map(|(k, v)| (format!("rnn.{k}"), v.clone())).collect();
     let opts = LoadOptions { prefix: "rnn.".into(), allow_unexpected: true };
-    let m = LSTM::from_tensors(cpu(), &case.config, &prefixed, &opts).unwrap();
+    let m = LSTM::<f32>::from_tensors(cpu(), &case.config, &prefixed, &opts).unwrap();
     same("parameters", m.params().unwrap().as_slice(), case.params.as_slice());
 }
 
@@ -100,7 +100,7 @@ fn cell_modules_load_and_strictness() {
 fn save_and_load_round_trip() {
     let cfg =
         rnn_kernels::RnnConfig::new(rnn_kernels::CellKind::Lstm, 3, 5).num_layers(2).bidirectional(true).proj_size(2).build().unwrap();
-    let m = LSTM::init(cpu(), &cfg, 7).unwrap();
+    let m = LSTM::<f32>::init(cpu(), &cfg, 7).unwrap();
     let path = std::env::temp_dir().join(format!("rnn-kernels-candle-{}.safetensors", std::process::id()));
     m.save_safetensors(&path).unwrap();
     // The library reads the configuration from the file's metadata.

@@ -98,15 +98,15 @@ fn cell_modules_check_the_cell_and_run() {
     let lstm = cfg(CellKind::Lstm, 3, 4, 1, false).build().unwrap();
     let gru = cfg(CellKind::Gru, 3, 4, 1, false).build().unwrap();
     let relu = cfg(CellKind::RnnRelu, 3, 4, 1, false).build().unwrap();
-    assert!(LSTM::init(cpu(), &lstm, 1).is_ok());
-    assert!(LSTM::init(cpu(), &gru, 1).is_err());
-    assert!(GRU::init(cpu(), &gru, 1).is_ok());
-    assert!(GRU::init(cpu(), &relu, 1).is_err());
-    assert!(RNN::init(cpu(), &relu, 1).is_ok());
-    assert!(RNN::init(cpu(), &lstm, 1).is_err());
+    assert!(LSTM::<f32>::init(cpu(), &lstm, 1).is_ok());
+    assert!(LSTM::<f32>::init(cpu(), &gru, 1).is_err());
+    assert!(GRU::<f32>::init(cpu(), &gru, 1).is_ok());
+    assert!(GRU::<f32>::init(cpu(), &relu, 1).is_err());
+    assert!(RNN::<f32>::init(cpu(), &relu, 1).is_ok());
+    assert!(RNN::<f32>::init(cpu(), &lstm, 1).is_err());
 
     // Module::forward is the training call's y.
-    let m = GRU::init(cpu(), &gru, 3).unwrap();
+    let m = GRU::<f32>::init(cpu(), &gru, 3).unwrap();
     let x = Tensor::from_vec(common::rand::<f32>(5 * 2 * 3, 4), (5, 2, 3), &Device::Cpu).unwrap();
     let y = m.forward(&x).unwrap();
     same("y", &values::<f32>(&y), &values::<f32>(&m.run(Input::new(&x)).unwrap().y));
@@ -166,7 +166,7 @@ fn backward_twice_over_one_graph() {
 #[test]
 fn refuses_wrong_inputs() {
     let c = cfg(CellKind::Gru, 3, 4, 2, false).build().unwrap();
-    let m = GRU::init(cpu(), &c, 1).unwrap();
+    let m = GRU::<f32>::init(cpu(), &c, 1).unwrap();
     let x = Tensor::zeros((5, 2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
     let err = |r: candle_core::Result<rnn_kernels_candle::Output>| r.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(err(m.run(Input::new(&x.to_dtype(candle_core::DType::F64).unwrap()))).contains("dtype"));

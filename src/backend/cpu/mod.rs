@@ -68,6 +68,7 @@ mod gemm;
 mod isa;
 mod tuner;
 
+use crate::Dtype;
 pub use gemm::packed::CpuPlan;
 pub use isa::Isa;
 pub use tuner::{tuning_records, Strategy, TuneRecord, TunedPass, Tuning};
@@ -431,7 +432,7 @@ impl Cpu {
             plan.choices.put(K::ISA, self.threads, pass, batch, default);
             return Decision::Known(default);
         }
-        let key = tuner::key(K::ISA.name(), self.threads, cfg, pass, batch);
+        let key = tuner::key(K::ISA.name(), plan.storage, self.threads, cfg, pass, batch);
         match tuner::lookup(&key) {
             // A choice read from the tuning file is checked like a fixed one.
             Some(s) if s.check(self.threads, K::ROW_BLOCKING.tile_rows).is_ok() => {
@@ -760,56 +761,41 @@ fn cut_blocks(rows: usize, parts: usize, min: usize, tile: usize) -> Vec<usize> 
     bounds
 }
 
-impl Backend<f32> for Cpu {
-    type Buf = [f32];
-    type Plan = CpuPlan;
-    type Reserve = HostReserve<f32>;
-
-    fn name(&self) -> String {
+/// The f32 passes, for a plan of any storage type (whose weights are f32 or exactly widened).
+impl Cpu {
+    /// A short name for reports, `cpu-` and the ISA (e.g. `cpu-avx512`), whatever the
+    /// storage type (the `Backend<T>::name` of every `T`).
+    pub fn name(&self) -> String {
         format!("cpu-{}", self.isa())
     }
 
-    fn plan(&self, config: &RnnConfig, params: &[f32]) -> Result<CpuPlan> {
-        crate::backend::check_options(&self.name(), config, OPTIONS)?;
-        CpuPlan::new(config, params, self.kernels.packs_weights())
+    /// Refuses a plan made for another storage type than `dtype`.
+    fn check_storage(plan: &CpuPlan, dtype: Dtype) -> Result<()> {
+        if plan.storage != dtype {
+            return Err(Error::invalid(
+                "plan",
+                format!("a plan of {dtype:?} weights (the buffers' type)"),
+                format!("a plan of {:?} weights", plan.storage),
+            ));
+        }
+        Ok(())
     }
 
-    fn update_plan(&self, plan: &mut CpuPlan, params: &[f32]) -> Result<()> {
-        plan.update(params)
-    }
-
-    fn read_params(&self, plan: &CpuPlan, params: &mut [f32]) -> Result<()> {
-        plan.host.read(params)
-    }
-
-    fn forward_inference(
+    fn forward_f32(
         &self,
         plan: &CpuPlan,
         shape: &SeqShape,
         input: ForwardInput<'_, [f32]>,
         output: ForwardOutput<'_, [f32]>,
+        reserve: Option<&mut HostReserve<f32>>,
     ) -> Result<()> {
         with_kernels!(self.kernels, |k| {
-            let s = self.forward_strategy(k, plan, shape, (&input, &output), false);
-            self.run(k, Some(plan), s, |k| host::run_forward(k, &plan.host, shape, input, output, None))
+            let s = self.forward_strategy(k, plan, shape, (&input, &output), reserve.is_some());
+            self.run(k, Some(plan), s, |k| host::run_forward(k, &plan.host, shape, input, output, reserve))
         })
     }
 
-    fn forward_training(
-        &self,
-        plan: &CpuPlan,
-        shape: &SeqShape,
-        input: ForwardInput<'_, [f32]>,
-        output: ForwardOutput<'_, [f32]>,
-        reserve: &mut HostReserve<f32>,
-    ) -> Result<()> {
-        with_kernels!(self.kernels, |k| {
-            let s = self.forward_strategy(k, plan, shape, (&input, &output), true);
-            self.run(k, Some(plan), s, |k| host::run_forward(k, &plan.host, shape, input, output, Some(reserve)))
-        })
-    }
-
-    fn backward(
+    fn backward_f32(
         &self,
         plan: &CpuPlan,
         reserve: &HostReserve<f32>,
@@ -821,6 +807,230 @@ impl Backend<f32> for Cpu {
             let s = self.backward_strategy(k, plan, reserve, (&grads, &output));
             self.run(k, Some(plan), s, |k| host::run_backward(k, &plan.host, reserve, grads, output, mode))
         })
+    }
+}
+
+impl Backend<f32> for Cpu {
+    type Buf = [f32];
+    type Plan = CpuPlan;
+    type Reserve = HostReserve<f32>;
+
+    fn name(&self) -> String {
+        Cpu::name(self)
+    }
+
+    fn plan(&self, config: &RnnConfig, params: &[f32]) -> Result<CpuPlan> {
+        crate::backend::check_options(&self.name(), config, OPTIONS)?;
+        CpuPlan::new(config, params, self.kernels.packs_weights(), Dtype::F32)
+    }
+
+    fn update_plan(&self, plan: &mut CpuPlan, params: &[f32]) -> Result<()> {
+        Self::check_storage(plan, Dtype::F32)?;
+        plan.update(params)
+    }
+
+    fn read_params(&self, plan: &CpuPlan, params: &mut [f32]) -> Result<()> {
+        Self::check_storage(plan, Dtype::F32)?;
+        plan.host.read(params)
+    }
+
+    fn forward_inference(
+        &self,
+        plan: &CpuPlan,
+        shape: &SeqShape,
+        input: ForwardInput<'_, [f32]>,
+        output: ForwardOutput<'_, [f32]>,
+    ) -> Result<()> {
+        Self::check_storage(plan, Dtype::F32)?;
+        self.forward_f32(plan, shape, input, output, None)
+    }
+
+    fn forward_training(
+        &self,
+        plan: &CpuPlan,
+        shape: &SeqShape,
+        input: ForwardInput<'_, [f32]>,
+        output: ForwardOutput<'_, [f32]>,
+        reserve: &mut HostReserve<f32>,
+    ) -> Result<()> {
+        Self::check_storage(plan, Dtype::F32)?;
+        self.forward_f32(plan, shape, input, output, Some(reserve))
+    }
+
+    fn backward(
+        &self,
+        plan: &CpuPlan,
+        reserve: &HostReserve<f32>,
+        grads: BackwardInput<'_, [f32]>,
+        output: BackwardOutput<'_, [f32]>,
+        mode: GradMode,
+    ) -> Result<()> {
+        Self::check_storage(plan, Dtype::F32)?;
+        self.backward_f32(plan, reserve, grads, output, mode)
+    }
+}
+
+/// `src` widened to f32 (exactly).
+fn widen<T: HalfStorage>(src: &[T]) -> Vec<f32> {
+    let mut v = vec![0.0; src.len()];
+    T::to_f32(src, &mut v);
+    v
+}
+
+/// An f32 buffer for the output `out`, or `None`.
+fn wide_out<T>(out: &Option<&mut [T]>) -> Option<Vec<f32>> {
+    out.as_ref().map(|o| vec![0.0; o.len()])
+}
+
+/// `dst = wide`, each rounded to nearest (even) once.
+fn narrow_into<T: HalfStorage>(wide: Option<Vec<f32>>, dst: Option<&mut [T]>) {
+    if let (Some(w), Some(d)) = (wide, dst) {
+        T::from_f32(&w, d);
+    }
+}
+
+/// The 16-bit storage types of the CPU backend: [`half::f16`] and [`half::bf16`].
+trait HalfStorage: crate::Element {
+    fn to_f32(src: &[Self], dst: &mut [f32]);
+    fn from_f32(src: &[f32], dst: &mut [Self]);
+}
+
+macro_rules! half_storage {
+    ($t:ty) => {
+        impl HalfStorage for $t {
+            fn to_f32(src: &[Self], dst: &mut [f32]) {
+                half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst)
+            }
+            fn from_f32(src: &[f32], dst: &mut [Self]) {
+                half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, src)
+            }
+        }
+
+        /// 16-bit storage (as PyTorch's `module.to(torch.bfloat16)` on the CPU, or cuDNN's
+        /// half-precision data with f32 maths): 16-bit weights, inputs, outputs and gradients,
+        /// the GEMMs' weight operands packed in 16 bits (half the bytes a per-step product
+        /// streams) and widened exactly as the tiles load them; f32 accumulation, f32 cell
+        /// maths, and f32 for everything a call keeps inside it (hidden and cell states, gates,
+        /// the carried gradients, the weight-gradient accumulator), each result rounded once
+        /// when it is stored into the caller's buffer. So a call gives exactly the f32
+        /// backend's result on the widened inputs, rounded once; the error against the exact
+        /// result is bounded as the CUDA backend's (`testkit::tolerance`), which also rounds
+        /// the states it stores.
+        impl Backend<$t> for Cpu {
+            type Buf = [$t];
+            type Plan = CpuPlan;
+            type Reserve = HostReserve<f32>;
+
+            fn name(&self) -> String {
+                Cpu::name(self)
+            }
+
+            fn plan(&self, config: &RnnConfig, params: &[$t]) -> Result<CpuPlan> {
+                crate::backend::check_options(&self.name(), config, OPTIONS)?;
+                CpuPlan::new(config, &widen(params), self.kernels.packs_weights(), <$t as crate::Element>::DTYPE)
+            }
+
+            fn update_plan(&self, plan: &mut CpuPlan, params: &[$t]) -> Result<()> {
+                Self::check_storage(plan, <$t as crate::Element>::DTYPE)?;
+                plan.update(&widen(params))
+            }
+
+            fn read_params(&self, plan: &CpuPlan, params: &mut [$t]) -> Result<()> {
+                Self::check_storage(plan, <$t as crate::Element>::DTYPE)?;
+                let mut wide = vec![0.0; params.len()];
+                plan.host.read(&mut wide)?;
+                <$t as HalfStorage>::from_f32(&wide, params);
+                Ok(())
+            }
+
+            fn forward_inference(
+                &self,
+                plan: &CpuPlan,
+                shape: &SeqShape,
+                input: ForwardInput<'_, [$t]>,
+                output: ForwardOutput<'_, [$t]>,
+            ) -> Result<()> {
+                self.forward_half(plan, shape, input, output, None)
+            }
+
+            fn forward_training(
+                &self,
+                plan: &CpuPlan,
+                shape: &SeqShape,
+                input: ForwardInput<'_, [$t]>,
+                output: ForwardOutput<'_, [$t]>,
+                reserve: &mut HostReserve<f32>,
+            ) -> Result<()> {
+                self.forward_half(plan, shape, input, output, Some(reserve))
+            }
+
+            fn backward(
+                &self,
+                plan: &CpuPlan,
+                reserve: &HostReserve<f32>,
+                grads: BackwardInput<'_, [$t]>,
+                output: BackwardOutput<'_, [$t]>,
+                mode: GradMode,
+            ) -> Result<()> {
+                self.backward_half(plan, reserve, grads, output, mode)
+            }
+        }
+    };
+}
+
+half_storage!(half::f16);
+half_storage!(half::bf16);
+
+impl Cpu {
+    /// A forward pass of 16-bit storage: the f32 pass on the widened inputs, its outputs
+    /// rounded once into the caller's.
+    fn forward_half<T: HalfStorage>(
+        &self,
+        plan: &CpuPlan,
+        shape: &SeqShape,
+        input: ForwardInput<'_, [T]>,
+        output: ForwardOutput<'_, [T]>,
+        reserve: Option<&mut HostReserve<f32>>,
+    ) -> Result<()> {
+        Self::check_storage(plan, T::DTYPE)?;
+        let (x, h0, c0) = (widen(input.x), input.h0.map(widen), input.c0.map(widen));
+        let (mut y, mut hn, mut cn) = (vec![0.0; output.y.len()], wide_out(&output.hn), wide_out(&output.cn));
+        let wide_in = ForwardInput { x: &x[..], h0: h0.as_deref(), c0: c0.as_deref(), masks: input.masks };
+        let wide_outs = ForwardOutput { y: &mut y[..], hn: hn.as_deref_mut(), cn: cn.as_deref_mut() };
+        self.forward_f32(plan, shape, wide_in, wide_outs, reserve)?;
+        T::from_f32(&y, output.y);
+        narrow_into(hn, output.hn);
+        narrow_into(cn, output.cn);
+        Ok(())
+    }
+
+    /// A backward pass of 16-bit storage: the f32 pass on the widened gradients, its outputs
+    /// rounded once into the caller's (with [`GradMode::Accumulate`], the caller's `dparams`
+    /// widened, added to in f32, and rounded once).
+    fn backward_half<T: HalfStorage>(
+        &self,
+        plan: &CpuPlan,
+        reserve: &HostReserve<f32>,
+        grads: BackwardInput<'_, [T]>,
+        output: BackwardOutput<'_, [T]>,
+        mode: GradMode,
+    ) -> Result<()> {
+        Self::check_storage(plan, T::DTYPE)?;
+        let (dy, dhn, dcn) = (grads.dy.map(widen), grads.dhn.map(widen), grads.dcn.map(widen));
+        let (mut dx, mut dh0, mut dc0) = (wide_out(&output.dx), wide_out(&output.dh0), wide_out(&output.dc0));
+        let mut dparams = match (&output.dparams, mode) {
+            (Some(d), GradMode::Accumulate) => Some(widen(d)),
+            (d, _) => wide_out(d),
+        };
+        let wide_in = BackwardInput { dy: dy.as_deref(), dhn: dhn.as_deref(), dcn: dcn.as_deref() };
+        let wide_outs =
+            BackwardOutput { dx: dx.as_deref_mut(), dh0: dh0.as_deref_mut(), dc0: dc0.as_deref_mut(), dparams: dparams.as_deref_mut() };
+        self.backward_f32(plan, reserve, wide_in, wide_outs, mode)?;
+        narrow_into(dx, output.dx);
+        narrow_into(dh0, output.dh0);
+        narrow_into(dc0, output.dc0);
+        narrow_into(dparams, output.dparams);
+        Ok(())
     }
 }
 

@@ -253,7 +253,12 @@ pub(crate) fn cpu_model() -> &'static str {
 }
 
 /// The key of a choice.
-pub(crate) fn key(isa: &str, threads: usize, config: &crate::RnnConfig, pass: TunedPass, batch: usize) -> String {
+pub(crate) fn key(isa: &str, storage: crate::Dtype, threads: usize, config: &crate::RnnConfig, pass: TunedPass, batch: usize) -> String {
+    // A 16-bit plan's products read other panels: its own choices (f32 keys are as before).
+    let isa = match storage {
+        crate::Dtype::F32 => isa.to_string(),
+        s => format!("{isa} {s:?}"),
+    };
     // One line: the file keeps one choice per line, tab-separated.
     format!("{} | {isa} | threads {threads} | {config:?} | {} | batch {batch}", cpu_model(), pass.name()).replace(['\t', '\n'], " ")
 }

@@ -8,44 +8,134 @@
 //! (`panel[k·16 + j] = B[k, p·16 + j]`, zero past `N`), the layout every ISA's tiles read
 //! (`gemm/sgemm.rs`). The
 //! forward operands are packed with the plan; the backward ones on the first backward call.
+//!
+//! A plan of 16-bit storage (`Backend<f16>`, `Backend<bf16>`) packs its weights as 16-bit
+//! panels of the same layout ([`Panels16`]): half the bytes a per-step product streams. The
+//! tiles widen them exactly to f32 as they load them (or the driver widens a block of panels
+//! before the f32 tiles read it), so a product gives the bits of the f32 product on the
+//! widened weights.
 
 use crate::backend::host::{HostPlan, Mat, Weight, WeightOp};
 use crate::backend::RnnPlan;
 use crate::config::{CellKind, RnnConfig};
+use crate::element::Dtype;
 use crate::error::Result;
 use std::sync::OnceLock;
+
+/// The 16-bit format of `storage`'s packed panels; `None` for f32.
+fn half_of(storage: Dtype) -> Option<Half> {
+    match storage {
+        Dtype::F16 => Some(Half::F16),
+        Dtype::BF16 => Some(Half::Bf16),
+        _ => None,
+    }
+}
 
 /// Output columns per panel.
 pub(crate) const NR: usize = 16;
 
-/// `B: [K, N]` in panels of [`NR`] columns, k-major.
+/// The 16-bit formats a weight can be packed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Half {
+    /// IEEE binary16.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl Half {
+    /// The bits of `v`, which must be exactly representable (a plan's weights came from
+    /// 16-bit parameters; `pack16` checks it).
+    pub(crate) fn bits(self, v: f32) -> u16 {
+        match self {
+            Half::F16 => half::f16::from_f32(v).to_bits(),
+            Half::Bf16 => half::bf16::from_f32(v).to_bits(),
+        }
+    }
+
+    /// The value of `bits`, exactly.
+    #[inline(always)]
+    pub(crate) fn widen(self, bits: u16) -> f32 {
+        match self {
+            Half::F16 => half::f16::from_bits(bits).to_f32(),
+            Half::Bf16 => f32::from_bits((bits as u32) << 16),
+        }
+    }
+
+    /// `dst[i] = widen(src[i])`.
+    pub(crate) fn widen_slice(self, src: &[u16], dst: &mut [f32]) {
+        match self {
+            Half::F16 => {
+                use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+                let src: &[half::f16] = src.reinterpret_cast();
+                src.convert_to_f32_slice(dst)
+            }
+            Half::Bf16 => dst.iter_mut().zip(src).for_each(|(d, &s)| *d = f32::from_bits((s as u32) << 16)),
+        }
+    }
+}
+
+/// A packed weight's 16-bit panels: the bits of each value, in [`PackedWeight`]'s layout.
+#[derive(Debug, Clone)]
+pub(crate) struct Panels16 {
+    pub format: Half,
+    pub bits: Vec<u16>,
+}
+
+/// `B: [K, N]` in panels of [`NR`] columns, k-major: in f32 (`data`), or in 16 bits (`half`,
+/// `data` then empty).
 #[derive(Debug, Clone)]
 pub(crate) struct PackedWeight {
     pub n: usize,
     pub k: usize,
     pub data: Vec<f32>,
+    pub half: Option<Panels16>,
 }
 
 impl PackedWeight {
     /// Packs the view `b: [K, N]`.
     pub(crate) fn pack(b: Mat<'_, f32>) -> Self {
-        let mut p = PackedWeight { n: b.cols, k: b.rows, data: vec![0.0; b.cols.div_ceil(NR) * NR * b.rows] };
+        let mut p = PackedWeight { n: b.cols, k: b.rows, data: vec![0.0; b.cols.div_ceil(NR) * NR * b.rows], half: None };
         p.repack(b);
         p
     }
 
-    /// Packs new values of the same shape.
+    /// Packs the view `b: [K, N]` in 16 bits; every value is exactly representable in `format`
+    /// (the plan's weights came from 16-bit parameters; a NaN may come back quieted).
+    pub(crate) fn pack16(b: Mat<'_, f32>, format: Half) -> Self {
+        let bits = vec![0; b.cols.div_ceil(NR) * NR * b.rows];
+        let mut p = PackedWeight { n: b.cols, k: b.rows, data: Vec::new(), half: Some(Panels16 { format, bits }) };
+        p.repack(b);
+        p
+    }
+
+    /// Packs new values of the same shape (and format).
     pub(crate) fn repack(&mut self, b: Mat<'_, f32>) {
         assert_eq!((b.rows, b.cols), (self.k, self.n), "packed weight shape");
         if self.k == 0 {
             return;
         }
-        for (p, panel) in self.data.chunks_exact_mut(NR * self.k).enumerate() {
-            let cols = (self.n - p * NR).min(NR);
-            for kk in 0..self.k {
-                let out = &mut panel[kk * NR..(kk + 1) * NR];
-                for (j, o) in out.iter_mut().enumerate() {
-                    *o = if j < cols { b.at(kk, p * NR + j) } else { 0.0 };
+        let (n, k) = (self.n, self.k);
+        let value = |p: usize, kk: usize, j: usize| if p * NR + j < n { b.at(kk, p * NR + j) } else { 0.0 };
+        match &mut self.half {
+            None => {
+                for (p, panel) in self.data.chunks_exact_mut(NR * k).enumerate() {
+                    for (i, o) in panel.iter_mut().enumerate() {
+                        *o = value(p, i / NR, i % NR);
+                    }
+                }
+            }
+            Some(Panels16 { format, bits }) => {
+                for (p, panel) in bits.chunks_exact_mut(NR * k).enumerate() {
+                    for (i, o) in panel.iter_mut().enumerate() {
+                        let v = value(p, i / NR, i % NR);
+                        *o = format.bits(v);
+                        let w = format.widen(*o);
+                        debug_assert!(
+                            w.to_bits() == v.to_bits() || (w.is_nan() && v.is_nan()),
+                            "a 16-bit plan's weight {v} is not a {format:?} value"
+                        );
+                    }
                 }
             }
         }
@@ -78,17 +168,28 @@ fn weight_view<'w>(host: &'w HostPlan<f32>, ld: usize, which: Weight) -> Option<
     }
 }
 
-fn pack_all(host: &HostPlan<f32>, transposed: bool) -> Vec<Packs> {
+fn pack_all(host: &HostPlan<f32>, transposed: bool, half: Option<Half>) -> Vec<Packs> {
     let cfg = host.config();
+    let pack = |w: Mat<'_, f32>| match half {
+        None => PackedWeight::pack(w),
+        Some(h) => PackedWeight::pack16(w, h),
+    };
     (0..cfg.num_layers() * cfg.num_directions())
-        .map(|ld| WEIGHTS.map(|which| weight_view(host, ld, which).map(|w| PackedWeight::pack(if transposed { w.t() } else { w }))))
+        .map(|ld| WEIGHTS.map(|which| weight_view(host, ld, which).map(|w| pack(if transposed { w.t() } else { w }))))
         .collect()
 }
 
 /// The CPU backend's plan: the host plan and its weights packed.
+///
+/// A plan is made for one storage type, that of the `Backend<T>` whose `plan` made it (f32,
+/// f16 or bf16); a call of another type is refused with an error naming `plan`. A 16-bit plan
+/// keeps the weights widened to f32 for the pointwise and strided uses (biases, gains,
+/// peepholes, the scalar ISA's GEMMs) and packs the GEMMs' operands in 16 bits.
 #[derive(Debug, Clone)]
 pub struct CpuPlan {
     pub(crate) host: HostPlan<f32>,
+    /// The storage type of the calls that may use it.
+    pub(crate) storage: Dtype,
     /// Whether the weights are packed (the AVX2 and NEON kernels read them; scalar does not).
     packing: bool,
     /// Per layer-direction, `B = W^T` for the forward products; empty without packing.
@@ -106,10 +207,17 @@ impl RnnPlan for CpuPlan {
 }
 
 impl CpuPlan {
-    pub(crate) fn new(config: &RnnConfig, params: &[f32], packing: bool) -> Result<Self> {
+    /// A plan of `storage` (f32, f16 or bf16) with `params` widened to f32 (exactly, for a
+    /// 16-bit plan).
+    pub(crate) fn new(config: &RnnConfig, params: &[f32], packing: bool, storage: Dtype) -> Result<Self> {
         let host = HostPlan::new(config, params)?;
-        let fwd = if packing { pack_all(&host, true) } else { Vec::new() };
-        Ok(CpuPlan { host, packing, fwd, bwd: OnceLock::new(), choices: Default::default() })
+        let fwd = if packing { pack_all(&host, true, half_of(storage)) } else { Vec::new() };
+        Ok(CpuPlan { host, storage, packing, fwd, bwd: OnceLock::new(), choices: Default::default() })
+    }
+
+    /// The storage type of the calls that may use this plan.
+    pub fn dtype(&self) -> Dtype {
+        self.storage
     }
 
     pub(crate) fn update(&mut self, params: &[f32]) -> Result<()> {
@@ -132,7 +240,7 @@ impl CpuPlan {
         if !self.packing {
             return None;
         }
-        let packs = if op.transposed { &self.fwd } else { self.bwd.get_or_init(|| pack_all(&self.host, false)) };
+        let packs = if op.transposed { &self.fwd } else { self.bwd.get_or_init(|| pack_all(&self.host, false, half_of(self.storage))) };
         packs.get(op.ld)?[op.weight as usize].as_ref()
     }
 }

@@ -24,7 +24,7 @@
 //! applies `alpha` and `beta` with the same instructions whether it is full or at an edge. So
 //! splitting `C` across threads by rows or by panels never changes a bit.
 
-use super::packed::{PackedWeight, NR};
+use super::packed::{Half, PackedWeight, NR};
 use super::Out;
 use crate::backend::host::Mat;
 use std::cell::RefCell;
@@ -93,6 +93,15 @@ pub(crate) struct Panels {
     pub stride: usize,
 }
 
+/// Adjacent 16-column panels of 16-bit values (`format`), `stride` values apart.
+#[derive(Clone, Copy)]
+pub(crate) struct Panels16 {
+    pub ptr: *const u16,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub stride: usize,
+    pub format: Half,
+}
+
 /// The tile of `C` a tile writes: `rows × cols` valid elements, `(i, j)` at `ptr + i·rs + j`.
 #[derive(Clone, Copy)]
 pub(crate) struct CTile {
@@ -148,6 +157,29 @@ pub(crate) trait BlockTile {
         // SAFETY: with one panel per tile and a packed A the contracts are the same.
         unsafe { Self::tile(kc, a.ptr, b.ptr, c, up) }
     }
+
+    /// Whether [`Self::tile_panels16`] reads 16-bit panels itself (widening them as it loads
+    /// them); otherwise [`gemm_block`] widens each group of panels into its workspace and
+    /// calls [`Self::tile_panels`].
+    const LOADS_16: bool = false;
+
+    /// [`Self::tile_panels`] on 16-bit panels: the bits it gives on the widened panels. The
+    /// default widens them into a buffer of its own (the driver does not call it unless
+    /// [`Self::LOADS_16`]).
+    ///
+    /// # Safety
+    /// As [`Self::tile_panels`], with `b`'s panels holding `kc·16` values each.
+    unsafe fn tile_panels16(kc: usize, a: ATile, b: Panels16, c: CTile, up: Update) {
+        let np = c.cols.div_ceil(NR).min(Self::PANELS);
+        let mut wide = vec![0.0; np * kc * NR];
+        for (p, out) in wide.chunks_exact_mut(kc * NR).enumerate() {
+            // SAFETY: panel p < ceil(cols/16) holds kc·16 values (this method's contract).
+            let bits = unsafe { std::slice::from_raw_parts(b.ptr.add(p * b.stride), kc * NR) };
+            b.format.widen_slice(bits, out);
+        }
+        // SAFETY: the widened panels have the layout `tile_panels` reads, `kc·16` apart.
+        unsafe { Self::tile_panels(kc, a, Panels { ptr: wide.as_ptr(), stride: kc * NR }, c, up) }
+    }
 }
 
 /// An ISA's skinny tiles, for the few-row path ([`gemm_panels`]).
@@ -166,6 +198,27 @@ pub(crate) trait SkinnyTile {
     /// The ISA is available; `a` readable for `r < R`, `kk < k`; `b` holds `NP` panels of
     /// `k·16` floats at stride `k·16`; `c` writable for `R` rows and its valid columns.
     unsafe fn skinny<const R: usize, const NP: usize>(a: ATile, k: usize, b: *const f32, c: CTile, ab: (f32, f32));
+
+    /// Whether [`Self::skinny16`] reads 16-bit panels itself (widening them as it loads them);
+    /// otherwise [`gemm_panels`] widens a part's panels into its workspace and calls
+    /// [`Self::skinny`].
+    const LOADS_16: bool = false;
+
+    /// [`Self::skinny`] with `B`'s panels in 16 bits of `format` (`b` holds `NP` panels of
+    /// `k·16` values at stride `k·16`): the bits [`Self::skinny`] gives on the widened panels.
+    /// The default widens them into a buffer of its own (the driver does not call it unless
+    /// [`Self::LOADS_16`]).
+    ///
+    /// # Safety
+    /// As [`Self::skinny`].
+    unsafe fn skinny16<const R: usize, const NP: usize>(a: ATile, k: usize, b: *const u16, format: Half, c: CTile, ab: (f32, f32)) {
+        // SAFETY: `b` holds NP panels of k·16 values (this method's contract).
+        let bits = unsafe { std::slice::from_raw_parts(b, NP * k * NR) };
+        let mut wide = vec![0.0; bits.len()];
+        format.widen_slice(bits, &mut wide);
+        // SAFETY: the widened panels have the layout `skinny` reads.
+        unsafe { Self::skinny::<R, NP>(a, k, wide.as_ptr(), c, ab) }
+    }
 }
 
 /// A cache-line-aligned block of floats, the unit of [`Aligned`].
@@ -274,6 +327,29 @@ unsafe fn pack_b(b: &Mat<'_, f32>, p0: usize, kc: usize, j0: usize, nc: usize, d
     }
 }
 
+/// The `B` panels of a block of [`gemm_block`]: f32, or 16-bit ones the tiles widen.
+#[derive(Clone, Copy)]
+enum BlockB {
+    F32(*const f32),
+    Half(Panels16),
+}
+
+impl BlockB {
+    /// Panel `q` of the block, panels `stride` values apart.
+    ///
+    /// # Safety
+    /// The panel lies inside the buffer.
+    unsafe fn panel(self, q: usize, stride: usize) -> BlockB {
+        // SAFETY: the caller's contract.
+        unsafe {
+            match self {
+                BlockB::F32(p) => BlockB::F32(p.add(q * stride)),
+                BlockB::Half(h) => BlockB::Half(Panels16 { ptr: h.ptr.add(q * stride), ..h }),
+            }
+        }
+    }
+}
+
 /// `C = alpha·A·B + beta·C` over rows `r0..r1` of `C` and its 16-column panels `q0..q1`, on
 /// the calling thread, with `K`'s tiles.
 ///
@@ -318,12 +394,20 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
             // The B micro-panels of this block: base pointer and stride between panels.
             let (bbase, bstride) = match b {
                 // SAFETY: the panel slice lies inside the packed data (p0 + kc ≤ K).
-                Rhs::Packed(w) => (unsafe { w.data.as_ptr().add(jq * NR * k + p0 * NR) }, NR * k),
+                Rhs::Packed(PackedWeight { half: None, data, .. }) => {
+                    (BlockB::F32(unsafe { data.as_ptr().add(jq * NR * k + p0 * NR) }), NR * k)
+                }
+                Rhs::Packed(PackedWeight { half: Some(h), .. }) => {
+                    // SAFETY: as the f32 panels, in 16-bit values (widened per group of panels
+                    // below, or by the tiles).
+                    let ptr = unsafe { h.bits.as_ptr().add(jq * NR * k + p0 * NR) };
+                    (BlockB::Half(Panels16 { ptr, stride: NR * k, format: h.format }), NR * k)
+                }
                 Rhs::Strided(bm) => {
                     let buf = ws.b.get((jq1 - jq) * NR * kc);
                     // SAFETY: the buffer holds the block; the block lies inside B.
                     unsafe { pack_b(&bm, p0, kc, j0, j1 - j0, buf) };
-                    (buf as *const f32, NR * kc)
+                    (BlockB::F32(buf as *const f32), NR * kc)
                 }
             };
             let mut i0 = r0;
@@ -359,7 +443,31 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                     let qn = (q + K::PANELS).min(jq1);
                     let cols = (n - q * NR).min((qn - q) * NR);
                     // SAFETY: panel q of the block, inside the packed buffer or weight.
-                    let bp = Panels { ptr: unsafe { bbase.add((q - jq) * bstride) }, stride: bstride };
+                    let mut bp = unsafe { bbase.panel(q - jq, bstride) };
+                    let mut stride = bstride;
+                    if let BlockB::Half(h) = bp {
+                        if !K::LOADS_16 {
+                            // 16-bit panels the tiles cannot read: widened into the workspace
+                            // (`PANELS·KC` floats) for each block of rows. Where the tiles can,
+                            // they widen as they load (measured faster on AVX-512, Zen 5, with
+                            // `bench --dtype bf16` on lstm-512-512-64-100 inference: 67–70 ms,
+                            // against 80 ms widening each group here and 80–86 ms widening a
+                            // whole `NC × KC` block once per block of columns).
+                            let len = (qn - q) * kc * NR;
+                            let buf = ws.b.get(len);
+                            // SAFETY: the buffer holds `len` floats and no one else uses it (a
+                            // packed B never uses it otherwise); panel p of the group holds
+                            // kc·16 values at `h.ptr + p·stride`.
+                            unsafe {
+                                let dst = std::slice::from_raw_parts_mut(buf, len);
+                                for (p, out) in dst.chunks_exact_mut(kc * NR).enumerate() {
+                                    h.format.widen_slice(std::slice::from_raw_parts(h.ptr.add(p * h.stride), kc * NR), out);
+                                }
+                            }
+                            bp = BlockB::F32(buf);
+                            stride = kc * NR;
+                        }
+                    }
                     for r in 0..mc.div_ceil(K::ROWS) {
                         let rows = (mc - r * K::ROWS).min(K::ROWS);
                         // SAFETY: micro-panel r of A; panels q..qn of B, `bstride` apart; C's
@@ -367,7 +475,10 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                         // this function's contract.
                         unsafe {
                             let ct = CTile { ptr: c.at(i0 + r * K::ROWS, q * NR), rs: c.rs, rows, cols };
-                            K::tile_panels(kc, a_tile(r), bp, ct, up);
+                            match bp {
+                                BlockB::F32(ptr) => K::tile_panels(kc, a_tile(r), Panels { ptr, stride }, ct, up),
+                                BlockB::Half(h) => K::tile_panels16(kc, a_tile(r), h, ct, up),
+                            }
                         }
                     }
                     q = qn;
@@ -380,26 +491,71 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
     }
 }
 
+/// Where [`gemm_panels`] reads panel `p` of `B`: at `(p - first)·k·16` values from `ptr`.
+#[derive(Clone, Copy)]
+enum PanelSource {
+    F32 { ptr: *const f32, first: usize },
+    Half { ptr: *const u16, format: Half },
+}
+
 /// `C = alpha·a·B + beta·C` for the few rows of `a` (fewer than [`MR`]) and the output
 /// columns of panels `p0..p1` of the packed `B`, with `K`'s skinny tiles: 4 rows × 1 panel,
-/// 2 × 2, or 1 × 4, so that every tile has as many accumulators in flight.
+/// 2 × 2, or 1 × 4, so that every tile has as many accumulators in flight. 16-bit panels are
+/// read by the tiles themselves where they can ([`SkinnyTile::LOADS_16`]), else widened into
+/// the workspace first (this part's panels, once per call).
 ///
 /// # Safety
 /// `K`'s ISA is available; `C`'s elements `(i, j)` for `j` in the panels' columns are writable
 /// and touched by no one else; `a.cols == w.k`, `p1 ≤ ceil(w.n / 16)`.
 pub(crate) unsafe fn gemm_panels<K: SkinnyTile>(a: &Mat<'_, f32>, w: &PackedWeight, c: Out, (p0, p1): (usize, usize), ab: (f32, f32)) {
+    let k = a.cols;
+    match &w.half {
+        // SAFETY (each arm): this function's contract; the source holds panels p0..p1.
+        None => unsafe { panels_from::<K>(a, w.n, PanelSource::F32 { ptr: w.data.as_ptr(), first: 0 }, c, (p0, p1), ab) },
+        Some(h) if K::LOADS_16 => unsafe {
+            panels_from::<K>(a, w.n, PanelSource::Half { ptr: h.bits.as_ptr(), format: h.format }, c, (p0, p1), ab)
+        },
+        Some(h) => with_workspace(|ws| {
+            let len = (p1 - p0) * NR * k;
+            let buf = ws.b.get(len);
+            // SAFETY: the buffer holds `len` floats, and no one else uses it.
+            let dst = unsafe { std::slice::from_raw_parts_mut(buf, len) };
+            h.format.widen_slice(&h.bits[p0 * NR * k..p1 * NR * k], dst);
+            // SAFETY: as above, with panels p0..p1 widened at `buf`.
+            unsafe { panels_from::<K>(a, w.n, PanelSource::F32 { ptr: buf, first: p0 }, c, (p0, p1), ab) }
+        }),
+    }
+}
+
+/// [`gemm_panels`] with `B`'s panels read from `src`.
+///
+/// # Safety
+/// As [`gemm_panels`], with `src` holding panels `p0..p1` of `B` (`n` columns, `a.cols` rows).
+unsafe fn panels_from<K: SkinnyTile>(a: &Mat<'_, f32>, n: usize, src: PanelSource, c: Out, (p0, p1): (usize, usize), ab: (f32, f32)) {
     let (m, k) = (a.rows, a.cols);
-    let col_end = |p: usize| (p * NR).min(w.n);
-    // SAFETY: offsets stay inside `a` (rows < m, k), `w.data` (panels < p1) and the caller's
-    // output block; the ISA per this function's contract.
+    let col_end = |p: usize| (p * NR).min(n);
+    // SAFETY: offsets stay inside `a` (rows < m, k), the panels of `src` (p0..p1) and the
+    // caller's output block; the ISA per this function's contract.
     unsafe {
-        let bp = |p: usize| w.data.as_ptr().add(p * NR * k);
         let mut r = 0;
         while r < m {
             let left = m - r;
             let arow = ATile { ptr: a.data.as_ptr().add(r * a.rs), rs: a.rs, cs: a.cs };
             let ct = |p: usize, rows: usize, cols: usize| CTile { ptr: c.at(r, p * NR), rs: c.rs, rows, cols };
             let mut p = p0;
+            // The tile of R rows × NP panels from panel q, `cols` valid columns.
+            macro_rules! tile {
+                ($r:literal, $np:literal, $q:expr, $cols:expr) => {
+                    match src {
+                        PanelSource::F32 { ptr, first } => {
+                            K::skinny::<$r, $np>(arow, k, ptr.add(($q - first) * NR * k), ct($q, $r, $cols), ab)
+                        }
+                        PanelSource::Half { ptr, format } => {
+                            K::skinny16::<$r, $np>(arow, k, ptr.add($q * NR * k), format, ct($q, $r, $cols), ab)
+                        }
+                    }
+                };
+            }
             // Each call covers up to NP panels; the last, partial group goes through the same
             // tile with fewer valid columns (an edge tile gives every element a full tile's bits).
             macro_rules! run {
@@ -407,10 +563,10 @@ pub(crate) unsafe fn gemm_panels<K: SkinnyTile>(a: &Mat<'_, f32>, w: &PackedWeig
                     while p < p1 {
                         let pe = (p + $np).min(p1);
                         if pe - p == $np {
-                            K::skinny::<$r, $np>(arow, k, bp(p), ct(p, $r, col_end(pe) - p * NR), ab);
+                            tile!($r, $np, p, col_end(pe) - p * NR);
                         } else {
                             for q in p..pe {
-                                K::skinny::<$r, 1>(arow, k, bp(q), ct(q, $r, col_end(q + 1) - q * NR), ab);
+                                tile!($r, 1, q, col_end(q + 1) - q * NR);
                             }
                         }
                         p = pe;

@@ -6,8 +6,8 @@
 //! lane mask, so every element goes through the same instructions in a full tile and at an edge.
 
 use super::Avx512;
-use crate::backend::cpu::gemm::packed::NR;
-use crate::backend::cpu::gemm::sgemm::{ATile, BlockTile, CTile, Panels, Update};
+use crate::backend::cpu::gemm::packed::{Half, NR};
+use crate::backend::cpu::gemm::sgemm::{ATile, BlockTile, CTile, Panels, Panels16, Update};
 use core::arch::x86_64::*;
 
 /// Rows of the tile.
@@ -23,18 +23,58 @@ pub(super) fn lanes(n: usize) -> __mmask16 {
     }
 }
 
+/// How a tile loads 16 values of a panel row into one register: f32 as they are, f16 and bf16
+/// widened exactly (so a tile gives the same bits on 16-bit panels as on their widened copy).
+pub(super) trait PanelLoad {
+    type E;
+    /// # Safety
+    /// AVX-512F; `p` holds 16 values.
+    unsafe fn load(p: *const Self::E) -> __m512;
+}
+
+pub(super) struct F32Row;
+pub(super) struct F16Row;
+pub(super) struct Bf16Row;
+
+impl PanelLoad for F32Row {
+    type E = f32;
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m512 {
+        // SAFETY: the caller's contract.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+}
+
+impl PanelLoad for F16Row {
+    type E = u16;
+    #[inline(always)]
+    unsafe fn load(p: *const u16) -> __m512 {
+        // SAFETY: the caller's contract (16 values of 16 bits).
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
+    }
+}
+
+impl PanelLoad for Bf16Row {
+    type E = u16;
+    #[inline(always)]
+    unsafe fn load(p: *const u16) -> __m512 {
+        // SAFETY: the caller's contract. A bf16 value is the high half of its f32.
+        unsafe { _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast())))) }
+    }
+}
+
 /// The `8 × (NP·16)` tile, `NP ≤ 3` panels (a packed micro-panel of `A`: `rs = 1`, `cs = 8`;
 /// rows of `A` in place: `rs` = its row stride, `cs = 1`). Rows past `c.rows` are not read
 /// (their accumulators repeat the last row's and are not stored).
 ///
 /// # Safety
-/// AVX-512F; as [`BlockTile::tile_panels`], with `NP` panels of `b`.
+/// AVX-512F; as [`BlockTile::tile_panels`], with `NP` panels of `b` (of `L`'s element type),
+/// `bstride` elements apart.
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
-unsafe fn tile_np<const NP: usize>(kc: usize, a: ATile, b: Panels, c: CTile, up: Update) {
+unsafe fn tile_np<L: PanelLoad, const NP: usize>(kc: usize, a: ATile, (b, bstride): (*const L::E, usize), c: CTile, up: Update) {
     let CTile { ptr: c, rs: rsc, rows, cols } = c;
     let ATile { ptr: a, rs: rsa, cs: csa } = a;
-    let (b, bstride) = (b.ptr, b.stride);
     // SAFETY (whole body): offsets stay within the ranges the caller vouched for; masked lanes
     // are not accessed.
     unsafe {
@@ -54,7 +94,7 @@ unsafe fn tile_np<const NP: usize>(kc: usize, a: ATile, b: Panels, c: CTile, up:
         for kk in 0..kc {
             let mut bv = [_mm512_setzero_ps(); NP];
             for p in 0..NP {
-                bv[p] = _mm512_loadu_ps(bp[p].add(kk * NR));
+                bv[p] = L::load(bp[p].add(kk * NR));
             }
             for i in 0..MR {
                 let av = _mm512_set1_ps(*arow[i].add(kk * csa));
@@ -91,6 +131,7 @@ impl BlockTile for Avx512 {
     const PANELS: usize = 3;
     const ROWS: usize = MR;
     const DIRECT_A: bool = true;
+    const LOADS_16: bool = true;
 
     /// One panel: the 8×16 tile.
     ///
@@ -98,19 +139,40 @@ impl BlockTile for Avx512 {
     /// AVX-512F; as [`BlockTile::tile`].
     unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: CTile, up: Update) {
         // SAFETY: the caller's contract, with one panel.
-        unsafe { tile_np::<1>(kc, ATile { ptr: a, rs: 1, cs: MR }, Panels { ptr: b, stride: 0 }, c, up) }
+        unsafe { tile_np::<F32Row, 1>(kc, ATile { ptr: a, rs: 1, cs: MR }, (b, 0), c, up) }
     }
 
     /// # Safety
     /// AVX-512F; as [`BlockTile::tile_panels`].
     unsafe fn tile_panels(kc: usize, a: ATile, b: Panels, c: CTile, up: Update) {
         // SAFETY: the caller's contract; only the panels holding valid columns are read.
+        unsafe { tile_panels_with::<F32Row>(kc, a, (b.ptr, b.stride), c, up) }
+    }
+
+    /// # Safety
+    /// AVX-512F; as [`BlockTile::tile_panels16`].
+    unsafe fn tile_panels16(kc: usize, a: ATile, b: Panels16, c: CTile, up: Update) {
+        // SAFETY: the caller's contract.
         unsafe {
-            match c.cols.div_ceil(NR) {
-                1 => tile_np::<1>(kc, a, b, c, up),
-                2 => tile_np::<2>(kc, a, b, c, up),
-                _ => tile_np::<3>(kc, a, b, c, up),
+            match b.format {
+                Half::F16 => tile_panels_with::<F16Row>(kc, a, (b.ptr, b.stride), c, up),
+                Half::Bf16 => tile_panels_with::<Bf16Row>(kc, a, (b.ptr, b.stride), c, up),
             }
+        }
+    }
+}
+
+/// The tile over the panels holding `c.cols` valid columns, loaded by `L`.
+///
+/// # Safety
+/// AVX-512F; as [`BlockTile::tile_panels`].
+unsafe fn tile_panels_with<L: PanelLoad>(kc: usize, a: ATile, b: (*const L::E, usize), c: CTile, up: Update) {
+    // SAFETY: the caller's contract; only the panels holding valid columns are read.
+    unsafe {
+        match c.cols.div_ceil(NR) {
+            1 => tile_np::<L, 1>(kc, a, b, c, up),
+            2 => tile_np::<L, 2>(kc, a, b, c, up),
+            _ => tile_np::<L, 3>(kc, a, b, c, up),
         }
     }
 }

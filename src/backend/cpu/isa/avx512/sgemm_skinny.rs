@@ -3,9 +3,9 @@
 //! `gemm/sgemm.rs`) gives each tile twice the panels of the AVX2 one (4×2, 2×4, 1×8): eight
 //! accumulators in flight. Every element of `out` is one dot product summed in k order.
 
-use super::sgemm::lanes;
+use super::sgemm::{lanes, Bf16Row, F16Row, F32Row, PanelLoad};
 use super::Avx512;
-use crate::backend::cpu::gemm::packed::NR;
+use crate::backend::cpu::gemm::packed::{Half, NR};
 use crate::backend::cpu::gemm::sgemm::{ATile, CTile, SkinnyTile};
 use core::arch::x86_64::*;
 
@@ -22,100 +22,130 @@ const PREFETCH: usize = 32;
 
 impl SkinnyTile for Avx512 {
     const WIDE: bool = true;
+    const LOADS_16: bool = true;
 
     /// # Safety
     /// AVX-512F; as [`SkinnyTile::skinny`].
     #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
-    unsafe fn skinny<const R: usize, const NP: usize>(a: ATile, k: usize, b: *const f32, c: CTile, (alpha, beta): (f32, f32)) {
-        let (cols, ATile { ptr: a, rs: rsa, cs: csa }) = (c.cols, a);
-        let stride = k * NR;
-        // SAFETY (whole body): every pointer offset below stays inside the ranges the caller
-        // vouched for; masked lanes are not accessed.
+    unsafe fn skinny<const R: usize, const NP: usize>(a: ATile, k: usize, b: *const f32, c: CTile, ab: (f32, f32)) {
+        // SAFETY: the caller's contract.
+        unsafe { skinny_with::<F32Row, R, NP>(a, k, b, c, ab) }
+    }
+
+    /// # Safety
+    /// AVX-512F; as [`SkinnyTile::skinny16`].
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn skinny16<const R: usize, const NP: usize>(a: ATile, k: usize, b: *const u16, format: Half, c: CTile, ab: (f32, f32)) {
+        // SAFETY: the caller's contract.
         unsafe {
-            if R <= SEQUENTIAL_MAX_ROWS {
-                // Panel after panel, so that the loads form one sequential stream, which the
-                // hardware prefetcher follows (a software prefetch made it slower), with
-                // `8 / R` accumulators per row over `k mod (8 / R)` (summed in a fixed tree at
-                // the end) to keep 8 FMAs in flight: measured much faster for one row
-                // (`gemm_bench 1 256 512 1 50000`, `avx512-packed`, from L2) than the 1×8
-                // tile's eight interleaved panel streams.
-                let ks = GEMV_ACC / R;
-                for p in 0..NP {
-                    let left = cols.saturating_sub(p * NR);
-                    if left == 0 {
-                        break;
-                    }
-                    let bp = b.add(p * stride);
-                    let mut acc = [[_mm512_setzero_ps(); GEMV_ACC]; R];
-                    let mut kk = 0;
-                    while kk + ks <= k {
-                        for u in 0..ks {
-                            let bv = _mm512_loadu_ps(bp.add((kk + u) * NR));
-                            for r in 0..R {
-                                acc[r][u] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * rsa + (kk + u) * csa)), bv, acc[r][u]);
-                            }
-                        }
-                        kk += ks;
-                    }
-                    for u in 0..k - kk {
-                        let bv = _mm512_loadu_ps(bp.add((kk + u) * NR));
+            match format {
+                Half::F16 => skinny_with::<F16Row, R, NP>(a, k, b, c, ab),
+                Half::Bf16 => skinny_with::<Bf16Row, R, NP>(a, k, b, c, ab),
+            }
+        }
+    }
+}
+
+/// The skinny tile with panel rows loaded by `L`.
+///
+/// # Safety
+/// AVX-512F (inlined into the callers that enable it); as [`SkinnyTile::skinny`].
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
+unsafe fn skinny_with<L: PanelLoad, const R: usize, const NP: usize>(
+    a: ATile,
+    k: usize,
+    b: *const L::E,
+    c: CTile,
+    (alpha, beta): (f32, f32),
+) {
+    let (cols, ATile { ptr: a, rs: rsa, cs: csa }) = (c.cols, a);
+    let stride = k * NR;
+    // SAFETY (whole body): every pointer offset below stays inside the ranges the caller
+    // vouched for; masked lanes are not accessed.
+    unsafe {
+        if R <= SEQUENTIAL_MAX_ROWS {
+            // Panel after panel, so that the loads form one sequential stream, which the
+            // hardware prefetcher follows (a software prefetch made it slower), with
+            // `8 / R` accumulators per row over `k mod (8 / R)` (summed in a fixed tree at
+            // the end) to keep 8 FMAs in flight: measured much faster for one row
+            // (`gemm_bench 1 256 512 1 50000`, `avx512-packed`, from L2) than the 1×8
+            // tile's eight interleaved panel streams.
+            let ks = GEMV_ACC / R;
+            for p in 0..NP {
+                let left = cols.saturating_sub(p * NR);
+                if left == 0 {
+                    break;
+                }
+                let bp = b.add(p * stride);
+                let mut acc = [[_mm512_setzero_ps(); GEMV_ACC]; R];
+                let mut kk = 0;
+                while kk + ks <= k {
+                    for u in 0..ks {
+                        let bv = L::load(bp.add((kk + u) * NR));
                         for r in 0..R {
                             acc[r][u] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * rsa + (kk + u) * csa)), bv, acc[r][u]);
                         }
                     }
-                    let m = lanes(left);
+                    kk += ks;
+                }
+                for u in 0..k - kk {
+                    let bv = L::load(bp.add((kk + u) * NR));
                     for r in 0..R {
-                        // The partial sums in a fixed pairwise tree: ((0+1)+(2+3))+((4+5)+(6+7)).
-                        let mut w = ks;
-                        while w > 1 {
-                            for u in 0..w / 2 {
-                                acc[r][u] = _mm512_add_ps(acc[r][2 * u], acc[r][2 * u + 1]);
-                            }
-                            w /= 2;
-                        }
-                        let at = c.ptr.add(r * c.rs + p * NR);
-                        let mut v = if alpha == 1.0 { acc[r][0] } else { _mm512_mul_ps(_mm512_set1_ps(alpha), acc[r][0]) };
-                        if beta != 0.0 {
-                            v = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m, at), v);
-                        }
-                        _mm512_mask_storeu_ps(at, m, v);
+                        acc[r][u] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * rsa + (kk + u) * csa)), bv, acc[r][u]);
                     }
                 }
-                return;
-            }
-            let mut acc = [[_mm512_setzero_ps(); NP]; R];
-            for kk in 0..k {
-                let mut bv = [_mm512_setzero_ps(); NP];
-                for p in 0..NP {
-                    let at = b.add(p * stride + kk * NR);
-                    // One line per panel per k: the L2 prefetcher alone falls behind 8 streams.
-                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH * NR) as *const i8);
-                    bv[p] = _mm512_loadu_ps(at);
-                }
+                let m = lanes(left);
                 for r in 0..R {
-                    let av = _mm512_set1_ps(*a.add(r * rsa + kk * csa));
-                    for p in 0..NP {
-                        acc[r][p] = _mm512_fmadd_ps(av, bv[p], acc[r][p]);
+                    // The partial sums in a fixed pairwise tree: ((0+1)+(2+3))+((4+5)+(6+7)).
+                    let mut w = ks;
+                    while w > 1 {
+                        for u in 0..w / 2 {
+                            acc[r][u] = _mm512_add_ps(acc[r][2 * u], acc[r][2 * u + 1]);
+                        }
+                        w /= 2;
                     }
-                }
-            }
-            let (va, vb) = (_mm512_set1_ps(alpha), _mm512_set1_ps(beta));
-            for (r, row) in acc.iter().enumerate() {
-                let dst = c.ptr.add(r * c.rs);
-                for (p, v) in row.iter().enumerate() {
-                    let left = cols.saturating_sub(p * NR);
-                    if left == 0 {
-                        break;
-                    }
-                    let m = lanes(left);
-                    let at = dst.add(p * NR);
-                    let mut v = if alpha == 1.0 { *v } else { _mm512_mul_ps(va, *v) };
+                    let at = c.ptr.add(r * c.rs + p * NR);
+                    let mut v = if alpha == 1.0 { acc[r][0] } else { _mm512_mul_ps(_mm512_set1_ps(alpha), acc[r][0]) };
                     if beta != 0.0 {
-                        v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, at), v);
+                        v = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m, at), v);
                     }
                     _mm512_mask_storeu_ps(at, m, v);
                 }
+            }
+            return;
+        }
+        let mut acc = [[_mm512_setzero_ps(); NP]; R];
+        for kk in 0..k {
+            let mut bv = [_mm512_setzero_ps(); NP];
+            for p in 0..NP {
+                let at = b.add(p * stride + kk * NR);
+                // One line per panel per k: the L2 prefetcher alone falls behind 8 streams.
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH * NR) as *const i8);
+                bv[p] = L::load(at);
+            }
+            for r in 0..R {
+                let av = _mm512_set1_ps(*a.add(r * rsa + kk * csa));
+                for p in 0..NP {
+                    acc[r][p] = _mm512_fmadd_ps(av, bv[p], acc[r][p]);
+                }
+            }
+        }
+        let (va, vb) = (_mm512_set1_ps(alpha), _mm512_set1_ps(beta));
+        for (r, row) in acc.iter().enumerate() {
+            let dst = c.ptr.add(r * c.rs);
+            for (p, v) in row.iter().enumerate() {
+                let left = cols.saturating_sub(p * NR);
+                if left == 0 {
+                    break;
+                }
+                let m = lanes(left);
+                let at = dst.add(p * NR);
+                let mut v = if alpha == 1.0 { *v } else { _mm512_mul_ps(va, *v) };
+                if beta != 0.0 {
+                    v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, at), v);
+                }
+                _mm512_mask_storeu_ps(at, m, v);
             }
         }
     }
