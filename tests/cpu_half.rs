@@ -163,6 +163,22 @@ fn a_plan_keeps_its_storage_type() {
     let mut back = vec![half::bf16::ZERO; params.as_slice().len()];
     Backend::<half::bf16>::read_params(&cpu, &plan, &mut back).unwrap();
     assert_eq!(bits(&back), bits(params.as_slice()));
+    // update_plan repacks the 16-bit panels: the same outputs as a fresh plan of the new values.
+    let other = Params::<half::bf16>::init_uniform(&cfg, 6).unwrap();
+    let xb = vec![half::bf16::from_f32(0.5); 2 * 2 * 3];
+    let run = |plan: &rnn_kernels::CpuPlan| {
+        let mut y = vec![half::bf16::ZERO; 2 * 2 * 20];
+        let input = ForwardInput { x: &xb[..], h0: None, c0: None, masks: None };
+        Backend::<half::bf16>::forward_inference(&cpu, plan, &shape, input, ForwardOutput { y: &mut y[..], hn: None, cn: None }).unwrap();
+        bits(&y)
+    };
+    let mut updated = plan.clone();
+    Backend::<half::bf16>::update_plan(&cpu, &mut updated, other.as_slice()).unwrap();
+    let fresh = Backend::<half::bf16>::plan(&cpu, &cfg, other.as_slice()).unwrap();
+    assert_eq!(run(&updated), run(&fresh));
+    assert_ne!(run(&updated), run(&plan));
+    let e = Backend::<f32>::update_plan(&cpu, &mut updated, &vec![0.0f32; params.as_slice().len()]);
+    assert!(matches!(e, Err(Error::InvalidArgument { ref arg, .. }) if arg == "plan"), "{e:?}");
 
     let x = vec![0.5f32; 2 * 2 * 3];
     let mut y = vec![0.0f32; 2 * 2 * 20];
@@ -189,7 +205,6 @@ fn a_plan_keeps_its_storage_type() {
     assert!(matches!(e, Err(Error::InvalidArgument { ref arg, .. }) if arg == "plan"), "{e:?}");
     // A wrong length is named as in f32.
     let mut short = vec![half::bf16::ZERO; 3];
-    let xb = vec![half::bf16::from_f32(0.5); 2 * 2 * 3];
     let e = Backend::<half::bf16>::forward_inference(
         &cpu,
         &plan,
