@@ -16,7 +16,7 @@ fn main() {
     let kinds: &[&str] = if cfg!(target_arch = "aarch64") {
         &["portable", "neon", "neon-packed"]
     } else if rnn_kernels::Isa::Avx512.is_supported() {
-        &["portable", "avx2", "avx2-packed", "avx512", "avx512-packed"]
+        &["portable", "avx2", "avx2-packed", "avx512", "avx512-packed", "avx512-bf16pairs"]
     } else {
         &["portable", "avx2", "avx2-packed"]
     };

@@ -155,7 +155,9 @@ impl CellStep {
 /// Times `C[m, n] = A[m, k]·B[k, n]` (row-major; `A` stored transposed with `a_transposed`,
 /// as the weight-gradient GEMMs read it) with the CPU backend's GEMM: `kind` is
 /// `"avx2"` (B strided), `"avx2-packed"` (B packed beforehand, as the plan's weights are),
-/// `"avx512"`, `"avx512-packed"`, `"neon"`, `"neon-packed"` (the same with those ISAs) or
+/// `"avx512"`, `"avx512-packed"`, `"neon"`, `"neon-packed"` (the same with those ISAs),
+/// `"avx512-bf16pairs"` (B in bf16 pairs of rows, `A` rounded to bf16 pairs: the `VDPBF16PS`
+/// tiles of a bf16 plan, where the CPU has them; widened otherwise) or
 /// `"portable"` (matrixmultiply), on
 /// `threads` threads. Returns the median seconds of `reps`
 /// runs after one warm-up.

@@ -821,7 +821,7 @@ impl Backend<f32> for Cpu {
 
     fn plan(&self, config: &RnnConfig, params: &[f32]) -> Result<CpuPlan> {
         crate::backend::check_options(&self.name(), config, OPTIONS)?;
-        CpuPlan::new(config, params, self.kernels.packs_weights(), Dtype::F32)
+        CpuPlan::new(config, params, self.kernels.packs_weights(), Dtype::F32, false)
     }
 
     fn update_plan(&self, plan: &mut CpuPlan, params: &[f32]) -> Result<()> {
@@ -867,6 +867,20 @@ impl Backend<f32> for Cpu {
     ) -> Result<()> {
         Self::check_storage(plan, Dtype::F32)?;
         self.backward_f32(plan, reserve, grads, output, mode)
+    }
+}
+
+/// Whether `isa` has `VDPBF16PS` tiles on this CPU (AVX-512 with AVX512_BF16): a bf16 plan
+/// then packs its weights in pairs of rows for them.
+fn dot_bf16(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        isa == Isa::Avx512 && std::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        false
     }
 }
 
@@ -927,7 +941,8 @@ macro_rules! half_storage {
 
             fn plan(&self, config: &RnnConfig, params: &[$t]) -> Result<CpuPlan> {
                 crate::backend::check_options(&self.name(), config, OPTIONS)?;
-                CpuPlan::new(config, &widen(params), self.kernels.packs_weights(), <$t as crate::Element>::DTYPE)
+                let dtype = <$t as crate::Element>::DTYPE;
+                CpuPlan::new(config, &widen(params), self.kernels.packs_weights(), dtype, dtype == Dtype::BF16 && dot_bf16(self.isa()))
             }
 
             fn update_plan(&self, plan: &mut CpuPlan, params: &[$t]) -> Result<()> {
@@ -1039,14 +1054,20 @@ impl Cpu {
 #[cfg(any(test, feature = "testkit"))]
 pub(crate) fn bench_gemm(kind: &str, threads: usize, m: usize, k: usize, n: usize, a_transposed: bool, reps: usize) -> f64 {
     let a: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
-    let b: Vec<f32> = (0..k * n).map(|i| ((i * 104729) % 1000) as f32 / 1000.0).collect();
+    // bf16 values for the pairs kind (its weights are bf16).
+    let round = kind.ends_with("-bf16pairs");
+    let b: Vec<f32> = (0..k * n)
+        .map(|i| ((i * 104729) % 1000) as f32 / 1000.0)
+        .map(|v| if round { half::bf16::from_f32(v).to_f32() } else { v })
+        .collect();
     let mut c = vec![0.0f32; m * n];
     let am = if a_transposed { Mat::new(&a, k, m).t() } else { Mat::new(&a, m, k) };
     let bm = Mat::new(&b, k, n);
-    let (name, packed) = kind.strip_suffix("-packed").map_or((kind, false), |name| (name, true));
+    let (kind, pairs) = kind.strip_suffix("-bf16pairs").map_or((kind, false), |name| (name, true));
+    let (name, packed) = kind.strip_suffix("-packed").map_or((kind, pairs), |name| (name, true));
     let isa: Isa = if name == "portable" { Isa::Scalar } else { name.parse().unwrap_or_else(|e| panic!("GEMM kind {kind:?}: {e}")) };
     let chosen = Chosen::detect(isa).unwrap_or_else(|| panic!("this CPU lacks {isa}"));
-    let packed = packed.then(|| gemm::packed::PackedWeight::pack(bm));
+    let packed = packed.then(|| if pairs { gemm::packed::PackedWeight::pack_pairs(bm) } else { gemm::packed::PackedWeight::pack(bm) });
     let g = Gemm { packed: packed.as_ref(), ..Gemm::new(1.0, am, bm, 0.0) };
     let mut times = Vec::new();
     gemm::with_par(threads, |par| {

@@ -338,6 +338,66 @@ mod tests {
         }
     }
 
+    /// bf16 weights packed in pairs of rows: on an ISA with `VDPBF16PS` tiles, the product of
+    /// `A` rounded to bf16 and the weights, within the f32 rounding bound of the exact product
+    /// of those bf16 values (every product of two bf16 values is exact in f32); on every ISA
+    /// bit-identical serial and on teams of 2 and 3; and on an ISA without the tiles (the
+    /// panels widened) the f32 product of `A` and the widened weights, bit for bit.
+    fn check_pairs<K: Kernels>(isa: K) {
+        let mut rng = SplitMix64::new(11);
+        let bf = |v: f32| half::bf16::from_f32(v).to_f32();
+        #[rustfmt::skip]
+        let shapes = [(1, 1, 1), (1, 301, 1030), (3, 17, 33), (5, 128, 200), (6, 16, 16), (7, 257, 45), (13, 600, 100), (97, 513, 1100)];
+        for &(m, k, n) in &shapes {
+            for (alpha, beta) in [(1.0f32, 0.0f32), (0.7, -0.3)] {
+                let a_data = rand_vec(&mut rng, m * k);
+                let b_data: Vec<f32> = rand_vec(&mut rng, k * n).into_iter().map(bf).collect();
+                let c0 = rand_vec(&mut rng, m * n);
+                let (a, b) = (Mat::new(&a_data, m, k), Mat::new(&b_data, k, n));
+                let pw = PackedWeight::pack_pairs(b);
+                let outs = each_par(|par| {
+                    let mut c = c0.clone();
+                    isa.weight_gemm(par, Gemm { packed: Some(&pw), ..Gemm::new(alpha, a, b, beta) }, MatMut::new(&mut c, m, n));
+                    c
+                });
+                let ctx = format!("m={m} k={k} n={n} alpha={alpha} beta={beta}");
+                for o in &outs[1..] {
+                    assert!(o.iter().zip(&outs[0]).all(|(x, y)| x.to_bits() == y.to_bits()), "{ctx}: threads changed bits");
+                }
+                if crate::backend::cpu::dot_bf16(K::ISA) {
+                    let a_bf: Vec<f32> = a_data.iter().map(|&v| bf(v)).collect();
+                    let (want, bound) = naive(alpha, &Mat::new(&a_bf, m, k), &b, beta, &c0);
+                    for (i, ((&got, &w), &tol)) in outs[0].iter().zip(&want).zip(&bound).enumerate() {
+                        assert!(
+                            (got as f64 - w).abs() <= tol,
+                            "{ctx}: C[{i}] = {got}, f64 of the bf16 operands gives {w}, bound {tol:.2e}"
+                        );
+                    }
+                } else {
+                    let mut want = c0.clone();
+                    isa.weight_gemm(
+                        &Par::Serial,
+                        Gemm { packed: Some(&PackedWeight::pack(b)), ..Gemm::new(alpha, a, b, beta) },
+                        MatMut::new(&mut want, m, n),
+                    );
+                    assert!(
+                        outs[0].iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{ctx}: widened pairs differ from f32 panels"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "SIMD register tiles")]
+    fn bf16_pair_panels_on_every_isa() {
+        for isa in Isa::available().into_iter().filter(|&i| i != Isa::Scalar) {
+            println!("{isa}");
+            with_kernels!(Chosen::detect(isa).expect("available"), |k| check_pairs(k));
+        }
+    }
+
     /// Every ISA this CPU has that has register tiles (all but scalar).
     #[test]
     #[cfg_attr(

@@ -75,11 +75,42 @@ impl Half {
     }
 }
 
-/// A packed weight's 16-bit panels: the bits of each value, in [`PackedWeight`]'s layout.
+/// A packed weight's 16-bit panels: the bits of each value, in [`PackedWeight`]'s layout, or
+/// (`pairs`, bf16 only) in pairs of rows for `VDPBF16PS`: panel `p` holds `ceil(K/2)` blocks
+/// of 32 values, block `kp` being `(B[2kp, j], B[2kp + 1, j])` for its 16 columns `j` in
+/// turn (a zero row past an odd `K`), so one 64-byte load is a pair of rows, each 32-bit lane
+/// one column's two values, as the instruction reads them.
 #[derive(Debug, Clone)]
 pub(crate) struct Panels16 {
     pub format: Half,
+    pub pairs: bool,
     pub bits: Vec<u16>,
+}
+
+impl Panels16 {
+    /// Values per panel: `K·16`, or `ceil(K/2)·32` in pairs.
+    pub(crate) fn panel_len(&self, k: usize) -> usize {
+        if self.pairs {
+            k.div_ceil(2) * 2 * NR
+        } else {
+            k * NR
+        }
+    }
+
+    /// Rows `k0..k0 + out.len()/16` of panel `p` widened to f32 in the row layout (`out[kk·16 + j]`);
+    /// `k0` even in pairs.
+    pub(crate) fn widen_rows(&self, k: usize, p: usize, k0: usize, out: &mut [f32]) {
+        let base = p * self.panel_len(k);
+        if !self.pairs {
+            return self.format.widen_slice(&self.bits[base + k0 * NR..base + k0 * NR + out.len()], out);
+        }
+        for (kk, row) in out.chunks_exact_mut(NR).enumerate() {
+            let (kp, e) = ((k0 + kk) / 2, (k0 + kk) % 2);
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = self.format.widen(self.bits[base + kp * 2 * NR + 2 * j + e]);
+            }
+        }
+    }
 }
 
 /// `B: [K, N]` in panels of [`NR`] columns, k-major: in f32 (`data`), or in 16 bits (`half`,
@@ -104,7 +135,16 @@ impl PackedWeight {
     /// (the plan's weights came from 16-bit parameters; a NaN may come back quieted).
     pub(crate) fn pack16(b: Mat<'_, f32>, format: Half) -> Self {
         let bits = vec![0; b.cols.div_ceil(NR) * NR * b.rows];
-        let mut p = PackedWeight { n: b.cols, k: b.rows, data: Vec::new(), half: Some(Panels16 { format, bits }) };
+        let mut p = PackedWeight { n: b.cols, k: b.rows, data: Vec::new(), half: Some(Panels16 { format, pairs: false, bits }) };
+        p.repack(b);
+        p
+    }
+
+    /// Packs the view `b: [K, N]` as bf16 in pairs of rows (see [`Panels16`]), for the
+    /// `VDPBF16PS` tiles; every value a bf16 value.
+    pub(crate) fn pack_pairs(b: Mat<'_, f32>) -> Self {
+        let bits = vec![0; b.cols.div_ceil(NR) * b.rows.div_ceil(2) * 2 * NR];
+        let mut p = PackedWeight { n: b.cols, k: b.rows, data: Vec::new(), half: Some(Panels16 { format: Half::Bf16, pairs: true, bits }) };
         p.repack(b);
         p
     }
@@ -125,10 +165,15 @@ impl PackedWeight {
                     }
                 }
             }
-            Some(Panels16 { format, bits }) => {
-                for (p, panel) in bits.chunks_exact_mut(NR * k).enumerate() {
+            Some(Panels16 { format, pairs, bits }) => {
+                let panel_len = if *pairs { k.div_ceil(2) * 2 * NR } else { k * NR };
+                // Panel element i: row and column (in pairs: block i / 32, lane (i % 32) / 2,
+                // row 2·block + i % 2).
+                let at = |i: usize| if *pairs { ((i / (2 * NR)) * 2 + i % 2, (i % (2 * NR)) / 2) } else { (i / NR, i % NR) };
+                for (p, panel) in bits.chunks_exact_mut(panel_len).enumerate() {
                     for (i, o) in panel.iter_mut().enumerate() {
-                        let v = value(p, i / NR, i % NR);
+                        let (kk, j) = at(i);
+                        let v = if kk < k { value(p, kk, j) } else { 0.0 };
                         *o = format.bits(v);
                         let w = format.widen(*o);
                         debug_assert!(
@@ -168,10 +213,11 @@ fn weight_view<'w>(host: &'w HostPlan<f32>, ld: usize, which: Weight) -> Option<
     }
 }
 
-fn pack_all(host: &HostPlan<f32>, transposed: bool, half: Option<Half>) -> Vec<Packs> {
+fn pack_all(host: &HostPlan<f32>, transposed: bool, half: Option<Half>, pairs: bool) -> Vec<Packs> {
     let cfg = host.config();
     let pack = |w: Mat<'_, f32>| match half {
         None => PackedWeight::pack(w),
+        Some(Half::Bf16) if pairs => PackedWeight::pack_pairs(w),
         Some(h) => PackedWeight::pack16(w, h),
     };
     (0..cfg.num_layers() * cfg.num_directions())
@@ -190,6 +236,8 @@ pub struct CpuPlan {
     pub(crate) host: HostPlan<f32>,
     /// The storage type of the calls that may use it.
     pub(crate) storage: Dtype,
+    /// bf16 weights packed in pairs of rows for `VDPBF16PS` (see [`Panels16`]).
+    pairs: bool,
     /// Whether the weights are packed (the AVX2 and NEON kernels read them; scalar does not).
     packing: bool,
     /// Per layer-direction, `B = W^T` for the forward products; empty without packing.
@@ -209,15 +257,28 @@ impl RnnPlan for CpuPlan {
 impl CpuPlan {
     /// A plan of `storage` (f32, f16 or bf16) with `params` widened to f32 (exactly, for a
     /// 16-bit plan).
-    pub(crate) fn new(config: &RnnConfig, params: &[f32], packing: bool, storage: Dtype) -> Result<Self> {
+    ///
+    /// With `pairs` (a bf16 plan of an ISA with `VDPBF16PS` tiles) the weights are packed in
+    /// pairs of rows, and the products round their other operand to bf16.
+    pub(crate) fn new(config: &RnnConfig, params: &[f32], packing: bool, storage: Dtype, pairs: bool) -> Result<Self> {
         let host = HostPlan::new(config, params)?;
-        let fwd = if packing { pack_all(&host, true, half_of(storage)) } else { Vec::new() };
-        Ok(CpuPlan { host, storage, packing, fwd, bwd: OnceLock::new(), choices: Default::default() })
+        let pairs = pairs && packing && storage == Dtype::BF16;
+        let fwd = if packing { pack_all(&host, true, half_of(storage), pairs) } else { Vec::new() };
+        Ok(CpuPlan { host, storage, pairs, packing, fwd, bwd: OnceLock::new(), choices: Default::default() })
     }
 
     /// The storage type of the calls that may use this plan.
     pub fn dtype(&self) -> Dtype {
         self.storage
+    }
+
+    /// Whether this plan's weight products are `VDPBF16PS` products (a bf16 plan on AVX-512
+    /// with AVX512_BF16): their other operand (the layer input, the hidden state, the gates'
+    /// gradients) is rounded to bf16 at the product and each pair of products summed by the
+    /// instruction, as the CUDA backend's 16-bit path stores those operands. Otherwise every
+    /// product is the f32 one on the widened weights.
+    pub fn bf16_products(&self) -> bool {
+        self.pairs
     }
 
     pub(crate) fn update(&mut self, params: &[f32]) -> Result<()> {
@@ -240,7 +301,8 @@ impl CpuPlan {
         if !self.packing {
             return None;
         }
-        let packs = if op.transposed { &self.fwd } else { self.bwd.get_or_init(|| pack_all(&self.host, false, half_of(self.storage))) };
+        let packs =
+            if op.transposed { &self.fwd } else { self.bwd.get_or_init(|| pack_all(&self.host, false, half_of(self.storage), self.pairs)) };
         packs.get(op.ld)?[op.weight as usize].as_ref()
     }
 }

@@ -93,13 +93,16 @@ pub(crate) struct Panels {
     pub stride: usize,
 }
 
-/// Adjacent 16-column panels of 16-bit values (`format`), `stride` values apart.
+/// Adjacent 16-column panels of 16-bit values (`format`), `stride` values apart; `pairs`: in
+/// pairs of rows (see `packed::Panels16`).
 #[derive(Clone, Copy)]
 pub(crate) struct Panels16 {
     pub ptr: *const u16,
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub stride: usize,
     pub format: Half,
+    #[allow(dead_code)]
+    pub pairs: bool,
 }
 
 /// The tile of `C` a tile writes: `rows × cols` valid elements, `(i, j)` at `ptr + i·rs + j`.
@@ -158,6 +161,49 @@ pub(crate) trait BlockTile {
         unsafe { Self::tile(kc, a.ptr, b.ptr, c, up) }
     }
 
+    /// Whether this ISA has `VDPBF16PS` tiles ([`Self::tile_dot`]) on this CPU.
+    fn dot_bf16() -> bool {
+        false
+    }
+
+    /// `C[rows, cols] ⊕= alpha·Σ_kp a_kp·b_kp` as `up` says, with `VDPBF16PS`: `a` a packed
+    /// micro-panel of [`Self::ROWS`] rows of bf16 pairs (`a[i·kcp + kp]`, see `pack_a_pairs`),
+    /// `b` up to [`Self::PANELS`] panels in pairs of rows (`kcp·32` values each, `b.stride`
+    /// apart). Only called where [`Self::dot_bf16`]; the default sums the same products in f32
+    /// in the same order (for a portable tile; no ISA uses it).
+    ///
+    /// # Safety
+    /// As [`Self::tile_panels`], with `a` holding `kcp·ROWS` words and the panels holding the
+    /// valid columns.
+    unsafe fn tile_dot(kcp: usize, a: *const u32, b: Panels16, c: CTile, up: Update) {
+        let w = |bits: u32| f32::from_bits(bits << 16);
+        for i in 0..c.rows {
+            for j in 0..c.cols {
+                let (p, jj) = (j / NR, j % NR);
+                let mut acc = 0.0f32;
+                for kp in 0..kcp {
+                    // SAFETY: within the ranges of this method's contract.
+                    let (av, b0, b1) = unsafe {
+                        let bp = b.ptr.add(p * b.stride + kp * 2 * NR + 2 * jj);
+                        (*a.add(i * kcp + kp), *bp as u32, *bp.add(1) as u32)
+                    };
+                    acc += w(av & 0xffff) * w(b0);
+                    acc += w(av >> 16) * w(b1);
+                }
+                // SAFETY: (i, j) inside the tile.
+                unsafe {
+                    let e = c.ptr.add(i * c.rs + j);
+                    let v = up.alpha * acc;
+                    *e = match up.beta {
+                        None => *e + v,
+                        Some(0.0) => v,
+                        Some(beta) => beta * *e + v,
+                    };
+                }
+            }
+        }
+    }
+
     /// Whether [`Self::tile_panels16`] reads 16-bit panels itself (widening them as it loads
     /// them); otherwise [`gemm_block`] widens each group of panels into its workspace and
     /// calls [`Self::tile_panels`].
@@ -198,6 +244,42 @@ pub(crate) trait SkinnyTile {
     /// The ISA is available; `a` readable for `r < R`, `kk < k`; `b` holds `NP` panels of
     /// `k·16` floats at stride `k·16`; `c` writable for `R` rows and its valid columns.
     unsafe fn skinny<const R: usize, const NP: usize>(a: ATile, k: usize, b: *const f32, c: CTile, ab: (f32, f32));
+
+    /// Whether this ISA has `VDPBF16PS` tiles ([`Self::skinny_dot`]) on this CPU.
+    fn dot_bf16() -> bool {
+        false
+    }
+
+    /// [`Self::skinny`] with `VDPBF16PS`: `R` rows of bf16 pairs (`a[r·kp + q]`) against `NP`
+    /// panels in pairs of rows (`kp·32` values each, `kp·32` apart), `c = alpha·acc + beta·c`.
+    /// Only called where [`Self::dot_bf16`]; the default sums the products in f32 in order.
+    ///
+    /// # Safety
+    /// As [`Self::skinny`], with `a` holding `R·kp` words.
+    unsafe fn skinny_dot<const R: usize, const NP: usize>(a: *const u32, kp: usize, b: *const u16, c: CTile, (alpha, beta): (f32, f32)) {
+        let w = |bits: u32| f32::from_bits(bits << 16);
+        for r in 0..R {
+            for j in 0..c.cols {
+                let (p, jj) = (j / NR, j % NR);
+                let mut acc = 0.0f32;
+                for q in 0..kp {
+                    // SAFETY: within the ranges of this method's contract.
+                    let (av, b0, b1) = unsafe {
+                        let bp = b.add(p * kp * 2 * NR + q * 2 * NR + 2 * jj);
+                        (*a.add(r * kp + q), *bp as u32, *bp.add(1) as u32)
+                    };
+                    acc += w(av & 0xffff) * w(b0);
+                    acc += w(av >> 16) * w(b1);
+                }
+                // SAFETY: (r, j) inside the tile.
+                unsafe {
+                    let e = c.ptr.add(r * c.rs + j);
+                    let v = alpha * acc;
+                    *e = if beta == 0.0 { v } else { beta * *e + v };
+                }
+            }
+        }
+    }
 
     /// Whether [`Self::skinny16`] reads 16-bit panels itself (widening them as it loads them);
     /// otherwise [`gemm_panels`] widens a part's panels into its workspace and calls
@@ -296,6 +378,62 @@ unsafe fn pack_a(a: &Mat<'_, f32>, i0: usize, mc: usize, p0: usize, kc: usize, d
     }
 }
 
+/// The bits of `v` rounded to bf16, to nearest even (a NaN quieted, its sign kept): `half`'s
+/// `bf16::from_f32`, branch-free but for the NaN test, so that packing loops vectorise.
+#[inline(always)]
+pub(crate) fn bf16_bits(v: f32) -> u32 {
+    let b = v.to_bits();
+    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1))) >> 16;
+    let nan = (b >> 16) | 0x40;
+    if b & 0x7fff_ffff > 0x7f80_0000 {
+        nan
+    } else {
+        rounded
+    }
+}
+
+/// Packs rows `i0..i0+mc` and columns `p0..p0+kc` of `a` rounded to bf16 (to nearest even),
+/// in pairs of columns, into `mr`-row micro-panels of rows of pairs (`dst[r·mr·kcp + i·kcp + kp]`,
+/// the pair `(A[i, 2kp], A[i, 2kp + 1])` as the low and high halves of a 32-bit word, as
+/// `VDPBF16PS` reads them; `kcp = ceil(kc/2)`), zero past the last row and column. Each row
+/// is written in order, a loop the compiler vectorises.
+///
+/// # Safety
+/// `dst` holds `ceil(mc/mr)·mr·kcp` words; the block lies inside `a`.
+unsafe fn pack_a_pairs(a: &Mat<'_, f32>, i0: usize, mc: usize, p0: usize, kc: usize, dst: *mut u32, mr: usize) {
+    let kcp = kc.div_ceil(2);
+    let bf = bf16_bits;
+    // SAFETY: indices are within the block the caller vouched for.
+    unsafe {
+        for r in 0..mc.div_ceil(mr) {
+            let panel = dst.add(r * kcp * mr);
+            for i in 0..mr {
+                let row = i0 + r * mr + i;
+                let out = std::slice::from_raw_parts_mut(panel.add(i * kcp), kcp);
+                if row >= i0 + mc {
+                    out.fill(0);
+                    continue;
+                }
+                let src = a.data.as_ptr().add(row * a.rs + p0 * a.cs);
+                let whole = kc / 2;
+                if a.cs == 1 {
+                    let s = std::slice::from_raw_parts(src, 2 * whole);
+                    for (o, pair) in out[..whole].iter_mut().zip(s.chunks_exact(2)) {
+                        *o = bf(pair[0]) | bf(pair[1]) << 16;
+                    }
+                } else {
+                    for (kp, o) in out[..whole].iter_mut().enumerate() {
+                        *o = bf(*src.add(2 * kp * a.cs)) | bf(*src.add((2 * kp + 1) * a.cs)) << 16;
+                    }
+                }
+                if kc % 2 == 1 {
+                    out[whole] = bf(*src.add((kc - 1) * a.cs));
+                }
+            }
+        }
+    }
+}
+
 /// Packs rows `p0..p0+kc` and columns `j0..j0+nc` of `b` into 16-column micro-panels
 /// (`dst[q·kc·16 + k·16 + j]`), zero past the last column.
 ///
@@ -382,6 +520,15 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
         }
         return;
     }
+    // 16-bit weight panels: in pairs of rows, read by the `VDPBF16PS` tiles where the ISA has
+    // them (with `A` rounded to bf16 pairs); else widened per group of panels here where the
+    // tiles cannot read them (pairs, or an ISA without 16-bit loads), or by the tiles' loads.
+    let half = match b {
+        Rhs::Packed(w) => w.half.as_ref(),
+        Rhs::Strided(_) => None,
+    };
+    let dot = half.is_some_and(|h| h.pairs) && K::dot_bf16();
+    let widen_groups = half.is_some_and(|h| h.pairs || !K::LOADS_16) && !dot;
     let nc_panels = K::NC / NR;
     let mut jq = q0;
     while jq < q1 {
@@ -398,10 +545,11 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                     (BlockB::F32(unsafe { data.as_ptr().add(jq * NR * k + p0 * NR) }), NR * k)
                 }
                 Rhs::Packed(PackedWeight { half: Some(h), .. }) => {
-                    // SAFETY: as the f32 panels, in 16-bit values (widened per group of panels
-                    // below, or by the tiles).
-                    let ptr = unsafe { h.bits.as_ptr().add(jq * NR * k + p0 * NR) };
-                    (BlockB::Half(Panels16 { ptr, stride: NR * k, format: h.format }), NR * k)
+                    // SAFETY: as the f32 panels, in 16-bit values (pairs: `KC` is even, so p0
+                    // starts a pair).
+                    let (len, at) = (h.panel_len(k), if h.pairs { p0 / 2 * 2 * NR } else { p0 * NR });
+                    let ptr = unsafe { h.bits.as_ptr().add(jq * len + at) };
+                    (BlockB::Half(Panels16 { ptr, stride: len, format: h.format, pairs: h.pairs }), len)
                 }
                 Rhs::Strided(bm) => {
                     let buf = ws.b.get((jq1 - jq) * NR * kc);
@@ -418,8 +566,14 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                 // batch to the large input projections). Packing costs a copy of A per column
                 // block, which the per-step products of a batch (the threads splitting columns,
                 // each packing all of A) never amortise.
-                let direct = K::DIRECT_A && a.cs == 1;
-                let abuf = if direct {
+                let direct = K::DIRECT_A && a.cs == 1 && !dot;
+                let kcp = kc.div_ceil(2);
+                let abuf = if dot {
+                    let abuf = ws.a.get(mc.div_ceil(K::ROWS) * K::ROWS * kcp);
+                    // SAFETY: as below, the buffer holding the pairs of this block of A.
+                    unsafe { pack_a_pairs(&a, i0, mc, p0, kc, abuf.cast(), K::ROWS) };
+                    abuf as *const f32
+                } else if direct {
                     // SAFETY: row i0, column p0 lies inside A.
                     unsafe { a.data.as_ptr().add(i0 * a.rs + p0) }
                 } else {
@@ -445,8 +599,8 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                     // SAFETY: panel q of the block, inside the packed buffer or weight.
                     let mut bp = unsafe { bbase.panel(q - jq, bstride) };
                     let mut stride = bstride;
-                    if let BlockB::Half(h) = bp {
-                        if !K::LOADS_16 {
+                    if let (BlockB::Half(_), Some(h), true) = (bp, half, widen_groups) {
+                        {
                             // 16-bit panels the tiles cannot read: widened into the workspace
                             // (`PANELS·KC` floats) for each block of rows. Where the tiles can,
                             // they widen as they load (measured faster on AVX-512, Zen 5, with
@@ -456,13 +610,10 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                             let len = (qn - q) * kc * NR;
                             let buf = ws.b.get(len);
                             // SAFETY: the buffer holds `len` floats and no one else uses it (a
-                            // packed B never uses it otherwise); panel p of the group holds
-                            // kc·16 values at `h.ptr + p·stride`.
-                            unsafe {
-                                let dst = std::slice::from_raw_parts_mut(buf, len);
-                                for (p, out) in dst.chunks_exact_mut(kc * NR).enumerate() {
-                                    h.format.widen_slice(std::slice::from_raw_parts(h.ptr.add(p * h.stride), kc * NR), out);
-                                }
+                            // packed B never uses it otherwise).
+                            let dst = unsafe { std::slice::from_raw_parts_mut(buf, len) };
+                            for (p, out) in dst.chunks_exact_mut(kc * NR).enumerate() {
+                                h.widen_rows(k, q + p, p0, out);
                             }
                             bp = BlockB::F32(buf);
                             stride = kc * NR;
@@ -477,6 +628,7 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                             let ct = CTile { ptr: c.at(i0 + r * K::ROWS, q * NR), rs: c.rs, rows, cols };
                             match bp {
                                 BlockB::F32(ptr) => K::tile_panels(kc, a_tile(r), Panels { ptr, stride }, ct, up),
+                                BlockB::Half(h) if dot => K::tile_dot(kcp, abuf.cast::<u32>().add(r * K::ROWS * kcp), h, ct, up),
                                 BlockB::Half(h) => K::tile_panels16(kc, a_tile(r), h, ct, up),
                             }
                         }
@@ -494,8 +646,19 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
 /// Where [`gemm_panels`] reads panel `p` of `B`: at `(p - first)·k·16` values from `ptr`.
 #[derive(Clone, Copy)]
 enum PanelSource {
-    F32 { ptr: *const f32, first: usize },
-    Half { ptr: *const u16, format: Half },
+    F32 {
+        ptr: *const f32,
+        first: usize,
+    },
+    Half {
+        ptr: *const u16,
+        format: Half,
+    },
+    /// Panels in pairs of rows (`ceil(k/2)·32` values each) and the rows of `a` as bf16 pairs.
+    Pairs {
+        a: *const u32,
+        ptr: *const u16,
+    },
 }
 
 /// `C = alpha·a·B + beta·C` for the few rows of `a` (fewer than [`MR`]) and the output
@@ -512,7 +675,19 @@ pub(crate) unsafe fn gemm_panels<K: SkinnyTile>(a: &Mat<'_, f32>, w: &PackedWeig
     match &w.half {
         // SAFETY (each arm): this function's contract; the source holds panels p0..p1.
         None => unsafe { panels_from::<K>(a, w.n, PanelSource::F32 { ptr: w.data.as_ptr(), first: 0 }, c, (p0, p1), ab) },
-        Some(h) if K::LOADS_16 => unsafe {
+        Some(h) if h.pairs && K::dot_bf16() => with_workspace(|ws| {
+            // The rows of `a` rounded to bf16 pairs (`pack_a_pairs` with one-row panels).
+            let kp = k.div_ceil(2);
+            let apairs = ws.a.get(a.rows * kp).cast::<u32>();
+            // SAFETY: the buffer holds rows·kp words; rows and columns lie inside `a`; the
+            // panels p0..p1 lie inside the packed weight; the ISA per the contract.
+            unsafe {
+                pack_a_pairs(a, 0, a.rows, 0, k, apairs, 1);
+                // pack_a_pairs with mr = 1 stores row r at r·kp (`r·mr·kcp + 0·kcp + kp`).
+                panels_from::<K>(a, w.n, PanelSource::Pairs { a: apairs, ptr: h.bits.as_ptr() }, c, (p0, p1), ab)
+            }
+        }),
+        Some(h) if K::LOADS_16 && !h.pairs => unsafe {
             panels_from::<K>(a, w.n, PanelSource::Half { ptr: h.bits.as_ptr(), format: h.format }, c, (p0, p1), ab)
         },
         Some(h) => with_workspace(|ws| {
@@ -520,7 +695,9 @@ pub(crate) unsafe fn gemm_panels<K: SkinnyTile>(a: &Mat<'_, f32>, w: &PackedWeig
             let buf = ws.b.get(len);
             // SAFETY: the buffer holds `len` floats, and no one else uses it.
             let dst = unsafe { std::slice::from_raw_parts_mut(buf, len) };
-            h.format.widen_slice(&h.bits[p0 * NR * k..p1 * NR * k], dst);
+            for (p, out) in (p0..p1).zip(dst.chunks_exact_mut(NR * k)) {
+                h.widen_rows(k, p, 0, out);
+            }
             // SAFETY: as above, with panels p0..p1 widened at `buf`.
             unsafe { panels_from::<K>(a, w.n, PanelSource::F32 { ptr: buf, first: p0 }, c, (p0, p1), ab) }
         }),
@@ -553,6 +730,10 @@ unsafe fn panels_from<K: SkinnyTile>(a: &Mat<'_, f32>, n: usize, src: PanelSourc
                         PanelSource::Half { ptr, format } => {
                             K::skinny16::<$r, $np>(arow, k, ptr.add($q * NR * k), format, ct($q, $r, $cols), ab)
                         }
+                        PanelSource::Pairs { a: pa, ptr } => {
+                            let kp = k.div_ceil(2);
+                            K::skinny_dot::<$r, $np>(pa.add(r * kp), kp, ptr.add($q * kp * 2 * NR), ct($q, $r, $cols), ab)
+                        }
                     }
                 };
             }
@@ -581,6 +762,25 @@ unsafe fn panels_from<K: SkinnyTile>(a: &Mat<'_, f32>, n: usize, src: PanelSourc
                 (4.., true) => run!(4, 2),
                 (2..=3, true) => run!(2, 4),
                 (_, true) => run!(1, 8),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod bf16_bits_tests {
+    /// `bf16_bits` is `half`'s rounding for every 2^16-th f32 bit pattern and around every bf16
+    /// midpoint (both signs), NaN and the infinities included.
+    #[test]
+    #[cfg_attr(miri, ignore = "a million cases")]
+    fn matches_half() {
+        let check = |b: u32| {
+            let v = f32::from_bits(b);
+            assert_eq!(super::bf16_bits(v), half::bf16::from_f32(v).to_bits() as u32, "{b:#x}");
+        };
+        for hi in 0..=0xffffu32 {
+            for lo in [0, 1, 0x7fff, 0x8000, 0x8001, 0xffff] {
+                check(hi << 16 | lo);
             }
         }
     }

@@ -103,9 +103,23 @@ unsafe fn tile_np<L: PanelLoad, const NP: usize>(kc: usize, a: ATile, (b, bstrid
                 }
             }
         }
+        store_tile(&acc, CTile { ptr: c, rs: rsc, rows, cols }, up);
+    }
+}
+
+/// `C ⊕= alpha·acc` as `up` says, for the tile's valid rows and columns (masked lanes are not
+/// accessed). Rows past `rows` and panels past `cols` are skipped, not broken out of: loops of
+/// a constant trip count unroll fully, which keeps the accumulators in registers.
+///
+/// # Safety
+/// AVX-512F (inlined into the tiles that enable it); `c` writable for its rows and columns.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
+unsafe fn store_tile<const NP: usize>(acc: &[[__m512; NP]; MR], c: CTile, up: Update) {
+    let CTile { ptr: c, rs: rsc, rows, cols } = c;
+    // SAFETY: the caller's contract.
+    unsafe {
         let alpha = _mm512_set1_ps(up.alpha);
-        // Rows past `rows` and panels past `cols` are skipped, not broken out of: loops of a
-        // constant trip count unroll fully, which keeps the accumulators in registers.
         for i in 0..MR {
             for p in 0..NP {
                 let m = lanes(cols.saturating_sub(p * NR));
@@ -123,6 +137,46 @@ unsafe fn tile_np<L: PanelLoad, const NP: usize>(kc: usize, a: ATile, (b, bstrid
             }
         }
     }
+}
+
+/// The `8 × (NP·16)` tile with `VDPBF16PS`: `a` a packed micro-panel of rows of bf16 pairs
+/// (`a[i·kcp + kp]`), `NP` panels in pairs of rows, `bstride` values apart; per pair of rows
+/// three 64-byte loads, eight broadcasts and 24 instructions of two products per lane each
+/// (twice the f32 tile's products per instruction).
+///
+/// # Safety
+/// AVX-512F and AVX512_BF16; as [`BlockTile::tile_dot`].
+#[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
+#[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
+unsafe fn tile_dot_np<const NP: usize>(kcp: usize, a: *const u32, (b, bstride): (*const u16, usize), c: CTile, up: Update) {
+    // SAFETY (whole body): offsets stay within the ranges the caller vouched for.
+    unsafe {
+        for i in 0..c.rows {
+            _mm_prefetch::<_MM_HINT_T0>(c.ptr.add(i * c.rs) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(c.ptr.add(i * c.rs + c.cols - 1) as *const i8);
+        }
+        let mut acc = [[_mm512_setzero_ps(); NP]; MR];
+        for kp in 0..kcp {
+            let mut bv = [pairs(_mm512_setzero_si512()); NP];
+            for p in 0..NP {
+                bv[p] = pairs(_mm512_loadu_si512(b.add(p * bstride + kp * 2 * NR).cast()));
+            }
+            for i in 0..MR {
+                let av = pairs(_mm512_set1_epi32(*a.add(i * kcp + kp) as i32));
+                for p in 0..NP {
+                    acc[i][p] = _mm512_dpbf16_ps(acc[i][p], av, bv[p]);
+                }
+            }
+        }
+        store_tile(&acc, c, up);
+    }
+}
+
+/// 32 bf16 values (16 pairs) from their bits.
+#[inline(always)]
+pub(super) fn pairs(v: __m512i) -> __m512bh {
+    // SAFETY: both are 64 bytes of plain bits.
+    unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
 }
 
 impl BlockTile for Avx512 {
@@ -147,6 +201,24 @@ impl BlockTile for Avx512 {
     unsafe fn tile_panels(kc: usize, a: ATile, b: Panels, c: CTile, up: Update) {
         // SAFETY: the caller's contract; only the panels holding valid columns are read.
         unsafe { tile_panels_with::<F32Row>(kc, a, (b.ptr, b.stride), c, up) }
+    }
+
+    fn dot_bf16() -> bool {
+        std::is_x86_feature_detected!("avx512bf16")
+    }
+
+    /// # Safety
+    /// AVX-512F and AVX512_BF16 (the driver calls it only where [`BlockTile::dot_bf16`]); as
+    /// [`BlockTile::tile_dot`].
+    unsafe fn tile_dot(kcp: usize, a: *const u32, b: Panels16, c: CTile, up: Update) {
+        // SAFETY: the caller's contract; only the panels holding valid columns are read.
+        unsafe {
+            match c.cols.div_ceil(NR) {
+                1 => tile_dot_np::<1>(kcp, a, (b.ptr, b.stride), c, up),
+                2 => tile_dot_np::<2>(kcp, a, (b.ptr, b.stride), c, up),
+                _ => tile_dot_np::<3>(kcp, a, (b.ptr, b.stride), c, up),
+            }
+        }
     }
 
     /// # Safety

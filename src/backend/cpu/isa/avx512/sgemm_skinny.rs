@@ -3,7 +3,7 @@
 //! `gemm/sgemm.rs`) gives each tile twice the panels of the AVX2 one (4×2, 2×4, 1×8): eight
 //! accumulators in flight. Every element of `out` is one dot product summed in k order.
 
-use super::sgemm::{lanes, Bf16Row, F16Row, F32Row, PanelLoad};
+use super::sgemm::{lanes, pairs, Bf16Row, F16Row, F32Row, PanelLoad};
 use super::Avx512;
 use crate::backend::cpu::gemm::packed::{Half, NR};
 use crate::backend::cpu::gemm::sgemm::{ATile, CTile, SkinnyTile};
@@ -30,6 +30,57 @@ impl SkinnyTile for Avx512 {
     unsafe fn skinny<const R: usize, const NP: usize>(a: ATile, k: usize, b: *const f32, c: CTile, ab: (f32, f32)) {
         // SAFETY: the caller's contract.
         unsafe { skinny_with::<F32Row, R, NP>(a, k, b, c, ab) }
+    }
+
+    fn dot_bf16() -> bool {
+        std::is_x86_feature_detected!("avx512bf16")
+    }
+
+    /// `R` rows × `NP` panels with `VDPBF16PS`, one accumulator per row and panel (4×2, 2×4,
+    /// 1×8: eight in flight), each element one chain over the pairs in order.
+    ///
+    /// # Safety
+    /// AVX-512F and AVX512_BF16 (the driver calls it only where [`SkinnyTile::dot_bf16`]); as
+    /// [`SkinnyTile::skinny_dot`].
+    #[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
+    #[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
+    unsafe fn skinny_dot<const R: usize, const NP: usize>(a: *const u32, kp: usize, b: *const u16, c: CTile, (alpha, beta): (f32, f32)) {
+        let stride = kp * 2 * NR;
+        // SAFETY (whole body): every offset stays inside the ranges the caller vouched for;
+        // masked lanes are not accessed.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); NP]; R];
+            for q in 0..kp {
+                let mut bv = [pairs(_mm512_setzero_si512()); NP];
+                for p in 0..NP {
+                    let at = b.add(p * stride + q * 2 * NR);
+                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(PREFETCH * NR) as *const i8);
+                    bv[p] = pairs(_mm512_loadu_si512(at.cast()));
+                }
+                for r in 0..R {
+                    let av = pairs(_mm512_set1_epi32(*a.add(r * kp + q) as i32));
+                    for p in 0..NP {
+                        acc[r][p] = _mm512_dpbf16_ps(acc[r][p], av, bv[p]);
+                    }
+                }
+            }
+            let (va, vb) = (_mm512_set1_ps(alpha), _mm512_set1_ps(beta));
+            for (r, row) in acc.iter().enumerate() {
+                for (p, v) in row.iter().enumerate() {
+                    let left = c.cols.saturating_sub(p * NR);
+                    if left == 0 {
+                        break;
+                    }
+                    let m = lanes(left);
+                    let at = c.ptr.add(r * c.rs + p * NR);
+                    let mut v = if alpha == 1.0 { *v } else { _mm512_mul_ps(va, *v) };
+                    if beta != 0.0 {
+                        v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, at), v);
+                    }
+                    _mm512_mask_storeu_ps(at, m, v);
+                }
+            }
+        }
     }
 
     /// # Safety
