@@ -93,16 +93,14 @@ pub(crate) struct Panels {
     pub stride: usize,
 }
 
-/// Adjacent 16-column panels of 16-bit values (`format`), `stride` values apart; `pairs`: in
-/// pairs of rows (see `packed::Panels16`).
+/// Adjacent 16-column panels of 16-bit values (`format`), `stride` values apart, in rows or
+/// (for the `VDPBF16PS` tiles) in pairs of rows, as the packed weight they point into says.
 #[derive(Clone, Copy)]
 pub(crate) struct Panels16 {
     pub ptr: *const u16,
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub stride: usize,
     pub format: Half,
-    #[allow(dead_code)]
-    pub pairs: bool,
 }
 
 /// The tile of `C` a tile writes: `rows × cols` valid elements, `(i, j)` at `ptr + i·rs + j`.
@@ -549,7 +547,7 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                     // starts a pair).
                     let (len, at) = (h.panel_len(k), if h.pairs { p0 / 2 * 2 * NR } else { p0 * NR });
                     let ptr = unsafe { h.bits.as_ptr().add(jq * len + at) };
-                    (BlockB::Half(Panels16 { ptr, stride: len, format: h.format, pairs: h.pairs }), len)
+                    (BlockB::Half(Panels16 { ptr, stride: len, format: h.format }), len)
                 }
                 Rhs::Strided(bm) => {
                     let buf = ws.b.get((jq1 - jq) * NR * kc);
