@@ -15,6 +15,8 @@ fn main() {
     let flop = 2.0 * (m * k * n) as f64;
     let kinds: &[&str] = if cfg!(target_arch = "aarch64") {
         &["portable", "neon", "neon-packed"]
+    } else if rnn_kernels::Isa::Amx.is_supported() {
+        &["portable", "avx2", "avx2-packed", "avx512", "avx512-packed", "avx512-bf16pairs", "amx-bf16pairs"]
     } else if rnn_kernels::Isa::Avx512.is_supported() {
         &["portable", "avx2", "avx2-packed", "avx512", "avx512-packed", "avx512-bf16pairs"]
     } else {

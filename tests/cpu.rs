@@ -133,13 +133,18 @@ fn isa_choice() {
         assert!(e.contains("`isa`") && e.contains("avx2"), "{e}");
         assert!(Cpu::with_isa(Isa::Avx512, 1).is_err());
     }
-    // AVX-512 is offered only with AVX2 and FMA (it uses their cell kernels), and is the best
-    // x86-64 ISA where it is there.
+    // AVX-512 is offered only with AVX2 and FMA (it uses their cell kernels), AMX only with
+    // AVX-512 (it uses its kernels but for the bf16 products); the best x86-64 ISA is AMX
+    // where it is there, else AVX-512 where it is there.
     if Isa::Avx512.is_supported() {
         assert!(Isa::Avx2.is_supported());
-        assert_eq!(Isa::best(), Isa::Avx512);
+        assert_eq!(Isa::best(), if Isa::Amx.is_supported() { Isa::Amx } else { Isa::Avx512 });
+    }
+    if Isa::Amx.is_supported() {
+        assert!(Isa::Avx512.is_supported());
     }
     assert_eq!("AVX512".parse::<Isa>().unwrap(), Isa::Avx512);
+    assert_eq!("amx".parse::<Isa>().unwrap(), Isa::Amx);
     assert!(Cpu::with_isa(Isa::Scalar, 0).unwrap_err().to_string().contains("`threads`"));
     assert!("sse9".parse::<Isa>().unwrap_err().to_string().contains("\"sse9\""));
     // A forced ISA is really the one used, and an unusable one is an error, not a fallback.

@@ -108,7 +108,7 @@ impl Reserve {
 /// ``params``: a 1-D C-contiguous array of ``config.param_count`` elements (the layout of
 /// ``config.param_specs()``); its dtype is the model's. ``threads`` (CPU): the default thread
 /// count of its calls, all cores when ``None``; every model with the same ISA and thread count
-/// shares one pool of threads. ``isa`` (CPU): ``"avx2"``, ``"avx512"``, ``"neon"`` or
+/// shares one pool of threads. ``isa`` (CPU): ``"avx2"``, ``"avx512"``, ``"amx"``, ``"neon"`` or
 /// ``"scalar"``; ``None`` for ``default_isa()``.
 #[pyclass(module = "rnn_kernels._native", frozen)]
 pub struct Model {

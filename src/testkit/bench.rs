@@ -157,7 +157,8 @@ impl CellStep {
 /// `"avx2"` (B strided), `"avx2-packed"` (B packed beforehand, as the plan's weights are),
 /// `"avx512"`, `"avx512-packed"`, `"neon"`, `"neon-packed"` (the same with those ISAs),
 /// `"avx512-bf16pairs"` (B in bf16 pairs of rows, `A` rounded to bf16 pairs: the `VDPBF16PS`
-/// tiles of a bf16 plan, where the CPU has them; widened otherwise) or
+/// tiles of a bf16 plan, where the CPU has them; widened otherwise), `"amx-bf16pairs"` (the
+/// same on the AMX tiles) or
 /// `"portable"` (matrixmultiply), on
 /// `threads` threads. Returns the median seconds of `reps`
 /// runs after one warm-up.

@@ -870,12 +870,12 @@ impl Backend<f32> for Cpu {
     }
 }
 
-/// Whether `isa` has `VDPBF16PS` tiles on this CPU (AVX-512 with AVX512_BF16): a bf16 plan
+/// Whether `isa` has bf16 dot-product tiles on this CPU (`VDPBF16PS`: AVX-512 with AVX512_BF16; AMX): a bf16 plan
 /// then packs its weights in pairs of rows for them.
 fn dot_bf16(isa: Isa) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        isa == Isa::Avx512 && std::is_x86_feature_detected!("avx512bf16")
+        matches!(isa, Isa::Avx512 | Isa::Amx) && std::is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

@@ -164,6 +164,20 @@ pub(crate) trait BlockTile {
         false
     }
 
+    /// Makes the calling thread ready for [`Self::tile_dot`] (AMX: loads the tile
+    /// configuration); the driver calls it before a block's first `tile_dot` and
+    /// [`Self::dot_end`] after its last.
+    ///
+    /// # Safety
+    /// The ISA is available, and [`Self::dot_bf16`].
+    unsafe fn dot_begin() {}
+
+    /// Undoes [`Self::dot_begin`] (AMX: releases the tiles).
+    ///
+    /// # Safety
+    /// As [`Self::dot_begin`], on the thread that called it.
+    unsafe fn dot_end() {}
+
     /// `C[rows, cols] ⊕= alpha·Σ_kp a_kp·b_kp` as `up` says, with `VDPBF16PS`: `a` a packed
     /// micro-panel of [`Self::ROWS`] rows of bf16 pairs (`a[i·kcp + kp]`, see `pack_a_pairs`),
     /// `b` up to [`Self::PANELS`] panels in pairs of rows (`kcp·32` values each, `b.stride`
@@ -527,6 +541,10 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
     };
     let dot = half.is_some_and(|h| h.pairs) && K::dot_bf16();
     let widen_groups = half.is_some_and(|h| h.pairs || !K::LOADS_16) && !dot;
+    if dot {
+        // SAFETY: K's ISA per this function's contract, and dot_bf16; dot_end below.
+        unsafe { K::dot_begin() };
+    }
     let nc_panels = K::NC / NR;
     let mut jq = q0;
     while jq < q1 {
@@ -638,6 +656,10 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
             p0 += kc;
         }
         jq = jq1;
+    }
+    if dot {
+        // SAFETY: after this thread's dot_begin above.
+        unsafe { K::dot_end() };
     }
 }
 

@@ -16,10 +16,12 @@
 //!   tiles and the LSTM forward cell and takes everything else from AVX2; AVX2 and NEON take
 //!   the products of two activations from [`Scalar`] (matrixmultiply).
 //!
-//! `RNN_KERNELS_ISA=scalar|avx2|avx512|neon` forces one ISA; forcing one the CPU lacks is an
+//! `RNN_KERNELS_ISA=scalar|avx2|avx512|amx|neon` forces one ISA; forcing one the CPU lacks is an
 //! error. The choice is made once per [`Cpu`](super::Cpu) ([`Chosen`]), and each call is one
 //! `match` into code monomorphised for that ISA ([`with_kernels!`]).
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod amx;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -35,6 +37,8 @@ pub(crate) mod neon;
 pub(crate) mod rows;
 mod scalar;
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) use amx::Amx;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use avx2::Avx2;
 #[cfg(target_arch = "x86_64")]
@@ -64,6 +68,10 @@ pub enum Isa {
     /// x86-64 with AVX-512F (and AVX2 and FMA): the AVX-512 GEMM tiles and LSTM forward cell,
     /// the AVX2 kernels of the other cells.
     Avx512,
+    /// x86-64 with AMX-TILE and AMX-BF16 (and AVX-512 with AVX512_BF16): a bf16 plan's products
+    /// on `TDPBF16PS` tiles, everything else as [`Isa::Avx512`]. Needs Linux to grant the
+    /// process the tile state (asked at detection).
+    Amx,
     /// AArch64 Advanced SIMD.
     Neon,
 }
@@ -672,6 +680,8 @@ pub(crate) enum Chosen {
     Avx2(Avx2),
     #[cfg(target_arch = "x86_64")]
     Avx512(Avx512),
+    #[cfg(target_arch = "x86_64")]
+    Amx(Amx),
     #[cfg(target_arch = "aarch64")]
     Neon(Neon),
 }
@@ -685,6 +695,8 @@ impl Chosen {
             Isa::Avx2 => Avx2::detect().map(Chosen::Avx2),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => Avx512::detect().map(Chosen::Avx512),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => Amx::detect().map(Chosen::Amx),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => Neon::detect().map(Chosen::Neon),
             #[allow(unreachable_patterns)]
@@ -721,6 +733,8 @@ macro_rules! with_kernels {
             $crate::backend::cpu::isa::Chosen::Avx2($k) => $body,
             #[cfg(target_arch = "x86_64")]
             $crate::backend::cpu::isa::Chosen::Avx512($k) => $body,
+            #[cfg(target_arch = "x86_64")]
+            $crate::backend::cpu::isa::Chosen::Amx($k) => $body,
             #[cfg(target_arch = "aarch64")]
             $crate::backend::cpu::isa::Chosen::Neon($k) => $body,
         }
@@ -735,6 +749,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Amx => "amx",
             Isa::Neon => "neon",
         }
     }
@@ -746,7 +761,7 @@ impl Isa {
 
     /// Every ISA this CPU supports, best last.
     pub fn available() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon].into_iter().filter(|i| i.is_supported()).collect()
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Amx, Isa::Neon].into_iter().filter(|i| i.is_supported()).collect()
     }
 
     /// The best ISA this CPU supports.
@@ -772,7 +787,7 @@ impl Isa {
             .clone()
             .map_err(|(given, why)| Error::InvalidArgument {
                 arg: "RNN_KERNELS_ISA".into(),
-                expected: format!("one of scalar, avx2, avx512, neon that this CPU supports ({why})"),
+                expected: format!("one of scalar, avx2, avx512, amx, neon that this CPU supports ({why})"),
                 got: format!("{given:?}"),
             })
     }
@@ -796,8 +811,9 @@ impl std::str::FromStr for Isa {
             "scalar" => Ok(Isa::Scalar),
             "avx2" => Ok(Isa::Avx2),
             "avx512" => Ok(Isa::Avx512),
+            "amx" => Ok(Isa::Amx),
             "neon" => Ok(Isa::Neon),
-            _ => Err(Error::invalid("isa", "one of scalar, avx2, avx512, neon", format!("{s:?}"))),
+            _ => Err(Error::invalid("isa", "one of scalar, avx2, avx512, amx, neon", format!("{s:?}"))),
         }
     }
 }

@@ -11,7 +11,7 @@ mod lanes;
 mod layer_norm;
 mod lstm;
 mod math;
-mod sgemm;
+pub(super) mod sgemm;
 mod sgemm_skinny;
 
 use super::rows::FwdRow;

@@ -115,7 +115,7 @@ unsafe fn tile_np<L: PanelLoad, const NP: usize>(kc: usize, a: ATile, (b, bstrid
 /// AVX-512F (inlined into the tiles that enable it); `c` writable for its rows and columns.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
-unsafe fn store_tile<const NP: usize>(acc: &[[__m512; NP]; MR], c: CTile, up: Update) {
+pub(in crate::backend::cpu::isa) unsafe fn store_tile<const NP: usize>(acc: &[[__m512; NP]; MR], c: CTile, up: Update) {
     let CTile { ptr: c, rs: rsc, rows, cols } = c;
     // SAFETY: the caller's contract.
     unsafe {
