@@ -870,12 +870,13 @@ impl Backend<f32> for Cpu {
     }
 }
 
-/// Whether `isa` has bf16 dot-product tiles on this CPU (`VDPBF16PS`: AVX-512 with AVX512_BF16; AMX): a bf16 plan
-/// then packs its weights in pairs of rows for them.
+/// Whether `isa` has bf16 dot-product tiles on this CPU (`VDPBF16PS`: AVX-512 with AVX512_BF16
+/// and AVX-512BW; `TDPBF16PS`: AMX): a bf16 plan then packs its weights in pairs of rows for
+/// them.
 fn dot_bf16(isa: Isa) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        matches!(isa, Isa::Avx512 | Isa::Amx) && std::is_x86_feature_detected!("avx512bf16")
+        matches!(isa, Isa::Avx512 | Isa::Amx) && std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512bw")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

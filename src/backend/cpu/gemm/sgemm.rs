@@ -178,6 +178,18 @@ pub(crate) trait BlockTile {
     /// As [`Self::dot_begin`], on the thread that called it.
     unsafe fn dot_end() {}
 
+    /// Packs a block of `A` rounded to bf16 pairs for [`Self::tile_dot`] (the layout of
+    /// `pack_a_pairs`, which is the default). Only called where [`Self::dot_bf16`]; an ISA with
+    /// a conversion instruction overrides it, giving the bits the tiles read the same way
+    /// (a value the tiles treat as zero may be packed as zero).
+    ///
+    /// # Safety
+    /// As `pack_a_pairs`.
+    unsafe fn pack_a_dot(a: &Mat<'_, f32>, i0: usize, mc: usize, p0: usize, kc: usize, dst: *mut u32, mr: usize) {
+        // SAFETY: the caller's contract.
+        unsafe { pack_a_pairs(a, i0, mc, p0, kc, dst, mr) }
+    }
+
     /// `C[rows, cols] ⊕= alpha·Σ_kp a_kp·b_kp` as `up` says, with `VDPBF16PS`: `a` a packed
     /// micro-panel of [`Self::ROWS`] rows of bf16 pairs (`a[i·kcp + kp]`, see `pack_a_pairs`),
     /// `b` up to [`Self::PANELS`] panels in pairs of rows (`kcp·32` values each, `b.stride`
@@ -412,7 +424,7 @@ pub(crate) fn bf16_bits(v: f32) -> u32 {
 ///
 /// # Safety
 /// `dst` holds `ceil(mc/mr)·mr·kcp` words; the block lies inside `a`.
-unsafe fn pack_a_pairs(a: &Mat<'_, f32>, i0: usize, mc: usize, p0: usize, kc: usize, dst: *mut u32, mr: usize) {
+pub(crate) unsafe fn pack_a_pairs(a: &Mat<'_, f32>, i0: usize, mc: usize, p0: usize, kc: usize, dst: *mut u32, mr: usize) {
     let kcp = kc.div_ceil(2);
     let bf = bf16_bits;
     // SAFETY: indices are within the block the caller vouched for.
@@ -587,7 +599,7 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                 let abuf = if dot {
                     let abuf = ws.a.get(mc.div_ceil(K::ROWS) * K::ROWS * kcp);
                     // SAFETY: as below, the buffer holding the pairs of this block of A.
-                    unsafe { pack_a_pairs(&a, i0, mc, p0, kc, abuf.cast(), K::ROWS) };
+                    unsafe { K::pack_a_dot(&a, i0, mc, p0, kc, abuf.cast(), K::ROWS) };
                     abuf as *const f32
                 } else if direct {
                     // SAFETY: row i0, column p0 lies inside A.

@@ -14,7 +14,7 @@ use crate::backend::cpu::RowBlocking;
 use crate::backend::host::MatMut;
 use std::sync::OnceLock;
 
-/// The AMX ISA's token: made only where AMX-TILE, AMX-BF16, AVX-512F, AVX512_BF16, AVX2 and FMA
+/// The AMX ISA's token: made only where AMX-TILE, AMX-BF16, AVX-512F, AVX-512BW, AVX512_BF16, AVX2 and FMA
 /// were detected and the OS lets this process use the tiles.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Amx {
@@ -26,7 +26,7 @@ impl Amx {
     /// AVX512_BF16) and Linux grants the tile state.
     pub(crate) fn detect() -> Option<Amx> {
         let avx512 = Avx512::detect()?;
-        (std::is_x86_feature_detected!("avx512bf16") && cpu_has_amx_bf16() && tile_permission()).then_some(Amx { avx512 })
+        (std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512bw") && cpu_has_amx_bf16() && tile_permission()).then_some(Amx { avx512 })
     }
 }
 

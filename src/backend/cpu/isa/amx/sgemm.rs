@@ -17,7 +17,8 @@
 use super::Amx;
 use crate::backend::cpu::gemm::packed::NR;
 use crate::backend::cpu::gemm::sgemm::{ATile, BlockTile, CTile, Panels, Panels16, SkinnyTile, Update};
-use crate::backend::cpu::isa::avx512::sgemm::store_tile;
+use crate::backend::cpu::isa::avx512::sgemm::{pack_a_pairs_cvt, store_tile};
+use crate::backend::host::Mat;
 use crate::backend::cpu::isa::Avx512;
 use core::arch::asm;
 use core::arch::x86_64::*;
@@ -175,6 +176,13 @@ impl BlockTile for Amx {
 
     fn dot_bf16() -> bool {
         true
+    }
+
+    /// # Safety
+    /// As [`BlockTile::pack_a_dot`]; the token proves AVX-512BW and AVX512_BF16.
+    unsafe fn pack_a_dot(a: &Mat<'_, f32>, i0: usize, mc: usize, p0: usize, kc: usize, dst: *mut u32, mr: usize) {
+        // SAFETY: the caller's contract.
+        unsafe { pack_a_pairs_cvt(a, i0, mc, p0, kc, dst, mr) }
     }
 
     unsafe fn dot_begin() {

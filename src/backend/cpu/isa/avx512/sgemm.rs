@@ -7,7 +7,8 @@
 
 use super::Avx512;
 use crate::backend::cpu::gemm::packed::{Half, NR};
-use crate::backend::cpu::gemm::sgemm::{ATile, BlockTile, CTile, Panels, Panels16, Update};
+use crate::backend::cpu::gemm::sgemm::{pack_a_pairs, ATile, BlockTile, CTile, Panels, Panels16, Update};
+use crate::backend::host::Mat;
 use core::arch::x86_64::*;
 
 /// Rows of the tile.
@@ -172,6 +173,47 @@ unsafe fn tile_dot_np<const NP: usize>(kcp: usize, a: *const u32, (b, bstride): 
     }
 }
 
+/// `pack_a_pairs` with `VCVTNE2PS2BF16`: 32 values of a row per instruction, rounded to
+/// nearest even as `pack_a_pairs` rounds them but for f32 subnormals, which the instruction
+/// flushes to zero (the `VDPBF16PS` and `TDPBF16PS` products treat a bf16 subnormal as zero,
+/// so the products are the same). Rows not contiguous in `a` take the portable packing.
+///
+/// # Safety
+/// AVX-512F, AVX-512BW and AVX512_BF16; as `pack_a_pairs`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(in crate::backend::cpu::isa) unsafe fn pack_a_pairs_cvt(a: &Mat<'_, f32>, i0: usize, mc: usize, p0: usize, kc: usize, dst: *mut u32, mr: usize) {
+    // SAFETY (whole body): rows i0..i0+mc and columns p0..p0+kc lie inside `a`, `dst` holds
+    // ceil(mc/mr)·mr rows of kcp words (the caller's contract); masked lanes are not accessed.
+    unsafe {
+        if a.cs != 1 {
+            return pack_a_pairs(a, i0, mc, p0, kc, dst, mr);
+        }
+        let kcp = kc.div_ceil(2);
+        for i in 0..mc.div_ceil(mr) * mr {
+            let out = dst.add(i * kcp);
+            if i >= mc {
+                std::ptr::write_bytes(out, 0, kcp);
+                continue;
+            }
+            let (src, out) = (a.data.as_ptr().add((i0 + i) * a.rs + p0), out.cast::<u16>());
+            let mut k = 0;
+            while k + 32 <= kc {
+                let v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src.add(k + 16)), _mm512_loadu_ps(src.add(k)));
+                _mm512_storeu_si512(out.add(k).cast(), std::mem::transmute::<__m512bh, __m512i>(v));
+                k += 32;
+            }
+            if k < kc {
+                // The last values, and a zero high half where kc is odd (masked loads give zeros).
+                let (rem, words) = (kc - k, 2 * kcp - k);
+                let lo = _mm512_maskz_loadu_ps(lanes(rem), src.add(k));
+                let hi = _mm512_maskz_loadu_ps(lanes(rem.saturating_sub(16)), src.add(k + 16));
+                let v = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_mask_storeu_epi16(out.add(k).cast(), ((1u64 << words) - 1) as __mmask32, v);
+            }
+        }
+    }
+}
+
 /// 32 bf16 values (16 pairs) from their bits.
 #[inline(always)]
 pub(super) fn pairs(v: __m512i) -> __m512bh {
@@ -203,8 +245,17 @@ impl BlockTile for Avx512 {
         unsafe { tile_panels_with::<F32Row>(kc, a, (b.ptr, b.stride), c, up) }
     }
 
+    /// AVX512_BF16, and AVX-512BW for the packing of `A` (every such CPU has it).
     fn dot_bf16() -> bool {
-        std::is_x86_feature_detected!("avx512bf16")
+        std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512bw")
+    }
+
+    /// # Safety
+    /// AVX-512F, AVX-512BW and AVX512_BF16 (the driver calls it only where
+    /// [`BlockTile::dot_bf16`]); as [`BlockTile::pack_a_dot`].
+    unsafe fn pack_a_dot(a: &Mat<'_, f32>, i0: usize, mc: usize, p0: usize, kc: usize, dst: *mut u32, mr: usize) {
+        // SAFETY: the caller's contract.
+        unsafe { pack_a_pairs_cvt(a, i0, mc, p0, kc, dst, mr) }
     }
 
     /// # Safety

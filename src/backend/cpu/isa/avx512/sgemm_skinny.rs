@@ -32,8 +32,9 @@ impl SkinnyTile for Avx512 {
         unsafe { skinny_with::<F32Row, R, NP>(a, k, b, c, ab) }
     }
 
+    /// As the blocked tiles' (`isa/avx512/sgemm.rs`).
     fn dot_bf16() -> bool {
-        std::is_x86_feature_detected!("avx512bf16")
+        <Avx512 as crate::backend::cpu::gemm::sgemm::BlockTile>::dot_bf16()
     }
 
     /// `R` rows × `NP` panels with `VDPBF16PS`, one accumulator per row and panel (4×2, 2×4,
