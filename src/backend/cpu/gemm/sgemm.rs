@@ -164,6 +164,11 @@ pub(crate) trait BlockTile {
         false
     }
 
+    /// Whether the `tile_dot` loop runs each micro-panel of `A` against all the panel groups of
+    /// a block (rows outer), rather than each group against all micro-panels (columns outer,
+    /// as the f32 tiles).
+    const DOT_ROWS_OUTER: bool = false;
+
     /// Makes the calling thread ready for [`Self::tile_dot`] (AMX: loads the tile
     /// configuration); the driver calls it before a block's first `tile_dot` and
     /// [`Self::dot_end`] after its last.
@@ -620,6 +625,28 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                         ATile { ptr: unsafe { abuf.add(r * K::ROWS * kc) }, rs: 1, cs: K::ROWS }
                     }
                 };
+                if dot && K::DOT_ROWS_OUTER {
+                    // Each micro-panel of A against every panel group of the block: the
+                    // micro-panel stays in L1 while the groups stream from L2.
+                    for r in 0..mc.div_ceil(K::ROWS) {
+                        let rows = (mc - r * K::ROWS).min(K::ROWS);
+                        let mut q = jq;
+                        while q < jq1 {
+                            let qn = (q + K::PANELS).min(jq1);
+                            let cols = (n - q * NR).min((qn - q) * NR);
+                            // SAFETY: as in the loop below (16-bit panels in pairs of rows).
+                            unsafe {
+                                if let BlockB::Half(h) = bbase.panel(q - jq, bstride) {
+                                    let ct = CTile { ptr: c.at(i0 + r * K::ROWS, q * NR), rs: c.rs, rows, cols };
+                                    K::tile_dot(kcp, abuf.cast::<u32>().add(r * K::ROWS * kcp), h, ct, up);
+                                }
+                            }
+                            q = qn;
+                        }
+                    }
+                    i0 += mc;
+                    continue;
+                }
                 let mut q = jq;
                 while q < jq1 {
                     let qn = (q + K::PANELS).min(jq1);

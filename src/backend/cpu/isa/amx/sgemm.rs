@@ -159,6 +159,7 @@ impl BlockTile for Amx {
     const ROWS: usize = MR;
     const DIRECT_A: bool = true;
     const LOADS_16: bool = true;
+    const DOT_ROWS_OUTER: bool = true;
 
     /// # Safety
     /// AVX-512F; as [`BlockTile::tile`] with 32-row micro-panels.
