@@ -26,7 +26,11 @@ impl Amx {
     /// AVX512_BF16) and Linux grants the tile state.
     pub(crate) fn detect() -> Option<Amx> {
         let avx512 = Avx512::detect()?;
-        (std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512bw") && cpu_has_amx_bf16() && tile_permission()).then_some(Amx { avx512 })
+        (std::is_x86_feature_detected!("avx512bf16")
+            && std::is_x86_feature_detected!("avx512bw")
+            && cpu_has_amx_bf16()
+            && tile_permission())
+        .then_some(Amx { avx512 })
     }
 }
 

@@ -18,8 +18,8 @@ use super::Amx;
 use crate::backend::cpu::gemm::packed::NR;
 use crate::backend::cpu::gemm::sgemm::{ATile, BlockTile, CTile, Panels, Panels16, SkinnyTile, Update};
 use crate::backend::cpu::isa::avx512::sgemm::{pack_a_pairs_cvt, store_tile};
-use crate::backend::host::Mat;
 use crate::backend::cpu::isa::Avx512;
+use crate::backend::host::Mat;
 use core::arch::asm;
 use core::arch::x86_64::*;
 

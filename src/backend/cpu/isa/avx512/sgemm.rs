@@ -181,7 +181,15 @@ unsafe fn tile_dot_np<const NP: usize>(kcp: usize, a: *const u32, (b, bstride): 
 /// # Safety
 /// AVX-512F, AVX-512BW and AVX512_BF16; as `pack_a_pairs`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub(in crate::backend::cpu::isa) unsafe fn pack_a_pairs_cvt(a: &Mat<'_, f32>, i0: usize, mc: usize, p0: usize, kc: usize, dst: *mut u32, mr: usize) {
+pub(in crate::backend::cpu::isa) unsafe fn pack_a_pairs_cvt(
+    a: &Mat<'_, f32>,
+    i0: usize,
+    mc: usize,
+    p0: usize,
+    kc: usize,
+    dst: *mut u32,
+    mr: usize,
+) {
     // SAFETY (whole body): rows i0..i0+mc and columns p0..p0+kc lie inside `a`, `dst` holds
     // ceil(mc/mr)·mr rows of kcp words (the caller's contract); masked lanes are not accessed.
     unsafe {
