@@ -485,6 +485,14 @@ impl<K: Kernels> HostKernels<f32> for CpuKernels<'_, K> {
         self.isa.gemm(&self.par, Gemm::new(alpha, a, b, beta), c)
     }
 
+    fn weight_grad_gemm(&self, alpha: f32, a: Mat<'_, f32>, b: Mat<'_, f32>, beta: f32, c: MatMut<'_, f32>) {
+        if self.plan.is_some_and(|p| p.bf16_products()) {
+            self.isa.gemm_bf16(&self.par, Gemm::new(alpha, a, b, beta), c)
+        } else {
+            self.gemm(alpha, a, b, beta, c)
+        }
+    }
+
     fn weight_gemm(&self, op: WeightOp, a: Mat<'_, f32>, b: Mat<'_, f32>, beta: f32, c: MatMut<'_, f32>) {
         let g = Gemm { packed: self.plan.and_then(|p| p.packed(op)), ..Gemm::new(1.0, a, b, beta) };
         self.isa.weight_gemm(&self.par, g, c)
@@ -942,7 +950,9 @@ fn narrow_into<T: HalfStorage>(wide: Option<Vec<f32>>, dst: Option<&mut [T]>) {
     if let (Some(w), Some(d)) = (&wide, dst) {
         T::from_f32(w, d);
     }
-    wide.map(boundary::give);
+    if let Some(w) = wide {
+        boundary::give(w);
+    }
 }
 
 /// The 16-bit storage types of the CPU backend: [`half::f16`] and [`half::bf16`].

@@ -155,7 +155,7 @@ fn add_weight_grad_cols<T: Float, K: HostKernels<T>>(k: &K, segs: &[(&[T], &[T])
     if segs.iter().map(|(g, _)| g.len() / g_w).sum::<usize>() <= block {
         for &(g, x) in segs {
             let rows = g.len() / g_w;
-            k.gemm(T::ONE, g_view(g, rows, &cols, g_w), Mat::new(x, rows, n), T::ONE, MatMut::new(c, m, n));
+            k.weight_grad_gemm(T::ONE, g_view(g, rows, &cols, g_w), Mat::new(x, rows, n), T::ONE, MatMut::new(c, m, n));
         }
         return;
     }
@@ -164,7 +164,7 @@ fn add_weight_grad_cols<T: Float, K: HostKernels<T>>(k: &K, segs: &[(&[T], &[T])
     for &(g, x) in segs {
         for (gb, xb) in g.chunks(block * g_w).zip(x.chunks(block * n)) {
             let rows = gb.len() / g_w;
-            k.gemm(T::ONE, g_view(gb, rows, &cols, g_w), Mat::new(xb, rows, n), T::ZERO, MatMut::new(&mut part, m, n));
+            k.weight_grad_gemm(T::ONE, g_view(gb, rows, &cols, g_w), Mat::new(xb, rows, n), T::ZERO, MatMut::new(&mut part, m, n));
             for (w, &p) in wide.iter_mut().zip(&part) {
                 *w += p.to_f64();
             }

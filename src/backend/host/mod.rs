@@ -312,6 +312,12 @@ pub(crate) enum Pass {
 pub(crate) trait HostKernels<T: Float>: Send + Sync {
     /// `C = alpha·A·B + beta·C`; with `beta = 0`, `C` is not read.
     fn gemm(&self, alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, beta: T, c: MatMut<'_, T>);
+    /// [`gemm`](Self::gemm) for a weight gradient (`dGᵀ·X` summed over steps). A backend
+    /// whose plan rounds its products' operands (the CPU backend's bf16 products) rounds both
+    /// operands here too; the default is [`gemm`](Self::gemm).
+    fn weight_grad_gemm(&self, alpha: T, a: Mat<'_, T>, b: Mat<'_, T>, beta: T, c: MatMut<'_, T>) {
+        self.gemm(alpha, a, b, beta, c)
+    }
     /// `C = A·B + beta·C` where `B` is the weight product `op`, given as the view `b`
     /// (`W^T` or `W` of the PyTorch-layout weight). A backend may use a packed copy instead.
     fn weight_gemm(&self, op: WeightOp, a: Mat<'_, T>, b: Mat<'_, T>, beta: T, c: MatMut<'_, T>) {

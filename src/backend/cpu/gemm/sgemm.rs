@@ -38,6 +38,9 @@ pub(crate) const MR: usize = 6;
 pub(crate) enum Rhs<'a> {
     /// `B[k, n]` as a strided view, packed per block.
     Strided(Mat<'a, f32>),
+    /// `B[k, n]` as a strided view, rounded to bf16 and packed in pairs of rows per block
+    /// (`pack_b_pairs`), for the bf16 dot-product tiles (which round `A` too).
+    StridedPairs(Mat<'a, f32>),
     /// `B = W^T` packed once (see `gemm/packed.rs`).
     Packed(&'a PackedWeight),
 }
@@ -45,13 +48,13 @@ pub(crate) enum Rhs<'a> {
 impl Rhs<'_> {
     pub(crate) fn k(&self) -> usize {
         match self {
-            Rhs::Strided(b) => b.rows,
+            Rhs::Strided(b) | Rhs::StridedPairs(b) => b.rows,
             Rhs::Packed(w) => w.k,
         }
     }
     pub(crate) fn n(&self) -> usize {
         match self {
-            Rhs::Strided(b) => b.cols,
+            Rhs::Strided(b) | Rhs::StridedPairs(b) => b.cols,
             Rhs::Packed(w) => w.n,
         }
     }
@@ -434,6 +437,28 @@ pub(crate) unsafe fn pack_a_pairs(a: &Mat<'_, f32>, i0: usize, mc: usize, p0: us
     let bf = bf16_bits;
     // SAFETY: indices are within the block the caller vouched for.
     unsafe {
+        if a.rs == 1 && a.cs != 1 {
+            // A transposed view (a weight gradient's `gᵀ`): pair by pair, each of its two
+            // columns of A one contiguous run.
+            for r in 0..mc.div_ceil(mr) {
+                let (panel, rows) = (dst.add(r * kcp * mr), (mc - r * mr).min(mr));
+                for kp in 0..kcp {
+                    let c0 = a.data.as_ptr().add(i0 + r * mr + (p0 + 2 * kp) * a.cs);
+                    let second = 2 * kp + 1 < kc;
+                    for i in 0..mr {
+                        let v = if i >= rows {
+                            0
+                        } else if second {
+                            bf(*c0.add(i)) | bf(*c0.add(a.cs + i)) << 16
+                        } else {
+                            bf(*c0.add(i))
+                        };
+                        *panel.add(i * kcp + kp) = v;
+                    }
+                }
+            }
+            return;
+        }
         for r in 0..mc.div_ceil(mr) {
             let panel = dst.add(r * kcp * mr);
             for i in 0..mr {
@@ -457,6 +482,33 @@ pub(crate) unsafe fn pack_a_pairs(a: &Mat<'_, f32>, i0: usize, mc: usize, p0: us
                 }
                 if kc % 2 == 1 {
                     out[whole] = bf(*src.add((kc - 1) * a.cs));
+                }
+            }
+        }
+    }
+}
+
+/// Packs rows `p0..p0+kc` and columns `j0..j0+nc` of `b` rounded to bf16 (to nearest even)
+/// into 16-column panels in pairs of rows, the layout of a weight packed in pairs
+/// (`dst[q·kcp·32 + kp·32 + 2j + h] = B[p0 + 2kp + h, j0 + 16q + j]`, `kcp = ceil(kc/2)`), zero
+/// past the last row and column.
+///
+/// # Safety
+/// `dst` holds `ceil(nc/16)·kcp·32` values; the block lies inside `b`.
+unsafe fn pack_b_pairs(b: &Mat<'_, f32>, p0: usize, kc: usize, j0: usize, nc: usize, dst: *mut u16) {
+    let kcp = kc.div_ceil(2);
+    // SAFETY: indices are within the block the caller vouched for.
+    unsafe {
+        let panels = std::slice::from_raw_parts_mut(dst, nc.div_ceil(NR) * kcp * 2 * NR);
+        for (q, panel) in panels.chunks_exact_mut(kcp * 2 * NR).enumerate() {
+            let cols = (nc - q * NR).min(NR);
+            for (kp, pair) in panel.chunks_exact_mut(2 * NR).enumerate() {
+                pair.fill(0);
+                for h in 0..2.min(kc - 2 * kp) {
+                    let src = b.data.as_ptr().add((p0 + 2 * kp + h) * b.rs + (j0 + q * NR) * b.cs);
+                    for j in 0..cols {
+                        pair[2 * j + h] = bf16_bits(*src.add(j * b.cs)) as u16;
+                    }
                 }
             }
         }
@@ -554,9 +606,9 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
     // tiles cannot read them (pairs, or an ISA without 16-bit loads), or by the tiles' loads.
     let half = match b {
         Rhs::Packed(w) => w.half.as_ref(),
-        Rhs::Strided(_) => None,
+        Rhs::Strided(_) | Rhs::StridedPairs(_) => None,
     };
-    let dot = half.is_some_and(|h| h.pairs) && K::dot_bf16();
+    let dot = (half.is_some_and(|h| h.pairs) || matches!(b, Rhs::StridedPairs(_))) && K::dot_bf16();
     let widen_groups = half.is_some_and(|h| h.pairs || !K::LOADS_16) && !dot;
     if dot {
         // SAFETY: K's ISA per this function's contract, and dot_bf16; dot_end below.
@@ -584,7 +636,15 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                     let ptr = unsafe { h.bits.as_ptr().add(jq * len + at) };
                     (BlockB::Half(Panels16 { ptr, stride: len, format: h.format }), len)
                 }
-                Rhs::Strided(bm) => {
+                Rhs::StridedPairs(bm) if dot => {
+                    let len = kc.div_ceil(2) * 2 * NR;
+                    let buf = ws.b.get(((jq1 - jq) * len).div_ceil(2)).cast::<u16>();
+                    // SAFETY: the buffer holds the block's panels (two values per float); the
+                    // block lies inside B.
+                    unsafe { pack_b_pairs(&bm, p0, kc, j0, j1 - j0, buf) };
+                    (BlockB::Half(Panels16 { ptr: buf, stride: len, format: Half::Bf16 }), len)
+                }
+                Rhs::Strided(bm) | Rhs::StridedPairs(bm) => {
                     let buf = ws.b.get((jq1 - jq) * NR * kc);
                     // SAFETY: the buffer holds the block; the block lies inside B.
                     unsafe { pack_b(&bm, p0, kc, j0, j1 - j0, buf) };

@@ -428,6 +428,25 @@ pub(crate) trait Kernels: Copy + Send + Sync + 'static {
         unsafe { self.gemm_unchecked(par, g, c) }
     }
 
+    /// `C = alpha·A·B + beta·C` for two activations with both rounded to bf16 and the products
+    /// on the ISA's bf16 dot-product tiles: the weight gradients of a plan whose products are
+    /// bf16 ones (`CpuPlan::bf16_products`). The default is the f32 product
+    /// ([`Kernels::gemm_unchecked`]).
+    ///
+    /// # Safety
+    /// As [`Kernels::gemm_unchecked`].
+    unsafe fn gemm_bf16_unchecked(self, par: &Par<'_>, g: Gemm<'_>, c: MatMut<'_, f32>) {
+        // SAFETY: the same contract.
+        unsafe { self.gemm_unchecked(par, g, c) }
+    }
+
+    /// [`Kernels::gemm_bf16_unchecked`] after checking the shapes; panics if they disagree.
+    fn gemm_bf16(self, par: &Par<'_>, g: Gemm<'_>, c: MatMut<'_, f32>) {
+        g.check(&c);
+        // SAFETY: the shapes were checked just above; `self` proves the ISA.
+        unsafe { self.gemm_bf16_unchecked(par, g, c) }
+    }
+
     /// [`Kernels::weight_gemm_unchecked`] after checking the shapes; panics if they disagree.
     fn weight_gemm(self, par: &Par<'_>, g: Gemm<'_>, c: MatMut<'_, f32>) {
         g.check(&c);

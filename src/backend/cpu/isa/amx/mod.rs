@@ -9,7 +9,7 @@
 mod sgemm;
 
 use super::{Avx512, Isa, Kernels};
-use crate::backend::cpu::gemm::{gemm_tiled, Gemm, Par};
+use crate::backend::cpu::gemm::{gemm_tiled, gemm_tiled_bf16, Gemm, Par};
 use crate::backend::cpu::RowBlocking;
 use crate::backend::host::MatMut;
 use std::sync::OnceLock;
@@ -78,6 +78,18 @@ impl Kernels for Amx {
 
     fn base(self) -> Avx512 {
         self.avx512
+    }
+
+    /// On the AMX tiles where `C`'s rows are contiguous (the few-row products on AVX-512's
+    /// `VDPBF16PS` tiles).
+    unsafe fn gemm_bf16_unchecked(self, par: &Par<'_>, g: Gemm<'_>, c: MatMut<'_, f32>) {
+        if c.cs == 1 {
+            // SAFETY: as in weight_gemm_unchecked.
+            unsafe { gemm_tiled_bf16::<Amx>(par, g, c) }
+        } else {
+            // SAFETY: the base's contract is this one.
+            unsafe { self.base().gemm_bf16_unchecked(par, g, c) }
+        }
     }
 
     /// Products against a weight packed in pairs of rows (a bf16 plan's) on the AMX tiles, with

@@ -17,7 +17,7 @@ mod sgemm_skinny;
 use super::rows::FwdRow;
 use super::{Avx2, Isa, Kernels};
 use crate::backend::cpu::gemm::sgemm::BlockTile;
-use crate::backend::cpu::gemm::{gemm_tiled, Gemm, Par};
+use crate::backend::cpu::gemm::{gemm_tiled, gemm_tiled_bf16, Gemm, Par};
 use crate::backend::cpu::RowBlocking;
 use crate::backend::host::MatMut;
 
@@ -55,6 +55,18 @@ impl Kernels for Avx512 {
         } else {
             // SAFETY: the base's contract is this one.
             unsafe { self.base().gemm_unchecked(par, g, c) }
+        }
+    }
+
+    /// On the `VDPBF16PS` tiles where the CPU has them and `C`'s rows are contiguous.
+    unsafe fn gemm_bf16_unchecked(self, par: &Par<'_>, g: Gemm<'_>, c: MatMut<'_, f32>) {
+        if c.cs == 1 {
+            // SAFETY: as in gemm_unchecked; gemm_tiled_bf16 falls back to f32 products where
+            // the CPU lacks VDPBF16PS.
+            unsafe { gemm_tiled_bf16::<Avx512>(par, g, c) }
+        } else {
+            // SAFETY: the same contract.
+            unsafe { self.gemm_unchecked(par, g, c) }
         }
     }
 
