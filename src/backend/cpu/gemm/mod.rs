@@ -221,6 +221,7 @@ pub(crate) unsafe fn gemm_tiled<K: BlockTile + SkinnyTile>(par: &Par<'_>, g: Gem
 ///
 /// # Safety
 /// As [`gemm_tiled`].
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // only the x86-64 ISAs have bf16 tiles
 pub(crate) unsafe fn gemm_tiled_bf16<K: BlockTile + SkinnyTile>(par: &Par<'_>, g: Gemm<'_>, c: MatMut<'_, f32>) {
     // SAFETY: this function's contract.
     unsafe { gemm_tiled_rhs::<K>(par, g, c, g.packed.is_none() && <K as BlockTile>::dot_bf16()) }
