@@ -365,6 +365,20 @@ mod tests {
     /// of those bf16 values (every product of two bf16 values is exact in f32); on every ISA
     /// bit-identical serial and on teams of 2 and 3; and on an ISA without the tiles (the
     /// panels widened) the f32 product of `A` and the widened weights, bit for bit.
+    /// Every output of `outs` (one per thread count) has the bits of the first.
+    fn assert_same_bits(outs: &[Vec<f32>], ctx: &str) {
+        for o in &outs[1..] {
+            assert!(o.iter().zip(&outs[0]).all(|(x, y)| x.to_bits() == y.to_bits()), "{ctx}: threads changed bits");
+        }
+    }
+
+    /// `got` within `naive`'s bound of its f64 product of the bf16-rounded operands.
+    fn assert_within(got: &[f32], (want, bound): (Vec<f64>, Vec<f64>), ctx: &str) {
+        for (i, ((&got, &w), &tol)) in got.iter().zip(&want).zip(&bound).enumerate() {
+            assert!((got as f64 - w).abs() <= tol, "{ctx}: C[{i}] = {got}, f64 of the bf16 operands gives {w}, bound {tol:.2e}");
+        }
+    }
+
     fn check_pairs<K: Kernels>(isa: K) {
         let mut rng = SplitMix64::new(11);
         let bf = |v: f32| half::bf16::from_f32(v).to_f32();
@@ -383,18 +397,10 @@ mod tests {
                     c
                 });
                 let ctx = format!("m={m} k={k} n={n} alpha={alpha} beta={beta}");
-                for o in &outs[1..] {
-                    assert!(o.iter().zip(&outs[0]).all(|(x, y)| x.to_bits() == y.to_bits()), "{ctx}: threads changed bits");
-                }
+                assert_same_bits(&outs, &ctx);
                 if crate::backend::cpu::dot_bf16(K::ISA) {
                     let a_bf: Vec<f32> = a_data.iter().map(|&v| bf(v)).collect();
-                    let (want, bound) = naive(alpha, &Mat::new(&a_bf, m, k), &b, beta, &c0);
-                    for (i, ((&got, &w), &tol)) in outs[0].iter().zip(&want).zip(&bound).enumerate() {
-                        assert!(
-                            (got as f64 - w).abs() <= tol,
-                            "{ctx}: C[{i}] = {got}, f64 of the bf16 operands gives {w}, bound {tol:.2e}"
-                        );
-                    }
+                    assert_within(&outs[0], naive(alpha, &Mat::new(&a_bf, m, k), &b, beta, &c0), &ctx);
                 } else {
                     let mut want = c0.clone();
                     isa.weight_gemm(
@@ -438,19 +444,11 @@ mod tests {
                 });
                 let ctx = format!("{} m={m} k={k} n={n} transposed={transposed}", K::ISA);
                 if dot {
-                    for o in &outs[1..] {
-                        assert!(o.iter().zip(&outs[0]).all(|(x, y)| x.to_bits() == y.to_bits()), "{ctx}: threads changed bits");
-                    }
+                    assert_same_bits(&outs, &ctx);
                     let a_bf: Vec<f32> = a_data.iter().map(|&v| bf(v)).collect();
                     let b_bf: Vec<f32> = b_data.iter().map(|&v| bf(v)).collect();
                     let a_r = if transposed { Mat::new(&a_bf, k, m).t() } else { Mat::new(&a_bf, m, k) };
-                    let (want, bound) = naive(alpha, &a_r, &Mat::new(&b_bf, k, n), beta, &c0);
-                    for (i, ((&got, &w), &tol)) in outs[0].iter().zip(&want).zip(&bound).enumerate() {
-                        assert!(
-                            (got as f64 - w).abs() <= tol,
-                            "{ctx}: C[{i}] = {got}, f64 of the bf16 operands gives {w}, bound {tol:.2e}"
-                        );
-                    }
+                    assert_within(&outs[0], naive(alpha, &a_r, &Mat::new(&b_bf, k, n), beta, &c0), &ctx);
                 } else {
                     let mut want = c0.clone();
                     isa.gemm(&Par::Serial, Gemm::new(alpha, a, b, beta), MatMut::new(&mut want, m, n));
