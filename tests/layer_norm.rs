@@ -19,7 +19,7 @@ use common::fd;
 use common::parity::{errors, Problem as F32Problem};
 use common::{describe, F64Problem, Problem};
 use proptest::prelude::*;
-use rnn_kernels::testkit::SplitMix64;
+use rnn_kernels::testkit::{SplitMix64, F32_SPREAD};
 use rnn_kernels::{CellKind, Cpu, Direction, Element, Isa, Merge, ParamLayout, Reference, Rnn, RnnConfig, SeqShape};
 
 /// The clip of the finite-difference problems.
@@ -266,68 +266,21 @@ fn ln_config() -> impl Strategy<Value = RnnConfig> {
         })
 }
 
-/// How much larger than the f32 reference's error the CPU's may be, where the reference's exceeds
-/// the fixed tolerances (see [`errors_against`]): over 600 random problems of [`ln_config`] on
-/// this project's x86-64 machine (scalar, AVX2, AVX-512) the largest ratio to the reference's
-/// error on the problem itself was 7.8; twice that with margin.
-const F32_SPREAD: f64 = 16.0;
-
-/// Copies of a problem whose inputs and parameters are moved by one unit in the last place
-/// (up, down or not, at random), on which the f32 reference's error is measured too.
-const PERTURBED: u64 = 3;
-
 /// The errors of `got` (an f32 run of `p`) against the f64 reference's `want`, each with its
-/// tolerance: the CPU's (`tests/cpu.rs`'s, forward 1e-5, gradients 1e-4), or [`F32_SPREAD`]
-/// times the error of the reference itself computing in f32, where that is larger.
+/// tolerance: the CPU's (`tests/cpu.rs`'s, forward 1e-5, gradients 1e-4), or
+/// [`F32_SPREAD`] times the size of the reference's own error computing in f32
+/// (`Problem::f32_error`: over the problem and `testkit::PERTURBED` copies of it moved by one unit in
+/// the last place), where that is larger.
 ///
-/// Layer norm amplifies f32 rounding: a row's `x̂` carries the rounding error of its deviations
-/// times `rstd` (up to `1/sqrt(ε) ≈ 316` for a row of small variance; a projection to a few
-/// units makes the recurrent product's rows of low rank, normalised by a variance that scales
-/// with `|h|²`), and the gains' gradients sum `T·B` such products. The reference in f32 then
-/// misses the fixed tolerances by itself (gradients up to 1.7e-4 on these tests' problems), so
-/// the CPU is held to the accuracy of the specification's arithmetic in f32, within the spread
-/// of two f32 computations of the same maths in other orders. Problems whose rows amplify the
-/// rounding more than `testkit::conditioning::LN_AMPLIFICATION_LIMIT` are not compared at all
-/// (the property test draws them again): there the CPU's error was found 50 to 60 times the
-/// reference's own.
-///
-/// One f32 computation's error is one draw of its rounding: on an ill-conditioned problem the
-/// reference's may be small by chance while another order's is not (a CPU error 19 times the
-/// reference's was found on an LSTM whose 3-unit rows were normalised). So the reference's error
-/// that sets the tolerance is the largest over the problem and [`PERTURBED`] copies of it moved
-/// by one unit in the last place (each against its own f64 reference): the size of an f32
-/// computation's error on this problem, not one draw of it.
+/// Layer norm amplifies f32 rounding (`Problem::f32_error` says how), and the gains' gradients
+/// sum `T·B` such products: the reference in f32 then misses the fixed tolerances by itself
+/// (gradients up to 1.7e-4 on these tests' problems), so the CPU is held to the accuracy of the
+/// specification's arithmetic in f32, within the spread of f32 computations of the same maths in
+/// other orders. Problems whose rows amplify the rounding more than
+/// `testkit::conditioning::LN_AMPLIFICATION_LIMIT` are not compared at all (the property test
+/// draws them again): there the CPU's error was found 50 to 60 times the reference's own.
 fn errors_against(p: &F32Problem, got: &[Vec<f32>], want: &[Vec<f64>]) -> Vec<(&'static str, f64, f64)> {
-    let mut own: Vec<f64> = errors(&p.run(Reference), want).into_iter().map(|(_, e, _)| e).collect();
-    for k in 0..PERTURBED {
-        let q = perturbed(p, k);
-        for (o, (_, e, _)) in own.iter_mut().zip(errors(&q.run(Reference), &q.run_reference())) {
-            *o = o.max(e);
-        }
-    }
-
-    errors(got, want).into_iter().zip(own).map(|((name, err, tol), e32)| (name, err, tol.max(F32_SPREAD * e32))).collect()
-}
-
-/// `p` with its parameters and inputs moved by one unit in the last place, up, down or not, at
-/// random (seeded by `k`).
-fn perturbed(p: &F32Problem, k: u64) -> F32Problem {
-    let mut q = p.clone();
-    let mut rng = SplitMix64::new(0x9e37_79b9 ^ k);
-    let mut nudge = |v: &mut [f32]| {
-        for x in v.iter_mut().filter(|x| x.is_finite() && **x != 0.0) {
-            let bits = x.to_bits();
-            *x = match rng.below(3) {
-                0 => f32::from_bits(bits + 1),
-                1 => f32::from_bits(bits - 1),
-                _ => *x,
-            };
-        }
-    };
-    nudge(&mut q.params);
-    nudge(&mut q.x);
-    nudge(&mut q.h0);
-    q
+    errors(got, want).into_iter().zip(p.f32_error()).map(|((name, err, tol), e32)| (name, err, tol.max(F32_SPREAD * e32))).collect()
 }
 
 /// An f32 problem with random layer-norm parameters.

@@ -25,4 +25,4 @@ mod problem;
 pub mod tolerance;
 
 pub use crate::rng::SplitMix64;
-pub use problem::{up, Problem, OUTPUTS};
+pub use problem::{up, Problem, F32_SPREAD, OUTPUTS, PERTURBED};
