@@ -157,14 +157,24 @@ impl<'a> Gemm<'a> {
     }
 }
 
-/// `C = alpha·A·B + beta·C` with matrixmultiply (`g.packed` is not read), split across `par`.
+/// The multiple of which every block of rows or columns that [`gemm_portable`] hands to
+/// matrixmultiply starts: its kernels' tiles (8×8 for AVX and NEON, 8×4 for the portable
+/// fallback, 16×16 with AVX-512) all divide it. A tile cut by the end of a block runs
+/// matrixmultiply's masked kernel, which computes `alpha·AB` into a buffer and then adds
+/// `beta·C` (two roundings) where the whole tile's kernel fuses them; so a tile must be cut
+/// at the same place whatever the split, or the bits would depend on the thread count
+/// wherever `alpha ≠ 1` or `beta ∉ {0, 1}`.
+const PORTABLE_TILE: usize = 16;
+
+/// `C = alpha·A·B + beta·C` with matrixmultiply (`g.packed` is not read), split across `par`
+/// at multiples of [`PORTABLE_TILE`] (the same bits for any thread count).
 pub(crate) fn gemm_portable(par: &Par<'_>, g: Gemm<'_>, c: MatMut<'_, f32>) {
     g.check(&c);
     let Gemm { alpha, a, b, beta, .. } = g;
     let (m, k, n) = (a.rows, a.cols, b.cols);
     let (c_rs, c_cs) = (c.rs, c.cs);
     let c_ptr = Out { ptr: c.data.as_mut_ptr(), rs: c_rs };
-    let (parts, how) = split(par, m, n, k, 6);
+    let (parts, how) = split(par, m, n, k, PORTABLE_TILE);
     par.run(parts, &|i| {
         let (a_blk, b_blk, c_off) = match how {
             Split::Rows(blk) => {
@@ -372,7 +382,8 @@ mod tests {
         }
     }
 
-    /// `got` within `naive`'s bound of its f64 product of the bf16-rounded operands.
+    /// `got` within `naive`'s bound of its f64 product (of the bf16-rounded operands, for the
+    /// bf16 products).
     fn assert_within(got: &[f32], (want, bound): (Vec<f64>, Vec<f64>), ctx: &str) {
         for (i, ((&got, &w), &tol)) in got.iter().zip(&want).zip(&bound).enumerate() {
             assert!((got as f64 - w).abs() <= tol, "{ctx}: C[{i}] = {got}, f64 of the bf16 operands gives {w}, bound {tol:.2e}");
@@ -443,8 +454,8 @@ mod tests {
                     c
                 });
                 let ctx = format!("{} m={m} k={k} n={n} transposed={transposed}", K::ISA);
+                assert_same_bits(&outs, &ctx);
                 if dot {
-                    assert_same_bits(&outs, &ctx);
                     let a_bf: Vec<f32> = a_data.iter().map(|&v| bf(v)).collect();
                     let b_bf: Vec<f32> = b_data.iter().map(|&v| bf(v)).collect();
                     let a_r = if transposed { Mat::new(&a_bf, k, m).t() } else { Mat::new(&a_bf, m, k) };
@@ -492,22 +503,24 @@ mod tests {
     fn portable_gemm_is_thread_count_invariant() {
         let mut rng = SplitMix64::new(8);
         // Under Miri, smaller products (still split: PARALLEL_MIN_MACS is lower there).
-        let shapes: &[(usize, usize, usize)] = if cfg!(miri) { &[(2, 20, 40), (100, 4, 20)] } else { &[(2, 300, 1030), (150, 64, 70)] };
+        // 97 rows: split by rows on 2 threads, by columns on 3, with the cut tiles of
+        // matrixmultiply's masked kernel (alpha ≠ 1 and beta ∉ {0, 1} round differently there).
+        let shapes: &[(usize, usize, usize)] =
+            if cfg!(miri) { &[(2, 20, 40), (100, 4, 20)] } else { &[(2, 300, 1030), (150, 64, 70), (97, 513, 1100)] };
         for &(m, k, n) in shapes {
-            let a_data = rand_vec(&mut rng, m * k);
-            let b_data = rand_vec(&mut rng, k * n);
-            let (a, b) = (Mat::new(&a_data, m, k), Mat::new(&b_data, k, n));
-            let (want, bound) = naive(1.0, &a, &b, 0.0, &[]);
-            let outs = each_par(|par| {
-                let mut c = vec![0.0; m * n];
-                gemm_portable(par, Gemm::new(1.0, a, b, 0.0), MatMut::new(&mut c, m, n));
-                c
-            });
-            for ((&got, &w), &tol) in outs[0].iter().zip(&want).zip(&bound) {
-                assert!((got as f64 - w).abs() <= tol, "C = {got}, f64 gives {w}, bound {tol:.2e}");
-            }
-            for o in &outs[1..] {
-                assert!(o.iter().zip(&outs[0]).all(|(x, y)| x.to_bits() == y.to_bits()));
+            for (alpha, beta) in [(1.0f32, 0.0f32), (0.7, -0.3)] {
+                let a_data = rand_vec(&mut rng, m * k);
+                let b_data = rand_vec(&mut rng, k * n);
+                let c0 = rand_vec(&mut rng, m * n);
+                let (a, b) = (Mat::new(&a_data, m, k), Mat::new(&b_data, k, n));
+                let outs = each_par(|par| {
+                    let mut c = c0.clone();
+                    gemm_portable(par, Gemm::new(alpha, a, b, beta), MatMut::new(&mut c, m, n));
+                    c
+                });
+                let ctx = format!("m={m} k={k} n={n} alpha={alpha} beta={beta}");
+                assert_within(&outs[0], naive(alpha, &a, &b, beta, &c0), &ctx);
+                assert_same_bits(&outs, &ctx);
             }
         }
     }
