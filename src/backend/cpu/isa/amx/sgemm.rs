@@ -27,6 +27,8 @@ use core::arch::x86_64::*;
 const MR: usize = 32;
 /// Pairs of `k` per tile register (64 bytes of bf16 pairs).
 const PAIRS: usize = 16;
+/// How many chunks ahead the `B` tiles are prefetched.
+const PREFETCH_CHUNKS: usize = 4;
 
 /// `LDTILECFG`'s 64-byte operand: palette 1, tiles 0–7 of 16 rows × 64 bytes.
 #[repr(C, align(64))]
@@ -91,6 +93,15 @@ unsafe fn tile_dot_amx<const RT: usize, const NP: usize>(kcp: usize, a: *const u
         let full = kcp / PAIRS;
         for ch in 0..full {
             let (ao, bo) = (ch * PAIRS, ch * PAIRS * 2 * NR);
+            if ch + PREFETCH_CHUNKS < full {
+                let ahead = bo + PREFETCH_CHUNKS * PAIRS * 2 * NR;
+                for l in 0..PAIRS * 2 * NR * 2 / 64 {
+                    _mm_prefetch::<_MM_HINT_T0>(b0.add(ahead + l * 32).cast());
+                    if NP == 2 {
+                        _mm_prefetch::<_MM_HINT_T0>(b1.add(ahead + l * 32).cast());
+                    }
+                }
+            }
             chunk::<RT, NP>(a.add(ao), a.add(PAIRS * kcp + ao), astride, b0.add(bo), b1.add(bo));
         }
         let tail = kcp % PAIRS;
