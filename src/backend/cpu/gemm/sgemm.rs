@@ -103,6 +103,8 @@ pub(crate) struct Panels16 {
     pub ptr: *const u16,
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub stride: usize,
+    /// Read by the tiles that load 16-bit panels themselves (x86-64's).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub format: Half,
 }
 
@@ -201,39 +203,15 @@ pub(crate) trait BlockTile {
     /// `C[rows, cols] ⊕= alpha·Σ_kp a_kp·b_kp` as `up` says, with `VDPBF16PS`: `a` a packed
     /// micro-panel of [`Self::ROWS`] rows of bf16 pairs (`a[i·kcp + kp]`, see `pack_a_pairs`),
     /// `b` up to [`Self::PANELS`] panels in pairs of rows (`kcp·32` values each, `b.stride`
-    /// apart). Only called where [`Self::dot_bf16`]; the default sums the same products in f32
-    /// in the same order (for a portable tile; no ISA uses it).
+    /// apart). Only called where [`Self::dot_bf16`], which only a tile overriding this method
+    /// may report.
     ///
     /// # Safety
     /// As [`Self::tile_panels`], with `a` holding `kcp·ROWS` words and the panels holding the
     /// valid columns.
     unsafe fn tile_dot(kcp: usize, a: *const u32, b: Panels16, c: CTile, up: Update) {
-        let w = |bits: u32| f32::from_bits(bits << 16);
-        for i in 0..c.rows {
-            for j in 0..c.cols {
-                let (p, jj) = (j / NR, j % NR);
-                let mut acc = 0.0f32;
-                for kp in 0..kcp {
-                    // SAFETY: within the ranges of this method's contract.
-                    let (av, b0, b1) = unsafe {
-                        let bp = b.ptr.add(p * b.stride + kp * 2 * NR + 2 * jj);
-                        (*a.add(i * kcp + kp), *bp as u32, *bp.add(1) as u32)
-                    };
-                    acc += w(av & 0xffff) * w(b0);
-                    acc += w(av >> 16) * w(b1);
-                }
-                // SAFETY: (i, j) inside the tile.
-                unsafe {
-                    let e = c.ptr.add(i * c.rs + j);
-                    let v = up.alpha * acc;
-                    *e = match up.beta {
-                        None => *e + v,
-                        Some(0.0) => v,
-                        Some(beta) => beta * *e + v,
-                    };
-                }
-            }
-        }
+        let _ = (kcp, a, b, c, up);
+        unreachable!("tile_dot is only called where dot_bf16(), and every such tile overrides it")
     }
 
     /// Whether [`Self::tile_panels16`] reads 16-bit panels itself (widening them as it loads
@@ -241,22 +219,14 @@ pub(crate) trait BlockTile {
     /// calls [`Self::tile_panels`].
     const LOADS_16: bool = false;
 
-    /// [`Self::tile_panels`] on 16-bit panels: the bits it gives on the widened panels. The
-    /// default widens them into a buffer of its own (the driver does not call it unless
-    /// [`Self::LOADS_16`]).
+    /// [`Self::tile_panels`] on 16-bit panels: the bits it gives on the widened panels. Only
+    /// called where [`Self::LOADS_16`], which only a tile overriding this method may set.
     ///
     /// # Safety
     /// As [`Self::tile_panels`], with `b`'s panels holding `kc·16` values each.
     unsafe fn tile_panels16(kc: usize, a: ATile, b: Panels16, c: CTile, up: Update) {
-        let np = c.cols.div_ceil(NR).min(Self::PANELS);
-        let mut wide = vec![0.0; np * kc * NR];
-        for (p, out) in wide.chunks_exact_mut(kc * NR).enumerate() {
-            // SAFETY: panel p < ceil(cols/16) holds kc·16 values (this method's contract).
-            let bits = unsafe { std::slice::from_raw_parts(b.ptr.add(p * b.stride), kc * NR) };
-            b.format.widen_slice(bits, out);
-        }
-        // SAFETY: the widened panels have the layout `tile_panels` reads, `kc·16` apart.
-        unsafe { Self::tile_panels(kc, a, Panels { ptr: wide.as_ptr(), stride: kc * NR }, c, up) }
+        let _ = (kc, a, b, c, up);
+        unreachable!("tile_panels16 is only called where LOADS_16, and every such tile overrides it")
     }
 }
 
@@ -284,33 +254,13 @@ pub(crate) trait SkinnyTile {
 
     /// [`Self::skinny`] with `VDPBF16PS`: `R` rows of bf16 pairs (`a[r·kp + q]`) against `NP`
     /// panels in pairs of rows (`kp·32` values each, `kp·32` apart), `c = alpha·acc + beta·c`.
-    /// Only called where [`Self::dot_bf16`]; the default sums the products in f32 in order.
+    /// Only called where [`Self::dot_bf16`], which only a tile overriding this method may report.
     ///
     /// # Safety
     /// As [`Self::skinny`], with `a` holding `R·kp` words.
-    unsafe fn skinny_dot<const R: usize, const NP: usize>(a: *const u32, kp: usize, b: *const u16, c: CTile, (alpha, beta): (f32, f32)) {
-        let w = |bits: u32| f32::from_bits(bits << 16);
-        for r in 0..R {
-            for j in 0..c.cols {
-                let (p, jj) = (j / NR, j % NR);
-                let mut acc = 0.0f32;
-                for q in 0..kp {
-                    // SAFETY: within the ranges of this method's contract.
-                    let (av, b0, b1) = unsafe {
-                        let bp = b.add(p * kp * 2 * NR + q * 2 * NR + 2 * jj);
-                        (*a.add(r * kp + q), *bp as u32, *bp.add(1) as u32)
-                    };
-                    acc += w(av & 0xffff) * w(b0);
-                    acc += w(av >> 16) * w(b1);
-                }
-                // SAFETY: (r, j) inside the tile.
-                unsafe {
-                    let e = c.ptr.add(r * c.rs + j);
-                    let v = alpha * acc;
-                    *e = if beta == 0.0 { v } else { beta * *e + v };
-                }
-            }
-        }
+    unsafe fn skinny_dot<const R: usize, const NP: usize>(a: *const u32, kp: usize, b: *const u16, c: CTile, ab: (f32, f32)) {
+        let _ = (a, kp, b, c, ab);
+        unreachable!("skinny_dot is only called where dot_bf16(), and every such tile overrides it")
     }
 
     /// Whether [`Self::skinny16`] reads 16-bit panels itself (widening them as it loads them);
@@ -320,18 +270,13 @@ pub(crate) trait SkinnyTile {
 
     /// [`Self::skinny`] with `B`'s panels in 16 bits of `format` (`b` holds `NP` panels of
     /// `k·16` values at stride `k·16`): the bits [`Self::skinny`] gives on the widened panels.
-    /// The default widens them into a buffer of its own (the driver does not call it unless
-    /// [`Self::LOADS_16`]).
+    /// Only called where [`Self::LOADS_16`], which only a tile overriding this method may set.
     ///
     /// # Safety
     /// As [`Self::skinny`].
     unsafe fn skinny16<const R: usize, const NP: usize>(a: ATile, k: usize, b: *const u16, format: Half, c: CTile, ab: (f32, f32)) {
-        // SAFETY: `b` holds NP panels of k·16 values (this method's contract).
-        let bits = unsafe { std::slice::from_raw_parts(b, NP * k * NR) };
-        let mut wide = vec![0.0; bits.len()];
-        format.widen_slice(bits, &mut wide);
-        // SAFETY: the widened panels have the layout `skinny` reads.
-        unsafe { Self::skinny::<R, NP>(a, k, wide.as_ptr(), c, ab) }
+        let _ = (a, k, b, format, c, ab);
+        unreachable!("skinny16 is only called where LOADS_16, and every such tile overrides it")
     }
 }
 
