@@ -352,29 +352,19 @@ mod tests {
                     let a = if a_t { Mat::new(&a_data, k, m).t() } else { Mat::new(&a_data, m, k) };
                     let b = if b_t { Mat::new(&b_data, n, k).t() } else { Mat::new(&b_data, k, n) };
                     let pw = packed.then(|| PackedWeight::pack(b));
-                    let (want, bound) = naive(alpha, &a, &b, beta, &c0);
                     let outs = each_par(|par| {
                         let mut c = c0.clone();
                         isa.weight_gemm(par, Gemm { packed: pw.as_ref(), ..Gemm::new(alpha, a, b, beta) }, MatMut::new(&mut c, m, n));
                         c
                     });
                     let ctx = format!("m={m} k={k} n={n} alpha={alpha} beta={beta} a_t={a_t} b_t={b_t} packed={packed}");
-                    for (i, ((&got, &w), &tol)) in outs[0].iter().zip(&want).zip(&bound).enumerate() {
-                        assert!((got as f64 - w).abs() <= tol, "{ctx}: C[{i}] = {got}, f64 gives {w}, bound {tol:.2e}");
-                    }
-                    for o in &outs[1..] {
-                        assert!(o.iter().zip(&outs[0]).all(|(x, y)| x.to_bits() == y.to_bits()), "{ctx}: threads changed bits");
-                    }
+                    assert_within(&outs[0], naive(alpha, &a, &b, beta, &c0), &ctx);
+                    assert_same_bits(&outs, &ctx);
                 }
             }
         }
     }
 
-    /// bf16 weights packed in pairs of rows: on an ISA with `VDPBF16PS` tiles, the product of
-    /// `A` rounded to bf16 and the weights, within the f32 rounding bound of the exact product
-    /// of those bf16 values (every product of two bf16 values is exact in f32); on every ISA
-    /// bit-identical serial and on teams of 2 and 3; and on an ISA without the tiles (the
-    /// panels widened) the f32 product of `A` and the widened weights, bit for bit.
     /// Every output of `outs` (one per thread count) has the bits of the first.
     fn assert_same_bits(outs: &[Vec<f32>], ctx: &str) {
         for o in &outs[1..] {
@@ -386,10 +376,15 @@ mod tests {
     /// bf16 products).
     fn assert_within(got: &[f32], (want, bound): (Vec<f64>, Vec<f64>), ctx: &str) {
         for (i, ((&got, &w), &tol)) in got.iter().zip(&want).zip(&bound).enumerate() {
-            assert!((got as f64 - w).abs() <= tol, "{ctx}: C[{i}] = {got}, f64 of the bf16 operands gives {w}, bound {tol:.2e}");
+            assert!((got as f64 - w).abs() <= tol, "{ctx}: C[{i}] = {got}, f64 gives {w}, bound {tol:.2e}");
         }
     }
 
+    /// bf16 weights packed in pairs of rows: on an ISA with `VDPBF16PS` tiles, the product of
+    /// `A` rounded to bf16 and the weights, within the f32 rounding bound of the exact product
+    /// of those bf16 values (every product of two bf16 values is exact in f32); on every ISA
+    /// bit-identical serial and on teams of 2 and 3; and on an ISA without the tiles (the
+    /// panels widened) the f32 product of `A` and the widened weights, bit for bit.
     fn check_pairs<K: Kernels>(isa: K) {
         let mut rng = SplitMix64::new(11);
         let bf = |v: f32| half::bf16::from_f32(v).to_f32();
