@@ -266,11 +266,11 @@ fn ln_config() -> impl Strategy<Value = RnnConfig> {
         })
 }
 
-/// The errors of `got` (an f32 run of `p`) against the f64 reference's `want`, each with its
-/// tolerance: the CPU's (`tests/cpu.rs`'s, forward 1e-5, gradients 1e-4), or
-/// [`F32_SPREAD`] times the size of the reference's own error computing in f32
-/// (`Problem::f32_error`: over the problem and `testkit::PERTURBED` copies of it moved by one unit in
-/// the last place), where that is larger.
+/// The errors of `got` (an f32 run of a problem) against the f64 reference's `want`, each with
+/// its tolerance: the CPU's (`tests/cpu.rs`'s, forward 1e-5, gradients 1e-4), or
+/// [`F32_SPREAD`] times `e32`, the size of the reference's own error computing in f32
+/// (`Problem::f32_error`: over the problem and `testkit::PERTURBED` copies of it moved by one
+/// unit in the last place), where that is larger.
 ///
 /// Layer norm amplifies f32 rounding (`Problem::f32_error` says how), and the gains' gradients
 /// sum `T·B` such products: the reference in f32 then misses the fixed tolerances by itself
@@ -279,8 +279,8 @@ fn ln_config() -> impl Strategy<Value = RnnConfig> {
 /// other orders. Problems whose rows amplify the rounding more than
 /// `testkit::conditioning::LN_AMPLIFICATION_LIMIT` are not compared at all (the property test
 /// draws them again): there the CPU's error was found 50 to 60 times the reference's own.
-fn errors_against(p: &F32Problem, got: &[Vec<f32>], want: &[Vec<f64>]) -> Vec<(&'static str, f64, f64)> {
-    errors(got, want).into_iter().zip(p.f32_error()).map(|((name, err, tol), e32)| (name, err, tol.max(F32_SPREAD * e32))).collect()
+fn errors_against(e32: &[f64], got: &[Vec<f32>], want: &[Vec<f64>]) -> Vec<(&'static str, f64, f64)> {
+    errors(got, want).into_iter().zip(e32).map(|((name, err, tol), &e32)| (name, err, tol.max(F32_SPREAD * e32))).collect()
 }
 
 /// An f32 problem with random layer-norm parameters.
@@ -303,9 +303,10 @@ proptest! {
         // parity to check (testkit::conditioning).
         prop_assume!(p.conditioning().is_good_for_f32());
         let want = p.run_reference();
+        let e32 = p.f32_error();
         for isa in Isa::available() {
             let got = p.run(Cpu::with_isa(isa, 2).unwrap());
-            for (name, err, tol) in errors_against(&p, &got, &want) {
+            for (name, err, tol) in errors_against(&e32, &got, &want) {
                 prop_assert!(err <= tol, "{isa}: {name} error {err:.3e} > {tol:e}: {} {}", describe(&cfg, &shape), options(&cfg));
             }
             let inferred = p.run_inference(Cpu::with_isa(isa, 2).unwrap());
@@ -338,13 +339,14 @@ fn layer_norm_is_bit_identical_for_any_thread_count() {
         let shape = SeqShape::with_lengths(steps, (0..batch).map(|b| 1 + (b * 5) % steps).collect()).unwrap();
         let p = f32_problem(cfg, &shape, 77, 3.0);
         let want = p.run_reference();
+        let e32 = p.f32_error();
         for isa in Isa::available() {
             let one = p.run(Cpu::with_isa(isa, 1).unwrap());
             for threads in [2, 3] {
                 let many = p.run(Cpu::with_isa(isa, threads).unwrap());
                 assert!(one == many, "{isa}, {threads} threads differ from 1 thread: {} {}", describe(cfg, &shape), options(cfg));
             }
-            for (name, err, tol) in errors_against(&p, &one, &want) {
+            for (name, err, tol) in errors_against(&e32, &one, &want) {
                 assert!(err <= tol, "{isa}: {name} error {err:.3e}: {} {}", describe(cfg, &shape), options(cfg));
             }
         }

@@ -483,10 +483,10 @@ impl Problem<f32> {
     /// the problem and copies of it moved by one unit in the last place) where that is larger,
     /// as tests/layer_norm.rs holds the CPU: a layer norm amplifies f32 rounding, so the
     /// specification's own arithmetic in f32 can miss the fixed tolerances. The last two cases
-    /// saved in proptest-regressions are LSTMs with projection size 1, whose recurrent products are
-    /// rank-1 rows: their normalisation divides out the one state's magnitude while that
-    /// state's rounding scales with the terms of its sum, which `Conditioning::ln_amplification`
-    /// does not see. On the second (I = 7, H = 8, clip 0.5, coupled input-forget, lengths
+    /// saved in proptest-regressions are LSTMs with projection size 1, whose recurrent products
+    /// are rank-1 rows: their normalisation divides out the one state's magnitude while that
+    /// state's rounding scales with the terms of its sum, which
+    /// `Conditioning::ln_amplification` does not see. On the second (I = 7, H = 8, clip 0.5, coupled input-forget, lengths
     /// 5, 1, 1), the gradients' errors are 4.8e-5 for the f32 reference, 2.0e-5 for the CPU
     /// backend and 1.7e-4 for the emulated driver: one f32 run's error is one draw, hence the
     /// perturbed copies.
