@@ -4,10 +4,11 @@
     lstm = rkt.LSTM(512, 512, num_layers=2, batch_first=True)   # instead of torch.nn.LSTM(...)
 
 The modules take torch.nn's constructor arguments (plus the keyword-only ``backend`` and
-``threads``), have torch.nn's parameter names and shapes (``load_state_dict`` works both ways),
-initialise like torch.nn (the same weights for the same ``torch.manual_seed``), accept padded
-tensors (time-major or ``batch_first``), unbatched 2-D input and ``PackedSequence``, and return
-what torch.nn returns: ``(output, (h_n, c_n))`` for LSTM, ``(output, h_n)`` for GRU and RNN.
+``threads``, and the library's cell options below), have torch.nn's parameter names and shapes
+(``load_state_dict`` works both ways), initialise like torch.nn (the same weights for the same
+``torch.manual_seed``), accept padded tensors (time-major or ``batch_first``), unbatched 2-D
+input and ``PackedSequence``, and return what torch.nn returns: ``(output, (h_n, c_n))`` for
+LSTM, ``(output, h_n)`` for GRU and RNN.
 Under autograd the forward fills a reserve and ``loss.backward()`` runs the library's fused
 backpropagation through time; any torch optimiser then updates the parameters. CPU tensors of
 float32 (backend ``"cpu"``, the SIMD kernels, or ``"reference"``) or float64 (``"reference"``).
@@ -36,11 +37,45 @@ module's pool of free ones; the reserve goes back to the pool when autograd free
 saved tensors: after ``backward()``, or with ``retain_graph=True`` once the graph itself is
 freed, so a retained graph can run its backward again.
 
-Dropout between layers (training mode, ``num_layers > 1``) draws the library's masks from a seed
-taken from torch's default generator (``torch.randint``): ``torch.manual_seed`` makes a run
-reproducible, but the masks are not torch.nn's (the same seed drops other units). Without
-autograd, training mode applies dropout too (as torch.nn does); a training forward in eval mode
-runs a second native model without dropout, made at its first use.
+The library's cell options, keyword-only, with ``rnn_kernels.Config``'s names and defaults
+(each module takes those of its cell; the library's checks raise ``ValueError`` naming the
+argument):
+
+- ``direction=None``: ``"forward"``, ``"bidirectional"`` or ``"reverse"`` (one direction run from
+  the last step back: ``h_n`` has ``num_layers`` entries, the tensors unsuffixed).
+  ``bidirectional=True`` is ``direction="bidirectional"``; given both, they must agree.
+- ``merge="concat"``: ``"sum"`` adds a bidirectional layer's two outputs (``output`` has ``H``,
+  or ``proj_size``, features instead of twice as many; the next layer's input is as wide).
+- ``gate_clip=None``: every gate pre-activation clipped to ``[-gate_clip, gate_clip]`` (ONNX).
+- LSTM: ``peephole=False`` (parameters ``weight_peephole_l{k}[_reverse]`` ``[3, H]``, rows i, f,
+  o), ``input_forget=False`` (``f = 1 - i``), ``zoneout_cell=0.0``.
+- GRU: ``linear_before_reset=True`` (``False``: the reset gate before the recurrent matmul, Cho
+  et al. 2014).
+- LSTM, GRU: ``layer_norm=False`` (Haste's layer-normalised cells: gains ``weight_ln_ih_l{k}``,
+  ``weight_ln_hh_l{k}`` ``[G*H]`` and, LSTM, ``weight_ln_c_l{k}``, ``bias_ln_c_l{k}`` ``[H]``).
+- Regularisers, probabilities in ``[0, 1)``: ``zoneout=0.0`` (of ``h``; and LSTM's
+  ``zoneout_cell``, of ``c``), ``recurrent_dropout=0.0`` (variational, of the state entering
+  the recurrent product), ``input_dropout=0.0`` (variational, of every layer's input).
+
+Their parameters are module parameters like the others (in the library's flat layout and
+``state_dict()``); ``reset_parameters`` initialises the peepholes like the weights and, as the
+library's ``Params::init_uniform``, Haste and ``torch.nn.LayerNorm`` do, the layer-norm gains to
+1 and ``bias_ln_c`` to 0 without drawing from the generator (the other tensors get the same
+values with and without ``layer_norm``).
+
+Regularisers. Dropout between layers (``num_layers > 1``), zoneout, recurrent and input dropout
+apply in training mode: the library draws their masks from one seed taken from torch's default
+generator (``torch.randint``) at each call, so ``torch.manual_seed`` makes a run reproducible,
+but the masks are not torch.nn's (the same seed drops other units). Without autograd, training
+mode applies them too (as torch.nn does). Eval mode applies none of the masks: it is the
+library's inference, which ignores dropout and computes zoneout's expectation
+``z*prev + (1-z)*new`` at every step. Under autograd in eval mode a module runs a second native
+model, made at its first use, without the regularisers (its training forward is then the
+inference forward, to the bit), except with zoneout: the library's training forward always draws
+zoneout's masks and its backward has no expectation, so an eval-mode forward with ``zoneout`` or
+``zoneout_cell`` is the inference (the expectation, the same bits as under ``torch.no_grad()``)
+and a backward through it raises ``RuntimeError`` (train in training mode, evaluate under
+``torch.no_grad()``).
 
 Threads: ``threads=None`` follows ``torch.get_num_threads()`` at every call (so
 ``torch.set_num_threads`` applies); the results are the same bits for any thread count.
@@ -65,6 +100,22 @@ __all__ = ["RNNBase", "LSTM", "GRU", "RNN"]
 
 _LIB_MODES = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}
 _BACKENDS = ("cpu", "reference")
+# The library's cell options (rnn_kernels.Config's keyword-only arguments) and their defaults.
+_OPTIONS = {
+    "direction": None,
+    "merge": "concat",
+    "peephole": False,
+    "gate_clip": None,
+    "input_forget": False,
+    "linear_before_reset": True,
+    "layer_norm": False,
+    "zoneout": 0.0,
+    "zoneout_cell": 0.0,
+    "recurrent_dropout": 0.0,
+    "input_dropout": 0.0,
+}
+# The options that draw masks in a training forward (with dropout between layers).
+_REGULARISERS = ("zoneout", "zoneout_cell", "recurrent_dropout", "input_dropout")
 # Free reserves a module keeps for reuse (more are dropped when their graphs are freed).
 _POOL_MAX = 4
 
@@ -178,6 +229,25 @@ class _RnnFunction(torch.autograd.Function):
         return (None, dx, dh0, dc0, *grads)
 
 
+class _InferenceFunction(torch.autograd.Function):
+    """An eval-mode forward with zoneout under autograd: the library's inference (zoneout's
+    expectation), which has no backward in the library; a backward through it raises."""
+
+    @staticmethod
+    def forward(ctx, run, x, h0, c0, *params):
+        y, hn, cn = run.model.forward(_np(x), run.lengths, _np_opt(h0), _np_opt(c0), threads=run.threads)
+        out = (torch.from_numpy(y), torch.from_numpy(hn))
+        return out + (torch.from_numpy(cn),) if run.lstm else out
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            "rnn_kernels.torch: backward through an eval-mode forward of a module with zoneout: eval mode computes zoneout's "
+            "expectation, which the library has as inference only (its training forward draws zoneout's masks); call .train() "
+            "before a forward to differentiate, or run eval-mode forwards under torch.no_grad()"
+        )
+
+
 def _lease_on_saved_tensor(output):
     """Moves the lease of the autograd node behind `output` onto its saved tensor."""
     node = output.grad_fn
@@ -192,9 +262,13 @@ def _lease_on_saved_tensor(output):
 
 
 class RNNBase(nn.Module):
-    """The module behind LSTM, GRU and RNN (torch.nn.RNNBase's arguments and attributes)."""
+    """The module behind LSTM, GRU and RNN (torch.nn.RNNBase's arguments and attributes), with
+    the library's cell options as keyword-only arguments and attributes: ``direction``,
+    ``merge``, ``peephole``, ``gate_clip``, ``input_forget``, ``linear_before_reset``,
+    ``layer_norm``, ``zoneout``, ``zoneout_cell``, ``recurrent_dropout``, ``input_dropout``
+    (``rnn_kernels.Config``'s; the library refuses those the cell does not take)."""
 
-    __constants__ = ["mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional", "proj_size"]
+    __constants__ = ["mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional", "proj_size", *_OPTIONS]
 
     def __init__(
         self,
@@ -212,6 +286,17 @@ class RNNBase(nn.Module):
         *,
         backend=None,
         threads=None,
+        direction=None,
+        merge="concat",
+        peephole=False,
+        gate_clip=None,
+        input_forget=False,
+        linear_before_reset=True,
+        layer_norm=False,
+        zoneout=0.0,
+        zoneout_cell=0.0,
+        recurrent_dropout=0.0,
+        input_dropout=0.0,
     ):
         super().__init__()
         if mode not in _LIB_MODES:
@@ -247,6 +332,19 @@ class RNNBase(nn.Module):
             raise ValueError(f"backend must be None, 'cpu' or 'reference', got {backend!r}")
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise ValueError(f"threads must be None or a positive int, got {threads!r}")
+        # The options' types, with the argument in the message (the library checks the values).
+        for name, value in (("peephole", peephole), ("input_forget", input_forget), ("linear_before_reset", linear_before_reset), ("layer_norm", layer_norm)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+        for name, value in (("zoneout", zoneout), ("zoneout_cell", zoneout_cell), ("recurrent_dropout", recurrent_dropout), ("input_dropout", input_dropout)):
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise TypeError(f"{name} should be a number in [0, 1), got: {type(value).__name__}")
+        if gate_clip is not None and (not isinstance(gate_clip, numbers.Real) or isinstance(gate_clip, bool)):
+            raise TypeError(f"gate_clip should be None or a positive number, got: {type(gate_clip).__name__}")
+        if direction is not None and not isinstance(direction, str):
+            raise TypeError(f"direction should be None or a str, got: {type(direction).__name__}")
+        if not isinstance(merge, str):
+            raise TypeError(f"merge should be a str, got: {type(merge).__name__}")
         probe = torch.empty(0, device=device, dtype=dtype)  # torch's defaults for None
         if probe.device.type != "cpu":
             raise ValueError(f"device must be the CPU (rnn_kernels.torch computes on the CPU only), got {probe.device}")
@@ -255,6 +353,19 @@ class RNNBase(nn.Module):
         if backend == "cpu" and probe.dtype != torch.float32:
             raise TypeError(f"dtype must be torch.float32 for backend 'cpu' (float64 runs on backend 'reference'), got {probe.dtype}")
 
+        options = dict(
+            direction=direction,
+            merge=merge,
+            peephole=peephole,
+            gate_clip=gate_clip,
+            input_forget=input_forget,
+            linear_before_reset=linear_before_reset,
+            layer_norm=layer_norm,
+            zoneout=zoneout,
+            zoneout_cell=zoneout_cell,
+            recurrent_dropout=recurrent_dropout,
+            input_dropout=input_dropout,
+        )
         self.mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -262,35 +373,24 @@ class RNNBase(nn.Module):
         self.bias = bias
         self.batch_first = batch_first
         self.dropout = float(dropout)
-        self.bidirectional = bidirectional
         self.proj_size = proj_size
         self.backend = backend
         self.threads = threads
 
-        self._config = Config(
-            _LIB_MODES[mode],
-            input_size,
-            hidden_size,
-            num_layers=num_layers,
-            bias=bias,
-            batch_first=batch_first,
-            bidirectional=bidirectional,
-            proj_size=proj_size,
-            dropout=self.dropout,
-        )
-        # Without dropout, for a training forward in eval mode (the configuration's draws masks).
-        self._config_no_dropout = None
-        if self.dropout > 0 and num_layers > 1:
-            self._config_no_dropout = Config(
-                _LIB_MODES[mode],
-                input_size,
-                hidden_size,
-                num_layers=num_layers,
-                bias=bias,
-                batch_first=batch_first,
-                bidirectional=bidirectional,
-                proj_size=proj_size,
-            )
+        # The library checks the options (ValueError or TypeError naming the argument).
+        # bidirectional=False leaves the direction to `direction`; True must agree with it.
+        self._config = self._make_config(bidirectional or None, self.dropout, options)
+        config = self._config
+        self.bidirectional = config.bidirectional
+        for name in _OPTIONS:  # the configuration's values (direction, merge: its spelling)
+            setattr(self, name, getattr(config, name))
+        # Whether a training forward draws masks.
+        self._masked = (self.dropout > 0 and num_layers > 1) or any(getattr(config, name) > 0 for name in _REGULARISERS)
+        # Without the regularisers, for a training forward in eval mode (the configuration's draws
+        # masks): its training forward is the inference forward.
+        self._config_no_masks = None
+        if self._masked:
+            self._config_no_masks = self._make_config(config.bidirectional or None, 0.0, dict(options, **{name: 0.0 for name in _REGULARISERS}))
         # (name, shape, offset, numel) in the flat layout, which is torch's state_dict() order.
         self._specs = [(name, tuple(shape), int(offset), math.prod(shape)) for name, shape, offset in self._config.param_specs()]
         self._flat_weights_names = [s[0] for s in self._specs]
@@ -302,9 +402,23 @@ class RNNBase(nn.Module):
         self._init_native_state()
         self.reset_parameters()
 
+    def _make_config(self, bidirectional, dropout, options):
+        return Config(
+            _LIB_MODES[self.mode],
+            self.input_size,
+            self.hidden_size,
+            num_layers=self.num_layers,
+            bias=self.bias,
+            batch_first=self.batch_first,
+            bidirectional=bidirectional,
+            proj_size=self.proj_size,
+            dropout=dropout,
+            **options,
+        )
+
     def _init_native_state(self):
         # The native models, made at their first call: [model, dtype, the version counters at
-        # its last repack], of the configuration and (dropout > 0) of the one without dropout.
+        # its last repack], of the configuration and (with regularisers) of the one without them.
         self._models = [None, None]
         self._pool = []  # free reserves
         self._refreshes = 0  # repacks of the weights (Model.update_params) after the first
@@ -313,11 +427,20 @@ class RNNBase(nn.Module):
     # torch.nn.RNNBase's API -----------------------------------------------------------------
 
     def reset_parameters(self):
-        """torch.nn's initialisation: every parameter uniform in ±1/sqrt(hidden_size), drawn from
-        torch's default generator in torch.nn's order (the same weights for the same seed)."""
+        """torch.nn's initialisation: every weight and bias (the peepholes too) uniform in
+        ±1/sqrt(hidden_size), drawn from torch's default generator in torch.nn's order (the same
+        weights for the same seed). The layer-norm tensors are set as the library's
+        ``Params::init_uniform``, Haste and ``torch.nn.LayerNorm`` set them, without drawing: the
+        gains ``weight_ln_*`` to 1, ``bias_ln_c_*`` to 0 (so the other tensors are the same with
+        and without ``layer_norm``)."""
         stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
+        for name, weight in self.named_parameters():
+            if name.startswith("weight_ln_"):
+                nn.init.ones_(weight)
+            elif name.startswith("bias_ln_"):
+                nn.init.zeros_(weight)
+            else:
+                nn.init.uniform_(weight, -stdv, stdv)
 
     def flatten_parameters(self, force=False):
         """Makes every parameter a view of the flat weight tensor again (copying in any that was
@@ -335,7 +458,7 @@ class RNNBase(nn.Module):
 
     @property
     def all_weights(self):
-        per = len(self._specs) // (self.num_layers * (2 if self.bidirectional else 1))
+        per = len(self._specs) // (self.num_layers * self._config.num_directions)
         ws = self._flat_weights
         return [ws[i : i + per] for i in range(0, len(ws), per)]
 
@@ -353,6 +476,18 @@ class RNNBase(nn.Module):
             s += ", dropout={dropout}"
         if self.bidirectional is not False:
             s += ", bidirectional={bidirectional}"
+        if self.direction == "reverse":
+            s += ", direction={direction!r}"
+        if self.merge != "concat":
+            s += ", merge={merge!r}"
+        for name in ("peephole", "input_forget", "layer_norm"):
+            if self.__dict__[name]:
+                s += f", {name}=True"
+        if not self.linear_before_reset:
+            s += ", linear_before_reset=False"
+        for name in ("gate_clip", "zoneout", "zoneout_cell", "recurrent_dropout", "input_dropout"):
+            if self.__dict__[name]:
+                s += f", {name}={{{name}}}"
         if self.backend is not None:
             s += ", backend={backend!r}"
         if self.threads is not None:
@@ -369,6 +504,12 @@ class RNNBase(nn.Module):
         return state
 
     def __setstate__(self, state):
+        if "_config_no_masks" not in state:  # pickled before the cell options
+            state = dict(state)
+            state["_config_no_masks"] = state.pop("_config_no_dropout", None)
+            state["_masked"] = state["_config_no_masks"] is not None
+            for name in _OPTIONS:
+                state.setdefault(name, getattr(state["_config"], name))
         super().__setstate__(state)
         refreshes, reflattens = state.get("_refreshes", 0), state.get("_reflattens", 0)
         self._init_native_state()
@@ -443,8 +584,8 @@ class RNNBase(nn.Module):
         return params, scratch
 
     def _native(self, params, scratch, variant):
-        """The native model of `variant` (0: the configuration's; 1: without dropout, for a
-        training forward in eval mode), its weights brought up to date with the parameters."""
+        """The native model of `variant` (0: the configuration's; 1: without the regularisers,
+        for a training forward in eval mode), its weights brought up to date with the parameters."""
         flat = self._flat
         source = flat if scratch is None else scratch
         seen = (flat._version, *(p._version for p in params))
@@ -453,7 +594,7 @@ class RNNBase(nn.Module):
             backend = self.backend or ("cpu" if flat.dtype == torch.float32 else "reference")
             if backend == "cpu" and flat.dtype != torch.float32:
                 raise TypeError(f"backend 'cpu' computes in float32, the parameters are {flat.dtype} (use backend 'reference')")
-            config = self._config if variant == 0 else self._config_no_dropout
+            config = self._config if variant == 0 else self._config_no_masks
             state = self._models[variant] = [Model(config, _np(source), backend=backend, threads=self.threads), flat.dtype, None]
         elif scratch is not None or seen != state[2]:
             state[0].update_params(_np(source))
@@ -465,7 +606,7 @@ class RNNBase(nn.Module):
     # The forward --------------------------------------------------------------------------------
 
     def _hidden_shapes(self, batch):
-        d = 2 if self.bidirectional else 1
+        d = self._config.num_directions
         h = (self.num_layers * d, batch, self.proj_size or self.hidden_size)
         return h, (self.num_layers * d, batch, self.hidden_size)
 
@@ -557,7 +698,7 @@ class RNNBase(nn.Module):
 
     def _run(self, params, scratch, x, lengths, h0, c0, lstm):
         threads = self._threads()
-        masks = self.training and self.dropout > 0 and self.num_layers > 1
+        masks = self.training and self._masked
         seed = int(torch.randint(0, 2**62, (1,)).item()) if masks else None
         grad = torch.is_grad_enabled() and (
             x.requires_grad
@@ -566,7 +707,12 @@ class RNNBase(nn.Module):
             or any(p.requires_grad for p in params)
         )
         if grad:
-            variant = 1 if self._config_no_dropout is not None and not masks else 0
+            if not masks and (self.zoneout > 0 or self.zoneout_cell > 0):
+                # Eval mode with zoneout: its expectation is the library's inference alone.
+                run = _Run(self._native(params, scratch, 0), lengths, None, threads, None, self._specs, lstm)
+                outs = _InferenceFunction.apply(run, x, h0, c0, *params)
+                return outs[0], outs[1], (outs[2] if lstm else None)
+            variant = 1 if self._config_no_masks is not None and not masks else 0
             model = self._native(params, scratch, variant)
             run = _Run(model, lengths, seed, threads, self._pool, self._specs, lstm)
             outs = _RnnFunction.apply(run, x, h0, c0, *params)
@@ -576,7 +722,7 @@ class RNNBase(nn.Module):
         if not masks:
             y, hn, cn = model.forward(_np(x), lengths, _np_opt(h0), _np_opt(c0), threads=threads)
         else:
-            # Training mode without autograd: dropout applies, and the reserve is free right away.
+            # Training mode without autograd: the masks apply, and the reserve is free right away.
             reserve = _take(self._pool)
             y, hn, cn, reserve = model.forward_training(_np(x), lengths, _np_opt(h0), _np_opt(c0), seed=seed, reserve=reserve, threads=threads)
             _give_back(reserve, self._pool)
@@ -586,7 +732,16 @@ class RNNBase(nn.Module):
 class LSTM(RNNBase):
     """torch.nn.LSTM on rnn-kernels: LSTM(input_size, hidden_size, num_layers=1, bias=True,
     batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
-    backend=None, threads=None). Returns ``(output, (h_n, c_n))``."""
+    backend=None, threads=None, direction=None, merge="concat", peephole=False, gate_clip=None,
+    input_forget=False, layer_norm=False, zoneout=0.0, zoneout_cell=0.0, recurrent_dropout=0.0,
+    input_dropout=0.0). Returns ``(output, (h_n, c_n))``.
+
+    The keyword-only cell options are ``rnn_kernels.Config``'s (the module docstring says what
+    each does): ``peephole`` adds ``weight_peephole_l{k}`` ``[3, H]`` (initialised like the
+    weights), ``layer_norm`` the gains ``weight_ln_ih_l{k}``, ``weight_ln_hh_l{k}`` ``[4H]``,
+    ``weight_ln_c_l{k}`` ``[H]`` (initialised to 1) and ``bias_ln_c_l{k}`` ``[H]`` (to 0);
+    ``zoneout``, ``zoneout_cell``, ``recurrent_dropout`` and ``input_dropout`` apply in training
+    mode only (eval mode: zoneout's expectation)."""
 
     def __init__(
         self,
@@ -603,6 +758,16 @@ class LSTM(RNNBase):
         *,
         backend=None,
         threads=None,
+        direction=None,
+        merge="concat",
+        peephole=False,
+        gate_clip=None,
+        input_forget=False,
+        layer_norm=False,
+        zoneout=0.0,
+        zoneout_cell=0.0,
+        recurrent_dropout=0.0,
+        input_dropout=0.0,
     ):
         super().__init__(
             "LSTM",
@@ -618,13 +783,32 @@ class LSTM(RNNBase):
             dtype,
             backend=backend,
             threads=threads,
+            direction=direction,
+            merge=merge,
+            peephole=peephole,
+            gate_clip=gate_clip,
+            input_forget=input_forget,
+            layer_norm=layer_norm,
+            zoneout=zoneout,
+            zoneout_cell=zoneout_cell,
+            recurrent_dropout=recurrent_dropout,
+            input_dropout=input_dropout,
         )
 
 
 class GRU(RNNBase):
     """torch.nn.GRU on rnn-kernels: GRU(input_size, hidden_size, num_layers=1, bias=True,
     batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend=None,
-    threads=None). Returns ``(output, h_n)``."""
+    threads=None, direction=None, merge="concat", gate_clip=None, linear_before_reset=True,
+    layer_norm=False, zoneout=0.0, recurrent_dropout=0.0, input_dropout=0.0). Returns
+    ``(output, h_n)``.
+
+    The keyword-only cell options are ``rnn_kernels.Config``'s (the module docstring says what
+    each does): ``linear_before_reset=False`` is Cho et al.'s GRU (the reset gate before the
+    recurrent matmul; not with ``layer_norm`` or ``recurrent_dropout``); ``layer_norm`` adds the
+    gains ``weight_ln_ih_l{k}``, ``weight_ln_hh_l{k}`` ``[3H]`` (initialised to 1); ``zoneout``,
+    ``recurrent_dropout`` and ``input_dropout`` apply in training mode only (eval mode: zoneout's
+    expectation)."""
 
     def __init__(
         self,
@@ -640,6 +824,14 @@ class GRU(RNNBase):
         *,
         backend=None,
         threads=None,
+        direction=None,
+        merge="concat",
+        gate_clip=None,
+        linear_before_reset=True,
+        layer_norm=False,
+        zoneout=0.0,
+        recurrent_dropout=0.0,
+        input_dropout=0.0,
     ):
         super().__init__(
             "GRU",
@@ -655,13 +847,27 @@ class GRU(RNNBase):
             dtype,
             backend=backend,
             threads=threads,
+            direction=direction,
+            merge=merge,
+            gate_clip=gate_clip,
+            linear_before_reset=linear_before_reset,
+            layer_norm=layer_norm,
+            zoneout=zoneout,
+            recurrent_dropout=recurrent_dropout,
+            input_dropout=input_dropout,
         )
 
 
 class RNN(RNNBase):
     """torch.nn.RNN (Elman) on rnn-kernels: RNN(input_size, hidden_size, num_layers=1,
     nonlinearity='tanh', bias=True, batch_first=False, dropout=0.0, bidirectional=False,
-    device=None, dtype=None, *, backend=None, threads=None). Returns ``(output, h_n)``."""
+    device=None, dtype=None, *, backend=None, threads=None, direction=None, merge="concat",
+    gate_clip=None, zoneout=0.0, recurrent_dropout=0.0, input_dropout=0.0). Returns
+    ``(output, h_n)``.
+
+    The keyword-only cell options are ``rnn_kernels.Config``'s (the module docstring says what
+    each does); ``zoneout``, ``recurrent_dropout`` and ``input_dropout`` apply in training mode
+    only (eval mode: zoneout's expectation)."""
 
     def __init__(
         self,
@@ -678,6 +884,12 @@ class RNN(RNNBase):
         *,
         backend=None,
         threads=None,
+        direction=None,
+        merge="concat",
+        gate_clip=None,
+        zoneout=0.0,
+        recurrent_dropout=0.0,
+        input_dropout=0.0,
     ):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
@@ -696,4 +908,10 @@ class RNN(RNNBase):
             dtype,
             backend=backend,
             threads=threads,
+            direction=direction,
+            merge=merge,
+            gate_clip=gate_clip,
+            zoneout=zoneout,
+            recurrent_dropout=recurrent_dropout,
+            input_dropout=input_dropout,
         )
