@@ -14,7 +14,9 @@ The NumPy API (everything here) is the extension module ``rnn_kernels._native``:
 - ``AttentionConfig(score, query_size, key_size, attn_size=None, output_size=None)`` and
   ``Attention(config, params, backend="cpu", threads=None)``: Luong's (dot, general, concat)
   and Bahdanau's (additive) attention with a length-masked softmax and the attentional hidden
-  state ``tanh(W_c [c; q])``: ``memory(keys, lengths)``, ``forward``, ``backward``.
+  state ``tanh(W_c [c; q])``: ``memory(keys, lengths)``, ``forward``, ``forward_training``
+  (its outputs and an ``AttentionSaved``, what ``backward(..., saved=...)`` needs to skip
+  recomputing the forward), ``backward``.
 - ``load_safetensors`` / ``save_safetensors``, ``available_isas``, ``default_isa``, ``backends``.
 
 Tensors follow the library's conventions: ``x: [T, B, I]`` (``[B, T, I]`` batch-first),
@@ -28,6 +30,7 @@ from ._native import (
     Attention,
     AttentionConfig,
     AttentionMemory,
+    AttentionSaved,
     BackwardSteps,
     Config,
     Model,
@@ -45,6 +48,7 @@ __all__ = [
     "Attention",
     "AttentionConfig",
     "AttentionMemory",
+    "AttentionSaved",
     "BackwardSteps",
     "Config",
     "Model",

@@ -1,6 +1,6 @@
-//! `AttentionConfig`, `Attention` and `AttentionMemory`: the library's attention
-//! (`rnn_kernels::attention`) over NumPy arrays, on the reference (float32, float64) or the CPU
-//! backend (float32).
+//! `AttentionConfig`, `Attention`, `AttentionMemory` and `AttentionSaved`: the library's
+//! attention (`rnn_kernels::attention`) over NumPy arrays, on the reference (float32, float64) or
+//! the CPU backend (float32).
 //!
 //! Shapes are the library's (time-major): `keys: [S, B, Hk]` (the encoder's outputs, sequence
 //! `b` `lengths[b]` of them), `queries: [Tq, B, Hq]`, `weights: [Tq, B, S]` (0 past each
@@ -112,12 +112,27 @@ enum AnyMem {
     F64(Mem<f64>),
 }
 
+/// What a backward needs of its forward pass: the forward's outputs (the library's backward
+/// reads only them besides the memory, the queries and the parameters), and a copy of the
+/// queries, to check that the backward is given the same ones.
+struct Saved<T> {
+    out: AttentionOutput<T>,
+    queries: Vec<T>,
+}
+
+enum AnySaved {
+    F32(Saved<f32>),
+    F64(Saved<f64>),
+}
+
 /// The element types of an attention and its backends.
 trait AttElem: Elem {
     fn params(p: &AnyParams) -> Option<&[Self]>;
     fn wrap_params(v: Vec<Self>) -> AnyParams;
     fn mem(m: &AnyMem) -> Option<&Mem<Self>>;
     fn wrap_mem(m: Mem<Self>) -> AnyMem;
+    fn saved(s: &AnySaved) -> Option<&Saved<Self>>;
+    fn wrap_saved(s: Saved<Self>) -> AnySaved;
     fn backend(cpu: Option<&Cpu>) -> PyResult<&dyn AttentionBackend<Self>>;
 }
 
@@ -139,6 +154,15 @@ impl AttElem for f32 {
     }
     fn wrap_mem(m: Mem<f32>) -> AnyMem {
         AnyMem::F32(m)
+    }
+    fn saved(s: &AnySaved) -> Option<&Saved<f32>> {
+        match s {
+            AnySaved::F32(s) => Some(s),
+            AnySaved::F64(_) => None,
+        }
+    }
+    fn wrap_saved(s: Saved<f32>) -> AnySaved {
+        AnySaved::F32(s)
     }
     fn backend(cpu: Option<&Cpu>) -> PyResult<&dyn AttentionBackend<f32>> {
         Ok(match cpu {
@@ -167,6 +191,15 @@ impl AttElem for f64 {
     fn wrap_mem(m: Mem<f64>) -> AnyMem {
         AnyMem::F64(m)
     }
+    fn saved(s: &AnySaved) -> Option<&Saved<f64>> {
+        match s {
+            AnySaved::F64(s) => Some(s),
+            AnySaved::F32(_) => None,
+        }
+    }
+    fn wrap_saved(s: Saved<f64>) -> AnySaved {
+        AnySaved::F64(s)
+    }
     fn backend(cpu: Option<&Cpu>) -> PyResult<&dyn AttentionBackend<f64>> {
         match cpu {
             Some(_) => Err(runtime("params", "float64 on the cpu backend (an internal inconsistency of the bindings)")),
@@ -180,11 +213,14 @@ fn mismatch(arg: &str) -> PyErr {
 }
 
 static NEXT_ATTENTION: AtomicU64 = AtomicU64::new(1);
+static NEXT_MEMORY: AtomicU64 = AtomicU64::new(1);
 
 /// The keys' side of an attention (``Attention.memory``): the encoder's outputs with their
 /// lengths, and their projection, computed once for every query that attends over them.
 #[pyclass(module = "rnn_kernels._native", frozen)]
 pub struct AttentionMemory {
+    /// Its own identity (a memory never changes), for the saved states of its forward passes.
+    id: u64,
     attention: u64,
     steps: usize,
     batch: usize,
@@ -236,11 +272,72 @@ impl AttentionMemory {
             })
         })?;
         let lengths = idx.iter().map(|&r| self.lengths[r]).collect();
-        Ok(AttentionMemory { attention: self.attention, steps: self.steps, batch: idx.len(), lengths, mem })
+        Ok(AttentionMemory { id: next_memory(), attention: self.attention, steps: self.steps, batch: idx.len(), lengths, mem })
     }
 
     fn __repr__(&self) -> String {
         format!("AttentionMemory(steps={}, batch_size={}, lengths={:?})", self.steps, self.batch, self.lengths)
+    }
+}
+
+fn next_memory() -> u64 {
+    NEXT_MEMORY.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What ``Attention.forward_training`` keeps for ``Attention.backward(..., saved=...)``: the
+/// forward pass's outputs (copies: changing the arrays it returned does not change them) and
+/// its queries, with the identity of its attention and memory. Opaque and immutable: a backward
+/// only reads it, so it serves any number of backward calls (e.g. of several upstream
+/// gradients), each exactly as the first; it is freed with its last reference.
+///
+/// A backward checks that it is given this state's Attention (``TypeError`` for another dtype,
+/// ``ValueError`` for another object), its memory object (not merely an equal one) and
+/// queries of the same shape and values (bit for bit), each error naming the argument.
+#[pyclass(module = "rnn_kernels._native", frozen)]
+pub struct AttentionSaved {
+    attention: u64,
+    memory: u64,
+    /// `[Tq, B, Hq]`.
+    queries: [usize; 3],
+    data: AnySaved,
+}
+
+impl AttentionSaved {
+    fn dtype(&self) -> &'static str {
+        match self.data {
+            AnySaved::F32(_) => <f32 as Elem>::NAME,
+            AnySaved::F64(_) => <f64 as Elem>::NAME,
+        }
+    }
+}
+
+#[pymethods]
+impl AttentionSaved {
+    /// ``"float32"`` or ``"float64"``: the dtype of its forward pass.
+    #[getter(dtype)]
+    fn py_dtype(&self) -> &'static str {
+        self.dtype()
+    }
+    /// The shape ``(Tq, B, Hq)`` of its forward pass's queries.
+    #[getter]
+    fn queries_shape(&self) -> (usize, usize, usize) {
+        let [t, b, h] = self.queries;
+        (t, b, h)
+    }
+    /// The bytes it holds (its outputs and its copy of the queries).
+    #[getter]
+    fn nbytes(&self) -> usize {
+        fn n<T>(s: &Saved<T>) -> usize {
+            (s.out.weights.len() + s.out.context.len() + s.out.hidden.len() + s.queries.len()) * std::mem::size_of::<T>()
+        }
+        match &self.data {
+            AnySaved::F32(s) => n(s),
+            AnySaved::F64(s) => n(s),
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!("AttentionSaved(dtype='{}', queries_shape={:?}, nbytes={})", self.dtype(), self.queries_shape(), self.nbytes())
     }
 }
 
@@ -321,7 +418,7 @@ impl Attention {
         let p = T::params(&self.params).ok_or_else(|| mismatch("params"))?;
         let cpu = self.cpu(threads)?;
         let mem = py.detach(|| T::backend(cpu.as_ref())?.attention_memory(&self.config, &shape, p, ks).or_py())?;
-        Ok(AttentionMemory { attention: self.id, steps: s, batch: b, lengths, mem: T::wrap_mem(mem) })
+        Ok(AttentionMemory { id: next_memory(), attention: self.id, steps: s, batch: b, lengths, mem: T::wrap_mem(mem) })
     }
 
     /// The memory and the shape of a call of `queries`.
@@ -333,24 +430,85 @@ impl Attention {
         Ok((m, AttentionShape::new(tq, memory.steps, memory.lengths.clone()).or_py()?))
     }
 
+    /// The forward pass: `(hidden, context, weights)`, and with `save` its saved state last.
     fn forward_typed<'py, T: AttElem>(
         &self,
         py: Python<'py>,
         memory: &AttentionMemory,
         queries: &Bound<'py, PyAny>,
         threads: Option<i64>,
+        save: bool,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let cfg = &self.config;
-        let (q, [tq, b, _]) = input3::<T>(queries, "queries", "[Tq, B, Hq]", Some(memory.batch), cfg.query_size())?;
+        let (q, qshape @ [tq, b, _]) = input3::<T>(queries, "queries", "[Tq, B, Hq]", Some(memory.batch), cfg.query_size())?;
         let (m, shape) = self.call_parts::<T>(memory, tq)?;
         let qs = slice(&q, "queries")?;
         let p = T::params(&self.params).ok_or_else(|| mismatch("params"))?;
         let cpu = self.cpu(threads)?;
-        let out = py.detach(|| T::backend(cpu.as_ref())?.attention_forward_with(cfg, &shape, p, m, qs).or_py())?;
+        let (out, saved) = py.detach(|| -> PyResult<_> {
+            let out = T::backend(cpu.as_ref())?.attention_forward_with(cfg, &shape, p, m, qs).or_py()?;
+            // Copies: the arrays returned are the caller's to change.
+            let saved = save.then(|| Saved { out: out.clone(), queries: qs.to_vec() });
+            Ok((out, saved))
+        })?;
         let hidden = if cfg.output_size() > 0 { out3(py, out.hidden, [tq, b, cfg.output_size()])? } else { py.None().into_bound(py) };
         let context = out3(py, out.context, [tq, b, cfg.key_size()])?;
         let weights = out3(py, out.weights, [tq, b, memory.steps])?;
-        PyTuple::new(py, [hidden, context, weights])
+        match saved {
+            None => PyTuple::new(py, [hidden, context, weights]),
+            Some(data) => {
+                let saved = AttentionSaved { attention: self.id, memory: memory.id, queries: qshape, data: T::wrap_saved(data) };
+                PyTuple::new(py, [hidden, context, weights, Bound::new(py, saved)?.into_any()])
+            }
+        }
+    }
+
+    /// The outputs kept in `saved` after checking that it is the state of a forward pass of this
+    /// attention over `memory` with these queries.
+    fn saved_out<'a, T: AttElem>(
+        &self,
+        saved: &'a AttentionSaved,
+        memory: &AttentionMemory,
+        qshape: [usize; 3],
+        qs: &[T],
+    ) -> PyResult<&'a AttentionOutput<T>> {
+        let Some(data) = T::saved(&saved.data) else {
+            return Err(type_error(
+                "saved",
+                format!("the saved state of a {} forward pass (this Attention's dtype)", T::NAME),
+                format!("one of a {} forward pass", saved.dtype()),
+            ));
+        };
+        if saved.attention != self.id {
+            return Err(value(
+                "saved",
+                "the saved state of a forward_training of this Attention",
+                "one of another Attention (call backward on the Attention that saved it)",
+            ));
+        }
+        if saved.memory != memory.id {
+            return Err(value(
+                "memory",
+                "the memory object of the forward_training that saved `saved`",
+                "another memory (an equal one made again is another memory: pass the same object)",
+            ));
+        }
+        if saved.queries != qshape {
+            return Err(value(
+                "queries",
+                format!("shape {} (the queries of the forward_training that saved `saved`)", tuple(&saved.queries)),
+                format!("shape {}", tuple(&qshape)),
+            ));
+        }
+        let same = data.queries.iter().zip(qs).all(|(a, b)| a.to_f64().to_bits() == b.to_f64().to_bits());
+        if !same {
+            return Err(value(
+                "queries",
+                "the queries of the forward_training that saved `saved`, bit for bit",
+                "queries of the same shape with other values",
+            ));
+        }
+        Ok(&data.out)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -363,10 +521,13 @@ impl Attention {
         d_context: Option<&Bound<'py, PyAny>>,
         d_weights: Option<&Bound<'py, PyAny>>,
         threads: Option<i64>,
+        saved: Option<&AttentionSaved>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let cfg = &self.config;
-        let (q, [tq, b, _]) = input3::<T>(queries, "queries", "[Tq, B, Hq]", Some(memory.batch), cfg.query_size())?;
+        let (q, qshape @ [tq, b, _]) = input3::<T>(queries, "queries", "[Tq, B, Hq]", Some(memory.batch), cfg.query_size())?;
         let (m, shape) = self.call_parts::<T>(memory, tq)?;
+        let qs = slice(&q, "queries")?;
+        let saved = saved.map(|s| self.saved_out::<T>(s, memory, qshape, qs)).transpose()?;
         let grad = |obj: Option<&Bound<'py, PyAny>>,
                     arg: &str,
                     dims: &str,
@@ -391,15 +552,22 @@ impl Attention {
             a.as_ref().map(|a| slice(a, arg)).transpose().map(|o| o.map(|s| s.to_vec()))
         };
         let (dh, dc, dw) = (sl(&dh, "d_hidden")?, sl(&dc, "d_context")?, sl(&dw, "d_weights")?);
-        let qs = slice(&q, "queries")?;
         let p = T::params(&self.params).ok_or_else(|| mismatch("params"))?;
         let cpu = self.cpu(threads)?;
         let (dq, dk, dp) = py.detach(|| -> PyResult<(Vec<T>, Vec<T>, Vec<T>)> {
             let be = T::backend(cpu.as_ref())?;
-            let out: AttentionOutput<T> = be.attention_forward_with(cfg, &shape, p, m, qs).or_py()?;
+            // The forward's outputs: saved by forward_training, or recomputed.
+            let recomputed: AttentionOutput<T>;
+            let out = match saved {
+                Some(out) => out,
+                None => {
+                    recomputed = be.attention_forward_with(cfg, &shape, p, m, qs).or_py()?;
+                    &recomputed
+                }
+            };
             let up = AttentionUpstream { d_weights: dw.as_deref(), d_context: dc.as_deref(), d_hidden: dh.as_deref() };
             let mut d_memory = AttentionMemoryGrads::new(m);
-            let mut g = be.attention_backward_with(cfg, &shape, p, m, qs, &out, up, &mut d_memory).or_py()?;
+            let mut g = be.attention_backward_with(cfg, &shape, p, m, qs, out, up, &mut d_memory).or_py()?;
             let k = be.attention_memory_backward(cfg, &shape, p, m, &d_memory).or_py()?;
             for (d, x) in g.d_params.iter_mut().zip(&k.d_params) {
                 *d += *x;
@@ -513,7 +681,8 @@ impl Attention {
     /// ``queries: [Tq, B, Hq]`` attending over ``memory``: ``(hidden, context, weights)``,
     /// ``hidden: [Tq, B, O]`` the attentional hidden state ``tanh(W_c [c; q])`` (``None`` when
     /// ``output_size`` is 0), ``context: [Tq, B, Hk]``, ``weights: [Tq, B, S]`` (the masked
-    /// softmax, exactly 0 past each length).
+    /// softmax, exactly 0 past each length). Keeps nothing: ``forward_training`` for a
+    /// backward.
     #[pyo3(signature = (memory, queries, threads=None))]
     fn forward<'py>(
         &self,
@@ -522,14 +691,37 @@ impl Attention {
         queries: &Bound<'py, PyAny>,
         threads: Option<i64>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        dispatch!(self, forward_typed, py, &memory, queries, threads)
+        dispatch!(self, forward_typed, py, &memory, queries, threads, false)
     }
 
-    /// The backward of ``forward(memory, queries)`` (recomputed) from the gradients w.r.t. its
-    /// outputs (each zeros when ``None``): ``(d_queries [Tq, B, Hq], d_keys [S, B, Hk] (0 past
-    /// each length), d_params)``, the parameter gradients through both the queries' and the
-    /// keys' side.
-    #[pyo3(signature = (memory, queries, d_hidden=None, d_context=None, d_weights=None, threads=None))]
+    /// A training forward pass: ``forward``'s outputs, the same values bit for bit, and what
+    /// the backward needs of it: ``(hidden, context, weights, saved)``, ``saved`` an
+    /// ``AttentionSaved`` for ``backward(memory, queries, ..., saved=saved)``, which then does
+    /// not recompute the forward (cuDNN's reserve space). ``saved`` holds copies of the
+    /// outputs and the queries (``saved.nbytes``).
+    #[pyo3(signature = (memory, queries, threads=None))]
+    fn forward_training<'py>(
+        &self,
+        py: Python<'py>,
+        memory: PyRef<'py, AttentionMemory>,
+        queries: &Bound<'py, PyAny>,
+        threads: Option<i64>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        dispatch!(self, forward_typed, py, &memory, queries, threads, true)
+    }
+
+    /// The backward of ``forward(memory, queries)`` from the gradients w.r.t. its outputs (each
+    /// zeros when ``None``): ``(d_queries [Tq, B, Hq], d_keys [S, B, Hk] (0 past each length),
+    /// d_params)``, the parameter gradients through both the queries' and the keys' side.
+    ///
+    /// ``saved``: the state of ``forward_training(memory, queries)``, whose outputs it uses
+    /// instead of recomputing the forward (the same gradients, bit for bit, as without it when
+    /// both forward passes run with the same ``threads``); it must come from
+    /// this Attention (``TypeError`` for another dtype, ``ValueError`` for another object), with
+    /// this ``memory`` object and these ``queries`` (same shape and values; ``ValueError``
+    /// naming the argument). A backward does not change it: it may serve several. ``None``
+    /// recomputes the forward.
+    #[pyo3(signature = (memory, queries, d_hidden=None, d_context=None, d_weights=None, threads=None, saved=None))]
     #[allow(clippy::too_many_arguments)]
     fn backward<'py>(
         &self,
@@ -540,8 +732,9 @@ impl Attention {
         d_context: Option<&Bound<'py, PyAny>>,
         d_weights: Option<&Bound<'py, PyAny>>,
         threads: Option<i64>,
+        saved: Option<PyRef<'py, AttentionSaved>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        dispatch!(self, backward_typed, py, &memory, queries, d_hidden, d_context, d_weights, threads)
+        dispatch!(self, backward_typed, py, &memory, queries, d_hidden, d_context, d_weights, threads, saved.as_deref())
     }
 
     /// A copy of the parameters, flat.

@@ -109,6 +109,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<attention::AttentionConfig>()?;
     m.add_class::<attention::Attention>()?;
     m.add_class::<attention::AttentionMemory>()?;
+    m.add_class::<attention::AttentionSaved>()?;
     m.add_function(wrap_pyfunction!(available_isas, m)?)?;
     m.add_function(wrap_pyfunction!(default_isa, m)?)?;
     m.add_function(wrap_pyfunction!(py_backends, m)?)?;

@@ -6,7 +6,10 @@ agrees with central differences (eps 1e-6, rtol 1e-6) at a few coordinates of th
 keys and every parameter tensor; the weights are a softmax masked to each sequence's length
 (exactly 0 past it), and the keys past a length have no effect and a zero gradient; misuse is an
 error naming the argument. With torch installed, Luong's general score and tanh(W_c [c; h]) in a
-few lines of torch give the same outputs.
+few lines of torch give the same outputs. forward_training gives forward's outputs bit for bit,
+and backward with its saved state the recomputing backward's gradients bit for bit, on both
+backends, any number of times; a saved state used with another Attention, dtype, memory or
+queries is an error naming the argument.
 """
 
 import numpy as np
@@ -190,6 +193,74 @@ def test_errors_name_the_argument():
     other = rk.Attention(cfg, params, backend="reference")
     with pytest.raises(ValueError, match="`memory`"):
         other.forward(mem, queries)
+
+
+@pytest.mark.parametrize("backend,dtype", [("reference", np.float64), ("reference", np.float32), ("cpu", np.float32)])
+@pytest.mark.parametrize("output_size", [O, None])
+@pytest.mark.parametrize("score", SCORES)
+def test_saved_forward_gives_the_recomputed_gradients(score, output_size, backend, dtype):
+    cfg = config(score, output_size=output_size)
+    params, keys, queries, gh, gc, gw = data(cfg, seed=5, dtype=dtype)
+    att = rk.Attention(cfg, params, backend=backend, threads=2)
+    mem = att.memory(keys, LENGTHS)
+    plain = att.forward(mem, queries)
+    *outs, saved = att.forward_training(mem, queries)
+    assert isinstance(saved, rk.AttentionSaved) and len(outs) == 3
+    assert saved.dtype == np.dtype(dtype).name and saved.queries_shape == queries.shape
+    assert saved.nbytes == np.dtype(dtype).itemsize * (TQ * B * (S + HK + cfg.output_size) + queries.size)
+    assert "AttentionSaved" in repr(saved)
+    for got, want in zip(outs, plain):
+        if want is None:
+            assert got is None
+        else:
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
+    # The returned arrays are the caller's: changing them leaves the saved state alone.
+    for a in outs:
+        if a is not None:
+            a[...] = 7
+    ups = [dict(d_hidden=gh, d_context=gc, d_weights=gw), dict(d_context=gc), dict(d_weights=gw)]
+    if gh is not None:
+        ups.append(dict(d_hidden=gh))
+    for up in ups:  # one saved state, several backward calls
+        want = att.backward(mem, queries, **up)
+        got = att.backward(mem, queries, **up, saved=saved)
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype and g.shape == w.shape
+            np.testing.assert_array_equal(g, w)
+
+
+def test_saved_errors_name_the_argument():
+    cfg = config("general")
+    params, keys, queries, gh, gc, gw = data(cfg, seed=6)
+    att = rk.Attention(cfg, params, backend="reference")
+    mem = att.memory(keys, LENGTHS)
+    *_, saved = att.forward_training(mem, queries)
+    att.backward(mem, queries, d_context=gc, saved=saved)  # the right ones
+    # Another Attention, even of the same parameters, with its own memory of the same keys.
+    other = rk.Attention(cfg, params, backend="reference")
+    with pytest.raises(ValueError, match="`saved`.*another Attention"):
+        other.backward(other.memory(keys, LENGTHS), queries, d_context=gc, saved=saved)
+    # Another dtype.
+    att32 = rk.Attention(cfg, params.astype(np.float32), backend="reference")
+    mem32 = att32.memory(keys.astype(np.float32), LENGTHS)
+    with pytest.raises(TypeError, match="`saved`.*float32.*float64"):
+        att32.backward(mem32, queries.astype(np.float32), saved=saved)
+    # Another memory: of the same keys made again, of other keys, or gathered.
+    for m in (att.memory(keys, LENGTHS), att.memory(keys), mem.gather([0, 1, 2])):
+        with pytest.raises(ValueError, match="`memory`"):
+            att.backward(m, queries, d_context=gc, saved=saved)
+    # Queries of another shape (Tq), or of the same shape with other values.
+    with pytest.raises(ValueError, match=r"`queries`.*shape \(2, 3, 4\)"):
+        att.backward(mem, queries[:1].copy(), d_context=gc[:1].copy(), saved=saved)
+    changed = queries.copy()
+    changed[1, 2, 3] += 1e-12
+    with pytest.raises(ValueError, match="`queries`.*other values"):
+        att.backward(mem, changed, d_context=gc, saved=saved)
+    with pytest.raises(TypeError, match="saved"):
+        att.backward(mem, queries, d_context=gc, saved=(1, 2))
+    # The checks leave it usable.
+    att.backward(mem, queries, d_context=gc, saved=saved)
 
 
 @pytest.mark.skipif(TORCH_MISSING is not None, reason=TORCH_MISSING or "")
