@@ -32,7 +32,10 @@ PTXAS="$CUDA_BIN/ptxas"
 "$NVCC" --version | tail -2
 
 echo "== cuda: build with --features cuda (warnings are errors, nvcc required)"
-RNN_KERNELS_REQUIRE_NVCC=1 RUSTFLAGS="-D warnings" cargo build --release --features cuda --all-targets
+# Exported, so every cargo command below has the same flags and environment as this build and
+# reuses it (a change in either rebuilds the crate: build.rs reruns when RNN_KERNELS_REQUIRE_NVCC changes).
+export RUSTFLAGS="-D warnings" RNN_KERNELS_REQUIRE_NVCC=1
+cargo build --release --features cuda --all-targets
 
 # The PTX of the build just made: the build-script output folder written last.
 OUT=$(dirname "$(ls -t "$TARGET"/release/build/rnn-kernels-*/out/ptx.rs | head -1)")
