@@ -1,6 +1,7 @@
 //! The CPU backend against the f64 reference, for every ISA this machine has: a property test
 //! over random configurations, every PyTorch fixture, bit-identical results for any thread
-//! count, and the ISA choice.
+//! count, and the ISA choice. (`RNN_KERNELS_ISA` narrows the loops over ISAs to the one it
+//! forces: `testkit::isas`.)
 //!
 //! Tolerances (error metric of `docs/case-format.md`): forward outputs 1e-5, gradients 1e-4.
 
@@ -13,9 +14,9 @@ use rnn_kernels::testkit::case::{run_case, Case};
 use rnn_kernels::{CellKind, Cpu, Isa, RnnConfig, SeqShape};
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(rnn_kernels::testkit::proptest_cases(48)))]
 
-    /// Every ISA of this machine, 2 threads, against the f64 reference.
+    /// Every ISA of this machine (or the one RNN_KERNELS_ISA forces: `testkit::isas`), 2 threads, against the f64 reference.
     #[test]
     fn cpu_matches_reference(cfg in config(), t in 1usize..7, lens in prop::collection::vec(1usize..7, 1..6), seed in any::<u64>()) {
         let lengths: Vec<usize> = lens.iter().map(|&l| l.min(t)).collect();
@@ -25,7 +26,7 @@ proptest! {
         // parity to check (testkit::conditioning).
         prop_assume!(p.conditioning().is_good_for_f32());
         let want = p.run_reference();
-        for isa in Isa::available() {
+        for isa in rnn_kernels::testkit::isas() {
             let got = p.run(Cpu::with_isa(isa, 2).unwrap());
             for (name, err, tol) in errors(&got, &want) {
                 prop_assert!(err <= tol, "{isa}: {name} error {err:.3e} > {tol:e}: {}", describe(&cfg, &shape));
@@ -37,7 +38,7 @@ proptest! {
 #[test]
 fn cpu_matches_pytorch_fixtures() {
     let mut failures = Vec::new();
-    for isa in Isa::available() {
+    for isa in rnn_kernels::testkit::isas() {
         let cpu = Cpu::with_isa(isa, 2).unwrap();
         for f in case_files() {
             let case = Case::<f32>::load(&f).unwrap();
@@ -71,14 +72,15 @@ fn results_are_bit_identical_for_any_thread_count() {
         let thread_counts: &[usize] = if batch == 161 { &[2, 3, 5] } else { &[2, 3] };
         let shape = SeqShape::with_lengths(steps, (0..batch).map(|b| 1 + (b * 5) % steps).collect()).unwrap();
         let p = Problem::new(cfg, &shape, 77, 3.0);
-        for isa in Isa::available() {
+        let want = p.run_reference();
+        for isa in rnn_kernels::testkit::isas() {
             let one = p.run(Cpu::with_isa(isa, 1).unwrap());
             for &threads in thread_counts {
                 let many = p.run(Cpu::with_isa(isa, threads).unwrap());
                 assert!(one == many, "{isa}, {threads} threads differ from 1 thread: {}", describe(cfg, &shape));
             }
             // And still right.
-            for (name, err, tol) in errors(&one, &p.run_reference()) {
+            for (name, err, tol) in errors(&one, &want) {
                 assert!(err <= tol, "{isa}: {name} error {err:.3e}: {}", describe(cfg, &shape));
             }
         }
@@ -100,7 +102,7 @@ fn inference_equals_the_training_forward_for_any_thread_count() {
             let shape = SeqShape::with_lengths(steps, (0..batch).map(|b| steps - (b * 4) % steps).collect()).unwrap();
             let p = Problem::new(&cfg, &shape, 91, 3.0);
             let want = p.run_reference();
-            for isa in Isa::available() {
+            for isa in rnn_kernels::testkit::isas() {
                 let trained = p.run(Cpu::with_isa(isa, 1).unwrap());
                 for threads in [1, 2, 3] {
                     let got = p.run_inference(Cpu::with_isa(isa, threads).unwrap());

@@ -9,7 +9,7 @@
 //!   on the transposed tensors; a reverse-only stack equal to a forward stack run on each
 //!   sequence reversed within its own length; a one-layer merge-by-sum stack equal to the
 //!   concatenating stack's two halves added, and a deeper one to its layers run one at a time.
-//! - The CPU (every ISA of this machine) against the f64 reference (tolerances of
+//! - The CPU (every ISA of this machine, or the one `RNN_KERNELS_ISA` forces) against the f64 reference (tolerances of
 //!   `tests/cpu.rs`), and bit-identical for any thread count.
 
 // `!(e <= worst)` on purpose: a NaN error must count as a failure, not be skipped.
@@ -23,7 +23,7 @@ use common::parity::{errors, Problem as F32Problem};
 use common::{describe, F64Problem, Problem};
 use proptest::prelude::*;
 use rnn_kernels::testkit::Problem as AnyProblem;
-use rnn_kernels::{CellKind, Cpu, Direction, Element, Isa, Merge, Params, Reference, Rnn, RnnConfig, SeqShape};
+use rnn_kernels::{CellKind, Cpu, Direction, Element, Merge, Params, Reference, Rnn, RnnConfig, SeqShape};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -199,7 +199,7 @@ fn batch_first_is_the_time_major_call_on_the_cpu() {
     // than 6 rows would sum differently: 3 rows (gathered), 9 rows (in place).
     let wide: Vec<RnnConfig> =
         [CellKind::Lstm, CellKind::Gru].iter().map(|&c| builder(c, 600, 7, 1, 0).bidirectional(true).build().unwrap()).collect();
-    for isa in Isa::available() {
+    for isa in rnn_kernels::testkit::isas() {
         let cpu = Cpu::with_isa(isa, 2).unwrap();
         for (k, cfg) in layout_configs(6, 11).iter().chain(&wide).enumerate() {
             for shape in layout_shapes() {
@@ -333,9 +333,9 @@ fn option_config() -> impl Strategy<Value = RnnConfig> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(rnn_kernels::testkit::proptest_cases(48)))]
 
-    /// Every ISA of this machine, 2 threads, against the f64 reference, forward and backward.
+    /// Every ISA of this machine (or the one RNN_KERNELS_ISA forces: `testkit::isas`), 2 threads, against the f64 reference, forward and backward.
     #[test]
     fn cpu_matches_reference_with_driver_options(cfg in option_config(), t in 1usize..7, lens in prop::collection::vec(1usize..7, 1..10), seed in any::<u64>()) {
         let lengths: Vec<usize> = lens.iter().map(|&l| l.min(t)).collect();
@@ -345,7 +345,7 @@ proptest! {
         // parity to check (testkit::conditioning).
         prop_assume!(p.conditioning().is_good_for_f32());
         let want = p.run_reference();
-        for isa in Isa::available() {
+        for isa in rnn_kernels::testkit::isas() {
             let got = p.run(Cpu::with_isa(isa, 2).unwrap());
             for (name, err, tol) in errors(&got, &want) {
                 prop_assert!(err <= tol, "{isa}: {name} error {err:.3e} > {tol:e}: {}", options(&cfg));
@@ -366,7 +366,8 @@ fn driver_options_are_bit_identical_for_any_thread_count() {
         for (steps, batch) in [(9, 37), (5, 200)] {
             let shape = SeqShape::with_lengths(steps, (0..batch).map(|b| 1 + (b * 5) % steps).collect()).unwrap();
             let p = F32Problem::new(cfg, &shape, 77, 3.0);
-            for isa in Isa::available() {
+            let want = p.run_reference();
+            for isa in rnn_kernels::testkit::isas() {
                 let one = p.run(Cpu::with_isa(isa, 1).unwrap());
                 for threads in [2, 3] {
                     let many = p.run(Cpu::with_isa(isa, threads).unwrap());
@@ -374,7 +375,7 @@ fn driver_options_are_bit_identical_for_any_thread_count() {
                 }
                 let inf = p.run_inference(Cpu::with_isa(isa, 3).unwrap());
                 assert!(inf[..] == one[..3], "{isa}: inference differs from training: {}", options(cfg));
-                for (name, err, tol) in errors(&one, &p.run_reference()) {
+                for (name, err, tol) in errors(&one, &want) {
                     assert!(err <= tol, "{isa}: {name} error {err:.3e}: {}", options(cfg));
                 }
             }

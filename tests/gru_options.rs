@@ -26,7 +26,7 @@ use common::parity::{errors, Problem as F32Problem, GRAD_TOL};
 use common::{describe, F64Problem, Problem};
 use proptest::prelude::*;
 use rnn_kernels::testkit::case::{run_case, Case};
-use rnn_kernels::{CellKind, Cpu, Isa, Params, Reference, Rnn, RnnConfig, SeqShape};
+use rnn_kernels::{CellKind, Cpu, Params, Reference, Rnn, RnnConfig, SeqShape};
 
 /// The GRU configurations of the sweep with `clip` (0: none) and the reset gate before
 /// (`!lbr`) or after the matmul.
@@ -184,7 +184,7 @@ fn pytorch_cases_of_the_gru_options() {
         let other = Case { config: plain, params, ..case.clone() };
         assert!(!run_case(&Reference, &other).unwrap().passes(1e-3), "{}: its options change nothing", f.display());
         let case32 = Case::<f32>::load(f).unwrap();
-        for isa in Isa::available() {
+        for isa in rnn_kernels::testkit::isas() {
             let report = run_case(&Cpu::with_isa(isa, 2).unwrap(), &case32).unwrap();
             if !report.passes(GRAD_TOL) {
                 failures.push(format!("{isa} {}: {:?}", f.display(), report.worst()));
@@ -211,9 +211,9 @@ fn gru_config() -> impl Strategy<Value = RnnConfig> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(rnn_kernels::testkit::proptest_cases(48)))]
 
-    /// Every ISA of this machine, 2 threads, against the f64 reference (as `tests/cpu.rs`).
+    /// Every ISA of this machine (or the one RNN_KERNELS_ISA forces: `testkit::isas`), 2 threads, against the f64 reference (as `tests/cpu.rs`).
     #[test]
     fn cpu_matches_reference(cfg in gru_config(), t in 1usize..7, lens in prop::collection::vec(1usize..7, 1..6), seed in any::<u64>()) {
         let lengths: Vec<usize> = lens.iter().map(|&l| l.min(t)).collect();
@@ -223,7 +223,7 @@ proptest! {
         // parity to check (testkit::conditioning).
         prop_assume!(p.conditioning().is_good_for_f32());
         let want = p.run_reference();
-        for isa in Isa::available() {
+        for isa in rnn_kernels::testkit::isas() {
             let got = p.run(Cpu::with_isa(isa, 2).unwrap());
             for (name, err, tol) in errors(&got, &want) {
                 prop_assert!(err <= tol, "{isa}: {name} error {err:.3e} > {tol:e}: {} {:?}", describe(&cfg, &shape), cfg.options());
@@ -244,7 +244,7 @@ fn results_are_bit_identical_for_any_thread_count() {
             let shape = SeqShape::with_lengths(steps, (0..batch).map(|b| 1 + (b * 5) % steps).collect()).unwrap();
             let p = F32Problem::new(&cfg, &shape, 77, 3.0);
             let want = p.run_reference();
-            for isa in Isa::available() {
+            for isa in rnn_kernels::testkit::isas() {
                 let one = p.run(Cpu::with_isa(isa, 1).unwrap());
                 let ctx = format!("{isa} {}: {:?}", describe(&cfg, &shape), cfg.options());
                 for threads in [2, 3] {

@@ -279,8 +279,17 @@ fn ln_config() -> impl Strategy<Value = RnnConfig> {
 /// other orders. Problems whose rows amplify the rounding more than
 /// `testkit::conditioning::LN_AMPLIFICATION_LIMIT` are not compared at all (the property test
 /// draws them again): there the CPU's error was found 50 to 60 times the reference's own.
-fn errors_against(e32: &[f64], got: &[Vec<f32>], want: &[Vec<f64>]) -> Vec<(&'static str, f64, f64)> {
-    errors(got, want).into_iter().zip(e32).map(|((name, err, tol), &e32)| (name, err, tol.max(F32_SPREAD * e32))).collect()
+///
+/// The measure runs the reference eight times, so it is computed (once per problem, kept in
+/// `e32`) only when an error exceeds its fixed tolerance: where none does, the larger tolerance
+/// changes nothing.
+fn errors_against(p: &F32Problem, e32: &mut Option<Vec<f64>>, got: &[Vec<f32>], want: &[Vec<f64>]) -> Vec<(&'static str, f64, f64)> {
+    let fixed = errors(got, want);
+    if fixed.iter().all(|&(_, err, tol)| err <= tol) {
+        return fixed;
+    }
+    let e32 = e32.get_or_insert_with(|| p.f32_error());
+    fixed.into_iter().zip(e32.iter()).map(|((name, err, tol), &e32)| (name, err, tol.max(F32_SPREAD * e32))).collect()
 }
 
 /// An f32 problem with random layer-norm parameters.
@@ -291,9 +300,9 @@ fn f32_problem(cfg: &RnnConfig, shape: &SeqShape, seed: u64, x_range: f64) -> F3
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(rnn_kernels::testkit::proptest_cases(64)))]
 
-    /// Every ISA of this machine, 2 threads, against the f64 reference, forward and backward.
+    /// Every ISA of this machine (or the one RNN_KERNELS_ISA forces: `testkit::isas`), 2 threads, against the f64 reference, forward and backward.
     #[test]
     fn cpu_layer_norm_matches_reference(cfg in ln_config(), t in 1usize..7, lens in prop::collection::vec(1usize..7, 1..6), seed in any::<u64>(), x_range in prop::sample::select(vec![1.0, 3.0, 25.0])) {
         let lengths: Vec<usize> = lens.iter().map(|&l| l.min(t)).collect();
@@ -303,10 +312,10 @@ proptest! {
         // parity to check (testkit::conditioning).
         prop_assume!(p.conditioning().is_good_for_f32());
         let want = p.run_reference();
-        let e32 = p.f32_error();
-        for isa in Isa::available() {
+        let mut e32 = None;
+        for isa in rnn_kernels::testkit::isas() {
             let got = p.run(Cpu::with_isa(isa, 2).unwrap());
-            for (name, err, tol) in errors_against(&e32, &got, &want) {
+            for (name, err, tol) in errors_against(&p, &mut e32, &got, &want) {
                 prop_assert!(err <= tol, "{isa}: {name} error {err:.3e} > {tol:e}: {} {}", describe(&cfg, &shape), options(&cfg));
             }
             let inferred = p.run_inference(Cpu::with_isa(isa, 2).unwrap());
@@ -339,14 +348,14 @@ fn layer_norm_is_bit_identical_for_any_thread_count() {
         let shape = SeqShape::with_lengths(steps, (0..batch).map(|b| 1 + (b * 5) % steps).collect()).unwrap();
         let p = f32_problem(cfg, &shape, 77, 3.0);
         let want = p.run_reference();
-        let e32 = p.f32_error();
-        for isa in Isa::available() {
+        let mut e32 = None;
+        for isa in rnn_kernels::testkit::isas() {
             let one = p.run(Cpu::with_isa(isa, 1).unwrap());
             for threads in [2, 3] {
                 let many = p.run(Cpu::with_isa(isa, threads).unwrap());
                 assert!(one == many, "{isa}, {threads} threads differ from 1 thread: {} {}", describe(cfg, &shape), options(cfg));
             }
-            for (name, err, tol) in errors_against(&e32, &one, &want) {
+            for (name, err, tol) in errors_against(&p, &mut e32, &one, &want) {
                 assert!(err <= tol, "{isa}: {name} error {err:.3e}: {} {}", describe(cfg, &shape), options(cfg));
             }
         }

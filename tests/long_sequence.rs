@@ -18,7 +18,7 @@ mod common;
 
 use common::parity::Problem;
 use rnn_kernels::testkit::SplitMix64;
-use rnn_kernels::{CellKind, Cpu, Isa, ParamKind, ParamLayout, Reference, RnnConfig, SeqShape};
+use rnn_kernels::{CellKind, Cpu, ParamKind, ParamLayout, Reference, RnnConfig, SeqShape};
 
 const STEPS: usize = 10_000;
 const BATCH: usize = 4;
@@ -47,7 +47,7 @@ fn long_sequences_are_finite_and_the_same_for_any_thread_count() {
             }
         };
         finite("reference-f32", &p.run(Reference));
-        for isa in Isa::available() {
+        for isa in rnn_kernels::testkit::isas() {
             let one = p.run(Cpu::with_isa(isa, 1).unwrap());
             finite(isa.name(), &one);
             let two = p.run(Cpu::with_isa(isa, 2).unwrap());
@@ -121,7 +121,7 @@ fn weight_gradients_of_long_sequences_keep_the_rounding_of_one_block() {
         }
     };
     check("reference-f32", &p.run(Reference), 66.0 * u);
-    for isa in Isa::available() {
+    for isa in rnn_kernels::testkit::isas() {
         let one = p.run(Cpu::with_isa(isa, 1).unwrap());
         check(isa.name(), &one, 530.0 * u);
         let two = p.run(Cpu::with_isa(isa, 2).unwrap());

@@ -208,7 +208,7 @@ fn option_config() -> impl Strategy<Value = RnnConfig> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(rnn_kernels::testkit::proptest_cases(64)))]
 
     /// Every ISA of this machine, 2 threads, against the f64 reference, forward and backward.
     #[test]

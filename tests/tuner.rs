@@ -6,7 +6,7 @@ mod common;
 
 use common::describe;
 use rnn_kernels::testkit::Problem;
-use rnn_kernels::{tuning_records, CellKind, Cpu, Isa, RnnConfig, SeqShape, Strategy, TunedPass, Tuning};
+use rnn_kernels::{tuning_records, CellKind, Cpu, RnnConfig, SeqShape, Strategy, TunedPass, Tuning};
 
 /// Every strategy the tuner may choose (the thread counts, each pass's cut of the rows: the
 /// default, blocks whenever two AVX-512 tiles fit, never) and the tuner's own choice give the
@@ -27,7 +27,7 @@ fn every_strategy_gives_the_same_bits() {
             let steps = 6;
             let shape = SeqShape::with_lengths(steps, (0..batch).map(|b| 1 + (b * 5) % steps).collect()).unwrap();
             let p = Problem::<f32>::new(cfg, &shape, 5, 3.0);
-            for isa in Isa::available() {
+            for isa in rnn_kernels::testkit::isas() {
                 let mut base = Cpu::with_isa(isa, 1).unwrap();
                 base.set_tuning(Tuning::Off).unwrap();
                 let (want, want_inf) = (p.run(base.clone()), p.run_inference(base));

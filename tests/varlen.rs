@@ -28,7 +28,7 @@ fn config() -> impl Strategy<Value = RnnConfig> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(rnn_kernels::testkit::proptest_cases(64)))]
 
     #[test]
     fn each_sequence_of_a_varlen_batch_equals_itself_alone(cfg in config(), t in 1usize..7, lens in prop::collection::vec(1usize..7, 1..5), seed in any::<u64>()) {

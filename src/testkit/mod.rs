@@ -26,3 +26,35 @@ pub mod tolerance;
 
 pub use crate::rng::SplitMix64;
 pub use problem::{up, Problem, F32_SPREAD, OUTPUTS, PERTURBED};
+
+/// The ISAs a test of the CPU backend loops over: the one `RNN_KERNELS_ISA` names where it is
+/// set (the one `Cpu::new()` then uses; CI forces each in turn, and NEON under emulation), else
+/// every one this machine has ([`Isa::available`](crate::Isa::available)).
+///
+/// # Panics
+///
+/// If `RNN_KERNELS_ISA` names an ISA this machine lacks, or none.
+pub fn isas() -> Vec<crate::Isa> {
+    match std::env::var_os("RNN_KERNELS_ISA") {
+        None => crate::Isa::available(),
+        Some(_) => vec![crate::Isa::from_env().unwrap_or_else(|e| panic!("{e}"))],
+    }
+}
+
+/// The number of cases a property test of this crate runs: `default`, or the
+/// `PROPTEST_CASES` environment variable where it is set (proptest's own variable, which it
+/// reads only for tests that name no count). `.ci/neon.sh` lowers it for the run under
+/// emulation, which is some fifty times slower than native; a long soak raises it.
+///
+/// # Panics
+///
+/// If `PROPTEST_CASES` is set to something other than a positive integer.
+pub fn proptest_cases(default: u32) -> u32 {
+    match std::env::var("PROPTEST_CASES") {
+        Err(_) => default,
+        Ok(v) => match v.trim().parse::<u32>() {
+            Ok(n) if n > 0 => n,
+            _ => panic!("PROPTEST_CASES: expected a positive integer, got {v:?}"),
+        },
+    }
+}
