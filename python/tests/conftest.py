@@ -16,6 +16,25 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     TORCH_MISSING = f"torch is missing ({e}); pip install torch to run the PyTorch layer's tests"
 
 
+def assert_masks_follow_seed(m, x):
+    """A module in training mode draws its masks from torch's generator: the same
+    torch.manual_seed gives the same output, the next call other masks, and a call without
+    autograd the masks of the same seed. Returns the output of seed 3."""
+    import torch
+
+    m.train()
+    torch.manual_seed(3)
+    y1 = m(x)[0]
+    torch.manual_seed(3)
+    y2 = m(x)[0]
+    y3 = m(x)[0]
+    assert torch.equal(y1, y2) and not torch.equal(y2, y3)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        assert torch.equal(m(x)[0], y1)  # training mode without autograd: the same masks
+    return y1
+
+
 def in_ci():
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 

@@ -12,6 +12,7 @@ from torch import nn  # noqa: E402
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
 
 import rnn_kernels.torch as rkt  # noqa: E402
+from conftest import assert_masks_follow_seed  # noqa: E402
 
 I, H, T, B = 5, 7, 6, 4
 LENGTHS = [6, 2, 5, 1]  # unsorted
@@ -425,16 +426,7 @@ def test_threads_follow_torch_and_are_bit_identical():
 def test_dropout_reproducible_and_gradients():
     m = rkt.GRU(I, H, num_layers=3, dropout=0.4, dtype=torch.float64)
     x = randn(T, B, I, dtype=torch.float64, seed=11)
-    m.train()
-    torch.manual_seed(3)
-    y1 = m(x)[0]
-    torch.manual_seed(3)
-    y2 = m(x)[0]
-    y3 = m(x)[0]
-    assert torch.equal(y1, y2) and not torch.equal(y2, y3)
-    with torch.no_grad():
-        torch.manual_seed(3)
-        assert torch.equal(m(x)[0], y1)  # training mode without autograd: the same masks
+    y1 = assert_masks_follow_seed(m, x)
     m.eval()
     theirs = nn.GRU(I, H, num_layers=3, dropout=0.4, dtype=torch.float64).eval()
     theirs.load_state_dict(m.state_dict())

@@ -29,6 +29,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 import rnn_kernels as rk  # noqa: E402
 import rnn_kernels.torch as rkt  # noqa: E402
+from conftest import assert_masks_follow_seed  # noqa: E402
 
 I, H, T, B = 4, 5, 5, 3
 LENGTHS = [5, 2, 4]  # unsorted
@@ -424,16 +425,7 @@ def test_regularisers_train_and_eval(case):
     m = make(mode, dtype, **kw)
     config = config_of(mode, **kw)
     x = randn(T, B, I, dtype=dtype, seed=10)
-    m.train()
-    torch.manual_seed(3)
-    y1 = m(x)[0]
-    torch.manual_seed(3)
-    y2 = m(x)[0]
-    y3 = m(x)[0]
-    assert torch.equal(y1, y2) and not torch.equal(y2, y3)
-    with torch.no_grad():
-        torch.manual_seed(3)
-        assert torch.equal(m(x)[0], y1)  # training mode without autograd: the same masks
+    y1 = assert_masks_follow_seed(m, x)
     # Eval mode: the library's inference (zoneout's expectation, no dropout), deterministic,
     # the same bits with and without autograd.
     m.eval()
