@@ -897,7 +897,11 @@ fn dot_bf16(isa: Isa) -> bool {
 /// rounding), kept per thread for its next call: fresh buffers of a call's size are fresh
 /// pages, and their page faults were about 14 % of a bf16 LSTM call (`perf`, lstm-512-512-64-100
 /// inference). At most [`SPARE_MAX`] are kept, so a thread holds at most that many buffers of
-/// the largest calls it made.
+/// the largest calls it made. A buffer is handed out with whatever its last use left in it
+/// (zeroing 13 MB of widened input and output was 3.7 % of the same call): each is written
+/// whole before it is read, the inputs by their widening, the outputs by the f32 pass, which
+/// overwrites its outputs (`BackwardOutput`'s contract; `tests/overwrite.rs` checks it on
+/// buffers filled with NaN).
 mod boundary {
     use std::cell::RefCell;
 
@@ -908,7 +912,8 @@ mod boundary {
         static SPARE: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
     }
 
-    /// `n` zeros, in the smallest kept buffer that holds them (else a new one).
+    /// `n` values to be overwritten, in the smallest kept buffer that holds them (else a new
+    /// one): a kept buffer's old values, zeros past them.
     pub(super) fn take(n: usize) -> Vec<f32> {
         let mut v = SPARE
             .with(|s| {
@@ -917,7 +922,7 @@ mod boundary {
                 fit.map(|i| s.swap_remove(i))
             })
             .unwrap_or_default();
-        v.clear();
+        v.truncate(n);
         v.resize(n, 0.0);
         v
     }
@@ -940,18 +945,49 @@ fn widen<T: HalfStorage>(src: &[T]) -> Vec<f32> {
     v
 }
 
-/// An f32 buffer (zeros) for the output `out`, or `None`.
+/// An f32 buffer for the output `out` (to be overwritten), or `None`.
 fn wide_out<T>(out: &Option<&mut [T]>) -> Option<Vec<f32>> {
     out.as_ref().map(|o| boundary::take(o.len()))
 }
 
-/// `dst = wide`, each rounded to nearest (even) once; the buffer kept for the next call.
-fn narrow_into<T: HalfStorage>(wide: Option<Vec<f32>>, dst: Option<&mut [T]>) {
-    if let (Some(w), Some(d)) = (&wide, dst) {
-        T::from_f32(w, d);
+/// Conversions of a call's boundary with at least this many values are cut between the
+/// threads (below, the hand-off costs more than the half of the work it saves).
+const PAR_CONVERT_MIN: usize = 1 << 15;
+
+impl Cpu {
+    /// `f(src, dst)` on contiguous parts of both, one per thread of the pool (an elementwise
+    /// conversion: the cut changes no bit); on the calling thread below [`PAR_CONVERT_MIN`]
+    /// values. The 16-bit boundary of a call ran on the calling thread alone, while the other
+    /// threads waited: 13 % of a bf16 lstm-512-512-64-100 inference call (`perf`).
+    fn convert<S: Sync, D: Send>(&self, src: &[S], dst: &mut [D], f: fn(&[S], &mut [D])) {
+        let n = src.len().min(dst.len());
+        if self.threads < 2 || n < PAR_CONVERT_MIN {
+            return f(&src[..n], &mut dst[..n]);
+        }
+        // Parts of whole cache lines of the narrower type.
+        let part = n.div_ceil(self.threads).next_multiple_of(64);
+        self.pool.install(|| {
+            use rayon::prelude::*;
+            dst[..n].par_chunks_mut(part).zip(src[..n].par_chunks(part)).for_each(|(d, s)| f(s, d));
+        })
     }
-    if let Some(w) = wide {
-        boundary::give(w);
+
+    /// `src` widened to f32 (exactly), on the pool's threads.
+    fn widen_par<T: HalfStorage>(&self, src: &[T]) -> Vec<f32> {
+        let mut v = boundary::take(src.len());
+        self.convert(src, &mut v, T::to_f32);
+        v
+    }
+
+    /// `dst = wide`, each rounded to nearest (even) once, on the pool's threads; the buffer
+    /// kept for the next call.
+    fn narrow_into<T: HalfStorage>(&self, wide: Option<Vec<f32>>, dst: Option<&mut [T]>) {
+        if let (Some(w), Some(d)) = (&wide, dst) {
+            self.convert(w, d, T::from_f32);
+        }
+        if let Some(w) = wide {
+            boundary::give(w);
+        }
     }
 }
 
@@ -1120,18 +1156,15 @@ impl Cpu {
         reserve: Option<&mut HostReserve<f32>>,
     ) -> Result<()> {
         Self::check_storage(plan, T::DTYPE)?;
-        let (x, h0, c0) = (widen(input.x), input.h0.map(widen), input.c0.map(widen));
-        let (mut y, mut hn, mut cn) = (vec![0.0; output.y.len()], wide_out(&output.hn), wide_out(&output.cn));
+        let (x, h0, c0) = (self.widen_par(input.x), input.h0.map(|v| self.widen_par(v)), input.c0.map(|v| self.widen_par(v)));
+        let (mut y, mut hn, mut cn) = (boundary::take(output.y.len()), wide_out(&output.hn), wide_out(&output.cn));
         let wide_in = ForwardInput { x: &x[..], h0: h0.as_deref(), c0: c0.as_deref(), masks: input.masks };
         let wide_outs = ForwardOutput { y: &mut y[..], hn: hn.as_deref_mut(), cn: cn.as_deref_mut() };
         let done = self.forward_f32(plan, shape, wide_in, wide_outs, reserve);
-        if done.is_ok() {
-            T::from_f32(&y, output.y);
+        for (w, out) in [(Some(y), Some(output.y)), (hn, output.hn), (cn, output.cn)] {
+            self.narrow_into(w, out.filter(|_| done.is_ok()));
         }
-        for (w, out) in [(hn, output.hn), (cn, output.cn)] {
-            narrow_into(w, out.filter(|_| done.is_ok()));
-        }
-        for v in [Some(x), Some(y), h0, c0].into_iter().flatten() {
+        for v in [Some(x), h0, c0].into_iter().flatten() {
             boundary::give(v);
         }
         done
@@ -1149,10 +1182,11 @@ impl Cpu {
         mode: GradMode,
     ) -> Result<()> {
         Self::check_storage(plan, T::DTYPE)?;
-        let (dy, dhn, dcn) = (grads.dy.map(widen), grads.dhn.map(widen), grads.dcn.map(widen));
+        let (dy, dhn, dcn) =
+            (grads.dy.map(|v| self.widen_par(v)), grads.dhn.map(|v| self.widen_par(v)), grads.dcn.map(|v| self.widen_par(v)));
         let (mut dx, mut dh0, mut dc0) = (wide_out(&output.dx), wide_out(&output.dh0), wide_out(&output.dc0));
         let mut dparams = match (&output.dparams, mode) {
-            (Some(d), GradMode::Accumulate) => Some(widen(d)),
+            (Some(d), GradMode::Accumulate) => Some(self.widen_par(d)),
             (d, _) => wide_out(d),
         };
         let wide_in = BackwardInput { dy: dy.as_deref(), dhn: dhn.as_deref(), dcn: dcn.as_deref() };
@@ -1160,7 +1194,7 @@ impl Cpu {
             BackwardOutput { dx: dx.as_deref_mut(), dh0: dh0.as_deref_mut(), dc0: dc0.as_deref_mut(), dparams: dparams.as_deref_mut() };
         let done = self.backward_f32(plan, reserve, wide_in, wide_outs, mode);
         for (w, out) in [(dx, output.dx), (dh0, output.dh0), (dc0, output.dc0), (dparams, output.dparams)] {
-            narrow_into(w, out.filter(|_| done.is_ok()));
+            self.narrow_into(w, out.filter(|_| done.is_ok()));
         }
         for v in [dy, dhn, dcn].into_iter().flatten() {
             boundary::give(v);
