@@ -4,11 +4,14 @@
 # row the median of each, their ratio (auto/off, < 1: the tuner's choice is faster), and the
 # tuner's choices with the time it spent (from the first `auto` run's stderr).
 #
-#   bash benches/tuner_ab.sh [THREADS (2)] [ROUNDS (3)]
+#   bash benches/tuner_ab.sh [THREADS (2)] [ROUNDS (3)] [DTYPE: f32 (default), bf16 or f16]
+#
+# Each `auto` run is a new process, so each round tunes again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-2}
 rounds=${2:-3}
+dtype=${3:-f32}
 cargo build --release --example bench >/dev/null 2>&1
 bench=target/release/examples/bench
 rows=(
@@ -22,14 +25,14 @@ rows=(
   "rnn_relu 1760 1760 16 50 train"
   "lstm 128 128 64 30 train"
 )
-echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $threads threads, $rounds rounds, $(date -u +%F)"
+echo "# $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $threads threads, $rounds rounds, $dtype, $(date -u +%F)"
 for row in "${rows[@]}"; do
   read -r cell input hidden batch steps mode <<<"$row"
   off=() auto=()
   for ((r = 0; r < rounds; r++)); do
     for tune in off auto; do
       ms=$("$bench" --backend cpu --cell "$cell" --input "$input" --hidden "$hidden" --batch "$batch" --steps "$steps" \
-        --mode "$mode" --threads "$threads" --reps 7 --warmup 1 --tune "$tune" 2>/tmp/tuner_ab.err |
+        --mode "$mode" --threads "$threads" --reps 7 --warmup 1 --dtype "$dtype" --tune "$tune" 2>/tmp/tuner_ab.err |
         sed -n 's/.*"median_ms":\([0-9.]*\).*/\1/p')
       if [ "$tune" = off ]; then off+=("$ms"); else
         auto+=("$ms")

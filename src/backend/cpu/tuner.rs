@@ -19,9 +19,11 @@
 //! process has not tuned for this CPU model, ISA, thread count and configuration: before the
 //! call, each candidate runs the plan on scratch data with the call's own batch, options and
 //! outputs, on as many of the call's steps as take about [`TRIAL_TARGET`] (at least
-//! `min(T, 4)`; measured by a warm-up on `min(T, 4)` steps), in rounds (a warm-up with the default first), up to three while
-//! the next round fits in [`BUDGET`] (at least one round), and the fastest wins; the default stays unless another is
-//! [`MARGIN`] faster. The result is kept for the process (and in the file named by
+//! `min(T, 4)`; measured by a warm-up on `min(T, 4)` steps), in rounds (a warm-up with the
+//! default first), up to five while the next round fits in [`BUDGET`] (at least one round).
+//! Each round runs the candidates in another order; the first round of several warms them up;
+//! in the others each candidate's time is divided by the default's of the same round, and the candidate with the least median ratio
+//! wins if it is [`MARGIN`] under 1, else the default stays. The result is kept for the process (and in the file named by
 //! `RNN_KERNELS_TUNE_FILE`, read at the first tuning and appended to, so later processes skip
 //! the trials). [`tuning_records`] reports each tuning: the candidates' times and the time
 //! spent. `RNN_KERNELS_TUNE=off` (or [`Tuning::Off`]) runs the default strategy, for benchmarks
@@ -45,14 +47,14 @@ pub const BUDGET: Duration = Duration::from_millis(50);
 pub const MARGIN: f64 = 0.02;
 
 /// Rounds of trials at most.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// Steps of the first warm-up (or the call's steps, if fewer).
 pub(crate) const TRIAL_STEPS: usize = 4;
 
 /// How long a trial should take: enough steps for the per-step costs to outweigh the call's
 /// fixed ones (starting its threads), as in the call itself.
-pub(crate) const TRIAL_TARGET: Duration = Duration::from_millis(2);
+pub(crate) const TRIAL_TARGET: Duration = Duration::from_millis(4);
 
 /// How a call runs on the CPU backend's pool. Every strategy gives the same bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -364,6 +366,8 @@ pub(crate) fn pick(
     let start = Instant::now();
     let default = candidates[0];
     let mut best: Vec<Option<f64>> = vec![None; candidates.len()];
+    // Each round's time of each candidate (`None`: failed).
+    let mut rounds: Vec<Vec<Option<f64>>> = Vec::new();
     let mut failed = vec![false; candidates.len()];
     let first = max_steps.clamp(1, TRIAL_STEPS);
     let Ok(warm) = trial(default, first) else {
@@ -381,7 +385,14 @@ pub(crate) fn pick(
             break;
         }
         let round_start = Instant::now();
-        for (i, &s) in candidates.iter().enumerate() {
+        let mut this_round = vec![None; candidates.len()];
+        // Each round in another order (the default last in the first round, first in the next):
+        // a trial at a given place in the run can be slow on some machines (the second round's
+        // first trial here, about 1.5× on a 2-core Intel Xeon VM), and a fixed order would put
+        // the same candidate there every round.
+        let nc = candidates.len();
+        for i in (0..nc).rev().map(|j| (j + round) % nc) {
+            let s = candidates[i];
             if failed[i] {
                 continue;
             }
@@ -389,26 +400,44 @@ pub(crate) fn pick(
                 Ok(t) => {
                     let t = t.as_secs_f64();
                     best[i] = Some(best[i].map_or(t, |b: f64| b.min(t)));
+                    this_round[i] = Some(t);
                 }
                 Err(_) => failed[i] = true,
             }
         }
+        rounds.push(this_round);
         last_round = round_start.elapsed();
     }
     let times: Vec<(Strategy, f64)> = candidates.iter().zip(&best).filter_map(|(&s, t)| t.map(|t| (s, t))).collect();
-    (choose(&times), times, steps)
+    (candidates[choose(&rounds)], times, steps)
 }
 
-/// The fastest of `times` (the default first), or the default if within [`MARGIN`] of it.
-fn choose(times: &[(Strategy, f64)]) -> Strategy {
-    let Some(&(default, t0)) = times.first() else {
-        unreachable!("the default's trial succeeded");
+/// The index of the candidate chosen from each round's times (the default first, `None`
+/// where a trial failed): the one whose times over the default's, paired round by round, have
+/// the least upper median, if that is under `1 -` [`MARGIN`]; else the default (0). The first
+/// round only warms each candidate up where later rounds follow. Each trial is paired with the
+/// default's of the same round, milliseconds apart, and the median of the ratios is taken (the
+/// upper one: a challenger must win most rounds), so a burst of load that slows one
+/// candidate's trials in a round or two does not decide. The least time of each did: on a
+/// 2-core Intel Xeon VM, whose first round ran the default up to 2.5× slower than the later
+/// ones, it picked in about one tuning in five the strategy that was 18 % slower on the whole
+/// `lstm-512-512-64-100` bf16 call.
+fn choose(rounds: &[Vec<Option<f64>>]) -> usize {
+    let timed = if rounds.len() > 1 { &rounds[1..] } else { rounds };
+    let score = |i: usize| {
+        let mut ratios: Vec<f64> = timed.iter().filter_map(|r| Some(r.get(i).copied()?? / r.first().copied()??)).collect();
+        if ratios.is_empty() {
+            return f64::INFINITY;
+        }
+        ratios.sort_by(f64::total_cmp);
+        ratios[ratios.len() / 2]
     };
-    let (fastest, t) = times.iter().copied().fold((default, t0), |a, b| if b.1 < a.1 { b } else { a });
-    if t < t0 * (1.0 - MARGIN) {
-        fastest
+    let n = rounds.first().map_or(0, Vec::len);
+    let (best, ratio) = (1..n).map(|i| (i, score(i))).fold((0, f64::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
+    if ratio < 1.0 - MARGIN {
+        best
     } else {
-        default
+        0
     }
 }
 
@@ -485,20 +514,48 @@ mod tests {
             Ok(BUDGET / 4)
         });
         assert_eq!(calls, 3);
-        // Fast trials: three rounds.
+        // Fast trials: five rounds.
         let mut calls = 0;
         pick(&[d, a], 4, |_, _| {
             calls += 1;
             Ok(Duration::from_micros(1))
         });
-        assert_eq!(calls, 7);
+        assert_eq!(calls, 1 + 2 * ROUNDS);
+    }
+
+    #[test]
+    fn choose_pairs_the_rounds_and_needs_most_of_them() {
+        // Each round: the default's time, then each challenger's.
+        let r = |t: &[f64]| t.iter().map(|&x| Some(x)).collect::<Vec<_>>();
+        // The first round of several only warms up: a challenger that wins only there (against
+        // a cold default) is not chosen; alone, it decides.
+        let cold = r(&[2.5, 1.0, 1.0]);
+        assert_eq!(choose(&[cold.clone(), r(&[1.0, 1.0, 1.0]), r(&[1.0, 1.0, 1.0])]), 0);
+        assert_eq!(choose(std::slice::from_ref(&cold)), 1);
+        // Challenger 1 has the least time (0.5 against a default slowed by a burst in round
+        // 1), but is no faster in the other rounds: the default stays.
+        assert_eq!(choose(&[cold.clone(), r(&[2.0, 0.5, 1.0]), r(&[1.0, 1.05, 1.05]), r(&[1.1, 1.1, 1.1])]), 0);
+        // Faster by 10 % in two rounds of three: chosen, whatever the machine's speed did.
+        assert_eq!(choose(&[cold.clone(), r(&[1.0, 0.9, 1.0]), r(&[2.0, 1.8, 2.1]), r(&[1.2, 1.3, 1.2])]), 1);
+        // Of two challengers, the one with the smaller median ratio.
+        assert_eq!(choose(&[cold.clone(), r(&[1.0, 0.9, 0.8]), r(&[1.0, 0.8, 0.7]), r(&[1.0, 0.9, 0.9])]), 2);
+        // Faster in one round of two: not most, the default stays.
+        assert_eq!(choose(&[cold.clone(), r(&[1.0, 0.5]), r(&[1.0, 1.1])]), 0);
+        // Within the margin: the default.
+        assert_eq!(choose(&[cold.clone(), r(&[1.0, 0.99]), r(&[1.0, 0.99])]), 0);
+        // A failed trial (`None`) is left out of the pairs: a challenger that failed every
+        // round is never chosen, nor paired with a default that failed.
+        let (s, f) = (Some(1.0), Some(0.5));
+        assert_eq!(choose(&[cold.clone(), vec![s, f, None], vec![s, f, None]]), 1);
+        assert_eq!(choose(&[cold, vec![None, Some(0.1)], vec![s, s]]), 0);
+        assert_eq!(choose(&[r(&[1.0])]), 0);
     }
 
     #[test]
     fn trials_run_the_steps_that_take_the_target_time() {
         let (d, a) = (s(2, 96, 16), s(1, 96, 16));
-        // 10 µs a step: 200 steps take the 2 ms target.
-        for (max, want) in [(1000, 200), (100, 100), (3, 3)] {
+        // 10 µs a step: 400 steps take the 4 ms target.
+        for (max, want) in [(1000, 400), (100, 100), (3, 3)] {
             let mut seen = Vec::new();
             let (_, _, steps) = pick(&[d, a], max, |_, n| {
                 seen.push(n);
