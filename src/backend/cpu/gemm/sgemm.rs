@@ -200,6 +200,17 @@ pub(crate) trait BlockTile {
         unsafe { pack_a_pairs(a, i0, mc, p0, kc, dst, mr) }
     }
 
+    /// Packs a block of a strided `B` (an activation: a weight gradient's layer input or
+    /// hidden state) rounded to bf16 in pairs of rows for [`Self::tile_dot`] (the layout of
+    /// `pack_b_pairs`, which is the default); overridden as [`Self::pack_a_dot`] is.
+    ///
+    /// # Safety
+    /// As `pack_b_pairs`.
+    unsafe fn pack_b_dot(b: &Mat<'_, f32>, p0: usize, kc: usize, j0: usize, nc: usize, dst: *mut u16) {
+        // SAFETY: the caller's contract.
+        unsafe { pack_b_pairs(b, p0, kc, j0, nc, dst) }
+    }
+
     /// `C[rows, cols] ⊕= alpha·Σ_kp a_kp·b_kp` as `up` says, with `VDPBF16PS`: `a` a packed
     /// micro-panel of [`Self::ROWS`] rows of bf16 pairs (`a[i·kcp + kp]`, see `pack_a_pairs`),
     /// `b` up to [`Self::PANELS`] panels in pairs of rows (`kcp·32` values each, `b.stride`
@@ -440,7 +451,7 @@ pub(crate) unsafe fn pack_a_pairs(a: &Mat<'_, f32>, i0: usize, mc: usize, p0: us
 ///
 /// # Safety
 /// `dst` holds `ceil(nc/16)·kcp·32` values; the block lies inside `b`.
-unsafe fn pack_b_pairs(b: &Mat<'_, f32>, p0: usize, kc: usize, j0: usize, nc: usize, dst: *mut u16) {
+pub(crate) unsafe fn pack_b_pairs(b: &Mat<'_, f32>, p0: usize, kc: usize, j0: usize, nc: usize, dst: *mut u16) {
     let kcp = kc.div_ceil(2);
     // SAFETY: indices are within the block the caller vouched for.
     unsafe {
@@ -586,7 +597,7 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                     let buf = ws.b.get(((jq1 - jq) * len).div_ceil(2)).cast::<u16>();
                     // SAFETY: the buffer holds the block's panels (two values per float); the
                     // block lies inside B.
-                    unsafe { pack_b_pairs(&bm, p0, kc, j0, j1 - j0, buf) };
+                    unsafe { K::pack_b_dot(&bm, p0, kc, j0, j1 - j0, buf) };
                     (BlockB::Half(Panels16 { ptr: buf, stride: len, format: Half::Bf16 }), len)
                 }
                 Rhs::Strided(bm) | Rhs::StridedPairs(bm) => {

@@ -17,7 +17,7 @@
 use super::Amx;
 use crate::backend::cpu::gemm::packed::NR;
 use crate::backend::cpu::gemm::sgemm::{ATile, BlockTile, CTile, Panels, Panels16, SkinnyTile, Update};
-use crate::backend::cpu::isa::avx512::sgemm::{pack_a_pairs_cvt, store_tile};
+use crate::backend::cpu::isa::avx512::sgemm::{pack_a_pairs_cvt, pack_b_pairs_cvt, store_tile};
 use crate::backend::cpu::isa::Avx512;
 use crate::backend::host::Mat;
 use core::arch::asm;
@@ -195,6 +195,13 @@ impl BlockTile for Amx {
     unsafe fn pack_a_dot(a: &Mat<'_, f32>, i0: usize, mc: usize, p0: usize, kc: usize, dst: *mut u32, mr: usize) {
         // SAFETY: the caller's contract.
         unsafe { pack_a_pairs_cvt(a, i0, mc, p0, kc, dst, mr) }
+    }
+
+    /// # Safety
+    /// As [`BlockTile::pack_b_dot`]; the token proves AVX-512BW and AVX512_BF16.
+    unsafe fn pack_b_dot(b: &Mat<'_, f32>, p0: usize, kc: usize, j0: usize, nc: usize, dst: *mut u16) {
+        // SAFETY: the caller's contract.
+        unsafe { pack_b_pairs_cvt(b, p0, kc, j0, nc, dst) }
     }
 
     unsafe fn dot_begin() {
