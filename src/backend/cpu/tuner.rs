@@ -18,9 +18,9 @@
 //! On the first call of a pass (inference, training forward, backward) with a batch size the
 //! process has not tuned for this CPU model, ISA, thread count and configuration: before the
 //! call, each candidate runs the plan on scratch data with the call's own batch, options and
-//! outputs, on as many of the call's steps as take about [`TRIAL_TARGET`] (at least
-//! `min(T, 4)`; measured by a warm-up on `min(T, 4)` steps), in rounds (a warm-up with the
-//! default first), up to five while the next round fits in [`BUDGET`] (at least one round).
+//! outputs, on as many of the call's steps as take about [`TRIAL_TARGET`] (at least one;
+//! measured by warm-ups of the default on one step, then on the steps that sets), in rounds,
+//! up to five while the next round fits in [`BUDGET`] (at least one round).
 //! Each round runs the candidates in another order; the first round of several warms them up;
 //! in the others each candidate's time is divided by the default's of the same round, and the candidate with the least median ratio
 //! wins if it is [`MARGIN`] under 1, else the default stays. The result is kept for the process (and in the file named by
@@ -48,9 +48,6 @@ pub const MARGIN: f64 = 0.02;
 
 /// Rounds of trials at most.
 const ROUNDS: usize = 5;
-
-/// Steps of the first warm-up (or the call's steps, if fewer).
-pub(crate) const TRIAL_STEPS: usize = 4;
 
 /// How long a trial should take: enough steps for the per-step costs to outweigh the call's
 /// fixed ones (starting its threads), as in the call itself.
@@ -352,10 +349,15 @@ fn pass_cut(s: &Strategy, tile_rows: usize, pass: TunedPass, batch: usize) -> Ve
 }
 
 /// Times `candidates` (the default first) with `trial`, which runs one on the plan's shapes for
-/// the steps it is given (at most `max_steps`): a warm-up of the default on
-/// `min(max_steps, TRIAL_STEPS)` steps, which sets the trials' steps (as many as take about
-/// [`TRIAL_TARGET`], within those bounds; warmed up again if more), then rounds of one trial each, up to [`ROUNDS`] rounds, a round
-/// after the first only if it would end within [`BUDGET`] (at the last round's duration). Returns the fastest (the default unless another is
+/// the steps it is given (at most `max_steps`): a warm-up of the default on one step, which
+/// sets the trials' steps (as many as take about [`TRIAL_TARGET`], at least one); if more, a
+/// warm-up on those, whose time per step sets them again (up only: the first step of a plan
+/// pays one-time costs, such as packing the backward weights, which make it read slow), with
+/// one more warm-up if they grew; then rounds of one trial each, up to [`ROUNDS`] rounds, a round
+/// after the first only if it would end within [`BUDGET`] (at the last round's duration). A
+/// warm-up on one step first, not several: where one step takes milliseconds (a 2-thread
+/// `lstm-512-512-64` backward step took 3 ms on a Zen 4 VM), a warm-up of four steps and trials
+/// of at least four made one tuning take 94 ms. Returns the fastest (the default unless another is
 /// [`MARGIN`] faster), each candidate's least time, and the trials' steps. A candidate whose
 /// trial fails is dropped; if the default's fails, the default is returned untimed.
 pub(crate) fn pick(
@@ -369,15 +371,31 @@ pub(crate) fn pick(
     // Each round's time of each candidate (`None`: failed).
     let mut rounds: Vec<Vec<Option<f64>>> = Vec::new();
     let mut failed = vec![false; candidates.len()];
-    let first = max_steps.clamp(1, TRIAL_STEPS);
-    let Ok(warm) = trial(default, first) else {
-        return (default, Vec::new(), first);
+    // The steps that take about the target time, by a warm-up's time on `n` steps.
+    let max_steps = max_steps.max(1);
+    let fit = |t: Duration, n: usize| {
+        let per_step = t.as_secs_f64() / n as f64;
+        if per_step > 0.0 {
+            ((TRIAL_TARGET.as_secs_f64() / per_step).ceil() as usize).clamp(1, max_steps)
+        } else {
+            max_steps
+        }
     };
-    let per_step = warm.as_secs_f64() / first as f64;
-    let steps =
-        if per_step > 0.0 { ((TRIAL_TARGET.as_secs_f64() / per_step).ceil() as usize).clamp(first, max_steps.max(first)) } else { first };
-    if steps > first && trial(default, steps).is_err() {
-        return (default, Vec::new(), steps);
+    let Ok(warm) = trial(default, 1) else {
+        return (default, Vec::new(), 1);
+    };
+    let mut steps = fit(warm, 1);
+    if steps > 1 {
+        let Ok(warm) = trial(default, steps) else {
+            return (default, Vec::new(), steps);
+        };
+        let more = fit(warm, steps);
+        if more > steps {
+            steps = more;
+            if trial(default, steps).is_err() {
+                return (default, Vec::new(), steps);
+            }
+        }
     }
     let mut last_round = Duration::ZERO;
     for round in 0..ROUNDS {
@@ -514,13 +532,13 @@ mod tests {
             Ok(BUDGET / 4)
         });
         assert_eq!(calls, 3);
-        // Fast trials: five rounds.
+        // Fast trials: two warm-ups (one step, then the trials' four), five rounds.
         let mut calls = 0;
         pick(&[d, a], 4, |_, _| {
             calls += 1;
             Ok(Duration::from_micros(1))
         });
-        assert_eq!(calls, 1 + 2 * ROUNDS);
+        assert_eq!(calls, 2 + 2 * ROUNDS);
     }
 
     #[test]
@@ -562,11 +580,30 @@ mod tests {
                 Ok(Duration::from_micros(10 * n as u64))
             });
             assert_eq!(steps, want);
-            // The warm-up on min(max, 4) steps, again on the trials' steps if more, then the
-            // rounds.
-            assert_eq!(seen[0], max.min(4));
+            // The warm-up on one step, again on the trials' steps, then the rounds.
+            assert_eq!(seen[0], 1);
             assert!(seen[1..].iter().all(|&n| n == want), "{seen:?}");
         }
+        // The first step pays a one-time cost (1 ms): it asks for 4 steps, whose warm-up reads
+        // 10 µs a step, so 400, warmed up again.
+        let mut seen = Vec::new();
+        let (_, _, steps) = pick(&[d, a], 1000, |_, n| {
+            seen.push(n);
+            Ok(Duration::from_micros(10 * n as u64 + if seen.len() == 1 { 1000 } else { 0 }))
+        });
+        assert_eq!(steps, 400);
+        assert_eq!(seen[..3], [1, 4, 400]);
+        assert!(seen[3..].iter().all(|&n| n == 400), "{seen:?}");
+        // 3 ms a step: two steps a trial (not four), so that a tuning of such a plan (a
+        // 2-thread lstm-512-512-64 backward on a Zen 4 VM) stays near the budget.
+        let mut seen = Vec::new();
+        let (_, _, steps) = pick(&[d, a], 100, |_, n| {
+            seen.push(n);
+            Ok(Duration::from_micros(3000 * n as u64))
+        });
+        assert_eq!(steps, 2);
+        assert_eq!(seen[..2], [1, 2]);
+        assert!(seen[2..].iter().all(|&n| n == 2), "{seen:?}");
     }
 
     #[test]
