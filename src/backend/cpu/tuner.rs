@@ -378,7 +378,8 @@ pub(crate) fn pick(
         if per_step > 0.0 {
             ((TRIAL_TARGET.as_secs_f64() / per_step).ceil() as usize).clamp(1, max_steps)
         } else {
-            max_steps
+            // A clock that read nothing: no grounds to grow the trials.
+            n.min(max_steps)
         }
     };
     let Ok(warm) = trial(default, 1) else {

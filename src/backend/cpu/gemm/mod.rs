@@ -113,7 +113,9 @@ enum Split {
 
 fn split(par: &Par<'_>, m: usize, n: usize, k: usize, row_align: usize) -> (usize, Split) {
     let want = par.parts();
-    if want <= 1 || m.saturating_mul(n).saturating_mul(k.max(1)) < PARALLEL_MIN_MACS || m == 0 || n == 0 {
+    // With k = 0 the product only scales C, and a part's view of `A` or `B` would start past
+    // their (empty) data.
+    if want <= 1 || m.saturating_mul(n).saturating_mul(k) < PARALLEL_MIN_MACS || m == 0 || n == 0 || k == 0 {
         return (1, Split::Rows(m.max(1)));
     }
     // Rows when every part gets a good share of them (the packed A block is then shared by
@@ -339,6 +341,7 @@ mod tests {
         let shapes = [
             (1, 1, 1), (1, 300, 1030), (2, 200, 1000), (3, 17, 33), (5, 129, 200), (5, 64, 16),
             (6, 16, 16), (7, 257, 45), (13, 600, 100), (150, 300, 70), (97, 513, 1100), (200, 0, 20),
+            (384, 0, 96), (20, 0, 2000),
         ];
         // alpha and beta that round when multiplied, so that an edge tile computing
         // `alpha·acc + beta·c` with other instructions than a full one shows in the bits.
@@ -434,7 +437,7 @@ mod tests {
         let bf = |v: f32| half::bf16::from_f32(v).to_f32();
         let dot = crate::backend::cpu::dot_bf16(K::ISA);
         #[rustfmt::skip]
-        let shapes = [(6, 16, 16), (13, 600, 100), (97, 513, 1100), (40, 1030, 70), (64, 2049, 33)];
+        let shapes = [(6, 16, 16), (13, 600, 100), (97, 513, 1100), (40, 1030, 70), (64, 2049, 33), (384, 0, 96), (20, 0, 2000)];
         for &(m, k, n) in &shapes {
             for transposed in [false, true] {
                 let (alpha, beta) = (0.7f32, -0.3f32);
@@ -500,8 +503,11 @@ mod tests {
         // Under Miri, smaller products (still split: PARALLEL_MIN_MACS is lower there).
         // 97 rows: split by rows on 2 threads, by columns on 3, with the cut tiles of
         // matrixmultiply's masked kernel (alpha ≠ 1 and beta ∉ {0, 1} round differently there).
-        let shapes: &[(usize, usize, usize)] =
-            if cfg!(miri) { &[(2, 20, 40), (100, 4, 20)] } else { &[(2, 300, 1030), (150, 64, 70), (97, 513, 1100)] };
+        let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
+            &[(2, 20, 40), (100, 4, 20), (20, 0, 20)]
+        } else {
+            &[(2, 300, 1030), (150, 64, 70), (97, 513, 1100), (384, 0, 96), (20, 0, 2000)]
+        };
         for &(m, k, n) in shapes {
             for (alpha, beta) in [(1.0f32, 0.0f32), (0.7, -0.3)] {
                 let a_data = rand_vec(&mut rng, m * k);
