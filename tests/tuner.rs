@@ -70,7 +70,8 @@ fn tunings_are_recorded_once_and_bounded() {
     assert_eq!(passes, [TunedPass::Training, TunedPass::Backward], "{records:#?}");
     for r in &records {
         assert_eq!(r.batch, 64);
-        assert!((4..=30).contains(&r.trial_steps), "{r:#?}");
+        // At least one step (many here natively; few under emulation, where a step is slow).
+        assert!((1..=30).contains(&r.trial_steps), "{r:#?}");
         assert_eq!(r.default, cpu.default_strategy());
         assert_eq!(r.trials[0].0, r.default, "the default is the first candidate");
         assert!(r.trials.len() >= 2, "two threads give at least two candidates: {r:#?}");
