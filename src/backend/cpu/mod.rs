@@ -938,13 +938,6 @@ mod boundary {
     }
 }
 
-/// `src` widened to f32 (exactly).
-fn widen<T: HalfStorage>(src: &[T]) -> Vec<f32> {
-    let mut v = boundary::take(src.len());
-    T::to_f32(src, &mut v);
-    v
-}
-
 /// An f32 buffer for the output `out` (to be overwritten), or `None`.
 fn wide_out<T>(out: &Option<&mut [T]>) -> Option<Vec<f32>> {
     out.as_ref().map(|o| boundary::take(o.len()))
@@ -1090,12 +1083,18 @@ macro_rules! half_storage {
             fn plan(&self, config: &RnnConfig, params: &[$t]) -> Result<CpuPlan> {
                 crate::backend::check_options(&self.name(), config, OPTIONS)?;
                 let dtype = <$t as crate::Element>::DTYPE;
-                CpuPlan::new(config, &widen(params), self.kernels.packs_weights(), dtype, dtype == Dtype::BF16 && dot_bf16(self.isa()))
+                CpuPlan::new(
+                    config,
+                    &self.widen_par(params),
+                    self.kernels.packs_weights(),
+                    dtype,
+                    dtype == Dtype::BF16 && dot_bf16(self.isa()),
+                )
             }
 
             fn update_plan(&self, plan: &mut CpuPlan, params: &[$t]) -> Result<()> {
                 Self::check_storage(plan, <$t as crate::Element>::DTYPE)?;
-                plan.update(&widen(params))
+                plan.update(&self.widen_par(params))
             }
 
             fn read_params(&self, plan: &CpuPlan, params: &mut [$t]) -> Result<()> {

@@ -22,8 +22,9 @@
 //! measured by warm-ups of the default on one step, then on the steps that sets), in rounds,
 //! up to five while the next round fits in [`BUDGET`] (at least one round).
 //! Each round runs the candidates in another order; the first round of several warms them up;
-//! in the others each candidate's time is divided by the default's of the same round, and the candidate with the least median ratio
-//! wins if it is [`MARGIN`] under 1, else the default stays. The result is kept for the process (and in the file named by
+//! in the others each candidate's time is divided by the default's of the same round, and the
+//! candidate with the least median ratio wins if it is [`MARGIN`] under 1, else the default
+//! stays. The result is kept for the process (and in the file named by
 //! `RNN_KERNELS_TUNE_FILE`, read at the first tuning and appended to, so later processes skip
 //! the trials). [`tuning_records`] reports each tuning: the candidates' times and the time
 //! spent. `RNN_KERNELS_TUNE=off` (or [`Tuning::Off`]) runs the default strategy, for benchmarks
