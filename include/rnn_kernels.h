@@ -387,8 +387,10 @@ int rnnk_steps_backward_start(const rnnk_model* model, const rnnk_steps* steps, 
 
 /* Walks back through the next step (the last one first): dy [B, Hout] optional (zeros), the
  * gradient w.r.t. that step's output, which may depend on the dx of the step after it; dx [B, I]
- * optional (skipped), w.r.t. its input. The parameters' gradients accumulate in the walk. Once
- * every step was walked back, RNNK_ERR_INVALID_ARGUMENT naming `backward`. */
+ * optional (skipped), w.r.t. its input. Walking the first step (the last walked) also computes the
+ * parameters' gradients (on the reference and CPU backends each weight's as one product over all
+ * the steps, as a call over the whole sequence does; CUDA adds each step's). Once every step was
+ * walked back, RNNK_ERR_INVALID_ARGUMENT naming `backward`. */
 int rnnk_steps_backward_step(const rnnk_model* model, rnnk_steps_backward* backward, const float* dy, size_t dy_len, float* dx,
                              size_t dx_len);
 

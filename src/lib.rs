@@ -111,7 +111,7 @@ pub mod testkit;
 
 pub use backend::{
     check_backward, check_forward, Backend, BackwardInput, BackwardOutput, Buffer, Cpu, CpuPlan, ForwardInput, ForwardOutput, GradMode,
-    HostPlan, HostReserve, Isa, Reference, RnnPlan, RnnReserve,
+    HostPlan, HostReserve, HostStepGrads, Isa, Reference, RnnPlan, RnnReserve,
 };
 /// The CPU backend's plan-time tuner ([`Cpu::set_tuning`]).
 pub use backend::{tuning_records, Strategy, TuneRecord, TunedPass, Tuning};

@@ -183,16 +183,36 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
         self.run_backward(reserve, BackwardInput { dy, dhn, dcn }, dparams, GradMode::Accumulate)
     }
 
-    /// Allocates `dx`, `dh0`, `dc0` and runs backward with the parameter gradients in `dparams`.
-    fn run_backward(&self, reserve: &B::Reserve, grads: BackwardInput<'_, [T]>, dparams: &mut [T], mode: GradMode) -> Result<Gradients<T>> {
+    /// The backward of one decoder step's `reserve` without the parameters' gradients, kept in
+    /// `acc` for one product over all the steps ([`Backend::backward_step_deferred`]); `None`
+    /// where the backend does not defer.
+    fn backward_step_deferred(
+        &self,
+        reserve: &B::Reserve,
+        grads: BackwardInput<'_, [T]>,
+        acc: &mut B::StepGrads,
+    ) -> Result<Option<Gradients<T>>> {
+        let mut g = self.grad_buffers(reserve)?;
+        let output: BackwardOutput<'_, [T]> =
+            BackwardOutput { dx: Some(&mut g.dx), dh0: Some(&mut g.dh0), dc0: g.dc0.as_deref_mut(), dparams: None };
+        Ok(self.backend.backward_step_deferred(&self.plan, reserve, grads, output, acc)?.then_some(g))
+    }
+
+    /// `dx`, `dh0`, `dc0` for the backward of `reserve`'s call, zeroed.
+    fn grad_buffers(&self, reserve: &B::Reserve) -> Result<Gradients<T>> {
         let shape = reserve.shape().ok_or_else(crate::backend::stack::empty_reserve)?;
         let cfg = self.config();
-        let mut g = Gradients {
+        Ok(Gradients {
             dx: alloc("reserve", "dx", SeqShape::x_dims(cfg), shape.x_shape(cfg))?,
             dh0: alloc("reserve", "dh0", "[L·D, B, Hout]", shape.h_shape(cfg))?,
             dc0: if cfg.cell().has_cell_state() { Some(alloc("reserve", "dc0", "[L·D, B, H]", shape.c_shape(cfg))?) } else { None },
             dparams: None,
-        };
+        })
+    }
+
+    /// Allocates `dx`, `dh0`, `dc0` and runs backward with the parameter gradients in `dparams`.
+    fn run_backward(&self, reserve: &B::Reserve, grads: BackwardInput<'_, [T]>, dparams: &mut [T], mode: GradMode) -> Result<Gradients<T>> {
+        let mut g = self.grad_buffers(reserve)?;
         let output: BackwardOutput<'_, [T]> =
             BackwardOutput { dx: Some(&mut g.dx), dh0: Some(&mut g.dh0), dc0: g.dc0.as_deref_mut(), dparams: Some(dparams) };
         self.backend.backward(&self.plan, reserve, grads, output, mode)?;
@@ -268,6 +288,11 @@ pub struct BackwardSteps<'s, T: Element, B: Backend<T>> {
     dparams: Vec<T>,
     /// The steps' input gradients, from the last step back.
     dx: Vec<Vec<T>>,
+    /// What the backend keeps for the parameters' gradients, computed once the first step is
+    /// walked ([`Backend::backward_step_deferred`]); `deferred` is whether it does (`None`
+    /// before the first step walked).
+    acc: B::StepGrads,
+    deferred: Option<bool>,
 }
 
 impl<'s, T: Element, B: Backend<T>> BackwardSteps<'s, T, B> {
@@ -288,11 +313,17 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
     /// whole sequence with the same stream ([`MaskStream::from_step`]), so teacher forcing
     /// through the steps is that call, dropout between layers and zoneout included.
     ///
-    /// Each step's backward is the backend's backward over that step's record, its parameters'
-    /// gradients added in (products of `B` rows per step; one product over all the steps, as a
-    /// call over the whole sequence makes, is not done yet). On the reference backend the
-    /// outputs and the input and state gradients are those of one call over the whole sequence
-    /// on the same inputs, bit for bit (`tests/decoder_steps.rs`).
+    /// Each step's backward is the backend's backward over that step's record without the
+    /// parameters' gradients ([`Backend::backward_step_deferred`]); when the first step is
+    /// walked (the last), the parameters' gradients are computed from what every step kept,
+    /// each weight's as one product over the rows of all the steps, as the backward of a call
+    /// over the whole sequence computes them ([`Backend::deferred_param_grads`]; a backend that
+    /// does not defer, CUDA, adds each step's products of `B` rows instead). On the reference
+    /// the outputs and every gradient, the parameters' included, are then those of one call
+    /// over the whole sequence on the same inputs, bit for bit; on the CPU backend too where a
+    /// step's products take the whole call's GEMM path (`B` ≥ 6 rows; with fewer, the one-row
+    /// path, within f32 rounding) (`tests/decoder_steps.rs`). With 16-bit storage the
+    /// parameters' gradients are summed in f32 and rounded once.
     ///
     /// For a forward (unidirectional) stack: a bidirectional or reverse-only one is an error
     /// naming `direction`. The CUDA backend refuses the training steps after the first of a
@@ -399,7 +430,7 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
             None => None,
         };
         let dparams = try_zeroed("dparams", "the parameter gradients", self.plan.param_len())?;
-        Ok(BackwardSteps { steps, next: steps.steps, dh, dc, dparams, dx: Vec::new() })
+        Ok(BackwardSteps { steps, next: steps.steps, dh, dc, dparams, dx: Vec::new(), acc: B::StepGrads::default(), deferred: None })
     }
 }
 
@@ -412,7 +443,24 @@ impl<T: Element, B: Backend<T, Buf = [T]>> BackwardSteps<'_, T, B> {
             return Err(Error::invalid("step", "a step not yet walked back", "every step walked back already"));
         };
         let record = self.steps.record.as_ref().expect("backward_steps checked a training run");
-        let g = rnn.backward_accumulate(&record[t], dy, Some(&self.dh), self.dc.as_deref(), &mut self.dparams)?;
+        let grads = BackwardInput { dy, dhn: Some(&self.dh), dcn: self.dc.as_deref() };
+        let accumulate = |dparams: &mut [T]| rnn.backward_accumulate(&record[t], dy, Some(&self.dh), self.dc.as_deref(), dparams);
+        let (g, deferred) = match self.deferred {
+            Some(false) => (accumulate(&mut self.dparams)?, false),
+            _ => match rnn.backward_step_deferred(&record[t], grads, &mut self.acc)? {
+                Some(g) => (g, true),
+                None if self.deferred.is_none() => (accumulate(&mut self.dparams)?, false),
+                None => {
+                    return Err(Error::invalid("rnn", "the model the walk's earlier steps ran on", "a model whose backend does not defer"))
+                }
+            },
+        };
+        self.deferred = Some(deferred);
+        if deferred && t == 0 {
+            // Every step is walked: the parameters' gradients, one product per weight.
+            let acc = std::mem::take(&mut self.acc);
+            rnn.backend.deferred_param_grads(&rnn.plan, record, acc, &mut self.dparams, GradMode::Overwrite)?;
+        }
         self.dh = g.dh0;
         if let Some(dc) = g.dc0 {
             self.dc = Some(dc);

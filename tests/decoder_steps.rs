@@ -1,6 +1,7 @@
 //! A decoder run one step at a time (`Rnn::start_steps`, `step`, `backward_steps`): with the
 //! inputs known in advance (teacher forcing) it computes what one call over the whole sequence
-//! computes, on the reference (outputs and input gradients bit for bit) and on the CPU backend;
+//! computes, bit for bit on the reference and on the CPU backend (every ISA, f32), the
+//! parameters' gradients included (one product per weight over all the steps);
 //! with input feeding (each step's input computed from the previous step's output) its
 //! step-by-step backward gives the gradients of central differences; inference steps give the
 //! training steps' outputs, and their states can be reordered (a beam search); bad use is an
@@ -88,7 +89,7 @@ impl Problem {
 
     /// The same through the decoder steps: each step's `x` row block in, its `y` out; backward
     /// walks the steps with their `dy`.
-    fn stepped<T: rnn_kernels::Float, B: Backend<T, Buf = [T]>>(
+    fn stepped<T: rnn_kernels::Element, B: Backend<T, Buf = [T]>>(
         &self,
         rnn: &Rnn<T, B>,
         masks: &MaskStream,
@@ -135,22 +136,41 @@ impl Problem {
 
 const NAMES: [&str; 7] = ["y", "hn", "cn", "dx", "dh0", "dc0", "dparams"];
 
-/// Teacher forcing through the steps is the whole call: on the reference every output and
-/// every input and state gradient bit for bit (each is computed row by row the same way), the
-/// parameters' gradients (summed step by step instead of in one product) within 1e-12.
+/// Teacher forcing through the steps is the whole call on the reference, bit for bit: every
+/// output, every input and state gradient (each is computed row by row the same way), and the
+/// parameters' gradients (the same products over the rows of all the steps, computed once the
+/// steps are walked).
 #[test]
 fn steps_are_the_whole_call_on_the_reference() {
     for (c, cfg) in configs().iter().enumerate() {
         let p = Problem::new(cfg, 5, 3, 40 + c as u64);
         let (rnn, m) = (Rnn::new(Reference, cfg, &p.params[..]).unwrap(), MaskStream::new(5, 2));
         let (want, got) = (p.whole(&rnn, &m, <[f64]>::to_vec), p.stepped(&rnn, &m, <[f64]>::to_vec));
-        for k in 0..6 {
+        for k in 0..7 {
             let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got[k]), bits(&want[k]), "{cfg:?}: {}", NAMES[k]);
         }
-        let e = max_error(&got[6], &want[6]);
-        assert!(e < 1e-12, "{cfg:?}: dparams error {e:.2e}");
     }
+}
+
+/// The parameters' gradients of many steps: the products over all the steps' rows pass the
+/// backends' block of rows summed on its own (`HostKernels::weight_grad_rows`, 4096 rows on
+/// the CPU, 256 on the reference), so the steps' gradients are the whole call's blocks,
+/// summed in the same order, bit for bit (a sum of per-step products would differ).
+#[test]
+fn many_steps_give_the_whole_calls_parameter_gradients() {
+    let cfg = RnnConfig::new(CellKind::Lstm, 6, 5).num_layers(2).build().unwrap();
+    let p = Problem::new(&cfg, 70, 64, 7);
+    let m = MaskStream::new(1, 0);
+    let bits32 = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for isa in rnn_kernels::testkit::isas() {
+        let rnn = Rnn::new(Cpu::with_isa(isa, 2).unwrap(), &cfg, &down(&p.params)[..]).unwrap();
+        let (want, got) = (p.whole(&rnn, &m, down), p.stepped(&rnn, &m, down));
+        assert_eq!(bits32(&got[6]), bits32(&want[6]), "{isa:?}: dparams");
+    }
+    let rnn = Rnn::new(Reference, &cfg, &p.params[..]).unwrap();
+    let (want, got) = (p.whole(&rnn, &m, <[f64]>::to_vec), p.stepped(&rnn, &m, <[f64]>::to_vec));
+    assert_eq!(got[6].iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want[6].iter().map(|x| x.to_bits()).collect::<Vec<_>>());
 }
 
 /// Masks supplied by the caller (those of a drawn stream read back): the steps read step `t`'s
@@ -165,7 +185,7 @@ fn steps_read_supplied_masks_at_their_own_step() {
         let supplied = MaskStream::supplied(SuppliedMasks::drawn(&drawn, cfg, &SeqShape::new(p.t, p.b).unwrap()).unwrap());
         let (want, got) = (p.whole(&rnn, &drawn, <[f64]>::to_vec), p.stepped(&rnn, &supplied, <[f64]>::to_vec));
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        for k in 0..6 {
+        for k in 0..7 {
             assert_eq!(bits(&got[k]), bits(&want[k]), "{cfg:?}: {}", NAMES[k]);
         }
         // Without the per-step masks the steps differ (the test can see a wrong step).
@@ -184,17 +204,33 @@ fn steps_read_supplied_masks_at_their_own_step() {
     }
 }
 
-/// The same on the CPU backend (f32), within the f32 tolerances of the backends' parity tests.
+/// The same on the CPU backend, f32, with each ISA of the machine and 1 and 2 threads. With
+/// `B` ≥ 6 rows a one-step product takes the blocked GEMM path, as the whole call's, so every
+/// value is the whole call's bit for bit, the parameters' gradients included; with fewer rows
+/// the steps' products take the skinny path (one chain over all of `k`, where the blocked path
+/// may add blocks or round edge tiles otherwise), and the values agree within the f32
+/// tolerances of the backends' parity tests.
 #[test]
 fn steps_are_the_whole_call_on_the_cpu_backend() {
-    for (c, cfg) in configs().iter().enumerate() {
-        let p = Problem::new(cfg, 6, 4, 60 + c as u64);
-        let (rnn, m) = (Rnn::new(Cpu::new().unwrap(), cfg, &down(&p.params)[..]).unwrap(), MaskStream::new(5, 2));
-        let (want, got) = (p.whole(&rnn, &m, down), p.stepped(&rnn, &m, down));
-        for k in 0..7 {
-            let e = max_error(&got[k], &want[k]);
-            let tol = if k < 3 { 1e-5 } else { 1e-4 };
-            assert!(e < tol, "{cfg:?}: {} error {e:.2e}", NAMES[k]);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for isa in rnn_kernels::testkit::isas() {
+        for threads in [1, 2] {
+            for (c, cfg) in configs().iter().enumerate() {
+                let m = MaskStream::new(5, 2);
+                let rnn = |p: &Problem| Rnn::new(Cpu::with_isa(isa, threads).unwrap(), cfg, &down(&p.params)[..]).unwrap();
+                let p = Problem::new(cfg, 5, 6, 60 + c as u64);
+                let (want, got) = (p.whole(&rnn(&p), &m, down), p.stepped(&rnn(&p), &m, down));
+                for k in 0..7 {
+                    assert_eq!(bits(&got[k]), bits(&want[k]), "{isa:?}, {threads} threads, {cfg:?}: {}", NAMES[k]);
+                }
+                let p = Problem::new(cfg, 6, 3, 70 + c as u64);
+                let (want, got) = (p.whole(&rnn(&p), &m, down), p.stepped(&rnn(&p), &m, down));
+                for k in 0..7 {
+                    let e = max_error(&got[k], &want[k]);
+                    let tol = if k < 3 { 1e-5 } else { 1e-4 };
+                    assert!(e < tol, "{isa:?}, {threads} threads, {cfg:?}: {} error {e:.2e}", NAMES[k]);
+                }
+            }
         }
     }
 }
@@ -369,4 +405,129 @@ fn bad_use_is_an_error_naming_the_argument() {
     back.step(&rnn, None).unwrap();
     named(back.step(&rnn, None).unwrap_err(), "step");
     back.finish().unwrap();
+}
+
+/// The backend's deferred calls as a framework makes them ([`Backend::backward_step_deferred`],
+/// [`Backend::deferred_param_grads`]): `Overwrite` writes over whatever `dparams` held and
+/// `Accumulate` adds onto it; bad arguments are errors naming them.
+#[test]
+fn deferred_backend_calls_write_and_check_their_arguments() {
+    use rnn_kernels::{BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, HostReserve, HostStepGrads};
+    type R = HostReserve<f64>;
+    let named = |e: Error, arg: &str| assert!(e.to_string().contains(&format!("`{arg}`")), "{arg}: {e}");
+    let gru = RnnConfig::new(CellKind::Gru, 3, 4).build().unwrap();
+    let params = Params::<f64>::init_uniform(&gru, 1).unwrap().into_vec();
+    let plan = Backend::<f64>::plan(&Reference, &gru, &params).unwrap();
+    let fill = |t: usize, b: usize| -> R {
+        let (x, mut y) = (vec![0.3; t * b * 3], vec![0.0; t * b * 4]);
+        let mut r = R::default();
+        let input = ForwardInput { x: &x[..], h0: None, c0: None, masks: None };
+        let output = ForwardOutput { y: &mut y[..], hn: None, cn: None };
+        Reference.forward_training(&plan, &SeqShape::new(t, b).unwrap(), input, output, &mut r).unwrap();
+        r
+    };
+    let walk = |r: &R, acc: &mut HostStepGrads<f64>, dparams: Option<&mut [f64]>| {
+        let (t, b) = (r.shape().unwrap().steps(), r.shape().unwrap().batch());
+        let (dy, mut dx, mut dh0) = (vec![0.5; t * b * 4], vec![0.0; t * b * 3], vec![0.0; b * 4]);
+        let grads = BackwardInput { dy: Some(&dy[..]), dhn: None, dcn: None };
+        let output = BackwardOutput { dx: Some(&mut dx[..]), dh0: Some(&mut dh0[..]), dc0: None, dparams };
+        Reference.backward_step_deferred(&plan, r, grads, output, acc)
+    };
+    use rnn_kernels::RnnReserve;
+    let steps = [fill(1, 2), fill(1, 2)];
+    let grads = |mode: GradMode, start: f64| {
+        let mut acc = HostStepGrads::default();
+        for r in steps.iter().rev() {
+            assert!(walk(r, &mut acc, None).unwrap());
+        }
+        assert_eq!(acc.steps(), 2);
+        let mut dp = vec![start; params.len()];
+        Reference.deferred_param_grads(&plan, &steps, acc, &mut dp[..], mode).unwrap();
+        dp
+    };
+    let fresh = grads(GradMode::Overwrite, 0.0);
+    assert!(fresh.iter().any(|&v| v != 0.0));
+    assert_eq!(grads(GradMode::Overwrite, f64::NAN), fresh, "Overwrite writes over what dparams held");
+    let added = grads(GradMode::Accumulate, 1.0);
+    assert!(added.iter().zip(&fresh).all(|(a, f)| (a - (1.0 + f)).abs() < 1e-12), "Accumulate adds onto dparams");
+
+    let mut acc = HostStepGrads::default();
+    let mut dp = vec![0.0; params.len()];
+    named(walk(&steps[1], &mut acc, Some(&mut dp[..])).unwrap_err(), "dparams");
+    named(walk(&fill(2, 2), &mut acc, None).unwrap_err(), "reserve");
+    walk(&steps[1], &mut acc, None).unwrap();
+    named(walk(&fill(1, 3), &mut acc, None).unwrap_err(), "reserve");
+    named(
+        Reference.deferred_param_grads(&plan, &steps[..0], HostStepGrads::default(), &mut dp[..], GradMode::Overwrite).unwrap_err(),
+        "reserves",
+    );
+    named(Reference.deferred_param_grads(&plan, &steps, acc, &mut dp[..], GradMode::Overwrite).unwrap_err(), "acc");
+    let mut acc = HostStepGrads::default();
+    walk(&steps[1], &mut acc, None).unwrap();
+    walk(&steps[0], &mut acc, None).unwrap();
+    named(Reference.deferred_param_grads(&plan, &steps, acc, &mut dp[1..], GradMode::Overwrite).unwrap_err(), "dparams");
+    let mixed = [fill(1, 2), fill(1, 3)];
+    let mut acc = HostStepGrads::default();
+    walk(&mixed[1], &mut acc, None).unwrap();
+    walk(&mixed[1], &mut acc, None).unwrap();
+    named(Reference.deferred_param_grads(&plan, &mixed, acc, &mut dp[..], GradMode::Overwrite).unwrap_err(), "reserves");
+    // A bidirectional stack has no decoder steps.
+    let bi = RnnConfig::new(CellKind::Gru, 3, 4).bidirectional(true).build().unwrap();
+    let bplan = Backend::<f64>::plan(&Reference, &bi, &Params::<f64>::init_uniform(&bi, 1).unwrap().into_vec()[..]).unwrap();
+    let (x, mut y) = (vec![0.3; 2 * 3], vec![0.0; 2 * 8]);
+    let mut r = R::default();
+    let input = ForwardInput { x: &x[..], h0: None, c0: None, masks: None };
+    Reference
+        .forward_training(&bplan, &SeqShape::new(1, 2).unwrap(), input, ForwardOutput { y: &mut y[..], hn: None, cn: None }, &mut r)
+        .unwrap();
+    let (mut dx, mut dh0) = (vec![0.0; 2 * 3], vec![0.0; 2 * 2 * 4]);
+    let output = BackwardOutput { dx: Some(&mut dx[..]), dh0: Some(&mut dh0[..]), dc0: None, dparams: None };
+    let grads = BackwardInput { dy: None, dhn: None, dcn: None };
+    named(Reference.backward_step_deferred(&bplan, &r, grads, output, &mut HostStepGrads::default()).unwrap_err(), "direction");
+}
+
+/// With bf16 storage the steps round the states they keep between steps (the whole call keeps
+/// them in f32), and their parameters' gradients are summed in f32 over all the steps and rounded
+/// once: every output and gradient within the derived 16-bit bounds (`testkit::tolerance`) of
+/// the f64 reference's whole call on the same bf16 values.
+#[test]
+fn bf16_steps_are_within_the_derived_bounds() {
+    use half::bf16;
+    use rnn_kernels::testkit::tolerance::{error_ratios, half_storage_bounds, HalfInputs, OUTPUTS};
+    let round = |v: &[f64]| v.iter().map(|&x| bf16::from_f64(x).to_f64()).collect::<Vec<f64>>();
+    let to = |v: &[f64]| v.iter().map(|&x| bf16::from_f64(x)).collect::<Vec<bf16>>();
+    let (t, b) = (5, 6);
+    for (c, cfg) in configs().iter().enumerate() {
+        let mut p = Problem::new(cfg, t, b, 100 + c as u64);
+        for v in [&mut p.params, &mut p.x, &mut p.h0, &mut p.dy, &mut p.dhn] {
+            *v = round(v);
+        }
+        for v in [&mut p.c0, &mut p.dcn].into_iter().flatten() {
+            *v = round(v);
+        }
+        let m = MaskStream::new(5, 2);
+        let want = p.whole(&Rnn::new(Reference, cfg, &p.params[..]).unwrap(), &m, <[f64]>::to_vec);
+        let got: Vec<Vec<f64>> = p
+            .stepped(&Rnn::new(Cpu::new().unwrap(), cfg, &to(&p.params)[..]).unwrap(), &m, to)
+            .iter()
+            .map(|v| v.iter().map(|x| x.to_f64()).collect())
+            .collect();
+        let shape = SeqShape::new(t, b).unwrap();
+        let inputs = HalfInputs {
+            cfg,
+            shape: &shape,
+            u: 2f64.powi(-8),
+            params: &p.params,
+            x: &p.x,
+            h0: &p.h0,
+            c0: p.c0.as_deref(),
+            dy: &p.dy,
+            dhn: &p.dhn,
+            dcn: p.dcn.as_deref(),
+        };
+        let ratios = error_ratios(&got, &want, &half_storage_bounds(&inputs, &want));
+        for (k, r) in ratios.iter().enumerate() {
+            assert!(*r <= 1.0, "{cfg:?}: {} error / bound {r:.3}", OUTPUTS[k]);
+        }
+    }
 }

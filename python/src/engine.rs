@@ -6,8 +6,8 @@
 //! count in the process, [`cpu`]) and the same plan.
 
 use rnn_kernels::{
-    Backend, BackwardInput, BackwardOutput, Cpu, CpuPlan, Error, Float, ForwardInput, ForwardOutput, GradMode, HostPlan, HostReserve, Isa,
-    Reference, Result, RnnConfig, SeqShape,
+    Backend, BackwardInput, BackwardOutput, Cpu, CpuPlan, Error, Float, ForwardInput, ForwardOutput, GradMode, HostPlan, HostReserve,
+    HostStepGrads, Isa, Reference, Result, RnnConfig, SeqShape,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -100,9 +100,40 @@ pub(crate) trait Elem: Float + numpy::Element {
         output: BackwardOutput<'_, [Self]>,
         mode: GradMode,
     ) -> Result<()>;
+    /// The backward of one decoder step, its parameters' gradients kept in `acc`
+    /// (`Backend::backward_step_deferred`; every host backend defers).
+    fn backward_step(
+        plan: &Plan,
+        cpu: Option<&Cpu>,
+        reserve: &HostReserve<Self>,
+        grads: BackwardInput<'_, [Self]>,
+        output: BackwardOutput<'_, [Self]>,
+        acc: &mut HostStepGrads<Self>,
+    ) -> Result<()>;
+    /// The parameters' gradients of the decoder steps walked back into `acc`, written into
+    /// `dparams` (`Backend::deferred_param_grads`).
+    fn deferred_params(
+        plan: &Plan,
+        cpu: Option<&Cpu>,
+        reserves: &[HostReserve<Self>],
+        acc: HostStepGrads<Self>,
+        dparams: &mut [Self],
+    ) -> Result<()>;
     /// The buffers as this type's reserve; buffers of another type are dropped for an empty one.
     fn reserve_mut(b: &mut Buffers) -> &mut HostReserve<Self>;
     fn reserve_ref(b: &Buffers) -> Option<&HostReserve<Self>>;
+}
+
+/// A host backend's deferred step: it always defers (`false` would leave the step not walked).
+fn deferred(walked: Result<bool>) -> Result<()> {
+    match walked? {
+        true => Ok(()),
+        false => Err(Error::InvalidArgument {
+            arg: "backend".into(),
+            expected: "a host backend, which defers a decoder step's parameter gradients".into(),
+            got: "one that does not (an internal inconsistency of the bindings)".into(),
+        }),
+    }
 }
 
 fn need_cpu(cpu: Option<&Cpu>) -> Result<&Cpu> {
@@ -163,6 +194,35 @@ impl Elem for f32 {
         match plan {
             Plan::Ref32(p) => Backend::<f32>::backward(&Reference, p, reserve, grads, output, mode),
             Plan::Cpu(p) => Backend::<f32>::backward(need_cpu(cpu)?, p, reserve, grads, output, mode),
+            Plan::Ref64(_) => Err(mismatch("reserve")),
+        }
+    }
+
+    fn backward_step(
+        plan: &Plan,
+        cpu: Option<&Cpu>,
+        reserve: &HostReserve<f32>,
+        grads: BackwardInput<'_, [f32]>,
+        output: BackwardOutput<'_, [f32]>,
+        acc: &mut HostStepGrads<f32>,
+    ) -> Result<()> {
+        deferred(match plan {
+            Plan::Ref32(p) => Backend::<f32>::backward_step_deferred(&Reference, p, reserve, grads, output, acc),
+            Plan::Cpu(p) => Backend::<f32>::backward_step_deferred(need_cpu(cpu)?, p, reserve, grads, output, acc),
+            Plan::Ref64(_) => Err(mismatch("reserve")),
+        })
+    }
+
+    fn deferred_params(
+        plan: &Plan,
+        cpu: Option<&Cpu>,
+        reserves: &[HostReserve<f32>],
+        acc: HostStepGrads<f32>,
+        dparams: &mut [f32],
+    ) -> Result<()> {
+        match plan {
+            Plan::Ref32(p) => Backend::<f32>::deferred_param_grads(&Reference, p, reserves, acc, dparams, GradMode::Overwrite),
+            Plan::Cpu(p) => Backend::<f32>::deferred_param_grads(need_cpu(cpu)?, p, reserves, acc, dparams, GradMode::Overwrite),
             Plan::Ref64(_) => Err(mismatch("reserve")),
         }
     }
@@ -234,6 +294,33 @@ impl Elem for f64 {
     ) -> Result<()> {
         match plan {
             Plan::Ref64(p) => Backend::<f64>::backward(&Reference, p, reserve, grads, output, mode),
+            _ => Err(mismatch("reserve")),
+        }
+    }
+
+    fn backward_step(
+        plan: &Plan,
+        _: Option<&Cpu>,
+        reserve: &HostReserve<f64>,
+        grads: BackwardInput<'_, [f64]>,
+        output: BackwardOutput<'_, [f64]>,
+        acc: &mut HostStepGrads<f64>,
+    ) -> Result<()> {
+        deferred(match plan {
+            Plan::Ref64(p) => Backend::<f64>::backward_step_deferred(&Reference, p, reserve, grads, output, acc),
+            _ => Err(mismatch("reserve")),
+        })
+    }
+
+    fn deferred_params(
+        plan: &Plan,
+        _: Option<&Cpu>,
+        reserves: &[HostReserve<f64>],
+        acc: HostStepGrads<f64>,
+        dparams: &mut [f64],
+    ) -> Result<()> {
+        match plan {
+            Plan::Ref64(p) => Backend::<f64>::deferred_param_grads(&Reference, p, reserves, acc, dparams, GradMode::Overwrite),
             _ => Err(mismatch("reserve")),
         }
     }

@@ -3,9 +3,11 @@
 //! `Rnn::step`, `Rnn::backward_steps`, computed here on the model's shared plan).
 //!
 //! Each step is a one-step forward call from the state the step before left; a training run keeps
-//! each step's reserve, and its backward is the backend's backward over each record in reverse,
-//! the parameter gradients added up ([`GradMode::Accumulate`]). A run holds the plan it started
-//! with, so a later `update_params` of the model does not change the weights of its steps.
+//! each step's reserve, and its backward is the backend's backward over each record in reverse
+//! without the parameters' gradients (`Backend::backward_step_deferred`), which are computed once
+//! the first step is walked, each weight's as one product over all the steps' rows
+//! (`Backend::deferred_param_grads`), as `Rnn::backward_steps` does. A run holds the plan it
+//! started with, so a later `update_params` of the model does not change the weights of its steps.
 
 use crate::arrays::{array, check_shape, out1, out3, readonly, slice, zeros};
 use crate::engine::{self, Elem, SharedPlan};
@@ -15,7 +17,7 @@ use numpy::PyArray;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use rnn_kernels::masks::MaskStream;
-use rnn_kernels::{BackwardInput, BackwardOutput, Cpu, ForwardInput, ForwardOutput, GradMode, HostReserve, Isa, RnnConfig, SeqShape};
+use rnn_kernels::{BackwardInput, BackwardOutput, Cpu, ForwardInput, ForwardOutput, HostReserve, HostStepGrads, Isa, RnnConfig, SeqShape};
 use std::sync::Mutex;
 
 /// A `[a, b]` array that owns `v` (no copy).
@@ -51,6 +53,8 @@ pub(crate) struct Walk<T> {
     dh: Vec<T>,
     dc: Option<Vec<T>>,
     dparams: Vec<T>,
+    /// What the steps walked back keep for the parameters' gradients.
+    acc: HostStepGrads<T>,
     batch: usize,
     finished: bool,
 }
@@ -326,7 +330,7 @@ impl Steps {
         };
         let dparams = zeros::<T>("dparams", &[n_params])?;
         let next = record.len();
-        let walk = Walk { record, next, dh, dc, dparams, batch: run.batch, finished: false };
+        let walk = Walk { record, next, dh, dc, dparams, acc: HostStepGrads::default(), batch: run.batch, finished: false };
         st.walked = true;
         Ok(BackwardSteps { engine: self.engine.clone(), state: Mutex::new(T::wrap_walk(walk)) })
     }
@@ -476,20 +480,20 @@ impl BackwardSteps {
                 None => None,
             };
             let grads = BackwardInput { dy: dys, dhn: Some(&w.dh), dcn: w.dc.as_deref() };
-            let output: BackwardOutput<'_, [T]> = BackwardOutput {
-                dx: Some(&mut dx[..]),
-                dh0: Some(&mut dh0[..]),
-                dc0: dc0.as_deref_mut(),
-                dparams: Some(&mut w.dparams[..]),
-            };
-            T::backward(plan, cpu.as_ref(), &w.record[t], grads, output, GradMode::Accumulate).or_py()?;
+            let output: BackwardOutput<'_, [T]> =
+                BackwardOutput { dx: Some(&mut dx[..]), dh0: Some(&mut dh0[..]), dc0: dc0.as_deref_mut(), dparams: None };
+            T::backward_step(plan, cpu.as_ref(), &w.record[t], grads, output, &mut w.acc).or_py()?;
+            if t == 0 {
+                // Every step is walked: the parameters' gradients, one product per weight; the
+                // records are not needed any more.
+                T::deferred_params(plan, cpu.as_ref(), &w.record, std::mem::take(&mut w.acc), &mut w.dparams).or_py()?;
+                w.record = Vec::new();
+            }
             w.dh = dh0;
             if dc0.is_some() {
                 w.dc = dc0;
             }
             w.next = t;
-            // The step's record is not needed any more.
-            w.record[t] = HostReserve::default();
             Ok(dx)
         })?;
         out2(py, dx, [batch, cfg.input_size()])
@@ -535,8 +539,9 @@ impl BackwardSteps {
 #[pymethods]
 impl BackwardSteps {
     /// Walks back through the next step with ``dy: [B, Hout]``, the gradient w.r.t. that step's
-    /// output (zeros when ``None``); returns ``dx: [B, I]``, w.r.t. its input. The parameter
-    /// gradients add up over the steps.
+    /// output (zeros when ``None``); returns ``dx: [B, I]``, w.r.t. its input. Walking the
+    /// first step (the last walked) also computes the parameters' gradients, each weight's as
+    /// one product over all the steps.
     #[pyo3(signature = (dy=None))]
     fn step<'py>(&self, py: Python<'py>, dy: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
         match self.engine.dtype {

@@ -40,7 +40,7 @@ use crate::shape::SeqShape;
 pub use cpu::{tuning_records, Cpu, CpuPlan, Isa, Strategy, TuneRecord, TunedPass, Tuning};
 #[cfg(feature = "cuda")]
 pub use cuda::{BorrowedCudaBuf, Cuda, CudaBuf, CudaElement, CudaHost, CudaPlan, CudaReserve};
-pub use host::{HostPlan, HostReserve};
+pub use host::{HostPlan, HostReserve, HostStepGrads};
 pub use reference::Reference;
 
 /// A buffer of elements in the memory a backend computes on.
@@ -165,6 +165,10 @@ pub trait Backend<T: Element>: Send + Sync {
     /// Activations saved by [`forward_training`](Self::forward_training) for
     /// [`backward`](Self::backward). `Default` gives an empty reserve to be filled.
     type Reserve: RnnReserve;
+    /// What [`backward_step_deferred`](Self::backward_step_deferred) keeps of a decoder's steps
+    /// for their parameters' gradients (`()` where the backend does not defer them). `Default`
+    /// gives an empty one.
+    type StepGrads: Default + Send;
 
     /// A short name for reports, e.g. `reference-f64`.
     fn name(&self) -> String;
@@ -210,6 +214,49 @@ pub trait Backend<T: Element>: Send + Sync {
         output: BackwardOutput<'_, Self::Buf>,
         mode: GradMode,
     ) -> Result<()>;
+
+    /// The backward of one step of a decoder run ([`Rnn::backward_steps`](crate::Rnn::backward_steps)):
+    /// `reserve` the one-step reserve (`T = 1`) of a forward stack, walked back from the last
+    /// step. Writes `dx`, `dh0`, `dc0` as [`backward`](Self::backward) does, but not the
+    /// parameters' gradients (`output.dparams` must be `None`): it keeps in `acc` what they
+    /// are computed from, and [`deferred_param_grads`](Self::deferred_param_grads) computes
+    /// them once every step is walked, each weight's as one product over all the steps' rows.
+    ///
+    /// Returns `Ok(false)`, having done nothing, where the backend does not defer (the caller
+    /// then walks the step with [`backward`](Self::backward) and [`GradMode::Accumulate`]).
+    fn backward_step_deferred(
+        &self,
+        plan: &Self::Plan,
+        reserve: &Self::Reserve,
+        grads: BackwardInput<'_, Self::Buf>,
+        output: BackwardOutput<'_, Self::Buf>,
+        acc: &mut Self::StepGrads,
+    ) -> Result<bool> {
+        let _ = (plan, reserve, grads, output, acc);
+        Ok(false)
+    }
+
+    /// The parameters' gradients of a decoder's steps walked back with
+    /// [`backward_step_deferred`](Self::backward_step_deferred): `reserves` the steps'
+    /// reserves in step order, `acc` what their backward kept; written or added into
+    /// `dparams` by `mode`. The weight gradients are the products over all the steps' rows
+    /// that the backward of one call over the whole sequence computes.
+    fn deferred_param_grads(
+        &self,
+        plan: &Self::Plan,
+        reserves: &[Self::Reserve],
+        acc: Self::StepGrads,
+        dparams: &mut Self::Buf,
+        mode: GradMode,
+    ) -> Result<()> {
+        let _ = (plan, reserves, acc, dparams, mode);
+        Err(crate::Error::Unsupported {
+            backend: self.name(),
+            option: "deferred parameter gradients".into(),
+            reason: "this backend computes a decoder step's parameter gradients with the step (backward_step_deferred returns false)"
+                .into(),
+        })
+    }
 }
 
 /// Refuses a configuration whose options (by the names of [`RnnConfig::options`]) are not

@@ -162,7 +162,9 @@ impl AttentionBackend<f32> for Cpu {
 }
 
 use crate::backend::cell::Cell;
-use crate::backend::host::{self, CellBackward, CellForward, ChoPart, HostKernels, HostReserve, Mat, MatMut, Pass, WeightOp};
+use crate::backend::host::{
+    self, CellBackward, CellForward, ChoPart, HostKernels, HostReserve, HostStepGrads, Mat, MatMut, Pass, WeightOp,
+};
 use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode};
 use crate::config::{CellKind, RnnConfig};
 use crate::error::{Error, Result};
@@ -816,12 +818,44 @@ impl Cpu {
             self.run(k, Some(plan), s, |k| host::run_backward(k, &plan.host, reserve, grads, output, mode))
         })
     }
+
+    /// [`Backend::backward_step_deferred`] in f32 (the strategy that of a one-step backward).
+    fn backward_step_f32(
+        &self,
+        plan: &CpuPlan,
+        reserve: &HostReserve<f32>,
+        grads: BackwardInput<'_, [f32]>,
+        output: BackwardOutput<'_, [f32]>,
+        acc: &mut HostStepGrads<f32>,
+    ) -> Result<()> {
+        with_kernels!(self.kernels, |k| {
+            let s = self.backward_strategy(k, plan, reserve, (&grads, &output));
+            self.run(k, Some(plan), s, |k| host::run_backward_step(k, &plan.host, reserve, grads, output, acc))
+        })
+    }
+
+    /// [`Backend::deferred_param_grads`] in f32, with the default strategy (the products'
+    /// bits do not depend on it).
+    fn deferred_params_f32(
+        &self,
+        plan: &CpuPlan,
+        reserves: &[HostReserve<f32>],
+        acc: HostStepGrads<f32>,
+        dparams: &mut [f32],
+        mode: GradMode,
+    ) -> Result<()> {
+        with_kernels!(self.kernels, |k| {
+            let s = self.default_strategy_of(k);
+            self.run(k, Some(plan), s, |k| host::run_deferred_params(k, &plan.host, reserves, acc, dparams, mode))
+        })
+    }
 }
 
 impl Backend<f32> for Cpu {
     type Buf = [f32];
     type Plan = CpuPlan;
     type Reserve = HostReserve<f32>;
+    type StepGrads = HostStepGrads<f32>;
 
     fn name(&self) -> String {
         Cpu::name(self)
@@ -875,6 +909,30 @@ impl Backend<f32> for Cpu {
     ) -> Result<()> {
         Self::check_storage(plan, Dtype::F32)?;
         self.backward_f32(plan, reserve, grads, output, mode)
+    }
+
+    fn backward_step_deferred(
+        &self,
+        plan: &CpuPlan,
+        reserve: &HostReserve<f32>,
+        grads: BackwardInput<'_, [f32]>,
+        output: BackwardOutput<'_, [f32]>,
+        acc: &mut HostStepGrads<f32>,
+    ) -> Result<bool> {
+        Self::check_storage(plan, Dtype::F32)?;
+        self.backward_step_f32(plan, reserve, grads, output, acc).map(|()| true)
+    }
+
+    fn deferred_param_grads(
+        &self,
+        plan: &CpuPlan,
+        reserves: &[HostReserve<f32>],
+        acc: HostStepGrads<f32>,
+        dparams: &mut [f32],
+        mode: GradMode,
+    ) -> Result<()> {
+        Self::check_storage(plan, Dtype::F32)?;
+        self.deferred_params_f32(plan, reserves, acc, dparams, mode)
     }
 }
 
@@ -1075,6 +1133,7 @@ macro_rules! half_storage {
             type Buf = [$t];
             type Plan = CpuPlan;
             type Reserve = HostReserve<f32>;
+            type StepGrads = HostStepGrads<f32>;
 
             fn name(&self) -> String {
                 Cpu::name(self)
@@ -1136,6 +1195,38 @@ macro_rules! half_storage {
             ) -> Result<()> {
                 self.backward_half(plan, reserve, grads, output, mode)
             }
+
+            fn backward_step_deferred(
+                &self,
+                plan: &CpuPlan,
+                reserve: &HostReserve<f32>,
+                grads: BackwardInput<'_, [$t]>,
+                output: BackwardOutput<'_, [$t]>,
+                acc: &mut HostStepGrads<f32>,
+            ) -> Result<bool> {
+                Self::check_storage(plan, <$t as crate::Element>::DTYPE)?;
+                self.widened_backward(grads, output, GradMode::Accumulate, |i, o| self.backward_step_f32(plan, reserve, i, o, acc))
+                    .map(|()| true)
+            }
+
+            fn deferred_param_grads(
+                &self,
+                plan: &CpuPlan,
+                reserves: &[HostReserve<f32>],
+                acc: HostStepGrads<f32>,
+                dparams: &mut [$t],
+                mode: GradMode,
+            ) -> Result<()> {
+                Self::check_storage(plan, <$t as crate::Element>::DTYPE)?;
+                // The f32 sums, rounded once into `dparams`.
+                let mut wide = match mode {
+                    GradMode::Accumulate => self.widen_par(dparams),
+                    GradMode::Overwrite => boundary::take(dparams.len()),
+                };
+                let done = self.deferred_params_f32(plan, reserves, acc, &mut wide, mode);
+                self.narrow_into(Some(wide), Some(dparams).filter(|_| done.is_ok()));
+                done
+            }
         }
     };
 }
@@ -1181,6 +1272,19 @@ impl Cpu {
         mode: GradMode,
     ) -> Result<()> {
         Self::check_storage(plan, T::DTYPE)?;
+        self.widened_backward(grads, output, mode, |i, o| self.backward_f32(plan, reserve, i, o, mode))
+    }
+
+    /// A 16-bit backward call as `f`, its f32 twin: the inputs widened, the outputs (and with
+    /// [`GradMode::Accumulate`] the parameters' gradients) in f32 buffers, rounded once into
+    /// the caller's when `f` succeeds.
+    fn widened_backward<T: HalfStorage>(
+        &self,
+        grads: BackwardInput<'_, [T]>,
+        output: BackwardOutput<'_, [T]>,
+        mode: GradMode,
+        f: impl FnOnce(BackwardInput<'_, [f32]>, BackwardOutput<'_, [f32]>) -> Result<()>,
+    ) -> Result<()> {
         let (dy, dhn, dcn) =
             (grads.dy.map(|v| self.widen_par(v)), grads.dhn.map(|v| self.widen_par(v)), grads.dcn.map(|v| self.widen_par(v)));
         let (mut dx, mut dh0, mut dc0) = (wide_out(&output.dx), wide_out(&output.dh0), wide_out(&output.dc0));
@@ -1191,7 +1295,7 @@ impl Cpu {
         let wide_in = BackwardInput { dy: dy.as_deref(), dhn: dhn.as_deref(), dcn: dcn.as_deref() };
         let wide_outs =
             BackwardOutput { dx: dx.as_deref_mut(), dh0: dh0.as_deref_mut(), dc0: dc0.as_deref_mut(), dparams: dparams.as_deref_mut() };
-        let done = self.backward_f32(plan, reserve, wide_in, wide_outs, mode);
+        let done = f(wide_in, wide_outs);
         for (w, out) in [(dx, output.dx), (dh0, output.dh0), (dc0, output.dc0), (dparams, output.dparams)] {
             self.narrow_into(w, out.filter(|_| done.is_ok()));
         }

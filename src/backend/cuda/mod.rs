@@ -497,6 +497,7 @@ macro_rules! cuda_backend {
             type Buf = $buf;
             type Plan = CudaPlan;
             type Reserve = CudaReserve;
+            type StepGrads = ();
 
             fn name(&self) -> String {
                 self.device_name().to_string()

@@ -6,15 +6,17 @@ use super::col_sums::{self, ColSum};
 use super::direction::{cut_rows, rows_or_zeros, BlockWork, Direction};
 use super::layer_norm::{self, LstmBackScratch, LstmLnRows};
 use super::peephole::{add_peephole_grad, PeepholeGrad};
-use super::reserve::{transpose_steps, Workspace};
+use super::reserve::{concat, transpose_steps, Workspace};
 use super::variational_dropout::{self, VariationalDropout};
 use super::zoneout::{self, State, Zoneout};
 use super::{gru_reset_before, CellBackward, HostKernels, HostPlan, HostReserve, Mat, MatMut, Pass, Weight};
 use crate::backend::cell::Saved;
 use crate::backend::stack::{prev_step, steps, LayerDims};
 use crate::backend::{check_backward, BackwardInput, BackwardOutput, GradMode};
+use crate::config::RnnConfig;
 use crate::element::Float;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::shape::SeqShape;
 use std::ops::Range;
 
 /// A host backend's whole backward call with kernels `k`: validates the reserve `s` against
@@ -31,6 +33,185 @@ pub(crate) fn run_backward<T: Float, K: HostKernels<T>>(
     let cfg = plan.layout.config();
     let shape = s.stamp.check(&plan.stamp)?;
     check_backward(cfg, shape, plan.layout.len(), &grads, &output)?;
+    backward_stack(k, plan, s, shape, grads, output, mode, None)
+}
+
+/// The gradients of a decoder's steps walked back one at a time
+/// ([`Backend::backward_step_deferred`](crate::Backend::backward_step_deferred)) that their
+/// parameters' gradients are computed from once all are walked
+/// ([`Backend::deferred_param_grads`](crate::Backend::deferred_param_grads)): per step (the
+/// last walked first), per layer, what its time loop left.
+#[derive(Debug, Default)]
+pub struct HostStepGrads<T> {
+    /// `B` of the steps (set by the first).
+    batch: usize,
+    steps: Vec<Vec<DirGrads<T>>>,
+}
+
+impl<T> HostStepGrads<T> {
+    /// The number of steps walked back into it.
+    pub fn steps(&self) -> usize {
+        self.steps.len()
+    }
+}
+
+/// The backward of one step of a decoder run (`s` a one-step reserve of a forward stack),
+/// without its parameters' gradients: writes `dx`, `dh0`, `dc0`, and keeps in `acc` the time
+/// loop's gradients that [`run_deferred_params`] computes the parameters' from, over all the
+/// steps at once. `output.dparams` must be `None`.
+pub(crate) fn run_backward_step<T: Float, K: HostKernels<T>>(
+    k: &K,
+    plan: &HostPlan<T>,
+    s: &HostReserve<T>,
+    grads: BackwardInput<'_, [T]>,
+    output: BackwardOutput<'_, [T]>,
+    acc: &mut HostStepGrads<T>,
+) -> Result<()> {
+    let cfg = plan.layout.config();
+    let shape = s.stamp.check(&plan.stamp)?;
+    check_backward(cfg, shape, plan.layout.len(), &grads, &output)?;
+    check_decoder_step(cfg, shape, "reserve")?;
+    if output.dparams.is_some() {
+        return Err(Error::invalid(
+            "dparams",
+            "none: a deferred step's parameter gradients come from the product over all the steps at the end",
+            "a buffer",
+        ));
+    }
+    if !acc.steps.is_empty() && acc.batch != shape.batch() {
+        return Err(Error::invalid(
+            "reserve",
+            format!("a step of B = {}, the batch of the steps walked back before", acc.batch),
+            format!("B = {}", shape.batch()),
+        ));
+    }
+    let mut out = vec![DirGrads::default(); cfg.num_layers()];
+    backward_stack(k, plan, s, shape, grads, output, GradMode::Accumulate, Some(&mut out))?;
+    acc.batch = shape.batch();
+    acc.steps.push(out);
+    Ok(())
+}
+
+/// A decoder's steps: a reserve of one step of a forward (unidirectional) stack.
+fn check_decoder_step(cfg: &RnnConfig, shape: &SeqShape, arg: &str) -> Result<()> {
+    if cfg.num_directions() != 1 || cfg.reverse_only() {
+        return Err(Error::invalid("direction", "forward: the steps of a decoder run forward in time", "a reverse direction"));
+    }
+    if shape.steps() != 1 || shape.lengths().is_some() {
+        return Err(Error::invalid(arg, "the reserve of one decoder step (T = 1, no lengths)", format!("T = {}", shape.steps())));
+    }
+    Ok(())
+}
+
+/// The parameters' gradients of a decoder's steps walked back with [`run_backward_step`], each
+/// weight's as one product over the rows of all the steps (as the backward of one call over the
+/// whole sequence computes them, on the same values): `reserves` the steps' reserves in step
+/// order, `acc` what their backward kept.
+pub(crate) fn run_deferred_params<T: Float, K: HostKernels<T>>(
+    k: &K,
+    plan: &HostPlan<T>,
+    reserves: &[HostReserve<T>],
+    acc: HostStepGrads<T>,
+    dparams: &mut [T],
+    mode: GradMode,
+) -> Result<()> {
+    let cfg = plan.layout.config();
+    let tl = reserves.len();
+    if tl == 0 {
+        return Err(Error::invalid("reserves", "the reserves of the steps walked back (at least one)", "none"));
+    }
+    if acc.steps.len() != tl {
+        return Err(Error::invalid("acc", format!("the gradients of all {tl} steps walked back"), format!("{} steps", acc.steps.len())));
+    }
+    let mut bl = 0;
+    for (t, r) in reserves.iter().enumerate() {
+        let shape = r.stamp.check(&plan.stamp)?;
+        check_decoder_step(cfg, shape, "reserves")?;
+        if t == 0 {
+            bl = shape.batch();
+        } else if shape.batch() != bl {
+            return Err(Error::invalid(
+                "reserves",
+                format!("steps of one batch, B = {bl} as the first"),
+                format!("B = {} at step {t}", shape.batch()),
+            ));
+        }
+    }
+    if dparams.len() != plan.layout.len() {
+        return Err(Error::shape(
+            "dparams",
+            format!("{} elements (the flat parameter layout)", plan.layout.len()),
+            format!("{} elements", dparams.len()),
+        ));
+    }
+    if mode == GradMode::Overwrite {
+        dparams.fill(T::ZERO);
+    }
+    let shape = SeqShape::new(tl, bl)?;
+    let work = &reserves[0].work;
+    let (hlen, clen) = (bl * cfg.hidden_out_size(), bl * cfg.hidden_size());
+    // The walk kept the last step first.
+    let mut walked: Vec<_> = acc.steps.into_iter().rev().map(Vec::into_iter).collect();
+    for l in 0..cfg.num_layers() {
+        let dir = Direction::new(plan, &shape, l, 0);
+        let merged = |part: &dyn Fn(&HostReserve<T>) -> &[T], what: &str| concat(reserves.iter().map(part), what);
+        let input = if l == 0 {
+            merged(&|r| &r.x, "the steps' inputs, [T, B, I]")?
+        } else {
+            merged(&|r| &r.outputs[l - 1], "the steps' layer inputs, [T, B, In]")?
+        };
+        // What forward saved, but the gates (backward's time loop read them).
+        let mut sv = Saved::<Vec<T>>::default();
+        for (i, v) in sv.each_mut().into_iter().enumerate().skip(1) {
+            *v = merged(&|r| r.dirs[l].each()[i].as_slice(), "the steps' saved activations")?;
+        }
+        let mut g = DirGrads::default();
+        let steps: Vec<DirGrads<T>> = walked.iter_mut().map(|w| w.next().unwrap_or_default()).collect();
+        for (i, v) in g.each_mut().into_iter().enumerate() {
+            *v = concat(steps.iter().map(|s| s.each()[i].as_slice()), "the steps' gate gradients")?;
+        }
+        drop(steps);
+        let r0 = &reserves[0];
+        let h0 = &r0.h0[l * hlen..(l + 1) * hlen];
+        let zeros_c = vec![T::ZERO; if cfg.cell().has_cell_state() { clen } else { 0 }];
+        let c0 = if r0.c0.is_empty() { &zeros_c[..] } else { &r0.c0[l * clen..(l + 1) * clen] };
+        let (dgi_raw, partials) = if dir.dims.cell.layer_norm { input_side_ln(k, &dir, &g, &sv, true, work)? } else { (Vec::new(), None) };
+        let in_drop = match &r0.input_dropout {
+            Some(d) => d.factors(l, 0, 0, bl, dir.dims.input)?,
+            None => Vec::new(),
+        };
+        let p = ParamIo {
+            input: &input,
+            saved: &sv,
+            h0,
+            c0,
+            g: &g,
+            dgi_raw: &dgi_raw,
+            partials: partials.as_ref(),
+            recurrent_dropout: r0.recurrent_dropout.as_ref(),
+            in_drop: &in_drop,
+        };
+        add_param_grads(k, &dir, p, dparams, work)?;
+        work.give([dgi_raw]);
+        work.give(partials.map(layer_norm::RowPartials::into_buffer));
+    }
+    Ok(())
+}
+
+/// The stack backward of a call of `shape` on the validated reserve `s`; with `export`, each
+/// layer's time-loop gradients are handed over instead of the parameters' gradients computed.
+#[allow(clippy::too_many_arguments)]
+fn backward_stack<T: Float, K: HostKernels<T>>(
+    k: &K,
+    plan: &HostPlan<T>,
+    s: &HostReserve<T>,
+    shape: &SeqShape,
+    grads: BackwardInput<'_, [T]>,
+    output: BackwardOutput<'_, [T]>,
+    mode: GradMode,
+    mut export: Option<&mut Vec<DirGrads<T>>>,
+) -> Result<()> {
+    let cfg = plan.layout.config();
     let (nl, nd) = (cfg.num_layers(), cfg.num_directions());
     let (bl, tb) = (shape.batch(), shape.steps() * shape.batch());
     let (hlen, clen) = (bl * cfg.hidden_out_size(), bl * cfg.hidden_size());
@@ -74,7 +255,8 @@ pub(crate) fn run_backward<T: Float, K: HostKernels<T>>(
                 recurrent_dropout: s.recurrent_dropout.as_ref(),
                 input_dropout: s.input_dropout.as_ref(),
             };
-            bptt_direction(k, dir, io, &s.work)?;
+            let ex = export.as_deref_mut().map(|e| &mut e[dir.ld]);
+            bptt_direction(k, dir, io, &s.work, ex)?;
         }
         if let (Some(dropout), true) = (&s.dropout, l > 0) {
             // d_in is the gradient w.r.t. the dropped output of layer l - 1: through the same
@@ -398,12 +580,49 @@ fn backward_step<T: Float, K: HostKernels<T>>(
     }
 }
 
+/// The gradients one layer-direction's time loop leaves for its parameters' gradients, each
+/// `[T, B, ·]` in time order (empty where the cell has none).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct DirGrads<T> {
+    /// `[T, B, G·H]`: `dGi`, the gradient w.r.t. the input-side pre-activations.
+    dgi: Vec<T>,
+    /// `[T, B, G·H]` (GRU, PyTorch form): `dGh`, the hidden side's.
+    dgh: Vec<T>,
+    /// `[T, B, Hout]` (LSTM with projection): `dH`, the left factor of `dW_hr`.
+    dh: Vec<T>,
+    /// `[T, B, G·H]` (layer norm): the gradient w.r.t. the raw recurrent product.
+    dhg_raw: Vec<T>,
+    /// `[T, B, H]` (layer-normalised LSTM): the gradient w.r.t. the normalised cell state.
+    dsh: Vec<T>,
+}
+
+impl<T> DirGrads<T> {
+    fn each(&self) -> [&Vec<T>; 5] {
+        [&self.dgi, &self.dgh, &self.dh, &self.dhg_raw, &self.dsh]
+    }
+
+    fn each_mut(&mut self) -> [&mut Vec<T>; 5] {
+        [&mut self.dgi, &mut self.dgh, &mut self.dh, &mut self.dhg_raw, &mut self.dsh]
+    }
+
+    fn into_array(self) -> [Vec<T>; 5] {
+        [self.dgi, self.dgh, self.dh, self.dhg_raw, self.dsh]
+    }
+}
+
 /// BPTT through one layer-direction: adds `dGi · W_ih` into `io.d_in`, writes `io.dh0` and
-/// `io.dc0`, and adds the parameter gradients into `io.dparams`.
+/// `io.dc0`, and adds the parameter gradients into `io.dparams`; with `export`, hands the time
+/// loop's gradients over instead (for [`run_deferred_params`]).
 ///
 /// The time loop runs in the blocks of rows of [`HostKernels::row_blocks`], each on its own;
 /// the weight gradients are large GEMMs over all steps after it.
-fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io: DirectionIo<'_, T>, work: &Workspace<T>) -> Result<()> {
+fn bptt_direction<T: Float, K: HostKernels<T>>(
+    k: &K,
+    dir: Direction<'_, T>,
+    io: DirectionIo<'_, T>,
+    work: &Workspace<T>,
+    export: Option<&mut DirGrads<T>>,
+) -> Result<()> {
     let dm = dir.dims;
     let (tl, bl, h, hout, gh) = (dm.t, dm.b, dm.h, dm.hout, dm.gh);
     let DirectionIo { input, d_out, saved: sv, h0, c0, dhn, dcn, d_in, dh0, dc0, dparams, zoneout, recurrent_dropout, input_dropout } = io;
@@ -418,14 +637,16 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
 
     // dGi of every step (and dGh, which differs from it for GRU only): the left factors of the
     // weight gradients. dH of every step (inactive rows zero): the left factor of dW_hr.
-    let mut dgi_all = work.zeroed(tb * gh, "the input-side gate gradients, [T, B, G·H]")?;
-    let mut dgh_all = if keeps_dgh(&dm) { work.zeroed(tb * gh, "the hidden-side gate gradients, [T, B, G·H]")? } else { Vec::new() };
-    let mut dh_all = if dm.proj { work.zeroed(tb * hout, "the hidden-state gradients, [T, B, Hout]")? } else { Vec::new() };
     // Layer norm: dHG_raw of every step (the left factor of dW_hh) and, LSTM, dŝ of every step
     // (for the cell-state normalisation's gain and bias).
     let ln = dm.cell.layer_norm;
-    let mut dhg_raw_all = if ln { work.zeroed(tb * gh, "the raw recurrent products' gradients, [T, B, G·H]")? } else { Vec::new() };
-    let mut dsh_all = if ln && dm.lstm() { work.zeroed(tb * h, "the normalised cell states' gradients, [T, B, H]")? } else { Vec::new() };
+    let mut g = DirGrads {
+        dgi: work.zeroed(tb * gh, "the input-side gate gradients, [T, B, G·H]")?,
+        dgh: if keeps_dgh(&dm) { work.zeroed(tb * gh, "the hidden-side gate gradients, [T, B, G·H]")? } else { Vec::new() },
+        dh: if dm.proj { work.zeroed(tb * hout, "the hidden-state gradients, [T, B, Hout]")? } else { Vec::new() },
+        dhg_raw: if ln { work.zeroed(tb * gh, "the raw recurrent products' gradients, [T, B, G·H]")? } else { Vec::new() },
+        dsh: if ln && dm.lstm() { work.zeroed(tb * h, "the normalised cell states' gradients, [T, B, H]")? } else { Vec::new() },
+    };
     let bounds = k.row_blocks(bl, Pass::Backward);
     let mut blocks: Vec<BwdRows<T>> = bounds
         .windows(2)
@@ -440,8 +661,7 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
     {
         let serial = k.serial();
         let kb: &K = if blocks.len() > 1 { &serial } else { k };
-        let [dgi, dgh, dh, dhg_raw, dsh] =
-            [&mut dgi_all, &mut dgh_all, &mut dh_all, &mut dhg_raw_all, &mut dsh_all].map(|v| cut_rows(v, tl, &bounds));
+        let [dgi, dgh, dh, dhg_raw, dsh] = g.each_mut().map(|v| cut_rows(v, tl, &bounds));
         let work = BlockWork::new(blocks.iter_mut().zip(dgi).zip(dgh).zip(dh).zip(dhg_raw).zip(dsh));
         k.for_blocks(work.len(), &|i| {
             let Some((((((st, mut dgi), mut dgh), mut dh), mut dhg_raw), mut dsh)) = work.take(i) else { return };
@@ -462,150 +682,215 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, io:
         }
     }
 
-    // dGh equals dGi for every cell but GRU (PyTorch form).
-    let dgh_ref: &[T] = if keeps_dgh(&dm) { &dgh_all } else { &dgi_all };
-    // With layer norm, the gradients w.r.t. the raw products X · W_ih^T and H_prev · W_hh^T,
-    // the left factors of dW_ih, dX and dW_hh; else dGi and dGh themselves.
-    let mut dgi_raw_all = Vec::new();
-    // With layer norm and the parameters' gradients, the column sums of dGi (`RowPartials`):
-    // the input side's gain and bias; and, where dGh is dGi, the recurrent side's.
-    let mut partials = None;
-    if ln {
-        // Every row is written below (an inactive row's dy is zero, and so is its dx).
-        dgi_raw_all = work.overwritten(tb * gh, "the raw input products' gradients, [T, B, G·H]")?;
-        let x2 = (!keeps_dgh(&dm)).then_some(&sv.ln_h[..]);
-        let sums = match dparams {
-            // Sized up front, so that the workspace lends the buffer that fits it (a smaller one,
-            // grown, would leave another request without its buffer: an allocation every call).
-            Some(_) => {
-                let len = layer_norm::partials_len(tb, gh, if x2.is_some() { 3 } else { 2 });
-                Some((x2, work.overwritten(len, "the layer norms' partial column sums")?))
-            }
-            None => None,
-        };
-        partials = layer_norm::layer_norm_backward_summed(k, gh, &dgi_all, dir.w.ln_ih, &sv.ln_x, &sv.rstd_x, &mut dgi_raw_all, sums);
-    }
-    let (dgi_w, dgh_w): (&[T], &[T]) = if ln { (&dgi_raw_all, &dhg_raw_all) } else { (&dgi_all, dgh_ref) };
+    // With layer norm, the gradients w.r.t. the raw products X · W_ih^T, the left factors of
+    // dW_ih and dX; and, with the parameters' gradients, the column sums of dGi (`RowPartials`):
+    // the input side's gain and bias and, where dGh is dGi, the recurrent side's.
+    let (dgi_raw, partials) = if ln { input_side_ln(k, &dir, &g, sv, dparams.is_some(), work)? } else { (Vec::new(), None) };
     // Input dropout: `[B, In]` the factors the input projection read the input through.
     let in_drop = match &input_dropout {
         Some(d) => d.factors(layer, direction, 0, bl, dm.input)?,
         None => Vec::new(),
     };
     if let Some(dp) = dparams {
-        let lr = dir.ranges;
-        // dW_ih += dGi^T · X (with input dropout, the dropped X, rebuilt)
-        if in_drop.is_empty() {
-            add_weight_grad(k, &[(dgi_w, input)], (gh, dm.input), &mut dp[lr.w_ih.clone()]);
-        } else {
-            let mut x_dropped = work.overwritten(tb * dm.input, "the dropped input of a layer, [T, B, In]")?;
-            variational_dropout::drop_rows_into(input, &in_drop, &mut x_dropped);
-            add_weight_grad(k, &[(dgi_w, &x_dropped)], (gh, dm.input), &mut dp[lr.w_ih.clone()]);
-            work.give([x_dropped]);
-        }
-        // dW_hh += dGh^T · H_prev, where H_prev is the saved states shifted by one step, with h0
-        // at the first processed step: two segments, no copy.
-        let (first, rest_g, rest_h) = if dir.reverse() {
-            (tl - 1, &dgh_w[..(tl - 1) * bl * gh], &sv.h[bl * hout..])
-        } else {
-            (0, &dgh_w[bl * gh..], &sv.h[..(tl - 1) * bl * hout])
+        let p = ParamIo {
+            input,
+            saved: sv,
+            h0,
+            c0: inp.c0,
+            g: &g,
+            dgi_raw: &dgi_raw,
+            partials: partials.as_ref(),
+            recurrent_dropout,
+            in_drop: &in_drop,
         };
-        let first_g = &dgh_w[first * bl * gh..(first + 1) * bl * gh];
-        // With recurrent dropout the product read the dropped states: rebuilt here, each step's
-        // `h_prev ⊙ f`, in one segment.
-        let dropped = match &recurrent_dropout {
-            Some(rd) => Some(dropped_states(rd, layer, direction, &dm, dir.reverse(), &sv.h, h0, work)?),
-            None => None,
-        };
-        let segs_dropped;
-        let segs: &[(&[T], &[T])] = match &dropped {
-            Some(hd) => {
-                segs_dropped = [(dgh_w, &hd[..])];
-                &segs_dropped
-            }
-            None => &[(rest_g, rest_h), (first_g, h0)],
-        };
-        if gru_reset_before::applies(&dm.cell) {
-            // The r, z rows as above; the n rows' operand is r ⊙ H_prev, saved as `extra`.
-            let (w_rz, w_n) = dp[lr.w_hh.clone()].split_at_mut(2 * h * hout);
-            add_weight_grad_cols(k, segs, gh, 0..2 * h, hout, w_rz);
-            add_weight_grad_cols(k, &[(&dgi_all, &sv.extra)], gh, 2 * h..gh, h, w_n);
-        } else {
-            add_weight_grad(k, segs, (gh, hout), &mut dp[lr.w_hh.clone()]);
-        }
-        work.give(dropped);
-        if let Some(r) = lr.w_hr.clone() {
-            // dW_hr += dH^T · M
-            add_weight_grad(k, &[(&dh_all, &sv.m)], (hout, h), &mut dp[r]);
-        }
-        if let Some(r) = lr.peephole.clone() {
-            let c_new = if dm.cell.zoneout_cell { &sv.c_new } else { &sv.c };
-            let g = PeepholeGrad { t: tl, b: bl, h, reverse: dir.reverse(), dgi: &dgi_all, c: &sv.c, c_new, c0: inp.c0 };
-            add_peephole_grad(&g, &mut dp[r], k.weight_grad_rows());
-        }
-        // The column sums, split across the threads by columns: the biases (db = Σ dG); with
-        // layer norm, the normalisations' gains and biases in one pass over each `dy` for both,
-        // dγ = Σ dy⊙x̂ and dβ = Σ dy, `dy` the gradient w.r.t. the normalisation's output
-        // (`b_ih` is the input side's β; `b_hh`, added after the recurrent side's
-        // normalisation, has the same sum).
-        let sums = if ln {
-            // The input side's, and the recurrent side's where dGh is dGi, from the partials;
-            // the others (and the cell state's normalisation) in one pass over their `dy`.
-            let fused = partials.as_ref().map_or(0, |_| if keeps_dgh(&dm) { 1 } else { 2 });
-            let sides = [
-                (lr.ln_ih.clone(), lr.b_ih.clone(), &dgi_all[..], &sv.ln_x[..], gh),
-                (lr.ln_hh.clone(), lr.b_hh.clone(), dgh_ref, &sv.ln_h[..], gh),
-                (lr.ln_c_weight.clone(), lr.ln_c_bias.clone(), &dsh_all[..], &sv.ln_c[..], h),
-            ];
-            let sides: Vec<_> =
-                sides.into_iter().enumerate().filter_map(|(side, (gain, bias, g, x, n))| Some((side, gain?, bias, g, x, n))).collect();
-            let ranges: Vec<_> = sides.iter().flat_map(|(_, gain, bias, ..)| [Some(gain.clone()), bias.clone()]).flatten().collect();
-            let mut accs = ranges_mut(dp, &ranges).into_iter();
-            let mut sums = Vec::new();
-            for (side, _, bias, g, x, n) in sides {
-                let Some(acc) = accs.next() else { break };
-                let plain = if bias.is_some() { accs.next() } else { None };
-                match partials.as_ref().filter(|_| side < fused) {
-                    Some(p) => {
-                        // Kind 1 is Σ dy⊙x̂ of the input side, kind 2 the recurrent side's.
-                        p.add_to(1 + side, acc);
-                        if let Some(plain) = plain {
-                            p.add_to(0, plain);
-                        }
-                    }
-                    None => sums.push(ColSum { acc, plain, g, x: Some(x), n }),
-                }
-            }
-            sums
-        } else {
-            let biases: Vec<_> =
-                [(lr.b_ih.clone(), &dgi_all[..]), (lr.b_hh.clone(), dgh_ref)].into_iter().filter_map(|(r, g)| Some((r?, g))).collect();
-            let ranges: Vec<_> = biases.iter().map(|(r, _)| r.clone()).collect();
-            let mut accs: Vec<_> = ranges_mut(dp, &ranges).into_iter().zip(biases).map(|(acc, (_, g))| ColSum::bias(acc, g, gh)).collect();
-            // Where dGh is dGi (every cell but the PyTorch-form GRU), both biases' sums are
-            // taken in one pass over it, each onto its own accumulator.
-            if accs.len() == 2 && !keeps_dgh(&dm) {
-                let hh = accs.pop().map(|s| s.acc);
-                accs[0].plain = hh;
-            }
-            accs
-        };
-        col_sums::run(k, sums, k.weight_grad_rows());
+        add_param_grads(k, &dir, p, dp, work)?;
     }
+    let dgi_w: &[T] = if ln { &dgi_raw } else { &g.dgi };
     match d_in {
         // dX += dGi · W_ih
         Some(d_in) if in_drop.is_empty() => dir.backward_product(k, Weight::Ih, dgi_w, T::ONE, d_in),
         // dX += (dGi · W_ih) ⊙ f
         Some(d_in) => {
-            let mut g = work.zeroed(tb * dm.input, "the gradient of a layer's dropped input, [T, B, In]")?;
-            dir.backward_product(k, Weight::Ih, dgi_w, T::ONE, &mut g);
-            variational_dropout::add_dropped_rows(&g, &in_drop, d_in);
-            work.give([g]);
+            let mut gx = work.zeroed(tb * dm.input, "the gradient of a layer's dropped input, [T, B, In]")?;
+            dir.backward_product(k, Weight::Ih, dgi_w, T::ONE, &mut gx);
+            variational_dropout::add_dropped_rows(&gx, &in_drop, d_in);
+            work.give([gx]);
         }
         None => {}
     }
-    work.give([dgi_all, dgh_all, dh_all, dhg_raw_all, dsh_all, dgi_raw_all]);
+    match export {
+        Some(e) => *e = g,
+        None => work.give(g.into_array()),
+    }
+    work.give([dgi_raw]);
     work.give(partials.map(layer_norm::RowPartials::into_buffer));
     blocks.into_iter().filter_map(|st| st.ln_lstm).for_each(|sc| sc.give_back(work));
+    Ok(())
+}
+
+/// Layer norm's input side after the time loop: `LNback(dGi)`, the gradient w.r.t. the raw
+/// input product (the left factor of `dW_ih` and `dX`), and with `sums` the column sums of the
+/// gains and biases it gives in the same pass (see [`layer_norm::layer_norm_backward_summed`]).
+fn input_side_ln<T: Float, K: HostKernels<T>>(
+    k: &K,
+    dir: &Direction<'_, T>,
+    g: &DirGrads<T>,
+    sv: &Saved<Vec<T>>,
+    sums: bool,
+    work: &Workspace<T>,
+) -> Result<(Vec<T>, Option<layer_norm::RowPartials<T>>)> {
+    let dm = &dir.dims;
+    let (tb, gh) = (dm.t * dm.b, dm.gh);
+    // Every row is written below (an inactive row's dy is zero, and so is its dx).
+    let mut dgi_raw = work.overwritten(tb * gh, "the raw input products' gradients, [T, B, G·H]")?;
+    let x2 = (!keeps_dgh(dm)).then_some(&sv.ln_h[..]);
+    let sums = if sums {
+        // Sized up front, so that the workspace lends the buffer that fits it (a smaller one,
+        // grown, would leave another request without its buffer: an allocation every call).
+        let len = layer_norm::partials_len(tb, gh, if x2.is_some() { 3 } else { 2 });
+        Some((x2, work.overwritten(len, "the layer norms' partial column sums")?))
+    } else {
+        None
+    };
+    let partials = layer_norm::layer_norm_backward_summed(k, gh, &g.dgi, dir.w.ln_ih, &sv.ln_x, &sv.rstd_x, &mut dgi_raw, sums);
+    Ok((dgi_raw, partials))
+}
+
+/// What the parameters' gradients of one layer-direction read: what forward saved and the time
+/// loop's gradients, over all the steps.
+struct ParamIo<'a, T> {
+    /// `[T, B, In]`: the layer's input.
+    input: &'a [T],
+    saved: &'a Saved<Vec<T>>,
+    /// `[B, Hout]`, `[B, H]` (zeros where the call had none; empty but for LSTM): the initial
+    /// states.
+    h0: &'a [T],
+    c0: &'a [T],
+    g: &'a DirGrads<T>,
+    /// Layer norm (empty otherwise): `LNback(dGi)`, and the column sums taken with it.
+    dgi_raw: &'a [T],
+    partials: Option<&'a layer_norm::RowPartials<T>>,
+    recurrent_dropout: Option<&'a VariationalDropout>,
+    /// Input dropout (empty without): `[B, In]` the factors the input projection read `x` through.
+    in_drop: &'a [T],
+}
+
+/// Adds one layer-direction's parameters' gradients into `dp` (the flat layout): the weight
+/// gradients as one GEMM over all the steps' rows (in blocks, [`add_weight_grad`]), the biases,
+/// gains and peepholes as column sums.
+fn add_param_grads<T: Float, K: HostKernels<T>>(
+    k: &K,
+    dir: &Direction<'_, T>,
+    p: ParamIo<'_, T>,
+    dp: &mut [T],
+    work: &Workspace<T>,
+) -> Result<()> {
+    let dm = dir.dims;
+    let (tl, bl, h, hout, gh) = (dm.t, dm.b, dm.h, dm.hout, dm.gh);
+    let (layer, direction) = (dir.ld / dm.dirs, dir.ld % dm.dirs);
+    let ParamIo { input, saved: sv, h0, c0, g, dgi_raw, partials, recurrent_dropout, in_drop } = p;
+    let ln = dm.cell.layer_norm;
+    // dGh equals dGi for every cell but GRU (PyTorch form).
+    let dgh_ref: &[T] = if keeps_dgh(&dm) { &g.dgh } else { &g.dgi };
+    let (dgi_w, dgh_w): (&[T], &[T]) = if ln { (dgi_raw, &g.dhg_raw) } else { (&g.dgi, dgh_ref) };
+    let lr = dir.ranges;
+    // dW_ih += dGi^T · X (with input dropout, the dropped X, rebuilt)
+    if in_drop.is_empty() {
+        add_weight_grad(k, &[(dgi_w, input)], (gh, dm.input), &mut dp[lr.w_ih.clone()]);
+    } else {
+        let mut x_dropped = work.overwritten(tl * bl * dm.input, "the dropped input of a layer, [T, B, In]")?;
+        variational_dropout::drop_rows_into(input, in_drop, &mut x_dropped);
+        add_weight_grad(k, &[(dgi_w, &x_dropped)], (gh, dm.input), &mut dp[lr.w_ih.clone()]);
+        work.give([x_dropped]);
+    }
+    // dW_hh += dGh^T · H_prev, where H_prev is the saved states shifted by one step, with h0
+    // at the first processed step: two segments, no copy.
+    let (first, rest_g, rest_h) = if dir.reverse() {
+        (tl - 1, &dgh_w[..(tl - 1) * bl * gh], &sv.h[bl * hout..])
+    } else {
+        (0, &dgh_w[bl * gh..], &sv.h[..(tl - 1) * bl * hout])
+    };
+    let first_g = &dgh_w[first * bl * gh..(first + 1) * bl * gh];
+    // With recurrent dropout the product read the dropped states: rebuilt here, each step's
+    // `h_prev ⊙ f`, in one segment.
+    let dropped = match &recurrent_dropout {
+        Some(rd) => Some(dropped_states(rd, layer, direction, &dm, dir.reverse(), &sv.h, h0, work)?),
+        None => None,
+    };
+    let segs_dropped;
+    let segs: &[(&[T], &[T])] = match &dropped {
+        Some(hd) => {
+            segs_dropped = [(dgh_w, &hd[..])];
+            &segs_dropped
+        }
+        None => &[(rest_g, rest_h), (first_g, h0)],
+    };
+    if gru_reset_before::applies(&dm.cell) {
+        // The r, z rows as above; the n rows' operand is r ⊙ H_prev, saved as `extra`.
+        let (w_rz, w_n) = dp[lr.w_hh.clone()].split_at_mut(2 * h * hout);
+        add_weight_grad_cols(k, segs, gh, 0..2 * h, hout, w_rz);
+        add_weight_grad_cols(k, &[(&g.dgi, &sv.extra)], gh, 2 * h..gh, h, w_n);
+    } else {
+        add_weight_grad(k, segs, (gh, hout), &mut dp[lr.w_hh.clone()]);
+    }
+    work.give(dropped);
+    if let Some(r) = lr.w_hr.clone() {
+        // dW_hr += dH^T · M
+        add_weight_grad(k, &[(&g.dh, &sv.m)], (hout, h), &mut dp[r]);
+    }
+    if let Some(r) = lr.peephole.clone() {
+        let c_new = if dm.cell.zoneout_cell { &sv.c_new } else { &sv.c };
+        let pg = PeepholeGrad { t: tl, b: bl, h, reverse: dir.reverse(), dgi: &g.dgi, c: &sv.c, c_new, c0 };
+        add_peephole_grad(&pg, &mut dp[r], k.weight_grad_rows());
+    }
+    // The column sums, split across the threads by columns: the biases (db = Σ dG); with
+    // layer norm, the normalisations' gains and biases in one pass over each `dy` for both,
+    // dγ = Σ dy⊙x̂ and dβ = Σ dy, `dy` the gradient w.r.t. the normalisation's output
+    // (`b_ih` is the input side's β; `b_hh`, added after the recurrent side's
+    // normalisation, has the same sum).
+    let sums = if ln {
+        // The input side's, and the recurrent side's where dGh is dGi, from the partials;
+        // the others (and the cell state's normalisation) in one pass over their `dy`.
+        let fused = partials.map_or(0, |_| if keeps_dgh(&dm) { 1 } else { 2 });
+        let sides = [
+            (lr.ln_ih.clone(), lr.b_ih.clone(), &g.dgi[..], &sv.ln_x[..], gh),
+            (lr.ln_hh.clone(), lr.b_hh.clone(), dgh_ref, &sv.ln_h[..], gh),
+            (lr.ln_c_weight.clone(), lr.ln_c_bias.clone(), &g.dsh[..], &sv.ln_c[..], h),
+        ];
+        let sides: Vec<_> =
+            sides.into_iter().enumerate().filter_map(|(side, (gain, bias, g, x, n))| Some((side, gain?, bias, g, x, n))).collect();
+        let ranges: Vec<_> = sides.iter().flat_map(|(_, gain, bias, ..)| [Some(gain.clone()), bias.clone()]).flatten().collect();
+        let mut accs = ranges_mut(dp, &ranges).into_iter();
+        let mut sums = Vec::new();
+        for (side, _, bias, g, x, n) in sides {
+            let Some(acc) = accs.next() else { break };
+            let plain = if bias.is_some() { accs.next() } else { None };
+            match partials.filter(|_| side < fused) {
+                Some(p) => {
+                    // Kind 1 is Σ dy⊙x̂ of the input side, kind 2 the recurrent side's.
+                    p.add_to(1 + side, acc);
+                    if let Some(plain) = plain {
+                        p.add_to(0, plain);
+                    }
+                }
+                None => sums.push(ColSum { acc, plain, g, x: Some(x), n }),
+            }
+        }
+        sums
+    } else {
+        let biases: Vec<_> =
+            [(lr.b_ih.clone(), &g.dgi[..]), (lr.b_hh.clone(), dgh_ref)].into_iter().filter_map(|(r, g)| Some((r?, g))).collect();
+        let ranges: Vec<_> = biases.iter().map(|(r, _)| r.clone()).collect();
+        let mut accs: Vec<_> = ranges_mut(dp, &ranges).into_iter().zip(biases).map(|(acc, (_, g))| ColSum::bias(acc, g, gh)).collect();
+        // Where dGh is dGi (every cell but the PyTorch-form GRU), both biases' sums are
+        // taken in one pass over it, each onto its own accumulator.
+        if accs.len() == 2 && !keeps_dgh(&dm) {
+            let hh = accs.pop().map(|s| s.acc);
+            accs[0].plain = hh;
+        }
+        accs
+    };
+    col_sums::run(k, sums, k.weight_grad_rows());
     Ok(())
 }
 

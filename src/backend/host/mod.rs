@@ -67,7 +67,8 @@ mod reserve;
 pub(crate) mod variational_dropout;
 pub(crate) mod zoneout;
 
-pub(crate) use backward::run_backward;
+pub use backward::HostStepGrads;
+pub(crate) use backward::{run_backward, run_backward_step, run_deferred_params};
 pub(crate) use forward::run_forward;
 pub(crate) use mat::{Mat, MatMut};
 pub use reserve::HostReserve;

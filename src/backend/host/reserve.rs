@@ -147,6 +147,16 @@ fn try_room<T>(v: &mut Vec<T>, n: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// The slices of `parts` one after the other in one buffer, allocated fallibly (`what` names it
+/// in the error).
+pub(super) fn concat<'a, T: Copy + 'a>(parts: impl Iterator<Item = &'a [T]> + Clone, what: &str) -> Result<Vec<T>> {
+    let n = parts.clone().map(<[T]>::len).sum();
+    let mut v = Vec::new();
+    try_room(&mut v, n, what)?;
+    parts.for_each(|p| v.extend_from_slice(p));
+    Ok(v)
+}
+
 /// Resizes `v` to `n` elements like [`fit_len`], growing its allocation fallibly.
 pub(super) fn try_fit_len<T: Float>(v: &mut Vec<T>, n: usize, what: &str) -> Result<()> {
     try_room(v, n, what)?;

@@ -23,6 +23,7 @@ use crate::element::Float;
 use crate::error::Result;
 use crate::shape::SeqShape;
 
+use crate::backend::host::HostStepGrads;
 pub use crate::backend::host::{HostPlan, HostReserve};
 
 use crate::attention::{
@@ -151,6 +152,7 @@ impl<T: Float> Backend<T> for Reference {
     type Buf = [T];
     type Plan = HostPlan<T>;
     type Reserve = HostReserve<T>;
+    type StepGrads = HostStepGrads<T>;
 
     fn name(&self) -> String {
         format!("reference-{}", std::any::type_name::<T>())
@@ -199,5 +201,27 @@ impl<T: Float> Backend<T> for Reference {
         mode: GradMode,
     ) -> Result<()> {
         host::run_backward(self, plan, reserve, grads, output, mode)
+    }
+
+    fn backward_step_deferred(
+        &self,
+        plan: &HostPlan<T>,
+        reserve: &HostReserve<T>,
+        grads: BackwardInput<'_, [T]>,
+        output: BackwardOutput<'_, [T]>,
+        acc: &mut HostStepGrads<T>,
+    ) -> Result<bool> {
+        host::run_backward_step(self, plan, reserve, grads, output, acc).map(|()| true)
+    }
+
+    fn deferred_param_grads(
+        &self,
+        plan: &HostPlan<T>,
+        reserves: &[HostReserve<T>],
+        acc: HostStepGrads<T>,
+        dparams: &mut [T],
+        mode: GradMode,
+    ) -> Result<()> {
+        host::run_deferred_params(self, plan, reserves, acc, dparams, mode)
     }
 }
