@@ -466,6 +466,22 @@ fn deferred_backend_calls_write_and_check_their_arguments() {
     walk(&steps[1], &mut acc, None).unwrap();
     walk(&steps[0], &mut acc, None).unwrap();
     named(Reference.deferred_param_grads(&plan, &steps, acc, &mut dp[1..], GradMode::Overwrite).unwrap_err(), "dparams");
+    // Gradients walked with another plan (another hidden size): `acc`, not a panic.
+    let other = RnnConfig::new(CellKind::Gru, 3, 5).build().unwrap();
+    let oplan = Backend::<f64>::plan(&Reference, &other, &Params::<f64>::init_uniform(&other, 1).unwrap().into_vec()[..]).unwrap();
+    let mut acc = HostStepGrads::default();
+    for _ in 0..2 {
+        let (x, mut y) = (vec![0.3; 2 * 3], vec![0.0; 2 * 5]);
+        let mut r = R::default();
+        let input = ForwardInput { x: &x[..], h0: None, c0: None, masks: None };
+        Reference
+            .forward_training(&oplan, &SeqShape::new(1, 2).unwrap(), input, ForwardOutput { y: &mut y[..], hn: None, cn: None }, &mut r)
+            .unwrap();
+        let (mut dx, mut dh0) = (vec![0.0; 2 * 3], vec![0.0; 2 * 5]);
+        let output = BackwardOutput { dx: Some(&mut dx[..]), dh0: Some(&mut dh0[..]), dc0: None, dparams: None };
+        Reference.backward_step_deferred(&oplan, &r, BackwardInput { dy: None, dhn: None, dcn: None }, output, &mut acc).unwrap();
+    }
+    named(Reference.deferred_param_grads(&plan, &steps, acc, &mut dp[..], GradMode::Overwrite).unwrap_err(), "acc");
     let mixed = [fill(1, 2), fill(1, 3)];
     let mut acc = HostStepGrads::default();
     walk(&mixed[1], &mut acc, None).unwrap();

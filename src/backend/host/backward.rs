@@ -125,6 +125,7 @@ pub(crate) fn run_deferred_params<T: Float, K: HostKernels<T>>(
     }
     let mut bl = 0;
     for (t, r) in reserves.iter().enumerate() {
+        // (Checked first: a reserve of another plan is an error naming it, not `acc`.)
         let shape = r.stamp.check(&plan.stamp)?;
         check_decoder_step(cfg, shape, "reserves")?;
         if t == 0 {
@@ -134,6 +135,20 @@ pub(crate) fn run_deferred_params<T: Float, K: HostKernels<T>>(
                 "reserves",
                 format!("steps of one batch, B = {bl} as the first"),
                 format!("B = {} at step {t}", shape.batch()),
+            ));
+        }
+    }
+    // `acc` was walked with this plan over steps of this batch: every buffer the size the time
+    // loop gives it.
+    let one = SeqShape::new(1, bl)?;
+    for (s, layers) in acc.steps.iter().enumerate() {
+        let fits = layers.len() == cfg.num_layers()
+            && layers.iter().enumerate().all(|(l, g)| g.each().map(Vec::len) == DirGrads::<T>::lens(&LayerDims::new(cfg, &one, l)));
+        if !fits {
+            return Err(Error::invalid(
+                "acc",
+                format!("the gradients of steps of this plan walked back with B = {bl}"),
+                format!("buffers of other sizes at the {}th step walked", s + 1),
             ));
         }
     }
@@ -597,6 +612,19 @@ pub(crate) struct DirGrads<T> {
 }
 
 impl<T> DirGrads<T> {
+    /// The lengths of a layer-direction's buffers (`dm`'s `T·B` rows): those
+    /// [`bptt_direction`] allocates.
+    fn lens(dm: &LayerDims) -> [usize; 5] {
+        let (tb, ln) = (dm.t * dm.b, dm.cell.layer_norm);
+        [
+            tb * dm.gh,
+            if keeps_dgh(dm) { tb * dm.gh } else { 0 },
+            if dm.proj { tb * dm.hout } else { 0 },
+            if ln { tb * dm.gh } else { 0 },
+            if ln && dm.lstm() { tb * dm.h } else { 0 },
+        ]
+    }
+
     fn each(&self) -> [&Vec<T>; 5] {
         [&self.dgi, &self.dgh, &self.dh, &self.dhg_raw, &self.dsh]
     }
@@ -640,13 +668,19 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(
     // Layer norm: dHG_raw of every step (the left factor of dW_hh) and, LSTM, dŝ of every step
     // (for the cell-state normalisation's gain and bias).
     let ln = dm.cell.layer_norm;
-    let mut g = DirGrads {
-        dgi: work.zeroed(tb * gh, "the input-side gate gradients, [T, B, G·H]")?,
-        dgh: if keeps_dgh(&dm) { work.zeroed(tb * gh, "the hidden-side gate gradients, [T, B, G·H]")? } else { Vec::new() },
-        dh: if dm.proj { work.zeroed(tb * hout, "the hidden-state gradients, [T, B, Hout]")? } else { Vec::new() },
-        dhg_raw: if ln { work.zeroed(tb * gh, "the raw recurrent products' gradients, [T, B, G·H]")? } else { Vec::new() },
-        dsh: if ln && dm.lstm() { work.zeroed(tb * h, "the normalised cell states' gradients, [T, B, H]")? } else { Vec::new() },
-    };
+    let mut g = DirGrads::default();
+    let what = [
+        "the input-side gate gradients, [T, B, G·H]",
+        "the hidden-side gate gradients, [T, B, G·H]",
+        "the hidden-state gradients, [T, B, Hout]",
+        "the raw recurrent products' gradients, [T, B, G·H]",
+        "the normalised cell states' gradients, [T, B, H]",
+    ];
+    for ((v, n), what) in g.each_mut().into_iter().zip(DirGrads::<T>::lens(&dm)).zip(what) {
+        if n > 0 {
+            *v = work.zeroed(n, what)?;
+        }
+    }
     let bounds = k.row_blocks(bl, Pass::Backward);
     let mut blocks: Vec<BwdRows<T>> = bounds
         .windows(2)
