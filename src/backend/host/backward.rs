@@ -652,7 +652,7 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(
     export: Option<&mut DirGrads<T>>,
 ) -> Result<()> {
     let dm = dir.dims;
-    let (tl, bl, h, hout, gh) = (dm.t, dm.b, dm.h, dm.hout, dm.gh);
+    let (tl, bl, h, hout) = (dm.t, dm.b, dm.h, dm.hout);
     let DirectionIo { input, d_out, saved: sv, h0, c0, dhn, dcn, d_in, dh0, dc0, dparams, zoneout, recurrent_dropout, input_dropout } = io;
     let (layer, direction) = (dir.ld / dm.dirs, dir.ld % dm.dirs);
     let zone = match zoneout {
