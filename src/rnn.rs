@@ -437,7 +437,9 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
 impl<T: Element, B: Backend<T, Buf = [T]>> BackwardSteps<'_, T, B> {
     /// Walks back through the next step (the last one first) with `dy: [B, Hout]`, the gradient
     /// w.r.t. that step's output (zeros when not given), and returns `dx: [B, I]`, w.r.t. its
-    /// input. The parameters' gradients accumulate; an error after the first step.
+    /// input. Walking step 0 (the last walked) also computes the parameters' gradients (see
+    /// [`Rnn::start_steps`]); after it, a step is an error. `rnn` is the model the steps ran
+    /// on.
     pub fn step(&mut self, rnn: &Rnn<T, B>, dy: Option<&[T]>) -> Result<Vec<T>> {
         let Some(t) = self.next.checked_sub(1) else {
             return Err(Error::invalid("step", "a step not yet walked back", "every step walked back already"));
