@@ -321,7 +321,7 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
     /// does not defer, CUDA, adds each step's products of `B` rows instead). On the reference
     /// the outputs and every gradient, the parameters' included, are then those of one call
     /// over the whole sequence on the same inputs, bit for bit; on the CPU backend too where a
-    /// step's products take the whole call's GEMM path (`B` ≥ 6 rows; with fewer, the one-row
+    /// step's products take the whole call's GEMM path (`B` ≥ 6 rows; with fewer, the skinny
     /// path, within f32 rounding) (`tests/decoder_steps.rs`). With 16-bit storage the
     /// parameters' gradients are summed in f32 and rounded once.
     ///
