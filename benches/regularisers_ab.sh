@@ -10,8 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-6}
 shift || true
-threads=("${@:-2 1}")
-[ $# -eq 0 ] && threads=(2 1)
+threads=("$@")
+[ ${#threads[@]} -eq 0 ] && threads=(2 1)
 cargo build --release --example bench >/dev/null 2>&1
 bench=target/release/examples/bench
 variants=(
