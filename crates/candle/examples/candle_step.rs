@@ -27,7 +27,8 @@
 //!
 //! Each round times `--steps` steps of one side, then of the other (the order alternating from
 //! round to round), after one step of each to warm up. It prints each round's times per step,
-//! the median of the rounds' ratios (candle / library), the phases of a step on each side, and
+//! the median of the rounds' ratios (candle / library), the phases of a step on each side (their
+//! times, and their minor page faults: the sign of an allocator giving pages back), and
 //! the weight check's alternatives: comparing unchanged weights, comparing changed ones and
 //! repacking, and always repacking (a gather of the variables into a flat buffer and
 //! `update_params`).
@@ -76,6 +77,49 @@ struct Phases {
     forward: f64,
     backward: f64,
     update: f64,
+    /// Minor page faults in the forward, backward and update phases (the last with the drop of
+    /// the step's outputs and gradients).
+    faults: [u64; 3],
+}
+
+/// The process's minor page faults so far (`minflt` of `/proc/self/stat`; 0 where there is no
+/// such file): a fresh page of a heap that the allocator gave back to the system and grows
+/// again costs one.
+fn minflt() -> u64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else { return 0 };
+    // The fields after the command's closing parenthesis: state, ppid, pgrp, session, tty_nr,
+    // tpgid, flags, minflt.
+    s.rfind(')').and_then(|i| s[i + 1..].split_whitespace().nth(7)).and_then(|f| f.parse().ok()).unwrap_or(0)
+}
+
+/// Times the phases of a step one after the other, and counts their page faults (the count is
+/// read between the phases, outside the times).
+struct Meter {
+    seconds: Vec<f64>,
+    faults: Vec<u64>,
+    count: u64,
+    since: Instant,
+}
+
+impl Meter {
+    fn start() -> Self {
+        Meter { seconds: Vec::new(), faults: Vec::new(), count: minflt(), since: Instant::now() }
+    }
+
+    /// Ends a phase and starts the next.
+    fn lap(&mut self) {
+        self.seconds.push(self.since.elapsed().as_secs_f64());
+        let count = minflt();
+        self.faults.push(count - self.count);
+        self.count = count;
+        self.since = Instant::now();
+    }
+
+    /// The three phases (forward, backward, update) that `lap` ended.
+    fn phases(self) -> Phases {
+        let (s, f) = (&self.seconds, &self.faults);
+        Phases { forward: s[0], backward: s[1], update: s[2], faults: [f[0], f[1], f[2]] }
+    }
 }
 
 impl Phases {
@@ -86,18 +130,19 @@ impl Phases {
 
 impl Direct {
     fn step(&mut self, s: &Setup) -> Phases {
-        let t0 = Instant::now();
+        let mut m = Meter::start();
         let out = self.rnn.forward_training(&s.shape, &s.x, None, None, &mut self.reserve).unwrap();
         std::hint::black_box(&out);
-        let t1 = Instant::now();
+        m.lap();
         let g = self.rnn.backward(&self.reserve, Some(&s.dy), None, None).unwrap();
-        let t2 = Instant::now();
+        m.lap();
         for (w, g) in self.weights.iter_mut().zip(g.dparams.as_ref().unwrap()) {
             *w -= g * LR;
         }
         self.rnn.update_params(&self.weights).unwrap();
-        let t3 = Instant::now();
-        Phases { forward: (t1 - t0).as_secs_f64(), backward: (t2 - t1).as_secs_f64(), update: (t3 - t2).as_secs_f64() }
+        drop((g, out));
+        m.lap();
+        m.phases()
     }
 }
 
@@ -111,17 +156,19 @@ struct Candle {
 
 impl Candle {
     fn step(&self, dot: bool) -> Phases {
-        let t0 = Instant::now();
+        let mut m = Meter::start();
         let out = self.module.run(Input::new(self.x.as_tensor())).unwrap();
-        let t1 = Instant::now();
+        m.lap();
         let grads = if dot { (&out.y * &self.dy).unwrap().sum_all().unwrap().backward() } else { out.y.backward() }.unwrap();
-        let t2 = Instant::now();
+        m.lap();
         for var in self.module.vars() {
             let g = grads.get(&var).unwrap();
             var.set(&(var.as_tensor() - (g * LR as f64).unwrap()).unwrap()).unwrap();
         }
-        let t3 = Instant::now();
-        Phases { forward: (t1 - t0).as_secs_f64(), backward: (t2 - t1).as_secs_f64(), update: (t3 - t2).as_secs_f64() }
+        // The step's graph goes with its outputs and gradients (the reserve back to the pool).
+        drop((grads, out));
+        m.lap();
+        m.phases()
     }
 }
 
@@ -141,6 +188,7 @@ fn mean_phases(v: &[Phases]) -> Phases {
         forward: v.iter().map(|p| p.forward).sum::<f64>() / n,
         backward: v.iter().map(|p| p.backward).sum::<f64>() / n,
         update: v.iter().map(|p| p.update).sum::<f64>() / n,
+        faults: [0, 1, 2].map(|i| v.iter().map(|p| p.faults[i]).sum::<u64>() / v.len().max(1) as u64),
     }
 }
 
@@ -206,6 +254,7 @@ fn run(s: &Setup, cpu: &Cpu, rounds: usize, steps: usize) {
         ms(c.backward),
         ms(c.update)
     );
+    println!("minor page faults, mean per step (forward, backward, update): library {:?} | candle {:?}", d.faults, c.faults);
 
     // The weight check and its alternatives, each the median of 7 (`f` returns the seconds it
     // measured).
