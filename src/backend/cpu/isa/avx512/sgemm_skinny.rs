@@ -1,7 +1,9 @@
 //! AVX-512 GEMM for few rows against a packed weight (see `isa/avx2/sgemm_skinny.rs` for the
 //! design): one 16-lane register per panel row, so the driver (`gemm_panels` in
 //! `gemm/sgemm.rs`) gives each tile twice the panels of the AVX2 one (4×2, 2×4, 1×8): eight
-//! accumulators in flight. Every element of `out` is one dot product summed in k order.
+//! accumulators in flight. Every element of `out` is one dot product summed in k order, except
+//! in the one-row tile, whose elements are 8 partial sums over `k mod 8` added in a fixed tree
+//! (`streamed`); either way an element's sum does not depend on how panels are grouped.
 
 use super::sgemm::{lanes, pairs, Bf16Row, F16Row, F32Row, PanelLoad};
 use super::Avx512;
@@ -16,6 +18,15 @@ const GEMV_ACC: usize = 8;
 /// one row gains: with the weights in L3 (`gemm_bench 2 1024 3072 2`, `4 1024 3072 2`) the
 /// interleaved, prefetched 2×4 and 4×2 tiles were faster than sequential ones.
 const SEQUENTIAL_MAX_ROWS: usize = 1;
+
+/// Panels a one-row tile reads side by side (see `streamed`), 8 accumulators each. One panel
+/// after another (one stream) was measured much faster than the 1×8 tile's eight interleaved,
+/// prefetched streams on a Zen 5 core (`gemm_bench 1 256 512 1 50000`: 64 → 108 GFLOP/s); on
+/// Zen 4 (AMD EPYC family 25 model 17) two side by side are faster again than one:
+/// `gemm_bench 1 256 1024 2 30000`, `avx512-packed`, 76 → 92 GFLOP/s (`1 256 512 1`: 40 → 50;
+/// `1 1024 4096 2`, from L3: 69 → 71); four (32 accumulators, past the registers) were slower
+/// (87).
+const STREAMS: usize = 2;
 
 /// How many k steps ahead each panel stream is prefetched.
 const PREFETCH: usize = 32;
@@ -117,52 +128,19 @@ unsafe fn skinny_with<L: PanelLoad, const R: usize, const NP: usize>(
     // vouched for; masked lanes are not accessed.
     unsafe {
         if R <= SEQUENTIAL_MAX_ROWS {
-            // Panel after panel, so that the loads form one sequential stream, which the
-            // hardware prefetcher follows (a software prefetch made it slower), with
-            // `8 / R` accumulators per row over `k mod (8 / R)` (summed in a fixed tree at
-            // the end) to keep 8 FMAs in flight: measured much faster for one row
-            // (`gemm_bench 1 256 512 1 50000`, `avx512-packed`, from L2) than the 1×8
-            // tile's eight interleaved panel streams.
-            let ks = GEMV_ACC / R;
-            for p in 0..NP {
-                let left = cols.saturating_sub(p * NR);
-                if left == 0 {
-                    break;
-                }
-                let bp = b.add(p * stride);
-                let mut acc = [[_mm512_setzero_ps(); GEMV_ACC]; R];
-                let mut kk = 0;
-                while kk + ks <= k {
-                    for u in 0..ks {
-                        let bv = L::load(bp.add((kk + u) * NR));
-                        for r in 0..R {
-                            acc[r][u] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * rsa + (kk + u) * csa)), bv, acc[r][u]);
-                        }
-                    }
-                    kk += ks;
-                }
-                for u in 0..k - kk {
-                    let bv = L::load(bp.add((kk + u) * NR));
-                    for r in 0..R {
-                        acc[r][u] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * rsa + (kk + u) * csa)), bv, acc[r][u]);
-                    }
-                }
-                let m = lanes(left);
-                for r in 0..R {
-                    // The partial sums in a fixed pairwise tree: ((0+1)+(2+3))+((4+5)+(6+7)).
-                    let mut w = ks;
-                    while w > 1 {
-                        for u in 0..w / 2 {
-                            acc[r][u] = _mm512_add_ps(acc[r][2 * u], acc[r][2 * u + 1]);
-                        }
-                        w /= 2;
-                    }
-                    let at = c.ptr.add(r * c.rs + p * NR);
-                    let mut v = if alpha == 1.0 { acc[r][0] } else { _mm512_mul_ps(_mm512_set1_ps(alpha), acc[r][0]) };
-                    if beta != 0.0 {
-                        v = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m, at), v);
-                    }
-                    _mm512_mask_storeu_ps(at, m, v);
+            // STREAMS panels at a time, each with `8 / R` accumulators per row over
+            // `k mod (8 / R)` (see `streamed`); a last group of fewer panels one by one (the
+            // same sums).
+            let mut p = 0;
+            while p < NP && cols > p * NR {
+                let live = (NP - p).min((cols - p * NR).div_ceil(NR));
+                let cp = CTile { ptr: c.ptr.add(p * NR), rs: c.rs, rows: c.rows, cols: cols - p * NR };
+                if live >= STREAMS {
+                    streamed::<L, R, STREAMS>(a, rsa, csa, k, b.add(p * stride), cp, (alpha, beta));
+                    p += STREAMS;
+                } else {
+                    streamed::<L, R, 1>(a, rsa, csa, k, b.add(p * stride), cp, (alpha, beta));
+                    p += 1;
                 }
             }
             return;
@@ -196,6 +174,77 @@ unsafe fn skinny_with<L: PanelLoad, const R: usize, const NP: usize>(
                 let mut v = if alpha == 1.0 { *v } else { _mm512_mul_ps(va, *v) };
                 if beta != 0.0 {
                     v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, at), v);
+                }
+                _mm512_mask_storeu_ps(at, m, v);
+            }
+        }
+    }
+}
+
+/// `S` panels of the one-row tile (`R` ≤ [`SEQUENTIAL_MAX_ROWS`]) read side by side, `S`
+/// sequential streams that the hardware prefetcher follows (a software prefetch made one stream
+/// slower), with `8 / R` accumulators per row and panel over `k mod (8 / R)`, summed in a fixed
+/// pairwise tree at the end: every element gets the same sum whatever `S`. `c` starts at the
+/// first panel's columns; `c.cols` may end inside the last panel.
+///
+/// # Safety
+/// AVX-512F (inlined into the callers that enable it); `b` holds `S` panels of `k` rows
+/// `k·NR` apart, `a` and `c` as [`SkinnyTile::skinny`]'s.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
+unsafe fn streamed<L: PanelLoad, const R: usize, const S: usize>(
+    a: *const f32,
+    rsa: usize,
+    csa: usize,
+    k: usize,
+    b: *const L::E,
+    c: CTile,
+    (alpha, beta): (f32, f32),
+) {
+    let ks = GEMV_ACC / R;
+    let stride = k * NR;
+    // SAFETY (whole body): the caller's contract; masked lanes are not accessed.
+    unsafe {
+        let mut acc = [[[_mm512_setzero_ps(); GEMV_ACC]; R]; S];
+        let mut kk = 0;
+        while kk + ks <= k {
+            for u in 0..ks {
+                for s in 0..S {
+                    let bv = L::load(b.add(s * stride + (kk + u) * NR));
+                    for r in 0..R {
+                        acc[s][r][u] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * rsa + (kk + u) * csa)), bv, acc[s][r][u]);
+                    }
+                }
+            }
+            kk += ks;
+        }
+        for u in 0..k - kk {
+            for s in 0..S {
+                let bv = L::load(b.add(s * stride + (kk + u) * NR));
+                for r in 0..R {
+                    acc[s][r][u] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * rsa + (kk + u) * csa)), bv, acc[s][r][u]);
+                }
+            }
+        }
+        for s in 0..S {
+            let left = c.cols.saturating_sub(s * NR);
+            if left == 0 {
+                break;
+            }
+            let m = lanes(left);
+            for r in 0..R {
+                // The partial sums in a fixed pairwise tree: ((0+1)+(2+3))+((4+5)+(6+7)).
+                let mut w = ks;
+                while w > 1 {
+                    for u in 0..w / 2 {
+                        acc[s][r][u] = _mm512_add_ps(acc[s][r][2 * u], acc[s][r][2 * u + 1]);
+                    }
+                    w /= 2;
+                }
+                let at = c.ptr.add(r * c.rs + s * NR);
+                let mut v = if alpha == 1.0 { acc[s][r][0] } else { _mm512_mul_ps(_mm512_set1_ps(alpha), acc[s][r][0]) };
+                if beta != 0.0 {
+                    v = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m, at), v);
                 }
                 _mm512_mask_storeu_ps(at, m, v);
             }
