@@ -104,8 +104,25 @@ unsafe fn tile_np<L: PanelLoad, const NP: usize>(kc: usize, a: ATile, (b, bstrid
                 }
             }
         }
-        store_tile(&acc, CTile { ptr: c, rs: rsc, rows, cols }, up);
+        store_tile(&in_memory(&acc), CTile { ptr: c, rs: rsc, rows, cols }, up);
     }
+}
+
+/// The accumulators copied into an array that is written once, after the k loop: with the
+/// loop's array handed to [`store_tile`] directly, LLVM zeroed its memory copy (1.5 KiB, a call
+/// to `memset`) at every tile, as well as the registers, before the loop.
+#[inline(always)]
+fn in_memory<const NP: usize>(acc: &[[__m512; NP]; MR]) -> [[__m512; NP]; MR] {
+    let mut out = std::mem::MaybeUninit::<[[__m512; NP]; MR]>::uninit();
+    let p = out.as_mut_ptr().cast::<__m512>();
+    for (i, row) in acc.iter().enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            // SAFETY: `i·NP + j` < MR·NP, the array's length in vectors.
+            unsafe { p.add(i * NP + j).write(*v) };
+        }
+    }
+    // SAFETY: every element was written above.
+    unsafe { out.assume_init() }
 }
 
 /// `C ⊕= alpha·acc` as `up` says, for the tile's valid rows and columns (masked lanes are not
@@ -169,7 +186,7 @@ unsafe fn tile_dot_np<const NP: usize>(kcp: usize, a: *const u32, (b, bstride): 
                 }
             }
         }
-        store_tile(&acc, c, up);
+        store_tile(&in_memory(&acc), c, up);
     }
 }
 
