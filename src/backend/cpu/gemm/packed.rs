@@ -20,7 +20,60 @@ use crate::backend::RnnPlan;
 use crate::config::{CellKind, RnnConfig};
 use crate::element::Dtype;
 use crate::error::Result;
+use std::ops::{Deref, DerefMut};
 use std::sync::OnceLock;
+
+/// 64 bytes on a 64-byte boundary: the unit of [`LineBuf`].
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// The values of packed panels, the first at a cache-line boundary, so that each 64-byte load
+/// of a panel row (16 f32, or 32 bf16 values in pairs) touches one line, not two (a `Vec` of a
+/// large size starts 16 bytes past a page). `T` is `f32` or `u16`, for which zero bits are zero.
+#[derive(Clone, Default)]
+pub(crate) struct LineBuf<T: Copy> {
+    lines: Vec<Line>,
+    len: usize,
+    _values: std::marker::PhantomData<T>,
+}
+
+/// A value type whose all-zero bits are a valid value (zero): `f32` and `u16`.
+pub(crate) trait ZeroBits: Copy {}
+impl ZeroBits for f32 {}
+impl ZeroBits for u16 {}
+
+impl<T: ZeroBits> LineBuf<T> {
+    /// `len` zeros.
+    pub(crate) fn zeroed(len: usize) -> Self {
+        const { assert!(std::mem::align_of::<T>() <= 64) };
+        let bytes = len.checked_mul(std::mem::size_of::<T>()).expect("a packed weight's size overflows usize");
+        LineBuf { lines: vec![Line([0; 64]); bytes.div_ceil(64)], len, _values: std::marker::PhantomData }
+    }
+}
+
+impl<T: Copy> Deref for LineBuf<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        // SAFETY: the lines hold at least `len` values of `T` (`zeroed`), aligned (align ≤ 64),
+        // every bit pattern of which was written as a `T` or is zero (a valid `T`: `ZeroBits`).
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<T>(), self.len) }
+    }
+}
+
+impl<T: Copy> DerefMut for LineBuf<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as `deref`, borrowed mutably through `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<T>(), self.len) }
+    }
+}
+
+impl<T: Copy> std::fmt::Debug for LineBuf<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineBuf").field("len", &self.len).finish()
+    }
+}
 
 /// The 16-bit format of `storage`'s packed panels; `None` for f32.
 fn half_of(storage: Dtype) -> Option<Half> {
@@ -84,7 +137,7 @@ impl Half {
 pub(crate) struct Panels16 {
     pub format: Half,
     pub pairs: bool,
-    pub bits: Vec<u16>,
+    pub bits: LineBuf<u16>,
 }
 
 impl Panels16 {
@@ -119,14 +172,14 @@ impl Panels16 {
 pub(crate) struct PackedWeight {
     pub n: usize,
     pub k: usize,
-    pub data: Vec<f32>,
+    pub data: LineBuf<f32>,
     pub half: Option<Panels16>,
 }
 
 impl PackedWeight {
     /// Packs the view `b: [K, N]`.
     pub(crate) fn pack(b: Mat<'_, f32>) -> Self {
-        let mut p = PackedWeight { n: b.cols, k: b.rows, data: vec![0.0; b.cols.div_ceil(NR) * NR * b.rows], half: None };
+        let mut p = PackedWeight { n: b.cols, k: b.rows, data: LineBuf::zeroed(b.cols.div_ceil(NR) * NR * b.rows), half: None };
         p.repack(b);
         p
     }
@@ -134,8 +187,8 @@ impl PackedWeight {
     /// Packs the view `b: [K, N]` in 16 bits; every value is exactly representable in `format`
     /// (the plan's weights came from 16-bit parameters; a NaN may come back quieted).
     pub(crate) fn pack16(b: Mat<'_, f32>, format: Half) -> Self {
-        let bits = vec![0; b.cols.div_ceil(NR) * NR * b.rows];
-        let mut p = PackedWeight { n: b.cols, k: b.rows, data: Vec::new(), half: Some(Panels16 { format, pairs: false, bits }) };
+        let bits = LineBuf::zeroed(b.cols.div_ceil(NR) * NR * b.rows);
+        let mut p = PackedWeight { n: b.cols, k: b.rows, data: LineBuf::default(), half: Some(Panels16 { format, pairs: false, bits }) };
         p.repack(b);
         p
     }
@@ -143,8 +196,9 @@ impl PackedWeight {
     /// Packs the view `b: [K, N]` as bf16 in pairs of rows (see [`Panels16`]), for the
     /// `VDPBF16PS` tiles; every value a bf16 value.
     pub(crate) fn pack_pairs(b: Mat<'_, f32>) -> Self {
-        let bits = vec![0; b.cols.div_ceil(NR) * b.rows.div_ceil(2) * 2 * NR];
-        let mut p = PackedWeight { n: b.cols, k: b.rows, data: Vec::new(), half: Some(Panels16 { format: Half::Bf16, pairs: true, bits }) };
+        let bits = LineBuf::zeroed(b.cols.div_ceil(NR) * b.rows.div_ceil(2) * 2 * NR);
+        let mut p =
+            PackedWeight { n: b.cols, k: b.rows, data: LineBuf::default(), half: Some(Panels16 { format: Half::Bf16, pairs: true, bits }) };
         p.repack(b);
         p
     }
