@@ -360,3 +360,28 @@ impl CpuPlan {
         packs.get(op.ld)?[op.weight as usize].as_ref()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Half, LineBuf, PackedWeight};
+    use crate::backend::host::Mat;
+
+    /// Every packing starts its panels on a cache line, whatever the size (small buffers come
+    /// from the allocator's bins, large ones 16 bytes past a page), and holds exactly its values.
+    #[test]
+    fn panels_start_on_a_cache_line() {
+        for (k, n) in [(1, 1), (3, 17), (256, 1024), (513, 2049)] {
+            let b: Vec<f32> = (0..k * n).map(|i| (i % 251) as f32 / 8.0).collect();
+            let m = Mat::new(&b, k, n);
+            let f32s = PackedWeight::pack(m);
+            assert_eq!(f32s.data.as_ptr() as usize % 64, 0, "f32 panels of {k}×{n}");
+            for p in [PackedWeight::pack16(m, Half::Bf16), PackedWeight::pack_pairs(m)] {
+                let h = p.half.as_ref().expect("16-bit panels");
+                assert_eq!(h.bits.as_ptr() as usize % 64, 0, "16-bit panels of {k}×{n} (pairs: {})", h.pairs);
+            }
+        }
+        let z = LineBuf::<u16>::zeroed(33);
+        assert_eq!((z.len(), z.iter().all(|&v| v == 0)), (33, true));
+        assert!(LineBuf::<f32>::default().is_empty());
+    }
+}
