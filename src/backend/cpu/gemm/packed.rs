@@ -368,9 +368,11 @@ mod tests {
 
     /// Every packing starts its panels on a cache line, whatever the size (small buffers come
     /// from the allocator's bins, large ones 16 bytes past a page), and holds exactly its values.
+    /// Under Miri (which checks `LineBuf`'s slices) only the small sizes.
     #[test]
     fn panels_start_on_a_cache_line() {
-        for (k, n) in [(1, 1), (3, 17), (256, 1024), (513, 2049)] {
+        let shapes: &[(usize, usize)] = if cfg!(miri) { &[(1, 1), (3, 17)] } else { &[(1, 1), (3, 17), (256, 1024), (513, 2049)] };
+        for &(k, n) in shapes {
             let b: Vec<f32> = (0..k * n).map(|i| (i % 251) as f32 / 8.0).collect();
             let m = Mat::new(&b, k, n);
             let f32s = PackedWeight::pack(m);
