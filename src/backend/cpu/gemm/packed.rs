@@ -44,11 +44,27 @@ impl ZeroBits for f32 {}
 impl ZeroBits for u16 {}
 
 impl<T: ZeroBits> LineBuf<T> {
+    /// Lines holding `len` values.
+    fn lines_for(len: usize) -> usize {
+        const { assert!(std::mem::align_of::<T>() <= 64) };
+        len.checked_mul(std::mem::size_of::<T>()).expect("an aligned buffer's size overflows usize").div_ceil(64)
+    }
+
     /// `len` zeros.
     pub(crate) fn zeroed(len: usize) -> Self {
-        const { assert!(std::mem::align_of::<T>() <= 64) };
-        let bytes = len.checked_mul(std::mem::size_of::<T>()).expect("a packed weight's size overflows usize");
-        LineBuf { lines: vec![Line([0; 64]); bytes.div_ceil(64)], len, _values: std::marker::PhantomData }
+        LineBuf { lines: vec![Line([0; 64]); Self::lines_for(len)], len, _values: std::marker::PhantomData }
+    }
+
+    /// Room for at least `n` values, grown with zeros where shorter (the values it held are
+    /// kept, stale for a scratch buffer that is rewritten before it is read): the first value,
+    /// to be written through (the GEMMs' per-thread packing buffers, `sgemm::Workspace`).
+    pub(crate) fn at_least(&mut self, n: usize) -> *mut T {
+        let lines = Self::lines_for(n);
+        if self.lines.len() < lines {
+            self.lines.resize(lines, Line([0; 64]));
+        }
+        self.len = self.len.max(n);
+        self.lines.as_mut_ptr().cast()
     }
 }
 

@@ -24,7 +24,7 @@
 //! applies `alpha` and `beta` with the same instructions whether it is full or at an edge. So
 //! splitting `C` across threads by rows or by panels never changes a bit.
 
-use super::packed::{Half, PackedWeight, NR};
+use super::packed::{Half, LineBuf, PackedWeight, NR};
 use super::Out;
 use crate::backend::host::Mat;
 use std::cell::RefCell;
@@ -291,33 +291,11 @@ pub(crate) trait SkinnyTile {
     }
 }
 
-/// A cache-line-aligned block of floats, the unit of [`Aligned`].
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([f32; 16]);
-
-/// A buffer of f32 aligned to 64 bytes, reused across blocks.
-#[derive(Default)]
-struct Aligned {
-    raw: Vec<Line>,
-}
-
-impl Aligned {
-    /// A zeroed-or-stale buffer of at least `n` floats, 64-byte aligned.
-    fn get(&mut self, n: usize) -> *mut f32 {
-        let lines = n.div_ceil(16);
-        if self.raw.len() < lines {
-            self.raw.resize(lines, Line([0.0; 16]));
-        }
-        self.raw.as_mut_ptr().cast()
-    }
-}
-
 /// Per-thread packing buffers.
 #[derive(Default)]
 pub(crate) struct Workspace {
-    a: Aligned,
-    b: Aligned,
+    a: LineBuf<f32>,
+    b: LineBuf<f32>,
 }
 
 thread_local! {
@@ -594,14 +572,14 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                 }
                 Rhs::StridedPairs(bm) if dot => {
                     let len = kc.div_ceil(2) * 2 * NR;
-                    let buf = ws.b.get(((jq1 - jq) * len).div_ceil(2)).cast::<u16>();
+                    let buf = ws.b.at_least(((jq1 - jq) * len).div_ceil(2)).cast::<u16>();
                     // SAFETY: the buffer holds the block's panels (two values per float); the
                     // block lies inside B.
                     unsafe { K::pack_b_dot(&bm, p0, kc, j0, j1 - j0, buf) };
                     (BlockB::Half(Panels16 { ptr: buf, stride: len, format: Half::Bf16 }), len)
                 }
                 Rhs::Strided(bm) | Rhs::StridedPairs(bm) => {
-                    let buf = ws.b.get((jq1 - jq) * NR * kc);
+                    let buf = ws.b.at_least((jq1 - jq) * NR * kc);
                     // SAFETY: the buffer holds the block; the block lies inside B.
                     unsafe { pack_b(&bm, p0, kc, j0, j1 - j0, buf) };
                     (BlockB::F32(buf as *const f32), NR * kc)
@@ -618,7 +596,7 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                 let direct = K::DIRECT_A && a.cs == 1 && !dot;
                 let kcp = kc.div_ceil(2);
                 let abuf = if dot {
-                    let abuf = ws.a.get(mc.div_ceil(K::ROWS) * K::ROWS * kcp);
+                    let abuf = ws.a.at_least(mc.div_ceil(K::ROWS) * K::ROWS * kcp);
                     // SAFETY: as below, the buffer holding the pairs of this block of A.
                     unsafe { K::pack_a_dot(&a, i0, mc, p0, kc, abuf.cast(), K::ROWS) };
                     abuf as *const f32
@@ -626,7 +604,7 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                     // SAFETY: row i0, column p0 lies inside A.
                     unsafe { a.data.as_ptr().add(i0 * a.rs + p0) }
                 } else {
-                    let abuf = ws.a.get(mc.div_ceil(K::ROWS) * K::ROWS * kc);
+                    let abuf = ws.a.at_least(mc.div_ceil(K::ROWS) * K::ROWS * kc);
                     // SAFETY: as above; rows i0..i0+mc and columns p0..p0+kc lie inside A.
                     unsafe { pack_a(&a, i0, mc, p0, kc, abuf, K::ROWS) };
                     abuf as *const f32
@@ -679,7 +657,7 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                             // against 80 ms widening each group here and 80–86 ms widening a
                             // whole `NC × KC` block once per block of columns).
                             let len = (qn - q) * kc * NR;
-                            let buf = ws.b.get(len);
+                            let buf = ws.b.at_least(len);
                             // SAFETY: the buffer holds `len` floats and no one else uses it (a
                             // packed B never uses it otherwise).
                             let dst = unsafe { std::slice::from_raw_parts_mut(buf, len) };
@@ -753,7 +731,7 @@ pub(crate) unsafe fn gemm_panels<K: SkinnyTile>(a: &Mat<'_, f32>, w: &PackedWeig
         Some(h) if h.pairs && K::dot_bf16() => with_workspace(|ws| {
             // The rows of `a` rounded to bf16 pairs (`pack_a_pairs` with one-row panels).
             let kp = k.div_ceil(2);
-            let apairs = ws.a.get(a.rows * kp).cast::<u32>();
+            let apairs = ws.a.at_least(a.rows * kp).cast::<u32>();
             // SAFETY: the buffer holds rows·kp words; rows and columns lie inside `a`; the
             // panels p0..p1 lie inside the packed weight; the ISA per the contract.
             unsafe {
@@ -767,7 +745,7 @@ pub(crate) unsafe fn gemm_panels<K: SkinnyTile>(a: &Mat<'_, f32>, w: &PackedWeig
         },
         Some(h) => with_workspace(|ws| {
             let len = (p1 - p0) * NR * k;
-            let buf = ws.b.get(len);
+            let buf = ws.b.at_least(len);
             // SAFETY: the buffer holds `len` floats, and no one else uses it.
             let dst = unsafe { std::slice::from_raw_parts_mut(buf, len) };
             for (p, out) in (p0..p1).zip(dst.chunks_exact_mut(NR * k)) {
