@@ -14,8 +14,8 @@ use core::arch::x86_64::*;
 /// Accumulators of a sequential tile, `8 / R` per row (8, 4, 2: powers of two, for the tree).
 const GEMV_ACC: usize = 8;
 
-/// Tiles of at most this many rows stream their panels one after another (see `skinny`). Only
-/// one row gains: with the weights in L3 (`gemm_bench 2 1024 3072 2`, `4 1024 3072 2`) the
+/// Tiles of at most this many rows read their panels as a few sequential streams, [`STREAMS`]
+/// at a time (see `streamed`), instead of interleaving all of them. Only one row gains: with the weights in L3 (`gemm_bench 2 1024 3072 2`, `4 1024 3072 2`) the
 /// interleaved, prefetched 2×4 and 4×2 tiles were faster than sequential ones.
 const SEQUENTIAL_MAX_ROWS: usize = 1;
 
