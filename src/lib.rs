@@ -116,7 +116,7 @@ pub use backend::{
 /// The CPU backend's plan-time tuner ([`Cpu::set_tuning`]).
 pub use backend::{tuning_records, Strategy, TuneRecord, TunedPass, Tuning};
 #[cfg(feature = "cuda")]
-pub use backend::{BorrowedCudaBuf, Cuda, CudaBuf, CudaElement, CudaHost, CudaPlan, CudaReserve};
+pub use backend::{BorrowedCudaBuf, Cuda, CudaBuf, CudaElement, CudaHost, CudaPlan, CudaReserve, CudaStepGrads};
 pub use config::{CellKind, Direction, Merge, RnnConfig, RnnConfigBuilder};
 /// The cudarc the CUDA backend is built on, for code that exchanges buffers and streams with it
 /// ([`CudaBuf::as_cuda_slice`], raw device pointers and streams) at the same version.

@@ -317,8 +317,8 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
     /// parameters' gradients ([`Backend::backward_step_deferred`]); when the first step is
     /// walked (the last), the parameters' gradients are computed from what every step kept,
     /// each weight's as one product over the rows of all the steps, as the backward of a call
-    /// over the whole sequence computes them ([`Backend::deferred_param_grads`]; a backend that
-    /// does not defer, CUDA, adds each step's products of `B` rows instead). On the reference
+    /// over the whole sequence computes them ([`Backend::deferred_param_grads`]; every backend
+    /// here defers; one that did not would add each step's products of `B` rows instead). On the reference
     /// the outputs and every gradient, the parameters' included, are then those of one call
     /// over the whole sequence on the same inputs, bit for bit; on the CPU backend too where a
     /// step's products take the whole call's GEMM path (`B` ≥ 6 rows; with fewer, the skinny

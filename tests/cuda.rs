@@ -90,6 +90,106 @@ mod with_feature {
         rnn.forward_training_masked(&shape, &x, None, None, stream, &mut reserve).unwrap();
     }
 
+    /// A decoder's steps on the device (teacher forcing through `Rnn::step`): the backward walks
+    /// them with the parameters' gradients deferred (`backward_step_deferred` answers true) and
+    /// computes those once over all the steps; every output and gradient is the whole call's
+    /// within the parity tolerances (cuBLAS may choose other algorithms for one step's rows).
+    /// The backend's calls made directly: Overwrite and Accumulate, and bad arguments named.
+    #[test]
+    fn decoder_steps_defer_the_parameters_gradients() {
+        let Some(c) = cuda("decoder_steps_defer_the_parameters_gradients") else { return };
+        let configs = [
+            RnnConfig::new(CellKind::Lstm, 6, 9).num_layers(2).proj_size(5).build().unwrap(),
+            RnnConfig::new(CellKind::Lstm, 6, 9).peephole(true).layer_norm(true).build().unwrap(),
+            RnnConfig::new(CellKind::Gru, 6, 9).num_layers(2).recurrent_dropout(0.3).build().unwrap(),
+            RnnConfig::new(CellKind::Gru, 6, 9).linear_before_reset(false).build().unwrap(),
+            RnnConfig::new(CellKind::RnnTanh, 6, 9).num_layers(3).bias(false).build().unwrap(),
+        ];
+        let (t, b) = (6, 5);
+        let shape = SeqShape::new(t, b).unwrap();
+        for (k, cfg) in configs.iter().enumerate() {
+            let mut rng = rnn_kernels::testkit::SplitMix64::new(k as u64);
+            let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform(-1.0, 1.0) as f32).collect() };
+            let (i, o) = (cfg.input_size(), cfg.output_size());
+            let (x, dy) = (rand(t * b * i), rand(t * b * o));
+            let params = Params::<f32>::init_uniform(cfg, 9 + k as u64).unwrap().into_vec();
+            let rnn = Rnn::new(CudaHost(c.clone()), cfg, &params[..]).unwrap();
+            let masks = rnn_kernels::masks::MaskStream::new(4, 1);
+            let mut reserve = Default::default();
+            let whole = rnn.forward_training_masked(&shape, &x, None, None, masks.clone(), &mut reserve).unwrap();
+            let wg = rnn.backward(&reserve, Some(&dy), None, None).unwrap();
+            let mut steps = rnn.start_steps(b, None, None, true, Some(masks)).unwrap();
+            let y: Vec<f32> = (0..t).flat_map(|s| rnn.step(&mut steps, &x[s * b * i..(s + 1) * b * i]).unwrap()).collect();
+            let mut back = rnn.backward_steps(&steps, None, None).unwrap();
+            while let Some(s) = back.next_step() {
+                back.step(&rnn, Some(&dy[s * b * o..(s + 1) * b * o])).unwrap();
+            }
+            let sg = back.finish().unwrap();
+            let pairs = [("y", &y, &whole.y), ("dx", &sg.dx, &wg.dx), ("dh0", &sg.dh0, &wg.dh0)];
+            let pairs = pairs.into_iter().chain([("dparams", sg.dparams.as_ref().unwrap(), wg.dparams.as_ref().unwrap())]);
+            for (name, got, want) in pairs {
+                let e = max_error(&up(got), &up(want));
+                let tol = if name == "y" { FWD_TOL } else { GRAD_TOL };
+                assert!(e <= tol, "{cfg:?}: {name} error {e:.3e} > {tol:e}");
+            }
+        }
+
+        // The backend's calls: a GRU decoder of two steps, B = 2.
+        use rnn_kernels::{CudaReserve, CudaStepGrads, RnnReserve};
+        let named = |e: Error, arg: &str| assert!(e.to_string().contains(&format!("`{arg}`")), "{arg}: {e}");
+        let host = CudaHost(c.clone());
+        let gru = RnnConfig::new(CellKind::Gru, 3, 4).build().unwrap();
+        let params = Params::<f32>::init_uniform(&gru, 1).unwrap().into_vec();
+        let plan = Backend::<f32>::plan(&host, &gru, &params).unwrap();
+        let fill = |t: usize, b: usize| -> CudaReserve {
+            let (x, mut y) = (vec![0.3f32; t * b * 3], vec![0.0f32; t * b * 4]);
+            let mut r = CudaReserve::default();
+            let input = ForwardInput { x: &x[..], h0: None, c0: None, masks: None };
+            let output = ForwardOutput { y: &mut y[..], hn: None, cn: None };
+            host.forward_training(&plan, &SeqShape::new(t, b).unwrap(), input, output, &mut r).unwrap();
+            r
+        };
+        let walk = |r: &CudaReserve, acc: &mut CudaStepGrads, dparams: Option<&mut [f32]>| {
+            let (t, b) = (r.shape().unwrap().steps(), r.shape().unwrap().batch());
+            let (dy, mut dx, mut dh0) = (vec![0.5f32; t * b * 4], vec![0.0f32; t * b * 3], vec![0.0f32; b * 4]);
+            let grads = BackwardInput { dy: Some(&dy[..]), dhn: None, dcn: None };
+            let output = BackwardOutput { dx: Some(&mut dx[..]), dh0: Some(&mut dh0[..]), dc0: None, dparams };
+            host.backward_step_deferred(&plan, r, grads, output, acc)
+        };
+        let steps = [fill(1, 2), fill(1, 2)];
+        let grads = |mode: GradMode, start: f32| {
+            let mut acc = CudaStepGrads::default();
+            for r in steps.iter().rev() {
+                assert!(walk(r, &mut acc, None).unwrap(), "the CUDA backend defers");
+            }
+            assert_eq!(acc.steps(), 2);
+            let mut dp = vec![start; params.len()];
+            host.deferred_param_grads(&plan, &steps, acc, &mut dp[..], mode).unwrap();
+            dp
+        };
+        let fresh = grads(GradMode::Overwrite, 0.0);
+        assert!(fresh.iter().any(|&v| v != 0.0));
+        let again = grads(GradMode::Overwrite, f32::NAN);
+        assert_eq!(again.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), fresh.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        let added = grads(GradMode::Accumulate, 1.0);
+        assert!(added.iter().zip(&fresh).all(|(a, f)| (a - (1.0 + f)).abs() <= 1e-6 * (1.0 + f.abs())), "Accumulate adds onto dparams");
+        let mut acc = CudaStepGrads::default();
+        let mut dp = vec![0.0f32; params.len()];
+        named(walk(&steps[1], &mut acc, Some(&mut dp[..])).unwrap_err(), "dparams");
+        named(walk(&fill(2, 2), &mut acc, None).unwrap_err(), "reserve");
+        walk(&steps[1], &mut acc, None).unwrap();
+        named(walk(&fill(1, 3), &mut acc, None).unwrap_err(), "reserve");
+        named(
+            host.deferred_param_grads(&plan, &steps[..0], CudaStepGrads::default(), &mut dp[..], GradMode::Overwrite).unwrap_err(),
+            "reserves",
+        );
+        named(host.deferred_param_grads(&plan, &steps, acc, &mut dp[..], GradMode::Overwrite).unwrap_err(), "acc");
+        let mut acc = CudaStepGrads::default();
+        walk(&steps[1], &mut acc, None).unwrap();
+        walk(&steps[0], &mut acc, None).unwrap();
+        named(host.deferred_param_grads(&plan, &steps, acc, &mut dp[1..], GradMode::Overwrite).unwrap_err(), "dparams");
+    }
+
     /// The CPU backend's property test: random configurations, lengths and inputs up to ±25
     /// (every gate saturates), against the f64 reference.
     #[test]

@@ -39,7 +39,7 @@ use crate::shape::SeqShape;
 
 pub use cpu::{tuning_records, Cpu, CpuPlan, Isa, Strategy, TuneRecord, TunedPass, Tuning};
 #[cfg(feature = "cuda")]
-pub use cuda::{BorrowedCudaBuf, Cuda, CudaBuf, CudaElement, CudaHost, CudaPlan, CudaReserve};
+pub use cuda::{BorrowedCudaBuf, Cuda, CudaBuf, CudaElement, CudaHost, CudaPlan, CudaReserve, CudaStepGrads};
 pub use host::{HostPlan, HostReserve, HostStepGrads};
 pub use reference::Reference;
 

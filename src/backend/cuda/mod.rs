@@ -91,6 +91,7 @@ pub(crate) const OPTIONS: &[&str] = &[
     // f32 storage).
     "layer_norm",
 ];
+use crate::backend::host::{check_decoder_step, check_deferred_steps};
 use crate::backend::{
     check_backward, check_forward, Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, RnnPlan,
 };
@@ -101,6 +102,7 @@ use crate::params::ParamLayout;
 use crate::shape::SeqShape;
 use buffer::{DevBuf, View};
 use device::Device;
+pub use driver::CudaStepGrads;
 use driver::{BackwardViews, ForwardViews, SavedViews, Weights};
 use exec::{device_err, Exec, Paths};
 use std::sync::Arc;
@@ -394,8 +396,18 @@ impl Cuda {
         check_backward(plan.config(), shape, plan.layout.len(), &grads, &output)?;
         let target = self.dev.lock()?;
         let exec = self.exec(&target, T::DTYPE);
+        driver::backward(&exec, plan.weights(), shape, &SavedViews::new(reserve), self.backward_views(grads, output, mode))
+    }
+
+    /// The driver's views of a backward call's buffers.
+    fn backward_views<T: CudaElement>(
+        &self,
+        grads: BackwardInput<'_, CudaBuf<T>>,
+        output: BackwardOutput<'_, CudaBuf<T>>,
+        mode: GradMode,
+    ) -> BackwardViews {
         let v = |b: &CudaBuf<T>| self.view(b);
-        let g = BackwardViews {
+        BackwardViews {
             dy: grads.dy.map(v),
             dhn: grads.dhn.map(v),
             dcn: grads.dcn.map(v),
@@ -404,8 +416,61 @@ impl Cuda {
             dc0: output.dc0.as_deref().map(v),
             dparams: output.dparams.as_deref().map(v),
             mode,
-        };
-        driver::backward(&exec, plan.weights(), shape, &SavedViews::new(reserve), g)
+        }
+    }
+
+    /// [`Backend::backward_step_deferred`]: a decoder step's backward without its parameters'
+    /// gradients, what they are computed from kept in `acc` (device memory).
+    fn backward_step_deferred<T: CudaElement>(
+        &self,
+        plan: &CudaPlan,
+        reserve: &CudaReserve,
+        grads: BackwardInput<'_, CudaBuf<T>>,
+        output: BackwardOutput<'_, CudaBuf<T>>,
+        acc: &mut CudaStepGrads,
+    ) -> Result<bool> {
+        self.check_plan(plan, T::DTYPE)?;
+        let shape = reserve.stamp.check(&plan.stamp)?;
+        check_backward(plan.config(), shape, plan.layout.len(), &grads, &output)?;
+        check_decoder_step(plan.config(), shape, "reserve")?;
+        if output.dparams.is_some() {
+            return Err(Error::invalid(
+                "dparams",
+                "none: a deferred step's parameter gradients come from the product over all the steps at the end",
+                "a buffer",
+            ));
+        }
+        if acc.steps() > 0 && acc.batch() != shape.batch() {
+            return Err(Error::invalid(
+                "reserve",
+                format!("a step of B = {}, the batch of the steps walked back before", acc.batch()),
+                format!("B = {}", shape.batch()),
+            ));
+        }
+        let target = self.dev.lock()?;
+        let exec = self.exec(&target, T::DTYPE);
+        let g = self.backward_views(grads, output, GradMode::Accumulate);
+        driver::backward_step(&exec, plan.weights(), shape, &SavedViews::new(reserve), g, acc)?;
+        Ok(true)
+    }
+
+    /// [`Backend::deferred_param_grads`]: the parameters' gradients of the steps walked back
+    /// into `acc`, one product per weight over all the steps' rows.
+    fn deferred_param_grads<T: CudaElement>(
+        &self,
+        plan: &CudaPlan,
+        reserves: &[CudaReserve],
+        acc: CudaStepGrads,
+        dparams: &mut CudaBuf<T>,
+        mode: GradMode,
+    ) -> Result<()> {
+        self.check_plan(plan, T::DTYPE)?;
+        check_deferred(plan, reserves, &acc, T::DTYPE)?;
+        plan.layout.check_buffer("dparams", dparams.slice.len())?;
+        let target = self.dev.lock()?;
+        let exec = self.exec(&target, T::DTYPE);
+        let steps: Vec<SavedViews> = reserves.iter().map(SavedViews::new).collect();
+        driver::deferred_params(&exec, plan.weights(), &steps, &acc, self.view(dparams), mode)
     }
 
     fn check_plan(&self, plan: &CudaPlan, ty: Dtype) -> Result<()> {
@@ -488,6 +553,22 @@ impl RnnPlan for CudaPlan {
     }
 }
 
+/// The checks of [`Backend::deferred_param_grads`] before anything runs: `reserves` the
+/// one-step reserves of a decoder's steps with `plan`'s weights, all of one batch, and `acc`
+/// what the backward of each kept, walked with such a plan (`storage` its type). Returns `B`.
+fn check_deferred(plan: &CudaPlan, reserves: &[CudaReserve], acc: &CudaStepGrads, storage: Dtype) -> Result<usize> {
+    let cfg = plan.config();
+    let bl = check_deferred_steps(cfg, &plan.stamp, reserves.iter().map(|r| &r.stamp), acc.steps())?;
+    if !acc.fits(cfg, bl, storage) {
+        return Err(Error::invalid(
+            "acc",
+            format!("the gradients of steps of this plan walked back with B = {bl}"),
+            format!("the gradients of steps of B = {} or of another plan", acc.batch()),
+        ));
+    }
+    Ok(bl)
+}
+
 /// The `Backend` impl of [`Cuda`] (device buffers) and [`CudaHost`] (host slices): the same
 /// methods, each the type's inherent one of the same name.
 macro_rules! cuda_backend {
@@ -497,7 +578,7 @@ macro_rules! cuda_backend {
             type Buf = $buf;
             type Plan = CudaPlan;
             type Reserve = CudaReserve;
-            type StepGrads = ();
+            type StepGrads = CudaStepGrads;
 
             fn name(&self) -> String {
                 self.device_name().to_string()
@@ -545,6 +626,28 @@ macro_rules! cuda_backend {
                 mode: GradMode,
             ) -> Result<()> {
                 <$ty>::backward(self, plan, reserve, grads, output, mode)
+            }
+
+            fn backward_step_deferred(
+                &self,
+                plan: &CudaPlan,
+                reserve: &CudaReserve,
+                grads: BackwardInput<'_, $buf>,
+                output: BackwardOutput<'_, $buf>,
+                acc: &mut CudaStepGrads,
+            ) -> Result<bool> {
+                <$ty>::backward_step_deferred(self, plan, reserve, grads, output, acc)
+            }
+
+            fn deferred_param_grads(
+                &self,
+                plan: &CudaPlan,
+                reserves: &[CudaReserve],
+                acc: CudaStepGrads,
+                dparams: &mut $buf,
+                mode: GradMode,
+            ) -> Result<()> {
+                <$ty>::deferred_param_grads(self, plan, reserves, acc, dparams, mode)
             }
         }
     };
@@ -644,26 +747,79 @@ impl CudaHost {
     ) -> Result<()> {
         let shape = reserve.stamp.check(&plan.stamp)?;
         check_backward(plan.config(), shape, plan.layout.len(), &grads, &output)?;
-        let dy = self.up_opt(grads.dy)?;
-        let (dhn, dcn) = (self.up_opt(grads.dhn)?, self.up_opt(grads.dcn)?);
-        let mut dx = self.zeros_like(&output.dx)?;
-        let (mut dh0, mut dc0) = (self.zeros_like(&output.dh0)?, self.zeros_like(&output.dc0)?);
         // Accumulate adds into the caller's values: upload them.
-        let mut dp = match (&output.dparams, mode) {
+        let BackwardOutput { dx, dh0, dc0, dparams } = output;
+        let mut dp = match (&dparams, mode) {
             (Some(p), GradMode::Accumulate) => Some(self.0.upload(p)?),
             (Some(p), GradMode::Overwrite) => Some(self.0.zeros(p.len())?),
             (None, _) => None,
         };
-        self.0.backward(
-            plan,
-            reserve,
+        let output = BackwardOutput { dx, dh0, dc0, dparams: None };
+        self.on_device(grads, output, dp.as_mut(), |grads, output| self.0.backward(plan, reserve, grads, output, mode))?;
+        self.down_opt(dp, dparams)
+    }
+
+    /// Runs `f` on device copies of a backward call's incoming gradients, with zeroed device
+    /// buffers for the `dx`, `dh0`, `dc0` wanted (and the device `dparams` given), then
+    /// downloads those into `output`'s.
+    fn on_device<T: CudaElement, R>(
+        &self,
+        grads: BackwardInput<'_, [T]>,
+        output: BackwardOutput<'_, [T]>,
+        dparams: Option<&mut CudaBuf<T>>,
+        f: impl FnOnce(BackwardInput<'_, CudaBuf<T>>, BackwardOutput<'_, CudaBuf<T>>) -> Result<R>,
+    ) -> Result<R> {
+        let dy = self.up_opt(grads.dy)?;
+        let (dhn, dcn) = (self.up_opt(grads.dhn)?, self.up_opt(grads.dcn)?);
+        let mut dx = self.zeros_like(&output.dx)?;
+        let (mut dh0, mut dc0) = (self.zeros_like(&output.dh0)?, self.zeros_like(&output.dc0)?);
+        let r = f(
             BackwardInput { dy: dy.as_ref(), dhn: dhn.as_ref(), dcn: dcn.as_ref() },
-            BackwardOutput { dx: dx.as_mut(), dh0: dh0.as_mut(), dc0: dc0.as_mut(), dparams: dp.as_mut() },
-            mode,
+            BackwardOutput { dx: dx.as_mut(), dh0: dh0.as_mut(), dc0: dc0.as_mut(), dparams },
         )?;
         self.down_opt(dx, output.dx)?;
         self.down_opt(dh0, output.dh0)?;
         self.down_opt(dc0, output.dc0)?;
-        self.down_opt(dp.take(), output.dparams)
+        Ok(r)
+    }
+
+    fn backward_step_deferred<T: CudaElement>(
+        &self,
+        plan: &CudaPlan,
+        reserve: &CudaReserve,
+        grads: BackwardInput<'_, [T]>,
+        output: BackwardOutput<'_, [T]>,
+        acc: &mut CudaStepGrads,
+    ) -> Result<bool> {
+        // The same checks on the host slices first, so no upload happens for a wrong call.
+        let shape = reserve.stamp.check(&plan.stamp)?;
+        check_backward(plan.config(), shape, plan.layout.len(), &grads, &output)?;
+        if output.dparams.is_some() {
+            return Err(Error::invalid(
+                "dparams",
+                "none: a deferred step's parameter gradients come from the product over all the steps at the end",
+                "a buffer",
+            ));
+        }
+        self.on_device(grads, output, None, |grads, output| self.0.backward_step_deferred(plan, reserve, grads, output, acc))
+    }
+
+    fn deferred_param_grads<T: CudaElement>(
+        &self,
+        plan: &CudaPlan,
+        reserves: &[CudaReserve],
+        acc: CudaStepGrads,
+        dparams: &mut [T],
+        mode: GradMode,
+    ) -> Result<()> {
+        check_deferred(plan, reserves, &acc, T::DTYPE)?;
+        plan.layout.check_buffer("dparams", dparams.len())?;
+        // Accumulate adds into the caller's values: upload them.
+        let mut dp = match mode {
+            GradMode::Accumulate => self.0.upload(dparams)?,
+            GradMode::Overwrite => self.0.zeros(dparams.len())?,
+        };
+        self.0.deferred_param_grads(plan, reserves, acc, &mut dp, mode)?;
+        self.0.download_into(&dp, dparams)
     }
 }

@@ -11,7 +11,7 @@ use super::variational_dropout::{self, VariationalDropout};
 use super::zoneout::{self, State, Zoneout};
 use super::{gru_reset_before, CellBackward, HostKernels, HostPlan, HostReserve, Mat, MatMut, Pass, Weight};
 use crate::backend::cell::Saved;
-use crate::backend::stack::{prev_step, steps, LayerDims};
+use crate::backend::stack::{prev_step, steps, LayerDims, PlanStamp, ReserveStamp};
 use crate::backend::{check_backward, BackwardInput, BackwardOutput, GradMode};
 use crate::config::RnnConfig;
 use crate::element::Float;
@@ -92,8 +92,43 @@ pub(crate) fn run_backward_step<T: Float, K: HostKernels<T>>(
     Ok(())
 }
 
+/// The checks of [`Backend::deferred_param_grads`](crate::Backend::deferred_param_grads) on its
+/// reserves, before anything runs: `stamps` those of the reserves of a decoder's steps, each
+/// filled by the plan of `plan` at its version, one step of a forward stack, all of one batch,
+/// and as many as the steps walked back into `acc` (`walked`). Returns `B`.
+pub(crate) fn check_deferred_steps<'r>(
+    cfg: &RnnConfig,
+    plan: &PlanStamp,
+    stamps: impl ExactSizeIterator<Item = &'r ReserveStamp>,
+    walked: usize,
+) -> Result<usize> {
+    let tl = stamps.len();
+    if tl == 0 {
+        return Err(Error::invalid("reserves", "the reserves of the steps walked back (at least one)", "none"));
+    }
+    if walked != tl {
+        return Err(Error::invalid("acc", format!("the gradients of all {tl} steps walked back"), format!("{walked} steps")));
+    }
+    let mut bl = 0;
+    for (t, stamp) in stamps.enumerate() {
+        // (Checked first: a reserve of another plan is an error naming it, not `acc`.)
+        let shape = stamp.check(plan)?;
+        check_decoder_step(cfg, shape, "reserves")?;
+        if t == 0 {
+            bl = shape.batch();
+        } else if shape.batch() != bl {
+            return Err(Error::invalid(
+                "reserves",
+                format!("steps of one batch, B = {bl} as the first"),
+                format!("B = {} at step {t}", shape.batch()),
+            ));
+        }
+    }
+    Ok(bl)
+}
+
 /// A decoder's steps: a reserve of one step of a forward (unidirectional) stack.
-fn check_decoder_step(cfg: &RnnConfig, shape: &SeqShape, arg: &str) -> Result<()> {
+pub(crate) fn check_decoder_step(cfg: &RnnConfig, shape: &SeqShape, arg: &str) -> Result<()> {
     if cfg.num_directions() != 1 || cfg.reverse_only() {
         return Err(Error::invalid("direction", "forward: the steps of a decoder run forward in time", "a reverse direction"));
     }
@@ -117,27 +152,7 @@ pub(crate) fn run_deferred_params<T: Float, K: HostKernels<T>>(
 ) -> Result<()> {
     let cfg = plan.layout.config();
     let tl = reserves.len();
-    if tl == 0 {
-        return Err(Error::invalid("reserves", "the reserves of the steps walked back (at least one)", "none"));
-    }
-    if acc.steps.len() != tl {
-        return Err(Error::invalid("acc", format!("the gradients of all {tl} steps walked back"), format!("{} steps", acc.steps.len())));
-    }
-    let mut bl = 0;
-    for (t, r) in reserves.iter().enumerate() {
-        // (Checked first: a reserve of another plan is an error naming it, not `acc`.)
-        let shape = r.stamp.check(&plan.stamp)?;
-        check_decoder_step(cfg, shape, "reserves")?;
-        if t == 0 {
-            bl = shape.batch();
-        } else if shape.batch() != bl {
-            return Err(Error::invalid(
-                "reserves",
-                format!("steps of one batch, B = {bl} as the first"),
-                format!("B = {} at step {t}", shape.batch()),
-            ));
-        }
-    }
+    let bl = check_deferred_steps(cfg, &plan.stamp, reserves.iter().map(|r| &r.stamp), acc.steps.len())?;
     // `acc` was walked with this plan over steps of this batch: every buffer the size the time
     // loop gives it.
     let one = SeqShape::new(1, bl)?;

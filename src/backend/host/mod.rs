@@ -68,6 +68,8 @@ pub(crate) mod variational_dropout;
 pub(crate) mod zoneout;
 
 pub use backward::HostStepGrads;
+#[cfg(feature = "cuda")]
+pub(crate) use backward::{check_decoder_step, check_deferred_steps};
 pub(crate) use backward::{run_backward, run_backward_step, run_deferred_params};
 pub(crate) use forward::run_forward;
 pub(crate) use mat::{Mat, MatMut};

@@ -2,7 +2,7 @@
 //! of each layer-direction ([`allocate`]), then the schedule (layer by layer, or the
 //! wavefront), each layer-direction's work being a [`DirBackward`].
 
-use super::super::buffer::View;
+use super::super::buffer::{DevBuf, View};
 use super::super::exec::Exec;
 use super::super::kernels::{self as k, Kernel};
 use super::layer_norm::{self, LnBackward};
@@ -13,10 +13,10 @@ use super::{
     check_sizes, each_direction, gru_reset_before, joined_on_error, options, persistent_declined, persistent_declines, persistent_required,
     LayerViews, Persistent, SavedViews, Temps, Weights,
 };
-use crate::backend::cell::Saved;
+use crate::backend::cell::{Saved, SAVED_BUFFERS};
 use crate::backend::stack::{prev_step, steps, LayerDims};
 use crate::backend::GradMode;
-use crate::config::{CellKind, Merge};
+use crate::config::{CellKind, Merge, RnnConfig};
 use crate::element::Dtype;
 use crate::error::Result;
 use crate::shape::SeqShape;
@@ -67,6 +67,89 @@ pub(super) struct BwdBufs {
     persistent: Option<Persistent>,
 }
 
+/// What the backward of one decoder step keeps of one layer for [`deferred_params`]: the
+/// gradients of its time loop that the parameters' gradients are products of.
+pub(crate) struct KeptLayer {
+    /// `[B, G·H]` `dGi` (storage type), before layer norm's backward of the input product.
+    dgi: DevBuf,
+    /// `[B, G·H]` `dGh`, where it is its own buffer (a GRU with the reset gate after the
+    /// recurrent matmul).
+    dgh: Option<DevBuf>,
+    /// Projection: `[B, Hout]` `dh` (the gradient of `h = m · W_hr^T`).
+    dh: Option<DevBuf>,
+    /// Layer norm: `[B, G·H]` `dHG_raw`; LSTM: `[B, H]` f32 `dŝ`.
+    dhg_raw: Option<DevBuf>,
+    ds: Option<DevBuf>,
+}
+
+/// The gradients of a decoder's steps walked back one at a time
+/// ([`Backend::backward_step_deferred`](crate::Backend::backward_step_deferred)) that
+/// [`Backend::deferred_param_grads`](crate::Backend::deferred_param_grads) computes their
+/// parameters' gradients from, once all are walked, in device memory: the CUDA backend's
+/// [`Backend::StepGrads`](crate::Backend::StepGrads).
+#[derive(Default)]
+pub struct CudaStepGrads {
+    /// `B` of the steps (set by the first).
+    batch: usize,
+    /// Per step walked (the last step of the run first), per layer.
+    steps: Vec<Vec<KeptLayer>>,
+    /// Per layer, an LSTM with peepholes: `[B, 3H]` f32, each row's peephole gradients summed
+    /// over the steps walked (the step kernels add into it, in the order the backward of the
+    /// whole call adds them).
+    dpeep: Vec<Option<DevBuf>>,
+}
+
+impl std::fmt::Debug for CudaStepGrads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaStepGrads").field("batch", &self.batch).field("steps", &self.steps.len()).finish()
+    }
+}
+
+impl CudaStepGrads {
+    /// The number of steps walked back into it.
+    pub fn steps(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// `B` of the steps walked (0 before the first).
+    pub(crate) fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Whether every step walked kept the buffers a step of `cfg` with `B = bl` rows and
+    /// `storage` type keeps (the steps were walked with a plan of that configuration).
+    pub(crate) fn fits(&self, cfg: &RnnConfig, bl: usize, storage: Dtype) -> bool {
+        let one = SeqShape::new(1, bl);
+        let Ok(one) = one else { return false };
+        let dims: Vec<LayerDims> = (0..cfg.num_layers()).map(|l| LayerDims::new(cfg, &one, l)).collect();
+        let len = |b: &Option<DevBuf>| b.as_ref().map_or(0, DevBuf::len);
+        self.batch == bl
+            && self.dpeep.len() == dims.len()
+            && self.steps.iter().all(|layers| {
+                layers.len() == dims.len()
+                    && layers.iter().zip(&dims).all(|(k, d)| {
+                        let gru_dgh = d.gru() && !gru_reset_before::applies(&d.cell);
+                        k.dgi.len() == bl * d.gh
+                            && k.dgi.ty() == storage
+                            && len(&k.dgh) == if gru_dgh { bl * d.gh } else { 0 }
+                            && len(&k.dh) == if d.proj { bl * d.hout } else { 0 }
+                            && len(&k.dhg_raw) == if d.cell.layer_norm { bl * d.gh } else { 0 }
+                            && len(&k.ds) == if d.cell.layer_norm && d.lstm() { bl * d.h } else { 0 }
+                    })
+            })
+    }
+}
+
+/// Where a step's [`KeptLayer`] goes, as views (`DirBackward::end` copies into them).
+#[derive(Clone, Copy)]
+struct KeepViews {
+    dgi: View,
+    dgh: Option<View>,
+    dh: Option<View>,
+    dhg_raw: Option<View>,
+    ds: Option<View>,
+}
+
 /// Inputs and outputs of one direction's backward pass.
 pub(super) struct BwdIo {
     /// `[T, B, In]`: the layer's input.
@@ -106,6 +189,9 @@ pub(super) struct DirBackward {
     var: Option<VarBackward>,
     /// Zoneout, when the forward pass had it.
     zone: Option<ZoneBackward>,
+    /// A decoder step's backward ([`backward_step`]): where its time loop's gradients are
+    /// kept (its `dpeep` is then the run's sum, carried from the step walked before).
+    keep: Option<KeepViews>,
 }
 
 /// One layer of a backward pass.
@@ -118,25 +204,73 @@ pub(super) struct BackwardLayer {
 
 /// The whole backward pass from a filled reserve; buffers validated against its shape.
 pub(crate) fn backward(exec: &Exec<'_>, weights: Weights<'_>, shape: &SeqShape, sv: &SavedViews, g: BackwardViews) -> Result<()> {
-    let cfg = weights.config();
-    check_sizes(cfg, shape)?;
-    let mut temps = Temps::new(exec);
-    // 16-bit parameter gradients accumulate in f32 (from the caller's with Accumulate) and are
-    // rounded once at the end.
-    let (dparams_out, dparams) = match g.dparams {
+    backward_with(exec, weights, shape, sv, g, None)
+}
+
+/// The backward of one step of a decoder run (`sv` a one-step reserve of a forward stack,
+/// `g.dparams` none): writes `dx`, `dh0`, `dc0` as [`backward`] does and keeps in `acc` what
+/// [`deferred_params`] computes the parameters' gradients from, over all the steps at once.
+/// The caller has checked the step (`T = 1`, no lengths, forward direction, `acc`'s batch).
+pub(crate) fn backward_step(
+    exec: &Exec<'_>,
+    weights: Weights<'_>,
+    shape: &SeqShape,
+    sv: &SavedViews,
+    g: BackwardViews,
+    acc: &mut CudaStepGrads,
+) -> Result<()> {
+    debug_assert!(g.dparams.is_none() && shape.steps() == 1);
+    backward_with(exec, weights, shape, sv, g, Some(acc))
+}
+
+/// The parameters' gradients as the caller wants them (`dp`, by `mode`) and where the pass
+/// accumulates them: `dp` itself (zeroed first with Overwrite), or for 16-bit gradients an f32
+/// temporary (zeros, or the caller's values with Accumulate) that [`finish_params`] rounds
+/// into `dp` once at the end.
+fn params_target(temps: &mut Temps<'_, '_>, dp: Option<View>, mode: GradMode) -> Result<(Option<View>, Option<View>)> {
+    let exec = temps.exec;
+    Ok(match dp {
         Some(dp) if dp.ty != Dtype::F32 => {
             let acc = temps.f32(dp.len)?;
-            match g.mode {
+            match mode {
                 GradMode::Overwrite => exec.fill(0, acc, 0.0)?,
                 GradMode::Accumulate => exec.copy(0, acc, dp)?,
             }
             (Some(dp), Some(acc))
         }
-        dp => (None, dp),
-    };
-    if let (Some(dp), GradMode::Overwrite, None) = (dparams, g.mode, dparams_out) {
-        exec.fill(0, dp, 0.0)?;
+        Some(dp) => {
+            if mode == GradMode::Overwrite {
+                exec.fill(0, dp, 0.0)?;
+            }
+            (None, Some(dp))
+        }
+        None => (None, None),
+    })
+}
+
+/// The end of [`params_target`]: the f32 sums rounded into the caller's 16-bit gradients.
+fn finish_params(exec: &Exec<'_>, (out, acc): (Option<View>, Option<View>)) -> Result<()> {
+    match (out, acc) {
+        (Some(out), Some(acc)) => exec.copy(0, out, acc),
+        _ => Ok(()),
     }
+}
+
+fn backward_with(
+    exec: &Exec<'_>,
+    weights: Weights<'_>,
+    shape: &SeqShape,
+    sv: &SavedViews,
+    g: BackwardViews,
+    acc: Option<&mut CudaStepGrads>,
+) -> Result<()> {
+    let cfg = weights.config();
+    check_sizes(cfg, shape)?;
+    let mut temps = Temps::new(exec);
+    // 16-bit parameter gradients accumulate in f32 (from the caller's with Accumulate) and are
+    // rounded once at the end.
+    let target = params_target(&mut temps, g.dparams, g.mode)?;
+    let dparams = target.1;
     // Batch-first: dy [B, T, ·] in, dx [B, T, I] out, through time-major temporaries (the
     // reserve's x is time-major).
     let (bl, tl) = (shape.batch(), shape.steps());
@@ -158,7 +292,7 @@ pub(crate) fn backward(exec: &Exec<'_>, weights: Weights<'_>, shape: &SeqShape, 
         }
         false => (g, None),
     };
-    let layers = allocate(&mut temps, weights, shape, sv, &g, dparams)?;
+    let layers = allocate(&mut temps, weights, shape, sv, &g, dparams, acc)?;
     // Every buffer of every layer is allocated before any work forks to stream 1 (`layers`
     // from the last layer to the first).
     let persistent = layers.iter().flat_map(|l| &l.dirs).any(|dir| dir.bufs.persistent.is_some());
@@ -188,10 +322,101 @@ pub(crate) fn backward(exec: &Exec<'_>, weights: Weights<'_>, shape: &SeqShape, 
     if let (Some(dx), Some(t)) = (dx_out, g.dx) {
         exec.swap_axes(0, dx, t, tl, bl, cfg.input_size())?;
     }
-    if let (Some(out), Some(acc)) = (dparams_out, dparams) {
-        exec.copy(0, out, acc)?;
+    finish_params(exec, target)
+}
+
+/// The parameters' gradients of a decoder's steps walked back with [`backward_step`]: `steps`
+/// the views of the steps' reserves in step order, `acc` what their backward kept; written or
+/// added into `dparams` by `mode`. The steps' saved activations and kept gradients are copied
+/// into the buffers of one call over the whole sequence, whose weight gradients are then the
+/// same products as that call's (`DirBackward::end`): one GEMM per weight over all the steps'
+/// rows. The caller has checked the steps against `acc` and the plan.
+pub(crate) fn deferred_params(
+    exec: &Exec<'_>,
+    weights: Weights<'_>,
+    steps: &[SavedViews],
+    acc: &CudaStepGrads,
+    dparams: View,
+    mode: GradMode,
+) -> Result<()> {
+    let cfg = weights.config();
+    let (tl, bl) = (steps.len(), acc.batch);
+    let shape = SeqShape::new(tl, bl)?;
+    check_sizes(cfg, &shape)?;
+    let mut temps = Temps::new(exec);
+    let target = params_target(&mut temps, Some(dparams), mode)?;
+    // The steps' buffers one after the other: each is `[1, B, ·]`, the whole call's `[T, B, ·]`.
+    let mut concat = |parts: &mut dyn Iterator<Item = View>| -> Result<View> {
+        let parts: Vec<View> = parts.collect();
+        let (n, ty) = (parts.iter().map(|v| v.len).sum::<usize>(), parts.first().map_or(Dtype::F32, |v| v.ty));
+        if n == 0 {
+            return Ok(View::NULL);
+        }
+        let all = temps.alloc(ty, n)?;
+        let mut at = 0;
+        for v in parts {
+            exec.copy(0, all.at(at, v.len), v)?;
+            at += v.len;
+        }
+        Ok(all)
+    };
+    let first = &steps[0];
+    let x = concat(&mut steps.iter().map(|s| s.x))?;
+    let outputs = (0..first.outputs.len()).map(|l| concat(&mut steps.iter().map(|s| s.outputs[l]))).collect::<Result<Vec<_>>>()?;
+    let mut dirs = Vec::with_capacity(first.dirs.len());
+    for i in 0..first.dirs.len() {
+        let mut each = [View::NULL; SAVED_BUFFERS];
+        for (j, v) in each.iter_mut().enumerate() {
+            *v = concat(&mut steps.iter().map(|s| *s.dirs[i].each()[j]))?;
+        }
+        dirs.push(Saved::from_array(each));
     }
-    Ok(())
+    // (Neither the dropout between layers nor zoneout enters a weight gradient: both act on
+    // the gradients the steps kept.)
+    let sv = SavedViews {
+        x,
+        h0: first.h0,
+        c0: first.c0,
+        lens: 0,
+        outputs,
+        dirs,
+        dropout: None,
+        recurrent_dropout: first.recurrent_dropout.clone(),
+        input_dropout: first.input_dropout.clone(),
+        zoneout: None,
+    };
+    let g = BackwardViews { dy: None, dhn: None, dcn: None, dx: None, dh0: None, dc0: None, dparams: target.1, mode };
+    let layers = allocate(&mut temps, weights, &shape, &sv, &g, target.1, None)?;
+    // The walk kept the last step first.
+    let walked: Vec<&Vec<KeptLayer>> = acc.steps.iter().rev().collect();
+    for layer in &layers {
+        for dir in &layer.dirs {
+            let (b, ln) = (&dir.bufs, dir.ln.as_ref());
+            let (gh, hout, h) = (dir.dims.gh, dir.dims.hout, dir.dims.h);
+            for (t, kept) in walked.iter().enumerate() {
+                let k = &kept[layer.l];
+                let rows = |v: View, w: usize| v.at(t * bl * w, bl * w);
+                exec.copy(0, rows(b.dgi, gh), k.dgi.view())?;
+                if let Some(dgh) = &k.dgh {
+                    exec.copy(0, rows(b.dgh, gh), dgh.view())?;
+                }
+                if let Some(dh) = &k.dh {
+                    exec.copy(0, rows(b.dh_all, hout), dh.view())?;
+                }
+                if let (Some(ln), Some(v)) = (ln, &k.dhg_raw) {
+                    exec.copy(0, rows(ln.dhg_raw, gh), v.view())?;
+                }
+                if let (Some(ln), Some(v)) = (ln, &k.ds) {
+                    exec.copy(0, rows(ln.ds, h), v.view())?;
+                }
+            }
+            if let Some(Some(dpeep)) = acc.dpeep.get(layer.l) {
+                exec.copy(0, b.dpeep, dpeep.view())?;
+            }
+            dir.end(exec, 0)?;
+        }
+    }
+    finish_params(exec, target)
 }
 
 /// Allocates every buffer of every layer (from the last layer to the first) and chooses each
@@ -203,6 +428,7 @@ fn allocate(
     sv: &SavedViews,
     g: &BackwardViews,
     dparams: Option<View>,
+    mut acc: Option<&mut CudaStepGrads>,
 ) -> Result<Vec<BackwardLayer>> {
     let exec = temps.exec;
     let cfg = weights.config();
@@ -219,6 +445,22 @@ fn allocate(
         View::NULL
     };
 
+    // A decoder step: what it keeps, per layer (allocated here, filled by `DirBackward::end`),
+    // and the peephole gradients' sums, allocated and zeroed at the first step walked.
+    let mut kept: Vec<Option<KeptLayer>> = (0..nl).map(|_| None).collect();
+    if let Some(acc) = acc.as_deref_mut() {
+        if acc.steps.is_empty() {
+            acc.batch = bl;
+            acc.dpeep = (0..nl).map(|_| None).collect();
+            if cfg.peephole() {
+                for slot in &mut acc.dpeep {
+                    let v = exec.alloc(Dtype::F32, bl * 3 * cfg.hidden_size())?;
+                    exec.fill(0, v.view(), 0.0)?;
+                    *slot = Some(v);
+                }
+            }
+        }
+    }
     let mut d_out = g.dy;
     let mut layers = Vec::with_capacity(nl);
     for l in (0..nl).rev() {
@@ -236,8 +478,33 @@ fn allocate(
                 .or(zoneout::persistent_declines(sv.zoneout.as_ref()));
             let var = VarBackward::new(temps, &dims, (l, d), input_dropout, recurrent_dropout)?;
             let zone = ZoneBackward::new(temps, &dims, sv.zoneout.as_ref(), (l, d))?;
-            bufs.push((direction_bufs(temps, &dims, l, declines)?, ln, var, zone));
+            let mut dir_bufs = direction_bufs(temps, &dims, l, declines)?;
+            if let Some(acc) = acc.as_deref() {
+                if let Some(Some(dpeep)) = acc.dpeep.get(l) {
+                    dir_bufs.dpeep = dpeep.view();
+                }
+            }
+            bufs.push((dir_bufs, ln, var, zone));
         }
+        // (A decoder's stack has one direction.)
+        let keep = match acc.is_some() {
+            true => {
+                let storage = exec.storage();
+                let (gh, tb) = (dims.gh, tl * bl);
+                let k = KeptLayer {
+                    dgi: exec.alloc(storage, tb * gh)?,
+                    dgh: (dims.gru() && !gru_reset_before::applies(&dims.cell)).then(|| exec.alloc(storage, tb * gh)).transpose()?,
+                    dh: dims.proj.then(|| exec.alloc(storage, tb * dims.hout)).transpose()?,
+                    dhg_raw: dims.cell.layer_norm.then(|| exec.alloc(storage, tb * gh)).transpose()?,
+                    ds: (dims.cell.layer_norm && lstm).then(|| exec.alloc(Dtype::F32, tb * dims.h)).transpose()?,
+                };
+                let v = |b: &Option<DevBuf>| b.as_ref().map(DevBuf::view);
+                let views = KeepViews { dgi: k.dgi.view(), dgh: v(&k.dgh), dh: v(&k.dh), dhg_raw: v(&k.dhg_raw), ds: v(&k.ds) };
+                kept[l] = Some(k);
+                Some(views)
+            }
+            false => None,
+        };
         let dirs = bufs
             .into_iter()
             .enumerate()
@@ -258,11 +525,14 @@ fn allocate(
                 };
                 let grads = dparams.map(|dp| LayerViews::of(dp, weights.layout.layer(l, d)));
                 let (reverse, col) = (d == 1 || cfg.reverse_only(), if cfg.merge() == Merge::Sum { 0 } else { d * dims.hout });
-                DirBackward { d, reverse, col, dims, weights: weights.layer(l, d), grads, io, bufs, ln, var, zone }
+                DirBackward { d, reverse, col, dims, weights: weights.layer(l, d), grads, io, bufs, ln, var, zone, keep }
             })
             .collect();
         layers.push(BackwardLayer { l, d_in, dirs });
         d_out = d_in;
+    }
+    if let Some(acc) = acc {
+        acc.steps.push(kept.into_iter().flatten().collect());
     }
     Ok(layers)
 }
@@ -328,7 +598,11 @@ impl DirBackward {
         if self.dims.lstm() {
             exec.copy_or_zero(si, self.bufs.dc, self.io.dcn)?;
         }
-        exec.fill(si, self.bufs.dpeep, 0.0)
+        // (A decoder step adds into the sums of the steps walked before it.)
+        match self.keep {
+            Some(_) => Ok(()),
+            None => exec.fill(si, self.bufs.dpeep, 0.0),
+        }
     }
 
     /// `dX[t] (+)= dGi[t] · W_ih` for the steps `t` in `rows` on stream `si`: direction 0
@@ -541,6 +815,23 @@ impl DirBackward {
         }
         if let Some(dc0) = io.dc0 {
             exec.copy(si, dc0, b.dc)?;
+        }
+        // A decoder step keeps what its parameters' gradients are computed from, before layer
+        // norm's backward rewrites dGi (it has no parameters' gradients of its own: `grads` is
+        // none).
+        if let Some(k) = self.keep {
+            exec.copy(si, k.dgi, b.dgi)?;
+            let pairs = [
+                (k.dgh, Some(b.dgh)),
+                (k.dh, Some(b.dh_all)),
+                (k.dhg_raw, self.ln.as_ref().map(|l| l.dhg_raw)),
+                (k.ds, self.ln.as_ref().map(|l| l.ds)),
+            ];
+            for (dst, src) in pairs {
+                if let (Some(dst), Some(src)) = (dst, src) {
+                    exec.copy(si, dst, src)?;
+                }
+            }
         }
         // db += 1^T · dG
         if let Some(dp) = self.grads {

@@ -212,7 +212,7 @@ pub(super) struct LnBackward {
     /// `[T·B, G·H]` (storage type): `dHG_raw = LNback(dGh)` of every step.
     pub dhg_raw: View,
     /// LSTM: `[T·B, H]` f32 `dŝ` of every step, `[B, H]` f32 `dm⊙τ` of the step.
-    ds: View,
+    pub ds: View,
     dm_tau: View,
 }
 

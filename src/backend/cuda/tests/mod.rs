@@ -16,6 +16,8 @@
 //! - `layer_norm.rs`: layer norm's kernels (the row normalisation, its backward and column sums,
 //!   the layer-normalised LSTM's output forward and backward) against f64 row functions, and the
 //!   driver with layer norm against the f64 reference;
+//! - `deferred.rs`: a decoder's steps walked back one at a time with their parameters'
+//!   gradients deferred to one product over all the steps: the whole call's bits;
 //! - `wavefront.rs`: the layer wavefront bit for bit against the layer-by-layer order (also with
 //!   dropout between layers, dropped a chunk at a time), the stream each piece of work is issued
 //!   on, and stream 1 joined after a failure;
@@ -30,6 +32,7 @@
 //! persistent_lstm.cu does not run).
 
 mod attention;
+mod deferred;
 mod driver;
 mod dropout;
 mod gru_reset_before;
