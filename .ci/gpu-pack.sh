@@ -7,7 +7,8 @@
 #   ... on the GPU machine, in the repository root:
 #   GPU_PREBUILT=DIR bash .ci/gpu.sh
 #
-# DIR/bin holds the test binaries (tests/cuda.rs, the library's unit tests, capi/tests/device.rs)
+# DIR/bin holds the test binaries (tests/cuda.rs, the library's unit tests, capi/tests/device.rs
+# and capi/tests/steps_attention.rs)
 # and the examples verify, bench, gemm_bench and handoff, built with --features cuda and the
 # pinned nvcc (the PTX is inside them), with debug info stripped; DIR/lib holds librnn_kernels.so
 # (the C ABI with cuda). Prints the total size.
@@ -41,12 +42,14 @@ print(paths[-1])'
 CUDA_TEST=$(exe -p rnn-kernels --features cuda --test cuda)
 LIB_TEST=$(exe -p rnn-kernels --features cuda --lib)
 CAPI_TEST=$(exe -p rnn-kernels-capi --features cuda --test device)
+CAPI_ATTN_TEST=$(exe -p rnn-kernels-capi --features cuda --test steps_attention)
 
 rm -rf "$DIR"
 mkdir -p "$DIR/bin" "$DIR/lib"
 cp "$CUDA_TEST" "$DIR/bin/test-cuda"
 cp "$LIB_TEST" "$DIR/bin/test-lib"
 cp "$CAPI_TEST" "$DIR/bin/test-capi-device"
+cp "$CAPI_ATTN_TEST" "$DIR/bin/test-capi-attention"
 for e in bench verify gemm_bench handoff; do
     cp "$TARGET/release/examples/$e" "$DIR/bin/$e"
 done

@@ -78,6 +78,7 @@ if [ -n "$PRE" ]; then
     T_CUDA=("$PRE/bin/test-cuda")
     T_LIB=("$PRE/bin/test-lib")
     T_CAPI=("$PRE/bin/test-capi-device")
+    T_CAPI_ATTN=("$PRE/bin/test-capi-attention")
     VERIFY=("$PRE/bin/verify")
     BENCH=(--bin "$PRE/bin/bench")
 else
@@ -86,6 +87,7 @@ else
     T_CUDA=(cargo test --release --features cuda --test cuda --)
     T_LIB=(cargo test --release --features cuda --lib --)
     T_CAPI=(cargo test --release -p rnn-kernels-capi --features cuda --)
+    T_CAPI_ATTN=(cargo test --release -p rnn-kernels-capi --features cuda --test steps_attention --)
     VERIFY=(cargo run --release --features cuda --example verify --)
     BENCH=()
 fi
@@ -93,6 +95,8 @@ fi
 step test-cuda "${T_CUDA[@]}" --nocapture
 step test-lib "${T_LIB[@]}" backend::cuda
 step test-capi "${T_CAPI[@]}" --nocapture
+# The C ABI's attention on "cuda" against the Rust API's CudaHost, bit for bit.
+step test-capi-attention "${T_CAPI_ATTN[@]}" attention_matches_the_rust_api --nocapture
 step verify "${VERIFY[@]}" --backend cuda tests/fixtures/*.safetensors
 # The cell options' cases: PyTorch's Cho GRU, onnxruntime's ONNX options, Haste's layer norm, dropout,
 # zoneout, recurrent and input dropout (f32).

@@ -432,7 +432,9 @@ int rnnk_steps_backward_free(rnnk_steps_backward* backward);
 /* Creates an attention of `score` ("dot", "general", "concat", "additive" or "bahdanau") with
  * queries of query_size and keys of key_size features, attn_size A (at least 1 for concat and
  * additive, 0 for the others), output_size O (0: no attentional hidden state), on `backend`
- * ("reference" or "cpu"; "cuda" is RNNK_ERR_UNSUPPORTED); `threads` as for rnnk_model_create.
+ * ("reference", "cpu", or "cuda": host pointers, each call uploading its inputs and downloading its
+ * results, as a model's host entry points; RNNK_ERR_BACKEND_UNAVAILABLE as for rnnk_model_create
+ * without the cuda feature or a GPU); `threads` as for rnnk_model_create.
  * Parameters start at 0 (set them with rnnk_attention_set_params). *out is NULL on failure. */
 int rnnk_attention_create(const char* score, size_t query_size, size_t key_size, size_t attn_size, size_t output_size,
                           const char* backend, size_t threads, rnnk_attention** out);

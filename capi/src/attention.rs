@@ -11,7 +11,7 @@
 use crate::args::{self, check_ptr};
 use crate::bufs::Bufs;
 use crate::handle::{Handle, Kind};
-use crate::status::{guard, CapiError, RNNK_ERR_OUT_OF_MEMORY, RNNK_ERR_PANIC, RNNK_ERR_UNSUPPORTED};
+use crate::status::{guard, CapiError, RNNK_ERR_OUT_OF_MEMORY, RNNK_ERR_PANIC};
 use crate::{RnnkAttention, RnnkAttentionMemory};
 use rnnk_core::attention::{
     AttentionBackend, AttentionConfig, AttentionMemory, AttentionMemoryGrads, AttentionOutput, AttentionShape, AttentionUpstream, Score,
@@ -27,6 +27,10 @@ static NEXT_ATTENTION_ID: AtomicU64 = AtomicU64::new(1);
 pub enum AttnBackend {
     Reference(Reference),
     Cpu(Cpu),
+    /// Host pointers through `CudaHost` (each call uploads its inputs and downloads its
+    /// results; a memory stays on the host between calls).
+    #[cfg(feature = "cuda")]
+    Cuda(rnnk_core::CudaHost),
 }
 
 /// Calls `$body` with `$b` bound to the backend, whatever it is.
@@ -35,6 +39,8 @@ macro_rules! with_backend {
         match $backend {
             AttnBackend::Reference($b) => $body,
             AttnBackend::Cpu($b) => $body,
+            #[cfg(feature = "cuda")]
+            AttnBackend::Cuda($b) => $body,
         }
     };
 }
@@ -118,8 +124,8 @@ fn check_memory(a: &Attention, m: &Memory) -> Result<(), CapiError> {
 
 /// Creates an attention: `score` "dot", "general", "concat" or "additive" ("bahdanau"), queries
 /// of `query_size`, keys of `key_size` features, `attn_size` (concat, additive; 0 otherwise),
-/// `output_size` (0: no attentional hidden state), on `backend` ("reference" or "cpu"; `threads`
-/// as for models). Parameters start at 0. `*out` is NULL on failure.
+/// `output_size` (0: no attentional hidden state), on `backend` ("reference", "cpu" or "cuda";
+/// `threads` as for models). Parameters start at 0. `*out` is NULL on failure.
 #[no_mangle]
 pub unsafe extern "C" fn rnnk_attention_create(
     score: *const c_char, query_size: usize, key_size: usize, attn_size: usize, output_size: usize, backend: *const c_char, threads: usize,
@@ -150,13 +156,18 @@ pub unsafe extern "C" fn rnnk_attention_create(
         let backend = match backend {
             "reference" => AttnBackend::Reference(Reference),
             "cpu" => AttnBackend::Cpu(if threads == 0 { Cpu::new()? } else { Cpu::with_threads(threads)? }),
+            #[cfg(feature = "cuda")]
+            "cuda" => AttnBackend::Cuda(rnnk_core::CudaHost::new()?),
+            #[cfg(not(feature = "cuda"))]
             "cuda" => {
-                return Err(CapiError::new(
-                    RNNK_ERR_UNSUPPORTED,
-                    "`backend`: expected \"reference\" or \"cpu\" (attention runs on the host backends), got \"cuda\"",
-                ))
+                return Err(rnnk_core::Error::BackendUnavailable {
+                    backend: "cuda".into(),
+                    reason: "this library was built without the `cuda` feature (cargo build --release -p rnn-kernels-capi --features cuda)"
+                        .into(),
+                }
+                .into())
             }
-            other => return Err(CapiError::invalid("backend", "one of \"reference\", \"cpu\"", format!("{other:?}"))),
+            other => return Err(CapiError::invalid("backend", "one of \"reference\", \"cpu\", \"cuda\"", format!("{other:?}"))),
         };
         let id = NEXT_ATTENTION_ID.fetch_add(1, Ordering::Relaxed);
         *out = Attention { id, generation: 0, cfg, params, backend }.into_raw();

@@ -24,7 +24,7 @@ const RNNK_ERR_NULL_POINTER: c_int = 1;
 const RNNK_ERR_INVALID_ARGUMENT: c_int = 2;
 const RNNK_ERR_SIZE_MISMATCH: c_int = 3;
 const RNNK_ERR_WRONG_HANDLE: c_int = 4;
-const RNNK_ERR_UNSUPPORTED: c_int = 12;
+const RNNK_ERR_BACKEND_UNAVAILABLE: c_int = 5;
 
 type H = *mut c_void;
 type In = *const f32;
@@ -504,6 +504,18 @@ fn attention_matches_the_rust_api() {
             _ => attention_match(&lib, backend, threads, &Cpu::with_threads(threads).unwrap()),
         }
     }
+    // "cuda" (host pointers through CudaHost) against the Rust API's CudaHost on the same
+    // device: the same kernels, so the same bits. Without a GPU the creation's error is checked
+    // in `attention_rejects_bad_input`; with RNN_KERNELS_REQUIRE_CUDA=1 (.ci/gpu.sh) a missing
+    // GPU fails here.
+    #[cfg(feature = "cuda")]
+    match rnnk_core::CudaHost::new() {
+        Ok(cuda) => attention_match(&lib, "cuda", 0, &cuda),
+        Err(e) => {
+            assert!(!std::env::var("RNN_KERNELS_REQUIRE_CUDA").is_ok_and(|v| v == "1"), "RNN_KERNELS_REQUIRE_CUDA=1, but: {e}");
+            eprintln!("attention on \"cuda\": skipped, no CUDA backend here ({e})");
+        }
+    }
 }
 
 #[test]
@@ -520,7 +532,15 @@ fn attention_rejects_bad_input() {
         lib.expect((lib.attn_create)(bad.as_ptr(), HQ, HK, 0, 0, be.as_ptr(), 0, &mut h), RNNK_ERR_INVALID_ARGUMENT, "`score`");
         let dot = CString::new("dot").unwrap();
         lib.expect((lib.attn_create)(dot.as_ptr(), HQ, HK, 0, 0, be.as_ptr(), 0, &mut h), RNNK_ERR_INVALID_ARGUMENT, "`key_size`");
-        lib.expect((lib.attn_create)(dot.as_ptr(), HQ, HQ, 0, 0, cuda.as_ptr(), 0, &mut h), RNNK_ERR_UNSUPPORTED, "`backend`");
+        // "cuda": an attention where the library has the backend and the machine a GPU
+        // (capi/tests/device.rs checks it there), else unavailable, saying why.
+        match (lib.attn_create)(dot.as_ptr(), HQ, HQ, 0, 0, cuda.as_ptr(), 0, &mut h) {
+            RNNK_OK if cfg!(feature = "cuda") => {
+                assert_eq!((lib.attn_free)(h), RNNK_OK);
+                h = null_mut();
+            }
+            st => lib.expect(st, RNNK_ERR_BACKEND_UNAVAILABLE, "cuda"),
+        }
         lib.expect((lib.attn_create)(null(), HQ, HQ, 0, 0, be.as_ptr(), 0, &mut h), RNNK_ERR_NULL_POINTER, "`score`");
         assert!(h.is_null());
         let name = CString::new("v_a").unwrap();
