@@ -117,6 +117,11 @@ pub use backend::{
 pub use backend::{tuning_records, Strategy, TuneRecord, TunedPass, Tuning};
 #[cfg(feature = "cuda")]
 pub use backend::{BorrowedCudaBuf, Cuda, CudaBuf, CudaElement, CudaHost, CudaPlan, CudaReserve, CudaStepGrads};
+#[cfg(feature = "cuda")]
+pub use backend::{
+    CudaAttentionGrads, CudaAttentionMemory, CudaAttentionMemoryGrads, CudaAttentionOutput, CudaAttentionUpstream, DeviceAttentionGrads,
+    DeviceAttentionMemory, DeviceAttentionMemoryGrads, DeviceAttentionOutput, DeviceAttentionUpstream,
+};
 pub use config::{CellKind, Direction, Merge, RnnConfig, RnnConfigBuilder};
 /// The cudarc the CUDA backend is built on, for code that exchanges buffers and streams with it
 /// ([`CudaBuf::as_cuda_slice`], raw device pointers and streams) at the same version.

@@ -763,6 +763,16 @@ mod with_feature {
         }
     }
 
+    /// [`upstream`] on device buffers.
+    fn device_upstream<'a>(
+        dw: &'a rnn_kernels::CudaBuf<f32>,
+        dc: &'a rnn_kernels::CudaBuf<f32>,
+        dh: &'a rnn_kernels::CudaBuf<f32>,
+        o: usize,
+    ) -> rnn_kernels::CudaAttentionUpstream<'a> {
+        rnn_kernels::CudaAttentionUpstream { d_weights: Some(dw), d_context: Some(dc), d_hidden: (o > 0).then_some(dh) }
+    }
+
     /// The incoming gradients of an attention backward (`d_hidden` only with `O > 0`).
     fn upstream<'a, T>(dw: &'a [T], dc: &'a [T], dh: &'a [T], o: usize) -> rnn_kernels::attention::AttentionUpstream<'a, T> {
         rnn_kernels::attention::AttentionUpstream { d_weights: Some(dw), d_context: Some(dc), d_hidden: (o > 0).then_some(dh) }
@@ -859,6 +869,32 @@ mod with_feature {
                 per[4] = k.d_keys;
                 per[5].iter_mut().zip(&k.d_params).for_each(|(a, x)| *a += x);
                 check("per step", &per);
+                // The same on device buffers (`Cuda::attention_*`): the memory and its gradients
+                // kept on the device, the host-slice calls' bits.
+                let dev = &host.0;
+                let up = |v: &[f32]| dev.upload(v).unwrap();
+                let down = |b: &rnn_kernels::CudaBuf<f32>| dev.download(b).unwrap();
+                let dparams = up(&params);
+                let dmemory = dev.attention_memory(cfg, &step, &dparams, &up(&keys)).unwrap();
+                let mut ddm = dev.attention_memory_grads(&dmemory).unwrap();
+                let mut on_dev: Vec<Vec<f32>> = vec![Vec::new(); 6];
+                on_dev[5] = vec![0.0; cfg.param_len()];
+                for t in 0..tq {
+                    let q = up(&rows(&queries, t, hq));
+                    let out = dev.attention_forward_with(cfg, &step, &dparams, &dmemory, &q).unwrap();
+                    let (dwt, dct, dht) = (up(&rows(&dw, t, s)), up(&rows(&dc, t, hk)), up(&rows(&dh, t, o)));
+                    let u = device_upstream(&dwt, &dct, &dht, o);
+                    let g = dev.attention_backward_with(cfg, &step, &dparams, &dmemory, &q, &out, u, &mut ddm).unwrap();
+                    on_dev[0].extend(down(&out.weights));
+                    on_dev[1].extend(down(&out.context));
+                    on_dev[2].extend(down(&out.hidden));
+                    on_dev[3].extend(down(g.d_queries.as_ref().unwrap()));
+                    on_dev[5].iter_mut().zip(down(&g.d_params)).for_each(|(a, x)| *a += x);
+                }
+                let k = dev.attention_memory_backward(cfg, &step, &dparams, &dmemory, &ddm).unwrap();
+                on_dev[4] = down(k.d_keys.as_ref().unwrap());
+                on_dev[5].iter_mut().zip(down(&k.d_params)).for_each(|(a, x)| *a += x);
+                assert_eq!(bits(&on_dev), bits(&per), "{what}: the device-buffer calls differ from the host-slice calls");
             }
         }
         eprintln!("cuda attention: every score within FWD_TOL / GRAD_TOL of the f64 reference on {}", host.0.device_name());

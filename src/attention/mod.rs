@@ -108,14 +108,7 @@ impl<T: Copy> AttentionMemory<T> {
 impl<T> AttentionMemory<T> {
     /// Checks that the memory was made for `shape`'s keys (steps and lengths).
     pub(crate) fn check(&self, shape: &AttentionShape) -> Result<()> {
-        if self.steps != shape.steps || self.lengths != shape.lengths {
-            return Err(Error::invalid(
-                "memory",
-                format!("the memory of keys of {} steps and lengths {:?} (the shape's)", shape.steps, shape.lengths),
-                format!("one of {} steps and lengths {:?}", self.steps, self.lengths),
-            ));
-        }
-        Ok(())
+        check_memory_keys(self.steps, &self.lengths, shape)
     }
 }
 
@@ -578,8 +571,25 @@ pub(crate) fn check_call<T>(
 /// The memory's buffers have this configuration's sizes (a memory of another configuration is
 /// an error naming `memory`, before anything is read).
 pub(crate) fn check_memory<T>(cfg: &AttentionConfig, shape: &AttentionShape, memory: &AttentionMemory<T>) -> Result<()> {
+    check_memory_sizes(cfg, shape, memory.keys.len(), memory.proj.len())
+}
+
+/// A memory (of keys of `steps` steps and `lengths`) was made for `shape`'s keys.
+pub(crate) fn check_memory_keys(steps: usize, lengths: &[usize], shape: &AttentionShape) -> Result<()> {
+    if steps != shape.steps || lengths != shape.lengths {
+        return Err(Error::invalid(
+            "memory",
+            format!("the memory of keys of {} steps and lengths {:?} (the shape's)", shape.steps, shape.lengths),
+            format!("one of {steps} steps and lengths {lengths:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// [`check_memory`] on the lengths of a memory's keys and projection.
+pub(crate) fn check_memory_sizes(cfg: &AttentionConfig, shape: &AttentionShape, keys: usize, proj: usize) -> Result<()> {
     let sb = shape.steps() * shape.batch();
-    if memory.keys.len() != sb * cfg.key_size() || memory.proj.len() != sb * proj_width(cfg) {
+    if keys != sb * cfg.key_size() || proj != sb * proj_width(cfg) {
         return Err(Error::invalid(
             "memory",
             "the memory of this configuration's keys (attention_memory with the same config)",
@@ -591,7 +601,12 @@ pub(crate) fn check_memory<T>(cfg: &AttentionConfig, shape: &AttentionShape, mem
 
 /// Checks that `dm` holds the gradients of `memory`.
 pub(crate) fn check_grads<T>(memory: &AttentionMemory<T>, dm: &AttentionMemoryGrads<T>) -> Result<()> {
-    if dm.d_keys.len() != memory.keys.len() || dm.d_proj.len() != memory.proj.len() {
+    check_grads_sizes([memory.keys.len(), memory.proj.len()], [dm.d_keys.len(), dm.d_proj.len()])
+}
+
+/// [`check_grads`] on the lengths of a memory's keys and projection and of their gradients.
+pub(crate) fn check_grads_sizes(memory: [usize; 2], grads: [usize; 2]) -> Result<()> {
+    if memory != grads {
         return Err(Error::invalid("d_memory", "the gradients of this memory (AttentionMemoryGrads::new(memory))", "another memory's"));
     }
     Ok(())
@@ -621,21 +636,28 @@ pub(crate) fn check_backward<T>(
     out: &AttentionOutput<T>,
     up: &AttentionUpstream<'_, T>,
 ) -> Result<()> {
+    let outs = [out.weights.len(), out.context.len(), out.hidden.len()];
+    check_backward_sizes(cfg, shape, outs, [up.d_weights.map(<[T]>::len), up.d_context.map(<[T]>::len), up.d_hidden.map(<[T]>::len)])
+}
+
+/// [`check_backward`] on the lengths of the forward's weights, context and hidden state and of
+/// their incoming gradients (`None`: not given).
+pub(crate) fn check_backward_sizes(cfg: &AttentionConfig, shape: &AttentionShape, out: [usize; 3], up: [Option<usize>; 3]) -> Result<()> {
     let (tq, s, b) = (shape.queries, shape.steps, shape.batch());
-    check_len("out.weights", out.weights.len(), &[tq, b, s])?;
-    check_len("out.context", out.context.len(), &[tq, b, cfg.key_size])?;
-    check_len("out.hidden", out.hidden.len(), &[tq, b, cfg.output_size])?;
-    if let Some(d) = up.d_weights {
-        check_len("d_weights", d.len(), &[tq, b, s])?;
+    check_len("out.weights", out[0], &[tq, b, s])?;
+    check_len("out.context", out[1], &[tq, b, cfg.key_size])?;
+    check_len("out.hidden", out[2], &[tq, b, cfg.output_size])?;
+    if let Some(d) = up[0] {
+        check_len("d_weights", d, &[tq, b, s])?;
     }
-    if let Some(d) = up.d_context {
-        check_len("d_context", d.len(), &[tq, b, cfg.key_size])?;
+    if let Some(d) = up[1] {
+        check_len("d_context", d, &[tq, b, cfg.key_size])?;
     }
-    if let Some(d) = up.d_hidden {
+    if let Some(d) = up[2] {
         if cfg.output_size == 0 {
             return Err(Error::invalid("d_hidden", "None: this attention has no attentional hidden state (output_size 0)", "a buffer"));
         }
-        check_len("d_hidden", d.len(), &[tq, b, cfg.output_size])?;
+        check_len("d_hidden", d, &[tq, b, cfg.output_size])?;
     }
     Ok(())
 }

@@ -40,6 +40,11 @@ use crate::shape::SeqShape;
 pub use cpu::{tuning_records, Cpu, CpuPlan, Isa, Strategy, TuneRecord, TunedPass, Tuning};
 #[cfg(feature = "cuda")]
 pub use cuda::{BorrowedCudaBuf, Cuda, CudaBuf, CudaElement, CudaHost, CudaPlan, CudaReserve, CudaStepGrads};
+#[cfg(feature = "cuda")]
+pub use cuda::{
+    CudaAttentionGrads, CudaAttentionMemory, CudaAttentionMemoryGrads, CudaAttentionOutput, CudaAttentionUpstream, DeviceAttentionGrads,
+    DeviceAttentionMemory, DeviceAttentionMemoryGrads, DeviceAttentionOutput, DeviceAttentionUpstream,
+};
 pub use host::{HostPlan, HostReserve, HostStepGrads};
 pub use reference::Reference;
 

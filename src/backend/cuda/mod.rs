@@ -59,7 +59,11 @@ mod ptx {
     include!(concat!(env!("OUT_DIR"), "/ptx.rs"));
 }
 
+pub use attention::{CudaAttentionGrads, CudaAttentionMemory, CudaAttentionMemoryGrads, CudaAttentionOutput, CudaAttentionUpstream};
 pub use buffer::CudaBuf;
+pub use driver::attention::{
+    DeviceAttentionGrads, DeviceAttentionMemory, DeviceAttentionMemoryGrads, DeviceAttentionOutput, DeviceAttentionUpstream,
+};
 pub use driver::CudaReserve;
 pub use external::BorrowedCudaBuf;
 

@@ -31,6 +31,7 @@ use crate::attention::{
     check_backward, check_len, AttentionConfig, AttentionGrads, AttentionMemory, AttentionMemoryGrads, AttentionOutput, AttentionShape,
     AttentionUpstream, Dims, Offsets, Score,
 };
+use crate::attention::{check_backward_sizes, check_grads_sizes, check_memory_keys, check_memory_sizes};
 use crate::attention::{check_call, check_grads, check_memory, proj_width};
 use crate::element::Dtype;
 use crate::error::{Error, Result};
@@ -345,6 +346,214 @@ fn memory_backward_views(c: &Call<'_, '_>, cfg: &AttentionConfig, p: View, keys:
     c.mask_rows(d_keys, d_keys, d.hk)
 }
 
+/// An attention memory in a target's buffers `B` (the device's [`CudaBuf`](crate::CudaBuf)s:
+/// [`CudaAttentionMemory`](crate::CudaAttentionMemory)): the keys with their padding zeroed and
+/// their projection, as [`AttentionMemory`], made by
+/// [`Cuda::attention_memory`](crate::Cuda::attention_memory).
+pub struct DeviceAttentionMemory<B> {
+    pub(crate) keys: B,
+    pub(crate) proj: B,
+    pub(crate) steps: usize,
+    pub(crate) lengths: Vec<usize>,
+}
+
+impl<B> DeviceAttentionMemory<B> {
+    /// The encoder lengths of its sequences.
+    pub fn lengths(&self) -> &[usize] {
+        &self.lengths
+    }
+}
+
+/// A forward's results in a target's buffers, as [`AttentionOutput`].
+pub struct DeviceAttentionOutput<B> {
+    /// `[Tq, B, S]`.
+    pub weights: B,
+    /// `[Tq, B, Hk]`.
+    pub context: B,
+    /// `[Tq, B, O]`; empty without the attentional hidden state.
+    pub hidden: B,
+}
+
+/// The incoming gradients of a backward pass in a target's buffers, each optional (absent:
+/// zero), as [`AttentionUpstream`].
+pub struct DeviceAttentionUpstream<'a, B> {
+    /// `[Tq, B, S]`, w.r.t. the weights.
+    pub d_weights: Option<&'a B>,
+    /// `[Tq, B, Hk]`, w.r.t. the context.
+    pub d_context: Option<&'a B>,
+    /// `[Tq, B, O]`, w.r.t. the attentional hidden state.
+    pub d_hidden: Option<&'a B>,
+}
+
+/// The gradients w.r.t. a [`DeviceAttentionMemory`], accumulated over the backward calls that
+/// read it, as [`AttentionMemoryGrads`].
+pub struct DeviceAttentionMemoryGrads<B> {
+    pub(crate) d_keys: B,
+    pub(crate) d_proj: B,
+}
+
+/// A backward pass's gradients in a target's buffers: `d_queries` `[Tq, B, Hq]` from
+/// [`Cuda::attention_backward_with`](crate::Cuda::attention_backward_with), `d_keys`
+/// `[S, B, Hk]` from [`Cuda::attention_memory_backward`](crate::Cuda::attention_memory_backward),
+/// the parameters' gradients (flat layout) from both.
+pub struct DeviceAttentionGrads<B> {
+    /// `[Tq, B, Hq]` (backward).
+    pub d_queries: Option<B>,
+    /// `[S, B, Hk]`, 0 at the padding (the memory's backward).
+    pub d_keys: Option<B>,
+    /// The parameters' gradients, in the flat layout.
+    pub d_params: B,
+}
+
+/// The length of a target's buffer.
+fn len<S: Stage>(st: &S, b: &S::Buf) -> usize {
+    st.view(b).len
+}
+
+/// `memory` was made for `cfg` and `shape`'s keys.
+fn check_staged_memory<S: Stage>(
+    st: &S,
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    memory: &DeviceAttentionMemory<S::Buf>,
+) -> Result<()> {
+    check_memory_keys(memory.steps, &memory.lengths, shape)?;
+    check_memory_sizes(cfg, shape, len(st, &memory.keys), len(st, &memory.proj))
+}
+
+/// The memory of `keys` (`[S, B, Hk]`) with `params`, in the target's buffers.
+pub(crate) fn memory_on<S: Stage>(
+    st: &S,
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    params: &S::Buf,
+    keys: &S::Buf,
+) -> Result<DeviceAttentionMemory<S::Buf>> {
+    check_len("params", len(st, params), &[cfg.param_len()])?;
+    check_len("keys", len(st, keys), &[shape.steps(), shape.batch(), cfg.key_size()])?;
+    device_dims(cfg, shape)?;
+    let sb = shape.steps() * shape.batch();
+    let (masked, proj) = (st.out(len(st, keys))?, st.out(sb * proj_width(cfg))?);
+    st.run(&mut |exec| {
+        let c = Call::new(exec, cfg, shape)?;
+        memory_views(&c, cfg, st.view(params), st.view(keys), st.view(&masked), st.view(&proj))
+    })?;
+    Ok(DeviceAttentionMemory { keys: masked, proj, steps: shape.steps(), lengths: shape.lengths().to_vec() })
+}
+
+/// The forward of `queries` (`[Tq, B, Hq]`) over `memory`, in the target's buffers.
+pub(crate) fn forward_on<S: Stage>(
+    st: &S,
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    params: &S::Buf,
+    memory: &DeviceAttentionMemory<S::Buf>,
+    queries: &S::Buf,
+) -> Result<DeviceAttentionOutput<S::Buf>> {
+    check_staged_memory(st, cfg, shape, memory)?;
+    check_len("params", len(st, params), &[cfg.param_len()])?;
+    check_len("queries", len(st, queries), &[shape.queries(), shape.batch(), cfg.query_size()])?;
+    let d = device_dims(cfg, shape)?;
+    let tb = d.tq * d.b;
+    let (weights, context, hidden) = (st.out(tb * d.s)?, st.out(tb * d.hk)?, st.out(tb * d.o)?);
+    st.run(&mut |exec| {
+        let c = Call::new(exec, cfg, shape)?;
+        let v = |b: &S::Buf| st.view(b);
+        let io = ForwardIo {
+            p: v(params),
+            keys: v(&memory.keys),
+            proj: v(&memory.proj),
+            q: v(queries),
+            weights: v(&weights),
+            context: v(&context),
+            hidden: v(&hidden),
+        };
+        forward_views(&c, cfg, shape.lengths(), &io)
+    })?;
+    Ok(DeviceAttentionOutput { weights, context, hidden })
+}
+
+/// The backward of [`forward_on`]'s call `out`, the keys' side's gradients added into `dm`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_on<S: Stage>(
+    st: &S,
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    params: &S::Buf,
+    memory: &DeviceAttentionMemory<S::Buf>,
+    queries: &S::Buf,
+    out: &DeviceAttentionOutput<S::Buf>,
+    up: DeviceAttentionUpstream<'_, S::Buf>,
+    dm: &mut DeviceAttentionMemoryGrads<S::Buf>,
+) -> Result<DeviceAttentionGrads<S::Buf>> {
+    check_staged_memory(st, cfg, shape, memory)?;
+    check_len("params", len(st, params), &[cfg.param_len()])?;
+    check_len("queries", len(st, queries), &[shape.queries(), shape.batch(), cfg.query_size()])?;
+    let l = |b: Option<&S::Buf>| b.map(|b| len(st, b));
+    let outs = [len(st, &out.weights), len(st, &out.context), len(st, &out.hidden)];
+    check_backward_sizes(cfg, shape, outs, [l(up.d_weights), l(up.d_context), l(up.d_hidden)])?;
+    check_grads_sizes([len(st, &memory.keys), len(st, &memory.proj)], [len(st, &dm.d_keys), len(st, &dm.d_proj)])?;
+    let d = device_dims(cfg, shape)?;
+    let (dq, dp) = (st.out(d.tq * d.b * d.hq)?, st.out(cfg.param_len())?);
+    st.run(&mut |exec| {
+        let c = Call::new(exec, cfg, shape)?;
+        let v = |b: &S::Buf| st.view(b);
+        let io = BackwardIo {
+            p: v(params),
+            keys: v(&memory.keys),
+            proj: v(&memory.proj),
+            q: v(queries),
+            weights: v(&out.weights),
+            context: v(&out.context),
+            hidden: v(&out.hidden),
+            d_weights: up.d_weights.map(v),
+            d_context: up.d_context.map(v),
+            d_hidden: up.d_hidden.map(v),
+            d_queries: v(&dq),
+            d_params: v(&dp),
+            dm_keys: v(&dm.d_keys),
+            dm_proj: v(&dm.d_proj),
+        };
+        backward_views(&c, cfg, shape.lengths(), &io)
+    })?;
+    Ok(DeviceAttentionGrads { d_queries: Some(dq), d_keys: None, d_params: dp })
+}
+
+/// The keys' and the projection's gradients from the memory's accumulated gradients `dm`.
+pub(crate) fn memory_backward_on<S: Stage>(
+    st: &S,
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    params: &S::Buf,
+    memory: &DeviceAttentionMemory<S::Buf>,
+    dm: &DeviceAttentionMemoryGrads<S::Buf>,
+) -> Result<DeviceAttentionGrads<S::Buf>> {
+    check_memory_keys(memory.steps, &memory.lengths, shape)?;
+    check_len("params", len(st, params), &[cfg.param_len()])?;
+    check_memory_sizes(cfg, shape, len(st, &memory.keys), len(st, &memory.proj))?;
+    check_grads_sizes([len(st, &memory.keys), len(st, &memory.proj)], [len(st, &dm.d_keys), len(st, &dm.d_proj)])?;
+    device_dims(cfg, shape)?;
+    let (dk, dp) = (st.out(len(st, &memory.keys))?, st.out(cfg.param_len())?);
+    st.run(&mut |exec| {
+        let c = Call::new(exec, cfg, shape)?;
+        let v = |b: &S::Buf| st.view(b);
+        memory_backward_views(&c, cfg, v(params), v(&memory.keys), (v(&dm.d_keys), v(&dm.d_proj)), (v(&dk), v(&dp)))
+    })?;
+    Ok(DeviceAttentionGrads { d_queries: None, d_keys: Some(dk), d_params: dp })
+}
+
+/// A host memory on the target.
+fn staged_memory<S: Stage>(st: &S, m: &AttentionMemory<f32>) -> Result<DeviceAttentionMemory<S::Buf>> {
+    Ok(DeviceAttentionMemory { keys: st.up(&m.keys)?, proj: st.up(&m.proj)?, steps: m.steps, lengths: m.lengths.clone() })
+}
+
+/// A target's buffer on the host.
+fn down_vec<S: Stage>(st: &S, b: &S::Buf) -> Result<Vec<f32>> {
+    let mut v = vec![0.0; len(st, b)];
+    st.down(b, &mut v)?;
+    Ok(v)
+}
+
 /// [`AttentionBackend::attention_memory`](crate::attention::AttentionBackend::attention_memory) on `st`.
 pub(crate) fn memory<S: Stage>(
     st: &S,
@@ -353,25 +562,12 @@ pub(crate) fn memory<S: Stage>(
     params: &[f32],
     keys: &[f32],
 ) -> Result<AttentionMemory<f32>> {
+    // (Checked before anything is uploaded.)
     check_len("params", params.len(), &[cfg.param_len()])?;
     check_len("keys", keys.len(), &[shape.steps(), shape.batch(), cfg.key_size()])?;
     device_dims(cfg, shape)?;
-    let sb = shape.steps() * shape.batch();
-    let (p, k) = (st.up(params)?, st.up(keys)?);
-    let (masked, proj) = (st.out(keys.len())?, st.out(sb * proj_width(cfg))?);
-    st.run(&mut |exec| {
-        let c = Call::new(exec, cfg, shape)?;
-        memory_views(&c, cfg, st.view(&p), st.view(&k), st.view(&masked), st.view(&proj))
-    })?;
-    let mut m = AttentionMemory {
-        keys: vec![0.0; keys.len()],
-        proj: vec![0.0; sb * proj_width(cfg)],
-        steps: shape.steps(),
-        lengths: shape.lengths().to_vec(),
-    };
-    st.down(&masked, &mut m.keys)?;
-    st.down(&proj, &mut m.proj)?;
-    Ok(m)
+    let m = memory_on(st, cfg, shape, &st.up(params)?, &st.up(keys)?)?;
+    Ok(AttentionMemory { keys: down_vec(st, &m.keys)?, proj: down_vec(st, &m.proj)?, steps: m.steps, lengths: m.lengths })
 }
 
 /// [`AttentionBackend::attention_forward_with`](crate::attention::AttentionBackend::attention_forward_with) on `st`.
@@ -384,29 +580,9 @@ pub(crate) fn forward_with<S: Stage>(
     queries: &[f32],
 ) -> Result<AttentionOutput<f32>> {
     check_call(cfg, shape, params, memory, queries)?;
-    let d = device_dims(cfg, shape)?;
-    let tb = d.tq * d.b;
-    let (p, keys, proj, q) = (st.up(params)?, st.up(&memory.keys)?, st.up(&memory.proj)?, st.up(queries)?);
-    let (weights, context, hidden) = (st.out(tb * d.s)?, st.out(tb * d.hk)?, st.out(tb * d.o)?);
-    st.run(&mut |exec| {
-        let c = Call::new(exec, cfg, shape)?;
-        let v = |b: &S::Buf| st.view(b);
-        let io = ForwardIo {
-            p: v(&p),
-            keys: v(&keys),
-            proj: v(&proj),
-            q: v(&q),
-            weights: v(&weights),
-            context: v(&context),
-            hidden: v(&hidden),
-        };
-        forward_views(&c, cfg, shape.lengths(), &io)
-    })?;
-    let mut out = AttentionOutput { weights: vec![0.0; tb * d.s], context: vec![0.0; tb * d.hk], hidden: vec![0.0; tb * d.o] };
-    st.down(&weights, &mut out.weights)?;
-    st.down(&context, &mut out.context)?;
-    st.down(&hidden, &mut out.hidden)?;
-    Ok(out)
+    device_dims(cfg, shape)?;
+    let o = forward_on(st, cfg, shape, &st.up(params)?, &staged_memory(st, memory)?, &st.up(queries)?)?;
+    Ok(AttentionOutput { weights: down_vec(st, &o.weights)?, context: down_vec(st, &o.context)?, hidden: down_vec(st, &o.hidden)? })
 }
 
 /// [`AttentionBackend::attention_backward_with`](crate::attention::AttentionBackend::attention_backward_with) on `st`.
@@ -425,41 +601,18 @@ pub(crate) fn backward_with<S: Stage>(
     check_call(cfg, shape, params, memory, queries)?;
     check_backward(cfg, shape, out, &up)?;
     check_grads(memory, dm)?;
-    let d = device_dims(cfg, shape)?;
-    let tb = d.tq * d.b;
-    let (p, keys, proj, q) = (st.up(params)?, st.up(&memory.keys)?, st.up(&memory.proj)?, st.up(queries)?);
-    let (weights, context, hidden) = (st.up(&out.weights)?, st.up(&out.context)?, st.up(&out.hidden)?);
+    device_dims(cfg, shape)?;
+    let out = DeviceAttentionOutput { weights: st.up(&out.weights)?, context: st.up(&out.context)?, hidden: st.up(&out.hidden)? };
     let opt = |v: Option<&[f32]>| v.map(|v| st.up(v)).transpose();
     let (dw, dc, dh) = (opt(up.d_weights)?, opt(up.d_context)?, opt(up.d_hidden)?);
-    let (dq, dp) = (st.out(tb * d.hq)?, st.out(params.len())?);
-    let (dmk, dmp) = (st.up(&dm.d_keys)?, st.up(&dm.d_proj)?);
-    st.run(&mut |exec| {
-        let c = Call::new(exec, cfg, shape)?;
-        let v = |b: &S::Buf| st.view(b);
-        let io = BackwardIo {
-            p: v(&p),
-            keys: v(&keys),
-            proj: v(&proj),
-            q: v(&q),
-            weights: v(&weights),
-            context: v(&context),
-            hidden: v(&hidden),
-            d_weights: dw.as_ref().map(v),
-            d_context: dc.as_ref().map(v),
-            d_hidden: dh.as_ref().map(v),
-            d_queries: v(&dq),
-            d_params: v(&dp),
-            dm_keys: v(&dmk),
-            dm_proj: v(&dmp),
-        };
-        backward_views(&c, cfg, shape.lengths(), &io)
-    })?;
-    let mut g = AttentionGrads { d_queries: vec![0.0; tb * d.hq], d_keys: Vec::new(), d_params: vec![0.0; params.len()] };
-    st.down(&dq, &mut g.d_queries)?;
-    st.down(&dp, &mut g.d_params)?;
-    st.down(&dmk, &mut dm.d_keys)?;
-    st.down(&dmp, &mut dm.d_proj)?;
-    Ok(g)
+    let up = DeviceAttentionUpstream { d_weights: dw.as_ref(), d_context: dc.as_ref(), d_hidden: dh.as_ref() };
+    let mut dmd = DeviceAttentionMemoryGrads { d_keys: st.up(&dm.d_keys)?, d_proj: st.up(&dm.d_proj)? };
+    let (p, q) = (st.up(params)?, st.up(queries)?);
+    let g = backward_on(st, cfg, shape, &p, &staged_memory(st, memory)?, &q, &out, up, &mut dmd)?;
+    st.down(&dmd.d_keys, &mut dm.d_keys)?;
+    st.down(&dmd.d_proj, &mut dm.d_proj)?;
+    let d_queries = g.d_queries.as_ref().map(|b| down_vec(st, b)).transpose()?.unwrap_or_default();
+    Ok(AttentionGrads { d_queries, d_keys: Vec::new(), d_params: down_vec(st, &g.d_params)? })
 }
 
 /// [`AttentionBackend::attention_memory_backward`](crate::attention::AttentionBackend::attention_memory_backward) on `st`.
@@ -476,15 +629,8 @@ pub(crate) fn memory_backward<S: Stage>(
     check_memory(cfg, shape, memory)?;
     check_grads(memory, dm)?;
     device_dims(cfg, shape)?;
-    let (p, keys, dmk, dmp) = (st.up(params)?, st.up(&memory.keys)?, st.up(&dm.d_keys)?, st.up(&dm.d_proj)?);
-    let (dk, dp) = (st.out(memory.keys.len())?, st.out(params.len())?);
-    st.run(&mut |exec| {
-        let c = Call::new(exec, cfg, shape)?;
-        let v = |b: &S::Buf| st.view(b);
-        memory_backward_views(&c, cfg, v(&p), v(&keys), (v(&dmk), v(&dmp)), (v(&dk), v(&dp)))
-    })?;
-    let mut g = AttentionGrads { d_queries: Vec::new(), d_keys: vec![0.0; memory.keys.len()], d_params: vec![0.0; params.len()] };
-    st.down(&dk, &mut g.d_keys)?;
-    st.down(&dp, &mut g.d_params)?;
-    Ok(g)
+    let dmd = DeviceAttentionMemoryGrads { d_keys: st.up(&dm.d_keys)?, d_proj: st.up(&dm.d_proj)? };
+    let g = memory_backward_on(st, cfg, shape, &st.up(params)?, &staged_memory(st, memory)?, &dmd)?;
+    let d_keys = g.d_keys.as_ref().map(|b| down_vec(st, b)).transpose()?.unwrap_or_default();
+    Ok(AttentionGrads { d_queries: Vec::new(), d_keys, d_params: down_vec(st, &g.d_params)? })
 }

@@ -364,6 +364,77 @@ fn a_foreign_memory_is_refused() {
     assert!(matches!(r, Err(Error::InvalidArgument { ref arg, .. }) if arg == "d_memory"), "{r:?}");
 }
 
+/// The device-buffer calls (`Cuda::attention_*` on `CudaBuf`s; here the same functions on the
+/// emulation's buffers): the memory made once and kept on the target, one forward and backward
+/// per decoder step with the memory's gradients accumulated on the target, the memory's backward
+/// once: every result the host-slice calls' bits; bad buffers are errors naming them.
+#[test]
+fn the_device_buffer_calls_are_the_host_calls() {
+    use super::super::driver::attention::{backward_on, forward_on, memory_backward_on, memory_on};
+    use super::super::driver::attention::{DeviceAttentionMemoryGrads, DeviceAttentionUpstream};
+    let st = Emulation::default();
+    let down = |b: &DevBuf| {
+        let mut v = vec![0.0; b.len()];
+        st.down(b, &mut v).unwrap();
+        v
+    };
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for cfg in configs() {
+        let shape = AttentionShape::new(3, 5, vec![5, 2, 4]).unwrap();
+        let p = Problem::new(&cfg, &shape, 17);
+        let want = p.per_step();
+        let (tq, b, s) = (shape.queries(), shape.batch(), shape.steps());
+        let (hq, hk, o) = (cfg.query_size(), cfg.key_size(), cfg.output_size());
+        let step = AttentionShape::new(1, s, shape.lengths().to_vec()).unwrap();
+        let (params, keys) = (st.up(&p.p32[PARAMS]).unwrap(), st.up(&p.p32[KEYS]).unwrap());
+        let memory = memory_on(&st, &cfg, &step, &params, &keys).unwrap();
+        let zeros = |b: &DevBuf| st.up(&vec![0.0; b.len()]).unwrap();
+        let mut dm = DeviceAttentionMemoryGrads { d_keys: zeros(&memory.keys), d_proj: zeros(&memory.proj) };
+        let mut got: Vec<Vec<f32>> = vec![Vec::new(); 6];
+        got[5] = vec![0.0; cfg.param_len()];
+        let rows = |v: &[f32], t: usize, w: usize| st.up(&v[t * b * w..(t + 1) * b * w]).unwrap();
+        for t in 0..tq {
+            let q = rows(&p.p32[QUERIES], t, hq);
+            let out = forward_on(&st, &cfg, &step, &params, &memory, &q).unwrap();
+            let (dw, dc, dh) = (rows(&p.p32[D_WEIGHTS], t, s), rows(&p.p32[D_CONTEXT], t, hk), rows(&p.p32[D_HIDDEN], t, o));
+            let up = DeviceAttentionUpstream { d_weights: Some(&dw), d_context: Some(&dc), d_hidden: (o > 0).then_some(&dh) };
+            let g = backward_on(&st, &cfg, &step, &params, &memory, &q, &out, up, &mut dm).unwrap();
+            assert!(g.d_keys.is_none());
+            got[0].extend(down(&out.weights));
+            got[1].extend(down(&out.context));
+            got[2].extend(down(&out.hidden));
+            got[3].extend(down(g.d_queries.as_ref().unwrap()));
+            got[5].iter_mut().zip(down(&g.d_params)).for_each(|(a, x)| *a += x);
+        }
+        let k = memory_backward_on(&st, &cfg, &step, &params, &memory, &dm).unwrap();
+        assert!(k.d_queries.is_none());
+        got[4] = down(k.d_keys.as_ref().unwrap());
+        got[5].iter_mut().zip(down(&k.d_params)).for_each(|(a, x)| *a += x);
+        for (i, part) in PARTS.iter().enumerate() {
+            assert_eq!(bits(&got[i]), bits(&want[i]), "{cfg:?}: {part}");
+        }
+
+        // Bad buffers, named.
+        let named = |e: Error, arg: &str| match e {
+            Error::InvalidArgument { arg: a, .. } | Error::Shape { arg: a, .. } => assert_eq!(a, arg, "{cfg:?}"),
+            other => panic!("expected an error naming {arg}, got {other:?}"),
+        };
+        let short = st.up(&p.p32[KEYS][1..]).unwrap();
+        named(memory_on(&st, &cfg, &step, &params, &short).err().unwrap(), "keys");
+        let q = rows(&p.p32[QUERIES], 0, hq);
+        let other = AttentionShape::new(1, s, vec![5, 1, 4]).unwrap();
+        named(forward_on(&st, &cfg, &other, &params, &memory, &q).err().unwrap(), "memory");
+        named(forward_on(&st, &cfg, &step, &params, &memory, &short).err().unwrap(), "queries");
+        let out = forward_on(&st, &cfg, &step, &params, &memory, &q).unwrap();
+        let dh = st.up(&vec![0.0; b * o + 1]).unwrap();
+        let up = DeviceAttentionUpstream { d_weights: None, d_context: None, d_hidden: Some(&dh) };
+        named(backward_on(&st, &cfg, &step, &params, &memory, &q, &out, up, &mut dm).err().unwrap(), "d_hidden");
+        let up = DeviceAttentionUpstream { d_weights: None, d_context: None, d_hidden: None };
+        let mut foreign = DeviceAttentionMemoryGrads { d_keys: st.up(&[0.0; 3]).unwrap(), d_proj: zeros(&memory.proj) };
+        named(backward_on(&st, &cfg, &step, &params, &memory, &q, &out, up, &mut foreign).err().unwrap(), "d_memory");
+    }
+}
+
 /// A larger problem (long encoder sequences, wider sizes), each score with products over hundreds
 /// of terms: the same tolerances.
 #[test]
