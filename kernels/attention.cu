@@ -18,6 +18,8 @@
 //   is one thread's sum in a fixed order: no atomics, the same bits on every run and grid.
 // - attention_tanh_f32 (y = tanh(x)) and attention_tanh_backward_f32 (dx = dy ⊙ (1 − y²)): the
 //   attentional hidden state h̃ = tanh(W_c [c; q]) and its backward.
+// - attention_gather_rows_f32: dst[s, r, :] = src[s, index[r], :] (a beam search's memory of its
+//   hypotheses' sequences, from the memory of the batch's).
 // - attention_mask_rows_f32: dst[s, b, :] = src[s, b, :] for s < lengths[b], 0 past it (the
 //   memory's keys with their padding zeroed, so that no GEMM over all keys reads a padding value;
 //   the keys' gradient zeroed at the padding, in place). The padding rows of src are not read.
@@ -176,6 +178,15 @@ extern "C" __global__ void attention_tanh_backward_f32(long long n, const float*
 
 // dst[s, b, :] = src[s, b, :] where s < lengths[b], 0 elsewhere (dst may be src). The padding rows
 // of src are not read.
+extern "C" __global__ void attention_gather_rows_f32(int steps, int rows, int batch, int width, const int* __restrict__ index,
+                                                    const float* __restrict__ src /* [S, B, W] */,
+                                                    float* __restrict__ dst /* [S, R, W] out */) {
+    FOR_EACH_ELEMENT(i, (long long)steps * rows * width) {
+        const long long sr = i / width, w = i % width, r = sr % rows, s = sr / rows;
+        dst[i] = src[(s * batch + index[r]) * width + w];
+    }
+}
+
 extern "C" __global__ void attention_mask_rows_f32(int steps, int batch, int width, const int* __restrict__ lengths,
                                                    const float* src /* [S, B, W] */, float* dst /* [S, B, W] out */) {
     FOR_EACH_ELEMENT(i, (long long)steps * batch * width) {

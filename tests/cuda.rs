@@ -895,6 +895,17 @@ mod with_feature {
                 on_dev[4] = down(k.d_keys.as_ref().unwrap());
                 on_dev[5].iter_mut().zip(down(&k.d_params)).for_each(|(a, x)| *a += x);
                 assert_eq!(bits(&on_dev), bits(&per), "{what}: the device-buffer calls differ from the host-slice calls");
+                // A beam search's memory gathered on the device: a forward over it is the host
+                // gather's.
+                let pick: Vec<usize> = (0..2 * b).map(|i| (i * 7 + 3) % b).collect();
+                let dg = dev.attention_memory_gather(&dmemory, &pick).unwrap();
+                let hg = memory.gather(&pick).unwrap();
+                let beams = AttentionShape::new(1, s, hg.lengths().to_vec()).unwrap();
+                let qb: Vec<f32> = (0..pick.len() * hq).map(|i| queries[i % queries.len()]).collect();
+                let want = host.attention_forward_with(cfg, &beams, &params, &hg, &qb).unwrap();
+                let got = dev.attention_forward_with(cfg, &beams, &dparams, &dg, &up(&qb)).unwrap();
+                let (got, want) = (vec![down(&got.weights), down(&got.context)], vec![want.weights, want.context]);
+                assert_eq!(bits(&got), bits(&want), "{what}: the attention over the memory gathered on the device");
             }
         }
         eprintln!("cuda attention: every score within FWD_TOL / GRAD_TOL of the f64 reference on {}", host.0.device_name());

@@ -78,6 +78,14 @@ impl Cuda {
         attention::memory_on(self, cfg, shape, params, keys)
     }
 
+    /// The memory of the sequences `rows` of `memory` (`rows[r]`: the sequence row `r` reads;
+    /// repeats allowed), on the device: a beam search's hypotheses each attend over their own
+    /// sequence's keys ([`AttentionMemory::gather`] on the host). An error naming `rows[i]` for a
+    /// sequence out of range.
+    pub fn attention_memory_gather(&self, memory: &CudaAttentionMemory, rows: &[usize]) -> Result<CudaAttentionMemory> {
+        attention::gather_on(self, memory, rows)
+    }
+
     /// Zero gradients for `memory`, for [`attention_backward_with`](Self::attention_backward_with)
     /// to add into.
     pub fn attention_memory_grads(&self, memory: &CudaAttentionMemory) -> Result<CudaAttentionMemoryGrads> {

@@ -247,6 +247,10 @@ macro_rules! registry {
             AttentionTanhBackwardArgs(n: i64, dy: u64, y: u64, dx: u64) {
                 AttentionTanhBackward: attention, grid_stride [f32 attention_tanh_backward_f32];
             }
+            /// `dst[s, r, :] = src[s, index[r], :]` (`[S, B, W]` to `[S, R, W]`; `index` `[R]` i32 in `0..B`).
+            AttentionGatherRowsArgs(steps: i32, rows: i32, batch: i32, width: i32, index: u64, src: u64, dst: u64) {
+                AttentionGatherRows: attention, grid_stride [f32 attention_gather_rows_f32];
+            }
             /// `dst[s, b, :] = src[s, b, :]` for `s < lengths[b]`, 0 past it (`dst` may be `src`).
             AttentionMaskRowsArgs(steps: i32, batch: i32, width: i32, lengths: u64, src: u64, dst: u64) {
                 AttentionMaskRows: attention, grid_stride [f32 attention_mask_rows_f32];

@@ -542,6 +542,48 @@ pub(crate) fn memory_backward_on<S: Stage>(
     Ok(DeviceAttentionGrads { d_queries: None, d_keys: Some(dk), d_params: dp })
 }
 
+/// The memory of the sequences `rows` of `memory` (`rows[r]`: the sequence row `r` reads;
+/// repeats allowed), on the target: [`AttentionMemory::gather`] of a device memory (a beam
+/// search's hypotheses each attending over their own sequence's keys).
+pub(crate) fn gather_on<S: Stage>(st: &S, memory: &DeviceAttentionMemory<S::Buf>, rows: &[usize]) -> Result<DeviceAttentionMemory<S::Buf>> {
+    let b = memory.lengths.len();
+    if let Some(i) = rows.iter().position(|&r| r >= b) {
+        return Err(Error::invalid(format!("rows[{i}]"), format!("a sequence below B = {b}"), rows[i]));
+    }
+    let (s, r) = (memory.steps, rows.len());
+    let width = |v: &S::Buf| len(st, v) / (s * b).max(1);
+    let (wk, wp) = (width(&memory.keys), width(&memory.proj));
+    if s.checked_mul(r).and_then(|n| n.checked_mul(wk.max(wp))).is_none_or(|n| n >= 1 << 31) {
+        return Err(Error::invalid("rows", "at most as many rows as keep S·rows·width below 2^31 on the CUDA backend", r));
+    }
+    let (keys, proj) = (st.out(s * r * wk)?, st.out(s * r * wp)?);
+    st.run(&mut |exec| {
+        if r == 0 {
+            return Ok(());
+        }
+        let index: Vec<i32> = rows.iter().map(|&x| x as i32).collect();
+        let index = exec.upload_i32(&index)?;
+        for (src, dst, w) in [(&memory.keys, &keys, wk), (&memory.proj, &proj, wp)] {
+            if w == 0 {
+                continue;
+            }
+            // (Each size below 2^31, checked above.)
+            let args = k::AttentionGatherRowsArgs {
+                steps: s as i32,
+                rows: r as i32,
+                batch: b as i32,
+                width: w as i32,
+                index: index.ptr(),
+                src: st.view(src).ptr,
+                dst: st.view(dst).ptr,
+            };
+            exec.launch_typed(0, k::AttentionGatherRows, Dtype::F32, s * r * w, &args)?;
+        }
+        Ok(())
+    })?;
+    Ok(DeviceAttentionMemory { keys, proj, steps: s, lengths: rows.iter().map(|&x| memory.lengths[x]).collect() })
+}
+
 /// A host memory on the target.
 fn staged_memory<S: Stage>(st: &S, m: &AttentionMemory<f32>) -> Result<DeviceAttentionMemory<S::Buf>> {
     Ok(DeviceAttentionMemory { keys: st.up(&m.keys)?, proj: st.up(&m.proj)?, steps: m.steps, lengths: m.lengths.clone() })

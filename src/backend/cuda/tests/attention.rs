@@ -414,6 +414,23 @@ fn the_device_buffer_calls_are_the_host_calls() {
             assert_eq!(bits(&got[i]), bits(&want[i]), "{cfg:?}: {part}");
         }
 
+        // A beam search's memory (`gather_on`): the host memory's gather, bit for bit, and a
+        // forward over it the host-slice forward's.
+        use super::super::driver::attention::gather_on;
+        let pick = [2, 0, 0, 1, 2];
+        let gathered = gather_on(&st, &memory, &pick).unwrap();
+        let host_memory = Emulated::default().attention_memory(&cfg, &step, &p.p32[PARAMS], &p.p32[KEYS]).unwrap();
+        let host_gathered = host_memory.gather(&pick).unwrap();
+        assert_eq!(gathered.lengths(), host_gathered.lengths());
+        assert_eq!(bits(&down(&gathered.keys)), bits(&host_gathered.keys), "{cfg:?}: gathered keys");
+        assert_eq!(bits(&down(&gathered.proj)), bits(&host_gathered.proj), "{cfg:?}: gathered projection");
+        let beams = AttentionShape::new(1, s, host_gathered.lengths().to_vec()).unwrap();
+        let q5: Vec<f32> = (0..pick.len() * hq).map(|i| p.p32[QUERIES][i % p.p32[QUERIES].len()]).collect();
+        let out = forward_on(&st, &cfg, &beams, &params, &gathered, &st.up(&q5).unwrap()).unwrap();
+        let host_out = Emulated::default().attention_forward_with(&cfg, &beams, &p.p32[PARAMS], &host_gathered, &q5).unwrap();
+        assert_eq!(bits(&down(&out.context)), bits(&host_out.context), "{cfg:?}: context over the gathered memory");
+        assert!(matches!(gather_on(&st, &memory, &[0, 3]), Err(Error::InvalidArgument { ref arg, .. }) if arg == "rows[1]"));
+
         // Bad buffers, named.
         let named = |e: Error, arg: &str| match e {
             Error::InvalidArgument { arg: a, .. } | Error::Shape { arg: a, .. } => assert_eq!(a, arg, "{cfg:?}"),
