@@ -159,14 +159,7 @@ pub unsafe extern "C" fn rnnk_attention_create(
             #[cfg(feature = "cuda")]
             "cuda" => AttnBackend::Cuda(rnnk_core::CudaHost::new()?),
             #[cfg(not(feature = "cuda"))]
-            "cuda" => {
-                return Err(rnnk_core::Error::BackendUnavailable {
-                    backend: "cuda".into(),
-                    reason: "this library was built without the `cuda` feature (cargo build --release -p rnn-kernels-capi --features cuda)"
-                        .into(),
-                }
-                .into())
-            }
+            "cuda" => return Err(crate::cuda_not_built()),
             other => return Err(CapiError::invalid("backend", "one of \"reference\", \"cpu\", \"cuda\"", format!("{other:?}"))),
         };
         let id = NEXT_ATTENTION_ID.fetch_add(1, Ordering::Relaxed);

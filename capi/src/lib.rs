@@ -71,6 +71,17 @@ pub extern "C" fn rnnk_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
 
+/// The error of the backend name "cuda" (models and attentions) in a library built without the
+/// `cuda` feature.
+#[cfg(not(feature = "cuda"))]
+pub(crate) fn cuda_not_built() -> CapiError {
+    rnnk_core::Error::BackendUnavailable {
+        backend: "cuda".into(),
+        reason: "this library was built without the `cuda` feature (cargo build --release -p rnn-kernels-capi --features cuda)".into(),
+    }
+    .into()
+}
+
 fn make_engine(backend: &str, threads: usize, cfg: &RnnConfig, params: &Params<f32>) -> Result<Engine, CapiError> {
     Ok(match backend {
         "reference" => Engine::Reference(Rnn::new(Reference, cfg, params.as_slice())?),
@@ -81,14 +92,7 @@ fn make_engine(backend: &str, threads: usize, cfg: &RnnConfig, params: &Params<f
         #[cfg(feature = "cuda")]
         "cuda" => Engine::Cuda(Rnn::new(rnnk_core::CudaHost::new()?, cfg, params.as_slice())?),
         #[cfg(not(feature = "cuda"))]
-        "cuda" => {
-            return Err(rnnk_core::Error::BackendUnavailable {
-                backend: "cuda".into(),
-                reason: "this library was built without the `cuda` feature (cargo build --release -p rnn-kernels-capi --features cuda)"
-                    .into(),
-            }
-            .into())
-        }
+        "cuda" => return Err(cuda_not_built()),
         other => return Err(CapiError::invalid("backend", "one of \"reference\", \"cpu\", \"cuda\"", format!("{other:?}"))),
     })
 }

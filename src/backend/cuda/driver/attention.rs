@@ -421,6 +421,25 @@ fn check_staged_memory<S: Stage>(
     check_memory_sizes(cfg, shape, len(st, &memory.keys), len(st, &memory.proj))
 }
 
+/// [`check_grads`] on a target's buffers.
+fn check_staged_grads<S: Stage>(st: &S, memory: &DeviceAttentionMemory<S::Buf>, dm: &DeviceAttentionMemoryGrads<S::Buf>) -> Result<()> {
+    check_grads_sizes([len(st, &memory.keys), len(st, &memory.proj)], [len(st, &dm.d_keys), len(st, &dm.d_proj)])
+}
+
+/// [`check_call`] on a target's buffers.
+fn check_call_on<S: Stage>(
+    st: &S,
+    cfg: &AttentionConfig,
+    shape: &AttentionShape,
+    params: &S::Buf,
+    memory: &DeviceAttentionMemory<S::Buf>,
+    queries: &S::Buf,
+) -> Result<()> {
+    check_staged_memory(st, cfg, shape, memory)?;
+    check_len("params", len(st, params), &[cfg.param_len()])?;
+    check_len("queries", len(st, queries), &[shape.queries(), shape.batch(), cfg.query_size()])
+}
+
 /// The memory of `keys` (`[S, B, Hk]`) with `params`, in the target's buffers.
 pub(crate) fn memory_on<S: Stage>(
     st: &S,
@@ -450,9 +469,7 @@ pub(crate) fn forward_on<S: Stage>(
     memory: &DeviceAttentionMemory<S::Buf>,
     queries: &S::Buf,
 ) -> Result<DeviceAttentionOutput<S::Buf>> {
-    check_staged_memory(st, cfg, shape, memory)?;
-    check_len("params", len(st, params), &[cfg.param_len()])?;
-    check_len("queries", len(st, queries), &[shape.queries(), shape.batch(), cfg.query_size()])?;
+    check_call_on(st, cfg, shape, params, memory, queries)?;
     let d = device_dims(cfg, shape)?;
     let tb = d.tq * d.b;
     let (weights, context, hidden) = (st.out(tb * d.s)?, st.out(tb * d.hk)?, st.out(tb * d.o)?);
@@ -486,13 +503,11 @@ pub(crate) fn backward_on<S: Stage>(
     up: DeviceAttentionUpstream<'_, S::Buf>,
     dm: &mut DeviceAttentionMemoryGrads<S::Buf>,
 ) -> Result<DeviceAttentionGrads<S::Buf>> {
-    check_staged_memory(st, cfg, shape, memory)?;
-    check_len("params", len(st, params), &[cfg.param_len()])?;
-    check_len("queries", len(st, queries), &[shape.queries(), shape.batch(), cfg.query_size()])?;
+    check_call_on(st, cfg, shape, params, memory, queries)?;
     let l = |b: Option<&S::Buf>| b.map(|b| len(st, b));
     let outs = [len(st, &out.weights), len(st, &out.context), len(st, &out.hidden)];
     check_backward_sizes(cfg, shape, outs, [l(up.d_weights), l(up.d_context), l(up.d_hidden)])?;
-    check_grads_sizes([len(st, &memory.keys), len(st, &memory.proj)], [len(st, &dm.d_keys), len(st, &dm.d_proj)])?;
+    check_staged_grads(st, memory, dm)?;
     let d = device_dims(cfg, shape)?;
     let (dq, dp) = (st.out(d.tq * d.b * d.hq)?, st.out(cfg.param_len())?);
     st.run(&mut |exec| {
@@ -528,10 +543,9 @@ pub(crate) fn memory_backward_on<S: Stage>(
     memory: &DeviceAttentionMemory<S::Buf>,
     dm: &DeviceAttentionMemoryGrads<S::Buf>,
 ) -> Result<DeviceAttentionGrads<S::Buf>> {
-    check_memory_keys(memory.steps, &memory.lengths, shape)?;
+    check_staged_memory(st, cfg, shape, memory)?;
     check_len("params", len(st, params), &[cfg.param_len()])?;
-    check_memory_sizes(cfg, shape, len(st, &memory.keys), len(st, &memory.proj))?;
-    check_grads_sizes([len(st, &memory.keys), len(st, &memory.proj)], [len(st, &dm.d_keys), len(st, &dm.d_proj)])?;
+    check_staged_grads(st, memory, dm)?;
     device_dims(cfg, shape)?;
     let (dk, dp) = (st.out(len(st, &memory.keys))?, st.out(cfg.param_len())?);
     st.run(&mut |exec| {

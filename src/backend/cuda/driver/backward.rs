@@ -128,15 +128,39 @@ impl CudaStepGrads {
             && self.steps.iter().all(|layers| {
                 layers.len() == dims.len()
                     && layers.iter().zip(&dims).all(|(k, d)| {
-                        let gru_dgh = d.gru() && !gru_reset_before::applies(&d.cell);
-                        k.dgi.len() == bl * d.gh
-                            && k.dgi.ty() == storage
-                            && len(&k.dgh) == if gru_dgh { bl * d.gh } else { 0 }
-                            && len(&k.dh) == if d.proj { bl * d.hout } else { 0 }
-                            && len(&k.dhg_raw) == if d.cell.layer_norm { bl * d.gh } else { 0 }
-                            && len(&k.ds) == if d.cell.layer_norm && d.lstm() { bl * d.h } else { 0 }
+                        k.dgi.ty() == storage && [k.dgi.len(), len(&k.dgh), len(&k.dh), len(&k.dhg_raw), len(&k.ds)] == KeptLayer::lens(d)
                     })
             })
+    }
+}
+
+impl KeptLayer {
+    /// The lengths of what a step of `dims` keeps (`dgi`, `dgh`, `dh`, `dhg_raw`, `ds`; 0: not
+    /// kept): `dgi`, `dgh`, `dhg_raw` `[T·B, G·H]`, `dh` `[T·B, Hout]`, `ds` `[T·B, H]`.
+    fn lens(d: &LayerDims) -> [usize; 5] {
+        let rows = d.t * d.b;
+        let when = |on: bool, n: usize| if on { rows * n } else { 0 };
+        [
+            rows * d.gh,
+            when(d.gru() && !gru_reset_before::applies(&d.cell), d.gh),
+            when(d.proj, d.hout),
+            when(d.cell.layer_norm, d.gh),
+            when(d.cell.layer_norm && d.lstm(), d.h),
+        ]
+    }
+
+    /// Device buffers for what a step of `dims` keeps (`ds` f32, the others of the storage type).
+    fn alloc(exec: &Exec<'_>, dims: &LayerDims) -> Result<KeptLayer> {
+        let storage = exec.storage();
+        let [dgi, dgh, dh, dhg_raw, ds] = KeptLayer::lens(dims);
+        let opt = |ty: Dtype, n: usize| (n > 0).then(|| exec.alloc(ty, n)).transpose();
+        Ok(KeptLayer {
+            dgi: exec.alloc(storage, dgi)?,
+            dgh: opt(storage, dgh)?,
+            dh: opt(storage, dh)?,
+            dhg_raw: opt(storage, dhg_raw)?,
+            ds: opt(Dtype::F32, ds)?,
+        })
     }
 }
 
@@ -489,15 +513,7 @@ fn allocate(
         // (A decoder's stack has one direction.)
         let keep = match acc.is_some() {
             true => {
-                let storage = exec.storage();
-                let (gh, tb) = (dims.gh, tl * bl);
-                let k = KeptLayer {
-                    dgi: exec.alloc(storage, tb * gh)?,
-                    dgh: (dims.gru() && !gru_reset_before::applies(&dims.cell)).then(|| exec.alloc(storage, tb * gh)).transpose()?,
-                    dh: dims.proj.then(|| exec.alloc(storage, tb * dims.hout)).transpose()?,
-                    dhg_raw: dims.cell.layer_norm.then(|| exec.alloc(storage, tb * gh)).transpose()?,
-                    ds: (dims.cell.layer_norm && lstm).then(|| exec.alloc(Dtype::F32, tb * dims.h)).transpose()?,
-                };
+                let k = KeptLayer::alloc(exec, &dims)?;
                 let v = |b: &Option<DevBuf>| b.as_ref().map(DevBuf::view);
                 let views = KeepViews { dgi: k.dgi.view(), dgh: v(&k.dgh), dh: v(&k.dh), dhg_raw: v(&k.dhg_raw), ds: v(&k.ds) };
                 kept[l] = Some(k);
