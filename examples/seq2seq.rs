@@ -468,9 +468,7 @@ fn translate(m: &Model, vocab: &Vocab, batch: &[&DatePair], width: usize) -> Res
     let step = |st: &Step<'_>| -> rnn_kernels::Result<Vec<f32>> {
         let rows = st.tokens.len();
         // The state and the previous attentional state, reordered by the parents.
-        let (h, c) = steps.state_mut()?;
-        reorder_rows(h, DEC_H, st.parents, &mut scratch)?;
-        reorder_rows(c.expect("an LSTM"), DEC_H, st.parents, &mut scratch)?;
+        steps.reorder(st.parents)?;
         reorder_rows(&mut feed, ATT_O, st.parents, &mut scratch)?;
         let mut emb = vec![0.0; rows * TGT_EMB];
         m.tgt_emb.forward(st.tokens, &mut emb)?;

@@ -60,6 +60,12 @@ impl<T: Element, B: Backend<T>> Rnn<T, B> {
         let plan = backend.plan(config, params)?;
         Ok(Rnn { backend, plan, _t: PhantomData })
     }
+    /// A stack over a plan `backend` made ([`Backend::plan`]), for code that keeps its plans
+    /// apart from the backend (a binding whose models share one plan between calls on several
+    /// thread counts) and runs this type's conveniences on them.
+    pub fn from_plan(backend: B, plan: B::Plan) -> Self {
+        Rnn { backend, plan, _t: PhantomData }
+    }
     /// The configuration.
     pub fn config(&self) -> &RnnConfig {
         self.plan.config()
@@ -232,6 +238,8 @@ pub struct Steps<T: Element, B: Backend<T>> {
     /// The training run's masks (its step `t` draws those of step `t` of the sequence).
     masks: Option<MaskStream>,
     steps: usize,
+    /// `L`, `Hout`, `H`: the widths of the state's blocks.
+    widths: [usize; 3],
 }
 
 impl<T: Element, B: Backend<T>> Steps<T, B> {
@@ -254,6 +262,58 @@ impl<T: Element, B: Backend<T>> Steps<T, B> {
     /// [`Rnn::backward_steps`]).
     pub fn training(&self) -> bool {
         self.record.is_some()
+    }
+
+    /// The rows `B` of the state (what the next step's `x: [B, I]` has).
+    pub fn batch(&self) -> usize {
+        let [layers, hout, _] = self.widths;
+        self.h.len() / (layers * hout).max(1)
+    }
+
+    /// Beam search on an inference run: row `i` of every layer's `[B, ·]` block of the new `h`
+    /// (and `c`) is row `rows[i]` of the current one (repeats allowed), so the next step runs
+    /// `rows.len()` rows, each from its parent hypothesis's state. Errors, each leaving the run
+    /// as it was: a training run names `steps` (see [`state_mut`](Self::state_mut)), no row
+    /// names `rows`, a row not below `B` names `rows[i]`; a state that [`state_mut`] left
+    /// without whole `[L, B, ·]` blocks names `steps.h` or `steps.c`; a state too large to
+    /// allocate is [`Error::TooLarge`] naming `rows`.
+    ///
+    /// [`state_mut`]: Self::state_mut
+    pub fn reorder(&mut self, rows: &[usize]) -> Result<()> {
+        if self.training() {
+            return Err(Error::invalid("steps", "an inference run (start_steps without training) to reorder", "a training run"));
+        }
+        if rows.is_empty() {
+            return Err(Error::invalid("rows", "at least one row", "no row"));
+        }
+        let [layers, hout, hidden] = self.widths;
+        let b = self.batch();
+        if b == 0 || self.h.len() != layers * b * hout {
+            return Err(Error::shape("steps.h", "[L, B, Hout] with B ≥ 1", format!("{} elements", self.h.len())));
+        }
+        if let Some(c) = &self.c {
+            check_len("steps.c", "[L, B, H] with the B of steps.h", &[layers, b, hidden], c.len())?;
+        }
+        if let Some(i) = rows.iter().position(|&r| r >= b) {
+            return Err(Error::invalid(format!("rows[{i}]"), format!("a row below the run's B = {b}"), rows[i]));
+        }
+        let gather = |v: &[T], width: usize, name: &str| -> Result<Vec<T>> {
+            let mut out = alloc("rows", name, "[L, rows, ·]", [layers, rows.len(), width])?;
+            for (l, block) in out.chunks_exact_mut(rows.len() * width).enumerate() {
+                for (dst, &r) in block.chunks_exact_mut(width).zip(rows) {
+                    let at = (l * b + r) * width;
+                    dst.copy_from_slice(&v[at..at + width]);
+                }
+            }
+            Ok(out)
+        };
+        let h = gather(&self.h, hout, "h")?;
+        let c = self.c.as_deref().map(|c| gather(c, hidden, "c")).transpose()?;
+        self.h = h;
+        if c.is_some() {
+            self.c = c;
+        }
+        Ok(())
     }
 
     /// The states, to change between the steps of an inference run: a beam search reorders
@@ -279,7 +339,8 @@ impl<T: Element, B: Backend<T>> Steps<T, B> {
 /// may depend on the input gradient the later step returned (input feeding, attention over the
 /// decoder's own states), and returns the step's input gradient.
 pub struct BackwardSteps<'s, T: Element, B: Backend<T>> {
-    steps: &'s Steps<T, B>,
+    /// Each step's reserve, borrowed from the run or taken from it.
+    record: Record<'s, B::Reserve>,
     /// The next step to walk (`steps` when done: walked in reverse).
     next: usize,
     /// The gradients w.r.t. the state after step `next`: `dh`, `dc`.
@@ -293,6 +354,23 @@ pub struct BackwardSteps<'s, T: Element, B: Backend<T>> {
     /// before the first step walked).
     acc: B::StepGrads,
     deferred: Option<bool>,
+}
+
+/// A walk's steps' reserves: borrowed from the run ([`Rnn::backward_steps`]) or taken from it
+/// ([`Rnn::take_backward_steps`]).
+enum Record<'s, R> {
+    Borrowed(&'s [R]),
+    Taken(Vec<R>),
+}
+
+impl<R> std::ops::Deref for Record<'_, R> {
+    type Target = [R];
+    fn deref(&self) -> &[R] {
+        match self {
+            Record::Borrowed(r) => r,
+            Record::Taken(r) => r,
+        }
+    }
 }
 
 impl<'s, T: Element, B: Backend<T>> BackwardSteps<'s, T, B> {
@@ -361,7 +439,14 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
             }
             (true, None) => Some(alloc("batch", "c0", "[L, B, H]", shape.c_shape(cfg))?),
         };
-        Ok(Steps { record: training.then(Vec::new), h, c, masks: if training { masks } else { None }, steps: 0 })
+        Ok(Steps {
+            record: training.then(Vec::new),
+            h,
+            c,
+            masks: if training { masks } else { None },
+            steps: 0,
+            widths: [cfg.num_layers(), cfg.hidden_out_size(), cfg.hidden_size()],
+        })
     }
 
     /// One step of a decoder run: `x: [B, I]`, `B` the rows of the state; returns
@@ -410,11 +495,48 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
     /// state after the last step (zeros when not given); walk it with
     /// [`BackwardSteps::step`], then [`BackwardSteps::finish`].
     pub fn backward_steps<'s>(&self, steps: &'s Steps<T, B>, dhn: Option<&[T]>, dcn: Option<&[T]>) -> Result<BackwardSteps<'s, T, B>> {
+        let record = Self::walkable(steps)?;
+        self.start_walk(steps, Record::Borrowed(record), dhn, dcn)
+    }
+
+    /// [`backward_steps`](Self::backward_steps) that takes the steps' record out of `steps`
+    /// instead of borrowing it, so that the walk can be kept apart from the run (a binding's
+    /// object of its own). `steps` stays a training run with the same state and no step kept:
+    /// the steps it runs next are a new record whose backward starts from their own last state
+    /// (truncated backpropagation through time). On an error `steps` is unchanged.
+    pub fn take_backward_steps(
+        &self,
+        steps: &mut Steps<T, B>,
+        dhn: Option<&[T]>,
+        dcn: Option<&[T]>,
+    ) -> Result<BackwardSteps<'static, T, B>> {
+        Self::walkable(steps)?;
+        // The checks of the gradients first, on an empty record, so that an error leaves the
+        // run as it was.
+        let mut walk = self.start_walk(steps, Record::Taken(Vec::new()), dhn, dcn)?;
+        let record = std::mem::take(steps.record.as_mut().expect("walkable checked a training run"));
+        walk.next = record.len();
+        walk.record = Record::Taken(record);
+        Ok(walk)
+    }
+
+    /// The record of a training run with at least one step.
+    fn walkable(steps: &Steps<T, B>) -> Result<&[B::Reserve]> {
         match &steps.record {
-            None => return Err(Error::invalid("steps", "a training run (start_steps with training)", "an inference run")),
-            Some(r) if r.is_empty() => return Err(Error::invalid("steps", "a training run with at least one step", "no step")),
-            Some(_) => {}
+            None => Err(Error::invalid("steps", "a training run (start_steps with training)", "an inference run")),
+            Some(r) if r.is_empty() => Err(Error::invalid("steps", "a training run with at least one step", "no step")),
+            Some(r) => Ok(r),
         }
+    }
+
+    /// A walk of `record` from the state gradients `dhn`, `dcn` (checked against `steps`' state).
+    fn start_walk<'s>(
+        &self,
+        steps: &Steps<T, B>,
+        record: Record<'s, B::Reserve>,
+        dhn: Option<&[T]>,
+        dcn: Option<&[T]>,
+    ) -> Result<BackwardSteps<'s, T, B>> {
         let state = |v: Option<&[T]>, like: &[T], arg: &str| -> Result<Vec<T>> {
             match v {
                 Some(v) => {
@@ -430,7 +552,8 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
             None => None,
         };
         let dparams = try_zeroed("dparams", "the parameter gradients", self.plan.param_len())?;
-        Ok(BackwardSteps { steps, next: steps.steps, dh, dc, dparams, dx: Vec::new(), acc: B::StepGrads::default(), deferred: None })
+        let next = record.len();
+        Ok(BackwardSteps { record, next, dh, dc, dparams, dx: Vec::new(), acc: B::StepGrads::default(), deferred: None })
     }
 }
 
@@ -444,7 +567,7 @@ impl<T: Element, B: Backend<T, Buf = [T]>> BackwardSteps<'_, T, B> {
         let Some(t) = self.next.checked_sub(1) else {
             return Err(Error::invalid("step", "a step not yet walked back", "every step walked back already"));
         };
-        let record = self.steps.record.as_ref().expect("backward_steps checked a training run");
+        let record = &*self.record;
         let grads = BackwardInput { dy, dhn: Some(&self.dh), dcn: self.dc.as_deref() };
         let accumulate = |dparams: &mut [T]| rnn.backward_accumulate(&record[t], dy, Some(&self.dh), self.dc.as_deref(), dparams);
         let (g, deferred) = match self.deferred {

@@ -360,6 +360,11 @@ fn inference_steps_and_reordered_states() {
         (0..2).flat_map(|l| order.iter().flat_map(move |&r| v[(l * 3 + r) * w..(l * 3 + r + 1) * w].to_vec())).collect()
     };
     let (h, c) = (gather(infer.h(), 4), gather(infer.c().unwrap(), 4));
+    // `Steps::reorder` gathers the same rows; `state_mut` lets a caller write them itself.
+    let mut copy = rnn.start_steps(3, Some(infer.h()), infer.c(), false, None).unwrap();
+    assert_eq!(copy.batch(), 3);
+    copy.reorder(&order).unwrap();
+    assert_eq!((copy.batch(), copy.h(), copy.c().unwrap()), (4, &h[..], &c[..]));
     let (hs, cs) = infer.state_mut().unwrap();
     *hs = h.clone();
     *cs.unwrap() = c.clone();
@@ -367,10 +372,79 @@ fn inference_steps_and_reordered_states() {
     let y = rnn.step(&mut infer, x4).unwrap();
     let mut fresh = rnn.start_steps(4, Some(&h), Some(&c), false, None).unwrap();
     assert_eq!(y, rnn.step(&mut fresh, x4).unwrap());
+    assert_eq!(y, rnn.step(&mut copy, x4).unwrap());
     // A training run's state is not changed between its steps.
     assert!(train.training() && !infer.training());
     let e = train.state_mut().unwrap_err();
     assert!(e.to_string().contains("`steps`"), "{e}");
+    let e = train.reorder(&[0]).unwrap_err();
+    assert!(e.to_string().contains("`steps`"), "{e}");
+}
+
+/// `Steps::reorder`'s errors name the argument and leave the run as it was; a GRU (no cell
+/// state) reorders its `h` alone, and one row may become many.
+#[test]
+fn reorder_checks_its_rows() {
+    let cfg = RnnConfig::new(CellKind::Gru, 2, 3).num_layers(2).build().unwrap();
+    let params = Params::<f64>::init_uniform(&cfg, 4).unwrap().into_vec();
+    let rnn = Rnn::new(Reference, &cfg, &params[..]).unwrap();
+    let h0: Vec<f64> = (0..2 * 2 * 3).map(|v| v as f64).collect();
+    let mut s = rnn.start_steps(2, Some(&h0), None, false, None).unwrap();
+    for (rows, arg) in [(&[][..], "`rows`"), (&[1, 2][..], "`rows[1]`")] {
+        let e = s.reorder(rows).unwrap_err();
+        assert!(e.to_string().contains(arg), "{e}");
+        assert_eq!(s.h(), &h0[..]);
+    }
+    s.reorder(&[1, 1, 1]).unwrap();
+    let want: Vec<f64> = [3.0, 4.0, 5.0].repeat(3).into_iter().chain([9.0, 10.0, 11.0].repeat(3)).collect();
+    assert_eq!((s.batch(), s.h(), s.c()), (3, &want[..], None));
+    // A state that `state_mut` left without whole blocks.
+    s.state_mut().unwrap().0.pop();
+    let e = s.reorder(&[0]).unwrap_err();
+    assert!(e.to_string().contains("`steps.h`"), "{e}");
+}
+
+/// `Rnn::take_backward_steps` walks the steps as `backward_steps` does, bit for bit, with the
+/// record taken out of the run: the run's next steps are a new record, whose walk is that of a
+/// fresh run from the state they started at (truncated backpropagation through time). A bad
+/// state gradient leaves the run as it was. `Rnn::from_plan` runs a plan made apart.
+#[test]
+fn taken_walks_and_plans_made_apart() {
+    let cfg = RnnConfig::new(CellKind::Lstm, 3, 4).num_layers(2).proj_size(2).build().unwrap();
+    let p = Problem::new(&cfg, 5, 3, 21);
+    let rnn = Rnn::from_plan(Reference, Backend::<f64>::plan(&Reference, &cfg, &p.params[..]).unwrap());
+    let xt = |t: usize| &p.x[t * 9..(t + 1) * 9];
+    let walk = |back: &mut rnn_kernels::BackwardSteps<'_, f64, Reference>| {
+        while back.next_step().is_some() {
+            back.step(&rnn, Some(&[0.25; 6])).unwrap();
+        }
+    };
+    let mut run = rnn.start_steps(3, Some(&p.h0), p.c0.as_deref(), true, None).unwrap();
+    for t in 0..3 {
+        rnn.step(&mut run, xt(t)).unwrap();
+    }
+    let mut borrowed = rnn.backward_steps(&run, Some(&p.dhn[..]), p.dcn.as_deref()).unwrap();
+    walk(&mut borrowed);
+    let want = borrowed.finish().unwrap();
+    let e = rnn.take_backward_steps(&mut run, Some(&p.dhn[..2]), None).err().unwrap();
+    assert!(e.to_string().contains("`dhn`"), "{e}");
+    let mut taken = rnn.take_backward_steps(&mut run, Some(&p.dhn[..]), p.dcn.as_deref()).unwrap();
+    assert_eq!(taken.next_step(), Some(2));
+    walk(&mut taken);
+    assert_eq!(taken.finish().unwrap(), want);
+    // The run goes on from its state, a training run with no step kept.
+    assert!(run.training() && run.steps() == 3);
+    assert!(rnn.take_backward_steps(&mut run, None, None).err().unwrap().to_string().contains("`steps`"));
+    let mut fresh = rnn.start_steps(3, Some(run.h()), run.c(), true, None).unwrap();
+    for t in 3..5 {
+        assert_eq!(rnn.step(&mut run, xt(t)).unwrap(), rnn.step(&mut fresh, xt(t)).unwrap());
+    }
+    let mut second = rnn.take_backward_steps(&mut run, None, None).unwrap();
+    let mut again = rnn.backward_steps(&fresh, None, None).unwrap();
+    assert_eq!(second.next_step(), Some(1));
+    walk(&mut second);
+    walk(&mut again);
+    assert_eq!(second.finish().unwrap(), again.finish().unwrap());
 }
 
 #[test]

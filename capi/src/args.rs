@@ -886,32 +886,6 @@ pub(crate) fn check_rows_bytes(bytes: Option<u128>, what: &str) -> Result<usize,
     Ok(n)
 }
 
-/// The rows `rows` of each of the `blocks` consecutive `[B, width]` blocks of `v` (`B` from its
-/// length), in a new buffer: `out[k][i] = v[k][rows[i]]`. An out-of-memory error naming
-/// `rows_len` if the result cannot be allocated.
-pub(crate) fn gather_rows(v: &[f32], blocks: usize, width: usize, rows: &[usize], what: &str) -> Result<Vec<f32>, CapiError> {
-    let b = v.len() / blocks.saturating_mul(width).max(1);
-    let what = format!("{what} of {} rows", rows.len());
-    let n = (blocks as u128).checked_mul(rows.len() as u128).and_then(|n| n.checked_mul(width as u128));
-    let n = check_rows_bytes(n.and_then(|n| n.checked_mul(4)), &what)? / 4;
-    let mut out = Vec::new();
-    out.try_reserve_exact(n).map_err(|e| {
-        CapiError::from(rnnk_core::Error::TooLarge {
-            arg: "rows_len".into(),
-            what: what.clone(),
-            bytes: n as u128 * 4,
-            reason: format!("could not be allocated ({e})"),
-        })
-    })?;
-    for k in 0..blocks {
-        for &r in rows {
-            let at = (k * b + r) * width;
-            out.extend_from_slice(&v[at..at + width]);
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1010,11 +984,7 @@ mod tests {
     }
 
     #[test]
-    fn rows_gather_each_block_and_refuse_what_cannot_be_allocated() {
-        // Two blocks of B = 3 rows of width 2; rows [2, 0, 2, 1].
-        let v: Vec<f32> = (0..12).map(|i| i as f32).collect();
-        let g = gather_rows(&v, 2, 2, &[2, 0, 2, 1], "a state").unwrap();
-        assert_eq!(g, [4., 5., 0., 1., 4., 5., 2., 3., 10., 11., 6., 7., 10., 11., 8., 9.]);
+    fn rows_parse_and_refuse_what_cannot_be_allocated() {
         let rows = [0i64, 2, 1];
         // SAFETY: a live array of 3 int64.
         assert_eq!(unsafe { parse_rows(rows.as_ptr(), 3, 3, "B = 3") }.unwrap(), [0, 2, 1]);

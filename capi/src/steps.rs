@@ -46,14 +46,13 @@ impl StepsData {
         }
     }
 
-    /// The hidden and cell states, to change between the steps of an inference run (a
-    /// training run's is an error naming `steps`).
-    fn state_mut(&mut self) -> rnnk_core::Result<(&mut Vec<f32>, Option<&mut Vec<f32>>)> {
+    /// Reorders an inference run's state by `rows` (`Steps::reorder`).
+    fn reorder(&mut self, rows: &[usize]) -> rnnk_core::Result<()> {
         match self {
-            StepsData::Reference(s) => s.state_mut(),
-            StepsData::Cpu(s) => s.state_mut(),
+            StepsData::Reference(s) => s.reorder(rows),
+            StepsData::Cpu(s) => s.reorder(rows),
             #[cfg(feature = "cuda")]
-            StepsData::Cuda(s) => s.state_mut(),
+            StepsData::Cuda(s) => s.reorder(rows),
         }
     }
 }
@@ -281,18 +280,14 @@ pub unsafe extern "C" fn rnnk_steps_reorder(steps: *mut RnnkSteps, rows: *const 
                 "a run a backward walk holds",
             ));
         };
-        let (hv, cv) = data.state();
-        let b = sizes.batch(hv.len());
+        let b = sizes.batch(data.state().0.len());
         // SAFETY: the caller's array of `rows_len` int64 (the header's contract), checked first.
         let rows = unsafe { args::parse_rows(rows, rows_len, b, &format!("the run's B = {b}"))? };
-        let h = args::gather_rows(hv, sizes.layers, sizes.hidden_out, &rows, "the hidden state [L, B, Hout]")?;
-        let c = cv.map(|cv| args::gather_rows(cv, sizes.layers, sizes.hidden, &rows, "the cell state [L, B, H]")).transpose()?;
-        let (hs, cs) = data.state_mut()?;
-        *hs = h;
-        if let (Some(cs), Some(c)) = (cs, c) {
-            *cs = c;
-        }
-        Ok(())
+        // The new state's size is asked for by `rows_len`: checked against the machine's memory
+        // before the library allocates it (an error naming `rows_len`, not an abort).
+        let elements = (sizes.layers as u128) * (rows.len() as u128) * ((sizes.hidden_out + sizes.hidden) as u128);
+        args::check_rows_bytes(elements.checked_mul(4), &format!("the state of {} rows", rows.len()))?;
+        Ok(data.reorder(&rows)?)
     })
 }
 

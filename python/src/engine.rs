@@ -7,7 +7,7 @@
 
 use rnn_kernels::{
     Backend, BackwardInput, BackwardOutput, Cpu, CpuPlan, Error, Float, ForwardInput, ForwardOutput, GradMode, HostPlan, HostReserve,
-    HostStepGrads, Isa, Reference, Result, RnnConfig, SeqShape,
+    HostStepGrads, Isa, Reference, Result, RnnConfig, RnnPlan, SeqShape,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +33,25 @@ pub(crate) enum Plan {
     Ref32(HostPlan<f32>),
     Ref64(HostPlan<f64>),
     Cpu(CpuPlan),
+}
+
+impl Plan {
+    /// The configuration the plan was made for.
+    pub(crate) fn config(&self) -> &RnnConfig {
+        match self {
+            Plan::Ref32(p) => p.config(),
+            Plan::Ref64(p) => p.config(),
+            Plan::Cpu(p) => p.config(),
+        }
+    }
+
+    /// The backend that made it.
+    pub(crate) fn kind(&self) -> Kind {
+        match self {
+            Plan::Ref32(_) | Plan::Ref64(_) => Kind::Reference,
+            Plan::Cpu(_) => Kind::Cpu,
+        }
+    }
 }
 
 /// A reserve's buffers, of the element type of the last call that filled it.
@@ -110,14 +129,15 @@ pub(crate) trait Elem: Float + numpy::Element {
         output: BackwardOutput<'_, [Self]>,
         acc: &mut HostStepGrads<Self>,
     ) -> Result<()>;
-    /// The parameters' gradients of the decoder steps walked back into `acc`, written into
-    /// `dparams` (`Backend::deferred_param_grads`).
+    /// The parameters' gradients of the decoder steps walked back into `acc`, written into or
+    /// added to `dparams` (`Backend::deferred_param_grads`).
     fn deferred_params(
         plan: &Plan,
         cpu: Option<&Cpu>,
         reserves: &[HostReserve<Self>],
         acc: HostStepGrads<Self>,
         dparams: &mut [Self],
+        mode: GradMode,
     ) -> Result<()>;
     /// The buffers as this type's reserve; buffers of another type are dropped for an empty one.
     fn reserve_mut(b: &mut Buffers) -> &mut HostReserve<Self>;
@@ -219,10 +239,11 @@ impl Elem for f32 {
         reserves: &[HostReserve<f32>],
         acc: HostStepGrads<f32>,
         dparams: &mut [f32],
+        mode: GradMode,
     ) -> Result<()> {
         match plan {
-            Plan::Ref32(p) => Backend::<f32>::deferred_param_grads(&Reference, p, reserves, acc, dparams, GradMode::Overwrite),
-            Plan::Cpu(p) => Backend::<f32>::deferred_param_grads(need_cpu(cpu)?, p, reserves, acc, dparams, GradMode::Overwrite),
+            Plan::Ref32(p) => Backend::<f32>::deferred_param_grads(&Reference, p, reserves, acc, dparams, mode),
+            Plan::Cpu(p) => Backend::<f32>::deferred_param_grads(need_cpu(cpu)?, p, reserves, acc, dparams, mode),
             Plan::Ref64(_) => Err(mismatch("reserve")),
         }
     }
@@ -318,9 +339,10 @@ impl Elem for f64 {
         reserves: &[HostReserve<f64>],
         acc: HostStepGrads<f64>,
         dparams: &mut [f64],
+        mode: GradMode,
     ) -> Result<()> {
         match plan {
-            Plan::Ref64(p) => Backend::<f64>::deferred_param_grads(&Reference, p, reserves, acc, dparams, GradMode::Overwrite),
+            Plan::Ref64(p) => Backend::<f64>::deferred_param_grads(&Reference, p, reserves, acc, dparams, mode),
             _ => Err(mismatch("reserve")),
         }
     }
@@ -346,3 +368,106 @@ impl Elem for f64 {
 /// A plan shared by a model and the reserves filled with it: a reserve keeps the weights it was
 /// computed with until it is released.
 pub(crate) type SharedPlan = Arc<Plan>;
+
+/// A model's shared plan as the plan of [`ModelBackend`].
+pub(crate) struct ModelPlan(pub(crate) SharedPlan);
+
+impl RnnPlan for ModelPlan {
+    fn config(&self) -> &RnnConfig {
+        self.0.config()
+    }
+}
+
+/// A model's backend behind the library's [`Backend`] trait: the calls of [`Elem`] on a plan
+/// the model shares, on the CPU backend of a call's thread count, so that the library's code
+/// generic over a backend (`Rnn`'s decoder steps) runs on a model's plan as it is.
+#[derive(Clone)]
+pub(crate) struct ModelBackend {
+    pub(crate) kind: Kind,
+    /// The CPU backend of the calls; `None` for the reference.
+    pub(crate) cpu: Option<Cpu>,
+}
+
+impl<T: Elem> Backend<T> for ModelBackend {
+    type Buf = [T];
+    type Plan = ModelPlan;
+    type Reserve = HostReserve<T>;
+    type StepGrads = HostStepGrads<T>;
+
+    fn name(&self) -> String {
+        self.kind.name().to_string()
+    }
+
+    fn plan(&self, config: &RnnConfig, params: &[T]) -> Result<ModelPlan> {
+        Ok(ModelPlan(Arc::new(T::plan(self.kind, self.cpu.as_ref(), config, params)?)))
+    }
+
+    fn update_plan(&self, plan: &mut ModelPlan, params: &[T]) -> Result<()> {
+        match Arc::get_mut(&mut plan.0) {
+            Some(p) => T::update(p, self.cpu.as_ref(), params),
+            // Shared with a reserve or a run: a new plan, so that they keep their weights.
+            None => {
+                *plan = Backend::<T>::plan(self, &plan.config().clone(), params)?;
+                Ok(())
+            }
+        }
+    }
+
+    fn read_params(&self, plan: &ModelPlan, params: &mut [T]) -> Result<()> {
+        T::read(&plan.0, self.cpu.as_ref(), params)
+    }
+
+    fn forward_inference(
+        &self,
+        plan: &ModelPlan,
+        shape: &SeqShape,
+        input: ForwardInput<'_, [T]>,
+        output: ForwardOutput<'_, [T]>,
+    ) -> Result<()> {
+        T::forward(&plan.0, self.cpu.as_ref(), shape, input, output, None)
+    }
+
+    fn forward_training(
+        &self,
+        plan: &ModelPlan,
+        shape: &SeqShape,
+        input: ForwardInput<'_, [T]>,
+        output: ForwardOutput<'_, [T]>,
+        reserve: &mut HostReserve<T>,
+    ) -> Result<()> {
+        T::forward(&plan.0, self.cpu.as_ref(), shape, input, output, Some(reserve))
+    }
+
+    fn backward(
+        &self,
+        plan: &ModelPlan,
+        reserve: &HostReserve<T>,
+        grads: BackwardInput<'_, [T]>,
+        output: BackwardOutput<'_, [T]>,
+        mode: GradMode,
+    ) -> Result<()> {
+        T::backward(&plan.0, self.cpu.as_ref(), reserve, grads, output, mode)
+    }
+
+    fn backward_step_deferred(
+        &self,
+        plan: &ModelPlan,
+        reserve: &HostReserve<T>,
+        grads: BackwardInput<'_, [T]>,
+        output: BackwardOutput<'_, [T]>,
+        acc: &mut HostStepGrads<T>,
+    ) -> Result<bool> {
+        T::backward_step(&plan.0, self.cpu.as_ref(), reserve, grads, output, acc).map(|()| true)
+    }
+
+    fn deferred_param_grads(
+        &self,
+        plan: &ModelPlan,
+        reserves: &[HostReserve<T>],
+        acc: HostStepGrads<T>,
+        dparams: &mut [T],
+        mode: GradMode,
+    ) -> Result<()> {
+        T::deferred_params(&plan.0, self.cpu.as_ref(), reserves, acc, dparams, mode)
+    }
+}

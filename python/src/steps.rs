@@ -1,23 +1,22 @@
 //! `Steps` and `BackwardSteps`: a decoder run one step at a time on a model's plan, and the
-//! backward of a training run walked from its last step (the library's `Rnn::start_steps`,
-//! `Rnn::step`, `Rnn::backward_steps`, computed here on the model's shared plan).
+//! backward of a training run walked from its last step: the library's `Rnn::start_steps`,
+//! `Rnn::step`, `Steps::reorder` and `Rnn::take_backward_steps` on the model's shared plan
+//! (`engine::ModelBackend`), so the steps compute what the Rust API's do.
 //!
-//! Each step is a one-step forward call from the state the step before left; a training run keeps
-//! each step's reserve, and its backward is the backend's backward over each record in reverse
-//! without the parameters' gradients (`Backend::backward_step_deferred`), which are computed once
-//! the first step is walked, each weight's as one product over all the steps' rows
-//! (`Backend::deferred_param_grads`), as `Rnn::backward_steps` does. A run holds the plan it
-//! started with, so a later `update_params` of the model does not change the weights of its steps.
+//! A run holds the plan it started with, so a later `update_params` of the model does not
+//! change the weights of its steps; its walk takes the run's record (each step's reserve) and
+//! computes the parameters' gradients once the first step is walked back, each weight's as one
+//! product over all the steps' rows.
 
-use crate::arrays::{array, check_shape, out1, out3, readonly, slice, zeros};
-use crate::engine::{self, Elem, SharedPlan};
+use crate::arrays::{array, check_shape, out1, out3, readonly, slice};
+use crate::engine::{self, Elem, ModelBackend, ModelPlan, SharedPlan};
 use crate::errors::{runtime, value, OrPy};
 use numpy::ndarray::Array2;
 use numpy::PyArray;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use rnn_kernels::masks::MaskStream;
-use rnn_kernels::{BackwardInput, BackwardOutput, Cpu, ForwardInput, ForwardOutput, HostReserve, HostStepGrads, Isa, RnnConfig, SeqShape};
+use rnn_kernels::{Isa, Rnn, RnnConfig, SeqShape};
 use std::sync::Mutex;
 
 /// A `[a, b]` array that owns `v` (no copy).
@@ -26,18 +25,8 @@ fn out2<'py, T: Elem>(py: Python<'py>, v: Vec<T>, shape: [usize; 2]) -> PyResult
     Ok(PyArray::from_owned_array(py, a).into_any())
 }
 
-/// The state of a run of one element type.
-pub(crate) struct Run<T> {
-    /// `[L, B, Hout]`.
-    h: Vec<T>,
-    /// `[L, B, H]` (LSTM).
-    c: Option<Vec<T>>,
-    /// Per step, the reserve of its one-step training forward; `None`: an inference run.
-    record: Option<Vec<HostReserve<T>>>,
-    masks: Option<MaskStream>,
-    steps: usize,
-    batch: usize,
-}
+/// A run of one element type: the library's.
+type Run<T> = rnn_kernels::Steps<T, ModelBackend>;
 
 /// A run's state, of the model's element type.
 pub(crate) enum AnyRun {
@@ -46,17 +35,10 @@ pub(crate) enum AnyRun {
 }
 
 /// The backward of a training run, of one element type.
-pub(crate) struct Walk<T> {
-    record: Vec<HostReserve<T>>,
-    /// The next step to walk back through is `next - 1`; 0 when done.
-    next: usize,
-    dh: Vec<T>,
-    dc: Option<Vec<T>>,
-    dparams: Vec<T>,
-    /// What the steps walked back keep for the parameters' gradients.
-    acc: HostStepGrads<T>,
+pub(crate) struct Walk<T: Elem> {
+    /// The library's walk; `None` once `finish` returned its gradients.
+    walk: Option<rnn_kernels::BackwardSteps<'static, T, ModelBackend>>,
     batch: usize,
-    finished: bool,
 }
 
 pub(crate) enum AnyWalk {
@@ -130,8 +112,10 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    fn cpu(&self) -> PyResult<Option<Cpu>> {
-        self.cpu.map(|(isa, n)| engine::cpu(isa, n).or_py()).transpose()
+    /// The library's stack on the run's plan.
+    fn rnn<T: Elem>(&self) -> PyResult<Rnn<T, ModelBackend>> {
+        let cpu = self.cpu.map(|(isa, n)| engine::cpu(isa, n).or_py()).transpose()?;
+        Ok(Rnn::from_plan(ModelBackend { kind: self.plan.kind(), cpu }, ModelPlan(self.plan.clone())))
     }
 }
 
@@ -161,7 +145,8 @@ impl Steps {
         self.engine.model
     }
 
-    /// A new run: `batch` rows from `h0`, `c0` (zeros when `None`).
+    /// A new run: `batch` rows from `h0`, `c0` (zeros when `None`); a training run of a
+    /// configuration with `masks` draws them from `seed` (step `t` those of step `t` of one call).
     pub(crate) fn start<T: StepElem>(
         engine: Engine,
         batch: usize,
@@ -171,19 +156,8 @@ impl Steps {
         seed: u64,
         masks: bool,
     ) -> PyResult<Self> {
-        let cfg = &engine.config;
-        let shape = SeqShape::new(1, batch).or_py()?;
-        let h = match h0 {
-            Some(h) => h.to_vec(),
-            None => zeros("h0", &shape.h_shape(cfg))?,
-        };
-        let c = match (cfg.cell().has_cell_state(), c0) {
-            (false, _) => None,
-            (true, Some(c)) => Some(c.to_vec()),
-            (true, None) => Some(zeros("c0", &shape.c_shape(cfg))?),
-        };
-        let run =
-            Run { h, c, record: training.then(Vec::new), masks: (training && masks).then(|| MaskStream::new(seed, 0)), steps: 0, batch };
+        let masks = (training && masks).then(|| MaskStream::new(seed, 0));
+        let run = engine.rnn::<T>()?.start_steps(batch, h0, c0, training, masks).or_py()?;
         Ok(Steps { engine, state: Mutex::new(StepsState { run: T::wrap_run(run), walked: false }) })
     }
 
@@ -192,15 +166,13 @@ impl Steps {
         let xa = array::<T>(x, "x", "[B, I]")?;
         let batch = {
             let mut st = self.state.try_lock().map_err(|_| runtime("steps", "in use by a call running in another thread"))?;
-            T::run(&mut st.run).ok_or_else(|| mismatch("steps"))?.batch
+            T::run(&mut st.run).ok_or_else(|| mismatch("steps"))?.batch()
         };
         check_shape(&xa, "x", "[B, I]", &[batch, cfg.input_size()])?;
         let ro = readonly::<T>(&xa, "x")?;
         let x = slice(&ro, "x")?;
-        let cpu = self.engine.cpu()?;
-        let plan = &self.engine.plan;
-        let hout = cfg.hidden_out_size();
         let y = py.detach(|| -> PyResult<Vec<T>> {
+            let rnn = self.engine.rnn::<T>()?;
             let mut guard = self.lock();
             if guard.walked {
                 return Err(runtime(
@@ -209,35 +181,12 @@ impl Steps {
                 ));
             }
             let run = T::run(&mut guard.run).ok_or_else(|| mismatch("steps"))?;
-            if run.batch != batch {
+            if run.batch() != batch {
                 return Err(runtime("steps", "reordered by another thread during this call"));
             }
-            let shape = SeqShape::new(1, batch).or_py()?;
-            let mut y = zeros::<T>("y", &[batch, hout])?;
-            let mut hn = zeros::<T>("hn", &shape.h_shape(cfg))?;
-            let mut cn = match run.c {
-                Some(_) => Some(zeros::<T>("cn", &shape.c_shape(cfg))?),
-                None => None,
-            };
-            let masks = run.masks.as_ref().map(|m| m.from_step(run.steps)).transpose().or_py()?;
-            let input = ForwardInput { x, h0: Some(&run.h), c0: run.c.as_deref(), masks };
-            let output = ForwardOutput { y: &mut y[..], hn: Some(&mut hn[..]), cn: cn.as_deref_mut() };
-            match run.record.as_mut() {
-                Some(record) => {
-                    let mut reserve = HostReserve::<T>::default();
-                    T::forward(plan, cpu.as_ref(), &shape, input, output, Some(&mut reserve)).or_py()?;
-                    record.push(reserve);
-                }
-                None => T::forward(plan, cpu.as_ref(), &shape, input, output, None).or_py()?,
-            }
-            run.h = hn;
-            if cn.is_some() {
-                run.c = cn;
-            }
-            run.steps += 1;
-            Ok(y)
+            rnn.step(run, x).or_py()
         })?;
-        out2(py, y, [batch, hout])
+        out2(py, y, [batch, cfg.hidden_out_size()])
     }
 
     fn state_typed<'py, T: StepElem>(&self, py: Python<'py>, cell: bool) -> PyResult<Bound<'py, PyAny>> {
@@ -245,8 +194,8 @@ impl Steps {
         let (v, batch) = py.detach(|| -> PyResult<_> {
             let mut st = self.lock();
             let run = T::run(&mut st.run).ok_or_else(|| mismatch("steps"))?;
-            let v = if cell { run.c.clone() } else { Some(run.h.clone()) };
-            Ok((v, run.batch))
+            let v = if cell { run.c().map(<[T]>::to_vec) } else { Some(run.h().to_vec()) };
+            Ok((v, run.batch()))
         })?;
         let shape = SeqShape::new(1, batch).or_py()?;
         match v {
@@ -256,107 +205,57 @@ impl Steps {
     }
 
     fn reorder_typed<T: StepElem>(&self, py: Python<'_>, rows: Vec<i64>) -> PyResult<()> {
-        let cfg = &self.engine.config;
         if rows.is_empty() {
             return Err(value("rows", "at least 1 row", "an empty sequence"));
         }
         py.detach(|| -> PyResult<()> {
             let mut st = self.lock();
             let run = T::run(&mut st.run).ok_or_else(|| mismatch("steps"))?;
-            if run.record.is_some() {
-                return Err(value(
-                    "steps",
-                    "an inference run (start_steps without training) to reorder: the backward of a training run needs the state its steps left",
-                    "a training run",
-                ));
-            }
-            let bound = run.batch;
+            let bound = run.batch();
             let mut idx = Vec::with_capacity(rows.len());
             for (i, &r) in rows.iter().enumerate() {
                 match usize::try_from(r) {
-                    Ok(n) if n < bound => idx.push(n),
-                    _ => return Err(value(&format!("rows[{i}]"), format!("a row in 0..{bound} (the run's B)"), r)),
+                    Ok(n) => idx.push(n),
+                    Err(_) => return Err(value(&format!("rows[{i}]"), format!("a row in 0..{bound} (the run's B)"), r)),
                 }
             }
-            // Row `i` of every layer's `[B, width]` block becomes row `idx[i]` of the old one.
-            let gather = |v: &[T], width: usize| -> Vec<T> {
-                let layers = v.len() / (bound * width).max(1);
-                let mut out = Vec::with_capacity(layers * idx.len() * width);
-                for l in 0..layers {
-                    let block = &v[l * bound * width..(l + 1) * bound * width];
-                    for &r in &idx {
-                        out.extend_from_slice(&block[r * width..(r + 1) * width]);
-                    }
-                }
-                out
-            };
-            run.h = gather(&run.h, cfg.hidden_out_size());
-            if let Some(c) = &run.c {
-                run.c = Some(gather(c, cfg.hidden_size()));
-            }
-            run.batch = idx.len();
-            Ok(())
+            run.reorder(&idx).or_py()
         })
     }
 
     /// Takes a training run's record for its backward.
     pub(crate) fn walk<T: StepElem>(&self, py: Python<'_>, dhn: Option<&[T]>, dcn: Option<&[T]>) -> PyResult<BackwardSteps> {
-        let cfg = &self.engine.config;
-        let n_params = cfg.param_count();
-        py.detach(|| self.walk_locked(n_params, dhn, dcn))
+        py.detach(|| self.walk_locked(dhn, dcn))
     }
 
-    fn walk_locked<T: StepElem>(&self, n_params: usize, dhn: Option<&[T]>, dcn: Option<&[T]>) -> PyResult<BackwardSteps> {
-        let cfg = &self.engine.config;
+    fn walk_locked<T: StepElem>(&self, dhn: Option<&[T]>, dcn: Option<&[T]>) -> PyResult<BackwardSteps> {
+        let rnn = self.engine.rnn::<T>()?;
         let mut st = self.lock();
         if st.walked {
             return Err(runtime("steps", "its backward was started already (Model.backward_steps takes a training run once)"));
         }
         let run = T::run(&mut st.run).ok_or_else(|| mismatch("steps"))?;
-        let record = match run.record.as_mut() {
-            None => return Err(value("steps", "a training run (start_steps with training=True)", "an inference run")),
-            Some(r) if r.is_empty() => return Err(value("steps", "a training run with at least one step", "no step")),
-            Some(r) => std::mem::take(r),
-        };
-        let shape = SeqShape::new(1, run.batch).or_py()?;
-        let dh = match dhn {
-            Some(d) => d.to_vec(),
-            None => zeros("dhn", &shape.h_shape(cfg))?,
-        };
-        let dc = match (&run.c, dcn) {
-            (None, _) => None,
-            (Some(_), Some(d)) => Some(d.to_vec()),
-            (Some(_), None) => Some(zeros("dcn", &shape.c_shape(cfg))?),
-        };
-        let dparams = zeros::<T>("dparams", &[n_params])?;
-        let next = record.len();
-        let walk = Walk { record, next, dh, dc, dparams, acc: HostStepGrads::default(), batch: run.batch, finished: false };
+        let batch = run.batch();
+        let walk = rnn.take_backward_steps(run, dhn, dcn).or_py()?;
         st.walked = true;
-        Ok(BackwardSteps { engine: self.engine.clone(), state: Mutex::new(T::wrap_walk(walk)) })
+        Ok(BackwardSteps { engine: self.engine.clone(), state: Mutex::new(T::wrap_walk(Walk { walk: Some(walk), batch })) })
     }
 
-    /// The run's B and, for the checks of `backward_steps`, whether it is a training run.
+    /// The run's B, for the checks of `backward_steps`.
     pub(crate) fn batch(&self, py: Python<'_>) -> usize {
-        py.detach(|| self.batch_locked())
-    }
-
-    fn batch_locked(&self) -> usize {
-        let st = self.lock();
-        match &st.run {
-            AnyRun::F32(r) => r.batch,
-            AnyRun::F64(r) => r.batch,
-        }
+        py.detach(|| self.info_locked().1)
     }
 
     fn info(&self) -> (usize, usize, bool) {
         Python::attach(|py| py.detach(|| self.info_locked()))
     }
 
+    /// The steps run, the run's B and whether it is a training run.
     fn info_locked(&self) -> (usize, usize, bool) {
         let st = self.lock();
         match &st.run {
-            AnyRun::F32(r) => (r.steps, r.batch, r.record.is_some()),
-            AnyRun::F64(r) => (r.steps, r.batch, r.record.is_some()),
+            AnyRun::F32(r) => (r.steps(), r.batch(), r.training()),
+            AnyRun::F64(r) => (r.steps(), r.batch(), r.training()),
         }
     }
 }
@@ -461,77 +360,50 @@ impl BackwardSteps {
             }
         };
         let dys = dy.as_ref().map(|a| slice(a, "dy")).transpose()?;
-        let cpu = self.engine.cpu()?;
-        let plan = &self.engine.plan;
         let dx = py.detach(|| -> PyResult<Vec<T>> {
+            let rnn = self.engine.rnn::<T>()?;
             let mut st = self.lock();
             let w = T::walk(&mut st).ok_or_else(|| mismatch("bsteps"))?;
-            if w.finished {
+            let Some(walk) = w.walk.as_mut() else {
                 return Err(runtime("bsteps", "finished: finish() returned its gradients already"));
-            }
-            let Some(t) = w.next.checked_sub(1) else {
+            };
+            if walk.next_step().is_none() {
                 return Err(runtime("bsteps", "every step was walked back already: call finish()"));
-            };
-            let shape = SeqShape::new(1, w.batch).or_py()?;
-            let mut dx = zeros::<T>("dx", &[w.batch, cfg.input_size()])?;
-            let mut dh0 = zeros::<T>("dh0", &shape.h_shape(cfg))?;
-            let mut dc0 = match w.dc {
-                Some(_) => Some(zeros::<T>("dc0", &shape.c_shape(cfg))?),
-                None => None,
-            };
-            let grads = BackwardInput { dy: dys, dhn: Some(&w.dh), dcn: w.dc.as_deref() };
-            let output: BackwardOutput<'_, [T]> =
-                BackwardOutput { dx: Some(&mut dx[..]), dh0: Some(&mut dh0[..]), dc0: dc0.as_deref_mut(), dparams: None };
-            T::backward_step(plan, cpu.as_ref(), &w.record[t], grads, output, &mut w.acc).or_py()?;
-            if t == 0 {
-                // Every step is walked: the parameters' gradients, one product per weight; the
-                // records are not needed any more.
-                T::deferred_params(plan, cpu.as_ref(), &w.record, std::mem::take(&mut w.acc), &mut w.dparams).or_py()?;
-                w.record = Vec::new();
             }
-            w.dh = dh0;
-            if dc0.is_some() {
-                w.dc = dc0;
-            }
-            w.next = t;
-            Ok(dx)
+            walk.step(&rnn, dys).or_py()
         })?;
         out2(py, dx, [batch, cfg.input_size()])
     }
 
     fn finish_typed<'py, T: StepElem>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let cfg = &self.engine.config;
-        let (dh, dc, dp, batch) = {
+        let (g, batch) = py.detach(|| -> PyResult<_> {
             let mut st = self.lock();
             let w = T::walk(&mut st).ok_or_else(|| mismatch("bsteps"))?;
-            if w.finished {
-                return Err(runtime("bsteps", "finished: finish() returned its gradients already"));
+            match w.walk.as_ref().map(|walk| walk.next_step()) {
+                None => return Err(runtime("bsteps", "finished: finish() returned its gradients already")),
+                Some(Some(t)) => return Err(runtime("bsteps", format!("{} steps left to walk back before finish()", t + 1))),
+                Some(None) => {}
             }
-            if w.next != 0 {
-                return Err(runtime("bsteps", format!("{} steps left to walk back before finish()", w.next)));
-            }
-            w.finished = true;
-            (std::mem::take(&mut w.dh), w.dc.take(), std::mem::take(&mut w.dparams), w.batch)
-        };
+            let walk = w.walk.take().expect("matched above");
+            Ok((walk.finish().or_py()?, w.batch))
+        })?;
         let shape = SeqShape::new(1, batch).or_py()?;
-        let dh0 = out3(py, dh, shape.h_shape(cfg))?;
-        let dc0 = match dc {
+        let dh0 = out3(py, g.dh0, shape.h_shape(cfg))?;
+        let dc0 = match g.dc0 {
             Some(v) => out3(py, v, shape.c_shape(cfg))?,
             None => py.None().into_bound(py),
         };
-        PyTuple::new(py, [dh0, dc0, out1(py, dp)])
+        let dparams =
+            g.dparams.ok_or_else(|| runtime("bsteps", "finished without the parameters' gradients (an internal inconsistency)"))?;
+        PyTuple::new(py, [dh0, dc0, out1(py, dparams)])
     }
 
     fn next(&self) -> Option<usize> {
         let st = self.lock();
-        let (next, finished) = match &*st {
-            AnyWalk::F32(w) => (w.next, w.finished),
-            AnyWalk::F64(w) => (w.next, w.finished),
-        };
-        if finished {
-            None
-        } else {
-            next.checked_sub(1)
+        match &*st {
+            AnyWalk::F32(w) => w.walk.as_ref().and_then(|w| w.next_step()),
+            AnyWalk::F64(w) => w.walk.as_ref().and_then(|w| w.next_step()),
         }
     }
 }

@@ -23,7 +23,8 @@
 //!   ISO `1999-03-03`, and a train/held-out split that shares no date.
 //! - [`decode`]: greedy and beam search over a batch (width, length normalisation, end token,
 //!   per-sequence stopping; width 1 is greedy), the model one closure per step whose rows carry
-//!   their parents, and [`decode::reorder_rows`] to gather a state by them.
+//!   their parents, and [`decode::reorder_rows`] to gather a state by them (a decoder's recurrent
+//!   state has `rnn_kernels::Steps::reorder`, which gathers each layer's block).
 //!
 //! Shapes follow [the conventions of `rnn_kernels`](rnn_kernels#conventions): row-major,
 //! time-major. `N` below is a number of rows (`T·B` when a time-major `[T, B, ·]` tensor is seen
