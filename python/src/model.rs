@@ -786,8 +786,9 @@ impl Model {
 
     /// Starts the backward of a training run of steps from ``dhn``, ``dcn``, the gradients
     /// w.r.t. the state after its last step (zeros when ``None``): walk it with
-    /// ``bsteps.step(dy)`` from the last step back, then ``bsteps.finish()``. The run takes no
-    /// step after.
+    /// ``bsteps.step(dy)`` from the last step back, then ``bsteps.finish()``. The walk takes the
+    /// steps run since the last ``backward_steps`` of the run; the run goes on from its state,
+    /// and its next steps are a new record (truncated backpropagation through time).
     #[pyo3(signature = (steps, dhn=None, dcn=None))]
     fn backward_steps(
         &self,

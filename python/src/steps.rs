@@ -122,22 +122,17 @@ impl Engine {
 /// A decoder run one step at a time, from ``Model.start_steps``: ``step(x)`` runs the next step
 /// (``x: [B, I]`` → ``y: [B, Hout]``) from the state the last one left. ``h`` and ``c`` are
 /// copies of that state; ``reorder(rows)`` changes the rows of an inference run's state (beam
-/// search). A training run keeps what ``Model.backward_steps`` needs; it holds the weights it
-/// started with.
+/// search). A training run keeps what ``Model.backward_steps`` needs, which takes the steps run
+/// since the last ``backward_steps`` (truncated backpropagation through time: the run goes on from
+/// its state). A run holds the weights it started with.
 #[pyclass(module = "rnn_kernels._native", frozen)]
 pub struct Steps {
     engine: Engine,
-    state: Mutex<StepsState>,
-}
-
-struct StepsState {
-    run: AnyRun,
-    /// Whether `Model.backward_steps` took the training run's record.
-    walked: bool,
+    state: Mutex<AnyRun>,
 }
 
 impl Steps {
-    fn lock(&self) -> std::sync::MutexGuard<'_, StepsState> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AnyRun> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -158,7 +153,7 @@ impl Steps {
     ) -> PyResult<Self> {
         let masks = (training && masks).then(|| MaskStream::new(seed, 0));
         let run = engine.rnn::<T>()?.start_steps(batch, h0, c0, training, masks).or_py()?;
-        Ok(Steps { engine, state: Mutex::new(StepsState { run: T::wrap_run(run), walked: false }) })
+        Ok(Steps { engine, state: Mutex::new(T::wrap_run(run)) })
     }
 
     fn step_typed<'py, T: StepElem>(&self, py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
@@ -166,7 +161,7 @@ impl Steps {
         let xa = array::<T>(x, "x", "[B, I]")?;
         let batch = {
             let mut st = self.state.try_lock().map_err(|_| runtime("steps", "in use by a call running in another thread"))?;
-            T::run(&mut st.run).ok_or_else(|| mismatch("steps"))?.batch()
+            T::run(&mut st).ok_or_else(|| mismatch("steps"))?.batch()
         };
         check_shape(&xa, "x", "[B, I]", &[batch, cfg.input_size()])?;
         let ro = readonly::<T>(&xa, "x")?;
@@ -174,13 +169,7 @@ impl Steps {
         let y = py.detach(|| -> PyResult<Vec<T>> {
             let rnn = self.engine.rnn::<T>()?;
             let mut guard = self.lock();
-            if guard.walked {
-                return Err(runtime(
-                    "steps",
-                    "its backward was started (Model.backward_steps): a training run takes no step after; start a new run",
-                ));
-            }
-            let run = T::run(&mut guard.run).ok_or_else(|| mismatch("steps"))?;
+            let run = T::run(&mut guard).ok_or_else(|| mismatch("steps"))?;
             if run.batch() != batch {
                 return Err(runtime("steps", "reordered by another thread during this call"));
             }
@@ -193,7 +182,7 @@ impl Steps {
         let cfg = &self.engine.config;
         let (v, batch) = py.detach(|| -> PyResult<_> {
             let mut st = self.lock();
-            let run = T::run(&mut st.run).ok_or_else(|| mismatch("steps"))?;
+            let run = T::run(&mut st).ok_or_else(|| mismatch("steps"))?;
             let v = if cell { run.c().map(<[T]>::to_vec) } else { Some(run.h().to_vec()) };
             Ok((v, run.batch()))
         })?;
@@ -210,7 +199,7 @@ impl Steps {
         }
         py.detach(|| -> PyResult<()> {
             let mut st = self.lock();
-            let run = T::run(&mut st.run).ok_or_else(|| mismatch("steps"))?;
+            let run = T::run(&mut st).ok_or_else(|| mismatch("steps"))?;
             let bound = run.batch();
             let mut idx = Vec::with_capacity(rows.len());
             for (i, &r) in rows.iter().enumerate() {
@@ -223,7 +212,7 @@ impl Steps {
         })
     }
 
-    /// Takes a training run's record for its backward.
+    /// Takes a training run's record (the steps since the last walk) for its backward.
     pub(crate) fn walk<T: StepElem>(&self, py: Python<'_>, dhn: Option<&[T]>, dcn: Option<&[T]>) -> PyResult<BackwardSteps> {
         py.detach(|| self.walk_locked(dhn, dcn))
     }
@@ -231,13 +220,9 @@ impl Steps {
     fn walk_locked<T: StepElem>(&self, dhn: Option<&[T]>, dcn: Option<&[T]>) -> PyResult<BackwardSteps> {
         let rnn = self.engine.rnn::<T>()?;
         let mut st = self.lock();
-        if st.walked {
-            return Err(runtime("steps", "its backward was started already (Model.backward_steps takes a training run once)"));
-        }
-        let run = T::run(&mut st.run).ok_or_else(|| mismatch("steps"))?;
+        let run = T::run(&mut st).ok_or_else(|| mismatch("steps"))?;
         let batch = run.batch();
         let walk = rnn.take_backward_steps(run, dhn, dcn).or_py()?;
-        st.walked = true;
         Ok(BackwardSteps { engine: self.engine.clone(), state: Mutex::new(T::wrap_walk(Walk { walk: Some(walk), batch })) })
     }
 
@@ -253,7 +238,7 @@ impl Steps {
     /// The steps run, the run's B and whether it is a training run.
     fn info_locked(&self) -> (usize, usize, bool) {
         let st = self.lock();
-        match &st.run {
+        match &*st {
             AnyRun::F32(r) => (r.steps(), r.batch(), r.training()),
             AnyRun::F64(r) => (r.steps(), r.batch(), r.training()),
         }

@@ -5,7 +5,10 @@ reference, within 1e-5 on the float32 CPU backend (its one-step calls block the 
 otherwise than a call over the sequence; the tolerance of the library's tests/decoder_steps.rs);
 the backward through the steps gives that call's backward: dx, dh0, dc0 and dparams bit for bit
 on the float64 reference (the parameters' gradients are one product per weight over all the
-steps, as the call's), within 1e-5 (dparams 1e-4) on the float32 CPU backend; a reorder is the run of the reordered batch; misuse is an error naming the argument.
+steps, as the call's), within 1e-5 (dparams 1e-4) on the float32 CPU backend; a reorder is the
+run of the reordered batch; after a backward the run goes on, and the next backward walks the
+steps since as a fresh run from their first state (truncated BPTT); misuse is an error naming the
+argument.
 """
 
 import numpy as np
@@ -179,10 +182,8 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="`dhn`"):
         m.backward_steps(t, dhn=np.zeros((2, 2, 2), np.float32))
     b = m.backward_steps(t)
-    with pytest.raises(RuntimeError, match="`steps`"):
-        t.step(x[2])
-    with pytest.raises(RuntimeError, match="`steps`"):
-        m.backward_steps(t)
+    with pytest.raises(ValueError, match="`steps`"):
+        m.backward_steps(t)  # the walk took every step
     with pytest.raises(RuntimeError, match="`bsteps`"):
         b.finish()
     with pytest.raises(ValueError, match="`dy`"):
@@ -194,6 +195,34 @@ def test_errors_name_the_argument():
     b.finish()
     with pytest.raises(RuntimeError, match="`bsteps`"):
         b.finish()
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=ids)
+def test_truncated_backpropagation_through_the_steps(config):
+    # After backward_steps the run goes on from its state; the next backward_steps walks the steps
+    # since, as the backward of a fresh run from the state they started at (bits, reference).
+    params, x, h0, c0, dy, dhn, dcn = setup(config, np.float64, steps=5)
+    m = rk.Model(config, params, backend="reference")
+    s = m.start_steps(x.shape[1], h0=h0, c0=c0, training=True)
+    for t in range(3):
+        s.step(x[t])
+    first = m.backward_steps(s)
+    for t in reversed(range(3)):
+        first.step(dy[t])
+    first.finish()
+    assert s.training and s.next_step == 3
+    fresh = m.start_steps(x.shape[1], h0=s.h, c0=s.c, training=True)
+    for t in range(3, 5):
+        np.testing.assert_array_equal(s.step(x[t]), fresh.step(x[t]))
+    a, b = m.backward_steps(s, dhn=dhn, dcn=dcn), m.backward_steps(fresh, dhn=dhn, dcn=dcn)
+    assert a.next_step == 1
+    for t in reversed(range(3, 5)):
+        np.testing.assert_array_equal(a.step(dy[t]), b.step(dy[t]))
+    for u, v in zip(a.finish(), b.finish()):
+        if v is None:
+            assert u is None
+        else:
+            np.testing.assert_array_equal(u, v)
 
 
 def test_a_run_keeps_the_weights_it_started_with():
