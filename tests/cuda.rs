@@ -628,7 +628,7 @@ mod with_feature {
     /// f16 and bf16 storage (`Rnn<half::f16, CudaHost>`, `Rnn<half::bf16, CudaHost>`): every
     /// cell, two layers, both directions, mixed lengths, h0/c0, training and inference forward,
     /// backward to every gradient, Accumulate, against the derived bounds; one larger LSTM so
-    /// that cuBLAS takes its tensor-core kernels.
+    /// that cuBLAS takes its tensor-core kernels; a layer-normalised LSTM and GRU.
     #[test]
     fn cuda_half_storage_matches_reference() {
         let Some(c) = cuda("cuda_half_storage_matches_reference") else { return };
@@ -641,6 +641,9 @@ mod with_feature {
             (RnnConfig::new(CellKind::Gru, 7, 37).num_layers(2).build().unwrap(), 6, 2),
             (RnnConfig::new(CellKind::Gru, 30, 41).num_layers(2).bidirectional(true).linear_before_reset(false).build().unwrap(), 9, 13),
             (RnnConfig::new(CellKind::Lstm, 256, 256).num_layers(2).build().unwrap(), 12, 64),
+            // Layer norm (the bounds take the problem's measured gains).
+            (RnnConfig::new(CellKind::Lstm, 19, 26).num_layers(2).bidirectional(true).layer_norm(true).build().unwrap(), 9, 13),
+            (RnnConfig::new(CellKind::Gru, 30, 41).num_layers(2).layer_norm(true).build().unwrap(), 9, 13),
         ];
         let mut worst = [[0.0f64; 7]; 2];
         for (k, (cfg, t, b)) in configs.iter().enumerate() {

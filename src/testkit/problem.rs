@@ -60,7 +60,7 @@ impl<T: Element> Problem<T> {
 
     /// The random masks of the problem's training passes (dropout): the same for every run.
     pub fn masks(&self) -> MaskStream {
-        MaskStream::new(0x5eed_d0d0, 7)
+        problem_masks()
     }
 
     /// A training forward (with the masks of [`masks`](Self::masks)) and its backward on
@@ -186,4 +186,10 @@ impl Problem<f32> {
         nudge(&mut q.h0);
         q
     }
+}
+
+/// The masks every [`Problem`] trains with (a fixed seed and offset), also those with which
+/// [`tolerance`](super::tolerance) measures a problem's gains.
+pub fn problem_masks() -> MaskStream {
+    MaskStream::new(0x5eed_d0d0, 7)
 }

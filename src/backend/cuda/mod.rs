@@ -498,7 +498,6 @@ impl Cuda {
 
     fn plan<T: CudaElement>(&self, config: &RnnConfig, params: &CudaBuf<T>) -> Result<CudaPlan> {
         crate::backend::check_options(&self.dev.name, config, OPTIONS)?;
-        driver::check_layer_norm_storage(&self.dev.name, config, T::DTYPE)?;
         let layout = ParamLayout::new(config);
         layout.check_buffer("params", params.slice.len())?;
         let target = self.dev.lock()?;

@@ -14,6 +14,11 @@
 //!   `β_c`'s gradients (column sums in a fixed order; the bias GEMMs `1^T dG` ran before, on the
 //!   pre-normalisation `dG`), then `dGi = LNback(dGi)` in place, which `dW_ih` and `dX` read.
 //!
+//! With f16 or bf16 storage the normalisations read and write f32 (`XG`, `HG`, `x̂`, `rstd`
+//! and the LSTM's normalised cell state stay f32, as the gate pre-activations do); backward,
+//! `dGi` and `dHG_raw` are of the storage type (GEMM operands), so each is rounded twice: by
+//! the step kernel, then after its normalisation's backward (`testkit::tolerance` counts both).
+//!
 //! The persistent kernels decline layer norm (`persistent_declines`), and the backward layer
 //! wavefront is off with it (a chunk's `dX` rows need `dGi` after its normalisation, which
 //! needs the bias and gain gradients of the whole sequence first); the forward wavefront
@@ -369,20 +374,4 @@ impl LnBackward {
         };
         exec.launch_rows(si, k::LayerNormBackward, exec.storage(), tb, &args)
     }
-}
-
-/// Layer norm runs with f32 storage only, for now: with f16 or bf16 storage, `dGi` and
-/// `dHG_raw` would be rounded a second time after their normalisation's backward, and the
-/// derived bounds of the 16-bit tests (`testkit::tolerance`) assume steps that do not amplify
-/// an error, which a row's `rstd` does; a 16-bit plan is refused with an error naming the
-/// option until those bounds are derived and tested.
-pub(crate) fn check_storage(backend: &str, cfg: &crate::RnnConfig, storage: Dtype) -> Result<()> {
-    if cfg.layer_norm() && storage != Dtype::F32 {
-        return Err(crate::Error::Unsupported {
-            backend: backend.to_string(),
-            option: "layer_norm".to_string(),
-            reason: format!("layer norm runs with f32 storage on this backend; {storage:?} storage is not implemented"),
-        });
-    }
-    Ok(())
 }

@@ -103,7 +103,6 @@ mod zoneout;
 pub use backward::CudaStepGrads;
 pub(crate) use backward::{backward, backward_step, deferred_params, BackwardViews};
 pub(crate) use forward::{forward, ForwardViews};
-pub(crate) use layer_norm::check_storage as check_layer_norm_storage;
 #[cfg(all(test, rnn_kernels_host_emulation))]
 pub(crate) use wavefront::wavefront_chunk;
 

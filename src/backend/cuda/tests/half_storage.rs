@@ -6,7 +6,7 @@
 use super::super::emulation::{gemm_ex, sgemm, Emulation};
 use super::super::exec::GemmArgs;
 use super::*;
-use crate::testkit::tolerance::{error_ratios, half_storage_bounds, HalfInputs, OUTPUTS};
+use crate::testkit::tolerance::{error_ratios, half_storage_bounds, sampled_gains, HalfInputs, OUTPUTS};
 use crate::{CellKind, Dtype};
 
 impl<T: Element> Problem<T> {
@@ -53,6 +53,9 @@ impl<T: Element> Problem<T> {
             dcn: dcn.as_deref(),
         };
         let got: Vec<Vec<f64>> = got.iter().map(|v| up(v)).collect();
+        let (g_f, g_b) = sampled_gains(&inputs);
+        let ln = if self.cfg.layer_norm() { " layer norm" } else { "" };
+        eprintln!("{:?} {:?}{ln}: sampled gains forward {g_f:.3}, backward {g_b:.3}", T::DTYPE, self.cfg.cell());
         let ratios = error_ratios(&got, &want, &half_storage_bounds(&inputs, &want));
         if let Some(i) = (0..7).find(|&i| ratios[i].is_nan() || ratios[i] > 1.0) {
             return Err(format!("{:?}: {} error / bound = {:.3e}: {:?} {:?}", T::DTYPE, OUTPUTS[i], ratios[i], self.cfg, self.shape));
@@ -308,5 +311,59 @@ fn emulated_half_storage_with_options() {
     for (c, cfg) in configs.iter().enumerate() {
         let shape = SeqShape::with_lengths(9, (0..13).map(|b| 1 + (b * 5) % 9).collect()).unwrap();
         check_both(cfg, &shape, 177 + c as u64, 3.0);
+    }
+}
+
+/// Layer-normalised stacks (Haste's LayerNormLSTM and LayerNormGRU) with f16 and bf16 storage:
+/// LSTM and GRU, 2 layers, with projection and both directions, merge by sum with gate clip
+/// and batch-first, peepholes with the coupled gate, reverse-only with recurrent and input
+/// dropout, zoneout; three problems each,
+/// within the derived bounds, whose gains for layer norm are measured on the problem
+/// (`testkit::tolerance::sampled_gains`, above 1 here: a layer norm amplifies a relative error).
+#[test]
+fn emulated_half_storage_with_layer_norm() {
+    let ln = |cell| RnnConfig::new(cell, 11, 23).num_layers(2).layer_norm(true);
+    let configs = [
+        ln(CellKind::Lstm).build().unwrap(),
+        ln(CellKind::Gru).build().unwrap(),
+        ln(CellKind::Lstm).bidirectional(true).proj_size(7).build().unwrap(),
+        ln(CellKind::Gru).bidirectional(true).merge(crate::Merge::Sum).gate_clip(0.7).batch_first(true).build().unwrap(),
+        ln(CellKind::Lstm).peephole(true).gate_clip(1.0).input_forget(true).bias(false).build().unwrap(),
+        ln(CellKind::Gru).direction(crate::Direction::Reverse).recurrent_dropout(0.3).input_dropout(0.2).build().unwrap(),
+        RnnConfig::new(CellKind::Lstm, 19, 26).layer_norm(true).zoneout(0.2).zoneout_cell(0.2).build().unwrap(),
+    ];
+    let mut worst = [[0.0f64; 7]; 2];
+    let mut largest_gain = 0.0f64;
+    for (c, cfg) in configs.iter().enumerate() {
+        for seed in 0..3u64 {
+            let shape = SeqShape::with_lengths(9, (0..13).map(|b| 1 + (b * 5) % 9).collect()).unwrap();
+            let seed = 300 + 10 * c as u64 + seed;
+            let [r16, rbf] = check_both(cfg, &shape, seed, 3.0);
+            for o in 0..7 {
+                worst[0][o] = worst[0][o].max(r16[o]);
+                worst[1][o] = worst[1][o].max(rbf[o]);
+            }
+            let p = Problem::<half::bf16>::new(cfg, &shape, seed, 3.0).to_f64();
+            let inputs = HalfInputs {
+                cfg,
+                shape: &shape,
+                u: Dtype::BF16.unit_roundoff(),
+                params: &p.params,
+                x: &p.x,
+                h0: &p.h0,
+                c0: p.c0.as_deref(),
+                dy: &p.dy,
+                dhn: &p.dhn,
+                dcn: p.dcn.as_deref(),
+            };
+            let (g_f, g_b) = sampled_gains(&inputs);
+            largest_gain = largest_gain.max(g_f).max(g_b);
+        }
+    }
+    // The measured gains are what these bounds rest on; a layer norm's are above 1 on these
+    // problems (the plain cells' premise would not hold).
+    assert!(largest_gain > 1.0, "largest sampled gain {largest_gain}");
+    for (name, w) in [("f16", worst[0]), ("bf16", worst[1])] {
+        eprintln!("layer norm, {name}: worst error / bound per output {OUTPUTS:?}: {:?}", w.map(|r| format!("{r:.4}")));
     }
 }

@@ -614,22 +614,6 @@ fn emulated_persistent_required_names_layer_norm() {
     }
 }
 
-/// With f16 or bf16 storage, a layer-normalised plan is refused with an error naming the option
-/// (not run with untested bounds); f32 and the configurations without layer norm pass.
-#[test]
-fn half_storage_refuses_layer_norm() {
-    use super::super::driver::check_layer_norm_storage;
-    let ln = RnnConfig::new(CellKind::Gru, 3, 4).layer_norm(true).build().unwrap();
-    let plain = RnnConfig::new(CellKind::Gru, 3, 4).build().unwrap();
-    for ty in [Dtype::F16, Dtype::BF16] {
-        let e = check_layer_norm_storage("cuda:0", &ln, ty).unwrap_err();
-        assert!(matches!(&e, Error::Unsupported { option, .. } if option == "layer_norm"), "{e:?}");
-        assert!(e.to_string().contains(&format!("{ty:?}")), "{e}");
-        check_layer_norm_storage("cuda:0", &plain, ty).unwrap();
-    }
-    check_layer_norm_storage("cuda:0", &ln, Dtype::F32).unwrap();
-}
-
 /// The forward layer wavefront normalises each chunk's input rows in its projection: with
 /// chunks of 3 steps (not dividing T = 8) a layer-normalised stack gives the layer-by-layer
 /// order's outputs, saved activations and gradients bit for bit (the emulation's GEMMs compute
