@@ -4,7 +4,9 @@
 // where its mask hits (a training pass) or becomes the expectation z·prev + (1-z)·new
 // (inference). Unit u of row b at step t is hit when word u % 4 of Philox 4x32-10 of the counter
 // [u / 4, b, t, tag] under the call's key (key0, key1) is below `bound` (round(z·2³²)), t the
-// time index of the step, tag the site's (layer, direction, kind ZoneoutH or ZoneoutC).
+// sequence's step (`mask_step`: the call's time index `step` plus the first step of a stream
+// that continues a sequence, MaskStream::from_step), tag the site's (layer, direction, kind
+// ZoneoutH or ZoneoutC).
 //
 // - zoneout_forward_*: state [B, W] holds the cell's new state on entry and the zoned one on
 //   exit; prev [B, W] is the state before the step. Also writes the zoned h into the layer
@@ -25,16 +27,17 @@
 #include "common.cuh"
 #include "philox.cuh"
 
-#define ZONEOUT_FORWARD(NAME, T)                                                                                                    \
-    extern "C" __global__ void NAME(int batch, int width, int step, const int* __restrict__ lengths, int key0, int key1, int tag,  \
-                                    long long bound, int training, float z, float keep, const T* __restrict__ prev /* [B, W] */,   \
-                                    T* __restrict__ state /* [B, W] */, T* __restrict__ y /* [B, y_stride] or null */,              \
-                                    int y_stride, T* __restrict__ save_new /* [B, W] or null */) {                                  \
+#define ZONEOUT_FORWARD(NAME, T)                                                                                                   \
+    extern "C" __global__ void NAME(int batch, int width, int step, int mask_step, const int* __restrict__ lengths, int key0,      \
+                                    int key1, int tag, long long bound, int training, float z, float keep,                         \
+                                    const T* __restrict__ prev /* [B, W] */, T* __restrict__ state /* [B, W] */,                   \
+                                    T* __restrict__ y /* [B, y_stride] or null */,                                                 \
+                                    int y_stride, T* __restrict__ save_new /* [B, W] or null */) {                                 \
         const long long groups = (width + 3) / 4;                                                                                  \
         FOR_EACH_ELEMENT(e, (long long)batch * groups) {                                                                           \
             const long long g = e % groups, b = e / groups;                                                                        \
             if (!row_active(lengths, (int)b, step)) continue;                                                                      \
-            unsigned int w[4] = {(unsigned int)g, (unsigned int)b, (unsigned int)step, (unsigned int)tag};                         \
+            unsigned int w[4] = {(unsigned int)g, (unsigned int)b, (unsigned int)mask_step, (unsigned int)tag};                    \
             if (training) rnnk_philox4x32_10(w, (unsigned int)key0, (unsigned int)key1);                                           \
             for (int j = 0; j < 4; ++j) {                                                                                          \
                 const long long u = 4 * g + j;                                                                                     \
@@ -55,14 +58,14 @@ ZONEOUT_FORWARD(zoneout_forward_f16, rnnk_f16)
 ZONEOUT_FORWARD(zoneout_forward_bf16, rnnk_bf16)
 
 #define ZONEOUT_SPLIT(NAME, T)                                                                                                     \
-    extern "C" __global__ void NAME(int batch, int width, int step, const int* __restrict__ lengths, int key0, int key1, int tag,  \
-                                    long long bound, const T* __restrict__ dy /* [B, dy_stride] or null */, int dy_stride,         \
-                                    float* __restrict__ grad /* [B, W] */, float* __restrict__ kept /* [B, W] */) {                 \
+    extern "C" __global__ void NAME(int batch, int width, int step, int mask_step, const int* __restrict__ lengths, int key0,      \
+                                    int key1, int tag, long long bound, const T* __restrict__ dy /* [B, dy_stride] or null */,     \
+                                    int dy_stride, float* __restrict__ grad /* [B, W] */, float* __restrict__ kept /* [B, W] */) { \
         const long long groups = (width + 3) / 4;                                                                                  \
         FOR_EACH_ELEMENT(e, (long long)batch * groups) {                                                                           \
             const long long g = e % groups, b = e / groups;                                                                        \
             const bool active = row_active(lengths, (int)b, step);                                                                 \
-            unsigned int w[4] = {(unsigned int)g, (unsigned int)b, (unsigned int)step, (unsigned int)tag};                         \
+            unsigned int w[4] = {(unsigned int)g, (unsigned int)b, (unsigned int)mask_step, (unsigned int)tag};                    \
             if (active) rnnk_philox4x32_10(w, (unsigned int)key0, (unsigned int)key1);                                             \
             for (int j = 0; j < 4; ++j) {                                                                                          \
                 const long long u = 4 * g + j;                                                                                     \

@@ -144,8 +144,8 @@ impl MaskStream {
     /// `first + t`, so that the steps of a sequence run one call at a time get the masks of one
     /// call over the whole sequence. The per-sequence masks (recurrent and input dropout) are
     /// the same at every step and do not move. A step past `2³² - 1` is an error naming
-    /// `first`. The CUDA backend refuses a stream that does not start at step 0 (its kernels
-    /// number the steps from the call's first).
+    /// `first` (on the CUDA backend, a call whose steps reach `2³¹` is an error naming `masks`:
+    /// its kernels take the step as a signed 32-bit integer).
     pub fn from_step(&self, first: usize) -> Result<Self> {
         let first = u32::try_from(first).map_err(|_| Error::invalid("first", "a step below 2^32", first))?;
         Ok(MaskStream { first_step: first, ..self.clone() })

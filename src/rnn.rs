@@ -404,9 +404,8 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
     /// parameters' gradients are summed in f32 and rounded once.
     ///
     /// For a forward (unidirectional) stack: a bidirectional or reverse-only one is an error
-    /// naming `direction`. The CUDA backend refuses the training steps after the first of a
-    /// stack with dropout between layers or zoneout (its kernels number the per-step masks
-    /// from a call's first step; an error naming `masks`).
+    /// naming `direction`. The CUDA backend draws the masks on the device (a stream of
+    /// supplied masks is refused there, naming `masks`).
     pub fn start_steps(
         &self,
         batch: usize,

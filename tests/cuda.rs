@@ -90,7 +90,8 @@ mod with_feature {
         rnn.forward_training_masked(&shape, &x, None, None, stream, &mut reserve).unwrap();
     }
 
-    /// A decoder's steps on the device (teacher forcing through `Rnn::step`): the backward walks
+    /// A decoder's steps on the device (teacher forcing through `Rnn::step`, with dropout
+    /// between layers and zoneout too, whose masks continue the sequence's): the backward walks
     /// them with the parameters' gradients deferred (`backward_step_deferred` answers true) and
     /// computes those once over all the steps; every output and gradient is the whole call's
     /// within the parity tolerances (cuBLAS may choose other algorithms for one step's rows).
@@ -104,6 +105,8 @@ mod with_feature {
             RnnConfig::new(CellKind::Gru, 6, 9).num_layers(2).recurrent_dropout(0.3).build().unwrap(),
             RnnConfig::new(CellKind::Gru, 6, 9).linear_before_reset(false).build().unwrap(),
             RnnConfig::new(CellKind::RnnTanh, 6, 9).num_layers(3).bias(false).build().unwrap(),
+            // The per-step masks of a step continue the sequence's (MaskStream::from_step).
+            RnnConfig::new(CellKind::Lstm, 6, 9).num_layers(2).dropout(0.3).zoneout(0.2).zoneout_cell(0.2).build().unwrap(),
         ];
         let (t, b) = (6, 5);
         let shape = SeqShape::new(t, b).unwrap();

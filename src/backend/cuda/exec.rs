@@ -297,7 +297,9 @@ impl<'a> Exec<'a> {
         let fits = |n: usize, what: &str| i32::try_from(n).map_err(|_| crate::Error::invalid(what, "below 2^31", n));
         let [key0, key1] = dropout.drawn().key();
         let args = DropoutArgs {
-            first_step: fits(steps.start, "first step")?,
+            // The sequence's step: a stream continuing a sequence (MaskStream::from_step)
+            // numbers the call's steps from its first.
+            first_step: fits(steps.start + dropout.drawn().first_step(), "first step")?,
             steps: fits(steps.len(), "steps")?,
             batch: fits(batch, "batch")?,
             width: fits(width, "width")?,

@@ -177,15 +177,16 @@ macro_rules! registry {
                 VariationalDropout: dropout, grid_stride [f32 variational_dropout_f32, f16 variational_dropout_f16, bf16 variational_dropout_bf16];
             }
             /// Zoneout after a step (kernels/zoneout.cu): `state` (`[B, W]`) becomes `prev` where the
-            /// mask of the key, tag and step hits (`training` 1) or `z·prev + keep·state` (0), also
+            /// mask of the key, tag and `mask_step` (the sequence's step: `step` plus a continuing
+            /// stream's first) hits (`training` 1) or `z·prev + keep·state` (0), also
             /// written to `y` (or null); the cell's own state saved to `save_new` first (or null).
-            ZoneoutForwardArgs(batch: i32, width: i32, step: i32, lengths: u64, key0: i32, key1: i32, tag: i32, bound: i64,
+            ZoneoutForwardArgs(batch: i32, width: i32, step: i32, mask_step: i32, lengths: u64, key0: i32, key1: i32, tag: i32, bound: i64,
                 training: i32, z: f32, keep: f32, prev: u64, state: u64, y: u64, y_stride: i32, save_new: u64) {
                 ZoneoutForward: zoneout, grid_stride [f32 zoneout_forward_f32, f16 zoneout_forward_f16, bf16 zoneout_forward_bf16];
             }
             /// Zoneout's backward before a step: `grad` (f32 `[B, W]`, plus `dy` or null) split into
             /// the hit units' part (`kept`, f32) and the cell's (left in `grad`).
-            ZoneoutSplitArgs(batch: i32, width: i32, step: i32, lengths: u64, key0: i32, key1: i32, tag: i32, bound: i64,
+            ZoneoutSplitArgs(batch: i32, width: i32, step: i32, mask_step: i32, lengths: u64, key0: i32, key1: i32, tag: i32, bound: i64,
                 dy: u64, dy_stride: i32, grad: u64, kept: u64) {
                 ZoneoutSplit: zoneout, grid_stride [f32 zoneout_split_f32, f16 zoneout_split_f16, bf16 zoneout_split_bf16];
             }

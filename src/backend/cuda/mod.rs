@@ -364,18 +364,6 @@ impl Cuda {
                     .into(),
             });
         }
-        if (dropout.is_some() || zoneout.is_some()) && masks.is_some_and(|m| m.first_step() != 0) {
-            return Err(Error::Unsupported {
-                backend: self.dev.name.clone(),
-                option: "masks".into(),
-                reason: format!(
-                    "a stream continuing a sequence at step {} (MaskStream::from_step, a decoder's training steps): the CUDA \
-                     kernels number the per-step masks of dropout between layers and zoneout from the call's first step; \
-                     run such steps on the reference or CPU backend",
-                    masks.map_or(0, |m| m.first_step())
-                ),
-            });
-        }
         // Until this call has filled it, the reserve is not usable.
         r.stamp = ReserveStamp::default();
         r.dropout = dropout;

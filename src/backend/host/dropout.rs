@@ -48,6 +48,12 @@ impl Drawn {
         self.stream.key()
     }
 
+    /// The sequence's step of the call's step 0 (`MaskStream::first_step`).
+    #[cfg(feature = "cuda")]
+    pub fn first_step(&self) -> usize {
+        self.stream.first_step()
+    }
+
     /// The words below this drop their unit (`round(p·2³²)`).
     #[cfg(feature = "cuda")]
     pub fn bound(&self) -> u64 {

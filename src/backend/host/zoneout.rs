@@ -126,6 +126,12 @@ impl Zoneout {
         self.masks.as_ref().map(MaskStream::key)
     }
 
+    /// The sequence's step of the call's step 0 ([`MaskStream::first_step`]; 0 in inference).
+    #[cfg(feature = "cuda")]
+    pub fn first_step(&self) -> usize {
+        self.masks.as_ref().map_or(0, MaskStream::first_step)
+    }
+
     fn rate(&self, state: State) -> Option<Rate> {
         match state {
             State::H => self.h,

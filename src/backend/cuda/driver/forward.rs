@@ -105,6 +105,23 @@ pub(super) struct DirForward {
 
 /// The whole forward pass. Buffers have been validated against the configuration and `shape`;
 /// with `save`, the activations backward needs are kept in it.
+/// A stream continuing a sequence (`MaskStream::from_step`, a decoder's training steps): the
+/// per-step masks' kernels (dropout between layers, zoneout) take the sequence's step as a
+/// signed 32-bit integer, so a call whose steps reach 2^31 is an error naming `masks`, before
+/// any work.
+fn check_mask_steps(r: &CudaReserve, shape: &SeqShape) -> Result<()> {
+    let first = r.dropout.as_ref().map(|d| d.drawn().first_step()).or(r.zoneout.as_ref().map(|z| z.first_step())).unwrap_or(0);
+    let last = first as u64 + shape.steps() as u64;
+    if first > 0 && last > i32::MAX as u64 {
+        return Err(crate::Error::invalid(
+            "masks",
+            "on the CUDA backend, a stream whose steps stay below 2^31 (MaskStream::from_step)",
+            format!("steps {first} to {}", last - 1),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn forward(
     exec: &Exec<'_>,
     weights: Weights<'_>,
@@ -114,6 +131,9 @@ pub(crate) fn forward(
 ) -> Result<()> {
     let cfg = weights.config();
     check_sizes(cfg, shape)?;
+    if let Some(r) = save.as_deref() {
+        check_mask_steps(r, shape)?;
+    }
     let mut temps = Temps::new(exec);
     // Batch-first: x [B, T, I] in, y [B, T, ·] out, through time-major temporaries (the reserve
     // keeps the time-major x, as it keeps a copy of x anyway).

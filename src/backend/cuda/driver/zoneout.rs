@@ -38,11 +38,13 @@ fn fits(n: usize, what: &str) -> Result<i32> {
     i32::try_from(n).map_err(|_| Error::invalid(what, "below 2^31", n))
 }
 
-/// The kernels' arguments common to both passes for `state`: its sizes, step, key, tag and bound.
+/// The kernels' arguments common to both passes for `state`: its sizes, step (the call's and
+/// the sequence's, which draws the masks), key, tag and bound.
 struct Common {
     batch: i32,
     width: i32,
     step: i32,
+    mask_step: i32,
     key: [u32; 2],
     tag: u32,
     bound: i64,
@@ -56,6 +58,7 @@ impl Common {
             batch: fits(dims.b, "batch")?,
             width: fits(width, "width")?,
             step: fits(t, "step")?,
+            mask_step: fits(t + z.first_step(), "the sequence's step (MaskStream::from_step)")?,
             key: z.key().unwrap_or([0, 0]),
             tag: sites.tag(state),
             bound: rate.bound as i64,
@@ -113,6 +116,7 @@ impl ZoneForward {
                 batch: c.batch,
                 width: c.width,
                 step: c.step,
+                mask_step: c.mask_step,
                 lengths: s.lens,
                 key0: c.key[0] as i32,
                 key1: c.key[1] as i32,
@@ -186,6 +190,7 @@ impl ZoneBackward {
                 batch: c.batch,
                 width: c.width,
                 step: c.step,
+                mask_step: c.mask_step,
                 lengths: lens,
                 key0: c.key[0] as i32,
                 key1: c.key[1] as i32,

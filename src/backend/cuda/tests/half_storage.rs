@@ -259,6 +259,7 @@ fn emulated_half_storage_exact_on_integer_problems() {
                 let t = |v: &[f64]| v.iter().map(|&a| T::from_f64(a)).collect::<Vec<T>>();
                 let p = Problem::<T> {
                     layout: ParamLayout::new(cfg),
+                    stream: None,
                     p: crate::testkit::Problem {
                         cfg: cfg.clone(),
                         shape: shape.clone(),

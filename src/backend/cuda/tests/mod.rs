@@ -105,6 +105,9 @@ impl WithPaths for Exec<'_> {
 struct Problem<T> {
     p: crate::testkit::Problem<T>,
     layout: ParamLayout,
+    /// The masks of its training passes when not the testkit problem's
+    /// ([`masks`](Problem::masks)).
+    stream: Option<crate::masks::MaskStream>,
 }
 
 impl<T> std::ops::Deref for Problem<T> {
@@ -120,7 +123,19 @@ type ForwardOut<T> = [Vec<T>; 3];
 impl<T: Element> Problem<T> {
     /// The testkit's problem (`crate::testkit::Problem::new`).
     fn new(cfg: &RnnConfig, shape: &SeqShape, seed: u64, x_range: f64) -> Self {
-        Problem { p: crate::testkit::Problem::new(cfg, shape, seed, x_range), layout: ParamLayout::new(cfg) }
+        Problem { p: crate::testkit::Problem::new(cfg, shape, seed, x_range), layout: ParamLayout::new(cfg), stream: None }
+    }
+
+    /// The masks of the problem's training passes: the testkit problem's, or those set by
+    /// [`with_masks`](Self::with_masks).
+    fn masks(&self) -> crate::masks::MaskStream {
+        self.stream.clone().unwrap_or_else(|| self.p.masks())
+    }
+
+    /// The same problem trained with `masks`.
+    fn with_masks(mut self, masks: crate::masks::MaskStream) -> Self {
+        self.stream = Some(masks);
+        self
     }
 
     fn weights(&self) -> Weights<'_> {

@@ -324,3 +324,82 @@ fn plan_takes_every_regulariser() {
     let taken = base().dropout(0.3).recurrent_dropout(0.2).input_dropout(0.2).zoneout(0.1).zoneout_cell(0.1).build().unwrap();
     crate::backend::check_options("cuda", &taken, super::super::OPTIONS).unwrap();
 }
+
+/// A decoder's training steps continue a sequence's masks (`MaskStream::from_step`): dropout
+/// between layers and zoneout of `h` and `c` drawn by the kernels at the sequence's step. A call
+/// over steps `k..T` with the stream continued at `k` matches the reference's call with the
+/// same stream (outputs and every gradient, Accumulate), differs from one with the stream
+/// started at 0 (the offset is used), and its outputs are the last `T - k` steps of one call
+/// over the whole sequence from the state at `k` (bit for bit the reference's split; here within
+/// the f32 tolerances).
+#[test]
+fn emulated_steps_continue_the_sequences_masks() {
+    use crate::backend::Reference;
+    use crate::Rnn;
+    let configs = [
+        RnnConfig::new(CellKind::Lstm, 11, 23).num_layers(3).dropout(0.3).zoneout(0.2).zoneout_cell(0.3).proj_size(7).build().unwrap(),
+        RnnConfig::new(CellKind::Gru, 9, 17).num_layers(2).dropout(0.4).zoneout(0.3).build().unwrap(),
+        RnnConfig::new(CellKind::RnnTanh, 6, 13).num_layers(2).dropout(0.5).build().unwrap(),
+    ];
+    for (c, cfg) in configs.iter().enumerate() {
+        let (t, k, b) = (7usize, 3usize, 5usize);
+        let whole = SeqShape::new(t, b).unwrap();
+        let tail = SeqShape::new(t - k, b).unwrap();
+        let stream = crate::masks::MaskStream::new(41 + c as u64, 2);
+        let full = Problem::<f32>::new(cfg, &whole, 500 + c as u64, 2.0).to_f64();
+        let rnn = Rnn::new(Reference, cfg, &full.params[..]).unwrap();
+        // The reference: the whole sequence in one call, and its first k steps (the state at k).
+        let mut r = Default::default();
+        let all = rnn.forward_training_masked(&whole, &full.x, Some(&full.h0), full.c0.as_deref(), stream.clone(), &mut r).unwrap();
+        let head = SeqShape::new(k, b).unwrap();
+        let xk = |x: &[f64]| x[..k * b * cfg.input_size()].to_vec();
+        let first = rnn.forward_training_masked(&head, &xk(&full.x), Some(&full.h0), full.c0.as_deref(), stream.clone(), &mut r).unwrap();
+        // The tail problem: steps k.. of x, from the state at k, with the stream continued at k.
+        let mut p = Problem::<f32>::new(cfg, &tail, 600 + c as u64, 2.0);
+        p.p.params = full.params.iter().map(|&v| v as f32).collect();
+        p.p.x = full.x[k * b * cfg.input_size()..].iter().map(|&v| v as f32).collect();
+        p.p.h0 = first.hn.iter().map(|&v| v as f32).collect();
+        p.p.c0 = first.cn.as_ref().map(|c| c.iter().map(|&v| v as f32).collect());
+        let continued = stream.from_step(k).unwrap();
+        let p = p.with_masks(continued.clone());
+        let emulation = Emulation::default();
+        let exec = emulation.exec();
+        let (got, acc) = p.run_on(&exec, &exec);
+        // The reference's call over the tail with the same stream.
+        let q = p.to_f64();
+        let mut reserve = Default::default();
+        let o = rnn.forward_training_masked(&tail, &q.x, Some(&q.h0), q.c0.as_deref(), continued, &mut reserve).unwrap();
+        let g = rnn.backward(&reserve, Some(&q.dy), Some(&q.dhn), q.dcn.as_deref()).unwrap();
+        let want =
+            [o.y.clone(), o.hn.clone(), o.cn.clone().unwrap_or_default(), g.dx, g.dh0, g.dc0.unwrap_or_default(), g.dparams.unwrap()];
+        for (i, name) in ["y", "hn", "cn", "dx", "dh0", "dc0", "dparams"].iter().enumerate() {
+            let err = max_error(&up(&got[i]), &want[i]);
+            let tol = if i < 3 { 1e-5 } else { 1e-4 };
+            assert!(err <= tol, "{cfg:?}: {name} error {err:.3e} > {tol:e}");
+        }
+        let twice: Vec<f32> = got[6].iter().map(|g| 2.0 * g).collect();
+        assert!(max_error(&acc, &twice) <= 1e-6, "{cfg:?}: Accumulate");
+        // The tail's outputs are the last steps of the whole call (from the same state).
+        let tail_of_all = &all.y[k * b * cfg.output_size()..];
+        assert!(max_error(&up(&got[0]), tail_of_all) <= 1e-5, "{cfg:?}: the tail is not the whole call's last steps");
+        // The stream started at 0 instead draws other masks.
+        let restarted = Problem::<f32> { stream: Some(stream.clone()), ..p };
+        let (other, _) = restarted.run_on(&exec, &exec);
+        assert!(max_error(&up(&other[0]), tail_of_all) > 1e-3, "{cfg:?}: the stream's first step changed nothing");
+    }
+}
+
+/// A continued stream whose steps reach 2^31 is an error naming `masks` before any work (the
+/// kernels take the step as a signed 32-bit integer).
+#[test]
+fn emulated_continued_stream_checks_its_steps() {
+    let cfg = RnnConfig::new(CellKind::Gru, 3, 4).zoneout(0.3).build().unwrap();
+    let shape = SeqShape::new(2, 2).unwrap();
+    let p = Problem::<f32>::new(&cfg, &shape, 1, 1.0).with_masks(crate::masks::MaskStream::new(1, 0).from_step((1 << 31) - 1).unwrap());
+    let mut reserve = CudaReserve::default();
+    reserve.zoneout = crate::backend::host::zoneout::Zoneout::for_pass(&cfg, &shape, true, Some(&p.masks())).unwrap();
+    let mut y = nans::<f32>(p.dy.len());
+    let io = ForwardViews { x: view(&p.x), h0: None, c0: None, y: view_mut(&mut y), hn: None, cn: None };
+    let e = forward(&Emulation::default().exec(), p.weights(), &shape, io, Some(&mut reserve)).unwrap_err();
+    assert!(matches!(&e, Error::InvalidArgument { .. }) && e.to_string().contains("MaskStream::from_step"), "{e}");
+}
