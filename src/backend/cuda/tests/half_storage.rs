@@ -393,9 +393,12 @@ fn emulated_half_storage_with_layer_norm() {
 /// or doubled moves it by far more.
 const LN_DPARAMS_UNITS: f64 = 8.0;
 
-/// The bounds, the f64 reference's outputs, the emulated 16-bit outputs (as f64) and the
-/// sampled gains of one layer-normalised problem.
-fn ln_case<T: Element>(cfg: &RnnConfig, shape: &SeqShape, seed: u64) -> ([f64; 7], Vec<Vec<f64>>, Vec<Vec<f64>>, (f64, f64)) {
+/// One layer-normalised problem: the bounds, the f64 reference's outputs, the emulated 16-bit
+/// outputs (as f64) and the sampled gains.
+type LnCase = ([f64; 7], Vec<Vec<f64>>, Vec<Vec<f64>>, (f64, f64));
+
+/// [`LnCase`] of the problem of `cfg`, `shape`, `seed` in `T`.
+fn ln_case<T: Element>(cfg: &RnnConfig, shape: &SeqShape, seed: u64) -> LnCase {
     let p = Problem::<T>::new(cfg, shape, seed, 1.0);
     let got: Vec<Vec<f64>> = p.run_storage().iter().map(|v| up(v)).collect();
     let want = p.run_reference();
