@@ -5,7 +5,7 @@
 //! gradient with the metric of the format, `max_i |a_i - b_i| / max(1, |b_i|)`. A case
 //! without upstream and expected gradients is forward-only ([`Case::forward_only`]): only its
 //! `y`, `hn`, `cn` are compared. A case whose metadata sets a cell option the backend does not
-//! implement fails with [`Error::Unsupported`](crate::Error::Unsupported) naming it (from the
+//! implement fails with [`Error::Unsupported`] naming it (from the
 //! backend's `plan`), never run as the plain cell.
 
 use crate::backend::{Backend, BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode};

@@ -152,7 +152,7 @@ pub fn half_storage_bounds(p: &HalfInputs<'_>, want: &[Vec<f64>]) -> [f64; 7] {
 }
 
 /// The problem's first-order gains `(g_f, g_b)`, measured on the f64 reference (with the
-/// masks of [`Problem`](super::Problem), [`problem_masks`]) in 8 random directions:
+/// masks every [`Problem`](super::Problem) trains with) in 8 random directions:
 ///
 /// - `g_f`: `max |Δ(y, hn, cn)| / max |δ|` for a relative perturbation `δ = ε·s⊙v` (`s` random
 ///   signs, `ε = 2^-20`) of all of `x`, `h0`, `c0`, by a central difference: how much an error
