@@ -94,18 +94,7 @@ where
 /// Error / bound of each output against the f64 reference on the same 16-bit values.
 fn ratios<T: Element>(p: &Problem<T>, got: &[Vec<f64>]) -> [f64; 7] {
     let q = p.to_f64();
-    let inputs = HalfInputs {
-        cfg: &q.cfg,
-        shape: &q.shape,
-        u: T::DTYPE.unit_roundoff(),
-        params: &q.params,
-        x: &q.x,
-        h0: &q.h0,
-        c0: q.c0.as_deref(),
-        dy: &q.dy,
-        dhn: &q.dhn,
-        dcn: q.dcn.as_deref(),
-    };
+    let inputs = HalfInputs::of(&q, T::DTYPE.unit_roundoff());
     let want = p.run_reference();
     error_ratios(got, &want, &half_storage_bounds(&inputs, &want))
 }

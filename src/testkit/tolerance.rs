@@ -72,6 +72,25 @@ pub struct HalfInputs<'a> {
     pub dcn: Option<&'a [f64]>,
 }
 
+impl<'a> HalfInputs<'a> {
+    /// A problem's values (already of the 16-bit type, widened to f64) with the storage type's
+    /// unit roundoff `u`.
+    pub fn of(p: &'a super::Problem<f64>, u: f64) -> Self {
+        HalfInputs {
+            cfg: &p.cfg,
+            shape: &p.shape,
+            u,
+            params: &p.params,
+            x: &p.x,
+            h0: &p.h0,
+            c0: p.c0.as_deref(),
+            dy: &p.dy,
+            dhn: &p.dhn,
+            dcn: p.dcn.as_deref(),
+        }
+    }
+}
+
 /// The bound on `|16-bit result - reference|` (absolute, per element) of each output, in the
 /// order of [`OUTPUTS`]; `want` is the reference's `[y, hn, cn, dx, dh0, dc0, dparams]` on the
 /// same inputs (`cn`, `dc0` empty for cells without a cell state).

@@ -403,17 +403,6 @@ fn ln_case<T: Element>(cfg: &RnnConfig, shape: &SeqShape, seed: u64) -> LnCase {
     let got: Vec<Vec<f64>> = p.run_storage().iter().map(|v| up(v)).collect();
     let want = p.run_reference();
     let q = p.to_f64();
-    let inputs = HalfInputs {
-        cfg,
-        shape,
-        u: T::DTYPE.unit_roundoff(),
-        params: &q.params,
-        x: &q.x,
-        h0: &q.h0,
-        c0: q.c0.as_deref(),
-        dy: &q.dy,
-        dhn: &q.dhn,
-        dcn: q.dcn.as_deref(),
-    };
+    let inputs = HalfInputs::of(&q, T::DTYPE.unit_roundoff());
     (half_storage_bounds(&inputs, &want), want, got, sampled_gains(&inputs))
 }
