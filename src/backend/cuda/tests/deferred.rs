@@ -134,13 +134,16 @@ fn deferred_steps_give_the_whole_calls_bits() {
     }
 }
 
-/// 16-bit storage (layer norm included, whose bounds take the problem's sampled gains). The steps hand their states over in the
-/// storage type, rounding what the whole call keeps in f32 (an LSTM's `c`, the carried `dh`),
-/// so they are not the whole call's bits: every output and gradient within the derived 16-bit
-/// bounds of the f64 reference's whole call, and Accumulate adding in f32 and rounding once.
+/// 16-bit storage, without layer norm: its bf16 bounds, which take the problem's sampled gains,
+/// are about the gradients' own size on these problems, so would pass any result (half_storage.rs
+/// checks the layer-normalised 16-bit path where its bounds hold). The steps hand their states
+/// over in the storage type, rounding what the whole call keeps in f32 (an LSTM's `c`, the
+/// carried `dh`), so they are not the whole call's bits: every output and gradient within the
+/// derived 16-bit bounds of the f64 reference's whole call, and Accumulate adding in f32 and
+/// rounding once.
 #[test]
 fn deferred_steps_with_bf16_storage_are_within_the_derived_bounds() {
-    for (i, (name, cfg)) in decoders().into_iter().enumerate() {
+    for (i, (name, cfg)) in decoders().into_iter().filter(|(_, c)| !c.layer_norm()).enumerate() {
         let p = Problem::<bf16>::new(&cfg, &SeqShape::new(3, 4).unwrap(), 90 + i as u64, 1.0);
         let emulation = Emulation::default();
         let (fwd, (grads, twice)) = p.stepped_on(&emulation.exec().with_storage(crate::element::Dtype::BF16));
