@@ -644,9 +644,10 @@ mod with_feature {
             (RnnConfig::new(CellKind::Gru, 7, 37).num_layers(2).build().unwrap(), 6, 2),
             (RnnConfig::new(CellKind::Gru, 30, 41).num_layers(2).bidirectional(true).linear_before_reset(false).build().unwrap(), 9, 13),
             (RnnConfig::new(CellKind::Lstm, 256, 256).num_layers(2).build().unwrap(), 12, 64),
-            // Layer norm (the bounds take the problem's measured gains).
-            (RnnConfig::new(CellKind::Lstm, 19, 26).num_layers(2).bidirectional(true).layer_norm(true).build().unwrap(), 9, 13),
-            (RnnConfig::new(CellKind::Gru, 30, 41).num_layers(2).layer_norm(true).build().unwrap(), 9, 13),
+            // Layer norm (the bounds take the problem's measured gains; short sequences, where
+            // they stay below the values they bound, which `check` asserts).
+            (RnnConfig::new(CellKind::Lstm, 11, 23).layer_norm(true).build().unwrap(), 2, 5),
+            (RnnConfig::new(CellKind::Gru, 11, 23).bidirectional(true).layer_norm(true).build().unwrap(), 2, 5),
         ];
         let mut worst = [[0.0f64; 7]; 2];
         for (k, (cfg, t, b)) in configs.iter().enumerate() {
@@ -761,9 +762,26 @@ mod with_feature {
                 g.dc0.as_deref().map(up).unwrap_or_default(),
                 up(&dp),
             ];
-            let ratios = error_ratios(&got, &want, &half_storage_bounds(&inputs, &want));
+            let bounds = half_storage_bounds(&inputs, &want);
+            let ratios = error_ratios(&got, &want, &bounds);
             for (i, r) in ratios.iter().enumerate() {
                 assert!(*r <= 1.0, "{:?} {}: error / bound = {r:.3e} ({cfg:?}, {shape:?})", T::DTYPE, OUTPUTS[i]);
+            }
+            // Layer norm's bounds take the problem's gains and grow fast with the steps: the
+            // test's problems are short enough that they stay below half of what they bound
+            // (forward; the backward too in f16), else they would pass any result.
+            if cfg.layer_norm() {
+                let checked = if T::DTYPE == rnn_kernels::Dtype::F16 { 6 } else { 3 };
+                for o in (0..checked).filter(|&o| !want[o].is_empty()) {
+                    let m = want[o].iter().fold(0.0f64, |m, a| m.max(a.abs()));
+                    assert!(
+                        bounds[o] <= 0.5 * m,
+                        "{:?} {}: bound {:.3e} not below half of {m:.3e} ({cfg:?})",
+                        T::DTYPE,
+                        OUTPUTS[o],
+                        bounds[o]
+                    );
+                }
             }
             ratios
         }
