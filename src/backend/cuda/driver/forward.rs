@@ -103,8 +103,6 @@ pub(super) struct DirForward {
     zone: Option<ZoneForward>,
 }
 
-/// The whole forward pass. Buffers have been validated against the configuration and `shape`;
-/// with `save`, the activations backward needs are kept in it.
 /// A stream continuing a sequence (`MaskStream::from_step`, a decoder's training steps): the
 /// per-step masks' kernels (dropout between layers, zoneout) take the sequence's step as a
 /// signed 32-bit integer, so a call whose steps reach 2^31 is an error naming `masks`, before
@@ -122,6 +120,8 @@ fn check_mask_steps(r: &CudaReserve, shape: &SeqShape) -> Result<()> {
     Ok(())
 }
 
+/// The whole forward pass. Buffers have been validated against the configuration and `shape`;
+/// with `save`, the activations backward needs are kept in it.
 pub(crate) fn forward(
     exec: &Exec<'_>,
     weights: Weights<'_>,
