@@ -38,20 +38,8 @@ impl<T: Element> Problem<T> {
     /// derived bounds; returns the error / bound ratio of each.
     pub(super) fn within_bounds(&self, got: &[Vec<T>]) -> std::result::Result<[f64; 7], String> {
         let want = self.run_reference();
-        let (params, x, h0, dy, dhn) = (up(&self.params), up(&self.x), up(&self.h0), up(&self.dy), up(&self.dhn));
-        let (c0, dcn) = (self.c0.as_deref().map(up), self.dcn.as_deref().map(up));
-        let inputs = HalfInputs {
-            cfg: &self.cfg,
-            shape: &self.shape,
-            u: T::DTYPE.unit_roundoff(),
-            params: &params,
-            x: &x,
-            h0: &h0,
-            c0: c0.as_deref(),
-            dy: &dy,
-            dhn: &dhn,
-            dcn: dcn.as_deref(),
-        };
+        let q = self.to_f64();
+        let inputs = HalfInputs::of(&q, T::DTYPE.unit_roundoff());
         let got: Vec<Vec<f64>> = got.iter().map(|v| up(v)).collect();
         let (g_f, g_b) = sampled_gains(&inputs);
         let ln = if self.cfg.layer_norm() { " layer norm" } else { "" };
