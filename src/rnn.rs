@@ -559,10 +559,11 @@ impl<T: Element, B: Backend<T, Buf = [T]>> Rnn<T, B> {
 impl<T: Element, B: Backend<T, Buf = [T]>> BackwardSteps<'_, T, B> {
     /// Walks back through the next step (the last one first) with `dy: [B, Hout]`, the gradient
     /// w.r.t. that step's output (zeros when not given), and returns `dx: [B, I]`, w.r.t. its
-    /// input. Walking step 0 (the last walked) also computes the parameters' gradients (see
-    /// [`Rnn::start_steps`]); after it, a step is an error. `rnn` is the model the steps ran
-    /// on.
-    pub fn step(&mut self, rnn: &Rnn<T, B>, dy: Option<&[T]>) -> Result<Vec<T>> {
+    /// input (the walk keeps it for [`finish`](Self::finish): the slice is that copy, so a
+    /// caller copies it where it wants it, once). Walking step 0 (the last walked) also computes
+    /// the parameters' gradients (see [`Rnn::start_steps`]); after it, a step is an error. `rnn`
+    /// is the model the steps ran on.
+    pub fn step(&mut self, rnn: &Rnn<T, B>, dy: Option<&[T]>) -> Result<&[T]> {
         let Some(t) = self.next.checked_sub(1) else {
             return Err(Error::invalid("step", "a step not yet walked back", "every step walked back already"));
         };
@@ -590,8 +591,8 @@ impl<T: Element, B: Backend<T, Buf = [T]>> BackwardSteps<'_, T, B> {
             self.dc = Some(dc);
         }
         self.next = t;
-        self.dx.push(g.dx.clone());
-        Ok(g.dx)
+        self.dx.push(g.dx);
+        Ok(self.dx.last().map_or(&[], Vec::as_slice))
     }
 
     /// The gradients of the whole run once every step was walked back: `dx: [T, B, I]` (every

@@ -5,9 +5,10 @@
 //!
 //! A run (`rnnk_steps`) belongs to the model that started it and holds its state (and, in
 //! training, each step's record) behind an `Arc`; a backward walk (`rnnk_steps_backward`) holds
-//! a second reference to the same run and borrows from it. While a walk lives, the run cannot
-//! take a step (`Arc::get_mut` refuses), so what the walk borrows never changes; freeing the run
-//! first is allowed (the walk keeps it alive).
+//! a second reference to the same run and borrows from it (a `self_cell`: the walk and the
+//! reference it borrows through, in one value). While a walk lives, the run cannot take a step
+//! (`Arc::get_mut` refuses), so a walk and its run agree; freeing the run first is allowed (the
+//! walk keeps it alive).
 
 use crate::args::{self, In};
 use crate::bufs::Bufs;
@@ -90,15 +91,27 @@ impl Handle for StepsRun {
     const KIND: Kind = Kind::Steps;
 }
 
-/// A backward walk, one variant per backend; it borrows the run its handle keeps alive.
-enum Walk {
-    Reference(BackwardSteps<'static, f32, Reference>),
-    Cpu(BackwardSteps<'static, f32, Cpu>),
+/// A backward walk, one variant per backend; it borrows the run `'r`.
+enum Walk<'r> {
+    Reference(BackwardSteps<'r, f32, Reference>),
+    Cpu(BackwardSteps<'r, f32, Cpu>),
     #[cfg(feature = "cuda")]
-    Cuda(BackwardSteps<'static, f32, rnnk_core::CudaHost>),
+    Cuda(BackwardSteps<'r, f32, rnnk_core::CudaHost>),
 }
 
-impl Walk {
+/// A walk, `None` once finished.
+type OpenWalk<'r> = Option<Walk<'r>>;
+
+self_cell::self_cell!(
+    /// A walk with the reference to the run it borrows (kept alive by it).
+    struct RunWalk {
+        owner: Arc<StepsData>,
+        #[covariant]
+        dependent: OpenWalk,
+    }
+);
+
+impl Walk<'_> {
     fn next_step(&self) -> Option<usize> {
         match self {
             Walk::Reference(w) => w.next_step(),
@@ -113,9 +126,14 @@ impl Walk {
 pub struct StepsBackward {
     model_id: u64,
     sizes: Sizes,
-    /// `None` once finished. Declared before `run`, so it is dropped first: it borrows from it.
-    walk: Option<Walk>,
-    run: Arc<StepsData>,
+    walk: RunWalk,
+}
+
+impl StepsBackward {
+    /// The run the walk goes back through.
+    fn run(&self) -> &StepsData {
+        self.walk.borrow_owner()
+    }
 }
 
 impl Handle for StepsBackward {
@@ -372,28 +390,33 @@ pub unsafe extern "C" fn rnnk_steps_backward_start(
         bufs.check()?;
         // SAFETY: checked above.
         let (dh, dc) = unsafe { (dh.map(|i| bufs.input(i)), dc.map(|i| bufs.input(i))) };
-        let keep = Arc::clone(&run.data);
-        // SAFETY: the walk borrows the run behind `keep`, which the new handle owns and drops
-        // after the walk (field order); the run is never changed while `keep` lives (a step
-        // needs `Arc::get_mut`, refused while there is a second reference).
-        let data: &'static StepsData = unsafe { &*Arc::as_ptr(&keep) };
-        let walk = match (&m.engine, data) {
-            (Engine::Reference(rnn), StepsData::Reference(d)) => Walk::Reference(rnn.backward_steps(d, dh, dc)?),
-            (Engine::Cpu(rnn), StepsData::Cpu(d)) => Walk::Cpu(rnn.backward_steps(d, dh, dc)?),
-            #[cfg(feature = "cuda")]
-            (Engine::Cuda(rnn), StepsData::Cuda(d)) => Walk::Cuda(rnn.backward_steps(d, dh, dc)?),
-            #[allow(unreachable_patterns)]
-            _ => return Err(internal("a run of another backend than its model's")),
-        };
-        *out = StepsBackward { model_id: m.id, sizes: s, walk: Some(walk), run: keep }.into_raw();
+        let walk = RunWalk::try_new(Arc::clone(&run.data), |data| -> Result<_, CapiError> {
+            Ok(Some(match (&m.engine, &**data) {
+                (Engine::Reference(rnn), StepsData::Reference(d)) => Walk::Reference(rnn.backward_steps(d, dh, dc)?),
+                (Engine::Cpu(rnn), StepsData::Cpu(d)) => Walk::Cpu(rnn.backward_steps(d, dh, dc)?),
+                #[cfg(feature = "cuda")]
+                (Engine::Cuda(rnn), StepsData::Cuda(d)) => Walk::Cuda(rnn.backward_steps(d, dh, dc)?),
+                #[allow(unreachable_patterns)]
+                _ => return Err(internal("a run of another backend than its model's")),
+            }))
+        })?;
+        *out = StepsBackward { model_id: m.id, sizes: s, walk }.into_raw();
         Ok(())
     })
 }
 
 /// The walk of a backward handle that is not finished.
-fn unfinished(walk: &mut Option<Walk>) -> Result<&mut Walk, CapiError> {
-    walk.as_mut()
-        .ok_or_else(|| CapiError::invalid("backward", "a walk not yet finished", "one rnnk_steps_backward_finish has finished (free it)"))
+fn unfinished<'w, 'r>(walk: &'w mut OpenWalk<'r>) -> Result<&'w mut Walk<'r>, CapiError> {
+    walk.as_mut().ok_or_else(finished)
+}
+
+/// [`unfinished`], read only.
+fn unfinished_ref<'w, 'r>(walk: &'w OpenWalk<'r>) -> Result<&'w Walk<'r>, CapiError> {
+    walk.as_ref().ok_or_else(finished)
+}
+
+fn finished() -> CapiError {
+    CapiError::invalid("backward", "a walk not yet finished", "one rnnk_steps_backward_finish has finished (free it)")
 }
 
 /// Walks back through the next step (the last one first): `dy [B, Hout]` (optional: zeros), the
@@ -406,10 +429,9 @@ pub unsafe extern "C" fn rnnk_steps_backward_step(
         // SAFETY: handles checked by `get` and `get_mut`.
         let (m, mut bw) = unsafe { (Model::get("model", model)?, StepsBackward::get_mut("backward", backward)?) };
         check_owner("backward", &m, bw.model_id)?;
-        let (s, b) = (bw.sizes, bw.sizes.batch(bw.run.state().0.len()));
-        let steps = bw.run.steps();
-        let walk = unfinished(&mut bw.walk)?;
-        if walk.next_step().is_none() {
+        let (s, b) = (bw.sizes, bw.sizes.batch(bw.run().state().0.len()));
+        let steps = bw.run().steps();
+        if unfinished_ref(bw.walk.borrow_dependent())?.next_step().is_none() {
             return Err(CapiError::invalid(
                 "backward",
                 "a walk with a step left",
@@ -422,19 +444,21 @@ pub unsafe extern "C" fn rnnk_steps_backward_step(
         bufs.check()?;
         // SAFETY: checked above.
         let dy = dyi.map(|i| unsafe { bufs.input(i) });
-        let g = match (&m.engine, walk) {
-            (Engine::Reference(rnn), Walk::Reference(w)) => w.step(rnn, dy)?,
-            (Engine::Cpu(rnn), Walk::Cpu(w)) => w.step(rnn, dy)?,
-            #[cfg(feature = "cuda")]
-            (Engine::Cuda(rnn), Walk::Cuda(w)) => w.step(rnn, dy)?,
-            #[allow(unreachable_patterns)]
-            _ => return Err(internal("a walk of another backend than its model's")),
-        };
-        match dxi {
-            // SAFETY: checked above.
-            Some(i) => copy(unsafe { bufs.output(i) }, &g, "dx"),
-            None => Ok(()),
-        }
+        bw.walk.with_dependent_mut(|_, walk| {
+            let g = match (&m.engine, unfinished(walk)?) {
+                (Engine::Reference(rnn), Walk::Reference(w)) => w.step(rnn, dy)?,
+                (Engine::Cpu(rnn), Walk::Cpu(w)) => w.step(rnn, dy)?,
+                #[cfg(feature = "cuda")]
+                (Engine::Cuda(rnn), Walk::Cuda(w)) => w.step(rnn, dy)?,
+                #[allow(unreachable_patterns)]
+                _ => return Err(internal("a walk of another backend than its model's")),
+            };
+            match dxi {
+                // SAFETY: checked above.
+                Some(i) => copy(unsafe { bufs.output(i) }, g, "dx"),
+                None => Ok(()),
+            }
+        })
     })
 }
 
@@ -451,10 +475,9 @@ pub unsafe extern "C" fn rnnk_steps_backward_finish(
         // SAFETY: handles checked by `get` and `get_mut`.
         let (m, mut bw) = unsafe { (Model::get("model", model)?, StepsBackward::get_mut("backward", backward)?) };
         check_owner("backward", &m, bw.model_id)?;
-        let (s, b) = (bw.sizes, bw.sizes.batch(bw.run.state().0.len()));
-        let (steps, has_c) = (bw.run.steps(), bw.run.state().1.is_some());
-        let walk = unfinished(&mut bw.walk)?;
-        if let Some(t) = walk.next_step() {
+        let (s, b) = (bw.sizes, bw.sizes.batch(bw.run().state().0.len()));
+        let (steps, has_c) = (bw.run().steps(), bw.run().state().1.is_some());
+        if let Some(t) = unfinished_ref(bw.walk.borrow_dependent())?.next_step() {
             return Err(CapiError::invalid(
                 "backward",
                 "a walk that went back through every step before rnnk_steps_backward_finish",
@@ -472,13 +495,13 @@ pub unsafe extern "C" fn rnnk_steps_backward_finish(
         };
         let dpi = bufs.optional("dparams", (dparams, dparams_len), "[param_count]", &[m.layout().len()])?;
         bufs.check()?;
-        let g = match bw.walk.take() {
-            Some(Walk::Reference(w)) => w.finish()?,
-            Some(Walk::Cpu(w)) => w.finish()?,
+        let g = bw.walk.with_dependent_mut(|_, walk| match walk.take() {
+            Some(Walk::Reference(w)) => Ok(w.finish()?),
+            Some(Walk::Cpu(w)) => Ok(w.finish()?),
             #[cfg(feature = "cuda")]
-            Some(Walk::Cuda(w)) => w.finish()?,
-            None => return Err(internal("a finished walk")),
-        };
+            Some(Walk::Cuda(w)) => Ok(w.finish()?),
+            None => Err(internal("a finished walk")),
+        })?;
         // SAFETY (each output below): checked above.
         if let Some(i) = dxi {
             copy(unsafe { bufs.output(i) }, &g.dx, "dx")?;

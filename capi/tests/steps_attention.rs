@@ -211,7 +211,7 @@ fn steps_match<Bk: rnnk_core::Backend<f32, Buf = [f32]>>(lib: &Lib, backend: &st
         let want = rb.step(&rnn, Some(&dys[t])).unwrap();
         let mut dx = sentinel(xl);
         lib.expect(unsafe { (lib.backward_step)(m, bw, dys[t].as_ptr(), yl, dx.as_mut_ptr(), xl) }, RNNK_OK, "");
-        same(&dx, &want, &format!("{backend}: dx of step {t}"));
+        same(&dx, want, &format!("{backend}: dx of step {t}"));
     }
     // Past the first step: refused, nothing written.
     let mut dx = sentinel(xl);

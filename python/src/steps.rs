@@ -355,7 +355,7 @@ impl BackwardSteps {
             if walk.next_step().is_none() {
                 return Err(runtime("bsteps", "every step was walked back already: call finish()"));
             }
-            walk.step(&rnn, dys).or_py()
+            walk.step(&rnn, dys).map(<[T]>::to_vec).or_py()
         })?;
         out2(py, dx, [batch, cfg.input_size()])
     }
