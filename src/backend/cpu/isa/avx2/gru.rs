@@ -23,7 +23,7 @@
 //! `reference/gru.rs`). Without it the kernels are the instructions they were.
 
 use super::math::{sigmoid, tanh};
-use super::{dsigmoid, for_chunks, hidden_preact, load, store, Lanes, BLOCK};
+use super::{dsigmoid, for_chunks, hidden_preact, load, store, Lanes};
 use crate::backend::cpu::isa::rows::{BwdRow, FwdRow};
 use std::arch::x86_64::*;
 
@@ -102,38 +102,85 @@ impl Clip {
     }
 }
 
-/// The GRU forward step of one active row, gates clipped if `CLIP`.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA; the row's slices have the lengths [`FwdRow`] documents
-/// for the cell.
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn forward<const CLIP: bool>(mut r: FwdRow<'_>) {
-    debug_assert!(r.b_hh.is_none_or(|b| b.len() == r.xg.len()));
-    let clip = Clip::of::<CLIP>(r.clip);
-    // SAFETY: the slices of `r` are `H` or `G·H` long (the caller's contract), and the chunks
-    // lie below H. In blocks of BLOCK lanes, two passes each (see `in_two_passes!`).
-    let h = r.hidden;
-    let mut j0 = 0;
-    while j0 < h {
-        let j1 = (j0 + BLOCK).min(h);
-        for_chunks!(
-            Lanes,
-            j0,
-            j1,
-            |j, lanes| gates_chunk::<false, CLIP>(&mut r, j, lanes, clip),
-            gates_chunk::<true, CLIP>(&mut r, j, lanes, clip)
-        );
-        for_chunks!(
-            Lanes,
-            j0,
-            j1,
-            |j, lanes| output_chunk::<false, CLIP>(&mut r, j, lanes, clip),
-            output_chunk::<true, CLIP>(&mut r, j, lanes, clip)
-        );
-        j0 = j1;
-    }
+/// The GRU forward row kernel `forward::<CLIP>` and its chunk kernels on the lanes `$L` of an
+/// ISA (`$features`), with that ISA's `load`, `store`, `sigmoid`, `tanh`, `hidden_preact` and
+/// clip type `$Clip` in scope, and its vector operations: the same operations per lane in the
+/// same order on any width, so each element gets the same bits (`isa/avx512/gru.rs` runs it on
+/// 16 lanes).
+macro_rules! gru_forward_chunks {
+    ($features:literal, $L:ty, $Clip:ty, $add:ident, $fmadd:ident, $mul:ident, $sub:ident, $set1:ident) => {
+        /// The GRU forward step of one active row, gates clipped if `CLIP`.
+        ///
+        /// # Safety
+        /// The CPU must support the ISA's features; the row's slices have the lengths
+        /// [`FwdRow`] documents for the cell.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn forward<const CLIP: bool>(mut r: FwdRow<'_>) {
+            use $crate::backend::cpu::isa::avx2::{for_chunks, BLOCK};
+            debug_assert!(r.b_hh.is_none_or(|b| b.len() == r.xg.len()));
+            let clip = <$Clip>::of::<CLIP>(r.clip);
+            // SAFETY: the slices of `r` are `H` or `G·H` long (the caller's contract), and the
+            // chunks lie below H. In blocks of BLOCK lanes, two passes each (see
+            // `in_two_passes!`).
+            let h = r.hidden;
+            let mut j0 = 0;
+            while j0 < h {
+                let j1 = (j0 + BLOCK).min(h);
+                for_chunks!(
+                    $L,
+                    j0,
+                    j1,
+                    |j, lanes| gates_chunk::<false, CLIP>(&mut r, j, lanes, clip),
+                    gates_chunk::<true, CLIP>(&mut r, j, lanes, clip)
+                );
+                for_chunks!(
+                    $L,
+                    j0,
+                    j1,
+                    |j, lanes| output_chunk::<false, CLIP>(&mut r, j, lanes, clip),
+                    output_chunk::<true, CLIP>(&mut r, j, lanes, clip)
+                );
+                j0 = j1;
+            }
+        }
+
+        /// `r`, `z` and `ah_n` of lanes `j..j + lanes.n` of a forward row.
+        ///
+        /// # Safety
+        /// The ISA's features; `r`'s slices have their documented lengths; `j + lanes.n ≤ H`,
+        /// and `lanes.n` is the whole width unless `TAIL`.
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn gates_chunk<const TAIL: bool, const CLIP: bool>(r: &mut FwdRow<'_>, j: usize, lanes: $L, clip: $Clip) {
+            let h = r.hidden;
+            let rg = sigmoid(clip.clamp::<CLIP>($add(load::<TAIL>(r.xg, j, lanes), hidden_preact::<TAIL>(r.hg, r.b_hh, j, lanes))));
+            let z = sigmoid(clip.clamp::<CLIP>($add(load::<TAIL>(r.xg, h + j, lanes), hidden_preact::<TAIL>(r.hg, r.b_hh, h + j, lanes))));
+            store::<TAIL>(r.gates, j, lanes, rg);
+            store::<TAIL>(r.gates, h + j, lanes, z);
+            store::<TAIL>(r.extra, j, lanes, hidden_preact::<TAIL>(r.hg, r.b_hh, 2 * h + j, lanes));
+        }
+
+        /// `n` and `m` of lanes `j..j + lanes.n` of a forward row, after [`gates_chunk`].
+        ///
+        /// # Safety
+        /// As [`gates_chunk`].
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn output_chunk<const TAIL: bool, const CLIP: bool>(r: &mut FwdRow<'_>, j: usize, lanes: $L, clip: $Clip) {
+            let ah_n = load::<TAIL>(r.extra, j, lanes);
+            let (h, one) = (r.hidden, $set1(1.0));
+            let rg = load::<TAIL>(r.gates, j, lanes);
+            let z = load::<TAIL>(r.gates, h + j, lanes);
+            let n = tanh(clip.clamp::<CLIP>($fmadd(rg, ah_n, load::<TAIL>(r.xg, 2 * h + j, lanes))));
+            let m = $fmadd(z, load::<TAIL>(r.h_prev, j, lanes), $mul($sub(one, z), n));
+            store::<TAIL>(r.gates, 2 * h + j, lanes, n);
+            store::<TAIL>(r.m, j, lanes, m);
+        }
+    };
 }
+pub(crate) use gru_forward_chunks;
+
+gru_forward_chunks!("avx2,fma", Lanes, Clip, _mm256_add_ps, _mm256_fmadd_ps, _mm256_mul_ps, _mm256_sub_ps, _mm256_set1_ps);
 
 /// The GRU backward step of one active row, gates clipped in forward if `CLIP` (safety: as
 /// `forward`, for [`BwdRow`]).
@@ -148,39 +195,6 @@ pub(super) unsafe fn backward<const CLIP: bool>(mut r: BwdRow<'_>) {
         |j, lanes| backward_chunk::<false, CLIP>(&mut r, j, lanes, clip),
         backward_chunk::<true, CLIP>(&mut r, j, lanes, clip)
     );
-}
-
-/// `r`, `z` and `ah_n` of lanes `j..j + lanes.n` of a forward row.
-///
-/// # Safety
-/// AVX2 and FMA; `r`'s slices have their documented lengths; `j + lanes.n ≤ H`, and
-/// `lanes.n = 8` unless `TAIL`.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gates_chunk<const TAIL: bool, const CLIP: bool>(r: &mut FwdRow<'_>, j: usize, lanes: Lanes, clip: Clip) {
-    let h = r.hidden;
-    let rg = sigmoid(clip.clamp::<CLIP>(_mm256_add_ps(load::<TAIL>(r.xg, j, lanes), hidden_preact::<TAIL>(r.hg, r.b_hh, j, lanes))));
-    let z = sigmoid(clip.clamp::<CLIP>(_mm256_add_ps(load::<TAIL>(r.xg, h + j, lanes), hidden_preact::<TAIL>(r.hg, r.b_hh, h + j, lanes))));
-    store::<TAIL>(r.gates, j, lanes, rg);
-    store::<TAIL>(r.gates, h + j, lanes, z);
-    store::<TAIL>(r.extra, j, lanes, hidden_preact::<TAIL>(r.hg, r.b_hh, 2 * h + j, lanes));
-}
-
-/// `n` and `m` of lanes `j..j + lanes.n` of a forward row, after [`gates_chunk`].
-///
-/// # Safety
-/// As [`gates_chunk`].
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn output_chunk<const TAIL: bool, const CLIP: bool>(r: &mut FwdRow<'_>, j: usize, lanes: Lanes, clip: Clip) {
-    let ah_n = load::<TAIL>(r.extra, j, lanes);
-    let (h, one) = (r.hidden, _mm256_set1_ps(1.0));
-    let rg = load::<TAIL>(r.gates, j, lanes);
-    let z = load::<TAIL>(r.gates, h + j, lanes);
-    let n = tanh(clip.clamp::<CLIP>(_mm256_fmadd_ps(rg, ah_n, load::<TAIL>(r.xg, 2 * h + j, lanes))));
-    let m = _mm256_fmadd_ps(z, load::<TAIL>(r.h_prev, j, lanes), _mm256_mul_ps(_mm256_sub_ps(one, z), n));
-    store::<TAIL>(r.gates, 2 * h + j, lanes, n);
-    store::<TAIL>(r.m, j, lanes, m);
 }
 
 /// Lanes `j..j + lanes.n` of a backward row.

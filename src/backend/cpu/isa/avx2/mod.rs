@@ -46,6 +46,7 @@ mod rnn;
 mod sgemm;
 mod sgemm_skinny;
 
+pub(crate) use gru::gru_forward_chunks;
 pub(crate) use layer_norm::row_sum;
 pub(crate) use lstm::lstm_forward_chunks;
 

@@ -1,12 +1,13 @@
 //! x86-64 AVX-512 kernels of the CPU backend: the GEMM register tiles (`sgemm.rs`: 8×48
-//! blocked, `sgemm_skinny.rs`: few rows), used for the weight gradients too, and the LSTM
-//! forward cell (`lstm.rs`, with the maths of `math.rs`), which is bound by arithmetic. The
-//! LSTM forward with options too (`lstm::forward_options`), and layer norm of one row
-//! (`layer_norm.rs`, forward and backward, AVX2's order of sums on 16 lanes). The
-//! other cells are memory-bound: AVX-512 takes them from its base, AVX2 (an AVX-512 token is
-//! only made where AVX2 and FMA were detected too, and holds the AVX2 token). The LSTM cell
-//! gives each element the bits the AVX2 one gives.
+//! blocked, `sgemm_skinny.rs`: few rows), used for the weight gradients too, and the LSTM and
+//! GRU forward cells (`lstm.rs`, `gru.rs`, with the maths of `math.rs`), which are bound by
+//! arithmetic. The LSTM forward with options too (`lstm::forward_options`), the GRU's with
+//! gate clipping, and layer norm of one row (`layer_norm.rs`, forward and backward, AVX2's
+//! order of sums on 16 lanes). The other cells are memory-bound: AVX-512 takes them from its
+//! base, AVX2 (an AVX-512 token is only made where AVX2 and FMA were detected too, and holds
+//! the AVX2 token). The LSTM and GRU cells give each element the bits the AVX2 ones give.
 
+mod gru;
 mod lanes;
 mod layer_norm;
 mod lstm;
@@ -86,6 +87,17 @@ impl Kernels for Avx512 {
         unsafe { lstm::forward_options(r) }
     }
 
+    unsafe fn gru_forward(self, r: FwdRow<'_>) {
+        // SAFETY: as in lstm_forward. Clipped or not: one branch per row.
+        unsafe {
+            if r.clip > 0.0 {
+                gru::forward::<true>(r)
+            } else {
+                gru::forward::<false>(r)
+            }
+        }
+    }
+
     #[cfg(test)]
     const LN_PARTIAL_SUMS: usize = layer_norm::PARTIAL_SUMS;
 
@@ -102,5 +114,69 @@ impl Kernels for Avx512 {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::backend::host::CellForward;
+    use crate::SplitMix64;
+
     crate::backend::cpu::isa::cell_tests::cell_kernel_tests!(super::Avx512::detect(), exact: [], #[cfg_attr(miri, ignore = "SIMD intrinsics: Miri runs no AVX2/AVX-512 code here (no ISA is detected under Miri)")]);
+
+    /// The AVX-512 forward cells (LSTM plain and with options, GRU plain and clipped) give every
+    /// element the bits of the AVX2 ones, their base: on widths with and without a 16-lane
+    /// tail and past a block of 256 lanes, with pre-activations that saturate the gates, and
+    /// an inactive row (whose outputs neither writes).
+    #[test]
+    #[cfg_attr(miri, ignore = "SIMD intrinsics: Miri runs no AVX2/AVX-512 code here (no ISA is detected under Miri)")]
+    fn forward_cells_give_the_avx2_bits() {
+        let Some(isa) = Avx512::detect() else {
+            println!("skipped: this CPU lacks AVX-512");
+            return;
+        };
+        let mut rng = SplitMix64::new(0xa512);
+        let mut cases = 0;
+        for (cell, peephole, clip, input_forget) in [
+            (CellKind::Lstm, false, 0.0, false),
+            (CellKind::Lstm, true, 2.5, false),
+            (CellKind::Lstm, false, 0.0, true),
+            (CellKind::Gru, false, 0.0, false),
+            (CellKind::Gru, false, 1.5, false),
+        ] {
+            for h in [1, 7, 16, 17, 40, 300] {
+                let (b, gh) = (3, cell.gates() * h);
+                let (lstm, gru) = (cell == CellKind::Lstm, cell == CellKind::Gru);
+                let mut v = |n: usize, r: f64| (0..n).map(|_| rng.uniform(-r, r) as f32).collect::<Vec<_>>();
+                let (xg, hg, b_hh, h_prev, c_prev) = (v(b * gh, 6.0), v(b * gh, 6.0), v(gh, 1.0), v(b * h, 1.0), v(b * h, 2.0));
+                let peep = v(3 * h, 1.0);
+                let active = [true, false, true];
+                let run = |k: &dyn Fn(CellForward<'_, f32>)| {
+                    let mut outs = [b * gh, if gru { b * h } else { 0 }, if lstm { b * h } else { 0 }, b * h].map(|n| vec![-7.0f32; n]);
+                    let [gates, extra, c, m] = outs.each_mut();
+                    k(CellForward {
+                        active: &active,
+                        hidden: h,
+                        xg: &xg,
+                        hg: &hg,
+                        b_hh: Some(&b_hh),
+                        peephole: peephole.then_some(&peep[..]),
+                        clip,
+                        input_forget,
+                        h_prev: &h_prev,
+                        c_prev: if lstm { &c_prev } else { &[] },
+                        gates,
+                        extra,
+                        c,
+                        m,
+                    });
+                    outs
+                };
+                let wide = run(&|s| isa.cell_forward(cell, s));
+                let base = run(&|s| isa.base().cell_forward(cell, s));
+                for (name, (w, a)) in ["gates", "extra", "c", "m"].iter().zip(wide.iter().zip(&base)) {
+                    let (wb, ab): (Vec<u32>, Vec<u32>) = (w.iter().map(|x| x.to_bits()).collect(), a.iter().map(|x| x.to_bits()).collect());
+                    assert_eq!(wb, ab, "{cell:?} H = {h}, clip {clip}, peephole {peephole}: `{name}` differs from AVX2's");
+                }
+                cases += 1;
+            }
+        }
+        assert_eq!(cases, 30);
+    }
 }
