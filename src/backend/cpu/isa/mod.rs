@@ -13,7 +13,7 @@
 //!   [`Kernels::lstm_ln_backward`]) check every length once, for all ISAs, and then
 //!   call them (`rows.rs` cuts a cell step into rows);
 //! - a kernel an ISA does not write is its [`Kernels::Base`]'s: AVX-512 implements the GEMM
-//!   tiles and the LSTM forward cell and takes everything else from AVX2; AVX2 and NEON take
+//!   tiles and the LSTM and GRU forward cells and takes everything else from AVX2; AVX2 and NEON take
 //!   the products of two activations from [`Scalar`] (matrixmultiply).
 //!
 //! `RNN_KERNELS_ISA=scalar|avx2|avx512|amx|neon` forces one ISA; forcing one the CPU lacks is an
@@ -65,8 +65,8 @@ pub enum Isa {
     Scalar,
     /// x86-64 with AVX2 and FMA.
     Avx2,
-    /// x86-64 with AVX-512F (and AVX2 and FMA): the AVX-512 GEMM tiles and LSTM forward cell,
-    /// the AVX2 kernels of the other cells.
+    /// x86-64 with AVX-512F (and AVX2 and FMA): the AVX-512 GEMM tiles and LSTM and GRU
+    /// forward cells, the AVX2 kernels of the other cells.
     Avx512,
     /// x86-64 with AMX-TILE and AMX-BF16 (and AVX-512 with AVX512_BF16): a bf16 plan's products
     /// on `TDPBF16PS` tiles, everything else as [`Isa::Avx512`]. Needs Linux to grant the
