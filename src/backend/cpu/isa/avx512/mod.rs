@@ -123,7 +123,8 @@ mod tests {
     /// The AVX-512 forward cells (LSTM plain and with options, GRU plain and clipped) give every
     /// element the bits of the AVX2 ones, their base: on widths with and without a 16-lane
     /// tail and past a block of 256 lanes, with pre-activations that saturate the gates, and
-    /// an inactive row (whose outputs neither writes).
+    /// an inactive row; every output starts as -7, so a value one ISA writes and the other
+    /// does not shows too.
     #[test]
     #[cfg_attr(miri, ignore = "SIMD intrinsics: Miri runs no AVX2/AVX-512 code here (no ISA is detected under Miri)")]
     fn forward_cells_give_the_avx2_bits() {
@@ -132,7 +133,6 @@ mod tests {
             return;
         };
         let mut rng = SplitMix64::new(0xa512);
-        let mut cases = 0;
         for (cell, peephole, clip, input_forget) in [
             (CellKind::Lstm, false, 0.0, false),
             (CellKind::Lstm, true, 2.5, false),
@@ -174,9 +174,7 @@ mod tests {
                     let (wb, ab): (Vec<u32>, Vec<u32>) = (w.iter().map(|x| x.to_bits()).collect(), a.iter().map(|x| x.to_bits()).collect());
                     assert_eq!(wb, ab, "{cell:?} H = {h}, clip {clip}, peephole {peephole}: `{name}` differs from AVX2's");
                 }
-                cases += 1;
             }
         }
-        assert_eq!(cases, 30);
     }
 }
