@@ -305,8 +305,8 @@ int rnnk_masks_read(const rnnk_model* model, size_t steps, size_t batch, uint64_
  * framework's, or masks read back with rnnk_masks_read): `hits` holds hits_len bytes, each mask
  * of rnnk_mask_layout in its order, [steps, rows, units], nonzero where the unit is hit
  * (dropped; for zoneout, kept at its previous value); kept units are scaled by 1/(1-p) of the
- * model's options. Otherwise as rnnk_forward_training_masked. A backend that draws its masks on
- * the device (cuda) refuses it (RNNK_ERR_UNSUPPORTED naming `masks`). */
+ * model's options. Otherwise as rnnk_forward_training_masked, on every backend (cuda uploads
+ * the bits the call reads). */
 int rnnk_forward_training_with_masks(const rnnk_model* model, rnnk_reserve* reserve, const uint8_t* hits, size_t hits_len, size_t steps,
                                      size_t batch, const int64_t* lengths, size_t lengths_len, const float* x, size_t x_len,
                                      const float* h0, size_t h0_len, const float* c0, size_t c0_len, float* y, size_t y_len, float* hn,

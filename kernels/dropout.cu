@@ -10,22 +10,29 @@
 // on the range it is dropped with. The same pass serves forward (a layer's output) and backward
 // (the gradient handed down to it).
 // One thread per group of 4 units of a row, so each Philox call is made once.
+// With supplied masks (`hits` not null; masks.cuh has the layout) the hits are read from the
+// caller's bits, `hits_step0` the first step they hold, and nothing is drawn.
 #include "common.cuh"
+#include "masks.cuh"
 #include "philox.cuh"
 
 #define DROPOUT(NAME, T)                                                                                                           \
     extern "C" __global__ void NAME(int first_step, int steps, int batch, int width, int key0, int key1, int tag, long long bound, \
-                                    float scale, T* __restrict__ data /* [steps, batch, width] */) {                               \
+                                    float scale, T* __restrict__ data /* [steps, batch, width] */,                                 \
+                                    const unsigned int* __restrict__ hits /* [.., batch, hits_words] or null */, int hits_step0,   \
+                                    int hits_words) {                                                                              \
         const long long groups = (width + 3) / 4;                                                                                  \
         FOR_EACH_ELEMENT(e, (long long)steps * batch * groups) {                                                                   \
             const long long g = e % groups, r = e / groups, b = r % batch, t = first_step + r / batch;                             \
             unsigned int w[4] = {(unsigned int)g, (unsigned int)b, (unsigned int)t, (unsigned int)tag};                            \
-            rnnk_philox4x32_10(w, (unsigned int)key0, (unsigned int)key1);                                                         \
+            if (!hits) rnnk_philox4x32_10(w, (unsigned int)key0, (unsigned int)key1);                                              \
             for (int j = 0; j < 4; ++j) {                                                                                          \
                 const long long u = 4 * g + j;                                                                                     \
                 if (u < width) {                                                                                                   \
                     const long long k = r * width + u;                                                                             \
-                    const float f = (long long)w[j] < bound ? 0.0f : scale;                                                        \
+                    const bool hit = hits ? rnnk_supplied_hit(hits, (t - hits_step0) * batch + b, hits_words, u)                  \
+                                          : (long long)w[j] < bound;                                                               \
+                    const float f = hit ? 0.0f : scale;                                                                            \
                     st(data, k, ld(data, k) * f);                                                                                  \
                 }                                                                                                                  \
             }                                                                                                                      \
@@ -43,19 +50,22 @@ DROPOUT(dropout_bf16, rnnk_bf16)
 // state entering the recurrent product (tag of kind RecurrentH), input dropout on a layer's
 // input (kind LayerInput); backward applies the same factors to the products' gradients and
 // rebuilds the dropped operands of the weight gradients. `in` and `out` may be the same buffer.
+// With supplied masks (`hits` not null) sequence b's hits are row b of the caller's bits.
 #define VARIATIONAL_DROPOUT(NAME, T)                                                                                               \
     extern "C" __global__ void NAME(int rows, int batch, int width, int key0, int key1, int tag, long long bound, float scale,    \
-                                    int accumulate, const T* in /* [rows, width] */, T* out /* [rows, width] */) {                 \
+                                    int accumulate, const T* in /* [rows, width] */, T* out /* [rows, width] */,                   \
+                                    const unsigned int* __restrict__ hits /* [batch, hits_words] or null */, int hits_words) {     \
         const long long groups = (width + 3) / 4;                                                                                  \
         FOR_EACH_ELEMENT(e, (long long)rows * groups) {                                                                            \
             const long long g = e % groups, r = e / groups, b = r % batch;                                                         \
             unsigned int w[4] = {(unsigned int)g, (unsigned int)b, 0u, (unsigned int)tag};                                        \
-            rnnk_philox4x32_10(w, (unsigned int)key0, (unsigned int)key1);                                                         \
+            if (!hits) rnnk_philox4x32_10(w, (unsigned int)key0, (unsigned int)key1);                                              \
             for (int j = 0; j < 4; ++j) {                                                                                          \
                 const long long u = 4 * g + j;                                                                                     \
                 if (u < width) {                                                                                                   \
                     const long long k = r * width + u;                                                                             \
-                    const float f = (long long)w[j] < bound ? 0.0f : scale;                                                        \
+                    const bool hit = hits ? rnnk_supplied_hit(hits, b, hits_words, u) : (long long)w[j] < bound;                   \
+                    const float f = hit ? 0.0f : scale;                                                                            \
                     const float v = ld(in, k) * f;                                                                                 \
                     st(out, k, accumulate ? ld(out, k) + v : v);                                                                   \
                 }                                                                                                                  \

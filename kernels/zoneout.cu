@@ -24,7 +24,12 @@
 // One thread per group of 4 units of a row, so each Philox call is made once. The selection is
 // exact: a training pass's zoned values are bit for bit the host's. The state is of the storage
 // type T for h, float for c (the f32 entries).
+//
+// With supplied masks (`hits` not null; masks.cuh has the layout) a training pass reads the
+// hits of row b at the sequence's step `mask_step` from the caller's bits (`hits_step0` the
+// first step they hold) and draws nothing.
 #include "common.cuh"
+#include "masks.cuh"
 #include "philox.cuh"
 
 #define ZONEOUT_FORWARD(NAME, T)                                                                                                   \
@@ -32,21 +37,25 @@
                                     int key1, int tag, long long bound, int training, float z, float keep,                         \
                                     const T* __restrict__ prev /* [B, W] */, T* __restrict__ state /* [B, W] */,                   \
                                     T* __restrict__ y /* [B, y_stride] or null */,                                                 \
-                                    int y_stride, T* __restrict__ save_new /* [B, W] or null */) {                                 \
+                                    int y_stride, T* __restrict__ save_new /* [B, W] or null */,                                   \
+                                    const unsigned int* __restrict__ hits /* [.., B, hits_words] or null */, int hits_step0,       \
+                                    int hits_words) {                                                                              \
         const long long groups = (width + 3) / 4;                                                                                  \
         FOR_EACH_ELEMENT(e, (long long)batch * groups) {                                                                           \
             const long long g = e % groups, b = e / groups;                                                                        \
             if (!row_active(lengths, (int)b, step)) continue;                                                                      \
             unsigned int w[4] = {(unsigned int)g, (unsigned int)b, (unsigned int)mask_step, (unsigned int)tag};                    \
-            if (training) rnnk_philox4x32_10(w, (unsigned int)key0, (unsigned int)key1);                                           \
+            if (training && !hits) rnnk_philox4x32_10(w, (unsigned int)key0, (unsigned int)key1);                                  \
+            const long long hrow = ((long long)mask_step - hits_step0) * batch + b;                                                \
             for (int j = 0; j < 4; ++j) {                                                                                          \
                 const long long u = 4 * g + j;                                                                                     \
                 if (u < width) {                                                                                                   \
                     const long long k = b * width + u;                                                                             \
                     const float nv = ld(state, k), pv = ld(prev, k);                                                               \
                     if (save_new) st(save_new, k, nv);                                                                             \
+                    const bool hit = hits ? rnnk_supplied_hit(hits, hrow, hits_words, u) : (long long)w[j] < bound;               \
                     /* Inference: two products and a sum, as the host computes them (no FMA). */                                   \
-                    const float v = training ? ((long long)w[j] < bound ? pv : nv) : __fadd_rn(__fmul_rn(z, pv), __fmul_rn(keep, nv)); \
+                    const float v = training ? (hit ? pv : nv) : __fadd_rn(__fmul_rn(z, pv), __fmul_rn(keep, nv));                 \
                     st(state, k, v);                                                                                               \
                     if (y) st(y, b * y_stride + u, v);                                                                             \
                 }                                                                                                                  \
@@ -60,13 +69,16 @@ ZONEOUT_FORWARD(zoneout_forward_bf16, rnnk_bf16)
 #define ZONEOUT_SPLIT(NAME, T)                                                                                                     \
     extern "C" __global__ void NAME(int batch, int width, int step, int mask_step, const int* __restrict__ lengths, int key0,      \
                                     int key1, int tag, long long bound, const T* __restrict__ dy /* [B, dy_stride] or null */,     \
-                                    int dy_stride, float* __restrict__ grad /* [B, W] */, float* __restrict__ kept /* [B, W] */) { \
+                                    int dy_stride, float* __restrict__ grad /* [B, W] */, float* __restrict__ kept /* [B, W] */,   \
+                                    const unsigned int* __restrict__ hits /* [.., B, hits_words] or null */, int hits_step0,       \
+                                    int hits_words) {                                                                              \
         const long long groups = (width + 3) / 4;                                                                                  \
         FOR_EACH_ELEMENT(e, (long long)batch * groups) {                                                                           \
             const long long g = e % groups, b = e / groups;                                                                        \
             const bool active = row_active(lengths, (int)b, step);                                                                 \
             unsigned int w[4] = {(unsigned int)g, (unsigned int)b, (unsigned int)mask_step, (unsigned int)tag};                    \
-            if (active) rnnk_philox4x32_10(w, (unsigned int)key0, (unsigned int)key1);                                             \
+            if (active && !hits) rnnk_philox4x32_10(w, (unsigned int)key0, (unsigned int)key1);                                    \
+            const long long hrow = ((long long)mask_step - hits_step0) * batch + b;                                                \
             for (int j = 0; j < 4; ++j) {                                                                                          \
                 const long long u = 4 * g + j;                                                                                     \
                 if (u < width) {                                                                                                   \
@@ -76,7 +88,7 @@ ZONEOUT_FORWARD(zoneout_forward_bf16, rnnk_bf16)
                         continue;                                                                                                  \
                     }                                                                                                              \
                     const float total = grad[k] + (dy ? ld(dy, b * dy_stride + u) : 0.0f);                                         \
-                    const bool hit = (long long)w[j] < bound;                                                                      \
+                    const bool hit = hits ? rnnk_supplied_hit(hits, hrow, hits_words, u) : (long long)w[j] < bound;               \
                     kept[k] = hit ? total : 0.0f;                                                                                  \
                     grad[k] = hit ? 0.0f : total;                                                                                  \
                 }                                                                                                                  \

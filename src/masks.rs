@@ -170,8 +170,8 @@ impl MaskStream {
     }
 
     /// The masks `masks` instead of drawn ones: a training call reads its hits from them (see
-    /// [the module docs](self#reading-masks-back-and-supplying-them)). The backends that draw on
-    /// the device (CUDA) refuse such a stream with [`Error::Unsupported`] naming `masks`.
+    /// [the module docs](self#reading-masks-back-and-supplying-them)). Every backend takes such
+    /// a stream; the CUDA backend uploads the bits each training call reads.
     pub fn supplied(masks: SuppliedMasks) -> Self {
         MaskStream { key: [0, 0], supplied: Some(Arc::new(masks)), first_step: 0 }
     }
@@ -459,7 +459,7 @@ impl SuppliedMasks {
     }
 
     /// The bit words of `site`'s row `row` at `step` (empty outside the supplied extent).
-    fn words(&self, site: MaskSite, step: usize, row: usize) -> &[u32] {
+    pub(crate) fn words(&self, site: MaskSite, step: usize, row: usize) -> &[u32] {
         match self.sites.get(&site.tag) {
             Some(s) if step < s.steps && row < s.rows => {
                 let words = s.units.div_ceil(32);

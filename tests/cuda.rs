@@ -70,24 +70,44 @@ mod with_feature {
         }
     }
 
-    /// Masks supplied by the caller are refused by a training pass with dropout, naming `masks`
-    /// (the kernels draw on the device), before the reserve changes; a drawn stream runs.
+    /// Masks supplied by the caller (a drawn call's, read back) give the drawn call's bits on
+    /// the device, forward and backward, with every regulariser (dropout between layers,
+    /// recurrent and input dropout, zoneout of `h` and `c`); masks that do not cover the call
+    /// are an error naming `masks`.
     #[test]
-    fn supplied_masks_are_refused_by_name() {
-        let Some(c) = cuda("supplied_masks_are_refused_by_name") else { return };
-        let cfg = RnnConfig::new(CellKind::Lstm, 8, 16).num_layers(2).dropout(0.3).build().unwrap();
-        let shape = SeqShape::new(4, 3).unwrap();
+    fn supplied_masks_give_the_drawn_bits() {
+        use rnn_kernels::masks::{MaskStream, SuppliedMasks};
+        let Some(c) = cuda("supplied_masks_give_the_drawn_bits") else { return };
+        let cfg = RnnConfig::new(CellKind::Lstm, 8, 16)
+            .num_layers(2)
+            .bidirectional(true)
+            .dropout(0.3)
+            .recurrent_dropout(0.3)
+            .input_dropout(0.2)
+            .zoneout(0.2)
+            .zoneout_cell(0.3)
+            .build()
+            .unwrap();
+        let shape = SeqShape::with_lengths(5, vec![5, 4, 2]).unwrap();
         let params = Params::<f32>::init_uniform(&cfg, 1).unwrap().into_vec();
-        let x = vec![0.5f32; shape.x_shape(&cfg).iter().product()];
+        let x: Vec<f32> = (0..shape.x_shape(&cfg).iter().product()).map(|i| (i as f32 * 0.37).sin()).collect();
+        let dy = vec![0.25f32; shape.y_shape(&cfg).iter().product()];
         let rnn = Rnn::new(CudaHost(c), &cfg, &params[..]).unwrap();
-        let stream = rnn_kernels::masks::MaskStream::new(3, 1);
-        let supplied = rnn_kernels::masks::SuppliedMasks::drawn(&stream, &cfg, &shape).unwrap();
+        let run = |masks: MaskStream| {
+            let mut reserve = Default::default();
+            let o = rnn.forward_training_masked(&shape, &x, None, None, masks, &mut reserve).unwrap();
+            let g = rnn.backward(&reserve, Some(&dy), None, None).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|a| a.to_bits()).collect::<Vec<_>>();
+            [bits(&o.y), bits(&o.hn), bits(&g.dx), bits(&g.dh0), bits(&g.dparams.unwrap())]
+        };
+        let stream = MaskStream::new(3, 1);
+        let supplied = SuppliedMasks::drawn(&stream, &cfg, &shape).unwrap();
+        assert_eq!(run(MaskStream::supplied(supplied)), run(stream.clone()));
+        // Too few steps: an error naming `masks`.
+        let short = SuppliedMasks::drawn(&stream, &cfg, &SeqShape::new(4, 3).unwrap()).unwrap();
         let mut reserve = Default::default();
-        let e = rnn
-            .forward_training_masked(&shape, &x, None, None, rnn_kernels::masks::MaskStream::supplied(supplied), &mut reserve)
-            .unwrap_err();
-        assert!(matches!(&e, Error::Unsupported { option, .. } if option == "masks"), "{e:?}");
-        rnn.forward_training_masked(&shape, &x, None, None, stream, &mut reserve).unwrap();
+        let e = rnn.forward_training_masked(&shape, &x, None, None, MaskStream::supplied(short), &mut reserve).unwrap_err();
+        assert!(e.to_string().contains("`masks`"), "{e}");
     }
 
     /// A decoder's steps on the device (teacher forcing through `Rnn::step`, with dropout

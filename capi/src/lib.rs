@@ -439,8 +439,7 @@ pub unsafe extern "C" fn rnnk_forward_training_masked(
 /// mask of `rnnk_mask_layout` for (`steps`, `batch`) in its order, `[steps, rows, units]`,
 /// nonzero where the unit is hit (dropped; for zoneout, kept at its previous value); the kept
 /// units are scaled by `1/(1-p)` of the model's options. Otherwise as
-/// `rnnk_forward_training_masked`; a backend that draws its masks on the device (CUDA) refuses
-/// it (RNNK_ERR_UNSUPPORTED naming `masks`).
+/// `rnnk_forward_training_masked`, on every backend (CUDA uploads the bits the call reads).
 #[no_mangle]
 pub unsafe extern "C" fn rnnk_forward_training_with_masks(
     model: *const RnnkModel, reserve: *mut RnnkReserve, hits: *const u8, hits_len: usize, steps: usize, batch: usize, lengths: *const i64,

@@ -66,9 +66,14 @@ impl<T: Element> Problem<T> {
     /// A training forward (with the masks of [`masks`](Self::masks)) and its backward on
     /// `backend`, in the order of [`OUTPUTS`].
     pub fn run<B: Backend<T, Buf = [T]>>(&self, backend: B) -> Vec<Vec<T>> {
+        self.run_masked(backend, self.masks())
+    }
+
+    /// [`run`](Self::run) with the masks `masks` (supplied ones, or another stream's).
+    pub fn run_masked<B: Backend<T, Buf = [T]>>(&self, backend: B, masks: MaskStream) -> Vec<Vec<T>> {
         let rnn = Rnn::new(backend, &self.cfg, &self.params[..]).unwrap();
         let mut reserve = Default::default();
-        let o = rnn.forward_training_masked(&self.shape, &self.x, Some(&self.h0), self.c0.as_deref(), self.masks(), &mut reserve).unwrap();
+        let o = rnn.forward_training_masked(&self.shape, &self.x, Some(&self.h0), self.c0.as_deref(), masks, &mut reserve).unwrap();
         let g = rnn.backward(&reserve, Some(&self.dy), Some(&self.dhn), self.dcn.as_deref()).unwrap();
         vec![o.y, o.hn, o.cn.unwrap_or_default(), g.dx, g.dh0, g.dc0.unwrap_or_default(), g.dparams.unwrap_or_default()]
     }

@@ -5,6 +5,7 @@
 //! the same code for both.
 
 use super::buffer::{DevBuf, DevMat, RawBuf, View};
+use super::driver::{MaskViews, SiteHits};
 use super::kernels::{
     Add, AddArgs, AddColumnSums, AddColumnSumsArgs, ConvertArgs, ConvertFromF32, ConvertToF32, Dropout as DropoutKernel, DropoutArgs, Fill,
     FillArgs, Kernel, KernelArgs, KernelId, SwapAxes, SwapAxesArgs, VariationalDropout as VariationalDropoutKernel, VariationalDropoutArgs,
@@ -14,6 +15,7 @@ use crate::backend::host::dropout::Dropout;
 use crate::backend::host::variational_dropout::VariationalDropout;
 use crate::element::Dtype;
 use crate::error::{Error, Result};
+use crate::masks::MaskStream;
 use crate::shape::SeqShape;
 use cudarc::driver::LaunchConfig;
 use std::ops::Range;
@@ -74,11 +76,13 @@ impl Default for Paths {
 }
 
 /// The execution context of one backend call: its target, its storage type (f32, f16 or bf16:
-/// which entries the cell kernels run) and the paths it may take.
+/// which entries the cell kernels run), the paths it may take, and the device copies of the
+/// masks its caller supplied (`driver/masks.rs`; empty for drawn masks).
 pub(crate) struct Exec<'a> {
     target: &'a dyn Target,
     storage: Dtype,
     paths: Paths,
+    masks: MaskViews,
 }
 
 /// Threads per block of the grid-stride kernels (and of the row kernels, a multiple of 32).
@@ -143,7 +147,26 @@ impl GemmArgs {
 impl<'a> Exec<'a> {
     /// A call on `target`: f32 storage, the persistent kernels off, the wavefront on.
     pub fn new(target: &'a dyn Target) -> Self {
-        Exec { target, storage: Dtype::F32, paths: Paths::default() }
+        Exec { target, storage: Dtype::F32, paths: Paths::default(), masks: MaskViews::default() }
+    }
+
+    /// The same call reading the supplied masks `masks` (their device copies, uploaded by
+    /// `driver/masks.rs`).
+    pub fn with_masks(&self, masks: MaskViews) -> Exec<'a> {
+        Exec { target: self.target, storage: self.storage, paths: self.paths, masks }
+    }
+
+    /// The bits a mask kernel of `stream`'s site `tag` reads: none (drawn: the kernel draws with
+    /// Philox) for a drawn stream; for supplied masks their device copy, an error naming `masks`
+    /// when it was not uploaded (a kernel must never draw a supplied stream's masks from its
+    /// `[0, 0]` key).
+    pub fn hits(&self, stream: &MaskStream, tag: u32) -> Result<SiteHits> {
+        if stream.supplied_masks().is_none() {
+            return Ok(SiteHits::DRAWN);
+        }
+        self.masks.get(tag).ok_or_else(|| {
+            Error::invalid("masks", format!("supplied masks of the site of tag {tag} uploaded for the call"), "none on the device")
+        })
     }
 
     /// Runs the 16-bit entries of the cell kernels (`ty` F16 or BF16) or the f32 ones.
@@ -296,6 +319,8 @@ impl<'a> Exec<'a> {
         let rows = data.at(steps.start * row, steps.len() * row);
         let fits = |n: usize, what: &str| i32::try_from(n).map_err(|_| crate::Error::invalid(what, "below 2^31", n));
         let [key0, key1] = dropout.drawn().key();
+        let tag = dropout.tag(layer)?;
+        let hits = self.hits(dropout.drawn().stream(), tag)?;
         let args = DropoutArgs {
             // The sequence's step: a stream continuing a sequence (MaskStream::from_step)
             // numbers the call's steps from its first.
@@ -305,10 +330,13 @@ impl<'a> Exec<'a> {
             width: fits(width, "width")?,
             key0: key0 as i32,
             key1: key1 as i32,
-            tag: dropout.tag(layer)? as i32,
+            tag: tag as i32,
             bound: dropout.drawn().bound() as i64,
             scale: dropout.drawn().scale_f32(),
             data: rows.ptr,
+            hits: hits.ptr,
+            hits_step0: hits.step0,
+            hits_words: hits.words,
         };
         self.launch_as(si, DropoutKernel, data.ty, grid(steps.len() * batch * width.div_ceil(4)), &args)
     }
@@ -336,18 +364,22 @@ impl<'a> Exec<'a> {
         }
         let fits = |n: usize, what: &str| i32::try_from(n).map_err(|_| crate::Error::invalid(what, "below 2^31", n));
         let [key0, key1] = vd.drawn().key();
+        let tag = vd.tag(layer, direction)?;
+        let hits = self.hits(vd.drawn().stream(), tag)?;
         let args = VariationalDropoutArgs {
             rows: fits(input.len / width, "rows")?,
             batch: fits(batch, "batch")?,
             width: fits(width, "width")?,
             key0: key0 as i32,
             key1: key1 as i32,
-            tag: vd.tag(layer, direction)? as i32,
+            tag: tag as i32,
             bound: vd.drawn().bound() as i64,
             scale: vd.drawn().scale_f32(),
             accumulate: accumulate as i32,
             input: input.ptr,
             out: out.ptr,
+            hits: hits.ptr,
+            hits_words: hits.words,
         };
         self.launch_as(si, VariationalDropoutKernel, input.ty, grid(input.len / width * width.div_ceil(4)), &args)
     }

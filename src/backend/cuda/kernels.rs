@@ -167,13 +167,16 @@ macro_rules! registry {
             }
             /// `data[t, b, u] *= factor` for the `steps` steps from `first_step` (`data` points at
             /// the first one's rows): dropout between layers, the masks of the call's key and a
-            /// layer's tag (kernels/dropout.cu; key words and tag passed as the bits of an `int`).
-            DropoutArgs(first_step: i32, steps: i32, batch: i32, width: i32, key0: i32, key1: i32, tag: i32, bound: i64, scale: f32, data: u64) {
+            /// layer's tag (kernels/dropout.cu; key words and tag passed as the bits of an `int`),
+            /// or the supplied masks' bits `hits` (kernels/masks.cuh; null: drawn).
+            DropoutArgs(first_step: i32, steps: i32, batch: i32, width: i32, key0: i32, key1: i32, tag: i32, bound: i64, scale: f32, data: u64,
+                hits: u64, hits_step0: i32, hits_words: i32) {
                 Dropout: dropout, grid_stride [f32 dropout_f32, f16 dropout_f16, bf16 dropout_bf16];
             }
             /// `out[r, u] (+)= in[r, u] · factor(r mod batch, u)`: variational dropout, one mask per
             /// sequence (recurrent and input dropout; kernels/dropout.cu), `accumulate` 0 or 1.
-            VariationalDropoutArgs(rows: i32, batch: i32, width: i32, key0: i32, key1: i32, tag: i32, bound: i64, scale: f32, accumulate: i32, input: u64, out: u64) {
+            VariationalDropoutArgs(rows: i32, batch: i32, width: i32, key0: i32, key1: i32, tag: i32, bound: i64, scale: f32, accumulate: i32, input: u64, out: u64,
+                hits: u64, hits_words: i32) {
                 VariationalDropout: dropout, grid_stride [f32 variational_dropout_f32, f16 variational_dropout_f16, bf16 variational_dropout_bf16];
             }
             /// Zoneout after a step (kernels/zoneout.cu): `state` (`[B, W]`) becomes `prev` where the
@@ -181,13 +184,13 @@ macro_rules! registry {
             /// stream's first) hits (`training` 1) or `z·prev + keep·state` (0), also
             /// written to `y` (or null); the cell's own state saved to `save_new` first (or null).
             ZoneoutForwardArgs(batch: i32, width: i32, step: i32, mask_step: i32, lengths: u64, key0: i32, key1: i32, tag: i32, bound: i64,
-                training: i32, z: f32, keep: f32, prev: u64, state: u64, y: u64, y_stride: i32, save_new: u64) {
+                training: i32, z: f32, keep: f32, prev: u64, state: u64, y: u64, y_stride: i32, save_new: u64, hits: u64, hits_step0: i32, hits_words: i32) {
                 ZoneoutForward: zoneout, grid_stride [f32 zoneout_forward_f32, f16 zoneout_forward_f16, bf16 zoneout_forward_bf16];
             }
             /// Zoneout's backward before a step: `grad` (f32 `[B, W]`, plus `dy` or null) split into
             /// the hit units' part (`kept`, f32) and the cell's (left in `grad`).
             ZoneoutSplitArgs(batch: i32, width: i32, step: i32, mask_step: i32, lengths: u64, key0: i32, key1: i32, tag: i32, bound: i64,
-                dy: u64, dy_stride: i32, grad: u64, kept: u64) {
+                dy: u64, dy_stride: i32, grad: u64, kept: u64, hits: u64, hits_step0: i32, hits_words: i32) {
                 ZoneoutSplit: zoneout, grid_stride [f32 zoneout_split_f32, f16 zoneout_split_f16, bf16 zoneout_split_bf16];
             }
             /// `dst[j] += Σ_i src[i, j]`, `src` `[rows, cols]` f32 (the peephole gradients' sum over the batch).

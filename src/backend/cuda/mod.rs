@@ -354,15 +354,10 @@ impl Cuda {
         let recurrent = crate::backend::host::variational_dropout::VariationalDropout::recurrent(plan.config(), masks)?;
         let input_dropout = crate::backend::host::variational_dropout::VariationalDropout::input(plan.config(), masks)?;
         let zoneout = crate::backend::host::zoneout::Zoneout::for_pass(plan.config(), shape, true, masks)?;
-        let any = dropout.is_some() || recurrent.is_some() || input_dropout.is_some() || zoneout.is_some();
-        if any && masks.is_some_and(|m| m.supplied_masks().is_some()) {
-            return Err(Error::Unsupported {
-                backend: self.dev.name.clone(),
-                option: "masks".into(),
-                reason: "masks supplied by the caller: the CUDA kernels draw the regularisers' masks on the device from a seed and offset \
-                         (MaskStream::new); run with a drawn stream, or on the reference or CPU backend"
-                    .into(),
-            });
+        // Masks supplied by the caller cover the call (an error naming them otherwise, as on the
+        // host backends); the driver uploads them (driver/masks.rs).
+        if let Some(m) = masks {
+            m.check_for(plan.config(), shape)?;
         }
         // Until this call has filled it, the reserve is not usable.
         r.stamp = ReserveStamp::default();

@@ -42,6 +42,12 @@ impl Drawn {
         T::ONE / T::from_f64(1.0 - self.p)
     }
 
+    /// The call's masks.
+    #[cfg(feature = "cuda")]
+    pub fn stream(&self) -> &MaskStream {
+        &self.stream
+    }
+
     /// The call's Philox key (`MaskStream::key`).
     #[cfg(feature = "cuda")]
     pub fn key(&self) -> [u32; 2] {

@@ -120,6 +120,12 @@ impl Zoneout {
         self.rate(state).map(|r| DeviceRate { z: r.z as f32, keep: (1.0 - r.z) as f32, bound: r.threshold.bound() })
     }
 
+    /// A training pass's masks (`None` in inference).
+    #[cfg(feature = "cuda")]
+    pub fn masks(&self) -> Option<&MaskStream> {
+        self.masks.as_ref()
+    }
+
     /// The key of a training pass's masks (`None` in inference).
     #[cfg(feature = "cuda")]
     pub fn key(&self) -> Option<[u32; 2]> {

@@ -290,6 +290,8 @@ fn backward_with(
 ) -> Result<()> {
     let cfg = weights.config();
     check_sizes(cfg, shape)?;
+    // Supplied masks: the forward pass's device copies.
+    let exec = &exec.with_masks(sv.masks.clone());
     let mut temps = Temps::new(exec);
     // 16-bit parameter gradients accumulate in f32 (from the caller's with Accumulate) and are
     // rounded once at the end.
@@ -367,6 +369,9 @@ pub(crate) fn deferred_params(
     let (tl, bl) = (steps.len(), acc.batch);
     let shape = SeqShape::new(tl, bl)?;
     check_sizes(cfg, &shape)?;
+    // Supplied masks: the first step's device copies (the per-sequence masks, the same at
+    // every step, are the only ones a weight gradient reads).
+    let exec = &exec.with_masks(steps.first().map(|s| s.masks.clone()).unwrap_or_default());
     let mut temps = Temps::new(exec);
     let target = params_target(&mut temps, Some(dparams), mode)?;
     // The steps' buffers one after the other: each is `[1, B, ·]`, the whole call's `[T, B, ·]`.
@@ -408,6 +413,7 @@ pub(crate) fn deferred_params(
         recurrent_dropout: first.recurrent_dropout.clone(),
         input_dropout: first.input_dropout.clone(),
         zoneout: None,
+        masks: first.masks.clone(),
     };
     let g = BackwardViews { dy: None, dhn: None, dcn: None, dx: None, dh0: None, dc0: None, dparams: target.1, mode };
     let layers = allocate(&mut temps, weights, &shape, &sv, &g, target.1, None)?;

@@ -11,7 +11,7 @@ use super::wavefront::{forward_wavefront, wavefront_chunk};
 use super::zoneout::{self, StepStates, ZoneForward};
 use super::{
     check_sizes, each_direction, gru_reset_before, joined_on_error, options, persistent_declined, persistent_declines, persistent_required,
-    CudaReserve, LayerViews, Persistent, Temps, Weights,
+    CudaReserve, DeviceMasks, LayerViews, Persistent, Temps, Weights,
 };
 use crate::backend::cell::Saved;
 use crate::backend::host::zoneout::Zoneout;
@@ -127,13 +127,25 @@ pub(crate) fn forward(
     weights: Weights<'_>,
     shape: &SeqShape,
     io: ForwardViews,
-    save: Option<&mut CudaReserve>,
+    mut save: Option<&mut CudaReserve>,
 ) -> Result<()> {
     let cfg = weights.config();
     check_sizes(cfg, shape)?;
     if let Some(r) = save.as_deref() {
         check_mask_steps(r, shape)?;
     }
+    // Supplied masks: their bits uploaded before any work, kept in the reserve for backward.
+    let masks = match save.as_deref_mut() {
+        Some(r) => {
+            r.supplied = match r.mask_stream() {
+                Some(stream) => DeviceMasks::upload(exec, stream, cfg, shape)?,
+                None => None,
+            };
+            r.supplied.as_ref().map(DeviceMasks::views).unwrap_or_default()
+        }
+        None => Default::default(),
+    };
+    let exec = &exec.with_masks(masks);
     let mut temps = Temps::new(exec);
     // Batch-first: x [B, T, I] in, y [B, T, ·] out, through time-major temporaries (the reserve
     // keeps the time-major x, as it keeps a copy of x anyway).

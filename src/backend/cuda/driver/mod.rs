@@ -95,6 +95,7 @@ mod backward;
 mod forward;
 mod gru_reset_before;
 mod layer_norm;
+mod masks;
 pub(in crate::backend::cuda) mod options;
 mod variational_dropout;
 mod wavefront;
@@ -103,6 +104,7 @@ mod zoneout;
 pub use backward::CudaStepGrads;
 pub(crate) use backward::{backward, backward_step, deferred_params, BackwardViews};
 pub(crate) use forward::{forward, ForwardViews};
+pub(crate) use masks::{DeviceMasks, MaskViews, SiteHits};
 #[cfg(all(test, rnn_kernels_host_emulation))]
 pub(crate) use wavefront::wavefront_chunk;
 
@@ -147,6 +149,9 @@ pub struct CudaReserve {
     pub(crate) input_dropout: Option<VariationalDropout>,
     /// Its zoneout (the same).
     pub(crate) zoneout: Option<Zoneout>,
+    /// The device copies of its masks when the caller supplied them (`masks.rs`; uploaded by
+    /// the pass, read again by backward).
+    supplied: Option<DeviceMasks>,
 }
 
 impl crate::backend::RnnReserve for CudaReserve {
@@ -193,6 +198,8 @@ pub(crate) struct SavedViews {
     input_dropout: Option<VariationalDropout>,
     /// Its zoneout.
     zoneout: Option<Zoneout>,
+    /// Its supplied masks' device copies (empty when drawn).
+    masks: MaskViews,
 }
 
 impl SavedViews {
@@ -209,7 +216,18 @@ impl SavedViews {
             recurrent_dropout: r.recurrent_dropout.clone(),
             input_dropout: r.input_dropout.clone(),
             zoneout: r.zoneout.clone(),
+            masks: r.supplied.as_ref().map(DeviceMasks::views).unwrap_or_default(),
         }
+    }
+}
+
+impl CudaReserve {
+    /// The masks of the training pass that fills it: the stream of its regularisers (they
+    /// share the call's), `None` without any.
+    fn mask_stream(&self) -> Option<&crate::masks::MaskStream> {
+        let drawn = self.dropout.as_ref().map(|d| d.drawn()).or(self.recurrent_dropout.as_ref().map(|v| v.drawn()));
+        let drawn = drawn.or(self.input_dropout.as_ref().map(|v| v.drawn()));
+        drawn.map(|d| d.stream()).or(self.zoneout.as_ref().and_then(|z| z.masks()))
     }
 }
 

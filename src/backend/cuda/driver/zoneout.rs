@@ -12,14 +12,15 @@
 //!   units' part of `dh` (and of `dc`) aside; after the step's products it is added onto the
 //!   gradient carried to the previous step.
 //!
-//! The masks are drawn on the device from the call's key, so backward regenerates them. The
+//! The masks are drawn on the device from the call's key, so backward regenerates them (or,
+//! supplied by the caller, read from their device copies, `masks.rs`). The
 //! persistent kernels run the plain cells only and decline zoneout (the layer takes the
 //! per-step path; an error naming the option when they are required).
 
 use super::super::buffer::View;
 use super::super::exec::Exec;
 use super::super::kernels as k;
-use super::Temps;
+use super::{SiteHits, Temps};
 use crate::backend::host::zoneout::{Sites, State, Zoneout};
 use crate::backend::stack::LayerDims;
 use crate::element::Dtype;
@@ -39,7 +40,7 @@ fn fits(n: usize, what: &str) -> Result<i32> {
 }
 
 /// The kernels' arguments common to both passes for `state`: its sizes, step (the call's and
-/// the sequence's, which draws the masks), key, tag and bound.
+/// the sequence's, which draws the masks), key, tag and bound, and the bits of supplied masks.
 struct Common {
     batch: i32,
     width: i32,
@@ -48,12 +49,17 @@ struct Common {
     key: [u32; 2],
     tag: u32,
     bound: i64,
+    hits: SiteHits,
 }
 
 impl Common {
-    fn new(z: &Zoneout, sites: Sites, state: State, dims: &LayerDims, t: usize) -> Result<Option<Self>> {
+    fn new(exec: &Exec<'_>, z: &Zoneout, sites: Sites, state: State, dims: &LayerDims, t: usize) -> Result<Option<Self>> {
         let Some(rate) = z.device_rate(state) else { return Ok(None) };
         let width = if state == State::H { dims.hout } else { dims.h };
+        let hits = match z.masks() {
+            Some(stream) => exec.hits(stream, sites.tag(state))?,
+            None => SiteHits::DRAWN,
+        };
         Ok(Some(Common {
             batch: fits(dims.b, "batch")?,
             width: fits(width, "width")?,
@@ -62,6 +68,7 @@ impl Common {
             key: z.key().unwrap_or([0, 0]),
             tag: sites.tag(state),
             bound: rate.bound as i64,
+            hits,
         }))
     }
 }
@@ -110,7 +117,7 @@ impl ZoneForward {
     pub fn after_step(&self, exec: &Exec<'_>, si: usize, dims: &LayerDims, s: &StepStates) -> Result<()> {
         let training = self.zoneout.key().is_some() as i32;
         let launch = |state: State, ty: Dtype, prev: View, cur: View, y: u64, y_stride: usize, save_new: View| -> Result<()> {
-            let Some(c) = Common::new(&self.zoneout, self.sites, state, dims, s.t)? else { return Ok(()) };
+            let Some(c) = Common::new(exec, &self.zoneout, self.sites, state, dims, s.t)? else { return Ok(()) };
             let rate = self.zoneout.device_rate(state).expect("Common::new checked it");
             let args = k::ZoneoutForwardArgs {
                 batch: c.batch,
@@ -130,6 +137,9 @@ impl ZoneForward {
                 y,
                 y_stride: fits(y_stride, "y stride")?,
                 save_new: save_new.ptr,
+                hits: c.hits.ptr,
+                hits_step0: c.hits.step0,
+                hits_words: c.hits.words,
             };
             exec.launch_typed(si, k::ZoneoutForward, ty, dims.b * (c.width as usize).div_ceil(4), &args)
         };
@@ -185,7 +195,7 @@ impl ZoneBackward {
         dc: View,
     ) -> Result<()> {
         let launch = |state: State, ty: Dtype, dy: u64, grad: View, kept: View| -> Result<()> {
-            let Some(c) = Common::new(&self.zoneout, self.sites, state, dims, t)? else { return Ok(()) };
+            let Some(c) = Common::new(exec, &self.zoneout, self.sites, state, dims, t)? else { return Ok(()) };
             let args = k::ZoneoutSplitArgs {
                 batch: c.batch,
                 width: c.width,
@@ -200,6 +210,9 @@ impl ZoneBackward {
                 dy_stride: fits(dy_stride, "dy stride")?,
                 grad: grad.ptr,
                 kept: kept.ptr,
+                hits: c.hits.ptr,
+                hits_step0: c.hits.step0,
+                hits_words: c.hits.words,
             };
             exec.launch_typed(si, k::ZoneoutSplit, ty, dims.b * (c.width as usize).div_ceil(4), &args)
         };

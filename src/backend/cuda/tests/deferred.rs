@@ -156,3 +156,27 @@ fn deferred_steps_with_bf16_storage_are_within_the_derived_bounds() {
         }
     }
 }
+
+/// Supplied masks (a drawn stream's, read back) in a decoder's steps: each one-step pass
+/// uploads the bits it reads and the deferred parameters' gradients read the first step's (the
+/// per-sequence masks, the same at every step). The steps give the whole call's bits, and
+/// those are the drawn stream's.
+#[test]
+fn deferred_steps_with_supplied_masks_give_the_drawn_bits() {
+    use crate::masks::{MaskStream, SuppliedMasks};
+    let dropouts = decoders().into_iter().filter(|(_, c)| c.recurrent_dropout().is_some() || c.input_dropout().is_some());
+    for (name, cfg) in dropouts {
+        let shape = SeqShape::new(4, 3).unwrap();
+        let p = Problem::<f32>::new(&cfg, &shape, 7, 1.0);
+        let supplied = MaskStream::supplied(SuppliedMasks::drawn(&p.masks(), &cfg, &shape).unwrap());
+        let q = Problem::<f32>::new(&cfg, &shape, 7, 1.0).with_masks(supplied);
+        let emulation = Emulation::default();
+        let exec = emulation.exec();
+        q.check_steps(&exec, &format!("{name}, supplied masks"));
+        let ((want_fwd, (want, want_twice)), (got_fwd, (got, got_twice))) = (p.stepped_on(&exec), q.stepped_on(&exec));
+        for (i, (g, w)) in got_fwd.iter().chain(&got).zip(want_fwd.iter().chain(&want)).enumerate() {
+            assert!(bits(g) == bits(w), "{name}: output {i} of the supplied masks' steps differs from the drawn ones'");
+        }
+        assert!(bits(&got_twice) == bits(&want_twice), "{name}: Accumulate");
+    }
+}

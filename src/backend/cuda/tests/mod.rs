@@ -22,6 +22,8 @@
 //!   dropout between layers, dropped a chunk at a time), the stream each piece of work is issued
 //!   on, and stream 1 joined after a failure;
 //! - `dropout.rs`: kernels/dropout.cu against the host's masks, whole and a range of steps;
+//! - `supplied_masks.rs`: masks supplied by the caller, uploaded and read by the mask kernels:
+//!   a call's own masks supplied again give its bits, patterned ones match the reference;
 //! - `attention.rs`: attention (`driver/attention.rs`, kernels/attention.cu) through the same
 //!   host-slice code as `CudaHost`, every score against the f64 reference, batched and per step,
 //!   NaN in the keys' padding changing nothing.
@@ -41,6 +43,7 @@ mod layer_norm;
 mod options;
 mod options_driver;
 mod oracle;
+mod supplied_masks;
 mod wavefront;
 
 use super::buffer::View;
