@@ -38,6 +38,8 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="${CARGO_TARGET_AARCH64_
 # checks which one it got), so the backend's tests run the NEON kernels; the tests' own loops over
 # ISAs run NEON alone (`testkit::isas`), the scalar kernels being the same Rust as natively.
 export RNN_KERNELS_ISA=neon
+# An ISA test that finds no NEON fails rather than says it was skipped.
+export RNN_KERNELS_REQUIRE_ISA=neon
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

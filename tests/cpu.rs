@@ -162,3 +162,18 @@ fn isa_choice() {
     }
     eprintln!("ISAs on this machine: {available:?}; default {}", Isa::best());
 }
+
+/// The ISAs the run requires (`RNN_KERNELS_REQUIRE_ISA`, which CI sets from `/proc/cpuinfo`)
+/// are detected, so that none of their tests is skipped on a CPU that has them.
+#[test]
+fn required_isas_are_detected() {
+    for name in rnn_kernels::testkit::required_isas() {
+        let supported = match name.as_str() {
+            // The VDPBF16PS products: the unit tests of `isa::avx512::sgemm` check it (they fail,
+            // not skip, where it is required); the ISA itself is AVX-512.
+            "avx512_bf16" => Isa::Avx512.is_supported(),
+            other => other.parse::<Isa>().unwrap().is_supported(),
+        };
+        assert!(supported, "RNN_KERNELS_REQUIRE_ISA names {name}, but the CPU backend does not detect it");
+    }
+}

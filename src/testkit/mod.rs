@@ -41,6 +41,38 @@ pub fn isas() -> Vec<crate::Isa> {
     }
 }
 
+/// The CPU features a test run requires: `RNN_KERNELS_REQUIRE_ISA`, a comma-separated list of
+/// `avx2`, `avx512`, `avx512_bf16`, `amx` and `neon` (CI sets it from the flags `/proc/cpuinfo`
+/// lists), empty where unset.
+///
+/// # Panics
+///
+/// If it names something else.
+pub fn required_isas() -> Vec<String> {
+    const KNOWN: [&str; 5] = ["avx2", "avx512", "avx512_bf16", "amx", "neon"];
+    let v = std::env::var("RNN_KERNELS_REQUIRE_ISA").unwrap_or_default();
+    let names: Vec<String> = v.split(',').map(|s| s.trim().to_ascii_lowercase()).filter(|s| !s.is_empty()).collect();
+    for n in &names {
+        assert!(KNOWN.contains(&n.as_str()), "RNN_KERNELS_REQUIRE_ISA: expected a list of {KNOWN:?}, got {v:?}");
+    }
+    names
+}
+
+/// What a test of an ISA's kernels does on a CPU that lacks the ISA (`isa`, a name of
+/// [`required_isas`]): says that it was skipped, or fails when the run requires the ISA (the
+/// CPU has it, so the detection missed it and the test would check nothing).
+///
+/// # Panics
+///
+/// If [`required_isas`] names `isa`.
+pub fn skip_isa(isa: &str) {
+    assert!(
+        !required_isas().iter().any(|r| r == isa),
+        "RNN_KERNELS_REQUIRE_ISA names {isa}, but this CPU was not detected to have it: the test would be skipped"
+    );
+    println!("skipped: this CPU lacks {isa}");
+}
+
 /// The number of cases a property test of this crate runs: `default`, or the
 /// `PROPTEST_CASES` environment variable where it is set (proptest's own variable, which it
 /// reads only for tests that name no count). `.ci/neon.sh` lowers it for the run under

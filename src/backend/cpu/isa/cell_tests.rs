@@ -68,7 +68,7 @@ pub(crate) use cell_kernel_tests;
 /// for the `(cell, forward)` pairs in `exact`), position independence, and extreme inputs.
 pub(crate) fn check_cell<K: Kernels>(isa: Option<K>, cell: CellKind, exact: &[(CellKind, bool)]) {
     let Some(isa) = isa else {
-        println!("skipped: this CPU lacks the ISA");
+        crate::testkit::skip_isa(K::ISA.name());
         return;
     };
     for forward in [true, false] {

@@ -166,7 +166,7 @@ fn forward_bound(x: &[f32], d: f64, rstd: f64, xhat: &[f64]) -> (Vec<f64>, f64) 
 /// Checks every ISA's forward against [`exact_forward`]; see the module documentation.
 pub(crate) fn check_forward<K: Kernels>(isa: Option<K>) {
     let Some(isa) = isa else {
-        println!("skipped: this CPU lacks the ISA");
+        crate::testkit::skip_isa(K::ISA.name());
         return;
     };
     let mut rng = SplitMix64::new(0x1a7e_4000 + K::ISA as u64);
@@ -274,7 +274,7 @@ fn backward_bound(d: f64, rstd: f64, g: &[f64], xhat: &[f32], (mg, mgx): (f64, f
 /// `rstd` from the ISA's forward); see the module documentation.
 pub(crate) fn check_backward<K: Kernels>(isa: Option<K>) {
     let Some(isa) = isa else {
-        println!("skipped: this CPU lacks the ISA");
+        crate::testkit::skip_isa(K::ISA.name());
         return;
     };
     let mut rng = SplitMix64::new(0x1a7e_b000 + K::ISA as u64);
@@ -317,7 +317,7 @@ pub(crate) fn check_backward<K: Kernels>(isa: Option<K>) {
 /// split (64 rows of 2048, and an odd 37 rows of 1000).
 pub(crate) fn check_thread_split<K: Kernels>(isa: Option<K>) {
     let Some(isa) = isa else {
-        println!("skipped: this CPU lacks the ISA");
+        crate::testkit::skip_isa(K::ISA.name());
         return;
     };
     let mut rng = SplitMix64::new(0x1a7e_5000);
@@ -401,7 +401,7 @@ fn widen(v: &[f32]) -> Vec<f64> {
 pub(crate) fn check_lstm_output<K: Kernels>(isa: Option<K>) {
     use crate::backend::host::layer_norm::lstm_ln_output;
     let Some(isa) = isa else {
-        println!("skipped: this CPU lacks the ISA");
+        crate::testkit::skip_isa(K::ISA.name());
         return;
     };
     let mut rng = SplitMix64::new(0x157e_0000 + K::ISA as u64);
@@ -433,7 +433,7 @@ pub(crate) fn check_lstm_output<K: Kernels>(isa: Option<K>) {
 pub(crate) fn check_lstm_backward<K: Kernels>(isa: Option<K>) {
     use crate::backend::host::layer_norm::{lstm_ln_backward, LstmLnBack};
     let Some(isa) = isa else {
-        println!("skipped: this CPU lacks the ISA");
+        crate::testkit::skip_isa(K::ISA.name());
         return;
     };
     let mut rng = SplitMix64::new(0x157e_b000 + K::ISA as u64);

@@ -208,7 +208,7 @@ mod tests {
     fn supported() -> bool {
         let ok = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
         if !ok {
-            println!("skipped: no AVX2+FMA");
+            crate::testkit::skip_isa("avx2");
         }
         ok
     }

@@ -25,7 +25,7 @@ mod tests {
     #[cfg_attr(miri, ignore = "SIMD intrinsics: Miri runs no AVX2/AVX-512 code here (no ISA is detected under Miri)")]
     fn same_bits_as_avx2() {
         if !crate::backend::cpu::Isa::Avx512.is_supported() {
-            println!("skipped: this CPU lacks AVX-512F");
+            crate::testkit::skip_isa("avx512");
             return;
         }
         let top = 100.0f32.to_bits();

@@ -129,7 +129,7 @@ mod tests {
     #[cfg_attr(miri, ignore = "SIMD intrinsics: Miri runs no AVX2/AVX-512 code here (no ISA is detected under Miri)")]
     fn forward_cells_give_the_avx2_bits() {
         let Some(isa) = Avx512::detect() else {
-            println!("skipped: this CPU lacks AVX-512");
+            crate::testkit::skip_isa("avx512");
             return;
         };
         let mut rng = SplitMix64::new(0xa512);

@@ -454,7 +454,7 @@ mod tests {
     #[cfg_attr(miri, ignore = "SIMD intrinsics: Miri runs no AVX-512 code here")]
     fn transposed_pairs_match_the_scalar_packing() {
         if !Avx512::dot_bf16() {
-            println!("skipped: this CPU lacks AVX512_BF16 or AVX-512BW");
+            crate::testkit::skip_isa("avx512_bf16");
             return;
         }
         let mut rng = SplitMix64::new(77);
@@ -495,7 +495,7 @@ mod tests {
     #[cfg_attr(miri, ignore = "SIMD intrinsics: Miri runs no AVX-512 code here")]
     fn b_pairs_match_the_scalar_packing() {
         if !Avx512::dot_bf16() {
-            println!("skipped: this CPU lacks AVX512_BF16 or AVX-512BW");
+            crate::testkit::skip_isa("avx512_bf16");
             return;
         }
         let mut rng = SplitMix64::new(78);
