@@ -110,6 +110,27 @@ mod with_feature {
         assert!(e.to_string().contains("`masks`"), "{e}");
     }
 
+    /// A call's temporaries stay in the device's memory pool for the next call (here 32 MiB of
+    /// input projections, `[T, B, 4H]`, freed at the end of the call) until
+    /// `release_cached_memory` hands them back; the calls after it give the same bits.
+    #[test]
+    fn the_pool_keeps_a_calls_temporaries_until_released() {
+        let Some(c) = cuda("the_pool_keeps_a_calls_temporaries_until_released") else { return };
+        let cfg = RnnConfig::new(CellKind::Lstm, 256, 512).build().unwrap();
+        let shape = SeqShape::new(64, 64).unwrap();
+        let params = Params::<f32>::init_uniform(&cfg, 3).unwrap().into_vec();
+        let x: Vec<f32> = (0..shape.x_shape(&cfg).iter().product()).map(|i| (i as f32 * 0.01).sin()).collect();
+        let rnn = Rnn::new(CudaHost(c.clone()), &cfg, &params[..]).unwrap();
+        let first = rnn.forward(&shape, &x, None, None).unwrap().y;
+        let kept = c.cached_bytes().unwrap();
+        assert!(kept >= 32 << 20, "{kept} bytes kept in the pool after a call with 32 MiB of temporaries");
+        c.release_cached_memory().unwrap();
+        let released = c.cached_bytes().unwrap();
+        assert!(released < kept, "{released} bytes kept after the release, {kept} before");
+        let again = rnn.forward(&shape, &x, None, None).unwrap().y;
+        assert!(first.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()), "the call after the release differs");
+    }
+
     /// A decoder's steps on the device (teacher forcing through `Rnn::step`, with dropout
     /// between layers and zoneout too, whose masks continue the sequence's): the backward walks
     /// them with the parameters' gradients deferred (`backward_step_deferred` answers true) and

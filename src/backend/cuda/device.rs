@@ -161,6 +161,7 @@ fn open_with_libraries(ordinal: usize) -> Result<Device> {
     // SAFETY: every buffer of the backend is allocated on stream 0, and stream 0 waits for
     // stream 1 before any call returns, so no buffer is freed or reused while stream 1 uses it.
     unsafe { ctx.disable_event_tracking() };
+    keep_pool_memory(&ctx, &name)?;
     let s0 = ctx.new_stream().map_err(|e| device_err(&name, "creating stream 0", e))?;
     let s1 = ctx.new_stream().map_err(|e| device_err(&name, "creating stream 1", e))?;
     let b0 = CudaBlas::new(s0.clone()).map_err(|e| device_err(&name, "creating a cuBLAS handle", e))?;
@@ -191,7 +192,63 @@ fn open_with_libraries(ordinal: usize) -> Result<Device> {
     Ok(Device { name, ctx, streams: [s0, s1], blas: [b0, b1], kernels, props, call: Mutex::new(()) })
 }
 
+/// The device's default memory pool, where cudarc allocates (`cuMemAllocAsync`) when the device
+/// has memory pools; `None` otherwise (cudarc then allocates with `cuMemAlloc`).
+fn default_pool(ctx: &CudaContext, name: &str) -> Result<Option<cudarc::driver::sys::CUmemoryPool>> {
+    if !ctx.has_async_alloc() {
+        return Ok(None);
+    }
+    let mut pool = std::ptr::null_mut();
+    // SAFETY: an out pointer to a local, the context's own device.
+    unsafe { cudarc::driver::sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) }
+        .result()
+        .map_err(|e| device_err(name, "reading the default memory pool", e))?;
+    Ok(Some(pool))
+}
+
+/// The memory pool of the backend's buffers keeps what is freed into it: every call's
+/// temporaries are freed at its end, and with the pool's default release threshold (0) the
+/// driver would hand that memory back at each synchronisation (every download), so the next
+/// call would allocate it again from the driver. With the threshold at its maximum, a call of
+/// a shape already seen allocates from the pool only (PyTorch's caching allocator does the
+/// same for its own memory); [`Device::release_cached`] hands the unused part back.
+fn keep_pool_memory(ctx: &CudaContext, name: &str) -> Result<()> {
+    let Some(pool) = default_pool(ctx, name)? else { return Ok(()) };
+    let mut threshold = u64::MAX;
+    use cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
+    // SAFETY: the device's pool, an attribute of type cuuint64_t read from a local.
+    unsafe { cudarc::driver::sys::cuMemPoolSetAttribute(pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, (&mut threshold as *mut u64).cast()) }
+        .result()
+        .map_err(|e| device_err(name, "setting the memory pool's release threshold", e))
+}
+
 impl Device {
+    /// Memory the pool holds that no buffer uses, in bytes (0 without memory pools).
+    pub fn cached_bytes(&self) -> Result<u64> {
+        let Some(pool) = default_pool(&self.ctx, &self.name)? else { return Ok(0) };
+        use cudarc::driver::sys::CUmemPool_attribute::{CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, CU_MEMPOOL_ATTR_USED_MEM_CURRENT};
+        let read = |attr| -> Result<u64> {
+            let mut v = 0u64;
+            // SAFETY: the device's pool, an attribute of type cuuint64_t written to a local.
+            unsafe { cudarc::driver::sys::cuMemPoolGetAttribute(pool, attr, (&mut v as *mut u64).cast()) }
+                .result()
+                .map_err(|e| device_err(&self.name, "reading the memory pool's size", e))?;
+            Ok(v)
+        };
+        Ok(read(CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?.saturating_sub(read(CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?))
+    }
+
+    /// Hands the memory the pool holds unused back to the driver (after the streams' work has
+    /// finished; the caller holds the call lock).
+    pub fn release_cached(&self) -> Result<()> {
+        let Some(pool) = default_pool(&self.ctx, &self.name)? else { return Ok(()) };
+        for s in &self.streams {
+            s.synchronize().map_err(|e| device_err(&self.name, "synchronising", e))?;
+        }
+        // SAFETY: the device's pool; memory in use is not released.
+        unsafe { cudarc::driver::sys::cuMemPoolTrimTo(pool, 0) }.result().map_err(|e| device_err(&self.name, "trimming the memory pool", e))
+    }
+
     /// The device as the target of one call: takes the call lock and binds the context to this
     /// thread.
     pub fn lock(&self) -> Result<DeviceTarget<'_>> {

@@ -313,6 +313,24 @@ impl Cuda {
         Ok(())
     }
 
+    /// Device memory the backend's pool holds for later calls and no buffer uses, in bytes.
+    /// A call's temporaries are freed into the device's default memory pool (`cuMemAllocAsync`)
+    /// and kept there, so that the next call of a shape already seen allocates nothing from
+    /// the driver; 0 on a device without memory pools.
+    pub fn cached_bytes(&self) -> Result<u64> {
+        let _target = self.dev.lock()?;
+        self.dev.cached_bytes()
+    }
+
+    /// Waits for the work enqueued so far and hands the memory the pool holds unused back to
+    /// the driver (as `torch.cuda.empty_cache()`): plans, reserves and buffers keep theirs.
+    /// The pool is the device's default one, shared by every user of the device in the
+    /// process.
+    pub fn release_cached_memory(&self) -> Result<()> {
+        let _target = self.dev.lock()?;
+        self.dev.release_cached()
+    }
+
     fn view<T: CudaElement>(&self, b: &CudaBuf<T>) -> View {
         View::of(&b.slice, &self.dev.streams[0])
     }
