@@ -289,7 +289,7 @@ impl Target for DeviceTarget<'_> {
 
     fn upload_i32(&self, values: &[i32]) -> Result<RawBuf> {
         let s = &self.dev.streams[0];
-        let slice = s.clone_htod(values).map_err(|e| self.err("uploading the lengths", e))?;
+        let slice = s.clone_htod(values).map_err(|e| self.err("uploading i32 values (lengths, indices, mask bits)", e))?;
         let ptr = slice.device_ptr(s).0;
         Ok(RawBuf::new(ptr, Box::new(slice)))
     }
