@@ -7,7 +7,9 @@ The NumPy API (everything here) is the extension module ``rnn_kernels._native``:
   ``param_specs()`` (PyTorch's names, shapes and offsets in the flat parameter buffer).
 - ``Model(config, params, backend="cpu", threads=None, isa=None)``: the parameters planned on
   a backend (``"reference"``: float32 or float64; ``"cpu"``: float32), with ``forward``,
-  ``forward_training``, ``backward``, ``update_params`` and ``params``.
+  ``forward_training`` (masks from a seed, or the caller's: ``masks=``), ``backward``,
+  ``update_params``, ``params``, and ``mask_sites`` / ``read_masks`` (the masks a training
+  pass reads, and a seed's).
 - ``Reserve``: what a training forward pass keeps for backward.
 - ``Steps`` / ``BackwardSteps``: a decoder run one step at a time (``Model.start_steps``,
   ``steps.step(x)``, ``steps.reorder(rows)``) and its backward (``Model.backward_steps``).

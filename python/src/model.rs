@@ -12,10 +12,11 @@ use crate::config::Config;
 use crate::engine::{self, Buffers, Elem, Kind, Plan, SharedPlan};
 use crate::errors::{runtime, type_error, value, OrPy};
 use crate::steps::{BackwardSteps, Engine, StepElem, Steps};
+use numpy::{PyArray3, PyArrayMethods};
 use numpy::{PyArrayDescrMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
-use rnn_kernels::masks::MaskStream;
+use pyo3::types::{PyDict, PyTuple};
+use rnn_kernels::masks::{required_sites, MaskKind, MaskSite, MaskStream, SuppliedMasks};
 use rnn_kernels::{BackwardInput, BackwardOutput, Cpu, ForwardInput, ForwardOutput, GradMode, Isa, RnnConfig, RnnReserve, SeqShape};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -157,6 +158,64 @@ fn fresh_seed() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
     h.finish()
+}
+
+/// A training call's masks and reserve: drawn from `seed` (a fresh one when `None`) or the
+/// caller's `supplied` ones; `reserve` to refill, or `None` for a new one.
+pub(crate) struct Training<'a, 'py> {
+    seed: Option<u64>,
+    reserve: Option<&'a Bound<'py, Reserve>>,
+    supplied: Option<SuppliedMasks>,
+}
+
+/// A mask of `Model.mask_sites`: `(layer, direction, kind, (steps, rows, units))`.
+type MaskSiteTuple = (usize, usize, &'static str, (usize, usize, usize));
+
+/// The name of a mask kind in Python: the option it belongs to.
+fn kind_name(k: MaskKind) -> &'static str {
+    match k {
+        MaskKind::LayerOutput => "dropout",
+        MaskKind::RecurrentH => "recurrent_dropout",
+        MaskKind::LayerInput => "input_dropout",
+        MaskKind::ZoneoutH => "zoneout",
+        MaskKind::ZoneoutC => "zoneout_cell",
+    }
+}
+
+/// The shape of `mask_sites` and `read_masks`: at least one step and one sequence.
+fn mask_shape(steps: i64, batch: i64) -> PyResult<SeqShape> {
+    let steps = usize::try_from(steps).ok().filter(|&s| s > 0).ok_or_else(|| value("steps", "at least 1", steps))?;
+    let batch = usize::try_from(batch).ok().filter(|&b| b > 0).ok_or_else(|| value("batch", "at least 1", batch))?;
+    SeqShape::new(steps, batch).or_py()
+}
+
+/// The `masks` argument: a dict `{(layer, direction, kind): bool array [steps, rows, units]}`
+/// (a `TypeError` naming `masks` for another type, a `ValueError` for a bad key or array).
+fn parse_masks(obj: &Bound<'_, PyAny>) -> PyResult<SuppliedMasks> {
+    const WANT: &str = "a dict {(layer, direction, kind): numpy.ndarray of dtype bool with shape [steps, rows, units]}";
+    let type_name = |o: &Bound<'_, PyAny>| o.get_type().name().map_or_else(|_| "an object".to_string(), |n| format!("a {n}"));
+    let dict = obj.cast::<PyDict>().map_err(|_| type_error("masks", WANT, type_name(obj)))?;
+    let mut out = SuppliedMasks::new();
+    for (key, hits) in dict.iter() {
+        let (layer, direction, kind): (usize, usize, String) = key
+            .extract()
+            .map_err(|_| type_error("masks", "keys (layer, direction, kind) of two ints and a str", format!("the key {key}")))?;
+        let kind = MaskKind::ALL.into_iter().find(|&k| kind_name(k) == kind).ok_or_else(|| {
+            value("masks", "kinds dropout, recurrent_dropout, input_dropout, zoneout or zoneout_cell", format!("the kind {kind:?}"))
+        })?;
+        let site = MaskSite::new(layer, direction, kind)
+            .map_err(|e| value("masks", "keys of a layer and a direction of the stack", format!("{key}: {e}")))?;
+        let arr = hits.cast::<PyArray3<bool>>().map_err(|_| {
+            type_error("masks", format!("{key}: a numpy.ndarray of dtype bool with shape [steps, rows, units]"), type_name(&hits))
+        })?;
+        let ro = arr.try_readonly().map_err(|e| runtime("masks", format!("{key} cannot be read: {e}")))?;
+        let s = ro.shape().to_vec();
+        let flat = ro
+            .as_slice()
+            .map_err(|_| value("masks", format!("{key}: a C-contiguous array"), format!("an array of shape {}", tuple(&s))))?;
+        out.insert(site, s[0], s[1], s[2], flat).or_py()?;
+    }
+    Ok(out)
 }
 
 /// Whether a training pass of `cfg` draws random masks.
@@ -349,7 +408,7 @@ impl Model {
         h0: Option<&Bound<'py, PyAny>>,
         c0: Option<&Bound<'py, PyAny>>,
         threads: Option<i64>,
-        training: Option<(Option<u64>, Option<&Bound<'py, Reserve>>)>,
+        training: Option<Training<'_, 'py>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let cfg = &self.config;
         let x_dims = if cfg.batch_first() { "[B, T, I]" } else { "[T, B, I]" };
@@ -373,10 +432,15 @@ impl Model {
         let x_ro = readonly::<T>(&xa, "x")?;
         let (x, h0s, c0s) = (slice(&x_ro, "x")?, opt_slice(&h0, "h0")?, opt_slice(&c0, "c0")?);
         let cpu = self.cpu_for(threads)?;
+        // The reserve given to a training call (`Some(None)`: none, a new one is returned).
+        let given = training.as_ref().map(|t| t.reserve);
         let (masks, reserve) = match training {
             None => (None, None),
-            Some((seed, reserve)) => {
-                let masks = needs_masks(cfg).then(|| MaskStream::new(seed.unwrap_or_else(fresh_seed), 0));
+            Some(Training { seed, reserve, supplied }) => {
+                let masks = match supplied {
+                    Some(m) => Some(MaskStream::supplied(m)),
+                    None => needs_masks(cfg).then(|| MaskStream::new(seed.unwrap_or_else(fresh_seed), 0)),
+                };
                 (masks, Some(reserve.map_or(TrainingReserve::New, |r| TrainingReserve::Existing(r.get()))))
             }
         };
@@ -423,9 +487,9 @@ impl Model {
             Some(c) => out3(py, c, c_shape)?,
             None => py.None().into_bound(py),
         };
-        match training {
+        match given {
             None => PyTuple::new(py, [y, hn, cn]),
-            Some((_, given)) => {
+            Some(given) => {
                 let r = match (given, out.reserve) {
                     (Some(r), _) => r.clone().into_any(),
                     (None, Some(st)) => Bound::new(py, Reserve { state: RwLock::new(st) })?.into_any(),
@@ -712,8 +776,13 @@ impl Model {
     /// reusing its memory, or ``None`` for a new one. ``seed``: the seed of the random masks of a
     /// configuration with ``dropout``, ``zoneout``, ``zoneout_cell``, ``recurrent_dropout`` or
     /// ``input_dropout`` (one stream for all of them; the same seed gives the same masks);
-    /// ``None`` draws a fresh one per call; ignored without these options.
-    #[pyo3(signature = (x, lengths=None, h0=None, c0=None, seed=None, reserve=None, threads=None))]
+    /// ``None`` draws a fresh one per call; ignored without these options. ``masks``: the
+    /// caller's masks instead (not with ``seed``): a dict ``{(layer, direction, kind): hits}``
+    /// as ``read_masks`` returns, ``hits`` a C-contiguous bool array ``[steps, rows, units]``,
+    /// ``True`` where the unit is dropped (for zoneout, kept at its previous value), each mask
+    /// of ``mask_sites`` there with at least its sizes; the kept units are still scaled by
+    /// ``1/(1-p)``.
+    #[pyo3(signature = (x, lengths=None, h0=None, c0=None, seed=None, reserve=None, threads=None, masks=None))]
     #[allow(clippy::too_many_arguments)]
     fn forward_training<'py>(
         &self,
@@ -725,12 +794,49 @@ impl Model {
         seed: Option<&Bound<'py, PyAny>>,
         reserve: Option<&Bound<'py, Reserve>>,
         threads: Option<i64>,
+        masks: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let seed = seed.filter(|s| !s.is_none()).map(parse_seed).transpose()?;
-        match self.dtype {
-            Dtype::F32 => self.forward_typed::<f32>(py, x, lengths, h0, c0, threads, Some((seed, reserve))),
-            Dtype::F64 => self.forward_typed::<f64>(py, x, lengths, h0, c0, threads, Some((seed, reserve))),
+        let supplied = masks.filter(|m| !m.is_none()).map(parse_masks).transpose()?;
+        if seed.is_some() && supplied.is_some() {
+            return Err(value("masks", "None when a seed is given (the masks are drawn from the seed or supplied, not both)", "a dict"));
         }
+        let training = Training { seed, reserve, supplied };
+        match self.dtype {
+            Dtype::F32 => self.forward_typed::<f32>(py, x, lengths, h0, c0, threads, Some(training)),
+            Dtype::F64 => self.forward_typed::<f64>(py, x, lengths, h0, c0, threads, Some(training)),
+        }
+    }
+
+    /// The masks a training pass over ``steps`` steps of ``batch`` sequences reads: a list of
+    /// ``(layer, direction, kind, (steps, rows, units))``, ``kind`` the option's name
+    /// (``"dropout"`` between layers, ``"recurrent_dropout"``, ``"input_dropout"``,
+    /// ``"zoneout"``, ``"zoneout_cell"``; ``steps`` 1 for the per-sequence kinds, recurrent and
+    /// input dropout).
+    fn mask_sites(&self, steps: i64, batch: i64) -> PyResult<Vec<MaskSiteTuple>> {
+        let shape = mask_shape(steps, batch)?;
+        Ok(required_sites(&self.config, &shape)
+            .into_iter()
+            .map(|m| (m.site.layer(), m.site.direction(), kind_name(m.site.kind()), (m.steps, m.rows, m.units)))
+            .collect())
+    }
+
+    /// The masks a training pass over ``steps`` steps of ``batch`` sequences draws from ``seed``
+    /// (``forward_training(..., seed=seed)``'s): a dict ``{(layer, direction, kind): hits}``,
+    /// ``hits`` a bool array ``[steps, rows, units]`` (see ``mask_sites``), to inspect or to
+    /// pass back as ``masks``.
+    fn read_masks<'py>(&self, py: Python<'py>, steps: i64, batch: i64, seed: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+        let shape = mask_shape(steps, batch)?;
+        let seed = parse_seed(seed)?;
+        let drawn = py.detach(|| SuppliedMasks::drawn(&MaskStream::new(seed, 0), &self.config, &shape)).or_py()?;
+        let out = PyDict::new(py);
+        for need in required_sites(&self.config, &shape) {
+            let Some((s, r, u, hits)) = drawn.get(need.site) else { continue };
+            let a = numpy::ndarray::Array3::from_shape_vec((s, r, u), hits).map_err(|e| runtime("masks", e))?;
+            let key = (need.site.layer(), need.site.direction(), kind_name(need.site.kind()));
+            out.set_item(key, numpy::PyArray::from_owned_array(py, a))?;
+        }
+        Ok(out)
     }
 
     /// Backpropagation through time over the forward pass that filled ``reserve``, with the

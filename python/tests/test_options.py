@@ -6,7 +6,9 @@ agree with the float64 reference on the outputs and every gradient within rtol 1
 the float64 reference's backward agrees with central differences (eps 1e-6) at one coordinate of
 every parameter tensor (the options' own tensors included) and a few of x, h0 and c0, within
 rtol 1e-6 (atol 1e-8); the masks of a training pass follow the seed; invalid values are a
-ValueError naming the argument; a safetensors file keeps the options. An oracle outside the
+ValueError naming the argument; a safetensors file keeps the options; the masks of a seed read
+back (`read_masks`) and supplied (`masks=`) give that seed's bits, and supplied masks with no or
+every zoneout hit give the plain cell's pass and a state that never moves. An oracle outside the
 library: onnxruntime's outputs in tests/fixtures/onnx (docs/case-format.md), which the float64
 reference matches within 1e-5 (the cases were computed in float32) and the float32 CPU backend
 within 1e-4, the error being max |a - b| / max(1, |b|) as in the `verify` example.
@@ -343,6 +345,90 @@ def test_each_masked_option_draws_from_the_seed():
         assert not np.array_equal(ys[0], ys[2]), kwargs
         # Without a seed, a fresh one per call.
         assert not np.array_equal(model.forward_training(x, h0=h0, c0=c0)[0], model.forward_training(x, h0=h0, c0=c0)[0])
+
+
+ALL_MASKS = rk.Config(
+    "lstm", 3, 4, num_layers=2, bidirectional=True, dropout=0.3, zoneout=0.3, zoneout_cell=0.2, recurrent_dropout=0.25, input_dropout=0.2
+)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_masks_read_back_and_supplied_give_the_seeds_bits(backend):
+    config = ALL_MASKS
+    model = rk.Model(config, params_for(config, 61, np.float32), backend=backend)
+    x, h0, c0 = inputs(config, 6, 4, 62, np.float32)
+    sites = model.mask_sites(6, 4)
+    masks = model.read_masks(6, 4, seed=9)
+    # Every option's masks at every layer and direction (dropout between the layers only).
+    assert sorted(masks) == sorted((layer, d, kind) for layer, d, kind, _ in sites)
+    kinds = {kind for _, _, kind, _ in sites}
+    assert kinds == {"dropout", "recurrent_dropout", "input_dropout", "zoneout", "zoneout_cell"}
+    for layer, d, kind, shape in sites:
+        hits = masks[(layer, d, kind)]
+        assert hits.dtype == np.bool_ and hits.shape == shape
+        assert shape[0] == (1 if kind in ("recurrent_dropout", "input_dropout") else 6) and shape[1] == 4
+        assert 0 < hits.sum() < hits.size, (layer, d, kind)
+    a = model.forward_training(x, h0=h0, c0=c0, seed=9)
+    b = model.forward_training(x, h0=h0, c0=c0, masks=masks)
+    c = model.forward_training(x, h0=h0, c0=c0, seed=10)
+    for u, v in zip(a[:3], b[:3]):
+        np.testing.assert_array_equal(u, v)
+    assert not np.array_equal(a[0], c[0])
+    r = rng(63)
+    dy = r.standard_normal(a[0].shape).astype(np.float32)
+    ga, gb = model.backward(a[3], dy=dy), model.backward(b[3], dy=dy)
+    for u, v in zip(ga, gb):
+        np.testing.assert_array_equal(u, v)
+    # Other masks (one site's hits and misses swapped) change the pass.
+    flipped = dict(masks)
+    flipped[(0, 0, "zoneout")] = ~masks[(0, 0, "zoneout")]
+    assert not np.array_equal(model.forward_training(x, h0=h0, c0=c0, masks=flipped)[0], a[0])
+
+
+def test_supplied_zoneout_masks_with_no_or_every_hit():
+    """Zoneout masks with no hit give the plain cell's training pass; with every hit the state never
+    leaves h0, c0."""
+    config = rk.Config("lstm", 3, 4, num_layers=2, zoneout=0.3, zoneout_cell=0.2)
+    p = params_for(config, 71, np.float64)
+    x, h0, c0 = inputs(config, 5, 3, 72)
+    model = rk.Model(config, p, backend="reference")
+    none = {(l, d, kind): np.zeros(s, dtype=bool) for l, d, kind, s in model.mask_sites(5, 3)}
+    plain = rk.Model(without_masks(config), p, backend="reference").forward_training(x, h0=h0, c0=c0)
+    got = model.forward_training(x, h0=h0, c0=c0, masks=none)
+    for u, v in zip(plain[:3], got[:3]):
+        np.testing.assert_array_equal(u, v)
+    every = {k: np.ones_like(v) for k, v in none.items()}
+    y, hn, cn, _ = model.forward_training(x, h0=h0, c0=c0, masks=every)
+    np.testing.assert_array_equal(hn, h0)
+    np.testing.assert_array_equal(cn, c0)
+    np.testing.assert_array_equal(y, np.broadcast_to(h0[-1], y.shape))
+
+
+def test_bad_masks_are_errors_naming_them():
+    model = rk.Model(ALL_MASKS, params_for(ALL_MASKS, 81, np.float32))
+    x, h0, c0 = inputs(ALL_MASKS, 6, 4, 82, np.float32)
+    masks = model.read_masks(6, 4, seed=1)
+    short = model.read_masks(5, 4, seed=1)
+    bad = [
+        (TypeError, [m for m in masks.values()]),
+        (TypeError, {(0, 0, "zoneout"): masks[(0, 0, "zoneout")].astype(np.float32)}),
+        (TypeError, {"zoneout": masks[(0, 0, "zoneout")]}),
+        (ValueError, {(0, 0, "dropout_h"): masks[(0, 0, "zoneout")]}),
+        (ValueError, {(0, 2, "zoneout"): masks[(0, 0, "zoneout")]}),
+        (ValueError, {k: v[..., ::2] if k[2] == "zoneout" else v for k, v in masks.items()}),
+        (ValueError, short),
+        (ValueError, {k: v for k, v in masks.items() if k != (1, 1, "zoneout_cell")}),
+    ]
+    for error, m in bad:
+        with pytest.raises(error, match="masks"):
+            model.forward_training(x, h0=h0, c0=c0, masks=m)
+    with pytest.raises(ValueError, match="masks"):
+        model.forward_training(x, h0=h0, c0=c0, masks=masks, seed=3)
+    for steps, batch, name in ((0, 4, "steps"), (6, 0, "batch")):
+        with pytest.raises(ValueError, match=name):
+            model.mask_sites(steps, batch)
+        with pytest.raises(ValueError, match=name):
+            model.read_masks(steps, batch, seed=1)
 
 
 # -- files -----------------------------------------------------------------------------------
