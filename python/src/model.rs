@@ -354,6 +354,7 @@ impl Model {
         c0: Option<&Bound<'_, PyAny>>,
         training: bool,
         seed: Option<u64>,
+        supplied: Option<SuppliedMasks>,
         threads: Option<i64>,
     ) -> PyResult<Steps> {
         let cfg = &self.config;
@@ -375,8 +376,11 @@ impl Model {
         let c0 = state_arg::<T>(c0, "c0", "[L, B, H]", shape.c_shape(cfg))?;
         let (h0s, c0s) = (opt_slice(&h0, "h0")?, opt_slice(&c0, "c0")?);
         let engine = self.steps_engine(threads)?;
-        let masks = needs_masks(cfg);
-        py.detach(|| Steps::start::<T>(engine, batch, h0s, c0s, training, seed.unwrap_or_else(fresh_seed), masks))
+        let masks = match supplied {
+            Some(m) => Some(MaskStream::supplied(m)),
+            None => needs_masks(cfg).then(|| MaskStream::new(seed.unwrap_or_else(fresh_seed), 0)),
+        };
+        py.detach(|| Steps::start::<T>(engine, batch, h0s, c0s, training, masks))
     }
 
     fn backward_steps_typed<T: StepElem>(
@@ -868,9 +872,11 @@ impl Model {
     /// from ``h0: [L, B, Hout]`` and ``c0: [L, B, H]`` (zeros when ``None``). ``training``: each
     /// step keeps what ``backward_steps`` needs; ``seed``: the masks' seed of a configuration
     /// with dropout or zoneout (step ``t`` draws those of step ``t`` of one ``forward_training``
-    /// over the sequence with that seed). ``threads``: the run's thread count (CPU). The run holds
-    /// the current weights: a later ``update_params`` does not change its steps.
-    #[pyo3(signature = (batch, h0=None, c0=None, training=false, seed=None, threads=None))]
+    /// over the sequence with that seed); ``masks``: the caller's instead (as
+    /// ``forward_training``'s, for the whole sequence: step ``t`` reads their step ``t``).
+    /// ``threads``: the run's thread count (CPU). The run holds the current weights: a later
+    /// ``update_params`` does not change its steps.
+    #[pyo3(signature = (batch, h0=None, c0=None, training=false, seed=None, threads=None, masks=None))]
     #[allow(clippy::too_many_arguments)]
     fn start_steps(
         &self,
@@ -881,12 +887,17 @@ impl Model {
         training: bool,
         seed: Option<&Bound<'_, PyAny>>,
         threads: Option<i64>,
+        masks: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Steps> {
         let batch = usize::try_from(batch).map_err(|_| value("batch", "at least 1 row", batch))?;
         let seed = seed.filter(|s| !s.is_none()).map(parse_seed).transpose()?;
+        let supplied = masks.filter(|m| !m.is_none()).map(parse_masks).transpose()?;
+        if seed.is_some() && supplied.is_some() {
+            return Err(value("masks", "None when a seed is given (the masks are drawn from the seed or supplied, not both)", "a dict"));
+        }
         match self.dtype {
-            Dtype::F32 => self.start_steps_typed::<f32>(py, batch, h0, c0, training, seed, threads),
-            Dtype::F64 => self.start_steps_typed::<f64>(py, batch, h0, c0, training, seed, threads),
+            Dtype::F32 => self.start_steps_typed::<f32>(py, batch, h0, c0, training, seed, supplied, threads),
+            Dtype::F64 => self.start_steps_typed::<f64>(py, batch, h0, c0, training, seed, supplied, threads),
         }
     }
 

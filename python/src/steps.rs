@@ -140,18 +140,17 @@ impl Steps {
         self.engine.model
     }
 
-    /// A new run: `batch` rows from `h0`, `c0` (zeros when `None`); a training run of a
-    /// configuration with `masks` draws them from `seed` (step `t` those of step `t` of one call).
+    /// A new run: `batch` rows from `h0`, `c0` (zeros when `None`); a training run reads its
+    /// masks from `masks` (step `t` those of step `t` of one call), `None` without any.
     pub(crate) fn start<T: StepElem>(
         engine: Engine,
         batch: usize,
         h0: Option<&[T]>,
         c0: Option<&[T]>,
         training: bool,
-        seed: u64,
-        masks: bool,
+        masks: Option<MaskStream>,
     ) -> PyResult<Self> {
-        let masks = (training && masks).then(|| MaskStream::new(seed, 0));
+        let masks = masks.filter(|_| training);
         let run = engine.rnn::<T>()?.start_steps(batch, h0, c0, training, masks).or_py()?;
         Ok(Steps { engine, state: Mutex::new(T::wrap_run(run)) })
     }

@@ -115,6 +115,36 @@ def test_dropout_steps_draw_the_masks_of_one_call():
     np.testing.assert_array_equal(sdp, dp)
 
 
+def test_steps_read_the_callers_masks_at_their_own_step():
+    """Masks read back from a seed and supplied to the steps: each step reads its own step's (the
+    whole call's outputs and gradients with the same masks, bit for bit on the reference); the
+    masks of one step too few are a ValueError naming masks at the step that lacks them."""
+    config = rk.Config("lstm", 3, 5, num_layers=2, dropout=0.5, zoneout=0.3, zoneout_cell=0.2, recurrent_dropout=0.3)
+    params, x, h0, c0, dy, *_ = setup(config, np.float64)
+    m = rk.Model(config, params, backend="reference")
+    steps, batch = x.shape[0], x.shape[1]
+    masks = m.read_masks(steps, batch, seed=11)
+    y, hn, cn, res = m.forward_training(x, h0=h0, c0=c0, masks=masks)
+    s = m.start_steps(batch, h0=h0, c0=c0, training=True, masks=masks)
+    for t in range(steps):
+        np.testing.assert_array_equal(s.step(x[t]), y[t])
+    dx, dh0, dc0, dp = m.backward(res, dy=dy)
+    b = m.backward_steps(s)
+    sdx = [b.step(dy[t]) for t in reversed(range(steps))][::-1]
+    sdh0, sdc0, sdp = b.finish()
+    np.testing.assert_array_equal(np.stack(sdx), dx)
+    np.testing.assert_array_equal(sdh0, dh0)
+    np.testing.assert_array_equal(sdp, dp)
+    short = m.read_masks(steps - 1, batch, seed=11)
+    s = m.start_steps(batch, h0=h0, c0=c0, training=True, masks=short)
+    for t in range(steps - 1):
+        s.step(x[t])
+    with pytest.raises(ValueError, match="masks"):
+        s.step(x[steps - 1])
+    with pytest.raises(ValueError, match="masks"):
+        m.start_steps(batch, training=True, masks=masks, seed=3)
+
+
 @pytest.mark.parametrize("backend,dtype", BACKENDS)
 @pytest.mark.parametrize("config", CONFIGS, ids=ids)
 def test_reorder_is_stepping_the_reordered_batch(config, backend, dtype):
