@@ -213,7 +213,7 @@ fn parse_masks(obj: &Bound<'_, PyAny>) -> PyResult<SuppliedMasks> {
         let flat = ro
             .as_slice()
             .map_err(|_| value("masks", format!("{key}: a C-contiguous array"), format!("an array of shape {}", tuple(&s))))?;
-        out.insert(site, s[0], s[1], s[2], flat).or_py()?;
+        out.insert(site, s[0], s[1], s[2], flat).map_err(|e| value("masks", format!("{key}: a mask of its kind's extent"), e))?;
     }
     Ok(out)
 }

@@ -415,6 +415,8 @@ def test_bad_masks_are_errors_naming_them():
         (TypeError, {"zoneout": masks[(0, 0, "zoneout")]}),
         (ValueError, {(0, 0, "dropout_h"): masks[(0, 0, "zoneout")]}),
         (ValueError, {(0, 2, "zoneout"): masks[(0, 0, "zoneout")]}),
+        # A per-sequence kind with more than one step.
+        (ValueError, {**masks, (0, 0, "recurrent_dropout"): masks[(0, 0, "zoneout")]}),
         (ValueError, {k: v[..., ::2] if k[2] == "zoneout" else v for k, v in masks.items()}),
         (ValueError, short),
         (ValueError, {k: v for k, v in masks.items() if k != (1, 1, "zoneout_cell")}),
