@@ -16,7 +16,8 @@
 //! - For the driver's unit tests without a GPU, the pointwise kernels (every `.cu` file without a
 //!   "no host emulation" line) are also compiled as plain C++ with the host compiler (`CXX`, else
 //!   `c++`) into a static library, and `cfg(rnn_kernels_host_emulation)` is set; without a host
-//!   C++ compiler those tests are left out.
+//!   C++ compiler (or with a kernel it cannot compile) those tests are left out, a build error
+//!   with `RNN_KERNELS_REQUIRE_HOST_EMULATION=1` (CI sets it, so that they cannot vanish).
 //!
 //! Without the `cuda` feature nothing is built and nothing is needed.
 
@@ -32,7 +33,15 @@ const HOW_TO_GET_NVCC: &str = "install the pinned CUDA 13.0 compiler from PyPI (
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels");
-    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "PATH", "RNN_KERNELS_CUDA_ARCH", "RNN_KERNELS_REQUIRE_NVCC"] {
+    for var in [
+        "NVCC",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "PATH",
+        "RNN_KERNELS_CUDA_ARCH",
+        "RNN_KERNELS_REQUIRE_NVCC",
+        "RNN_KERNELS_REQUIRE_HOST_EMULATION",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo::rustc-check-cfg=cfg(rnn_kernels_ptx)");
@@ -87,6 +96,15 @@ fn main() {
     host_emulation(&out, &sources);
 }
 
+/// Leaves the host emulation out, saying why: a warning, or a build error with
+/// `RNN_KERNELS_REQUIRE_HOST_EMULATION=1`.
+fn emulation_left_out(why: &str) {
+    if env::var("RNN_KERNELS_REQUIRE_HOST_EMULATION").is_ok_and(|v| v == "1") {
+        panic!("RNN_KERNELS_REQUIRE_HOST_EMULATION=1, but {why}");
+    }
+    println!("cargo:warning={why}: the CUDA driver's host-emulation tests are left out");
+}
+
 /// Compiles the emulable kernels with the host C++ compiler into `librnn_kernels_host.a`.
 fn host_emulation(out: &Path, sources: &[PathBuf]) {
     let cxx = env::var_os("CXX").unwrap_or_else(|| "c++".into());
@@ -107,10 +125,7 @@ fn host_emulation(out: &Path, sources: &[PathBuf]) {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            println!(
-                "cargo:warning=no host C++ compiler could build {}: the CUDA driver's host-emulation tests are left out",
-                src.display()
-            );
+            emulation_left_out(&format!("no host C++ compiler could build {}", src.display()));
             return;
         }
         objects.push(obj);
@@ -119,7 +134,7 @@ fn host_emulation(out: &Path, sources: &[PathBuf]) {
     let _ = std::fs::remove_file(&lib);
     let ar = env::var_os("AR").unwrap_or_else(|| "ar".into());
     if !Command::new(ar).arg("crs").arg(&lib).args(&objects).status().is_ok_and(|s| s.success()) {
-        println!("cargo:warning=ar failed: the CUDA driver's host-emulation tests are left out");
+        emulation_left_out("ar failed");
         return;
     }
     println!("cargo:rustc-link-search=native={}", out.display());

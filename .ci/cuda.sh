@@ -34,7 +34,7 @@ PTXAS="$CUDA_BIN/ptxas"
 echo "== cuda: build with --features cuda (warnings are errors, nvcc required)"
 # Exported, so every cargo command below has the same flags and environment as this build and
 # reuses it (a change in either rebuilds the crate: build.rs reruns when RNN_KERNELS_REQUIRE_NVCC changes).
-export RUSTFLAGS="-D warnings" RNN_KERNELS_REQUIRE_NVCC=1
+export RUSTFLAGS="-D warnings" RNN_KERNELS_REQUIRE_NVCC=1 RNN_KERNELS_REQUIRE_HOST_EMULATION=1
 cargo build --release --features cuda --all-targets
 
 # The PTX of the build just made: the build-script output folder written last.

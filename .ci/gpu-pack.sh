@@ -26,7 +26,7 @@ if [ -z "${NVCC:-}" ]; then
     SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
     export NVCC="$SITE/nvidia/cu13/bin/nvcc"
 fi
-export RNN_KERNELS_REQUIRE_NVCC=1
+export RNN_KERNELS_REQUIRE_NVCC=1 RNN_KERNELS_REQUIRE_HOST_EMULATION=1
 
 echo "== gpu-pack: building with --features cuda (NVCC=$NVCC)"
 cargo build --release --features cuda --example bench --example verify --example gemm_bench --example handoff
