@@ -108,7 +108,7 @@ pub(super) struct DirForward {
 /// signed 32-bit integer, so a call whose steps reach 2^31 is an error naming `masks`, before
 /// any work.
 fn check_mask_steps(r: &CudaReserve, shape: &SeqShape) -> Result<()> {
-    let first = r.dropout.as_ref().map(|d| d.drawn().first_step()).or(r.zoneout.as_ref().map(|z| z.first_step())).unwrap_or(0);
+    let first = r.mask_stream().map_or(0, |s| s.first_step());
     let last = first as u64 + shape.steps() as u64;
     if first > 0 && last > i32::MAX as u64 {
         return Err(crate::Error::invalid(
