@@ -11,7 +11,9 @@
 # and capi/tests/steps_attention.rs)
 # and the examples verify, bench, gemm_bench and handoff, built with --features cuda and the
 # pinned nvcc (the PTX is inside them), with debug info stripped; DIR/lib holds librnn_kernels.so
-# (the C ABI with cuda). Prints the total size.
+# (the C ABI with cuda); DIR/wheel the Python package built with --features cuda (maturin, in a
+# venv of its own) and the pure-Python wheels pytest needs, for python/tests/test_cuda.py there.
+# Prints the total size.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-gpu-pack}
@@ -44,8 +46,14 @@ LIB_TEST=$(exe -p rnn-kernels --features cuda --lib)
 CAPI_TEST=$(exe -p rnn-kernels-capi --features cuda --test device)
 CAPI_ATTN_TEST=$(exe -p rnn-kernels-capi --features cuda --test steps_attention)
 
+PYV=$TARGET/venv-gpu-pack
+[ -x "$PYV/bin/python" ] || python3 -m venv "$PYV"
+"$PYV/bin/python" -m pip install --quiet --disable-pip-version-check maturin==1.16.0
+rm -rf "$TARGET/wheels-cuda"
+"$PYV/bin/maturin" build --release -m python/Cargo.toml --interpreter "$PYV/bin/python" --features cuda --strip -o "$TARGET/wheels-cuda"
+
 rm -rf "$DIR"
-mkdir -p "$DIR/bin" "$DIR/lib"
+mkdir -p "$DIR/bin" "$DIR/lib" "$DIR/wheel"
 cp "$CUDA_TEST" "$DIR/bin/test-cuda"
 cp "$LIB_TEST" "$DIR/bin/test-lib"
 cp "$CAPI_TEST" "$DIR/bin/test-capi-device"
@@ -55,6 +63,13 @@ for e in bench verify gemm_bench handoff; do
 done
 cp "$TARGET/release/librnn_kernels.so" "$DIR/lib/"
 strip --strip-debug "$DIR"/bin/* "$DIR"/lib/*
+cp "$TARGET"/wheels-cuda/rnn_kernels-*.whl "$DIR/wheel/"
+# pytest and its dependencies (pure Python, any CPython 3); numpy is the GPU machine's own.
+"$PYV/bin/python" -m pip download --quiet --disable-pip-version-check --only-binary=:all: --no-deps -d "$DIR/wheel" \
+    pytest==9.2.0 pluggy iniconfig packaging pygments
+# and the two it needs before Python 3.11, as pure-Python wheels (any GPU machine's CPython).
+"$PYV/bin/python" -m pip download --quiet --disable-pip-version-check --only-binary=:all: --no-deps -d "$DIR/wheel" \
+    --platform any --implementation py --python-version 3.10 exceptiongroup tomli
 git rev-parse HEAD >"$DIR/COMMIT"
 grep -qxF "/$DIR/" .git/info/exclude 2>/dev/null || echo "/$DIR/" >>.git/info/exclude
 du -sh "$DIR"

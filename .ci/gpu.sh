@@ -5,7 +5,8 @@
 # 1. the CUDA tests with the GPU required (RNN_KERNELS_REQUIRE_CUDA=1), the driver's unit tests
 #    and the C ABI's tests with --features cuda;
 # 2. `verify --backend cuda` on every PyTorch fixture (f32, f16, bf16) and on the cell options'
-#    cases (f32);
+#    cases (f32); the Python package's `backend="cuda"` (python/tests/test_cuda.py, from the
+#    wheel gpu-pack.sh builds);
 # 3. the cuDNN table: benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda
 #    (needs python3 with torch; GPU_ROUNDS rounds, default 3);
 # 4. compute-sanitizer memcheck on the CUDA test binary and racecheck on its small persistent and
@@ -98,6 +99,16 @@ step test-capi "${T_CAPI[@]}" --nocapture
 # The C ABI's attention on "cuda" against the Rust API's CudaHost, bit for bit.
 step test-capi-attention "${T_CAPI_ATTN[@]}" attention_matches_the_rust_api --nocapture
 step verify "${VERIFY[@]}" --backend cuda tests/fixtures/*.safetensors
+# The Python package's backend="cuda" (python/tests/test_cuda.py), from the wheel in the pack, in
+# a venv that sees this machine's numpy; RNN_KERNELS_REQUIRE_CUDA=1 makes a missing GPU a failure.
+if [ -n "$PRE" ] && ls "$PRE"/wheel/rnn_kernels-*.whl >/dev/null 2>&1; then
+    PYV=$OUT/venv-python
+    step python-venv bash -c "python3 -m venv --system-site-packages '$PYV' && '$PYV/bin/python' -m pip install --quiet --no-index \
+        --find-links '$PRE/wheel' rnn_kernels pytest"
+    step python-cuda "$PYV/bin/python" -m pytest -q -p no:cacheprovider python/tests/test_cuda.py
+else
+    echo "no wheel in the pack (GPU_PREBUILT made by .ci/gpu-pack.sh): python/tests/test_cuda.py was not run" | tee -a "$OUT/summary.txt"
+fi
 # The cell options' cases: PyTorch's Cho GRU, onnxruntime's ONNX options, Haste's layer norm, dropout,
 # zoneout, recurrent and input dropout (f32).
 step verify-options "${VERIFY[@]}" --backend cuda tests/fixtures/gru_options/*.safetensors tests/fixtures/onnx/*.safetensors \

@@ -6,7 +6,8 @@ The NumPy API (everything here) is the extension module ``rnn_kernels._native``:
   bidirectional=False, proj_size=0, dropout=0.0)``: a validated configuration, with
   ``param_specs()`` (PyTorch's names, shapes and offsets in the flat parameter buffer).
 - ``Model(config, params, backend="cpu", threads=None, isa=None)``: the parameters planned on
-  a backend (``"reference"``: float32 or float64; ``"cpu"``: float32), with ``forward``,
+  a backend (``"reference"``: float32 or float64; ``"cpu"``: float32; ``"cuda"``, in a wheel
+  built with CUDA: float32 on the GPU), with ``forward``,
   ``forward_training`` (masks from a seed, or the caller's: ``masks=``), ``backward``,
   ``update_params``, ``params``, and ``mask_sites`` / ``read_masks`` (the masks a training
   pass reads, and a seed's).
@@ -14,7 +15,7 @@ The NumPy API (everything here) is the extension module ``rnn_kernels._native``:
 - ``Steps`` / ``BackwardSteps``: a decoder run one step at a time (``Model.start_steps``,
   ``steps.step(x)``, ``steps.reorder(rows)``) and its backward (``Model.backward_steps``).
 - ``AttentionConfig(score, query_size, key_size, attn_size=None, output_size=None)`` and
-  ``Attention(config, params, backend="cpu", threads=None)``: Luong's (dot, general, concat)
+  ``Attention(config, params, backend="cpu", threads=None)`` (``"cuda"`` too): Luong's (dot, general, concat)
   and Bahdanau's (additive) attention with a length-masked softmax and the attentional hidden
   state ``tanh(W_c [c; q])``: ``memory(keys, lengths)``, ``forward``, ``forward_training``
   (its outputs and an ``AttentionSaved``, what ``backward(..., saved=...)`` needs to skip

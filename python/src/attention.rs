@@ -1,13 +1,14 @@
 //! `AttentionConfig`, `Attention`, `AttentionMemory` and `AttentionSaved`: the library's
-//! attention (`rnn_kernels::attention`) over NumPy arrays, on the reference (float32, float64) or
-//! the CPU backend (float32).
+//! attention (`rnn_kernels::attention`) over NumPy arrays, on the reference (float32, float64),
+//! the CPU backend (float32) or, in a build with CUDA, the GPU (float32, `CudaHost`: each call
+//! uploads its arrays and downloads its results).
 //!
 //! Shapes are the library's (time-major): `keys: [S, B, Hk]` (the encoder's outputs, sequence
 //! `b` `lengths[b]` of them), `queries: [Tq, B, Hq]`, `weights: [Tq, B, S]` (0 past each
 //! length), `context: [Tq, B, Hk]`, `hidden: [Tq, B, O]` (`tanh(W_c [c; q])`).
 
 use crate::arrays::{array, check_shape, out1, out3, readonly, slice, tuple};
-use crate::engine::{self, Elem, Kind};
+use crate::engine::{self, Ctx, Elem, Kind};
 use crate::errors::{runtime, type_error, value, OrPy};
 use numpy::{PyArrayDescrMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -16,7 +17,7 @@ use rnn_kernels::attention::{
     AttentionBackend, AttentionConfig as Cfg, AttentionMemory as Mem, AttentionMemoryGrads, AttentionOutput, AttentionShape,
     AttentionUpstream, Score,
 };
-use rnn_kernels::{Cpu, Isa, Reference};
+use rnn_kernels::{Isa, Reference};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// An attention's score function and sizes: ``score`` one of ``"dot"``, ``"general"``,
@@ -133,7 +134,7 @@ trait AttElem: Elem {
     fn wrap_mem(m: Mem<Self>) -> AnyMem;
     fn saved(s: &AnySaved) -> Option<&Saved<Self>>;
     fn wrap_saved(s: Saved<Self>) -> AnySaved;
-    fn backend(cpu: Option<&Cpu>) -> PyResult<&dyn AttentionBackend<Self>>;
+    fn backend(ctx: &Ctx) -> PyResult<&dyn AttentionBackend<Self>>;
 }
 
 impl AttElem for f32 {
@@ -164,10 +165,12 @@ impl AttElem for f32 {
     fn wrap_saved(s: Saved<f32>) -> AnySaved {
         AnySaved::F32(s)
     }
-    fn backend(cpu: Option<&Cpu>) -> PyResult<&dyn AttentionBackend<f32>> {
-        Ok(match cpu {
-            Some(c) => c,
-            None => &Reference,
+    fn backend(ctx: &Ctx) -> PyResult<&dyn AttentionBackend<f32>> {
+        Ok(match ctx {
+            Ctx::Cpu(c) => c,
+            Ctx::Reference => &Reference,
+            #[cfg(feature = "cuda")]
+            Ctx::Cuda(c) => c,
         })
     }
 }
@@ -200,10 +203,10 @@ impl AttElem for f64 {
     fn wrap_saved(s: Saved<f64>) -> AnySaved {
         AnySaved::F64(s)
     }
-    fn backend(cpu: Option<&Cpu>) -> PyResult<&dyn AttentionBackend<f64>> {
-        match cpu {
-            Some(_) => Err(runtime("params", "float64 on the cpu backend (an internal inconsistency of the bindings)")),
-            None => Ok(&Reference),
+    fn backend(ctx: &Ctx) -> PyResult<&dyn AttentionBackend<f64>> {
+        match ctx {
+            Ctx::Reference => Ok(&Reference),
+            _ => Err(runtime("params", "float64 on a backend other than the reference (an internal inconsistency of the bindings)")),
         }
     }
 }
@@ -341,8 +344,8 @@ impl AttentionSaved {
     }
 }
 
-/// An attention's parameters on a backend: ``"reference"`` (``float32`` or ``float64``) or
-/// ``"cpu"`` (``float32``). ``params``: a 1-D C-contiguous array of ``config.param_count``
+/// An attention's parameters on a backend: ``"reference"`` (``float32`` or ``float64``),
+/// ``"cpu"`` (``float32``) or, in a build with CUDA, ``"cuda"`` (``float32``). ``params``: a 1-D C-contiguous array of ``config.param_count``
 /// elements (copied). ``threads`` (CPU): all cores when ``None``.
 #[pyclass(module = "rnn_kernels._native", frozen)]
 pub struct Attention {
@@ -396,12 +399,19 @@ fn input3<'py, T: Elem>(
 }
 
 impl Attention {
-    fn cpu(&self, threads: Option<i64>) -> PyResult<Option<Cpu>> {
+    /// The backend of a call (`threads`: the call's, else the attention's, on the CPU).
+    fn ctx(&self, threads: Option<i64>) -> PyResult<Ctx> {
         let threads = match threads {
             Some(t) => Some(usize::try_from(t).ok().filter(|&n| n >= 1).ok_or_else(|| value("threads", "at least 1 thread", t))?),
             None => None,
         };
-        self.cpu.map(|(isa, n)| engine::cpu(isa, threads.unwrap_or(n)).or_py()).transpose()
+        match (self.kind, self.cpu) {
+            (Kind::Cpu, Some((isa, n))) => engine::cpu(isa, threads.unwrap_or(n)).or_py().map(Ctx::Cpu),
+            (Kind::Cpu, None) => Err(runtime("threads", "missing for the cpu backend (an internal inconsistency of the bindings)")),
+            (Kind::Reference, _) => Ok(Ctx::Reference),
+            #[cfg(feature = "cuda")]
+            (Kind::Cuda, _) => engine::cuda().or_py().map(Ctx::Cuda),
+        }
     }
 
     fn memory_typed<T: AttElem>(
@@ -416,8 +426,8 @@ impl Attention {
         let shape = AttentionShape::new(1, s, lengths.clone()).or_py()?;
         let ks = slice(&k, "keys")?;
         let p = T::params(&self.params).ok_or_else(|| mismatch("params"))?;
-        let cpu = self.cpu(threads)?;
-        let mem = py.detach(|| T::backend(cpu.as_ref())?.attention_memory(&self.config, &shape, p, ks).or_py())?;
+        let ctx = self.ctx(threads)?;
+        let mem = py.detach(|| T::backend(&ctx)?.attention_memory(&self.config, &shape, p, ks).or_py())?;
         Ok(AttentionMemory { id: next_memory(), attention: self.id, steps: s, batch: b, lengths, mem: T::wrap_mem(mem) })
     }
 
@@ -444,9 +454,9 @@ impl Attention {
         let (m, shape) = self.call_parts::<T>(memory, tq)?;
         let qs = slice(&q, "queries")?;
         let p = T::params(&self.params).ok_or_else(|| mismatch("params"))?;
-        let cpu = self.cpu(threads)?;
+        let ctx = self.ctx(threads)?;
         let (out, saved) = py.detach(|| -> PyResult<_> {
-            let out = T::backend(cpu.as_ref())?.attention_forward_with(cfg, &shape, p, m, qs).or_py()?;
+            let out = T::backend(&ctx)?.attention_forward_with(cfg, &shape, p, m, qs).or_py()?;
             // Copies: the arrays returned are the caller's to change.
             let saved = save.then(|| Saved { out: out.clone(), queries: qs.to_vec() });
             Ok((out, saved))
@@ -553,9 +563,9 @@ impl Attention {
         };
         let (dh, dc, dw) = (sl(&dh, "d_hidden")?, sl(&dc, "d_context")?, sl(&dw, "d_weights")?);
         let p = T::params(&self.params).ok_or_else(|| mismatch("params"))?;
-        let cpu = self.cpu(threads)?;
+        let ctx = self.ctx(threads)?;
         let (dq, dk, dp) = py.detach(|| -> PyResult<(Vec<T>, Vec<T>, Vec<T>)> {
-            let be = T::backend(cpu.as_ref())?;
+            let be = T::backend(&ctx)?;
             // The forward's outputs: saved by forward_training, or recomputed.
             let recomputed: AttentionOutput<T>;
             let out = match saved {
@@ -603,7 +613,9 @@ impl Attention {
         let kind = match backend {
             "reference" => Kind::Reference,
             "cpu" => Kind::Cpu,
-            other => return Err(value("backend", "one of \"reference\", \"cpu\"", format!("{other:?}"))),
+            #[cfg(feature = "cuda")]
+            "cuda" => Kind::Cuda,
+            other => return Err(value("backend", format!("one of {:?}", crate::backends()), format!("{other:?}"))),
         };
         let cfg = config.inner.clone();
         let n = cfg.param_len();
@@ -621,10 +633,10 @@ impl Attention {
         let p = if dt.is_equiv_to(&numpy::dtype::<f32>(py)) {
             copy::<f32>(params, n)?
         } else if dt.is_equiv_to(&numpy::dtype::<f64>(py)) {
-            if kind == Kind::Cpu {
+            if kind != Kind::Reference {
                 return Err(type_error(
                     "params",
-                    "dtype float32 for backend \"cpu\" (float64 runs on backend \"reference\")",
+                    format!("dtype float32 for backend \"{}\" (float64 runs on backend \"reference\")", kind.name()),
                     "dtype float64",
                 ));
             }
@@ -640,8 +652,13 @@ impl Attention {
                 };
                 Some((Isa::from_env().or_py()?, threads))
             }
-            Kind::Reference => None,
+            _ => None,
         };
+        #[cfg(feature = "cuda")]
+        if kind == Kind::Cuda {
+            // Opens the device now, so that a machine without one fails here, naming what is missing.
+            engine::cuda().or_py()?;
+        }
         Ok(Attention { id: NEXT_ATTENTION.fetch_add(1, Ordering::Relaxed), config: cfg, kind, cpu, params: p })
     }
 
@@ -658,7 +675,7 @@ impl Attention {
             AnyParams::F64(_) => <f64 as Elem>::NAME,
         }
     }
-    /// ``"reference"`` or ``"cpu"``.
+    /// ``"reference"``, ``"cpu"`` or ``"cuda"``.
     #[getter]
     fn backend(&self) -> &'static str {
         self.kind.name()

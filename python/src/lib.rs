@@ -31,7 +31,11 @@ use std::path::PathBuf;
 
 /// The backends this build has.
 pub(crate) fn backends() -> Vec<&'static str> {
-    vec!["reference", "cpu"]
+    let mut v = vec!["reference", "cpu"];
+    if cfg!(feature = "cuda") {
+        v.push("cuda");
+    }
+    v
 }
 
 /// The CPU backend's ISAs this machine supports, best last.
@@ -46,7 +50,8 @@ fn default_isa() -> PyResult<&'static str> {
     Isa::from_env().map(Isa::name).or_py()
 }
 
-/// The backends of this build: ``["reference", "cpu"]``.
+/// The backends of this build: ``["reference", "cpu"]``, and ``"cuda"`` in a build with
+/// CUDA.
 #[pyfunction(name = "backends")]
 fn py_backends() -> Vec<&'static str> {
     backends()

@@ -9,15 +9,15 @@
 
 use crate::arrays::{array, check_shape, out1, out3, readonly, slice, tuple, zeros};
 use crate::config::Config;
-use crate::engine::{self, Buffers, Elem, Kind, Plan, SharedPlan};
+use crate::engine::{self, Buffers, Ctx, Elem, Kind, Plan, SharedPlan};
 use crate::errors::{runtime, type_error, value, OrPy};
-use crate::steps::{BackwardSteps, Engine, StepElem, Steps};
+use crate::steps::{dispatch, BackwardSteps, Engine, Flavour, StepKind, Steps};
 use numpy::{PyArray3, PyArrayMethods};
 use numpy::{PyArrayDescrMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use rnn_kernels::masks::{required_sites, MaskKind, MaskSite, MaskStream, SuppliedMasks};
-use rnn_kernels::{BackwardInput, BackwardOutput, Cpu, ForwardInput, ForwardOutput, GradMode, Isa, RnnConfig, RnnReserve, SeqShape};
+use rnn_kernels::{BackwardInput, BackwardOutput, ForwardInput, ForwardOutput, GradMode, Isa, RnnConfig, SeqShape};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -83,7 +83,8 @@ impl Reserve {
         py.detach(|| self.read().plan.is_some())
     }
 
-    /// The bytes of memory its buffers hold (the weights it holds while in use not counted).
+    /// The bytes of memory its buffers hold, device memory for a ``cuda`` model's (the weights it
+    /// holds while in use not counted).
     #[getter]
     fn nbytes(&self, py: Python<'_>) -> usize {
         py.detach(|| self.read().buffers.nbytes())
@@ -104,7 +105,9 @@ impl Reserve {
 }
 
 /// A configuration's parameters planned on a backend: the reference (``float32`` or
-/// ``float64``) or the CPU backend (``float32``).
+/// ``float64``), the CPU backend (``float32``), or, in a build with CUDA (``"cuda" in
+/// backends()``), the GPU (``float32``: the weights and a training pass's reserve stay in device
+/// memory; each call uploads its arrays and downloads its results).
 ///
 /// ``params``: a 1-D C-contiguous array of ``config.param_count`` elements (the layout of
 /// ``config.param_specs()``); its dtype is the model's. ``threads`` (CPU): the default thread
@@ -321,13 +324,25 @@ impl Model {
         self.state().plan.clone()
     }
 
-    /// The CPU backend of a call (`threads`: the call's, else the model's), `None` for the
-    /// reference.
-    fn cpu_for(&self, threads: Option<i64>) -> PyResult<Option<Cpu>> {
+    /// The element type and backend of its decoder steps.
+    fn flavour(&self) -> Flavour {
+        Flavour::of(self.kind, self.dtype.name())
+    }
+
+    /// The backend of a call: the CPU backend of the model's ISA on `threads` threads (the
+    /// call's, else the model's), the reference, or the CUDA device.
+    fn ctx_for(&self, threads: Option<i64>) -> PyResult<Ctx> {
         let threads = threads.map(|t| thread_count("threads", t)).transpose()?;
-        match (self.kind, self.isa) {
-            (Kind::Cpu, Some(isa)) => engine::cpu(isa, threads.unwrap_or(self.threads)).or_py().map(Some),
-            _ => Ok(None),
+        Model::ctx_of(self.kind, self.isa, threads.unwrap_or(self.threads))
+    }
+
+    fn ctx_of(kind: Kind, isa: Option<Isa>, threads: usize) -> PyResult<Ctx> {
+        match (kind, isa) {
+            (Kind::Cpu, Some(isa)) => engine::cpu(isa, threads).or_py().map(Ctx::Cpu),
+            (Kind::Cpu, None) => Err(runtime("isa", "missing for the cpu backend (an internal inconsistency of the bindings)")),
+            (Kind::Reference, _) => Ok(Ctx::Reference),
+            #[cfg(feature = "cuda")]
+            (Kind::Cuda, _) => engine::cuda().or_py().map(Ctx::Cuda),
         }
     }
 
@@ -337,16 +352,13 @@ impl Model {
             model: self.id,
             config: self.config.clone(),
             plan: self.plan(),
-            cpu: match (self.kind, self.isa) {
-                (Kind::Cpu, Some(isa)) => Some((isa, threads.unwrap_or(self.threads))),
-                _ => None,
-            },
+            ctx: Model::ctx_of(self.kind, self.isa, threads.unwrap_or(self.threads))?,
             dtype: self.dtype.name(),
         })
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn start_steps_typed<T: StepElem>(
+    fn start_steps_typed<K: StepKind>(
         &self,
         py: Python<'_>,
         batch: usize,
@@ -369,21 +381,21 @@ impl Model {
             return Err(value("batch", "at least 1 row", 0));
         }
         let shape = SeqShape::new(1, batch).or_py()?;
-        let h0 = state_arg::<T>(h0, "h0", "[L, B, Hout]", shape.h_shape(cfg))?;
+        let h0 = state_arg::<K::T>(h0, "h0", "[L, B, Hout]", shape.h_shape(cfg))?;
         if !cfg.cell().has_cell_state() && c0.is_some_and(|c| !c.is_none()) {
             return Err(no_cell_state("c0", cfg));
         }
-        let c0 = state_arg::<T>(c0, "c0", "[L, B, H]", shape.c_shape(cfg))?;
+        let c0 = state_arg::<K::T>(c0, "c0", "[L, B, H]", shape.c_shape(cfg))?;
         let (h0s, c0s) = (opt_slice(&h0, "h0")?, opt_slice(&c0, "c0")?);
         let engine = self.steps_engine(threads)?;
         let masks = match supplied {
             Some(m) => Some(MaskStream::supplied(m)),
             None => needs_masks(cfg).then(|| MaskStream::new(seed.unwrap_or_else(fresh_seed), 0)),
         };
-        py.detach(|| Steps::start::<T>(engine, batch, h0s, c0s, training, masks))
+        py.detach(|| Steps::start::<K>(engine, batch, h0s, c0s, training, masks))
     }
 
-    fn backward_steps_typed<T: StepElem>(
+    fn backward_steps_typed<K: StepKind>(
         &self,
         py: Python<'_>,
         steps: &Steps,
@@ -395,12 +407,12 @@ impl Model {
             return Err(value("steps", "a run started by this model (Model.start_steps)", "a run of another Model"));
         }
         let shape = SeqShape::new(1, steps.batch(py)).or_py()?;
-        let dhn = state_arg::<T>(dhn, "dhn", "[L, B, Hout]", shape.h_shape(cfg))?;
+        let dhn = state_arg::<K::T>(dhn, "dhn", "[L, B, Hout]", shape.h_shape(cfg))?;
         if !cfg.cell().has_cell_state() && dcn.is_some_and(|c| !c.is_none()) {
             return Err(no_cell_state("dcn", cfg));
         }
-        let dcn = state_arg::<T>(dcn, "dcn", "[L, B, H]", shape.c_shape(cfg))?;
-        steps.walk::<T>(py, opt_slice(&dhn, "dhn")?, opt_slice(&dcn, "dcn")?)
+        let dcn = state_arg::<K::T>(dcn, "dcn", "[L, B, H]", shape.c_shape(cfg))?;
+        steps.walk::<K>(py, opt_slice(&dhn, "dhn")?, opt_slice(&dcn, "dcn")?)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -435,7 +447,7 @@ impl Model {
         let c0 = state_arg::<T>(c0, "c0", "[L·D, B, H]", shape.c_shape(cfg))?;
         let x_ro = readonly::<T>(&xa, "x")?;
         let (x, h0s, c0s) = (slice(&x_ro, "x")?, opt_slice(&h0, "h0")?, opt_slice(&c0, "c0")?);
-        let cpu = self.cpu_for(threads)?;
+        let ctx = self.ctx_for(threads)?;
         // The reserve given to a training call (`Some(None)`: none, a new one is returned).
         let given = training.as_ref().map(|t| t.reserve);
         let (masks, reserve) = match training {
@@ -460,7 +472,7 @@ impl Model {
             let input = ForwardInput { x, h0: h0s, c0: c0s, masks };
             let output = ForwardOutput { y: &mut o.y[..], hn: Some(&mut o.hn[..]), cn: o.cn.as_deref_mut() };
             match reserve {
-                None => T::forward(&plan, cpu.as_ref(), &shape, input, output, None).or_py()?,
+                None => T::forward(&plan, &ctx, &shape, input, output, None).or_py()?,
                 Some(TrainingReserve::Existing(r)) => {
                     let mut st = r.write();
                     if st.plan.is_some() {
@@ -469,14 +481,14 @@ impl Model {
                             "in use: it holds a forward pass not released yet (call reserve.release() when done with its backward, or pass reserve=None for a new one)",
                         ));
                     }
-                    T::forward(&plan, cpu.as_ref(), &shape, input, output, Some(T::reserve_mut(&mut st.buffers))).or_py()?;
+                    T::forward(&plan, &ctx, &shape, input, output, Some(&mut st.buffers)).or_py()?;
                     st.model = self.id;
                     st.plan = Some(plan.clone());
                     st.filled = true;
                 }
                 Some(TrainingReserve::New) => {
                     let mut st = ReserveState::default();
-                    T::forward(&plan, cpu.as_ref(), &shape, input, output, Some(T::reserve_mut(&mut st.buffers))).or_py()?;
+                    T::forward(&plan, &ctx, &shape, input, output, Some(&mut st.buffers)).or_py()?;
                     st.model = self.id;
                     st.plan = Some(plan.clone());
                     st.filled = true;
@@ -528,8 +540,9 @@ impl Model {
                     return Err(runtime("reserve", "filled by another Model: call backward on the model whose forward_training filled it"))
                 }
                 Some(p) => {
-                    let shape = T::reserve_ref(&st.buffers)
-                        .and_then(|b| b.shape())
+                    let shape = st
+                        .buffers
+                        .shape_of::<T>()
                         .ok_or_else(|| runtime("reserve", format!("not filled by a {} forward pass", T::NAME)))?;
                     (shape.clone(), p.clone())
                 }
@@ -545,7 +558,7 @@ impl Model {
         }
         let dcn = state_arg::<T>(dcn, "dcn", "[L·D, B, H]", c_shape)?;
         let (dys, dhns, dcns) = (opt_slice(&dy, "dy")?, opt_slice(&dhn, "dhn")?, opt_slice(&dcn, "dcn")?);
-        let cpu = self.cpu_for(threads)?;
+        let ctx = self.ctx_for(threads)?;
         let (need_dx, need_dstate, need_dparams) = need;
         let n_params = cfg.param_count();
         let grads = py.detach(|| -> PyResult<Grads<T>> {
@@ -553,14 +566,16 @@ impl Model {
             if !st.plan.as_ref().is_some_and(|p| Arc::ptr_eq(p, &plan)) {
                 return Err(runtime("reserve", "released or refilled by another thread during this call"));
             }
-            let res = T::reserve_ref(&st.buffers).ok_or_else(|| runtime("reserve", format!("not filled by a {} forward pass", T::NAME)))?;
+            if st.buffers.shape_of::<T>().is_none() {
+                return Err(runtime("reserve", format!("not filled by a {} forward pass", T::NAME)));
+            }
             let mut dx = if need_dx { Some(zeros::<T>("dx", &x_shape)?) } else { None };
             let mut dh0 = if need_dstate { Some(zeros::<T>("dh0", &h_shape)?) } else { None };
             let mut dc0 = if need_dstate && has_c { Some(zeros::<T>("dc0", &c_shape)?) } else { None };
             let mut dp = if need_dparams { Some(zeros::<T>("dparams", &[n_params])?) } else { None };
             let output =
                 BackwardOutput { dx: dx.as_deref_mut(), dh0: dh0.as_deref_mut(), dc0: dc0.as_deref_mut(), dparams: dp.as_deref_mut() };
-            T::backward(&plan, cpu.as_ref(), res, BackwardInput { dy: dys, dhn: dhns, dcn: dcns }, output, GradMode::Overwrite).or_py()?;
+            T::backward(&plan, &ctx, &st.buffers, BackwardInput { dy: dys, dhn: dhns, dcn: dcns }, output, GradMode::Overwrite).or_py()?;
             Ok((dx, dh0, dc0, dp))
         })?;
         let none = || py.None().into_bound(py);
@@ -578,13 +593,13 @@ impl Model {
         check_shape(&a, "params", "[param_count]", &[n])?;
         let ro = readonly::<T>(&a, "params")?;
         let p = slice(&ro, "params")?;
-        let cpu = self.cpu_for(None)?;
+        let ctx = self.ctx_for(None)?;
         py.detach(|| -> PyResult<()> {
             let mut st = self.state();
             match Arc::get_mut(&mut st.plan) {
-                Some(plan) => T::update(plan, cpu.as_ref(), p).or_py()?,
+                Some(plan) => T::update(plan, &ctx, p).or_py()?,
                 None => {
-                    let plan = T::plan(self.kind, cpu.as_ref(), &self.config, p).or_py()?;
+                    let plan = T::plan(&ctx, &self.config, p).or_py()?;
                     st.plan = Arc::new(plan);
                     st.generation += 1;
                 }
@@ -595,12 +610,12 @@ impl Model {
     }
 
     fn params_typed<'py, T: Elem>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let cpu = self.cpu_for(None)?;
+        let ctx = self.ctx_for(None)?;
         let n = self.config.param_count();
         let v = py.detach(|| -> PyResult<Vec<T>> {
             let plan = self.plan();
             let mut v = zeros::<T>("params", &[n])?;
-            T::read(&plan, cpu.as_ref(), &mut v).or_py()?;
+            T::read(&plan, &ctx, &mut v).or_py()?;
             Ok(v)
         })?;
         Ok(out1(py, v))
@@ -618,11 +633,8 @@ impl Model {
         check_shape(a, "params", "[param_count]", &[n])?;
         let ro = readonly::<T>(a, "params")?;
         let p = slice(&ro, "params")?;
-        let cpu = match (kind, isa) {
-            (Kind::Cpu, Some(isa)) => Some(engine::cpu(isa, threads).or_py()?),
-            _ => None,
-        };
-        let plan = py.detach(|| T::plan(kind, cpu.as_ref(), config, p)).or_py()?;
+        let ctx = Model::ctx_of(kind, isa, threads)?;
+        let plan = py.detach(|| T::plan(&ctx, config, p)).or_py()?;
         let dtype = if T::NAME == <f32 as Elem>::NAME { Dtype::F32 } else { Dtype::F64 };
         Ok((plan, dtype))
     }
@@ -643,6 +655,9 @@ impl Model {
         let kind = match backend {
             "reference" => Kind::Reference,
             "cpu" => Kind::Cpu,
+            #[cfg(feature = "cuda")]
+            "cuda" => Kind::Cuda,
+            #[cfg(not(feature = "cuda"))]
             "cuda" => {
                 return Err(value(
                     "backend",
@@ -667,8 +682,8 @@ impl Model {
                 }
                 Some(isa)
             }
-            (Kind::Reference, None) => None,
-            (Kind::Reference, Some(name)) => return Err(value("isa", "None: only the cpu backend has ISAs", format!("{name:?}"))),
+            (_, None) => None,
+            (_, Some(name)) => return Err(value("isa", "None: only the cpu backend has ISAs", format!("{name:?}"))),
         };
         let cfg = config.inner.clone();
         let dims = "[param_count]";
@@ -680,10 +695,10 @@ impl Model {
             let a = array::<f32>(params, "params", dims)?;
             Model::new_typed::<f32>(py, &cfg, &a, kind, isa, threads)?
         } else if dt.is_equiv_to(&numpy::dtype::<f64>(py)) {
-            if kind == Kind::Cpu {
+            if kind != Kind::Reference {
                 return Err(type_error(
                     "params",
-                    "dtype float32 for backend \"cpu\" (float64 runs on backend \"reference\")",
+                    format!("dtype float32 for backend \"{}\" (float64 runs on backend \"reference\")", kind.name()),
                     "dtype float64",
                 ));
             }
@@ -713,7 +728,7 @@ impl Model {
     fn dtype(&self) -> &'static str {
         self.dtype.name()
     }
-    /// ``"reference"`` or ``"cpu"``.
+    /// ``"reference"``, ``"cpu"`` or ``"cuda"``.
     #[getter]
     fn backend(&self) -> &'static str {
         self.kind.name()
@@ -895,10 +910,7 @@ impl Model {
         if seed.is_some() && supplied.is_some() {
             return Err(value("masks", "None when a seed is given (the masks are drawn from the seed or supplied, not both)", "a dict"));
         }
-        match self.dtype {
-            Dtype::F32 => self.start_steps_typed::<f32>(py, batch, h0, c0, training, seed, supplied, threads),
-            Dtype::F64 => self.start_steps_typed::<f64>(py, batch, h0, c0, training, seed, supplied, threads),
-        }
+        dispatch!(self.flavour(), K => self.start_steps_typed::<K>(py, batch, h0, c0, training, seed, supplied, threads))
     }
 
     /// Starts the backward of a training run of steps from ``dhn``, ``dcn``, the gradients
@@ -914,10 +926,7 @@ impl Model {
         dhn: Option<&Bound<'_, PyAny>>,
         dcn: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<BackwardSteps> {
-        match self.dtype {
-            Dtype::F32 => self.backward_steps_typed::<f32>(py, steps.get(), dhn, dcn),
-            Dtype::F64 => self.backward_steps_typed::<f64>(py, steps.get(), dhn, dcn),
-        }
+        dispatch!(self.flavour(), K => self.backward_steps_typed::<K>(py, steps.get(), dhn, dcn))
     }
 
     /// Pickles (and deep-copies) as ``Model(config, params(), backend, threads, isa)``.

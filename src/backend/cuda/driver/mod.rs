@@ -154,6 +154,19 @@ pub struct CudaReserve {
     supplied: Option<DeviceMasks>,
 }
 
+impl CudaReserve {
+    /// The bytes of device memory its saved buffers hold (the activations of the training pass
+    /// that filled it and their inputs; the lengths and supplied masks, a few bytes per row, not
+    /// counted). Kept for reuse while shapes repeat.
+    pub fn nbytes(&self) -> usize {
+        let bytes = |m: &Option<DevBuf>| m.as_ref().map_or(0, |m| m.len() * m.ty().size());
+        let inputs = bytes(&self.x) + bytes(&self.h0) + bytes(&self.c0);
+        let outputs: usize = self.outputs.iter().map(bytes).sum();
+        let saved: usize = self.dirs.iter().flat_map(|d| d.each()).map(bytes).sum();
+        inputs + outputs + saved
+    }
+}
+
 impl crate::backend::RnnReserve for CudaReserve {
     fn shape(&self) -> Option<&SeqShape> {
         self.stamp.shape()
