@@ -342,6 +342,39 @@ impl Target for DeviceTarget<'_> {
         .map_err(|e| self.err("cublasGemmEx", e))
     }
 
+    fn gemm_batched(&self, si: usize, g: &GemmArgs, strides: [usize; 3], count: usize, alpha: f32, beta: f32) -> Result<()> {
+        use cudarc::cublas::result::sgemm_strided_batched;
+        let handle = *self.dev.blas[si].handle();
+        let (a, b, c) = (g.a as *const f32, g.b as *const f32, g.c as *mut f32);
+        let count = i32::try_from(count).map_err(|_| Error::invalid("batch", "at most 2^31 - 1 sequences", count))?;
+        let [sa, sb, sc] = strides.map(|s| s as i64);
+        // SAFETY: as for sgemm, for each matrix of the batch (the caller checked the last one of
+        // each operand against its buffer); the outputs do not overlap.
+        unsafe {
+            sgemm_strided_batched(
+                handle,
+                op(g.transa),
+                op(g.transb),
+                g.m,
+                g.n,
+                g.k,
+                &alpha,
+                a,
+                g.lda,
+                sa,
+                b,
+                g.ldb,
+                sb,
+                &beta,
+                c,
+                g.ldc,
+                sc,
+                count,
+            )
+        }
+        .map_err(|e| self.err("cublasSgemmStridedBatched", e))
+    }
+
     fn launch(&self, si: usize, kernel: KernelId, ty: Dtype, cfg: LaunchConfig, args: &dyn KernelArgs) -> Result<()> {
         let mut l = self.dev.streams[si].launch_builder(self.dev.kernels.get(kernel, ty));
         args.push(&mut l);

@@ -87,6 +87,17 @@ impl Target for Emulation {
         Ok(())
     }
 
+    fn gemm_batched(&self, si: usize, g: &GemmArgs, strides: [usize; 3], count: usize, alpha: f32, beta: f32) -> Result<()> {
+        self.issue(si, None)?;
+        let bytes = |s: usize, i: usize| (s * i * Dtype::F32.size()) as u64;
+        for i in 0..count {
+            let gi = GemmArgs { a: g.a + bytes(strides[0], i), b: g.b + bytes(strides[1], i), c: g.c + bytes(strides[2], i), ..*g };
+            // SAFETY: the caller checked that every matrix of the batch lies in its buffer.
+            unsafe { sgemm(&gi, alpha, beta) };
+        }
+        Ok(())
+    }
+
     fn launch(&self, si: usize, kernel: KernelId, ty: Dtype, _cfg: LaunchConfig, args: &dyn KernelArgs) -> Result<()> {
         self.issue(si, Some(kernel))?;
         // SAFETY: the emulated kernels are the device's code, run serially on host memory that

@@ -35,6 +35,9 @@ pub(crate) trait Target {
     /// The column-major GEMM `g` with operands of type `ab` and result of type `c` (all f32:
     /// cublasSgemm; else cublasGemmEx with f32 compute).
     fn gemm(&self, si: usize, g: &GemmArgs, ab: Dtype, c: Dtype, alpha: f32, beta: f32) -> Result<()>;
+    /// `count` f32 GEMMs `g`, the `i`-th with its operands `a`, `b`, `c` `i·strides[0..3]`
+    /// elements after `g`'s (cublasSgemmStridedBatched).
+    fn gemm_batched(&self, si: usize, g: &GemmArgs, strides: [usize; 3], count: usize, alpha: f32, beta: f32) -> Result<()>;
     /// The entry of `kernel` for storage type `ty`, with `args` (the kernel's argument struct).
     fn launch(&self, si: usize, kernel: KernelId, ty: Dtype, cfg: LaunchConfig, args: &dyn KernelArgs) -> Result<()>;
     /// `bytes` bytes from `src` to `dst`.
@@ -265,6 +268,29 @@ impl<'a> Exec<'a> {
         );
         let Some(g) = GemmArgs::new(a, b, beta, c) else { return Ok(()) };
         self.target.gemm(si, &g, a.ty, c.ty, alpha, beta)
+    }
+
+    /// `count` f32 products `C_i = A_i·B_i + beta·C_i` on stream `si`, one strided-batched GEMM:
+    /// each operand `(X_0, s)` the first matrix and the elements from one matrix to the next.
+    /// The caller has checked that the last matrix of each lies in its buffer, and that the
+    /// `C_i` do not overlap.
+    pub fn gemm_batched(
+        &self,
+        si: usize,
+        count: usize,
+        a: (DevMat, usize),
+        b: (DevMat, usize),
+        beta: f32,
+        c: (DevMat, usize),
+    ) -> Result<()> {
+        let ((a, sa), (b, sb), (c, sc)) = (a, b, c);
+        assert!((a.ty, b.ty, c.ty) == (Dtype::F32, Dtype::F32, Dtype::F32), "gemm_batched: f32 operands");
+        let Some(g) = GemmArgs::new(a, b, beta, c) else { return Ok(()) };
+        if count == 0 {
+            return Ok(());
+        }
+        // GemmArgs swaps the operands (row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ).
+        self.target.gemm_batched(si, &g, [sb, sa, sc], count, 1.0, beta)
     }
 
     /// `v = value` (rounded once to `v`'s type) on stream `si`.

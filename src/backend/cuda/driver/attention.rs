@@ -2,8 +2,13 @@
 //! the device, every product a cuBLAS GEMM and the rest the kernels of kernels/attention.cu.
 //!
 //! For each sequence `b` the queries `Q_b` are the rows `t·B + b` of `queries` and its keys
-//! `K_b` the rows `s·B + b`, `s < len_b`, of the memory's keys: strided views (leading dimension
-//! `B·H`), one GEMM per sequence, no copies.
+//! `K_b` the rows `s·B + b` of the memory's keys: strided views (leading dimension `B·H`, each
+//! sequence's `H` elements after the last's), no copies. The per-sequence products are one
+//! strided-batched GEMM over the `B` sequences (`cublasSgemmStridedBatched`), each over all `S`
+//! keys: past a sequence's length its keys and their projection are 0 (the memory's padding),
+//! the softmax writes its weights 0 and the softmax's backward its `dE` 0, so every product
+//! term there is an exact 0 (for finite values) and a sequence's results are those of its own
+//! `len_b` keys.
 //!
 //! - Memory (once per keys): the keys with their padding zeroed (`attention_mask_rows`), and
 //!   their projection, one GEMM over all keys (general: `K W_aᵀ`; concat, additive: `K W_kᵀ`).
@@ -109,6 +114,21 @@ impl<'e, 'a> Call<'e, 'a> {
         self.exec.gemm(0, 1.0, a, b, beta, c)
     }
 
+    /// `C_b = A_b·B_b + beta·C_b` for every sequence `b`, one strided-batched GEMM: `a(b)`,
+    /// `b(b)` and `c(b)` are sequence `b`'s operands (views [`seq`](Self::seq) checks against
+    /// their buffers, the first and the last sequence's made here), each sequence's a fixed
+    /// number of elements after the last's.
+    fn gemm_seqs(&self, a: impl Fn(usize) -> DevMat, b: impl Fn(usize) -> DevMat, beta: f32, c: impl Fn(usize) -> DevMat) -> Result<()> {
+        let n = self.d.b;
+        let stride = |x: &dyn Fn(usize) -> DevMat| {
+            let (first, last) = (x(0), x(n - 1));
+            let step = if n > 1 { (last.ptr - first.ptr) as usize / Dtype::F32.size() / (n - 1) } else { 0 };
+            (first, step)
+        };
+        let ((a0, sa), (b0, sb), (c0, sc)) = (stride(&a), stride(&b), stride(&c));
+        self.exec.gemm_batched(0, n, (a0, sa), (b0, sb), beta, (c0, sc))
+    }
+
     fn alloc(&self, n: usize) -> Result<super::super::buffer::DevBuf> {
         self.exec.alloc(Dtype::F32, n)
     }
@@ -185,7 +205,7 @@ struct ForwardIo {
     hidden: View,
 }
 
-fn forward_views(c: &Call<'_, '_>, cfg: &AttentionConfig, lengths: &[usize], io: &ForwardIo) -> Result<()> {
+fn forward_views(c: &Call<'_, '_>, cfg: &AttentionConfig, io: &ForwardIo) -> Result<()> {
     let (d, w) = (c.d, c.w);
     let tb = d.tq * d.b;
     if tanh_score(cfg) {
@@ -203,20 +223,14 @@ fn forward_views(c: &Call<'_, '_>, cfg: &AttentionConfig, lengths: &[usize], io:
         };
         c.exec.launch_typed(0, k::AttentionTanhScore, Dtype::F32, tb * d.s, &args)?;
     } else {
-        for (b, &len) in lengths.iter().enumerate() {
-            let e = c.seq(io.weights, b, d.tq, d.s, len);
-            let qb = c.seq(io.q, b, d.tq, d.hq, d.hq);
-            match cfg.score() {
-                Score::Dot => c.gemm(qb, c.seq(io.keys, b, len, d.hk, d.hk).t(), 0.0, e)?,
-                _ => c.gemm(qb, c.seq(io.proj, b, len, d.hq, d.hq).t(), 0.0, e)?,
-            }
-        }
+        // E_b = Q_b K_bᵀ (dot) or Q_b (K W_aᵀ)_bᵀ (general) over all S keys.
+        let keys = if cfg.score() == Score::Dot { io.keys } else { io.proj };
+        let e = |b| c.seq(io.weights, b, d.tq, d.s, d.s);
+        c.gemm_seqs(|b| c.seq(io.q, b, d.tq, d.hq, d.hq), |b| c.seq(keys, b, d.s, d.hq, d.hq).t(), 0.0, e)?;
     }
     c.softmax(None, io.weights)?;
-    for (b, &len) in lengths.iter().enumerate() {
-        let alpha = c.seq(io.weights, b, d.tq, d.s, len);
-        c.gemm(alpha, c.seq(io.keys, b, len, d.hk, d.hk), 0.0, c.seq(io.context, b, d.tq, d.hk, d.hk))?;
-    }
+    let alpha = |b| c.seq(io.weights, b, d.tq, d.s, d.s);
+    c.gemm_seqs(alpha, |b| c.seq(io.keys, b, d.s, d.hk, d.hk), 0.0, |b| c.seq(io.context, b, d.tq, d.hk, d.hk))?;
     if d.o > 0 {
         // Z = C W_c[:, :Hk]ᵀ + Q W_c[:, Hk:]ᵀ, then tanh in place.
         let rs = d.hk + d.hq;
@@ -248,7 +262,7 @@ struct BackwardIo {
     dm_proj: View,
 }
 
-fn backward_views(c: &Call<'_, '_>, cfg: &AttentionConfig, lengths: &[usize], io: &BackwardIo) -> Result<()> {
+fn backward_views(c: &Call<'_, '_>, cfg: &AttentionConfig, io: &BackwardIo) -> Result<()> {
     let (d, w, e) = (c.d, c.w, c.exec);
     let tb = d.tq * d.b;
     e.fill(0, io.d_queries, 0.0)?;
@@ -272,27 +286,24 @@ fn backward_views(c: &Call<'_, '_>, cfg: &AttentionConfig, lengths: &[usize], io
     let de_buf = c.alloc(tb * d.s)?;
     let de = de_buf.view();
     e.copy_or_zero(0, de, io.d_weights)?;
-    for (b, &len) in lengths.iter().enumerate() {
-        let dcb = c.seq(dc, b, d.tq, d.hk, d.hk);
-        c.gemm(dcb, c.seq(io.keys, b, len, d.hk, d.hk).t(), 1.0, c.seq(de, b, d.tq, d.s, len))?;
-        c.gemm(c.seq(io.weights, b, d.tq, d.s, len).t(), dcb, 1.0, c.seq(io.dm_keys, b, len, d.hk, d.hk))?;
-    }
+    // (The padding columns of dα get d_weights' padding plus exact zeros; the softmax's backward
+    // does not read them and writes dE 0 there. The memory's padding rows get exact zeros, or a
+    // NaN from a non-finite dC that memory_backward's mask drops.)
+    let (dcb, keys_b) = (|b| c.seq(dc, b, d.tq, d.hk, d.hk), |b| c.seq(io.keys, b, d.s, d.hk, d.hk));
+    c.gemm_seqs(dcb, |b| keys_b(b).t(), 1.0, |b| c.seq(de, b, d.tq, d.s, d.s))?;
+    c.gemm_seqs(|b| c.seq(io.weights, b, d.tq, d.s, d.s).t(), dcb, 1.0, |b| c.seq(io.dm_keys, b, d.s, d.hk, d.hk))?;
     c.softmax(Some(io.weights), de)?;
+    let (deb, qb) = (|b| c.seq(de, b, d.tq, d.s, d.s), |b| c.seq(io.q, b, d.tq, d.hq, d.hq));
+    let dqb = |b| c.seq(io.d_queries, b, d.tq, d.hq, d.hq);
     match cfg.score() {
         Score::Dot => {
-            for (b, &len) in lengths.iter().enumerate() {
-                let deb = c.seq(de, b, d.tq, d.s, len);
-                c.gemm(deb, c.seq(io.keys, b, len, d.hk, d.hk), 1.0, c.seq(io.d_queries, b, d.tq, d.hq, d.hq))?;
-                c.gemm(deb.t(), c.seq(io.q, b, d.tq, d.hq, d.hq), 1.0, c.seq(io.dm_keys, b, len, d.hk, d.hk))?;
-            }
+            c.gemm_seqs(deb, keys_b, 1.0, dqb)?;
+            c.gemm_seqs(|b| deb(b).t(), qb, 1.0, |b| c.seq(io.dm_keys, b, d.s, d.hk, d.hk))?;
         }
         Score::General => {
             // dQ_b += dE_b (K W_aᵀ)_b; d(K W_aᵀ)_b += dE_bᵀ Q_b.
-            for (b, &len) in lengths.iter().enumerate() {
-                let deb = c.seq(de, b, d.tq, d.s, len);
-                c.gemm(deb, c.seq(io.proj, b, len, d.hq, d.hq), 1.0, c.seq(io.d_queries, b, d.tq, d.hq, d.hq))?;
-                c.gemm(deb.t(), c.seq(io.q, b, d.tq, d.hq, d.hq), 1.0, c.seq(io.dm_proj, b, len, d.hq, d.hq))?;
-            }
+            c.gemm_seqs(deb, |b| c.seq(io.proj, b, d.s, d.hq, d.hq), 1.0, dqb)?;
+            c.gemm_seqs(|b| deb(b).t(), qb, 1.0, |b| c.seq(io.dm_proj, b, d.s, d.hq, d.hq))?;
         }
         Score::Concat | Score::Additive => {
             // dP_q, the rows' parts of dv, and dP_k += (the memory's projection), from dE;
@@ -338,7 +349,7 @@ fn memory_backward_views(c: &Call<'_, '_>, cfg: &AttentionConfig, p: View, keys:
         Score::Concat | Score::Additive => (w.w_k.0, d.a, w.w_k.1),
     };
     if width > 0 {
-        // The projection's gradient is zero at the padding (no call writes those rows).
+        // The projection's gradient is zero at the padding (the calls add exact zeros there).
         let dp = dm_proj.mat(sb, width);
         c.gemm(dp, c.param(p, off, width, d.hk, rs), 1.0, d_keys.mat(sb, d.hk))?;
         c.gemm(dp.t(), keys.mat(sb, d.hk), 1.0, c.param(d_params, off, width, d.hk, rs))?;
@@ -485,7 +496,7 @@ pub(crate) fn forward_on<S: Stage>(
             context: v(&context),
             hidden: v(&hidden),
         };
-        forward_views(&c, cfg, shape.lengths(), &io)
+        forward_views(&c, cfg, &io)
     })?;
     Ok(DeviceAttentionOutput { weights, context, hidden })
 }
@@ -529,7 +540,7 @@ pub(crate) fn backward_on<S: Stage>(
             dm_keys: v(&dm.d_keys),
             dm_proj: v(&dm.d_proj),
         };
-        backward_views(&c, cfg, shape.lengths(), &io)
+        backward_views(&c, cfg, &io)
     })?;
     Ok(DeviceAttentionGrads { d_queries: Some(dq), d_keys: None, d_params: dp })
 }

@@ -13,7 +13,9 @@
 //! - NaN in the keys' padding changes no bit of any result, and the keys' gradient is exactly 0
 //!   there; weights exactly 0 past each length;
 //! - a memory of another configuration or other keys, and gradients of another memory, are
-//!   errors naming the argument.
+//!   errors naming the argument;
+//! - a call issues the same GEMMs and kernels for one sequence as for five (the per-sequence
+//!   products are one strided-batched GEMM each).
 
 use super::super::buffer::{DevBuf, View};
 use super::super::driver::attention::{self, Stage};
@@ -466,5 +468,24 @@ fn a_larger_problem_matches_the_reference() {
         let p = Problem::new(&cfg, &shape, 77);
         let worst = compare(&format!("{} larger", cfg.score().name()), &p.batched(&p.p32[KEYS], ALL), &p.reference(ALL));
         eprintln!("{} on [Tq 4, S 300, B 4]: worst error {worst:.2e}", cfg.score().name());
+    }
+}
+
+/// The per-sequence products are one strided-batched GEMM each: a call issues as many GEMMs for
+/// five sequences as for one, and the same kernels.
+#[test]
+fn the_sequences_products_are_one_gemm_each_whatever_the_batch() {
+    for cfg in configs() {
+        let issued = |lengths: Vec<usize>| {
+            let shape = AttentionShape::new(3, 5, lengths).unwrap();
+            let p = Problem::new(&cfg, &shape, 1100);
+            let e = Emulated::default();
+            let o = e.attention_forward(&cfg, &shape, &p.p32[PARAMS], &p.p32[KEYS], &p.p32[QUERIES]).unwrap();
+            e.attention_backward(&cfg, &shape, &p.p32[PARAMS], &p.p32[KEYS], &p.p32[QUERIES], &o, p.up(&p.p32, ALL)).unwrap();
+            e.0.issued.take().into_iter().map(|(_, k)| k).collect::<Vec<_>>()
+        };
+        let (one, five) = (issued(vec![4]), issued(vec![5, 2, 1, 4, 3]));
+        assert_eq!(one, five, "{}: the work issued for B = 1 and B = 5", cfg.score().name());
+        assert!(one.iter().any(Option::is_none), "{}: no GEMM issued", cfg.score().name());
     }
 }
