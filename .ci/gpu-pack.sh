@@ -8,9 +8,9 @@
 #   GPU_PREBUILT=DIR bash .ci/gpu.sh
 #
 # DIR/bin holds the test binaries (tests/cuda.rs, the library's unit tests, capi/tests/device.rs
-# and capi/tests/steps_attention.rs)
-# and the examples verify, bench, gemm_bench and handoff, built with --features cuda and the
-# pinned nvcc (the PTX is inside them), with debug info stripped; DIR/lib holds librnn_kernels.so
+# and capi/tests/steps_attention.rs) and the examples verify, bench, gemm_bench, handoff and
+# attention_bench, built with --features cuda and the pinned nvcc (the PTX is inside them), with
+# debug info stripped; DIR/lib holds librnn_kernels.so
 # (the C ABI with cuda); DIR/wheel the Python package built with --features cuda (maturin, in a
 # venv of its own) and the pure-Python wheels pytest needs, for python/tests/test_cuda.py there.
 # Prints the total size.
@@ -31,7 +31,7 @@ fi
 export RNN_KERNELS_REQUIRE_NVCC=1 RNN_KERNELS_REQUIRE_HOST_EMULATION=1
 
 echo "== gpu-pack: building with --features cuda (NVCC=$NVCC)"
-cargo build --release --features cuda --example bench --example verify --example gemm_bench --example handoff
+cargo build --release --features cuda --example bench --example verify --example gemm_bench --example handoff --example attention_bench
 cargo build --release -p rnn-kernels-capi --features cuda --lib
 
 # The test executables, as cargo names them (the last "executable" of each build).
@@ -58,7 +58,7 @@ cp "$CUDA_TEST" "$DIR/bin/test-cuda"
 cp "$LIB_TEST" "$DIR/bin/test-lib"
 cp "$CAPI_TEST" "$DIR/bin/test-capi-device"
 cp "$CAPI_ATTN_TEST" "$DIR/bin/test-capi-attention"
-for e in bench verify gemm_bench handoff; do
+for e in bench verify gemm_bench handoff attention_bench; do
     cp "$TARGET/release/examples/$e" "$DIR/bin/$e"
 done
 cp "$TARGET/release/librnn_kernels.so" "$DIR/lib/"

@@ -8,7 +8,8 @@
 #    cases (f32); the Python package's `backend="cuda"` (python/tests/test_cuda.py, from the
 #    wheel gpu-pack.sh builds);
 # 3. the cuDNN table: benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda
-#    (needs python3 with torch; GPU_ROUNDS rounds, default 3);
+#    (needs python3 with torch; GPU_ROUNDS rounds, default 3), and the attention row
+#    (benches/attention.py --device cuda);
 # 4. compute-sanitizer memcheck on the CUDA test binary and racecheck on its small persistent and
 #    layer-norm tests (when compute-sanitizer is on PATH or under CUDA_HOME): the slowest steps,
 #    so after the table;
@@ -122,6 +123,12 @@ if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
     HAVE_TORCH_CUDA=1
     step compare python3 benches/compare.py --configs cuda --ours cuda --peers pytorch-cuda --rounds "$ROUNDS" \
         "${BENCH[@]}" --json "$OUT/compare.jsonl"
+    # Issue 18's attention row on the GPU (Luong general, B 64, T_enc = T_dec = 50, H 512): our
+    # device-buffer calls against PyTorch's CUDA tensors, all lengths S and spread lengths.
+    ATTN_BIN=()
+    [ -n "$PRE" ] && ATTN_BIN=(--bin "$PRE/bin/attention_bench")
+    step attention-cuda python3 benches/attention.py --device cuda --rounds "$ROUNDS" "${ATTN_BIN[@]}"
+    step attention-cuda-varlen python3 benches/attention.py --device cuda --rounds "$ROUNDS" --varlen "${ATTN_BIN[@]}"
 else
     HAVE_TORCH_CUDA=0
     echo "python3 with CUDA torch not found: the cuDNN table was not run" | tee -a "$OUT/summary.txt"

@@ -1,16 +1,21 @@
-//! Times one attention forward + backward on a host backend and prints one JSON line, in the
-//! format of `benches/attention.py`'s PyTorch peer, which runs the two side by side.
+//! Times one attention forward + backward on a backend and prints one JSON line, in the format
+//! of `benches/attention.py`'s PyTorch peer, which runs the two side by side.
 //!
 //! ```text
 //! cargo run --release --example attention_bench -- [--score general] [--batch 64] [--queries 50]
 //!     [--steps 50] [--hidden 512] [--output 512] [--threads 2] [--reps 10] [--warmup 2]
-//!     [--backend cpu|reference] [--varlen]
+//!     [--backend cpu|reference|cuda] [--varlen]
 //! ```
 //!
 //! Queries and keys are `--hidden` wide (`Hq = Hk = H`; the concat and additive scores take
 //! `A = H`), the attentional hidden state `--output` wide (0: none). One rep is the forward
 //! pass and the backward pass from `d_context` and `d_hidden` (all ones), the way a training
 //! step runs them. `--varlen`: encoder lengths spread over `1..=S` instead of all `S`.
+//!
+//! `--backend cuda` (built with `--features cuda`) runs on device buffers, as a decoder that
+//! stays on the GPU does: the inputs uploaded once, then per rep the keys' memory, the forward,
+//! the backward and the memory's backward (`Cuda::attention_*`), timed to a
+//! `Cuda::synchronize` (the peer: `benches/attention.py --device cuda`).
 
 use rnn_kernels::attention::{AttentionBackend, AttentionConfig, AttentionShape, AttentionUpstream, Score};
 use rnn_kernels::{Cpu, Reference};
@@ -69,7 +74,18 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
-fn run<B: AttentionBackend<f32>>(backend: &B, a: &Args) -> Result<f64, rnn_kernels::Error> {
+/// The problem of a run: the configuration, the shape and the inputs.
+struct Problem {
+    cfg: AttentionConfig,
+    shape: AttentionShape,
+    params: Vec<f32>,
+    keys: Vec<f32>,
+    queries: Vec<f32>,
+    d_context: Vec<f32>,
+    d_hidden: Vec<f32>,
+}
+
+fn problem(a: &Args) -> Result<Problem, rnn_kernels::Error> {
     let mut cfg = AttentionConfig::new(a.score, a.hidden, a.hidden).output_size(a.output);
     if matches!(a.score, Score::Concat | Score::Additive) {
         cfg = cfg.attn_size(a.hidden);
@@ -84,19 +100,63 @@ fn run<B: AttentionBackend<f32>>(backend: &B, a: &Args) -> Result<f64, rnn_kerne
     let queries = fill(a.queries * a.batch * a.hidden, 1.0);
     let d_context = vec![1.0f32; a.queries * a.batch * a.hidden];
     let d_hidden = vec![1.0f32; a.queries * a.batch * a.output];
+    Ok(Problem { cfg, shape, params, keys, queries, d_context, d_hidden })
+}
+
+/// The median over `a.reps` reps (after `a.warmup`) of `rep`'s time in ms.
+fn median_ms(a: &Args, mut rep: impl FnMut() -> Result<(), rnn_kernels::Error>) -> Result<f64, rnn_kernels::Error> {
     let mut times = Vec::new();
-    for rep in 0..a.warmup + a.reps {
+    for r in 0..a.warmup + a.reps {
         let t = Instant::now();
-        let out = backend.attention_forward(&cfg, &shape, &params, &keys, &queries)?;
-        let up = AttentionUpstream { d_weights: None, d_context: Some(&d_context), d_hidden: (a.output > 0).then_some(&d_hidden[..]) };
-        let g = backend.attention_backward(&cfg, &shape, &params, &keys, &queries, &out, up)?;
-        std::hint::black_box(&g);
-        if rep >= a.warmup {
+        rep()?;
+        if r >= a.warmup {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
+}
+
+fn run<B: AttentionBackend<f32>>(backend: &B, a: &Args) -> Result<f64, rnn_kernels::Error> {
+    let p = problem(a)?;
+    median_ms(a, || {
+        let out = backend.attention_forward(&p.cfg, &p.shape, &p.params, &p.keys, &p.queries)?;
+        let d_hidden = (a.output > 0).then_some(&p.d_hidden[..]);
+        let up = AttentionUpstream { d_weights: None, d_context: Some(&p.d_context), d_hidden };
+        let g = backend.attention_backward(&p.cfg, &p.shape, &p.params, &p.keys, &p.queries, &out, up)?;
+        std::hint::black_box(&g);
+        Ok(())
+    })
+}
+
+/// A rep on device buffers: the keys' memory, forward, backward and the memory's backward.
+#[cfg(feature = "cuda")]
+fn run_cuda(a: &Args) -> Result<f64, rnn_kernels::Error> {
+    use rnn_kernels::CudaAttentionUpstream;
+    let cuda = rnn_kernels::Cuda::new()?;
+    let p = problem(a)?;
+    let (params, keys, queries) = (cuda.upload(&p.params)?, cuda.upload(&p.keys)?, cuda.upload(&p.queries)?);
+    let (d_context, d_hidden) = (cuda.upload(&p.d_context)?, cuda.upload(&p.d_hidden)?);
+    median_ms(a, || {
+        let memory = cuda.attention_memory(&p.cfg, &p.shape, &params, &keys)?;
+        let out = cuda.attention_forward_with(&p.cfg, &p.shape, &params, &memory, &queries)?;
+        let mut dm = cuda.attention_memory_grads(&memory)?;
+        let up = CudaAttentionUpstream { d_weights: None, d_context: Some(&d_context), d_hidden: (a.output > 0).then_some(&d_hidden) };
+        let g = cuda.attention_backward_with(&p.cfg, &p.shape, &params, &memory, &queries, &out, up, &mut dm)?;
+        let k = cuda.attention_memory_backward(&p.cfg, &p.shape, &params, &memory, &dm)?;
+        cuda.synchronize()?;
+        std::hint::black_box((&g, &k));
+        Ok(())
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda(_: &Args) -> Result<f64, rnn_kernels::Error> {
+    Err(rnn_kernels::Error::InvalidArgument {
+        arg: "--backend".into(),
+        expected: "cpu or reference (cuda: build with --features cuda)".into(),
+        got: "cuda".into(),
+    })
 }
 
 fn main() {
@@ -110,8 +170,9 @@ fn main() {
     let result = match a.backend.as_str() {
         "cpu" => Cpu::with_threads(a.threads).and_then(|cpu| run(&cpu, &a)),
         "reference" => run(&Reference, &a),
+        "cuda" => run_cuda(&a),
         other => {
-            eprintln!("attention_bench: --backend cpu or reference, got {other:?}");
+            eprintln!("attention_bench: --backend cpu, reference or cuda, got {other:?}");
             std::process::exit(2);
         }
     };
