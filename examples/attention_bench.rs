@@ -8,16 +8,17 @@
 //! ```
 //!
 //! Queries and keys are `--hidden` wide (`Hq = Hk = H`; the concat and additive scores take
-//! `A = H`), the attentional hidden state `--output` wide (0: none). One rep is the forward
-//! pass and the backward pass from `d_context` and `d_hidden` (all ones), the way a training
-//! step runs them. `--varlen`: encoder lengths spread over `1..=S` instead of all `S`.
+//! `A = H`), the attentional hidden state `--output` wide (0: none). One rep is the keys'
+//! memory, the forward pass, the backward pass from `d_context` and `d_hidden` (all ones) and
+//! the memory's backward, the way a training step runs them (the memory made once per rep, as
+//! PyTorch's autograd keeps `K W_aᵀ` for the backward). `--varlen`: encoder lengths spread over `1..=S` instead of all `S`.
 //!
 //! `--backend cuda` (built with `--features cuda`) runs on device buffers, as a decoder that
 //! stays on the GPU does: the inputs uploaded once, then per rep the keys' memory, the forward,
 //! the backward and the memory's backward (`Cuda::attention_*`), timed to a
 //! `Cuda::synchronize` (the peer: `benches/attention.py --device cuda`).
 
-use rnn_kernels::attention::{AttentionBackend, AttentionConfig, AttentionShape, AttentionUpstream, Score};
+use rnn_kernels::attention::{AttentionBackend, AttentionConfig, AttentionMemoryGrads, AttentionShape, AttentionUpstream, Score};
 use rnn_kernels::{Cpu, Reference};
 use std::time::Instant;
 
@@ -117,14 +118,19 @@ fn median_ms(a: &Args, mut rep: impl FnMut() -> Result<(), rnn_kernels::Error>) 
     Ok(times[times.len() / 2])
 }
 
+/// A rep: the keys' memory, forward, backward and the memory's backward, as a training step
+/// runs them (the memory made once, not again for the backward).
 fn run<B: AttentionBackend<f32>>(backend: &B, a: &Args) -> Result<f64, rnn_kernels::Error> {
     let p = problem(a)?;
     median_ms(a, || {
-        let out = backend.attention_forward(&p.cfg, &p.shape, &p.params, &p.keys, &p.queries)?;
+        let memory = backend.attention_memory(&p.cfg, &p.shape, &p.params, &p.keys)?;
+        let out = backend.attention_forward_with(&p.cfg, &p.shape, &p.params, &memory, &p.queries)?;
+        let mut dm = AttentionMemoryGrads::new(&memory);
         let d_hidden = (a.output > 0).then_some(&p.d_hidden[..]);
         let up = AttentionUpstream { d_weights: None, d_context: Some(&p.d_context), d_hidden };
-        let g = backend.attention_backward(&p.cfg, &p.shape, &p.params, &p.keys, &p.queries, &out, up)?;
-        std::hint::black_box(&g);
+        let g = backend.attention_backward_with(&p.cfg, &p.shape, &p.params, &memory, &p.queries, &out, up, &mut dm)?;
+        let k = backend.attention_memory_backward(&p.cfg, &p.shape, &p.params, &memory, &dm)?;
+        std::hint::black_box((&g, &k));
         Ok(())
     })
 }

@@ -86,8 +86,10 @@ impl AttentionBackend<f32> for Cpu {
         params: &[f32],
         keys: &[f32],
     ) -> Result<AttentionMemory<f32>> {
+        // The outputs' buffers are made on this thread (host::attention::Fresh).
+        let mut fresh = Fresh::kept(&host::attention::memory_sizes(cfg, shape));
         with_kernels!(self.kernels, |k| self
-            .run(k, None, self.default_strategy_of(k), |k| host::attention::memory(k, cfg, shape, params, keys)))
+            .run(k, None, self.default_strategy_of(k), |k| host::attention::memory(k, cfg, shape, params, keys, &mut fresh)))
     }
 
     fn attention_forward_with(
@@ -98,8 +100,10 @@ impl AttentionBackend<f32> for Cpu {
         memory: &AttentionMemory<f32>,
         queries: &[f32],
     ) -> Result<AttentionOutput<f32>> {
-        with_kernels!(self.kernels, |k| self
-            .run(k, None, self.default_strategy_of(k), |k| host::attention::forward_with(k, cfg, shape, params, memory, queries)))
+        let mut fresh = Fresh::kept(&host::attention::forward_sizes(cfg, shape));
+        with_kernels!(self.kernels, |k| self.run(k, None, self.default_strategy_of(k), |k| host::attention::forward_with(
+            k, cfg, shape, params, memory, queries, &mut fresh
+        )))
     }
 
     fn attention_backward_with(
@@ -113,8 +117,9 @@ impl AttentionBackend<f32> for Cpu {
         up: AttentionUpstream<'_, f32>,
         d_memory: &mut AttentionMemoryGrads<f32>,
     ) -> Result<AttentionGrads<f32>> {
+        let mut fresh = Fresh::kept(&host::attention::backward_sizes(cfg, shape, true, false));
         with_kernels!(self.kernels, |k| self.run(k, None, self.default_strategy_of(k), |k| host::attention::backward_with(
-            k, cfg, shape, params, memory, queries, out, up, d_memory
+            k, cfg, shape, params, memory, queries, out, up, d_memory, &mut fresh
         )))
     }
 
@@ -126,8 +131,10 @@ impl AttentionBackend<f32> for Cpu {
         memory: &AttentionMemory<f32>,
         d_memory: &AttentionMemoryGrads<f32>,
     ) -> Result<AttentionGrads<f32>> {
-        with_kernels!(self.kernels, |k| self
-            .run(k, None, self.default_strategy_of(k), |k| host::attention::memory_backward(k, cfg, shape, params, memory, d_memory)))
+        let mut fresh = Fresh::kept(&host::attention::backward_sizes(cfg, shape, false, true));
+        with_kernels!(self.kernels, |k| self.run(k, None, self.default_strategy_of(k), |k| host::attention::memory_backward(
+            k, cfg, shape, params, memory, d_memory, &mut fresh
+        )))
     }
 
     /// The memory and the forward pass in one call on the pool, the memory's buffers kept for
@@ -140,8 +147,9 @@ impl AttentionBackend<f32> for Cpu {
         keys: &[f32],
         queries: &[f32],
     ) -> Result<AttentionOutput<f32>> {
+        let mut fresh = Fresh::kept(&host::attention::forward_sizes(cfg, shape));
         with_kernels!(self.kernels, |k| self
-            .run(k, None, self.default_strategy_of(k), |k| host::attention::forward(k, cfg, shape, params, keys, queries)))
+            .run(k, None, self.default_strategy_of(k), |k| host::attention::forward(k, cfg, shape, params, keys, queries, &mut fresh)))
     }
 
     /// The memory, the backward pass and the keys' side's backward in one call on the pool,
@@ -156,12 +164,15 @@ impl AttentionBackend<f32> for Cpu {
         out: &AttentionOutput<f32>,
         up: AttentionUpstream<'_, f32>,
     ) -> Result<AttentionGrads<f32>> {
-        with_kernels!(self.kernels, |k| self
-            .run(k, None, self.default_strategy_of(k), |k| host::attention::backward(k, cfg, shape, params, keys, queries, out, up)))
+        let mut fresh = Fresh::kept(&host::attention::backward_sizes(cfg, shape, true, true));
+        with_kernels!(self.kernels, |k| self.run(k, None, self.default_strategy_of(k), |k| host::attention::backward(
+            k, cfg, shape, params, keys, queries, out, up, &mut fresh
+        )))
     }
 }
 
 use crate::backend::cell::Cell;
+use crate::backend::host::attention::Fresh;
 use crate::backend::host::{
     self, CellBackward, CellForward, ChoPart, HostKernels, HostReserve, HostStepGrads, Mat, MatMut, Pass, WeightOp,
 };

@@ -30,11 +30,12 @@ use crate::attention::{
     AttentionBackend, AttentionConfig, AttentionGrads, AttentionMemory, AttentionMemoryGrads, AttentionOutput, AttentionShape,
     AttentionUpstream,
 };
+use crate::backend::host::attention::Fresh;
 
 impl<T: Float> AttentionBackend<T> for Reference {
     fn attention_memory(&self, cfg: &AttentionConfig, shape: &AttentionShape, params: &[T], keys: &[T]) -> Result<AttentionMemory<T>> {
         let k = self;
-        host::attention::memory(k, cfg, shape, params, keys)
+        host::attention::memory(k, cfg, shape, params, keys, &mut Fresh::none())
     }
 
     fn attention_forward_with(
@@ -46,7 +47,7 @@ impl<T: Float> AttentionBackend<T> for Reference {
         queries: &[T],
     ) -> Result<AttentionOutput<T>> {
         let k = self;
-        host::attention::forward_with(k, cfg, shape, params, memory, queries)
+        host::attention::forward_with(k, cfg, shape, params, memory, queries, &mut Fresh::none())
     }
 
     fn attention_backward_with(
@@ -61,7 +62,7 @@ impl<T: Float> AttentionBackend<T> for Reference {
         d_memory: &mut AttentionMemoryGrads<T>,
     ) -> Result<AttentionGrads<T>> {
         let k = self;
-        host::attention::backward_with(k, cfg, shape, params, memory, queries, out, up, d_memory)
+        host::attention::backward_with(k, cfg, shape, params, memory, queries, out, up, d_memory, &mut Fresh::none())
     }
 
     fn attention_memory_backward(
@@ -73,7 +74,7 @@ impl<T: Float> AttentionBackend<T> for Reference {
         d_memory: &AttentionMemoryGrads<T>,
     ) -> Result<AttentionGrads<T>> {
         let k = self;
-        host::attention::memory_backward(k, cfg, shape, params, memory, d_memory)
+        host::attention::memory_backward(k, cfg, shape, params, memory, d_memory, &mut Fresh::none())
     }
 }
 
