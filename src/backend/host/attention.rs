@@ -110,8 +110,9 @@ impl Spare {
 /// pool's threads, so an output allocated there and freed by the caller (who owns what a call
 /// returns) goes back to the pool thread's arena, which gives the memory back to the system and
 /// faults it in again at the next call, flushing both CPUs' page tables: a quarter of the time
-/// of an attention training step through the memory API (`examples/attention_bench`: 128 ms
-/// against 96 ms with the outputs made on the caller's thread, AMD EPYC Zen 4, 2 threads).
+/// of an attention training step through the memory API (`examples/attention_bench`, AMD EPYC
+/// Zen 4, 2 threads: 118–143 ms a step, 108–110 ms with the outputs made on the caller's
+/// thread).
 /// Made on the caller's thread, they come from and go back to its arena, as its own arrays do.
 pub(crate) enum Fresh<T> {
     /// Empty buffers of at least the capacities of the call's outputs.
