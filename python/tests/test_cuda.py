@@ -107,11 +107,6 @@ def assert_close_parts(got, want, rtol=2e-4, atol=2e-5):
 # -- without a GPU ---------------------------------------------------------------------------
 
 
-def test_backends_list_cuda_only_in_a_cuda_build():
-    assert rk.backends()[:2] == ["reference", "cpu"]
-    assert set(rk.backends()) <= {"reference", "cpu", "cuda"}
-
-
 def test_cuda_construction_errors_name_the_argument():
     c = rk.Config("lstm", 2, 3)
     p = np.zeros(c.param_count, np.float32)
@@ -176,12 +171,13 @@ def test_cuda_masks_from_a_seed_and_supplied_are_the_references(gpu, config):
     flipped = {k: ~v for k, v in masks.items()}
     other = run_all(cuda, f32(x), f32(h0), f32(c0), lengths, masks=flipped)
     assert not np.array_equal(other[1][0], got[1][0])
-    short = {k: v[:, :1] for k, v in masks.items()}
+    # One row where the call reads four (contiguous, so that only the extent is wrong).
+    short = {k: np.ascontiguousarray(v[:, :1]) for k, v in masks.items()}
     with pytest.raises(ValueError, match="masks"):
         cuda.forward_training(f32(x), lengths=lengths, h0=f32(h0), c0=f32(c0), masks=short)
 
 
-def test_cuda_reserves_keep_their_weights_and_accumulate(gpu):
+def test_cuda_reserves_keep_their_weights_and_refill(gpu):
     config = rk.Config("lstm", 4, 6, num_layers=2)
     p = params_for(config, 5, np.float32)
     x, h0, c0 = inputs(config, 5, 3, 6, np.float32)
