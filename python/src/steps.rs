@@ -142,23 +142,22 @@ macro_rules! step_kind_variants {
     };
 }
 
-impl StepKind for Host32 {
-    type T = f32;
-    type B = ModelBackend;
-    fn backend(ctx: &Ctx) -> PyResult<ModelBackend> {
-        Ok(ModelBackend { ctx: ctx.clone() })
-    }
-    step_kind_variants!(F32);
+/// The [`StepKind`] of an element type on the host backends ([`ModelBackend`]).
+macro_rules! host_step_kind {
+    ($kind:ident, $t:ty, $variant:ident) => {
+        impl StepKind for $kind {
+            type T = $t;
+            type B = ModelBackend;
+            fn backend(ctx: &Ctx) -> PyResult<ModelBackend> {
+                Ok(ModelBackend { ctx: ctx.clone() })
+            }
+            step_kind_variants!($variant);
+        }
+    };
 }
 
-impl StepKind for Host64 {
-    type T = f64;
-    type B = ModelBackend;
-    fn backend(ctx: &Ctx) -> PyResult<ModelBackend> {
-        Ok(ModelBackend { ctx: ctx.clone() })
-    }
-    step_kind_variants!(F64);
-}
+host_step_kind!(Host32, f32, F32);
+host_step_kind!(Host64, f64, F64);
 
 #[cfg(feature = "cuda")]
 impl StepKind for Cuda32 {
