@@ -497,6 +497,42 @@ mod tests {
         }
     }
 
+    /// A strided `B` read in place by the tiles (few rows of `C`, `BlockTile::DIRECT_B`) gives
+    /// the bits of the same `B` packed, at every edge: a view narrower than its rows (`rs > n`)
+    /// whose last row ends the buffer, so that a load past the valid columns of the last
+    /// panel would read past the end; K past one block; one to four panels. (Fewer than `MR`
+    /// rows take the skinny tiles on a packed `B`, which sum in another order.)
+    #[test]
+    #[cfg_attr(miri, ignore = "SIMD register tiles")]
+    fn strided_b_in_place_gives_the_bits_of_packed_b() {
+        let mut rng = SplitMix64::new(9);
+        for isa in Isa::available().into_iter().filter(|&i| i != Isa::Scalar) {
+            with_kernels!(Chosen::detect(isa).expect("available"), |isa| {
+                for &(m, k, n, rs) in &[(8, 50, 512, 32768), (25, 512, 50, 60), (64, 700, 33, 33), (9, 3, 17, 20), (13, 40, 70, 71)] {
+                    let a_data = rand_vec(&mut rng, m * k);
+                    // B's rows `rs` apart, the view's last element the buffer's last.
+                    let b_data = rand_vec(&mut rng, (k - 1) * rs + n);
+                    let c0 = rand_vec(&mut rng, m * n);
+                    let (a, b) = (Mat::new(&a_data, m, k), Mat::strided(&b_data, k, n, rs));
+                    let pw = PackedWeight::pack(b);
+                    for (alpha, beta) in [(1.0f32, 0.0f32), (0.7, -0.3)] {
+                        let run = |packed: Option<&PackedWeight>| {
+                            let mut c = c0.clone();
+                            with_par(2, |par| {
+                                isa.weight_gemm(par, Gemm { packed, ..Gemm::new(alpha, a, b, beta) }, MatMut::new(&mut c, m, n))
+                            });
+                            c
+                        };
+                        let ctx = format!("{isa:?} m={m} k={k} n={n} rs={rs} alpha={alpha} beta={beta}");
+                        let (direct, packed) = (run(None), run(Some(&pw)));
+                        assert_within(&direct, naive(alpha, &a, &b, beta, &c0), &ctx);
+                        assert_same_bits(&[direct, packed], &ctx);
+                    }
+                }
+            });
+        }
+    }
+
     #[test]
     fn portable_gemm_is_thread_count_invariant() {
         let mut rng = SplitMix64::new(8);

@@ -94,6 +94,10 @@ pub(crate) struct Panels {
     /// Read by the tiles that span several panels (AVX-512).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub stride: usize,
+    /// From one row of a panel to the next: [`NR`] in a packed panel; `B`'s row stride where
+    /// the tile reads `B` in place ([`BlockTile::DIRECT_B`]).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub rs: usize,
 }
 
 /// Adjacent 16-column panels of 16-bit values (`format`), `stride` values apart, in rows or
@@ -149,6 +153,13 @@ pub(crate) trait BlockTile {
     /// as well as packed; the loop nest then skips packing `A` when it meets few panels of `B`.
     const DIRECT_A: bool = false;
 
+    /// Whether [`Self::tile_panels`] reads `B` in place as well as packed: rows [`Panels::rs`]
+    /// apart (unit column stride), no value past the tile's `c.cols` columns read (a packed
+    /// panel is zero there; `B` in place may end there). The loop nest then reads a strided
+    /// `B` in place for the products of few rows ([`DIRECT_B_ROWS`]), whose packing is not
+    /// amortised.
+    const DIRECT_B: bool = false;
+
     /// The tile over up to [`Self::PANELS`] adjacent panels, `c.cols ≤ PANELS·16` valid
     /// columns (the panels past the last valid column are not read), with `A` as `a` says: a
     /// packed micro-panel is `(p, 1, 6)`, and only a tile with [`Self::DIRECT_A`] is given
@@ -157,9 +168,12 @@ pub(crate) trait BlockTile {
     ///
     /// # Safety
     /// As [`Self::tile`], with `a` readable for `i < rows`, `kk < kc`, and panel `p` of `b`
-    /// holding `kc·16` floats for `p < ceil(cols/16)`.
+    /// holding `kc·16` floats for `p < ceil(cols/16)` (with `b.rs ≠ 16`, only a tile with
+    /// [`Self::DIRECT_B`]: the values `b.ptr + p·b.stride + kk·b.rs + j` for `j` below the
+    /// panel's valid columns).
     unsafe fn tile_panels(kc: usize, a: ATile, b: Panels, c: CTile, up: Update) {
         debug_assert_eq!((a.rs, a.cs), (1, Self::ROWS), "A must be packed");
+        debug_assert_eq!(b.rs, NR, "B must be packed");
         // SAFETY: with one panel per tile and a packed A the contracts are the same.
         unsafe { Self::tile(kc, a.ptr, b.ptr, c, up) }
     }
@@ -204,6 +218,17 @@ pub(crate) trait BlockTile {
     /// hidden state) rounded to bf16 in pairs of rows for [`Self::tile_dot`] (the layout of
     /// `pack_b_pairs`, which is the default); overridden as [`Self::pack_a_dot`] is.
     ///
+    /// Packs `B`'s block into f32 micro-panels, as [`pack_b`] (the default), which an ISA may
+    /// do faster: a transposed `B` (unit row stride), whose panel rows are columns of its
+    /// storage, by register transposes.
+    ///
+    /// # Safety
+    /// As [`pack_b`].
+    unsafe fn pack_b_f32(b: &Mat<'_, f32>, p0: usize, kc: usize, j0: usize, nc: usize, dst: *mut f32) {
+        // SAFETY: the caller's contract.
+        unsafe { pack_b(b, p0, kc, j0, nc, dst) }
+    }
+
     /// # Safety
     /// As `pack_b_pairs`.
     unsafe fn pack_b_dot(b: &Mat<'_, f32>, p0: usize, kc: usize, j0: usize, nc: usize, dst: *mut u16) {
@@ -325,6 +350,18 @@ unsafe fn pack_a(a: &Mat<'_, f32>, i0: usize, mc: usize, p0: usize, kc: usize, d
                     let row = base.add(i * a.rs);
                     for k in 0..kc {
                         *panel.add(k * mr + i) = *row.add(k);
+                    }
+                }
+            } else if a.rs == 1 && rows == mr {
+                // A transposed: each k's rows are a contiguous run, copied with a constant
+                // length where the tile height is one of the ISAs' (a call to `memmove` per
+                // run otherwise).
+                for k in 0..kc {
+                    let (col, out) = (base.add(k * a.cs), panel.add(k * mr));
+                    match mr {
+                        8 => std::ptr::copy_nonoverlapping(col, out, 8),
+                        6 => std::ptr::copy_nonoverlapping(col, out, 6),
+                        _ => std::ptr::copy_nonoverlapping(col, out, mr),
                     }
                 }
             } else {
@@ -454,7 +491,7 @@ pub(crate) unsafe fn pack_b_pairs(b: &Mat<'_, f32>, p0: usize, kc: usize, j0: us
 ///
 /// # Safety
 /// `dst` holds `ceil(nc/16)·16·kc` floats; the block lies inside `b`.
-unsafe fn pack_b(b: &Mat<'_, f32>, p0: usize, kc: usize, j0: usize, nc: usize, dst: *mut f32) {
+pub(crate) unsafe fn pack_b(b: &Mat<'_, f32>, p0: usize, kc: usize, j0: usize, nc: usize, dst: *mut f32) {
     let src = b.data.as_ptr();
     // SAFETY: indices are within the block the caller vouched for.
     unsafe {
@@ -465,7 +502,12 @@ unsafe fn pack_b(b: &Mat<'_, f32>, p0: usize, kc: usize, j0: usize, nc: usize, d
             for k in 0..kc {
                 let row = base.add(k * b.rs);
                 let out = panel.add(k * NR);
-                if b.cs == 1 {
+                if b.cs == 1 && cols == NR {
+                    // A whole panel row: a copy of constant length, which the compiler makes
+                    // a few vector moves (a call to `memmove` per 64 bytes otherwise).
+                    std::ptr::copy_nonoverlapping(row, out, NR);
+                    continue;
+                } else if b.cs == 1 {
                     std::ptr::copy_nonoverlapping(row, out, cols);
                 } else {
                     for j in 0..cols {
@@ -480,10 +522,19 @@ unsafe fn pack_b(b: &Mat<'_, f32>, p0: usize, kc: usize, j0: usize, nc: usize, d
     }
 }
 
-/// The `B` panels of a block of [`gemm_block`]: f32, or 16-bit ones the tiles widen.
+/// Up to how many rows of `C` a call of [`gemm_block`] reads a strided `B` in place (where
+/// the tiles can, [`BlockTile::DIRECT_B`]) instead of packing it: the per-sequence products of
+/// attention (a few dozen query steps against a sequence's keys), whose packing each thread
+/// repeated for a handful of register tiles (7 % of an attention training step's time on a
+/// Zen 4, `examples/attention_bench.rs`). Past it, the packed panels' contiguous stream wins.
+pub(crate) const DIRECT_B_ROWS: usize = 256;
+
+/// The `B` panels of a block of [`gemm_block`]: f32 (packed, or in place with its row
+/// stride), or 16-bit ones the tiles widen.
 #[derive(Clone, Copy)]
 enum BlockB {
     F32(*const f32),
+    Direct(*const f32, usize),
     Half(Panels16),
 }
 
@@ -497,6 +548,7 @@ impl BlockB {
         unsafe {
             match self {
                 BlockB::F32(p) => BlockB::F32(p.add(q * stride)),
+                BlockB::Direct(p, rs) => BlockB::Direct(p.add(q * NR), rs),
                 BlockB::Half(h) => BlockB::Half(Panels16 { ptr: h.ptr.add(q * stride), ..h }),
             }
         }
@@ -578,10 +630,14 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                     unsafe { K::pack_b_dot(&bm, p0, kc, j0, j1 - j0, buf) };
                     (BlockB::Half(Panels16 { ptr: buf, stride: len, format: Half::Bf16 }), len)
                 }
+                Rhs::Strided(bm) if K::DIRECT_B && bm.cs == 1 && r1 - r0 <= DIRECT_B_ROWS => {
+                    // SAFETY: row p0, column j0 lies inside B.
+                    (BlockB::Direct(unsafe { bm.data.as_ptr().add(p0 * bm.rs + j0) }, bm.rs), NR)
+                }
                 Rhs::Strided(bm) | Rhs::StridedPairs(bm) => {
                     let buf = ws.b.at_least((jq1 - jq) * NR * kc);
                     // SAFETY: the buffer holds the block; the block lies inside B.
-                    unsafe { pack_b(&bm, p0, kc, j0, j1 - j0, buf) };
+                    unsafe { K::pack_b_f32(&bm, p0, kc, j0, j1 - j0, buf) };
                     (BlockB::F32(buf as *const f32), NR * kc)
                 }
             };
@@ -676,7 +732,8 @@ pub(crate) unsafe fn gemm_block<K: BlockTile>(
                         unsafe {
                             let ct = CTile { ptr: c.at(i0 + r * K::ROWS, q * NR), rs: c.rs, rows, cols };
                             match bp {
-                                BlockB::F32(ptr) => K::tile_panels(kc, a_tile(r), Panels { ptr, stride }, ct, up),
+                                BlockB::F32(ptr) => K::tile_panels(kc, a_tile(r), Panels { ptr, stride, rs: NR }, ct, up),
+                                BlockB::Direct(ptr, rs) => K::tile_panels(kc, a_tile(r), Panels { ptr, stride, rs }, ct, up),
                                 BlockB::Half(h) if dot => K::tile_dot(kcp, abuf.cast::<u32>().add(r * K::ROWS * kcp), h, ct, up),
                                 BlockB::Half(h) => K::tile_panels16(kc, a_tile(r), h, ct, up),
                             }

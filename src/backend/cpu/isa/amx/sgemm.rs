@@ -176,7 +176,9 @@ impl BlockTile for Amx {
     /// AVX-512F; as [`BlockTile::tile`] with 32-row micro-panels.
     unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: CTile, up: Update) {
         // SAFETY: the caller's contract, on each 8-row part.
-        unsafe { by_eight(ATile { ptr: a, rs: 1, cs: MR }, c, |a, c| Avx512::tile_panels(kc, a, Panels { ptr: b, stride: 0 }, c, up)) }
+        unsafe {
+            by_eight(ATile { ptr: a, rs: 1, cs: MR }, c, |a, c| Avx512::tile_panels(kc, a, Panels { ptr: b, stride: 0, rs: NR }, c, up))
+        }
     }
 
     /// # Safety
