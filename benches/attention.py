@@ -36,6 +36,8 @@ def parse(argv):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--varlen", action="store_true")
+    p.add_argument("--alloc", action="store_true",
+                   help="ours makes every result anew (the allocating calls) instead of writing into the previous rep's")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--bin", help="our attention_bench, already built (--features cuda for --device cuda)")
     p.add_argument("--peer", action="store_true", help="run the PyTorch peer once and print its JSON line")
@@ -120,8 +122,9 @@ def main(argv=None):
         ours = OURS
     flags = ["--score", a.score, "--warmup", str(a.warmup)] + [x for n in SIZES for x in ("--" + n, str(getattr(a, n)))]
     flags += ["--varlen"] if a.varlen else []
+    ours_flags = ["--alloc"] if a.alloc else []
     peer_name = f"pytorch-{a.device}"
-    runs = {"ours": [ours, "--backend", a.device] + flags,
+    runs = {"ours": [ours, "--backend", a.device] + flags + ours_flags,
             peer_name: [sys.executable, os.path.abspath(__file__), "--peer", "--device", a.device] + flags}
     times = {k: [] for k in runs}
     config = None

@@ -585,7 +585,7 @@ def model_rows(args, cmdline):
     out.append(f"- {rounds} round(s), ours and PyTorch alternately (order flipped from row to row and round to round); "
                "a cell is the median over rounds of the per-run median wall time (ms); ours/PyTorch per round, its "
                "median and [min, max] (< 1: ours is faster). attention: one Luong general forward + backward "
-               "(`examples/attention_bench.rs`, `benches/attention.py`); seq2seq-step: one whole training step of "
+               "(`examples/attention_bench.rs`, into the previous rep's results; `benches/attention.py`); seq2seq-step: one whole training step of "
                "`examples/seq2seq.rs`'s model, forward, loss, backward, clipping and Adam (`benches/seq2seq.py`)")
     out.append("")
     out.append("| row | config | ours (ms) | PyTorch CPU (ms) | ours/PyTorch | [min, max] | first loss (ours, PyTorch) |")

@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release --example attention_bench -- [--score general] [--batch 64] [--queries 50]
 //!     [--steps 50] [--hidden 512] [--output 512] [--threads 2] [--reps 10] [--warmup 2]
-//!     [--backend cpu|reference|cuda] [--varlen]
+//!     [--backend cpu|reference|cuda] [--varlen] [--alloc]
 //! ```
 //!
 //! Queries and keys are `--hidden` wide (`Hq = Hk = H`; the concat and additive scores take
@@ -13,12 +13,18 @@
 //! the memory's backward, the way a training step runs them (the memory made once per rep, as
 //! PyTorch's autograd keeps `K W_aᵀ` for the backward). `--varlen`: encoder lengths spread over `1..=S` instead of all `S`.
 //!
+//! On the host backends each rep writes into the previous rep's results (the `_into` calls,
+//! as a training loop that keeps its buffers from step to step); `--alloc` makes every result
+//! anew instead (`attention_memory`, `attention_forward_with`, ...), as a loop that drops them.
+//!
 //! `--backend cuda` (built with `--features cuda`) runs on device buffers, as a decoder that
 //! stays on the GPU does: the inputs uploaded once, then per rep the keys' memory, the forward,
 //! the backward and the memory's backward (`Cuda::attention_*`), timed to a
 //! `Cuda::synchronize` (the peer: `benches/attention.py --device cuda`).
 
-use rnn_kernels::attention::{AttentionBackend, AttentionConfig, AttentionMemoryGrads, AttentionShape, AttentionUpstream, Score};
+use rnn_kernels::attention::{
+    AttentionBackend, AttentionConfig, AttentionGrads, AttentionMemoryGrads, AttentionShape, AttentionUpstream, Score,
+};
 use rnn_kernels::{Cpu, Reference};
 use std::time::Instant;
 
@@ -34,6 +40,7 @@ struct Args {
     warmup: usize,
     backend: String,
     varlen: bool,
+    alloc: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -49,11 +56,13 @@ fn parse() -> Result<Args, String> {
         warmup: 2,
         backend: "cpu".into(),
         varlen: false,
+        alloc: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        if flag == "--varlen" {
-            a.varlen = true;
+        if flag == "--varlen" || flag == "--alloc" {
+            a.varlen |= flag == "--varlen";
+            a.alloc |= flag == "--alloc";
             continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag}: a value is missing"))?;
@@ -119,9 +128,25 @@ fn median_ms(a: &Args, mut rep: impl FnMut() -> Result<(), rnn_kernels::Error>) 
 }
 
 /// A rep: the keys' memory, forward, backward and the memory's backward, as a training step
-/// runs them (the memory made once, not again for the backward).
+/// runs them (the memory made once, not again for the backward), into the previous rep's
+/// results (or, with `--alloc`, into new ones).
 fn run<B: AttentionBackend<f32>>(backend: &B, a: &Args) -> Result<f64, rnn_kernels::Error> {
     let p = problem(a)?;
+    if !a.alloc {
+        let (mut memory, mut out, mut dm) = Default::default();
+        let (mut g, mut k) = (AttentionGrads::default(), AttentionGrads::default());
+        return median_ms(a, || {
+            backend.attention_memory_into(&p.cfg, &p.shape, &p.params, &p.keys, &mut memory)?;
+            backend.attention_forward_with_into(&p.cfg, &p.shape, &p.params, &memory, &p.queries, &mut out)?;
+            AttentionMemoryGrads::reset(&mut dm, &memory);
+            let d_hidden = (a.output > 0).then_some(&p.d_hidden[..]);
+            let up = AttentionUpstream { d_weights: None, d_context: Some(&p.d_context), d_hidden };
+            backend.attention_backward_with_into(&p.cfg, &p.shape, &p.params, &memory, &p.queries, &out, up, &mut dm, &mut g)?;
+            backend.attention_memory_backward_into(&p.cfg, &p.shape, &p.params, &memory, &dm, &mut k)?;
+            std::hint::black_box((&g, &k));
+            Ok(())
+        });
+    }
     median_ms(a, || {
         let memory = backend.attention_memory(&p.cfg, &p.shape, &p.params, &p.keys)?;
         let out = backend.attention_forward_with(&p.cfg, &p.shape, &p.params, &memory, &p.queries)?;

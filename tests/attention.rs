@@ -492,3 +492,105 @@ fn the_per_step_path_is_the_batched_one() {
         }
     }
 }
+
+/// The `_into` calls (the memory, forward, backward and the memory's backward into the
+/// previous step's results) give the allocating calls' results bit for bit, on the reference
+/// backend in f64 and on every CPU ISA in f32 with 1 and 2 threads: into empty results, into
+/// the previous step's (whose buffers the CPU backend writes in place: the same addresses, no
+/// new memory), and into a larger problem's. A bad input is an error naming the argument that
+/// leaves the results as they were.
+#[test]
+fn the_into_calls_give_the_allocating_calls_results_in_the_callers_buffers() {
+    #[derive(Debug, Default, PartialEq)]
+    struct Step<T> {
+        memory: rnn_kernels::attention::AttentionMemory<T>,
+        out: AttentionOutput<T>,
+        dm: AttentionMemoryGrads<T>,
+        g: AttentionGrads<T>,
+        k: AttentionGrads<T>,
+    }
+    fn allocating<T: rnn_kernels::Float, B: AttentionBackend<T>>(backend: &B, p: &Problem) -> Step<T> {
+        let down = |v: &[f64]| v.iter().map(|&x| T::from_f64(x)).collect::<Vec<T>>();
+        let (params, keys, queries, dc) = (down(&p.params), down(&p.keys), down(&p.queries), down(&p.d_context));
+        let up = AttentionUpstream { d_weights: None, d_context: Some(&dc), d_hidden: None };
+        let memory = backend.attention_memory(&p.cfg, &p.shape, &params, &keys).unwrap();
+        let out = backend.attention_forward_with(&p.cfg, &p.shape, &params, &memory, &queries).unwrap();
+        let mut dm = AttentionMemoryGrads::new(&memory);
+        let g = backend.attention_backward_with(&p.cfg, &p.shape, &params, &memory, &queries, &out, up, &mut dm).unwrap();
+        let k = backend.attention_memory_backward(&p.cfg, &p.shape, &params, &memory, &dm).unwrap();
+        Step { memory, out, dm, g, k }
+    }
+    fn into<T: rnn_kernels::Float, B: AttentionBackend<T>>(backend: &B, p: &Problem, s: &mut Step<T>) {
+        let down = |v: &[f64]| v.iter().map(|&x| T::from_f64(x)).collect::<Vec<T>>();
+        let (params, keys, queries, dc) = (down(&p.params), down(&p.keys), down(&p.queries), down(&p.d_context));
+        let up = AttentionUpstream { d_weights: None, d_context: Some(&dc), d_hidden: None };
+        backend.attention_memory_into(&p.cfg, &p.shape, &params, &keys, &mut s.memory).unwrap();
+        backend.attention_forward_with_into(&p.cfg, &p.shape, &params, &s.memory, &queries, &mut s.out).unwrap();
+        s.dm.reset(&s.memory);
+        backend.attention_backward_with_into(&p.cfg, &p.shape, &params, &s.memory, &queries, &s.out, up, &mut s.dm, &mut s.g).unwrap();
+        backend.attention_memory_backward_into(&p.cfg, &p.shape, &params, &s.memory, &s.dm, &mut s.k).unwrap();
+    }
+    /// Where the results' data lie (in order of address: two results of a call may trade
+    /// buffers).
+    fn addresses<T>(s: &Step<T>) -> Vec<*const T> {
+        let (o, g, k) = (&s.out, &s.g, &s.k);
+        let mut at: Vec<*const T> = [&o.weights, &o.context, &o.hidden, &g.d_queries, &g.d_params, &k.d_keys, &k.d_params]
+            .iter()
+            .filter(|v| !v.is_empty())
+            .map(|v| v.as_ptr())
+            .collect();
+        at.sort();
+        at
+    }
+    /// A bad input to each call: an error naming it, and nothing changed.
+    fn refuses<T: rnn_kernels::Float, B: AttentionBackend<T>>(backend: &B, p: &Problem, s: &mut Step<T>) {
+        let down = |v: &[f64]| v.iter().map(|&x| T::from_f64(x)).collect::<Vec<T>>();
+        let (params, keys, queries) = (down(&p.params), down(&p.keys), down(&p.queries));
+        let before = format!("{s:?}");
+        let long = [&params[..], &[T::ZERO]].concat();
+        let e = backend.attention_memory_into(&p.cfg, &p.shape, &long, &keys, &mut s.memory).unwrap_err();
+        assert!(e.to_string().contains("params"), "{e}");
+        let e = backend.attention_forward_with_into(&p.cfg, &p.shape, &params, &s.memory, &queries[1..], &mut s.out).unwrap_err();
+        assert!(e.to_string().contains("queries"), "{e}");
+        let up = AttentionUpstream { d_weights: None, d_context: Some(&queries[1..]), d_hidden: None };
+        let e = backend
+            .attention_backward_with_into(&p.cfg, &p.shape, &params, &s.memory, &queries, &s.out, up, &mut s.dm, &mut s.g)
+            .unwrap_err();
+        assert!(e.to_string().contains("d_context"), "{e}");
+        let e = backend.attention_memory_backward_into(&p.cfg, &p.shape, &long, &s.memory, &s.dm, &mut s.k).unwrap_err();
+        assert!(e.to_string().contains("params"), "{e}");
+        assert_eq!(format!("{s:?}"), before, "an error changed the results");
+    }
+    let configs = configs();
+    let (small, large) = (
+        AttentionShape::new(4, 6, vec![6, 2, 5]).unwrap(),
+        AttentionShape::new(9, 13, (0..21).map(|b| 1 + (b * 7) % 13).collect()).unwrap(),
+    );
+    for (c, cfg) in configs.iter().enumerate() {
+        let (p, big) = (Problem::new(cfg, &small, 700 + c as u64), Problem::new(cfg, &large, 800 + c as u64));
+        let want = allocating::<f64, _>(&Reference, &p);
+        let mut s = Step::default();
+        into(&Reference, &p, &mut s);
+        assert_eq!(s, want, "reference backend, {cfg:?}");
+        refuses(&Reference, &p, &mut s);
+        for isa in Isa::available() {
+            for threads in [1, 2] {
+                let cpu = Cpu::with_isa(isa, threads).unwrap();
+                let ctx = format!("cpu {isa:?}, {threads} threads, {cfg:?}");
+                let want = allocating::<f32, _>(&cpu, &p);
+                let mut s = Step::default();
+                into(&cpu, &p, &mut s);
+                assert_eq!(s, want, "{ctx}: into empty results");
+                let at = addresses(&s);
+                into(&cpu, &p, &mut s);
+                assert_eq!(s, want, "{ctx}: into the previous results");
+                assert_eq!(addresses(&s), at, "{ctx}: the previous results' buffers were not reused");
+                let mut s = Step::default();
+                into(&cpu, &big, &mut s);
+                into(&cpu, &p, &mut s);
+                assert_eq!(s, want, "{ctx}: into a larger problem's results");
+                refuses(&cpu, &p, &mut s);
+            }
+        }
+    }
+}

@@ -63,8 +63,9 @@ pub mod reference;
 /// The keys' side of an attention, computed once for every query that attends over the same
 /// keys (a decoder's steps, one call each): the keys with their padding zeroed and their
 /// projection (general: `K W_aᵀ`, `[S, B, Hq]`; concat and additive: `K W_kᵀ`, `[S, B, A]`;
-/// none for dot). From [`AttentionBackend::attention_memory`].
-#[derive(Debug, Clone, PartialEq)]
+/// none for dot). From [`AttentionBackend::attention_memory`]; empty by default (to be filled by
+/// [`AttentionBackend::attention_memory_into`]).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct AttentionMemory<T> {
     pub(crate) keys: Vec<T>,
     pub(crate) proj: Vec<T>,
@@ -115,7 +116,7 @@ impl<T> AttentionMemory<T> {
 /// The gradients w.r.t. an [`AttentionMemory`], accumulated over the backward calls that read
 /// it; [`AttentionBackend::attention_memory_backward`] turns them into the keys' and the
 /// parameters' gradients once.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct AttentionMemoryGrads<T> {
     pub(crate) d_keys: Vec<T>,
     pub(crate) d_proj: Vec<T>,
@@ -125,6 +126,15 @@ impl<T: crate::Float> AttentionMemoryGrads<T> {
     /// Zeros for `memory`.
     pub fn new(memory: &AttentionMemory<T>) -> Self {
         AttentionMemoryGrads { d_keys: vec![T::ZERO; memory.keys.len()], d_proj: vec![T::ZERO; memory.proj.len()] }
+    }
+
+    /// Zeros for `memory` in these buffers (the previous step's, in a training loop): what
+    /// [`new`](Self::new) makes, without new memory where the buffers hold it.
+    pub fn reset(&mut self, memory: &AttentionMemory<T>) {
+        for (v, n) in [(&mut self.d_keys, memory.keys.len()), (&mut self.d_proj, memory.proj.len())] {
+            v.clear();
+            v.resize(n, T::ZERO);
+        }
     }
 }
 
@@ -187,6 +197,73 @@ pub trait AttentionBackend<T: crate::Float> {
         memory: &AttentionMemory<T>,
         d_memory: &AttentionMemoryGrads<T>,
     ) -> Result<AttentionGrads<T>>;
+
+    /// [`attention_memory`](Self::attention_memory) into `memory`, whose buffers (the previous
+    /// step's memory, in a training loop) hold the results where they are large enough. A loop
+    /// that hands each call its previous results maps no new memory from step to step (on the
+    /// CPU backend, fresh buffers of several MB are otherwise mapped and faulted in page by
+    /// page at every call). Same results as the allocating call; on an error `memory` is left
+    /// as it was. The default makes new buffers.
+    fn attention_memory_into(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[T],
+        keys: &[T],
+        memory: &mut AttentionMemory<T>,
+    ) -> Result<()> {
+        *memory = self.attention_memory(cfg, shape, params, keys)?;
+        Ok(())
+    }
+
+    /// [`attention_forward_with`](Self::attention_forward_with) into `out`'s buffers, as
+    /// [`attention_memory_into`](Self::attention_memory_into).
+    fn attention_forward_with_into(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[T],
+        memory: &AttentionMemory<T>,
+        queries: &[T],
+        out: &mut AttentionOutput<T>,
+    ) -> Result<()> {
+        *out = self.attention_forward_with(cfg, shape, params, memory, queries)?;
+        Ok(())
+    }
+
+    /// [`attention_backward_with`](Self::attention_backward_with) into `grads`' buffers, as
+    /// [`attention_memory_into`](Self::attention_memory_into).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward_with_into(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[T],
+        memory: &AttentionMemory<T>,
+        queries: &[T],
+        out: &AttentionOutput<T>,
+        up: AttentionUpstream<'_, T>,
+        d_memory: &mut AttentionMemoryGrads<T>,
+        grads: &mut AttentionGrads<T>,
+    ) -> Result<()> {
+        *grads = self.attention_backward_with(cfg, shape, params, memory, queries, out, up, d_memory)?;
+        Ok(())
+    }
+
+    /// [`attention_memory_backward`](Self::attention_memory_backward) into `grads`' buffers, as
+    /// [`attention_memory_into`](Self::attention_memory_into).
+    fn attention_memory_backward_into(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[T],
+        memory: &AttentionMemory<T>,
+        d_memory: &AttentionMemoryGrads<T>,
+        grads: &mut AttentionGrads<T>,
+    ) -> Result<()> {
+        *grads = self.attention_memory_backward(cfg, shape, params, memory, d_memory)?;
+        Ok(())
+    }
 
     /// The forward pass: [`reference::forward`]'s results.
     fn attention_forward(
@@ -451,8 +528,9 @@ impl AttentionShape {
     }
 }
 
-/// What a forward pass computes ([module docs](self) for the shapes).
-#[derive(Debug, Clone, PartialEq)]
+/// What a forward pass computes ([module docs](self) for the shapes). Empty by default (to be
+/// filled by [`AttentionBackend::attention_forward_with_into`]).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct AttentionOutput<T> {
     /// `[Tq, B, S]`.
     pub weights: Vec<T>,
@@ -462,8 +540,10 @@ pub struct AttentionOutput<T> {
     pub hidden: Vec<T>,
 }
 
-/// The gradients of a backward pass.
-#[derive(Debug, Clone, PartialEq)]
+/// The gradients of a backward pass. Empty by default (to be filled by
+/// [`AttentionBackend::attention_backward_with_into`] or
+/// [`AttentionBackend::attention_memory_backward_into`]).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct AttentionGrads<T> {
     /// `[Tq, B, Hq]`.
     pub d_queries: Vec<T>,

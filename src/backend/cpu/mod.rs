@@ -137,6 +137,86 @@ impl AttentionBackend<f32> for Cpu {
         )))
     }
 
+    fn attention_memory_into(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[f32],
+        keys: &[f32],
+        memory: &mut AttentionMemory<f32>,
+    ) -> Result<()> {
+        let sizes = host::attention::memory_sizes(cfg, shape);
+        *memory = into([&mut memory.keys, &mut memory.proj], &sizes, |fresh| {
+            with_kernels!(self.kernels, |k| self
+                .run(k, None, self.default_strategy_of(k), |k| host::attention::memory(k, cfg, shape, params, keys, fresh)))
+        })?;
+        Ok(())
+    }
+
+    fn attention_forward_with_into(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[f32],
+        memory: &AttentionMemory<f32>,
+        queries: &[f32],
+        out: &mut AttentionOutput<f32>,
+    ) -> Result<()> {
+        let sizes = host::attention::forward_sizes(cfg, shape);
+        *out = into([&mut out.weights, &mut out.context, &mut out.hidden], &sizes, |fresh| {
+            with_kernels!(self.kernels, |k| self.run(k, None, self.default_strategy_of(k), |k| host::attention::forward_with(
+                k, cfg, shape, params, memory, queries, fresh
+            )))
+        })?;
+        Ok(())
+    }
+
+    fn attention_backward_with_into(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[f32],
+        memory: &AttentionMemory<f32>,
+        queries: &[f32],
+        out: &AttentionOutput<f32>,
+        up: AttentionUpstream<'_, f32>,
+        d_memory: &mut AttentionMemoryGrads<f32>,
+        grads: &mut AttentionGrads<f32>,
+    ) -> Result<()> {
+        // In the order of `backward_sizes`: the parameters', the queries' gradients.
+        let sizes = host::attention::backward_sizes(cfg, shape, true, false);
+        let g = into([&mut grads.d_params, &mut grads.d_queries], &sizes, |fresh| {
+            with_kernels!(self.kernels, |k| self.run(k, None, self.default_strategy_of(k), |k| host::attention::backward_with(
+                k, cfg, shape, params, memory, queries, out, up, d_memory, fresh
+            )))
+        })?;
+        // No keys' gradients from this call: their buffer is kept, empty, for the next.
+        (grads.d_params, grads.d_queries) = (g.d_params, g.d_queries);
+        grads.d_keys.clear();
+        Ok(())
+    }
+
+    fn attention_memory_backward_into(
+        &self,
+        cfg: &AttentionConfig,
+        shape: &AttentionShape,
+        params: &[f32],
+        memory: &AttentionMemory<f32>,
+        d_memory: &AttentionMemoryGrads<f32>,
+        grads: &mut AttentionGrads<f32>,
+    ) -> Result<()> {
+        // In the order of `backward_sizes`: the parameters', the keys' gradients.
+        let sizes = host::attention::backward_sizes(cfg, shape, false, true);
+        let g = into([&mut grads.d_params, &mut grads.d_keys], &sizes, |fresh| {
+            with_kernels!(self.kernels, |k| self.run(k, None, self.default_strategy_of(k), |k| host::attention::memory_backward(
+                k, cfg, shape, params, memory, d_memory, fresh
+            )))
+        })?;
+        (grads.d_params, grads.d_keys) = (g.d_params, g.d_keys);
+        grads.d_queries.clear();
+        Ok(())
+    }
+
     /// The memory and the forward pass in one call on the pool, the memory's buffers kept for
     /// the next call (`host::attention::forward`).
     fn attention_forward(
@@ -169,6 +249,24 @@ impl AttentionBackend<f32> for Cpu {
             k, cfg, shape, params, keys, queries, out, up, &mut fresh
         )))
     }
+}
+
+/// Runs `call` with the buffers in `bufs` (an `_into` call's previous results, in the order of
+/// `sizes`) as the buffers of its results ([`Fresh::reusing`]); on an error, puts them back as
+/// they were (every call checks its inputs before it takes a buffer).
+fn into<R, const N: usize>(
+    mut bufs: [&mut Vec<f32>; N],
+    sizes: &[Option<usize>],
+    call: impl FnOnce(&mut Fresh<f32>) -> Result<R>,
+) -> Result<R> {
+    let mut fresh = Fresh::reusing(bufs.iter_mut().map(|b| std::mem::take(&mut **b)).collect(), sizes);
+    let result = call(&mut fresh);
+    if result.is_err() {
+        for (b, v) in bufs.iter_mut().zip(fresh.into_kept()) {
+            **b = v;
+        }
+    }
+    result
 }
 
 use crate::backend::cell::Cell;

@@ -22,7 +22,9 @@
 //! sequences, into buffers added in sequence order afterwards: no sum depends on the thread
 //! count. A call's large intermediates (the memory inside a whole [`forward`] or [`backward`],
 //! the upstream copies, `dZ`, `dE`) are [`Spare`] buffers kept on the thread between calls,
-//! since fresh buffers of several MB are mapped and faulted in page by page at every call.
+//! since fresh buffers of several MB are mapped and faulted in page by page at every call. A
+//! call's results go into the buffers [`Fresh`] holds (the caller's previous results, with the
+//! backend's `_into` calls), and are zeroed or copied on every thread ([`fill`]).
 
 use super::{HostKernels, Mat, MatMut};
 use crate::attention::{
@@ -34,6 +36,7 @@ use crate::element::Float;
 use crate::error::Result;
 use std::any::Any;
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -70,18 +73,14 @@ impl Spare {
         }
     }
 
-    /// `n` zeros.
-    fn zeroed<T: Float>(n: usize) -> Vec<T> {
-        let mut v = Spare::take(n);
-        v.resize(n, T::ZERO);
-        v
+    /// `n` zeros, written on `k`'s threads ([`fill`]).
+    fn zeroed<T: Float, K: HostKernels<T>>(k: &K, n: usize) -> Vec<T> {
+        fill(k, Spare::take(n), n, None)
     }
 
-    /// A copy of `x`.
-    fn copy<T: Float>(x: &[T]) -> Vec<T> {
-        let mut v = Spare::take(x.len());
-        v.extend_from_slice(x);
-        v
+    /// A copy of `x`, written on `k`'s threads ([`fill`]).
+    fn copy<T: Float, K: HostKernels<T>>(k: &K, x: &[T]) -> Vec<T> {
+        fill(k, Spare::take(x.len()), x.len(), Some(x))
     }
 
     /// Keeps `v` for a later call (dropping the smallest buffer past [`SPARE_MAX`]).
@@ -137,6 +136,29 @@ impl<T: Float> Fresh<T> {
         Fresh::Kept(Vec::new())
     }
 
+    /// The buffers `old` (a previous call's results, in the order of `sizes`), each made to
+    /// hold its size on this thread: kept where it does, else grown here (its contents kept
+    /// until a call takes it). After a call that failed, [`into_kept`](Self::into_kept) gives
+    /// them back unchanged (every call checks its inputs before it takes a buffer).
+    pub(crate) fn reusing(old: Vec<Vec<T>>, sizes: &[Option<usize>]) -> Self {
+        let grow = |(mut v, n): (Vec<T>, &Option<usize>)| {
+            if let Some(n) = *n {
+                // A size that cannot be reserved is left to the call, which reports it.
+                let _ = v.try_reserve_exact(n.saturating_sub(v.len()));
+            }
+            v
+        };
+        Fresh::Kept(old.into_iter().zip(sizes).map(grow).collect())
+    }
+
+    /// The buffers no call took, in their order (a taken one is empty).
+    pub(crate) fn into_kept(self) -> Vec<Vec<T>> {
+        match self {
+            Fresh::Kept(bufs) => bufs,
+            Fresh::Spare => Vec::new(),
+        }
+    }
+
     /// An empty buffer of capacity at least `n`: the smallest kept one that holds it, else a
     /// new one.
     fn take(&mut self, n: usize) -> Vec<T> {
@@ -144,23 +166,81 @@ impl<T: Float> Fresh<T> {
             Fresh::Spare => Spare::take(n),
             Fresh::Kept(bufs) => {
                 let best = (0..bufs.len()).filter(|&i| bufs[i].capacity() >= n).min_by_key(|&i| bufs[i].capacity());
-                best.map_or_else(|| Vec::with_capacity(n), |i| bufs.swap_remove(i))
+                // Taken in place, so that the others keep their order (`into_kept`).
+                best.map_or_else(|| Vec::with_capacity(n), |i| std::mem::take(&mut bufs[i]))
             }
         }
     }
 
-    /// `n` zeros.
-    fn zeroed(&mut self, n: usize) -> Vec<T> {
-        let mut v = self.take(n);
-        v.resize(n, T::ZERO);
-        v
+    /// `n` zeros, written on `k`'s threads ([`fill`]).
+    fn zeroed<K: HostKernels<T>>(&mut self, k: &K, n: usize) -> Vec<T> {
+        let v = self.take(n);
+        fill(k, v, n, None)
     }
 
-    /// A copy of `x`.
-    fn copy(&mut self, x: &[T]) -> Vec<T> {
-        let mut v = self.take(x.len());
-        v.extend_from_slice(x);
-        v
+    /// A copy of `x`, written on `k`'s threads ([`fill`]).
+    fn copy<K: HostKernels<T>>(&mut self, k: &K, x: &[T]) -> Vec<T> {
+        let v = self.take(x.len());
+        fill(k, v, x.len(), Some(x))
+    }
+}
+
+/// From how many elements [`fill`] writes on several threads.
+const FILL_PARALLEL_MIN: usize = 1 << 16;
+
+/// `v` (emptied) holding `n` values: `src` (`n` long) or zeros, written in blocks on `k`'s
+/// threads. A call's outputs are fresh memory, mapped and faulted in by the first write: on one
+/// thread that write is a serial stretch of the call that the other threads wait through (with
+/// several MB per output, 5–10 % of an attention training step).
+fn fill<T: Float, K: HostKernels<T>>(k: &K, mut v: Vec<T>, n: usize, src: Option<&[T]>) -> Vec<T> {
+    v.clear();
+    v.reserve_exact(n);
+    let parts = if n >= FILL_PARALLEL_MIN { k.threads().max(1) } else { 1 };
+    let bounds = super::row_bounds(n, parts);
+    {
+        let mut rest = &mut v.spare_capacity_mut()[..n];
+        let blocks: Vec<_> = bounds
+            .windows(2)
+            .map(|w| {
+                let (block, tail) = std::mem::take(&mut rest).split_at_mut(w[1] - w[0]);
+                rest = tail;
+                Mutex::new(Some(block))
+            })
+            .collect();
+        let write = |i: usize| {
+            if let Some(block) = blocks[i].lock().ok().and_then(|mut b| b.take()) {
+                write_block(block, src.map(|s| &s[bounds[i]..bounds[i + 1]]));
+            }
+        };
+        if parts == 1 {
+            write(0);
+        } else {
+            k.for_blocks(parts, &write);
+        }
+        // Every block is written once: a part `for_blocks` did not run (it runs each) would
+        // leave its block to this thread.
+        for i in 0..parts {
+            write(i);
+        }
+    }
+    // SAFETY: the first `n` elements were written above (every block, by one thread each).
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// Writes `src` (as long as `out`) or zeros into `out`.
+fn write_block<T: Float>(out: &mut [MaybeUninit<T>], src: Option<&[T]>) {
+    match src {
+        Some(s) => {
+            for (o, &x) in out.iter_mut().zip(s) {
+                o.write(x);
+            }
+        }
+        None => {
+            for o in out.iter_mut() {
+                o.write(T::ZERO);
+            }
+        }
     }
 }
 
@@ -244,18 +324,18 @@ pub(crate) fn memory<T: Float, K: HostKernels<T>>(
     check_len("params", params.len(), &[cfg.param_len()])?;
     check_len("keys", keys.len(), &[d.s, d.b, d.hk])?;
     let w = Params::of(cfg, &d, params)?;
-    let mut masked = fresh.copy(keys);
+    let mut masked = fresh.copy(k, keys);
     zero_padding(&mut masked, &d, shape.lengths());
     let sb = d.s * d.b;
     let proj = match cfg.score() {
         Score::Dot => Vec::new(),
         Score::General => {
-            let mut kp = fresh.zeroed(sb * d.hq);
+            let mut kp = fresh.zeroed(k, sb * d.hq);
             k.gemm(T::ONE, Mat::new(&masked, sb, d.hk), w.mat(w.w_a, d.hq, d.hk, d.hk).t(), T::ZERO, MatMut::new(&mut kp, sb, d.hq));
             kp
         }
         Score::Concat | Score::Additive => {
-            let mut kp = fresh.zeroed(sb * d.a);
+            let mut kp = fresh.zeroed(k, sb * d.a);
             k.gemm(T::ONE, Mat::new(&masked, sb, d.hk), w.mat(w.w_k.0, d.a, d.hk, w.w_k.1).t(), T::ZERO, MatMut::new(&mut kp, sb, d.a));
             kp
         }
@@ -349,7 +429,7 @@ fn query_proj<T: Float, K: HostKernels<T>>(k: &K, cfg: &AttentionConfig, d: &Dim
         return Vec::new();
     }
     let tb = d.tq * d.b;
-    let mut qp = Spare::zeroed(tb * d.a);
+    let mut qp = Spare::zeroed(k, tb * d.a);
     k.gemm(T::ONE, Mat::new(queries, tb, d.hq), w.mat(w.w_q.0, d.a, d.hq, w.w_q.1).t(), T::ZERO, MatMut::new(&mut qp, tb, d.a));
     qp
 }
@@ -369,7 +449,8 @@ pub(crate) fn forward_with<T: Float, K: HostKernels<T>>(
     let w = Params::of(cfg, &d, params)?;
     let (keys, kp) = (&memory.keys, &memory.proj);
     let tb = d.tq * d.b;
-    let mut out = AttentionOutput { weights: fresh.zeroed(tb * d.s), context: fresh.zeroed(tb * d.hk), hidden: fresh.zeroed(tb * d.o) };
+    let mut out =
+        AttentionOutput { weights: fresh.zeroed(k, tb * d.s), context: fresh.zeroed(k, tb * d.hk), hidden: fresh.zeroed(k, tb * d.o) };
     let qp = query_proj(k, cfg, &d, &w, queries);
     let lengths = shape.lengths();
     // The scores and the softmax of each row over its sequence's keys, per block of queries.
@@ -478,10 +559,10 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
     let w = Params::of(cfg, &d, params)?;
     let (keys, kp) = (&memory.keys, &memory.proj);
     let tb = d.tq * d.b;
-    let mut g = AttentionGrads { d_queries: fresh.zeroed(tb * d.hq), d_keys: Vec::new(), d_params: fresh.zeroed(params.len()) };
+    let mut g = AttentionGrads { d_queries: fresh.zeroed(k, tb * d.hq), d_keys: Vec::new(), d_params: fresh.zeroed(k, params.len()) };
     let mut dc = match up.d_context {
-        Some(v) => Spare::copy(v),
-        None => Spare::zeroed(tb * d.hk),
+        Some(v) => Spare::copy(k, v),
+        None => Spare::zeroed(k, tb * d.hk),
     };
     if let (Some(dh), true) = (up.d_hidden, d.o > 0) {
         // dZ = dH ⊙ (1 - H²); dW_c += dZᵀ [C, Q]; [dC, dQ] += dZ W_c.
@@ -500,8 +581,8 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
     }
     // dα = d_weights + dC K_bᵀ, then the softmax's backward in place (dE), per block of queries.
     let mut de = match up.d_weights {
-        Some(v) => Spare::copy(v),
-        None => Spare::zeroed(tb * d.s),
+        Some(v) => Spare::copy(k, v),
+        None => Spare::zeroed(k, tb * d.s),
     };
     let (weights, lengths) = (&out.weights, shape.lengths());
     for_query_blocks(k, &mut de, &d, |k, ts, bs, de| {
@@ -576,7 +657,7 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
             let qp = query_proj(k, cfg, &d, &w, queries);
             let v = &params[w.v..w.v + d.a];
             let seq_len = (d.tq + d.s + 1) * d.a;
-            let mut per_seq = Spare::zeroed(d.b * seq_len);
+            let mut per_seq = Spare::zeroed(k, d.b * seq_len);
             for_blocks_of(k, &mut per_seq, d.b, |k, bs, block| {
                 let mut u = Vec::new();
                 for (b, buf) in bs.zip(block.chunks_exact_mut(seq_len)) {
@@ -598,7 +679,7 @@ pub(crate) fn backward_with<T: Float, K: HostKernels<T>>(
                     }
                 }
             });
-            let mut dqp = Spare::zeroed(tb * d.a);
+            let mut dqp = Spare::zeroed(k, tb * d.a);
             let mut dv = vec![T::ZERO; d.a];
             for (b, buf) in per_seq.chunks_exact(seq_len).enumerate() {
                 let (dq_b, rest) = buf.split_at(d.tq * d.a);
@@ -647,7 +728,7 @@ pub(crate) fn memory_backward<T: Float, K: HostKernels<T>>(
     check_len("params", params.len(), &[cfg.param_len()])?;
     check_memory(cfg, shape, memory)?;
     check_grads(memory, dm)?;
-    let d_keys = fresh.copy(&dm.d_keys);
+    let d_keys = fresh.copy(k, &dm.d_keys);
     keys_backward(k, cfg, shape, params, memory, d_keys, &dm.d_proj, fresh)
 }
 
@@ -666,7 +747,7 @@ fn keys_backward<T: Float, K: HostKernels<T>>(
     let d = Dims::of(cfg, shape);
     let w = Params::of(cfg, &d, params)?;
     let sb = d.s * d.b;
-    let mut g = AttentionGrads { d_queries: Vec::new(), d_keys, d_params: fresh.zeroed(params.len()) };
+    let mut g = AttentionGrads { d_queries: Vec::new(), d_keys, d_params: fresh.zeroed(k, params.len()) };
     let (off, width, rs) = match cfg.score() {
         Score::Dot => (0, 0, 0),
         Score::General => (w.w_a, d.hq, d.hk),
@@ -721,7 +802,7 @@ pub(crate) fn backward<T: Float, K: HostKernels<T>>(
     check_inputs(cfg, shape, params, keys, queries)?;
     check_backward(cfg, shape, out, &up)?;
     let m = memory(k, cfg, shape, params, keys, &mut Fresh::Spare)?;
-    let mut dm = AttentionMemoryGrads { d_keys: fresh.zeroed(m.keys.len()), d_proj: Spare::zeroed(m.proj.len()) };
+    let mut dm = AttentionMemoryGrads { d_keys: fresh.zeroed(k, m.keys.len()), d_proj: Spare::zeroed(k, m.proj.len()) };
     let mut g = backward_with(k, cfg, shape, params, &m, queries, out, up, &mut dm, fresh)?;
     let kg = keys_backward(k, cfg, shape, params, &m, dm.d_keys, &dm.d_proj, &mut Fresh::Spare)?;
     for (d, x) in g.d_params.iter_mut().zip(&kg.d_params) {
@@ -738,6 +819,7 @@ pub(crate) fn backward<T: Float, K: HostKernels<T>>(
 #[cfg(test)]
 mod tests {
     use super::Fresh;
+    use crate::Reference;
 
     /// A call's outputs are the buffers made before it (no reallocation: they stay in the
     /// caller's arena), each output the smallest one that holds it; past them, new ones.
@@ -748,11 +830,12 @@ mod tests {
         // The size that cannot be reserved and the overflowed one are left out.
         assert_eq!(bufs.len(), 2);
         let ptrs: Vec<*const f32> = bufs.iter().map(|b| b.as_ptr()).collect();
-        let small = fresh.zeroed(7);
-        let large = fresh.copy(&[1.0; 60]);
+        let k = &Reference;
+        let small = fresh.zeroed(k, 7);
+        let large = fresh.copy(k, &[1.0; 60]);
         assert_eq!((small.as_ptr(), large.as_ptr()), (ptrs[1], ptrs[0]));
         assert!(small.iter().all(|&x| x == 0.0) && small.len() == 7 && large == vec![1.0; 60]);
-        let extra = fresh.zeroed(5);
+        let extra = fresh.zeroed(k, 5);
         assert!(extra.len() == 5 && !ptrs.contains(&extra.as_ptr()));
     }
 }
