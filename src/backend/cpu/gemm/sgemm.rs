@@ -214,10 +214,6 @@ pub(crate) trait BlockTile {
         unsafe { pack_a_pairs(a, i0, mc, p0, kc, dst, mr) }
     }
 
-    /// Packs a block of a strided `B` (an activation: a weight gradient's layer input or
-    /// hidden state) rounded to bf16 in pairs of rows for [`Self::tile_dot`] (the layout of
-    /// `pack_b_pairs`, which is the default); overridden as [`Self::pack_a_dot`] is.
-    ///
     /// Packs `B`'s block into f32 micro-panels, as [`pack_b`] (the default), which an ISA may
     /// do faster: a transposed `B` (unit row stride), whose panel rows are columns of its
     /// storage, by register transposes.
@@ -229,6 +225,10 @@ pub(crate) trait BlockTile {
         unsafe { pack_b(b, p0, kc, j0, nc, dst) }
     }
 
+    /// Packs a block of a strided `B` (an activation: a weight gradient's layer input or
+    /// hidden state) rounded to bf16 in pairs of rows for [`Self::tile_dot`] (the layout of
+    /// `pack_b_pairs`, which is the default); overridden as [`Self::pack_a_dot`] is.
+    ///
     /// # Safety
     /// As `pack_b_pairs`.
     unsafe fn pack_b_dot(b: &Mat<'_, f32>, p0: usize, kc: usize, j0: usize, nc: usize, dst: *mut u16) {

@@ -32,11 +32,22 @@ pub(super) trait PanelLoad {
     /// AVX-512F; `p` holds 16 values.
     unsafe fn load(p: *const Self::E) -> __m512;
 
-    /// The values of the lanes in `m` (the low ones) and zeros, reading only those.
+    /// Whether the rows are read from `B` in place ([`F32InPlace`]: rows any stride apart,
+    /// ending at the tile's valid columns) rather than from a packed panel (rows 16 apart,
+    /// zero past the last column).
+    const IN_PLACE: bool = false;
+
+    /// The lanes of `m` (the low ones), zero elsewhere, reading only those; a packed panel's
+    /// row is read whole (it holds 16 values, zero past the valid ones).
     ///
     /// # Safety
-    /// AVX-512F; `p` holds the lanes of `m`.
-    unsafe fn load_masked(p: *const Self::E, m: __mmask16) -> __m512;
+    /// AVX-512F; `p` holds the lanes of `m` (16 values unless [`Self::IN_PLACE`]).
+    #[inline(always)]
+    unsafe fn load_cols(p: *const Self::E, m: __mmask16) -> __m512 {
+        let _ = m;
+        // SAFETY: the caller's contract.
+        unsafe { Self::load(p) }
+    }
 }
 
 pub(super) struct F32Row;
@@ -50,26 +61,26 @@ impl PanelLoad for F32Row {
         // SAFETY: the caller's contract.
         unsafe { _mm512_loadu_ps(p) }
     }
-
-    #[inline(always)]
-    unsafe fn load_masked(p: *const f32, m: __mmask16) -> __m512 {
-        // SAFETY: the caller's contract; masked lanes are not accessed.
-        unsafe { _mm512_maskz_loadu_ps(m, p) }
-    }
 }
 
-/// The lanes of `m` (the low ones) of 16-bit values into a zeroed row, read by `L`.
-///
-/// # Safety
-/// AVX-512F; `p` holds the lanes of `m`.
-#[inline(always)]
-unsafe fn load16_masked<L: PanelLoad<E = u16>>(p: *const u16, m: __mmask16) -> __m512 {
-    let mut row = [0u16; 16];
-    let n = (m as u32).trailing_ones() as usize;
-    // SAFETY: the caller's contract (the low `n` lanes).
-    unsafe {
-        std::ptr::copy_nonoverlapping(p, row.as_mut_ptr(), n);
-        L::load(row.as_ptr())
+/// f32 rows of `B` in place ([`BlockTile::DIRECT_B`]), each load masked to the tile's valid
+/// columns: the last panel of a row may end the buffer.
+pub(super) struct F32InPlace;
+
+impl PanelLoad for F32InPlace {
+    type E = f32;
+    const IN_PLACE: bool = true;
+
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m512 {
+        // SAFETY: the caller's contract (16 values).
+        unsafe { _mm512_loadu_ps(p) }
+    }
+
+    #[inline(always)]
+    unsafe fn load_cols(p: *const f32, m: __mmask16) -> __m512 {
+        // SAFETY: the caller's contract; masked lanes are not accessed.
+        unsafe { _mm512_maskz_loadu_ps(m, p) }
     }
 }
 
@@ -80,12 +91,6 @@ impl PanelLoad for F16Row {
         // SAFETY: the caller's contract (16 values of 16 bits).
         unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
     }
-
-    #[inline(always)]
-    unsafe fn load_masked(p: *const u16, m: __mmask16) -> __m512 {
-        // SAFETY: the caller's contract.
-        unsafe { load16_masked::<Self>(p, m) }
-    }
 }
 
 impl PanelLoad for Bf16Row {
@@ -95,26 +100,20 @@ impl PanelLoad for Bf16Row {
         // SAFETY: the caller's contract. A bf16 value is the high half of its f32.
         unsafe { _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(p.cast())))) }
     }
-
-    #[inline(always)]
-    unsafe fn load_masked(p: *const u16, m: __mmask16) -> __m512 {
-        // SAFETY: the caller's contract.
-        unsafe { load16_masked::<Self>(p, m) }
-    }
 }
 
 /// The `8 × (NP·16)` tile, `NP ≤ 3` panels (a packed micro-panel of `A`: `rs = 1`, `cs = 8`;
 /// rows of `A` in place: `rs` = its row stride, `cs = 1`). Rows past `c.rows` are not read
-/// (their accumulators repeat the last row's and are not stored). `DIRECT`: the panels' rows
-/// `brs` apart (`B` in place), each load masked to the tile's valid columns; else packed
-/// panels (rows 16 apart, `brs` not read).
+/// (their accumulators repeat the last row's and are not stored). `B` in place
+/// ([`PanelLoad::IN_PLACE`]): the panels' rows `brs` apart, each load masked to the tile's
+/// valid columns; else packed panels (rows 16 apart, `brs` not read).
 ///
 /// # Safety
 /// AVX-512F; as [`BlockTile::tile_panels`], with `NP` panels of `b` (of `L`'s element type),
 /// `bstride` elements apart.
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::needless_range_loop)] // index loops over const bounds unroll into registers
-unsafe fn tile_np<L: PanelLoad, const NP: usize, const DIRECT: bool>(
+unsafe fn tile_np<L: PanelLoad, const NP: usize>(
     kc: usize,
     a: ATile,
     (b, bstride, brs): (*const L::E, usize, usize),
@@ -146,7 +145,7 @@ unsafe fn tile_np<L: PanelLoad, const NP: usize, const DIRECT: bool>(
         for kk in 0..kc {
             let mut bv = [_mm512_setzero_ps(); NP];
             for p in 0..NP {
-                bv[p] = if DIRECT { L::load_masked(bp[p].add(kk * brs), mask[p]) } else { L::load(bp[p].add(kk * NR)) };
+                bv[p] = if L::IN_PLACE { L::load_cols(bp[p].add(kk * brs), mask[p]) } else { L::load(bp[p].add(kk * NR)) };
             }
             for i in 0..MR {
                 let av = _mm512_set1_ps(*arow[i].add(kk * csa));
@@ -472,7 +471,7 @@ impl BlockTile for Avx512 {
     /// AVX-512F; as [`BlockTile::tile`].
     unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: CTile, up: Update) {
         // SAFETY: the caller's contract, with one panel.
-        unsafe { tile_np::<F32Row, 1, false>(kc, ATile { ptr: a, rs: 1, cs: MR }, (b, 0, NR), c, up) }
+        unsafe { tile_np::<F32Row, 1>(kc, ATile { ptr: a, rs: 1, cs: MR }, (b, 0, NR), c, up) }
     }
 
     /// # Safety
@@ -481,9 +480,9 @@ impl BlockTile for Avx512 {
         // SAFETY: the caller's contract; only the panels holding valid columns are read.
         unsafe {
             if b.rs == NR {
-                tile_panels_with::<F32Row, false>(kc, a, (b.ptr, b.stride, NR), c, up)
+                tile_panels_with::<F32Row>(kc, a, (b.ptr, b.stride, NR), c, up)
             } else {
-                tile_panels_with::<F32Row, true>(kc, a, (b.ptr, b.stride, b.rs), c, up)
+                tile_panels_with::<F32InPlace>(kc, a, (b.ptr, b.stride, b.rs), c, up)
             }
         }
     }
@@ -544,8 +543,8 @@ impl BlockTile for Avx512 {
         // SAFETY: the caller's contract.
         unsafe {
             match b.format {
-                Half::F16 => tile_panels_with::<F16Row, false>(kc, a, (b.ptr, b.stride, NR), c, up),
-                Half::Bf16 => tile_panels_with::<Bf16Row, false>(kc, a, (b.ptr, b.stride, NR), c, up),
+                Half::F16 => tile_panels_with::<F16Row>(kc, a, (b.ptr, b.stride, NR), c, up),
+                Half::Bf16 => tile_panels_with::<Bf16Row>(kc, a, (b.ptr, b.stride, NR), c, up),
             }
         }
     }
@@ -555,13 +554,13 @@ impl BlockTile for Avx512 {
 ///
 /// # Safety
 /// AVX-512F; as [`BlockTile::tile_panels`].
-unsafe fn tile_panels_with<L: PanelLoad, const DIRECT: bool>(kc: usize, a: ATile, b: (*const L::E, usize, usize), c: CTile, up: Update) {
+unsafe fn tile_panels_with<L: PanelLoad>(kc: usize, a: ATile, b: (*const L::E, usize, usize), c: CTile, up: Update) {
     // SAFETY: the caller's contract; only the panels holding valid columns are read.
     unsafe {
         match c.cols.div_ceil(NR) {
-            1 => tile_np::<L, 1, DIRECT>(kc, a, b, c, up),
-            2 => tile_np::<L, 2, DIRECT>(kc, a, b, c, up),
-            _ => tile_np::<L, 3, DIRECT>(kc, a, b, c, up),
+            1 => tile_np::<L, 1>(kc, a, b, c, up),
+            2 => tile_np::<L, 2>(kc, a, b, c, up),
+            _ => tile_np::<L, 3>(kc, a, b, c, up),
         }
     }
 }
