@@ -494,11 +494,12 @@ fn the_per_step_path_is_the_batched_one() {
 }
 
 /// The `_into` calls (the memory, forward, backward and the memory's backward into the
-/// previous step's results) give the allocating calls' results bit for bit, on the reference
-/// backend in f64 and on every CPU ISA in f32 with 1 and 2 threads: into empty results, into
-/// the previous step's (whose buffers the CPU backend writes in place: the same addresses, no
-/// new memory), and into a larger problem's. A bad input is an error naming the argument that
-/// leaves the results as they were.
+/// previous step's results) give the allocating calls' results bit for bit (which on the CPU
+/// backend are the `_into` calls into empty results), on every CPU ISA in f32 with 1 and 2
+/// threads: into the previous step's results (whose buffers the CPU backend writes in place:
+/// the same addresses, no new memory) and into a larger problem's (whose stale values must
+/// not show). A bad input is an error naming the argument that leaves the results as they
+/// were, on the CPU backend and through the trait's defaults (the reference backend, f64).
 #[test]
 fn the_into_calls_give_the_allocating_calls_results_in_the_callers_buffers() {
     #[derive(Debug, Default, PartialEq)]
@@ -568,10 +569,8 @@ fn the_into_calls_give_the_allocating_calls_results_in_the_callers_buffers() {
     );
     for (c, cfg) in configs.iter().enumerate() {
         let (p, big) = (Problem::new(cfg, &small, 700 + c as u64), Problem::new(cfg, &large, 800 + c as u64));
-        let want = allocating::<f64, _>(&Reference, &p);
-        let mut s = Step::default();
+        let mut s = Step::<f64>::default();
         into(&Reference, &p, &mut s);
-        assert_eq!(s, want, "reference backend, {cfg:?}");
         refuses(&Reference, &p, &mut s);
         for isa in Isa::available() {
             for threads in [1, 2] {
@@ -580,7 +579,6 @@ fn the_into_calls_give_the_allocating_calls_results_in_the_callers_buffers() {
                 let want = allocating::<f32, _>(&cpu, &p);
                 let mut s = Step::default();
                 into(&cpu, &p, &mut s);
-                assert_eq!(s, want, "{ctx}: into empty results");
                 let at = addresses(&s);
                 into(&cpu, &p, &mut s);
                 assert_eq!(s, want, "{ctx}: into the previous results");

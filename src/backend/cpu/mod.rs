@@ -86,10 +86,10 @@ impl AttentionBackend<f32> for Cpu {
         params: &[f32],
         keys: &[f32],
     ) -> Result<AttentionMemory<f32>> {
-        // The outputs' buffers are made on this thread (host::attention::Fresh).
-        let mut fresh = Fresh::kept(&host::attention::memory_sizes(cfg, shape));
-        with_kernels!(self.kernels, |k| self
-            .run(k, None, self.default_strategy_of(k), |k| host::attention::memory(k, cfg, shape, params, keys, &mut fresh)))
+        // Into empty results: their buffers made on this thread (host::attention::Fresh).
+        let mut memory = AttentionMemory::default();
+        self.attention_memory_into(cfg, shape, params, keys, &mut memory)?;
+        Ok(memory)
     }
 
     fn attention_forward_with(
@@ -100,10 +100,9 @@ impl AttentionBackend<f32> for Cpu {
         memory: &AttentionMemory<f32>,
         queries: &[f32],
     ) -> Result<AttentionOutput<f32>> {
-        let mut fresh = Fresh::kept(&host::attention::forward_sizes(cfg, shape));
-        with_kernels!(self.kernels, |k| self.run(k, None, self.default_strategy_of(k), |k| host::attention::forward_with(
-            k, cfg, shape, params, memory, queries, &mut fresh
-        )))
+        let mut out = AttentionOutput::default();
+        self.attention_forward_with_into(cfg, shape, params, memory, queries, &mut out)?;
+        Ok(out)
     }
 
     fn attention_backward_with(
@@ -117,10 +116,9 @@ impl AttentionBackend<f32> for Cpu {
         up: AttentionUpstream<'_, f32>,
         d_memory: &mut AttentionMemoryGrads<f32>,
     ) -> Result<AttentionGrads<f32>> {
-        let mut fresh = Fresh::kept(&host::attention::backward_sizes(cfg, shape, true, false));
-        with_kernels!(self.kernels, |k| self.run(k, None, self.default_strategy_of(k), |k| host::attention::backward_with(
-            k, cfg, shape, params, memory, queries, out, up, d_memory, &mut fresh
-        )))
+        let mut grads = AttentionGrads::default();
+        self.attention_backward_with_into(cfg, shape, params, memory, queries, out, up, d_memory, &mut grads)?;
+        Ok(grads)
     }
 
     fn attention_memory_backward(
@@ -131,10 +129,9 @@ impl AttentionBackend<f32> for Cpu {
         memory: &AttentionMemory<f32>,
         d_memory: &AttentionMemoryGrads<f32>,
     ) -> Result<AttentionGrads<f32>> {
-        let mut fresh = Fresh::kept(&host::attention::backward_sizes(cfg, shape, false, true));
-        with_kernels!(self.kernels, |k| self.run(k, None, self.default_strategy_of(k), |k| host::attention::memory_backward(
-            k, cfg, shape, params, memory, d_memory, &mut fresh
-        )))
+        let mut grads = AttentionGrads::default();
+        self.attention_memory_backward_into(cfg, shape, params, memory, d_memory, &mut grads)?;
+        Ok(grads)
     }
 
     fn attention_memory_into(

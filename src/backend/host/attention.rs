@@ -198,27 +198,17 @@ fn fill<T: Float, K: HostKernels<T>>(k: &K, mut v: Vec<T>, n: usize, src: Option
     let parts = if n >= FILL_PARALLEL_MIN { k.threads().max(1) } else { 1 };
     let bounds = super::row_bounds(n, parts);
     {
-        let mut rest = &mut v.spare_capacity_mut()[..n];
-        let blocks: Vec<_> = bounds
-            .windows(2)
-            .map(|w| {
-                let (block, tail) = std::mem::take(&mut rest).split_at_mut(w[1] - w[0]);
-                rest = tail;
-                Mutex::new(Some(block))
-            })
-            .collect();
+        let blocks = blocks_at(&mut v.spare_capacity_mut()[..n], &bounds, 1);
         let write = |i: usize| {
             if let Some(block) = blocks[i].lock().ok().and_then(|mut b| b.take()) {
                 write_block(block, src.map(|s| &s[bounds[i]..bounds[i + 1]]));
             }
         };
-        if parts == 1 {
-            write(0);
-        } else {
+        if parts > 1 {
             k.for_blocks(parts, &write);
         }
-        // Every block is written once: a part `for_blocks` did not run (it runs each) would
-        // leave its block to this thread.
+        // Every block is written once, here if `for_blocks` did not (one part; it runs each
+        // part otherwise): `set_len` below relies on it.
         for i in 0..parts {
             write(i);
         }
@@ -370,23 +360,28 @@ fn for_blocks_of<T: Float, K: HostKernels<T>>(k: &K, x: &mut [T], n: usize, f: i
     if parts == 1 {
         return f(k, 0..n, x);
     }
-    let step_len = x.len() / n;
     let bounds = super::row_bounds(n, parts);
-    let mut rest = x;
-    let blocks: Vec<_> = bounds
-        .windows(2)
-        .map(|w| {
-            let (block, tail) = std::mem::take(&mut rest).split_at_mut((w[1] - w[0]) * step_len);
-            rest = tail;
-            Mutex::new(Some(block))
-        })
-        .collect();
+    let blocks = blocks_at(x, &bounds, x.len() / n);
     let serial = k.serial();
     k.for_blocks(parts, &|i| {
         if let Some(block) = blocks[i].lock().ok().and_then(|mut b| b.take()) {
             f(&serial, bounds[i]..bounds[i + 1], block);
         }
     });
+}
+
+/// `x` cut into the blocks of items `bounds[i]..bounds[i + 1]` (`item` elements each), each
+/// behind a lock for the one thread that takes it.
+fn blocks_at<'a, E>(x: &'a mut [E], bounds: &[usize], item: usize) -> Vec<Mutex<Option<&'a mut [E]>>> {
+    let mut rest = x;
+    bounds
+        .windows(2)
+        .map(|w| {
+            let (block, tail) = std::mem::take(&mut rest).split_at_mut((w[1] - w[0]) * item);
+            rest = tail;
+            Mutex::new(Some(block))
+        })
+        .collect()
 }
 
 /// Runs `f(kernels, steps, seqs, block)` over blocks of a `[Tq, B, w]` tensor `x` (a per-query
