@@ -525,8 +525,11 @@ pub(crate) unsafe fn pack_b(b: &Mat<'_, f32>, p0: usize, kc: usize, j0: usize, n
 /// Up to how many rows of `C` a call of [`gemm_block`] reads a strided `B` in place (where
 /// the tiles can, [`BlockTile::DIRECT_B`]) instead of packing it: the per-sequence products of
 /// attention (a few dozen query steps against a sequence's keys), whose packing each thread
-/// repeated for a handful of register tiles (7 % of an attention training step's time on a
-/// Zen 4, `examples/attention_bench.rs`). Past it, the packed panels' contiguous stream wins.
+/// repeated for a handful of register tiles (6 % of an attention training step's samples on a
+/// Zen 4, `examples/attention_bench.rs`), and its weight gradients' products of 256 rows per
+/// thread (`gemm_bench 512 3200 512 {1,2} 20 1`: in place 1–7 % faster). Past it `B` stays
+/// packed: in place measured no faster on `3200 512 512`, and the larger products were not
+/// measured in place.
 pub(crate) const DIRECT_B_ROWS: usize = 256;
 
 /// The `B` panels of a block of [`gemm_block`]: f32 (packed, or in place with its row
