@@ -9,10 +9,11 @@ use rnn_kernels::testkit::Problem;
 use rnn_kernels::{tuning_records, CellKind, Cpu, RnnConfig, SeqShape, Strategy, TunedPass, Tuning};
 
 /// Every strategy the tuner may choose (the thread counts, each pass's cut of the rows: the
-/// default, blocks whenever two AVX-512 tiles fit, never) and the tuner's own choice give the
-/// bits of one thread with the fixed strategy: the training forward, the backward, and
-/// inference; each cell with its options that change the row kernels, batches that are cut into
-/// blocks (70, 200) or not (5).
+/// default, blocks whenever two AVX-512 tiles fit, never; the directions one after the other or
+/// at once) and the tuner's own choice give the bits of one thread with the fixed strategy: the
+/// training forward, the backward, and inference; each cell with its options that change the
+/// row kernels, two directions with and without a batch-first output, zoneout and dropout,
+/// batches that are cut into blocks (70, 200) or not (5).
 #[test]
 fn every_strategy_gives_the_same_bits() {
     let configs = [
@@ -20,6 +21,16 @@ fn every_strategy_gives_the_same_bits() {
         RnnConfig::new(CellKind::Gru, 20, 36).linear_before_reset(false).build().unwrap(),
         RnnConfig::new(CellKind::Lstm, 16, 32).layer_norm(true).recurrent_dropout(0.25).build().unwrap(),
         RnnConfig::new(CellKind::RnnTanh, 16, 24).num_layers(2).dropout(0.3).build().unwrap(),
+        RnnConfig::new(CellKind::Gru, 12, 20)
+            .num_layers(2)
+            .bidirectional(true)
+            .batch_first(true)
+            .zoneout(0.2)
+            .input_dropout(0.2)
+            .dropout(0.25)
+            .build()
+            .unwrap(),
+        RnnConfig::new(CellKind::Lstm, 12, 16).bidirectional(true).merge(rnn_kernels::Merge::Sum).build().unwrap(),
     ];
     let mins = [16, 48, Strategy::NEVER];
     for cfg in &configs {
@@ -39,11 +50,13 @@ fn every_strategy_gives_the_same_bits() {
                 for threads in 1..=3 {
                     for &f in &mins {
                         for &b in &mins {
-                            let s = Strategy { threads, forward_block_min: f, backward_block_min: b };
-                            let mut cpu = Cpu::with_isa(isa, 3).unwrap();
-                            cpu.set_tuning(Tuning::Fixed(s)).unwrap();
-                            assert!(p.run(cpu.clone()) == want, "{}", ctx(&s.to_string()));
-                            assert!(p.run_inference(cpu) == want_inf, "{}", ctx(&format!("{s}, inference")));
+                            for parallel_directions in [false, true] {
+                                let s = Strategy { threads, forward_block_min: f, backward_block_min: b, parallel_directions };
+                                let mut cpu = Cpu::with_isa(isa, 3).unwrap();
+                                cpu.set_tuning(Tuning::Fixed(s)).unwrap();
+                                assert!(p.run(cpu.clone()) == want, "{}", ctx(&s.to_string()));
+                                assert!(p.run_inference(cpu) == want_inf, "{}", ctx(&format!("{s}, inference")));
+                            }
                         }
                     }
                 }

@@ -14,7 +14,7 @@ use std::process::Command;
 #[test]
 #[ignore = "a phase of tuning_file_is_written_and_read, run in its own process"]
 fn child_phase() {
-    let cfg = RnnConfig::new(CellKind::Lstm, 20, 28).num_layers(2).build().unwrap();
+    let cfg = RnnConfig::new(CellKind::Lstm, 20, 28).num_layers(2).bidirectional(true).build().unwrap();
     let p = Problem::<f32>::new(&cfg, &SeqShape::new(12, 48).unwrap(), 4, 1.0);
     let mut cpu = Cpu::with_threads(2).unwrap();
     cpu.set_tuning(Tuning::Auto).unwrap();
@@ -42,14 +42,22 @@ fn phase(file: &std::path::Path) -> (usize, String) {
 fn tuning_file_is_written_and_read() {
     let dir = TempDir::new("tune_file");
     let file = dir.path("tune.txt");
-    // A line of another format first: skipped.
-    std::fs::write(&file, "some other line\n").unwrap();
+    // Lines of other formats first, among them one of the first version's (no directions):
+    // skipped.
+    let v1 = "rnn-kernels-tune-v1\tAMD EPYC | avx512 | threads 2 | x | training | batch 48\t2\t32\t16";
+    std::fs::write(&file, format!("some other line\n{v1}\n")).unwrap();
     let (tuned, bits) = phase(&file);
     assert_eq!(tuned, 2, "the training forward and the backward are tuned");
     let text = std::fs::read_to_string(&file).unwrap();
-    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("rnn-kernels-tune-v1\t")).collect();
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("rnn-kernels-tune-v2\t")).collect();
     assert_eq!(lines.len(), 2, "{text}");
-    assert!(lines.iter().all(|l| l.split('\t').count() == 5 && l.contains("batch 48")), "{text}");
+    let last = |l: &str| l.rsplit('\t').next().map(str::to_string);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.split('\t').count() == 6 && l.contains("batch 48") && ["serial", "parallel"].contains(&last(l).unwrap().as_str())),
+        "{text}"
+    );
     // The next process reads the choices: no trials, the same bits.
     let (tuned_again, bits_again) = phase(&file);
     assert_eq!((tuned_again, bits_again), (0, bits));

@@ -415,7 +415,7 @@ impl Cpu {
         let blocking = s.blocking(K::ROW_BLOCKING.tile_rows);
         self.pool.install(|| {
             if threads == 1 {
-                return body(&CpuKernels { isa, plan, par: Par::Serial, blocking });
+                return body(&CpuKernels { isa, plan, par: Par::Serial, blocking, parallel_directions: false });
             }
             let team = Team::new(threads);
             rayon::scope(|scope| {
@@ -424,7 +424,7 @@ impl Cpu {
                     scope.spawn(move |_| team.helper(i));
                 }
                 let _stop = StopOnDrop(&team);
-                body(&CpuKernels { isa, plan, par: Par::Team(&team), blocking })
+                body(&CpuKernels { isa, plan, par: Par::Team(&team), blocking, parallel_directions: s.parallel_directions })
             })
         })
     }
@@ -535,7 +535,8 @@ impl Cpu {
             return Decision::Known(s);
         }
         let cfg = plan.host.layout.config();
-        let candidates = tuner::candidates(default, K::ROW_BLOCKING.tile_rows, pass, batch);
+        let two_directions = cfg.num_directions() == 2 && cfg.merge() == crate::Merge::Concat;
+        let candidates = tuner::candidates(default, K::ROW_BLOCKING.tile_rows, pass, batch, two_directions);
         if candidates.len() < 2 {
             plan.choices.put(K::ISA, self.threads, pass, batch, default);
             return Decision::Known(default);
@@ -586,6 +587,8 @@ struct CpuKernels<'p, K> {
     par: Par<'p>,
     /// The call's cut of the time loop's rows (its [`Strategy`]'s).
     blocking: RowBlocking,
+    /// Its strategy's [`Strategy::parallel_directions`], on a team of threads.
+    parallel_directions: bool,
 }
 
 impl<K: Kernels> HostKernels<f32> for CpuKernels<'_, K> {
@@ -647,6 +650,14 @@ impl<K: Kernels> HostKernels<f32> for CpuKernels<'_, K> {
         self.par.run(parts, f)
     }
 
+    fn for_long_blocks(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
+        self.par.run_long(parts, f)
+    }
+
+    fn parallel_directions(&self) -> bool {
+        self.parallel_directions
+    }
+
     fn tanh_in_place(&self, x: &mut [f32]) {
         self.isa.tanh_in_place(x)
     }
@@ -660,7 +671,7 @@ impl<K: Kernels> HostKernels<f32> for CpuKernels<'_, K> {
     }
 
     fn serial(&self) -> Self {
-        CpuKernels { isa: self.isa, plan: self.plan, par: Par::Serial, blocking: self.blocking }
+        CpuKernels { isa: self.isa, plan: self.plan, par: Par::Serial, blocking: self.blocking, parallel_directions: false }
     }
 
     /// The ISA's row kernels (`isa/*/layer_norm.rs`), rows split across the call's threads

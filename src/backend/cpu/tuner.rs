@@ -5,11 +5,14 @@
 //!
 //! A [`Strategy`]: the threads a call runs on (all of the backend's, or fewer: a small batch
 //! whose weights fit one core's cache can run faster on one thread than on two that meet every
-//! step), and the least rows of a block of the time loop's rows, forward and backward (each
+//! step), the least rows of a block of the time loop's rows, forward and backward (each
 //! block runs its steps on its own; below it, every step's products are split by columns across
-//! the threads). Each choice leaves every bit of every result unchanged: threads split GEMM
-//! outputs and batch rows, never a sum, and the blocks are whole GEMM tiles of at least two
-//! tiles' worth of rows, which never take the skinny GEMM path (`cut_blocks`). So only these
+//! the threads), and whether a forward pass runs the two directions of a bidirectional layer at
+//! once, one thread each (a small batch then pays no hand-off per step). Each choice leaves
+//! every bit of every result unchanged: threads split GEMM outputs, batch rows and directions,
+//! never a sum, and the blocks are whole GEMM tiles of at least two tiles' worth of rows, which
+//! never take the skinny GEMM path (`cut_blocks`), while a direction on one thread takes the
+//! GEMM path its rows take on any number of threads. So only these
 //! choices may depend on timing; choices that change the summation order (the tile family, the
 //! skinny path, the weight-gradient blocks) are fixed per ISA and shape.
 //!
@@ -64,6 +67,12 @@ pub struct Strategy {
     pub forward_block_min: usize,
     /// As `forward_block_min`, for the backward time loop.
     pub backward_block_min: usize,
+    /// A pass runs the time loops of the two directions of a bidirectional layer with
+    /// concatenated outputs at once, each on one thread (with no synchronisation per step),
+    /// instead of one after the other on all the call's threads (forward: each direction's
+    /// input projection too; backward: the parameter gradients and `dX` then follow, one
+    /// direction after the other, on all threads). No effect on other layers.
+    pub parallel_directions: bool,
 }
 
 impl Strategy {
@@ -73,7 +82,7 @@ impl Strategy {
     /// The fixed strategy of an ISA's `blocking` on `threads` threads (what [`Tuning::Off`]
     /// runs).
     pub(crate) fn default_for(blocking: RowBlocking, threads: usize) -> Strategy {
-        Strategy { threads, forward_block_min: blocking.forward_min, backward_block_min: blocking.backward_min }
+        Strategy { threads, forward_block_min: blocking.forward_min, backward_block_min: blocking.backward_min, parallel_directions: false }
     }
 
     /// The row blocking of this strategy for an ISA whose tiles have `tile_rows` rows.
@@ -105,10 +114,11 @@ impl std::fmt::Display for Strategy {
         let min = |m: usize| if m == NEVER { "never".to_string() } else { m.to_string() };
         write!(
             f,
-            "threads={} forward_blocks={} backward_blocks={}",
+            "threads={} forward_blocks={} backward_blocks={}{}",
             self.threads,
             min(self.forward_block_min),
-            min(self.backward_block_min)
+            min(self.backward_block_min),
+            if self.parallel_directions { " directions=parallel" } else { "" }
         )
     }
 }
@@ -300,11 +310,13 @@ fn tune_file() -> Option<std::path::PathBuf> {
     std::env::var_os("RNN_KERNELS_TUNE_FILE").filter(|p| !p.is_empty()).map(Into::into)
 }
 
-const FILE_TAG: &str = "rnn-kernels-tune-v1";
+/// The tuning file's tag: v2 added the directions (a v1 line is ignored, and tuned again).
+const FILE_TAG: &str = "rnn-kernels-tune-v2";
 
 fn format_line(key: &str, s: &Strategy) -> String {
     let min = |m: usize| if m == NEVER { "never".to_string() } else { m.to_string() };
-    format!("{FILE_TAG}\t{key}\t{}\t{}\t{}", s.threads, min(s.forward_block_min), min(s.backward_block_min))
+    let dirs = if s.parallel_directions { "parallel" } else { "serial" };
+    format!("{FILE_TAG}\t{key}\t{}\t{}\t{}\t{dirs}", s.threads, min(s.forward_block_min), min(s.backward_block_min))
 }
 
 fn parse_line(line: &str) -> Option<(String, Strategy)> {
@@ -316,13 +328,20 @@ fn parse_line(line: &str) -> Option<(String, Strategy)> {
     let min = |v: &str| if v == "never" { Some(NEVER) } else { v.parse().ok() };
     let threads = f.next()?.parse().ok()?;
     let (forward_block_min, backward_block_min) = (min(f.next()?)?, min(f.next()?)?);
-    f.next().is_none().then_some((key, Strategy { threads, forward_block_min, backward_block_min }))
+    let parallel_directions = match f.next()? {
+        "parallel" => true,
+        "serial" => false,
+        _ => return None,
+    };
+    f.next().is_none().then_some((key, Strategy { threads, forward_block_min, backward_block_min, parallel_directions }))
 }
 
 /// The candidates for `pass` with a batch of `batch` rows: the default first, then one thread,
 /// then on the default's threads each block minimum (the default's, blocks whenever they fit,
-/// never) whose cut of the batch differs from those before it.
-pub(crate) fn candidates(default: Strategy, tile_rows: usize, pass: TunedPass, batch: usize) -> Vec<Strategy> {
+/// never) whose cut of the batch differs from those before it, then for a plan whose layers
+/// have two directions with concatenated outputs (`two_directions`) the default with its
+/// directions at once.
+pub(crate) fn candidates(default: Strategy, tile_rows: usize, pass: TunedPass, batch: usize, two_directions: bool) -> Vec<Strategy> {
     let mut out = vec![default];
     if default.threads > 1 {
         out.push(Strategy { threads: 1, ..default });
@@ -339,6 +358,9 @@ pub(crate) fn candidates(default: Strategy, tile_rows: usize, pass: TunedPass, b
                 cuts.push(cut);
                 out.push(s);
             }
+        }
+        if two_directions {
+            out.push(Strategy { parallel_directions: true, ..default });
         }
     }
     out
@@ -468,24 +490,29 @@ mod tests {
     const BLOCKING: RowBlocking = RowBlocking { tile_rows: 6, forward_min: 96, backward_min: 16 };
 
     fn s(threads: usize, f: usize, b: usize) -> Strategy {
-        Strategy { threads, forward_block_min: f, backward_block_min: b }
+        Strategy { threads, forward_block_min: f, backward_block_min: b, parallel_directions: false }
     }
 
     #[test]
     fn candidates_are_distinct_cuts_default_first() {
         let d = Strategy::default_for(BLOCKING, 2);
         // 64 rows forward: the default (96) does not cut, 12 does, never = the default's cut.
-        assert_eq!(candidates(d, 6, TunedPass::Inference, 64), vec![d, s(1, 96, 16), s(2, 12, 16)]);
+        assert_eq!(candidates(d, 6, TunedPass::Inference, 64, false), vec![d, s(1, 96, 16), s(2, 12, 16)]);
         // 200 rows: the default cuts as 12 does; never differs.
-        assert_eq!(candidates(d, 6, TunedPass::Training, 200), vec![d, s(1, 96, 16), s(2, NEVER, 16)]);
+        assert_eq!(candidates(d, 6, TunedPass::Training, 200, false), vec![d, s(1, 96, 16), s(2, NEVER, 16)]);
         // Backward, 64 rows: the default (16) cuts like 12; never differs.
-        assert_eq!(candidates(d, 6, TunedPass::Backward, 64), vec![d, s(1, 96, 16), s(2, 96, NEVER)]);
+        assert_eq!(candidates(d, 6, TunedPass::Backward, 64, false), vec![d, s(1, 96, 16), s(2, 96, NEVER)]);
+        // Two concatenated directions: every pass tries them at once too.
+        let both = Strategy { parallel_directions: true, ..d };
+        assert_eq!(candidates(d, 6, TunedPass::Inference, 64, true), vec![d, s(1, 96, 16), s(2, 12, 16), both]);
+        assert_eq!(candidates(d, 6, TunedPass::Training, 1, true), vec![d, s(1, 96, 16), both]);
+        assert_eq!(candidates(d, 6, TunedPass::Backward, 64, true), vec![d, s(1, 96, 16), s(2, 96, NEVER), both]);
         // One row: only the thread count differs.
-        assert_eq!(candidates(d, 6, TunedPass::Backward, 1), vec![d, s(1, 96, 16)]);
+        assert_eq!(candidates(d, 6, TunedPass::Backward, 1, false), vec![d, s(1, 96, 16)]);
         // One thread: nothing to choose.
-        assert_eq!(candidates(Strategy::default_for(BLOCKING, 1), 6, TunedPass::Inference, 64).len(), 1);
+        assert_eq!(candidates(Strategy::default_for(BLOCKING, 1), 6, TunedPass::Inference, 64, true).len(), 1);
         // Every candidate passes the check.
-        for c in candidates(d, 6, TunedPass::Inference, 64) {
+        for c in candidates(d, 6, TunedPass::Inference, 64, true) {
             c.check(2, 6).unwrap();
         }
     }

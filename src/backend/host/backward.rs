@@ -13,7 +13,7 @@ use super::{gru_reset_before, CellBackward, HostKernels, HostPlan, HostReserve, 
 use crate::backend::cell::Saved;
 use crate::backend::stack::{prev_step, steps, LayerDims, PlanStamp, ReserveStamp};
 use crate::backend::{check_backward, BackwardInput, BackwardOutput, GradMode};
-use crate::config::RnnConfig;
+use crate::config::{Merge, RnnConfig};
 use crate::element::Float;
 use crate::error::{Error, Result};
 use crate::shape::SeqShape;
@@ -267,26 +267,46 @@ fn backward_stack<T: Float, K: HostKernels<T>>(
         let input: &[T] = if l == 0 { &s.x } else { &s.outputs[l - 1] };
         let in_w = cfg.layer_input_size(l);
         let mut d_in = if l > 0 || want_dx { s.work.zeroed(tb * in_w, "the gradient of a layer's input, [T, B, In]")? } else { Vec::new() };
-        for d in 0..nd {
+        let loop_io = |dir: &Direction<'_, T>| LoopIo {
+            d_out: &d_out,
+            saved: &s.dirs[dir.ld],
+            h0: dir.block(Some(&s.h0), hlen).expect("h0 saved"),
+            c0: if lstm { dir.block(Some(&s.c0), clen) } else { None },
+            dhn: dir.block(grads.dhn, hlen),
+            dcn: if lstm { dir.block(grads.dcn, clen) } else { None },
+            zoneout: s.zoneout.as_ref(),
+            recurrent_dropout: s.recurrent_dropout.as_ref(),
+        };
+        // Both directions' time loops at once, each on one thread (they share only what they
+        // read); what follows them (the parameter gradients, dX) then runs for one direction
+        // after the other on all threads, as it does without.
+        let mut looped: Vec<Option<Looped<T>>> = (0..nd).map(|_| None).collect();
+        if nd == 2 && cfg.merge() == Merge::Concat && k.parallel_directions() {
+            let dirs = [Direction::new(plan, shape, l, 0), Direction::new(plan, shape, l, 1)];
+            let ios = [loop_io(&dirs[0]), loop_io(&dirs[1])];
+            let results = BlockWork::new((0..2).map(|_| Ok(None)));
+            let serial = k.serial();
+            k.for_long_blocks(2, &|d| results.put(d, bptt_loop(&serial, &dirs[d], ios[d], &s.work).map(Some)));
+            for (d, slot) in looped.iter_mut().enumerate() {
+                *slot = results.take(d).unwrap_or(Ok(None))?;
+            }
+        }
+        for (d, looped) in looped.into_iter().enumerate() {
             let dir = Direction::new(plan, shape, l, d);
             let io = DirectionIo {
+                reads: loop_io(&dir),
                 input,
-                d_out: &d_out,
-                saved: &s.dirs[dir.ld],
-                h0: dir.block(Some(&s.h0), hlen).expect("h0 saved"),
-                c0: if lstm { dir.block(Some(&s.c0), clen) } else { None },
-                dhn: dir.block(grads.dhn, hlen),
-                dcn: if lstm { dir.block(grads.dcn, clen) } else { None },
                 d_in: (!d_in.is_empty()).then_some(&mut d_in[..]),
                 dh0: dir.block_mut(&mut dh0, hlen),
                 dc0: dir.block_mut(&mut dc0, clen),
                 dparams: dparams.as_deref_mut(),
-                zoneout: s.zoneout.as_ref(),
-                recurrent_dropout: s.recurrent_dropout.as_ref(),
                 input_dropout: s.input_dropout.as_ref(),
             };
             let ex = export.as_deref_mut().map(|e| &mut e[dir.ld]);
-            bptt_direction(k, dir, io, &s.work, ex)?;
+            match looped {
+                Some(looped) => bptt_after_loop(k, &dir, io, looped, &s.work, ex)?,
+                None => bptt_direction(k, dir, io, &s.work, ex)?,
+            }
         }
         if let (Some(dropout), true) = (&s.dropout, l > 0) {
             // d_in is the gradient w.r.t. the dropped output of layer l - 1: through the same
@@ -308,21 +328,10 @@ fn backward_stack<T: Float, K: HostKernels<T>>(
 
 /// What one layer-direction of backward reads and writes.
 struct DirectionIo<'a, T> {
+    /// What its time loop reads.
+    reads: LoopIo<'a, T>,
     /// `[T, B, In]`: the layer's input saved by forward.
     input: &'a [T],
-    /// `[T, B, D·Hout]`: the gradient w.r.t. the layer's output (the direction reads its
-    /// columns).
-    d_out: &'a [T],
-    /// The activations forward saved.
-    saved: &'a Saved<Vec<T>>,
-    /// `[B, Hout]`: the initial hidden state forward used.
-    h0: &'a [T],
-    /// `[B, H]` (LSTM): the initial cell state forward used.
-    c0: Option<&'a [T]>,
-    /// `[B, Hout]`: the gradient w.r.t. the final hidden state, or zeros.
-    dhn: Option<&'a [T]>,
-    /// `[B, H]` (LSTM): the gradient w.r.t. the final cell state, or zeros.
-    dcn: Option<&'a [T]>,
     /// `[T, B, In]`: `dGi · W_ih` is added here (the gradient w.r.t. the layer's input), when
     /// wanted.
     d_in: Option<&'a mut [T]>,
@@ -332,10 +341,6 @@ struct DirectionIo<'a, T> {
     dc0: Option<&'a mut [T]>,
     /// The flat parameter gradients; the direction's are added in.
     dparams: Option<&'a mut [T]>,
-    /// The forward pass's zoneout, if any.
-    zoneout: Option<&'a Zoneout>,
-    /// The forward pass's recurrent dropout, if any.
-    recurrent_dropout: Option<&'a VariationalDropout>,
     /// The forward pass's input dropout, if any.
     input_dropout: Option<&'a VariationalDropout>,
 }
@@ -666,15 +671,58 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(
     work: &Workspace<T>,
     export: Option<&mut DirGrads<T>>,
 ) -> Result<()> {
+    let looped = bptt_loop(k, &dir, io.reads, work)?;
+    bptt_after_loop(k, &dir, io, looped, work, export)
+}
+
+/// What the time loop of one layer-direction's BPTT reads (all of it shared with the other
+/// direction).
+struct LoopIo<'a, T> {
+    /// `[T, B, D·Hout]`: the gradient w.r.t. the layer's output (the direction reads its
+    /// columns).
+    d_out: &'a [T],
+    /// The activations forward saved.
+    saved: &'a Saved<Vec<T>>,
+    /// `[B, Hout]`: the initial hidden state forward used.
+    h0: &'a [T],
+    /// `[B, H]` (LSTM): the initial cell state forward used.
+    c0: Option<&'a [T]>,
+    /// `[B, Hout]`: the gradient w.r.t. the final hidden state, or zeros.
+    dhn: Option<&'a [T]>,
+    /// `[B, H]` (LSTM): the gradient w.r.t. the final cell state, or zeros.
+    dcn: Option<&'a [T]>,
+    /// The forward pass's zoneout, if any.
+    zoneout: Option<&'a Zoneout>,
+    /// The forward pass's recurrent dropout, if any.
+    recurrent_dropout: Option<&'a VariationalDropout>,
+}
+
+// Copy without `T: Copy`: every field is a reference.
+impl<T> Clone for LoopIo<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for LoopIo<'_, T> {}
+
+/// What the time loop of one layer-direction's BPTT leaves: the gradients of every step and
+/// each block of rows' carries.
+struct Looped<T> {
+    g: DirGrads<T>,
+    blocks: Vec<BwdRows<T>>,
+}
+
+/// The time loop of one layer-direction's BPTT ([`bptt_direction`]'s first part), in the
+/// blocks of rows of [`HostKernels::row_blocks`], each on its own.
+fn bptt_loop<T: Float, K: HostKernels<T>>(k: &K, dir: &Direction<'_, T>, io: LoopIo<'_, T>, work: &Workspace<T>) -> Result<Looped<T>> {
     let dm = dir.dims;
     let (tl, bl, h, hout) = (dm.t, dm.b, dm.h, dm.hout);
-    let DirectionIo { input, d_out, saved: sv, h0, c0, dhn, dcn, d_in, dh0, dc0, dparams, zoneout, recurrent_dropout, input_dropout } = io;
+    let LoopIo { d_out, saved: sv, h0, c0, dhn, dcn, zoneout, recurrent_dropout } = io;
     let (layer, direction) = (dir.ld / dm.dirs, dir.ld % dm.dirs);
     let zone = match zoneout {
         Some(z) => Some((z, zoneout::Sites::new(dir.ld / dm.dirs, dir.ld % dm.dirs)?)),
         None => None,
     };
-    let tb = tl * bl;
     let zeros_c = vec![T::ZERO; if dm.lstm() { bl * h } else { 0 }];
     let inp = StepInputs { saved: sv, h0, c0: c0.unwrap_or(&zeros_c), d_out };
 
@@ -682,7 +730,6 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(
     // weight gradients. dH of every step (inactive rows zero): the left factor of dW_hr.
     // Layer norm: dHG_raw of every step (the left factor of dW_hh) and, LSTM, dŝ of every step
     // (for the cell-state normalisation's gain and bias).
-    let ln = dm.cell.layer_norm;
     let mut g = DirGrads::default();
     let what = [
         "the input-side gate gradients, [T, B, G·H]",
@@ -712,14 +759,35 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(
         let kb: &K = if blocks.len() > 1 { &serial } else { k };
         let [dgi, dgh, dh, dhg_raw, dsh] = g.each_mut().map(|v| cut_rows(v, tl, &bounds));
         let work = BlockWork::new(blocks.iter_mut().zip(dgi).zip(dgh).zip(dh).zip(dhg_raw).zip(dsh));
-        k.for_blocks(work.len(), &|i| {
+        k.for_long_blocks(work.len(), &|i| {
             let Some((((((st, mut dgi), mut dgh), mut dh), mut dhg_raw), mut dsh)) = work.take(i) else { return };
             for t in steps(tl, !dir.reverse()) {
                 let out = StepGrads { dgi: &mut *dgi[t], dgh: &mut *dgh[t], dh: &mut *dh[t], dhg_raw: &mut *dhg_raw[t], dsh: &mut *dsh[t] };
-                backward_step(kb, &dir, t, inp, st, out, zone);
+                backward_step(kb, dir, t, inp, st, out, zone);
             }
         });
     }
+    Ok(Looped { g, blocks })
+}
+
+/// The rest of one layer-direction's BPTT after its time loop ([`bptt_direction`]'s second
+/// part): `dh0`, `dc0`, the parameter gradients and `dX`.
+fn bptt_after_loop<T: Float, K: HostKernels<T>>(
+    k: &K,
+    dir: &Direction<'_, T>,
+    io: DirectionIo<'_, T>,
+    looped: Looped<T>,
+    work: &Workspace<T>,
+    export: Option<&mut DirGrads<T>>,
+) -> Result<()> {
+    let dm = dir.dims;
+    let (tl, bl, h, hout) = (dm.t, dm.b, dm.h, dm.hout);
+    let DirectionIo { reads: LoopIo { saved: sv, h0, c0, recurrent_dropout, .. }, input, d_in, dh0, dc0, dparams, input_dropout } = io;
+    let (layer, direction) = (dir.ld / dm.dirs, dir.ld % dm.dirs);
+    let Looped { g, blocks } = looped;
+    let tb = tl * bl;
+    let ln = dm.cell.layer_norm;
+    let zeros_c = vec![T::ZERO; if dm.lstm() { bl * h } else { 0 }];
     if let Some(dh0) = dh0 {
         for st in &blocks {
             dh0[st.row0 * hout..(st.row0 + st.active.len()) * hout].copy_from_slice(&st.dh_carry);
@@ -734,7 +802,7 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(
     // With layer norm, the gradients w.r.t. the raw products X · W_ih^T, the left factors of
     // dW_ih and dX; and, with the parameters' gradients, the column sums of dGi (`RowPartials`):
     // the input side's gain and bias and, where dGh is dGi, the recurrent side's.
-    let (dgi_raw, partials) = if ln { input_side_ln(k, &dir, &g, sv, dparams.is_some(), work)? } else { (Vec::new(), None) };
+    let (dgi_raw, partials) = if ln { input_side_ln(k, dir, &g, sv, dparams.is_some(), work)? } else { (Vec::new(), None) };
     // Input dropout: `[B, In]` the factors the input projection read the input through.
     let in_drop = match &input_dropout {
         Some(d) => d.factors(layer, direction, 0, bl, dm.input)?,
@@ -745,14 +813,14 @@ fn bptt_direction<T: Float, K: HostKernels<T>>(
             input,
             saved: sv,
             h0,
-            c0: inp.c0,
+            c0: c0.unwrap_or(&zeros_c),
             g: &g,
             dgi_raw: &dgi_raw,
             partials: partials.as_ref(),
             recurrent_dropout,
             in_drop: &in_drop,
         };
-        add_param_grads(k, &dir, p, dp, work)?;
+        add_param_grads(k, dir, p, dp, work)?;
     }
     let dgi_w: &[T] = if ln { &dgi_raw } else { &g.dgi };
     match d_in {

@@ -257,4 +257,9 @@ impl<W> BlockWork<W> {
     pub fn take(&self, i: usize) -> Option<W> {
         self.0[i].lock().unwrap_or_else(|e| e.into_inner()).take()
     }
+
+    /// Puts `w` as the work (or the result) of block `i`.
+    pub fn put(&self, i: usize, w: W) {
+        *self.0[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(w);
+    }
 }

@@ -9,6 +9,7 @@ use super::zoneout::{self, Zoneout};
 use super::{gru_reset_before, layer_norm, CellForward, HostKernels, HostPlan, HostReserve, Mat, Pass, Weight};
 use crate::backend::cell::Saved;
 use crate::backend::{check_forward, ForwardInput, ForwardOutput};
+use crate::config::Merge;
 use crate::element::Float;
 use crate::error::{try_zeroed, Result};
 use crate::shape::SeqShape;
@@ -88,22 +89,82 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
                 (LayerIn::TimeMajor(r), w)
             }
         };
-        for d in 0..nd {
-            let dir = Direction::new(plan, shape, l, d);
-            let io = DirectionIo {
-                input: layer_in,
-                out: &mut *out,
-                out_batch_first: last && batch_first,
-                h0: dir.block(input.h0, hlen),
-                c0: dir.block(input.c0, clen),
-                hn: dir.block_mut(&mut hn, hlen),
-                cn: dir.block_mut(&mut cn, clen),
-                save: saves.as_deref_mut().map(|s| &mut s[dir.ld]),
-                zoneout: zoneout.as_ref(),
-                recurrent_dropout: recurrent_dropout.as_ref(),
-                input_dropout: input_dropout.as_ref(),
+        let common = |dir: &Direction<'_, T>| {
+            (dir.block(input.h0, hlen), dir.block(input.c0, clen), zoneout.as_ref(), recurrent_dropout.as_ref(), input_dropout.as_ref())
+        };
+        if nd == 2 && cfg.merge() == Merge::Concat && k.parallel_directions() {
+            // Both directions at once, each on one thread: they share only the layer's input
+            // (read) and its output rows, of which each writes its own columns.
+            let dirs = [Direction::new(plan, shape, l, 0), Direction::new(plan, shape, l, 1)];
+            let hout = cfg.hidden_out_size();
+            let (mut cols0, mut cols1) = (Vec::new(), Vec::new());
+            for row in out.chunks_exact_mut(2 * hout) {
+                let (a, b) = row.split_at_mut(hout);
+                cols0.push(a);
+                cols1.push(b);
+            }
+            let ld = dirs[0].ld;
+            let [hn0, hn1] = state_pair(hn.as_deref_mut(), ld, hlen);
+            let [cn0, cn1] = state_pair(cn.as_deref_mut(), ld, clen);
+            let [sv0, sv1] = match saves.as_deref_mut() {
+                Some(s) => {
+                    let (a, b) = s[dirs[0].ld..dirs[0].ld + 2].split_at_mut(1);
+                    [Some(&mut a[0]), Some(&mut b[0])]
+                }
+                None => [None, None],
             };
-            forward_direction(k, dir, io)?;
+            let work = BlockWork::new([(cols0, hn0, cn0, sv0), (cols1, hn1, cn1, sv1)].into_iter().zip(dirs).map(
+                |((cols, hn, cn, save), dir)| {
+                    let (h0, c0, zoneout, recurrent_dropout, input_dropout) = common(&dir);
+                    let out = LayerOut::Cols(cols);
+                    let out_batch_first = last && batch_first;
+                    (
+                        dir,
+                        DirectionIo {
+                            input: layer_in,
+                            out,
+                            out_batch_first,
+                            h0,
+                            c0,
+                            hn,
+                            cn,
+                            save,
+                            zoneout,
+                            recurrent_dropout,
+                            input_dropout,
+                        },
+                    )
+                },
+            ));
+            let results = BlockWork::new((0..2).map(|_| Ok(())));
+            let serial = k.serial();
+            k.for_long_blocks(2, &|d| {
+                if let Some((dir, io)) = work.take(d) {
+                    results.put(d, forward_direction(&serial, dir, io));
+                }
+            });
+            for d in 0..2 {
+                results.take(d).unwrap_or(Ok(()))?;
+            }
+        } else {
+            for d in 0..nd {
+                let dir = Direction::new(plan, shape, l, d);
+                let (h0, c0, zoneout, recurrent_dropout, input_dropout) = common(&dir);
+                let io = DirectionIo {
+                    input: layer_in,
+                    out: LayerOut::Whole(&mut *out),
+                    out_batch_first: last && batch_first,
+                    h0,
+                    c0,
+                    hn: dir.block_mut(&mut hn, hlen),
+                    cn: dir.block_mut(&mut cn, clen),
+                    save: saves.as_deref_mut().map(|s| &mut s[dir.ld]),
+                    zoneout,
+                    recurrent_dropout,
+                    input_dropout,
+                };
+                forward_direction(k, dir, io)?;
+            }
         }
         if let (Some(dropout), false) = (&dropout, last) {
             // The next layer reads (and backward's weight gradients see) the dropped output.
@@ -111,6 +172,17 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
         }
     }
     Ok(())
+}
+
+/// The blocks `ld` and `ld + 1`, `len` long, of a state buffer (`hn`, `cn`), if given.
+fn state_pair<T>(buf: Option<&mut [T]>, ld: usize, len: usize) -> [Option<&mut [T]>; 2] {
+    match buf {
+        Some(b) => {
+            let (a, c) = b[ld * len..(ld + 2) * len].split_at_mut(len);
+            [Some(a), Some(c)]
+        }
+        None => [None, None],
+    }
 }
 
 /// Buffer `r` of `bufs` to read and buffer `w` (another one) to write.
@@ -146,7 +218,7 @@ struct DirectionIo<'a, T> {
     input: LayerIn<'a, T>,
     /// `[T, B, W]` (`W` = `D·Hout`, or `Hout` with merge by sum), or `[B, T, W]` with
     /// `out_batch_first`: the layer's output, of which the direction writes its columns.
-    out: &'a mut [T],
+    out: LayerOut<'a, T>,
     /// `out` is batch-first (the last layer's `y` of a batch-first stack).
     out_batch_first: bool,
     /// `[B, Hout]`: the initial hidden state, or zeros.
@@ -193,35 +265,66 @@ fn projection_chunks(t_len: usize, chunk: usize, reverse: bool) -> Vec<Range<usi
 /// the copy is small: `chunk·B·In` elements.
 const STRIDED_PROJECTION_MIN_ROWS: usize = 8;
 
+/// A layer's output as one direction sees it.
+enum LayerOut<'a, T> {
+    /// The whole output, `W` values a row: the direction writes its columns `col..col + Hout`
+    /// (or adds onto them with merge by sum).
+    Whole(&'a mut [T]),
+    /// The direction's `Hout` columns of each row, the rows in the output's order (time-major
+    /// `[T·B]`, batch-first `[B·T]`): a direction running beside the other one.
+    Cols(Vec<&'a mut [T]>),
+}
+
 /// A block of rows' share of a layer output, which its steps write row by row.
 enum BlockOut<'a, T> {
     /// Time-major `[T, B, W]`: per step, the block's rows, `[n, W]`.
     Steps(Vec<&'a mut [T]>),
     /// Batch-first `[B, T, W]`: per row of the block, its sequence, `[T, W]`.
     Seqs(Vec<&'a mut [T]>),
+    /// The direction's columns of the block's rows ([`LayerOut::Cols`]): time-major, step `t`'s
+    /// row `b` at `t·n + b` (`n` rows); batch-first, at `b·T + t` (`T` steps).
+    Cols { rows: Vec<&'a mut [T]>, batch_first: bool, n: usize, steps: usize },
 }
 
 impl<T> BlockOut<'_, T> {
-    /// Row `b` of the block at step `t`, `w` wide.
+    /// The direction's `Hout` values of row `b` of the block at step `t`: columns `col..col +
+    /// Hout` of the row, `w` wide.
     #[inline]
-    fn row(&mut self, t: usize, b: usize, w: usize) -> &mut [T] {
+    fn cols(&mut self, t: usize, b: usize, w: usize, col: usize, hout: usize) -> &mut [T] {
         match self {
-            BlockOut::Steps(s) => &mut s[t][b * w..(b + 1) * w],
-            BlockOut::Seqs(s) => &mut s[b][t * w..(t + 1) * w],
+            BlockOut::Steps(s) => &mut s[t][b * w + col..b * w + col + hout],
+            BlockOut::Seqs(s) => &mut s[b][t * w + col..t * w + col + hout],
+            BlockOut::Cols { rows, batch_first: false, n, .. } => rows[t * *n + b],
+            BlockOut::Cols { rows, batch_first: true, steps, .. } => rows[b * *steps + t],
         }
     }
 }
 
 /// Cuts a layer output of `steps` steps (time-major, or batch-first) into the blocks of rows
 /// `bounds`.
-fn cut_out<'a, T>(out: &'a mut [T], batch_first: bool, steps: usize, bounds: &[usize]) -> Vec<BlockOut<'a, T>> {
-    if !batch_first {
-        return cut_rows(out, steps, bounds).into_iter().map(BlockOut::Steps).collect();
-    }
+fn cut_out<'a, T>(out: LayerOut<'a, T>, batch_first: bool, steps: usize, bounds: &[usize]) -> Vec<BlockOut<'a, T>> {
     let rows = bounds[bounds.len() - 1];
-    let per_seq = (out.len() / rows.max(1)).max(1);
-    let mut seqs = out.chunks_exact_mut(per_seq);
-    bounds.windows(2).map(|r| BlockOut::Seqs(seqs.by_ref().take(r[1] - r[0]).collect())).collect()
+    let block_of = |b: usize| bounds.partition_point(|&s| s <= b) - 1;
+    match out {
+        LayerOut::Whole(out) if !batch_first => cut_rows(out, steps, bounds).into_iter().map(BlockOut::Steps).collect(),
+        LayerOut::Whole(out) => {
+            let per_seq = (out.len() / rows.max(1)).max(1);
+            let mut seqs = out.chunks_exact_mut(per_seq);
+            bounds.windows(2).map(|r| BlockOut::Seqs(seqs.by_ref().take(r[1] - r[0]).collect())).collect()
+        }
+        LayerOut::Cols(cols) => {
+            let mut blocks: Vec<BlockOut<'a, T>> =
+                bounds.windows(2).map(|r| BlockOut::Cols { rows: Vec::new(), batch_first, n: r[1] - r[0], steps }).collect();
+            // In memory order, each row to its block: the blocks' rows stay in the same order.
+            for (i, row) in cols.into_iter().enumerate() {
+                let b = if batch_first { i / steps.max(1) } else { i % rows.max(1) };
+                if let BlockOut::Cols { rows, .. } = &mut blocks[block_of(b)] {
+                    rows.push(row);
+                }
+            }
+            blocks
+        }
+    }
 }
 
 /// What a block of batch rows `row0..row0 + n` carries from step to step of a forward
@@ -333,7 +436,7 @@ fn forward_direction<T: Float, K: HostKernels<T>>(k: &K, dir: Direction<'_, T>, 
             None => (0..bounds.len() - 1).map(|_| (0..n).map(|_| None).collect()).collect(),
         };
         let work = BlockWork::new(blocks.iter_mut().zip(saves).zip(outs.iter_mut()));
-        k.for_blocks(work.len(), &|i| {
+        k.for_long_blocks(work.len(), &|i| {
             let Some(((st, sv), out)) = work.take(i) else { return };
             let (r0, nr) = (st.row0, st.active.len());
             let mut per_step: Vec<_> = sv.into_iter().collect();
@@ -519,7 +622,7 @@ fn forward_step<T: Float, K: HostKernels<T>>(
     }
     for (b, &a) in active.iter().enumerate() {
         let hb = &mut h_t[b * hout..(b + 1) * hout];
-        let ob = &mut out.row(t, b, dm.out_w)[col..col + hout];
+        let ob = out.cols(t, b, dm.out_w, col, hout);
         if !a {
             // Past its length a sequence keeps its state and outputs zero (with merge by sum,
             // the zero the first direction wrote).

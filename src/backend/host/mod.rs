@@ -402,6 +402,21 @@ pub(crate) trait HostKernels<T: Float>: Send + Sync {
         (0..parts).for_each(f)
     }
 
+    /// [`for_blocks`](Self::for_blocks) for a few long parts (a layer-direction's whole time
+    /// loop each): a backend whose threads start late may wait for them first, so that each
+    /// part runs on a thread of its own. Default: `for_blocks`.
+    fn for_long_blocks(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
+        self.for_blocks(parts, f)
+    }
+
+    /// Whether a bidirectional layer with concatenated outputs runs its two directions at once,
+    /// each on one thread ([`for_blocks`](Self::for_blocks) with the kernels of
+    /// [`serial`](Self::serial)), instead of one after the other on all threads. Either way
+    /// gives the same bits. Default: no.
+    fn parallel_directions(&self) -> bool {
+        false
+    }
+
     /// How many threads [`for_blocks`](Self::for_blocks) runs its parts on at once: at most
     /// this many parts are handed to it. Default: one.
     fn threads(&self) -> usize {

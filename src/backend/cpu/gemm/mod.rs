@@ -46,6 +46,17 @@ impl Par<'_> {
 
     /// Runs `f(i)` for every `i < parts`: member `m` of a team of `n` runs `m, m + n, m + 2n, …`
     /// (one each where `parts ≤ self.parts()`).
+    /// [`run`](Self::run) for a few long parts (each a whole time loop): waits up to
+    /// [`LONG_PART_WAIT`] for the team's helpers to start first, so that each takes its part.
+    pub(crate) fn run_long(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
+        if let Par::Team(t) = self {
+            if parts > 1 {
+                t.await_helpers(LONG_PART_WAIT);
+            }
+        }
+        self.run(parts, f)
+    }
+
     pub(crate) fn run(&self, parts: usize, f: &(dyn Fn(usize) + Sync)) {
         match self {
             Par::Team(t) if parts > 1 => {
@@ -56,6 +67,11 @@ impl Par<'_> {
         }
     }
 }
+
+/// The longest [`Par::run_long`] waits for a team's helpers to start: about what one of
+/// its parts (a layer-direction's time loop) takes at the least, far more than a helper of an
+/// idle pool takes to start.
+pub(crate) const LONG_PART_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Runs `f` with a [`Par`] of `parts` parts, whose helpers are scoped threads started for
 /// it (for benchmarks and tests; a [`Cpu`](super::Cpu) runs its team on its pool).

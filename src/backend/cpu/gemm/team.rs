@@ -92,6 +92,18 @@ impl Team {
         self.parts
     }
 
+    /// Waits until every helper that can be given a part spins for jobs, or `limit` has
+    /// passed: before a job of few long parts, which would otherwise run on the caller alone
+    /// if it came before the helpers had started (they start as tasks of the pool, tens of
+    /// microseconds after the team). A helper that cannot start (a pool busy with other work)
+    /// costs at most `limit`. Returns whether all of them are there.
+    pub(crate) fn await_helpers(&self, limit: std::time::Duration) -> bool {
+        let all = || (1..self.parts.min(MAX_ASSIGNED + 1)).all(|i| self.alive[i].0.load(Ordering::SeqCst));
+        let start = std::time::Instant::now();
+        wait_until(|| all() || start.elapsed() >= limit);
+        all()
+    }
+
     /// Runs `f(0)`, …, `f(parts - 1)`, in parallel where helpers are there; returns when all
     /// have finished. A panic in any part is re-raised here after all parts have finished.
     /// Jobs must not overlap: `run` is called by one thread, the team's caller.
@@ -236,6 +248,36 @@ mod tests {
             });
         }
         assert_eq!(sum.load(Ordering::Relaxed), 60);
+    }
+
+    /// `await_helpers` gives up at its limit when a helper never starts (and a job then runs on
+    /// the caller), and returns once every helper spins, whose part then runs on it.
+    #[test]
+    fn awaiting_helpers_is_bounded_and_lets_each_take_its_part() {
+        let team = Team::new(2);
+        let start = std::time::Instant::now();
+        assert!(!team.await_helpers(std::time::Duration::from_millis(5)));
+        assert!(start.elapsed() >= std::time::Duration::from_millis(5));
+        let caller = std::thread::current().id();
+        let on_caller = AtomicU32::new(0);
+        let mark = |_: usize| {
+            if std::thread::current().id() == caller {
+                on_caller.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        team.run(&mark);
+        assert_eq!(on_caller.load(Ordering::Relaxed), 2, "no helper: both parts on the caller");
+        with_team(3, |team| {
+            assert!(team.await_helpers(std::time::Duration::from_secs(60)));
+            let caller = std::thread::current().id();
+            let on_caller = AtomicU32::new(0);
+            team.run(&|_| {
+                if std::thread::current().id() == caller {
+                    on_caller.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            assert_eq!(on_caller.load(Ordering::Relaxed), 1, "each helper took its part");
+        });
     }
 
     #[test]
