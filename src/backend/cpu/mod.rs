@@ -535,7 +535,7 @@ impl Cpu {
             return Decision::Known(s);
         }
         let cfg = plan.host.layout.config();
-        let two_directions = cfg.num_directions() == 2 && cfg.merge() == crate::Merge::Concat;
+        let two_directions = cfg.num_directions() == 2;
         let candidates = tuner::candidates(default, K::ROW_BLOCKING.tile_rows, pass, batch, two_directions);
         if candidates.len() < 2 {
             plan.choices.put(K::ISA, self.threads, pass, batch, default);

@@ -7,8 +7,8 @@
 //! whose weights fit one core's cache can run faster on one thread than on two that meet every
 //! step), the least rows of a block of the time loop's rows, forward and backward (each
 //! block runs its steps on its own; below it, every step's products are split by columns across
-//! the threads), and whether a forward pass runs the two directions of a bidirectional layer at
-//! once, one thread each (a small batch then pays no hand-off per step). Each choice leaves
+//! the threads), and whether a pass runs the time loops of the two directions of a bidirectional
+//! layer at once, one thread each (a small batch then pays no hand-off per step). Each choice leaves
 //! every bit of every result unchanged: threads split GEMM outputs, batch rows and directions,
 //! never a sum, and the blocks are whole GEMM tiles of at least two tiles' worth of rows, which
 //! never take the skinny GEMM path (`cut_blocks`), while a direction on one thread takes the
@@ -67,11 +67,12 @@ pub struct Strategy {
     pub forward_block_min: usize,
     /// As `forward_block_min`, for the backward time loop.
     pub backward_block_min: usize,
-    /// A pass runs the time loops of the two directions of a bidirectional layer with
-    /// concatenated outputs at once, each on one thread (with no synchronisation per step),
-    /// instead of one after the other on all the call's threads (forward: each direction's
-    /// input projection too; backward: the parameter gradients and `dX` then follow, one
-    /// direction after the other, on all threads). No effect on other layers.
+    /// A pass runs the time loops of the two directions of a bidirectional layer at once, each
+    /// on one thread (with no synchronisation per step), instead of one after the other on all
+    /// the call's threads (forward: each direction's input projection too, and with merge by
+    /// sum the second direction's output is added onto the first's after both; backward: the
+    /// parameter gradients and `dX` then follow, one direction after the other, on all
+    /// threads). No effect on other layers.
     pub parallel_directions: bool,
 }
 
@@ -339,7 +340,7 @@ fn parse_line(line: &str) -> Option<(String, Strategy)> {
 /// The candidates for `pass` with a batch of `batch` rows: the default first, then one thread,
 /// then on the default's threads each block minimum (the default's, blocks whenever they fit,
 /// never) whose cut of the batch differs from those before it, then for a plan whose layers
-/// have two directions with concatenated outputs (`two_directions`) the default with its
+/// have two directions (`two_directions`, concatenated or merged by sum) the default with its
 /// directions at once.
 pub(crate) fn candidates(default: Strategy, tile_rows: usize, pass: TunedPass, batch: usize, two_directions: bool) -> Vec<Strategy> {
     let mut out = vec![default];
@@ -502,7 +503,7 @@ mod tests {
         assert_eq!(candidates(d, 6, TunedPass::Training, 200, false), vec![d, s(1, 96, 16), s(2, NEVER, 16)]);
         // Backward, 64 rows: the default (16) cuts like 12; never differs.
         assert_eq!(candidates(d, 6, TunedPass::Backward, 64, false), vec![d, s(1, 96, 16), s(2, 96, NEVER)]);
-        // Two concatenated directions: every pass tries them at once too.
+        // Two directions: every pass tries them at once too.
         let both = Strategy { parallel_directions: true, ..d };
         assert_eq!(candidates(d, 6, TunedPass::Inference, 64, true), vec![d, s(1, 96, 16), s(2, 12, 16), both]);
         assert_eq!(candidates(d, 6, TunedPass::Training, 1, true), vec![d, s(1, 96, 16), both]);

@@ -13,7 +13,7 @@ use super::{gru_reset_before, CellBackward, HostKernels, HostPlan, HostReserve, 
 use crate::backend::cell::Saved;
 use crate::backend::stack::{prev_step, steps, LayerDims, PlanStamp, ReserveStamp};
 use crate::backend::{check_backward, BackwardInput, BackwardOutput, GradMode};
-use crate::config::{Merge, RnnConfig};
+use crate::config::RnnConfig;
 use crate::element::Float;
 use crate::error::{Error, Result};
 use crate::shape::SeqShape;
@@ -278,10 +278,10 @@ fn backward_stack<T: Float, K: HostKernels<T>>(
             recurrent_dropout: s.recurrent_dropout.as_ref(),
         };
         // Both directions' time loops at once, each on one thread (they share only what they
-        // read); what follows them (the parameter gradients, dX) then runs for one direction
+        // read: with merge by sum, the same `d_out`); what follows them (the parameter gradients, dX) then runs for one direction
         // after the other on all threads, as it does without.
         let mut looped: Vec<Option<Looped<T>>> = (0..nd).map(|_| None).collect();
-        if nd == 2 && cfg.merge() == Merge::Concat && k.parallel_directions() {
+        if nd == 2 && k.parallel_directions() {
             let dirs = [Direction::new(plan, shape, l, 0), Direction::new(plan, shape, l, 1)];
             let ios = [loop_io(&dirs[0]), loop_io(&dirs[1])];
             let results = BlockWork::new((0..2).map(|_| Ok(None)));

@@ -78,6 +78,9 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
     };
     let slots = outputs.len().max(1);
     let slot = |l: usize| l % slots;
+    // With merge by sum and the directions at once: the second direction's output, added onto
+    // the first's once both have run.
+    let mut second: Vec<T> = Vec::new();
     for l in 0..nl {
         let last = l + 1 == nl;
         let (layer_in, out): (LayerIn<'_, T>, &mut [T]) = match (l, last) {
@@ -92,17 +95,28 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
         let common = |dir: &Direction<'_, T>| {
             (dir.block(input.h0, hlen), dir.block(input.c0, clen), zoneout.as_ref(), recurrent_dropout.as_ref(), input_dropout.as_ref())
         };
-        if nd == 2 && cfg.merge() == Merge::Concat && k.parallel_directions() {
+        if nd == 2 && k.parallel_directions() {
             // Both directions at once, each on one thread: they share only the layer's input
-            // (read) and its output rows, of which each writes its own columns.
-            let dirs = [Direction::new(plan, shape, l, 0), Direction::new(plan, shape, l, 1)];
-            let hout = cfg.hidden_out_size();
-            let (mut cols0, mut cols1) = (Vec::new(), Vec::new());
-            for row in out.chunks_exact_mut(2 * hout) {
-                let (a, b) = row.split_at_mut(hout);
-                cols0.push(a);
-                cols1.push(b);
-            }
+            // (read). Concatenated, each writes its own columns of the output rows; merged by
+            // sum, the second writes a buffer of its own, added onto the first's output after
+            // (`y_forward + y_reverse`, the sum and its order of the directions one after the
+            // other; past a sequence's length both wrote +0).
+            let sum = cfg.merge() == Merge::Sum;
+            let mut dirs = [Direction::new(plan, shape, l, 0), Direction::new(plan, shape, l, 1)];
+            let outs: [LayerOut<'_, T>; 2] = if sum {
+                try_fit_len(&mut second, out.len(), "the second direction's output merged by sum, [T, B, Hout]")?;
+                dirs[1].accumulate = false;
+                [LayerOut::Whole(&mut *out), LayerOut::Whole(&mut second[..])]
+            } else {
+                let hout = cfg.hidden_out_size();
+                let (mut cols0, mut cols1) = (Vec::new(), Vec::new());
+                for row in out.chunks_exact_mut(2 * hout) {
+                    let (a, b) = row.split_at_mut(hout);
+                    cols0.push(a);
+                    cols1.push(b);
+                }
+                [LayerOut::Cols(cols0), LayerOut::Cols(cols1)]
+            };
             let ld = dirs[0].ld;
             let [hn0, hn1] = state_pair(hn.as_deref_mut(), ld, hlen);
             let [cn0, cn1] = state_pair(cn.as_deref_mut(), ld, clen);
@@ -113,10 +127,10 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
                 }
                 None => [None, None],
             };
-            let work = BlockWork::new([(cols0, hn0, cn0, sv0), (cols1, hn1, cn1, sv1)].into_iter().zip(dirs).map(
-                |((cols, hn, cn, save), dir)| {
+            let [out0, out1] = outs;
+            let work =
+                BlockWork::new([(out0, hn0, cn0, sv0), (out1, hn1, cn1, sv1)].into_iter().zip(dirs).map(|((out, hn, cn, save), dir)| {
                     let (h0, c0, zoneout, recurrent_dropout, input_dropout) = common(&dir);
-                    let out = LayerOut::Cols(cols);
                     let out_batch_first = last && batch_first;
                     (
                         dir,
@@ -134,8 +148,7 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
                             input_dropout,
                         },
                     )
-                },
-            ));
+                }));
             let results = BlockWork::new((0..2).map(|_| Ok(())));
             let serial = k.serial();
             k.for_long_blocks(2, &|d| {
@@ -145,6 +158,9 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
             });
             for d in 0..2 {
                 results.take(d).unwrap_or(Ok(()))?;
+            }
+            if sum {
+                add_onto(k, out, &second, cfg.output_size());
             }
         } else {
             for d in 0..nd {
@@ -172,6 +188,21 @@ pub(crate) fn run_forward<T: Float, K: HostKernels<T>>(
         }
     }
     Ok(())
+}
+
+/// `out += add` elementwise (`out[i] + add[i]`, in that order), `out` and `add` of `[rows, w]`,
+/// in the blocks of rows the backend runs in parallel (the cut changes no bit).
+fn add_onto<T: Float, K: HostKernels<T>>(k: &K, out: &mut [T], add: &[T], w: usize) {
+    let rows = out.len() / w.max(1);
+    let cuts = k.row_blocks(rows, Pass::Forward);
+    let parts = BlockWork::new(split_rows_mut(out, rows, &cuts).into_iter().zip(cuts.windows(2).map(|r| &add[r[0] * w..r[1] * w])));
+    k.for_blocks(parts.len(), &|i| {
+        if let Some((o, a)) = parts.take(i) {
+            for (o, &a) in o.iter_mut().zip(a) {
+                *o += a;
+            }
+        }
+    });
 }
 
 /// The blocks `ld` and `ld + 1`, `len` long, of a state buffer (`hn`, `cn`), if given.
