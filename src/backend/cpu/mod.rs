@@ -821,8 +821,16 @@ fn trial_values(n: usize) -> Vec<f32> {
 /// weight gradient per block, against the block's `8192·m·n` multiply-adds.
 const WEIGHT_GRAD_ROWS: usize = 8192;
 
-/// Below this many gate values per step a cell kernel runs on one thread.
-const CELL_PARALLEL_MIN: usize = 1 << 14;
+/// Below this many gate values per step a cell kernel runs on one thread (while the others
+/// wait for the next step's product). Split by rows, a step pays a hand-off and reads the
+/// gates the other threads' column parts of the product wrote. Against `1 << 14` before, AMD
+/// EPYC Zen 4, 2 threads: gru-1024-1024-4-375 inference (12,288 values) new / old 0.94, 0.99
+/// and 0.98 in three runs (`benches/compare.py --peers "" --rounds 9|7 --baseline-bin OLD`,
+/// and 8 alternating `bench --tune off` runs, whose ratios were 0.88–0.97 while the VM's
+/// hand-offs were slow and 0.94–1.01 otherwise); gru-512-512-8-50 (12,288) 0.98 and 1.00.
+/// Below, the split cost: with `1 << 12`, lstm-256-256-8-100 (8,192) 1.024 and
+/// lstm-512-512-2-100 (4,096) 1.051.
+const CELL_PARALLEL_MIN: usize = 3 << 12;
 
 impl<K: Kernels> CpuKernels<'_, K> {
     /// Runs the cell step `step` of `rows` rows through `run`, split by rows across the call's
