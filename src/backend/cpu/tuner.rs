@@ -7,9 +7,9 @@
 //! whose weights fit one core's cache can run faster on one thread than on two that meet every
 //! step), the least rows of a block of the time loop's rows, forward and backward (each
 //! block runs its steps on its own; below it, every step's products are split by columns across
-//! the threads), and whether a pass runs the time loops of the two directions of a bidirectional
-//! layer at once, one thread each (a small batch then pays no hand-off per step). Each choice leaves
-//! every bit of every result unchanged: threads split GEMM outputs, batch rows and directions,
+//! the threads), and whether a pass runs the time loops of the two directions of a
+//! bidirectional layer at once, one thread each (a small batch then pays no hand-off per step).
+//! Each choice leaves every bit of every result unchanged: threads split GEMM outputs, batch rows and directions,
 //! never a sum, and the blocks are whole GEMM tiles of at least two tiles' worth of rows, which
 //! never take the skinny GEMM path (`cut_blocks`), while a direction on one thread takes the
 //! GEMM path its rows take on any number of threads. So only these

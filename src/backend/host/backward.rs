@@ -278,8 +278,9 @@ fn backward_stack<T: Float, K: HostKernels<T>>(
             recurrent_dropout: s.recurrent_dropout.as_ref(),
         };
         // Both directions' time loops at once, each on one thread (they share only what they
-        // read: with merge by sum, the same `d_out`); what follows them (the parameter gradients, dX) then runs for one direction
-        // after the other on all threads, as it does without.
+        // read: with merge by sum, the same `d_out`); what follows them (the parameter
+        // gradients, dX) then runs for one direction after the other on all threads, as it
+        // does without.
         let mut looped: Vec<Option<Looped<T>>> = (0..nd).map(|_| None).collect();
         if nd == 2 && k.parallel_directions() {
             let dirs = [Direction::new(plan, shape, l, 0), Direction::new(plan, shape, l, 1)];
